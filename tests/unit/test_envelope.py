@@ -1,0 +1,31 @@
+"""The verb envelope (spec: cores.md, Envelope)."""
+from __future__ import annotations
+
+import orjson
+
+from workers.dispatch import LearnSession
+
+
+def test_unknown_verb_names_it() -> None:
+    assert LearnSession().dispatch({"verb": "nope"}) == {"ok": False, "verb": "nope", "error": "unknown verb: nope"}
+
+
+def test_unparsable_json_is_a_parse_error() -> None:
+    out = orjson.loads(LearnSession().dispatch_json("{bad"))
+    assert out["ok"] is False and out["verb"] == "?" and out["error"].startswith("parse: ")
+    assert "data" not in out
+
+
+def test_missing_verb_field_is_a_parse_error() -> None:
+    out = LearnSession().dispatch({"body": {}})
+    assert out["verb"] == "?" and out["error"].startswith("parse: ")
+
+
+def test_empty_session_key_is_refused() -> None:
+    out = LearnSession().dispatch({"verb": "health", "body": {"session_key": ""}})
+    assert out == {"ok": False, "verb": "health", "error": "session_key must be a non-empty string"}
+
+
+def test_success_omits_error_field() -> None:
+    out = LearnSession().dispatch({"verb": "health"})
+    assert out["ok"] is True and "error" not in out

@@ -1,0 +1,127 @@
+"""Decoding and validating event values: orjson, embeddings as arrays or b64.
+
+Every rule raises :class:`ValidationError` naming the field and the rule, so a
+rejected event's DLQ reason tells the producer exactly what to fix.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+
+from workers.errors import ValidationError
+
+__all__ = (
+    "MAX_EVENT_BYTES",
+    "decode_json",
+    "encode_json",
+    "embedding_field",
+    "encode_embedding_b64",
+    "finite_number",
+    "require_str",
+    "optional_str",
+    "require_int",
+    "require_dict",
+)
+
+# Kafka's default max.message.bytes is 1 MiB; refuse anything larger up front.
+MAX_EVENT_BYTES = 1 << 20
+
+
+def decode_json(raw: bytes | str, *, max_bytes: int = MAX_EVENT_BYTES) -> Any:
+    """Parse one JSON value; oversized or unparsable input is a ValidationError."""
+    if raw is None:
+        raise ValidationError("", "value is empty (tombstone); expected a JSON object")
+    if len(raw) > max_bytes:
+        raise ValidationError("", f"payload of {len(raw)} bytes exceeds the {max_bytes}-byte limit")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationError("", f"not valid JSON ({exc})") from None
+
+
+def encode_json(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def require_dict(value: Any, field: str = "") -> dict:
+    if not isinstance(value, dict):
+        raise ValidationError(field, f"must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def require_str(body: dict, field: str, *, prefix: str = "") -> str:
+    v = body.get(field)
+    if not isinstance(v, str) or not v:
+        raise ValidationError(prefix + field, "required, a non-empty string")
+    return v
+
+
+def optional_str(body: dict, field: str, default: str | None = None, *, prefix: str = "") -> str | None:
+    v = body.get(field, default)
+    if v is not None and not isinstance(v, str):
+        raise ValidationError(prefix + field, "must be a string")
+    return v
+
+
+def require_int(body: dict, field: str, *, prefix: str = "", default: int | None = None) -> int:
+    v = body.get(field, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValidationError(prefix + field, "required, an integer")
+    return v
+
+
+def finite_number(value: Any, field: str, *, lo: float | None = None, hi: float | None = None) -> float:
+    """A finite int/float (bools refused), optionally within [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationError(field, "required, a number")
+    f = float(value)
+    if not math.isfinite(f):
+        raise ValidationError(field, "must be finite (NaN/Inf refused)")
+    if (lo is not None and f < lo) or (hi is not None and f > hi):
+        raise ValidationError(field, f"must be within [{lo}, {hi}]")
+    return f
+
+
+def encode_embedding_b64(x: np.ndarray) -> str:
+    """Little-endian float32 bytes, base64: ~3.6x smaller and ~5x faster to parse than a JSON array."""
+    return base64.b64encode(np.ascontiguousarray(x, dtype="<f4").tobytes()).decode("ascii")
+
+
+def embedding_field(body: dict, field: str = "embedding", *, dim: int | None = None,
+                    required: bool = True, prefix: str = "") -> np.ndarray | None:
+    """Read ``field`` (JSON array) or ``field_b64`` (LE float32) as a finite float32 vector."""
+    name = prefix + field
+    b64 = body.get(field + "_b64")
+    if b64 is not None:
+        if not isinstance(b64, str):
+            raise ValidationError(name + "_b64", "must be a base64 string")
+        try:
+            raw = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValidationError(name + "_b64", "not valid base64") from None
+        if len(raw) % 4:
+            raise ValidationError(name + "_b64", "byte length is not a multiple of 4 (float32)")
+        x = np.frombuffer(raw, dtype="<f4").astype(np.float32, copy=True)
+    else:
+        v = body.get(field)
+        if v is None:
+            if required:
+                raise ValidationError(name, "required (array of numbers or *_b64)")
+            return None
+        if not isinstance(v, list) or not all(
+            isinstance(e, (int, float)) and not isinstance(e, bool) for e in v
+        ):
+            raise ValidationError(name, "must be an array of numbers")
+        x = np.asarray(v, dtype=np.float32)
+    if x.size == 0:
+        raise ValidationError(name, "must not be empty")
+    if not np.isfinite(x).all():
+        raise ValidationError(name, "must be finite (NaN/Inf refused)")
+    if dim is not None and x.size != dim:
+        raise ValidationError(name, f"wrong dimension: expected {dim}, got {x.size}")
+    return x

@@ -1,0 +1,158 @@
+"""The JSON verb surface ``{verb, body} -> {ok, verb, data|error}`` (spec: cores.md, Envelope).
+
+:class:`LearnSession` runs verbs in process over a :class:`ModelStore`, in memory
+or on disk (rocksdict). The worker runs the very same :func:`run_verb` on events
+from topics, and HTTP ``/dispatch`` and ``learnstream dispatch`` speak this envelope.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from workers.errors import ValidationError, VerbError
+from workers.state import MemoryStore, ModelStore, RocksDictStore, StateBlob
+from workers.verbs import HEALTH, REGISTRY, Verb, VerbContext, health_contributor, verb
+
+__all__ = ("LearnSession", "run_verb", "load_verbs", "state_key", "session_key_of", "envelope_error")
+
+logger = logging.getLogger(__name__)
+DEFAULT_SESSION = "default"
+
+
+def load_verbs() -> dict[str, Verb]:
+    """Import every module that registers verbs (idempotent)."""
+    import importlib
+
+    for mod in ("workers.cores.instant", "workers.cores.deep", "workers.cores.temporal",
+                "workers.cores.attention", "workers.cores.router", "workers.online.verbs"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:  # a real import error inside the module
+                raise
+    return REGISTRY
+
+
+def state_key(table: str, session_key: str) -> bytes:
+    """Store key of a session's blob, or the key prefix of its graph."""
+    return f"{table}\x1f{session_key}\x1f".encode() if table == "graph" else f"{table}\x1f{session_key}".encode()
+
+
+def session_key_of(body: dict) -> str:
+    sk = body.get("session_key", DEFAULT_SESSION)
+    if not isinstance(sk, str) or not sk:
+        raise VerbError("session_key must be a non-empty string")
+    return sk
+
+
+def envelope_error(verb_name: str, error: str) -> dict:
+    return {"ok": False, "verb": verb_name, "error": error}
+
+
+def run_verb(v: Verb, ctx: VerbContext, body: dict) -> dict:
+    """Run one verb; errors become the envelope's ``error`` (absent fields omitted)."""
+    try:
+        data = v.fn(ctx, body)
+    except (VerbError, ValidationError) as exc:
+        return envelope_error(v.name, str(exc))
+    out = {"ok": True, "verb": v.name}
+    if data is not None:
+        out["data"] = data
+    return out
+
+
+def parse_request(request: Any) -> tuple[str, dict] | dict:
+    """(verb, body) or an error envelope."""
+    if not isinstance(request, dict):
+        return envelope_error("?", "parse: request must be a JSON object")
+    name = request.get("verb")
+    if not isinstance(name, str):
+        return envelope_error("?", "parse: missing field `verb`")
+    body = request.get("body")
+    if not isinstance(body, dict):
+        body = {}  # a missing body is null: every required field then reports "<field> required"
+    if name not in REGISTRY:
+        return envelope_error(name, f"unknown verb: {name}")
+    return name, body
+
+
+@verb("health", table="session", writes=False)
+def _health(ctx: VerbContext, body: dict) -> dict:
+    out: dict = {}
+    for fn in HEALTH:
+        out.update(fn(ctx))
+    return out
+
+
+class LearnSession:
+    """Every verb, in process. ``LearnSession()`` keeps state in memory;
+    ``LearnSession(path=...)`` keeps it in a RocksDB database that survives restarts.
+
+    >>> s = LearnSession()
+    >>> s.dispatch({"verb": "nope"})["error"]
+    'unknown verb: nope'
+    """
+
+    def __init__(self, path: str | Path | None = None, *, store: ModelStore | None = None,
+                 rng: random.Random | None = None,
+                 emit: Callable[[str, dict], None] | None = None) -> None:
+        load_verbs()
+        self.store: ModelStore = store or (RocksDictStore(path) if path is not None else MemoryStore())
+        self.rng = rng or random.Random()
+        self.emitted: list[tuple[str, dict]] = []  # downstream events, for inspection
+        self._emit_cb = emit
+        self._blobs: dict[bytes, StateBlob] = {}
+
+    def _emit(self, role: str, payload: dict) -> None:
+        self.emitted.append((role, payload))
+        if self._emit_cb is not None:
+            self._emit_cb(role, payload)
+
+    def blob(self, table: str, session_key: str) -> StateBlob:
+        key = state_key(table, session_key)
+        b = self._blobs.get(key)
+        if b is None:
+            raw = self.store.get(key)
+            b = StateBlob.from_bytes(raw) if raw is not None else StateBlob()
+            self._blobs[key] = b
+        return b
+
+    def context(self, v: Verb, session_key: str) -> VerbContext:
+        state = self.blob(v.table, session_key) if v.table in ("session", "learner") else None
+        return VerbContext(session_key=session_key, state=state, store=self.store,
+                           prefix=state_key("graph", session_key), emit=self._emit, rng=self.rng)
+
+    def dispatch(self, request: Any) -> dict:
+        parsed = parse_request(request)
+        if isinstance(parsed, dict):
+            return parsed
+        name, body = parsed
+        v = REGISTRY[name]
+        try:
+            sk = session_key_of(body)
+        except VerbError as exc:
+            return envelope_error(name, str(exc))
+        ctx = self.context(v, sk)
+        out = run_verb(v, ctx, body)
+        if v.writes and v.table in ("session", "learner"):
+            key = state_key(v.table, sk)
+            if out["ok"]:
+                self.store.put(key, ctx.state.to_bytes())
+            else:
+                self._blobs.pop(key, None)  # reload: a refused verb leaves no trace
+        return out
+
+    def dispatch_json(self, line: str | bytes) -> str:
+        try:
+            request = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            return orjson.dumps(envelope_error("?", f"parse: {exc}")).decode()
+        return orjson.dumps(self.dispatch(request), option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,142 @@
+"""The table value of one session: named state parts plus the applied-offset watermark.
+
+Effectively-once under at-least-once delivery rests on one rule: a part's new
+state and the source offsets it has applied are written in *one* value. After a
+crash the consumer may redeliver events; every event at or below the watermark
+of its topic-partition is skipped, so nothing is applied twice and, because the
+value is written before offsets are committed, nothing is lost.
+
+Format (little-endian): b"LSB" + version(1) + crc32(payload)(4) + payload, where
+payload = u32 header length + orjson header + part bytes concatenated. The CRC
+catches torn or foreign values; an unknown version is refused, never guessed.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any, Protocol, TypeVar
+
+import orjson
+
+from workers.errors import CorruptStateError
+
+__all__ = ("Part", "StateBlob", "Watermark")
+
+_MAGIC = b"LSB"
+_VERSION = 1
+_HEAD = struct.Struct("<3sBI")
+
+
+class Part(Protocol):
+    """Anything that round-trips through bytes can be a part of a session's state."""
+
+    def to_bytes(self) -> bytes: ...
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Part": ...
+
+
+P = TypeVar("P")
+
+
+class Watermark:
+    """Highest applied source offset per ``topic:partition``."""
+
+    __slots__ = ("offsets",)
+
+    def __init__(self, offsets: dict[str, int] | None = None) -> None:
+        self.offsets: dict[str, int] = dict(offsets or {})
+
+    @staticmethod
+    def _key(topic: str, partition: int) -> str:
+        return f"{topic}:{partition}"
+
+    def seen(self, topic: str, partition: int, offset: int) -> bool:
+        """True when this offset was already applied (a redelivery to skip)."""
+        return offset <= self.offsets.get(self._key(topic, partition), -1)
+
+    def advance(self, topic: str, partition: int, offset: int) -> None:
+        k = self._key(topic, partition)
+        if offset > self.offsets.get(k, -1):
+            self.offsets[k] = offset
+
+    def get(self, topic: str, partition: int) -> int:
+        return self.offsets.get(self._key(topic, partition), -1)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Watermark) and other.offsets == self.offsets
+
+    def __repr__(self) -> str:
+        return f"Watermark({self.offsets!r})"
+
+
+class StateBlob:
+    """Lazily decoded named parts + watermark. Untouched parts stay raw bytes."""
+
+    __slots__ = ("_raw", "_live", "watermark", "meta")
+
+    def __init__(self) -> None:
+        self._raw: dict[str, bytes] = {}
+        self._live: dict[str, Any] = {}
+        self.watermark = Watermark()
+        self.meta: dict[str, Any] = {}
+
+    # -- parts ---------------------------------------------------------------
+    def get(self, name: str, cls: type[P]) -> P | None:
+        """The decoded part ``name`` (decoded once with ``cls.from_bytes``) or None."""
+        obj = self._live.get(name)
+        if obj is None:
+            raw = self._raw.pop(name, None)
+            if raw is None:
+                return None
+            obj = cls.from_bytes(raw)  # type: ignore[attr-defined]
+            self._live[name] = obj
+        return obj
+
+    def set(self, name: str, obj: Any) -> None:
+        self._raw.pop(name, None)
+        self._live[name] = obj
+
+    def drop(self, name: str) -> None:
+        self._raw.pop(name, None)
+        self._live.pop(name, None)
+
+    def has(self, name: str) -> bool:
+        return name in self._live or name in self._raw
+
+    def names(self) -> list[str]:
+        return sorted(set(self._raw) | set(self._live))
+
+    # -- bytes ---------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        parts = [(n, self._live[n].to_bytes()) for n in self._live]
+        parts += list(self._raw.items())
+        parts.sort()
+        header = orjson.dumps(
+            {"wm": self.watermark.offsets, "meta": self.meta, "parts": [[n, len(b)] for n, b in parts]}
+        )
+        payload = b"".join([struct.pack("<I", len(header)), header, *(b for _, b in parts)])
+        return _HEAD.pack(_MAGIC, _VERSION, zlib.crc32(payload)) + payload
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "StateBlob":
+        if len(data) < _HEAD.size + 4:
+            raise CorruptStateError(f"state value too short ({len(data)} bytes)")
+        magic, version, crc = _HEAD.unpack_from(data)
+        if magic != _MAGIC:
+            raise CorruptStateError("not a learnstream state value (bad magic)")
+        if version != _VERSION:
+            raise CorruptStateError(f"state format version {version} is unknown (this build reads {_VERSION})")
+        payload = memoryview(data)[_HEAD.size:]
+        if zlib.crc32(payload) != crc:
+            raise CorruptStateError("state value checksum mismatch (torn or corrupted write)")
+        (hlen,) = struct.unpack_from("<I", payload)
+        header = orjson.loads(bytes(payload[4:4 + hlen]))
+        blob = cls()
+        blob.watermark = Watermark(header["wm"])
+        blob.meta = header.get("meta", {})
+        pos = 4 + hlen
+        for name, n in header["parts"]:
+            blob._raw[name] = bytes(payload[pos:pos + n])
+            pos += n
+        return blob
