@@ -9,6 +9,7 @@
 #include <string>
 
 #include "common.h"
+#include "deep.h"
 
 namespace py = pybind11;
 using f32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
@@ -38,7 +39,49 @@ void bind_common(py::module_& m) {
 }
 
 // ---- instant + deep (cpp/instant.h, cpp/deep.h) ----
-void bind_instant_deep(py::module_& m) { (void)m; }
+// A float32 / int64 array a kernel mutates in place: exact dtype, C-contiguous and
+// writeable, or an error (a silent forcecast copy would drop the update).
+template <typename T>
+T* inplace_array(py::array& a, const char* name, const char* dtype) {
+    if (!py::isinstance<py::array_t<T, py::array::c_style>>(a))
+        throw std::runtime_error(std::string(name) + " must be a C-contiguous " + dtype + " array");
+    if (!a.writeable()) throw std::runtime_error(std::string(name) + " must be writeable");
+    return static_cast<T*>(a.mutable_data());
+}
+
+void bind_instant_deep(py::module_& m) {
+    m.def(
+        "fisher_ema",
+        [](py::array F, const f32& g, double decay) {
+            float* f = inplace_array<float>(F, "F", "float32");
+            if (F.ndim() != 1) throw std::runtime_error("F must be 1-d");
+            py::buffer_info gb = need(g, 1, "g");
+            if (gb.shape[0] != F.shape(0))
+                throw std::runtime_error("fisher_ema: F and g lengths differ (" + std::to_string(F.shape(0)) +
+                                         " vs " + std::to_string(gb.shape[0]) + ")");
+            const float* gp = static_cast<const float*>(gb.ptr);
+            const auto n = static_cast<std::size_t>(gb.shape[0]);
+            const auto d = static_cast<float>(decay);
+            const auto w = static_cast<float>(1.0 - decay);
+            py::gil_scoped_release nogil;
+            learnstream::deep::fisher_ema(f, gp, n, d, w);
+        },
+        py::arg("F"), py::arg("g"), py::arg("decay") = 0.999,
+        "EWC++ Fisher EMA in place: F <- decay*F + (1-decay)*g*g (float32, equal lengths).");
+    m.def(
+        "ewc_penalty",
+        [](const f32& F, const f32& snap, const f32& theta, double lam) {
+            py::buffer_info fb = need(F, 1, "F"), sb = need(snap, 1, "snap"), tb = need(theta, 1, "theta");
+            auto n = std::min({fb.shape[0], sb.shape[0], tb.shape[0]});
+            const float *fp = static_cast<const float*>(fb.ptr), *sp = static_cast<const float*>(sb.ptr),
+                        *tp = static_cast<const float*>(tb.ptr);
+            py::gil_scoped_release nogil;
+            return learnstream::deep::ewc_penalty(fp, sp, tp, static_cast<std::size_t>(n),
+                                                  static_cast<float>(lam));
+        },
+        py::arg("F"), py::arg("snap"), py::arg("theta"), py::arg("lam"),
+        "lam * sum_i F_i (theta_i - snap_i)^2 over the shortest of the three lengths.");
+}
 
 // ---- temporal + attention (cpp/attention.h) ----
 void bind_attention(py::module_& m) { (void)m; }
