@@ -1,0 +1,363 @@
+"""The faust App ``learnstream``: one agent over all input topics, tables, web views.
+
+Agents stay thin: a batch of events (``take_events``) goes to the
+:class:`~workers.stream.processor.Processor`, which applies it to the tables;
+then downstream events and DLQ entries are produced and the batch is acked.
+faust flushes the producer (changelogs included) before committing offsets.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+import faust
+import orjson
+from aiokafka.partitioner import murmur2
+from prometheus_client import CollectorRegistry, generate_latest
+
+from workers import broker_compat, metrics
+from workers.dispatch import envelope_error, load_verbs, parse_request, run_verb, session_key_of, state_key
+from workers.errors import VerbError
+from workers.state.blob import StateBlob
+from workers.stream.processor import Processor
+from workers.stream.records import Record
+from workers.stream.settings import Settings
+from workers.stream.tables import TABLE_NAMES, FaustStateAccess
+from workers.topics import Topic, input_topics, topics
+from workers.verbs import REGISTRY, VerbContext
+
+__all__ = ("build_app", "Runtime")
+
+logger = logging.getLogger(__name__)
+
+# How long an HTTP write waits for its event to be applied before answering 504.
+_APPLY_TIMEOUT_S = 30.0
+# Results kept for writes whose reply arrives before the waiter registers.
+_RECENT_RESULTS = 10_000
+_LAG_INTERVAL_S = 2.0
+_FORWARDED = "X-Learnstream-Forwarded"
+
+
+class Replies:
+    """Futures of HTTP writes waiting for their (topic, partition, offset) to be applied."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[tuple[str, int, int], asyncio.Future] = {}
+        self.recent: OrderedDict[tuple[str, int, int], dict] = OrderedDict()
+
+    def resolve(self, results: dict[tuple[str, int, int], dict]) -> None:
+        for k, v in results.items():
+            fut = self.waiting.pop(k, None)
+            if fut is not None:
+                if not fut.done():
+                    fut.set_result(v)
+            else:
+                self.recent[k] = v
+        while len(self.recent) > _RECENT_RESULTS:
+            self.recent.popitem(last=False)
+
+    async def wait(self, key: tuple[str, int, int], timeout: float) -> dict:
+        if key in self.recent:
+            return self.recent.pop(key)
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting[key] = fut
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self.waiting.pop(key, None)
+
+
+class Runtime:
+    """Everything one worker process holds besides faust itself."""
+
+    def __init__(self, app: faust.App, settings: Settings, tables: dict[str, Any]) -> None:
+        self.app, self.settings, self.tables = app, settings, tables
+        self.state = FaustStateAccess(tables, self.partition_of)
+        self.processor = Processor(self.state)
+        self.replies = Replies()
+        self.topics = topics()
+        self.channels: dict[str, Any] = {}
+
+    def is_ready(self) -> bool:
+        """Serving: table recovery finished and no rebalance in progress."""
+        rec = self.app.tables.recovery
+        return rec.completed.is_set() and not rec.in_recovery and not self.app.rebalancing
+
+    def partition_of(self, session_key: str) -> int:
+        # Same partitioner as the producer (aiokafka/Java default: murmur2 of the key bytes).
+        return (murmur2(session_key.encode()) & 0x7FFFFFFF) % self.settings.partitions
+
+    def channel(self, role: str) -> Any:
+        ch = self.channels.get(role)
+        if ch is None:
+            t = self.topics[role]
+            ch = self.channels[role] = self.app.topic(
+                t.name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+                partitions=t.partitions or self.settings.partitions, replicas=self.settings.replication,
+                config=t.config())
+        return ch
+
+    # -- the stream ---------------------------------------------------------------
+    async def handle(self, events: list[Any]) -> None:
+        t0 = time.perf_counter()
+        records = []
+        by_partition = self.state.events.by_partition
+        by_partition.clear()
+        for e in events:
+            m = e.message
+            by_partition[m.partition] = e
+            records.append(Record(m.topic, m.partition, m.offset, m.key, m.value, int((m.timestamp or 0) * 1000)))
+        res = self.processor.process(records)
+        for p in res.produce:
+            await self.channel(p.role).send(key=p.key.encode(), value=orjson.dumps(p.value))
+            if p.role == "dlq":
+                metrics.DLQ.labels(p.value["reason_code"]).inc()
+            else:
+                metrics.DOWNSTREAM.labels(p.role).inc()
+        for (topic, outcome), n in res.by_topic.items():
+            metrics.EVENTS.labels(topic, outcome).inc(n)
+        for out in res.replies.values():
+            data = out.get("data")
+            if isinstance(data, dict) and "adapter_norm" in data:
+                metrics.ADAPTER_NORM.set(data["adapter_norm"])
+        self.replies.resolve(res.replies)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
+
+    # -- reads and writes from HTTP -----------------------------------------------
+    def read(self, verb_name: str, body: dict, sk: str) -> dict:
+        v = REGISTRY[verb_name]
+        p = self.partition_of(sk)
+        blob = None
+        if v.table in ("session", "learner"):
+            blob = self.processor._cache.get((v.table, sk))
+            if blob is None:
+                raw = self.state.load(v.table, sk, p)
+                blob = StateBlob.from_bytes(raw) if raw is not None else StateBlob()
+        ctx = VerbContext(session_key=sk, state=blob, store=self.state.graph_store(p),
+                          prefix=state_key("graph", sk), rng=self.processor.rng)
+        return run_verb(v, ctx, body)
+
+    def event_for_write(self, verb_name: str, body: dict) -> tuple[Topic, dict]:
+        v = REGISTRY[verb_name]
+        t = self.topics[v.topic]
+        if t.verb == verb_name:
+            return t, body
+        for op, name in t.ops.items():
+            if name == verb_name:
+                return t, {"op": op, **body}
+        return t, {"verb": verb_name, "body": body}
+
+    async def write(self, verb_name: str, body: dict, sk: str) -> dict:
+        topic, value = self.event_for_write(verb_name, {**body, "session_key": sk})
+        meta = await (await self.channel(topic.role).send(key=sk.encode(), value=orjson.dumps(value)))
+        key = (topic.name, meta.topic_partition.partition, meta.offset)
+        try:
+            return await self.replies.wait(key, _APPLY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return envelope_error(verb_name, f"timed out after {_APPLY_TIMEOUT_S:.0f} s waiting for "
+                                             f"{topic.name}[{key[1]}]@{key[2]} to be applied")
+
+    def owner_url(self, sk: str) -> str | None:
+        """Base URL of the worker owning ``sk``, or None when it is this one (or unknown)."""
+        try:
+            url = self.app.router.key_store(TABLE_NAMES["session"], sk)
+        except KeyError:
+            return None
+        mine = self.app.conf.canonical_url
+        if (url.host, url.port) == (mine.host, mine.port):
+            return None
+        return str(url).rstrip("/")
+
+
+def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
+    load_verbs()
+    if settings.broker_kind == "embedded":
+        broker_compat.enable()
+    if not settings.broker:
+        raise ValueError("settings.broker must be set (the CLI starts the embedded broker first)")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=",".join(f"kafka://{b}" for b in settings.broker.split(",")),
+        broker_credentials=None,
+        store="rocksdb://",
+        datadir=str(settings.data_dir),
+        web_host=settings.web_host, web_port=settings.web_port, web_bind=settings.web_host,
+        canonical_url=f"http://{settings.web_host}:{settings.web_port}",
+        topic_partitions=settings.partitions, topic_replication_factor=settings.replication,
+        table_standby_replicas=settings.standby_replicas,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+        broker_commit_interval=settings.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        consumer_group_instance_id=settings.worker_id,
+        processing_guarantee="at_least_once",
+        producer_acks=-1,
+        key_serializer="raw", value_serializer="raw",
+        web_enabled=True, web_in_thread=False,
+        loghandlers=[],
+    )
+    if settings.kafka:
+        _apply_kafka_security(app, settings)
+    tables = {
+        verb_table: app.Table(name, key_type=str, value_type=bytes, key_serializer="raw",
+                              value_serializer="raw", partitions=settings.partitions,
+                              options={"driver": "rocksdict", "block_cache_size": settings.block_cache_bytes},
+                              help=f"learnstream {verb_table} state")
+        for verb_table, name in TABLE_NAMES.items()
+    }
+    rt = Runtime(app, settings, tables)
+    inputs = [t for t in input_topics() if t.verb or t.ops or t.role == "commands"]
+    for t in topics().values():
+        rt.channel(t.role)  # declare every topic (faust creates missing ones)
+    channel = app.topic(*[t.name for t in inputs], key_type=bytes, value_type=bytes,
+                        key_serializer="raw", value_serializer="raw")
+
+    async def learn(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            await rt.handle(list(events))
+
+    app.agent(channel, name="learnstream.learn", concurrency=1)(learn)  # >1 loses messages (faust #606)
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(app: faust.App, revoked: Any, **_: Any) -> None:
+        rt.processor.forget()
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(app: faust.App, assigned: Any, **_: Any) -> None:
+        rt.processor.forget()
+
+    _install_web(app, rt)
+    _install_metrics(app, rt, inputs)
+    return app, rt
+
+
+def _apply_kafka_security(app: faust.App, settings: Settings) -> None:
+    """SASL/TLS pass-through: faust takes credentials objects, built from the plain settings."""
+    import ssl
+
+    k = settings.kafka
+    context = None
+    if k.get("ssl_cafile") or k.get("security_protocol", "").endswith("SSL"):
+        context = ssl.create_default_context(cafile=k.get("ssl_cafile"))
+        if k.get("ssl_certfile"):
+            context.load_cert_chain(k["ssl_certfile"], k.get("ssl_keyfile"))
+    if k.get("sasl_mechanism"):
+        app.conf.broker_credentials = faust.SASLCredentials(
+            username=k.get("sasl_plain_username"), password=k.get("sasl_plain_password"),
+            mechanism=k["sasl_mechanism"], ssl_context=context)
+    elif context is not None:
+        app.conf.broker_credentials = context
+
+
+def _json(web: Any, data: Any, status: int = 200) -> Any:
+    return web.bytes(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json",
+                     status=status)
+
+
+def _install_web(app: faust.App, rt: Runtime) -> None:
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        return _json(web, {"status": "ok", "worker": rt.settings.worker_id or rt.settings.web_port})
+
+    @app.page("/ready")
+    async def ready(web: Any, request: Any) -> Any:
+        ok = rt.is_ready()
+        return _json(web, {"ready": ok}, 200 if ok else 503)
+
+    async def verb_request(web: Any, request: Any, req: Any) -> Any:
+        parsed = parse_request(req)
+        if isinstance(parsed, dict):
+            return _json(web, parsed, 400)
+        name, body = parsed
+        try:
+            sk = session_key_of(body)
+        except VerbError as exc:
+            return _json(web, envelope_error(name, str(exc)), 400)
+        owner = rt.owner_url(sk)
+        if owner is not None:
+            if request.headers.get(_FORWARDED):
+                return _json(web, envelope_error(name, "partition owner unknown (rebalancing); retry"), 503)
+            async with app.http_client.post(owner + request.path, data=orjson.dumps(req),
+                                            headers={_FORWARDED: "1", "Content-Type": "application/json"}) as r:
+                return web.bytes(await r.read(), content_type="application/json", status=r.status)
+        v = REGISTRY[name]
+        out = await rt.write(name, body, sk) if v.writes else rt.read(name, body, sk)
+        return _json(web, out, 200 if out["ok"] else 422)
+
+    async def read_body(request: Any) -> Any:
+        try:
+            return orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            return exc
+
+    @app.page("/dispatch")
+    class Dispatch(faust.web.View):
+        async def post(self, request: Any) -> Any:
+            req = await read_body(request)
+            if isinstance(req, Exception):
+                return _json(self.web, envelope_error("?", f"parse: {req}"), 400)
+            return await verb_request(self.web, request, req)
+
+    def shortcut(path: str, verb_name: str) -> None:
+        class Shortcut(faust.web.View):
+            async def post(self, request: Any) -> Any:
+                body = await read_body(request)
+                if isinstance(body, Exception) or not isinstance(body, dict):
+                    return _json(self.web, envelope_error(verb_name, f"parse: {body}"), 400)
+                return await verb_request(self.web, request, {"verb": verb_name, "body": body})
+        Shortcut.__name__ = f"Shortcut_{verb_name}"
+        app.page(path)(Shortcut)
+
+    shortcut("/route", "route")
+    shortcut("/predict", "predict")
+
+    @app.page("/graph/{session}/edges")
+    class GraphEdges(faust.web.View):
+        async def get(self, request: Any, session: str) -> Any:
+            q = request.query
+            body: dict[str, Any] = {"session_key": session}
+            try:
+                body["src"] = q["src"]
+                for name in ("t", "known_at", "limit"):
+                    if name in q:
+                        body[name] = int(q[name])
+            except (KeyError, ValueError) as exc:
+                return _json(self.web, envelope_error("query_at", f"bad query parameter: {exc}"), 400)
+            return await verb_request(self.web, request, {"verb": "query_at", "body": body})
+
+
+def _install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
+    from faust.sensors.prometheus import setup_prometheus_sensors
+
+    faust_registry = CollectorRegistry(auto_describe=True)
+    setup_prometheus_sensors(app, pattern="/metrics/faust", registry=faust_registry)
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        body = generate_latest(metrics.REGISTRY) + generate_latest(faust_registry)
+        return web.bytes(body, content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    names = {t.name for t in inputs}
+
+    @app.timer(_LAG_INTERVAL_S)
+    async def lag() -> None:
+        consumer = app.consumer
+        lag_by_topic: dict[str, int] = {t: 0 for t in names}
+        try:
+            assignment = consumer.assignment()
+        except Exception:  # noqa: BLE001 - not started yet
+            return
+        for tp in assignment:
+            if tp.topic not in names:
+                continue
+            hw = consumer.highwater(tp)  # from Fetch responses: correct on the embedded broker too
+            committed = consumer._committed_offset.get(tp)
+            if hw is not None and committed is not None:
+                lag_by_topic[tp.topic] += max(hw - committed, 0)  # committed = next offset to read
+        for t, n in lag_by_topic.items():
+            metrics.CONSUMER_LAG.labels(t).set(n)
+        metrics.READY.set(1 if rt.is_ready() else 0)

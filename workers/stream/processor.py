@@ -1,0 +1,225 @@
+"""Applying a batch of records to session state: the whole per-event logic of a worker.
+
+It knows nothing of faust: state comes through :class:`StateAccess`, so the same
+code runs in the worker and in tests. Order per batch (the commit order the
+worker relies on): decode + validate -> skip redeliveries (watermark) -> apply
+verb -> collect downstream events and DLQ entries -> write each dirty session
+value once (state and watermark together) -> the caller produces downstream
+events and DLQ entries, then acks. faust flushes the producer (changelog
+included) before it commits offsets, so a crash anywhere redelivers, and the
+watermark turns the redelivery into a no-op.
+"""
+from __future__ import annotations
+
+import abc
+import base64
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.codec import decode_json
+from workers.dispatch import load_verbs, run_verb, state_key
+from workers.errors import CorruptStateError, ValidationError
+from workers.state.base import ModelStore
+from workers.state.blob import StateBlob
+from workers.stream.records import Produce, Record, record_id
+from workers.topics import Topic, by_name
+from workers.verbs import REGISTRY, Verb, VerbContext
+
+__all__ = ("StateAccess", "Processor", "BatchResult", "dlq_entry")
+
+logger = logging.getLogger(__name__)
+
+
+class StateAccess(abc.ABC):
+    """Where the processor reads and writes session state (faust tables, or a ModelStore)."""
+
+    @abc.abstractmethod
+    def load(self, table: str, session_key: str, partition: int) -> bytes | None: ...
+
+    @abc.abstractmethod
+    def save(self, table: str, session_key: str, partition: int, value: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def graph_store(self, partition: int) -> ModelStore: ...
+
+
+class StoreStateAccess(StateAccess):
+    """StateAccess over one ModelStore (tests, and single-process replays)."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self.store = store
+
+    def load(self, table: str, session_key: str, partition: int) -> bytes | None:
+        return self.store.get(state_key(table, session_key))
+
+    def save(self, table: str, session_key: str, partition: int, value: bytes) -> None:
+        self.store.put(state_key(table, session_key), value)
+
+    def graph_store(self, partition: int) -> ModelStore:
+        return self.store
+
+
+@dataclass
+class BatchResult:
+    produce: list[Produce] = field(default_factory=list)
+    replies: dict[tuple[str, int, int], dict] = field(default_factory=dict)  # (topic, partition, offset) -> envelope
+    applied: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    by_topic: dict[tuple[str, str], int] = field(default_factory=dict)   # (topic, outcome) -> count
+
+
+def dlq_entry(rec: Record, reason: str, code: str) -> Produce:
+    return Produce("dlq", _key_str(rec) or "default", {
+        "id": record_id(rec), "reason": reason, "reason_code": code, "source": rec.source,
+        "key_b64": base64.b64encode(rec.key).decode() if rec.key is not None else None,
+        "value_b64": base64.b64encode(rec.value).decode() if rec.value is not None else None,
+        "ts_ms": int(time.time() * 1000),
+    })
+
+
+def _key_str(rec: Record) -> str | None:
+    if rec.key is None:
+        return None
+    try:
+        return rec.key.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, code: str) -> None:
+        super().__init__(reason)
+        self.reason, self.code = reason, code
+
+
+class Processor:
+    """Applies batches of records; keeps decoded session blobs cached between batches.
+
+    Call :meth:`forget` on every rebalance: another worker may have changed a
+    session while this one did not own it.
+    """
+
+    def __init__(self, state: StateAccess, *, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        load_verbs()
+        self.state = state
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self._cache: dict[tuple[str, str], StateBlob] = {}
+        self._topics: dict[str, Topic] = {}
+
+    def forget(self) -> None:
+        self._cache.clear()
+
+    def _topic(self, name: str) -> Topic:
+        t = self._topics.get(name)
+        if t is None:
+            t = self._topics[name] = by_name(name)
+        return t
+
+    def _blob(self, table: str, sk: str, partition: int) -> StateBlob:
+        b = self._cache.get((table, sk))
+        if b is None:
+            raw = self.state.load(table, sk, partition)
+            b = StateBlob.from_bytes(raw) if raw is not None else StateBlob()
+            self._cache[(table, sk)] = b
+        return b
+
+    def _resolve(self, rec: Record) -> tuple[Verb, dict, str]:
+        """(verb, body, session_key) of a record, or _Reject."""
+        try:
+            value = decode_json(rec.value)
+        except ValidationError as exc:
+            code = "oversized" if "exceeds" in exc.rule else "bad_json"
+            raise _Reject(exc.reason, code) from None
+        if not isinstance(value, dict):
+            raise _Reject(f"value must be a JSON object, got {type(value).__name__}", "invalid")
+        topic = self._topic(rec.topic)
+        if topic.verb:
+            name, body = topic.verb, value
+        elif topic.ops:
+            op = value.get("op")
+            if op not in topic.ops:
+                raise _Reject(f"op: must be one of {sorted(topic.ops)}, got {op!r}", "invalid")
+            name, body = topic.ops[op], {k: v for k, v in value.items() if k != "op"}
+        else:  # learn.commands: {verb, body}
+            name, body = value.get("verb"), value.get("body")
+            if not isinstance(name, str):
+                raise _Reject("verb: required, a string", "invalid")
+            if body is None:
+                body = {}
+            if not isinstance(body, dict):
+                raise _Reject("body: must be a JSON object", "invalid")
+        v = REGISTRY.get(name)
+        if v is None:
+            raise _Reject(f"unknown verb: {name}", "unknown_verb")
+        if not v.writes:
+            raise _Reject(f"verb {name} is a read; send reads to HTTP /dispatch", "invalid")
+        key = _key_str(rec)
+        sk = body.get("session_key", key or "default")
+        if not isinstance(sk, str) or not sk:
+            raise _Reject("session_key: must be a non-empty string", "invalid")
+        if key is not None and sk != key:
+            # Partitioning is by key: state for sk lives elsewhere, applying here would split it.
+            raise _Reject(f"session_key {sk!r} does not match the message key {key!r}", "invalid")
+        return v, body, sk
+
+    def process(self, records: list[Record]) -> BatchResult:
+        res = BatchResult()
+        dirty: dict[tuple[str, str], int] = {}
+        for rec in records:
+            outcome = self._apply_one(rec, res, dirty)
+            k = (rec.topic, outcome)
+            res.by_topic[k] = res.by_topic.get(k, 0) + 1
+        for (table, sk), partition in dirty.items():
+            self.state.save(table, sk, partition, self._cache[(table, sk)].to_bytes())
+        return res
+
+    def _apply_one(self, rec: Record, res: BatchResult, dirty: dict[tuple[str, str], int]) -> str:
+        try:
+            v, body, sk = self._resolve(rec)
+        except _Reject as r:
+            res.produce.append(dlq_entry(rec, r.reason, r.code))
+            res.replies[(rec.topic, rec.partition, rec.offset)] = {"ok": False, "verb": "?", "error": r.reason}
+            res.rejected += 1
+            return "rejected"
+        blob: StateBlob | None = None
+        if v.table in ("session", "learner"):
+            try:
+                blob = self._blob(v.table, sk, rec.partition)
+            except CorruptStateError as exc:
+                res.produce.append(dlq_entry(rec, f"stored state unusable: {exc}", "corrupt_state"))
+                res.rejected += 1
+                return "rejected"
+            if blob.watermark.seen(rec.topic, rec.partition, rec.offset):
+                res.duplicates += 1
+                return "duplicate"
+        emitted: list[tuple[str, dict]] = []
+        ctx = VerbContext(session_key=sk, state=blob, store=self.state.graph_store(rec.partition),
+                          prefix=state_key("graph", sk), emit=lambda role, p: emitted.append((role, p)),
+                          rng=self.rng, source=rec.source)
+        out = run_verb(v, ctx, body)
+        res.replies[(rec.topic, rec.partition, rec.offset)] = out
+        if blob is not None:
+            if not out["ok"]:
+                # verbs validate before mutating, but never trust a half-applied value: reload
+                self._cache.pop((v.table, sk), None)
+                blob = self._blob(v.table, sk, rec.partition)
+            blob.watermark.advance(rec.topic, rec.partition, rec.offset)
+            dirty[(v.table, sk)] = rec.partition
+        if not out["ok"]:
+            res.produce.append(dlq_entry(rec, out["error"], "refused"))
+            res.rejected += 1
+            return "rejected"
+        now_ms = int(self.clock() * 1000)
+        for n, (role, payload) in enumerate(emitted):
+            value = {"id": record_id(rec, n), "session_key": sk, "ts_ms": now_ms, "source": rec.source, **payload}
+            value["id"] = record_id(rec, n)  # the deterministic id wins over any payload field
+            res.produce.append(Produce(role, sk, value))
+        res.applied += 1
+        return "applied"

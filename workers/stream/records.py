@@ -1,0 +1,39 @@
+"""What flows through a worker: consumed records and what they produce."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ("Record", "Produce", "record_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed Kafka message, independent of faust."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int = 0
+
+    @property
+    def source(self) -> dict[str, Any]:
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset,
+                "timestamp_ms": self.timestamp_ms}
+
+
+@dataclass(frozen=True, slots=True)
+class Produce:
+    """One message to send downstream (topic role, key, JSON-able value)."""
+
+    role: str
+    key: str
+    value: dict
+
+
+def record_id(rec: Record, n: int = 0) -> str:
+    """Deterministic id of the n-th downstream event caused by ``rec``: consumers dedup on it."""
+    base = f"{rec.topic}:{rec.partition}:{rec.offset}"
+    return base if n == 0 else f"{base}:{n}"

@@ -1,0 +1,115 @@
+"""Worker settings: ``LEARNSTREAM_*`` environment variables, overridable by CLI flags."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workers.errors import ConfigError
+
+__all__ = ("Settings",)
+
+# faust's default block cache is 2 GiB *per partition database*; 16 MiB per table
+# partition keeps a laptop worker with 8 partitions x 3 tables under ~400 MiB.
+_BLOCK_CACHE_BYTES = 16 * 1024 * 1024
+# Tansu notices a dead member only after the session timeout; 10 s bounds failover.
+_SESSION_TIMEOUT_S = 10.0
+
+# Kafka client security settings passed through to aiokafka as-is.
+_KAFKA_PASSTHROUGH = ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
+                      "ssl_cafile", "ssl_certfile", "ssl_keyfile")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get("LEARNSTREAM_" + name, default)
+
+
+def _int(name: str, default: int) -> int:
+    raw = _env(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"LEARNSTREAM_{name}={raw!r} is not an integer") from None
+
+
+def _float(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"LEARNSTREAM_{name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker needs to know. ``Settings.from_env(**overrides)``."""
+
+    broker: str | None = None            # host:port[,host:port]; None = start the embedded broker
+    broker_kind: str = "embedded"        # "embedded" (Tansu workarounds on) or "kafka"
+    app_id: str = "learnstream"
+    data_dir: Path = Path("./learnstream-data")
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    partitions: int = 8
+    replication: int = 1
+    standby_replicas: int = 1
+    block_cache_bytes: int = _BLOCK_CACHE_BYTES
+    session_timeout_s: float = _SESSION_TIMEOUT_S
+    commit_interval_s: float = 1.0
+    batch_max: int = 500                 # events per take() batch
+    batch_within_s: float = 0.005        # how long a partial batch may wait
+    worker_id: str | None = None         # static group membership (the pod name on Kubernetes)
+    log_level: str = "warning"
+    kafka: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> "Settings":
+        broker = _env("BROKER") or None
+        kind = _env("BROKER_KIND") or ("kafka" if broker else "embedded")
+        if kind not in ("embedded", "kafka"):
+            raise ConfigError("LEARNSTREAM_BROKER_KIND must be 'embedded' or 'kafka'")
+        kafka = {k: v for k in _KAFKA_PASSTHROUGH if (v := _env("KAFKA_" + k.upper()))}
+        s = cls(
+            broker=broker, broker_kind=kind, app_id=_env("APP_ID", "learnstream"),
+            data_dir=Path(_env("DATA_DIR", "./learnstream-data")),
+            web_host=_env("WEB_HOST", "127.0.0.1"), web_port=_int("WEB_PORT", 6066),
+            partitions=_int("PARTITIONS", 8), replication=_int("REPLICATION", 1),
+            standby_replicas=_int("STANDBY_REPLICAS", 1), block_cache_bytes=_int("BLOCK_CACHE_BYTES", _BLOCK_CACHE_BYTES),
+            session_timeout_s=_float("SESSION_TIMEOUT_S", _SESSION_TIMEOUT_S),
+            commit_interval_s=_float("COMMIT_INTERVAL_S", 1.0), batch_max=_int("BATCH_MAX", 500),
+            batch_within_s=_float("BATCH_WITHIN_S", 0.005), worker_id=_env("WORKER_ID") or None,
+            log_level=_env("LOG_LEVEL", "warning"), kafka=kafka,
+        )
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if "data_dir" in overrides:
+            overrides["data_dir"] = Path(str(overrides["data_dir"]))
+        s = dataclasses.replace(s, **overrides)
+        if s.partitions < 1:
+            raise ConfigError("partitions must be >= 1")
+        return s
+
+    def env(self) -> dict[str, str]:
+        """These settings as LEARNSTREAM_* variables (to start a worker subprocess)."""
+        out = {
+            "LEARNSTREAM_BROKER_KIND": self.broker_kind, "LEARNSTREAM_APP_ID": self.app_id,
+            "LEARNSTREAM_DATA_DIR": str(self.data_dir), "LEARNSTREAM_WEB_HOST": self.web_host,
+            "LEARNSTREAM_WEB_PORT": str(self.web_port), "LEARNSTREAM_PARTITIONS": str(self.partitions),
+            "LEARNSTREAM_REPLICATION": str(self.replication),
+            "LEARNSTREAM_STANDBY_REPLICAS": str(self.standby_replicas),
+            "LEARNSTREAM_BLOCK_CACHE_BYTES": str(self.block_cache_bytes),
+            "LEARNSTREAM_SESSION_TIMEOUT_S": str(self.session_timeout_s),
+            "LEARNSTREAM_COMMIT_INTERVAL_S": str(self.commit_interval_s),
+            "LEARNSTREAM_BATCH_MAX": str(self.batch_max), "LEARNSTREAM_BATCH_WITHIN_S": str(self.batch_within_s),
+            "LEARNSTREAM_LOG_LEVEL": self.log_level,
+        }
+        if self.broker:
+            out["LEARNSTREAM_BROKER"] = self.broker
+        if self.worker_id:
+            out["LEARNSTREAM_WORKER_ID"] = self.worker_id
+        out.update({"LEARNSTREAM_KAFKA_" + k.upper(): v for k, v in self.kafka.items()})
+        return out

@@ -1,0 +1,105 @@
+"""Topics are contracts: ``topics/*.yaml`` is the only place a topic name is written.
+
+Each file gives a topic's role (how code refers to it), name, key, partitions,
+cleanup policy, retention, the JSON Schema of its value and one valid example.
+Code asks for ``topics()["feedback"].name``; ``learnstream topics create`` provisions them.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from workers.errors import ConfigError, ValidationError
+
+__all__ = ("Topic", "topics", "topics_dir", "input_topics", "by_name")
+
+KINDS = ("input", "downstream", "dlq")
+
+
+@dataclass(frozen=True)
+class Topic:
+    role: str
+    name: str
+    kind: str
+    key: str
+    partitions: int | None          # None: the app's partition count (co-partitioned inputs)
+    cleanup_policy: str
+    retention_ms: int
+    description: str
+    schema: dict
+    example: Any
+    verb: str | None = None         # the verb that applies an event of this topic
+    ops: dict[str, str] = field(default_factory=dict)  # op field -> verb (graph.edges)
+
+    @functools.cached_property
+    def validator(self) -> Draft202012Validator:
+        return Draft202012Validator(self.schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+    def validate(self, value: Any) -> None:
+        """Raise ValidationError naming the field and the broken rule."""
+        err = best_match(self.validator.iter_errors(value))
+        if err is not None:
+            path = ".".join(str(p) for p in err.absolute_path)
+            raise ValidationError(path, err.message)
+
+    def config(self) -> dict[str, str]:
+        """Kafka topic configs for creation."""
+        return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+
+
+def topics_dir() -> Path:
+    env = os.environ.get("LEARNSTREAM_TOPICS_DIR")
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve().parent
+    candidates += [here / "topics", here.parent / "topics"]
+    for c in candidates:
+        if c.is_dir() and any(c.glob("*.yaml")):
+            return c
+    raise ConfigError("topics/*.yaml not found; set LEARNSTREAM_TOPICS_DIR to the folder holding them")
+
+
+def _load(path: Path) -> Topic:
+    d = yaml.safe_load(path.read_text())
+    missing = {"role", "name", "kind", "key", "cleanup_policy", "retention_ms", "schema", "example"} - set(d)
+    if missing:
+        raise ConfigError(f"{path.name}: missing {sorted(missing)}")
+    if d["kind"] not in KINDS:
+        raise ConfigError(f"{path.name}: kind must be one of {KINDS}")
+    return Topic(role=d["role"], name=d["name"], kind=d["kind"], key=d["key"], partitions=d.get("partitions"),
+                 cleanup_policy=d["cleanup_policy"], retention_ms=int(d["retention_ms"]),
+                 description=str(d.get("description", "")).strip(), schema=d["schema"], example=d["example"],
+                 verb=d.get("verb"), ops=dict(d.get("ops") or {}))
+
+
+@functools.lru_cache(maxsize=None)
+def _topics(folder: str) -> dict[str, Topic]:
+    out: dict[str, Topic] = {}
+    for p in sorted(Path(folder).glob("*.yaml")):
+        t = _load(p)
+        if t.role in out:
+            raise ConfigError(f"topic role {t.role!r} defined twice")
+        out[t.role] = t
+    return out
+
+
+def topics() -> dict[str, Topic]:
+    """All topics by role."""
+    return _topics(str(topics_dir()))
+
+
+def input_topics() -> list[Topic]:
+    return [t for t in topics().values() if t.kind == "input"]
+
+
+def by_name(name: str) -> Topic:
+    for t in topics().values():
+        if t.name == name:
+            return t
+    raise KeyError(name)
