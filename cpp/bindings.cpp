@@ -9,6 +9,7 @@
 #include <string>
 
 #include "common.h"
+#include "router.h"
 #include "deep.h"
 
 namespace py = pybind11;
@@ -87,7 +88,162 @@ void bind_instant_deep(py::module_& m) {
 void bind_attention(py::module_& m) { (void)m; }
 
 // ---- router (cpp/router.h) ----
-void bind_router(py::module_& m) { (void)m; }
+namespace rt = learnstream::router;
+
+// The router's parameter buffer for (in_dim, n_targets): 1-d float32 of the exact size.
+const float* router_params(const f32& params, const rt::Layout& L) {
+    py::buffer_info b = need(params, 1, "params");
+    if (static_cast<std::size_t>(b.shape[0]) != L.total)
+        throw std::runtime_error("params has " + std::to_string(b.shape[0]) + " floats, expected " +
+                                 std::to_string(L.total) + " for in_dim " + std::to_string(L.in_dim) +
+                                 " and " + std::to_string(L.nt) + " targets");
+    return static_cast<const float*>(b.ptr);
+}
+
+void check_targets(std::size_t nt) {
+    if (nt < 1 || nt > rt::MAX_TARGETS)
+        throw std::runtime_error("n_targets must be 1.." + std::to_string(rt::MAX_TARGETS));
+}
+
+void bind_router(py::module_& m) {
+    m.attr("ROUTER_HIDDEN") = rt::HIDDEN;
+    m.attr("ROUTER_RANK") = rt::RANK;
+    m.attr("ROUTER_BUCKETS") = rt::BUCKETS;
+    m.attr("ROUTER_MAX_TARGETS") = rt::MAX_TARGETS;
+    m.def(
+        "router_layout",
+        [](std::size_t in_dim, std::size_t nt) {
+            check_targets(nt);
+            const rt::Layout L(in_dim, nt);
+            const std::size_t H = rt::HIDDEN;
+            py::dict d;
+            auto put = [&](const char* k, std::size_t off, py::tuple shape) { d[k] = py::make_tuple(off, shape); };
+            put("V", L.v, py::make_tuple(rt::RANK, in_dim));
+            put("U", L.u, py::make_tuple(H, rt::RANK));
+            put("bh", L.bh, py::make_tuple(H));
+            put("bz", L.bz, py::make_tuple(H));
+            put("w_temperature", L.wt, py::make_tuple(H));
+            put("b_temperature", L.bt, py::make_tuple(1));
+            put("w_top_p", L.wp, py::make_tuple(H));
+            put("b_top_p", L.bp, py::make_tuple(1));
+            put("w_confidence", L.wf, py::make_tuple(H));
+            put("b_confidence", L.bf, py::make_tuple(1));
+            put("W_model", L.wm, py::make_tuple(nt, H));
+            put("b_model", L.bm, py::make_tuple(nt));
+            put("W_ctx", L.wc, py::make_tuple(rt::BUCKETS, H));
+            put("b_ctx", L.bc, py::make_tuple(rt::BUCKETS));
+            d["total"] = L.total;
+            d["trainable"] = L.trainable();
+            return d;
+        },
+        py::arg("in_dim"), py::arg("n_targets"),
+        "{name: (offset, shape)} of every tensor in the parameter buffer, plus 'total' and 'trainable' "
+        "(offset of the trained tail: model and context heads).");
+    m.def(
+        "router_init",
+        [](uint32_t seed, std::size_t in_dim, std::size_t nt) {
+            check_targets(nt);
+            if (in_dim < 1) throw std::runtime_error("in_dim must be > 0");
+            const rt::Layout L(in_dim, nt);
+            py::array_t<float> out(L.total);
+            rt::init(out.mutable_data(), L, seed);
+            return out;
+        },
+        py::arg("seed"), py::arg("in_dim"), py::arg("n_targets"),
+        "Deterministic parameter buffer: V, U (90% masked) from mulberry32(seed), heads from "
+        "mulberry32(seed ^ 0xA17C), biases 0.");
+    m.def(
+        "router_route",
+        [](const f32& params, const f32& x, std::size_t nt, bool normalize, const py::object& adapter) {
+            check_targets(nt);
+            py::buffer_info xb = need(x, 1, "x");
+            const rt::Layout L(static_cast<std::size_t>(xb.shape[0]), nt);
+            const float* p = router_params(params, L);
+            const float* a = nullptr;
+            f32 ad;
+            if (!adapter.is_none()) {
+                ad = adapter.cast<f32>();
+                py::buffer_info ab = need(ad, 1, "adapter");
+                if (static_cast<std::size_t>(ab.shape[0]) != nt)
+                    throw std::runtime_error("adapter must have n_targets logits");
+                a = static_cast<const float*>(ab.ptr);
+            }
+            // One query: a few microseconds, cheaper than releasing the GIL.
+            const rt::Decision d = rt::decide(p, L, static_cast<const float*>(xb.ptr), normalize, a);
+            return py::make_tuple(d.model, d.prob, d.bucket, d.temperature, d.top_p, d.confidence);
+        },
+        py::arg("params"), py::arg("x"), py::arg("n_targets"), py::arg("normalize") = false,
+        py::arg("adapter") = py::none(),
+        "One query -> (model index, its softmax prob, context bucket, temperature, top_p, confidence).");
+    m.def(
+        "router_forward_batch",
+        [](const f32& params, const f32& X, std::size_t nt, bool normalize) {
+            check_targets(nt);
+            py::buffer_info xb = need(X, 2, "X");
+            const auto n = static_cast<std::size_t>(xb.shape[0]);
+            const rt::Layout L(static_cast<std::size_t>(xb.shape[1]), nt);
+            const float* p = router_params(params, L);
+            py::array_t<float> model({n, nt}), ctx({n, rt::BUCKETS}), tpc({n, std::size_t{3}});
+            float *mo = model.mutable_data(), *co = ctx.mutable_data(), *to = tpc.mutable_data();
+            const float* xp = static_cast<const float*>(xb.ptr);
+            {
+                py::gil_scoped_release nogil;
+                rt::forward_batch(p, L, xp, n, normalize, mo, co, to);
+            }
+            return py::make_tuple(model, ctx, tpc);
+        },
+        py::arg("params"), py::arg("X"), py::arg("n_targets"), py::arg("normalize") = false,
+        "Rows of X -> (model logits n x nt, ctx logits n x 5, [temperature, top_p, conf] n x 3).");
+    m.def(
+        "router_train",
+        [](py::array params, const f32& x, std::size_t nt, std::size_t target, std::size_t bucket, double lr,
+           bool normalize) {
+            check_targets(nt);
+            float* p = inplace_array<float>(params, "params", "float32");
+            py::buffer_info xb = need(x, 1, "x");
+            const rt::Layout L(static_cast<std::size_t>(xb.shape[0]), nt);
+            if (params.ndim() != 1 || static_cast<std::size_t>(params.shape(0)) != L.total)
+                throw std::runtime_error("params does not match in_dim " + std::to_string(L.in_dim) + " and " +
+                                         std::to_string(nt) + " targets");
+            if (target >= nt || bucket >= rt::BUCKETS) throw std::runtime_error("target or bucket out of range");
+            rt::train_step(p, L, static_cast<const float*>(xb.ptr), normalize, target, bucket,
+                           static_cast<float>(lr));
+        },
+        py::arg("params"), py::arg("x"), py::arg("n_targets"), py::arg("target"), py::arg("bucket"),
+        py::arg("lr"), py::arg("normalize") = false,
+        "In place: one softmax cross-entropy step of the model and context heads toward (target, bucket); "
+        "a negative lr pushes away.");
+    m.def(
+        "router_train_batch",
+        [](py::array params, const f32& X, std::size_t nt,
+           const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& targets,
+           const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& buckets, const f32& lrs,
+           bool normalize) {
+            check_targets(nt);
+            float* p = inplace_array<float>(params, "params", "float32");
+            py::buffer_info xb = need(X, 2, "X"), lb = need(lrs, 1, "lrs");
+            const auto n = static_cast<std::size_t>(xb.shape[0]);
+            const rt::Layout L(static_cast<std::size_t>(xb.shape[1]), nt);
+            if (params.ndim() != 1 || static_cast<std::size_t>(params.shape(0)) != L.total)
+                throw std::runtime_error("params does not match X's width and n_targets");
+            if (targets.ndim() != 1 || buckets.ndim() != 1 || static_cast<std::size_t>(targets.shape(0)) != n ||
+                static_cast<std::size_t>(buckets.shape(0)) != n || static_cast<std::size_t>(lb.shape[0]) != n)
+                throw std::runtime_error("targets, buckets and lrs must be 1-d with one entry per row of X");
+            const int64_t *tp = targets.data(), *bp = buckets.data();
+            for (std::size_t i = 0; i < n; ++i)
+                if (tp[i] < 0 || static_cast<std::size_t>(tp[i]) >= nt || bp[i] < 0 ||
+                    static_cast<std::size_t>(bp[i]) >= rt::BUCKETS)
+                    throw std::runtime_error("target or bucket out of range at row " + std::to_string(i));
+            const float *xp = static_cast<const float*>(xb.ptr), *lp = static_cast<const float*>(lb.ptr);
+            py::gil_scoped_release nogil;
+            for (std::size_t i = 0; i < n; ++i)
+                rt::train_step(p, L, xp + i * L.in_dim, normalize, static_cast<std::size_t>(tp[i]),
+                               static_cast<std::size_t>(bp[i]), lp[i]);
+        },
+        py::arg("params"), py::arg("X"), py::arg("n_targets"), py::arg("targets"), py::arg("buckets"),
+        py::arg("lrs"), py::arg("normalize") = false,
+        "In place: router_train over the rows of X in order (the GIL is released).");
+}
 
 // ---- online learner models (cpp/online.h) ----
 void bind_online(py::module_& m) { (void)m; }

@@ -1,0 +1,217 @@
+// Router core (spec: cores.md, "Router core"): a FastGRNN-style cell over a
+// sparse low-rank projection, five heads, and the softmax cross-entropy step that
+// trains the model and context heads from outcomes.
+//
+// All parameters of one router live in ONE float32 buffer (see Layout), so a
+// forward is one pointer + one input and Python passes a single array. The
+// frozen part (V, U, cell biases, temperature/top_p/confidence heads) comes first
+// and is never written after init, so a state can store only its seed for it; the
+// trainable part (model and context heads) is the buffer's tail.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "common.h"
+
+namespace learnstream {
+namespace router {
+
+constexpr std::size_t HIDDEN = 128;
+constexpr std::size_t RANK = 8;
+constexpr std::size_t BUCKETS = 5;
+// Stack scratch for the model logits of one query: no allocation per route.
+constexpr std::size_t MAX_TARGETS = 1024;
+constexpr float SPARSITY = 0.9f;
+constexpr uint32_t MASK_SALT = 0x9E37u;
+constexpr uint32_t HEAD_SALT = 0xA17Cu;
+
+// Offsets (in floats) of every tensor in the parameter buffer.
+struct Layout {
+    std::size_t in_dim, nt;
+    std::size_t v, u, bh, bz, wt, bt, wp, bp, wf, bf;  // frozen
+    std::size_t wm, bm, wc, bc;                        // trainable (the tail)
+    std::size_t total;
+
+    Layout(std::size_t in_dim_, std::size_t nt_) : in_dim(in_dim_), nt(nt_) {
+        std::size_t o = 0;
+        v = o;  o += RANK * in_dim;
+        u = o;  o += HIDDEN * RANK;
+        bh = o; o += HIDDEN;
+        bz = o; o += HIDDEN;
+        wt = o; o += HIDDEN;
+        bt = o; o += 1;
+        wp = o; o += HIDDEN;
+        bp = o; o += 1;
+        wf = o; o += HIDDEN;
+        bf = o; o += 1;
+        wm = o; o += nt * HIDDEN;
+        bm = o; o += nt;
+        wc = o; o += BUCKETS * HIDDEN;
+        bc = o; o += BUCKETS;
+        total = o;
+    }
+    std::size_t trainable() const { return wm; }
+};
+
+// Box-Muller on two mulberry32 draws: sqrt(-2 ln max(u,1e-9)) * cos(2 pi v).
+// Evaluated in double and rounded once to float: libm's float log/cos may differ
+// by an ulp between platforms, the double ones almost never change the rounded
+// float, so weights regenerated from a seed on another machine stay bit-exact.
+inline float randn(Mulberry32& rng) {
+    const double u = rng.next();
+    const double v = rng.next();
+    const double two_pi = 6.283185307179586;
+    return static_cast<float>(std::sqrt(-2.0 * std::log(std::max(u, 1e-9))) * std::cos(two_pi * v));
+}
+
+// Dot product with 8 independent partial sums: a plain loop is one dependent
+// add chain (gcc may not reorder float adds without -ffast-math), which makes the
+// 8 x 384 projection latency-bound; 8 lanes let -O3 use two SSE accumulators.
+inline float fdot(const float* a, const float* b, std::size_t n) {
+    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (std::size_t j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+    float tail = 0.0f;
+    for (; i < n; ++i) tail += a[i] * b[i];
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
+}
+
+inline float inv_sqrt(std::size_t n) { return static_cast<float>(1.0 / std::sqrt(static_cast<double>(n))); }
+
+// Deterministic init of the whole buffer p[L.total] from seed.
+inline void init(float* p, const Layout& L, uint32_t seed) {
+    std::fill(p, p + L.total, 0.0f);  // every bias starts at 0
+    Mulberry32 rng(seed);
+    const float sv = inv_sqrt(L.in_dim), su = inv_sqrt(RANK), sh = inv_sqrt(HIDDEN);
+    for (std::size_t i = 0; i < RANK * L.in_dim; ++i) p[L.v + i] = randn(rng) * sv;
+    for (std::size_t i = 0; i < HIDDEN * RANK; ++i) p[L.u + i] = randn(rng) * su;
+    Mulberry32 mask(seed ^ MASK_SALT);
+    for (std::size_t i = 0; i < HIDDEN * RANK; ++i)
+        if (mask.next() < SPARSITY) p[L.u + i] = 0.0f;
+    Mulberry32 heads(seed ^ HEAD_SALT);
+    for (std::size_t i = 0; i < L.nt * HIDDEN; ++i) p[L.wm + i] = randn(heads) * sh;
+    for (std::size_t i = 0; i < BUCKETS * HIDDEN; ++i) p[L.wc + i] = randn(heads) * sh;
+    for (std::size_t i = 0; i < HIDDEN; ++i) p[L.wt + i] = randn(heads) * sh;
+    for (std::size_t i = 0; i < HIDDEN; ++i) p[L.wp + i] = randn(heads) * sh;
+    for (std::size_t i = 0; i < HIDDEN; ++i) p[L.wf + i] = randn(heads) * sh;
+}
+
+// The cell: w = U(V x); pre = w + bh; z = sigma(pre + bz); h = (1 - z) tanh(pre).
+// `normalize` ([beyond]) first rescales x to unit RMS (norm sqrt(in_dim)), the scale
+// V's 1/sqrt(in_dim) init assumes; it is applied to the rank-8 projection, which
+// is the same thing and costs 8 multiplies.
+inline void hidden(const float* p, const Layout& L, const float* x, bool normalize, float* h) {
+    float t[RANK];
+    for (std::size_t r = 0; r < RANK; ++r) t[r] = fdot(p + L.v + r * L.in_dim, x, L.in_dim);
+    if (normalize) {
+        const float n2 = fdot(x, x, L.in_dim);
+        if (n2 > 0.0f) {
+            const float s = std::sqrt(static_cast<float>(L.in_dim) / n2);
+            for (float& e : t) e *= s;
+        }
+    }
+    const float* U = p + L.u;
+    for (std::size_t i = 0; i < HIDDEN; ++i) {
+        float w = 0.0f;
+        for (std::size_t r = 0; r < RANK; ++r) w += U[i * RANK + r] * t[r];
+        const float pre = w + p[L.bh + i];
+        // ~43% of U's rows are all zero (0.9^8): with bh = 0 the unit is exactly 0,
+        // so the sparsity saves the two transcendentals, which dominate the cost.
+        h[i] = pre == 0.0f ? 0.0f : (1.0f - sigmoid(pre + p[L.bz + i])) * std::tanh(pre);
+    }
+}
+
+// The five heads on h: model logits (nt), ctx logits (5), and
+// [temperature, top_p, confidence] = [0.1 + 1.4 s, 0.5 + 0.5 s, s] of their sigmoids.
+inline void heads(const float* p, const Layout& L, const float* h, float* model, float* ctx, float* tpc) {
+    for (std::size_t k = 0; k < L.nt; ++k) model[k] = fdot(p + L.wm + k * HIDDEN, h, HIDDEN) + p[L.bm + k];
+    for (std::size_t k = 0; k < BUCKETS; ++k) ctx[k] = fdot(p + L.wc + k * HIDDEN, h, HIDDEN) + p[L.bc + k];
+    tpc[0] = 0.1f + 1.4f * sigmoid(fdot(p + L.wt, h, HIDDEN) + p[L.bt]);
+    tpc[1] = 0.5f + 0.5f * sigmoid(fdot(p + L.wp, h, HIDDEN) + p[L.bp]);
+    tpc[2] = sigmoid(fdot(p + L.wf, h, HIDDEN) + p[L.bf]);
+}
+
+// Index of the first strict maximum.
+inline std::size_t argmax(const float* a, std::size_t n) {
+    std::size_t best = 0;
+    for (std::size_t i = 1; i < n; ++i)
+        if (a[i] > a[best]) best = i;
+    return best;
+}
+
+// Softmax probability of entry k: 1 / sum_j exp(a_j - a_k), stable when k is the max.
+inline float softmax_at(const float* a, std::size_t n, std::size_t k) {
+    float s = 0.0f;
+    for (std::size_t j = 0; j < n; ++j) s += std::exp(a[j] - a[k]);
+    return 1.0f / s;
+}
+
+struct Decision {
+    std::size_t model;    // argmax of (model logits + adapter)
+    float prob;           // its softmax probability
+    std::size_t bucket;   // argmax of ctx logits
+    float temperature, top_p, confidence;  // confidence = conf * prob
+};
+
+// One query, end to end, without allocating. `adapter` (nt logits) may be null.
+inline Decision decide(const float* p, const Layout& L, const float* x, bool normalize, const float* adapter) {
+    float h[HIDDEN], model[MAX_TARGETS], ctx[BUCKETS], tpc[3];
+    hidden(p, L, x, normalize, h);
+    heads(p, L, h, model, ctx, tpc);
+    if (adapter != nullptr)
+        for (std::size_t k = 0; k < L.nt; ++k) model[k] += adapter[k];
+    Decision d;
+    d.model = argmax(model, L.nt);
+    d.prob = softmax_at(model, L.nt, d.model);
+    d.bucket = argmax(ctx, BUCKETS);
+    d.temperature = tpc[0];
+    d.top_p = tpc[1];
+    d.confidence = tpc[2] * d.prob;
+    return d;
+}
+
+// Batch forward: raw head outputs for n rows of X (n x in_dim).
+inline void forward_batch(const float* p, const Layout& L, const float* X, std::size_t n, bool normalize,
+                          float* model, float* ctx, float* tpc) {
+    float h[HIDDEN];
+    for (std::size_t i = 0; i < n; ++i) {
+        hidden(p, L, X + i * L.in_dim, normalize, h);
+        heads(p, L, h, model + i * L.nt, ctx + i * BUCKETS, tpc + i * 3);
+    }
+}
+
+// In-place softmax cross-entropy step of one head (rows x HIDDEN weights + rows
+// biases) toward class `target`: W -= lr (softmax(Wh + b) - e_target) h^T. A
+// negative lr ascends the loss, i.e. pushes the head away from `target`.
+inline void ce_step(float* W, float* b, std::size_t rows, const float* h, std::size_t target, float lr,
+                    float* logits) {
+    for (std::size_t k = 0; k < rows; ++k) logits[k] = fdot(W + k * HIDDEN, h, HIDDEN) + b[k];
+    const float top = logits[argmax(logits, rows)];
+    float s = 0.0f;
+    for (std::size_t k = 0; k < rows; ++k) {
+        logits[k] = std::exp(logits[k] - top);
+        s += logits[k];
+    }
+    for (std::size_t k = 0; k < rows; ++k) {
+        const float g = lr * (logits[k] / s - (k == target ? 1.0f : 0.0f));
+        float* w = W + k * HIDDEN;
+        for (std::size_t j = 0; j < HIDDEN; ++j) w[j] -= g * h[j];
+        b[k] -= g;
+    }
+}
+
+// One training sample: both heads step toward (target model, bucket) with the
+// signed learning rate lr = sign(q - 0.5) * 0.05 * 2|q - 0.5| (computed by the caller).
+inline void train_step(float* p, const Layout& L, const float* x, bool normalize, std::size_t target,
+                       std::size_t bucket, float lr) {
+    float h[HIDDEN], logits[MAX_TARGETS];
+    hidden(p, L, x, normalize, h);
+    ce_step(p + L.wm, p + L.bm, L.nt, h, target, lr, logits);
+    ce_step(p + L.wc, p + L.bc, BUCKETS, h, bucket, lr, logits);
+}
+
+}  // namespace router
+}  // namespace learnstream

@@ -1,0 +1,422 @@
+"""Router core (spec: cores.md, Router core): kernel parity, verbs, learning, persistence."""
+from __future__ import annotations
+
+import random
+import sys
+import types
+
+import numpy as np
+import pytest
+from reference import router_ref as ref
+
+from workers import _kernels as K
+from workers.codec import encode_embedding_b64
+from workers.cores.router import RouterState, context_bucket
+from workers.dispatch import LearnSession
+from workers.errors import CorruptStateError
+
+TARGETS = ["small", "medium", "large"]
+
+
+def _x(seed: int, dim: int = 16) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+
+
+def _session(**init) -> LearnSession:
+    s = LearnSession(rng=random.Random(7))
+    body = {"targets": TARGETS, "in_dim": 16, **init}
+    assert s.dispatch({"verb": "init_router", "body": body})["ok"]
+    return s
+
+
+def _route(s: LearnSession, x: np.ndarray, **extra) -> dict:
+    out = s.dispatch({"verb": "route", "body": {"embedding": x.tolist(), **extra}})
+    assert out["ok"], out
+    return out["data"]
+
+
+# ------------------------------------------------------------------ kernel parity
+def test_python_mulberry32_matches_kernel() -> None:
+    r = ref.Mulberry32(0xC0A5)
+    assert np.array_equal(np.array([r.next() for _ in range(1000)], np.float32), K.mulberry32_stream(0xC0A5, 1000))
+
+
+@pytest.mark.parametrize(("seed", "in_dim", "nt"), [(0xC0A5, 384, 8), (1, 16, 3)])
+def test_init_equals_reference(seed: int, in_dim: int, nt: int) -> None:
+    want = ref.init(seed, in_dim, nt)
+    got = RouterState([f"t{i}" for i in range(nt)], in_dim=in_dim, seed=seed).weights()
+    assert set(got) == set(want)
+    for name, arr in want.items():
+        np.testing.assert_allclose(got[name], arr, rtol=0, atol=1e-7, err_msg=name)
+
+
+def test_u_is_about_ninety_percent_zeros() -> None:
+    U = RouterState(TARGETS, in_dim=384).weights()["U"]
+    assert U.shape == (128, 8)
+    assert 0.85 <= float((U == 0).mean()) <= 0.95
+    assert np.count_nonzero(U) > 0
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_forward_equals_reference(normalize: bool) -> None:
+    st = RouterState(TARGETS, in_dim=384, normalize=normalize)
+    w = ref.init(0xC0A5, 384, 3)
+    for seed in range(20):
+        x = _x(seed, 384) * (0.05 if seed % 2 else 1.0)  # unit-ish and tiny inputs
+        best, p, bucket, t, tp, c = K.router_route(st.params, x, 3, normalize)
+        rb, rp, rbucket, rt, rtp, rc = ref.decide(w, x, normalize)
+        assert (best, bucket) == (rb, rbucket)
+        np.testing.assert_allclose([p, t, tp, c], [rp, rt, rtp, rc], rtol=0, atol=1e-5)
+
+
+def test_batch_forward_equals_reference_and_single() -> None:
+    st = RouterState(TARGETS, in_dim=64, seed=3)
+    w = ref.init(3, 64, 3)
+    X = np.random.default_rng(1).standard_normal((25, 64)).astype(np.float32)
+    model, ctx, tpc = K.router_forward_batch(st.params, X, 3)
+    assert model.shape == (25, 3) and ctx.shape == (25, 5) and tpc.shape == (25, 3)
+    for i, x in enumerate(X):
+        rm, rc, rt = ref.heads(w, ref.hidden(w, x))
+        np.testing.assert_allclose(model[i], rm, atol=1e-5)
+        np.testing.assert_allclose(ctx[i], rc, atol=1e-5)
+        np.testing.assert_allclose(tpc[i], rt, atol=1e-5)
+        assert K.router_route(st.params, x, 3)[0] == int(np.argmax(model[i]))
+
+
+def test_adapter_logits_in_kernel_equal_reference() -> None:
+    st = RouterState(TARGETS, in_dim=16)
+    w = ref.init(0xC0A5, 16, 3)
+    a = np.array([0.3, -1.0, 2.0], np.float32)
+    got = K.router_route(st.params, _x(1), 3, False, a)
+    want = ref.decide(w, _x(1), adapter=a)
+    assert got[0] == want[0]
+    np.testing.assert_allclose(got[1:], want[1:], atol=1e-5)
+
+
+def test_train_step_equals_reference() -> None:
+    st = RouterState(TARGETS, in_dim=32, seed=9)
+    w = ref.init(9, 32, 3)
+    rng = np.random.default_rng(2)
+    for i in range(30):
+        x = rng.standard_normal(32).astype(np.float32)
+        t, b, lr = i % 3, i % 5, float(rng.uniform(-0.05, 0.05))
+        K.router_train(st.params, x, 3, t, b, lr)
+        ref.train_step(w, x, t, b, lr)
+    got = st.weights()
+    for name in ("W_model", "b_model", "W_ctx", "b_ctx"):
+        np.testing.assert_allclose(got[name], w[name], atol=1e-5, err_msg=name)
+    for name in ("V", "U", "w_temperature", "bh"):  # frozen: untouched
+        np.testing.assert_array_equal(got[name], w[name], err_msg=name)
+
+
+def test_train_batch_equals_sequential_steps() -> None:
+    a = RouterState(TARGETS, in_dim=16)
+    b = RouterState(TARGETS, in_dim=16)
+    X = np.random.default_rng(3).standard_normal((40, 16)).astype(np.float32)
+    t = np.arange(40) % 3
+    bk = np.arange(40) % 5
+    lrs = np.linspace(-0.05, 0.05, 40).astype(np.float32)
+    K.router_train_batch(a.params, X, 3, t, bk, lrs)
+    for i in range(40):
+        K.router_train(b.params, X[i], 3, int(t[i]), int(bk[i]), float(lrs[i]))
+    np.testing.assert_array_equal(a.params, b.params)
+
+
+def test_kernel_refuses_bad_shapes_and_silent_copies() -> None:
+    st = RouterState(TARGETS, in_dim=16)
+    with pytest.raises(RuntimeError, match="params has"):
+        K.router_route(st.params, _x(0, 15), 3)
+    with pytest.raises(RuntimeError, match="adapter"):
+        K.router_route(st.params, _x(0), 3, False, np.zeros(2, np.float32))
+    with pytest.raises(RuntimeError, match="float32"):  # a forcecast copy would lose the update
+        K.router_train(st.params.astype(np.float64), _x(0), 3, 0, 0, 0.1)
+    with pytest.raises(RuntimeError, match="out of range"):
+        K.router_train(st.params, _x(0), 3, 3, 0, 0.1)
+
+
+# ------------------------------------------------------------------ route
+@pytest.mark.parametrize(("tokens", "bucket"), [(0, 0), (100, 0), (1000, 0), (1001, 1), (4000, 1), (4001, 2),
+                                                 (16000, 2), (64000, 3), (64001, 4), (10**6, 4)])
+def test_bucket_boundaries(tokens: int, bucket: int) -> None:
+    assert context_bucket(tokens) == bucket == ref.context_bucket(tokens)
+
+
+@pytest.mark.parametrize(("tokens", "bucket"), [(100, 0), (1000, 0), (1001, 1), (4000, 1), (16000, 2),
+                                                 (64000, 3), (10**6, 4)])
+def test_untrained_route_is_the_rule_route(tokens: int, bucket: int) -> None:
+    s = _session()
+    assert _route(s, _x(0), estimated_tokens=tokens, task_type="code") == {
+        "model": "small", "context_bucket": bucket, "temperature": 0.7, "top_p": 0.9, "confidence": 0.5,
+        "algo": "rule", "exploration": False}
+
+
+def test_trained_route_ranges() -> None:
+    s = _session(threshold=0, epsilon=0.0)
+    seen = set()
+    for seed in range(200):
+        r = _route(s, _x(seed) * 3.0)
+        assert r["algo"] == "fastgrnn" and r["exploration"] is False
+        assert r["model"] in TARGETS and r["context_bucket"] in range(5)
+        assert 0.1 <= r["temperature"] <= 1.5 and 0.5 <= r["top_p"] <= 1.0 and 0.0 <= r["confidence"] <= 1.0
+        seen.add(r["model"])
+    assert len(seen) > 1  # the untrained heads still depend on the input
+
+
+def test_trained_route_confidence_is_conf_times_prob() -> None:
+    st = RouterState(TARGETS, in_dim=16, threshold=0, epsilon=0.0)
+    w = ref.init(0xC0A5, 16, 3)
+    r = st.route(_x(4))
+    best, p, bucket, t, tp, c = ref.decide(w, _x(4))
+    assert r["model"] == TARGETS[best] and r["context_bucket"] == bucket
+    assert r["confidence"] == pytest.approx(c, abs=1e-5) and r["temperature"] == pytest.approx(t, abs=1e-5)
+
+
+def test_epsilon_zero_never_explores_and_one_always_explores() -> None:
+    s0 = _session(threshold=0, epsilon=0.0)
+    s1 = _session(threshold=0, epsilon=1.0)
+    greedy = [_route(s0, _x(i)) for i in range(50)]
+    explored = [_route(s1, _x(i)) for i in range(50)]
+    assert not any(r["exploration"] for r in greedy)
+    assert sum(r["exploration"] for r in explored) >= 45
+    for g, e in zip(greedy, explored, strict=True):  # an exploration never picks the greedy choice
+        assert e["exploration"] and e["model"] != g["model"]
+
+
+def test_exploration_uses_the_injected_rng() -> None:
+    st = RouterState(TARGETS, in_dim=16, threshold=0, epsilon=0.5)
+    a = [st.route(_x(i), rng=random.Random(3))["model"] for i in range(30)]
+    b = [st.route(_x(i), rng=random.Random(3))["model"] for i in range(30)]
+    assert a == b
+
+
+def test_single_target_never_explores() -> None:
+    st = RouterState(["only"], in_dim=16, threshold=0, epsilon=1.0)
+    assert all(not st.route(_x(i))["exploration"] for i in range(20))
+
+
+# ------------------------------------------------------------------ adapter
+class _StandIn:
+    """What the router needs of the instant core: targets, dim, logits(x)."""
+
+    def __init__(self, targets: list[str], dim: int, boost: int) -> None:
+        self.targets, self.dim, self.boost = targets, dim, boost
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(self.targets), np.float32)
+        out[self.boost] = 100.0
+        return out
+
+    def to_bytes(self) -> bytes:
+        return b""
+
+
+@pytest.fixture
+def instant_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve the stand-in as workers.cores.instant.InstantState when the real core is absent."""
+    try:
+        import workers.cores.instant  # noqa: F401
+    except ImportError:
+        mod = types.ModuleType("workers.cores.instant")
+        mod.InstantState = _StandIn  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "workers.cores.instant", mod)
+
+
+def test_adapter_logit_flips_the_choice_at_state_level() -> None:
+    st = RouterState(TARGETS, in_dim=16, threshold=0, epsilon=0.0)
+    best = TARGETS.index(st.route(_x(1))["model"])
+    other = (best + 1) % 3
+    a = np.zeros(3, np.float32)
+    a[other] = 100.0
+    r = st.route(_x(1), adapter_logits=a)
+    assert r["model"] == TARGETS[other] and r["confidence"] > 0
+
+
+@pytest.mark.usefixtures("instant_module")
+@pytest.mark.parametrize("with_adapter", [True, False])
+def test_instant_adapter_flips_the_route(with_adapter: bool) -> None:
+    s = _session(threshold=0, epsilon=0.0, with_adapter=with_adapter)
+    x = _x(1)
+    best = TARGETS.index(_route(s, x)["model"])
+    other = (best + 2) % 3
+    blob = s.blob("session", "default")
+    blob.set("instant", _StandIn(TARGETS, 16, other))
+    assert _route(s, x)["model"] == (TARGETS[other] if with_adapter else TARGETS[best])
+    blob.set("instant", _StandIn(list(reversed(TARGETS)), 16, other))  # other targets: ignored
+    assert _route(s, x)["model"] == TARGETS[best]
+    blob.set("instant", _StandIn(TARGETS, 8, other))  # other width: ignored
+    assert _route(s, x)["model"] == TARGETS[best]
+
+
+# ------------------------------------------------------------------ outcomes
+def test_record_outcome_moves_the_ema_and_counts() -> None:
+    s = _session()
+    milli, count = 500, 0
+    for q, above in [(1.0, True), (0.9, True), (0.0, False), (0.1, False), (0.1, False)]:
+        out = s.dispatch({"verb": "record_outcome", "body": {"target": "large", "quality": q}})["data"]
+        milli, count = ref.ema_milli(milli, q), count + 1
+        assert out["quality_milli"] == milli and out["count"] == count
+    assert milli < 500
+    good = s.dispatch({"verb": "record_outcome", "body": {"target": "small", "quality": 0.95}})["data"]
+    assert good["quality_milli"] > 500 and good["count"] == 1
+
+
+def test_quality_is_clamped() -> None:
+    st = RouterState(TARGETS, in_dim=16)
+    assert st.record_outcome("small", 7.0)["quality_milli"] == 550
+    assert st.record_outcome("medium", -3.0)["quality_milli"] == 450
+
+
+def test_unknown_target_is_a_noop() -> None:
+    s = _session()
+    before = s.blob("session", "default").to_bytes()
+    out = s.dispatch({"verb": "record_outcome",
+                      "body": {"target": "nope", "quality": 0.9, "embedding": _x(0).tolist()}})
+    assert out == {"ok": True, "verb": "record_outcome", "data": {"count": 0, "quality_milli": 0}}
+    assert s.blob("session", "default").to_bytes() == before
+
+
+def test_nan_quality_is_refused_and_changes_nothing() -> None:
+    st = RouterState(TARGETS, in_dim=16)
+    before = st.to_bytes()
+    with pytest.raises(ValueError, match="NaN"):
+        st.record_outcome("small", float("nan"), _x(0))
+    assert st.to_bytes() == before
+    s = _session()
+    out = s.dispatch({"verb": "record_outcome", "body": {"target": "small", "quality": float("nan")}})
+    assert out == {"ok": False, "verb": "record_outcome", "error": "quality must not be NaN"}
+
+
+def test_outcome_with_embedding_trains_and_turns_trained_on() -> None:
+    s = _session(threshold=3)
+    body = {"target": "large", "quality": 0.9, "embedding_b64": encode_embedding_b64(_x(0)),
+            "estimated_tokens": 5000}
+    outs = [s.dispatch({"verb": "record_outcome", "body": body})["data"] for _ in range(3)]
+    assert [o["samples"] for o in outs] == [1, 2, 3]
+    assert [o["trained"] for o in outs] == [False, False, True]
+    assert _route(s, _x(0))["algo"] == "fastgrnn"
+
+
+def test_wrong_length_embedding_updates_the_ema_but_does_not_train() -> None:
+    st = RouterState(TARGETS, in_dim=16)
+    heads = st.params.copy()
+    out = st.record_outcome("small", 1.0, _x(0, 8))
+    assert out["count"] == 1 and out["samples"] == 0 and out["quality_milli"] == 550
+    np.testing.assert_array_equal(st.params, heads)
+
+
+def test_good_outcome_pulls_and_bad_outcome_pushes() -> None:
+    x = _x(5)
+
+    def prob(st: RouterState, k: int) -> float:
+        m, _, _ = K.router_forward_batch(st.params, x[None, :], 3)
+        e = np.exp(m[0] - m[0].max())
+        return float(e[k] / e.sum())
+
+    for q, sign in [(1.0, 1), (0.0, -1), (0.5, 0)]:
+        st = RouterState(TARGETS, in_dim=16)
+        p0 = prob(st, 2)
+        st.record_outcome("large", q, x)
+        assert np.sign(round(prob(st, 2) - p0, 7)) == sign
+
+
+def test_router_learns_which_model_suits_which_region() -> None:
+    """[beyond] Outcomes alone teach it: each of three clusters has its own best model."""
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((3, 32)) * 2.0
+    st = RouterState(TARGETS, in_dim=32, threshold=100, epsilon=0.1)
+    r = random.Random(0)
+    for _ in range(1500):
+        k = int(rng.integers(3))
+        x = (centers[k] + 0.3 * rng.standard_normal(32)).astype(np.float32)
+        m = TARGETS.index(st.route(x, rng=r)["model"])
+        st.record_outcome(TARGETS[m], 0.9 if m == k else 0.2, x)
+    st.epsilon = 0.0
+    hits = sum(TARGETS.index(st.route((centers[k] + 0.3 * rng.standard_normal(32)).astype(np.float32))["model"]) == k
+               for k in (0, 1, 2) for _ in range(50))
+    assert hits >= 140
+
+
+# ------------------------------------------------------------------ verbs, errors
+@pytest.mark.parametrize(("body", "error"), [
+    ({}, "targets required"),
+    ({"targets": []}, "targets required"),
+    ({"targets": ["a", ""]}, "targets must be non-empty strings"),
+    ({"targets": ["a", "a"]}, "targets must be unique"),
+    ({"targets": ["a"], "in_dim": 0}, "in_dim must be a positive integer"),
+    ({"targets": ["a"], "epsilon": 1.5}, "epsilon must be 0..1"),
+    ({"targets": ["a"], "threshold": -1}, "threshold must be a non-negative integer"),
+    ({"targets": ["a"], "seed": -1}, "seed must be an integer 0..4294967295"),
+    ({"targets": ["a"], "with_adapter": "yes"}, "with_adapter must be a boolean"),
+])
+def test_init_router_refusals(body: dict, error: str) -> None:
+    s = LearnSession()
+    assert s.dispatch({"verb": "init_router", "body": body}) == {"ok": False, "verb": "init_router", "error": error}
+    assert s.dispatch({"verb": "health"})["data"]["router_ready"] is False
+
+
+def test_route_and_outcome_refusals() -> None:
+    s = LearnSession()
+    assert s.dispatch({"verb": "route", "body": {"embedding": [1.0]}})["error"] == "router not initialized"
+    assert s.dispatch({"verb": "record_outcome", "body": {"target": "a", "quality": 1}})["error"] == \
+        "router not initialized"
+    s = _session()
+    before = s.blob("session", "default").to_bytes()
+    assert s.dispatch({"verb": "route", "body": {}})["error"] == "embedding required"
+    assert s.dispatch({"verb": "route", "body": {"embedding": [1.0, 2.0]}})["error"] == "embedding wrong dim"
+    assert s.dispatch({"verb": "route", "body": {"embedding": _x(0).tolist(), "estimated_tokens": -1}})["error"] \
+        == "estimated_tokens must be a non-negative integer"
+    for body, error in [({"quality": 1}, "target required"), ({"target": "small"}, "quality required"),
+                        ({"target": "small", "quality": "high"}, "quality must be a number")]:
+        assert s.dispatch({"verb": "record_outcome", "body": body})["error"] == error
+    assert s.blob("session", "default").to_bytes() == before
+
+
+def test_health_reports_router_ready() -> None:
+    s = LearnSession()
+    assert s.dispatch({"verb": "health"})["data"]["router_ready"] is False
+    s.dispatch({"verb": "init_router", "body": {"targets": ["a"]}})
+    assert s.dispatch({"verb": "health"})["data"]["router_ready"] is True
+
+
+def test_route_accepts_b64_embeddings() -> None:
+    s = _session(threshold=0, epsilon=0.0)
+    a = _route(s, _x(3))
+    b = s.dispatch({"verb": "route", "body": {"embedding_b64": encode_embedding_b64(_x(3))}})["data"]
+    assert a == b
+
+
+# ------------------------------------------------------------------ persistence
+def test_round_trip_is_exact_and_small() -> None:
+    st = RouterState(TARGETS, in_dim=384, threshold=5, epsilon=0.2, seed=77, normalize=True)
+    for i in range(7):
+        st.record_outcome(TARGETS[i % 3], i / 7, _x(i, 384), estimated_tokens=1000 * i)
+    data = st.to_bytes()
+    back = RouterState.from_bytes(data)
+    np.testing.assert_array_equal(back.params, st.params)
+    assert (back.targets, back.samples, back.trained, back.quality_milli, back.count, back.epsilon, back.normalize) \
+        == (st.targets, st.samples, st.trained, st.quality_milli, st.count, st.epsilon, st.normalize)
+    assert back.to_bytes() == data
+    assert len(data) < 4 * (st.params.size // 2)  # V and U are not stored
+    for i in range(10):
+        assert back.route(_x(i, 384), rng=random.Random(i)) == st.route(_x(i, 384), rng=random.Random(i))
+
+
+def test_state_survives_a_restart_on_disk(tmp_path) -> None:
+    s = LearnSession(path=tmp_path / "db")
+    s.dispatch({"verb": "init_router", "body": {"targets": TARGETS, "in_dim": 16, "threshold": 1, "epsilon": 0}})
+    s.dispatch({"verb": "record_outcome", "body": {"target": "medium", "quality": 1.0, "embedding": _x(0).tolist()}})
+    want = _route(s, _x(2))
+    s.close()
+    again = LearnSession(path=tmp_path / "db")
+    assert _route(again, _x(2)) == want and want["algo"] == "fastgrnn"
+    again.close()
+
+
+def test_corrupt_state_is_refused() -> None:
+    data = RouterState(TARGETS, in_dim=16).to_bytes()
+    with pytest.raises(CorruptStateError):
+        RouterState.from_bytes(b"XXX" + data[3:])
+    with pytest.raises(CorruptStateError):
+        RouterState.from_bytes(data[:3] + b"\x09" + data[4:])  # unknown version
+    with pytest.raises(CorruptStateError):
+        RouterState.from_bytes(data[:-4])

@@ -1,0 +1,428 @@
+"""Router core: which model a query should go to (spec: cores.md, Router core).
+
+A FastGRNN-style cell over a sparse low-rank projection of the query embedding
+(``h = (1 - z) * tanh(U V x)``, hidden 128, rank 8, 90% of ``U`` masked to zero)
+feeds five heads: model logits, context-bucket logits, temperature, top_p and
+confidence. The arithmetic lives in ``cpp/router.h``; this module holds the state
+and the verbs.
+
+- **Untrained** (fewer than ``threshold`` training samples) ``route`` is the rule
+  route of the reference: the first target, the bucket of ``estimated_tokens``,
+  temperature 0.7, top_p 0.9, confidence 0.5.
+- **Trained**: argmax of the model logits (plus the instant adapter's logits when
+  ``with_adapter`` and the instant core routes over the same targets), with
+  probability ``epsilon`` replaced by a uniformly drawn other target.
+- **[beyond] Learning.** ``record_outcome`` with the request's embedding is a
+  training sample: one softmax cross-entropy step of the model head toward the
+  target and of the context head toward the bucket of ``estimated_tokens``,
+  signed by ``quality - 0.5`` with lr ``0.05 * 2|quality - 0.5|`` (a bad outcome
+  pushes away). Only those two heads ever change.
+- **[beyond] normalize** (opt-in, default off for parity): rescale each embedding
+  to unit RMS before the projection. ``V``'s ``1/sqrt(in_dim)`` init assumes
+  unit-variance coordinates; unit-norm sentence embeddings are ``sqrt(in_dim)``
+  times smaller, which shrinks the features and slows learning accordingly
+  (``learnstream bench router`` measures both).
+
+Persistence stores only what changes: the seed regenerates the frozen weights
+(``V``, masked ``U``, cell biases, temperature/top_p/confidence heads)
+bit-exactly, and the trained heads, the per-target outcome EMA and the counters
+are stored as they are.
+
+Examples
+--------
+>>> import numpy as np
+>>> st = RouterState(["small", "large"], in_dim=4, threshold=0)
+>>> st.route(np.ones(4, np.float32))["algo"]
+'fastgrnn'
+>>> st.record_outcome("large", 1.0)["quality_milli"]
+550
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import struct
+import zlib
+from bisect import bisect_left
+from typing import Any
+
+import numpy as np
+import orjson
+
+from workers import _kernels as _k
+from workers.codec import embedding_field
+from workers.errors import CorruptStateError, VerbError
+from workers.verbs import VerbContext, health_contributor, verb
+
+__all__ = ("PART", "RouterState", "context_bucket")
+
+logger = logging.getLogger(__name__)
+
+PART = "router"  # the part's name in the session's StateBlob
+
+_DEFAULT_SEED = 0xC0A5
+_DEFAULT_IN_DIM = 384          # the instant core's default embedding width
+_DEFAULT_THRESHOLD = 200       # training samples before the learned route takes over
+# Exploration rate of the learned route: 10% keeps every target's outcomes
+# fresh without costing much regret once the heads are good (bench: router).
+_DEFAULT_EPSILON = 0.1
+# Context buckets: a request goes to the first bucket whose cap holds its tokens;
+# the fifth bucket is unbounded.
+_BUCKET_CAPS = (1000, 4000, 16000, 64000)
+# The reference's rule route (untrained).
+_RULE_TEMPERATURE = 0.7
+_RULE_TOP_P = 0.9
+_RULE_CONFIDENCE = 0.5
+# Outcome EMA in milli-units: starts at 0.5, keeps 90% per outcome.
+_MILLI_START = 500
+_EMA_KEEP = np.float32(0.9)
+_EMA_NEW = np.float32(0.1)
+_MILLI = np.float32(1000.0)
+_LR = 0.05                     # training lr at |quality - 0.5| = 0.5
+_U32_MAX = 0xFFFFFFFF
+
+_MAGIC = b"LSR"
+_VERSION = 1
+_HEAD = struct.Struct("<3sBI")  # magic, version, header length
+
+
+def context_bucket(tokens: int) -> int:
+    """Index of the first context cap ``>= tokens`` (caps 1000, 4000, 16000, 64000, inf).
+
+    >>> [context_bucket(t) for t in (100, 1000, 1001, 4000, 16000, 64000, 10**6)]
+    [0, 0, 1, 1, 2, 3, 4]
+    """
+    return bisect_left(_BUCKET_CAPS, tokens)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _tokens(v: Any) -> int:
+    """``estimated_tokens``: a non-negative integer (integral floats accepted), default 0."""
+    if v is None:
+        return 0
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if not _is_int(v) or v < 0:
+        raise ValueError("estimated_tokens must be a non-negative integer")
+    return v
+
+
+class RouterState:
+    """The router of one session: weights, outcome EMA per target, training counters.
+
+    Parameters
+    ----------
+    targets
+        Model names to route among (unique, non-empty, at most 1024).
+    in_dim
+        Embedding width (default 384).
+    epsilon
+        Exploration probability of the learned route, 0..1 (default 0.1).
+    threshold
+        Training samples after which the learned route replaces the rule route
+        (default 200; 0 = learned from the start).
+    seed
+        u32 seed of the deterministic init (default 0xC0A5).
+    with_adapter
+        Add the instant adapter's logits when it has the same targets (default True;
+        False gives reference parity).
+    normalize
+        [beyond] Rescale embeddings to unit RMS before the projection (default False).
+
+    Attributes
+    ----------
+    params
+        The float32 parameter buffer (layout: ``workers._kernels.router_layout``).
+    quality_milli, count
+        Per-target outcome EMA (milli-units, starts 500) and outcome count.
+    samples
+        Training samples applied so far.
+    """
+
+    __slots__ = ("targets", "in_dim", "epsilon", "threshold", "seed", "with_adapter", "normalize",
+                 "params", "quality_milli", "count", "samples", "_index", "_rng")
+
+    def __init__(self, targets: list[str], in_dim: int | None = None, epsilon: float | None = None,
+                 threshold: int | None = None, seed: int | None = None, with_adapter: bool | None = None,
+                 normalize: bool | None = None) -> None:
+        # Everything is checked before anything is built: init_router refuses cleanly.
+        if not isinstance(targets, list) or not targets:
+            raise ValueError("targets required")
+        if not all(isinstance(t, str) and t for t in targets):
+            raise ValueError("targets must be non-empty strings")
+        if len(set(targets)) != len(targets):
+            raise ValueError("targets must be unique")
+        if len(targets) > _k.ROUTER_MAX_TARGETS:
+            raise ValueError(f"targets: at most {_k.ROUTER_MAX_TARGETS}")
+        in_dim = _DEFAULT_IN_DIM if in_dim is None else in_dim
+        if not _is_int(in_dim) or in_dim < 1:
+            raise ValueError("in_dim must be a positive integer")
+        epsilon = _DEFAULT_EPSILON if epsilon is None else epsilon
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0.0 <= epsilon <= 1.0:
+            raise ValueError("epsilon must be 0..1")  # NaN fails the range check too
+        threshold = _DEFAULT_THRESHOLD if threshold is None else threshold
+        if not _is_int(threshold) or threshold < 0:
+            raise ValueError("threshold must be a non-negative integer")
+        seed = _DEFAULT_SEED if seed is None else seed
+        if not _is_int(seed) or not 0 <= seed <= _U32_MAX:
+            raise ValueError("seed must be an integer 0..4294967295")
+        with_adapter = True if with_adapter is None else with_adapter
+        normalize = False if normalize is None else normalize
+        if not isinstance(with_adapter, bool):
+            raise ValueError("with_adapter must be a boolean")
+        if not isinstance(normalize, bool):
+            raise ValueError("normalize must be a boolean")
+
+        self.targets: list[str] = list(targets)
+        self.in_dim: int = in_dim
+        self.epsilon: float = float(epsilon)
+        self.threshold: int = threshold
+        self.seed: int = seed
+        self.with_adapter: bool = with_adapter
+        self.normalize: bool = normalize
+        self.params: np.ndarray = _k.router_init(seed, in_dim, len(targets))
+        self.quality_milli: list[int] = [_MILLI_START] * len(targets)
+        self.count: list[int] = [0] * len(targets)
+        self.samples: int = 0
+        self._index = {t: i for i, t in enumerate(targets)}
+        self._rng: random.Random | None = None
+
+    # ------------------------------------------------------------------ routing
+    @property
+    def trained(self) -> bool:
+        """True once ``threshold`` training samples have been applied."""
+        return self.samples >= self.threshold
+
+    def route(self, x: np.ndarray, task_type: str | None = None, estimated_tokens: int = 0,
+              rng: random.Random | None = None, adapter_logits: np.ndarray | None = None) -> dict:
+        """Route one query.
+
+        Parameters
+        ----------
+        x
+            The query embedding (``in_dim`` floats; float32 avoids a copy).
+        task_type
+            Accepted for the reference's signature; does not change the route.
+        estimated_tokens
+            Decides the context bucket of the rule route.
+        rng
+            Exploration draws (``random()`` and ``randrange``); a private
+            ``random.Random`` when None. Inject one for reproducible routes.
+        adapter_logits
+            ``len(targets)`` logits added to the model head (the instant adapter's).
+
+        Returns
+        -------
+        dict
+            ``{model, context_bucket, temperature, top_p, confidence, algo, exploration}``.
+        """
+        if not self.trained:
+            return {"model": self.targets[0], "context_bucket": context_bucket(estimated_tokens),
+                    "temperature": _RULE_TEMPERATURE, "top_p": _RULE_TOP_P,
+                    "confidence": _RULE_CONFIDENCE, "algo": "rule", "exploration": False}
+        nt = len(self.targets)
+        best, _p, bucket, temperature, top_p, confidence = _k.router_route(
+            self.params, x, nt, self.normalize, adapter_logits)
+        explored = False
+        if self.epsilon > 0.0 and nt > 1:
+            r = rng if rng is not None else self._private_rng()
+            if r.random() < self.epsilon:
+                j = r.randrange(nt - 1)  # uniform over the other targets
+                best = j + (j >= best)
+                explored = True
+        return {"model": self.targets[best], "context_bucket": bucket, "temperature": temperature,
+                "top_p": top_p, "confidence": confidence, "algo": "fastgrnn", "exploration": explored}
+
+    def _private_rng(self) -> random.Random:
+        if self._rng is None:
+            self._rng = random.Random()
+        return self._rng
+
+    # ----------------------------------------------------------------- learning
+    def record_outcome(self, target: str, quality: float, embedding: np.ndarray | None = None,
+                       estimated_tokens: int = 0) -> dict:
+        """Fold one outcome into the target's EMA; with ``embedding`` also train on it.
+
+        An unknown target is a no-op (``{count: 0, quality_milli: 0}``). NaN quality
+        is refused (ValueError, nothing changes); quality is clamped to [0, 1]. An
+        embedding whose length is not ``in_dim`` is ignored for training (the EMA
+        still updates).
+
+        Returns
+        -------
+        dict
+            ``{count, quality_milli}`` of the target, plus ``samples`` and ``trained``.
+        """
+        if isinstance(quality, bool) or not isinstance(quality, (int, float, np.floating)):
+            raise ValueError("quality must be a number")
+        if math.isnan(quality):
+            raise ValueError("quality must not be NaN")
+        tokens = _tokens(estimated_tokens)
+        x = None
+        if embedding is not None:
+            x = np.ascontiguousarray(embedding, dtype=np.float32).reshape(-1)
+            if x.size != self.in_dim:
+                x = None
+            elif not np.isfinite(x).all():
+                raise ValueError("embedding must be finite (NaN/Inf refused)")
+        i = self._index.get(target)
+        if i is None:
+            return {"count": 0, "quality_milli": 0}
+        q = min(max(float(quality), 0.0), 1.0)
+        # float32 as the reference; round half away from zero (Rust's f32::round), q >= 0
+        ema = _EMA_KEEP * (np.float32(self.quality_milli[i]) / _MILLI) + _EMA_NEW * np.float32(q)
+        self.quality_milli[i] = math.floor(float(_MILLI * ema) + 0.5)
+        self.count[i] += 1
+        if x is not None:
+            lr = math.copysign(_LR * 2.0 * abs(q - 0.5), q - 0.5)
+            _k.router_train(self.params, x, len(self.targets), i, context_bucket(tokens), lr, self.normalize)
+            self.samples += 1
+        return {"count": self.count[i], "quality_milli": self.quality_milli[i],
+                "samples": self.samples, "trained": self.trained}
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """Named views into ``params`` (V, U, heads, biases) — for tests and inspection."""
+        lay = _k.router_layout(self.in_dim, len(self.targets))
+        return {name: self.params[off:off + math.prod(shape)].reshape(shape)
+                for name, v in lay.items() if isinstance(v, tuple) for off, shape in [v]}
+
+    # -------------------------------------------------------------- persistence
+    def _trainable_offset(self) -> int:
+        return _k.router_layout(self.in_dim, len(self.targets))["trainable"]
+
+    def to_bytes(self) -> bytes:
+        """``LSR`` + version + header length + orjson header + the trained heads (LE float32)."""
+        cut = self._trainable_offset()
+        header = orjson.dumps({
+            "targets": self.targets, "in_dim": self.in_dim, "epsilon": self.epsilon,
+            "threshold": self.threshold, "seed": self.seed, "with_adapter": self.with_adapter,
+            "normalize": self.normalize, "samples": self.samples, "quality_milli": self.quality_milli,
+            "count": self.count, "frozen_crc": zlib.crc32(self.params[:cut].tobytes()),
+        })
+        return b"".join([_HEAD.pack(_MAGIC, _VERSION, len(header)), header,
+                         self.params[cut:].astype("<f4", copy=False).tobytes()])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RouterState:
+        """Rebuild a state: frozen weights from the seed, the rest from ``data``."""
+        if len(data) < _HEAD.size:
+            raise CorruptStateError("router state too short")
+        magic, version, hlen = _HEAD.unpack_from(data)
+        if magic != _MAGIC:
+            raise CorruptStateError("not a router state (bad magic)")
+        if version != _VERSION:
+            raise CorruptStateError(f"router state version {version} is unknown (this build reads {_VERSION})")
+        h = orjson.loads(data[_HEAD.size:_HEAD.size + hlen])
+        st = cls(h["targets"], in_dim=h["in_dim"], epsilon=h["epsilon"], threshold=h["threshold"],
+                 seed=h["seed"], with_adapter=h["with_adapter"], normalize=h["normalize"])
+        cut = st._trainable_offset()
+        tail = np.frombuffer(data, dtype="<f4", offset=_HEAD.size + hlen)
+        if tail.size != st.params.size - cut:
+            raise CorruptStateError(f"router state holds {tail.size} trained floats, expected {st.params.size - cut}")
+        st.params[cut:] = tail
+        if zlib.crc32(st.params[:cut].tobytes()) != h["frozen_crc"]:
+            # Only a different libm could do this (the init rounds double math once to
+            # float): the heads then sit on features that moved by an ulp or so.
+            logger.warning("router weights regenerated from seed %d differ from the ones trained on", st.seed)
+        st.quality_milli = list(h["quality_milli"])
+        st.count = list(h["count"])
+        st.samples = h["samples"]
+        return st
+
+    def __repr__(self) -> str:
+        return (f"RouterState(targets={self.targets!r}, in_dim={self.in_dim}, samples={self.samples}, "
+                f"trained={self.trained})")
+
+
+# -------------------------------------------------------------------- verbs
+def _state(ctx: VerbContext) -> RouterState:
+    st = ctx.state.get(PART, RouterState)
+    if st is None:
+        raise VerbError("router not initialized")
+    return st
+
+
+def _embedding(body: dict, st: RouterState, *, required: bool) -> np.ndarray | None:
+    if body.get("embedding") is None and body.get("embedding_b64") is None:
+        if required:
+            raise VerbError("embedding required")
+        return None
+    x = embedding_field(body, "embedding")
+    if x.size != st.in_dim and required:
+        raise VerbError("embedding wrong dim")
+    return x
+
+
+def _body_tokens(body: dict) -> int:
+    try:
+        return _tokens(body.get("estimated_tokens"))
+    except ValueError as exc:
+        raise VerbError(str(exc)) from None
+
+
+def _instant_logits(ctx: VerbContext, st: RouterState, x: np.ndarray) -> np.ndarray | None:
+    """The instant adapter's logits for x when it routes over the same targets and width."""
+    if not ctx.state.has("instant"):
+        return None
+    try:  # imported lazily: the router works without the instant core
+        from workers.cores.instant import InstantState
+    except ImportError:
+        return None
+    inst = ctx.state.get("instant", InstantState)
+    if inst is None or list(inst.targets) != st.targets or inst.dim != st.in_dim:
+        return None
+    return inst.logits(x)
+
+
+@verb("init_router", table="session", writes=True, topic="commands")
+def _init_router(ctx: VerbContext, body: dict) -> dict:
+    """``{targets, in_dim?, epsilon?, threshold?, seed?, with_adapter?, normalize?}`` -> the settings."""
+    try:
+        st = RouterState(body.get("targets"), in_dim=body.get("in_dim"), epsilon=body.get("epsilon"),
+                         threshold=body.get("threshold"), seed=body.get("seed"),
+                         with_adapter=body.get("with_adapter"), normalize=body.get("normalize"))
+    except ValueError as exc:
+        raise VerbError(str(exc)) from None
+    ctx.state.set(PART, st)
+    return {"targets": st.targets, "in_dim": st.in_dim, "epsilon": st.epsilon, "threshold": st.threshold,
+            "with_adapter": st.with_adapter, "normalize": st.normalize}
+
+
+@verb("route", table="session", writes=False)
+def _route(ctx: VerbContext, body: dict) -> dict:
+    """``{embedding|embedding_b64, task_type?, estimated_tokens?}`` -> the route."""
+    st = _state(ctx)
+    x = _embedding(body, st, required=True)
+    task_type = body.get("task_type")
+    if task_type is not None and not isinstance(task_type, str):
+        raise VerbError("task_type must be a string")
+    tokens = _body_tokens(body)
+    adapter = _instant_logits(ctx, st, x) if st.with_adapter and st.trained else None
+    return st.route(x, task_type, tokens, rng=ctx.rng, adapter_logits=adapter)
+
+
+@verb("record_outcome", table="session", writes=True, topic="commands")
+def _record_outcome(ctx: VerbContext, body: dict) -> dict:
+    """``{target, quality, embedding?, estimated_tokens?}`` -> ``{count, quality_milli, samples?, trained?}``."""
+    st = _state(ctx)
+    target = body.get("target")
+    if not isinstance(target, str) or not target:
+        raise VerbError("target required")
+    quality = body.get("quality")
+    if quality is None:
+        raise VerbError("quality required")
+    x = _embedding(body, st, required=False)
+    tokens = _body_tokens(body)
+    try:
+        return st.record_outcome(target, quality, x, tokens)
+    except ValueError as exc:
+        raise VerbError(str(exc)) from None
+
+
+@health_contributor
+def _router_health(ctx: VerbContext) -> dict:
+    return {"router_ready": ctx.state is not None and ctx.state.has(PART)}
