@@ -9,6 +9,7 @@
 #include <string>
 
 #include "common.h"
+#include "attention.h"
 #include "router.h"
 #include "deep.h"
 
@@ -85,7 +86,90 @@ void bind_instant_deep(py::module_& m) {
 }
 
 // ---- temporal + attention (cpp/attention.h) ----
-void bind_attention(py::module_& m) { (void)m; }
+namespace at = learnstream::attention;
+
+py::array_t<float> copy_matrix(const std::vector<float>& w, std::size_t rows, std::size_t cols) {
+    py::array_t<float> out({rows, cols});
+    std::copy(w.begin(), w.end(), out.mutable_data());
+    return out;
+}
+
+void bind_attention(py::module_& m) {
+    m.attr("ATTENTION_EDGE_FEATURES") = at::kEdgeFeatures;
+    m.attr("ATTENTION_NO_EDGE") = at::kNoEdge;
+    m.attr("ATTENTION_UNKNOWN_RELATION") = at::kUnknownRelation;
+    py::class_<at::GraphAttention>(m, "GraphAttention",
+                                   "Fixed projections Wq, Wk, Wv, Wo (and the initial We) regenerated from the seed.")
+        .def(py::init([](std::size_t dim, std::size_t heads, std::size_t head_dim, uint32_t seed) {
+                 if (dim == 0 || heads == 0) throw std::runtime_error("dim/heads/head_dim must be > 0");
+                 if (head_dim == 0) head_dim = dim / heads;  // 0 = the spec's default dim / heads
+                 if (head_dim == 0) throw std::runtime_error("dim/heads/head_dim must be > 0");
+                 return at::GraphAttention(dim, heads, head_dim, seed);
+             }),
+             py::arg("dim"), py::arg("heads") = 8, py::arg("head_dim") = 0, py::arg("seed") = 42)
+        .def_readonly("dim", &at::GraphAttention::dim)
+        .def_readonly("heads", &at::GraphAttention::heads)
+        .def_readonly("head_dim", &at::GraphAttention::head_dim)
+        .def_readonly("seed", &at::GraphAttention::seed)
+        .def("initial_we",
+             [](const at::GraphAttention& a) { return copy_matrix(a.we, a.head_dim, at::kEdgeFeatures); },
+             "A copy of We as drawn from the seed (head_dim x 7).")
+        .def("matrices",
+             [](const at::GraphAttention& a) {
+                 py::dict d;
+                 d["wq"] = copy_matrix(a.wq, a.proj, a.dim);
+                 d["wk"] = copy_matrix(a.wk, a.proj, a.dim);
+                 d["wv"] = copy_matrix(a.wv, a.proj, a.dim);
+                 d["we"] = copy_matrix(a.we, a.head_dim, at::kEdgeFeatures);
+                 d["wo"] = copy_matrix(a.wo, a.dim, a.proj);
+                 return d;
+             },
+             "Copies of every weight matrix (tests compare them with the NumPy reference).")
+        .def(
+            "attend",
+            [](const at::GraphAttention& a, const f32& query, const f32& nodes, const f32& edges, const f32& we) {
+                py::buffer_info qb = need(query, 1, "query"), nb = need(nodes, 2, "nodes"),
+                                eb = need(edges, 2, "edges"), wb = need(we, 2, "we");
+                const auto n = static_cast<std::size_t>(nb.shape[0]);
+                if (static_cast<std::size_t>(qb.shape[0]) != a.dim)
+                    throw std::runtime_error("attention: query_emb must be len " + std::to_string(a.dim));
+                if (n > 0 && static_cast<std::size_t>(nb.shape[1]) != a.dim)
+                    throw std::runtime_error("nodes must be n x " + std::to_string(a.dim));
+                if (static_cast<std::size_t>(eb.shape[0]) != n || static_cast<std::size_t>(eb.shape[1]) != at::kEdgeCols)
+                    throw std::runtime_error("edges must be n x 3 (relation code, age_ms, weight), one row per node");
+                if (static_cast<std::size_t>(wb.shape[0]) != a.head_dim ||
+                    static_cast<std::size_t>(wb.shape[1]) != at::kEdgeFeatures)
+                    throw std::runtime_error("we must be head_dim x 7");
+                py::array_t<float> out(a.dim);
+                py::array_t<float> weights({a.heads, n});
+                const float *qp = static_cast<const float*>(qb.ptr), *np_ = static_cast<const float*>(nb.ptr),
+                            *ep = static_cast<const float*>(eb.ptr), *wp = static_cast<const float*>(wb.ptr);
+                float *op = out.mutable_data(), *w_out = weights.mutable_data();
+                {
+                    py::gil_scoped_release nogil;
+                    a.attend(qp, np_, n, ep, wp, op, w_out);
+                }
+                return py::make_tuple(out, weights);
+            },
+            py::arg("query"), py::arg("nodes"), py::arg("edges"), py::arg("we"),
+            "(vector[dim], weights[heads, n]) for query, node embeddings (n x dim), per-node edge rows\n"
+            "[relation code (-2 no edge, -1 unknown), ts - now in ms, weight] and the current We.")
+        .def("__repr__",
+             [](const at::GraphAttention& a) {
+                 return "GraphAttention(dim=" + std::to_string(a.dim) + ", heads=" + std::to_string(a.heads) +
+                        ", head_dim=" + std::to_string(a.head_dim) + ", seed=" + std::to_string(a.seed) + ")";
+             })
+        .def(py::pickle(
+            [](const at::GraphAttention& a) {  // the seed is the state: weights regenerate bit-exactly
+                return py::make_tuple(1, a.dim, a.heads, a.head_dim, a.seed);
+            },
+            [](const py::tuple& t) {
+                if (t.size() != 5 || t[0].cast<int>() != 1)
+                    throw std::runtime_error("GraphAttention pickle: unknown state version");
+                return at::GraphAttention(t[1].cast<std::size_t>(), t[2].cast<std::size_t>(),
+                                          t[3].cast<std::size_t>(), t[4].cast<uint32_t>());
+            }));
+}
 
 // ---- router (cpp/router.h) ----
 namespace rt = learnstream::router;
