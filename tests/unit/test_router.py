@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import random
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -11,6 +9,7 @@ from reference import router_ref as ref
 
 from workers import _kernels as K
 from workers.codec import encode_embedding_b64
+from workers.cores.instant import InstantState
 from workers.cores.router import RouterState, context_bucket
 from workers.dispatch import LearnSession
 from workers.errors import CorruptStateError
@@ -195,32 +194,6 @@ def test_single_target_never_explores() -> None:
 
 
 # ------------------------------------------------------------------ adapter
-class _StandIn:
-    """What the router needs of the instant core: targets, dim, logits(x)."""
-
-    def __init__(self, targets: list[str], dim: int, boost: int) -> None:
-        self.targets, self.dim, self.boost = targets, dim, boost
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        out = np.zeros(len(self.targets), np.float32)
-        out[self.boost] = 100.0
-        return out
-
-    def to_bytes(self) -> bytes:
-        return b""
-
-
-@pytest.fixture
-def instant_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Serve the stand-in as workers.cores.instant.InstantState when the real core is absent."""
-    try:
-        import workers.cores.instant  # noqa: F401
-    except ImportError:
-        mod = types.ModuleType("workers.cores.instant")
-        mod.InstantState = _StandIn  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "workers.cores.instant", mod)
-
-
 def test_adapter_logit_flips_the_choice_at_state_level() -> None:
     st = RouterState(TARGETS, in_dim=16, threshold=0, epsilon=0.0)
     best = TARGETS.index(st.route(_x(1))["model"])
@@ -231,20 +204,45 @@ def test_adapter_logit_flips_the_choice_at_state_level() -> None:
     assert r["model"] == TARGETS[other] and r["confidence"] > 0
 
 
-@pytest.mark.usefixtures("instant_module")
+def _plant_logit(inst: InstantState, x: np.ndarray, k: int, value: float) -> None:
+    """Set the real adapter so that its logit k on x is ``value`` (A_0 = x/|x|^2, B[0,k] = value)."""
+    inst.A[:] = 0.0
+    inst.B[:] = 0.0
+    inst.A[0] = x / float(x @ x)
+    inst.B[0, k] = value
+
+
 @pytest.mark.parametrize("with_adapter", [True, False])
 def test_instant_adapter_flips_the_route(with_adapter: bool) -> None:
     s = _session(threshold=0, epsilon=0.0, with_adapter=with_adapter)
     x = _x(1)
     best = TARGETS.index(_route(s, x)["model"])
     other = (best + 2) % 3
-    blob = s.blob("session", "default")
-    blob.set("instant", _StandIn(TARGETS, 16, other))
+    assert s.dispatch({"verb": "init_instant", "body": {"targets": TARGETS, "dim": 16}})["ok"]
+    inst = s.blob("session", "default").get("instant", InstantState)
+    _plant_logit(inst, x, other, 100.0)
+    assert inst.logits(x)[other] == pytest.approx(100.0, rel=1e-5)
     assert _route(s, x)["model"] == (TARGETS[other] if with_adapter else TARGETS[best])
-    blob.set("instant", _StandIn(list(reversed(TARGETS)), 16, other))  # other targets: ignored
+
+
+@pytest.mark.parametrize(("targets", "dim"), [(list(reversed(TARGETS)), 16), (TARGETS[:2], 16), (TARGETS, 8)])
+def test_adapter_over_other_targets_or_width_is_ignored(targets: list[str], dim: int) -> None:
+    s = _session(threshold=0, epsilon=0.0)
+    x = _x(1)
+    best = TARGETS.index(_route(s, x)["model"])
+    assert s.dispatch({"verb": "init_instant", "body": {"targets": targets, "dim": dim}})["ok"]
+    inst = s.blob("session", "default").get("instant", InstantState)
+    if dim == 16:
+        _plant_logit(inst, x, (targets.index(TARGETS[best]) + 1) % len(targets), 100.0)
     assert _route(s, x)["model"] == TARGETS[best]
-    blob.set("instant", _StandIn(TARGETS, 8, other))  # other width: ignored
-    assert _route(s, x)["model"] == TARGETS[best]
+
+
+def test_adapter_is_not_used_by_the_rule_route() -> None:
+    s = _session(epsilon=0.0)  # threshold 200: untrained
+    x = _x(1)
+    s.dispatch({"verb": "init_instant", "body": {"targets": TARGETS, "dim": 16}})
+    _plant_logit(s.blob("session", "default").get("instant", InstantState), x, 2, 100.0)
+    assert _route(s, x)["model"] == "small" and _route(s, x)["algo"] == "rule"
 
 
 # ------------------------------------------------------------------ outcomes
@@ -339,8 +337,9 @@ def test_router_learns_which_model_suits_which_region() -> None:
 # ------------------------------------------------------------------ verbs, errors
 @pytest.mark.parametrize(("body", "error"), [
     ({}, "targets required"),
-    ({"targets": []}, "targets required"),
-    ({"targets": ["a", ""]}, "targets must be non-empty strings"),
+    ({"targets": []}, "targets must be a non-empty array of non-empty strings"),
+    ({"targets": ["a", ""]}, "targets must be a non-empty array of non-empty strings"),
+    ({"targets": "a"}, "targets must be a non-empty array of non-empty strings"),
     ({"targets": ["a", "a"]}, "targets must be unique"),
     ({"targets": ["a"], "in_dim": 0}, "in_dim must be a positive integer"),
     ({"targets": ["a"], "epsilon": 1.5}, "epsilon must be 0..1"),
@@ -420,3 +419,25 @@ def test_corrupt_state_is_refused() -> None:
         RouterState.from_bytes(data[:3] + b"\x09" + data[4:])  # unknown version
     with pytest.raises(CorruptStateError):
         RouterState.from_bytes(data[:-4])
+
+
+def test_forward_with_nonzero_cell_biases_equals_reference() -> None:
+    """The kernel's one-exp shortcut holds only for bz = 0; the general path must agree too."""
+    st = RouterState(TARGETS, in_dim=32, seed=5)
+    w = ref.init(5, 32, 3)
+    rng = np.random.default_rng(4)
+    for name in ("bh", "bz"):
+        w[name][:] = rng.uniform(-0.5, 0.5, 128).astype(np.float32)
+        st.weights()[name][:] = w[name]
+    for seed in range(10):
+        got = K.router_route(st.params, _x(seed, 32) * 4.0, 3)
+        want = ref.decide(w, _x(seed, 32) * 4.0)
+        assert got[0] == want[0] and got[2] == want[2]
+        np.testing.assert_allclose(got[1:2] + got[3:], want[1:2] + want[3:], atol=1e-5)
+
+
+def test_huge_inputs_stay_finite() -> None:
+    st = RouterState(TARGETS, in_dim=16, threshold=0, epsilon=0.0)
+    for scale in (1e3, 1e6, 1e30):
+        r = st.route(_x(0) * scale)
+        assert all(np.isfinite([r["temperature"], r["top_p"], r["confidence"]]))

@@ -150,10 +150,11 @@ class RouterState:
                  threshold: int | None = None, seed: int | None = None, with_adapter: bool | None = None,
                  normalize: bool | None = None) -> None:
         # Everything is checked before anything is built: init_router refuses cleanly.
-        if not isinstance(targets, list) or not targets:
+        # the same messages as init_instant: one vocabulary for both cores
+        if targets is None:
             raise ValueError("targets required")
-        if not all(isinstance(t, str) and t for t in targets):
-            raise ValueError("targets must be non-empty strings")
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
+            raise ValueError("targets must be a non-empty array of non-empty strings")
         if len(set(targets)) != len(targets):
             raise ValueError("targets must be unique")
         if len(targets) > _k.ROUTER_MAX_TARGETS:
