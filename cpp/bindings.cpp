@@ -12,6 +12,7 @@
 #include "attention.h"
 #include "router.h"
 #include "deep.h"
+#include "instant.h"
 
 namespace py = pybind11;
 using f32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
@@ -51,6 +52,75 @@ T* inplace_array(py::array& a, const char* name, const char* dtype) {
     return static_cast<T*>(a.mutable_data());
 }
 
+using i64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+
+// The layout an instant core's (arena, meta) must have, or an error.
+learnstream::instant::Layout checked_layout(const py::array& arena, const py::array& meta, const int64_t* mm) {
+    namespace ik = learnstream::instant;
+    if (meta.ndim() != 1 || static_cast<std::size_t>(meta.shape(0)) != ik::META_SIZE)
+        throw std::runtime_error("meta must be int64[" + std::to_string(ik::META_SIZE) + "]");
+    if (mm[ik::DIM] <= 0 || mm[ik::NT] <= 0) throw std::runtime_error("meta: dim and nt must be > 0");
+    const ik::Layout L(static_cast<std::size_t>(mm[ik::DIM]), static_cast<std::size_t>(mm[ik::NT]));
+    if (arena.ndim() != 1 || static_cast<std::size_t>(arena.shape(0)) != L.size)
+        throw std::runtime_error("arena must be float32[" + std::to_string(L.size) + "] for dim " +
+                                 std::to_string(L.dim) + ", nt " + std::to_string(L.nt));
+    return L;
+}
+
+// A mutable instant core, its sizes and replay ring checked (a corrupt ring would write out of bounds).
+learnstream::instant::State instant_state(py::array& arena, py::array& meta) {
+    namespace ik = learnstream::instant;
+    float* f = inplace_array<float>(arena, "arena", "float32");
+    int64_t* mm = inplace_array<int64_t>(meta, "meta", "int64");
+    checked_layout(arena, meta, mm);
+    const int64_t head = mm[ik::REPLAY_HEAD], len = mm[ik::REPLAY_LEN];
+    const auto cap = static_cast<int64_t>(ik::REPLAY_CAP);
+    if (head < 0 || head >= cap || len < 0 || len > cap || (len < cap && head != 0))
+        throw std::runtime_error("meta: replay ring head/len out of range");
+    for (int64_t i = 0; i < len; ++i) {
+        const int64_t t = mm[ik::REPLAY_IDX + static_cast<std::size_t>(i)];
+        if (t < 0 || t >= mm[ik::NT]) throw std::runtime_error("meta: replay target index out of range");
+    }
+    return ik::State(f, mm);
+}
+
+const float* row_input(const f32& x, std::size_t dim) {
+    py::buffer_info b = need(x, 1, "x");
+    if (static_cast<std::size_t>(b.shape[0]) != dim)
+        throw std::runtime_error("x must have length dim = " + std::to_string(dim));
+    return static_cast<const float*>(b.ptr);
+}
+
+std::size_t checked_target(int64_t t, std::size_t nt) {
+    if (t < 0 || static_cast<std::size_t>(t) >= nt)
+        throw std::runtime_error("target index " + std::to_string(t) + " out of range [0, " +
+                                 std::to_string(nt) + ")");
+    return static_cast<std::size_t>(t);
+}
+
+std::size_t batch_rows(const f32& X, std::size_t dim) {
+    py::buffer_info b = need(X, 2, "X");
+    if (static_cast<std::size_t>(b.shape[1]) != dim)
+        throw std::runtime_error("X must have dim = " + std::to_string(dim) + " columns");
+    return static_cast<std::size_t>(b.shape[0]);
+}
+
+const int64_t* batch_targets(const i64& targets, std::size_t n, std::size_t nt) {
+    py::buffer_info b = targets.request();
+    if (b.ndim != 1 || static_cast<std::size_t>(b.shape[0]) != n)
+        throw std::runtime_error("targets must be 1-d with one entry per row");
+    const auto* p = static_cast<const int64_t*>(b.ptr);
+    for (std::size_t i = 0; i < n; ++i) checked_target(p[i], nt);
+    return p;
+}
+
+const float* batch_column(const f32& v, std::size_t n, const char* name) {
+    py::buffer_info b = need(v, 1, name);
+    if (static_cast<std::size_t>(b.shape[0]) != n)
+        throw std::runtime_error(std::string(name) + " must have one entry per row");
+    return static_cast<const float*>(b.ptr);
+}
+
 void bind_instant_deep(py::module_& m) {
     m.def(
         "fisher_ema",
@@ -83,6 +153,203 @@ void bind_instant_deep(py::module_& m) {
         },
         py::arg("F"), py::arg("snap"), py::arg("theta"), py::arg("lam"),
         "lam * sum_i F_i (theta_i - snap_i)^2 over the shortest of the three lengths.");
+    m.def(
+        "loss_window_push",
+        [](py::array ring, py::array counters, double loss, double min_std, double z_thresh,
+           std::size_t min_prior) {
+            float* r = inplace_array<float>(ring, "ring", "float32");
+            int64_t* c = inplace_array<int64_t>(counters, "counters", "int64");
+            if (ring.ndim() != 1 || ring.shape(0) < 1) throw std::runtime_error("ring must be 1-d, non-empty");
+            if (counters.ndim() != 1 || counters.shape(0) != 2)
+                throw std::runtime_error("counters must be int64[2] = [len, boundaries]");
+            const auto cap = static_cast<std::size_t>(ring.shape(0));
+            if (c[0] < 0 || static_cast<std::size_t>(c[0]) > cap)
+                throw std::runtime_error("counters[0] (window length) out of range");
+            const auto o = learnstream::deep::loss_window_push(r, cap, c[0], c[1], static_cast<float>(loss),
+                                                               static_cast<float>(min_std),
+                                                               static_cast<float>(z_thresh), min_prior);
+            py::dict d;
+            d["fired"] = o.fired;
+            d["stored"] = o.stored;
+            d["z"] = o.z;
+            d["prior_mean"] = o.prior_mean;
+            d["prior_std"] = o.prior_std;
+            d["window_mean"] = o.window_mean;
+            d["window_std"] = o.window_std;
+            return d;
+        },
+        py::arg("ring"), py::arg("counters"), py::arg("loss"), py::arg("min_std") = 1e-4,
+        py::arg("z_thresh") = 2.5, py::arg("min_prior") = 3,
+        "record_loss's window in place: ring (oldest first) and counters [len, boundaries]; "
+        "fires iff |loss - prior mean| / max(prior std, min_std) > z_thresh with >= min_prior priors.");
+
+    namespace ik = learnstream::instant;
+    py::dict consts;
+    consts["rank"] = ik::RANK;
+    consts["decay"] = ik::DECAY;
+    consts["max_norm"] = ik::MAX_NORM;
+    consts["clamp_slack"] = ik::CLAMP_SLACK;
+    consts["replay_cap"] = ik::REPLAY_CAP;
+    consts["min_replay"] = ik::MIN_REPLAY;
+    consts["neutral_eps"] = ik::NEUTRAL_EPS;
+    consts["golden"] = ik::GOLDEN;
+    consts["meta_size"] = static_cast<std::size_t>(ik::META_SIZE);
+    py::dict meta_idx;
+    meta_idx["dim"] = static_cast<std::size_t>(ik::DIM);
+    meta_idx["nt"] = static_cast<std::size_t>(ik::NT);
+    meta_idx["feedback_count"] = static_cast<std::size_t>(ik::FEEDBACK_COUNT);
+    meta_idx["resets"] = static_cast<std::size_t>(ik::RESETS);
+    meta_idx["replay_head"] = static_cast<std::size_t>(ik::REPLAY_HEAD);
+    meta_idx["replay_len"] = static_cast<std::size_t>(ik::REPLAY_LEN);
+    meta_idx["has_ewc"] = static_cast<std::size_t>(ik::HAS_EWC);
+    meta_idx["replay_idx"] = static_cast<std::size_t>(ik::REPLAY_IDX);
+    consts["meta"] = meta_idx;
+    py::dict scalar_idx;
+    scalar_idx["lr"] = static_cast<std::size_t>(ik::LR);
+    scalar_idx["lr_min"] = static_cast<std::size_t>(ik::LR_MIN);
+    scalar_idx["ewc_lam"] = static_cast<std::size_t>(ik::EWC_LAM);
+    consts["scalars"] = scalar_idx;
+    m.attr("INSTANT_CONSTANTS") = consts;
+
+    m.def(
+        "instant_layout",
+        [](std::size_t dim, std::size_t nt) {
+            const ik::Layout L(dim, nt);
+            py::dict d;
+            d["n_params"] = L.n_params;
+            d["theta"] = L.theta;
+            d["ewc_f"] = L.ewc_f;
+            d["ewc_snap"] = L.ewc_snap;
+            d["scalars"] = L.scalars;
+            d["replay_scale"] = L.replay_scale;
+            d["replay_x"] = L.replay_x;
+            d["size"] = L.size;
+            return d;
+        },
+        py::arg("dim"), py::arg("nt"), "Offsets (in floats) of each field in an instant core's arena.");
+
+    m.def(
+        "instant_hebbian",
+        [](py::array arena, py::array meta, const f32& x, int64_t target, double scale) {
+            const ik::State s = instant_state(arena, meta);
+            const float* xp = row_input(x, s.L.dim);
+            const std::size_t t = checked_target(target, s.L.nt);
+            return ik::hebbian_update(s, xp, t, static_cast<float>(scale));
+        },
+        py::arg("arena"), py::arg("meta"), py::arg("x"), py::arg("target"), py::arg("scale"),
+        "One hebbian_update(x, target, scale) in place; returns ||theta|| after the clamp.");
+    m.def(
+        "instant_hebbian_batch",
+        [](py::array arena, py::array meta, const f32& X, const i64& targets, const f32& scales) {
+            const ik::State s = instant_state(arena, meta);
+            const std::size_t n = batch_rows(X, s.L.dim);
+            const int64_t* tp = batch_targets(targets, n, s.L.nt);
+            const float* sp = batch_column(scales, n, "scales");
+            const float* xp = X.data();
+            double nrm;
+            {
+                py::gil_scoped_release nogil;
+                for (std::size_t i = 0; i < n; ++i)
+                    ik::hebbian_update(s, xp + i * s.L.dim, static_cast<std::size_t>(tp[i]), sp[i]);
+                nrm = ik::l2norm(s.f + s.L.theta, s.L.n_params);
+            }
+            return nrm;
+        },
+        py::arg("arena"), py::arg("meta"), py::arg("X"), py::arg("targets"), py::arg("scales"),
+        "hebbian_update for each row in order (GIL released); returns ||theta||.");
+    m.def(
+        "instant_feedback",
+        [](py::array arena, py::array meta, const f32& x, int64_t target, double quality, int64_t now_ms) {
+            const ik::State s = instant_state(arena, meta);
+            const float* xp = row_input(x, s.L.dim);
+            const std::size_t t = checked_target(target, s.L.nt);
+            const bool learned = ik::feedback(s, xp, t, static_cast<float>(quality), now_ms);
+            return py::make_tuple(learned, ik::l2norm(s.f + s.L.theta, s.L.n_params));
+        },
+        py::arg("arena"), py::arg("meta"), py::arg("x"), py::arg("target"), py::arg("quality"),
+        py::arg("now_ms") = 0,
+        "One validated feedback event in place (Hebbian step, replay push and pick); "
+        "returns (learned, ||theta||).");
+    m.def(
+        "instant_feedback_batch",
+        [](py::array arena, py::array meta, const f32& X, const i64& targets, const f32& qualities,
+           const i64& now_ms) {
+            const ik::State s = instant_state(arena, meta);
+            const std::size_t n = batch_rows(X, s.L.dim);
+            const int64_t* tp = batch_targets(targets, n, s.L.nt);
+            const float* qp = batch_column(qualities, n, "qualities");
+            py::buffer_info nb = now_ms.request();
+            if (nb.ndim != 1 || static_cast<std::size_t>(nb.shape[0]) != n)
+                throw std::runtime_error("now_ms must be 1-d with one entry per row");
+            const auto* np_ = static_cast<const int64_t*>(nb.ptr);
+            const float* xp = X.data();
+            std::size_t learned = 0;
+            double nrm;
+            {
+                py::gil_scoped_release nogil;
+                for (std::size_t i = 0; i < n; ++i)
+                    learned += ik::feedback(s, xp + i * s.L.dim, static_cast<std::size_t>(tp[i]), qp[i], np_[i]);
+                nrm = ik::l2norm(s.f + s.L.theta, s.L.n_params);
+            }
+            return py::make_tuple(learned, nrm);
+        },
+        py::arg("arena"), py::arg("meta"), py::arg("X"), py::arg("targets"), py::arg("qualities"),
+        py::arg("now_ms"),
+        "A sequence of validated feedback events, exactly as one instant_feedback per row, "
+        "GIL released; returns (events that learned, ||theta||).");
+    m.def(
+        "adapter_forward",
+        [](const f32& arena, py::array meta, const f32& X) {
+            int64_t* mm = inplace_array<int64_t>(meta, "meta", "int64");
+            const ik::Layout L = checked_layout(arena, meta, mm);
+            py::buffer_info xb = X.request();
+            if (xb.ndim != 1 && xb.ndim != 2) throw std::runtime_error("X must be 1-d or 2-d");
+            const std::size_t n = xb.ndim == 1 ? 1 : static_cast<std::size_t>(xb.shape[0]);
+            if (static_cast<std::size_t>(xb.shape[xb.ndim - 1]) != L.dim)
+                throw std::runtime_error("X rows must have length dim = " + std::to_string(L.dim));
+            py::array_t<float> out = xb.ndim == 1 ? py::array_t<float>(L.nt)
+                                                  : py::array_t<float>({n, L.nt});
+            float* o = out.mutable_data();
+            const float* ap = arena.data();
+            const auto* xp = static_cast<const float*>(xb.ptr);
+            {
+                py::gil_scoped_release nogil;
+                ik::adapter_forward(ap, L, xp, n, o);
+            }
+            return out;
+        },
+        py::arg("arena"), py::arg("meta"), py::arg("X"),
+        "Adapter logits for one row (dim,) -> (nt,) or a batch (n, dim) -> (n, nt).");
+    m.def(
+        "clamp_norm",
+        [](py::array v, double max_norm) {
+            float* p = inplace_array<float>(v, "v", "float32");
+            return ik::clamp_norm(p, static_cast<std::size_t>(v.size()), static_cast<float>(max_norm));
+        },
+        py::arg("v"), py::arg("max_norm") = 5.0,
+        "One global clamp in place: if ||v|| > max_norm, v *= max_norm/||v||; returns the norm after.");
+    m.def(
+        "ewc_pull",
+        [](py::array theta, const f32& F, const f32& snap, double coef) {
+            float* p = inplace_array<float>(theta, "theta", "float32");
+            py::buffer_info fb = need(F, 1, "F"), sb = need(snap, 1, "snap");
+            if (theta.ndim() != 1 || fb.shape[0] != theta.shape(0) || sb.shape[0] != theta.shape(0))
+                throw std::runtime_error("theta, F and snap must be 1-d of one length");
+            ik::ewc_pull(p, static_cast<const float*>(fb.ptr), static_cast<const float*>(sb.ptr),
+                         static_cast<std::size_t>(theta.shape(0)), static_cast<float>(coef));
+        },
+        py::arg("theta"), py::arg("F"), py::arg("snap"), py::arg("coef"),
+        "EWC pull in place: theta_i -= coef * F_i * (theta_i - snap_i).");
+    m.def(
+        "weighted_pick",
+        [](const f32& scales, uint32_t seed, int64_t exclude) {
+            py::buffer_info b = need(scales, 1, "scales");
+            const auto n = static_cast<std::size_t>(b.shape[0]);
+            const auto ex = exclude < 0 ? n : static_cast<std::size_t>(exclude);
+            return ik::weighted_pick(static_cast<const float*>(b.ptr), n == 0 ? 1 : n, 0, n, seed, ex);
+        },
+        py::arg("scales"), py::arg("seed"), py::arg("exclude"),
+        "The spec's weighted_pick(seed, exclude) over |scales|: an index, or -1 when n <= 1.");
 }
 
 // ---- temporal + attention (cpp/attention.h) ----

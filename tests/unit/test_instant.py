@@ -1,0 +1,340 @@
+"""Instant core: kernels against the NumPy reference, the spec's semantics, verbs, persistence."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reference import instant_ref as ref
+from workers import _kernels as K
+from workers.codec import encode_embedding_b64
+from workers.cores.instant import DECAY, LR0, LR_MIN, MAX_NORM, REPLAY_CAP, InstantState
+from workers.dispatch import LearnSession
+from workers.errors import CorruptStateError, VerbError
+
+DIM, NT = 24, 3
+TARGETS = ["small", "medium", "large"]
+# float32 kernels vs float32 NumPy: identical formulas, different summation order in dot products
+RTOL, ATOL = 1e-5, 1e-7
+
+
+def _events(rng: np.random.Generator, n: int, dim: int = DIM, nt: int = NT):
+    X = rng.normal(size=(n, dim)).astype(np.float32)
+    T = rng.integers(0, nt, n)
+    Q = rng.random(n)
+    Q[rng.random(n) < 0.1] = 0.5                       # some neutral events
+    NOW = rng.integers(0, 2 ** 45, n)
+    return X, T, Q, NOW
+
+
+def _pair(dim: int = DIM, lr_min: float | None = None) -> tuple[InstantState, ref.InstantRef]:
+    return InstantState(TARGETS, dim, lr_min=lr_min), ref.InstantRef(dim, NT, lr_min=lr_min)
+
+
+# -- constants -----------------------------------------------------------------------
+def test_spec_constants_match_the_kernel() -> None:
+    c = K.INSTANT_CONSTANTS
+    assert (c["rank"], REPLAY_CAP, c["min_replay"]) == (2, 64, 4)
+    assert np.float32(DECAY) == np.float32(c["decay"]) == ref.DECAY
+    assert MAX_NORM == c["max_norm"] == 5.0 and c["clamp_slack"] == ref.CLAMP_SLACK
+    assert (LR0, LR_MIN) == (0.01, 1e-3)
+    assert np.float32(c["neutral_eps"]) == np.float32(1e-4) and c["golden"] == 2654435761
+
+
+# -- kernels vs reference ----------------------------------------------------------------
+@pytest.mark.parametrize("preset_b", [False, True])
+def test_hebbian_update_matches_reference(preset_b: bool) -> None:
+    rng = np.random.default_rng(1)
+    s, r = _pair()
+    if preset_b:  # exercises the b = B[r,t] branch, not only the 1/sqrt2 stand-in
+        s.B[:] = r.B[:] = rng.normal(size=(2, NT)).astype(np.float32) * 0.1
+    for _ in range(50):
+        x = rng.normal(size=DIM).astype(np.float32)
+        t, sc = int(rng.integers(NT)), float(rng.uniform(-1, 1))
+        norm = K.instant_hebbian(s._arena, s._meta, x, t, sc)
+        r.hebbian_update(x, t, sc)
+        np.testing.assert_allclose(s.theta, r.theta, rtol=RTOL, atol=ATOL)
+        assert norm == pytest.approx(r.norm(), rel=1e-6)
+        assert np.float32(s.lr) == r.lr
+
+
+def test_hebbian_batch_equals_single_steps_exactly() -> None:
+    rng = np.random.default_rng(2)
+    a, b = InstantState(TARGETS, DIM), InstantState(TARGETS, DIM)
+    X = rng.normal(size=(40, DIM)).astype(np.float32)
+    T, S = rng.integers(0, NT, 40), rng.uniform(-1, 1, 40).astype(np.float32)
+    for x, t, sc in zip(X, T, S):
+        K.instant_hebbian(a._arena, a._meta, x, int(t), float(sc))
+    K.instant_hebbian_batch(b._arena, b._meta, X, T, S)
+    assert a == b
+
+
+def test_feedback_sequence_matches_reference() -> None:
+    rng = np.random.default_rng(3)
+    s, r = _pair()
+    X, T, Q, NOW = _events(rng, 300)
+    for x, t, q, now in zip(X, T, Q, NOW):
+        out = s.feedback(x, int(t), float(q), int(now))
+        r.feedback(x, int(t), float(q), int(now))
+        assert out["feedback_count"] == r.feedback_count
+        assert np.float32(out["lr"]) == r.lr
+    np.testing.assert_allclose(s.theta, r.theta, rtol=1e-4, atol=1e-7)
+    got = s.replay_entries()
+    assert len(got) == len(r.replay) == REPLAY_CAP
+    for (gx, gt, gs), (rx, rt, rs) in zip(got, r.replay):
+        assert gt == rt and np.float32(gs) == rs and np.array_equal(gx, rx)
+
+
+def test_feedback_batch_equals_event_by_event_exactly() -> None:
+    rng = np.random.default_rng(4)
+    a, b = InstantState(TARGETS, DIM), InstantState(TARGETS, DIM)
+    F = rng.random(a.n_params).astype(np.float32) * 1e-3
+    snap = rng.normal(size=a.n_params).astype(np.float32) * 0.1
+    a.set_ewc(F, snap, 2000.0)
+    b.set_ewc(F, snap, 2000.0)
+    X, T, Q, NOW = _events(rng, 150)
+    for x, t, q, now in zip(X, T, Q, NOW):
+        a.feedback(x, int(t), float(np.float32(q)), int(now))
+    out = b.feedback_batch(X, T, Q.astype(np.float32), NOW)
+    assert a == b
+    assert out["feedback_count"] == 150 and out["adapter_norm"] == pytest.approx(a.adapter_norm)
+
+
+def test_adapter_forward_batch_matches_reference() -> None:
+    rng = np.random.default_rng(5)
+    s, r = _pair()
+    s.theta[:] = rng.normal(size=s.n_params).astype(np.float32)
+    r._set_theta(s.theta.copy())
+    X = rng.normal(size=(17, DIM)).astype(np.float32)
+    np.testing.assert_allclose(s.logits(X), r.logits(X), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s.logits(X[3]), r.logits(X[3]), rtol=1e-5, atol=1e-5)
+    assert s.logits(X).shape == (17, NT) and s.logits(X[0]).shape == (NT,)
+
+
+def test_clamp_and_ewc_pull_kernels_match_reference() -> None:
+    rng = np.random.default_rng(6)
+    v = (rng.normal(size=100) * 3).astype(np.float32)
+    expect = ref.clamp_norm(v.copy())
+    after = K.clamp_norm(v, 5.0)
+    np.testing.assert_allclose(v, expect, rtol=1e-6)
+    assert after == pytest.approx(5.0, rel=1e-5) and np.linalg.norm(v.astype(np.float64)) <= 5.0
+    small = np.full(4, 0.1, np.float32)
+    K.clamp_norm(small, 5.0)
+    assert np.all(small == np.float32(0.1))  # under the bound: untouched
+    th, F, sn = (rng.normal(size=50).astype(np.float32) for _ in range(3))
+    expect = ref.ewc_pull(th, F, sn, 0.3)
+    K.ewc_pull(th, F, sn, 0.3)
+    np.testing.assert_allclose(th, expect, rtol=1e-6, atol=1e-7)
+
+
+def test_weighted_pick_matches_reference() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(500):
+        n = int(rng.integers(0, 70))
+        scales = rng.uniform(-1, 1, n).astype(np.float32)
+        if n and rng.random() < 0.2:
+            scales[:] = 0.0  # total == 0: the seed-mod-n branch
+        seed, ex = int(rng.integers(0, 2 ** 32)), int(rng.integers(0, max(n, 1)))
+        want = ref.weighted_pick(scales, seed, ex)
+        assert K.weighted_pick(scales, seed, ex) == (-1 if want is None else want)
+
+
+def test_kernels_refuse_bad_arrays() -> None:
+    s = InstantState(TARGETS, DIM)
+    with pytest.raises(RuntimeError, match="float32"):
+        K.instant_feedback(s._arena.astype(np.float64), s._meta, np.zeros(DIM, np.float32), 0, 0.9)
+    with pytest.raises(RuntimeError, match="length dim"):
+        K.instant_feedback(s._arena, s._meta, np.zeros(DIM + 1, np.float32), 0, 0.9)
+    with pytest.raises(RuntimeError, match="out of range"):
+        K.instant_feedback(s._arena, s._meta, np.zeros(DIM, np.float32), NT, 0.9)
+    with pytest.raises(RuntimeError, match="writeable"):
+        ro = s._arena.copy()
+        ro.flags.writeable = False
+        K.instant_hebbian(ro, s._meta, np.zeros(DIM, np.float32), 0, 1.0)
+
+
+# -- spec semantics ------------------------------------------------------------------
+def test_norm_stays_within_bound_under_100_positive_feedbacks() -> None:
+    rng = np.random.default_rng(8)
+    s = InstantState(TARGETS, DIM)
+    x = rng.normal(size=DIM).astype(np.float32) * 10
+    norms = [s.feedback(x, "large", 1.0, k)["adapter_norm"] for k in range(100)]
+    assert max(norms) <= 5.0
+    assert norms[-1] > 4.9  # it did grow to the bound (the test would be vacuous otherwise)
+    assert max(s.adapter_norm, np.linalg.norm(s.theta)) <= 5.0
+
+
+def test_preset_oversized_adapter_is_clamped_in_one_step() -> None:
+    s = InstantState(TARGETS, DIM)
+    s.theta[:] = 3.0  # ||theta|| = 3 sqrt(n_params) >> 5
+    out = s.feedback(np.ones(DIM, np.float32) * 0.01, "small", 0.9)
+    assert out["adapter_norm"] <= 5.0 and out["adapter_norm"] == pytest.approx(5.0, rel=1e-5)
+
+
+def test_lr_never_falls_below_its_floor_in_10000_feedbacks() -> None:
+    rng = np.random.default_rng(9)
+    s = InstantState(TARGETS, DIM)
+    x = rng.normal(size=DIM).astype(np.float32)
+    floor = np.float32(LR_MIN)
+    lrs = [s.feedback(x, k % NT, 0.8 if k % 2 else 0.2, k)["lr"] for k in range(10_000)]
+    assert min(lrs) >= floor and np.float32(lrs[-1]) == floor
+    assert s.feedback_count == 10_000
+
+
+def test_lr_floor_env_override_is_capped_at_lr0(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEARNSTREAM_LR_MIN", "0.005")
+    assert InstantState(TARGETS, DIM).lr_min == pytest.approx(0.005)
+    monkeypatch.setenv("LEARNSTREAM_LR_MIN", "0.5")
+    assert InstantState(TARGETS, DIM).lr_min == pytest.approx(LR0)
+
+
+@pytest.mark.parametrize("q", [0.5, 0.50005, 0.49995])
+def test_neutral_feedback_changes_nothing_but_the_count(q: float) -> None:
+    rng = np.random.default_rng(10)
+    s = InstantState(TARGETS, DIM)
+    X, T, Q, NOW = _events(rng, 10)
+    s.feedback_batch(X, T, Q, NOW)
+    before = s.to_bytes()
+    arena = s._arena.copy()
+    s.feedback(X[0], "small", q, 123)
+    assert np.array_equal(arena, s._arena)
+    assert s.feedback_count == 11 and len(before) == len(s.to_bytes())
+
+
+def test_reset_zeroes_adapter_restores_lr_and_keeps_the_rest() -> None:
+    rng = np.random.default_rng(11)
+    s = InstantState(TARGETS, DIM)
+    X, T, Q, NOW = _events(rng, 20)
+    s.feedback_batch(X, T, Q, NOW)
+    s.set_ewc(np.ones(s.n_params, np.float32), np.zeros(s.n_params, np.float32), 2000.0)
+    replay = s.replay_entries()
+    assert s.adapter_norm > 0 and s.lr < LR0
+    out = s.reset()
+    assert out == {"resets": 1, "lr": pytest.approx(LR0)}
+    assert not s.theta.any() and np.float32(s.lr) == np.float32(LR0)
+    assert s.feedback_count == 20 and s.has_ewc and len(s.replay_entries()) == len(replay)
+
+
+def test_errors_come_in_the_spec_order_and_do_not_count() -> None:
+    s = InstantState(TARGETS, DIM)
+    good, bad = np.zeros(DIM, np.float32), np.zeros(DIM - 1, np.float32)
+    with pytest.raises(VerbError, match=r"^quality must be 0\.\.1$"):
+        s.feedback(bad, "nope", float("nan"))
+    with pytest.raises(VerbError, match=r"^quality must be 0\.\.1$"):
+        s.feedback(good, "small", 1.5)
+    with pytest.raises(VerbError, match="^embedding wrong dim$"):
+        s.feedback(bad, "nope", 0.9)
+    with pytest.raises(VerbError, match="^unknown model name; not in registered targets$"):
+        s.feedback(good, "nope", 0.9)
+    assert s.feedback_count == 0 and not s.theta.any()
+
+
+def test_ewc_pull_in_feedback_matches_reference() -> None:
+    rng = np.random.default_rng(12)
+    s, r = _pair()
+    F = rng.random(s.n_params).astype(np.float32) * 1e-2  # lr*lam*F <= 0.2: a stable pull
+    snap = rng.normal(size=s.n_params).astype(np.float32) * 0.2
+    s.set_ewc(F, snap, 2000.0)
+    r.set_ewc(F, snap, 2000.0)
+    X, T, Q, NOW = _events(rng, 60)
+    for x, t, q, now in zip(X, T, Q, NOW):
+        s.feedback(x, int(t), float(q), int(now))
+        r.feedback(x, int(t), float(q), int(now))
+        np.testing.assert_allclose(s.theta, r.theta, rtol=2e-5, atol=1e-6)
+
+
+# -- persistence ---------------------------------------------------------------------
+@pytest.mark.parametrize("n_events", [0, 3, 200])
+def test_bytes_round_trip_restores_identical_behaviour(n_events: int) -> None:
+    rng = np.random.default_rng(13)
+    s = InstantState(TARGETS, DIM)
+    X, T, Q, NOW = _events(rng, n_events + 50)
+    s.feedback_batch(X[:n_events], T[:n_events], Q[:n_events], NOW[:n_events])
+    s.set_ewc(rng.random(s.n_params).astype(np.float32), np.zeros(s.n_params, np.float32), 7.0)
+    c = InstantState.from_bytes(s.to_bytes())
+    assert c == s and c.targets == TARGETS and c.lr == s.lr and c.replay_len == s.replay_len
+    for i in range(n_events, n_events + 50):
+        assert s.feedback(X[i], int(T[i]), float(Q[i]), int(NOW[i])) == \
+            c.feedback(X[i], int(T[i]), float(Q[i]), int(NOW[i]))
+    assert c == s
+
+
+def test_corrupt_bytes_are_refused() -> None:
+    raw = InstantState(TARGETS, DIM).to_bytes()
+    for bad in (b"", b"XYZ" + raw[3:], raw[:-4], raw + b"\0\0\0\0", raw[:4] + b"\xff" + raw[5:]):
+        with pytest.raises(CorruptStateError):
+            InstantState.from_bytes(bad)
+
+
+# -- verbs ---------------------------------------------------------------------------
+def _fb(x: np.ndarray, **kw) -> dict:
+    return {"verb": "feedback", "body": {"embedding": x.tolist(), **kw}}
+
+
+def test_verbs_need_init_instant_first() -> None:
+    s = LearnSession()
+    for v in ("feedback", "apply_adapter", "reset_adapter"):
+        out = s.dispatch({"verb": v, "body": {"quality": 0.9, "model": "a", "embedding": [1.0]}})
+        assert out == {"ok": False, "verb": v, "error": "instant not initialized; call init_instant"}
+
+
+def test_init_instant_validates() -> None:
+    s = LearnSession()
+    assert s.dispatch({"verb": "init_instant"})["error"] == "targets required"
+    assert s.dispatch({"verb": "init_instant", "body": {"targets": []}})["ok"] is False
+    assert s.dispatch({"verb": "init_instant", "body": {"targets": ["a", "a"]}})["ok"] is False
+    assert s.dispatch({"verb": "init_instant", "body": {"targets": ["a"], "dim": 0}})["ok"] is False
+    out = s.dispatch({"verb": "init_instant", "body": {"targets": ["a", "b"]}})
+    assert out["data"] == {"targets": ["a", "b"], "dim": 384}
+
+
+def test_feedback_apply_reset_through_the_envelope() -> None:
+    s = LearnSession()
+    s.dispatch({"verb": "init_instant", "body": {"targets": TARGETS, "dim": 4, "session_key": "k"}})
+    x = np.array([0.5, -1.0, 0.25, 2.0], np.float32)
+    for field, err in (({}, "quality required"), ({"quality": 0.9}, "embedding required"),
+                       ({"quality": 0.9, "embedding": [1, 2, 3, 4]}, "model required"),
+                       ({"quality": "high", "embedding": [1], "model": "x"}, "quality must be 0..1"),
+                       ({"quality": 0.9, "embedding": [1, 2], "model": "x"}, "embedding wrong dim"),
+                       ({"quality": 0.9, "embedding": [1, 2, 3, 4], "model": "x"},
+                        "unknown model name; not in registered targets")):
+        out = s.dispatch({"verb": "feedback", "body": {"session_key": "k", **field}})
+        assert out == {"ok": False, "verb": "feedback", "error": err}
+    out = s.dispatch({"verb": "feedback", "body": {"session_key": "k", "embedding_b64": encode_embedding_b64(x),
+                                                   "model": "large", "quality": 1.0, "now_ms": 5}})
+    assert out["ok"] and set(out["data"]) == {"adapter_norm", "feedback_count", "lr"}
+    assert out["data"]["feedback_count"] == 1
+    logits = s.dispatch({"verb": "apply_adapter", "body": {"session_key": "k", "embedding": x.tolist()}})["data"]
+    assert logits["targets"] == TARGETS and int(np.argmax(logits["logits"])) == 2
+    r = ref.InstantRef(4, NT)
+    r.feedback(x, 2, 1.0, 5)
+    np.testing.assert_allclose(logits["logits"], r.logits(x), rtol=1e-5)
+    out = s.dispatch({"verb": "reset_adapter", "body": {"session_key": "k"}})
+    assert out["data"]["resets"] == 1
+    zero = s.dispatch({"verb": "apply_adapter", "body": {"session_key": "k", "embedding": x.tolist()}})
+    assert zero["data"]["logits"] == [0.0, 0.0, 0.0]
+    # other sessions are untouched
+    assert s.dispatch({"verb": "health"})["data"]["instant_ready"] is False
+    assert s.dispatch({"verb": "health", "body": {"session_key": "k"}})["data"]["instant_ready"] is True
+
+
+def test_state_survives_reopening_the_database(tmp_path) -> None:
+    rng = np.random.default_rng(14)
+    X = rng.normal(size=(30, 8)).astype(np.float32)
+    s = LearnSession(path=tmp_path / "db")
+    s.dispatch({"verb": "init_instant", "body": {"targets": TARGETS, "dim": 8}})
+    for i in range(20):
+        assert s.dispatch(_fb(X[i], model=TARGETS[i % 3], quality=float(i % 5) / 4, now_ms=i))["ok"]
+    s.dispatch(_fb(X[0], model="nope", quality=0.9))  # refused: leaves no trace
+    s.close()
+    s2 = LearnSession(path=tmp_path / "db")
+    twin = LearnSession()
+    twin.dispatch({"verb": "init_instant", "body": {"targets": TARGETS, "dim": 8}})
+    for i in range(20):
+        twin.dispatch(_fb(X[i], model=TARGETS[i % 3], quality=float(i % 5) / 4, now_ms=i))
+    for i in range(20, 30):
+        a = s2.dispatch(_fb(X[i], model="small", quality=0.9, now_ms=i))
+        b = twin.dispatch(_fb(X[i], model="small", quality=0.9, now_ms=i))
+        assert a == b
+    assert s2.blob("session", "default").get("instant", InstantState) == \
+        twin.blob("session", "default").get("instant", InstantState)
+    s2.close()

@@ -1,0 +1,409 @@
+"""Instant core: a rank-2 Hebbian MicroLoRA adapter with prioritized replay (spec: cores.md, Instant core).
+
+The state is two flat arrays the C++ kernels (``cpp/instant.h``) mutate in place:
+``arena`` (float32: θ = [A; B], the EWC Fisher and snapshot, lr, replay rows and
+scales) and ``meta`` (int64: dims, counters, replay ring, replay targets). The
+attributes below are NumPy views into them, so a feedback event allocates nothing
+and serializing is two ``tobytes`` calls. **[beyond]** the replay buffer, lr and
+EWC state persist with the adapter.
+
+Examples
+--------
+>>> import numpy as np
+>>> s = InstantState(["small", "large"], dim=4)
+>>> out = s.feedback(np.array([1, 0, 0, 0], np.float32), "large", 0.9)
+>>> out["feedback_count"], round(out["lr"], 5)
+(1, 0.00995)
+>>> int(np.argmax(s.logits(np.array([1, 0, 0, 0], np.float32))))
+1
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+import orjson
+
+from workers import _kernels as _k
+from workers.codec import embedding_field
+from workers.errors import ConfigError, CorruptStateError, VerbError
+from workers.verbs import VerbContext, health_contributor, verb
+
+__all__ = (
+    "RANK", "DECAY", "LR0", "LR_MIN", "MAX_NORM", "REPLAY_CAP", "DEFAULT_DIM", "LR_MIN_ENV",
+    "NOT_INITIALIZED", "InstantState", "read_embedding", "read_quality", "read_now_ms",
+)
+
+logger = logging.getLogger(__name__)
+
+_C = _k.INSTANT_CONSTANTS
+RANK: int = _C["rank"]
+DECAY = 0.995
+LR0 = 0.01
+LR_MIN = 1e-3
+MAX_NORM = 5.0
+REPLAY_CAP: int = _C["replay_cap"]
+DEFAULT_DIM = 384                      # the spec's input dim when init_instant gives none
+LR_MIN_ENV = "LEARNSTREAM_LR_MIN"      # the spec's "env override" of LR_MIN (capped at LR0)
+NOT_INITIALIZED = "instant not initialized; call init_instant"
+
+_M = _C["meta"]
+_S = _C["scalars"]
+_MAGIC = b"LSI"
+_VERSION = 1
+_HEAD = struct.Struct("<3sBI")        # magic, version, header length
+
+
+def _lr_min_from_env() -> float:
+    raw = os.environ.get(LR_MIN_ENV)
+    if raw is None or raw == "":
+        return LR_MIN
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ConfigError(f"{LR_MIN_ENV}={raw!r} is not a number") from None
+    if not math.isfinite(v) or v < 0:
+        raise ConfigError(f"{LR_MIN_ENV}={raw!r} must be a finite number >= 0")
+    return min(v, LR0)
+
+
+class InstantState:
+    """One session's adapter, replay buffer, lr and EWC state.
+
+    Parameters
+    ----------
+    targets
+        Model names, in logit order (at least one, unique).
+    dim
+        Embedding dimension (default 384).
+    lr_min
+        lr floor; default ``LR_MIN`` or ``$LEARNSTREAM_LR_MIN``, capped at ``LR0``.
+
+    Attributes
+    ----------
+    theta, A, B
+        The flat parameters [A; B] and their (RANK, dim) / (RANK, nt) views.
+    ewc_f, ewc_snap
+        EWC Fisher and snapshot over θ (meaningful when ``has_ewc``).
+    """
+
+    __slots__ = ("targets", "dim", "_index", "_arena", "_meta", "theta", "A", "B", "ewc_f", "ewc_snap",
+                 "replay_x", "replay_scale", "replay_idx", "_layout")
+
+    def __init__(self, targets: Sequence[str], dim: int | None = None, lr_min: float | None = None) -> None:
+        self.targets: list[str] = list(targets)
+        self.dim: int = DEFAULT_DIM if dim is None else int(dim)
+        if not self.targets or len(set(self.targets)) != len(self.targets) or self.dim <= 0:
+            raise ValueError("InstantState needs unique targets and dim > 0")
+        self._index = {t: i for i, t in enumerate(self.targets)}
+        self._layout = _k.instant_layout(self.dim, len(self.targets))
+        self._arena = np.zeros(self._layout["size"], np.float32)
+        self._meta = np.zeros(_C["meta_size"], np.int64)
+        self._meta[_M["dim"]] = self.dim
+        self._meta[_M["nt"]] = len(self.targets)
+        sc = self._layout["scalars"]
+        self._arena[sc + _S["lr"]] = LR0
+        self._arena[sc + _S["lr_min"]] = _lr_min_from_env() if lr_min is None else min(float(lr_min), LR0)
+        self._bind_views()
+
+    def _bind_views(self) -> None:
+        L, a, d, nt = self._layout, self._arena, self.dim, len(self.targets)
+        p = L["n_params"]
+        self.theta = a[L["theta"]:L["theta"] + p]
+        self.A = self.theta[:RANK * d].reshape(RANK, d)
+        self.B = self.theta[RANK * d:].reshape(RANK, nt)
+        self.ewc_f = a[L["ewc_f"]:L["ewc_f"] + p]
+        self.ewc_snap = a[L["ewc_snap"]:L["ewc_snap"] + p]
+        self.replay_scale = a[L["replay_scale"]:L["replay_scale"] + REPLAY_CAP]
+        self.replay_x = a[L["replay_x"]:].reshape(REPLAY_CAP, d)
+        self.replay_idx = self._meta[_M["replay_idx"]:_M["replay_idx"] + REPLAY_CAP]
+
+    # -- scalars -------------------------------------------------------------
+    def _scalar(self, name: str) -> float:
+        return float(self._arena[self._layout["scalars"] + _S[name]])
+
+    @property
+    def nt(self) -> int:
+        return len(self.targets)
+
+    @property
+    def n_params(self) -> int:
+        return int(self._layout["n_params"])
+
+    @property
+    def lr(self) -> float:
+        return self._scalar("lr")
+
+    @property
+    def lr_min(self) -> float:
+        return self._scalar("lr_min")
+
+    @property
+    def ewc_lambda(self) -> float:
+        return self._scalar("ewc_lam")
+
+    @property
+    def feedback_count(self) -> int:
+        return int(self._meta[_M["feedback_count"]])
+
+    @property
+    def resets(self) -> int:
+        return int(self._meta[_M["resets"]])
+
+    @property
+    def replay_len(self) -> int:
+        return int(self._meta[_M["replay_len"]])
+
+    @property
+    def has_ewc(self) -> bool:
+        return bool(self._meta[_M["has_ewc"]])
+
+    @property
+    def adapter_norm(self) -> float:
+        return float(np.sqrt(np.dot(self.theta.astype(np.float64), self.theta)))
+
+    def replay_entries(self) -> list[tuple[np.ndarray, int, float]]:
+        """The replay buffer oldest first, as (x, target index, scale) copies."""
+        head, n = int(self._meta[_M["replay_head"]]), self.replay_len
+        rows = [(head + i) % REPLAY_CAP for i in range(n)]
+        return [(self.replay_x[r].copy(), int(self.replay_idx[r]), float(self.replay_scale[r])) for r in rows]
+
+    # -- validation ----------------------------------------------------------
+    def target_index(self, model: str | int) -> int:
+        """Index of a model name (or a checked index); the spec's error otherwise."""
+        if isinstance(model, str):
+            i = self._index.get(model)
+            if i is not None:
+                return i
+        elif isinstance(model, (int, np.integer)) and not isinstance(model, bool) and 0 <= model < self.nt:
+            return int(model)
+        raise VerbError("unknown model name; not in registered targets")
+
+    def check_feedback(self, x: np.ndarray, model: str | int, quality: float) -> tuple[np.ndarray, int, float]:
+        """Validate one event in the spec's order; returns (x float32, target index, quality)."""
+        q = _quality(quality)
+        x = np.asarray(x, dtype=np.float32)
+        if x.shape != (self.dim,):
+            raise VerbError("embedding wrong dim")
+        return x, self.target_index(model), q
+
+    # -- learning ------------------------------------------------------------
+    def feedback(self, x: np.ndarray, model: str | int, quality: float, now_ms: int = 0) -> dict:
+        """One feedback event: Hebbian step, replay push and a replayed step.
+
+        Returns ``{adapter_norm, feedback_count, lr}``. Raises :class:`VerbError`
+        (``"quality must be 0..1"``, ``"embedding wrong dim"``,
+        ``"unknown model name; not in registered targets"``) before any change.
+        """
+        x, t, q = self.check_feedback(x, model, quality)
+        _, norm = _k.instant_feedback(self._arena, self._meta, x, t, q, int(now_ms))
+        return {"adapter_norm": float(norm), "feedback_count": self.feedback_count, "lr": self.lr}
+
+    def feedback_batch(self, X: np.ndarray, targets: np.ndarray, qualities: np.ndarray,
+                       now_ms: np.ndarray | None = None) -> dict:
+        """Validated events in order, in one GIL-free kernel call; exactly equal to
+        calling :meth:`feedback` per row. ``targets`` are indices."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        n = X.shape[0] if X.ndim == 2 else -1
+        if X.ndim != 2 or X.shape[1] != self.dim:
+            raise VerbError("embedding wrong dim")
+        t = np.ascontiguousarray(targets, dtype=np.int64)
+        q = np.ascontiguousarray(qualities, dtype=np.float32)
+        if t.shape != (n,) or q.shape != (n,):
+            raise ValueError("targets and qualities need one entry per row")
+        if n and (t.min() < 0 or t.max() >= self.nt):
+            raise VerbError("unknown model name; not in registered targets")
+        if n and not (np.all(q >= 0) and np.all(q <= 1)):  # NaN fails both
+            raise VerbError("quality must be 0..1")
+        now = np.zeros(n, np.int64) if now_ms is None else np.ascontiguousarray(now_ms, dtype=np.int64)
+        learned, norm = _k.instant_feedback_batch(self._arena, self._meta, X, t, q, now)
+        return {"learned": int(learned), "adapter_norm": float(norm),
+                "feedback_count": self.feedback_count, "lr": self.lr}
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Adapter forward: (dim,) -> (nt,) or (n, dim) -> (n, nt)."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.shape[-1:] != (self.dim,) or x.ndim not in (1, 2):
+            raise VerbError("embedding wrong dim")
+        return _k.adapter_forward(self._arena, self._meta, x)
+
+    def reset(self) -> dict:
+        """Zero A and B, restore lr; replay, EWC and feedback_count stay."""
+        self.theta[:] = 0.0
+        self._arena[self._layout["scalars"] + _S["lr"]] = LR0
+        self._meta[_M["resets"]] += 1
+        return {"resets": self.resets, "lr": self.lr}
+
+    def set_ewc(self, F: np.ndarray, snapshot: np.ndarray, lam: float) -> None:
+        """Receive EWC state over θ (both of length ``n_params``)."""
+        if len(F) != self.n_params or len(snapshot) != self.n_params:
+            raise ValueError(f"EWC state must have length {self.n_params}")
+        self.ewc_f[:] = F
+        self.ewc_snap[:] = snapshot
+        self._arena[self._layout["scalars"] + _S["ewc_lam"]] = lam
+        self._meta[_M["has_ewc"]] = 1
+
+    # -- bytes ---------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """b"LSI" + version + header length + orjson {targets, dim} + meta + arena.
+
+        The arena is cut after the used replay rows (a half-empty buffer is a prefix).
+        """
+        header = orjson.dumps({"targets": self.targets, "dim": self.dim})
+        used = self._layout["replay_x"] + self.replay_len * self.dim
+        return b"".join((_HEAD.pack(_MAGIC, _VERSION, len(header)), header,
+                         self._meta.astype("<i8", copy=False).tobytes(),
+                         self._arena[:used].astype("<f4", copy=False).tobytes()))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> InstantState:
+        try:
+            magic, version, hlen = _HEAD.unpack_from(data)
+        except struct.error:
+            raise CorruptStateError("instant state too short") from None
+        if magic != _MAGIC:
+            raise CorruptStateError("not an instant state (bad magic)")
+        if version != _VERSION:
+            raise CorruptStateError(f"instant state version {version} is unknown (this build reads {_VERSION})")
+        pos = _HEAD.size
+        try:
+            header = orjson.loads(data[pos:pos + hlen])
+            obj = cls(header["targets"], header["dim"], lr_min=LR0)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise CorruptStateError(f"instant state header is malformed ({exc})") from None
+        pos += hlen
+        msize = obj._meta.size * 8
+        meta = np.frombuffer(data, dtype="<i8", count=obj._meta.size, offset=pos) \
+            if len(data) >= pos + msize else None
+        if meta is None or meta[_M["dim"]] != obj.dim or meta[_M["nt"]] != obj.nt:
+            raise CorruptStateError("instant state meta does not match its header")
+        pos += msize
+        n_f = (len(data) - pos) // 4
+        used = obj._layout["replay_x"] + int(meta[_M["replay_len"]]) * obj.dim
+        if (len(data) - pos) % 4 or n_f != used:
+            raise CorruptStateError("instant state arena has the wrong length")
+        obj._meta[:] = meta
+        obj._arena[:used] = np.frombuffer(data, dtype="<f4", count=n_f, offset=pos)
+        return obj
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, InstantState) and other.targets == self.targets and other.dim == self.dim
+                and np.array_equal(other._meta, self._meta) and np.array_equal(other._arena, self._arena))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return (f"InstantState(targets={self.targets!r}, dim={self.dim}, feedback_count={self.feedback_count}, "
+                f"lr={self.lr:.6g}, adapter_norm={self.adapter_norm:.4g})")
+
+
+def _quality(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+        raise VerbError("quality must be 0..1")
+    q = float(value)
+    if not 0.0 <= q <= 1.0:  # NaN fails too
+        raise VerbError("quality must be 0..1")
+    return q
+
+
+# -- request fields ------------------------------------------------------------
+def read_quality(body: dict, prefix: str = "") -> float:
+    if body.get("quality") is None:
+        raise VerbError(f"{prefix}quality required")
+    try:
+        return _quality(body["quality"])
+    except VerbError as exc:
+        raise VerbError(f"{prefix}{exc}") from None
+
+
+def read_embedding(body: dict, dim: int, prefix: str = "") -> np.ndarray:
+    """``embedding`` (array) or ``embedding_b64`` of exactly ``dim`` floats."""
+    if body.get("embedding") is None and body.get("embedding_b64") is None:
+        raise VerbError(f"{prefix}embedding required")
+    x = embedding_field(body, "embedding", prefix=prefix)
+    if x.size != dim:
+        raise VerbError(f"{prefix}embedding wrong dim")
+    return x
+
+
+def read_now_ms(body: dict, prefix: str = "") -> int:
+    v = body.get("now_ms", 0)
+    if v is None:
+        return 0
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise VerbError(f"{prefix}now_ms must be an integer")
+    return v
+
+
+def read_model(body: dict, state: InstantState, prefix: str = "") -> int:
+    model = body.get("model")
+    if model is None:
+        raise VerbError(f"{prefix}model required")
+    if not isinstance(model, str):
+        raise VerbError(f"{prefix}unknown model name; not in registered targets")
+    try:
+        return state.target_index(model)
+    except VerbError as exc:
+        raise VerbError(f"{prefix}{exc}") from None
+
+
+def _instant(ctx: VerbContext) -> InstantState:
+    s = ctx.state.get("instant", InstantState)
+    if s is None:
+        raise VerbError(NOT_INITIALIZED)
+    return s
+
+
+# -- verbs ---------------------------------------------------------------------
+@verb("init_instant", table="session", writes=True, topic="commands")
+def init_instant(ctx: VerbContext, body: dict) -> dict:
+    """{targets: [str, ...], dim?} -> {targets, dim}. Replaces any previous adapter."""
+    targets = body.get("targets")
+    if targets is None:
+        raise VerbError("targets required")
+    if (not isinstance(targets, list) or not targets
+            or not all(isinstance(t, str) and t for t in targets)):
+        raise VerbError("targets must be a non-empty array of non-empty strings")
+    if len(set(targets)) != len(targets):
+        raise VerbError("targets must be unique")
+    dim = body.get("dim", DEFAULT_DIM)
+    if dim is None:
+        dim = DEFAULT_DIM
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+        raise VerbError("dim must be a positive integer")
+    ctx.state.set("instant", InstantState(targets, dim))
+    return {"targets": list(targets), "dim": dim}
+
+
+@verb("feedback", table="session", writes=True, topic="commands")
+def feedback(ctx: VerbContext, body: dict) -> dict:
+    """{embedding|embedding_b64, model, quality, now_ms?} -> {adapter_norm, feedback_count, lr}."""
+    s = _instant(ctx)
+    q = read_quality(body)
+    x = read_embedding(body, s.dim)
+    t = read_model(body, s)
+    now_ms = read_now_ms(body)
+    return s.feedback(x, t, q, now_ms)
+
+
+@verb("apply_adapter", table="session", writes=False)
+def apply_adapter(ctx: VerbContext, body: dict) -> dict:
+    """{embedding|embedding_b64} -> {logits, targets}."""
+    s = _instant(ctx)
+    x = read_embedding(body, s.dim)
+    return {"logits": s.logits(x).tolist(), "targets": list(s.targets)}
+
+
+@verb("reset_adapter", table="session", writes=True, topic="commands")
+def reset_adapter(ctx: VerbContext, body: dict) -> dict:
+    """{} -> {resets, lr}: zero A and B, lr back to LR0."""
+    return _instant(ctx).reset()
+
+
+@health_contributor
+def _health(ctx: VerbContext) -> dict:
+    return {"instant_ready": ctx.state is not None and ctx.state.has("instant")}
