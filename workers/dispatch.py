@@ -28,7 +28,7 @@ def load_verbs() -> dict[str, Verb]:
     """Import every module that registers verbs (idempotent)."""
     import importlib
 
-    for mod in ("workers.cores.instant", "workers.cores.deep", "workers.cores.temporal",
+    for mod in ("workers.cores.instant", "workers.cores.deep", "workers.cores.loop", "workers.cores.temporal",
                 "workers.cores.attention", "workers.cores.router", "workers.online.verbs"):
         try:
             importlib.import_module(mod)
