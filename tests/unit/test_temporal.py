@@ -461,3 +461,28 @@ def test_edges_survive_reopen(tmp_path) -> None:
     ok(s2, "insert_edge", {"edge": mk("persist2", "x", "z", 100)})  # the seq counter continues
     assert ids(s2, "x", 200) == ["persist1", "persist2"]
     s2.close()
+
+
+def test_numbers_beyond_int64_are_stored_as_floats(session: LearnSession) -> None:
+    edge = mk("big", "a", "b", 1, weight=10**30, embedding=[10**20, 1, 0.5])
+    ok(session, "insert_edge", {"edge": edge})
+    got = ok(session, "get_edge", {"edge_id": "big"})["edge"]
+    assert got["weight"] == 1e30 and got["embedding"] == [1e20, 1, 0.5]
+
+
+def test_graph_edges_topic_events_apply_and_redeliveries_change_nothing() -> None:
+    import orjson
+
+    from workers.stream.processor import Processor, StoreStateAccess
+    from workers.stream.records import Record
+
+    store = MemoryStore()
+    proc = Processor(StoreStateAccess(store))
+    recs = [Record("graph.edges", 0, off, b"default", orjson.dumps(ev)) for off, ev in enumerate(_events())]
+    res = proc.process(recs)
+    assert res.applied == len(recs) and res.rejected == 0
+    done = dict(store.iter_prefix(b""))
+    proc.process(recs[2:])  # at-least-once: redelivered from offset 2
+    assert dict(store.iter_prefix(b"")) == done
+    s = LearnSession(store=store)
+    assert ids(s, "alice", 1400) == ["e1", "e2"] and ids(s, "bob", 2500) == ["e3"]

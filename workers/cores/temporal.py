@@ -84,6 +84,11 @@ def _epoch_ms(value: Any, name: str) -> int:
     return value
 
 
+def _json_number(v: int | float) -> int | float:
+    """The number as given, except ints beyond int64 (which JSON encoders refuse) become floats."""
+    return v if isinstance(v, float) or _I64_MIN <= v <= _I64_MAX else float(v)
+
+
 def _optional_str(edge: dict, name: str) -> str | None:
     v = edge.get(name)
     if v is not None and not isinstance(v, str):
@@ -127,11 +132,11 @@ def validate_edge(raw: Any) -> dict:
             edge[name] = v
     if (emb := raw.get("embedding")) is not None:
         embedding_field({"embedding": emb}, "embedding", prefix="edge.")  # raises on bad input
-        edge["embedding"] = emb  # stored as given: get_edge returns exactly what was inserted
+        edge["embedding"] = [_json_number(v) for v in emb]  # as given: get_edge returns what was inserted
     if (w := raw.get("weight")) is not None:
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
             raise VerbError("edge.weight must be a finite number")
-        edge["weight"] = w
+        edge["weight"] = _json_number(w)
     if (g := _optional_str(raw, "group_id")) is not None:
         edge["group_id"] = g
     edge["created_at"] = created_at
