@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from workers import _kernels as K
+from workers.codec import encode_embedding_b64
 from workers.cores.deep import DeepState
 from workers.cores.instant import InstantState
-from workers.codec import encode_embedding_b64
 from workers.dispatch import LearnSession
 
 try:  # the references live with the tests (they are not part of the package)

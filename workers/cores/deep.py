@@ -16,27 +16,21 @@ True
 """
 from __future__ import annotations
 
-import logging
-import math
-import os
-import struct
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 
 from workers import _kernels as _k
 from workers.codec import embedding_field
-from workers.errors import ConfigError, CorruptStateError, ValidationError, VerbError
+from workers.cores._common import env_float, pack_part, unpack_part
+from workers.errors import CorruptStateError, ValidationError, VerbError
 from workers.verbs import VerbContext, health_contributor, verb
 
 __all__ = (
     "FISHER_DECAY", "LAMBDA", "LAMBDA_ENV", "RING_CAP", "BOUNDARY_Z", "MIN_STD", "MIN_PRIOR",
     "DeepState", "LossOutcome", "hand_ewc", "boundary_event", "consolidation_event", "read_vector",
 )
-
-logger = logging.getLogger(__name__)
 
 FISHER_DECAY = 0.999
 LAMBDA = 2000.0
@@ -49,20 +43,6 @@ BOUNDARY_CAUSE = "loss_zscore"
 
 _MAGIC = b"LSD"
 _VERSION = 1
-_HEAD = struct.Struct("<3sBI")
-
-
-def _lambda_from_env() -> float:
-    raw = os.environ.get(LAMBDA_ENV)
-    if raw is None or raw == "":
-        return LAMBDA
-    try:
-        v = float(raw)
-    except ValueError:
-        raise ConfigError(f"{LAMBDA_ENV}={raw!r} is not a number") from None
-    if not math.isfinite(v) or v < 0:
-        raise ConfigError(f"{LAMBDA_ENV}={raw!r} must be a finite number >= 0")
-    return v
 
 
 @dataclass(frozen=True)
@@ -98,7 +78,7 @@ class DeepState:
     __slots__ = ("lam", "ring", "counters", "fisher", "snapshot")
 
     def __init__(self, lam: float | None = None) -> None:
-        self.lam: float = _lambda_from_env() if lam is None else float(lam)
+        self.lam: float = env_float(LAMBDA_ENV, LAMBDA) if lam is None else float(lam)
         self.ring = np.zeros(RING_CAP, np.float32)      # oldest first, ``counters[0]`` used
         self.counters = np.zeros(2, np.int64)           # [window length, boundaries_total]
         self.fisher: dict[str, np.ndarray] = {}
@@ -164,32 +144,21 @@ class DeepState:
     def to_bytes(self) -> bytes:
         """b"LSD" + version + header length + orjson header + ring + counters + (F, snap) per id."""
         keys = sorted(self.fisher)
-        header = orjson.dumps({"lam": self.lam, "keys": [[k, int(self.fisher[k].size)] for k in keys]})
-        chunks = [_HEAD.pack(_MAGIC, _VERSION, len(header)), header,
-                  self.ring.astype("<f4", copy=False).tobytes(), self.counters.astype("<i8", copy=False).tobytes()]
+        chunks = [self.ring.astype("<f4", copy=False).tobytes(), self.counters.astype("<i8", copy=False).tobytes()]
         for k in keys:
             chunks.append(self.fisher[k].astype("<f4", copy=False).tobytes())
             chunks.append(self.snapshot[k].astype("<f4", copy=False).tobytes())
-        return b"".join(chunks)
+        return pack_part(_MAGIC, _VERSION, {"lam": self.lam, "keys": [[k, int(self.fisher[k].size)] for k in keys]},
+                         *chunks)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DeepState:
+        header, pos = unpack_part(data, _MAGIC, _VERSION, "deep")
         try:
-            magic, version, hlen = _HEAD.unpack_from(data)
-        except struct.error:
-            raise CorruptStateError("deep state too short") from None
-        if magic != _MAGIC:
-            raise CorruptStateError("not a deep state (bad magic)")
-        if version != _VERSION:
-            raise CorruptStateError(f"deep state version {version} is unknown (this build reads {_VERSION})")
-        pos = _HEAD.size
-        try:
-            header = orjson.loads(data[pos:pos + hlen])
             obj = cls(lam=float(header["lam"]))
             keys = [(str(k), int(n)) for k, n in header["keys"]]
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise CorruptStateError(f"deep state header is malformed ({exc})") from None
-        pos += hlen
         need = pos + RING_CAP * 4 + 16 + sum(8 * n for _, n in keys)
         if len(data) != need:
             raise CorruptStateError(f"deep state has {len(data)} bytes, expected {need}")

@@ -19,26 +19,20 @@ Examples
 """
 from __future__ import annotations
 
-import logging
-import math
-import os
-import struct
 from collections.abc import Sequence
 
 import numpy as np
-import orjson
 
 from workers import _kernels as _k
 from workers.codec import embedding_field
-from workers.errors import ConfigError, CorruptStateError, VerbError
+from workers.cores._common import env_float, pack_part, unpack_part
+from workers.errors import CorruptStateError, VerbError
 from workers.verbs import VerbContext, health_contributor, verb
 
 __all__ = (
     "RANK", "DECAY", "LR0", "LR_MIN", "MAX_NORM", "REPLAY_CAP", "DEFAULT_DIM", "LR_MIN_ENV",
     "NOT_INITIALIZED", "InstantState", "read_embedding", "read_quality", "read_now_ms",
 )
-
-logger = logging.getLogger(__name__)
 
 _C = _k.INSTANT_CONSTANTS
 RANK: int = _C["rank"]
@@ -55,20 +49,6 @@ _M = _C["meta"]
 _S = _C["scalars"]
 _MAGIC = b"LSI"
 _VERSION = 1
-_HEAD = struct.Struct("<3sBI")        # magic, version, header length
-
-
-def _lr_min_from_env() -> float:
-    raw = os.environ.get(LR_MIN_ENV)
-    if raw is None or raw == "":
-        return LR_MIN
-    try:
-        v = float(raw)
-    except ValueError:
-        raise ConfigError(f"{LR_MIN_ENV}={raw!r} is not a number") from None
-    if not math.isfinite(v) or v < 0:
-        raise ConfigError(f"{LR_MIN_ENV}={raw!r} must be a finite number >= 0")
-    return min(v, LR0)
 
 
 class InstantState:
@@ -107,7 +87,7 @@ class InstantState:
         self._meta[_M["nt"]] = len(self.targets)
         sc = self._layout["scalars"]
         self._arena[sc + _S["lr"]] = LR0
-        self._arena[sc + _S["lr_min"]] = _lr_min_from_env() if lr_min is None else min(float(lr_min), LR0)
+        self._arena[sc + _S["lr_min"]] = env_float(LR_MIN_ENV, LR_MIN, cap=LR0) if lr_min is None else min(float(lr_min), LR0)
         self._bind_views()
 
     def _bind_views(self) -> None:
@@ -208,9 +188,9 @@ class InstantState:
         """Validated events in order, in one GIL-free kernel call; exactly equal to
         calling :meth:`feedback` per row. ``targets`` are indices."""
         X = np.ascontiguousarray(X, dtype=np.float32)
-        n = X.shape[0] if X.ndim == 2 else -1
         if X.ndim != 2 or X.shape[1] != self.dim:
             raise VerbError("embedding wrong dim")
+        n = X.shape[0]
         t = np.ascontiguousarray(targets, dtype=np.int64)
         q = np.ascontiguousarray(qualities, dtype=np.float32)
         if t.shape != (n,) or q.shape != (n,):
@@ -253,29 +233,18 @@ class InstantState:
 
         The arena is cut after the used replay rows (a half-empty buffer is a prefix).
         """
-        header = orjson.dumps({"targets": self.targets, "dim": self.dim})
         used = self._layout["replay_x"] + self.replay_len * self.dim
-        return b"".join((_HEAD.pack(_MAGIC, _VERSION, len(header)), header,
+        return pack_part(_MAGIC, _VERSION, {"targets": self.targets, "dim": self.dim},
                          self._meta.astype("<i8", copy=False).tobytes(),
-                         self._arena[:used].astype("<f4", copy=False).tobytes()))
+                         self._arena[:used].astype("<f4", copy=False).tobytes())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> InstantState:
+        header, pos = unpack_part(data, _MAGIC, _VERSION, "instant")
         try:
-            magic, version, hlen = _HEAD.unpack_from(data)
-        except struct.error:
-            raise CorruptStateError("instant state too short") from None
-        if magic != _MAGIC:
-            raise CorruptStateError("not an instant state (bad magic)")
-        if version != _VERSION:
-            raise CorruptStateError(f"instant state version {version} is unknown (this build reads {_VERSION})")
-        pos = _HEAD.size
-        try:
-            header = orjson.loads(data[pos:pos + hlen])
             obj = cls(header["targets"], header["dim"], lr_min=LR0)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise CorruptStateError(f"instant state header is malformed ({exc})") from None
-        pos += hlen
         msize = obj._meta.size * 8
         meta = np.frombuffer(data, dtype="<i8", count=obj._meta.size, offset=pos) \
             if len(data) >= pos + msize else None

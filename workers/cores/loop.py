@@ -115,7 +115,8 @@ def _events_of(ctx: VerbContext, body: dict) -> tuple[list[dict], bool]:
     return events, True
 
 
-def _validate(ctx: VerbContext, instant: InstantState, events: list[dict], envelope: bool):
+def _validate(instant: InstantState, events: list[dict], envelope: bool) -> tuple:
+    """Every event checked (the spec's order) into arrays, before anything changes."""
     n = len(events)
     X = np.empty((n, instant.dim), np.float32)
     T = np.empty(n, np.int64)
@@ -150,7 +151,7 @@ def learn_feedback(ctx: VerbContext, body: dict) -> dict:
     instant = ctx.state.get("instant", InstantState)
     if instant is None:
         raise VerbError(NOT_INITIALIZED)
-    X, T, Q, NOW, relations, tokens = _validate(ctx, instant, events, envelope)
+    X, T, Q, NOW, relations, tokens = _validate(instant, events, envelope)
     n = len(events)
     # -- everything is valid: apply -------------------------------------------
     deep = ctx.state.get("deep", DeepState) or DeepState()
@@ -178,6 +179,8 @@ def learn_feedback(ctx: VerbContext, body: dict) -> dict:
         deep.consolidate(ADAPTER_PARAM_ID, instant.theta, grads)
         hand_ewc(deep, instant, ADAPTER_PARAM_ID)
         instant.reset()
+        logger.debug("session %s: loss boundary (z=%.3g) at event %d; adapter consolidated and reset",
+                     ctx.session_key, o.z, i)
         extra = {"event_index": i} if envelope else {}
         ctx.emit("boundaries", boundary_event(ctx.session_key, o, ctx.source, **extra))
         ctx.emit("consolidations", consolidation_event(ctx.session_key, deep, ADAPTER_PARAM_ID,
