@@ -13,6 +13,7 @@
 #include "router.h"
 #include "deep.h"
 #include "instant.h"
+#include "online.h"
 
 namespace py = pybind11;
 using f32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
@@ -597,7 +598,142 @@ void bind_router(py::module_& m) {
 }
 
 // ---- online learner models (cpp/online.h) ----
-void bind_online(py::module_& m) { (void)m; }
+using i32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using u8 = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+// Shape of a model over X (B x d); checks theta's length against it.
+learnstream::online::Shape online_shape(const py::buffer_info& xb, std::size_t theta_len, int64_t hidden,
+                                        int64_t n_classes) {
+    if (hidden < 0 || n_classes < 2) throw std::runtime_error("hidden must be >= 0 and n_classes >= 2");
+    learnstream::online::Shape s{static_cast<std::size_t>(xb.shape[1]), static_cast<std::size_t>(hidden),
+                                 static_cast<std::size_t>(n_classes)};
+    if (theta_len != learnstream::online::n_params(s))
+        throw std::runtime_error("theta has " + std::to_string(theta_len) + " values, a model with d=" +
+                                 std::to_string(s.d) + " h=" + std::to_string(s.h) + " c=" + std::to_string(s.c) +
+                                 " has " + std::to_string(learnstream::online::n_params(s)));
+    return s;
+}
+
+// Labels as int32[B], each in [0, c).
+const int32_t* online_labels(const i32& y, std::size_t B, std::size_t c) {
+    py::buffer_info b = y.request();
+    if (b.ndim != 1 || static_cast<std::size_t>(b.shape[0]) != B)
+        throw std::runtime_error("y must be 1-d with one label per row of X");
+    const int32_t* p = static_cast<const int32_t*>(b.ptr);
+    for (std::size_t i = 0; i < B; ++i)
+        if (p[i] < 0 || static_cast<std::size_t>(p[i]) >= c)
+            throw std::runtime_error("label " + std::to_string(p[i]) + " out of range [0, " + std::to_string(c) + ")");
+    return p;
+}
+
+// An optional float32 array of exactly `len` values (any ndim), or null.
+const float* online_opt(const std::optional<f32>& a, std::size_t len, const char* name) {
+    if (!a) return nullptr;
+    if (static_cast<std::size_t>(a->size()) != len)
+        throw std::runtime_error(std::string(name) + " must have " + std::to_string(len) + " values, got " +
+                                 std::to_string(a->size()));
+    return a->data();
+}
+
+void bind_online(py::module_& m) {
+    namespace ol = learnstream::online;
+    m.def(
+        "online_n_params",
+        [](std::size_t d, std::size_t hidden, std::size_t n_classes) { return ol::n_params({d, hidden, n_classes}); },
+        py::arg("d"), py::arg("hidden"), py::arg("n_classes"),
+        "Length of theta: h>0: W1 (h x d), b1, W2 (c x h), b2; h=0: W (c x d), b.");
+    m.def(
+        "online_forward",
+        [](const f32& theta, const f32& X, int64_t hidden, int64_t n_classes) {
+            py::buffer_info tb = need(theta, 1, "theta"), xb = need(X, 2, "X");
+            const ol::Shape s = online_shape(xb, static_cast<std::size_t>(tb.shape[0]), hidden, n_classes);
+            const auto B = static_cast<std::size_t>(xb.shape[0]);
+            py::array_t<float> Z({static_cast<py::ssize_t>(B), static_cast<py::ssize_t>(s.c)});
+            float* zp = Z.mutable_data();
+            const float *tp = static_cast<const float*>(tb.ptr), *xp = static_cast<const float*>(xb.ptr);
+            {
+                py::gil_scoped_release nogil;
+                ol::forward(tp, s, xp, B, zp);
+            }
+            return Z;
+        },
+        py::arg("theta"), py::arg("X"), py::arg("hidden"), py::arg("n_classes"), "Logits (B x c) of X.");
+    m.def(
+        "online_step",
+        [](py::array theta, std::optional<py::array> velocity, const f32& X, const i32& y, int64_t hidden,
+           int64_t n_classes, const std::optional<f32>& ce_w, const std::optional<u8>& mask,
+           const std::optional<f32>& mse_w, const std::optional<f32>& target, const std::optional<f32>& kd_w,
+           const std::optional<f32>& teacher, double tau, const std::optional<f32>& fisher,
+           const std::optional<f32>& anchor, double ewc_lambda, double lr, double momentum) {
+            float* th = inplace_array<float>(theta, "theta", "float32");
+            if (theta.ndim() != 1) throw std::runtime_error("theta must be 1-d");
+            py::buffer_info xb = need(X, 2, "X");
+            const ol::Shape s = online_shape(xb, static_cast<std::size_t>(theta.shape(0)), hidden, n_classes);
+            const std::size_t n = ol::n_params(s), B = static_cast<std::size_t>(xb.shape[0]);
+            float* vel = nullptr;
+            if (velocity && !velocity->is_none()) {
+                vel = inplace_array<float>(*velocity, "velocity", "float32");
+                if (static_cast<std::size_t>(velocity->size()) != n)
+                    throw std::runtime_error("velocity must have as many values as theta");
+            }
+            if (momentum != 0.0 && !vel) throw std::runtime_error("momentum needs a velocity array");
+            if (!(tau > 0.0)) throw std::runtime_error("tau must be > 0");
+            ol::Terms t;
+            t.ce_w = online_opt(ce_w, B, "ce_w");
+            if (mask) {
+                if (static_cast<std::size_t>(mask->size()) != B * s.c)
+                    throw std::runtime_error("mask must be B x n_classes");
+                t.mask = mask->data();
+            }
+            t.mse_w = online_opt(mse_w, B, "mse_w");
+            t.target = online_opt(target, B * s.c, "target");
+            t.kd_w = online_opt(kd_w, B, "kd_w");
+            t.teacher = online_opt(teacher, B * s.c, "teacher");
+            t.fisher = online_opt(fisher, n, "fisher");
+            t.anchor = online_opt(anchor, n, "anchor");
+            t.tau = static_cast<float>(tau);
+            t.ewc_lambda = static_cast<float>(ewc_lambda);
+            t.lr = static_cast<float>(lr);
+            t.momentum = static_cast<float>(momentum);
+            const int32_t* yp = online_labels(y, B, s.c);
+            const float* xp = static_cast<const float*>(xb.ptr);
+            py::array_t<float> Z({static_cast<py::ssize_t>(B), static_cast<py::ssize_t>(s.c)});
+            py::array_t<float> loss(static_cast<py::ssize_t>(B));
+            float *zp = Z.mutable_data(), *lp = loss.mutable_data();
+            std::vector<float> grad(n);
+            double obj;
+            {
+                py::gil_scoped_release nogil;
+                obj = ol::step(th, vel, s, xp, yp, B, t, zp, lp, grad.data());
+            }
+            return py::make_tuple(obj, Z, loss);
+        },
+        py::arg("theta"), py::arg("velocity"), py::arg("X"), py::arg("y"), py::arg("hidden"), py::arg("n_classes"),
+        py::arg("ce_w") = py::none(), py::arg("mask") = py::none(), py::arg("mse_w") = py::none(),
+        py::arg("target") = py::none(), py::arg("kd_w") = py::none(), py::arg("teacher") = py::none(),
+        py::arg("tau") = 1.0, py::arg("fisher") = py::none(), py::arg("anchor") = py::none(),
+        py::arg("ewc_lambda") = 0.0, py::arg("lr") = 0.01, py::arg("momentum") = 0.0,
+        "Fused forward/backward/SGD step in place on theta (and velocity); returns "
+        "(objective, logits, per-example cross-entropy), all before the update.");
+    m.def(
+        "online_fisher",
+        [](const f32& theta, const f32& X, const i32& y, int64_t hidden, int64_t n_classes) {
+            py::buffer_info tb = need(theta, 1, "theta"), xb = need(X, 2, "X");
+            const ol::Shape s = online_shape(xb, static_cast<std::size_t>(tb.shape[0]), hidden, n_classes);
+            const auto B = static_cast<std::size_t>(xb.shape[0]);
+            const int32_t* yp = online_labels(y, B, s.c);
+            py::array_t<float> out(static_cast<py::ssize_t>(ol::n_params(s)));
+            float* op = out.mutable_data();
+            const float *tp = static_cast<const float*>(tb.ptr), *xp = static_cast<const float*>(xb.ptr);
+            {
+                py::gil_scoped_release nogil;
+                ol::fisher_diag(tp, s, xp, yp, B, op);
+            }
+            return out;
+        },
+        py::arg("theta"), py::arg("X"), py::arg("y"), py::arg("hidden"), py::arg("n_classes"),
+        "Empirical Fisher diagonal: mean squared per-example gradient of log p(y|x).");
+}
 
 }  // namespace
 

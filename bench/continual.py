@@ -1,0 +1,183 @@
+"""Benchmark: continual learning on digits without forgetting (``learnstream bench continual``).
+
+Two protocols over scikit-learn's bundled digits (``load_digits``, no download),
+each 5 tasks, stratified 70/30 train/test split per seed:
+
+- **Permuted-Digits** (domain-incremental): every task is all 10 classes under its
+  own fixed pixel permutation.
+- **Split-Digits** (class-incremental): task t holds classes {2t, 2t+1}; one 10-way
+  head, no task id at test time.
+
+Each task's training set is streamed once, in batches of 10 (``learn_batch``, as
+the stream delivers envelopes), with the task label on every example (the stream's
+``task`` field), through a :class:`~workers.online.ContinualLearner` with a 128-unit
+MLP. Replay memories hold at most 200 examples. Methods:
+
+- ``naive``: fine-tuning, no replay, no EWC, no distillation;
+- ``ewc``: online EWC, consolidating (Fisher refresh) at each task boundary;
+- ``replay``: experience replay from a 200-example reservoir;
+- ``replay+distill``: DER++ (stored logits matched on replay, plus their labels);
+- ``full``: the default learner: DER++ over a prioritized (loss) memory with
+  reservoir eviction, EWC, the incremental curriculum, consolidations;
+- ``full (task-free)``: the same without task labels: boundaries come only from
+  its drift detectors (KL windows and Page-Hinkley on the loss);
+- ``joint``: the naive learner on one shuffled stream of all tasks (i.i.d., the
+  same single pass): the upper bound.
+
+R[i, j] = test accuracy on task j after training on task i. Reported over seeds
+(mean ± std): ACC = mean_j R[T, j]; forgetting F = mean_{j<T} max_{l<T} R[l, j] -
+R[T, j]; BWT = mean_{j<T} R[T, j] - R[j, j]; LA = mean_j R[j, j] (learning
+accuracy); and the share of the naive-to-joint gap the full learner closes.
+Target (issue 6): the full learner closes >= 70% of the gap on both protocols.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _digits import Task, permuted_digits, split_digits  # noqa: E402
+
+from workers.online import (  # noqa: E402
+    EWC,
+    MLP,
+    ConsolidationScheduler,
+    ContinualLearner,
+    Curriculum,
+    Distillation,
+    ReplayBuffer,
+)
+
+__all__ = ("main", "run", "METHODS", "PROTOCOLS", "metrics")
+
+_HIDDEN = 128
+_MEMORY = 200
+_BATCH = 10            # examples per stream envelope / training batch
+_TARGET_GAP = 0.70
+PROTOCOLS: dict[str, Callable[[int], list[Task]]] = {"permuted": permuted_digits, "split": split_digits}
+
+
+def _base(seed: int, **kw) -> ContinualLearner:
+    kw.setdefault("model", MLP(hidden=_HIDDEN))
+    kw.setdefault("boundary_on_drift", False)  # the stream carries task labels
+    return ContinualLearner(n_features=64, n_classes=10, batch_size=_BATCH, seed=seed, **kw)
+
+
+_OFF = {"replay": ReplayBuffer(capacity=0), "ewc": EWC(lam=0.0),
+        "distillation": Distillation(der_alpha=0.0, lwf_lambda=0.0),
+        "scheduler": ConsolidationScheduler(examples_threshold=0), "consolidation_steps": 0}
+
+
+def naive(seed: int) -> ContinualLearner:
+    return _base(seed, **_OFF)
+
+
+def ewc(seed: int) -> ContinualLearner:
+    return _base(seed, **dict(_OFF, ewc=EWC()))
+
+
+def replay(seed: int) -> ContinualLearner:
+    return _base(seed, **dict(_OFF, replay=ReplayBuffer(capacity=_MEMORY, strategy="reservoir"),
+                              curriculum=Curriculum(floor=0.5, steady=0.5, ramp=0)))
+
+
+def replay_distill(seed: int) -> ContinualLearner:
+    return _base(seed, **dict(_OFF, replay=ReplayBuffer(capacity=_MEMORY, strategy="reservoir"),
+                              distillation=Distillation(lwf_lambda=0.0),
+                              curriculum=Curriculum(floor=0.5, steady=0.5, ramp=0)))
+
+
+def full(seed: int) -> ContinualLearner:
+    return _base(seed, replay=ReplayBuffer(capacity=_MEMORY, strategy="prioritized"))
+
+
+def full_task_free(seed: int) -> ContinualLearner:
+    return _base(seed, replay=ReplayBuffer(capacity=_MEMORY, strategy="prioritized"), boundary_on_drift=True)
+
+
+METHODS: dict[str, Callable[[int], ContinualLearner]] = {
+    "naive": naive, "ewc": ewc, "replay": replay, "replay+distill": replay_distill, "full": full,
+    "full (task-free)": full_task_free, "joint": naive}
+# rows whose stream carries no task labels: boundaries come from drift detection only
+_TASK_FREE = {"full (task-free)"}
+
+
+def run(method: str, protocol: str, seed: int) -> np.ndarray:
+    """The accuracy matrix R (T x T); for ``joint`` only its last row is filled (others NaN)."""
+    tasks = PROTOCOLS[protocol](seed)
+    T = len(tasks)
+    learner = METHODS[method](seed)
+    R = np.full((T, T), np.nan)
+    if method == "joint":
+        X = np.concatenate([t.X_train for t in tasks])
+        y = np.concatenate([t.y_train for t in tasks])
+        order = np.random.default_rng(seed).permutation(len(X))
+        X, y = X[order], y[order]
+        for i in range(0, len(X), _BATCH):
+            learner.learn_batch(X[i:i + _BATCH], y[i:i + _BATCH])
+        R[T - 1] = [learner.evaluate(t.X_test, t.y_test)["accuracy"] for t in tasks]
+        return R
+    for i, task in enumerate(tasks):
+        label = None if method in _TASK_FREE else i
+        for k in range(0, len(task.X_train), _BATCH):
+            learner.learn_batch(task.X_train[k:k + _BATCH], task.y_train[k:k + _BATCH], task=label)
+        R[i] = [learner.evaluate(t.X_test, t.y_test)["accuracy"] for t in tasks]
+    return R
+
+
+def metrics(R: np.ndarray) -> dict[str, float]:
+    T = len(R)
+    acc = float(np.mean(R[T - 1]))
+    if np.isnan(R[0, 0]):
+        return {"acc": acc, "forgetting": np.nan, "bwt": np.nan, "la": np.nan}
+    forgetting = float(np.mean([R[:T - 1, j].max() - R[T - 1, j] for j in range(T - 1)]))
+    bwt = float(np.mean([R[T - 1, j] - R[j, j] for j in range(T - 1)]))
+    return {"acc": acc, "forgetting": forgetting, "bwt": bwt, "la": float(np.mean(np.diag(R)))}
+
+
+def _fmt(vals: list[float], pct: bool = True) -> str:
+    a = np.asarray(vals, dtype=float)
+    if np.isnan(a).all():
+        return "—"
+    s = 100.0 if pct else 1.0
+    return f"{s * np.nanmean(a):6.1f} ± {s * np.nanstd(a):4.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="learnstream bench continual", description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--protocols", default="permuted,split")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    args = ap.parse_args(argv)
+    protocols = args.protocols.split(",")
+    methods = args.methods.split(",")
+    t0 = time.perf_counter()
+    ok = True
+    for protocol in protocols:
+        rows: dict[str, list[dict[str, float]]] = {}
+        for method in methods:
+            rows[method] = [metrics(run(method, protocol, seed)) for seed in range(args.seeds)]
+        print(f"\n{protocol.capitalize()}-Digits ({args.seeds} seeds, hidden {_HIDDEN}, memory {_MEMORY}, "
+              f"batch {_BATCH}, single pass) — accuracy in %, mean ± std")
+        print(f"{'method':18s} {'ACC':>14s} {'forgetting':>14s} {'BWT':>14s} {'LA (R_jj)':>14s}")
+        for method, ms in rows.items():
+            print(f"{method:18s} " + " ".join(_fmt([m[k] for m in ms]) for k in ("acc", "forgetting", "bwt", "la")))
+        if {"naive", "joint", "full"} <= rows.keys():
+            a = {k: float(np.mean([m["acc"] for m in rows[k]])) for k in ("naive", "joint", "full")}
+            gap = (a["full"] - a["naive"]) / (a["joint"] - a["naive"])
+            hit = gap >= _TARGET_GAP
+            ok &= hit
+            print(f"gap closed by full: {100 * gap:.0f}% of naive→joint "
+                  f"(target >= {100 * _TARGET_GAP:.0f}%: {'met' if hit else 'MISSED'})")
+    print(f"\ntotal {time.perf_counter() - t0:.1f} s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,419 @@
+"""Drift detection on what the learner sees: a windowed KL test and Page-Hinkley.
+
+:class:`KLDriftDetector` keeps a *baseline* window and a sliding *current* window of
+three signals per example (predicted class, label, loss binned at the baseline's
+loss quantiles) and compares their histograms with ``KL(current || baseline)``
+(additive smoothing). Under no drift, ``2 * n_eff * KL`` of one histogram with K
+occupied bins is approximately chi-square with K-1 degrees of freedom (the G-test;
+``n_eff = n*m/(n+m)`` for windows of n and m examples), so each component has a
+threshold for a per-check false-alarm rate ``alpha`` (Bonferroni over the three
+components, which are correlated). A window whose loss went *down* while its label
+mix stayed put is learning progress, not drift: the detector follows it silently
+(re-baselines) instead of alarming. The chi-square quantile is Wilson-Hilferty's, so
+nothing beyond NumPy and the standard library is needed. After a drift the current
+window becomes the baseline.
+
+:class:`PageHinkley` is the classic one-sided CUSUM-like test for an *increase* of
+the mean loss, with its allowance ``delta`` and threshold ``lambda`` in units of the
+loss's running standard deviation (so one setting fits any loss scale), losses
+winsorised at ``clip`` standard deviations (a single huge loss is no drift).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+from workers.online.base import DriftDetector
+
+__all__ = ("DriftReport", "KLDriftDetector", "PageHinkley", "chi2_quantile")
+
+_DEFAULT_WINDOW = 200
+_DEFAULT_LOSS_BINS = 6
+_DEFAULT_SMOOTHING = 0.5     # Jeffreys-style pseudo-count: finite KL with empty bins
+_DEFAULT_ALPHA = 1e-4        # per-check false-alarm rate; checks every window/4 examples
+_COMPONENTS = ("prediction", "label", "loss")
+
+
+def chi2_quantile(p: float, k: float) -> float:
+    """Upper quantile: x with P(chi2_k <= x) = p (Wilson-Hilferty, good for k >= 1)."""
+    if k <= 0:
+        return math.inf
+    z = NormalDist().inv_cdf(p)
+    a = 2.0 / (9.0 * k)
+    return k * max(1.0 - a + z * math.sqrt(a), 0.0) ** 3
+
+
+@dataclass
+class DriftReport:
+    """A detected drift (the payload of a ``drift`` event, beside the session key)."""
+
+    divergence: float                 # the statistic: summed KL, or the Page-Hinkley excursion in std units
+    window: int                       # examples in the current window (or since the last reset)
+    recommendation: str               # "consolidate" (large: treat as a task boundary) | "refresh_fisher"
+    detector: str = "kl"              # "kl" | "page_hinkley"
+    threshold: float = 0.0
+    components: dict[str, float] = field(default_factory=dict)
+    examples_seen: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _kl(cur: np.ndarray, base: np.ndarray, s: float) -> tuple[float, int]:
+    """KL(cur || base) of two count vectors with pseudo-count ``s``, and the occupied bin count."""
+    occupied = (cur + base) > 0
+    k = int(occupied.sum())
+    if k <= 1:
+        return 0.0, k
+    c, b = cur[occupied] + s, base[occupied] + s
+    p, q = c / c.sum(), b / b.sum()
+    return float(np.sum(p * np.log(p / q))), k
+
+
+class KLDriftDetector(DriftDetector):
+    """Windowed KL test over predictions, labels and losses.
+
+    Parameters
+    ----------
+    n_classes
+        Number of classes (histogram bins of predictions and labels).
+    window
+        Examples per window. Default 200.
+    loss_bins
+        Loss histogram bins (at the baseline's quantiles). Default 6.
+    alpha
+        False-alarm probability of one check on a stationary stream. Default 1e-4.
+    check_every
+        Examples between checks. Default window // 4.
+    smoothing
+        Additive pseudo-count per bin. Default 0.5.
+
+    Attributes
+    ----------
+    report
+        The :class:`DriftReport` of the last detection (None before one).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> det = KLDriftDetector(n_classes=3, window=100)
+    >>> alarms = []
+    >>> for t in range(1000):
+    ...     y = rng.integers(3) if t < 600 else 2          # the label mix changes at t = 600
+    ...     det.update(y, y, float(rng.exponential(0.3)))
+    ...     if det.drift_detected:
+    ...         alarms.append(t)
+    >>> len(alarms) >= 1 and 600 <= alarms[0] < 700
+    True
+    """
+
+    _unit_test_params = {"n_classes": 3, "window": 20}
+
+    def __init__(self, n_classes: int | None = None, window: int | None = None, loss_bins: int | None = None,
+                 alpha: float | None = None, check_every: int | None = None,
+                 smoothing: float | None = None) -> None:
+        self.n_classes = n_classes
+        self.window = window
+        self.loss_bins = loss_bins
+        self.alpha = alpha
+        self.check_every = check_every
+        self.smoothing = smoothing
+        self.reset()
+
+    # -- resolved hyperparameters ---------------------------------------------
+    @property
+    def _c(self) -> int:
+        if self.n_classes is None or self.n_classes < 2:
+            raise ValueError("KLDriftDetector needs n_classes >= 2")
+        return int(self.n_classes)
+
+    @property
+    def _w(self) -> int:
+        return _DEFAULT_WINDOW if self.window is None else max(4, int(self.window))
+
+    @property
+    def _bins(self) -> int:
+        return _DEFAULT_LOSS_BINS if self.loss_bins is None else max(2, int(self.loss_bins))
+
+    @property
+    def _alpha(self) -> float:
+        return _DEFAULT_ALPHA if self.alpha is None else float(self.alpha)
+
+    @property
+    def _every(self) -> int:
+        return max(1, self._w // 4 if self.check_every is None else int(self.check_every))
+
+    @property
+    def _s(self) -> float:
+        return _DEFAULT_SMOOTHING if self.smoothing is None else float(self.smoothing)
+
+    def reset(self) -> None:
+        w = self._w
+        self.n_seen = 0
+        # baseline: raw values while filling, then frozen counts
+        self._base_pred = np.zeros(w, dtype=np.int32)
+        self._base_label = np.zeros(w, dtype=np.int32)
+        self._base_loss = np.zeros(w, dtype=np.float32)
+        self._base_n = 0
+        self._edges: np.ndarray | None = None
+        self._base_counts: list[np.ndarray] | None = None
+        # current: a ring of the last w examples
+        self._cur_pred = np.zeros(w, dtype=np.int32)
+        self._cur_label = np.zeros(w, dtype=np.int32)
+        self._cur_loss = np.zeros(w, dtype=np.float32)
+        self._cur_n = 0
+        self._cur_pos = 0
+        self._since_check = 0
+        self._drift = False
+        self.report: DriftReport | None = None
+        self.rebases = 0  # silent re-baselines on improvement
+
+    @property
+    def drift_detected(self) -> bool:
+        return self._drift
+
+    # -- updating --------------------------------------------------------------
+    def update(self, pred: int, label: int, loss: float) -> None:  # type: ignore[override]
+        """Observe one example's predicted class, label and loss."""
+        self.update_many(np.array([pred]), np.array([label]), np.array([loss], dtype=np.float32))
+
+    def update_many(self, preds: np.ndarray, labels: np.ndarray, losses: np.ndarray) -> DriftReport | None:
+        """Observe examples in order; checks at the end if a check is due. Returns a report on drift."""
+        self._drift = False
+        preds = np.asarray(preds, dtype=np.int32)
+        labels = np.asarray(labels, dtype=np.int32)
+        losses = np.asarray(losses, dtype=np.float32)
+        self.n_seen += len(preds)
+        w = self._w
+        i = 0
+        if self._base_counts is None:  # still filling the baseline
+            take = min(len(preds), w - self._base_n)
+            sl = slice(self._base_n, self._base_n + take)
+            self._base_pred[sl], self._base_label[sl], self._base_loss[sl] = preds[:take], labels[:take], losses[:take]
+            self._base_n += take
+            i = take
+            if self._base_n == w:
+                self._freeze_baseline()
+        rest = len(preds) - i
+        if rest <= 0:
+            return None
+        if rest >= w:  # only the last w matter
+            i, rest = len(preds) - w, w
+        idx = (self._cur_pos + np.arange(rest)) % w
+        self._cur_pred[idx], self._cur_label[idx], self._cur_loss[idx] = preds[i:], labels[i:], losses[i:]
+        self._cur_pos = (self._cur_pos + rest) % w
+        self._cur_n = min(w, self._cur_n + rest)
+        self._since_check += rest
+        if self._since_check >= self._every and self._cur_n >= w // 2:
+            self._since_check = 0
+            return self._check()
+        return None
+
+    def _freeze_baseline(self) -> None:
+        n = self._base_n
+        losses = self._base_loss[:n]
+        qs = np.quantile(losses, np.arange(1, self._bins) / self._bins)
+        self._edges = np.unique(qs.astype(np.float32))
+        self._base_counts = self._counts(self._base_pred[:n], self._base_label[:n], losses)
+
+    def _counts(self, pred: np.ndarray, label: np.ndarray, loss: np.ndarray) -> list[np.ndarray]:
+        c = self._c
+        lb = np.searchsorted(self._edges, loss, side="right")
+        return [np.bincount(np.clip(pred, 0, c - 1), minlength=c).astype(np.float64),
+                np.bincount(np.clip(label, 0, c - 1), minlength=c).astype(np.float64),
+                np.bincount(lb, minlength=self._bins).astype(np.float64)]
+
+    def current_divergence(self) -> tuple[float, dict[str, float], dict[str, float]]:
+        """(summed KL, per-component KL, per-component KL / threshold) of the windows now."""
+        if self._base_counts is None or self._cur_n == 0:
+            return 0.0, {}, {}
+        n = self._cur_n
+        cur = self._counts(self._cur_pred[:n], self._cur_label[:n], self._cur_loss[:n])
+        m = float(self._base_n)
+        n_eff = n * m / (n + m)
+        p = 1.0 - self._alpha / len(_COMPONENTS)
+        comps: dict[str, float] = {}
+        ratios: dict[str, float] = {}
+        for name, c, b in zip(_COMPONENTS, cur, self._base_counts):
+            kl, k = _kl(c, b, self._s)
+            comps[name] = kl
+            thr = chi2_quantile(p, k - 1) / (2.0 * n_eff)
+            ratios[name] = kl / thr if thr > 0 else 0.0
+        return float(sum(comps.values())), comps, ratios
+
+    def _check(self) -> DriftReport | None:
+        total, comps, ratios = self.current_divergence()
+        ratio = max(ratios.values(), default=0.0)
+        if ratio <= 1.0:
+            return None
+        n = self._cur_n
+        improved = float(self._cur_loss[:n].mean()) < float(self._base_loss[:self._base_n].mean())
+        if improved and ratios["label"] <= 1.0:
+            # predictions and losses moved because the model got better on the same
+            # labels: learning progress, not drift. Follow it silently.
+            self.rebases += 1
+            self._rebase()
+            return None
+        self._drift = True
+        # a loss shift several times past its threshold means the model is wrong now: a new task
+        rec = "consolidate" if ratio > 3.0 else "refresh_fisher"
+        self.report = DriftReport(divergence=total, window=self._cur_n, recommendation=rec, detector="kl",
+                                  threshold=total / ratio, components=comps, examples_seen=self.n_seen)
+        self._rebase()
+        return self.report
+
+    def _rebase(self) -> None:
+        """The current window becomes the baseline (oldest first)."""
+        n, w = self._cur_n, self._w
+        order = (self._cur_pos - n + np.arange(n)) % w
+        self._base_pred[:n], self._base_label[:n] = self._cur_pred[order], self._cur_label[order]
+        self._base_loss[:n] = self._cur_loss[order]
+        self._base_n = n
+        self._freeze_baseline()
+        if n < w:  # keep filling it the usual way
+            self._base_counts = None
+        self._cur_n = self._cur_pos = self._since_check = 0
+
+    # -- state -----------------------------------------------------------------
+    def save_state(self, writer: Any) -> None:
+        writer.put_json("counters", {"n_seen": self.n_seen, "base_n": self._base_n, "cur_n": self._cur_n,
+                                     "cur_pos": self._cur_pos, "since_check": self._since_check, "rebases": self.rebases,
+                                     "frozen": self._base_counts is not None,
+                                     "report": self.report.to_dict() if self.report else None})
+        for name in ("_base_pred", "_base_label", "_base_loss", "_cur_pred", "_cur_label", "_cur_loss"):
+            writer.put_array(name.lstrip("_"), getattr(self, name))
+
+    def load_state(self, reader: Any) -> None:
+        self.reset()
+        c = reader.json("counters")
+        for name in ("_base_pred", "_base_label", "_base_loss", "_cur_pred", "_cur_label", "_cur_loss"):
+            arr = reader.array(name.lstrip("_"))
+            if arr.shape != getattr(self, name).shape:
+                raise ValueError("saved drift windows do not match this detector's window")
+            setattr(self, name, arr)
+        self.n_seen, self._base_n, self._cur_n = c["n_seen"], c["base_n"], c["cur_n"]
+        self._cur_pos, self._since_check, self.rebases = c["cur_pos"], c["since_check"], c["rebases"]
+        if c["frozen"]:
+            self._freeze_baseline()
+        self.report = DriftReport(**c["report"]) if c["report"] else None
+
+
+class PageHinkley(DriftDetector):
+    """Page-Hinkley test for an increase of the mean of a stream (the loss).
+
+    Parameters
+    ----------
+    delta
+        Allowance, in running standard deviations. Default 0.1.
+    threshold
+        Alarm threshold ``lambda``, in running standard deviations. Default 25.
+    min_instances
+        Observations before any alarm (the scale estimate warms up). Default 50.
+    clip
+        Values are winsorised at ``mean + clip * std``. Default 3.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> ph = PageHinkley()
+    >>> alarms = []
+    >>> for t in range(2000):
+    ...     ph.update(float(rng.normal(1.0 if t < 1000 else 2.0, 0.5)))
+    ...     if ph.drift_detected:
+    ...         alarms.append(t)
+    >>> len(alarms) >= 1 and 1000 <= alarms[0] < 1050
+    True
+    """
+
+    def __init__(self, delta: float | None = None, threshold: float | None = None,
+                 min_instances: int | None = None, clip: float | None = None) -> None:
+        self.delta = delta
+        self.threshold = threshold
+        self.min_instances = min_instances
+        self.clip = clip
+        self.reset()
+
+    @property
+    def _delta(self) -> float:
+        return 0.1 if self.delta is None else float(self.delta)
+
+    @property
+    def _lambda(self) -> float:
+        return 25.0 if self.threshold is None else float(self.threshold)
+
+    @property
+    def _min(self) -> int:
+        return 50 if self.min_instances is None else int(self.min_instances)
+
+    @property
+    def _clip(self) -> float:
+        return 3.0 if self.clip is None else float(self.clip)
+
+    def reset(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self._m2 = 0.0
+        self.cum = 0.0
+        self.cum_min = 0.0
+        self.n_seen = 0
+        self._drift = False
+        self.report: DriftReport | None = None
+
+    @property
+    def drift_detected(self) -> bool:
+        return self._drift
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self._m2 / self.n) if self.n > 1 else 0.0
+
+    def update(self, x: float) -> None:  # type: ignore[override]
+        """Observe one value."""
+        self._drift = False
+        self.n_seen += 1
+        x = float(x)
+        sd = self.std
+        if self.n >= self._min and sd > 0.0:
+            x = min(x, self.mean + self._clip * sd)
+        self.n += 1
+        d = x - self.mean
+        self.mean += d / self.n
+        self._m2 += d * (x - self.mean)
+        sd = self.std
+        if self.n < self._min or sd <= 0.0:
+            return
+        self.cum += x - self.mean - self._delta * sd
+        self.cum_min = min(self.cum_min, self.cum)
+        excursion = (self.cum - self.cum_min) / sd
+        if excursion > self._lambda:
+            report = DriftReport(divergence=excursion, window=self.n, recommendation="consolidate",
+                                 detector="page_hinkley", threshold=self._lambda, examples_seen=self.n_seen)
+            seen = self.n_seen
+            self.reset()  # the new regime is the new reference
+            self.n_seen, self._drift, self.report = seen, True, report
+
+    def update_many(self, xs: np.ndarray) -> DriftReport | None:
+        """Observe values in order; returns the report of the first drift among them (the test restarts there)."""
+        found: DriftReport | None = None
+        for x in np.asarray(xs, dtype=np.float64):
+            self.update(x)
+            if self._drift and found is None:
+                found = self.report
+        self._drift = found is not None
+        return found
+
+    def save_state(self, writer: Any) -> None:
+        writer.put_json("stats", {"n": self.n, "mean": self.mean, "m2": self._m2, "cum": self.cum,
+                                  "cum_min": self.cum_min, "n_seen": self.n_seen,
+                                  "report": self.report.to_dict() if self.report else None})
+
+    def load_state(self, reader: Any) -> None:
+        s = reader.json("stats")
+        self.n, self.mean, self._m2 = s["n"], s["mean"], s["m2"]
+        self.cum, self.cum_min, self.n_seen = s["cum"], s["cum_min"], s["n_seen"]
+        self._drift = False
+        self.report = DriftReport(**s["report"]) if s["report"] else None
