@@ -304,26 +304,21 @@ def test_wrong_length_embedding_updates_the_ema_but_does_not_train() -> None:
 
 def test_good_outcome_pulls_and_bad_outcome_pushes() -> None:
     x = _x(5)
-
-    def prob(st: RouterState, k: int) -> float:
-        m, _, _ = K.router_forward_batch(st.params, x[None, :], 3)
-        e = np.exp(m[0] - m[0].max())
-        return float(e[k] / e.sum())
-
     for q, sign in [(1.0, 1), (0.0, -1), (0.5, 0)]:
         st = RouterState(TARGETS, in_dim=16)
-        p0 = prob(st, 2)
+        p0 = _prob(st, x, 2)
         st.record_outcome("large", q, x)
-        assert np.sign(round(prob(st, 2) - p0, 7)) == sign
+        assert np.sign(round(_prob(st, x, 2) - p0, 7)) == sign
 
 
-def test_router_learns_which_model_suits_which_region() -> None:
+@pytest.mark.parametrize("baseline", ["ema", 0.5])
+def test_router_learns_which_model_suits_which_region(baseline: str | float) -> None:
     """[beyond] Outcomes alone teach it: each of three clusters has its own best model."""
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((3, 32)) * 2.0
-    st = RouterState(TARGETS, in_dim=32, threshold=100, epsilon=0.1)
+    st = RouterState(TARGETS, in_dim=32, threshold=100, epsilon=0.2, baseline=baseline)
     r = random.Random(0)
-    for _ in range(1500):
+    for _ in range(2000):
         k = int(rng.integers(3))
         x = (centers[k] + 0.3 * rng.standard_normal(32)).astype(np.float32)
         m = TARGETS.index(st.route(x, rng=r)["model"])
@@ -332,6 +327,32 @@ def test_router_learns_which_model_suits_which_region() -> None:
     hits = sum(TARGETS.index(st.route((centers[k] + 0.3 * rng.standard_normal(32)).astype(np.float32))["model"]) == k
                for k in (0, 1, 2) for _ in range(50))
     assert hits >= 140
+
+
+def _prob(st: RouterState, x: np.ndarray, k: int) -> float:
+    m, _, _ = K.router_forward_batch(st.params, x[None, :], len(st.targets))
+    e = np.exp(m[0] - m[0].max())
+    return float(e[k] / e.sum())
+
+
+@pytest.mark.parametrize(("baseline", "pulls"), [("ema", False), (0.5, True)])
+def test_baseline_decides_what_counts_as_good(baseline: str | float, pulls: bool) -> None:
+    """0.6 beats the spec's fixed 0.5 but not a target that usually scores 0.9."""
+    st = RouterState(TARGETS, in_dim=16, baseline=baseline)
+    for _ in range(30):
+        st.record_outcome("large", 0.9)  # no embedding: only the EMA moves
+    x = _x(6)
+    p0 = _prob(st, x, 2)
+    st.record_outcome("large", 0.6, x)
+    assert (_prob(st, x, 2) > p0) is pulls
+
+
+def test_first_outcome_of_a_target_is_the_specs_step() -> None:
+    """The EMA starts at 0.5, so both baselines take the same first step."""
+    a, b = RouterState(TARGETS, in_dim=16), RouterState(TARGETS, in_dim=16, baseline=0.5)
+    a.record_outcome("medium", 0.8, _x(1))
+    b.record_outcome("medium", 0.8, _x(1))
+    np.testing.assert_array_equal(a.params, b.params)
 
 
 # ------------------------------------------------------------------ verbs, errors
@@ -346,6 +367,9 @@ def test_router_learns_which_model_suits_which_region() -> None:
     ({"targets": ["a"], "threshold": -1}, "threshold must be a non-negative integer"),
     ({"targets": ["a"], "seed": -1}, "seed must be an integer 0..4294967295"),
     ({"targets": ["a"], "with_adapter": "yes"}, "with_adapter must be a boolean"),
+    ({"targets": ["a"], "normalize": 1}, "normalize must be a boolean"),
+    ({"targets": ["a"], "baseline": "mean"}, 'baseline must be "ema" or a number 0..1'),
+    ({"targets": ["a"], "baseline": 1.5}, 'baseline must be "ema" or a number 0..1'),
 ])
 def test_init_router_refusals(body: dict, error: str) -> None:
     s = LearnSession()
@@ -386,14 +410,15 @@ def test_route_accepts_b64_embeddings() -> None:
 
 # ------------------------------------------------------------------ persistence
 def test_round_trip_is_exact_and_small() -> None:
-    st = RouterState(TARGETS, in_dim=384, threshold=5, epsilon=0.2, seed=77, normalize=True)
+    st = RouterState(TARGETS, in_dim=384, threshold=5, epsilon=0.2, seed=77, normalize=True, baseline=0.4)
     for i in range(7):
         st.record_outcome(TARGETS[i % 3], i / 7, _x(i, 384), estimated_tokens=1000 * i)
     data = st.to_bytes()
     back = RouterState.from_bytes(data)
     np.testing.assert_array_equal(back.params, st.params)
-    assert (back.targets, back.samples, back.trained, back.quality_milli, back.count, back.epsilon, back.normalize) \
-        == (st.targets, st.samples, st.trained, st.quality_milli, st.count, st.epsilon, st.normalize)
+    assert (back.targets, back.samples, back.trained, back.quality_milli, back.count, back.epsilon, back.normalize,
+            back.baseline) == (st.targets, st.samples, st.trained, st.quality_milli, st.count, st.epsilon,
+                               st.normalize, 0.4)
     assert back.to_bytes() == data
     assert len(data) < 4 * (st.params.size // 2)  # V and U are not stored
     for i in range(10):

@@ -15,8 +15,15 @@ and the verbs.
 - **[beyond] Learning.** ``record_outcome`` with the request's embedding is a
   training sample: one softmax cross-entropy step of the model head toward the
   target and of the context head toward the bucket of ``estimated_tokens``,
-  signed by ``quality - 0.5`` with lr ``0.05 * 2|quality - 0.5|`` (a bad outcome
-  pushes away). Only those two heads ever change.
+  signed by ``quality - b`` with lr ``0.05 * 2|quality - b|`` (a worse outcome
+  pushes away). Only those two heads ever change. The spec's ``b`` is 0.5
+  (``baseline=0.5``); the default ``baseline="ema"`` uses the target's outcome EMA
+  before this outcome (starting at 0.5, so the first outcome of a target is the
+  spec's step): an outcome counts as good when it beats what that model usually
+  achieves. With a fixed 0.5, any model that is fair everywhere (a generalist
+  at 0.65) is reinforced on every route and bad samples shift their mass to it,
+  so the router settles on the single best model instead of learning where the
+  specialists win (``learnstream bench router`` measures both).
 - **[beyond] normalize** (opt-in, default off for parity): rescale each embedding
   to unit RMS before the projection. ``V``'s ``1/sqrt(in_dim)`` init assumes
   unit-variance coordinates; unit-norm sentence embeddings are ``sqrt(in_dim)``
@@ -64,9 +71,10 @@ PART = "router"  # the part's name in the session's StateBlob
 _DEFAULT_SEED = 0xC0A5
 _DEFAULT_IN_DIM = 384          # the instant core's default embedding width
 _DEFAULT_THRESHOLD = 200       # training samples before the learned route takes over
-# Exploration rate of the learned route: 10% keeps every target's outcomes
-# fresh without costing much regret once the heads are good (bench: router).
-_DEFAULT_EPSILON = 0.1
+# Exploration rate of the learned route: a little keeps every target's outcomes
+# fresh under drift; bench router measures what each 5% costs in regret.
+_DEFAULT_EPSILON = 0.05
+_BASELINE_EMA = "ema"          # baseline: the target's outcome EMA (see the module doc)
 # Context buckets: a request goes to the first bucket whose cap holds its tokens;
 # the fifth bucket is unbounded.
 _BUCKET_CAPS = (1000, 4000, 16000, 64000)
@@ -121,7 +129,7 @@ class RouterState:
     in_dim
         Embedding width (default 384).
     epsilon
-        Exploration probability of the learned route, 0..1 (default 0.1).
+        Exploration probability of the learned route, 0..1 (default 0.05).
     threshold
         Training samples after which the learned route replaces the rule route
         (default 200; 0 = learned from the start).
@@ -132,6 +140,10 @@ class RouterState:
         False gives reference parity).
     normalize
         [beyond] Rescale embeddings to unit RMS before the projection (default False).
+    baseline
+        [beyond] What an outcome's quality is compared with to sign the training step:
+        ``"ema"`` (default: the target's outcome EMA) or a fixed number in [0, 1]
+        (0.5 is the spec's rule).
 
     Attributes
     ----------
@@ -143,12 +155,12 @@ class RouterState:
         Training samples applied so far.
     """
 
-    __slots__ = ("targets", "in_dim", "epsilon", "threshold", "seed", "with_adapter", "normalize",
+    __slots__ = ("targets", "in_dim", "epsilon", "threshold", "seed", "with_adapter", "normalize", "baseline",
                  "params", "quality_milli", "count", "samples", "_index", "_rng")
 
     def __init__(self, targets: list[str], in_dim: int | None = None, epsilon: float | None = None,
                  threshold: int | None = None, seed: int | None = None, with_adapter: bool | None = None,
-                 normalize: bool | None = None) -> None:
+                 normalize: bool | None = None, baseline: str | float | None = None) -> None:
         # Everything is checked before anything is built: init_router refuses cleanly.
         # the same messages as init_instant: one vocabulary for both cores
         if targets is None:
@@ -177,6 +189,10 @@ class RouterState:
             raise ValueError("with_adapter must be a boolean")
         if not isinstance(normalize, bool):
             raise ValueError("normalize must be a boolean")
+        baseline = _BASELINE_EMA if baseline is None else baseline
+        if baseline != _BASELINE_EMA and (isinstance(baseline, bool) or not isinstance(baseline, (int, float))
+                                          or not 0.0 <= baseline <= 1.0):
+            raise ValueError('baseline must be "ema" or a number 0..1')
 
         self.targets: list[str] = list(targets)
         self.in_dim: int = in_dim
@@ -185,6 +201,7 @@ class RouterState:
         self.seed: int = seed
         self.with_adapter: bool = with_adapter
         self.normalize: bool = normalize
+        self.baseline: str | float = baseline if baseline == _BASELINE_EMA else float(baseline)
         self.params: np.ndarray = _k.router_init(seed, in_dim, len(targets))
         self.quality_milli: list[int] = [_MILLI_START] * len(targets)
         self.count: list[int] = [0] * len(targets)
@@ -274,12 +291,13 @@ class RouterState:
         if i is None:
             return {"count": 0, "quality_milli": 0}
         q = min(max(float(quality), 0.0), 1.0)
+        b = self.quality_milli[i] / 1000.0 if self.baseline == _BASELINE_EMA else self.baseline
         # float32 as the reference; round half away from zero (Rust's f32::round), q >= 0
         ema = _EMA_KEEP * (np.float32(self.quality_milli[i]) / _MILLI) + _EMA_NEW * np.float32(q)
         self.quality_milli[i] = math.floor(float(_MILLI * ema) + 0.5)
         self.count[i] += 1
         if x is not None:
-            lr = math.copysign(_LR * 2.0 * abs(q - 0.5), q - 0.5)
+            lr = math.copysign(_LR * 2.0 * abs(q - b), q - b)
             _k.router_train(self.params, x, len(self.targets), i, context_bucket(tokens), lr, self.normalize)
             self.samples += 1
         return {"count": self.count[i], "quality_milli": self.quality_milli[i],
@@ -301,7 +319,7 @@ class RouterState:
         header = orjson.dumps({
             "targets": self.targets, "in_dim": self.in_dim, "epsilon": self.epsilon,
             "threshold": self.threshold, "seed": self.seed, "with_adapter": self.with_adapter,
-            "normalize": self.normalize, "samples": self.samples, "quality_milli": self.quality_milli,
+            "normalize": self.normalize, "baseline": self.baseline, "samples": self.samples, "quality_milli": self.quality_milli,
             "count": self.count, "frozen_crc": zlib.crc32(self.params[:cut].tobytes()),
         })
         return b"".join([_HEAD.pack(_MAGIC, _VERSION, len(header)), header,
@@ -319,7 +337,8 @@ class RouterState:
             raise CorruptStateError(f"router state version {version} is unknown (this build reads {_VERSION})")
         h = orjson.loads(data[_HEAD.size:_HEAD.size + hlen])
         st = cls(h["targets"], in_dim=h["in_dim"], epsilon=h["epsilon"], threshold=h["threshold"],
-                 seed=h["seed"], with_adapter=h["with_adapter"], normalize=h["normalize"])
+                 seed=h["seed"], with_adapter=h["with_adapter"], normalize=h["normalize"],
+                 baseline=h["baseline"])
         cut = st._trainable_offset()
         tail = np.frombuffer(data, dtype="<f4", offset=_HEAD.size + hlen)
         if tail.size != st.params.size - cut:
@@ -381,16 +400,17 @@ def _instant_logits(ctx: VerbContext, st: RouterState, x: np.ndarray) -> np.ndar
 
 @verb("init_router", table="session", writes=True, topic="commands")
 def _init_router(ctx: VerbContext, body: dict) -> dict:
-    """``{targets, in_dim?, epsilon?, threshold?, seed?, with_adapter?, normalize?}`` -> the settings."""
+    """``{targets, in_dim?, epsilon?, threshold?, seed?, with_adapter?, normalize?, baseline?}`` -> the settings."""
     try:
         st = RouterState(body.get("targets"), in_dim=body.get("in_dim"), epsilon=body.get("epsilon"),
                          threshold=body.get("threshold"), seed=body.get("seed"),
-                         with_adapter=body.get("with_adapter"), normalize=body.get("normalize"))
+                         with_adapter=body.get("with_adapter"), normalize=body.get("normalize"),
+                         baseline=body.get("baseline"))
     except ValueError as exc:
         raise VerbError(str(exc)) from None
     ctx.state.set(PART, st)
     return {"targets": st.targets, "in_dim": st.in_dim, "epsilon": st.epsilon, "threshold": st.threshold,
-            "with_adapter": st.with_adapter, "normalize": st.normalize}
+            "with_adapter": st.with_adapter, "normalize": st.normalize, "baseline": st.baseline}
 
 
 @verb("route", table="session", writes=False)
