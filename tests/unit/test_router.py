@@ -466,3 +466,17 @@ def test_huge_inputs_stay_finite() -> None:
     for scale in (1e3, 1e6, 1e30):
         r = st.route(_x(0) * scale)
         assert all(np.isfinite([r["temperature"], r["top_p"], r["confidence"]]))
+
+
+def test_regenerated_weights_are_checked_against_the_stored_crc(caplog: pytest.LogCaptureFixture) -> None:
+    from workers.cores._common import pack_part, unpack_part
+
+    data = RouterState(TARGETS, in_dim=16).to_bytes()
+    header, pos = unpack_part(data, b"LSR", 1, "router")
+    assert RouterState.from_bytes(data) is not None and "differ" not in caplog.text
+    header["frozen_crc"] ^= 1
+    RouterState.from_bytes(pack_part(b"LSR", 1, header, data[pos:]))
+    assert "differ from the ones trained on" in caplog.text
+    del header["targets"]
+    with pytest.raises(CorruptStateError, match="malformed"):
+        RouterState.from_bytes(pack_part(b"LSR", 1, header, data[pos:]))

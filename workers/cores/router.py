@@ -49,16 +49,15 @@ from __future__ import annotations
 import logging
 import math
 import random
-import struct
 import zlib
 from bisect import bisect_left
 from typing import Any
 
 import numpy as np
-import orjson
 
 from workers import _kernels as _k
 from workers.codec import embedding_field
+from workers.cores._common import pack_part, unpack_part
 from workers.errors import CorruptStateError, VerbError
 from workers.verbs import VerbContext, health_contributor, verb
 
@@ -92,7 +91,6 @@ _U32_MAX = 0xFFFFFFFF
 
 _MAGIC = b"LSR"
 _VERSION = 1
-_HEAD = struct.Struct("<3sBI")  # magic, version, header length
 
 
 def context_bucket(tokens: int) -> int:
@@ -314,43 +312,40 @@ class RouterState:
         return _k.router_layout(self.in_dim, len(self.targets))["trainable"]
 
     def to_bytes(self) -> bytes:
-        """``LSR`` + version + header length + orjson header + the trained heads (LE float32)."""
+        """The part framing (``LSR``, version 1) + settings and counters + the trained heads (LE float32)."""
         cut = self._trainable_offset()
-        header = orjson.dumps({
+        header = {
             "targets": self.targets, "in_dim": self.in_dim, "epsilon": self.epsilon,
             "threshold": self.threshold, "seed": self.seed, "with_adapter": self.with_adapter,
-            "normalize": self.normalize, "baseline": self.baseline, "samples": self.samples, "quality_milli": self.quality_milli,
-            "count": self.count, "frozen_crc": zlib.crc32(self.params[:cut].tobytes()),
-        })
-        return b"".join([_HEAD.pack(_MAGIC, _VERSION, len(header)), header,
-                         self.params[cut:].astype("<f4", copy=False).tobytes()])
+            "normalize": self.normalize, "baseline": self.baseline, "samples": self.samples,
+            "quality_milli": self.quality_milli, "count": self.count,
+            "frozen_crc": zlib.crc32(self.params[:cut].tobytes()),
+        }
+        return pack_part(_MAGIC, _VERSION, header, self.params[cut:].astype("<f4", copy=False).tobytes())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RouterState:
         """Rebuild a state: frozen weights from the seed, the rest from ``data``."""
-        if len(data) < _HEAD.size:
-            raise CorruptStateError("router state too short")
-        magic, version, hlen = _HEAD.unpack_from(data)
-        if magic != _MAGIC:
-            raise CorruptStateError("not a router state (bad magic)")
-        if version != _VERSION:
-            raise CorruptStateError(f"router state version {version} is unknown (this build reads {_VERSION})")
-        h = orjson.loads(data[_HEAD.size:_HEAD.size + hlen])
-        st = cls(h["targets"], in_dim=h["in_dim"], epsilon=h["epsilon"], threshold=h["threshold"],
-                 seed=h["seed"], with_adapter=h["with_adapter"], normalize=h["normalize"],
-                 baseline=h["baseline"])
+        h, pos = unpack_part(data, _MAGIC, _VERSION, "router")
+        try:
+            st = cls(h["targets"], in_dim=h["in_dim"], epsilon=h["epsilon"], threshold=h["threshold"],
+                     seed=h["seed"], with_adapter=h["with_adapter"], normalize=h["normalize"],
+                     baseline=h["baseline"])
+            milli, count, samples, crc = list(h["quality_milli"]), list(h["count"]), int(h["samples"]), h["frozen_crc"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptStateError(f"router state header is malformed ({exc})") from None
+        if len(milli) != len(st.targets) or len(count) != len(st.targets):
+            raise CorruptStateError("router state: outcome table does not match the targets")
         cut = st._trainable_offset()
-        tail = np.frombuffer(data, dtype="<f4", offset=_HEAD.size + hlen)
-        if tail.size != st.params.size - cut:
-            raise CorruptStateError(f"router state holds {tail.size} trained floats, expected {st.params.size - cut}")
-        st.params[cut:] = tail
-        if zlib.crc32(st.params[:cut].tobytes()) != h["frozen_crc"]:
+        if (len(data) - pos) != 4 * (st.params.size - cut):
+            raise CorruptStateError(f"router state holds {len(data) - pos} bytes of heads, "
+                                    f"expected {4 * (st.params.size - cut)}")
+        st.params[cut:] = np.frombuffer(data, dtype="<f4", offset=pos)
+        if zlib.crc32(st.params[:cut].tobytes()) != crc:
             # Only a different libm could do this (the init rounds double math once to
             # float): the heads then sit on features that moved by an ulp or so.
             logger.warning("router weights regenerated from seed %d differ from the ones trained on", st.seed)
-        st.quality_milli = list(h["quality_milli"])
-        st.count = list(h["count"])
-        st.samples = h["samples"]
+        st.quality_milli, st.count, st.samples = milli, count, samples
         return st
 
     def __repr__(self) -> str:
