@@ -480,3 +480,37 @@ def test_regenerated_weights_are_checked_against_the_stored_crc(caplog: pytest.L
     del header["targets"]
     with pytest.raises(CorruptStateError, match="malformed"):
         RouterState.from_bytes(pack_part(b"LSR", 1, header, data[pos:]))
+
+
+@pytest.mark.parametrize("baseline", ["ema", 0.5])
+def test_batch_outcomes_equal_one_by_one(baseline: str | float) -> None:
+    a = RouterState(TARGETS, in_dim=16, threshold=10, baseline=baseline)
+    b = RouterState(TARGETS, in_dim=16, threshold=10, baseline=baseline)
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((40, 16)).astype(np.float32)
+    targets = [TARGETS[i % 3] if i % 7 else "unknown" for i in range(40)]
+    qs = rng.uniform(-0.2, 1.2, 40).tolist()
+    toks = [int(t) for t in rng.integers(0, 100_000, 40)]
+    out = a.record_outcomes(targets, qs, X, toks)
+    for i in range(40):
+        b.record_outcome(targets[i], qs[i], X[i], toks[i])
+    assert out == {"applied": 34, "samples": 34, "trained": True}
+    np.testing.assert_array_equal(a.params, b.params)
+    assert (a.quality_milli, a.count, a.samples) == (b.quality_milli, b.count, b.samples)
+
+
+def test_batch_outcomes_refuse_before_changing_anything() -> None:
+    st = RouterState(TARGETS, in_dim=16)
+    before = st.to_bytes()
+    X = np.zeros((3, 16), np.float32)
+    for args in [(["small"] * 3, [0.5, float("nan"), 0.5], X), (["small"] * 3, [0.5] * 3, X[:, :8]),
+                 (["small"] * 3, [0.5] * 2, X)]:
+        with pytest.raises(ValueError):
+            st.record_outcomes(*args)
+    bad = X.copy()
+    bad[2, 0] = np.inf
+    with pytest.raises(ValueError, match="finite"):
+        st.record_outcomes(["small"] * 3, [0.5] * 3, bad)
+    assert st.to_bytes() == before
+    assert st.record_outcomes(["small", "large"], [1.0, 0.0])["applied"] == 2  # EMA only
+    assert st.samples == 0 and st.quality_milli[0] == 550 and st.quality_milli[2] == 450

@@ -30,6 +30,9 @@ and the verbs.
   times smaller, which shrinks the features and slows learning accordingly
   (``learnstream bench router`` measures both).
 
+``record_outcomes`` applies an envelope's outcomes in order with one GIL-free
+training call, exactly equal to ``record_outcome`` row by row.
+
 Persistence stores only what changes: the seed regenerates the frozen weights
 (``V``, masked ``U``, cell biases, temperature/top_p/confidence heads)
 bit-exactly, and the trained heads, the per-target outcome EMA and the counters
@@ -104,6 +107,15 @@ def context_bucket(tokens: int) -> int:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _quality(v: Any) -> float:
+    """An outcome's quality: a number, NaN refused, clamped to [0, 1]."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)):
+        raise ValueError("quality must be a number")
+    if math.isnan(v):
+        raise ValueError("quality must not be NaN")
+    return min(max(float(v), 0.0), 1.0)
 
 
 def _tokens(v: Any) -> int:
@@ -273,10 +285,7 @@ class RouterState:
         dict
             ``{count, quality_milli}`` of the target, plus ``samples`` and ``trained``.
         """
-        if isinstance(quality, bool) or not isinstance(quality, (int, float, np.floating)):
-            raise ValueError("quality must be a number")
-        if math.isnan(quality):
-            raise ValueError("quality must not be NaN")
+        q = _quality(quality)
         tokens = _tokens(estimated_tokens)
         x = None
         if embedding is not None:
@@ -288,18 +297,62 @@ class RouterState:
         i = self._index.get(target)
         if i is None:
             return {"count": 0, "quality_milli": 0}
-        q = min(max(float(quality), 0.0), 1.0)
+        lr = self._fold(i, q)
+        if x is not None:
+            _k.router_train(self.params, x, len(self.targets), i, context_bucket(tokens), lr, self.normalize)
+            self.samples += 1
+        return {"count": self.count[i], "quality_milli": self.quality_milli[i],
+                "samples": self.samples, "trained": self.trained}
+
+    def record_outcomes(self, targets: list[str], qualities: list[float], X: np.ndarray | None = None,
+                        estimated_tokens: list[int] | None = None) -> dict:
+        """Many outcomes in order (an envelope's), training in one GIL-free kernel call.
+
+        Exactly equal to :meth:`record_outcome` row by row. ``X`` is ``(n, in_dim)``
+        or None (EMA only). Everything is checked before anything changes.
+
+        Returns
+        -------
+        dict
+            ``{applied, samples, trained}``: ``applied`` counts the rows with a known target.
+        """
+        n = len(targets)
+        qs = [_quality(q) for q in qualities]
+        toks = [0] * n if estimated_tokens is None else [_tokens(t) for t in estimated_tokens]
+        if len(qs) != n or len(toks) != n:
+            raise ValueError("targets, qualities and estimated_tokens need one entry per outcome")
+        if X is not None:
+            X = np.ascontiguousarray(X, dtype=np.float32)
+            if X.shape != (n, self.in_dim):
+                raise ValueError(f"X must be ({n}, {self.in_dim}), got {X.shape}")
+            if not np.isfinite(X).all():
+                raise ValueError("embedding must be finite (NaN/Inf refused)")
+        rows: list[int] = []
+        idx: list[int] = []
+        lrs: list[float] = []
+        for r, (t, q) in enumerate(zip(targets, qs, strict=True)):
+            i = self._index.get(t)
+            if i is None:
+                continue
+            rows.append(r)
+            idx.append(i)
+            lrs.append(self._fold(i, q))
+        if X is not None and rows:
+            Xr = X if len(rows) == n else X[rows]
+            _k.router_train_batch(self.params, Xr, len(self.targets), np.asarray(idx, np.int64),
+                                  np.asarray([context_bucket(toks[r]) for r in rows], np.int64),
+                                  np.asarray(lrs, np.float32), self.normalize)
+            self.samples += len(rows)
+        return {"applied": len(rows), "samples": self.samples, "trained": self.trained}
+
+    def _fold(self, i: int, q: float) -> float:
+        """EMA and count update of target i; returns the signed training lr of this outcome."""
         b = self.quality_milli[i] / 1000.0 if self.baseline == _BASELINE_EMA else self.baseline
         # float32 as the reference; round half away from zero (Rust's f32::round), q >= 0
         ema = _EMA_KEEP * (np.float32(self.quality_milli[i]) / _MILLI) + _EMA_NEW * np.float32(q)
         self.quality_milli[i] = math.floor(float(_MILLI * ema) + 0.5)
         self.count[i] += 1
-        if x is not None:
-            lr = math.copysign(_LR * 2.0 * abs(q - b), q - b)
-            _k.router_train(self.params, x, len(self.targets), i, context_bucket(tokens), lr, self.normalize)
-            self.samples += 1
-        return {"count": self.count[i], "quality_milli": self.quality_milli[i],
-                "samples": self.samples, "trained": self.trained}
+        return math.copysign(_LR * 2.0 * abs(q - b), q - b)
 
     def weights(self) -> dict[str, np.ndarray]:
         """Named views into ``params`` (V, U, heads, biases) — for tests and inspection."""
