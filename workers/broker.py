@@ -48,6 +48,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 async def _metadata_ok(bootstrap: str) -> bool:
     from aiokafka import AIOKafkaClient
 
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:  # a plain TCP probe first: aiokafka logs every refused connection as an ERROR
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.close()
+    except OSError:
+        return False
+
     client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
     try:
         await client.bootstrap()

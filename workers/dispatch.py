@@ -89,6 +89,24 @@ def _health(ctx: VerbContext, body: dict) -> dict:
     return out
 
 
+@verb("session_info", table="session", writes=False)
+def _session_info(ctx: VerbContext, body: dict) -> dict:
+    """What a session's state holds: parts with sizes and digests, and the applied-offset watermark.
+
+    Two workers (or a worker before and after a crash) hold the same state iff these are equal.
+    ``table`` selects ``session`` (default) or ``learner``; the caller passes that blob.
+    """
+    import hashlib
+
+    blob = ctx.state
+    parts = {}
+    raw = StateBlob.from_bytes(blob.to_bytes())  # canonical bytes of every part, decoded or not
+    for name in raw.names():
+        b = raw._raw[name]
+        parts[name] = {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+    return {"parts": parts, "watermark": dict(sorted(blob.watermark.offsets.items()))}
+
+
 class LearnSession:
     """Every verb, in process. ``LearnSession()`` keeps state in memory;
     ``LearnSession(path=...)`` keeps it in a RocksDB database that survives restarts.
@@ -102,7 +120,8 @@ class LearnSession:
                  rng: random.Random | None = None,
                  emit: Callable[[str, dict], None] | None = None) -> None:
         load_verbs()
-        self.store: ModelStore = store or (RocksDictStore(path) if path is not None else MemoryStore())
+        self.store: ModelStore = store if store is not None else (
+            RocksDictStore(path) if path is not None else MemoryStore())
         self.rng = rng or random.Random()
         self.emitted: list[tuple[str, dict]] = []  # downstream events, for inspection
         self._emit_cb = emit

@@ -80,6 +80,8 @@ class Runtime:
         self.replies = Replies()
         self.topics = topics()
         self.channels: dict[str, Any] = {}
+        self.probe_topic = self.topics["feedback"].name
+        self.changelog_topic = tables["session"].changelog_topic.get_topic_name()
 
     def is_ready(self) -> bool:
         """Serving: table recovery finished and no rebalance in progress."""
@@ -203,8 +205,9 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     if settings.kafka:
         _apply_kafka_security(app, settings)
     tables = {
-        verb_table: app.Table(name, key_type=str, value_type=bytes, key_serializer="raw",
-                              value_serializer="raw", partitions=settings.partitions,
+        # bytes types make faust pick the raw codec for the changelog (a Schema(...) argument is
+        # silently ignored there and falls back to json, which cannot carry binary values).
+        verb_table: app.Table(name, key_type=bytes, value_type=bytes, partitions=settings.partitions,
                               options={"driver": "rocksdict", "block_cache_size": settings.block_cache_bytes},
                               help=f"learnstream {verb_table} state")
         for verb_table, name in TABLE_NAMES.items()
@@ -261,7 +264,15 @@ def _json(web: Any, data: Any, status: int = 200) -> Any:
 def _install_web(app: faust.App, rt: Runtime) -> None:
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
-        return _json(web, {"status": "ok", "worker": rt.settings.worker_id or rt.settings.web_port})
+        try:
+            # partitions of the input topics (co-partitioned, so one topic's numbers say it all)
+            assigned = sorted({tp.partition for tp in app.assignor.assigned_actives() if tp.topic == rt.probe_topic})
+            standby = sorted({tp.partition for tp in app.assignor.assigned_standbys()
+                              if tp.topic == rt.changelog_topic})
+        except Exception:  # noqa: BLE001 - before the first assignment
+            assigned, standby = [], []
+        return _json(web, {"status": "ok", "worker": rt.settings.worker_id or str(rt.settings.web_port),
+                           "ready": rt.is_ready(), "active_partitions": assigned, "standby_partitions": standby})
 
     @app.page("/ready")
     async def ready(web: Any, request: Any) -> Any:
@@ -334,12 +345,13 @@ def _install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
     from faust.sensors.prometheus import setup_prometheus_sensors
 
     faust_registry = CollectorRegistry(auto_describe=True)
-    setup_prometheus_sensors(app, pattern="/metrics/faust", registry=faust_registry)
+    # a fixed prefix (not the app id) so dashboards work for any deployment
+    setup_prometheus_sensors(app, pattern="/metrics/faust", registry=faust_registry, name_prefix="faust")
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         body = generate_latest(metrics.REGISTRY) + generate_latest(faust_registry)
-        return web.bytes(body, content_type="text/plain; version=0.0.4; charset=utf-8")
+        return web.bytes(body, content_type="text/plain; version=0.0.4")
 
     names = {t.name for t in inputs}
 

@@ -197,6 +197,9 @@ class Processor:
                 res.rejected += 1
                 return "rejected"
             if blob.watermark.seen(rec.topic, rec.partition, rec.offset):
+                # Re-write the value anyway: after a crash the local RocksDB can be ahead of the
+                # changelog, and this redelivery is the only chance to get that state into it.
+                dirty[(v.table, sk)] = rec.partition
                 res.duplicates += 1
                 return "duplicate"
         emitted: list[tuple[str, dict]] = []
@@ -206,10 +209,8 @@ class Processor:
         out = run_verb(v, ctx, body)
         res.replies[(rec.topic, rec.partition, rec.offset)] = out
         if blob is not None:
-            if not out["ok"]:
-                # verbs validate before mutating, but never trust a half-applied value: reload
-                self._cache.pop((v.table, sk), None)
-                blob = self._blob(v.table, sk, rec.partition)
+            # A refused verb changed nothing (verbs validate before they mutate; tested per verb),
+            # so the watermark may advance past it: a redelivery must not DLQ it twice.
             blob.watermark.advance(rec.topic, rec.partition, rec.offset)
             dirty[(v.table, sk)] = rec.partition
         if not out["ok"]:

@@ -1,0 +1,124 @@
+"""Shared test helpers: waiting for conditions, and real worker processes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from workers.broker import free_port
+
+__all__ = ("wait_until", "WorkerProc", "http_json")
+
+# Tansu's group join takes ~5 s and a rejoin up to ~18 s; failover waits for the
+# session timeout. Generous limits keep a loaded CI box from flaking.
+READY_TIMEOUT_S = 90.0
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1, what: str = "condition") -> Any:
+    """Poll ``cond`` until it returns a truthy value; return it, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            v = cond()
+            if v:
+                return v
+        except Exception as exc:  # noqa: BLE001 - the condition may not be reachable yet
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+def http_json(url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw)
+        except ValueError:
+            return e.code, raw.decode(errors="replace")
+
+
+class WorkerProc:
+    """A real ``learnstream worker`` subprocess."""
+
+    def __init__(self, bootstrap: str, data_dir: Path, *, app_id: str, partitions: int = 4,
+                 log_dir: Path, name: str = "w", env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.name = name
+        self.log_path = log_dir / f"{name}-{self.port}.log"
+        self.env = dict(os.environ, LEARNSTREAM_BROKER=bootstrap, LEARNSTREAM_BROKER_KIND="embedded",
+                        LEARNSTREAM_APP_ID=app_id, LEARNSTREAM_DATA_DIR=str(data_dir),
+                        LEARNSTREAM_WEB_PORT=str(self.port), LEARNSTREAM_PARTITIONS=str(partitions),
+                        LEARNSTREAM_SESSION_TIMEOUT_S="6", LEARNSTREAM_LOG_LEVEL="info",
+                        **(env or {}))
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "WorkerProc":
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker"], env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def health(self) -> dict:
+        return http_json(self.url + "/health", timeout=5)[1]
+
+    def ready(self) -> bool:
+        if not self.alive():
+            raise AssertionError(f"worker {self.name} exited ({self.proc.returncode}); log:\n{self.log_tail()}")
+        try:
+            return http_json(self.url + "/ready", timeout=5)[0] == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> "WorkerProc":
+        wait_until(self.ready, timeout, 0.2, f"worker {self.name} /ready")
+        return self
+
+    def dispatch(self, verb: str, body: dict | None = None) -> dict:
+        return http_json(self.url + "/dispatch", {"verb": verb, "body": body or {}})[1]
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final commit, no flush."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+        self._log.close()
+
+    def stop(self, timeout: float = 60) -> None:
+        if self.alive():
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        if not self._log.closed:
+            self._log.close()
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_bytes()[-n:].decode(errors="replace")
+        except OSError:
+            return ""

@@ -1,0 +1,139 @@
+"""Issue 2 on real parts: embedded broker, worker subprocesses, RocksDB tables, HTTP."""
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def send_raw(bootstrap: str, topic: str, key: bytes, values: list[bytes]) -> None:
+    async def go() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await p.start()
+        try:
+            for v in values:
+                await p.send_and_wait(topic, v, key=key)
+        finally:
+            await p.stop()
+    asyncio.run(go())
+
+
+def read_topic(bootstrap: str, topic: str, n: int, timeout: float = 60) -> list[dict]:
+    async def go() -> list[dict]:
+        c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False)
+        await c.start()
+        out: list[dict] = []
+        try:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + timeout
+            while len(out) < n and loop.time() < end:
+                for msgs in (await c.getmany(timeout_ms=500)).values():
+                    out += [orjson.loads(m.value) for m in msgs]
+        finally:
+            await c.stop()
+        return out
+    return asyncio.run(go())
+
+
+def info(w, sk: str) -> dict:
+    out = w.dispatch("session_info", {"session_key": sk})
+    assert out["ok"], out
+    return out["data"]
+
+
+def window(w, sk: str) -> int:
+    return w.dispatch("health", {"session_key": sk})["data"]["loss_window_size"]
+
+
+def test_events_apply_and_invalid_ones_go_to_dlq_with_reason(broker, worker_factory, client) -> None:
+    w = worker_factory().start().wait_ready()
+    client.loss("s1", 0.5)
+    send_raw(broker.bootstrap, "learn.loss", b"s1", [b"{not json", orjson.dumps({"loss": "high"})])
+    client.loss("s1", 0.6)
+    # the good event after the bad ones is applied: the worker went on
+    wait_until(lambda: window(w, "s1") == 2, 60, what="two good losses applied")
+    dlq = read_topic(broker.bootstrap, "learn.dlq", 2)
+    assert [d["reason_code"] for d in dlq] == ["bad_json", "refused"]
+    assert "not valid JSON" in dlq[0]["reason"]
+    assert "loss" in dlq[1]["reason"]
+    assert base64.b64decode(dlq[0]["value_b64"]) == b"{not json"  # the original bytes, nothing lost
+    assert dlq[0]["source"]["topic"] == "learn.loss" and dlq[0]["source"]["offset"] == 1
+    assert dlq[0]["id"] == f"learn.loss:{dlq[0]['source']['partition']}:1"
+    metrics = __import__("urllib.request").request.urlopen(w.url + "/metrics").read().decode()
+    assert 'learnstream_dlq_total{reason="bad_json"} 1.0' in metrics
+    assert 'learnstream_events_total{outcome="applied",topic="learn.loss"} 2.0' in metrics
+    assert "faust_consumer_commit_latency" in metrics  # the framework registry is served too
+
+
+def _feed_losses(client, sessions: list[str], n: int) -> None:
+    for i in range(n):
+        for s in sessions:
+            # a jump every 7th loss so boundaries fire and counters move
+            client.loss(s, 5.0 if i % 7 == 6 else 0.5 + 0.01 * i, wait=False)
+    client.flush()
+
+
+def test_sigkill_and_restart_recovers_state_from_changelog(worker_factory, client, tmp_path) -> None:
+    sessions = [f"agent-{i}" for i in range(6)]
+    a = worker_factory("a").start().wait_ready()
+    _feed_losses(client, sessions, 20)
+    wait_until(lambda: all(sum(info(a, s)["watermark"].values()) >= 0 and len(info(a, s)["parts"]) > 0
+                           and window(a, s) == 10 for s in sessions), 60, what="all losses applied")
+    wait_until(lambda: all(info(a, s)["watermark"] == info(a, s)["watermark"] for s in sessions), 5)
+    before = {s: info(a, s) for s in sessions}
+    a.kill()
+    # same data dir: local RocksDB + changelog (persisted offsets are checked against highwaters)
+    a2 = worker_factory("a2", data_dir=a.data_dir).start().wait_ready()
+    assert {s: info(a2, s) for s in sessions} == before
+    a2.kill()
+    # fresh data dir: everything comes back from the changelog alone
+    b = worker_factory("b").start().wait_ready()
+    assert {s: info(b, s) for s in sessions} == before
+    # and it keeps learning from where it was
+    client.loss(sessions[0], 0.5)
+    wait_until(lambda: info(b, sessions[0])["watermark"] != before[sessions[0]]["watermark"], 60)
+
+
+def test_redelivered_batch_is_not_applied_twice(worker_factory, client) -> None:
+    # offsets are never committed before the kill, so the restart redelivers everything
+    a = worker_factory("a", env={"LEARNSTREAM_COMMIT_INTERVAL_S": "3600"}).start().wait_ready()
+    _feed_losses(client, ["s1", "s2"], 15)
+    wait_until(lambda: all(window(a, s) == 10 for s in ("s1", "s2")), 60)
+    before = {s: info(a, s) for s in ("s1", "s2")}
+    a.kill()
+    a2 = worker_factory("a2", data_dir=a.data_dir).start().wait_ready()
+    metrics = lambda: __import__("urllib.request").request.urlopen(a2.url + "/metrics").read().decode()  # noqa: E731
+    wait_until(lambda: 'learnstream_events_total{outcome="duplicate",topic="learn.loss"} 30.0' in metrics(), 60,
+               what="all 30 redelivered events seen and skipped")
+    assert {s: info(a2, s) for s in ("s1", "s2")} == before
+
+
+def test_two_workers_split_partitions_and_failover_moves_state(worker_factory, client) -> None:
+    a = worker_factory("a").start().wait_ready()
+    b = worker_factory("b").start()
+    def split() -> bool:
+        pa, pb = set(a.health()["active_partitions"]), set(b.health()["active_partitions"])
+        return a.ready() and b.ready() and pa and pb and pa.isdisjoint(pb) and pa | pb == {0, 1, 2, 3}
+
+    wait_until(split, 120, 0.3, "the two workers split the 4 partitions")
+    sessions = [f"agent-{i}" for i in range(12)]
+    _feed_losses(client, sessions, 12)
+    # any worker answers for any session (reads are forwarded to the owner)
+    wait_until(lambda: all(window(a, s) == 10 for s in sessions), 60, what="all applied")
+    before = {s: info(b, s) for s in sessions}
+    b.stop()
+    wait_until(lambda: a.ready() and set(a.health()["active_partitions"]) == {0, 1, 2, 3}, 120, 0.3,
+               "a took over all partitions")
+    assert {s: info(a, s) for s in sessions} == before
+    moved = next(s for s in sessions if a.dispatch("session_info", {"session_key": s})["ok"]
+                 and s in before)
+    client.loss(moved, 0.5)
+    wait_until(lambda: info(a, moved)["watermark"] != before[moved]["watermark"], 60)
