@@ -39,6 +39,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     os.setsid()  # own process group: Ctrl-C in the terminal reaches us, not it, so we stop it in order
     with contextlib.suppress(Exception):
@@ -111,7 +120,10 @@ class EmbeddedBroker:
     def start(self) -> "EmbeddedBroker":
         if self.proc is not None:
             return self
-        self.port = self.port or free_port(self.host)
+        if self.port is None:
+            self.port = free_port(self.host)
+        elif not _port_free(self.host, self.port):
+            raise BrokerError(f"port {self.host}:{self.port} is in use; pick another or omit it for a free one")
         url = f"tcp://{self.host}:{self.port}"
         cmd = [self.binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                "--storage-engine", "memory://tansu/"]
@@ -123,6 +135,8 @@ class EmbeddedBroker:
                                      preexec_fn=_die_with_parent, env=env)
         try:
             wait_for_broker(self.bootstrap, proc=self.proc)
+            if self.proc.poll() is not None:  # someone else answered on our port
+                raise BrokerError(f"broker exited with code {self.proc.returncode}")
         except BrokerError as exc:
             self.stop()
             tail = path.read_bytes()[-2000:].decode(errors="replace")

@@ -81,12 +81,12 @@ class LearnstreamClient:
 
     async def send(self, role: str, session_key: str, value: dict, *, wait: bool = True) -> Sent | asyncio.Future:
         """Validate and send ``value`` to the topic of ``role`` keyed by ``session_key``."""
-        if self._producer is None:
-            raise RuntimeError("client not started: use `async with LearnstreamClient(...)` or await start()")
         t = topics()[role]
         value = {"session_key": session_key, **value} if role != "commands" else value
         if self.validate:
             t.validate(value)
+        if self._producer is None:
+            raise RuntimeError("client not started: use `async with LearnstreamClient(...)` or await start()")
         fut = await self._producer.send(t.name, orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY),
                                         key=session_key.encode())
         if not wait:

@@ -1,0 +1,58 @@
+"""Event decoding rules: every rule names the field and what is wrong."""
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from workers.codec import MAX_EVENT_BYTES, decode_json, embedding_field, encode_embedding_b64, finite_number
+from workers.errors import ValidationError
+
+
+def test_b64_and_array_embeddings_decode_to_the_same_vector() -> None:
+    x = np.random.default_rng(0).standard_normal(384).astype(np.float32)
+    a = embedding_field({"embedding": x.tolist()}, dim=384)
+    b = embedding_field({"embedding_b64": encode_embedding_b64(x)}, dim=384)
+    assert a.dtype == np.float32 and np.array_equal(a, x) and np.array_equal(b, x)
+
+
+@pytest.mark.parametrize("body,field,words", [
+    ({}, "embedding", "required"),
+    ({"embedding": "abc"}, "embedding", "array of numbers"),
+    ({"embedding": [1, "a"]}, "embedding", "array of numbers"),
+    ({"embedding": [True, 1.0]}, "embedding", "array of numbers"),
+    ({"embedding": []}, "embedding", "empty"),
+    ({"embedding": [1.0, float("nan")]}, "embedding", "finite"),
+    ({"embedding": [1.0, 2.0]}, "embedding", "wrong dimension: expected 3, got 2"),
+    ({"embedding_b64": "!!notb64"}, "embedding_b64", "not valid base64"),
+    ({"embedding_b64": base64.b64encode(b"abc").decode()}, "embedding_b64", "multiple of 4"),
+    ({"embedding_b64": 5}, "embedding_b64", "base64 string"),
+    ({"embedding_b64": encode_embedding_b64(np.array([np.inf, 1, 1], np.float32))}, "embedding", "finite"),
+])
+def test_embedding_rules(body: dict, field: str, words: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        embedding_field(body, dim=3)
+    assert exc.value.field == field and words in exc.value.rule
+
+
+def test_optional_embedding_may_be_absent() -> None:
+    assert embedding_field({}, required=False) is None
+
+
+def test_decode_json_rules() -> None:
+    assert decode_json(b'{"a": 1}') == {"a": 1}
+    with pytest.raises(ValidationError, match="not valid JSON"):
+        decode_json(b"{")
+    with pytest.raises(ValidationError, match="exceeds"):
+        decode_json(b" " * (MAX_EVENT_BYTES + 1))
+    with pytest.raises(ValidationError, match="tombstone"):
+        decode_json(None)
+
+
+@pytest.mark.parametrize("v,words", [("1", "a number"), (True, "a number"), (float("inf"), "finite"),
+                                     (float("nan"), "finite"), (2.0, "within")])
+def test_finite_number_rules(v: object, words: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        finite_number(v, "q", lo=0, hi=1)
+    assert exc.value.field == "q" and words in exc.value.rule

@@ -1,0 +1,147 @@
+"""The worker's per-batch logic on real RocksDB-shaped state: every DLQ rule, watermark, ids."""
+from __future__ import annotations
+
+import base64
+
+import orjson
+import pytest
+
+from workers.codec import MAX_EVENT_BYTES
+from workers.state import MemoryStore
+from workers.stream.processor import Processor, StoreStateAccess
+from workers.stream.records import Record
+from workers.topics import topics
+
+T = {role: t.name for role, t in topics().items()}
+
+
+class Feed:
+    """Records with increasing offsets per topic-partition, as a broker would hand them out."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    def rec(self, role: str, value: object, key: str | None = "s1", partition: int = 0) -> Record:
+        topic = T[role]
+        off = self.offsets.get((topic, partition), 0)
+        self.offsets[(topic, partition)] = off + 1
+        raw = value if isinstance(value, bytes) or value is None else orjson.dumps(value)
+        return Record(topic, partition, off, key.encode() if key is not None else None, raw, 1000)
+
+
+@pytest.fixture
+def proc() -> Processor:
+    return Processor(StoreStateAccess(MemoryStore()))
+
+
+def dlq(res) -> list[dict]:
+    return [p.value for p in res.produce if p.role == "dlq"]
+
+
+def info(p: Processor, sk: str = "s1") -> dict:
+    from workers.dispatch import LearnSession
+
+    return LearnSession(store=p.state.store).dispatch({"verb": "session_info", "body": {"session_key": sk}})["data"]
+
+
+def test_good_event_is_applied_and_watermarked(proc: Processor) -> None:
+    f = Feed()
+    res = proc.process([f.rec("loss", {"loss": 0.5})])
+    assert res.applied == 1 and not dlq(res)
+    assert info(proc)["watermark"] == {f"{T['loss']}:0": 0}
+
+
+@pytest.mark.parametrize("value,code,words", [
+    (b"{not json", "bad_json", "not valid JSON"),
+    (None, "bad_json", "tombstone"),
+    (b"[1, 2]", "invalid", "JSON object"),
+    (b"x" * (MAX_EVENT_BYTES + 1), "oversized", "exceeds"),
+    ({"loss": "high"}, "refused", "loss"),
+])
+def test_bad_loss_events_go_to_dlq_with_reason_and_original_bytes(proc: Processor, value, code, words) -> None:
+    f = Feed()
+    bad = f.rec("loss", value)
+    res = proc.process([bad, f.rec("loss", {"loss": 0.5})])
+    (entry,) = dlq(res)
+    assert entry["reason_code"] == code and words in entry["reason"]
+    assert entry["source"] == bad.source and entry["id"] == f"{T['loss']}:0:0"
+    raw = bad.value
+    assert (base64.b64decode(entry["value_b64"]) if entry["value_b64"] else None) == raw
+    assert res.applied == 1  # the next good event still went through
+
+
+@pytest.mark.parametrize("value,code,words", [
+    ({"verb": "no_such_verb", "body": {}}, "unknown_verb", "unknown verb: no_such_verb"),
+    ({"verb": "health"}, "invalid", "is a read"),
+    ({"body": {}}, "invalid", "verb"),
+    ({"verb": "init_instant", "body": [1]}, "invalid", "body"),
+    ({"verb": "init_instant", "body": {}}, "refused", "targets required"),
+])
+def test_bad_commands_go_to_dlq(proc: Processor, value, code, words) -> None:
+    (entry,) = dlq(proc.process([Feed().rec("commands", value)]))
+    assert entry["reason_code"] == code and words in entry["reason"]
+
+
+def test_unknown_edge_op_goes_to_dlq(proc: Processor) -> None:
+    (entry,) = dlq(proc.process([Feed().rec("edges", {"op": "upsert"})]))
+    assert entry["reason_code"] == "invalid" and "op" in entry["reason"]
+
+
+def test_session_key_must_match_the_message_key(proc: Processor) -> None:
+    (entry,) = dlq(proc.process([Feed().rec("loss", {"session_key": "other", "loss": 0.5}, key="s1")]))
+    assert entry["reason_code"] == "invalid" and "does not match the message key" in entry["reason"]
+
+
+def test_empty_session_key_refused(proc: Processor) -> None:
+    (entry,) = dlq(proc.process([Feed().rec("loss", {"session_key": "", "loss": 0.5}, key=None)]))
+    assert "session_key" in entry["reason"]
+
+
+def test_missing_key_and_field_means_default_session(proc: Processor) -> None:
+    res = proc.process([Feed().rec("loss", {"loss": 0.5}, key=None)])
+    assert res.applied == 1 and info(proc, "default")["watermark"]
+
+
+def test_redelivered_batch_is_skipped_and_state_unchanged(proc: Processor) -> None:
+    f = Feed()
+    batch = [f.rec("loss", {"loss": 0.5 + i / 10}) for i in range(6)] + [f.rec("loss", {"loss": 100.0})]
+    first = proc.process(batch)
+    assert first.applied == 7
+    before = info(proc)
+    proc.forget()  # as after a restart: state comes from the store
+    again = proc.process(batch)
+    assert again.applied == 0 and again.duplicates == 7 and not again.produce
+    assert info(proc) == before
+
+
+def test_downstream_events_carry_deterministic_ids(proc: Processor) -> None:
+    f = Feed()
+    res = proc.process([f.rec("loss", {"loss": 0.5}) for _ in range(6)] + [f.rec("loss", {"loss": 100.0})])
+    (b,) = [p for p in res.produce if p.role == "boundaries"]
+    assert b.value["id"] == f"{T['loss']}:0:6" and b.value["session_key"] == "s1"
+    assert b.value["source"]["offset"] == 6 and b.key == "s1"
+
+
+def test_corrupt_stored_state_goes_to_dlq_not_crash(proc: Processor) -> None:
+    from workers.dispatch import state_key
+
+    proc.state.store.put(state_key("session", "s1"), b"LSB\x01garbage-garbage")
+    res = proc.process([Feed().rec("loss", {"loss": 0.5})])
+    (entry,) = dlq(res)
+    assert entry["reason_code"] == "corrupt_state" and "checksum" in entry["reason"]
+
+
+def test_each_session_value_is_written_once_per_batch(proc: Processor) -> None:
+    writes: list[str] = []
+    orig = proc.state.save
+    proc.state.save = lambda table, sk, p, v: (writes.append(sk), orig(table, sk, p, v))  # type: ignore[method-assign]
+    f = Feed()
+    proc.process([f.rec("loss", {"loss": 0.5}, key=k) for k in ("a", "b", "a", "a", "b")])
+    assert sorted(writes) == ["a", "b"]
+
+
+def test_replies_map_source_offsets_to_envelopes(proc: Processor) -> None:
+    f = Feed()
+    res = proc.process([f.rec("loss", {"loss": 0.5}), f.rec("loss", b"bad")])
+    assert res.replies[(T["loss"], 0, 0)]["ok"] is True
+    assert res.replies[(T["loss"], 0, 1)]["ok"] is False

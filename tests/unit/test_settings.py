@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import pytest
+
+from workers.errors import ConfigError
+from workers.stream.settings import Settings
+
+
+def test_defaults_pick_the_embedded_broker(monkeypatch) -> None:
+    monkeypatch.delenv("LEARNSTREAM_BROKER", raising=False)
+    s = Settings.from_env()
+    assert s.broker is None and s.broker_kind == "embedded" and s.partitions == 8
+
+
+def test_env_and_overrides(monkeypatch) -> None:
+    monkeypatch.setenv("LEARNSTREAM_BROKER", "kafka:9092")
+    monkeypatch.setenv("LEARNSTREAM_PARTITIONS", "12")
+    monkeypatch.setenv("LEARNSTREAM_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    s = Settings.from_env(web_port=7000)
+    assert (s.broker, s.broker_kind, s.partitions, s.web_port) == ("kafka:9092", "kafka", 12, 7000)
+    assert s.kafka == {"sasl_mechanism": "SCRAM-SHA-512"}
+    assert Settings.from_env(**{k: None for k in ("web_port",)}).web_port == 6066  # None = not given
+    env = s.env()
+    assert env["LEARNSTREAM_PARTITIONS"] == "12" and env["LEARNSTREAM_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+
+
+@pytest.mark.parametrize("var,value,words", [("PARTITIONS", "many", "LEARNSTREAM_PARTITIONS"),
+                                             ("SESSION_TIMEOUT_S", "soon", "LEARNSTREAM_SESSION_TIMEOUT_S"),
+                                             ("BROKER_KIND", "redpanda", "LEARNSTREAM_BROKER_KIND"),
+                                             ("PARTITIONS", "0", "partitions")])
+def test_bad_settings_name_the_variable(monkeypatch, var: str, value: str, words: str) -> None:
+    monkeypatch.setenv("LEARNSTREAM_" + var, value)
+    with pytest.raises(ConfigError, match=words):
+        Settings.from_env()

@@ -1,0 +1,87 @@
+"""The state value format and the stores behind it."""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+
+from workers.errors import CorruptStateError
+from workers.state import MemoryStore, RocksDictStore, StateBlob, Watermark
+
+
+class Bytes:
+    def __init__(self, b: bytes) -> None:
+        self.b = b
+
+    def to_bytes(self) -> bytes:
+        return self.b
+
+    @classmethod
+    def from_bytes(cls, b: bytes) -> "Bytes":
+        return cls(b)
+
+
+def test_blob_round_trip_keeps_parts_watermark_and_meta() -> None:
+    b = StateBlob()
+    b.set("a", Bytes(b"\x00\x01binary\xff"))
+    b.set("b", Bytes(b""))
+    b.watermark.advance("t", 0, 41)
+    b.meta["x"] = 1
+    r = StateBlob.from_bytes(b.to_bytes())
+    assert r.get("a", Bytes).b == b"\x00\x01binary\xff" and r.get("b", Bytes).b == b""
+    assert r.watermark == b.watermark and r.meta == {"x": 1}
+    assert StateBlob.from_bytes(r.to_bytes()).to_bytes() == b.to_bytes()  # undecoded parts survive as-is
+
+
+def test_watermark_skips_at_or_below_and_only_advances() -> None:
+    w = Watermark()
+    assert not w.seen("t", 0, 0)
+    w.advance("t", 0, 5)
+    assert w.seen("t", 0, 5) and w.seen("t", 0, 0) and not w.seen("t", 0, 6) and not w.seen("t", 1, 0)
+    w.advance("t", 0, 3)
+    assert w.get("t", 0) == 5
+
+
+def test_flipped_bit_is_refused() -> None:
+    raw = bytearray(StateBlob().to_bytes())
+    raw[-1] ^= 1
+    with pytest.raises(CorruptStateError, match="checksum"):
+        StateBlob.from_bytes(bytes(raw))
+
+
+def test_unknown_version_and_foreign_bytes_are_refused() -> None:
+    raw = StateBlob().to_bytes()
+    payload = raw[8:]
+    with pytest.raises(CorruptStateError, match="version 9"):
+        StateBlob.from_bytes(struct.pack("<3sBI", b"LSB", 9, zlib.crc32(payload)) + payload)
+    with pytest.raises(CorruptStateError, match="magic"):
+        StateBlob.from_bytes(b"XYZ" + raw[3:])
+    with pytest.raises(CorruptStateError, match="too short"):
+        StateBlob.from_bytes(b"LSB")
+
+
+@pytest.fixture(params=["memory", "rocksdb"])
+def store(request, tmp_path):
+    s = MemoryStore() if request.param == "memory" else RocksDictStore(tmp_path / "db")
+    yield s
+    s.close()
+
+
+def test_stores_agree_on_prefix_order_and_batches(store) -> None:
+    for k in (b"b/2", b"a/1", b"b/1", b"b", b"c/1", b"b/10"):
+        store.put(k, k)
+    assert [k for k, _ in store.iter_prefix(b"b/")] == [b"b/1", b"b/10", b"b/2"]
+    store.write_batch({b"b/1": None, b"b/3": b"x"})
+    assert store.get(b"b/1") is None and store.get(b"b/3") == b"x"
+    store.delete(b"nope")  # deleting a missing key is fine
+    assert list(store.iter_prefix(b"zzz")) == []
+
+
+def test_rocksdb_store_survives_reopen(tmp_path) -> None:
+    s = RocksDictStore(tmp_path / "db")
+    s.put(b"k", b"v")
+    s.close()
+    s2 = RocksDictStore(tmp_path / "db")
+    assert s2.get(b"k") == b"v"
+    s2.close()

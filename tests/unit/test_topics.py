@@ -1,0 +1,86 @@
+"""Topics are contracts: every example validates, every schema refuses typical bad values."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from workers.dispatch import load_verbs
+from workers.errors import ValidationError
+from workers.topics import input_topics, topics
+
+ALL = sorted(topics())
+
+
+@pytest.mark.parametrize("role", ALL)
+def test_example_is_valid(role: str) -> None:
+    t = topics()[role]
+    t.validate(t.example)
+
+
+BAD = {
+    "feedback": [{}, {"model": "m", "quality": 1.5, "embedding": [1.0]}, {"model": "m", "quality": 0.5},
+                 {"model": "", "quality": 0.5, "embedding": [1.0]}, {"model": "m", "quality": "x", "embedding": [1]},
+                 {"model": "m", "quality": 0.5, "embedding": ["a"]},
+                 {"session_key": "s", "events": []}, {"session_key": "s", "events": [{"model": "m"}]}],
+    "loss": [{}, {"loss": "high"}, {"loss": None}],
+    "gradients": [{}, {"param_id": "p", "params": [1.0]}, {"param_id": "p", "params": ["a"], "grads": [1.0]}],
+    "edges": [{}, {"op": "upsert"}, {"op": "insert"}, {"op": "insert", "edge": {"id": "a,b", "src": "x", "dst": "y",
+                                                                              "valid_at": 1, "created_at": 1}},
+              {"op": "insert", "edge": {"id": "e", "src": "x", "dst": "y", "created_at": 1}},
+              {"op": "invalidate", "edge_id": "e"}, {"op": "contradict", "edge": {"id": "e"}}],
+    "examples": [{}, {"features": [1.0]}, {"features": [1.0], "label": -1}, {"features": "x", "label": 1},
+                 {"session_key": "s", "examples": []}],
+    "commands": [{}, {"verb": ""}, {"verb": "x", "body": []}],
+    "outcomes": [{}, {"id": "o", "agent": "a", "task": "t", "success": "yes", "strategy": "s"}],
+    "memory": [{}, {"conversation_id": "c", "messages": [{"role": "robot", "content": "x"}]}],
+    "boundaries": [{}, {"id": "", "session_key": "s"}],
+    "consolidations": [{"session_key": "s"}],
+    "drift": [{"id": "x"}],
+    "heuristics": [{"id": "x", "session_key": "s", "confidence": 2}],
+    "scores": [{"id": "x", "session_key": "s", "score": -1}],
+    "finetune": [{"id": "x", "session_key": "s", "divergence": -0.5}],
+    "dlq": [{}, {"id": "x", "reason": "r", "reason_code": "because", "source": {"topic": "t", "partition": 0,
+                                                                              "offset": 0}, "value_b64": None}],
+}
+
+
+@pytest.mark.parametrize("role,bad", [(r, b) for r, bs in BAD.items() for b in bs])
+def test_schema_refuses_bad_value_naming_the_rule(role: str, bad: dict) -> None:
+    with pytest.raises(ValidationError) as exc:
+        topics()[role].validate(bad)
+    assert exc.value.rule
+
+
+def test_every_topic_has_bad_value_cases() -> None:
+    assert set(BAD) == set(ALL)
+
+
+def test_inputs_are_co_partitioned_and_keyed_by_session() -> None:
+    for t in input_topics():
+        assert t.partitions is None, f"{t.name}: inputs take the app's partition count"
+        assert t.key == "session_key"
+
+
+def test_topic_verbs_are_registered_write_verbs() -> None:
+    reg = load_verbs()
+    for t in input_topics():
+        for name in ([t.verb] if t.verb else []) + list(t.ops.values()):
+            assert name in reg and reg[name].writes, f"{t.name} -> {name}"
+            assert reg[name].topic == t.role, f"{name} travels through {reg[name].topic}, not {t.role}"
+
+
+def test_every_write_verb_has_a_topic() -> None:
+    for v in load_verbs().values():
+        if v.writes:
+            assert v.topic in topics(), f"{v.name}: unknown topic role {v.topic}"
+
+
+def test_no_topic_name_is_hard_coded_in_the_code() -> None:
+    names = {t.name for t in topics().values()}
+    root = Path(__file__).resolve().parents[2] / "workers"
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        for n in names:
+            assert not re.search(rf"[\"']{re.escape(n)}[\"']", text), f"{n} hard-coded in {path}"
