@@ -17,17 +17,21 @@ MLP. Replay memories hold at most 200 examples. Methods:
 - ``ewc``: online EWC, consolidating (Fisher refresh) at each task boundary;
 - ``replay``: experience replay from a 200-example reservoir;
 - ``replay+distill``: DER++ (stored logits matched on replay, plus their labels);
-- ``full``: the default learner: DER++ over a prioritized (loss) memory with
-  reservoir eviction, EWC, the incremental curriculum, consolidations;
-- ``full (task-free)``: the same without task labels: boundaries come only from
-  its drift detectors (KL windows and Page-Hinkley on the loss);
+- ``full``: the learner's defaults: DER++ over a 200-example memory sampled by
+  loss (prioritized, reservoir eviction), online EWC, the incremental curriculum,
+  consolidation on count and on boundaries, from task labels and from its drift
+  detectors (KL windows, Page-Hinkley on the loss);
+- ``full (task-free)``: the same learner given no task labels: boundaries come
+  only from drift detection;
 - ``joint``: the naive learner on one shuffled stream of all tasks (i.i.d., the
-  same single pass): the upper bound.
+  same single pass): the upper bound; ``joint (3 passes)``: three shuffled passes,
+  a stronger reference, since the full learner spends more steps than one pass.
 
 R[i, j] = test accuracy on task j after training on task i. Reported over seeds
 (mean ± std): ACC = mean_j R[T, j]; forgetting F = mean_{j<T} max_{l<T} R[l, j] -
 R[T, j]; BWT = mean_{j<T} R[T, j] - R[j, j]; LA = mean_j R[j, j] (learning
-accuracy); and the share of the naive-to-joint gap the full learner closes.
+accuracy); and the share of the naive-to-joint gap the full learner closes
+(against both joint rows).
 Target (issue 6): the full learner closes >= 70% of the gap on both protocols.
 """
 from __future__ import annotations
@@ -60,18 +64,23 @@ _HIDDEN = 128
 _MEMORY = 200
 _BATCH = 10            # examples per stream envelope / training batch
 _TARGET_GAP = 0.70
+# "joint (3 passes)": a stronger i.i.d. reference than one pass, because the full
+# learner spends more steps than one pass (replay rows, consolidations)
+_JOINT_PASSES = {"joint": 1, "joint (3 passes)": 3}
 PROTOCOLS: dict[str, Callable[[int], list[Task]]] = {"permuted": permuted_digits, "split": split_digits}
 
 
 def _base(seed: int, **kw) -> ContinualLearner:
-    kw.setdefault("model", MLP(hidden=_HIDDEN))
-    kw.setdefault("boundary_on_drift", False)  # the stream carries task labels
-    return ContinualLearner(n_features=64, n_classes=10, batch_size=_BATCH, seed=seed, **kw)
+    return ContinualLearner(n_features=64, n_classes=10, classifier=MLP(hidden=_HIDDEN), batch_size=_BATCH,
+                            seed=seed, **kw)
 
 
+# every part off; the baselines switch on only what they are about (boundaries come
+# from the task labels alone)
 _OFF = {"replay": ReplayBuffer(capacity=0), "ewc": EWC(lam=0.0),
         "distillation": Distillation(der_alpha=0.0, lwf_lambda=0.0),
-        "scheduler": ConsolidationScheduler(examples_threshold=0), "consolidation_steps": 0}
+        "scheduler": ConsolidationScheduler(examples_threshold=0), "consolidation_steps": 0,
+        "boundary_on_drift": False}
 
 
 def naive(seed: int) -> ContinualLearner:
@@ -94,16 +103,13 @@ def replay_distill(seed: int) -> ContinualLearner:
 
 
 def full(seed: int) -> ContinualLearner:
-    return _base(seed, replay=ReplayBuffer(capacity=_MEMORY, strategy="prioritized"))
-
-
-def full_task_free(seed: int) -> ContinualLearner:
-    return _base(seed, replay=ReplayBuffer(capacity=_MEMORY, strategy="prioritized"), boundary_on_drift=True)
+    """The learner's defaults (replay capacity 200 is the default too)."""
+    return _base(seed)
 
 
 METHODS: dict[str, Callable[[int], ContinualLearner]] = {
     "naive": naive, "ewc": ewc, "replay": replay, "replay+distill": replay_distill, "full": full,
-    "full (task-free)": full_task_free, "joint": naive}
+    "full (task-free)": full, "joint": naive, "joint (3 passes)": naive}
 # rows whose stream carries no task labels: boundaries come from drift detection only
 _TASK_FREE = {"full (task-free)"}
 
@@ -114,13 +120,15 @@ def run(method: str, protocol: str, seed: int) -> np.ndarray:
     T = len(tasks)
     learner = METHODS[method](seed)
     R = np.full((T, T), np.nan)
-    if method == "joint":
+    if method in _JOINT_PASSES:
         X = np.concatenate([t.X_train for t in tasks])
         y = np.concatenate([t.y_train for t in tasks])
-        order = np.random.default_rng(seed).permutation(len(X))
-        X, y = X[order], y[order]
-        for i in range(0, len(X), _BATCH):
-            learner.learn_batch(X[i:i + _BATCH], y[i:i + _BATCH])
+        rng = np.random.default_rng(seed)
+        for _ in range(_JOINT_PASSES[method]):
+            order = rng.permutation(len(X))
+            Xo, yo = X[order], y[order]
+            for i in range(0, len(X), _BATCH):
+                learner.learn_batch(Xo[i:i + _BATCH], yo[i:i + _BATCH])
         R[T - 1] = [learner.evaluate(t.X_test, t.y_test)["accuracy"] for t in tasks]
         return R
     for i, task in enumerate(tasks):
@@ -165,16 +173,17 @@ def main(argv: list[str] | None = None) -> int:
             rows[method] = [metrics(run(method, protocol, seed)) for seed in range(args.seeds)]
         print(f"\n{protocol.capitalize()}-Digits ({args.seeds} seeds, hidden {_HIDDEN}, memory {_MEMORY}, "
               f"batch {_BATCH}, single pass) — accuracy in %, mean ± std")
-        print(f"{'method':18s} {'ACC':>14s} {'forgetting':>14s} {'BWT':>14s} {'LA (R_jj)':>14s}")
+        print(f"{'method':19s} {'ACC':>14s} {'forgetting':>14s} {'BWT':>14s} {'LA (R_jj)':>14s}")
         for method, ms in rows.items():
-            print(f"{method:18s} " + " ".join(_fmt([m[k] for m in ms]) for k in ("acc", "forgetting", "bwt", "la")))
-        if {"naive", "joint", "full"} <= rows.keys():
-            a = {k: float(np.mean([m["acc"] for m in rows[k]])) for k in ("naive", "joint", "full")}
-            gap = (a["full"] - a["naive"]) / (a["joint"] - a["naive"])
-            hit = gap >= _TARGET_GAP
-            ok &= hit
-            print(f"gap closed by full: {100 * gap:.0f}% of naive→joint "
-                  f"(target >= {100 * _TARGET_GAP:.0f}%: {'met' if hit else 'MISSED'})")
+            print(f"{method:19s} " + " ".join(_fmt([m[k] for m in ms]) for k in ("acc", "forgetting", "bwt", "la")))
+        for upper in _JOINT_PASSES:
+            if {"naive", upper, "full"} <= rows.keys():
+                a = {k: float(np.mean([m["acc"] for m in rows[k]])) for k in ("naive", upper, "full")}
+                gap = (a["full"] - a["naive"]) / (a[upper] - a["naive"])
+                hit = gap >= _TARGET_GAP
+                ok &= hit
+                print(f"gap closed by full: {100 * gap:.0f}% of naive→{upper} "
+                      f"(target >= {100 * _TARGET_GAP:.0f}%: {'met' if hit else 'MISSED'})")
     print(f"\ntotal {time.perf_counter() - t0:.1f} s")
     return 0 if ok else 1
 

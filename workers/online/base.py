@@ -37,7 +37,7 @@ class Estimator(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not inspect.isabstract(cls):
+        if not inspect.isabstract(cls) and not cls.__name__.startswith("_"):
             ESTIMATORS[cls.__name__] = cls
 
     def _get_params(self) -> dict[str, Any]:

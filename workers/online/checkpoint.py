@@ -61,8 +61,10 @@ class CheckpointManager:
     >>> for i in range(3):
     ...     buf.add(np.full(4, i, dtype=np.float32), i)
     ...     _ = m.save(buf)
-    >>> [c.version for c in m.list()], len(m.load(1)), len(m.load())
-    ([1, 2, 3], 2, 3)
+    >>> [(c.version, c.base) for c in m.list()]      # 2 kept, and the full base they need
+    [(1, None), (2, 1), (3, 1)]
+    >>> [len(m.load(v)) for v in m.versions()], len(m.load())
+    ([1, 2, 3], 3)
     """
 
     def __init__(self, directory: str | os.PathLike, keep: int | None = None, full_every: int | None = None) -> None:

@@ -59,9 +59,10 @@ class ContinualLearner(Learner):
         Input dimension.
     n_classes
         Number of classes (a single head; class-incremental streams are fine).
-    model
+    classifier
         A :class:`~workers.online.models.MLP` (default, 128 hidden units) or
         :class:`~workers.online.models.SoftmaxRegression`; its sizes are filled in.
+        (Named so because ``model()`` is the protocol's accessor of the fitted model.)
     replay
         A :class:`~workers.online.replay.ReplayBuffer` (default: 200 examples, prioritized by
         loss with reservoir eviction).
@@ -110,12 +111,12 @@ class ContinualLearner(Learner):
     True
     """
 
-    _unit_test_params = {"n_features": 5, "n_classes": 3, "model": MLP(hidden=8), "batch_size": 4,
+    _unit_test_params = {"n_features": 5, "n_classes": 3, "classifier": MLP(hidden=8), "batch_size": 4,
                          "replay": ReplayBuffer(capacity=16, strategy="prioritized"),
                          "distillation": Distillation(lwf_lambda=1.0), "consolidation_steps": 2, "recent": 8,
                          "scheduler": ConsolidationScheduler(examples_threshold=12)}
 
-    def __init__(self, n_features: int, n_classes: int, model: Model | None = None,
+    def __init__(self, n_features: int, n_classes: int, classifier: Model | None = None,
                  replay: ReplayBuffer | None = None, ewc: EWC | None = None,
                  distillation: Distillation | None = None, curriculum: Curriculum | None = None,
                  scheduler: ConsolidationScheduler | None = None, drift: KLDriftDetector | None = None,
@@ -126,7 +127,7 @@ class ContinualLearner(Learner):
                  keep_checkpoints: int | None = None, seed: int | None = None) -> None:
         self.n_features = n_features
         self.n_classes = n_classes
-        self.model = model
+        self.classifier = classifier
         self.replay = replay
         self.ewc = ewc
         self.distillation = distillation
@@ -151,7 +152,7 @@ class ContinualLearner(Learner):
         if d < 1 or c < 2:
             raise ValueError("n_features must be >= 1 and n_classes >= 2")
         seed = self.seed
-        m = self.model if self.model is not None else MLP()
+        m = self.classifier if self.classifier is not None else MLP()
         fill: dict[str, Any] = {"n_features": d, "n_classes": c}
         if m.seed is None and seed is not None:  # type: ignore[attr-defined]
             fill["seed"] = seed
@@ -237,15 +238,21 @@ class ContinualLearner(Learner):
         """Learn from one example; ``task`` (any label) marks boundaries, ``now_ms`` is event time."""
         self.learn_batch(np.asarray(x, dtype=np.float32)[None, :], np.array([y]), task, now_ms)
 
-    def learn_batch(self, xs: Any, ys: Any, task: Any = None, now_ms: int | None = None) -> None:
-        """Learn from examples in order; exactly ``learn_one`` on each, only faster."""
+    def learn_batch(self, xs: Any, ys: Any, task: Any = None, now_ms: Any = None) -> None:
+        """Learn from examples in order; exactly ``learn_one`` on each, only faster.
+
+        ``now_ms`` is one event time for all, or one per example (negative: unknown).
+        """
         X, y = self._check_batch(xs, ys)
+        times = None if now_ms is None else np.broadcast_to(np.asarray(now_ms, dtype=np.int64), (len(X),))
         self._switch_task(task)
         bs, i = self._bs, 0
-        if now_ms is not None:
-            self._pending_ms = now_ms if self._pending_ms is None else max(self._pending_ms, now_ms)
         while i < len(X):
             take = min(bs - self._pending_n, len(X) - i)
+            if times is not None:
+                t = int(times[i:i + take].max())
+                if t >= 0:
+                    self._pending_ms = t if self._pending_ms is None else max(self._pending_ms, t)
             sl = slice(self._pending_n, self._pending_n + take)
             self._pending_x[sl] = X[i:i + take]
             self._pending_y[sl] = y[i:i + take]

@@ -1,0 +1,94 @@
+"""Drift detectors: they find real drift, and a stationary stream raises (almost) no alarm."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workers.online.drift import KLDriftDetector, PageHinkley, chi2_quantile
+
+
+def test_chi2_quantile_matches_tables() -> None:
+    # table values: chi2_{0.999}(9) = 27.877, chi2_{0.95}(1) = 3.841, chi2_{0.9999}(20) = 52.386
+    assert chi2_quantile(0.999, 9) == pytest.approx(27.877, rel=0.01)
+    assert chi2_quantile(0.95, 1) == pytest.approx(3.841, rel=0.03)  # Wilson-Hilferty is weakest at k=1
+    assert chi2_quantile(0.9999, 20) == pytest.approx(52.386, rel=0.01)
+
+
+def _stationary(rng: np.random.Generator, n: int, c: int = 10):
+    y = rng.integers(0, c, n)
+    wrong = rng.random(n) < 0.1
+    pred = np.where(wrong, rng.integers(0, c, n), y)
+    loss = np.where(wrong, rng.exponential(2.0, n), rng.exponential(0.1, n))
+    return pred, y, loss
+
+
+def test_kl_raises_almost_no_alarm_on_stationary_streams() -> None:
+    rng = np.random.default_rng(7)
+    alarms = 0
+    for _ in range(20):  # 20 streams x 5,000 examples, each checked every 10 examples
+        det = KLDriftDetector(n_classes=10)
+        pred, y, loss = _stationary(rng, 5_000)
+        for i in range(0, 5_000, 10):
+            alarms += det.update_many(pred[i:i + 10], y[i:i + 10], loss[i:i + 10]) is not None
+    assert alarms <= 1
+
+
+@pytest.mark.parametrize("kind", ["labels", "loss"])
+def test_kl_detects_a_shift_and_reports_it(kind: str) -> None:
+    rng = np.random.default_rng(3)
+    pred, y, loss = _stationary(rng, 4_000)
+    if kind == "labels":  # class-prior drift: only classes 0-2 from 2,000 on
+        y[2000:] = rng.integers(0, 3, 2000)
+        pred[2000:] = y[2000:]
+    else:  # the model gets much worse
+        loss[2000:] *= 8.0
+    det = KLDriftDetector(n_classes=10)
+    found = []
+    for i in range(0, 4_000, 10):
+        r = det.update_many(pred[i:i + 10], y[i:i + 10], loss[i:i + 10])
+        if r is not None:
+            found.append((i, r))
+    assert found and 2_000 <= found[0][0] < 2_200
+    r = found[0][1]
+    assert r.divergence > r.threshold > 0 and r.window == 200 and r.detector == "kl"
+    assert r.recommendation in ("consolidate", "refresh_fisher")
+    assert r.components[{"labels": "label", "loss": "loss"}[kind]] > 0
+
+
+def test_kl_follows_learning_progress_silently() -> None:
+    rng = np.random.default_rng(4)
+    det = KLDriftDetector(n_classes=10)
+    pred, y, loss = _stationary(rng, 3_000)
+    loss[1500:] *= 0.2  # the model got better on the same label mix
+    reports = [det.update_many(pred[i:i + 10], y[i:i + 10], loss[i:i + 10]) for i in range(0, 3_000, 10)]
+    assert not any(reports) and det.rebases >= 1
+
+
+def test_page_hinkley_raises_almost_no_alarm_on_stationary_losses() -> None:
+    rng = np.random.default_rng(8)
+    alarms = 0
+    for _ in range(20):  # skewed losses: exponential, and a 10%-wrong mixture
+        alarms += PageHinkley().update_many(rng.exponential(0.5, 5_000)) is not None
+        alarms += PageHinkley().update_many(_stationary(rng, 5_000)[2]) is not None
+    assert alarms <= 1
+
+
+def test_page_hinkley_detects_an_increase_fast_and_ignores_a_decrease() -> None:
+    rng = np.random.default_rng(9)
+    up = np.concatenate([rng.exponential(0.3, 1000), rng.exponential(1.5, 500)])
+    ph = PageHinkley()
+    hits = []
+    for t, x in enumerate(up):
+        ph.update(x)
+        if ph.drift_detected:
+            hits.append(t)
+    assert hits and 1000 <= hits[0] < 1050
+    assert ph.report is not None and ph.report.detector == "page_hinkley"
+    down = PageHinkley()
+    assert down.update_many(np.concatenate([rng.exponential(1.5, 1000), rng.exponential(0.3, 1000)])) is None
+
+
+def test_detectors_reset_after_a_drift() -> None:
+    ph = PageHinkley(min_instances=10)
+    ph.update_many(np.r_[np.zeros(50) + 0.1 * np.random.default_rng(0).random(50), np.full(50, 5.0)])
+    assert ph.n_seen == 100 and ph.n < 100  # the statistic restarted at the alarm

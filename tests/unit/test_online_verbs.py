@@ -1,0 +1,169 @@
+"""The online learner's verbs through LearnSession: shapes, validation first, events, determinism."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workers.codec import encode_embedding_b64
+from workers.dispatch import LearnSession
+from workers.online.learner import ContinualLearner
+
+D, C = 6, 3
+
+
+def _data(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.random((n, D), dtype=np.float32)
+    return X, np.minimum((X[:, 0] * C).astype(int), C - 1)
+
+
+def _init(s: LearnSession, key: str = "s1", **extra) -> dict:
+    return s.dispatch({"verb": "init_learner", "body": {"session_key": key, "n_features": D, "n_classes": C,
+                                                          "hidden": 16, "batch_size": 5, **extra}})
+
+
+def _learn(s: LearnSession, X, y, key: str = "s1", **fields) -> dict:
+    ex = [{"features": X[i].tolist(), "label": int(y[i]), **fields} for i in range(len(X))]
+    return s.dispatch({"verb": "learn_example", "body": {"session_key": key, "examples": ex}})
+
+
+def test_init_learner_answers_its_config() -> None:
+    out = _init(LearnSession())
+    assert out["ok"] and out["data"]["n_params"] == 16 * D + 16 + C * 16 + C
+    cfg = out["data"]["config"]
+    assert cfg["n_features"] == D and cfg["classifier"]["params"]["hidden"] == 16
+    soft = LearnSession().dispatch({"verb": "init_learner", "body": {"n_features": 4, "n_classes": 2,
+                                                                      "model": "softmax"}})
+    assert soft["ok"] and soft["data"]["n_params"] == 2 * 4 + 2
+
+
+@pytest.mark.parametrize("body, error", [
+    ({"n_classes": 3}, "n_features required"),
+    ({"n_features": 4}, "n_classes required"),
+    ({"n_features": 0, "n_classes": 3}, "n_features must be an integer in [1, 4096]"),
+    ({"n_features": 4, "n_classes": 1}, "n_classes must be an integer in [2, 1000]"),
+    ({"n_features": 4, "n_classes": 2, "model": "rnn"}, 'model must be "softmax" or "mlp"'),
+    ({"n_features": 4, "n_classes": 2, "model": "softmax", "hidden": 8}, 'hidden applies to model "mlp" only'),
+    ({"n_features": 4, "n_classes": 2, "replay": "lifo"}, 'replay must be "uniform", "reservoir" or "prioritized"'),
+    ({"n_features": 4, "n_classes": 2, "lr": float("nan")}, "lr must be a number in [1e-06, 10.0]"),
+    ({"n_features": 4, "n_classes": 2, "capacity": -1}, "capacity must be an integer in [0, 10000]"),
+])
+def test_init_learner_refuses_bad_config(body: dict, error: str) -> None:
+    s = LearnSession()
+    assert s.dispatch({"verb": "init_learner", "body": body}) == {"ok": False, "verb": "init_learner",
+                                                                  "error": error}
+
+
+def test_verbs_before_init_say_what_to_do() -> None:
+    s = LearnSession()
+    for v in ("learn_example", "predict", "evaluate", "consolidate_learner", "learner_state"):
+        out = s.dispatch({"verb": v, "body": {"features": [0.0] * D, "label": 0}})
+        assert out == {"ok": False, "verb": v, "error": "learner not initialized; call init_learner first"}
+
+
+def test_learn_predict_evaluate_state() -> None:
+    s = LearnSession()
+    _init(s)
+    X, y = _data(400)
+    one = s.dispatch({"verb": "learn_example", "body": {"session_key": "s1", "features_b64": encode_embedding_b64(X[0]),
+                                                        "label": int(y[0])}})
+    assert one["ok"] and one["data"]["learned"] == 1 and one["data"]["pending"] == 1
+    for i in range(1, 300, 50):
+        assert _learn(s, X[i:i + 50], y[i:i + 50])["ok"]
+    pred = s.dispatch({"verb": "predict", "body": {"session_key": "s1", "features": X[350].tolist()}})["data"]
+    assert set(pred) == {"label", "proba"} and len(pred["proba"]) == C and abs(sum(pred["proba"]) - 1) < 1e-5
+    many = s.dispatch({"verb": "predict", "body": {"session_key": "s1",
+                                                   "examples": [{"features": x.tolist()} for x in X[300:310]]}})
+    assert len(many["data"]["labels"]) == 10
+    ev = s.dispatch({"verb": "evaluate", "body": {"session_key": "s1", "examples": [
+        {"features": X[i].tolist(), "label": int(y[i])} for i in range(300, 400)]}})["data"]
+    assert ev["n"] == 100 and ev["accuracy"] > 0.45  # above chance (1/3) after 300 examples
+    st = s.dispatch({"verb": "learner_state", "body": {"session_key": "s1"}})["data"]
+    assert st["examples_seen"] + st["pending"] == 301 and st["replay_size"] > 0 and "config" in st
+
+
+def test_an_envelope_is_validated_whole_before_anything_is_learned() -> None:
+    s = LearnSession()
+    _init(s)
+    X, y = _data(10)
+    ex = [{"features": X[i].tolist(), "label": int(y[i])} for i in range(10)]
+    before = s.dispatch({"verb": "learner_state", "body": {"session_key": "s1"}})["data"]
+    for bad, error in [({"label": 7}, "examples[6].label must be an integer in [0, 3)"),
+                       ({"label": None}, "examples[6].label required"),
+                       ({"features": [1.0] * (D + 1)}, "examples[6].features: wrong dimension: expected 6, got 7"),
+                       ({"features": [float("nan")] * D}, "examples[6].features: must be finite (NaN/Inf refused)"),
+                       ({"task": True}, "examples[6].task must be a non-empty string or an integer"),
+                       ({"now_ms": -5}, "examples[6].now_ms must be a non-negative integer")]:
+        body = [dict(e) for e in ex]
+        body[6].update(bad)
+        out = s.dispatch({"verb": "learn_example", "body": {"session_key": "s1", "examples": body}})
+        assert out == {"ok": False, "verb": "learn_example", "error": error}
+    after = s.dispatch({"verb": "learner_state", "body": {"session_key": "s1"}})["data"]
+    assert after == before and not s.emitted
+    assert s.dispatch({"verb": "learn_example", "body": {"session_key": "s1", "examples": []}})["error"] == (
+        "examples must be a non-empty array")
+
+
+def test_events_are_emitted_with_the_session_key() -> None:
+    s = LearnSession()
+    _init(s, examples_threshold=0)
+    X, y = _data(40)
+    _learn(s, X[:20], y[:20], task="a")
+    _learn(s, X[20:40], y[20:40], task="b")
+    roles = [r for r, _ in s.emitted]
+    assert roles == ["boundaries", "consolidations"]
+    b, c = (p for _, p in s.emitted)
+    assert b["session_key"] == "s1" and b["cause"] == "task" and b["stats"]["task"] == "b"
+    assert c["session_key"] == "s1" and c["cause"] == "boundary" and c["index"] == 1
+    rep = s.dispatch({"verb": "consolidate_learner", "body": {"session_key": "s1", "now_ms": 5}})["data"]
+    assert rep["cause"] == "manual" and rep["index"] == 2 and s.emitted[-1][0] == "consolidations"
+
+
+def test_the_time_trigger_uses_event_time_only() -> None:
+    s = LearnSession()
+    _init(s, examples_threshold=0, time_threshold_ms=60_000)
+    X, y = _data(30)
+    _learn(s, X[:10], y[:10], now_ms=1_000)
+    _learn(s, X[10:20], y[10:20], now_ms=60_999)
+    assert not s.emitted
+    _learn(s, X[20:30], y[20:30], now_ms=61_000)
+    assert [(r, p["cause"], p["now_ms"]) for r, p in s.emitted] == [("consolidations", "time", 61_000)]
+
+
+def test_replaying_the_same_events_gives_the_same_model() -> None:
+    X, y = _data(200)
+    states = []
+    for _ in range(2):
+        s = LearnSession()
+        _init(s, time_threshold_ms=500, examples_threshold=70)
+        for i in range(0, 200, 20):
+            _learn(s, X[i:i + 20], y[i:i + 20], task=i // 100, now_ms=i * 10)
+        states.append((s.store.get(b"learner\x1fs1"), s.emitted))
+    assert states[0][0] == states[1][0]
+    assert states[0][1] == states[1][1] and states[0][1]
+
+
+def test_sessions_are_independent_and_state_survives_a_restart(tmp_path) -> None:
+    X, y = _data(60)
+    s = LearnSession(path=tmp_path / "db")
+    _init(s, "a")
+    _init(s, "b")
+    _learn(s, X, y, key="a")
+    probe = {"features": X[0].tolist()}
+    pa = s.dispatch({"verb": "predict", "body": {"session_key": "a", **probe}})["data"]["proba"]
+    pb = s.dispatch({"verb": "predict", "body": {"session_key": "b", **probe}})["data"]["proba"]
+    assert pa != pb
+    s.close()
+    s2 = LearnSession(path=tmp_path / "db")
+    assert s2.dispatch({"verb": "predict", "body": {"session_key": "a", **probe}})["data"]["proba"] == pa
+    raw = s2.store.get(b"learner\x1fa")
+    assert raw is not None
+    s2.close()
+
+
+def test_the_part_is_a_continual_learner_in_the_blob() -> None:
+    s = LearnSession()
+    _init(s)
+    blob = s.blob("learner", "s1")
+    learner = blob.get("learner", ContinualLearner)
+    assert isinstance(learner, ContinualLearner) and learner.n_features == D

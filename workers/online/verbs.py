@@ -1,0 +1,261 @@
+"""Verbs of the online continual learner (table ``"learner"``, part ``"learner"``).
+
+- ``init_learner`` (write, ``commands``): create or replace the session's learner.
+- ``learn_example`` (write, ``examples``): one example, or an envelope
+  ``{session_key, examples: [...]}``, validated whole before anything is learned.
+- ``predict`` / ``evaluate`` / ``learner_state`` (reads).
+- ``consolidate_learner`` (write, ``commands``): consolidate now.
+
+What the learner noticed is emitted with ``ctx.emit``: ``drift`` (a DriftReport),
+``boundaries`` (a task boundary: cause and stats) and ``consolidations`` (a
+ConsolidationReport), each with the session key and the source event.
+
+Time is event time: a verb never reads the wall clock. An example's ``now_ms``, or
+else the source record's timestamp on the stream, drives the time trigger, so
+replaying the same events rebuilds the same model (the learner's seed defaults to
+a hash of the session key for the same reason).
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import numpy as np
+
+from workers.codec import embedding_field
+from workers.errors import VerbError
+from workers.online.curriculum import Curriculum
+from workers.online.distill import Distillation
+from workers.online.drift import KLDriftDetector
+from workers.online.ewc import EWC
+from workers.online.learner import ContinualLearner
+from workers.online.models import MLP, SoftmaxRegression
+from workers.online.replay import ReplayBuffer
+from workers.online.scheduler import ConsolidationScheduler
+from workers.verbs import VerbContext, verb
+
+__all__ = ("PART", "build_learner", "parse_examples")
+
+PART = "learner"
+# Bounds that keep one session's learner a sane size in a RocksDB value and a
+# changelog message (Kafka's default max.message.bytes is 1 MiB).
+_MAX_FEATURES = 4096
+_MAX_CLASSES = 1000
+_MAX_HIDDEN = 1024
+_MAX_CAPACITY = 10_000
+_MAX_EXAMPLES = 10_000  # per envelope, as topics/examples.yaml says
+_NOT_READY = "learner not initialized; call init_learner first"
+
+
+# -- reading bodies ------------------------------------------------------------
+def _int(body: dict, field: str, *, lo: int, hi: int, default: Any = None) -> Any:
+    v = body.get(field, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise VerbError(f"{field} must be an integer in [{lo}, {hi}]")
+    return v
+
+
+def _num(body: dict, field: str, *, lo: float, hi: float) -> float | None:
+    v = body.get(field)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or not lo <= v <= hi:
+        raise VerbError(f"{field} must be a number in [{lo}, {hi}]")
+    return float(v)
+
+
+def _bool(body: dict, field: str) -> bool | None:
+    v = body.get(field)
+    if v is not None and not isinstance(v, bool):
+        raise VerbError(f"{field} must be a boolean")
+    return v
+
+
+def build_learner(body: dict, session_key: str) -> ContinualLearner:
+    """The learner an ``init_learner`` body describes (validated; raises VerbError)."""
+    if body.get("n_features") is None:
+        raise VerbError("n_features required")
+    if body.get("n_classes") is None:
+        raise VerbError("n_classes required")
+    d = _int(body, "n_features", lo=1, hi=_MAX_FEATURES)
+    c = _int(body, "n_classes", lo=2, hi=_MAX_CLASSES)
+    kind = body.get("model", "mlp")
+    if kind not in ("mlp", "softmax"):
+        raise VerbError('model must be "softmax" or "mlp"')
+    hidden = _int(body, "hidden", lo=1, hi=_MAX_HIDDEN)
+    if hidden is not None and kind == "softmax":
+        raise VerbError('hidden applies to model "mlp" only')
+    lr = _num(body, "lr", lo=1e-6, hi=10.0)
+    momentum = _num(body, "momentum", lo=0.0, hi=0.999)
+    strategy = body.get("replay")
+    if strategy is not None and strategy not in ("uniform", "reservoir", "prioritized"):
+        raise VerbError('replay must be "uniform", "reservoir" or "prioritized"')
+    capacity = _int(body, "capacity", lo=0, hi=_MAX_CAPACITY)
+    seed = _int(body, "seed", lo=0, hi=2**32 - 1, default=zlib.crc32(session_key.encode()))
+    model = (SoftmaxRegression(lr=lr, momentum=momentum) if kind == "softmax"
+             else MLP(hidden=hidden, lr=lr, momentum=momentum))
+    return ContinualLearner(
+        n_features=d, n_classes=c, classifier=model,
+        replay=ReplayBuffer(capacity=capacity, strategy=strategy or "prioritized"),
+        ewc=EWC(lam=_num(body, "ewc_lambda", lo=0.0, hi=1e6), decay=_num(body, "fisher_decay", lo=0.0, hi=0.9999)),
+        distillation=Distillation(der_alpha=_num(body, "der_alpha", lo=0.0, hi=100.0),
+                                  der_beta=_num(body, "der_beta", lo=0.0, hi=100.0),
+                                  lwf_lambda=_num(body, "lwf_lambda", lo=0.0, hi=100.0),
+                                  temperature=_num(body, "temperature", lo=0.05, hi=100.0)),
+        curriculum=Curriculum(floor=_num(body, "curriculum_floor", lo=0.01, hi=1.0),
+                              steady=_num(body, "curriculum_steady", lo=0.01, hi=1.0),
+                              ramp=_int(body, "curriculum_ramp", lo=0, hi=1_000_000)),
+        scheduler=ConsolidationScheduler(
+            examples_threshold=_int(body, "examples_threshold", lo=0, hi=10**9),
+            time_threshold_ms=_int(body, "time_threshold_ms", lo=0, hi=10**12),
+            fisher_every=_int(body, "fisher_every", lo=1, hi=10**6)),
+        drift=KLDriftDetector(window=_int(body, "drift_window", lo=8, hi=100_000),
+                              alpha=_num(body, "drift_alpha", lo=1e-12, hi=0.5)),
+        boundary_on_drift=_bool(body, "boundary_on_drift"),
+        batch_size=_int(body, "batch_size", lo=1, hi=4096),
+        train_steps=_int(body, "train_steps", lo=1, hi=100),
+        consolidation_steps=_int(body, "consolidation_steps", lo=0, hi=10_000),
+        asymmetric=_bool(body, "asymmetric"),
+        seed=seed,
+    )
+
+
+def _learner(ctx: VerbContext) -> ContinualLearner:
+    learner = ctx.state.get(PART, ContinualLearner) if ctx.state is not None else None
+    if learner is None:
+        raise VerbError(_NOT_READY)
+    return learner
+
+
+def _examples(body: dict) -> tuple[list[dict], str]:
+    """The examples of a single-example body or an envelope, and the field prefix for errors."""
+    if "examples" in body:
+        ex = body["examples"]
+        if not isinstance(ex, list) or not ex:
+            raise VerbError("examples must be a non-empty array")
+        if len(ex) > _MAX_EXAMPLES:
+            raise VerbError(f"examples holds {len(ex)} items; at most {_MAX_EXAMPLES} per envelope")
+        if not all(isinstance(e, dict) for e in ex):
+            raise VerbError("examples must hold objects")
+        return ex, "examples[{}]."
+    return [body], ""
+
+
+def _features(ex: dict, d: int, prefix: str) -> np.ndarray:
+    return embedding_field(ex, "features", dim=d, prefix=prefix)  # type: ignore[return-value]
+
+
+def parse_examples(body: dict, learner: ContinualLearner,
+                   default_ms: int | None = None) -> tuple[np.ndarray, np.ndarray, list[Any], list[int | None]]:
+    """Validate every example first: (X, y, tasks, now_ms); raises on the first bad field."""
+    items, pfx = _examples(body)
+    n, d, c = len(items), learner.n_features, learner.n_classes
+    X = np.empty((n, d), dtype=np.float32)
+    y = np.empty(n, dtype=np.int32)
+    tasks: list[Any] = []
+    times: list[int | None] = []
+    for i, ex in enumerate(items):
+        p = pfx.format(i)
+        X[i] = _features(ex, d, p)
+        label = ex.get("label")
+        if label is None:
+            raise VerbError(f"{p}label required")
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < c:
+            raise VerbError(f"{p}label must be an integer in [0, {c})")
+        y[i] = label
+        task = ex.get("task")
+        if task is not None and (isinstance(task, bool) or not isinstance(task, (str, int))
+                                 or (isinstance(task, str) and not task)):
+            raise VerbError(f"{p}task must be a non-empty string or an integer")
+        tasks.append(task)
+        now = ex.get("now_ms", default_ms)
+        if now is not None and (isinstance(now, bool) or not isinstance(now, int) or now < 0):
+            raise VerbError(f"{p}now_ms must be a non-negative integer")
+        times.append(now)
+    return X, y, tasks, times
+
+
+def _emit(ctx: VerbContext, learner: ContinualLearner) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for role, payload in learner.drain_events():
+        out = {"session_key": ctx.session_key, **payload}
+        if ctx.source is not None:
+            out["source"] = dict(ctx.source)
+        ctx.emit(role, out)
+        counts[role] = counts.get(role, 0) + 1
+    return counts
+
+
+def _source_ms(ctx: VerbContext) -> int | None:
+    """The source record's timestamp: event time that replays identically."""
+    ts = (ctx.source or {}).get("timestamp_ms")
+    return ts if isinstance(ts, int) and not isinstance(ts, bool) and ts >= 0 else None
+
+
+# -- verbs ---------------------------------------------------------------------
+@verb("init_learner", table="learner", writes=True, topic="commands")
+def init_learner(ctx: VerbContext, body: dict) -> dict:
+    """{n_features, n_classes, model?, hidden?, replay?, capacity?, lr?, momentum?, ewc_lambda?, ...}
+    -> {config, n_params}. Replaces any previous learner of the session."""
+    learner = build_learner(body, ctx.session_key)
+    ctx.state.set(PART, learner)
+    return {"config": learner.params_json(), "n_params": int(learner.model().theta.size)}
+
+
+@verb("learn_example", table="learner", writes=True, topic="examples")
+def learn_example(ctx: VerbContext, body: dict) -> dict:
+    """{features|features_b64, label, task?, now_ms?} or {examples: [...]} -> counters and events emitted."""
+    learner = _learner(ctx)
+    X, y, tasks, times = parse_examples(body, learner, _source_ms(ctx))
+    # apply in runs of one task, as learn_one on each example would
+    start = 0
+    for i in range(1, len(X) + 1):
+        if i == len(X) or tasks[i] != tasks[start]:
+            ms = times[start:i]
+            now = None if all(t is None for t in ms) else np.array([-1 if t is None else t for t in ms])
+            learner.learn_batch(X[start:i], y[start:i], tasks[start], now_ms=now)
+            start = i
+    events = _emit(ctx, learner)
+    return {"learned": int(len(X)), "examples_seen": learner.examples_seen, "pending": learner.pending,
+            "events": events, "accuracy_ema": learner.accuracy_ema, "loss_ema": learner.loss_ema}
+
+
+@verb("predict", table="learner", writes=False)
+def predict(ctx: VerbContext, body: dict) -> dict:
+    """{features|features_b64} -> {label, proba}; {examples: [{features}...]} -> {labels, proba}."""
+    learner = _learner(ctx)
+    items, pfx = _examples(body)
+    X = np.stack([_features(ex, learner.n_features, pfx.format(i)) for i, ex in enumerate(items)])
+    P = learner.predict(X)
+    if "examples" in body:
+        return {"labels": P.argmax(1).tolist(), "proba": P.tolist()}
+    return {"label": int(P[0].argmax()), "proba": P[0].tolist()}
+
+
+@verb("evaluate", table="learner", writes=False)
+def evaluate(ctx: VerbContext, body: dict) -> dict:
+    """{examples: [{features, label}...]} (or one example) -> {accuracy, loss, n}."""
+    learner = _learner(ctx)
+    X, y, _, _ = parse_examples(body, learner)
+    return learner.evaluate(X, y)
+
+
+@verb("consolidate_learner", table="learner", writes=True, topic="commands")
+def consolidate_learner(ctx: VerbContext, body: dict) -> dict:
+    """{now_ms?} -> ConsolidationReport (pending examples are learned first)."""
+    learner = _learner(ctx)
+    now = body.get("now_ms", _source_ms(ctx))
+    if now is not None and (isinstance(now, bool) or not isinstance(now, int) or now < 0):
+        raise VerbError("now_ms must be a non-negative integer")
+    report = learner.consolidate(now_ms=now)
+    _emit(ctx, learner)
+    return report.to_dict()
+
+
+@verb("learner_state", table="learner", writes=False)
+def learner_state(ctx: VerbContext, body: dict) -> dict:
+    """{} -> counters, prequential accuracy/loss, drift and consolidation state, config."""
+    learner = _learner(ctx)
+    return {**learner.summary(), "config": learner.params_json()}
