@@ -89,12 +89,13 @@ def _health(ctx: VerbContext, body: dict) -> dict:
     return out
 
 
+@verb("learner_info", table="learner", writes=False)
 @verb("session_info", table="session", writes=False)
 def _session_info(ctx: VerbContext, body: dict) -> dict:
     """What a session's state holds: parts with sizes and digests, and the applied-offset watermark.
 
     Two workers (or a worker before and after a crash) hold the same state iff these are equal.
-    ``table`` selects ``session`` (default) or ``learner``; the caller passes that blob.
+    ``session_info`` reads the learning-loop value, ``learner_info`` the online learner's.
     """
     import hashlib
 
