@@ -107,9 +107,21 @@ def full(seed: int) -> ContinualLearner:
     return _base(seed)
 
 
+# `--ablation`: the full learner with one part changed
+ABLATIONS: dict[str, Callable[[int], ContinualLearner]] = {
+    "full - curriculum ramp": lambda seed: _base(seed, curriculum=Curriculum(floor=0.5, steady=0.5, ramp=0)),
+    "full - prioritized": lambda seed: _base(seed, replay=ReplayBuffer(strategy="reservoir")),
+    "full - EWC": lambda seed: _base(seed, ewc=EWC(lam=0.0)),
+    "full - DER logits": lambda seed: _base(seed, distillation=Distillation(der_alpha=0.0)),
+    "full - consolidation": lambda seed: _base(seed, consolidation_steps=0),
+    "full - drift boundaries": lambda seed: _base(seed, boundary_on_drift=False),
+    "full + LwF": lambda seed: _base(seed, distillation=Distillation(lwf_lambda=1.0)),
+    "full + asymmetric CE": lambda seed: _base(seed, asymmetric=True),
+}
+
 METHODS: dict[str, Callable[[int], ContinualLearner]] = {
     "naive": naive, "ewc": ewc, "replay": replay, "replay+distill": replay_distill, "full": full,
-    "full (task-free)": full, "joint": naive, "joint (3 passes)": naive}
+    "full (task-free)": full, "joint": naive, "joint (3 passes)": naive, **ABLATIONS}
 # rows whose stream carries no task labels: boundaries come from drift detection only
 _TASK_FREE = {"full (task-free)"}
 
@@ -161,10 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="learnstream bench continual", description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--protocols", default="permuted,split")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(m for m in METHODS if m not in ABLATIONS))
+    ap.add_argument("--ablation", action="store_true", help="also run the full learner with one part changed")
     args = ap.parse_args(argv)
     protocols = args.protocols.split(",")
-    methods = args.methods.split(",")
+    methods = args.methods.split(",") + (list(ABLATIONS) if args.ablation else [])
     t0 = time.perf_counter()
     ok = True
     for protocol in protocols:
@@ -173,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             rows[method] = [metrics(run(method, protocol, seed)) for seed in range(args.seeds)]
         print(f"\n{protocol.capitalize()}-Digits ({args.seeds} seeds, hidden {_HIDDEN}, memory {_MEMORY}, "
               f"batch {_BATCH}, single pass) — accuracy in %, mean ± std")
-        print(f"{'method':19s} {'ACC':>14s} {'forgetting':>14s} {'BWT':>14s} {'LA (R_jj)':>14s}")
+        print(f"{'method':24s} {'ACC':>14s} {'forgetting':>14s} {'BWT':>14s} {'LA (R_jj)':>14s}")
         for method, ms in rows.items():
-            print(f"{method:19s} " + " ".join(_fmt([m[k] for m in ms]) for k in ("acc", "forgetting", "bwt", "la")))
+            print(f"{method:24s} " + " ".join(_fmt([m[k] for m in ms]) for k in ("acc", "forgetting", "bwt", "la")))
         for upper in _JOINT_PASSES:
             if {"naive", upper, "full"} <= rows.keys():
                 a = {k: float(np.mean([m["acc"] for m in rows[k]])) for k in ("naive", upper, "full")}

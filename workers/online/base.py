@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
@@ -30,6 +31,12 @@ E = TypeVar("E", bound="Estimator")
 ESTIMATORS: dict[str, type["Estimator"]] = {}
 
 
+@functools.cache
+def _param_names(cls: type) -> tuple[str, ...]:
+    """``__init__``'s parameter names (cached: the state is written on every event)."""
+    return tuple(n for n in inspect.signature(cls.__init__).parameters if n != "self")
+
+
 class Estimator(ABC):
     """Hyperparameters in ``__init__``, fitted state elsewhere."""
 
@@ -42,8 +49,7 @@ class Estimator(ABC):
 
     def _get_params(self) -> dict[str, Any]:
         """The ``__init__`` arguments, read back from attributes of the same name."""
-        sig = inspect.signature(type(self).__init__)
-        return {name: getattr(self, name) for name in sig.parameters if name != "self"}
+        return {name: getattr(self, name) for name in _param_names(type(self))}
 
     def clone(self: E, new_params: dict[str, Any] | None = None) -> E:
         """A fresh, unfitted copy with the same hyperparameters (nested estimators cloned too)."""
