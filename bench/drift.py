@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _digits import digits  # noqa: E402
 
 from workers.online import MLP, ContinualLearner, KLDriftDetector, PageHinkley  # noqa: E402
+from workers.online.models import cross_entropy  # noqa: E402
 
 __all__ = ("main", "DETECTORS", "STREAMS")
 
@@ -147,7 +148,7 @@ def run(kind: str, seed: int, n: int, ramp: int, small: int, noise: float = 0.0,
         xb, yb = Xs[i:i + _BATCH], ys[i:i + _BATCH]
         P = learner.predict(xb)
         pred = P.argmax(1)
-        loss = -np.log(np.maximum(P[np.arange(len(yb)), yb], 1e-12))
+        loss = cross_entropy(P, yb)
         err = (pred != yb).astype(float)
         for j in range(len(yb)):
             for name, det in dets.items():

@@ -35,6 +35,7 @@ from workers.online.learner import ContinualLearner
 from workers.online.models import MLP, SoftmaxRegression
 from workers.online.replay import ReplayBuffer
 from workers.online.scheduler import ConsolidationScheduler
+from workers.online.state import StateReader, StateWriter
 
 __all__ = ("yield_checks", "EXERCISES", "instance")
 
@@ -152,8 +153,6 @@ def check_state_roundtrip(est: Stateful) -> None:
 
 def check_writer_reader(est: Stateful) -> None:
     """save_state(writer) / load_state(reader) into a same-configured instance."""
-    from workers.online.state import StateReader, StateWriter
-
     a = _exercised(est.clone())
     w = StateWriter()
     a.save_state(w)

@@ -19,7 +19,6 @@ What happened is queued as events (``drain_events()``): ``drift``, ``boundaries`
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
@@ -30,14 +29,12 @@ from workers.online.curriculum import Curriculum
 from workers.online.distill import Distillation
 from workers.online.drift import DriftReport, KLDriftDetector, PageHinkley
 from workers.online.ewc import EWC
-from workers.online.models import MLP, softmax
+from workers.online.models import MLP, cross_entropy, softmax
 from workers.online.replay import ReplayBuffer
 from workers.online.scheduler import ConsolidationReport, ConsolidationScheduler
 from workers.online.state import rng_state, set_rng_state
 
 __all__ = ("ContinualLearner",)
-
-logger = logging.getLogger(__name__)
 
 _DEFAULT_BATCH = 10
 _DEFAULT_TRAIN_STEPS = 1
@@ -157,7 +154,7 @@ class ContinualLearner(Learner):
         if m.seed is None and seed is not None:  # type: ignore[attr-defined]
             fill["seed"] = seed
         self._model: Model = m.clone(fill)
-        r = self.replay if self.replay is not None else ReplayBuffer(strategy="prioritized")
+        r = self.replay if self.replay is not None else ReplayBuffer()
         self._replay = r.clone({"seed": seed} if r.seed is None and seed is not None else None)
         self._ewc = (self.ewc or EWC()).clone()
         self._distill = (self.distillation or Distillation()).clone()
@@ -288,7 +285,7 @@ class ContinualLearner(Learner):
         n = len(X)
         z0 = self._model.logits(X)
         p0 = softmax(z0)
-        loss0 = -np.log(np.maximum(p0[np.arange(n), y], 1e-12))
+        loss0 = cross_entropy(p0, y)
         pred0 = p0.argmax(1)
         self._track(pred0, y, loss0)
         self._detect(pred0, y, loss0)
@@ -432,8 +429,7 @@ class ContinualLearner(Learner):
         return self._ckpt
 
     def _mean_loss(self, X: np.ndarray, y: np.ndarray) -> float:
-        p = softmax(self._model.logits(X))
-        return float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean())
+        return float(cross_entropy(self._model.predict_proba(X), y).mean())
 
     # -- inference -------------------------------------------------------------
     def model(self) -> Model:  # type: ignore[override]
@@ -450,8 +446,8 @@ class ContinualLearner(Learner):
         if len(X) == 0:
             return {"accuracy": 0.0, "loss": 0.0, "n": 0}
         p = self._model.predict_proba(X)
-        return {"accuracy": float((p.argmax(1) == y).mean()),
-                "loss": float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean()), "n": int(len(y))}
+        return {"accuracy": float((p.argmax(1) == y).mean()), "loss": float(cross_entropy(p, y).mean()),
+                "n": int(len(y))}
 
     def drain_events(self) -> list[tuple[str, dict]]:
         """The events since the last call (drift, boundaries, consolidations), oldest first."""

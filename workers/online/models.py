@@ -13,7 +13,7 @@ import numpy as np
 from workers import _kernels
 from workers.online.base import Model
 
-__all__ = ("SoftmaxRegression", "MLP", "softmax")
+__all__ = ("SoftmaxRegression", "MLP", "softmax", "cross_entropy")
 
 # SGD with heavy-ball momentum; chosen on digits streams (bench/continual.py): the
 # best single-pass joint accuracy, and no divergence with EWC (its step is proximal).
@@ -27,6 +27,11 @@ def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = np.asarray(z, dtype=np.float32) / np.float32(temperature)
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
+
+
+def cross_entropy(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-row ``-log proba[y]`` (floored, so a confident mistake costs ~27.6, not inf)."""
+    return -np.log(np.maximum(proba[np.arange(len(y)), y], 1e-12))
 
 
 class _KernelModel(Model):

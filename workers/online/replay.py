@@ -120,7 +120,8 @@ class ReplayBuffer(Stateful):
         Maximum number of examples kept (0 disables replay). Default 200.
     strategy
         ``"uniform"``, ``"reservoir"`` or ``"prioritized"`` (see the module docstring).
-        Default ``"reservoir"``.
+        Default ``"prioritized"`` (with reservoir eviction: a uniform sample of the stream,
+        replayed by loss).
     alpha
         Priority exponent of ``"prioritized"`` (0 = uniform). Default 0.6.
     eviction
@@ -165,7 +166,7 @@ class ReplayBuffer(Stateful):
 
     @property
     def _strategy(self) -> str:
-        s = self.strategy or "reservoir"
+        s = self.strategy or "prioritized"
         if s not in _STRATEGIES:
             raise ValueError(f"strategy must be one of {_STRATEGIES}, got {s!r}")
         return s

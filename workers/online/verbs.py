@@ -98,7 +98,7 @@ def build_learner(body: dict, session_key: str) -> ContinualLearner:
              else MLP(hidden=hidden, lr=lr, momentum=momentum))
     return ContinualLearner(
         n_features=d, n_classes=c, classifier=model,
-        replay=ReplayBuffer(capacity=capacity, strategy=strategy or "prioritized"),
+        replay=ReplayBuffer(capacity=capacity, strategy=strategy),
         ewc=EWC(lam=_num(body, "ewc_lambda", lo=0.0, hi=1e6), decay=_num(body, "fisher_decay", lo=0.0, hi=0.9999)),
         distillation=Distillation(der_alpha=_num(body, "der_alpha", lo=0.0, hi=100.0),
                                   der_beta=_num(body, "der_beta", lo=0.0, hi=100.0),
