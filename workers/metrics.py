@@ -4,21 +4,19 @@ faust's framework metrics live on a second registry; ``/metrics`` serves both.
 """
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Iterator
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 __all__ = ("REGISTRY", "EVENTS", "KERNEL_SECONDS", "BATCH_SECONDS", "ADAPTER_NORM", "DOWNSTREAM", "DLQ",
-           "CONSUMER_LAG", "READY", "kernel_timer")
+           "CONSUMER_LAG", "READY")
 
 disable_created_metrics()  # *_created series double the output and no dashboard uses them
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 EVENTS = Counter("learnstream_events_total", "Input events by topic and outcome (applied, duplicate, rejected)",
                  ["topic", "outcome"], registry=REGISTRY)
-KERNEL_SECONDS = Histogram("learnstream_kernel_seconds", "Time in a numeric kernel or verb, by kernel",
+# Labelled by the verb that ran the kernels (learn_feedback, record_loss, ...): one batch kernel call per
+# verb, so the verb is the unit an operator can act on.
+KERNEL_SECONDS = Histogram("learnstream_kernel_seconds", "Time applying a verb's numeric work, by kernel (verb)",
                            ["kernel"], registry=REGISTRY,
                            buckets=(1e-6, 5e-6, 2e-5, 1e-4, 5e-4, 2e-3, 1e-2, 5e-2, 0.25, 1.0))
 BATCH_SECONDS = Histogram("learnstream_batch_seconds", "Time to apply one consumed batch (all sessions)",
@@ -32,12 +30,3 @@ DLQ = Counter("learnstream_dlq_total", "Events sent to the dead-letter topic, by
 CONSUMER_LAG = Gauge("learnstream_consumer_lag", "Records behind the high watermark, by input topic",
                      ["topic"], registry=REGISTRY)
 READY = Gauge("learnstream_ready", "1 once table recovery finished and the worker serves", registry=REGISTRY)
-
-
-@contextlib.contextmanager
-def kernel_timer(kernel: str) -> Iterator[None]:
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        KERNEL_SECONDS.labels(kernel).observe(time.perf_counter() - t0)

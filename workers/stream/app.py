@@ -121,6 +121,8 @@ class Runtime:
                 metrics.DOWNSTREAM.labels(p.role).inc()
         for (topic, outcome), n in res.by_topic.items():
             metrics.EVENTS.labels(topic, outcome).inc(n)
+        for name, seconds in res.verb_seconds:
+            metrics.KERNEL_SECONDS.labels(name).observe(seconds)
         for out in res.replies.values():
             data = out.get("data")
             if isinstance(data, dict) and "adapter_norm" in data:

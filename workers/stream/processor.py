@@ -71,6 +71,7 @@ class BatchResult:
     duplicates: int = 0
     rejected: int = 0
     by_topic: dict[tuple[str, str], int] = field(default_factory=dict)   # (topic, outcome) -> count
+    verb_seconds: list[tuple[str, float]] = field(default_factory=list)  # time in each verb (its kernels)
 
 
 def dlq_entry(rec: Record, reason: str, code: str) -> Produce:
@@ -206,7 +207,9 @@ class Processor:
         ctx = VerbContext(session_key=sk, state=blob, store=self.state.graph_store(rec.partition),
                           prefix=state_key("graph", sk), emit=lambda role, p: emitted.append((role, p)),
                           rng=self.rng, source=rec.source)
+        t0 = time.perf_counter()
         out = run_verb(v, ctx, body)
+        res.verb_seconds.append((v.name, time.perf_counter() - t0))
         res.replies[(rec.topic, rec.partition, rec.offset)] = out
         if blob is not None:
             # A refused verb changed nothing (verbs validate before they mutate; tested per verb),
