@@ -64,7 +64,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         n = 0
-        async with LearnstreamClient(s.broker, validate=not args.no_validate, **s.kafka) as c:
+        async with LearnstreamClient(s.broker, validate=not args.no_validate, **s.kafka_kwargs()) as c:
             for line in sys.stdin:
                 if not line.strip():
                     continue

@@ -18,7 +18,8 @@ from workers.errors import ValidationError, VerbError
 from workers.state import MemoryStore, ModelStore, RocksDictStore, StateBlob
 from workers.verbs import HEALTH, REGISTRY, Verb, VerbContext, health_contributor, verb
 
-__all__ = ("LearnSession", "run_verb", "load_verbs", "state_key", "session_key_of", "envelope_error")
+__all__ = ("LearnSession", "run_verb", "load_verbs", "state_key", "session_key_of", "check_session_key",
+           "envelope_error")
 
 logger = logging.getLogger(__name__)
 DEFAULT_SESSION = "default"
@@ -43,11 +44,21 @@ def state_key(table: str, session_key: str) -> bytes:
     return f"{table}\x1f{session_key}\x1f".encode() if table == "graph" else f"{table}\x1f{session_key}".encode()
 
 
-def session_key_of(body: dict) -> str:
-    sk = body.get("session_key", DEFAULT_SESSION)
+# The store separates key parts with \x1f: a session key holding it could read another session's keys.
+_SESSION_KEY_MAX = 256
+
+
+def check_session_key(sk: object) -> str:
+    """A usable session key, or VerbError saying why not."""
     if not isinstance(sk, str) or not sk:
         raise VerbError("session_key must be a non-empty string")
+    if len(sk) > _SESSION_KEY_MAX or any(c < " " for c in sk):
+        raise VerbError(f"session_key must be at most {_SESSION_KEY_MAX} characters without control characters")
     return sk
+
+
+def session_key_of(body: dict, default: str = DEFAULT_SESSION) -> str:
+    return check_session_key(body.get("session_key", default))
 
 
 def envelope_error(verb_name: str, error: str) -> dict:

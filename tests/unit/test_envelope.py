@@ -29,3 +29,8 @@ def test_empty_session_key_is_refused() -> None:
 def test_success_omits_error_field() -> None:
     out = LearnSession().dispatch({"verb": "health"})
     assert out["ok"] is True and "error" not in out
+
+
+def test_session_key_with_control_characters_is_refused() -> None:
+    out = LearnSession().dispatch({"verb": "health", "body": {"session_key": "a\x1fb"}})
+    assert out["ok"] is False and "control characters" in out["error"]

@@ -32,3 +32,27 @@ def test_bad_settings_name_the_variable(monkeypatch, var: str, value: str, words
     monkeypatch.setenv("LEARNSTREAM_" + var, value)
     with pytest.raises(ConfigError, match=words):
         Settings.from_env()
+
+
+def test_tls_files_become_an_ssl_context_for_every_client(monkeypatch, tmp_path) -> None:
+    import ssl
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    monkeypatch.setenv("LEARNSTREAM_BROKER", "kafka:9093")
+    monkeypatch.setenv("LEARNSTREAM_KAFKA_SECURITY_PROTOCOL", "SSL")
+    kw = Settings.from_env().kafka_kwargs()
+    assert isinstance(kw["ssl_context"], ssl.SSLContext) and "ssl_cafile" not in kw
+
+    async def build() -> None:  # accepted as-is (it refused ssl_cafile); built, never started
+        AIOKafkaAdminClient(bootstrap_servers="kafka:9093", **kw)
+
+    import asyncio
+
+    asyncio.run(build())
+
+
+def test_web_bind_defaults_to_the_advertised_host(monkeypatch) -> None:
+    monkeypatch.setenv("LEARNSTREAM_WEB_BIND", "0.0.0.0")
+    s = Settings.from_env()
+    assert s.web_bind == "0.0.0.0" and s.web_host == "127.0.0.1" and s.env()["LEARNSTREAM_WEB_BIND"] == "0.0.0.0"

@@ -8,7 +8,7 @@ from rocksdict import Options, Rdict, WriteBatch
 
 from workers.state.base import ModelStore
 
-__all__ = ("RocksDictStore", "rocksdb_options")
+__all__ = ("RocksDictStore", "rocksdb_options", "iter_prefix")
 
 # 64 MiB: enough for the hot working set of one worker's sessions; faust's own
 # default is 2 GiB *per partition database*, which a laptop cannot afford.
@@ -26,6 +26,18 @@ def rocksdb_options(block_cache_bytes: int = _BLOCK_CACHE_BYTES) -> Options:
     return opts
 
 
+def iter_prefix(db: Rdict, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """Items of a raw-mode Rdict whose key starts with ``prefix``, in key order (seek, then stop)."""
+    it = db.iter()
+    it.seek(prefix)
+    while it.valid():
+        k = it.key()
+        if not k.startswith(prefix):
+            break
+        yield k, it.value()
+        it.next()
+
+
 class RocksDictStore(ModelStore):
     def __init__(self, path: str | Path, *, block_cache_bytes: int = _BLOCK_CACHE_BYTES) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -41,14 +53,7 @@ class RocksDictStore(ModelStore):
         del self._db[key]
 
     def iter_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        it = self._db.iter()
-        it.seek(prefix)
-        while it.valid():
-            k = it.key()
-            if not k.startswith(prefix):
-                break
-            yield k, it.value()
-            it.next()
+        return iter_prefix(self._db, prefix)
 
     def write_batch(self, ops: Mapping[bytes, bytes | None]) -> None:
         wb = WriteBatch(raw_mode=True)

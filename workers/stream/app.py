@@ -189,7 +189,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         broker_credentials=None,
         store="rocksdb://",
         datadir=str(settings.data_dir),
-        web_host=settings.web_host, web_port=settings.web_port, web_bind=settings.web_host,
+        web_host=settings.web_host, web_port=settings.web_port, web_bind=settings.web_bind or settings.web_host,
         canonical_url=f"http://{settings.web_host}:{settings.web_port}",
         topic_partitions=settings.partitions, topic_replication_factor=settings.replication,
         table_standby_replicas=settings.standby_replicas,
@@ -241,15 +241,9 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
 
 def _apply_kafka_security(app: faust.App, settings: Settings) -> None:
-    """SASL/TLS pass-through: faust takes credentials objects, built from the plain settings."""
-    import ssl
-
-    k = settings.kafka
-    context = None
-    if k.get("ssl_cafile") or k.get("security_protocol", "").endswith("SSL"):
-        context = ssl.create_default_context(cafile=k.get("ssl_cafile"))
-        if k.get("ssl_certfile"):
-            context.load_cert_chain(k["ssl_certfile"], k.get("ssl_keyfile"))
+    """SASL/TLS pass-through: faust takes a credentials object, built from the same kwargs as aiokafka."""
+    k = settings.kafka_kwargs()
+    context = k.get("ssl_context")
     if k.get("sasl_mechanism"):
         app.conf.broker_credentials = faust.SASLCredentials(
             username=k.get("sasl_plain_username"), password=k.get("sasl_plain_password"),

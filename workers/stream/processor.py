@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.codec import decode_json
-from workers.dispatch import load_verbs, run_verb, state_key
-from workers.errors import CorruptStateError, ValidationError
+from workers.dispatch import DEFAULT_SESSION, load_verbs, run_verb, session_key_of, state_key
+from workers.errors import CorruptStateError, ValidationError, VerbError
 from workers.state.base import ModelStore
 from workers.state.blob import StateBlob
 from workers.stream.records import Produce, Record, record_id
@@ -162,9 +162,10 @@ class Processor:
         if not v.writes:
             raise _Reject(f"verb {name} is a read; send reads to HTTP /dispatch", "invalid")
         key = _key_str(rec)
-        sk = body.get("session_key", key or "default")
-        if not isinstance(sk, str) or not sk:
-            raise _Reject("session_key: must be a non-empty string", "invalid")
+        try:
+            sk = session_key_of(body, key or DEFAULT_SESSION)
+        except VerbError as exc:
+            raise _Reject(str(exc), "invalid") from None
         if key is not None and sk != key:
             # Partitioning is by key: state for sk lives elsewhere, applying here would split it.
             raise _Reject(f"session_key {sk!r} does not match the message key {key!r}", "invalid")

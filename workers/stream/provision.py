@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def _admin(settings: Settings) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(bootstrap_servers=settings.broker, **settings.kafka)
+    return AIOKafkaAdminClient(bootstrap_servers=settings.broker, **settings.kafka_kwargs())
 
 
 async def describe_topics(settings: Settings) -> dict[str, int]:

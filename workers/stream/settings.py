@@ -53,7 +53,8 @@ class Settings:
     broker_kind: str = "embedded"        # "embedded" (Tansu workarounds on) or "kafka"
     app_id: str = "learnstream"
     data_dir: Path = Path("./learnstream-data")
-    web_host: str = "127.0.0.1"
+    web_host: str = "127.0.0.1"           # advertised to other workers (owner forwarding)
+    web_bind: str | None = None           # listen address; None = web_host (0.0.0.0 in a pod)
     web_port: int = 6066
     partitions: int = 8
     replication: int = 1
@@ -77,7 +78,8 @@ class Settings:
         s = cls(
             broker=broker, broker_kind=kind, app_id=_env("APP_ID", "learnstream"),
             data_dir=Path(_env("DATA_DIR", "./learnstream-data")),
-            web_host=_env("WEB_HOST", "127.0.0.1"), web_port=_int("WEB_PORT", 6066),
+            web_host=_env("WEB_HOST", "127.0.0.1"), web_bind=_env("WEB_BIND") or None,
+            web_port=_int("WEB_PORT", 6066),
             partitions=_int("PARTITIONS", 8), replication=_int("REPLICATION", 1),
             standby_replicas=_int("STANDBY_REPLICAS", 1), block_cache_bytes=_int("BLOCK_CACHE_BYTES", _BLOCK_CACHE_BYTES),
             session_timeout_s=_float("SESSION_TIMEOUT_S", _SESSION_TIMEOUT_S),
@@ -92,6 +94,16 @@ class Settings:
         if s.partitions < 1:
             raise ConfigError("partitions must be >= 1")
         return s
+
+    def kafka_kwargs(self) -> dict:
+        """Security settings as aiokafka client keyword arguments (an SSL context built from the files)."""
+        k = dict(self.kafka)
+        files = {name: k.pop(f"ssl_{name}", None) for name in ("cafile", "certfile", "keyfile")}
+        if any(files.values()) or k.get("security_protocol", "").endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            k["ssl_context"] = create_ssl_context(**files)
+        return k
 
     def env(self) -> dict[str, str]:
         """These settings as LEARNSTREAM_* variables (to start a worker subprocess)."""
@@ -111,5 +123,7 @@ class Settings:
             out["LEARNSTREAM_BROKER"] = self.broker
         if self.worker_id:
             out["LEARNSTREAM_WORKER_ID"] = self.worker_id
+        if self.web_bind:
+            out["LEARNSTREAM_WEB_BIND"] = self.web_bind
         out.update({"LEARNSTREAM_KAFKA_" + k.upper(): v for k, v in self.kafka.items()})
         return out

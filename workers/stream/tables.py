@@ -14,6 +14,7 @@ from typing import Any
 from faust.streams import _current_event  # the context var faust's tables read
 
 from workers.state.base import ModelStore
+from workers.state.rocksdb import iter_prefix
 from workers.stream.processor import StateAccess
 
 __all__ = ("FaustStateAccess", "FaustGraphStore", "event_context", "TABLE_NAMES")
@@ -62,14 +63,7 @@ class FaustGraphStore(ModelStore):
             self.table.pop(key, None)
 
     def iter_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        it = self._db().iter()
-        it.seek(prefix)
-        while it.valid():
-            k = it.key()
-            if not k.startswith(prefix):
-                break
-            yield k, it.value()
-            it.next()
+        return iter_prefix(self._db(), prefix)
 
 
 class FaustStateAccess(StateAccess):
