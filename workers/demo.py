@@ -18,7 +18,6 @@ through the agent SDK, answers read over the worker's HTTP API. The simulation:
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shutil

@@ -16,7 +16,7 @@ import orjson
 
 from workers.errors import ValidationError, VerbError
 from workers.state import MemoryStore, ModelStore, RocksDictStore, StateBlob
-from workers.verbs import HEALTH, REGISTRY, Verb, VerbContext, health_contributor, verb
+from workers.verbs import HEALTH, REGISTRY, Verb, VerbContext, verb
 
 __all__ = ("LearnSession", "run_verb", "load_verbs", "state_key", "session_key_of", "check_session_key",
            "envelope_error")

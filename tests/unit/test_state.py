@@ -18,7 +18,7 @@ class Bytes:
         return self.b
 
     @classmethod
-    def from_bytes(cls, b: bytes) -> "Bytes":
+    def from_bytes(cls, b: bytes) -> Bytes:
         return cls(b)
 
 

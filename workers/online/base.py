@@ -28,7 +28,7 @@ E = TypeVar("E", bound="Estimator")
 # Every Estimator subclass by name: nested hyperparameters are stored as
 # {"__estimator__": name, "params": {...}} and rebuilt only from this registry,
 # never by importing a name found in the bytes.
-ESTIMATORS: dict[str, type["Estimator"]] = {}
+ESTIMATORS: dict[str, type[Estimator]] = {}
 
 
 @functools.cache

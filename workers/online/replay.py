@@ -99,7 +99,7 @@ class ReplaySample:
 
     __slots__ = ("idx", "x", "y", "task", "logits", "has_logits")
 
-    def __init__(self, buf: "ReplayBuffer", idx: np.ndarray) -> None:
+    def __init__(self, buf: ReplayBuffer, idx: np.ndarray) -> None:
         self.idx = idx
         self.x = buf._x[idx]
         self.y = buf._y[idx]

@@ -70,7 +70,7 @@ class _Scoped:
         self._target = target
         self._prefix = prefix
 
-    def scope(self, prefix: str) -> "_Scoped":
+    def scope(self, prefix: str) -> _Scoped:
         return _Scoped(self._target, f"{self._prefix}{prefix}.")
 
     def __getattr__(self, attr: str) -> Any:
@@ -119,7 +119,7 @@ class StateWriter:
     def names(self) -> list[str]:
         return sorted(self._sections)
 
-    def to_bytes(self, base: "StateReader | None" = None) -> bytes:
+    def to_bytes(self, base: StateReader | None = None) -> bytes:
         """Encode all sections; with ``base``, only the chunks that differ from it (a delta)."""
         if base is not None and base.is_delta:
             raise ValueError("a delta's base must be a full state")
@@ -152,7 +152,7 @@ class StateReader:
     """Decodes and verifies state bytes; sections are read by name (see :class:`StateWriter`)."""
 
     def __init__(self, index: dict[str, dict], data: memoryview, crc: int, base_crc: int | None,
-                 base: "StateReader | None") -> None:
+                 base: StateReader | None) -> None:
         self._index = index
         self._data = data
         self.crc = crc
@@ -190,7 +190,7 @@ class StateReader:
                 "data": payload[_ULEN.size + hlen:]}
 
     @classmethod
-    def from_bytes(cls, data: bytes, base: "StateReader | None" = None) -> "StateReader":
+    def from_bytes(cls, data: bytes, base: StateReader | None = None) -> StateReader:
         """Verify and index ``data``; a delta needs the full state it was saved against as ``base``."""
         info = cls.peek(data)
         base_crc = info["base"]

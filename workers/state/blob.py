@@ -33,7 +33,7 @@ class Part(Protocol):
     def to_bytes(self) -> bytes: ...
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Part": ...
+    def from_bytes(cls, data: bytes) -> Part: ...
 
 
 P = TypeVar("P")
@@ -119,7 +119,7 @@ class StateBlob:
         return _HEAD.pack(_MAGIC, _VERSION, zlib.crc32(payload)) + payload
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "StateBlob":
+    def from_bytes(cls, data: bytes) -> StateBlob:
         if len(data) < _HEAD.size + 4:
             raise CorruptStateError(f"state value too short ({len(data)} bytes)")
         magic, version, crc = _HEAD.unpack_from(data)

@@ -19,15 +19,14 @@ from aiokafka.partitioner import murmur2
 from prometheus_client import CollectorRegistry, generate_latest
 
 from workers import broker_compat, metrics
-from workers.dispatch import envelope_error, load_verbs, parse_request, run_verb, session_key_of, state_key
+from workers.dispatch import envelope_error, load_verbs, parse_request, session_key_of
 from workers.errors import VerbError
-from workers.state.blob import StateBlob
 from workers.stream.processor import Processor
 from workers.stream.records import Record
 from workers.stream.settings import Settings
 from workers.stream.tables import TABLE_NAMES, FaustStateAccess
 from workers.topics import Topic, input_topics, topics
-from workers.verbs import REGISTRY, VerbContext
+from workers.verbs import REGISTRY
 
 __all__ = ("build_app", "Runtime")
 
@@ -132,17 +131,7 @@ class Runtime:
 
     # -- reads and writes from HTTP -----------------------------------------------
     def read(self, verb_name: str, body: dict, sk: str) -> dict:
-        v = REGISTRY[verb_name]
-        p = self.partition_of(sk)
-        blob = None
-        if v.table in ("session", "learner"):
-            blob = self.processor._cache.get((v.table, sk))
-            if blob is None:
-                raw = self.state.load(v.table, sk, p)
-                blob = StateBlob.from_bytes(raw) if raw is not None else StateBlob()
-        ctx = VerbContext(session_key=sk, state=blob, store=self.state.graph_store(p),
-                          prefix=state_key("graph", sk), rng=self.processor.rng)
-        return run_verb(v, ctx, body)
+        return self.processor.read(REGISTRY[verb_name], body, sk, self.partition_of(sk))
 
     def event_for_write(self, verb_name: str, body: dict) -> tuple[Topic, dict]:
         v = REGISTRY[verb_name]

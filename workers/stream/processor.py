@@ -18,7 +18,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from workers.codec import decode_json
 from workers.dispatch import DEFAULT_SESSION, load_verbs, run_verb, session_key_of, state_key
@@ -131,6 +130,17 @@ class Processor:
             self._cache[(table, sk)] = b
         return b
 
+    def _context(self, v: Verb, sk: str, partition: int, blob: StateBlob | None,
+                 emit: Callable[[str, dict], None] | None = None, source: dict | None = None) -> VerbContext:
+        return VerbContext(session_key=sk, state=blob, store=self.state.graph_store(partition),
+                           prefix=state_key("graph", sk), emit=emit or (lambda role, payload: None),
+                           rng=self.rng, source=source)
+
+    def read(self, v: Verb, body: dict, sk: str, partition: int) -> dict:
+        """Answer a read verb from the current state (the cached blob when there is one)."""
+        blob = self._blob(v.table, sk, partition) if v.table in ("session", "learner") else None
+        return run_verb(v, self._context(v, sk, partition, blob), body)
+
     def _resolve(self, rec: Record) -> tuple[Verb, dict, str]:
         """(verb, body, session_key) of a record, or _Reject."""
         try:
@@ -205,9 +215,7 @@ class Processor:
                 res.duplicates += 1
                 return "duplicate"
         emitted: list[tuple[str, dict]] = []
-        ctx = VerbContext(session_key=sk, state=blob, store=self.state.graph_store(rec.partition),
-                          prefix=state_key("graph", sk), emit=lambda role, p: emitted.append((role, p)),
-                          rng=self.rng, source=rec.source)
+        ctx = self._context(v, sk, rec.partition, blob, lambda role, p: emitted.append((role, p)), rec.source)
         t0 = time.perf_counter()
         out = run_verb(v, ctx, body)
         res.verb_seconds.append((v.name, time.perf_counter() - t0))

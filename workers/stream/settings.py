@@ -69,7 +69,7 @@ class Settings:
     kafka: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, **overrides: object) -> "Settings":
+    def from_env(cls, **overrides: object) -> Settings:
         broker = _env("BROKER") or None
         kind = _env("BROKER_KIND") or ("kafka" if broker else "embedded")
         if kind not in ("embedded", "kafka"):
