@@ -7,7 +7,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tests.helpers import wait_until
+from tests.helpers import http_json, wait_until
 from workers.codec import encode_embedding_b64
 from workers.dispatch import LearnSession
 from workers.topics import topics
@@ -162,6 +162,10 @@ def test_examples_through_worker_equal_in_process_learner_even_after_sigkill(wor
     wait_until(lambda: b.dispatch("learner_info", {"session_key": "learner"})["data"]["watermark"].get(
         f"{ex}:{_partition_of_key(b'learner')}") == len(values) - 1, 120, what="all examples applied")
     assert b.dispatch("learner_info", {"session_key": "learner"})["data"]["parts"] == want
+    x = values[-1]["examples"][0]["features"]
+    status, out = http_json(b.url + "/predict", {"session_key": "learner", "features": x})
+    assert status == 200 and out["data"] == s.dispatch({"verb": "predict", "body": {"session_key": "learner",
+                                                                                     "features": x}})["data"]
 
 
 def _partition_of_key(key: bytes) -> int:

@@ -58,3 +58,43 @@ def test_listoffsets_defect_and_fetch_based_end_offsets(tmp_path) -> None:
     assert fetched == {t0: 4, t1: 0}
     # The defect this works around (if Tansu fixes it, this line tells us the workaround can go):
     assert listed[t0] == 1
+
+
+def _tansu_children(pid: int) -> list[psutil.Process]:
+    try:
+        return [c for c in psutil.Process(pid).children(recursive=True) if "tansu" in " ".join(c.cmdline())]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_broker_dies_with_its_parent() -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import wait_until
+
+    code = ("from workers.broker import EmbeddedBroker; import sys, time; b = EmbeddedBroker().start(); "
+            "print(b.proc.pid, flush=True); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    broker_pid = int(parent.stdout.readline())
+    assert psutil.pid_exists(broker_pid)
+    parent.kill()  # SIGKILL: no cleanup code runs in the parent
+    parent.wait()
+    wait_until(lambda: not psutil.pid_exists(broker_pid) or psutil.Process(broker_pid).status() == psutil.STATUS_ZOMBIE,
+               20, what="the orphaned broker to exit")
+
+
+def test_learnstream_broker_stops_on_ctrl_c() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "workers.cli", "broker"], stdout=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    assert "ready on 127.0.0.1:" in line
+    children = _tansu_children(p.pid)
+    assert children
+    p.send_signal(signal.SIGINT)
+    assert p.wait(20) == 0
+    for c in children:
+        assert not c.is_running() or c.status() == psutil.STATUS_ZOMBIE
