@@ -145,3 +145,15 @@ def test_replies_map_source_offsets_to_envelopes(proc: Processor) -> None:
     res = proc.process([f.rec("loss", {"loss": 0.5}), f.rec("loss", b"bad")])
     assert res.replies[(T["loss"], 0, 0)]["ok"] is True
     assert res.replies[(T["loss"], 0, 1)]["ok"] is False
+
+
+def test_session_cache_is_bounded_and_evicted_sessions_reload_from_the_store() -> None:
+    p = Processor(StoreStateAccess(MemoryStore()), cache_sessions=2)
+    f = Feed()
+    p.process([f.rec("loss", {"loss": 0.5}, key=k) for k in ("a", "b", "c", "d")])
+    assert len(p._cache) == 2
+    p.process([f.rec("loss", {"loss": 0.7}, key="a")])  # "a" was evicted: comes back from the store
+    from workers.dispatch import LearnSession
+
+    h = LearnSession(store=p.state.store).dispatch({"verb": "health", "body": {"session_key": "a"}})["data"]
+    assert h["loss_window_size"] == 2

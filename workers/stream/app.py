@@ -75,7 +75,7 @@ class Runtime:
     def __init__(self, app: faust.App, settings: Settings, tables: dict[str, Any]) -> None:
         self.app, self.settings, self.tables = app, settings, tables
         self.state = FaustStateAccess(tables, self.partition_of)
-        self.processor = Processor(self.state)
+        self.processor = Processor(self.state, cache_sessions=settings.cache_sessions)
         self.replies = Replies()
         self.topics = topics()
         self.channels: dict[str, Any] = {}

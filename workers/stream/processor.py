@@ -16,6 +16,7 @@ import base64
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,6 +32,10 @@ from workers.verbs import REGISTRY, Verb, VerbContext
 __all__ = ("StateAccess", "Processor", "BatchResult", "dlq_entry")
 
 logger = logging.getLogger(__name__)
+
+# Decoded session values kept between batches. A learning-loop value is ~100 KB at 384-d,
+# so 1024 sessions cost ~100 MB; colder sessions are decoded again from RocksDB on demand.
+_CACHE_SESSIONS = 1024
 
 
 class StateAccess(abc.ABC):
@@ -105,12 +110,14 @@ class Processor:
     """
 
     def __init__(self, state: StateAccess, *, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, cache_sessions: int = _CACHE_SESSIONS) -> None:
         load_verbs()
         self.state = state
         self.rng = rng or random.Random()
         self.clock = clock
-        self._cache: dict[tuple[str, str], StateBlob] = {}
+        self.cache_sessions = cache_sessions
+        # decoded values, least recently used first; every entry is clean between batches
+        self._cache: OrderedDict[tuple[str, str], StateBlob] = OrderedDict()
         self._topics: dict[str, Topic] = {}
 
     def forget(self) -> None:
@@ -128,6 +135,8 @@ class Processor:
             raw = self.state.load(table, sk, partition)
             b = StateBlob.from_bytes(raw) if raw is not None else StateBlob()
             self._cache[(table, sk)] = b
+        else:
+            self._cache.move_to_end((table, sk))
         return b
 
     def _context(self, v: Verb, sk: str, partition: int, blob: StateBlob | None,
@@ -190,6 +199,8 @@ class Processor:
             res.by_topic[k] = res.by_topic.get(k, 0) + 1
         for (table, sk), partition in dirty.items():
             self.state.save(table, sk, partition, self._cache[(table, sk)].to_bytes())
+        while len(self._cache) > self.cache_sessions:  # only now: a dirty value must not be dropped
+            self._cache.popitem(last=False)
         return res
 
     def _apply_one(self, rec: Record, res: BatchResult, dirty: dict[tuple[str, str], int]) -> str:

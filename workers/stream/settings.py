@@ -62,6 +62,7 @@ class Settings:
     block_cache_bytes: int = _BLOCK_CACHE_BYTES
     session_timeout_s: float = _SESSION_TIMEOUT_S
     commit_interval_s: float = 1.0
+    cache_sessions: int = 1024           # decoded session values kept in memory (LRU)
     batch_max: int = 500                 # events per take() batch
     batch_within_s: float = 0.005        # how long a partial batch may wait
     worker_id: str | None = None         # static group membership (the pod name on Kubernetes)
@@ -84,6 +85,7 @@ class Settings:
             standby_replicas=_int("STANDBY_REPLICAS", 1), block_cache_bytes=_int("BLOCK_CACHE_BYTES", _BLOCK_CACHE_BYTES),
             session_timeout_s=_float("SESSION_TIMEOUT_S", _SESSION_TIMEOUT_S),
             commit_interval_s=_float("COMMIT_INTERVAL_S", 1.0), batch_max=_int("BATCH_MAX", 500),
+            cache_sessions=_int("CACHE_SESSIONS", 1024),
             batch_within_s=_float("BATCH_WITHIN_S", 0.005), worker_id=_env("WORKER_ID") or None,
             log_level=_env("LOG_LEVEL", "warning"), kafka=kafka,
         )
@@ -116,7 +118,7 @@ class Settings:
             "LEARNSTREAM_BLOCK_CACHE_BYTES": str(self.block_cache_bytes),
             "LEARNSTREAM_SESSION_TIMEOUT_S": str(self.session_timeout_s),
             "LEARNSTREAM_COMMIT_INTERVAL_S": str(self.commit_interval_s),
-            "LEARNSTREAM_BATCH_MAX": str(self.batch_max), "LEARNSTREAM_BATCH_WITHIN_S": str(self.batch_within_s),
+            "LEARNSTREAM_BATCH_MAX": str(self.batch_max), "LEARNSTREAM_CACHE_SESSIONS": str(self.cache_sessions), "LEARNSTREAM_BATCH_WITHIN_S": str(self.batch_within_s),
             "LEARNSTREAM_LOG_LEVEL": self.log_level,
         }
         if self.broker:
