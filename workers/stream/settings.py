@@ -118,7 +118,8 @@ class Settings:
             "LEARNSTREAM_BLOCK_CACHE_BYTES": str(self.block_cache_bytes),
             "LEARNSTREAM_SESSION_TIMEOUT_S": str(self.session_timeout_s),
             "LEARNSTREAM_COMMIT_INTERVAL_S": str(self.commit_interval_s),
-            "LEARNSTREAM_BATCH_MAX": str(self.batch_max), "LEARNSTREAM_CACHE_SESSIONS": str(self.cache_sessions), "LEARNSTREAM_BATCH_WITHIN_S": str(self.batch_within_s),
+            "LEARNSTREAM_BATCH_MAX": str(self.batch_max), "LEARNSTREAM_BATCH_WITHIN_S": str(self.batch_within_s),
+            "LEARNSTREAM_CACHE_SESSIONS": str(self.cache_sessions),
             "LEARNSTREAM_LOG_LEVEL": self.log_level,
         }
         if self.broker:
