@@ -37,3 +37,20 @@ def test_commands_needing_a_broker_say_so(monkeypatch) -> None:
     monkeypatch.delenv("LEARNSTREAM_BROKER", raising=False)
     r = run(["produce", "loss"], "{}\n")
     assert r.returncode == 2 and "LEARNSTREAM_BROKER" in r.stderr
+
+
+def test_topics_create_then_list_against_a_real_broker(monkeypatch, tmp_path) -> None:
+    from workers.broker import EmbeddedBroker
+    from workers.topics import topics
+
+    with EmbeddedBroker(log_path=tmp_path / "b.log") as b:
+        monkeypatch.setenv("LEARNSTREAM_BROKER", b.bootstrap)
+        before = run(["topics", "list"])
+        assert before.returncode == 0 and before.stdout.count("missing") == len(topics())
+        r = run(["topics", "create", "--partitions", "3"])
+        assert r.returncode == 0, r.stderr
+        after = run(["topics", "list"]).stdout
+        assert "missing" not in after and after.count("3 partitions") == len(topics())
+        # a worker configured for another partition count is refused, naming the fix
+        r = run(["topics", "create", "--partitions", "5"])
+        assert r.returncode == 2 and "LEARNSTREAM_PARTITIONS=3" in r.stderr
