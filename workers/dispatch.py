@@ -16,7 +16,7 @@ import orjson
 
 from workers.errors import ValidationError, VerbError
 from workers.state import MemoryStore, ModelStore, RocksDictStore, StateBlob
-from workers.verbs import HEALTH, REGISTRY, Verb, VerbContext, verb
+from workers.verbs import BLOB_TABLES, HEALTH, REGISTRY, Verb, VerbContext, verb
 
 __all__ = ("LearnSession", "run_verb", "load_verbs", "state_key", "session_key_of", "check_session_key",
            "envelope_error")
@@ -30,11 +30,12 @@ def load_verbs() -> dict[str, Verb]:
     import importlib
 
     for mod in ("workers.cores.instant", "workers.cores.deep", "workers.cores.loop", "workers.cores.temporal",
-                "workers.cores.attention", "workers.cores.router", "workers.online.verbs"):
+                "workers.cores.attention", "workers.cores.router", "workers.online.verbs",
+                "workers.protocols.verbs", "workers.scoring.verbs"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:
-            if exc.name != mod:  # a real import error inside the module
+            if exc.name is None or not mod.startswith(exc.name):  # a real import error inside the module
                 raise
     return REGISTRY
 
@@ -154,7 +155,7 @@ class LearnSession:
         return b
 
     def context(self, v: Verb, session_key: str) -> VerbContext:
-        state = self.blob(v.table, session_key) if v.table in ("session", "learner") else None
+        state = self.blob(v.table, session_key) if v.table in BLOB_TABLES else None
         return VerbContext(session_key=session_key, state=state, store=self.store,
                            prefix=state_key("graph", session_key), emit=self._emit, rng=self.rng)
 
@@ -170,7 +171,7 @@ class LearnSession:
             return envelope_error(name, str(exc))
         ctx = self.context(v, sk)
         out = run_verb(v, ctx, body)
-        if v.writes and v.table in ("session", "learner"):
+        if v.writes and v.table in BLOB_TABLES:
             key = state_key(v.table, sk)
             if out["ok"]:
                 self.store.put(key, ctx.state.to_bytes())

@@ -6,6 +6,8 @@ request changes nothing. ``table`` says which state a verb touches:
 
 - ``"session"``: the session's learning-loop blob (instant, deep, router, attention parts),
 - ``"learner"``: the session's online-learner blob,
+- ``"agent"``:   the session's agent protocols blob (outcomes, heuristics, anti-patterns, ...),
+- ``"memory"``:  the session's memory-importance scoring blob,
 - ``"graph"``:   the session's edges in ``ctx.store`` (keys under ``ctx.prefix``),
 - ``"none"``:    nothing.
 
@@ -22,9 +24,11 @@ from typing import Any
 from workers.state.base import ModelStore
 from workers.state.blob import StateBlob
 
-__all__ = ("Verb", "VerbContext", "REGISTRY", "HEALTH", "verb", "health_contributor")
+__all__ = ("Verb", "VerbContext", "REGISTRY", "HEALTH", "BLOB_TABLES", "TABLES", "verb", "health_contributor")
 
-TABLES = ("session", "learner", "graph", "none")
+# Tables holding one state value (a StateBlob with its watermark) per session.
+BLOB_TABLES = ("session", "learner", "agent", "memory")
+TABLES = (*BLOB_TABLES, "graph", "none")
 
 
 @dataclass

@@ -27,7 +27,7 @@ from workers.state.base import ModelStore
 from workers.state.blob import StateBlob
 from workers.stream.records import Produce, Record, record_id
 from workers.topics import Topic, by_name
-from workers.verbs import REGISTRY, Verb, VerbContext
+from workers.verbs import BLOB_TABLES, REGISTRY, Verb, VerbContext
 
 __all__ = ("StateAccess", "Processor", "BatchResult", "dlq_entry")
 
@@ -147,7 +147,7 @@ class Processor:
 
     def read(self, v: Verb, body: dict, sk: str, partition: int) -> dict:
         """Answer a read verb from the current state (the cached blob when there is one)."""
-        blob = self._blob(v.table, sk, partition) if v.table in ("session", "learner") else None
+        blob = self._blob(v.table, sk, partition) if v.table in BLOB_TABLES else None
         return run_verb(v, self._context(v, sk, partition, blob), body)
 
     def _resolve(self, rec: Record) -> tuple[Verb, dict, str]:
@@ -212,7 +212,7 @@ class Processor:
             res.rejected += 1
             return "rejected"
         blob: StateBlob | None = None
-        if v.table in ("session", "learner"):
+        if v.table in BLOB_TABLES:
             try:
                 blob = self._blob(v.table, sk, rec.partition)
             except CorruptStateError as exc:

@@ -20,7 +20,8 @@ from workers.stream.processor import StateAccess
 __all__ = ("FaustStateAccess", "FaustGraphStore", "event_context", "TABLE_NAMES")
 
 # table name in faust (and in its changelog topic) per verb table
-TABLE_NAMES = {"session": "sessions", "learner": "learners", "graph": "graph"}
+TABLE_NAMES = {"session": "sessions", "learner": "learners", "agent": "agents", "memory": "memories",
+               "graph": "graph"}
 
 
 @contextlib.contextmanager

@@ -1,0 +1,2 @@
+"""Memory importance scoring (spec/scoring.md)."""
+from __future__ import annotations
