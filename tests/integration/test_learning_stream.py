@@ -51,6 +51,34 @@ def in_process(values: list[dict]) -> dict:
     return s.dispatch({"verb": "session_info", "body": {"session_key": "agent"}})["data"]["parts"]
 
 
+def _partition_of_key(key: bytes) -> int:
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % 4
+
+
+def stream_kill_restart(worker_factory, client, *, role: str, session: str, info_verb: str,
+                        init: list[tuple[str, dict]], values: list[dict], kill_after: int, batch_max: str):
+    """Stream ``values`` to a worker, SIGKILL it mid-stream, restart it on the same data dir and wait until
+    the session's watermark covers the last message. Returns the restarted worker."""
+    a = worker_factory("a", env={"LEARNSTREAM_BATCH_MAX": batch_max}).start().wait_ready()
+    for verb, body in init:
+        assert a.dispatch(verb, body)["ok"]
+    topic = topics()[role].name
+    for v in values:
+        client.send(role, session, v, wait=False)
+    client.flush()
+    n = wait_until(lambda: (c := applied(a, topic)) >= kill_after and c, 120, 0.02, what="some events applied")
+    a.kill()
+    assert n < len(values), "the kill must land mid-stream"
+    b = worker_factory("b", data_dir=a.data_dir).start().wait_ready()
+    # only this session writes to its partition of the topic here, so its last offset is len - 1
+    mark = f"{topic}:{_partition_of_key(session.encode())}"
+    wait_until(lambda: b.dispatch(info_verb, {"session_key": session})["data"]["watermark"].get(mark)
+               == len(values) - 1, 120, what="the rest applied after the restart")
+    return b
+
+
 def applied(w, topic: str) -> float:
     text = urllib.request.urlopen(w.url + "/metrics", timeout=10).read().decode()
     m = re.search(rf'learnstream_events_total{{outcome="applied",topic="{re.escape(topic)}"}} ([0-9.e+]+)', text)
@@ -77,30 +105,9 @@ def test_feedback_through_worker_equals_in_process_session(worker_factory, clien
 
 def test_sigkill_mid_stream_ends_in_the_uninterrupted_state(worker_factory, client) -> None:
     values = feedback_stream(150, seed=11)
-    a = worker_factory("a", env={"LEARNSTREAM_BATCH_MAX": "5"}).start().wait_ready()
-    for verb, body in INIT:
-        assert a.dispatch(verb, body)["ok"]
-    fb = topics()["feedback"].name
-    for v in values:
-        client.send("feedback", "agent", v, wait=False)
-    client.flush()
-    n = wait_until(lambda: (c := applied(a, fb)) >= 20 and c, 120, 0.02, what="some feedback applied")
-    a.kill()
-    assert n < len(values), "the kill must land mid-stream"
-    b = worker_factory("b", data_dir=a.data_dir).start().wait_ready()
-    wait_until(lambda: b.dispatch("session_info", {"session_key": "agent"})["data"]["watermark"].get(
-        f"{fb}:{_partition_of(b)}") == _last_offset(values), 120, what="the rest applied after restart")
+    b = stream_kill_restart(worker_factory, client, role="feedback", session="agent", info_verb="session_info",
+                            init=INIT, values=values, kill_after=20, batch_max="5")
     assert b.dispatch("session_info", {"session_key": "agent"})["data"]["parts"] == in_process(values)
-
-
-def _partition_of(w) -> int:
-    from aiokafka.partitioner import murmur2
-
-    return (murmur2(b"agent") & 0x7FFFFFFF) % 4
-
-
-def _last_offset(values: list[dict]) -> int:
-    return len(values) - 1  # only this session writes to its partition of learn.feedback here
 
 
 def test_alice_history_through_graph_edges_topic(worker_factory, client) -> None:
@@ -149,26 +156,11 @@ def test_examples_through_worker_equal_in_process_learner_even_after_sigkill(wor
         assert s.dispatch({"verb": "learn_example", "body": v})["ok"]
     want = s.dispatch({"verb": "learner_info", "body": {"session_key": "learner"}})["data"]["parts"]
 
-    a = worker_factory("a", env={"LEARNSTREAM_BATCH_MAX": "3"}).start().wait_ready()
-    assert a.dispatch("init_learner", LEARNER)["ok"]
-    ex = topics()["examples"].name
-    for v in values:
-        client.send("examples", "learner", v, wait=False)
-    client.flush()
-    n = wait_until(lambda: (c := applied(a, ex)) >= 15 and c, 120, 0.02, what="some examples applied")
-    a.kill()
-    assert n < len(values), "the kill must land mid-stream"
-    b = worker_factory("b", data_dir=a.data_dir).start().wait_ready()
-    wait_until(lambda: b.dispatch("learner_info", {"session_key": "learner"})["data"]["watermark"].get(
-        f"{ex}:{_partition_of_key(b'learner')}") == len(values) - 1, 120, what="all examples applied")
+    b = stream_kill_restart(worker_factory, client, role="examples", session="learner", info_verb="learner_info",
+                            init=[("init_learner", LEARNER)], values=values, kill_after=15, batch_max="3")
     assert b.dispatch("learner_info", {"session_key": "learner"})["data"]["parts"] == want
     x = values[-1]["examples"][0]["features"]
     status, out = http_json(b.url + "/predict", {"session_key": "learner", "features": x})
     assert status == 200 and out["data"] == s.dispatch({"verb": "predict", "body": {"session_key": "learner",
                                                                                      "features": x}})["data"]
 
-
-def _partition_of_key(key: bytes) -> int:
-    from aiokafka.partitioner import murmur2
-
-    return (murmur2(key) & 0x7FFFFFFF) % 4
