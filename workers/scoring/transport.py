@@ -1,0 +1,69 @@
+"""The one HTTP helper of the scoring backends, and their error."""
+from __future__ import annotations
+
+import logging
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import orjson
+
+from workers.errors import LearnstreamError
+
+__all__ = ("ScoringError", "post_json", "DEFAULT_TIMEOUT_S", "ERROR_QUOTE")
+
+logger = logging.getLogger(__name__)
+
+# Default per-call timeout in seconds: a scoring server answers a conversation in well under a
+# second; anything slower is stalling a worker's partitions.
+DEFAULT_TIMEOUT_S = 10.0
+# Characters of an answer quoted in a ScoringError.
+ERROR_QUOTE = 300
+# Largest answer read (per-token log-probabilities of a long prompt stay far below this).
+_MAX_RESPONSE_BYTES = 64 << 20
+_CHUNK = 1 << 16
+
+
+class ScoringError(LearnstreamError):
+    """A scoring call failed (unreachable, timed out, HTTP error, malformed answer).
+
+    The scoring modes log it and skip the score; check the backend's ``base_url``,
+    ``model`` and ``tokenizer`` settings (``configure_scoring``) and the server's log.
+    """
+
+
+def post_json(url: str, body: Any, *, timeout_s: float | None = None,
+              headers: dict[str, str] | None = None) -> Any:
+    """POST ``body`` as JSON and decode the JSON answer; every failure is a ScoringError.
+
+    ``timeout_s`` bounds connecting and each read, and the whole answer must arrive
+    within it as well (so a call takes at most about twice ``timeout_s``).
+    """
+    timeout = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
+    req = urllib.request.Request(url, data=orjson.dumps(body), method="POST", headers={
+        "Content-Type": "application/json", "Accept": "application/json", **(headers or {})})
+    deadline = time.monotonic() + timeout
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            chunks, size = [], 0
+            while chunk := r.read(_CHUNK):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > _MAX_RESPONSE_BYTES:
+                    raise ScoringError(f"POST {url}: answer exceeds {_MAX_RESPONSE_BYTES} bytes")
+                if time.monotonic() > deadline:
+                    raise ScoringError(f"POST {url}: answer not complete within {timeout:g} s")
+    except urllib.error.HTTPError as e:
+        detail = e.read(ERROR_QUOTE).decode(errors="replace").strip()
+        raise ScoringError(f"POST {url}: HTTP {e.code} {e.reason}" + (f": {detail}" if detail else "")) from None
+    except urllib.error.URLError as e:
+        raise ScoringError(f"POST {url}: {e.reason}") from None
+    except TimeoutError:
+        raise ScoringError(f"POST {url}: timed out after {timeout:g} s") from None
+    except OSError as e:  # connection reset and the like
+        raise ScoringError(f"POST {url}: {e}") from None
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as e:
+        raise ScoringError(f"POST {url}: answer is not JSON ({e})") from None
