@@ -81,12 +81,12 @@ def _str(body: dict, field: str, p: str = "", *, required: bool = False, empty: 
     return v
 
 
-def _int(body: dict, field: str, p: str = "", *, lo: int, hi: int, what: str = "an integer") -> int | None:
+def _int(body: dict, field: str, *, lo: int, hi: int) -> int | None:
     v = body.get(field)
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise VerbError(f"{p}{field} must be {what} in [{lo}, {hi}]")
+        raise VerbError(f"{field} must be an integer in [{lo}, {hi}]")
     return v
 
 
@@ -99,11 +99,16 @@ def _num(body: dict, field: str, *, lo: float, hi: float) -> float | None:
     return float(v)
 
 
-_MS_MAX = 2**53  # epoch ms stay exact in JSON numbers
+_MS_MAX = 2**53  # times and durations stay exact in JSON numbers
 
 
-def _ms(body: dict, field: str, p: str = "") -> int | None:
-    return _int(body, field, p, lo=0, hi=_MS_MAX, what="an integer (epoch ms)")
+def _ms(body: dict, field: str, p: str = "", unit: str = "epoch ms") -> int | None:
+    v = body.get(field)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _MS_MAX:
+        raise VerbError(f"{p}{field} must be a non-negative integer ({unit})")
+    return v
 
 
 def _state(ctx: VerbContext) -> ProtocolsState | None:
@@ -164,7 +169,7 @@ def _outcome(ev: dict, p: str, session_key: str, default_ms: int) -> tuple[str, 
     if not isinstance(success, bool):
         raise VerbError(f"{p}success must be a boolean")
     strategy = _str(ev, "strategy", p, required=True)
-    duration = _int(ev, "duration_ms", p, lo=0, hi=_MS_MAX, what="a non-negative integer")
+    duration = _ms(ev, "duration_ms", p, unit="ms")
     error = _str(ev, "error", p, empty=True, default="")
     feedback = _str(ev, "feedback", p, empty=True, default="")
     ts = _ms(ev, "ts", p)
