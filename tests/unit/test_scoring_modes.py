@@ -128,6 +128,8 @@ def test_full_matrix_skips_a_failed_memory_and_fails_on_a_failed_baseline() -> N
     assert m.memory_importance()["m1"] == pytest.approx(0.505)
     with pytest.raises(ScoringError, match="ConnectionError"):
         full_matrix(CONV, ToyBackend(EFFECTS, fail_calls={0}))
+    b = ToyBackend(EFFECTS, fail_calls={1, 2})
+    assert full_matrix(CONV, b).failed == ["m1", "m2", "m3"] and len(b.calls) == 3  # no call after two failures
 
 
 def test_full_matrix_without_memories_or_responses_makes_no_call() -> None:

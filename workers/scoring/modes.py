@@ -113,7 +113,8 @@ def full_matrix(messages: Sequence[Message] | EncodedConversation, backend: Scor
     """Score every memory against every response: one baseline call plus one call per memory.
 
     Raises :class:`ScoringError` when the baseline call fails (nothing can be measured); a failed
-    memory call is logged, listed in ``failed`` and its row left at 0.
+    memory call is logged, listed in ``failed`` and its row left at 0. After two failed calls the
+    remaining memories are not called either (listed in ``failed``).
     """
     enc = _encode(messages, backend)
     mids, responses = enc.memory_ids, enc.responses
@@ -123,6 +124,9 @@ def full_matrix(messages: Sequence[Message] | EncodedConversation, backend: Scor
         return out  # nothing to compare: no call
     base = np.asarray(_score(backend, enc, responses))
     for k, mid in enumerate(mids):
+        if len(out.failed) >= _FAILURES_BEFORE_DEFER:
+            out.failed.append(mid)  # the server is down: not called, so a read stays bounded
+            continue
         try:
             without = np.asarray(_score(backend, enc, responses, drop=enc.memory_positions[mid]))
         except ScoringError as exc:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import abc
 import functools
-import logging
 import re
 import zlib
 from collections.abc import Iterable
@@ -23,8 +22,6 @@ from collections.abc import Iterable
 from workers.scoring.transport import ScoringError, post_json
 
 __all__ = ("Tokenizer", "WordTokenizer", "CharTokenizer", "RemoteTokenizer", "words", "BOS", "EOS")
-
-logger = logging.getLogger(__name__)
 
 BOS, EOS = "<s>", "</s>"
 # Words outside the corpus vocabulary are hashed into this many ids. 2**20 keeps collisions

@@ -1,7 +1,6 @@
 """The one HTTP helper of the scoring backends, and their error."""
 from __future__ import annotations
 
-import logging
 import time
 import urllib.error
 import urllib.request
@@ -12,8 +11,6 @@ import orjson
 from workers.errors import LearnstreamError
 
 __all__ = ("ScoringError", "post_json", "DEFAULT_TIMEOUT_S", "ERROR_QUOTE")
-
-logger = logging.getLogger(__name__)
 
 # Default per-call timeout in seconds: a scoring server answers a conversation in well under a
 # second; anything slower is stalling a worker's partitions.
