@@ -283,3 +283,46 @@ def test_retrieve_verb_reads_without_changing_state() -> None:
     assert out["task_type"] == "testing" and out["tokens"] <= 30
     assert out["heuristics"][0]["scores"]["recency"] == 1.0  # now = the latest event time
     assert s.store.get(b"agent\x1f" + SK.encode()) == before
+
+
+def test_the_size_bound_never_underestimates_the_serialized_size() -> None:
+    import random
+
+    rng = random.Random(5)
+    st = ProtocolsState()
+    st.to_bytes()
+    words = ["fill", "fields", "submit", "retry", "wait", "click", "reload", "\u00e9t\u00e9", "quote\"d", "tab\tbed"]
+    for i in range(400):
+        op = rng.random()
+        now = T0 + i * 3_600_000
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 30)))
+        if op < 0.6:
+            err = f"E{rng.randint(0, 3)}: {text} {i}" if rng.random() < 0.5 else ""
+            st.learn(f"agent{rng.randint(0, 2)}", outcome(f"o{i}", now, rng.random() < 0.6, strategy=text[:200],
+                                                          task=text * 2, error=err))
+        elif op < 0.7:
+            st.add_preference(f"u{rng.randint(0, 3)}", "c", text, rng.choice(["explicit_instruction", "x"]), now,
+                              importance=rng.random())
+        elif op < 0.8:
+            st.add_knowledge("agent0", "", "d", text * 3, "user_stated", now)
+        elif op < 0.95:
+            ids = [r.id for _, r in st.records()]
+            st.mark_used(rng.sample(ids, min(len(ids), 20)), now, importance=rng.random())
+        else:
+            st.forget(now, older_than_days=rng.random() * 10)
+        bound = st._size_bound
+        assert bound is not None
+        if i % 7 == 0:  # let the bound accumulate in between
+            actual = len(st.to_bytes())
+            assert bound >= actual, (i, bound, actual)
+            st._size_bound = bound  # still a valid bound: keep accumulating on top of it
+
+
+def test_the_size_bound_covers_uses_of_many_records() -> None:
+    st = ProtocolsState()
+    for i in range(100):
+        st.learn("a", outcome(f"o{i}", T0, strategy=f"s{i}"))
+    st.to_bytes()
+    st.mark_used([f"o{i}" for i in range(100)], T0, importance=0.12345678901234567)  # 16 more bytes each
+    bound = st._size_bound
+    assert bound >= len(st.to_bytes())

@@ -98,6 +98,16 @@ def knowledge_confidence(source: str) -> float:
     return 1.0 if source == _USER_STATED else 0.8
 
 
+# Bytes a change may add beyond the rows it rewrites: an agent's entry, separators, the clock's digits.
+_ENTRY_SLACK = 64
+# Bytes a use may add to a record: a longer access count, a later access time, an importance.
+_USE_GROWTH = 48
+
+
+def _row_bytes(rec: _Record) -> int:
+    return len(orjson.dumps(rec.row()))
+
+
 def _event(rec: Heuristic | AntiPattern, agent: str, status: str, **extra: Any) -> dict[str, Any]:
     """The ``agent.heuristics`` payload of a created, updated or removed record."""
     return {**rec.view(agent), "status": status, **extra}
@@ -136,13 +146,22 @@ class ProtocolsState:
     [('created', 3, 0.8)]
     """
 
-    __slots__ = ("agents", "preferences", "clock_ms", "_bytes")
+    __slots__ = ("agents", "preferences", "clock_ms", "_bytes", "_size_bound")
 
     def __init__(self) -> None:
         self.agents: dict[str, AgentMemory] = {}
         self.preferences: dict[str, Preference] = {}
         self.clock_ms = 0
         self._bytes: bytes | None = None  # serialized form; every mutation drops it
+        # An upper bound of the serialized size: the size at the last serialization plus what each
+        # change since can add. The byte budget serializes only when this bound passes it.
+        self._size_bound: int | None = None
+
+    def _changed(self, growth: int) -> None:
+        """Note a mutation that adds at most ``growth`` bytes to the serialized form."""
+        self._bytes = None
+        if self._size_bound is not None:
+            self._size_bound += growth
 
     # -- reading ---------------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -183,7 +202,6 @@ class ProtocolsState:
         am = self.agents.get(agent)
         if am is not None and o.id in am.outcomes:
             return False, []
-        self._bytes = None
         if am is None:
             am = self.agents[agent] = AgentMemory()
         o.last_access = o.ts
@@ -193,6 +211,8 @@ class ProtocolsState:
         h = self._upsert_heuristic(agent, am, o, matcher, config, events)
         ap = self._upsert_anti_pattern(agent, am, o, matcher, config, events) if not o.success and o.error_sig \
             else None
+        # at most: the new outcome, the changed heuristic and anti-pattern whole, the agent's entry
+        self._changed(sum(_row_bytes(r) for r in (o, h, ap) if r is not None) + len(agent) + _ENTRY_SLACK)
         events += self._evict(agent, am.outcomes, config.max_outcomes, keep=o.id)
         events += self._evict(agent, am.heuristics, config.max_heuristics, keep=h.id if h else None)
         events += self._evict(agent, am.anti_patterns, config.max_anti_patterns, keep=ap.id if ap else None)
@@ -288,7 +308,6 @@ class ProtocolsState:
         """Upsert a preference; (record, created, events of records the byte budget evicted).
         A repeat reinforces it and keeps the higher confidence."""
         config = config or ProtocolConfig()
-        self._bytes = None
         self.clock_ms = max(self.clock_ms, now_ms)
         pid = record_id("p", user_id, category, strategy_key(preference))
         conf = preference_confidence(source)
@@ -304,6 +323,7 @@ class ProtocolsState:
             p.reinforce(now_ms)
         if importance is not None:
             p.importance = importance
+        self._changed(_row_bytes(p) + _ENTRY_SLACK)
         self._evict(None, self.preferences, config.max_preferences, keep=pid)
         return p, created, self.enforce_budget(config)
 
@@ -312,7 +332,6 @@ class ProtocolsState:
                       ) -> tuple[Knowledge, bool, list[dict[str, Any]]]:
         """Upsert a domain fact; (record, created, events of records the bounds evicted)."""
         config = config or ProtocolConfig()
-        self._bytes = None
         self.clock_ms = max(self.clock_ms, now_ms)
         am = self.agents.setdefault(agent, AgentMemory())
         kid = record_id("k", agent, project_id, domain, strategy_key(fact))
@@ -329,6 +348,7 @@ class ProtocolsState:
             k.reinforce(now_ms)
         if importance is not None:
             k.importance = importance
+        self._changed(_row_bytes(k) + len(agent) + _ENTRY_SLACK)
         self._evict(agent, am.knowledge, config.max_knowledge, keep=kid)
         return k, created, self.enforce_budget(config)
 
@@ -340,7 +360,6 @@ class ProtocolsState:
         gave it says so with this write.
         """
         wanted = set(ids)
-        self._bytes = None
         self.clock_ms = max(self.clock_ms, now_ms)
         seen: set[str] = set()
         marked = 0
@@ -352,6 +371,7 @@ class ProtocolsState:
                     rec.importance = importance
                 seen.add(rec.id)
                 marked += 1
+        self._changed(marked * _USE_GROWTH + _ENTRY_SLACK)
         return marked, sorted(wanted - seen)
 
     # -- forgetting ----------------------------------------------------------------
@@ -363,7 +383,7 @@ class ProtocolsState:
 
         Returns (removed count per kind, events for removed heuristics and anti-patterns).
         """
-        self._bytes = None
+        self._changed(_ENTRY_SLACK)  # forgetting only shrinks the state (and moves the clock)
         self.clock_ms = max(self.clock_ms, now_ms)
         cutoff = now_ms - older_than_days * DAY_MS
         removed = {"outcomes": 0, "heuristics": 0, "anti_patterns": 0, "knowledge": 0, "preferences": 0}
@@ -401,10 +421,13 @@ class ProtocolsState:
         if len(table) <= quota:
             return []
         now = self.clock_ms
-        ranked = sorted((r for r in table.values() if r.id != keep),
-                        key=lambda r: (r.strength(now), r.last_access, r.id))
+        cands = (r for r in table.values() if r.id != keep)
+        rank = lambda r: (r.strength(now), r.last_access, r.id)  # noqa: E731
+        over = len(table) - quota
+        # one over the quota is the steady state of a full table: a scan, not a sort
+        victims = [min(cands, key=rank)] if over == 1 else sorted(cands, key=rank)[:over]
         events = []
-        for rec in ranked[:len(table) - quota]:
+        for rec in victims:
             del table[rec.id]
             if isinstance(rec, (Heuristic, AntiPattern)):
                 events.append(_event(rec, agent or "", "removed", reason="quota"))
@@ -415,6 +438,8 @@ class ProtocolsState:
         outcomes first (heuristics distill them), then knowledge, anti-patterns, heuristics, preferences."""
         config = config or ProtocolConfig()
         events: list[dict[str, Any]] = []
+        if self._size_bound is not None and self._size_bound <= config.max_bytes:
+            return events
         excess = len(self.to_bytes()) - config.max_bytes
         if excess <= 0:
             return events
@@ -431,14 +456,14 @@ class ProtocolsState:
                     break
                 table = self.preferences if name is None else getattr(self.agents[name], _TABLE_OF[kind])
                 del table[rec.id]
-                excess -= len(orjson.dumps(rec.row())) + 1  # the row and its comma
+                excess -= _row_bytes(rec) + 1  # the row and its comma
                 if isinstance(rec, (Heuristic, AntiPattern)):
                     events.append(_event(rec, name or "", "removed", reason="budget"))
             if excess <= 0:
                 break
         for name in [n for n, am in self.agents.items() if am.empty()]:
             del self.agents[name]
-        self._bytes = None
+        self._bytes = self._size_bound = None
         logger.info("protocols: state over its %d-byte budget; evicted the weakest records", config.max_bytes)
         return events
 
@@ -450,6 +475,7 @@ class ProtocolsState:
                                for name, am in self.agents.items()],
                     "prefs": [p.row() for p in self.preferences.values()]}
             self._bytes = pack_part(_MAGIC, _VERSION, body)
+            self._size_bound = len(self._bytes)
         return self._bytes
 
     @classmethod
@@ -471,6 +497,7 @@ class ProtocolsState:
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptStateError(f"protocols state is malformed ({exc})") from None
         s._bytes = bytes(data)
+        s._size_bound = len(data)
         return s
 
     def __eq__(self, other: object) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -44,10 +45,16 @@ def strength(*, days_since_access: float, accesses: int, reinforcements_7d: int,
     ...                half_life_days=60), 4)
     0.75
     """
-    base = math.exp(-_LN2 * max(0.0, days_since_access) / half_life_days)
-    access = min(_ACCESS_CAP, _ACCESS_STEP * math.log1p(max(0, accesses)))
-    reinf = min(_REINFORCE_CAP, _REINFORCE_STEP * max(0, reinforcements_7d))
-    return min(1.0, max(0.0, (base + access + reinf) * (0.5 + 0.5 * importance)))
+    return _strength(days_since_access, accesses, reinforcements_7d, importance, half_life_days)
+
+
+def _strength(days: float, accesses: float, r7: int, importance: float, half_life: float) -> float:
+    # The one implementation, positional and branchy: quota eviction ranks a full table per outcome.
+    base = math.exp(-_LN2 * days / half_life) if days > 0 else 1.0
+    access = min(_ACCESS_CAP, _ACCESS_STEP * math.log1p(accesses)) if accesses > 0 else 0.0
+    reinf = min(_REINFORCE_CAP, _REINFORCE_STEP * r7) if r7 > 0 else 0.0
+    s = (base + access + reinf) * (0.5 + 0.5 * importance)
+    return 1.0 if s > 1.0 else 0.0 if s < 0.0 else s
 
 
 def record_id(prefix: str, *parts: str) -> str:
@@ -72,12 +79,14 @@ class _Record:
         self.reinforced = sorted([*self.reinforced, now_ms])[-_REINFORCE_KEEP:]
 
     def strength(self, now_ms: int) -> float:
-        r7 = sum(1 for t in self.reinforced if 0 <= now_ms - t < _REINFORCE_WINDOW_MS)
-        return strength(days_since_access=(now_ms - self.last_access) / DAY_MS, accesses=self.accesses,
-                        reinforcements_7d=r7, importance=self.importance, half_life_days=HALF_LIFE_DAYS[self.KIND])
+        rf = self.reinforced
+        r7 = sum(1 for t in rf if 0 <= now_ms - t < _REINFORCE_WINDOW_MS) if rf else 0
+        return _strength((now_ms - self.last_access) / DAY_MS, self.accesses, r7, self.importance,
+                         HALF_LIFE_DAYS[self.KIND])
 
-    def row(self) -> list[Any]:
-        return [getattr(self, f) for f in self.FIELDS + self._TAIL]
+    def row(self) -> tuple[Any, ...]:
+        """The record's values in ``FIELDS`` + tail order (orjson writes the tuple as an array)."""
+        return _ROW[type(self)](self)
 
     @classmethod
     def from_row(cls, row: Any) -> Any:
@@ -252,3 +261,5 @@ class Preference(_Record):
 
 RECORD_TYPES: dict[str, type[_Record]] = {c.KIND: c for c in (Outcome, Heuristic, AntiPattern, Knowledge,
                                                                Preference)}
+# One C-level getter per type: serializing a full session reads ~20k attributes.
+_ROW = {c: operator.attrgetter(*c.FIELDS, *c._TAIL) for c in RECORD_TYPES.values()}
