@@ -152,3 +152,13 @@ def test_embedder_is_loaded_from_the_environment(monkeypatch: pytest.MonkeyPatch
         monkeypatch.setenv(ENV_EMBEDDER, bad)
         with pytest.raises(ConfigError, match=ENV_EMBEDDER):
             matcher_from_env()
+
+
+@pytest.mark.parametrize("name", ["text", "similarity", "records", "memory", "retrieval", "verbs"])
+def test_doctests(name: str) -> None:
+    import doctest
+    import importlib
+
+    res = doctest.testmod(importlib.import_module(f"workers.protocols.{name}"),
+                          optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
+    assert res.failed == 0
