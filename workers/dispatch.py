@@ -6,6 +6,7 @@ from topics, and HTTP ``/dispatch`` and ``learnstream dispatch`` speak this enve
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Callable
@@ -96,18 +97,22 @@ def parse_request(request: Any) -> tuple[str, dict] | dict:
 @verb("health", table="session", writes=False)
 def _health(ctx: VerbContext, body: dict) -> dict:
     out: dict = {}
-    for fn in HEALTH:
-        out.update(fn(ctx))
+    for table, fn in HEALTH:
+        state = ctx.state if table == "session" else ctx.load(table) if ctx.load else StateBlob()
+        out.update(fn(dataclasses.replace(ctx, state=state)))
     return out
 
 
+@verb("memory_info", table="memory", writes=False)
+@verb("agent_info", table="agent", writes=False)
 @verb("learner_info", table="learner", writes=False)
 @verb("session_info", table="session", writes=False)
 def _session_info(ctx: VerbContext, body: dict) -> dict:
     """What a session's state holds: parts with sizes and digests, and the applied-offset watermark.
 
     Two workers (or a worker before and after a crash) hold the same state iff these are equal.
-    ``session_info`` reads the learning-loop value, ``learner_info`` the online learner's.
+    ``session_info`` reads the learning-loop value; ``learner_info``, ``agent_info`` and ``memory_info``
+    the online learner's, the agent protocols' and the memory scoring's.
     """
     import hashlib
 
@@ -157,7 +162,8 @@ class LearnSession:
     def context(self, v: Verb, session_key: str) -> VerbContext:
         state = self.blob(v.table, session_key) if v.table in BLOB_TABLES else None
         return VerbContext(session_key=session_key, state=state, store=self.store,
-                           prefix=state_key("graph", session_key), emit=self._emit, rng=self.rng)
+                           prefix=state_key("graph", session_key), emit=self._emit, rng=self.rng,
+                           load=lambda table: self.blob(table, session_key))
 
     def dispatch(self, request: Any) -> dict:
         parsed = parse_request(request)

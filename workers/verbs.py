@@ -40,6 +40,8 @@ class VerbContext:
     emit: Callable[[str, dict], None] = lambda role, payload: None  # downstream event
     rng: random.Random = field(default_factory=random.Random)       # exploration, injectable
     source: dict | None = None          # {"topic","partition","offset","timestamp_ms"} on the stream
+    # this session's value of another blob table (read-only use: only ctx.state is written back)
+    load: Callable[[str], StateBlob] | None = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class Verb:
 
 
 REGISTRY: dict[str, Verb] = {}
-HEALTH: list[Callable[[VerbContext], dict]] = []
+HEALTH: list[tuple[str, Callable[[VerbContext], dict]]] = []  # (table, contributor)
 
 
 def verb(name: str, *, table: str, writes: bool, topic: str | None = None) -> Callable:
@@ -69,7 +71,16 @@ def verb(name: str, *, table: str, writes: bool, topic: str | None = None) -> Ca
     return deco
 
 
-def health_contributor(fn: Callable[[VerbContext], dict]) -> Callable[[VerbContext], dict]:
-    """Add keys to the ``health`` verb's answer (ctx.state is the session blob)."""
-    HEALTH.append(fn)
-    return fn
+def health_contributor(fn: Callable[[VerbContext], dict] | None = None, *, table: str = "session") -> Callable:
+    """Add keys to the ``health`` verb's answer; ``ctx.state`` is the session's value of ``table``.
+
+    Use as ``@health_contributor`` (the learning-loop value) or ``@health_contributor(table="agent")``.
+    """
+    if table not in BLOB_TABLES:
+        raise ValueError(f"table must be one of {BLOB_TABLES}")
+
+    def deco(f: Callable[[VerbContext], dict]) -> Callable[[VerbContext], dict]:
+        HEALTH.append((table, f))
+        return f
+
+    return deco(fn) if fn is not None else deco

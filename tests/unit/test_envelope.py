@@ -34,3 +34,21 @@ def test_success_omits_error_field() -> None:
 def test_session_key_with_control_characters_is_refused() -> None:
     out = LearnSession().dispatch({"verb": "health", "body": {"session_key": "a\x1fb"}})
     assert out["ok"] is False and "control characters" in out["error"]
+
+
+def test_health_reads_each_contributor_table() -> None:
+    s = LearnSession()
+    h = s.dispatch({"verb": "health"})["data"]
+    assert h["heuristics_count"] == 0 and "instant_ready" in h
+    for verb in ("session_info", "learner_info", "agent_info", "memory_info"):
+        assert s.dispatch({"verb": verb})["ok"]
+
+
+def test_health_sees_the_agent_table_change() -> None:
+    s = LearnSession()
+    for i in range(3):
+        out = s.dispatch({"verb": "learn_outcome", "body": {
+            "id": f"o{i}", "agent": "tester", "task": "test the login form", "task_type": "form_testing",
+            "success": True, "strategy": "fill fields then submit", "ts": 1_700_000_000_000 + i}})
+        assert out["ok"], out
+    assert s.dispatch({"verb": "health"})["data"]["heuristics_count"] == 1

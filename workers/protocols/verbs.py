@@ -29,7 +29,7 @@ from workers.protocols.retrieval import retrieve as _retrieve
 from workers.protocols.similarity import StrategyMatcher, matcher_from_env
 from workers.protocols.text import error_line, error_signature, infer_task_type
 from workers.state.blob import StateBlob
-from workers.verbs import VerbContext, verb
+from workers.verbs import VerbContext, health_contributor, verb
 
 __all__ = ("PART", "parse_outcomes", "protocols_health", "set_matcher", "matcher", "CONFIG")
 
@@ -359,12 +359,13 @@ def heuristics(ctx: VerbContext, body: dict) -> dict:
     return {**out, "counts": state.counts(), "clock_ms": state.clock_ms}
 
 
-def protocols_health(blob: StateBlob | None) -> dict[str, int]:
-    """Health keys of a session's agent value: ``heuristics_count``, ``anti_patterns_count``, ...
+@health_contributor(table="agent")
+def _health(ctx: VerbContext) -> dict[str, int]:
+    return protocols_health(ctx.state)
 
-    The ``health`` verb reads the learning-loop value (table ``session``), not this one, so this is
-    a function for whoever holds the agent value; ``heuristics`` answers the same counts.
-    """
+
+def protocols_health(blob: StateBlob | None) -> dict[str, int]:
+    """Health keys of a session's agent value: ``heuristics_count``, ``anti_patterns_count``, ..."""
     state = blob.get(PART, ProtocolsState) if blob is not None else None
     counts = state.counts() if state is not None else ProtocolsState().counts()
     return {f"{k}_count": v for k, v in counts.items()}

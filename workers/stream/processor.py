@@ -143,7 +143,7 @@ class Processor:
                  emit: Callable[[str, dict], None] | None = None, source: dict | None = None) -> VerbContext:
         return VerbContext(session_key=sk, state=blob, store=self.state.graph_store(partition),
                            prefix=state_key("graph", sk), emit=emit or (lambda role, payload: None),
-                           rng=self.rng, source=source)
+                           rng=self.rng, source=source, load=lambda table: self._blob(table, sk, partition))
 
     def read(self, v: Verb, body: dict, sk: str, partition: int) -> dict:
         """Answer a read verb from the current state (the cached blob when there is one)."""
