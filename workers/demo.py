@@ -301,6 +301,19 @@ async def _simulate(bootstrap: str, w: Worker, rng: np.random.Generator, n_feedb
                 sent.add("examples")
         await c.flush()
 
+        # agent protocols: outcomes of a testing agent become a heuristic and an anti-pattern
+        t0_ms = 1_700_000_000_000
+        outcomes = [("fill fields then submit the form", True, None)] * 4 + [
+            ("sleep then click submit", False, f"TimeoutError: waited {3000 + 500 * i} ms for #btn-{40 + i}")
+            for i in range(3)]
+        for i, (strategy, ok, error) in enumerate(outcomes):
+            o = {"id": f"o{i}", "agent": "tester", "task": f"test the signup form #{i}", "success": ok,
+                 "strategy": strategy, "ts": t0_ms + 60_000 * i}
+            if error:
+                o["error"] = error
+            await c.outcome(agent, o, wait=False)
+            sent.add("outcomes")
+
         # bad input: goes to learn.dlq, the worker goes on
         await c._producer.send_and_wait(topics()["feedback"].name, b"{this is not json", key=agent.encode())
         await c._producer.send_and_wait(topics()["feedback"].name, orjson.dumps(
@@ -333,6 +346,9 @@ async def _simulate(bootstrap: str, w: Worker, rng: np.random.Generator, n_feedb
         "B": w.dispatch("evaluate", {"session_key": learner, "examples": _ex(*_blobs(np.random.default_rng(2), [2, 3], 300, means))}),
         "state": w.dispatch("learner_state", {"session_key": learner}),
     }
+    rep["protocols"] = w.dispatch("retrieve", {"session_key": agent, "task": "test the checkout form",
+                                               "agent": "tester", "now_ms": 1_700_000_600_000})
+    rep["heuristic_events"] = await _consume(bootstrap, "heuristics", 0.5)
     rep["boundaries"] = await _consume(bootstrap, "boundaries")
     rep["consolidations"] = await _consume(bootstrap, "consolidations", 0.5)
     rep["drift"] = await _consume(bootstrap, "drift", 0.5)
@@ -406,6 +422,17 @@ def _print_report(rep: dict) -> None:
     st = lr["state"]
     keys = [k for k in ("examples_seen", "consolidations", "drift_alarms", "boundaries") if k in st]
     print("  " + "  ".join(f"{k}={st[k]}" for k in keys))
+
+    _h("agent protocols (task outcomes -> heuristics and anti-patterns)")
+    pr = rep["protocols"]
+    print(f"  retrieve('test the checkout form') -> task type {pr['task_type']}")
+    for h in pr["heuristics"]:
+        print(f"    heuristic:    '{h['strategy']}'  confidence {h['confidence']:.2f}, "
+              f"posterior {h['posterior']:.2f} over {h['occurrences']} outcomes")
+    for a in pr["anti_patterns"]:
+        print(f"    anti-pattern: '{a['pattern']}' fails with '{a['why_bad']}'"
+              f" ({a['occurrences']}x); instead: '{a.get('better_alternative') or '-'}'")
+    print(f"  agent.heuristics events: {len(rep['heuristic_events'])}")
 
     _h("downstream events")
     print(f"  learn.boundaries      {len(rep['boundaries'])}")
