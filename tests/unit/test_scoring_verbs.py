@@ -54,6 +54,8 @@ def test_score_conversation_stores_scores_and_emits_each_score() -> None:
     assert [m["memory_id"] for m in scores["memories"]] == ["dog", "tax"]  # highest weight first
     assert scores["conversations"] == ["c1"] and scores["config"]["backend"] == "builtin"
     assert data(s, "memory_scores", memory_id="tax")["memories"] == [tax]
+    h = data(s, "health")
+    assert (h["scoring_backend"], h["scoring_memories"], h["scoring_failed_calls"]) == ("builtin", 2, 0)
 
 
 def test_republished_conversation_rescores_only_stale_memories_and_moves_the_ema() -> None:
@@ -173,7 +175,8 @@ def test_a_down_server_fails_calls_without_failing_the_event() -> None:
     assert "refused" in out["failed"][0]["error"]
     assert data(s, "memory_scores")["failed_calls"] == 2 and s.emitted == []
     assert data(s, "memory_scores")["conversations"] == ["c1"]  # stored all the same
-    assert data(s, "health")["scoring_failed_calls"] >= 2
+    h = data(s, "health")
+    assert (h["scoring_backend"], h["scoring_memories"], h["scoring_failed_calls"]) == ("score_api", 0, 2)
     err = call(s, "important_memories", conversation_id="c1")
     assert not err["ok"] and err["error"].startswith("scoring failed: POST")
 
@@ -241,6 +244,7 @@ def test_reads_of_an_empty_session() -> None:
     assert data(s, "memory_scores") == {"memories": [], "conversations": [], "config": data(
         s, "memory_scores")["config"], "failed_calls": 0}
     assert not call(s, "important_memories", conversation_id="c")["ok"]
+    assert data(s, "health")["scoring_memories"] == 0
     assert stored(s) is None
 
 

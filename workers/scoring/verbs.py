@@ -8,7 +8,8 @@
 - ``finetune_candidates`` (write, ``commands``): propose responses of a stored conversation
   that depend on its memories on ``learn.finetune-candidates``, each response once. A write,
   because it records what it proposed: a replay then proposes nothing twice either.
-- ``memory_scores`` / ``important_memories`` (reads).
+- ``memory_scores`` / ``important_memories`` (reads); ``health`` gains ``scoring_backend``,
+  ``scoring_memories`` and ``scoring_failed_calls`` of the session.
 
 Time is event time: ``now_ms`` of the body, else the source record's timestamp on the stream,
 else 0 (without either, memories are scored once and never go stale), so a replay rebuilds the
@@ -28,7 +29,6 @@ from workers.scoring.config import ScoringConfig
 from workers.scoring.conversation import ROLES, Message, content_memory_id
 from workers.scoring.modes import IMPORTANT_MIN, full_matrix, incremental
 from workers.scoring.modes import finetune_candidates as find_candidates
-from workers.scoring.ngram import builtin_model
 from workers.scoring.state import PART, ScoringState
 from workers.scoring.transport import ScoringError
 from workers.verbs import VerbContext, health_contributor, verb
@@ -44,7 +44,6 @@ _MAX_CONVERSATION_BYTES = 256 << 10
 _MAX_ID = 256
 # Messages looked at by finetune_candidates when the body and the config name no count.
 _FINETUNE_COUNT = 20
-_failed_calls = 0  # this process, for health
 
 
 # -- reading bodies --------------------------------------------------------------------------------
@@ -127,9 +126,7 @@ def _emit(ctx: VerbContext, role: str, payload: dict) -> None:
 
 
 def _count_failures(st: ScoringState, n: int) -> None:
-    global _failed_calls
     st.failed_calls += n
-    _failed_calls += n
 
 
 def _backend(st: ScoringState) -> ScoreBackend:
@@ -240,7 +237,10 @@ def important_memories(ctx: VerbContext, body: dict) -> dict:
             "failed": m.failed}
 
 
-@health_contributor
+@health_contributor(table="memory")
 def _health(ctx: VerbContext) -> dict:
-    return {"scoring_model_loaded": builtin_model.cache_info().currsize > 0,
-            "scoring_failed_calls": _failed_calls}
+    st = _state(ctx)
+    if st is None:
+        return {"scoring_backend": ScoringConfig().backend, "scoring_memories": 0, "scoring_failed_calls": 0}
+    return {"scoring_backend": st.config.backend, "scoring_memories": len(st.memories),
+            "scoring_failed_calls": st.failed_calls}
