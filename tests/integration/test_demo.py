@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 
 import psutil
 import pytest
@@ -11,19 +12,22 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def ours() -> set[int]:
-    """Broker and worker processes that exist right now."""
-    out = set()
+def leftovers(marker: str) -> list[str]:
+    """Processes that inherited the demo's environment marker (its broker and worker) and still run."""
+    out = []
     for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if "tansu" in cmd or "workers.cli worker" in cmd:
-            out.add(p.info["pid"])
+        try:
+            if p.environ().get("LEARNSTREAM_TEST_MARKER") == marker and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(" ".join(p.info["cmdline"] or []))
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
     return out
 
 
 def test_demo_runs_and_reports(tmp_path) -> None:
-    before = ours()
+    marker = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
+    env["LEARNSTREAM_TEST_MARKER"] = marker
     r = subprocess.run([sys.executable, "-m", "workers.cli", "demo", "--events", "900"], env=env,
                        capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -33,4 +37,4 @@ def test_demo_runs_and_reports(tmp_path) -> None:
         assert section in out, out
     assert "Where did Alice work at t=2500?" in out and "globex" in out
     assert "bad_json" in out  # the broken event was dead-lettered, and the demo went on
-    assert ours() - before == set(), "the demo left a broker or worker running"
+    assert leftovers(marker) == [], "the demo left a broker or worker running"
