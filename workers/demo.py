@@ -13,6 +13,8 @@ through the agent SDK, answers read over the worker's HTTP API. The simulation:
   answered before and after each change, plus one "what did we believe then";
 - **continual learner**: two tasks in sequence; accuracy on the first is checked
   after learning the second;
+- **agent protocols**: task outcomes become a heuristic and an anti-pattern;
+- **memory importance**: which memories the assistant's answers depend on;
 - **bad input**: two broken events go to the dead-letter topic, nothing stops.
 """
 from __future__ import annotations
@@ -314,6 +316,20 @@ async def _simulate(bootstrap: str, w: Worker, rng: np.random.Generator, n_feedb
             await c.outcome(agent, o, wait=False)
             sent.add("outcomes")
 
+        # memory importance: which memories do the assistant's answers depend on?
+        await c.memory_context(agent, "conv-1", [
+            {"role": "memory", "memory_id": "dog", "content": "Our dog is called Biscuit and loves the beach."},
+            {"role": "memory", "memory_id": "units", "content": "The user prefers metric units, kilometres."},
+            {"role": "memory", "memory_id": "lisbon", "content": "The user once visited Lisbon in spring."},
+            {"role": "user", "content": "Any plans for the weekend?"},
+            {"role": "assistant", "content": "Take Biscuit to the beach, the dog loves it."},
+            {"role": "user", "content": "How far is it?"},
+            {"role": "assistant", "content": "About five kilometres, in metric units."},
+            {"role": "user", "content": "And what should we eat?"},
+            {"role": "assistant", "content": "A picnic on the beach; bring water for Biscuit."},
+        ])
+        sent.add("memory")
+
         # bad input: goes to learn.dlq, the worker goes on
         await c._producer.send_and_wait(topics()["feedback"].name, b"{this is not json", key=agent.encode())
         await c._producer.send_and_wait(topics()["feedback"].name, orjson.dumps(
@@ -349,6 +365,7 @@ async def _simulate(bootstrap: str, w: Worker, rng: np.random.Generator, n_feedb
     rep["protocols"] = w.dispatch("retrieve", {"session_key": agent, "task": "test the checkout form",
                                                "agent": "tester", "now_ms": 1_700_000_600_000})
     rep["heuristic_events"] = await _consume(bootstrap, "heuristics", 0.5)
+    rep["memory"] = w.dispatch("memory_scores", {"session_key": agent})
     rep["boundaries"] = await _consume(bootstrap, "boundaries")
     rep["consolidations"] = await _consume(bootstrap, "consolidations", 0.5)
     rep["drift"] = await _consume(bootstrap, "drift", 0.5)
@@ -433,6 +450,13 @@ def _print_report(rep: dict) -> None:
         print(f"    anti-pattern: '{a['pattern']}' fails with '{a['why_bad']}'"
               f" ({a['occurrences']}x); instead: '{a.get('better_alternative') or '-'}'")
     print(f"  agent.heuristics events: {len(rep['heuristic_events'])}")
+
+    _h("memory importance (log-prob drop of the answers without the memory)")
+    weights = {m["memory_id"]: m["weight"] for m in rep["memory"]["memories"]}
+    for mid in ("dog", "units", "lisbon"):
+        w_ = weights.get(mid)
+        print(f"    {mid:8} " + (f"weight {w_:7.3f}" if w_ is not None else "not scored") +
+              ("   (no answer depends on it)" if w_ is not None and w_ < 0.01 else ""))
 
     _h("downstream events")
     print(f"  learn.boundaries      {len(rep['boundaries'])}")

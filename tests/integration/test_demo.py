@@ -33,7 +33,7 @@ def test_demo_runs_and_reports(tmp_path) -> None:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
     for section in ("model routing", "instant adapter", "task switches", "knowledge graph",
-                    "continual learner", "dead-letter topic"):
+                    "continual learner", "agent protocols", "memory importance", "dead-letter topic"):
         assert section in out, out
     assert "Where did Alice work at t=2500?" in out and "globex" in out
     assert "bad_json" in out  # the broken event was dead-lettered, and the demo went on
