@@ -126,6 +126,11 @@ def test_two_workers_split_partitions_and_failover_moves_state(worker_factory, c
 
     wait_until(split, 120, 0.3, "the two workers split the 4 partitions")
     sessions = [f"agent-{i}" for i in range(12)]
+    # writes over HTTP to either worker: forwarded to the owner, answered once applied
+    for i, s in enumerate(sessions):
+        out = (a if i % 2 else b).dispatch("init_instant", {"session_key": s, "targets": ["x", "y"], "dim": 4})
+        assert out["ok"], out
+    assert all(a.dispatch("health", {"session_key": s})["data"]["instant_ready"] for s in sessions)
     _feed_losses(client, sessions, 12)
     # any worker answers for any session (reads are forwarded to the owner)
     wait_until(lambda: all(window(a, s) == 10 for s in sessions), 60, what="all applied")
