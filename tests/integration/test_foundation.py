@@ -143,3 +143,33 @@ def test_two_workers_split_partitions_and_failover_moves_state(worker_factory, c
                  and s in before)
     client.loss(moved, 0.5)
     wait_until(lambda: info(a, moved)["watermark"] != before[moved]["watermark"], 60)
+
+
+def test_worker_without_a_broker_starts_the_embedded_one(tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tests.helpers import http_json
+    from workers.broker import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
+    env.update(LEARNSTREAM_WEB_PORT=str(port), LEARNSTREAM_DATA_DIR=str(tmp_path / "data"),
+               LEARNSTREAM_PARTITIONS="2")
+    p = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "embedded broker on 127.0.0.1:" in p.stdout.readline()
+        wait_until(lambda: http_json(f"http://127.0.0.1:{port}/ready", timeout=3)[0] == 200, 90, 0.3,
+                   "the worker on its own embedded broker")
+        brokers = [c for c in psutil.Process(p.pid).children(recursive=True) if "tansu" in " ".join(c.cmdline())]
+        assert brokers
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(60)
+    for c in brokers:
+        assert not c.is_running() or c.status() == psutil.STATUS_ZOMBIE
