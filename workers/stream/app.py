@@ -143,15 +143,18 @@ class Runtime:
                 return t, {"op": op, **body}
         return t, {"verb": verb_name, "body": body}
 
-    async def write(self, verb_name: str, body: dict, sk: str) -> dict:
+    async def write(self, verb_name: str, body: dict, sk: str) -> tuple[dict, int]:
+        """Produce the write to its topic; answer (envelope, HTTP status) once this worker applied it."""
         topic, value = self.event_for_write(verb_name, {**body, "session_key": sk})
         meta = await (await self.channel(topic.role).send(key=sk.encode(), value=orjson.dumps(value)))
         key = (topic.name, meta.topic_partition.partition, meta.offset)
         try:
-            return await self.replies.wait(key, _APPLY_TIMEOUT_S)
+            out = await self.replies.wait(key, _APPLY_TIMEOUT_S)
         except asyncio.TimeoutError:
+            # the event is in the log and will be applied (by whoever owns the partition by then)
             return envelope_error(verb_name, f"timed out after {_APPLY_TIMEOUT_S:.0f} s waiting for "
-                                             f"{topic.name}[{key[1]}]@{key[2]} to be applied")
+                                             f"{topic.name}[{key[1]}]@{key[2]} to be applied"), 504
+        return out, 200 if out["ok"] else 422
 
     def owner_url(self, sk: str) -> str | None:
         """Base URL of the worker owning ``sk``, or None when it is this one (or unknown)."""
@@ -175,7 +178,6 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     app = faust.App(
         settings.app_id,
         broker=",".join(f"kafka://{b}" for b in settings.broker.split(",")),
-        broker_credentials=None,
         store="rocksdb://",
         datadir=str(settings.data_dir),
         web_host=settings.web_host, web_port=settings.web_port, web_bind=settings.web_bind or settings.web_host,
@@ -280,9 +282,12 @@ def _install_web(app: faust.App, rt: Runtime) -> None:
             async with app.http_client.post(owner + request.path, data=orjson.dumps(req),
                                             headers={_FORWARDED: "1", "Content-Type": "application/json"}) as r:
                 return web.bytes(await r.read(), content_type="application/json", status=r.status)
-        v = REGISTRY[name]
-        out = await rt.write(name, body, sk) if v.writes else rt.read(name, body, sk)
-        return _json(web, out, 200 if out["ok"] else 422)
+        if REGISTRY[name].writes:
+            out, status = await rt.write(name, body, sk)
+        else:
+            out = rt.read(name, body, sk)
+            status = 200 if out["ok"] else 422
+        return _json(web, out, status)
 
     async def read_body(request: Any) -> Any:
         try:
