@@ -1,0 +1,241 @@
+"""Shared parts of the end-to-end benchmarks (``feedback``, ``route_http``): a real
+embedded broker, real ``learnstream worker`` subprocesses, a metrics reader.
+
+Not a benchmark itself (the leading underscore keeps it out of ``learnstream bench``).
+
+**Gating with SIGSTOP.** A consumer that is already a joined group member is
+suspended (SIGSTOP), the events are produced, and the clock starts at SIGCONT. So
+the measured time holds consumption only: neither the producer nor the group join.
+A suspended member sends no heartbeats, so the suspension must stay well below the
+session timeout (:data:`SESSION_TIMEOUT_S`); the embedded broker's group join takes
+half the session timeout (measured: 3.0 / 5.0 / 10.0 / 15.0 / 30.0 s for 6 / 10 /
+20 / 30 / 60 s), so the timeout cannot simply be made long.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+from workers.broker import EmbeddedBroker, free_port
+from workers.stream.provision import ensure_topics
+from workers.stream.settings import Settings
+
+__all__ = ("SESSION_TIMEOUT_S", "SAFE_PAUSE_SHARE", "WorkerProcess", "Gated", "start_broker", "provision", "http_json", "metric",
+           "wait_until", "balanced_keys", "machine_note", "worker_options", "worker_kwargs")
+
+# A member suspended while one scenario is produced (a few seconds) must not be
+# expelled; the join costs half of it (see above), paid once per consumer.
+SESSION_TIMEOUT_S = 20.0
+# Suspensions longer than this share of the session timeout risk a rejoin inside a measurement.
+SAFE_PAUSE_SHARE = 0.6
+# faust + table recovery + Tansu's ≈ 5 s group join, with room for a loaded box.
+_READY_TIMEOUT_S = 120.0
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_broker(log_dir: Path) -> EmbeddedBroker:
+    return EmbeddedBroker(log_path=log_dir / "broker.log").start()
+
+
+def provision(bootstrap: str, partitions: int, extra: list[str] | None = None) -> dict[str, int]:
+    """Create every learnstream topic (what a worker does first), and ``extra`` topics, with ``partitions``."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    async def go() -> dict[str, int]:
+        have = await ensure_topics(Settings(broker=bootstrap, partitions=partitions))
+        if extra:
+            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+            await admin.start()
+            try:
+                await admin.create_topics([NewTopic(t, partitions, 1) for t in extra])
+            finally:
+                await admin.close()
+        return have
+
+    return asyncio.run(go())
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def http_json(url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample (0.0 when absent)."""
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return 0.0
+
+
+def balanced_keys(n: int, partitions: int, prefix: str = "agent-") -> list[str]:
+    """``n`` session keys spread evenly over ``partitions`` (by the producer's murmur2 partitioner)."""
+    from aiokafka.partitioner import murmur2
+
+    per = -(-n // partitions)
+    taken: dict[int, int] = {}
+    keys: list[str] = []
+    i = 0
+    while len(keys) < n:
+        k = f"{prefix}{i}"
+        p = (murmur2(k.encode()) & 0x7FFFFFFF) % partitions
+        if taken.get(p, 0) < per:
+            taken[p] = taken.get(p, 0) + 1
+            keys.append(k)
+        i += 1
+    return keys
+
+
+def worker_options(p: argparse.ArgumentParser) -> None:
+    """``--worker-env`` and ``--worker-cmd``: run the benchmark against a differently configured worker."""
+    p.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment of the worker (e.g. LEARNSTREAM_BATCH_WITHIN_S=0.02); repeatable")
+    p.add_argument("--worker-cmd", default=None, metavar="CMD",
+                   help="command that runs the worker (default: python -m workers.cli worker), e.g. a script "
+                        "that patches something and then calls workers.cli.main; for experiments")
+
+
+def worker_kwargs(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        env = dict(kv.split("=", 1) for kv in args.worker_env)
+    except ValueError:
+        p.error("--worker-env takes NAME=VALUE")
+    return {"env": env, "command": shlex.split(args.worker_cmd) if args.worker_cmd else None}
+
+
+def machine_note() -> str:
+    load = os.getloadavg()
+    return (f"{psutil.cpu_count()} CPUs, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}, "
+            f"Python {sys.version.split()[0]}")
+
+
+class Gated:
+    """A subprocess that can be suspended and resumed (SIGSTOP / SIGCONT) and measured for CPU time."""
+
+    proc: subprocess.Popen | None = None
+
+    def _ps(self) -> psutil.Process:
+        assert self.proc is not None
+        return psutil.Process(self.proc.pid)
+
+    def pause(self) -> None:
+        self._ps().suspend()
+
+    def resume(self) -> float:
+        """SIGCONT; returns the monotonic time just before the signal (the start of a measurement)."""
+        ps = self._ps()
+        t = time.monotonic()
+        ps.resume()
+        return t
+
+    def cpu_seconds(self) -> float:
+        c = self._ps().cpu_times()
+        return c.user + c.system
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            psutil.Process(proc.pid).resume()  # a suspended process ignores SIGTERM until resumed
+        except psutil.Error:
+            pass
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+class WorkerProcess(Gated):
+    """A real ``learnstream worker`` subprocess on the given broker (its own data dir and HTTP port)."""
+
+    def __init__(self, bootstrap: str, *, partitions: int, app_id: str, data_dir: Path | None = None,
+                 log_dir: Path, env: dict[str, str] | None = None, command: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="learnstream-bench-", dir=log_dir))
+        self.log_path = log_dir / f"worker-{self.port}.log"
+        s = Settings(broker=bootstrap, broker_kind="embedded", app_id=app_id, data_dir=self.data_dir,
+                     web_port=self.port, partitions=partitions, session_timeout_s=SESSION_TIMEOUT_S,
+                     log_level="warning")
+        self.env = {**os.environ, **s.env(), **(env or {})}
+        self.command = command or [sys.executable, "-m", "workers.cli", "worker"]
+        self.started_at = 0.0
+        self.ready_at = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> WorkerProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(self.command, env=self.env, cwd=_ROOT,
+                                     stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return self
+
+    def ready(self) -> bool:
+        if not self.alive():
+            tail = self.log_path.read_bytes()[-3000:].decode(errors="replace")
+            raise RuntimeError(f"worker exited ({self.proc.returncode if self.proc else '?'}); log:\n{tail}")
+        try:
+            return http_json(self.url + "/ready", timeout=5)[0] == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float = _READY_TIMEOUT_S) -> float:
+        """Block until /ready; returns seconds from process start (start-up + group join + recovery)."""
+        wait_until(self.ready, timeout, "worker /ready", 0.05)
+        self.ready_at = time.monotonic()
+        return self.ready_at - self.started_at
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as r:
+            return r.read().decode()
+
+    def events(self, topic: str, outcome: str = "applied") -> float:
+        return metric(self.metrics(), "learnstream_events_total", topic=topic, outcome=outcome)
+
+    def dispatch(self, verb: str, body: dict | None = None) -> tuple[int, Any]:
+        return http_json(self.url + "/dispatch", {"verb": verb, "body": body or {}})
+
+    def stop(self, timeout: float = 30.0) -> None:
+        super().stop(timeout)
+        log = getattr(self, "_log", None)
+        if log is not None and not log.closed:
+            log.close()

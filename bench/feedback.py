@@ -1,0 +1,461 @@
+"""Benchmark: end-to-end feedback events/s of one learning worker vs two baselines (``learnstream bench feedback``).
+
+One embedded broker and three consumers, each in its own consumer group on its own
+topic (``learn.feedback`` for the worker; same partition count, same keys, the very
+same pre-produced messages for the baselines):
+
+- **worker**: a real ``learnstream worker`` subprocess. Every event runs the
+  ``learn_feedback`` verb (instant adapter with replay, loss window / boundaries,
+  optionally the router), and state goes to the RocksDB tables and their changelogs.
+  Sessions are initialized first with ``init_instant`` (and ``init_router`` with
+  ``--router``) through the commands topic.
+- **plain faust**: a minimal faust app, one agent, ``async for value in stream``,
+  that only decodes each message (``bench/_consumers.py faust``).
+- **raw aiokafka**: a consumer's ``getmany`` loop that only decodes (the practical
+  limit; ``bench/_consumers.py raw``).
+
+Decoding is the same everywhere: ``orjson`` + :func:`workers.codec.embedding_field`.
+384-d unit-norm embeddings as ``embedding_b64`` or as JSON arrays (``x.tolist()``),
+one event per message, or envelopes ``{session_key, events: [...]}`` of ``--envelope``
+events. ``--sessions`` session keys spread evenly over the partitions.
+
+**What is timed.** All three consumers join their groups and are warmed up first.
+Then, one consumer at a time: it is suspended (SIGSTOP), the scenario's messages are
+produced to its topic and acknowledged, and it is timed from its resumption (SIGCONT)
+until it has consumed them all. So the group join (timed separately: process start
+to first assignment) and the producer are outside every measurement, and only the
+timed consumer runs (the others are idle). The baselines report the CLOCK_MONOTONIC
+time of their last event themselves; the worker is polled on ``/metrics``
+(``learnstream_events_total{topic="learn.feedback", outcome="applied"}``) with an
+interval that shrinks near the end (the end time is that poll's answer: a slight
+over-estimate of the worker's time). Each measurement is repeated (``--repeats``);
+the tables show the median and the ratios use medians. For scale, a row "learning
+only" runs the worker's own :class:`~workers.stream.processor.Processor` on the same
+messages in process (in-memory store, batches of 500 messages): no Kafka, no faust.
+
+Targets (issues 3 and 5): with envelopes the worker reaches >= 30% of the raw
+consumer's events/s; with one event per message it is within 20% of plain faust.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import queue
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from _stream import (SAFE_PAUSE_SHARE, SESSION_TIMEOUT_S, Gated, WorkerProcess, balanced_keys, machine_note,
+                     metric, provision, start_broker, wait_until, worker_kwargs, worker_options)
+from workers.broker import EmbeddedBroker
+from workers.client import LearnstreamClient
+from workers.codec import MAX_EVENT_BYTES, encode_embedding_b64
+from workers.cores.instant import REPLAY_CAP
+from workers.state import MemoryStore
+from workers.stream.processor import Processor, StoreStateAccess
+from workers.stream.records import Record
+from workers.topics import topics
+
+__all__ = ("main",)
+
+logger = logging.getLogger(__name__)
+
+_TARGETS = ["small", "medium", "large", "code"]
+_TARGET_RAW_ENVELOPE = 0.30     # worker / raw, envelopes
+_TARGET_FAUST_SINGLE = 0.80     # worker / plain faust, one event per message ("within 20%")
+_CHILD_TIMEOUT_S = 600.0
+# the producer's request may hold one JSON-array envelope (≈ 8 kB per 384-d event)
+_MAX_REQUEST_BYTES = 8 << 20
+_LINGER_MS = 20
+_CONSUMERS = ("raw aiokafka", "plain faust", "worker")
+_LEARNING_ONLY = "learning only"
+_INPROC_BATCH = 500             # messages per Processor.process call (the worker's LEARNSTREAM_BATCH_MAX)
+_LINE = re.compile(r"(ready|done)( [0-9.]+)+")
+# the baselines' own topics (same partitions, same keys, same messages as learn.feedback)
+_RAW_TOPIC = "bench.feedback.raw"
+_FAUST_TOPIC = "bench.feedback.faust"
+
+
+@dataclass
+class Run:
+    consumer: str
+    encoding: str
+    mode: str
+    events: int
+    messages: int
+    seconds: float
+    cpu_consumer: float
+    cpu_broker: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+
+class Child(Gated):
+    """A baseline consumer subprocess (``bench/_consumers.py``) speaking its stdin/stdout protocol."""
+
+    def __init__(self, kind: str, bootstrap: str, topic: str, partitions: int, log_dir: Path,
+                 fetch_max_wait_ms: int | None = None) -> None:
+        self.kind = kind
+        self.cmd = [sys.executable, str(Path(__file__).with_name("_consumers.py")), kind, "--bootstrap", bootstrap,
+                    "--topic", topic, "--group", f"bench-{kind}-{uuid.uuid4().hex[:6]}",
+                    "--partitions", str(partitions)]
+        if fetch_max_wait_ms:
+            self.cmd += ["--fetch-max-wait-ms", str(fetch_max_wait_ms)]
+        self.log_path = log_dir / f"{kind}.log"
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.started_at = 0.0
+
+    def start(self) -> Child:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                     text=True, bufsize=1, cwd=Path(__file__).resolve().parent.parent)
+        threading.Thread(target=self._read, daemon=True).start()
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            m = _LINE.search(line)  # faust's terminal spinner writes control codes to stdout too
+            if m:
+                self.lines.put(m.group(0))
+        self.lines.put("eof")
+
+    def _expect(self, word: str, timeout: float) -> list[str]:
+        try:
+            parts = self.lines.get(timeout=timeout).split()
+        except queue.Empty:
+            raise RuntimeError(f"{self.kind} consumer: no '{word}' within {timeout:.0f} s (log {self.log_path})") from None
+        if not parts or parts[0] != word:
+            tail = self.log_path.read_bytes()[-3000:].decode(errors="replace")
+            raise RuntimeError(f"{self.kind} consumer said {parts!r}, expected '{word}'; log:\n{tail}")
+        return parts
+
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        return float(self._expect("ready", timeout)[1]) - self.started_at
+
+    def expect(self, total_events: int) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(f"{total_events}\n")
+        self.proc.stdin.flush()
+
+    def wait_done(self, timeout: float = _CHILD_TIMEOUT_S) -> float:
+        """Monotonic time of the last event of the current target."""
+        return float(self._expect("done", timeout)[3])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        super().stop(timeout)
+        if not self._log.closed:
+            self._log.close()
+
+
+# --------------------------------------------------------------------------- events
+def _event(x: np.ndarray, encoding: str, rng: np.random.Generator, now_ms: int) -> dict:
+    e: dict = {"model": _TARGETS[int(rng.integers(len(_TARGETS)))], "quality": round(float(rng.random()), 4),
+               "now_ms": now_ms}
+    if encoding == "b64":
+        e["embedding_b64"] = encode_embedding_b64(x)
+    else:
+        e["embedding"] = x.tolist()  # what an agent sending a float32 vector as JSON produces
+    return e
+
+
+def make_messages(sessions: list[str], events: int, dim: int, encoding: str, envelope: int,
+                  seed: int) -> list[tuple[bytes, bytes]]:
+    """(key, value) messages holding ``events`` events, round-robin over sessions; envelope 1 = one per message."""
+    rng = np.random.default_rng(seed)
+    out: list[tuple[bytes, bytes]] = []
+    now = 1_700_000_000_000
+    per_msg = max(envelope, 1)
+    n_msgs = -(-events // per_msg)
+    for m in range(n_msgs):
+        sk = sessions[m % len(sessions)]
+        k = min(per_msg, events - m * per_msg)
+        X = rng.standard_normal((k, dim)).astype(np.float32)
+        X /= np.linalg.norm(X, axis=1, keepdims=True)  # sentence encoders emit unit-norm vectors
+        evs = [_event(X[i], encoding, rng, now + m * per_msg + i) for i in range(k)]
+        value = {"session_key": sk, **evs[0]} if envelope <= 1 else {"session_key": sk, "events": evs}
+        raw = orjson.dumps(value)
+        if len(raw) > MAX_EVENT_BYTES:
+            raise SystemExit(f"a message of {len(raw):,} bytes exceeds the worker's limit of {MAX_EVENT_BYTES:,} "
+                             "(it would go to the DLQ): use a smaller --envelope")
+        out.append((sk.encode(), raw))
+    return out
+
+
+async def _produce(bootstrap: str, topic: str, msgs: list[tuple[bytes, bytes]]) -> None:
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=_LINGER_MS, max_batch_size=1 << 20,
+                         max_request_size=_MAX_REQUEST_BYTES, acks=1)
+    await p.start()
+    try:
+        for key, value in msgs:
+            await p.send(topic, value, key=key)
+        await p.flush()
+    finally:
+        await p.stop()
+
+
+def produce(bootstrap: str, topic: str, msgs: list[tuple[bytes, bytes]]) -> float:
+    t0 = time.perf_counter()
+    asyncio.run(_produce(bootstrap, topic, msgs))
+    return time.perf_counter() - t0
+
+
+def _init_commands(sessions: list[str], dim: int, router: bool) -> list[tuple[str, str, dict]]:
+    """(session, verb, body) of the commands that set sessions up: init_instant, and init_router."""
+    out = []
+    for sk in sessions:
+        out.append((sk, "init_instant", {"targets": _TARGETS, "dim": dim}))
+        if router:
+            out.append((sk, "init_router", {"targets": _TARGETS, "in_dim": dim}))
+    return out
+
+
+async def _send_commands(bootstrap: str, commands: list[tuple[str, str, dict]]) -> None:
+    async with LearnstreamClient(bootstrap) as c:
+        for sk, verb, body in commands:
+            await c.command(sk, verb, body)
+
+
+def learning_only(commands: list[tuple[str, str, dict]], warm: list[tuple[bytes, bytes]],
+                  msgs: list[tuple[bytes, bytes]], topic: str, partitions: int) -> float:
+    """Seconds for the worker's Processor to apply ``msgs`` in process (in-memory store, no Kafka, no faust)."""
+    from aiokafka.partitioner import murmur2
+
+    proc = Processor(StoreStateAccess(MemoryStore()))
+    cmd = [orjson.dumps({"verb": v, "body": {**b, "session_key": sk}}) for sk, v, b in commands]
+    assert proc.process([Record("learn.commands", 0, i, commands[i][0].encode(), c)
+                         for i, c in enumerate(cmd)]).rejected == 0
+
+    def records(ms: list[tuple[bytes, bytes]], base: int) -> list[Record]:
+        return [Record(topic, (murmur2(k) & 0x7FFFFFFF) % partitions, base + i, k, v) for i, (k, v) in enumerate(ms)]
+
+    proc.process(records(warm, 0))
+    recs = records(msgs, len(warm))
+    t0 = time.perf_counter()
+    for i in range(0, len(recs), _INPROC_BATCH):
+        res = proc.process(recs[i:i + _INPROC_BATCH])
+        if res.rejected:
+            raise RuntimeError(f"the processor rejected {res.rejected} messages: {res.produce[0].value['reason']}")
+    return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- measuring
+def wait_worker(w: WorkerProcess, topic: str, target_msgs: int, t0: float, timeout: float) -> float:
+    """Poll /metrics until ``target_msgs`` records of ``topic`` are applied; returns the time of that answer.
+
+    The interval is half the estimated remaining time (10-250 ms), so a run of a few
+    seconds costs the worker a few dozen /metrics requests.
+    """
+    deadline = t0 + timeout
+    start_count = None
+    while True:
+        text = w.metrics()
+        now = time.monotonic()
+        applied = metric(text, "learnstream_events_total", topic=topic, outcome="applied")
+        rejected = metric(text, "learnstream_events_total", topic=topic, outcome="rejected")
+        if rejected:
+            raise RuntimeError(f"the worker rejected {rejected:.0f} feedback events (see learn.dlq); log {w.log_path}")
+        if applied >= target_msgs:
+            return now
+        if now > deadline:
+            raise RuntimeError(f"worker applied {applied:.0f} of {target_msgs} records within {timeout:.0f} s")
+        if start_count is None:
+            start_count = applied
+        done = applied - start_count
+        remaining = target_msgs - applied
+        est = remaining * (now - t0) / done if done > 0 else 0.25
+        time.sleep(min(max(est / 2, 0.01), 0.25))
+
+
+class _BrokerPs(Gated):
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+
+
+class Consumer:
+    """One of the three consumers, its own topic, and how to know it has consumed everything."""
+
+    def __init__(self, name: str, proc: Gated, topic: str, wait_done: Callable[[float], float]) -> None:
+        self.name, self.proc, self.topic, self.wait_done = name, proc, topic, wait_done
+        self.events = self.messages = 0  # produced to its topic so far
+        self.max_produce_s = 0.0
+
+    def run(self, broker: EmbeddedBroker, broker_ps: Gated, msgs: list[tuple[bytes, bytes]], n_events: int,
+            encoding: str, mode: str) -> Run:
+        """Suspend, produce ``msgs`` to this consumer's topic, resume and time until all are consumed."""
+        self.proc.pause()
+        took = produce(broker.bootstrap, self.topic, msgs)
+        self.max_produce_s = max(self.max_produce_s, took)
+        if took > SAFE_PAUSE_SHARE * SESSION_TIMEOUT_S:
+            logger.warning("%s was suspended %.1f s (session timeout %.0f s): it may have rejoined its group "
+                           "inside the measurement; use fewer events", self.name, took, SESSION_TIMEOUT_S)
+        self.events += n_events
+        self.messages += len(msgs)
+        if isinstance(self.proc, Child):
+            self.proc.expect(self.events)
+        c0, b0 = self.proc.cpu_seconds(), broker_ps.cpu_seconds()
+        t0 = self.proc.resume()
+        t_end = self.wait_done(t0)
+        return Run(self.name, encoding, mode, n_events, len(msgs), t_end - t0, self.proc.cpu_seconds() - c0,
+                   broker_ps.cpu_seconds() - b0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="learnstream bench feedback", description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=int, default=10_000, help="events per one-event-per-message run (default 10,000)")
+    p.add_argument("--envelope-events", type=int, default=40_000, help="events per envelope run (default 40,000)")
+    p.add_argument("--envelope", type=int, default=100, help="events per envelope (default 100)")
+    p.add_argument("--sessions", type=int, default=8, help="session keys, spread evenly over partitions (default 8)")
+    p.add_argument("--partitions", type=int, default=4, help="partitions of the input topics (default 4)")
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--encodings", default="b64,json", help="comma-separated: b64, json (default both)")
+    p.add_argument("--repeats", type=int, default=3, help="measurements per consumer and scenario (median shown)")
+    p.add_argument("--router", action="store_true", help="also init_router: every event trains the router too")
+    worker_options(p)
+    p.add_argument("--fetch-max-wait-ms", type=int, default=None,
+                   help="the baselines' fetch wait (default: the clients' own, faust's hardcoded 1500 ms as in "
+                        "the worker); set it to the worker's when the worker's was changed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-logs", action="store_true", help="keep the broker/worker logs (their folder is printed)")
+    args = p.parse_args(argv)
+    encodings = [e.strip() for e in args.encodings.split(",") if e.strip()]
+    if not encodings or not set(encodings) <= {"b64", "json"}:
+        p.error("--encodings: b64 and/or json")
+    worker_kw = worker_kwargs(p, args)
+
+    log_dir = Path(tempfile.mkdtemp(prefix="learnstream-bench-feedback-"))
+    topic = topics()["feedback"].name
+    sessions = balanced_keys(args.sessions, args.partitions)
+    commands = _init_commands(sessions, args.dim, args.router)
+    print(f"learnstream bench feedback: {args.dim}-d embeddings, {args.sessions} sessions over {args.partitions} "
+          f"partitions, {args.events:,} events one per message / {args.envelope_events:,} events in envelopes of "
+          f"{args.envelope}, encodings {', '.join(encodings)}, {args.repeats} repeats"
+          f"{', router on' if args.router else ''}"
+          f"{', worker env ' + ' '.join(args.worker_env) if args.worker_env else ''}"
+          f"{', worker command ' + args.worker_cmd if args.worker_cmd else ''}"
+          f"{f', baselines fetch_max_wait_ms {args.fetch_max_wait_ms}' if args.fetch_max_wait_ms else ''}")
+    print(f"machine: {machine_note()}; logs in {log_dir}", flush=True)
+
+    t_all = time.monotonic()
+    broker = start_broker(log_dir)
+    procs: list[Gated] = []
+    try:
+        provision(broker.bootstrap, args.partitions, extra=[_RAW_TOPIC, _FAUST_TOPIC])
+        broker_ps = _BrokerPs(broker.proc)
+        worker = WorkerProcess(broker.bootstrap, partitions=args.partitions, app_id=f"bench-{uuid.uuid4().hex[:6]}",
+                               log_dir=log_dir, **worker_kw).start()
+        raw = Child("raw", broker.bootstrap, _RAW_TOPIC, args.partitions, log_dir, args.fetch_max_wait_ms).start()
+        plain = Child("faust", broker.bootstrap, _FAUST_TOPIC, args.partitions, log_dir,
+                      args.fetch_max_wait_ms).start()
+        procs = [worker, raw, plain]
+        join = {"worker": worker.wait_ready(), "raw aiokafka": raw.wait_ready(), "plain faust": plain.wait_ready()}
+        print("group join, process start -> first assignment (outside every measurement): "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in join.items()), flush=True)
+
+        asyncio.run(_send_commands(broker.bootstrap, commands))
+        cmd_topic = topics()["commands"].name
+        wait_until(lambda: worker.events(cmd_topic) >= len(commands), 60, "init commands applied", 0.1)
+
+        consumers = [
+            Consumer("raw aiokafka", raw, _RAW_TOPIC, lambda t0: raw.wait_done()),
+            Consumer("plain faust", plain, _FAUST_TOPIC, lambda t0: plain.wait_done()),
+            Consumer("worker", worker, topic,
+                     lambda t0: wait_worker(worker, topic, consumers[2].messages, t0, _CHILD_TIMEOUT_S)),
+        ]
+        # warm-up (not timed): every consumer has fetched and decoded, the worker filled every replay buffer
+        warm = make_messages(sessions, 2 * REPLAY_CAP * len(sessions), args.dim, "b64", 1, args.seed + 99)
+        for c in consumers:
+            c.run(broker, broker_ps, warm, len(warm), "b64", "warm-up")
+
+        runs: list[Run] = []
+        scenarios = [(enc, mode) for enc in encodings for mode in ("single", "envelope")]
+        for k, (enc, mode) in enumerate(scenarios):
+            n_events = args.events if mode == "single" else args.envelope_events
+            msgs = make_messages(sessions, n_events, args.dim, enc, 1 if mode == "single" else args.envelope,
+                                 args.seed + k)
+            mb = sum(len(v) for _, v in msgs) / 1e6
+            print(f"[{enc}, {mode}] {len(msgs):,} messages, {n_events:,} events, {mb:.0f} MB", flush=True)
+            for c in consumers:
+                rs = [c.run(broker, broker_ps, msgs, n_events, enc, mode) for _ in range(args.repeats)]
+                runs += rs
+                print(f"    {c.name:<13} " + ", ".join(f"{r.rate:,.0f}" for r in rs) + " events/s "
+                      f"(each produced in ≤ {c.max_produce_s:.1f} s while suspended)", flush=True)
+            secs = [learning_only(commands, warm, msgs, topic, args.partitions) for _ in range(args.repeats)]
+            runs += [Run(_LEARNING_ONLY, enc, mode, n_events, len(msgs), t, t, 0.0) for t in secs]
+            print(f"    {_LEARNING_ONLY:<13} " + ", ".join(f"{n_events / t:,.0f}" for t in secs) + " events/s",
+                  flush=True)
+        ok = report(runs, encodings, args)
+        print(f"\ntotal wall time {time.monotonic() - t_all:.0f} s")
+        return 0 if ok else 1
+    finally:
+        for g in procs:
+            g.stop()
+        broker.stop()
+        if not args.keep_logs:
+            import shutil
+
+            shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def _median(runs: list[Run], attr: str = "rate") -> float:
+    return statistics.median(getattr(r, attr) for r in runs)
+
+
+def report(runs: list[Run], encodings: list[str], args: argparse.Namespace) -> bool:
+    by: dict[tuple[str, str, str], list[Run]] = {}
+    for r in runs:
+        by.setdefault((r.consumer, r.encoding, r.mode), []).append(r)
+    print(f"\nevents/s, median of {args.repeats} (min-max); CPU per event of the consumer process and of the "
+          "broker, in µs (medians)")
+    head = f"{'consumer':<14} {'mode':<18}"
+    for enc in encodings:
+        head += f" {enc + ' events/s':>15} {'(min-max)':>15} {'cpu':>5} {'brk':>5}"
+    print(head)
+    for mode, label in (("single", "1 event/message"), ("envelope", f"envelopes of {args.envelope}")):
+        for c in (*_CONSUMERS, _LEARNING_ONLY):
+            line = f"{c:<14} {label:<18}"
+            for enc in encodings:
+                rs = by[(c, enc, mode)]
+                rates = [r.rate for r in rs]
+                cpu = statistics.median(r.cpu_consumer / r.events * 1e6 for r in rs)
+                brk = statistics.median(r.cpu_broker / r.events * 1e6 for r in rs)
+                line += (f" {_median(rs):>15,.0f} {f'{min(rates):,.0f}-{max(rates):,.0f}':>15} {cpu:>5.0f} "
+                         f"{brk if c != _LEARNING_ONLY else float('nan'):>5.0f}")
+            print(line)
+    print("\nratios of medians (same run, same messages)")
+    ok = True
+    for enc in encodings:
+        rate = {(c, m): _median(by[(c, enc, m)]) for c in _CONSUMERS for m in ("single", "envelope")}
+        r1 = rate[("worker", "envelope")] / rate[("raw aiokafka", "envelope")]
+        r2 = rate[("worker", "envelope")] / rate[("raw aiokafka", "single")]
+        r3 = rate[("worker", "single")] / rate[("plain faust", "single")]
+        r4 = rate[("worker", "single")] / rate[("raw aiokafka", "single")]
+        p1, p3 = r1 >= _TARGET_RAW_ENVELOPE, r3 >= _TARGET_FAUST_SINGLE
+        ok = ok and p1 and p3
+        print(f"  [{enc:>4}] worker envelopes / raw, same envelopes       {r1:>5.0%}   target >= "
+              f"{_TARGET_RAW_ENVELOPE:.0%} -> {'PASS' if p1 else 'FAIL'}")
+        print(f"  [{enc:>4}] worker envelopes / raw, 1 event/message      {r2:>5.0%}")
+        print(f"  [{enc:>4}] worker 1 event/message / plain faust         {r3:>5.0%}   target >= "
+              f"{_TARGET_FAUST_SINGLE:.0%} -> {'PASS' if p3 else 'FAIL'}")
+        print(f"  [{enc:>4}] worker 1 event/message / raw 1 event/message {r4:>5.0%}")
+    return ok
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

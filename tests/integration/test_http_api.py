@@ -1,0 +1,100 @@
+"""The worker's HTTP API on real parts: embedded broker, one worker subprocess, plain HTTP."""
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.helpers import http_json
+
+pytestmark = pytest.mark.integration
+
+# the documented fields of a routing decision (README, HTTP API; RouterState.route)
+ROUTE_FIELDS = {"model", "context_bucket", "temperature", "top_p", "confidence", "algo", "exploration"}
+TARGETS = ["small", "medium", "large"]
+
+
+def post_raw(url: str, data: bytes) -> tuple[int, dict]:
+    import json
+
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def dispatch(w, verb: str, body: dict) -> tuple[int, dict]:
+    return http_json(w.url + "/dispatch", {"verb": verb, "body": body})
+
+
+def test_http_api(worker_factory) -> None:
+    w = worker_factory().start().wait_ready()
+
+    status, health = http_json(w.url + "/health")
+    assert status == 200 and health["status"] == "ok" and health["ready"] is True
+    assert sorted(health["active_partitions"]) == [0, 1, 2, 3]
+    assert get(w.url + "/ready")[0] == 200
+
+    # a write verb on /dispatch answers once the owning worker applied it ...
+    status, out = dispatch(w, "init_instant", {"session_key": "s1", "targets": ["a", "b"], "dim": 4})
+    assert (status, out) == (200, {"ok": True, "verb": "init_instant", "data": {"targets": ["a", "b"], "dim": 4}})
+    # ... so a read right after it sees the state
+    status, out = dispatch(w, "apply_adapter", {"session_key": "s1", "embedding": [0.1, 0.2, 0.3, 0.4]})
+    assert status == 200 and out["ok"], out
+    assert out["data"]["targets"] == ["a", "b"] and len(out["data"]["logits"]) == 2
+    # another session was never initialized: the same read is refused (the write above was what made it work)
+    status, out = dispatch(w, "apply_adapter", {"session_key": "s2", "embedding": [0.1, 0.2, 0.3, 0.4]})
+    assert status == 422 and not out["ok"] and out["verb"] == "apply_adapter"
+
+    # routers: one stays untrained, one passes its threshold of 3 samples
+    for sk, threshold in (("untrained", 200), ("trained", 3)):
+        status, out = dispatch(w, "init_router", {"session_key": sk, "targets": TARGETS, "in_dim": 4,
+                                                  "threshold": threshold})
+        assert status == 200 and out["ok"], out
+    for i in range(3):
+        status, out = dispatch(w, "record_outcome", {"session_key": "trained", "target": TARGETS[i % 3],
+                                                     "quality": 0.9, "embedding": [1.0, -0.5, 0.25, float(i)]})
+        assert status == 200 and out["ok"], out
+    assert out["data"]["samples"] == 3 and out["data"]["trained"] is True
+
+    status, out = http_json(w.url + "/route", {"session_key": "untrained", "embedding": [0.5, 0.1, -0.2, 0.3],
+                                               "estimated_tokens": 100})
+    assert status == 200 and out["ok"] and out["verb"] == "route", out
+    assert set(out["data"]) == ROUTE_FIELDS
+    assert out["data"]["algo"] == "rule" and out["data"]["model"] == TARGETS[0] and out["data"]["exploration"] is False
+
+    status, out = http_json(w.url + "/route", {"session_key": "trained", "embedding": [0.5, 0.1, -0.2, 0.3]})
+    assert status == 200 and out["ok"], out
+    data = out["data"]
+    assert set(data) == ROUTE_FIELDS and data["algo"] == "fastgrnn" and data["model"] in TARGETS
+    assert 0.0 <= data["confidence"] <= 1.0 and isinstance(data["exploration"], bool)
+
+    # a session without a router: the verb's error, not a crash
+    status, out = http_json(w.url + "/route", {"session_key": "nobody", "embedding": [0.5, 0.1, -0.2, 0.3]})
+    assert status == 422 and out == {"ok": False, "verb": "route", "error": "router not initialized"}
+
+    # bad requests
+    status, out = http_json(w.url + "/dispatch", {"verb": "x", "body": {}})
+    assert (status, out) == (400, {"ok": False, "verb": "x", "error": "unknown verb: x"})
+    status, out = post_raw(w.url + "/dispatch", b'{"verb": "route", "body": ')
+    assert status == 400 and not out["ok"] and out["error"].startswith("parse: "), out
+    status, out = post_raw(w.url + "/route", b"{not json")
+    assert status == 400 and not out["ok"] and out["error"].startswith("parse: "), out
+
+    # metrics: the writes above were counted as applied commands
+    status, text = get(w.url + "/metrics")
+    assert status == 200 and "learnstream_events_total" in text
+    applied = [line for line in text.splitlines()
+               if line.startswith('learnstream_events_total{outcome="applied",topic="learn.commands"}')]
+    assert applied and float(applied[0].split()[-1]) == 6.0  # init_instant, 2 init_router, 3 record_outcome
