@@ -165,17 +165,18 @@ class EmbeddedBroker:
 
 def run_forever(port: int | None = None) -> int:
     """``learnstream broker``: run until Ctrl-C / SIGTERM."""
-    broker = EmbeddedBroker(port=port).start()
-    print(f"learnstream broker ready on {broker.bootstrap}  (export LEARNSTREAM_BROKER={broker.bootstrap})",
-          flush=True)
     stop = False
 
     def _stop(*_: object) -> None:
         nonlocal stop
         stop = True
 
+    # handlers first: a Ctrl-C right after "ready" must still stop the broker in order
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    broker = EmbeddedBroker(port=port).start()
+    print(f"learnstream broker ready on {broker.bootstrap}  (export LEARNSTREAM_BROKER={broker.bootstrap})",
+          flush=True)
     try:
         while not stop and broker.proc is not None and broker.proc.poll() is None:
             time.sleep(0.2)
