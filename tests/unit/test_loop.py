@@ -172,8 +172,11 @@ def test_router_and_attention_parts_are_fed_when_present(monkeypatch: pytest.Mon
         def from_bytes(cls, data: bytes) -> FakePart:
             return cls()
 
-        def record_outcome(self, target, quality, embedding=None, estimated_tokens=0):
-            calls.append(("outcome", target, quality, embedding.shape, estimated_tokens))
+        in_dim = DIM
+
+        def record_outcomes(self, targets, qualities, X=None, estimated_tokens=None):
+            for i, (target, quality) in enumerate(zip(targets, qualities)):
+                calls.append(("outcome", target, quality, X[i].shape, estimated_tokens[i]))
 
         def nudge_relation(self, relation, signed_quality):
             calls.append(("nudge", relation, signed_quality))

@@ -56,3 +56,17 @@ def test_web_bind_defaults_to_the_advertised_host(monkeypatch) -> None:
     monkeypatch.setenv("LEARNSTREAM_WEB_BIND", "0.0.0.0")
     s = Settings.from_env()
     assert s.web_bind == "0.0.0.0" and s.web_host == "127.0.0.1" and s.env()["LEARNSTREAM_WEB_BIND"] == "0.0.0.0"
+
+
+def test_fetch_max_wait_reaches_the_worker_consumer(monkeypatch) -> None:
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from workers.stream import faust_tuning
+
+    class Made:
+        _fetch_max_wait_ms = 1500  # what faust hard-codes
+
+    monkeypatch.setattr(AIOKafkaConsumerThread, "_create_worker_consumer", lambda self, transport: Made())
+    monkeypatch.setattr(faust_tuning, "_wait_ms", None)
+    faust_tuning.set_fetch_max_wait(Settings.from_env().fetch_max_wait_ms)
+    assert AIOKafkaConsumerThread._create_worker_consumer(object(), None)._fetch_max_wait_ms == 50

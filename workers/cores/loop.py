@@ -190,11 +190,11 @@ def learn_feedback(ctx: VerbContext, body: dict) -> dict:
 
     router = _optional_part(ctx, "workers.cores.router", "RouterState", "router")
     if router is not None:
-        for i in range(n):
-            kw: dict[str, Any] = {"embedding": X[i]}
-            if tokens[i] is not None:
-                kw["estimated_tokens"] = tokens[i]
-            router.record_outcome(instant.targets[T[i]], float(q_eff[i]), **kw)
+        # one training kernel call for the whole envelope (equal to record_outcome row by row); an
+        # embedding of another width than the router's trains nothing, as in record_outcome
+        router.record_outcomes([instant.targets[t] for t in T], [float(q) for q in q_eff],
+                               X if X.shape[1] == router.in_dim else None,
+                               [t if t is not None else 0 for t in tokens])
     attention = _optional_part(ctx, "workers.cores.attention", "AttentionState", "attention")
     if attention is not None:
         for i in range(n):

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from workers import broker_compat, metrics
 from workers.dispatch import envelope_error, load_verbs, parse_request, session_key_of
 from workers.errors import VerbError
+from workers.stream.faust_tuning import set_fetch_max_wait
 from workers.stream.processor import Processor
 from workers.stream.records import Record
 from workers.stream.settings import Settings
@@ -172,6 +173,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     load_verbs()
     if settings.broker_kind == "embedded":
         broker_compat.enable()
+    set_fetch_max_wait(settings.fetch_max_wait_ms)
     if not settings.broker:
         raise ValueError("settings.broker must be set (the CLI starts the embedded broker first)")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
