@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from workers.codec import embedding_field
+from workers.bodies import int_in, number_in
 from workers.errors import VerbError
 from workers.online.curriculum import Curriculum
 from workers.online.distill import Distillation
@@ -48,24 +49,6 @@ _NOT_READY = "learner not initialized; call init_learner first"
 
 
 # -- reading bodies ------------------------------------------------------------
-def _int(body: dict, field: str, *, lo: int, hi: int, default: Any = None) -> Any:
-    v = body.get(field, default)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise VerbError(f"{field} must be an integer in [{lo}, {hi}]")
-    return v
-
-
-def _num(body: dict, field: str, *, lo: float, hi: float) -> float | None:
-    v = body.get(field)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or not lo <= v <= hi:
-        raise VerbError(f"{field} must be a number in [{lo}, {hi}]")
-    return float(v)
-
-
 def _bool(body: dict, field: str) -> bool | None:
     v = body.get(field)
     if v is not None and not isinstance(v, bool):
@@ -79,44 +62,44 @@ def build_learner(body: dict, session_key: str) -> ContinualLearner:
         raise VerbError("n_features required")
     if body.get("n_classes") is None:
         raise VerbError("n_classes required")
-    d = _int(body, "n_features", lo=1, hi=_MAX_FEATURES)
-    c = _int(body, "n_classes", lo=2, hi=_MAX_CLASSES)
+    d = int_in(body, "n_features", 1, _MAX_FEATURES)
+    c = int_in(body, "n_classes", 2, _MAX_CLASSES)
     kind = body.get("model", "mlp")
     if kind not in ("mlp", "softmax"):
         raise VerbError('model must be "softmax" or "mlp"')
-    hidden = _int(body, "hidden", lo=1, hi=_MAX_HIDDEN)
+    hidden = int_in(body, "hidden", 1, _MAX_HIDDEN)
     if hidden is not None and kind == "softmax":
         raise VerbError('hidden applies to model "mlp" only')
-    lr = _num(body, "lr", lo=1e-6, hi=10.0)
-    momentum = _num(body, "momentum", lo=0.0, hi=0.999)
+    lr = number_in(body, "lr", 1e-6, 10.0)
+    momentum = number_in(body, "momentum", 0.0, 0.999)
     strategy = body.get("replay")
     if strategy is not None and strategy not in ("uniform", "reservoir", "prioritized"):
         raise VerbError('replay must be "uniform", "reservoir" or "prioritized"')
-    capacity = _int(body, "capacity", lo=0, hi=_MAX_CAPACITY)
-    seed = _int(body, "seed", lo=0, hi=2**32 - 1, default=zlib.crc32(session_key.encode()))
+    capacity = int_in(body, "capacity", 0, _MAX_CAPACITY)
+    seed = int_in(body, "seed", 0, 2**32 - 1, zlib.crc32(session_key.encode()))
     model = (SoftmaxRegression(lr=lr, momentum=momentum) if kind == "softmax"
              else MLP(hidden=hidden, lr=lr, momentum=momentum))
     return ContinualLearner(
         n_features=d, n_classes=c, classifier=model,
         replay=ReplayBuffer(capacity=capacity, strategy=strategy),
-        ewc=EWC(lam=_num(body, "ewc_lambda", lo=0.0, hi=1e6), decay=_num(body, "fisher_decay", lo=0.0, hi=0.9999)),
-        distillation=Distillation(der_alpha=_num(body, "der_alpha", lo=0.0, hi=100.0),
-                                  der_beta=_num(body, "der_beta", lo=0.0, hi=100.0),
-                                  lwf_lambda=_num(body, "lwf_lambda", lo=0.0, hi=100.0),
-                                  temperature=_num(body, "temperature", lo=0.05, hi=100.0)),
-        curriculum=Curriculum(floor=_num(body, "curriculum_floor", lo=0.01, hi=1.0),
-                              steady=_num(body, "curriculum_steady", lo=0.01, hi=1.0),
-                              ramp=_int(body, "curriculum_ramp", lo=0, hi=1_000_000)),
+        ewc=EWC(lam=number_in(body, "ewc_lambda", 0.0, 1e6), decay=number_in(body, "fisher_decay", 0.0, 0.9999)),
+        distillation=Distillation(der_alpha=number_in(body, "der_alpha", 0.0, 100.0),
+                                  der_beta=number_in(body, "der_beta", 0.0, 100.0),
+                                  lwf_lambda=number_in(body, "lwf_lambda", 0.0, 100.0),
+                                  temperature=number_in(body, "temperature", 0.05, 100.0)),
+        curriculum=Curriculum(floor=number_in(body, "curriculum_floor", 0.01, 1.0),
+                              steady=number_in(body, "curriculum_steady", 0.01, 1.0),
+                              ramp=int_in(body, "curriculum_ramp", 0, 1_000_000)),
         scheduler=ConsolidationScheduler(
-            examples_threshold=_int(body, "examples_threshold", lo=0, hi=10**9),
-            time_threshold_ms=_int(body, "time_threshold_ms", lo=0, hi=10**12),
-            fisher_every=_int(body, "fisher_every", lo=1, hi=10**6)),
-        drift=KLDriftDetector(window=_int(body, "drift_window", lo=8, hi=100_000),
-                              alpha=_num(body, "drift_alpha", lo=1e-12, hi=0.5)),
+            examples_threshold=int_in(body, "examples_threshold", 0, 10**9),
+            time_threshold_ms=int_in(body, "time_threshold_ms", 0, 10**12),
+            fisher_every=int_in(body, "fisher_every", 1, 10**6)),
+        drift=KLDriftDetector(window=int_in(body, "drift_window", 8, 100_000),
+                              alpha=number_in(body, "drift_alpha", 1e-12, 0.5)),
         boundary_on_drift=_bool(body, "boundary_on_drift"),
-        batch_size=_int(body, "batch_size", lo=1, hi=4096),
-        train_steps=_int(body, "train_steps", lo=1, hi=100),
-        consolidation_steps=_int(body, "consolidation_steps", lo=0, hi=10_000),
+        batch_size=int_in(body, "batch_size", 1, 4096),
+        train_steps=int_in(body, "train_steps", 1, 100),
+        consolidation_steps=int_in(body, "consolidation_steps", 0, 10_000),
         asymmetric=_bool(body, "asymmetric"),
         seed=seed,
     )

@@ -19,9 +19,9 @@ has seen. Reads take ``now_ms`` or the latest time seen.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
+from workers.bodies import int_in, number_in
 from workers.errors import VerbError
 from workers.protocols.memory import PART, ProtocolConfig, ProtocolsState
 from workers.protocols.records import Outcome
@@ -79,24 +79,6 @@ def _str(body: dict, field: str, p: str = "", *, required: bool = False, empty: 
         kind = "a string" if empty else "a non-empty string"
         raise VerbError(f"{p}{field} must be {kind} of at most {n} characters")
     return v
-
-
-def _int(body: dict, field: str, *, lo: int, hi: int) -> int | None:
-    v = body.get(field)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise VerbError(f"{field} must be an integer in [{lo}, {hi}]")
-    return v
-
-
-def _num(body: dict, field: str, *, lo: float, hi: float) -> float | None:
-    v = body.get(field)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-        raise VerbError(f"{field} must be a number in [{lo}, {hi}]")
-    return float(v)
 
 
 _MS_MAX = 2**53  # times and durations stay exact in JSON numbers
@@ -224,7 +206,7 @@ def add_preference(ctx: VerbContext, body: dict) -> dict:
     category = _str(body, "category", required=True)
     text = _str(body, "preference", required=True)
     source = _str(body, "source", default=_DEFAULT_SOURCE)
-    importance = _num(body, "importance", lo=0.0, hi=1.0)
+    importance = number_in(body, "importance", 0.0, 1.0)
     state = _state(ctx)
     now = _now(ctx, body, state)
     state = _writable(ctx)
@@ -242,7 +224,7 @@ def add_knowledge(ctx: VerbContext, body: dict) -> dict:
     fact = _str(body, "fact", required=True)
     project = _str(body, "project_id", empty=True, default="")
     source = _str(body, "source", default=_DEFAULT_SOURCE)
-    importance = _num(body, "importance", lo=0.0, hi=1.0)
+    importance = number_in(body, "importance", 0.0, 1.0)
     state = _state(ctx)
     now = _now(ctx, body, state)
     _check_agents(state, [agent])
@@ -263,7 +245,7 @@ def mark_used(ctx: VerbContext, body: dict) -> dict:
             or not all(isinstance(i, str) and i for i in ids)):
         raise VerbError(f"ids must be a non-empty array of at most {_MAX_IDS} non-empty strings")
     agent = _str(body, "agent")
-    importance = _num(body, "importance", lo=0.0, hi=1.0)
+    importance = number_in(body, "importance", 0.0, 1.0)
     state = _state(ctx)
     now = _now(ctx, body, state)
     if state is None:
@@ -278,9 +260,9 @@ def forget(ctx: VerbContext, body: dict) -> dict:
     """``{older_than_days?=90, below_confidence?=0.3, min_strength?, agent?, project_id?, now_ms?}``
     -> removed count per kind. Outcomes older than the horizon, heuristics below the confidence,
     and (with ``min_strength``) any record whose strength is below it."""
-    days = _num(body, "older_than_days", lo=0.0, hi=_MAX_DAYS)
-    below = _num(body, "below_confidence", lo=0.0, hi=1.0)
-    min_strength = _num(body, "min_strength", lo=0.0, hi=1.0)
+    days = number_in(body, "older_than_days", 0.0, _MAX_DAYS)
+    below = number_in(body, "below_confidence", 0.0, 1.0)
+    min_strength = number_in(body, "min_strength", 0.0, 1.0)
     agent = _str(body, "agent")
     project = _str(body, "project_id", empty=True)
     state = _state(ctx)
@@ -308,8 +290,8 @@ def retrieve(ctx: VerbContext, body: dict) -> dict:
     user = _str(body, "user_id")
     project = _str(body, "project_id", empty=True)
     task_type = _str(body, "task_type")
-    top_k = _int(body, "top_k", lo=1, hi=_MAX_TOP_K) or 5
-    budget = _int(body, "token_budget", lo=1, hi=_MAX_TOKEN_BUDGET)
+    top_k = int_in(body, "top_k", 1, _MAX_TOP_K) or 5
+    budget = int_in(body, "token_budget", 1, _MAX_TOKEN_BUDGET)
     state = _state(ctx)
     now = _now(ctx, body, state)
     return _retrieve(state, task=task, agent=agent, now_ms=now, user_id=user, project_id=project,

@@ -1,11 +1,11 @@
 """A session's scoring settings (``configure_scoring``), validated with the verbs' exact errors."""
 from __future__ import annotations
 
-import math
 import urllib.parse
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from workers.bodies import int_in, number_in
 from workers.errors import VerbError
 
 __all__ = ("ScoringConfig", "BACKENDS", "TOKENIZERS", "LOGPROBS_MODES")
@@ -138,33 +138,13 @@ def _url(body: dict, field: str) -> str:
     return v
 
 
-def _int(body: dict, field: str, lo: int, hi: int) -> int | None:
-    v = body.get(field)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise VerbError(f"{field} must be an integer in [{lo}, {hi}]")
-    return v
-
-
-def _num(body: dict, field: str, lo: float, hi: float, *, open_lo: bool = False) -> float | None:
-    v = body.get(field)
-    if v is None:
-        return None
-    ok = (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-          and (v > lo if open_lo else v >= lo) and v <= hi)
-    if not ok:
-        raise VerbError(f"{field} must be a number in {'(' if open_lo else '['}{lo:g}, {hi:g}]")
-    return float(v)
-
-
 def _nums(body: dict) -> dict[str, Any]:
     got = {
-        "timeout_s": _num(body, "timeout_s", 0.0, 120.0, open_lo=True),
-        "max_age_ms": _int(body, "max_age_ms", 0, 10**13),
-        "window": _int(body, "window", 1, 10_000),
-        "threshold": _num(body, "threshold", 0.0, 1e9),
-        "max_per_run": _int(body, "max_per_run", 1, 10_000),
-        "finetune_count": _int(body, "finetune_count", 0, 100_000),
+        "timeout_s": number_in(body, "timeout_s", 0, 120, open_lo=True),
+        "max_age_ms": int_in(body, "max_age_ms", 0, 10**13),
+        "window": int_in(body, "window", 1, 10_000),
+        "threshold": number_in(body, "threshold", 0, 1e9),
+        "max_per_run": int_in(body, "max_per_run", 1, 10_000),
+        "finetune_count": int_in(body, "finetune_count", 0, 100_000),
     }
     return {k: v for k, v in got.items() if v is not None}

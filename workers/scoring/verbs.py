@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from workers.bodies import int_in
 from workers.errors import VerbError
 from workers.scoring.backends import ScoreBackend, build_backend
 from workers.scoring.config import ScoringConfig
@@ -96,13 +97,6 @@ def event_time(ctx: VerbContext, body: dict) -> int:
         return now
     ts = (ctx.source or {}).get("timestamp_ms")
     return ts if isinstance(ts, int) and not isinstance(ts, bool) and ts >= 0 else 0
-
-
-def _int(body: dict, field: str, lo: int, hi: int) -> int | None:
-    v = body.get(field)
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi):
-        raise VerbError(f"{field} must be an integer in [{lo}, {hi}]")
-    return v
 
 
 def _state(ctx: VerbContext) -> ScoringState | None:
@@ -191,7 +185,7 @@ def finetune_candidates(ctx: VerbContext, body: dict) -> dict:
     """{conversation_id, count?, threshold?} -> {candidates: [{key, message_index, divergence, content}]}
     (highest first; responses proposed before are never proposed again)."""
     st, cid, msgs = _stored(ctx, body)
-    count = _int(body, "count", 1, _MAX_MESSAGES) or st.config.finetune_count or _FINETUNE_COUNT
+    count = int_in(body, "count", 1, _MAX_MESSAGES) or st.config.finetune_count or _FINETUNE_COUNT
     thr = body.get("threshold", st.config.threshold)
     if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0 <= thr <= 1e9:
         raise VerbError("threshold must be a number in [0, 1e+09]")
@@ -219,7 +213,7 @@ def important_memories(ctx: VerbContext, body: dict) -> dict:
     [{memory_id, score}] above min_score (0.01), highest first}], failed}; only that response's
     entry with ``message_index``."""
     st, cid, msgs = _stored(ctx, body)
-    idx = _int(body, "message_index", 0, _MAX_MESSAGES)
+    idx = int_in(body, "message_index", 0, _MAX_MESSAGES)
     if idx is not None and (idx >= len(msgs) or msgs[idx].role != "assistant"):
         raise VerbError(f"message_index {idx} is not an assistant response of {cid}")
     lo = body.get("min_score", IMPORTANT_MIN)
