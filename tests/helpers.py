@@ -1,6 +1,7 @@
 """Shared test helpers: waiting for conditions, and real worker processes."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,9 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
 from workers.broker import free_port
 
-__all__ = ("wait_until", "WorkerProc", "http_json")
+__all__ = ("wait_until", "WorkerProc", "http_json", "read_topic", "send_raw")
 
 # Tansu's group join takes ~5 s and a rejoin up to ~18 s; failover waits for the
 # session timeout. Generous limits keep a loaded CI box from flaking.
@@ -122,3 +126,34 @@ class WorkerProc:
             return self.log_path.read_bytes()[-n:].decode(errors="replace")
         except OSError:
             return ""
+
+
+def send_raw(bootstrap: str, topic: str, key: bytes, values: list[bytes]) -> None:
+    async def go() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await p.start()
+        try:
+            for v in values:
+                await p.send_and_wait(topic, v, key=key)
+        finally:
+            await p.stop()
+    asyncio.run(go())
+
+
+def read_topic(bootstrap: str, topic: str, n: int, timeout: float = 60) -> list[dict]:
+    """At least ``n`` values of ``topic`` from the start (or what arrived within ``timeout``)."""
+    async def go() -> list[dict]:
+        c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False)
+        await c.start()
+        out: list[dict] = []
+        try:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + timeout
+            while len(out) < n and loop.time() < end:
+                for msgs in (await c.getmany(timeout_ms=500)).values():
+                    out += [orjson.loads(m.value) for m in msgs]
+        finally:
+            await c.stop()
+        return out
+    return asyncio.run(go())

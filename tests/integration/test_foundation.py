@@ -1,46 +1,14 @@
 """Issue 2 on real parts: embedded broker, worker subprocesses, RocksDB tables, HTTP."""
 from __future__ import annotations
 
-import asyncio
 import base64
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from tests.helpers import wait_until
+from tests.helpers import read_topic, send_raw, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def send_raw(bootstrap: str, topic: str, key: bytes, values: list[bytes]) -> None:
-    async def go() -> None:
-        p = AIOKafkaProducer(bootstrap_servers=bootstrap)
-        await p.start()
-        try:
-            for v in values:
-                await p.send_and_wait(topic, v, key=key)
-        finally:
-            await p.stop()
-    asyncio.run(go())
-
-
-def read_topic(bootstrap: str, topic: str, n: int, timeout: float = 60) -> list[dict]:
-    async def go() -> list[dict]:
-        c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False)
-        await c.start()
-        out: list[dict] = []
-        try:
-            loop = asyncio.get_running_loop()
-            end = loop.time() + timeout
-            while len(out) < n and loop.time() < end:
-                for msgs in (await c.getmany(timeout_ms=500)).values():
-                    out += [orjson.loads(m.value) for m in msgs]
-        finally:
-            await c.stop()
-        return out
-    return asyncio.run(go())
 
 
 def info(w, sk: str) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import wait_until
-from tests.integration.test_foundation import read_topic
+from tests.helpers import read_topic
 from workers.topics import topics
 
 pytestmark = pytest.mark.integration

@@ -4,13 +4,10 @@ readable with memory_scores and land on memory.scores with deterministic ids; fi
 land on learn.finetune-candidates once."""
 from __future__ import annotations
 
-import asyncio
 
-import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
-from tests.helpers import wait_until
+from tests.helpers import read_topic, wait_until
 from tests.unit.scoring_servers import LMServer
 from workers.dispatch import LearnSession
 from workers.topics import topics
@@ -25,25 +22,6 @@ MSGS = [
     {"role": "user", "content": "And after that?"},
     {"role": "assistant", "content": "Give Biscuit a good dinner."},
 ]
-
-
-def read_topic(bootstrap: str, topic: str, n: int, timeout: float = 30) -> list[dict]:
-    """At least ``n`` values of ``topic`` from the start (or what arrived within ``timeout``)."""
-    async def go() -> list[dict]:
-        c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False)
-        await c.start()
-        out: list[dict] = []
-        try:
-            loop = asyncio.get_running_loop()
-            end = loop.time() + timeout
-            while len(out) < n and loop.time() < end:
-                for msgs in (await c.getmany(timeout_ms=300)).values():
-                    out += [orjson.loads(m.value) for m in msgs]
-        finally:
-            await c.stop()
-        return out
-    return asyncio.run(go())
 
 
 def scores_of(w, sk: str) -> dict[str, float]:
