@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from workers.broker import free_port
 
-__all__ = ("wait_until", "WorkerProc", "http_json", "read_topic", "send_raw")
+__all__ = ("wait_until", "WorkerProc", "http_json", "read_topic", "send_raw", "applied")
 
 # Tansu's group join takes ~5 s and a rejoin up to ~18 s; failover waits for the
 # session timeout. Generous limits keep a loaded CI box from flaking.
@@ -157,3 +157,12 @@ def read_topic(bootstrap: str, topic: str, n: int, timeout: float = 60) -> list[
             await c.stop()
         return out
     return asyncio.run(go())
+
+
+def applied(w: WorkerProc, topic: str) -> float:
+    """Events of ``topic`` this worker has applied, from its /metrics (0 when none yet)."""
+    import re
+
+    text = urllib.request.urlopen(w.url + "/metrics", timeout=10).read().decode()
+    m = re.search(rf'learnstream_events_total{{outcome="applied",topic="{re.escape(topic)}"}} ([0-9.e+]+)', text)
+    return float(m.group(1)) if m else 0.0

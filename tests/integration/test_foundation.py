@@ -6,7 +6,7 @@ import base64
 import orjson
 import pytest
 
-from tests.helpers import read_topic, send_raw, wait_until
+from tests.helpers import applied, read_topic, send_raw, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -42,21 +42,24 @@ def test_events_apply_and_invalid_ones_go_to_dlq_with_reason(broker, worker_fact
     assert "faust_consumer_commit_latency" in metrics  # the framework registry is served too
 
 
-def _feed_losses(client, sessions: list[str], n: int) -> None:
+LOSS = "learn.loss"
+
+
+def _feed_losses(client, sessions: list[str], n: int) -> int:
+    """n losses per session; returns how many events were sent."""
     for i in range(n):
         for s in sessions:
             # a jump every 7th loss so boundaries fire and counters move
             client.loss(s, 5.0 if i % 7 == 6 else 0.5 + 0.01 * i, wait=False)
     client.flush()
+    return n * len(sessions)
 
 
 def test_sigkill_and_restart_recovers_state_from_changelog(worker_factory, client, tmp_path) -> None:
     sessions = [f"agent-{i}" for i in range(6)]
     a = worker_factory("a").start().wait_ready()
-    _feed_losses(client, sessions, 20)
-    wait_until(lambda: all(sum(info(a, s)["watermark"].values()) >= 0 and len(info(a, s)["parts"]) > 0
-                           and window(a, s) == 10 for s in sessions), 60, what="all losses applied")
-    wait_until(lambda: all(info(a, s)["watermark"] == info(a, s)["watermark"] for s in sessions), 5)
+    n = _feed_losses(client, sessions, 20)
+    wait_until(lambda: applied(a, LOSS) == n, 60, what="all losses applied")
     before = {s: info(a, s) for s in sessions}
     a.kill()
     # same data dir: local RocksDB + changelog (persisted offsets are checked against highwaters)
@@ -74,8 +77,8 @@ def test_sigkill_and_restart_recovers_state_from_changelog(worker_factory, clien
 def test_redelivered_batch_is_not_applied_twice(worker_factory, client) -> None:
     # offsets are never committed before the kill, so the restart redelivers everything
     a = worker_factory("a", env={"LEARNSTREAM_COMMIT_INTERVAL_S": "3600"}).start().wait_ready()
-    _feed_losses(client, ["s1", "s2"], 15)
-    wait_until(lambda: all(window(a, s) == 10 for s in ("s1", "s2")), 60)
+    n = _feed_losses(client, ["s1", "s2"], 15)
+    wait_until(lambda: applied(a, LOSS) == n, 60, what="all losses applied")
     before = {s: info(a, s) for s in ("s1", "s2")}
     a.kill()
     a2 = worker_factory("a2", data_dir=a.data_dir).start().wait_ready()
@@ -99,9 +102,10 @@ def test_two_workers_split_partitions_and_failover_moves_state(worker_factory, c
         out = (a if i % 2 else b).dispatch("init_instant", {"session_key": s, "targets": ["x", "y"], "dim": 4})
         assert out["ok"], out
     assert all(a.dispatch("health", {"session_key": s})["data"]["instant_ready"] for s in sessions)
-    _feed_losses(client, sessions, 12)
+    n = _feed_losses(client, sessions, 12)
+    wait_until(lambda: applied(a, LOSS) + applied(b, LOSS) == n, 60, what="all losses applied")
     # any worker answers for any session (reads are forwarded to the owner)
-    wait_until(lambda: all(window(a, s) == 10 for s in sessions), 60, what="all applied")
+    assert all(window(a, s) == 10 for s in sessions)
     before = {s: info(b, s) for s in sessions}
     b.stop()
     wait_until(lambda: a.ready() and set(a.health()["active_partitions"]) == {0, 1, 2, 3}, 120, 0.3,

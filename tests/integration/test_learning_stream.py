@@ -1,13 +1,12 @@
 """The learning parts on the stream: broker + worker == in-process LearnSession, SIGKILL included."""
 from __future__ import annotations
 
-import re
 import urllib.request
 
 import numpy as np
 import pytest
 
-from tests.helpers import http_json, wait_until
+from tests.helpers import applied, http_json, wait_until
 from workers.codec import encode_embedding_b64
 from workers.dispatch import LearnSession
 from workers.topics import topics
@@ -77,12 +76,6 @@ def stream_kill_restart(worker_factory, client, *, role: str, session: str, info
     wait_until(lambda: b.dispatch(info_verb, {"session_key": session})["data"]["watermark"].get(mark)
                == len(values) - 1, 120, what="the rest applied after the restart")
     return b
-
-
-def applied(w, topic: str) -> float:
-    text = urllib.request.urlopen(w.url + "/metrics", timeout=10).read().decode()
-    m = re.search(rf'learnstream_events_total{{outcome="applied",topic="{re.escape(topic)}"}} ([0-9.e+]+)', text)
-    return float(m.group(1)) if m else 0.0
 
 
 def test_feedback_through_worker_equals_in_process_session(worker_factory, client) -> None:
