@@ -34,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from workers.broker import EmbeddedBroker, free_port
 from workers.stream.provision import ensure_topics
 from workers.stream.settings import Settings
+from workers.waiting import wait_until as _wait_until
 
 __all__ = ("SESSION_TIMEOUT_S", "SAFE_PAUSE_SHARE", "WorkerProcess", "Gated", "start_broker", "provision", "http_json", "metric",
            "wait_until", "balanced_keys", "machine_note", "worker_options", "worker_kwargs")
@@ -71,13 +72,8 @@ def provision(bootstrap: str, partitions: int, extra: list[str] | None = None) -
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+    """The shared poller (workers.waiting) with this module's argument order; exceptions propagate."""
+    return _wait_until(cond, timeout, interval, what, retry_on=())
 
 
 def http_json(url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:

@@ -7,10 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +16,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from workers.broker import free_port
+from workers.waiting import wait_until
 
 __all__ = ("wait_until", "WorkerProc", "http_json", "read_topic", "send_raw", "applied")
 
 # Tansu's group join takes ~5 s and a rejoin up to ~18 s; failover waits for the
 # session timeout. Generous limits keep a loaded CI box from flaking.
 READY_TIMEOUT_S = 90.0
-
-
-def wait_until(cond: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1, what: str = "condition") -> Any:
-    """Poll ``cond`` until it returns a truthy value; return it, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            v = cond()
-            if v:
-                return v
-        except Exception as exc:  # noqa: BLE001 - the condition may not be reachable yet
-            last_exc = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
 def http_json(url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
@@ -97,7 +81,7 @@ class WorkerProc:
             return False
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> WorkerProc:
-        wait_until(self.ready, timeout, 0.2, f"worker {self.name} /ready")
+        wait_until(self.ready, timeout, 0.2, f"worker {self.name} /ready", retry_on=())  # a dead worker fails at once
         return self
 
     def dispatch(self, verb: str, body: dict | None = None) -> dict:

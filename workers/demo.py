@@ -30,7 +30,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from workers.broker import EmbeddedBroker, free_port
 from workers.client import LearnstreamClient
 from workers.stream.settings import Settings
 from workers.topics import topics
+from workers.waiting import wait_until
 
 __all__ = ("run_demo",)
 
@@ -68,19 +68,6 @@ def _http(url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
             return r.status, orjson.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, orjson.loads(e.read() or b"null")
-
-
-def _wait(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            v = cond()
-            if v:
-                return v
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 @dataclass
@@ -129,7 +116,8 @@ def _start_worker(settings: Settings, data_dir: Path) -> Worker:
             raise RuntimeError(f"worker exited with {proc.returncode}; see {log}:\n{log.read_text()[-3000:]}")
         return _http(w.url + "/ready", timeout=3)[0] == 200
 
-    _wait(ready, _READY_TIMEOUT_S, "the worker to become ready (table recovery + group join)")
+    wait_until(ready, _READY_TIMEOUT_S, 0.2, "the worker to become ready (table recovery + group join)",
+               retry_on=(OSError,))
     return w
 
 
@@ -340,7 +328,7 @@ async def _simulate(bootstrap: str, w: Worker, rng: np.random.Generator, n_feedb
             got = w.applied()
             return all(got.get(t, 0) >= n for t, n in sent.counts.items())
 
-        _wait(drained, _DRAIN_TIMEOUT_S, "the worker to handle every event")
+        wait_until(drained, _DRAIN_TIMEOUT_S, 0.2, "the worker to handle every event", retry_on=(OSError,))
         rep["elapsed"] = time.monotonic() - t0
         rep["sent"] = dict(sent.counts)
 
