@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shlex
 import subprocess
@@ -34,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from workers.broker import EmbeddedBroker, free_port
 from workers.stream.provision import ensure_topics
 from workers.stream.settings import Settings
+from workers.http import http_json
 from workers.waiting import wait_until as _wait_until
 
 __all__ = ("SESSION_TIMEOUT_S", "SAFE_PAUSE_SHARE", "WorkerProcess", "Gated", "start_broker", "provision", "http_json", "metric",
@@ -74,16 +74,6 @@ def provision(bootstrap: str, partitions: int, extra: list[str] | None = None) -
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     """The shared poller (workers.waiting) with this module's argument order; exceptions propagate."""
     return _wait_until(cond, timeout, interval, what, retry_on=())
-
-
-def http_json(url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
 
 
 def metric(text: str, name: str, **labels: str) -> float:

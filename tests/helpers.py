@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -10,12 +9,12 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from workers.broker import free_port
+from workers.http import http_json
 from workers.waiting import wait_until
 
 __all__ = ("wait_until", "WorkerProc", "http_json", "read_topic", "send_raw", "applied")
@@ -23,20 +22,6 @@ __all__ = ("wait_until", "WorkerProc", "http_json", "read_topic", "send_raw", "a
 # Tansu's group join takes ~5 s and a rejoin up to ~18 s; failover waits for the
 # session timeout. Generous limits keep a loaded CI box from flaking.
 READY_TIMEOUT_S = 90.0
-
-
-def http_json(url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        try:
-            return e.code, json.loads(raw)
-        except ValueError:
-            return e.code, raw.decode(errors="replace")
 
 
 class WorkerProc:

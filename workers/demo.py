@@ -41,6 +41,7 @@ from tqdm import tqdm
 from workers.broker import EmbeddedBroker, free_port
 from workers.client import LearnstreamClient
 from workers.stream.settings import Settings
+from workers.http import http_json
 from workers.topics import topics
 from workers.waiting import wait_until
 
@@ -60,16 +61,6 @@ _DRAIN_TIMEOUT_S = 180.0
 
 
 # -- plumbing ------------------------------------------------------------------------
-def _http(url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
-    data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY) if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, orjson.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, orjson.loads(e.read() or b"null")
-
-
 @dataclass
 class Worker:
     url: str
@@ -77,7 +68,7 @@ class Worker:
     log: Path
 
     def dispatch(self, verb: str, body: dict) -> dict:
-        status, out = _http(self.url + "/dispatch", {"verb": verb, "body": body})
+        status, out = http_json(self.url + "/dispatch", {"verb": verb, "body": body})
         if not out or not out.get("ok"):
             raise RuntimeError(f"{verb} failed ({status}): {out}")
         return out["data"]
@@ -114,7 +105,7 @@ def _start_worker(settings: Settings, data_dir: Path) -> Worker:
     def ready() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited with {proc.returncode}; see {log}:\n{log.read_text()[-3000:]}")
-        return _http(w.url + "/ready", timeout=3)[0] == 200
+        return http_json(w.url + "/ready", timeout=3)[0] == 200
 
     wait_until(ready, _READY_TIMEOUT_S, 0.2, "the worker to become ready (table recovery + group join)",
                retry_on=(OSError,))
@@ -138,7 +129,7 @@ def _route_quality(w: Worker, session: str, xs: np.ndarray, regions: np.ndarray)
 
     got, choices = [], {r: {} for r in _REGIONS}
     for x, r in zip(xs, regions, strict=True):
-        status, out = _http(w.url + "/route", {"session_key": session, "embedding_b64": encode_embedding_b64(x)})
+        status, out = http_json(w.url + "/route", {"session_key": session, "embedding_b64": encode_embedding_b64(x)})
         model = out["data"]["model"]
         got.append(_QUALITY[r, _MODELS.index(model)])
         choices[_REGIONS[r]][model] = choices[_REGIONS[r]].get(model, 0) + 1
@@ -368,7 +359,7 @@ def _ex(xs: np.ndarray, ys: np.ndarray) -> list[dict]:
 
 def _graph(w: Worker, session: str, **q: Any) -> list[str]:
     qs = "&".join(f"{k}={v}" for k, v in q.items())
-    status, out = _http(f"{w.url}/graph/{session}/edges?{qs}")
+    status, out = http_json(f"{w.url}/graph/{session}/edges?{qs}")
     if status != 200:
         raise RuntimeError(f"graph query failed: {out}")
     return [e["dst"] for e in out["data"]["edges"]]

@@ -8,20 +8,12 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import read_topic, wait_until
-from tests.unit.scoring_servers import LMServer
+from tests.unit.scoring_servers import MSGS, LMServer
 from workers.dispatch import LearnSession
 from workers.topics import topics
 
 pytestmark = pytest.mark.integration
 
-MSGS = [
-    {"role": "memory", "memory_id": "dog", "content": "Our dog is called Biscuit and he loves the river park."},
-    {"role": "memory", "memory_id": "tax", "content": "Quarterly tax filing deadline moved"},
-    {"role": "user", "content": "What should we do this weekend?"},
-    {"role": "assistant", "content": "Biscuit will love a long walk in the river park."},
-    {"role": "user", "content": "And after that?"},
-    {"role": "assistant", "content": "Give Biscuit a good dinner."},
-]
 
 
 def scores_of(w, sk: str) -> dict[str, float]:

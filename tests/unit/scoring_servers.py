@@ -18,7 +18,7 @@ from typing import Any
 
 from workers.scoring.ngram import builtin_model
 
-__all__ = ("LMServer",)
+__all__ = ("LMServer", "MSGS")
 
 
 class LMServer:
@@ -126,3 +126,14 @@ class LMServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(5)
+
+
+# A conversation where only the 'dog' memory is used by the answers (shared by the scoring tests).
+MSGS = [
+    {"role": "memory", "memory_id": "dog", "content": "Our dog is called Biscuit and he loves the river park."},
+    {"role": "memory", "memory_id": "tax", "content": "Quarterly tax filing deadline moved"},
+    {"role": "user", "content": "What should we do this weekend?"},
+    {"role": "assistant", "content": "Biscuit will love a long walk in the river park."},
+    {"role": "user", "content": "And after that?"},
+    {"role": "assistant", "content": "Give Biscuit a good dinner."},
+]

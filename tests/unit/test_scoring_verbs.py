@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tests.unit.scoring_servers import LMServer
+from tests.unit.scoring_servers import MSGS, LMServer
 from workers.dispatch import LearnSession, state_key
 from workers.state import MemoryStore
 from workers.stream.processor import Processor, StoreStateAccess
@@ -15,14 +15,6 @@ from workers.topics import topics
 
 HOUR = 3_600_000
 MEMORY_TOPIC = topics()["memory"].name
-MSGS = [
-    {"role": "memory", "memory_id": "dog", "content": "Our dog is called Biscuit and he loves the river park."},
-    {"role": "memory", "memory_id": "tax", "content": "Quarterly tax filing deadline moved"},
-    {"role": "user", "content": "What should we do this weekend?"},
-    {"role": "assistant", "content": "Biscuit will love a long walk in the river park."},
-    {"role": "user", "content": "And after that?"},
-    {"role": "assistant", "content": "Give Biscuit a good dinner."},
-]
 
 
 def call(s: LearnSession, verb: str, **body) -> dict:

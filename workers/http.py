@@ -1,0 +1,28 @@
+"""A small blocking JSON-over-HTTP call (demo, benchmarks, tests) on the standard library."""
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from typing import Any
+
+import orjson
+
+__all__ = ("http_json",)
+
+
+def http_json(url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
+    """POST ``body`` as JSON (GET when None); return (status, decoded JSON, or the text if not JSON).
+
+    HTTP error statuses are returned, not raised; connection errors raise OSError.
+    """
+    data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY) if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, raw = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    try:
+        return status, orjson.loads(raw or b"null")
+    except orjson.JSONDecodeError:
+        return status, raw.decode(errors="replace")
