@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -274,7 +275,7 @@ void bind_instant_deep(py::module_& m) {
     m.def(
         "instant_feedback_batch",
         [](py::array arena, py::array meta, const f32& X, const i64& targets, const f32& qualities,
-           const i64& now_ms) {
+           const i64& now_ms, std::optional<py::array> trace) {
             const ik::State s = instant_state(arena, meta);
             const std::size_t n = batch_rows(X, s.L.dim);
             const int64_t* tp = batch_targets(targets, n, s.L.nt);
@@ -283,21 +284,41 @@ void bind_instant_deep(py::module_& m) {
             if (nb.ndim != 1 || static_cast<std::size_t>(nb.shape[0]) != n)
                 throw std::runtime_error("now_ms must be 1-d with one entry per row");
             const auto* np_ = static_cast<const int64_t*>(nb.ptr);
+            double* tr = nullptr;  // row i: (||theta||, lr) after event i
+            if (trace) {
+                tr = inplace_array<double>(*trace, "trace", "float64");
+                if (trace->ndim() != 2 || static_cast<std::size_t>(trace->shape(0)) != n || trace->shape(1) != 2)
+                    throw std::runtime_error("trace must be float64[n, 2]");
+            }
             const float* xp = X.data();
             std::size_t learned = 0;
             double nrm;
             {
                 py::gil_scoped_release nogil;
-                for (std::size_t i = 0; i < n; ++i)
+                for (std::size_t i = 0; i < n; ++i) {
                     learned += ik::feedback(s, xp + i * s.L.dim, static_cast<std::size_t>(tp[i]), qp[i], np_[i]);
+                    if (tr) {
+                        tr[2 * i] = ik::l2norm(s.f + s.L.theta, s.L.n_params);
+                        tr[2 * i + 1] = s.lr();
+                    }
+                }
                 nrm = ik::l2norm(s.f + s.L.theta, s.L.n_params);
             }
             return py::make_tuple(learned, nrm);
         },
         py::arg("arena"), py::arg("meta"), py::arg("X"), py::arg("targets"), py::arg("qualities"),
-        py::arg("now_ms"),
+        py::arg("now_ms"), py::arg("trace") = py::none(),
         "A sequence of validated feedback events, exactly as one instant_feedback per row, "
-        "GIL released; returns (events that learned, ||theta||).");
+        "GIL released; returns (events that learned, ||theta||). With ``trace`` (float64[n, 2]) "
+        "it also writes (||theta||, lr) after each row.");
+    m.def(
+        "instant_norm",
+        [](const f32& arena, py::array meta) {
+            int64_t* mm = inplace_array<int64_t>(meta, "meta", "int64");
+            const ik::Layout L = checked_layout(arena, meta, mm);
+            return ik::l2norm(arena.data() + L.theta, L.n_params);
+        },
+        py::arg("arena"), py::arg("meta"), "||theta|| of an instant core, squares summed in double.");
     m.def(
         "adapter_forward",
         [](const f32& arena, py::array meta, const f32& X) {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['ATTENTION_EDGE_FEATURES', 'ATTENTION_NO_EDGE', 'ATTENTION_UNKNOWN_RELATION', 'GraphAttention', 'INSTANT_CONSTANTS', 'ROUTER_BUCKETS', 'ROUTER_HIDDEN', 'ROUTER_MAX_TARGETS', 'ROUTER_RANK', 'adapter_forward', 'clamp_norm', 'ewc_penalty', 'ewc_pull', 'fisher_ema', 'instant_feedback', 'instant_feedback_batch', 'instant_hebbian', 'instant_hebbian_batch', 'instant_layout', 'loss_window_push', 'mulberry32_stream', 'online_fisher', 'online_forward', 'online_n_params', 'online_step', 'router_forward_batch', 'router_init', 'router_layout', 'router_route', 'router_train', 'router_train_batch', 'weighted_pick']
+__all__: list[str] = ['ATTENTION_EDGE_FEATURES', 'ATTENTION_NO_EDGE', 'ATTENTION_UNKNOWN_RELATION', 'GraphAttention', 'INSTANT_CONSTANTS', 'ROUTER_BUCKETS', 'ROUTER_HIDDEN', 'ROUTER_MAX_TARGETS', 'ROUTER_RANK', 'adapter_forward', 'clamp_norm', 'ewc_penalty', 'ewc_pull', 'fisher_ema', 'instant_feedback', 'instant_feedback_batch', 'instant_hebbian', 'instant_hebbian_batch', 'instant_layout', 'instant_norm', 'loss_window_push', 'mulberry32_stream', 'online_fisher', 'online_forward', 'online_n_params', 'online_step', 'router_forward_batch', 'router_init', 'router_layout', 'router_route', 'router_train', 'router_train_batch', 'weighted_pick']
 class GraphAttention:
     """
     Fixed projections Wq, Wk, Wv, Wo (and the initial We) regenerated from the seed.
@@ -67,9 +67,9 @@ def instant_feedback(arena: numpy.ndarray, meta: numpy.ndarray, x: typing.Annota
     """
     One validated feedback event in place (Hebbian step, replay push and pick); returns (learned, ||theta||).
     """
-def instant_feedback_batch(arena: numpy.ndarray, meta: numpy.ndarray, X: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], targets: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], qualities: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], now_ms: typing.Annotated[numpy.typing.ArrayLike, numpy.int64]) -> tuple[int, float]:
+def instant_feedback_batch(arena: numpy.ndarray, meta: numpy.ndarray, X: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], targets: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], qualities: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], now_ms: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], trace: numpy.ndarray | None = None) -> tuple[int, float]:
     """
-    A sequence of validated feedback events, exactly as one instant_feedback per row, GIL released; returns (events that learned, ||theta||).
+    A sequence of validated feedback events, exactly as one instant_feedback per row, GIL released; returns (events that learned, ||theta||). With ``trace`` (float64[n, 2]) it also writes (||theta||, lr) after each row.
     """
 def instant_hebbian(arena: numpy.ndarray, meta: numpy.ndarray, x: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], target: typing.SupportsInt | typing.SupportsIndex, scale: typing.SupportsFloat | typing.SupportsIndex) -> float:
     """
@@ -82,6 +82,10 @@ def instant_hebbian_batch(arena: numpy.ndarray, meta: numpy.ndarray, X: typing.A
 def instant_layout(dim: typing.SupportsInt | typing.SupportsIndex, nt: typing.SupportsInt | typing.SupportsIndex) -> dict:
     """
     Offsets (in floats) of each field in an instant core's arena.
+    """
+def instant_norm(arena: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], meta: numpy.ndarray) -> float:
+    """
+    ||theta|| of an instant core, squares summed in double.
     """
 def loss_window_push(ring: numpy.ndarray, counters: numpy.ndarray, loss: typing.SupportsFloat | typing.SupportsIndex, min_std: typing.SupportsFloat | typing.SupportsIndex = 0.0001, z_thresh: typing.SupportsFloat | typing.SupportsIndex = 2.5, min_prior: typing.SupportsInt | typing.SupportsIndex = 3) -> dict:
     """

@@ -20,7 +20,7 @@ from workers.state import MemoryStore, ModelStore, RocksDictStore, StateBlob
 from workers.verbs import BLOB_TABLES, HEALTH, REGISTRY, Verb, VerbContext, verb
 
 __all__ = ("LearnSession", "run_verb", "load_verbs", "state_key", "session_key_of", "check_session_key",
-           "envelope_error")
+           "envelope_error", "envelope_ok")
 
 logger = logging.getLogger(__name__)
 DEFAULT_SESSION = "default"
@@ -73,7 +73,11 @@ def run_verb(v: Verb, ctx: VerbContext, body: dict) -> dict:
         data = v.fn(ctx, body)
     except (VerbError, ValidationError) as exc:
         return envelope_error(v.name, str(exc))
-    out = {"ok": True, "verb": v.name}
+    return envelope_ok(v.name, data)
+
+
+def envelope_ok(verb_name: str, data: Any) -> dict:
+    out = {"ok": True, "verb": verb_name}
     if data is not None:
         out["data"] = data
     return out

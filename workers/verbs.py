@@ -13,18 +13,24 @@ request changes nothing. ``table`` says which state a verb touches:
 
 ``writes`` verbs travel through a topic on the stream (``topic`` is the role in
 ``topics/``); reads are answered by the partition owner.
+
+A write verb may also have a *coalesced* form (``@coalesced``): many messages of one
+session applied in one call, with exactly the outcome, downstream events and reply
+each message would have had alone. The worker uses it for runs of single events,
+so one event per message learns at the cost of an envelope.
 """
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from workers.state.base import ModelStore
 from workers.state.blob import StateBlob
 
-__all__ = ("Verb", "VerbContext", "REGISTRY", "HEALTH", "BLOB_TABLES", "TABLES", "verb", "health_contributor")
+__all__ = ("Verb", "VerbContext", "Each", "REGISTRY", "HEALTH", "BLOB_TABLES", "TABLES", "verb", "coalesced",
+           "health_contributor")
 
 # Tables holding one state value (a StateBlob with its watermark) per session.
 BLOB_TABLES = ("session", "learner", "agent", "memory")
@@ -44,6 +50,19 @@ class VerbContext:
     load: Callable[[str], StateBlob] | None = None
 
 
+@dataclass
+class Each:
+    """One message's outcome inside a coalesced call: its data or its error, and what it emitted."""
+
+    data: Any = None
+    error: str | None = None
+    emitted: list[tuple[str, dict]] = field(default_factory=list)
+
+
+# (ctx, bodies, sources) -> one Each per body, in order; ctx.emit and ctx.source are unused
+Many = Callable[[VerbContext, list[dict], list[dict | None]], list[Each]]
+
+
 @dataclass(frozen=True)
 class Verb:
     name: str
@@ -51,6 +70,8 @@ class Verb:
     table: str
     writes: bool
     topic: str | None
+    many: Many | None = None                      # the coalesced form, if any
+    joins: Callable[[dict], bool] | None = None   # may this body be applied by ``many``
 
 
 REGISTRY: dict[str, Verb] = {}
@@ -66,6 +87,23 @@ def verb(name: str, *, table: str, writes: bool, topic: str | None = None) -> Ca
         if name in REGISTRY:
             raise ValueError(f"verb {name!r} registered twice")
         REGISTRY[name] = Verb(name, fn, table, writes, (topic or "commands") if writes else None)
+        return fn
+
+    return deco
+
+
+def coalesced(name: str, *, joins: Callable[[dict], bool]) -> Callable[[Many], Many]:
+    """Register ``fn`` as the coalesced form of write verb ``name`` (for bodies where ``joins`` holds).
+
+    ``fn(ctx, bodies, sources)`` must give each body exactly what ``name`` alone would have
+    given, in order (data or error, emitted events with that body's source), and leave the
+    state exactly as applying them one by one would.
+    """
+    def deco(fn: Many) -> Many:
+        v = REGISTRY.get(name)
+        if v is None or not v.writes:
+            raise ValueError(f"coalesced: {name!r} is not a registered write verb")
+        REGISTRY[name] = replace(v, many=fn, joins=joins)
         return fn
 
     return deco

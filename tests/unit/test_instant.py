@@ -99,6 +99,32 @@ def test_feedback_batch_equals_event_by_event_exactly() -> None:
     assert out["feedback_count"] == 150 and out["adapter_norm"] == pytest.approx(a.adapter_norm)
 
 
+def test_feedback_batch_trace_is_each_events_norm_and_lr() -> None:
+    """The trace (what a coalesced run replies per message) equals one feedback call per event, bit for bit."""
+    rng = np.random.default_rng(6)
+    a, b = InstantState(TARGETS, DIM), InstantState(TARGETS, DIM)
+    X, T, Q, NOW = _events(rng, 80)
+    expected = []
+    for x, t, q, now in zip(X, T, Q, NOW):
+        out = a.feedback(x, int(t), float(np.float32(q)), int(now))
+        expected.append([out["adapter_norm"], out["lr"]])
+        assert out["adapter_norm"] == a.adapter_norm
+    trace = np.full((80, 2), np.nan)
+    b.feedback_batch(X, T, Q.astype(np.float32), NOW, trace)
+    assert trace.tolist() == expected and a == b
+    assert a.adapter_norm == pytest.approx(float(np.linalg.norm(a.theta.astype(np.float64))), rel=1e-12)
+
+
+@pytest.mark.parametrize("trace", [np.empty((3, 2)), np.empty((4, 3)), np.empty((4, 2), np.float32),
+                                   np.empty((2, 4)).T])
+def test_feedback_batch_trace_must_be_float64_n_by_2(trace: np.ndarray) -> None:
+    s = InstantState(TARGETS, DIM)
+    X, T, Q, NOW = _events(np.random.default_rng(0), 4)
+    with pytest.raises(RuntimeError, match="trace"):
+        s.feedback_batch(X, T, Q.astype(np.float32), NOW, trace)
+    assert s.feedback_count == 0
+
+
 def test_adapter_forward_batch_matches_reference() -> None:
     rng = np.random.default_rng(5)
     s, r = _pair()

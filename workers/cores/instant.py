@@ -144,7 +144,7 @@ class InstantState:
 
     @property
     def adapter_norm(self) -> float:
-        return float(np.sqrt(np.dot(self.theta.astype(np.float64), self.theta)))
+        return float(_k.instant_norm(self._arena, self._meta))  # the kernels' own sum: replies match traces
 
     def replay_entries(self) -> list[tuple[np.ndarray, int, float]]:
         """The replay buffer oldest first, as (x, target index, scale) copies."""
@@ -184,9 +184,10 @@ class InstantState:
         return {"adapter_norm": float(norm), "feedback_count": self.feedback_count, "lr": self.lr}
 
     def feedback_batch(self, X: np.ndarray, targets: np.ndarray, qualities: np.ndarray,
-                       now_ms: np.ndarray | None = None) -> dict:
+                       now_ms: np.ndarray | None = None, trace: np.ndarray | None = None) -> dict:
         """Validated events in order, in one GIL-free kernel call; exactly equal to
-        calling :meth:`feedback` per row. ``targets`` are indices."""
+        calling :meth:`feedback` per row. ``targets`` are indices. ``trace``, a float64
+        (n, 2) array, receives (adapter_norm, lr) after each row."""
         X = np.ascontiguousarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.dim:
             raise VerbError("embedding wrong dim")
@@ -200,7 +201,7 @@ class InstantState:
         if n and not (np.all(q >= 0) and np.all(q <= 1)):  # NaN fails both
             raise VerbError("quality must be 0..1")
         now = np.zeros(n, np.int64) if now_ms is None else np.ascontiguousarray(now_ms, dtype=np.int64)
-        learned, norm = _k.instant_feedback_batch(self._arena, self._meta, X, t, q, now)
+        learned, norm = _k.instant_feedback_batch(self._arena, self._meta, X, t, q, now, trace)
         return {"learned": int(learned), "adapter_norm": float(norm),
                 "feedback_count": self.feedback_count, "lr": self.lr}
 

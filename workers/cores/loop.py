@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,10 +28,10 @@ import numpy as np
 from workers.cores.deep import DeepState, boundary_event, consolidation_event, hand_ewc
 from workers.cores.instant import (NOT_INITIALIZED, InstantState, read_embedding, read_model, read_now_ms,
                                    read_quality)
-from workers.errors import CorruptStateError, VerbError
-from workers.verbs import VerbContext, verb
+from workers.errors import CorruptStateError, ValidationError, VerbError
+from workers.verbs import Each, VerbContext, coalesced, verb
 
-__all__ = ("QUALITY_EMA_RATE", "Q_WEIGHT", "LoopState", "learn_feedback", "ADAPTER_PARAM_ID")
+__all__ = ("QUALITY_EMA_RATE", "Q_WEIGHT", "LoopState", "learn_feedback", "learn_feedback_each", "ADAPTER_PARAM_ID")
 
 logger = logging.getLogger(__name__)
 
@@ -115,30 +116,126 @@ def _events_of(ctx: VerbContext, body: dict) -> tuple[list[dict], bool]:
     return events, True
 
 
-def _validate(instant: InstantState, events: list[dict], envelope: bool) -> tuple:
-    """Every event checked (the spec's order) into arrays, before anything changes."""
-    n = len(events)
-    X = np.empty((n, instant.dim), np.float32)
-    T = np.empty(n, np.int64)
-    Q = np.empty(n, np.float64)
-    NOW = np.empty(n, np.int64)
-    relations: list[str | None] = [None] * n
-    tokens: list[int | None] = [None] * n
-    for i, ev in enumerate(events):
-        p = f"events[{i}]: " if envelope else ""
-        Q[i] = read_quality(ev, p)                 # the spec's order: quality, embedding, model
-        X[i] = read_embedding(ev, instant.dim, p)
-        T[i] = read_model(ev, instant, p)
-        NOW[i] = read_now_ms(ev, p)
-        rel = ev.get("relation")
-        if rel is not None and not isinstance(rel, str):
-            raise VerbError(f"{p}relation must be a string")
-        relations[i] = rel or None
-        tok = ev.get("estimated_tokens")
-        if tok is not None and (isinstance(tok, bool) or not isinstance(tok, int) or tok < 0):
-            raise VerbError(f"{p}estimated_tokens must be a non-negative integer")
-        tokens[i] = tok
-    return X, T, Q, NOW, relations, tokens
+def _read_event(instant: InstantState, ev: dict, p: str) -> tuple:
+    """One event checked in the spec's order: (x, target, quality, now_ms, relation, tokens)."""
+    q = read_quality(ev, p)                 # the spec's order: quality, embedding, model
+    x = read_embedding(ev, instant.dim, p)
+    t = read_model(ev, instant, p)
+    now = read_now_ms(ev, p)
+    rel = ev.get("relation")
+    if rel is not None and not isinstance(rel, str):
+        raise VerbError(f"{p}relation must be a string")
+    tok = ev.get("estimated_tokens")
+    if tok is not None and (isinstance(tok, bool) or not isinstance(tok, int) or tok < 0):
+        raise VerbError(f"{p}estimated_tokens must be a non-negative integer")
+    return x, t, q, now, rel or None, tok
+
+
+class _Events:
+    """Validated events as arrays, ready for the batch kernels."""
+
+    __slots__ = ("X", "T", "Q", "NOW", "relations", "tokens")
+
+    def __init__(self, instant: InstantState, rows: list[tuple]) -> None:
+        n = len(rows)
+        self.X = np.empty((n, instant.dim), np.float32)
+        self.T = np.empty(n, np.int64)
+        self.Q = np.empty(n, np.float64)
+        self.NOW = np.empty(n, np.int64)
+        self.relations: list[str | None] = [None] * n
+        self.tokens: list[int | None] = [None] * n
+        for i, (x, t, q, now, rel, tok) in enumerate(rows):
+            self.X[i], self.T[i], self.Q[i], self.NOW[i] = x, t, q, now
+            self.relations[i], self.tokens[i] = rel, tok
+
+    def __len__(self) -> int:
+        return len(self.relations)
+
+
+def _validate(instant: InstantState, events: list[dict], envelope: bool) -> _Events:
+    """Every event checked (the spec's order), before anything changes."""
+    return _Events(instant, [_read_event(instant, ev, f"events[{i}]: " if envelope else "")
+                             for i, ev in enumerate(events)])
+
+
+class _Applied:
+    """What applying a sequence of events did, event by event."""
+
+    __slots__ = ("fired", "ema", "trace")
+
+    def __init__(self, n: int, trace: bool) -> None:
+        self.fired: list[int] = []                 # indices of the events that fired a boundary
+        self.ema: list[float] = []                 # the session quality EMA after each event
+        self.trace = np.empty((n, 2)) if trace else None  # (adapter_norm, lr) after each event
+
+
+Emit = Callable[[int, str, dict], None]   # (event index, role, payload)
+
+
+def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sources: list[dict | None],
+           *, indexed: bool, messages: int, trace: bool) -> _Applied:
+    """The learning loop over validated events (the module docstring); ``sources[i]`` goes into
+    event i's downstream events, ``indexed`` adds their ``event_index`` (envelopes)."""
+    n = len(ev)
+    deep = ctx.state.get("deep", DeepState) or DeepState()
+    loop = ctx.state.get("loop", LoopState) or LoopState()
+    ctx.state.set("deep", deep)
+    ctx.state.set("loop", loop)
+    done = _Applied(n, trace)
+
+    q_eff = np.empty(n, np.float32)
+    outcomes = []
+    for i in range(n):
+        q = float(ev.Q[i])
+        ema = q if loop.ema is None else loop.ema
+        q_eff[i] = Q_WEIGHT * q + (1.0 - Q_WEIGHT) * ema
+        loop.ema = ema + QUALITY_EMA_RATE * (q - ema)
+        done.ema.append(loop.ema)
+        o = deep.observe_loss(max(1.0 - float(q_eff[i]), 0.0))
+        if o.boundary_fired:
+            outcomes.append((i, o))
+
+    tr = done.trace
+    start = 0
+    for i, o in outcomes:
+        instant.feedback_batch(ev.X[start:i + 1], ev.T[start:i + 1], q_eff[start:i + 1], ev.NOW[start:i + 1],
+                               None if tr is None else tr[start:i + 1])
+        start = i + 1
+        # grads_i = x[i mod dim] * q_eff: np.resize repeats x cyclically
+        grads = np.resize(ev.X[i], instant.n_params) * q_eff[i]
+        deep.consolidate(ADAPTER_PARAM_ID, instant.theta, grads)
+        hand_ewc(deep, instant, ADAPTER_PARAM_ID)
+        instant.reset()
+        if tr is not None:
+            tr[i] = instant.adapter_norm, instant.lr
+        done.fired.append(i)
+        logger.debug("session %s: loss boundary (z=%.3g) at event %d; adapter consolidated and reset",
+                     ctx.session_key, o.z, i)
+        extra = {"event_index": i} if indexed else {}
+        emit(i, "boundaries", boundary_event(ctx.session_key, o, sources[i], **extra))
+        emit(i, "consolidations", consolidation_event(ctx.session_key, deep, ADAPTER_PARAM_ID,
+                                                      _CONSOLIDATION_CAUSE, sources[i], **extra))
+    if start < n:
+        instant.feedback_batch(ev.X[start:], ev.T[start:], q_eff[start:], ev.NOW[start:],
+                               None if tr is None else tr[start:])
+
+    router = _optional_part(ctx, "workers.cores.router", "RouterState", "router")
+    if router is not None:
+        # one training kernel call for all events (equal to record_outcome row by row); an
+        # embedding of another width than the router's trains nothing, as in record_outcome
+        router.record_outcomes([instant.targets[t] for t in ev.T], [float(q) for q in q_eff],
+                               ev.X if ev.X.shape[1] == router.in_dim else None,
+                               [t if t is not None else 0 for t in ev.tokens])
+    attention = _optional_part(ctx, "workers.cores.attention", "AttentionState", "attention")
+    if attention is not None:
+        for i in range(n):
+            if ev.relations[i] is not None:
+                attention.nudge_relation(ev.relations[i], 2.0 * (float(q_eff[i]) - 0.5))
+
+    loop.events += n
+    loop.boundaries += len(outcomes)
+    loop.envelopes += messages
+    return done
 
 
 @verb("learn_feedback", table="session", writes=True, topic="feedback")
@@ -151,58 +248,43 @@ def learn_feedback(ctx: VerbContext, body: dict) -> dict:
     instant = ctx.state.get("instant", InstantState)
     if instant is None:
         raise VerbError(NOT_INITIALIZED)
-    X, T, Q, NOW, relations, tokens = _validate(instant, events, envelope)
-    n = len(events)
-    # -- everything is valid: apply -------------------------------------------
-    deep = ctx.state.get("deep", DeepState) or DeepState()
-    loop = ctx.state.get("loop", LoopState) or LoopState()
-    ctx.state.set("deep", deep)
-    ctx.state.set("loop", loop)
-
-    q_eff = np.empty(n, np.float32)
-    outcomes = []
-    for i in range(n):
-        q = float(Q[i])
-        ema = q if loop.ema is None else loop.ema
-        q_eff[i] = Q_WEIGHT * q + (1.0 - Q_WEIGHT) * ema
-        loop.ema = ema + QUALITY_EMA_RATE * (q - ema)
-        o = deep.observe_loss(max(1.0 - float(q_eff[i]), 0.0))
-        if o.boundary_fired:
-            outcomes.append((i, o))
-
-    start = 0
-    for i, o in outcomes:
-        instant.feedback_batch(X[start:i + 1], T[start:i + 1], q_eff[start:i + 1], NOW[start:i + 1])
-        start = i + 1
-        # grads_i = x[i mod dim] * q_eff: np.resize repeats x cyclically
-        grads = np.resize(X[i], instant.n_params) * q_eff[i]
-        deep.consolidate(ADAPTER_PARAM_ID, instant.theta, grads)
-        hand_ewc(deep, instant, ADAPTER_PARAM_ID)
-        instant.reset()
-        logger.debug("session %s: loss boundary (z=%.3g) at event %d; adapter consolidated and reset",
-                     ctx.session_key, o.z, i)
-        extra = {"event_index": i} if envelope else {}
-        ctx.emit("boundaries", boundary_event(ctx.session_key, o, ctx.source, **extra))
-        ctx.emit("consolidations", consolidation_event(ctx.session_key, deep, ADAPTER_PARAM_ID,
-                                                       _CONSOLIDATION_CAUSE, ctx.source, **extra))
-    if start < n:
-        instant.feedback_batch(X[start:], T[start:], q_eff[start:], NOW[start:])
-
-    router = _optional_part(ctx, "workers.cores.router", "RouterState", "router")
-    if router is not None:
-        # one training kernel call for the whole envelope (equal to record_outcome row by row); an
-        # embedding of another width than the router's trains nothing, as in record_outcome
-        router.record_outcomes([instant.targets[t] for t in T], [float(q) for q in q_eff],
-                               X if X.shape[1] == router.in_dim else None,
-                               [t if t is not None else 0 for t in tokens])
-    attention = _optional_part(ctx, "workers.cores.attention", "AttentionState", "attention")
-    if attention is not None:
-        for i in range(n):
-            if relations[i] is not None:
-                attention.nudge_relation(relations[i], 2.0 * (float(q_eff[i]) - 0.5))
-
-    loop.events += n
-    loop.boundaries += len(outcomes)
-    loop.envelopes += 1
-    return {"events": n, "boundaries": len(outcomes), "adapter_norm": instant.adapter_norm,
+    ev = _validate(instant, events, envelope)
+    done = _apply(ctx, instant, ev, lambda i, role, payload: ctx.emit(role, payload), [ctx.source] * len(ev),
+                  indexed=envelope, messages=1, trace=False)
+    loop = ctx.state.get("loop", LoopState)
+    return {"events": len(ev), "boundaries": len(done.fired), "adapter_norm": instant.adapter_norm,
             "lr": instant.lr, "feedback_count": instant.feedback_count, "quality_ema": loop.ema}
+
+
+def _single_event(body: dict) -> bool:
+    return body.get("events") is None
+
+
+@coalesced("learn_feedback", joins=_single_event)
+def learn_feedback_each(ctx: VerbContext, bodies: list[dict], sources: list[dict | None]) -> list[Each]:
+    """Single-event bodies of one session in one pass: each gets exactly the reply, downstream
+    events (with its own source) and refusal it would have had alone, and the state ends the same.
+    Refused bodies change nothing, so the others can be validated first and learned as one batch."""
+    instant = ctx.state.get("instant", InstantState)
+    if instant is None:
+        return [Each(error=NOT_INITIALIZED) for _ in bodies]
+    out = [Each() for _ in bodies]
+    rows, index = [], []    # the valid events and which body each came from
+    for j, body in enumerate(bodies):
+        try:
+            rows.append(_read_event(instant, body, ""))
+            index.append(j)
+        except (VerbError, ValidationError) as exc:
+            out[j].error = str(exc)
+    if not rows:
+        return out
+    count0 = instant.feedback_count
+    done = _apply(ctx, instant, _Events(instant, rows),
+                  lambda i, role, payload: out[index[i]].emitted.append((role, payload)),
+                  [sources[j] for j in index], indexed=False, messages=len(rows), trace=True)
+    fired = set(done.fired)
+    for i, j in enumerate(index):
+        norm, lr = done.trace[i]
+        out[j].data = {"events": 1, "boundaries": int(i in fired), "adapter_norm": float(norm), "lr": float(lr),
+                       "feedback_count": count0 + i + 1, "quality_ema": done.ema[i]}
+    return out

@@ -21,13 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from workers.codec import decode_json
-from workers.dispatch import DEFAULT_SESSION, load_verbs, run_verb, session_key_of, state_key
+from workers.dispatch import (DEFAULT_SESSION, envelope_error, envelope_ok, load_verbs, run_verb, session_key_of,
+                              state_key)
 from workers.errors import CorruptStateError, ValidationError, VerbError
 from workers.state.base import ModelStore
 from workers.state.blob import StateBlob
 from workers.stream.records import Produce, Record, record_id
 from workers.topics import Topic, by_name
-from workers.verbs import BLOB_TABLES, REGISTRY, Verb, VerbContext
+from workers.verbs import BLOB_TABLES, REGISTRY, Each, Verb, VerbContext
 
 __all__ = ("StateAccess", "Processor", "BatchResult", "dlq_entry")
 
@@ -100,6 +101,27 @@ class _Reject(Exception):
     def __init__(self, reason: str, code: str) -> None:
         super().__init__(reason)
         self.reason, self.code = reason, code
+
+
+@dataclass
+class _Run:
+    """Consecutive messages of one session waiting for one coalesced call (``Verb.many``)."""
+
+    verb: Verb
+    sk: str
+    partition: int
+    blob: StateBlob
+    records: list[Record] = field(default_factory=list)
+    bodies: list[dict] = field(default_factory=list)
+    last: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> last offset
+
+    def add(self, rec: Record, body: dict) -> None:
+        self.records.append(rec)
+        self.bodies.append(body)
+        self.last[(rec.topic, rec.partition)] = rec.offset
+
+    def holds(self, rec: Record) -> bool:
+        return rec.offset <= self.last.get((rec.topic, rec.partition), -1)
 
 
 class Processor:
@@ -193,43 +215,111 @@ class Processor:
     def process(self, records: list[Record]) -> BatchResult:
         res = BatchResult()
         dirty: dict[tuple[str, str], int] = {}
+        # Runs of messages a coalesced verb can apply in one call, per session. Sessions are
+        # independent, so only the order within a session matters: anything else for that
+        # session applies its pending run first.
+        runs: dict[str, _Run] = {}
         for rec in records:
-            outcome = self._apply_one(rec, res, dirty)
-            k = (rec.topic, outcome)
-            res.by_topic[k] = res.by_topic.get(k, 0) + 1
+            try:
+                v, body, sk = self._resolve(rec)
+            except _Reject as r:
+                pending = runs.pop(_key_str(rec) or DEFAULT_SESSION, None)
+                if pending is not None:  # keeps the session's DLQ entries in offset order
+                    self._apply_run(pending, res, dirty)
+                self._count(res, rec, self._reject(rec, r, res))
+                continue
+            run = runs.get(sk)
+            if v.many is not None and v.joins(body):
+                if run is not None and (run.verb is not v or run.partition != rec.partition):
+                    self._apply_run(runs.pop(sk), res, dirty)
+                    run = None
+                blob = self._blob_for(rec, v, sk, res, dirty)
+                if isinstance(blob, str):
+                    self._count(res, rec, blob)
+                    continue
+                if run is None:
+                    run = runs[sk] = _Run(v, sk, rec.partition, blob)
+                elif run.holds(rec):  # redelivered within the batch: not yet in the watermark
+                    res.duplicates += 1
+                    self._count(res, rec, "duplicate")
+                    continue
+                run.add(rec, body)
+                continue
+            if run is not None:
+                self._apply_run(runs.pop(sk), res, dirty)
+            self._count(res, rec, self._apply_one(rec, v, body, sk, res, dirty))
+        for run in runs.values():
+            self._apply_run(run, res, dirty)
         for (table, sk), partition in dirty.items():
             self.state.save(table, sk, partition, self._cache[(table, sk)].to_bytes())
         while len(self._cache) > self.cache_sessions:  # only now: a dirty value must not be dropped
             self._cache.popitem(last=False)
         return res
 
-    def _apply_one(self, rec: Record, res: BatchResult, dirty: dict[tuple[str, str], int]) -> str:
+    @staticmethod
+    def _count(res: BatchResult, rec: Record, outcome: str) -> None:
+        k = (rec.topic, outcome)
+        res.by_topic[k] = res.by_topic.get(k, 0) + 1
+
+    @staticmethod
+    def _reject(rec: Record, r: _Reject, res: BatchResult) -> str:
+        res.produce.append(dlq_entry(rec, r.reason, r.code))
+        res.replies[(rec.topic, rec.partition, rec.offset)] = {"ok": False, "verb": "?", "error": r.reason}
+        res.rejected += 1
+        return "rejected"
+
+    def _blob_for(self, rec: Record, v: Verb, sk: str, res: BatchResult,
+                  dirty: dict[tuple[str, str], int]) -> StateBlob | str:
+        """The session value ``rec`` applies to, or the record's outcome when it must not be applied."""
         try:
-            v, body, sk = self._resolve(rec)
-        except _Reject as r:
-            res.produce.append(dlq_entry(rec, r.reason, r.code))
-            res.replies[(rec.topic, rec.partition, rec.offset)] = {"ok": False, "verb": "?", "error": r.reason}
+            blob = self._blob(v.table, sk, rec.partition)
+        except CorruptStateError as exc:
+            res.produce.append(dlq_entry(rec, f"stored state unusable: {exc}", "corrupt_state"))
             res.rejected += 1
             return "rejected"
+        if blob.watermark.seen(rec.topic, rec.partition, rec.offset):
+            # Re-write the value anyway: after a crash the local RocksDB can be ahead of the
+            # changelog, and this redelivery is the only chance to get that state into it.
+            dirty[(v.table, sk)] = rec.partition
+            res.duplicates += 1
+            return "duplicate"
+        return blob
+
+    def _apply_one(self, rec: Record, v: Verb, body: dict, sk: str, res: BatchResult,
+                   dirty: dict[tuple[str, str], int]) -> str:
         blob: StateBlob | None = None
         if v.table in BLOB_TABLES:
-            try:
-                blob = self._blob(v.table, sk, rec.partition)
-            except CorruptStateError as exc:
-                res.produce.append(dlq_entry(rec, f"stored state unusable: {exc}", "corrupt_state"))
-                res.rejected += 1
-                return "rejected"
-            if blob.watermark.seen(rec.topic, rec.partition, rec.offset):
-                # Re-write the value anyway: after a crash the local RocksDB can be ahead of the
-                # changelog, and this redelivery is the only chance to get that state into it.
-                dirty[(v.table, sk)] = rec.partition
-                res.duplicates += 1
-                return "duplicate"
+            got = self._blob_for(rec, v, sk, res, dirty)
+            if isinstance(got, str):
+                return got
+            blob = got
         emitted: list[tuple[str, dict]] = []
         ctx = self._context(v, sk, rec.partition, blob, lambda role, p: emitted.append((role, p)), rec.source)
         t0 = time.perf_counter()
         out = run_verb(v, ctx, body)
         res.verb_seconds.append((v.name, time.perf_counter() - t0))
+        return self._settle(rec, v, sk, blob, out, emitted, res, dirty)
+
+    def _apply_run(self, run: _Run, res: BatchResult, dirty: dict[tuple[str, str], int]) -> None:
+        v = run.verb
+        if len(run.records) == 1:
+            rec = run.records[0]
+            self._count(res, rec, self._apply_one(rec, v, run.bodies[0], run.sk, res, dirty))
+            return
+        ctx = self._context(v, run.sk, run.partition, run.blob)
+        t0 = time.perf_counter()
+        try:
+            each = v.many(ctx, run.bodies, [rec.source for rec in run.records])
+        except (VerbError, ValidationError) as exc:  # refused as a whole: nothing changed
+            each = [Each(error=str(exc)) for _ in run.records]
+        res.verb_seconds.append((v.name, time.perf_counter() - t0))
+        for rec, e in zip(run.records, each, strict=True):
+            out = envelope_error(v.name, e.error) if e.error is not None else envelope_ok(v.name, e.data)
+            self._count(res, rec, self._settle(rec, v, run.sk, run.blob, out, e.emitted, res, dirty))
+
+    def _settle(self, rec: Record, v: Verb, sk: str, blob: StateBlob | None, out: dict, emitted: list[tuple[str, dict]],
+                res: BatchResult, dirty: dict[tuple[str, str], int]) -> str:
+        """Record one applied message: its reply, watermark, DLQ entry or downstream events."""
         res.replies[(rec.topic, rec.partition, rec.offset)] = out
         if blob is not None:
             # A refused verb changed nothing (verbs validate before they mutate; tested per verb),
