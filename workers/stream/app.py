@@ -182,7 +182,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     app = faust.App(
         settings.app_id,
         broker=",".join(f"kafka://{b}" for b in settings.broker.split(",")),
-        store="rocksdb://",
+        store="learnstream://",  # faust's RocksDB store without the WAL (workers/stream/store.py)
         datadir=str(settings.data_dir),
         web_host=settings.web_host, web_port=settings.web_port, web_bind=settings.web_bind or settings.web_host,
         canonical_url=f"http://{settings.web_host}:{settings.web_port}",
