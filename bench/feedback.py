@@ -391,8 +391,14 @@ def main(argv: list[str] | None = None) -> int:
                                  args.seed + k)
             mb = sum(len(v) for _, v in msgs) / 1e6
             print(f"[{enc}, {mode}] {len(msgs):,} messages, {n_events:,} events, {mb:.0f} MB", flush=True)
+            # repeats interleaved (raw, faust, worker, raw, ...): load that drifts during a scenario
+            # (a shared machine) then touches every consumer alike, not only the last one measured
+            by_consumer: dict[str, list[Run]] = {c.name: [] for c in consumers}
+            for _ in range(args.repeats):
+                for c in consumers:
+                    by_consumer[c.name].append(c.run(broker, broker_ps, msgs, n_events, enc, mode))
             for c in consumers:
-                rs = [c.run(broker, broker_ps, msgs, n_events, enc, mode) for _ in range(args.repeats)]
+                rs = by_consumer[c.name]
                 runs += rs
                 print(f"    {c.name:<13} " + ", ".join(f"{r.rate:,.0f}" for r in rs) + " events/s "
                       f"(each produced in ≤ {c.max_produce_s:.1f} s while suspended)", flush=True)

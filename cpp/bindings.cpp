@@ -184,6 +184,40 @@ void bind_instant_deep(py::module_& m) {
         py::arg("z_thresh") = 2.5, py::arg("min_prior") = 3,
         "record_loss's window in place: ring (oldest first) and counters [len, boundaries]; "
         "fires iff |loss - prior mean| / max(prior std, min_std) > z_thresh with >= min_prior priors.");
+    m.def(
+        "loss_window_push_many",
+        [](py::array ring, py::array counters, const py::array_t<double, py::array::c_style | py::array::forcecast>& losses,
+           double min_std, double z_thresh, std::size_t min_prior) {
+            float* r = inplace_array<float>(ring, "ring", "float32");
+            int64_t* c = inplace_array<int64_t>(counters, "counters", "int64");
+            if (ring.ndim() != 1 || ring.shape(0) < 1) throw std::runtime_error("ring must be 1-d, non-empty");
+            if (counters.ndim() != 1 || counters.shape(0) != 2)
+                throw std::runtime_error("counters must be int64[2] = [len, boundaries]");
+            if (losses.ndim() != 1) throw std::runtime_error("losses must be 1-d");
+            const auto cap = static_cast<std::size_t>(ring.shape(0));
+            if (c[0] < 0 || static_cast<std::size_t>(c[0]) > cap)
+                throw std::runtime_error("counters[0] (window length) out of range");
+            const auto n = static_cast<std::size_t>(losses.shape(0));
+            py::array_t<double> out({n, static_cast<std::size_t>(9)});
+            double* o = out.mutable_data();
+            const double* lp = losses.data();
+            {
+                py::gil_scoped_release nogil;
+                for (std::size_t i = 0; i < n; ++i, o += 9) {
+                    const auto w = learnstream::deep::loss_window_push(
+                        r, cap, c[0], c[1], static_cast<float>(lp[i]), static_cast<float>(min_std),
+                        static_cast<float>(z_thresh), min_prior);
+                    o[0] = w.fired; o[1] = w.stored; o[2] = w.z; o[3] = w.prior_mean; o[4] = w.prior_std;
+                    o[5] = w.window_mean; o[6] = w.window_std;
+                    o[7] = static_cast<double>(c[0]); o[8] = static_cast<double>(c[1]);
+                }
+            }
+            return out;
+        },
+        py::arg("ring"), py::arg("counters"), py::arg("losses"), py::arg("min_std") = 1e-4,
+        py::arg("z_thresh") = 2.5, py::arg("min_prior") = 3,
+        "loss_window_push for each loss in order, GIL released; row i (float64[9]): fired, stored, z, "
+        "prior mean, prior std, window mean, window std, window length, boundaries after loss i.");
 
     namespace ik = learnstream::instant;
     py::dict consts;

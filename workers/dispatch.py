@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -48,13 +49,14 @@ def state_key(table: str, session_key: str) -> bytes:
 
 # The store separates key parts with \x1f: a session key holding it could read another session's keys.
 _SESSION_KEY_MAX = 256
+_CONTROL = re.compile("[\x00-\x1f]")
 
 
 def check_session_key(sk: object) -> str:
     """A usable session key, or VerbError saying why not."""
     if not isinstance(sk, str) or not sk:
         raise VerbError("session_key must be a non-empty string")
-    if len(sk) > _SESSION_KEY_MAX or any(c < " " for c in sk):
+    if len(sk) > _SESSION_KEY_MAX or _CONTROL.search(sk):
         raise VerbError(f"session_key must be at most {_SESSION_KEY_MAX} characters without control characters")
     return sk
 

@@ -22,7 +22,7 @@ so one event per message learns at the cost of an envelope.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -60,7 +60,7 @@ class Each:
 
 
 # (ctx, bodies, sources) -> one Each per body, in order; ctx.emit and ctx.source are unused
-Many = Callable[[VerbContext, list[dict], list[dict | None]], list[Each]]
+Many = Callable[[VerbContext, list[dict], Sequence[dict | None]], list[Each]]
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,22 @@ def test_loss_window_matches_reference_on_a_random_stream() -> None:
     assert fired > 5
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 500])
+def test_observe_losses_equals_observe_loss_one_by_one(chunk: int) -> None:
+    """The batched loss window (one kernel call per chunk) against the per-loss call, bit for bit."""
+    rng = np.random.default_rng(5)
+    losses = rng.normal(1.0, 0.1, 500)
+    losses[rng.random(500) < 0.05] *= 20
+    losses[rng.random(500) < 0.02] = np.nan
+    one, many = DeepState(), DeepState()
+    expected = [(i, o) for i, v in enumerate(losses) if (o := one.observe_loss(float(v))).boundary_fired]
+    got = []
+    for start in range(0, 500, chunk):
+        got += [(start + i, o) for i, o in many.observe_losses(losses[start:start + chunk])]
+    assert got == expected and len(got) > 5
+    assert one.to_bytes() == many.to_bytes()
+
+
 def test_zscore_uses_the_floored_prior_std() -> None:
     d = DeepState()
     for _ in range(3):

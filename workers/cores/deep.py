@@ -100,6 +100,18 @@ class DeepState:
                            float(o["prior_mean"]), float(o["prior_std"]), float(o["window_mean"]),
                            float(o["window_std"]), int(self.counters[0]), int(self.counters[1]))
 
+    def observe_losses(self, losses: np.ndarray) -> list[tuple[int, LossOutcome]]:
+        """:meth:`observe_loss` for each loss in order, in one kernel call; the firings as
+        (index, outcome), equal to what ``observe_loss`` returned for those losses."""
+        losses = np.ascontiguousarray(losses, dtype=np.float64)
+        rows = _k.loss_window_push_many(self.ring, self.counters, losses, MIN_STD, BOUNDARY_Z, MIN_PRIOR)
+        out = []
+        for i in np.flatnonzero(rows[:, 0]).tolist():
+            fired, stored, z, pm, ps, wm, ws, samples, total = rows[i].tolist()
+            out.append((i, LossOutcome(bool(fired), bool(stored), float(losses[i]), z, pm, ps, wm, ws,
+                                       int(samples), int(total))))
+        return out
+
     def record_loss(self, loss: float) -> dict:
         """``{boundary_fired, window_mean, window_stddev, samples, boundaries_total}``."""
         return self.observe_loss(loss).response()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -137,16 +137,13 @@ class _Events:
     __slots__ = ("X", "T", "Q", "NOW", "relations", "tokens")
 
     def __init__(self, instant: InstantState, rows: list[tuple]) -> None:
-        n = len(rows)
-        self.X = np.empty((n, instant.dim), np.float32)
-        self.T = np.empty(n, np.int64)
-        self.Q = np.empty(n, np.float64)
-        self.NOW = np.empty(n, np.int64)
-        self.relations: list[str | None] = [None] * n
-        self.tokens: list[int | None] = [None] * n
-        for i, (x, t, q, now, rel, tok) in enumerate(rows):
-            self.X[i], self.T[i], self.Q[i], self.NOW[i] = x, t, q, now
-            self.relations[i], self.tokens[i] = rel, tok
+        xs, ts, qs, nows, relations, tokens = zip(*rows) if rows else ((),) * 6
+        self.X = np.concatenate(xs).reshape(len(rows), instant.dim) if rows else np.empty((0, instant.dim), np.float32)
+        self.T = np.array(ts, np.int64)
+        self.Q = np.array(qs, np.float64)
+        self.NOW = np.array(nows, np.int64)
+        self.relations: list[str | None] = list(relations)
+        self.tokens: list[int | None] = list(tokens)
 
     def __len__(self) -> int:
         return len(self.relations)
@@ -172,9 +169,9 @@ class _Applied:
 Emit = Callable[[int, str, dict], None]   # (event index, role, payload)
 
 
-def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sources: list[dict | None],
+def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, source_of: Callable[[int], dict | None],
            *, indexed: bool, messages: int, trace: bool) -> _Applied:
-    """The learning loop over validated events (the module docstring); ``sources[i]`` goes into
+    """The learning loop over validated events (the module docstring); ``source_of(i)`` goes into
     event i's downstream events, ``indexed`` adds their ``event_index`` (envelopes)."""
     n = len(ev)
     deep = ctx.state.get("deep", DeepState) or DeepState()
@@ -183,17 +180,19 @@ def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sou
     ctx.state.set("loop", loop)
     done = _Applied(n, trace)
 
-    q_eff = np.empty(n, np.float32)
-    outcomes = []
-    for i in range(n):
-        q = float(ev.Q[i])
-        ema = q if loop.ema is None else loop.ema
-        q_eff[i] = Q_WEIGHT * q + (1.0 - Q_WEIGHT) * ema
-        loop.ema = ema + QUALITY_EMA_RATE * (q - ema)
-        done.ema.append(loop.ema)
-        o = deep.observe_loss(max(1.0 - float(q_eff[i]), 0.0))
-        if o.boundary_fired:
-            outcomes.append((i, o))
+    # the EMA is sequential (a plain loop, in float64 as before); q_eff is then stored as float32
+    mixed = []
+    ema = loop.ema
+    for q in ev.Q.tolist():
+        if ema is None:
+            ema = q
+        mixed.append(Q_WEIGHT * q + (1.0 - Q_WEIGHT) * ema)
+        ema = ema + QUALITY_EMA_RATE * (q - ema)
+        done.ema.append(ema)
+    loop.ema = ema
+    q_eff = np.array(mixed, np.float32)
+    # losses depend on nothing else: one kernel call pushes them all and reports the firings
+    outcomes = deep.observe_losses(np.maximum(1.0 - q_eff.astype(np.float64), 0.0))
 
     tr = done.trace
     start = 0
@@ -212,9 +211,10 @@ def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sou
         logger.debug("session %s: loss boundary (z=%.3g) at event %d; adapter consolidated and reset",
                      ctx.session_key, o.z, i)
         extra = {"event_index": i} if indexed else {}
-        emit(i, "boundaries", boundary_event(ctx.session_key, o, sources[i], **extra))
+        source = source_of(i)
+        emit(i, "boundaries", boundary_event(ctx.session_key, o, source, **extra))
         emit(i, "consolidations", consolidation_event(ctx.session_key, deep, ADAPTER_PARAM_ID,
-                                                      _CONSOLIDATION_CAUSE, sources[i], **extra))
+                                                      _CONSOLIDATION_CAUSE, source, **extra))
     if start < n:
         instant.feedback_batch(ev.X[start:], ev.T[start:], q_eff[start:], ev.NOW[start:],
                                None if tr is None else tr[start:])
@@ -249,7 +249,7 @@ def learn_feedback(ctx: VerbContext, body: dict) -> dict:
     if instant is None:
         raise VerbError(NOT_INITIALIZED)
     ev = _validate(instant, events, envelope)
-    done = _apply(ctx, instant, ev, lambda i, role, payload: ctx.emit(role, payload), [ctx.source] * len(ev),
+    done = _apply(ctx, instant, ev, lambda i, role, payload: ctx.emit(role, payload), lambda i: ctx.source,
                   indexed=envelope, messages=1, trace=False)
     loop = ctx.state.get("loop", LoopState)
     return {"events": len(ev), "boundaries": len(done.fired), "adapter_norm": instant.adapter_norm,
@@ -261,30 +261,30 @@ def _single_event(body: dict) -> bool:
 
 
 @coalesced("learn_feedback", joins=_single_event)
-def learn_feedback_each(ctx: VerbContext, bodies: list[dict], sources: list[dict | None]) -> list[Each]:
+def learn_feedback_each(ctx: VerbContext, bodies: list[dict], sources: Sequence[dict | None]) -> list[Each]:
     """Single-event bodies of one session in one pass: each gets exactly the reply, downstream
     events (with its own source) and refusal it would have had alone, and the state ends the same.
     Refused bodies change nothing, so the others can be validated first and learned as one batch."""
     instant = ctx.state.get("instant", InstantState)
     if instant is None:
         return [Each(error=NOT_INITIALIZED) for _ in bodies]
-    out = [Each() for _ in bodies]
+    out: list[Each | None] = [None] * len(bodies)
     rows, index = [], []    # the valid events and which body each came from
     for j, body in enumerate(bodies):
         try:
             rows.append(_read_event(instant, body, ""))
             index.append(j)
         except (VerbError, ValidationError) as exc:
-            out[j].error = str(exc)
+            out[j] = Each(error=str(exc))
     if not rows:
-        return out
+        return out  # type: ignore[return-value]
     count0 = instant.feedback_count
+    emitted: dict[int, list[tuple[str, dict]]] = {}
     done = _apply(ctx, instant, _Events(instant, rows),
-                  lambda i, role, payload: out[index[i]].emitted.append((role, payload)),
-                  [sources[j] for j in index], indexed=False, messages=len(rows), trace=True)
+                  lambda i, role, payload: emitted.setdefault(index[i], []).append((role, payload)),
+                  lambda i: sources[index[i]], indexed=False, messages=len(rows), trace=True)
     fired = set(done.fired)
-    for i, j in enumerate(index):
-        norm, lr = done.trace[i]
-        out[j].data = {"events": 1, "boundaries": int(i in fired), "adapter_norm": float(norm), "lr": float(lr),
-                       "feedback_count": count0 + i + 1, "quality_ema": done.ema[i]}
-    return out
+    for i, (j, (norm, lr), ema) in enumerate(zip(index, done.trace.tolist(), done.ema)):
+        out[j] = Each({"events": 1, "boundaries": int(i in fired), "adapter_norm": norm, "lr": lr,
+                       "feedback_count": count0 + i + 1, "quality_ema": ema}, None, emitted.get(j, []))
+    return out  # type: ignore[return-value]

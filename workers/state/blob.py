@@ -39,6 +39,9 @@ class Part(Protocol):
 P = TypeVar("P")
 
 
+_KEYS: dict[tuple[str, int], str] = {}  # "topic:partition" strings, built once (a few per topic)
+
+
 class Watermark:
     """Highest applied source offset per ``topic:partition``."""
 
@@ -49,7 +52,10 @@ class Watermark:
 
     @staticmethod
     def _key(topic: str, partition: int) -> str:
-        return f"{topic}:{partition}"
+        k = _KEYS.get((topic, partition))
+        if k is None:
+            k = _KEYS[(topic, partition)] = f"{topic}:{partition}"
+        return k
 
     def seen(self, topic: str, partition: int, offset: int) -> bool:
         """True when this offset was already applied (a redelivery to skip)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import deque
 from typing import Any
 
 import faust
@@ -23,6 +23,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from workers import broker_compat, metrics
 from workers.dispatch import envelope_error, load_verbs, parse_request, session_key_of
 from workers.errors import VerbError
+from workers.stream import gc_policy
+from workers.stream.batching import LearnStream
 from workers.stream.faust_tuning import set_fetch_max_wait
 from workers.stream.processor import Processor
 from workers.stream.records import Record
@@ -37,8 +39,9 @@ logger = logging.getLogger(__name__)
 
 # How long an HTTP write waits for its event to be applied before answering 504.
 _APPLY_TIMEOUT_S = 30.0
-# Results kept for writes whose reply arrives before the waiter registers.
-_RECENT_RESULTS = 10_000
+# Batches of results kept for writes whose reply arrives before the waiter registers (a write
+# registers right after its send returns, so its batch is one of the last few).
+_RECENT_BATCHES = 32
 _LAG_INTERVAL_S = 2.0
 _FORWARDED = "X-Learnstream-Forwarded"
 
@@ -48,22 +51,20 @@ class Replies:
 
     def __init__(self) -> None:
         self.waiting: dict[tuple[str, int, int], asyncio.Future] = {}
-        self.recent: OrderedDict[tuple[str, int, int], dict] = OrderedDict()
+        # the last batches' results, for a write whose batch was applied before it registered
+        self.recent: deque[dict[tuple[str, int, int], dict]] = deque(maxlen=_RECENT_BATCHES)
 
     def resolve(self, results: dict[tuple[str, int, int], dict]) -> None:
-        for k, v in results.items():
-            fut = self.waiting.pop(k, None)
-            if fut is not None:
-                if not fut.done():
-                    fut.set_result(v)
-            else:
-                self.recent[k] = v
-        while len(self.recent) > _RECENT_RESULTS:
-            self.recent.popitem(last=False)
+        for k in [k for k in self.waiting if k in results]:  # few waiters, many results: look up the waiters
+            fut = self.waiting.pop(k)
+            if not fut.done():
+                fut.set_result(results[k])
+        self.recent.append(results)  # kept whole: nothing is done per result
 
     async def wait(self, key: tuple[str, int, int], timeout: float) -> dict:
-        if key in self.recent:
-            return self.recent.pop(key)
+        for results in self.recent:
+            if key in results:
+                return results[key]
         fut = asyncio.get_running_loop().create_future()
         self.waiting[key] = fut
         try:
@@ -125,10 +126,11 @@ class Runtime:
             metrics.EVENTS.labels(topic, outcome).inc(n)
         for name, seconds in res.verb_seconds:
             metrics.KERNEL_SECONDS.labels(name).observe(seconds)
-        for out in res.replies.values():
+        for out in reversed(res.replies.values()):  # the gauge shows the latest norm of the batch
             data = out.get("data")
             if isinstance(data, dict) and "adapter_norm" in data:
                 metrics.ADAPTER_NORM.set(data["adapter_norm"])
+                break
         self.replies.resolve(res.replies)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
 
@@ -176,6 +178,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     if settings.broker_kind == "embedded":
         broker_compat.enable()
     set_fetch_max_wait(settings.fetch_max_wait_ms)
+    gc_policy.apply()
     if not settings.broker:
         raise ValueError("settings.broker must be set (the CLI starts the embedded broker first)")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -197,6 +200,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         producer_acks=-1,
         key_serializer="raw", value_serializer="raw",
         web_enabled=True, web_in_thread=False,
+        Stream=LearnStream,  # adds take_batches
         loghandlers=[],
     )
     if settings.kafka:
@@ -217,8 +221,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
                         key_serializer="raw", value_serializer="raw")
 
     async def learn(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            await rt.handle(list(events))
+        async for events in stream.take_batches(settings.batch_max, settings.batch_within_s, settings.batch_linger_s):
+            await rt.handle(events)
 
     app.agent(channel, name="learnstream.learn", concurrency=1)(learn)  # >1 loses messages (faust #606)
 
@@ -229,6 +233,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     @app.on_partitions_assigned.connect
     async def _assigned(app: faust.App, assigned: Any, **_: Any) -> None:
         rt.processor.forget()
+        gc_policy.freeze()  # the app is built: its objects need no more collecting
 
     _install_web(app, rt)
     _install_metrics(app, rt, inputs)

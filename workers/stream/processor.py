@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from workers.codec import decode_json
@@ -101,6 +101,19 @@ class _Reject(Exception):
     def __init__(self, reason: str, code: str) -> None:
         super().__init__(reason)
         self.reason, self.code = reason, code
+
+
+class _Sources(Sequence):
+    """The records' ``source`` dicts, built only for the few a verb uses (downstream events)."""
+
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:  # type: ignore[override]
+        return self.records[i].source
 
 
 @dataclass
@@ -309,7 +322,7 @@ class Processor:
         ctx = self._context(v, run.sk, run.partition, run.blob)
         t0 = time.perf_counter()
         try:
-            each = v.many(ctx, run.bodies, [rec.source for rec in run.records])
+            each = v.many(ctx, run.bodies, _Sources(run.records))
         except (VerbError, ValidationError) as exc:  # refused as a whole: nothing changed
             each = [Each(error=str(exc)) for _ in run.records]
         res.verb_seconds.append((v.name, time.perf_counter() - t0))
@@ -330,7 +343,7 @@ class Processor:
             res.produce.append(dlq_entry(rec, out["error"], "refused"))
             res.rejected += 1
             return "rejected"
-        now_ms = int(self.clock() * 1000)
+        now_ms = int(self.clock() * 1000) if emitted else 0
         for n, (role, payload) in enumerate(emitted):
             value = {"id": record_id(rec, n), "session_key": sk, "ts_ms": now_ms, "source": rec.source, **payload}
             value["id"] = record_id(rec, n)  # the deterministic id wins over any payload field

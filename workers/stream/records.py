@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ("Record", "Produce", "record_id")
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One consumed Kafka message, independent of faust."""
+class Record(NamedTuple):
+    """One consumed Kafka message, independent of faust (a tuple: one is built per message)."""
 
     topic: str
     partition: int

@@ -63,8 +63,9 @@ class Settings:
     session_timeout_s: float = _SESSION_TIMEOUT_S
     commit_interval_s: float = 1.0
     cache_sessions: int = 1024           # decoded session values kept in memory (LRU)
-    batch_max: int = 500                 # events per take() batch
-    batch_within_s: float = 0.02         # how long a partial batch may wait (bigger batches: fewer writes)
+    batch_max: int = 1000                # events per batch at most
+    batch_within_s: float = 0.1          # a batch closes this long after its first event at the latest
+    batch_linger_s: float = 0.005        # ... or once no event arrived for this long (see batching.py)
     fetch_max_wait_ms: int = 50          # consumer long-poll (faust hard-codes 1500; see faust_tuning)
     worker_id: str | None = None         # static group membership (the pod name on Kubernetes)
     log_level: str = "warning"
@@ -85,9 +86,10 @@ class Settings:
             partitions=_int("PARTITIONS", 8), replication=_int("REPLICATION", 1),
             standby_replicas=_int("STANDBY_REPLICAS", 1), block_cache_bytes=_int("BLOCK_CACHE_BYTES", _BLOCK_CACHE_BYTES),
             session_timeout_s=_float("SESSION_TIMEOUT_S", _SESSION_TIMEOUT_S),
-            commit_interval_s=_float("COMMIT_INTERVAL_S", 1.0), batch_max=_int("BATCH_MAX", 500),
+            commit_interval_s=_float("COMMIT_INTERVAL_S", 1.0), batch_max=_int("BATCH_MAX", 1000),
             cache_sessions=_int("CACHE_SESSIONS", 1024),
-            batch_within_s=_float("BATCH_WITHIN_S", 0.02), fetch_max_wait_ms=_int("FETCH_MAX_WAIT_MS", 50),
+            batch_within_s=_float("BATCH_WITHIN_S", 0.1), batch_linger_s=_float("BATCH_LINGER_S", 0.005),
+            fetch_max_wait_ms=_int("FETCH_MAX_WAIT_MS", 50),
             worker_id=_env("WORKER_ID") or None,
             log_level=_env("LOG_LEVEL", "warning"), kafka=kafka,
         )
@@ -121,6 +123,7 @@ class Settings:
             "LEARNSTREAM_SESSION_TIMEOUT_S": str(self.session_timeout_s),
             "LEARNSTREAM_COMMIT_INTERVAL_S": str(self.commit_interval_s),
             "LEARNSTREAM_BATCH_MAX": str(self.batch_max), "LEARNSTREAM_BATCH_WITHIN_S": str(self.batch_within_s),
+            "LEARNSTREAM_BATCH_LINGER_S": str(self.batch_linger_s),
             "LEARNSTREAM_CACHE_SESSIONS": str(self.cache_sessions),
             "LEARNSTREAM_FETCH_MAX_WAIT_MS": str(self.fetch_max_wait_ms),
             "LEARNSTREAM_LOG_LEVEL": self.log_level,

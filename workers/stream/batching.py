@@ -1,0 +1,90 @@
+"""Batches that close when the stream goes quiet: big under load, prompt when idle.
+
+faust's ``take_events(max_, within)`` closes a batch only when it is full or ``within``
+has passed. With a short window, a busy worker writes every session it touched
+(~115 kB at 384-d) many times a second. With a long one, a lone HTTP write waits
+the whole window. ``take_batches`` adds a *linger*: the batch also closes once no
+event arrived for ``linger`` seconds. An idle worker applies a lone event after
+``linger``. Under load events keep arriving, and the batch grows to ``within`` or
+``max_`` (bench/README.md, "feedback").
+
+Acks work as in ``take_events``: nothing is acked before its batch was applied.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import faust
+from faust.types import EventT
+from mode.utils.futures import notify
+
+__all__ = ("LearnStream",)
+
+
+class LearnStream(faust.Stream):
+    """faust's Stream plus :meth:`take_batches` (set as the app's ``Stream`` class)."""
+
+    async def take_batches(self, max_: int, within: float, linger: float) -> AsyncIterator[list[EventT]]:
+        """Yield lists of events: at most ``max_``, closed ``linger`` s after the last arrival or
+        ``within`` s after the first, whichever comes first; acked after the caller's turn."""
+        events: list[EventT] = []
+        full = asyncio.Event()       # max_ events buffered
+        arrived = asyncio.Event()    # the batch has its first event
+        consumed = asyncio.Event()   # the caller finished with a full batch
+        consuming: asyncio.Future | None = None
+        last_arrival = 0.0
+
+        async def add(value: Any) -> Any:
+            nonlocal consuming, last_arrival
+            if consuming is not None:  # the caller holds a batch: wait until it is acked
+                try:
+                    await consuming
+                finally:
+                    consuming = None
+            event = self.current_event
+            if event is None:
+                raise RuntimeError("take_batches: no current event")
+            events.append(event)
+            last_arrival = time.monotonic()
+            arrived.set()
+            if len(events) >= max_:
+                full.set()
+                consumed.clear()
+                await self.wait(consumed)  # type: ignore[arg-type]  # never more than max_
+            return value
+
+        enable_acks = self.enable_acks
+        self.enable_acks = False  # acked below, after the batch was applied
+        self.add_processor(add)
+        self._enable_passive(aiter(self.channel))
+        try:
+            while not self.should_stop:
+                await self.wait_for_stopped(arrived)  # type: ignore[arg-type]  # idle: no timer runs
+                opened = time.monotonic()
+                while not full.is_set() and not self.should_stop:
+                    deadline = min(opened + within, last_arrival + linger)
+                    wait = deadline - time.monotonic()
+                    if wait <= 0:
+                        break
+                    await self.wait_for_stopped(full, timeout=wait)  # type: ignore[arg-type]
+                if not events:
+                    arrived.clear()
+                    continue
+                consuming = asyncio.get_running_loop().create_future()
+                batch = list(events)
+                try:
+                    yield batch
+                finally:
+                    events.clear()
+                    for event in batch:
+                        await self.ack(event)
+                    full.clear()
+                    arrived.clear()
+                    consumed.set()
+                    notify(consuming)
+        finally:
+            self.enable_acks = enable_acks
+            self._processors.remove(add)
