@@ -167,6 +167,7 @@ class Learnstream:
     commitIntervalSeconds: Seconds
     batchMax: Positive
     batchWithinSeconds: Annotated[float, Minimum(0)]
+    batchLingerSeconds: Annotated[float, Minimum(0)]
     logLevel: Literal["debug", "info", "warning", "error", "critical"]
     webPort: Port
     dataDir: Annotated[str, Pattern(r"^/.+")]

@@ -376,7 +376,8 @@ def test_worker_settings_from_the_chart_env(chart: Any, monkeypatch: pytest.Monk
     assert s.block_cache_bytes == ls["blockCacheBytes"]
     assert s.session_timeout_s == ls["sessionTimeoutSeconds"]
     assert s.commit_interval_s == ls["commitIntervalSeconds"]
-    assert (s.batch_max, s.batch_within_s) == (ls["batchMax"], ls["batchWithinSeconds"])
+    assert (s.batch_max, s.batch_within_s, s.batch_linger_s) == (ls["batchMax"], ls["batchWithinSeconds"],
+                                                                  ls["batchLingerSeconds"])
     assert s.log_level == ls["logLevel"] and s.app_id == ls["appId"]
     assert s.kafka == {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
                        "sasl_plain_username": "learnstream",

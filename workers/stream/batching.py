@@ -6,7 +6,8 @@ has passed. With a short window, a busy worker writes every session it touched
 the whole window. ``take_batches`` adds a *linger*: the batch also closes once no
 event arrived for ``linger`` seconds. An idle worker applies a lone event after
 ``linger``. Under load events keep arriving, and the batch grows to ``within`` or
-``max_`` (bench/README.md, "feedback").
+``max_``; a batch that opens while the previous one was cut that way does not linger at
+all, so a pause between two fetches does not cut it short (bench/README.md, "feedback").
 
 Acks work as in ``take_events``: nothing is acked before its batch was applied.
 """
@@ -60,16 +61,25 @@ class LearnStream(faust.Stream):
         self.enable_acks = False  # acked below, after the batch was applied
         self.add_processor(add)
         self._enable_passive(aiter(self.channel))
+        busy = False        # the last batch was cut by max_ or within, not by a quiet gap
+        closed = 0.0        # when the last batch was handed out
         try:
             while not self.should_stop:
                 await self.wait_for_stopped(arrived)  # type: ignore[arg-type]  # idle: no timer runs
                 opened = time.monotonic()
+                # Under load (events waiting as the last batch closed), a gap between two fetches
+                # must not cut the batch short: only a batch that opened quietly lingers.
+                lingers = not (busy and opened - closed < linger)
+                busy = True
                 while not full.is_set() and not self.should_stop:
-                    deadline = min(opened + within, last_arrival + linger)
-                    wait = deadline - time.monotonic()
-                    if wait <= 0:
+                    now = time.monotonic()
+                    if lingers and now >= last_arrival + linger:
+                        busy = False
                         break
-                    await self.wait_for_stopped(full, timeout=wait)  # type: ignore[arg-type]
+                    deadline = min(opened + within, last_arrival + linger) if lingers else opened + within
+                    if now >= deadline:
+                        break
+                    await self.wait_for_stopped(full, timeout=deadline - now)  # type: ignore[arg-type]
                 if not events:
                     arrived.clear()
                     continue
@@ -85,6 +95,7 @@ class LearnStream(faust.Stream):
                     arrived.clear()
                     consumed.set()
                     notify(consuming)
+                    closed = time.monotonic()
         finally:
             self.enable_acks = enable_acks
             self._processors.remove(add)
