@@ -15,8 +15,8 @@ request changes nothing. ``table`` says which state a verb touches:
 ``topics/``); reads are answered by the partition owner.
 
 A write verb may also have a *coalesced* form (``@coalesced``): many messages of one
-session applied in one call, with exactly the outcome, downstream events and reply
-each message would have had alone. The worker uses it for runs of single events,
+session checked one by one as they arrive, then applied in one call, with exactly the
+outcome, downstream events and reply each message would have had alone. The worker uses it for runs of single events,
 so one event per message learns at the cost of an envelope.
 """
 from __future__ import annotations
@@ -52,15 +52,16 @@ class VerbContext:
 
 @dataclass
 class Each:
-    """One message's outcome inside a coalesced call: its data or its error, and what it emitted."""
+    """One message's outcome inside a coalesced call: its data and what it emitted."""
 
     data: Any = None
-    error: str | None = None
     emitted: list[tuple[str, dict]] = field(default_factory=list)
 
 
-# (ctx, bodies, sources) -> one Each per body, in order; ctx.emit and ctx.source are unused
-Many = Callable[[VerbContext, list[dict], Sequence[dict | None]], list[Each]]
+# (ctx, body) -> the body checked and compacted, or VerbError/ValidationError with the verb's own message
+Prepare = Callable[[VerbContext, dict], Any]
+# (ctx, prepared items, sources) -> one Each per item, in order; ctx.emit and ctx.source are unused
+Many = Callable[[VerbContext, list[Any], Sequence[dict | None]], list[Each]]
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class Verb:
     topic: str | None
     many: Many | None = None                      # the coalesced form, if any
     joins: Callable[[dict], bool] | None = None   # may this body be applied by ``many``
+    prepare: Prepare | None = None                # checks one body for ``many``, as it arrives
 
 
 REGISTRY: dict[str, Verb] = {}
@@ -92,18 +94,21 @@ def verb(name: str, *, table: str, writes: bool, topic: str | None = None) -> Ca
     return deco
 
 
-def coalesced(name: str, *, joins: Callable[[dict], bool]) -> Callable[[Many], Many]:
+def coalesced(name: str, *, joins: Callable[[dict], bool], prepare: Prepare) -> Callable[[Many], Many]:
     """Register ``fn`` as the coalesced form of write verb ``name`` (for bodies where ``joins`` holds).
 
-    ``fn(ctx, bodies, sources)`` must give each body exactly what ``name`` alone would have
-    given, in order (data or error, emitted events with that body's source), and leave the
-    state exactly as applying them one by one would.
+    ``prepare(ctx, body)`` runs as each message arrives: it refuses the body exactly as ``name``
+    alone would (same error), or returns a compact item; a refusal changes nothing. Items must stay
+    valid whatever the other items of the run do. ``fn(ctx, items, sources)`` then applies them
+    in one call, giving each exactly the data and downstream events (with its own source) that
+    ``name`` alone would have given, and leaving the state as applying them one by one would.
+    Preparing on arrival keeps a run small in memory (a decoded body is dropped at once).
     """
     def deco(fn: Many) -> Many:
         v = REGISTRY.get(name)
         if v is None or not v.writes:
             raise ValueError(f"coalesced: {name!r} is not a registered write verb")
-        REGISTRY[name] = replace(v, many=fn, joins=joins)
+        REGISTRY[name] = replace(v, many=fn, joins=joins, prepare=prepare)
         return fn
 
     return deco

@@ -14,6 +14,7 @@ import pytest
 
 from workers.codec import encode_embedding_b64
 from workers.dispatch import LearnSession, load_verbs, run_verb
+from workers.errors import ValidationError, VerbError
 from workers.state import MemoryStore
 from workers.stream.processor import Processor, StoreStateAccess
 from workers.stream.records import Record
@@ -77,9 +78,18 @@ def test_coalesced_feedback_equals_one_call_per_event() -> None:
         expected.append((run_verb(v, ctx, body), emitted))
 
     together = _session_with_parts()
-    each = v.many(together.context(v, "default"), bodies, sources)
-    got = [({"ok": True, "verb": v.name, "data": e.data} if e.error is None
-            else {"ok": False, "verb": v.name, "error": e.error}, e.emitted) for e in each]
+    ctx = together.context(v, "default")
+    got, items, srcs, slots = [], [], [], []
+    for body, src in zip(bodies, sources):  # as the worker does: prepare on arrival, then one call
+        try:
+            items.append(v.prepare(ctx, body))
+            srcs.append(src)
+            slots.append(len(got))
+            got.append(None)
+        except (VerbError, ValidationError) as exc:
+            got.append(({"ok": False, "verb": v.name, "error": str(exc)}, []))
+    for slot, e in zip(slots, v.many(ctx, items, srcs), strict=True):
+        got[slot] = ({"ok": True, "verb": v.name, "data": e.data}, e.emitted)
 
     assert got == expected
     errors = [out["error"] for out, _ in got if not out["ok"]]
@@ -88,13 +98,12 @@ def test_coalesced_feedback_equals_one_call_per_event() -> None:
     assert together.blob("session", "default").to_bytes() == alone.blob("session", "default").to_bytes()
 
 
-def test_coalesced_feedback_without_an_instant_core_refuses_each_and_changes_nothing() -> None:
+def test_preparing_without_an_instant_core_refuses_and_changes_nothing() -> None:
     s = LearnSession()
     v = REGISTRY["learn_feedback"]
     before = s.blob("session", "default").to_bytes()
-    rng = np.random.default_rng(0)
-    each = v.many(s.context(v, "default"), [_event(rng, 0, 0.9), _event(rng, 1, 0.2)], [None, None])
-    assert [e.error for e in each] == ["instant not initialized; call init_instant"] * 2
+    with pytest.raises(VerbError, match="instant not initialized; call init_instant"):
+        v.prepare(s.context(v, "default"), _event(np.random.default_rng(0), 0, 0.9))
     assert s.blob("session", "default").to_bytes() == before
 
 

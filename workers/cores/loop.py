@@ -28,7 +28,7 @@ import numpy as np
 from workers.cores.deep import DeepState, boundary_event, consolidation_event, hand_ewc
 from workers.cores.instant import (NOT_INITIALIZED, InstantState, read_embedding, read_model, read_now_ms,
                                    read_quality)
-from workers.errors import CorruptStateError, ValidationError, VerbError
+from workers.errors import CorruptStateError, VerbError
 from workers.verbs import Each, VerbContext, coalesced, verb
 
 __all__ = ("QUALITY_EMA_RATE", "Q_WEIGHT", "LoopState", "learn_feedback", "learn_feedback_each", "ADAPTER_PARAM_ID")
@@ -260,31 +260,27 @@ def _single_event(body: dict) -> bool:
     return body.get("events") is None
 
 
-@coalesced("learn_feedback", joins=_single_event)
-def learn_feedback_each(ctx: VerbContext, bodies: list[dict], sources: Sequence[dict | None]) -> list[Each]:
-    """Single-event bodies of one session in one pass: each gets exactly the reply, downstream
-    events (with its own source) and refusal it would have had alone, and the state ends the same.
-    Refused bodies change nothing, so the others can be validated first and learned as one batch."""
+def _prepare_event(ctx: VerbContext, body: dict) -> tuple:
+    """One single-event body checked as ``learn_feedback`` checks it alone."""
     instant = ctx.state.get("instant", InstantState)
     if instant is None:
-        return [Each(error=NOT_INITIALIZED) for _ in bodies]
-    out: list[Each | None] = [None] * len(bodies)
-    rows, index = [], []    # the valid events and which body each came from
-    for j, body in enumerate(bodies):
-        try:
-            rows.append(_read_event(instant, body, ""))
-            index.append(j)
-        except (VerbError, ValidationError) as exc:
-            out[j] = Each(error=str(exc))
-    if not rows:
-        return out  # type: ignore[return-value]
+        raise VerbError(NOT_INITIALIZED)
+    return _read_event(instant, body, "")
+
+
+@coalesced("learn_feedback", joins=_single_event, prepare=_prepare_event)
+def learn_feedback_each(ctx: VerbContext, rows: list[tuple], sources: Sequence[dict | None]) -> list[Each]:
+    """Prepared single events of one session in one pass: each gets exactly the reply and the
+    downstream events (with its own source) it would have had alone, and the state ends the same.
+    Feedback changes neither the dimension nor the targets, so rows prepared before the run
+    started stay valid."""
+    instant = ctx.state.get("instant", InstantState)
     count0 = instant.feedback_count
     emitted: dict[int, list[tuple[str, dict]]] = {}
     done = _apply(ctx, instant, _Events(instant, rows),
-                  lambda i, role, payload: emitted.setdefault(index[i], []).append((role, payload)),
-                  lambda i: sources[index[i]], indexed=False, messages=len(rows), trace=True)
+                  lambda i, role, payload: emitted.setdefault(i, []).append((role, payload)),
+                  sources.__getitem__, indexed=False, messages=len(rows), trace=True)
     fired = set(done.fired)
-    for i, (j, (norm, lr), ema) in enumerate(zip(index, done.trace.tolist(), done.ema)):
-        out[j] = Each({"events": 1, "boundaries": int(i in fired), "adapter_norm": norm, "lr": lr,
-                       "feedback_count": count0 + i + 1, "quality_ema": ema}, None, emitted.get(j, []))
-    return out  # type: ignore[return-value]
+    return [Each({"events": 1, "boundaries": int(i in fired), "adapter_norm": norm, "lr": lr,
+                  "feedback_count": count0 + i + 1, "quality_ema": ema}, emitted.get(i, []))
+            for i, ((norm, lr), ema) in enumerate(zip(done.trace.tolist(), done.ema))]

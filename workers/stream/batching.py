@@ -6,8 +6,8 @@ has passed. With a short window, a busy worker writes every session it touched
 the whole window. ``take_batches`` adds a *linger*: the batch also closes once no
 event arrived for ``linger`` seconds. An idle worker applies a lone event after
 ``linger``. Under load events keep arriving, and the batch grows to ``within`` or
-``max_``; a batch that opens while the previous one was cut that way does not linger at
-all, so a pause between two fetches does not cut it short (bench/README.md, "feedback").
+``max_``; a batch that opens while the previous one was cut that way lingers 4x longer,
+so a pause between two fetches does not cut it short (bench/README.md, "feedback").
 
 Acks work as in ``take_events``: nothing is acked before its batch was applied.
 """
@@ -22,7 +22,11 @@ import faust
 from faust.types import EventT
 from mode.utils.futures import notify
 
-__all__ = ("LearnStream",)
+__all__ = ("LearnStream", "BUSY_LINGER_FACTOR")
+
+# Under load a batch waits this many lingers for the next event (at most 20 ms by default): long
+# enough to bridge two fetches, short enough for the last events of a burst.
+BUSY_LINGER_FACTOR = 4
 
 
 class LearnStream(faust.Stream):
@@ -67,16 +71,16 @@ class LearnStream(faust.Stream):
             while not self.should_stop:
                 await self.wait_for_stopped(arrived)  # type: ignore[arg-type]  # idle: no timer runs
                 opened = time.monotonic()
-                # Under load (events waiting as the last batch closed), a gap between two fetches
-                # must not cut the batch short: only a batch that opened quietly lingers.
-                lingers = not (busy and opened - closed < linger)
+                # Under load (events were waiting as the last batch closed), a short pause between
+                # two fetches must not cut the batch: it lingers BUSY_LINGER_FACTOR times longer.
+                gap = linger * BUSY_LINGER_FACTOR if busy and opened - closed < linger else linger
                 busy = True
                 while not full.is_set() and not self.should_stop:
                     now = time.monotonic()
-                    if lingers and now >= last_arrival + linger:
+                    if now >= last_arrival + gap:
                         busy = False
                         break
-                    deadline = min(opened + within, last_arrival + linger) if lingers else opened + within
+                    deadline = min(opened + within, last_arrival + gap)
                     if now >= deadline:
                         break
                     await self.wait_for_stopped(full, timeout=deadline - now)  # type: ignore[arg-type]

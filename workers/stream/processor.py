@@ -28,7 +28,7 @@ from workers.state.base import ModelStore
 from workers.state.blob import StateBlob
 from workers.stream.records import Produce, Record, record_id
 from workers.topics import Topic, by_name
-from workers.verbs import BLOB_TABLES, REGISTRY, Each, Verb, VerbContext
+from workers.verbs import BLOB_TABLES, REGISTRY, Verb, VerbContext
 
 __all__ = ("StateAccess", "Processor", "BatchResult", "dlq_entry")
 
@@ -124,13 +124,14 @@ class _Run:
     sk: str
     partition: int
     blob: StateBlob
+    ctx: VerbContext
     records: list[Record] = field(default_factory=list)
-    bodies: list[dict] = field(default_factory=list)
+    items: list = field(default_factory=list)    # what ``verb.prepare`` made of each body
     last: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> last offset
 
-    def add(self, rec: Record, body: dict) -> None:
+    def add(self, rec: Record, item: object) -> None:
         self.records.append(rec)
-        self.bodies.append(body)
+        self.items.append(item)
         self.last[(rec.topic, rec.partition)] = rec.offset
 
     def holds(self, rec: Record) -> bool:
@@ -251,12 +252,18 @@ class Processor:
                     self._count(res, rec, blob)
                     continue
                 if run is None:
-                    run = runs[sk] = _Run(v, sk, rec.partition, blob)
+                    run = runs[sk] = _Run(v, sk, rec.partition, blob, self._context(v, sk, rec.partition, blob))
                 elif run.holds(rec):  # redelivered within the batch: not yet in the watermark
                     res.duplicates += 1
                     self._count(res, rec, "duplicate")
                     continue
-                run.add(rec, body)
+                try:
+                    item = v.prepare(run.ctx, body)
+                except (VerbError, ValidationError) as exc:  # refused alone; nothing changed
+                    out = envelope_error(v.name, str(exc))
+                    self._count(res, rec, self._settle(rec, v, sk, blob, out, [], res, dirty))
+                    continue
+                run.add(rec, item)
                 continue
             if run is not None:
                 self._apply_run(runs.pop(sk), res, dirty)
@@ -315,20 +322,14 @@ class Processor:
 
     def _apply_run(self, run: _Run, res: BatchResult, dirty: dict[tuple[str, str], int]) -> None:
         v = run.verb
-        if len(run.records) == 1:
-            rec = run.records[0]
-            self._count(res, rec, self._apply_one(rec, v, run.bodies[0], run.sk, res, dirty))
+        if not run.records:  # every message of the run was refused as it arrived
             return
-        ctx = self._context(v, run.sk, run.partition, run.blob)
         t0 = time.perf_counter()
-        try:
-            each = v.many(ctx, run.bodies, _Sources(run.records))
-        except (VerbError, ValidationError) as exc:  # refused as a whole: nothing changed
-            each = [Each(error=str(exc)) for _ in run.records]
+        each = v.many(run.ctx, run.items, _Sources(run.records))
         res.verb_seconds.append((v.name, time.perf_counter() - t0))
         for rec, e in zip(run.records, each, strict=True):
-            out = envelope_error(v.name, e.error) if e.error is not None else envelope_ok(v.name, e.data)
-            self._count(res, rec, self._settle(rec, v, run.sk, run.blob, out, e.emitted, res, dirty))
+            self._count(res, rec, self._settle(rec, v, run.sk, run.blob, envelope_ok(v.name, e.data), e.emitted,
+                                               res, dirty))
 
     def _settle(self, rec: Record, v: Verb, sk: str, blob: StateBlob | None, out: dict, emitted: list[tuple[str, dict]],
                 res: BatchResult, dirty: dict[tuple[str, str], int]) -> str:
