@@ -8,6 +8,11 @@ value once (state and watermark together) -> the caller produces downstream
 events and DLQ entries, then acks. faust flushes the producer (changelog
 included) before it commits offsets, so a crash anywhere redelivers, and the
 watermark turns the redelivery into a no-op.
+
+Single events of one session that a verb can coalesce (``Verb.many``) are checked
+as they arrive and applied together when anything else for that session comes, or
+at the end of the batch; each message still gets its own reply, DLQ entry,
+watermark step and downstream events, exactly as alone (tests/unit/test_coalescing.py).
 """
 from __future__ import annotations
 
