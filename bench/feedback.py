@@ -76,7 +76,7 @@ logger = logging.getLogger(__name__)
 _TARGETS = ["small", "medium", "large", "code"]
 _TARGET_RAW_ENVELOPE = 0.30     # worker / raw, envelopes
 _TARGET_FAUST_SINGLE = 0.80     # worker / plain faust, one event per message ("within 20%")
-_CHILD_TIMEOUT_S = 600.0
+_CHILD_TIMEOUT_S = 180.0  # a consumer that has not finished by then is stuck: fail with its log, do not hang
 # the producer's request may hold one JSON-array envelope (≈ 8 kB per 384-d event)
 _MAX_REQUEST_BYTES = 8 << 20
 _LINGER_MS = 20
