@@ -1,0 +1,88 @@
+"""take_batches: which rule closes a batch, and nothing is acked before its batch was handled.
+
+Driven through faust's own agent test harness (``agent.test_context()``): real streams and events,
+no broker. Times are generous: they tell which rule closed a batch, they do not measure speed.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import faust
+
+from workers.stream.batching import BUSY_LINGER_FACTOR, LearnStream
+
+LINGER, WITHIN = 0.05, 2.0
+
+
+def _harness(max_: int, within: float = WITHIN, linger: float = LINGER):
+    app = faust.App("test-batching", broker="kafka://127.0.0.1:1", store="memory://", Stream=LearnStream)
+    topic = app.topic("t", value_type=bytes, value_serializer="raw")
+    seen: list[tuple[list[bytes], float, list[bool]]] = []  # values, when handed out, acked then
+    events: list[list] = []
+
+    async def batcher(stream):  # noqa: ANN001
+        async for batch in stream.take_batches(max_, within, linger):
+            seen.append(([e.value for e in batch], time.monotonic(), [e.message.acked for e in batch]))
+            events.append(batch)
+            yield len(batch)
+
+    agent = app.agent(topic, name="batcher")(batcher)
+    agent.events = events  # type: ignore[attr-defined]
+    return agent, seen
+
+
+async def _put(agent, n: int, start: int = 0) -> None:  # noqa: ANN001
+    for i in range(start, start + n):
+        await agent.put(str(i).encode(), wait=False)
+
+
+async def _until(pred, timeout: float = 5.0) -> None:  # noqa: ANN001
+    t0 = time.monotonic()
+    while not pred():
+        assert time.monotonic() - t0 < timeout, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+async def test_a_full_batch_closes_at_once_and_the_rest_follows() -> None:
+    agent, seen = _harness(max_=3)
+    async with agent.test_context() as a:
+        t0 = time.monotonic()
+        await _put(a, 7)
+        await _until(lambda: sum(len(v) for v, _, _ in seen) == 7)
+    assert [v for v, _, _ in seen] == [[b"0", b"1", b"2"], [b"3", b"4", b"5"], [b"6"]]
+    assert seen[1][1] - t0 < LINGER  # full batches do not wait
+    # the partial batch after full ones (under load) lingers longer, bridging a pause between fetches
+    assert seen[2][1] - t0 >= LINGER * BUSY_LINGER_FACTOR * 0.9
+
+
+async def test_a_lone_event_waits_the_linger_not_the_window() -> None:
+    agent, seen = _harness(max_=100)
+    async with agent.test_context() as a:
+        t0 = time.monotonic()
+        await _put(a, 1)
+        await _until(lambda: len(seen) == 1)
+    (values, at, _), = seen
+    assert values == [b"0"] and LINGER * 0.9 <= at - t0 < WITHIN / 2
+
+
+async def test_steady_arrivals_are_cut_by_the_window() -> None:
+    agent, seen = _harness(max_=1000, within=0.15)
+    async with agent.test_context() as a:
+        for i in range(20):  # one event every 20 ms: never a quiet gap of 50 ms
+            await _put(a, 1, start=i)
+            await asyncio.sleep(0.02)
+        await _until(lambda: sum(len(v) for v, _, _ in seen) == 20)
+    sizes = [len(v) for v, _, _ in seen]
+    assert len(sizes) >= 2 and max(sizes) > 1
+    assert [x for v, _, _ in seen for x in v] == [str(i).encode() for i in range(20)]  # each once, in order
+
+
+async def test_events_are_acked_only_after_their_batch_was_handled() -> None:
+    agent, seen = _harness(max_=3)
+    async with agent.test_context() as a:
+        await _put(a, 6)
+        await _until(lambda: len(seen) == 2)
+        assert seen[0][2] == seen[1][2] == [False, False, False]  # not acked while handed out
+        assert [e.message.acked for e in agent.events[0]] == [True] * 3  # acked once the next was asked for
+
