@@ -23,7 +23,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from workers import broker_compat, metrics
 from workers.dispatch import envelope_error, load_verbs, parse_request, session_key_of
 from workers.errors import VerbError
-from workers.stream import gc_policy
 from workers.stream.batching import LearnStream
 from workers.stream.faust_tuning import set_fetch_max_wait
 from workers.stream.processor import Processor
@@ -178,7 +177,6 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     if settings.broker_kind == "embedded":
         broker_compat.enable()
     set_fetch_max_wait(settings.fetch_max_wait_ms)
-    gc_policy.apply()
     if not settings.broker:
         raise ValueError("settings.broker must be set (the CLI starts the embedded broker first)")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -233,7 +231,6 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     @app.on_partitions_assigned.connect
     async def _assigned(app: faust.App, assigned: Any, **_: Any) -> None:
         rt.processor.forget()
-        gc_policy.freeze()  # the app is built: its objects need no more collecting
 
     _install_web(app, rt)
     _install_metrics(app, rt, inputs)
