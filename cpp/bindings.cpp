@@ -156,35 +156,6 @@ void bind_instant_deep(py::module_& m) {
         py::arg("F"), py::arg("snap"), py::arg("theta"), py::arg("lam"),
         "lam * sum_i F_i (theta_i - snap_i)^2 over the shortest of the three lengths.");
     m.def(
-        "loss_window_push",
-        [](py::array ring, py::array counters, double loss, double min_std, double z_thresh,
-           std::size_t min_prior) {
-            float* r = inplace_array<float>(ring, "ring", "float32");
-            int64_t* c = inplace_array<int64_t>(counters, "counters", "int64");
-            if (ring.ndim() != 1 || ring.shape(0) < 1) throw std::runtime_error("ring must be 1-d, non-empty");
-            if (counters.ndim() != 1 || counters.shape(0) != 2)
-                throw std::runtime_error("counters must be int64[2] = [len, boundaries]");
-            const auto cap = static_cast<std::size_t>(ring.shape(0));
-            if (c[0] < 0 || static_cast<std::size_t>(c[0]) > cap)
-                throw std::runtime_error("counters[0] (window length) out of range");
-            const auto o = learnstream::deep::loss_window_push(r, cap, c[0], c[1], static_cast<float>(loss),
-                                                               static_cast<float>(min_std),
-                                                               static_cast<float>(z_thresh), min_prior);
-            py::dict d;
-            d["fired"] = o.fired;
-            d["stored"] = o.stored;
-            d["z"] = o.z;
-            d["prior_mean"] = o.prior_mean;
-            d["prior_std"] = o.prior_std;
-            d["window_mean"] = o.window_mean;
-            d["window_std"] = o.window_std;
-            return d;
-        },
-        py::arg("ring"), py::arg("counters"), py::arg("loss"), py::arg("min_std") = 1e-4,
-        py::arg("z_thresh") = 2.5, py::arg("min_prior") = 3,
-        "record_loss's window in place: ring (oldest first) and counters [len, boundaries]; "
-        "fires iff |loss - prior mean| / max(prior std, min_std) > z_thresh with >= min_prior priors.");
-    m.def(
         "loss_window_push_many",
         [](py::array ring, py::array counters, const py::array_t<double, py::array::c_style | py::array::forcecast>& losses,
            double min_std, double z_thresh, std::size_t min_prior) {

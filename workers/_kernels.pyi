@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['ATTENTION_EDGE_FEATURES', 'ATTENTION_NO_EDGE', 'ATTENTION_UNKNOWN_RELATION', 'GraphAttention', 'INSTANT_CONSTANTS', 'ROUTER_BUCKETS', 'ROUTER_HIDDEN', 'ROUTER_MAX_TARGETS', 'ROUTER_RANK', 'adapter_forward', 'clamp_norm', 'ewc_penalty', 'ewc_pull', 'fisher_ema', 'instant_feedback', 'instant_feedback_batch', 'instant_hebbian', 'instant_hebbian_batch', 'instant_layout', 'instant_norm', 'loss_window_push', 'loss_window_push_many', 'mulberry32_stream', 'online_fisher', 'online_forward', 'online_n_params', 'online_step', 'router_forward_batch', 'router_init', 'router_layout', 'router_route', 'router_train', 'router_train_batch', 'weighted_pick']
+__all__: list[str] = ['ATTENTION_EDGE_FEATURES', 'ATTENTION_NO_EDGE', 'ATTENTION_UNKNOWN_RELATION', 'GraphAttention', 'INSTANT_CONSTANTS', 'ROUTER_BUCKETS', 'ROUTER_HIDDEN', 'ROUTER_MAX_TARGETS', 'ROUTER_RANK', 'adapter_forward', 'clamp_norm', 'ewc_penalty', 'ewc_pull', 'fisher_ema', 'instant_feedback', 'instant_feedback_batch', 'instant_hebbian', 'instant_hebbian_batch', 'instant_layout', 'instant_norm', 'loss_window_push_many', 'mulberry32_stream', 'online_fisher', 'online_forward', 'online_n_params', 'online_step', 'router_forward_batch', 'router_init', 'router_layout', 'router_route', 'router_train', 'router_train_batch', 'weighted_pick']
 class GraphAttention:
     """
     Fixed projections Wq, Wk, Wv, Wo (and the initial We) regenerated from the seed.
@@ -86,10 +86,6 @@ def instant_layout(dim: typing.SupportsInt | typing.SupportsIndex, nt: typing.Su
 def instant_norm(arena: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], meta: numpy.ndarray) -> float:
     """
     ||theta|| of an instant core, squares summed in double.
-    """
-def loss_window_push(ring: numpy.ndarray, counters: numpy.ndarray, loss: typing.SupportsFloat | typing.SupportsIndex, min_std: typing.SupportsFloat | typing.SupportsIndex = 0.0001, z_thresh: typing.SupportsFloat | typing.SupportsIndex = 2.5, min_prior: typing.SupportsInt | typing.SupportsIndex = 3) -> dict:
-    """
-    record_loss's window in place: ring (oldest first) and counters [len, boundaries]; fires iff |loss - prior mean| / max(prior std, min_std) > z_thresh with >= min_prior priors.
     """
 def loss_window_push_many(ring: numpy.ndarray, counters: numpy.ndarray, losses: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], min_std: typing.SupportsFloat | typing.SupportsIndex = 0.0001, z_thresh: typing.SupportsFloat | typing.SupportsIndex = 2.5, min_prior: typing.SupportsInt | typing.SupportsIndex = 3) -> numpy.typing.NDArray[numpy.float64]:
     """

@@ -66,6 +66,13 @@ class LossOutcome:
                 "boundaries_total": self.boundaries_total}
 
 
+def _outcome(loss: float, row: np.ndarray) -> LossOutcome:
+    """A LossOutcome from one row of ``loss_window_push_many`` (its column order)."""
+    fired, stored, z, prior_mean, prior_std, window_mean, window_std, samples, total = row.tolist()
+    return LossOutcome(bool(fired), bool(stored), loss, z, prior_mean, prior_std, window_mean, window_std,
+                       int(samples), int(total))
+
+
 class DeepState:
     """One session's Fisher/snapshot per param_id, loss window and boundary count.
 
@@ -95,22 +102,18 @@ class DeepState:
 
     def observe_loss(self, loss: float) -> LossOutcome:
         """Push a loss (non-finite: nothing stored, never fires) and test the z-score."""
-        o = _k.loss_window_push(self.ring, self.counters, float(loss), MIN_STD, BOUNDARY_Z, MIN_PRIOR)
-        return LossOutcome(bool(o["fired"]), bool(o["stored"]), float(loss), float(o["z"]),
-                           float(o["prior_mean"]), float(o["prior_std"]), float(o["window_mean"]),
-                           float(o["window_std"]), int(self.counters[0]), int(self.counters[1]))
+        loss = float(loss)
+        return _outcome(loss, self._push(np.array([loss]))[0])
 
     def observe_losses(self, losses: np.ndarray) -> list[tuple[int, LossOutcome]]:
         """:meth:`observe_loss` for each loss in order, in one kernel call; the firings as
         (index, outcome), equal to what ``observe_loss`` returned for those losses."""
         losses = np.ascontiguousarray(losses, dtype=np.float64)
-        rows = _k.loss_window_push_many(self.ring, self.counters, losses, MIN_STD, BOUNDARY_Z, MIN_PRIOR)
-        out = []
-        for i in np.flatnonzero(rows[:, 0]).tolist():
-            fired, stored, z, pm, ps, wm, ws, samples, total = rows[i].tolist()
-            out.append((i, LossOutcome(bool(fired), bool(stored), float(losses[i]), z, pm, ps, wm, ws,
-                                       int(samples), int(total))))
-        return out
+        rows = self._push(losses)
+        return [(i, _outcome(float(losses[i]), rows[i])) for i in np.flatnonzero(rows[:, 0]).tolist()]
+
+    def _push(self, losses: np.ndarray) -> np.ndarray:
+        return _k.loss_window_push_many(self.ring, self.counters, losses, MIN_STD, BOUNDARY_Z, MIN_PRIOR)
 
     def record_loss(self, loss: float) -> dict:
         """``{boundary_fired, window_mean, window_stddev, samples, boundaries_total}``."""
