@@ -13,7 +13,8 @@ K = ("learn.feedback", 0, 7)
 async def test_a_waiter_registered_first_gets_its_reply() -> None:
     r = Replies()
     task = asyncio.create_task(r.wait(K, 5.0))
-    await asyncio.sleep(0)  # the waiter registers
+    while K not in r.waiting:  # the waiter registers
+        await asyncio.sleep(0)
     r.resolve({("learn.feedback", 0, 6): {"ok": True, "n": 6}, K: {"ok": True, "n": 7}})
     assert await task == {"ok": True, "n": 7}
     assert not r.waiting
