@@ -247,31 +247,12 @@ class Processor:
                     self._apply_run(pending, res, dirty)
                 self._count(res, rec, self._reject(rec, r, res))
                 continue
-            run = runs.get(sk)
             if v.many is not None and v.joins(body):
-                if run is not None and (run.verb is not v or run.partition != rec.partition):
-                    self._apply_run(runs.pop(sk), res, dirty)
-                    run = None
-                blob = self._blob_for(rec, v, sk, res, dirty)
-                if isinstance(blob, str):
-                    self._count(res, rec, blob)
-                    continue
-                if run is None:
-                    run = runs[sk] = _Run(v, sk, rec.partition, blob, self._context(v, sk, rec.partition, blob))
-                elif run.holds(rec):  # redelivered within the batch: not yet in the watermark
-                    res.duplicates += 1
-                    self._count(res, rec, "duplicate")
-                    continue
-                try:
-                    item = v.prepare(run.ctx, body)
-                except (VerbError, ValidationError) as exc:  # refused alone; nothing changed
-                    out = envelope_error(v.name, str(exc))
-                    self._count(res, rec, self._settle(rec, v, sk, blob, out, [], res, dirty))
-                    continue
-                run.add(rec, item)
+                self._join(runs, rec, v, body, sk, res, dirty)
                 continue
+            run = runs.pop(sk, None)
             if run is not None:
-                self._apply_run(runs.pop(sk), res, dirty)
+                self._apply_run(run, res, dirty)
             self._count(res, rec, self._apply_one(rec, v, body, sk, res, dirty))
         for run in runs.values():
             self._apply_run(run, res, dirty)
@@ -280,6 +261,31 @@ class Processor:
         while len(self._cache) > self.cache_sessions:  # only now: a dirty value must not be dropped
             self._cache.popitem(last=False)
         return res
+
+    def _join(self, runs: dict[str, _Run], rec: Record, v: Verb, body: dict, sk: str, res: BatchResult,
+              dirty: dict[tuple[str, str], int]) -> None:
+        """Check ``rec`` on arrival and add it to its session's pending run (a new one if needed)."""
+        run = runs.get(sk)
+        if run is not None and (run.verb is not v or run.partition != rec.partition):
+            self._apply_run(runs.pop(sk), res, dirty)
+            run = None
+        blob = self._blob_for(rec, v, sk, res, dirty)
+        if isinstance(blob, str):
+            self._count(res, rec, blob)
+            return
+        if run is None:
+            run = runs[sk] = _Run(v, sk, rec.partition, blob, self._context(v, sk, rec.partition, blob))
+        elif run.holds(rec):  # redelivered within the batch: not yet in the watermark
+            res.duplicates += 1
+            self._count(res, rec, "duplicate")
+            return
+        try:
+            item = v.prepare(run.ctx, body)
+        except (VerbError, ValidationError) as exc:  # refused alone; nothing changed
+            out = envelope_error(v.name, str(exc))
+            self._count(res, rec, self._settle(rec, v, sk, blob, out, [], res, dirty))
+            return
+        run.add(rec, item)
 
     @staticmethod
     def _count(res: BatchResult, rec: Record, outcome: str) -> None:
