@@ -51,7 +51,7 @@ class StaticTokenVerifier:
 def http_app(client: LearnstreamClient, *, token: str, default_session: str = "default") -> Any:
     """The Starlette app serving MCP's streamable HTTP at ``/mcp``, bearer token required."""
     from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
-    from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.middleware.authentication import AuthenticationMiddleware
@@ -65,7 +65,10 @@ def http_app(client: LearnstreamClient, *, token: str, default_session: str = "d
         async with manager.run():
             yield
 
-    endpoint = RequireAuthMiddleware(StreamableHTTPASGIApp(manager), required_scopes=[])
+    async def mcp_endpoint(scope: Any, receive: Any, send: Any) -> None:  # an ASGI app, not a request handler
+        await manager.handle_request(scope, receive, send)
+
+    endpoint = RequireAuthMiddleware(mcp_endpoint, required_scopes=[])
     return Starlette(routes=[Route("/mcp", endpoint=endpoint)], lifespan=lifespan,
                      middleware=[Middleware(AuthenticationMiddleware,
                                             backend=BearerAuthBackend(StaticTokenVerifier(token)))])
@@ -134,7 +137,8 @@ def run_mcp(settings: Settings, *, worker_url: str | None = None, http: str | No
     with contextlib.ExitStack() as stack:
         if not worker_url:
             worker_url = stack.enter_context(embedded_worker(settings))
-        client = LearnstreamClient(worker_url=worker_url, token=settings.api_token)
+        client = LearnstreamClient(worker_url=worker_url, token=settings.api_token,
+                                   apply_deadline_s=settings.apply_deadline_s)
         if http:
             host, port = _host_port(http)
             asyncio.run(_serve_http(client, host, port, settings.mcp_token or "", session))

@@ -24,7 +24,7 @@ TOOLS: dict[str, str] = {
     "add_knowledge": "add_knowledge", "mark_used": "mark_used", "forget": "forget", "route": "route",
     "record_outcome": "record_outcome", "feedback": "learn_feedback", "query_at": "query_at",
     "insert_edge": "insert_edge", "contradict": "contradict", "important_memories": "important_memories",
-    "memory_scores": "memory_scores", "health": "health",
+    "memory_scores": "memory_scores", "health": "health", "heuristics": "heuristics",
     # set-up a session needs before route / feedback answer
     "init_router": "init_router", "init_instant": "init_instant",
 }

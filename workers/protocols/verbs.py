@@ -50,6 +50,7 @@ _STORED_ERROR = 300          # characters of the failing line kept with an outco
 _DEFAULT_SOURCE = "inferred"
 
 _MATCHER: StrategyMatcher | None = None
+_INCLUDE = ("outcomes", "knowledge", "preferences")  # what ``heuristics`` may list besides heuristics
 
 # building blocks of the verbs' body schemas (``params``)
 _TEXT = {"type": "string", "minLength": 1}
@@ -318,10 +319,10 @@ def retrieve(ctx: VerbContext, body: dict) -> dict:
                      task_type=task_type, top_k=top_k, token_budget=budget, matcher=matcher())
 
 
-_INCLUDE = ("outcomes", "knowledge", "preferences")
-
-
-@verb("heuristics", table="agent", writes=False)
+@verb("heuristics", table="agent", writes=False, params=params(
+    (), agent=_TEXT, project_id={"type": "string"}, task_type=_TEXT,
+    include={"type": "array", "items": {"enum": list(_INCLUDE)}, "description": "also list these records"},
+    now_ms=_MS))
 def heuristics(ctx: VerbContext, body: dict) -> dict:
     """``{agent?, project_id?, task_type?, include?: ["outcomes"|"knowledge"|"preferences"], now_ms?}``
     -> ``{heuristics, anti_patterns, counts, clock_ms}`` (+ the included kinds), each record with its
