@@ -6,7 +6,10 @@ bad event fails in the agent with the field and rule named, not later in the DLQ
 
 Produced events of *different* topics are not ordered with each other (Kafka orders a
 partition of one topic), so a session's set-up must be applied before its data flows:
-:meth:`LearnstreamClient.apply` returns once the owning worker has applied a write.
+:meth:`LearnstreamClient.apply` returns once the owning worker has applied a write. With a
+``worker_url`` the client also does this by itself: a set-up verb (``SETUP_VERBS``) sent
+through :meth:`~LearnstreamClient.command` is applied over HTTP, and every later send of that
+session waits for it, so a fresh session's first data event cannot overtake its set-up.
 
 >>> async with LearnstreamClient("127.0.0.1:9092", worker_url="http://127.0.0.1:6066") as c:  # doctest: +SKIP
 ...     await c.apply("agent-7", "init_instant", {"targets": ["small", "large"], "dim": 384})
@@ -31,7 +34,7 @@ from workers.codec import encode_embedding_b64
 from workers.errors import LearnstreamError, VerbError
 from workers.topics import topics
 
-__all__ = ("LearnstreamClient", "SyncClient", "Sent", "Applied", "WriteNotConfirmed")
+__all__ = ("LearnstreamClient", "SyncClient", "Sent", "Applied", "WriteNotConfirmed", "SETUP_VERBS")
 
 _LINGER_MS = 5  # small batching window: many agents send bursts
 # How long apply() keeps retrying (same idempotency key) while no worker answers: a worker
@@ -41,6 +44,8 @@ _RETRY_FIRST_S, _RETRY_MAX_S = 0.2, 2.0
 # statuses after which the write may or may not be in the log: retry with the same key
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _IDEMPOTENCY = "idempotency_key"  # the body field workers/stream/idempotency.py reads
+# Writes that set a session up: the data that follows fails ("not initialized") if applied first.
+SETUP_VERBS = frozenset({"init_instant", "init_router", "init_attention", "init_learner", "configure_scoring"})
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,7 @@ class LearnstreamClient:
         self.kafka = kafka
         self._producer: AIOKafkaProducer | None = None
         self._http: Any = None  # aiohttp.ClientSession
+        self._setup: dict[str, asyncio.Future] = {}  # session -> its set-up write in flight
 
     async def start(self) -> LearnstreamClient:
         if self.bootstrap:
@@ -146,6 +152,9 @@ class LearnstreamClient:
         value = {"session_key": session_key, **value} if role != "commands" else value
         if self.validate:
             t.validate(value)
+        setup = self._setup.get(session_key)
+        if setup is not None:  # the session's set-up first: this event must not overtake it
+            await setup  # a failed set-up raises here: the event would only be dead-lettered
         if self._producer is None:
             if self.bootstrap is None:
                 raise RuntimeError("no Kafka bootstrap: pass LearnstreamClient(bootstrap, ...) to produce events")
@@ -272,7 +281,25 @@ class LearnstreamClient:
                                wait=wait)
 
     async def command(self, session_key: str, verb: str, body: dict | None = None, *, wait: bool = True) -> Any:
-        """Any other write verb (init_instant, init_router, reset_adapter, record_outcome, ...)."""
+        """Any other write verb (init_instant, init_router, reset_adapter, record_outcome, ...).
+
+        With a ``worker_url``, a set-up verb (``SETUP_VERBS``) is applied over HTTP instead of
+        produced, and the session's later sends wait for it: its result is an :class:`Applied`
+        (with ``wait=False``, a future of one).
+        """
+        if verb in SETUP_VERBS and self._http is not None:
+            earlier = self._setup.get(session_key)
+            if earlier is not None:
+                await earlier
+            task = asyncio.ensure_future(self.apply(session_key, verb, body))
+            self._setup[session_key] = task
+
+            def applied(t: asyncio.Future) -> None:  # an applied set-up needs no more waiting
+                if self._setup.get(session_key) is t and not t.cancelled() and t.exception() is None:
+                    del self._setup[session_key]
+
+            task.add_done_callback(applied)
+            return await task if wait else task
         return await self.send("commands", session_key,
                                {"verb": verb, "body": {**(body or {}), "session_key": session_key}}, wait=wait)
 

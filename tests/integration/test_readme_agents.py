@@ -162,3 +162,32 @@ def test_raw_http_example(worker) -> None:
     again = subprocess.run(["bash", "-ec", script.split("\ncurl")[0]], capture_output=True, text=True, timeout=60)
     (dup,) = _json_values(again.stdout)
     assert dup["duplicate"] is True and dup["id"] == first["id"]
+
+
+def test_with_a_worker_url_the_produce_style_setup_cannot_be_overtaken(worker) -> None:
+    """The pattern that lost 73 of 200 events: init produced, feedback right after, nothing awaited one by one.
+    With a worker_url the SDK applies the set-up over HTTP and holds the session's sends until it is applied."""
+    import numpy as np
+
+    from workers.client import LearnstreamClient
+
+    b, w = worker
+    feedback = topics()["feedback"].name
+    applied0, rejected0 = _metric(w, "applied", feedback), _metric(w, "rejected", feedback)
+    sessions = [f"fresh-{i}" for i in range(200)]
+
+    async def go() -> None:
+        rng = np.random.default_rng(1)
+        async with LearnstreamClient(b.bootstrap, worker_url=w.url) as c:
+            for s in sessions:
+                await c.init_instant(s, targets=["small", "large"], dim=8, wait=False)
+            sends = [asyncio.ensure_future(c.feedback(s, rng.standard_normal(8).astype(np.float32), model="small",
+                                                      quality=0.9, wait=False)) for s in sessions]
+            await asyncio.gather(*sends)
+            await c.flush()
+
+    asyncio.run(go())
+    wait_until(lambda: _metric(w, "applied", feedback) + _metric(w, "rejected", feedback) >= applied0 + rejected0 + 200,
+               90, 0.2, "the worker to handle the 200 feedback events")
+    assert _metric(w, "rejected", feedback) == rejected0
+    assert _metric(w, "applied", feedback) == applied0 + 200
