@@ -111,11 +111,14 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
         import urllib.error
         import urllib.request
 
+        headers = {"Content-Type": "application/json"}
+        token = _settings(args).api_token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         for line in sys.stdin:
             if not line.strip():
                 continue
-            req = urllib.request.Request(args.url.rstrip("/") + "/dispatch", data=line.encode(),
-                                         headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(args.url.rstrip("/") + "/dispatch", data=line.encode(), headers=headers)
             try:
                 with urllib.request.urlopen(req, timeout=60) as r:
                     out = r.read()
@@ -221,7 +224,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dispatch", help="JSON verb requests on stdin, responses on stdout")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--path", help="in-process session on this RocksDB path (default: in memory)")
-    g.add_argument("--url", help="a worker's base URL: send to its POST /dispatch")
+    g.add_argument("--url", help="a worker's base URL: send to its POST /dispatch "
+                                 "(with LEARNSTREAM_API_TOKEN as bearer token when set)")
     p.set_defaults(fn=cmd_dispatch)
     p = sub.add_parser("mcp", help="the MCP server for agents (stdio, or streamable HTTP with --http)",
                        description="Model Context Protocol server over a worker's HTTP API. Without --worker-url "

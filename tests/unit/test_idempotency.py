@@ -105,3 +105,20 @@ def test_only_the_most_recent_keys_are_kept() -> None:
     big = {"ok": True, "id": "t:0:1", "data": {"x": "y" * 10_000}}
     idempotency.remember(blob, "big", big)
     assert idempotency.lookup(blob, "big") == {"ok": True, "id": "t:0:1", "data_omitted": True}
+
+
+def test_graph_writes_are_idempotent_by_edge_id_so_a_retry_changes_nothing() -> None:
+    """Graph verbs keep no session value to hold keys in; they upsert by edge id, so a retried
+    insert or contradict (its key stripped, never seen by the verb) leaves the graph as it was."""
+    edges = topics()["edges"].name
+    store = MemoryStore()
+    p = Processor(StoreStateAccess(store))
+    e1 = {"id": "e1", "src": "a", "dst": "x", "valid_at": 1000, "created_at": 1000}
+    e2 = {"id": "e2", "src": "a", "dst": "y", "valid_at": 2000, "created_at": 2000}
+    writes = [{"op": "insert", "edge": e1, "idempotency_key": "i1"},
+              {"op": "contradict", "edge": e2, "contradicts": ["e1"], "now_ms": 2000, "idempotency_key": "c1"}]
+    p.process([Record(edges, 0, i, b"s1", orjson.dumps(v), 1000) for i, v in enumerate(writes)])
+    once = list(store.iter_prefix(b""))
+    res = p.process([Record(edges, 0, 2 + i, b"s1", orjson.dumps(v), 1000) for i, v in enumerate(writes)])
+    assert all(r["ok"] for r in res.replies.values())
+    assert list(store.iter_prefix(b"")) == once
