@@ -190,7 +190,7 @@ def test_http_transport_refuses_to_start_without_a_token() -> None:
 
 _BURST = 48
 _KILL_AFTER = 12       # acknowledged writes before the SIGKILL
-_DEADLINE_S = "4"      # the MCP server's retries give up this soon: calls during the outage fail
+_DEADLINE_S = "2"      # the MCP server's retries give up this soon: calls during the outage fail
 
 
 def test_sigkill_in_a_burst_of_writes(worker_factory) -> None:
