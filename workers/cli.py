@@ -27,8 +27,8 @@ def _settings(args: argparse.Namespace):  # noqa: ANN202
 
 
 _NO_BROKER = ("no broker: set LEARNSTREAM_BROKER=host:port or pass --broker host:port. A running "
-              "`learnstream worker` prints its broker's address on its first line "
-              "(\"embedded broker on 127.0.0.1:PORT\"); `learnstream broker` starts one on its own.")
+              "'learnstream worker' prints its broker's address on its first line "
+              "(\"embedded broker on 127.0.0.1:PORT\"); 'learnstream broker' starts one on its own.")
 
 
 def _need_broker(args: argparse.Namespace):  # noqa: ANN202
@@ -183,7 +183,7 @@ def _common(p: argparse.ArgumentParser, worker: bool = False) -> None:
     else:
         p.add_argument("--broker", metavar="HOST:PORT",
                        help="Kafka bootstrap servers (env LEARNSTREAM_BROKER; required: a running "
-                            "`learnstream worker` prints its broker's address first)")
+                            "'learnstream worker' prints its broker's address first)")
 
 
 def parser() -> argparse.ArgumentParser:

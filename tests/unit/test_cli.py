@@ -125,7 +125,7 @@ def test_every_argument_has_help_and_top_level_help_has_no_rest_markup() -> None
 
     ap = parser()
     top = ap.format_help()
-    assert "``" not in top and ":class:" not in top and ":func:" not in top
+    assert "`" not in top and ":class:" not in top and ":func:" not in top
     subs = next(a for a in ap._actions if a.__class__.__name__ == "_SubParsersAction")
     listed = {c.dest for c in subs._choices_actions}
     assert listed == set(subs.choices), "every command has a help line"
@@ -134,4 +134,4 @@ def test_every_argument_has_help_and_top_level_help_has_no_rest_markup() -> None
             if a.dest == "help":
                 continue
             assert a.help, f"learnstream {name}: {a.option_strings or a.dest} has no help"
-        assert "``" not in sp.format_help()
+        assert "`" not in sp.format_help(), name
