@@ -58,7 +58,7 @@ def http_app(client: LearnstreamClient, *, token: str, default_session: str = "d
     from starlette.routing import Route
 
     server = build_server(client, default_session=default_session)
-    manager = StreamableHTTPSessionManager(app=server)
+    manager = StreamableHTTPSessionManager(app=server, json_response=True)  # plain JSON answers: no SSE stream per call
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
