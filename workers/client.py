@@ -314,7 +314,7 @@ def _drop_none(d: dict) -> dict:
 class SyncClient:
     """Blocking facade over :class:`LearnstreamClient` (its own loop in a daemon thread)."""
 
-    def __init__(self, bootstrap: str, **kw: Any) -> None:
+    def __init__(self, bootstrap: str | None = None, **kw: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="learnstream-client", daemon=True)
         self._thread.start()

@@ -75,3 +75,14 @@ def test_apply_sends_the_token_and_key_and_retries_busy_answers_with_the_same_ke
 
     from workers.errors import VerbError
     asyncio.run(go())
+
+
+def test_sync_client_can_be_http_only_and_says_what_is_missing() -> None:
+    from workers.broker import free_port
+    from workers.client import SyncClient, WriteNotConfirmed
+
+    with SyncClient(worker_url=f"http://127.0.0.1:{free_port()}", apply_deadline_s=0.3) as c:
+        with pytest.raises(WriteNotConfirmed):
+            c.apply("s", "mark_used", {"ids": ["x"]}, idempotency_key="k")
+        with pytest.raises(RuntimeError, match="no Kafka bootstrap"):
+            c.loss("s", 0.5)
