@@ -2,18 +2,20 @@
 
 - stdio with the embedded default (no worker configured: ``learnstream mcp`` starts one);
 - streamable HTTP (the sidecar), bearer token required;
-- a burst of writes while the worker is SIGKILLed: every acknowledged write is applied exactly
+- a burst of writes while the worker is SIGKILLed (both transports): every acknowledged write is applied exactly
   once after the restart, every unacknowledged one is applied once or reported failed (and a
   retry with its idempotency key settles which, without applying it twice).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -133,13 +135,13 @@ def test_stdio_with_the_embedded_default(tmp_path: Path) -> None:
 class Sidecar:
     """``learnstream mcp --http`` as a subprocess."""
 
-    def __init__(self, worker_url: str, token: str, log: Path) -> None:
+    def __init__(self, worker_url: str, token: str, log: Path, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "workers.cli", "mcp", "--http", f"127.0.0.1:{self.port}", "--worker-url", worker_url],
-            env=_env(LEARNSTREAM_MCP_TOKEN=token), stdout=self._log, stderr=subprocess.STDOUT,
+            env=_env(LEARNSTREAM_MCP_TOKEN=token, **env), stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL)
 
         def up() -> bool:
@@ -193,15 +195,34 @@ _KILL_AFTER = 12       # acknowledged writes before the SIGKILL
 _DEADLINE_S = "2"      # the MCP server's retries give up this soon: calls during the outage fail
 
 
-def test_sigkill_in_a_burst_of_writes(worker_factory) -> None:
+@contextlib.asynccontextmanager
+async def _session(transport: str, worker_url: str, tmp_path: Path) -> AsyncIterator[ClientSession]:
+    """An initialized MCP client session over ``transport`` to a server whose retries give up soon."""
+    if transport == "stdio":
+        env = _env(LEARNSTREAM_APPLY_DEADLINE_S=_DEADLINE_S)
+        async with stdio_client(_stdio(env, "--worker-url", worker_url)) as (r, w), ClientSession(r, w) as s:
+            await s.initialize()
+            yield s
+        return
+    side = await asyncio.to_thread(Sidecar, worker_url, "t", tmp_path / "sidecar.log",
+                                   LEARNSTREAM_APPLY_DEADLINE_S=_DEADLINE_S)
+    try:
+        async with streamablehttp_client(side.url, headers={"Authorization": "Bearer t"}) as (r, w, _), \
+                ClientSession(r, w) as s:
+            await s.initialize()
+            yield s
+    finally:
+        side.stop()
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_sigkill_in_a_burst_of_writes(worker_factory, tmp_path: Path, transport: str) -> None:
     w = worker_factory("mcp-kill").start().wait_ready()
     sk = "agent-kill"
     keys = [f"use-{i}" for i in range(_BURST)]
 
     async def go() -> None:
-        env = _env(LEARNSTREAM_APPLY_DEADLINE_S=_DEADLINE_S)
-        async with stdio_client(_stdio(env, "--worker-url", w.url)) as (r, wr), ClientSession(r, wr) as s:
-            await s.initialize()
+        async with _session(transport, w.url, tmp_path) as s:
             rid = (await _call(s, "add_knowledge", session_key=sk, agent="a", domain="d", fact="f"))["data"]["record_id"]
             acked: dict[str, str] = {}     # key -> id
             failed: dict[str, str] = {}    # key -> the error the agent saw
