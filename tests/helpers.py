@@ -28,8 +28,10 @@ class WorkerProc:
     """A real ``learnstream worker`` subprocess."""
 
     def __init__(self, bootstrap: str, data_dir: Path, *, app_id: str, partitions: int = 4,
-                 log_dir: Path, name: str = "w", env: dict[str, str] | None = None) -> None:
+                 log_dir: Path, name: str = "w", env: dict[str, str] | None = None,
+                 token: str | None = None) -> None:
         self.port = free_port()
+        self.token = token  # sent by dispatch()
         self.data_dir = data_dir
         self.name = name
         self.log_path = log_dir / f"{name}-{self.port}.log"
@@ -70,7 +72,7 @@ class WorkerProc:
         return self
 
     def dispatch(self, verb: str, body: dict | None = None) -> dict:
-        return http_json(self.url + "/dispatch", {"verb": verb, "body": body or {}})[1]
+        return http_json(self.url + "/dispatch", {"verb": verb, "body": body or {}}, token=self.token)[1]
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final commit, no flush."""

@@ -1,4 +1,4 @@
-"""``learnstream``: demo, worker, broker, topics, produce, dispatch, bench."""
+"""``learnstream``: demo, worker, broker, topics, produce, dispatch, token, bench."""
 from __future__ import annotations
 
 import argparse
@@ -90,8 +90,10 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
         for line in sys.stdin:
             if not line.strip():
                 continue
-            req = urllib.request.Request(args.url.rstrip("/") + "/dispatch", data=line.encode(),
-                                         headers={"Content-Type": "application/json"})
+            headers = {"Content-Type": "application/json"}
+            if args.token_file:
+                headers["Authorization"] = "Bearer " + Path(args.token_file).read_text().strip()
+            req = urllib.request.Request(args.url.rstrip("/") + "/dispatch", data=line.encode(), headers=headers)
             try:
                 with urllib.request.urlopen(req, timeout=60) as r:
                     out = r.read()
@@ -110,6 +112,25 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
     finally:
         session.close()
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """A new random token on stderr, its entry for the tokens file (hash and scopes) on stdout."""
+    import yaml
+
+    from workers.stream.auth import hash_token, new_token
+
+    token = new_token()
+    entry: dict = {"name": args.name, "sha256": hash_token(token)}
+    if args.peer:
+        entry["peer"] = True
+    if args.read:
+        entry["read"] = args.read
+    if args.write:
+        entry["write"] = args.write
+    print(f"token (give it to the client; it is shown once and never stored): {token}", file=sys.stderr)
+    sys.stdout.write(yaml.safe_dump({"tokens": [entry]}, sort_keys=False))
     return 0
 
 
@@ -174,7 +195,14 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--path", help="in-process session on this RocksDB path (default: in memory)")
     g.add_argument("--url", help="a worker's base URL: send to its POST /dispatch")
+    p.add_argument("--token-file", help="with --url: a file holding the API token to send")
     p.set_defaults(fn=cmd_dispatch)
+    p = sub.add_parser("token", help="make an API token: the token on stderr, its tokens-file entry on stdout")
+    p.add_argument("--name", required=True, help="who holds it (shown in logs and 403 reasons)")
+    p.add_argument("--read", action="append", default=[], help="session_key or prefix* it may read (repeatable)")
+    p.add_argument("--write", action="append", default=[], help="session_key or prefix* it may write (and read)")
+    p.add_argument("--peer", action="store_true", help="the workers' own credential for forwarding")
+    p.set_defaults(fn=cmd_token)
     p = sub.add_parser("bench", help="run a benchmark from bench/ (no name: list them)")
     p.add_argument("name", nargs="?")
     p.add_argument("rest", nargs=argparse.REMAINDER)
