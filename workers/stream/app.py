@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from workers import broker_compat, metrics
 from workers.dispatch import envelope_error, load_verbs, parse_request, session_key_of
 from workers.errors import VerbError
+from workers.scoring import endpoints as scoring_endpoints
 from workers.stream.batching import LearnStream
 from workers.stream.faust_tuning import set_fetch_max_wait
 from workers.stream.http_guard import FORWARDED, Guard, server_ssl_context, web_options
@@ -187,6 +188,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         raise ValueError("settings.broker must be set (the CLI starts the embedded broker first)")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     guard = Guard(settings)  # refuses to start on a non-loopback address without tokens
+    scoring_endpoints.configure(settings.scoring_endpoints, settings.scoring_api_key_file)
     app = faust.App(
         settings.app_id,
         broker=",".join(f"kafka://{b}" for b in settings.broker.split(",")),
