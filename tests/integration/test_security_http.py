@@ -247,3 +247,33 @@ def test_forwarding_uses_the_peer_credential_and_scopes_apply_at_the_edge(worker
         time.sleep(0.2)
     assert 503 in seen and 200 in seen, seen
 
+
+
+def test_tls_listener_and_verified_forwarding(worker_factory, creds, tmp_path) -> None:
+    import ssl
+    import urllib.error
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    tls = {"LEARNSTREAM_TLS_CERTFILE": str(tmp_path / "server.pem"),
+           "LEARNSTREAM_TLS_KEYFILE": str(tmp_path / "server.pem"), "LEARNSTREAM_TLS_CAFILE": str(tmp_path / "ca.pem")}
+    w1 = worker_factory("w1", env={**creds["env"], **tls}, token=tok(creds, "tenant-a")).start()
+    w2 = worker_factory("w2", env={**creds["env"], **tls}, token=tok(creds, "tenant-a")).start()
+    w1.wait_ready()
+    w2.wait_ready()
+    assert w1.url.startswith("https://")
+    wait_until(lambda: w1.health()["active_partitions"] and w2.health()["active_partitions"], 90, 0.5,
+               "both workers to own partitions")
+    sk = next(f"tenant-a/s{i}" for i in range(1000) if _owner_worker([w1, w2], 4, f"tenant-a/s{i}") is w2)
+    out = w1.dispatch("init_instant", {"session_key": sk, "targets": ["a"], "dim": 4})  # forwarded over HTTPS
+    assert out["ok"], out
+    assert w1.dispatch("apply_adapter", {"session_key": sk, "embedding": EMB})["ok"]
+    # a client that does not trust the CA is refused by its own TLS stack; plain HTTP gets nothing useful
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        http_json(w1.url + "/health", context=ssl.create_default_context())
+    with pytest.raises(OSError):
+        http_json(f"http://127.0.0.1:{w1.port}/health", timeout=5)

@@ -127,3 +127,41 @@ def test_forwarding_to_an_owner_that_is_down_answers_503_with_retry_after() -> N
 
     status, retry, body = asyncio.run(go())
     assert status == 503 and retry == "1" and b"cannot be reached" in body
+
+
+def test_forwarding_verifies_the_owners_certificate(tmp_path) -> None:
+    """An owner whose certificate the CA file does not vouch for gets no request (503), a trusted one does."""
+    import ssl
+
+    import trustme
+    from aiohttp import web
+
+    ours, theirs = trustme.CA(), trustme.CA()
+    ours.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ours.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "me.pem"))
+    s = settings(tls_certfile=tmp_path / "me.pem", tls_keyfile=tmp_path / "me.pem", tls_cafile=tmp_path / "ca.pem")
+    guard = Guard(s)
+    seen: list[str] = []
+
+    async def dispatch(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.json_response({"ok": True, "verb": "route"})
+
+    async def go(ca: trustme.CA) -> int:
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+        app = web.Application()
+        app.router.add_post("/dispatch", dispatch)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_ctx).start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                r = await guard.forward(http, f"https://127.0.0.1:{port}", {"verb": "route", "body": {}}, "route")
+                return r.status
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(go(theirs)) == 503 and seen == []
+    assert asyncio.run(go(ours)) == 200 and len(seen) == 1

@@ -86,6 +86,8 @@ class Settings:
     worker_id: str | None = None         # static group membership (the pod name on Kubernetes)
     log_level: str = "warning"
     kafka: dict[str, str] = field(default_factory=dict)
+    # Kafka settings read from files (LEARNSTREAM_KAFKA_<NAME>_FILE: a mounted Secret rather than env)
+    kafka_files: dict[str, Path] = field(default_factory=dict)
     # -- security (README "Security"; workers/stream/auth.py, workers/stream/limits.py) --
     auth: str = "auto"                   # "tokens", "off", or "auto" (tokens if a file is set, else loopback only)
     auth_tokens_file: Path | None = None  # YAML of token hashes and scopes (a mounted Secret; reloaded on change)
@@ -124,6 +126,8 @@ class Settings:
             fetch_max_wait_ms=_int("FETCH_MAX_WAIT_MS", 50),
             worker_id=_env("WORKER_ID") or None,
             log_level=_env("LOG_LEVEL", "warning"), kafka=kafka,
+            kafka_files={k: Path(v) for k in ("sasl_plain_username", "sasl_plain_password")
+                         if (v := _env("KAFKA_" + k.upper() + "_FILE"))},
             auth=_env("AUTH", "auto"), auth_tokens_file=_path("AUTH_TOKENS_FILE"),
             peer_token_file=_path("PEER_TOKEN_FILE"), metrics_public=_bool("METRICS_PUBLIC", True),
             tls_certfile=_path("TLS_CERTFILE"), tls_keyfile=_path("TLS_KEYFILE"), tls_cafile=_path("TLS_CAFILE"),
@@ -160,6 +164,11 @@ class Settings:
     def kafka_kwargs(self) -> dict:
         """Security settings as aiokafka client keyword arguments (an SSL context built from the files)."""
         k = dict(self.kafka)
+        for name, path in self.kafka_files.items():
+            try:
+                k[name] = path.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"LEARNSTREAM_KAFKA_{name.upper()}_FILE: {exc.strerror}") from None
         files = {name: k.pop(f"ssl_{name}", None) for name in ("cafile", "certfile", "keyfile")}
         if any(files.values()) or k.get("security_protocol", "").endswith("SSL"):
             from aiokafka.helpers import create_ssl_context
@@ -191,6 +200,7 @@ class Settings:
         if self.web_bind:
             out["LEARNSTREAM_WEB_BIND"] = self.web_bind
         out.update({"LEARNSTREAM_KAFKA_" + k.upper(): v for k, v in self.kafka.items()})
+        out.update({f"LEARNSTREAM_KAFKA_{k.upper()}_FILE": str(v) for k, v in self.kafka_files.items()})
         out["LEARNSTREAM_AUTH"] = self.auth
         out["LEARNSTREAM_METRICS_PUBLIC"] = "true" if self.metrics_public else "false"
         for name in ("auth_tokens_file", "peer_token_file", "tls_certfile", "tls_keyfile", "tls_cafile",
