@@ -58,7 +58,8 @@ def call(w, path: str, body=None, token: str | None = None, headers: dict | None
     """(status, response headers, decoded body) of one request; errors returned, not raised."""
     import http.client
 
-    c = http.client.HTTPConnection("127.0.0.1", w.port, timeout=60)
+    c = (http.client.HTTPSConnection("127.0.0.1", w.port, timeout=60, context=w.ssl_context) if w.tls
+         else http.client.HTTPConnection("127.0.0.1", w.port, timeout=60))
     h = {"Content-Type": "application/json", **(headers or {})}
     if token:
         h["Authorization"] = f"Bearer {token}"
@@ -210,11 +211,33 @@ def _owner_worker(workers, partitions: int, sk: str):  # noqa: ANN001, ANN202
     return None
 
 
-def test_forwarding_uses_the_peer_credential_and_scopes_apply_at_the_edge(worker_factory, creds) -> None:
-    w1 = worker_factory("w1", env=creds["env"]).start()
-    w2 = worker_factory("w2", env=creds["env"]).start()
+def _tls_env(tmp_path: Path) -> dict[str, str]:
+    """A throwaway CA (trustme) and a certificate for 127.0.0.1, as the worker's TLS settings."""
+    import trustme
+
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "srv.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    return {"LEARNSTREAM_TLS_CERTFILE": str(tmp_path / "srv.pem"), "LEARNSTREAM_TLS_KEYFILE": str(tmp_path / "srv.pem"),
+            "LEARNSTREAM_TLS_CAFILE": str(tmp_path / "ca.pem")}
+
+
+def test_forwarding_over_tls_uses_the_peer_credential_and_scopes_apply_at_the_edge(worker_factory, creds,
+                                                                                   tmp_path) -> None:
+    import ssl
+    import urllib.error
+
+    env = {**creds["env"], **_tls_env(tmp_path)}
+    w1 = worker_factory("w1", env=env).start()
+    w2 = worker_factory("w2", env=env).start()
     w1.wait_ready()
     w2.wait_ready()
+    # HTTPS only: a client that does not trust the CA is refused by its own TLS stack, plain HTTP gets nothing
+    assert w1.url.startswith("https://")
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        http_json(w1.url + "/health", context=ssl.create_default_context())
+    with pytest.raises(OSError):
+        http_json(f"http://127.0.0.1:{w1.port}/health", timeout=5)
     wait_until(lambda: len(w1.health()["active_partitions"]) + len(w2.health()["active_partitions"]) == 4
                and w1.health()["active_partitions"] and w2.health()["active_partitions"], 90, 0.5,
                "both workers to own partitions")
@@ -222,7 +245,7 @@ def test_forwarding_uses_the_peer_credential_and_scopes_apply_at_the_edge(worker
     sk = next(f"tenant-a/s{i}" for i in range(1000) if _owner_worker([w1, w2], 4, f"tenant-a/s{i}") is w2)
     other = next(f"tenant-b/s{i}" for i in range(1000) if _owner_worker([w1, w2], 4, f"tenant-b/s{i}") is w2)
 
-    # through w1 (not the owner): forwarded with w1's peer credential, answered by w2
+    # through w1 (not the owner): forwarded over HTTPS (w2's certificate verified) with w1's peer credential
     status, out = dispatch(w1, "init_instant", {"session_key": sk, "targets": ["a", "b"], "dim": 4}, a)
     assert status == 200 and out["ok"], out
     status, out = dispatch(w1, "apply_adapter", {"session_key": sk, "embedding": EMB}, a)
@@ -248,32 +271,3 @@ def test_forwarding_uses_the_peer_credential_and_scopes_apply_at_the_edge(worker
     assert 503 in seen and 200 in seen, seen
 
 
-
-def test_tls_listener_and_verified_forwarding(worker_factory, creds, tmp_path) -> None:
-    import ssl
-    import urllib.error
-
-    import trustme
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    tls = {"LEARNSTREAM_TLS_CERTFILE": str(tmp_path / "server.pem"),
-           "LEARNSTREAM_TLS_KEYFILE": str(tmp_path / "server.pem"), "LEARNSTREAM_TLS_CAFILE": str(tmp_path / "ca.pem")}
-    w1 = worker_factory("w1", env={**creds["env"], **tls}, token=tok(creds, "tenant-a")).start()
-    w2 = worker_factory("w2", env={**creds["env"], **tls}, token=tok(creds, "tenant-a")).start()
-    w1.wait_ready()
-    w2.wait_ready()
-    assert w1.url.startswith("https://")
-    wait_until(lambda: w1.health()["active_partitions"] and w2.health()["active_partitions"], 90, 0.5,
-               "both workers to own partitions")
-    sk = next(f"tenant-a/s{i}" for i in range(1000) if _owner_worker([w1, w2], 4, f"tenant-a/s{i}") is w2)
-    out = w1.dispatch("init_instant", {"session_key": sk, "targets": ["a"], "dim": 4})  # forwarded over HTTPS
-    assert out["ok"], out
-    assert w1.dispatch("apply_adapter", {"session_key": sk, "embedding": EMB})["ok"]
-    # a client that does not trust the CA is refused by its own TLS stack; plain HTTP gets nothing useful
-    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
-        http_json(w1.url + "/health", context=ssl.create_default_context())
-    with pytest.raises(OSError):
-        http_json(f"http://127.0.0.1:{w1.port}/health", timeout=5)

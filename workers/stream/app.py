@@ -262,9 +262,9 @@ def _apply_kafka_security(app: faust.App, settings: Settings) -> None:
         app.conf.broker_credentials = context
 
 
-def _json(web: Any, data: Any, status: int = 200) -> Any:
+def _json(web: Any, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Any:
     return web.bytes(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json",
-                     status=status)
+                     status=status, headers=headers)
 
 
 def _install_web(app: faust.App, rt: Runtime, guard: Guard) -> None:
@@ -300,7 +300,8 @@ def _install_web(app: faust.App, rt: Runtime, guard: Guard) -> None:
         owner = rt.owner_url(sk)
         if owner is not None:
             if request.headers.get(FORWARDED):
-                return _json(web, envelope_error(name, "partition owner unknown (rebalancing); retry"), 503)
+                return _json(web, envelope_error(name, "partition owner unknown (rebalancing); retry"), 503,
+                             {"Retry-After": "1"})
             return await guard.forward(app.http_client, owner, {"verb": name, "body": body}, name)
         if REGISTRY[name].writes:
             out, status = await rt.write(name, body, sk)
