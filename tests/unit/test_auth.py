@@ -165,3 +165,16 @@ def test_forwarding_verifies_the_owners_certificate(tmp_path) -> None:
 
     assert asyncio.run(go(theirs)) == 503 and seen == []
     assert asyncio.run(go(ours)) == 200 and len(seen) == 1
+
+
+def test_learnstream_token_prints_a_token_and_its_entry(capsys) -> None:
+    from workers.cli import main
+
+    assert main(["token", "--name", "tenant-a", "--write", "tenant-a/*", "--read", "shared"]) == 0
+    out, err = capsys.readouterr()
+    token = err.strip().rsplit(": ", 1)[1]
+    ((h, p),) = parse_tokens(out)
+    assert h == hash_token(token) and token not in out
+    assert (p.name, p.read, p.write, p.peer) == ("tenant-a", ("shared",), ("tenant-a/*",), False)
+    assert main(["token", "--name", "workers", "--peer"]) == 0
+    assert parse_tokens(capsys.readouterr().out)[0][1].peer

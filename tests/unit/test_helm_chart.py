@@ -709,3 +709,9 @@ def test_checkov_kubernetes_best_practices(chart: Any, tmp_path: Path) -> None:
     unexplained = sorted((cid, res) for cid, res in failed if cid not in CHECKOV_JUSTIFIED)
     assert not unexplained, unexplained
     assert {cid for cid, _ in failed} == set(CHECKOV_JUSTIFIED)
+
+
+def test_notes_name_the_api_secret_or_warn(chart: Any) -> None:
+    assert "Secret rel-learnstream-api exists" in notes(chart)
+    off = notes(chart, {"auth": {"mode": "off"}})
+    assert "WARNING: auth.mode is off" in off and "rel-learnstream-api" not in off
