@@ -250,6 +250,11 @@ def test_forwarding_over_tls_uses_the_peer_credential_and_scopes_apply_at_the_ed
     assert status == 200 and out["ok"], out
     status, out = dispatch(w1, "apply_adapter", {"session_key": sk, "embedding": EMB}, a)
     assert status == 200 and out["ok"], out
+    # an event larger than the producer's limit (the 1,000,000-character fact; the body itself is
+    # under the 1 MiB default) is a 413 with a reason from the owner, relayed as it is
+    status, out = dispatch(w1, "add_knowledge", {"session_key": sk, "agent": "x", "domain": "d",
+                                                 "fact": "f" * 1_000_000}, a)
+    assert status == 413 and "too large" in out["error"], out
     # tenant A's token on tenant B's session: refused at the edge, never forwarded
     status, out = dispatch(w1, "reset_adapter", {"session_key": other}, a)
     assert status == 403, out

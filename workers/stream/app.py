@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web as aiohttp_web
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import murmur2
+from faust.exceptions import ProducerSendError
 from faust.sensors.monitor import Monitor
 from faust.sensors.prometheus import PrometheusMonitor
 from prometheus_client import CollectorRegistry, generate_latest
@@ -155,7 +156,10 @@ class Runtime:
         topic, value = self.event_for_write(verb_name, {**body, "session_key": sk})
         try:
             meta = await (await self.channel(topic.role).send(key=sk.encode(), value=orjson.dumps(value)))
-        except MessageSizeTooLargeError:
+        except (MessageSizeTooLargeError, ProducerSendError) as exc:
+            if not isinstance(exc, MessageSizeTooLargeError) and not isinstance(exc.__cause__,
+                                                                                MessageSizeTooLargeError):
+                raise
             return envelope_error(verb_name, f"the event is too large for topic {topic.name}; send less per "
                                              "request"), 413
         key = (topic.name, meta.topic_partition.partition, meta.offset)
