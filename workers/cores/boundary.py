@@ -10,8 +10,8 @@ fires on a *lasting* rise of the loss:
   before it is detected. ``mu`` is an EMA (rate 0.2); ``sigma^2`` is twice the EMA of the
   squared *upward* residuals (rate 0.02): a falling loss (learning) does not widen it,
   and rare high losses (a bad answer among good ones) keep it wide. After a reset the
-  first ``WARM`` losses seed ``mu`` (their mean) and ``sigma`` (their mean absolute
-  step). ``sigma`` is floored at 10% of ``|mu|`` and at 0.05: the loop's losses are
+  first ``WARM`` losses seed ``mu`` (their mean) and ``sigma`` (their median absolute
+  step); ``sigma^2`` is then a plain mean of the squares until the EMA takes over. ``sigma`` is floored at 10% of ``|mu|`` and at 0.05: the loop's losses are
   ``1 - q_eff`` on the quality scale, where a smaller spread is no spread at all.
 - **Statistic**: ``S = max(0, S + min((loss - mu - a) / sigma, CLIP))`` with the allowance
   ``a = max(K sigma, REL |mu|)``: a rise has to exceed half a sigma and a quarter of the
@@ -49,9 +49,10 @@ CLIP = 3.0         # one loss adds at most this
 H = 12.0
 FLOOR_REL = 0.1
 FLOOR_ABS = 0.05
-_SQRT_PI_2 = math.sqrt(math.pi) / 2.0   # E|x_t - x_{t-1}| = 2 sigma / sqrt(pi) for Gaussian noise
+_MEDIAN_STEP = 1.0 / 0.9539              # median |x_t - x_{t-1}| = 0.954 sigma for Gaussian noise
 
-_FMT = struct.Struct(f"<3sBqq{DELAY}d5dq")  # magic, version, ring length, m, ring, mu var S dsum prev, n
+# magic, version, ring length, steps length, m, ring, steps, mu var S prev, n
+_FMT = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dq")
 _MAGIC = b"LSC"
 _VERSION = 1
 
@@ -68,7 +69,7 @@ class CusumFiring:
 class LossCusum:
     """One session's boundary detector over its loss stream (see the module doc)."""
 
-    __slots__ = ("ring", "m", "mu", "var", "S", "dsum", "prev", "n", "last")
+    __slots__ = ("ring", "m", "mu", "var", "S", "steps", "prev", "n", "last")
 
     def __init__(self) -> None:
         self.n = 0
@@ -78,7 +79,8 @@ class LossCusum:
     def _restart(self) -> None:
         self.ring: list[float] = []   # the delay line, oldest first (at most DELAY)
         self.m = 0                    # losses in the reference
-        self.mu = self.var = self.S = self.dsum = self.prev = 0.0
+        self.mu = self.var = self.S = self.prev = 0.0
+        self.steps: list[float] = []  # |differences| of the first WARM reference losses
 
     @property
     def sigma(self) -> float:
@@ -113,35 +115,41 @@ class LossCusum:
         if m == 0:
             self.mu = self.prev = v
         elif m < WARM:
-            self.dsum += abs(v - self.prev)
+            self.steps.append(abs(v - self.prev))
             self.prev = v
             self.mu += (v - self.mu) / (m + 1)
             if m + 1 == WARM:
-                self.var = (self.dsum / m * _SQRT_PI_2) ** 2
+                # the median step: one odd loss among the first must not blind the detector
+                self.var = (sorted(self.steps)[len(self.steps) // 2] * _MEDIAN_STEP) ** 2
+                self.steps = []
         else:
             r = v - self.mu
-            self.var += RATE_VAR * (2.0 * max(r, 0.0) ** 2 - self.var)
+            # a plain mean of the first squares (the seed counts as one), then the EMA
+            self.var += max(1.0 / (m - WARM + 2), RATE_VAR) * (2.0 * max(r, 0.0) ** 2 - self.var)
             self.mu += RATE_MU * r
         self.m = m + 1
 
     # -- bytes ---------------------------------------------------------------
     def to_bytes(self) -> bytes:
         ring = self.ring + [0.0] * (DELAY - len(self.ring))
-        return _FMT.pack(_MAGIC, _VERSION, len(self.ring), self.m, *ring, self.mu, self.var, self.S, self.dsum,
-                         self.prev, self.n)
+        steps = self.steps + [0.0] * (WARM - len(self.steps))
+        return _FMT.pack(_MAGIC, _VERSION, len(self.ring), len(self.steps), self.m, *ring, *steps, self.mu,
+                         self.var, self.S, self.prev, self.n)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LossCusum:
         try:
-            magic, version, ring_len, m, *rest = _FMT.unpack(data)
+            magic, version, ring_len, steps_len, m, *rest = _FMT.unpack(data)
         except struct.error:
             raise CorruptStateError(f"boundary detector state has {len(data)} bytes, expected {_FMT.size}") from None
-        if magic != _MAGIC or version != _VERSION or not 0 <= ring_len <= DELAY or m < 0:
+        if (magic != _MAGIC or version != _VERSION or not 0 <= ring_len <= DELAY or not 0 <= steps_len < WARM
+                or m < 0):
             raise CorruptStateError("not a boundary detector state of this version")
         obj = cls()
         obj.ring = list(rest[:ring_len])
+        obj.steps = list(rest[DELAY:DELAY + steps_len])
         obj.m = m
-        obj.mu, obj.var, obj.S, obj.dsum, obj.prev, obj.n = rest[DELAY:]
+        obj.mu, obj.var, obj.S, obj.prev, obj.n = rest[DELAY + WARM:]
         return obj
 
     def __eq__(self, other: object) -> bool:

@@ -16,6 +16,6 @@ from workers.online.state import StateReader, StateWriter
 __all__ = (
     "OnlineLearner", "Learner", "Estimator", "Stateful", "Model", "DriftDetector",
     "ContinualLearner", "MLP", "SoftmaxRegression", "ReplayBuffer", "SumTree", "EWC", "Distillation",
-    "Curriculum", "ConsolidationScheduler", "ConsolidationReport", "KLDriftDetector", "PageHinkley",
+    "Curriculum", "ConsolidationScheduler", "ConsolidationReport", "KLDriftDetector", "MeanShift", "PageHinkley",
     "DriftReport", "CheckpointManager", "CheckpointInfo", "StateWriter", "StateReader",
 )
