@@ -532,14 +532,24 @@ class MeanShift(DriftDetector):
             self._check()
 
     def update_many(self, xs: np.ndarray) -> DriftReport | None:
-        """Observe values in order; returns the report of the first drift among them."""
-        found: DriftReport | None = None
-        for x in np.asarray(xs, dtype=np.float64):
-            self.update(x)
-            if self._drift and found is None:
-                found = self.report
-        self._drift = found is not None
-        return found
+        """Observe a batch (non-finite values dropped); one test at its end when one is due.
+        Returns the report on a drift."""
+        self._drift = False
+        xs = np.asarray(xs, dtype=np.float64)
+        xs = xs[np.isfinite(xs)][-len(self._ring):]
+        k = len(xs)
+        if k == 0:
+            return None
+        idx = (self._pos + np.arange(k)) % len(self._ring)
+        self._ring[idx] = xs
+        self._pos = (self._pos + k) % len(self._ring)
+        self.n += k
+        self.n_seen += k
+        self._since += k
+        if self._since >= self._every:
+            self._since = 0
+            self._check()
+        return self.report if self._drift else None
 
     def _check(self) -> None:
         m = min(self.n, len(self._ring))
