@@ -156,3 +156,20 @@ def test_the_learner_runs_mean_shift_on_its_errors() -> None:
 
     learner = ContinualLearner(n_features=4, n_classes=2, mean_shift=MeanShift(z=3.0), seed=0)
     assert learner._ms.z == 3.0  # noqa: SLF001 - the clone keeps the setting
+
+
+def test_a_mean_shift_report_is_plain_json() -> None:
+    """Drift reports become downstream events: numpy scalars in them crashed the worker's agent."""
+    import orjson
+
+    from workers.online import MeanShift
+
+    rng = np.random.default_rng(5)
+    ms = MeanShift()
+    rep = None
+    for t in range(4000):
+        rep = ms.update_many((rng.random(10) < (0.1 if t < 200 else 0.6)).astype(float)) or rep
+    assert rep is not None
+    d = rep.to_dict()
+    assert all(type(v) in (int, float, str, dict) for v in d.values()), d
+    orjson.dumps(d)

@@ -566,7 +566,7 @@ class MeanShift(DriftDetector):
             vb = max((c2[mid] - c2[lo]) / nb - mb * mb, 0.0)
             vc = max((c2[m] - c2[mid]) / w - mc * mc, 0.0)
             var = max(vb, vc, 1e-12)
-            best = max(best, (mc - mb) / math.sqrt(var * (1.0 / w + 1.0 / nb)))
+            best = max(best, float((mc - mb) / math.sqrt(var * (1.0 / w + 1.0 / nb))))  # events are JSON
         if best > self._z:
             report = DriftReport(divergence=best, window=self.n, recommendation="refresh_fisher",
                                  detector="mean_shift", threshold=self._z, examples_seen=self.n_seen)
