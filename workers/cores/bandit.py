@@ -218,7 +218,8 @@ class BanditState:
                   "gamma": self.gamma, "seed": self.seed, "boost_left": self.boost_left, "drifts": self.drifts}
         return pack_part(_MAGIC, _VERSION, header,
                          *(a.astype("<f8", copy=False).tobytes()
-                           for a in (self.Ainv, self.b, self.cost, self.res_mean, self.res_var, self.res_base)),
+                           for a in (self.Ainv, self.b, self.theta, self.cost, self.res_mean, self.res_var,
+                                     self.res_base)),
                          *(a.astype("<i8", copy=False).tobytes() for a in (self.pulls, self.res_n)),
                          self.cost_seen.astype(np.uint8).tobytes())
 
@@ -233,7 +234,7 @@ class BanditState:
         if st.dim != h["dim"]:
             raise CorruptStateError("router bandit header is malformed (dim)")
         nt, d1 = st.n_targets, st.dim + 1
-        need = pos + 8 * (nt * d1 * d1 + nt * d1 + 4 * nt) + 16 * nt + nt
+        need = pos + 8 * (nt * d1 * d1 + 2 * nt * d1 + 4 * nt) + 16 * nt + nt
         if len(data) != need:
             raise CorruptStateError(f"router bandit state has {len(data)} bytes, expected {need}")
 
@@ -245,11 +246,12 @@ class BanditState:
 
         st.Ainv[:] = take("<f8", nt * d1 * d1).reshape(nt, d1, d1)
         st.b[:] = take("<f8", nt * d1).reshape(nt, d1)
+        # stored, not recomputed: a restarted worker must predict bit for bit as the live one did
+        st.theta[:] = take("<f8", nt * d1).reshape(nt, d1)
         st.cost[:], st.res_mean[:], st.res_var[:] = take("<f8", nt), take("<f8", nt), take("<f8", nt)
         st.res_base[:] = take("<f8", nt)
         st.pulls[:], st.res_n[:] = take("<i8", nt), take("<i8", nt)
         st.cost_seen[:] = take("u1", nt).astype(bool)
-        st.theta[:] = np.einsum("kij,kj->ki", st.Ainv, st.b)
         st.boost_left, st.drifts = boost, drifts
         return st
 
