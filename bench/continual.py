@@ -169,13 +169,53 @@ def _fmt(vals: list[float], pct: bool = True) -> str:
     return f"{s * np.nanmean(a):6.1f} ± {s * np.nanstd(a):4.1f}"
 
 
+def speed(examples: int, seed: int = 0) -> list[tuple[str, float]]:
+    """µs per example: the default learner in process (batches of 10), and through ``learn_example``
+    (``LearnSession``, in-memory store, ``features_b64``) one example per call and in envelopes."""
+    from workers.codec import encode_embedding_b64
+    from workers.dispatch import LearnSession
+
+    X, y = permuted_digits(seed)[0].X_train, permuted_digits(seed)[0].y_train
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(X), examples)
+    Xs, ys = X[idx], y[idx]
+    out = []
+    learner = ContinualLearner(n_features=X.shape[1], n_classes=10, classifier=MLP(hidden=_HIDDEN), seed=seed)
+    learner.learn_batch(Xs[:200], ys[:200])  # warm-up: replay filled, Fisher computed
+    t = time.perf_counter()
+    for i in range(0, examples, _BATCH):
+        learner.learn_batch(Xs[i:i + _BATCH], ys[i:i + _BATCH])
+    out.append((f"ContinualLearner.learn_batch, batches of {_BATCH} (in process)",
+                (time.perf_counter() - t) / examples * 1e6))
+    bodies = [{"features_b64": encode_embedding_b64(x), "label": int(c)} for x, c in zip(Xs, ys)]
+    for per in (1, 10, 50):
+        s = LearnSession()
+        s.dispatch({"verb": "init_learner", "body": {"n_features": X.shape[1], "n_classes": 10, "hidden": _HIDDEN}})
+        for i in range(0, 200, per):  # the same warm-up
+            s.dispatch({"verb": "learn_example", "body": {"examples": bodies[i:i + per]}})
+        t = time.perf_counter()
+        for i in range(0, examples, per):
+            body = bodies[i] if per == 1 else {"examples": bodies[i:i + per]}
+            assert s.dispatch({"verb": "learn_example", "body": body})["ok"]
+        out.append((f"learn_example verb, {'one example per call' if per == 1 else f'envelopes of {per}'}",
+                    (time.perf_counter() - t) / examples * 1e6))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="learnstream bench continual", description=__doc__.split("\n")[0])
+    ap.add_argument("--speed", type=int, nargs="?", const=5000, default=None, metavar="N",
+                    help="only measure µs per example over N examples (default 5,000) and exit")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--protocols", default="permuted,split")
     ap.add_argument("--methods", default=",".join(m for m in METHODS if m not in ABLATIONS))
     ap.add_argument("--ablation", action="store_true", help="also run the full learner with one part changed")
     args = ap.parse_args(argv)
+    if args.speed:
+        print(f"learner speed: {args.speed:,} Permuted-Digits examples, MLP {_HIDDEN} hidden, defaults otherwise")
+        for name, us in speed(args.speed):
+            print(f"  {name:<62} {us:8.1f} µs per example")
+        return 0
     protocols = args.protocols.split(",")
     methods = args.methods.split(",") + (list(ABLATIONS) if args.ablation else [])
     t0 = time.perf_counter()

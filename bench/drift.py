@@ -1,5 +1,10 @@
 """Benchmark: drift detection delay and false alarms (``learnstream bench drift``).
 
+Two suites. ``signals`` (the default; ``bench/_drift_signals.py``): abrupt, small,
+gradual, binary-error and SEA concept-drift streams, 20 seeds each, with stationary
+twins for the false-alarm rate, learnstream's detectors beside River's (ADWIN,
+PageHinkley, KSWIN, and DDM/EDDM/HDDM on 0/1 signals). ``digits`` (``--suite digits``):
+
 A :class:`~workers.online.ContinualLearner` (128-unit MLP, its own drift reactions
 off) is warmed up on digits (``load_digits``, no download), then learns
 prequentially from a monitored stream drawn with replacement from the same pool:
@@ -40,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _digits import digits  # noqa: E402
 
-from workers.online import MLP, ContinualLearner, KLDriftDetector, PageHinkley  # noqa: E402
+from workers.online import MLP, ContinualLearner, KLDriftDetector, MeanShift, PageHinkley  # noqa: E402
 from workers.online.models import cross_entropy  # noqa: E402
 
 __all__ = ("main", "DETECTORS", "STREAMS")
@@ -55,9 +60,13 @@ class _Ours:
         self.kind = kind
         self.kl = KLDriftDetector(n_classes=10) if kind in ("kl", "both") else None
         self.ph = PageHinkley() if kind in ("ph", "both") else None
+        self.ms = MeanShift() if kind in ("ms", "both") else None
 
     def update(self, pred: int, label: int, loss: float, err: float) -> bool:
         hit = False
+        if self.ms is not None:
+            self.ms.update(err)
+            hit |= self.ms.drift_detected
         if self.kl is not None:
             self.kl.update(pred, label, loss)
             hit |= self.kl.drift_detected
@@ -81,11 +90,13 @@ class _RiverAdapter:
         return bool(self.det.drift_detected)
 
 
-_KL, _PH, _BOTH = "learnstream KL (pred+label+loss)", "learnstream Page-Hinkley (loss)", "learnstream KL or PH (learner)"
+_KL, _PH, _BOTH = "learnstream KL (pred+label+loss)", "learnstream Page-Hinkley (loss)", "learnstream learner (KL|PH|MS)"
+_MS = "learnstream MeanShift (error)"
 _ADWIN = "river ADWIN (loss)"
 DETECTORS: dict[str, Callable[[], object]] = {
     _KL: lambda: _Ours("kl"),
     _PH: lambda: _Ours("ph"),
+    _MS: lambda: _Ours("ms"),
     _BOTH: lambda: _Ours("both"),
     _ADWIN: lambda: _RiverAdapter("adwin", "loss"),
     "river ADWIN (error)": lambda: _RiverAdapter("adwin", "error"),
@@ -169,14 +180,15 @@ def summarize(kind: str, runs: list[list[int]], t0: int) -> dict[str, float]:
             "delay_median": float(np.median(hit)) if hit else float("nan")}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="learnstream bench drift", description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", type=int, default=10, help="streams per kind and regime (seeds)")
+def _digits_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--runs", type=int, default=10, help="digits suite: streams per kind and regime (seeds)")
     ap.add_argument("--ramp", type=int, default=500, help="gradual drift: examples from 0 to 100%% new concept")
     ap.add_argument("--small-pixels", type=int, default=12, help="small drift: pixels permuted (of 64)")
     ap.add_argument("--streams", default=",".join(STREAMS))
     ap.add_argument("--regimes", default=",".join(r[0] for r in _REGIMES))
-    args = ap.parse_args(argv)
+
+
+def _digits_suite(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     kinds = args.streams.split(",")
     w = max(len(k) for k in DETECTORS)
@@ -206,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name:{w}s} {100 * r['detected']:4.0f}%  {r['delay']:7.1f} ({r['delay_median']:6.1f})"
                       f"  {r['fa']:5.2f}")
         if "stationary" in res and "abrupt" in res:
-            for mine in (_KL, _PH, _BOTH):
+            for mine in (_KL, _PH, _MS, _BOTH):
                 a, b = res["stationary"][mine]["fa"], res["stationary"][_ADWIN]["fa"]
                 fewer = a < b or a == b == 0.0
                 ok &= fewer
@@ -214,6 +226,25 @@ def main(argv: list[str] | None = None) -> int:
                       f"{res['abrupt'][mine]['delay']:.1f} vs {res['abrupt'][_ADWIN]['delay']:.1f}: "
                       f"{'fewer (or both none)' if fewer else 'NOT fewer'}")
     print(f"\ntotal {time.perf_counter() - t_start:.1f} s")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="learnstream bench drift", description=__doc__.split("\n")[0])
+    ap.add_argument("--suite", choices=("signals", "digits", "all"), default="signals",
+                    help="signals (default: abrupt, small, gradual, binary-error, SEA over --seeds seeds), "
+                         "digits (a learner on digits, slow), or all")
+    ap.add_argument("--seeds", type=int, default=20, help="signals suite: streams per kind (default 20)")
+    ap.add_argument("--kswin", action="store_true", help="signals suite: add River's KSWIN (~6 s per stream)")
+    _digits_args(ap)
+    args = ap.parse_args(argv)
+    ok = True
+    if args.suite in ("signals", "all"):
+        from _drift_signals import signals_suite
+
+        ok &= signals_suite(args.seeds, args.kswin) == 0
+    if args.suite in ("digits", "all"):
+        ok &= _digits_suite(args) == 0
     return 0 if ok else 1
 
 

@@ -52,6 +52,7 @@ _SPREAD = 0.3
 _TARGET_P99_MS = 5.0
 _BODIES = 256             # distinct request bodies, cycled
 _TRAINED, _UNTRAINED = "router-trained", "router-untrained"
+_LEARNED_ALGOS = ("linucb", "fastgrnn")   # the learned route: the bandit, or FastGRNN while it knows nothing
 _FIELDS = ("model", "context_bucket", "temperature", "top_p", "confidence", "algo", "exploration")
 
 
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def trained() -> bool:
             out = worker.dispatch("route", {"session_key": _TRAINED, "embedding_b64": commands[0]["embedding_b64"]})[1]
-            return out.get("ok") and out["data"]["algo"] == "fastgrnn"
+            return out.get("ok") and out["data"]["algo"] in _LEARNED_ALGOS
 
         wait_until(trained, 120, "the router to pass its threshold", 0.1)
         print(f"{n_train} record_outcome commands produced and applied in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[tuple[str, dict, float | None]] = []
         lat, last = sequential(worker.port, b64_bodies[_TRAINED], args.requests, 500)
         missing = [f for f in _FIELDS if f not in last.get("data", {})]
-        if missing or last["data"]["algo"] != "fastgrnn":
+        if missing or last["data"]["algo"] not in _LEARNED_ALGOS:
             raise RuntimeError(f"unexpected /route answer {last}")
         rows.append(("trained, embedding_b64, sequential", _stats(lat), len(lat) / (lat.sum() / 1e3)))
         lat, last = sequential(worker.port, b64_bodies[_UNTRAINED], args.requests, 500)

@@ -1,24 +1,37 @@
-"""Benchmark: does the router learn which model to use, and how fast does it route (``learnstream bench router``).
+"""Benchmark: does the router learn the world, recover from drift, and route fast (``learnstream bench router``).
 
-**Regret.** A routing simulation: queries are 384-d embeddings drawn from
-``--regions`` well-separated Gaussian clusters (no sentence-embedding model is
-installed here, so the regions are synthetic; centres ~ N(0, I), spread
-``--spread`` per coordinate). Each of 8 models has an expected quality per region:
-one specialist per region is very good there (0.80-0.95), the generalist "large"
-is fair everywhere (0.60-0.70, so it is the single best model), the rest are poor
-(0.10-0.50). An outcome is the expected quality plus N(0, 0.1) noise, clipped to
-[0, 1], and only the routed model's outcome is observed (bandit feedback). Regret
-per request = best expected quality in the query's region minus the routed model's.
-Every learned router runs through the verbs (``route``, then ``record_outcome``
-with the request's embedding; the adapter row also sends ``feedback`` to the
-instant core) and starts as the rule router until ``threshold`` samples.
+**The world** (synthetic: no sentence-embedding model is installed here). Queries are
+384-d: ``--regions`` loose topic clusters (centres ~ N(0, I), per-coordinate spread
+``--spread``), plus a continuous difficulty ``d ~ U(0, 1)`` that moves the query along
+the region's own direction (``(2d - 1) * u_k``, ``u_k ~ N(0, I)``). Five models, each
+with a price (``_PRICES``). A model's expected quality on a query is non-linear in the
+difficulty: ``lo + (hi - lo) * sigmoid((d0 - d) / w)`` — good on easy queries, falling
+off past its own difficulty threshold ``d0`` — with ``hi, lo, d0, w`` drawn per model and
+region (bigger models: higher ``d0`` and ``hi`` on average, never everywhere). An outcome
+is that quality plus N(0, 0.15) noise, clipped to [0, 1]; only the routed model's outcome is
+seen (bandit feedback). Utility = quality - lambda * price (lambda ``--cost-weight``,
+default 1); regret per request = the best model's expected utility on that query minus
+the routed one's. **Drift** at the midpoint: two models regress (quality -0.25 on their
+strongest regions' easy side ... everywhere ``hi`` and ``lo`` drop by 0.25), one improves
+(+0.15, ``d0`` +0.2), one gains a new domain (in the region where it was worst it becomes
+the best model there).
 
-**Latency.** In-process ``route`` for in_dim 384 and 8 targets: the kernel call,
-``RouterState.route`` (what the worker calls), and the ``route`` verb through
-``LearnSession.dispatch`` with an ``embedding_b64`` body.
+**Policies**: the oracle (per query), the rule router (untrained: always targets[0]),
+the best single model in hindsight, a 30-line per-model online ridge regression on the
+raw 384-d embedding with epsilon-greedy (0.05) and forgetting (0.998) — the baseline
+the issue measured — and learnstream's router through the verbs (``route``, then
+``record_outcome`` with the request's embedding and its ``cost``), in its default
+``learned`` mode (LinUCB on a 32-d projection with forgetting, drift-raised
+exploration) and in ``mode: reference`` (the seed's FastGRNN head training). Both
+routers are initialised with ``cost_weight`` = the world's lambda and otherwise defaults
+(threshold 200: the first 200 requests use the rule route).
 
-Targets (issue 5): the learned router cuts the rule router's cumulative regret by
->= 50% over 5,000 requests; in-process route <= 20 us.
+**Latency**: in-process ``route`` for in_dim 384 and 5 targets, p99 over single calls.
+
+Goals (issue 14), each printed PASS/FAIL: cumulative regret >= 70% below the rule router
+and >= 40% below the best fixed model (mean over seeds); per-request regret (mean over
+seeds, 200-request window) back within 0.05 of the oracle within 1,000 requests after
+the drift; in-process ``RouterState.route`` p99 <= 20 us.
 """
 from __future__ import annotations
 
@@ -35,115 +48,167 @@ from workers.codec import encode_embedding_b64
 from workers.cores.router import RouterState
 from workers.dispatch import LearnSession
 
-__all__ = ("main",)
+__all__ = ("main", "World", "make_world")
 
 _DIM = 384
-_TARGETS = ["small", "medium", "large", "code", "math", "legal", "medical", "creative"]
-_GENERALIST = "large"
-_NOISE = 0.1             # std of an observed outcome around its expected quality
-_EPS = 0.05              # the exploring row's epsilon (the default)
-_THRESHOLD = 200         # training samples before the learned route takes over (the default)
-_TARGET_CUT = 0.5
+_TARGETS = ["medium", "tiny", "small", "large", "xl"]
+_PRICES = np.array([0.08, 0.01, 0.04, 0.18, 0.30])
+_NOISE = 0.15
+_TARGET_VS_RULE = 0.70
+_TARGET_VS_FIXED = 0.40
+_TARGET_RECOVERY = 1000      # requests after the drift
+_RECOVERY_GAP = 0.05
+_WINDOW = 200                # rolling window of per-request regret
 _TARGET_ROUTE_US = 20.0
 
 
-@dataclass(frozen=True)
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+@dataclass
+class Params:
+    """Per (region, model): quality hi (easy), lo (hard), difficulty threshold d0, width w."""
+
+    hi: np.ndarray
+    lo: np.ndarray
+    d0: np.ndarray
+    w: np.ndarray
+
+    def quality(self, region: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """Expected quality, (n, models)."""
+        z = (self.d0[region] - d[:, None]) / self.w[region]
+        return np.clip(self.lo[region] + (self.hi[region] - self.lo[region]) * _sigmoid(z), 0.0, 1.0)
+
+
+@dataclass
 class World:
-    """The simulated query distribution and its per-region model qualities."""
-
-    centers: np.ndarray   # regions x dim
-    quality: np.ndarray   # regions x targets, expected quality
+    centers: np.ndarray      # regions x dim
+    dirs: np.ndarray         # regions x dim: the difficulty direction of each region
     spread: float
+    before: Params
+    after: Params
+    cost_weight: float
 
-    def queries(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def queries(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         region = rng.integers(0, len(self.centers), n)
-        X = self.centers[region] + self.spread * rng.standard_normal((n, self.centers.shape[1]))
-        return X.astype(np.float32), region
+        d = rng.random(n)
+        X = (self.centers[region] + (2.0 * d - 1.0)[:, None] * self.dirs[region]
+             + self.spread * rng.standard_normal((n, self.centers.shape[1])))
+        return X.astype(np.float32), region, d
+
+    def utility(self, region: np.ndarray, d: np.ndarray, drifted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(expected quality, expected utility), both (n, models)."""
+        q = np.where(drifted[:, None], self.after.quality(region, d), self.before.quality(region, d))
+        return q, q - self.cost_weight * _PRICES[None, :]
 
 
-def make_world(kind: str, regions: int, spread: float, seed: int) -> World:
-    """``specialists``: each region has one very good model, the rest are poor.
-    ``generalist``: the same plus "large", fair everywhere (the single best model)."""
+def make_world(regions: int, spread: float, cost_weight: float, seed: int) -> World:
     rng = np.random.default_rng(seed)
-    nt = len(_TARGETS)
-    q = rng.uniform(0.10, 0.50, (regions, nt))
-    leaders = list(range(nt))
-    if kind == "generalist":
-        g = _TARGETS.index(_GENERALIST)
-        q[:, g] = rng.uniform(0.60, 0.70, regions)
-        leaders.remove(g)
-    for k in range(regions):
-        q[k, leaders[k % len(leaders)]] = rng.uniform(0.80, 0.95)  # every leader leads somewhere
-    return World(rng.standard_normal((regions, _DIM)), q, spread)
+    nm = len(_TARGETS)
+    size = np.argsort(_PRICES).argsort() / (nm - 1)          # 0 = cheapest .. 1 = dearest
+    hi = np.clip(0.5 + 0.25 * size + rng.normal(0, 0.2, (regions, nm)), 0.2, 0.98)
+    lo = np.clip(hi - rng.uniform(0.3, 0.7, (regions, nm)), 0.0, 0.9)
+    d0 = np.clip(0.2 + 0.5 * size + rng.normal(0, 0.25, (regions, nm)), 0.05, 0.95)
+    w = rng.uniform(0.04, 0.15, (regions, nm))
+    before = Params(hi, lo, d0, w)
+    a = Params(hi.copy(), lo.copy(), d0.copy(), w.copy())
+    order = rng.permutation(nm)
+    for m in order[:2]:                                      # two regress
+        a.hi[:, m] -= 0.25
+        a.lo[:, m] -= 0.25
+    m = order[2]                                             # one improves
+    a.hi[:, m] += 0.1
+    a.lo[:, m] += 0.1
+    a.d0[:, m] += 0.1
+    m = order[3]                                             # one gains a new domain: its worst region
+    k = int(np.argmin(hi[:, m] + lo[:, m]))
+    a.hi[k, m], a.lo[k, m], a.d0[k, m] = 0.97, 0.9, 0.95
+    for p in (a.hi, a.lo):
+        np.clip(p, 0.0, 1.0, out=p)
+    return World(rng.standard_normal((regions, _DIM)), rng.standard_normal((regions, _DIM)), spread,
+                 before, a, cost_weight)
 
 
 @dataclass
 class Run:
     name: str
     regret: np.ndarray     # per request
-    explored: int = 0
 
     @property
     def total(self) -> float:
         return float(self.regret.sum())
 
 
-def _fixed(name: str, world: World, region: np.ndarray, choice: int | np.ndarray) -> Run:
-    q = world.quality[region]
-    return Run(name, q.max(1) - q[np.arange(len(region)), choice])
+class Stream:
+    """One seed's queries, their expected utilities and the outcome noise."""
+
+    def __init__(self, world: World, n: int, seed: int) -> None:
+        rng = np.random.default_rng(seed + 100)
+        self.X, self.region, self.d = world.queries(n, rng)
+        self.drifted = np.arange(n) >= n // 2
+        self.q, self.u = world.utility(self.region, self.d, self.drifted)
+        self.best = self.u.max(1)
+        self.noise = rng.normal(0.0, _NOISE, n)
+        self.n = n
+
+    def outcome(self, i: int, m: int) -> float:
+        return float(np.clip(self.q[i, m] + self.noise[i], 0.0, 1.0))
+
+    def fixed(self, name: str, choice: np.ndarray | int) -> Run:
+        return Run(name, self.best - self.u[np.arange(self.n), choice])
 
 
-def _learned(name: str, world: World, X: np.ndarray, region: np.ndarray, seed: int, *, epsilon: float,
-             adapter: bool = False, unit_norm: bool = False, normalize: bool = False,
-             baseline: str | float = "ema") -> Run:
-    """One learned router through the verbs, fed the routed model's noisy outcome."""
-    s = LearnSession(rng=random.Random(seed))
-    s.dispatch({"verb": "init_router", "body": {"targets": _TARGETS, "in_dim": _DIM, "epsilon": epsilon,
-                                                "threshold": _THRESHOLD, "with_adapter": adapter,
-                                                "normalize": normalize, "baseline": baseline}})
-    if adapter:
-        s.dispatch({"verb": "init_instant", "body": {"targets": _TARGETS, "dim": _DIM}})
-    if unit_norm:
-        X = X / np.linalg.norm(X, axis=1, keepdims=True)
-    noise = np.random.default_rng(seed + 1).normal(0.0, _NOISE, len(X))
-    best = world.quality[region].max(1)
-    regret = np.empty(len(X))
-    explored = 0
-    for i, x in enumerate(X):
-        b64 = encode_embedding_b64(x)
-        r = s.dispatch({"verb": "route", "body": {"embedding_b64": b64}})["data"]
+def ridge_baseline(s: Stream, world: World, seed: int, eps: float = 0.05, gamma: float = 0.998) -> Run:
+    """Per-model online ridge on the raw embedding (+ bias) of the utility, epsilon-greedy, forgetting."""
+    rng = np.random.default_rng(seed + 7)
+    nm, d1 = len(_TARGETS), _DIM + 1
+    Ainv = np.tile(np.eye(d1), (nm, 1, 1))
+    b = np.zeros((nm, d1))
+    theta = np.zeros((nm, d1))
+    regret = np.empty(s.n)
+    for i in range(s.n):
+        phi = np.append(s.X[i] / np.sqrt(np.mean(s.X[i] ** 2)), 1.0)
+        m = int(rng.integers(nm)) if rng.random() < eps else int(np.argmax(theta @ phi))
+        regret[i] = s.best[i] - s.u[i, m]
+        r = s.outcome(i, m) - world.cost_weight * _PRICES[m]
+        u = Ainv[m] @ phi
+        Ainv[m] = (Ainv[m] - np.outer(u, u) / (gamma + phi @ u)) / gamma
+        b[m] = gamma * b[m] + r * phi
+        theta[m] = Ainv[m] @ b[m]
+    return Run(f"ridge on raw 384-d, eps {eps}, forget {gamma}", regret)
+
+
+def learned(name: str, s: Stream, world: World, seed: int, **init: object) -> Run:
+    """learnstream's router through the verbs: route, then record_outcome with embedding and cost."""
+    sess = LearnSession(rng=random.Random(seed))
+    out = sess.dispatch({"verb": "init_router", "body": {"targets": _TARGETS, "in_dim": _DIM,
+                                                         "cost_weight": world.cost_weight, **init}})
+    assert out["ok"], out
+    regret = np.empty(s.n)
+    for i in range(s.n):
+        b64 = encode_embedding_b64(s.X[i])
+        r = sess.dispatch({"verb": "route", "body": {"embedding_b64": b64}})["data"]
         m = _TARGETS.index(r["model"])
-        explored += r["exploration"]
-        expected = world.quality[region[i], m]
-        regret[i] = best[i] - expected
-        q = float(np.clip(expected + noise[i], 0.0, 1.0))
-        out = s.dispatch({"verb": "record_outcome", "body": {"target": r["model"], "quality": q,
-                                                             "embedding_b64": b64}})
+        regret[i] = s.best[i] - s.u[i, m]
+        out = sess.dispatch({"verb": "record_outcome", "body": {"target": r["model"], "quality": s.outcome(i, m),
+                                                                 "cost": float(_PRICES[m]), "embedding_b64": b64}})
         assert out["ok"], out
-        if adapter:
-            assert s.dispatch({"verb": "feedback", "body": {"embedding_b64": b64, "model": r["model"],
-                                                            "quality": q}})["ok"]
-    return Run(name, regret, explored)
+    return Run(name, regret)
 
 
-def regret_table(kind: str, requests: int, regions: int, spread: float, seed: int) -> list[Run]:
-    world = make_world(kind, regions, spread, seed)
-    X, region = world.queries(requests, np.random.default_rng(seed + 100))
-    single = int(world.quality.mean(0).argmax())
-    runs = [
-        _fixed("oracle (per query)", world, region, world.quality[region].argmax(1)),
-        _fixed("rule router (untrained: always targets[0])", world, region, 0),
-        _fixed(f"single best model ({_TARGETS[single]})", world, region, single),
-        _learned("learned, eps 0", world, X, region, seed, epsilon=0.0),
-        _learned("learned + instant adapter, eps 0", world, X, region, seed, epsilon=0.0, adapter=True),
-        _learned(f"learned, eps {_EPS} (default)", world, X, region, seed, epsilon=_EPS),
-        _learned("learned, eps 0, baseline 0.5 (spec's rule)", world, X, region, seed, epsilon=0.0,
-                 baseline=0.5),
-        _learned("learned, eps 0, unit-norm inputs", world, X, region, seed, epsilon=0.0, unit_norm=True),
-        _learned("learned, eps 0, unit-norm inputs, normalize", world, X, region, seed, epsilon=0.0,
-                 unit_norm=True, normalize=True),
+def regret_runs(args: argparse.Namespace, seed: int) -> list[Run]:
+    world = make_world(args.regions, args.spread, args.cost_weight, seed)
+    s = Stream(world, args.requests, seed)
+    single = int(s.u.mean(0).argmax())
+    return [
+        s.fixed("oracle (per query)", s.u.argmax(1)),
+        s.fixed(f"rule router (always targets[0] = {_TARGETS[0]})", 0),
+        s.fixed(f"best fixed model in hindsight ({_TARGETS[single]})", single),
+        ridge_baseline(s, world, seed),
+        learned("learnstream router, mode reference", s, world, seed, mode="reference"),
+        learned("learnstream router (defaults: learned)", s, world, seed),
     ]
-    return runs
 
 
 def _timed(fn: Callable[[], object], calls: int) -> tuple[float, float, float]:
@@ -163,9 +228,13 @@ def _timed(fn: Callable[[], object], calls: int) -> tuple[float, float, float]:
 def latency_table(calls: int, seed: int) -> list[tuple[str, tuple[float, float, float]]]:
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((256, _DIM)).astype(np.float32)
-    st = RouterState(_TARGETS, in_dim=_DIM, threshold=0, epsilon=_EPS)
+    nt = len(_TARGETS)
+    learned_st = RouterState(_TARGETS, in_dim=_DIM, trained=True)
+    ref = RouterState(_TARGETS, in_dim=_DIM, trained=True, mode="reference")
     rule = RouterState(_TARGETS, in_dim=_DIM)
-    adapter = rng.standard_normal(len(_TARGETS)).astype(np.float32)
+    # a bandit that has learned something (untied scores): 2,000 outcomes
+    learned_st.record_outcomes([_TARGETS[i % nt] for i in range(2000)], rng.random(2000).tolist(),
+                               rng.standard_normal((2000, _DIM)).astype(np.float32))
     r = random.Random(seed)
     it = iter(range(1 << 62))
 
@@ -173,95 +242,91 @@ def latency_table(calls: int, seed: int) -> list[tuple[str, tuple[float, float, 
         return X[next(it) & 255]
 
     s = LearnSession(rng=random.Random(seed))
-    s.dispatch({"verb": "init_router", "body": {"targets": _TARGETS, "in_dim": _DIM, "threshold": 0,
-                                                "epsilon": _EPS}})
-    sa = LearnSession(rng=random.Random(seed))
-    sa.dispatch({"verb": "init_router", "body": {"targets": _TARGETS, "in_dim": _DIM, "threshold": 0,
-                                                 "epsilon": _EPS}})
-    sa.dispatch({"verb": "init_instant", "body": {"targets": _TARGETS, "dim": _DIM}})
+    s.dispatch({"verb": "init_router", "body": {"targets": _TARGETS, "in_dim": _DIM, "trained": True}})
     bodies = [{"verb": "route", "body": {"embedding_b64": encode_embedding_b64(v)}} for v in X]
     train = RouterState(_TARGETS, in_dim=_DIM)
+    b = learned_st.bandit
+    assert b is not None
     rows = [
-        ("kernel router_route", lambda: K.router_route(st.params, x(), 8, False, None)),
+        ("kernel router_route (FastGRNN)", lambda: K.router_route(ref.params, x(), nt, False, None)),
+        ("kernel bandit_route (LinUCB)", lambda: K.bandit_route(b.P, b.Ainv, b.theta, b.cost, x(), 0.3, 1.0)),
         ("RouterState.route, rule (untrained)", lambda: rule.route(x(), rng=r)),
-        ("RouterState.route, fastgrnn, eps 0.05", lambda: st.route(x(), rng=r)),
-        ("RouterState.route, fastgrnn + adapter logits", lambda: st.route(x(), rng=r, adapter_logits=adapter)),
+        ("RouterState.route, mode reference", lambda: ref.route(x(), rng=r)),
+        ("RouterState.route, learned (default)", lambda: learned_st.route(x(), rng=r)),
         ("route verb (dispatch, embedding_b64)", lambda: s.dispatch(bodies[next(it) & 255])),
-        ("route verb + instant adapter (dispatch, b64)", lambda: sa.dispatch(bodies[next(it) & 255])),
-        ("RouterState.record_outcome + training step", lambda: train.record_outcome("code", 0.8, x(), 3000)),
+        ("RouterState.record_outcome + learning", lambda: train.record_outcome("small", 0.8, x(), 3000, 0.03)),
     ]
-    out = [(name, _timed(fn, calls)) for name, fn in rows]
-    big = rng.standard_normal((4096, _DIM)).astype(np.float32)
-    t0 = time.perf_counter()
-    for _ in range(5):
-        K.router_forward_batch(st.params, big, 8)
-    per_row = (time.perf_counter() - t0) / (5 * len(big)) * 1e6
-    out.append(("router_forward_batch, per row (4096 rows)", (per_row, float("nan"), float("nan"))))
-    return out
+    return [(name, _timed(fn, calls)) for name, fn in rows]
 
 
-def _print_world(kind: str, args: argparse.Namespace) -> np.ndarray:
-    """Run and print one world's regret table; returns the learned (eps 0) cut per seed."""
-    t = time.perf_counter()
-    per_seed = [regret_table(kind, args.requests, args.regions, args.spread, args.seed + k)
-                for k in range(args.seeds)]
-    rule_total = np.array([runs[1].total for runs in per_seed])
-    tail = max(args.requests // 5, 1)
-    print(f"world '{kind}': {_WORLDS[kind]}")
-    print(f"{'policy':<46} {'cum. regret':>11} {'vs rule':>8} {'regret/req, last ' + str(tail):>24} "
-          f"{'explored':>9}")
-    cuts = {}
-    for j, run in enumerate(per_seed[0]):
-        total = np.array([runs[j].total for runs in per_seed])
-        last = np.mean([runs[j].regret[-tail:].mean() for runs in per_seed])
-        cuts[run.name] = 1.0 - total / rule_total
-        explored = np.mean([runs[j].explored for runs in per_seed])
-        print(f"{run.name:<46} {total.mean():>11.1f} {-cuts[run.name].mean():>+8.0%} {last:>24.3f} "
-              f"{explored:>9.0f}")
-    learned = cuts["learned, eps 0"]
-    print(f"learned (eps 0) vs rule, per seed: {', '.join(f'-{c:.0%}' for c in learned)}   "
-          f"[{time.perf_counter() - t:.1f} s]\n")
-    return learned
-
-
-_WORLDS = {
-    "specialists": "one very good model per region (0.80-0.95), all others poor (0.10-0.50)",
-    "generalist": "as 'specialists', plus 'large' fair everywhere (0.60-0.70): the single best model",
-}
+def _recovery(regret: np.ndarray, t0: int) -> int | None:
+    """Requests after t0 until the rolling (window) mean regret is within the gap of the oracle."""
+    c = np.convolve(regret[t0:], np.ones(_WINDOW) / _WINDOW, mode="valid")
+    hit = np.flatnonzero(c <= _RECOVERY_GAP)
+    return int(hit[0]) + _WINDOW if hit.size else None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="learnstream bench router", description=__doc__.split("\n\n")[0])
-    p.add_argument("--requests", type=int, default=5_000, help="routed requests per policy (default 5,000)")
-    p.add_argument("--regions", type=int, default=16, help="Gaussian regions of embedding space (default 16)")
-    p.add_argument("--spread", type=float, default=0.3, help="per-coordinate std of a region (centres ~ N(0,1))")
-    p.add_argument("--world", choices=[*_WORLDS, "both"], default="both", help="quality table(s) to simulate")
-    p.add_argument("--seeds", type=int, default=3, help="independent worlds per table; rows show their mean")
+    p.add_argument("--requests", type=int, default=10_000, help="routed requests per policy (default 10,000)")
+    p.add_argument("--regions", type=int, default=8, help="topic regions (default 8)")
+    p.add_argument("--spread", type=float, default=0.7, help="per-coordinate std of a region (centres ~ N(0,1))")
+    p.add_argument("--cost-weight", type=float, default=1.0, help="lambda: utility = quality - lambda * price")
+    p.add_argument("--seeds", type=int, default=5, help="independent worlds (default 5)")
     p.add_argument("--latency-calls", type=int, default=20_000, help="timed calls per latency row")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    print(f"learnstream bench router: {args.requests:,} requests, {len(_TARGETS)} models, {args.regions} "
-          f"Gaussian regions in {_DIM}-d (spread {args.spread}), outcome noise {_NOISE}, "
-          f"threshold {_THRESHOLD}, {args.seeds} seed(s)")
-    print("(synthetic Gaussian clusters: no sentence-embedding model is installed in this environment)\n")
-    kinds = list(_WORLDS) if args.world == "both" else [args.world]
-    cuts = {kind: _print_world(kind, args) for kind in kinds}
-    ok_cut = all(bool(np.all(c >= _TARGET_CUT)) for c in cuts.values())
-    for kind, c in cuts.items():
-        print(f"target: learned router cuts the rule router's regret by >= {_TARGET_CUT:.0%} "
-              f"in world '{kind}': min over seeds {c.min():.0%} -> {'PASS' if c.min() >= _TARGET_CUT else 'FAIL'}")
+    print(f"learnstream bench router: {args.requests:,} requests, {len(_TARGETS)} models (prices "
+          f"{', '.join(f'{t} {c:g}' for t, c in zip(_TARGETS, _PRICES))}), lambda {args.cost_weight:g}, "
+          f"{args.regions} regions in {_DIM}-d (spread {args.spread}), difficulty U(0,1), outcome noise {_NOISE}, "
+          f"drift at {args.requests // 2:,}, {args.seeds} seeds\n")
+    t = time.perf_counter()
+    per_seed = [regret_runs(args, args.seed + k) for k in range(args.seeds)]
+    names = [r.name for r in per_seed[0]]
+    t0 = args.requests // 2
+    tot = {n: np.array([runs[j].total for runs in per_seed]) for j, n in enumerate(names)}
+    rule, fixed = tot[names[1]], tot[names[2]]
+    print(f"{'policy':<48} {'cum. regret':>12} {'vs rule':>8} {'vs fixed':>9} {'pre-drift/req':>14} "
+          f"{'last 1k/req':>12} {'recovery':>9}")
+    recov: dict[str, list[int | None]] = {}
+    for j, n in enumerate(names):
+        regs = [runs[j].regret for runs in per_seed]
+        mean_reg = np.mean(regs, axis=0)
+        recov[n] = [_recovery(r, t0) for r in regs]
+        rec_mean = _recovery(mean_reg, t0)
+        pre = float(np.mean([r[t0 - 1000:t0].mean() for r in regs]))
+        last = float(np.mean([r[-1000:].mean() for r in regs]))
+        print(f"{n:<48} {tot[n].mean():>7.0f} ±{tot[n].std():>4.0f} {-np.mean(1 - tot[n] / rule):>+8.0%} "
+              f"{-np.mean(1 - tot[n] / fixed):>+9.0%} {pre:>14.3f} {last:>12.3f} "
+              f"{'-' if rec_mean is None else rec_mean:>9}")
+    ours = names[-1]
+    cut_rule = float(np.mean(1 - tot[ours] / rule))
+    cut_fixed = float(np.mean(1 - tot[ours] / fixed))
+    rec = _recovery(np.mean([runs[-1].regret for runs in per_seed], axis=0), t0)
+    print(f"\nrecovery per seed (requests after the drift until the {_WINDOW}-request mean regret <= "
+          f"{_RECOVERY_GAP}): {recov[ours]}   [{time.perf_counter() - t:.0f} s]")
+    goals = [
+        (f"cumulative regret >= {_TARGET_VS_RULE:.0%} below the rule router", cut_rule >= _TARGET_VS_RULE,
+         f"{cut_rule:.0%} (per seed {', '.join(f'{1 - a / b:.0%}' for a, b in zip(tot[ours], rule))})"),
+        (f"cumulative regret >= {_TARGET_VS_FIXED:.0%} below the best fixed model", cut_fixed >= _TARGET_VS_FIXED,
+         f"{cut_fixed:.0%} (per seed {', '.join(f'{1 - a / b:.0%}' for a, b in zip(tot[ours], fixed))})"),
+        (f"regret back within {_RECOVERY_GAP} of the oracle within {_TARGET_RECOVERY:,} requests after the drift",
+         rec is not None and rec <= _TARGET_RECOVERY, f"{rec} requests (mean over seeds)"),
+    ]
 
     print(f"\nin-process latency, in_dim {_DIM}, {len(_TARGETS)} targets, {args.latency_calls:,} calls per row (us)")
-    print(f"{'call':<46} {'mean':>7} {'p50':>7} {'p99':>7}")
+    print(f"{'call':<48} {'mean':>7} {'p50':>7} {'p99':>7}")
     lat = latency_table(args.latency_calls, args.seed)
     for name, (mean, p50, p99) in lat:
-        print(f"{name:<46} {mean:>7.2f} {p50:>7.2f} {p99:>7.2f}")
-    route_p99 = dict(lat)["RouterState.route, fastgrnn, eps 0.05"][2]
-    ok_lat = route_p99 <= _TARGET_ROUTE_US
-    print(f"\ntarget: RouterState.route p99 {route_p99:.2f} us <= {_TARGET_ROUTE_US:.0f} us -> "
-          f"{'PASS' if ok_lat else 'FAIL'}")
-    return 0 if ok_cut and ok_lat else 1
+        print(f"{name:<48} {mean:>7.2f} {p50:>7.2f} {p99:>7.2f}")
+    p99 = dict(lat)["RouterState.route, learned (default)"][2]
+    goals.append((f"RouterState.route (learned) p99 <= {_TARGET_ROUTE_US:.0f} us", p99 <= _TARGET_ROUTE_US,
+                  f"{p99:.2f} us"))
+    print("\ngoals (issue 14):")
+    for text, ok, value in goals:
+        print(f"  {'PASS' if ok else 'FAIL'}  {text}: {value}")
+    return 0 if all(ok for _, ok, _ in goals) else 1
 
 
 if __name__ == "__main__":

@@ -655,6 +655,132 @@ void bind_router(py::module_& m) {
         "In place: router_train over the rows of X in order (the GIL is released).");
 }
 
+
+// ---- router bandit (cpp/router.h, namespace bandit) ----
+namespace bd = learnstream::router::bandit;
+
+// The bandit's arrays: P (dim x in_dim float32), Ainv (nt x d1 x d1 float64), theta and b
+// (nt x d1 float64) with d1 = dim + 1; returns (dim, in_dim, nt) after checking them all.
+struct BanditShape {
+    std::size_t dim, in_dim, nt, d1;
+};
+
+BanditShape bandit_shape(const f32& P, const py::array& Ainv, const py::array& theta, const py::array* b) {
+    py::buffer_info pb = need(P, 2, "P");
+    BanditShape s{static_cast<std::size_t>(pb.shape[0]), static_cast<std::size_t>(pb.shape[1]), 0, 0};
+    if (s.dim < 1 || s.dim > bd::MAX_DIM || s.in_dim < 1)
+        throw std::runtime_error("P must be dim x in_dim with 1 <= dim <= " + std::to_string(bd::MAX_DIM));
+    s.d1 = s.dim + 1;
+    if (Ainv.ndim() != 3 || static_cast<std::size_t>(Ainv.shape(1)) != s.d1 ||
+        static_cast<std::size_t>(Ainv.shape(2)) != s.d1)
+        throw std::runtime_error("Ainv must be n_targets x (dim+1) x (dim+1)");
+    s.nt = static_cast<std::size_t>(Ainv.shape(0));
+    check_targets(s.nt);
+    auto check2 = [&](const py::array& a, const char* name) {
+        if (a.ndim() != 2 || static_cast<std::size_t>(a.shape(0)) != s.nt ||
+            static_cast<std::size_t>(a.shape(1)) != s.d1)
+            throw std::runtime_error(std::string(name) + " must be n_targets x (dim+1)");
+    };
+    check2(theta, "theta");
+    if (b != nullptr) check2(*b, "b");
+    return s;
+}
+
+void bind_bandit(py::module_& m) {
+    m.attr("BANDIT_MAX_DIM") = bd::MAX_DIM;
+    m.def(
+        "bandit_projection",
+        [](uint32_t seed, std::size_t dim, std::size_t in_dim) {
+            if (dim < 1 || dim > bd::MAX_DIM || in_dim < 1)
+                throw std::runtime_error("dim must be 1.." + std::to_string(bd::MAX_DIM) + " and in_dim > 0");
+            py::array_t<float> out({dim, in_dim});
+            bd::init_projection(out.mutable_data(), dim, in_dim, seed);
+            return out;
+        },
+        py::arg("seed"), py::arg("dim"), py::arg("in_dim"),
+        "The bandit's projection P (dim x in_dim): randn of mulberry32(seed ^ 0xB4D1) / sqrt(in_dim).");
+    m.def(
+        "bandit_features",
+        [](const f32& P, const f32& x) {
+            py::buffer_info pb = need(P, 2, "P"), xb = need(x, 1, "x");
+            const auto dim = static_cast<std::size_t>(pb.shape[0]), in_dim = static_cast<std::size_t>(pb.shape[1]);
+            if (static_cast<std::size_t>(xb.shape[0]) != in_dim) throw std::runtime_error("x must have in_dim floats");
+            py::array_t<double> out(dim + 1);
+            bd::features(static_cast<const float*>(pb.ptr), dim, in_dim, static_cast<const float*>(xb.ptr),
+                         out.mutable_data());
+            return out;
+        },
+        py::arg("P"), py::arg("x"), "phi = [P x_hat; 1] with x_hat = x rescaled to unit RMS.");
+    m.def(
+        "bandit_route",
+        [](const f32& P, py::array Ainv, py::array theta, const py::object& cost, const f32& x, double alpha,
+           double lam) {
+            const BanditShape s = bandit_shape(P, Ainv, theta, nullptr);
+            const double* ai = inplace_array<double>(Ainv, "Ainv", "float64");
+            const double* th = inplace_array<double>(theta, "theta", "float64");
+            py::buffer_info xb = need(x, 1, "x");
+            if (static_cast<std::size_t>(xb.shape[0]) != s.in_dim) throw std::runtime_error("x must have in_dim floats");
+            const double* c = nullptr;
+            py::array_t<double, py::array::c_style | py::array::forcecast> ca;
+            if (!cost.is_none()) {
+                ca = cost.cast<py::array_t<double, py::array::c_style | py::array::forcecast>>();
+                if (ca.ndim() != 1 || static_cast<std::size_t>(ca.shape(0)) != s.nt)
+                    throw std::runtime_error("cost must have n_targets values");
+                c = ca.data();
+            }
+            if (!std::isfinite(alpha) || !std::isfinite(lam)) throw std::runtime_error("alpha and lam must be finite");
+            double phi[bd::MAX_DIM + 1];
+            bd::features(static_cast<const float*>(P.data()), s.dim, s.in_dim, static_cast<const float*>(xb.ptr), phi);
+            const bd::Choice ch = bd::choose(ai, th, c, s.nt, s.d1, phi, alpha, lam);
+            return py::make_tuple(ch.best, ch.greedy, ch.tied, ch.mean, ch.width);
+        },
+        py::arg("P"), py::arg("Ainv"), py::arg("theta"), py::arg("cost"), py::arg("x"), py::arg("alpha"),
+        py::arg("lam"),
+        "One query -> (best, greedy, tied, mean of best, width of best): best maximises theta.phi - lam cost "
+        "+ alpha sqrt(phi' Ainv phi); greedy drops the alpha term; tied: every target scored the same.");
+    m.def(
+        "bandit_update_batch",
+        [](const f32& P, py::array Ainv, py::array b, py::array theta, const i64& arms, const f32& X,
+           const py::array_t<double, py::array::c_style | py::array::forcecast>& rewards, double gamma) {
+            const BanditShape s = bandit_shape(P, Ainv, theta, &b);
+            double* ai = inplace_array<double>(Ainv, "Ainv", "float64");
+            double* bb = inplace_array<double>(b, "b", "float64");
+            double* th = inplace_array<double>(theta, "theta", "float64");
+            py::buffer_info xb = need(X, 2, "X");
+            const auto n = static_cast<std::size_t>(xb.shape[0]);
+            if (static_cast<std::size_t>(xb.shape[1]) != s.in_dim) throw std::runtime_error("X must be n x in_dim");
+            if (arms.ndim() != 1 || rewards.ndim() != 1 || static_cast<std::size_t>(arms.shape(0)) != n ||
+                static_cast<std::size_t>(rewards.shape(0)) != n)
+                throw std::runtime_error("arms and rewards must be 1-d with one entry per row of X");
+            if (!(gamma > 0.0 && gamma <= 1.0)) throw std::runtime_error("gamma must be in (0, 1]");
+            const int64_t* ap = arms.data();
+            const double* rp = rewards.data();
+            for (std::size_t i = 0; i < n; ++i) {
+                if (ap[i] < 0 || static_cast<std::size_t>(ap[i]) >= s.nt)
+                    throw std::runtime_error("arm out of range at row " + std::to_string(i));
+                if (!std::isfinite(rp[i])) throw std::runtime_error("reward not finite at row " + std::to_string(i));
+            }
+            py::array_t<double> preds(n);
+            double* pp = preds.mutable_data();
+            const float* xp = static_cast<const float*>(xb.ptr);
+            const float* pr = static_cast<const float*>(P.data());
+            {
+                py::gil_scoped_release nogil;
+                double phi[bd::MAX_DIM + 1], u[bd::MAX_DIM + 1];
+                for (std::size_t i = 0; i < n; ++i) {
+                    const auto k = static_cast<std::size_t>(ap[i]);
+                    bd::features(pr, s.dim, s.in_dim, xp + i * s.in_dim, phi);
+                    pp[i] = bd::update(ai + k * s.d1 * s.d1, bb + k * s.d1, th + k * s.d1, s.d1, phi, rp[i], gamma, u);
+                }
+            }
+            return preds;
+        },
+        py::arg("P"), py::arg("Ainv"), py::arg("b"), py::arg("theta"), py::arg("arms"), py::arg("X"),
+        py::arg("rewards"), py::arg("gamma"),
+        "In place, rows in order: target arms[i] learns rewards[i] at X[i] (forgetting gamma); returns each "
+        "row's prediction before its update (the GIL is released).");
+}
+
 // ---- online learner models (cpp/online.h) ----
 using i32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 using u8 = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
@@ -810,6 +936,7 @@ PYBIND11_MODULE(_kernels, m) {
     bind_instant_deep(m);
     bind_attention(m);
     bind_router(m);
+    bind_bandit(m);
     bind_online(m);
 #ifdef VERSION_INFO
     m.attr("__version__") = MACRO_STRINGIFY(VERSION_INFO);

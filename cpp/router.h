@@ -230,5 +230,124 @@ inline void train_step(float* p, const Layout& L, const float* x, bool normalize
     ce_step(p + L.wc, p + L.bc, BUCKETS, h, bucket, lr, logits);
 }
 
+
+// ---- The contextual bandit ([beyond]: learns the representation the heads lack) ----
+//
+// Per target k, a ridge regression of the outcome quality on features phi of the
+// query, with exponential forgetting, kept as the inverse design matrix
+// Ainv_k = (gamma A_k + phi phi^T)^-1 (Sherman-Morrison, O(d^2) per outcome) and
+// theta_k = Ainv_k b_k. phi = [P x_hat; 1]: x rescaled to unit RMS, then a dense
+// Gaussian projection P (dim x in_dim, regenerated from the seed like V and U), so
+// the state per target is (dim+1)^2, independent of in_dim. The covariance is kept
+// in double: rank-1 downdates in float32 lost positive definiteness after a few
+// thousand forgetting steps.
+namespace bandit {
+
+constexpr uint32_t PROJ_SALT = 0xB4D1u;
+constexpr std::size_t MAX_DIM = 256;  // stack scratch for the features of one query
+
+inline void init_projection(float* P, std::size_t dim, std::size_t in_dim, uint32_t seed) {
+    Mulberry32 rng(seed ^ PROJ_SALT);
+    const float s = inv_sqrt(in_dim);
+    for (std::size_t i = 0; i < dim * in_dim; ++i) P[i] = randn(rng) * s;
+}
+
+// phi[0..dim) = P x_hat with x_hat = x sqrt(in_dim) / ||x|| (0 for x = 0); phi[dim] = 1.
+inline void features(const float* P, std::size_t dim, std::size_t in_dim, const float* x, double* phi) {
+    const float n2 = fdot(x, x, in_dim);
+    const double s = n2 > 0.0f ? std::sqrt(static_cast<double>(in_dim) / static_cast<double>(n2)) : 0.0;
+    for (std::size_t i = 0; i < dim; ++i) phi[i] = s * static_cast<double>(fdot(P + i * in_dim, x, in_dim));
+    phi[dim] = 1.0;
+}
+
+// mean = theta . phi and width = sqrt(phi^T Ainv phi) of one target (d1 = dim + 1).
+// Four partial sums per row: one dependent add chain per row made the (dim+1)^2 loop
+// latency-bound (about 1.5 us per target at dim 32).
+inline double ddot(const double* a, const double* b, std::size_t n) {
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    const std::size_t n4 = n - n % 4;
+    for (std::size_t j = 0; j < n4; j += 4) {
+        s0 += a[j] * b[j];
+        s1 += a[j + 1] * b[j + 1];
+        s2 += a[j + 2] * b[j + 2];
+        s3 += a[j + 3] * b[j + 3];
+    }
+    for (std::size_t j = n4; j < n; ++j) s0 += a[j] * b[j];
+    return (s0 + s2) + (s1 + s3);
+}
+
+inline void score_one(const double* Ainv, const double* theta, std::size_t d1, const double* phi, double& mean,
+                      double& width) {
+    double w = 0.0;
+    for (std::size_t i = 0; i < d1; ++i) w += phi[i] * ddot(Ainv + i * d1, phi, d1);
+    mean = ddot(theta, phi, d1);
+    width = std::sqrt(std::max(w, 0.0));
+}
+
+struct Choice {
+    std::size_t best;    // argmax of mean - lam cost + alpha width (first strict max)
+    std::size_t greedy;  // argmax of mean - lam cost
+    bool tied;           // every target scored the same: the bandit knows nothing yet
+    double mean, width;  // of best
+};
+
+// Scores every target; cost (nt) may be null (= 0).
+inline Choice choose(const double* Ainv, const double* theta, const double* cost, std::size_t nt, std::size_t d1,
+                     const double* phi, double alpha, double lam) {
+    Choice c{0, 0, true, 0.0, 0.0};
+    double best = 0.0, greedy = 0.0, first = 0.0;
+    for (std::size_t k = 0; k < nt; ++k) {
+        double m, w;
+        score_one(Ainv + k * d1 * d1, theta + k * d1, d1, phi, m, w);
+        const double g = m - (cost != nullptr ? lam * cost[k] : 0.0);
+        const double s = g + alpha * w;
+        if (k == 0) {
+            best = greedy = first = s;
+            greedy = g;
+            c.mean = m;
+            c.width = w;
+            continue;
+        }
+        if (std::fabs(s - first) > 1e-12 * (1.0 + std::fabs(first))) c.tied = false;
+        if (s > best) {
+            best = s;
+            c.best = k;
+            c.mean = m;
+            c.width = w;
+        }
+        if (g > greedy) {
+            greedy = g;
+            c.greedy = k;
+        }
+    }
+    return c;
+}
+
+// One outcome r of target k at phi, forgetting factor gamma in (0, 1]: A <- gamma A + phi phi^T,
+// b <- gamma b + r phi, theta = Ainv b. Returns theta . phi before the update (the prediction).
+// scratch holds d1 doubles.
+inline double update(double* Ainv, double* b, double* theta, std::size_t d1, const double* phi, double r,
+                     double gamma, double* u) {
+    const double pred = ddot(theta, phi, d1);
+    double s = 0.0;
+    for (std::size_t i = 0; i < d1; ++i) {
+        u[i] = ddot(Ainv + i * d1, phi, d1);
+        s += phi[i] * u[i];
+    }
+    // (gamma A + phi phi^T)^-1 = (Ainv - u u^T / (gamma + s)) / gamma, u = Ainv phi (A symmetric):
+    // u_i u_j == u_j u_i exactly, so Ainv stays exactly symmetric.
+    const double c = 1.0 / (gamma + s), ig = 1.0 / gamma;
+    for (std::size_t i = 0; i < d1; ++i) {
+        double* row = Ainv + i * d1;
+        const double ui = u[i];
+        for (std::size_t j = 0; j < d1; ++j) row[j] = (row[j] - c * (ui * u[j])) * ig;
+    }
+    for (std::size_t i = 0; i < d1; ++i) b[i] = gamma * b[i] + r * phi[i];
+    for (std::size_t i = 0; i < d1; ++i) theta[i] = ddot(Ainv + i * d1, b, d1);
+    return pred;
+}
+
+}  // namespace bandit
+
 }  // namespace router
 }  // namespace learnstream

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['ATTENTION_EDGE_FEATURES', 'ATTENTION_NO_EDGE', 'ATTENTION_UNKNOWN_RELATION', 'GraphAttention', 'INSTANT_CONSTANTS', 'ROUTER_BUCKETS', 'ROUTER_HIDDEN', 'ROUTER_MAX_TARGETS', 'ROUTER_RANK', 'adapter_forward', 'clamp_norm', 'ewc_penalty', 'ewc_pull', 'fisher_ema', 'instant_feedback', 'instant_feedback_batch', 'instant_hebbian', 'instant_hebbian_batch', 'instant_layout', 'instant_norm', 'loss_window_push_many', 'mulberry32_stream', 'online_fisher', 'online_forward', 'online_n_params', 'online_step', 'router_forward_batch', 'router_init', 'router_layout', 'router_route', 'router_train', 'router_train_batch', 'weighted_pick']
+__all__: list[str] = ['ATTENTION_EDGE_FEATURES', 'ATTENTION_NO_EDGE', 'ATTENTION_UNKNOWN_RELATION', 'BANDIT_MAX_DIM', 'GraphAttention', 'INSTANT_CONSTANTS', 'ROUTER_BUCKETS', 'ROUTER_HIDDEN', 'ROUTER_MAX_TARGETS', 'ROUTER_RANK', 'adapter_forward', 'bandit_features', 'bandit_projection', 'bandit_route', 'bandit_update_batch', 'clamp_norm', 'ewc_penalty', 'ewc_pull', 'fisher_ema', 'instant_feedback', 'instant_feedback_batch', 'instant_hebbian', 'instant_hebbian_batch', 'instant_layout', 'instant_norm', 'loss_window_push_many', 'mulberry32_stream', 'online_fisher', 'online_forward', 'online_n_params', 'online_step', 'router_forward_batch', 'router_init', 'router_layout', 'router_route', 'router_train', 'router_train_batch', 'weighted_pick']
 class GraphAttention:
     """
     Fixed projections Wq, Wk, Wv, Wo (and the initial We) regenerated from the seed.
@@ -46,6 +46,22 @@ class GraphAttention:
 def adapter_forward(arena: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], meta: numpy.ndarray, X: typing.Annotated[numpy.typing.ArrayLike, numpy.float32]) -> numpy.typing.NDArray[numpy.float32]:
     """
     Adapter logits for one row (dim,) -> (nt,) or a batch (n, dim) -> (n, nt).
+    """
+def bandit_features(P: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], x: typing.Annotated[numpy.typing.ArrayLike, numpy.float32]) -> numpy.typing.NDArray[numpy.float64]:
+    """
+    phi = [P x_hat; 1] with x_hat = x rescaled to unit RMS.
+    """
+def bandit_projection(seed: typing.SupportsInt | typing.SupportsIndex, dim: typing.SupportsInt | typing.SupportsIndex, in_dim: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float32]:
+    """
+    The bandit's projection P (dim x in_dim): randn of mulberry32(seed ^ 0xB4D1) / sqrt(in_dim).
+    """
+def bandit_route(P: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], Ainv: numpy.ndarray, theta: numpy.ndarray, cost: typing.Any, x: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], alpha: typing.SupportsFloat | typing.SupportsIndex, lam: typing.SupportsFloat | typing.SupportsIndex) -> tuple:
+    """
+    One query -> (best, greedy, tied, mean of best, width of best): best maximises theta.phi - lam cost + alpha sqrt(phi' Ainv phi); greedy drops the alpha term; tied: every target scored the same.
+    """
+def bandit_update_batch(P: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], Ainv: numpy.ndarray, b: numpy.ndarray, theta: numpy.ndarray, arms: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], X: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], rewards: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], gamma: typing.SupportsFloat | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float64]:
+    """
+    In place, rows in order: target arms[i] learns rewards[i] at X[i] (forgetting gamma); returns each row's prediction before its update (the GIL is released).
     """
 def clamp_norm(v: numpy.ndarray, max_norm: typing.SupportsFloat | typing.SupportsIndex = 5.0) -> float:
     """
@@ -143,6 +159,7 @@ ATTENTION_EDGE_FEATURES: int = 7
 ATTENTION_NO_EDGE: float = -2.0
 ATTENTION_UNKNOWN_RELATION: float = -1.0
 INSTANT_CONSTANTS: dict = {'rank': 2, 'decay': 0.9950000047683716, 'max_norm': 5.0, 'clamp_slack': 0.9999990463256836, 'replay_cap': 64, 'min_replay': 4, 'neutral_eps': 9.999999747378752e-05, 'golden': 2654435761, 'meta_size': 71, 'meta': {'dim': 0, 'nt': 1, 'feedback_count': 2, 'resets': 3, 'replay_head': 4, 'replay_len': 5, 'has_ewc': 6, 'replay_idx': 7}, 'scalars': {'lr': 0, 'lr_min': 1, 'ewc_lam': 2}}
+BANDIT_MAX_DIM: int = 256
 ROUTER_BUCKETS: int = 5
 ROUTER_HIDDEN: int = 128
 ROUTER_MAX_TARGETS: int = 1024

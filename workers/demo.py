@@ -394,7 +394,8 @@ def _print_report(rep: dict) -> None:
         lb = rep["adapter_before"][region]["logits"]
         la = rep["adapter_after"][region]["logits"]
         print(f"    {region:9} before {_vec(lb)}  after {_vec(la)}  -> prefers {_MODELS[int(np.argmax(la))]}")
-    print(f"  boundaries in the feedback loop: {h['boundaries_detected']} (each consolidates and resets the adapter)")
+    print(f"  boundaries in the feedback loop: {h['boundaries_detected']} (its default CUSUM detector fires on a "
+          f"lasting quality drop, not on noise; each boundary consolidates and resets the adapter)")
 
     _h("task switches in the loss stream (deep core, z-score > 2.5)")
     o2s = rep["loss"]["offset_to_step"]

@@ -80,7 +80,7 @@ def test_http_api(worker_factory) -> None:
     status, out = http_json(w.url + "/route", {"session_key": "trained", "embedding": [0.5, 0.1, -0.2, 0.3]})
     assert status == 200 and out["ok"], out
     data = out["data"]
-    assert set(data) == ROUTE_FIELDS and data["algo"] == "fastgrnn" and data["model"] in TARGETS
+    assert set(data) == ROUTE_FIELDS and data["algo"] == "linucb" and data["model"] in TARGETS  # the learned mode
     assert 0.0 <= data["confidence"] <= 1.0 and isinstance(data["exploration"], bool)
 
     # a session without a router: the verb's error, not a crash

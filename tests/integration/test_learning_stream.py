@@ -91,7 +91,7 @@ def test_feedback_through_worker_equals_in_process_session(worker_factory, clien
     wait_until(lambda: applied(w, fb) == len(values), 120, what="all feedback applied")
     got = w.dispatch("session_info", {"session_key": "agent"})["data"]["parts"]
     want = in_process(values)
-    assert set(got) == {"instant", "deep", "router", "attention", "loop"}
+    assert set(got) == {"instant", "deep", "router", "attention", "loop", "boundary"}  # boundary: the CUSUM
     assert got == want  # adapter, lr, counts, replay, Fisher, loss ring, boundaries, router, attention
     h = w.dispatch("health", {"session_key": "agent"})["data"]
     assert h["boundaries_detected"] >= 1  # the quality shift fired at least once

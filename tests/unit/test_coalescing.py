@@ -37,8 +37,9 @@ def _event(rng: np.random.Generator, i: int, q: float, **extra) -> dict:
 
 
 def _qualities(n: int, rng: random.Random) -> list[float]:
-    """Steady good quality with collapses, so the loss window fires boundaries mid-run."""
-    return [0.0 if i % 17 == 16 else round(rng.uniform(0.8, 0.95), 3) for i in range(n)]
+    """Steady good quality with lasting collapses (6 events in 20), so the loop's detector (the
+    default CUSUM, which ignores a single bad event) fires boundaries mid-run."""
+    return [0.0 if i % 20 >= 14 else round(rng.uniform(0.8, 0.95), 3) for i in range(n)]
 
 
 BAD_EVENTS = [  # each refused alone, with the single-event error

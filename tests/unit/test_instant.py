@@ -317,7 +317,7 @@ def test_feedback_apply_reset_through_the_envelope() -> None:
     s = LearnSession()
     s.dispatch({"verb": "init_instant", "body": {"targets": TARGETS, "dim": 4, "session_key": "k"}})
     x = np.array([0.5, -1.0, 0.25, 2.0], np.float32)
-    for field, err in (({}, "quality required"), ({"quality": 0.9}, "embedding required"),
+    for field, err in (({}, "payload.quality required"), ({"quality": 0.9}, "embedding required"),
                        ({"quality": 0.9, "embedding": [1, 2, 3, 4]}, "model required"),
                        ({"quality": "high", "embedding": [1], "model": "x"}, "quality must be 0..1"),
                        ({"quality": 0.9, "embedding": [1, 2], "model": "x"}, "embedding wrong dim"),

@@ -92,3 +92,84 @@ def test_detectors_reset_after_a_drift() -> None:
     ph = PageHinkley(min_instances=10)
     ph.update_many(np.r_[np.zeros(50) + 0.1 * np.random.default_rng(0).random(50), np.full(50, 5.0)])
     assert ph.n_seen == 100 and ph.n < 100  # the statistic restarted at the alarm
+
+
+# -- issue 14: few-valued signals and small/gradual shifts ---------------------------------------
+def test_kl_sees_a_zero_one_error_rate_change() -> None:
+    """Quantile edges collapse on a 0/1 signal: the detector must bin by value."""
+    from workers.online import KLDriftDetector
+
+    for p0, p1, seed in ((0.1, 0.9, 0), (0.1, 0.3, 1), (0.0, 0.2, 2)):
+        rng = np.random.default_rng(seed)
+        det = KLDriftDetector(n_classes=2)
+        alarms = []
+        for t in range(4000):
+            det.update(0, 0, float(rng.random() < (p0 if t < 2000 else p1)))
+            if det.drift_detected:
+                alarms.append(t)
+        assert alarms and 2000 <= alarms[0] < 2400, (p0, p1, alarms)
+
+
+def test_kl_stays_quiet_on_a_stationary_few_valued_signal() -> None:
+    from workers.online import KLDriftDetector
+
+    rng = np.random.default_rng(3)
+    det = KLDriftDetector(n_classes=2)
+    alarms = 0
+    for _ in range(6000):
+        det.update(0, 0, float(rng.choice([0.0, 0.5, 1.0], p=[0.7, 0.2, 0.1])))
+        alarms += det.drift_detected
+    assert alarms == 0
+
+
+def test_mean_shift_finds_a_small_error_rate_rise_and_not_noise() -> None:
+    from workers.online import MeanShift
+
+    found, false = 0, 0
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        ms, quiet = MeanShift(), MeanShift()
+        for t in range(4000):
+            ms.update(float(rng.random() < (0.1 if t < 2000 else 0.2)))
+            found += ms.drift_detected and t >= 2000
+            false += ms.drift_detected and t < 2000
+            quiet.update(float(rng.random() < 0.1))
+            false += quiet.drift_detected
+    assert found >= 10 and false == 0
+
+
+def test_mean_shift_ignores_a_falling_signal() -> None:
+    """A learner's error falls while it learns: a one-sided test must not call that drift."""
+    from workers.online import MeanShift
+
+    rng = np.random.default_rng(4)
+    ms = MeanShift()
+    alarms = 0
+    for t in range(4000):
+        ms.update(float(rng.random() < 0.5 * np.exp(-t / 800) + 0.05))
+        alarms += ms.drift_detected
+    assert alarms == 0
+
+
+def test_the_learner_runs_mean_shift_on_its_errors() -> None:
+    from workers.online import ContinualLearner, MeanShift
+
+    learner = ContinualLearner(n_features=4, n_classes=2, mean_shift=MeanShift(z=3.0), seed=0)
+    assert learner._ms.z == 3.0  # noqa: SLF001 - the clone keeps the setting
+
+
+def test_a_mean_shift_report_is_plain_json() -> None:
+    """Drift reports become downstream events: numpy scalars in them crashed the worker's agent."""
+    import orjson
+
+    from workers.online import MeanShift
+
+    rng = np.random.default_rng(5)
+    ms = MeanShift()
+    rep = None
+    for t in range(4000):
+        rep = ms.update_many((rng.random(10) < (0.1 if t < 200 else 0.6)).astype(float)) or rep
+    assert rep is not None
+    d = rep.to_dict()
+    assert all(type(v) in (int, float, str, dict) for v in d.values()), d
+    orjson.dumps(d)

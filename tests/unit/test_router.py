@@ -1,4 +1,7 @@
-"""Router core (spec: cores.md, Router core): kernel parity, verbs, learning, persistence."""
+"""Router core (spec: cores.md, Router core): kernel parity, verbs, learning, persistence.
+
+These are the reference's parity tests: every router here runs in ``mode: "reference"``
+(the learned mode's own tests are in ``test_router_bandit.py``)."""
 from __future__ import annotations
 
 import random
@@ -10,11 +13,20 @@ from reference import router_ref as ref
 from workers import _kernels as K
 from workers.codec import encode_embedding_b64
 from workers.cores.instant import InstantState
-from workers.cores.router import RouterState, context_bucket
+from workers.cores.router import RouterState as _RouterState
+from workers.cores.router import context_bucket
 from workers.dispatch import LearnSession
 from workers.errors import CorruptStateError
 
 TARGETS = ["small", "medium", "large"]
+
+
+class RouterState(_RouterState):
+    """The router in the reference mode (unless a test names another)."""
+
+    def __init__(self, *args, **kw) -> None:
+        kw.setdefault("mode", "reference")
+        super().__init__(*args, **kw)
 
 
 def _x(seed: int, dim: int = 16) -> np.ndarray:
@@ -23,7 +35,7 @@ def _x(seed: int, dim: int = 16) -> np.ndarray:
 
 def _session(**init) -> LearnSession:
     s = LearnSession(rng=random.Random(7))
-    body = {"targets": TARGETS, "in_dim": 16, **init}
+    body = {"targets": TARGETS, "in_dim": 16, "mode": "reference", **init}
     assert s.dispatch({"verb": "init_router", "body": body})["ok"]
     return s
 
@@ -427,7 +439,8 @@ def test_round_trip_is_exact_and_small() -> None:
 
 def test_state_survives_a_restart_on_disk(tmp_path) -> None:
     s = LearnSession(path=tmp_path / "db")
-    s.dispatch({"verb": "init_router", "body": {"targets": TARGETS, "in_dim": 16, "threshold": 1, "epsilon": 0}})
+    s.dispatch({"verb": "init_router", "body": {"targets": TARGETS, "in_dim": 16, "threshold": 1, "epsilon": 0,
+                                                "mode": "reference"}})
     s.dispatch({"verb": "record_outcome", "body": {"target": "medium", "quality": 1.0, "embedding": _x(0).tolist()}})
     want = _route(s, _x(2))
     s.close()
@@ -472,14 +485,18 @@ def test_regenerated_weights_are_checked_against_the_stored_crc(caplog: pytest.L
     from workers.cores._common import pack_part, unpack_part
 
     data = RouterState(TARGETS, in_dim=16).to_bytes()
-    header, pos = unpack_part(data, b"LSR", 1, "router")
+    header, pos = unpack_part(data, b"LSR", 2, "router")
     assert RouterState.from_bytes(data) is not None and "differ" not in caplog.text
     header["frozen_crc"] ^= 1
-    RouterState.from_bytes(pack_part(b"LSR", 1, header, data[pos:]))
+    RouterState.from_bytes(pack_part(b"LSR", 2, header, data[pos:]))
     assert "differ from the ones trained on" in caplog.text
+    # a version-1 state (before the learned mode) reads as the reference mode
+    v1 = {k: v for k, v in header.items() if k not in ("mode", "cost_weight", "heads_bytes")}
+    old = RouterState.from_bytes(pack_part(b"LSR", 1, v1, data[pos:]))
+    assert old.mode == "reference" and old.bandit is None
     del header["targets"]
     with pytest.raises(CorruptStateError, match="malformed"):
-        RouterState.from_bytes(pack_part(b"LSR", 1, header, data[pos:]))
+        RouterState.from_bytes(pack_part(b"LSR", 2, header, data[pos:]))
 
 
 @pytest.mark.parametrize("baseline", ["ema", 0.5])

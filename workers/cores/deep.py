@@ -221,9 +221,10 @@ def _with_source(payload: dict, source: dict | None) -> dict:
     return payload
 
 
-def boundary_event(session_key: str, o: LossOutcome, source: dict | None = None, **extra: Any) -> dict:
-    """The ``boundaries`` payload of a firing (plain JSON types)."""
-    return _with_source({"session_key": session_key, "cause": BOUNDARY_CAUSE, "loss": o.loss, "z": o.z,
+def boundary_event(session_key: str, o: LossOutcome, source: dict | None = None, cause: str = BOUNDARY_CAUSE,
+                   **extra: Any) -> dict:
+    """The ``boundaries`` payload of a firing (plain JSON types); ``z`` is the detector's statistic."""
+    return _with_source({"session_key": session_key, "cause": cause, "loss": o.loss, "z": o.z,
                          "window_mean": o.window_mean, "window_stddev": o.window_stddev,
                          "prior_mean": o.prior_mean, "prior_stddev": o.prior_stddev,
                          "samples": o.samples, "boundaries_total": o.boundaries_total, **extra}, source)

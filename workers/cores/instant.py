@@ -283,12 +283,27 @@ def _quality(value: object) -> float:
 
 # -- request fields ------------------------------------------------------------
 def read_quality(body: dict, prefix: str = "") -> float:
-    if body.get("quality") is None:
-        raise VerbError(f"{prefix}quality required")
+    """The event's quality: the reference's ``payload: {quality, signal?}`` or a flat ``quality``
+    ([beyond]); when both are given they must agree. ``signal`` is optional free text."""
+    flat = body.get("quality")
+    payload = body.get("payload")
+    nested = None
+    if payload is not None:
+        if not isinstance(payload, dict):
+            raise VerbError(f"{prefix}payload must be an object")
+        nested = payload.get("quality")
+        signal = payload.get("signal")
+        if signal is not None and not isinstance(signal, str):
+            raise VerbError(f"{prefix}payload.signal must be a string")
+    if flat is None and nested is None:
+        raise VerbError(f"{prefix}payload.quality required")
     try:
-        return _quality(body["quality"])
+        q = _quality(nested if flat is None else flat)
+        if flat is not None and nested is not None and _quality(nested) != q:
+            raise VerbError("quality and payload.quality disagree")
     except VerbError as exc:
         raise VerbError(f"{prefix}{exc}") from None
+    return q
 
 
 def read_embedding(body: dict, dim: int, prefix: str = "") -> np.ndarray:
@@ -354,7 +369,8 @@ def init_instant(ctx: VerbContext, body: dict) -> dict:
     quality={"type": "number", "minimum": 0, "maximum": 1}, embedding=EMBEDDING, embedding_b64=EMBEDDING_B64,
     now_ms={"type": "integer"}))
 def feedback(ctx: VerbContext, body: dict) -> dict:
-    """{embedding|embedding_b64, model, quality, now_ms?} -> {adapter_norm, feedback_count, lr}."""
+    """{embedding|embedding_b64, model, payload: {quality, signal?} | quality, now_ms?}
+    -> {adapter_norm, feedback_count, lr}."""
     s = _instant(ctx)
     q = read_quality(body)
     x = read_embedding(body, s.dim)

@@ -2,13 +2,21 @@
 
 Per event, with the session's quality EMA m (first event: m = q)::
 
-    q_eff = 0.7 q + 0.3 m;  loss = max(1 - q_eff, 0);  boundary = deep.record_loss(loss)
+    q_eff = 0.7 q + 0.3 m;  loss = max(1 - q_eff, 0);  boundary = detector(loss)
     instant.feedback(q_eff)
     on a boundary: deep.consolidate("adapter", [A; B], g_i = x[i mod dim] q_eff), hand the EWC
                    state to the instant core, reset the adapter, emit boundary + consolidation
     router.record_outcome(model, q_eff, embedding=x)          if a "router" part exists
     attention.nudge_relation(relation, 2 (q_eff - 0.5))       if an "attention" part exists
                                                                and the event names a relation
+
+The boundary detector is the session's ``boundary`` mode: ``"cusum"`` (default,
+[beyond]: :class:`~workers.cores.boundary.LossCusum`, a CUSUM of lasting loss rises
+that does not fire on ordinary noise) or ``"zscore"`` (the spec's ``deep.record_loss``,
+the reference's 10-loss z-score, which also fires on a few percent of ordinary
+events). A ``learn_feedback`` body (or envelope) may set it with ``boundary``; the
+choice persists. Both count into the deep core's ``boundaries_total``. The
+``record_loss`` verb always uses the reference z-score.
 
 An envelope ``{session_key, events: [...]}`` carries many events of one session.
 All events are validated before anything changes. Then the losses go first (the
@@ -25,13 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from workers.cores.deep import DeepState, boundary_event, consolidation_event, hand_ewc
+from workers.cores.boundary import LossCusum
+from workers.cores.deep import DeepState, LossOutcome, boundary_event, consolidation_event, hand_ewc
 from workers.cores.instant import (NOT_INITIALIZED, InstantState, read_embedding, read_model, read_now_ms,
                                    read_quality)
 from workers.errors import CorruptStateError, VerbError
 from workers.verbs import Each, VerbContext, coalesced, verb
 
-__all__ = ("QUALITY_EMA_RATE", "Q_WEIGHT", "LoopState", "learn_feedback", "learn_feedback_each", "ADAPTER_PARAM_ID")
+__all__ = ("QUALITY_EMA_RATE", "Q_WEIGHT", "BOUNDARY_MODES", "LoopState", "learn_feedback", "learn_feedback_each",
+           "ADAPTER_PARAM_ID")
 
 logger = logging.getLogger(__name__)
 
@@ -44,37 +54,48 @@ _CONSOLIDATION_CAUSE = "boundary"
 # an envelope larger than this is refused whole (the topic schema's maxItems)
 _MAX_EVENTS = 10_000
 
-_FMT = struct.Struct("<3sB?dqqq")   # magic, version, has_ema, ema, events, boundaries, envelopes
+_FMT = struct.Struct("<3sB?dqqqB")   # magic, version, has_ema, ema, events, boundaries, envelopes, mode
+_FMT_V1 = struct.Struct("<3sB?dqqq")
 _MAGIC = b"LSL"
-_VERSION = 1
+_VERSION = 2
+BOUNDARY_MODES = ("cusum", "zscore")     # index = the stored byte
+_CUSUM_CAUSE = "loss_cusum"
+_CUSUM_PART = "boundary"
 
 
 class LoopState:
-    """The loop's own counters: the session quality EMA, events, boundaries, envelopes."""
+    """The loop's own counters: the session quality EMA, events, boundaries, envelopes, boundary mode."""
 
-    __slots__ = ("ema", "events", "boundaries", "envelopes")
+    __slots__ = ("ema", "events", "boundaries", "envelopes", "boundary_mode")
 
     def __init__(self) -> None:
         self.ema: float | None = None
         self.events = 0
         self.boundaries = 0
         self.envelopes = 0
+        self.boundary_mode = BOUNDARY_MODES[0]
 
     def to_bytes(self) -> bytes:
         return _FMT.pack(_MAGIC, _VERSION, self.ema is not None, self.ema or 0.0,
-                         self.events, self.boundaries, self.envelopes)
+                         self.events, self.boundaries, self.envelopes, BOUNDARY_MODES.index(self.boundary_mode))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LoopState:
         try:
-            magic, version, has_ema, ema, events, boundaries, envelopes = _FMT.unpack(data)
+            if len(data) == _FMT_V1.size:   # version 1: before the boundary mode (the default applies)
+                magic, version, has_ema, ema, events, boundaries, envelopes = _FMT_V1.unpack(data)
+                mode, expect = 0, 1
+            else:
+                magic, version, has_ema, ema, events, boundaries, envelopes, mode = _FMT.unpack(data)
+                expect = _VERSION
         except struct.error:
             raise CorruptStateError(f"loop state has {len(data)} bytes, expected {_FMT.size}") from None
-        if magic != _MAGIC or version != _VERSION:
+        if magic != _MAGIC or version != expect or mode >= len(BOUNDARY_MODES):
             raise CorruptStateError("not a loop state of this version")
         obj = cls()
         obj.ema = ema if has_ema else None
         obj.events, obj.boundaries, obj.envelopes = events, boundaries, envelopes
+        obj.boundary_mode = BOUNDARY_MODES[mode]
         return obj
 
     def __eq__(self, other: object) -> bool:
@@ -83,7 +104,8 @@ class LoopState:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
-        return f"LoopState(ema={self.ema}, events={self.events}, boundaries={self.boundaries})"
+        return (f"LoopState(ema={self.ema}, events={self.events}, boundaries={self.boundaries}, "
+                f"boundary_mode={self.boundary_mode})")
 
 
 def _optional_part(ctx: VerbContext, module: str, cls_name: str, part: str) -> Any:
@@ -97,6 +119,13 @@ def _optional_part(ctx: VerbContext, module: str, cls_name: str, part: str) -> A
     except (ModuleNotFoundError, AttributeError):
         return None
     return ctx.state.get(part, cls)
+
+
+def _boundary_mode(body: dict) -> str | None:
+    mode = body.get("boundary")
+    if mode is not None and mode not in BOUNDARY_MODES:
+        raise VerbError(f"boundary must be one of {', '.join(BOUNDARY_MODES)}")
+    return mode
 
 
 def _events_of(ctx: VerbContext, body: dict) -> tuple[list[dict], bool]:
@@ -169,8 +198,24 @@ class _Applied:
 Emit = Callable[[int, str, dict], None]   # (event index, role, payload)
 
 
+def _boundaries(ctx: VerbContext, deep: DeepState, loop: LoopState, losses: np.ndarray) -> tuple[list, str]:
+    """The firings among ``losses`` as (index, LossOutcome), by the session's boundary mode, and their cause."""
+    if loop.boundary_mode == "zscore":
+        return deep.observe_losses(losses), "loss_zscore"
+    det = ctx.state.get(_CUSUM_PART, LossCusum) or LossCusum()
+    ctx.state.set(_CUSUM_PART, det)
+    out = []
+    for i, v in enumerate(losses.tolist()):
+        if det.push(v):
+            f = det.last
+            deep.counters[1] += 1
+            out.append((i, LossOutcome(True, True, v, f.statistic, f.mean, f.stddev, f.mean, f.stddev,
+                                       f.samples, deep.boundaries)))
+    return out, _CUSUM_CAUSE
+
+
 def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, source_of: Callable[[int], dict | None],
-           *, indexed: bool, messages: int, trace: bool) -> _Applied:
+           *, indexed: bool, messages: int, trace: bool, mode: str | None = None) -> _Applied:
     """The learning loop over validated events (the module docstring); ``source_of(i)`` goes into
     event i's downstream events, ``indexed`` adds their ``event_index`` (envelopes)."""
     n = len(ev)
@@ -178,6 +223,8 @@ def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sou
     loop = ctx.state.get("loop", LoopState) or LoopState()
     ctx.state.set("deep", deep)
     ctx.state.set("loop", loop)
+    if mode is not None:
+        loop.boundary_mode = mode
     done = _Applied(n, trace)
 
     # the EMA is sequential (a plain loop, in float64 as before); q_eff is then stored as float32
@@ -191,8 +238,8 @@ def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sou
         done.ema.append(ema)
     loop.ema = ema
     q_eff = np.array(mixed, np.float32)
-    # losses depend on nothing else: one kernel call pushes them all and reports the firings
-    outcomes = deep.observe_losses(np.maximum(1.0 - q_eff.astype(np.float64), 0.0))
+    # losses depend on nothing else: the detector sees them all first and reports the firings
+    outcomes, cause = _boundaries(ctx, deep, loop, np.maximum(1.0 - q_eff.astype(np.float64), 0.0))
 
     tr = done.trace
     start = 0
@@ -212,7 +259,7 @@ def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sou
                      ctx.session_key, o.z, i)
         extra = {"event_index": i} if indexed else {}
         source = source_of(i)
-        emit(i, "boundaries", boundary_event(ctx.session_key, o, source, **extra))
+        emit(i, "boundaries", boundary_event(ctx.session_key, o, source, cause, **extra))
         emit(i, "consolidations", consolidation_event(ctx.session_key, deep, ADAPTER_PARAM_ID,
                                                       _CONSOLIDATION_CAUSE, source, **extra))
     if start < n:
@@ -241,23 +288,25 @@ def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sou
 @verb("learn_feedback", table="session", writes=True, topic="feedback")
 def learn_feedback(ctx: VerbContext, body: dict) -> dict:
     """One feedback event, or ``{session_key, events: [...]}``, through the whole learning loop.
+    ``boundary`` ("cusum" | "zscore") sets the session's boundary detector.
 
     Returns ``{events, boundaries, adapter_norm, lr, feedback_count, quality_ema}``.
     """
+    mode = _boundary_mode(body)
     events, envelope = _events_of(ctx, body)
     instant = ctx.state.get("instant", InstantState)
     if instant is None:
         raise VerbError(NOT_INITIALIZED)
     ev = _validate(instant, events, envelope)
     done = _apply(ctx, instant, ev, lambda i, role, payload: ctx.emit(role, payload), lambda i: ctx.source,
-                  indexed=envelope, messages=1, trace=False)
+                  indexed=envelope, messages=1, trace=False, mode=mode)
     loop = ctx.state.get("loop", LoopState)
     return {"events": len(ev), "boundaries": len(done.fired), "adapter_norm": instant.adapter_norm,
             "lr": instant.lr, "feedback_count": instant.feedback_count, "quality_ema": loop.ema}
 
 
 def _single_event(body: dict) -> bool:
-    return body.get("events") is None
+    return body.get("events") is None and body.get("boundary") is None
 
 
 def _prepare_event(ctx: VerbContext, body: dict) -> tuple:

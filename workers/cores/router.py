@@ -62,10 +62,11 @@ from workers import _kernels as _k
 from workers.bodies import MAX_DIM
 from workers.codec import embedding_field
 from workers.cores._common import pack_part, unpack_part
+from workers.cores.bandit import BanditState
 from workers.errors import CorruptStateError, VerbError
 from workers.verbs import EMBEDDING, EMBEDDING_B64, VerbContext, health_contributor, params, verb
 
-__all__ = ("PART", "RouterState", "context_bucket")
+__all__ = ("PART", "MODES", "RouterState", "context_bucket")
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,9 @@ _LR = 0.05                     # lr = 0.05 * 2|quality - baseline|: 0.05 at the 
 _U32_MAX = 0xFFFFFFFF
 
 _MAGIC = b"LSR"
-_VERSION = 1
+_VERSION = 2             # 2: mode, cost weight and the bandit; 1 (reference mode only) still reads
+_LEARNED, _REFERENCE = "learned", "reference"
+MODES = (_LEARNED, _REFERENCE)
 
 
 def context_bucket(tokens: int) -> int:
@@ -118,6 +121,30 @@ def _quality(v: Any) -> float:
     if math.isnan(v):
         raise ValueError("quality must not be NaN")
     return min(max(float(v), 0.0), 1.0)
+
+
+def _cost(v: Any) -> float | None:
+    """An outcome's cost: None, or a finite number >= 0."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not math.isfinite(v) or v < 0:
+        raise ValueError("cost must be a finite number >= 0")
+    return float(v)
+
+
+def _bandit_options(v: Any) -> dict:
+    """``init_router``'s ``bandit: {dim?, alpha?, gamma?}``, checked."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict) or set(v) - {"dim", "alpha", "gamma"}:
+        raise ValueError("bandit must be an object with dim, alpha, gamma")
+    dim, alpha, gamma = v.get("dim"), v.get("alpha"), v.get("gamma")
+    if dim is not None and (not _is_int(dim) or not 1 <= dim <= _k.BANDIT_MAX_DIM):
+        raise ValueError(f"bandit.dim must be an integer 1..{_k.BANDIT_MAX_DIM}")
+    for name, val, ok in (("alpha", alpha, lambda a: 0.0 <= a <= 100.0), ("gamma", gamma, lambda g: 0.5 <= g <= 1.0)):
+        if val is not None and (isinstance(val, bool) or not isinstance(val, (int, float)) or not ok(val)):
+            raise ValueError(f"bandit.{name} out of range" + (" (0..100)" if name == "alpha" else " (0.5..1)"))
+    return {k: val for k, val in (("dim", dim), ("alpha", alpha), ("gamma", gamma)) if val is not None}
 
 
 def _tokens(v: Any) -> int:
@@ -168,11 +195,13 @@ class RouterState:
     """
 
     __slots__ = ("targets", "in_dim", "epsilon", "threshold", "seed", "with_adapter", "normalize", "baseline",
-                 "params", "quality_milli", "count", "samples", "_index", "_rng")
+                 "mode", "cost_weight", "bandit", "params", "quality_milli", "count", "samples", "_index", "_rng")
 
     def __init__(self, targets: list[str], in_dim: int | None = None, epsilon: float | None = None,
                  threshold: int | None = None, seed: int | None = None, with_adapter: bool | None = None,
-                 normalize: bool | None = None, baseline: str | float | None = None) -> None:
+                 normalize: bool | None = None, baseline: str | float | None = None, mode: str | None = None,
+                 cost_weight: float | None = None, trained: bool | None = None,
+                 bandit: dict | None = None) -> None:
         # Everything is checked before anything is built: init_router refuses cleanly.
         # the same messages as init_instant: one vocabulary for both cores
         if targets is None:
@@ -191,9 +220,20 @@ class RouterState:
         epsilon = _DEFAULT_EPSILON if epsilon is None else epsilon
         if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0.0 <= epsilon <= 1.0:
             raise ValueError("epsilon must be 0..1")  # NaN fails the range check too
+        if trained is not None and not isinstance(trained, bool):
+            raise ValueError("trained must be a boolean")
+        if trained:  # the reference's trained router: the learned path from the first request
+            threshold = 0
         threshold = _DEFAULT_THRESHOLD if threshold is None else threshold
         if not _is_int(threshold) or not 0 <= threshold <= _MAX_THRESHOLD:
             raise ValueError("threshold must be a non-negative integer")  # ... at most _MAX_THRESHOLD
+        mode = _LEARNED if mode is None else mode
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}")
+        cost_weight = 0.0 if cost_weight is None else cost_weight
+        if isinstance(cost_weight, bool) or not isinstance(cost_weight, (int, float)) \
+                or not math.isfinite(cost_weight) or cost_weight < 0:
+            raise ValueError("cost_weight must be a finite number >= 0")
         seed = _DEFAULT_SEED if seed is None else seed
         if not _is_int(seed) or not 0 <= seed <= _U32_MAX:
             raise ValueError("seed must be an integer 0..4294967295")
@@ -216,6 +256,11 @@ class RouterState:
         self.with_adapter: bool = with_adapter
         self.normalize: bool = normalize
         self.baseline: str | float = baseline if baseline == _BASELINE_EMA else float(baseline)
+        self.mode: str = mode
+        self.cost_weight: float = float(cost_weight)
+        self.bandit: BanditState | None = None
+        if mode == _LEARNED:
+            self.bandit = BanditState(len(targets), in_dim, seed=seed, **_bandit_options(bandit))
         self.params: np.ndarray = _k.router_init(seed, in_dim, len(targets))
         self.quality_milli: list[int] = [_MILLI_START] * len(targets)
         self.count: list[int] = [0] * len(targets)
@@ -230,7 +275,8 @@ class RouterState:
         return self.samples >= self.threshold
 
     def route(self, x: np.ndarray, task_type: str | None = None, estimated_tokens: int = 0,
-              rng: random.Random | None = None, adapter_logits: np.ndarray | None = None) -> dict:
+              rng: random.Random | None = None, adapter_logits: np.ndarray | None = None,
+              cost_weight: float | None = None) -> dict:
         """Route one query.
 
         Parameters
@@ -246,6 +292,9 @@ class RouterState:
             ``random.Random`` when None. Inject one for reproducible routes.
         adapter_logits
             ``len(targets)`` logits added to the model head (the instant adapter's).
+        cost_weight
+            lambda of this request (learned mode: maximise quality - lambda * cost); the
+            router's ``cost_weight`` when None.
 
         Returns
         -------
@@ -259,15 +308,21 @@ class RouterState:
         nt = len(self.targets)
         best, _p, bucket, temperature, top_p, confidence = _k.router_route(
             self.params, x, nt, self.normalize, adapter_logits)
-        explored = False
-        if self.epsilon > 0.0 and nt > 1:
+        algo, explored, epsilon = "fastgrnn", False, self.epsilon
+        if self.bandit is not None:
+            lam = self.cost_weight if cost_weight is None else cost_weight
+            ucb, greedy, tied = self.bandit.choose(x, lam)
+            if not tied:  # a fresh bandit scores every target the same: FastGRNN decides
+                best, algo, explored = ucb, "linucb", ucb != greedy
+            epsilon = self.bandit.epsilon(self.epsilon)
+        if epsilon > 0.0 and nt > 1:
             r = rng if rng is not None else self._private_rng()
-            if r.random() < self.epsilon:
+            if r.random() < epsilon:
                 j = r.randrange(nt - 1)  # uniform over the other targets
                 best = j + (j >= best)
                 explored = True
         return {"model": self.targets[best], "context_bucket": bucket, "temperature": temperature,
-                "top_p": top_p, "confidence": confidence, "algo": "fastgrnn", "exploration": explored}
+                "top_p": top_p, "confidence": confidence, "algo": algo, "exploration": explored}
 
     def _private_rng(self) -> random.Random:
         if self._rng is None:
@@ -276,7 +331,7 @@ class RouterState:
 
     # ----------------------------------------------------------------- learning
     def record_outcome(self, target: str, quality: float, embedding: np.ndarray | None = None,
-                       estimated_tokens: int = 0) -> dict:
+                       estimated_tokens: int = 0, cost: float | None = None) -> dict:
         """Fold one outcome into the target's EMA; with ``embedding`` also train on it.
 
         An unknown target is a no-op (``{count: 0, quality_milli: 0}``). NaN quality
@@ -291,6 +346,7 @@ class RouterState:
         """
         q = _quality(quality)
         tokens = _tokens(estimated_tokens)
+        c = _cost(cost)
         x = None
         if embedding is not None:
             x = np.ascontiguousarray(embedding, dtype=np.float32).reshape(-1)
@@ -305,6 +361,11 @@ class RouterState:
         if x is not None:
             _k.router_train(self.params, x, len(self.targets), i, context_bucket(tokens), lr, self.normalize)
             self.samples += 1
+            if self.bandit is not None:
+                self.bandit.learn(np.array([i]), x.reshape(1, -1), np.array([q]),
+                                  None if c is None else np.array([c]))
+        elif self.bandit is not None and c is not None:
+            self.bandit.observe_cost(i, c)
         return {"count": self.count[i], "quality_milli": self.quality_milli[i],
                 "samples": self.samples, "trained": self.trained}
 
@@ -347,6 +408,8 @@ class RouterState:
                                   np.asarray([context_bucket(toks[r]) for r in rows], np.int64),
                                   np.asarray(lrs, np.float32), self.normalize)
             self.samples += len(rows)
+            if self.bandit is not None:
+                self.bandit.learn(np.asarray(idx, np.int64), Xr, np.asarray([qs[r] for r in rows]))
         return {"applied": len(rows), "samples": self.samples, "trained": self.trained}
 
     def _fold(self, i: int, q: float) -> float:
@@ -377,27 +440,44 @@ class RouterState:
             "normalize": self.normalize, "baseline": self.baseline, "samples": self.samples,
             "quality_milli": self.quality_milli, "count": self.count,
             "frozen_crc": zlib.crc32(self.params[:cut].tobytes()),
+            "mode": self.mode, "cost_weight": self.cost_weight,
         }
-        return pack_part(_MAGIC, _VERSION, header, self.params[cut:].astype("<f4", copy=False).tobytes())
+        heads = self.params[cut:].astype("<f4", copy=False).tobytes()
+        bandit = self.bandit.to_bytes() if self.bandit is not None else b""
+        header["heads_bytes"] = len(heads)
+        return pack_part(_MAGIC, _VERSION, header, heads, bandit)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RouterState:
         """Rebuild a state: frozen weights from the seed, the rest from ``data``."""
-        h, pos = unpack_part(data, _MAGIC, _VERSION, "router")
+        try:
+            h, pos = unpack_part(data, _MAGIC, _VERSION, "router")
+        except CorruptStateError:
+            h, pos = unpack_part(data, _MAGIC, 1, "router")   # a version-1 state: the reference mode
+            h = {**h, "mode": _REFERENCE, "cost_weight": 0.0}
         try:
             st = cls(h["targets"], in_dim=h["in_dim"], epsilon=h["epsilon"], threshold=h["threshold"],
                      seed=h["seed"], with_adapter=h["with_adapter"], normalize=h["normalize"],
-                     baseline=h["baseline"])
+                     baseline=h["baseline"], mode=_REFERENCE, cost_weight=h["cost_weight"])
+            mode = h["mode"]
             milli, count, samples, crc = list(h["quality_milli"]), list(h["count"]), int(h["samples"]), h["frozen_crc"]
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptStateError(f"router state header is malformed ({exc})") from None
         if len(milli) != len(st.targets) or len(count) != len(st.targets):
             raise CorruptStateError("router state: outcome table does not match the targets")
         cut = st._trainable_offset()
-        if (len(data) - pos) != 4 * (st.params.size - cut):
-            raise CorruptStateError(f"router state holds {len(data) - pos} bytes of heads, "
+        n_heads = h.get("heads_bytes", len(data) - pos)
+        if n_heads != 4 * (st.params.size - cut) or len(data) < pos + n_heads:
+            raise CorruptStateError(f"router state holds {n_heads} bytes of heads, "
                                     f"expected {4 * (st.params.size - cut)}")
-        st.params[cut:] = np.frombuffer(data, dtype="<f4", offset=pos)
+        st.params[cut:] = np.frombuffer(data, dtype="<f4", count=st.params.size - cut, offset=pos)
+        st.mode = mode
+        if mode == _LEARNED:
+            st.bandit = BanditState.from_bytes(data[pos + n_heads:])
+            if st.bandit.n_targets != len(st.targets) or st.bandit.in_dim != st.in_dim:
+                raise CorruptStateError("router bandit does not match the router's targets")
+        elif len(data) != pos + n_heads:
+            raise CorruptStateError("router state (reference mode) has trailing bytes")
         if zlib.crc32(st.params[:cut].tobytes()) != crc:
             # Only a different libm could do this (the init rounds double math once to
             # float): the heads then sit on features that moved by an ulp or so.
@@ -406,8 +486,8 @@ class RouterState:
         return st
 
     def __repr__(self) -> str:
-        return (f"RouterState(targets={self.targets!r}, in_dim={self.in_dim}, samples={self.samples}, "
-                f"trained={self.trained})")
+        return (f"RouterState(targets={self.targets!r}, in_dim={self.in_dim}, mode={self.mode}, "
+                f"samples={self.samples}, trained={self.trained})")
 
 
 # -------------------------------------------------------------------- verbs
@@ -456,39 +536,49 @@ def _instant_logits(ctx: VerbContext, st: RouterState, x: np.ndarray) -> np.ndar
     threshold={"type": "number"}, seed={"type": "integer"}, with_adapter={"type": "boolean"},
     normalize={"type": "boolean"}, baseline={"type": "string"}))
 def _init_router(ctx: VerbContext, body: dict) -> dict:
-    """``{targets, in_dim?, epsilon?, threshold?, seed?, with_adapter?, normalize?, baseline?}`` -> the settings."""
+    """``{targets, in_dim?, trained?, epsilon?, threshold?, seed?, with_adapter?, normalize?, baseline?,
+    mode?, cost_weight?, bandit?}`` -> the settings."""
     try:
         st = RouterState(body.get("targets"), in_dim=body.get("in_dim"), epsilon=body.get("epsilon"),
                          threshold=body.get("threshold"), seed=body.get("seed"),
                          with_adapter=body.get("with_adapter"), normalize=body.get("normalize"),
-                         baseline=body.get("baseline"))
+                         baseline=body.get("baseline"), mode=body.get("mode"), cost_weight=body.get("cost_weight"),
+                         trained=body.get("trained"), bandit=body.get("bandit"))
     except ValueError as exc:
         raise VerbError(str(exc)) from None
     ctx.state.set(PART, st)
-    return {"targets": st.targets, "in_dim": st.in_dim, "epsilon": st.epsilon, "threshold": st.threshold,
-            "with_adapter": st.with_adapter, "normalize": st.normalize, "baseline": st.baseline}
+    out = {"targets": st.targets, "in_dim": st.in_dim, "epsilon": st.epsilon, "threshold": st.threshold,
+           "with_adapter": st.with_adapter, "normalize": st.normalize, "baseline": st.baseline,
+           "mode": st.mode, "cost_weight": st.cost_weight, "trained": st.trained}
+    if st.bandit is not None:
+        out["bandit"] = st.bandit.info()
+    return out
 
 
 @verb("route", table="session", writes=False, params=params(
     (), embedding=EMBEDDING, embedding_b64=EMBEDDING_B64, task_type={"type": "string"},
     estimated_tokens={"type": "integer", "minimum": 0}))
 def _route(ctx: VerbContext, body: dict) -> dict:
-    """``{embedding|embedding_b64, task_type?, estimated_tokens?}`` -> the route."""
+    """``{embedding|embedding_b64, task_type?, estimated_tokens?, cost_weight?}`` -> the route."""
     st = _state(ctx)
     x = _embedding(body, st, required=True)
     task_type = body.get("task_type")
     if task_type is not None and not isinstance(task_type, str):
         raise VerbError("task_type must be a string")
     tokens = _body_tokens(body)
+    lam = body.get("cost_weight")
+    if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam)
+                            or lam < 0):
+        raise VerbError("cost_weight must be a finite number >= 0")
     adapter = _instant_logits(ctx, st, x) if st.with_adapter and st.trained else None
-    return st.route(x, task_type, tokens, rng=ctx.rng, adapter_logits=adapter)
+    return st.route(x, task_type, tokens, rng=ctx.rng, adapter_logits=adapter, cost_weight=lam)
 
 
 @verb("record_outcome", table="session", writes=True, topic="commands", params=params(
     ("target", "quality"), target={"type": "string", "minLength": 1}, quality={"type": "number", "minimum": 0, "maximum": 1},
     embedding=EMBEDDING, embedding_b64=EMBEDDING_B64, estimated_tokens={"type": "integer", "minimum": 0}))
 def _record_outcome(ctx: VerbContext, body: dict) -> dict:
-    """``{target, quality, embedding?, estimated_tokens?}`` -> ``{count, quality_milli, samples?, trained?}``."""
+    """``{target, quality, embedding?, estimated_tokens?, cost?}`` -> ``{count, quality_milli, samples?, trained?}``."""
     st = _state(ctx)
     target = body.get("target")
     if not isinstance(target, str) or not target:
@@ -499,7 +589,7 @@ def _record_outcome(ctx: VerbContext, body: dict) -> dict:
     x = _embedding(body, st, required=False)
     tokens = _body_tokens(body)
     try:
-        return st.record_outcome(target, quality, x, tokens)
+        return st.record_outcome(target, quality, x, tokens, body.get("cost"))
     except ValueError as exc:
         raise VerbError(str(exc)) from None
 

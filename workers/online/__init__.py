@@ -5,7 +5,7 @@ from workers.online.base import DriftDetector, Estimator, Learner, Model, Online
 from workers.online.checkpoint import CheckpointInfo, CheckpointManager
 from workers.online.curriculum import Curriculum
 from workers.online.distill import Distillation
-from workers.online.drift import DriftReport, KLDriftDetector, PageHinkley
+from workers.online.drift import DriftReport, KLDriftDetector, MeanShift, PageHinkley
 from workers.online.ewc import EWC
 from workers.online.learner import ContinualLearner
 from workers.online.models import MLP, SoftmaxRegression
@@ -16,6 +16,6 @@ from workers.online.state import StateReader, StateWriter
 __all__ = (
     "OnlineLearner", "Learner", "Estimator", "Stateful", "Model", "DriftDetector",
     "ContinualLearner", "MLP", "SoftmaxRegression", "ReplayBuffer", "SumTree", "EWC", "Distillation",
-    "Curriculum", "ConsolidationScheduler", "ConsolidationReport", "KLDriftDetector", "PageHinkley",
+    "Curriculum", "ConsolidationScheduler", "ConsolidationReport", "KLDriftDetector", "MeanShift", "PageHinkley",
     "DriftReport", "CheckpointManager", "CheckpointInfo", "StateWriter", "StateReader",
 )

@@ -29,7 +29,7 @@ from workers.errors import CorruptStateError
 from workers.online.base import Learner, Stateful
 from workers.online.curriculum import Curriculum
 from workers.online.distill import Distillation
-from workers.online.drift import KLDriftDetector, PageHinkley
+from workers.online.drift import KLDriftDetector, MeanShift, PageHinkley
 from workers.online.ewc import EWC
 from workers.online.learner import ContinualLearner
 from workers.online.models import MLP, SoftmaxRegression
@@ -86,6 +86,10 @@ def _ex_ph(p: PageHinkley, rng: np.random.Generator) -> None:
     p.update_many(rng.exponential(1.0, 40))
 
 
+def _ex_ms(m: MeanShift, rng: np.random.Generator) -> None:
+    m.update_many((rng.random(300) < 0.2).astype(float))
+
+
 def _ex_learner(learner: ContinualLearner, rng: np.random.Generator) -> None:
     X, y = _xy(rng, 9, learner.n_features, learner.n_classes)
     task = int(rng.integers(0, 2))
@@ -96,7 +100,7 @@ def _ex_learner(learner: ContinualLearner, rng: np.random.Generator) -> None:
 EXERCISES: dict[type, Callable[[Any, np.random.Generator], None]] = {
     MLP: _ex_model, SoftmaxRegression: _ex_model, ReplayBuffer: _ex_replay, EWC: _ex_ewc,
     Distillation: _ex_distill, Curriculum: _ex_curriculum, ConsolidationScheduler: _ex_scheduler,
-    KLDriftDetector: _ex_kl, PageHinkley: _ex_ph, ContinualLearner: _ex_learner,
+    KLDriftDetector: _ex_kl, PageHinkley: _ex_ph, MeanShift: _ex_ms, ContinualLearner: _ex_learner,
 }
 
 

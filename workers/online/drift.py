@@ -13,6 +13,12 @@ mix stayed put is learning progress, not drift: the detector follows it silently
 nothing beyond NumPy and the standard library is needed. After a drift the current
 window becomes the baseline.
 
+:class:`MeanShift` tests whether the mean of a signal (a 0/1 error, a loss) over the last
+50, 200 or 1,000 values is higher than over the (up to 2,000) values before them since
+the last drift (a one-sided two-sample z-test with the larger of the two variances,
+checked every 10 values): small, gradual and concept drifts that move the error rate by a
+few points, which neither the KL windows (200 values) nor Page-Hinkley see in time.
+
 :class:`PageHinkley` is the classic one-sided CUSUM-like test for an *increase* of
 the mean loss, with its allowance ``delta`` and threshold ``lambda`` in units of the
 loss's running standard deviation (so one setting fits any loss scale), losses
@@ -29,7 +35,7 @@ import numpy as np
 
 from workers.online.base import DriftDetector
 
-__all__ = ("DriftReport", "KLDriftDetector", "PageHinkley", "chi2_quantile")
+__all__ = ("DriftReport", "KLDriftDetector", "MeanShift", "PageHinkley", "chi2_quantile")
 
 _DEFAULT_WINDOW = 200
 _DEFAULT_LOSS_BINS = 6
@@ -228,8 +234,20 @@ class KLDriftDetector(DriftDetector):
     def _freeze_baseline(self) -> None:
         n = self._base_n
         losses = self._base_loss[:n]
-        qs = np.quantile(losses, np.arange(1, self._bins) / self._bins)
-        self._edges = np.unique(qs.astype(np.float32))
+        values = np.unique(losses)
+        if len(values) <= self._bins:
+            # A few-valued signal (a 0/1 error, a handful of levels): one bin per value, edges
+            # half way between them. Quantile edges collapse onto the values themselves and
+            # put every value in one bin, so a 0/1 error rate going from 0.1 to 0.9 went unseen.
+            if len(values) == 1:  # constant so far: below it, it, above it
+                v = np.float32(values[0])
+                self._edges = np.array([np.nextafter(v, np.float32(-np.inf)), np.nextafter(v, np.float32(np.inf))],
+                                       np.float32)
+            else:
+                self._edges = ((values[:-1] + values[1:]) / 2).astype(np.float32)
+        else:
+            qs = np.quantile(losses, np.arange(1, self._bins) / self._bins)
+            self._edges = np.unique(qs.astype(np.float32))
         self._base_counts = self._counts(self._base_pred[:n], self._base_label[:n], losses)
 
     def _counts(self, pred: np.ndarray, label: np.ndarray, loss: np.ndarray) -> list[np.ndarray]:
@@ -427,5 +445,146 @@ class PageHinkley(DriftDetector):
         s = reader.json("stats")
         self.n, self.mean, self._m2 = s["n"], s["mean"], s["m2"]
         self.cum, self.cum_min, self.n_seen = s["cum"], s["cum_min"], s["n_seen"]
+        self._drift = False
+        self.report = DriftReport(**s["report"]) if s["report"] else None
+
+
+_MS_SCALES = (50, 200, 1000)
+# one-sided, ~3e-5 per test; the tests of one run are strongly correlated (bench drift:
+# no alarm in the stationary runs of 0/1 and Gaussian signals)
+_MS_Z = 4.0
+_MS_EVERY = 10
+_MS_MIN_BASE = 200    # reference values before any test
+_MS_BASE = 2000       # the reference is at most this many values before the recent window:
+                      # a learner's early, still-falling error would make it too lenient
+
+
+class MeanShift(DriftDetector):
+    """Multi-scale test for a rise of a signal's mean (the 0/1 error, or a loss).
+
+    Parameters
+    ----------
+    z
+        One-sided z threshold. Default 4.
+    scales
+        Recent-window lengths tested. Default (50, 200, 1000).
+    check_every
+        Values between tests. Default 10.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(2)
+    >>> ms = MeanShift()
+    >>> alarms = []
+    >>> for t in range(4000):
+    ...     ms.update(float(rng.random() < (0.1 if t < 2000 else 0.2)))   # error rate 10% -> 20%
+    ...     if ms.drift_detected:
+    ...         alarms.append(t)
+    >>> len(alarms) >= 1 and 2000 <= alarms[0] < 3000
+    True
+    """
+
+    def __init__(self, z: float | None = None, scales: tuple[int, ...] | None = None,
+                 check_every: int | None = None) -> None:
+        self.z = z
+        self.scales = scales
+        self.check_every = check_every
+        self.reset()
+
+    @property
+    def _z(self) -> float:
+        return _MS_Z if self.z is None else float(self.z)
+
+    @property
+    def _scales(self) -> tuple[int, ...]:
+        return _MS_SCALES if self.scales is None else tuple(int(w) for w in self.scales)
+
+    @property
+    def _every(self) -> int:
+        return _MS_EVERY if self.check_every is None else max(1, int(self.check_every))
+
+    def reset(self) -> None:
+        self._ring = np.zeros(max(self._scales) + _MS_BASE, dtype=np.float64)
+        self._pos = 0
+        self.n = 0                 # values since the last drift
+        self._since = 0
+        self.n_seen = getattr(self, "n_seen", 0)
+        self._drift = False
+        self.report: DriftReport | None = None
+
+    @property
+    def drift_detected(self) -> bool:
+        return self._drift
+
+    def update(self, x: float) -> None:  # type: ignore[override]
+        """Observe one value."""
+        self._drift = False
+        x = float(x)
+        if not math.isfinite(x):
+            return
+        self.n_seen += 1
+        self.n += 1
+        self._ring[self._pos] = x
+        self._pos = (self._pos + 1) % len(self._ring)
+        self._since += 1
+        if self._since >= self._every:
+            self._since = 0
+            self._check()
+
+    def update_many(self, xs: np.ndarray) -> DriftReport | None:
+        """Observe a batch (non-finite values dropped); one test at its end when one is due.
+        Returns the report on a drift."""
+        self._drift = False
+        xs = np.asarray(xs, dtype=np.float64)
+        xs = xs[np.isfinite(xs)][-len(self._ring):]
+        k = len(xs)
+        if k == 0:
+            return None
+        idx = (self._pos + np.arange(k)) % len(self._ring)
+        self._ring[idx] = xs
+        self._pos = (self._pos + k) % len(self._ring)
+        self.n += k
+        self.n_seen += k
+        self._since += k
+        if self._since >= self._every:
+            self._since = 0
+            self._check()
+        return self.report if self._drift else None
+
+    def _check(self) -> None:
+        m = min(self.n, len(self._ring))
+        v = self._ring[(self._pos - m + np.arange(m)) % len(self._ring)]   # oldest first
+        c1 = np.concatenate(([0.0], np.cumsum(v)))
+        c2 = np.concatenate(([0.0], np.cumsum(v * v)))
+        best = 0.0
+        for w in self._scales:
+            nb = min(m - w, _MS_BASE)
+            if nb < max(_MS_MIN_BASE, w):
+                continue
+            lo, mid = m - w - nb, m - w
+            mb, mc = (c1[mid] - c1[lo]) / nb, (c1[m] - c1[mid]) / w
+            vb = max((c2[mid] - c2[lo]) / nb - mb * mb, 0.0)
+            vc = max((c2[m] - c2[mid]) / w - mc * mc, 0.0)
+            var = max(vb, vc, 1e-12)
+            best = max(best, float((mc - mb) / math.sqrt(var * (1.0 / w + 1.0 / nb))))  # events are JSON
+        if best > self._z:
+            report = DriftReport(divergence=best, window=self.n, recommendation="refresh_fisher",
+                                 detector="mean_shift", threshold=self._z, examples_seen=self.n_seen)
+            self.reset()  # the new regime is the new reference
+            self._drift, self.report = True, report
+
+    def save_state(self, writer: Any) -> None:
+        writer.put_json("stats", {"n": self.n, "pos": self._pos, "since": self._since, "n_seen": self.n_seen,
+                                  "report": self.report.to_dict() if self.report else None})
+        writer.put_array("ring", self._ring)
+
+    def load_state(self, reader: Any) -> None:
+        s = reader.json("stats")
+        ring = reader.array("ring")
+        if ring.shape != self._ring.shape:
+            raise ValueError("saved mean-shift window does not match this detector's scales")
+        self._ring = ring.astype(np.float64)
+        self.n, self._pos = s["n"], s["pos"]
+        self._since, self.n_seen = s["since"], s["n_seen"]
         self._drift = False
         self.report = DriftReport(**s["report"]) if s["report"] else None

@@ -27,7 +27,7 @@ from workers.online.base import Learner, Model
 from workers.online.checkpoint import CheckpointManager
 from workers.online.curriculum import Curriculum
 from workers.online.distill import Distillation
-from workers.online.drift import DriftReport, KLDriftDetector, PageHinkley
+from workers.online.drift import DriftReport, KLDriftDetector, MeanShift, PageHinkley
 from workers.online.ewc import EWC
 from workers.online.models import MLP, cross_entropy, softmax
 from workers.online.replay import ReplayBuffer
@@ -76,6 +76,9 @@ class ContinualLearner(Learner):
         A :class:`~workers.online.drift.KLDriftDetector` (its ``n_classes`` is filled in).
     page_hinkley
         A :class:`~workers.online.drift.PageHinkley` on the loss.
+    mean_shift
+        A :class:`~workers.online.drift.MeanShift` on the 0/1 error (small, gradual and
+        concept drifts of the error rate).
     boundary_on_drift
         Treat a detected drift as a task boundary. Default True.
     batch_size
@@ -118,6 +121,7 @@ class ContinualLearner(Learner):
                  distillation: Distillation | None = None, curriculum: Curriculum | None = None,
                  scheduler: ConsolidationScheduler | None = None, drift: KLDriftDetector | None = None,
                  page_hinkley: PageHinkley | None = None, boundary_on_drift: bool | None = None,
+                 mean_shift: MeanShift | None = None,
                  batch_size: int | None = None, train_steps: int | None = None,
                  consolidation_steps: int | None = None, recent: int | None = None,
                  asymmetric: bool | None = None, checkpoint_dir: str | None = None,
@@ -132,6 +136,7 @@ class ContinualLearner(Learner):
         self.scheduler = scheduler
         self.drift = drift
         self.page_hinkley = page_hinkley
+        self.mean_shift = mean_shift
         self.boundary_on_drift = boundary_on_drift
         self.batch_size = batch_size
         self.train_steps = train_steps
@@ -163,6 +168,7 @@ class ContinualLearner(Learner):
         k = self.drift or KLDriftDetector()
         self._kl = k.clone({"n_classes": c} if k.n_classes is None else None)
         self._ph = (self.page_hinkley or PageHinkley()).clone()
+        self._ms = (self.mean_shift or MeanShift()).clone()
         self._rng = np.random.default_rng(None if seed is None else seed + 1)
         bs, rc = self._bs, self._recent_cap
         self._pending_x = np.zeros((bs, d), dtype=np.float32)
@@ -335,6 +341,9 @@ class ContinualLearner(Learner):
         r = self._ph.update_many(loss)
         if r is not None:
             reports.append(r)
+        r = self._ms.update_many((pred != y).astype(np.float64))
+        if r is not None:
+            reports.append(r)
         for r in reports:
             self.drifts += 1
             self._events.append(("drift", r.to_dict()))
@@ -474,7 +483,7 @@ class ContinualLearner(Learner):
                 "last_consolidation": self.last_consolidation.to_dict() if self.last_consolidation else None}
 
     # -- state -----------------------------------------------------------------
-    _PARTS = ("_model", "_replay", "_ewc", "_distill", "_curriculum", "_scheduler", "_kl", "_ph")
+    _PARTS = ("_model", "_replay", "_ewc", "_distill", "_curriculum", "_scheduler", "_kl", "_ph", "_ms")
 
     def save_state(self, writer: Any) -> None:
         writer.put_json("learner", {
@@ -507,4 +516,6 @@ class ContinualLearner(Learner):
         self._recent_x[:self._recent_n] = reader.array("recent_x")
         self._recent_y[:self._recent_n] = reader.array("recent_y")
         for name in self._PARTS:
+            if name == "_ms" and not reader.scope("ms").has("stats"):
+                continue  # a state saved before the mean-shift detector: it starts fresh
             getattr(self, name).load_state(reader.scope(name.lstrip("_")))

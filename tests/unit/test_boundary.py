@@ -1,0 +1,111 @@
+"""The learning loop's boundary modes: the default CUSUM (LossCusum) and the reference z-score."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from workers.codec import encode_embedding_b64
+from workers.cores.boundary import LossCusum
+from workers.cores.loop import LoopState
+from workers.dispatch import LearnSession
+from workers.errors import CorruptStateError
+
+DIM = 4
+
+
+def _curve(rng: np.random.Generator, n: int, noise: float) -> np.ndarray:
+    return 0.2 + 2.0 * np.exp(-np.arange(n) / 8.0) + noise * rng.standard_normal(n)
+
+
+def test_fires_on_a_task_switch_and_not_on_the_noise_before_it() -> None:
+    rng = np.random.default_rng(0)
+    losses = np.concatenate([_curve(rng, 150, 0.1), _curve(rng, 150, 0.1)])
+    det = LossCusum()
+    fired = [i for i, v in enumerate(losses.tolist()) if det.push(v)]
+    assert len(fired) == 1 and 150 <= fired[0] < 158
+
+
+def test_the_reference_zscore_fires_on_the_same_noise() -> None:
+    """What the default replaces: the 10-loss z-score also fires between the switches."""
+    from workers.cores.deep import DeepState
+
+    rng = np.random.default_rng(0)
+    losses = np.concatenate([_curve(rng, 150, 0.1), _curve(rng, 150, 0.1)])
+    d = DeepState()
+    fired = [i for i, v in enumerate(losses.tolist()) if d.observe_loss(v).boundary_fired]
+    assert len(fired) > 3
+
+
+def test_non_finite_losses_are_ignored_and_state_round_trips() -> None:
+    det = LossCusum()
+    for v in (0.5, 0.6, math.nan, 0.55, math.inf, 0.5, 0.52, 0.49, 0.5, 0.51):
+        assert det.push(v) is False
+    assert det.n == 8
+    back = LossCusum.from_bytes(det.to_bytes())
+    assert back == det
+    for v in (0.5, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0):
+        assert back.push(v) == det.push(v)
+    with pytest.raises(CorruptStateError):
+        LossCusum.from_bytes(det.to_bytes()[:-1])
+    with pytest.raises(CorruptStateError):
+        LossCusum.from_bytes(b"XXX" + det.to_bytes()[3:])
+
+
+def _feedback(s: LearnSession, q: np.ndarray, seed: int = 0, **body) -> dict:
+    rng = np.random.default_rng(seed)
+    evs = [{"embedding_b64": encode_embedding_b64(rng.standard_normal(DIM).astype(np.float32)),
+            "model": "ab"[i % 2], "quality": float(v)} for i, v in enumerate(q)]
+    out = s.dispatch({"verb": "learn_feedback", "body": {"events": evs, **body}})
+    assert out["ok"], out
+    return out["data"]
+
+
+def _session() -> LearnSession:
+    s = LearnSession()
+    assert s.dispatch({"verb": "init_instant", "body": {"targets": ["a", "b"], "dim": DIM}})["ok"]
+    return s
+
+
+@pytest.mark.parametrize("kind", ["uniform", "mostly good", "mostly bad"])
+def test_stationary_feedback_never_resets_the_adapter_by_default(kind: str) -> None:
+    rng = np.random.default_rng(1)
+    q = {"uniform": rng.random(3000), "mostly good": (rng.random(3000) < 0.9).astype(float),
+         "mostly bad": (rng.random(3000) < 0.1).astype(float)}[kind]
+    s = _session()
+    assert _feedback(s, q)["boundaries"] == 0
+    assert s.dispatch({"verb": "health"})["data"]["boundaries_detected"] == 0
+    ref = _session()
+    assert _feedback(ref, q, boundary="zscore")["boundaries"] > 10   # the reference's mode
+
+
+def test_a_lasting_quality_drop_is_a_boundary_that_resets_the_adapter() -> None:
+    s = _session()
+    q = np.concatenate([np.full(100, 0.9), np.full(20, 0.1)])
+    out = _feedback(s, q)
+    assert out["boundaries"] == 1
+    [(role, b), (role2, _c)] = s.emitted
+    assert (role, role2) == ("boundaries", "consolidations") and b["cause"] == "loss_cusum"
+    assert 100 <= b["event_index"] < 108 and b["boundaries_total"] == 1
+    assert s.dispatch({"verb": "health"})["data"]["boundaries_detected"] == 1
+
+
+def test_the_mode_is_validated_and_persists() -> None:
+    s = _session()
+    out = s.dispatch({"verb": "learn_feedback", "body": {"model": "a", "quality": 0.5, "embedding": [0.0] * DIM,
+                                                         "boundary": "median"}})
+    assert out == {"ok": False, "verb": "learn_feedback", "error": "boundary must be one of cusum, zscore"}
+    _feedback(s, np.full(5, 0.9), boundary="zscore")
+    assert s.blob("session", "default").get("loop", LoopState).boundary_mode == "zscore"
+    _feedback(s, np.full(5, 0.9))
+    assert s.blob("session", "default").get("loop", LoopState).boundary_mode == "zscore"
+
+
+def test_a_version_1_loop_state_reads_with_the_default_mode() -> None:
+    import struct
+
+    v1 = struct.pack("<3sB?dqqq", b"LSL", 1, True, 0.7, 10, 2, 3)
+    st = LoopState.from_bytes(v1)
+    assert (st.ema, st.events, st.boundaries, st.envelopes, st.boundary_mode) == (0.7, 10, 2, 3, "cusum")
+    assert LoopState.from_bytes(st.to_bytes()) == st

@@ -1,0 +1,250 @@
+"""The router's contextual bandit (learned mode) and the seed's trained flag: kernel parity with the
+NumPy reference, reference parity of a fresh router, cost-aware routing, drift, persistence."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from reference import bandit_ref as bref
+from reference import router_ref as ref
+
+from workers import _kernels as K
+from workers.cores.bandit import MAX_STATE_BYTES, BanditState, bandit_dim
+from workers.cores.router import RouterState
+from workers.dispatch import LearnSession
+from workers.errors import CorruptStateError
+
+TARGETS = ["small", "medium", "large"]
+DIM = 16
+
+
+def _xs(n: int, seed: int = 0, dim: int = DIM) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+
+
+# ------------------------------------------------------------------ kernel parity
+def test_projection_and_features_match_the_reference() -> None:
+    P = K.bandit_projection(0xC0A5, 8, DIM)
+    np.testing.assert_array_equal(P, bref.projection(0xC0A5, 8, DIM))
+    for x in _xs(20):
+        np.testing.assert_allclose(K.bandit_features(P, x), bref.features(P, x), rtol=1e-5, atol=1e-6)
+    assert K.bandit_features(P, np.zeros(DIM, np.float32)).tolist() == [0.0] * 8 + [1.0]
+
+
+def test_updates_and_choices_match_the_reference() -> None:
+    st = BanditState(3, DIM, dim=8, gamma=0.97)
+    X = _xs(60, 1)
+    rng = np.random.default_rng(2)
+    arms, q = rng.integers(0, 3, 60), rng.random(60)
+    Ainv = st.Ainv.copy()
+    b = st.b.copy()
+    preds = []
+    for i in range(60):
+        phi = bref.features(st.P, X[i])
+        k = arms[i]
+        Ainv[k], b[k], pred = bref.update(Ainv[k], b[k], phi, q[i], 0.97)
+        preds.append(pred)
+    got = K.bandit_update_batch(st.P, st.Ainv, st.b, st.theta, arms, X, q, 0.97)
+    np.testing.assert_allclose(got, preds, rtol=1e-5, atol=1e-6)  # the projection sums in float32
+    np.testing.assert_allclose(st.Ainv, Ainv, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(st.theta, np.einsum("kij,kj->ki", Ainv, b), rtol=1e-5, atol=1e-6)
+    assert np.array_equal(st.Ainv, st.Ainv.transpose(0, 2, 1))  # exactly symmetric
+    cost = np.array([0.1, 0.0, 0.3])
+    for x in _xs(30, 3):
+        phi = bref.features(st.P, x)
+        for lam in (0.0, 2.0):
+            best, greedy, tied, _m, _w = K.bandit_route(st.P, st.Ainv, st.theta, cost, x, 0.5, lam)
+            assert (best, greedy, tied) == bref.choose(st.Ainv, st.theta, cost, phi, 0.5, lam)
+
+
+def test_kernels_check_their_arguments() -> None:
+    st = BanditState(3, DIM, dim=8)
+    x = _xs(1)[0]
+    with pytest.raises(RuntimeError, match="in_dim"):
+        K.bandit_route(st.P, st.Ainv, st.theta, None, x[:5], 0.3, 0.0)
+    with pytest.raises(RuntimeError, match="cost"):
+        K.bandit_route(st.P, st.Ainv, st.theta, np.zeros(2), x, 0.3, 0.0)
+    with pytest.raises(RuntimeError, match="Ainv"):
+        K.bandit_route(st.P, st.Ainv[:, :4], st.theta, None, x, 0.3, 0.0)
+    with pytest.raises(RuntimeError, match="arm out of range"):
+        K.bandit_update_batch(st.P, st.Ainv, st.b, st.theta, np.array([3]), x[None], np.array([0.5]), 0.99)
+    with pytest.raises(RuntimeError, match="gamma"):
+        K.bandit_update_batch(st.P, st.Ainv, st.b, st.theta, np.array([0]), x[None], np.array([0.5]), 0.0)
+    with pytest.raises(RuntimeError, match="float64"):
+        K.bandit_update_batch(st.P, st.Ainv.astype(np.float32), st.b, st.theta, np.array([0]), x[None],
+                              np.array([0.5]), 0.99)
+
+
+# ------------------------------------------------------------------ seed parity
+def test_trained_true_routes_through_fastgrnn_from_the_first_request() -> None:
+    """The reference's trained router: argmax of the seeded heads, from request one, in both modes."""
+    w = ref.init(0xC0A5, DIM, len(TARGETS))
+    for mode in (None, "reference"):
+        s = LearnSession(rng=random.Random(1))
+        body = {"targets": TARGETS, "in_dim": DIM, "trained": True, "epsilon": 0.0}
+        if mode:
+            body["mode"] = mode
+        out = s.dispatch({"verb": "init_router", "body": body})
+        assert out["ok"] and out["data"]["trained"] is True and out["data"]["threshold"] == 0
+        for x in _xs(25, 4):
+            r = s.dispatch({"verb": "route", "body": {"embedding": x.tolist()}})["data"]
+            d = ref.decide(w, x)
+            assert (r["algo"], r["model"], r["context_bucket"]) == ("fastgrnn", TARGETS[d[0]], d[2])
+    s = LearnSession()
+    s.dispatch({"verb": "init_router", "body": {"targets": TARGETS, "in_dim": DIM}})
+    r = s.dispatch({"verb": "route", "body": {"embedding": [1.0] * DIM}})["data"]
+    assert r["algo"] == "rule" and r["model"] == "small"
+    bad = s.dispatch({"verb": "init_router", "body": {"targets": TARGETS, "trained": "yes"}})
+    assert bad == {"ok": False, "verb": "init_router", "error": "trained must be a boolean"}
+
+
+def test_a_fresh_learned_router_routes_exactly_as_the_reference_mode() -> None:
+    """Every target scores the same until an outcome arrives, so exploration draws and routes agree."""
+    a = RouterState(TARGETS, in_dim=DIM, threshold=0, epsilon=0.3)
+    b = RouterState(TARGETS, in_dim=DIM, threshold=0, epsilon=0.3, mode="reference")
+    ra, rb = random.Random(5), random.Random(5)
+    for x in _xs(100, 6):
+        assert a.route(x, rng=ra) == b.route(x, rng=rb)
+
+
+def test_record_outcome_without_embedding_changes_no_route() -> None:
+    a = RouterState(TARGETS, in_dim=DIM, threshold=0, epsilon=0.0)
+    a.record_outcome("large", 1.0)
+    a.record_outcome("small", 0.0, cost=0.2)
+    b = RouterState(TARGETS, in_dim=DIM, threshold=0, epsilon=0.0, mode="reference")
+    for x in _xs(20, 7):
+        assert a.route(x)["model"] == b.route(x)["model"]
+
+
+# ------------------------------------------------------------------ learning
+def _world(X: np.ndarray) -> np.ndarray:
+    """Expected quality (n, 3): 'large' wins where x0 > 0, 'small' elsewhere, 'medium' never."""
+    hi = (X[:, 0] > 0).astype(float)
+    return np.stack([0.2 + 0.6 * (1 - hi), np.full(len(X), 0.45), 0.2 + 0.6 * hi], axis=1)
+
+
+def _play(st: RouterState, X: np.ndarray, Q: np.ndarray, seed: int, costs: np.ndarray | None = None,
+          cost_weight: float | None = None) -> list[int]:
+    rng, noise = random.Random(seed), np.random.default_rng(seed)
+    picks = []
+    for x, q in zip(X, Q):
+        m = TARGETS.index(st.route(x, rng=rng, cost_weight=cost_weight)["model"])
+        picks.append(m)
+        st.record_outcome(TARGETS[m], float(np.clip(q[m] + noise.normal(0, 0.1), 0, 1)), x,
+                          cost=None if costs is None else float(costs[m]))
+    return picks
+
+
+def test_the_learned_router_learns_where_each_model_wins() -> None:
+    X = _xs(1500, 8)
+    Q = _world(X)
+    st = RouterState(TARGETS, in_dim=DIM, threshold=0, epsilon=0.0)
+    picks = np.array(_play(st, X, Q, 1))
+    best = Q.argmax(1)
+    assert (picks[-300:] == best[-300:]).mean() > 0.9
+    ref_st = RouterState(TARGETS, in_dim=DIM, threshold=0, epsilon=0.0, mode="reference")
+    ref_picks = np.array(_play(ref_st, X, Q, 1))
+    assert (picks[-300:] == best[-300:]).mean() > (ref_picks[-300:] == best[-300:]).mean()
+
+
+def test_cost_weight_trades_quality_for_price() -> None:
+    """'medium' is 0.15 worse than the winner everywhere but costs nothing; the winners cost 0.3."""
+    X = _xs(1500, 9)
+    Q = _world(X)
+    Q[:, 1] = Q.max(1) - 0.15
+    costs = np.array([0.3, 0.0, 0.3])
+    free = RouterState(TARGETS, in_dim=DIM, threshold=0, epsilon=0.0)
+    priced = RouterState(TARGETS, in_dim=DIM, threshold=0, epsilon=0.0, cost_weight=1.0)
+    p_free = np.array(_play(free, X, Q, 2, costs))
+    p_priced = np.array(_play(priced, X, Q, 2, costs))
+    assert (p_free[-300:] == 1).mean() < 0.4
+    assert (p_priced[-300:] == 1).mean() > 0.8
+    # per request: lambda 0 on the priced router goes back to quality alone
+    picks = [TARGETS.index(priced.route(x, rng=random.Random(0), cost_weight=0.0)["model"]) for x in X[-200:]]
+    assert np.mean(np.array(picks) == 1) < 0.4
+    assert priced.bandit is not None and priced.bandit.cost.tolist() == pytest.approx([0.3, 0.0, 0.3])
+
+
+def test_a_drift_raises_exploration_until_relearned() -> None:
+    X = _xs(3000, 10)
+    Q = _world(X)
+    Q2 = Q.copy()
+    Q2[:, [0, 2]] = Q[:, [2, 0]]   # the two specialists swap regions
+    st = RouterState(TARGETS, in_dim=DIM, threshold=0, epsilon=0.0)
+    _play(st, X[:1500], Q[:1500], 3)
+    b = st.bandit
+    assert b is not None and b.drifts == 0 and b.epsilon(0.0) == 0.0
+    picks = np.array(_play(st, X[1500:], Q2[1500:], 4))
+    assert b.drifts >= 1
+    assert (picks[-300:] == Q2[1500:].argmax(1)[-300:]).mean() > 0.9
+
+
+def test_an_envelope_learns_exactly_as_outcomes_one_by_one() -> None:
+    """Including a drift alarm in the middle of the batch (the memory is cut right after that row)."""
+    X = _xs(1500, 11)
+    Q = _world(X)
+    Q[1200:, [0, 2]] = Q[1200:, [2, 0]]      # the specialists swap regions
+    arms = np.tile([0, 2, 1], 500)
+    q = np.clip(Q[np.arange(1500), arms] + np.random.default_rng(0).normal(0, 0.1, 1500), 0, 1)
+    one = RouterState(TARGETS, in_dim=DIM, threshold=0)
+    many = RouterState(TARGETS, in_dim=DIM, threshold=0)
+    for i in range(1500):
+        one.record_outcome(TARGETS[arms[i]], float(q[i]), X[i])
+    many.record_outcomes([TARGETS[a] for a in arms], q.tolist(), X)
+    assert one.bandit is not None and one.bandit.drifts >= 1
+    assert one.to_bytes() == many.to_bytes()
+
+
+# ------------------------------------------------------------------ verbs and validation
+def test_cost_fields_are_validated() -> None:
+    s = LearnSession()
+    s.dispatch({"verb": "init_router", "body": {"targets": TARGETS, "in_dim": DIM, "trained": True}})
+    x = [0.5] * DIM
+    for body, err in [({"cost": -1}, "cost must be a finite number >= 0"),
+                      ({"cost": "cheap"}, "cost must be a finite number >= 0")]:
+        out = s.dispatch({"verb": "record_outcome", "body": {"target": "small", "quality": 0.5, **body}})
+        assert out == {"ok": False, "verb": "record_outcome", "error": err}
+    out = s.dispatch({"verb": "route", "body": {"embedding": x, "cost_weight": -0.5}})
+    assert out["error"] == "cost_weight must be a finite number >= 0"
+    for init, err in [({"mode": "bandit"}, "mode must be one of learned, reference"),
+                      ({"cost_weight": True}, "cost_weight must be a finite number >= 0"),
+                      ({"bandit": {"dim": 0}}, "bandit.dim must be an integer 1..256"),
+                      ({"bandit": {"gamma": 0.1}}, "bandit.gamma out of range (0.5..1)"),
+                      ({"bandit": {"beta": 1}}, "bandit must be an object with dim, alpha, gamma")]:
+        out = s.dispatch({"verb": "init_router", "body": {"targets": TARGETS, **init}})
+        assert out == {"ok": False, "verb": "init_router", "error": err}
+    out = s.dispatch({"verb": "record_outcome", "body": {"target": "small", "quality": 0.5, "cost": 0.1,
+                                                         "embedding": x}})
+    assert out["ok"]
+
+
+# ------------------------------------------------------------------ persistence
+def test_round_trip_keeps_routes_and_learning() -> None:
+    X = _xs(400, 12)
+    st = RouterState(TARGETS, in_dim=DIM, threshold=0, cost_weight=0.5)
+    _play(st, X[:300], _world(X[:300]), 5, np.array([0.1, 0.0, 0.2]))
+    back = RouterState.from_bytes(st.to_bytes())
+    assert back.to_bytes() == st.to_bytes() and back.mode == "learned" and back.cost_weight == 0.5
+    for x in X[300:]:
+        assert back.route(x, rng=random.Random(1)) == st.route(x, rng=random.Random(1))
+    with pytest.raises(CorruptStateError):
+        RouterState.from_bytes(st.to_bytes()[:-8])
+
+
+def test_a_reference_mode_state_has_no_bandit_bytes() -> None:
+    st = RouterState(TARGETS, in_dim=DIM, mode="reference")
+    data = st.to_bytes()
+    assert RouterState.from_bytes(data).bandit is None
+    assert len(data) < len(RouterState(TARGETS, in_dim=DIM).to_bytes())
+    with pytest.raises(CorruptStateError):
+        RouterState.from_bytes(data + b"\0")
+
+
+def test_bandit_state_stays_bounded_for_many_targets() -> None:
+    assert bandit_dim(5) == 32
+    for nt in (64, 256, 1024):
+        d = bandit_dim(nt)
+        assert nt * ((d + 1) ** 2 + 2 * (d + 1)) * 8 <= MAX_STATE_BYTES and d >= 1
+    st = RouterState([f"m{i}" for i in range(256)], in_dim=DIM)
+    assert st.bandit is not None and len(st.bandit.to_bytes()) <= MAX_STATE_BYTES + 4096

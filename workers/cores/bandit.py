@@ -1,0 +1,269 @@
+"""The router's contextual bandit: per-target ridge regression on the query with forgetting (LinUCB).
+
+[beyond] The reference router (``cores.md``, Router core) trains only its output heads,
+on a frozen, 90%-masked rank-8 random projection of the query: too little of the
+query survives for the heads to learn where each model wins. This part learns the
+representation the heads lack: per target ``k`` a ridge regression of the outcome
+quality on features ``phi(x) = [P x_hat; 1]`` (``x`` rescaled to unit RMS, ``P`` a
+dense ``dim x in_dim`` Gaussian projection regenerated from the seed), kept as the
+inverse design matrix with exponential forgetting (Sherman-Morrison, ``O(dim^2)``
+per outcome; ``cpp/router.h``, namespace ``bandit``). A route picks
+
+    argmax_k  theta_k . phi  -  lambda * cost_k  +  alpha * sqrt(phi' Ainv_k phi)
+
+(LinUCB; ``cost_k`` the target's outcome-cost EMA, ``lambda`` per router or per
+request). When every target scores the same (nothing learned yet), the FastGRNN
+route decides, so a fresh router routes exactly as the reference.
+
+**Drift.** Each outcome's residual (quality minus the prediction before learning
+it) feeds two per-target tests: the residuals' recent mean is far from 0 (an EMA
+z-test: the target got better or worse everywhere), or their recent mean square is
+several times its long-run level (it got better here and worse there, which leaves
+the mean at 0). When a target's residuals drift, that target
+forgets most of its past (``Ainv / rho_arm``, ``b * rho_arm``) and every other
+target part of it (``rho_all``): their confidence widths grow, so the router
+explores again, where it is uncertain, until the new outcomes have narrowed them;
+a decaying extra ``epsilon`` (``boost`` outcomes long) also finds targets that
+got better where they are never chosen.
+
+State size: ``n_targets * (dim+1)^2`` doubles; ``dim`` shrinks for many targets so a
+state stays under :data:`MAX_STATE_BYTES`.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import numpy as np
+
+from workers import _kernels as _k
+from workers.cores._common import pack_part, unpack_part
+from workers.errors import CorruptStateError
+
+__all__ = ("PART", "BanditState", "MAX_STATE_BYTES", "bandit_dim")
+
+PART = "router_bandit"
+
+# 32 projected features: the 384-d queries of bench router keep their regions and
+# in-region directions apart, and a route costs ~33^2 per target.
+_DEFAULT_DIM = 32
+_DEFAULT_ALPHA = 0.3          # width of the confidence bonus, in quality units per unit width
+_DEFAULT_GAMMA = 0.998        # forgetting per outcome of a target: a memory of ~500 of its outcomes
+_RIDGE = 1.0                  # prior precision: Ainv starts at I / ridge
+MAX_STATE_BYTES = 1 << 20     # Ainv + b + theta of all targets (a changelog message is ~1 MiB at most)
+# Drift test on the residuals of one target: EMA rate, minimum outcomes, z threshold.
+_RES_RATE = 0.05
+_RES_MIN = 30
+_RES_Z = 5.0
+_RES_SLOW = 0.01              # long-run mean square of the residuals: a memory of ~100 outcomes
+_RES_RATIO = 3.0              # recent mean square / long-run one that counts as a drift
+_RES_HOLD = 1.5               # ... and above which the long-run level stops following
+_RES_CAP = 9.0                # a squared residual counts at most this many long-run levels
+_RHO_ARM = 0.05               # a drifted target keeps 5% of its evidence
+_RHO_ALL = 0.1                # the others keep 10%: every width grows, exploration resumes
+_BOOST = 1000                 # outcomes of raised epsilon after a drift
+_BOOST_EPS = 0.1              # extra epsilon right after a drift, decaying linearly to 0
+_COST_RATE = 0.1              # outcome-cost EMA rate (first cost seen sets it)
+_MAGIC = b"LSB"
+_VERSION = 1
+
+
+def bandit_dim(n_targets: int, dim: int = _DEFAULT_DIM) -> int:
+    """The feature width for ``n_targets``: ``dim``, shrunk so the state fits MAX_STATE_BYTES."""
+    per_target = MAX_STATE_BYTES // (8 * max(n_targets, 1))
+    fit = int(math.isqrt(max(per_target - 2 * (dim + 1), 1))) - 1
+    return max(1, min(dim, fit))
+
+
+class BanditState:
+    """LinUCB with forgetting over ``n_targets`` targets (see the module doc).
+
+    Parameters
+    ----------
+    n_targets, in_dim
+        Targets and query width.
+    dim
+        Projected features (default 32; shrunk for many targets, see :func:`bandit_dim`).
+    alpha
+        Confidence-bonus weight (default 0.3).
+    gamma
+        Forgetting factor per outcome of a target, (0, 1] (default 0.998).
+    seed
+        u32 seed of the projection.
+    """
+
+    __slots__ = ("n_targets", "in_dim", "dim", "alpha", "gamma", "seed", "P", "Ainv", "b", "theta", "pulls",
+                 "cost", "cost_seen", "res_mean", "res_var", "res_base", "res_n", "boost_left", "drifts")
+
+    def __init__(self, n_targets: int, in_dim: int, dim: int | None = None, alpha: float | None = None,
+                 gamma: float | None = None, seed: int = 0xC0A5) -> None:
+        self.n_targets = int(n_targets)
+        self.in_dim = int(in_dim)
+        self.dim = bandit_dim(self.n_targets, _DEFAULT_DIM if dim is None else int(dim))
+        self.alpha = _DEFAULT_ALPHA if alpha is None else float(alpha)
+        self.gamma = _DEFAULT_GAMMA if gamma is None else float(gamma)
+        self.seed = int(seed)
+        d1 = self.dim + 1
+        self.P = _k.bandit_projection(self.seed, self.dim, self.in_dim)
+        self.Ainv = np.tile(np.eye(d1) / _RIDGE, (self.n_targets, 1, 1))
+        self.b = np.zeros((self.n_targets, d1))
+        self.theta = np.zeros((self.n_targets, d1))
+        self.pulls = np.zeros(self.n_targets, np.int64)
+        self.cost = np.zeros(self.n_targets)
+        self.cost_seen = np.zeros(self.n_targets, bool)
+        self.res_mean = np.zeros(self.n_targets)
+        self.res_var = np.zeros(self.n_targets)
+        self.res_base = np.zeros(self.n_targets)
+        self.res_n = np.zeros(self.n_targets, np.int64)
+        self.boost_left = 0
+        self.drifts = 0
+
+    # ------------------------------------------------------------------ routing
+    def epsilon(self, base: float) -> float:
+        """The exploration rate now: ``base`` plus the decaying boost after a drift."""
+        return base + _BOOST_EPS * self.boost_left / _BOOST
+
+    def choose(self, x: np.ndarray, cost_weight: float) -> tuple[int, int, bool]:
+        """(best by LinUCB, best by the mean, tied: every target scored the same)."""
+        best, greedy, tied, _m, _w = _k.bandit_route(self.P, self.Ainv, self.theta,
+                                                     self.cost if cost_weight else None, x, self.alpha,
+                                                     cost_weight)
+        return best, greedy, tied
+
+    def explore(self, best: int, base_epsilon: float, rng: random.Random) -> tuple[int, bool]:
+        """With probability epsilon (boosted after a drift) a uniformly drawn other target."""
+        nt = self.n_targets
+        eps = self.epsilon(base_epsilon)
+        if eps > 0.0 and nt > 1 and rng.random() < eps:
+            j = rng.randrange(nt - 1)
+            return j + (j >= best), True
+        return best, False
+
+    # ----------------------------------------------------------------- learning
+    def learn(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray, costs: np.ndarray | None = None) -> int:
+        """Outcomes in order (targets ``arms``, queries ``X``, qualities, optional costs; NaN cost =
+        none given). Returns the number of drift alarms they raised."""
+        arms = np.ascontiguousarray(arms, np.int64)
+        X = np.ascontiguousarray(X, np.float32)
+        quality = np.ascontiguousarray(quality, np.float64)
+        alarms = 0
+        start, n = 0, len(arms)
+        while start < n:
+            # exactly row by row: when a residual raises an alarm, the memory is cut right
+            # after that row, so rows after it must be learned again from the restored copy
+            snap = (self.Ainv.copy(), self.b.copy(), self.theta.copy()) if n - start > 1 else None
+            preds = self._update(arms[start:], X[start:], quality[start:])
+            stop = n
+            for j, pred in enumerate(preds.tolist()):
+                i = start + j
+                k = int(arms[i])
+                self.pulls[k] += 1
+                if costs is not None and not math.isnan(costs[i]):
+                    self.observe_cost(k, float(costs[i]))
+                if self.boost_left:
+                    self.boost_left -= 1
+                if self._residual_alarm(k, float(quality[i]) - pred):
+                    if i + 1 < n and snap is not None:
+                        self.Ainv[:], self.b[:], self.theta[:] = snap
+                        self._update(arms[start:i + 1], X[start:i + 1], quality[start:i + 1])
+                    self.drift(k)
+                    alarms += 1
+                    stop = i + 1
+                    break
+            start = stop
+        return alarms
+
+    def observe_cost(self, k: int, c: float) -> None:
+        """Fold one outcome's cost into target k's cost EMA (the first cost sets it)."""
+        self.cost[k] = c if not self.cost_seen[k] else self.cost[k] + _COST_RATE * (c - self.cost[k])
+        self.cost_seen[k] = True
+
+    def _update(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray) -> np.ndarray:
+        return _k.bandit_update_batch(self.P, self.Ainv, self.b, self.theta, arms, X, quality, self.gamma)
+
+    def _residual_alarm(self, k: int, e: float) -> bool:
+        """Fold target k's residual into its EMA z-test; True on an alarm."""
+        self.res_n[k] += 1
+        n = int(self.res_n[k])
+        self.res_mean[k] += _RES_RATE * (e - self.res_mean[k])
+        # one outlier (a query the linear model fits badly) must not look like a drift: the
+        # recent level takes each square at most _RES_CAP times the long-run level
+        e2 = e * e if n <= _RES_MIN else min(e * e, _RES_CAP * max(self.res_base[k], 1e-6))
+        self.res_var[k] += _RES_RATE * (e2 - self.res_var[k])
+        # the long-run level is a plain mean until it has a memory's worth of outcomes; it holds
+        # still while the recent level is well above it, so a change cannot leak into it
+        if n < _RES_MIN or self.res_var[k] <= _RES_HOLD * self.res_base[k]:
+            self.res_base[k] += max(1.0 / n, _RES_SLOW) * (e * e - self.res_base[k])
+        if n < _RES_MIN:
+            return False
+        sd = math.sqrt(max(self.res_var[k], 1e-12) * _RES_RATE / (2.0 - _RES_RATE))
+        return abs(self.res_mean[k]) > _RES_Z * sd or self.res_var[k] > _RES_RATIO * max(self.res_base[k], 1e-6)
+
+    def drift(self, k: int | None = None) -> None:
+        """React to a drift (of target k, or of the world when None): forget, explore again."""
+        for j in range(self.n_targets):
+            rho = _RHO_ARM if j == k else _RHO_ALL
+            self.Ainv[j] /= rho
+            self.b[j] *= rho
+        if k is not None:
+            self.res_mean[k] = self.res_var[k] = self.res_base[k] = 0.0
+            self.res_n[k] = 0
+        self.boost_left = _BOOST
+        self.drifts += 1
+
+    # -------------------------------------------------------------- persistence
+    def to_bytes(self) -> bytes:
+        header = {"n_targets": self.n_targets, "in_dim": self.in_dim, "dim": self.dim, "alpha": self.alpha,
+                  "gamma": self.gamma, "seed": self.seed, "boost_left": self.boost_left, "drifts": self.drifts}
+        return pack_part(_MAGIC, _VERSION, header,
+                         *(a.astype("<f8", copy=False).tobytes()
+                           for a in (self.Ainv, self.b, self.theta, self.cost, self.res_mean, self.res_var,
+                                     self.res_base)),
+                         *(a.astype("<i8", copy=False).tobytes() for a in (self.pulls, self.res_n)),
+                         self.cost_seen.astype(np.uint8).tobytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> BanditState:
+        h, pos = unpack_part(data, _MAGIC, _VERSION, "router bandit")
+        try:
+            st = cls(h["n_targets"], h["in_dim"], dim=h["dim"], alpha=h["alpha"], gamma=h["gamma"], seed=h["seed"])
+            boost, drifts = int(h["boost_left"]), int(h["drifts"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptStateError(f"router bandit header is malformed ({exc})") from None
+        if st.dim != h["dim"]:
+            raise CorruptStateError("router bandit header is malformed (dim)")
+        nt, d1 = st.n_targets, st.dim + 1
+        need = pos + 8 * (nt * d1 * d1 + 2 * nt * d1 + 4 * nt) + 16 * nt + nt
+        if len(data) != need:
+            raise CorruptStateError(f"router bandit state has {len(data)} bytes, expected {need}")
+
+        def take(dtype: str, count: int) -> np.ndarray:
+            nonlocal pos
+            a = np.frombuffer(data, dtype, count, pos)
+            pos += a.nbytes
+            return a
+
+        st.Ainv[:] = take("<f8", nt * d1 * d1).reshape(nt, d1, d1)
+        st.b[:] = take("<f8", nt * d1).reshape(nt, d1)
+        # stored, not recomputed: a restarted worker must predict bit for bit as the live one did
+        st.theta[:] = take("<f8", nt * d1).reshape(nt, d1)
+        st.cost[:], st.res_mean[:], st.res_var[:] = take("<f8", nt), take("<f8", nt), take("<f8", nt)
+        st.res_base[:] = take("<f8", nt)
+        st.pulls[:], st.res_n[:] = take("<i8", nt), take("<i8", nt)
+        st.cost_seen[:] = take("u1", nt).astype(bool)
+        st.boost_left, st.drifts = boost, drifts
+        return st
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BanditState) and other.to_bytes() == self.to_bytes()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return (f"BanditState(n_targets={self.n_targets}, dim={self.dim}, pulls={int(self.pulls.sum())}, "
+                f"drifts={self.drifts})")
+
+    def info(self) -> dict[str, Any]:
+        return {"dim": self.dim, "alpha": self.alpha, "gamma": self.gamma, "drifts": self.drifts,
+                "boost_left": self.boost_left}
