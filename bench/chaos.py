@@ -16,16 +16,19 @@ answered once applied), then the stream is produced at ``--rate`` messages/s whi
 In both, ``--readers`` threads hammer ``POST /dispatch`` with ``session_info`` / ``learner_info`` reads
 of random sessions the whole time (recovery included). At the end every session's state digest
 (``*_info`` parts: size + sha256 of each part) is compared with the in-process
-:class:`~workers.dispatch.LearnSession` fed the same messages (which an uninterrupted run equals;
-``--baseline`` also runs one and compares), and the downstream topics with the ids the in-process run
+:class:`~workers.dispatch.LearnSession` fed the same messages (``--baseline`` also runs each seed
+uninterrupted, no kills and no readers, and compares with that run too), and the downstream topics with the ids the in-process run
 emits (``<topic>:<partition>:<offset>[:n]`` of the offsets the broker gave each message).
 
 Per seed it prints: sessions compared / mismatched, downstream ids expected / missing / duplicated
-(an id present more than once: consumers dedup on it, but it should not happen) / unexpected,
+(an id present more than once with the same event: a crash between delivering downstream events and
+writing the state re-emits them, consumers dedup on the id) and of those conflicting (the same id
+with a different event: wrong) / unexpected,
 examples lost (learner sessions: examples the in-process run counted and the worker did not),
 DLQ entries (the stream holds no bad event), and the reads by answer (200 with state, 503 while
 recovering, 200 with an *empty* state: a wrong answer, connection errors while a worker was down).
-Exit status 1 when any seed had a mismatch, a missing id, a lost example, a DLQ entry or an empty read.
+Exit status 1 when any seed had a mismatch, a missing, conflicting or unexpected id, a lost example, a
+DLQ entry or an empty read.
 """
 from __future__ import annotations
 
@@ -65,7 +68,7 @@ _READY_TIMEOUT_S = 120.0
 _FINAL_TIMEOUT_S = 240.0
 # SIGKILL delay after readiness, seconds (the issue's probe: 0.3-6 s).
 _KILL_AFTER_S = (0.3, 6.0)
-# A worker that lives this long past readiness applies a backlog before the next kill.
+# This restart (1-based) gets a fresh data dir: the state comes from the changelogs alone.
 _FRESH_DIR_RESTART = 3
 
 
@@ -344,7 +347,8 @@ class Outcome:
     mismatched: list[str] = field(default_factory=list)
     ids_expected: int = 0
     missing: int = 0
-    duplicated: int = 0
+    duplicated: int = 0      # ids present more than once with the same event: at-least-once copies
+    conflicting: int = 0     # ids present more than once with different events: wrong
     unexpected: int = 0
     examples_lost: int = 0
     dlq: int = 0
@@ -357,14 +361,15 @@ class Outcome:
 
     @property
     def clean(self) -> bool:
-        return not (self.mismatched or self.missing or self.duplicated or self.unexpected or self.examples_lost
+        return not (self.mismatched or self.missing or self.conflicting or self.unexpected or self.examples_lost
                     or self.dlq or self.reads.get("200_empty") or self.baseline_mismatched)
 
     def line(self) -> str:
         r = self.reads
         return (f"seed {self.seed:>4} {self.scenario:9} kills {self.kills:>2}  sessions {self.compared} compared / "
                 f"{len(self.mismatched)} mismatched  downstream {self.ids_expected} ids: {self.missing} missing / "
-                f"{self.duplicated} duplicated / {self.unexpected} unexpected  examples lost {self.examples_lost}  "
+                f"{self.duplicated} duplicated ({self.conflicting} conflicting) / {self.unexpected} unexpected  "
+                f"examples lost {self.examples_lost}  "
                 f"dlq {self.dlq}  reads 200 {r.get('200', 0)} / 503 {r.get('503', 0)} / empty {r.get('200_empty', 0)}"
                 f" / other {sum(v for k, v in r.items() if k not in ('200', '503', '200_empty'))}"
                 f"  {self.seconds:.0f} s" + ("" if self.clean else "  <-- WRONG"))
@@ -423,6 +428,15 @@ def _init_sessions(url: str, stream: Stream) -> None:
                 raise RuntimeError(f"{verb} {spec.key}: {status} {out}")
 
 
+def _all_have_state(url: str, stream: Stream) -> None:
+    """Wait until every session holds state (loss sessions have no init: their first loss creates it),
+    so that from then on an empty answer is a wrong answer."""
+    def ready() -> bool:
+        return all((d := _info(url, spec)) is not None and d["parts"] for spec in stream.sessions)
+
+    wait_until(ready, _READY_TIMEOUT_S, "every session has state", 0.2)
+
+
 def _owns_all(w: WorkerProcess, partitions: int) -> bool:
     try:
         h = http_json(w.url + "/health", timeout=5)[1]
@@ -446,7 +460,8 @@ def _split(ws: list[WorkerProcess], partitions: int) -> bool:
 
 def run_seed(seed: int, *, scenario: str, n_messages: int, sessions: int, partitions: int, rate: float,
              kills: int, cycles: int, readers: int, log_dir: Path, env: dict[str, str] | None = None,
-             command: list[str] | None = None, progress: Callable[[str], None] = lambda s: None) -> Outcome:
+             command: list[str] | None = None, kill_after: tuple[float, float] = _KILL_AFTER_S,
+             progress: Callable[[str], None] = lambda s: None) -> Outcome:
     """One seed of one scenario (``kills`` or ``rebalance``) on its own broker; the outcome compared."""
     t_start = time.monotonic()
     stream = make_stream(seed, n_messages, sessions, partitions)
@@ -460,9 +475,9 @@ def run_seed(seed: int, *, scenario: str, n_messages: int, sessions: int, partit
         cluster = Cluster(broker.bootstrap, partitions, seed_dir, env or {}, command)
         try:
             if scenario == "kills":
-                _kills(cluster, stream, rate, kills, readers, rng, out, progress)
+                _kills(cluster, stream, rate, kills, readers, rng, out, progress, kill_after)
             else:
-                _rebalance(cluster, stream, rate, cycles, readers, rng, out, progress)
+                _rebalance(cluster, stream, rate, cycles, readers, rng, out, progress, kill_after)
             _compare(cluster, broker.bootstrap, stream, want, out)
         finally:
             cluster.stop()
@@ -473,16 +488,17 @@ def run_seed(seed: int, *, scenario: str, n_messages: int, sessions: int, partit
 
 
 def _kills(cluster: Cluster, stream: Stream, rate: float, kills: int, readers: int, rng: random.Random,
-           out: Outcome, progress: Callable[[str], None]) -> None:
+           out: Outcome, progress: Callable[[str], None], kill_after: tuple[float, float]) -> None:
     data = cluster.data_dir()
     w = cluster.start("w", data)
     w.wait_ready(_READY_TIMEOUT_S)
     _init_sessions(w.url, stream)
     producer = Producer(cluster.bootstrap, stream, rate).start()
+    _all_have_state(w.url, stream)
     reads = Readers(stream, cluster.urls, readers, rng.random()).start()
     try:
         for k in range(kills):
-            time.sleep(rng.uniform(*_KILL_AFTER_S))
+            time.sleep(rng.uniform(*kill_after))
             cluster.kill("w")
             out.kills += 1
             fresh = k + 1 == _FRESH_DIR_RESTART
@@ -499,7 +515,7 @@ def _kills(cluster: Cluster, stream: Stream, rate: float, kills: int, readers: i
 
 
 def _rebalance(cluster: Cluster, stream: Stream, rate: float, cycles: int, readers: int, rng: random.Random,
-               out: Outcome, progress: Callable[[str], None]) -> None:
+               out: Outcome, progress: Callable[[str], None], kill_after: tuple[float, float]) -> None:
     dirs = {"a": cluster.data_dir(), "b": cluster.data_dir()}
     cluster.start("a", dirs["a"])
     cluster.start("b", dirs["b"])
@@ -507,18 +523,19 @@ def _rebalance(cluster: Cluster, stream: Stream, rate: float, cycles: int, reade
     wait_until(lambda: _split(list(cluster.workers.values()), cluster.partitions), _READY_TIMEOUT_S, "2 workers split")
     _init_sessions(cluster.workers["a"].url, stream)
     producer = Producer(cluster.bootstrap, stream, rate).start()
+    _all_have_state(cluster.workers["a"].url, stream)
     reads = Readers(stream, cluster.urls, readers, rng.random()).start()
     try:
         for c in range(cycles):
             victim = rng.choice(["a", "b"])
             other = "b" if victim == "a" else "a"
-            time.sleep(rng.uniform(*_KILL_AFTER_S))
+            time.sleep(rng.uniform(*kill_after))
             cluster.kill(victim)
             out.kills += 1
             progress(f"cycle {c + 1}/{cycles}: {victim} SIGKILLed, 2 -> 1")
             wait_until(lambda: _owns_all(cluster.workers[other], cluster.partitions), _READY_TIMEOUT_S,
                        f"{other} owns every partition")
-            time.sleep(rng.uniform(*_KILL_AFTER_S))
+            time.sleep(rng.uniform(*kill_after))
             progress(f"cycle {c + 1}/{cycles}: {victim} restarted, 1 -> 2")
             cluster.start(victim, dirs[victim])
             cluster.wait_ready()
@@ -555,9 +572,14 @@ def _compare(cluster: Cluster, bootstrap: str, stream: Stream, want: Expected, o
     got = _read_all(bootstrap, [all_topics[r].name for r in downstream])
     name_to_role = {all_topics[r].name: r for r in downstream}
     seen = Counter((name_to_role[t], v.get("id")) for t, v in got)
+    bodies: dict[tuple[str, str], set[bytes]] = {}
+    for t, v in got:  # the same id twice must carry the same event (ts_ms is the emitting clock)
+        bodies.setdefault((name_to_role[t], v.get("id")), set()).add(
+            orjson.dumps({k: x for k, x in v.items() if k != "ts_ms"}, option=orjson.OPT_SORT_KEYS))
     want_ids = set(ids)
     out.missing = sum(1 for i in want_ids if i not in seen)
     out.duplicated = sum(1 for i, n in seen.items() if n > 1)
+    out.conflicting = sum(1 for b in bodies.values() if len(b) > 1)
     out.unexpected = sum(1 for i in seen if i not in want_ids)
     out.dlq = len(_read_all(bootstrap, [all_topics["dlq"].name]))
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
 
 from workers.stream.gaps import KafkaProbe
 
@@ -33,9 +34,19 @@ async def test_probe_finds_the_records_a_delivery_skipped(broker) -> None:
     finally:
         await p.stop()
     assert offsets == [0, 1, 2, 3]
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    c = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group, enable_auto_commit=False)
+    await c.start()
+    try:
+        c.assign([TopicPartition(topic, 0)])
+        await c.commit({TopicPartition(topic, 0): 2})
+    finally:
+        await c.stop()
     probe = KafkaProbe(broker.bootstrap)
     try:
         assert await probe.log_start(topic, 0) == 0
+        assert await probe.committed(group, topic, 0) == 2
+        assert await probe.committed(f"{group}-none", topic, 0) is None
         assert await probe.first_record(topic, 0, 0, 3) == 0  # 3 delivered while 0 was next: 0 is there
         assert await probe.first_record(topic, 0, 2, 3) == 2
         assert await probe.first_record(topic, 0, 3, 3) is None  # nothing below 3 from 3 on

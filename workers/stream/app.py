@@ -100,6 +100,8 @@ class Runtime:
     async def _start_offset(self, topic: str, partition: int) -> int:
         """Where a newly assigned partition starts: the committed offset, or the log start."""
         committed = faust_internals.committed_offset(self.app, topic, partition)
+        if committed is None:  # faust keeps none (or 0, which it stores as none): ask the broker
+            committed = await self.probe.committed(self.settings.app_id, topic, partition)
         return committed if committed is not None else await self.probe.log_start(topic, partition)
 
     async def _seek(self, topic: str, partition: int, offset: int) -> None:

@@ -128,6 +128,7 @@ class KafkaProbe:
     def __init__(self, bootstrap: str, **kafka: Any) -> None:
         self.bootstrap, self.kafka = bootstrap, kafka
         self._consumer: Any = None
+        self._admin: Any = None
 
     async def _client(self) -> Any:
         if self._consumer is None:
@@ -138,6 +139,19 @@ class KafkaProbe:
             await c.start()
             self._consumer = c
         return self._consumer
+
+    async def committed(self, group: str, topic: str, partition: int) -> int | None:
+        """The group's committed offset of a partition, from the broker (None: none)."""
+        from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka.structs import TopicPartition
+
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka)
+            await admin.start()
+            self._admin = admin
+        tp = TopicPartition(topic, partition)
+        got = (await self._admin.list_consumer_group_offsets(group, partitions=[tp])).get(tp)
+        return got.offset if got is not None and got.offset >= 0 else None
 
     async def log_start(self, topic: str, partition: int) -> int:
         from aiokafka.structs import TopicPartition
@@ -174,3 +188,6 @@ class KafkaProbe:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
