@@ -45,7 +45,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
@@ -355,13 +354,14 @@ class Outcome:
     reads: Counter = field(default_factory=Counter)
     kills: int = 0
     seconds: float = 0.0
+    stuck: bool = False                                     # never caught up with the stream
     offsets: list = field(default_factory=list)             # (topic, partition, offset) of each message
     parts: dict[str, dict] = field(default_factory=dict)    # session key -> what the worker ended with
     baseline_mismatched: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return not (self.mismatched or self.missing or self.conflicting or self.unexpected or self.examples_lost
+        return not (self.stuck or self.mismatched or self.missing or self.conflicting or self.unexpected or self.examples_lost
                     or self.dlq or self.reads.get("200_empty") or self.baseline_mismatched)
 
     def line(self) -> str:
@@ -372,7 +372,8 @@ class Outcome:
                 f"examples lost {self.examples_lost}  "
                 f"dlq {self.dlq}  reads 200 {r.get('200', 0)} / 503 {r.get('503', 0)} / empty {r.get('200_empty', 0)}"
                 f" / other {sum(v for k, v in r.items() if k not in ('200', '503', '200_empty'))}"
-                f"  {self.seconds:.0f} s" + ("" if self.clean else "  <-- WRONG"))
+                f"  {self.seconds:.0f} s" + ("  NEVER CAUGHT UP" if self.stuck else "")
+                + ("" if self.clean else "  <-- WRONG"))
 
 
 class Cluster:
@@ -487,6 +488,16 @@ def run_seed(seed: int, *, scenario: str, n_messages: int, sessions: int, partit
     return out
 
 
+def _final(caught_up: Callable[[], bool], out: Outcome, progress: Callable[[str], None]) -> None:
+    """Wait until every session's watermark covers its last message; a run that never gets there is
+    compared anyway (and reported as stuck)."""
+    try:
+        wait_until(caught_up, _FINAL_TIMEOUT_S, "the workers caught up", 0.5)
+    except TimeoutError:
+        out.stuck = True
+        progress(f"not caught up after {_FINAL_TIMEOUT_S:.0f} s; comparing what is there")
+
+
 def _kills(cluster: Cluster, stream: Stream, rate: float, kills: int, readers: int, rng: random.Random,
            out: Outcome, progress: Callable[[str], None], kill_after: tuple[float, float]) -> None:
     data = cluster.data_dir()
@@ -508,7 +519,7 @@ def _kills(cluster: Cluster, stream: Stream, rate: float, kills: int, readers: i
             w = cluster.start("w", data)
             w.wait_ready(_READY_TIMEOUT_S)
         producer.join(len(stream.messages) / rate + 120)
-        wait_until(lambda: _caught_up(w.url, stream, producer.offsets), _FINAL_TIMEOUT_S, "the worker caught up", 0.5)
+        _final(lambda: _caught_up(w.url, stream, producer.offsets), out, progress)
     finally:
         out.reads = reads.stop()
     out.offsets = producer.offsets
@@ -543,7 +554,7 @@ def _rebalance(cluster: Cluster, stream: Stream, rate: float, cycles: int, reade
                        "2 workers split")
         producer.join(len(stream.messages) / rate + 120)
         url = cluster.workers["a"].url
-        wait_until(lambda: _caught_up(url, stream, producer.offsets), _FINAL_TIMEOUT_S, "the workers caught up", 0.5)
+        _final(lambda: _caught_up(url, stream, producer.offsets), out, progress)
     finally:
         out.reads = reads.stop()
     out.offsets = producer.offsets

@@ -62,10 +62,14 @@ def _guard(app: Any) -> Watcher | None:
 
 
 async def seek(app: Any, topic: str, partition: int, offset: int) -> None:
-    """Position the app's consumer on ``offset`` of one partition (the next fetch reads from there)."""
+    """Position the app's consumer on ``offset`` of one partition (the next fetch reads from there).
+
+    ``seek_wait`` runs the seek in the consumer's own thread (``Consumer.seek`` would call the
+    aiokafka consumer from this one) and returns once the position is set.
+    """
     from faust.types import TP
 
-    await app.consumer.seek(TP(topic, partition), offset)
+    await app.consumer.seek_wait({TP(topic, partition): offset})
 
 
 def committed_offset(app: Any, topic: str, partition: int) -> int | None:
