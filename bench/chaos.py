@@ -462,7 +462,7 @@ def _split(ws: list[WorkerProcess], partitions: int) -> bool:
 def run_seed(seed: int, *, scenario: str, n_messages: int, sessions: int, partitions: int, rate: float,
              kills: int, cycles: int, readers: int, log_dir: Path, env: dict[str, str] | None = None,
              command: list[str] | None = None, kill_after: tuple[float, float] = _KILL_AFTER_S,
-             progress: Callable[[str], None] = lambda s: None) -> Outcome:
+             fresh_restart: int = _FRESH_DIR_RESTART, progress: Callable[[str], None] = lambda s: None) -> Outcome:
     """One seed of one scenario (``kills`` or ``rebalance``) on its own broker; the outcome compared."""
     t_start = time.monotonic()
     stream = make_stream(seed, n_messages, sessions, partitions)
@@ -476,7 +476,7 @@ def run_seed(seed: int, *, scenario: str, n_messages: int, sessions: int, partit
         cluster = Cluster(broker.bootstrap, partitions, seed_dir, env or {}, command)
         try:
             if scenario == "kills":
-                _kills(cluster, stream, rate, kills, readers, rng, out, progress, kill_after)
+                _kills(cluster, stream, rate, kills, readers, rng, out, progress, kill_after, fresh_restart)
             else:
                 _rebalance(cluster, stream, rate, cycles, readers, rng, out, progress, kill_after)
             _compare(cluster, broker.bootstrap, stream, want, out)
@@ -499,7 +499,8 @@ def _final(caught_up: Callable[[], bool], out: Outcome, progress: Callable[[str]
 
 
 def _kills(cluster: Cluster, stream: Stream, rate: float, kills: int, readers: int, rng: random.Random,
-           out: Outcome, progress: Callable[[str], None], kill_after: tuple[float, float]) -> None:
+           out: Outcome, progress: Callable[[str], None], kill_after: tuple[float, float],
+           fresh_restart: int) -> None:
     data = cluster.data_dir()
     w = cluster.start("w", data)
     w.wait_ready(_READY_TIMEOUT_S)
@@ -512,7 +513,7 @@ def _kills(cluster: Cluster, stream: Stream, rate: float, kills: int, readers: i
             time.sleep(rng.uniform(*kill_after))
             cluster.kill("w")
             out.kills += 1
-            fresh = k + 1 == _FRESH_DIR_RESTART
+            fresh = k + 1 == fresh_restart
             if fresh:
                 data = cluster.data_dir()  # this restart rebuilds the state from the changelogs alone
             progress(f"kill {k + 1}/{kills}, restart on {'a fresh' if fresh else 'the same'} data dir")

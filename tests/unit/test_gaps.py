@@ -166,3 +166,28 @@ def test_watched_partitions_deliver_every_fetched_record() -> None:
     c._read_offset[TP("other", 0)] = 500
     assert c._read_offset[TP(TOPIC, 0)] is None  # faust would drop records below 500 after a seek back
     assert c._read_offset[TP("other", 0)] == 500
+
+
+async def test_the_flush_before_a_commit_waits_until_the_buffer_is_empty() -> None:
+    # faust's flush gives up after 0.1 s without a send, changelog writes still buffered; the
+    # commit that follows could then be durable before the state it covers.
+    import asyncio
+
+    app = faust.App("test-gaps-flush", broker="kafka://127.0.0.1:1", store="memory://")
+    faust_internals.watch(app, _Watch(0))
+    buf = app.producer.buffer
+    sent: list[int] = []
+
+    async def slow_send(msg: int) -> None:  # the broker edge: each send takes 0.15 s
+        await asyncio.sleep(0.15)
+        sent.append(msg)
+
+    buf._send_pending = slow_send
+    await buf.start()
+    try:
+        for i in range(3):
+            buf.put(i)
+        await buf.flush()
+        assert buf.size == 0 and len(sent) >= 2  # the last one may be on its way (taken off the buffer)
+    finally:
+        await buf.stop()
