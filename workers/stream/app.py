@@ -318,7 +318,10 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         rt.processor.forget()  # nothing read while recovering may be the base of a batch
 
     @app.service
-    class _Probe(faust.Service):  # closes the guard's probe consumer with the app
+    class _Probe(faust.Service):  # the guard's probe clients live as long as the app
+        async def on_start(self) -> None:
+            await rt.probe.start()
+
         async def on_stop(self) -> None:
             await rt.probe.close()
 

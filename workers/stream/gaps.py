@@ -130,6 +130,20 @@ class KafkaProbe:
         self._consumer: Any = None
         self._admin: Any = None
 
+    async def start(self) -> None:
+        """Connect now (at worker start), so the first batch after an assignment does not wait for it."""
+        await self._client()
+        await self._admin_client()
+
+    async def _admin_client(self) -> Any:
+        if self._admin is None:
+            from aiokafka.admin import AIOKafkaAdminClient
+
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka)
+            await admin.start()
+            self._admin = admin
+        return self._admin
+
     async def _client(self) -> Any:
         if self._consumer is None:
             from aiokafka import AIOKafkaConsumer
@@ -142,15 +156,10 @@ class KafkaProbe:
 
     async def committed(self, group: str, topic: str, partition: int) -> int | None:
         """The group's committed offset of a partition, from the broker (None: none)."""
-        from aiokafka.admin import AIOKafkaAdminClient
         from aiokafka.structs import TopicPartition
 
-        if self._admin is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka)
-            await admin.start()
-            self._admin = admin
         tp = TopicPartition(topic, partition)
-        got = (await self._admin.list_consumer_group_offsets(group, partitions=[tp])).get(tp)
+        got = (await (await self._admin_client()).list_consumer_group_offsets(group, partitions=[tp])).get(tp)
         return got.offset if got is not None and got.offset >= 0 else None
 
     async def log_start(self, topic: str, partition: int) -> int:
