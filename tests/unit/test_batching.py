@@ -86,3 +86,24 @@ async def test_events_are_acked_only_after_their_batch_was_handled() -> None:
         assert seen[0][2] == seen[1][2] == [False, False, False]  # not acked while handed out
         assert [e.message.acked for e in agent.events[0]] == [True] * 3  # acked once the next was asked for
 
+
+
+async def test_a_batch_whose_handler_raised_is_never_acked() -> None:
+    # The batch is acked only after every event was applied or dead-lettered: a handler that
+    # raises (say the DLQ send failed) leaves it unacked, so it is read again, never skipped.
+    app = faust.App("test-batching-fail", broker="kafka://127.0.0.1:1", store="memory://", Stream=LearnStream)
+    topic = app.topic("t", value_type=bytes, value_serializer="raw")
+    handed: list[list] = []
+
+    async def failing(stream):  # noqa: ANN001
+        async for batch in stream.take_batches(3, WITHIN, LINGER):
+            handed.append(batch)
+            raise RuntimeError("delivery failed")
+        yield 0  # an async generator agent, like the harness
+
+    agent = app.agent(topic, name="failing")(failing)
+    async with agent.test_context() as a:
+        await _put(a, 3)
+        await _until(lambda: len(handed) == 1)
+        await asyncio.sleep(LINGER * 4)  # give a wrong ack every chance to happen
+        assert [e.message.acked for e in handed[0]] == [False, False, False]

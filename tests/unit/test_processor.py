@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import orjson
 import pytest
 
 from workers.codec import MAX_EVENT_BYTES
 from workers.state import MemoryStore
-from workers.stream.processor import Processor, StoreStateAccess
+from workers.stream.processor import DLQ_MAX_BYTES, Processor, StoreStateAccess
 from workers.stream.records import Record
 from workers.topics import topics
 
@@ -66,7 +67,13 @@ def test_bad_loss_events_go_to_dlq_with_reason_and_original_bytes(proc: Processo
     assert entry["reason_code"] == code and words in entry["reason"]
     assert entry["source"] == bad.source and entry["id"] == f"{T['loss']}:0:0"
     raw = bad.value
-    assert (base64.b64decode(entry["value_b64"]) if entry["value_b64"] else None) == raw
+    got = base64.b64decode(entry["value_b64"]) if entry["value_b64"] else None
+    if code == "oversized":  # too big to travel whole: a prefix, the length and the hash of the original
+        assert entry["truncated"] and entry["value_bytes"] == len(raw) and raw.startswith(got) and len(got) < len(raw)
+        assert entry["value_sha256"] == hashlib.sha256(raw).hexdigest()
+        assert len(orjson.dumps(entry)) <= DLQ_MAX_BYTES
+    else:
+        assert got == raw and "truncated" not in entry
     assert res.applied == 1  # the next good event still went through
 
 
@@ -93,13 +100,21 @@ def test_session_key_must_match_the_message_key(proc: Processor) -> None:
 
 
 def test_empty_session_key_refused(proc: Processor) -> None:
-    (entry,) = dlq(proc.process([Feed().rec("loss", {"session_key": "", "loss": 0.5}, key=None)]))
-    assert "session_key" in entry["reason"]
+    (entry,) = dlq(proc.process([Feed().rec("loss", {"session_key": "", "loss": 0.5}, key="s1")]))
+    assert entry["reason_code"] == "invalid" and "session_key" in entry["reason"]
 
 
-def test_missing_key_and_field_means_default_session(proc: Processor) -> None:
-    res = proc.process([Feed().rec("loss", {"loss": 0.5}, key=None)])
-    assert res.applied == 1 and info(proc, "default")["watermark"]
+@pytest.mark.parametrize("key,words", [(None, "message key missing"), (b"\xff\xfe", "message key not UTF-8")])
+def test_keyless_and_non_utf8_keyed_events_go_to_dlq_bad_key(proc: Processor, key, words) -> None:
+    # Partitioning is by key: such an event may sit on any partition, so it is never applied there.
+    f = Feed()
+    bad = f.rec("loss", {"session_key": "s1", "loss": 0.5})._replace(key=key)
+    res = proc.process([bad, f.rec("loss", {"loss": 0.7})])
+    (entry,) = dlq(res)
+    assert entry["reason_code"] == "bad_key" and words in entry["reason"]
+    assert base64.b64decode(entry["value_b64"]) == bad.value
+    assert (base64.b64decode(entry["key_b64"]) if entry["key_b64"] else None) == key
+    assert res.applied == 1 and info(proc)["watermark"] == {f"{T['loss']}:0": 1}
 
 
 def test_redelivered_batch_is_skipped_and_state_unchanged(proc: Processor) -> None:

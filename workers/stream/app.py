@@ -1,9 +1,11 @@
 """The faust App ``learnstream``: one agent over all input topics, tables, web views.
 
-Agents stay thin: a batch of events (``take_events``) goes to the
-:class:`~workers.stream.processor.Processor`, which applies it to the tables;
-then downstream events and DLQ entries are produced and the batch is acked.
-faust flushes the producer (changelogs included) before committing offsets.
+Agents stay thin: a batch of events (``take_batches``) passes the
+:class:`~workers.stream.gaps.GapGuard` (records in offset order, nothing skipped), the
+:class:`~workers.stream.processor.Processor` applies it, its downstream events and DLQ
+entries are produced *and delivered*, and only then are the session values written
+(state + watermark) and the batch acked. faust flushes the producer (changelogs included)
+before it commits, and commits no further than the guard allows (README, "Consistency").
 """
 from __future__ import annotations
 
@@ -28,7 +30,9 @@ from workers.dispatch import envelope_error, load_verbs, parse_request, session_
 from workers.errors import VerbError
 from workers.scoring import endpoints as scoring_endpoints
 from workers.stream.batching import LearnStream
+from workers.stream import faust_internals
 from workers.stream.faust_tuning import set_fetch_max_wait
+from workers.stream.gaps import GapGuard, KafkaProbe
 from workers.stream.http_guard import FORWARDED, Guard, server_ssl_context, web_options
 from workers.stream.processor import Processor
 from workers.stream.records import Record
@@ -47,6 +51,11 @@ _APPLY_TIMEOUT_S = 30.0
 # registers right after its send returns, so its batch is one of the last few).
 _RECENT_BATCHES = 32
 _LAG_INTERVAL_S = 2.0
+# A read while this worker recovers (or rebalances) is answered 503 with this Retry-After.
+_RECOVERING_RETRY_AFTER_S = 1
+# A batch whose delivery failed is applied again (from the stored values) this many times, with
+# backoff, before the agent gives up on it (faust restarts the agent; the guard re-reads it).
+_HANDLE_ATTEMPTS = 5
 
 
 class Replies:
@@ -88,6 +97,19 @@ class Runtime:
         self.channels: dict[str, Any] = {}
         self.probe_topic = self.topics["feedback"].name
         self.changelog_topic = tables["session"].changelog_topic.get_topic_name()
+        self.probe = KafkaProbe(settings.broker or "", **settings.kafka_kwargs())
+        self.guard = GapGuard({t.name for t in input_topics()}, start=self._start_offset,
+                              first_record=self.probe.first_record, seek=self._seek)
+
+    async def _start_offset(self, topic: str, partition: int) -> int:
+        """Where a newly assigned partition starts: the committed offset, or the log start."""
+        committed = faust_internals.committed_offset(self.app, topic, partition)
+        if committed is None:  # faust keeps none (or 0, which it stores as none): ask the broker
+            committed = await self.probe.committed(self.settings.app_id, topic, partition)
+        return committed if committed is not None else await self.probe.log_start(topic, partition)
+
+    async def _seek(self, topic: str, partition: int, offset: int) -> None:
+        await faust_internals.seek(self.app, topic, partition, offset)
 
     def is_ready(self) -> bool:
         """Serving: table recovery finished and no rebalance in progress."""
@@ -110,32 +132,54 @@ class Runtime:
 
     # -- the stream ---------------------------------------------------------------
     async def handle(self, events: list[Any]) -> None:
+        """Apply one batch: guard -> apply -> deliver what it produced -> write the state."""
         t0 = time.perf_counter()
+        admitted = await self.guard.admit(events, _where)
+        for e in admitted.dropped:
+            metrics.EVENTS.labels(e.message.topic, "redelivered").inc()
         records = []
         by_partition = self.state.events.by_partition
         by_partition.clear()
-        for e in events:
+        for e in admitted.events:
             m = e.message
             by_partition[m.partition] = e
             records.append(Record(m.topic, m.partition, m.offset, m.key, m.value, int((m.timestamp or 0) * 1000)))
-        res = self.processor.process(records)
-        for p in res.produce:
-            await self.channel(p.role).send(key=p.key.encode(), value=orjson.dumps(p.value))
+        if records:
+            try:
+                res = self.processor.apply(records)
+                # Delivered before the state is written: a value (and its watermark) in the table or
+                # changelog always means its events are downstream too. A crash in between applies
+                # the records again and re-emits the same ids (consumers dedup on them).
+                await self._deliver(res.produce)
+                self.processor.save(res)
+            except BaseException:
+                self.processor.forget()  # the cache holds this batch's unsaved changes
+                raise
+            for (topic, outcome), n in res.by_topic.items():
+                metrics.EVENTS.labels(topic, outcome).inc(n)
+            for name, seconds in res.verb_seconds:
+                metrics.KERNEL_SECONDS.labels(name).observe(seconds)
+            for out in reversed(res.replies.values()):  # the gauge shows the latest norm of the batch
+                data = out.get("data")
+                if isinstance(data, dict) and "adapter_norm" in data:
+                    metrics.ADAPTER_NORM.set(data["adapter_norm"])
+                    break
+            self.replies.resolve(res.replies)
+        self.guard.applied(admitted)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
+
+    async def _deliver(self, produce: list[Any]) -> None:
+        """Send downstream events and DLQ entries; return once the broker acknowledged every one."""
+        pending = []
+        for p in produce:
+            pending.append(await self.channel(p.role).send(key=p.key.encode(), value=orjson.dumps(p.value)))
+        if pending:
+            await asyncio.gather(*pending)
+        for p in produce:
             if p.role == "dlq":
                 metrics.DLQ.labels(p.value["reason_code"]).inc()
             else:
                 metrics.DOWNSTREAM.labels(p.role).inc()
-        for (topic, outcome), n in res.by_topic.items():
-            metrics.EVENTS.labels(topic, outcome).inc(n)
-        for name, seconds in res.verb_seconds:
-            metrics.KERNEL_SECONDS.labels(name).observe(seconds)
-        for out in reversed(res.replies.values()):  # the gauge shows the latest norm of the batch
-            data = out.get("data")
-            if isinstance(data, dict) and "adapter_norm" in data:
-                metrics.ADAPTER_NORM.set(data["adapter_norm"])
-                break
-        self.replies.resolve(res.replies)
-        metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
 
     # -- reads and writes from HTTP -----------------------------------------------
     def read(self, verb_name: str, body: dict, sk: str) -> dict:
@@ -183,6 +227,11 @@ class Runtime:
         if (url.host, url.port) == (mine.host, mine.port):
             return None
         return str(url).rstrip("/")
+
+
+def _where(event: Any) -> tuple[str, int, int]:
+    m = event.message
+    return (m.topic, m.partition, m.offset)
 
 
 def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
@@ -239,17 +288,42 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
     async def learn(stream: Any) -> None:
         async for events in stream.take_batches(settings.batch_max, settings.batch_within_s, settings.batch_linger_s):
-            await rt.handle(events)
+            for attempt in range(1, _HANDLE_ATTEMPTS + 1):
+                try:
+                    await rt.handle(events)
+                    break
+                except Exception:
+                    if attempt == _HANDLE_ATTEMPTS:
+                        raise  # not acked: the agent restarts and the guard re-reads the batch
+                    logger.exception("batch of %d events failed (attempt %d); applying it again", len(events),
+                                     attempt)
+                    await asyncio.sleep(0.2 * 2 ** attempt)
 
     app.agent(channel, name="learnstream.learn", concurrency=1)(learn)  # >1 loses messages (faust #606)
+
+    faust_internals.watch(app, rt.guard)
 
     @app.on_partitions_revoked.connect
     async def _revoked(app: faust.App, revoked: Any, **_: Any) -> None:
         rt.processor.forget()
+        rt.guard.reset()
 
     @app.on_partitions_assigned.connect
     async def _assigned(app: faust.App, assigned: Any, **_: Any) -> None:
         rt.processor.forget()
+        rt.guard.reset()
+
+    @app.on_rebalance_complete.connect
+    async def _recovered(app: faust.App, **_: Any) -> None:
+        rt.processor.forget()  # nothing read while recovering may be the base of a batch
+
+    @app.service
+    class _Probe(faust.Service):  # the guard's probe clients live as long as the app
+        async def on_start(self) -> None:
+            await rt.probe.start()
+
+        async def on_stop(self) -> None:
+            await rt.probe.close()
 
     _install_web(app, rt, guard)
     _install_metrics(app, rt, inputs)
@@ -311,6 +385,11 @@ def _install_web(app: faust.App, rt: Runtime, guard: Guard) -> None:
             return await guard.forward(app.http_client, owner, {"verb": name, "body": body}, name)
         if REGISTRY[name].writes:
             out, status = await rt.write(name, body, sk)
+        elif not rt.is_ready():
+            # Recovering or rebalancing: the tables may not hold the session's value yet, and an
+            # empty answer would be wrong. Never answered from (nor cached from) a partial value.
+            return _json(web, envelope_error(name, "recovering: state not available yet; retry"), 503,
+                         {"Retry-After": str(_RECOVERING_RETRY_AFTER_S)})
         else:
             out = rt.read(name, body, sk)
             status = 200 if out["ok"] else 422

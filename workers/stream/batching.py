@@ -9,7 +9,8 @@ event arrived for ``linger`` seconds. An idle worker applies a lone event after
 ``max_``; a batch that opens while the previous one was cut that way lingers 4x longer,
 so a pause between two fetches does not cut it short (bench/README.md, "feedback").
 
-Acks work as in ``take_events``: nothing is acked before its batch was applied.
+Acks work as in ``take_events``: nothing is acked before its batch was applied, and a
+batch whose caller raised is not acked at all.
 """
 from __future__ import annotations
 
@@ -89,12 +90,15 @@ class LearnStream(faust.Stream):
                     continue
                 consuming = asyncio.get_running_loop().create_future()
                 batch = list(events)
+                handled = False
                 try:
                     yield batch
+                    handled = True  # the caller asked for the next batch: this one was applied
                 finally:
                     events.clear()
-                    for event in batch:
-                        await self.ack(event)
+                    if handled:  # a batch whose caller raised is never acked (it is read again)
+                        for event in batch:
+                            await self.ack(event)
                     full.clear()
                     arrived.clear()
                     consumed.set()

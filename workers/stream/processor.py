@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import abc
 import base64
+import hashlib
 import logging
 import random
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,13 +38,19 @@ from workers.stream.records import Produce, Record, record_id
 from workers.topics import Topic, by_name
 from workers.verbs import BLOB_TABLES, REGISTRY, Verb, VerbContext
 
-__all__ = ("StateAccess", "Processor", "BatchResult", "dlq_entry")
+__all__ = ("StateAccess", "Processor", "BatchResult", "dlq_entry", "DLQ_MAX_BYTES")
 
 logger = logging.getLogger(__name__)
 
 # Decoded session values kept between batches. A learning-loop value is ~100 KB at 384-d,
 # so 1024 sessions cost ~100 MB; colder sessions are decoded again from RocksDB on demand.
 _CACHE_SESSIONS = 1024
+# A DLQ entry carries the original bytes (base64, 4/3 of them). Kafka's default message limit is
+# ~1 MiB (and the producer's max_request_size 1,000,000 B), so an entry stays below 512 KiB: a
+# bigger original keeps its first _DLQ_PREFIX_BYTES, its length and its sha256.
+DLQ_MAX_BYTES = 512 * 1024
+_DLQ_PREFIX_BYTES = 64 * 1024
+_DLQ_REASON_CHARS = 2000
 
 
 class StateAccess(abc.ABC):
@@ -83,15 +91,29 @@ class BatchResult:
     rejected: int = 0
     by_topic: dict[tuple[str, str], int] = field(default_factory=dict)   # (topic, outcome) -> count
     verb_seconds: list[tuple[str, float]] = field(default_factory=list)  # time in each verb (its kernels)
+    dirty: dict[tuple[str, str], int] = field(default_factory=dict)      # (table, session) -> partition, unsaved
 
 
 def dlq_entry(rec: Record, reason: str, code: str) -> Produce:
-    return Produce("dlq", _key_str(rec) or "default", {
+    """The DLQ entry of ``rec``: always small enough to be produced (see DLQ_MAX_BYTES)."""
+    if len(reason) > _DLQ_REASON_CHARS:
+        reason = reason[:_DLQ_REASON_CHARS] + "..."
+    value = rec.value
+    entry = {
         "id": record_id(rec), "reason": reason, "reason_code": code, "source": rec.source,
-        "key_b64": base64.b64encode(rec.key).decode() if rec.key is not None else None,
-        "value_b64": base64.b64encode(rec.value).decode() if rec.value is not None else None,
+        "key_b64": _b64(rec.key, _DLQ_PREFIX_BYTES), "value_b64": _b64(value, None),
         "ts_ms": int(time.time() * 1000),
-    })
+    }
+    if value is not None and len(value) * 4 // 3 + len(entry["key_b64"] or "") + 4096 > DLQ_MAX_BYTES:
+        entry.update(value_b64=_b64(value, _DLQ_PREFIX_BYTES), truncated=True, value_bytes=len(value),
+                     value_sha256=hashlib.sha256(value).hexdigest())
+    return Produce("dlq", _key_str(rec) or "default", entry)
+
+
+def _b64(data: bytes | None, limit: int | None) -> str | None:
+    if data is None:
+        return None
+    return base64.b64encode(data if limit is None else data[:limit]).decode()
 
 
 def _key_str(rec: Record) -> str | None:
@@ -107,6 +129,23 @@ class _Reject(Exception):
     def __init__(self, reason: str, code: str) -> None:
         super().__init__(reason)
         self.reason, self.code = reason, code
+
+
+class _Failed(Exception):
+    """Applying a record raised: the batch is applied again without it (see Processor.process)."""
+
+    def __init__(self, keys: list[tuple[str, int, int]], reason: str) -> None:
+        super().__init__(reason)
+        self.keys, self.reason = keys, reason
+
+
+def _last_line(exc: BaseException) -> str:
+    """The last line of a traceback: ``OverflowError: Python int too large to convert to C long``."""
+    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+
+
+def _where(rec: Record) -> tuple[str, int, int]:
+    return (rec.topic, rec.partition, rec.offset)
 
 
 class _Sources(Sequence):
@@ -181,16 +220,30 @@ class Processor:
             self._cache.move_to_end((table, sk))
         return b
 
+    def _peek(self, table: str, sk: str, partition: int) -> StateBlob:
+        """The cached value, or the stored one decoded *without* caching it (reads)."""
+        b = self._cache.get((table, sk))
+        if b is not None:
+            return b
+        raw = self.state.load(table, sk, partition)
+        return StateBlob.from_bytes(raw) if raw is not None else StateBlob()
+
     def _context(self, v: Verb, sk: str, partition: int, blob: StateBlob | None,
-                 emit: Callable[[str, dict], None] | None = None, source: dict | None = None) -> VerbContext:
+                 emit: Callable[[str, dict], None] | None = None, source: dict | None = None,
+                 load: Callable[[str, str, int], StateBlob] | None = None) -> VerbContext:
+        get = load or self._blob
         return VerbContext(session_key=sk, state=blob, store=self.state.graph_store(partition),
                            prefix=state_key("graph", sk), emit=emit or (lambda role, payload: None),
-                           rng=self.rng, source=source, load=lambda table: self._blob(table, sk, partition))
+                           rng=self.rng, source=source, load=lambda table: get(table, sk, partition))
 
     def read(self, v: Verb, body: dict, sk: str, partition: int) -> dict:
-        """Answer a read verb from the current state (the cached blob when there is one)."""
-        blob = self._blob(v.table, sk, partition) if v.table in BLOB_TABLES else None
-        return run_verb(v, self._context(v, sk, partition, blob), body)
+        """Answer a read verb from the current state (the cached blob when there is one).
+
+        A read never adds to the cache: only batches do, so a value read while the partition was
+        still recovering (or owned elsewhere) cannot become the base of the next batch.
+        """
+        blob = self._peek(v.table, sk, partition) if v.table in BLOB_TABLES else None
+        return run_verb(v, self._context(v, sk, partition, blob, load=self._peek), body)
 
     def _resolve(self, rec: Record) -> tuple[Verb, dict, str]:
         """(verb, body, session_key) of a record, or _Reject."""
@@ -223,23 +276,67 @@ class Processor:
         if not v.writes:
             raise _Reject(f"verb {name} is a read; send reads to HTTP /dispatch", "invalid")
         key = _key_str(rec)
+        if key is None:
+            # Partitioning is by key: without one (or with one we cannot read) nothing says this
+            # partition owns the session, and applying it here could split the session's state.
+            what = "missing" if rec.key is None else "not UTF-8"
+            raise _Reject(f"message key {what}: it must be the session_key (UTF-8)", "bad_key")
         try:
-            sk = session_key_of(body, key or DEFAULT_SESSION)
+            sk = session_key_of(body, key)
         except VerbError as exc:
             raise _Reject(str(exc), "invalid") from None
-        if key is not None and sk != key:
+        if sk != key:
             # Partitioning is by key: state for sk lives elsewhere, applying here would split it.
             raise _Reject(f"session_key {sk!r} does not match the message key {key!r}", "invalid")
         return v, body, sk
 
     def process(self, records: list[Record]) -> BatchResult:
+        """Apply a batch and write every session value it changed (:meth:`apply` + :meth:`save`)."""
+        res = self.apply(records)
+        self.save(res)
+        return res
+
+    def apply(self, records: list[Record]) -> BatchResult:
+        """Apply a batch to the cached session values; nothing is written until :meth:`save`.
+
+        An exception while applying one record (a bug, a kernel's ``OverflowError``, anything)
+        sends that record to the DLQ (reason ``internal``, the exception's last traceback line)
+        and the rest of the batch is applied. Nothing was written yet, so the batch is simply
+        applied again from the stored values without that record: a half-applied record leaves
+        no trace. A coalesced run that raises is applied again one record at a time, which pins
+        the failure on one record.
+        """
+        failed: dict[tuple[str, int, int], str] = {}
+        alone: set[tuple[str, int, int]] = set()
+        while True:
+            try:
+                return self._apply(records, failed, alone)
+            except _Failed as f:
+                self._cache.clear()  # drops this attempt's unsaved changes (entries are clean between batches)
+                if len(f.keys) == 1:
+                    failed[f.keys[0]] = f.reason
+                    logger.warning("%s:%d:%d failed and goes to the DLQ: %s", *f.keys[0], f.reason)
+                else:
+                    alone.update(f.keys)
+
+    def save(self, res: BatchResult) -> None:
+        """Write each value :meth:`apply` changed, state and watermark together."""
+        for (table, sk), partition in res.dirty.items():
+            self.state.save(table, sk, partition, self._cache[(table, sk)].to_bytes())
+        res.dirty.clear()
+        while len(self._cache) > self.cache_sessions:  # only now: a dirty value must not be dropped
+            self._cache.popitem(last=False)
+
+    def _apply(self, records: list[Record], failed: dict[tuple[str, int, int], str],
+               alone: set[tuple[str, int, int]]) -> BatchResult:
         res = BatchResult()
-        dirty: dict[tuple[str, str], int] = {}
+        dirty = res.dirty
         # Runs of messages a coalesced verb can apply in one call, per session. Sessions are
         # independent, so only the order within a session matters: anything else for that
         # session applies its pending run first.
         runs: dict[str, _Run] = {}
         for rec in records:
+            where = _where(rec)
             try:
                 v, body, sk = self._resolve(rec)
             except _Reject as r:
@@ -248,20 +345,48 @@ class Processor:
                     self._apply_run(pending, res, dirty)
                 self._count(res, rec, self._reject(rec, r, res))
                 continue
-            if v.many is not None and idempotency.FIELD not in body and v.joins(body):
-                self._join(runs, rec, v, body, sk, res, dirty)
+            except Exception as exc:  # noqa: BLE001 - isolated: this record goes to the DLQ
+                if where in failed:
+                    self._count(res, rec, self._internal(rec, None, failed[where], res, dirty))
+                    continue
+                raise _Failed([where], _last_line(exc)) from exc
+            if where in failed:
+                run = runs.pop(sk, None)
+                if run is not None:
+                    self._apply_run(run, res, dirty)
+                self._count(res, rec, self._internal(rec, (v, sk), failed[where], res, dirty))
                 continue
-            run = runs.pop(sk, None)
-            if run is not None:
-                self._apply_run(run, res, dirty)
-            self._count(res, rec, self._apply_one(rec, v, body, sk, res, dirty))
+            try:
+                if v.many is not None and where not in alone and idempotency.FIELD not in body and v.joins(body):
+                    self._join(runs, rec, v, body, sk, res, dirty)
+                    continue
+                run = runs.pop(sk, None)
+                if run is not None:
+                    self._apply_run(run, res, dirty)
+                self._count(res, rec, self._apply_one(rec, v, body, sk, res, dirty))
+            except _Failed:
+                raise
+            except Exception as exc:  # noqa: BLE001 - isolated: this record goes to the DLQ
+                raise _Failed([where], _last_line(exc)) from exc
         for run in runs.values():
             self._apply_run(run, res, dirty)
-        for (table, sk), partition in dirty.items():
-            self.state.save(table, sk, partition, self._cache[(table, sk)].to_bytes())
-        while len(self._cache) > self.cache_sessions:  # only now: a dirty value must not be dropped
-            self._cache.popitem(last=False)
         return res
+
+    def _internal(self, rec: Record, resolved: tuple[Verb, str] | None, reason: str, res: BatchResult,
+                  dirty: dict[tuple[str, str], int]) -> str:
+        """Dead-letter a record whose application raised; its watermark moves past it when possible."""
+        res.produce.append(dlq_entry(rec, reason, "internal"))
+        res.replies[_where(rec)] = {"ok": False, "verb": resolved[0].name if resolved else "?", "error": reason}
+        res.rejected += 1
+        if resolved is not None and resolved[0].table in BLOB_TABLES:
+            v, sk = resolved
+            try:
+                blob = self._blob(v.table, sk, rec.partition)
+            except Exception:  # noqa: BLE001 - the stored value is unusable: nothing to advance
+                return "rejected"
+            blob.watermark.advance(rec.topic, rec.partition, rec.offset)  # a redelivery is not dead-lettered twice
+            dirty[(v.table, sk)] = rec.partition
+        return "rejected"
 
     def _join(self, runs: dict[str, _Run], rec: Record, v: Verb, body: dict, sk: str, res: BatchResult,
               dirty: dict[tuple[str, str], int]) -> None:
@@ -286,6 +411,8 @@ class Processor:
             out = envelope_error(v.name, str(exc))
             self._count(res, rec, self._settle(rec, v, sk, blob, out, [], res, dirty))
             return
+        except Exception as exc:  # noqa: BLE001 - isolated (see apply)
+            raise _Failed([_where(rec)], _last_line(exc)) from exc
         run.add(rec, item)
 
     @staticmethod
@@ -352,11 +479,14 @@ class Processor:
         if not run.records:  # every message of the run was refused as it arrived
             return
         t0 = time.perf_counter()
-        each = v.many(run.ctx, run.items, _Sources(run.records))
-        res.verb_seconds.append((v.name, time.perf_counter() - t0))
-        for rec, e in zip(run.records, each, strict=True):
-            self._count(res, rec, self._settle(rec, v, run.sk, run.blob, envelope_ok(v.name, e.data), e.emitted,
-                                               res, dirty))
+        try:
+            each = v.many(run.ctx, run.items, _Sources(run.records))
+            res.verb_seconds.append((v.name, time.perf_counter() - t0))
+            for rec, e in zip(run.records, each, strict=True):
+                self._count(res, rec, self._settle(rec, v, run.sk, run.blob, envelope_ok(v.name, e.data),
+                                                   e.emitted, res, dirty))
+        except Exception as exc:  # noqa: BLE001 - isolated (see apply): retried one record at a time
+            raise _Failed([_where(r) for r in run.records], _last_line(exc)) from exc
 
     def _settle(self, rec: Record, v: Verb, sk: str, blob: StateBlob | None, out: dict, emitted: list[tuple[str, dict]],
                 res: BatchResult, dirty: dict[tuple[str, str], int]) -> str:

@@ -1,0 +1,202 @@
+"""The gap guard: no record is applied as if the records before it had been.
+
+The guard knows, per input partition this worker owns, the next offset it must apply
+(``next``): the group's committed offset when the partition was assigned, then one past
+each record applied in order. A record is *admitted* only when it is that next record:
+
+- below ``next``: already applied (a redelivery after a seek or rebalance): dropped;
+- at ``next``: admitted;
+- above ``next``: something between was not delivered. A fetch of the partition from
+  ``next`` (its own consumer, outside faust) confirms it: if no record lies between, the
+  offsets hold none (transaction markers, compaction) and the record is admitted; if one
+  does, the guard seeks the worker's consumer back to it, drops every record of that
+  partition until the re-read one arrives, counts the gap
+  (``learnstream_offset_gaps_total{outcome="reread"}``) and logs it.
+
+``next`` advances only once a batch was applied and its downstream events and DLQ
+entries were delivered (:meth:`applied`), and faust commits exactly ``next``
+(workers/stream/faust_internals.py), so a commit never passes an offset that was not
+applied. A failed batch leaves ``next`` where it was: its records come again.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers import metrics
+
+__all__ = ("GapGuard", "Admitted", "Fetcher")
+
+logger = logging.getLogger(__name__)
+
+# (topic, partition, from_offset, below) -> offset of the first record in [from_offset, below), or None
+Fetcher = Callable[[str, int, int, int], Awaitable[int | None]]
+
+
+@dataclass
+class Admitted:
+    """One batch after the guard: the events to apply and where each partition then stands."""
+
+    events: list[Any] = field(default_factory=list)
+    dropped: list[Any] = field(default_factory=list)
+    next: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+class GapGuard:
+    """Per-partition next offset to apply; see the module docstring.
+
+    ``start(topic, partition)`` gives the offset a newly assigned partition starts at (the
+    committed one, or the log start); ``first_record`` fetches; ``seek`` moves the consumer.
+    """
+
+    def __init__(self, topics: set[str], *, start: Callable[[str, int], Awaitable[int]], first_record: Fetcher,
+                 seek: Callable[[str, int, int], Awaitable[None]]) -> None:
+        self.topics = set(topics)
+        self.start, self.first_record, self.seek = start, first_record, seek
+        self.next: dict[tuple[str, int], int] = {}
+        self.seeking: dict[tuple[str, int], int] = {}  # sought back: drop until this offset comes
+
+    def watches(self, topic: str) -> bool:
+        return topic in self.topics
+
+    def commit_offset(self, topic: str, partition: int) -> int | None:
+        """The offset faust may commit: everything below it was applied (None: nothing known yet)."""
+        return self.next.get((topic, partition))
+
+    def reset(self) -> None:
+        """Forget every partition (a rebalance: faust seeks to the committed offsets again)."""
+        self.next.clear()
+        self.seeking.clear()
+
+    async def admit(self, events: Sequence[Any], where: Callable[[Any], tuple[str, int, int]]) -> Admitted:
+        """Split a consumed batch into the events to apply, in order, and the ones to drop."""
+        out = Admitted()
+        nxt = out.next
+        for e in events:
+            topic, partition, offset = where(e)
+            tp = (topic, partition)
+            if topic not in self.topics:
+                out.events.append(e)
+                continue
+            exp = nxt.get(tp)
+            if exp is None:
+                exp = self.next.get(tp)
+                if exp is None:
+                    exp = self.next[tp] = await self.start(topic, partition)
+            target = self.seeking.get(tp)
+            if target is not None:
+                if offset != target:
+                    out.dropped.append(e)  # still in flight from before the seek
+                    continue
+                del self.seeking[tp]
+            if offset < exp:
+                out.dropped.append(e)  # applied before
+                continue
+            if offset > exp:
+                first = await self.first_record(topic, partition, exp, offset)
+                if first is not None:
+                    metrics.OFFSET_GAPS.labels("reread").inc()
+                    logger.warning("%s[%d]: offset %d delivered while %d was next; seeking back to %d",
+                                   topic, partition, offset, exp, first)
+                    await self.seek(topic, partition, first)
+                    self.seeking[tp] = first
+                    out.dropped.append(e)
+                    continue
+                metrics.OFFSET_GAPS.labels("empty").inc()
+                logger.info("%s[%d]: offsets %d..%d hold no record (markers or compaction)", topic, partition,
+                            exp, offset - 1)
+            out.events.append(e)
+            nxt[tp] = offset + 1
+        return out
+
+    def applied(self, admitted: Admitted) -> None:
+        """The admitted events were applied and what they produced delivered: move ``next`` on."""
+        for tp, n in admitted.next.items():
+            if tp in self.next and n > self.next[tp]:
+                self.next[tp] = n
+
+
+# How long a probe waits for the records it was asked about (a record known to exist must come).
+_PROBE_TIMEOUT_S = 30.0
+
+
+class KafkaProbe:
+    """Reads a partition outside faust (no group): the guard's confirming fetch and log starts."""
+
+    def __init__(self, bootstrap: str, **kafka: Any) -> None:
+        self.bootstrap, self.kafka = bootstrap, kafka
+        self._consumer: Any = None
+        self._admin: Any = None
+
+    async def start(self) -> None:
+        """Connect now (at worker start), so the first batch after an assignment does not wait for it."""
+        await self._client()
+        await self._admin_client()
+
+    async def _admin_client(self) -> Any:
+        if self._admin is None:
+            from aiokafka.admin import AIOKafkaAdminClient
+
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka)
+            await admin.start()
+            self._admin = admin
+        return self._admin
+
+    async def _client(self) -> Any:
+        if self._consumer is None:
+            from aiokafka import AIOKafkaConsumer
+
+            c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                 isolation_level="read_committed", **self.kafka)
+            await c.start()
+            self._consumer = c
+        return self._consumer
+
+    async def committed(self, group: str, topic: str, partition: int) -> int | None:
+        """The group's committed offset of a partition, from the broker (None: none)."""
+        from aiokafka.structs import TopicPartition
+
+        tp = TopicPartition(topic, partition)
+        got = (await (await self._admin_client()).list_consumer_group_offsets(group, partitions=[tp])).get(tp)
+        return got.offset if got is not None and got.offset >= 0 else None
+
+    async def log_start(self, topic: str, partition: int) -> int:
+        from aiokafka.structs import TopicPartition
+
+        tp = TopicPartition(topic, partition)
+        return (await (await self._client()).beginning_offsets([tp]))[tp]
+
+    async def first_record(self, topic: str, partition: int, from_offset: int, below: int) -> int | None:
+        """Offset of the first record in ``[from_offset, below)``, None when there is none.
+
+        The record at ``below`` exists (it was delivered), so a fetch from ``from_offset`` returns
+        either an earlier record or that one; control batches (transaction markers) and compacted
+        offsets are never returned as records.
+        """
+        import asyncio
+
+        from aiokafka.structs import TopicPartition
+
+        c = await self._client()
+        tp = TopicPartition(topic, partition)
+        c.assign([tp])
+        c.seek(tp, from_offset)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _PROBE_TIMEOUT_S
+        while loop.time() < deadline:
+            got = (await c.getmany(tp, timeout_ms=1000, max_records=1)).get(tp)
+            if got:
+                first = got[0].offset
+                return first if first < below else None
+        raise TimeoutError(f"{topic}[{partition}]: no record from offset {from_offset} within {_PROBE_TIMEOUT_S:.0f} s "
+                           f"although {below} was delivered")
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
