@@ -25,15 +25,16 @@ READY_TIMEOUT_S = 90.0
 
 
 class WorkerProc:
-    """A real ``learnstream worker`` subprocess."""
+    """A real ``learnstream worker`` subprocess (``bootstrap=None``: on its own embedded broker)."""
 
-    def __init__(self, bootstrap: str, data_dir: Path, *, app_id: str, partitions: int = 4,
+    def __init__(self, bootstrap: str | None, data_dir: Path, *, app_id: str, partitions: int = 4,
                  log_dir: Path, name: str = "w", env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.data_dir = data_dir
         self.name = name
         self.log_path = log_dir / f"{name}-{self.port}.log"
-        self.env = dict(os.environ, LEARNSTREAM_BROKER=bootstrap, LEARNSTREAM_BROKER_KIND="embedded",
+        broker = {"LEARNSTREAM_BROKER": bootstrap, "LEARNSTREAM_BROKER_KIND": "embedded"} if bootstrap else {}
+        self.env = dict({k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_BROKER")}, **broker,
                         LEARNSTREAM_APP_ID=app_id, LEARNSTREAM_DATA_DIR=str(data_dir),
                         LEARNSTREAM_WEB_PORT=str(self.port), LEARNSTREAM_PARTITIONS=str(partitions),
                         LEARNSTREAM_SESSION_TIMEOUT_S="6", LEARNSTREAM_LOG_LEVEL="info",

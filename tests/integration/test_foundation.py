@@ -138,7 +138,7 @@ def test_worker_without_a_broker_starts_the_embedded_one(tmp_path) -> None:
         assert "embedded broker on 127.0.0.1:" in p.stdout.readline()
         wait_until(lambda: http_json(f"http://127.0.0.1:{port}/ready", timeout=3)[0] == 200, 90, 0.3,
                    "the worker on its own embedded broker")
-        brokers = [c for c in psutil.Process(p.pid).children(recursive=True) if "tansu" in " ".join(c.cmdline())]
+        brokers = [c for c in psutil.Process(p.pid).children(recursive=True) if "noida" in " ".join(c.cmdline())]
         assert brokers
     finally:
         p.send_signal(signal.SIGTERM)

@@ -20,7 +20,7 @@ from faust.sensors.monitor import Monitor
 from faust.sensors.prometheus import PrometheusMonitor
 from prometheus_client import CollectorRegistry, generate_latest
 
-from workers import broker_compat, metrics
+from workers import metrics
 from workers.dispatch import envelope_error, load_verbs, parse_request, session_key_of
 from workers.errors import VerbError
 from workers.stream.batching import LearnStream
@@ -174,8 +174,6 @@ class Runtime:
 
 def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     load_verbs()
-    if settings.broker_kind == "embedded":
-        broker_compat.enable()
     set_fetch_max_wait(settings.fetch_max_wait_ms)
     if not settings.broker:
         raise ValueError("settings.broker must be set (the CLI starts the embedded broker first)")
@@ -383,7 +381,7 @@ def _install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
         for tp in assignment:
             if tp.topic not in names:
                 continue
-            hw = consumer.highwater(tp)  # from Fetch responses: correct on the embedded broker too
+            hw = consumer.highwater(tp)  # from the last Fetch response: no extra request
             committed = consumer._committed_offset.get(tp)
             if hw is not None and committed is not None:
                 lag_by_topic[tp.topic] += max(hw - committed, 0)  # committed = next offset to read

@@ -1,8 +1,11 @@
 """Running one worker process (``learnstream worker``)."""
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import os
+from pathlib import Path
 
 from workers.stream.settings import Settings
 
@@ -21,15 +24,18 @@ def run_worker(settings: Settings) -> int:
     if not settings.broker:
         from workers.broker import EmbeddedBroker
 
-        broker = EmbeddedBroker().start()
-        settings = Settings.from_env(broker=broker.bootstrap, broker_kind="embedded",
-                                     **{k: getattr(settings, k) for k in ("data_dir", "web_port", "web_host",
-                                                                          "partitions", "worker_id")})
-        print(f"embedded broker on {broker.bootstrap}", flush=True)
+        # the log lives next to the tables: stopping and starting the worker keeps both
+        broker = EmbeddedBroker(data_dir=settings.data_dir / "broker").start()
+        settings = dataclasses.replace(settings, broker=broker.bootstrap, broker_kind="embedded")
+        print(f"embedded broker on {broker.bootstrap}, data in {broker.data_dir}", flush=True)
+    from workers.stream.log_identity import ensure_tables_match_log
     from workers.stream.provision import ensure_topics_sync
 
     ensure_topics_sync(settings)
-    app, _ = build_app(settings)
+    app, rt = build_app(settings)
+    changelogs = {t.name: t.changelog_topic.get_topic_name() for t in rt.tables.values()}
+    asyncio.run(ensure_tables_match_log(settings.data_dir, Path(app.conf.tabledir), changelogs, settings.broker,
+                                        **settings.kafka_kwargs()))
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     logger.info("worker pid %s, web http://%s:%s", os.getpid(), settings.web_host, settings.web_port)
     try:
