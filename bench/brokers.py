@@ -23,7 +23,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 def run_suite(spec: str, out: Path) -> dict[str, str]:
     """Run tests/broker against ``spec``; {check: "pass" | "FAIL" | "skip"}."""
     xml = out / f"{spec.replace(':', '_')}.xml"
-    env = dict(os.environ, LEARNSTREAM_CONFORMANCE_BROKER=spec)
+    env = dict(os.environ, LEARNSTREAM_CONFORMANCE_BROKER=spec, LEARNSTREAM_CONFORMANCE_ALL="1")
     subprocess.run([sys.executable, "-m", "pytest", str(_ROOT / "tests" / "broker"), "-q", "-p", "no:cacheprovider",
                     "--timeout", "180", f"--junitxml={xml}"], cwd=_ROOT, env=env, check=False,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

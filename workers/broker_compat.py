@@ -1,8 +1,16 @@
-"""What the embedded broker (noida-db 0.2.3) needs that Apache Kafka does not: topic configs that bound it.
+"""What the embedded broker (noida-db 0.2.3) needs that Apache Kafka does not.
 
-Switched on only for the embedded broker (``LEARNSTREAM_BROKER_KIND=embedded``). It passes the
-whole conformance suite (``tests/broker``), so no protocol workaround is needed; its one defect for
-a long-running local worker is memory. It keeps the retained log in memory (and snapshots it to
+Switched on only for the embedded broker (``LEARNSTREAM_BROKER_KIND=embedded``). Of the conformance
+suite (``tests/broker``) it fails one check, and has one property that hurts a long local run:
+
+1. **A group member that dies without leaving is never expired** (Kafka drops it after
+   ``session.timeout.ms``). A SIGKILLed worker stays the group's leader, so the next worker to join
+   waits for a SyncGroup that never comes and is never ready. Fix: :func:`expel_group_members` before
+   a worker joins: every member the group still lists leaves (LeaveGroup on its behalf); live
+   workers just rejoin (the rebalance a new member causes anyway). Not covered: a worker that dies
+   for good while the others keep running keeps its partitions until another worker (re)starts.
+   Group membership is not persisted, so a restarted embedded broker starts clean.
+2. **Memory.** It keeps the retained log in memory (and snapshots it to
 disk), and, like Kafka, it compacts or deletes only closed segments. Kafka's defaults (1 GiB or 7-day
 segments, 7- to 30-day or infinite retention) would keep everything a local worker ever wrote. So every
 topic the worker creates on it gets:
@@ -17,7 +25,13 @@ topic the worker creates on it gets:
 """
 from __future__ import annotations
 
-__all__ = ("topic_configs", "SEGMENT_BYTES", "SEGMENT_MS")
+from typing import Any
+
+import logging
+
+__all__ = ("topic_configs", "expel_group_members", "SEGMENT_BYTES", "SEGMENT_MS")
+
+logger = logging.getLogger(__name__)
 
 # Segments this small roll often enough that compaction and retention run within a minute, and
 # cost nothing measurable in throughput (bench/README.md, "broker_soak").
@@ -31,3 +45,25 @@ def topic_configs(cleanup_policy: str, retention_bytes: int) -> dict[str, str]:
     if "delete" in cleanup_policy and retention_bytes > 0:
         out["retention.bytes"] = str(retention_bytes)
     return out
+
+
+async def expel_group_members(bootstrap: str, group: str, **kafka: Any) -> list[str]:
+    """Make every member ``group`` still lists leave it; return their member ids (defect 1 above)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.protocol.group import LeaveGroupRequest
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka)
+    await admin.start()
+    try:
+        node = await admin.find_coordinator(group)
+        (resp,) = await admin.describe_consumer_groups([group], group_coordinator_id=node)
+        # groups: (error_code, group, state, protocol_type, protocol, members, ...); a member starts with its id
+        members = [m[0] for g in resp.groups for m in g[5]]
+        for member_id in members:
+            await admin._send_request_to_node(node, LeaveGroupRequest(group, member_id))
+    finally:
+        await admin.close()
+    if members:
+        logger.info("embedded broker: %d member(s) of group %s left on their behalf (it never expires dead "
+                    "members; live ones rejoin)", len(members), group)
+    return members

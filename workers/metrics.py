@@ -7,7 +7,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 __all__ = ("REGISTRY", "EVENTS", "KERNEL_SECONDS", "BATCH_SECONDS", "ADAPTER_NORM", "DOWNSTREAM", "DLQ",
-           "CONSUMER_LAG", "READY")
+           "CONSUMER_LAG", "READY", "REROUTED")
 
 disable_created_metrics()  # *_created series double the output and no dashboard uses them
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -29,4 +29,7 @@ DLQ = Counter("learnstream_dlq_total", "Events sent to the dead-letter topic, by
               registry=REGISTRY)
 CONSUMER_LAG = Gauge("learnstream_consumer_lag", "Records behind the high watermark, by input topic",
                      ["topic"], registry=REGISTRY)
+REROUTED = Counter("learnstream_rerouted_total",
+                   "Events that arrived on a partition not owning their session_key, re-written to the owner",
+                   ["topic"], registry=REGISTRY)
 READY = Gauge("learnstream_ready", "1 once table recovery finished and the worker serves", registry=REGISTRY)

@@ -34,3 +34,27 @@ def own_broker(tmp_path: Path) -> Iterator[Candidate]:
 @pytest.fixture
 def name() -> str:
     return f"conf-{uuid.uuid4().hex[:10]}"
+
+
+# Checks the embedded default is known to fail, with the workaround learnstream uses instead. In the
+# test suite they are reported as xfail without running (each costs minutes of waiting);
+# ``learnstream bench brokers`` sets LEARNSTREAM_CONFORMANCE_ALL=1 and runs them for the table.
+KNOWN_DEFECTS = {
+    "noida": {
+        "test_a_member_that_dies_without_leaving_is_expired":
+            "noida-db 0.2.3 never expires a dead group member; worked around by "
+            "workers.broker_compat.expel_group_members",
+    },
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import os
+
+    spec = os.environ.get("LEARNSTREAM_CONFORMANCE_BROKER") or "noida"
+    if os.environ.get("LEARNSTREAM_CONFORMANCE_ALL"):
+        return
+    for item in items:
+        reason = KNOWN_DEFECTS.get(spec, {}).get(item.originalname)
+        if reason is not None:
+            item.add_marker(pytest.mark.xfail(reason=reason, run=False))

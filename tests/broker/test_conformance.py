@@ -97,9 +97,10 @@ async def test_list_offsets_earliest_latest_after_batches(target: Candidate, nam
 
 
 async def _group_member(bootstrap: str, topic: str, group: str, **kw: object) -> AIOKafkaConsumer:
+    kw = {"session_timeout_ms": 10000, **kw}
     c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                         auto_offset_reset="earliest", session_timeout_ms=10000, heartbeat_interval_ms=500,
-                         max_poll_interval_ms=30000, **kw)
+                         auto_offset_reset="earliest", heartbeat_interval_ms=500, max_poll_interval_ms=30000,
+                         **kw)
     await c.start()
     return c
 
@@ -333,3 +334,49 @@ async def test_compaction_drops_superseded_values(target: Candidate, name: str) 
             break
         await asyncio.sleep(1.0)
     assert n < 50, f"{n} of 100 records still there: nothing was compacted"
+
+
+def test_a_member_that_dies_without_leaving_is_expired(target: Candidate, name: str, tmp_path) -> None:
+    """A SIGKILLed member is dropped after its session timeout; the survivor gets its partitions."""
+    import signal
+    import sys
+    import textwrap
+
+    asyncio.run(_create(target.bootstrap, name, partitions=2))
+    script = tmp_path / "member.py"
+    script.write_text(textwrap.dedent(f"""
+        import asyncio
+        from aiokafka import AIOKafkaConsumer
+        async def main():
+            c = AIOKafkaConsumer({name!r}, bootstrap_servers={target.bootstrap!r}, group_id={name + "-g"!r},
+                                 session_timeout_ms=6000, heartbeat_interval_ms=500)
+            await c.start()
+            while not c.assignment():
+                await c.getmany(timeout_ms=200)
+            print("assigned", flush=True)
+            while True:
+                await c.getmany(timeout_ms=500)
+        asyncio.run(main())
+    """))
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "assigned"
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+
+    async def survivor() -> None:
+        s = await _group_member(target.bootstrap, name, name + "-g", session_timeout_ms=6000,
+                                request_timeout_ms=40000)
+        try:
+            await _until_assigned([s], [2])  # within 2 x _WAIT_S: the 6 s session timeout, many times over
+        finally:
+            await s.stop()
+
+    async def bounded() -> None:
+        try:
+            await asyncio.wait_for(survivor(), 2 * _WAIT_S + 30)
+        except asyncio.TimeoutError:
+            raise AssertionError("the survivor never got the dead member's partitions") from None
+
+    asyncio.run(bounded())

@@ -15,7 +15,6 @@ from typing import Any
 
 import faust
 import orjson
-from aiokafka.partitioner import murmur2
 from faust.sensors.monitor import Monitor
 from faust.sensors.prometheus import PrometheusMonitor
 from prometheus_client import CollectorRegistry, generate_latest
@@ -25,11 +24,13 @@ from workers.dispatch import envelope_error, load_verbs, parse_request, session_
 from workers.errors import VerbError
 from workers.stream.batching import LearnStream
 from workers.stream.faust_tuning import set_fetch_max_wait
-from workers.stream.processor import Processor
+from workers.stream import partitioning
+from workers.stream.partitioning import ORIGIN_HEADER, origin_of
+from workers.stream.processor import Processor, dlq_entry
 from workers.stream.records import Record
 from workers.stream.settings import Settings
 from workers.stream.tables import TABLE_NAMES, FaustStateAccess
-from workers.topics import Topic, input_topics, topics
+from workers.topics import Topic, by_name, input_topics, topics
 from workers.verbs import REGISTRY
 
 __all__ = ("build_app", "Runtime")
@@ -91,8 +92,7 @@ class Runtime:
         return rec.completed.is_set() and not rec.in_recovery and not self.app.rebalancing
 
     def partition_of(self, session_key: str) -> int:
-        # Same partitioner as the producer (aiokafka/Java default: murmur2 of the key bytes).
-        return (murmur2(session_key.encode()) & 0x7FFFFFFF) % self.settings.partitions
+        return partitioning.owner_partition(session_key, self.settings.partitions)
 
     def channel(self, role: str) -> Any:
         ch = self.channels.get(role)
@@ -107,13 +107,26 @@ class Runtime:
     # -- the stream ---------------------------------------------------------------
     async def handle(self, events: list[Any]) -> None:
         t0 = time.perf_counter()
-        records = []
+        received = []
         by_partition = self.state.events.by_partition
         by_partition.clear()
         for e in events:
             m = e.message
             by_partition[m.partition] = e
-            records.append(Record(m.topic, m.partition, m.offset, m.key, m.value, int((m.timestamp or 0) * 1000)))
+            received.append(Record(m.topic, m.partition, m.offset, m.key, m.value, int((m.timestamp or 0) * 1000),
+                                   origin_of(m.headers)))
+        records, reroute, misplaced = partitioning.split(received, self.settings.partitions)
+        for rec, owner in reroute:  # never applied here: see workers/stream/partitioning.py
+            await self.channel(by_name(rec.topic).role).send(
+                key=rec.key, value=rec.value, partition=owner,
+                headers=[(ORIGIN_HEADER, f"{rec.partition}:{rec.offset}".encode())])
+            metrics.REROUTED.labels(rec.topic).inc()
+        for rec in misplaced:
+            await self.channel("dlq").send(key=rec.key, value=orjson.dumps(dlq_entry(
+                rec, f"re-routed copy arrived on partition {rec.partition}, which does not own its key "
+                     f"(LEARNSTREAM_PARTITIONS={self.settings.partitions} differs from the topic's?)",
+                "wrong_partition").value))
+            metrics.DLQ.labels("wrong_partition").inc()
         res = self.processor.process(records)
         for p in res.produce:
             await self.channel(p.role).send(key=p.key.encode(), value=orjson.dumps(p.value))

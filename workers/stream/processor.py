@@ -137,10 +137,12 @@ class _Run:
     def add(self, rec: Record, item: object) -> None:
         self.records.append(rec)
         self.items.append(item)
-        self.last[(rec.topic, rec.partition)] = rec.offset
+        topic, partition, offset = rec.mark
+        self.last[(topic, partition)] = offset
 
     def holds(self, rec: Record) -> bool:
-        return rec.offset <= self.last.get((rec.topic, rec.partition), -1)
+        topic, partition, offset = rec.mark
+        return offset <= self.last.get((topic, partition), -1)
 
 
 class Processor:
@@ -308,7 +310,7 @@ class Processor:
             res.produce.append(dlq_entry(rec, f"stored state unusable: {exc}", "corrupt_state"))
             res.rejected += 1
             return "rejected"
-        if blob.watermark.seen(rec.topic, rec.partition, rec.offset):
+        if blob.watermark.seen(*rec.mark):
             # Re-write the value anyway: after a crash the local RocksDB can be ahead of the
             # changelog, and this redelivery is the only chance to get that state into it.
             dirty[(v.table, sk)] = rec.partition
@@ -349,7 +351,7 @@ class Processor:
         if blob is not None:
             # A refused verb changed nothing (verbs validate before they mutate; tested per verb),
             # so the watermark may advance past it: a redelivery must not DLQ it twice.
-            blob.watermark.advance(rec.topic, rec.partition, rec.offset)
+            blob.watermark.advance(*rec.mark)
             dirty[(v.table, sk)] = rec.partition
         if not out["ok"]:
             res.produce.append(dlq_entry(rec, out["error"], "refused"))

@@ -32,6 +32,10 @@ def run_worker(settings: Settings) -> int:
     from workers.stream.provision import ensure_topics_sync
 
     ensure_topics_sync(settings)
+    if settings.broker_kind == "embedded":
+        from workers.broker_compat import expel_group_members
+
+        asyncio.run(expel_group_members(settings.broker, settings.app_id, **settings.kafka_kwargs()))
     app, rt = build_app(settings)
     changelogs = {t.name: t.changelog_topic.get_topic_name() for t in rt.tables.values()}
     asyncio.run(ensure_tables_match_log(settings.data_dir, Path(app.conf.tabledir), changelogs, settings.broker,
