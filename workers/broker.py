@@ -54,6 +54,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket() as s:
+        # as the broker binds: a port whose last connections linger in TIME_WAIT is free to listen on
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -67,7 +69,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-async def metadata_ok(bootstrap: str, timeout_ms: int = 2000) -> bool:
+async def metadata_ok(bootstrap: str, timeout_ms: int = 2000, **kafka: object) -> bool:
     """True when ``bootstrap`` answers a Metadata request (a plain TCP probe first)."""
     from aiokafka import AIOKafkaClient
 
@@ -78,9 +80,9 @@ async def metadata_ok(bootstrap: str, timeout_ms: int = 2000) -> bool:
     except (OSError, asyncio.TimeoutError):
         return False
 
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **kafka)
     try:
-        await client.bootstrap()
+        await asyncio.wait_for(client.bootstrap(), timeout_ms / 1000 + 1)
         return True
     except Exception:  # noqa: BLE001 - any failure means "not yet"
         return False

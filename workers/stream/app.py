@@ -15,6 +15,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka.errors import KafkaError
 from faust.sensors.monitor import Monitor
 from faust.sensors.prometheus import PrometheusMonitor
 from prometheus_client import CollectorRegistry, generate_latest
@@ -25,6 +26,7 @@ from workers.errors import VerbError
 from workers.stream.batching import LearnStream
 from workers.stream.faust_tuning import set_fetch_max_wait
 from workers.stream import partitioning
+from workers.stream.broker_health import BrokerHealth
 from workers.stream.partitioning import ORIGIN_HEADER, origin_of
 from workers.stream.processor import Processor, dlq_entry
 from workers.stream.records import Record
@@ -37,12 +39,11 @@ __all__ = ("build_app", "Runtime")
 
 logger = logging.getLogger(__name__)
 
-# How long an HTTP write waits for its event to be applied before answering 504.
-_APPLY_TIMEOUT_S = 30.0
 # Batches of results kept for writes whose reply arrives before the waiter registers (a write
 # registers right after its send returns, so its batch is one of the last few).
 _RECENT_BATCHES = 32
 _LAG_INTERVAL_S = 2.0
+_BROKER_PROBE_S = 1.0
 _FORWARDED = "X-Learnstream-Forwarded"
 
 
@@ -85,11 +86,14 @@ class Runtime:
         self.channels: dict[str, Any] = {}
         self.probe_topic = self.topics["feedback"].name
         self.changelog_topic = tables["session"].changelog_topic.get_topic_name()
+        self.broker_health = BrokerHealth(settings.broker or "", settings.broker_unreachable_s,
+                                          settings.kafka_kwargs())
 
     def is_ready(self) -> bool:
-        """Serving: table recovery finished and no rebalance in progress."""
+        """Serving: table recovery finished, no rebalance in progress, and the broker reachable."""
         rec = self.app.tables.recovery
-        return rec.completed.is_set() and not rec.in_recovery and not self.app.rebalancing
+        return (rec.completed.is_set() and not rec.in_recovery and not self.app.rebalancing
+                and self.broker_health.reachable())
 
     def partition_of(self, session_key: str) -> int:
         return partitioning.owner_partition(session_key, self.settings.partitions)
@@ -161,15 +165,31 @@ class Runtime:
         return t, {"verb": verb_name, "body": body}
 
     async def write(self, verb_name: str, body: dict, sk: str) -> tuple[dict, int]:
-        """Produce the write to its topic; answer (envelope, HTTP status) once this worker applied it."""
+        """Produce the write to its topic; answer (envelope, HTTP status) once this worker applied it.
+
+        Within ``write_timeout_s`` whatever the broker does: 503 when the broker is unreachable or
+        does not take the event in time (it may still land in the log: retrying may apply it twice),
+        504 when it is in the log but not applied in time (it will be).
+        """
+        timeout = self.settings.write_timeout_s
+        if not self.broker_health.reachable():
+            return envelope_error(verb_name, f"broker unreachable for {self.broker_health.unreachable_for():.0f} s; "
+                                             "retry later"), 503
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         topic, value = self.event_for_write(verb_name, {**body, "session_key": sk})
-        meta = await (await self.channel(topic.role).send(key=sk.encode(), value=orjson.dumps(value)))
+        try:
+            async with asyncio.timeout(timeout):
+                meta = await (await self.channel(topic.role).send(key=sk.encode(), value=orjson.dumps(value)))
+        except (TimeoutError, KafkaError) as exc:
+            why = f"not taken by the broker within {timeout:.0f} s" if isinstance(exc, TimeoutError) else str(exc)
+            return envelope_error(verb_name, f"write {why}; retry later"), 503
         key = (topic.name, meta.topic_partition.partition, meta.offset)
         try:
-            out = await self.replies.wait(key, _APPLY_TIMEOUT_S)
+            out = await self.replies.wait(key, max(deadline - loop.time(), 0.001))
         except asyncio.TimeoutError:
             # the event is in the log and will be applied (by whoever owns the partition by then)
-            return envelope_error(verb_name, f"timed out after {_APPLY_TIMEOUT_S:.0f} s waiting for "
+            return envelope_error(verb_name, f"timed out after {timeout:.0f} s waiting for "
                                              f"{topic.name}[{key[1]}]@{key[2]} to be applied"), 504
         return out, 200 if out["ok"] else 422
 
@@ -276,12 +296,16 @@ def _install_web(app: faust.App, rt: Runtime) -> None:
         except Exception:  # noqa: BLE001 - before the first assignment
             assigned, standby = [], []
         return _json(web, {"status": "ok", "worker": rt.settings.worker_id or str(rt.settings.web_port),
-                           "ready": rt.is_ready(), "active_partitions": assigned, "standby_partitions": standby})
+                           "ready": rt.is_ready(), "broker_reachable": rt.broker_health.reachable(),
+                           "active_partitions": assigned, "standby_partitions": standby})
 
     @app.page("/ready")
     async def ready(web: Any, request: Any) -> Any:
         ok = rt.is_ready()
-        return _json(web, {"ready": ok}, 200 if ok else 503)
+        out: dict[str, Any] = {"ready": ok}
+        if not rt.broker_health.reachable():
+            out["reason"] = f"broker unreachable for {rt.broker_health.unreachable_for():.0f} s"
+        return _json(web, out, 200 if ok else 503)
 
     async def verb_request(web: Any, request: Any, req: Any) -> Any:
         parsed = parse_request(req)
@@ -382,6 +406,11 @@ def _install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
         return web.bytes(body, content_type="text/plain; version=0.0.4")
 
     names = {t.name for t in inputs}
+
+    @app.timer(_BROKER_PROBE_S)
+    async def broker_probe() -> None:
+        await rt.broker_health.probe()
+        metrics.READY.set(1 if rt.is_ready() else 0)
 
     @app.timer(_LAG_INTERVAL_S)
     async def lag() -> None:

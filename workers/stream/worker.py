@@ -18,6 +18,7 @@ def run_worker(settings: Settings) -> int:
     """Run the faust worker until SIGTERM/SIGINT. Starts the embedded broker if none is configured."""
     import faust
 
+    from workers.logs import configure as configure_logs
     from workers.stream.app import build_app
 
     broker = None
@@ -40,7 +41,12 @@ def run_worker(settings: Settings) -> int:
     changelogs = {t.name: t.changelog_topic.get_topic_name() for t in rt.tables.values()}
     asyncio.run(ensure_tables_match_log(settings.data_dir, Path(app.conf.tabledir), changelogs, settings.broker,
                                         **settings.kafka_kwargs()))
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
+    class Worker(faust.Worker):
+        def on_setup_root_logger(self, root: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(root, level)
+            configure_logs(root, settings.log_format)  # JSON lines and rate-limited repeats
+
+    worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     logger.info("worker pid %s, web http://%s:%s", os.getpid(), settings.web_host, settings.web_port)
     try:
         worker.execute_from_commandline()
