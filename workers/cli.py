@@ -117,7 +117,9 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
 
 
 def bench_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "bench"
+    """bench/ of a checkout, or the copy inside an installed wheel (workers/bench)."""
+    here = Path(__file__).resolve().parent
+    return next((d for d in (here.parent / "bench", here / "bench") if d.is_dir()), here.parent / "bench")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

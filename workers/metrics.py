@@ -7,13 +7,17 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 __all__ = ("REGISTRY", "EVENTS", "KERNEL_SECONDS", "BATCH_SECONDS", "ADAPTER_NORM", "DOWNSTREAM", "DLQ",
-           "CONSUMER_LAG", "READY", "REROUTED")
+           "CONSUMER_LAG", "READY", "REROUTED", "MESSAGES")
 
 disable_created_metrics()  # *_created series double the output and no dashboard uses them
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-EVENTS = Counter("learnstream_events_total", "Input events by topic and outcome (applied, duplicate, rejected)",
+EVENTS = Counter("learnstream_events_total",
+                 "Input events by topic and outcome (applied, duplicate, rejected); an envelope counts its events",
                  ["topic", "outcome"], registry=REGISTRY)
+MESSAGES = Counter("learnstream_messages_total",
+                   "Input Kafka messages by topic and outcome (applied, duplicate, rejected, rerouted)",
+                   ["topic", "outcome"], registry=REGISTRY)
 # Labelled by the verb that ran the kernels (learn_feedback, record_loss, ...): one batch kernel call per
 # verb, so the verb is the unit an operator can act on.
 KERNEL_SECONDS = Histogram("learnstream_kernel_seconds", "Time applying a verb's numeric work, by kernel (verb)",

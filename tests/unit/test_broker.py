@@ -71,7 +71,8 @@ def test_embedded_topic_configs_bound_what_the_broker_keeps(tmp_path) -> None:
 
 
 def test_topic_configs_give_compacted_topics_segments_but_no_byte_retention() -> None:
-    assert topic_configs("compact", 1 << 20) == {"segment.bytes": str(SEGMENT_BYTES), "segment.ms": str(SEGMENT_MS)}
+    assert topic_configs("compact", 1 << 20) == {"segment.bytes": str(SEGMENT_BYTES), "segment.ms": str(SEGMENT_MS),
+                                                 "min.cleanable.dirty.ratio": "0.1"}
     assert topic_configs("delete", 1 << 20)["retention.bytes"] == str(1 << 20)
     assert "retention.bytes" not in topic_configs("delete", 0)  # 0 = no byte limit
 

@@ -125,12 +125,14 @@ class Runtime:
                 key=rec.key, value=rec.value, partition=owner,
                 headers=[(ORIGIN_HEADER, f"{rec.partition}:{rec.offset}".encode())])
             metrics.REROUTED.labels(rec.topic).inc()
+            metrics.MESSAGES.labels(rec.topic, "rerouted").inc()
         for rec in misplaced:
             await self.channel("dlq").send(key=rec.key, value=orjson.dumps(dlq_entry(
                 rec, f"re-routed copy arrived on partition {rec.partition}, which does not own its key "
                      f"(LEARNSTREAM_PARTITIONS={self.settings.partitions} differs from the topic's?)",
                 "wrong_partition").value))
             metrics.DLQ.labels("wrong_partition").inc()
+            metrics.MESSAGES.labels(rec.topic, "rejected").inc()
         res = self.processor.process(records)
         for p in res.produce:
             await self.channel(p.role).send(key=p.key.encode(), value=orjson.dumps(p.value))
@@ -139,6 +141,8 @@ class Runtime:
             else:
                 metrics.DOWNSTREAM.labels(p.role).inc()
         for (topic, outcome), n in res.by_topic.items():
+            metrics.MESSAGES.labels(topic, outcome).inc(n)
+        for (topic, outcome), n in res.events_by_topic.items():
             metrics.EVENTS.labels(topic, outcome).inc(n)
         for name, seconds in res.verb_seconds:
             metrics.KERNEL_SECONDS.labels(name).observe(seconds)
@@ -392,6 +396,14 @@ class _LeanPrometheusMonitor(PrometheusMonitor):
     on_send_completed = Monitor.on_send_completed
 
 
+# faust's series fed only by the per-message hooks _LeanPrometheusMonitor turns off
+# (learnstream_events_total, learnstream_messages_total and learnstream_batch_seconds measure that work).
+_SILENCED_FAUST_SERIES = (
+    "messages_received", "active_messages", "messages_received_per_topics", "messages_received_per_topics_partition",
+    "events_runtime_latency", "total_events", "total_active_events", "total_events_per_stream", "table_operations",
+    "topic_messages_sent", "total_sent_messages", "producer_send_latency")
+
+
 def _install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
     from faust.sensors.prometheus import setup_prometheus_sensors
 
@@ -399,6 +411,8 @@ def _install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
     # a fixed prefix (not the app id) so dashboards work for any deployment
     setup_prometheus_sensors(app, pattern="/metrics/faust", registry=faust_registry, name_prefix="faust")
     app.monitor.__class__ = _LeanPrometheusMonitor  # same metrics object, per-message hooks made cheap
+    for name in _SILENCED_FAUST_SERIES:  # their hooks are off: exported, they would read 0 forever
+        faust_registry.unregister(getattr(app.monitor._metrics, name))
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

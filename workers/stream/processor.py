@@ -80,7 +80,10 @@ class BatchResult:
     applied: int = 0
     duplicates: int = 0
     rejected: int = 0
-    by_topic: dict[tuple[str, str], int] = field(default_factory=dict)   # (topic, outcome) -> count
+    by_topic: dict[tuple[str, str], int] = field(default_factory=dict)   # (topic, outcome) -> messages
+    events_by_topic: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic, outcome) -> events
+    # events in a message other than 1 (an envelope's ``events``), by (topic, partition, offset)
+    sizes: dict[tuple[str, int, int], int] = field(default_factory=dict)
     verb_seconds: list[tuple[str, float]] = field(default_factory=list)  # time in each verb (its kernels)
 
 
@@ -249,6 +252,9 @@ class Processor:
                     self._apply_run(pending, res, dirty)
                 self._count(res, rec, self._reject(rec, r, res))
                 continue
+            events = body.get("events")
+            if isinstance(events, list) and len(events) != 1:  # an envelope: its events count, not 1
+                res.sizes[(rec.topic, rec.partition, rec.offset)] = len(events)
             if v.many is not None and v.joins(body):
                 self._join(runs, rec, v, body, sk, res, dirty)
                 continue
@@ -289,10 +295,21 @@ class Processor:
             return
         run.add(rec, item)
 
+    def _refusal_code(self, rec: Record) -> str:
+        """``invalid`` when the event breaks its topic's schema (a wrong type, a missing field), else
+        ``refused`` (well-formed, but the verb refuses it in this state). Only on the error path."""
+        try:
+            self._topic(rec.topic).validate(decode_json(rec.value))
+        except ValidationError:
+            return "invalid"
+        return "refused"
+
     @staticmethod
     def _count(res: BatchResult, rec: Record, outcome: str) -> None:
         k = (rec.topic, outcome)
         res.by_topic[k] = res.by_topic.get(k, 0) + 1
+        n = res.sizes.get((rec.topic, rec.partition, rec.offset), 1) if res.sizes else 1
+        res.events_by_topic[k] = res.events_by_topic.get(k, 0) + n
 
     @staticmethod
     def _reject(rec: Record, r: _Reject, res: BatchResult) -> str:
@@ -354,7 +371,7 @@ class Processor:
             blob.watermark.advance(*rec.mark)
             dirty[(v.table, sk)] = rec.partition
         if not out["ok"]:
-            res.produce.append(dlq_entry(rec, out["error"], "refused"))
+            res.produce.append(dlq_entry(rec, out["error"], self._refusal_code(rec)))
             res.rejected += 1
             return "rejected"
         now_ms = int(self.clock() * 1000) if emitted else 0
