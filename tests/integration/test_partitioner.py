@@ -42,7 +42,9 @@ def test_confluent_kafka_default_partitioner_is_rerouted_and_survives_restart(br
             p.produce("learn.loss", key=s.encode(), value=b'{"loss": %.2f}' % (0.5 + 0.01 * i))
     assert p.flush(30) == 0
     wait_until(lambda: all(_window(w, s) == LOSSES for s in SESSIONS), 90, what="every loss applied once")
-    assert _rerouted(w) == LOSSES * len(misplaced)
+    # each misplaced event re-routed (a batch redelivered after a rebalance re-routes again: its copies are
+    # duplicates by their origin, which the windows above show were not applied twice)
+    assert _rerouted(w) >= LOSSES * len(misplaced)
     w.stop()
     again = worker_factory("b", data_dir=w.data_dir, partitions=PARTITIONS).start().wait_ready()
     assert {s: _window(again, s) for s in SESSIONS} == {s: LOSSES for s in SESSIONS}

@@ -28,12 +28,14 @@ class BrokerHealth:
         self.kafka = kafka or {}  # SASL/TLS settings: the probe must speak to the broker as the worker does
         self.unreachable_after_s = unreachable_after_s
         self.clock = clock
-        self.last_ok = clock()
+        # Since when every probe failed (None: the last one succeeded). Only failed probes count: a
+        # probe loop held up by a busy event loop (table recovery) says nothing about the broker.
+        self.failing_since: float | None = None
         self._down_logged = False
 
     def unreachable_for(self) -> float:
-        """Seconds since the last successful probe."""
-        return max(self.clock() - self.last_ok, 0.0)
+        """Seconds since probes began failing without a success in between (0 when the last one succeeded)."""
+        return 0.0 if self.failing_since is None else max(self.clock() - self.failing_since, 0.0)
 
     def reachable(self) -> bool:
         return self.unreachable_for() < self.unreachable_after_s
@@ -43,8 +45,11 @@ class BrokerHealth:
             if self._down_logged:
                 logger.warning("broker %s reachable again after %.0f s", self.bootstrap, self.unreachable_for())
                 self._down_logged = False
-            self.last_ok = self.clock()
-        elif not self.reachable() and not self._down_logged:
+            self.failing_since = None
+            return
+        if self.failing_since is None:
+            self.failing_since = self.clock()
+        if not self.reachable() and not self._down_logged:
             logger.error("broker %s unreachable for %.0f s: /ready answers 503 and writes are refused until it "
                          "is back", self.bootstrap, self.unreachable_for())
             self._down_logged = True
