@@ -19,7 +19,7 @@ from workers.waiting import wait_until
 
 __all__ = ("wait_until", "WorkerProc", "http_json", "read_topic", "send_raw", "applied")
 
-# Tansu's group join takes ~5 s and a rejoin up to ~18 s; failover waits for the
+# A group join takes seconds and a rejoin longer on a loaded box; failover waits for the
 # session timeout. Generous limits keep a loaded CI box from flaking.
 READY_TIMEOUT_S = 90.0
 
@@ -130,9 +130,10 @@ def read_topic(bootstrap: str, topic: str, n: int, timeout: float = 60) -> list[
 
 
 def applied(w: WorkerProc, topic: str) -> float:
-    """Events of ``topic`` this worker has applied, from its /metrics (0 when none yet)."""
+    """Messages of ``topic`` this worker has applied, from its /metrics (0 when none yet); an envelope
+    is one message (``learnstream_events_total`` counts its events)."""
     import re
 
     text = urllib.request.urlopen(w.url + "/metrics", timeout=10).read().decode()
-    m = re.search(rf'learnstream_events_total{{outcome="applied",topic="{re.escape(topic)}"}} ([0-9.e+]+)', text)
+    m = re.search(rf'learnstream_messages_total{{outcome="applied",topic="{re.escape(topic)}"}} ([0-9.e+]+)', text)
     return float(m.group(1)) if m else 0.0
