@@ -18,7 +18,7 @@ import orjson
 
 from workers.errors import ValidationError, VerbError
 from workers.state import MemoryStore, ModelStore, RocksDictStore, StateBlob
-from workers.verbs import BLOB_TABLES, HEALTH, REGISTRY, Verb, VerbContext, verb
+from workers.verbs import BLOB_TABLES, HEALTH, REGISTRY, Verb, VerbContext, params, verb
 
 __all__ = ("LearnSession", "run_verb", "load_verbs", "state_key", "session_key_of", "check_session_key",
            "envelope_error", "envelope_ok")
@@ -100,7 +100,7 @@ def parse_request(request: Any) -> tuple[str, dict] | dict:
     return name, body
 
 
-@verb("health", table="session", writes=False)
+@verb("health", table="session", writes=False, params=params())
 def _health(ctx: VerbContext, body: dict) -> dict:
     out: dict = {}
     for table, fn in HEALTH:

@@ -24,10 +24,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from workers import _kernels as _k
+from workers.bodies import MAX_DIM, epoch_ms
 from workers.codec import embedding_field
 from workers.cores._common import env_float, pack_part, unpack_part
 from workers.errors import CorruptStateError, VerbError
-from workers.verbs import VerbContext, health_contributor, verb
+from workers.verbs import EMBEDDING, EMBEDDING_B64, VerbContext, health_contributor, params, verb
 
 __all__ = (
     "RANK", "DECAY", "LR0", "LR_MIN", "MAX_NORM", "REPLAY_CAP", "DEFAULT_DIM", "LR_MIN_ENV",
@@ -301,12 +302,7 @@ def read_embedding(body: dict, dim: int, prefix: str = "") -> np.ndarray:
 
 
 def read_now_ms(body: dict, prefix: str = "") -> int:
-    v = body.get("now_ms", 0)
-    if v is None:
-        return 0
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise VerbError(f"{prefix}now_ms must be an integer")
-    return v
+    return epoch_ms(body, "now_ms", 0, prefix=prefix)
 
 
 def read_model(body: dict, state: InstantState, prefix: str = "") -> int:
@@ -329,7 +325,9 @@ def _instant(ctx: VerbContext) -> InstantState:
 
 
 # -- verbs ---------------------------------------------------------------------
-@verb("init_instant", table="session", writes=True, topic="commands")
+@verb("init_instant", table="session", writes=True, topic="commands", params=params(
+    ("targets",), targets={"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
+                           "uniqueItems": True}, dim={"type": "integer", "minimum": 1}))
 def init_instant(ctx: VerbContext, body: dict) -> dict:
     """{targets: [str, ...], dim?} -> {targets, dim}. Replaces any previous adapter."""
     targets = body.get("targets")
@@ -345,11 +343,16 @@ def init_instant(ctx: VerbContext, body: dict) -> dict:
         dim = DEFAULT_DIM
     if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
         raise VerbError("dim must be a positive integer")
+    if dim > MAX_DIM:
+        raise VerbError(f"dim must be at most {MAX_DIM}")
     ctx.state.set("instant", InstantState(targets, dim))
     return {"targets": list(targets), "dim": dim}
 
 
-@verb("feedback", table="session", writes=True, topic="commands")
+@verb("feedback", table="session", writes=True, topic="commands", params=params(
+    ("model", "quality"), model={"type": "string", "minLength": 1},
+    quality={"type": "number", "minimum": 0, "maximum": 1}, embedding=EMBEDDING, embedding_b64=EMBEDDING_B64,
+    now_ms={"type": "integer"}))
 def feedback(ctx: VerbContext, body: dict) -> dict:
     """{embedding|embedding_b64, model, quality, now_ms?} -> {adapter_norm, feedback_count, lr}."""
     s = _instant(ctx)

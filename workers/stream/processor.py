@@ -31,6 +31,7 @@ from workers.dispatch import (DEFAULT_SESSION, envelope_error, envelope_ok, load
 from workers.errors import CorruptStateError, ValidationError, VerbError
 from workers.state.base import ModelStore
 from workers.state.blob import StateBlob
+from workers.stream import idempotency
 from workers.stream.records import Produce, Record, record_id
 from workers.topics import Topic, by_name
 from workers.verbs import BLOB_TABLES, REGISTRY, Verb, VerbContext
@@ -255,7 +256,7 @@ class Processor:
             events = body.get("events")
             if isinstance(events, list) and len(events) != 1:  # an envelope: its events count, not 1
                 res.sizes[(rec.topic, rec.partition, rec.offset)] = len(events)
-            if v.many is not None and v.joins(body):
+            if v.many is not None and idempotency.FIELD not in body and v.joins(body):
                 self._join(runs, rec, v, body, sk, res, dirty)
                 continue
             run = runs.pop(sk, None)
@@ -343,11 +344,26 @@ class Processor:
             if isinstance(got, str):
                 return got
             blob = got
+        try:
+            key, body = idempotency.take_key(body)
+        except VerbError as exc:
+            return self._settle(rec, v, sk, blob, envelope_error(v.name, str(exc)), [], res, dirty)
+        if key is not None and blob is not None:
+            first = idempotency.lookup(blob, key)
+            if first is not None:  # a client's retry of a write this session value already holds
+                res.replies[(rec.topic, rec.partition, rec.offset)] = {**first, "duplicate": True}
+                blob.watermark.advance(*rec.mark)
+                dirty[(v.table, sk)] = rec.partition
+                res.duplicates += 1
+                return "duplicate"
         emitted: list[tuple[str, dict]] = []
         ctx = self._context(v, sk, rec.partition, blob, lambda role, p: emitted.append((role, p)), rec.source)
         t0 = time.perf_counter()
         out = run_verb(v, ctx, body)
         res.verb_seconds.append((v.name, time.perf_counter() - t0))
+        if key is not None and blob is not None:
+            # same value, same table write as the state change and the watermark: all or nothing
+            idempotency.remember(blob, key, {**out, "id": record_id(rec)})
         return self._settle(rec, v, sk, blob, out, emitted, res, dirty)
 
     def _apply_run(self, run: _Run, res: BatchResult, dirty: dict[tuple[str, str], int]) -> None:

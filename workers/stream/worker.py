@@ -27,6 +27,7 @@ def run_worker(settings: Settings) -> int:
 
         # the log lives next to the tables: stopping and starting the worker keeps both
         broker = EmbeddedBroker(data_dir=settings.data_dir / "broker").start()
+        # the caller's settings (CLI flags included) with the broker filled in, never re-read from the env
         settings = dataclasses.replace(settings, broker=broker.bootstrap, broker_kind="embedded")
         print(f"embedded broker on {broker.bootstrap}, data in {broker.data_dir}", flush=True)
     from workers.stream.log_identity import ensure_tables_match_log
@@ -41,6 +42,8 @@ def run_worker(settings: Settings) -> int:
     changelogs = {t.name: t.changelog_topic.get_topic_name() for t in rt.tables.values()}
     asyncio.run(ensure_tables_match_log(settings.data_dir, Path(app.conf.tabledir), changelogs, settings.broker,
                                         **settings.kafka_kwargs()))
+    _announce_ready(app, rt, settings)
+
     class Worker(faust.Worker):
         def on_setup_root_logger(self, root: logging.Logger, level: int) -> None:
             super().on_setup_root_logger(root, level)
@@ -56,3 +59,21 @@ def run_worker(settings: Settings) -> int:
         if broker is not None:
             broker.stop()
     return 0
+
+
+# How often the start-up task looks whether table recovery finished (one line is printed then).
+_READY_POLL_S = 0.1
+
+
+def ready_line(settings: Settings) -> str:
+    """The one line ``learnstream worker`` prints once it serves: where its HTTP API is, which broker."""
+    return (f"learnstream worker ready: http://{settings.web_host}:{settings.web_port} "
+            f"broker={settings.broker} ({settings.broker_kind}) pid={os.getpid()}")
+
+
+def _announce_ready(app: object, rt: object, settings: Settings) -> None:
+    @app.task  # type: ignore[attr-defined]
+    async def announce() -> None:
+        while not rt.is_ready():  # type: ignore[attr-defined]
+            await asyncio.sleep(_READY_POLL_S)
+        print(ready_line(settings), flush=True)
