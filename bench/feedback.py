@@ -26,7 +26,7 @@ until it has consumed them all. So the group join (timed separately: process sta
 to first assignment) and the producer are outside every measurement, and only the
 timed consumer runs (the others are idle). The baselines report the CLOCK_MONOTONIC
 time of their last event themselves; the worker is polled on ``/metrics``
-(``learnstream_events_total{topic="learn.feedback", outcome="applied"}``) with an
+(``learnstream_messages_total{topic="learn.feedback", outcome="applied"}``) with an
 interval that shrinks near the end (the end time is that poll's answer: a slight
 over-estimate of the worker's time). Each measurement is repeated (``--repeats``);
 the tables show the median and the ratios use medians. For scale, a row "learning
@@ -267,8 +267,8 @@ def wait_worker(w: WorkerProcess, topic: str, target_msgs: int, t0: float, timeo
     while True:
         text = w.metrics()
         now = time.monotonic()
-        applied = metric(text, "learnstream_events_total", topic=topic, outcome="applied")
-        rejected = metric(text, "learnstream_events_total", topic=topic, outcome="rejected")
+        applied = metric(text, "learnstream_messages_total", topic=topic, outcome="applied")
+        rejected = metric(text, "learnstream_messages_total", topic=topic, outcome="rejected")
         if rejected:
             raise RuntimeError(f"the worker rejected {rejected:.0f} feedback events (see learn.dlq); log {w.log_path}")
         if applied >= target_msgs:

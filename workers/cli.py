@@ -57,7 +57,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_broker(args: argparse.Namespace) -> int:
     from workers.broker import run_forever
 
-    return run_forever(args.port)
+    from workers.stream.settings import Settings
+
+    data_dir = args.data_dir or Settings.from_env().data_dir / "broker"
+    return run_forever(args.port, data_dir)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -162,7 +165,9 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def bench_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "bench"
+    """bench/ of a checkout, or the copy inside an installed wheel (workers/bench)."""
+    here = Path(__file__).resolve().parent
+    return next((d for d in (here.parent / "bench", here / "bench") if d.is_dir()), here.parent / "bench")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -224,6 +229,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_worker)
     p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker")
     p.add_argument("--port", type=int, help="port to listen on (default: a free one; printed at start)")
+    p.add_argument("--data-dir", help="where the broker keeps its log (default: $LEARNSTREAM_DATA_DIR/broker, "
+                                      "the directory a worker without LEARNSTREAM_BROKER uses)")
     p.set_defaults(fn=cmd_broker)
     p = sub.add_parser("topics", help="create or list the topics of topics/*.yaml")
     p.add_argument("action", choices=["create", "list"], help="create the missing topics, or list them")

@@ -205,7 +205,7 @@ def run_demo(settings: Settings, *, events: int = 3000, keep_data: bool = False,
         if not settings.broker:
             broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
             settings = dataclasses.replace(settings, broker=broker.bootstrap, broker_kind="embedded")
-            print(f"embedded broker (Tansu) on {broker.bootstrap}")
+            print(f"embedded broker (noida-db) on {broker.bootstrap}")
         else:
             print(f"broker {settings.broker}")
         from workers.stream.provision import ensure_topics_sync

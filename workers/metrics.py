@@ -7,13 +7,17 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 __all__ = ("REGISTRY", "EVENTS", "KERNEL_SECONDS", "BATCH_SECONDS", "ADAPTER_NORM", "DOWNSTREAM", "DLQ",
-           "CONSUMER_LAG", "READY", "OFFSET_GAPS")
+           "CONSUMER_LAG", "READY", "OFFSET_GAPS", "REROUTED", "MESSAGES")
 
 disable_created_metrics()  # *_created series double the output and no dashboard uses them
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-EVENTS = Counter("learnstream_events_total", "Input events by topic and outcome (applied, duplicate, rejected)",
+EVENTS = Counter("learnstream_events_total",
+                 "Input events by topic and outcome (applied, duplicate, rejected); an envelope counts its events",
                  ["topic", "outcome"], registry=REGISTRY)
+MESSAGES = Counter("learnstream_messages_total",
+                   "Input Kafka messages by topic and outcome (applied, duplicate, rejected, rerouted)",
+                   ["topic", "outcome"], registry=REGISTRY)
 # Labelled by the verb that ran the kernels (learn_feedback, record_loss, ...): one batch kernel call per
 # verb, so the verb is the unit an operator can act on.
 KERNEL_SECONDS = Histogram("learnstream_kernel_seconds", "Time applying a verb's numeric work, by kernel (verb)",
@@ -29,6 +33,9 @@ DLQ = Counter("learnstream_dlq_total", "Events sent to the dead-letter topic, by
               registry=REGISTRY)
 CONSUMER_LAG = Gauge("learnstream_consumer_lag", "Records behind the high watermark, by input topic",
                      ["topic"], registry=REGISTRY)
+REROUTED = Counter("learnstream_rerouted_total",
+                   "Events that arrived on a partition not owning their session_key, re-written to the owner",
+                   ["topic"], registry=REGISTRY)
 READY = Gauge("learnstream_ready", "1 once table recovery finished and the worker serves", registry=REGISTRY)
 OFFSET_GAPS = Counter("learnstream_offset_gaps_total",
                       "Input records delivered after a skipped offset: reread (records were skipped, the "

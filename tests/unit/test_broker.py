@@ -1,4 +1,5 @@
-"""The embedded broker: starts, answers, stops, and its ListOffsets defect with the workaround."""
+"""The embedded broker: starts, answers, stops, keeps its data dir to itself, and the topic configs
+that bound its memory (workers/broker_compat.py). Its Kafka conformance is tests/broker."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from workers.broker import EmbeddedBroker
-from workers.broker_compat import fetch_end_offsets
+from workers.broker_compat import SEGMENT_BYTES, SEGMENT_MS, topic_configs
 from workers.errors import BrokerError
 
 
@@ -30,39 +31,73 @@ def test_a_taken_port_is_a_clear_error(tmp_path) -> None:
             EmbeddedBroker(port=a.port, log_path=tmp_path / "b.log").start()
 
 
-async def _end_offsets_both_ways(bootstrap: str) -> tuple[dict, dict]:
+async def _retained_from(bootstrap: str, configs_by_topic: dict[str, dict[str, str]], chunks: int) -> dict[str, int]:
+    """Write ``chunks`` x 256 KiB to each topic and return each topic's earliest offset once the first moved."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
-    await admin.create_topics([NewTopic("t", 2, 1)])
+    await admin.create_topics([NewTopic(t, 1, 1, topic_configs=c) for t, c in configs_by_topic.items()])
     await admin.close()
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=100)
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=1 << 20)
     await p.start()
-    futs = [await p.send("t", b"v%d" % i, partition=0) for i in range(4)]  # one 4-record batch
-    await asyncio.gather(*futs)
+    value = b"x" * (256 * 1024)
+    for _ in range(chunks):
+        for t in configs_by_topic:
+            await p.send(t, value, partition=0)
+    await p.flush()
     await p.stop()
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await c.start()
+    tps = [TopicPartition(t, 0) for t in configs_by_topic]
     try:
-        tps = [TopicPartition("t", 0), TopicPartition("t", 1)]
-        listed = await c.end_offsets(tps)
-        fetched = await fetch_end_offsets(c, tps)
+        for _ in range(600):  # retention runs in the background: wait for it, up to 60 s
+            first = await c.beginning_offsets(tps)
+            if any(first.values()):
+                break
+            await asyncio.sleep(0.1)
+        return {tp.topic: o for tp, o in first.items()}
     finally:
         await c.stop()
-    return listed, fetched
 
 
-def test_listoffsets_defect_and_fetch_based_end_offsets(tmp_path) -> None:
+def test_embedded_topic_configs_bound_what_the_broker_keeps(tmp_path) -> None:
+    # The broker keeps the retained log in memory. With Kafka's defaults (1 GiB segments, 7 days) it
+    # keeps every byte; broker_compat's configs let retention drop closed segments.
+    configs = {"bounded": {"cleanup.policy": "delete", **topic_configs("delete", SEGMENT_BYTES)},
+               "defaults": {"cleanup.policy": "delete"}}
     with EmbeddedBroker(log_path=tmp_path / "b.log") as b:
-        listed, fetched = asyncio.run(_end_offsets_both_ways(b.bootstrap))
-    t0, t1 = TopicPartition("t", 0), TopicPartition("t", 1)
-    assert fetched == {t0: 4, t1: 0}
-    # The defect this works around (if Tansu fixes it, this line tells us the workaround can go):
-    assert listed[t0] == 1
+        first = asyncio.run(_retained_from(b.bootstrap, configs, chunks=3 * SEGMENT_BYTES // (256 * 1024)))
+    assert first["bounded"] > 0  # at least one closed segment past retention.bytes was dropped
+    assert first["defaults"] == 0
 
 
-def _tansu_children(pid: int) -> list[psutil.Process]:
+def test_topic_configs_give_compacted_topics_segments_but_no_byte_retention() -> None:
+    assert topic_configs("compact", 1 << 20) == {"segment.bytes": str(SEGMENT_BYTES), "segment.ms": str(SEGMENT_MS),
+                                                 "min.cleanable.dirty.ratio": "0.1"}
+    assert topic_configs("delete", 1 << 20)["retention.bytes"] == str(1 << 20)
+    assert "retention.bytes" not in topic_configs("delete", 0)  # 0 = no byte limit
+
+
+def test_a_restart_waits_for_the_previous_broker_on_the_same_data_dir(tmp_path) -> None:
+    import time
+
+    first = EmbeddedBroker(data_dir=tmp_path / "d", log_path=tmp_path / "1.log").start()
+    old = first.proc
+    first.proc = None  # forget it without stopping: it still owns the data dir
+    import threading
+
+    threading.Timer(1.0, old.terminate).start()
+    t0 = time.monotonic()
+    second = EmbeddedBroker(data_dir=tmp_path / "d", log_path=tmp_path / "2.log").start()
     try:
-        return [c for c in psutil.Process(pid).children(recursive=True) if "tansu" in " ".join(c.cmdline())]
+        assert old.poll() is not None and time.monotonic() - t0 >= 0.9  # it waited for the first to save and go
+    finally:
+        second.stop()
+        old.wait()
+
+
+def _noida_children(pid: int) -> list[psutil.Process]:
+    try:
+        return [c for c in psutil.Process(pid).children(recursive=True) if "noida" in " ".join(c.cmdline())]
     except psutil.NoSuchProcess:
         return []
 
@@ -84,17 +119,19 @@ def test_broker_dies_with_its_parent() -> None:
                20, what="the orphaned broker to exit")
 
 
-def test_learnstream_broker_stops_on_ctrl_c() -> None:
+def test_learnstream_broker_stops_on_ctrl_c_and_keeps_its_data(tmp_path) -> None:
     import signal
     import subprocess
     import sys
 
-    p = subprocess.Popen([sys.executable, "-m", "workers.cli", "broker"], stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-m", "workers.cli", "broker", "--data-dir", str(tmp_path / "log")],
+                         stdout=subprocess.PIPE, text=True)
     line = p.stdout.readline()
     assert "ready on 127.0.0.1:" in line
-    children = _tansu_children(p.pid)
+    children = _noida_children(p.pid)
     assert children
     p.send_signal(signal.SIGINT)
     assert p.wait(20) == 0
     for c in children:
         assert not c.is_running() or c.status() == psutil.STATUS_ZOMBIE
+    assert (tmp_path / "log" / "kafka.json").exists()  # it saved its log on the way out

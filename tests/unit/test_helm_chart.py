@@ -505,8 +505,11 @@ def _faust_metrics() -> dict[str, set[str]]:
     from faust.sensors.prometheus import FaustMetrics
     from prometheus_client import CollectorRegistry
 
+    from workers.stream.app import _SILENCED_FAUST_SERIES
+
     fm = FaustMetrics.create(CollectorRegistry(), "faust")  # the prefix app.py gives the faust sensor
-    return _exposed_names([(m._name, m._type, list(m._labelnames)) for m in fm])
+    silenced = {getattr(fm, n)._name for n in _SILENCED_FAUST_SERIES}  # not exported by a worker
+    return _exposed_names([(m._name, m._type, list(m._labelnames)) for m in fm if m._name not in silenced])
 
 
 def _exprs(dashboard: dict) -> list[str]:

@@ -57,7 +57,7 @@ def test_good_event_is_applied_and_watermarked(proc: Processor) -> None:
     (None, "bad_json", "tombstone"),
     (b"[1, 2]", "invalid", "JSON object"),
     (b"x" * (MAX_EVENT_BYTES + 1), "oversized", "exceeds"),
-    ({"loss": "high"}, "refused", "loss"),
+    ({"loss": "high"}, "invalid", "loss"),  # a wrong type breaks the schema: invalid, not refused
 ])
 def test_bad_loss_events_go_to_dlq_with_reason_and_original_bytes(proc: Processor, value, code, words) -> None:
     f = Feed()
@@ -172,3 +172,16 @@ def test_session_cache_is_bounded_and_evicted_sessions_reload_from_the_store() -
 
     h = LearnSession(store=p.state.store).dispatch({"verb": "health", "body": {"session_key": "a"}})["data"]
     assert h["loss_window_size"] == 2
+
+
+def test_an_envelope_counts_its_events_and_one_message(proc: Processor) -> None:
+    import numpy as np
+
+    f = Feed()
+    proc.process([f.rec("commands", {"verb": "init_instant", "body": {"targets": ["a", "b"], "dim": 4}})])
+    ev = {"embedding": np.ones(4).tolist(), "model": "a", "quality": 0.9}
+    res = proc.process([f.rec("feedback", {"session_key": "s1", "events": [ev, ev, ev]}),
+                        f.rec("feedback", ev), f.rec("feedback", b"{bad")])
+    topic = T["feedback"]
+    assert res.by_topic == {(topic, "applied"): 2, (topic, "rejected"): 1}
+    assert res.events_by_topic == {(topic, "applied"): 4, (topic, "rejected"): 1}

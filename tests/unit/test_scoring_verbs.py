@@ -301,4 +301,4 @@ def test_a_bad_memory_context_event_goes_to_the_dlq() -> None:
     p = Processor(StoreStateAccess(MemoryStore()))
     res = p.process([rec(0, {"conversation_id": "c", "messages": [{"role": "robot", "content": "x"}]})])
     (d,) = [x.value for x in res.produce if x.role == "dlq"]
-    assert d["reason_code"] == "refused" and "role must be one of" in d["reason"]
+    assert d["reason_code"] == "invalid" and "role must be one of" in d["reason"]  # breaks the schema

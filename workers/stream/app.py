@@ -18,14 +18,13 @@ from typing import Any
 import faust
 import orjson
 from aiohttp import web as aiohttp_web
-from aiokafka.errors import MessageSizeTooLargeError
-from aiokafka.partitioner import murmur2
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from faust.exceptions import ProducerSendError
 from faust.sensors.monitor import Monitor
 from faust.sensors.prometheus import PrometheusMonitor
 from prometheus_client import CollectorRegistry, generate_latest
 
-from workers import broker_compat, metrics
+from workers import metrics
 from workers.dispatch import envelope_error, load_verbs, parse_request, session_key_of
 from workers.errors import VerbError
 from workers.scoring import endpoints as scoring_endpoints
@@ -33,20 +32,21 @@ from workers.stream.batching import LearnStream
 from workers.stream import faust_internals
 from workers.stream.faust_tuning import set_fetch_max_wait
 from workers.stream.gaps import GapGuard, KafkaProbe
+from workers.stream import partitioning
+from workers.stream.broker_health import BrokerHealth
 from workers.stream.http_guard import FORWARDED, Guard, server_ssl_context, web_options
-from workers.stream.processor import Processor
+from workers.stream.partitioning import ORIGIN_HEADER, origin_of
+from workers.stream.processor import Processor, dlq_entry
 from workers.stream.records import Record
 from workers.stream.settings import Settings
 from workers.stream.tables import TABLE_NAMES, FaustStateAccess
-from workers.topics import Topic, input_topics, topics
+from workers.topics import Topic, by_name, input_topics, topics
 from workers.verbs import REGISTRY
 
 __all__ = ("build_app", "Runtime")
 
 logger = logging.getLogger(__name__)
 
-# How long an HTTP write waits for its event to be applied before answering 504.
-_APPLY_TIMEOUT_S = 30.0
 # Batches of results kept for writes whose reply arrives before the waiter registers (a write
 # registers right after its send returns, so its batch is one of the last few).
 _RECENT_BATCHES = 32
@@ -56,6 +56,7 @@ _RECOVERING_RETRY_AFTER_S = 1
 # A batch whose delivery failed is applied again (from the stored values) this many times, with
 # backoff, before the agent gives up on it (faust restarts the agent; the guard re-reads it).
 _HANDLE_ATTEMPTS = 5
+_BROKER_PROBE_S = 1.0
 
 
 class Replies:
@@ -100,6 +101,8 @@ class Runtime:
         self.probe = KafkaProbe(settings.broker or "", **settings.kafka_kwargs())
         self.guard = GapGuard({t.name for t in input_topics()}, start=self._start_offset,
                               first_record=self.probe.first_record, seek=self._seek)
+        self.broker_health = BrokerHealth(settings.broker or "", settings.broker_unreachable_s,
+                                          settings.kafka_kwargs())
 
     async def _start_offset(self, topic: str, partition: int) -> int:
         """Where a newly assigned partition starts: the committed offset, or the log start."""
@@ -112,13 +115,13 @@ class Runtime:
         await faust_internals.seek(self.app, topic, partition, offset)
 
     def is_ready(self) -> bool:
-        """Serving: table recovery finished and no rebalance in progress."""
+        """Serving: table recovery finished, no rebalance in progress, and the broker reachable."""
         rec = self.app.tables.recovery
-        return rec.completed.is_set() and not rec.in_recovery and not self.app.rebalancing
+        return (rec.completed.is_set() and not rec.in_recovery and not self.app.rebalancing
+                and self.broker_health.reachable())
 
     def partition_of(self, session_key: str) -> int:
-        # Same partitioner as the producer (aiokafka/Java default: murmur2 of the key bytes).
-        return (murmur2(session_key.encode()) & 0x7FFFFFFF) % self.settings.partitions
+        return partitioning.owner_partition(session_key, self.settings.partitions)
 
     def channel(self, role: str) -> Any:
         ch = self.channels.get(role)
@@ -136,14 +139,18 @@ class Runtime:
         t0 = time.perf_counter()
         admitted = await self.guard.admit(events, _where)
         for e in admitted.dropped:
-            metrics.EVENTS.labels(e.message.topic, "redelivered").inc()
-        records = []
+            metrics.MESSAGES.labels(e.message.topic, "redelivered").inc()
+        received = []
         by_partition = self.state.events.by_partition
         by_partition.clear()
         for e in admitted.events:
             m = e.message
             by_partition[m.partition] = e
-            records.append(Record(m.topic, m.partition, m.offset, m.key, m.value, int((m.timestamp or 0) * 1000)))
+            received.append(Record(m.topic, m.partition, m.offset, m.key, m.value, int((m.timestamp or 0) * 1000),
+                                   origin_of(m.headers)))
+        records, reroute, misplaced = partitioning.split(received, self.settings.partitions)
+        if reroute or misplaced:
+            await self._reroute(reroute, misplaced)
         if records:
             try:
                 res = self.processor.apply(records)
@@ -156,6 +163,8 @@ class Runtime:
                 self.processor.forget()  # the cache holds this batch's unsaved changes
                 raise
             for (topic, outcome), n in res.by_topic.items():
+                metrics.MESSAGES.labels(topic, outcome).inc(n)
+            for (topic, outcome), n in res.events_by_topic.items():
                 metrics.EVENTS.labels(topic, outcome).inc(n)
             for name, seconds in res.verb_seconds:
                 metrics.KERNEL_SECONDS.labels(name).observe(seconds)
@@ -167,6 +176,26 @@ class Runtime:
             self.replies.resolve(res.replies)
         self.guard.applied(admitted)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
+
+    async def _reroute(self, reroute: list[tuple[Record, int]], misplaced: list[Record]) -> None:
+        """Events on a partition that does not own their key: never applied here (see
+        workers/stream/partitioning.py). Acknowledged by the broker before the batch is acked."""
+        pending = []
+        for rec, owner in reroute:
+            pending.append(await self.channel(by_name(rec.topic).role).send(
+                key=rec.key, value=rec.value, partition=owner,
+                headers=[(ORIGIN_HEADER, f"{rec.partition}:{rec.offset}".encode())]))
+            metrics.REROUTED.labels(rec.topic).inc()
+            metrics.MESSAGES.labels(rec.topic, "rerouted").inc()
+        for rec in misplaced:
+            pending.append(await self.channel("dlq").send(key=rec.key, value=orjson.dumps(dlq_entry(
+                rec, f"re-routed copy arrived on partition {rec.partition}, which does not own its key "
+                     f"(LEARNSTREAM_PARTITIONS={self.settings.partitions} differs from the topic's?)",
+                "wrong_partition").value)))
+            metrics.DLQ.labels("wrong_partition").inc()
+            metrics.MESSAGES.labels(rec.topic, "rejected").inc()
+        if pending:
+            await asyncio.gather(*pending)
 
     async def _deliver(self, produce: list[Any]) -> None:
         """Send downstream events and DLQ entries; return once the broker acknowledged every one."""
@@ -196,23 +225,37 @@ class Runtime:
         return t, {"verb": verb_name, "body": body}
 
     async def write(self, verb_name: str, body: dict, sk: str) -> tuple[dict, int]:
-        """Produce the write to its topic; answer (envelope, HTTP status) once this worker applied it."""
+        """Produce the write to its topic; answer (envelope, HTTP status) once this worker applied it.
+
+        Within ``write_timeout_s`` whatever the broker does: 503 when the broker is unreachable or
+        does not take the event in time (it may still land in the log: retrying may apply it twice),
+        504 when it is in the log but not applied in time (it will be).
+        """
+        timeout = self.settings.write_timeout_s
+        if not self.broker_health.reachable():
+            return envelope_error(verb_name, f"broker unreachable for {self.broker_health.unreachable_for():.0f} s; "
+                                             "retry later"), 503
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         topic, value = self.event_for_write(verb_name, {**body, "session_key": sk})
         try:
-            meta = await (await self.channel(topic.role).send(key=sk.encode(), value=orjson.dumps(value)))
-        except (MessageSizeTooLargeError, ProducerSendError) as exc:
-            if not isinstance(exc, MessageSizeTooLargeError) and not isinstance(exc.__cause__,
-                                                                                MessageSizeTooLargeError):
-                raise
-            return envelope_error(verb_name, f"the event is too large for topic {topic.name}; send less per "
-                                             "request"), 413
+            async with asyncio.timeout(timeout):
+                meta = await (await self.channel(topic.role).send(key=sk.encode(), value=orjson.dumps(value)))
+        except (TimeoutError, KafkaError, ProducerSendError) as exc:
+            # faust wraps the producer's errors in ProducerSendError
+            cause = exc.__cause__ if isinstance(exc, ProducerSendError) else exc
+            if isinstance(cause, MessageSizeTooLargeError):
+                return envelope_error(verb_name, f"the event is too large for topic {topic.name}; send less per "
+                                                 "request"), 413
+            why = f"not taken by the broker within {timeout:.0f} s" if isinstance(exc, TimeoutError) else str(exc)
+            return envelope_error(verb_name, f"write {why}; retry later"), 503
         key = (topic.name, meta.topic_partition.partition, meta.offset)
         written = f"{key[0]}:{key[1]}:{key[2]}"  # the id of the applied write (record_id)
         try:
-            out = await self.replies.wait(key, _APPLY_TIMEOUT_S)
+            out = await self.replies.wait(key, max(deadline - loop.time(), 0.001))
         except asyncio.TimeoutError:
             # the event is in the log and will be applied (by whoever owns the partition by then)
-            return {**envelope_error(verb_name, f"timed out after {_APPLY_TIMEOUT_S:.0f} s waiting for "
+            return {**envelope_error(verb_name, f"timed out after {timeout:.0f} s waiting for "
                                                 f"{topic.name}[{key[1]}]@{key[2]} to be applied"), "id": written}, 504
         # a retried idempotency key answers with the id of the write that applied it first
         return {"id": written, **out}, 200 if out["ok"] else 422
@@ -236,8 +279,6 @@ def _where(event: Any) -> tuple[str, int, int]:
 
 def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     load_verbs()
-    if settings.broker_kind == "embedded":
-        broker_compat.enable()
     set_fetch_max_wait(settings.fetch_max_wait_ms)
     if not settings.broker:
         raise ValueError("settings.broker must be set (the CLI starts the embedded broker first)")
@@ -358,12 +399,16 @@ def _install_web(app: faust.App, rt: Runtime, guard: Guard) -> None:
         except Exception:  # noqa: BLE001 - before the first assignment
             assigned, standby = [], []
         return _json(web, {"status": "ok", "worker": rt.settings.worker_id or str(rt.settings.web_port),
-                           "ready": rt.is_ready(), "active_partitions": assigned, "standby_partitions": standby})
+                           "ready": rt.is_ready(), "broker_reachable": rt.broker_health.reachable(),
+                           "active_partitions": assigned, "standby_partitions": standby})
 
     @app.page("/ready")
     async def ready(web: Any, request: Any) -> Any:
         ok = rt.is_ready()
-        return _json(web, {"ready": ok}, 200 if ok else 503)
+        out: dict[str, Any] = {"ready": ok}
+        if not rt.broker_health.reachable():
+            out["reason"] = f"broker unreachable for {rt.broker_health.unreachable_for():.0f} s"
+        return _json(web, out, 200 if ok else 503)
 
     async def verb_request(web: Any, request: Any, req: Any) -> Any:
         parsed = parse_request(req)
@@ -453,6 +498,14 @@ class _LeanPrometheusMonitor(PrometheusMonitor):
     on_send_completed = Monitor.on_send_completed
 
 
+# faust's series fed only by the per-message hooks _LeanPrometheusMonitor turns off
+# (learnstream_events_total, learnstream_messages_total and learnstream_batch_seconds measure that work).
+_SILENCED_FAUST_SERIES = (
+    "messages_received", "active_messages", "messages_received_per_topics", "messages_received_per_topics_partition",
+    "events_runtime_latency", "total_events", "total_active_events", "total_events_per_stream", "table_operations",
+    "topic_messages_sent", "total_sent_messages", "producer_send_latency")
+
+
 def _install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
     from faust.sensors.prometheus import setup_prometheus_sensors
 
@@ -460,6 +513,8 @@ def _install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
     # a fixed prefix (not the app id) so dashboards work for any deployment
     setup_prometheus_sensors(app, pattern="/metrics/faust", registry=faust_registry, name_prefix="faust")
     app.monitor.__class__ = _LeanPrometheusMonitor  # same metrics object, per-message hooks made cheap
+    for name in _SILENCED_FAUST_SERIES:  # their hooks are off: exported, they would read 0 forever
+        faust_registry.unregister(getattr(app.monitor._metrics, name))
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
@@ -467,6 +522,11 @@ def _install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
         return web.bytes(body, content_type="text/plain; version=0.0.4")
 
     names = {t.name for t in inputs}
+
+    @app.timer(_BROKER_PROBE_S)
+    async def broker_probe() -> None:
+        await rt.broker_health.probe()
+        metrics.READY.set(1 if rt.is_ready() else 0)
 
     @app.timer(_LAG_INTERVAL_S)
     async def lag() -> None:
@@ -479,7 +539,7 @@ def _install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
         for tp in assignment:
             if tp.topic not in names:
                 continue
-            hw = consumer.highwater(tp)  # from Fetch responses: correct on the embedded broker too
+            hw = consumer.highwater(tp)  # from the last Fetch response: no extra request
             committed = consumer._committed_offset.get(tp)
             if hw is not None and committed is not None:
                 lag_by_topic[tp.topic] += max(hw - committed, 0)  # committed = next offset to read

@@ -89,7 +89,10 @@ class BatchResult:
     applied: int = 0
     duplicates: int = 0
     rejected: int = 0
-    by_topic: dict[tuple[str, str], int] = field(default_factory=dict)   # (topic, outcome) -> count
+    by_topic: dict[tuple[str, str], int] = field(default_factory=dict)   # (topic, outcome) -> messages
+    events_by_topic: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic, outcome) -> events
+    # events in a message other than 1 (an envelope's ``events``), by (topic, partition, offset)
+    sizes: dict[tuple[str, int, int], int] = field(default_factory=dict)
     verb_seconds: list[tuple[str, float]] = field(default_factory=list)  # time in each verb (its kernels)
     dirty: dict[tuple[str, str], int] = field(default_factory=dict)      # (table, session) -> partition, unsaved
 
@@ -177,10 +180,12 @@ class _Run:
     def add(self, rec: Record, item: object) -> None:
         self.records.append(rec)
         self.items.append(item)
-        self.last[(rec.topic, rec.partition)] = rec.offset
+        topic, partition, offset = rec.mark
+        self.last[(topic, partition)] = offset
 
     def holds(self, rec: Record) -> bool:
-        return rec.offset <= self.last.get((rec.topic, rec.partition), -1)
+        topic, partition, offset = rec.mark
+        return offset <= self.last.get((topic, partition), -1)
 
 
 class Processor:
@@ -350,6 +355,9 @@ class Processor:
                     self._count(res, rec, self._internal(rec, None, failed[where], res, dirty))
                     continue
                 raise _Failed([where], _last_line(exc)) from exc
+            events = body.get("events")
+            if isinstance(events, list) and len(events) != 1:  # an envelope: its events count, not 1
+                res.sizes[(rec.topic, rec.partition, rec.offset)] = len(events)
             if where in failed:
                 run = runs.pop(sk, None)
                 if run is not None:
@@ -415,10 +423,21 @@ class Processor:
             raise _Failed([_where(rec)], _last_line(exc)) from exc
         run.add(rec, item)
 
+    def _refusal_code(self, rec: Record) -> str:
+        """``invalid`` when the event breaks its topic's schema (a wrong type, a missing field), else
+        ``refused`` (well-formed, but the verb refuses it in this state). Only on the error path."""
+        try:
+            self._topic(rec.topic).validate(decode_json(rec.value))
+        except ValidationError:
+            return "invalid"
+        return "refused"
+
     @staticmethod
     def _count(res: BatchResult, rec: Record, outcome: str) -> None:
         k = (rec.topic, outcome)
         res.by_topic[k] = res.by_topic.get(k, 0) + 1
+        n = res.sizes.get((rec.topic, rec.partition, rec.offset), 1) if res.sizes else 1
+        res.events_by_topic[k] = res.events_by_topic.get(k, 0) + n
 
     @staticmethod
     def _reject(rec: Record, r: _Reject, res: BatchResult) -> str:
@@ -436,7 +455,7 @@ class Processor:
             res.produce.append(dlq_entry(rec, f"stored state unusable: {exc}", "corrupt_state"))
             res.rejected += 1
             return "rejected"
-        if blob.watermark.seen(rec.topic, rec.partition, rec.offset):
+        if blob.watermark.seen(*rec.mark):
             # Re-write the value anyway: after a crash the local RocksDB can be ahead of the
             # changelog, and this redelivery is the only chance to get that state into it.
             dirty[(v.table, sk)] = rec.partition
@@ -460,7 +479,7 @@ class Processor:
             first = idempotency.lookup(blob, key)
             if first is not None:  # a client's retry of a write this session value already holds
                 res.replies[(rec.topic, rec.partition, rec.offset)] = {**first, "duplicate": True}
-                blob.watermark.advance(rec.topic, rec.partition, rec.offset)
+                blob.watermark.advance(*rec.mark)
                 dirty[(v.table, sk)] = rec.partition
                 res.duplicates += 1
                 return "duplicate"
@@ -495,10 +514,10 @@ class Processor:
         if blob is not None:
             # A refused verb changed nothing (verbs validate before they mutate; tested per verb),
             # so the watermark may advance past it: a redelivery must not DLQ it twice.
-            blob.watermark.advance(rec.topic, rec.partition, rec.offset)
+            blob.watermark.advance(*rec.mark)
             dirty[(v.table, sk)] = rec.partition
         if not out["ok"]:
-            res.produce.append(dlq_entry(rec, out["error"], "refused"))
+            res.produce.append(dlq_entry(rec, out["error"], self._refusal_code(rec)))
             res.rejected += 1
             return "rejected"
         now_ms = int(self.clock() * 1000) if emitted else 0

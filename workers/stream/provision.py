@@ -1,8 +1,10 @@
 """Creating and checking topics from ``topics/*.yaml`` (``learnstream topics create|list``).
 
-Workers run this before faust starts: a broker that auto-creates topics (Tansu
-does, with its own partition count) would otherwise break co-partitioning, and
-faust then crashes with PartitionsMismatch long after start-up.
+Workers run this before faust starts: a broker that auto-creates topics with its
+own partition count would otherwise break co-partitioning, and faust then crashes
+with PartitionsMismatch long after start-up. On the embedded broker the tables'
+changelog topics are created here too, with the configs that bound its memory
+(:mod:`workers.broker_compat`); on Kafka faust creates them.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from workers import broker_compat
 from workers.errors import ConfigError
 from workers.stream.settings import Settings
 from workers.topics import topics
@@ -43,8 +46,12 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
     """Create missing topics; refuse input topics whose partition count differs."""
     wanted = {t.name: (t.partitions or settings.partitions, t) for t in topics().values()}
     existing = await describe_topics(settings)
-    new = [NewTopic(name, n, settings.replication, topic_configs=t.config())
+    new = [NewTopic(name, n, settings.replication, topic_configs=_configs(settings, t.config()))
            for name, (n, t) in wanted.items() if name not in existing]
+    if settings.broker_kind == "embedded":
+        new += [NewTopic(name, settings.partitions, settings.replication,
+                         topic_configs=_configs(settings, {"cleanup.policy": "compact"}))
+                for name in changelog_topics(settings) if name not in existing]
     if new:
         admin = _admin(settings)
         await admin.start()
@@ -64,6 +71,19 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
                 f"topic {name} has {have} partitions but LEARNSTREAM_PARTITIONS={n}: inputs must be "
                 f"co-partitioned. Set LEARNSTREAM_PARTITIONS={have} or recreate the topic.")
     return {name: existing[name] for name in wanted}
+
+
+def changelog_topics(settings: Settings) -> list[str]:
+    """The tables' changelog topics, as faust names them (``<app id>-<table>-changelog``)."""
+    from workers.stream.tables import TABLE_NAMES
+
+    return [f"{settings.app_id}-{name}-changelog" for name in TABLE_NAMES.values()]
+
+
+def _configs(settings: Settings, configs: dict[str, str]) -> dict[str, str]:
+    if settings.broker_kind != "embedded":
+        return configs
+    return {**configs, **broker_compat.topic_configs(configs["cleanup.policy"], settings.embedded_retention_bytes)}
 
 
 def ensure_topics_sync(settings: Settings) -> dict[str, int]:

@@ -16,6 +16,16 @@ class Record(NamedTuple):
     key: bytes | None
     value: bytes | None
     timestamp_ms: int = 0
+    # (partition, offset) where a re-routed copy was first written (workers/stream/partitioning.py)
+    origin: tuple[int, int] | None = None
+
+    @property
+    def mark(self) -> tuple[str, int, int]:
+        """Where the watermark counts this record: a re-routed copy counts at its origin, so a
+        second copy of the same event (a re-route redelivered after a crash) is a duplicate."""
+        if self.origin is None:
+            return self.topic, self.partition, self.offset
+        return self.topic, self.origin[0], self.origin[1]
 
     @property
     def source(self) -> dict[str, Any]:

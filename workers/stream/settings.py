@@ -13,8 +13,18 @@ __all__ = ("Settings",)
 # faust's default block cache is 2 GiB *per partition database*; 16 MiB per table
 # partition keeps a laptop worker with 8 partitions x 3 tables under ~400 MiB.
 _BLOCK_CACHE_BYTES = 16 * 1024 * 1024
-# Tansu notices a dead member only after the session timeout; 10 s bounds failover.
+# A dead member is noticed after the session timeout (on Kafka); 10 s bounds failover.
 _SESSION_TIMEOUT_S = 10.0
+
+# Per partition of every delete-policy topic on the embedded broker, which keeps its log in memory
+# (workers/broker_compat.py): 16 MiB x 8 partitions x 15 topics bounds the worst case near 2 GiB,
+# a steady local run far below (bench/README.md, "broker_soak").
+_EMBEDDED_RETENTION_BYTES = 16 * 1024 * 1024
+# /ready turns 503 once the broker has been unreachable this long (a rebalance or a slow
+# Metadata answer must not flap it).
+_BROKER_UNREACHABLE_S = 10.0
+# An HTTP write answers 503/504 within this: producing it and waiting for it to be applied.
+_WRITE_TIMEOUT_S = 30.0
 
 # Kafka client security settings passed through to aiokafka as-is.
 _KAFKA_PASSTHROUGH = ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
@@ -66,7 +76,7 @@ class Settings:
     """Everything a worker needs to know. ``Settings.from_env(**overrides)``."""
 
     broker: str | None = None            # host:port[,host:port]; None = start the embedded broker
-    broker_kind: str = "embedded"        # "embedded" (Tansu workarounds on) or "kafka"
+    broker_kind: str = "embedded"        # "embedded" (workers/broker_compat.py topic configs on) or "kafka"
     app_id: str = "learnstream"
     data_dir: Path = Path("./learnstream-data")
     web_host: str = "127.0.0.1"           # advertised to other workers (owner forwarding)
@@ -85,6 +95,10 @@ class Settings:
     fetch_max_wait_ms: int = 50          # consumer long-poll (faust hard-codes 1500; see faust_tuning)
     worker_id: str | None = None         # static group membership (the pod name on Kubernetes)
     log_level: str = "warning"
+    log_format: str = "text"             # "text" or "json" (one JSON object per line)
+    embedded_retention_bytes: int = _EMBEDDED_RETENTION_BYTES
+    broker_unreachable_s: float = _BROKER_UNREACHABLE_S
+    write_timeout_s: float = _WRITE_TIMEOUT_S
     kafka: dict[str, str] = field(default_factory=dict)
     # agents' side (MCP server, SDK write-and-wait): which worker to talk to and with which token
     worker_url: str | None = None         # base URL of a worker's HTTP API; None = start an embedded one
@@ -131,7 +145,10 @@ class Settings:
             batch_within_s=_float("BATCH_WITHIN_S", 0.1), batch_linger_s=_float("BATCH_LINGER_S", 0.005),
             fetch_max_wait_ms=_int("FETCH_MAX_WAIT_MS", 50),
             worker_id=_env("WORKER_ID") or None,
-            log_level=_env("LOG_LEVEL", "warning"), kafka=kafka,
+            log_level=_env("LOG_LEVEL", "warning"), log_format=_env("LOG_FORMAT", "text"),
+            embedded_retention_bytes=_int("EMBEDDED_RETENTION_BYTES", _EMBEDDED_RETENTION_BYTES),
+            broker_unreachable_s=_float("BROKER_UNREACHABLE_S", _BROKER_UNREACHABLE_S),
+            write_timeout_s=_float("WRITE_TIMEOUT_S", _WRITE_TIMEOUT_S), kafka=kafka,
             worker_url=_env("WORKER_URL") or None, api_token=_env("API_TOKEN") or None,
             mcp_token=_env("MCP_TOKEN") or None, mcp_session=_env("MCP_SESSION") or "default",
             apply_deadline_s=_float("APPLY_DEADLINE_S", 60.0),
@@ -156,6 +173,10 @@ class Settings:
         s = dataclasses.replace(s, **overrides)
         if s.partitions < 1:
             raise ConfigError("partitions must be >= 1")
+        if s.log_format not in ("text", "json"):
+            raise ConfigError(f"LEARNSTREAM_LOG_FORMAT must be 'text' or 'json', got {s.log_format!r}")
+        if s.broker_unreachable_s <= 0 or s.write_timeout_s <= 0:
+            raise ConfigError("LEARNSTREAM_BROKER_UNREACHABLE_S and LEARNSTREAM_WRITE_TIMEOUT_S must be > 0")
         if s.auth not in ("auto", "tokens", "off"):
             raise ConfigError("LEARNSTREAM_AUTH must be 'auto', 'tokens' or 'off'")
         if (s.tls_certfile is None) != (s.tls_keyfile is None):
@@ -200,7 +221,10 @@ class Settings:
             "LEARNSTREAM_BATCH_LINGER_S": str(self.batch_linger_s),
             "LEARNSTREAM_CACHE_SESSIONS": str(self.cache_sessions),
             "LEARNSTREAM_FETCH_MAX_WAIT_MS": str(self.fetch_max_wait_ms),
-            "LEARNSTREAM_LOG_LEVEL": self.log_level,
+            "LEARNSTREAM_LOG_LEVEL": self.log_level, "LEARNSTREAM_LOG_FORMAT": self.log_format,
+            "LEARNSTREAM_EMBEDDED_RETENTION_BYTES": str(self.embedded_retention_bytes),
+            "LEARNSTREAM_BROKER_UNREACHABLE_S": str(self.broker_unreachable_s),
+            "LEARNSTREAM_WRITE_TIMEOUT_S": str(self.write_timeout_s),
         }
         if self.broker:
             out["LEARNSTREAM_BROKER"] = self.broker

@@ -5,6 +5,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+from pathlib import Path
 
 from workers.stream.settings import Settings
 
@@ -17,22 +18,38 @@ def run_worker(settings: Settings) -> int:
     """Run the faust worker until SIGTERM/SIGINT. Starts the embedded broker if none is configured."""
     import faust
 
+    from workers.logs import configure as configure_logs
     from workers.stream.app import build_app
 
     broker = None
     if not settings.broker:
         from workers.broker import EmbeddedBroker
 
-        broker = EmbeddedBroker().start()
+        # the log lives next to the tables: stopping and starting the worker keeps both
+        broker = EmbeddedBroker(data_dir=settings.data_dir / "broker").start()
         # the caller's settings (CLI flags included) with the broker filled in, never re-read from the env
         settings = dataclasses.replace(settings, broker=broker.bootstrap, broker_kind="embedded")
-        print(f"embedded broker on {broker.bootstrap}", flush=True)
+        print(f"embedded broker on {broker.bootstrap}, data in {broker.data_dir}", flush=True)
+    from workers.stream.log_identity import ensure_tables_match_log
     from workers.stream.provision import ensure_topics_sync
 
     ensure_topics_sync(settings)
+    if settings.broker_kind == "embedded":
+        from workers.broker_compat import expel_group_members
+
+        asyncio.run(expel_group_members(settings.broker, settings.app_id, **settings.kafka_kwargs()))
     app, rt = build_app(settings)
+    changelogs = {t.name: t.changelog_topic.get_topic_name() for t in rt.tables.values()}
+    asyncio.run(ensure_tables_match_log(settings.data_dir, Path(app.conf.tabledir), changelogs, settings.broker,
+                                        **settings.kafka_kwargs()))
     _announce_ready(app, rt, settings)
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
+
+    class Worker(faust.Worker):
+        def on_setup_root_logger(self, root: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(root, level)
+            configure_logs(root, settings.log_format)  # JSON lines and rate-limited repeats
+
+    worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     logger.info("worker pid %s, web http://%s:%s", os.getpid(), settings.web_host, settings.web_port)
     try:
         worker.execute_from_commandline()

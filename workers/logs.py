@@ -1,0 +1,52 @@
+"""Log output of a worker: text or one JSON object per line, and repeated warnings rate-limited.
+
+``LEARNSTREAM_LOG_FORMAT=json`` renders every stdlib record (ours, faust's, aiokafka's) through
+structlog's ``ProcessorFormatter`` as one JSON object per line (``timestamp``, ``level``, ``logger``,
+``event``, ``exception``). A broker outage makes aiokafka log the same error many times a second;
+warnings and errors from one source line are let through once per period
+(``log-rate-limit``), the next one saying how many were skipped.
+"""
+from __future__ import annotations
+
+import logging
+
+import structlog
+from log_rate_limit import StreamRateLimitFilter
+
+__all__ = ("configure", "RepeatedWarnings")
+
+# One line per call site per 10 s during an outage: ~6 lines a minute per source instead of thousands.
+_REPEAT_PERIOD_S = 10.0
+
+
+class RepeatedWarnings(logging.Filter):
+    """Rate-limit WARNING and above per source line; INFO and DEBUG pass (they are off by default)."""
+
+    def __init__(self, period_s: float = _REPEAT_PERIOD_S) -> None:
+        super().__init__()
+        self._limit = StreamRateLimitFilter(period_sec=period_s, default_stream_id="file_line_no")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING or self._limit.filter(record)
+
+
+def json_formatter() -> logging.Formatter:
+    return structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        pass_foreign_args=False,
+    )
+
+
+def configure(root: logging.Logger, log_format: str) -> None:
+    """Give every handler of ``root`` the rate limit and, for ``json``, the JSON formatter."""
+    for handler in root.handlers:
+        if not any(isinstance(f, RepeatedWarnings) for f in handler.filters):
+            handler.addFilter(RepeatedWarnings())
+        if log_format == "json":
+            handler.setFormatter(json_formatter())
