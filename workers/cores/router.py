@@ -60,7 +60,7 @@ import numpy as np
 
 from workers import _kernels as _k
 from workers.codec import embedding_field
-from workers.cores._common import pack_part, unpack_part
+from workers.state.framing import pack_part, unpack_part
 from workers.errors import CorruptStateError, VerbError
 from workers.verbs import VerbContext, health_contributor, verb
 

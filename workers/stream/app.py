@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from workers import broker_compat, metrics
 from workers.dispatch import envelope_error, load_verbs, parse_request, session_key_of
 from workers.errors import VerbError
+from workers.state.limits import check_request
 from workers.stream.batching import LearnStream
 from workers.stream.faust_tuning import set_fetch_max_wait
 from workers.stream.processor import Processor
@@ -78,7 +79,7 @@ class Runtime:
     def __init__(self, app: faust.App, settings: Settings, tables: dict[str, Any]) -> None:
         self.app, self.settings, self.tables = app, settings, tables
         self.state = FaustStateAccess(tables, self.partition_of)
-        self.processor = Processor(self.state, cache_sessions=settings.cache_sessions)
+        self.processor = Processor(self.state, cache_bytes=settings.cache_bytes, limits=settings.limits())
         self.replies = Replies()
         self.topics = topics()
         self.channels: dict[str, Any] = {}
@@ -289,6 +290,10 @@ def _install_web(app: faust.App, rt: Runtime) -> None:
                                             headers={_FORWARDED: "1", "Content-Type": "application/json"}) as r:
                 return web.bytes(await r.read(), content_type="application/json", status=r.status)
         if REGISTRY[name].writes:
+            try:  # a configuration whose state could outgrow the session limit never reaches the log
+                check_request(name, body, rt.processor.sessions.limits)
+            except VerbError as exc:
+                return _json(web, envelope_error(name, str(exc)), 400)
             out, status = await rt.write(name, body, sk)
         else:
             out = rt.read(name, body, sk)

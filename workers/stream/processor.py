@@ -16,62 +16,28 @@ watermark step and downstream events, exactly as alone (tests/unit/test_coalesci
 """
 from __future__ import annotations
 
-import abc
 import base64
 import logging
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from workers.codec import decode_json
-from workers.dispatch import (DEFAULT_SESSION, envelope_error, envelope_ok, load_verbs, run_verb, session_key_of,
-                              state_key)
+from workers.dispatch import DEFAULT_SESSION, envelope_error, envelope_ok, load_verbs, run_verb, session_key_of
 from workers.errors import CorruptStateError, ValidationError, VerbError
-from workers.state.base import ModelStore
+from workers.state.access import StateAccess, StoreStateAccess
 from workers.state.blob import StateBlob
+from workers.state.layout import StateTooLarge
+from workers.state.limits import Limits, check_request
+from workers.state.sessions import CACHE_BYTES, Sessions
 from workers.stream.records import Produce, Record, record_id
 from workers.topics import Topic, by_name
 from workers.verbs import BLOB_TABLES, REGISTRY, Verb, VerbContext
 
-__all__ = ("StateAccess", "Processor", "BatchResult", "dlq_entry")
+__all__ = ("StateAccess", "StoreStateAccess", "Processor", "BatchResult", "dlq_entry")
 
 logger = logging.getLogger(__name__)
-
-# Decoded session values kept between batches. A learning-loop value is ~100 KB at 384-d,
-# so 1024 sessions cost ~100 MB; colder sessions are decoded again from RocksDB on demand.
-_CACHE_SESSIONS = 1024
-
-
-class StateAccess(abc.ABC):
-    """Where the processor reads and writes session state (faust tables, or a ModelStore)."""
-
-    @abc.abstractmethod
-    def load(self, table: str, session_key: str, partition: int) -> bytes | None: ...
-
-    @abc.abstractmethod
-    def save(self, table: str, session_key: str, partition: int, value: bytes) -> None: ...
-
-    @abc.abstractmethod
-    def graph_store(self, partition: int) -> ModelStore: ...
-
-
-class StoreStateAccess(StateAccess):
-    """StateAccess over one ModelStore (tests, and single-process replays)."""
-
-    def __init__(self, store: ModelStore) -> None:
-        self.store = store
-
-    def load(self, table: str, session_key: str, partition: int) -> bytes | None:
-        return self.store.get(state_key(table, session_key))
-
-    def save(self, table: str, session_key: str, partition: int, value: bytes) -> None:
-        self.store.put(state_key(table, session_key), value)
-
-    def graph_store(self, partition: int) -> ModelStore:
-        return self.store
-
 
 @dataclass
 class BatchResult:
@@ -82,6 +48,7 @@ class BatchResult:
     rejected: int = 0
     by_topic: dict[tuple[str, str], int] = field(default_factory=dict)   # (topic, outcome) -> count
     verb_seconds: list[tuple[str, float]] = field(default_factory=list)  # time in each verb (its kernels)
+    state_bytes: int = 0  # keys and values written to the session tables (and so to their changelogs)
 
 
 def dlq_entry(rec: Record, reason: str, code: str) -> Produce:
@@ -144,25 +111,25 @@ class _Run:
 
 
 class Processor:
-    """Applies batches of records; keeps decoded session blobs cached between batches.
+    """Applies batches of records; keeps decoded sessions cached between batches (``Sessions``).
 
     Call :meth:`forget` on every rebalance: another worker may have changed a
     session while this one did not own it.
     """
 
     def __init__(self, state: StateAccess, *, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.time, cache_sessions: int = _CACHE_SESSIONS) -> None:
+                 clock: Callable[[], float] = time.time, cache_bytes: int = CACHE_BYTES,
+                 limits: Limits | None = None) -> None:
         load_verbs()
         self.state = state
-        self.rng = rng or random.Random()
+        self.sessions = Sessions(state, cache_bytes=cache_bytes, limits=limits, rng=rng)
+        self.rng = self.sessions.rng
         self.clock = clock
-        self.cache_sessions = cache_sessions
-        # decoded values, least recently used first; every entry is clean between batches
-        self._cache: OrderedDict[tuple[str, str], StateBlob] = OrderedDict()
         self._topics: dict[str, Topic] = {}
+        self._grew: dict[tuple[str, str], list[Record]] = {}  # records applied to each session in this batch
 
     def forget(self) -> None:
-        self._cache.clear()
+        self.sessions.forget()
 
     def _topic(self, name: str) -> Topic:
         t = self._topics.get(name)
@@ -171,25 +138,15 @@ class Processor:
         return t
 
     def _blob(self, table: str, sk: str, partition: int) -> StateBlob:
-        b = self._cache.get((table, sk))
-        if b is None:
-            raw = self.state.load(table, sk, partition)
-            b = StateBlob.from_bytes(raw) if raw is not None else StateBlob()
-            self._cache[(table, sk)] = b
-        else:
-            self._cache.move_to_end((table, sk))
-        return b
+        return self.sessions.blob(table, sk, partition)
 
     def _context(self, v: Verb, sk: str, partition: int, blob: StateBlob | None,
                  emit: Callable[[str, dict], None] | None = None, source: dict | None = None) -> VerbContext:
-        return VerbContext(session_key=sk, state=blob, store=self.state.graph_store(partition),
-                           prefix=state_key("graph", sk), emit=emit or (lambda role, payload: None),
-                           rng=self.rng, source=source, load=lambda table: self._blob(table, sk, partition))
+        return self.sessions.context(v, sk, partition, emit=emit, source=source, blob=blob)
 
     def read(self, v: Verb, body: dict, sk: str, partition: int) -> dict:
         """Answer a read verb from the current state (the cached blob when there is one)."""
-        blob = self._blob(v.table, sk, partition) if v.table in BLOB_TABLES else None
-        return run_verb(v, self._context(v, sk, partition, blob), body)
+        return run_verb(v, self._context(v, sk, partition, None), body)
 
     def _resolve(self, rec: Record) -> tuple[Verb, dict, str]:
         """(verb, body, session_key) of a record, or _Reject."""
@@ -221,6 +178,10 @@ class Processor:
             raise _Reject(f"unknown verb: {name}", "unknown_verb")
         if not v.writes:
             raise _Reject(f"verb {name} is a read; send reads to HTTP /dispatch", "invalid")
+        try:
+            check_request(name, body, self.sessions.limits)
+        except VerbError as exc:
+            raise _Reject(str(exc), "invalid") from None
         key = _key_str(rec)
         try:
             sk = session_key_of(body, key or DEFAULT_SESSION)
@@ -257,10 +218,32 @@ class Processor:
         for run in runs.values():
             self._apply_run(run, res, dirty)
         for (table, sk), partition in dirty.items():
-            self.state.save(table, sk, partition, self._cache[(table, sk)].to_bytes())
-        while len(self._cache) > self.cache_sessions:  # only now: a dirty value must not be dropped
-            self._cache.popitem(last=False)
+            try:
+                res.state_bytes += self.sessions.save(table, sk, partition)
+            except StateTooLarge as exc:
+                self._too_large(self._grew.get((table, sk), []), str(exc), res)
+        self._grew.clear()
+        self.sessions.trim()  # only now: a changed session must not be dropped before it was saved
         return res
+
+    def _too_large(self, records: list[Record], reason: str, res: BatchResult) -> None:
+        """The session's changes could not be written: its records of this batch were not applied."""
+        ids = {record_id(rec) for rec in records}
+
+        def caused(p: Produce) -> bool:  # a downstream id is "<topic>:<partition>:<offset>[:n]"
+            i = p.value.get("id", "")
+            return i in ids or i.rsplit(":", 1)[0] in ids
+
+        res.produce = [p for p in res.produce if p.role == "dlq" or not caused(p)]
+        for rec in records:
+            res.produce.append(dlq_entry(rec, reason, "too_large"))
+            res.replies[(rec.topic, rec.partition, rec.offset)] = envelope_error(
+                res.replies.get((rec.topic, rec.partition, rec.offset), {}).get("verb", "?"), reason)
+            res.applied -= 1
+            res.rejected += 1
+            self._count(res, rec, "too_large")
+            applied = (rec.topic, "applied")
+            res.by_topic[applied] -= 1
 
     def _join(self, runs: dict[str, _Run], rec: Record, v: Verb, body: dict, sk: str, res: BatchResult,
               dirty: dict[tuple[str, str], int]) -> None:
@@ -309,8 +292,9 @@ class Processor:
             res.rejected += 1
             return "rejected"
         if blob.watermark.seen(rec.topic, rec.partition, rec.offset):
-            # Re-write the value anyway: after a crash the local RocksDB can be ahead of the
+            # Re-write every key anyway: after a crash the local RocksDB can be ahead of the
             # changelog, and this redelivery is the only chance to get that state into it.
+            self.sessions.rewrite_all(v.table, sk)
             dirty[(v.table, sk)] = rec.partition
             res.duplicates += 1
             return "duplicate"
@@ -356,6 +340,8 @@ class Processor:
             res.rejected += 1
             return "rejected"
         now_ms = int(self.clock() * 1000) if emitted else 0
+        if blob is not None:
+            self._grew.setdefault((v.table, sk), []).append(rec)
         for n, (role, payload) in enumerate(emitted):
             value = {"id": record_id(rec, n), "session_key": sk, "ts_ms": now_ms, "source": rec.source, **payload}
             value["id"] = record_id(rec, n)  # the deterministic id wins over any payload field

@@ -1,21 +1,29 @@
-"""Session state on faust tables (``rocksdb://`` via rocksdict, compacted changelogs).
+"""Session state on faust tables (``learnstream://``: rocksdict, compacted changelogs).
 
-faust writes a table value to the local RocksDB of, and the changelog partition
-of, the *current event's* partition. A batch holds events of many partitions, so
-each write runs inside :func:`event_context` of an event from the right partition.
+A session's keys (``workers.state.layout``) are written by :meth:`FaustStateAccess.write`
+the way faust writes one table key, for many keys at once: one RocksDB write batch on the
+partition's database (atomic), then one changelog record per key, in the batch's order, on
+the same partition. faust flushes the producer before it commits the source offsets, and
+records each changelog offset as the table's persisted offset once it is acknowledged.
+
+The graph table is written key by key through faust (``FaustGraphStore``), which writes to
+the *current event's* partition: each write runs inside :func:`event_context` of an event
+from the right partition.
 """
 from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
+
+from rocksdict import WriteBatch
 
 from faust.streams import _current_event  # the context var faust's tables read
 
 from workers.state.base import ModelStore
 from workers.state.rocksdb import iter_prefix
-from workers.stream.processor import StateAccess
+from workers.state.access import StateAccess
 
 __all__ = ("FaustStateAccess", "FaustGraphStore", "event_context", "TABLE_NAMES")
 
@@ -73,16 +81,26 @@ class FaustStateAccess(StateAccess):
         self.events = _PartitionEvents()
         self.partition_of_key = partition_of_key  # session_key -> partition, for reads outside a batch
 
-    def load(self, table: str, session_key: str, partition: int) -> bytes | None:
-        t = self.tables[table]
-        return t.data._db_for_partition(partition).get(session_key.encode())
+    def _db(self, table: str, partition: int) -> Any:
+        return self.tables[table].data._db_for_partition(partition)
 
-    def save(self, table: str, session_key: str, partition: int, value: bytes) -> None:
-        event = self.events.get(partition)
-        if event is None:
-            raise RuntimeError(f"no event of partition {partition} in this batch to write under")
-        with event_context(event):
-            self.tables[table][session_key] = value
+    def get(self, table: str, partition: int, key: bytes) -> bytes | None:
+        return self._db(table, partition).get(key)
+
+    def scan(self, table: str, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return iter_prefix(self._db(table, partition), prefix)
+
+    def write(self, table: str, partition: int, ops: Mapping[bytes, bytes | None]) -> None:
+        t = self.tables[table]
+        wb = WriteBatch(raw_mode=True)
+        for k, v in ops.items():
+            if v is None:
+                wb.delete(k)
+            else:
+                wb.put(k, v)
+        self._db(table, partition).write(wb)
+        for k, v in ops.items():  # in order: pieces, then the head, then deletes (see workers.state.layout)
+            t.send_changelog(partition, k, v, key_serializer="raw", value_serializer="raw")
 
     def graph_store(self, partition: int) -> ModelStore:
         return FaustGraphStore(self.tables["graph"], partition, self.events.get(partition))
