@@ -134,7 +134,7 @@ def test_corrupt_stored_state_goes_to_dlq_not_crash(proc: Processor) -> None:
 def test_each_session_value_is_written_once_per_batch(proc: Processor) -> None:
     writes: list[bytes] = []
     orig = proc.state.write
-    proc.state.write = lambda table, p, ops: (writes.append(list(ops)), orig(table, p, ops))  # type: ignore[method-assign]
+    proc.state.write = lambda table, p, base, ops: (writes.append(list(ops)), orig(table, p, base, ops))  # type: ignore[method-assign]
     f = Feed()
     proc.process([f.rec("loss", {"loss": 0.5}, key=k) for k in ("a", "b", "a", "a", "b")])
     # one batch per session, each with the session's head (and its changed pieces)

@@ -35,8 +35,13 @@ class StateAccess(abc.ABC):
         """Items whose key starts with ``prefix``, in key order."""
 
     @abc.abstractmethod
-    def write(self, table: str, partition: int, ops: Mapping[bytes, bytes | None]) -> None:
-        """Puts (value) and deletes (None) as one atomic batch, replicated in ``ops``' order."""
+    def write(self, table: str, partition: int, base: bytes, ops: Mapping[bytes, bytes | None]) -> None:
+        """Puts (value) and deletes (None) of the session at ``base`` as one atomic batch,
+        replicated in ``ops``' order."""
+
+    def pending(self, table: str, base: bytes) -> bool:
+        """True while a write of this session is not yet readable from the store (the cache must keep it)."""
+        return False
 
     @abc.abstractmethod
     def graph_store(self, partition: int) -> ModelStore: ...
@@ -57,7 +62,7 @@ class StoreStateAccess(StateAccess):
     def scan(self, table: str, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         return self.store.iter_prefix(prefix)
 
-    def write(self, table: str, partition: int, ops: Mapping[bytes, bytes | None]) -> None:
+    def write(self, table: str, partition: int, base: bytes, ops: Mapping[bytes, bytes | None]) -> None:
         self.store.write_batch(ops)
 
     def graph_store(self, partition: int) -> ModelStore:

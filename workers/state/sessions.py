@@ -45,16 +45,21 @@ class Sessions:
         # least recently used first; value: (state, bytes it was last counted at)
         self._cache: OrderedDict[tuple[str, str], tuple[SessionState, int]] = OrderedDict()
         self._bytes = 0
+        self._forgotten: set[tuple[str, str]] = set()  # forgotten, but kept while their write is pending
 
     # -- reading ---------------------------------------------------------------
     def state(self, table: str, sk: str, partition: int) -> SessionState:
         """The session's state (CorruptStateError when its stored keys cannot be read)."""
         key = (table, sk)
+        base = self.access.base_key(table, sk)
         hit = self._cache.get(key)
+        if hit is not None and key in self._forgotten and not self.access.pending(table, base):
+            self._forgotten.discard(key)  # kept through a rebalance only until its write was readable
+            self.discard(table, sk)
+            hit = None
         if hit is not None:
             self._cache.move_to_end(key)
             return hit[0]
-        base = self.access.base_key(table, sk)
         head = self.access.get(table, partition, base)
         if head is None:
             s = SessionState()
@@ -101,7 +106,7 @@ class Sessions:
         except Exception:
             self.discard(table, sk)
             raise
-        self.access.write(table, partition, ops)
+        self.access.write(table, partition, base, ops)
         s.written(after)
         size = s.nbytes()
         self._cache[key] = (s, size)
@@ -113,16 +118,26 @@ class Sessions:
         hit = self._cache.pop((table, sk), None)
         if hit is not None:
             self._bytes -= hit[1]
+        self._forgotten.discard((table, sk))
 
     def forget(self) -> None:
-        self._cache.clear()
-        self._bytes = 0
+        """Drop every cached session; one whose write is still pending is dropped once it is readable."""
+        for table, sk in list(self._cache):
+            if self.access.pending(table, self.access.base_key(table, sk)):
+                self._forgotten.add((table, sk))
+            else:
+                self.discard(table, sk)
 
     def trim(self) -> None:
-        """Evict least recently used sessions until the cache fits its byte budget (never the last one)."""
-        while self._bytes > self.cache_bytes and len(self._cache) > 1:
-            _, (_, size) = self._cache.popitem(last=False)
-            self._bytes -= size
+        """Evict least recently used sessions until the cache fits its byte budget (never the last
+        one, never one whose write is still pending: the store does not have it yet)."""
+        if self._bytes <= self.cache_bytes:
+            return
+        for table, sk in list(self._cache):
+            if self._bytes <= self.cache_bytes or len(self._cache) <= 1:
+                break
+            if not self.access.pending(table, self.access.base_key(table, sk)):
+                self.discard(table, sk)
 
     @property
     def cached_bytes(self) -> int:

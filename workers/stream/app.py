@@ -116,6 +116,7 @@ class Runtime:
             by_partition[m.partition] = e
             records.append(Record(m.topic, m.partition, m.offset, m.key, m.value, int((m.timestamp or 0) * 1000)))
         res = self.processor.process(records)
+        await self.state.durable()  # the batch's state is in the changelog before its offsets can commit
         for p in res.produce:
             await self.channel(p.role).send(key=p.key.encode(), value=orjson.dumps(p.value))
             if p.role == "dlq":

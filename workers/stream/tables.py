@@ -1,10 +1,18 @@
 """Session state on faust tables (``learnstream://``: rocksdict, compacted changelogs).
 
-A session's keys (``workers.state.layout``) are written by :meth:`FaustStateAccess.write`
-the way faust writes one table key, for many keys at once: one RocksDB write batch on the
-partition's database (atomic), then one changelog record per key, in the batch's order, on
-the same partition. faust flushes the producer before it commits the source offsets, and
-records each changelog offset as the table's persisted offset once it is acknowledged.
+A session's keys (``workers.state.layout``) are written by :meth:`FaustStateAccess.write`:
+one changelog record per key, in the batch's order, on the session's partition; once the
+broker has acknowledged the last of them, the keys go into the partition's RocksDB in one
+write batch together with that record's offset as the table's persisted changelog offset.
+
+So the local database never holds a write its changelog lacks, and its persisted offset
+covers exactly what it holds. After a crash, recovery replays the changelog after that
+offset: only records newer than anything local, in order, which the layout makes safe to
+cut anywhere. (Written the other way round, local first, a killed worker's database can be
+ahead of its changelog, and replaying the older tail over it would mix two versions of a
+session's keys.) Until the write is local, the session stays in the processor's cache
+(:meth:`FaustStateAccess.pending`), which is what reads see anyway; faust flushes the
+producer, and so acknowledges every record, before it commits the source offsets.
 
 The graph table is written key by key through faust (``FaustGraphStore``), which writes to
 the *current event's* partition: each write runs inside :func:`event_context` of an event
@@ -12,6 +20,7 @@ from the right partition.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import weakref
 from collections.abc import Iterator, Mapping
@@ -80,6 +89,8 @@ class FaustStateAccess(StateAccess):
         self.tables = tables  # verb table -> faust Table
         self.events = _PartitionEvents()
         self.partition_of_key = partition_of_key  # session_key -> partition, for reads outside a batch
+        self._pending: dict[tuple[str, bytes], int] = {}  # (table, base key) -> writes not yet local
+        self._inflight: list[Any] = []  # the last changelog record of each write since durable()
 
     def _db(self, table: str, partition: int) -> Any:
         return self.tables[table].data._db_for_partition(partition)
@@ -90,17 +101,45 @@ class FaustStateAccess(StateAccess):
     def scan(self, table: str, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         return iter_prefix(self._db(table, partition), prefix)
 
-    def write(self, table: str, partition: int, ops: Mapping[bytes, bytes | None]) -> None:
+    def write(self, table: str, partition: int, base: bytes, ops: Mapping[bytes, bytes | None]) -> None:
         t = self.tables[table]
-        wb = WriteBatch(raw_mode=True)
-        for k, v in ops.items():
-            if v is None:
-                wb.delete(k)
+        items = list(ops.items())
+        session = (table, base)
+        self._pending[session] = self._pending.get(session, 0) + 1
+
+        def acknowledged(fut: Any) -> None:  # the last record is in the log: now the local batch
+            wb = WriteBatch(raw_mode=True)
+            for k, v in items:
+                if v is None:
+                    wb.delete(k)
+                else:
+                    wb.put(k, v)
+            wb.put(t.data.offset_key, str(fut.result().offset).encode())
+            self._db(table, partition).write(wb)
+            left = self._pending[session] - 1
+            if left:
+                self._pending[session] = left
             else:
-                wb.put(k, v)
-        self._db(table, partition).write(wb)
-        for k, v in ops.items():  # in order: pieces, then the head, then deletes (see workers.state.layout)
-            t.send_changelog(partition, k, v, key_serializer="raw", value_serializer="raw")
+                del self._pending[session]
+
+        last = len(items) - 1
+        for i, (k, v) in enumerate(items):  # in order: pieces, then the head, then deletes
+            fut = t.changelog_topic.send_soon(key=k, value=v, partition=partition, key_serializer="raw",
+                                              value_serializer="raw", callback=acknowledged if i == last else None)
+        self._inflight.append(fut)
+
+    def pending(self, table: str, base: bytes) -> bool:
+        return (table, base) in self._pending
+
+    async def durable(self) -> None:
+        """Wait until the broker acknowledged every write so far (and each is in the local store).
+
+        The worker awaits this before it acks a batch, so no source offset is committed before
+        the state it produced is in the changelog, whatever faust's producer flush does.
+        """
+        futs, self._inflight = self._inflight, []
+        if futs:
+            await asyncio.gather(*futs)
 
     def graph_store(self, partition: int) -> ModelStore:
         return FaustGraphStore(self.tables["graph"], partition, self.events.get(partition))
