@@ -125,12 +125,18 @@ def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None) -> list[
         return [True] * k
     if new == old.data and bounds == old.bounds:
         return [False] * k
-    same_cut = [i < old.count and old.bounds[i] == bounds[i] and old.bounds[i + 1] == bounds[i + 1]
-                for i in range(k)]
     common = min(len(new), len(old.data))
-    diff_at = np.flatnonzero(np.frombuffer(new, np.uint8, common) != np.frombuffer(old.data, np.uint8, common))
-    dirty = set((np.searchsorted(np.asarray(bounds[:-1]), diff_at, side="right") - 1).tolist())
-    return [not same_cut[i] or i in dirty or bounds[i + 1] > common for i in range(k)]
+    starts = np.asarray(bounds[:-1], dtype=np.intp)
+    dirty = np.ones(k, dtype=bool)
+    inside = np.flatnonzero(np.asarray(bounds[1:]) <= common)  # pieces whole in both: compare bytes
+    if inside.size:
+        ne = np.frombuffer(new, np.uint8, common) != np.frombuffer(old.data, np.uint8, common)
+        # reduceat sums each piece's range [start_i, start_{i+1}); the last one runs to the end of
+        # ``ne``, which only makes it stricter
+        dirty[inside] = np.logical_or.reduceat(ne, starts[inside])
+    n_old = old.count
+    return [bool(dirty[i]) or i >= n_old or old.bounds[i] != bounds[i] or old.bounds[i + 1] != bounds[i + 1]
+            for i in range(k)]
 
 
 class SessionState:

@@ -44,6 +44,11 @@ _APPLY_TIMEOUT_S = 30.0
 _RECENT_BATCHES = 32
 _LAG_INTERVAL_S = 2.0
 _FORWARDED = "X-Learnstream-Forwarded"
+# A batch writes a session's changed keys (a few 2 KiB pieces each): with aiokafka's default
+# 16 kB batches and one request in flight per broker, the producer carried ~8 records per round
+# trip and capped a worker at ~100 events/s. One request now carries up to 512 KiB.
+_PRODUCER_BATCH_BYTES = 512 * 1024
+_PRODUCER_LINGER_MS = 2
 
 
 class Replies:
@@ -198,6 +203,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         consumer_group_instance_id=settings.worker_id,
         processing_guarantee="at_least_once",
         producer_acks=-1,
+        producer_max_batch_size=_PRODUCER_BATCH_BYTES, producer_linger_ms=_PRODUCER_LINGER_MS,
         key_serializer="raw", value_serializer="raw",
         web_enabled=True, web_in_thread=False,
         Stream=LearnStream,  # adds take_batches

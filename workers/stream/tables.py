@@ -90,7 +90,8 @@ class FaustStateAccess(StateAccess):
         self.events = _PartitionEvents()
         self.partition_of_key = partition_of_key  # session_key -> partition, for reads outside a batch
         self._pending: dict[tuple[str, bytes], int] = {}  # (table, base key) -> writes not yet local
-        self._inflight: list[Any] = []  # the last changelog record of each write since durable()
+        self._queued: list[tuple[str, int, bytes, list[tuple[bytes, bytes | None]]]] = []
+        self.producer = lambda: next(iter(tables.values())).app.producer  # the transport producer
 
     def _db(self, table: str, partition: int) -> Any:
         return self.tables[table].data._db_for_partition(partition)
@@ -102,44 +103,48 @@ class FaustStateAccess(StateAccess):
         return iter_prefix(self._db(table, partition), prefix)
 
     def write(self, table: str, partition: int, base: bytes, ops: Mapping[bytes, bytes | None]) -> None:
-        t = self.tables[table]
-        items = list(ops.items())
+        """Queue the session's keys; :meth:`durable` produces and then stores them."""
         session = (table, base)
         self._pending[session] = self._pending.get(session, 0) + 1
+        self._queued.append((table, partition, base, list(ops.items())))
 
-        def acknowledged(fut: Any) -> None:  # the last record is in the log: now the local batch
+    def pending(self, table: str, base: bytes) -> bool:
+        return (table, base) in self._pending
+
+    async def durable(self) -> None:
+        """Produce every queued write to its changelog, wait for the broker's acknowledgement, then
+        write each to its partition's RocksDB (one write batch, with the persisted changelog offset).
+
+        The worker awaits this before it acks a batch, so no source offset is committed before the
+        state it produced is in the changelog. The records go straight to the transport producer:
+        faust's per-message buffer costs a loop turn per record, and a batch writes hundreds.
+        """
+        queued, self._queued = self._queued, []
+        if not queued:
+            return
+        producer = self.producer()
+        lasts = []
+        for table, partition, _, items in queued:  # in order: pieces, then the head, then deletes
+            topic = self.tables[table].changelog_topic.get_topic_name()
+            for k, v in items:
+                fut = await producer.send(topic, k, v, partition, None, None)
+            lasts.append(fut)
+        done = await asyncio.gather(*lasts)
+        for (table, partition, base, items), meta in zip(queued, done, strict=True):
             wb = WriteBatch(raw_mode=True)
             for k, v in items:
                 if v is None:
                     wb.delete(k)
                 else:
                     wb.put(k, v)
-            wb.put(t.data.offset_key, str(fut.result().offset).encode())
+            wb.put(self.tables[table].data.offset_key, str(meta.offset).encode())
             self._db(table, partition).write(wb)
+            session = (table, base)
             left = self._pending[session] - 1
             if left:
                 self._pending[session] = left
             else:
                 del self._pending[session]
-
-        last = len(items) - 1
-        for i, (k, v) in enumerate(items):  # in order: pieces, then the head, then deletes
-            fut = t.changelog_topic.send_soon(key=k, value=v, partition=partition, key_serializer="raw",
-                                              value_serializer="raw", callback=acknowledged if i == last else None)
-        self._inflight.append(fut)
-
-    def pending(self, table: str, base: bytes) -> bool:
-        return (table, base) in self._pending
-
-    async def durable(self) -> None:
-        """Wait until the broker acknowledged every write so far (and each is in the local store).
-
-        The worker awaits this before it acks a batch, so no source offset is committed before
-        the state it produced is in the changelog, whatever faust's producer flush does.
-        """
-        futs, self._inflight = self._inflight, []
-        if futs:
-            await asyncio.gather(*futs)
 
     def graph_store(self, partition: int) -> ModelStore:
         return FaustGraphStore(self.tables["graph"], partition, self.events.get(partition))
