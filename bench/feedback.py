@@ -431,7 +431,7 @@ _TARGET_CHANGELOG = 4.0         # changelog bytes per event / the event's own by
 def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     """The worker alone, one fresh worker per session count, in one run: events/s and what it wrote.
 
-    Per count: ``init_instant`` for every session, a warm-up of one event per session (not timed),
+    Per count, on a fresh broker and worker: ``init_instant`` for every session, a warm-up of one event per session (not timed),
     then ``--events`` b64 events, one per message, round-robin over the sessions, produced while
     the worker is suspended and timed from its resumption until all are applied. Changelog bytes
     are the keys and values produced to the ``sessions`` changelog during the timed run (read back
@@ -446,12 +446,12 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     print(f"learnstream bench feedback --scale: {args.dim}-d b64 embeddings, one event per message, "
           f"{args.events:,} timed events per session count {counts}, {args.partitions} partitions")
     print(f"machine: {machine_note()}; logs in {log_dir}", flush=True)
-    broker = start_broker(log_dir)
     rows = []
     try:
-        provision(broker.bootstrap, args.partitions)
-        broker_ps = _BrokerPs(broker.proc)
-        for n in counts:
+        for n in counts:  # each on its own broker: a new group would read the last count's events first
+            broker = start_broker(Path(tempfile.mkdtemp(prefix=f"broker-{n}-", dir=log_dir)))
+            provision(broker.bootstrap, args.partitions)
+            broker_ps = _BrokerPs(broker.proc)
             app_id = f"bench-{uuid.uuid4().hex[:6]}"
             changelog = f"{app_id}-sessions-changelog"
             worker = WorkerProcess(broker.bootstrap, partitions=args.partitions, app_id=app_id, log_dir=log_dir,
@@ -460,8 +460,8 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                 worker.wait_ready()
                 sessions = balanced_keys(n, args.partitions, prefix=f"s{n}-")
                 t0 = time.monotonic()
-                asyncio.run(_send_commands_nowait(broker.bootstrap, _init_commands(sessions, args.dim, False)))
                 base_cmd = worker.events(cmd_topic)
+                asyncio.run(_send_commands_nowait(broker.bootstrap, _init_commands(sessions, args.dim, False)))
                 wait_until(lambda: worker.events(cmd_topic) >= base_cmd + n, 600, "init commands applied", 0.2)
                 warm = make_messages(sessions, n, args.dim, "b64", 1, args.seed + n)
                 before = worker.events(topic)
@@ -473,7 +473,11 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                 event_bytes = statistics.mean(len(v) for _, v in msgs)
                 c = Consumer("worker", worker, topic, lambda t0: wait_worker(worker, topic, target, t0, 900.0))
                 target = worker.events(topic) + len(msgs)
-                r = c.run(broker, broker_ps, msgs, len(msgs), "b64", f"{n} sessions")
+                try:
+                    r = c.run(broker, broker_ps, msgs, len(msgs), "b64", f"{n} sessions")
+                except RuntimeError:
+                    print("learn.dlq: " + "; ".join(_dlq_reasons(broker.bootstrap)), flush=True)
+                    raise
                 recs, nbytes, _ = topic_bytes(broker.bootstrap, changelog, start)
                 rss = worker._ps().memory_info().rss / 1e6
                 rows.append((n, r, nbytes / r.events, recs / r.events, event_bytes, rss, setup_s))
@@ -482,8 +486,8 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                       f"(set-up {setup_s:.0f} s)", flush=True)
             finally:
                 worker.stop()
+                broker.stop()
     finally:
-        broker.stop()
         if not args.keep_logs:
             import shutil
 
@@ -499,6 +503,23 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     print(f"targets: every count >= {_TARGET_SCALE:.0%} of the first's events/s, changelog <= "
           f"{_TARGET_CHANGELOG:.0f}x the event -> {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
+
+
+def _dlq_reasons(bootstrap: str, limit: int = 5) -> list[str]:
+    from aiokafka import AIOKafkaConsumer
+
+    async def go() -> list[str]:
+        c = AIOKafkaConsumer(topics()["dlq"].name, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False)
+        await c.start()
+        try:
+            got = await c.getmany(timeout_ms=3000, max_records=limit)
+            return [f"{v['reason_code']}: {v['reason'][:300]}" for ms in got.values()
+                    for v in (orjson.loads(m.value) for m in ms)]
+        finally:
+            await c.stop()
+
+    return asyncio.run(go())
 
 
 async def _send_commands_nowait(bootstrap: str, commands: list[tuple[str, str, dict]]) -> None:
