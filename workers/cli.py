@@ -1,4 +1,8 @@
-"""``learnstream``: demo, worker, broker, topics, produce, dispatch, bench."""
+"""learnstream: continual learning for LLM agents as Kafka stream workers.
+
+Commands: demo, worker, broker, topics, produce, dispatch, mcp, bench. Run
+"learnstream COMMAND --help" for the options of one.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +11,6 @@ import logging
 import runpy
 import sys
 from pathlib import Path
-
-import orjson
 
 from workers.errors import LearnstreamError
 
@@ -24,12 +26,26 @@ def _settings(args: argparse.Namespace):  # noqa: ANN202
                              log_level=getattr(args, "log_level", None))
 
 
+_NO_BROKER = ("no broker: set LEARNSTREAM_BROKER=host:port or pass --broker host:port. A running "
+              "'learnstream worker' prints its broker's address on its first line "
+              "(\"embedded broker on 127.0.0.1:PORT\"); 'learnstream broker' starts one on its own.")
+
+
 def _need_broker(args: argparse.Namespace):  # noqa: ANN202
     s = _settings(args)
     if not s.broker:
-        raise LearnstreamError("no broker: set LEARNSTREAM_BROKER or pass --broker host:port "
-                               "(`learnstream broker` starts the embedded one)")
+        raise LearnstreamError(_NO_BROKER)
     return s
+
+
+def _role(name: str) -> str:
+    """An input topic's role, or a LearnstreamError listing the valid ones."""
+    from workers.topics import input_topics
+
+    roles = sorted(t.role for t in input_topics())
+    if name not in roles:
+        raise LearnstreamError(f"unknown role {name!r}; valid roles: {', '.join(roles)}")
+    return name
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -58,25 +74,33 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
+    """Validate every stdin line and send the good ones; report each bad one, then a summary."""
     from workers.client import LearnstreamClient
+    from workers.produce_lines import check_line
 
+    role = _role(args.role)
     s = _need_broker(args)
 
     async def run() -> int:
-        n = 0
-        async with LearnstreamClient(s.broker, validate=not args.no_validate, **s.kafka_kwargs()) as c:
-            for line in sys.stdin:
+        sent = refused = 0
+        async with LearnstreamClient(s.broker, validate=False, **s.kafka_kwargs()) as c:
+            for n, line in enumerate(sys.stdin, 1):
                 if not line.strip():
                     continue
-                value = orjson.loads(line)
-                key = args.key or value.get("session_key") or (value.get("body") or {}).get("session_key") or "default"
-                if args.role == "commands":
-                    value.setdefault("body", {}).setdefault("session_key", key)
-                await c.send(args.role, key, value, wait=False)
-                n += 1
+                checked = check_line(role, line, key=args.key, validate=not args.no_validate)
+                if isinstance(checked, str):
+                    refused += 1
+                    print(f"line {n}: not sent: {checked}", file=sys.stderr)
+                    if args.stop_on_error:
+                        break
+                    continue
+                key, value = checked
+                await c.send(role, key, value, wait=False)
+                sent += 1
             await c.flush()
-        print(f"produced {n} events to {args.role}", file=sys.stderr)
-        return 0
+        stopped = " (stopped at the first bad line: --stop-on-error)" if refused and args.stop_on_error else ""
+        print(f"{sent} sent to {role}, {refused} refused{stopped}", file=sys.stderr)
+        return 1 if refused else 0
 
     return asyncio.run(run())
 
@@ -87,11 +111,14 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
         import urllib.error
         import urllib.request
 
+        headers = {"Content-Type": "application/json"}
+        token = _settings(args).api_token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         for line in sys.stdin:
             if not line.strip():
                 continue
-            req = urllib.request.Request(args.url.rstrip("/") + "/dispatch", data=line.encode(),
-                                         headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(args.url.rstrip("/") + "/dispatch", data=line.encode(), headers=headers)
             try:
                 with urllib.request.urlopen(req, timeout=60) as r:
                     out = r.read()
@@ -131,53 +158,86 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from workers.demo import run_demo
 
-    return run_demo(_settings(args), events=args.events, keep_data=args.keep_data)
+    return run_demo(_settings(args), events=args.events, keep_data=args.keep_data, web_port=args.web_port)
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from workers.mcp.main import run_mcp
+
+    s = _settings(args)
+    return run_mcp(s, worker_url=args.worker_url or s.worker_url, http=args.http,
+                   session=args.session or s.mcp_session)
 
 
 def _common(p: argparse.ArgumentParser, worker: bool = False) -> None:
-    p.add_argument("--broker", help="Kafka bootstrap host:port (env LEARNSTREAM_BROKER; unset = embedded)")
     if worker:
+        p.add_argument("--broker", metavar="HOST:PORT",
+                       help="Kafka bootstrap servers (env LEARNSTREAM_BROKER; unset: start the embedded broker)")
         p.add_argument("--data-dir", help="RocksDB tables live here (env LEARNSTREAM_DATA_DIR)")
         p.add_argument("--web-port", type=int, help="HTTP port (env LEARNSTREAM_WEB_PORT, default 6066)")
         p.add_argument("--web-host", help="HTTP bind/advertised host (env LEARNSTREAM_WEB_HOST)")
         p.add_argument("--partitions", type=int, help="partitions of every input topic (env LEARNSTREAM_PARTITIONS)")
         p.add_argument("--worker-id", help="static group member id, e.g. the pod name (env LEARNSTREAM_WORKER_ID)")
-        p.add_argument("--log-level", help="debug|info|warning|error (env LEARNSTREAM_LOG_LEVEL)")
+        p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                       help="log level (env LEARNSTREAM_LOG_LEVEL, default warning)")
+    else:
+        p.add_argument("--broker", metavar="HOST:PORT",
+                       help="Kafka bootstrap servers (env LEARNSTREAM_BROKER; required: a running "
+                            "'learnstream worker' prints its broker's address first)")
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="learnstream", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
+    from workers.topics import input_topics
+
+    roles = sorted(t.role for t in input_topics())
+    ap = argparse.ArgumentParser(prog="learnstream", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("demo", help="broker + worker + a scripted agent simulation + a report")
     _common(p, worker=True)
-    p.add_argument("--events", type=int, default=3000, help="feedback events in the simulation")
+    p.add_argument("--events", type=int, default=3000, help="feedback events in the simulation (default 3000)")
     p.add_argument("--keep-data", action="store_true", help="keep the worker's data dir afterwards")
     p.set_defaults(fn=cmd_demo)
-    p = sub.add_parser("worker", help="run one stream worker")
+    p = sub.add_parser("worker", help="run one stream worker (prints one line once it is ready)")
     _common(p, worker=True)
     p.set_defaults(fn=cmd_worker)
     p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker")
-    p.add_argument("--port", type=int)
+    p.add_argument("--port", type=int, help="port to listen on (default: a free one; printed at start)")
     p.set_defaults(fn=cmd_broker)
     p = sub.add_parser("topics", help="create or list the topics of topics/*.yaml")
-    p.add_argument("action", choices=["create", "list"])
+    p.add_argument("action", choices=["create", "list"], help="create the missing topics, or list them")
     _common(p)
-    p.add_argument("--partitions", type=int)
+    p.add_argument("--partitions", type=int, help="partitions of every input topic (env LEARNSTREAM_PARTITIONS)")
     p.set_defaults(fn=cmd_topics)
-    p = sub.add_parser("produce", help="send JSON lines from stdin to a topic (by role: feedback, loss, ...)")
-    p.add_argument("role")
-    p.add_argument("--key", help="session_key (default: each value's session_key)")
-    p.add_argument("--no-validate", action="store_true", help="skip schema validation (to test the DLQ)")
+    p = sub.add_parser("produce", help="send JSON lines from stdin to an input topic, by role",
+                       description="One JSON value per stdin line, validated against the topic's schema. A bad "
+                                   "line is reported with its number and reason and is not sent; the run goes on "
+                                   "(or stops with --stop-on-error) and ends with a sent/refused summary. "
+                                   "Exit status 1 when any line was refused.")
+    p.add_argument("role", help="input topic role: " + ", ".join(roles))
+    p.add_argument("--key", help="session_key of every line (default: each value's session_key, else 'default')")
+    p.add_argument("--no-validate", action="store_true",
+                   help="skip schema validation (to exercise the dead-letter topic)")
+    p.add_argument("--stop-on-error", action="store_true", help="stop at the first bad line (default: go on)")
     _common(p)
     p.set_defaults(fn=cmd_produce)
     p = sub.add_parser("dispatch", help="JSON verb requests on stdin, responses on stdout")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--path", help="in-process session on this RocksDB path (default: in memory)")
-    g.add_argument("--url", help="a worker's base URL: send to its POST /dispatch")
+    g.add_argument("--url", help="a worker's base URL: send to its POST /dispatch "
+                                 "(with LEARNSTREAM_API_TOKEN as bearer token when set)")
     p.set_defaults(fn=cmd_dispatch)
+    p = sub.add_parser("mcp", help="the MCP server for agents (stdio, or streamable HTTP with --http)",
+                       description="Model Context Protocol server over a worker's HTTP API. Without --worker-url "
+                                   "(env LEARNSTREAM_WORKER_URL) it starts a worker with the embedded broker.")
+    p.add_argument("--worker-url", help="base URL of a running worker (env LEARNSTREAM_WORKER_URL)")
+    p.add_argument("--http", metavar="HOST:PORT", help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio")
+    p.add_argument("--session", help="default session_key of tools and resources (env LEARNSTREAM_MCP_SESSION)")
+    p.add_argument("--data-dir", help="data dir of the embedded worker (env LEARNSTREAM_DATA_DIR)")
+    p.set_defaults(fn=cmd_mcp)
     p = sub.add_parser("bench", help="run a benchmark from bench/ (no name: list them)")
-    p.add_argument("name", nargs="?")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.add_argument("name", nargs="?", help="benchmark name (a file bench/NAME.py)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     p.set_defaults(fn=cmd_bench)
     return ap
 

@@ -1,10 +1,18 @@
-"""The agent SDK: publish what happened, one typed method per input topic.
+"""The agent SDK: publish what happened, one typed method per input topic, and
+write-and-wait over any worker's HTTP API.
 
 Every value is validated against its topic's JSON Schema before it is sent, so a
 bad event fails in the agent with the field and rule named, not later in the DLQ.
 
->>> async with LearnstreamClient("127.0.0.1:9092") as c:      # doctest: +SKIP
-...     await c.init_instant("agent-7", targets=["small", "large"], dim=384)
+Produced events of *different* topics are not ordered with each other (Kafka orders a
+partition of one topic), so a session's set-up must be applied before its data flows:
+:meth:`LearnstreamClient.apply` returns once the owning worker has applied a write. With a
+``worker_url`` the client also does this by itself: a set-up verb (``SETUP_VERBS``) sent
+through :meth:`~LearnstreamClient.command` is applied over HTTP, and every later send of that
+session waits for it, so a fresh session's first data event cannot overtake its set-up.
+
+>>> async with LearnstreamClient("127.0.0.1:9092", worker_url="http://127.0.0.1:6066") as c:  # doctest: +SKIP
+...     await c.apply("agent-7", "init_instant", {"targets": ["small", "large"], "dim": 384})
 ...     await c.feedback("agent-7", embedding, model="small", quality=0.9)
 
 ``SyncClient`` offers the same methods for code without an event loop.
@@ -13,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,11 +31,45 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from workers.codec import encode_embedding_b64
+from workers.errors import LearnstreamError, VerbError
 from workers.topics import topics
 
-__all__ = ("LearnstreamClient", "SyncClient", "Sent")
+__all__ = ("LearnstreamClient", "SyncClient", "Sent", "Applied", "WriteNotConfirmed", "SETUP_VERBS")
 
 _LINGER_MS = 5  # small batching window: many agents send bursts
+# How long apply() keeps retrying (same idempotency key) while no worker answers: a worker
+# restart plus a consumer-group rejoin on the embedded broker takes ~20-30 s.
+_APPLY_DEADLINE_S = 60.0
+_RETRY_FIRST_S, _RETRY_MAX_S = 0.2, 2.0
+# statuses after which the write may or may not be in the log: retry with the same key
+_RETRY_STATUSES = frozenset({502, 503, 504})
+_IDEMPOTENCY = "idempotency_key"  # the body field workers/stream/idempotency.py reads
+# Writes that set a session up: the data that follows fails ("not initialized") if applied first.
+SETUP_VERBS = frozenset({"init_instant", "init_router", "init_attention", "init_learner", "configure_scoring"})
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A write the owning worker has applied: its id (``topic:partition:offset``) and its answer.
+
+    ``duplicate`` is True when this call was a retry of a write applied before (same
+    idempotency key): ``id`` and ``data`` are then those of the first application.
+    """
+
+    id: str
+    data: Any
+    idempotency_key: str
+    duplicate: bool = False
+
+
+class WriteNotConfirmed(LearnstreamError):
+    """No worker confirmed a write before the deadline. It may still be applied (at most once):
+    call again with the same ``idempotency_key`` to learn its outcome."""
+
+    def __init__(self, verb: str, key: str, why: str) -> None:
+        self.verb, self.idempotency_key = verb, key
+        super().__init__(f"{verb}: not confirmed ({why}); retry with idempotency_key={key!r} "
+                         "(it is applied at most once)")
 
 
 class Sent(tuple):
@@ -40,34 +84,57 @@ def _vec(x: Any) -> dict:
 
 
 class LearnstreamClient:
-    """Async producer for learnstream's input topics (aiokafka underneath).
+    """Async producer for learnstream's input topics (aiokafka underneath), and write-and-wait
+    over a worker's HTTP API (aiohttp underneath).
 
     Parameters
     ----------
-    bootstrap : str
-        Kafka bootstrap servers, ``host:port[,host:port]``.
+    bootstrap : str or None
+        Kafka bootstrap servers, ``host:port[,host:port]``; None for an HTTP-only client.
     validate : bool
         Validate each value against its topic schema before sending (default True).
+    worker_url : str or None
+        Base URL of any worker (``http://host:6066``) for :meth:`apply` and :meth:`read`;
+        it forwards to the session's owner.
+    token : str or None
+        Sent as ``Authorization: Bearer`` to the worker.
+    apply_deadline_s : float
+        How long :meth:`apply` retries while no worker answers (default 60 s).
     **kafka : Any
         Passed to :class:`aiokafka.AIOKafkaProducer` (SASL/TLS settings).
     """
 
-    def __init__(self, bootstrap: str, *, validate: bool = True, **kafka: Any) -> None:
+    def __init__(self, bootstrap: str | None = None, *, validate: bool = True, worker_url: str | None = None,
+                 token: str | None = None, apply_deadline_s: float = _APPLY_DEADLINE_S, **kafka: Any) -> None:
         self.bootstrap = bootstrap
         self.validate = validate
+        self.worker_url = worker_url.rstrip("/") if worker_url else None
+        self.token = token
+        self.apply_deadline_s = apply_deadline_s
         self.kafka = kafka
         self._producer: AIOKafkaProducer | None = None
+        self._http: Any = None  # aiohttp.ClientSession
+        self._setup: dict[str, asyncio.Future] = {}  # session -> its set-up write in flight
 
     async def start(self) -> LearnstreamClient:
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=_LINGER_MS,
-                                          max_request_size=1 << 20, **self.kafka)
-        await self._producer.start()
+        if self.bootstrap:
+            self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=_LINGER_MS,
+                                              max_request_size=1 << 20, **self.kafka)
+            await self._producer.start()
+        if self.worker_url:
+            import aiohttp
+
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            self._http = aiohttp.ClientSession(headers=headers)
         return self
 
     async def stop(self) -> None:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     async def __aenter__(self) -> LearnstreamClient:
         return await self.start()
@@ -85,7 +152,12 @@ class LearnstreamClient:
         value = {"session_key": session_key, **value} if role != "commands" else value
         if self.validate:
             t.validate(value)
+        setup = self._setup.get(session_key)
+        if setup is not None:  # the session's set-up first: this event must not overtake it
+            await setup  # a failed set-up raises here: the event would only be dead-lettered
         if self._producer is None:
+            if self.bootstrap is None:
+                raise RuntimeError("no Kafka bootstrap: pass LearnstreamClient(bootstrap, ...) to produce events")
             raise RuntimeError("client not started: use `async with LearnstreamClient(...)` or await start()")
         fut = await self._producer.send(t.name, orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY),
                                         key=session_key.encode())
@@ -93,6 +165,59 @@ class LearnstreamClient:
             return fut
         md = await fut
         return Sent((md.topic, md.partition, md.offset))
+
+    # -- write-and-wait and reads over HTTP ---------------------------------------------
+    async def apply(self, session_key: str, verb: str, body: dict | None = None, *,
+                    idempotency_key: str | None = None) -> Applied:
+        """Send write ``verb`` to a worker and return once the session's owner has applied it.
+
+        Retries (same idempotency key, so never applied twice) while no worker answers, up to
+        ``apply_deadline_s``; then raises :class:`WriteNotConfirmed`. A refused write raises
+        :class:`~workers.errors.VerbError` with the verb's message.
+        """
+        key = idempotency_key or uuid.uuid4().hex
+        body = {**(body or {}), "session_key": session_key, _IDEMPOTENCY: key}
+        out = await self._post(verb, body, retry_for=self.apply_deadline_s, key=key)
+        return Applied(id=out["id"], data=out.get("data"), idempotency_key=key, duplicate=bool(out.get("duplicate")))
+
+    async def read(self, session_key: str, verb: str, body: dict | None = None) -> Any:
+        """Answer read ``verb`` from the session's owner (the ``data`` of the envelope)."""
+        out = await self._post(verb, {**(body or {}), "session_key": session_key}, retry_for=self.apply_deadline_s)
+        return out.get("data")
+
+    async def _post(self, verb: str, body: dict, *, retry_for: float, key: str | None = None) -> dict:
+        import aiohttp
+
+        if self._http is None:
+            raise RuntimeError("no worker_url: pass LearnstreamClient(..., worker_url='http://host:6066') "
+                               "and start the client")
+        loop = asyncio.get_running_loop()
+        end, pause, why = loop.time() + retry_for, _RETRY_FIRST_S, ""
+        payload = orjson.dumps({"verb": verb, "body": body}, option=orjson.OPT_SERIALIZE_NUMPY)
+        while True:
+            try:
+                async with self._http.post(self.worker_url + "/dispatch", data=payload,
+                                           headers={"Content-Type": "application/json"}) as r:
+                    raw = await r.read()
+                    status = r.status
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                status, raw, why = 0, b"", f"worker unreachable: {exc.__class__.__name__}"
+            if status and status not in _RETRY_STATUSES:
+                try:
+                    out = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    raise LearnstreamError(f"{verb}: worker answered {status} with non-JSON: {raw[:200]!r}") from None
+                if not isinstance(out, dict) or not out.get("ok"):
+                    raise VerbError(out.get("error", f"HTTP {status}") if isinstance(out, dict) else f"HTTP {status}")
+                return out
+            if status:
+                why = f"HTTP {status}"
+            if loop.time() + pause > end:
+                if key is None:
+                    raise LearnstreamError(f"{verb}: no answer ({why})")
+                raise WriteNotConfirmed(verb, key, why)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _RETRY_MAX_S)
 
     # -- one method per input topic -----------------------------------------------
     async def feedback(self, session_key: str, embedding: Any, *, model: str, quality: float,
@@ -156,7 +281,25 @@ class LearnstreamClient:
                                wait=wait)
 
     async def command(self, session_key: str, verb: str, body: dict | None = None, *, wait: bool = True) -> Any:
-        """Any other write verb (init_instant, init_router, reset_adapter, record_outcome, ...)."""
+        """Any other write verb (init_instant, init_router, reset_adapter, record_outcome, ...).
+
+        With a ``worker_url``, a set-up verb (``SETUP_VERBS``) is applied over HTTP instead of
+        produced, and the session's later sends wait for it: its result is an :class:`Applied`
+        (with ``wait=False``, a future of one).
+        """
+        if verb in SETUP_VERBS and self._http is not None:
+            earlier = self._setup.get(session_key)
+            if earlier is not None:
+                await earlier
+            task = asyncio.ensure_future(self.apply(session_key, verb, body))
+            self._setup[session_key] = task
+
+            def applied(t: asyncio.Future) -> None:  # an applied set-up needs no more waiting
+                if self._setup.get(session_key) is t and not t.cancelled() and t.exception() is None:
+                    del self._setup[session_key]
+
+            task.add_done_callback(applied)
+            return await task if wait else task
         return await self.send("commands", session_key,
                                {"verb": verb, "body": {**(body or {}), "session_key": session_key}}, wait=wait)
 
@@ -171,7 +314,7 @@ def _drop_none(d: dict) -> dict:
 class SyncClient:
     """Blocking facade over :class:`LearnstreamClient` (its own loop in a daemon thread)."""
 
-    def __init__(self, bootstrap: str, **kw: Any) -> None:
+    def __init__(self, bootstrap: str | None = None, **kw: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="learnstream-client", daemon=True)
         self._thread.start()

@@ -20,6 +20,7 @@ through the agent SDK, answers read over the worker's HTTP API. The simulation:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import shutil
@@ -93,10 +94,10 @@ class Sent:
         self.counts[name] = self.counts.get(name, 0) + n
 
 
-def _start_worker(settings: Settings, data_dir: Path) -> Worker:
-    port = settings.web_port if settings.web_port != 6066 else free_port()
+def _start_worker(settings: Settings, data_dir: Path, web_port: int | None = None) -> Worker:
+    port = web_port or free_port()  # a free port unless asked: 6066 may be a running worker's
     env = {**os.environ, **settings.env(), "LEARNSTREAM_WEB_PORT": str(port), "LEARNSTREAM_DATA_DIR": str(data_dir),
-           "LEARNSTREAM_PARTITIONS": "4", "LEARNSTREAM_LOG_LEVEL": "warning"}
+           "LEARNSTREAM_PARTITIONS": "4"}
     log = data_dir.parent / "worker.log"
     proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker"], env=env, stdin=subprocess.DEVNULL,
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
@@ -193,7 +194,8 @@ def _h(title: str) -> None:
     print(f"\n== {title} " + "=" * max(0, 74 - len(title)))
 
 
-def run_demo(settings: Settings, *, events: int = 3000, keep_data: bool = False) -> int:
+def run_demo(settings: Settings, *, events: int = 3000, keep_data: bool = False, web_port: int | None = None) -> int:
+    """Run the demo; ``web_port`` is the worker's HTTP port (None: a free one)."""
     t_start = time.monotonic()
     rng = np.random.default_rng(7)
     workdir = Path(tempfile.mkdtemp(prefix="learnstream-demo-"))
@@ -202,15 +204,15 @@ def run_demo(settings: Settings, *, events: int = 3000, keep_data: bool = False)
     try:
         if not settings.broker:
             broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
-            settings = Settings.from_env(broker=broker.bootstrap, broker_kind="embedded")
+            settings = dataclasses.replace(settings, broker=broker.bootstrap, broker_kind="embedded")
             print(f"embedded broker (Tansu) on {broker.bootstrap}")
         else:
             print(f"broker {settings.broker}")
         from workers.stream.provision import ensure_topics_sync
 
-        ensure_topics_sync(Settings.from_env(broker=settings.broker, broker_kind=settings.broker_kind, partitions=4))
+        ensure_topics_sync(dataclasses.replace(settings, partitions=4))
         print(f"topics: {len(topics())} created from topics/*.yaml")
-        worker = _start_worker(settings, workdir / "data")
+        worker = _start_worker(settings, workdir / "data", web_port)
         print(f"worker ready at {worker.url} (pid {worker.proc.pid})")
         report = asyncio.run(_simulate(settings.broker, worker, rng, events))
         _print_report(report)

@@ -22,7 +22,7 @@ from workers.state.access import StoreStateAccess, state_key
 from workers.state.layout import StateTooLarge
 from workers.state.limits import Limits, check_request
 from workers.state.sessions import Sessions
-from workers.verbs import BLOB_TABLES, HEALTH, REGISTRY, Verb, VerbContext, verb
+from workers.verbs import BLOB_TABLES, HEALTH, REGISTRY, Verb, VerbContext, params, verb
 
 __all__ = ("LearnSession", "run_verb", "load_verbs", "state_key", "session_key_of", "check_session_key",
            "envelope_error", "envelope_ok")
@@ -99,7 +99,7 @@ def parse_request(request: Any) -> tuple[str, dict] | dict:
     return name, body
 
 
-@verb("health", table="session", writes=False)
+@verb("health", table="session", writes=False, params=params())
 def _health(ctx: VerbContext, body: dict) -> dict:
     out: dict = {}
     for table, fn in HEALTH:

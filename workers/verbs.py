@@ -14,6 +14,11 @@ request changes nothing. ``table`` says which state a verb touches:
 ``writes`` verbs travel through a topic on the stream (``topic`` is the role in
 ``topics/``); reads are answered by the partition owner.
 
+``params`` is the JSON Schema of a verb's body for clients (MCP tool schemas, docs)
+when the body is not already a topic's value: a verb applied from its own topic is
+described by that topic's schema in ``topics/`` (see :func:`body_schema`). The verb
+itself stays the judge of its input, with its own messages.
+
 A write verb may also have a *coalesced* form (``@coalesced``): many messages of one
 session checked one by one as they arrive, then applied in one call, with exactly the
 outcome, downstream events and reply each message would have had alone. The worker uses it for runs of single events,
@@ -30,7 +35,7 @@ from workers.state.base import ModelStore
 from workers.state.blob import StateBlob
 
 __all__ = ("Verb", "VerbContext", "Each", "REGISTRY", "HEALTH", "BLOB_TABLES", "TABLES", "verb", "coalesced",
-           "health_contributor")
+           "health_contributor", "params", "EMBEDDING", "EMBEDDING_B64")
 
 # Tables holding one state value (a StateBlob with its watermark) per session.
 BLOB_TABLES = ("session", "learner", "agent", "memory")
@@ -74,21 +79,26 @@ class Verb:
     many: Many | None = None                      # the coalesced form, if any
     joins: Callable[[dict], bool] | None = None   # may this body be applied by ``many``
     prepare: Prepare | None = None                # checks one body for ``many``, as it arrives
+    params: dict | None = None                    # JSON Schema of the body (None: the topic's, or any object)
 
 
 REGISTRY: dict[str, Verb] = {}
 HEALTH: list[tuple[str, Callable[[VerbContext], dict]]] = []  # (table, contributor)
 
 
-def verb(name: str, *, table: str, writes: bool, topic: str | None = None) -> Callable:
-    """Register ``fn`` as verb ``name``. Write verbs default to the ``commands`` topic."""
+def verb(name: str, *, table: str, writes: bool, topic: str | None = None, params: dict | None = None) -> Callable:
+    """Register ``fn`` as verb ``name``. Write verbs default to the ``commands`` topic.
+
+    ``params``: the body's JSON Schema (build it with :func:`params`), for verbs whose body
+    is no topic's value (reads, and writes on ``commands``).
+    """
     if table not in TABLES:
         raise ValueError(f"table must be one of {TABLES}")
 
     def deco(fn: Callable[[VerbContext, dict], Any]) -> Callable[[VerbContext, dict], Any]:
         if name in REGISTRY:
             raise ValueError(f"verb {name!r} registered twice")
-        REGISTRY[name] = Verb(name, fn, table, writes, (topic or "commands") if writes else None)
+        REGISTRY[name] = Verb(name, fn, table, writes, (topic or "commands") if writes else None, params=params)
         return fn
 
     return deco
@@ -127,3 +137,16 @@ def health_contributor(fn: Callable[[VerbContext], dict] | None = None, *, table
         return f
 
     return deco(fn) if fn is not None else deco
+
+
+# an embedding in a verb body: a JSON array, or (faster) ``embedding_b64``
+EMBEDDING = {"type": "array", "items": {"type": "number"}, "minItems": 1}
+EMBEDDING_B64 = {"type": "string", "description": "the embedding as little-endian float32, base64 (instead of embedding)"}
+
+
+def params(required: Sequence[str] = (), **props: Any) -> dict:
+    """A verb body's JSON Schema: an object of ``props`` (each a JSON Schema) with ``required`` names.
+
+    Extra fields stay allowed (verbs ignore what they do not read; ``session_key`` is common to all).
+    """
+    return {"type": "object", "properties": props, "required": list(required)}

@@ -9,6 +9,8 @@ import uuid
 import psutil
 import pytest
 
+from workers.broker import free_port
+
 pytestmark = pytest.mark.integration
 
 
@@ -28,10 +30,12 @@ def test_demo_runs_and_reports(tmp_path) -> None:
     marker = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
     env["LEARNSTREAM_TEST_MARKER"] = marker
-    r = subprocess.run([sys.executable, "-m", "workers.cli", "demo", "--events", "900"], env=env,
-                       capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    port = free_port()  # --web-port is honoured (it was dropped with the embedded broker: issue 16)
+    r = subprocess.run([sys.executable, "-m", "workers.cli", "demo", "--events", "900", "--web-port", str(port)],
+                       env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
+    assert f"worker ready at http://127.0.0.1:{port} " in out, out
     for section in ("model routing", "instant adapter", "task switches", "knowledge graph",
                     "continual learner", "agent protocols", "memory importance", "dead-letter topic"):
         assert section in out, out

@@ -1,6 +1,7 @@
 """The worker's HTTP API on real parts: embedded broker, one worker subprocess, plain HTTP."""
 from __future__ import annotations
 
+import re
 import urllib.error
 import urllib.request
 
@@ -48,7 +49,9 @@ def test_http_api(worker_factory) -> None:
 
     # a write verb on /dispatch answers once the owning worker applied it ...
     status, out = dispatch(w, "init_instant", {"session_key": "s1", "targets": ["a", "b"], "dim": 4})
+    written = out.pop("id", None)  # the id of the message that carried it (topic:partition:offset)
     assert (status, out) == (200, {"ok": True, "verb": "init_instant", "data": {"targets": ["a", "b"], "dim": 4}})
+    assert re.fullmatch(r"learn\.commands:[0-3]:\d+", written or ""), written
     # ... so a read right after it sees the state
     status, out = dispatch(w, "apply_adapter", {"session_key": "s1", "embedding": [0.1, 0.2, 0.3, 0.4]})
     assert status == 200 and out["ok"], out

@@ -54,3 +54,84 @@ def test_topics_create_then_list_against_a_real_broker(monkeypatch, tmp_path) ->
         # a worker configured for another partition count is refused, naming the fix
         r = run(["topics", "create", "--partitions", "5"])
         assert r.returncode == 2 and "LEARNSTREAM_PARTITIONS=3" in r.stderr
+
+
+# -- no sharp edges (issue 15) -------------------------------------------------------------
+def test_produce_reports_each_bad_line_sends_the_good_ones_and_sums_up(monkeypatch, tmp_path) -> None:
+    from tests.helpers import read_topic
+    from workers.broker import EmbeddedBroker
+    from workers.topics import topics
+
+    lines = ['{"session_key": "s1", "loss": 0.5}',     # 1 good
+             '{bad json',                               # 2 not JSON
+             '',                                        # blank: skipped, not counted
+             '{"session_key": "s1", "loss": "high"}',   # 4 schema: loss must be a number
+             '[1, 2]',                                  # 5 not an object
+             '{"session_key": "s1", "loss": 0.25}']     # 6 good
+    with EmbeddedBroker(log_path=tmp_path / "b.log") as b:
+        monkeypatch.setenv("LEARNSTREAM_BROKER", b.bootstrap)
+        r = run(["produce", "loss"], "\n".join(lines) + "\n")
+        assert r.returncode == 1, r.stderr  # something was refused
+        assert "Traceback" not in r.stderr
+        err = r.stderr.splitlines()
+        assert err[0].startswith("line 2: not sent: not JSON")
+        assert err[1].startswith("line 4: not sent: schema of learn.loss: loss:") and "number" in err[1]
+        assert err[2] == "line 5: not sent: a value must be a JSON object, got list"
+        assert err[-1] == "2 sent to loss, 3 refused"
+        got = read_topic(b.bootstrap, topics()["loss"].name, 2, timeout=20)
+        assert [v["loss"] for v in got] == [0.5, 0.25]  # only the good lines, in order
+
+        stop = run(["produce", "loss", "--stop-on-error"], "\n".join(lines) + "\n")
+        assert stop.returncode == 1
+        assert stop.stderr.splitlines()[-1] == "1 sent to loss, 1 refused (stopped at the first bad line: --stop-on-error)"
+
+
+def test_produce_refuses_a_line_whose_session_key_differs_from_key(monkeypatch, tmp_path) -> None:
+    from workers.produce_lines import check_line
+
+    assert check_line("loss", '{"session_key": "a", "loss": 1}', key="b") == "session_key 'a' differs from --key 'b'"
+    assert check_line("loss", '{"loss": 1}', key="b") == ("b", {"loss": 1, "session_key": "b"})
+    assert check_line("commands", '{"verb": "init_instant", "body": {"targets": ["x"]}}') == (
+        "default", {"verb": "init_instant", "body": {"targets": ["x"], "session_key": "default"}})
+    assert check_line("loss", '{"session_key": "", "loss": 1}', validate=False) == (
+        "default", {"session_key": "default", "loss": 1})  # empty = unset
+    assert "session_key must be" in check_line("loss", '{"session_key": "a\\u001fb", "loss": 1}')
+    assert check_line("loss", '{"session_key": "a", "loss": "x"}', validate=False) == (
+        "a", {"session_key": "a", "loss": "x"})  # --no-validate: to exercise the DLQ
+
+
+def test_unknown_role_lists_the_valid_ones() -> None:
+    from workers.topics import input_topics
+
+    r = run(["produce", "losses"], "{}\n")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "unknown role 'losses'; valid roles: " in r.stderr
+    for t in input_topics():
+        assert t.role in r.stderr
+
+
+def test_topics_and_produce_without_a_broker_say_exactly_what_to_set(monkeypatch) -> None:
+    monkeypatch.delenv("LEARNSTREAM_BROKER", raising=False)
+    for args in (["topics", "list"], ["produce", "loss"]):
+        r = run(args, "{}\n")
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert "set LEARNSTREAM_BROKER=host:port or pass --broker host:port" in r.stderr
+    h = run(["produce", "--help"]).stdout
+    assert "unset = embedded" not in h and "required" in h  # the help no longer promises an embedded default
+
+
+def test_every_argument_has_help_and_top_level_help_has_no_rest_markup() -> None:
+    from workers.cli import parser
+
+    ap = parser()
+    top = ap.format_help()
+    assert "`" not in top and ":class:" not in top and ":func:" not in top
+    subs = next(a for a in ap._actions if a.__class__.__name__ == "_SubParsersAction")
+    listed = {c.dest for c in subs._choices_actions}
+    assert listed == set(subs.choices), "every command has a help line"
+    for name, sp in subs.choices.items():
+        for a in sp._actions:
+            if a.dest == "help":
+                continue
+            assert a.help, f"learnstream {name}: {a.option_strings or a.dest} has no help"
+        assert "`" not in sp.format_help(), name

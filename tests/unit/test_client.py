@@ -19,3 +19,70 @@ def test_client_validates_before_sending() -> None:
 def test_unstarted_client_says_how_to_start() -> None:
     with pytest.raises(RuntimeError, match="not started"):
         asyncio.run(LearnstreamClient("127.0.0.1:1").loss("s", 0.5))
+
+
+# -- write-and-wait over HTTP (issue 15) --------------------------------------------------------
+def test_apply_gives_up_with_the_key_to_retry_when_no_worker_answers() -> None:
+    from workers.broker import free_port
+    from workers.client import WriteNotConfirmed
+
+    async def go() -> None:
+        async with LearnstreamClient(worker_url=f"http://127.0.0.1:{free_port()}", apply_deadline_s=0.5) as c:
+            with pytest.raises(WriteNotConfirmed, match="retry with idempotency_key='k-1'") as e:
+                await c.apply("s", "add_knowledge", {"agent": "a", "domain": "d", "fact": "f"}, idempotency_key="k-1")
+            assert e.value.idempotency_key == "k-1" and "worker unreachable" in str(e.value)
+            with pytest.raises(RuntimeError, match="no Kafka bootstrap"):
+                await c.loss("s", 0.5)
+
+    asyncio.run(go())
+
+
+def test_apply_sends_the_token_and_key_and_retries_busy_answers_with_the_same_key() -> None:
+    """A stand-in for a worker's /dispatch (worker auth is not ours to test here): 503 once, then applied."""
+    import orjson
+    from aiohttp import web
+
+    seen: list[tuple[str | None, dict]] = []
+
+    async def dispatch(request: web.Request) -> web.Response:
+        req = orjson.loads(await request.read())
+        seen.append((request.headers.get("Authorization"), req))
+        if len(seen) == 1:
+            return web.json_response({"ok": False, "verb": req["verb"], "error": "rebalancing; retry"}, status=503)
+        if req["body"].get("fact") == "":
+            return web.json_response({"ok": False, "verb": req["verb"], "error": "fact required"}, status=422)
+        return web.json_response({"id": "learn.commands:3:7", "ok": True, "verb": req["verb"], "data": {"n": 1}})
+
+    async def go() -> None:
+        app = web.Application()
+        app.router.add_post("/dispatch", dispatch)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            async with LearnstreamClient(worker_url=f"http://127.0.0.1:{port}", token="t0k") as c:
+                done = await c.apply("s1", "add_knowledge", {"agent": "a", "domain": "d", "fact": "f"})
+                assert (done.id, done.data, done.duplicate) == ("learn.commands:3:7", {"n": 1}, False)
+                with pytest.raises(VerbError, match="^fact required$"):
+                    await c.apply("s1", "add_knowledge", {"agent": "a", "domain": "d", "fact": ""})
+        finally:
+            await runner.cleanup()
+        assert [h for h, _ in seen] == ["Bearer t0k"] * 3
+        (_, a), (_, b) = seen[:2]
+        assert a == b and a["body"]["idempotency_key"] == done.idempotency_key and a["body"]["session_key"] == "s1"
+
+    from workers.errors import VerbError
+    asyncio.run(go())
+
+
+def test_sync_client_can_be_http_only_and_says_what_is_missing() -> None:
+    from workers.broker import free_port
+    from workers.client import SyncClient, WriteNotConfirmed
+
+    with SyncClient(worker_url=f"http://127.0.0.1:{free_port()}", apply_deadline_s=0.3) as c:
+        with pytest.raises(WriteNotConfirmed):
+            c.apply("s", "mark_used", {"ids": ["x"]}, idempotency_key="k")
+        with pytest.raises(RuntimeError, match="no Kafka bootstrap"):
+            c.loss("s", 0.5)

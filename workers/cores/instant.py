@@ -29,7 +29,7 @@ from workers.codec import embedding_field
 from workers.cores._common import env_float
 from workers.state.framing import PART_HEAD, pack_part, unpack_part
 from workers.errors import CorruptStateError, VerbError
-from workers.verbs import VerbContext, health_contributor, verb
+from workers.verbs import EMBEDDING, EMBEDDING_B64, VerbContext, health_contributor, params, verb
 
 __all__ = (
     "RANK", "DECAY", "LR0", "LR_MIN", "MAX_NORM", "REPLAY_CAP", "DEFAULT_DIM", "LR_MIN_ENV",
@@ -342,7 +342,9 @@ def _instant(ctx: VerbContext) -> InstantState:
 
 
 # -- verbs ---------------------------------------------------------------------
-@verb("init_instant", table="session", writes=True, topic="commands")
+@verb("init_instant", table="session", writes=True, topic="commands", params=params(
+    ("targets",), targets={"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
+                           "uniqueItems": True}, dim={"type": "integer", "minimum": 1}))
 def init_instant(ctx: VerbContext, body: dict) -> dict:
     """{targets: [str, ...], dim?} -> {targets, dim}. Replaces any previous adapter."""
     targets = body.get("targets")
@@ -362,7 +364,10 @@ def init_instant(ctx: VerbContext, body: dict) -> dict:
     return {"targets": list(targets), "dim": dim}
 
 
-@verb("feedback", table="session", writes=True, topic="commands")
+@verb("feedback", table="session", writes=True, topic="commands", params=params(
+    ("model", "quality"), model={"type": "string", "minLength": 1},
+    quality={"type": "number", "minimum": 0, "maximum": 1}, embedding=EMBEDDING, embedding_b64=EMBEDDING_B64,
+    now_ms={"type": "integer"}))
 def feedback(ctx: VerbContext, body: dict) -> dict:
     """{embedding|embedding_b64, model, quality, now_ms?} -> {adapter_norm, feedback_count, lr}."""
     s = _instant(ctx)

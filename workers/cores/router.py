@@ -62,7 +62,7 @@ from workers import _kernels as _k
 from workers.codec import embedding_field
 from workers.state.framing import pack_part, unpack_part
 from workers.errors import CorruptStateError, VerbError
-from workers.verbs import VerbContext, health_contributor, verb
+from workers.verbs import EMBEDDING, EMBEDDING_B64, VerbContext, health_contributor, params, verb
 
 __all__ = ("PART", "RouterState", "context_bucket")
 
@@ -446,7 +446,11 @@ def _instant_logits(ctx: VerbContext, st: RouterState, x: np.ndarray) -> np.ndar
     return inst.logits(x)
 
 
-@verb("init_router", table="session", writes=True, topic="commands")
+@verb("init_router", table="session", writes=True, topic="commands", params=params(
+    ("targets",), targets={"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+    in_dim={"type": "integer", "minimum": 1}, epsilon={"type": "number", "minimum": 0, "maximum": 1},
+    threshold={"type": "number"}, seed={"type": "integer"}, with_adapter={"type": "boolean"},
+    normalize={"type": "boolean"}, baseline={"type": "string"}))
 def _init_router(ctx: VerbContext, body: dict) -> dict:
     """``{targets, in_dim?, epsilon?, threshold?, seed?, with_adapter?, normalize?, baseline?}`` -> the settings."""
     try:
@@ -461,7 +465,9 @@ def _init_router(ctx: VerbContext, body: dict) -> dict:
             "with_adapter": st.with_adapter, "normalize": st.normalize, "baseline": st.baseline}
 
 
-@verb("route", table="session", writes=False)
+@verb("route", table="session", writes=False, params=params(
+    (), embedding=EMBEDDING, embedding_b64=EMBEDDING_B64, task_type={"type": "string"},
+    estimated_tokens={"type": "integer", "minimum": 0}))
 def _route(ctx: VerbContext, body: dict) -> dict:
     """``{embedding|embedding_b64, task_type?, estimated_tokens?}`` -> the route."""
     st = _state(ctx)
@@ -474,7 +480,9 @@ def _route(ctx: VerbContext, body: dict) -> dict:
     return st.route(x, task_type, tokens, rng=ctx.rng, adapter_logits=adapter)
 
 
-@verb("record_outcome", table="session", writes=True, topic="commands")
+@verb("record_outcome", table="session", writes=True, topic="commands", params=params(
+    ("target", "quality"), target={"type": "string", "minLength": 1}, quality={"type": "number", "minimum": 0, "maximum": 1},
+    embedding=EMBEDDING, embedding_b64=EMBEDDING_B64, estimated_tokens={"type": "integer", "minimum": 0}))
 def _record_outcome(ctx: VerbContext, body: dict) -> dict:
     """``{target, quality, embedding?, estimated_tokens?}`` -> ``{count, quality_milli, samples?, trained?}``."""
     st = _state(ctx)

@@ -45,7 +45,7 @@ import orjson
 from workers.codec import embedding_field
 from workers.errors import VerbError
 from workers.state.base import ModelStore
-from workers.verbs import VerbContext, verb
+from workers.verbs import VerbContext, params, verb
 
 __all__ = (
     "EDGE_FIELDS",
@@ -400,7 +400,11 @@ def insert_edge(ctx: VerbContext, body: dict) -> dict:
     return {"edge_id": _edges(ctx).insert(edge)}
 
 
-@verb("query_at", table="graph", writes=False)
+@verb("query_at", table="graph", writes=False, params=params(
+    ("src", "t"), src={"type": "string", "minLength": 1, "description": "source node"},
+    t={"type": "integer", "minimum": 0, "description": "valid time (epoch ms) the edges must hold at"},
+    known_at={"type": "integer", "minimum": 0, "description": "what was believed at this time (default: now)"},
+    limit={"type": "integer", "minimum": 0, "description": "0 = all"}))
 def query_at(ctx: VerbContext, body: dict) -> dict:
     """``{src, t, limit?, known_at?}`` -> ``{edges, count}``."""
     src = body.get("src")

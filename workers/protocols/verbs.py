@@ -29,7 +29,7 @@ from workers.protocols.retrieval import retrieve as _retrieve
 from workers.protocols.similarity import StrategyMatcher, matcher_from_env
 from workers.protocols.text import error_line, error_signature, infer_task_type
 from workers.state.blob import StateBlob
-from workers.verbs import VerbContext, health_contributor, verb
+from workers.verbs import VerbContext, health_contributor, params, verb
 
 __all__ = ("PART", "parse_outcomes", "protocols_health", "set_matcher", "matcher", "CONFIG")
 
@@ -50,6 +50,12 @@ _STORED_ERROR = 300          # characters of the failing line kept with an outco
 _DEFAULT_SOURCE = "inferred"
 
 _MATCHER: StrategyMatcher | None = None
+_INCLUDE = ("outcomes", "knowledge", "preferences")  # what ``heuristics`` may list besides heuristics
+
+# building blocks of the verbs' body schemas (``params``)
+_TEXT = {"type": "string", "minLength": 1}
+_UNIT = {"type": "number", "minimum": 0, "maximum": 1}
+_MS = {"type": "integer", "minimum": 0, "description": "event time, epoch ms (default: the latest seen)"}
 
 
 def matcher() -> StrategyMatcher:
@@ -198,7 +204,10 @@ def learn_outcome(ctx: VerbContext, body: dict) -> dict:
 
 
 # -- preferences, knowledge, use ---------------------------------------------------
-@verb("add_preference", table="agent", writes=True, topic="commands")
+@verb("add_preference", table="agent", writes=True, topic="commands", params=params(
+    ("user_id", "category", "preference"), user_id=_TEXT, category=_TEXT, preference=_TEXT,
+    source={**_TEXT, "description": "explicit_instruction gives confidence 1.0, else 0.7"},
+    importance=_UNIT, now_ms=_MS))
 def add_preference(ctx: VerbContext, body: dict) -> dict:
     """``{user_id, category, preference, source?, importance?, now_ms?}`` -> the preference and
     ``created``. Confidence 1.0 for source ``explicit_instruction``, else 0.7."""
@@ -215,7 +224,9 @@ def add_preference(ctx: VerbContext, body: dict) -> dict:
     return {**p.view(), "created": created}
 
 
-@verb("add_knowledge", table="agent", writes=True, topic="commands")
+@verb("add_knowledge", table="agent", writes=True, topic="commands", params=params(
+    ("agent", "domain", "fact"), agent=_TEXT, domain=_TEXT, fact=_TEXT, project_id={"type": "string"},
+    source={**_TEXT, "description": "user_stated gives confidence 1.0, else 0.8"}, importance=_UNIT, now_ms=_MS))
 def add_knowledge(ctx: VerbContext, body: dict) -> dict:
     """``{agent, domain, fact, project_id?, source?, importance?, now_ms?}`` -> the fact and
     ``created``. Confidence 1.0 for source ``user_stated``, else 0.8."""
@@ -234,7 +245,10 @@ def add_knowledge(ctx: VerbContext, body: dict) -> dict:
     return {**k.view(agent), "created": created}
 
 
-@verb("mark_used", table="agent", writes=True, topic="commands")
+@verb("mark_used", table="agent", writes=True, topic="commands", params=params(
+    ("ids",), ids={"type": "array", "items": _TEXT, "minItems": 1, "maxItems": _MAX_IDS,
+                   "description": "record ids that retrieve returned and the agent used"},
+    agent=_TEXT, importance=_UNIT, now_ms=_MS))
 def mark_used(ctx: VerbContext, body: dict) -> dict:
     """``{ids: [record_id...], agent?, importance?, now_ms?}`` -> ``{marked, unknown}``: each record
     counts one access (its strength grows); ``importance`` in [0, 1] also sets how much it matters."""
@@ -255,7 +269,10 @@ def mark_used(ctx: VerbContext, body: dict) -> dict:
 
 
 # -- forgetting ----------------------------------------------------------------------
-@verb("forget", table="agent", writes=True, topic="commands")
+@verb("forget", table="agent", writes=True, topic="commands", params=params(
+    (), older_than_days={"type": "number", "minimum": 0, "default": 90},
+    below_confidence={**_UNIT, "default": 0.3}, min_strength=_UNIT, agent=_TEXT, project_id={"type": "string"},
+    now_ms=_MS))
 def forget(ctx: VerbContext, body: dict) -> dict:
     """``{older_than_days?=90, below_confidence?=0.3, min_strength?, agent?, project_id?, now_ms?}``
     -> removed count per kind. Outcomes older than the horizon, heuristics below the confidence,
@@ -277,7 +294,11 @@ def forget(ctx: VerbContext, body: dict) -> dict:
 
 
 # -- reads ---------------------------------------------------------------------------
-@verb("retrieve", table="agent", writes=False)
+@verb("retrieve", table="agent", writes=False, params=params(
+    ("task", "agent"), task={**_TEXT, "description": "what the agent is about to do"}, agent=_TEXT,
+    user_id=_TEXT, project_id={"type": "string"}, task_type=_TEXT,
+    top_k={"type": "integer", "minimum": 1, "maximum": _MAX_TOP_K, "default": 5},
+    token_budget={"type": "integer", "minimum": 1, "maximum": _MAX_TOKEN_BUDGET}, now_ms=_MS))
 def retrieve(ctx: VerbContext, body: dict) -> dict:
     """``{task, agent, user_id?, project_id?, task_type?, top_k?=5, token_budget?, now_ms?}``
     -> ``{task_type, heuristics, anti_patterns, knowledge, preferences, outcomes, context, tokens, dropped}``."""
@@ -298,10 +319,10 @@ def retrieve(ctx: VerbContext, body: dict) -> dict:
                      task_type=task_type, top_k=top_k, token_budget=budget, matcher=matcher())
 
 
-_INCLUDE = ("outcomes", "knowledge", "preferences")
-
-
-@verb("heuristics", table="agent", writes=False)
+@verb("heuristics", table="agent", writes=False, params=params(
+    (), agent=_TEXT, project_id={"type": "string"}, task_type=_TEXT,
+    include={"type": "array", "items": {"enum": list(_INCLUDE)}, "description": "also list these records"},
+    now_ms=_MS))
 def heuristics(ctx: VerbContext, body: dict) -> dict:
     """``{agent?, project_id?, task_type?, include?: ["outcomes"|"knowledge"|"preferences"], now_ms?}``
     -> ``{heuristics, anti_patterns, counts, clock_ms}`` (+ the included kinds), each record with its

@@ -32,7 +32,7 @@ from workers.scoring.modes import IMPORTANT_MIN, full_matrix, incremental
 from workers.scoring.modes import finetune_candidates as find_candidates
 from workers.scoring.state import PART, ScoringState
 from workers.scoring.transport import ScoringError
-from workers.verbs import VerbContext, health_contributor, verb
+from workers.verbs import VerbContext, health_contributor, params, verb
 
 __all__ = ("PART", "parse_conversation", "event_time")
 
@@ -192,7 +192,8 @@ def finetune_candidates(ctx: VerbContext, body: dict) -> dict:
     return _propose(ctx, st, cid, msgs, count, float(thr))
 
 
-@verb("memory_scores", table="memory", writes=False)
+@verb("memory_scores", table="memory", writes=False, params=params(
+    (), memory_id={"type": "string", "minLength": 1, "description": "one memory (default: all, by weight)"}))
 def memory_scores(ctx: VerbContext, body: dict) -> dict:
     """{memory_id?} -> {memories: [{memory_id, weight, score, previous_weight, scored_ms, n, conversation_id,
     responses}] by weight, highest first; conversations; config; failed_calls}."""
@@ -206,7 +207,10 @@ def memory_scores(ctx: VerbContext, body: dict) -> dict:
             "failed_calls": st.failed_calls}
 
 
-@verb("important_memories", table="memory", writes=False)
+@verb("important_memories", table="memory", writes=False, params=params(
+    ("conversation_id",), conversation_id={"type": "string", "minLength": 1},
+    message_index={"type": "integer", "minimum": 0, "description": "only this assistant response"},
+    min_score={"type": "number", "minimum": 0, "default": IMPORTANT_MIN}))
 def important_memories(ctx: VerbContext, body: dict) -> dict:
     """{conversation_id, message_index?, min_score?} -> the full matrix of a stored conversation:
     {memory_importance (row sums), responses: [{message_index, dependence (column sum), memories:

@@ -159,13 +159,15 @@ class Runtime:
         topic, value = self.event_for_write(verb_name, {**body, "session_key": sk})
         meta = await (await self.channel(topic.role).send(key=sk.encode(), value=orjson.dumps(value)))
         key = (topic.name, meta.topic_partition.partition, meta.offset)
+        written = f"{key[0]}:{key[1]}:{key[2]}"  # the id of the applied write (record_id)
         try:
             out = await self.replies.wait(key, _APPLY_TIMEOUT_S)
         except asyncio.TimeoutError:
             # the event is in the log and will be applied (by whoever owns the partition by then)
-            return envelope_error(verb_name, f"timed out after {_APPLY_TIMEOUT_S:.0f} s waiting for "
-                                             f"{topic.name}[{key[1]}]@{key[2]} to be applied"), 504
-        return out, 200 if out["ok"] else 422
+            return {**envelope_error(verb_name, f"timed out after {_APPLY_TIMEOUT_S:.0f} s waiting for "
+                                                f"{topic.name}[{key[1]}]@{key[2]} to be applied"), "id": written}, 504
+        # a retried idempotency key answers with the id of the write that applied it first
+        return {"id": written, **out}, 200 if out["ok"] else 422
 
     def owner_url(self, sk: str) -> str | None:
         """Base URL of the worker owning ``sk``, or None when it is this one (or unknown)."""

@@ -31,6 +31,7 @@ from workers.state.blob import StateBlob
 from workers.state.layout import StateTooLarge
 from workers.state.limits import Limits, check_request
 from workers.state.sessions import CACHE_BYTES, Sessions
+from workers.stream import idempotency
 from workers.stream.records import Produce, Record, record_id
 from workers.topics import Topic, by_name
 from workers.verbs import BLOB_TABLES, REGISTRY, Verb, VerbContext
@@ -208,7 +209,7 @@ class Processor:
                     self._apply_run(pending, res, dirty)
                 self._count(res, rec, self._reject(rec, r, res))
                 continue
-            if v.many is not None and v.joins(body):
+            if v.many is not None and idempotency.FIELD not in body and v.joins(body):
                 self._join(runs, rec, v, body, sk, res, dirty)
                 continue
             run = runs.pop(sk, None)
@@ -308,11 +309,26 @@ class Processor:
             if isinstance(got, str):
                 return got
             blob = got
+        try:
+            key, body = idempotency.take_key(body)
+        except VerbError as exc:
+            return self._settle(rec, v, sk, blob, envelope_error(v.name, str(exc)), [], res, dirty)
+        if key is not None and blob is not None:
+            first = idempotency.lookup(blob, key)
+            if first is not None:  # a client's retry of a write this session value already holds
+                res.replies[(rec.topic, rec.partition, rec.offset)] = {**first, "duplicate": True}
+                blob.watermark.advance(rec.topic, rec.partition, rec.offset)
+                dirty[(v.table, sk)] = rec.partition
+                res.duplicates += 1
+                return "duplicate"
         emitted: list[tuple[str, dict]] = []
         ctx = self._context(v, sk, rec.partition, blob, lambda role, p: emitted.append((role, p)), rec.source)
         t0 = time.perf_counter()
         out = run_verb(v, ctx, body)
         res.verb_seconds.append((v.name, time.perf_counter() - t0))
+        if key is not None and blob is not None:
+            # same value, same table write as the state change and the watermark: all or nothing
+            idempotency.remember(blob, key, {**out, "id": record_id(rec)})
         return self._settle(rec, v, sk, blob, out, emitted, res, dirty)
 
     def _apply_run(self, run: _Run, res: BatchResult, dirty: dict[tuple[str, str], int]) -> None:

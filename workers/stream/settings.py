@@ -74,6 +74,12 @@ class Settings:
     worker_id: str | None = None         # static group membership (the pod name on Kubernetes)
     log_level: str = "warning"
     kafka: dict[str, str] = field(default_factory=dict)
+    # agents' side (MCP server, SDK write-and-wait): which worker to talk to and with which token
+    worker_url: str | None = None         # base URL of a worker's HTTP API; None = start an embedded one
+    api_token: str | None = None          # sent as `Authorization: Bearer` to the worker
+    mcp_token: str | None = None          # bearer token remote agents must present to `learnstream mcp --http`
+    mcp_session: str = "default"          # session_key of MCP tools and resources when a call names none
+    apply_deadline_s: float = 60.0        # how long a write is retried (same idempotency key) while no worker answers
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -98,6 +104,9 @@ class Settings:
             fetch_max_wait_ms=_int("FETCH_MAX_WAIT_MS", 50),
             worker_id=_env("WORKER_ID") or None,
             log_level=_env("LOG_LEVEL", "warning"), kafka=kafka,
+            worker_url=_env("WORKER_URL") or None, api_token=_env("API_TOKEN") or None,
+            mcp_token=_env("MCP_TOKEN") or None, mcp_session=_env("MCP_SESSION") or "default",
+            apply_deadline_s=_float("APPLY_DEADLINE_S", 60.0),
         )
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in overrides:

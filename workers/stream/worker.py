@@ -1,6 +1,8 @@
 """Running one worker process (``learnstream worker``)."""
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import os
 
@@ -22,14 +24,14 @@ def run_worker(settings: Settings) -> int:
         from workers.broker import EmbeddedBroker
 
         broker = EmbeddedBroker().start()
-        settings = Settings.from_env(broker=broker.bootstrap, broker_kind="embedded",
-                                     **{k: getattr(settings, k) for k in ("data_dir", "web_port", "web_host",
-                                                                          "partitions", "worker_id")})
+        # the caller's settings (CLI flags included) with the broker filled in, never re-read from the env
+        settings = dataclasses.replace(settings, broker=broker.bootstrap, broker_kind="embedded")
         print(f"embedded broker on {broker.bootstrap}", flush=True)
     from workers.stream.provision import ensure_topics_sync
 
     ensure_topics_sync(settings)
-    app, _ = build_app(settings)
+    app, rt = build_app(settings)
+    _announce_ready(app, rt, settings)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     logger.info("worker pid %s, web http://%s:%s", os.getpid(), settings.web_host, settings.web_port)
     try:
@@ -40,3 +42,21 @@ def run_worker(settings: Settings) -> int:
         if broker is not None:
             broker.stop()
     return 0
+
+
+# How often the start-up task looks whether table recovery finished (one line is printed then).
+_READY_POLL_S = 0.1
+
+
+def ready_line(settings: Settings) -> str:
+    """The one line ``learnstream worker`` prints once it serves: where its HTTP API is, which broker."""
+    return (f"learnstream worker ready: http://{settings.web_host}:{settings.web_port} "
+            f"broker={settings.broker} ({settings.broker_kind}) pid={os.getpid()}")
+
+
+def _announce_ready(app: object, rt: object, settings: Settings) -> None:
+    @app.task  # type: ignore[attr-defined]
+    async def announce() -> None:
+        while not rt.is_ready():  # type: ignore[attr-defined]
+            await asyncio.sleep(_READY_POLL_S)
+        print(ready_line(settings), flush=True)

@@ -1,0 +1,267 @@
+"""The MCP server with the official MCP client, over stdio and streamable HTTP, on real workers.
+
+- stdio with the embedded default (no worker configured: ``learnstream mcp`` starts one);
+- streamable HTTP (the sidecar), bearer token required;
+- a burst of writes while the worker is SIGKILLed (both transports): every acknowledged write is applied exactly
+  once after the restart, every unacknowledged one is applied once or reported failed (and a
+  retry with its idempotency key settles which, without applying it twice).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamablehttp_client
+
+from tests.helpers import wait_until
+from tests.integration.test_demo import leftovers
+from workers.broker import free_port
+from workers.mcp.tools import TOOLS
+from workers.topics import topics
+
+pytestmark = pytest.mark.integration
+
+_ID = re.compile(r"^[a-z.\-]+:\d+:\d+$")
+_DIM = 4
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
+    return {**env, **extra}
+
+
+def _stdio(env: dict[str, str], *args: str) -> StdioServerParameters:
+    return StdioServerParameters(command=sys.executable, args=["-m", "workers.cli", "mcp", *args], env=env,
+                                 cwd=str(Path(__file__).resolve().parents[2]))
+
+
+async def _call(s: ClientSession, tool: str, **args: Any) -> dict:
+    res = await s.call_tool(tool, args)
+    assert not res.isError, f"{tool}: {res.content[0].text}"
+    return res.structuredContent
+
+
+async def _error(s: ClientSession, tool: str, **args: Any) -> str:
+    res = await s.call_tool(tool, args)
+    assert res.isError, f"{tool} should have failed: {res.structuredContent}"
+    return res.content[0].text
+
+
+async def exercise_every_tool(s: ClientSession, sk: str) -> None:
+    """List the tools and call each one as an agent would; check ids, retries and verb errors."""
+    listed = {t.name: t for t in (await s.list_tools()).tools}
+    assert set(listed) == set(TOOLS)
+    assert "idempotency_key" in listed["learn_outcome"].inputSchema["properties"]
+    assert "idempotency_key" not in listed["retrieve"].inputSchema["properties"]
+
+    w = await _call(s, "init_instant", session_key=sk, targets=["small", "large"], dim=_DIM)
+    assert _ID.match(w["id"]) and w["id"].startswith(topics()["commands"].name + ":")
+    await _call(s, "init_router", session_key=sk, targets=["small", "large"], in_dim=_DIM, epsilon=0.0)
+    k = await _call(s, "add_knowledge", session_key=sk, agent="coder", domain="repo", fact="tests use pytest")
+    rid = k["data"]["record_id"]
+    await _call(s, "add_preference", session_key=sk, user_id="u1", category="style", preference="short answers")
+    o = await _call(s, "learn_outcome", session_key=sk, id="o1", agent="coder", task="run the tests",
+                    success=True, strategy="pytest -q")
+    assert o["id"].startswith(topics()["outcomes"].name + ":") and o["data"]["learned"] == 1
+    m = await _call(s, "mark_used", session_key=sk, ids=[rid], idempotency_key="use-1")
+    again = await _call(s, "mark_used", session_key=sk, ids=[rid], idempotency_key="use-1")
+    assert again["duplicate"] is True and again["id"] == m["id"] and again["data"] == m["data"]
+    r = await _call(s, "retrieve", session_key=sk, task="run the tests", agent="coder", token_budget=500)
+    assert [x["record_id"] for x in r["knowledge"]] == [rid]
+    assert (await _call(s, "heuristics", session_key=sk, include=["knowledge"]))["knowledge"][0]["accesses"] == 1
+    route = await _call(s, "route", session_key=sk, embedding=[0.1, 0.2, 0.3, 0.4])
+    assert route["model"] in ("small", "large")
+    await _call(s, "record_outcome", session_key=sk, target="small", quality=0.8)
+    f = await _call(s, "feedback", session_key=sk, embedding=[0.1, 0.2, 0.3, 0.4], model="small", quality=0.9)
+    assert f["id"].startswith(topics()["feedback"].name + ":") and f["data"]["feedback_count"] == 1
+    e = await _call(s, "insert_edge", session_key=sk,
+                    edge={"id": "e1", "src": "alice", "dst": "acme", "relation": "works_at", "valid_at": 1000,
+                          "created_at": 1000})
+    assert e["id"].startswith(topics()["edges"].name + ":")
+    await _call(s, "contradict", session_key=sk, contradicts=["e1"], now_ms=2000,
+                edge={"id": "e2", "src": "alice", "dst": "globex", "relation": "works_at", "valid_at": 2000,
+                      "created_at": 2000})
+    q = await _call(s, "query_at", session_key=sk, src="alice", t=1500)
+    assert [x["dst"] for x in q["edges"]] == ["acme"]
+    assert (await _call(s, "memory_scores", session_key=sk))["memories"] == []
+    assert await _error(s, "important_memories", session_key=sk, conversation_id="c1") == \
+        "unknown conversation_id: c1 (publish it to memory.context first)"
+    await _call(s, "forget", session_key=sk, older_than_days=3650)
+    h = await _call(s, "health", session_key=sk)
+    assert h["instant_ready"] is True and h["knowledge_count"] == 1
+    # errors are MCP tool errors carrying the verb's own message
+    assert await _error(s, "mark_used", session_key=sk, ids=[]) == \
+        "ids must be a non-empty array of at most 1000 non-empty strings"
+    assert await _error(s, "retrieve", session_key=sk, agent="coder") == "task required"
+    assert "unknown tool" in await _error(s, "no_such_tool")
+    # resources: the topic contracts and the session's heuristics
+    uris = {str(r.uri) for r in (await s.list_resources()).resources}
+    assert "learnstream://topics" in uris and "learnstream://topics/feedback" in uris
+    contract = (await s.read_resource("learnstream://topics/outcomes")).contents[0].text
+    assert '"name": "agent.outcomes"' in contract
+    heur = (await s.read_resource(f"learnstream://sessions/{sk}/heuristics")).contents[0].text
+    assert '"outcomes": 1' in heur
+    templates = (await s.list_resource_templates()).resourceTemplates
+    assert templates[0].uriTemplate == "learnstream://sessions/{session_key}/heuristics"
+
+
+def test_stdio_with_the_embedded_default(tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex
+    env = _env(LEARNSTREAM_DATA_DIR=str(tmp_path / "data"), LEARNSTREAM_PARTITIONS="2",
+               LEARNSTREAM_TEST_MARKER=marker)
+
+    async def go() -> None:
+        async with stdio_client(_stdio(env)) as (r, w), ClientSession(r, w) as s:
+            await s.initialize()
+            await exercise_every_tool(s, "agent-stdio")
+
+    asyncio.run(asyncio.wait_for(go(), 240))
+    # the embedded worker and its broker stop with the MCP server
+    wait_until(lambda: leftovers(marker) == [], 60, 0.5, "the embedded worker and broker to exit")
+
+
+class Sidecar:
+    """``learnstream mcp --http`` as a subprocess."""
+
+    def __init__(self, worker_url: str, token: str, log: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "mcp", "--http", f"127.0.0.1:{self.port}", "--worker-url", worker_url],
+            env=_env(LEARNSTREAM_MCP_TOKEN=token, **env), stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL)
+
+        def up() -> bool:
+            assert self.proc.poll() is None, log.read_text()
+            return httpx.post(self.url, json={}, timeout=3).status_code == 401
+
+        wait_until(up, 60, 0.2, "the MCP sidecar", retry_on=(httpx.HTTPError,))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) -> None:
+    w = worker_factory("mcp-http").start().wait_ready()
+    side = Sidecar(w.url, "s3cret", tmp_path / "sidecar.log")
+    try:
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                           "clientInfo": {"name": "t", "version": "0"}}}
+        hdr = {"Accept": "application/json, text/event-stream"}
+        assert httpx.post(side.url, json=init, headers=hdr, timeout=10).status_code == 401
+        assert httpx.post(side.url, json=init, headers={**hdr, "Authorization": "Bearer wrong"},
+                          timeout=10).status_code == 401
+
+        async def go() -> None:
+            async with streamablehttp_client(side.url, headers={"Authorization": "Bearer s3cret"}) as (r, wr, _), \
+                    ClientSession(r, wr) as s:
+                await s.initialize()
+                await exercise_every_tool(s, "agent-http")
+
+        asyncio.run(asyncio.wait_for(go(), 180))
+    finally:
+        side.stop()
+
+
+def test_http_transport_refuses_to_start_without_a_token() -> None:
+    r = subprocess.run([sys.executable, "-m", "workers.cli", "mcp", "--http", "127.0.0.1:1", "--worker-url",
+                        "http://127.0.0.1:1"], env=_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "LEARNSTREAM_MCP_TOKEN" in r.stderr
+
+
+_BURST = 48
+_KILL_AFTER = 12       # acknowledged writes before the SIGKILL
+_DEADLINE_S = "2"      # the MCP server's retries give up this soon: calls during the outage fail
+
+
+@contextlib.asynccontextmanager
+async def _session(transport: str, worker_url: str, tmp_path: Path) -> AsyncIterator[ClientSession]:
+    """An initialized MCP client session over ``transport`` to a server whose retries give up soon."""
+    if transport == "stdio":
+        env = _env(LEARNSTREAM_APPLY_DEADLINE_S=_DEADLINE_S)
+        async with stdio_client(_stdio(env, "--worker-url", worker_url)) as (r, w), ClientSession(r, w) as s:
+            await s.initialize()
+            yield s
+        return
+    side = await asyncio.to_thread(Sidecar, worker_url, "t", tmp_path / "sidecar.log",
+                                   LEARNSTREAM_APPLY_DEADLINE_S=_DEADLINE_S)
+    try:
+        async with streamablehttp_client(side.url, headers={"Authorization": "Bearer t"}) as (r, w, _), \
+                ClientSession(r, w) as s:
+            await s.initialize()
+            yield s
+    finally:
+        side.stop()
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_sigkill_in_a_burst_of_writes(worker_factory, tmp_path: Path, transport: str) -> None:
+    w = worker_factory("mcp-kill").start().wait_ready()
+    sk = "agent-kill"
+    keys = [f"use-{i}" for i in range(_BURST)]
+
+    async def go() -> None:
+        async with _session(transport, w.url, tmp_path) as s:
+            rid = (await _call(s, "add_knowledge", session_key=sk, agent="a", domain="d", fact="f"))["data"]["record_id"]
+            acked: dict[str, str] = {}     # key -> id
+            failed: dict[str, str] = {}    # key -> the error the agent saw
+            killed = asyncio.Event()
+
+            async def one(key: str) -> None:
+                res = await s.call_tool("mark_used", {"session_key": sk, "ids": [rid], "idempotency_key": key})
+                if res.isError:
+                    failed[key] = res.content[0].text
+                    return
+                acked[key] = res.structuredContent["id"]
+                if len(acked) == _KILL_AFTER and not killed.is_set():
+                    killed.set()
+                    await asyncio.to_thread(w.kill)  # SIGKILL: no shutdown, no commit, no flush
+
+            sem = asyncio.Semaphore(8)  # a busy agent: several writes in flight at once
+
+            async def limited(key: str) -> None:
+                async with sem:
+                    await one(key)
+
+            await asyncio.gather(*(limited(k) for k in keys))
+            assert killed.is_set() and len(acked) >= _KILL_AFTER
+            assert failed, "some writes must have met the dead worker"
+            assert all("not confirmed" in why and "idempotency_key" in why for why in failed.values()), failed
+            assert len(set(acked.values())) == len(acked)  # one applied message per acknowledged write
+
+            await asyncio.to_thread(lambda: w.start().wait_ready())
+            # every acknowledged write is applied exactly once: retrying it applies nothing
+            for key, first_id in acked.items():
+                again = await _call(s, "mark_used", session_key=sk, ids=[rid], idempotency_key=key)
+                assert again["duplicate"] is True and again["id"] == first_id
+            # every failed write was applied once or not at all: its retry settles which, applying it at most once
+            settled = {"applied before the kill": 0, "applied now": 0}
+            for key in failed:
+                out = await _call(s, "mark_used", session_key=sk, ids=[rid], idempotency_key=key)
+                settled["applied before the kill" if out.get("duplicate") else "applied now"] += 1
+            h = await _call(s, "heuristics", session_key=sk, include=["knowledge"])
+            assert h["knowledge"][0]["accesses"] == _BURST, (len(acked), settled)
+            print(f"acked {len(acked)}, failed {len(failed)}: {settled}")
+
+    asyncio.run(asyncio.wait_for(go(), 240))

@@ -1,0 +1,42 @@
+"""`learnstream worker` as a user starts it: one line once it is ready, and its flags are kept."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from workers.broker import free_port
+
+pytestmark = pytest.mark.integration
+
+_READY_S = 120.0
+
+
+def test_worker_prints_one_ready_line_and_keeps_its_flags_with_the_embedded_broker(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}  # embedded broker
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--log-level", "info", "--web-port",
+                                 str(port), "--data-dir", str(tmp_path / "data"), "--partitions", "2"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            end = time.monotonic() + _READY_S
+            while "learnstream worker ready:" not in log.read_text() and time.monotonic() < end:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.2)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    text = log.read_text()
+    ready = [line for line in text.splitlines() if line.startswith("learnstream worker ready:")]
+    broker = text.splitlines()[0].removeprefix("embedded broker on ")
+    assert ready == [f"learnstream worker ready: http://127.0.0.1:{port} broker={broker} (embedded) "
+                     f"pid={proc.pid}"], text[-3000:]
+    # --log-level info was kept when the embedded broker was started (it used to fall back to warning)
+    assert "[INFO]" in text
+    assert (tmp_path / "data").is_dir()  # --data-dir too

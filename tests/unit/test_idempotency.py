@@ -1,0 +1,124 @@
+"""Client idempotency keys: a retried write is answered, never applied twice, across restarts."""
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from workers.dispatch import LearnSession
+from workers.state import MemoryStore
+from workers.stream import idempotency
+from workers.stream.processor import Processor, StoreStateAccess
+from workers.stream.records import Record
+from workers.topics import topics
+
+COMMANDS = topics()["commands"].name
+OUTCOMES = topics()["outcomes"].name
+
+
+def cmd(offset: int, verb: str, body: dict, sk: str = "s1") -> Record:
+    return Record(COMMANDS, 0, offset, sk.encode(), orjson.dumps({"verb": verb, "body": body}), 1000)
+
+
+def accesses(store: MemoryStore, sk: str = "s1") -> int:
+    out = LearnSession(store=store).dispatch({"verb": "heuristics", "body": {"session_key": sk,
+                                                                              "include": ["knowledge"]}})
+    return out["data"]["knowledge"][0]["accesses"]
+
+
+@pytest.fixture
+def setup() -> tuple[MemoryStore, str]:
+    store = MemoryStore()
+    res = Processor(StoreStateAccess(store)).process(
+        [cmd(0, "add_knowledge", {"agent": "a", "domain": "d", "fact": "the sky is blue"})])
+    rid = res.replies[(COMMANDS, 0, 0)]["data"]["record_id"]
+    return store, rid
+
+
+def test_a_retried_key_is_answered_with_the_first_reply_and_applied_once(setup) -> None:
+    store, rid = setup
+    p = Processor(StoreStateAccess(store))
+    body = {"ids": [rid], "idempotency_key": "k1"}
+    res = p.process([cmd(1, "mark_used", body), cmd(2, "mark_used", body)])
+    first, again = res.replies[(COMMANDS, 0, 1)], res.replies[(COMMANDS, 0, 2)]
+    assert first["ok"] and first["data"] == {"marked": 1, "unknown": []}
+    assert again == {**first, "id": f"{COMMANDS}:0:1", "duplicate": True}
+    assert (res.applied, res.duplicates) == (1, 1)
+    assert accesses(store) == 1
+    # another key is another write
+    p.process([cmd(3, "mark_used", {**body, "idempotency_key": "k2"})])
+    assert accesses(store) == 2
+
+
+def test_the_key_survives_a_restart_and_a_redelivery(setup) -> None:
+    store, rid = setup
+    body = {"ids": [rid], "idempotency_key": "k1"}
+    Processor(StoreStateAccess(store)).process([cmd(1, "mark_used", body)])
+    # a new worker process over the same state: the original redelivered, then the client's retry
+    p = Processor(StoreStateAccess(store))
+    res = p.process([cmd(1, "mark_used", body), cmd(5, "mark_used", body)])
+    assert res.replies[(COMMANDS, 0, 5)]["id"] == f"{COMMANDS}:0:1"
+    assert res.replies[(COMMANDS, 0, 5)]["duplicate"] is True
+    assert accesses(store) == 1
+
+
+def test_verbs_never_see_the_key_and_a_refused_write_is_refused_once(setup) -> None:
+    store, _ = setup
+    p = Processor(StoreStateAccess(store))
+    bad = {"ids": [], "idempotency_key": "k9"}
+    res = p.process([cmd(1, "mark_used", bad), cmd(2, "mark_used", bad)])
+    assert res.replies[(COMMANDS, 0, 1)]["error"].startswith("ids must be")
+    assert res.replies[(COMMANDS, 0, 2)]["duplicate"] is True
+    assert len([x for x in res.produce if x.role == "dlq"]) == 1  # the retry is not dead-lettered again
+
+
+@pytest.mark.parametrize("key", ["", 7, "x" * 129])
+def test_a_malformed_key_is_refused_with_the_rule(setup, key) -> None:
+    store, rid = setup
+    res = Processor(StoreStateAccess(store)).process([cmd(1, "mark_used", {"ids": [rid], "idempotency_key": key})])
+    assert res.replies[(COMMANDS, 0, 1)]["error"] == \
+        "idempotency_key must be a non-empty string of at most 128 characters"
+    assert [x.value["reason_code"] for x in res.produce if x.role == "dlq"] == ["refused"]
+    assert accesses(store) == 0
+
+
+def test_keys_on_a_topic_verb_and_the_coalesced_path() -> None:
+    store = MemoryStore()
+    p = Processor(StoreStateAccess(store))
+    o = {"session_key": "s1", "id": "o1", "agent": "a", "task": "t", "success": True, "strategy": "s",
+         "idempotency_key": "k"}
+    recs = [Record(OUTCOMES, 0, i, b"s1", orjson.dumps({**o, "id": f"o{i}"}), 1000) for i in range(2)]
+    res = p.process(recs)  # same key, different outcome ids: the second is the retry, not applied
+    assert res.replies[(OUTCOMES, 0, 1)]["duplicate"] is True
+    assert LearnSession(store=store).dispatch({"verb": "heuristics", "body": {
+        "session_key": "s1", "include": ["outcomes"]}})["data"]["counts"]["outcomes"] == 1
+
+
+def test_only_the_most_recent_keys_are_kept() -> None:
+    from workers.state.blob import StateBlob
+
+    blob = StateBlob()
+    for i in range(idempotency._KEEP + 5):
+        idempotency.remember(blob, f"k{i}", {"ok": True, "id": f"t:0:{i}"})
+    again = StateBlob.from_bytes(blob.to_bytes())
+    assert idempotency.lookup(again, "k0") is None and idempotency.lookup(again, "k4") is None
+    assert idempotency.lookup(again, f"k{idempotency._KEEP + 4}")["id"] == f"t:0:{idempotency._KEEP + 4}"
+    big = {"ok": True, "id": "t:0:1", "data": {"x": "y" * 10_000}}
+    idempotency.remember(blob, "big", big)
+    assert idempotency.lookup(blob, "big") == {"ok": True, "id": "t:0:1", "data_omitted": True}
+
+
+def test_graph_writes_are_idempotent_by_edge_id_so_a_retry_changes_nothing() -> None:
+    """Graph verbs keep no session value to hold keys in; they upsert by edge id, so a retried
+    insert or contradict (its key stripped, never seen by the verb) leaves the graph as it was."""
+    edges = topics()["edges"].name
+    store = MemoryStore()
+    p = Processor(StoreStateAccess(store))
+    e1 = {"id": "e1", "src": "a", "dst": "x", "valid_at": 1000, "created_at": 1000}
+    e2 = {"id": "e2", "src": "a", "dst": "y", "valid_at": 2000, "created_at": 2000}
+    writes = [{"op": "insert", "edge": e1, "idempotency_key": "i1"},
+              {"op": "contradict", "edge": e2, "contradicts": ["e1"], "now_ms": 2000, "idempotency_key": "c1"}]
+    p.process([Record(edges, 0, i, b"s1", orjson.dumps(v), 1000) for i, v in enumerate(writes)])
+    once = list(store.iter_prefix(b""))
+    res = p.process([Record(edges, 0, 2 + i, b"s1", orjson.dumps(v), 1000) for i, v in enumerate(writes)])
+    assert all(r["ok"] for r in res.replies.values())
+    assert list(store.iter_prefix(b"")) == once

@@ -1,0 +1,64 @@
+"""MCP tool schemas come from the one place each body is described (topics/*.yaml or the verb registry)."""
+from __future__ import annotations
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from workers.mcp.tools import TOOLS, body_schema, tool_specs
+from workers.topics import topics
+from workers.verbs import REGISTRY
+
+ISSUE_TOOLS = {"retrieve", "learn_outcome", "add_preference", "add_knowledge", "mark_used", "forget", "route",
+               "record_outcome", "feedback", "query_at", "insert_edge", "contradict", "important_memories",
+               "memory_scores", "health"}
+
+
+def test_every_tool_an_agent_needs_is_there() -> None:
+    assert ISSUE_TOOLS <= set(tool_specs())
+
+
+def test_topic_verbs_use_their_topic_schema_itself_not_a_copy() -> None:
+    specs = tool_specs()
+    outcomes, feedback, edges = topics()["outcomes"], topics()["feedback"], topics()["edges"]
+    assert specs["learn_outcome"].input_schema["oneOf"] is outcomes.schema["oneOf"]
+    assert specs["learn_outcome"].input_schema["$defs"] is outcomes.schema["$defs"]
+    assert specs["feedback"].verb == "learn_feedback" and specs["feedback"].input_schema["oneOf"] is \
+        feedback.schema["oneOf"]
+    # ops verbs: the topic's branch for the op, with the topic's $defs
+    branch = next(b["then"] for b in edges.schema["allOf"] if b["if"]["properties"]["op"]["const"] == "insert")
+    assert specs["insert_edge"].input_schema["required"] is branch["required"]
+    assert specs["insert_edge"].input_schema["$defs"] is edges.schema["$defs"]
+    assert specs["contradict"].input_schema["properties"]["contradicts"] is \
+        next(b["then"] for b in edges.schema["allOf"]
+             if b["if"]["properties"]["op"]["const"] == "contradict")["properties"]["contradicts"]
+
+
+def test_other_verbs_use_the_registry_params() -> None:
+    specs = tool_specs()
+    for name in ("retrieve", "add_preference", "add_knowledge", "mark_used", "forget", "route", "record_outcome",
+                 "query_at", "important_memories", "memory_scores", "health"):
+        v = REGISTRY[TOOLS[name]]
+        assert v.params is not None, name
+        assert body_schema(v) is v.params
+        for field, rule in v.params["properties"].items():
+            assert specs[name].input_schema["properties"][field] is rule
+
+
+@pytest.mark.parametrize("name", sorted(TOOLS))
+def test_schemas_are_valid_and_writes_take_an_idempotency_key(name: str) -> None:
+    spec = tool_specs()[name]
+    Draft202012Validator.check_schema(spec.input_schema)
+    assert spec.input_schema["type"] == "object"
+    props = spec.input_schema["properties"]
+    assert "session_key" in props
+    assert ("idempotency_key" in props) == spec.writes == REGISTRY[spec.verb].writes
+    assert spec.description
+
+
+def test_the_topic_example_satisfies_the_tool_schema() -> None:
+    specs = tool_specs()
+    for tool, role in (("learn_outcome", "outcomes"), ("feedback", "feedback")):
+        Draft202012Validator(specs[tool].input_schema).validate(topics()[role].example)
+    example = dict(topics()["edges"].example)
+    assert example.pop("op") == "insert"
+    Draft202012Validator(specs["insert_edge"].input_schema).validate(example)

@@ -1,0 +1,147 @@
+"""``learnstream mcp``: the MCP server over stdio (desktop and CLI agents) or streamable HTTP
+(remote agents), talking to a worker's HTTP API.
+
+Without a worker URL it starts ``learnstream worker`` with the embedded broker as a child
+process (its output goes to stderr: stdout is the MCP channel) and stops it on exit.
+The HTTP transport is a sidecar: it leaves the worker's own web server untouched and
+requires a bearer token (``LEARNSTREAM_MCP_TOKEN``) from every remote agent.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from workers.broker import free_port
+from workers.client import LearnstreamClient
+from workers.errors import ConfigError
+from workers.http import http_json
+from workers.mcp.server import build_server
+from workers.stream.settings import Settings
+from workers.waiting import wait_until
+
+__all__ = ("run_mcp", "http_app", "StaticTokenVerifier", "embedded_worker")
+
+logger = logging.getLogger(__name__)
+
+# A cold embedded worker: broker start, topic creation, group join (Tansu's join takes ~5 s).
+_WORKER_READY_S = 120.0
+
+
+class StaticTokenVerifier:
+    """The mcp SDK's ``TokenVerifier`` for one shared secret (compared in constant time)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    async def verify_token(self, token: str) -> Any:
+        from mcp.server.auth.provider import AccessToken
+
+        if hmac.compare_digest(token.encode(), self._token):
+            return AccessToken(token=token, client_id="learnstream-agent", scopes=[])
+        return None
+
+
+def http_app(client: LearnstreamClient, *, token: str, default_session: str = "default") -> Any:
+    """The Starlette app serving MCP's streamable HTTP at ``/mcp``, bearer token required."""
+    from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.authentication import AuthenticationMiddleware
+    from starlette.routing import Route
+
+    server = build_server(client, default_session=default_session)
+    manager = StreamableHTTPSessionManager(app=server, json_response=True)  # plain JSON answers: no SSE stream per call
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        async with manager.run():
+            yield
+
+    async def mcp_endpoint(scope: Any, receive: Any, send: Any) -> None:  # an ASGI app, not a request handler
+        await manager.handle_request(scope, receive, send)
+
+    endpoint = RequireAuthMiddleware(mcp_endpoint, required_scopes=[])
+    return Starlette(routes=[Route("/mcp", endpoint=endpoint)], lifespan=lifespan,
+                     middleware=[Middleware(AuthenticationMiddleware,
+                                            backend=BearerAuthBackend(StaticTokenVerifier(token)))])
+
+
+@contextlib.contextmanager
+def embedded_worker(settings: Settings) -> Iterator[str]:
+    """A ``learnstream worker`` child process (embedded broker unless one is set); yields its URL."""
+    port = free_port()
+    env = {**os.environ, **settings.env(), "LEARNSTREAM_WEB_PORT": str(port), "LEARNSTREAM_WEB_HOST": "127.0.0.1"}
+    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker"], env=env, stdin=subprocess.DEVNULL,
+                            stdout=sys.stderr, stderr=sys.stderr)  # stdout may be the MCP channel
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise ConfigError(f"the embedded worker exited with {proc.returncode} (its output is above)")
+        return http_json(url + "/ready", timeout=3)[0] == 200
+
+    try:
+        wait_until(ready, _WORKER_READY_S, 0.2, "the embedded worker to become ready", retry_on=(OSError,))
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def _serve_stdio(client: LearnstreamClient, session: str) -> None:
+    from mcp.server.stdio import stdio_server
+
+    server = build_server(client, default_session=session)
+    async with client, stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+
+
+async def _serve_http(client: LearnstreamClient, host: str, port: int, token: str, session: str) -> None:
+    import uvicorn
+
+    async with client:
+        config = uvicorn.Config(http_app(client, token=token, default_session=session), host=host, port=port,
+                                log_level="warning", lifespan="on")
+        server = uvicorn.Server(config)
+        print(f"learnstream mcp ready: http://{host}:{port}/mcp (bearer token required)", file=sys.stderr,
+              flush=True)
+        await server.serve()
+
+
+def _host_port(spec: str) -> tuple[str, int]:
+    host, _, port = spec.rpartition(":")
+    try:
+        return host or "127.0.0.1", int(port)
+    except ValueError:
+        raise ConfigError(f"--http wants HOST:PORT, got {spec!r}") from None
+
+
+def run_mcp(settings: Settings, *, worker_url: str | None = None, http: str | None = None,
+            session: str = "default") -> int:
+    """Serve MCP until the client disconnects (stdio) or SIGINT/SIGTERM (HTTP)."""
+    if http and not settings.mcp_token:
+        raise ConfigError("the HTTP transport needs a bearer token for remote agents: set LEARNSTREAM_MCP_TOKEN")
+    with contextlib.ExitStack() as stack:
+        if not worker_url:
+            worker_url = stack.enter_context(embedded_worker(settings))
+        client = LearnstreamClient(worker_url=worker_url, token=settings.api_token,
+                                   apply_deadline_s=settings.apply_deadline_s)
+        if http:
+            host, port = _host_port(http)
+            asyncio.run(_serve_http(client, host, port, settings.mcp_token or "", session))
+        else:
+            asyncio.run(_serve_stdio(client, session))
+    return 0

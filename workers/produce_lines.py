@@ -1,0 +1,53 @@
+"""Checking one line of ``learnstream produce`` input before anything is sent.
+
+A line is sent only when it is a JSON object that passes its topic's schema; otherwise
+the caller reports the reason with the line number and sends nothing for it.
+"""
+from __future__ import annotations
+
+import orjson
+
+from workers.dispatch import DEFAULT_SESSION, check_session_key
+from workers.errors import ValidationError, VerbError
+from workers.topics import topics
+
+__all__ = ("check_line",)
+
+
+def check_line(role: str, line: str | bytes, *, key: str | None = None,
+               validate: bool = True) -> tuple[str, dict] | str:
+    """(session_key, value to send) of one input line, or the reason it must not be sent.
+
+    ``key`` overrides the session key (else the value's ``session_key``, or its body's for
+    commands, else ``"default"``). ``validate=False`` skips the schema (to exercise the DLQ)
+    but still needs a JSON object, since the message key is read from it.
+    """
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON: {exc}"
+    if not isinstance(value, dict):
+        return f"a value must be a JSON object, got {type(value).__name__}"
+    body = value.get("body") if role == "commands" else None
+    own = value.get("session_key") if role != "commands" else (body.get("session_key") if isinstance(body, dict)
+                                                                else None)
+    if key and own is not None and own != key:
+        return f"session_key {own!r} differs from --key {key!r}"
+    sk = key or own or DEFAULT_SESSION
+    try:
+        sk = check_session_key(sk)
+    except VerbError as exc:
+        return str(exc)
+    if role == "commands":
+        if not isinstance(body, dict):
+            body = {} if body is None else body
+        if isinstance(body, dict):
+            value = {**value, "body": {**body, "session_key": sk}}
+    else:
+        value = {**value, "session_key": sk}
+    if validate:
+        try:
+            topics()[role].validate(value)
+        except ValidationError as exc:
+            return f"schema of {topics()[role].name}: {exc}"
+    return sk, value
