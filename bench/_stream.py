@@ -217,8 +217,10 @@ class WorkerProcess(Gated):
     def events(self, topic: str, outcome: str = "applied") -> float:
         return metric(self.metrics(), "learnstream_events_total", topic=topic, outcome=outcome)
 
+    token: str | None = None  # sent as a bearer token when the worker checks tokens
+
     def dispatch(self, verb: str, body: dict | None = None) -> tuple[int, Any]:
-        return http_json(self.url + "/dispatch", {"verb": verb, "body": body or {}})
+        return http_json(self.url + "/dispatch", {"verb": verb, "body": body or {}}, token=self.token)
 
     def stop(self, timeout: float = 30.0) -> None:
         super().stop(timeout)

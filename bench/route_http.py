@@ -15,6 +15,9 @@ each produced to the commands topic and answered once the worker applied it. Nex
 commands.
 
 Target (issue 5): HTTP ``/route`` p99 <= 5 ms (sequential, trained router).
+
+``--tokens N`` runs the worker with authentication on: a tokens file of N entries (README
+"Security"), every request carrying the last one's bearer token, so its cost shows in every row.
 """
 from __future__ import annotations
 
@@ -38,6 +41,9 @@ from workers.cores.router import RouterState
 from workers.dispatch import LearnSession
 
 __all__ = ("main",)
+
+# Request headers of every timed request (main adds the bearer token with --tokens).
+HEADERS = {"Content-Type": "application/json"}
 
 _DIM = 384
 _TARGETS = ["small", "medium", "large", "code", "math", "legal", "medical", "creative"]
@@ -87,7 +93,7 @@ def _stats(ms: np.ndarray) -> dict[str, float]:
 def sequential(port: int, bodies: list[bytes], n: int, warmup: int) -> tuple[np.ndarray, dict]:
     """``n`` POST /route on one keep-alive connection (http.client); latencies in ms, and the last answer."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    headers = {"Content-Type": "application/json"}
+    headers = HEADERS
     lat = np.empty(n)
     last: dict = {}
     clock = time.perf_counter_ns
@@ -113,7 +119,7 @@ def sequential(port: int, bodies: list[bytes], n: int, warmup: int) -> tuple[np.
 def writes(port: int, commands: list[dict], n: int) -> np.ndarray:
     """``n`` sequential ``record_outcome`` writes on /dispatch (produce, apply, answer); latencies in ms."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    headers = {"Content-Type": "application/json"}
+    headers = HEADERS
     lat = np.empty(n)
     try:
         for i in range(n):
@@ -135,7 +141,7 @@ async def _concurrent(port: int, bodies: list[bytes], n: int, clients: int, warm
     url = f"http://127.0.0.1:{port}/route"
     per = n // clients
     lat: list[float] = []
-    headers = {"Content-Type": "application/json"}
+    headers = HEADERS
 
     async def one(k: int, s: aiohttp.ClientSession, count: int, record: bool) -> None:
         clock = time.perf_counter_ns
@@ -209,8 +215,23 @@ def main(argv: list[str] | None = None) -> int:
     worker_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-logs", action="store_true")
+    p.add_argument("--tokens", type=int, default=0, help="authentication on, with a tokens file of N entries")
     args = p.parse_args(argv)
     worker_kw = worker_kwargs(p, args)
+    token = None
+    if args.tokens:
+        import yaml
+
+        from workers.stream.auth import hash_token, new_token
+
+        token = new_token()
+        others = [{"name": f"t{i}", "sha256": hash_token(new_token()), "write": [f"tenant-{i}/*"]}
+                  for i in range(args.tokens - 1)]
+        tokens_file = Path(tempfile.mkdtemp(prefix="learnstream-bench-tokens-")) / "tokens.yaml"
+        tokens_file.write_text(yaml.safe_dump({"tokens": others + [
+            {"name": "bench", "sha256": hash_token(token), "write": ["*"]}]}))
+        HEADERS["Authorization"] = f"Bearer {token}"
+        worker_kw["env"] = {**worker_kw["env"], "LEARNSTREAM_AUTH_TOKENS_FILE": str(tokens_file)}
     n_train = args.train if args.train is not None else args.threshold + 100
     concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     log_dir = Path(tempfile.mkdtemp(prefix="learnstream-bench-route-"))
@@ -219,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker_env or args.worker_cmd:
         print(f"worker: {' '.join(args.worker_env)} {args.worker_cmd or ''}")
     print(f"machine: {machine_note()}; logs in {log_dir}", flush=True)
+    if args.tokens:
+        print(f"authentication on: {args.tokens} tokens in the file, each request bearer-authenticated")
 
     commands = training_commands(n_train, args.seed)
     X = queries(max(args.requests, _BODIES), args.seed)
@@ -231,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         provision(broker.bootstrap, 4)
         worker = WorkerProcess(broker.bootstrap, partitions=4, app_id=f"bench-route-{uuid.uuid4().hex[:6]}",
-                               log_dir=log_dir, **worker_kw).start()
+                               log_dir=log_dir, **worker_kw)
+        worker.token = token
+        worker.start()
         join = worker.wait_ready()
         for sk in (_TRAINED, _UNTRAINED):
             t0 = time.perf_counter()

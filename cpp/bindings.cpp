@@ -30,11 +30,31 @@ py::buffer_info need(const f32& a, int ndim, const char* name) {
     return b;
 }
 
+// Sizes a caller may ask for, checked before any layout arithmetic or allocation: any one
+// dimension at most 2^20 (so a product of three cannot overflow size_t), any one buffer at most
+// 2^28 floats (1 GiB). std::invalid_argument reaches Python as ValueError.
+constexpr std::size_t kMaxDim = std::size_t{1} << 20;
+constexpr std::size_t kMaxFloats = std::size_t{1} << 28;
+
+std::size_t checked_dim(std::size_t n, const char* name, std::size_t lo = 1) {
+    if (n < lo || n > kMaxDim)
+        throw std::invalid_argument(std::string(name) + " must be in [" + std::to_string(lo) + ", " +
+                                    std::to_string(kMaxDim) + "], got " + std::to_string(n));
+    return n;
+}
+
+std::size_t checked_floats(std::size_t n, const char* what) {
+    if (n > kMaxFloats)
+        throw std::invalid_argument(std::string(what) + " would hold " + std::to_string(n) + " floats, more than " +
+                                    std::to_string(kMaxFloats));
+    return n;
+}
+
 void bind_common(py::module_& m) {
     m.def(
         "mulberry32_stream",
         [](uint32_t seed, std::size_t n) {
-            py::array_t<float> out(n);
+            py::array_t<float> out(checked_floats(n, "the stream"));
             float* o = out.mutable_data();
             learnstream::Mulberry32 rng(seed);
             for (std::size_t i = 0; i < n; ++i) o[i] = rng.next();
@@ -62,6 +82,8 @@ learnstream::instant::Layout checked_layout(const py::array& arena, const py::ar
     if (meta.ndim() != 1 || static_cast<std::size_t>(meta.shape(0)) != ik::META_SIZE)
         throw std::runtime_error("meta must be int64[" + std::to_string(ik::META_SIZE) + "]");
     if (mm[ik::DIM] <= 0 || mm[ik::NT] <= 0) throw std::runtime_error("meta: dim and nt must be > 0");
+    checked_dim(static_cast<std::size_t>(mm[ik::DIM]), "meta: dim");
+    checked_dim(static_cast<std::size_t>(mm[ik::NT]), "meta: nt");
     const ik::Layout L(static_cast<std::size_t>(mm[ik::DIM]), static_cast<std::size_t>(mm[ik::NT]));
     if (arena.ndim() != 1 || static_cast<std::size_t>(arena.shape(0)) != L.size)
         throw std::runtime_error("arena must be float32[" + std::to_string(L.size) + "] for dim " +
@@ -221,7 +243,8 @@ void bind_instant_deep(py::module_& m) {
     m.def(
         "instant_layout",
         [](std::size_t dim, std::size_t nt) {
-            const ik::Layout L(dim, nt);
+            const ik::Layout L(checked_dim(dim, "dim"), checked_dim(nt, "nt"));
+            checked_floats(L.size, "the instant arena");
             py::dict d;
             d["n_params"] = L.n_params;
             d["theta"] = L.theta;
@@ -388,6 +411,18 @@ py::array_t<float> copy_matrix(const std::vector<float>& w, std::size_t rows, st
     return out;
 }
 
+// A GraphAttention with checked sizes: its four projections hold heads * head_dim * dim floats each.
+at::GraphAttention checked_attention(std::size_t dim, std::size_t heads, std::size_t head_dim, uint32_t seed) {
+    if (dim == 0 || heads == 0) throw std::runtime_error("dim/heads/head_dim must be > 0");
+    checked_dim(dim, "dim");
+    checked_dim(heads, "heads");
+    if (head_dim == 0) head_dim = dim / heads;  // 0 = the spec's default dim / heads
+    if (head_dim == 0) throw std::runtime_error("dim/heads/head_dim must be > 0");
+    checked_dim(head_dim, "head_dim");
+    checked_floats(heads * head_dim * dim, "an attention projection");
+    return at::GraphAttention(dim, heads, head_dim, seed);
+}
+
 void bind_attention(py::module_& m) {
     m.attr("ATTENTION_EDGE_FEATURES") = at::kEdgeFeatures;
     m.attr("ATTENTION_NO_EDGE") = at::kNoEdge;
@@ -395,10 +430,7 @@ void bind_attention(py::module_& m) {
     py::class_<at::GraphAttention>(m, "GraphAttention",
                                    "Fixed projections Wq, Wk, Wv, Wo (and the initial We) regenerated from the seed.")
         .def(py::init([](std::size_t dim, std::size_t heads, std::size_t head_dim, uint32_t seed) {
-                 if (dim == 0 || heads == 0) throw std::runtime_error("dim/heads/head_dim must be > 0");
-                 if (head_dim == 0) head_dim = dim / heads;  // 0 = the spec's default dim / heads
-                 if (head_dim == 0) throw std::runtime_error("dim/heads/head_dim must be > 0");
-                 return at::GraphAttention(dim, heads, head_dim, seed);
+                 return checked_attention(dim, heads, head_dim, seed);
              }),
              py::arg("dim"), py::arg("heads") = 8, py::arg("head_dim") = 0, py::arg("seed") = 42)
         .def_readonly("dim", &at::GraphAttention::dim)
@@ -460,8 +492,8 @@ void bind_attention(py::module_& m) {
             [](const py::tuple& t) {
                 if (t.size() != 5 || t[0].cast<int>() != 1)
                     throw std::runtime_error("GraphAttention pickle: unknown state version");
-                return at::GraphAttention(t[1].cast<std::size_t>(), t[2].cast<std::size_t>(),
-                                          t[3].cast<std::size_t>(), t[4].cast<uint32_t>());
+                return checked_attention(t[1].cast<std::size_t>(), t[2].cast<std::size_t>(),
+                                         t[3].cast<std::size_t>(), t[4].cast<uint32_t>());
             }));
 }
 
@@ -492,7 +524,7 @@ void bind_router(py::module_& m) {
         "router_layout",
         [](std::size_t in_dim, std::size_t nt) {
             check_targets(nt);
-            const rt::Layout L(in_dim, nt);
+            const rt::Layout L(checked_dim(in_dim, "in_dim"), nt);
             const std::size_t H = rt::HIDDEN;
             py::dict d;
             auto put = [&](const char* k, std::size_t off, py::tuple shape) { d[k] = py::make_tuple(off, shape); };
@@ -521,8 +553,8 @@ void bind_router(py::module_& m) {
         "router_init",
         [](uint32_t seed, std::size_t in_dim, std::size_t nt) {
             check_targets(nt);
-            if (in_dim < 1) throw std::runtime_error("in_dim must be > 0");
-            const rt::Layout L(in_dim, nt);
+            const rt::Layout L(checked_dim(in_dim, "in_dim"), nt);
+            checked_floats(L.total, "the router's parameters");
             py::array_t<float> out(L.total);
             rt::init(out.mutable_data(), L, seed);
             return out;
@@ -631,6 +663,8 @@ using u8 = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
 learnstream::online::Shape online_shape(const py::buffer_info& xb, std::size_t theta_len, int64_t hidden,
                                         int64_t n_classes) {
     if (hidden < 0 || n_classes < 2) throw std::runtime_error("hidden must be >= 0 and n_classes >= 2");
+    checked_dim(static_cast<std::size_t>(hidden), "hidden", 0);
+    checked_dim(static_cast<std::size_t>(n_classes), "n_classes", 2);
     learnstream::online::Shape s{static_cast<std::size_t>(xb.shape[1]), static_cast<std::size_t>(hidden),
                                  static_cast<std::size_t>(n_classes)};
     if (theta_len != learnstream::online::n_params(s))
@@ -665,7 +699,10 @@ void bind_online(py::module_& m) {
     namespace ol = learnstream::online;
     m.def(
         "online_n_params",
-        [](std::size_t d, std::size_t hidden, std::size_t n_classes) { return ol::n_params({d, hidden, n_classes}); },
+        [](std::size_t d, std::size_t hidden, std::size_t n_classes) {
+            return ol::n_params({checked_dim(d, "d"), checked_dim(hidden, "hidden", 0),
+                                 checked_dim(n_classes, "n_classes", 2)});
+        },
         py::arg("d"), py::arg("hidden"), py::arg("n_classes"),
         "Length of theta: h>0: W1 (h x d), b1, W2 (c x h), b2; h=0: W (c x d), b.");
     m.def(

@@ -28,8 +28,10 @@ class WorkerProc:
     """A real ``learnstream worker`` subprocess."""
 
     def __init__(self, bootstrap: str, data_dir: Path, *, app_id: str, partitions: int = 4,
-                 log_dir: Path, name: str = "w", env: dict[str, str] | None = None) -> None:
+                 log_dir: Path, name: str = "w", env: dict[str, str] | None = None,
+                 token: str | None = None) -> None:
         self.port = free_port()
+        self.token = token  # sent by dispatch()
         self.data_dir = data_dir
         self.name = name
         self.log_path = log_dir / f"{name}-{self.port}.log"
@@ -39,10 +41,17 @@ class WorkerProc:
                         LEARNSTREAM_SESSION_TIMEOUT_S="6", LEARNSTREAM_LOG_LEVEL="info",
                         **(env or {}))
         self.proc: subprocess.Popen | None = None
+        # HTTPS when the worker serves TLS; its CA file verifies the certificate
+        self.tls = "LEARNSTREAM_TLS_CERTFILE" in self.env
+        self.ssl_context = None
+        if self.tls:
+            import ssl
+
+            self.ssl_context = ssl.create_default_context(cafile=self.env.get("LEARNSTREAM_TLS_CAFILE"))
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> WorkerProc:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -55,13 +64,13 @@ class WorkerProc:
         return self.proc is not None and self.proc.poll() is None
 
     def health(self) -> dict:
-        return http_json(self.url + "/health", timeout=5)[1]
+        return http_json(self.url + "/health", timeout=5, context=self.ssl_context)[1]
 
     def ready(self) -> bool:
         if not self.alive():
             raise AssertionError(f"worker {self.name} exited ({self.proc.returncode}); log:\n{self.log_tail()}")
         try:
-            return http_json(self.url + "/ready", timeout=5)[0] == 200
+            return http_json(self.url + "/ready", timeout=5, context=self.ssl_context)[0] == 200
         except OSError:
             return False
 
@@ -70,7 +79,8 @@ class WorkerProc:
         return self
 
     def dispatch(self, verb: str, body: dict | None = None) -> dict:
-        return http_json(self.url + "/dispatch", {"verb": verb, "body": body or {}})[1]
+        return http_json(self.url + "/dispatch", {"verb": verb, "body": body or {}}, token=self.token,
+                         context=self.ssl_context)[1]
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final commit, no flush."""

@@ -6,7 +6,14 @@ from typing import Any
 
 from workers.errors import VerbError
 
-__all__ = ("int_in", "number_in")
+__all__ = ("int_in", "number_in", "epoch_ms", "MAX_DIM", "MAX_MS")
+
+# Largest embedding / input dimension a core accepts (the attention core's and the online learner's
+# bound too): above every common embedding model, and it keeps one session's arrays small.
+MAX_DIM = 4096
+# Epoch milliseconds and durations: JSON numbers are exact up to 2^53 and the kernels store int64,
+# so anything beyond is a mistake, not a date (2^53 ms is ~285,000 years).
+MAX_MS = 2**53 - 1
 
 
 def int_in(body: dict, field: str, lo: int, hi: int, default: Any = None) -> Any:
@@ -29,3 +36,13 @@ def number_in(body: dict, field: str, lo: float, hi: float, *, open_lo: bool = F
     if not ok:
         raise VerbError(f"{field} must be a number in {'(' if open_lo else '['}{lo}, {hi}]")
     return float(v)
+
+
+def epoch_ms(body: dict, field: str, default: Any = None, *, prefix: str = "", lo: int = -MAX_MS) -> Any:
+    """``body[field]`` as integer milliseconds in [lo, MAX_MS], ``default`` when absent; else VerbError."""
+    v = body.get(field)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= MAX_MS:
+        raise VerbError(f"{prefix}{field} must be an integer (epoch ms) in [{lo}, {MAX_MS}]")
+    return v

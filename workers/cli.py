@@ -1,6 +1,6 @@
 """learnstream: continual learning for LLM agents as Kafka stream workers.
 
-Commands: demo, worker, broker, topics, produce, dispatch, mcp, bench. Run
+Commands: demo, worker, broker, topics, produce, dispatch, mcp, token, bench. Run
 "learnstream COMMAND --help" for the options of one.
 """
 from __future__ import annotations
@@ -115,6 +115,8 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
         token = _settings(args).api_token
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        if args.token_file:  # an explicit file wins over LEARNSTREAM_API_TOKEN
+            headers["Authorization"] = "Bearer " + Path(args.token_file).read_text().strip()
         for line in sys.stdin:
             if not line.strip():
                 continue
@@ -137,6 +139,25 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
     finally:
         session.close()
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """A new random token on stderr, its entry for the tokens file (hash and scopes) on stdout."""
+    import yaml
+
+    from workers.stream.auth import hash_token, new_token
+
+    token = new_token()
+    entry: dict = {"name": args.name, "sha256": hash_token(token)}
+    if args.peer:
+        entry["peer"] = True
+    if args.read:
+        entry["read"] = args.read
+    if args.write:
+        entry["write"] = args.write
+    print(f"token (give it to the client; it is shown once and never stored): {token}", file=sys.stderr)
+    sys.stdout.write(yaml.safe_dump({"tokens": [entry]}, sort_keys=False))
     return 0
 
 
@@ -226,6 +247,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--path", help="in-process session on this RocksDB path (default: in memory)")
     g.add_argument("--url", help="a worker's base URL: send to its POST /dispatch "
                                  "(with LEARNSTREAM_API_TOKEN as bearer token when set)")
+    p.add_argument("--token-file", help="with --url: a file holding the API token to send "
+                                        "(instead of LEARNSTREAM_API_TOKEN)")
     p.set_defaults(fn=cmd_dispatch)
     p = sub.add_parser("mcp", help="the MCP server for agents (stdio, or streamable HTTP with --http)",
                        description="Model Context Protocol server over a worker's HTTP API. Without --worker-url "
@@ -235,6 +258,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--session", help="default session_key of tools and resources (env LEARNSTREAM_MCP_SESSION)")
     p.add_argument("--data-dir", help="data dir of the embedded worker (env LEARNSTREAM_DATA_DIR)")
     p.set_defaults(fn=cmd_mcp)
+    p = sub.add_parser("token", help="make an API token: the token on stderr, its tokens-file entry on stdout")
+    p.add_argument("--name", required=True, help="who holds it (shown in logs and 403 reasons)")
+    p.add_argument("--read", action="append", default=[], help="session_key or prefix* it may read (repeatable)")
+    p.add_argument("--write", action="append", default=[], help="session_key or prefix* it may write (and read)")
+    p.add_argument("--peer", action="store_true", help="the workers' own credential for forwarding")
+    p.set_defaults(fn=cmd_token)
     p = sub.add_parser("bench", help="run a benchmark from bench/ (no name: list them)")
     p.add_argument("name", nargs="?", help="benchmark name (a file bench/NAME.py)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")

@@ -175,6 +175,41 @@ class Learnstream:
 
 
 @dataclass
+class Auth:
+    mode: Literal["tokens", "off"]
+    secret: OptionalName
+    tokensKey: Annotated[str, MinLength(1)]
+    peerTokenKey: Annotated[str, MinLength(1)]
+    metricsPublic: bool
+
+
+@dataclass
+class WebTls:
+    secret: OptionalName
+    certKey: Annotated[str, MinLength(1)]
+    keyKey: Annotated[str, MinLength(1)]
+    caKey: str
+
+
+@dataclass
+class Scoring:
+    endpoints: list[Annotated[str, Pattern(r"^https?://[^/@\s]+(/\S*)?$")]]
+    apiKeySecret: OptionalName
+    apiKeyKey: Annotated[str, MinLength(1)]
+
+
+@dataclass
+class NetworkPolicy:
+    enabled: bool
+    apiFrom: K8sList
+    metricsFrom: K8sList
+    kafkaTo: K8sList
+    kafkaPorts: list[Port]
+    dnsTo: K8sList
+    extraEgress: K8sList
+
+
+@dataclass
 class Keda:
     pollingInterval: Positive
     cooldownPeriod: Count
@@ -265,6 +300,10 @@ class Values:
     readinessProbe: Probe
     kafka: Kafka
     learnstream: Learnstream
+    auth: Auth
+    tls: WebTls
+    scoring: Scoring
+    networkPolicy: NetworkPolicy
     autoscaling: Autoscaling
     podDisruptionBudget: PodDisruptionBudget
     serviceMonitor: ServiceMonitor

@@ -23,8 +23,8 @@ def scores_of(w, sk: str) -> dict[str, float]:
 
 
 def test_conversation_is_scored_on_the_stream_with_deterministic_ids(broker, worker_factory, client) -> None:
-    w = worker_factory().start().wait_ready()
     with LMServer() as server:
+        w = worker_factory(env={"LEARNSTREAM_SCORING_ENDPOINTS": server.url}).start().wait_ready()
         # a second session scores through the /v1/score contract (the server runs the same model)
         cfg = w.dispatch("configure_scoring", {"session_key": "remote", "backend": "score_api",
                                                "base_url": server.url + "/v1", "model": "m", "tokenizer": "builtin"})

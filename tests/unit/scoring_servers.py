@@ -6,7 +6,8 @@
   ``echo`` + ``logprobs``), the edge we do not own;
 - ``POST /tokenize``: vLLM's tokenizer endpoint.
 Knobs make it fail: ``fail_status`` (answer that HTTP status), ``delay_s`` (answer late),
-``garbage`` (answer non-JSON), ``wrong_count`` (one score too few).
+``garbage`` (answer non-JSON), ``wrong_count`` (one score too few), ``redirect_to`` (answer 307 there).
+A started server is added to the process's scoring allowlist.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from workers.scoring import endpoints
 from workers.scoring.ngram import builtin_model
 
 __all__ = ("LMServer", "MSGS")
@@ -29,6 +31,7 @@ class LMServer:
         self.delay_s = 0.0
         self.garbage = False
         self.wrong_count = False
+        self.redirect_to: str | None = None
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -98,6 +101,12 @@ class LMServer:
                     time.sleep(server.delay_s)
                 routes = {"/v1/score": server.score, "/v1/completions": server.completions,
                           "/tokenize": server.tokenize}
+                if server.redirect_to is not None:
+                    self.send_response(307)
+                    self.send_header("Location", server.redirect_to + self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if server.fail_status is not None:
                     status, out = server.fail_status, {"error": "injected failure"}
                 elif self.path not in routes:
@@ -120,6 +129,8 @@ class LMServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), name="lm-server",
                                         daemon=True)
         self._thread.start()
+        # the operator's allowlist admits this server (workers.scoring.endpoints)
+        endpoints.configure((*endpoints.allowed(), self.url))
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -17,6 +17,8 @@ from workers.scoring.backends import (
     build_backend,
 )
 from workers.scoring.config import ScoringConfig
+from workers.errors import VerbError
+from workers.scoring import endpoints
 from workers.scoring.ngram import builtin_model
 from workers.scoring.tokenizer import CharTokenizer, RemoteTokenizer
 from workers.scoring.transport import ScoringError, post_json
@@ -85,6 +87,7 @@ def test_a_failing_server_is_a_scoring_error(server, knob: str, match: str) -> N
 
 def test_unreachable_server_is_a_scoring_error_naming_the_url() -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"
+    endpoints.configure([url])
     with pytest.raises(ScoringError, match=r"POST http://127\.0\.0\.1:\d+/v1/score: .*refused"):
         ScoreAPIBackend(url, "m", TOK, timeout_s=2).score([1, 2, 3], [(1, 3)])
 
@@ -187,7 +190,9 @@ def test_builtin_backend_refuses_foreign_ids_as_a_failed_call() -> None:
 
 def test_post_json_refused_connection_names_the_reason() -> None:
     with pytest.raises(ScoringError, match="refused"):
-        post_json(f"http://127.0.0.1:{free_port()}/x", {}, timeout_s=2)
+        url = f"http://127.0.0.1:{free_port()}/x"
+        endpoints.configure([url])
+        post_json(url, {}, timeout_s=2)
 
 
 def test_build_backend_per_config(server) -> None:
@@ -201,3 +206,58 @@ def test_build_backend_per_config(server) -> None:
     assert build_backend(cfg) is b  # one instance per config: the tokenizer cache survives events
     ids = b.tokenizer.header("user") + b.tokenizer.encode("how far is the park")
     assert b.score(ids, [(3, len(ids))]) == pytest.approx(BuiltinBackend().score(ids, [(3, len(ids))]))
+
+
+# -- no outbound surprises: the operator's allowlist (workers/scoring/endpoints.py) -------------
+@pytest.mark.parametrize("url,ok", [
+    ("http://vllm:8000/v1", True), ("http://vllm:8000/v1/", True), ("http://VLLM:8000/v1/score", True),
+    ("http://vllm:8000/v10", False), ("http://vllm:8000/", False), ("http://vllm:8001/v1", False),
+    ("https://vllm:8000/v1", False), ("http://vllm:8000.evil.com/v1", False), ("http://x@vllm:8000/v1", False),
+    ("http://evil.com/v1", False), ("http://vllm:8000@evil.com/v1", False), ("ftp://vllm:8000/v1", False),
+    ("http://169.254.169.254/latest/meta-data", False), ("http://vllm:99999/v1", False),
+])
+def test_only_allowlisted_endpoints_are_permitted(url: str, ok: bool) -> None:
+    endpoints.configure(["http://vllm:8000/v1/"])
+    try:
+        assert endpoints.permits(url) is ok
+    finally:
+        endpoints.configure([])
+
+
+def test_a_request_supplied_url_is_refused_and_never_called(server, monkeypatch) -> None:
+    endpoints.configure([])  # the server is not on the list
+    monkeypatch.setenv(API_KEY_ENV, "sekret")
+    with pytest.raises(VerbError, match="base_url is not an allowed scoring endpoint"):
+        ScoringConfig().updated({"backend": "score_api", "base_url": server.url + "/v1", "model": "m",
+                                 "tokenizer": "builtin"})
+    with pytest.raises(VerbError, match="tokenizer_url is not an allowed"):
+        endpoints.configure(["http://vllm:8000/v1"])
+        ScoringConfig().updated({"backend": "openai", "base_url": "http://vllm:8000/v1", "model": "m",
+                                 "tokenizer": "remote", "tokenizer_url": server.url + "/tokenize"})
+    # a configuration from before the list changed (replayed from the log) is checked on every call
+    with pytest.raises(ScoringError, match="not an allowed scoring endpoint"):
+        ScoreAPIBackend(server.url + "/v1", "m", TOK, api_key="sekret").score([1, 2, 3], [(1, 3)])
+    with pytest.raises(ScoringError, match="not an allowed scoring endpoint"):
+        post_json(server.url + "/v1/score", {})
+    assert server.requests == [] and server.auth == []
+    endpoints.configure([])
+
+
+def test_a_redirect_is_not_followed_and_the_key_stays_home() -> None:
+    with LMServer() as evil, LMServer() as home:
+        endpoints.configure([home.url])  # evil is not allowed
+        home.redirect_to = evil.url
+        with pytest.raises(ScoringError, match="307"):
+            ScoreAPIBackend(home.url + "/v1", "m", TOK, api_key="sekret").score([1, 2, 3], [(1, 3)])
+        assert home.auth == ["Bearer sekret"] and evil.requests == [] and evil.auth == []
+    endpoints.configure([])
+
+
+def test_the_api_key_file_goes_to_allowlisted_endpoints_only(server, tmp_path) -> None:
+    key = tmp_path / "key"
+    key.write_text("from-a-file\n")
+    endpoints.configure([server.url], api_key_file=key)
+    ScoreAPIBackend(server.url + "/v1", "m", TOK).score([1, 2, 3], [(1, 3)])
+    assert server.auth == ["Bearer from-a-file"]
+    assert endpoints.api_key("http://elsewhere/v1") is None
+    endpoints.configure([])

@@ -8,6 +8,7 @@ import pytest
 
 from tests.unit.scoring_servers import MSGS, LMServer
 from workers.dispatch import LearnSession
+from workers.scoring import endpoints
 from workers.state import MemoryStore
 from workers.stream.processor import Processor, StoreStateAccess
 from workers.stream.records import Record
@@ -15,6 +16,14 @@ from workers.topics import topics
 
 HOUR = 3_600_000
 MEMORY_TOPIC = topics()["memory"].name
+
+
+@pytest.fixture(autouse=True)
+def _allow_example_endpoint():
+    """The operator's allowlist for these tests: the example URL (local servers add themselves)."""
+    endpoints.configure(["http://x/v1"])
+    yield
+    endpoints.configure([])
 
 
 def call(s: LearnSession, verb: str, **body) -> dict:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from workers import _kernels
+from workers.bodies import epoch_ms
 from workers.codec import embedding_field
 from workers.errors import CorruptStateError, VerbError
 from workers.verbs import VerbContext, health_contributor, verb
@@ -256,11 +257,7 @@ def attend(ctx: VerbContext, body: dict) -> dict:
     if body.get("query") == []:
         raise VerbError(f"attention: query_emb must be len {state.kernel.dim}")
     query = embedding_field(body, "query")
-    now_ms = body.get("now_ms")
-    now_ms = 0 if now_ms is None else now_ms
-    if isinstance(now_ms, bool) or not isinstance(now_ms, int):
-        raise VerbError("now_ms must be an integer (epoch ms)")
-    return state.attend(query, subgraph, now_ms)
+    return state.attend(query, subgraph, epoch_ms(body, "now_ms", 0))
 
 
 @verb("nudge_relation", table="session", writes=True, topic="commands")

@@ -25,6 +25,7 @@ import numpy as np
 import orjson
 
 from workers import _kernels as _k
+from workers.bodies import MAX_DIM, epoch_ms
 from workers.codec import embedding_field
 from workers.cores._common import env_float
 from workers.state.framing import PART_HEAD, pack_part, unpack_part
@@ -314,12 +315,7 @@ def read_embedding(body: dict, dim: int, prefix: str = "") -> np.ndarray:
 
 
 def read_now_ms(body: dict, prefix: str = "") -> int:
-    v = body.get("now_ms", 0)
-    if v is None:
-        return 0
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise VerbError(f"{prefix}now_ms must be an integer")
-    return v
+    return epoch_ms(body, "now_ms", 0, prefix=prefix)
 
 
 def read_model(body: dict, state: InstantState, prefix: str = "") -> int:
@@ -360,6 +356,8 @@ def init_instant(ctx: VerbContext, body: dict) -> dict:
         dim = DEFAULT_DIM
     if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
         raise VerbError("dim must be a positive integer")
+    if dim > MAX_DIM:
+        raise VerbError(f"dim must be at most {MAX_DIM}")
     ctx.state.set("instant", InstantState(targets, dim))
     return {"targets": list(targets), "dim": dim}
 

@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from workers import _kernels as _k
+from workers.bodies import MAX_DIM
 from workers.codec import embedding_field
 from workers.state.framing import pack_part, unpack_part
 from workers.errors import CorruptStateError, VerbError
@@ -73,6 +74,7 @@ PART = "router"  # the part's name in the session's StateBlob
 _DEFAULT_SEED = 0xC0A5
 _DEFAULT_IN_DIM = 384          # the instant core's default embedding width
 _DEFAULT_THRESHOLD = 200       # training samples before the learned route takes over
+_MAX_THRESHOLD = 2**31 - 1     # a sample count: bounded so it packs as an int64 whatever arrives
 # Exploration rate of the learned route: a little keeps every target's outcomes
 # fresh under drift; bench router measures what each 5% costs in regret.
 _DEFAULT_EPSILON = 0.05
@@ -184,12 +186,14 @@ class RouterState:
         in_dim = _DEFAULT_IN_DIM if in_dim is None else in_dim
         if not _is_int(in_dim) or in_dim < 1:
             raise ValueError("in_dim must be a positive integer")
+        if in_dim > MAX_DIM:
+            raise ValueError(f"in_dim must be at most {MAX_DIM}")
         epsilon = _DEFAULT_EPSILON if epsilon is None else epsilon
         if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0.0 <= epsilon <= 1.0:
             raise ValueError("epsilon must be 0..1")  # NaN fails the range check too
         threshold = _DEFAULT_THRESHOLD if threshold is None else threshold
-        if not _is_int(threshold) or threshold < 0:
-            raise ValueError("threshold must be a non-negative integer")
+        if not _is_int(threshold) or not 0 <= threshold <= _MAX_THRESHOLD:
+            raise ValueError("threshold must be a non-negative integer")  # ... at most _MAX_THRESHOLD
         seed = _DEFAULT_SEED if seed is None else seed
         if not _is_int(seed) or not 0 <= seed <= _U32_MAX:
             raise ValueError("seed must be an integer 0..4294967295")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from workers.codec import embedding_field
-from workers.bodies import int_in, number_in
+from workers.bodies import MAX_MS, int_in, number_in
 from workers.errors import VerbError
 from workers.online.curriculum import Curriculum
 from workers.online.distill import Distillation
@@ -154,8 +154,8 @@ def parse_examples(body: dict, learner: ContinualLearner,
             raise VerbError(f"{p}task must be a non-empty string or an integer")
         tasks.append(task)
         now = ex.get("now_ms", default_ms)
-        if now is not None and (isinstance(now, bool) or not isinstance(now, int) or now < 0):
-            raise VerbError(f"{p}now_ms must be a non-negative integer")
+        if now is not None and (isinstance(now, bool) or not isinstance(now, int) or not 0 <= now <= MAX_MS):
+            raise VerbError(f"{p}now_ms must be a non-negative integer")  # ... at most MAX_MS
         times.append(now)
     return X, y, tasks, times
 
@@ -230,8 +230,8 @@ def consolidate_learner(ctx: VerbContext, body: dict) -> dict:
     """{now_ms?} -> ConsolidationReport (pending examples are learned first)."""
     learner = _learner(ctx)
     now = body.get("now_ms", _source_ms(ctx))
-    if now is not None and (isinstance(now, bool) or not isinstance(now, int) or now < 0):
-        raise VerbError("now_ms must be a non-negative integer")
+    if now is not None and (isinstance(now, bool) or not isinstance(now, int) or not 0 <= now <= MAX_MS):
+        raise VerbError("now_ms must be a non-negative integer")  # ... at most MAX_MS
     report = learner.consolidate(now_ms=now)
     _emit(ctx, learner)
     return report.to_dict()

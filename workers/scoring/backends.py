@@ -29,6 +29,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from workers.scoring import endpoints
 from workers.scoring.config import ScoringConfig
 from workers.scoring.ngram import CacheLM, builtin_model
 from workers.scoring.tokenizer import CharTokenizer, RemoteTokenizer, Tokenizer
@@ -145,8 +146,11 @@ class _HTTPBackend(ScoreBackend):
         return self.tokenizer_
 
     def _post(self, path: str, body: dict) -> Any:
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
-        return post_json(self.base_url.rstrip("/") + path, body, timeout_s=self.timeout_s, headers=headers)
+        url = self.base_url.rstrip("/") + path
+        # the key goes to allowlisted endpoints only (post_json refuses any other URL as well)
+        key = (self.api_key or endpoints.api_key(url)) if endpoints.permits(url) else None
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+        return post_json(url, body, timeout_s=self.timeout_s, headers=headers)
 
 
 class ScoreAPIBackend(_HTTPBackend):

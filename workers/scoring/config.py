@@ -7,6 +7,7 @@ from typing import Any
 
 from workers.bodies import int_in, number_in
 from workers.errors import VerbError
+from workers.scoring.endpoints import check_url
 
 __all__ = ("ScoringConfig", "BACKENDS", "TOKENIZERS", "LOGPROBS_MODES")
 
@@ -124,6 +125,9 @@ class ScoringConfig:
                     if mode not in LOGPROBS_MODES:
                         raise VerbError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}")
                     kw["logprobs_mode"] = mode
+                for field in ("base_url", "tokenizer_url"):  # last: the other errors come first
+                    if field in kw:
+                        check_url(kw[field], field)
         kw.update(_nums(body))
         return replace(base, **kw)
 

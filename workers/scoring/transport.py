@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from workers.errors import LearnstreamError
+from workers.scoring import endpoints
 
 __all__ = ("ScoringError", "post_json", "DEFAULT_TIMEOUT_S", "ERROR_QUOTE")
 
@@ -20,6 +21,16 @@ ERROR_QUOTE = 300
 # Largest answer read (per-token log-probabilities of a long prompt stay far below this).
 _MAX_RESPONSE_BYTES = 64 << 20
 _CHUNK = 1 << 16
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: following it would carry the API key to wherever it points."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 class ScoringError(LearnstreamError):
@@ -34,15 +45,19 @@ def post_json(url: str, body: Any, *, timeout_s: float | None = None,
               headers: dict[str, str] | None = None) -> Any:
     """POST ``body`` as JSON and decode the JSON answer; every failure is a ScoringError.
 
+    Only to an allowlisted endpoint (:mod:`workers.scoring.endpoints`), following no redirect.
+
     ``timeout_s`` bounds connecting and each read, and the whole answer must arrive
     within it as well (so a call takes at most about twice ``timeout_s``).
     """
+    if not endpoints.permits(url):
+        raise ScoringError(f"POST {url}: not an allowed scoring endpoint (LEARNSTREAM_SCORING_ENDPOINTS)")
     timeout = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
     req = urllib.request.Request(url, data=orjson.dumps(body), method="POST", headers={
         "Content-Type": "application/json", "Accept": "application/json", **(headers or {})})
     deadline = time.monotonic() + timeout
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with _OPENER.open(req, timeout=timeout) as r:
             chunks, size = [], 0
             while chunk := r.read(_CHUNK):
                 chunks.append(chunk)

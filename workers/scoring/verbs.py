@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from workers.bodies import int_in
+from workers.bodies import MAX_MS, int_in
 from workers.errors import VerbError
 from workers.scoring.backends import ScoreBackend, build_backend
 from workers.scoring.config import ScoringConfig
@@ -92,8 +92,8 @@ def event_time(ctx: VerbContext, body: dict) -> int:
     """``now_ms`` of the body, else the source record's timestamp, else 0 (never the wall clock)."""
     now = body.get("now_ms")
     if now is not None:
-        if isinstance(now, bool) or not isinstance(now, int) or now < 0:
-            raise VerbError("now_ms must be a non-negative integer")
+        if isinstance(now, bool) or not isinstance(now, int) or not 0 <= now <= MAX_MS:
+            raise VerbError("now_ms must be a non-negative integer")  # ... at most MAX_MS
         return now
     ts = (ctx.source or {}).get("timestamp_ms")
     return ts if isinstance(ts, int) and not isinstance(ts, bool) and ts >= 0 else 0

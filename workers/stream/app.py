@@ -15,7 +15,10 @@ from typing import Any
 
 import faust
 import orjson
+from aiohttp import web as aiohttp_web
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import murmur2
+from faust.exceptions import ProducerSendError
 from faust.sensors.monitor import Monitor
 from faust.sensors.prometheus import PrometheusMonitor
 from prometheus_client import CollectorRegistry, generate_latest
@@ -24,8 +27,10 @@ from workers import broker_compat, metrics
 from workers.dispatch import envelope_error, load_verbs, parse_request, session_key_of
 from workers.errors import VerbError
 from workers.state.limits import check_request
+from workers.scoring import endpoints as scoring_endpoints
 from workers.stream.batching import LearnStream
 from workers.stream.faust_tuning import set_fetch_max_wait
+from workers.stream.http_guard import FORWARDED, Guard, server_ssl_context, web_options
 from workers.stream.processor import Processor
 from workers.stream.records import Record
 from workers.stream.settings import Settings
@@ -43,7 +48,6 @@ _APPLY_TIMEOUT_S = 30.0
 # registers right after its send returns, so its batch is one of the last few).
 _RECENT_BATCHES = 32
 _LAG_INTERVAL_S = 2.0
-_FORWARDED = "X-Learnstream-Forwarded"
 # A batch writes a session's changed keys (a few 2 KiB pieces each): with aiokafka's default
 # 16 kB batches and one request in flight per broker, the producer carried ~8 records per round
 # trip and capped a worker at ~100 events/s. One request now carries up to 512 KiB.
@@ -157,7 +161,14 @@ class Runtime:
     async def write(self, verb_name: str, body: dict, sk: str) -> tuple[dict, int]:
         """Produce the write to its topic; answer (envelope, HTTP status) once this worker applied it."""
         topic, value = self.event_for_write(verb_name, {**body, "session_key": sk})
-        meta = await (await self.channel(topic.role).send(key=sk.encode(), value=orjson.dumps(value)))
+        try:
+            meta = await (await self.channel(topic.role).send(key=sk.encode(), value=orjson.dumps(value)))
+        except (MessageSizeTooLargeError, ProducerSendError) as exc:
+            if not isinstance(exc, MessageSizeTooLargeError) and not isinstance(exc.__cause__,
+                                                                                MessageSizeTooLargeError):
+                raise
+            return envelope_error(verb_name, f"the event is too large for topic {topic.name}; send less per "
+                                             "request"), 413
         key = (topic.name, meta.topic_partition.partition, meta.offset)
         written = f"{key[0]}:{key[1]}:{key[2]}"  # the id of the applied write (record_id)
         try:
@@ -189,13 +200,19 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     if not settings.broker:
         raise ValueError("settings.broker must be set (the CLI starts the embedded broker first)")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    guard = Guard(settings)  # refuses to start on a non-loopback address without tokens
+    scoring_endpoints.configure(settings.scoring_endpoints, settings.scoring_api_key_file)
     app = faust.App(
         settings.app_id,
         broker=",".join(f"kafka://{b}" for b in settings.broker.split(",")),
         store="learnstream://",  # faust's RocksDB store without the WAL (workers/stream/store.py)
         datadir=str(settings.data_dir),
         web_host=settings.web_host, web_port=settings.web_port, web_bind=settings.web_bind or settings.web_host,
-        canonical_url=f"http://{settings.web_host}:{settings.web_port}",
+        canonical_url=f"{settings.scheme}://{settings.web_host}:{settings.web_port}",
+        web_application_options=web_options(guard), web_ssl_context=server_ssl_context(settings),
+        # faust's own views serve raw table values and the cluster layout to anyone: off
+        web_router_enabled=False, web_tables_enabled=False, web_graph_enabled=False, web_stats_enabled=False,
+        web_metrics_enabled=False,
         topic_partitions=settings.partitions, topic_replication_factor=settings.replication,
         table_standby_replicas=settings.standby_replicas,
         broker_session_timeout=settings.session_timeout_s,
@@ -242,7 +259,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     async def _assigned(app: faust.App, assigned: Any, **_: Any) -> None:
         rt.processor.forget()
 
-    _install_web(app, rt)
+    _install_web(app, rt, guard)
     _install_metrics(app, rt, inputs)
     return app, rt
 
@@ -259,12 +276,12 @@ def _apply_kafka_security(app: faust.App, settings: Settings) -> None:
         app.conf.broker_credentials = context
 
 
-def _json(web: Any, data: Any, status: int = 200) -> Any:
+def _json(web: Any, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Any:
     return web.bytes(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json",
-                     status=status)
+                     status=status, headers=headers)
 
 
-def _install_web(app: faust.App, rt: Runtime) -> None:
+def _install_web(app: faust.App, rt: Runtime, guard: Guard) -> None:
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         try:
@@ -291,13 +308,15 @@ def _install_web(app: faust.App, rt: Runtime) -> None:
             sk = session_key_of(body)
         except VerbError as exc:
             return _json(web, envelope_error(name, str(exc)), 400)
+        denied = guard.deny(request, name, sk, REGISTRY[name].writes)
+        if denied is not None:
+            return denied
         owner = rt.owner_url(sk)
         if owner is not None:
-            if request.headers.get(_FORWARDED):
-                return _json(web, envelope_error(name, "partition owner unknown (rebalancing); retry"), 503)
-            async with app.http_client.post(owner + request.path, data=orjson.dumps(req),
-                                            headers={_FORWARDED: "1", "Content-Type": "application/json"}) as r:
-                return web.bytes(await r.read(), content_type="application/json", status=r.status)
+            if request.headers.get(FORWARDED):
+                return _json(web, envelope_error(name, "partition owner unknown (rebalancing); retry"), 503,
+                             {"Retry-After": "1"})
+            return await guard.forward(app.http_client, owner, {"verb": name, "body": body}, name)
         if REGISTRY[name].writes:
             try:  # a configuration whose state could outgrow the session limit never reaches the log
                 check_request(name, body, rt.processor.sessions.limits)
@@ -309,26 +328,22 @@ def _install_web(app: faust.App, rt: Runtime) -> None:
             status = 200 if out["ok"] else 422
         return _json(web, out, status)
 
-    async def read_body(request: Any) -> Any:
-        try:
-            return orjson.loads(await request.read())
-        except orjson.JSONDecodeError as exc:
-            return exc
-
     @app.page("/dispatch")
     class Dispatch(faust.web.View):
         async def post(self, request: Any) -> Any:
-            req = await read_body(request)
-            if isinstance(req, Exception):
-                return _json(self.web, envelope_error("?", f"parse: {req}"), 400)
+            req = await guard.read_json(request, "?")
+            if isinstance(req, aiohttp_web.Response):
+                return req
             return await verb_request(self.web, request, req)
 
     def shortcut(path: str, verb_name: str) -> None:
         class Shortcut(faust.web.View):
             async def post(self, request: Any) -> Any:
-                body = await read_body(request)
-                if isinstance(body, Exception) or not isinstance(body, dict):
-                    return _json(self.web, envelope_error(verb_name, f"parse: {body}"), 400)
+                body = await guard.read_json(request, verb_name)
+                if isinstance(body, aiohttp_web.Response):
+                    return body
+                if not isinstance(body, dict):
+                    return _json(self.web, envelope_error(verb_name, "parse: the body must be a JSON object"), 400)
                 return await verb_request(self.web, request, {"verb": verb_name, "body": body})
         Shortcut.__name__ = f"Shortcut_{verb_name}"
         app.page(path)(Shortcut)

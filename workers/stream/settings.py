@@ -37,6 +37,22 @@ def _int(name: str, default: int) -> int:
         raise ConfigError(f"LEARNSTREAM_{name}={raw!r} is not an integer") from None
 
 
+def _bool(name: str, default: bool) -> bool:
+    raw = _env(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"LEARNSTREAM_{name}={raw!r} is not a boolean (true/false)")
+
+
+def _path(name: str) -> Path | None:
+    raw = _env(name)
+    return Path(raw) if raw else None
+
+
 def _float(name: str, default: float) -> float:
     raw = _env(name)
     if raw is None or raw == "":
@@ -80,6 +96,24 @@ class Settings:
     mcp_token: str | None = None          # bearer token remote agents must present to `learnstream mcp --http`
     mcp_session: str = "default"          # session_key of MCP tools and resources when a call names none
     apply_deadline_s: float = 60.0        # how long a write is retried (same idempotency key) while no worker answers
+    # Kafka settings read from files (LEARNSTREAM_KAFKA_<NAME>_FILE: a mounted Secret rather than env)
+    kafka_files: dict[str, Path] = field(default_factory=dict)
+    # -- security (README "Security"; workers/stream/auth.py, workers/stream/limits.py) --
+    auth: str = "auto"                   # "tokens", "off", or "auto" (tokens if a file is set, else loopback only)
+    auth_tokens_file: Path | None = None  # YAML of token hashes and scopes (a mounted Secret; reloaded on change)
+    peer_token_file: Path | None = None   # this worker's own token, sent when forwarding to the owner
+    metrics_public: bool = True          # /metrics without a token (Prometheus scrapes; NetworkPolicy guards it)
+    tls_certfile: Path | None = None     # serve HTTPS with this certificate chain ...
+    tls_keyfile: Path | None = None      # ... and key
+    tls_cafile: Path | None = None       # CA that forwarding verifies the owner's certificate against
+    http_max_body_bytes: int = 1024 * 1024
+    http_max_json_depth: int = 32
+    http_max_concurrency: int = 64       # requests in flight per worker; more get 429
+    http_header_timeout_s: float = 10.0  # a connection must send a complete request head within this
+    http_body_timeout_s: float = 10.0    # ... and its body within this
+    forward_timeout_s: float = 35.0      # a forwarded request (owner's write wait is 30 s)
+    scoring_endpoints: tuple[str, ...] = ()  # the only URLs scoring backends may call (operator allowlist)
+    scoring_api_key_file: Path | None = None  # bearer key sent to scoring_endpoints only
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -107,6 +141,20 @@ class Settings:
             worker_url=_env("WORKER_URL") or None, api_token=_env("API_TOKEN") or None,
             mcp_token=_env("MCP_TOKEN") or None, mcp_session=_env("MCP_SESSION") or "default",
             apply_deadline_s=_float("APPLY_DEADLINE_S", 60.0),
+            kafka_files={k: Path(v) for k in ("sasl_plain_username", "sasl_plain_password")
+                         if (v := _env("KAFKA_" + k.upper() + "_FILE"))},
+            auth=_env("AUTH", "auto"), auth_tokens_file=_path("AUTH_TOKENS_FILE"),
+            peer_token_file=_path("PEER_TOKEN_FILE"), metrics_public=_bool("METRICS_PUBLIC", True),
+            tls_certfile=_path("TLS_CERTFILE"), tls_keyfile=_path("TLS_KEYFILE"), tls_cafile=_path("TLS_CAFILE"),
+            http_max_body_bytes=_int("HTTP_MAX_BODY_BYTES", 1024 * 1024),
+            http_max_json_depth=_int("HTTP_MAX_JSON_DEPTH", 32),
+            http_max_concurrency=_int("HTTP_MAX_CONCURRENCY", 64),
+            http_header_timeout_s=_float("HTTP_HEADER_TIMEOUT_S", 10.0),
+            http_body_timeout_s=_float("HTTP_BODY_TIMEOUT_S", 10.0),
+            forward_timeout_s=_float("FORWARD_TIMEOUT_S", 35.0),
+            scoring_endpoints=tuple(u.strip().rstrip("/") for u in (_env("SCORING_ENDPOINTS") or "").split(",")
+                                    if u.strip()),
+            scoring_api_key_file=_path("SCORING_API_KEY_FILE"),
         )
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in overrides:
@@ -114,14 +162,31 @@ class Settings:
         s = dataclasses.replace(s, **overrides)
         if s.partitions < 1:
             raise ConfigError("partitions must be >= 1")
+        if s.auth not in ("auto", "tokens", "off"):
+            raise ConfigError("LEARNSTREAM_AUTH must be 'auto', 'tokens' or 'off'")
+        if (s.tls_certfile is None) != (s.tls_keyfile is None):
+            raise ConfigError("LEARNSTREAM_TLS_CERTFILE and LEARNSTREAM_TLS_KEYFILE go together")
+        for name in ("http_max_body_bytes", "http_max_json_depth", "http_max_concurrency"):
+            if getattr(s, name) < 1:
+                raise ConfigError(f"LEARNSTREAM_{name.upper()} must be >= 1")
         return s
 
     def limits(self) -> Limits:
         return Limits(max_value_bytes=self.max_value_bytes, max_session_bytes=self.max_session_bytes)
 
+    @property
+    def scheme(self) -> str:
+        """``https`` when the listener serves TLS."""
+        return "https" if self.tls_certfile else "http"
+
     def kafka_kwargs(self) -> dict:
         """Security settings as aiokafka client keyword arguments (an SSL context built from the files)."""
         k = dict(self.kafka)
+        for name, path in self.kafka_files.items():
+            try:
+                k[name] = path.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"LEARNSTREAM_KAFKA_{name.upper()}_FILE: {exc.strerror}") from None
         files = {name: k.pop(f"ssl_{name}", None) for name in ("cafile", "certfile", "keyfile")}
         if any(files.values()) or k.get("security_protocol", "").endswith("SSL"):
             from aiokafka.helpers import create_ssl_context
@@ -155,4 +220,16 @@ class Settings:
         if self.web_bind:
             out["LEARNSTREAM_WEB_BIND"] = self.web_bind
         out.update({"LEARNSTREAM_KAFKA_" + k.upper(): v for k, v in self.kafka.items()})
+        out.update({f"LEARNSTREAM_KAFKA_{k.upper()}_FILE": str(v) for k, v in self.kafka_files.items()})
+        out["LEARNSTREAM_AUTH"] = self.auth
+        out["LEARNSTREAM_METRICS_PUBLIC"] = "true" if self.metrics_public else "false"
+        for name in ("auth_tokens_file", "peer_token_file", "tls_certfile", "tls_keyfile", "tls_cafile",
+                     "scoring_api_key_file"):
+            if getattr(self, name) is not None:
+                out["LEARNSTREAM_" + name.upper()] = str(getattr(self, name))
+        for name in ("http_max_body_bytes", "http_max_json_depth", "http_max_concurrency", "http_header_timeout_s",
+                     "http_body_timeout_s", "forward_timeout_s"):
+            out["LEARNSTREAM_" + name.upper()] = str(getattr(self, name))
+        if self.scoring_endpoints:
+            out["LEARNSTREAM_SCORING_ENDPOINTS"] = ",".join(self.scoring_endpoints)
         return out

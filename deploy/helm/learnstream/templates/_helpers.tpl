@@ -111,6 +111,24 @@ Where the TLS Secrets are mounted.
 */}}
 {{- define "learnstream.caDir" -}}/etc/learnstream/kafka-ca{{- end }}
 {{- define "learnstream.certDir" -}}/etc/learnstream/kafka-client{{- end }}
+{{- define "learnstream.saslDir" -}}/etc/learnstream/kafka-sasl{{- end }}
+{{- define "learnstream.apiDir" -}}/etc/learnstream/api{{- end }}
+{{- define "learnstream.webTlsDir" -}}/etc/learnstream/web-tls{{- end }}
+{{- define "learnstream.scoringDir" -}}/etc/learnstream/scoring{{- end }}
+
+{{/*
+The Secret with the API tokens file and the workers' own token.
+*/}}
+{{- define "learnstream.apiSecretName" -}}
+{{- default (printf "%s-api" (include "learnstream.fullname" .)) .Values.auth.secret }}
+{{- end }}
+
+{{/*
+HTTPS when the listener serves TLS (probes, ServiceMonitor).
+*/}}
+{{- define "learnstream.scheme" -}}
+{{- if .Values.tls.secret }}HTTPS{{ else }}HTTP{{ end }}
+{{- end }}
 
 {{/*
 Checks the schema cannot express (relations between values). Included by the StatefulSet.

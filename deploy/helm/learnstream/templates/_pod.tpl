@@ -59,23 +59,7 @@ containers:
       - name: LEARNSTREAM_WEB_HOST
         value: {{ printf "$(POD_NAME).%s.$(POD_NAMESPACE).svc.%s" (include "learnstream.headlessName" .) .Values.clusterDomain | quote }}
       {{- end }}
-      {{- if .Values.kafka.sasl.mechanism }}
-      {{- if and .Values.kafka.sasl.existingSecret .Values.kafka.sasl.usernameKey }}
-      - name: LEARNSTREAM_KAFKA_SASL_PLAIN_USERNAME
-        valueFrom:
-          secretKeyRef:
-            name: {{ include "learnstream.kafkaSecretName" . }}
-            key: {{ .Values.kafka.sasl.usernameKey }}
-      {{- else }}
-      - name: LEARNSTREAM_KAFKA_SASL_PLAIN_USERNAME
-        value: {{ .Values.kafka.sasl.username | quote }}
-      {{- end }}
-      - name: LEARNSTREAM_KAFKA_SASL_PLAIN_PASSWORD
-        valueFrom:
-          secretKeyRef:
-            name: {{ include "learnstream.kafkaSecretName" . }}
-            key: {{ .Values.kafka.sasl.passwordKey }}
-      {{- end }}
+      # Secrets (SASL credentials, API tokens, keys) are mounted as files, never passed as env.
       {{- with .Values.extraEnv }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
@@ -83,16 +67,19 @@ containers:
       httpGet:
         path: /health
         port: http
+        scheme: {{ include "learnstream.scheme" . }}
       {{- toYaml .Values.startupProbe | nindent 6 }}
     livenessProbe:
       httpGet:
         path: /health
         port: http
+        scheme: {{ include "learnstream.scheme" . }}
       {{- toYaml .Values.livenessProbe | nindent 6 }}
     readinessProbe:
       httpGet:
         path: /ready
         port: http
+        scheme: {{ include "learnstream.scheme" . }}
       {{- toYaml .Values.readinessProbe | nindent 6 }}
     {{- with .Values.resources }}
     resources:
@@ -111,6 +98,26 @@ containers:
       {{- if .Values.kafka.tls.certSecret }}
       - name: kafka-client
         mountPath: {{ include "learnstream.certDir" . }}
+        readOnly: true
+      {{- end }}
+      {{- if .Values.kafka.sasl.mechanism }}
+      - name: kafka-sasl
+        mountPath: {{ include "learnstream.saslDir" . }}
+        readOnly: true
+      {{- end }}
+      {{- if eq .Values.auth.mode "tokens" }}
+      - name: api
+        mountPath: {{ include "learnstream.apiDir" . }}
+        readOnly: true
+      {{- end }}
+      {{- if .Values.tls.secret }}
+      - name: web-tls
+        mountPath: {{ include "learnstream.webTlsDir" . }}
+        readOnly: true
+      {{- end }}
+      {{- if .Values.scoring.apiKeySecret }}
+      - name: scoring
+        mountPath: {{ include "learnstream.scoringDir" . }}
         readOnly: true
       {{- end }}
       {{- with .Values.extraVolumeMounts }}
@@ -142,6 +149,46 @@ volumes:
           path: {{ .Values.kafka.tls.certKey }}
         - key: {{ .Values.kafka.tls.keyKey }}
           path: {{ .Values.kafka.tls.keyKey }}
+  {{- end }}
+  {{- if .Values.kafka.sasl.mechanism }}
+  - name: kafka-sasl
+    secret:
+      secretName: {{ include "learnstream.kafkaSecretName" . }}
+      defaultMode: 0440
+      items:
+        - key: {{ .Values.kafka.sasl.passwordKey }}
+          path: {{ .Values.kafka.sasl.passwordKey }}
+        {{- if and .Values.kafka.sasl.existingSecret .Values.kafka.sasl.usernameKey }}
+        - key: {{ .Values.kafka.sasl.usernameKey }}
+          path: {{ .Values.kafka.sasl.usernameKey }}
+        {{- end }}
+  {{- end }}
+  {{- if eq .Values.auth.mode "tokens" }}
+  # Mounted whole (no subPath), so a rotated Secret reaches the pod and the worker re-reads it.
+  - name: api
+    secret:
+      secretName: {{ include "learnstream.apiSecretName" . }}
+      defaultMode: 0440
+      items:
+        - key: {{ .Values.auth.tokensKey }}
+          path: {{ .Values.auth.tokensKey }}
+        - key: {{ .Values.auth.peerTokenKey }}
+          path: {{ .Values.auth.peerTokenKey }}
+  {{- end }}
+  {{- if .Values.tls.secret }}
+  - name: web-tls
+    secret:
+      secretName: {{ .Values.tls.secret }}
+      defaultMode: 0440
+  {{- end }}
+  {{- if .Values.scoring.apiKeySecret }}
+  - name: scoring
+    secret:
+      secretName: {{ .Values.scoring.apiKeySecret }}
+      defaultMode: 0440
+      items:
+        - key: {{ .Values.scoring.apiKeyKey }}
+          path: {{ .Values.scoring.apiKeyKey }}
   {{- end }}
   {{- with .Values.extraVolumes }}
   {{- toYaml . | nindent 2 }}

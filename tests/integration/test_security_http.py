@@ -1,0 +1,278 @@
+"""Security of the HTTP API on real parts: worker subprocesses with a tokens file, plain HTTP.
+
+Authentication (401 + WWW-Authenticate), scopes per session and verb family (403), open probes,
+faust's own views off, token rotation without restart, request limits (413, 400, 408, 429),
+slow clients cut off, and forwarding between two workers with their peer credential (scopes
+checked at the edge, 503 + Retry-After while the owner is down).
+"""
+from __future__ import annotations
+
+import gzip
+import socket
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+from aiokafka.partitioner import murmur2
+
+from tests.helpers import http_json, wait_until
+from workers.stream.auth import hash_token, new_token
+
+pytestmark = pytest.mark.integration
+
+EMB = [0.1, -0.2, 0.05, 0.3]
+NOW = 1_700_000_000_000
+
+
+def write_tokens(path: Path, tokens: dict[str, tuple[str, dict]]) -> None:
+    entries = [{"name": name, "sha256": hash_token(tok), **scopes} for name, (tok, scopes) in tokens.items()]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump({"tokens": entries}))
+    tmp.replace(path)  # atomic, as a Secret volume swaps its files
+
+
+@pytest.fixture
+def creds(tmp_path: Path) -> dict:
+    tokens = {
+        "tenant-a": (new_token(), {"read": ["tenant-a"], "write": ["tenant-a/*"]}),
+        "tenant-b": (new_token(), {"write": ["tenant-b/*", "tenant-b"]}),
+        "a-reader": (new_token(), {"read": ["tenant-a/*"]}),
+        "workers": (new_token(), {"peer": True}),
+    }
+    path = tmp_path / "tokens.yaml"
+    write_tokens(path, tokens)
+    peer = tmp_path / "peer-token"
+    peer.write_text(tokens["workers"][0] + "\n")
+    return {"tokens": tokens, "path": path, "peer": peer,
+            "env": {"LEARNSTREAM_AUTH_TOKENS_FILE": str(path), "LEARNSTREAM_PEER_TOKEN_FILE": str(peer)}}
+
+
+def tok(creds: dict, name: str) -> str:
+    return creds["tokens"][name][0]
+
+
+def call(w, path: str, body=None, token: str | None = None, headers: dict | None = None,  # noqa: ANN001
+         raw: bytes | None = None) -> tuple[int, dict, object]:
+    """(status, response headers, decoded body) of one request; errors returned, not raised."""
+    import http.client
+
+    c = (http.client.HTTPSConnection("127.0.0.1", w.port, timeout=60, context=w.ssl_context) if w.tls
+         else http.client.HTTPConnection("127.0.0.1", w.port, timeout=60))
+    h = {"Content-Type": "application/json", **(headers or {})}
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
+    c.request("POST" if data is not None else "GET", path, body=data, headers=h)
+    r = c.getresponse()
+    payload = r.read()
+    c.close()
+    try:
+        out = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        out = payload.decode(errors="replace")
+    return r.status, dict(r.headers), out
+
+
+def dispatch(w, verb: str, body: dict, token: str | None) -> tuple[int, dict]:  # noqa: ANN001
+    status, _, out = call(w, "/dispatch", {"verb": verb, "body": body}, token)
+    return status, out
+
+
+# One write and one read per verb family (table): (write verb, body), (read verb, body).
+FAMILIES = {
+    "instant": (("init_instant", {"targets": ["a", "b"], "dim": 4}), ("apply_adapter", {"embedding": EMB})),
+    "router": (("init_router", {"targets": ["a", "b"], "in_dim": 4}), ("route", {"embedding": EMB})),
+    "deep": (("record_loss", {"loss": 0.5, "now_ms": NOW}), ("ewc_penalty", {"param_id": "p", "params": [0.1]})),
+    "graph": (("insert_edge", {"edge": {"id": "e1", "src": "alice", "dst": "acme", "relation": "works_at",
+                                        "valid_at": 1000, "created_at": 1000}}),
+              ("query_at", {"src": "alice", "t": 2000})),
+    "learner": (("init_learner", {"n_features": 3, "n_classes": 2}), ("predict", {"features": [0, 0.5, 1]})),
+    "agent": (("add_knowledge", {"agent": "x", "domain": "d", "fact": "f", "now_ms": NOW}),
+              ("heuristics", {"agent": "x"})),
+    "memory": (("configure_scoring", {"window": 10}), ("memory_scores", {})),
+}
+
+
+def test_authentication_scopes_and_limits(worker_factory, creds) -> None:
+    w = worker_factory(env={**creds["env"], "LEARNSTREAM_HTTP_HEADER_TIMEOUT_S": "2",
+                            "LEARNSTREAM_HTTP_BODY_TIMEOUT_S": "2", "LEARNSTREAM_HTTP_MAX_CONCURRENCY": "2",
+                            "LEARNSTREAM_HTTP_MAX_BODY_BYTES": "65536"}).start().wait_ready()
+    a, b, reader = tok(creds, "tenant-a"), tok(creds, "tenant-b"), tok(creds, "a-reader")
+
+    # probes and metrics need no token
+    assert http_json(w.url + "/health")[0] == 200 and http_json(w.url + "/ready")[0] == 200
+    assert call(w, "/metrics")[0] == 200
+
+    # 401: missing, malformed and unknown tokens, with a challenge; the token is never echoed
+    status, headers, out = call(w, "/dispatch", {"verb": "health", "body": {"session_key": "tenant-a/x"}})
+    assert status == 401 and headers["WWW-Authenticate"] == 'Bearer realm="learnstream"' and not out["ok"]
+    bogus = new_token()
+    status, headers, out = call(w, "/dispatch", {"verb": "health", "body": {}}, bogus)
+    assert status == 401 and 'error="invalid_token"' in headers["WWW-Authenticate"] and bogus not in str(out)
+    assert call(w, "/dispatch", {"verb": "health", "body": {}}, headers={"Authorization": "Basic " + a})[0] == 401
+    for path in ("/route", "/predict", "/graph/tenant-a/edges?src=alice", "/table/", "/router/", "/"):
+        assert call(w, path, {} if path in ("/route", "/predict") else None)[0] == 401, path
+
+    # faust's own views are off: no raw table values or cluster layout, even with a token
+    for path in ("/table/", "/table/learnstream-session/x/", "/router/"):
+        assert call(w, path, token=a)[0] == 404, path
+
+    # every verb family: own sessions yes; another tenant's no, by any route; read-only tokens cannot write
+    for family, ((wv, wbody), (rv, rbody)) in FAMILIES.items():
+        status, out = dispatch(w, wv, {**wbody, "session_key": f"tenant-a/{family}"}, a)
+        assert status == 200 and out["ok"], (family, out)
+        status, out = dispatch(w, rv, {**rbody, "session_key": f"tenant-a/{family}"}, reader)
+        assert status in (200, 422) and "forbidden" not in out.get("error", ""), (family, out)
+        for verb_name, body in ((wv, wbody), (rv, rbody)):
+            status, out = dispatch(w, verb_name, {**body, "session_key": f"tenant-b/{family}"}, a)
+            assert status == 403 and "may not" in out["error"] and out["verb"] == verb_name, (family, out)
+        status, out = dispatch(w, wv, {**wbody, "session_key": f"tenant-a/{family}"}, reader)
+        assert status == 403 and "may not write" in out["error"], (family, out)
+        # tenant B's own writes work, and tenant A cannot see them
+        assert dispatch(w, wv, {**wbody, "session_key": f"tenant-b/{family}"}, b)[0] == 200
+    # the default session is nobody's unless a scope names it
+    assert dispatch(w, "reset_adapter", {}, a)[0] == 403
+    # shortcut endpoints
+    assert call(w, "/route", {"session_key": "tenant-b/router", "embedding": EMB}, a)[0] == 403
+    assert call(w, "/route", {"session_key": "tenant-a/router", "embedding": EMB}, a)[0] == 200
+    assert call(w, "/predict", {"session_key": "tenant-b/learner", "features": [0, 0.5, 1]}, a)[0] == 403
+    assert call(w, "/graph/tenant-b/edges?src=alice&t=2000", token=a)[0] == 403
+    assert call(w, "/graph/tenant-a/edges?src=alice&t=2000", token=a)[0] == 200
+    # the workers' credential only forwards: used directly it is refused
+    assert dispatch(w, "health", {"session_key": "tenant-a/x"}, tok(creds, "workers"))[0] == 403
+
+    # rotation: a token added to the file works without a restart; a removed one stops working
+    c_token = new_token()
+    tokens = dict(creds["tokens"])
+    tokens["tenant-c"] = (c_token, {"write": ["tenant-c/*"]})
+    del tokens["tenant-b"]
+    write_tokens(creds["path"], tokens)
+    wait_until(lambda: dispatch(w, "health", {"session_key": "tenant-c/x"}, c_token)[0] == 200, 20, 0.2,
+               "the new token to be accepted")
+    assert dispatch(w, "health", {"session_key": "tenant-b/x"}, b)[0] == 401
+
+    # bad bodies are 4xx with a reason, never 500
+    gz = {"Content-Encoding": "gzip"}
+    status, _, out = call(w, "/dispatch", token=a, headers=gz, raw=b'{"verb": "health", "body": {}}')
+    assert status == 400 and "cannot read the body" in out["error"], out
+    status, _, out = call(w, "/dispatch", token=a, headers=gz,
+                          raw=gzip.compress(orjson.dumps({"verb": "health", "body": {"session_key": "tenant-a"}})))
+    assert status == 200 and out["ok"], out  # a real gzip body is fine
+    assert call(w, "/dispatch", token=a, raw=b"{" * 10)[0] == 400
+    status, _, out = call(w, "/dispatch", token=a, raw=b'{"verb": "health", "body": {"x": ' + b"[" * 40 +
+                          b"]" * 40 + b"}}")
+    assert status == 400 and "nested deeper" in out["error"], out
+    status, _, out = call(w, "/dispatch", {"verb": "add_knowledge", "body": {
+        "session_key": "tenant-a/agent", "agent": "x", "domain": "d", "fact": "f" * 100_000}}, a)
+    assert status == 413 and not out["ok"], out
+    assert call(w, "/dispatch", token=a, raw=b"[1, 2]")[0] == 400
+
+    # slow clients: an unfinished request head is closed; an unfinished body answers 408
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", w.port), timeout=30) as s:
+        s.sendall(b"POST /dispatch HTTP/1.1\r\nHost: x\r\nX-Slow: 1")
+        assert s.recv(1024) == b""  # closed by the server
+    assert time.monotonic() - t0 < 15
+    slow = []
+    for _ in range(2):  # fill the concurrency limit with two bodies that never finish
+        s = socket.create_connection(("127.0.0.1", w.port), timeout=30)
+        s.sendall(f"POST /dispatch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {a}\r\n"
+                  "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"verb\"".encode())
+        slow.append(s)
+    wait_until(lambda: call(w, "/dispatch", {"verb": "health", "body": {"session_key": "tenant-a"}}, a)[0] == 429,
+               10, 0.05, "the concurrency limit to answer 429")
+    status, headers, out = call(w, "/dispatch", {"verb": "health", "body": {"session_key": "tenant-a"}}, a)
+    assert (status == 429 and headers["Retry-After"] == "1") or status == 200, (status, out)
+    assert http_json(w.url + "/health")[0] == 200  # probes are never limited
+    for s in slow:
+        answer = s.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        s.close()
+    assert dispatch(w, "health", {"session_key": "tenant-a"}, a)[0] == 200  # slots free again
+
+    log = w.log_tail(1_000_000)
+    for name, (token, _) in creds["tokens"].items():
+        assert token not in log, f"token {name} in the log"
+
+
+def test_a_public_listener_without_tokens_refuses_to_start(worker_factory) -> None:
+    w = worker_factory(env={"LEARNSTREAM_WEB_BIND": "0.0.0.0"}).start()
+    wait_until(lambda: not w.alive(), 60, 0.2, "the worker to exit")
+    assert w.proc.returncode != 0 and "refusing to listen on 0.0.0.0 without tokens" in w.log_tail()
+
+
+def _owner_worker(workers, partitions: int, sk: str):  # noqa: ANN001, ANN202
+    p = (murmur2(sk.encode()) & 0x7FFFFFFF) % partitions
+    for w in workers:
+        if p in w.health()["active_partitions"]:
+            return w
+    return None
+
+
+def _tls_env(tmp_path: Path) -> dict[str, str]:
+    """A throwaway CA (trustme) and a certificate for 127.0.0.1, as the worker's TLS settings."""
+    import trustme
+
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "srv.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    return {"LEARNSTREAM_TLS_CERTFILE": str(tmp_path / "srv.pem"), "LEARNSTREAM_TLS_KEYFILE": str(tmp_path / "srv.pem"),
+            "LEARNSTREAM_TLS_CAFILE": str(tmp_path / "ca.pem")}
+
+
+def test_forwarding_over_tls_uses_the_peer_credential_and_scopes_apply_at_the_edge(worker_factory, creds,
+                                                                                   tmp_path) -> None:
+    import ssl
+    import urllib.error
+
+    env = {**creds["env"], **_tls_env(tmp_path)}
+    w1 = worker_factory("w1", env=env).start()
+    w2 = worker_factory("w2", env=env).start()
+    w1.wait_ready()
+    w2.wait_ready()
+    # HTTPS only: a client that does not trust the CA is refused by its own TLS stack, plain HTTP gets nothing
+    assert w1.url.startswith("https://")
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        http_json(w1.url + "/health", context=ssl.create_default_context())
+    with pytest.raises(OSError):
+        http_json(f"http://127.0.0.1:{w1.port}/health", timeout=5)
+    wait_until(lambda: len(w1.health()["active_partitions"]) + len(w2.health()["active_partitions"]) == 4
+               and w1.health()["active_partitions"] and w2.health()["active_partitions"], 90, 0.5,
+               "both workers to own partitions")
+    a = tok(creds, "tenant-a")
+    sk = next(f"tenant-a/s{i}" for i in range(1000) if _owner_worker([w1, w2], 4, f"tenant-a/s{i}") is w2)
+    other = next(f"tenant-b/s{i}" for i in range(1000) if _owner_worker([w1, w2], 4, f"tenant-b/s{i}") is w2)
+
+    # through w1 (not the owner): forwarded over HTTPS (w2's certificate verified) with w1's peer credential
+    status, out = dispatch(w1, "init_instant", {"session_key": sk, "targets": ["a", "b"], "dim": 4}, a)
+    assert status == 200 and out["ok"], out
+    status, out = dispatch(w1, "apply_adapter", {"session_key": sk, "embedding": EMB}, a)
+    assert status == 200 and out["ok"], out
+    # an event larger than the producer's limit (the issue's 1,000,000-character fact; the body itself is
+    # under the 1 MiB default) is a 413 with a reason from the owner, relayed as it is
+    status, out = dispatch(w1, "add_knowledge", {"session_key": sk, "agent": "x", "domain": "d",
+                                                 "fact": "f" * 1_000_000}, a)
+    assert status == 413 and "too large" in out["error"], out
+    # tenant A's token on tenant B's session: refused at the edge, never forwarded
+    status, out = dispatch(w1, "reset_adapter", {"session_key": other}, a)
+    assert status == 403, out
+    status, _, out = call(w1, "/graph/x/edges?src=a&t=1", token=a)
+    assert status == 403
+
+    # the owner goes away: a forwarded request answers 503 + Retry-After (never 500) until the rebalance
+    w2.kill()
+    seen = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status, headers, out = call(w1, "/dispatch", {"verb": "apply_adapter",
+                                                      "body": {"session_key": sk, "embedding": EMB}}, a)
+        assert status < 500 or (status == 503 and headers.get("Retry-After") == "1"), (status, out)
+        seen.add(status)
+        if status == 200:
+            break
+        time.sleep(0.2)
+    assert 503 in seen and 200 in seen, seen
+
+

@@ -1,0 +1,180 @@
+"""Tokens, scopes and the authentication modes (workers/stream/auth.py), the HTTP guard's pieces."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+import aiohttp
+import pytest
+
+from workers.broker import free_port
+from workers.errors import ConfigError
+from workers.stream.auth import Authenticator, Principal, TokenStore, hash_token, new_token, parse_tokens
+from workers.stream.http_guard import Guard, json_depth
+from workers.stream.settings import Settings
+
+
+def settings(**kw: object) -> Settings:
+    return dataclasses.replace(Settings(), **kw)
+
+
+def test_scopes_exact_prefix_and_write_implies_read() -> None:
+    p = Principal("t", read=["tenant-a/*", "shared"], write=["tenant-a/w/*"])
+    assert p.may("tenant-a/x", writes=False) and not p.may("tenant-a/x", writes=True)
+    assert p.may("tenant-a/w/1", writes=True) and p.may("tenant-a/w/1", writes=False)
+    assert p.may("shared", writes=False) and not p.may("shared-2", writes=False)
+    assert not p.may("tenant-ab", writes=False) and not p.may("tenant-b/x", writes=False)
+    assert Principal("all", read=["*"]).may("anything", writes=False)
+
+
+@pytest.mark.parametrize("text,words", [
+    ("tokens: {}", "tokens` list"),
+    ("tokens: [{sha256: abc}]", "64 hex digits"),
+    ("tokens: [{sha256: " + "a" * 64 + ", read: [a*b]}]", "only at its end"),
+    ("tokens: [{sha256: " + "a" * 64 + ", write: 5}]", "list of session_key patterns"),
+    ("tokens: [{sha256: " + "a" * 64 + ", peer: yes-please}]", "peer must be"),
+])
+def test_a_bad_tokens_file_names_the_entry(text: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        parse_tokens(text)
+
+
+def test_lookup_by_hash_and_reload_keeps_old_tokens_on_a_bad_file(tmp_path, caplog) -> None:
+    t1, t2 = new_token(), new_token()
+    path = tmp_path / "tokens.yaml"
+    path.write_text(f"tokens: [{{name: one, sha256: {hash_token(t1)}, read: ['a']}}]")
+    store = TokenStore(path)
+    assert store.lookup(t1).name == "one" and store.lookup(t2) is None and store.lookup("") is None
+    assert t1 not in path.read_text()  # only the hash is stored
+    path.write_text("tokens: [{sha256: nope}]")
+    store._checked = 0.0
+    with caplog.at_level(logging.ERROR):
+        assert store.lookup(t1).name == "one"  # a broken file keeps the previous tokens
+    assert "not reloaded" in caplog.text and t1 not in caplog.text
+    path.write_text(f"tokens: [{{name: two, sha256: {hash_token(t2)}}}]")
+    store._checked = 0.0
+    assert store.lookup(t2).name == "two" and store.lookup(t1) is None
+
+
+def test_modes(tmp_path, caplog) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(f"tokens: [{{sha256: {hash_token('x')}}}]")
+    # a public address without tokens refuses to start ...
+    with pytest.raises(ConfigError, match="refusing to listen on 0.0.0.0 without tokens"):
+        Authenticator(settings(web_bind="0.0.0.0"))
+    # ... unless told explicitly, and then says so
+    with caplog.at_level(logging.WARNING):
+        assert not Authenticator(settings(web_bind="0.0.0.0", auth="off")).enabled
+    assert "authentication is OFF" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        loopback = Authenticator(settings(web_host="127.0.0.1"))
+    assert not loopback.enabled and "loopback" in caplog.text
+    assert loopback.authenticate(None).everything
+    with pytest.raises(ConfigError, match="needs LEARNSTREAM_AUTH_TOKENS_FILE"):
+        Authenticator(settings(auth="tokens"))
+    with pytest.raises(ConfigError, match="LEARNSTREAM_AUTH_TOKENS_FILE"):
+        Authenticator(settings(auth_tokens_file=tmp_path / "missing.yaml"))
+    a = Authenticator(settings(web_bind="0.0.0.0", auth_tokens_file=path))
+    assert a.enabled and a.authenticate("Bearer x") is not None
+    for header in (None, "", "Bearer", "Bearer y", "Basic x", "x"):
+        assert a.authenticate(header) is None, header
+
+
+def test_settings_from_env(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("LEARNSTREAM_AUTH", "tokens")
+    monkeypatch.setenv("LEARNSTREAM_AUTH_TOKENS_FILE", str(tmp_path / "t.yaml"))
+    monkeypatch.setenv("LEARNSTREAM_METRICS_PUBLIC", "false")
+    monkeypatch.setenv("LEARNSTREAM_SCORING_ENDPOINTS", "http://a:1/v1/, https://b/v1")
+    s = Settings.from_env()
+    assert s.auth == "tokens" and s.auth_tokens_file == tmp_path / "t.yaml" and not s.metrics_public
+    assert s.scoring_endpoints == ("http://a:1/v1", "https://b/v1")
+    env = s.env()
+    assert env["LEARNSTREAM_AUTH_TOKENS_FILE"] == str(tmp_path / "t.yaml") and env["LEARNSTREAM_AUTH"] == "tokens"
+    monkeypatch.setenv("LEARNSTREAM_AUTH", "maybe")
+    with pytest.raises(ConfigError, match="LEARNSTREAM_AUTH"):
+        Settings.from_env()
+    monkeypatch.setenv("LEARNSTREAM_AUTH", "off")
+    monkeypatch.setenv("LEARNSTREAM_TLS_CERTFILE", "/c.pem")
+    with pytest.raises(ConfigError, match="go together"):
+        Settings.from_env()
+
+
+def test_json_depth() -> None:
+    assert json_depth({"a": [1, {"b": 2}]}, 3) and not json_depth({"a": [1, {"b": 2}]}, 2)
+    assert json_depth(5, 1) and json_depth([], 1) and not json_depth([[[]]], 2)
+    deep: list = []
+    for _ in range(100_000):  # no recursion: a very deep value is measured, not a RecursionError
+        deep = [deep]
+    assert not json_depth(deep, 32)
+
+
+def test_metrics_open_or_closed() -> None:
+    assert Guard(settings()).is_open("/metrics") and Guard(settings()).is_open("/metrics/faust")
+    closed = Guard(settings(metrics_public=False))
+    assert not closed.is_open("/metrics") and closed.is_open("/health") and closed.is_open("/ready")
+    assert not closed.is_open("/metricsx") and not closed.is_open("/dispatch")
+
+
+def test_forwarding_to_an_owner_that_is_down_answers_503_with_retry_after() -> None:
+    guard = Guard(settings(forward_timeout_s=5.0))
+
+    async def go() -> tuple[int, str | None, bytes]:
+        async with aiohttp.ClientSession() as http:
+            r = await guard.forward(http, f"http://127.0.0.1:{free_port()}", {"verb": "route", "body": {}}, "route")
+            return r.status, r.headers.get("Retry-After"), r.body
+
+    status, retry, body = asyncio.run(go())
+    assert status == 503 and retry == "1" and b"cannot be reached" in body
+
+
+def test_forwarding_verifies_the_owners_certificate(tmp_path) -> None:
+    """An owner whose certificate the CA file does not vouch for gets no request (503), a trusted one does."""
+    import ssl
+
+    import trustme
+    from aiohttp import web
+
+    ours, theirs = trustme.CA(), trustme.CA()
+    ours.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ours.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "me.pem"))
+    s = settings(tls_certfile=tmp_path / "me.pem", tls_keyfile=tmp_path / "me.pem", tls_cafile=tmp_path / "ca.pem")
+    guard = Guard(s)
+    seen: list[str] = []
+
+    async def dispatch(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.json_response({"ok": True, "verb": "route"})
+
+    async def go(ca: trustme.CA) -> int:
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+        app = web.Application()
+        app.router.add_post("/dispatch", dispatch)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_ctx).start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                r = await guard.forward(http, f"https://127.0.0.1:{port}", {"verb": "route", "body": {}}, "route")
+                return r.status
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(go(theirs)) == 503 and seen == []
+    assert asyncio.run(go(ours)) == 200 and len(seen) == 1
+
+
+def test_learnstream_token_prints_a_token_and_its_entry(capsys) -> None:
+    from workers.cli import main
+
+    assert main(["token", "--name", "tenant-a", "--write", "tenant-a/*", "--read", "shared"]) == 0
+    out, err = capsys.readouterr()
+    token = err.strip().rsplit(": ", 1)[1]
+    ((h, p),) = parse_tokens(out)
+    assert h == hash_token(token) and token not in out
+    assert (p.name, p.read, p.write, p.peer) == ("tenant-a", ("shared",), ("tenant-a/*",), False)
+    assert main(["token", "--name", "workers", "--peer"]) == 0
+    assert parse_tokens(capsys.readouterr().out)[0][1].peer

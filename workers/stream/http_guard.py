@@ -1,0 +1,183 @@
+"""The HTTP listener's guards: authentication, scopes, request limits, TLS, safe forwarding.
+
+:func:`web_options` returns faust's ``web_application_options`` (one aiohttp middleware and the
+server's limits); the views call :func:`read_json`, :func:`deny` and :func:`forward`. Everything
+that can go wrong on the way in answers a 4xx with a reason (or 503 + ``Retry-After`` when the
+owning worker cannot be reached), never a 500.
+
+Limits, all in :class:`~workers.stream.settings.Settings`:
+
+- body size (``http_max_body_bytes``; 413), JSON nesting depth (``http_max_json_depth``; 400);
+- requests in flight per worker (``http_max_concurrency``; 429 + ``Retry-After``), health and
+  readiness probes exempt so a busy worker is not restarted for being busy;
+- slow clients: a connection must send a complete request head within ``http_header_timeout_s``
+  (aiohttp's keep-alive timer runs from the connection's start and closes it otherwise), and the
+  body within ``http_body_timeout_s`` (408).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from workers.dispatch import envelope_error
+from workers.stream.auth import Authenticator, Principal
+
+__all__ = ("Guard", "web_options", "server_ssl_context", "client_ssl_context", "json_depth", "FORWARDED")
+
+logger = logging.getLogger(__name__)
+
+FORWARDED = "X-Learnstream-Forwarded"
+_PRINCIPAL = "learnstream.principal"
+# Paths any client may call: probes (the kubelet has no token) and, when public, Prometheus.
+_OPEN = ("/health", "/ready")
+_RETRY_AFTER_S = "1"
+
+
+def _json(data: Any, status: int, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+def json_depth(value: Any, limit: int) -> bool:
+    """True when ``value`` nests no deeper than ``limit`` containers (iterative: no recursion to exhaust)."""
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = v.values()
+        elif not isinstance(v, list):
+            continue
+        if d > limit:
+            return False
+        stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return True
+
+
+def server_ssl_context(settings: Any) -> ssl.SSLContext | None:
+    """The listener's TLS context from ``tls_certfile``/``tls_keyfile`` (None: plain HTTP)."""
+    if settings.tls_certfile is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(settings.tls_certfile), str(settings.tls_keyfile))
+    return ctx
+
+
+def client_ssl_context(settings: Any) -> ssl.SSLContext | None:
+    """What forwarding verifies the owner's certificate with (``tls_cafile``, else the system CAs)."""
+    if settings.tls_certfile is None:
+        return None
+    return ssl.create_default_context(cafile=str(settings.tls_cafile) if settings.tls_cafile else None)
+
+
+class Guard:
+    """Per-worker request state: the authenticator and the number of requests in flight."""
+
+    def __init__(self, settings: Any, auth: Authenticator | None = None) -> None:
+        self.settings = settings
+        self.auth = auth or Authenticator(settings)
+        self.in_flight = 0
+        self.client_ssl = client_ssl_context(settings)
+
+    def is_open(self, path: str) -> bool:
+        return path in _OPEN or (self.settings.metrics_public and (path == "/metrics" or
+                                                                   path.startswith("/metrics/")))
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.is_open(request.path):
+            return await handler(request)
+        header = request.headers.get("Authorization")
+        principal = self.auth.authenticate(header)
+        if principal is None:
+            challenge = 'Bearer realm="learnstream"' + (', error="invalid_token"' if header else "")
+            reason = "invalid token" if header else "missing bearer token (Authorization: Bearer <token>)"
+            return _json(envelope_error("?", f"unauthorized: {reason}"), 401, {"WWW-Authenticate": challenge})
+        if principal.peer and not request.headers.get(FORWARDED):
+            return _json(envelope_error("?", "forbidden: the workers' peer credential only forwards requests"), 403)
+        request[_PRINCIPAL] = principal
+        if self.in_flight >= self.settings.http_max_concurrency:
+            return _json(envelope_error("?", f"too many requests in flight on this worker "
+                                             f"(limit {self.settings.http_max_concurrency}); retry"),
+                         429, {"Retry-After": _RETRY_AFTER_S})
+        self.in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            self.in_flight -= 1
+
+    def deny(self, request: web.Request, verb_name: str, session_key: str, writes: bool) -> web.Response | None:
+        """403 when the caller may not touch ``session_key`` this way; None when it may.
+
+        A forwarded request was checked by the worker the client called (the edge): the peer
+        credential that carries it has no scopes of its own.
+        """
+        p: Principal | None = request.get(_PRINCIPAL)
+        if p is None:  # an open path never reaches a verb; refuse rather than trust
+            return _json(envelope_error(verb_name, "forbidden: no principal"), 403)
+        if p.peer or p.may(session_key, writes=writes):
+            return None
+        what = "write" if writes else "read"
+        return _json(envelope_error(verb_name, f"forbidden: token {p.name!r} may not {what} session "
+                                               f"{session_key!r}"), 403)
+
+    async def read_json(self, request: web.Request, verb_name: str) -> Any:
+        """The request's JSON body, or a 4xx response saying what is wrong with it."""
+        s = self.settings
+        if request.content_length is not None and request.content_length > s.http_max_body_bytes:
+            return _json(envelope_error(verb_name, f"body larger than {s.http_max_body_bytes} bytes"), 413)
+        try:
+            raw = await asyncio.wait_for(request.read(), s.http_body_timeout_s)
+        except asyncio.TimeoutError:
+            return _json(envelope_error(verb_name, f"body not received within {s.http_body_timeout_s:g} s"), 408,
+                         {"Connection": "close"})
+        except web.HTTPRequestEntityTooLarge:
+            return _json(envelope_error(verb_name, f"body larger than {s.http_max_body_bytes} bytes"), 413)
+        except Exception as exc:  # noqa: BLE001 - a body aiohttp cannot decode (e.g. a bad Content-Encoding)
+            return _json(envelope_error(verb_name, f"cannot read the body: {type(exc).__name__}"), 400)
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return _json(envelope_error(verb_name, f"parse: {exc}"), 400)
+        if not json_depth(value, s.http_max_json_depth):
+            return _json(envelope_error(verb_name, f"parse: JSON nested deeper than {s.http_max_json_depth}"), 400)
+        return value
+
+    async def forward(self, http: aiohttp.ClientSession, owner: str, req: dict, verb_name: str) -> web.Response:
+        """Send ``req`` to the owning worker's ``/dispatch``; 503 + Retry-After when it cannot answer."""
+        headers = {FORWARDED: "1", "Content-Type": "application/json", **self.auth.peer_headers()}
+        if self.auth.enabled and "Authorization" not in headers:
+            return _json(envelope_error(verb_name, "another worker owns this session and this worker has no "
+                                                   "peer credential to forward with"), 503,
+                         {"Retry-After": _RETRY_AFTER_S})
+        try:
+            async with http.post(owner + "/dispatch", data=orjson.dumps(req), headers=headers,
+                                 ssl=self.client_ssl if owner.startswith("https:") else None,
+                                 timeout=aiohttp.ClientTimeout(total=self.settings.forward_timeout_s)) as r:
+                body = await r.read()
+                out_headers = {"Retry-After": r.headers["Retry-After"]} if "Retry-After" in r.headers else None
+                return web.Response(body=body, status=r.status, content_type="application/json",
+                                    headers=out_headers)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            logger.warning("forwarding %s to %s failed: %s", verb_name, owner, type(exc).__name__)
+            return _json(envelope_error(verb_name, "the worker owning this session cannot be reached "
+                                                   "(rebalancing or down); retry"), 503,
+                         {"Retry-After": _RETRY_AFTER_S})
+
+
+def web_options(guard: Guard) -> dict:
+    """faust's ``web_application_options``: the guard's middleware and the server's limits."""
+    s = guard.settings
+    return {
+        "middlewares": [guard.middleware],
+        "client_max_size": s.http_max_body_bytes,
+        # aiohttp starts the keep-alive timer when a connection opens, so it also bounds a client
+        # that never finishes its request head; idle keep-alive connections close after it too.
+        "handler_args": {"keepalive_timeout": s.http_header_timeout_s, "max_field_size": 8190,
+                         "max_line_size": 8190},
+    }
