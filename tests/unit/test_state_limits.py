@@ -25,7 +25,6 @@ def _cmd(offset: int, verb: str, body: dict, key: str = "s1") -> Record:
 @pytest.mark.parametrize("verb,body,field", [
     ("init_learner", LARGEST_LEARNER, "capacity"),
     ("init_learner", {"n_features": 4096, "n_classes": 1000, "hidden": 1024, "capacity": 0}, "n_features"),
-    ("init_instant", {"targets": ["a", "b"], "dim": 300_000}, "dim"),
 ])
 def test_configurations_that_outgrow_a_session_are_refused_naming_field_and_limit(verb, body, field) -> None:
     s = LearnSession()
@@ -34,6 +33,11 @@ def test_configurations_that_outgrow_a_session_are_refused_naming_field_and_limi
     assert out["error"].startswith(f"{field}: ") and f"{MAX_SESSION_BYTES:,} bytes per session" in out["error"]
     assert "LEARNSTREAM_MAX_SESSION_BYTES" in out["error"]
     assert s.store.get(b"learner\x1fdefault") is None and s.store.get(b"session\x1fdefault") is None
+
+
+def test_a_configuration_the_verb_refuses_itself_gets_the_verb_s_own_message() -> None:
+    out = LearnSession().dispatch({"verb": "init_learner", "body": {**LARGEST_LEARNER, "n_features": 10**9}})
+    assert not out["ok"] and "bytes per session" not in out["error"] and "n_features" in out["error"]
 
 
 @pytest.mark.parametrize("verb,body", [

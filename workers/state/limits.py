@@ -29,20 +29,23 @@ class Limits:
     max_session_bytes: int = MAX_SESSION_BYTES
 
 
-def _int(body: dict, field: str, default: int) -> int | None:
+def _int(body: dict, field: str, default: int, most: int) -> int | None:
+    """The field's value when the verb itself accepts it, else None (the verb refuses it, with its
+    own message: this check only adds the size limit to what the verb's bounds allow)."""
     v = body.get(field, default)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        return None  # the verb itself refuses it, with its own message
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= most:
+        return None
     return v
 
 
 def _instant(body: dict) -> tuple[str, int] | None:
     from workers import _kernels as _k
+    from workers.bodies import MAX_DIM
     from workers.cores.instant import DEFAULT_DIM
 
-    dim = _int(body, "dim", DEFAULT_DIM)
+    dim = _int(body, "dim", DEFAULT_DIM, MAX_DIM)
     targets = body.get("targets")
     if not dim or not isinstance(targets, list) or not targets:
         return None
@@ -54,9 +57,12 @@ def _instant(body: dict) -> tuple[str, int] | None:
 
 
 def _learner(body: dict) -> tuple[str, int] | None:
-    d, c = _int(body, "n_features", 0), _int(body, "n_classes", 0)
-    h, cap = _int(body, "hidden", 128), _int(body, "capacity", 200)
-    bs, rc, win = _int(body, "batch_size", 10), _int(body, "recent", 50), _int(body, "drift_window", 200)
+    from workers.online import verbs as v  # the verb's own bounds
+
+    d, c = _int(body, "n_features", 0, v._MAX_FEATURES), _int(body, "n_classes", 0, v._MAX_CLASSES)
+    h, cap = _int(body, "hidden", 128, v._MAX_HIDDEN), _int(body, "capacity", 200, v._MAX_CAPACITY)
+    bs, rc = _int(body, "batch_size", 10, 4096), _int(body, "recent", 50, 1 << 20)
+    win = _int(body, "drift_window", 200, 100_000)
     if not d or not c or None in (h, cap, bs, rc, win):
         return None
     params = d * c + c if body.get("model") == "softmax" else d * h + h + h * c + c
