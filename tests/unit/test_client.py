@@ -38,7 +38,8 @@ def test_apply_gives_up_with_the_key_to_retry_when_no_worker_answers() -> None:
 
 
 def test_apply_sends_the_token_and_key_and_retries_busy_answers_with_the_same_key() -> None:
-    """A stand-in for a worker's /dispatch (worker auth is not ours to test here): 503 once, then applied."""
+    """A stand-in for a worker's /dispatch (worker auth is not ours to test here): 503, then 429 (the
+    worker's in-flight limit), then applied."""
     import orjson
     from aiohttp import web
 
@@ -49,6 +50,9 @@ def test_apply_sends_the_token_and_key_and_retries_busy_answers_with_the_same_ke
         seen.append((request.headers.get("Authorization"), req))
         if len(seen) == 1:
             return web.json_response({"ok": False, "verb": req["verb"], "error": "rebalancing; retry"}, status=503)
+        if len(seen) == 2:
+            return web.json_response({"ok": False, "error": "too many requests in flight"}, status=429,
+                                     headers={"Retry-After": "1"})
         if req["body"].get("fact") == "":
             return web.json_response({"ok": False, "verb": req["verb"], "error": "fact required"}, status=422)
         return web.json_response({"id": "learn.commands:3:7", "ok": True, "verb": req["verb"], "data": {"n": 1}})
@@ -69,9 +73,9 @@ def test_apply_sends_the_token_and_key_and_retries_busy_answers_with_the_same_ke
                     await c.apply("s1", "add_knowledge", {"agent": "a", "domain": "d", "fact": ""})
         finally:
             await runner.cleanup()
-        assert [h for h, _ in seen] == ["Bearer t0k"] * 3
-        (_, a), (_, b) = seen[:2]
-        assert a == b and a["body"]["idempotency_key"] == done.idempotency_key and a["body"]["session_key"] == "s1"
+        assert [h for h, _ in seen] == ["Bearer t0k"] * 4
+        (_, a), (_, b), (_, c) = seen[:3]
+        assert a == b == c and a["body"]["idempotency_key"] == done.idempotency_key and a["body"]["session_key"] == "s1"
 
     from workers.errors import VerbError
     asyncio.run(go())
