@@ -227,3 +227,46 @@ class WorkerProcess(Gated):
         log = getattr(self, "_log", None)
         if log is not None and not log.closed:
             log.close()
+
+
+def topic_bytes(bootstrap: str, topic: str, start: dict[int, int] | None = None) -> tuple[int, int, dict[int, int]]:
+    """(records, key + value bytes) of ``topic`` from ``start`` (partition -> offset; default the
+    beginning) to its end now, and the end offsets (the next call's ``start``)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def go() -> tuple[int, int, dict[int, int]]:
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_bytes=64 << 20,
+                             max_partition_fetch_bytes=16 << 20)
+        await c.start()
+        try:
+            parts = c.partitions_for_topic(topic) or set()
+            if not parts:
+                await c.topics()
+                parts = c.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            if not tps:
+                return 0, 0, {}
+            c.assign(tps)
+            ends = await c.end_offsets(tps)
+            n = size = 0
+            for tp in tps:
+                first = (start or {}).get(tp.partition, 0)
+                if first >= ends[tp]:
+                    continue
+                c.seek(tp, first)
+                pos = first
+                while pos < ends[tp]:
+                    for msgs in (await c.getmany(tp, timeout_ms=2000, max_records=50_000)).values():
+                        for m in msgs:
+                            if m.offset >= ends[tp]:
+                                break
+                            n += 1
+                            size += len(m.key or b"") + len(m.value or b"")
+                            pos = m.offset + 1
+            return n, size, {tp.partition: ends[tp] for tp in tps}
+        finally:
+            await c.stop()
+
+    return asyncio.run(go())

@@ -333,7 +333,12 @@ def main(argv: list[str] | None = None) -> int:
                         "the worker); set it to the worker's when the worker's was changed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-logs", action="store_true", help="keep the broker/worker logs (their folder is printed)")
+    p.add_argument("--scale", default=None, metavar="N,N,...",
+                   help="instead: the worker alone at each session count (e.g. 8,2000,10000), one b64 event per "
+                        "message, --events each; events/s, changelog bytes per event, worker RSS (issue 10)")
     args = p.parse_args(argv)
+    if args.scale:
+        return scale(args, p)
     encodings = [e.strip() for e in args.encodings.split(",") if e.strip()]
     if not encodings or not set(encodings) <= {"b64", "json"}:
         p.error("--encodings: b64 and/or json")
@@ -417,6 +422,111 @@ def main(argv: list[str] | None = None) -> int:
             import shutil
 
             shutil.rmtree(log_dir, ignore_errors=True)
+
+
+_TARGET_SCALE = 0.50            # many sessions / the first (fewest) sessions, events/s
+_TARGET_CHANGELOG = 4.0         # changelog bytes per event / the event's own bytes
+
+
+def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
+    """The worker alone, one fresh worker per session count, in one run: events/s and what it wrote.
+
+    Per count, on a fresh broker and worker: ``init_instant`` for every session, a warm-up of one event per session (not timed),
+    then ``--events`` b64 events, one per message, round-robin over the sessions, produced while
+    the worker is suspended and timed from its resumption until all are applied. Changelog bytes
+    are the keys and values produced to the ``sessions`` changelog during the timed run (read back
+    from the broker), per event applied.
+    """
+    from _stream import topic_bytes
+
+    counts = [int(x) for x in args.scale.split(",") if x.strip()]
+    worker_kw = worker_kwargs(p, args)
+    log_dir = Path(tempfile.mkdtemp(prefix="learnstream-bench-scale-"))
+    topic, cmd_topic = topics()["feedback"].name, topics()["commands"].name
+    print(f"learnstream bench feedback --scale: {args.dim}-d b64 embeddings, one event per message, "
+          f"{args.events:,} timed events per session count {counts}, {args.partitions} partitions")
+    print(f"machine: {machine_note()}; logs in {log_dir}", flush=True)
+    rows = []
+    try:
+        for n in counts:  # each on its own broker: a new group would read the last count's events first
+            broker = start_broker(Path(tempfile.mkdtemp(prefix=f"broker-{n}-", dir=log_dir)))
+            provision(broker.bootstrap, args.partitions)
+            broker_ps = _BrokerPs(broker.proc)
+            app_id = f"bench-{uuid.uuid4().hex[:6]}"
+            changelog = f"{app_id}-sessions-changelog"
+            worker = WorkerProcess(broker.bootstrap, partitions=args.partitions, app_id=app_id, log_dir=log_dir,
+                                   **worker_kw).start()
+            try:
+                worker.wait_ready()
+                sessions = balanced_keys(n, args.partitions, prefix=f"s{n}-")
+                t0 = time.monotonic()
+                base_cmd = worker.events(cmd_topic)
+                asyncio.run(_send_commands_nowait(broker.bootstrap, _init_commands(sessions, args.dim, False)))
+                wait_until(lambda: worker.events(cmd_topic) >= base_cmd + n, 600, "init commands applied", 0.2)
+                warm = make_messages(sessions, n, args.dim, "b64", 1, args.seed + n)
+                before = worker.events(topic)
+                produce(broker.bootstrap, topic, warm)
+                wait_until(lambda: worker.events(topic) >= before + len(warm), 600, "warm-up applied", 0.2)
+                setup_s = time.monotonic() - t0
+                _, _, start = topic_bytes(broker.bootstrap, changelog)
+                msgs = make_messages(sessions, args.events, args.dim, "b64", 1, args.seed + 7 * n)
+                event_bytes = statistics.mean(len(v) for _, v in msgs)
+                c = Consumer("worker", worker, topic, lambda t0: wait_worker(worker, topic, target, t0, 900.0))
+                target = worker.events(topic) + len(msgs)
+                try:
+                    r = c.run(broker, broker_ps, msgs, len(msgs), "b64", f"{n} sessions")
+                except RuntimeError:
+                    print("learn.dlq: " + "; ".join(_dlq_reasons(broker.bootstrap)), flush=True)
+                    raise
+                recs, nbytes, _ = topic_bytes(broker.bootstrap, changelog, start)
+                rss = worker._ps().memory_info().rss / 1e6
+                rows.append((n, r, nbytes / r.events, recs / r.events, event_bytes, rss, setup_s))
+                print(f"  {n:>6} sessions: {r.rate:,.0f} events/s, changelog {nbytes / r.events:,.0f} B/event "
+                      f"({recs / r.events:.1f} records), event {event_bytes:,.0f} B, worker RSS {rss:,.0f} MB "
+                      f"(set-up {setup_s:.0f} s)", flush=True)
+            finally:
+                worker.stop()
+                broker.stop()
+    finally:
+        if not args.keep_logs:
+            import shutil
+
+            shutil.rmtree(log_dir, ignore_errors=True)
+    base = rows[0][1].rate
+    print(f"\n{'sessions':>8} {'events/s':>10} {'vs first':>9} {'changelog B/event':>18} {'x event':>8} "
+          f"{'records/event':>14} {'RSS MB':>7}")
+    ok = True
+    for n, r, b, recs, ev, rss, _ in rows:
+        ratio, x = r.rate / base, b / ev
+        ok = ok and ratio >= _TARGET_SCALE and x <= _TARGET_CHANGELOG
+        print(f"{n:>8} {r.rate:>10,.0f} {ratio:>9.0%} {b:>18,.0f} {x:>8.2f} {recs:>14.1f} {rss:>7,.0f}")
+    print(f"targets: every count >= {_TARGET_SCALE:.0%} of the first's events/s, changelog <= "
+          f"{_TARGET_CHANGELOG:.0f}x the event -> {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+def _dlq_reasons(bootstrap: str, limit: int = 5) -> list[str]:
+    from aiokafka import AIOKafkaConsumer
+
+    async def go() -> list[str]:
+        c = AIOKafkaConsumer(topics()["dlq"].name, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False)
+        await c.start()
+        try:
+            got = await c.getmany(timeout_ms=3000, max_records=limit)
+            return [f"{v['reason_code']}: {v['reason'][:300]}" for ms in got.values()
+                    for v in (orjson.loads(m.value) for m in ms)]
+        finally:
+            await c.stop()
+
+    return asyncio.run(go())
+
+
+async def _send_commands_nowait(bootstrap: str, commands: list[tuple[str, str, dict]]) -> None:
+    async with LearnstreamClient(bootstrap) as c:
+        for sk, verb, body in commands:
+            await c.command(sk, verb, body, wait=False)
+        await c.flush()
 
 
 def _median(runs: list[Run], attr: str = "rate") -> float:

@@ -18,6 +18,10 @@ import orjson
 
 from workers.errors import ValidationError, VerbError
 from workers.state import MemoryStore, ModelStore, RocksDictStore, StateBlob
+from workers.state.access import StoreStateAccess, state_key
+from workers.state.layout import StateTooLarge
+from workers.state.limits import Limits, check_request
+from workers.state.sessions import Sessions
 from workers.verbs import BLOB_TABLES, HEALTH, REGISTRY, Verb, VerbContext, params, verb
 
 __all__ = ("LearnSession", "run_verb", "load_verbs", "state_key", "session_key_of", "check_session_key",
@@ -40,11 +44,6 @@ def load_verbs() -> dict[str, Verb]:
             if exc.name is None or not mod.startswith(exc.name):  # a real import error inside the module
                 raise
     return REGISTRY
-
-
-def state_key(table: str, session_key: str) -> bytes:
-    """Store key of a session's blob, or the key prefix of its graph."""
-    return f"{table}\x1f{session_key}\x1f".encode() if table == "graph" else f"{table}\x1f{session_key}".encode()
 
 
 # The store separates key parts with \x1f: a session key holding it could read another session's keys.
@@ -114,21 +113,26 @@ def _health(ctx: VerbContext, body: dict) -> dict:
 @verb("learner_info", table="learner", writes=False)
 @verb("session_info", table="session", writes=False)
 def _session_info(ctx: VerbContext, body: dict) -> dict:
-    """What a session's state holds: parts with sizes and digests, and the applied-offset watermark.
+    """What a session's state holds: parts with sizes and digests, the digest over all of the
+    session's keys in key order, and the applied-offset watermark.
 
-    Two workers (or a worker before and after a crash) hold the same state iff these are equal.
+    Two workers (or a worker before and after a crash) hold the same state iff these are equal
+    (``digest`` and ``parts`` leave the watermark out: an in-process session has none).
     ``session_info`` reads the learning-loop value; ``learner_info``, ``agent_info`` and ``memory_info``
     the online learner's, the agent protocols' and the memory scoring's.
     """
     import hashlib
 
+    from workers.state.layout import digest
+
     blob = ctx.state
     parts = {}
-    raw = StateBlob.from_bytes(blob.to_bytes())  # canonical bytes of every part, decoded or not
-    for name in raw.names():
-        b = raw._raw[name]
+    for name in blob.names():
+        live = blob._live.get(name)
+        b = live.to_bytes() if live is not None else blob._raw[name]  # canonical bytes, decoded or not
         parts[name] = {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
-    return {"parts": parts, "watermark": dict(sorted(blob.watermark.offsets.items()))}
+    sha, n = digest(blob)
+    return {"parts": parts, "digest": sha, "keys": n, "watermark": dict(sorted(blob.watermark.offsets.items()))}
 
 
 class LearnSession:
@@ -142,14 +146,17 @@ class LearnSession:
 
     def __init__(self, path: str | Path | None = None, *, store: ModelStore | None = None,
                  rng: random.Random | None = None,
-                 emit: Callable[[str, dict], None] | None = None) -> None:
+                 emit: Callable[[str, dict], None] | None = None, cache_bytes: int | None = None,
+                 limits: Limits | None = None) -> None:
         load_verbs()
         self.store: ModelStore = store if store is not None else (
             RocksDictStore(path) if path is not None else MemoryStore())
         self.rng = rng or random.Random()
         self.emitted: list[tuple[str, dict]] = []  # downstream events, for inspection
         self._emit_cb = emit
-        self._blobs: dict[bytes, StateBlob] = {}
+        # the worker's session cache and context builder, over this store as one partition
+        self.sessions = Sessions(StoreStateAccess(self.store), rng=self.rng, limits=limits,
+                                 **({"cache_bytes": cache_bytes} if cache_bytes is not None else {}))
 
     def _emit(self, role: str, payload: dict) -> None:
         self.emitted.append((role, payload))
@@ -157,19 +164,22 @@ class LearnSession:
             self._emit_cb(role, payload)
 
     def blob(self, table: str, session_key: str) -> StateBlob:
-        key = state_key(table, session_key)
-        b = self._blobs.get(key)
-        if b is None:
-            raw = self.store.get(key)
-            b = StateBlob.from_bytes(raw) if raw is not None else StateBlob()
-            self._blobs[key] = b
-        return b
+        return self.sessions.blob(table, session_key, 0)
+
+    def value(self, table: str, session_key: str) -> bytes | None:
+        """The session's state as stored, read afresh and joined into one value (the one-value
+        format, ``StateBlob.to_bytes``: comparable bytes for tests and tools), or None."""
+        from workers.state.layout import SEP, SessionState
+
+        base = state_key(table, session_key)
+        head = self.store.get(base)
+        if head is None:
+            return None
+        n = len(base) + 1
+        return SessionState.decode(head, ((k[n:], v) for k, v in self.store.iter_prefix(base + SEP))).blob.to_bytes()
 
     def context(self, v: Verb, session_key: str) -> VerbContext:
-        state = self.blob(v.table, session_key) if v.table in BLOB_TABLES else None
-        return VerbContext(session_key=session_key, state=state, store=self.store,
-                           prefix=state_key("graph", session_key), emit=self._emit, rng=self.rng,
-                           load=lambda table: self.blob(table, session_key))
+        return self.sessions.context(v, session_key, 0, emit=self._emit)
 
     def dispatch(self, request: Any) -> dict:
         parsed = parse_request(request)
@@ -179,16 +189,19 @@ class LearnSession:
         v = REGISTRY[name]
         try:
             sk = session_key_of(body)
+            if v.writes:
+                check_request(name, body, self.sessions.limits)
         except VerbError as exc:
             return envelope_error(name, str(exc))
-        ctx = self.context(v, sk)
-        out = run_verb(v, ctx, body)
-        if v.writes and v.table in BLOB_TABLES:
-            key = state_key(v.table, sk)
-            if out["ok"]:
-                self.store.put(key, ctx.state.to_bytes())
-            else:
-                self._blobs.pop(key, None)  # reload: a refused verb leaves no trace
+        out = run_verb(v, self.context(v, sk), body)
+        # As in the worker: a refused verb changed nothing (verbs validate before they mutate),
+        # so the cached state is kept as it is, and only an applied one is written.
+        if v.writes and v.table in BLOB_TABLES and out["ok"]:
+            try:
+                self.sessions.save(v.table, sk, 0)
+            except StateTooLarge as exc:  # not written; the cache now reads the stored state again
+                out = envelope_error(name, str(exc))
+        self.sessions.trim()
         return out
 
     def dispatch_json(self, line: str | bytes) -> str:

@@ -163,8 +163,25 @@ def _mixed_stream(seed: int) -> list[Record]:
     return out
 
 
-def _all(p: Processor) -> dict[bytes, bytes]:
-    return dict(p.state.store.iter_prefix(b""))
+def _all(p: Processor) -> dict[bytes, object]:
+    """Every session's state (digest over its keys, watermark) and every other key, as stored.
+    Which slot a piece sits in depends on how often it was saved, so raw piece keys are left out."""
+    from workers.state.layout import SEP, SessionState, digest
+    from workers.verbs import BLOB_TABLES
+
+    items = dict(p.state.store.iter_prefix(b""))
+    out: dict[bytes, object] = {}
+    for k, v in items.items():
+        parts = k.split(SEP)
+        if parts[0].decode() in BLOB_TABLES:
+            if len(parts) == 2:  # a session's head
+                prefix = k + SEP
+                s = SessionState.decode(v, ((kk[len(prefix):], vv) for kk, vv in items.items()
+                                            if kk.startswith(prefix)))
+                out[k] = (digest(s.blob), s.blob.watermark.offsets)
+        else:
+            out[k] = v
+    return out
 
 
 def _normalized(res_list) -> dict:

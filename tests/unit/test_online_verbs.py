@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from workers.codec import encode_embedding_b64
-from workers.dispatch import LearnSession, state_key
+from workers.dispatch import LearnSession
 from workers.online.learner import ContinualLearner
 
 D, C = 6, 3
@@ -138,7 +138,7 @@ def test_replaying_the_same_events_gives_the_same_model() -> None:
         _init(s, time_threshold_ms=500, examples_threshold=70)
         for i in range(0, 200, 20):
             _learn(s, X[i:i + 20], y[i:i + 20], task=i // 100, now_ms=i * 10)
-        states.append((s.store.get(state_key("learner", "s1")), s.emitted))
+        states.append((s.value("learner", "s1"), s.emitted))
     assert states[0][0] == states[1][0]
     assert states[0][1] == states[1][1] and states[0][1]
 
@@ -156,7 +156,7 @@ def test_sessions_are_independent_and_state_survives_a_restart(tmp_path) -> None
     s.close()
     s2 = LearnSession(path=tmp_path / "db")
     assert s2.dispatch({"verb": "predict", "body": {"session_key": "a", **probe}})["data"]["proba"] == pa
-    raw = s2.store.get(state_key("learner", "a"))
+    raw = s2.value("learner", "a")
     assert raw is not None
     s2.close()
 

@@ -147,12 +147,14 @@ def test_corrupt_stored_state_goes_to_dlq_not_crash(proc: Processor) -> None:
 
 
 def test_each_session_value_is_written_once_per_batch(proc: Processor) -> None:
-    writes: list[str] = []
-    orig = proc.state.save
-    proc.state.save = lambda table, sk, p, v: (writes.append(sk), orig(table, sk, p, v))  # type: ignore[method-assign]
+    writes: list[bytes] = []
+    orig = proc.state.write
+    proc.state.write = lambda table, p, base, ops: (writes.append(list(ops)), orig(table, p, base, ops))  # type: ignore[method-assign]
     f = Feed()
     proc.process([f.rec("loss", {"loss": 0.5}, key=k) for k in ("a", "b", "a", "a", "b")])
-    assert sorted(writes) == ["a", "b"]
+    # one batch per session, each with the session's head (and its changed pieces)
+    assert sorted(w[0].split(b"\x1f")[1] for w in writes) == [b"a", b"b"]
+    assert all(b"session\x1fa" in w or b"session\x1fb" in w for w in writes)
 
 
 def test_replies_map_source_offsets_to_envelopes(proc: Processor) -> None:
@@ -163,10 +165,10 @@ def test_replies_map_source_offsets_to_envelopes(proc: Processor) -> None:
 
 
 def test_session_cache_is_bounded_and_evicted_sessions_reload_from_the_store() -> None:
-    p = Processor(StoreStateAccess(MemoryStore()), cache_sessions=2)
+    p = Processor(StoreStateAccess(MemoryStore()), cache_bytes=1)
     f = Feed()
     p.process([f.rec("loss", {"loss": 0.5}, key=k) for k in ("a", "b", "c", "d")])
-    assert len(p._cache) == 2
+    assert len(p.sessions) == 1  # over budget: only the most recent one stays
     p.process([f.rec("loss", {"loss": 0.7}, key="a")])  # "a" was evicted: comes back from the store
     from workers.dispatch import LearnSession
 

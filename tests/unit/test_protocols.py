@@ -41,7 +41,7 @@ def events(s: LearnSession, kind: str | None = None) -> list[dict]:
 
 
 def raw(s: LearnSession) -> bytes | None:
-    return s.store.get(state_key("agent", SK))
+    return s.value("agent", SK)
 
 
 # -- heuristics ------------------------------------------------------------------------
@@ -405,7 +405,7 @@ def test_corrupt_or_foreign_state_is_refused() -> None:
         ProtocolsState.from_bytes(b"XXX" + good[3:])
     with pytest.raises(CorruptStateError, match="version"):
         ProtocolsState.from_bytes(good[:3] + bytes([99]) + good[4:])
-    from workers.cores._common import pack_part
+    from workers.state.framing import pack_part
     with pytest.raises(CorruptStateError, match="row must hold"):
         ProtocolsState.from_bytes(pack_part(b"LSP", 1, {"clock": 0, "agents": [["a", [[1, 2]], [], [], []]],
                                                          "prefs": []}))
@@ -439,7 +439,7 @@ def test_replaying_the_log_rebuilds_the_same_state_and_events() -> None:
         p = Processor(StoreStateAccess(MemoryStore()), clock=lambda: 1.0)
         res = p.process(_records())
         assert res.rejected == 0 and res.applied == len(_records())
-        runs.append((p.state.store.get(state_key("agent", SK)), [(x.role, x.value) for x in res.produce]))
+        runs.append((LearnSession(store=p.state.store).value("agent", SK), [(x.role, x.value) for x in res.produce]))
         # a redelivery of the whole log is skipped by the watermark
         again = p.process(_records())
         assert again.duplicates == len(_records()) and not again.produce

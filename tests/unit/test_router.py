@@ -482,7 +482,7 @@ def test_huge_inputs_stay_finite() -> None:
 
 
 def test_regenerated_weights_are_checked_against_the_stored_crc(caplog: pytest.LogCaptureFixture) -> None:
-    from workers.cores._common import pack_part, unpack_part
+    from workers.state.framing import pack_part, unpack_part
 
     data = RouterState(TARGETS, in_dim=16).to_bytes()
     header, pos = unpack_part(data, b"LSR", 2, "router")

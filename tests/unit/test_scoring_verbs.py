@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from tests.unit.scoring_servers import MSGS, LMServer
-from workers.dispatch import LearnSession, state_key
+from workers.dispatch import LearnSession
 from workers.scoring import endpoints
 from workers.state import MemoryStore
 from workers.stream.processor import Processor, StoreStateAccess
@@ -37,7 +37,7 @@ def data(s: LearnSession, verb: str, **body) -> dict:
 
 
 def stored(s: LearnSession) -> bytes | None:
-    return s.store.get(state_key("memory", "agent"))
+    return s.value("memory", "agent")
 
 
 def test_score_conversation_stores_scores_and_emits_each_score() -> None:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from workers import _kernels as _k
-from workers.cores._common import pack_part, unpack_part
+from workers.state.framing import pack_part, unpack_part
 from workers.errors import CorruptStateError
 
 __all__ = ("PART", "BanditState", "MAX_STATE_BYTES", "bandit_dim")

@@ -23,7 +23,8 @@ import numpy as np
 
 from workers import _kernels as _k
 from workers.codec import embedding_field
-from workers.cores._common import env_float, pack_part, unpack_part
+from workers.cores._common import env_float
+from workers.state.framing import pack_part, unpack_part
 from workers.errors import CorruptStateError, ValidationError, VerbError
 from workers.verbs import VerbContext, health_contributor, verb
 

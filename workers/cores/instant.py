@@ -22,11 +22,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import orjson
 
 from workers import _kernels as _k
 from workers.bodies import MAX_DIM, epoch_ms
 from workers.codec import embedding_field
-from workers.cores._common import env_float, pack_part, unpack_part
+from workers.cores._common import env_float
+from workers.state.framing import PART_HEAD, pack_part, unpack_part
 from workers.errors import CorruptStateError, VerbError
 from workers.verbs import EMBEDDING, EMBEDDING_B64, VerbContext, health_contributor, params, verb
 
@@ -239,6 +241,17 @@ class InstantState:
         return pack_part(_MAGIC, _VERSION, {"targets": self.targets, "dim": self.dim},
                          self._meta.astype("<i8", copy=False).tobytes(),
                          self._arena[:used].astype("<f4", copy=False).tobytes())
+
+    def piece_cuts(self) -> list[int]:
+        """Offsets in :meth:`to_bytes` where a stored piece must start (``workers.state.layout``):
+        the EWC state and the scalars apart from the hot adapter, and one piece per replay slot,
+        so one feedback event rewrites the adapter, the counters and one slot."""
+        L = self._layout
+        base = PART_HEAD.size + len(orjson.dumps({"targets": self.targets, "dim": self.dim})) + self._meta.size * 8
+        row = 4 * self.dim
+        start = base + 4 * L["replay_x"]
+        return [base + 4 * L["ewc_f"], base + 4 * L["scalars"],
+                *range(start, start + row * self.replay_len, row)]
 
     @classmethod
     def from_bytes(cls, data: bytes) -> InstantState:

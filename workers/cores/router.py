@@ -61,7 +61,7 @@ import numpy as np
 from workers import _kernels as _k
 from workers.bodies import MAX_DIM
 from workers.codec import embedding_field
-from workers.cores._common import pack_part, unpack_part
+from workers.state.framing import pack_part, unpack_part
 from workers.cores.bandit import BanditState
 from workers.errors import CorruptStateError, VerbError
 from workers.verbs import EMBEDDING, EMBEDDING_B64, VerbContext, health_contributor, params, verb

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from workers.cores._common import pack_part, unpack_part
+from workers.state.framing import pack_part, unpack_part
 from workers.errors import CorruptStateError
 from workers.protocols.records import (DAY_MS, AntiPattern, Heuristic, Knowledge, Outcome, Preference, _Record,
                                        record_id)

@@ -79,13 +79,14 @@ class Watermark:
 class StateBlob:
     """Lazily decoded named parts + watermark. Untouched parts stay raw bytes."""
 
-    __slots__ = ("_raw", "_live", "watermark", "meta")
+    __slots__ = ("_raw", "_live", "watermark", "meta", "layout")
 
     def __init__(self) -> None:
         self._raw: dict[str, bytes] = {}
         self._live: dict[str, Any] = {}
         self.watermark = Watermark()
         self.meta: dict[str, Any] = {}
+        self.layout: dict[str, Any] = {}  # what the session's keys hold, per part (workers.state.layout)
 
     # -- parts ---------------------------------------------------------------
     def get(self, name: str, cls: type[P]) -> P | None:

@@ -16,70 +16,38 @@ watermark step and downstream events, exactly as alone (tests/unit/test_coalesci
 """
 from __future__ import annotations
 
-import abc
 import base64
 import hashlib
 import logging
 import random
 import time
 import traceback
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from workers.codec import decode_json
-from workers.dispatch import (DEFAULT_SESSION, envelope_error, envelope_ok, load_verbs, run_verb, session_key_of,
-                              state_key)
+from workers.dispatch import DEFAULT_SESSION, envelope_error, envelope_ok, load_verbs, run_verb, session_key_of
 from workers.errors import CorruptStateError, ValidationError, VerbError
-from workers.state.base import ModelStore
+from workers.state.access import StateAccess, StoreStateAccess
 from workers.state.blob import StateBlob
+from workers.state.layout import StateTooLarge
+from workers.state.limits import Limits, check_request
+from workers.state.sessions import CACHE_BYTES, Sessions
 from workers.stream import idempotency
 from workers.stream.records import Produce, Record, record_id
 from workers.topics import Topic, by_name
 from workers.verbs import BLOB_TABLES, REGISTRY, Verb, VerbContext
 
-__all__ = ("StateAccess", "Processor", "BatchResult", "dlq_entry", "DLQ_MAX_BYTES")
+__all__ = ("StateAccess", "StoreStateAccess", "Processor", "BatchResult", "dlq_entry", "DLQ_MAX_BYTES")
 
 logger = logging.getLogger(__name__)
 
-# Decoded session values kept between batches. A learning-loop value is ~100 KB at 384-d,
-# so 1024 sessions cost ~100 MB; colder sessions are decoded again from RocksDB on demand.
-_CACHE_SESSIONS = 1024
 # A DLQ entry carries the original bytes (base64, 4/3 of them). Kafka's default message limit is
 # ~1 MiB (and the producer's max_request_size 1,000,000 B), so an entry stays below 512 KiB: a
 # bigger original keeps its first _DLQ_PREFIX_BYTES, its length and its sha256.
 DLQ_MAX_BYTES = 512 * 1024
 _DLQ_PREFIX_BYTES = 64 * 1024
 _DLQ_REASON_CHARS = 2000
-
-
-class StateAccess(abc.ABC):
-    """Where the processor reads and writes session state (faust tables, or a ModelStore)."""
-
-    @abc.abstractmethod
-    def load(self, table: str, session_key: str, partition: int) -> bytes | None: ...
-
-    @abc.abstractmethod
-    def save(self, table: str, session_key: str, partition: int, value: bytes) -> None: ...
-
-    @abc.abstractmethod
-    def graph_store(self, partition: int) -> ModelStore: ...
-
-
-class StoreStateAccess(StateAccess):
-    """StateAccess over one ModelStore (tests, and single-process replays)."""
-
-    def __init__(self, store: ModelStore) -> None:
-        self.store = store
-
-    def load(self, table: str, session_key: str, partition: int) -> bytes | None:
-        return self.store.get(state_key(table, session_key))
-
-    def save(self, table: str, session_key: str, partition: int, value: bytes) -> None:
-        self.store.put(state_key(table, session_key), value)
-
-    def graph_store(self, partition: int) -> ModelStore:
-        return self.store
 
 
 @dataclass
@@ -95,6 +63,9 @@ class BatchResult:
     sizes: dict[tuple[str, int, int], int] = field(default_factory=dict)
     verb_seconds: list[tuple[str, float]] = field(default_factory=list)  # time in each verb (its kernels)
     dirty: dict[tuple[str, str], int] = field(default_factory=dict)      # (table, session) -> partition, unsaved
+    # each dirty session's keys to write, prepared by apply() (sizes checked before anything is delivered)
+    writes: dict[tuple[str, str], tuple] = field(default_factory=dict)
+    state_bytes: int = 0  # keys and values written to the session tables (and so to their changelogs)
 
 
 def dlq_entry(rec: Record, reason: str, code: str) -> Produce:
@@ -196,18 +167,18 @@ class Processor:
     """
 
     def __init__(self, state: StateAccess, *, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.time, cache_sessions: int = _CACHE_SESSIONS) -> None:
+                 clock: Callable[[], float] = time.time, cache_bytes: int = CACHE_BYTES,
+                 limits: Limits | None = None) -> None:
         load_verbs()
         self.state = state
-        self.rng = rng or random.Random()
+        self.sessions = Sessions(state, cache_bytes=cache_bytes, limits=limits, rng=rng)
+        self.rng = self.sessions.rng
         self.clock = clock
-        self.cache_sessions = cache_sessions
-        # decoded values, least recently used first; every entry is clean between batches
-        self._cache: OrderedDict[tuple[str, str], StateBlob] = OrderedDict()
         self._topics: dict[str, Topic] = {}
+        self._grew: dict[tuple[str, str], list[Record]] = {}  # records applied to each session in this batch
 
     def forget(self) -> None:
-        self._cache.clear()
+        self.sessions.forget()
 
     def _topic(self, name: str) -> Topic:
         t = self._topics.get(name)
@@ -216,39 +187,19 @@ class Processor:
         return t
 
     def _blob(self, table: str, sk: str, partition: int) -> StateBlob:
-        b = self._cache.get((table, sk))
-        if b is None:
-            raw = self.state.load(table, sk, partition)
-            b = StateBlob.from_bytes(raw) if raw is not None else StateBlob()
-            self._cache[(table, sk)] = b
-        else:
-            self._cache.move_to_end((table, sk))
-        return b
-
-    def _peek(self, table: str, sk: str, partition: int) -> StateBlob:
-        """The cached value, or the stored one decoded *without* caching it (reads)."""
-        b = self._cache.get((table, sk))
-        if b is not None:
-            return b
-        raw = self.state.load(table, sk, partition)
-        return StateBlob.from_bytes(raw) if raw is not None else StateBlob()
+        return self.sessions.blob(table, sk, partition)
 
     def _context(self, v: Verb, sk: str, partition: int, blob: StateBlob | None,
-                 emit: Callable[[str, dict], None] | None = None, source: dict | None = None,
-                 load: Callable[[str, str, int], StateBlob] | None = None) -> VerbContext:
-        get = load or self._blob
-        return VerbContext(session_key=sk, state=blob, store=self.state.graph_store(partition),
-                           prefix=state_key("graph", sk), emit=emit or (lambda role, payload: None),
-                           rng=self.rng, source=source, load=lambda table: get(table, sk, partition))
+                 emit: Callable[[str, dict], None] | None = None, source: dict | None = None) -> VerbContext:
+        return self.sessions.context(v, sk, partition, emit=emit, source=source, blob=blob)
 
     def read(self, v: Verb, body: dict, sk: str, partition: int) -> dict:
-        """Answer a read verb from the current state (the cached blob when there is one).
+        """Answer a read verb from the current state (the cached session when there is one).
 
         A read never adds to the cache: only batches do, so a value read while the partition was
         still recovering (or owned elsewhere) cannot become the base of the next batch.
         """
-        blob = self._peek(v.table, sk, partition) if v.table in BLOB_TABLES else None
-        return run_verb(v, self._context(v, sk, partition, blob, load=self._peek), body)
+        return run_verb(v, self.sessions.context(v, sk, partition, peek=True), body)
 
     def _resolve(self, rec: Record) -> tuple[Verb, dict, str]:
         """(verb, body, session_key) of a record, or _Reject."""
@@ -280,6 +231,10 @@ class Processor:
             raise _Reject(f"unknown verb: {name}", "unknown_verb")
         if not v.writes:
             raise _Reject(f"verb {name} is a read; send reads to HTTP /dispatch", "invalid")
+        try:
+            check_request(name, body, self.sessions.limits)
+        except VerbError as exc:
+            raise _Reject(str(exc), "invalid") from None
         key = _key_str(rec)
         if key is None:
             # Partitioning is by key: without one (or with one we cannot read) nothing says this
@@ -314,23 +269,61 @@ class Processor:
         failed: dict[tuple[str, int, int], str] = {}
         alone: set[tuple[str, int, int]] = set()
         while True:
+            self._grew.clear()
             try:
-                return self._apply(records, failed, alone)
+                res = self._apply(records, failed, alone)
             except _Failed as f:
-                self._cache.clear()  # drops this attempt's unsaved changes (entries are clean between batches)
+                # drops this attempt's unsaved changes: the previous batch's writes are durable
+                # (Runtime.handle awaits them), so every cached session can be read again
+                self.sessions.forget()
                 if len(f.keys) == 1:
                     failed[f.keys[0]] = f.reason
                     logger.warning("%s:%d:%d failed and goes to the DLQ: %s", *f.keys[0], f.reason)
                 else:
                     alone.update(f.keys)
+                continue
+            self._prepare(res)
+            return res
+
+    def _prepare(self, res: BatchResult) -> None:
+        """Cut each changed session into the keys to write; a session over its size limit is not
+        written and its records of this batch go to the DLQ (``too_large``) before anything is
+        delivered, so none of their downstream events leave."""
+        for (table, sk) in list(res.dirty):
+            try:
+                res.writes[(table, sk)] = self.sessions.prepare(table, sk)
+            except StateTooLarge as exc:
+                del res.dirty[(table, sk)]
+                self._too_large(self._grew.get((table, sk), []), str(exc), res)
+        self._grew.clear()
 
     def save(self, res: BatchResult) -> None:
-        """Write each value :meth:`apply` changed, state and watermark together."""
+        """Write each session :meth:`apply` changed, its keys and watermark in one batch."""
         for (table, sk), partition in res.dirty.items():
-            self.state.save(table, sk, partition, self._cache[(table, sk)].to_bytes())
+            res.state_bytes += self.sessions.save(table, sk, partition, res.writes.get((table, sk)))
         res.dirty.clear()
-        while len(self._cache) > self.cache_sessions:  # only now: a dirty value must not be dropped
-            self._cache.popitem(last=False)
+        res.writes.clear()
+        self.sessions.trim()  # only now: a changed session must not be dropped before it was saved
+
+    def _too_large(self, records: list[Record], reason: str, res: BatchResult) -> None:
+        """The session's changes could not be written: its records of this batch were not applied."""
+        ids = {record_id(rec) for rec in records}
+
+        def caused(p: Produce) -> bool:  # a downstream id is "<topic>:<partition>:<offset>[:n]"
+            i = p.value.get("id", "")
+            return i in ids or i.rsplit(":", 1)[0] in ids
+
+        res.produce = [p for p in res.produce if p.role == "dlq" or not caused(p)]
+        for rec in records:
+            where = (rec.topic, rec.partition, rec.offset)
+            res.produce.append(dlq_entry(rec, reason, "too_large"))
+            res.replies[where] = envelope_error(res.replies.get(where, {}).get("verb", "?"), reason)
+            res.applied -= 1
+            res.rejected += 1
+            n = res.sizes.get(where, 1)
+            res.by_topic[(rec.topic, "applied")] -= 1
+            res.events_by_topic[(rec.topic, "applied")] -= n
+            self._count(res, rec, "too_large")
 
     def _apply(self, records: list[Record], failed: dict[tuple[str, int, int], str],
                alone: set[tuple[str, int, int]]) -> BatchResult:
@@ -456,8 +449,9 @@ class Processor:
             res.rejected += 1
             return "rejected"
         if blob.watermark.seen(*rec.mark):
-            # Re-write the value anyway: after a crash the local RocksDB can be ahead of the
+            # Re-write every key anyway: after a crash the local RocksDB can be ahead of the
             # changelog, and this redelivery is the only chance to get that state into it.
+            self.sessions.rewrite_all(v.table, sk)
             dirty[(v.table, sk)] = rec.partition
             res.duplicates += 1
             return "duplicate"
@@ -521,6 +515,8 @@ class Processor:
             res.rejected += 1
             return "rejected"
         now_ms = int(self.clock() * 1000) if emitted else 0
+        if blob is not None:
+            self._grew.setdefault((v.table, sk), []).append(rec)
         for n, (role, payload) in enumerate(emitted):
             value = {"id": record_id(rec, n), "session_key": sk, "ts_ms": now_ms, "source": rec.source, **payload}
             value["id"] = record_id(rec, n)  # the deterministic id wins over any payload field

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workers.errors import ConfigError
+from workers.state.limits import MAX_SESSION_BYTES, MAX_VALUE_BYTES, Limits
+from workers.state.sessions import CACHE_BYTES
 
 __all__ = ("Settings",)
 
@@ -88,7 +90,9 @@ class Settings:
     block_cache_bytes: int = _BLOCK_CACHE_BYTES
     session_timeout_s: float = _SESSION_TIMEOUT_S
     commit_interval_s: float = 1.0
-    cache_sessions: int = 1024           # decoded session values kept in memory (LRU)
+    cache_bytes: int = CACHE_BYTES       # decoded sessions kept in memory (LRU, by bytes)
+    max_session_bytes: int = MAX_SESSION_BYTES  # one session's state in one table (workers/state/limits.py)
+    max_value_bytes: int = MAX_VALUE_BYTES      # one key's value: under Kafka's default 1 MiB message limit
     batch_max: int = 1000                # events per batch at most
     batch_within_s: float = 0.1          # a batch closes this long after its first event at the latest
     batch_linger_s: float = 0.005        # ... or once no event arrived for this long (see batching.py)
@@ -141,7 +145,9 @@ class Settings:
             standby_replicas=_int("STANDBY_REPLICAS", 1), block_cache_bytes=_int("BLOCK_CACHE_BYTES", _BLOCK_CACHE_BYTES),
             session_timeout_s=_float("SESSION_TIMEOUT_S", _SESSION_TIMEOUT_S),
             commit_interval_s=_float("COMMIT_INTERVAL_S", 1.0), batch_max=_int("BATCH_MAX", 1000),
-            cache_sessions=_int("CACHE_SESSIONS", 1024),
+            cache_bytes=_int("CACHE_BYTES", CACHE_BYTES),
+            max_session_bytes=_int("MAX_SESSION_BYTES", MAX_SESSION_BYTES),
+            max_value_bytes=_int("MAX_VALUE_BYTES", MAX_VALUE_BYTES),
             batch_within_s=_float("BATCH_WITHIN_S", 0.1), batch_linger_s=_float("BATCH_LINGER_S", 0.005),
             fetch_max_wait_ms=_int("FETCH_MAX_WAIT_MS", 50),
             worker_id=_env("WORKER_ID") or None,
@@ -186,6 +192,9 @@ class Settings:
                 raise ConfigError(f"LEARNSTREAM_{name.upper()} must be >= 1")
         return s
 
+    def limits(self) -> Limits:
+        return Limits(max_value_bytes=self.max_value_bytes, max_session_bytes=self.max_session_bytes)
+
     @property
     def scheme(self) -> str:
         """``https`` when the listener serves TLS."""
@@ -219,7 +228,9 @@ class Settings:
             "LEARNSTREAM_COMMIT_INTERVAL_S": str(self.commit_interval_s),
             "LEARNSTREAM_BATCH_MAX": str(self.batch_max), "LEARNSTREAM_BATCH_WITHIN_S": str(self.batch_within_s),
             "LEARNSTREAM_BATCH_LINGER_S": str(self.batch_linger_s),
-            "LEARNSTREAM_CACHE_SESSIONS": str(self.cache_sessions),
+            "LEARNSTREAM_CACHE_BYTES": str(self.cache_bytes),
+            "LEARNSTREAM_MAX_SESSION_BYTES": str(self.max_session_bytes),
+            "LEARNSTREAM_MAX_VALUE_BYTES": str(self.max_value_bytes),
             "LEARNSTREAM_FETCH_MAX_WAIT_MS": str(self.fetch_max_wait_ms),
             "LEARNSTREAM_LOG_LEVEL": self.log_level, "LEARNSTREAM_LOG_FORMAT": self.log_format,
             "LEARNSTREAM_EMBEDDED_RETENTION_BYTES": str(self.embedded_retention_bytes),

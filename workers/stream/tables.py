@@ -1,21 +1,38 @@
-"""Session state on faust tables (``rocksdb://`` via rocksdict, compacted changelogs).
+"""Session state on faust tables (``learnstream://``: rocksdict, compacted changelogs).
 
-faust writes a table value to the local RocksDB of, and the changelog partition
-of, the *current event's* partition. A batch holds events of many partitions, so
-each write runs inside :func:`event_context` of an event from the right partition.
+A session's keys (``workers.state.layout``) are written by :meth:`FaustStateAccess.write`:
+one changelog record per key, in the batch's order, on the session's partition; once the
+broker has acknowledged the last of them, the keys go into the partition's RocksDB in one
+write batch together with that record's offset as the table's persisted changelog offset.
+
+So the local database never holds a write its changelog lacks, and its persisted offset
+covers exactly what it holds. After a crash, recovery replays the changelog after that
+offset: only records newer than anything local, in order, which the layout makes safe to
+cut anywhere. (Written the other way round, local first, a killed worker's database can be
+ahead of its changelog, and replaying the older tail over it would mix two versions of a
+session's keys.) Until the write is local, the session stays in the processor's cache
+(:meth:`FaustStateAccess.pending`), which is what reads see anyway; faust flushes the
+producer, and so acknowledges every record, before it commits the source offsets.
+
+The graph table is written key by key through faust (``FaustGraphStore``), which writes to
+the *current event's* partition: each write runs inside :func:`event_context` of an event
+from the right partition.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
+
+from rocksdict import WriteBatch
 
 from faust.streams import _current_event  # the context var faust's tables read
 
 from workers.state.base import ModelStore
 from workers.state.rocksdb import iter_prefix
-from workers.stream.processor import StateAccess
+from workers.state.access import StateAccess
 
 __all__ = ("FaustStateAccess", "FaustGraphStore", "event_context", "TABLE_NAMES")
 
@@ -72,17 +89,62 @@ class FaustStateAccess(StateAccess):
         self.tables = tables  # verb table -> faust Table
         self.events = _PartitionEvents()
         self.partition_of_key = partition_of_key  # session_key -> partition, for reads outside a batch
+        self._pending: dict[tuple[str, bytes], int] = {}  # (table, base key) -> writes not yet local
+        self._queued: list[tuple[str, int, bytes, list[tuple[bytes, bytes | None]]]] = []
+        self.producer = lambda: next(iter(tables.values())).app.producer  # the transport producer
 
-    def load(self, table: str, session_key: str, partition: int) -> bytes | None:
-        t = self.tables[table]
-        return t.data._db_for_partition(partition).get(session_key.encode())
+    def _db(self, table: str, partition: int) -> Any:
+        return self.tables[table].data._db_for_partition(partition)
 
-    def save(self, table: str, session_key: str, partition: int, value: bytes) -> None:
-        event = self.events.get(partition)
-        if event is None:
-            raise RuntimeError(f"no event of partition {partition} in this batch to write under")
-        with event_context(event):
-            self.tables[table][session_key] = value
+    def get(self, table: str, partition: int, key: bytes) -> bytes | None:
+        return self._db(table, partition).get(key)
+
+    def scan(self, table: str, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return iter_prefix(self._db(table, partition), prefix)
+
+    def write(self, table: str, partition: int, base: bytes, ops: Mapping[bytes, bytes | None]) -> None:
+        """Queue the session's keys; :meth:`durable` produces and then stores them."""
+        session = (table, base)
+        self._pending[session] = self._pending.get(session, 0) + 1
+        self._queued.append((table, partition, base, list(ops.items())))
+
+    def pending(self, table: str, base: bytes) -> bool:
+        return (table, base) in self._pending
+
+    async def durable(self) -> None:
+        """Produce every queued write to its changelog, wait for the broker's acknowledgement, then
+        write each to its partition's RocksDB (one write batch, with the persisted changelog offset).
+
+        The worker awaits this before it acks a batch, so no source offset is committed before the
+        state it produced is in the changelog. The records go straight to the transport producer:
+        faust's per-message buffer costs a loop turn per record, and a batch writes hundreds.
+        """
+        queued, self._queued = self._queued, []
+        if not queued:
+            return
+        producer = self.producer()
+        lasts = []
+        for table, partition, _, items in queued:  # in order: pieces, then the head, then deletes
+            topic = self.tables[table].changelog_topic.get_topic_name()
+            for k, v in items:
+                fut = await producer.send(topic, k, v, partition, None, None)
+            lasts.append(fut)
+        done = await asyncio.gather(*lasts)
+        for (table, partition, base, items), meta in zip(queued, done, strict=True):
+            wb = WriteBatch(raw_mode=True)
+            for k, v in items:
+                if v is None:
+                    wb.delete(k)
+                else:
+                    wb.put(k, v)
+            wb.put(self.tables[table].data.offset_key, str(meta.offset).encode())
+            self._db(table, partition).write(wb)
+            session = (table, base)
+            left = self._pending[session] - 1
+            if left:
+                self._pending[session] = left
+            else:
+                del self._pending[session]
 
     def graph_store(self, partition: int) -> ModelStore:
         return FaustGraphStore(self.tables["graph"], partition, self.events.get(partition))

@@ -1,0 +1,216 @@
+"""A session as many small keys (workers/state/layout.py): round trips, writes that cost what
+changed, every value small, and no crash point between two keys that could ever be observed."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from workers.cores.instant import InstantState
+from workers.errors import CorruptStateError
+from workers.state import MemoryStore
+from workers.state.access import StoreStateAccess, state_key
+from workers.state.blob import StateBlob
+from workers.state.layout import PIECE_BYTES, SEP, SessionState, StateTooLarge, digest, piece_bounds
+from workers.state.limits import Limits
+from workers.state.sessions import Sessions
+
+BASE = state_key("session", "s1")
+
+
+class Bytes:
+    """A part that is just its bytes (changed in place by the tests)."""
+
+    def __init__(self, b: bytes) -> None:
+        self.b = bytearray(b)
+
+    def to_bytes(self) -> bytes:
+        return bytes(self.b)
+
+    @classmethod
+    def from_bytes(cls, b: bytes) -> Bytes:
+        return cls(b)
+
+
+def load(store: MemoryStore, base: bytes = BASE) -> SessionState:
+    n = len(base) + 1
+    return SessionState.decode(store.get(base), ((k[n:], v) for k, v in store.iter_prefix(base + SEP)))
+
+
+def save(s: SessionState, store: MemoryStore) -> dict[bytes, bytes | None]:
+    ops, after = s.changes(BASE)
+    store.write_batch(ops)
+    s.written(after)
+    return ops
+
+
+def snapshot(s: SessionState) -> tuple:
+    return digest(s.blob), dict(s.blob.watermark.offsets)
+
+
+def test_piece_bounds_cut_at_every_cut_and_every_piece_size() -> None:
+    assert piece_bounds(0) == [0]
+    assert piece_bounds(10) == [0, 10]
+    assert piece_bounds(2 * PIECE_BYTES + 1) == [0, PIECE_BYTES, 2 * PIECE_BYTES, 2 * PIECE_BYTES + 1]
+    assert piece_bounds(5000, [100, 100, 4000, 0, 6000]) == [0, 100, 100 + PIECE_BYTES, 4000, 5000]
+
+
+def test_round_trip_keeps_parts_watermark_and_meta_and_every_value_is_small() -> None:
+    store = MemoryStore()
+    s = SessionState()
+    s.blob.set("big", Bytes(bytes(range(256)) * 40))  # 10 kB: five pieces
+    s.blob.set("empty", Bytes(b""))
+    s.blob.watermark.advance("t", 3, 17)
+    s.blob.meta["m"] = 1
+    ops = save(s, store)
+    assert all(len(v) <= PIECE_BYTES for k, v in ops.items() if k != BASE and v is not None)
+    r = load(store)
+    assert r.blob.get("big", Bytes).b == s.blob.get("big", Bytes).b and r.blob.get("empty", Bytes).b == b""
+    assert snapshot(r) == snapshot(s) and r.blob.meta == {"m": 1}
+    assert digest(r.blob)[1] == 5  # five keys of "big", none for the empty part
+
+
+def test_a_save_writes_only_the_changed_pieces_then_the_head() -> None:
+    store = MemoryStore()
+    s = SessionState()
+    s.blob.set("p", Bytes(b"\0" * 10 * PIECE_BYTES))
+    save(s, store)
+    s.blob.get("p", Bytes).b[3 * PIECE_BYTES + 5] = 1
+    s.blob.watermark.advance("t", 0, 1)
+    ops = save(s, store)
+    assert list(ops) == [BASE + b"\x1fp\x1f000003\x1f1", BASE]  # the changed piece, in the other slot; the head
+    s.blob.get("p", Bytes).b[3 * PIECE_BYTES + 6] = 1
+    assert list(save(s, store)) == [BASE + b"\x1fp\x1f000003\x1f0", BASE]  # and back
+
+
+def test_one_feedback_event_writes_the_adapter_the_counters_and_one_replay_slot() -> None:
+    rng = np.random.default_rng(0)
+    inst = InstantState(["a", "b", "c"], 384)
+    for _ in range(100):
+        inst.feedback(rng.standard_normal(384).astype(np.float32), "a", 0.9)
+    store = MemoryStore()
+    s = SessionState()
+    s.blob.set("instant", inst)
+    full = sum(len(v) for v in save(s, store).values())
+    inst.feedback(rng.standard_normal(384).astype(np.float32), "b", 0.9)
+    ops = save(s, store)
+    written = sum(len(k) + len(v) for k, v in ops.items())
+    slots = [k for k in ops if k != BASE and len(ops[k]) == 4 * 384]
+    assert len(slots) == 1  # exactly one replay slot, as its own key
+    assert full > 100_000 and written < 6_500  # ~5.8 kB: adapter + counters (2 pieces), scalars, one slot, head
+
+
+def test_shrinking_and_dropping_parts_delete_their_keys_after_the_head() -> None:
+    store = MemoryStore()
+    s = SessionState()
+    s.blob.set("a", Bytes(b"x" * 3 * PIECE_BYTES))
+    s.blob.set("b", Bytes(b"y" * 10))
+    save(s, store)
+    s.blob.get("a", Bytes).b = bytearray(b"x" * 10)
+    s.blob.drop("b")
+    ops = list(save(s, store))
+    head = ops.index(BASE)
+    assert all(ops[i] != BASE and store.get(ops[i]) is None for i in range(head + 1, len(ops)))
+    assert len(ops) - head - 1 == 2 * 2 + 2  # pieces 1 and 2 of "a" (both slots), piece 0 of "b" (both)
+    # what stays: piece 0 of "a" in both slots (the stale one is overwritten by its next change)
+    assert [k for k, _ in store.iter_prefix(BASE + SEP)] == [BASE + b"\x1fa\x1f000000\x1f0",
+                                                             BASE + b"\x1fa\x1f000000\x1f1"]
+    r = load(store)
+    assert r.blob.names() == ["a"] and r.blob.get("a", Bytes).b == b"x" * 10
+
+
+def test_a_stored_value_in_the_one_value_format_is_read_and_rewritten_as_keys() -> None:
+    store = MemoryStore()
+    old = StateBlob()
+    old.set("p", Bytes(b"z" * 5000))
+    old.watermark.advance("t", 0, 9)
+    store.put(BASE, old.to_bytes())
+    s = load(store)
+    assert s.blob.watermark.get("t", 0) == 9 and s.full
+    save(s, store)
+    assert store.get(BASE)[:3] == b"LSH" and load(store).blob.get("p", Bytes).b == b"z" * 5000
+
+
+def test_a_missing_piece_is_reported_not_guessed() -> None:
+    store = MemoryStore()
+    s = SessionState()
+    s.blob.set("p", Bytes(b"q" * 3000))
+    save(s, store)
+    store.delete(BASE + b"\x1fp\x1f000001\x1f0")
+    with pytest.raises(CorruptStateError, match="piece 1"):
+        load(store)
+    store.put(BASE, b"LSH\x01" + b"\0" * 8)
+    with pytest.raises(CorruptStateError, match="checksum"):
+        load(store)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_crash_between_any_two_keys_reads_as_before_or_after_never_a_mix(seed: int) -> None:
+    """Apply every prefix of every save's writes (a changelog cut there, a store killed there) to the
+    keys as they were, and read: the state is the one before that save or the one after it."""
+    rng = random.Random(seed)
+    store = MemoryStore()
+    s = SessionState()
+    s.blob.set("a", Bytes(bytes(rng.randrange(256) for _ in range(5 * PIECE_BYTES + 7))))
+    s.blob.set("b", Bytes(b"b" * 100))
+    save(s, store)
+    for step in range(25):
+        before = snapshot(load(store))
+        a = s.blob.get("a", Bytes)
+        for _ in range(rng.randrange(1, 4)):  # a batch: a few changes, a grown or shrunk part, a new part
+            kind = rng.random()
+            if kind < 0.6 and a.b:
+                a.b[rng.randrange(len(a.b))] = rng.randrange(256)
+            elif kind < 0.75:
+                a.b += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 3000)))
+            elif kind < 0.85:
+                del a.b[rng.randrange(len(a.b) + 1):]
+            elif s.blob.has("c"):
+                s.blob.drop("c")
+            else:
+                s.blob.set("c", Bytes(b"c" * rng.randrange(1, 5000)))
+        s.blob.watermark.advance("t", 0, step)
+        ops, after = s.changes(BASE)
+        items = list(ops.items())
+        for cut in range(len(items) + 1):
+            crashed = MemoryStore()
+            for k, v in store.iter_prefix(b""):
+                crashed.put(k, v)
+            crashed.write_batch(dict(items[:cut]))
+            got = snapshot(load(crashed))
+            want = before if cut <= items.index((BASE, ops[BASE])) else snapshot(s)
+            assert got == want, f"step {step}, cut after {cut} of {len(items)} writes"
+        store.write_batch(ops)
+        s.written(after)
+        if rng.random() < 0.3:  # a restart: the next save starts from what the store holds
+            s = load(store)
+    assert snapshot(load(store)) == snapshot(s)
+
+
+def test_the_session_cache_is_bounded_by_bytes_not_by_count() -> None:
+    sessions = Sessions(StoreStateAccess(MemoryStore()), cache_bytes=400_000)
+    rng = np.random.default_rng(1)
+    for i, dim in enumerate([64, 64, 64, 3072]):
+        st = sessions.state("session", f"s{i}", 0)
+        inst = InstantState(["a", "b"], dim)
+        for _ in range(70):
+            inst.feedback(rng.standard_normal(dim).astype(np.float32), "a", 0.9)
+        st.blob.set("instant", inst)
+        sessions.save("session", f"s{i}", 0)
+        sessions.trim()
+    # three 64-d sessions (~20 kB each) fit; the 3072-d one (~800 kB, x2 decoded) pushes them all out
+    assert len(sessions) == 1 and sessions.cached_bytes > 400_000
+    assert sessions.blob("session", "s0", 0).get("instant", InstantState).dim == 64  # reads back from the store
+
+
+def test_a_session_over_its_limit_is_not_written() -> None:
+    store = MemoryStore()
+    sessions = Sessions(StoreStateAccess(store), limits=Limits(max_session_bytes=10_000))
+    st = sessions.state("session", "s1", 0)
+    st.blob.set("p", Bytes(b"x" * 5000))
+    sessions.save("session", "s1", 0)
+    sessions.blob("session", "s1", 0).get("p", Bytes).b += b"y" * 6000
+    with pytest.raises(StateTooLarge, match="10000 bytes per session"):
+        sessions.save("session", "s1", 0)
+    assert sessions.blob("session", "s1", 0).get("p", Bytes).b == b"x" * 5000  # the stored state, read again

@@ -1,0 +1,316 @@
+"""A session's state as many small keys: one head, and each part cut into pieces.
+
+Keys, under the session's *base key* ``B`` (its key in the table)::
+
+    B                                 head: watermark, meta, and each part's piece table
+    B \\x1f <part> \\x1f <index> \\x1f <slot>   one piece of a part (index: 6 digits, slot: "0" or "1")
+
+A part's bytes are cut into pieces of at most :data:`PIECE_BYTES`, and also wherever the
+part asks (``piece_cuts()``: the instant core cuts at each replay slot, so a replay slot is
+one key). A save writes only the pieces whose bytes changed, plus the head, so a write
+costs about what changed and no value nears Kafka's 1 MiB message limit.
+
+**A crash between two keys is never observed.** A changed piece is written to the slot its
+current head does *not* reference; the head, which names each piece's slot, is written
+after the pieces, and pieces a part no longer has are deleted after the head. Locally the
+keys of one session go in one RocksDB write batch (atomic); in the changelog they are
+produced in that order, on one partition, before the source offsets commit. Whatever
+prefix of that order survives a crash (a changelog cut mid-session, a standby that applied
+half, a local store ahead of its changelog), the head it holds names only pieces that were
+complete when that head was written and that nothing has overwritten since: the session
+reads as before the batch or as after it, never as a mix. The price is at most two copies
+of a piece on disk.
+
+Head bytes (little-endian): ``b"LSH" + version (1) + crc32(payload) (4) + payload``, the
+payload an orjson object ``{"wm", "meta", "parts": {name: {"n", "p", "s"}}}``: the part's
+length, its piece lengths run-length encoded, and its slots as a hex bitmap. A head in the
+previous one-value format (``b"LSB"``, a whole :class:`StateBlob`) is still read; its next
+save rewrites it as keys.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from workers.errors import CorruptStateError
+from workers.state.blob import StateBlob, Watermark
+
+__all__ = ("PIECE_BYTES", "SEP", "SessionState", "piece_bounds", "pieces", "digest", "StateTooLarge", "is_piece_key")
+
+# Small enough that one feedback event rewrites a few KB (adapter, counters, one replay
+# slot), large enough that a 100 KB session is ~60 keys to restore, not thousands.
+PIECE_BYTES = 2048
+SEP = b"\x1f"
+_MAGIC = b"LSH"
+_LEGACY_MAGIC = b"LSB"
+_VERSION = 1
+_HEAD = struct.Struct("<3sBI")
+
+
+class StateTooLarge(Exception):
+    """A session's keys would exceed a configured limit: its changes are not written."""
+
+
+def is_piece_key(key: bytes) -> bool:
+    """True for a piece key (a head key holds no separator: session keys have no control characters)."""
+    return SEP in key
+
+
+def piece_bounds(n: int, cuts: Iterable[int] = ()) -> list[int]:
+    """Piece start offsets of an ``n``-byte part, then ``n``: a cut at every ``cuts`` offset and
+    every :data:`PIECE_BYTES` after each cut."""
+    out = [0]
+    for c in sorted({c for c in cuts if 0 < c < n}) + [n]:
+        start = out[-1]
+        out.extend(range(start + PIECE_BYTES, c, PIECE_BYTES))
+        out.append(c)
+    if n == 0:
+        return [0]
+    return out
+
+
+def _rle(lengths: list[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for n in lengths:
+        if out and out[-1][0] == n:
+            out[-1][1] += 1
+        else:
+            out.append([n, 1])
+    return out
+
+
+def _unrle(runs: list[list[int]]) -> list[int]:
+    bounds = [0]
+    for n, count in runs:
+        for _ in range(count):
+            bounds.append(bounds[-1] + n)
+    return bounds
+
+
+def _piece_key(base: bytes, name: str, i: int, slot: int) -> bytes:
+    return b"%s\x1f%s\x1f%06d\x1f%d" % (base, name.encode(), i, slot)
+
+
+@dataclass
+class _Stored:
+    """What the keys of one part hold now."""
+
+    data: bytes
+    bounds: list[int]
+    slots: bytearray
+
+    @property
+    def count(self) -> int:
+        return len(self.bounds) - 1
+
+
+def _current(obj: Any) -> tuple[bytes, list[int]]:
+    """A live part's bytes and piece bounds."""
+    data = obj.to_bytes()
+    cuts = getattr(obj, "piece_cuts", None)
+    return data, piece_bounds(len(data), cuts() if cuts is not None else ())
+
+
+def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None) -> list[bool]:
+    """Which pieces of ``new`` differ from what the keys hold (a different cut counts as changed)."""
+    k = len(bounds) - 1
+    if old is None:
+        return [True] * k
+    if new == old.data and bounds == old.bounds:
+        return [False] * k
+    common = min(len(new), len(old.data))
+    starts = np.asarray(bounds[:-1], dtype=np.intp)
+    dirty = np.ones(k, dtype=bool)
+    inside = np.flatnonzero(np.asarray(bounds[1:]) <= common)  # pieces whole in both: compare bytes
+    if inside.size:
+        ne = np.frombuffer(new, np.uint8, common) != np.frombuffer(old.data, np.uint8, common)
+        # reduceat sums each piece's range [start_i, start_{i+1}); the last one runs to the end of
+        # ``ne``, which only makes it stricter
+        dirty[inside] = np.logical_or.reduceat(ne, starts[inside])
+    n_old = old.count
+    return [bool(dirty[i]) or i >= n_old or old.bounds[i] != bounds[i] or old.bounds[i + 1] != bounds[i + 1]
+            for i in range(k)]
+
+
+class SessionState:
+    """One session's decoded state (``blob``) and what its keys in the store hold (``stored``).
+
+    Decoded lazily as today: parts stay raw bytes until a verb asks for them, and a save
+    looks only at decoded parts (a raw part cannot have changed).
+    """
+
+    __slots__ = ("blob", "full")
+
+    def __init__(self, blob: StateBlob | None = None) -> None:
+        self.blob = blob if blob is not None else StateBlob()
+        self.full = False  # the next save rewrites every key (the store may be ahead of its changelog)
+
+    @property
+    def stored(self) -> dict[str, _Stored]:
+        """Per part, what its keys hold (kept on the blob, so a verb's digest sees the same cuts)."""
+        return self.blob.layout
+
+    # -- reading ---------------------------------------------------------------
+    @classmethod
+    def decode(cls, head: bytes | None, pieces: Iterable[tuple[bytes, bytes]]) -> SessionState:
+        """The state from its head value and its piece items (keys relative to the base key,
+        i.e. ``part \\x1f index \\x1f slot``; extra or stale pieces are ignored)."""
+        if head is None:
+            return cls()
+        if head[:3] == _LEGACY_MAGIC:
+            s = cls(StateBlob.from_bytes(head))
+            s.full = True
+            return s
+        header = _read_head(head)
+        have = dict(pieces)
+        blob = StateBlob()
+        blob.watermark = Watermark(header["wm"])
+        blob.meta = header.get("meta", {})
+        s = cls(blob)
+        for name, p in header["parts"].items():
+            bounds = _unrle(p["p"])
+            if bounds[-1] != p["n"]:
+                raise CorruptStateError(f"state part {name!r}: piece table does not add up to its length")
+            slots = bytearray(np.unpackbits(np.frombuffer(bytes.fromhex(p["s"]), np.uint8))[:len(bounds) - 1])
+            chunks = []
+            for i in range(len(bounds) - 1):
+                c = have.get(b"%s\x1f%06d\x1f%d" % (name.encode(), i, slots[i]))
+                if c is None or len(c) != bounds[i + 1] - bounds[i]:
+                    raise CorruptStateError(f"state part {name!r}: piece {i} is missing or has the wrong length")
+                chunks.append(c)
+            data = b"".join(chunks)
+            blob._raw[name] = data
+            blob.layout[name] = _Stored(data, bounds, slots)
+        return s
+
+    # -- writing ---------------------------------------------------------------
+    def changes(self, base: bytes, *, max_value_bytes: int | None = None,
+                max_session_bytes: int | None = None) -> tuple[dict[bytes, bytes | None], dict[str, _Stored]]:
+        """The writes that bring the keys to the current state, in the order they must be applied
+        (changed pieces, the head, then deletes), and what the keys hold after them.
+
+        Raises :class:`StateTooLarge` (nothing is written) when a value would exceed
+        ``max_value_bytes`` or the session's bytes ``max_session_bytes``.
+        """
+        blob = self.blob
+        puts: dict[bytes, bytes | None] = {}
+        deletes: dict[bytes, bytes | None] = {}
+        after: dict[str, _Stored] = {}
+        total = 0
+        for name in blob.names():
+            old = self.stored.get(name)
+            live = blob._live.get(name)
+            if live is None and old is not None and not self.full:
+                after[name] = old  # raw: unchanged since it was read
+                total += len(old.data)
+                continue
+            if live is not None:
+                data, bounds = _current(live)
+            else:
+                data = blob._raw[name]
+                bounds = old.bounds if old is not None and old.bounds[-1] == len(data) else piece_bounds(len(data))
+            total += len(data)
+            changed = _changed_pieces(data, bounds, old)
+            slots = bytearray(len(bounds) - 1)
+            for i, ch in enumerate(changed):
+                was = old.slots[i] if old is not None and i < old.count else 1
+                slots[i] = (1 - was) if ch else was
+                if ch or self.full:
+                    puts[_piece_key(base, name, i, slots[i])] = data[bounds[i]:bounds[i + 1]]
+            if old is not None:
+                for i in range(len(bounds) - 1, old.count):  # a part that shrank: pieces past its end go
+                    deletes[_piece_key(base, name, i, 0)] = None
+                    deletes[_piece_key(base, name, i, 1)] = None
+            after[name] = _Stored(data, bounds, slots)
+        for name, old in self.stored.items():
+            if name not in after:  # a dropped part
+                for i in range(old.count):
+                    deletes[_piece_key(base, name, i, 0)] = None
+                    deletes[_piece_key(base, name, i, 1)] = None
+        head = _write_head(blob, after)
+        if max_session_bytes is not None and total > max_session_bytes:
+            raise StateTooLarge(f"the session's state would be {total} bytes, over the limit of "
+                                f"{max_session_bytes} bytes per session (LEARNSTREAM_MAX_SESSION_BYTES)")
+        if max_value_bytes is not None and len(head) > max_value_bytes:
+            raise StateTooLarge(f"the session's head value would be {len(head)} bytes, over the limit of "
+                                f"{max_value_bytes} bytes per value (LEARNSTREAM_MAX_VALUE_BYTES)")
+        ops = puts
+        ops[base] = head
+        ops.update(deletes)
+        return ops, after
+
+    def written(self, after: dict[str, _Stored]) -> None:
+        """The writes of :meth:`changes` are applied: the keys now hold ``after``."""
+        self.blob.layout = after
+        self.full = False
+
+    # -- inspecting ------------------------------------------------------------
+    def nbytes(self) -> int:
+        """About what this state costs in memory: the bytes its keys hold, plus decoded copies."""
+        stored = sum(len(s.data) for s in self.stored.values())
+        raw = sum(len(b) for n, b in self.blob._raw.items() if n not in self.stored)
+        return stored * (1 + bool(self.blob._live)) + raw + 256
+
+
+def pieces(blob: StateBlob) -> Iterator[tuple[str, int, bytes]]:
+    """(part, index, bytes) of every piece of a session's current state, in key order."""
+    for name in blob.names():
+        live = blob._live.get(name)
+        old = blob.layout.get(name)
+        if live is not None:
+            data, bounds = _current(live)
+        else:
+            data = blob._raw[name]
+            bounds = old.bounds if old is not None and old.bounds[-1] == len(data) else piece_bounds(len(data))
+        for i in range(len(bounds) - 1):
+            yield name, i, data[bounds[i]:bounds[i + 1]]
+
+
+def digest(blob: StateBlob) -> tuple[str, int]:
+    """sha256 over a session's meta and every piece key (without its slot) and value, in key order,
+    and the number of pieces. Equal for equal state, whoever wrote it and however often; the
+    watermark is left out (an in-process session has none)."""
+    h = hashlib.sha256(orjson.dumps(blob.meta, option=orjson.OPT_SORT_KEYS))
+    n = 0
+    for name, i, b in pieces(blob):
+        key = b"%s\x1f%06d" % (name.encode(), i)
+        h.update(struct.pack("<II", len(key), len(b)))
+        h.update(key)
+        h.update(b)
+        n += 1
+    return h.hexdigest(), n
+
+
+def _write_head(blob: StateBlob, parts: dict[str, _Stored]) -> bytes:
+    table = {name: {"n": len(s.data), "p": _rle(np.diff(s.bounds).tolist()),
+                    "s": np.packbits(np.frombuffer(bytes(s.slots), np.uint8)).tobytes().hex()}
+             for name, s in sorted(parts.items())}
+    payload = orjson.dumps({"wm": blob.watermark.offsets, "meta": blob.meta, "parts": table})
+    return _HEAD.pack(_MAGIC, _VERSION, zlib.crc32(payload)) + payload
+
+
+def _read_head(data: bytes) -> dict:
+    if len(data) < _HEAD.size:
+        raise CorruptStateError(f"state head too short ({len(data)} bytes)")
+    magic, version, crc = _HEAD.unpack_from(data)
+    if magic != _MAGIC:
+        raise CorruptStateError("not a learnstream state head (bad magic)")
+    if version != _VERSION:
+        raise CorruptStateError(f"state head version {version} is unknown (this build reads {_VERSION})")
+    payload = memoryview(data)[_HEAD.size:]
+    if zlib.crc32(payload) != crc:
+        raise CorruptStateError("state head checksum mismatch (torn or corrupted write)")
+    try:
+        header = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise CorruptStateError(f"state head unreadable ({exc})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("parts"), dict):
+        raise CorruptStateError("state head malformed")
+    return header
