@@ -34,7 +34,8 @@ def test_worker_prints_one_ready_line_and_keeps_its_flags_with_the_embedded_brok
             proc.wait(60)
     text = log.read_text()
     ready = [line for line in text.splitlines() if line.startswith("learnstream worker ready:")]
-    broker = text.splitlines()[0].removeprefix("embedded broker on ")
+    # "embedded broker on HOST:PORT, data in DIR"
+    broker = text.splitlines()[0].removeprefix("embedded broker on ").split(",")[0]
     assert ready == [f"learnstream worker ready: http://127.0.0.1:{port} broker={broker} (embedded) "
                      f"pid={proc.pid}"], text[-3000:]
     # --log-level info was kept when the embedded broker was started (it used to fall back to warning)
