@@ -10,8 +10,12 @@ recovery done) in two cases:
 - **after SIGKILL**: that worker killed (no shutdown, no flush) and restarted on the same
   data dir: its RocksDB (WAL on) and its persisted changelog offsets make the replay empty.
 
-Each case also reads a sample of sessions back over HTTP and checks their digests against
-the state that was written. Reports seconds, sessions/s and changelog MB/s.
+First, for scale, a worker of another app id (empty tables) is timed the same way: its
+start-up alone (imports, group join, faust's recovery handshake). Each case also reads a sample
+of sessions back over HTTP and checks their digests against the state that was written.
+Reports seconds, sessions/s, changelog MB/s, the time the bulk restore
+(``workers/stream/restore.py``) took of it (``learnstream_restore_seconds_total``) and the
+worker's RSS.
 Goals (issue 10): 10,000 sessions ready in < 60 s fresh, < 10 s after SIGKILL.
 """
 from __future__ import annotations
@@ -32,7 +36,7 @@ from aiokafka.partitioner import murmur2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stream import WorkerProcess, machine_note, provision, start_broker, topic_bytes  # noqa: E402
+from _stream import WorkerProcess, machine_note, metric, provision, start_broker, topic_bytes  # noqa: E402
 from workers.cores.instant import REPLAY_CAP, InstantState  # noqa: E402
 from workers.state.layout import SessionState, digest  # noqa: E402
 
@@ -120,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"filled: {records:,} changelog records, {stored / 1e6:,.0f} MB in {time.monotonic() - t0:.0f} s "
               f"({stored / args.sessions / 1e3:,.0f} kB per session)", flush=True)
 
+        empty = WorkerProcess(broker.bootstrap, partitions=args.partitions, app_id=f"{app_id}-empty",
+                              data_dir=Path(tempfile.mkdtemp(prefix="data-empty-", dir=log_dir)), log_dir=log_dir)
+        workers.append(empty.start())
+        startup = _timed(empty)
+        print(f"  {'start-up':<14} ready in {startup:6.1f} s (another app id, empty tables: no recovery)", flush=True)
+        empty.stop()
+
         data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=log_dir))
         results = []
         for case in ("fresh", "after SIGKILL"):
@@ -127,10 +138,15 @@ def main(argv: list[str] | None = None) -> int:
                               log_dir=log_dir).start()
             workers.append(w)
             secs = _timed(w)
+            m = w.metrics()
+            restore_s = metric(m, "learnstream_restore_seconds_total")
+            restored = metric(m, "learnstream_restored_bytes_total")
             bad = _check(w, want)
+            rss = w._ps().memory_info().rss / 1e6
             results.append((case, secs, bad))
             print(f"  {case:<14} ready in {secs:6.1f} s: {args.sessions / secs:,.0f} sessions/s, "
-                  f"{stored / 1e6 / secs:,.1f} changelog MB/s; sample of {len(want)} digests: "
+                  f"{stored / 1e6 / secs:,.1f} changelog MB/s; bulk restore {restored / 1e6:,.0f} MB in "
+                  f"{restore_s:.1f} s; worker RSS {rss:,.0f} MB; sample of {len(want)} digests: "
                   f"{'all equal' if not bad else f'{bad} DIFFER'}", flush=True)
             if case == "fresh":
                 w.proc.send_signal(signal.SIGKILL)

@@ -41,3 +41,10 @@ OFFSET_GAPS = Counter("learnstream_offset_gaps_total",
                       "Input records delivered after a skipped offset: reread (records were skipped, the "
                       "consumer sought back) or empty (a fetch confirmed no record there: markers, compaction)",
                       ["outcome"], registry=REGISTRY)
+RESTORED_RECORDS = Counter("learnstream_restored_records_total",
+                           "Changelog records applied by the bulk table restore (workers/stream/restore.py)",
+                           registry=REGISTRY)
+RESTORED_BYTES = Counter("learnstream_restored_bytes_total", "Changelog key and value bytes applied by the bulk restore",
+                         registry=REGISTRY)
+RESTORE_SECONDS = Counter("learnstream_restore_seconds_total", "Time spent in the bulk table restore",
+                          registry=REGISTRY)

@@ -23,9 +23,10 @@ __all__ = ("Sessions", "CACHE_BYTES")
 
 logger = logging.getLogger(__name__)
 
-# Decoded sessions kept between batches: ~1,000 learning-loop sessions at 384-d (≈ 2 x 108 KB
-# each, decoded arrays plus the bytes their keys hold). Colder ones are read again on demand.
-CACHE_BYTES = 256 * 1024 * 1024
+# Decoded sessions kept between batches, counted with their decoded arrays: a 384-d learning-loop
+# session weighs ~230 kB decoded (its instant core's arena is allocated for the full replay buffer),
+# so ~2,300 of them. Colder ones are read again on demand (a head get and one prefix scan).
+CACHE_BYTES = 512 * 1024 * 1024
 
 
 class Sessions:
@@ -152,11 +153,19 @@ class Sessions:
         one, never one whose write is still pending: the store does not have it yet)."""
         if self._bytes <= self.cache_bytes:
             return
-        for table, sk in list(self._cache):
-            if self._bytes <= self.cache_bytes or len(self._cache) <= 1:
-                break
-            if not self.access.pending(table, self.access.base_key(table, sk)):
-                self.discard(table, sk)
+        kept = []  # pending writes: never evicted, put back as least recently used
+        while self._bytes > self.cache_bytes and len(self._cache) > 1:
+            key, entry = self._cache.popitem(last=False)  # oldest first, without copying every key
+            if self.access.pending(key[0], self.access.base_key(*key)):
+                kept.append((key, entry))
+                if not self._cache:
+                    break
+            else:
+                self._bytes -= entry[1]
+                self._forgotten.discard(key)
+        for key, entry in reversed(kept):
+            self._cache[key] = entry
+            self._cache.move_to_end(key, last=False)
 
     @property
     def cached_bytes(self) -> int:

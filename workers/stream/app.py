@@ -33,7 +33,7 @@ from workers.stream.batching import LearnStream
 from workers.stream import faust_internals
 from workers.stream.faust_tuning import set_fetch_max_wait
 from workers.stream.gaps import GapGuard, KafkaProbe
-from workers.stream import partitioning
+from workers.stream import partitioning, restore
 from workers.stream.broker_health import BrokerHealth
 from workers.stream.http_guard import FORWARDED, Guard, server_ssl_context, web_options
 from workers.stream.partitioning import ORIGIN_HEADER, origin_of
@@ -116,6 +116,21 @@ class Runtime:
         if committed is None:  # faust keeps none (or 0, which it stores as none): ask the broker
             committed = await self.probe.committed(self.settings.app_id, topic, partition)
         return committed if committed is not None else await self.probe.log_start(topic, partition)
+
+    async def bulk_restore(self, spans: dict[Any, tuple[Any, int, int]], time_limit_s: float) -> dict[Any, int]:
+        """Apply active changelog ranges in bulk before faust's recovery reads them (restore.py)."""
+        keyed = {(tp.topic, tp.partition): tp for tp in spans}
+        done = await restore.restore(
+            {k: restore.Span(table.data._db_for_partition(tp.partition), table.data.offset_key, start, hw)
+             for k, tp in keyed.items() for table, start, hw in [spans[tp]]},
+            {"bootstrap_servers": self.settings.broker, **self.settings.kafka_kwargs()}, time_limit_s=time_limit_s)
+        metrics.RESTORED_RECORDS.inc(done.records)
+        metrics.RESTORED_BYTES.inc(done.bytes)
+        metrics.RESTORE_SECONDS.inc(done.seconds)
+        if done.records:
+            logger.info("bulk restore: %d changelog records, %.1f MB in %.1f s", done.records, done.bytes / 1e6,
+                        done.seconds)
+        return {keyed[k]: offset for k, offset in done.offsets.items()}
 
     async def _seek(self, topic: str, partition: int, offset: int) -> None:
         await faust_internals.seek(self.app, topic, partition, offset)
@@ -295,7 +310,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     app = faust.App(
         settings.app_id,
         broker=",".join(f"kafka://{b}" for b in settings.broker.split(",")),
-        store="learnstream://",  # faust's RocksDB store without the WAL (workers/stream/store.py)
+        store="learnstream://",  # faust's RocksDB store, WAL unsynced, memory shared (workers/stream/store.py)
         datadir=str(settings.data_dir),
         web_host=settings.web_host, web_port=settings.web_port, web_bind=settings.web_bind or settings.web_host,
         canonical_url=f"{settings.scheme}://{settings.web_host}:{settings.web_port}",
@@ -324,7 +339,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         # bytes types make faust pick the raw codec for the changelog (a Schema(...) argument is
         # silently ignored there and falls back to json, which cannot carry binary values).
         verb_table: app.Table(name, key_type=bytes, value_type=bytes, partitions=settings.partitions,
-                              options={"driver": "rocksdict", "block_cache_size": settings.block_cache_bytes},
+                              options={"driver": "rocksdict", "shared_block_cache_bytes": settings.block_cache_bytes,
+                                       "memtable_bytes": settings.memtable_bytes},
                               help=f"learnstream {verb_table} state")
         for verb_table, name in TABLE_NAMES.items()
     }
@@ -351,6 +367,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     app.agent(channel, name="learnstream.learn", concurrency=1)(learn)  # >1 loses messages (faust #606)
 
     faust_internals.watch(app, rt.guard)
+    faust_internals.bulk_recovery(app, rt.bulk_restore)
 
     @app.on_partitions_revoked.connect
     async def _revoked(app: faust.App, revoked: Any, **_: Any) -> None:

@@ -27,6 +27,21 @@ What faust does, and why it loses events (README, "Consistency"):
 4. **It lets the stream consume before the seek.** ``Consumer.perform_seek`` now pauses the
    stream partitions until the seek completed (the guard would catch the jump anyway; this
    removes its cause).
+
+Not about losing events, but about time:
+
+5. **Its table recovery costs a Python event per changelog record** (~1 MB/s).
+   ``Recovery._build_offsets`` (called with ``title="active"`` once the active changelog
+   partitions' highwaters are known, before faust seeks and reads them) now first lets
+   :mod:`workers.stream.restore` apply those ranges in bulk and moves faust's start offsets past
+   what it applied (:func:`bulk_recovery`).
+6. **Its worker turns every debug log call into a record.** At a log level of WARNING or above,
+   ``faust.Worker`` keeps a terminal spinner, sets the root logger to DEBUG and adds a handler
+   that spins it for every record: every aiokafka and faust ``logger.debug`` call (several per
+   fetch) was built and handled, ~7% of a busy worker's time (py-spy, 2,000 sessions).
+   :func:`no_spinner` drops the spinner, so the root logger keeps the worker's level.
+7. **Its changelog sends run its sensors per record.** :func:`kafka_producer` is the aiokafka
+   producer underneath, to which the session tables' writes go as whole record batches.
 """
 from __future__ import annotations
 
@@ -34,12 +49,14 @@ import logging
 from collections import defaultdict
 from typing import Any, Protocol
 
-__all__ = ("FAUST_CHECKED", "install", "watch", "seek", "committed_offset")
+__all__ = ("FAUST_CHECKED", "install", "watch", "seek", "committed_offset", "kafka_producer", "bulk_recovery",
+           "BulkRestore", "no_spinner")
 
 logger = logging.getLogger(__name__)
 
 FAUST_CHECKED = "0.15.3"
 _ATTR = "_learnstream_guard"
+_RESTORE_ATTR = "_learnstream_bulk_restore"
 _installed = False
 
 
@@ -55,6 +72,23 @@ def watch(app: Any, guard: Watcher) -> None:
     """Make ``guard`` decide delivery and commits of the topics it watches, for this app."""
     install()
     setattr(app, _ATTR, guard)
+
+
+class BulkRestore(Protocol):
+    """Restores active changelog partitions: ``{tp: (table, start, highwater)}`` -> ``{tp: offset now held}``."""
+
+    async def __call__(self, spans: dict[Any, tuple[Any, int, int]], time_limit_s: float) -> dict[Any, int]: ...
+
+
+def no_spinner(worker: Any) -> None:
+    """Keep ``worker`` (a ``faust.Worker``) from lowering the root logger to DEBUG for its spinner (patch 6)."""
+    worker.spinner = None
+
+
+def bulk_recovery(app: Any, restore: BulkRestore) -> None:
+    """Make ``restore`` apply the active changelog ranges of this app's table recovery first (patch 5)."""
+    install()
+    setattr(app, _RESTORE_ATTR, restore)
 
 
 def _guard(app: Any) -> Watcher | None:
@@ -79,6 +113,11 @@ def committed_offset(app: Any, topic: str, partition: int) -> int | None:
     return app.consumer._committed_offset.get(TP(topic, partition))
 
 
+def kafka_producer(app: Any) -> Any:
+    """The ``aiokafka.AIOKafkaProducer`` under faust's transport producer (started with the app; patch 7)."""
+    return app.producer._ensure_producer()
+
+
 class _ReadOffsets(defaultdict):
     """faust's ``_read_offset`` map; reads as None (deliver everything) for watched partitions."""
 
@@ -100,6 +139,7 @@ def install() -> None:
         return
     import faust
     from faust.transport.consumer import Consumer
+    from faust.tables.recovery import Recovery
     from faust.transport.producer import ProducerBuffer
 
     if faust.__version__ != FAUST_CHECKED:
@@ -146,6 +186,25 @@ def install() -> None:
         while self.size:  # flush_atmost gives up after 0.1 s without a send: go on until empty
             await self.flush_atmost(None)
 
+    build_offsets = Recovery._build_offsets
+
+    async def _build_offsets(self: Any, consumer: Any, tps: Any, destination: Any, title: str) -> None:
+        await build_offsets(self, consumer, tps, destination, title)
+        restore = getattr(self.app, _RESTORE_ATTR, None)
+        if restore is None or title != "active":
+            return
+        spans = {}
+        for tp in tps:
+            table, hw, start = self.tp_to_table.get(tp), self.active_highwaters.get(tp), destination.get(tp)
+            if table is not None and hw is not None and start is not None and hw > start:
+                spans[tp] = (table, start, hw)
+        if spans:
+            # faust runs this under broker_request_timeout: stop well before it, faust reads the rest
+            done = await restore(spans, 0.6 * float(self.app.conf.broker_request_timeout))
+            for tp, offset in done.items():
+                destination[tp] = max(destination[tp], offset)
+
+    Recovery._build_offsets = _build_offsets
     Consumer.__init__ = __init__
     Consumer._new_offset = _new_offset
     Consumer.perform_seek = _perform_seek

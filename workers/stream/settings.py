@@ -12,9 +12,11 @@ from workers.state.sessions import CACHE_BYTES
 
 __all__ = ("Settings",)
 
-# faust's default block cache is 2 GiB *per partition database*; 16 MiB per table
-# partition keeps a laptop worker with 8 partitions x 3 tables under ~400 MiB.
-_BLOCK_CACHE_BYTES = 16 * 1024 * 1024
+# faust's default block cache is 2 GiB *per partition database*; a worker's databases (every
+# table and partition) share one cache of this size, and memtables of _MEMTABLE_BYTES in all,
+# charged to the same cache (workers/stream/store.py).
+_BLOCK_CACHE_BYTES = 64 * 1024 * 1024
+_MEMTABLE_BYTES = 64 * 1024 * 1024
 # A dead member is noticed after the session timeout (on Kafka); 10 s bounds failover.
 _SESSION_TIMEOUT_S = 10.0
 
@@ -87,7 +89,8 @@ class Settings:
     partitions: int = 8
     replication: int = 1
     standby_replicas: int = 1
-    block_cache_bytes: int = _BLOCK_CACHE_BYTES
+    block_cache_bytes: int = _BLOCK_CACHE_BYTES  # RocksDB block cache, shared by every table partition
+    memtable_bytes: int = _MEMTABLE_BYTES        # RocksDB memtables of every table partition together
     session_timeout_s: float = _SESSION_TIMEOUT_S
     commit_interval_s: float = 1.0
     cache_bytes: int = CACHE_BYTES       # decoded sessions kept in memory (LRU, by bytes)
@@ -143,6 +146,7 @@ class Settings:
             web_port=_int("WEB_PORT", 6066),
             partitions=_int("PARTITIONS", 8), replication=_int("REPLICATION", 1),
             standby_replicas=_int("STANDBY_REPLICAS", 1), block_cache_bytes=_int("BLOCK_CACHE_BYTES", _BLOCK_CACHE_BYTES),
+            memtable_bytes=_int("MEMTABLE_BYTES", _MEMTABLE_BYTES),
             session_timeout_s=_float("SESSION_TIMEOUT_S", _SESSION_TIMEOUT_S),
             commit_interval_s=_float("COMMIT_INTERVAL_S", 1.0), batch_max=_int("BATCH_MAX", 1000),
             cache_bytes=_int("CACHE_BYTES", CACHE_BYTES),
@@ -224,6 +228,7 @@ class Settings:
             "LEARNSTREAM_REPLICATION": str(self.replication),
             "LEARNSTREAM_STANDBY_REPLICAS": str(self.standby_replicas),
             "LEARNSTREAM_BLOCK_CACHE_BYTES": str(self.block_cache_bytes),
+            "LEARNSTREAM_MEMTABLE_BYTES": str(self.memtable_bytes),
             "LEARNSTREAM_SESSION_TIMEOUT_S": str(self.session_timeout_s),
             "LEARNSTREAM_COMMIT_INTERVAL_S": str(self.commit_interval_s),
             "LEARNSTREAM_BATCH_MAX": str(self.batch_max), "LEARNSTREAM_BATCH_WITHIN_S": str(self.batch_within_s),

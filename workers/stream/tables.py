@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from rocksdict import WriteBatch
@@ -33,6 +33,7 @@ from faust.streams import _current_event  # the context var faust's tables read
 from workers.state.base import ModelStore
 from workers.state.rocksdb import iter_prefix
 from workers.state.access import StateAccess
+from workers.stream import faust_internals
 
 __all__ = ("FaustStateAccess", "FaustGraphStore", "event_context", "TABLE_NAMES")
 
@@ -91,7 +92,6 @@ class FaustStateAccess(StateAccess):
         self.partition_of_key = partition_of_key  # session_key -> partition, for reads outside a batch
         self._pending: dict[tuple[str, bytes], int] = {}  # (table, base key) -> writes not yet local
         self._queued: list[tuple[str, int, bytes, list[tuple[bytes, bytes | None]]]] = []
-        self.producer = lambda: next(iter(tables.values())).app.producer  # the transport producer
 
     def _db(self, table: str, partition: int) -> Any:
         return self.tables[table].data._db_for_partition(partition)
@@ -113,38 +113,67 @@ class FaustStateAccess(StateAccess):
 
     async def durable(self) -> None:
         """Produce every queued write to its changelog, wait for the broker's acknowledgement, then
-        write each to its partition's RocksDB (one write batch, with the persisted changelog offset).
+        write them to the partitions' RocksDBs: one write batch per table and partition, holding
+        every session's keys of this batch in order and the partition's last changelog offset.
 
         The worker awaits this before it acks a batch, so no source offset is committed before the
-        state it produced is in the changelog. The records go straight to the transport producer:
-        faust's per-message buffer costs a loop turn per record, and a batch writes hundreds.
+        state it produced is in the changelog. The records go to the transport producer as whole
+        record batches, per changelog partition in the queue's order (one session's pieces, then
+        its head, then its deletes): thousands of sessions touched once each cost a few sends and
+        a few RocksDB writes per batch, not several of each per session.
         """
         queued, self._queued = self._queued, []
         if not queued:
             return
-        producer = self.producer()
-        lasts = []
-        for table, partition, _, items in queued:  # in order: pieces, then the head, then deletes
+        by_tp: dict[tuple[str, int], list[tuple[bytes, list[tuple[bytes, bytes | None]]]]] = {}
+        for table, partition, base, items in queued:
+            by_tp.setdefault((table, partition), []).append((base, items))
+        producer = faust_internals.kafka_producer(self.app)
+        sent = []
+        for (table, partition), writes in by_tp.items():
             topic = self.tables[table].changelog_topic.get_topic_name()
-            for k, v in items:
-                fut = await producer.send(topic, k, v, partition, None, None)
-            lasts.append(fut)
-        done = await asyncio.gather(*lasts)
-        for (table, partition, base, items), meta in zip(queued, done, strict=True):
+            sent.append(await _send_records(producer, topic, partition,
+                                            (kv for _, items in writes for kv in items)))
+        acked = await asyncio.gather(*(asyncio.gather(*futs) for futs, _ in sent))
+        for ((table, partition), writes), (_, last_count), metas in zip(by_tp.items(), sent, acked, strict=True):
             wb = WriteBatch(raw_mode=True)
-            for k, v in items:
-                if v is None:
-                    wb.delete(k)
-                else:
-                    wb.put(k, v)
-            wb.put(self.tables[table].data.offset_key, str(meta.offset).encode())
+            for _, items in writes:
+                for k, v in items:
+                    if v is None:
+                        wb.delete(k)
+                    else:
+                        wb.put(k, v)
+            # the offset of the partition's last record: its last batch's base offset + records - 1
+            wb.put(self.tables[table].data.offset_key, str(metas[-1].offset + last_count - 1).encode())
             self._db(table, partition).write(wb)
-            session = (table, base)
-            left = self._pending[session] - 1
-            if left:
-                self._pending[session] = left
-            else:
-                del self._pending[session]
+            for base, _ in writes:
+                session = (table, base)
+                left = self._pending[session] - 1
+                if left:
+                    self._pending[session] = left
+                else:
+                    del self._pending[session]
 
     def graph_store(self, partition: int) -> ModelStore:
         return FaustGraphStore(self.tables["graph"], partition, self.events.get(partition))
+
+    @property
+    def app(self) -> Any:
+        return next(iter(self.tables.values())).app
+
+
+async def _send_records(producer: Any, topic: str, partition: int,
+                        records: Iterable[tuple[bytes, bytes | None]]) -> tuple[list[asyncio.Future], int]:
+    """Append ``records`` to record batches of one partition and send them in order; returns each
+    batch's delivery future and the number of records in the last batch."""
+    futures: list[asyncio.Future] = []
+    batch, n = producer.create_batch(), 0
+    for k, v in records:
+        if batch.append(key=k, value=v, timestamp=None) is None:  # full: send it, start the next
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            batch, n = producer.create_batch(), 0
+            if batch.append(key=k, value=v, timestamp=None) is None:
+                raise ValueError(f"a changelog record of {len(k) + len(v or b'')} bytes does not fit a batch")
+        n += 1
+    futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures, n

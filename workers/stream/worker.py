@@ -19,6 +19,7 @@ def run_worker(settings: Settings) -> int:
     import faust
 
     from workers.logs import configure as configure_logs
+    from workers.stream import faust_internals
     from workers.stream.app import build_app
 
     broker = None
@@ -50,6 +51,7 @@ def run_worker(settings: Settings) -> int:
             configure_logs(root, settings.log_format)  # JSON lines and rate-limited repeats
 
     worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
+    faust_internals.no_spinner(worker)  # else every debug log call of faust and aiokafka makes a record
     logger.info("worker pid %s, web http://%s:%s", os.getpid(), settings.web_host, settings.web_port)
     try:
         worker.execute_from_commandline()
