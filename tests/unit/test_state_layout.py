@@ -214,3 +214,13 @@ def test_a_session_over_its_limit_is_not_written() -> None:
     with pytest.raises(StateTooLarge, match="10000 bytes per session"):
         sessions.save("session", "s1", 0)
     assert sessions.blob("session", "s1", 0).get("p", Bytes).b == b"x" * 5000  # the stored state, read again
+
+
+def test_a_decoded_session_counts_its_arrays_not_only_its_stored_bytes() -> None:
+    """The cache's budget is real memory: a 384-d instant core stores ~10 kB after init, but its
+    decoded arena is allocated for the whole replay buffer (~220 kB)."""
+    inst = InstantState(["a", "b", "c", "d"], 384)
+    s = SessionState()
+    s.blob.set("instant", inst)
+    stored = len(inst.to_bytes())
+    assert s.nbytes() >= inst._arena.nbytes > 10 * stored

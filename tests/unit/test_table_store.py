@@ -65,3 +65,25 @@ def test_a_clean_close_keeps_what_was_written(tmp_path: Path) -> None:
         assert again[b"k"] == b"v" * 1000
     finally:
         again.close()
+
+
+def test_every_table_partition_shares_one_block_cache_and_one_memtable_budget(tmp_path: Path) -> None:
+    """RocksDB's memory is bounded per worker, not per database: 5 tables x N partitions opened
+    with their own caches and 64 MiB memtables grew a worker to 1.26 GB at 10,000 sessions."""
+    from workers.stream.store import shared_memory
+
+    app = faust.App("t-store", broker="kafka://127.0.0.1:1", store="learnstream://", datadir=str(tmp_path))
+    opts = {"driver": "rocksdict", "shared_block_cache_bytes": 4 << 20, "memtable_bytes": 2 << 20}
+    tables = [app.Table(name, key_type=bytes, value_type=bytes, partitions=2, options=opts) for name in ("a", "b")]
+    dbs = [t.data._db_for_partition(p) for t in tables for p in (0, 1)]
+    mem = shared_memory(app, 0, 0)  # the first opener's sizes stand
+    assert (mem.block_cache_bytes, mem.memtable_bytes) == (4 << 20, 2 << 20)
+    assert mem.cache.get_usage() >= 0 and mem.write_buffers.get_buffer_size() == 2 << 20
+    # 16 MB written across the databases: the shared 2 MiB budget flushes memtables to disk as it goes
+    for i in range(2000):
+        dbs[i % 4].put(b"k%06d" % i, bytes([i % 251]) * 8000)
+    # a soft limit: the budget plus at most one active memtable per database (1 MiB each here);
+    # faust's own options would hold all 16 MB in memtables
+    assert mem.write_buffers.get_usage() <= (2 << 20) + 4 * (1 << 20)
+    assert list(tmp_path.rglob("*.sst")), "no memtable was flushed"
+    assert dbs[3][b"k001999"] == bytes([1999 % 251]) * 8000
