@@ -161,8 +161,12 @@ def test_cost_weight_trades_quality_for_price() -> None:
     assert (p_free[-300:] == 1).mean() < 0.4
     assert (p_priced[-300:] == 1).mean() > 0.8
     # per request: lambda 0 on the priced router goes back to quality alone
+    b = priced.bandit
+    assert b is not None
     picks = [TARGETS.index(priced.route(x, rng=random.Random(0), cost_weight=0.0)["model"]) for x in X[-200:]]
-    assert np.mean(np.array(picks) == 1) < 0.4
+    unpriced = [K.bandit_route(b.P, b.Ainv, b.theta, None, x, b.alpha, 0.0)[0] for x in X[-200:]]
+    assert picks == unpriced
+    assert np.mean(np.array(picks) == 1) < 0.7 < (p_priced[-200:] == 1).mean()
     assert priced.bandit is not None and priced.bandit.cost.tolist() == pytest.approx([0.3, 0.0, 0.3])
 
 
@@ -178,6 +182,45 @@ def test_a_drift_raises_exploration_until_relearned() -> None:
     picks = np.array(_play(st, X[1500:], Q2[1500:], 4))
     assert b.drifts >= 1
     assert (picks[-300:] == Q2[1500:].argmax(1)[-300:]).mean() > 0.9
+
+
+def test_a_uniform_regression_is_found_fast_and_moves_the_intercept() -> None:
+    """A target that got 0.3 worse everywhere: the residual-mean test fires within a few dozen of its
+    outcomes and the target's predictions drop by about the shift at once (its shape is kept)."""
+    X = _xs(2400, 13)
+    Q = _world(X)
+    st = RouterState(TARGETS, in_dim=DIM, threshold=0)
+    _play(st, X[:1500], Q[:1500], 6)
+    b = st.bandit
+    assert b is not None and b.drifts == 0
+    probe = X[1500:1600][X[1500:1600, 0] > 0]      # where 'large' wins
+
+    def predicted() -> float:
+        return float(np.mean([b.theta[2] @ K.bandit_features(b.P, x) for x in probe]))
+
+    before = predicted()
+    Q2 = Q.copy()
+    Q2[:, 2] -= 0.3
+    rng, noise = random.Random(7), np.random.default_rng(7)
+    n_large = 0
+    for x, q in zip(X[1500:], Q2[1500:]):
+        m = TARGETS.index(st.route(x, rng=rng)["model"])
+        n_large += m == 2
+        st.record_outcome(TARGETS[m], float(np.clip(q[m] + noise.normal(0, 0.1), 0, 1)), x)
+        if b.drifts:
+            break
+    assert b.drifts == 1 and n_large <= 40
+    drop = before - predicted()
+    assert drop > 0.15
+
+
+def test_no_drift_alarm_on_a_stationary_world() -> None:
+    X = _xs(4000, 14)
+    Q = _world(X)
+    for seed in (1, 2):
+        st = RouterState(TARGETS, in_dim=DIM, threshold=0)
+        _play(st, X, Q, seed)
+        assert st.bandit is not None and st.bandit.drifts == 0
 
 
 def test_an_envelope_learns_exactly_as_outcomes_one_by_one() -> None:
