@@ -36,6 +36,7 @@ the drift; in-process ``RouterState.route`` p99 <= 20 us.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
 from collections.abc import Callable
@@ -211,21 +212,27 @@ def regret_runs(args: argparse.Namespace, seed: int) -> list[Run]:
     ]
 
 
-def _timed(fn: Callable[[], object], calls: int) -> tuple[float, float, float]:
-    """mean, p50, p99 in microseconds over ``calls`` single calls (after a warm-up)."""
+def _timed(fn: Callable[[], object], calls: int) -> tuple[float, float, float, float]:
+    """mean, p50, p99 of wall time and p99 of this thread's CPU time, in microseconds, over ``calls``
+    single calls (after a warm-up). CPU time leaves out the time the OS gave other processes: on a
+    shared, loaded machine the wall p99 is mostly preemption, the CPU p99 what the call itself costs."""
     for _ in range(min(calls, 2000)):
         fn()
     ts = np.empty(calls)
-    clock = time.perf_counter_ns
+    cs = np.empty(calls)
+    clock, cpu = time.perf_counter_ns, time.thread_time_ns
     for i in range(calls):
+        c0 = cpu()
         t0 = clock()
         fn()
         ts[i] = clock() - t0
+        cs[i] = cpu() - c0
     ts /= 1000.0
-    return float(ts.mean()), float(np.percentile(ts, 50)), float(np.percentile(ts, 99))
+    cs /= 1000.0
+    return float(ts.mean()), float(np.percentile(ts, 50)), float(np.percentile(ts, 99)), float(np.percentile(cs, 99))
 
 
-def latency_table(calls: int, seed: int) -> list[tuple[str, tuple[float, float, float]]]:
+def latency_table(calls: int, seed: int) -> list[tuple[str, tuple[float, float, float, float]]]:
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((256, _DIM)).astype(np.float32)
     nt = len(_TARGETS)
@@ -249,7 +256,9 @@ def latency_table(calls: int, seed: int) -> list[tuple[str, tuple[float, float, 
     assert b is not None
     rows = [
         ("kernel router_route (FastGRNN)", lambda: K.router_route(ref.params, x(), nt, False, None)),
-        ("kernel bandit_route (LinUCB)", lambda: K.bandit_route(b.P, b.Ainv, b.theta, b.cost, x(), 0.3, 1.0)),
+        ("kernel bandit_route (LinUCB)", lambda: K.bandit_route(b.P, b.Ainv, b.theta, b.cost, x(), b.alpha, 1.0)),
+        ("kernel router_route_learned (both, fused)",
+         lambda: K.router_route_learned(ref.params, x(), nt, False, None, b.P, b.Ainv, b.theta, b.cost, b.alpha, 1.0)),
         ("RouterState.route, rule (untrained)", lambda: rule.route(x(), rng=r)),
         ("RouterState.route, mode reference", lambda: ref.route(x(), rng=r)),
         ("RouterState.route, learned (default)", lambda: learned_st.route(x(), rng=r)),
@@ -316,13 +325,21 @@ def main(argv: list[str] | None = None) -> int:
     ]
 
     print(f"\nin-process latency, in_dim {_DIM}, {len(_TARGETS)} targets, {args.latency_calls:,} calls per row (us)")
-    print(f"{'call':<48} {'mean':>7} {'p50':>7} {'p99':>7}")
+    print(f"{'call':<48} {'mean':>7} {'p50':>7} {'p99':>7} {'p99 cpu':>8}")
+    load0 = os.getloadavg()[0]
     lat = latency_table(args.latency_calls, args.seed)
-    for name, (mean, p50, p99) in lat:
-        print(f"{name:<48} {mean:>7.2f} {p50:>7.2f} {p99:>7.2f}")
-    p99 = dict(lat)["RouterState.route, learned (default)"][2]
-    goals.append((f"RouterState.route (learned) p99 <= {_TARGET_ROUTE_US:.0f} us", p99 <= _TARGET_ROUTE_US,
-                  f"{p99:.2f} us"))
+    for name, (mean, p50, p99, p99cpu) in lat:
+        print(f"{name:<48} {mean:>7.2f} {p50:>7.2f} {p99:>7.2f} {p99cpu:>8.2f}")
+    load1 = os.getloadavg()[0]
+    print(f"(load average {load0:.1f} before, {load1:.1f} after; {os.cpu_count()} CPUs. 'p99 cpu': this thread's "
+          f"CPU time, without the time other processes ran)")
+    _mean, p50, p99, p99cpu = dict(lat)["RouterState.route, learned (default)"]
+    kernel = dict(lat)["kernel router_route_learned (both, fused)"]
+    goals.append((f"RouterState.route (learned) p99 <= {_TARGET_ROUTE_US:.0f} us (wall clock)",
+                  p99 <= _TARGET_ROUTE_US,
+                  f"{p99:.2f} us (p50 {p50:.2f}; CPU-time p99 {p99cpu:.2f}; the bare fused kernel in the same run: "
+                  f"p50 {kernel[1]:.2f}, p99 {kernel[2]:.2f}; load average {max(load0, load1):.1f} on "
+                  f"{os.cpu_count()} CPUs)"))
     print("\ngoals (issue 14):")
     for text, ok, value in goals:
         print(f"  {'PASS' if ok else 'FAIL'}  {text}: {value}")

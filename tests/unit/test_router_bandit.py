@@ -58,6 +58,30 @@ def test_updates_and_choices_match_the_reference() -> None:
             assert (best, greedy, tied) == bref.choose(st.Ainv, st.theta, cost, phi, 0.5, lam)
 
 
+def test_the_fused_route_kernel_matches_both_references() -> None:
+    """router_route_learned = the FastGRNN decision (NumPy reference) + the bandit's choice (NumPy reference)."""
+    st = BanditState(3, DIM, dim=8, gamma=0.97)
+    X = _xs(80, 15)
+    rng = np.random.default_rng(3)
+    K.bandit_update_batch(st.P, st.Ainv, st.b, st.theta, rng.integers(0, 3, 50), X[:50], rng.random(50), 0.97)
+    params = K.router_init(0xC0A5, DIM, 3)
+    w = ref.init(0xC0A5, DIM, 3)
+    cost = np.array([0.2, 0.0, 0.1])
+    adapter = np.array([0.3, -0.1, 0.0], np.float32)
+    for x in X[50:]:
+        for ad, c, lam in ((None, None, 0.0), (adapter, cost, 1.5)):
+            got = K.router_route_learned(params, x, 3, False, ad, st.P, st.Ainv, st.theta, c, 0.4, lam)
+            d = ref.decide(w, x, adapter=ad)
+            assert got[:2] == (d[0], d[2])
+            np.testing.assert_allclose(got[2:5], d[3:6], rtol=1e-5, atol=1e-6)
+            assert got[5:] == bref.choose(st.Ainv, st.theta, c, bref.features(st.P, x), 0.4, lam)
+    with pytest.raises(RuntimeError, match="n_targets rows"):
+        K.router_route_learned(params, X[0], 3, False, None, st.P, st.Ainv[:2], st.theta[:2], None, 0.4, 0.0)
+    with pytest.raises(RuntimeError, match="in_dim"):
+        K.router_route_learned(params, X[0], 3, False, None, K.bandit_projection(1, 8, DIM + 1), st.Ainv,
+                               st.theta, None, 0.4, 0.0)
+
+
 def test_kernels_check_their_arguments() -> None:
     st = BanditState(3, DIM, dim=8)
     x = _xs(1)[0]

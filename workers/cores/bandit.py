@@ -34,7 +34,6 @@ state stays under :data:`MAX_STATE_BYTES`.
 from __future__ import annotations
 
 import math
-import random
 from typing import Any
 
 import numpy as np
@@ -126,22 +125,6 @@ class BanditState:
     def epsilon(self, base: float) -> float:
         """The exploration rate now: ``base`` plus the decaying boost after a drift."""
         return base + _BOOST_EPS * self.boost_left / _BOOST
-
-    def choose(self, x: np.ndarray, cost_weight: float) -> tuple[int, int, bool]:
-        """(best by LinUCB, best by the mean, tied: every target scored the same)."""
-        best, greedy, tied, _m, _w = _k.bandit_route(self.P, self.Ainv, self.theta,
-                                                     self.cost if cost_weight else None, x, self.alpha,
-                                                     cost_weight)
-        return best, greedy, tied
-
-    def explore(self, best: int, base_epsilon: float, rng: random.Random) -> tuple[int, bool]:
-        """With probability epsilon (boosted after a drift) a uniformly drawn other target."""
-        nt = self.n_targets
-        eps = self.epsilon(base_epsilon)
-        if eps > 0.0 and nt > 1 and rng.random() < eps:
-            j = rng.randrange(nt - 1)
-            return j + (j >= best), True
-        return best, False
 
     # ----------------------------------------------------------------- learning
     def learn(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray, costs: np.ndarray | None = None) -> int:

@@ -311,15 +311,21 @@ class RouterState:
                     "temperature": _RULE_TEMPERATURE, "top_p": _RULE_TOP_P,
                     "confidence": _RULE_CONFIDENCE, "algo": "rule", "exploration": False}
         nt = len(self.targets)
-        best, _p, bucket, temperature, top_p, confidence = _k.router_route(
-            self.params, x, nt, self.normalize, adapter_logits)
         algo, explored, epsilon = "fastgrnn", False, self.epsilon
-        if self.bandit is not None:
+        bd = self.bandit
+        if bd is None:
+            best, _p, bucket, temperature, top_p, confidence = _k.router_route(
+                self.params, x, nt, self.normalize, adapter_logits)
+        else:
+            # one kernel call for both (the hot path: bench router's p99 goal)
             lam = self.cost_weight if cost_weight is None else cost_weight
-            ucb, greedy, tied = self.bandit.choose(x, lam)
+            best, bucket, temperature, top_p, confidence, ucb, greedy, tied = _k.router_route_learned(
+                self.params, x, nt, self.normalize, adapter_logits, bd.P, bd.Ainv, bd.theta,
+                bd.cost if lam else None, bd.alpha, lam)
             if not tied:  # a fresh bandit scores every target the same: FastGRNN decides
                 best, algo, explored = ucb, "linucb", ucb != greedy
-            epsilon = self.bandit.epsilon(self.epsilon)
+            if bd.boost_left:
+                epsilon = bd.epsilon(epsilon)
         if epsilon > 0.0 and nt > 1:
             r = rng if rng is not None else self._private_rng()
             if r.random() < epsilon:
