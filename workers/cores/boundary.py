@@ -31,7 +31,7 @@ Examples
 >>> det = LossCusum()
 >>> fired = [det.push(0.3 + 0.01 * (i % 3)) for i in range(50)] + [det.push(2.0) for _ in range(6)]
 >>> fired.index(True)
-54
+52
 """
 from __future__ import annotations
 
