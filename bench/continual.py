@@ -172,8 +172,8 @@ def _fmt(vals: list[float], pct: bool = True) -> str:
 def speed(examples: int, seed: int = 0) -> list[tuple[str, float]]:
     """µs per example: the default learner in process (batches of 10), and through ``learn_example``
     (``LearnSession``, in-memory store, ``features_b64``) one example per call and in envelopes."""
-    from workers.codec import encode_embedding_b64
-    from workers.dispatch import LearnSession
+    from workers.verbs.codec import encode_embedding_b64
+    from workers.verbs.session import LearnSession
 
     X, y = permuted_digits(seed)[0].X_train, permuted_digits(seed)[0].y_train
     rng = np.random.default_rng(seed)

@@ -36,9 +36,9 @@ import orjson
 
 from _stream import WorkerProcess, machine_note, provision, start_broker, wait_until, worker_kwargs, worker_options
 from workers.client import LearnstreamClient
-from workers.codec import encode_embedding_b64
+from workers.verbs.codec import encode_embedding_b64
 from workers.cores.router import RouterState
-from workers.dispatch import LearnSession
+from workers.verbs.session import LearnSession
 
 __all__ = ("main",)
 

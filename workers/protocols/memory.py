@@ -32,7 +32,7 @@ import orjson
 
 from workers.state.framing import pack_part, unpack_part
 from workers.errors import CorruptStateError
-from workers.protocols.records import (DAY_MS, AntiPattern, Heuristic, Knowledge, Outcome, Preference, _Record,
+from workers.protocols.entries import (DAY_MS, AntiPattern, Heuristic, Knowledge, Outcome, Preference, _Record,
                                        record_id)
 from workers.protocols.similarity import StrategyMatcher, WordOverlap
 from workers.protocols.text import strategy_key

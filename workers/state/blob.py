@@ -66,9 +66,6 @@ class Watermark:
         if offset > self.offsets.get(k, -1):
             self.offsets[k] = offset
 
-    def get(self, topic: str, partition: int) -> int:
-        return self.offsets.get(self._key(topic, partition), -1)
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Watermark) and other.offsets == self.offsets
 

@@ -18,12 +18,12 @@ def run_worker(settings: Settings) -> int:
     """Run the faust worker until SIGTERM/SIGINT. Starts the embedded broker if none is configured."""
     import faust
 
-    from workers.logs import configure as configure_logs
+    from workers.stream.logs import configure as configure_logs
     from workers.stream.app import build_app
 
     broker = None
     if not settings.broker:
-        from workers.broker import EmbeddedBroker
+        from workers.kafka.broker import EmbeddedBroker
 
         # the log lives next to the tables: stopping and starting the worker keeps both
         broker = EmbeddedBroker(data_dir=settings.data_dir / "broker").start()
@@ -35,7 +35,7 @@ def run_worker(settings: Settings) -> int:
 
     ensure_topics_sync(settings)
     if settings.broker_kind == "embedded":
-        from workers.broker_compat import expel_group_members
+        from workers.kafka.broker_compat import expel_group_members
 
         asyncio.run(expel_group_members(settings.broker, settings.app_id, **settings.kafka_kwargs()))
     app, rt = build_app(settings)

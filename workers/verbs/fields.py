@@ -6,7 +6,7 @@ from typing import Any
 
 from workers.errors import VerbError
 
-__all__ = ("int_in", "number_in", "epoch_ms", "MAX_DIM", "MAX_MS")
+__all__ = ("int_in", "int_accepted", "number_in", "epoch_ms", "MAX_DIM", "MAX_MS")
 
 # Largest embedding / input dimension a core accepts (the attention core's and the online learner's
 # bound too): above every common embedding model, and it keeps one session's arrays small.
@@ -23,6 +23,17 @@ def int_in(body: dict, field: str, lo: int, hi: int, default: Any = None) -> Any
         return default
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
         raise VerbError(f"{field} must be an integer in [{lo}, {hi}]")
+    return v
+
+
+def int_accepted(body: dict, field: str, default: int, most: int) -> int | None:
+    """``body[field]`` (``default`` when absent) if it is an int in [0, most], else None: for size
+    projections, which leave refusing a value to the verb and its own message."""
+    v = body.get(field, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= most:
+        return None
     return v
 
 

@@ -1,49 +1,53 @@
 """The JSON verb surface ``{verb, body} -> {ok, verb, data|error}`` (spec: cores.md, Envelope).
 
-:class:`LearnSession` runs verbs in process over a :class:`ModelStore`, in memory
-or on disk (rocksdict). The worker runs the very same :func:`run_verb` on events
-from topics, and HTTP ``/dispatch`` and ``learnstream dispatch`` speak this envelope.
+Everything a caller of verbs needs, in one place: the registry (every verb module is imported
+here, so importing this module registers every verb), request parsing, session-key checks,
+:func:`run_verb` and the envelopes, and the built-in verbs (``health``, ``session_info`` and its
+siblings). The worker (``workers.stream``) runs :func:`run_verb` on events from topics; HTTP
+``/dispatch``, ``learnstream dispatch`` and the in-process :class:`~workers.verbs.session.LearnSession`
+speak the same envelope.
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
+import hashlib
 import re
-import random
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import orjson
-
+# Every module that registers verbs: imported for that side effect, so REGISTRY is complete
+# once this module is.
+import workers.cores.attention  # noqa: F401
+import workers.cores.deep  # noqa: F401
+import workers.cores.instant  # noqa: F401
+import workers.cores.loop  # noqa: F401
+import workers.cores.router  # noqa: F401
+import workers.cores.temporal  # noqa: F401
+import workers.online.verbs  # noqa: F401
+import workers.protocols.verbs  # noqa: F401
+import workers.scoring.verbs  # noqa: F401
 from workers.errors import ValidationError, VerbError
-from workers.state import MemoryStore, ModelStore, RocksDictStore, StateBlob
-from workers.state.access import StoreStateAccess, state_key
-from workers.state.layout import StateTooLarge
-from workers.state.limits import Limits, check_request
-from workers.state.sessions import Sessions
-from workers.verbs import BLOB_TABLES, HEALTH, REGISTRY, Verb, VerbContext, params, verb
+from workers.protocols.similarity import matcher_from_spec
+from workers.protocols.verbs import set_matcher
+from workers.scoring import endpoints as scoring_endpoints
+from workers.state import StateBlob
+from workers.state.layout import digest
+from workers.verbs.codec import decode_json
+from workers.verbs.registry import BLOB_TABLES, HEALTH, REGISTRY, Verb, VerbContext, VerbOptions, params, verb
 
-__all__ = ("LearnSession", "run_verb", "load_verbs", "state_key", "session_key_of", "check_session_key",
-           "envelope_error", "envelope_ok")
+__all__ = ("REGISTRY", "BLOB_TABLES", "Verb", "VerbContext", "VerbOptions", "DEFAULT_SESSION", "configure",
+           "run_verb", "parse_request", "session_key_of", "check_session_key", "envelope_error", "envelope_ok",
+           "decode_json")
 
-logger = logging.getLogger(__name__)
 DEFAULT_SESSION = "default"
 
 
-def load_verbs() -> dict[str, Verb]:
-    """Import every module that registers verbs (idempotent)."""
-    import importlib
-
-    for mod in ("workers.cores.instant", "workers.cores.deep", "workers.cores.loop", "workers.cores.temporal",
-                "workers.cores.attention", "workers.cores.router", "workers.online.verbs",
-                "workers.protocols.verbs", "workers.scoring.verbs"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not mod.startswith(exc.name):  # a real import error inside the module
-                raise
-    return REGISTRY
+def configure(options: VerbOptions, scoring_api_key: Callable[[], str | None] | None = None) -> None:
+    """Apply the process-wide part of ``options`` (a worker or CLI does, once, from its Settings): the
+    scoring allowlist with what reads the key sent to it, and the protocols' strategy matcher.
+    Until then nothing may be scored remotely and strategies match by word overlap."""
+    scoring_endpoints.configure(options.scoring_endpoints, scoring_api_key)
+    set_matcher(matcher_from_spec(options.protocols_embedder))
 
 
 # The store separates key parts with \x1f: a session key holding it could read another session's keys.
@@ -121,10 +125,6 @@ def _session_info(ctx: VerbContext, body: dict) -> dict:
     ``session_info`` reads the learning-loop value; ``learner_info``, ``agent_info`` and ``memory_info``
     the online learner's, the agent protocols' and the memory scoring's.
     """
-    import hashlib
-
-    from workers.state.layout import digest
-
     blob = ctx.state
     parts = {}
     for name in blob.names():
@@ -133,83 +133,3 @@ def _session_info(ctx: VerbContext, body: dict) -> dict:
         parts[name] = {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
     sha, n = digest(blob)
     return {"parts": parts, "digest": sha, "keys": n, "watermark": dict(sorted(blob.watermark.offsets.items()))}
-
-
-class LearnSession:
-    """Every verb, in process. ``LearnSession()`` keeps state in memory;
-    ``LearnSession(path=...)`` keeps it in a RocksDB database that survives restarts.
-
-    >>> s = LearnSession()
-    >>> s.dispatch({"verb": "nope"})["error"]
-    'unknown verb: nope'
-    """
-
-    def __init__(self, path: str | Path | None = None, *, store: ModelStore | None = None,
-                 rng: random.Random | None = None,
-                 emit: Callable[[str, dict], None] | None = None, cache_bytes: int | None = None,
-                 limits: Limits | None = None) -> None:
-        load_verbs()
-        self.store: ModelStore = store if store is not None else (
-            RocksDictStore(path) if path is not None else MemoryStore())
-        self.rng = rng or random.Random()
-        self.emitted: list[tuple[str, dict]] = []  # downstream events, for inspection
-        self._emit_cb = emit
-        # the worker's session cache and context builder, over this store as one partition
-        self.sessions = Sessions(StoreStateAccess(self.store), rng=self.rng, limits=limits,
-                                 **({"cache_bytes": cache_bytes} if cache_bytes is not None else {}))
-
-    def _emit(self, role: str, payload: dict) -> None:
-        self.emitted.append((role, payload))
-        if self._emit_cb is not None:
-            self._emit_cb(role, payload)
-
-    def blob(self, table: str, session_key: str) -> StateBlob:
-        return self.sessions.blob(table, session_key, 0)
-
-    def value(self, table: str, session_key: str) -> bytes | None:
-        """The session's state as stored, read afresh and joined into one value (the one-value
-        format, ``StateBlob.to_bytes``: comparable bytes for tests and tools), or None."""
-        from workers.state.layout import SEP, SessionState
-
-        base = state_key(table, session_key)
-        head = self.store.get(base)
-        if head is None:
-            return None
-        n = len(base) + 1
-        return SessionState.decode(head, ((k[n:], v) for k, v in self.store.iter_prefix(base + SEP))).blob.to_bytes()
-
-    def context(self, v: Verb, session_key: str) -> VerbContext:
-        return self.sessions.context(v, session_key, 0, emit=self._emit)
-
-    def dispatch(self, request: Any) -> dict:
-        parsed = parse_request(request)
-        if isinstance(parsed, dict):
-            return parsed
-        name, body = parsed
-        v = REGISTRY[name]
-        try:
-            sk = session_key_of(body)
-            if v.writes:
-                check_request(name, body, self.sessions.limits)
-        except VerbError as exc:
-            return envelope_error(name, str(exc))
-        out = run_verb(v, self.context(v, sk), body)
-        # As in the worker: a refused verb changed nothing (verbs validate before they mutate),
-        # so the cached state is kept as it is, and only an applied one is written.
-        if v.writes and v.table in BLOB_TABLES and out["ok"]:
-            try:
-                self.sessions.save(v.table, sk, 0)
-            except StateTooLarge as exc:  # not written; the cache now reads the stored state again
-                out = envelope_error(name, str(exc))
-        self.sessions.trim()
-        return out
-
-    def dispatch_json(self, line: str | bytes) -> str:
-        try:
-            request = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            return orjson.dumps(envelope_error("?", f"parse: {exc}")).decode()
-        return orjson.dumps(self.dispatch(request), option=orjson.OPT_SERIALIZE_NUMPY).decode()
-
-    def close(self) -> None:
-        self.store.close()
