@@ -17,9 +17,10 @@ import argparse
 import asyncio
 import os
 import shlex
+import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from workers.kafka.broker import EmbeddedBroker, free_port
 from workers.stream.provision import ensure_topics
 from workers.stream.settings import Settings
 
-__all__ = ("SESSION_TIMEOUT_S", "SAFE_PAUSE_SHARE", "WorkerProcess", "ChildProcess", "start_broker", "provision", "http_json", "metric",
+__all__ = ("SESSION_TIMEOUT_S", "SAFE_PAUSE_SHARE", "WorkerProcess", "ChildProcess", "teardown", "start_broker", "provision", "http_json", "metric",
            "wait_until", "balanced_keys", "machine_note", "worker_options", "worker_kwargs")
 
 # A member suspended while one scenario is produced (a few seconds) must not be
@@ -48,6 +49,18 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 def start_broker(log_dir: Path) -> EmbeddedBroker:
     return EmbeddedBroker(log_path=log_dir / "broker.log").start()
+
+
+def teardown(procs: Iterable[Any], broker: EmbeddedBroker | None, log_dir: Path | None, keep_logs: bool) -> None:
+    """The end of a benchmark run: stop its processes (a paused one is resumed first), then the broker,
+    and remove the logs unless they are kept."""
+    for p in procs:
+        if p is not None:
+            p.stop()
+    if broker is not None:
+        broker.stop()
+    if log_dir is not None and not keep_logs:
+        shutil.rmtree(log_dir, ignore_errors=True)
 
 
 def provision(bootstrap: str, partitions: int, extra: list[str] | None = None) -> dict[str, int]:

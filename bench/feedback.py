@@ -59,7 +59,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from _stream import (SAFE_PAUSE_SHARE, SESSION_TIMEOUT_S, ChildProcess, WorkerProcess, balanced_keys, machine_note,
-                     metric, provision, start_broker, wait_until, worker_kwargs, worker_options)
+                     metric, provision, start_broker, teardown, wait_until, worker_kwargs, worker_options)
 from workers.kafka.broker import EmbeddedBroker
 from workers.client import LearnstreamClient
 from workers.verbs.codec import MAX_EVENT_BYTES, encode_embedding_b64
@@ -415,13 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ntotal wall time {time.monotonic() - t_all:.0f} s")
         return 0 if ok else 1
     finally:
-        for g in procs:
-            g.stop()
-        broker.stop()
-        if not args.keep_logs:
-            import shutil
-
-            shutil.rmtree(log_dir, ignore_errors=True)
+        teardown(procs, broker, log_dir, args.keep_logs)
 
 
 _TARGET_SCALE = 0.50            # many sessions / the first (fewest) sessions, events/s
@@ -485,13 +479,9 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                       f"({recs / r.events:.1f} records), event {event_bytes:,.0f} B, worker RSS {rss:,.0f} MB "
                       f"(set-up {setup_s:.0f} s)", flush=True)
             finally:
-                worker.stop()
-                broker.stop()
+                teardown([worker], broker, None, True)
     finally:
-        if not args.keep_logs:
-            import shutil
-
-            shutil.rmtree(log_dir, ignore_errors=True)
+        teardown([], None, log_dir, args.keep_logs)
     base = rows[0][1].rate
     print(f"\n{'sessions':>8} {'events/s':>10} {'vs first':>9} {'changelog B/event':>18} {'x event':>8} "
           f"{'records/event':>14} {'RSS MB':>7}")

@@ -35,7 +35,9 @@ from tqdm import tqdm
 
 from workers.kafka.broker import EmbeddedBroker, free_port
 from workers.client import LearnstreamClient
+from workers.stream.provision import ensure_topics_sync
 from workers.stream.settings import Settings
+from workers.verbs.codec import encode_embedding_b64
 from workers.cli.http_json import http_json
 from workers.cli.processes import WorkerProcess, metric_by
 from workers.kafka.topics import topics
@@ -104,8 +106,6 @@ def _queries(rng: np.random.Generator, centers: np.ndarray, n: int) -> tuple[np.
 
 def _route_quality(w: Worker, session: str, xs: np.ndarray, regions: np.ndarray) -> tuple[float, float, dict]:
     """Mean true quality of the routed model, regret vs the oracle, and choices per region."""
-    from workers.verbs.codec import encode_embedding_b64
-
     got, choices = [], {r: {} for r in _REGIONS}
     for x, r in zip(xs, regions, strict=True):
         status, out = http_json(w.url + "/route", {"session_key": session, "embedding_b64": encode_embedding_b64(x)})
@@ -186,8 +186,6 @@ def run_demo(settings: Settings, *, events: int = 3000, keep_data: bool = False,
             print(f"embedded broker (noida-db) on {broker.bootstrap}")
         else:
             print(f"broker {settings.broker}")
-        from workers.stream.provision import ensure_topics_sync
-
         ensure_topics_sync(dataclasses.replace(settings, partitions=4))
         print(f"topics: {len(topics())} created from topics/*.yaml")
         worker = _start_worker(settings, workdir / "data", web_port)

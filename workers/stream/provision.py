@@ -16,6 +16,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from workers.kafka import broker_compat
 from workers.errors import ConfigError
 from workers.stream.settings import Settings
+from workers.stream.tables import TABLE_NAMES
 from workers.kafka.topics import topics
 
 __all__ = ("ensure_topics", "describe_topics", "ensure_topics_sync")
@@ -72,8 +73,6 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
 
 def changelog_topics(settings: Settings) -> list[str]:
     """The tables' changelog topics, as faust names them (``<app id>-<table>-changelog``)."""
-    from workers.stream.tables import TABLE_NAMES
-
     return [f"{settings.app_id}-{name}-changelog" for name in TABLE_NAMES.values()]
 
 

@@ -38,8 +38,8 @@ def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
         except Exception:  # noqa: BLE001 - before the first assignment
             assigned, standby = [], []
         return json_response(web, {"status": "ok", "worker": rt.settings.worker_id or str(rt.settings.web_port),
-                           "ready": rt.is_ready(), "broker_reachable": rt.broker_health.reachable(),
-                           "active_partitions": assigned, "standby_partitions": standby})
+                                   "ready": rt.is_ready(), "broker_reachable": rt.broker_health.reachable(),
+                                   "active_partitions": assigned, "standby_partitions": standby})
 
     @app.page("/ready")
     async def ready(web: Any, request: Any) -> Any:
@@ -65,7 +65,7 @@ def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
         if owner is not None:
             if request.headers.get(FORWARDED):
                 return json_response(web, envelope_error(name, "partition owner unknown (rebalancing); retry"), 503,
-                             {"Retry-After": "1"})
+                                     {"Retry-After": "1"})
             return await guard.forward(app.http_client, owner, {"verb": name, "body": body}, name)
         if REGISTRY[name].writes:
             try:  # a configuration whose state could outgrow the session limit never reaches the log
@@ -77,7 +77,7 @@ def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
             # Recovering or rebalancing: the tables may not hold the session's value yet, and an
             # empty answer would be wrong. Never answered from (nor cached from) a partial value.
             return json_response(web, envelope_error(name, "recovering: state not available yet; retry"), 503,
-                         {"Retry-After": str(_RECOVERING_RETRY_AFTER_S)})
+                                 {"Retry-After": str(_RECOVERING_RETRY_AFTER_S)})
         else:
             out = rt.read(name, body, sk)
             status = 200 if out["ok"] else 422
@@ -86,7 +86,7 @@ def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
     @app.page("/dispatch")
     class Dispatch(faust.web.View):
         async def post(self, request: Any) -> Any:
-            req = await guard.readjson_response(request, "?")
+            req = await guard.read_json(request, "?")
             if isinstance(req, aiohttp_web.Response):
                 return req
             return await verb_request(self.web, request, req)
@@ -94,7 +94,7 @@ def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
     def shortcut(path: str, verb_name: str) -> None:
         class Shortcut(faust.web.View):
             async def post(self, request: Any) -> Any:
-                body = await guard.readjson_response(request, verb_name)
+                body = await guard.read_json(request, verb_name)
                 if isinstance(body, aiohttp_web.Response):
                     return body
                 if not isinstance(body, dict):

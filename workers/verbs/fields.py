@@ -27,14 +27,12 @@ def int_in(body: dict, field: str, lo: int, hi: int, default: Any = None) -> Any
 
 
 def int_accepted(body: dict, field: str, default: int, most: int) -> int | None:
-    """``body[field]`` (``default`` when absent) if it is an int in [0, most], else None: for size
-    projections, which leave refusing a value to the verb and its own message."""
-    v = body.get(field, default)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= most:
+    """``body[field]`` (``default`` when absent) if :func:`int_in` accepts it in [0, most], else None: for
+    size projections, which leave refusing a value to the verb and its own message."""
+    try:
+        return int_in(body, field, 0, most, default)
+    except VerbError:
         return None
-    return v
 
 
 def number_in(body: dict, field: str, lo: float, hi: float, *, open_lo: bool = False) -> float | None:
