@@ -174,8 +174,8 @@ def speed(examples: int, seed: int = 0) -> list[tuple[str, float, float]]:
     """(row, wall µs, CPU µs) per example: the default learner in process (batches of 10), and through
     ``learn_example`` (``LearnSession``, in-memory store, ``features_b64``) one example per call and in
     envelopes. CPU time is this process's: on a shared machine wall time also counts other processes'."""
-    from workers.codec import encode_embedding_b64
-    from workers.dispatch import LearnSession
+    from workers.verbs.codec import encode_embedding_b64
+    from workers.verbs.session import LearnSession
 
     X, y = permuted_digits(seed)[0].X_train, permuted_digits(seed)[0].y_train
     rng = np.random.default_rng(seed)

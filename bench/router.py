@@ -45,9 +45,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from workers import _kernels as K
-from workers.codec import encode_embedding_b64
+from workers.verbs.codec import encode_embedding_b64
 from workers.cores.router import RouterState
-from workers.dispatch import LearnSession
+from workers.verbs.session import LearnSession
 
 __all__ = ("main", "World", "make_world")
 

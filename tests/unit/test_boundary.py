@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from workers.codec import encode_embedding_b64
+from workers.verbs.codec import encode_embedding_b64
 from workers.cores.boundary import LossCusum
 from workers.cores.loop import LoopState
-from workers.dispatch import LearnSession
+from workers.verbs.session import LearnSession
 from workers.errors import CorruptStateError
 
 DIM = 4

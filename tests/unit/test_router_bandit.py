@@ -12,7 +12,7 @@ from reference import router_ref as ref
 from workers import _kernels as K
 from workers.cores.bandit import MAX_STATE_BYTES, BanditState, bandit_dim
 from workers.cores.router import RouterState
-from workers.dispatch import LearnSession
+from workers.verbs.session import LearnSession
 from workers.errors import CorruptStateError
 
 TARGETS = ["small", "medium", "large"]

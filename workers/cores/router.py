@@ -59,12 +59,13 @@ from typing import Any
 import numpy as np
 
 from workers import _kernels as _k
-from workers.bodies import MAX_DIM
-from workers.codec import embedding_field
+from workers.verbs.fields import MAX_DIM
+from workers.verbs.codec import embedding_field
 from workers.state.framing import pack_part, unpack_part
 from workers.cores.bandit import BanditState
+from workers.cores.instant import InstantState
 from workers.errors import CorruptStateError, VerbError
-from workers.verbs import EMBEDDING, EMBEDDING_B64, VerbContext, health_contributor, params, verb
+from workers.verbs.registry import EMBEDDING, EMBEDDING_B64, VerbContext, health_contributor, params, verb
 
 __all__ = ("PART", "MODES", "RouterState", "context_bucket")
 
@@ -529,13 +530,7 @@ def _body_tokens(body: dict) -> int:
 
 def _instant_logits(ctx: VerbContext, st: RouterState, x: np.ndarray) -> np.ndarray | None:
     """The instant adapter's logits for x when it routes over the same targets and width."""
-    if not ctx.state.has("instant"):
-        return None
-    try:  # imported lazily: the router works without the instant core
-        from workers.cores.instant import InstantState
-    except ImportError:
-        return None
-    inst = ctx.state.get("instant", InstantState)
+    inst = ctx.state.get("instant", InstantState)  # None when the session has no instant core
     if inst is None or list(inst.targets) != st.targets or inst.dim != st.in_dim:
         return None
     return inst.logits(x)
