@@ -1,7 +1,14 @@
-"""Where the effectively-once guarantee reaches into faust's internals (all of it in this module).
+"""Every place learnstream reaches into faust's internals (private names, patched methods): all in
+this module, each marked ``# faust 0.15.3:`` with what it relies on.
 
 Checked against faust-streaming 0.15.3 (mode-streaming 0.7.1, aiokafka 0.14.0): ``install`` warns
-when another faust version runs. Each patch changes only what the :class:`~workers.stream.gaps.GapGuard`
+when another faust version runs, and ``tests/unit/test_faust_internals.py`` fails when the source of
+any faust function or attribute touched here differs from the one checked (:data:`TOUCHED`).
+
+Besides the offset patches below: the consumer's long-poll (:func:`set_fetch_max_wait`), the
+tables' RocksDB access (:func:`partition_db`, :func:`changelog_offset_key`, :func:`event_context`),
+the store's write options (:class:`WalStore`), the stream's processor list (:func:`start_passive`,
+:func:`remove_processor`) and the committed offsets the lag gauge reads (:func:`committed_offset`). Each patch changes only what the :class:`~workers.stream.gaps.GapGuard`
 of an app watches (the app's input topics); other topics and other apps keep faust's behaviour.
 
 What faust does, and why it loses events (README, "Consistency"):
@@ -45,16 +52,52 @@ Not about losing events, but about time:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import weakref
 from collections import defaultdict
+from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-__all__ = ("FAUST_CHECKED", "install", "watch", "seek", "committed_offset", "kafka_producer", "bulk_recovery",
-           "BulkRestore", "no_spinner")
+import rocksdict
+from faust.stores import rocksdb
+from faust.streams import _current_event  # faust 0.15.3: the context var a table reads its event from
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.types import TP
+
+__all__ = ("FAUST_CHECKED", "TOUCHED", "install", "watch", "seek", "committed_offset", "set_fetch_max_wait",
+           "partition_db", "changelog_offset_key", "event_context", "WalStore", "start_passive", "remove_processor",
+           "kafka_producer", "bulk_recovery", "BulkRestore", "no_spinner", "shared_memory", "SharedMemory",
+           "BLOCK_CACHE_BYTES", "MEMTABLE_BYTES")
 
 logger = logging.getLogger(__name__)
 
 FAUST_CHECKED = "0.15.3"
+# Every faust object this module relies on beyond its documented API (dotted path within faust),
+# with what the code here assumes. The test hashes each one's source against faust 0.15.3.
+TOUCHED = {
+    "transport.consumer.Consumer.__init__": "sets self._read_offset (replaced by _ReadOffsets)",
+    "transport.consumer.Consumer._new_offset": "the commit offset of a partition (patched)",
+    "transport.consumer.Consumer.perform_seek": "seeks to committed offsets after recovery (patched)",
+    "transport.consumer.Consumer._drain_messages": "skips records below _read_offset, adds gaps",
+    "transport.consumer.Consumer._add_gap": "records skipped offsets in self._gap",
+    "transport.consumer.ThreadDelegateConsumer.seek_wait": "seeks in the consumer's thread",
+    "transport.producer.ProducerBuffer.flush": "returns after 0.1 s without a send (patched)",
+    "transport.producer.ProducerBuffer.flush_atmost": "sends what is buffered, for at most a timeout",
+    "transport.drivers.aiokafka.AIOKafkaConsumerThread._create_worker_consumer":
+        "builds the aiokafka consumer with fetch_max_wait_ms=1500 (patched)",
+    "stores.rocksdb.Store._open_for_partition": "opens a partition's database (overridden by WalStore)",
+    "stores.rocksdb.Store._db_for_partition": "a partition's open database",
+    "stores.rocksdb.Store.persisted_offset": "reads the changelog offset under Store.offset_key",
+    "streams.Stream._enable_passive": "starts a stream's channel without an iterating caller",
+    "streams.Stream.add_processor": "appends to self._processors",
+    "stores.rocksdb.Store.partition_path": "where a partition's database lives (WalStore opens it there)",
+    "stores.rocksdb.RocksDBOptions.__init__": "keeps unknown table options in extra_options (WalStore's sizes)",
+    "tables.recovery.Recovery._build_offsets": "fills the offsets recovery starts from (patched: bulk restore)",
+    "transport.drivers.aiokafka.Producer._ensure_producer": "the aiokafka producer (kafka_producer)",
+    "worker.Worker._setup_spinner_handler": "spins self.spinner on every DEBUG record (no_spinner unsets it)",
+}
 _ATTR = "_learnstream_guard"
 _RESTORE_ATTR = "_learnstream_bulk_restore"
 _installed = False
@@ -82,6 +125,7 @@ class BulkRestore(Protocol):
 
 def no_spinner(worker: Any) -> None:
     """Keep ``worker`` (a ``faust.Worker``) from lowering the root logger to DEBUG for its spinner (patch 6)."""
+    # faust 0.15.3: Worker._setup_spinner_handler sets the root logger to DEBUG while self.spinner is set
     worker.spinner = None
 
 
@@ -101,21 +145,149 @@ async def seek(app: Any, topic: str, partition: int, offset: int) -> None:
     ``seek_wait`` runs the seek in the consumer's own thread (``Consumer.seek`` would call the
     aiokafka consumer from this one) and returns once the position is set.
     """
-    from faust.types import TP
-
     await app.consumer.seek_wait({TP(topic, partition): offset})
 
 
 def committed_offset(app: Any, topic: str, partition: int) -> int | None:
     """The group's committed offset of a partition as faust loaded it (None: none, or 0)."""
-    from faust.types import TP
-
+    # faust 0.15.3: Consumer._committed_offset, TP -> the next offset to read
     return app.consumer._committed_offset.get(TP(topic, partition))
 
 
 def kafka_producer(app: Any) -> Any:
     """The ``aiokafka.AIOKafkaProducer`` under faust's transport producer (started with the app; patch 7)."""
+    # faust 0.15.3: aiokafka.Producer._ensure_producer returns (creating) its AIOKafkaProducer
     return app.producer._ensure_producer()
+
+
+# -- the consumer's long-poll ----------------------------------------------------------------
+# faust creates its consumer with ``fetch_max_wait_ms=1500`` (hard-coded). aiokafka keeps one
+# fetch in flight per broker node and leaves out partitions that still hold buffered records, so
+# a long poll on the idle input partitions holds back the busy ones; the embedded broker also
+# answers a long poll late when data arrives (a lone message took ~508 ms at 1500 ms, ~14 ms at
+# 100 ms). Measured in bench/README.md (feedback, route_http): HTTP writes went from ~750 ms to
+# ~22 ms and single-event throughput roughly doubled with 50 ms.
+_wait_ms: int | None = None
+
+
+def set_fetch_max_wait(ms: int) -> None:
+    """Make every faust worker consumer created from now on long-poll for at most ``ms``."""
+    global _wait_ms
+    if _wait_ms is None:
+        # faust 0.15.3: AIOKafkaConsumerThread._create_worker_consumer builds the aiokafka consumer
+        original = AIOKafkaConsumerThread._create_worker_consumer
+
+        def _create_worker_consumer(self: AIOKafkaConsumerThread, transport: object) -> object:
+            consumer = original(self, transport)
+            consumer._fetch_max_wait_ms = _wait_ms  # aiokafka: read when the consumer starts its fetcher
+            return consumer
+
+        AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+    _wait_ms = int(ms)
+    logger.info("worker consumer fetch_max_wait_ms=%d", ms)
+
+
+# -- the tables' RocksDB ----------------------------------------------------------------------
+def partition_db(table: Any, partition: int) -> Any:
+    """The open rocksdict database of one partition of a faust table."""
+    # faust 0.15.3: rocksdb.Store._db_for_partition (opens it on first use)
+    return table.data._db_for_partition(partition)
+
+
+def changelog_offset_key(table: Any) -> bytes:
+    """The key under which faust keeps, in each partition database, the changelog offset it holds."""
+    # faust 0.15.3: rocksdb.Store.offset_key, read back by Store.persisted_offset
+    return table.data.offset_key
+
+
+@contextlib.contextmanager
+def event_context(event: Any) -> Iterator[None]:
+    """Make ``event`` the current event, which a faust table write takes its partition from."""
+    # faust 0.15.3: Table.__setitem__ reads streams._current_event for the changelog partition
+    token = _current_event.set(weakref.ref(event) if event is not None else None)
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+BLOCK_CACHE_BYTES = 64 * 1024 * 1024   # one cache for every table partition of a worker
+MEMTABLE_BYTES = 64 * 1024 * 1024      # every memtable of a worker together, charged to that cache
+# one memtable flushes at this size (faust's default 64 MiB per database, times 3 in flight)
+_WRITE_BUFFER_BYTES = 8 * 1024 * 1024
+_MEMORY_ATTR = "_learnstream_rocksdb_memory"
+
+
+@dataclass
+class SharedMemory:
+    """The block cache and write buffer manager all of one app's table databases share."""
+
+    cache: Any
+    write_buffers: Any
+    block_cache_bytes: int
+    memtable_bytes: int
+
+
+def shared_memory(app: Any, block_cache_bytes: int, memtable_bytes: int) -> SharedMemory:
+    """The app's shared RocksDB memory (created on first use: one per worker process and app)."""
+    mem = getattr(app, _MEMORY_ATTR, None)
+    if mem is None:
+        cache = rocksdict.Cache(block_cache_bytes + memtable_bytes)
+        wbm = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(memtable_bytes, False, cache)
+        mem = SharedMemory(cache, wbm, block_cache_bytes, memtable_bytes)
+        setattr(app, _MEMORY_ATTR, mem)
+    return mem
+
+
+class WalStore(rocksdb.Store):
+    """``rocksdb.Store`` whose partition DBs write through the WAL without fsync and share one
+    block cache and one memtable budget per worker (rocksdict driver; workers/stream/store.py)."""
+
+    def _open_for_partition(self, partition: int) -> Any:
+        # faust 0.15.3: Store._open_for_partition opens one partition's DB; use_rocksdict says which driver.
+        # Replaced for rocksdict: faust gives each database its own cache and 64 MiB memtables.
+        if not self.use_rocksdict:
+            return super()._open_for_partition(partition)
+        # faust 0.15.3: RocksDBOptions keeps the table's unknown options in extra_options
+        o = self.rocksdb_options
+        extra = o.extra_options
+        mem = shared_memory(self.app, int(extra.get("shared_block_cache_bytes", BLOCK_CACHE_BYTES)),
+                            int(extra.get("memtable_bytes", MEMTABLE_BYTES)))
+        opts = rocksdict.Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.set_max_open_files(o.max_open_files)
+        opts.set_target_file_size_base(o.target_file_size_base)
+        opts.set_write_buffer_size(min(_WRITE_BUFFER_BYTES, max(mem.memtable_bytes // 4, 1 << 20)))
+        opts.set_max_write_buffer_number(2)
+        opts.set_write_buffer_manager(mem.write_buffers)
+        table = rocksdict.BlockBasedOptions()
+        table.set_bloom_filter(o.bloom_filter_size, block_based=True)
+        table.set_block_cache(mem.cache)
+        table.set_cache_index_and_filter_blocks(True)  # index and filters count against the cache too
+        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        opts.set_block_based_table_factory(table)
+        # faust 0.15.3: Store.partition_path, where faust keeps a partition's database
+        db = rocksdict.Rdict(str(self.partition_path(partition)), options=opts,
+                             access_type=rocksdict.AccessType.read_write())
+        db.set_read_options(rocksdict.ReadOptions())
+        wo = rocksdict.WriteOptions()
+        wo.disable_wal = False
+        wo.sync = False
+        db.set_write_options(wo)
+        return db
+
+
+# -- the stream's processors ------------------------------------------------------------------
+def start_passive(stream: Any) -> None:
+    """Start pulling ``stream``'s channel through its processors without an ``async for`` over it."""
+    # faust 0.15.3: Stream._enable_passive(channel) starts the passive consumer task
+    stream._enable_passive(aiter(stream.channel))
+
+
+def remove_processor(stream: Any, fn: Callable) -> None:
+    """Undo ``stream.add_processor(fn)`` (faust has no public way)."""
+    # faust 0.15.3: Stream.add_processor appends to Stream._processors
+    stream._processors.remove(fn)
 
 
 class _ReadOffsets(defaultdict):
@@ -150,6 +322,7 @@ def install() -> None:
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
+        # faust 0.15.3: Consumer._read_offset, a defaultdict(TP -> last delivered offset) _drain_messages reads
         self._read_offset = _ReadOffsets(self.app)
 
     def _new_offset(self: Any, tp: Any) -> int | None:
@@ -157,6 +330,7 @@ def install() -> None:
         if g is None or not g.watches(tp.topic):
             return new_offset(self, tp)
         limit = g.commit_offset(tp.topic, tp.partition)
+        # faust 0.15.3: Consumer._acked (sorted acked offsets), _acked_index (their set), _gap (skipped ones)
         acked, index = self._acked[tp], self._acked_index[tp]
         if limit is not None and acked:
             done = [o for o in acked if o < limit]
@@ -171,6 +345,7 @@ def install() -> None:
         if g is None:
             return await perform_seek(self)
         streams = {tp for tp in self.assignment() if g.watches(tp.topic)}
+        # faust 0.15.3: Consumer._paused_partitions, the set pause_partitions adds to
         paused = streams - self._paused_partitions
         self.pause_partitions(paused)
         try:
@@ -183,9 +358,13 @@ def install() -> None:
     async def flush(self: Any) -> None:
         if self.app is None or _guard(self.app) is None:
             return await buffer_flush(self)
-        while self.size:  # flush_atmost gives up after 0.1 s without a send: go on until empty
+        # faust 0.15.3: ProducerBuffer.size and flush_atmost(None); flush_atmost gives up after 0.1 s
+        # without a send: go on until empty
+        while self.size:
             await self.flush_atmost(None)
 
+    # faust 0.15.3: Recovery._build_offsets(consumer, tps, destination, title) fills destination with the
+    # offsets recovery starts from; tp_to_table and active_highwaters are set before it runs
     build_offsets = Recovery._build_offsets
 
     async def _build_offsets(self: Any, consumer: Any, tps: Any, destination: Any, title: str) -> None:
@@ -204,6 +383,7 @@ def install() -> None:
             for tp, offset in done.items():
                 destination[tp] = max(destination[tp], offset)
 
+    # faust 0.15.3: the five methods replaced (sources hashed in TOUCHED's test)
     Recovery._build_offsets = _build_offsets
     Consumer.__init__ = __init__
     Consumer._new_offset = _new_offset
