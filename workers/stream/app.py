@@ -29,6 +29,7 @@ from workers.dispatch import envelope_error, load_verbs, parse_request, session_
 from workers.errors import VerbError
 from workers.state.limits import check_request
 from workers.scoring import endpoints as scoring_endpoints
+from workers.scoring import prefetch
 from workers.stream.batching import LearnStream
 from workers.stream import faust_internals
 from workers.stream.faust_tuning import set_fetch_max_wait
@@ -159,7 +160,9 @@ class Runtime:
             await self._reroute(reroute, misplaced)
         if records:
             try:
-                res = self.processor.apply(records)
+                # scoring calls are made between passes, off the event loop (workers/scoring/prefetch.py)
+                res = await prefetch.settle(lambda: self.processor.apply(records), self.http,
+                                            discard=self.processor.forget)
                 # Delivered before the state is written: a value (and its watermark) in the table or
                 # changelog always means its events are downstream too. A crash in between applies
                 # the records again and re-emits the same ids (consumers dedup on them).
@@ -217,9 +220,15 @@ class Runtime:
             else:
                 metrics.DOWNSTREAM.labels(p.role).inc()
 
+    def http(self) -> Any:
+        """The worker's aiohttp session for outbound calls (faust's, closed with the app)."""
+        return self.app.http_client
+
     # -- reads and writes from HTTP -----------------------------------------------
-    def read(self, verb_name: str, body: dict, sk: str) -> dict:
-        return self.processor.read(REGISTRY[verb_name], body, sk, self.partition_of(sk))
+    async def read(self, verb_name: str, body: dict, sk: str) -> dict:
+        """Answer a read; its scoring calls (``important_memories``) are made off the event loop."""
+        v, partition = REGISTRY[verb_name], self.partition_of(sk)
+        return await prefetch.settle(lambda: self.processor.read(v, body, sk, partition), self.http)
 
     def event_for_write(self, verb_name: str, body: dict) -> tuple[Topic, dict]:
         v = REGISTRY[verb_name]
@@ -448,7 +457,7 @@ def _install_web(app: faust.App, rt: Runtime, guard: Guard) -> None:
             return _json(web, envelope_error(name, "recovering: state not available yet; retry"), 503,
                          {"Retry-After": str(_RECOVERING_RETRY_AFTER_S)})
         else:
-            out = rt.read(name, body, sk)
+            out = await rt.read(name, body, sk)
             status = 200 if out["ok"] else 422
         return _json(web, out, status)
 
