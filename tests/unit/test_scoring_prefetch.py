@@ -3,7 +3,8 @@
 A pass never calls: it notes; the calls are made between passes on aiohttp, each once, each
 bounded by its timeout; the pass that counts gives exactly the blocking client's numbers; the
 event loop keeps running while a call hangs; a dead endpoint costs at most one round of calls; a
-batch always finishes; the API key is sent but never shows in an error or a repr.
+batch always finishes; the API key is sent but never shows in an error or a repr; on the processor, a
+batch re-applied after a crash repeats itself and a saved one is never called for again.
 """
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ from workers.scoring.ngram import builtin_model
 from workers.scoring.state import ScoringState
 from workers.scoring.tokenizer import RemoteTokenizer
 from workers.scoring.transport import ScoringError, post_json
+from workers.state import MemoryStore
+from workers.stream.processor import Processor, StoreStateAccess
+from workers.stream.records import Record
+from workers.topics import topics
 
 TOK, _ = builtin_model()
 CONV = [Message(m["role"], m["content"], m.get("memory_id")) for m in MSGS]
@@ -159,3 +164,32 @@ def test_the_api_key_is_sent_but_never_in_an_error_or_a_repr(server) -> None:
     assert key not in str(e.value)
     call = prefetch.Call("http://x/v1", b"{}", 1.0, (("Authorization", f"Bearer {key}"),))
     assert key not in repr(call)
+
+
+def test_on_the_processor_a_redelivery_never_calls_again_and_a_reapplied_batch_repeats_itself(server) -> None:
+    """The worker's batch logic (Processor) in passes: a batch applied again after a crash before its
+    save gives the same downstream events (same ids, same scores); once saved, a redelivery is skipped
+    by the watermark and the endpoint is not called again."""
+    store = MemoryStore()
+    commands, memory = topics()["commands"].name, topics()["memory"].name
+    cfg = {"verb": "configure_scoring", "body": {"session_key": "agent", "backend": "openai",
+                                                 "base_url": server.url + "/v1", "model": "m", "tokenizer": "builtin"}}
+    event = Record(memory, 0, 0, b"agent", orjson.dumps({"session_key": "agent", "conversation_id": "c1",
+                                                         "messages": MSGS}), 5000)
+
+    def scores(res) -> list[tuple]:  # noqa: ANN001
+        return [(x.value["id"], x.value["memory_id"], x.value["score"]) for x in res.produce if x.role == "scores"]
+
+    first = Processor(StoreStateAccess(store))
+    first.save(settle(lambda: first.apply([Record(commands, 0, 0, b"agent", orjson.dumps(cfg), 1000)]),
+                      discard=first.forget))
+    lost = settle(lambda: first.apply([event]), discard=first.forget)  # applied, then the worker died unsaved
+    assert len(scores(lost)) == 2 and server.calls("/v1/completions")
+
+    restarted = Processor(StoreStateAccess(store))
+    res = settle(lambda: restarted.apply([event]), discard=restarted.forget)
+    restarted.save(res)
+    assert scores(res) == scores(lost) and res.applied == 1
+    made = len(server.requests)
+    again = settle(lambda: restarted.apply([event]), discard=restarted.forget)  # redelivered after the save
+    assert again.duplicates == 1 and not again.produce and len(server.requests) == made
