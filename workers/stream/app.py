@@ -31,6 +31,7 @@ from workers.state.limits import check_request
 from workers.scoring import endpoints as scoring_endpoints
 from workers.stream.batching import LearnStream
 from workers.stream import faust_internals
+from workers.stream import log_identity
 from workers.stream.faust_tuning import set_fetch_max_wait
 from workers.stream.gaps import GapGuard, KafkaProbe
 from workers.stream import partitioning
@@ -351,6 +352,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     app.agent(channel, name="learnstream.learn", concurrency=1)(learn)  # >1 loses messages (faust #606)
 
     faust_internals.watch(app, rt.guard)
+    log_identity.install_truncation_recovery()  # a broker that lost acknowledged records: rebuild, not crash
 
     @app.on_partitions_revoked.connect
     async def _revoked(app: faust.App, revoked: Any, **_: Any) -> None:
@@ -535,10 +537,12 @@ def _install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
 
     names = {t.name for t in inputs}
 
+    # read at each scrape: the gauge and /ready never disagree (a timer lags a probe behind)
+    metrics.READY.set_function(lambda: 1 if rt.is_ready() else 0)
+
     @app.timer(_BROKER_PROBE_S)
     async def broker_probe() -> None:
         await rt.broker_health.probe()
-        metrics.READY.set(1 if rt.is_ready() else 0)
 
     @app.timer(_LAG_INTERVAL_S)
     async def lag() -> None:
@@ -557,4 +561,3 @@ def _install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
                 lag_by_topic[tp.topic] += max(hw - committed, 0)  # committed = next offset to read
         for t, n in lag_by_topic.items():
             metrics.CONSUMER_LAG.labels(t).set(n)
-        metrics.READY.set(1 if rt.is_ready() else 0)

@@ -12,6 +12,15 @@ end offset, or a data dir last used with another Kafka cluster id, means the tab
 another log. They are moved aside (never deleted) to ``<data_dir>/stale-tables-<UTC time>`` with a
 WARNING saying so, and the worker rebuilds its state from the changelogs it finds, then applies
 every event of the input topics from the group's committed offsets.
+
+While running, the log can also fall behind the tables: a broker that acknowledged writes and
+lost them (noida-db killed with SIGKILL loses up to its last ~1 s, README "The embedded broker").
+When the broker is back, faust's recovery finds a table partition's persisted offset past its
+changelog's end and would crash (``ConsistencyError``). :func:`install_truncation_recovery` makes
+it rebuild that partition from the changelog instead, with an ERROR naming the lost offsets: the
+state then matches the log again (the lost writes are lost with their effects, never half), the
+watermarks it rebuilds let the input records that reuse the lost offsets be applied, and nothing
+the log still holds is applied twice.
 """
 from __future__ import annotations
 
@@ -26,7 +35,7 @@ import orjson
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
 from aiokafka.protocol.metadata import MetadataRequest
 
-__all__ = ("ensure_tables_match_log", "stale_tables", "cluster_id")
+__all__ = ("ensure_tables_match_log", "stale_tables", "cluster_id", "install_truncation_recovery")
 
 logger = logging.getLogger(__name__)
 
@@ -111,3 +120,44 @@ async def ensure_tables_match_log(data_dir: Path, tabledir: Path, changelogs: Ma
     data_dir.mkdir(parents=True, exist_ok=True)
     marker.write_bytes(orjson.dumps({"cluster_id": current, "bootstrap": bootstrap}))
     return moved
+
+
+_truncation_installed = False
+
+
+def install_truncation_recovery() -> None:
+    """Patch faust's ``Recovery._build_offsets``: an active table partition whose persisted offset is
+    past its changelog's end is emptied and rebuilt from the changelog (idempotent)."""
+    global _truncation_installed
+    if _truncation_installed:
+        return
+    from faust.tables.recovery import Recovery
+
+    build_offsets = Recovery._build_offsets
+
+    async def _build_offsets(self, consumer, tps, destination, title):  # noqa: ANN001, ANN202 - faust's signature
+        await build_offsets(self, consumer, tps, destination, title)
+        if title != "active" or not tps:
+            return
+        ends = await consumer.highwaters(*tps)
+        for tp in tps:
+            end, applied = ends.get(tp), destination.get(tp)
+            # faust's offsets are "last applied" (end - 1 is the last record); -1 / None: nothing yet
+            if end is None or applied is None or applied < end:
+                continue
+            table = self.tp_to_table[tp]
+            drop = getattr(table.data, "drop_partition", None)
+            if drop is None:
+                continue  # not our store: faust's consistency check reports it
+            n = drop(tp.partition)
+            earliest = (await consumer.earliest_offsets(tp)).get(tp)
+            destination[tp] = max(-1, (earliest or 0) - 1)  # faust reads from here + 1: the whole changelog
+            logger.error(
+                "changelog %s[%d] ends at offset %d but this worker's table was written up to offset %d: the broker "
+                "lost records it had acknowledged (a SIGKILLed embedded broker loses up to its last second). "
+                "Dropped the partition's %d local keys and rebuilding it from the changelog: the writes behind "
+                "changelog records %d..%d are lost with all their effects.", tp.topic, tp.partition, end, applied,
+                n, end, applied)
+
+    Recovery._build_offsets = _build_offsets
+    _truncation_installed = True

@@ -22,6 +22,8 @@ from faust.stores import rocksdb
 
 __all__ = ("Store",)
 
+_OFFSET_KEY = b"__faust\0offset__"  # rocksdb.Store.offset_key
+
 
 class Store(rocksdb.Store):
     """``rocksdb.Store`` whose partition DBs write through the WAL without fsync (rocksdict driver)."""
@@ -34,3 +36,13 @@ class Store(rocksdb.Store):
             opts.sync = False
             db.set_write_options(opts)
         return db
+
+    def drop_partition(self, partition: int) -> int:
+        """Delete every key of one partition's database, its persisted changelog offset included, so
+        recovery rebuilds it from the changelog; returns how many keys were deleted."""
+        db = self._db_for_partition(partition)
+        keys = list(db.keys())
+        for key in keys:
+            del db[key]
+        self._key_index.clear()  # key -> partition lookups may name this partition's keys
+        return len(keys)

@@ -18,9 +18,12 @@ def run_worker(settings: Settings) -> int:
     """Run the faust worker until SIGTERM/SIGINT. Starts the embedded broker if none is configured."""
     import faust
 
+    from workers.logs import announce
     from workers.logs import configure as configure_logs
     from workers.stream.app import build_app
 
+    # what is logged before faust sets up its own handlers (broker start, topics, tables) is JSON too
+    configure_logs(logging.getLogger(), settings.log_format)
     broker = None
     if not settings.broker:
         from workers.broker import EmbeddedBroker
@@ -29,7 +32,7 @@ def run_worker(settings: Settings) -> int:
         broker = EmbeddedBroker(data_dir=settings.data_dir / "broker").start()
         # the caller's settings (CLI flags included) with the broker filled in, never re-read from the env
         settings = dataclasses.replace(settings, broker=broker.bootstrap, broker_kind="embedded")
-        print(f"embedded broker on {broker.bootstrap}, data in {broker.data_dir}", flush=True)
+        announce(f"embedded broker on {broker.bootstrap}, data in {broker.data_dir}", settings.log_format)
     from workers.stream.log_identity import ensure_tables_match_log
     from workers.stream.provision import ensure_topics_sync
 
@@ -72,8 +75,10 @@ def ready_line(settings: Settings) -> str:
 
 
 def _announce_ready(app: object, rt: object, settings: Settings) -> None:
+    from workers.logs import announce
+
     @app.task  # type: ignore[attr-defined]
-    async def announce() -> None:
+    async def announce_ready() -> None:
         while not rt.is_ready():  # type: ignore[attr-defined]
             await asyncio.sleep(_READY_POLL_S)
-        print(ready_line(settings), flush=True)
+        announce(ready_line(settings), settings.log_format)
