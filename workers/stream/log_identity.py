@@ -160,4 +160,21 @@ def install_truncation_recovery() -> None:
                 n, end, applied)
 
     Recovery._build_offsets = _build_offsets
+
+    # The input log shrank too: aiokafka answers OffsetOutOfRange by resetting the position, and
+    # while it resets (position None) faust's livelock check asserts on it and crashes the consumer.
+    # A partition being reset has no event path to verify yet.
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+    from aiokafka import TopicPartition as _TP
+
+    verify = AIOKafkaConsumerThread.verify_event_path
+
+    def verify_event_path(self, now, tp):  # noqa: ANN001, ANN202 - faust's signature
+        subs = self._ensure_consumer()._fetcher._subscriptions.subscription
+        state = subs.assignment.state_value(_TP(tp.topic, tp.partition)) if subs is not None else None
+        if state is not None and not state.has_valid_position:
+            return None
+        return verify(self, now, tp)
+
+    AIOKafkaConsumerThread.verify_event_path = verify_event_path
     _truncation_installed = True
