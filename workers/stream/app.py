@@ -87,6 +87,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     app.agent(channel, name="learnstream.learn", concurrency=1)(learn)  # >1 loses messages (faust #606)
 
     faust_internals.watch(app, rt.guard)
+    faust_internals.install_truncation_recovery()  # a broker that lost acknowledged records: rebuild, not crash
 
     @app.on_partitions_revoked.connect
     async def _revoked(app: faust.App, revoked: Any, **_: Any) -> None:
