@@ -19,6 +19,8 @@ from workers.stream import faust_internals
 
 # sha256 (first 16 hex) of each touched function's source in faust-streaming 0.15.3
 _CHECKED_SOURCES = {
+    "tables.recovery.Recovery._build_offsets": "f7626a56c3b2b33a",
+    "transport.drivers.aiokafka.AIOKafkaConsumerThread.verify_event_path": "f7025e20d8664e1f",
     "transport.consumer.Consumer.__init__": "98de5b3b169c981e",
     "transport.consumer.Consumer._new_offset": "7524555f309a6493",
     "transport.consumer.Consumer.perform_seek": "b2fa31dd2a8784d3",
@@ -35,7 +37,6 @@ _CHECKED_SOURCES = {
     "streams.Stream.add_processor": "6a735256dc859830",
     "stores.rocksdb.Store.partition_path": "4fac3075c51c1fad",
     "stores.rocksdb.RocksDBOptions.__init__": "e343650ebe4fa9d8",
-    "tables.recovery.Recovery._build_offsets": "f7626a56c3b2b33a",
     "transport.drivers.aiokafka.Producer._ensure_producer": "4444c75c31a07171",
     "worker.Worker._setup_spinner_handler": "f5bb2af38ea73661",
 }

@@ -87,6 +87,9 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
     app.agent(channel, name="learnstream.learn", concurrency=1)(learn)  # >1 loses messages (faust #606)
 
+    # first, so the bulk restore's patch (installed by watch) wraps it: a partition emptied for a
+    # truncated changelog is then rebuilt in bulk too
+    faust_internals.install_truncation_recovery()  # a broker that lost acknowledged records: rebuild, not crash
     faust_internals.watch(app, rt.guard)
     faust_internals.bulk_recovery(app, rt.bulk_restore)
 
