@@ -27,19 +27,37 @@ What faust does, and why it loses events (README, "Consistency"):
 4. **It lets the stream consume before the seek.** ``Consumer.perform_seek`` now pauses the
    stream partitions until the seek completed (the guard would catch the jump anyway; this
    removes its cause).
+
+With learnstream's own transactions (:func:`transactional`, workers/stream/transactions.py):
+
+5. **The input offsets are committed in the batches' transactions**, so faust commits none of
+   the watched topics (``_new_offset`` trims its acked list and answers None).
+6. **It reads uncommitted records** unless faust's own exactly-once mode is on. The worker's
+   consumer (input topics and changelog recovery alike) reads ``read_committed``: an aborted
+   batch's changelog records, downstream events and re-routed copies are never seen.
+7. **Its recovery waits for an offset no record has.** A transactional changelog ends with a
+   commit marker, so faust's highwater (end offset - 1) is never *delivered*; faust only looks
+   past it in its own exactly-once mode, after two 5 s timeouts (and races the records still
+   queued). The highwater is now the offset of the last committed record (a fetch of the tail).
+8. **The new owner fences before recovery.** ``TableManager.on_rebalance`` (which starts the
+   changelog recovery) first awaits the app's hook, which starts the partitions' transactional
+   producers: what a previous owner left open is aborted (or completed) before recovery reads.
 """
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-__all__ = ("FAUST_CHECKED", "install", "watch", "seek", "committed_offset")
+__all__ = ("FAUST_CHECKED", "install", "watch", "transactional", "note_committed", "seek", "committed_offset")
 
 logger = logging.getLogger(__name__)
 
 FAUST_CHECKED = "0.15.3"
 _ATTR = "_learnstream_guard"
+_TXN_ATTR = "_learnstream_before_recovery"
+_LAST_ATTR = "_learnstream_last_record"
 _installed = False
 
 
@@ -59,6 +77,30 @@ def watch(app: Any, guard: Watcher) -> None:
 
 def _guard(app: Any) -> Watcher | None:
     return getattr(app, _ATTR, None)
+
+
+def transactional(app: Any, before_recovery: Callable[[set[Any]], Awaitable[None]],
+                  last_record: Callable[[str, int, int], Awaitable[int | None]]) -> None:
+    """The app commits its watched input offsets in its own transactions (patches 5-8 above).
+
+    ``before_recovery(assigned)`` runs on every assignment before the changelogs are read;
+    ``last_record(topic, partition, end)`` gives the offset of the last committed record below
+    ``end`` (None: none), which recovery waits for instead of ``end - 1``.
+    """
+    install()
+    setattr(app, _TXN_ATTR, before_recovery)
+    setattr(app, _LAST_ATTR, last_record)
+
+
+def _transactional(app: Any) -> bool:
+    return getattr(app, _TXN_ATTR, None) is not None
+
+
+def note_committed(app: Any, topic: str, partition: int, offset: int) -> None:
+    """Tell faust a transaction committed ``offset`` (its lag metric and the guard's start read it)."""
+    from faust.types import TP
+
+    app.consumer._committed_offset[TP(topic, partition)] = offset
 
 
 async def seek(app: Any, topic: str, partition: int, offset: int) -> None:
@@ -124,7 +166,7 @@ def install() -> None:
                 acked[:] = [o for o in acked if o >= limit]
                 index.difference_update(done)
         self._gap.pop(tp, None)  # never counted as applied here
-        return limit
+        return None if _transactional(self.app) else limit
 
     async def _perform_seek(self: Any) -> None:
         g = _guard(self.app)
@@ -146,6 +188,41 @@ def install() -> None:
         while self.size:  # flush_atmost gives up after 0.1 s without a send: go on until empty
             await self.flush_atmost(None)
 
+    from faust.tables.manager import TableManager
+    from faust.tables.recovery import Recovery
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    create_worker_consumer = AIOKafkaConsumerThread._create_worker_consumer
+
+    def _create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = create_worker_consumer(self, transport)
+        if _transactional(self.app):
+            consumer._isolation_level = "read_committed"  # read by AIOKafkaConsumer.start (its Fetcher)
+        return consumer
+
+    tables_on_rebalance = TableManager.on_rebalance
+
+    async def on_rebalance(self: Any, assigned: Any, *args: Any, **kwargs: Any) -> None:
+        hook = getattr(self.app, _TXN_ATTR, None)
+        if hook is not None:
+            await hook(set(assigned))
+        await tables_on_rebalance(self, assigned, *args, **kwargs)
+
+    build_highwaters = Recovery._build_highwaters
+
+    async def _build_highwaters(self: Any, consumer: Any, tps: Any, destination: Any, title: str) -> None:
+        await build_highwaters(self, consumer, tps, destination, title)
+        last_record = getattr(self.app, _LAST_ATTR, None)
+        if last_record is None:
+            return
+        for tp, highwater in list(destination.items()):
+            if highwater is not None and highwater >= 0:  # faust's highwater: end offset - 1
+                last = await last_record(tp.topic, tp.partition, highwater + 1)
+                destination[tp] = last if last is not None else -1
+
+    AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+    TableManager.on_rebalance = on_rebalance
+    Recovery._build_highwaters = _build_highwaters
     Consumer.__init__ = __init__
     Consumer._new_offset = _new_offset
     Consumer.perform_seek = _perform_seek

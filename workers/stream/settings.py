@@ -90,6 +90,9 @@ class Settings:
     block_cache_bytes: int = _BLOCK_CACHE_BYTES
     session_timeout_s: float = _SESSION_TIMEOUT_S
     commit_interval_s: float = 1.0
+    # one Kafka transaction per batch and partition: downstream events exactly once for read_committed
+    # consumers (workers/stream/transactions.py); false: at-least-once with deterministic ids
+    transactions: bool = True
     cache_bytes: int = CACHE_BYTES       # decoded sessions kept in memory (LRU, by bytes)
     max_session_bytes: int = MAX_SESSION_BYTES  # one session's state in one table (workers/state/limits.py)
     max_value_bytes: int = MAX_VALUE_BYTES      # one key's value: under Kafka's default 1 MiB message limit
@@ -145,6 +148,7 @@ class Settings:
             standby_replicas=_int("STANDBY_REPLICAS", 1), block_cache_bytes=_int("BLOCK_CACHE_BYTES", _BLOCK_CACHE_BYTES),
             session_timeout_s=_float("SESSION_TIMEOUT_S", _SESSION_TIMEOUT_S),
             commit_interval_s=_float("COMMIT_INTERVAL_S", 1.0), batch_max=_int("BATCH_MAX", 1000),
+            transactions=_bool("TRANSACTIONS", True),
             cache_bytes=_int("CACHE_BYTES", CACHE_BYTES),
             max_session_bytes=_int("MAX_SESSION_BYTES", MAX_SESSION_BYTES),
             max_value_bytes=_int("MAX_VALUE_BYTES", MAX_VALUE_BYTES),
@@ -226,6 +230,7 @@ class Settings:
             "LEARNSTREAM_BLOCK_CACHE_BYTES": str(self.block_cache_bytes),
             "LEARNSTREAM_SESSION_TIMEOUT_S": str(self.session_timeout_s),
             "LEARNSTREAM_COMMIT_INTERVAL_S": str(self.commit_interval_s),
+            "LEARNSTREAM_TRANSACTIONS": "true" if self.transactions else "false",
             "LEARNSTREAM_BATCH_MAX": str(self.batch_max), "LEARNSTREAM_BATCH_WITHIN_S": str(self.batch_within_s),
             "LEARNSTREAM_BATCH_LINGER_S": str(self.batch_linger_s),
             "LEARNSTREAM_CACHE_BYTES": str(self.cache_bytes),
