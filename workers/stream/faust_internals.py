@@ -40,11 +40,13 @@ With learnstream's own transactions (:func:`transactional`, workers/stream/trans
    past it in its own exactly-once mode, after two 5 s timeouts (and races the records still
    queued). The highwater is now the offset of the last committed record (a fetch of the tail).
 8. **The new owner fences before recovery.** ``TableManager.on_rebalance`` (which starts the
-   changelog recovery) first awaits the app's hook, which starts the partitions' transactional
-   producers: what a previous owner left open is aborted (or completed) before recovery reads.
+   changelog recovery) starts the app's hook, which starts the partitions' transactional
+   producers, and recovery awaits it before it reads a highwater: what a previous owner left
+   open is aborted (or completed) before recovery reads.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -58,6 +60,7 @@ FAUST_CHECKED = "0.15.3"
 _ATTR = "_learnstream_guard"
 _TXN_ATTR = "_learnstream_before_recovery"
 _LAST_ATTR = "_learnstream_last_record"
+_FENCING_ATTR = "_learnstream_fencing"
 _installed = False
 
 
@@ -205,12 +208,17 @@ def install() -> None:
     async def on_rebalance(self: Any, assigned: Any, *args: Any, **kwargs: Any) -> None:
         hook = getattr(self.app, _TXN_ATTR, None)
         if hook is not None:
-            await hook(set(assigned))
+            # Started here, awaited when recovery starts (_build_highwaters): the rebalance callback
+            # holds up the consumer's heartbeats, and a slow one gets the member kicked out again.
+            setattr(self.app, _FENCING_ATTR, asyncio.ensure_future(hook(set(assigned))))
         await tables_on_rebalance(self, assigned, *args, **kwargs)
 
     build_highwaters = Recovery._build_highwaters
 
     async def _build_highwaters(self: Any, consumer: Any, tps: Any, destination: Any, title: str) -> None:
+        fencing = getattr(self.app, _FENCING_ATTR, None)
+        if fencing is not None:
+            await asyncio.shield(fencing)  # the previous owners are fenced before anything is read
         await build_highwaters(self, consumer, tps, destination, title)
         last_record = getattr(self.app, _LAST_ATTR, None)
         if last_record is None:
