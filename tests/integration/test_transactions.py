@@ -128,3 +128,45 @@ async def test_last_record_reads_back_past_a_long_aborted_transaction(broker) ->
             await probe.close()
     finally:
         await t.close()
+
+
+async def test_recovery_reads_past_an_aborted_transaction_on_the_embedded_broker(broker) -> None:
+    """noida lists aborted transactions that ended before the fetch offset; without
+    broker_compat.ignore_finished_aborts a read_committed fetch from just after a committed record
+    (faust's recovery from a persisted offset) returns nothing of the producer's later commits."""
+    from workers import broker_compat
+
+    app = f"tx-{uuid.uuid4().hex[:8]}"
+    log = f"{app}-changelog"
+    await _topics(broker.bootstrap, log)
+    t = _txns(broker.bootstrap, app)
+    await t.assign({0})
+    try:
+        await t.commit(0, PartitionWork([Send(log, b"k", b"a", 0)]))           # 0, commit 1
+        p = t.producers[0]
+        await p.begin_transaction()
+        await p.send_and_wait(log, b"aborted", key=b"k", partition=0)           # 2
+        await p.abort_transaction()                                              # abort 3
+        await t.commit(0, PartitionWork([Send(log, b"k", b"b", 0)]))           # 4, commit 5
+        await t.commit(0, PartitionWork([Send(log, b"k", b"c", 0)]))           # 6, commit 7
+    finally:
+        await t.close()
+    broker_compat.ignore_finished_aborts()
+    c = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, isolation_level="read_committed",
+                         enable_auto_commit=False)
+    await c.start()
+    try:
+        tp = TopicPartition(log, 0)
+        c.assign([tp])
+        c.seek(tp, 5)  # persisted offset 4 ("b"): recovery reads from 5
+        got: list[bytes] = []
+        while await c.position(tp) < 8:
+            got += [m.value for m in (await c.getmany(tp, timeout_ms=1000)).get(tp, [])]
+        assert got == [b"c"]
+    finally:
+        await c.stop()
+    probe = KafkaProbe(broker.bootstrap, tail_from_start=True)
+    try:
+        assert await probe.last_record(log, 0, 8) == 6
+    finally:
+        await probe.close()

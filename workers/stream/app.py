@@ -25,7 +25,7 @@ from faust.sensors.monitor import Monitor
 from faust.sensors.prometheus import PrometheusMonitor
 from prometheus_client import CollectorRegistry, generate_latest
 
-from workers import metrics
+from workers import broker_compat, metrics
 from workers.dispatch import envelope_error, load_verbs, parse_request, session_key_of
 from workers.errors import VerbError
 from workers.state.limits import check_request
@@ -106,7 +106,8 @@ class Runtime:
         self.channels: dict[str, Any] = {}
         self.probe_topic = self.topics["feedback"].name
         self.changelog_topic = tables["session"].changelog_topic.get_topic_name()
-        self.probe = KafkaProbe(settings.broker or "", **settings.kafka_kwargs())
+        self.probe = KafkaProbe(settings.broker or "", tail_from_start=settings.broker_kind == "embedded",
+                                **settings.kafka_kwargs())
         self.guard = GapGuard({t.name for t in input_topics()}, start=self._start_offset,
                               first_record=self.probe.first_record, seek=self._seek)
         self.broker_health = BrokerHealth(settings.broker or "", settings.broker_unreachable_s,
@@ -433,6 +434,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     )
     if settings.kafka:
         _apply_kafka_security(app, settings)
+    if settings.broker_kind == "embedded" and settings.transactions:
+        broker_compat.ignore_finished_aborts()
     tables = {
         # bytes types make faust pick the raw codec for the changelog (a Schema(...) argument is
         # silently ignored there and falls back to json, which cannot carry binary values).
