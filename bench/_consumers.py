@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from _stream import SESSION_TIMEOUT_S as _SESSION_TIMEOUT_S  # the worker's, in the benchmarks
-from workers.codec import embedding_field
+from workers.verbs.codec import embedding_field
 
 __all__ = ("decode", "Counter", "main")
 

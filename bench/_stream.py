@@ -17,26 +17,24 @@ import argparse
 import asyncio
 import os
 import shlex
-import subprocess
+import shutil
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
-from workers.broker import EmbeddedBroker, free_port
+from workers.cli import processes
+from workers.cli.http_json import http_json
+from workers.cli.processes import ChildProcess, metric
+from workers.cli.waiting import wait_until as _wait_until
+from workers.kafka.broker import EmbeddedBroker, free_port
 from workers.stream.provision import ensure_topics
 from workers.stream.settings import Settings
-from workers.http import http_json
-from workers.waiting import wait_until as _wait_until
 
-__all__ = ("SESSION_TIMEOUT_S", "SAFE_PAUSE_SHARE", "WorkerProcess", "Gated", "start_broker", "provision", "http_json", "metric",
+__all__ = ("SESSION_TIMEOUT_S", "SAFE_PAUSE_SHARE", "WorkerProcess", "ChildProcess", "teardown", "start_broker", "provision", "http_json", "metric",
            "wait_until", "balanced_keys", "machine_note", "worker_options", "worker_kwargs")
 
 # A member suspended while one scenario is produced (a few seconds) must not be
@@ -51,6 +49,18 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 def start_broker(log_dir: Path) -> EmbeddedBroker:
     return EmbeddedBroker(log_path=log_dir / "broker.log").start()
+
+
+def teardown(procs: Iterable[Any], broker: EmbeddedBroker | None, log_dir: Path | None, keep_logs: bool) -> None:
+    """The end of a benchmark run: stop its processes (a paused one is resumed first), then the broker,
+    and remove the logs unless they are kept."""
+    for p in procs:
+        if p is not None:
+            p.stop()
+    if broker is not None:
+        broker.stop()
+    if log_dir is not None and not keep_logs:
+        shutil.rmtree(log_dir, ignore_errors=True)
 
 
 def provision(bootstrap: str, partitions: int, extra: list[str] | None = None) -> dict[str, int]:
@@ -72,17 +82,8 @@ def provision(bootstrap: str, partitions: int, extra: list[str] | None = None) -
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """The shared poller (workers.waiting) with this module's argument order; exceptions propagate."""
+    """The shared poller (workers.cli.waiting) with this module's argument order; exceptions propagate."""
     return _wait_until(cond, timeout, interval, what, retry_on=())
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one Prometheus sample (0.0 when absent)."""
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return float(s.value)
-    return 0.0
 
 
 def balanced_keys(n: int, partitions: int, prefix: str = "agent-") -> list[str]:
@@ -126,107 +127,26 @@ def machine_note() -> str:
             f"Python {sys.version.split()[0]}")
 
 
-class Gated:
-    """A subprocess that can be suspended and resumed (SIGSTOP / SIGCONT) and measured for CPU time."""
-
-    proc: subprocess.Popen | None = None
-
-    def _ps(self) -> psutil.Process:
-        assert self.proc is not None
-        return psutil.Process(self.proc.pid)
-
-    def pause(self) -> None:
-        self._ps().suspend()
-
-    def resume(self) -> float:
-        """SIGCONT; returns the monotonic time just before the signal (the start of a measurement)."""
-        ps = self._ps()
-        t = time.monotonic()
-        ps.resume()
-        return t
-
-    def cpu_seconds(self) -> float:
-        c = self._ps().cpu_times()
-        return c.user + c.system
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 30.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            psutil.Process(proc.pid).resume()  # a suspended process ignores SIGTERM until resumed
-        except psutil.Error:
-            pass
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-class WorkerProcess(Gated):
-    """A real ``learnstream worker`` subprocess on the given broker (its own data dir and HTTP port)."""
+class WorkerProcess(processes.WorkerProcess):
+    """A real ``learnstream worker`` subprocess on the given broker (its own data dir and HTTP port),
+    with the benchmarks' session timeout (see the module docstring)."""
 
     def __init__(self, bootstrap: str, *, partitions: int, app_id: str, data_dir: Path | None = None,
                  log_dir: Path, env: dict[str, str] | None = None, command: list[str] | None = None) -> None:
-        self.port = free_port()
+        port = free_port()
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="learnstream-bench-", dir=log_dir))
-        self.log_path = log_dir / f"worker-{self.port}.log"
         s = Settings(broker=bootstrap, broker_kind="embedded", app_id=app_id, data_dir=self.data_dir,
-                     web_port=self.port, partitions=partitions, session_timeout_s=SESSION_TIMEOUT_S,
+                     web_port=port, partitions=partitions, session_timeout_s=SESSION_TIMEOUT_S,
                      log_level="warning")
-        self.env = {**os.environ, **s.env(), **(env or {})}
-        self.command = command or [sys.executable, "-m", "workers.cli", "worker"]
-        self.started_at = 0.0
-        self.ready_at = 0.0
+        super().__init__({**os.environ, **s.env(), **(env or {})}, port=port, log=log_dir / f"worker-{port}.log",
+                         command=command, cwd=_ROOT)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> WorkerProcess:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(self.command, env=self.env, cwd=_ROOT,
-                                     stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        return self
-
-    def ready(self) -> bool:
-        if not self.alive():
-            tail = self.log_path.read_bytes()[-3000:].decode(errors="replace")
-            raise RuntimeError(f"worker exited ({self.proc.returncode if self.proc else '?'}); log:\n{tail}")
-        try:
-            return http_json(self.url + "/ready", timeout=5)[0] == 200
-        except OSError:
-            return False
-
-    def wait_ready(self, timeout: float = _READY_TIMEOUT_S) -> float:
+    def wait_ready(self, timeout: float = _READY_TIMEOUT_S) -> float:  # type: ignore[override]
         """Block until /ready; returns seconds from process start (start-up + group join + recovery)."""
-        wait_until(self.ready, timeout, "worker /ready", 0.05)
-        self.ready_at = time.monotonic()
-        return self.ready_at - self.started_at
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as r:
-            return r.read().decode()
+        return super().wait_ready(timeout, 0.05)
 
     def events(self, topic: str, outcome: str = "applied") -> float:
-        return metric(self.metrics(), "learnstream_events_total", topic=topic, outcome=outcome)
-
-    token: str | None = None  # sent as a bearer token when the worker checks tokens
-
-    def dispatch(self, verb: str, body: dict | None = None) -> tuple[int, Any]:
-        return http_json(self.url + "/dispatch", {"verb": verb, "body": body or {}}, token=self.token)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        super().stop(timeout)
-        log = getattr(self, "_log", None)
-        if log is not None and not log.closed:
-            log.close()
+        return self.metric("learnstream_events_total", topic=topic, outcome=outcome)
 
 
 def topic_bytes(bootstrap: str, topic: str, start: dict[int, int] | None = None) -> tuple[int, int, dict[int, int]]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -32,9 +31,10 @@ import httpx
 import numpy as np
 
 from _stream import WorkerProcess, machine_note, provision, start_broker, wait_until
-from workers.broker import free_port
+from workers.cli.processes import metric
+from workers.kafka.broker import free_port
 from workers.client import LearnstreamClient
-from workers.topics import topics
+from workers.kafka.topics import topics
 
 __all__ = ("main",)
 
@@ -129,9 +129,7 @@ def _events(url: str, outcome: str) -> float:
     import urllib.request
 
     text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
-    name = re.escape(topics()["feedback"].name)
-    m = re.search(rf'learnstream_events_total{{outcome="{outcome}",topic="{name}"}} ([0-9.e+]+)', text)
-    return float(m.group(1)) if m else 0.0
+    return metric(text, "learnstream_events_total", outcome=outcome, topic=topics()["feedback"].name)
 
 
 async def _race(bootstrap: str, url: str, sessions: int, how: str) -> int:

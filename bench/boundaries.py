@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _digits import digits  # noqa: E402
 
-from workers.codec import encode_embedding_b64  # noqa: E402
+from workers.verbs.codec import encode_embedding_b64  # noqa: E402
 from workers.cores.boundary import LossCusum  # noqa: E402
 from workers.cores.deep import DeepState  # noqa: E402
-from workers.dispatch import LearnSession  # noqa: E402
+from workers.verbs.session import LearnSession  # noqa: E402
 
 __all__ = ("main", "curve_stream", "digits_stream", "score")
 

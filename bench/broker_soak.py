@@ -4,7 +4,7 @@
 and a steady stream of 384-d feedback events (``embedding_b64``) over many sessions for ``--minutes``.
 Every ``--sample-s`` the broker process's RSS, its snapshot size on disk, the worker's RSS and the
 events applied are recorded. Judged: the broker's RSS levels off (retention and compaction, see
-workers/broker_compat.py) instead of growing with everything ever written. Reports start, peak,
+workers/kafka/broker_compat.py) instead of growing with everything ever written. Reports start, peak,
 last and the slope over the second half.
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from workers.broker import free_port
+from workers.cli.processes import metric_by
+from workers.kafka.broker import free_port
 from workers.client import LearnstreamClient
 
 __all__ = ("main",)
@@ -35,8 +36,7 @@ def _applied(url: str) -> float:
         text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
     except OSError:
         return float("nan")
-    return sum(float(v) for v in re.findall(r'^learnstream_events_total\{outcome="applied",topic="[^"]+"\} (\S+)$',
-                                            text, re.M))
+    return sum(metric_by(text, "learnstream_events_total", "topic", outcome="applied").values())
 
 
 def _bootstrap_of(log: Path, timeout: float = 60) -> str:
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bootstrap = _bootstrap_of(log)
         url = f"http://127.0.0.1:{port}"
-        from workers.http import http_json
-        from workers.waiting import wait_until
+        from workers.cli.http_json import http_json
+        from workers.cli.waiting import wait_until
 
         # producing before the worker created its topics would let the broker auto-create them
         wait_until(lambda: http_json(url + "/ready", timeout=3)[0] == 200, 120, 0.3, "the worker /ready",

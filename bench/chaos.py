@@ -54,9 +54,9 @@ from aiokafka.structs import TopicPartition
 
 from _stream import (WorkerProcess, balanced_keys, http_json, machine_note, provision, start_broker, wait_until,
                      worker_kwargs, worker_options)
-from workers.codec import encode_embedding_b64
-from workers.dispatch import LearnSession
-from workers.topics import topics
+from workers.verbs.codec import encode_embedding_b64
+from workers.verbs.session import LearnSession
+from workers.kafka.topics import topics
 
 __all__ = ("Stream", "make_stream", "expected", "run_seed", "Outcome", "main")
 

@@ -37,6 +37,7 @@ Target (issue 6): the full learner closes >= 70% of the gap on both protocols.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -169,11 +170,12 @@ def _fmt(vals: list[float], pct: bool = True) -> str:
     return f"{s * np.nanmean(a):6.1f} ± {s * np.nanstd(a):4.1f}"
 
 
-def speed(examples: int, seed: int = 0) -> list[tuple[str, float]]:
-    """µs per example: the default learner in process (batches of 10), and through ``learn_example``
-    (``LearnSession``, in-memory store, ``features_b64``) one example per call and in envelopes."""
-    from workers.codec import encode_embedding_b64
-    from workers.dispatch import LearnSession
+def speed(examples: int, seed: int = 0) -> list[tuple[str, float, float]]:
+    """(row, wall µs, CPU µs) per example: the default learner in process (batches of 10), and through
+    ``learn_example`` (``LearnSession``, in-memory store, ``features_b64``) one example per call and in
+    envelopes. CPU time is this process's: on a shared machine wall time also counts other processes'."""
+    from workers.verbs.codec import encode_embedding_b64
+    from workers.verbs.session import LearnSession
 
     X, y = permuted_digits(seed)[0].X_train, permuted_digits(seed)[0].y_train
     rng = np.random.default_rng(seed)
@@ -182,23 +184,23 @@ def speed(examples: int, seed: int = 0) -> list[tuple[str, float]]:
     out = []
     learner = ContinualLearner(n_features=X.shape[1], n_classes=10, classifier=MLP(hidden=_HIDDEN), seed=seed)
     learner.learn_batch(Xs[:200], ys[:200])  # warm-up: replay filled, Fisher computed
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for i in range(0, examples, _BATCH):
         learner.learn_batch(Xs[i:i + _BATCH], ys[i:i + _BATCH])
     out.append((f"ContinualLearner.learn_batch, batches of {_BATCH} (in process)",
-                (time.perf_counter() - t) / examples * 1e6))
+                (time.perf_counter() - t) / examples * 1e6, (time.process_time() - c) / examples * 1e6))
     bodies = [{"features_b64": encode_embedding_b64(x), "label": int(c)} for x, c in zip(Xs, ys)]
     for per in (1, 10, 50):
         s = LearnSession()
         s.dispatch({"verb": "init_learner", "body": {"n_features": X.shape[1], "n_classes": 10, "hidden": _HIDDEN}})
         for i in range(0, 200, per):  # the same warm-up
             s.dispatch({"verb": "learn_example", "body": {"examples": bodies[i:i + per]}})
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for i in range(0, examples, per):
             body = bodies[i] if per == 1 else {"examples": bodies[i:i + per]}
             assert s.dispatch({"verb": "learn_example", "body": body})["ok"]
         out.append((f"learn_example verb, {'one example per call' if per == 1 else f'envelopes of {per}'}",
-                    (time.perf_counter() - t) / examples * 1e6))
+                    (time.perf_counter() - t) / examples * 1e6, (time.process_time() - c) / examples * 1e6))
     return out
 
 
@@ -213,8 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.speed:
         print(f"learner speed: {args.speed:,} Permuted-Digits examples, MLP {_HIDDEN} hidden, defaults otherwise")
-        for name, us in speed(args.speed):
-            print(f"  {name:<62} {us:8.1f} µs per example")
+        load0 = os.getloadavg()[0]
+        print(f"  {'':<62} {'wall':>8} {'CPU':>8}  µs per example")
+        for name, us, cpu in speed(args.speed):
+            print(f"  {name:<62} {us:8.1f} {cpu:8.1f}")
+        print(f"  (load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after, {os.cpu_count()} CPUs; CPU = this "
+              "process's CPU time, all threads)")
         return 0
     protocols = args.protocols.split(",")
     methods = args.methods.split(",") + (list(ABLATIONS) if args.ablation else [])

@@ -58,16 +58,16 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from _stream import (SAFE_PAUSE_SHARE, SESSION_TIMEOUT_S, Gated, WorkerProcess, balanced_keys, machine_note,
-                     metric, provision, start_broker, wait_until, worker_kwargs, worker_options)
-from workers.broker import EmbeddedBroker
+from _stream import (SAFE_PAUSE_SHARE, SESSION_TIMEOUT_S, ChildProcess, WorkerProcess, balanced_keys, machine_note,
+                     metric, provision, start_broker, teardown, wait_until, worker_kwargs, worker_options)
+from workers.kafka.broker import EmbeddedBroker
 from workers.client import LearnstreamClient
-from workers.codec import MAX_EVENT_BYTES, encode_embedding_b64
+from workers.verbs.codec import MAX_EVENT_BYTES, encode_embedding_b64
 from workers.cores.instant import REPLAY_CAP
 from workers.state import MemoryStore
 from workers.stream.processor import Processor, StoreStateAccess
 from workers.stream.records import Record
-from workers.topics import topics
+from workers.kafka.topics import topics
 
 __all__ = ("main",)
 
@@ -105,7 +105,7 @@ class Run:
         return self.events / self.seconds
 
 
-class Child(Gated):
+class Child(ChildProcess):
     """A baseline consumer subprocess (``bench/_consumers.py``) speaking its stdin/stdout protocol."""
 
     def __init__(self, kind: str, bootstrap: str, topic: str, partitions: int, log_dir: Path,
@@ -283,7 +283,7 @@ def wait_worker(w: WorkerProcess, topic: str, target_msgs: int, t0: float, timeo
         time.sleep(min(max(est / 2, 0.01), 0.25))
 
 
-class _BrokerPs(Gated):
+class _BrokerPs(ChildProcess):
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc = proc
 
@@ -291,12 +291,12 @@ class _BrokerPs(Gated):
 class Consumer:
     """One of the three consumers, its own topic, and how to know it has consumed everything."""
 
-    def __init__(self, name: str, proc: Gated, topic: str, wait_done: Callable[[float], float]) -> None:
+    def __init__(self, name: str, proc: ChildProcess, topic: str, wait_done: Callable[[float], float]) -> None:
         self.name, self.proc, self.topic, self.wait_done = name, proc, topic, wait_done
         self.events = self.messages = 0  # produced to its topic so far
         self.max_produce_s = 0.0
 
-    def run(self, broker: EmbeddedBroker, broker_ps: Gated, msgs: list[tuple[bytes, bytes]], n_events: int,
+    def run(self, broker: EmbeddedBroker, broker_ps: ChildProcess, msgs: list[tuple[bytes, bytes]], n_events: int,
             encoding: str, mode: str) -> Run:
         """Suspend, produce ``msgs`` to this consumer's topic, resume and time until all are consumed."""
         self.proc.pause()
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t_all = time.monotonic()
     broker = start_broker(log_dir)
-    procs: list[Gated] = []
+    procs: list[ChildProcess] = []
     try:
         provision(broker.bootstrap, args.partitions, extra=[_RAW_TOPIC, _FAUST_TOPIC])
         broker_ps = _BrokerPs(broker.proc)
@@ -415,13 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ntotal wall time {time.monotonic() - t_all:.0f} s")
         return 0 if ok else 1
     finally:
-        for g in procs:
-            g.stop()
-        broker.stop()
-        if not args.keep_logs:
-            import shutil
-
-            shutil.rmtree(log_dir, ignore_errors=True)
+        teardown(procs, broker, log_dir, args.keep_logs)
 
 
 _TARGET_SCALE = 0.50            # many sessions / the first (fewest) sessions, events/s
@@ -485,13 +479,9 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                       f"({recs / r.events:.1f} records), event {event_bytes:,.0f} B, worker RSS {rss:,.0f} MB "
                       f"(set-up {setup_s:.0f} s)", flush=True)
             finally:
-                worker.stop()
-                broker.stop()
+                teardown([worker], broker, None, True)
     finally:
-        if not args.keep_logs:
-            import shutil
-
-            shutil.rmtree(log_dir, ignore_errors=True)
+        teardown([], None, log_dir, args.keep_logs)
     base = rows[0][1].rate
     print(f"\n{'sessions':>8} {'events/s':>10} {'vs first':>9} {'changelog B/event':>18} {'x event':>8} "
           f"{'records/event':>14} {'RSS MB':>7}")

@@ -28,7 +28,8 @@ import psutil
 from tqdm import tqdm
 
 from workers.cores.temporal import EdgeStore
-from workers.dispatch import LearnSession, state_key
+from workers.verbs.session import LearnSession
+from workers.state.access import state_key
 from workers.state import RocksDictStore
 
 __all__ = ("main",)

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from workers import _kernels as K
-from workers.codec import encode_embedding_b64
+from workers.verbs.codec import encode_embedding_b64
 from workers.cores.deep import DeepState
 from workers.cores.instant import InstantState
-from workers.dispatch import LearnSession
+from workers.verbs.session import LearnSession
 
 try:  # the references live with the tests (they are not part of the package)
     from reference import deep_ref, instant_ref

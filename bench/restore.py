@@ -32,7 +32,7 @@ from aiokafka.partitioner import murmur2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stream import WorkerProcess, machine_note, provision, start_broker, topic_bytes  # noqa: E402
+from _stream import WorkerProcess, machine_note, provision, start_broker, teardown, topic_bytes  # noqa: E402
 from workers.cores.instant import REPLAY_CAP, InstantState  # noqa: E402
 from workers.state.layout import SessionState, digest  # noqa: E402
 
@@ -144,13 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'PASS' if passed else 'FAIL'}")
         return 0 if ok else 1
     finally:
-        for w in workers:
-            w.stop()
-        broker.stop()
-        if not args.keep_logs:
-            import shutil
-
-            shutil.rmtree(log_dir, ignore_errors=True)
+        teardown(workers, broker, log_dir, args.keep_logs)
 
 
 if __name__ == "__main__":

@@ -34,11 +34,12 @@ import aiohttp
 import numpy as np
 import orjson
 
-from _stream import WorkerProcess, machine_note, provision, start_broker, wait_until, worker_kwargs, worker_options
+from _stream import (WorkerProcess, machine_note, provision, start_broker, teardown, wait_until, worker_kwargs,
+                     worker_options)
 from workers.client import LearnstreamClient
-from workers.codec import encode_embedding_b64
+from workers.verbs.codec import encode_embedding_b64
 from workers.cores.router import RouterState
-from workers.dispatch import LearnSession
+from workers.verbs.session import LearnSession
 
 __all__ = ("main",)
 
@@ -297,13 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(("write: /dispatch record_outcome, answered once applied", _stats(lat),
                          len(lat) / (lat.sum() / 1e3)))
     finally:
-        if worker is not None:
-            worker.stop()
-        broker.stop()
-        if not args.keep_logs:
-            import shutil
-
-            shutil.rmtree(log_dir, ignore_errors=True)
+        teardown([worker], broker, log_dir, args.keep_logs)
 
     print("\nPOST /route over loopback keep-alive (ms)")
     print(f"{'client':<58} {'mean':>6} {'p50':>6} {'p90':>6} {'p99':>6} {'max':>7} {'req/s':>7}")

@@ -10,7 +10,7 @@ import argparse
 import statistics
 import time
 
-from workers.dispatch import LearnSession
+from workers.verbs.session import LearnSession
 from workers.scoring.backends import BuiltinBackend, ScoreBackend
 from workers.scoring.conversation import EncodedConversation, Message
 from workers.scoring.modes import full_matrix

@@ -739,6 +739,52 @@ void bind_bandit(py::module_& m) {
         "One query -> (best, greedy, tied, mean of best, width of best): best maximises theta.phi - lam cost "
         "+ alpha sqrt(phi' Ainv phi); greedy drops the alpha term; tied: every target scored the same.");
     m.def(
+        "router_route_learned",
+        [](const f32& params, const f32& x, std::size_t nt, bool normalize, const py::object& adapter, const f32& P,
+           py::array Ainv, py::array theta, const py::object& cost, double alpha, double lam) {
+            // router_route and bandit_route in one crossing: the learned mode's hot path (bench router's
+            // p99 goal), with every argument checked as the two kernels check them.
+            check_targets(nt);
+            py::buffer_info xb = need(x, 1, "x");
+            const rt::Layout L(static_cast<std::size_t>(xb.shape[0]), nt);
+            const float* p = router_params(params, L);
+            const BanditShape s = bandit_shape(P, Ainv, theta, nullptr);
+            if (s.nt != nt) throw std::runtime_error("Ainv and theta must have n_targets rows");
+            if (s.in_dim != L.in_dim) throw std::runtime_error("x must have in_dim floats (P's width)");
+            const double* ai = inplace_array<double>(Ainv, "Ainv", "float64");
+            const double* th = inplace_array<double>(theta, "theta", "float64");
+            const float* a = nullptr;
+            f32 ad;
+            if (!adapter.is_none()) {
+                ad = adapter.cast<f32>();
+                py::buffer_info ab = need(ad, 1, "adapter");
+                if (static_cast<std::size_t>(ab.shape[0]) != nt)
+                    throw std::runtime_error("adapter must have n_targets logits");
+                a = static_cast<const float*>(ab.ptr);
+            }
+            const double* c = nullptr;
+            py::array_t<double, py::array::c_style | py::array::forcecast> ca;
+            if (!cost.is_none()) {
+                ca = cost.cast<py::array_t<double, py::array::c_style | py::array::forcecast>>();
+                if (ca.ndim() != 1 || static_cast<std::size_t>(ca.shape(0)) != nt)
+                    throw std::runtime_error("cost must have n_targets values");
+                c = ca.data();
+            }
+            if (!std::isfinite(alpha) || !std::isfinite(lam)) throw std::runtime_error("alpha and lam must be finite");
+            const float* xp = static_cast<const float*>(xb.ptr);
+            // One query: ~10 us, cheaper than releasing the GIL.
+            const rt::Decision d = rt::decide(p, L, xp, normalize, a);
+            double phi[bd::MAX_DIM + 1];
+            bd::features(static_cast<const float*>(P.data()), s.dim, s.in_dim, xp, phi);
+            const bd::Choice ch = bd::choose(ai, th, c, s.nt, s.d1, phi, alpha, lam);
+            return py::make_tuple(d.model, d.bucket, d.temperature, d.top_p, d.confidence, ch.best, ch.greedy,
+                                  ch.tied);
+        },
+        py::arg("params"), py::arg("x"), py::arg("n_targets"), py::arg("normalize"), py::arg("adapter"),
+        py::arg("P"), py::arg("Ainv"), py::arg("theta"), py::arg("cost"), py::arg("alpha"), py::arg("lam"),
+        "router_route and bandit_route in one call -> (FastGRNN model index, context bucket, temperature, top_p, "
+        "confidence, bandit best, bandit greedy, tied).");
+    m.def(
         "bandit_update_batch",
         [](const f32& P, py::array Ainv, py::array b, py::array theta, const i64& arms, const f32& X,
            const py::array_t<double, py::array::c_style | py::array::forcecast>& rewards, double gamma) {

@@ -30,9 +30,9 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from workers.codec import encode_embedding_b64
+from workers.verbs.codec import encode_embedding_b64
 from workers.errors import LearnstreamError, VerbError
-from workers.topics import topics
+from workers.kafka.topics import topics
 
 __all__ = ("LearnstreamClient", "SyncClient", "Sent", "Applied", "WriteNotConfirmed", "SETUP_VERBS")
 

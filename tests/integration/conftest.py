@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import WorkerProc
-from workers.broker import EmbeddedBroker
+from workers.kafka.broker import EmbeddedBroker
 from workers.client import SyncClient
 
 pytestmark = pytest.mark.integration

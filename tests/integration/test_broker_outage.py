@@ -2,26 +2,19 @@
 the log stays readable, and every acknowledged write is applied exactly once."""
 from __future__ import annotations
 
-import re
 import threading
 import time
-import urllib.request
 
 import pytest
 
 from tests.helpers import WorkerProc, http_json, wait_until
-from workers.broker import EmbeddedBroker
+from workers.kafka.broker import EmbeddedBroker
 
 pytestmark = pytest.mark.integration
 
 WRITE_TIMEOUT_S = 4.0
 UNREACHABLE_S = 3.0
 SESSION = "outage-1"
-
-
-def _metric(w: WorkerProc, pattern: str) -> float:
-    text = urllib.request.urlopen(w.url + "/metrics", timeout=10).read().decode()
-    return sum(float(v) for v in re.findall(pattern, text, re.M))
 
 
 def test_broker_killed_mid_stream_then_back(tmp_path, app_id) -> None:
@@ -58,7 +51,7 @@ def test_broker_killed_mid_stream_then_back(tmp_path, app_id) -> None:
         broker.stop()  # mid-stream (SIGTERM: a SIGKILLed noida loses its last second, README)
         wait_until(lambda: http_json(w.url + "/ready", timeout=5)[0] == 503, UNREACHABLE_S + 20, 0.2,
                    "/ready to answer 503")
-        assert _metric(w, r"^learnstream_ready (\S+)$") == 0
+        assert w.metric("learnstream_ready") == 0
         assert http_json(w.url + "/health", timeout=5)[1]["broker_reachable"] is False
         during = len(answers)
         wait_until(lambda: len(answers) >= during + 3, 60, what="writes answered during the outage")
@@ -76,7 +69,7 @@ def test_broker_killed_mid_stream_then_back(tmp_path, app_id) -> None:
     assert any(st == 503 for st, _ in answers)
     # exactly once: what was applied = what is in the log (no event applied twice), and holds every ack
     log_size = _log_size(broker.bootstrap)
-    wait_until(lambda: _metric(w, r'^learnstream_events_total\{outcome="applied",topic="learn.loss"\} (\S+)$')
+    wait_until(lambda: w.metric("learnstream_events_total", outcome="applied", topic="learn.loss")
                == log_size, 60, what="every event in the log applied once")
     assert log_size >= len(acked)
     wm = w.dispatch("session_info", {"session_key": SESSION})["data"]["watermark"]

@@ -64,7 +64,7 @@ async def test_probe_confirms_that_a_transaction_marker_holds_no_record(broker) 
             await txn.start()
         except KafkaError as exc:
             await txn.stop()
-            pytest.skip(f"this broker has no transactions ({exc!r}; workers/broker_compat.py); "
+            pytest.skip(f"this broker has no transactions ({exc!r}; workers/kafka/broker_compat.py); "
                         "runs against Apache Kafka (LEARNSTREAM_BROKER)")
         try:
             async with txn.transaction():

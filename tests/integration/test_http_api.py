@@ -8,6 +8,7 @@ import urllib.request
 import pytest
 
 from tests.helpers import http_json
+from workers.cli.processes import metric
 
 pytestmark = pytest.mark.integration
 
@@ -98,6 +99,5 @@ def test_http_api(worker_factory) -> None:
     # metrics: the writes above were counted as applied commands
     status, text = get(w.url + "/metrics")
     assert status == 200 and "learnstream_events_total" in text
-    applied = [line for line in text.splitlines()
-               if line.startswith('learnstream_events_total{outcome="applied",topic="learn.commands"}')]
-    assert applied and float(applied[0].split()[-1]) == 6.0  # init_instant, 2 init_router, 3 record_outcome
+    # init_instant, 2 init_router, 3 record_outcome
+    assert metric(text, "learnstream_events_total", outcome="applied", topic="learn.commands") == 6.0

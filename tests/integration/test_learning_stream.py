@@ -1,16 +1,16 @@
 """The learning parts on the stream: broker + worker == in-process LearnSession, SIGKILL included."""
 from __future__ import annotations
 
-import re
 import urllib.request
 
 import numpy as np
 import pytest
 
 from tests.helpers import applied, http_json, wait_until
-from workers.codec import encode_embedding_b64
-from workers.dispatch import LearnSession
-from workers.topics import topics
+from workers.cli.processes import metric
+from workers.verbs.codec import encode_embedding_b64
+from workers.verbs.session import LearnSession
+from workers.kafka.topics import topics
 
 pytestmark = pytest.mark.integration
 
@@ -95,13 +95,11 @@ def test_feedback_through_worker_equals_in_process_session(worker_factory, clien
     assert got == want  # adapter, lr, counts, replay, Fisher, loss ring, boundaries, router, attention
     h = w.dispatch("health", {"session_key": "agent"})["data"]
     assert h["boundaries_detected"] >= 1  # the quality shift fired at least once
-    text = urllib.request.urlopen(w.url + "/metrics", timeout=10).read().decode()
-    norm = float(re.search(r"^learnstream_adapter_norm ([0-9.e+-]+)$", text, re.M).group(1))
-    assert 0 < norm <= 5.0
+    text = w.metrics()
+    assert 0 < metric(text, "learnstream_adapter_norm") <= 5.0
     for kind in ("boundaries", "consolidations"):
-        m = re.search(rf'^learnstream_downstream_events_total{{kind="{kind}"}} ([0-9.e+]+)$', text, re.M)
-        assert m and float(m.group(1)) == h["boundaries_detected"]
-    assert 'learnstream_kernel_seconds_count{kernel="learn_feedback"}' in text
+        assert metric(text, "learnstream_downstream_events_total", kind=kind) == h["boundaries_detected"]
+    assert metric(text, "learnstream_kernel_seconds_count", kernel="learn_feedback") > 0
 
 
 def test_sigkill_mid_stream_ends_in_the_uninterrupted_state(worker_factory, client) -> None:

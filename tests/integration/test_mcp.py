@@ -27,9 +27,9 @@ from mcp.client.streamable_http import streamablehttp_client
 
 from tests.helpers import wait_until
 from tests.integration.test_demo import leftovers
-from workers.broker import free_port
+from workers.kafka.broker import free_port
 from workers.mcp.tools import TOOLS
-from workers.topics import topics
+from workers.kafka.topics import topics
 
 pytestmark = pytest.mark.integration
 

@@ -3,8 +3,6 @@ not own their session; the worker re-routes them to the owner, applies each once
 a restart (the owner's table partition is the one read back)."""
 from __future__ import annotations
 
-import re
-import urllib.request
 
 import pytest
 
@@ -25,8 +23,7 @@ def _window(w, sk: str) -> int:
 
 
 def _rerouted(w) -> float:
-    text = urllib.request.urlopen(w.url + "/metrics", timeout=10).read().decode()
-    return sum(float(v) for v in re.findall(r'^learnstream_rerouted_total\{topic="learn.loss"\} (\S+)$', text, re.M))
+    return w.metric("learnstream_rerouted_total", topic="learn.loss")
 
 
 def test_confluent_kafka_default_partitioner_is_rerouted_and_survives_restart(broker, worker_factory) -> None:

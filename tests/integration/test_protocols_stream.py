@@ -6,7 +6,7 @@ import pytest
 
 from tests.helpers import wait_until
 from tests.helpers import read_topic
-from workers.topics import topics
+from workers.kafka.topics import topics
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamablehttp_client
 
 from tests.helpers import WorkerProc, http_json, read_topic, wait_until
-from workers.broker import EmbeddedBroker, free_port
-from workers.topics import topics
+from workers.kafka.broker import EmbeddedBroker, free_port
+from workers.kafka.topics import topics
 
 pytestmark = pytest.mark.integration
 
@@ -114,11 +114,7 @@ def test_mcp_remote_config(worker) -> None:
 
 
 def _metric(w: WorkerProc, outcome: str, topic: str) -> float:
-    import urllib.request
-
-    text = urllib.request.urlopen(w.url + "/metrics", timeout=10).read().decode()
-    m = re.search(rf'learnstream_events_total{{outcome="{outcome}",topic="{re.escape(topic)}"}} ([0-9.e+]+)', text)
-    return float(m.group(1)) if m else 0.0
+    return w.metric("learnstream_events_total", outcome=outcome, topic=topic)
 
 
 def test_sdk_example_200_fresh_sessions_unawaited_sends_none_dead_lettered(worker, capsys) -> None:

@@ -9,8 +9,8 @@ import pytest
 
 from tests.helpers import read_topic, wait_until
 from tests.unit.scoring_servers import MSGS, LMServer
-from workers.dispatch import LearnSession
-from workers.topics import topics
+from workers.verbs.session import LearnSession
+from workers.kafka.topics import topics
 
 pytestmark = pytest.mark.integration
 

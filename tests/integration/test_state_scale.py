@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from tests.helpers import applied, http_json, read_topic, send_raw, wait_until
-from workers.codec import encode_embedding_b64
-from workers.dispatch import LearnSession
-from workers.topics import topics
+from workers.verbs.codec import encode_embedding_b64
+from workers.verbs.session import LearnSession
+from workers.kafka.topics import topics
 
 pytestmark = pytest.mark.integration
 

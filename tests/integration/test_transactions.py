@@ -134,7 +134,7 @@ async def test_recovery_reads_past_an_aborted_transaction_on_the_embedded_broker
     """noida lists aborted transactions that ended before the fetch offset; without
     broker_compat.ignore_finished_aborts a read_committed fetch from just after a committed record
     (faust's recovery from a persisted offset) returns nothing of the producer's later commits."""
-    from workers import broker_compat
+    from workers.kafka import broker_compat
 
     app = f"tx-{uuid.uuid4().hex[:8]}"
     log = f"{app}-changelog"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import http_json, wait_until
-from workers.broker import free_port
+from workers.kafka.broker import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def test_worker_runs_from_the_built_wheel(tmp_path, broker) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
     env.update(PYTHONPATH=f"{target}{os.pathsep}{sysconfig.get_paths()['purelib']}", LEARNSTREAM_BROKER=broker.bootstrap,
                LEARNSTREAM_PARTITIONS="2", LEARNSTREAM_DATA_DIR=str(tmp_path / "data"))
-    where = subprocess.run([sys.executable, "-S", "-c", "import workers.topics as t; print(t.topics_dir())"],
+    where = subprocess.run([sys.executable, "-S", "-c", "import workers.kafka.topics as t; print(t.topics_dir())"],
                            env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
     assert where.stdout.strip() == str(target / "workers" / "topics")
     bench = subprocess.run([sys.executable, "-S", "-m", "workers.cli", "bench"], env=env, cwd=tmp_path,

@@ -7,7 +7,7 @@ from reference import attention_ref as ref
 
 from workers import _kernels
 from workers.cores.attention import AttentionState, relation_index
-from workers.dispatch import LearnSession
+from workers.verbs.session import LearnSession
 from workers.errors import CorruptStateError
 
 DIM, HEADS, HEAD_DIM, SEED = 64, 4, 16, 7
@@ -203,7 +203,7 @@ def test_verbs_end_to_end() -> None:
 
 
 def test_default_init_and_b64_query() -> None:
-    from workers.codec import encode_embedding_b64
+    from workers.verbs.codec import encode_embedding_b64
 
     s = LearnSession()
     assert call(s, "init_attention", {"dim": 64})["data"] == {"dim": 64, "heads": 8, "head_dim": 8}

@@ -8,7 +8,7 @@ import logging
 import aiohttp
 import pytest
 
-from workers.broker import free_port
+from workers.kafka.broker import free_port
 from workers.errors import ConfigError
 from workers.stream.auth import Authenticator, Principal, TokenStore, hash_token, new_token, parse_tokens
 from workers.stream.http_guard import Guard, json_depth
@@ -168,7 +168,7 @@ def test_forwarding_verifies_the_owners_certificate(tmp_path) -> None:
 
 
 def test_learnstream_token_prints_a_token_and_its_entry(capsys) -> None:
-    from workers.cli import main
+    from workers.cli.main import main
 
     assert main(["token", "--name", "tenant-a", "--write", "tenant-a/*", "--read", "shared"]) == 0
     out, err = capsys.readouterr()

@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from workers.codec import encode_embedding_b64
+from workers.verbs.codec import encode_embedding_b64
 from workers.cores.boundary import LossCusum
 from workers.cores.loop import LoopState
-from workers.dispatch import LearnSession
+from workers.verbs.session import LearnSession
 from workers.errors import CorruptStateError
 
 DIM = 4
@@ -51,6 +51,38 @@ def test_non_finite_losses_are_ignored_and_state_round_trips() -> None:
         LossCusum.from_bytes(det.to_bytes()[:-1])
     with pytest.raises(CorruptStateError):
         LossCusum.from_bytes(b"XXX" + det.to_bytes()[3:])
+
+
+def test_a_large_jump_fires_within_three_losses() -> None:
+    """The jump rule: a new task whose loss starts far above the old level and falls back within a few
+    batches (too soon for the CUSUM's evidence) is a boundary on the third high loss."""
+    import workers.cores.boundary as bmod
+
+    rng = np.random.default_rng(3)
+    calm = 0.3 + 0.05 * rng.standard_normal(40)
+    burst = np.array([1.6, 1.2, 0.9, 0.5, 0.35, 0.3, 0.3, 0.3])   # back near the old level after 3
+    losses = np.concatenate([calm, burst]).tolist()
+    det = LossCusum()
+    assert [i for i, v in enumerate(losses) if det.push(v)] == [42]
+    old = bmod.JUMP_N
+    try:
+        bmod.JUMP_N = 10**9    # the CUSUM alone misses it
+        det = LossCusum()
+        assert not any(det.push(v) for v in losses)
+    finally:
+        bmod.JUMP_N = old
+
+
+def test_a_version_1_detector_state_reads_with_no_jump_run() -> None:
+    det = LossCusum()
+    for v in (0.5, 0.6, 0.55, 0.5, 0.52, 0.49, 0.5, 0.51, 0.5):
+        det.push(v)
+    v2 = det.to_bytes()
+    v1 = v2[:3] + bytes([1]) + v2[4:-8]
+    back = LossCusum.from_bytes(v1)
+    assert back.jump == 0 and (back.mu, back.var, back.S, back.n) == (det.mu, det.var, det.S, det.n)
+    with pytest.raises(CorruptStateError):
+        LossCusum.from_bytes(v2[:3] + bytes([1]) + v2[4:])   # a v2 body labelled v1
 
 
 def _feedback(s: LearnSession, q: np.ndarray, seed: int = 0, **body) -> dict:

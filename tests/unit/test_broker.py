@@ -1,5 +1,5 @@
 """The embedded broker: starts, answers, stops, keeps its data dir to itself, and the topic configs
-that bound its memory (workers/broker_compat.py). Its Kafka conformance is tests/broker."""
+that bound its memory (workers/kafka/broker_compat.py). Its Kafka conformance is tests/broker."""
 from __future__ import annotations
 
 import asyncio
@@ -10,8 +10,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from workers.broker import EmbeddedBroker
-from workers.broker_compat import SEGMENT_BYTES, SEGMENT_MS, topic_configs
+from workers.kafka.broker import EmbeddedBroker
+from workers.kafka.broker_compat import SEGMENT_BYTES, SEGMENT_MS, topic_configs
 from workers.errors import BrokerError
 
 
@@ -108,7 +108,7 @@ def test_broker_dies_with_its_parent() -> None:
 
     from tests.helpers import wait_until
 
-    code = ("from workers.broker import EmbeddedBroker; import sys, time; b = EmbeddedBroker().start(); "
+    code = ("from workers.kafka.broker import EmbeddedBroker; import sys, time; b = EmbeddedBroker().start(); "
             "print(b.proc.pid, flush=True); time.sleep(600)")
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     broker_pid = int(parent.stdout.readline())

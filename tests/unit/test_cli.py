@@ -40,8 +40,8 @@ def test_commands_needing_a_broker_say_so(monkeypatch) -> None:
 
 
 def test_topics_create_then_list_against_a_real_broker(monkeypatch, tmp_path) -> None:
-    from workers.broker import EmbeddedBroker
-    from workers.topics import topics
+    from workers.kafka.broker import EmbeddedBroker
+    from workers.kafka.topics import topics
 
     with EmbeddedBroker(log_path=tmp_path / "b.log") as b:
         monkeypatch.setenv("LEARNSTREAM_BROKER", b.bootstrap)
@@ -59,8 +59,8 @@ def test_topics_create_then_list_against_a_real_broker(monkeypatch, tmp_path) ->
 # -- no sharp edges (issue 15) -------------------------------------------------------------
 def test_produce_reports_each_bad_line_sends_the_good_ones_and_sums_up(monkeypatch, tmp_path) -> None:
     from tests.helpers import read_topic
-    from workers.broker import EmbeddedBroker
-    from workers.topics import topics
+    from workers.kafka.broker import EmbeddedBroker
+    from workers.kafka.topics import topics
 
     lines = ['{"session_key": "s1", "loss": 0.5}',     # 1 good
              '{bad json',                               # 2 not JSON
@@ -87,7 +87,7 @@ def test_produce_reports_each_bad_line_sends_the_good_ones_and_sums_up(monkeypat
 
 
 def test_produce_refuses_a_line_whose_session_key_differs_from_key(monkeypatch, tmp_path) -> None:
-    from workers.produce_lines import check_line
+    from workers.cli.produce import check_line
 
     assert check_line("loss", '{"session_key": "a", "loss": 1}', key="b") == "session_key 'a' differs from --key 'b'"
     assert check_line("loss", '{"loss": 1}', key="b") == ("b", {"loss": 1, "session_key": "b"})
@@ -101,7 +101,7 @@ def test_produce_refuses_a_line_whose_session_key_differs_from_key(monkeypatch, 
 
 
 def test_unknown_role_lists_the_valid_ones() -> None:
-    from workers.topics import input_topics
+    from workers.kafka.topics import input_topics
 
     r = run(["produce", "losses"], "{}\n")
     assert r.returncode == 2 and "Traceback" not in r.stderr
@@ -121,7 +121,7 @@ def test_topics_and_produce_without_a_broker_say_exactly_what_to_set(monkeypatch
 
 
 def test_every_argument_has_help_and_top_level_help_has_no_rest_markup() -> None:
-    from workers.cli import parser
+    from workers.cli.main import parser
 
     ap = parser()
     top = ap.format_help()

@@ -12,16 +12,15 @@ import numpy as np
 import orjson
 import pytest
 
-from workers.codec import encode_embedding_b64
-from workers.dispatch import LearnSession, load_verbs, run_verb
+from workers.verbs.codec import encode_embedding_b64
+from workers.verbs.surface import REGISTRY, run_verb
+from workers.verbs.session import LearnSession
 from workers.errors import ValidationError, VerbError
 from workers.state import MemoryStore
 from workers.stream.processor import Processor, StoreStateAccess
 from workers.stream.records import Record
-from workers.topics import topics
-from workers.verbs import REGISTRY
+from workers.kafka.topics import topics
 
-load_verbs()
 T = {role: t.name for role, t in topics().items()}
 DIM = 6
 TARGETS = ["small", "large"]
@@ -167,7 +166,7 @@ def _all(p: Processor) -> dict[bytes, object]:
     """Every session's state (digest over its keys, watermark) and every other key, as stored.
     Which slot a piece sits in depends on how often it was saved, so raw piece keys are left out."""
     from workers.state.layout import SEP, SessionState, digest
-    from workers.verbs import BLOB_TABLES
+    from workers.verbs.registry import BLOB_TABLES
 
     items = dict(p.state.store.iter_prefix(b""))
     out: dict[bytes, object] = {}

@@ -6,7 +6,7 @@ import base64
 import numpy as np
 import pytest
 
-from workers.codec import MAX_EVENT_BYTES, decode_json, embedding_field, encode_embedding_b64, finite_number
+from workers.verbs.codec import MAX_EVENT_BYTES, decode_json, embedding_field, encode_embedding_b64, finite_number
 from workers.errors import ValidationError
 
 

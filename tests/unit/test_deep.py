@@ -10,7 +10,7 @@ from reference import deep_ref as ref
 from workers import _kernels as K
 from workers.cores.deep import BOUNDARY_Z, FISHER_DECAY, LAMBDA, MIN_STD, RING_CAP, DeepState
 from workers.cores.instant import InstantState
-from workers.dispatch import LearnSession
+from workers.verbs.session import LearnSession
 from workers.errors import CorruptStateError, VerbError
 
 
@@ -193,9 +193,14 @@ def test_bytes_round_trip_restores_identical_behaviour() -> None:
             DeepState.from_bytes(bad)
 
 
-def test_lambda_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lambda_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.stream.settings import Settings
+
     monkeypatch.setenv("LEARNSTREAM_EWC_LAMBDA", "10")
-    assert DeepState().lam == 10.0
+    assert DeepState().lam == LAMBDA  # the core reads no environment
+    s = LearnSession(options=Settings.from_env().verb_options())
+    assert s.dispatch({"verb": "record_loss", "body": {"loss": 1.0}})["ok"]
+    assert s.blob("session", "default").get("deep", DeepState).lam == 10.0
 
 
 # -- verbs ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import orjson
 
-from workers.dispatch import LearnSession
+from workers.verbs.session import LearnSession
 
 
 def test_unknown_verb_names_it() -> None:

@@ -20,59 +20,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workers.dispatch import LearnSession, load_verbs, state_key
-from workers.verbs import BLOB_TABLES
+from workers.verbs.surface import BLOB_TABLES, REGISTRY
+from workers.verbs.session import LearnSession
+from workers.state.access import state_key
+from workers.verbs.checks import EMB, VALID_BODIES
 
 _EXAMPLES = int(os.environ.get("LEARNSTREAM_FUZZ_EXAMPLES", "400"))
-NOW = 1_700_000_000_000
-EMB = [0.1, -0.2, 0.05, 0.3]
-MSGS = [{"role": "memory", "memory_id": "m1", "content": "The user prefers metric units."},
-        {"role": "user", "content": "How far is it?"}, {"role": "assistant", "content": "About 5 kilometres."}]
-EDGE = {"id": "e1", "src": "alice", "dst": "acme", "relation": "works_at", "valid_at": 1000, "created_at": 1000}
-OUTCOME = {"id": "o1", "agent": "tester", "task": "test the login form", "success": True,
-           "strategy": "fill fields then submit", "ts": NOW}
 
-# A valid body of every verb; the fuzzer mutates these.
-BASE: dict[str, dict] = {
-    "health": {}, "session_info": {}, "learner_info": {}, "agent_info": {}, "memory_info": {},
-    "init_instant": {"targets": ["a", "b"], "dim": 4},
-    "feedback": {"embedding": EMB, "model": "a", "quality": 0.9, "now_ms": NOW},
-    "apply_adapter": {"embedding": EMB},
-    "reset_adapter": {},
-    "learn_feedback": {"model": "a", "quality": 0.9, "embedding": EMB, "relation": "entity", "now_ms": NOW},
-    "record_loss": {"loss": 0.42, "now_ms": NOW},
-    "consolidate": {"param_id": "head", "params": [0.1, 0.2, -0.3], "grads": [0.01, -0.02, 0.0]},
-    "ewc_penalty": {"param_id": "head", "params": [0.1, 0.2, -0.3]},
-    "init_attention": {"dim": 4, "heads": 2},
-    "attend": {"query": EMB, "subgraph": {"nodes": [EMB, EMB], "edges": [[0, 1, 0, 1000, 0.5]]}, "now_ms": NOW},
-    "nudge_relation": {"relation": "entity", "signed_quality": 0.5},
-    "init_router": {"targets": ["a", "b", "c"], "in_dim": 4, "threshold": 3},
-    "route": {"embedding": EMB, "estimated_tokens": 100},
-    "record_outcome": {"target": "a", "quality": 0.9, "embedding": EMB, "estimated_tokens": 100},
-    "insert_edge": {"edge": EDGE},
-    "query_at": {"src": "alice", "t": 2000, "limit": 10, "known_at": 2000},
-    "get_edge": {"edge_id": "e1"},
-    "invalidate_edge": {"edge_id": "e1", "invalid_at": 3000, "expired_at": 3000},
-    "contradict": {"edge": {**EDGE, "id": "e2", "dst": "globex"}, "contradicts": ["e1"], "now_ms": 4000},
-    "init_learner": {"n_features": 3, "n_classes": 2, "hidden": 4, "capacity": 100},
-    "learn_example": {"features": [0.0, 0.5, 1.0], "label": 1, "task": "t1"},
-    "predict": {"features": [0.0, 0.5, 1.0]},
-    "evaluate": {"examples": [{"features": [0.0, 0.5, 1.0], "label": 1}]},
-    "consolidate_learner": {"now_ms": NOW},
-    "learner_state": {},
-    "learn_outcome": OUTCOME,
-    "add_preference": {"user_id": "u1", "category": "units", "preference": "metric", "now_ms": NOW},
-    "add_knowledge": {"agent": "tester", "domain": "web", "fact": "login needs 2FA", "now_ms": NOW},
-    "mark_used": {"ids": ["o1"], "agent": "tester", "importance": 0.5, "now_ms": NOW},
-    "forget": {"older_than_days": 90, "below_confidence": 0.3, "now_ms": NOW},
-    "retrieve": {"task": "test the login form", "agent": "tester", "top_k": 5, "token_budget": 500, "now_ms": NOW},
-    "heuristics": {"agent": "tester", "include": ["outcomes", "knowledge", "preferences"], "now_ms": NOW},
-    "score_conversation": {"conversation_id": "c1", "messages": MSGS, "now_ms": NOW},
-    "configure_scoring": {"max_age_ms": 1000, "window": 10, "max_per_run": 4},
-    "finetune_candidates": {"conversation_id": "c1", "count": 3},
-    "memory_scores": {"memory_id": "m1"},
-    "important_memories": {"conversation_id": "c1", "message_index": 2, "min_score": 0.0},
-}
+# A valid body of every verb (shared with the state parts' check suite); the fuzzer mutates these.
+BASE = VALID_BODIES
 # Fields worth hitting in any verb (numeric ranges above all).
 FIELDS = sorted({k for b in BASE.values() for k in b} | {
     "dim", "in_dim", "heads", "head_dim", "hidden", "capacity", "now_ms", "t", "known_at", "limit", "k", "top_k",
@@ -117,7 +73,6 @@ def _snapshot(s: LearnSession, sk: str) -> dict[bytes, bytes]:
 
 @pytest.fixture(scope="module")
 def fuzz_session():
-    load_verbs()
     s = LearnSession()
     _setup(s, "victim")
     _setup(s, "fuzz")
@@ -126,7 +81,7 @@ def fuzz_session():
 
 
 def test_every_verb_has_a_base_body() -> None:
-    assert set(BASE) == set(load_verbs()), set(load_verbs()) ^ set(BASE)
+    assert set(BASE) == set(REGISTRY), set(REGISTRY) ^ set(BASE)
 
 
 @settings(max_examples=_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

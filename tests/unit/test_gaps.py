@@ -10,7 +10,7 @@ import faust
 import pytest
 from faust.types import TP
 
-from workers import metrics
+from workers.stream import metrics
 from workers.stream import faust_internals
 from workers.stream.gaps import GapGuard
 

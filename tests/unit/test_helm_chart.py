@@ -20,9 +20,9 @@ import yaml
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk (dev extra) renders the chart")
 from helm_python import _native  # noqa: E402 - after the importorskip
 
-from workers import metrics  # noqa: E402
+from workers.stream import metrics  # noqa: E402
 from workers.stream.settings import Settings  # noqa: E402
-from workers.topics import topics  # noqa: E402
+from workers.kafka.topics import topics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "learnstream"
@@ -505,7 +505,7 @@ def _faust_metrics() -> dict[str, set[str]]:
     from faust.sensors.prometheus import FaustMetrics
     from prometheus_client import CollectorRegistry
 
-    from workers.stream.app import _SILENCED_FAUST_SERIES
+    from workers.stream.monitoring import SILENCED_FAUST_SERIES as _SILENCED_FAUST_SERIES
 
     fm = FaustMetrics.create(CollectorRegistry(), "faust")  # the prefix app.py gives the faust sensor
     silenced = {getattr(fm, n)._name for n in _SILENCED_FAUST_SERIES}  # not exported by a worker
@@ -531,7 +531,7 @@ def test_dashboard_plots_real_metrics() -> None:
         names = set(re.findall(r"\b((?:learnstream|faust)_[a-z0-9_]+)\b", expr))
         assert names, expr
         for n in names:
-            assert n in known, f"{n} (in {expr}) is not a metric of workers/metrics.py or faust"
+            assert n in known, f"{n} (in {expr}) is not a metric of workers/stream/metrics.py or faust"
         labels = set(re.findall(r"(\w+)\s*=~?\s*\"", expr))
         for group in re.findall(r"by \(([^)]*)\)", expr):
             labels |= {g.strip() for g in group.split(",")}

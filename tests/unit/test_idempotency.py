@@ -4,12 +4,12 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from workers.dispatch import LearnSession
+from workers.verbs.session import LearnSession
 from workers.state import MemoryStore
 from workers.stream import idempotency
 from workers.stream.processor import Processor, StoreStateAccess
 from workers.stream.records import Record
-from workers.topics import topics
+from workers.kafka.topics import topics
 
 COMMANDS = topics()["commands"].name
 OUTCOMES = topics()["outcomes"].name

@@ -6,10 +6,10 @@ import pytest
 
 from reference import instant_ref as ref
 from workers import _kernels as K
-from workers.codec import encode_embedding_b64
+from workers.verbs.codec import encode_embedding_b64
 from workers.cores.instant import DECAY, LR0, LR_MIN, MAX_NORM, REPLAY_CAP, InstantState
-from workers.dispatch import LearnSession
-from workers.errors import CorruptStateError, VerbError
+from workers.verbs.session import LearnSession
+from workers.errors import ConfigError, CorruptStateError, VerbError
 
 DIM, NT = 24, 3
 TARGETS = ["small", "medium", "large"]
@@ -206,11 +206,20 @@ def test_lr_never_falls_below_its_floor_in_10000_feedbacks() -> None:
     assert s.feedback_count == 10_000
 
 
-def test_lr_floor_env_override_is_capped_at_lr0(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lr_floor_setting_is_capped_at_lr0(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.stream.settings import Settings
+
     monkeypatch.setenv("LEARNSTREAM_LR_MIN", "0.005")
-    assert InstantState(TARGETS, DIM).lr_min == pytest.approx(0.005)
+    assert InstantState(TARGETS, DIM).lr_min == pytest.approx(LR_MIN)  # the core reads no environment
+    s = LearnSession(options=Settings.from_env().verb_options())
+    assert s.dispatch({"verb": "init_instant", "body": {"targets": TARGETS, "dim": DIM}})["ok"]
+    assert s.blob("session", "default").get("instant", InstantState).lr_min == pytest.approx(0.005)
     monkeypatch.setenv("LEARNSTREAM_LR_MIN", "0.5")
-    assert InstantState(TARGETS, DIM).lr_min == pytest.approx(LR0)
+    assert InstantState(TARGETS, DIM, lr_min=Settings.from_env().lr_min).lr_min == pytest.approx(LR0)
+    for bad in ("x", "-1", "nan"):
+        monkeypatch.setenv("LEARNSTREAM_LR_MIN", bad)
+        with pytest.raises(ConfigError, match="LEARNSTREAM_LR_MIN"):
+            Settings.from_env()
 
 
 @pytest.mark.parametrize("q", [0.5, 0.50005, 0.49995])

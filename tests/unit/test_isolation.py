@@ -13,13 +13,13 @@ import numpy as np
 import orjson
 import pytest
 
-from workers.codec import encode_embedding_b64
-from workers.dispatch import LearnSession
+from workers.verbs.codec import encode_embedding_b64
+from workers.verbs.session import LearnSession
 from workers.state import MemoryStore
 from workers.stream.processor import DLQ_MAX_BYTES, Processor, StoreStateAccess
 from workers.stream.records import Record
-from workers.topics import topics
-from workers.verbs import REGISTRY
+from workers.kafka.topics import topics
+from workers.verbs.registry import REGISTRY
 
 T = {role: t.name for role, t in topics().items()}
 SK = "s1"

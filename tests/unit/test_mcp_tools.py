@@ -5,8 +5,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from workers.mcp.tools import TOOLS, body_schema, tool_specs
-from workers.topics import topics
-from workers.verbs import REGISTRY
+from workers.kafka.topics import topics
+from workers.verbs.registry import REGISTRY
 
 ISSUE_TOOLS = {"retrieve", "learn_outcome", "add_preference", "add_knowledge", "mark_used", "forget", "route",
                "record_outcome", "feedback", "query_at", "insert_edge", "contradict", "important_memories",

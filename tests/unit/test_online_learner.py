@@ -11,7 +11,7 @@ from workers.online import (
     ContinualLearner,
     Curriculum,
     Distillation,
-    OnlineLearner,
+    Learner,
     ReplayBuffer,
     SoftmaxRegression,
 )
@@ -64,7 +64,11 @@ def _learner(**kw) -> ContinualLearner:
 
 
 def test_it_is_an_online_learner() -> None:
-    assert isinstance(_learner(), OnlineLearner)
+    learner = _learner()
+    assert isinstance(learner, Learner)  # spec/online.md's OnlineLearner, as the ABC
+    for name in ("learn_one", "learn_batch", "consolidate", "model", "predict", "evaluate", "save_state",
+                 "load_state"):
+        assert callable(getattr(learner, name)), name
 
 
 @pytest.mark.parametrize("classifier", [MLP(hidden=16), SoftmaxRegression()])

@@ -6,7 +6,7 @@ import pytest
 
 from workers.errors import CorruptStateError
 from workers.online import CheckpointManager, ContinualLearner, MLP, StateReader, StateWriter
-from workers.online import state as state_mod
+from workers.online import snapshot as state_mod
 
 
 def _trained(seed: int = 0, n: int = 120, **kw) -> ContinualLearner:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.codec import encode_embedding_b64
-from workers.dispatch import LearnSession
+from workers.verbs.codec import encode_embedding_b64
+from workers.verbs.session import LearnSession
 from workers.online.learner import ContinualLearner
 
 D, C = 6, 3

@@ -7,11 +7,11 @@ import hashlib
 import orjson
 import pytest
 
-from workers.codec import MAX_EVENT_BYTES
+from workers.verbs.codec import MAX_EVENT_BYTES
 from workers.state import MemoryStore
 from workers.stream.processor import DLQ_MAX_BYTES, Processor, StoreStateAccess
 from workers.stream.records import Record
-from workers.topics import topics
+from workers.kafka.topics import topics
 
 T = {role: t.name for role, t in topics().items()}
 
@@ -40,7 +40,7 @@ def dlq(res) -> list[dict]:
 
 
 def info(p: Processor, sk: str = "s1") -> dict:
-    from workers.dispatch import LearnSession
+    from workers.verbs.session import LearnSession
 
     return LearnSession(store=p.state.store).dispatch({"verb": "session_info", "body": {"session_key": sk}})["data"]
 
@@ -138,7 +138,7 @@ def test_downstream_events_carry_deterministic_ids(proc: Processor) -> None:
 
 
 def test_corrupt_stored_state_goes_to_dlq_not_crash(proc: Processor) -> None:
-    from workers.dispatch import state_key
+    from workers.state.access import state_key
 
     proc.state.store.put(state_key("session", "s1"), b"LSB\x01garbage-garbage")
     res = proc.process([Feed().rec("loss", {"loss": 0.5})])
@@ -170,7 +170,7 @@ def test_session_cache_is_bounded_and_evicted_sessions_reload_from_the_store() -
     p.process([f.rec("loss", {"loss": 0.5}, key=k) for k in ("a", "b", "c", "d")])
     assert len(p.sessions) == 1  # over budget: only the most recent one stays
     p.process([f.rec("loss", {"loss": 0.7}, key="a")])  # "a" was evicted: comes back from the store
-    from workers.dispatch import LearnSession
+    from workers.verbs.session import LearnSession
 
     h = LearnSession(store=p.state.store).dispatch({"verb": "health", "body": {"session_key": "a"}})["data"]
     assert h["loss_window_size"] == 2

@@ -5,14 +5,15 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from workers.dispatch import LearnSession, state_key
+from workers.verbs.session import LearnSession
+from workers.state.access import state_key
 from workers.errors import CorruptStateError
 from workers.protocols.memory import PART, ProtocolsState
 from workers.state import MemoryStore
 from workers.state.blob import StateBlob
 from workers.stream.processor import Processor, StoreStateAccess
 from workers.stream.records import Record
-from workers.topics import topics
+from workers.kafka.topics import topics
 
 SK = "agent-7"
 T0 = 1_700_000_000_000

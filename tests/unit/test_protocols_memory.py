@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from workers.dispatch import LearnSession
+from workers.verbs.session import LearnSession
 from workers.protocols.memory import ProtocolConfig, ProtocolsState
-from workers.protocols.records import HALF_LIFE_DAYS, Outcome, strength
+from workers.protocols.entries import HALF_LIFE_DAYS, Outcome, strength
 from workers.protocols.retrieval import recency, retrieve
 from workers.protocols.text import estimate_tokens
 

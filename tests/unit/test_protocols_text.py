@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from workers.errors import ConfigError
-from workers.protocols.similarity import (ENV_EMBEDDER, EmbeddingMatcher, WordOverlap, matcher_from_env)
+from workers.protocols.similarity import (ENV_EMBEDDER, EmbeddingMatcher, WordOverlap, matcher_from_spec)
 from workers.protocols.text import (error_signature, estimate_tokens, infer_task_type, normalize_words,
                                     strategy_key)
 
@@ -140,21 +140,31 @@ def test_embedding_matcher_uses_cosine_threshold() -> None:
     assert EmbeddingMatcher(_AxisEmbedder(), threshold=0.65).similar("a", "c")
 
 
-def test_embedder_is_loaded_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_embedder_is_loaded_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.protocols.verbs import matcher, set_matcher
+    from workers.stream.settings import Settings
+    from workers.verbs.surface import configure
+
     mod = types.ModuleType("_ls_test_embedder")
     mod.make = _AxisEmbedder  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "_ls_test_embedder", mod)
-    assert isinstance(matcher_from_env(), WordOverlap)
+    monkeypatch.delenv(ENV_EMBEDDER, raising=False)
+    assert isinstance(matcher_from_spec(Settings.from_env().protocols_embedder), WordOverlap)
     monkeypatch.setenv(ENV_EMBEDDER, "_ls_test_embedder:make")
-    m = matcher_from_env()
+    spec = Settings.from_env().protocols_embedder
+    m = matcher_from_spec(spec)
     assert isinstance(m, EmbeddingMatcher) and m.similar("a", "b")
+    try:  # the worker's way: configure() from the settings sets the process's matcher
+        configure(Settings.from_env().verb_options())
+        assert isinstance(matcher(), EmbeddingMatcher)
+    finally:
+        set_matcher(None)
     for bad in ("nocolon", "_ls_test_embedder:missing", "no_such_module_xyz:f"):
-        monkeypatch.setenv(ENV_EMBEDDER, bad)
         with pytest.raises(ConfigError, match=ENV_EMBEDDER):
-            matcher_from_env()
+            matcher_from_spec(bad)
 
 
-@pytest.mark.parametrize("name", ["text", "similarity", "records", "memory", "retrieval", "verbs"])
+@pytest.mark.parametrize("name", ["text", "similarity", "entries", "memory", "retrieval", "verbs"])
 def test_doctests(name: str) -> None:
     import doctest
     import importlib

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from workers.stream.app import _RECENT_BATCHES, Replies
+from workers.stream.runtime import _RECENT_BATCHES, Replies
 
 K = ("learn.feedback", 0, 7)
 

@@ -11,11 +11,11 @@ import pytest
 from reference import router_ref as ref
 
 from workers import _kernels as K
-from workers.codec import encode_embedding_b64
+from workers.verbs.codec import encode_embedding_b64
 from workers.cores.instant import InstantState
 from workers.cores.router import RouterState as _RouterState
 from workers.cores.router import context_bucket
-from workers.dispatch import LearnSession
+from workers.verbs.session import LearnSession
 from workers.errors import CorruptStateError
 
 TARGETS = ["small", "medium", "large"]

@@ -12,7 +12,7 @@ from reference import router_ref as ref
 from workers import _kernels as K
 from workers.cores.bandit import MAX_STATE_BYTES, BanditState, bandit_dim
 from workers.cores.router import RouterState
-from workers.dispatch import LearnSession
+from workers.verbs.session import LearnSession
 from workers.errors import CorruptStateError
 
 TARGETS = ["small", "medium", "large"]
@@ -56,6 +56,30 @@ def test_updates_and_choices_match_the_reference() -> None:
         for lam in (0.0, 2.0):
             best, greedy, tied, _m, _w = K.bandit_route(st.P, st.Ainv, st.theta, cost, x, 0.5, lam)
             assert (best, greedy, tied) == bref.choose(st.Ainv, st.theta, cost, phi, 0.5, lam)
+
+
+def test_the_fused_route_kernel_matches_both_references() -> None:
+    """router_route_learned = the FastGRNN decision (NumPy reference) + the bandit's choice (NumPy reference)."""
+    st = BanditState(3, DIM, dim=8, gamma=0.97)
+    X = _xs(80, 15)
+    rng = np.random.default_rng(3)
+    K.bandit_update_batch(st.P, st.Ainv, st.b, st.theta, rng.integers(0, 3, 50), X[:50], rng.random(50), 0.97)
+    params = K.router_init(0xC0A5, DIM, 3)
+    w = ref.init(0xC0A5, DIM, 3)
+    cost = np.array([0.2, 0.0, 0.1])
+    adapter = np.array([0.3, -0.1, 0.0], np.float32)
+    for x in X[50:]:
+        for ad, c, lam in ((None, None, 0.0), (adapter, cost, 1.5)):
+            got = K.router_route_learned(params, x, 3, False, ad, st.P, st.Ainv, st.theta, c, 0.4, lam)
+            d = ref.decide(w, x, adapter=ad)
+            assert got[:2] == (d[0], d[2])
+            np.testing.assert_allclose(got[2:5], d[3:6], rtol=1e-5, atol=1e-6)
+            assert got[5:] == bref.choose(st.Ainv, st.theta, c, bref.features(st.P, x), 0.4, lam)
+    with pytest.raises(RuntimeError, match="n_targets rows"):
+        K.router_route_learned(params, X[0], 3, False, None, st.P, st.Ainv[:2], st.theta[:2], None, 0.4, 0.0)
+    with pytest.raises(RuntimeError, match="in_dim"):
+        K.router_route_learned(params, X[0], 3, False, None, K.bandit_projection(1, 8, DIM + 1), st.Ainv,
+                               st.theta, None, 0.4, 0.0)
 
 
 def test_kernels_check_their_arguments() -> None:
@@ -161,8 +185,12 @@ def test_cost_weight_trades_quality_for_price() -> None:
     assert (p_free[-300:] == 1).mean() < 0.4
     assert (p_priced[-300:] == 1).mean() > 0.8
     # per request: lambda 0 on the priced router goes back to quality alone
+    b = priced.bandit
+    assert b is not None
     picks = [TARGETS.index(priced.route(x, rng=random.Random(0), cost_weight=0.0)["model"]) for x in X[-200:]]
-    assert np.mean(np.array(picks) == 1) < 0.4
+    unpriced = [K.bandit_route(b.P, b.Ainv, b.theta, None, x, b.alpha, 0.0)[0] for x in X[-200:]]
+    assert picks == unpriced
+    assert np.mean(np.array(picks) == 1) < 0.7 < (p_priced[-200:] == 1).mean()
     assert priced.bandit is not None and priced.bandit.cost.tolist() == pytest.approx([0.3, 0.0, 0.3])
 
 
@@ -178,6 +206,45 @@ def test_a_drift_raises_exploration_until_relearned() -> None:
     picks = np.array(_play(st, X[1500:], Q2[1500:], 4))
     assert b.drifts >= 1
     assert (picks[-300:] == Q2[1500:].argmax(1)[-300:]).mean() > 0.9
+
+
+def test_a_uniform_regression_is_found_fast_and_moves_the_intercept() -> None:
+    """A target that got 0.3 worse everywhere: the residual-mean test fires within a few dozen of its
+    outcomes and the target's predictions drop by about the shift at once (its shape is kept)."""
+    X = _xs(2400, 13)
+    Q = _world(X)
+    st = RouterState(TARGETS, in_dim=DIM, threshold=0)
+    _play(st, X[:1500], Q[:1500], 6)
+    b = st.bandit
+    assert b is not None and b.drifts == 0
+    probe = X[1500:1600][X[1500:1600, 0] > 0]      # where 'large' wins
+
+    def predicted() -> float:
+        return float(np.mean([b.theta[2] @ K.bandit_features(b.P, x) for x in probe]))
+
+    before = predicted()
+    Q2 = Q.copy()
+    Q2[:, 2] -= 0.3
+    rng, noise = random.Random(7), np.random.default_rng(7)
+    n_large = 0
+    for x, q in zip(X[1500:], Q2[1500:]):
+        m = TARGETS.index(st.route(x, rng=rng)["model"])
+        n_large += m == 2
+        st.record_outcome(TARGETS[m], float(np.clip(q[m] + noise.normal(0, 0.1), 0, 1)), x)
+        if b.drifts:
+            break
+    assert b.drifts == 1 and n_large <= 40
+    drop = before - predicted()
+    assert drop > 0.15
+
+
+def test_no_drift_alarm_on_a_stationary_world() -> None:
+    X = _xs(4000, 14)
+    Q = _world(X)
+    for seed in (1, 2):
+        st = RouterState(TARGETS, in_dim=DIM, threshold=0)
+        _play(st, X, Q, seed)
+        assert st.bandit is not None and st.bandit.drifts == 0
 
 
 def test_an_envelope_learns_exactly_as_outcomes_one_by_one() -> None:

@@ -10,7 +10,6 @@ import pytest
 
 from tests.unit.scoring_servers import LMServer
 from workers.scoring.backends import (
-    API_KEY_ENV,
     BuiltinBackend,
     OpenAICompletionsBackend,
     ScoreAPIBackend,
@@ -108,7 +107,11 @@ def test_malformed_answers_are_scoring_errors(server) -> None:
 
 
 def test_the_api_key_travels_as_a_bearer_token(server, monkeypatch) -> None:
-    monkeypatch.setenv(API_KEY_ENV, "sekret")
+    from workers.stream.settings import Settings
+
+    monkeypatch.setenv("LEARNSTREAM_SCORING_API_KEY", "sekret")
+    allowed = endpoints.allowed()
+    endpoints.configure(allowed, Settings.from_env().scoring_api_key_reader())
     build_backend.cache_clear()
     cfg = ScoringConfig().updated({"backend": "score_api", "base_url": server.url + "/v1", "model": "m",
                                    "tokenizer": "builtin"})
@@ -116,6 +119,7 @@ def test_the_api_key_travels_as_a_bearer_token(server, monkeypatch) -> None:
         build_backend(cfg).score([1, 2, 3], [(1, 3)])
     finally:
         build_backend.cache_clear()
+        endpoints.configure(allowed)
     assert server.auth == ["Bearer sekret"]
 
 
@@ -225,8 +229,7 @@ def test_only_allowlisted_endpoints_are_permitted(url: str, ok: bool) -> None:
 
 
 def test_a_request_supplied_url_is_refused_and_never_called(server, monkeypatch) -> None:
-    endpoints.configure([])  # the server is not on the list
-    monkeypatch.setenv(API_KEY_ENV, "sekret")
+    endpoints.configure([], lambda: "sekret")  # the server is not on the list
     with pytest.raises(VerbError, match="base_url is not an allowed scoring endpoint"):
         ScoringConfig().updated({"backend": "score_api", "base_url": server.url + "/v1", "model": "m",
                                  "tokenizer": "builtin"})
@@ -256,7 +259,9 @@ def test_a_redirect_is_not_followed_and_the_key_stays_home() -> None:
 def test_the_api_key_file_goes_to_allowlisted_endpoints_only(server, tmp_path) -> None:
     key = tmp_path / "key"
     key.write_text("from-a-file\n")
-    endpoints.configure([server.url], api_key_file=key)
+    from workers.stream.settings import Settings
+
+    endpoints.configure([server.url], Settings(scoring_api_key_file=key, scoring_api_key="not-this").scoring_api_key_reader())
     ScoreAPIBackend(server.url + "/v1", "m", TOK).score([1, 2, 3], [(1, 3)])
     assert server.auth == ["Bearer from-a-file"]
     assert endpoints.api_key("http://elsewhere/v1") is None

@@ -16,7 +16,7 @@ from workers.scoring.modes import (
     incremental,
     single_memory,
 )
-from workers.scoring.state import ScoringState
+from workers.scoring.part import ScoringState
 from workers.scoring.tokenizer import Tokenizer
 from workers.scoring.transport import ScoringError
 

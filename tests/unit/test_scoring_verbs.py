@@ -7,12 +7,12 @@ import orjson
 import pytest
 
 from tests.unit.scoring_servers import MSGS, LMServer
-from workers.dispatch import LearnSession
+from workers.verbs.session import LearnSession
 from workers.scoring import endpoints
 from workers.state import MemoryStore
 from workers.stream.processor import Processor, StoreStateAccess
 from workers.stream.records import Record
-from workers.topics import topics
+from workers.kafka.topics import topics
 
 HOUR = 3_600_000
 MEMORY_TOPIC = topics()["memory"].name

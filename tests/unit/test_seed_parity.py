@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from reference import instant_ref as ref
 
-from workers.dispatch import LearnSession
-from workers.topics import topics
+from workers.verbs.session import LearnSession
+from workers.kafka.topics import topics
 
 TARGETS = ["small", "medium", "large"]
 X = [0.5, -1.0, 0.25, 2.0]

@@ -61,12 +61,12 @@ def test_web_bind_defaults_to_the_advertised_host(monkeypatch) -> None:
 def test_fetch_max_wait_reaches_the_worker_consumer(monkeypatch) -> None:
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-    from workers.stream import faust_tuning
+    from workers.stream import faust_internals
 
     class Made:
         _fetch_max_wait_ms = 1500  # what faust hard-codes
 
     monkeypatch.setattr(AIOKafkaConsumerThread, "_create_worker_consumer", lambda self, transport: Made())
-    monkeypatch.setattr(faust_tuning, "_wait_ms", None)
-    faust_tuning.set_fetch_max_wait(Settings.from_env().fetch_max_wait_ms)
+    monkeypatch.setattr(faust_internals, "_wait_ms", None)
+    faust_internals.set_fetch_max_wait(Settings.from_env().fetch_max_wait_ms)
     assert AIOKafkaConsumerThread._create_worker_consumer(object(), None)._fetch_max_wait_ms == 50

@@ -5,13 +5,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from workers.dispatch import LearnSession
+from workers.verbs.session import LearnSession
 from workers.state import MemoryStore
 from workers.state.access import StoreStateAccess
 from workers.state.limits import MAX_SESSION_BYTES, Limits, projected_bytes
 from workers.stream.processor import Processor
 from workers.stream.records import Record
-from workers.topics import topics
+from workers.kafka.topics import topics
 
 T = {role: t.name for role, t in topics().items()}
 # the largest learner the verb's own bounds accept: ~300 MB of state once its replay is full

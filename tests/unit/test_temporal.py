@@ -6,10 +6,11 @@ from collections.abc import Iterator, Mapping
 import pytest
 
 from workers.cores.temporal import GRAPH_OPS, EdgeStore, is_active, validate_edge
-from workers.dispatch import LearnSession, state_key
+from workers.verbs.session import LearnSession
+from workers.state.access import state_key
 from workers.errors import VerbError
 from workers.state import MemoryStore, ModelStore, RocksDictStore
-from workers.verbs import REGISTRY
+from workers.verbs.registry import REGISTRY
 
 PREFIX = state_key("graph", "default")
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from workers.dispatch import load_verbs
+from workers.verbs.surface import REGISTRY
 from workers.errors import ValidationError
-from workers.topics import input_topics, topics
+from workers.kafka.topics import input_topics, topics
 
 ALL = sorted(topics())
 
@@ -64,7 +64,7 @@ def test_inputs_are_co_partitioned_and_keyed_by_session() -> None:
 
 
 def test_topic_verbs_are_registered_write_verbs() -> None:
-    reg = load_verbs()
+    reg = REGISTRY
     for t in input_topics():
         for name in ([t.verb] if t.verb else []) + list(t.ops.values()):
             assert name in reg and reg[name].writes, f"{t.name} -> {name}"
@@ -72,7 +72,7 @@ def test_topic_verbs_are_registered_write_verbs() -> None:
 
 
 def test_every_write_verb_has_a_topic() -> None:
-    for v in load_verbs().values():
+    for v in REGISTRY.values():
         if v.writes:
             assert v.topic in topics(), f"{v.name}: unknown topic role {v.topic}"
 

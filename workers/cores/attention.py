@@ -10,7 +10,6 @@ the kernel regenerates the rest on load.
 """
 from __future__ import annotations
 
-import logging
 import math
 import struct
 from typing import Any
@@ -18,18 +17,17 @@ from typing import Any
 import numpy as np
 
 from workers import _kernels
-from workers.bodies import epoch_ms
-from workers.codec import embedding_field
+from workers.verbs.fields import epoch_ms
+from workers.verbs.codec import embedding_field
 from workers.errors import CorruptStateError, VerbError
-from workers.verbs import VerbContext, health_contributor, verb
+from workers.verbs.registry import VerbContext, health_contributor, verb
 
 __all__ = ("RELATIONS", "WEEK_MS", "AttentionState", "relation_index")
 
-logger = logging.getLogger(__name__)
 
 RELATIONS = ("hnsw-neighbor", "entity", "mention", "episode", "saga")
 WEEK_MS = 604_800_000
-_PART = "attention"
+PART = "attention"  # the part's name in the session's StateBlob
 _DEFAULT_HEADS = 8
 _DEFAULT_SEED = 42
 # each nudge scales a relation's We column by at most 1 +/- 5 %
@@ -217,7 +215,7 @@ def _positive_int(body: dict, name: str, default: int | None) -> int:
 
 
 def _loaded(ctx: VerbContext) -> AttentionState:
-    state = ctx.state.get(_PART, AttentionState) if ctx.state is not None else None
+    state = ctx.state.get(PART, AttentionState) if ctx.state is not None else None
     if state is None:
         raise VerbError("attention not initialized")
     return state
@@ -239,7 +237,7 @@ def init_attention(ctx: VerbContext, body: dict) -> dict:
         raise VerbError(f"dim and heads*head_dim must be <= {_MAX_DIM}")
     state = AttentionState(dim, heads, head_dim, seed)
     state.kernel  # noqa: B018 - build now, so a refused init never replaces the old state
-    ctx.state.set(_PART, state)
+    ctx.state.set(PART, state)
     return {"dim": dim, "heads": heads, "head_dim": head_dim}
 
 
@@ -274,4 +272,4 @@ def nudge_relation(ctx: VerbContext, body: dict) -> dict:
 
 @health_contributor
 def _attention_health(ctx: VerbContext) -> dict:
-    return {"attention_ready": ctx.state is not None and ctx.state.has(_PART)}
+    return {"attention_ready": ctx.state is not None and ctx.state.has(PART)}

@@ -17,14 +17,16 @@ route decides, so a fresh router routes exactly as the reference.
 
 **Drift.** Each outcome's residual (quality minus the prediction before learning
 it) feeds two per-target tests: the residuals' recent mean is far from 0 (an EMA
-z-test: the target got better or worse everywhere), or their recent mean square is
-several times its long-run level (it got better here and worse there, which leaves
-the mean at 0). When a target's residuals drift, that target
-forgets most of its past (``Ainv / rho_arm``, ``b * rho_arm``) and every other
-target part of it (``rho_all``): their confidence widths grow, so the router
-explores again, where it is uncertain, until the new outcomes have narrowed them;
-a decaying extra ``epsilon`` (``boost`` outcomes long) also finds targets that
-got better where they are never chosen.
+z-test against the residuals' long-run spread: the target got better or worse
+everywhere), or their recent mean square is several times its long-run level (it
+got better here and worse there, which leaves the mean at 0). On a mean alarm the
+target's intercept moves by the residuals' mean at once and the target keeps 30% of
+its evidence (where it wins relative to its level still holds); on a spread alarm
+it keeps 5%. Every other target keeps half (``rho_all``): the confidence widths
+grow, so the router explores again where it is uncertain, until new outcomes have
+narrowed them; a decaying extra ``epsilon`` (``boost`` outcomes long) also finds
+targets that got better where they are never chosen. There is no standing
+epsilon in this mode (the router's default is 0 here): LinUCB explores by width.
 
 State size: ``n_targets * (dim+1)^2`` doubles; ``dim`` shrinks for many targets so a
 state stays under :data:`MAX_STATE_BYTES`.
@@ -32,7 +34,6 @@ state stays under :data:`MAX_STATE_BYTES`.
 from __future__ import annotations
 
 import math
-import random
 from typing import Any
 
 import numpy as np
@@ -48,21 +49,22 @@ PART = "router_bandit"
 # 32 projected features: the 384-d queries of bench router keep their regions and
 # in-region directions apart, and a route costs ~33^2 per target.
 _DEFAULT_DIM = 32
-_DEFAULT_ALPHA = 0.3          # width of the confidence bonus, in quality units per unit width
+_DEFAULT_ALPHA = 0.15         # width of the confidence bonus, in quality units per unit width
 _DEFAULT_GAMMA = 0.998        # forgetting per outcome of a target: a memory of ~500 of its outcomes
 _RIDGE = 1.0                  # prior precision: Ainv starts at I / ridge
 MAX_STATE_BYTES = 1 << 20     # Ainv + b + theta of all targets (a changelog message is ~1 MiB at most)
 # Drift test on the residuals of one target: EMA rate, minimum outcomes, z threshold.
 _RES_RATE = 0.05
 _RES_MIN = 30
-_RES_Z = 5.0
+_RES_Z = 6.0
 _RES_SLOW = 0.01              # long-run mean square of the residuals: a memory of ~100 outcomes
 _RES_RATIO = 3.0              # recent mean square / long-run one that counts as a drift
 _RES_HOLD = 1.5               # ... and above which the long-run level stops following
 _RES_CAP = 9.0                # a squared residual counts at most this many long-run levels
 _RHO_ARM = 0.05               # a drifted target keeps 5% of its evidence
-_RHO_ALL = 0.1                # the others keep 10%: every width grows, exploration resumes
-_BOOST = 1000                 # outcomes of raised epsilon after a drift
+_RHO_SHIFT = 0.3              # ... 30% when its quality moved by the same amount everywhere
+_RHO_ALL = 0.5                # the others keep 50%: every width grows, exploration resumes
+_BOOST = 500                  # outcomes of raised epsilon after a drift
 _BOOST_EPS = 0.1              # extra epsilon right after a drift, decaying linearly to 0
 _COST_RATE = 0.1              # outcome-cost EMA rate (first cost seen sets it)
 _MAGIC = b"LSB"
@@ -86,7 +88,7 @@ class BanditState:
     dim
         Projected features (default 32; shrunk for many targets, see :func:`bandit_dim`).
     alpha
-        Confidence-bonus weight (default 0.3).
+        Confidence-bonus weight (default 0.15).
     gamma
         Forgetting factor per outcome of a target, (0, 1] (default 0.998).
     seed
@@ -124,22 +126,6 @@ class BanditState:
         """The exploration rate now: ``base`` plus the decaying boost after a drift."""
         return base + _BOOST_EPS * self.boost_left / _BOOST
 
-    def choose(self, x: np.ndarray, cost_weight: float) -> tuple[int, int, bool]:
-        """(best by LinUCB, best by the mean, tied: every target scored the same)."""
-        best, greedy, tied, _m, _w = _k.bandit_route(self.P, self.Ainv, self.theta,
-                                                     self.cost if cost_weight else None, x, self.alpha,
-                                                     cost_weight)
-        return best, greedy, tied
-
-    def explore(self, best: int, base_epsilon: float, rng: random.Random) -> tuple[int, bool]:
-        """With probability epsilon (boosted after a drift) a uniformly drawn other target."""
-        nt = self.n_targets
-        eps = self.epsilon(base_epsilon)
-        if eps > 0.0 and nt > 1 and rng.random() < eps:
-            j = rng.randrange(nt - 1)
-            return j + (j >= best), True
-        return best, False
-
     # ----------------------------------------------------------------- learning
     def learn(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray, costs: np.ndarray | None = None) -> int:
         """Outcomes in order (targets ``arms``, queries ``X``, qualities, optional costs; NaN cost =
@@ -163,11 +149,12 @@ class BanditState:
                     self.observe_cost(k, float(costs[i]))
                 if self.boost_left:
                     self.boost_left -= 1
-                if self._residual_alarm(k, float(quality[i]) - pred):
+                alarm, shift = self._residual_alarm(k, float(quality[i]) - pred)
+                if alarm:
                     if i + 1 < n and snap is not None:
                         self.Ainv[:], self.b[:], self.theta[:] = snap
                         self._update(arms[start:i + 1], X[start:i + 1], quality[start:i + 1])
-                    self.drift(k)
+                    self.drift(k, shift)
                     alarms += 1
                     stop = i + 1
                     break
@@ -182,8 +169,8 @@ class BanditState:
     def _update(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray) -> np.ndarray:
         return _k.bandit_update_batch(self.P, self.Ainv, self.b, self.theta, arms, X, quality, self.gamma)
 
-    def _residual_alarm(self, k: int, e: float) -> bool:
-        """Fold target k's residual into its EMA z-test; True on an alarm."""
+    def _residual_alarm(self, k: int, e: float) -> tuple[bool, float]:
+        """Fold target k's residual into its tests: (alarm, the quality shift when the mean moved, else 0)."""
         self.res_n[k] += 1
         n = int(self.res_n[k])
         self.res_mean[k] += _RES_RATE * (e - self.res_mean[k])
@@ -196,14 +183,27 @@ class BanditState:
         if n < _RES_MIN or self.res_var[k] <= _RES_HOLD * self.res_base[k]:
             self.res_base[k] += max(1.0 / n, _RES_SLOW) * (e * e - self.res_base[k])
         if n < _RES_MIN:
-            return False
-        sd = math.sqrt(max(self.res_var[k], 1e-12) * _RES_RATE / (2.0 - _RES_RATE))
-        return abs(self.res_mean[k]) > _RES_Z * sd or self.res_var[k] > _RES_RATIO * max(self.res_base[k], 1e-6)
+            return False, 0.0
+        # the EMA's sd from the long-run level, not the recent one: a shift inflates the recent
+        # squares too, which made the test wait until the EMA had nearly the whole shift
+        sd = math.sqrt(max(self.res_base[k], 1e-12) * _RES_RATE / (2.0 - _RES_RATE))
+        m = float(self.res_mean[k])
+        if abs(m) > _RES_Z * sd:
+            return True, m
+        return bool(self.res_var[k] > _RES_RATIO * max(self.res_base[k], 1e-6)), 0.0
 
-    def drift(self, k: int | None = None) -> None:
-        """React to a drift (of target k, or of the world when None): forget, explore again."""
+    def drift(self, k: int | None = None, shift: float = 0.0) -> None:
+        """React to a drift (of target k, or of the world when None): forget, explore again.
+
+        ``shift``: target k's quality moved by this much everywhere (its residuals' mean):
+        its intercept takes the shift at once and it keeps more of its evidence (the
+        shape of where it wins still holds); without one it keeps only 5%."""
+        if k is not None and shift:
+            A = np.linalg.inv(self.Ainv[k])    # (dim+1)^3 once per alarm
+            self.theta[k, -1] += shift
+            self.b[k] = A @ self.theta[k]
         for j in range(self.n_targets):
-            rho = _RHO_ARM if j == k else _RHO_ALL
+            rho = (_RHO_SHIFT if shift else _RHO_ARM) if j == k else _RHO_ALL
             self.Ainv[j] /= rho
             self.b[j] *= rho
         if k is not None:

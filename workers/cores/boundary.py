@@ -17,6 +17,11 @@ fires on a *lasting* rise of the loss:
   ``a = max(K sigma, REL |mu|)``: a rise has to exceed half a sigma and a quarter of the
   loss level to count, and one loss adds at most CLIP. A boundary is ``S > H`` (at least
   four losses of evidence); the detector then restarts on the new task.
+- **Jump rule** (a Shewhart limit beside the CUSUM, as in combined Shewhart-CUSUM
+  schemes): ``JUMP_N`` losses in a row above ``mu + JUMP_Z sigma`` are a boundary at once.
+  A new task's loss often starts far above the old level and falls within a few batches,
+  before the CUSUM has its evidence (short tasks); a loss on the quality scale (at most 1)
+  rarely gets 4 sigmas above its level three times running.
 
 Measured by ``learnstream bench boundaries`` (precision, recall, F1, adapter resets on
 stationary feedback; both modes).
@@ -26,7 +31,7 @@ Examples
 >>> det = LossCusum()
 >>> fired = [det.push(0.3 + 0.01 * (i % 3)) for i in range(50)] + [det.push(2.0) for _ in range(6)]
 >>> fired.index(True)
-54
+52
 """
 from __future__ import annotations
 
@@ -48,13 +53,16 @@ CLIP = 3.0         # one loss adds at most this
 # with skewed qualities (mostly 1s, or mostly 0s); 12 on none of 48 (bench boundaries).
 H = 12.0
 FLOOR_REL = 0.1
+JUMP_Z = 4.0       # the jump rule: JUMP_N losses in a row above mu + JUMP_Z sigma
+JUMP_N = 3
 FLOOR_ABS = 0.05
 _MEDIAN_STEP = 1.0 / 0.9539              # median |x_t - x_{t-1}| = 0.954 sigma for Gaussian noise
 
 # magic, version, ring length, steps length, m, ring, steps, mu var S prev, n
-_FMT = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dq")
+_FMT_V1 = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dq")
+_FMT = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dqq")   # 2: + the run of jump losses
 _MAGIC = b"LSC"
-_VERSION = 1
+_VERSION = 2
 
 
 class CusumFiring:
@@ -69,7 +77,7 @@ class CusumFiring:
 class LossCusum:
     """One session's boundary detector over its loss stream (see the module doc)."""
 
-    __slots__ = ("ring", "m", "mu", "var", "S", "steps", "prev", "n", "last")
+    __slots__ = ("ring", "m", "mu", "var", "S", "steps", "prev", "n", "last", "jump")
 
     def __init__(self) -> None:
         self.n = 0
@@ -80,6 +88,7 @@ class LossCusum:
         self.ring: list[float] = []   # the delay line, oldest first (at most DELAY)
         self.m = 0                    # losses in the reference
         self.mu = self.var = self.S = self.prev = 0.0
+        self.jump = 0
         self.steps: list[float] = []  # |differences| of the first WARM reference losses
 
     @property
@@ -95,14 +104,16 @@ class LossCusum:
             sig = self.sigma
             a = max(K * sig, REL * abs(self.mu))
             self.S = max(0.0, self.S + min((loss - self.mu - a) / sig, CLIP))
-            if self.S > H:
+            self.jump = self.jump + 1 if loss > self.mu + JUMP_Z * sig else 0
+            if self.S > H or self.jump >= JUMP_N:
                 self.last = CusumFiring(self.S, self.mu, sig, self.n)
                 self.n = 0
                 self._restart()
                 return True
         self.ring.append(loss)
         if len(self.ring) > DELAY:
-            self._reference(self.ring.pop(0))
+            old = self.ring.pop(0)
+            self._reference(old)
         return False
 
     def push_many(self, losses: list[float]) -> list[int]:
@@ -134,22 +145,26 @@ class LossCusum:
         ring = self.ring + [0.0] * (DELAY - len(self.ring))
         steps = self.steps + [0.0] * (WARM - len(self.steps))
         return _FMT.pack(_MAGIC, _VERSION, len(self.ring), len(self.steps), self.m, *ring, *steps, self.mu,
-                         self.var, self.S, self.prev, self.n)
+                         self.var, self.S, self.prev, self.n, self.jump)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LossCusum:
+        old = len(data) == _FMT_V1.size   # version 1: before the jump rule (its run starts at 0)
         try:
-            magic, version, ring_len, steps_len, m, *rest = _FMT.unpack(data)
+            magic, version, ring_len, steps_len, m, *rest = (_FMT_V1 if old else _FMT).unpack(data)
         except struct.error:
             raise CorruptStateError(f"boundary detector state has {len(data)} bytes, expected {_FMT.size}") from None
-        if (magic != _MAGIC or version != _VERSION or not 0 <= ring_len <= DELAY or not 0 <= steps_len < WARM
-                or m < 0):
+        if (magic != _MAGIC or version != (1 if old else _VERSION) or not 0 <= ring_len <= DELAY
+                or not 0 <= steps_len < WARM or m < 0):
             raise CorruptStateError("not a boundary detector state of this version")
         obj = cls()
         obj.ring = list(rest[:ring_len])
         obj.steps = list(rest[DELAY:DELAY + steps_len])
         obj.m = m
-        obj.mu, obj.var, obj.S, obj.prev, obj.n = rest[DELAY + WARM:]
+        obj.mu, obj.var, obj.S, obj.prev, obj.n = rest[DELAY + WARM:DELAY + WARM + 5]
+        obj.jump = 0 if old else rest[DELAY + WARM + 5]
+        if obj.jump < 0:
+            raise CorruptStateError("not a boundary detector state of this version")
         return obj
 
     def __eq__(self, other: object) -> bool:

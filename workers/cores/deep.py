@@ -22,20 +22,19 @@ from typing import Any
 import numpy as np
 
 from workers import _kernels as _k
-from workers.codec import embedding_field
-from workers.cores._common import env_float
+from workers.verbs.codec import embedding_field
 from workers.state.framing import pack_part, unpack_part
+from workers.cores.instant import InstantState
 from workers.errors import CorruptStateError, ValidationError, VerbError
-from workers.verbs import VerbContext, health_contributor, verb
+from workers.verbs.registry import VerbContext, health_contributor, verb
 
 __all__ = (
-    "FISHER_DECAY", "LAMBDA", "LAMBDA_ENV", "RING_CAP", "BOUNDARY_Z", "MIN_STD", "MIN_PRIOR",
+    "FISHER_DECAY", "LAMBDA", "RING_CAP", "BOUNDARY_Z", "MIN_STD", "MIN_PRIOR",
     "DeepState", "LossOutcome", "hand_ewc", "boundary_event", "consolidation_event", "read_vector",
 )
 
 FISHER_DECAY = 0.999
 LAMBDA = 2000.0
-LAMBDA_ENV = "LEARNSTREAM_EWC_LAMBDA"   # the spec's "env override" of λ
 RING_CAP = 10
 BOUNDARY_Z = 2.5
 MIN_STD = 1e-4
@@ -51,7 +50,6 @@ class LossOutcome:
     """Everything one ``record_loss`` learned; :meth:`response` is the spec's answer."""
 
     boundary_fired: bool
-    stored: bool
     loss: float
     z: float
     prior_mean: float
@@ -69,9 +67,8 @@ class LossOutcome:
 
 def _outcome(loss: float, row: np.ndarray) -> LossOutcome:
     """A LossOutcome from one row of ``loss_window_push_many`` (its column order)."""
-    fired, stored, z, prior_mean, prior_std, window_mean, window_std, samples, total = row.tolist()
-    return LossOutcome(bool(fired), bool(stored), loss, z, prior_mean, prior_std, window_mean, window_std,
-                       int(samples), int(total))
+    fired, _stored, z, prior_mean, prior_std, window_mean, window_std, samples, total = row.tolist()
+    return LossOutcome(bool(fired), loss, z, prior_mean, prior_std, window_mean, window_std, int(samples), int(total))
 
 
 class DeepState:
@@ -80,13 +77,13 @@ class DeepState:
     Parameters
     ----------
     lam
-        EWC strength λ; default :data:`LAMBDA` or ``$LEARNSTREAM_EWC_LAMBDA``.
+        EWC strength λ; default :data:`LAMBDA` (the verbs pass ``LEARNSTREAM_EWC_LAMBDA`` from Settings).
     """
 
     __slots__ = ("lam", "ring", "counters", "fisher", "snapshot")
 
     def __init__(self, lam: float | None = None) -> None:
-        self.lam: float = env_float(LAMBDA_ENV, LAMBDA) if lam is None else float(lam)
+        self.lam: float = LAMBDA if lam is None else float(lam)
         self.ring = np.zeros(RING_CAP, np.float32)      # oldest first, ``counters[0]`` used
         self.counters = np.zeros(2, np.int64)           # [window length, boundaries_total]
         self.fisher: dict[str, np.ndarray] = {}
@@ -264,7 +261,7 @@ def read_vector(body: dict, field: str) -> np.ndarray:
 def _deep(ctx: VerbContext, create: bool) -> DeepState | None:
     d = ctx.state.get("deep", DeepState)
     if d is None and create:
-        d = DeepState()
+        d = DeepState(ctx.options.ewc_lambda)
     return d
 
 
@@ -299,7 +296,6 @@ def consolidate(ctx: VerbContext, body: dict) -> dict:
     d = _deep(ctx, create=True)
     out = d.consolidate(param_id, params, grads)
     ctx.state.set("deep", d)
-    from workers.cores.instant import InstantState
     hand_ewc(d, ctx.state.get("instant", InstantState), param_id)
     ctx.emit("consolidations", consolidation_event(ctx.session_key, d, param_id, "gradients", ctx.source))
     return out

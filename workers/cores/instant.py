@@ -25,15 +25,14 @@ import numpy as np
 import orjson
 
 from workers import _kernels as _k
-from workers.bodies import MAX_DIM, epoch_ms
-from workers.codec import embedding_field
-from workers.cores._common import env_float
+from workers.verbs.fields import MAX_DIM, epoch_ms, int_accepted
+from workers.verbs.codec import embedding_field
 from workers.state.framing import PART_HEAD, pack_part, unpack_part
 from workers.errors import CorruptStateError, VerbError
-from workers.verbs import EMBEDDING, EMBEDDING_B64, VerbContext, health_contributor, params, verb
+from workers.verbs.registry import EMBEDDING, EMBEDDING_B64, VerbContext, health_contributor, params, state_size, verb
 
 __all__ = (
-    "RANK", "DECAY", "LR0", "LR_MIN", "MAX_NORM", "REPLAY_CAP", "DEFAULT_DIM", "LR_MIN_ENV",
+    "RANK", "DECAY", "LR0", "LR_MIN", "MAX_NORM", "REPLAY_CAP", "DEFAULT_DIM",
     "NOT_INITIALIZED", "InstantState", "read_embedding", "read_quality", "read_now_ms",
 )
 
@@ -45,7 +44,6 @@ LR_MIN = 1e-3
 MAX_NORM = 5.0
 REPLAY_CAP: int = _C["replay_cap"]
 DEFAULT_DIM = 384                      # the spec's input dim when init_instant gives none
-LR_MIN_ENV = "LEARNSTREAM_LR_MIN"      # the spec's "env override" of LR_MIN (capped at LR0)
 NOT_INITIALIZED = "instant not initialized; call init_instant"
 
 _M = _C["meta"]
@@ -64,7 +62,7 @@ class InstantState:
     dim
         Embedding dimension (default 384).
     lr_min
-        lr floor; default ``LR_MIN`` or ``$LEARNSTREAM_LR_MIN``, capped at ``LR0``.
+        lr floor; default ``LR_MIN``, capped at ``LR0`` (the verbs pass ``LEARNSTREAM_LR_MIN`` from Settings).
 
     Attributes
     ----------
@@ -90,7 +88,7 @@ class InstantState:
         self._meta[_M["nt"]] = len(self.targets)
         sc = self._layout["scalars"]
         self._arena[sc + _S["lr"]] = LR0
-        self._arena[sc + _S["lr_min"]] = env_float(LR_MIN_ENV, LR_MIN, cap=LR0) if lr_min is None else min(float(lr_min), LR0)
+        self._arena[sc + _S["lr_min"]] = LR_MIN if lr_min is None else min(float(lr_min), LR0)
         self._bind_views()
 
     def _bind_views(self) -> None:
@@ -373,7 +371,7 @@ def init_instant(ctx: VerbContext, body: dict) -> dict:
         raise VerbError("dim must be a positive integer")
     if dim > MAX_DIM:
         raise VerbError(f"dim must be at most {MAX_DIM}")
-    ctx.state.set("instant", InstantState(targets, dim))
+    ctx.state.set("instant", InstantState(targets, dim, lr_min=ctx.options.lr_min))
     return {"targets": list(targets), "dim": dim}
 
 
@@ -409,3 +407,16 @@ def reset_adapter(ctx: VerbContext, body: dict) -> dict:
 @health_contributor
 def _health(ctx: VerbContext) -> dict:
     return {"instant_ready": ctx.state is not None and ctx.state.has("instant")}
+
+
+@state_size("init_instant")
+def _state_size(body: dict) -> tuple[str, int] | None:
+    dim = int_accepted(body, "dim", DEFAULT_DIM, MAX_DIM)
+    targets = body.get("targets")
+    if not dim or not isinstance(targets, list) or not targets:
+        return None
+    c = _C
+    nt = len(targets)
+    # theta, EWC Fisher and snapshot over rank * (dim + nt) params, scalars, and a full replay ring
+    floats = 3 * c["rank"] * (dim + nt) + 16 + c["replay_cap"] * (dim + 1)
+    return "dim", 4 * floats + 8 * (c["meta_size"] + c["replay_cap"])

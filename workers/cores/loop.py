@@ -29,16 +29,19 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 
+from workers.cores.attention import PART as ATTENTION_PART
+from workers.cores.attention import AttentionState
 from workers.cores.boundary import LossCusum
 from workers.cores.deep import DeepState, LossOutcome, boundary_event, consolidation_event, hand_ewc
 from workers.cores.instant import (NOT_INITIALIZED, InstantState, read_embedding, read_model, read_now_ms,
                                    read_quality)
+from workers.cores.router import PART as ROUTER_PART
+from workers.cores.router import RouterState
 from workers.errors import CorruptStateError, VerbError
-from workers.verbs import Each, VerbContext, coalesced, verb
+from workers.verbs.registry import Each, VerbContext, coalesced, verb
 
 __all__ = ("QUALITY_EMA_RATE", "Q_WEIGHT", "BOUNDARY_MODES", "LoopState", "learn_feedback", "learn_feedback_each",
            "ADAPTER_PARAM_ID")
@@ -106,19 +109,6 @@ class LoopState:
     def __repr__(self) -> str:
         return (f"LoopState(ema={self.ema}, events={self.events}, boundaries={self.boundaries}, "
                 f"boundary_mode={self.boundary_mode})")
-
-
-def _optional_part(ctx: VerbContext, module: str, cls_name: str, part: str) -> Any:
-    """A part of another core, if both its module and the part exist (imported lazily)."""
-    if not ctx.state.has(part):
-        return None
-    import importlib
-
-    try:
-        cls = getattr(importlib.import_module(module), cls_name)
-    except (ModuleNotFoundError, AttributeError):
-        return None
-    return ctx.state.get(part, cls)
 
 
 def _boundary_mode(body: dict) -> str | None:
@@ -209,7 +199,7 @@ def _boundaries(ctx: VerbContext, deep: DeepState, loop: LoopState, losses: np.n
         if det.push(v):
             f = det.last
             deep.counters[1] += 1
-            out.append((i, LossOutcome(True, True, v, f.statistic, f.mean, f.stddev, f.mean, f.stddev,
+            out.append((i, LossOutcome(True, v, f.statistic, f.mean, f.stddev, f.mean, f.stddev,
                                        f.samples, deep.boundaries)))
     return out, _CUSUM_CAUSE
 
@@ -219,7 +209,7 @@ def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sou
     """The learning loop over validated events (the module docstring); ``source_of(i)`` goes into
     event i's downstream events, ``indexed`` adds their ``event_index`` (envelopes)."""
     n = len(ev)
-    deep = ctx.state.get("deep", DeepState) or DeepState()
+    deep = ctx.state.get("deep", DeepState) or DeepState(ctx.options.ewc_lambda)
     loop = ctx.state.get("loop", LoopState) or LoopState()
     ctx.state.set("deep", deep)
     ctx.state.set("loop", loop)
@@ -266,14 +256,14 @@ def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sou
         instant.feedback_batch(ev.X[start:], ev.T[start:], q_eff[start:], ev.NOW[start:],
                                None if tr is None else tr[start:])
 
-    router = _optional_part(ctx, "workers.cores.router", "RouterState", "router")
+    router = ctx.state.get(ROUTER_PART, RouterState)  # None unless the session has a router
     if router is not None:
         # one training kernel call for all events (equal to record_outcome row by row); an
         # embedding of another width than the router's trains nothing, as in record_outcome
         router.record_outcomes([instant.targets[t] for t in ev.T], [float(q) for q in q_eff],
                                ev.X if ev.X.shape[1] == router.in_dim else None,
                                [t if t is not None else 0 for t in ev.tokens])
-    attention = _optional_part(ctx, "workers.cores.attention", "AttentionState", "attention")
+    attention = ctx.state.get(ATTENTION_PART, AttentionState)
     if attention is not None:
         for i in range(n):
             if ev.relations[i] is not None:

@@ -42,10 +42,10 @@ from typing import Any
 
 import orjson
 
-from workers.codec import embedding_field
+from workers.verbs.codec import embedding_field
 from workers.errors import VerbError
 from workers.state.base import ModelStore
-from workers.verbs import VerbContext, params, verb
+from workers.verbs.registry import VerbContext, params, verb
 
 __all__ = (
     "EDGE_FIELDS",

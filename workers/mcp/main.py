@@ -11,24 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import logging
 import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from workers.broker import free_port
+from workers.kafka.broker import free_port
 from workers.client import LearnstreamClient
 from workers.errors import ConfigError
-from workers.http import http_json
+from workers.cli.processes import WorkerProcess
 from workers.mcp.server import build_server
 from workers.stream.settings import Settings
-from workers.waiting import wait_until
 
 __all__ = ("run_mcp", "http_app", "StaticTokenVerifier", "embedded_worker")
 
-logger = logging.getLogger(__name__)
 
 # A cold embedded worker: broker start, topic creation, group join (Tansu's join takes ~5 s).
 _WORKER_READY_S = 120.0
@@ -79,26 +75,12 @@ def embedded_worker(settings: Settings) -> Iterator[str]:
     """A ``learnstream worker`` child process (embedded broker unless one is set); yields its URL."""
     port = free_port()
     env = {**os.environ, **settings.env(), "LEARNSTREAM_WEB_PORT": str(port), "LEARNSTREAM_WEB_HOST": "127.0.0.1"}
-    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker"], env=env, stdin=subprocess.DEVNULL,
-                            stdout=sys.stderr, stderr=sys.stderr)  # stdout may be the MCP channel
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise ConfigError(f"the embedded worker exited with {proc.returncode} (its output is above)")
-        return http_json(url + "/ready", timeout=3)[0] == 200
-
+    w = WorkerProcess(env, port=port, log=sys.stderr).start()  # stdout may be the MCP channel
     try:
-        wait_until(ready, _WORKER_READY_S, 0.2, "the embedded worker to become ready", retry_on=(OSError,))
-        yield url
+        w.wait_ready(_WORKER_READY_S, 0.2, "the embedded worker to become ready")
+        yield w.url
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        w.stop(30)
 
 
 async def _serve_stdio(client: LearnstreamClient, session: str) -> None:

@@ -11,7 +11,6 @@ Resources: ``learnstream://topics`` (the topic contracts, one resource per topic
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import mcp.types as types
@@ -20,14 +19,13 @@ from mcp.server.lowlevel import Server
 from pydantic import AnyUrl
 
 from workers.client import LearnstreamClient
-from workers.dispatch import check_session_key
+from workers.verbs.surface import check_session_key
 from workers.errors import LearnstreamError
 from workers.mcp.tools import ToolSpec, tool_specs
-from workers.topics import topics
+from workers.kafka.topics import topics
 
 __all__ = ("build_server", "SERVER_NAME")
 
-logger = logging.getLogger(__name__)
 
 SERVER_NAME = "learnstream"
 _TOPICS_URI = "learnstream://topics"

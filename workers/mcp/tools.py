@@ -12,9 +12,8 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-from workers.dispatch import load_verbs
-from workers.topics import Topic, topics
-from workers.verbs import REGISTRY, Verb
+from workers.verbs.surface import REGISTRY, Verb
+from workers.kafka.topics import Topic, topics
 
 __all__ = ("ToolSpec", "TOOLS", "tool_specs", "body_schema")
 
@@ -85,7 +84,6 @@ def _input_schema(v: Verb) -> dict:
 
 def tool_specs() -> dict[str, ToolSpec]:
     """Every MCP tool by name."""
-    load_verbs()
     out = {}
     for name, verb_name in TOOLS.items():
         v = REGISTRY[verb_name]

@@ -4,7 +4,7 @@
   name, so :meth:`Estimator.clone` and :meth:`Estimator._get_params` work
   generically, and the parameters (nested estimators included) serialise to JSON.
 - :class:`Stateful`: ``save_state(writer)`` / ``load_state(reader)`` over the
-  versioned format of :mod:`workers.online.state`, plus ``to_bytes``/``from_bytes``.
+  versioned format of :mod:`workers.online.snapshot`, plus ``to_bytes``/``from_bytes``.
 - :class:`Model`: a flat float32 parameter vector and the fused C++ step.
 - :class:`Learner`: the ``OnlineLearner`` protocol of spec/online.md as an ABC.
 - :class:`DriftDetector`: ``update(...)`` plus a read-only ``drift_detected``.
@@ -14,14 +14,14 @@ from __future__ import annotations
 import functools
 import inspect
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from workers.errors import CorruptStateError
-from workers.online.state import StateReader, StateWriter
+from workers.online.snapshot import StateReader, StateWriter
 
-__all__ = ("Estimator", "Stateful", "Model", "Learner", "OnlineLearner", "DriftDetector", "ESTIMATORS")
+__all__ = ("Estimator", "Stateful", "Model", "Learner", "DriftDetector", "ESTIMATORS")
 
 E = TypeVar("E", bound="Estimator")
 
@@ -138,20 +138,6 @@ class Model(Stateful):
     @abstractmethod
     def fisher(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Mean squared per-example gradient of log p(y|x) (the empirical Fisher diagonal)."""
-
-
-@runtime_checkable
-class OnlineLearner(Protocol):
-    """The interface of spec/online.md."""
-
-    def learn_one(self, x: Any, y: int, task: Any = None) -> None: ...
-    def learn_batch(self, xs: Any, ys: Any, task: Any = None) -> None: ...
-    def consolidate(self) -> Any: ...
-    def model(self) -> Model: ...
-    def predict(self, xs: Any) -> np.ndarray: ...
-    def evaluate(self, xs: Any, ys: Any) -> dict: ...
-    def save_state(self, writer: Any) -> None: ...
-    def load_state(self, reader: Any) -> None: ...
 
 
 class Learner(Stateful):

@@ -1,6 +1,6 @@
 """Checkpoints of a learner on disk: versioned files, the last K kept, resume from any.
 
-Every checkpoint is one file in the learner state format (:mod:`workers.online.state`):
+Every checkpoint is one file in the learner state format (:mod:`workers.online.snapshot`):
 either *full* or *incremental* (a delta holding only the chunks that changed since
 the latest full checkpoint, which it names by CRC). Files are written to a temporary
 name, fsynced and renamed, so a crash leaves the previous checkpoints intact. A
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from workers.errors import CorruptStateError
 from workers.online.base import ESTIMATORS, Stateful
-from workers.online.state import StateReader, StateWriter
+from workers.online.snapshot import StateReader, StateWriter
 
 __all__ = ("CheckpointManager", "CheckpointInfo")
 

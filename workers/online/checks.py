@@ -35,7 +35,7 @@ from workers.online.learner import ContinualLearner
 from workers.online.models import MLP, SoftmaxRegression
 from workers.online.replay import ReplayBuffer
 from workers.online.scheduler import ConsolidationScheduler
-from workers.online.state import StateReader, StateWriter
+from workers.online.snapshot import StateReader, StateWriter
 
 __all__ = ("yield_checks", "EXERCISES", "instance")
 

@@ -32,7 +32,7 @@ from workers.online.ewc import EWC
 from workers.online.models import MLP, cross_entropy, softmax
 from workers.online.replay import ReplayBuffer
 from workers.online.scheduler import ConsolidationReport, ConsolidationScheduler
-from workers.online.state import rng_state, set_rng_state
+from workers.online.snapshot import rng_state, set_rng_state
 
 __all__ = ("ContinualLearner",)
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from workers.online.base import Stateful
-from workers.online.state import rng_state, set_rng_state
+from workers.online.snapshot import rng_state, set_rng_state
 
 __all__ = ("SumTree", "ReplayBuffer", "ReplaySample")
 
@@ -308,12 +308,6 @@ class ReplayBuffer(Stateful):
         p = np.maximum(np.asarray(priority, dtype=np.float64), _MIN_PRIORITY)
         self._max_priority = max(self._max_priority, float(p.max()))
         self._tree.update(np.asarray(idx), p ** self._alpha)
-
-    def set_logits(self, idx: np.ndarray, logits: np.ndarray) -> None:
-        if self._logits is None:
-            self._logits = np.zeros((self._cap, logits.shape[1]), dtype=np.float32)
-        self._logits[idx] = logits
-        self._has_logits[idx] = True
 
     @property
     def labels(self) -> np.ndarray:

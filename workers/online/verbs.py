@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from workers.codec import embedding_field
-from workers.bodies import MAX_MS, int_in, number_in
+from workers.verbs.codec import embedding_field
+from workers.verbs.fields import MAX_MS, int_accepted, int_in, number_in
 from workers.errors import VerbError
 from workers.online.curriculum import Curriculum
 from workers.online.distill import Distillation
@@ -33,7 +33,7 @@ from workers.online.learner import ContinualLearner
 from workers.online.models import MLP, SoftmaxRegression
 from workers.online.replay import ReplayBuffer
 from workers.online.scheduler import ConsolidationScheduler
-from workers.verbs import VerbContext, verb
+from workers.verbs.registry import VerbContext, state_size, verb
 
 __all__ = ("PART", "build_learner", "parse_examples")
 
@@ -242,3 +242,19 @@ def learner_state(ctx: VerbContext, body: dict) -> dict:
     """{} -> counters, prequential accuracy/loss, drift and consolidation state, config."""
     learner = _learner(ctx)
     return {**learner.summary(), "config": learner.params_json()}
+
+
+@state_size("init_learner")
+def _state_size(body: dict) -> tuple[str, int] | None:
+    d, c = int_accepted(body, "n_features", 0, _MAX_FEATURES), int_accepted(body, "n_classes", 0, _MAX_CLASSES)
+    h, cap = int_accepted(body, "hidden", 128, _MAX_HIDDEN), int_accepted(body, "capacity", 200, _MAX_CAPACITY)
+    bs, rc = int_accepted(body, "batch_size", 10, 4096), int_accepted(body, "recent", 50, 1 << 20)
+    win = int_accepted(body, "drift_window", 200, 100_000)
+    if not d or not c or None in (h, cap, bs, rc, win):
+        return None
+    params = d * c + c if body.get("model") == "softmax" else d * h + h + h * c + c
+    # theta, velocity, EWC Fisher and anchor, distillation teacher; replay rows with logits;
+    # pending and recent rings; the drift windows' class histograms
+    total = 5 * 4 * params + cap * (4 * d + 4 * c + 24) + (bs + rc) * (4 * d + 4) + 2 * win * (4 * c + 8)
+    field = "capacity" if cap * 4 * d > 5 * 4 * params else "n_features"
+    return field, total + 65536

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from workers.protocols.memory import AgentMemory, ProtocolConfig, ProtocolsState
-from workers.protocols.records import AntiPattern, Heuristic, Knowledge, Outcome, Preference, strength
+from workers.protocols.entries import AntiPattern, Heuristic, Knowledge, Outcome, Preference, strength
 from workers.protocols.retrieval import retrieve
 from workers.protocols.similarity import Embedder, EmbeddingMatcher, StrategyMatcher, WordOverlap
 from workers.protocols.text import error_signature, infer_task_type, normalize_words

@@ -32,8 +32,8 @@ import orjson
 
 from workers.state.framing import pack_part, unpack_part
 from workers.errors import CorruptStateError
-from workers.protocols.records import (DAY_MS, AntiPattern, Heuristic, Knowledge, Outcome, Preference, _Record,
-                                       record_id)
+from workers.protocols.entries import (DAY_MS, AntiPattern, Heuristic, Knowledge, Outcome, Preference, _Record,
+                                       entry_id)
 from workers.protocols.similarity import StrategyMatcher, WordOverlap
 from workers.protocols.text import strategy_key
 
@@ -221,7 +221,7 @@ class ProtocolsState:
 
     def _heuristic_for(self, agent: str, am: AgentMemory, o: Outcome, matcher: StrategyMatcher) -> Heuristic | None:
         """The heuristic ``o`` counts toward: its own key's, else the closest similar one of its kind."""
-        exact = am.heuristics.get(record_id("h", agent, o.project_id, o.task_type, strategy_key(o.strategy)))
+        exact = am.heuristics.get(entry_id("h", agent, o.project_id, o.task_type, strategy_key(o.strategy)))
         if exact is not None:
             return exact
         best: tuple | None = None
@@ -255,7 +255,7 @@ class ProtocolsState:
         wins = sum(1 for x in same if x.success)
         if len(same) < config.min_occurrences or wins / len(same) <= config.min_share:
             return None
-        hid = record_id("h", agent, o.project_id, o.task_type, strategy_key(o.strategy))
+        hid = entry_id("h", agent, o.project_id, o.task_type, strategy_key(o.strategy))
         h = Heuristic(hid, o.project_id, o.task_type, o.strategy, len(same), wins, o.ts, o.ts, o.task,
                       last_access=o.ts)
         am.heuristics[hid] = h
@@ -264,7 +264,7 @@ class ProtocolsState:
 
     def _upsert_anti_pattern(self, agent: str, am: AgentMemory, o: Outcome, matcher: StrategyMatcher,
                              config: ProtocolConfig, events: list[dict[str, Any]]) -> AntiPattern | None:
-        aid = record_id("a", agent, o.project_id, o.error_sig)
+        aid = entry_id("a", agent, o.project_id, o.error_sig)
         ap = am.anti_patterns.get(aid)
         if ap is None:
             recent: list[Outcome] = []
@@ -309,7 +309,7 @@ class ProtocolsState:
         A repeat reinforces it and keeps the higher confidence."""
         config = config or ProtocolConfig()
         self.clock_ms = max(self.clock_ms, now_ms)
-        pid = record_id("p", user_id, category, strategy_key(preference))
+        pid = entry_id("p", user_id, category, strategy_key(preference))
         conf = preference_confidence(source)
         p = self.preferences.get(pid)
         created = p is None
@@ -334,7 +334,7 @@ class ProtocolsState:
         config = config or ProtocolConfig()
         self.clock_ms = max(self.clock_ms, now_ms)
         am = self.agents.setdefault(agent, AgentMemory())
-        kid = record_id("k", agent, project_id, domain, strategy_key(fact))
+        kid = entry_id("k", agent, project_id, domain, strategy_key(fact))
         conf = knowledge_confidence(source)
         k = am.knowledge.get(kid)
         created = k is None

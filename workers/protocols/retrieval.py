@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers.protocols.memory import ProtocolsState
-from workers.protocols.records import DAY_MS, AntiPattern, Heuristic, Knowledge, Preference
+from workers.protocols.entries import DAY_MS, AntiPattern, Heuristic, Knowledge, Preference
 from workers.protocols.similarity import StrategyMatcher, WordOverlap
 from workers.protocols.text import estimate_tokens, infer_task_type
 

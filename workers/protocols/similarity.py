@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
@@ -29,14 +28,14 @@ from workers.errors import ConfigError
 from workers.protocols.text import normalize_words, tokens
 
 __all__ = ("Embedder", "StrategyMatcher", "WordOverlap", "EmbeddingMatcher", "COSINE_THRESHOLD",
-           "matcher_from_env", "ENV_EMBEDDER")
+           "matcher_from_spec", "ENV_EMBEDDER")
 
 logger = logging.getLogger(__name__)
 
 COSINE_THRESHOLD = 0.75   # the reference library's default for "same strategy" with embeddings
 _OVERLAP_CAP = 3          # word overlap >= min(3, floor(|words|/2)): three shared words always suffice
 _EMBED_CACHE = 4096       # vectors kept per matcher (strategies repeat; vectors are not state)
-ENV_EMBEDDER = "LEARNSTREAM_PROTOCOLS_EMBEDDER"
+ENV_EMBEDDER = "LEARNSTREAM_PROTOCOLS_EMBEDDER"  # read by Settings (protocols_embedder), named in errors
 
 
 @runtime_checkable
@@ -144,10 +143,10 @@ class EmbeddingMatcher:
         return f"EmbeddingMatcher({self.embedder!r}, threshold={self.threshold})"
 
 
-def matcher_from_env() -> StrategyMatcher:
-    """The matcher workers use: an :class:`EmbeddingMatcher` over ``$LEARNSTREAM_PROTOCOLS_EMBEDDER``
-    (``module:factory``), else :class:`WordOverlap`."""
-    spec = os.environ.get(ENV_EMBEDDER, "").strip()
+def matcher_from_spec(spec: str) -> StrategyMatcher:
+    """The matcher workers use: an :class:`EmbeddingMatcher` over ``spec`` (``module:factory``, from
+    ``LEARNSTREAM_PROTOCOLS_EMBEDDER``), else (``""``) :class:`WordOverlap`."""
+    spec = spec.strip()
     if not spec:
         return WordOverlap()
     mod_name, _, attr = spec.partition(":")

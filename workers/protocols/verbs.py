@@ -18,22 +18,20 @@ has seen. Reads take ``now_ms`` or the latest time seen.
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from workers.bodies import int_in, number_in
+from workers.verbs.fields import int_in, number_in
 from workers.errors import VerbError
 from workers.protocols.memory import PART, ProtocolConfig, ProtocolsState
-from workers.protocols.records import Outcome
+from workers.protocols.entries import Outcome
 from workers.protocols.retrieval import retrieve as _retrieve
-from workers.protocols.similarity import StrategyMatcher, matcher_from_env
+from workers.protocols.similarity import StrategyMatcher, WordOverlap
 from workers.protocols.text import error_line, error_signature, infer_task_type
 from workers.state.blob import StateBlob
-from workers.verbs import VerbContext, health_contributor, params, verb
+from workers.verbs.registry import VerbContext, health_contributor, params, verb
 
 __all__ = ("PART", "parse_outcomes", "protocols_health", "set_matcher", "matcher", "CONFIG")
 
-logger = logging.getLogger(__name__)
 
 CONFIG = ProtocolConfig()
 _MAX_OUTCOMES = 1000         # per envelope (the topic schema's maxItems)
@@ -62,12 +60,13 @@ def matcher() -> StrategyMatcher:
     """The strategy matcher of this process (word overlap unless an embedder is configured)."""
     global _MATCHER
     if _MATCHER is None:
-        _MATCHER = matcher_from_env()
+        _MATCHER = WordOverlap()
     return _MATCHER
 
 
 def set_matcher(m: StrategyMatcher | None) -> None:
-    """Use ``m`` for strategy similarity and retrieval (None: back to the environment's choice)."""
+    """Use ``m`` for strategy similarity and retrieval (None: back to word overlap). The worker sets
+    the one ``LEARNSTREAM_PROTOCOLS_EMBEDDER`` names (``workers.verbs.surface.configure``)."""
     global _MATCHER
     _MATCHER = m
 

@@ -28,7 +28,7 @@ from workers.scoring.modes import (
     single_memory,
 )
 from workers.scoring.ngram import CacheLM, KneserNeyLM, builtin_model
-from workers.scoring.state import ScoringState
+from workers.scoring.part import ScoringState
 from workers.scoring.tokenizer import CharTokenizer, RemoteTokenizer, Tokenizer, WordTokenizer
 from workers.scoring.transport import ScoringError
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import abc
 import functools
-import logging
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,11 +34,7 @@ from workers.scoring.tokenizer import CharTokenizer, RemoteTokenizer, Tokenizer
 from workers.scoring.transport import ERROR_QUOTE, ScoringError, post_json
 
 __all__ = ("ScoringError", "ScoreBackend", "BuiltinBackend", "ScoreAPIBackend", "OpenAICompletionsBackend",
-           "build_backend", "post_json", "API_KEY_ENV")
-
-logger = logging.getLogger(__name__)
-
-API_KEY_ENV = "LEARNSTREAM_SCORING_API_KEY"  # bearer token for the HTTP backends (never in the log)
+           "build_backend", "post_json")
 
 
 def _finite(x: Any, what: str) -> float:
@@ -279,10 +273,10 @@ def build_backend(config: ScoringConfig) -> ScoreBackend:
     """The backend a (validated) config describes; one instance per distinct config and process."""
     if config.backend == "builtin":
         return BuiltinBackend()
-    api_key = os.environ.get(API_KEY_ENV) or None
+    # the API key is the allowlist's (workers.scoring.endpoints.api_key), looked up on every call
     if config.backend == "score_api":
-        return ScoreAPIBackend(config.base_url, config.model, _tokenizer(config), config.timeout_s, api_key)
+        return ScoreAPIBackend(config.base_url, config.model, _tokenizer(config), config.timeout_s)
     if config.backend == "openai":
         return OpenAICompletionsBackend(config.base_url, config.model, _tokenizer(config), config.timeout_s,
-                                        api_key, mode=config.logprobs_mode)
+                                        mode=config.logprobs_mode)
     raise ValueError(f"unknown scoring backend {config.backend!r}")

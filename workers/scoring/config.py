@@ -5,7 +5,7 @@ import urllib.parse
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from workers.bodies import int_in, number_in
+from workers.verbs.fields import int_in, number_in
 from workers.errors import VerbError
 from workers.scoring.endpoints import check_url
 

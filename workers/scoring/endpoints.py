@@ -13,35 +13,26 @@ follows no redirect, and carries the scoring API key only to an allowlisted endp
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Iterable
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterable
 
 from workers.errors import VerbError
 
 __all__ = ("configure", "allowed", "check_url", "permits", "api_key")
 
-# None until configured: then read once from the environment's Settings (in-process sessions).
-_ENDPOINTS: tuple[str, ...] | None = None
-_API_KEY: Any = None  # a workers.stream.auth.SecretFile
+# Empty until configured from Settings (``workers.verbs.surface.configure``): nothing is allowed.
+_ENDPOINTS: tuple[str, ...] = ()
+_API_KEY: Callable[[], str | None] | None = None
 
 
-def configure(endpoints: Iterable[str], api_key_file: Path | None = None) -> None:
-    """Set this process's allowlist (the worker does, from its Settings, at start)."""
-    from workers.stream.auth import SecretFile
-
+def configure(endpoints: Iterable[str], api_key: Callable[[], str | None] | None = None) -> None:
+    """Set this process's allowlist and what reads the key sent to it (Settings.scoring_api_key_reader)."""
     global _ENDPOINTS, _API_KEY
     _ENDPOINTS = tuple(u.rstrip("/") for u in endpoints)
-    _API_KEY = SecretFile(api_key_file)
+    _API_KEY = api_key
 
 
 def allowed() -> tuple[str, ...]:
-    if _ENDPOINTS is None:
-        from workers.stream.settings import Settings
-
-        s = Settings.from_env()
-        configure(s.scoring_endpoints, s.scoring_api_key_file)
-    return _ENDPOINTS or ()
+    return _ENDPOINTS
 
 
 def _parts(url: str) -> tuple[str, str, int | None, list[str]] | None:
@@ -77,6 +68,6 @@ def check_url(url: str, field: str) -> str:
 
 def api_key(url: str) -> str | None:
     """The scoring API key for a call to ``url``: only when the URL is allowlisted."""
-    if not permits(url) or _API_KEY is None:
+    if not permits(url):
         return None
-    return _API_KEY.get()
+    return _API_KEY() if _API_KEY is not None else None

@@ -23,16 +23,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from workers.bodies import MAX_MS, int_in
+from workers.verbs.fields import MAX_MS, int_in
 from workers.errors import VerbError
 from workers.scoring.backends import ScoreBackend, build_backend
 from workers.scoring.config import ScoringConfig
 from workers.scoring.conversation import ROLES, Message, content_memory_id
 from workers.scoring.modes import IMPORTANT_MIN, full_matrix, incremental
 from workers.scoring.modes import finetune_candidates as find_candidates
-from workers.scoring.state import PART, ScoringState
+from workers.scoring.part import PART, ScoringState
 from workers.scoring.transport import ScoringError
-from workers.verbs import VerbContext, health_contributor, params, verb
+from workers.verbs.registry import VerbContext, health_contributor, params, verb
 
 __all__ = ("PART", "parse_conversation", "event_time")
 

@@ -13,18 +13,16 @@ catches torn or foreign values; an unknown version is refused, never guessed.
 from __future__ import annotations
 
 import struct
-import zlib
 from typing import Any, Protocol, TypeVar
 
 import orjson
 
-from workers.errors import CorruptStateError
+from workers.state.framing import pack_checked, unpack_checked
 
 __all__ = ("Part", "StateBlob", "Watermark")
 
 _MAGIC = b"LSB"
 _VERSION = 1
-_HEAD = struct.Struct("<3sBI")
 
 
 class Part(Protocol):
@@ -65,9 +63,6 @@ class Watermark:
         k = self._key(topic, partition)
         if offset > self.offsets.get(k, -1):
             self.offsets[k] = offset
-
-    def get(self, topic: str, partition: int) -> int:
-        return self.offsets.get(self._key(topic, partition), -1)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Watermark) and other.offsets == self.offsets
@@ -123,20 +118,11 @@ class StateBlob:
             {"wm": self.watermark.offsets, "meta": self.meta, "parts": [[n, len(b)] for n, b in parts]}
         )
         payload = b"".join([struct.pack("<I", len(header)), header, *(b for _, b in parts)])
-        return _HEAD.pack(_MAGIC, _VERSION, zlib.crc32(payload)) + payload
+        return pack_checked(_MAGIC, _VERSION, payload)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> StateBlob:
-        if len(data) < _HEAD.size + 4:
-            raise CorruptStateError(f"state value too short ({len(data)} bytes)")
-        magic, version, crc = _HEAD.unpack_from(data)
-        if magic != _MAGIC:
-            raise CorruptStateError("not a learnstream state value (bad magic)")
-        if version != _VERSION:
-            raise CorruptStateError(f"state format version {version} is unknown (this build reads {_VERSION})")
-        payload = memoryview(data)[_HEAD.size:]
-        if zlib.crc32(payload) != crc:
-            raise CorruptStateError("state value checksum mismatch (torn or corrupted write)")
+        payload = unpack_checked(data, _MAGIC, _VERSION, "state value", min_payload=4)
         (hlen,) = struct.unpack_from("<I", payload)
         header = orjson.loads(bytes(payload[4:4 + hlen]))
         blob = cls()

@@ -1,20 +1,45 @@
-"""The byte framing of one state part, shared by every core's ``to_bytes``/``from_bytes``.
+"""Byte framings of state, shared by every writer and reader of it.
 
-A part's bytes: ``magic (3) + version (1) + u32 header length + orjson header + payload``.
-The header says what the payload holds (names, shapes); the payload is raw
-little-endian arrays, so decoding is a few ``np.frombuffer`` calls.
+A part's bytes (every core's ``to_bytes``/``from_bytes``): ``magic (3) + version (1) + u32 header
+length + orjson header + payload``. The header says what the payload holds (names, shapes); the
+payload is raw little-endian arrays, so decoding is a few ``np.frombuffer`` calls.
+
+A checked value (a session's head, the one-value format): ``magic (3) + version (1) + u32 crc32 of
+the payload + payload``: the CRC catches torn or foreign values, an unknown version is refused.
 """
 from __future__ import annotations
 
 import struct
+import zlib
 
 import orjson
 
 from workers.errors import CorruptStateError
 
-__all__ = ("pack_part", "unpack_part", "PART_HEAD")
+__all__ = ("pack_part", "unpack_part", "PART_HEAD", "pack_checked", "unpack_checked", "CHECKED_HEAD")
 
 PART_HEAD = struct.Struct("<3sBI")  # magic, version, header length
+CHECKED_HEAD = struct.Struct("<3sBI")  # magic, version, crc32 of the payload
+
+
+def pack_checked(magic: bytes, version: int, payload: bytes) -> bytes:
+    return CHECKED_HEAD.pack(magic, version, zlib.crc32(payload)) + payload
+
+
+def unpack_checked(data: bytes, magic: bytes, version: int, what: str, *, min_payload: int = 0) -> memoryview:
+    """The payload of a checked value; :class:`CorruptStateError` naming ``what`` when it is too short,
+    foreign (bad magic), of an unknown version, or torn (checksum)."""
+    if len(data) < CHECKED_HEAD.size + min_payload:
+        raise CorruptStateError(f"{what} too short ({len(data)} bytes)")
+    m, v, crc = CHECKED_HEAD.unpack_from(data)
+    if m != magic:
+        raise CorruptStateError(f"not a learnstream {what} (bad magic)")
+    if v != version:
+        raise CorruptStateError(f"{what} version {v} is unknown (this build reads {version})")
+    payload = memoryview(data)[CHECKED_HEAD.size:]
+    if zlib.crc32(payload) != crc:
+        raise CorruptStateError(f"{what} checksum mismatch (torn or corrupted write)")
+    return payload
 
 
 def pack_part(magic: bytes, version: int, header: dict, *chunks: bytes) -> bytes:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,7 @@ import numpy as np
 import orjson
 
 from workers.errors import CorruptStateError
+from workers.state.framing import pack_checked, unpack_checked
 from workers.state.blob import StateBlob, Watermark
 
 __all__ = ("PIECE_BYTES", "SEP", "SessionState", "piece_bounds", "pieces", "digest", "StateTooLarge", "is_piece_key")
@@ -51,7 +51,6 @@ SEP = b"\x1f"
 _MAGIC = b"LSH"
 _LEGACY_MAGIC = b"LSB"
 _VERSION = 1
-_HEAD = struct.Struct("<3sBI")
 
 
 class StateTooLarge(Exception):
@@ -293,20 +292,11 @@ def _write_head(blob: StateBlob, parts: dict[str, _Stored]) -> bytes:
                     "s": np.packbits(np.frombuffer(bytes(s.slots), np.uint8)).tobytes().hex()}
              for name, s in sorted(parts.items())}
     payload = orjson.dumps({"wm": blob.watermark.offsets, "meta": blob.meta, "parts": table})
-    return _HEAD.pack(_MAGIC, _VERSION, zlib.crc32(payload)) + payload
+    return pack_checked(_MAGIC, _VERSION, payload)
 
 
 def _read_head(data: bytes) -> dict:
-    if len(data) < _HEAD.size:
-        raise CorruptStateError(f"state head too short ({len(data)} bytes)")
-    magic, version, crc = _HEAD.unpack_from(data)
-    if magic != _MAGIC:
-        raise CorruptStateError("not a learnstream state head (bad magic)")
-    if version != _VERSION:
-        raise CorruptStateError(f"state head version {version} is unknown (this build reads {_VERSION})")
-    payload = memoryview(data)[_HEAD.size:]
-    if zlib.crc32(payload) != crc:
-        raise CorruptStateError("state head checksum mismatch (torn or corrupted write)")
+    payload = unpack_checked(data, _MAGIC, _VERSION, "state head")
     try:
         header = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:

@@ -12,10 +12,10 @@ grew it go to the DLQ with reason ``too_large`` and the worker goes on.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from workers.errors import VerbError
+from workers.verbs.registry import STATE_SIZE
 
 __all__ = ("Limits", "MAX_SESSION_BYTES", "MAX_VALUE_BYTES", "check_request", "projected_bytes")
 
@@ -29,59 +29,9 @@ class Limits:
     max_session_bytes: int = MAX_SESSION_BYTES
 
 
-def _int(body: dict, field: str, default: int, most: int) -> int | None:
-    """The field's value when the verb itself accepts it, else None (the verb refuses it, with its
-    own message: this check only adds the size limit to what the verb's bounds allow)."""
-    v = body.get(field, default)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= most:
-        return None
-    return v
-
-
-def _instant(body: dict) -> tuple[str, int] | None:
-    from workers import _kernels as _k
-    from workers.bodies import MAX_DIM
-    from workers.cores.instant import DEFAULT_DIM
-
-    dim = _int(body, "dim", DEFAULT_DIM, MAX_DIM)
-    targets = body.get("targets")
-    if not dim or not isinstance(targets, list) or not targets:
-        return None
-    c = _k.INSTANT_CONSTANTS
-    nt = len(targets)
-    # theta, EWC Fisher and snapshot over rank * (dim + nt) params, scalars, and a full replay ring
-    floats = 3 * c["rank"] * (dim + nt) + 16 + c["replay_cap"] * (dim + 1)
-    return "dim", 4 * floats + 8 * (c["meta_size"] + c["replay_cap"])
-
-
-def _learner(body: dict) -> tuple[str, int] | None:
-    from workers.online import verbs as v  # the verb's own bounds
-
-    d, c = _int(body, "n_features", 0, v._MAX_FEATURES), _int(body, "n_classes", 0, v._MAX_CLASSES)
-    h, cap = _int(body, "hidden", 128, v._MAX_HIDDEN), _int(body, "capacity", 200, v._MAX_CAPACITY)
-    bs, rc = _int(body, "batch_size", 10, 4096), _int(body, "recent", 50, 1 << 20)
-    win = _int(body, "drift_window", 200, 100_000)
-    if not d or not c or None in (h, cap, bs, rc, win):
-        return None
-    params = d * c + c if body.get("model") == "softmax" else d * h + h + h * c + c
-    # theta, velocity, EWC Fisher and anchor, distillation teacher; replay rows with logits;
-    # pending and recent rings; the drift windows' class histograms
-    total = 5 * 4 * params + cap * (4 * d + 4 * c + 24) + (bs + rc) * (4 * d + 4) + 2 * win * (4 * c + 8)
-    field = "capacity" if cap * 4 * d > 5 * 4 * params else "n_features"
-    return field, total + 65536
-
-
-_PROJECTIONS: dict[str, Callable[[dict], tuple[str, int] | None]] = {
-    "init_instant": _instant,
-    "init_learner": _learner,
-}
-
-
 def projected_bytes(verb_name: str, body: dict) -> tuple[str, int] | None:
     """(the field that drives it, bytes) a configuring verb's session can grow to, or None."""
-    fn = _PROJECTIONS.get(verb_name)
+    fn = STATE_SIZE.get(verb_name)  # declared by the verb's module (@state_size)
     return fn(body) if fn is not None else None
 
 

@@ -10,8 +10,9 @@ from workers.state.base import ModelStore
 
 __all__ = ("RocksDictStore", "rocksdb_options", "iter_prefix")
 
-# 64 MiB: enough for the hot working set of one worker's sessions; faust's own
-# default is 2 GiB *per partition database*, which a laptop cannot afford.
+# One database holds every session of an in-process LearnSession(path=...) (the worker's tables use
+# Settings.block_cache_bytes, 16 MiB per table partition, through faust): 64 MiB covers the hot
+# working set of one process; faust's default is 2 GiB *per partition database*.
 _BLOCK_CACHE_BYTES = 64 * 1024 * 1024
 
 

@@ -8,7 +8,6 @@ same in both: verbs validate before they mutate, so the cached state is kept as 
 """
 from __future__ import annotations
 
-import logging
 import random
 from collections import OrderedDict
 from collections.abc import Callable
@@ -17,11 +16,10 @@ from workers.state.access import StateAccess, state_key
 from workers.state.blob import StateBlob
 from workers.state.layout import SEP, SessionState
 from workers.state.limits import Limits
-from workers.verbs import BLOB_TABLES, Verb, VerbContext
+from workers.verbs.registry import BLOB_TABLES, Verb, VerbContext, VerbOptions
 
 __all__ = ("Sessions", "CACHE_BYTES")
 
-logger = logging.getLogger(__name__)
 
 # Decoded sessions kept between batches: ~1,000 learning-loop sessions at 384-d (≈ 2 x 108 KB
 # each, decoded arrays plus the bytes their keys hold). Colder ones are read again on demand.
@@ -37,11 +35,12 @@ class Sessions:
     """
 
     def __init__(self, access: StateAccess, *, cache_bytes: int = CACHE_BYTES, limits: Limits | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, options: VerbOptions | None = None) -> None:
         self.access = access
         self.cache_bytes = cache_bytes
         self.limits = limits or Limits()
         self.rng = rng or random.Random()
+        self.options = options or VerbOptions()  # handed to every verb as ctx.options
         # least recently used first; value: (state, bytes it was last counted at)
         self._cache: OrderedDict[tuple[str, str], tuple[SessionState, int]] = OrderedDict()
         self._bytes = 0
@@ -95,7 +94,8 @@ class Sessions:
             blob = get(v.table, sk, partition)
         return VerbContext(session_key=sk, state=blob, store=self.access.graph_store(partition),
                            prefix=state_key("graph", sk), emit=emit or (lambda role, payload: None),
-                           rng=self.rng, source=source, load=lambda table: get(table, sk, partition))
+                           rng=self.rng, source=source, load=lambda table: get(table, sk, partition),
+                           options=self.options)
 
     # -- writing ---------------------------------------------------------------
     def rewrite_all(self, table: str, sk: str) -> None:

@@ -26,6 +26,8 @@ from typing import Any
 import faust
 from faust.types import EventT
 
+from workers.stream import faust_internals
+
 __all__ = ("LearnStream", "BUSY_LINGER_FACTOR")
 
 # Under load a batch waits this many lingers for the next event (at most 20 ms by default): long
@@ -64,7 +66,7 @@ class LearnStream(faust.Stream):
         enable_acks = self.enable_acks
         self.enable_acks = False  # acked below, after the batch was applied
         self.add_processor(add)
-        self._enable_passive(aiter(self.channel))
+        faust_internals.start_passive(self)
         busy = False        # the last batch was cut by max_ or within, not by a quiet gap
         closed = 0.0        # when the last batch was handed out
         try:
@@ -105,4 +107,4 @@ class LearnStream(faust.Stream):
                     closed = time.monotonic()
         finally:
             self.enable_acks = enable_acks
-            self._processors.remove(add)
+            faust_internals.remove_processor(self, add)

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from workers.broker import metadata_ok
+from workers.kafka.broker import metadata_ok
 
 __all__ = ("BrokerHealth",)
 

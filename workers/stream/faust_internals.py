@@ -1,7 +1,14 @@
-"""Where the effectively-once guarantee reaches into faust's internals (all of it in this module).
+"""Every place learnstream reaches into faust's internals (private names, patched methods): all in
+this module, each marked ``# faust 0.15.3:`` with what it relies on.
 
 Checked against faust-streaming 0.15.3 (mode-streaming 0.7.1, aiokafka 0.14.0): ``install`` warns
-when another faust version runs. Each patch changes only what the :class:`~workers.stream.gaps.GapGuard`
+when another faust version runs, and ``tests/unit/test_faust_internals.py`` fails when the source of
+any faust function or attribute touched here differs from the one checked (:data:`TOUCHED`).
+
+Besides the offset patches below: the consumer's long-poll (:func:`set_fetch_max_wait`), the
+tables' RocksDB access (:func:`partition_db`, :func:`changelog_offset_key`, :func:`event_context`),
+the store's write options (:class:`WalStore`), the stream's processor list (:func:`start_passive`,
+:func:`remove_processor`) and the committed offsets the lag gauge reads (:func:`committed_offset`). Each patch changes only what the :class:`~workers.stream.gaps.GapGuard`
 of an app watches (the app's input topics); other topics and other apps keep faust's behaviour.
 
 What faust does, and why it loses events (README, "Consistency"):
@@ -47,16 +54,47 @@ With learnstream's own transactions (:func:`transactional`, workers/stream/trans
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
-__all__ = ("FAUST_CHECKED", "install", "watch", "transactional", "note_committed", "seek", "committed_offset")
+import rocksdict
+from faust.stores import rocksdb
+from faust.streams import _current_event  # faust 0.15.3: the context var a table reads its event from
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.types import TP
+
+__all__ = ("FAUST_CHECKED", "TOUCHED", "install", "watch", "transactional", "note_committed", "seek",
+           "committed_offset", "set_fetch_max_wait", "partition_db", "changelog_offset_key", "event_context",
+           "WalStore", "start_passive", "remove_processor")
 
 logger = logging.getLogger(__name__)
 
 FAUST_CHECKED = "0.15.3"
+# Every faust object this module relies on beyond its documented API (dotted path within faust),
+# with what the code here assumes. The test hashes each one's source against faust 0.15.3.
+TOUCHED = {
+    "transport.consumer.Consumer.__init__": "sets self._read_offset (replaced by _ReadOffsets)",
+    "transport.consumer.Consumer._new_offset": "the commit offset of a partition (patched)",
+    "transport.consumer.Consumer.perform_seek": "seeks to committed offsets after recovery (patched)",
+    "transport.consumer.Consumer._drain_messages": "skips records below _read_offset, adds gaps",
+    "transport.consumer.Consumer._add_gap": "records skipped offsets in self._gap",
+    "transport.consumer.ThreadDelegateConsumer.seek_wait": "seeks in the consumer's thread",
+    "transport.producer.ProducerBuffer.flush": "returns after 0.1 s without a send (patched)",
+    "transport.producer.ProducerBuffer.flush_atmost": "sends what is buffered, for at most a timeout",
+    "transport.drivers.aiokafka.AIOKafkaConsumerThread._create_worker_consumer":
+        "builds the aiokafka consumer with fetch_max_wait_ms=1500 (patched)",
+    "stores.rocksdb.Store._open_for_partition": "opens a partition's database (overridden by WalStore)",
+    "stores.rocksdb.Store._db_for_partition": "a partition's open database",
+    "stores.rocksdb.Store.persisted_offset": "reads the changelog offset under Store.offset_key",
+    "streams.Stream._enable_passive": "starts a stream's channel without an iterating caller",
+    "streams.Stream.add_processor": "appends to self._processors",
+    "tables.manager.TableManager.on_rebalance": "starts changelog recovery on an assignment (patched: fencing)",
+    "tables.recovery.Recovery._build_highwaters": "reads each changelog's end offset - 1 (patched)",
+}
 _ATTR = "_learnstream_guard"
 _TXN_ATTR = "_learnstream_before_recovery"
 _LAST_ATTR = "_learnstream_last_record"
@@ -101,7 +139,6 @@ def _transactional(app: Any) -> bool:
 
 def note_committed(app: Any, topic: str, partition: int, offset: int) -> None:
     """Tell faust a transaction committed ``offset`` (its lag metric and the guard's start read it)."""
-    from faust.types import TP
 
     app.consumer._committed_offset[TP(topic, partition)] = offset
 
@@ -112,16 +149,91 @@ async def seek(app: Any, topic: str, partition: int, offset: int) -> None:
     ``seek_wait`` runs the seek in the consumer's own thread (``Consumer.seek`` would call the
     aiokafka consumer from this one) and returns once the position is set.
     """
-    from faust.types import TP
-
     await app.consumer.seek_wait({TP(topic, partition): offset})
 
 
 def committed_offset(app: Any, topic: str, partition: int) -> int | None:
     """The group's committed offset of a partition as faust loaded it (None: none, or 0)."""
-    from faust.types import TP
-
+    # faust 0.15.3: Consumer._committed_offset, TP -> the next offset to read
     return app.consumer._committed_offset.get(TP(topic, partition))
+
+
+# -- the consumer's long-poll ----------------------------------------------------------------
+# faust creates its consumer with ``fetch_max_wait_ms=1500`` (hard-coded). aiokafka keeps one
+# fetch in flight per broker node and leaves out partitions that still hold buffered records, so
+# a long poll on the idle input partitions holds back the busy ones; the embedded broker also
+# answers a long poll late when data arrives (a lone message took ~508 ms at 1500 ms, ~14 ms at
+# 100 ms). Measured in bench/README.md (feedback, route_http): HTTP writes went from ~750 ms to
+# ~22 ms and single-event throughput roughly doubled with 50 ms.
+_wait_ms: int | None = None
+
+
+def set_fetch_max_wait(ms: int) -> None:
+    """Make every faust worker consumer created from now on long-poll for at most ``ms``."""
+    global _wait_ms
+    if _wait_ms is None:
+        # faust 0.15.3: AIOKafkaConsumerThread._create_worker_consumer builds the aiokafka consumer
+        original = AIOKafkaConsumerThread._create_worker_consumer
+
+        def _create_worker_consumer(self: AIOKafkaConsumerThread, transport: object) -> object:
+            consumer = original(self, transport)
+            consumer._fetch_max_wait_ms = _wait_ms  # aiokafka: read when the consumer starts its fetcher
+            return consumer
+
+        AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+    _wait_ms = int(ms)
+    logger.info("worker consumer fetch_max_wait_ms=%d", ms)
+
+
+# -- the tables' RocksDB ----------------------------------------------------------------------
+def partition_db(table: Any, partition: int) -> Any:
+    """The open rocksdict database of one partition of a faust table."""
+    # faust 0.15.3: rocksdb.Store._db_for_partition (opens it on first use)
+    return table.data._db_for_partition(partition)
+
+
+def changelog_offset_key(table: Any) -> bytes:
+    """The key under which faust keeps, in each partition database, the changelog offset it holds."""
+    # faust 0.15.3: rocksdb.Store.offset_key, read back by Store.persisted_offset
+    return table.data.offset_key
+
+
+@contextlib.contextmanager
+def event_context(event: Any) -> Iterator[None]:
+    """Make ``event`` the current event, which a faust table write takes its partition from."""
+    # faust 0.15.3: Table.__setitem__ reads streams._current_event for the changelog partition
+    token = _current_event.set(weakref.ref(event) if event is not None else None)
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class WalStore(rocksdb.Store):
+    """``rocksdb.Store`` whose partition DBs write through the WAL without fsync (rocksdict driver)."""
+
+    def _open_for_partition(self, partition: int) -> Any:
+        # faust 0.15.3: Store._open_for_partition opens one partition's DB; use_rocksdict says which driver
+        db = super()._open_for_partition(partition)
+        if self.use_rocksdict:
+            opts = rocksdict.WriteOptions()
+            opts.disable_wal = False
+            opts.sync = False
+            db.set_write_options(opts)
+        return db
+
+
+# -- the stream's processors ------------------------------------------------------------------
+def start_passive(stream: Any) -> None:
+    """Start pulling ``stream``'s channel through its processors without an ``async for`` over it."""
+    # faust 0.15.3: Stream._enable_passive(channel) starts the passive consumer task
+    stream._enable_passive(aiter(stream.channel))
+
+
+def remove_processor(stream: Any, fn: Callable) -> None:
+    """Undo ``stream.add_processor(fn)`` (faust has no public way)."""
+    # faust 0.15.3: Stream.add_processor appends to Stream._processors
+    stream._processors.remove(fn)
 
 
 class _ReadOffsets(defaultdict):
@@ -155,6 +267,7 @@ def install() -> None:
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
+        # faust 0.15.3: Consumer._read_offset, a defaultdict(TP -> last delivered offset) _drain_messages reads
         self._read_offset = _ReadOffsets(self.app)
 
     def _new_offset(self: Any, tp: Any) -> int | None:
@@ -162,6 +275,7 @@ def install() -> None:
         if g is None or not g.watches(tp.topic):
             return new_offset(self, tp)
         limit = g.commit_offset(tp.topic, tp.partition)
+        # faust 0.15.3: Consumer._acked (sorted acked offsets), _acked_index (their set), _gap (skipped ones)
         acked, index = self._acked[tp], self._acked_index[tp]
         if limit is not None and acked:
             done = [o for o in acked if o < limit]
@@ -176,6 +290,7 @@ def install() -> None:
         if g is None:
             return await perform_seek(self)
         streams = {tp for tp in self.assignment() if g.watches(tp.topic)}
+        # faust 0.15.3: Consumer._paused_partitions, the set pause_partitions adds to
         paused = streams - self._paused_partitions
         self.pause_partitions(paused)
         try:
@@ -188,12 +303,13 @@ def install() -> None:
     async def flush(self: Any) -> None:
         if self.app is None or _guard(self.app) is None:
             return await buffer_flush(self)
-        while self.size:  # flush_atmost gives up after 0.1 s without a send: go on until empty
+        # faust 0.15.3: ProducerBuffer.size and flush_atmost(None); flush_atmost gives up after 0.1 s
+        # without a send: go on until empty
+        while self.size:
             await self.flush_atmost(None)
 
     from faust.tables.manager import TableManager
     from faust.tables.recovery import Recovery
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
     create_worker_consumer = AIOKafkaConsumerThread._create_worker_consumer
 
@@ -231,6 +347,7 @@ def install() -> None:
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
     TableManager.on_rebalance = on_rebalance
     Recovery._build_highwaters = _build_highwaters
+    # faust 0.15.3: the methods replaced (sources hashed in TOUCHED's test)
     Consumer.__init__ = __init__
     Consumer._new_offset = _new_offset
     Consumer.perform_seek = _perform_seek

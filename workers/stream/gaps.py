@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers import metrics
+from workers.stream import metrics
 
 __all__ = ("GapGuard", "Admitted", "Fetcher")
 

@@ -25,7 +25,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from workers.dispatch import envelope_error
+from workers.verbs.surface import envelope_error
 from workers.stream.auth import Authenticator, Principal
 
 __all__ = ("Guard", "web_options", "server_ssl_context", "client_ssl_context", "json_depth", "FORWARDED")

@@ -26,8 +26,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from workers.codec import decode_json
-from workers.dispatch import DEFAULT_SESSION, envelope_error, envelope_ok, load_verbs, run_verb, session_key_of
+from workers.verbs.surface import (BLOB_TABLES, DEFAULT_SESSION, REGISTRY, Verb, VerbContext, VerbOptions,
+                                   decode_json, envelope_error, envelope_ok, run_verb, session_key_of)
 from workers.errors import CorruptStateError, ValidationError, VerbError
 from workers.state.access import StateAccess, StoreStateAccess
 from workers.state.blob import StateBlob
@@ -36,8 +36,7 @@ from workers.state.limits import Limits, check_request
 from workers.state.sessions import CACHE_BYTES, Sessions
 from workers.stream import idempotency
 from workers.stream.records import Produce, Record, record_id
-from workers.topics import Topic, by_name
-from workers.verbs import BLOB_TABLES, REGISTRY, Verb, VerbContext
+from workers.kafka.topics import Topic, by_name
 
 __all__ = ("StateAccess", "StoreStateAccess", "Processor", "BatchResult", "dlq_entry", "DLQ_MAX_BYTES")
 
@@ -169,10 +168,9 @@ class Processor:
 
     def __init__(self, state: StateAccess, *, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.time, cache_bytes: int = CACHE_BYTES,
-                 limits: Limits | None = None) -> None:
-        load_verbs()
+                 limits: Limits | None = None, options: VerbOptions | None = None) -> None:
         self.state = state
-        self.sessions = Sessions(state, cache_bytes=cache_bytes, limits=limits, rng=rng)
+        self.sessions = Sessions(state, cache_bytes=cache_bytes, limits=limits, rng=rng, options=options)
         self.rng = self.sessions.rng
         self.clock = clock
         self._topics: dict[str, Topic] = {}
@@ -211,22 +209,10 @@ class Processor:
             raise _Reject(exc.reason, code) from None
         if not isinstance(value, dict):
             raise _Reject(f"value must be a JSON object, got {type(value).__name__}", "invalid")
-        topic = self._topic(rec.topic)
-        if topic.verb:
-            name, body = topic.verb, value
-        elif topic.ops:
-            op = value.get("op")
-            if op not in topic.ops:
-                raise _Reject(f"op: must be one of {sorted(topic.ops)}, got {op!r}", "invalid")
-            name, body = topic.ops[op], {k: v for k, v in value.items() if k != "op"}
-        else:  # learn.commands: {verb, body}
-            name, body = value.get("verb"), value.get("body")
-            if not isinstance(name, str):
-                raise _Reject("verb: required, a string", "invalid")
-            if body is None:
-                body = {}
-            if not isinstance(body, dict):
-                raise _Reject("body: must be a JSON object", "invalid")
+        try:
+            name, body = self._topic(rec.topic).request(value)
+        except ValueError as exc:
+            raise _Reject(str(exc), "invalid") from None
         v = REGISTRY.get(name)
         if v is None:
             raise _Reject(f"unknown verb: {name}", "unknown_verb")

@@ -4,24 +4,22 @@ Workers run this before faust starts: a broker that auto-creates topics with its
 own partition count would otherwise break co-partitioning, and faust then crashes
 with PartitionsMismatch long after start-up. On the embedded broker the tables'
 changelog topics are created here too, with the configs that bound its memory
-(:mod:`workers.broker_compat`); on Kafka faust creates them.
+(:mod:`workers.kafka.broker_compat`); on Kafka faust creates them.
 """
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from workers import broker_compat
+from workers.kafka import broker_compat
 from workers.errors import ConfigError
 from workers.stream.settings import Settings
-from workers.topics import topics
+from workers.stream.tables import TABLE_NAMES
+from workers.kafka.topics import topics
 
 __all__ = ("ensure_topics", "describe_topics", "ensure_topics_sync")
-
-logger = logging.getLogger(__name__)
 
 
 def _admin(settings: Settings) -> AIOKafkaAdminClient:
@@ -75,8 +73,6 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
 
 def changelog_topics(settings: Settings) -> list[str]:
     """The tables' changelog topics, as faust names them (``<app id>-<table>-changelog``)."""
-    from workers.stream.tables import TABLE_NAMES
-
     return [f"{settings.app_id}-{name}-changelog" for name in TABLE_NAMES.values()]
 
 

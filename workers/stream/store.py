@@ -15,22 +15,6 @@ Registered as the ``learnstream://`` store URL (entry point ``faust.stores``).
 """
 from __future__ import annotations
 
-from typing import Any
-
-import rocksdict
-from faust.stores import rocksdb
+from workers.stream.faust_internals import WalStore as Store
 
 __all__ = ("Store",)
-
-
-class Store(rocksdb.Store):
-    """``rocksdb.Store`` whose partition DBs write through the WAL without fsync (rocksdict driver)."""
-
-    def _open_for_partition(self, partition: int) -> Any:
-        db = super()._open_for_partition(partition)
-        if self.use_rocksdict:
-            opts = rocksdict.WriteOptions()
-            opts.disable_wal = False
-            opts.sync = False
-            db.set_write_options(opts)
-        return db

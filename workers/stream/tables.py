@@ -23,20 +23,17 @@ from the right partition.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from rocksdict import WriteBatch
 
-from faust.streams import _current_event  # the context var faust's tables read
-
 from workers.state.base import ModelStore
 from workers.state.rocksdb import iter_prefix
 from workers.state.access import StateAccess
+from workers.stream.faust_internals import changelog_offset_key, event_context, partition_db
 
-__all__ = ("FaustStateAccess", "FaustGraphStore", "event_context", "TABLE_NAMES", "QueuedWrite")
+__all__ = ("FaustStateAccess", "FaustGraphStore", "TABLE_NAMES", "QueuedWrite")
 
 # one session's write: (verb table, partition, base key, [(key, value or None to delete)] in order)
 QueuedWrite = tuple[str, int, bytes, list[tuple[bytes, "bytes | None"]]]
@@ -44,15 +41,6 @@ QueuedWrite = tuple[str, int, bytes, list[tuple[bytes, "bytes | None"]]]
 # table name in faust (and in its changelog topic) per verb table
 TABLE_NAMES = {"session": "sessions", "learner": "learners", "agent": "agents", "memory": "memories",
                "graph": "graph"}
-
-
-@contextlib.contextmanager
-def event_context(event: Any) -> Iterator[None]:
-    token = _current_event.set(weakref.ref(event) if event is not None else None)
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 class _PartitionEvents:
@@ -72,7 +60,7 @@ class FaustGraphStore(ModelStore):
         self.table, self.partition, self.event = table, partition, event
 
     def _db(self) -> Any:
-        return self.table.data._db_for_partition(self.partition)
+        return partition_db(self.table, self.partition)
 
     def get(self, key: bytes) -> bytes | None:
         return self._db().get(key)
@@ -99,7 +87,7 @@ class FaustStateAccess(StateAccess):
         self.producer = lambda: next(iter(tables.values())).app.producer  # the transport producer
 
     def _db(self, table: str, partition: int) -> Any:
-        return self.tables[table].data._db_for_partition(partition)
+        return partition_db(self.tables[table], partition)
 
     def get(self, table: str, partition: int, key: bytes) -> bytes | None:
         return self._db(table, partition).get(key)
@@ -134,7 +122,7 @@ class FaustStateAccess(StateAccess):
                 wb.delete(k)
             else:
                 wb.put(k, v)
-        wb.put(self.tables[table].data.offset_key, str(offset).encode())
+        wb.put(changelog_offset_key(self.tables[table]), str(offset).encode())
         self._db(table, partition).write(wb)
         self.drop(write)
 

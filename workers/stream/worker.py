@@ -7,6 +7,14 @@ import logging
 import os
 from pathlib import Path
 
+import faust
+
+from workers.kafka.broker import EmbeddedBroker
+from workers.kafka.broker_compat import expel_group_members
+from workers.stream.app import build_app
+from workers.stream.log_identity import ensure_tables_match_log
+from workers.stream.logs import configure as configure_logs
+from workers.stream.provision import ensure_topics_sync
 from workers.stream.settings import Settings
 
 __all__ = ("run_worker",)
@@ -16,27 +24,15 @@ logger = logging.getLogger(__name__)
 
 def run_worker(settings: Settings) -> int:
     """Run the faust worker until SIGTERM/SIGINT. Starts the embedded broker if none is configured."""
-    import faust
-
-    from workers.logs import configure as configure_logs
-    from workers.stream.app import build_app
-
     broker = None
     if not settings.broker:
-        from workers.broker import EmbeddedBroker
-
         # the log lives next to the tables: stopping and starting the worker keeps both
         broker = EmbeddedBroker(data_dir=settings.data_dir / "broker").start()
         # the caller's settings (CLI flags included) with the broker filled in, never re-read from the env
         settings = dataclasses.replace(settings, broker=broker.bootstrap, broker_kind="embedded")
         print(f"embedded broker on {broker.bootstrap}, data in {broker.data_dir}", flush=True)
-    from workers.stream.log_identity import ensure_tables_match_log
-    from workers.stream.provision import ensure_topics_sync
-
     ensure_topics_sync(settings)
     if settings.broker_kind == "embedded":
-        from workers.broker_compat import expel_group_members
-
         asyncio.run(expel_group_members(settings.broker, settings.app_id, **settings.kafka_kwargs()))
     app, rt = build_app(settings)
     changelogs = {t.name: t.changelog_topic.get_topic_name() for t in rt.tables.values()}

@@ -18,14 +18,9 @@ from workers.errors import ValidationError
 __all__ = (
     "MAX_EVENT_BYTES",
     "decode_json",
-    "encode_json",
     "embedding_field",
     "encode_embedding_b64",
     "finite_number",
-    "require_str",
-    "optional_str",
-    "require_int",
-    "require_dict",
 )
 
 # Kafka's default max.message.bytes is 1 MiB; refuse anything larger up front.
@@ -42,37 +37,6 @@ def decode_json(raw: bytes | str, *, max_bytes: int = MAX_EVENT_BYTES) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ValidationError("", f"not valid JSON ({exc})") from None
-
-
-def encode_json(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def require_dict(value: Any, field: str = "") -> dict:
-    if not isinstance(value, dict):
-        raise ValidationError(field, f"must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-def require_str(body: dict, field: str, *, prefix: str = "") -> str:
-    v = body.get(field)
-    if not isinstance(v, str) or not v:
-        raise ValidationError(prefix + field, "required, a non-empty string")
-    return v
-
-
-def optional_str(body: dict, field: str, default: str | None = None, *, prefix: str = "") -> str | None:
-    v = body.get(field, default)
-    if v is not None and not isinstance(v, str):
-        raise ValidationError(prefix + field, "must be a string")
-    return v
-
-
-def require_int(body: dict, field: str, *, prefix: str = "", default: int | None = None) -> int:
-    v = body.get(field, default)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ValidationError(prefix + field, "required, an integer")
-    return v
 
 
 def finite_number(value: Any, field: str, *, lo: float | None = None, hi: float | None = None) -> float:

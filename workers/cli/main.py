@@ -18,12 +18,17 @@ __all__ = ("main",)
 
 
 def _settings(args: argparse.Namespace):  # noqa: ANN202
+    """The one Settings of this command: the environment, the flags over it; applied to the topic
+    catalogue here, passed down from here."""
+    from workers.kafka.topics import use_folder
     from workers.stream.settings import Settings
 
-    return Settings.from_env(broker=getattr(args, "broker", None), data_dir=getattr(args, "data_dir", None),
-                             web_port=getattr(args, "web_port", None), web_host=getattr(args, "web_host", None),
-                             partitions=getattr(args, "partitions", None), worker_id=getattr(args, "worker_id", None),
-                             log_level=getattr(args, "log_level", None))
+    s = Settings.from_env(broker=getattr(args, "broker", None), data_dir=getattr(args, "data_dir", None),
+                          web_port=getattr(args, "web_port", None), web_host=getattr(args, "web_host", None),
+                          partitions=getattr(args, "partitions", None), worker_id=getattr(args, "worker_id", None),
+                          log_level=getattr(args, "log_level", None))
+    use_folder(s.topics_dir)
+    return s
 
 
 _NO_BROKER = ("no broker: set LEARNSTREAM_BROKER=host:port or pass --broker host:port. A running "
@@ -40,7 +45,7 @@ def _need_broker(args: argparse.Namespace):  # noqa: ANN202
 
 def _role(name: str) -> str:
     """An input topic's role, or a LearnstreamError listing the valid ones."""
-    from workers.topics import input_topics
+    from workers.kafka.topics import input_topics
 
     roles = sorted(t.role for t in input_topics())
     if name not in roles:
@@ -55,17 +60,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from workers.broker import run_forever
+    from workers.kafka.broker import run_forever
 
-    from workers.stream.settings import Settings
-
-    data_dir = args.data_dir or Settings.from_env().data_dir / "broker"
+    data_dir = args.data_dir or _settings(args).data_dir / "broker"
     return run_forever(args.port, data_dir)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
     from workers.stream.provision import describe_topics, ensure_topics
-    from workers.topics import topics
+    from workers.kafka.topics import topics
 
     s = _need_broker(args)
     have = asyncio.run(ensure_topics(s) if args.action == "create" else describe_topics(s))
@@ -79,8 +82,9 @@ def cmd_topics(args: argparse.Namespace) -> int:
 def cmd_produce(args: argparse.Namespace) -> int:
     """Validate every stdin line and send the good ones; report each bad one, then a summary."""
     from workers.client import LearnstreamClient
-    from workers.produce_lines import check_line
+    from workers.cli.produce import check_line
 
+    _settings(args)  # the topic catalogue first: the role is checked against it
     role = _role(args.role)
     s = _need_broker(args)
 
@@ -132,9 +136,12 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
             sys.stdout.write(out.decode() + "\n")
             sys.stdout.flush()
         return 0
-    from workers.dispatch import LearnSession
+    from workers.verbs.session import LearnSession
+    from workers.verbs.surface import configure
 
-    session = LearnSession(path=args.path)
+    s = _settings(args)
+    configure(s.verb_options(), s.scoring_api_key_reader())
+    session = LearnSession(path=args.path, options=s.verb_options())
     try:
         for line in sys.stdin:
             if line.strip():
@@ -166,8 +173,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def bench_dir() -> Path:
     """bench/ of a checkout, or the copy inside an installed wheel (workers/bench)."""
-    here = Path(__file__).resolve().parent
-    return next((d for d in (here.parent / "bench", here / "bench") if d.is_dir()), here.parent / "bench")
+    package = Path(__file__).resolve().parent.parent  # workers/
+    return next((d for d in (package.parent / "bench", package / "bench") if d.is_dir()), package.parent / "bench")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -182,7 +189,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from workers.demo import run_demo
+    from workers.cli.demo import run_demo
 
     return run_demo(_settings(args), events=args.events, keep_data=args.keep_data, web_port=args.web_port)
 
@@ -213,7 +220,7 @@ def _common(p: argparse.ArgumentParser, worker: bool = False) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from workers.topics import input_topics
+    from workers.kafka.topics import input_topics
 
     roles = sorted(t.role for t in input_topics())
     ap = argparse.ArgumentParser(prog="learnstream", description=__doc__,

@@ -6,7 +6,7 @@ from typing import Any
 
 from workers.errors import VerbError
 
-__all__ = ("int_in", "number_in", "epoch_ms", "MAX_DIM", "MAX_MS")
+__all__ = ("int_in", "int_accepted", "number_in", "epoch_ms", "MAX_DIM", "MAX_MS")
 
 # Largest embedding / input dimension a core accepts (the attention core's and the online learner's
 # bound too): above every common embedding model, and it keeps one session's arrays small.
@@ -24,6 +24,15 @@ def int_in(body: dict, field: str, lo: int, hi: int, default: Any = None) -> Any
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
         raise VerbError(f"{field} must be an integer in [{lo}, {hi}]")
     return v
+
+
+def int_accepted(body: dict, field: str, default: int, most: int) -> int | None:
+    """``body[field]`` (``default`` when absent) if :func:`int_in` accepts it in [0, most], else None: for
+    size projections, which leave refusing a value to the verb and its own message."""
+    try:
+        return int_in(body, field, 0, most, default)
+    except VerbError:
+        return None
 
 
 def number_in(body: dict, field: str, lo: float, hi: float, *, open_lo: bool = False) -> float | None:

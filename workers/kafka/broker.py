@@ -9,7 +9,7 @@ It listens on a free 127.0.0.1 port, is ready once it answers a Metadata request
 its parent (``PR_SET_PDEATHSIG`` sends SIGTERM, on which it saves its data and exits). Its data
 lives in ``data_dir`` (the worker uses ``<LEARNSTREAM_DATA_DIR>/broker``), so stopping and starting
 the worker keeps the log. It holds the retained log in memory and snapshots it to disk within
-about a second of each change; :mod:`workers.broker_compat` gives every topic small segments so
+about a second of each change; :mod:`workers.kafka.broker_compat` gives every topic small segments so
 compaction and retention keep that bounded. The binary ships in the ``noida-db`` wheel (the
 ``embedded`` extra); the production image leaves it out.
 """

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from workers.errors import CorruptStateError
 
 __all__ = ("Outcome", "Heuristic", "AntiPattern", "Knowledge", "Preference", "RECORD_TYPES", "HALF_LIFE_DAYS",
-           "DAY_MS", "strength", "record_id", "DEFAULT_IMPORTANCE")
+           "DAY_MS", "strength", "entry_id", "DEFAULT_IMPORTANCE")
 
 DAY_MS = 86_400_000
 # Half-lives in days per kind (the spec's): preferences are stable, outcomes are raw material.
@@ -57,7 +57,7 @@ def _strength(days: float, accesses: float, r7: int, importance: float, half_lif
     return 1.0 if s > 1.0 else 0.0 if s < 0.0 else s
 
 
-def record_id(prefix: str, *parts: str) -> str:
+def entry_id(prefix: str, *parts: str) -> str:
     """A content id: the same key always gives the same id, on every worker and replay."""
     h = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=_ID_HEX // 2).hexdigest()
     return f"{prefix}-{h}"

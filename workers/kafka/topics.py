@@ -7,7 +7,6 @@ Code asks for ``topics()["feedback"].name``; ``learnstream topics create`` provi
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from jsonschema.exceptions import best_match
 
 from workers.errors import ConfigError, ValidationError
 
-__all__ = ("Topic", "topics", "topics_dir", "input_topics", "by_name")
+__all__ = ("Topic", "topics", "topics_dir", "use_folder", "input_topics", "by_name")
 
 KINDS = ("input", "downstream", "dlq")
 
@@ -49,16 +48,57 @@ class Topic:
             path = ".".join(str(p) for p in err.absolute_path)
             raise ValidationError(path, err.message)
 
+    # -- the topic <-> verb mapping (the only place it is written) --------------------------------
+    def request(self, value: dict) -> tuple[Any, Any]:
+        """(verb name, body) an event of this topic asks for: the topic's verb with the event as body,
+        the verb of the event's ``op`` (``ops``), or the event's own ``{verb, body}`` (``commands``).
+
+        ValueError names what is missing; the caller still checks that the verb exists.
+        """
+        if self.verb:
+            return self.verb, value
+        if self.ops:
+            op = value.get("op")
+            if op not in self.ops:
+                raise ValueError(f"op: must be one of {sorted(self.ops)}, got {op!r}")
+            return self.ops[op], {k: v for k, v in value.items() if k != "op"}
+        name, body = value.get("verb"), value.get("body")
+        if not isinstance(name, str):
+            raise ValueError("verb: required, a string")
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise ValueError("body: must be a JSON object")
+        return name, body
+
+    def event(self, verb_name: str, body: dict) -> dict:
+        """The event of this topic that :meth:`request` reads back as (``verb_name``, ``body``)."""
+        if self.verb == verb_name:
+            return body
+        for op, name in self.ops.items():
+            if name == verb_name:
+                return {"op": op, **body}
+        return {"verb": verb_name, "body": body}
+
     def config(self) -> dict[str, str]:
         """Kafka topic configs for creation."""
         return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
 
 
+# Set from Settings.topics_dir (LEARNSTREAM_TOPICS_DIR) by the CLI and the worker; None: the package's.
+_FOLDER: Path | None = None
+
+
+def use_folder(folder: Path | None) -> None:
+    """Load topics from ``folder`` (None: the ones shipped in the package, or a checkout's topics/)."""
+    global _FOLDER
+    _FOLDER = folder
+
+
 def topics_dir() -> Path:
-    env = os.environ.get("LEARNSTREAM_TOPICS_DIR")
-    candidates = [Path(env)] if env else []
-    here = Path(__file__).resolve().parent
-    candidates += [here / "topics", here.parent / "topics"]
+    candidates = [_FOLDER] if _FOLDER is not None else []
+    package = Path(__file__).resolve().parent.parent  # workers/: a wheel holds workers/topics, a checkout topics/
+    candidates += [package / "topics", package.parent / "topics"]
     for c in candidates:
         if c.is_dir() and any(c.glob("*.yaml")):
             return c

@@ -22,15 +22,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,12 +33,15 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from workers.broker import EmbeddedBroker, free_port
+from workers.kafka.broker import EmbeddedBroker, free_port
 from workers.client import LearnstreamClient
+from workers.stream.provision import ensure_topics_sync
 from workers.stream.settings import Settings
-from workers.http import http_json
-from workers.topics import topics
-from workers.waiting import wait_until
+from workers.verbs.codec import encode_embedding_b64
+from workers.cli.http_json import http_json
+from workers.cli.processes import WorkerProcess, metric_by
+from workers.kafka.topics import topics
+from workers.cli.waiting import wait_until
 
 __all__ = ("run_demo",)
 
@@ -62,25 +59,18 @@ _DRAIN_TIMEOUT_S = 180.0
 
 
 # -- plumbing ------------------------------------------------------------------------
-@dataclass
-class Worker:
-    url: str
-    proc: subprocess.Popen
-    log: Path
+class Worker(WorkerProcess):
+    """The demo's worker: a verb that fails raises (the demo stops with its reason)."""
 
-    def dispatch(self, verb: str, body: dict) -> dict:
-        status, out = http_json(self.url + "/dispatch", {"verb": verb, "body": body})
+    def call(self, verb: str, body: dict) -> dict:
+        status, out = self.dispatch(verb, body)
         if not out or not out.get("ok"):
             raise RuntimeError(f"{verb} failed ({status}): {out}")
         return out["data"]
 
     def applied(self) -> dict[str, float]:
         """Input events handled per topic (applied + duplicate + rejected), from /metrics."""
-        text = urllib.request.urlopen(self.url + "/metrics", timeout=10).read().decode()
-        out: dict[str, float] = {}
-        for m in re.finditer(r'learnstream_events_total\{outcome="(\w+)",topic="([^"]+)"\} ([0-9.e+]+)', text):
-            out[m.group(2)] = out.get(m.group(2), 0.0) + float(m.group(3))
-        return out
+        return metric_by(self.metrics(), "learnstream_events_total", "topic")
 
 
 @dataclass
@@ -98,18 +88,8 @@ def _start_worker(settings: Settings, data_dir: Path, web_port: int | None = Non
     port = web_port or free_port()  # a free port unless asked: 6066 may be a running worker's
     env = {**os.environ, **settings.env(), "LEARNSTREAM_WEB_PORT": str(port), "LEARNSTREAM_DATA_DIR": str(data_dir),
            "LEARNSTREAM_PARTITIONS": "4"}
-    log = data_dir.parent / "worker.log"
-    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker"], env=env, stdin=subprocess.DEVNULL,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
-    w = Worker(f"http://127.0.0.1:{port}", proc, log)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode}; see {log}:\n{log.read_text()[-3000:]}")
-        return http_json(w.url + "/ready", timeout=3)[0] == 200
-
-    wait_until(ready, _READY_TIMEOUT_S, 0.2, "the worker to become ready (table recovery + group join)",
-               retry_on=(OSError,))
+    w = Worker(env, port=port, log=data_dir.parent / "worker.log").start()
+    w.wait_ready(_READY_TIMEOUT_S, 0.2, "the worker to become ready (table recovery + group join)")
     return w
 
 
@@ -126,8 +106,6 @@ def _queries(rng: np.random.Generator, centers: np.ndarray, n: int) -> tuple[np.
 
 def _route_quality(w: Worker, session: str, xs: np.ndarray, regions: np.ndarray) -> tuple[float, float, dict]:
     """Mean true quality of the routed model, regret vs the oracle, and choices per region."""
-    from workers.codec import encode_embedding_b64
-
     got, choices = [], {r: {} for r in _REGIONS}
     for x, r in zip(xs, regions, strict=True):
         status, out = http_json(w.url + "/route", {"session_key": session, "embedding_b64": encode_embedding_b64(x)})
@@ -208,8 +186,6 @@ def run_demo(settings: Settings, *, events: int = 3000, keep_data: bool = False,
             print(f"embedded broker (noida-db) on {broker.bootstrap}")
         else:
             print(f"broker {settings.broker}")
-        from workers.stream.provision import ensure_topics_sync
-
         ensure_topics_sync(dataclasses.replace(settings, partitions=4))
         print(f"topics: {len(topics())} created from topics/*.yaml")
         worker = _start_worker(settings, workdir / "data", web_port)
@@ -219,13 +195,8 @@ def run_demo(settings: Settings, *, events: int = 3000, keep_data: bool = False,
         print(f"\ndemo finished in {time.monotonic() - t_start:.0f} s")
         return 0
     finally:
-        if worker is not None and worker.proc.poll() is None:
-            worker.proc.send_signal(signal.SIGTERM)
-            try:
-                worker.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.proc.kill()
-                worker.proc.wait()
+        if worker is not None:
+            worker.stop(30)
         if broker is not None:
             broker.stop()
         if keep_data:
@@ -242,11 +213,11 @@ async def _simulate(bootstrap: str, w: Worker, rng: np.random.Generator, n_feedb
     test_x, test_r = _queries(np.random.default_rng(99), centers, _TEST_QUERIES)
 
     # set-up through HTTP /dispatch: each write travels through learn.commands and returns once applied
-    w.dispatch("init_instant", {"session_key": agent, "targets": _MODELS, "dim": _DIM})
-    w.dispatch("init_router", {"session_key": agent, "targets": _MODELS, "in_dim": _DIM, "epsilon": 0.0})
-    w.dispatch("init_attention", {"session_key": agent, "dim": 16})
+    w.call("init_instant", {"session_key": agent, "targets": _MODELS, "dim": _DIM})
+    w.call("init_router", {"session_key": agent, "targets": _MODELS, "in_dim": _DIM, "epsilon": 0.0})
+    w.call("init_attention", {"session_key": agent, "dim": 16})
     rep["route_before"] = _route_quality(w, agent, test_x, test_r)
-    rep["adapter_before"] = {_REGIONS[r]: w.dispatch("apply_adapter", {"session_key": agent, "embedding": centers[r]})
+    rep["adapter_before"] = {_REGIONS[r]: w.call("apply_adapter", {"session_key": agent, "embedding": centers[r]})
                              for r in range(len(_REGIONS))}
 
     async with LearnstreamClient(bootstrap) as c:
@@ -274,7 +245,7 @@ async def _simulate(bootstrap: str, w: Worker, rng: np.random.Generator, n_feedb
         means = 3.0 * np.random.default_rng(5).standard_normal((4, 16)).astype(np.float32)
         # through /dispatch, which answers once applied: topics have no order between them, so an
         # init sent to learn.commands could be applied after the first examples on learn.examples
-        w.dispatch("init_learner", {"session_key": learner, "n_features": 16, "n_classes": 4, "model": "mlp",
+        w.call("init_learner", {"session_key": learner, "n_features": 16, "n_classes": 4, "model": "mlp",
                                     "hidden": 32})
         xa, ya = _blobs(rng, [0, 1], 600, means)
         xb, yb = _blobs(rng, [2, 3], 600, means)
@@ -326,10 +297,10 @@ async def _simulate(bootstrap: str, w: Worker, rng: np.random.Generator, n_feedb
         rep["sent"] = dict(sent.counts)
 
     rep["route_after"] = _route_quality(w, agent, test_x, test_r)
-    rep["adapter_after"] = {_REGIONS[r]: w.dispatch("apply_adapter", {"session_key": agent, "embedding": centers[r]})
+    rep["adapter_after"] = {_REGIONS[r]: w.call("apply_adapter", {"session_key": agent, "embedding": centers[r]})
                             for r in range(len(_REGIONS))}
-    rep["health"] = w.dispatch("health", {"session_key": agent})
-    rep["trainer_health"] = w.dispatch("health", {"session_key": trainer})
+    rep["health"] = w.call("health", {"session_key": agent})
+    rep["trainer_health"] = w.call("health", {"session_key": trainer})
     rep["graph"] = [(q, w_, _graph(w, kg, **q)) for q, w_ in (
         ({"src": "alice", "t": 1500}, "Where did Alice work at t=1500?"),
         ({"src": "alice", "t": 2500}, "Where did Alice work at t=2500?"),
@@ -339,14 +310,14 @@ async def _simulate(bootstrap: str, w: Worker, rng: np.random.Generator, n_feedb
          "At t'=2040, what did we believe about Alice at t=2500?"),
     )]
     rep["learner"] = {
-        "A": w.dispatch("evaluate", {"session_key": learner, "examples": _ex(*_blobs(np.random.default_rng(1), [0, 1], 300, means))}),
-        "B": w.dispatch("evaluate", {"session_key": learner, "examples": _ex(*_blobs(np.random.default_rng(2), [2, 3], 300, means))}),
-        "state": w.dispatch("learner_state", {"session_key": learner}),
+        "A": w.call("evaluate", {"session_key": learner, "examples": _ex(*_blobs(np.random.default_rng(1), [0, 1], 300, means))}),
+        "B": w.call("evaluate", {"session_key": learner, "examples": _ex(*_blobs(np.random.default_rng(2), [2, 3], 300, means))}),
+        "state": w.call("learner_state", {"session_key": learner}),
     }
-    rep["protocols"] = w.dispatch("retrieve", {"session_key": agent, "task": "test the checkout form",
+    rep["protocols"] = w.call("retrieve", {"session_key": agent, "task": "test the checkout form",
                                                "agent": "tester", "now_ms": 1_700_000_600_000})
     rep["heuristic_events"] = await _consume(bootstrap, "heuristics", 0.5)
-    rep["memory"] = w.dispatch("memory_scores", {"session_key": agent})
+    rep["memory"] = w.call("memory_scores", {"session_key": agent})
     rep["boundaries"] = await _consume(bootstrap, "boundaries")
     rep["consolidations"] = await _consume(bootstrap, "consolidations", 0.5)
     rep["drift"] = await _consume(bootstrap, "drift", 0.5)

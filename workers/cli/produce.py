@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import orjson
 
-from workers.dispatch import DEFAULT_SESSION, check_session_key
+from workers.verbs.surface import DEFAULT_SESSION, check_session_key
 from workers.errors import ValidationError, VerbError
-from workers.topics import topics
+from workers.kafka.topics import topics
 
 __all__ = ("check_line",)
 

@@ -34,12 +34,26 @@ from typing import Any
 from workers.state.base import ModelStore
 from workers.state.blob import StateBlob
 
-__all__ = ("Verb", "VerbContext", "Each", "REGISTRY", "HEALTH", "BLOB_TABLES", "TABLES", "verb", "coalesced",
+__all__ = ("Verb", "VerbContext", "VerbOptions", "Each", "REGISTRY", "HEALTH", "STATE_SIZE", "state_size", "BLOB_TABLES", "TABLES", "verb", "coalesced",
            "health_contributor", "params", "EMBEDDING", "EMBEDDING_B64")
 
 # Tables holding one state value (a StateBlob with its watermark) per session.
 BLOB_TABLES = ("session", "learner", "agent", "memory")
 TABLES = (*BLOB_TABLES, "graph", "none")
+
+
+@dataclass(frozen=True)
+class VerbOptions:
+    """What the operator configures for the verbs (``Settings.verb_options()``; LearnSession takes it too).
+
+    None is the spec's value. The process-wide parts (scoring allowlist, protocols embedder) are
+    applied once by :func:`workers.verbs.surface.configure`; the rest reaches verbs as ``ctx.options``.
+    """
+
+    lr_min: float | None = None          # instant core's lr floor for new adapters (capped at LR0)
+    ewc_lambda: float | None = None      # deep core's EWC strength for new deep states
+    protocols_embedder: str = ""         # "package.module:factory" for strategy similarity; "" = word overlap
+    scoring_endpoints: tuple[str, ...] = ()  # the only URLs scoring backends may call
 
 
 @dataclass
@@ -53,6 +67,7 @@ class VerbContext:
     source: dict | None = None          # {"topic","partition","offset","timestamp_ms"} on the stream
     # this session's value of another blob table (read-only use: only ctx.state is written back)
     load: Callable[[str], StateBlob] | None = None
+    options: VerbOptions = field(default_factory=VerbOptions)  # the operator's settings for verbs
 
 
 @dataclass
@@ -84,6 +99,8 @@ class Verb:
 
 REGISTRY: dict[str, Verb] = {}
 HEALTH: list[tuple[str, Callable[[VerbContext], dict]]] = []  # (table, contributor)
+# verb -> fn(body) -> (the field that drives it, bytes) of state a configuring verb can make a session hold
+STATE_SIZE: dict[str, Callable[[dict], tuple[str, int] | None]] = {}
 
 
 def verb(name: str, *, table: str, writes: bool, topic: str | None = None, params: dict | None = None) -> Callable:
@@ -119,6 +136,18 @@ def coalesced(name: str, *, joins: Callable[[dict], bool], prepare: Prepare) -> 
         if v is None or not v.writes:
             raise ValueError(f"coalesced: {name!r} is not a registered write verb")
         REGISTRY[name] = replace(v, many=fn, joins=joins, prepare=prepare)
+        return fn
+
+    return deco
+
+
+def state_size(name: str) -> Callable:
+    """Declare how much state configuring verb ``name``'s body can make a session hold once its buffers
+    are full: ``fn(body) -> (field, bytes)``, or None when the verb itself refuses the body. The worker
+    and LearnSession refuse a body over the session limit before it reaches the log
+    (``workers.state.limits.check_request``)."""
+    def deco(fn: Callable[[dict], tuple[str, int] | None]) -> Callable[[dict], tuple[str, int] | None]:
+        STATE_SIZE[name] = fn
         return fn
 
     return deco

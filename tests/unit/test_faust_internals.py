@@ -1,0 +1,79 @@
+"""faust changing under learnstream fails here, not in production.
+
+``workers/stream/faust_internals.py`` is the one module that relies on faust beyond its documented API;
+:data:`TOUCHED` lists each faust function it patches or whose private behaviour it relies on. Their
+source, as faust-streaming 0.15.3 ships it, is hashed below: a faust release that changes any of them
+fails this test, and the touch must be checked again (then the hash and ``FAUST_CHECKED`` updated).
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+import inspect
+
+import faust
+import pytest
+
+from workers.stream import faust_internals
+
+# sha256 (first 16 hex) of each touched function's source in faust-streaming 0.15.3
+_CHECKED_SOURCES = {
+    "transport.consumer.Consumer.__init__": "98de5b3b169c981e",
+    "transport.consumer.Consumer._new_offset": "7524555f309a6493",
+    "transport.consumer.Consumer.perform_seek": "b2fa31dd2a8784d3",
+    "transport.consumer.Consumer._drain_messages": "8308d11bc7a290dc",
+    "transport.consumer.Consumer._add_gap": "d28ad8e076b67739",
+    "transport.consumer.ThreadDelegateConsumer.seek_wait": "36f330ed369996c3",
+    "transport.producer.ProducerBuffer.flush": "97b9a044b51134e7",
+    "transport.producer.ProducerBuffer.flush_atmost": "0983a14b236256be",
+    "transport.drivers.aiokafka.AIOKafkaConsumerThread._create_worker_consumer": "684c167041ff0044",
+    "stores.rocksdb.Store._open_for_partition": "102bfa96ef863517",
+    "stores.rocksdb.Store._db_for_partition": "e5e138d3d16323a2",
+    "stores.rocksdb.Store.persisted_offset": "b2bed8c216d04ea8",
+    "streams.Stream._enable_passive": "e89c3846ccd7300a",
+    "streams.Stream.add_processor": "6a735256dc859830",
+    "tables.manager.TableManager.on_rebalance": "e9c3a70e219daffe",
+    "tables.recovery.Recovery._build_highwaters": "881584f42842eb7e",
+}
+
+
+def _source_hash(dotted: str) -> str:
+    """The hash of one function's source as the faust module file has it (patches do not change it)."""
+    parts = dotted.split(".")
+    for i in range(len(parts) - 1, 0, -1):  # the longest prefix that is a module
+        try:
+            module = importlib.import_module("faust." + ".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        names = parts[i:]
+        break
+    else:
+        raise AssertionError(f"no faust module in {dotted}")
+    source = inspect.getsource(module)
+    node: ast.AST = ast.parse(source)
+    for name in names:
+        node = next(n for n in ast.iter_child_nodes(node)
+                    if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name)
+    return hashlib.sha256(ast.get_source_segment(source, node).encode()).hexdigest()[:16]
+
+
+def test_every_touch_is_checked() -> None:
+    assert set(faust_internals.TOUCHED) == set(_CHECKED_SOURCES)
+
+
+@pytest.mark.parametrize("dotted", sorted(_CHECKED_SOURCES))
+def test_faust_source_is_the_one_checked(dotted: str) -> None:
+    assert _source_hash(dotted) == _CHECKED_SOURCES[dotted], (
+        f"faust {faust.__version__} changed faust.{dotted}, which workers/stream/faust_internals.py relies on "
+        f"({faust_internals.TOUCHED[dotted]}); it was checked against {faust_internals.FAUST_CHECKED}")
+
+
+def test_the_private_names_read_exist() -> None:
+    """Names read (not patched) by faust_internals: a rename would only show at run time."""
+    from faust.stores import rocksdb
+    from faust.streams import _current_event
+
+    assert faust.__version__ == faust_internals.FAUST_CHECKED
+    assert rocksdb.Store.offset_key == b"__faust\0offset__"
+    assert _current_event.get(None) is None  # a ContextVar

@@ -1,0 +1,94 @@
+"""What a worker exports on ``/metrics``: the domain metrics (``workers.stream.metrics``) and faust's
+Prometheus sensor on its own registry, made lean; plus the timers that keep the readiness and
+consumer-lag gauges current.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from faust.sensors.monitor import Monitor
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from workers.kafka.topics import Topic
+from workers.stream import faust_internals, metrics
+from workers.stream.runtime import Runtime
+
+__all__ = ("LeanPrometheusMonitor", "install_metrics", "SILENCED_FAUST_SERIES")
+
+_LAG_INTERVAL_S = 2.0
+_BROKER_PROBE_S = 1.0
+
+
+class LeanPrometheusMonitor(PrometheusMonitor):
+    """faust's Prometheus sensor without its per-message series.
+
+    Those hooks update labelled series on every message, table access and send (~45 µs a
+    message, measured in bench/README.md "feedback"); ``learnstream_events_total`` and
+    ``learnstream_batch_seconds`` count the same work per batch. Commit, rebalance, assignment
+    and web metrics stay. The per-message hooks fall back to faust's plain Monitor, which is what
+    a faust app without a sensor runs.
+    """
+
+    on_message_in = Monitor.on_message_in
+    on_stream_event_in = Monitor.on_stream_event_in
+    on_stream_event_out = Monitor.on_stream_event_out
+    on_message_out = Monitor.on_message_out
+    on_table_get = Monitor.on_table_get
+    on_table_set = Monitor.on_table_set
+    on_send_initiated = Monitor.on_send_initiated
+    on_send_completed = Monitor.on_send_completed
+
+
+# faust's series fed only by the per-message hooks LeanPrometheusMonitor turns off
+# (learnstream_events_total, learnstream_messages_total and learnstream_batch_seconds measure that work).
+SILENCED_FAUST_SERIES = (
+    "messages_received", "active_messages", "messages_received_per_topics", "messages_received_per_topics_partition",
+    "events_runtime_latency", "total_events", "total_active_events", "total_events_per_stream", "table_operations",
+    "topic_messages_sent", "total_sent_messages", "producer_send_latency")
+
+
+def install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
+    """The lean faust sensor, ``/metrics`` (both registries), ``/metrics/faust`` (faust's alone), the timers."""
+    faust_registry = CollectorRegistry(auto_describe=True)
+    # a fixed prefix (not the app id) so dashboards work for any deployment
+    faust_metrics = FaustMetrics.create(faust_registry, "faust")
+    app.monitor = LeanPrometheusMonitor(metrics=faust_metrics)
+    for name in SILENCED_FAUST_SERIES:  # their hooks are off: exported, they would read 0 forever
+        faust_registry.unregister(getattr(faust_metrics, name))
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        body = generate_latest(metrics.REGISTRY) + generate_latest(faust_registry)
+        return web.bytes(body, content_type="text/plain; version=0.0.4")
+
+    @app.page("/metrics/faust")
+    async def faust_metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(faust_registry), content_type=CONTENT_TYPE_LATEST)
+
+    names = {t.name for t in inputs}
+
+    @app.timer(_BROKER_PROBE_S)
+    async def broker_probe() -> None:
+        await rt.broker_health.probe()
+        metrics.READY.set(1 if rt.is_ready() else 0)
+
+    @app.timer(_LAG_INTERVAL_S)
+    async def lag() -> None:
+        consumer = app.consumer
+        lag_by_topic: dict[str, int] = {t: 0 for t in names}
+        try:
+            assignment = consumer.assignment()
+        except Exception:  # noqa: BLE001 - not started yet
+            return
+        for tp in assignment:
+            if tp.topic not in names:
+                continue
+            hw = consumer.highwater(tp)  # from the last Fetch response: no extra request
+            committed = faust_internals.committed_offset(app, tp.topic, tp.partition)
+            if hw is not None and committed is not None:
+                lag_by_topic[tp.topic] += max(hw - committed, 0)  # committed = next offset to read
+        for t, n in lag_by_topic.items():
+            metrics.CONSUMER_LAG.labels(t).set(n)
+        metrics.READY.set(1 if rt.is_ready() else 0)

@@ -1,0 +1,393 @@
+"""A worker's runtime: batches off the input topics -> :class:`~workers.stream.processor.Processor`
+-> downstream topics and replies to waiting HTTP writes.
+
+Agents stay thin: a batch of events (``take_batches``) passes the
+:class:`~workers.stream.gaps.GapGuard` (records in offset order, nothing skipped), the
+:class:`~workers.stream.processor.Processor` applies it, its downstream events and DLQ
+entries, re-routed copies, changelog records and next input offsets go, per input partition, in
+one Kafka transaction (:mod:`workers.stream.transactions`); the session values go to RocksDB once
+it committed. With ``LEARNSTREAM_TRANSACTIONS=false``: downstream delivered first, then the state,
+and faust commits no further than the guard allows (README, "Consistency").
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict, deque
+from typing import Any
+
+import faust
+import orjson
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
+from faust.exceptions import ProducerSendError
+
+from workers.kafka.topics import Topic, by_name, input_topics, topics
+from workers.stream import faust_internals, metrics, partitioning
+from workers.stream.broker_health import BrokerHealth
+from workers.stream.gaps import Admitted, GapGuard, KafkaProbe
+from workers.stream.partitioning import ORIGIN_HEADER, origin_of
+from workers.stream.processor import BatchResult, Processor, dlq_entry
+from workers.stream.records import Record
+from workers.stream.settings import Settings
+from workers.stream.tables import TABLE_NAMES, FaustStateAccess
+from workers.stream.transactions import NotOwned, PartitionWork, Send, Transactions, source_partition
+from workers.verbs.surface import REGISTRY, envelope_error
+
+__all__ = ("Runtime", "Replies")
+
+logger = logging.getLogger(__name__)
+
+# Batches of results kept for writes whose reply arrives before the waiter registers (a write
+# registers right after its send returns, so its batch is one of the last few).
+_RECENT_BATCHES = 32
+# A batch whose delivery failed is applied again (from the stored values) this many times, with
+# backoff, before the agent gives up on it (faust restarts the agent; the guard re-reads it).
+_HANDLE_ATTEMPTS = 5
+# Producer batching, faust's producer and the transactional ones alike: a batch writes a session's
+# changed keys (a few 2 KiB pieces each): with aiokafka's default 16 kB batches and one request in
+# flight per broker, the producer carried ~8 records per round trip and capped a worker at ~100
+# events/s. One request now carries up to 512 KiB.
+PRODUCER_BATCH_BYTES = 512 * 1024
+PRODUCER_LINGER_MS = 2
+
+
+class Replies:
+    """Futures of HTTP writes waiting for their (topic, partition, offset) to be applied."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[tuple[str, int, int], asyncio.Future] = {}
+        # the last batches' results, for a write whose batch was applied before it registered
+        self.recent: deque[dict[tuple[str, int, int], dict]] = deque(maxlen=_RECENT_BATCHES)
+
+    def resolve(self, results: dict[tuple[str, int, int], dict]) -> None:
+        for k in [k for k in self.waiting if k in results]:  # few waiters, many results: look up the waiters
+            fut = self.waiting.pop(k)
+            if not fut.done():
+                fut.set_result(results[k])
+        self.recent.append(results)  # kept whole: nothing is done per result
+
+    async def wait(self, key: tuple[str, int, int], timeout: float) -> dict:
+        for results in self.recent:
+            if key in results:
+                return results[key]
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting[key] = fut
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self.waiting.pop(key, None)
+
+
+class Runtime:
+    """Everything one worker process holds besides faust itself."""
+
+    def __init__(self, app: faust.App, settings: Settings, tables: dict[str, Any]) -> None:
+        self.app, self.settings, self.tables = app, settings, tables
+        self.state = FaustStateAccess(tables, self.partition_of)
+        self.processor = Processor(self.state, cache_bytes=settings.cache_bytes, limits=settings.limits(),
+                                   options=settings.verb_options())
+        self.replies = Replies()
+        self.topics = topics()
+        self.channels: dict[str, Any] = {}
+        self.probe_topic = self.topics["feedback"].name
+        self.changelog_topic = tables["session"].changelog_topic.get_topic_name()
+        self.probe = KafkaProbe(settings.broker or "", tail_from_start=settings.broker_kind == "embedded",
+                                **settings.kafka_kwargs())
+        self.guard = GapGuard({t.name for t in input_topics()}, start=self._start_offset,
+                              first_record=self.probe.first_record, seek=self._seek)
+        self.broker_health = BrokerHealth(settings.broker or "", settings.broker_unreachable_s,
+                                          settings.kafka_kwargs())
+        self.input_names = {t.name for t in input_topics()}
+        self.txn = Transactions(settings.broker or "", settings.app_id, settings.app_id,
+                                max_batch_size=PRODUCER_BATCH_BYTES, linger_ms=PRODUCER_LINGER_MS,
+                                max_request_size=app.conf.producer_max_request_size,
+                                **settings.kafka_kwargs()) if settings.transactions else None
+
+    async def before_recovery(self, assigned: set[Any]) -> None:
+        """Own the assigned input partitions' transactional producers before recovery reads the
+        changelogs (starting one fences the previous owner and ends what it left open)."""
+        assert self.txn is not None
+        await self.txn.assign({tp.partition for tp in assigned if tp.topic in self.input_names})
+
+    async def _start_offset(self, topic: str, partition: int) -> int:
+        """Where a newly assigned partition starts: the committed offset, or the log start."""
+        committed = faust_internals.committed_offset(self.app, topic, partition)
+        if committed is None:  # faust keeps none (or 0, which it stores as none): ask the broker
+            committed = await self.probe.committed(self.settings.app_id, topic, partition)
+        return committed if committed is not None else await self.probe.log_start(topic, partition)
+
+    async def _seek(self, topic: str, partition: int, offset: int) -> None:
+        await faust_internals.seek(self.app, topic, partition, offset)
+
+    def is_ready(self) -> bool:
+        """Serving: table recovery finished, no rebalance in progress, and the broker reachable."""
+        rec = self.app.tables.recovery
+        return (rec.completed.is_set() and not rec.in_recovery and not self.app.rebalancing
+                and self.broker_health.reachable())
+
+    def partition_of(self, session_key: str) -> int:
+        return partitioning.owner_partition(session_key, self.settings.partitions)
+
+    def channel(self, role: str) -> Any:
+        ch = self.channels.get(role)
+        if ch is None:
+            t = self.topics[role]
+            ch = self.channels[role] = self.app.topic(
+                t.name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+                partitions=t.partitions or self.settings.partitions, replicas=self.settings.replication,
+                config=t.config())
+        return ch
+
+    # -- the stream ---------------------------------------------------------------
+    async def consume(self, stream: Any) -> None:
+        """The agent: batches off the input topics, each applied by :meth:`handle` (retried with backoff)."""
+        s = self.settings
+        async for events in stream.take_batches(s.batch_max, s.batch_within_s, s.batch_linger_s):
+            for attempt in range(1, _HANDLE_ATTEMPTS + 1):
+                try:
+                    await self.handle(events)
+                    break
+                except Exception:
+                    if attempt == _HANDLE_ATTEMPTS:
+                        raise  # not acked: the agent restarts and the guard re-reads the batch
+                    logger.exception("batch of %d events failed (attempt %d); applying it again", len(events),
+                                     attempt)
+                    await asyncio.sleep(0.2 * 2 ** attempt)
+
+    async def handle(self, events: list[Any]) -> None:
+        """Apply one batch: guard -> apply -> deliver what it produced -> write the state."""
+        t0 = time.perf_counter()
+        admitted = await self.guard.admit(events, _where)
+        if self.txn is not None:
+            admitted = self._owned(admitted)
+        for e in admitted.dropped:
+            metrics.MESSAGES.labels(e.message.topic, "redelivered").inc()
+        received = []
+        by_partition = self.state.events.by_partition
+        by_partition.clear()
+        for e in admitted.events:
+            m = e.message
+            by_partition[m.partition] = e
+            received.append(Record(m.topic, m.partition, m.offset, m.key, m.value, int((m.timestamp or 0) * 1000),
+                                   origin_of(m.headers)))
+        records, reroute, misplaced = partitioning.split(received, self.settings.partitions)
+        if self.txn is None and (reroute or misplaced):
+            await self._reroute(reroute, misplaced)
+        res = None
+        if records:
+            try:
+                res = self.processor.apply(records)
+                if self.txn is None:
+                    # Delivered before the state is written: a value (and its watermark) in the table or
+                    # changelog always means its events are downstream too. A crash in between applies
+                    # the records again and re-emits the same ids (consumers dedup on them).
+                    await self._deliver(res.produce)
+                    self.processor.save(res)
+                    await self.state.durable()  # the batch's state is in the changelog before its offsets commit
+                else:
+                    self.processor.save(res)  # queued: written by the batch's transactions below
+            except BaseException:
+                self.processor.forget()  # the cache holds this batch's unsaved changes
+                for write in self.state.take():
+                    self.state.drop(write)
+                raise
+        if self.txn is not None:
+            await self._commit(admitted, res, reroute, misplaced)
+        if res is not None:
+            self._count(res)
+            self.replies.resolve(res.replies)
+        self.guard.applied(admitted)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
+
+    def _count(self, res: BatchResult) -> None:
+        for (topic, outcome), n in res.by_topic.items():
+            metrics.MESSAGES.labels(topic, outcome).inc(n)
+        for (topic, outcome), n in res.events_by_topic.items():
+            metrics.EVENTS.labels(topic, outcome).inc(n)
+        for name, seconds in res.verb_seconds:
+            metrics.KERNEL_SECONDS.labels(name).observe(seconds)
+        for out in reversed(res.replies.values()):  # the gauge shows the latest norm of the batch
+            data = out.get("data")
+            if isinstance(data, dict) and "adapter_norm" in data:
+                metrics.ADAPTER_NORM.set(data["adapter_norm"])
+                break
+        if self.txn is not None:  # without transactions _deliver counted them
+            self._count_produced(res.produce)
+
+    @staticmethod
+    def _count_produced(produce: list[Any]) -> None:
+        for p in produce:
+            if p.role == "dlq":
+                metrics.DLQ.labels(p.value["reason_code"]).inc()
+            else:
+                metrics.DOWNSTREAM.labels(p.role).inc()
+
+    def _owned(self, admitted: Admitted) -> Admitted:
+        """Only the events of partitions this worker holds a transactional producer for (one that
+        was fenced belongs to another worker now: its events are that worker's to apply)."""
+        assert self.txn is not None
+        if all(self.txn.owns(p) for _, p in admitted.next):
+            return admitted
+        out = Admitted(dropped=admitted.dropped)
+        for e in admitted.events:
+            (out.events if self.txn.owns(e.message.partition) else out.dropped).append(e)
+        out.next = {tp: n for tp, n in admitted.next.items() if self.txn.owns(tp[1])}
+        return out
+
+    async def _commit(self, admitted: Admitted, res: BatchResult | None, reroute: list[tuple[Record, int]],
+                      misplaced: list[Record]) -> None:
+        """One transaction per input partition of the batch: what its records produced downstream,
+        their re-routed copies, the changelog records of the sessions they changed and the next
+        input offsets (workers/stream/transactions.py). Each session write goes to RocksDB once its
+        transaction committed; a failed partition raises after the others were stored, and the
+        batch is applied again (the guard drops what was committed)."""
+        assert self.txn is not None
+        work: dict[int, PartitionWork] = defaultdict(PartitionWork)
+        for (topic, partition), nxt in admitted.next.items():
+            work[partition].offsets[topic] = nxt
+        for rec, owner in reroute:
+            work[rec.partition].sends.append(Send(rec.topic, rec.key, rec.value, owner, _origin(rec)))
+            metrics.REROUTED.labels(rec.topic).inc()
+            metrics.MESSAGES.labels(rec.topic, "rerouted").inc()
+        for rec in misplaced:
+            work[rec.partition].sends.append(Send(self.topics["dlq"].name, rec.key,
+                                                  orjson.dumps(self._misplaced(rec).value)))
+            metrics.DLQ.labels("wrong_partition").inc()
+            metrics.MESSAGES.labels(rec.topic, "rejected").inc()
+        for p in res.produce if res is not None else ():
+            work[source_partition(p)].sends.append(Send(self.topics[p.role].name, p.key.encode(),
+                                                        orjson.dumps(p.value)))
+        writes = self.state.take()
+        last: list[int] = []  # per write: index of its last record in its partition's sends
+        for write in writes:
+            table, partition, _, items = write
+            topic, sends = self.state.changelog_topic(table), work[partition].sends
+            sends.extend(Send(topic, k, v, partition) for k, v in items)
+            last.append(len(sends) - 1)
+        try:
+            await self.app.producer.flush()  # the graph table's writes go through faust's producer
+            done = await self.txn.commit_all(work)
+        except BaseException:
+            for write in writes:
+                self.state.drop(write)
+            self.processor.forget()
+            raise
+        for write, i in zip(writes, last, strict=True):
+            got = done[write[1]]
+            if isinstance(got, BaseException):
+                self.state.drop(write)
+            else:
+                self.state.store(write, got[i].offset)
+        for (topic, partition), nxt in admitted.next.items():
+            if not isinstance(done.get(partition), BaseException):
+                faust_internals.note_committed(self.app, topic, partition, nxt)
+        failed = {p: e for p, e in done.items() if isinstance(e, BaseException)}
+        if failed:
+            self.processor.forget()
+            gone = {p for p, e in failed.items() if isinstance(e, (NotOwned, ProducerFenced))}
+            self.guard.applied(_only(admitted, set(done) - set(failed)))
+            if len(gone) < len(failed):
+                raise next(e for p, e in failed.items() if p not in gone)
+            # every failure is a partition another worker owns now: not applied here, not an error
+            logger.warning("partitions %s moved to another worker mid-batch; their events are its to apply",
+                           sorted(gone))
+
+    def _misplaced(self, rec: Record) -> Any:
+        return dlq_entry(rec, f"re-routed copy arrived on partition {rec.partition}, which does not own its key "
+                              f"(LEARNSTREAM_PARTITIONS={self.settings.partitions} differs from the topic's?)",
+                         "wrong_partition")
+
+    async def _reroute(self, reroute: list[tuple[Record, int]], misplaced: list[Record]) -> None:
+        """Events on a partition that does not own their key: never applied here (see
+        workers/stream/partitioning.py). Acknowledged by the broker before the batch is acked."""
+        pending = []
+        for rec, owner in reroute:
+            pending.append(await self.channel(by_name(rec.topic).role).send(
+                key=rec.key, value=rec.value, partition=owner, headers=_origin(rec)))
+            metrics.REROUTED.labels(rec.topic).inc()
+            metrics.MESSAGES.labels(rec.topic, "rerouted").inc()
+        for rec in misplaced:
+            pending.append(await self.channel("dlq").send(key=rec.key, value=orjson.dumps(self._misplaced(rec).value)))
+            metrics.DLQ.labels("wrong_partition").inc()
+            metrics.MESSAGES.labels(rec.topic, "rejected").inc()
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def _deliver(self, produce: list[Any]) -> None:
+        """Send downstream events and DLQ entries; return once the broker acknowledged every one."""
+        pending = []
+        for p in produce:
+            pending.append(await self.channel(p.role).send(key=p.key.encode(), value=orjson.dumps(p.value)))
+        if pending:
+            await asyncio.gather(*pending)
+        self._count_produced(produce)
+
+    # -- reads and writes from HTTP -----------------------------------------------
+    def read(self, verb_name: str, body: dict, sk: str) -> dict:
+        return self.processor.read(REGISTRY[verb_name], body, sk, self.partition_of(sk))
+
+    def event_for_write(self, verb_name: str, body: dict) -> tuple[Topic, dict]:
+        t = self.topics[REGISTRY[verb_name].topic]
+        return t, t.event(verb_name, body)
+
+    async def write(self, verb_name: str, body: dict, sk: str) -> tuple[dict, int]:
+        """Produce the write to its topic; answer (envelope, HTTP status) once this worker applied it.
+
+        Within ``write_timeout_s`` whatever the broker does: 503 when the broker is unreachable or
+        does not take the event in time (it may still land in the log: retrying may apply it twice),
+        504 when it is in the log but not applied in time (it will be).
+        """
+        timeout = self.settings.write_timeout_s
+        if not self.broker_health.reachable():
+            return envelope_error(verb_name, f"broker unreachable for {self.broker_health.unreachable_for():.0f} s; "
+                                             "retry later"), 503
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        topic, value = self.event_for_write(verb_name, {**body, "session_key": sk})
+        try:
+            async with asyncio.timeout(timeout):
+                meta = await (await self.channel(topic.role).send(key=sk.encode(), value=orjson.dumps(value)))
+        except (TimeoutError, KafkaError, ProducerSendError) as exc:
+            # faust wraps the producer's errors in ProducerSendError
+            cause = exc.__cause__ if isinstance(exc, ProducerSendError) else exc
+            if isinstance(cause, MessageSizeTooLargeError):
+                return envelope_error(verb_name, f"the event is too large for topic {topic.name}; send less per "
+                                                 "request"), 413
+            why = f"not taken by the broker within {timeout:.0f} s" if isinstance(exc, TimeoutError) else str(exc)
+            return envelope_error(verb_name, f"write {why}; retry later"), 503
+        key = (topic.name, meta.topic_partition.partition, meta.offset)
+        written = f"{key[0]}:{key[1]}:{key[2]}"  # the id of the applied write (record_id)
+        try:
+            out = await self.replies.wait(key, max(deadline - loop.time(), 0.001))
+        except asyncio.TimeoutError:
+            # the event is in the log and will be applied (by whoever owns the partition by then)
+            return {**envelope_error(verb_name, f"timed out after {timeout:.0f} s waiting for "
+                                                f"{topic.name}[{key[1]}]@{key[2]} to be applied"), "id": written}, 504
+        # a retried idempotency key answers with the id of the write that applied it first
+        return {"id": written, **out}, 200 if out["ok"] else 422
+
+    def owner_url(self, sk: str) -> str | None:
+        """Base URL of the worker owning ``sk``, or None when it is this one (or unknown)."""
+        try:
+            url = self.app.router.key_store(TABLE_NAMES["session"], sk)
+        except KeyError:
+            return None
+        mine = self.app.conf.canonical_url
+        if (url.host, url.port) == (mine.host, mine.port):
+            return None
+        return str(url).rstrip("/")
+
+
+def _where(event: Any) -> tuple[str, int, int]:
+    m = event.message
+    return (m.topic, m.partition, m.offset)
+
+
+def _origin(rec: Record) -> list[tuple[str, bytes]]:
+    """The header a re-routed copy carries (workers/stream/partitioning.py)."""
+    return [(ORIGIN_HEADER, f"{rec.partition}:{rec.offset}".encode())]
+
+
+def _only(admitted: Admitted, partitions: set[int]) -> Admitted:
+    return Admitted(next={tp: n for tp, n in admitted.next.items() if tp[1] in partitions})

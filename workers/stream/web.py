@@ -1,0 +1,121 @@
+"""The worker's HTTP routes: ``/health``, ``/ready``, ``/dispatch`` (and its shortcuts ``/route``,
+``/predict``, ``/graph/{session}/edges``). A request for a session another worker owns is forwarded
+to the owner; a write is produced to its topic and answered once applied (:meth:`Runtime.write`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+import orjson
+from aiohttp import web as aiohttp_web
+
+from workers.errors import VerbError
+from workers.state.limits import check_request
+from workers.stream.http_guard import FORWARDED, Guard
+from workers.stream.runtime import Runtime
+from workers.verbs.surface import REGISTRY, envelope_error, parse_request, session_key_of
+
+__all__ = ("install_routes", "json_response")
+
+# A read while this worker recovers (or rebalances) is answered 503 with this Retry-After.
+_RECOVERING_RETRY_AFTER_S = 1
+
+
+def json_response(web: Any, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Any:
+    return web.bytes(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json",
+                     status=status, headers=headers)
+
+
+def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        try:
+            # partitions of the input topics (co-partitioned, so one topic's numbers say it all)
+            assigned = sorted({tp.partition for tp in app.assignor.assigned_actives() if tp.topic == rt.probe_topic})
+            standby = sorted({tp.partition for tp in app.assignor.assigned_standbys()
+                              if tp.topic == rt.changelog_topic})
+        except Exception:  # noqa: BLE001 - before the first assignment
+            assigned, standby = [], []
+        return json_response(web, {"status": "ok", "worker": rt.settings.worker_id or str(rt.settings.web_port),
+                                   "ready": rt.is_ready(), "broker_reachable": rt.broker_health.reachable(),
+                                   "active_partitions": assigned, "standby_partitions": standby})
+
+    @app.page("/ready")
+    async def ready(web: Any, request: Any) -> Any:
+        ok = rt.is_ready()
+        out: dict[str, Any] = {"ready": ok}
+        if not rt.broker_health.reachable():
+            out["reason"] = f"broker unreachable for {rt.broker_health.unreachable_for():.0f} s"
+        return json_response(web, out, 200 if ok else 503)
+
+    async def verb_request(web: Any, request: Any, req: Any) -> Any:
+        parsed = parse_request(req)
+        if isinstance(parsed, dict):
+            return json_response(web, parsed, 400)
+        name, body = parsed
+        try:
+            sk = session_key_of(body)
+        except VerbError as exc:
+            return json_response(web, envelope_error(name, str(exc)), 400)
+        denied = guard.deny(request, name, sk, REGISTRY[name].writes)
+        if denied is not None:
+            return denied
+        owner = rt.owner_url(sk)
+        if owner is not None:
+            if request.headers.get(FORWARDED):
+                return json_response(web, envelope_error(name, "partition owner unknown (rebalancing); retry"), 503,
+                                     {"Retry-After": "1"})
+            return await guard.forward(app.http_client, owner, {"verb": name, "body": body}, name)
+        if REGISTRY[name].writes:
+            try:  # a configuration whose state could outgrow the session limit never reaches the log
+                check_request(name, body, rt.processor.sessions.limits)
+            except VerbError as exc:
+                return json_response(web, envelope_error(name, str(exc)), 400)
+            out, status = await rt.write(name, body, sk)
+        elif not rt.is_ready():
+            # Recovering or rebalancing: the tables may not hold the session's value yet, and an
+            # empty answer would be wrong. Never answered from (nor cached from) a partial value.
+            return json_response(web, envelope_error(name, "recovering: state not available yet; retry"), 503,
+                                 {"Retry-After": str(_RECOVERING_RETRY_AFTER_S)})
+        else:
+            out = rt.read(name, body, sk)
+            status = 200 if out["ok"] else 422
+        return json_response(web, out, status)
+
+    @app.page("/dispatch")
+    class Dispatch(faust.web.View):
+        async def post(self, request: Any) -> Any:
+            req = await guard.read_json(request, "?")
+            if isinstance(req, aiohttp_web.Response):
+                return req
+            return await verb_request(self.web, request, req)
+
+    def shortcut(path: str, verb_name: str) -> None:
+        class Shortcut(faust.web.View):
+            async def post(self, request: Any) -> Any:
+                body = await guard.read_json(request, verb_name)
+                if isinstance(body, aiohttp_web.Response):
+                    return body
+                if not isinstance(body, dict):
+                    return json_response(self.web, envelope_error(verb_name, "parse: the body must be a JSON object"), 400)
+                return await verb_request(self.web, request, {"verb": verb_name, "body": body})
+        Shortcut.__name__ = f"Shortcut_{verb_name}"
+        app.page(path)(Shortcut)
+
+    shortcut("/route", "route")
+    shortcut("/predict", "predict")
+
+    @app.page("/graph/{session}/edges")
+    class GraphEdges(faust.web.View):
+        async def get(self, request: Any, session: str) -> Any:
+            q = request.query
+            body: dict[str, Any] = {"session_key": session}
+            try:
+                body["src"] = q["src"]
+                for name in ("t", "known_at", "limit"):
+                    if name in q:
+                        body[name] = int(q[name])
+            except (KeyError, ValueError) as exc:
+                return json_response(self.web, envelope_error("query_at", f"bad query parameter: {exc}"), 400)
+            return await verb_request(self.web, request, {"verb": "query_at", "body": body})

@@ -1,0 +1,98 @@
+"""In-process verbs: :class:`LearnSession` runs the verb surface over a :class:`ModelStore`, in memory
+or on disk (rocksdict), with the worker's own session cache and context builder."""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from workers.errors import VerbError
+from workers.state import MemoryStore, ModelStore, RocksDictStore, StateBlob
+from workers.state.access import StoreStateAccess, state_key
+from workers.state.layout import SEP, SessionState, StateTooLarge
+from workers.state.limits import Limits, check_request
+from workers.state.sessions import Sessions
+from workers.verbs.surface import (BLOB_TABLES, REGISTRY, Verb, VerbContext, VerbOptions, envelope_error,
+                                   parse_request, run_verb, session_key_of)
+
+__all__ = ("LearnSession",)
+
+
+class LearnSession:
+    """Every verb, in process. ``LearnSession()`` keeps state in memory;
+    ``LearnSession(path=...)`` keeps it in a RocksDB database that survives restarts.
+
+    >>> s = LearnSession()
+    >>> s.dispatch({"verb": "nope"})["error"]
+    'unknown verb: nope'
+    """
+
+    def __init__(self, path: str | Path | None = None, *, store: ModelStore | None = None,
+                 rng: random.Random | None = None,
+                 emit: Callable[[str, dict], None] | None = None, cache_bytes: int | None = None,
+                 limits: Limits | None = None, options: VerbOptions | None = None) -> None:
+        self.store: ModelStore = store if store is not None else (
+            RocksDictStore(path) if path is not None else MemoryStore())
+        self.rng = rng or random.Random()
+        self.emitted: list[tuple[str, dict]] = []  # downstream events, for inspection
+        self._emit_cb = emit
+        # the worker's session cache and context builder, over this store as one partition
+        self.sessions = Sessions(StoreStateAccess(self.store), rng=self.rng, limits=limits, options=options,
+                                 **({"cache_bytes": cache_bytes} if cache_bytes is not None else {}))
+
+    def _emit(self, role: str, payload: dict) -> None:
+        self.emitted.append((role, payload))
+        if self._emit_cb is not None:
+            self._emit_cb(role, payload)
+
+    def blob(self, table: str, session_key: str) -> StateBlob:
+        return self.sessions.blob(table, session_key, 0)
+
+    def value(self, table: str, session_key: str) -> bytes | None:
+        """The session's state as stored, read afresh and joined into one value (the one-value
+        format, ``StateBlob.to_bytes``: comparable bytes for tests and tools), or None."""
+        base = state_key(table, session_key)
+        head = self.store.get(base)
+        if head is None:
+            return None
+        n = len(base) + 1
+        return SessionState.decode(head, ((k[n:], v) for k, v in self.store.iter_prefix(base + SEP))).blob.to_bytes()
+
+    def context(self, v: Verb, session_key: str) -> VerbContext:
+        return self.sessions.context(v, session_key, 0, emit=self._emit)
+
+    def dispatch(self, request: Any) -> dict:
+        parsed = parse_request(request)
+        if isinstance(parsed, dict):
+            return parsed
+        name, body = parsed
+        v = REGISTRY[name]
+        try:
+            sk = session_key_of(body)
+            if v.writes:
+                check_request(name, body, self.sessions.limits)
+        except VerbError as exc:
+            return envelope_error(name, str(exc))
+        out = run_verb(v, self.context(v, sk), body)
+        # As in the worker: a refused verb changed nothing (verbs validate before they mutate),
+        # so the cached state is kept as it is, and only an applied one is written.
+        if v.writes and v.table in BLOB_TABLES and out["ok"]:
+            try:
+                self.sessions.save(v.table, sk, 0)
+            except StateTooLarge as exc:  # not written; the cache now reads the stored state again
+                out = envelope_error(name, str(exc))
+        self.sessions.trim()
+        return out
+
+    def dispatch_json(self, line: str | bytes) -> str:
+        try:
+            request = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            return orjson.dumps(envelope_error("?", f"parse: {exc}")).decode()
+        return orjson.dumps(self.dispatch(request), option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+    def close(self) -> None:
+        self.store.close()
