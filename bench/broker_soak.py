@@ -72,7 +72,7 @@ async def _produce(bootstrap: str, rate: float, seconds: float, sessions: int, d
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="learnstream bench broker_soak", description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=10.0)
-    p.add_argument("--rate", type=float, default=300.0, help="feedback events per second (default 300)")
+    p.add_argument("--rate", type=float, default=100.0, help="feedback events per second (default 100)")
     p.add_argument("--sessions", type=int, default=200)
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--sample-s", type=float, default=15.0)

@@ -16,7 +16,7 @@ answered once applied), then the stream is produced at ``--rate`` messages/s whi
 In both, ``--readers`` threads hammer ``POST /dispatch`` with ``session_info`` / ``learner_info`` reads
 of random sessions the whole time (recovery included). At the end every session's state digest
 (``*_info`` parts: size + sha256 of each part) is compared with the in-process
-:class:`~workers.dispatch.LearnSession` fed the same messages (``--baseline`` also runs each seed
+:class:`~workers.verbs.session.LearnSession` fed the same messages (``--baseline`` also runs each seed
 uninterrupted, no kills and no readers, and compares with that run too), and the downstream topics with the ids the in-process run
 emits (``<topic>:<partition>:<offset>[:n]`` of the offsets the broker gave each message).
 

@@ -7,6 +7,8 @@
 - ``POST /tokenize``: vLLM's tokenizer endpoint.
 Knobs make it fail: ``fail_status`` (answer that HTTP status), ``delay_s`` (answer late),
 ``garbage`` (answer non-JSON), ``wrong_count`` (one score too few), ``redirect_to`` (answer 307 there).
+``hold()`` keeps every request waiting until ``release()`` (``holding`` counts the waiting ones), so a
+test can look at a worker *while* a call hangs, without guessing durations.
 A started server is added to the process's scoring allowlist.
 """
 from __future__ import annotations
@@ -32,6 +34,10 @@ class LMServer:
         self.garbage = False
         self.wrong_count = False
         self.redirect_to: str | None = None
+        self.holding = 0  # requests waiting for release()
+        self._gate = threading.Event()
+        self._gate.set()
+        self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -39,6 +45,13 @@ class LMServer:
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
+
+    def hold(self) -> None:
+        """Every request from now on waits (at most a minute) until :meth:`release`."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
 
     def calls(self, path: str) -> list[dict]:
         return [b for p, b in self.requests if p == path]
@@ -99,6 +112,12 @@ class LMServer:
                 server.auth.append(self.headers.get("Authorization"))
                 if server.delay_s:
                     time.sleep(server.delay_s)
+                if not server._gate.is_set():
+                    with server._lock:
+                        server.holding += 1
+                    server._gate.wait(60)
+                    with server._lock:
+                        server.holding -= 1
                 routes = {"/v1/score": server.score, "/v1/completions": server.completions,
                           "/tokenize": server.tokenize}
                 if server.redirect_to is not None:
@@ -134,6 +153,7 @@ class LMServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.release()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(5)

@@ -135,3 +135,16 @@ def test_learnstream_broker_stops_on_ctrl_c_and_keeps_its_data(tmp_path) -> None
     for c in children:
         assert not c.is_running() or c.status() == psutil.STATUS_ZOMBIE
     assert (tmp_path / "log" / "kafka.json").exists()  # it saved its log on the way out
+
+
+def test_broker_runs_with_the_malloc_tunables(tmp_path) -> None:
+    # without them each JSON snapshot's freed buffers stay in glibc's arenas (bench/README.md, broker_soak)
+    import psutil
+
+    from workers.kafka.broker_compat import MALLOC_TUNABLES
+
+    with EmbeddedBroker(data_dir=tmp_path / "b") as b:
+        seen = psutil.Process(b.proc.pid).environ().get("GLIBC_TUNABLES", "")
+    # glibc read the variable at start and rewrote it: the tunables it keeps for children stay in the
+    # string (arena_max), the ones it only applies to this process are taken out of it
+    assert seen and seen in MALLOC_TUNABLES and "glibc.malloc.arena_max=2" in seen

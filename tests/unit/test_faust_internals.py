@@ -19,6 +19,8 @@ from workers.stream import faust_internals
 
 # sha256 (first 16 hex) of each touched function's source in faust-streaming 0.15.3
 _CHECKED_SOURCES = {
+    "tables.recovery.Recovery._build_offsets": "f7626a56c3b2b33a",
+    "transport.drivers.aiokafka.AIOKafkaConsumerThread.verify_event_path": "f7025e20d8664e1f",
     "transport.consumer.Consumer.__init__": "98de5b3b169c981e",
     "transport.consumer.Consumer._new_offset": "7524555f309a6493",
     "transport.consumer.Consumer.perform_seek": "b2fa31dd2a8784d3",

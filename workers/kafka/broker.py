@@ -32,6 +32,7 @@ from pathlib import Path
 import orjson
 
 from workers.errors import BrokerError
+from workers.kafka.broker_compat import MALLOC_TUNABLES
 
 __all__ = ("EmbeddedBroker", "free_port", "wait_for_broker", "run_forever")
 
@@ -184,8 +185,9 @@ class EmbeddedBroker:
         path = Path(self.log_path) if self.log_path else self.data_dir / "broker.log"
         self._log = open(path, "ab")  # noqa: SIM115 - lives as long as the process
         logger.info("starting embedded broker on %s, data in %s (log %s)", self.bootstrap, self.data_dir, path)
+        env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES)
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=_die_with_parent, env=env)
         try:
             wait_for_broker(self.bootstrap, proc=self.proc)
             if self.proc.poll() is not None:  # someone else answered on our port

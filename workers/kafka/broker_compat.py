@@ -10,8 +10,8 @@ suite (``tests/broker``) it fails one check, and has one property that hurts a l
    workers just rejoin (the rebalance a new member causes anyway). Not covered: a worker that dies
    for good while the others keep running keeps its partitions until another worker (re)starts.
    Group membership is not persisted, so a restarted embedded broker starts clean.
-2. **Memory.** It keeps the retained log in memory (and snapshots it to
-disk), and, like Kafka, it compacts or deletes only closed segments. Kafka's defaults (1 GiB or 7-day
+2. **Memory.** It keeps the retained log in memory (and re-serialises all of it to a JSON snapshot
+about once a second), and, like Kafka, it compacts or deletes only closed segments. Kafka's defaults (1 GiB or 7-day
 segments, 7- to 30-day or infinite retention) would keep everything a local worker ever wrote. So every
 topic the worker creates on it gets:
 
@@ -21,7 +21,9 @@ topic the worker creates on it gets:
   (``LEARNSTREAM_EMBEDDED_RETENTION_BYTES``): a bounded local history. State does not depend on it:
   it lives in the compacted changelogs.
 
-``tests/unit/test_broker.py`` shows the broker's memory dropping with these configs and not without.
+and the broker process gets :data:`MALLOC_TUNABLES` (glibc), so each snapshot's buffers go back to
+the OS. ``tests/unit/test_broker.py`` shows the broker's memory dropping with these configs and not
+without; ``learnstream bench broker_soak`` measures a 10-minute run (bench/README.md).
 
 3. **Its fetch responses list aborted transactions that ended before the fetch offset.** Kafka
    lists only those overlapping the fetched range. A ``read_committed`` client (aiokafka) then
@@ -41,7 +43,8 @@ from typing import Any
 
 import logging
 
-__all__ = ("topic_configs", "expel_group_members", "ignore_finished_aborts", "SEGMENT_BYTES", "SEGMENT_MS")
+__all__ = ("topic_configs", "expel_group_members", "ignore_finished_aborts", "SEGMENT_BYTES", "SEGMENT_MS",
+           "MALLOC_TUNABLES")
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,12 @@ logger = logging.getLogger(__name__)
 # changelog that rewrites ~100 KB session values many times a second (bench/README.md, "broker_soak").
 SEGMENT_BYTES = 1024 * 1024
 SEGMENT_MS = 10_000
+# noida uses glibc's malloc from a thread per connection (up to 8 arenas per core) and re-serialises
+# its whole retained log to JSON, a few times the log's size, about once a second. With glibc's
+# defaults the freed buffers stay in the arenas (the dynamic mmap threshold grows to 32 MiB), so the
+# process keeps its peak. Two arenas, and every block of 256 KiB or more mmapped (freed at once),
+# give that memory back after each snapshot (bench/README.md, "broker_soak").
+MALLOC_TUNABLES = "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=262144:glibc.malloc.trim_threshold=1048576"
 # Compact once a tenth of a changelog is superseded values (Kafka's default waits for half).
 _DIRTY_RATIO = "0.1"
 

@@ -13,11 +13,11 @@ empty ones locally (0.0) without sending them; a call that sends nothing is neve
 failure of a call surfaces as :class:`ScoringError` with a message naming the endpoint; the
 scoring modes log and skip it (never fatal).
 
-Blocking calls: a worker applies verbs synchronously in its event loop, so an HTTP call inside a
-verb stalls that worker's partitions while it waits. Calls are therefore bounded: ``timeout_s``
-caps connecting and every read, and the whole response must arrive within it too (worst case
-about twice ``timeout_s``). Keep it small on the stream, or keep the built-in backend there and
-point the HTTP backends at offline jobs via :class:`workers.dispatch.LearnSession`.
+Calls never block a worker's event loop: in a worker, verbs run in passes
+(:mod:`workers.scoring.prefetch`); a call whose answer is not known yet is noted and answered with
+placeholder scores, the worker makes the noted calls asynchronously (each bounded by
+``timeout_s``) and runs the verbs again on the answers. Outside a worker (in-process sessions,
+offline jobs) a call is made at once, blocking, bounded the same way.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from typing import Any
 from workers.scoring import endpoints
 from workers.scoring.config import ScoringConfig
 from workers.scoring.ngram import CacheLM, builtin_model
+from workers.scoring.prefetch import Deferred
 from workers.scoring.tokenizer import CharTokenizer, RemoteTokenizer, Tokenizer
 from workers.scoring.transport import ERROR_QUOTE, ScoringError, post_json
 
@@ -80,6 +81,8 @@ class ScoreBackend(abc.ABC):
             return out
         try:
             got = self._score(list(tokens), [rs[i] for i in live])
+        except Deferred:  # a pass that only notes calls (workers.scoring.prefetch): it is thrown away
+            return out
         except ScoringError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of a call is a failed call

@@ -21,8 +21,8 @@ _WINDOW = 50
 # Fine-tune candidates need a divergence above this (spec): anything measurably positive.
 _THRESHOLD = 1e-7
 # Memories scored per event at most. With the built-in model a score costs milliseconds; with an
-# HTTP backend each costs two calls, so the cap bounds how long one event holds the event loop.
-# Memories left over are the oldest next time, so nothing starves.
+# HTTP backend each costs two calls (made off the event loop), so the cap bounds how long one event
+# holds up its batch. Memories left over are the oldest next time, so nothing starves.
 _MAX_PER_RUN = 32
 _TIMEOUT_S = 10.0
 # Fields that describe the backend: given together, or kept together.

@@ -45,7 +45,7 @@ WINDOW = 50                 # responses after a memory's first appearance (spec)
 FINETUNE_THRESHOLD = 1e-7   # a fine-tune candidate's divergence must exceed this (spec)
 MAX_AGE_MS = 3_600_000      # a score older than this is stale (spec: 1 h)
 # Failed calls after which one incremental run stops calling and defers the rest: a server that
-# failed twice in a row is down, and every further call would hold the event loop for a timeout.
+# failed twice in a row is down, and every further call would hold up the batch for a timeout.
 _FAILURES_BEFORE_DEFER = 2
 _KEY_HEX = 16
 

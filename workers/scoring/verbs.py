@@ -13,10 +13,13 @@
 
 Time is event time: ``now_ms`` of the body, else the source record's timestamp on the stream,
 else 0 (without either, memories are scored once and never go stale), so a replay rebuilds the
-same state. A worker applies verbs synchronously in its event loop: with an HTTP backend each
-memory costs two bounded calls (``timeout_s``), at most ``max_per_run`` memories are scored per
-event and a run stops calling after two failures. The built-in backend, the default, costs
-milliseconds and is deterministic, which makes redelivered events reproduce the same scores.
+same state. With an HTTP backend each memory costs two calls, at most ``max_per_run`` memories are
+scored per event and a run stops calling after two failures. In a worker the calls never block
+the event loop: the verb runs in passes, its calls are made asynchronously between them, each
+bounded by ``timeout_s``, and the pass that counts runs on fixed answers
+(:mod:`workers.scoring.prefetch`). A failed call (a timeout too) is reported in the verb's
+``failed`` list with its reason, and ``important_memories`` answers it as a refusal (HTTP 422).
+The built-in backend, the default, costs milliseconds and is deterministic.
 """
 from __future__ import annotations
 

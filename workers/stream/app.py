@@ -86,6 +86,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     faust_internals.watch(app, rt.guard)
     if rt.txn is not None:
         faust_internals.transactional(app, rt.before_recovery, rt.probe.last_record)
+    faust_internals.install_truncation_recovery()  # a broker that lost acknowledged records: rebuild, not crash
 
     @app.on_partitions_revoked.connect
     async def _revoked(app: faust.App, revoked: Any, **_: Any) -> None:

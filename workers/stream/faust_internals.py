@@ -69,7 +69,7 @@ from faust.types import TP
 
 __all__ = ("FAUST_CHECKED", "TOUCHED", "install", "watch", "transactional", "note_committed", "seek",
            "committed_offset", "set_fetch_max_wait", "partition_db", "changelog_offset_key", "event_context",
-           "WalStore", "start_passive", "remove_processor")
+           "WalStore", "start_passive", "remove_processor", "install_truncation_recovery")
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,8 @@ FAUST_CHECKED = "0.15.3"
 # Every faust object this module relies on beyond its documented API (dotted path within faust),
 # with what the code here assumes. The test hashes each one's source against faust 0.15.3.
 TOUCHED = {
+    "tables.recovery.Recovery._build_offsets": "fills recovery's start offsets (wrapped: rebuild a truncated changelog)",
+    "transport.drivers.aiokafka.AIOKafkaConsumerThread.verify_event_path": "asserts a position (wrapped: none while resetting)",
     "transport.consumer.Consumer.__init__": "sets self._read_offset (replaced by _ReadOffsets)",
     "transport.consumer.Consumer._new_offset": "the commit offset of a partition (patched)",
     "transport.consumer.Consumer.perform_seek": "seeks to committed offsets after recovery (patched)",
@@ -222,6 +224,17 @@ class WalStore(rocksdb.Store):
             db.set_write_options(opts)
         return db
 
+    def drop_partition(self, partition: int) -> int:
+        """Delete every key of one partition's database, its persisted changelog offset included, so
+        recovery rebuilds it from the changelog; returns how many keys were deleted."""
+        # faust 0.15.3: Store._db_for_partition opens/returns the partition DB; _key_index caches key -> partition
+        db = self._db_for_partition(partition)
+        keys = list(db.keys())
+        for key in keys:
+            del db[key]
+        self._key_index.clear()  # key -> partition lookups may name this partition's keys
+        return len(keys)
+
 
 # -- the stream's processors ------------------------------------------------------------------
 def start_passive(stream: Any) -> None:
@@ -353,3 +366,64 @@ def install() -> None:
     Consumer.perform_seek = _perform_seek
     ProducerBuffer.flush = flush
     _installed = True
+
+
+# -- a broker that lost acknowledged records ------------------------------------------------------
+_truncation_installed = False
+
+
+def install_truncation_recovery() -> None:
+    """Patch faust's ``Recovery._build_offsets``: an active table partition whose persisted offset is
+    past its changelog's end is emptied and rebuilt from the changelog (idempotent)."""
+    global _truncation_installed
+    if _truncation_installed:
+        return
+    from faust.tables.recovery import Recovery
+
+    # faust 0.15.3: Recovery._build_offsets(consumer, tps, destination, title) fills the offsets recovery starts from
+    build_offsets = Recovery._build_offsets
+
+    async def _build_offsets(self, consumer, tps, destination, title):  # noqa: ANN001, ANN202 - faust's signature
+        await build_offsets(self, consumer, tps, destination, title)
+        if title != "active" or not tps:
+            return
+        ends = await consumer.highwaters(*tps)
+        for tp in tps:
+            end, applied = ends.get(tp), destination.get(tp)
+            # faust's offsets are "last applied" (end - 1 is the last record); -1 / None: nothing yet
+            if end is None or applied is None or applied < end:
+                continue
+            table = self.tp_to_table[tp]
+            drop = getattr(table.data, "drop_partition", None)
+            if drop is None:
+                continue  # not our store: faust's consistency check reports it
+            n = drop(tp.partition)
+            earliest = (await consumer.earliest_offsets(tp)).get(tp)
+            destination[tp] = max(-1, (earliest or 0) - 1)  # faust reads from here + 1: the whole changelog
+            logger.error(
+                "changelog %s[%d] ends at offset %d but this worker's table was written up to offset %d: the broker "
+                "lost records it had acknowledged (a SIGKILLed embedded broker loses up to its last second). "
+                "Dropped the partition's %d local keys and rebuilding it from the changelog: the writes behind "
+                "changelog records %d..%d are lost with all their effects.", tp.topic, tp.partition, end, applied,
+                n, end, applied)
+
+    Recovery._build_offsets = _build_offsets
+
+    # The input log shrank too: aiokafka answers OffsetOutOfRange by resetting the position, and
+    # while it resets (position None) faust's livelock check asserts on it and crashes the consumer.
+    # A partition being reset has no event path to verify yet.
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+    from aiokafka import TopicPartition as _TP
+
+    # faust 0.15.3: AIOKafkaConsumerThread.verify_event_path(now, tp) asserts the partition has a position
+    verify = AIOKafkaConsumerThread.verify_event_path
+
+    def verify_event_path(self, now, tp):  # noqa: ANN001, ANN202 - faust's signature
+        subs = self._ensure_consumer()._fetcher._subscriptions.subscription
+        state = subs.assignment.state_value(_TP(tp.topic, tp.partition)) if subs is not None else None
+        if state is not None and not state.has_valid_position:
+            return None
+        return verify(self, now, tp)
+
+    AIOKafkaConsumerThread.verify_event_path = verify_event_path
+    _truncation_installed = True

@@ -12,7 +12,7 @@ Limits, all in :class:`~workers.stream.settings.Settings`:
   readiness probes exempt so a busy worker is not restarted for being busy;
 - slow clients: a connection must send a complete request head within ``http_header_timeout_s``
   (aiohttp's keep-alive timer runs from the connection's start and closes it otherwise), and the
-  body within ``http_body_timeout_s`` (408).
+  body within ``http_body_timeout_s`` (408, then the connection is closed within about a second).
 """
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ _PRINCIPAL = "learnstream.principal"
 # Paths any client may call: probes (the kubelet has no token) and, when public, Prometheus.
 _OPEN = ("/health", "/ready")
 _RETRY_AFTER_S = "1"
+# After answering before the body was read (408, 413) aiohttp drains the rest of the body this long
+# before it closes the connection (10 s by default), so a client dribbling its body would keep the
+# connection that much longer than http_body_timeout_s; one second still lets a fast client read the answer.
+_LINGER_S = 1.0
 
 
 def _json(data: Any, status: int, headers: dict[str, str] | None = None) -> web.Response:
@@ -179,5 +183,5 @@ def web_options(guard: Guard) -> dict:
         # aiohttp starts the keep-alive timer when a connection opens, so it also bounds a client
         # that never finishes its request head; idle keep-alive connections close after it too.
         "handler_args": {"keepalive_timeout": s.http_header_timeout_s, "max_field_size": 8190,
-                         "max_line_size": 8190},
+                         "max_line_size": 8190, "lingering_time": _LINGER_S},
     }

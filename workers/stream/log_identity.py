@@ -12,6 +12,15 @@ end offset, or a data dir last used with another Kafka cluster id, means the tab
 another log. They are moved aside (never deleted) to ``<data_dir>/stale-tables-<UTC time>`` with a
 WARNING saying so, and the worker rebuilds its state from the changelogs it finds, then applies
 every event of the input topics from the group's committed offsets.
+
+While running, the log can also fall behind the tables: a broker that acknowledged writes and
+lost them (noida-db killed with SIGKILL loses up to its last ~1 s, README "The embedded broker").
+When the broker is back, faust's recovery finds a table partition's persisted offset past its
+changelog's end and would crash (``ConsistencyError``). :func:`~workers.stream.faust_internals.install_truncation_recovery`
+makes it rebuild that partition from the changelog instead, with an ERROR naming the lost offsets: the
+state then matches the log again (the lost writes are lost with their effects, never half), the
+watermarks it rebuilds let the input records that reuse the lost offsets be applied, and nothing
+the log still holds is applied twice.
 """
 from __future__ import annotations
 
@@ -111,3 +120,4 @@ async def ensure_tables_match_log(data_dir: Path, tabledir: Path, changelogs: Ma
     data_dir.mkdir(parents=True, exist_ok=True)
     marker.write_bytes(orjson.dumps({"cluster_id": current, "bootstrap": bootstrap}))
     return moved
+

@@ -9,11 +9,14 @@ warnings and errors from one source line are let through once per period
 from __future__ import annotations
 
 import logging
+import sys
+from datetime import datetime, timezone
 
+import orjson
 import structlog
 from log_rate_limit import StreamRateLimitFilter
 
-__all__ = ("configure", "RepeatedWarnings")
+__all__ = ("configure", "announce", "RepeatedWarnings")
 
 # One line per call site per 10 s during an outage: ~6 lines a minute per source instead of thousands.
 _REPEAT_PERIOD_S = 10.0
@@ -50,3 +53,12 @@ def configure(root: logging.Logger, log_format: str) -> None:
             handler.addFilter(RepeatedWarnings())
         if log_format == "json":
             handler.setFormatter(json_formatter())
+
+
+def announce(line: str, log_format: str) -> None:
+    """Print one of the lines a worker always prints (its broker, "ready"), whatever the log level:
+    as is, or for ``json`` as a log record like every other line."""
+    if log_format == "json":
+        line = orjson.dumps({"event": line, "level": "info", "logger": "workers.stream.worker",
+                             "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")}).decode()
+    print(line, file=sys.stdout, flush=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 __all__ = ("REGISTRY", "EVENTS", "KERNEL_SECONDS", "BATCH_SECONDS", "ADAPTER_NORM", "DOWNSTREAM", "DLQ",
-           "CONSUMER_LAG", "READY", "OFFSET_GAPS", "REROUTED", "MESSAGES")
+           "CONSUMER_LAG", "READY", "OFFSET_GAPS", "REROUTED", "MESSAGES", "SCORING_CALLS", "SCORING_CALL_SECONDS")
 
 disable_created_metrics()  # *_created series double the output and no dashboard uses them
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -41,3 +41,9 @@ OFFSET_GAPS = Counter("learnstream_offset_gaps_total",
                       "Input records delivered after a skipped offset: reread (records were skipped, the "
                       "consumer sought back) or empty (a fetch confirmed no record there: markers, compaction)",
                       ["outcome"], registry=REGISTRY)
+# Outbound calls to scoring endpoints (workers/scoring/prefetch.py), made off the event loop.
+SCORING_CALLS = Counter("learnstream_scoring_calls_total",
+                        "Calls to scoring endpoints by outcome (ok, failed, skipped: its endpoint failed twice "
+                        "in the batch)", ["outcome"], registry=REGISTRY)
+SCORING_CALL_SECONDS = Histogram("learnstream_scoring_call_seconds", "Duration of one call to a scoring endpoint",
+                                 registry=REGISTRY, buckets=(0.01, 0.05, 0.2, 1.0, 5.0, 20.0, 120.0))

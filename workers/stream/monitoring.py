@@ -69,10 +69,12 @@ def install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
 
     names = {t.name for t in inputs}
 
+    # read at each scrape: the gauge and /ready never disagree (a timer lags a probe behind)
+    metrics.READY.set_function(lambda: 1 if rt.is_ready() else 0)
+
     @app.timer(_BROKER_PROBE_S)
     async def broker_probe() -> None:
         await rt.broker_health.probe()
-        metrics.READY.set(1 if rt.is_ready() else 0)
 
     @app.timer(_LAG_INTERVAL_S)
     async def lag() -> None:
@@ -91,4 +93,3 @@ def install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
                 lag_by_topic[tp.topic] += max(hw - committed, 0)  # committed = next offset to read
         for t, n in lag_by_topic.items():
             metrics.CONSUMER_LAG.labels(t).set(n)
-        metrics.READY.set(1 if rt.is_ready() else 0)

@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
 from faust.exceptions import ProducerSendError
 
 from workers.kafka.topics import Topic, by_name, input_topics, topics
+from workers.scoring import prefetch
 from workers.stream import faust_internals, metrics, partitioning
 from workers.stream.broker_health import BrokerHealth
 from workers.stream.gaps import Admitted, GapGuard, KafkaProbe
@@ -177,7 +178,9 @@ class Runtime:
         res = None
         if records:
             try:
-                res = self.processor.apply(records)
+                # scoring calls are made between passes, off the event loop (workers/scoring/prefetch.py)
+                res = await prefetch.settle(lambda: self.processor.apply(records), self.http,
+                                            discard=self.processor.forget)
                 if self.txn is None:
                     # Delivered before the state is written: a value (and its watermark) in the table or
                     # changelog always means its events are downstream too. A crash in between applies
@@ -324,8 +327,14 @@ class Runtime:
         self._count_produced(produce)
 
     # -- reads and writes from HTTP -----------------------------------------------
-    def read(self, verb_name: str, body: dict, sk: str) -> dict:
-        return self.processor.read(REGISTRY[verb_name], body, sk, self.partition_of(sk))
+    def http(self) -> Any:
+        """The worker's aiohttp session for outbound calls (faust's, closed with the app)."""
+        return self.app.http_client
+
+    async def read(self, verb_name: str, body: dict, sk: str) -> dict:
+        """Answer a read; its scoring calls (``important_memories``) are made off the event loop."""
+        v, partition = REGISTRY[verb_name], self.partition_of(sk)
+        return await prefetch.settle(lambda: self.processor.read(v, body, sk, partition), self.http)
 
     def event_for_write(self, verb_name: str, body: dict) -> tuple[Topic, dict]:
         t = self.topics[REGISTRY[verb_name].topic]

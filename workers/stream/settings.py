@@ -24,9 +24,10 @@ _BLOCK_CACHE_BYTES = 16 * 1024 * 1024
 _SESSION_TIMEOUT_S = 10.0
 
 # Per partition of every delete-policy topic on the embedded broker, which keeps its log in memory
-# (workers/kafka/broker_compat.py): 16 MiB x 8 partitions x 15 topics bounds the worst case near 2 GiB,
-# a steady local run far below (bench/README.md, "broker_soak").
-_EMBEDDED_RETENTION_BYTES = 16 * 1024 * 1024
+# (workers/kafka/broker_compat.py) and re-serialises it to JSON about once a second: 4 MiB per partition
+# keeps a feedback topic's backlog near 15,000 events (8 partitions) and a steady local run's broker
+# near 300 MiB (bench/README.md, "broker_soak"); older unconsumed input is dropped, as on Kafka.
+_EMBEDDED_RETENTION_BYTES = 4 * 1024 * 1024
 # /ready turns 503 once the broker has been unreachable this long (a rebalance or a slow
 # Metadata answer must not flap it).
 _BROKER_UNREACHABLE_S = 10.0

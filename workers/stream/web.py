@@ -79,7 +79,7 @@ def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
             return json_response(web, envelope_error(name, "recovering: state not available yet; retry"), 503,
                                  {"Retry-After": str(_RECOVERING_RETRY_AFTER_S)})
         else:
-            out = rt.read(name, body, sk)
+            out = await rt.read(name, body, sk)
             status = 200 if out["ok"] else 422
         return json_response(web, out, status)
 

@@ -13,6 +13,7 @@ from workers.kafka.broker import EmbeddedBroker
 from workers.kafka.broker_compat import expel_group_members
 from workers.stream.app import build_app
 from workers.stream.log_identity import ensure_tables_match_log
+from workers.stream.logs import announce
 from workers.stream.logs import configure as configure_logs
 from workers.stream.provision import ensure_topics_sync
 from workers.stream.settings import Settings
@@ -24,13 +25,15 @@ logger = logging.getLogger(__name__)
 
 def run_worker(settings: Settings) -> int:
     """Run the faust worker until SIGTERM/SIGINT. Starts the embedded broker if none is configured."""
+    # what is logged before faust sets up its own handlers (broker start, topics, tables) is JSON too
+    configure_logs(logging.getLogger(), settings.log_format)
     broker = None
     if not settings.broker:
         # the log lives next to the tables: stopping and starting the worker keeps both
         broker = EmbeddedBroker(data_dir=settings.data_dir / "broker").start()
         # the caller's settings (CLI flags included) with the broker filled in, never re-read from the env
         settings = dataclasses.replace(settings, broker=broker.bootstrap, broker_kind="embedded")
-        print(f"embedded broker on {broker.bootstrap}, data in {broker.data_dir}", flush=True)
+        announce(f"embedded broker on {broker.bootstrap}, data in {broker.data_dir}", settings.log_format)
     ensure_topics_sync(settings)
     if settings.broker_kind == "embedded":
         asyncio.run(expel_group_members(settings.broker, settings.app_id, **settings.kafka_kwargs()))
@@ -69,7 +72,7 @@ def ready_line(settings: Settings) -> str:
 
 def _announce_ready(app: object, rt: object, settings: Settings) -> None:
     @app.task  # type: ignore[attr-defined]
-    async def announce() -> None:
+    async def announce_ready() -> None:
         while not rt.is_ready():  # type: ignore[attr-defined]
             await asyncio.sleep(_READY_POLL_S)
-        print(ready_line(settings), flush=True)
+        announce(ready_line(settings), settings.log_format)

@@ -1,0 +1,65 @@
+"""workers.stream.logs: JSON lines through structlog (tracebacks included) and the per-line rate limit."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from workers.stream.logs import RepeatedWarnings, announce, configure
+
+
+@pytest.fixture
+def root() -> logging.Logger:
+    """A private logger tree standing in for the root logger, writing to a buffer."""
+    lg = logging.getLogger(f"test-logs-{id(object())}")
+    lg.propagate = False
+    lg.setLevel(logging.INFO)
+    lg.addHandler(logging.StreamHandler(io.StringIO()))
+    yield lg
+    lg.handlers.clear()
+
+
+def _lines(lg: logging.Logger) -> list[str]:
+    return lg.handlers[0].stream.getvalue().splitlines()
+
+
+def test_json_format_renders_a_traceback_on_one_line(root: logging.Logger) -> None:
+    configure(root, "json")
+    try:
+        {}["missing"]
+    except KeyError:
+        root.getChild("aiokafka").exception("fetch failed for %s", "node 1")
+    (line,) = _lines(root)
+    rec = json.loads(line)
+    assert rec["event"] == "fetch failed for node 1"
+    assert rec["level"] == "error" and rec["logger"].endswith("aiokafka") and rec["timestamp"].endswith("Z")
+    assert rec["exception"].startswith("Traceback (most recent call last)") and "KeyError: 'missing'" in rec["exception"]
+
+
+def test_text_format_stays_text(root: logging.Logger) -> None:
+    configure(root, "text")
+    root.warning("plain")
+    assert _lines(root) == ["plain"]
+
+
+def test_repeated_warnings_from_one_line_are_let_through_once_per_period(root: logging.Logger) -> None:
+    configure(root, "text")
+    for _ in range(50):
+        root.error("broker down")  # one source line
+    for _ in range(5):
+        root.info("progress")      # INFO is never limited
+    lines = _lines(root)
+    assert lines.count("broker down") == 1 and lines.count("progress") == 5
+    assert sum(isinstance(f, RepeatedWarnings) for f in root.handlers[0].filters) == 1
+    configure(root, "text")  # idempotent: no second filter
+    assert sum(isinstance(f, RepeatedWarnings) for f in root.handlers[0].filters) == 1
+
+
+def test_announce_prints_json_lines_in_json_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    announce("learnstream worker ready: http://127.0.0.1:1", "json")
+    announce("learnstream worker ready: http://127.0.0.1:1", "text")
+    out = capsys.readouterr().out.splitlines()
+    assert json.loads(out[0])["event"] == "learnstream worker ready: http://127.0.0.1:1"
+    assert out[1] == "learnstream worker ready: http://127.0.0.1:1"
