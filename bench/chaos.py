@@ -21,14 +21,15 @@ uninterrupted, no kills and no readers, and compares with that run too), and the
 emits (``<topic>:<partition>:<offset>[:n]`` of the offsets the broker gave each message).
 
 Per seed it prints: sessions compared / mismatched, downstream ids expected / missing / duplicated
-(an id present more than once with the same event: a crash between delivering downstream events and
-writing the state re-emits them, consumers dedup on the id) and of those conflicting (the same id
-with a different event: wrong) / unexpected,
+(an id a ``read_committed`` consumer sees more than once: each batch's downstream events, state and
+input offsets are one transaction, so a crash re-emits only what was aborted) and of those
+conflicting (the same id with a different event) / unexpected, the aborted copies a
+``read_uncommitted`` consumer would also see (what the transactions removed),
 examples lost (learner sessions: examples the in-process run counted and the worker did not),
 DLQ entries (the stream holds no bad event), and the reads by answer (200 with state, 503 while
 recovering, 200 with an *empty* state: a wrong answer, connection errors while a worker was down).
-Exit status 1 when any seed had a mismatch, a missing, conflicting or unexpected id, a lost example, a
-DLQ entry or an empty read.
+Exit status 1 when any seed had a mismatch, a missing, duplicated, conflicting or unexpected id, a lost
+example, a DLQ entry or an empty read.
 """
 from __future__ import annotations
 
@@ -311,10 +312,12 @@ def _caught_up(url: str, stream: Stream, offsets: list) -> bool:
     return True
 
 
-def _read_all(bootstrap: str, names: list[str]) -> list[tuple[str, dict]]:
-    """Every value of the given topics, from the start to their current end."""
+def _read_all(bootstrap: str, names: list[str], isolation_level: str = "read_committed") -> list[tuple[str, dict]]:
+    """Every value of the given topics, from the start to their current end, as a consumer with
+    ``isolation_level`` sees them (``read_committed``: what a downstream service should use)."""
     async def go() -> list[tuple[str, dict]]:
-        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                             isolation_level=isolation_level)
         await c.start()
         try:
             tps = [TopicPartition(t, p) for t in names for p in (c.partitions_for_topic(t) or set())]
@@ -346,7 +349,8 @@ class Outcome:
     mismatched: list[str] = field(default_factory=list)
     ids_expected: int = 0
     missing: int = 0
-    duplicated: int = 0      # ids present more than once with the same event: at-least-once copies
+    duplicated: int = 0      # ids a read_committed consumer sees more than once (with the same event)
+    uncommitted_copies: int = 0  # extra copies a read_uncommitted consumer sees: aborted transactions
     conflicting: int = 0     # ids present more than once with different events: wrong
     unexpected: int = 0
     examples_lost: int = 0
@@ -361,14 +365,16 @@ class Outcome:
 
     @property
     def clean(self) -> bool:
-        return not (self.stuck or self.mismatched or self.missing or self.conflicting or self.unexpected or self.examples_lost
-                    or self.dlq or self.reads.get("200_empty") or self.baseline_mismatched)
+        return not (self.stuck or self.mismatched or self.missing or self.duplicated or self.conflicting
+                    or self.unexpected or self.examples_lost or self.dlq or self.reads.get("200_empty")
+                    or self.baseline_mismatched)
 
     def line(self) -> str:
         r = self.reads
         return (f"seed {self.seed:>4} {self.scenario:9} kills {self.kills:>2}  sessions {self.compared} compared / "
                 f"{len(self.mismatched)} mismatched  downstream {self.ids_expected} ids: {self.missing} missing / "
-                f"{self.duplicated} duplicated ({self.conflicting} conflicting) / {self.unexpected} unexpected  "
+                f"{self.duplicated} duplicated ({self.conflicting} conflicting) / {self.unexpected} unexpected "
+                f"(+{self.uncommitted_copies} aborted copies)  "
                 f"examples lost {self.examples_lost}  "
                 f"dlq {self.dlq}  reads 200 {r.get('200', 0)} / 503 {r.get('503', 0)} / empty {r.get('200_empty', 0)}"
                 f" / other {sum(v for k, v in r.items() if k not in ('200', '503', '200_empty'))}"
@@ -593,6 +599,8 @@ def _compare(cluster: Cluster, bootstrap: str, stream: Stream, want: Expected, o
     out.duplicated = sum(1 for i, n in seen.items() if n > 1)
     out.conflicting = sum(1 for b in bodies.values() if len(b) > 1)
     out.unexpected = sum(1 for i in seen if i not in want_ids)
+    out.uncommitted_copies = len(_read_all(bootstrap, [all_topics[r].name for r in downstream], "read_uncommitted")) \
+        - len(got)
     out.dlq = len(_read_all(bootstrap, [all_topics["dlq"].name]))
 
 

@@ -80,13 +80,15 @@ def test_sigkill_and_restart_recovers_state_from_changelog(worker_factory, clien
 
 
 def test_redelivered_batch_is_not_applied_twice(worker_factory, client) -> None:
-    # offsets are never committed before the kill, so the restart redelivers everything
-    a = worker_factory("a", env={"LEARNSTREAM_COMMIT_INTERVAL_S": "3600"}).start().wait_ready()
+    # offsets are never committed before the kill, so the restart redelivers everything: the
+    # at-least-once path (without transactions, whose batches commit their offsets themselves)
+    a = worker_factory("a", env={"LEARNSTREAM_COMMIT_INTERVAL_S": "3600",
+                                 "LEARNSTREAM_TRANSACTIONS": "false"}).start().wait_ready()
     n = _feed_losses(client, ["s1", "s2"], 15)
     wait_until(lambda: applied(a, LOSS) == n, 60, what="all losses applied")
     before = {s: info(a, s) for s in ("s1", "s2")}
     a.kill()
-    a2 = worker_factory("a2", data_dir=a.data_dir).start().wait_ready()
+    a2 = worker_factory("a2", data_dir=a.data_dir, env={"LEARNSTREAM_TRANSACTIONS": "false"}).start().wait_ready()
     metrics = lambda: __import__("urllib.request").request.urlopen(a2.url + "/metrics").read().decode()  # noqa: E731
     wait_until(lambda: 'learnstream_events_total{outcome="duplicate",topic="learn.loss"} 30.0' in metrics(), 60,
                what="all 30 redelivered events seen and skipped")

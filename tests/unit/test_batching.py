@@ -107,3 +107,31 @@ async def test_a_batch_whose_handler_raised_is_never_acked() -> None:
         await _until(lambda: len(handed) == 1)
         await asyncio.sleep(LINGER * 4)  # give a wrong ack every chance to happen
         assert [e.message.acked for e in handed[0]] == [False, False, False]
+
+
+async def test_events_gather_for_the_next_batch_while_the_caller_holds_one() -> None:
+    # The caller's apply + commit waits on the broker; what arrives meanwhile forms the next batch
+    # (at once, bounded by max_), instead of the stream standing still until the caller is done.
+    app = faust.App("test-batching-overlap", broker="kafka://127.0.0.1:1", store="memory://", Stream=LearnStream)
+    topic = app.topic("t", value_type=bytes, value_serializer="raw")
+    handed: list[list[bytes]] = []
+    release = asyncio.Event()
+
+    async def slow(stream):  # noqa: ANN001
+        async for batch in stream.take_batches(4, WITHIN, LINGER):
+            handed.append([e.value for e in batch])
+            if len(handed) == 1:
+                await release.wait()  # holds the first batch, like a commit in flight
+            yield len(batch)
+
+    agent = app.agent(topic, name="slow")(slow)
+    async with agent.test_context() as a:
+        await _put(a, 1)
+        await _until(lambda: len(handed) == 1)
+        await _put(a, 6, start=1)  # arrive while the first batch is held: 3 fit (4 in all), 3 wait
+        await asyncio.sleep(LINGER * 2)
+        release.set()
+        await _until(lambda: sum(len(v) for v in handed) == 7)
+    assert handed[0] == [b"0"]
+    assert handed[1] == [b"1", b"2", b"3"]  # gathered while the first was held, handed out at once
+    assert [x for v in handed for x in v] == [str(i).encode() for i in range(7)]

@@ -39,6 +39,8 @@ _CHECKED_SOURCES = {
     "stores.rocksdb.RocksDBOptions.__init__": "e343650ebe4fa9d8",
     "transport.drivers.aiokafka.Producer._ensure_producer": "4444c75c31a07171",
     "worker.Worker._setup_spinner_handler": "f5bb2af38ea73661",
+    "tables.manager.TableManager.on_rebalance": "e9c3a70e219daffe",
+    "tables.recovery.Recovery._build_highwaters": "881584f42842eb7e",
 }
 
 

@@ -24,6 +24,18 @@ topic the worker creates on it gets:
 and the broker process gets :data:`MALLOC_TUNABLES` (glibc), so each snapshot's buffers go back to
 the OS. ``tests/unit/test_broker.py`` shows the broker's memory dropping with these configs and not
 without; ``learnstream bench broker_soak`` measures a 10-minute run (bench/README.md).
+
+3. **Its fetch responses list aborted transactions that ended before the fetch offset.** Kafka
+   lists only those overlapping the fetched range. A ``read_committed`` client (aiokafka) then
+   takes the producer as aborted from the first batch on and, never seeing that transaction's
+   abort marker (it lies before the fetch offset), skips every later batch of the same producer id:
+   a changelog recovered from a persisted offset after one aborted batch transaction (a worker
+   SIGKILLed mid-commit) would read nothing of what the same partition's producer committed since.
+   Fix: :func:`ignore_finished_aborts` drops, in the worker process, listed aborted transactions
+   that start before the fetch offset. Right for the changelogs: one producer id writes each
+   partition, transactions in sequence, and recovery fetches from just after a committed record,
+   never from inside an aborted transaction. ``tests/integration/test_transactions.py`` fails
+   without it.
 """
 from __future__ import annotations
 
@@ -31,7 +43,8 @@ from typing import Any
 
 import logging
 
-__all__ = ("topic_configs", "expel_group_members", "SEGMENT_BYTES", "SEGMENT_MS", "MALLOC_TUNABLES")
+__all__ = ("topic_configs", "expel_group_members", "ignore_finished_aborts", "SEGMENT_BYTES", "SEGMENT_MS",
+           "MALLOC_TUNABLES")
 
 logger = logging.getLogger(__name__)
 
@@ -79,3 +92,26 @@ async def expel_group_members(bootstrap: str, group: str, **kafka: Any) -> list[
         logger.info("embedded broker: %d member(s) of group %s left on their behalf (it never expires dead "
                     "members; live ones rejoin)", len(members), group)
     return members
+
+
+_aborts_patched = False
+
+
+def ignore_finished_aborts() -> None:
+    """Defect 3 above: make aiokafka ignore listed aborted transactions that start before the fetch
+    offset (idempotent; call it in a process that talks to the embedded broker only)."""
+    global _aborts_patched
+    if _aborts_patched:
+        return
+    from aiokafka.consumer import fetcher
+
+    init = fetcher.PartitionRecords.__init__
+
+    def __init__(self: Any, tp: Any, records: Any, aborted_transactions: Any, fetch_offset: int,
+                 *args: Any, **kwargs: Any) -> None:
+        if aborted_transactions:  # (producer_id, first_offset) pairs
+            aborted_transactions = [a for a in aborted_transactions if a[1] >= fetch_offset]
+        init(self, tp, records, aborted_transactions, fetch_offset, *args, **kwargs)
+
+    fetcher.PartitionRecords.__init__ = __init__
+    _aborts_patched = True

@@ -10,24 +10,19 @@ from typing import Any
 
 import faust
 
+from workers.kafka import broker_compat
 from workers.kafka.topics import input_topics, topics, use_folder
 from workers.stream import faust_internals
 from workers.stream.batching import LearnStream
 from workers.stream.http_guard import Guard, server_ssl_context, web_options
 from workers.stream.monitoring import install_metrics
-from workers.stream.runtime import Runtime
+from workers.stream.runtime import PRODUCER_BATCH_BYTES, PRODUCER_LINGER_MS, Runtime
 from workers.stream.settings import Settings
 from workers.stream.tables import TABLE_NAMES
 from workers.stream.web import install_routes
 from workers.verbs.surface import configure as configure_verbs
 
 __all__ = ("build_app",)
-
-# A batch writes a session's changed keys (a few 2 KiB pieces each): with aiokafka's default
-# 16 kB batches and one request in flight per broker, the producer carried ~8 records per round
-# trip and capped a worker at ~100 events/s. One request now carries up to 512 KiB.
-_PRODUCER_BATCH_BYTES = 512 * 1024
-_PRODUCER_LINGER_MS = 2
 
 
 def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
@@ -58,7 +53,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         consumer_group_instance_id=settings.worker_id,
         processing_guarantee="at_least_once",
         producer_acks=-1,
-        producer_max_batch_size=_PRODUCER_BATCH_BYTES, producer_linger_ms=_PRODUCER_LINGER_MS,
+        producer_max_batch_size=PRODUCER_BATCH_BYTES, producer_linger_ms=PRODUCER_LINGER_MS,
         key_serializer="raw", value_serializer="raw",
         web_enabled=True, web_in_thread=False,
         Stream=LearnStream,  # adds take_batches
@@ -66,6 +61,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     )
     if settings.kafka:
         _apply_kafka_security(app, settings)
+    if settings.broker_kind == "embedded" and settings.transactions:
+        broker_compat.ignore_finished_aborts()
     tables = {
         # bytes types make faust pick the raw codec for the changelog (a Schema(...) argument is
         # silently ignored there and falls back to json, which cannot carry binary values).
@@ -92,6 +89,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     faust_internals.install_truncation_recovery()  # a broker that lost acknowledged records: rebuild, not crash
     faust_internals.watch(app, rt.guard)
     faust_internals.bulk_recovery(app, rt.bulk_restore)
+    if rt.txn is not None:
+        faust_internals.transactional(app, rt.before_recovery, rt.probe.last_record)
 
     @app.on_partitions_revoked.connect
     async def _revoked(app: faust.App, revoked: Any, **_: Any) -> None:
@@ -114,6 +113,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
         async def on_stop(self) -> None:
             await rt.probe.close()
+            if rt.txn is not None:
+                await rt.txn.close()
 
     install_routes(app, rt, guard)
     install_metrics(app, rt, inputs)

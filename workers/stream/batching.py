@@ -9,6 +9,10 @@ event arrived for ``linger`` seconds. An idle worker applies a lone event after
 ``max_``; a batch that opens while the previous one was cut that way lingers 4x longer,
 so a pause between two fetches does not cut it short (bench/README.md, "feedback").
 
+While the caller applies a batch (and waits on the broker to commit it), events keep
+gathering for the next one, up to ``max_`` in all: the per-batch commit overlaps with the
+stream's per-event work instead of adding to it.
+
 Acks work as in ``take_events``: nothing is acked before its batch was applied, and a
 batch whose caller raised is not acked at all.
 """
@@ -21,7 +25,6 @@ from typing import Any
 
 import faust
 from faust.types import EventT
-from mode.utils.futures import notify
 
 from workers.stream import faust_internals
 
@@ -41,20 +44,16 @@ class LearnStream(faust.Stream):
         events: list[EventT] = []
         full = asyncio.Event()       # max_ events buffered
         arrived = asyncio.Event()    # the batch has its first event
-        consumed = asyncio.Event()   # the caller finished with a full batch
-        consuming: asyncio.Future | None = None
+        consumed = asyncio.Event()   # the caller finished with a batch (add waits on it when full)
         last_arrival = 0.0
 
         async def add(value: Any) -> Any:
-            nonlocal consuming, last_arrival
-            if consuming is not None:  # the caller holds a batch: wait until it is acked
-                try:
-                    await consuming
-                finally:
-                    consuming = None
+            nonlocal last_arrival
             event = self.current_event
             if event is None:
                 raise RuntimeError("take_batches: no current event")
+            # Keeps gathering while the caller holds a batch (its apply and commit wait on the
+            # broker): the next batch starts with what came meanwhile. At most max_ events in all.
             events.append(event)
             last_arrival = time.monotonic()
             arrived.set()
@@ -90,21 +89,21 @@ class LearnStream(faust.Stream):
                 if not events:
                     arrived.clear()
                     continue
-                consuming = asyncio.get_running_loop().create_future()
-                batch = list(events)
+                batch = events[:max_]
                 handled = False
                 try:
                     yield batch
                     handled = True  # the caller asked for the next batch: this one was applied
                 finally:
-                    events.clear()
+                    del events[:len(batch)]  # what arrived meanwhile stays for the next batch
                     if handled:  # a batch whose caller raised is never acked (it is read again)
                         for event in batch:
                             await self.ack(event)
-                    full.clear()
-                    arrived.clear()
+                    if len(events) < max_:
+                        full.clear()
+                    if not events:
+                        arrived.clear()
                     consumed.set()
-                    notify(consuming)
                     closed = time.monotonic()
         finally:
             self.enable_acks = enable_acks

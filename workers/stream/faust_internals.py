@@ -49,15 +49,32 @@ Not about losing events, but about time:
    :func:`no_spinner` drops the spinner, so the root logger keeps the worker's level.
 7. **Its changelog sends run its sensors per record.** :func:`kafka_producer` is the aiokafka
    producer underneath, to which the session tables' writes go as whole record batches.
+
+With learnstream's own transactions (:func:`transactional`, workers/stream/transactions.py):
+
+8. **The input offsets are committed in the batches' transactions**, so faust commits none of
+   the watched topics (``_new_offset`` trims its acked list and answers None).
+9. **It reads uncommitted records** unless faust's own exactly-once mode is on. The worker's
+   consumer (input topics and changelog recovery alike) reads ``read_committed``: an aborted
+   batch's changelog records, downstream events and re-routed copies are never seen.
+10. **Its recovery waits for an offset no record has.** A transactional changelog ends with a
+   commit marker, so faust's highwater (end offset - 1) is never *delivered*; faust only looks
+   past it in its own exactly-once mode, after two 5 s timeouts (and races the records still
+   queued). The highwater is now the offset of the last committed record (a fetch of the tail).
+11. **The new owner fences before recovery.** ``TableManager.on_rebalance`` (which starts the
+   changelog recovery) starts the app's hook, which starts the partitions' transactional
+   producers, and recovery awaits it before it reads a highwater: what a previous owner left
+   open is aborted (or completed) before recovery reads.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
 import rocksdict
@@ -66,10 +83,11 @@ from faust.streams import _current_event  # faust 0.15.3: the context var a tabl
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
-__all__ = ("FAUST_CHECKED", "TOUCHED", "install", "watch", "seek", "committed_offset", "set_fetch_max_wait",
-           "partition_db", "changelog_offset_key", "event_context", "WalStore", "start_passive", "remove_processor",
-           "kafka_producer", "bulk_recovery", "BulkRestore", "no_spinner", "shared_memory", "SharedMemory",
-           "BLOCK_CACHE_BYTES", "MEMTABLE_BYTES", "install_truncation_recovery")
+__all__ = ("FAUST_CHECKED", "TOUCHED", "install", "watch", "transactional", "note_committed", "seek",
+           "committed_offset", "set_fetch_max_wait", "partition_db", "changelog_offset_key", "event_context",
+           "WalStore", "start_passive", "remove_processor", "kafka_producer", "bulk_recovery", "BulkRestore",
+           "no_spinner", "shared_memory", "SharedMemory", "BLOCK_CACHE_BYTES", "MEMTABLE_BYTES",
+           "install_truncation_recovery")
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +116,13 @@ TOUCHED = {
     "stores.rocksdb.RocksDBOptions.__init__": "keeps unknown table options in extra_options (WalStore's sizes)",
     "transport.drivers.aiokafka.Producer._ensure_producer": "the aiokafka producer (kafka_producer)",
     "worker.Worker._setup_spinner_handler": "spins self.spinner on every DEBUG record (no_spinner unsets it)",
+    "tables.manager.TableManager.on_rebalance": "starts changelog recovery on an assignment (patched: fencing)",
+    "tables.recovery.Recovery._build_highwaters": "reads each changelog's end offset - 1 (patched)",
 }
 _ATTR = "_learnstream_guard"
+_TXN_ATTR = "_learnstream_before_recovery"
+_LAST_ATTR = "_learnstream_last_record"
+_FENCING_ATTR = "_learnstream_fencing"
 _RESTORE_ATTR = "_learnstream_bulk_restore"
 _installed = False
 
@@ -138,6 +161,29 @@ def bulk_recovery(app: Any, restore: BulkRestore) -> None:
 
 def _guard(app: Any) -> Watcher | None:
     return getattr(app, _ATTR, None)
+
+
+def transactional(app: Any, before_recovery: Callable[[set[Any]], Awaitable[None]],
+                  last_record: Callable[[str, int, int], Awaitable[int | None]]) -> None:
+    """The app commits its watched input offsets in its own transactions (patches 5-8 above).
+
+    ``before_recovery(assigned)`` runs on every assignment before the changelogs are read;
+    ``last_record(topic, partition, end)`` gives the offset of the last committed record below
+    ``end`` (None: none), which recovery waits for instead of ``end - 1``.
+    """
+    install()
+    setattr(app, _TXN_ATTR, before_recovery)
+    setattr(app, _LAST_ATTR, last_record)
+
+
+def _transactional(app: Any) -> bool:
+    return getattr(app, _TXN_ATTR, None) is not None
+
+
+def note_committed(app: Any, topic: str, partition: int, offset: int) -> None:
+    """Tell faust a transaction committed ``offset`` (its lag metric and the guard's start read it)."""
+
+    app.consumer._committed_offset[TP(topic, partition)] = offset
 
 
 async def seek(app: Any, topic: str, partition: int, offset: int) -> None:
@@ -350,7 +396,7 @@ def install() -> None:
                 acked[:] = [o for o in acked if o >= limit]
                 index.difference_update(done)
         self._gap.pop(tp, None)  # never counted as applied here
-        return limit
+        return None if _transactional(self.app) else limit
 
     async def _perform_seek(self: Any) -> None:
         g = _guard(self.app)
@@ -395,8 +441,47 @@ def install() -> None:
             for tp, offset in done.items():
                 destination[tp] = max(destination[tp], offset)
 
-    # faust 0.15.3: the five methods replaced (sources hashed in TOUCHED's test)
     Recovery._build_offsets = _build_offsets
+
+    from faust.tables.manager import TableManager
+
+    create_worker_consumer = AIOKafkaConsumerThread._create_worker_consumer
+
+    def _create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = create_worker_consumer(self, transport)
+        if _transactional(self.app):
+            consumer._isolation_level = "read_committed"  # read by AIOKafkaConsumer.start (its Fetcher)
+        return consumer
+
+    tables_on_rebalance = TableManager.on_rebalance
+
+    async def on_rebalance(self: Any, assigned: Any, *args: Any, **kwargs: Any) -> None:
+        hook = getattr(self.app, _TXN_ATTR, None)
+        if hook is not None:
+            # Started here, awaited when recovery starts (_build_highwaters): the rebalance callback
+            # holds up the consumer's heartbeats, and a slow one gets the member kicked out again.
+            setattr(self.app, _FENCING_ATTR, asyncio.ensure_future(hook(set(assigned))))
+        await tables_on_rebalance(self, assigned, *args, **kwargs)
+
+    build_highwaters = Recovery._build_highwaters
+
+    async def _build_highwaters(self: Any, consumer: Any, tps: Any, destination: Any, title: str) -> None:
+        fencing = getattr(self.app, _FENCING_ATTR, None)
+        if fencing is not None:
+            await asyncio.shield(fencing)  # the previous owners are fenced before anything is read
+        await build_highwaters(self, consumer, tps, destination, title)
+        last_record = getattr(self.app, _LAST_ATTR, None)
+        if last_record is None:
+            return
+        for tp, highwater in list(destination.items()):
+            if highwater is not None and highwater >= 0:  # faust's highwater: end offset - 1
+                last = await last_record(tp.topic, tp.partition, highwater + 1)
+                destination[tp] = last if last is not None else -1
+
+    AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+    TableManager.on_rebalance = on_rebalance
+    Recovery._build_highwaters = _build_highwaters
+    # faust 0.15.3: the methods replaced (sources hashed in TOUCHED's test)
     Consumer.__init__ = __init__
     Consumer._new_offset = _new_offset
     Consumer.perform_seek = _perform_seek

@@ -20,6 +20,7 @@ applied. A failed batch leaves ``next`` where it was: its records come again.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -120,15 +121,22 @@ class GapGuard:
 
 # How long a probe waits for the records it was asked about (a record known to exist must come).
 _PROBE_TIMEOUT_S = 30.0
+# last_record reads this many offsets before the end first (a batch's transaction is usually
+# shorter), then 4x more each time it found only markers and aborted records.
+_TAIL_STEP = 256
 
 
 class KafkaProbe:
     """Reads a partition outside faust (no group): the guard's confirming fetch and log starts."""
 
-    def __init__(self, bootstrap: str, **kafka: Any) -> None:
+    def __init__(self, bootstrap: str, *, tail_from_start: bool = False, **kafka: Any) -> None:
         self.bootstrap, self.kafka = bootstrap, kafka
+        # last_record reads from the log start (embedded broker: see broker_compat.ignore_finished_aborts,
+        # a window starting inside an aborted transaction would count its records)
+        self.tail_from_start = tail_from_start
         self._consumer: Any = None
         self._admin: Any = None
+        self._lock = asyncio.Lock()  # one reader of the probe consumer at a time
 
     async def start(self) -> None:
         """Connect now (at worker start), so the first batch after an assignment does not wait for it."""
@@ -175,23 +183,55 @@ class KafkaProbe:
         either an earlier record or that one; control batches (transaction markers) and compacted
         offsets are never returned as records.
         """
-        import asyncio
-
         from aiokafka.structs import TopicPartition
 
-        c = await self._client()
-        tp = TopicPartition(topic, partition)
-        c.assign([tp])
-        c.seek(tp, from_offset)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _PROBE_TIMEOUT_S
-        while loop.time() < deadline:
-            got = (await c.getmany(tp, timeout_ms=1000, max_records=1)).get(tp)
-            if got:
-                first = got[0].offset
-                return first if first < below else None
+        async with self._lock:
+            c = await self._client()
+            tp = TopicPartition(topic, partition)
+            c.assign([tp])
+            c.seek(tp, from_offset)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + _PROBE_TIMEOUT_S
+            while loop.time() < deadline:
+                got = (await c.getmany(tp, timeout_ms=1000, max_records=1)).get(tp)
+                if got:
+                    first = got[0].offset
+                    return first if first < below else None
         raise TimeoutError(f"{topic}[{partition}]: no record from offset {from_offset} within {_PROBE_TIMEOUT_S:.0f} s "
                            f"although {below} was delivered")
+
+    async def last_record(self, topic: str, partition: int, end: int) -> int | None:
+        """Offset of the last committed record below ``end`` (None: none), reading the tail backwards
+        in growing steps: a transactional log ends with a commit marker, not a record, and an
+        aborted transaction's records are skipped."""
+        from aiokafka.structs import TopicPartition
+
+        async with self._lock:
+            c = await self._client()
+            tp = TopicPartition(topic, partition)
+            start = (await c.beginning_offsets([tp]))[tp]
+            stable = (await c.end_offsets([tp]))[tp]  # read_committed: nothing past it can be read now
+            c.assign([tp])
+            loop = asyncio.get_running_loop()
+            step, upper = _TAIL_STEP, min(end, stable)
+            if self.tail_from_start:
+                step = upper - start
+            while upper > start:
+                lower = max(start, upper - step)
+                c.seek(tp, lower)
+                last = None
+                deadline = loop.time() + _PROBE_TIMEOUT_S
+                while await c.position(tp) < upper:
+                    if loop.time() > deadline:
+                        raise TimeoutError(f"{topic}[{partition}]: offsets {lower}..{upper} not read within "
+                                           f"{_PROBE_TIMEOUT_S:.0f} s")
+                    for m in (await c.getmany(tp, timeout_ms=500)).get(tp, []):
+                        if m.offset < upper:
+                            last = m.offset
+                if last is not None:
+                    return last
+                upper, step = lower, step * 4
+            return None
 
     async def close(self) -> None:
         if self._consumer is not None:

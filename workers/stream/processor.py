@@ -4,10 +4,11 @@ It knows nothing of faust: state comes through :class:`StateAccess`, so the same
 code runs in the worker and in tests. Order per batch (the commit order the
 worker relies on): decode + validate -> skip redeliveries (watermark) -> apply
 verb -> collect downstream events and DLQ entries -> write each dirty session
-value once (state and watermark together) -> the caller produces downstream
-events and DLQ entries, then acks. faust flushes the producer (changelog
-included) before it commits offsets, so a crash anywhere redelivers, and the
-watermark turns the redelivery into a no-op.
+value once (state and watermark together) -> the caller commits downstream
+events, DLQ entries, the changelog records and the input offsets in one Kafka
+transaction per partition (workers/stream/transactions.py), so a crash anywhere
+redelivers what was not committed, and the watermark turns a redelivery of what
+was into a no-op.
 
 Single events of one session that a verb can coalesce (``Verb.many``) are checked
 as they arrive and applied together when anything else for that session comes, or

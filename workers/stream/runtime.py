@@ -4,33 +4,35 @@
 Agents stay thin: a batch of events (``take_batches``) passes the
 :class:`~workers.stream.gaps.GapGuard` (records in offset order, nothing skipped), the
 :class:`~workers.stream.processor.Processor` applies it, its downstream events and DLQ
-entries are produced *and delivered*, and only then are the session values written
-(state + watermark) and the batch acked. faust flushes the producer (changelogs included)
-before it commits, and commits no further than the guard allows (README, "Consistency").
+entries, re-routed copies, changelog records and next input offsets go, per input partition, in
+one Kafka transaction (:mod:`workers.stream.transactions`); the session values go to RocksDB once
+it committed. With ``LEARNSTREAM_TRANSACTIONS=false``: downstream delivered first, then the state,
+and faust commits no further than the guard allows (README, "Consistency").
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import defaultdict, deque
 from typing import Any
 
 import faust
 import orjson
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
 from faust.exceptions import ProducerSendError
 
 from workers.kafka.topics import Topic, by_name, input_topics, topics
 from workers.scoring import prefetch
 from workers.stream import faust_internals, metrics, partitioning, restore
 from workers.stream.broker_health import BrokerHealth
-from workers.stream.gaps import GapGuard, KafkaProbe
+from workers.stream.gaps import Admitted, GapGuard, KafkaProbe
 from workers.stream.partitioning import ORIGIN_HEADER, origin_of
-from workers.stream.processor import Processor, dlq_entry
+from workers.stream.processor import BatchResult, Processor, dlq_entry
 from workers.stream.records import Record
 from workers.stream.settings import Settings
 from workers.stream.tables import TABLE_NAMES, FaustStateAccess
+from workers.stream.transactions import NotOwned, PartitionWork, Send, Transactions, source_partition
 from workers.verbs.surface import REGISTRY, envelope_error
 
 __all__ = ("Runtime", "Replies")
@@ -43,6 +45,12 @@ _RECENT_BATCHES = 32
 # A batch whose delivery failed is applied again (from the stored values) this many times, with
 # backoff, before the agent gives up on it (faust restarts the agent; the guard re-reads it).
 _HANDLE_ATTEMPTS = 5
+# Producer batching, faust's producer and the transactional ones alike: a batch writes a session's
+# changed keys (a few 2 KiB pieces each): with aiokafka's default 16 kB batches and one request in
+# flight per broker, the producer carried ~8 records per round trip and capped a worker at ~100
+# events/s. One request now carries up to 512 KiB.
+PRODUCER_BATCH_BYTES = 512 * 1024
+PRODUCER_LINGER_MS = 2
 
 
 class Replies:
@@ -85,11 +93,23 @@ class Runtime:
         self.channels: dict[str, Any] = {}
         self.probe_topic = self.topics["feedback"].name
         self.changelog_topic = tables["session"].changelog_topic.get_topic_name()
-        self.probe = KafkaProbe(settings.broker or "", **settings.kafka_kwargs())
+        self.probe = KafkaProbe(settings.broker or "", tail_from_start=settings.broker_kind == "embedded",
+                                **settings.kafka_kwargs())
         self.guard = GapGuard({t.name for t in input_topics()}, start=self._start_offset,
                               first_record=self.probe.first_record, seek=self._seek)
         self.broker_health = BrokerHealth(settings.broker or "", settings.broker_unreachable_s,
                                           settings.kafka_kwargs())
+        self.input_names = {t.name for t in input_topics()}
+        self.txn = Transactions(settings.broker or "", settings.app_id, settings.app_id,
+                                max_batch_size=PRODUCER_BATCH_BYTES, linger_ms=PRODUCER_LINGER_MS,
+                                max_request_size=app.conf.producer_max_request_size,
+                                **settings.kafka_kwargs()) if settings.transactions else None
+
+    async def before_recovery(self, assigned: set[Any]) -> None:
+        """Own the assigned input partitions' transactional producers before recovery reads the
+        changelogs (starting one fences the previous owner and ends what it left open)."""
+        assert self.txn is not None
+        await self.txn.assign({tp.partition for tp in assigned if tp.topic in self.input_names})
 
     async def _start_offset(self, topic: str, partition: int) -> int:
         """Where a newly assigned partition starts: the committed offset, or the log start."""
@@ -163,6 +183,8 @@ class Runtime:
         """Apply one batch: guard -> apply -> deliver what it produced -> write the state."""
         t0 = time.perf_counter()
         admitted = await self.guard.admit(events, _where)
+        if self.txn is not None:
+            admitted = self._owned(admitted)
         for e in admitted.dropped:
             metrics.MESSAGES.labels(e.message.topic, "redelivered").inc()
         received = []
@@ -174,36 +196,133 @@ class Runtime:
             received.append(Record(m.topic, m.partition, m.offset, m.key, m.value, int((m.timestamp or 0) * 1000),
                                    origin_of(m.headers)))
         records, reroute, misplaced = partitioning.split(received, self.settings.partitions)
-        if reroute or misplaced:
+        if self.txn is None and (reroute or misplaced):
             await self._reroute(reroute, misplaced)
+        res = None
         if records:
             try:
                 # scoring calls are made between passes, off the event loop (workers/scoring/prefetch.py)
                 res = await prefetch.settle(lambda: self.processor.apply(records), self.http,
                                             discard=self.processor.forget)
-                # Delivered before the state is written: a value (and its watermark) in the table or
-                # changelog always means its events are downstream too. A crash in between applies
-                # the records again and re-emits the same ids (consumers dedup on them).
-                await self._deliver(res.produce)
-                self.processor.save(res)
-                await self.state.durable()  # the batch's state is in the changelog before its offsets can commit
+                if self.txn is None:
+                    # Delivered before the state is written: a value (and its watermark) in the table or
+                    # changelog always means its events are downstream too. A crash in between applies
+                    # the records again and re-emits the same ids (consumers dedup on them).
+                    await self._deliver(res.produce)
+                    self.processor.save(res)
+                    await self.state.durable()  # the batch's state is in the changelog before its offsets commit
+                else:
+                    self.processor.save(res)  # queued: written by the batch's transactions below
             except BaseException:
                 self.processor.forget()  # the cache holds this batch's unsaved changes
+                for write in self.state.take():
+                    self.state.drop(write)
                 raise
-            for (topic, outcome), n in res.by_topic.items():
-                metrics.MESSAGES.labels(topic, outcome).inc(n)
-            for (topic, outcome), n in res.events_by_topic.items():
-                metrics.EVENTS.labels(topic, outcome).inc(n)
-            for name, seconds in res.verb_seconds:
-                metrics.KERNEL_SECONDS.labels(name).observe(seconds)
-            for out in reversed(res.replies.values()):  # the gauge shows the latest norm of the batch
-                data = out.get("data")
-                if isinstance(data, dict) and "adapter_norm" in data:
-                    metrics.ADAPTER_NORM.set(data["adapter_norm"])
-                    break
+        if self.txn is not None:
+            await self._commit(admitted, res, reroute, misplaced)
+        if res is not None:
+            self._count(res)
             self.replies.resolve(res.replies)
         self.guard.applied(admitted)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
+
+    def _count(self, res: BatchResult) -> None:
+        for (topic, outcome), n in res.by_topic.items():
+            metrics.MESSAGES.labels(topic, outcome).inc(n)
+        for (topic, outcome), n in res.events_by_topic.items():
+            metrics.EVENTS.labels(topic, outcome).inc(n)
+        for name, seconds in res.verb_seconds:
+            metrics.KERNEL_SECONDS.labels(name).observe(seconds)
+        for out in reversed(res.replies.values()):  # the gauge shows the latest norm of the batch
+            data = out.get("data")
+            if isinstance(data, dict) and "adapter_norm" in data:
+                metrics.ADAPTER_NORM.set(data["adapter_norm"])
+                break
+        if self.txn is not None:  # without transactions _deliver counted them
+            self._count_produced(res.produce)
+
+    @staticmethod
+    def _count_produced(produce: list[Any]) -> None:
+        for p in produce:
+            if p.role == "dlq":
+                metrics.DLQ.labels(p.value["reason_code"]).inc()
+            else:
+                metrics.DOWNSTREAM.labels(p.role).inc()
+
+    def _owned(self, admitted: Admitted) -> Admitted:
+        """Only the events of partitions this worker holds a transactional producer for (one that
+        was fenced belongs to another worker now: its events are that worker's to apply)."""
+        assert self.txn is not None
+        if all(self.txn.owns(p) for _, p in admitted.next):
+            return admitted
+        out = Admitted(dropped=admitted.dropped)
+        for e in admitted.events:
+            (out.events if self.txn.owns(e.message.partition) else out.dropped).append(e)
+        out.next = {tp: n for tp, n in admitted.next.items() if self.txn.owns(tp[1])}
+        return out
+
+    async def _commit(self, admitted: Admitted, res: BatchResult | None, reroute: list[tuple[Record, int]],
+                      misplaced: list[Record]) -> None:
+        """One transaction per input partition of the batch: what its records produced downstream,
+        their re-routed copies, the changelog records of the sessions they changed and the next
+        input offsets (workers/stream/transactions.py). Each session write goes to RocksDB once its
+        transaction committed; a failed partition raises after the others were stored, and the
+        batch is applied again (the guard drops what was committed)."""
+        assert self.txn is not None
+        work: dict[int, PartitionWork] = defaultdict(PartitionWork)
+        for (topic, partition), nxt in admitted.next.items():
+            work[partition].offsets[topic] = nxt
+        for rec, owner in reroute:
+            work[rec.partition].sends.append(Send(rec.topic, rec.key, rec.value, owner, _origin(rec)))
+            metrics.REROUTED.labels(rec.topic).inc()
+            metrics.MESSAGES.labels(rec.topic, "rerouted").inc()
+        for rec in misplaced:
+            work[rec.partition].sends.append(Send(self.topics["dlq"].name, rec.key,
+                                                  orjson.dumps(self._misplaced(rec).value)))
+            metrics.DLQ.labels("wrong_partition").inc()
+            metrics.MESSAGES.labels(rec.topic, "rejected").inc()
+        for p in res.produce if res is not None else ():
+            work[source_partition(p)].sends.append(Send(self.topics[p.role].name, p.key.encode(),
+                                                        orjson.dumps(p.value)))
+        writes = self.state.take()
+        last: list[int] = []  # per write: index of its last record in its partition's sends
+        for write in writes:
+            table, partition, _, items = write
+            topic, sends = self.state.changelog_topic(table), work[partition].sends
+            sends.extend(Send(topic, k, v, partition) for k, v in items)
+            last.append(len(sends) - 1)
+        try:
+            await self.app.producer.flush()  # the graph table's writes go through faust's producer
+            done = await self.txn.commit_all(work)
+        except BaseException:
+            for write in writes:
+                self.state.drop(write)
+            self.processor.forget()
+            raise
+        for write, i in zip(writes, last, strict=True):
+            got = done[write[1]]
+            if isinstance(got, BaseException):
+                self.state.drop(write)
+            else:
+                self.state.store(write, got[i].offset)
+        for (topic, partition), nxt in admitted.next.items():
+            if not isinstance(done.get(partition), BaseException):
+                faust_internals.note_committed(self.app, topic, partition, nxt)
+        failed = {p: e for p, e in done.items() if isinstance(e, BaseException)}
+        if failed:
+            self.processor.forget()
+            gone = {p for p, e in failed.items() if isinstance(e, (NotOwned, ProducerFenced))}
+            self.guard.applied(_only(admitted, set(done) - set(failed)))
+            if len(gone) < len(failed):
+                raise next(e for p, e in failed.items() if p not in gone)
+            # every failure is a partition another worker owns now: not applied here, not an error
+            logger.warning("partitions %s moved to another worker mid-batch; their events are its to apply",
+                           sorted(gone))
+
+    def _misplaced(self, rec: Record) -> Any:
+        return dlq_entry(rec, f"re-routed copy arrived on partition {rec.partition}, which does not own its key "
+                              f"(LEARNSTREAM_PARTITIONS={self.settings.partitions} differs from the topic's?)",
+                         "wrong_partition")
 
     async def _reroute(self, reroute: list[tuple[Record, int]], misplaced: list[Record]) -> None:
         """Events on a partition that does not own their key: never applied here (see
@@ -211,15 +330,11 @@ class Runtime:
         pending = []
         for rec, owner in reroute:
             pending.append(await self.channel(by_name(rec.topic).role).send(
-                key=rec.key, value=rec.value, partition=owner,
-                headers=[(ORIGIN_HEADER, f"{rec.partition}:{rec.offset}".encode())]))
+                key=rec.key, value=rec.value, partition=owner, headers=_origin(rec)))
             metrics.REROUTED.labels(rec.topic).inc()
             metrics.MESSAGES.labels(rec.topic, "rerouted").inc()
         for rec in misplaced:
-            pending.append(await self.channel("dlq").send(key=rec.key, value=orjson.dumps(dlq_entry(
-                rec, f"re-routed copy arrived on partition {rec.partition}, which does not own its key "
-                     f"(LEARNSTREAM_PARTITIONS={self.settings.partitions} differs from the topic's?)",
-                "wrong_partition").value)))
+            pending.append(await self.channel("dlq").send(key=rec.key, value=orjson.dumps(self._misplaced(rec).value)))
             metrics.DLQ.labels("wrong_partition").inc()
             metrics.MESSAGES.labels(rec.topic, "rejected").inc()
         if pending:
@@ -232,11 +347,7 @@ class Runtime:
             pending.append(await self.channel(p.role).send(key=p.key.encode(), value=orjson.dumps(p.value)))
         if pending:
             await asyncio.gather(*pending)
-        for p in produce:
-            if p.role == "dlq":
-                metrics.DLQ.labels(p.value["reason_code"]).inc()
-            else:
-                metrics.DOWNSTREAM.labels(p.role).inc()
+        self._count_produced(produce)
 
     # -- reads and writes from HTTP -----------------------------------------------
     def http(self) -> Any:
@@ -303,3 +414,12 @@ class Runtime:
 def _where(event: Any) -> tuple[str, int, int]:
     m = event.message
     return (m.topic, m.partition, m.offset)
+
+
+def _origin(rec: Record) -> list[tuple[str, bytes]]:
+    """The header a re-routed copy carries (workers/stream/partitioning.py)."""
+    return [(ORIGIN_HEADER, f"{rec.partition}:{rec.offset}".encode())]
+
+
+def _only(admitted: Admitted, partitions: set[int]) -> Admitted:
+    return Admitted(next={tp: n for tp, n in admitted.next.items() if tp[1] in partitions})

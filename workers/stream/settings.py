@@ -124,6 +124,9 @@ class Settings:
     memtable_bytes: int = _var(_MEMTABLE_BYTES, "MEMTABLE_BYTES", _int)
     session_timeout_s: float = _var(_SESSION_TIMEOUT_S, "SESSION_TIMEOUT_S", _float)
     commit_interval_s: float = _var(1.0, "COMMIT_INTERVAL_S", _float)
+    # one Kafka transaction per batch and partition: downstream events exactly once for read_committed
+    # consumers (workers/stream/transactions.py); false: at-least-once with deterministic ids
+    transactions: bool = _var(True, "TRANSACTIONS", _bool)
     cache_bytes: int = _var(CACHE_BYTES, "CACHE_BYTES", _int)  # decoded sessions kept in memory (LRU, by bytes)
     # one session's state in one table (workers/state/limits.py)
     max_session_bytes: int = _var(MAX_SESSION_BYTES, "MAX_SESSION_BYTES", _int)

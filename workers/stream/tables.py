@@ -1,9 +1,11 @@
 """Session state on faust tables (``learnstream://``: rocksdict, compacted changelogs).
 
-A session's keys (``workers.state.layout``) are written by :meth:`FaustStateAccess.write`:
-one changelog record per key, in the batch's order, on the session's partition; once the
-broker has acknowledged the last of them, the keys go into the partition's RocksDB in one
-write batch together with that record's offset as the table's persisted changelog offset.
+A session's keys (``workers.state.layout``) are queued by :meth:`FaustStateAccess.write`:
+one changelog record per key, in the batch's order, on the session's partition. The worker
+produces them in the batch's transaction (workers/stream/transactions.py; without transactions,
+:meth:`FaustStateAccess.durable`); once it committed (or the broker acknowledged the last of
+them), :meth:`FaustStateAccess.store` puts the keys into the partition's RocksDB in one write
+batch together with that record's offset as the table's persisted changelog offset.
 
 So the local database never holds a write its changelog lacks, and its persisted offset
 covers exactly what it holds. After a crash, recovery replays the changelog after that
@@ -11,8 +13,8 @@ offset: only records newer than anything local, in order, which the layout makes
 cut anywhere. (Written the other way round, local first, a killed worker's database can be
 ahead of its changelog, and replaying the older tail over it would mix two versions of a
 session's keys.) Until the write is local, the session stays in the processor's cache
-(:meth:`FaustStateAccess.pending`), which is what reads see anyway; faust flushes the
-producer, and so acknowledges every record, before it commits the source offsets.
+(:meth:`FaustStateAccess.pending`), which is what reads see anyway; the source offsets commit
+in the same transaction as the records (or, without transactions, after faust's producer flush).
 
 The graph table is written key by key through faust (``FaustGraphStore``), which writes to
 the *current event's* partition: each write runs inside :func:`event_context` of an event
@@ -32,7 +34,10 @@ from workers.state.access import StateAccess
 from workers.stream import faust_internals
 from workers.stream.faust_internals import changelog_offset_key, event_context, partition_db
 
-__all__ = ("FaustStateAccess", "FaustGraphStore", "TABLE_NAMES")
+__all__ = ("FaustStateAccess", "FaustGraphStore", "TABLE_NAMES", "QueuedWrite")
+
+# one session's write: (verb table, partition, base key, [(key, value or None to delete)] in order)
+QueuedWrite = tuple[str, int, bytes, list[tuple[bytes, "bytes | None"]]]
 
 # table name in faust (and in its changelog topic) per verb table
 TABLE_NAMES = {"session": "sessions", "learner": "learners", "agent": "agents", "memory": "memories",
@@ -79,7 +84,8 @@ class FaustStateAccess(StateAccess):
         self.events = _PartitionEvents()
         self.partition_of_key = partition_of_key  # session_key -> partition, for reads outside a batch
         self._pending: dict[tuple[str, bytes], int] = {}  # (table, base key) -> writes not yet local
-        self._queued: list[tuple[str, int, bytes, list[tuple[bytes, bytes | None]]]] = []
+        self._queued: list[QueuedWrite] = []
+        self.producer = lambda: next(iter(tables.values())).app.producer  # the transport producer
 
     def _db(self, table: str, partition: int) -> Any:
         return partition_db(self.tables[table], partition)
@@ -99,18 +105,50 @@ class FaustStateAccess(StateAccess):
     def pending(self, table: str, base: bytes) -> bool:
         return (table, base) in self._pending
 
+    def take(self) -> list[QueuedWrite]:
+        """The writes queued since the last call, in order (pieces, then the head, then deletes)."""
+        queued, self._queued = self._queued, []
+        return queued
+
+    def changelog_topic(self, table: str) -> str:
+        return self.tables[table].changelog_topic.get_topic_name()
+
+    def store(self, write: QueuedWrite, offset: int) -> None:
+        """Write one queued session write to its partition's RocksDB (one write batch), with
+        ``offset`` as the table's persisted changelog offset: its records are durable."""
+        table, partition, base, items = write
+        wb = WriteBatch(raw_mode=True)
+        for k, v in items:
+            if v is None:
+                wb.delete(k)
+            else:
+                wb.put(k, v)
+        wb.put(changelog_offset_key(self.tables[table]), str(offset).encode())
+        self._db(table, partition).write(wb)
+        self.drop(write)
+
+    def drop(self, write: QueuedWrite) -> None:
+        """The write is stored, or will not happen (its transaction aborted): one less pending for its session."""
+        session = (write[0], write[2])
+        left = self._pending[session] - 1
+        if left:
+            self._pending[session] = left
+        else:
+            del self._pending[session]
+
     async def durable(self) -> None:
         """Produce every queued write to its changelog, wait for the broker's acknowledgement, then
         write them to the partitions' RocksDBs: one write batch per table and partition, holding
         every session's keys of this batch in order and the partition's last changelog offset.
 
-        The worker awaits this before it acks a batch, so no source offset is committed before the
-        state it produced is in the changelog. The records go to the transport producer as whole
-        record batches, per changelog partition in the queue's order (one session's pieces, then
-        its head, then its deletes): thousands of sessions touched once each cost a few sends and
-        a few RocksDB writes per batch, not several of each per session.
+        Without transactions (``LEARNSTREAM_TRANSACTIONS=false``) the worker awaits this before it
+        acks a batch, so no source offset is committed before the state it produced is in the
+        changelog. The records go to the transport producer as whole record batches, per changelog
+        partition in the queue's order (one session's pieces, then its head, then its deletes):
+        thousands of sessions touched once each cost a few sends and a few RocksDB writes per batch,
+        not several of each per session.
         """
-        queued, self._queued = self._queued, []
+        queued = self.take()
         if not queued:
             return
         by_tp: dict[tuple[str, int], list[tuple[bytes, list[tuple[bytes, bytes | None]]]]] = {}
@@ -135,12 +173,7 @@ class FaustStateAccess(StateAccess):
             wb.put(changelog_offset_key(self.tables[table]), str(metas[-1].offset + last_count - 1).encode())
             self._db(table, partition).write(wb)
             for base, _ in writes:
-                session = (table, base)
-                left = self._pending[session] - 1
-                if left:
-                    self._pending[session] = left
-                else:
-                    del self._pending[session]
+                self.drop((table, partition, base, []))
 
     def graph_store(self, partition: int) -> ModelStore:
         return FaustGraphStore(self.tables["graph"], partition, self.events.get(partition))
