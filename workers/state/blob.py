@@ -74,13 +74,12 @@ class Watermark:
 class StateBlob:
     """Lazily decoded named parts + watermark. Untouched parts stay raw bytes."""
 
-    __slots__ = ("_raw", "_live", "watermark", "meta", "layout")
+    __slots__ = ("_raw", "_live", "watermark", "layout")
 
     def __init__(self) -> None:
         self._raw: dict[str, bytes] = {}
         self._live: dict[str, Any] = {}
         self.watermark = Watermark()
-        self.meta: dict[str, Any] = {}
         self.layout: dict[str, Any] = {}  # what the session's keys hold, per part (workers.state.layout)
 
     # -- parts ---------------------------------------------------------------
@@ -115,7 +114,7 @@ class StateBlob:
         parts += list(self._raw.items())
         parts.sort()
         header = orjson.dumps(
-            {"wm": self.watermark.offsets, "meta": self.meta, "parts": [[n, len(b)] for n, b in parts]}
+            {"wm": self.watermark.offsets, "parts": [[n, len(b)] for n, b in parts]}
         )
         payload = b"".join([struct.pack("<I", len(header)), header, *(b for _, b in parts)])
         return pack_checked(_MAGIC, _VERSION, payload)
@@ -127,7 +126,7 @@ class StateBlob:
         header = orjson.loads(bytes(payload[4:4 + hlen]))
         blob = cls()
         blob.watermark = Watermark(header["wm"])
-        blob.meta = header.get("meta", {})
+        # values written before 2026-12 also hold an always-empty "meta" map: ignored
         pos = 4 + hlen
         for name, n in header["parts"]:
             blob._raw[name] = bytes(payload[pos:pos + n])

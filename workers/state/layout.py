@@ -172,7 +172,6 @@ class SessionState:
         have = dict(pieces)
         blob = StateBlob()
         blob.watermark = Watermark(header["wm"])
-        blob.meta = header.get("meta", {})
         s = cls(blob)
         for name, p in header["parts"].items():
             bounds = _unrle(p["p"])
@@ -300,7 +299,9 @@ def digest(blob: StateBlob) -> tuple[str, int]:
     """sha256 over a session's meta and every piece key (without its slot) and value, in key order,
     and the number of pieces. Equal for equal state, whoever wrote it and however often; the
     watermark is left out (an in-process session has none)."""
-    h = hashlib.sha256(orjson.dumps(blob.meta, option=orjson.OPT_SORT_KEYS))
+    # the format once began with a "meta" map that was always empty; its JSON ("{}") stays the
+    # digest's first bytes so the digests of states stored before keep their value
+    h = hashlib.sha256(b"{}")
     n = 0
     for name, i, b in pieces(blob):
         key = b"%s\x1f%06d" % (name.encode(), i)
@@ -313,7 +314,7 @@ def digest(blob: StateBlob) -> tuple[str, int]:
 
 def _write_head(blob: StateBlob, parts: dict[str, _Stored]) -> bytes:
     table = {name: s.head_entry() for name, s in sorted(parts.items())}
-    payload = orjson.dumps({"wm": blob.watermark.offsets, "meta": blob.meta, "parts": table})
+    payload = orjson.dumps({"wm": blob.watermark.offsets, "parts": table})
     return pack_checked(_MAGIC, _VERSION, payload)
 
 
