@@ -515,6 +515,15 @@ void check_targets(std::size_t nt) {
         throw std::runtime_error("n_targets must be 1.." + std::to_string(rt::MAX_TARGETS));
 }
 
+// The instant adapter's optional logits: None, or 1-d float32 with one logit per target (held in ``ad``).
+const float* optional_logits(const py::object& adapter, std::size_t nt, f32& ad) {
+    if (adapter.is_none()) return nullptr;
+    ad = adapter.cast<f32>();
+    py::buffer_info ab = need(ad, 1, "adapter");
+    if (static_cast<std::size_t>(ab.shape[0]) != nt) throw std::runtime_error("adapter must have n_targets logits");
+    return static_cast<const float*>(ab.ptr);
+}
+
 void bind_router(py::module_& m) {
     m.attr("ROUTER_HIDDEN") = rt::HIDDEN;
     m.attr("ROUTER_RANK") = rt::RANK;
@@ -569,15 +578,8 @@ void bind_router(py::module_& m) {
             py::buffer_info xb = need(x, 1, "x");
             const rt::Layout L(static_cast<std::size_t>(xb.shape[0]), nt);
             const float* p = router_params(params, L);
-            const float* a = nullptr;
-            f32 ad;
-            if (!adapter.is_none()) {
-                ad = adapter.cast<f32>();
-                py::buffer_info ab = need(ad, 1, "adapter");
-                if (static_cast<std::size_t>(ab.shape[0]) != nt)
-                    throw std::runtime_error("adapter must have n_targets logits");
-                a = static_cast<const float*>(ab.ptr);
-            }
+            f32 ad;  // keeps the converted array alive while the kernel reads it
+            const float* a = optional_logits(adapter, nt, ad);
             // One query: a few microseconds, cheaper than releasing the GIL.
             const rt::Decision d = rt::decide(p, L, static_cast<const float*>(xb.ptr), normalize, a);
             return py::make_tuple(d.model, d.prob, d.bucket, d.temperature, d.top_p, d.confidence);
@@ -753,15 +755,8 @@ void bind_bandit(py::module_& m) {
             if (s.in_dim != L.in_dim) throw std::runtime_error("x must have in_dim floats (P's width)");
             const double* ai = inplace_array<double>(Ainv, "Ainv", "float64");
             const double* th = inplace_array<double>(theta, "theta", "float64");
-            const float* a = nullptr;
-            f32 ad;
-            if (!adapter.is_none()) {
-                ad = adapter.cast<f32>();
-                py::buffer_info ab = need(ad, 1, "adapter");
-                if (static_cast<std::size_t>(ab.shape[0]) != nt)
-                    throw std::runtime_error("adapter must have n_targets logits");
-                a = static_cast<const float*>(ab.ptr);
-            }
+            f32 ad;  // keeps the converted array alive while the kernel reads it
+            const float* a = optional_logits(adapter, nt, ad);
             const double* c = nullptr;
             py::array_t<double, py::array::c_style | py::array::forcecast> ca;
             if (!cost.is_none()) {
