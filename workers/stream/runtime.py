@@ -32,7 +32,8 @@ from workers.stream.processor import BatchResult, Processor, dlq_entry
 from workers.stream.records import Record
 from workers.stream.settings import Settings
 from workers.stream.tables import TABLE_NAMES, FaustStateAccess
-from workers.stream.transactions import NotOwned, PartitionWork, Send, Transactions, source_partition
+from workers.stream.transactions import (NotOwned, PartitionWork, ProducerLost, Send, Transactions,
+                                         source_partition)
 from workers.verbs.surface import REGISTRY, envelope_error
 
 __all__ = ("Runtime", "Replies")
@@ -104,19 +105,37 @@ class Runtime:
                                 max_batch_size=PRODUCER_BATCH_BYTES, linger_ms=PRODUCER_LINGER_MS,
                                 max_request_size=app.conf.producer_max_request_size,
                                 **settings.kafka_kwargs()) if settings.transactions else None
+        self._outages_at_assign = 0  # broker_health.outages when the partitions were last assigned
 
     async def before_recovery(self, assigned: set[Any]) -> None:
         """Own the assigned input partitions' transactional producers before recovery reads the
         changelogs (starting one fences the previous owner and ends what it left open)."""
         assert self.txn is not None
+        self._outages_at_assign = self.broker_health.outages
         await self.txn.assign({tp.partition for tp in assigned if tp.topic in self.input_names})
+
+    def log_unchanged(self) -> bool:
+        """No broker outage since the partitions were assigned. After one, the broker may have
+        restarted without records it had acknowledged, input this worker already read among them:
+        no transaction commits until a rebalance (new producers, the tables checked against the
+        changelogs, the input read again from the committed offsets)."""
+        return self.broker_health.outages == self._outages_at_assign
 
     async def _start_offset(self, topic: str, partition: int) -> int:
         """Where a newly assigned partition starts: the committed offset, or the log start."""
         committed = faust_internals.committed_offset(self.app, topic, partition)
         if committed is None:  # faust keeps none (or 0, which it stores as none): ask the broker
             committed = await self.probe.committed(self.settings.app_id, topic, partition)
-        return committed if committed is not None else await self.probe.log_start(topic, partition)
+        if committed is None:
+            return await self.probe.log_start(topic, partition)
+        end = await self.probe.log_end(topic, partition)
+        if committed > end:
+            # the broker lost acknowledged records after it stored the offset: every record from
+            # the end on is one this worker has not applied
+            logger.error("%s[%d]: committed offset %d is past the log's end %d (the broker lost records it had "
+                         "acknowledged); applying from %d", topic, partition, committed, end, end)
+            return end
+        return committed
 
     async def bulk_restore(self, spans: dict[Any, tuple[Any, int, int]], time_limit_s: float) -> dict[Any, int]:
         """Apply active changelog ranges in bulk before faust's recovery reads them (restore.py)."""
@@ -293,7 +312,7 @@ class Runtime:
             last.append(len(sends) - 1)
         try:
             await self.app.producer.flush()  # the graph table's writes go through faust's producer
-            done = await self.txn.commit_all(work)
+            done = await self.txn.commit_all(work, self.log_unchanged)
         except BaseException:
             for write in writes:
                 self.state.drop(write)
@@ -313,11 +332,19 @@ class Runtime:
             self.processor.forget()
             gone = {p for p, e in failed.items() if isinstance(e, (NotOwned, ProducerFenced))}
             self.guard.applied(_only(admitted, set(done) - set(failed)))
+            lost = sorted(p for p, e in failed.items() if isinstance(e, ProducerLost))
+            if lost:
+                # The broker lost what it acknowledged, or may have (workers/stream/transactions.py): the rebalance
+                # gives these partitions new producers, rebuilds their tables if their changelogs
+                # shrank, and re-reads their input from the committed offsets.
+                logger.warning("partitions %s released (producer failed, or the broker was unreachable); rejoining "
+                               "the group", lost)
+                await faust_internals.rejoin(self.app)
             if len(gone) < len(failed):
                 raise next(e for p, e in failed.items() if p not in gone)
-            # every failure is a partition another worker owns now: not applied here, not an error
-            logger.warning("partitions %s moved to another worker mid-batch; their events are its to apply",
-                           sorted(gone))
+            # every other failure is a partition another worker owns now: not applied here, not an error
+            if moved := sorted(gone - set(lost)):
+                logger.warning("partitions %s moved to another worker mid-batch; their events are its to apply", moved)
 
     def _misplaced(self, rec: Record) -> Any:
         return dlq_entry(rec, f"re-routed copy arrived on partition {rec.partition}, which does not own its key "
