@@ -36,11 +36,14 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ("Transactions", "PartitionWork", "Send", "NotOwned", "ProducerLost", "source_partition")
 
 logger = logging.getLogger(__name__)
+
+# Aborting a transaction of a working producer takes one round trip; bounded in case the broker goes again.
+_ABORT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,8 @@ class Transactions:
         producer = self.producers.get(partition)
         if producer is None:
             raise NotOwned(partition)
+        if not may_commit():
+            await self._lost(partition, BrokerOutage("the broker was unreachable since the partition was assigned"))
         try:
             await producer.begin_transaction()
             futures = [await producer.send(s.topic, s.value, key=s.key, partition=s.partition,
@@ -149,16 +154,23 @@ class Transactions:
             await self._stop(partition)
             raise
         except BaseException as exc:
+            if isinstance(exc, BrokerOutage):  # the producer works: end what it wrote, then replace it
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(_ABORT_TIMEOUT_S):
+                        await producer.abort_transaction()
             if isinstance(exc, Exception) and _unusable(producer, exc):
-                logger.error("partition %d: transactional producer failed for good (%r): the broker no longer "
-                             "has what it acknowledged to it; releasing the partition until the group "
-                             "rebalances (new producer, changelog and input read again)", partition, exc)
-                await self._stop(partition)
-                raise ProducerLost(partition, exc) from exc
+                await self._lost(partition, exc)
             with contextlib.suppress(Exception):
                 await producer.abort_transaction()
             raise
         return sent
+
+    async def _lost(self, partition: int, exc: Exception) -> NoReturn:
+        logger.error("partition %d: transactional producer not trusted any more (%r): the broker may no longer "
+                     "have what it acknowledged; releasing the partition until the group rebalances (new "
+                     "producer, changelog and input read again)", partition, exc)
+        await self._stop(partition)
+        raise ProducerLost(partition, exc) from exc
 
     async def commit_all(self, work: Mapping[int, PartitionWork], may_commit: Callable[[], bool] = lambda: True
                          ) -> dict[int, list[Any] | BaseException]:
