@@ -28,6 +28,7 @@ from workers.stream import faust_internals, metrics, partitioning, restore
 from workers.stream.broker_health import BrokerHealth
 from workers.stream.gaps import Admitted, GapGuard, KafkaProbe
 from workers.stream.partitioning import ORIGIN_HEADER, origin_of
+from workers.stream.peers import DeadPeers
 from workers.stream.processor import BatchResult, Processor, dlq_entry
 from workers.stream.records import Record
 from workers.stream.settings import Settings
@@ -106,6 +107,12 @@ class Runtime:
                                 max_request_size=app.conf.producer_max_request_size,
                                 **settings.kafka_kwargs()) if settings.transactions else None
         self._outages_at_assign = 0  # broker_health.outages when the partitions were last assigned
+        # input partitions whose committed offset was past the log's end: where applying starts instead
+        self._unapplied_from: dict[tuple[str, int], int] = {}
+        # the embedded broker never expires a dead member: the workers do it (workers/stream/peers.py)
+        self.dead_peers = DeadPeers(settings.broker or "", settings.app_id, str(app.conf.canonical_url),
+                                    settings.session_timeout_s,
+                                    **settings.kafka_kwargs()) if settings.broker_kind == "embedded" else None
 
     async def before_recovery(self, assigned: set[Any]) -> None:
         """Own the assigned input partitions' transactional producers before recovery reads the
@@ -128,12 +135,18 @@ class Runtime:
             committed = await self.probe.committed(self.settings.app_id, topic, partition)
         if committed is None:
             return await self.probe.log_start(topic, partition)
+        tp = (topic, partition)
+        floor = self._unapplied_from.get(tp)
+        if floor is not None and committed > floor:
+            return floor  # the broker still holds the offset found past its log's end (below)
         end = await self.probe.log_end(topic, partition)
         if committed > end:
-            # the broker lost acknowledged records after it stored the offset: every record from
-            # the end on is one this worker has not applied
+            # The embedded broker restarted with the group's offset but without records below it, which
+            # it had acknowledged: every record from the end on is one this worker has not applied. Kept
+            # until a transaction of this partition commits: the broker keeps the stale offset meanwhile.
             logger.error("%s[%d]: committed offset %d is past the log's end %d (the broker lost records it had "
                          "acknowledged); applying from %d", topic, partition, committed, end, end)
+            self._unapplied_from[tp] = end
             return end
         return committed
 
@@ -237,12 +250,15 @@ class Runtime:
                 for write in self.state.take():
                     self.state.drop(write)
                 raise
+        failed: set[int] = set()
         if self.txn is not None:
-            await self._commit(admitted, res, reroute, misplaced)
+            failed = await self._commit(admitted, res, reroute, misplaced)
         if res is not None:
             self._count(res)
-            self.replies.resolve(res.replies)
-        self.guard.applied(admitted)
+            # a write of a partition whose transaction did not commit is not answered as applied
+            self.replies.resolve({k: v for k, v in res.replies.items() if k[1] not in failed} if failed
+                                 else res.replies)
+        self.guard.applied(_only(admitted, {p for _, p in admitted.next} - failed) if failed else admitted)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
 
     def _count(self, res: BatchResult) -> None:
@@ -281,7 +297,7 @@ class Runtime:
         return out
 
     async def _commit(self, admitted: Admitted, res: BatchResult | None, reroute: list[tuple[Record, int]],
-                      misplaced: list[Record]) -> None:
+                      misplaced: list[Record]) -> set[int]:
         """One transaction per input partition of the batch: what its records produced downstream,
         their re-routed copies, the changelog records of the sessions they changed and the next
         input offsets (workers/stream/transactions.py). Each session write goes to RocksDB once its
@@ -327,6 +343,7 @@ class Runtime:
         for (topic, partition), nxt in admitted.next.items():
             if not isinstance(done.get(partition), BaseException):
                 faust_internals.note_committed(self.app, topic, partition, nxt)
+                self._unapplied_from.pop((topic, partition), None)  # the broker's offset is true again
         failed = {p: e for p, e in done.items() if isinstance(e, BaseException)}
         if failed:
             self.processor.forget()
@@ -345,6 +362,7 @@ class Runtime:
             # every other failure is a partition another worker owns now: not applied here, not an error
             if moved := sorted(gone - set(lost)):
                 logger.warning("partitions %s moved to another worker mid-batch; their events are its to apply", moved)
+        return set(failed)
 
     def _misplaced(self, rec: Record) -> Any:
         return dlq_entry(rec, f"re-routed copy arrived on partition {rec.partition}, which does not own its key "
