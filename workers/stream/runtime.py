@@ -107,8 +107,10 @@ class Runtime:
                                 max_request_size=app.conf.producer_max_request_size,
                                 **settings.kafka_kwargs()) if settings.transactions else None
         self._outages_at_assign = 0  # broker_health.outages when the partitions were last assigned
-        # input partitions whose committed offset was past the log's end: where applying starts instead
+        # input partitions whose committed offset may be stale (the broker lost records): where to start instead
         self._unapplied_from: dict[tuple[str, int], int] = {}
+        self._outages_at_start: dict[tuple[str, int], int] = {}  # broker_health.outages at a partition's start
+        self._outages_at_reply = 0  # broker_health.outages when Replies.recent was last trusted
         # the embedded broker never expires a dead member: the workers do it (workers/stream/peers.py)
         self.dead_peers = DeadPeers(settings.broker or "", settings.app_id, str(app.conf.canonical_url),
                                     settings.session_timeout_s,
@@ -136,18 +138,28 @@ class Runtime:
         if committed is None:
             return await self.probe.log_start(topic, partition)
         tp = (topic, partition)
+        outages, seen = self.broker_health.outages, self._outages_at_start.get(tp)
+        self._outages_at_start[tp] = outages
+        if self.settings.broker_kind == "embedded" and seen is not None and outages > seen:
+            # The embedded broker may have restarted without records it had acknowledged (SIGKILL), and
+            # taken new ones at their offsets since; it was seen keeping the group's offsets past them.
+            # No offset tells old from new: read the partition again from its start (at most its
+            # retention) and let the sessions' watermarks skip what was applied (README "Broker outages").
+            self._unapplied_from[tp] = await self.probe.log_start(topic, partition)
+            logger.warning("%s[%d]: the broker was unreachable since this partition was last started; reading it "
+                           "again from offset %d (committed: %d), applied records are skipped as duplicates",
+                           topic, partition, self._unapplied_from[tp], committed)
         floor = self._unapplied_from.get(tp)
         if floor is not None and committed > floor:
-            return floor  # the broker still holds the offset found past its log's end (below)
+            return floor  # until a transaction of this partition commits, the broker's offset may be stale
         end = await self.probe.log_end(topic, partition)
         if committed > end:
-            # The embedded broker restarted with the group's offset but without records below it, which
-            # it had acknowledged: every record from the end on is one this worker has not applied. Kept
-            # until a transaction of this partition commits: the broker keeps the stale offset meanwhile.
+            # the group's offset survived records below it that the broker lost: start before them
+            start = await self.probe.log_start(topic, partition)
             logger.error("%s[%d]: committed offset %d is past the log's end %d (the broker lost records it had "
-                         "acknowledged); applying from %d", topic, partition, committed, end, end)
-            self._unapplied_from[tp] = end
-            return end
+                         "acknowledged); reading again from %d", topic, partition, committed, end, start)
+            self._unapplied_from[tp] = start
+            return start
         return committed
 
     async def bulk_restore(self, spans: dict[Any, tuple[Any, int, int]], time_limit_s: float) -> dict[Any, int]:
@@ -433,6 +445,10 @@ class Runtime:
                                                  "request"), 413
             why = f"not taken by the broker within {timeout:.0f} s" if isinstance(exc, TimeoutError) else str(exc)
             return envelope_error(verb_name, f"write {why}; retry later"), 503
+        if self.broker_health.outages != self._outages_at_reply:
+            # results kept from before an outage may be of records whose offsets the broker gave again
+            self.replies.recent.clear()
+            self._outages_at_reply = self.broker_health.outages
         key = (topic.name, meta.topic_partition.partition, meta.offset)
         written = f"{key[0]}:{key[1]}:{key[2]}"  # the id of the applied write (record_id)
         try:
