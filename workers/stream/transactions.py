@@ -58,6 +58,11 @@ class PartitionWork:
 
     sends: list[Send] = field(default_factory=list)
     offsets: dict[str, int] = field(default_factory=dict)  # input topic -> next offset to consume
+    # changelog topic -> its (key, value or None) records in order, on this partition: sent as whole
+    # record batches (one ``send`` per record cost ~30 µs, and a cold session writes ~7 records)
+    records: dict[str, list[tuple[bytes, bytes | None]]] = field(default_factory=dict)
+    # after a commit: changelog topic -> the offset of its last record in the transaction
+    last_offsets: dict[str, int] = field(default_factory=dict)
 
 
 class Transactions:
@@ -107,13 +112,16 @@ class Transactions:
                 await self._stop(p)
 
     async def commit(self, partition: int, work: PartitionWork) -> list[Any]:
-        """Write ``work`` in one transaction of ``partition``'s producer; return each send's metadata.
+        """Write ``work`` in one transaction of ``partition``'s producer; return each send's metadata
+        (and set ``work.last_offsets``).
 
         Raises when the transaction did not commit (it is aborted, or was by the fencing owner);
         a fenced producer is dropped: this worker no longer owns the partition.
         """
         from aiokafka.errors import ProducerFenced
         from aiokafka.structs import TopicPartition
+
+        from workers.stream.tables import send_records
 
         producer = self.producers.get(partition)
         if producer is None:
@@ -122,10 +130,14 @@ class Transactions:
         try:
             futures = [await producer.send(s.topic, s.value, key=s.key, partition=s.partition,
                                            headers=list(s.headers) if s.headers else None) for s in work.sends]
+            batches = {topic: await send_records(producer, topic, partition, items)
+                       for topic, items in work.records.items() if items}
             if work.offsets:
                 await producer.send_offsets_to_transaction(
                     {TopicPartition(t, partition): o for t, o in work.offsets.items()}, self.group_id)
             await producer.commit_transaction()
+            for topic, (futs, last_count) in batches.items():
+                work.last_offsets[topic] = futs[-1].result().offset + last_count - 1
         except ProducerFenced:
             logger.warning("partition %d: transactional producer fenced (another worker owns it now)", partition)
             await self._stop(partition)
