@@ -125,7 +125,9 @@ def _current(obj: Any) -> tuple[bytes, list[int]]:
 
 
 def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None) -> list[bool]:
-    """Which pieces of ``new`` differ from what the keys hold (a different cut counts as changed).
+    """Which pieces of ``new`` differ from what their keys hold, piece ``i`` against the old piece
+    ``i`` wherever each starts: a part whose beginning grew or shrank (a learner's header, an
+    idempotency entry) rewrites only the pieces whose bytes changed, not every piece after it.
 
     A plain loop of slice compares: a session has a handful of pieces (a 3 MB learner ~1,500),
     and per part the NumPy version's fixed cost was most of a cold session's save."""
@@ -134,8 +136,7 @@ def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None) -> list[
         return [True] * k
     od, ob = old.data, old.bounds
     n_old = len(ob) - 1
-    return [i >= n_old or ob[i] != bounds[i] or ob[i + 1] != bounds[i + 1]
-            or new[bounds[i]:bounds[i + 1]] != od[bounds[i]:bounds[i + 1]] for i in range(k)]
+    return [i >= n_old or new[bounds[i]:bounds[i + 1]] != od[ob[i]:ob[i + 1]] for i in range(k)]
 
 
 class SessionState:
