@@ -83,6 +83,30 @@ def test_a_save_writes_only_the_changed_pieces_then_the_head() -> None:
     assert list(save(s, store)) == [BASE + b"\x1fp\x1f000003\x1f0", BASE]  # and back
 
 
+class Cut(Bytes):
+    """A part cut where it says (a header that grows, then fixed-size records)."""
+
+    def __init__(self, b: bytes, cuts: list[int] | None = None) -> None:
+        super().__init__(b)
+        self.cuts = cuts or []
+
+    def piece_cuts(self) -> list[int]:
+        return self.cuts
+
+
+def test_a_piece_that_grows_rewrites_itself_not_the_pieces_after_it() -> None:
+    store = MemoryStore()
+    s = SessionState()
+    s.blob.set("p", Cut(b"h" * 10 + b"r" * 300, [10, 110, 210]))  # header, three records
+    save(s, store)
+    p = s.blob.get("p", Cut)
+    p.b, p.cuts = bytearray(b"h" * 12 + b"r" * 300), [12, 112, 212]  # the header grew by 2 bytes
+    assert list(save(s, store)) == [BASE + b"\x1fp\x1f000000\x1f1", BASE]
+    p.b[12 + 150] = ord("x")  # one record changed
+    assert list(save(s, store)) == [BASE + b"\x1fp\x1f000002\x1f1", BASE]
+    assert load(store).blob.get("p", Bytes).b == p.b
+
+
 def test_one_feedback_event_writes_the_adapter_the_counters_and_one_replay_slot() -> None:
     rng = np.random.default_rng(0)
     inst = InstantState(["a", "b", "c"], 384)
@@ -98,6 +122,44 @@ def test_one_feedback_event_writes_the_adapter_the_counters_and_one_replay_slot(
     slots = [k for k in ops if k != BASE and len(ops[k]) == 4 * 384]
     assert len(slots) == 1  # exactly one replay slot, as its own key
     assert full > 100_000 and written < 6_500  # ~5.8 kB: adapter + counters (2 pieces), scalars, one slot, head
+
+
+def test_a_learner_batch_rewrites_what_learning_changed_not_the_whole_learner() -> None:
+    import orjson
+
+    from workers.stream.processor import Processor
+    from workers.stream.records import Record
+
+    d, rng = 256, np.random.default_rng(0)
+    proc = Processor(StoreStateAccess(MemoryStore()))
+
+    def send(offset: int, topic: str, body: dict) -> int:
+        res = proc.process([Record(topic, 0, offset, b"L", orjson.dumps(body))])
+        assert res.applied == 1, res.replies
+        return res.state_bytes
+
+    send(0, "learn.commands", {"verb": "init_learner", "body": {"session_key": "L", "n_features": d, "n_classes": 4}})
+    written = []
+    for i in range(1, 40):
+        X = rng.standard_normal((20, d)).astype(np.float32)
+        written.append(send(i, "learn.examples", {"session_key": "L", "examples": [
+            {"features": x.tolist(), "label": int(rng.integers(4))} for x in X]}))
+    learner = proc.sessions.state("learner", "L", 0)
+    stored = sum(len(p.data) for p in learner.stored.values())
+    model = learner.blob._live["learner"]._model
+    weights = model.theta.nbytes * (2 if getattr(model, "_velocity", None) is not None else 1)
+    # the weights (all of them move with a dense step), 20 replay and 20 recent rows, headers
+    assert max(written[-10:]) < weights + 2 * 20 * 4 * d + 20 * PIECE_BYTES
+    assert max(written[-10:]) < 0.75 * stored  # not the EWC arrays, not the rest of the replay
+    r = SessionState.decode(*_stored(proc, "learner", "L"))
+    assert digest(r.blob) == digest(learner.blob)
+
+
+def _stored(proc, table: str, sk: str) -> tuple:
+    access = proc.sessions.access
+    base = access.base_key(table, sk)
+    n = len(base) + 1
+    return access.get(table, 0, base), [(k[n:], v) for k, v in access.scan(table, 0, base + SEP)]
 
 
 def test_shrinking_and_dropping_parts_delete_their_keys_after_the_head() -> None:
