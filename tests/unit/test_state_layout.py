@@ -285,3 +285,12 @@ def test_a_decoded_session_counts_its_arrays_not_only_its_stored_bytes() -> None
     s.blob.set("instant", inst)
     stored = len(inst.to_bytes())
     assert s.nbytes() >= inst._arena.nbytes > 10 * stored
+
+
+def test_the_slot_bitmap_is_numpys_packbits_in_hex() -> None:
+    from workers.state.layout import _slots_hex
+
+    rng = np.random.default_rng(1)
+    for k in [*range(20), 1000, 1537]:
+        bits = rng.integers(0, 2, k).astype(np.uint8)
+        assert _slots_hex(bytearray(bits.tobytes())) == np.packbits(bits).tobytes().hex()

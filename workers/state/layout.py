@@ -110,11 +110,26 @@ class _Stored:
     def count(self) -> int:
         return len(self.bounds) - 1
 
-    def head_entry(self) -> dict:
+    def head_entry(self, runs: list[list[int]] | None = None) -> dict:
+        """Its piece table; ``runs``: the piece lengths' runs when known (the cut did not change)."""
         if self.entry is None:
-            self.entry = {"n": len(self.data), "p": _rle([b - a for a, b in zip(self.bounds, self.bounds[1:])]),
-                          "s": np.packbits(np.frombuffer(bytes(self.slots), np.uint8)).tobytes().hex()}
+            if runs is None:
+                runs = _rle([b - a for a, b in zip(self.bounds, self.bounds[1:])])
+            self.entry = {"n": len(self.data), "p": runs, "s": _slots_hex(self.slots)}
         return self.entry
+
+
+_BITS = bytes.maketrans(b"\x00\x01", b"01")
+
+
+def _slots_hex(slots: bytearray) -> str:
+    """The slots as a bitmap, most significant bit first, zero-padded to whole bytes, in hex (what
+    ``np.packbits(slots).tobytes().hex()`` gives, without NumPy's fixed cost on a few bits)."""
+    k = len(slots)
+    if not k:
+        return ""
+    pad = -k % 8
+    return int(bytes(slots).translate(_BITS) + b"0" * pad, 2).to_bytes((k + pad) // 8, "big").hex()
 
 
 def _current(obj: Any) -> tuple[bytes, list[int]]:
@@ -232,6 +247,8 @@ class SessionState:
                     deletes[_piece_key(base, name, i, 0)] = None
                     deletes[_piece_key(base, name, i, 1)] = None
             after[name] = _Stored(data, bounds, slots)
+            if old is not None and old.bounds == bounds:  # the same cut: its lengths' runs too
+                after[name].head_entry(old.head_entry()["p"])
         for name, old in self.stored.items():
             if name not in after:  # a dropped part
                 for i in range(old.count):
