@@ -195,8 +195,9 @@ class SessionState:
                 raise CorruptStateError(f"state part {name!r}: piece table does not add up to its length")
             slots = bytearray(np.unpackbits(np.frombuffer(bytes.fromhex(p["s"]), np.uint8))[:len(bounds) - 1])
             chunks = []
+            prefix = name.encode() + SEP
             for i in range(len(bounds) - 1):
-                c = have.get(b"%s\x1f%06d\x1f%d" % (name.encode(), i, slots[i]))
+                c = have.get(b"%s%06d\x1f%d" % (prefix, i, slots[i]))
                 if c is None or len(c) != bounds[i + 1] - bounds[i]:
                     raise CorruptStateError(f"state part {name!r}: piece {i} is missing or has the wrong length")
                 chunks.append(c)
@@ -236,12 +237,16 @@ class SessionState:
                 after[name] = old  # decoded but unchanged: same keys, same head entry
                 continue
             changed = _changed_pieces(data, bounds, old)
-            slots = bytearray(len(bounds) - 1)
+            k = len(bounds) - 1
+            # a new piece goes to slot 0 (as if slot 1 held it); a kept one keeps its slot
+            slots = bytearray(old.slots[:k]) if old is not None else bytearray()
+            slots.extend(b"\x01" * (k - len(slots)))
+            prefix = b"%s\x1f%s\x1f" % (base, name.encode())
             for i, ch in enumerate(changed):
-                was = old.slots[i] if old is not None and i < old.count else 1
-                slots[i] = (1 - was) if ch else was
+                if ch:
+                    slots[i] ^= 1
                 if ch or self.full:
-                    puts[_piece_key(base, name, i, slots[i])] = data[bounds[i]:bounds[i + 1]]
+                    puts[b"%s%06d\x1f%d" % (prefix, i, slots[i])] = data[bounds[i]:bounds[i + 1]]
             if old is not None:
                 for i in range(len(bounds) - 1, old.count):  # a part that shrank: pieces past its end go
                     deletes[_piece_key(base, name, i, 0)] = None
