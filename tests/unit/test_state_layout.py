@@ -12,7 +12,7 @@ from workers.errors import CorruptStateError
 from workers.state import MemoryStore
 from workers.state.access import StoreStateAccess, state_key
 from workers.state.blob import StateBlob
-from workers.state.layout import PIECE_BYTES, SEP, SessionState, StateTooLarge, digest, piece_bounds
+from workers.state.layout import INLINE_BYTES, PIECE_BYTES, SEP, SessionState, StateTooLarge, digest, piece_bounds
 from workers.state.limits import Limits
 from workers.state.sessions import Sessions
 
@@ -166,9 +166,9 @@ def test_shrinking_and_dropping_parts_delete_their_keys_after_the_head() -> None
     store = MemoryStore()
     s = SessionState()
     s.blob.set("a", Bytes(b"x" * 3 * PIECE_BYTES))
-    s.blob.set("b", Bytes(b"y" * 10))
+    s.blob.set("b", Bytes(b"y" * 300))
     save(s, store)
-    s.blob.get("a", Bytes).b = bytearray(b"x" * 10)
+    s.blob.get("a", Bytes).b = bytearray(b"x" * 300)
     s.blob.drop("b")
     ops = list(save(s, store))
     head = ops.index(BASE)
@@ -178,7 +178,45 @@ def test_shrinking_and_dropping_parts_delete_their_keys_after_the_head() -> None
     assert [k for k, _ in store.iter_prefix(BASE + SEP)] == [BASE + b"\x1fa\x1f000000\x1f0",
                                                              BASE + b"\x1fa\x1f000000\x1f1"]
     r = load(store)
-    assert r.blob.names() == ["a"] and r.blob.get("a", Bytes).b == b"x" * 10
+    assert r.blob.names() == ["a"] and r.blob.get("a", Bytes).b == b"x" * 300
+
+
+def test_small_parts_live_in_the_head_and_move_out_and_back_with_their_size() -> None:
+    store = MemoryStore()
+    s = SessionState()
+    s.blob.set("big", Bytes(b"b" * 3000))
+    s.blob.set("small", Bytes(b"s" * INLINE_BYTES))
+    s.blob.watermark.advance("t", 0, 1)
+    ops = save(s, store)
+    assert not any(b"\x1fsmall\x1f" in k for k in ops)  # in the head: no key of its own
+    s.blob.get("small", Bytes).b[0] = ord("x")
+    assert list(save(s, store)) == [BASE]  # a change of a small part writes the head alone
+    r = load(store)
+    assert r.blob.get("small", Bytes).b == s.blob.get("small", Bytes).b and snapshot(r) == snapshot(s)
+    s.blob.get("small", Bytes).b += b"+"  # over INLINE_BYTES: out of the head, into a key
+    ops = save(s, store)
+    assert [k for k in ops if b"\x1fsmall\x1f" in k] == [BASE + b"\x1fsmall\x1f000000\x1f0"]
+    assert snapshot(load(store)) == snapshot(s)
+    del s.blob.get("small", Bytes).b[-1]  # back into the head: its keys go after the head
+    ops = list(save(s, store))
+    assert ops.index(BASE) < ops.index(BASE + b"\x1fsmall\x1f000000\x1f0")
+    assert store.get(BASE + b"\x1fsmall\x1f000000\x1f0") is None
+    r = load(store)
+    assert r.blob.get("small", Bytes).b == s.blob.get("small", Bytes).b and snapshot(r) == snapshot(s)
+
+
+def test_a_head_of_the_first_keys_format_is_still_read() -> None:
+    import orjson
+
+    from workers.state.framing import pack_checked
+
+    store = MemoryStore()
+    store.put(BASE + b"\x1fp\x1f000000\x1f1", b"abc")
+    store.put(BASE, pack_checked(b"LSH", 1, orjson.dumps({"wm": {"t:0": 4}, "parts": {"p": {"n": 3, "p": [[3, 1]], "s": "80"}}})))
+    r = load(store)
+    assert r.blob.get("p", Bytes).b == b"abc" and r.blob.watermark.offsets == {"t:0": 4}
+    assert list(save(r, store)) == [BASE]  # rewritten in the current format, its piece kept where it is
+    assert load(store).blob.get("p", Bytes).b == b"abc"
 
 
 def test_a_stored_value_in_the_one_value_format_is_read_and_rewritten_as_keys() -> None:
