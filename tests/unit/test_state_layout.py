@@ -317,7 +317,7 @@ def test_a_session_over_its_limit_is_not_written() -> None:
 
 def test_a_decoded_session_counts_its_arrays_not_only_its_stored_bytes() -> None:
     """The cache's budget is real memory: a 384-d instant core stores ~10 kB after init, but its
-    decoded arena is allocated for the whole replay buffer (~108 kB)."""
+    decoded arena is allocated for the whole replay buffer (~220 kB)."""
     inst = InstantState(["a", "b", "c", "d"], 384)
     s = SessionState()
     s.blob.set("instant", inst)

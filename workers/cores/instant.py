@@ -240,10 +240,6 @@ class InstantState:
                          self._meta.astype("<i8", copy=False).tobytes(),
                          self._arena[:used].astype("<f4", copy=False).tobytes())
 
-    def memory_bytes(self) -> int:
-        """What it holds decoded (the session cache's weight): its arena, allocated for the whole replay buffer."""
-        return self._arena.nbytes + self._meta.nbytes
-
     def piece_cuts(self) -> list[int]:
         """Offsets in :meth:`to_bytes` where a stored piece must start (``workers.state.layout``):
         the EWC state and the scalars apart from the hot adapter, and one piece per replay slot,
