@@ -23,7 +23,7 @@ of a piece on disk.
 
 A part of at most :data:`INLINE_BYTES` (the loop's counters, the deep core, the boundary
 detector: tens of bytes, changed by every event) is kept *in the head* instead of in keys of
-its own: a feedback event on a cold session writes 4 records instead of 7, and a cold read
+its own: a feedback event on a cold session writes 5 records instead of 7, and a cold read
 finds fewer keys. It is written with the head, so it is atomic with the watermark.
 
 Head bytes (little-endian): ``b"LSH" + version (1) + crc32(payload) (4) + payload``, the
