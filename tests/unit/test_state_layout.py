@@ -325,10 +325,14 @@ def test_a_decoded_session_counts_its_arrays_not_only_its_stored_bytes() -> None
     assert s.nbytes() >= inst._arena.nbytes > 10 * stored
 
 
-def test_the_slot_bitmap_is_numpys_packbits_in_hex() -> None:
-    from workers.state.layout import _slots_hex
+def test_the_slot_bitmap_is_numpys_packbits_in_hex_and_reads_back() -> None:
+    from workers.state.layout import _slots_from_hex, _slots_hex
 
     rng = np.random.default_rng(1)
     for k in [*range(20), 1000, 1537]:
         bits = rng.integers(0, 2, k).astype(np.uint8)
-        assert _slots_hex(bytearray(bits.tobytes())) == np.packbits(bits).tobytes().hex()
+        text = _slots_hex(bytearray(bits.tobytes()))
+        assert text == np.packbits(bits).tobytes().hex()
+        assert _slots_from_hex(text, k) == bytearray(bits.tobytes())
+    with pytest.raises(CorruptStateError):
+        _slots_from_hex("ff", 9)

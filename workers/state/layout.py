@@ -134,6 +134,19 @@ class _Stored:
 _BITS = bytes.maketrans(b"\x00\x01", b"01")
 
 
+def _slots_from_hex(text: str, k: int) -> bytearray:
+    """The first ``k`` slots of a bitmap written by :func:`_slots_hex`."""
+    if not k:
+        return bytearray()
+    bits = bin(int(text, 16))[2:].zfill(len(text) * 4)[:k]
+    if len(bits) != k:
+        raise CorruptStateError("state head: slot bitmap shorter than its piece table")
+    return bytearray(bits.encode().translate(_UNBITS))
+
+
+_UNBITS = bytes.maketrans(b"01", b"\x00\x01")
+
+
 def _slots_hex(slots: bytearray) -> str:
     """The slots as a bitmap, most significant bit first, zero-padded to whole bytes, in hex (what
     ``np.packbits(slots).tobytes().hex()`` gives, without NumPy's fixed cost on a few bits)."""
@@ -208,7 +221,7 @@ class SessionState:
             bounds = _unrle(p["p"])
             if bounds[-1] != p["n"]:
                 raise CorruptStateError(f"state part {name!r}: piece table does not add up to its length")
-            slots = bytearray(np.unpackbits(np.frombuffer(bytes.fromhex(p["s"]), np.uint8))[:len(bounds) - 1])
+            slots = _slots_from_hex(p["s"], len(bounds) - 1)
             chunks = []
             prefix = name.encode() + SEP
             for i in range(len(bounds) - 1):
