@@ -41,6 +41,7 @@ _CHECKED_SOURCES = {
     "worker.Worker._setup_spinner_handler": "f5bb2af38ea73661",
     "tables.manager.TableManager.on_rebalance": "e9c3a70e219daffe",
     "tables.recovery.Recovery._build_highwaters": "881584f42842eb7e",
+    "transport.drivers.aiokafka.AIOKafkaConsumerThread._ensure_consumer": "ab708b087b3476fd",
 }
 
 
@@ -83,3 +84,6 @@ def test_the_private_names_read_exist() -> None:
     assert faust.__version__ == faust_internals.FAUST_CHECKED
     assert rocksdb.Store.offset_key == b"__faust\0offset__"
     assert _current_event.get(None) is None  # a ContextVar
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+    assert callable(GroupCoordinator.request_rejoin)  # faust_internals.rejoin
