@@ -25,7 +25,13 @@ and the broker process gets :data:`MALLOC_TUNABLES` (glibc), so each snapshot's 
 the OS. ``tests/unit/test_broker.py`` shows the broker's memory dropping with these configs and not
 without; ``learnstream bench broker_soak`` measures a 10-minute run (bench/README.md).
 
-3. **Its fetch responses list aborted transactions that ended before the fetch offset.** Kafka
+3. **It never compacts transactional batches** (``src/kafka/log.rs``, ``compact``: "Transactional
+   and control batches are left as they are"), and with transactions on (the default) every
+   changelog record is in one: the changelogs grow with every batch, in the broker's memory.
+   Fix: the worker compacts them itself, :mod:`workers.kafka.changelog_rewrite` (re-produce the live
+   keys, then DeleteRecords before them); the changelogs get :data:`REWRITTEN_CHANGELOG_CONFIGS`.
+
+4. **Its fetch responses list aborted transactions that ended before the fetch offset.** Kafka
    lists only those overlapping the fetched range. A ``read_committed`` client (aiokafka) then
    takes the producer as aborted from the first batch on and, never seeing that transaction's
    abort marker (it lies before the fetch offset), skips every later batch of the same producer id:
@@ -44,7 +50,7 @@ from typing import Any
 import logging
 
 __all__ = ("topic_configs", "expel_group_members", "ignore_finished_aborts", "SEGMENT_BYTES", "SEGMENT_MS",
-           "MALLOC_TUNABLES")
+           "MALLOC_TUNABLES", "REWRITTEN_CHANGELOG_CONFIGS")
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +64,10 @@ SEGMENT_MS = 10_000
 # process keeps its peak. Two arenas, and every block of 256 KiB or more mmapped (freed at once),
 # give that memory back after each snapshot (bench/README.md, "broker_soak").
 MALLOC_TUNABLES = "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=262144:glibc.malloc.trim_threshold=1048576"
+# A changelog the worker compacts itself (workers/kafka/changelog_rewrite.py): DeleteRecords needs
+# "delete" in the policy (noida, like Kafka, answers POLICY_VIOLATION on a compact-only topic); no
+# time or size retention, so only the rewrite's DeleteRecords ever removes a record.
+REWRITTEN_CHANGELOG_CONFIGS = {"cleanup.policy": "compact,delete", "retention.ms": "-1", "retention.bytes": "-1"}
 # Compact once a tenth of a changelog is superseded values (Kafka's default waits for half).
 _DIRTY_RATIO = "0.1"
 
@@ -98,7 +108,7 @@ _aborts_patched = False
 
 
 def ignore_finished_aborts() -> None:
-    """Defect 3 above: make aiokafka ignore listed aborted transactions that start before the fetch
+    """Defect 4 above: make aiokafka ignore listed aborted transactions that start before the fetch
     offset (idempotent; call it in a process that talks to the embedded broker only)."""
     global _aborts_patched
     if _aborts_patched:

@@ -115,6 +115,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
             await rt.probe.close()
             if rt.dead_peers is not None:
                 await rt.dead_peers.close()
+            if rt.rewriter is not None:
+                await rt.rewriter.close()
             if rt.txn is not None:
                 await rt.txn.close()
 

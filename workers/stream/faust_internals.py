@@ -508,7 +508,8 @@ _truncation_installed = False
 
 def install_truncation_recovery() -> None:
     """Patch faust's ``Recovery._build_offsets``: an active table partition whose persisted offset is
-    past its changelog's end is emptied and rebuilt from the changelog (idempotent)."""
+    past its changelog's end is emptied and rebuilt from the changelog, and so is a table partition
+    (active or standby) whose changelog now starts past its persisted offset + 1 (idempotent)."""
     global _truncation_installed
     if _truncation_installed:
         return
@@ -518,8 +519,12 @@ def install_truncation_recovery() -> None:
     build_offsets = Recovery._build_offsets
 
     async def _build_offsets(self, consumer, tps, destination, title):  # noqa: ANN001, ANN202 - faust's signature
+        held = {tp: destination.get(tp) for tp in tps}  # the persisted offsets (faust's below lifts them)
         await build_offsets(self, consumer, tps, destination, title)
-        if title != "active" or not tps:
+        if not tps:
+            return
+        _cut_logs(self, tps, held, destination)
+        if title != "active":
             return
         ends = await consumer.highwaters(*tps)
         for tp in tps:
@@ -540,6 +545,26 @@ def install_truncation_recovery() -> None:
                 "Dropped the partition's %d local keys and rebuilding it from the changelog: the writes behind "
                 "changelog records %d..%d are lost with all their effects.", tp.topic, tp.partition, end, applied,
                 n, end, applied)
+
+    def _cut_logs(self, tps, held, destination):  # noqa: ANN001, ANN202
+        # faust starts from the log start when the persisted offset is below it. Here records were
+        # deleted on purpose (the embedded broker's changelogs are compacted by a rewrite,
+        # workers/kafka/changelog_rewrite.py): tombstones among them are gone, so the table cannot be
+        # patched from its offset. Rebuild it from the log start.
+        dropped = []
+        for tp in sorted(tps):
+            applied, start = held.get(tp), destination.get(tp)
+            if applied is None or applied < 0 or start is None or start <= applied:
+                continue
+            drop = getattr(self.tp_to_table[tp].data, "drop_partition", None)
+            if drop is None:
+                continue
+            n = drop(tp.partition)
+            dropped.append(f"{tp.topic}[{tp.partition}] (table up to offset {applied}, log from {start + 1}, "
+                           f"{n} keys dropped)")
+        if dropped:  # one line: repeated warnings of a source line are rate-limited (workers/stream/logs.py)
+            logger.warning("changelogs compacted by a rewrite past this worker's tables; rebuilding them from the "
+                           "log start: %s", "; ".join(dropped))
 
     Recovery._build_offsets = _build_offsets
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 __all__ = ("REGISTRY", "EVENTS", "KERNEL_SECONDS", "BATCH_SECONDS", "ADAPTER_NORM", "DOWNSTREAM", "DLQ",
-           "CONSUMER_LAG", "READY", "OFFSET_GAPS", "REROUTED", "MESSAGES", "SCORING_CALLS", "SCORING_CALL_SECONDS")
+           "CONSUMER_LAG", "READY", "OFFSET_GAPS", "REROUTED", "MESSAGES", "SCORING_CALLS", "SCORING_CALL_SECONDS",
+           "CHANGELOG_REWRITES", "CHANGELOG_REWRITE_BYTES")
 
 disable_created_metrics()  # *_created series double the output and no dashboard uses them
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -54,3 +55,9 @@ SCORING_CALLS = Counter("learnstream_scoring_calls_total",
                         "in the batch)", ["outcome"], registry=REGISTRY)
 SCORING_CALL_SECONDS = Histogram("learnstream_scoring_call_seconds", "Duration of one call to a scoring endpoint",
                                  registry=REGISTRY, buckets=(0.01, 0.05, 0.2, 1.0, 5.0, 20.0, 120.0))
+# Worker-side compaction of transactional changelogs (workers/kafka/changelog_rewrite.py)
+CHANGELOG_REWRITES = Counter("learnstream_changelog_rewrites_total",
+                             "Changelog partitions rewritten from local state and cut (DeleteRecords) by the worker",
+                             registry=REGISTRY)
+CHANGELOG_REWRITE_BYTES = Counter("learnstream_changelog_rewrite_bytes_total",
+                                  "Key and value bytes re-produced by changelog rewrites", registry=REGISTRY)

@@ -48,7 +48,7 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
            for name, (n, t) in wanted.items() if name not in existing]
     if settings.broker_kind == "embedded":
         new += [NewTopic(name, settings.partitions, settings.replication,
-                         topic_configs=_configs(settings, {"cleanup.policy": "compact"}))
+                         topic_configs=changelog_configs(settings))
                 for name in changelog_topics(settings) if name not in existing]
     if new:
         admin = _admin(settings)
@@ -74,6 +74,14 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
 def changelog_topics(settings: Settings) -> list[str]:
     """The tables' changelog topics, as faust names them (``<app id>-<table>-changelog``)."""
     return [f"{settings.app_id}-{name}-changelog" for name in TABLE_NAMES.values()]
+
+
+def changelog_configs(settings: Settings) -> dict[str, str]:
+    """Configs of a changelog topic the worker creates on the embedded broker."""
+    configs = _configs(settings, {"cleanup.policy": "compact"})
+    if settings.rewrites_changelogs:
+        configs.update(broker_compat.REWRITTEN_CHANGELOG_CONFIGS)  # DeleteRecords allowed, nothing else deleted
+    return configs
 
 
 def _configs(settings: Settings, configs: dict[str, str]) -> dict[str, str]:

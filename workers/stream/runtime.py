@@ -22,9 +22,10 @@ import orjson
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
 from faust.exceptions import ProducerSendError
 
+from workers.kafka.changelog_rewrite import ChangelogRewriter
 from workers.kafka.topics import Topic, by_name, input_topics, topics
 from workers.scoring import prefetch
-from workers.stream import faust_internals, metrics, partitioning, restore
+from workers.stream import faust_internals, metrics, partitioning, provision, restore
 from workers.stream.broker_health import BrokerHealth
 from workers.stream.gaps import Admitted, GapGuard, KafkaProbe
 from workers.stream.partitioning import ORIGIN_HEADER, origin_of
@@ -106,6 +107,12 @@ class Runtime:
                                 max_batch_size=PRODUCER_BATCH_BYTES, linger_ms=PRODUCER_LINGER_MS,
                                 max_request_size=app.conf.producer_max_request_size,
                                 **settings.kafka_kwargs()) if settings.transactions else None
+        # the embedded broker never compacts transactional changelogs: the worker does (changelog_rewrite.py)
+        self.rewriter = ChangelogRewriter(
+            self.txn, tables, self.probe, ratio=settings.changelog_rewrite_ratio, floor=settings.changelog_rewrite_floor,
+            may_commit=self.log_unchanged, topic_configs=provision.changelog_configs(settings),
+            bootstrap=settings.broker or "",
+            **settings.kafka_kwargs()) if self.txn is not None and settings.rewrites_changelogs else None
         self._outages_at_assign = 0  # broker_health.outages when the partitions were last assigned
         # input partitions whose committed offset may be stale (the broker lost records): where to start instead
         self._unapplied_from: dict[tuple[str, int], int] = {}
@@ -121,6 +128,8 @@ class Runtime:
         changelogs (starting one fences the previous owner and ends what it left open)."""
         assert self.txn is not None
         self._outages_at_assign = self.broker_health.outages
+        if self.rewriter is not None:
+            self.rewriter.reset()
         await self.txn.assign({tp.partition for tp in assigned if tp.topic in self.input_names})
 
     def log_unchanged(self) -> bool:
@@ -222,6 +231,8 @@ class Runtime:
                     logger.exception("batch of %d events failed (attempt %d); applying it again", len(events),
                                      attempt)
                     await asyncio.sleep(0.2 * 2 ** attempt)
+            if self.rewriter is not None:
+                await self.rewriter.maybe_rewrite()  # between batches: no transaction of ours is open
 
     async def handle(self, events: list[Any]) -> None:
         """Apply one batch: guard -> apply -> deliver what it produced -> write the state."""
@@ -351,6 +362,10 @@ class Runtime:
                     self.state.drop(write)
             else:
                 self.state.store(tp_writes, work[partition].last_offsets[self.state.changelog_topic(table)])
+        if self.rewriter is not None:
+            for partition, w in work.items():
+                if not isinstance(done[partition], BaseException):
+                    self.rewriter.note(partition, w.last_offsets)
         for (topic, partition), nxt in admitted.next.items():
             if not isinstance(done.get(partition), BaseException):
                 faust_internals.note_committed(self.app, topic, partition, nxt)

@@ -141,6 +141,12 @@ class Settings:
     log_level: str = _var("warning", "LOG_LEVEL", empty="keep")
     log_format: str = _var("text", "LOG_FORMAT", empty="keep")  # "text" or "json" (one JSON object per line)
     embedded_retention_bytes: int = _var(_EMBEDDED_RETENTION_BYTES, "EMBEDDED_RETENTION_BYTES", _int)
+    # worker-side changelog compaction (workers/kafka/changelog_rewrite.py): "auto" = on for the embedded
+    # broker with transactions (it never compacts transactional batches), "true"/"false" force it
+    changelog_rewrite: str = _var("auto", "CHANGELOG_REWRITE", empty="keep")
+    # rewrite a changelog partition once its log holds more than ratio x its live keys + floor offsets
+    changelog_rewrite_ratio: float = _var(2.0, "CHANGELOG_REWRITE_RATIO", _nonnegative)
+    changelog_rewrite_floor: int = _var(1_000, "CHANGELOG_REWRITE_FLOOR", _int)
     broker_unreachable_s: float = _var(_BROKER_UNREACHABLE_S, "BROKER_UNREACHABLE_S", _float)
     write_timeout_s: float = _var(_WRITE_TIMEOUT_S, "WRITE_TIMEOUT_S", _float)
     # LEARNSTREAM_KAFKA_<NAME> for each of _KAFKA_PASSTHROUGH, passed to aiokafka as-is
@@ -210,6 +216,10 @@ class Settings:
             raise ConfigError("LEARNSTREAM_BROKER_UNREACHABLE_S and LEARNSTREAM_WRITE_TIMEOUT_S must be > 0")
         if s.auth not in ("auto", "tokens", "off"):
             raise ConfigError("LEARNSTREAM_AUTH must be 'auto', 'tokens' or 'off'")
+        if s.changelog_rewrite not in ("auto", "true", "false"):
+            raise ConfigError("LEARNSTREAM_CHANGELOG_REWRITE must be 'auto', 'true' or 'false'")
+        if s.changelog_rewrite_floor < 0:
+            raise ConfigError("LEARNSTREAM_CHANGELOG_REWRITE_FLOOR must be >= 0")
         if (s.tls_certfile is None) != (s.tls_keyfile is None):
             raise ConfigError("LEARNSTREAM_TLS_CERTFILE and LEARNSTREAM_TLS_KEYFILE go together")
         for name in ("http_max_body_bytes", "http_max_json_depth", "http_max_concurrency"):
@@ -226,6 +236,13 @@ class Settings:
         """What reads the key sent to scoring endpoints: the file (re-read when it changes), else the value."""
         secret = SecretFile(self.scoring_api_key_file)
         return lambda: secret.get() or self.scoring_api_key
+
+    @property
+    def rewrites_changelogs(self) -> bool:
+        """Whether the worker compacts its transactional changelogs itself (LEARNSTREAM_CHANGELOG_REWRITE)."""
+        if self.changelog_rewrite == "auto":
+            return self.broker_kind == "embedded" and self.transactions
+        return self.changelog_rewrite == "true" and self.transactions
 
     def limits(self) -> Limits:
         return Limits(max_value_bytes=self.max_value_bytes, max_session_bytes=self.max_session_bytes)
