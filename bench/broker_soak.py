@@ -3,8 +3,9 @@
 ``learnstream worker`` with no broker configured (the embedded default, its log under the data dir)
 and a steady stream of 384-d feedback events (``embedding_b64``) over many sessions for ``--minutes``.
 Every ``--sample-s`` the broker process's RSS, its snapshot size on disk, the worker's RSS and the
-events applied are recorded. Judged: the broker's RSS levels off (retention and compaction, see
-workers/kafka/broker_compat.py) instead of growing with everything ever written. Reports start, peak,
+events applied are recorded. Judged: the broker's RSS levels off (retention, compaction, and with
+transactions the worker's own changelog rewrites, see workers/kafka/broker_compat.py) instead of
+growing with everything ever written. Reports start, peak,
 last and the slope over the second half.
 """
 from __future__ import annotations
@@ -24,11 +25,18 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from workers.cli.processes import metric_by
+from workers.cli.processes import metric, metric_by
 from workers.kafka.broker import free_port
 from workers.client import LearnstreamClient
 
 __all__ = ("main",)
+
+
+def _metric(url: str, name: str) -> float:
+    try:
+        return metric(urllib.request.urlopen(url + "/metrics", timeout=10).read().decode(), name)
+    except OSError:
+        return float("nan")
 
 
 def _applied(url: str) -> float:
@@ -114,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             return prod.result()
 
         sent = asyncio.run(run())
+        rewrites = [_metric(url, "learnstream_changelog_rewrites_total"),
+                    _metric(url, "learnstream_changelog_rewrite_bytes_total")]
     finally:
         worker.terminate()
         worker.wait(120)
@@ -130,5 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| broker snapshot on disk at end | {samples[-1][2] / 2**20:.0f} MiB |")
     print(f"| worker RSS at end | {samples[-1][3] / 2**20:.0f} MiB |")
     print(f"| events applied (of {sent}) | {samples[-1][4]:.0f} |")
+    print(f"| changelog rewrites by the worker (bytes re-produced) | {rewrites[0]:.0f} ({rewrites[1] / 2**20:.0f} MiB) |")
     shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -8,11 +8,12 @@ tables were written before the cut all read back the same sessions.
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tests.helpers import WorkerProc
+from tests.helpers import WorkerProc, wait_until
 from workers.stream.partitioning import owner_partition
 
 pytestmark = pytest.mark.integration
@@ -100,3 +101,53 @@ def test_rewrite_is_off_when_forced_off(broker, worker_factory, tmp_path, app_id
     _write(w, 30)
     assert w.metric("learnstream_changelog_rewrites_total") == 0
     assert _log_starts(broker.bootstrap, f"{app_id}-sessions-changelog") == [0] * PARTITIONS
+
+
+def test_sigkill_amid_rewrites_restarts_with_the_state_a_fresh_restore_reads(broker, worker_factory, tmp_path) -> None:
+    """Rewrites every few batches while writes stream in; SIGKILL lands in or near one (best effort)."""
+    eager = {"LEARNSTREAM_CHANGELOG_REWRITE_FLOOR": "4", "LEARNSTREAM_CHANGELOG_REWRITE_RATIO": "1"}
+    w = worker_factory("killed", data_dir=tmp_path / "kept", partitions=PARTITIONS, env=eager).start()
+    w.wait_ready()
+    acked = 0
+    stop = threading.Event()
+
+    def writer() -> None:
+        nonlocal acked
+        i = 0
+        while not stop.is_set():
+            try:
+                out = w.dispatch("record_loss", {"session_key": SESSIONS[i % len(SESSIONS)], "loss": 0.3 + 0.001 * i})
+            except OSError:
+                return  # the worker is gone
+            if out.get("ok"):
+                acked += 1
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    wait_until(lambda: acked >= 120 and w.metric("learnstream_changelog_rewrites_total") >= 4, 120, 0.05,
+               "writes and rewrites")
+    w.kill()
+    stop.set()
+    t.join(30)
+
+    again = worker_factory("restarted", data_dir=tmp_path / "kept", partitions=PARTITIONS, env=eager).start()
+    again.wait_ready()
+    _write(again, 2, start=1000)  # acknowledged: everything before it on each partition is applied too
+    after = _infos(again)
+    assert _applied(after) >= acked + 2 * len(SESSIONS)  # no acknowledged write lost
+    again.stop()
+
+    fresh = worker_factory("fresh", data_dir=tmp_path / "fresh", partitions=PARTITIONS, env=eager).start()
+    fresh.wait_ready()
+    assert _infos(fresh) == after
+
+
+def _applied(infos: dict[str, dict]) -> int:
+    """Input records applied: per input partition, one past the last offset any session applied (every
+    record of the test's input is one of these sessions' writes)."""
+    last: dict[str, int] = {}
+    for info in infos.values():
+        for tp, offset in info["watermark"].items():
+            last[tp] = max(last.get(tp, -1), offset)
+    return sum(o + 1 for o in last.values())

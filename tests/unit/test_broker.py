@@ -148,3 +148,18 @@ def test_broker_runs_with_the_malloc_tunables(tmp_path) -> None:
     # glibc read the variable at start and rewrote it: the tunables it keeps for children stay in the
     # string (arena_max), the ones it only applies to this process are taken out of it
     assert seen and seen in MALLOC_TUNABLES and "glibc.malloc.arena_max=2" in seen
+
+
+def test_changelogs_the_worker_rewrites_allow_delete_records_and_keep_everything_else(monkeypatch) -> None:
+    from workers.stream.provision import changelog_configs
+    from workers.stream.settings import Settings
+
+    monkeypatch.delenv("LEARNSTREAM_BROKER", raising=False)
+    monkeypatch.delenv("LEARNSTREAM_TRANSACTIONS", raising=False)
+    rewritten = changelog_configs(Settings.from_env(embedded_retention_bytes=1 << 20))
+    # "delete" lets DeleteRecords cut the log; no time or byte retention ever drops a changelog record
+    assert rewritten["cleanup.policy"] == "compact,delete"
+    assert rewritten["retention.ms"] == rewritten["retention.bytes"] == "-1"
+    assert rewritten["segment.bytes"] == str(SEGMENT_BYTES)
+    plain = changelog_configs(Settings.from_env(transactions=False, embedded_retention_bytes=1 << 20))
+    assert plain["cleanup.policy"] == "compact" and "retention.bytes" not in plain

@@ -27,7 +27,9 @@ def test_env_and_overrides(monkeypatch) -> None:
 @pytest.mark.parametrize("var,value,words", [("PARTITIONS", "many", "LEARNSTREAM_PARTITIONS"),
                                              ("SESSION_TIMEOUT_S", "soon", "LEARNSTREAM_SESSION_TIMEOUT_S"),
                                              ("BROKER_KIND", "redpanda", "LEARNSTREAM_BROKER_KIND"),
-                                             ("PARTITIONS", "0", "partitions")])
+                                             ("PARTITIONS", "0", "partitions"),
+                                             ("CHANGELOG_REWRITE", "sometimes", "LEARNSTREAM_CHANGELOG_REWRITE"),
+                                             ("CHANGELOG_REWRITE_FLOOR", "-1", "LEARNSTREAM_CHANGELOG_REWRITE_FLOOR")])
 def test_bad_settings_name_the_variable(monkeypatch, var: str, value: str, words: str) -> None:
     monkeypatch.setenv("LEARNSTREAM_" + var, value)
     with pytest.raises(ConfigError, match=words):
@@ -70,3 +72,19 @@ def test_fetch_max_wait_reaches_the_worker_consumer(monkeypatch) -> None:
     monkeypatch.setattr(faust_internals, "_wait_ms", None)
     faust_internals.set_fetch_max_wait(Settings.from_env().fetch_max_wait_ms)
     assert AIOKafkaConsumerThread._create_worker_consumer(object(), None)._fetch_max_wait_ms == 50
+
+
+@pytest.mark.parametrize("env,on", [({}, True),  # the embedded default with transactions
+                                    ({"LEARNSTREAM_BROKER": "kafka:9092"}, False),  # Kafka compacts them itself
+                                    ({"LEARNSTREAM_TRANSACTIONS": "false"}, False),  # the broker compacts them
+                                    ({"LEARNSTREAM_CHANGELOG_REWRITE": "false"}, False),
+                                    ({"LEARNSTREAM_BROKER": "kafka:9092", "LEARNSTREAM_CHANGELOG_REWRITE": "true"}, True),
+                                    ({"LEARNSTREAM_CHANGELOG_REWRITE": "true", "LEARNSTREAM_TRANSACTIONS": "false"},
+                                     False)])
+def test_changelog_rewrite_is_on_for_the_embedded_broker_with_transactions(monkeypatch, env, on) -> None:
+    for k in ("LEARNSTREAM_BROKER", "LEARNSTREAM_BROKER_KIND", "LEARNSTREAM_TRANSACTIONS",
+              "LEARNSTREAM_CHANGELOG_REWRITE"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert Settings.from_env().rewrites_changelogs is on
