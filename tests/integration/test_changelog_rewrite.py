@@ -151,3 +151,25 @@ def _applied(infos: dict[str, dict]) -> int:
         for tp, offset in info["watermark"].items():
             last[tp] = max(last.get(tp, -1), offset)
     return sum(o + 1 for o in last.values())
+
+
+def test_a_compact_only_changelog_from_before_is_altered_to_allow_the_cut(broker, worker_factory, app_id) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    changelog = f"{app_id}-sessions-changelog"
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        try:  # as workers created it before they compacted their changelogs
+            await admin.create_topics([NewTopic(changelog, PARTITIONS, 1, topic_configs={"cleanup.policy": "compact"})])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    w = worker_factory("old-topic", partitions=PARTITIONS, env=REWRITE).start()
+    w.wait_ready()
+    _write(w, 40)
+    assert w.metric("learnstream_changelog_rewrites_total") >= 1
+    assert min(_log_starts(broker.bootstrap, changelog)) > 0
+    assert "is compact-only, which refuses DeleteRecords" in w.log_path.read_text()

@@ -32,12 +32,12 @@ compacts transactional changelogs itself.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from workers.stream import metrics
 from workers.stream.faust_internals import changelog_offset_key, partition_db
-from workers.stream.transactions import PartitionWork, Transactions
+from workers.stream.transactions import PartitionWork, ProducerLost, Transactions
 
 __all__ = ("ChangelogRewriter",)
 
@@ -52,9 +52,10 @@ class ChangelogRewriter:
     """Compacts the changelog partitions this worker's transactions wrote (module docstring)."""
 
     def __init__(self, txn: Transactions, tables: Mapping[str, Any], probe: Any, *, ratio: float, floor: int,
-                 may_commit: Callable[[], bool], topic_configs: Mapping[str, str], bootstrap: str,
-                 **kafka: Any) -> None:
+                 may_commit: Callable[[], bool], on_lost: Callable[[], Awaitable[None]],
+                 topic_configs: Mapping[str, str], bootstrap: str, **kafka: Any) -> None:
         self.txn, self.probe = txn, probe
+        self.on_lost = on_lost  # a partition's producer failed for good: rejoin the group (runtime.py)
         self.topic_configs = dict(topic_configs)  # the changelogs' configs (an old one gets them to allow the cut)
         self.ratio, self.floor, self.may_commit = ratio, floor, may_commit
         self.bootstrap, self.kafka = bootstrap, kafka
@@ -99,10 +100,14 @@ class ChangelogRewriter:
                 if last - start < self.ratio * live + self.floor:
                     continue
                 await self.rewrite(topic, partition, last - start)
+            except ProducerLost:
+                # its producer is dropped (commit()): like a batch's, the partition waits for a rebalance
+                self.starts.pop(tp, None)
+                await self.on_lost()
             except Exception as exc:  # noqa: BLE001 - nothing was deleted: the log is longer, not wrong
                 logger.warning("changelog rewrite of %s[%d] failed (%r); the log keeps its records and the next "
                                "batch tries again", topic, partition, exc)
-                self.starts.pop((topic, partition), None)
+                self.starts.pop(tp, None)
 
     async def rewrite(self, topic: str, partition: int, size: int | None = None) -> int:
         """Re-produce every live key of ``topic``'s table partition, then cut the log before them;

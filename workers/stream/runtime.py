@@ -110,7 +110,7 @@ class Runtime:
         # the embedded broker never compacts transactional changelogs: the worker does (changelog_rewrite.py)
         self.rewriter = ChangelogRewriter(
             self.txn, tables, self.probe, ratio=settings.changelog_rewrite_ratio, floor=settings.changelog_rewrite_floor,
-            may_commit=self.log_unchanged, topic_configs=provision.changelog_configs(settings),
+            may_commit=self.log_unchanged, on_lost=lambda: faust_internals.rejoin(app), topic_configs=provision.changelog_configs(settings),
             bootstrap=settings.broker or "",
             **settings.kafka_kwargs()) if self.txn is not None and settings.rewrites_changelogs else None
         self._outages_at_assign = 0  # broker_health.outages when the partitions were last assigned
