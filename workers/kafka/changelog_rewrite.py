@@ -26,6 +26,11 @@ before the new log start (it held the partition earlier, or crashed between 2 an
 its table from there: the tombstones it missed are gone. Recovery empties such a partition and
 rebuilds it from the log start (workers/stream/faust_internals.py, ``install_truncation_recovery``).
 
+Not covered: a standby replica (another worker following the changelog) that lags behind a cut is
+reset to the new log start by its consumer and keeps keys whose tombstones it missed; its persisted
+offset is then past the cut, so recovery does not rebuild it if it becomes active. A cut comes at
+most once per ``ratio x live + floor`` offsets, so a standby has to fall that far behind.
+
 On only for the embedded broker with transactions (``LEARNSTREAM_CHANGELOG_REWRITE=auto``); Kafka
 compacts transactional changelogs itself.
 """
