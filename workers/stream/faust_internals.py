@@ -60,7 +60,9 @@ With learnstream's own transactions (:func:`transactional`, workers/stream/trans
 10. **Its recovery waits for an offset no record has.** A transactional changelog ends with a
    commit marker, so faust's highwater (end offset - 1) is never *delivered*; faust only looks
    past it in its own exactly-once mode, after two 5 s timeouts (and races the records still
-   queued). The highwater is now the offset of the last committed record (a fetch of the tail).
+   queued). The highwater is now the offset of the last committed record (a fetch of the tail
+   after what the table holds). An active partition keeps end offset - 1 until the bulk restore
+   (patch 5) has read through it; only what that leaves is probed, from where it stopped.
 11. **The new owner fences before recovery.** ``TableManager.on_rebalance`` (which starts the
    changelog recovery) starts the app's hook, which starts the partitions' transactional
    producers, and recovery awaits it before it reads a highwater: what a previous owner left
@@ -440,6 +442,17 @@ def install() -> None:
             done = await restore(spans, 0.6 * float(self.app.conf.broker_request_timeout))
             for tp, offset in done.items():
                 destination[tp] = max(destination[tp], offset)
+        last_record = getattr(self.app, _LAST_ATTR, None)
+        if last_record is None:
+            return
+        # What the bulk restore left (its time ran out, or it failed) is faust's: it must wait for the
+        # last committed record, not for the end offset - 1 _build_highwaters left (patch 10). Probed
+        # from where the table now stands, a committed record: only the rest of the log is read.
+        for tp in tps:
+            hw, start = self.active_highwaters.get(tp), destination.get(tp)
+            if hw is not None and start is not None and hw > start:
+                last = await last_record(tp.topic, tp.partition, hw + 1, start)
+                self.active_highwaters[tp] = last if last is not None else start
 
     Recovery._build_offsets = _build_offsets
 
@@ -473,10 +486,18 @@ def install() -> None:
         last_record = getattr(self.app, _LAST_ATTR, None)
         if last_record is None:
             return
+        if title == "active" and getattr(self.app, _RESTORE_ATTR, None) is not None:
+            # The bulk restore reads up to the end offset - 1 (through markers) and _build_offsets probes
+            # only what it leaves: probing here would read each changelog once more before it.
+            return
         for tp, highwater in list(destination.items()):
             if highwater is not None and highwater >= 0:  # faust's highwater: end offset - 1
-                last = await last_record(tp.topic, tp.partition, highwater + 1)
-                destination[tp] = last if last is not None else -1
+                # faust 0.15.3: Recovery.tp_to_table, and Store.persisted_offset (a committed record or None)
+                table = self.tp_to_table.get(tp)
+                held = table.data.persisted_offset(tp) if table is not None else None
+                after = held if held is not None and held <= highwater else -1
+                last = await last_record(tp.topic, tp.partition, highwater + 1, after)
+                destination[tp] = last if last is not None else after
 
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
     TableManager.on_rebalance = on_rebalance
