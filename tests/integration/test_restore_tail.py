@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,41 @@ def test_a_restart_after_sigkill_reads_only_the_changelog_tail(broker, worker_fa
     restored, probed = _restored(a3)
     assert (restored, probed) == (tail + missed, 0)
     assert {sk: a3.dispatch("session_info", {"session_key": sk})["data"]["digest"] for sk in sessions} == want
+
+
+_NO_BULK_RESTORE = """
+import sys
+from workers.stream import restore
+
+
+async def _refuse(*args, **kwargs):
+    raise RuntimeError("bulk restore off in this test")
+
+
+restore.restore = _refuse
+from workers.cli.main import main
+sys.exit(main(["worker"]))
+"""
+
+
+@pytest.mark.timeout(600)
+def test_without_the_bulk_restore_fausts_recovery_reads_the_changelogs(worker_factory, client, tmp_path: Path) -> None:
+    """The bulk restore failing leaves every changelog to faust's own recovery: its consumer must then
+    fetch the changelog partitions it keeps paused otherwise (faust_internals, patch 12)."""
+    rng = np.random.default_rng(5)
+    sessions = [f"agent-{i:02d}" for i in range(8)]
+    fb = topics()["feedback"].name
+    a = worker_factory("a").start().wait_ready()
+    for sk in sessions:
+        assert a.dispatch("init_instant", {"session_key": sk, "targets": MODELS, "dim": 32})["ok"]
+    _feed(client, rng, sessions, 5, 0)
+    wait_until(lambda: applied(a, fb) == 5 * len(sessions), 120, what="events applied")
+    want = {sk: a.dispatch("session_info", {"session_key": sk})["data"]["digest"] for sk in sessions}
+    a.kill()
+    script = tmp_path / "no_bulk_restore.py"
+    script.write_text(_NO_BULK_RESTORE)
+    b = worker_factory("b")
+    b.command = [sys.executable, str(script)]
+    b.start().wait_ready()
+    assert _restored(b)[0] == 0  # nothing came through the bulk path
+    assert {sk: b.dispatch("session_info", {"session_key": sk})["data"]["digest"] for sk in sessions} == want
