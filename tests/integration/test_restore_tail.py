@@ -15,7 +15,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tests.helpers import applied, wait_until
 from workers.kafka import broker_compat
 from workers.kafka.topics import topics
-from workers.verbs.codec import encode_embedding_b64
 
 pytestmark = pytest.mark.integration
 
