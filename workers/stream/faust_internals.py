@@ -99,7 +99,7 @@ __all__ = ("FAUST_CHECKED", "TOUCHED", "install", "watch", "transactional", "not
            "committed_offset", "set_fetch_max_wait", "partition_db", "changelog_offset_key", "event_context",
            "WalStore", "start_passive", "remove_processor", "kafka_producer", "bulk_recovery", "BulkRestore",
            "no_spinner", "shared_memory", "SharedMemory", "BLOCK_CACHE_BYTES", "MEMTABLE_BYTES",
-           "install_truncation_recovery")
+           "install_truncation_recovery", "rejoin")
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,8 @@ TOUCHED = {
     "transport.consumer.Consumer.resume_partitions": "resumes in faust's set only (changelogs mirrored to aiokafka)",
     "transport.consumer.Consumer._is_changelog_tp": "whether a partition is a table changelog's",
     "transport.consumer.ThreadDelegateConsumer.__init__": "keeps the consumer thread in self._thread",
-    "transport.drivers.aiokafka.AIOKafkaConsumerThread._ensure_consumer": "the thread's aiokafka consumer",
+    "transport.drivers.aiokafka.AIOKafkaConsumerThread._ensure_consumer":
+        "the aiokafka consumer (rejoin; changelogs paused in aiokafka)",
 }
 _ATTR = "_learnstream_guard"
 _TXN_ATTR = "_learnstream_before_recovery"
@@ -210,6 +211,18 @@ async def seek(app: Any, topic: str, partition: int, offset: int) -> None:
     aiokafka consumer from this one) and returns once the position is set.
     """
     await app.consumer.seek_wait({TP(topic, partition): offset})
+
+
+async def rejoin(app: Any) -> None:
+    """Make the app's consumer rejoin its group: a full rebalance (revoke, assign, table recovery,
+    seek to the committed offsets) even when the assignment stays the same."""
+
+    thread = app.consumer._thread  # faust 0.15.3: ThreadDelegateConsumer._thread, the AIOKafkaConsumerThread
+
+    async def _request() -> None:  # in the consumer's thread, where its coordinator lives
+        thread._ensure_consumer()._coordinator.request_rejoin()  # aiokafka 0.14: GroupCoordinator.request_rejoin
+
+    await thread.call_thread(_request)
 
 
 def committed_offset(app: Any, topic: str, partition: int) -> int | None:
