@@ -20,6 +20,7 @@ from typing import Any
 import faust
 import orjson
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faust.exceptions import ProducerSendError
 
 from workers.kafka.topics import Topic, by_name, input_topics, topics
@@ -196,8 +197,9 @@ class Runtime:
             received.append(Record(m.topic, m.partition, m.offset, m.key, m.value, int((m.timestamp or 0) * 1000),
                                    origin_of(m.headers)))
         records, reroute, misplaced = partitioning.split(received, self.settings.partitions)
-        if self.txn is None and (reroute or misplaced):
-            await self._reroute(reroute, misplaced)
+        reroute, dead = self._routable(reroute, misplaced)
+        if self.txn is None and (reroute or dead):
+            await self._reroute(reroute, dead)
         res = None
         if records:
             try:
@@ -219,7 +221,7 @@ class Runtime:
                     self.state.drop(write)
                 raise
         if self.txn is not None:
-            await self._commit(admitted, res, reroute, misplaced)
+            await self._commit(admitted, res, reroute, dead)
         if res is not None:
             self._count(res)
             self.replies.resolve(res.replies)
@@ -262,7 +264,7 @@ class Runtime:
         return out
 
     async def _commit(self, admitted: Admitted, res: BatchResult | None, reroute: list[tuple[Record, int]],
-                      misplaced: list[Record]) -> None:
+                      dead: list[tuple[Record, Any]]) -> None:
         """One transaction per input partition of the batch: what its records produced downstream,
         their re-routed copies, the changelog records of the sessions they changed and the next
         input offsets (workers/stream/transactions.py). Each session write goes to RocksDB once its
@@ -276,10 +278,9 @@ class Runtime:
             work[rec.partition].sends.append(Send(rec.topic, rec.key, rec.value, owner, _origin(rec)))
             metrics.REROUTED.labels(rec.topic).inc()
             metrics.MESSAGES.labels(rec.topic, "rerouted").inc()
-        for rec in misplaced:
-            work[rec.partition].sends.append(Send(self.topics["dlq"].name, rec.key,
-                                                  orjson.dumps(self._misplaced(rec).value)))
-            metrics.DLQ.labels("wrong_partition").inc()
+        for rec, entry in dead:
+            work[rec.partition].sends.append(Send(self.topics["dlq"].name, rec.key, orjson.dumps(entry.value)))
+            metrics.DLQ.labels(entry.value["reason_code"]).inc()
             metrics.MESSAGES.labels(rec.topic, "rejected").inc()
         for p in res.produce if res is not None else ():
             work[source_partition(p)].sends.append(Send(self.topics[p.role].name, p.key.encode(),
@@ -324,7 +325,27 @@ class Runtime:
                               f"(LEARNSTREAM_PARTITIONS={self.settings.partitions} differs from the topic's?)",
                          "wrong_partition")
 
-    async def _reroute(self, reroute: list[tuple[Record, int]], misplaced: list[Record]) -> None:
+    def _routable(self, reroute: list[tuple[Record, int]], misplaced: list[Record]
+                  ) -> tuple[list[tuple[Record, int]], list[tuple[Record, Any]]]:
+        """(the re-routes the producer can send, (record, DLQ entry) of the rest and of ``misplaced``).
+
+        A copy over the producer's request limit (an input near the broker's message limit, plus the
+        origin header) would fail its send, and with it the batch's transaction, on every retry: the
+        input partition would never move again. It is dead-lettered where it arrived instead."""
+        limit = self.app.conf.producer_max_request_size
+        ok: list[tuple[Record, int]] = []
+        dead = [(rec, self._misplaced(rec)) for rec in misplaced]
+        for rec, owner in reroute:
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(rec.key, rec.value, _origin(rec))
+            if size <= limit:
+                ok.append((rec, owner))
+            else:
+                dead.append((rec, dlq_entry(rec, f"event of {size} bytes on partition {rec.partition}, which does not "
+                                                 f"own its key, is too large to re-route to partition {owner} (the "
+                                                 f"producer's limit is {limit} bytes)", "oversized")))
+        return ok, dead
+
+    async def _reroute(self, reroute: list[tuple[Record, int]], dead: list[tuple[Record, Any]]) -> None:
         """Events on a partition that does not own their key: never applied here (see
         workers/stream/partitioning.py). Acknowledged by the broker before the batch is acked."""
         pending = []
@@ -333,9 +354,9 @@ class Runtime:
                 key=rec.key, value=rec.value, partition=owner, headers=_origin(rec)))
             metrics.REROUTED.labels(rec.topic).inc()
             metrics.MESSAGES.labels(rec.topic, "rerouted").inc()
-        for rec in misplaced:
-            pending.append(await self.channel("dlq").send(key=rec.key, value=orjson.dumps(self._misplaced(rec).value)))
-            metrics.DLQ.labels("wrong_partition").inc()
+        for rec, entry in dead:
+            pending.append(await self.channel("dlq").send(key=rec.key, value=orjson.dumps(entry.value)))
+            metrics.DLQ.labels(entry.value["reason_code"]).inc()
             metrics.MESSAGES.labels(rec.topic, "rejected").inc()
         if pending:
             await asyncio.gather(*pending)
