@@ -191,3 +191,34 @@ def test_an_event_too_big_to_re_route_is_dead_lettered_not_retried_forever(broke
     assert entry["reason_code"] == "oversized" and entry["source"] == {**entry["source"], "partition": 0, "offset": 0}
     assert entry["truncated"] is True and entry["value_sha256"] == hashlib.sha256(big).hexdigest()
     assert window(elsewhere) == 0
+
+
+def test_a_huge_message_key_is_dead_lettered_under_a_bounded_key(broker, worker_factory) -> None:
+    """The DLQ record's key was the message key: a key near the broker's message limit made a DLQ
+    record over the producer's limit, failing the batch's transaction on every retry."""
+    from workers.stream.partitioning import owner_partition
+
+    w = worker_factory("a", env={"LEARNSTREAM_TRANSACTIONS": "true"}).start().wait_ready()
+    huge = b"k" * 950_000  # refused: a session_key is at most a few hundred characters
+    owner = owner_partition(huge, 4)
+    good = next(f"s{i}" for i in range(100) if owner_partition(f"s{i}", 4) == owner)
+
+    async def go() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, max_request_size=2 * 1024 * 1024)
+        await p.start()
+        try:
+            await p.send_and_wait("learn.loss", b'{"loss": 0.5}', key=huge)  # on its owner: not re-routed
+            await p.send_and_wait("learn.loss", orjson.dumps({"session_key": good, "loss": 0.5}), key=good.encode())
+        finally:
+            await p.stop()
+    asyncio.run(go())
+
+    def window(sk: str) -> int:
+        out = w.dispatch("health", {"session_key": sk})
+        return out["data"]["loss_window_size"] if out.get("ok") else -1
+
+    wait_until(lambda: window(good) == 1, 60, what="the event after the huge key applied")
+    (entry,) = _read_committed(broker.bootstrap, "learn.dlq", 3)
+    assert entry["reason_code"] == "invalid" and "session_key" in entry["reason"]
+    assert huge.startswith(base64.b64decode(entry["key_b64"]))
+    assert len(orjson.dumps(entry)) <= DLQ_MAX_BYTES

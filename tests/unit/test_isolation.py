@@ -154,3 +154,14 @@ def test_reads_do_not_cache_what_a_batch_then_builds_on(now_ms: int) -> None:
     res = p.process(records("feedback", [feedback(1, 1000), feedback(2, now_ms)]))
     assert res.applied == 1 and dlq(res)[0]["reason_code"] in ("internal", "refused")
     assert parts(p)["parts"] == in_process([feedback(1, 1000)])
+
+
+def test_a_huge_message_key_becomes_a_bounded_dlq_record_key() -> None:
+    from workers.stream.processor import dlq_entry
+
+    huge = b"k" * 950_000
+    entry = dlq_entry(Record(T["loss"], 0, 7, huge, b"{}", 0), "session_key too long", "invalid")
+    assert entry.key == "sha256:" + hashlib.sha256(huge).hexdigest()
+    assert huge.startswith(base64.b64decode(entry.value["key_b64"]))
+    assert len(entry.key) + len(orjson.dumps(entry.value)) <= DLQ_MAX_BYTES
+    assert dlq_entry(Record(T["loss"], 0, 7, b"s1", b"{}", 0), "r", "invalid").key == "s1"

@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 DLQ_MAX_BYTES = 512 * 1024
 _DLQ_PREFIX_BYTES = 64 * 1024
 _DLQ_REASON_CHARS = 2000
+_DLQ_KEY_BYTES = 1024
 
 
 @dataclass
@@ -81,7 +82,19 @@ def dlq_entry(rec: Record, reason: str, code: str) -> Produce:
     if value is not None and len(value) * 4 // 3 + len(entry["key_b64"] or "") + 4096 > DLQ_MAX_BYTES:
         entry.update(value_b64=_b64(value, _DLQ_PREFIX_BYTES), truncated=True, value_bytes=len(value),
                      value_sha256=hashlib.sha256(value).hexdigest())
-    return Produce("dlq", _key_str(rec) or "default", entry)
+    return Produce("dlq", _dlq_key(rec), entry)
+
+
+def _dlq_key(rec: Record) -> str:
+    """The DLQ record's key: the message key, or its hash when it is too long to be a record key
+    beside the entry (a key near the broker's message limit would make the DLQ record too big to be
+    produced, and its transaction would fail on every retry). The entry's ``key_b64`` keeps its prefix."""
+    key = _key_str(rec)
+    if key is None:
+        return "default"
+    if len(rec.key) > _DLQ_KEY_BYTES:
+        return "sha256:" + hashlib.sha256(rec.key).hexdigest()
+    return key
 
 
 def _b64(data: bytes | None, limit: int | None) -> str | None:
