@@ -29,7 +29,7 @@ from workers.stream import faust_internals, metrics, partitioning, restore
 from workers.stream.broker_health import BrokerHealth
 from workers.stream.gaps import Admitted, GapGuard, KafkaProbe
 from workers.stream.partitioning import ORIGIN_HEADER, origin_of
-from workers.stream.processor import BatchResult, Processor, dlq_entry
+from workers.stream.processor import BatchResult, Processor, dlq_entry, encoded
 from workers.stream.records import Record
 from workers.stream.settings import Settings
 from workers.stream.tables import TABLE_NAMES, FaustStateAccess
@@ -282,9 +282,12 @@ class Runtime:
             work[rec.partition].sends.append(Send(self.topics["dlq"].name, rec.key, orjson.dumps(entry.value)))
             metrics.DLQ.labels(entry.value["reason_code"]).inc()
             metrics.MESSAGES.labels(rec.topic, "rejected").inc()
-        for p in res.produce if res is not None else ():
-            work[source_partition(p)].sends.append(Send(self.topics[p.role].name, p.key.encode(),
-                                                        orjson.dumps(p.value)))
+        limit = self.app.conf.producer_max_request_size
+        out = [encoded(p, limit) for p in res.produce] if res is not None else []
+        for p, value in out:
+            work[source_partition(p)].sends.append(Send(self.topics[p.role].name, p.key.encode(), value))
+        if res is not None:
+            res.produce = [p for p, _ in out]  # what is sent (and counted): an oversized event's DLQ entry
         writes = self.state.take()
         last: list[int] = []  # per write: index of its last record in its partition's sends
         for write in writes:
@@ -363,12 +366,13 @@ class Runtime:
 
     async def _deliver(self, produce: list[Any]) -> None:
         """Send downstream events and DLQ entries; return once the broker acknowledged every one."""
-        pending = []
-        for p in produce:
-            pending.append(await self.channel(p.role).send(key=p.key.encode(), value=orjson.dumps(p.value)))
+        pending, sent = [], []
+        for p, value in (encoded(x, self.app.conf.producer_max_request_size) for x in produce):
+            pending.append(await self.channel(p.role).send(key=p.key.encode(), value=value))
+            sent.append(p)
         if pending:
             await asyncio.gather(*pending)
-        self._count_produced(produce)
+        self._count_produced(sent)
 
     # -- reads and writes from HTTP -----------------------------------------------
     def http(self) -> Any:
