@@ -222,3 +222,42 @@ def test_a_huge_message_key_is_dead_lettered_under_a_bounded_key(broker, worker_
     assert entry["reason_code"] == "invalid" and "session_key" in entry["reason"]
     assert huge.startswith(base64.b64decode(entry["key_b64"]))
     assert len(orjson.dumps(entry)) <= DLQ_MAX_BYTES
+
+
+def test_a_worker_fenced_on_a_partition_it_still_holds_rejoins_and_goes_on(broker, worker_factory, app_id) -> None:
+    """Another worker acting on a stale assignment starts partition p's transactional producer
+    (fencing this worker's) after the group gave p back to this worker: no rebalance follows, and
+    p's events were dropped as "another worker's" for ever (bench chaos, rebalance, seed 9). Here
+    the test itself plays that worker: it fences partition p's producer, no rebalance happens."""
+    from workers.stream.partitioning import owner_partition
+
+    w = worker_factory("a", env={"LEARNSTREAM_TRANSACTIONS": "true"}).start().wait_ready()
+    sk = "fenced-1"
+    p = owner_partition(sk, 4)
+
+    def window() -> int:
+        out = w.dispatch("health", {"session_key": sk})
+        return out["data"]["loss_window_size"] if out.get("ok") else -1
+
+    def loss(x: float) -> None:
+        async def go() -> None:
+            prod = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+            await prod.start()
+            try:
+                await prod.send_and_wait("learn.loss", orjson.dumps({"session_key": sk, "loss": x}), key=sk.encode())
+            finally:
+                await prod.stop()
+        asyncio.run(go())
+
+    loss(0.5)
+    wait_until(lambda: window() == 1, 60, what="the first loss applied")
+
+    async def fence() -> None:  # InitProducerId with the worker's transactional id: its producer is fenced
+        zombie = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, transactional_id=f"{app_id}-p{p}")
+        await zombie.start()
+        await zombie.stop()
+    asyncio.run(fence())
+    loss(0.6)
+    loss(0.7)
+    wait_until(lambda: window() == 3, 90, what="the losses after the fencing applied")
+    assert "rejoining the group" in w.log_tail(10_000_000)

@@ -41,6 +41,7 @@ _CHECKED_SOURCES = {
     "worker.Worker._setup_spinner_handler": "f5bb2af38ea73661",
     "tables.manager.TableManager.on_rebalance": "e9c3a70e219daffe",
     "tables.recovery.Recovery._build_highwaters": "881584f42842eb7e",
+    "transport.drivers.aiokafka.AIOKafkaConsumerThread._ensure_consumer": "ab708b087b3476fd",
 }
 
 

@@ -105,6 +105,7 @@ class Runtime:
                                 max_batch_size=PRODUCER_BATCH_BYTES, linger_ms=PRODUCER_LINGER_MS,
                                 max_request_size=app.conf.producer_max_request_size,
                                 **settings.kafka_kwargs()) if settings.transactions else None
+        self._rejoined_at = -float("inf")  # when _owned last made the consumer rejoin its group
 
     async def before_recovery(self, assigned: set[Any]) -> None:
         """Own the assigned input partitions' transactional producers before recovery reads the
@@ -185,7 +186,7 @@ class Runtime:
         t0 = time.perf_counter()
         admitted = await self.guard.admit(events, _where)
         if self.txn is not None:
-            admitted = self._owned(admitted)
+            admitted = await self._owned(admitted)
         for e in admitted.dropped:
             metrics.MESSAGES.labels(e.message.topic, "redelivered").inc()
         received = []
@@ -251,9 +252,18 @@ class Runtime:
             else:
                 metrics.DOWNSTREAM.labels(p.role).inc()
 
-    def _owned(self, admitted: Admitted) -> Admitted:
+    async def _owned(self, admitted: Admitted) -> Admitted:
         """Only the events of partitions this worker holds a transactional producer for (one that
-        was fenced belongs to another worker now: its events are that worker's to apply)."""
+        was fenced belongs to another worker now: its events are that worker's to apply).
+
+        Events of such a partition still arriving mean the consumer still holds it: either its
+        revocation is on the way, or the fencing came from another worker's stale assignment (one
+        the group had already replaced: seen on the embedded broker in a 2 -> 1 -> 2 rebalance) and
+        no rebalance will ever come; the partition would then stop for good. So the consumer
+        rejoins its group (at most once per session timeout): the rebalance gives the partition to
+        whoever the group says, whose producer fences every other, and recovery reads the
+        changelogs (what the fencing worker committed included) before anything is applied again.
+        """
         assert self.txn is not None
         if all(self.txn.owns(p) for _, p in admitted.next):
             return admitted
@@ -261,6 +271,13 @@ class Runtime:
         for e in admitted.events:
             (out.events if self.txn.owns(e.message.partition) else out.dropped).append(e)
         out.next = {tp: n for tp, n in admitted.next.items() if self.txn.owns(tp[1])}
+        now = time.monotonic()
+        if now - self._rejoined_at > self.settings.session_timeout_s:
+            self._rejoined_at = now
+            unowned = sorted({p for _, p in admitted.next} - {p for _, p in out.next})
+            logger.warning("partitions %s: still consumed here without a transactional producer (fenced); "
+                           "rejoining the group", unowned)
+            await faust_internals.rejoin(self.app)
         return out
 
     async def _commit(self, admitted: Admitted, res: BatchResult | None, reroute: list[tuple[Record, int]],
