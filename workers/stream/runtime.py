@@ -271,14 +271,17 @@ class Runtime:
         for e in admitted.events:
             (out.events if self.txn.owns(e.message.partition) else out.dropped).append(e)
         out.next = {tp: n for tp, n in admitted.next.items() if self.txn.owns(tp[1])}
+        await self._rejoin({p for _, p in admitted.next} - {p for _, p in out.next})
+        return out
+
+    async def _rejoin(self, fenced: set[int]) -> None:
+        """Make the consumer rejoin its group, at most once per session timeout (see _owned)."""
         now = time.monotonic()
         if now - self._rejoined_at > self.settings.session_timeout_s:
             self._rejoined_at = now
-            unowned = sorted({p for _, p in admitted.next} - {p for _, p in out.next})
-            logger.warning("partitions %s: still consumed here without a transactional producer (fenced); "
-                           "rejoining the group", unowned)
+            logger.warning("partitions %s: consumed here without a transactional producer (fenced); rejoining "
+                           "the group", sorted(fenced))
             await faust_internals.rejoin(self.app)
-        return out
 
     async def _commit(self, admitted: Admitted, res: BatchResult | None, reroute: list[tuple[Record, int]],
                       dead: list[tuple[Record, Any]]) -> None:
@@ -339,6 +342,8 @@ class Runtime:
             # every failure is a partition another worker owns now: not applied here, not an error
             logger.warning("partitions %s moved to another worker mid-batch; their events are its to apply",
                            sorted(gone))
+            # unless the fencing worker acted on a stale assignment: a rebalance settles who owns them
+            await self._rejoin(gone)
 
     def _misplaced(self, rec: Record) -> Any:
         return dlq_entry(rec, f"re-routed copy arrived on partition {rec.partition}, which does not own its key "
