@@ -424,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _TXN_MODES = {"transactions": "true", "at-least-once": "false"}
+_TXN_RETENTION_BYTES = 1 << 30
 
 
 def transactions_cost(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
@@ -447,7 +448,9 @@ def transactions_cost(args: argparse.Namespace, p: argparse.ArgumentParser) -> i
     broker = start_broker(log_dir)
     workers: dict[str, WorkerProcess] = {}
     try:
-        provision(broker.bootstrap, args.partitions)
+        # a worker waits suspended while the other consumes: the embedded broker's default input
+        # retention (4 MiB per partition) would delete messages it has not consumed yet
+        provision(broker.bootstrap, args.partitions, retention_bytes=_TXN_RETENTION_BYTES)
         for label, flag in _TXN_MODES.items():
             workers[label] = WorkerProcess(
                 broker.bootstrap, partitions=args.partitions, app_id=f"bench-{label[:3]}-{uuid.uuid4().hex[:6]}",
