@@ -25,6 +25,11 @@ changes in distribution: uniform, Bernoulli with p = 0.1 / 0.5 / 0.9 / 0.95, Bet
 N(0.7, 0.15) clipped, and four levels {0.2, 0.5, 0.8, 1}. Every boundary resets the
 adapter, so the count of resets is the instant core's ``resets``.
 
+**Honest-world check**: the same curves (25-batch tasks) under a two-window test that is
+told each stream's noise sd, at several thresholds, beside its false alarms on i.i.d. noise of
+that sd (as many losses as the stationary feedback runs). It shows whether a switch is
+detectable within the tolerance at a false-alarm level that 0 resets over 10,000 events allows.
+
 Goals (issue 14), printed PASS/FAIL for the default mode: F1 >= 0.9 on every stream
 (each noise level, short tasks included); 0 adapter resets in every stationary run.
 """
@@ -141,6 +146,57 @@ def loss_table(args: argparse.Namespace) -> dict[str, dict[str, tuple[float, flo
     return res
 
 
+def known_noise_detector(sigma: float, threshold: float, test: int = 6, ref: int = 10) -> Callable[[float], bool]:
+    """The honest-world check: a two-window test that is *told* the noise sd. The mean of the last
+    k losses (k = 1..test) against the mean of the ``ref`` losses before the last ``test``:
+    z = (mean_k - mean_ref) / (sigma sqrt(1/k + 1/ref)) > threshold fires (and restarts).
+    No real detector knows sigma; this bounds what a causal test of this shape can reach."""
+    h: list[float] = []
+
+    def push(v: float) -> bool:
+        h.append(v)
+        if len(h) > test + ref:
+            h.pop(0)
+        if len(h) < test + ref:
+            return False
+        m_ref = sum(h[:ref]) / ref
+        s = 0.0
+        for k in range(1, test + 1):
+            s += h[-k]
+            if (s / k - m_ref) / (sigma * (1.0 / k + 1.0 / ref) ** 0.5) > threshold:
+                h.clear()
+                return True
+        return False
+    return push
+
+
+def oracle_table(args: argparse.Namespace, thresholds: tuple[float, ...] = (2.75, 3.5, 4.0, 4.5, 5.0)
+                 ) -> list[tuple[float, int, list[tuple[float, float, float]]]]:
+    """Per threshold: (threshold, false alarms over ``--feedback-seeds`` x ``--events`` i.i.d. Gaussian
+    losses (the test is scale-free: the same for every noise level), (P, R, F1) on the 25-batch-task
+    curves of each noise level)."""
+    streams = {noise: [curve_stream(np.random.default_rng(args.seed + s), 20, 25, noise) for s in range(args.seeds)]
+               for noise in _NOISES}
+    iid = [np.random.default_rng(10_000 + args.seed + s).standard_normal(args.events) for s in range(args.feedback_seeds)]
+    rows = []
+    for thr in thresholds:
+        fa = 0
+        for x in iid:
+            push = known_noise_detector(1.0, thr)
+            fa += sum(push(v) for v in x.tolist())
+        prf = []
+        for noise, lst in streams.items():
+            t = [0, 0, 0]
+            for losses, switches in lst:
+                push = known_noise_detector(noise, thr)
+                fired = [i for i, v in enumerate(losses.tolist()) if push(v)]
+                for k, v in enumerate(score(fired, switches, args.tolerance)):
+                    t[k] += v
+            prf.append(_prf(*t))
+        rows.append((thr, fa, prf))
+    return rows
+
+
 def _quality(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
     if kind == "uniform":
         return rng.random(n)
@@ -193,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         resets[kind] = {m: [feedback_resets(m.split()[0], kind, args.seed + s, args.events)
                             for s in range(args.feedback_seeds)] for m in modes}
         print(f"{kind:<22} " + "  ".join(f"{str(resets[kind][m]):>22}" for m in modes))
+    print(f"\nhonest-world check (curves, 25-batch tasks): a two-window test told the noise sd (the last 1..6 "
+          f"losses against the 10 before); false alarms over {args.feedback_seeds} x {args.events:,} i.i.d. losses")
+    print(f"{'threshold z':>11} {'false alarms':>13}  " + "  ".join(f"{'noise ' + str(n) + ' P / R / F1':>24}" for n in _NOISES))
+    for thr, fa, prf in oracle_table(args):
+        print(f"{thr:>11.2f} {fa:>13}  " + "  ".join(f"{p:>12.2f} / {r:.2f} / {f:.2f}" for p, r, f in prf))
     default = modes[0]
     worst = min(res.items(), key=lambda kv: kv[1][default][2])
     all_resets = [r for kind in resets.values() for r in kind[default]]

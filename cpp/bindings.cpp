@@ -30,6 +30,31 @@ py::buffer_info need(const f32& a, int ndim, const char* name) {
     return b;
 }
 
+// A read-only float32 argument of a hot single-query kernel. An array that already is
+// C-contiguous float32 is read in place (no numpy conversion, no buffer request: those were
+// about a microsecond of a route); anything else is converted as an f32 argument would be,
+// the copy kept alive in `keep`.
+struct F32View {
+    const float* ptr;
+    std::size_t shape[2];
+};
+
+F32View f32_view(const py::object& o, f32& keep, int ndim, const char* name) {
+    const py::array* a = nullptr;
+    if (py::isinstance<py::array_t<float, py::array::c_style>>(o)) {
+        a = reinterpret_cast<const py::array*>(&o);
+    } else {
+        keep = o.cast<f32>();
+        a = &keep;
+    }
+    if (a->ndim() != ndim)
+        throw std::runtime_error(std::string(name) + " must be " + std::to_string(ndim) + "-d, got " +
+                                 std::to_string(a->ndim()) + "-d");
+    F32View v{static_cast<const float*>(a->data()), {static_cast<std::size_t>(a->shape(0)), 0}};
+    if (ndim == 2) v.shape[1] = static_cast<std::size_t>(a->shape(1));
+    return v;
+}
+
 // Sizes a caller may ask for, checked before any layout arithmetic or allocation: any one
 // dimension at most 2^20 (so a product of three cannot overflow size_t), any one buffer at most
 // 2^28 floats (1 GiB). std::invalid_argument reaches Python as ValueError.
@@ -581,7 +606,7 @@ void bind_router(py::module_& m) {
             f32 ad;  // keeps the converted array alive while the kernel reads it
             const float* a = optional_logits(adapter, nt, ad);
             // One query: a few microseconds, cheaper than releasing the GIL.
-            const rt::Decision d = rt::decide(p, L, static_cast<const float*>(xb.ptr), normalize, a);
+            const rt::Decision d = rt::decide_one(p, L, static_cast<const float*>(xb.ptr), normalize, a);
             return py::make_tuple(d.model, d.prob, d.bucket, d.temperature, d.top_p, d.confidence);
         },
         py::arg("params"), py::arg("x"), py::arg("n_targets"), py::arg("normalize") = false,
@@ -667,9 +692,9 @@ struct BanditShape {
     std::size_t dim, in_dim, nt, d1;
 };
 
-BanditShape bandit_shape(const f32& P, const py::array& Ainv, const py::array& theta, const py::array* b) {
-    py::buffer_info pb = need(P, 2, "P");
-    BanditShape s{static_cast<std::size_t>(pb.shape[0]), static_cast<std::size_t>(pb.shape[1]), 0, 0};
+BanditShape bandit_shape(std::size_t dim, std::size_t in_dim, const py::array& Ainv, const py::array& theta,
+                         const py::array* b) {
+    BanditShape s{dim, in_dim, 0, 0};
     if (s.dim < 1 || s.dim > bd::MAX_DIM || s.in_dim < 1)
         throw std::runtime_error("P must be dim x in_dim with 1 <= dim <= " + std::to_string(bd::MAX_DIM));
     s.d1 = s.dim + 1;
@@ -688,8 +713,15 @@ BanditShape bandit_shape(const f32& P, const py::array& Ainv, const py::array& t
     return s;
 }
 
+BanditShape bandit_shape(const f32& P, const py::array& Ainv, const py::array& theta, const py::array* b) {
+    py::buffer_info pb = need(P, 2, "P");
+    return bandit_shape(static_cast<std::size_t>(pb.shape[0]), static_cast<std::size_t>(pb.shape[1]), Ainv, theta, b);
+}
+
 void bind_bandit(py::module_& m) {
     m.attr("BANDIT_MAX_DIM") = bd::MAX_DIM;
+    // which build of the learned route this CPU runs (router_route_learned): AVX2 + FMA or baseline x86-64
+    m.attr("ROUTE_AVX2") = rt::route_has_avx2();
     m.def(
         "bandit_projection",
         [](uint32_t seed, std::size_t dim, std::size_t in_dim) {
@@ -742,15 +774,23 @@ void bind_bandit(py::module_& m) {
         "+ alpha sqrt(phi' Ainv phi); greedy drops the alpha term; tied: every target scored the same.");
     m.def(
         "router_route_learned",
-        [](const f32& params, const f32& x, std::size_t nt, bool normalize, const py::object& adapter, const f32& P,
-           py::array Ainv, py::array theta, const py::object& cost, double alpha, double lam) {
+        [](const py::object& params_in, const py::object& x_in, std::size_t nt, bool normalize,
+           const py::object& adapter, const py::object& P_in, py::array Ainv, py::array theta, const py::object& cost,
+           double alpha, double lam) {
             // router_route and bandit_route in one crossing: the learned mode's hot path (bench router's
             // p99 goal), with every argument checked as the two kernels check them.
             check_targets(nt);
-            py::buffer_info xb = need(x, 1, "x");
-            const rt::Layout L(static_cast<std::size_t>(xb.shape[0]), nt);
-            const float* p = router_params(params, L);
-            const BanditShape s = bandit_shape(P, Ainv, theta, nullptr);
+            f32 xk, pk, Pk;  // converted copies, only for arguments that were not float32 arrays already
+            const F32View x = f32_view(x_in, xk, 1, "x");
+            const rt::Layout L(x.shape[0], nt);
+            const F32View params = f32_view(params_in, pk, 1, "params");
+            if (params.shape[0] != L.total)
+                throw std::runtime_error("params has " + std::to_string(params.shape[0]) + " floats, expected " +
+                                         std::to_string(L.total) + " for in_dim " + std::to_string(L.in_dim) +
+                                         " and " + std::to_string(L.nt) + " targets");
+            const float* p = params.ptr;
+            const F32View P = f32_view(P_in, Pk, 2, "P");
+            const BanditShape s = bandit_shape(P.shape[0], P.shape[1], Ainv, theta, nullptr);
             if (s.nt != nt) throw std::runtime_error("Ainv and theta must have n_targets rows");
             if (s.in_dim != L.in_dim) throw std::runtime_error("x must have in_dim floats (P's width)");
             const double* ai = inplace_array<double>(Ainv, "Ainv", "float64");
@@ -766,14 +806,10 @@ void bind_bandit(py::module_& m) {
                 c = ca.data();
             }
             if (!std::isfinite(alpha) || !std::isfinite(lam)) throw std::runtime_error("alpha and lam must be finite");
-            const float* xp = static_cast<const float*>(xb.ptr);
-            // One query: ~10 us, cheaper than releasing the GIL.
-            const rt::Decision d = rt::decide(p, L, xp, normalize, a);
-            double phi[bd::MAX_DIM + 1];
-            bd::features(static_cast<const float*>(P.data()), s.dim, s.in_dim, xp, phi);
-            const bd::Choice ch = bd::choose(ai, th, c, s.nt, s.d1, phi, alpha, lam);
-            return py::make_tuple(d.model, d.bucket, d.temperature, d.top_p, d.confidence, ch.best, ch.greedy,
-                                  ch.tied);
+            // One query: a few microseconds, cheaper than releasing the GIL.
+            const rt::Routed r = rt::route_learned(p, L, x.ptr, normalize, a, P.ptr, s.dim, ai, th, c, nt, alpha, lam);
+            return py::make_tuple(r.d.model, r.d.bucket, r.d.temperature, r.d.top_p, r.d.confidence, r.ch.best,
+                                  r.ch.greedy, r.ch.tied);
         },
         py::arg("params"), py::arg("x"), py::arg("n_targets"), py::arg("normalize"), py::arg("adapter"),
         py::arg("P"), py::arg("Ainv"), py::arg("theta"), py::arg("cost"), py::arg("alpha"), py::arg("lam"),

@@ -252,11 +252,26 @@ inline void init_projection(float* P, std::size_t dim, std::size_t in_dim, uint3
     for (std::size_t i = 0; i < dim * in_dim; ++i) P[i] = randn(rng) * s;
 }
 
+// fdot with 32 partial sums: P x is dim dot products of in_dim floats (12,288 products at
+// dim 32, in_dim 384), and fdot's 8 sums made one dependent add chain per SIMD register
+// (latency-bound: half a route's bandit time). Four independent chains keep the FMA
+// units busy with SSE or AVX2 alike.
+inline float fdot_wide(const float* a, const float* b, std::size_t n) {
+    float acc[32] = {};
+    const std::size_t n32 = n - n % 32;
+    for (std::size_t i = 0; i < n32; i += 32)
+        for (std::size_t j = 0; j < 32; ++j) acc[j] += a[i + j] * b[i + j];
+    float tail = 0.0f;
+    for (std::size_t i = n32; i < n; ++i) tail += a[i] * b[i];
+    for (std::size_t j = 0; j < 8; ++j) acc[j] = (acc[j] + acc[j + 16]) + (acc[j + 8] + acc[j + 24]);
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
+}
+
 // phi[0..dim) = P x_hat with x_hat = x sqrt(in_dim) / ||x|| (0 for x = 0); phi[dim] = 1.
 inline void features(const float* P, std::size_t dim, std::size_t in_dim, const float* x, double* phi) {
     const float n2 = fdot(x, x, in_dim);
     const double s = n2 > 0.0f ? std::sqrt(static_cast<double>(in_dim) / static_cast<double>(n2)) : 0.0;
-    for (std::size_t i = 0; i < dim; ++i) phi[i] = s * static_cast<double>(fdot(P + i * in_dim, x, in_dim));
+    for (std::size_t i = 0; i < dim; ++i) phi[i] = s * static_cast<double>(fdot_wide(P + i * in_dim, x, in_dim));
     phi[dim] = 1.0;
 }
 
@@ -276,10 +291,16 @@ inline double ddot(const double* a, const double* b, std::size_t n) {
     return (s0 + s2) + (s1 + s3);
 }
 
+// Ainv is exactly symmetric (update keeps it so, a drift only scales it), so the quadratic
+// form is the diagonal plus twice the upper triangle: half the multiplications of the
+// full (dim+1)^2 loop, which was most of a route's bandit cost.
 inline void score_one(const double* Ainv, const double* theta, std::size_t d1, const double* phi, double& mean,
                       double& width) {
     double w = 0.0;
-    for (std::size_t i = 0; i < d1; ++i) w += phi[i] * ddot(Ainv + i * d1, phi, d1);
+    for (std::size_t i = 0; i < d1; ++i) {
+        const double* row = Ainv + i * d1;
+        w += phi[i] * (row[i] * phi[i] + 2.0 * ddot(row + i + 1, phi + i + 1, d1 - i - 1));
+    }
     mean = ddot(theta, phi, d1);
     width = std::sqrt(std::max(w, 0.0));
 }
@@ -348,6 +369,78 @@ inline double update(double* Ainv, double* b, double* theta, std::size_t d1, con
 }
 
 }  // namespace bandit
+
+// ---- The learned mode's route (FastGRNN decision + bandit choice), the p99 hot path ----
+//
+// Compiled twice (with router_route's decide_one): for the baseline x86-64 the wheel targets,
+// and with AVX2 + FMA, picked at run time by the CPU (never -march=native: the wheel must run everywhere). Only this
+// read-only path is dispatched; every update keeps one instruction set, so state evolves
+// bit for bit the same on every machine. The two builds of a route may differ in the last
+// bits of a score (FMA rounds once), not in what a state stores.
+struct Routed {
+    Decision d;
+    bandit::Choice ch;
+};
+
+// phi: scratch of bandit::MAX_DIM + 1 doubles.
+__attribute__((always_inline)) inline Routed route_learned_body(
+    const float* p, const Layout& L, const float* x, bool normalize, const float* adapter, const float* P,
+    std::size_t dim, const double* Ainv, const double* theta, const double* cost, std::size_t nt, double alpha,
+    double lam, double* phi) {
+    Routed r;
+    r.d = decide(p, L, x, normalize, adapter);
+    bandit::features(P, dim, L.in_dim, x, phi);
+    r.ch = bandit::choose(Ainv, theta, cost, nt, dim + 1, phi, alpha, lam);
+    return r;
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define LEARNSTREAM_ROUTE_AVX2 1
+// flatten: decide, features and choose (and what they call) are compiled into this body for AVX2.
+__attribute__((target("avx2,fma"), flatten)) inline Routed route_learned_avx2(
+    const float* p, const Layout& L, const float* x, bool normalize, const float* adapter, const float* P,
+    std::size_t dim, const double* Ainv, const double* theta, const double* cost, std::size_t nt, double alpha,
+    double lam, double* phi) {
+    return route_learned_body(p, L, x, normalize, adapter, P, dim, Ainv, theta, cost, nt, alpha, lam, phi);
+}
+#endif
+
+// router_route's decision (reference mode) from the same build as the learned route, so a fresh
+// learned router (bandit tied) answers bit for bit as the reference mode does.
+#ifdef LEARNSTREAM_ROUTE_AVX2
+__attribute__((target("avx2,fma"), flatten)) inline Decision decide_avx2(const float* p, const Layout& L,
+                                                                           const float* x, bool normalize,
+                                                                           const float* adapter) {
+    return decide(p, L, x, normalize, adapter);
+}
+#endif
+
+inline bool route_has_avx2() {
+#ifdef LEARNSTREAM_ROUTE_AVX2
+    static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return yes;
+#else
+    return false;
+#endif
+}
+
+inline Decision decide_one(const float* p, const Layout& L, const float* x, bool normalize, const float* adapter) {
+#ifdef LEARNSTREAM_ROUTE_AVX2
+    if (route_has_avx2()) return decide_avx2(p, L, x, normalize, adapter);
+#endif
+    return decide(p, L, x, normalize, adapter);
+}
+
+inline Routed route_learned(const float* p, const Layout& L, const float* x, bool normalize, const float* adapter,
+                            const float* P, std::size_t dim, const double* Ainv, const double* theta,
+                            const double* cost, std::size_t nt, double alpha, double lam) {
+    double phi[bandit::MAX_DIM + 1];
+#ifdef LEARNSTREAM_ROUTE_AVX2
+    if (route_has_avx2())
+        return route_learned_avx2(p, L, x, normalize, adapter, P, dim, Ainv, theta, cost, nt, alpha, lam, phi);
+#endif
+    return route_learned_body(p, L, x, normalize, adapter, P, dim, Ainv, theta, cost, nt, alpha, lam, phi);
+}
 
 }  // namespace router
 }  // namespace learnstream

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['ATTENTION_EDGE_FEATURES', 'ATTENTION_NO_EDGE', 'ATTENTION_UNKNOWN_RELATION', 'BANDIT_MAX_DIM', 'GraphAttention', 'INSTANT_CONSTANTS', 'ROUTER_BUCKETS', 'ROUTER_HIDDEN', 'ROUTER_MAX_TARGETS', 'ROUTER_RANK', 'adapter_forward', 'bandit_features', 'bandit_projection', 'bandit_route', 'bandit_update_batch', 'clamp_norm', 'ewc_penalty', 'ewc_pull', 'fisher_ema', 'instant_feedback', 'instant_feedback_batch', 'instant_hebbian', 'instant_hebbian_batch', 'instant_layout', 'instant_norm', 'loss_window_push_many', 'mulberry32_stream', 'online_fisher', 'online_forward', 'online_n_params', 'online_step', 'router_forward_batch', 'router_init', 'router_layout', 'router_route', 'router_route_learned', 'router_train', 'router_train_batch', 'weighted_pick']
+__all__: list[str] = ['ATTENTION_EDGE_FEATURES', 'ATTENTION_NO_EDGE', 'ATTENTION_UNKNOWN_RELATION', 'BANDIT_MAX_DIM', 'GraphAttention', 'INSTANT_CONSTANTS', 'ROUTER_BUCKETS', 'ROUTER_HIDDEN', 'ROUTER_MAX_TARGETS', 'ROUTER_RANK', 'ROUTE_AVX2', 'adapter_forward', 'bandit_features', 'bandit_projection', 'bandit_route', 'bandit_update_batch', 'clamp_norm', 'ewc_penalty', 'ewc_pull', 'fisher_ema', 'instant_feedback', 'instant_feedback_batch', 'instant_hebbian', 'instant_hebbian_batch', 'instant_layout', 'instant_norm', 'loss_window_push_many', 'mulberry32_stream', 'online_fisher', 'online_forward', 'online_n_params', 'online_step', 'router_forward_batch', 'router_init', 'router_layout', 'router_route', 'router_route_learned', 'router_train', 'router_train_batch', 'weighted_pick']
 class GraphAttention:
     """
     Fixed projections Wq, Wk, Wv, Wo (and the initial We) regenerated from the seed.
@@ -164,6 +164,7 @@ ATTENTION_NO_EDGE: float = -2.0
 ATTENTION_UNKNOWN_RELATION: float = -1.0
 INSTANT_CONSTANTS: dict = {'rank': 2, 'decay': 0.9950000047683716, 'max_norm': 5.0, 'clamp_slack': 0.9999990463256836, 'replay_cap': 64, 'min_replay': 4, 'neutral_eps': 9.999999747378752e-05, 'golden': 2654435761, 'meta_size': 71, 'meta': {'dim': 0, 'nt': 1, 'feedback_count': 2, 'resets': 3, 'replay_head': 4, 'replay_len': 5, 'has_ewc': 6, 'replay_idx': 7}, 'scalars': {'lr': 0, 'lr_min': 1, 'ewc_lam': 2}}
 BANDIT_MAX_DIM: int = 256
+ROUTE_AVX2: bool
 ROUTER_BUCKETS: int = 5
 ROUTER_HIDDEN: int = 128
 ROUTER_MAX_TARGETS: int = 1024

@@ -44,6 +44,9 @@ KNOWN_DEFECTS = {
         "test_a_member_that_dies_without_leaving_is_expired":
             "noida-db 0.2.3 never expires a dead group member; worked around by "
             "workers.broker_compat.expel_group_members",
+        "test_compaction_drops_superseded_transactional_values":
+            "noida-db 0.2.3 never compacts records written in transactions: with transactions on, the "
+            "worker's changelogs on it grow without bound (README, 'The embedded broker')",
     },
 }
 

@@ -336,6 +336,31 @@ async def test_compaction_drops_superseded_values(target: Candidate, name: str) 
     assert n < 50, f"{n} of 100 records still there: nothing was compacted"
 
 
+async def test_compaction_drops_superseded_transactional_values(target: Candidate, name: str) -> None:
+    """The same with a transactional producer (the worker writes its changelogs in transactions)."""
+    await _create(target.bootstrap, name, **{"cleanup.policy": "compact", "segment.bytes": "4096",
+                                             "segment.ms": "100", "min.cleanable.dirty.ratio": "0.01"})
+    p = AIOKafkaProducer(bootstrap_servers=target.bootstrap, transactional_id=name, acks="all")
+    await p.start()
+    try:
+        for round_ in range(20):
+            async with p.transaction():
+                for k in range(5):
+                    await p.send(name, b"v%d" % round_ + b"." * 500, key=b"key%d" % k, partition=0)
+            await asyncio.sleep(0.05)
+    finally:
+        await p.stop()
+    loop = asyncio.get_running_loop()
+    end = loop.time() + _WAIT_S * 2
+    n = 100
+    while loop.time() < end:
+        n = len(await _read_all(target.bootstrap, name, 100, to_end=True))
+        if n < 50:
+            break
+        await asyncio.sleep(1.0)
+    assert n < 50, f"{n} of 100 committed records still there: nothing was compacted"
+
+
 def test_a_member_that_dies_without_leaving_is_expired(target: Candidate, name: str, tmp_path) -> None:
     """A SIGKILLed member is dropped after its session timeout; the survivor gets its partitions."""
     import signal

@@ -170,3 +170,47 @@ async def test_recovery_reads_past_an_aborted_transaction_on_the_embedded_broker
         assert await probe.last_record(log, 0, 8) == 6
     finally:
         await probe.close()
+
+
+async def test_a_broker_that_lost_acknowledged_records_gets_a_new_producer_and_nothing_left_open(tmp_path) -> None:
+    """The embedded broker SIGKILLed right after acknowledged transactions loses them (workers/stream/
+    transactions.py, README "Broker outages"): the producer's next transaction fails for good, the
+    partition's producer is dropped (ProducerLost), what it left open is aborted (a partition it wrote to
+    before failing stays readable read_committed), and the next assignment's producer commits again."""
+    import asyncio
+
+    from workers.kafka.broker import EmbeddedBroker
+    from workers.stream.transactions import ProducerLost
+
+    broker = await asyncio.to_thread(EmbeddedBroker(data_dir=tmp_path / "log").start)
+    try:
+        app = f"tx-{uuid.uuid4().hex[:8]}"
+        inp, out, log = f"{app}-in", f"{app}-out", f"{app}-changelog"
+        await _topics(broker.bootstrap, inp, out, log)
+        txns = _txns(broker.bootstrap, app)
+        await txns.assign({0})
+        await txns.commit(0, PartitionWork([Send(log, b"k", b"saved", 0)], {inp: 1}))
+        await asyncio.sleep(3)  # noida saves its log about a second after a change
+        for i in range(3):  # acknowledged, then lost with the broker
+            await txns.commit(0, PartitionWork([Send(log, b"k", b"lost-%d" % i, 0)], {inp: 2 + i}))
+        port = broker.port
+        await asyncio.to_thread(broker.stop, True)
+        broker = await asyncio.to_thread(EmbeddedBroker(port=port, data_dir=tmp_path / "log").start)
+        assert await _values(broker.bootstrap, log, "read_committed") == [b"saved"]
+
+        # "out" never saw this producer: its send is taken, the changelog's is refused (sequence ahead)
+        with pytest.raises(ProducerLost):
+            await txns.commit(0, PartitionWork([Send(out, b"k", b"event", 0), Send(log, b"k", b"state", 0)],
+                                               {inp: 9}))
+        assert not txns.owns(0)
+        assert await asyncio.wait_for(_values(broker.bootstrap, out, "read_committed"), 30) == []  # aborted
+        assert await _committed(broker.bootstrap, app, inp) == 1
+
+        await txns.assign({0})  # the rebalance that follows: a new producer
+        await txns.commit(0, PartitionWork([Send(out, b"k", b"event", 0), Send(log, b"k", b"state", 0)], {inp: 2}))
+        assert await _values(broker.bootstrap, out, "read_committed") == [b"event"]
+        assert await _values(broker.bootstrap, log, "read_committed") == [b"saved", b"state"]
+        assert await _committed(broker.bootstrap, app, inp) == 2
+        await txns.close()
+    finally:
+        broker.stop()

@@ -73,17 +73,45 @@ def test_a_large_jump_fires_within_three_losses() -> None:
         bmod.JUMP_N = old
 
 
-def test_a_version_1_detector_state_reads_with_no_jump_run() -> None:
+def test_older_detector_states_read_without_their_later_fields() -> None:
+    """Version 1 (before the jump rule) and 2 (before the task-long spread) still load."""
     det = LossCusum()
-    for v in (0.5, 0.6, 0.55, 0.5, 0.52, 0.49, 0.5, 0.51, 0.5):
+    for v in (0.5, 0.6, 0.55, 0.5, 0.52, 0.49, 0.5, 0.51, 0.5, 0.7, 0.48, 0.5, 0.62, 0.5, 0.49, 0.51):
         det.push(v)
-    v2 = det.to_bytes()
-    v1 = v2[:3] + bytes([1]) + v2[4:-8]
-    back = LossCusum.from_bytes(v1)
-    assert back.jump == 0 and (back.mu, back.var, back.S, back.n) == (det.mu, det.var, det.S, det.n)
+    v3 = det.to_bytes()
+    assert det.n_slow > 0 and det.var_slow > 0.0
+    v2 = v3[:3] + bytes([2]) + v3[4:-16]
+    v1 = v3[:3] + bytes([1]) + v3[4:-24]
+    for old, version in ((v1, 1), (v2, 2)):
+        back = LossCusum.from_bytes(old)
+        assert (back.mu, back.var, back.S, back.n) == (det.mu, det.var, det.S, det.n)
+        assert (back.var_slow, back.n_slow) == (0.0, 0)
+        assert back.jump == (det.jump if version == 2 else 0)
     with pytest.raises(CorruptStateError):
-        LossCusum.from_bytes(v2[:3] + bytes([1]) + v2[4:])   # a v2 body labelled v1
+        LossCusum.from_bytes(v3[:3] + bytes([1]) + v3[4:])   # a v3 body labelled v1
+    with pytest.raises(CorruptStateError):
+        LossCusum.from_bytes(v3[:3] + bytes([2]) + v3[4:-8])   # neither size
 
+
+def test_a_long_run_of_good_answers_does_not_shrink_the_spread_below_the_task_long_floor(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bad answers 10% of the time (loss 0.7 among 0.0), then 80 good ones in a row: the EMA spread
+    has forgotten the bad answers, the task-long spread has not, so three bad answers in a row are
+    not a new task. Without the floor they fire (checked below with SLOW = 0)."""
+    import workers.cores.boundary as boundary
+
+    def run() -> tuple[LossCusum, list[bool]]:
+        rng = np.random.default_rng(3)
+        det = LossCusum()
+        assert not any(det.push(v) for v in np.where(rng.random(400) < 0.1, 0.7, 0.0).tolist())
+        assert not any(det.push(0.0) for _ in range(80))
+        return det, [det.push(0.7) for _ in range(3)]
+
+    det, fired = run()
+    assert fired == [False, False, False]
+    assert math.sqrt(det.var) < 0.75 * det.sigma
+    monkeypatch.setattr(boundary, "SLOW", 0.0)
+    assert run()[1][-1]
 
 def _feedback(s: LearnSession, q: np.ndarray, seed: int = 0, **body) -> dict:
     rng = np.random.default_rng(seed)

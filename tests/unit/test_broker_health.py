@@ -41,3 +41,16 @@ def test_probe_of_a_closed_port_fails_fast() -> None:
 
     h = BrokerHealth(f"127.0.0.1:{free_port()}", 10.0)
     assert asyncio.run(h.probe()) is False and h.failing_since is not None
+
+
+def test_each_spell_of_failed_probes_counts_one_outage() -> None:
+    """Runtime.log_unchanged compares this count: any failed probe, even a short spell, may hide a restart."""
+    h = BrokerHealth("127.0.0.1:1", 10.0, clock=Clock())
+    h.observe(True)
+    assert h.outages == 0
+    h.observe(False)
+    h.observe(False)
+    assert h.outages == 1 and h.reachable()  # counted at once, long before "unreachable"
+    h.observe(True)
+    h.observe(False)
+    assert h.outages == 2

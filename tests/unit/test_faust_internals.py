@@ -84,3 +84,6 @@ def test_the_private_names_read_exist() -> None:
     assert faust.__version__ == faust_internals.FAUST_CHECKED
     assert rocksdb.Store.offset_key == b"__faust\0offset__"
     assert _current_event.get(None) is None  # a ContextVar
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+    assert callable(GroupCoordinator.request_rejoin)  # faust_internals.rejoin

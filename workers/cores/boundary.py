@@ -13,6 +13,11 @@ fires on a *lasting* rise of the loss:
   first ``WARM`` losses seed ``mu`` (their mean) and ``sigma`` (their median absolute
   step); ``sigma^2`` is then a plain mean of the squares until the EMA takes over. ``sigma`` is floored at 10% of ``|mu|`` and at 0.05: the loop's losses are
   ``1 - q_eff`` on the quality scale, where a smaller spread is no spread at all.
+  It is also floored at ``SLOW`` x the same spread averaged over the whole task (rate
+  ``1/n``, at least ``RATE_SLOW``): on feedback where bad answers are rare (Bernoulli 0.9
+  / 0.95 qualities) the EMA forgot the spread during a long run of good answers, and then
+  three bad ones in a row looked like a new task (bench boundaries: 7 of 160 stationary
+  10,000-event runs reset the adapter, 3 with the floor, the F1 of every loss stream unchanged).
 - **Statistic**: ``S = max(0, S + min((loss - mu - a) / sigma, CLIP))`` with the allowance
   ``a = max(K sigma, REL |mu|)``: a rise has to exceed half a sigma and a quarter of the
   loss level to count, and one loss adds at most CLIP. A boundary is ``S > H`` (at least
@@ -56,13 +61,16 @@ FLOOR_REL = 0.1
 JUMP_Z = 4.0       # the jump rule: JUMP_N losses in a row above mu + JUMP_Z sigma
 JUMP_N = 3
 FLOOR_ABS = 0.05
+SLOW = 0.85        # sigma >= SLOW x the task-long upward spread
+RATE_SLOW = 0.002
 _MEDIAN_STEP = 1.0 / 0.9539              # median |x_t - x_{t-1}| = 0.954 sigma for Gaussian noise
 
 # magic, version, ring length, steps length, m, ring, steps, mu var S prev, n
 _FMT_V1 = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dq")
-_FMT = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dqq")   # 2: + the run of jump losses
+_FMT_V2 = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dqq")   # 2: + the run of jump losses
+_FMT = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dqqdq")   # 3: + the task-long spread and its count
 _MAGIC = b"LSC"
-_VERSION = 2
+_VERSION = 3
 
 
 class CusumFiring:
@@ -77,7 +85,7 @@ class CusumFiring:
 class LossCusum:
     """One session's boundary detector over its loss stream (see the module doc)."""
 
-    __slots__ = ("ring", "m", "mu", "var", "S", "steps", "prev", "n", "last", "jump")
+    __slots__ = ("ring", "m", "mu", "var", "S", "steps", "prev", "n", "last", "jump", "var_slow", "n_slow")
 
     def __init__(self) -> None:
         self.n = 0
@@ -89,11 +97,13 @@ class LossCusum:
         self.m = 0                    # losses in the reference
         self.mu = self.var = self.S = self.prev = 0.0
         self.jump = 0
+        self.var_slow = 0.0           # the upward spread over the whole task, and its loss count
+        self.n_slow = 0
         self.steps: list[float] = []  # |differences| of the first WARM reference losses
 
     @property
     def sigma(self) -> float:
-        return max(math.sqrt(self.var), FLOOR_ABS, FLOOR_REL * abs(self.mu))
+        return max(math.sqrt(self.var), SLOW * math.sqrt(self.var_slow), FLOOR_ABS, FLOOR_REL * abs(self.mu))
 
     def push(self, loss: float) -> bool:
         """One loss; True when it completes a boundary (the detector restarts). Non-finite: ignored."""
@@ -135,8 +145,11 @@ class LossCusum:
                 self.steps = []
         else:
             r = v - self.mu
+            up2 = 2.0 * max(r, 0.0) ** 2
             # a plain mean of the first squares (the seed counts as one), then the EMA
-            self.var += max(1.0 / (m - WARM + 2), RATE_VAR) * (2.0 * max(r, 0.0) ** 2 - self.var)
+            self.var += max(1.0 / (m - WARM + 2), RATE_VAR) * (up2 - self.var)
+            self.n_slow += 1
+            self.var_slow += max(1.0 / self.n_slow, RATE_SLOW) * (up2 - self.var_slow)
             self.mu += RATE_MU * r
         self.m = m + 1
 
@@ -145,25 +158,31 @@ class LossCusum:
         ring = self.ring + [0.0] * (DELAY - len(self.ring))
         steps = self.steps + [0.0] * (WARM - len(self.steps))
         return _FMT.pack(_MAGIC, _VERSION, len(self.ring), len(self.steps), self.m, *ring, *steps, self.mu,
-                         self.var, self.S, self.prev, self.n, self.jump)
+                         self.var, self.S, self.prev, self.n, self.jump, self.var_slow, self.n_slow)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LossCusum:
-        old = len(data) == _FMT_V1.size   # version 1: before the jump rule (its run starts at 0)
+        # older versions: 1 before the jump rule (its run starts at 0), 2 before the task-long spread
+        # (it starts empty: the floor takes effect as the reference grows again)
+        version = {_FMT_V1.size: 1, _FMT_V2.size: 2}.get(len(data), _VERSION)
+        fmt = {1: _FMT_V1, 2: _FMT_V2}.get(version, _FMT)
         try:
-            magic, version, ring_len, steps_len, m, *rest = (_FMT_V1 if old else _FMT).unpack(data)
+            magic, stored, ring_len, steps_len, m, *rest = fmt.unpack(data)
         except struct.error:
             raise CorruptStateError(f"boundary detector state has {len(data)} bytes, expected {_FMT.size}") from None
-        if (magic != _MAGIC or version != (1 if old else _VERSION) or not 0 <= ring_len <= DELAY
+        if (magic != _MAGIC or stored != version or not 0 <= ring_len <= DELAY
                 or not 0 <= steps_len < WARM or m < 0):
             raise CorruptStateError("not a boundary detector state of this version")
         obj = cls()
         obj.ring = list(rest[:ring_len])
         obj.steps = list(rest[DELAY:DELAY + steps_len])
         obj.m = m
-        obj.mu, obj.var, obj.S, obj.prev, obj.n = rest[DELAY + WARM:DELAY + WARM + 5]
-        obj.jump = 0 if old else rest[DELAY + WARM + 5]
-        if obj.jump < 0:
+        base = DELAY + WARM
+        obj.mu, obj.var, obj.S, obj.prev, obj.n = rest[base:base + 5]
+        obj.jump = rest[base + 5] if version >= 2 else 0
+        if version >= 3:
+            obj.var_slow, obj.n_slow = rest[base + 6:base + 8]
+        if obj.jump < 0 or obj.n_slow < 0 or not obj.var_slow >= 0.0:
             raise CorruptStateError("not a boundary detector state of this version")
         return obj
 

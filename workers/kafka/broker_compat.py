@@ -7,8 +7,8 @@ suite (``tests/broker``) it fails one check, and has one property that hurts a l
    ``session.timeout.ms``). A SIGKILLed worker stays the group's leader, so the next worker to join
    waits for a SyncGroup that never comes and is never ready. Fix: :func:`expel_group_members` before
    a worker joins: every member the group still lists leaves (LeaveGroup on its behalf); live
-   workers just rejoin (the rebalance a new member causes anyway). Not covered: a worker that dies
-   for good while the others keep running keeps its partitions until another worker (re)starts.
+   workers just rejoin (the rebalance a new member causes anyway). A worker that dies for good while
+   the others keep running is expelled by them (workers/stream/peers.py).
    Group membership is not persisted, so a restarted embedded broker starts clean.
 2. **Memory.** It keeps the retained log in memory (and re-serialises all of it to a JSON snapshot
 about once a second), and, like Kafka, it compacts or deletes only closed segments. Kafka's defaults (1 GiB or 7-day

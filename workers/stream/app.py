@@ -113,6 +113,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
         async def on_stop(self) -> None:
             await rt.probe.close()
+            if rt.dead_peers is not None:
+                await rt.dead_peers.close()
             if rt.txn is not None:
                 await rt.txn.close()
 

@@ -31,6 +31,9 @@ class BrokerHealth:
         # Since when every probe failed (None: the last one succeeded). Only failed probes count: a
         # probe loop held up by a busy event loop (table recovery) says nothing about the broker.
         self.failing_since: float | None = None
+        # Failed-probe spells so far: a worker that saw one cannot trust what it read before it (the
+        # broker may have restarted and lost records it had acknowledged; runtime.Runtime.log_unchanged).
+        self.outages = 0
         self._down_logged = False
 
     def unreachable_for(self) -> float:
@@ -49,6 +52,7 @@ class BrokerHealth:
             return
         if self.failing_since is None:
             self.failing_since = self.clock()
+            self.outages += 1
         if not self.reachable() and not self._down_logged:
             logger.error("broker %s unreachable for %.0f s: /ready answers 503 and writes are refused until it "
                          "is back", self.bootstrap, self.unreachable_for())

@@ -83,11 +83,11 @@ from faust.streams import _current_event  # faust 0.15.3: the context var a tabl
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
-__all__ = ("FAUST_CHECKED", "TOUCHED", "install", "watch", "transactional", "note_committed", "seek", "rejoin",
+__all__ = ("FAUST_CHECKED", "TOUCHED", "install", "watch", "transactional", "note_committed", "seek",
            "committed_offset", "set_fetch_max_wait", "partition_db", "changelog_offset_key", "event_context",
            "WalStore", "start_passive", "remove_processor", "kafka_producer", "bulk_recovery", "BulkRestore",
            "no_spinner", "shared_memory", "SharedMemory", "BLOCK_CACHE_BYTES", "MEMTABLE_BYTES",
-           "install_truncation_recovery")
+           "install_truncation_recovery", "rejoin")
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ TOUCHED = {
     "worker.Worker._setup_spinner_handler": "spins self.spinner on every DEBUG record (no_spinner unsets it)",
     "tables.manager.TableManager.on_rebalance": "starts changelog recovery on an assignment (patched: fencing)",
     "tables.recovery.Recovery._build_highwaters": "reads each changelog's end offset - 1 (patched)",
-    "transport.drivers.aiokafka.AIOKafkaConsumerThread._ensure_consumer": "the thread's aiokafka consumer (rejoin)",
+    "transport.drivers.aiokafka.AIOKafkaConsumerThread._ensure_consumer": "the aiokafka consumer (rejoin)",
 }
 _ATTR = "_learnstream_guard"
 _TXN_ATTR = "_learnstream_before_recovery"
@@ -197,19 +197,15 @@ async def seek(app: Any, topic: str, partition: int, offset: int) -> None:
 
 
 async def rejoin(app: Any) -> None:
-    """Make the app's consumer rejoin its group: a rebalance (revoke, assign, recovery) follows.
+    """Make the app's consumer rejoin its group: a full rebalance (revoke, assign, table recovery,
+    seek to the committed offsets) even when the assignment stays the same."""
 
-    Runs in the consumer's own thread, whose event loop the aiokafka consumer belongs to.
-    """
-    # faust 0.15.3: Consumer._thread is the AIOKafkaConsumerThread (a mode ServiceThread: call_thread
-    # runs a coroutine function in its loop), _ensure_consumer its aiokafka consumer; aiokafka 0.14:
-    # GroupCoordinator.request_rejoin wakes its coordination routine, which rejoins.
-    thread = app.consumer._thread
-    await thread.call_thread(_request_rejoin, thread._ensure_consumer())
+    thread = app.consumer._thread  # faust 0.15.3: ThreadDelegateConsumer._thread, the AIOKafkaConsumerThread
 
+    async def _request() -> None:  # in the consumer's thread, where its coordinator lives
+        thread._ensure_consumer()._coordinator.request_rejoin()  # aiokafka 0.14: GroupCoordinator.request_rejoin
 
-async def _request_rejoin(consumer: Any) -> None:
-    consumer._coordinator.request_rejoin()
+    await thread.call_thread(_request)
 
 
 def committed_offset(app: Any, topic: str, partition: int) -> int | None:

@@ -176,6 +176,12 @@ class KafkaProbe:
         tp = TopicPartition(topic, partition)
         return (await (await self._client()).beginning_offsets([tp]))[tp]
 
+    async def log_end(self, topic: str, partition: int) -> int:
+        from aiokafka.structs import TopicPartition
+
+        tp = TopicPartition(topic, partition)
+        return (await (await self._client()).end_offsets([tp]))[tp]
+
     async def first_record(self, topic: str, partition: int, from_offset: int, below: int) -> int | None:
         """Offset of the first record in ``[from_offset, below)``, None when there is none.
 

@@ -4,6 +4,7 @@ consumer-lag gauges current.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import faust
@@ -17,8 +18,11 @@ from workers.stream.runtime import Runtime
 
 __all__ = ("LeanPrometheusMonitor", "install_metrics", "SILENCED_FAUST_SERIES")
 
+logger = logging.getLogger(__name__)
+
 _LAG_INTERVAL_S = 2.0
 _BROKER_PROBE_S = 1.0
+_PEERS_INTERVAL_S = 2.0  # how often the group's other workers are probed (workers/stream/peers.py)
 
 
 class LeanPrometheusMonitor(PrometheusMonitor):
@@ -75,6 +79,14 @@ def install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
     @app.timer(_BROKER_PROBE_S)
     async def broker_probe() -> None:
         await rt.broker_health.probe()
+
+    if rt.dead_peers is not None:
+        @app.timer(_PEERS_INTERVAL_S)
+        async def dead_peers() -> None:
+            try:
+                await rt.dead_peers.check()
+            except Exception as exc:  # noqa: BLE001 - the broker unreachable, a group not yet formed: next time
+                logger.debug("dead peer check failed: %r", exc)
 
     @app.timer(_LAG_INTERVAL_S)
     async def lag() -> None:

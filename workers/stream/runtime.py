@@ -29,11 +29,13 @@ from workers.stream import faust_internals, metrics, partitioning, restore
 from workers.stream.broker_health import BrokerHealth
 from workers.stream.gaps import Admitted, GapGuard, KafkaProbe
 from workers.stream.partitioning import ORIGIN_HEADER, origin_of
+from workers.stream.peers import DeadPeers
 from workers.stream.processor import BatchResult, Processor, dlq_entry, encoded
 from workers.stream.records import Record
 from workers.stream.settings import Settings
 from workers.stream.tables import TABLE_NAMES, FaustStateAccess
-from workers.stream.transactions import NotOwned, PartitionWork, Send, Transactions, source_partition
+from workers.stream.transactions import (NotOwned, PartitionWork, ProducerLost, Send, Transactions,
+                                         source_partition)
 from workers.verbs.surface import REGISTRY, envelope_error
 
 __all__ = ("Runtime", "Replies")
@@ -106,19 +108,61 @@ class Runtime:
                                 max_request_size=app.conf.producer_max_request_size,
                                 **settings.kafka_kwargs()) if settings.transactions else None
         self._rejoined_at = -float("inf")  # when _owned last made the consumer rejoin its group
+        self._outages_at_assign = 0  # broker_health.outages when the partitions were last assigned
+        # input partitions whose committed offset may be stale (the broker lost records): where to start instead
+        self._unapplied_from: dict[tuple[str, int], int] = {}
+        self._outages_at_start: dict[tuple[str, int], int] = {}  # broker_health.outages at a partition's start
+        self._outages_at_reply = 0  # broker_health.outages when Replies.recent was last trusted
+        # the embedded broker never expires a dead member: the workers do it (workers/stream/peers.py)
+        self.dead_peers = DeadPeers(settings.broker or "", settings.app_id, str(app.conf.canonical_url),
+                                    settings.session_timeout_s,
+                                    **settings.kafka_kwargs()) if settings.broker_kind == "embedded" else None
 
     async def before_recovery(self, assigned: set[Any]) -> None:
         """Own the assigned input partitions' transactional producers before recovery reads the
         changelogs (starting one fences the previous owner and ends what it left open)."""
         assert self.txn is not None
+        self._outages_at_assign = self.broker_health.outages
         await self.txn.assign({tp.partition for tp in assigned if tp.topic in self.input_names})
+
+    def log_unchanged(self) -> bool:
+        """No broker outage since the partitions were assigned. After one, the broker may have
+        restarted without records it had acknowledged, input this worker already read among them:
+        no transaction commits until a rebalance (new producers, the tables checked against the
+        changelogs, the input read again from the committed offsets)."""
+        return self.broker_health.outages == self._outages_at_assign
 
     async def _start_offset(self, topic: str, partition: int) -> int:
         """Where a newly assigned partition starts: the committed offset, or the log start."""
         committed = faust_internals.committed_offset(self.app, topic, partition)
         if committed is None:  # faust keeps none (or 0, which it stores as none): ask the broker
             committed = await self.probe.committed(self.settings.app_id, topic, partition)
-        return committed if committed is not None else await self.probe.log_start(topic, partition)
+        if committed is None:
+            return await self.probe.log_start(topic, partition)
+        tp = (topic, partition)
+        outages, seen = self.broker_health.outages, self._outages_at_start.get(tp)
+        self._outages_at_start[tp] = outages
+        if self.settings.broker_kind == "embedded" and seen is not None and outages > seen:
+            # The embedded broker may have restarted without records it had acknowledged (SIGKILL), and
+            # taken new ones at their offsets since; it was seen keeping the group's offsets past them.
+            # No offset tells old from new: read the partition again from its start (at most its
+            # retention) and let the sessions' watermarks skip what was applied (README "Broker outages").
+            self._unapplied_from[tp] = await self.probe.log_start(topic, partition)
+            logger.warning("%s[%d]: the broker was unreachable since this partition was last started; reading it "
+                           "again from offset %d (committed: %d), applied records are skipped as duplicates",
+                           topic, partition, self._unapplied_from[tp], committed)
+        floor = self._unapplied_from.get(tp)
+        if floor is not None and committed > floor:
+            return floor  # until a transaction of this partition commits, the broker's offset may be stale
+        end = await self.probe.log_end(topic, partition)
+        if committed > end:
+            # the group's offset survived records below it that the broker lost: start before them
+            start = await self.probe.log_start(topic, partition)
+            logger.error("%s[%d]: committed offset %d is past the log's end %d (the broker lost records it had "
+                         "acknowledged); reading again from %d", topic, partition, committed, end, start)
+            self._unapplied_from[tp] = start
+            return start
+        return committed
 
     async def bulk_restore(self, spans: dict[Any, tuple[Any, int, int]], time_limit_s: float) -> dict[Any, int]:
         """Apply active changelog ranges in bulk before faust's recovery reads them (restore.py)."""
@@ -221,12 +265,15 @@ class Runtime:
                 for write in self.state.take():
                     self.state.drop(write)
                 raise
+        failed: set[int] = set()
         if self.txn is not None:
-            await self._commit(admitted, res, reroute, dead)
+            failed = await self._commit(admitted, res, reroute, dead)
         if res is not None:
             self._count(res)
-            self.replies.resolve(res.replies)
-        self.guard.applied(admitted)
+            # a write of a partition whose transaction did not commit is not answered as applied
+            self.replies.resolve({k: v for k, v in res.replies.items() if k[1] not in failed} if failed
+                                 else res.replies)
+        self.guard.applied(_only(admitted, {p for _, p in admitted.next} - failed) if failed else admitted)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
 
     def _count(self, res: BatchResult) -> None:
@@ -284,7 +331,7 @@ class Runtime:
             await faust_internals.rejoin(self.app)
 
     async def _commit(self, admitted: Admitted, res: BatchResult | None, reroute: list[tuple[Record, int]],
-                      dead: list[tuple[Record, Any]]) -> None:
+                      dead: list[tuple[Record, Any]]) -> set[int]:
         """One transaction per input partition of the batch: what its records produced downstream,
         their re-routed copies, the changelog records of the sessions they changed and the next
         input offsets (workers/stream/transactions.py). Each session write goes to RocksDB once its
@@ -317,7 +364,7 @@ class Runtime:
             last.append(len(sends) - 1)
         try:
             await self.app.producer.flush()  # the graph table's writes go through faust's producer
-            done = await self.txn.commit_all(work)
+            done = await self.txn.commit_all(work, self.log_unchanged)
         except BaseException:
             for write in writes:
                 self.state.drop(write)
@@ -332,18 +379,28 @@ class Runtime:
         for (topic, partition), nxt in admitted.next.items():
             if not isinstance(done.get(partition), BaseException):
                 faust_internals.note_committed(self.app, topic, partition, nxt)
+                self._unapplied_from.pop((topic, partition), None)  # the broker's offset is true again
         failed = {p: e for p, e in done.items() if isinstance(e, BaseException)}
         if failed:
             self.processor.forget()
             gone = {p for p, e in failed.items() if isinstance(e, (NotOwned, ProducerFenced))}
             self.guard.applied(_only(admitted, set(done) - set(failed)))
+            lost = sorted(p for p, e in failed.items() if isinstance(e, ProducerLost))
+            if lost:
+                # The broker lost what it acknowledged, or may have (workers/stream/transactions.py): the rebalance
+                # gives these partitions new producers, rebuilds their tables if their changelogs
+                # shrank, and re-reads their input from the committed offsets.
+                logger.warning("partitions %s released (producer failed, or the broker was unreachable); rejoining "
+                               "the group", lost)
+                await faust_internals.rejoin(self.app)
             if len(gone) < len(failed):
                 raise next(e for p, e in failed.items() if p not in gone)
-            # every failure is a partition another worker owns now: not applied here, not an error
-            logger.warning("partitions %s moved to another worker mid-batch; their events are its to apply",
-                           sorted(gone))
-            # unless the fencing worker acted on a stale assignment: a rebalance settles who owns them
-            await self._rejoin(gone)
+            # every other failure is a partition another worker owns now: not applied here, not an error
+            if moved := sorted(gone - set(lost)):
+                logger.warning("partitions %s moved to another worker mid-batch; their events are its to apply", moved)
+                # unless the fencing worker acted on a stale assignment: a rebalance settles who owns them
+                await self._rejoin(set(moved))
+        return set(failed)
 
     def _misplaced(self, rec: Record) -> Any:
         return dlq_entry(rec, f"re-routed copy arrived on partition {rec.partition}, which does not own its key "
@@ -435,6 +492,10 @@ class Runtime:
                                                  "request"), 413
             why = f"not taken by the broker within {timeout:.0f} s" if isinstance(exc, TimeoutError) else str(exc)
             return envelope_error(verb_name, f"write {why}; retry later"), 503
+        if self.broker_health.outages != self._outages_at_reply:
+            # results kept from before an outage may be of records whose offsets the broker gave again
+            self.replies.recent.clear()
+            self._outages_at_reply = self.broker_health.outages
         key = (topic.name, meta.topic_partition.partition, meta.offset)
         written = f"{key[0]}:{key[1]}:{key[2]}"  # the id of the applied write (record_id)
         try:

@@ -20,19 +20,30 @@ Why not faust's ``processing_guarantee="exactly_once"``: it commits a transactio
 interval, not per batch, while learnstream writes a session's keys to RocksDB only once the records
 covering them are durable; those writes would have to wait for faust's interval. One transaction per
 batch keeps the order "changelog committed, then local write, then the next batch" in one place.
+
+A producer the broker no longer matches: a broker that lost records it had acknowledged (a
+SIGKILLed embedded broker, README "Broker outages") still knows the producer but with fewer
+sequence numbers, so its next send fails with ``OutOfOrderSequenceNumber`` and aiokafka's sender
+stops for good. :meth:`Transactions.commit` then drops that producer and raises
+:class:`ProducerLost`: the worker releases the partition and rejoins the group, and the
+rebalance starts a new producer (``InitProducerId``: a new epoch, sequences from 0), rebuilds the
+table partition if its changelog lost records, and re-reads the input from the committed offsets.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
-__all__ = ("Transactions", "PartitionWork", "Send", "NotOwned", "source_partition")
+__all__ = ("Transactions", "PartitionWork", "Send", "NotOwned", "ProducerLost", "source_partition")
 
 logger = logging.getLogger(__name__)
+
+# Aborting a transaction of a working producer takes one round trip; bounded in case the broker goes again.
+_ABORT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +117,15 @@ class Transactions:
             for p in list(self.producers):
                 await self._stop(p)
 
-    async def commit(self, partition: int, work: PartitionWork) -> list[Any]:
+    async def commit(self, partition: int, work: PartitionWork, may_commit: Callable[[], bool] = lambda: True
+                     ) -> list[Any]:
         """Write ``work`` in one transaction of ``partition``'s producer; return each send's metadata.
 
         Raises when the transaction did not commit (it is aborted, or was by the fencing owner);
-        a fenced producer is dropped: this worker no longer owns the partition.
+        a fenced producer is dropped: this worker no longer owns the partition. A producer that can
+        no longer be used (:func:`_unusable`) is dropped too and :class:`ProducerLost` raised, as
+        when ``may_commit()`` says no once the records are acknowledged (the broker may have
+        restarted since the partition was assigned: what was read before may be gone from the log).
         """
         from aiokafka.errors import ProducerFenced
         from aiokafka.structs import TopicPartition
@@ -118,10 +133,18 @@ class Transactions:
         producer = self.producers.get(partition)
         if producer is None:
             raise NotOwned(partition)
-        await producer.begin_transaction()
+        if not may_commit():
+            await self._lost(partition, BrokerOutage("the broker was unreachable since the partition was assigned"))
         try:
+            await producer.begin_transaction()
             futures = [await producer.send(s.topic, s.value, key=s.key, partition=s.partition,
                                            headers=list(s.headers) if s.headers else None) for s in work.sends]
+            # Every record acknowledged before the offsets and the commit: the embedded broker was seen
+            # committing a transaction (offsets included) whose sends had failed with
+            # OutOfOrderSequenceNumber, which skipped the input those records came from.
+            sent = list(await asyncio.gather(*futures))
+            if not may_commit():
+                raise BrokerOutage("the broker was unreachable since the partition was assigned")
             if work.offsets:
                 await producer.send_offsets_to_transaction(
                     {TopicPartition(t, partition): o for t, o in work.offsets.items()}, self.group_id)
@@ -130,17 +153,77 @@ class Transactions:
             logger.warning("partition %d: transactional producer fenced (another worker owns it now)", partition)
             await self._stop(partition)
             raise
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, BrokerOutage):  # the producer works: end what it wrote, then replace it
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(_ABORT_TIMEOUT_S):
+                        await producer.abort_transaction()
+            if isinstance(exc, Exception) and _unusable(producer, exc):
+                if not isinstance(exc, BrokerOutage):
+                    await _end_left_open(producer)
+                await self._lost(partition, exc)
             with contextlib.suppress(Exception):
                 await producer.abort_transaction()
             raise
-        return [f.result() for f in futures]
+        return sent
 
-    async def commit_all(self, work: Mapping[int, PartitionWork]) -> dict[int, list[Any] | BaseException]:
+    async def _lost(self, partition: int, exc: Exception) -> NoReturn:
+        logger.error("partition %d: transactional producer not trusted any more (%r): the broker may no longer "
+                     "have what it acknowledged; releasing the partition until the group rebalances (new "
+                     "producer, changelog and input read again)", partition, exc)
+        await self._stop(partition)
+        raise ProducerLost(partition, exc) from exc
+
+    async def commit_all(self, work: Mapping[int, PartitionWork], may_commit: Callable[[], bool] = lambda: True
+                         ) -> dict[int, list[Any] | BaseException]:
         """:meth:`commit` every partition's work concurrently; per partition its metadata or its error."""
         parts = sorted(work)
-        done = await asyncio.gather(*(self.commit(p, work[p]) for p in parts), return_exceptions=True)
+        done = await asyncio.gather(*(self.commit(p, work[p], may_commit) for p in parts), return_exceptions=True)
         return dict(zip(parts, done, strict=True))
+
+
+async def _end_left_open(producer: Any) -> None:
+    """Abort the transaction a dead producer may have left open, with its own id and epoch.
+
+    What its sends placed before one failed would otherwise hold back every ``read_committed``
+    reader of those partitions: Kafka aborts it when the next producer of the transactional id
+    starts, but the embedded broker, after a restart, gives that producer a new id and keeps the
+    old transaction open for good (seen here; an EndTxn of the old id ends it).
+    """
+    from aiokafka.client import CoordinationType
+    from aiokafka.protocol.transaction import EndTxnRequest
+
+    txn = producer._txn_manager  # aiokafka 0.14: TransactionManager.transactional_id, producer_id/epoch
+    if txn is None or txn.producer_id < 0:
+        return
+    try:
+        async with asyncio.timeout(_ABORT_TIMEOUT_S):
+            node = await producer.client.coordinator_lookup(CoordinationType.TRANSACTION, txn.transactional_id)
+            resp = await producer.client.send(node, EndTxnRequest(txn.transactional_id, txn.producer_id,
+                                                                  txn.producer_epoch, False))
+        logger.info("%s: ended what the failed producer left open (error code %d: 0 aborted, others: none open)",
+                    txn.transactional_id, resp.error_code)
+    except Exception as exc:  # noqa: BLE001 - the broker gone again: the next producer's start aborts it on Kafka
+        logger.warning("%s: could not abort what the failed producer left open: %r", txn.transactional_id, exc)
+
+
+def _unusable(producer: Any, exc: Exception) -> bool:
+    """True when ``producer`` cannot run another transaction: the broker refused its sequence numbers
+    or producer id (aiokafka's sender task ends on these), or its transaction state is fatal."""
+    from aiokafka.errors import InvalidTxnState, OutOfOrderSequenceNumber, UnknownProducerId
+
+    if isinstance(exc, (OutOfOrderSequenceNumber, UnknownProducerId, InvalidTxnState, BrokerOutage)):
+        return True
+    # aiokafka 0.14: AIOKafkaProducer._sender.sender_task, ._txn_manager.is_fatal_error()
+    sender = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    txn = getattr(producer, "_txn_manager", None)
+    return bool((task is not None and task.done()) or (txn is not None and txn.is_fatal_error()))
+
+
+class BrokerOutage(Exception):
+    """A transaction not committed because the broker was unreachable since its partition was
+    assigned (its producer is replaced like one that failed: the broker may have restarted)."""
 
 
 class NotOwned(Exception):
@@ -148,4 +231,13 @@ class NotOwned(Exception):
 
     def __init__(self, partition: int) -> None:
         super().__init__(f"partition {partition} is not owned by this worker")
+        self.partition = partition
+
+
+class ProducerLost(NotOwned):
+    """The partition's producer failed for good (see the module docstring); the partition is
+    released until the next rebalance gives it a new producer."""
+
+    def __init__(self, partition: int, cause: BaseException) -> None:
+        Exception.__init__(self, f"partition {partition}: transactional producer failed ({cause!r})")
         self.partition = partition

@@ -1,0 +1,120 @@
+"""Expel consumer-group members whose worker is gone (embedded broker only).
+
+noida-db never expires a member that died without leaving (workers/kafka/broker_compat.py, defect
+1): a SIGKILLed worker keeps its partitions while the others keep running. Kafka drops such a
+member after its session timeout; here every worker does it for the broker. Each worker lists the
+group's members (DescribeGroups) and reads each one's URL from faust's member metadata; a member
+whose worker has not answered HTTP for ``session_timeout_s`` (any answer counts, 503 included: the
+process is there) is made to leave the group on its behalf (LeaveGroup with its member id). The
+broker then rebalances and the live workers take its partitions. A live worker expelled by mistake
+(its HTTP port unreachable from its peers) just rejoins, as after a session timeout on Kafka.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+__all__ = ("DeadPeers", "http_alive")
+
+logger = logging.getLogger(__name__)
+
+# One probe of a peer's /health: connection refused answers at once, a stopped process never.
+_PROBE_TIMEOUT_S = 2.0
+
+
+async def http_alive(url: str) -> bool:
+    """True when something answers HTTP at ``url`` (any status)."""
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_PROBE_TIMEOUT_S)) as s:
+            async with s.get(url.rstrip("/") + "/health", ssl=False) as r:
+                await r.read()
+                return True
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        return False
+
+
+def member_url(metadata: bytes) -> str | None:
+    """The worker URL in a faust member's group metadata (None: not a faust member, or unreadable)."""
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
+
+    try:
+        user_data = ConsumerProtocolMemberMetadata.decode(metadata).user_data
+        # faust 0.15.3: PartitionAssignor.metadata, user_data = ClientMetadata as JSON (its "url")
+        url = orjson.loads(user_data).get("url")
+    except Exception:  # noqa: BLE001 - another client's member: never expelled
+        return None
+    return url if isinstance(url, str) and url else None
+
+
+class DeadPeers:
+    """See the module docstring; :meth:`check` runs on a timer."""
+
+    def __init__(self, bootstrap: str, group: str, own_url: str, dead_after_s: float, *,
+                 alive: Callable[[str], Awaitable[bool]] = http_alive, clock: Callable[[], float] = time.monotonic,
+                 **kafka: Any) -> None:
+        self.bootstrap, self.group, self.own_url = bootstrap, group, own_url.rstrip("/")
+        self.dead_after_s, self.alive, self.clock, self.kafka = dead_after_s, alive, clock, kafka
+        self.failing: dict[str, float] = {}  # member id -> since when its worker has not answered
+        self._admin: Any = None
+
+    async def _admin_client(self) -> Any:
+        if self._admin is None:
+            from aiokafka.admin import AIOKafkaAdminClient
+
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka)
+            await admin.start()
+            self._admin = admin
+        return self._admin
+
+    async def members(self) -> tuple[int, list[tuple[str, str]]]:
+        """(coordinator node, [(member id, worker URL)]) of the group's faust members."""
+        admin = await self._admin_client()
+        node = await admin.find_coordinator(self.group)
+        (resp,) = await admin.describe_consumer_groups([self.group], group_coordinator_id=node)
+        # groups: (error_code, group, state, protocol_type, protocol, members); a member:
+        # (member_id, client_id, client_host, member_metadata, member_assignment)
+        out = []
+        for g in resp.groups:
+            for m in g[5]:
+                url = member_url(m[3])
+                if url is not None:
+                    out.append((m[0], url.rstrip("/")))
+        return node, out
+
+    async def check(self) -> list[str]:
+        """Probe every other member's worker; expel the ones silent for ``dead_after_s``; return their ids."""
+        from aiokafka.protocol.group import LeaveGroupRequest
+
+        node, members = await self.members()
+        listed = {mid for mid, _ in members}
+        for mid in set(self.failing) - listed:
+            del self.failing[mid]
+        expelled = []
+        for mid, url in members:
+            if url == self.own_url:
+                continue
+            if await self.alive(url):
+                self.failing.pop(mid, None)
+                continue
+            since = self.failing.setdefault(mid, self.clock())
+            if self.clock() - since < self.dead_after_s:
+                continue
+            await (await self._admin_client())._send_request_to_node(node, LeaveGroupRequest(self.group, mid))
+            del self.failing[mid]
+            expelled.append(mid)
+            logger.warning("group %s: member %s (worker %s) has not answered for %.0f s; made it leave the group "
+                           "(the embedded broker never expires dead members) so its partitions move to live "
+                           "workers", self.group, mid, url, self.dead_after_s)
+        return expelled
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
