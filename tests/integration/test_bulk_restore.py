@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from workers.stream import faust_internals
 from workers.stream.restore import Span, restore
-from workers.stream.tables import _send_records
+from workers.stream.tables import send_records
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +102,7 @@ def test_restore_with_no_time_left_leaves_everything_to_faust(broker, tmp_path: 
 
 
 def test_changelog_records_go_as_batches_and_the_last_offset_is_the_partitions_last(broker) -> None:
-    """_send_records: many records over several batches; base offset + records - 1 of the last
+    """send_records: many records over several batches; base offset + records - 1 of the last
     batch is the offset of the last record (what the worker persists as its changelog offset)."""
     topic = "t-batches"
     _create(broker.bootstrap, topic, 2)
@@ -113,7 +113,7 @@ def test_changelog_records_go_as_batches_and_the_last_offset_is_the_partitions_l
         try:
             await _produce(broker.bootstrap, topic, 1, [(b"before", b"x")] * 3)  # offsets do not start at 0
             records = [(b"k%d" % i, b"v" * 700) for i in range(100)]  # ~70 kB: several 16 kB batches
-            futs, last_n = await _send_records(p, topic, 1, records)
+            futs, last_n = await send_records(p, topic, 1, records)
             metas = await asyncio.gather(*futs)
             c = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest")
             await c.start()

@@ -16,6 +16,7 @@ from aiokafka.errors import ProducerFenced
 from aiokafka.structs import TopicPartition
 
 from workers.stream.gaps import KafkaProbe
+from workers.stream.tables import send_records
 from workers.stream.transactions import NotOwned, PartitionWork, Send, Transactions
 
 pytestmark = pytest.mark.integration
@@ -170,6 +171,34 @@ async def test_recovery_reads_past_an_aborted_transaction_on_the_embedded_broker
         assert await probe.last_record(log, 0, 8) == 6
     finally:
         await probe.close()
+
+
+async def test_changelog_records_go_as_record_batches_in_the_transaction(broker) -> None:
+    """PartitionWork.records: many changelog records per topic sent as whole record batches inside the
+    transaction, in order, with the offset of each topic's last record reported; an aborted
+    transaction leaves none of them for read_committed."""
+    app = f"tx-{uuid.uuid4().hex[:8]}"
+    out, log, log2 = f"{app}-out", f"{app}-changelog", f"{app}-changelog2"
+    await _topics(broker.bootstrap, out, log, log2)
+    t = _txns(broker.bootstrap, app)  # 16 kB producer batches: 40 records of 1 kB take several
+    await t.assign({0})
+    try:
+        records = [(b"k%d" % i, b"%04d" % i + b"v" * 1000) for i in range(40)] + [(b"gone", None)]
+        work = PartitionWork([Send(out, b"k", b"event", 0)], {}, {log: records, log2: [(b"a", b"1")]})
+        await t.commit(0, work)
+        assert work.last_offsets == {log: 40, log2: 0}
+        got = await _values(broker.bootstrap, log, "read_committed")
+        assert got == [v for _, v in records]
+        # record batches are part of the transaction: aborted, they are never read_committed
+        p = t.producers[0]
+        await p.begin_transaction()
+        await send_records(p, log, 0, [(b"x", b"aborted")])
+        await p.abort_transaction()
+        await t.commit(0, PartitionWork([], {}, {log: [(b"k", b"after")]}))
+        assert (await _values(broker.bootstrap, log, "read_committed"))[-1] == b"after"
+        assert b"aborted" not in await _values(broker.bootstrap, log, "read_committed")
+    finally:
+        await t.close()
 
 
 async def test_a_broker_that_lost_acknowledged_records_gets_a_new_producer_and_nothing_left_open(tmp_path) -> None:

@@ -107,6 +107,33 @@ def test_only_the_most_recent_keys_are_kept() -> None:
     assert idempotency.lookup(blob, "big") == {"ok": True, "id": "t:0:1", "data_omitted": True}
 
 
+def test_remembering_a_key_writes_one_entry_not_the_whole_list() -> None:
+    from workers.state.layout import SessionState
+
+    s = SessionState()
+    written = []
+    for i in range(idempotency._KEEP + 50):
+        idempotency.remember(s.blob, f"key-{i}", {"ok": True, "verb": "add_knowledge", "data": {"n": i},
+                                                  "id": f"learn.commands:0:{i}"})
+        ops, after = s.changes(b"s1")
+        s.written(after)
+        written.append(sum(len(k) + len(v or b"") for k, v in ops.items()))
+    stored = len(after[idempotency.PART].data)
+    assert stored > 100_000  # the whole list: over 100 kB
+    assert max(written[100:]) < 1_500  # each save: the new entry, the ring's header and the head
+    # the ring reads back: the oldest 50 are gone, the rest answer
+    again = idempotency.AppliedKeys.from_bytes(after[idempotency.PART].data)
+    assert set(again.replies) == {f"key-{i}" for i in range(50, idempotency._KEEP + 50)}
+    assert "key-49" not in again.replies and again.replies["key-50"]["data"] == {"n": 50}
+
+
+def test_keys_stored_in_the_first_format_are_still_read() -> None:
+    old = orjson.dumps([[f"k{i}", {"ok": True, "id": f"t:0:{i}"}] for i in range(3)])
+    keys = idempotency.AppliedKeys.from_bytes(old)
+    assert keys.replies["k2"] == {"ok": True, "id": "t:0:2"}
+    assert idempotency.AppliedKeys.from_bytes(keys.to_bytes()).replies == keys.replies
+
+
 def test_graph_writes_are_idempotent_by_edge_id_so_a_retry_changes_nothing() -> None:
     """Graph verbs keep no session value to hold keys in; they upsert by edge id, so a retried
     insert or contradict (its key stripped, never seen by the verb) leaves the graph as it was."""

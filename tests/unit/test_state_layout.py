@@ -12,7 +12,7 @@ from workers.errors import CorruptStateError
 from workers.state import MemoryStore
 from workers.state.access import StoreStateAccess, state_key
 from workers.state.blob import StateBlob
-from workers.state.layout import PIECE_BYTES, SEP, SessionState, StateTooLarge, digest, piece_bounds
+from workers.state.layout import INLINE_BYTES, PIECE_BYTES, SEP, SessionState, StateTooLarge, digest, piece_bounds
 from workers.state.limits import Limits
 from workers.state.sessions import Sessions
 
@@ -83,6 +83,30 @@ def test_a_save_writes_only_the_changed_pieces_then_the_head() -> None:
     assert list(save(s, store)) == [BASE + b"\x1fp\x1f000003\x1f0", BASE]  # and back
 
 
+class Cut(Bytes):
+    """A part cut where it says (a header that grows, then fixed-size records)."""
+
+    def __init__(self, b: bytes, cuts: list[int] | None = None) -> None:
+        super().__init__(b)
+        self.cuts = cuts or []
+
+    def piece_cuts(self) -> list[int]:
+        return self.cuts
+
+
+def test_a_piece_that_grows_rewrites_itself_not_the_pieces_after_it() -> None:
+    store = MemoryStore()
+    s = SessionState()
+    s.blob.set("p", Cut(b"h" * 10 + b"r" * 300, [10, 110, 210]))  # header, three records
+    save(s, store)
+    p = s.blob.get("p", Cut)
+    p.b, p.cuts = bytearray(b"h" * 12 + b"r" * 300), [12, 112, 212]  # the header grew by 2 bytes
+    assert list(save(s, store)) == [BASE + b"\x1fp\x1f000000\x1f1", BASE]
+    p.b[12 + 150] = ord("x")  # one record changed
+    assert list(save(s, store)) == [BASE + b"\x1fp\x1f000002\x1f1", BASE]
+    assert load(store).blob.get("p", Bytes).b == p.b
+
+
 def test_one_feedback_event_writes_the_adapter_the_counters_and_one_replay_slot() -> None:
     rng = np.random.default_rng(0)
     inst = InstantState(["a", "b", "c"], 384)
@@ -100,13 +124,51 @@ def test_one_feedback_event_writes_the_adapter_the_counters_and_one_replay_slot(
     assert full > 100_000 and written < 6_500  # ~5.8 kB: adapter + counters (2 pieces), scalars, one slot, head
 
 
+def test_a_learner_batch_rewrites_what_learning_changed_not_the_whole_learner() -> None:
+    import orjson
+
+    from workers.stream.processor import Processor
+    from workers.stream.records import Record
+
+    d, rng = 256, np.random.default_rng(0)
+    proc = Processor(StoreStateAccess(MemoryStore()))
+
+    def send(offset: int, topic: str, body: dict) -> int:
+        res = proc.process([Record(topic, 0, offset, b"L", orjson.dumps(body))])
+        assert res.applied == 1, res.replies
+        return res.state_bytes
+
+    send(0, "learn.commands", {"verb": "init_learner", "body": {"session_key": "L", "n_features": d, "n_classes": 4}})
+    written = []
+    for i in range(1, 40):
+        X = rng.standard_normal((20, d)).astype(np.float32)
+        written.append(send(i, "learn.examples", {"session_key": "L", "examples": [
+            {"features": x.tolist(), "label": int(rng.integers(4))} for x in X]}))
+    learner = proc.sessions.state("learner", "L", 0)
+    stored = sum(len(p.data) for p in learner.stored.values())
+    model = learner.blob._live["learner"]._model
+    weights = model.theta.nbytes * (2 if getattr(model, "_velocity", None) is not None else 1)
+    # the weights (all of them move with a dense step), 20 replay and 20 recent rows, headers
+    assert max(written[-10:]) < weights + 2 * 20 * 4 * d + 20 * PIECE_BYTES
+    assert max(written[-10:]) < 0.75 * stored  # not the EWC arrays, not the rest of the replay
+    r = SessionState.decode(*_stored(proc, "learner", "L"))
+    assert digest(r.blob) == digest(learner.blob)
+
+
+def _stored(proc, table: str, sk: str) -> tuple:
+    access = proc.sessions.access
+    base = access.base_key(table, sk)
+    n = len(base) + 1
+    return access.get(table, 0, base), [(k[n:], v) for k, v in access.scan(table, 0, base + SEP)]
+
+
 def test_shrinking_and_dropping_parts_delete_their_keys_after_the_head() -> None:
     store = MemoryStore()
     s = SessionState()
     s.blob.set("a", Bytes(b"x" * 3 * PIECE_BYTES))
-    s.blob.set("b", Bytes(b"y" * 10))
+    s.blob.set("b", Bytes(b"y" * 300))
     save(s, store)
-    s.blob.get("a", Bytes).b = bytearray(b"x" * 10)
+    s.blob.get("a", Bytes).b = bytearray(b"x" * 300)
     s.blob.drop("b")
     ops = list(save(s, store))
     head = ops.index(BASE)
@@ -116,7 +178,45 @@ def test_shrinking_and_dropping_parts_delete_their_keys_after_the_head() -> None
     assert [k for k, _ in store.iter_prefix(BASE + SEP)] == [BASE + b"\x1fa\x1f000000\x1f0",
                                                              BASE + b"\x1fa\x1f000000\x1f1"]
     r = load(store)
-    assert r.blob.names() == ["a"] and r.blob.get("a", Bytes).b == b"x" * 10
+    assert r.blob.names() == ["a"] and r.blob.get("a", Bytes).b == b"x" * 300
+
+
+def test_small_parts_live_in_the_head_and_move_out_and_back_with_their_size() -> None:
+    store = MemoryStore()
+    s = SessionState()
+    s.blob.set("big", Bytes(b"b" * 3000))
+    s.blob.set("small", Bytes(b"s" * INLINE_BYTES))
+    s.blob.watermark.advance("t", 0, 1)
+    ops = save(s, store)
+    assert not any(b"\x1fsmall\x1f" in k for k in ops)  # in the head: no key of its own
+    s.blob.get("small", Bytes).b[0] = ord("x")
+    assert list(save(s, store)) == [BASE]  # a change of a small part writes the head alone
+    r = load(store)
+    assert r.blob.get("small", Bytes).b == s.blob.get("small", Bytes).b and snapshot(r) == snapshot(s)
+    s.blob.get("small", Bytes).b += b"+"  # over INLINE_BYTES: out of the head, into a key
+    ops = save(s, store)
+    assert [k for k in ops if b"\x1fsmall\x1f" in k] == [BASE + b"\x1fsmall\x1f000000\x1f0"]
+    assert snapshot(load(store)) == snapshot(s)
+    del s.blob.get("small", Bytes).b[-1]  # back into the head: its keys go after the head
+    ops = list(save(s, store))
+    assert ops.index(BASE) < ops.index(BASE + b"\x1fsmall\x1f000000\x1f0")
+    assert store.get(BASE + b"\x1fsmall\x1f000000\x1f0") is None
+    r = load(store)
+    assert r.blob.get("small", Bytes).b == s.blob.get("small", Bytes).b and snapshot(r) == snapshot(s)
+
+
+def test_a_head_of_the_first_keys_format_is_still_read() -> None:
+    import orjson
+
+    from workers.state.framing import pack_checked
+
+    store = MemoryStore()
+    store.put(BASE + b"\x1fp\x1f000000\x1f1", b"abc")
+    store.put(BASE, pack_checked(b"LSH", 1, orjson.dumps({"wm": {"t:0": 4}, "parts": {"p": {"n": 3, "p": [[3, 1]], "s": "80"}}})))
+    r = load(store)
+    assert r.blob.get("p", Bytes).b == b"abc" and r.blob.watermark.offsets == {"t:0": 4}
+    assert list(save(r, store)) == [BASE]  # rewritten in the current format, its piece kept where it is
+    assert load(store).blob.get("p", Bytes).b == b"abc"
 
 
 def test_a_stored_value_in_the_one_value_format_is_read_and_rewritten_as_keys() -> None:
@@ -223,3 +323,16 @@ def test_a_decoded_session_counts_its_arrays_not_only_its_stored_bytes() -> None
     s.blob.set("instant", inst)
     stored = len(inst.to_bytes())
     assert s.nbytes() >= inst._arena.nbytes > 10 * stored
+
+
+def test_the_slot_bitmap_is_numpys_packbits_in_hex_and_reads_back() -> None:
+    from workers.state.layout import _slots_from_hex, _slots_hex
+
+    rng = np.random.default_rng(1)
+    for k in [*range(20), 1000, 1537]:
+        bits = rng.integers(0, 2, k).astype(np.uint8)
+        text = _slots_hex(bytearray(bits.tobytes()))
+        assert text == np.packbits(bits).tobytes().hex()
+        assert _slots_from_hex(text, k) == bytearray(bits.tobytes())
+    with pytest.raises(CorruptStateError):
+        _slots_from_hex("ff", 9)

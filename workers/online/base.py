@@ -96,7 +96,14 @@ class Stateful(Estimator):
         """Hyperparameters and fitted state in the versioned, checksummed format."""
         w = StateWriter()
         self.write(w)
-        return w.to_bytes()
+        data = w.to_bytes()
+        self._piece_cuts = w.cuts
+        return data
+
+    def piece_cuts(self) -> list[int]:
+        """Where the bytes of the last :meth:`to_bytes` are cut into stored pieces (workers.state.layout):
+        after the header and at each section, so a save rewrites the sections that changed."""
+        return getattr(self, "_piece_cuts", [])
 
     def write(self, writer: StateWriter) -> None:
         writer.put_json("estimator", {"class": type(self).__name__, "params": self.params_json()})

@@ -492,10 +492,11 @@ class ContinualLearner(Learner):
             "pending_ms": self._pending_ms, "recent_n": self._recent_n, "recent_pos": self._recent_pos,
             "accuracy_ema": self.accuracy_ema, "loss_ema": self.loss_ema, "rng": rng_state(self._rng),
             "last_consolidation": self.last_consolidation.to_dict() if self.last_consolidation else None})
-        writer.put_array("pending_x", self._pending_x[:self._pending_n])
-        writer.put_array("pending_y", self._pending_y[:self._pending_n])
-        writer.put_array("recent_x", self._recent_x[:self._recent_n])
-        writer.put_array("recent_y", self._recent_y[:self._recent_n])
+        # buffers that fill up (recent) or fill and empty (pending) after the fixed-size arrays
+        writer.put_array("pending_x", self._pending_x[:self._pending_n], rank=4)
+        writer.put_array("pending_y", self._pending_y[:self._pending_n], rank=4)
+        writer.put_array("recent_x", self._recent_x[:self._recent_n], rank=3)
+        writer.put_array("recent_y", self._recent_y[:self._recent_n], rank=3)
         for name in self._PARTS:
             getattr(self, name).save_state(writer.scope(name.lstrip("_")))
 

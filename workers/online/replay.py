@@ -332,14 +332,16 @@ class ReplayBuffer(Stateful):
                                      "rng": rng_state(self._rng),
                                      "shape": list(self._x.shape),
                                      "n_logits": 0 if self._logits is None else self._logits.shape[1]})
-        writer.put_array("x", self._x[:n])
-        writer.put_array("y", self._y[:n])
-        writer.put_array("task", self._task[:n])
-        writer.put_array("has_logits", self._has_logits[:n])
+        # they grow until the buffer is full: after the fixed-size arrays, the large rows first, so
+        # a stored row moves only when a smaller array before it grows (rank, StateWriter.put_array)
+        writer.put_array("x", self._x[:n], rank=1)
+        writer.put_array("y", self._y[:n], rank=2)
+        writer.put_array("task", self._task[:n], rank=2)
+        writer.put_array("has_logits", self._has_logits[:n], rank=2)
         if self._logits is not None:
-            writer.put_array("logits", self._logits[:n])
+            writer.put_array("logits", self._logits[:n], rank=2)
         if self._tree is not None:
-            writer.put_array("priority", self._tree.leaves()[:n].copy())
+            writer.put_array("priority", self._tree.leaves()[:n].copy(), rank=2)
 
     def load_state(self, reader: Any) -> None:
         self._reset()

@@ -37,6 +37,7 @@ _ULEN = struct.Struct("<I")
 # Delta granularity: small enough that a reservoir replacing a few rows rewrites a
 # few chunks, large enough that the header stays a small fraction of the bytes.
 CHUNK_BYTES = 16 * 1024
+_JSON_RANK = 100
 # Array dtypes a state may hold; anything else (object arrays) cannot round-trip.
 _DTYPES = frozenset({"<f4", "<f8", "<i4", "<i8", "<u4", "<u8", "|u1", "|b1"})
 
@@ -94,27 +95,35 @@ class StateWriter:
     """
 
     def __init__(self) -> None:
-        self._sections: dict[str, tuple[str, str | None, list[int] | None, bytes]] = {}
+        self._sections: dict[str, tuple[str, str | None, list[int] | None, bytes, int]] = {}
+        # after to_bytes: where the header ends and each section begins in its bytes (a session's
+        # state is stored in pieces cut there, workers.state.layout: a section that grew or changed
+        # rewrites its own pieces, not the ones of every section after it)
+        self.cuts: list[int] = []
 
     def scope(self, prefix: str) -> _Scoped:
         """A writer whose section names start with ``prefix + "."``."""
         return _Scoped(self, prefix + ".")
 
-    def put_array(self, name: str, arr: np.ndarray) -> None:
+    def put_array(self, name: str, arr: np.ndarray, *, rank: int = 0) -> None:
+        """``rank``: sections are laid out by (rank, name). Arrays whose size never changes keep the
+        default 0; one that grows (a buffer filling up) or shrinks takes a higher rank, so its size
+        changes move only the sections after it."""
         a = np.ascontiguousarray(arr)
         dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
         a = a.astype(dt, copy=False)
         if a.dtype.str not in _DTYPES:
             raise TypeError(f"section {name!r}: dtype {a.dtype} cannot be stored")
-        self._put(name, "a", a.dtype.str, list(a.shape), a.tobytes())
+        self._put(name, "a", a.dtype.str, list(a.shape), a.tobytes(), rank)
 
     def put_json(self, name: str, value: Any) -> None:
-        self._put(name, "j", None, None, orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+        """JSON sections (small, and changing in size with their numbers) come after every array."""
+        self._put(name, "j", None, None, orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY), _JSON_RANK)
 
-    def _put(self, name: str, kind: str, dtype: str | None, shape: list[int] | None, raw: bytes) -> None:
+    def _put(self, name: str, kind: str, dtype: str | None, shape: list[int] | None, raw: bytes, rank: int) -> None:
         if name in self._sections:
             raise ValueError(f"section {name!r} written twice")
-        self._sections[name] = (kind, dtype, shape, raw)
+        self._sections[name] = (kind, dtype, shape, raw, rank)
 
     def names(self) -> list[str]:
         return sorted(self._sections)
@@ -126,8 +135,10 @@ class StateWriter:
         header: dict[str, Any] = {"base": base.crc if base is not None else None, "sections": {}}
         data: list[bytes] = []
         pos = 0
-        for name in sorted(self._sections):
-            kind, dtype, shape, raw = self._sections[name]
+        starts: list[int] = []
+        for name in sorted(self._sections, key=lambda n: (self._sections[n][4], n)):
+            kind, dtype, shape, raw, _ = self._sections[name]
+            starts.append(pos)
             old = base._index.get(name) if base is not None else None
             same_layout = old is not None and (old["k"], old.get("dt"), old.get("sh")) == (kind, dtype, shape)
             chunks = []
@@ -145,6 +156,8 @@ class StateWriter:
             header["sections"][name] = entry
         head = orjson.dumps(header)
         payload = b"".join([_ULEN.pack(len(head)), head, *data])
+        begin = _HEAD.size + _ULEN.size + len(head)
+        self.cuts = [begin + p for p in starts]
         return _HEAD.pack(_MAGIC, STATE_VERSION, zlib.crc32(payload)) + payload
 
 

@@ -21,9 +21,16 @@ complete when that head was written and that nothing has overwritten since: the 
 reads as before the batch or as after it, never as a mix. The price is at most two copies
 of a piece on disk.
 
+A part of at most :data:`INLINE_BYTES` (the loop's counters, the deep core, the boundary
+detector: tens of bytes, changed by every event) is kept *in the head* instead of in keys of
+its own: a feedback event on a cold session writes 5 records instead of 7, and a cold read
+finds fewer keys. It is written with the head, so it is atomic with the watermark.
+
 Head bytes (little-endian): ``b"LSH" + version (1) + crc32(payload) (4) + payload``, the
-payload an orjson object ``{"wm", "meta", "parts": {name: {"n", "p", "s"}}}``: the part's
-length, its piece lengths run-length encoded, and its slots as a hex bitmap. A head in the
+payload ``u32 length + orjson {"wm", "parts": {name: {"n", "p", "s"}}, "in": [[name, n], ...]}``
+then the inline parts' bytes in that order; a part in "parts" has its length, its piece lengths
+run-length encoded and its slots as a hex bitmap. Version 1 (no inline parts, the payload only
+the orjson object) is still read. A head in the
 previous one-value format (``b"LSB"``, a whole :class:`StateBlob`) is still read; its next
 save rewrites it as keys.
 """
@@ -42,15 +49,19 @@ from workers.errors import CorruptStateError
 from workers.state.framing import pack_checked, unpack_checked
 from workers.state.blob import StateBlob, Watermark
 
-__all__ = ("PIECE_BYTES", "SEP", "SessionState", "piece_bounds", "pieces", "digest", "StateTooLarge", "is_piece_key")
+__all__ = ("PIECE_BYTES", "INLINE_BYTES", "SEP", "SessionState", "piece_bounds", "pieces", "digest", "StateTooLarge", "is_piece_key")
 
 # Small enough that one feedback event rewrites a few KB (adapter, counters, one replay
 # slot), large enough that a 100 KB session is ~60 keys to restore, not thousands.
 PIECE_BYTES = 2048
+# Parts up to this size live in the head (see above): rewritten with it on every save anyway
+# when they change, which the small per-event counters do.
+INLINE_BYTES = 256
 SEP = b"\x1f"
 _MAGIC = b"LSH"
 _LEGACY_MAGIC = b"LSB"
-_VERSION = 1
+_VERSION = 2
+_ULEN = struct.Struct("<I")
 
 
 class StateTooLarge(Exception):
@@ -104,17 +115,46 @@ class _Stored:
     data: bytes
     bounds: list[int]
     slots: bytearray
-    entry: dict | None = field(default=None, compare=False, repr=False)  # its piece table in the head (made once: most parts do not change in a save)
+    entry: dict | None = field(default=None, compare=False, repr=False)
+    inline: bool = False  # kept in the head, no keys of its own  # its piece table in the head (made once: most parts do not change in a save)
 
     @property
     def count(self) -> int:
         return len(self.bounds) - 1
 
-    def head_entry(self) -> dict:
+    def head_entry(self, runs: list[list[int]] | None = None) -> dict:
+        """Its piece table; ``runs``: the piece lengths' runs when known (the cut did not change)."""
         if self.entry is None:
-            self.entry = {"n": len(self.data), "p": _rle([b - a for a, b in zip(self.bounds, self.bounds[1:])]),
-                          "s": np.packbits(np.frombuffer(bytes(self.slots), np.uint8)).tobytes().hex()}
+            if runs is None:
+                runs = _rle([b - a for a, b in zip(self.bounds, self.bounds[1:])])
+            self.entry = {"n": len(self.data), "p": runs, "s": _slots_hex(self.slots)}
         return self.entry
+
+
+_BITS = bytes.maketrans(b"\x00\x01", b"01")
+
+
+def _slots_from_hex(text: str, k: int) -> bytearray:
+    """The first ``k`` slots of a bitmap written by :func:`_slots_hex`."""
+    if not k:
+        return bytearray()
+    bits = bin(int(text, 16))[2:].zfill(len(text) * 4)[:k]
+    if len(bits) != k:
+        raise CorruptStateError("state head: slot bitmap shorter than its piece table")
+    return bytearray(bits.encode().translate(_UNBITS))
+
+
+_UNBITS = bytes.maketrans(b"01", b"\x00\x01")
+
+
+def _slots_hex(slots: bytearray) -> str:
+    """The slots as a bitmap, most significant bit first, zero-padded to whole bytes, in hex (what
+    ``np.packbits(slots).tobytes().hex()`` gives, without NumPy's fixed cost on a few bits)."""
+    k = len(slots)
+    if not k:
+        return ""
+    pad = -k % 8
+    return int(bytes(slots).translate(_BITS) + b"0" * pad, 2).to_bytes((k + pad) // 8, "big").hex()
 
 
 def _current(obj: Any) -> tuple[bytes, list[int]]:
@@ -125,7 +165,9 @@ def _current(obj: Any) -> tuple[bytes, list[int]]:
 
 
 def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None) -> list[bool]:
-    """Which pieces of ``new`` differ from what the keys hold (a different cut counts as changed).
+    """Which pieces of ``new`` differ from what their keys hold, piece ``i`` against the old piece
+    ``i`` wherever each starts: a part whose beginning grew or shrank (a learner's header, an
+    idempotency entry) rewrites only the pieces whose bytes changed, not every piece after it.
 
     A plain loop of slice compares: a session has a handful of pieces (a 3 MB learner ~1,500),
     and per part the NumPy version's fixed cost was most of a cold session's save."""
@@ -134,8 +176,7 @@ def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None) -> list[
         return [True] * k
     od, ob = old.data, old.bounds
     n_old = len(ob) - 1
-    return [i >= n_old or ob[i] != bounds[i] or ob[i + 1] != bounds[i + 1]
-            or new[bounds[i]:bounds[i + 1]] != od[bounds[i]:bounds[i + 1]] for i in range(k)]
+    return [i >= n_old or new[bounds[i]:bounds[i + 1]] != od[ob[i]:ob[i + 1]] for i in range(k)]
 
 
 class SessionState:
@@ -168,19 +209,23 @@ class SessionState:
             s = cls(StateBlob.from_bytes(head))
             s.full = True
             return s
-        header = _read_head(head)
+        header, inline = _read_head(head)
         have = dict(pieces)
         blob = StateBlob()
         blob.watermark = Watermark(header["wm"])
         s = cls(blob)
+        for name, data in inline.items():
+            blob._raw[name] = data
+            blob.layout[name] = _Stored(data, piece_bounds(len(data)), bytearray(), inline=True)
         for name, p in header["parts"].items():
             bounds = _unrle(p["p"])
             if bounds[-1] != p["n"]:
                 raise CorruptStateError(f"state part {name!r}: piece table does not add up to its length")
-            slots = bytearray(np.unpackbits(np.frombuffer(bytes.fromhex(p["s"]), np.uint8))[:len(bounds) - 1])
+            slots = _slots_from_hex(p["s"], len(bounds) - 1)
             chunks = []
+            prefix = name.encode() + SEP
             for i in range(len(bounds) - 1):
-                c = have.get(b"%s\x1f%06d\x1f%d" % (name.encode(), i, slots[i]))
+                c = have.get(b"%s%06d\x1f%d" % (prefix, i, slots[i]))
                 if c is None or len(c) != bounds[i + 1] - bounds[i]:
                     raise CorruptStateError(f"state part {name!r}: piece {i} is missing or has the wrong length")
                 chunks.append(c)
@@ -219,23 +264,32 @@ class SessionState:
             if old is not None and not self.full and data == old.data and bounds == old.bounds:
                 after[name] = old  # decoded but unchanged: same keys, same head entry
                 continue
+            if len(data) <= INLINE_BYTES:  # into the head; keys it had go after the head
+                after[name] = _Stored(data, piece_bounds(len(data)), bytearray(), inline=True)
+                if old is not None and not old.inline:
+                    _delete_pieces(deletes, base, name, 0, old.count)
+                continue
+            if old is not None and old.inline:
+                old = None  # out of the head: every piece is new
             changed = _changed_pieces(data, bounds, old)
-            slots = bytearray(len(bounds) - 1)
+            k = len(bounds) - 1
+            # a new piece goes to slot 0 (as if slot 1 held it); a kept one keeps its slot
+            slots = bytearray(old.slots[:k]) if old is not None else bytearray()
+            slots.extend(b"\x01" * (k - len(slots)))
+            prefix = b"%s\x1f%s\x1f" % (base, name.encode())
             for i, ch in enumerate(changed):
-                was = old.slots[i] if old is not None and i < old.count else 1
-                slots[i] = (1 - was) if ch else was
+                if ch:
+                    slots[i] ^= 1
                 if ch or self.full:
-                    puts[_piece_key(base, name, i, slots[i])] = data[bounds[i]:bounds[i + 1]]
-            if old is not None:
-                for i in range(len(bounds) - 1, old.count):  # a part that shrank: pieces past its end go
-                    deletes[_piece_key(base, name, i, 0)] = None
-                    deletes[_piece_key(base, name, i, 1)] = None
+                    puts[b"%s%06d\x1f%d" % (prefix, i, slots[i])] = data[bounds[i]:bounds[i + 1]]
+            if old is not None:  # a part that shrank: pieces past its end go
+                _delete_pieces(deletes, base, name, len(bounds) - 1, old.count)
             after[name] = _Stored(data, bounds, slots)
+            if old is not None and old.bounds == bounds:  # the same cut: its lengths' runs too
+                after[name].head_entry(old.head_entry()["p"])
         for name, old in self.stored.items():
-            if name not in after:  # a dropped part
-                for i in range(old.count):
-                    deletes[_piece_key(base, name, i, 0)] = None
-                    deletes[_piece_key(base, name, i, 1)] = None
+            if name not in after and not old.inline:  # a dropped part
+                _delete_pieces(deletes, base, name, 0, old.count)
         head = _write_head(blob, after)
         if max_session_bytes is not None and total > max_session_bytes:
             raise StateTooLarge(f"the session's state would be {total} bytes, over the limit of "
@@ -312,18 +366,39 @@ def digest(blob: StateBlob) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
+def _delete_pieces(deletes: dict[bytes, bytes | None], base: bytes, name: str, start: int, stop: int) -> None:
+    for i in range(start, stop):
+        deletes[_piece_key(base, name, i, 0)] = None
+        deletes[_piece_key(base, name, i, 1)] = None
+
+
 def _write_head(blob: StateBlob, parts: dict[str, _Stored]) -> bytes:
-    table = {name: s.head_entry() for name, s in sorted(parts.items())}
-    payload = orjson.dumps({"wm": blob.watermark.offsets, "parts": table})
-    return pack_checked(_MAGIC, _VERSION, payload)
+    ordered = sorted(parts.items())
+    table = {name: s.head_entry() for name, s in ordered if not s.inline}
+    inline = [(name, s.data) for name, s in ordered if s.inline]
+    header = orjson.dumps({"wm": blob.watermark.offsets, "parts": table, "in": [[n, len(d)] for n, d in inline]})
+    return pack_checked(_MAGIC, _VERSION, b"".join([_ULEN.pack(len(header)), header, *(d for _, d in inline)]))
 
 
-def _read_head(data: bytes) -> dict:
-    payload = unpack_checked(data, _MAGIC, _VERSION, "state head")
+def _read_head(data: bytes) -> tuple[dict, dict[str, bytes]]:
+    """The head's header and its inline parts (a version 1 head has none)."""
+    version = data[3] if len(data) > 3 and data[3] in (1, _VERSION) else _VERSION
+    payload = unpack_checked(data, _MAGIC, version, "state head")
+    inline: dict[str, bytes] = {}
     try:
-        header = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
+        if version == 1:
+            header = orjson.loads(payload)
+        else:
+            (hlen,) = _ULEN.unpack_from(payload)
+            header = orjson.loads(payload[_ULEN.size:_ULEN.size + hlen])
+            pos = _ULEN.size + hlen
+            for name, n in header["in"]:
+                inline[name] = bytes(payload[pos:pos + n])
+                pos += n
+            if pos != len(payload):
+                raise CorruptStateError("state head: inline parts do not add up to its length")
+    except (orjson.JSONDecodeError, struct.error, KeyError, TypeError, ValueError) as exc:
         raise CorruptStateError(f"state head unreadable ({exc})") from None
     if not isinstance(header, dict) or not isinstance(header.get("parts"), dict):
         raise CorruptStateError("state head malformed")
-    return header
+    return header, inline

@@ -12,14 +12,23 @@ travels through the same partition as the original, it is always applied after i
 
 Keys are kept per session and table value, the most recent ``_KEEP`` of them; a retry
 must come within that many writes of the session (a client retries within seconds).
+
+Stored as a ring of entries, each its own piece of the session's state (``piece_cuts``,
+workers.state.layout): remembering a key rewrites one entry and the small ring header,
+not the whole list (up to a few hundred KB). Bytes: ``b"IK2"`` + u32 next slot + u32
+count + per entry u32 length + orjson ``[key, reply]``, zero-padded to a multiple of
+``_ALIGN`` bytes: the session's head lists its pieces' lengths run-length encoded, and
+entries of equal padded length (replies of the same verbs) keep that list one run long
+instead of one number per key. A value in the first format (one orjson list, oldest
+first) is still read.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+import struct
 
 import orjson
 
-from workers.errors import VerbError
+from workers.errors import CorruptStateError, VerbError
 from workers.state.blob import StateBlob
 
 __all__ = ("FIELD", "PART", "AppliedKeys", "take_key", "lookup", "remember")
@@ -29,22 +38,85 @@ PART = "idempotency"
 _KEEP = 1024        # recent keys per session value: ~1024 retries' worth, a few hundred KB at most
 _MAX_KEY = 128      # characters (a UUID is 36)
 _MAX_REPLY = 4096   # bytes of a reply kept whole; a longer one is kept without its data
+_MAGIC = b"IK2"
+_HEAD = struct.Struct("<3sII")
+_LEN = struct.Struct("<I")
+_ALIGN = 256
+
+
+def _padded(entry: bytes) -> int:
+    return -(-(_LEN.size + len(entry)) // _ALIGN) * _ALIGN
 
 
 class AppliedKeys:
-    """The recent idempotency keys of one session value, oldest first, with their replies."""
+    """The recent idempotency keys of one session value, with their replies, in a ring of ``_KEEP``
+    slots: slot ``next`` is overwritten next (the oldest once the ring is full)."""
 
-    __slots__ = ("replies",)
+    __slots__ = ("replies", "_slots", "_slot_of", "_next")
 
-    def __init__(self, replies: OrderedDict[str, dict] | None = None) -> None:
-        self.replies: OrderedDict[str, dict] = replies if replies is not None else OrderedDict()
+    def __init__(self) -> None:
+        self.replies: dict[str, dict] = {}
+        self._slots: list[bytes] = []          # each slot's stored entry: orjson [key, reply]
+        self._slot_of: dict[str, int] = {}
+        self._next = 0
+
+    def add(self, key: str, reply: dict) -> None:
+        entry = orjson.dumps([key, reply], option=orjson.OPT_SERIALIZE_NUMPY)
+        slot = self._slot_of.get(key)
+        if slot is None:
+            if len(self._slots) < _KEEP:
+                slot = len(self._slots)
+                self._slots.append(b"")
+            else:
+                slot, self._next = self._next, (self._next + 1) % _KEEP
+                gone = orjson.loads(self._slots[slot])[0]
+                del self.replies[gone], self._slot_of[gone]
+            self._slot_of[key] = slot
+        self._slots[slot] = entry
+        self.replies[key] = orjson.loads(entry)[1]  # as it reads back after a restart
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(list(self.replies.items()), option=orjson.OPT_SERIALIZE_NUMPY)
+        out = [_HEAD.pack(_MAGIC, self._next, len(self._slots))]
+        for e in self._slots:
+            out.append(_LEN.pack(len(e)))
+            out.append(e)
+            out.append(bytes(_padded(e) - _LEN.size - len(e)))
+        return b"".join(out)
+
+    def piece_cuts(self) -> list[int]:
+        """Each entry in its own piece(s), after the ring header."""
+        cuts, pos = [], _HEAD.size
+        for e in self._slots:
+            cuts.append(pos)
+            pos += _padded(e)
+        return cuts
+
+    def memory_bytes(self) -> int:
+        return sum(len(e) for e in self._slots) * 3  # the entries and their decoded replies, roughly
 
     @classmethod
     def from_bytes(cls, data: bytes) -> AppliedKeys:
-        return cls(OrderedDict((k, v) for k, v in orjson.loads(data)))
+        keys = cls()
+        if data[:3] != _MAGIC:  # the first format: one orjson list of [key, reply], oldest first
+            for k, v in orjson.loads(data)[-_KEEP:]:
+                keys.add(k, v)
+            return keys
+        try:
+            _, keys._next, n = _HEAD.unpack_from(data)
+            pos = _HEAD.size
+            for slot in range(n):
+                (m,) = _LEN.unpack_from(data, pos)
+                entry = bytes(data[pos + _LEN.size:pos + _LEN.size + m])
+                if len(entry) != m:
+                    raise ValueError(f"entry {slot} truncated")
+                pos += _padded(entry)
+                k, v = orjson.loads(entry)
+                keys._slots.append(entry)
+                keys._slot_of[k] = slot
+                keys.replies[k] = v
+        except (struct.error, orjson.JSONDecodeError, ValueError) as exc:
+            raise CorruptStateError(f"idempotency keys unreadable ({exc})") from None
+        return keys
 
 
 def take_key(body: dict) -> tuple[str | None, dict]:
@@ -71,7 +143,4 @@ def remember(blob: StateBlob, key: str, reply: dict) -> None:
         blob.set(PART, keys)
     if len(orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY)) > _MAX_REPLY:
         reply = {k: v for k, v in reply.items() if k != "data"} | {"data_omitted": True}
-    keys.replies[key] = reply
-    keys.replies.move_to_end(key)
-    while len(keys.replies) > _KEEP:
-        keys.replies.popitem(last=False)
+    keys.add(key, reply)

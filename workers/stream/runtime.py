@@ -356,12 +356,11 @@ class Runtime:
         if res is not None:
             res.produce = [p for p, _ in out]  # what is sent (and counted): an oversized event's DLQ entry
         writes = self.state.take()
-        last: list[int] = []  # per write: index of its last record in its partition's sends
+        by_tp: dict[tuple[str, int], list[Any]] = defaultdict(list)  # (table, partition) -> its writes, in order
         for write in writes:
             table, partition, _, items = write
-            topic, sends = self.state.changelog_topic(table), work[partition].sends
-            sends.extend(Send(topic, k, v, partition) for k, v in items)
-            last.append(len(sends) - 1)
+            by_tp[(table, partition)].append(write)
+            work[partition].records.setdefault(self.state.changelog_topic(table), []).extend(items)
         try:
             await self.app.producer.flush()  # the graph table's writes go through faust's producer
             done = await self.txn.commit_all(work, self.log_unchanged)
@@ -370,12 +369,12 @@ class Runtime:
                 self.state.drop(write)
             self.processor.forget()
             raise
-        for write, i in zip(writes, last, strict=True):
-            got = done[write[1]]
-            if isinstance(got, BaseException):
-                self.state.drop(write)
+        for (table, partition), tp_writes in by_tp.items():
+            if isinstance(done[partition], BaseException):
+                for write in tp_writes:
+                    self.state.drop(write)
             else:
-                self.state.store(write, got[i].offset)
+                self.state.store(tp_writes, work[partition].last_offsets[self.state.changelog_topic(table)])
         for (topic, partition), nxt in admitted.next.items():
             if not isinstance(done.get(partition), BaseException):
                 faust_internals.note_committed(self.app, topic, partition, nxt)

@@ -2,10 +2,11 @@
 
 A session's keys (``workers.state.layout``) are queued by :meth:`FaustStateAccess.write`:
 one changelog record per key, in the batch's order, on the session's partition. The worker
-produces them in the batch's transaction (workers/stream/transactions.py; without transactions,
+produces them in the batch's transaction (workers/stream/transactions.py, as whole record batches; without transactions,
 :meth:`FaustStateAccess.durable`); once it committed (or the broker acknowledged the last of
-them), :meth:`FaustStateAccess.store` puts the keys into the partition's RocksDB in one write
-batch together with that record's offset as the table's persisted changelog offset.
+them), :meth:`FaustStateAccess.store` puts every session's keys of a table partition into its
+RocksDB in one write batch together with the last record's offset as the table's persisted
+changelog offset.
 
 So the local database never holds a write its changelog lacks, and its persisted offset
 covers exactly what it holds. After a crash, recovery replays the changelog after that
@@ -34,7 +35,7 @@ from workers.state.access import StateAccess
 from workers.stream import faust_internals
 from workers.stream.faust_internals import changelog_offset_key, event_context, partition_db
 
-__all__ = ("FaustStateAccess", "FaustGraphStore", "TABLE_NAMES", "QueuedWrite")
+__all__ = ("FaustStateAccess", "FaustGraphStore", "TABLE_NAMES", "QueuedWrite", "send_records")
 
 # one session's write: (verb table, partition, base key, [(key, value or None to delete)] in order)
 QueuedWrite = tuple[str, int, bytes, list[tuple[bytes, "bytes | None"]]]
@@ -113,19 +114,27 @@ class FaustStateAccess(StateAccess):
     def changelog_topic(self, table: str) -> str:
         return self.tables[table].changelog_topic.get_topic_name()
 
-    def store(self, write: QueuedWrite, offset: int) -> None:
-        """Write one queued session write to its partition's RocksDB (one write batch), with
-        ``offset`` as the table's persisted changelog offset: its records are durable."""
-        table, partition, base, items = write
+    def store(self, writes: list[QueuedWrite], offset: int) -> None:
+        """Write queued session writes of *one* table partition to its RocksDB in one write batch, in
+        order, with ``offset`` (their last changelog record's) as the table's persisted changelog
+        offset: their records are durable. One batch for all of them: a persisted offset never covers
+        a write that is not in the database."""
+        if not writes:
+            return
+        table, partition = writes[0][0], writes[0][1]
         wb = WriteBatch(raw_mode=True)
-        for k, v in items:
-            if v is None:
-                wb.delete(k)
-            else:
-                wb.put(k, v)
+        for write in writes:
+            if (write[0], write[1]) != (table, partition):
+                raise ValueError("store(): writes of more than one table partition")
+            for k, v in write[3]:
+                if v is None:
+                    wb.delete(k)
+                else:
+                    wb.put(k, v)
         wb.put(changelog_offset_key(self.tables[table]), str(offset).encode())
         self._db(table, partition).write(wb)
-        self.drop(write)
+        for write in writes:
+            self.drop(write)
 
     def drop(self, write: QueuedWrite) -> None:
         """The write is stored, or will not happen (its transaction aborted): one less pending for its session."""
@@ -151,29 +160,18 @@ class FaustStateAccess(StateAccess):
         queued = self.take()
         if not queued:
             return
-        by_tp: dict[tuple[str, int], list[tuple[bytes, list[tuple[bytes, bytes | None]]]]] = {}
-        for table, partition, base, items in queued:
-            by_tp.setdefault((table, partition), []).append((base, items))
+        by_tp: dict[tuple[str, int], list[QueuedWrite]] = {}
+        for write in queued:
+            by_tp.setdefault((write[0], write[1]), []).append(write)
         producer = faust_internals.kafka_producer(self.app)
         sent = []
         for (table, partition), writes in by_tp.items():
             topic = self.tables[table].changelog_topic.get_topic_name()
-            sent.append(await _send_records(producer, topic, partition,
-                                            (kv for _, items in writes for kv in items)))
+            sent.append(await send_records(producer, topic, partition, (kv for w in writes for kv in w[3])))
         acked = await asyncio.gather(*(asyncio.gather(*futs) for futs, _ in sent))
-        for ((table, partition), writes), (_, last_count), metas in zip(by_tp.items(), sent, acked, strict=True):
-            wb = WriteBatch(raw_mode=True)
-            for _, items in writes:
-                for k, v in items:
-                    if v is None:
-                        wb.delete(k)
-                    else:
-                        wb.put(k, v)
+        for writes, (_, last_count), metas in zip(by_tp.values(), sent, acked, strict=True):
             # the offset of the partition's last record: its last batch's base offset + records - 1
-            wb.put(changelog_offset_key(self.tables[table]), str(metas[-1].offset + last_count - 1).encode())
-            self._db(table, partition).write(wb)
-            for base, _ in writes:
-                self.drop((table, partition, base, []))
+            self.store(writes, metas[-1].offset + last_count - 1)
 
     def graph_store(self, partition: int) -> ModelStore:
         return FaustGraphStore(self.tables["graph"], partition, self.events.get(partition))
@@ -183,7 +181,7 @@ class FaustStateAccess(StateAccess):
         return next(iter(self.tables.values())).app
 
 
-async def _send_records(producer: Any, topic: str, partition: int,
+async def send_records(producer: Any, topic: str, partition: int,
                         records: Iterable[tuple[bytes, bytes | None]]) -> tuple[list[asyncio.Future], int]:
     """Append ``records`` to record batches of one partition and send them in order; returns each
     batch's delivery future and the number of records in the last batch."""
