@@ -106,7 +106,7 @@ class GapGuard:
                     out.dropped.append(e)
                     continue
                 metrics.OFFSET_GAPS.labels("empty").inc()
-                logger.info("%s[%d]: offsets %d..%d hold no record (markers or compaction)", topic, partition,
+                logger.info("%s[%d]: offsets %d..%d hold no record (markers, compaction or retention)", topic, partition,
                             exp, offset - 1)
             out.events.append(e)
             nxt[tp] = offset + 1
@@ -187,13 +187,22 @@ class KafkaProbe:
 
         The record at ``below`` exists (it was delivered), so a fetch from ``from_offset`` returns
         either an earlier record or that one; control batches (transaction markers) and compacted
-        offsets are never returned as records.
+        offsets are never returned as records. Offsets below the log start were deleted (retention,
+        DeleteRecords) before this worker consumed them: nothing can be read there (a fetch from
+        them would be reset to the log end and wait for ever), so the fetch starts at the log start.
         """
         from aiokafka.structs import TopicPartition
 
         async with self._lock:
             c = await self._client()
             tp = TopicPartition(topic, partition)
+            start = (await c.beginning_offsets([tp]))[tp]
+            if start > from_offset:
+                logger.warning("%s[%d]: offsets %d..%d were deleted by the broker (retention) before they were "
+                               "consumed", topic, partition, from_offset, min(start, below) - 1)
+                if start >= below:
+                    return None
+                from_offset = start
             c.assign([tp])
             c.seek(tp, from_offset)
             loop = asyncio.get_running_loop()
