@@ -63,12 +63,15 @@ def teardown(procs: Iterable[Any], broker: EmbeddedBroker | None, log_dir: Path 
         shutil.rmtree(log_dir, ignore_errors=True)
 
 
-def provision(bootstrap: str, partitions: int, extra: list[str] | None = None) -> dict[str, int]:
-    """Create every learnstream topic (what a worker does first), and ``extra`` topics, with ``partitions``."""
+def provision(bootstrap: str, partitions: int, extra: list[str] | None = None,
+              retention_bytes: int | None = None) -> dict[str, int]:
+    """Create every learnstream topic (what a worker does first), and ``extra`` topics, with ``partitions``
+    (``retention_bytes``: the input topics' retention per partition on the embedded broker, else its default)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     async def go() -> dict[str, int]:
-        have = await ensure_topics(Settings(broker=bootstrap, partitions=partitions))
+        kept = {} if retention_bytes is None else {"embedded_retention_bytes": retention_bytes}
+        have = await ensure_topics(Settings(broker=bootstrap, partitions=partitions, **kept))
         if extra:
             admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
             await admin.start()

@@ -336,9 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", default=None, metavar="N,N,...",
                    help="instead: the worker alone at each session count (e.g. 8,2000,10000), one b64 event per "
                         "message, --events each; events/s, changelog bytes per event, worker RSS (issue 10)")
+    p.add_argument("--transactions-cost", action="store_true",
+                   help="instead: two workers, LEARNSTREAM_TRANSACTIONS=true and =false, on the same messages "
+                        "(no baselines); events/s of each and their ratio")
     args = p.parse_args(argv)
     if args.scale:
         return scale(args, p)
+    if args.transactions_cost:
+        return transactions_cost(args, p)
     encodings = [e.strip() for e in args.encodings.split(",") if e.strip()]
     if not encodings or not set(encodings) <= {"b64", "json"}:
         p.error("--encodings: b64 and/or json")
@@ -416,6 +421,84 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
     finally:
         teardown(procs, broker, log_dir, args.keep_logs)
+
+
+_TXN_MODES = {"transactions": "true", "at-least-once": "false"}
+_TXN_RETENTION_BYTES = 1 << 30
+
+
+def transactions_cost(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
+    """What the per-batch transactions cost: two workers (their own consumer groups and tables) on one
+    broker, one with ``LEARNSTREAM_TRANSACTIONS=true`` and one with ``false``. Both are suspended while
+    the scenario's messages are produced to ``learn.feedback`` once; then each in turn is resumed and
+    timed until it applied them all (the other stays suspended), the order alternating per repeat."""
+    encodings = [e.strip() for e in args.encodings.split(",") if e.strip()]
+    if not encodings or not set(encodings) <= {"b64", "json"}:
+        p.error("--encodings: b64 and/or json")
+    worker_kw = worker_kwargs(p, args)
+    log_dir = Path(tempfile.mkdtemp(prefix="learnstream-bench-feedback-txn-"))
+    topic, cmd_topic = topics()["feedback"].name, topics()["commands"].name
+    sessions = balanced_keys(args.sessions, args.partitions)
+    commands = _init_commands(sessions, args.dim, args.router)
+    print(f"learnstream bench feedback --transactions-cost: {args.dim}-d embeddings, {args.sessions} sessions over "
+          f"{args.partitions} partitions, {args.events:,} events one per message / {args.envelope_events:,} in "
+          f"envelopes of {args.envelope}, encodings {', '.join(encodings)}, {args.repeats} repeats"
+          f"{', router on' if args.router else ''}")
+    print(f"machine: {machine_note()}; logs in {log_dir}", flush=True)
+    broker = start_broker(log_dir)
+    workers: dict[str, WorkerProcess] = {}
+    try:
+        # a worker waits suspended while the other consumes: the embedded broker's default input
+        # retention (4 MiB per partition) would delete messages it has not consumed yet
+        provision(broker.bootstrap, args.partitions, retention_bytes=_TXN_RETENTION_BYTES)
+        for label, flag in _TXN_MODES.items():
+            workers[label] = WorkerProcess(
+                broker.bootstrap, partitions=args.partitions, app_id=f"bench-{label[:3]}-{uuid.uuid4().hex[:6]}",
+                log_dir=log_dir, env={**worker_kw["env"], "LEARNSTREAM_TRANSACTIONS": flag},
+                command=worker_kw["command"]).start()
+        for w in workers.values():
+            w.wait_ready()
+        asyncio.run(_send_commands(broker.bootstrap, commands))
+        wait_until(lambda: all(w.events(cmd_topic) >= len(commands) for w in workers.values()), 60,
+                   "init commands applied", 0.1)
+        produced = 0
+
+        def measure(msgs: list[tuple[bytes, bytes]], n_events: int, enc: str, mode: str,
+                    order: list[str]) -> list[Run]:
+            nonlocal produced
+            for w in workers.values():
+                w.pause()
+            produce(broker.bootstrap, topic, msgs)
+            produced += len(msgs)
+            out = []
+            for label in order:
+                w = workers[label]
+                c0 = w.cpu_seconds()
+                t0 = w.resume()
+                t_end = wait_worker(w, topic, produced, t0, _CHILD_TIMEOUT_S)
+                out.append(Run(label, enc, mode, n_events, len(msgs), t_end - t0, w.cpu_seconds() - c0, 0.0))
+            return out
+
+        labels = list(_TXN_MODES)
+        measure(make_messages(sessions, 2 * REPLAY_CAP * len(sessions), args.dim, "b64", 1, args.seed + 99),
+                2 * REPLAY_CAP * len(sessions), "b64", "warm-up", labels)
+        print(f"\n{'mode':<28} " + "".join(f"{lab + ' events/s':>26}" for lab in labels) + f"{'ratio':>8}")
+        for k, (enc, mode) in enumerate((e, m) for e in encodings for m in ("single", "envelope")):
+            n_events = args.events if mode == "single" else args.envelope_events
+            msgs = make_messages(sessions, n_events, args.dim, enc, 1 if mode == "single" else args.envelope,
+                                 args.seed + k)
+            runs: list[Run] = []
+            for r in range(args.repeats):
+                runs += measure(msgs, n_events, enc, mode, labels if r % 2 == 0 else labels[::-1])
+            rates = {lab: [x.rate for x in runs if x.consumer == lab] for lab in labels}
+            med = {lab: statistics.median(v) for lab, v in rates.items()}
+            label = f"{enc}, " + ("1 event/message" if mode == "single" else f"envelopes of {args.envelope}")
+            print(f"{label:<28} " + "".join(
+                f"{f'{med[lab]:,.0f} ({min(v):,.0f}-{max(v):,.0f})':>26}" for lab, v in rates.items())
+                + f"{med['transactions'] / med['at-least-once']:>8.0%}", flush=True)
+        return 0
+    finally:
+        teardown(workers.values(), broker, log_dir, args.keep_logs)
 
 
 _TARGET_SCALE = 0.50            # many sessions / the first (fewest) sessions, events/s

@@ -36,7 +36,8 @@ from aiokafka.partitioner import murmur2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stream import WorkerProcess, machine_note, metric, provision, start_broker, teardown, topic_bytes  # noqa: E402
+from _stream import (WorkerProcess, machine_note, metric, provision, start_broker, teardown, topic_bytes,  # noqa: E402
+                     worker_kwargs, worker_options)
 from workers.cores.instant import REPLAY_CAP, InstantState  # noqa: E402
 from workers.state.layout import SessionState, digest  # noqa: E402
 
@@ -106,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-logs", action="store_true")
+    worker_options(p)
     args = p.parse_args(argv)
+    wkw = worker_kwargs(p, args)
     log_dir = Path(tempfile.mkdtemp(prefix="learnstream-bench-restore-"))
     print(f"learnstream bench restore: {args.sessions:,} sessions at {args.dim}-d with full replay buffers, "
           f"{args.partitions} partitions")
@@ -125,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
               f"({stored / args.sessions / 1e3:,.0f} kB per session)", flush=True)
 
         empty = WorkerProcess(broker.bootstrap, partitions=args.partitions, app_id=f"{app_id}-empty",
-                              data_dir=Path(tempfile.mkdtemp(prefix="data-empty-", dir=log_dir)), log_dir=log_dir)
+                              data_dir=Path(tempfile.mkdtemp(prefix="data-empty-", dir=log_dir)), log_dir=log_dir,
+                              **wkw)
         workers.append(empty.start())
         startup = _timed(empty)
         print(f"  {'start-up':<14} ready in {startup:6.1f} s (another app id, empty tables: no recovery)", flush=True)
@@ -135,18 +139,20 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for case in ("fresh", "after SIGKILL"):
             w = WorkerProcess(broker.bootstrap, partitions=args.partitions, app_id=app_id, data_dir=data_dir,
-                              log_dir=log_dir).start()
+                              log_dir=log_dir, **wkw).start()
             workers.append(w)
             secs = _timed(w)
             m = w.metrics()
             restore_s = metric(m, "learnstream_restore_seconds_total")
             restored = metric(m, "learnstream_restored_bytes_total")
+            probed = metric(m, "learnstream_recovery_probed_records_total")
             bad = _check(w, want)
             rss = w._ps().memory_info().rss / 1e6
             results.append((case, secs, bad))
             print(f"  {case:<14} ready in {secs:6.1f} s: {args.sessions / secs:,.0f} sessions/s, "
                   f"{stored / 1e6 / secs:,.1f} changelog MB/s; bulk restore {restored / 1e6:,.0f} MB in "
-                  f"{restore_s:.1f} s; worker RSS {rss:,.0f} MB; sample of {len(want)} digests: "
+                  f"{restore_s:.1f} s; {probed:,.0f} records probed; worker RSS {rss:,.0f} MB; "
+                  f"sample of {len(want)} digests: "
                   f"{'all equal' if not bad else f'{bad} DIFFER'}", flush=True)
             if case == "fresh":
                 w.proc.send_signal(signal.SIGKILL)

@@ -81,3 +81,32 @@ async def test_probe_confirms_that_a_transaction_marker_holds_no_record(broker) 
         assert await probe.first_record(topic, 0, t1 + 1, after) is None  # the marker: nothing to re-read
     finally:
         await probe.close()
+
+
+async def test_probe_sees_records_deleted_before_they_were_consumed(broker) -> None:
+    """Retention (or DeleteRecords) can drop input a worker has not consumed yet: the log start moves
+    past the guard's next offset. Nothing is there to re-read; the probe must say so at once, not wait
+    for a record that will never come (the guard then failed the batch on every retry)."""
+    from aiokafka.admin import RecordsToDelete
+
+    topic = await _topic(broker.bootstrap)
+    p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await p.start()
+    try:
+        for _ in range(6):
+            await p.send_and_wait(topic, b"a", key=b"k")
+    finally:
+        await p.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(before_offset=4)})
+    finally:
+        await admin.close()
+    probe = KafkaProbe(broker.bootstrap)
+    try:
+        assert await probe.log_start(topic, 0) == 4
+        assert await probe.first_record(topic, 0, 1, 5) == 4  # 1..3 are gone: the first record there is 4
+        assert await probe.first_record(topic, 0, 1, 4) is None  # and below 4 nothing is left
+    finally:
+        await probe.close()

@@ -41,6 +41,10 @@ _CHECKED_SOURCES = {
     "worker.Worker._setup_spinner_handler": "f5bb2af38ea73661",
     "tables.manager.TableManager.on_rebalance": "e9c3a70e219daffe",
     "tables.recovery.Recovery._build_highwaters": "881584f42842eb7e",
+    "transport.consumer.Consumer.pause_partitions": "a51f7bdf316a0af1",
+    "transport.consumer.Consumer.resume_partitions": "0ce68544cb09fe58",
+    "transport.consumer.Consumer._is_changelog_tp": "c50db2141d6df34e",
+    "transport.consumer.ThreadDelegateConsumer.__init__": "715814ce37c57592",
     "transport.drivers.aiokafka.AIOKafkaConsumerThread._ensure_consumer": "ab708b087b3476fd",
 }
 

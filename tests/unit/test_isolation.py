@@ -154,3 +154,31 @@ def test_reads_do_not_cache_what_a_batch_then_builds_on(now_ms: int) -> None:
     res = p.process(records("feedback", [feedback(1, 1000), feedback(2, now_ms)]))
     assert res.applied == 1 and dlq(res)[0]["reason_code"] in ("internal", "refused")
     assert parts(p)["parts"] == in_process([feedback(1, 1000)])
+
+
+def test_a_huge_message_key_becomes_a_bounded_dlq_record_key() -> None:
+    from workers.stream.processor import dlq_entry
+
+    huge = b"k" * 950_000
+    entry = dlq_entry(Record(T["loss"], 0, 7, huge, b"{}", 0), "session_key too long", "invalid")
+    assert entry.key == "sha256:" + hashlib.sha256(huge).hexdigest()
+    assert huge.startswith(base64.b64decode(entry.value["key_b64"]))
+    assert len(entry.key) + len(orjson.dumps(entry.value)) <= DLQ_MAX_BYTES
+    assert dlq_entry(Record(T["loss"], 0, 7, b"s1", b"{}", 0), "r", "invalid").key == "s1"
+
+
+def test_a_downstream_event_over_the_producer_limit_is_replaced_by_a_dlq_entry() -> None:
+    # a send over the limit would fail the batch (its transaction) on every retry
+    from workers.stream.processor import encoded
+    from workers.stream.records import Produce
+
+    small = Produce("finetune", SK, {"id": "memory.context:2:5", "source": {"offset": 5}, "content": "x" * 100})
+    assert encoded(small, 1_000_000) == (small, orjson.dumps(small.value))
+    big = Produce("finetune", SK, {"id": "memory.context:2:5:1", "source": {"offset": 5}, "content": "x" * 1_000_000})
+    dead, raw = encoded(big, 1_000_000)
+    assert dead.role == "dlq" and dead.key == SK and orjson.loads(raw) == dead.value
+    assert dead.value["reason_code"] == "oversized" and dead.value["id"] == "memory.context:2:5:1"
+    assert "finetune" in dead.value["reason"] and dead.value["source"] == {"offset": 5}
+    assert hashlib.sha256(orjson.dumps(big.value)).hexdigest() in dead.value["reason"]
+    assert dead.value["value_b64"] is None  # the applied input stays in its topic
+    assert len(raw) < 4096

@@ -60,11 +60,22 @@ With learnstream's own transactions (:func:`transactional`, workers/stream/trans
 10. **Its recovery waits for an offset no record has.** A transactional changelog ends with a
    commit marker, so faust's highwater (end offset - 1) is never *delivered*; faust only looks
    past it in its own exactly-once mode, after two 5 s timeouts (and races the records still
-   queued). The highwater is now the offset of the last committed record (a fetch of the tail).
+   queued). The highwater is now the offset of the last committed record (a fetch of the tail
+   after what the table holds). An active partition keeps end offset - 1 until the bulk restore
+   (patch 5) has read through it; only what that leaves is probed, from where it stopped.
 11. **The new owner fences before recovery.** ``TableManager.on_rebalance`` (which starts the
    changelog recovery) starts the app's hook, which starts the partitions' transactional
    producers, and recovery awaits it before it reads a highwater: what a previous owner left
    open is aborted (or completed) before recovery reads.
+
+About time again:
+
+12. **Its consumer fetches the changelogs it does not read.** faust pauses partitions in its own
+   set only; aiokafka keeps fetching every assigned one. At assignment that is each changelog
+   partition from offset 0 (no committed offset), records recovery never uses (it seeks first); the
+   embedded broker took 8 s to answer that fetch for a 1.1 GB changelog, and recovery's offset
+   requests waited behind it. faust's pause/resume of changelog partitions now also pause/resume
+   them in aiokafka (in the consumer's thread), so they are fetched only while recovery reads them.
 """
 from __future__ import annotations
 
@@ -81,6 +92,7 @@ import rocksdict
 from faust.stores import rocksdb
 from faust.streams import _current_event  # faust 0.15.3: the context var a table reads its event from
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from aiokafka import TopicPartition
 from faust.types import TP
 
 __all__ = ("FAUST_CHECKED", "TOUCHED", "install", "watch", "transactional", "note_committed", "seek",
@@ -118,7 +130,12 @@ TOUCHED = {
     "worker.Worker._setup_spinner_handler": "spins self.spinner on every DEBUG record (no_spinner unsets it)",
     "tables.manager.TableManager.on_rebalance": "starts changelog recovery on an assignment (patched: fencing)",
     "tables.recovery.Recovery._build_highwaters": "reads each changelog's end offset - 1 (patched)",
-    "transport.drivers.aiokafka.AIOKafkaConsumerThread._ensure_consumer": "the aiokafka consumer (rejoin)",
+    "transport.consumer.Consumer.pause_partitions": "pauses in faust's set only (changelogs mirrored to aiokafka)",
+    "transport.consumer.Consumer.resume_partitions": "resumes in faust's set only (changelogs mirrored to aiokafka)",
+    "transport.consumer.Consumer._is_changelog_tp": "whether a partition is a table changelog's",
+    "transport.consumer.ThreadDelegateConsumer.__init__": "keeps the consumer thread in self._thread",
+    "transport.drivers.aiokafka.AIOKafkaConsumerThread._ensure_consumer":
+        "the aiokafka consumer (rejoin; changelogs paused in aiokafka)",
 }
 _ATTR = "_learnstream_guard"
 _TXN_ATTR = "_learnstream_before_recovery"
@@ -453,6 +470,17 @@ def install() -> None:
             done = await restore(spans, 0.6 * float(self.app.conf.broker_request_timeout))
             for tp, offset in done.items():
                 destination[tp] = max(destination[tp], offset)
+        last_record = getattr(self.app, _LAST_ATTR, None)
+        if last_record is None:
+            return
+        # What the bulk restore left (its time ran out, or it failed) is faust's: it must wait for the
+        # last committed record, not for the end offset - 1 _build_highwaters left (patch 10). Probed
+        # from where the table now stands, a committed record: only the rest of the log is read.
+        for tp in tps:
+            hw, start = self.active_highwaters.get(tp), destination.get(tp)
+            if hw is not None and start is not None and hw > start:
+                last = await last_record(tp.topic, tp.partition, hw + 1, start)
+                self.active_highwaters[tp] = last if last is not None else start
 
     Recovery._build_offsets = _build_offsets
 
@@ -486,13 +514,54 @@ def install() -> None:
         last_record = getattr(self.app, _LAST_ATTR, None)
         if last_record is None:
             return
+        if title == "active" and getattr(self.app, _RESTORE_ATTR, None) is not None:
+            # The bulk restore reads up to the end offset - 1 (through markers) and _build_offsets probes
+            # only what it leaves: probing here would read each changelog once more before it.
+            return
         for tp, highwater in list(destination.items()):
             if highwater is not None and highwater >= 0:  # faust's highwater: end offset - 1
-                last = await last_record(tp.topic, tp.partition, highwater + 1)
-                destination[tp] = last if last is not None else -1
+                # faust 0.15.3: Recovery.tp_to_table, and Store.persisted_offset (a committed record or None)
+                table = self.tp_to_table.get(tp)
+                held = table.data.persisted_offset(tp) if table is not None else None
+                after = held if held is not None and held <= highwater else -1
+                last = await last_record(tp.topic, tp.partition, highwater + 1, after)
+                destination[tp] = last if last is not None else after
+
+    pause, resume = Consumer.pause_partitions, Consumer.resume_partitions
+
+    def _mirror(consumer: Any, tps: Any, paused: bool) -> None:
+        # faust 0.15.3: Consumer._is_changelog_tp, ThreadDelegateConsumer._thread (a mode ServiceThread
+        # with its own thread_loop) and AIOKafkaConsumerThread._ensure_consumer (the aiokafka consumer)
+        if _guard(consumer.app) is None:
+            return
+        changelogs = [TopicPartition(tp.topic, tp.partition) for tp in tps if consumer._is_changelog_tp(tp)]
+        thread = consumer._thread
+        if not changelogs or thread._consumer is None:
+            return
+
+        def apply() -> None:  # in the consumer's thread: aiokafka's pause/resume make loop-bound futures
+            aio = thread._ensure_consumer()
+            owned = aio.assignment()
+            mine = [tp for tp in changelogs if tp in owned]
+            if mine:
+                (aio.pause if paused else aio.resume)(*mine)
+
+        thread.thread_loop.call_soon_threadsafe(apply)
+
+    def pause_partitions(self: Any, tps: Any) -> None:
+        tps = list(tps)
+        pause(self, tps)
+        _mirror(self, tps, True)
+
+    def resume_partitions(self: Any, tps: Any) -> None:
+        tps = list(tps)
+        resume(self, tps)
+        _mirror(self, tps, False)
 
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
     TableManager.on_rebalance = on_rebalance
+    Consumer.pause_partitions = pause_partitions
+    Consumer.resume_partitions = resume_partitions
     Recovery._build_highwaters = _build_highwaters
     # faust 0.15.3: the methods replaced (sources hashed in TOUCHED's test)
     Consumer.__init__ = __init__

@@ -106,7 +106,7 @@ class GapGuard:
                     out.dropped.append(e)
                     continue
                 metrics.OFFSET_GAPS.labels("empty").inc()
-                logger.info("%s[%d]: offsets %d..%d hold no record (markers or compaction)", topic, partition,
+                logger.info("%s[%d]: offsets %d..%d hold no record (markers, compaction or retention)", topic, partition,
                             exp, offset - 1)
             out.events.append(e)
             nxt[tp] = offset + 1
@@ -187,13 +187,22 @@ class KafkaProbe:
 
         The record at ``below`` exists (it was delivered), so a fetch from ``from_offset`` returns
         either an earlier record or that one; control batches (transaction markers) and compacted
-        offsets are never returned as records.
+        offsets are never returned as records. Offsets below the log start were deleted (retention,
+        DeleteRecords) before this worker consumed them: nothing can be read there (a fetch from
+        them would be reset to the log end and wait for ever), so the fetch starts at the log start.
         """
         from aiokafka.structs import TopicPartition
 
         async with self._lock:
             c = await self._client()
             tp = TopicPartition(topic, partition)
+            start = (await c.beginning_offsets([tp]))[tp]
+            if start > from_offset:
+                logger.warning("%s[%d]: offsets %d..%d were deleted by the broker (retention) before they were "
+                               "consumed", topic, partition, from_offset, min(start, below) - 1)
+                if start >= below:
+                    return None
+                from_offset = start
             c.assign([tp])
             c.seek(tp, from_offset)
             loop = asyncio.get_running_loop()
@@ -206,16 +215,21 @@ class KafkaProbe:
         raise TimeoutError(f"{topic}[{partition}]: no record from offset {from_offset} within {_PROBE_TIMEOUT_S:.0f} s "
                            f"although {below} was delivered")
 
-    async def last_record(self, topic: str, partition: int, end: int) -> int | None:
-        """Offset of the last committed record below ``end`` (None: none), reading the tail backwards
-        in growing steps: a transactional log ends with a commit marker, not a record, and an
-        aborted transaction's records are skipped."""
+    async def last_record(self, topic: str, partition: int, end: int, after: int = -1) -> int | None:
+        """Offset of the last committed record in ``(after, end)`` (None: none), reading the tail
+        backwards in growing steps: a transactional log ends with a commit marker, not a record, and
+        an aborted transaction's records are skipped.
+
+        ``after``: an offset known to be at or past the end of a transaction (a committed record the
+        local table holds), so no read has to start before it; on the embedded broker, which reads
+        from there instead of from the log start, this is what keeps a restart from reading the
+        whole changelog."""
         from aiokafka.structs import TopicPartition
 
         async with self._lock:
             c = await self._client()
             tp = TopicPartition(topic, partition)
-            start = (await c.beginning_offsets([tp]))[tp]
+            start = max((await c.beginning_offsets([tp]))[tp], after + 1)
             stable = (await c.end_offsets([tp]))[tp]  # read_committed: nothing past it can be read now
             c.assign([tp])
             loop = asyncio.get_running_loop()
@@ -231,7 +245,9 @@ class KafkaProbe:
                     if loop.time() > deadline:
                         raise TimeoutError(f"{topic}[{partition}]: offsets {lower}..{upper} not read within "
                                            f"{_PROBE_TIMEOUT_S:.0f} s")
-                    for m in (await c.getmany(tp, timeout_ms=500)).get(tp, []):
+                    got = (await c.getmany(tp, timeout_ms=500)).get(tp, [])
+                    metrics.PROBED_RECORDS.inc(len(got))
+                    for m in got:
                         if m.offset < upper:
                             last = m.offset
                 if last is not None:

@@ -49,6 +49,9 @@ RESTORED_BYTES = Counter("learnstream_restored_bytes_total", "Changelog key and 
                          registry=REGISTRY)
 RESTORE_SECONDS = Counter("learnstream_restore_seconds_total", "Time spent in the bulk table restore",
                           registry=REGISTRY)
+PROBED_RECORDS = Counter("learnstream_recovery_probed_records_total",
+                         "Changelog records read at recovery to find a partition's last committed record "
+                         "(transactions: a log ends with a marker)", registry=REGISTRY)
 # Outbound calls to scoring endpoints (workers/scoring/prefetch.py), made off the event loop.
 SCORING_CALLS = Counter("learnstream_scoring_calls_total",
                         "Calls to scoring endpoints by outcome (ok, failed, skipped: its endpoint failed twice "

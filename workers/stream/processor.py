@@ -26,6 +26,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import orjson
+
 from workers.verbs.surface import (BLOB_TABLES, DEFAULT_SESSION, REGISTRY, Verb, VerbContext, VerbOptions,
                                    decode_json, envelope_error, envelope_ok, run_verb, session_key_of)
 from workers.errors import CorruptStateError, ValidationError, VerbError
@@ -38,7 +40,7 @@ from workers.stream import idempotency
 from workers.stream.records import Produce, Record, record_id
 from workers.kafka.topics import Topic, by_name
 
-__all__ = ("StateAccess", "StoreStateAccess", "Processor", "BatchResult", "dlq_entry", "DLQ_MAX_BYTES")
+__all__ = ("StateAccess", "StoreStateAccess", "Processor", "BatchResult", "dlq_entry", "encoded", "DLQ_MAX_BYTES")
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ logger = logging.getLogger(__name__)
 DLQ_MAX_BYTES = 512 * 1024
 _DLQ_PREFIX_BYTES = 64 * 1024
 _DLQ_REASON_CHARS = 2000
+_DLQ_KEY_BYTES = 1024
 
 
 @dataclass
@@ -81,7 +84,42 @@ def dlq_entry(rec: Record, reason: str, code: str) -> Produce:
     if value is not None and len(value) * 4 // 3 + len(entry["key_b64"] or "") + 4096 > DLQ_MAX_BYTES:
         entry.update(value_b64=_b64(value, _DLQ_PREFIX_BYTES), truncated=True, value_bytes=len(value),
                      value_sha256=hashlib.sha256(value).hexdigest())
-    return Produce("dlq", _key_str(rec) or "default", entry)
+    return Produce("dlq", _dlq_key(rec), entry)
+
+
+def encoded(p: Produce, limit: int) -> tuple[Produce, bytes]:
+    """``p`` and its JSON bytes; or, when it would be over the producer's request limit ``limit``,
+    a DLQ entry in its place (``oversized``, its reason naming the event's topic role, size and
+    sha256; the source record's id and position) and that entry's bytes. A downstream event derived from a near-limit input (a fine-tune candidate's content, say)
+    would otherwise fail its send, and with it the batch, on every retry."""
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    value = orjson.dumps(p.value)
+    key = p.key.encode()
+    if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, []) <= limit:
+        return p, value
+    logger.error("%s event %s of %d bytes is over the producer's limit (%d bytes): dead-lettered instead",
+                 p.role, p.value.get("id"), len(value), limit)
+    # value_b64 null: the input was applied; its bytes stay in its topic at ``source``
+    entry = {"id": p.value.get("id"), "reason_code": "oversized", "source": p.value.get("source"),
+             "reason": f"its {p.role} event of {len(value)} bytes (sha256 {hashlib.sha256(value).hexdigest()}) is "
+                       f"over the producer's limit ({limit} bytes); it was not produced",
+             "key_b64": _b64(key[:_DLQ_KEY_BYTES], None), "value_b64": None, "ts_ms": int(time.time() * 1000)}
+    dead = Produce("dlq", p.key if len(key) <= _DLQ_KEY_BYTES else "sha256:" + hashlib.sha256(key).hexdigest(),
+                   entry)
+    return dead, orjson.dumps(entry)
+
+
+def _dlq_key(rec: Record) -> str:
+    """The DLQ record's key: the message key, or its hash when it is too long to be a record key
+    beside the entry (a key near the broker's message limit would make the DLQ record too big to be
+    produced, and its transaction would fail on every retry). The entry's ``key_b64`` keeps its prefix."""
+    key = _key_str(rec)
+    if key is None:
+        return "default"
+    if len(rec.key) > _DLQ_KEY_BYTES:
+        return "sha256:" + hashlib.sha256(rec.key).hexdigest()
+    return key
 
 
 def _b64(data: bytes | None, limit: int | None) -> str | None:

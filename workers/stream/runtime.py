@@ -20,6 +20,7 @@ from typing import Any
 import faust
 import orjson
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faust.exceptions import ProducerSendError
 
 from workers.kafka.changelog_rewrite import ChangelogRewriter
@@ -30,7 +31,7 @@ from workers.stream.broker_health import BrokerHealth
 from workers.stream.gaps import Admitted, GapGuard, KafkaProbe
 from workers.stream.partitioning import ORIGIN_HEADER, origin_of
 from workers.stream.peers import DeadPeers
-from workers.stream.processor import BatchResult, Processor, dlq_entry
+from workers.stream.processor import BatchResult, Processor, dlq_entry, encoded
 from workers.stream.records import Record
 from workers.stream.settings import Settings
 from workers.stream.tables import TABLE_NAMES, FaustStateAccess
@@ -110,9 +111,10 @@ class Runtime:
         # the embedded broker never compacts transactional changelogs: the worker does (changelog_rewrite.py)
         self.rewriter = ChangelogRewriter(
             self.txn, tables, self.probe, ratio=settings.changelog_rewrite_ratio, floor=settings.changelog_rewrite_floor,
-            may_commit=self.log_unchanged, on_lost=lambda: faust_internals.rejoin(app), topic_configs=provision.changelog_configs(settings),
-            bootstrap=settings.broker or "",
+            may_commit=self.log_unchanged, on_lost=lambda: faust_internals.rejoin(app),
+            topic_configs=provision.changelog_configs(settings), bootstrap=settings.broker or "",
             **settings.kafka_kwargs()) if self.txn is not None and settings.rewrites_changelogs else None
+        self._rejoined_at = -float("inf")  # when _owned last made the consumer rejoin its group
         self._outages_at_assign = 0  # broker_health.outages when the partitions were last assigned
         # input partitions whose committed offset may be stale (the broker lost records): where to start instead
         self._unapplied_from: dict[tuple[str, int], int] = {}
@@ -239,7 +241,7 @@ class Runtime:
         t0 = time.perf_counter()
         admitted = await self.guard.admit(events, _where)
         if self.txn is not None:
-            admitted = self._owned(admitted)
+            admitted = await self._owned(admitted)
         for e in admitted.dropped:
             metrics.MESSAGES.labels(e.message.topic, "redelivered").inc()
         received = []
@@ -251,8 +253,9 @@ class Runtime:
             received.append(Record(m.topic, m.partition, m.offset, m.key, m.value, int((m.timestamp or 0) * 1000),
                                    origin_of(m.headers)))
         records, reroute, misplaced = partitioning.split(received, self.settings.partitions)
-        if self.txn is None and (reroute or misplaced):
-            await self._reroute(reroute, misplaced)
+        reroute, dead = self._routable(reroute, misplaced)
+        if self.txn is None and (reroute or dead):
+            await self._reroute(reroute, dead)
         res = None
         if records:
             try:
@@ -275,7 +278,7 @@ class Runtime:
                 raise
         failed: set[int] = set()
         if self.txn is not None:
-            failed = await self._commit(admitted, res, reroute, misplaced)
+            failed = await self._commit(admitted, res, reroute, dead)
         if res is not None:
             self._count(res)
             # a write of a partition whose transaction did not commit is not answered as applied
@@ -307,9 +310,18 @@ class Runtime:
             else:
                 metrics.DOWNSTREAM.labels(p.role).inc()
 
-    def _owned(self, admitted: Admitted) -> Admitted:
+    async def _owned(self, admitted: Admitted) -> Admitted:
         """Only the events of partitions this worker holds a transactional producer for (one that
-        was fenced belongs to another worker now: its events are that worker's to apply)."""
+        was fenced belongs to another worker now: its events are that worker's to apply).
+
+        Events of such a partition still arriving mean the consumer still holds it: either its
+        revocation is on the way, or the fencing came from another worker's stale assignment (one
+        the group had already replaced: seen on the embedded broker in a 2 -> 1 -> 2 rebalance) and
+        no rebalance will ever come; the partition would then stop for good. So the consumer
+        rejoins its group (at most once per session timeout): the rebalance gives the partition to
+        whoever the group says, whose producer fences every other, and recovery reads the
+        changelogs (what the fencing worker committed included) before anything is applied again.
+        """
         assert self.txn is not None
         if all(self.txn.owns(p) for _, p in admitted.next):
             return admitted
@@ -317,10 +329,20 @@ class Runtime:
         for e in admitted.events:
             (out.events if self.txn.owns(e.message.partition) else out.dropped).append(e)
         out.next = {tp: n for tp, n in admitted.next.items() if self.txn.owns(tp[1])}
+        await self._rejoin({p for _, p in admitted.next} - {p for _, p in out.next})
         return out
 
+    async def _rejoin(self, fenced: set[int]) -> None:
+        """Make the consumer rejoin its group, at most once per session timeout (see _owned)."""
+        now = time.monotonic()
+        if now - self._rejoined_at > self.settings.session_timeout_s:
+            self._rejoined_at = now
+            logger.warning("partitions %s: consumed here without a transactional producer (fenced); rejoining "
+                           "the group", sorted(fenced))
+            await faust_internals.rejoin(self.app)
+
     async def _commit(self, admitted: Admitted, res: BatchResult | None, reroute: list[tuple[Record, int]],
-                      misplaced: list[Record]) -> set[int]:
+                      dead: list[tuple[Record, Any]]) -> set[int]:
         """One transaction per input partition of the batch: what its records produced downstream,
         their re-routed copies, the changelog records of the sessions they changed and the next
         input offsets (workers/stream/transactions.py). Each session write goes to RocksDB once its
@@ -334,14 +356,16 @@ class Runtime:
             work[rec.partition].sends.append(Send(rec.topic, rec.key, rec.value, owner, _origin(rec)))
             metrics.REROUTED.labels(rec.topic).inc()
             metrics.MESSAGES.labels(rec.topic, "rerouted").inc()
-        for rec in misplaced:
-            work[rec.partition].sends.append(Send(self.topics["dlq"].name, rec.key,
-                                                  orjson.dumps(self._misplaced(rec).value)))
-            metrics.DLQ.labels("wrong_partition").inc()
+        for rec, entry in dead:
+            work[rec.partition].sends.append(Send(self.topics["dlq"].name, rec.key, orjson.dumps(entry.value)))
+            metrics.DLQ.labels(entry.value["reason_code"]).inc()
             metrics.MESSAGES.labels(rec.topic, "rejected").inc()
-        for p in res.produce if res is not None else ():
-            work[source_partition(p)].sends.append(Send(self.topics[p.role].name, p.key.encode(),
-                                                        orjson.dumps(p.value)))
+        limit = self.app.conf.producer_max_request_size
+        out = [encoded(p, limit) for p in res.produce] if res is not None else []
+        for p, value in out:
+            work[source_partition(p)].sends.append(Send(self.topics[p.role].name, p.key.encode(), value))
+        if res is not None:
+            res.produce = [p for p, _ in out]  # what is sent (and counted): an oversized event's DLQ entry
         writes = self.state.take()
         by_tp: dict[tuple[str, int], list[Any]] = defaultdict(list)  # (table, partition) -> its writes, in order
         for write in writes:
@@ -388,6 +412,8 @@ class Runtime:
             # every other failure is a partition another worker owns now: not applied here, not an error
             if moved := sorted(gone - set(lost)):
                 logger.warning("partitions %s moved to another worker mid-batch; their events are its to apply", moved)
+                # unless the fencing worker acted on a stale assignment: a rebalance settles who owns them
+                await self._rejoin(set(moved))
         return set(failed)
 
     def _misplaced(self, rec: Record) -> Any:
@@ -395,7 +421,27 @@ class Runtime:
                               f"(LEARNSTREAM_PARTITIONS={self.settings.partitions} differs from the topic's?)",
                          "wrong_partition")
 
-    async def _reroute(self, reroute: list[tuple[Record, int]], misplaced: list[Record]) -> None:
+    def _routable(self, reroute: list[tuple[Record, int]], misplaced: list[Record]
+                  ) -> tuple[list[tuple[Record, int]], list[tuple[Record, Any]]]:
+        """(the re-routes the producer can send, (record, DLQ entry) of the rest and of ``misplaced``).
+
+        A copy over the producer's request limit (an input near the broker's message limit, plus the
+        origin header) would fail its send, and with it the batch's transaction, on every retry: the
+        input partition would never move again. It is dead-lettered where it arrived instead."""
+        limit = self.app.conf.producer_max_request_size
+        ok: list[tuple[Record, int]] = []
+        dead = [(rec, self._misplaced(rec)) for rec in misplaced]
+        for rec, owner in reroute:
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(rec.key, rec.value, _origin(rec))
+            if size <= limit:
+                ok.append((rec, owner))
+            else:
+                dead.append((rec, dlq_entry(rec, f"event of {size} bytes on partition {rec.partition}, which does not "
+                                                 f"own its key, is too large to re-route to partition {owner} (the "
+                                                 f"producer's limit is {limit} bytes)", "oversized")))
+        return ok, dead
+
+    async def _reroute(self, reroute: list[tuple[Record, int]], dead: list[tuple[Record, Any]]) -> None:
         """Events on a partition that does not own their key: never applied here (see
         workers/stream/partitioning.py). Acknowledged by the broker before the batch is acked."""
         pending = []
@@ -404,21 +450,22 @@ class Runtime:
                 key=rec.key, value=rec.value, partition=owner, headers=_origin(rec)))
             metrics.REROUTED.labels(rec.topic).inc()
             metrics.MESSAGES.labels(rec.topic, "rerouted").inc()
-        for rec in misplaced:
-            pending.append(await self.channel("dlq").send(key=rec.key, value=orjson.dumps(self._misplaced(rec).value)))
-            metrics.DLQ.labels("wrong_partition").inc()
+        for rec, entry in dead:
+            pending.append(await self.channel("dlq").send(key=rec.key, value=orjson.dumps(entry.value)))
+            metrics.DLQ.labels(entry.value["reason_code"]).inc()
             metrics.MESSAGES.labels(rec.topic, "rejected").inc()
         if pending:
             await asyncio.gather(*pending)
 
     async def _deliver(self, produce: list[Any]) -> None:
         """Send downstream events and DLQ entries; return once the broker acknowledged every one."""
-        pending = []
-        for p in produce:
-            pending.append(await self.channel(p.role).send(key=p.key.encode(), value=orjson.dumps(p.value)))
+        pending, sent = [], []
+        for p, value in (encoded(x, self.app.conf.producer_max_request_size) for x in produce):
+            pending.append(await self.channel(p.role).send(key=p.key.encode(), value=value))
+            sent.append(p)
         if pending:
             await asyncio.gather(*pending)
-        self._count_produced(produce)
+        self._count_produced(sent)
 
     # -- reads and writes from HTTP -----------------------------------------------
     def http(self) -> Any:
