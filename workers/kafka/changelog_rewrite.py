@@ -40,6 +40,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
+from workers.kafka.admin import LazyAdmin
 from workers.stream import metrics
 from workers.stream.faust_internals import changelog_offset_key, partition_db
 from workers.stream.transactions import PartitionWork, ProducerLost, Transactions
@@ -70,7 +71,7 @@ class ChangelogRewriter:
         self.ends: dict[tuple[str, int], int] = {}  # last committed offset seen per changelog partition
         self.live: dict[tuple[str, int], int] = {}  # live keys per changelog partition, when last counted
         self.generation = 0  # bumped by every rebalance: a rewrite spanning one stops
-        self._admin: Any = None
+        self._admin = LazyAdmin(self.bootstrap, **self.kafka)
 
     def reset(self) -> None:
         """A rebalance: forget what is known about the partitions (another worker may have cut them)."""
@@ -175,18 +176,10 @@ class ChangelogRewriter:
             await admin.delete_records({tp: RecordsToDelete(offset)})
 
     async def _admin_client(self) -> Any:
-        if self._admin is None:
-            from aiokafka.admin import AIOKafkaAdminClient
-
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka)
-            await admin.start()
-            self._admin = admin
-        return self._admin
+        return await self._admin.get()
 
     async def close(self) -> None:
-        if self._admin is not None:
-            await self._admin.close()
-            self._admin = None
+        await self._admin.close()
 
 
 def _live(db: Any, offset_key: bytes) -> Iterator[tuple[bytes, bytes]]:

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.kafka.admin import LazyAdmin
 from workers.stream import metrics
 
 __all__ = ("GapGuard", "Admitted", "Fetcher")
@@ -135,7 +136,7 @@ class KafkaProbe:
         # a window starting inside an aborted transaction would count its records)
         self.tail_from_start = tail_from_start
         self._consumer: Any = None
-        self._admin: Any = None
+        self._admin = LazyAdmin(self.bootstrap, **self.kafka)
         self._lock = asyncio.Lock()  # one reader of the probe consumer at a time
 
     async def start(self) -> None:
@@ -144,13 +145,7 @@ class KafkaProbe:
         await self._admin_client()
 
     async def _admin_client(self) -> Any:
-        if self._admin is None:
-            from aiokafka.admin import AIOKafkaAdminClient
-
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka)
-            await admin.start()
-            self._admin = admin
-        return self._admin
+        return await self._admin.get()
 
     async def _client(self) -> Any:
         if self._consumer is None:
@@ -259,6 +254,4 @@ class KafkaProbe:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
-        if self._admin is not None:
-            await self._admin.close()
-            self._admin = None
+        await self._admin.close()

@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+from workers.kafka.admin import LazyAdmin
+
 __all__ = ("DeadPeers", "http_alive")
 
 logger = logging.getLogger(__name__)
@@ -62,16 +64,10 @@ class DeadPeers:
         self.bootstrap, self.group, self.own_url = bootstrap, group, own_url.rstrip("/")
         self.dead_after_s, self.alive, self.clock, self.kafka = dead_after_s, alive, clock, kafka
         self.failing: dict[str, float] = {}  # member id -> since when its worker has not answered
-        self._admin: Any = None
+        self._admin = LazyAdmin(self.bootstrap, **self.kafka)
 
     async def _admin_client(self) -> Any:
-        if self._admin is None:
-            from aiokafka.admin import AIOKafkaAdminClient
-
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka)
-            await admin.start()
-            self._admin = admin
-        return self._admin
+        return await self._admin.get()
 
     async def members(self) -> tuple[int, list[tuple[str, str]]]:
         """(coordinator node, [(member id, worker URL)]) of the group's faust members."""
@@ -115,6 +111,4 @@ class DeadPeers:
         return expelled
 
     async def close(self) -> None:
-        if self._admin is not None:
-            await self._admin.close()
-            self._admin = None
+        await self._admin.close()
