@@ -163,3 +163,33 @@ def test_changelogs_the_worker_rewrites_allow_delete_records_and_keep_everything
     assert rewritten["segment.bytes"] == str(SEGMENT_BYTES)
     plain = changelog_configs(Settings.from_env(transactions=False, embedded_retention_bytes=1 << 20))
     assert plain["cleanup.policy"] == "compact" and "retention.bytes" not in plain
+
+
+
+def test_an_empty_assignment_makes_the_consumer_rejoin_instead_of_killing_its_coordinator() -> None:
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+    from aiokafka.coordinator.protocol import ConsumerProtocol
+
+    from workers.kafka import broker_compat
+
+    with pytest.raises(ValueError, match="unpack requires a buffer"):  # what kills aiokafka's coordinator task without the patch
+        ConsumerProtocol.ASSIGNMENT.decode(b"")
+    broker_compat.rejoin_on_empty_assignment()
+    broker_compat.rejoin_on_empty_assignment()  # idempotent: patched once
+
+    class Member:  # the few attributes of aiokafka's GroupCoordinator the method touches
+        group_id = "learnstream"
+        rejoins = 0
+
+        def request_rejoin(self) -> None:
+            self.rejoins += 1
+
+        def _lookup_assignor(self, protocol: str) -> None:
+            raise LookupError(protocol)  # reached only by aiokafka's own handling
+
+    member = Member()
+    asyncio.run(GroupCoordinator._on_join_complete(member, 7, "m-1", "faust", b""))
+    assert member.rejoins == 1
+    with pytest.raises(LookupError):  # a real assignment still goes to aiokafka's handling
+        asyncio.run(GroupCoordinator._on_join_complete(member, 8, "m-1", "faust", b"\x00\x00"))
+    assert member.rejoins == 1

@@ -61,8 +61,10 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     )
     if settings.kafka:
         _apply_kafka_security(app, settings)
-    if settings.broker_kind == "embedded" and settings.transactions:
-        broker_compat.ignore_finished_aborts()
+    if settings.broker_kind == "embedded":
+        broker_compat.rejoin_on_empty_assignment()
+        if settings.transactions:
+            broker_compat.ignore_finished_aborts()
     tables = {
         # bytes types make faust pick the raw codec for the changelog (a Schema(...) argument is
         # silently ignored there and falls back to json, which cannot carry binary values).
