@@ -68,17 +68,19 @@ def send_raw(bootstrap: str, topic: str, key: bytes, values: list[bytes]) -> Non
     asyncio.run(go())
 
 
-def read_topic(bootstrap: str, topic: str, n: int, timeout: float = 60) -> list[dict]:
-    """At least ``n`` values of ``topic`` from the start (or what arrived within ``timeout``)."""
+def read_topic(bootstrap: str, topic: str, n: int | None, timeout: float = 60,
+               isolation_level: str = "read_uncommitted") -> list[dict]:
+    """At least ``n`` values of ``topic`` from the start (or what arrived within ``timeout``; with
+    ``n=None``, everything that arrived within it)."""
     async def go() -> list[dict]:
         c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False)
+                             enable_auto_commit=False, isolation_level=isolation_level)
         await c.start()
         out: list[dict] = []
         try:
             loop = asyncio.get_running_loop()
             end = loop.time() + timeout
-            while len(out) < n and loop.time() < end:
+            while (n is None or len(out) < n) and loop.time() < end:
                 for msgs in (await c.getmany(timeout_ms=500)).values():
                     out += [orjson.loads(m.value) for m in msgs]
         finally:

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
-from tests.helpers import wait_until
+from tests.helpers import read_topic, wait_until
 from workers.stream.processor import DLQ_MAX_BYTES
 from workers.verbs.codec import encode_embedding_b64
 from workers.verbs.session import LearnSession
@@ -70,20 +70,7 @@ def _produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes]]) -> 
 
 
 def _read_committed(bootstrap: str, topic: str, timeout: float = 10) -> list[dict]:
-    async def go() -> list[dict]:
-        c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, isolation_level="read_committed")
-        await c.start()
-        out: list[dict] = []
-        try:
-            end = asyncio.get_running_loop().time() + timeout
-            while asyncio.get_running_loop().time() < end:
-                for msgs in (await c.getmany(timeout_ms=500)).values():
-                    out += [orjson.loads(m.value) for m in msgs]
-        finally:
-            await c.stop()
-        return out
-    return asyncio.run(go())
+    return read_topic(bootstrap, topic, None, timeout, isolation_level="read_committed")
 
 
 def _in_process(good_fb: list[dict], good_losses: list[float]) -> tuple[dict, dict]:
