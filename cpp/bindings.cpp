@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -101,8 +102,11 @@ T* inplace_array(py::array& a, const char* name, const char* dtype) {
 
 using i64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
-// The layout an instant core's (arena, meta) must have, or an error.
-learnstream::instant::Layout checked_layout(const py::array& arena, const py::array& meta, const int64_t* mm) {
+// The layout an instant core's (arena, meta) must have, or an error. The arena holds the replay
+// rows it has room for (0..REPLAY_CAP, at least the buffer's length): Python grows it as the buffer
+// fills, so a young session's decoded core is ~10 kB, not ~100 kB (``InstantState``).
+learnstream::instant::Layout checked_layout(const py::array& arena, const py::array& meta, const int64_t* mm,
+                                            std::size_t* rows_out = nullptr) {
     namespace ik = learnstream::instant;
     if (meta.ndim() != 1 || static_cast<std::size_t>(meta.shape(0)) != ik::META_SIZE)
         throw std::runtime_error("meta must be int64[" + std::to_string(ik::META_SIZE) + "]");
@@ -110,22 +114,36 @@ learnstream::instant::Layout checked_layout(const py::array& arena, const py::ar
     checked_dim(static_cast<std::size_t>(mm[ik::DIM]), "meta: dim");
     checked_dim(static_cast<std::size_t>(mm[ik::NT]), "meta: nt");
     const ik::Layout L(static_cast<std::size_t>(mm[ik::DIM]), static_cast<std::size_t>(mm[ik::NT]));
-    if (arena.ndim() != 1 || static_cast<std::size_t>(arena.shape(0)) != L.size)
-        throw std::runtime_error("arena must be float32[" + std::to_string(L.size) + "] for dim " +
-                                 std::to_string(L.dim) + ", nt " + std::to_string(L.nt));
+    const auto size = static_cast<std::size_t>(arena.ndim() == 1 ? arena.shape(0) : 0);
+    if (arena.ndim() != 1 || size < L.replay_x || (size - L.replay_x) % L.dim != 0 || size > L.size)
+        throw std::runtime_error("arena must be float32[" + std::to_string(L.replay_x) + " + rows * " +
+                                 std::to_string(L.dim) + "], rows 0.." + std::to_string(ik::REPLAY_CAP) +
+                                 ", for dim " + std::to_string(L.dim) + ", nt " + std::to_string(L.nt));
+    const std::size_t rows = (size - L.replay_x) / L.dim;
+    const int64_t len = mm[ik::REPLAY_LEN];
+    if (len < 0 || static_cast<std::size_t>(len) > rows)
+        throw std::runtime_error("meta: replay length " + std::to_string(len) + " exceeds the arena's " +
+                                 std::to_string(rows) + " replay rows");
+    if (rows_out) *rows_out = rows;
     return L;
 }
 
-// A mutable instant core, its sizes and replay ring checked (a corrupt ring would write out of bounds).
-learnstream::instant::State instant_state(py::array& arena, py::array& meta) {
+// A mutable instant core, its sizes and replay ring checked (a corrupt ring would write out of bounds);
+// ``pushes``: replay pushes the call may make, each needing a row until the ring is full.
+learnstream::instant::State instant_state(py::array& arena, py::array& meta, std::size_t pushes = 0) {
     namespace ik = learnstream::instant;
     float* f = inplace_array<float>(arena, "arena", "float32");
     int64_t* mm = inplace_array<int64_t>(meta, "meta", "int64");
-    checked_layout(arena, meta, mm);
+    std::size_t rows = 0;
+    checked_layout(arena, meta, mm, &rows);
     const int64_t head = mm[ik::REPLAY_HEAD], len = mm[ik::REPLAY_LEN];
     const auto cap = static_cast<int64_t>(ik::REPLAY_CAP);
     if (head < 0 || head >= cap || len < 0 || len > cap || (len < cap && head != 0))
         throw std::runtime_error("meta: replay ring head/len out of range");
+    if (rows < std::min(static_cast<std::size_t>(len) + pushes, ik::REPLAY_CAP))
+        throw std::runtime_error("arena: " + std::to_string(rows) + " replay rows, " +
+                                 std::to_string(std::min(static_cast<std::size_t>(len) + pushes, ik::REPLAY_CAP)) +
+                                 " needed for this call");
     for (int64_t i = 0; i < len; ++i) {
         const int64_t t = mm[ik::REPLAY_IDX + static_cast<std::size_t>(i)];
         if (t < 0 || t >= mm[ik::NT]) throw std::runtime_error("meta: replay target index out of range");
@@ -315,7 +333,7 @@ void bind_instant_deep(py::module_& m) {
     m.def(
         "instant_feedback",
         [](py::array arena, py::array meta, const f32& x, int64_t target, double quality, int64_t now_ms) {
-            const ik::State s = instant_state(arena, meta);
+            const ik::State s = instant_state(arena, meta, 1);
             const float* xp = row_input(x, s.L.dim);
             const std::size_t t = checked_target(target, s.L.nt);
             const bool learned = ik::feedback(s, xp, t, static_cast<float>(quality), now_ms);
@@ -329,7 +347,7 @@ void bind_instant_deep(py::module_& m) {
         "instant_feedback_batch",
         [](py::array arena, py::array meta, const f32& X, const i64& targets, const f32& qualities,
            const i64& now_ms, std::optional<py::array> trace) {
-            const ik::State s = instant_state(arena, meta);
+            const ik::State s = instant_state(arena, meta, X.ndim() == 2 ? static_cast<std::size_t>(X.shape(0)) : 0);
             const std::size_t n = batch_rows(X, s.L.dim);
             const int64_t* tp = batch_targets(targets, n, s.L.nt);
             const float* qp = batch_column(qualities, n, "qualities");

@@ -166,6 +166,7 @@ def test_weighted_pick_matches_reference() -> None:
 
 def test_kernels_refuse_bad_arrays() -> None:
     s = InstantState(TARGETS, DIM)
+    s._room(1)
     with pytest.raises(RuntimeError, match="float32"):
         K.instant_feedback(s._arena.astype(np.float64), s._meta, np.zeros(DIM, np.float32), 0, 0.9)
     with pytest.raises(RuntimeError, match="length dim"):
@@ -176,6 +177,43 @@ def test_kernels_refuse_bad_arrays() -> None:
         ro = s._arena.copy()
         ro.flags.writeable = False
         K.instant_hebbian(ro, s._meta, np.zeros(DIM, np.float32), 0, 1.0)
+
+
+def test_kernels_refuse_an_arena_without_a_row_for_each_push() -> None:
+    """The arena holds only the replay rows in use (``_room`` grows it): a kernel handed one that is
+    too short for the call's pushes, cut mid-row, or shorter than its replay length refuses it."""
+    s = InstantState(TARGETS, DIM)
+    x = np.zeros(DIM, np.float32)
+    with pytest.raises(RuntimeError, match="0 replay rows, 1 needed"):
+        K.instant_feedback(s._arena, s._meta, x, 0, 0.9)
+    s._room(2)
+    X, T, Q, NOW = _events(np.random.default_rng(3), 5)
+    with pytest.raises(RuntimeError, match="4 replay rows, 5 needed"):
+        K.instant_feedback_batch(s._arena, s._meta, X, T, Q, NOW)
+    with pytest.raises(RuntimeError, match="rows 0..64"):
+        K.instant_feedback(np.zeros(s._arena.size + 1, np.float32), s._meta, x, 0, 0.9)
+    meta = s._meta.copy()
+    meta[K.INSTANT_CONSTANTS["meta"]["replay_len"]] = 9  # a corrupt length past the arena's 4 rows
+    with pytest.raises(RuntimeError, match="exceeds the arena's 4 replay rows"):
+        K.instant_norm(s._arena, meta)
+    assert s.feedback_batch(X, T, Q, NOW)["feedback_count"] == 5  # the method makes room itself
+
+
+def test_the_arena_grows_with_the_replay_buffer_and_equal_states_stay_equal() -> None:
+    rng = np.random.default_rng(4)
+    young = InstantState(TARGETS, 384)
+    full = InstantState(TARGETS, 384)
+    X, T, Q, NOW = _events(rng, 70, dim=384)
+    young.feedback_batch(X[:2], T[:2], Q[:2], NOW[:2])
+    full.feedback_batch(X, T, Q, NOW)
+    assert young.memory_bytes() < 20_000 < 100_000 < full.memory_bytes()  # 4 rows against all 64
+    assert full.replay_x.shape == (REPLAY_CAP, 384)
+    back = InstantState.from_bytes(young.to_bytes())
+    assert back == young and back.replay_x.shape[0] == 2  # decoded with the rows in use only
+    more = InstantState.from_bytes(young.to_bytes())
+    for i in range(2, 70):  # one at a time through every growth, against one batch
+        more.feedback(X[i], int(T[i]), float(Q[i]), int(NOW[i]))
+    assert more == full and more.to_bytes() == full.to_bytes()
 
 
 # -- spec semantics ------------------------------------------------------------------

@@ -12,7 +12,7 @@ from workers.errors import CorruptStateError
 from workers.state import MemoryStore
 from workers.state.access import StoreStateAccess, state_key
 from workers.state.blob import StateBlob
-from workers.state.layout import INLINE_BYTES, PIECE_BYTES, SEP, SessionState, StateTooLarge, digest, piece_bounds
+from workers.state.layout import _object_bytes, INLINE_BYTES, PIECE_BYTES, SEP, SessionState, StateTooLarge, digest, piece_bounds
 from workers.state.limits import Limits
 from workers.state.sessions import Sessions
 
@@ -315,14 +315,24 @@ def test_a_session_over_its_limit_is_not_written() -> None:
     assert sessions.blob("session", "s1", 0).get("p", Bytes).b == b"x" * 5000  # the stored state, read again
 
 
-def test_a_decoded_session_counts_its_arrays_not_only_its_stored_bytes() -> None:
-    """The cache's budget is real memory: a 384-d instant core stores ~10 kB after init, but its
-    decoded arena is allocated for the whole replay buffer (~220 kB)."""
+def test_a_decoded_session_counts_its_arrays_once() -> None:
+    """The cache's budget is real memory: a decoded part's arrays count, each buffer once (an
+    instant core's attributes are views into its arena: counting them had doubled its weight)."""
     inst = InstantState(["a", "b", "c", "d"], 384)
+    X = np.random.default_rng(0).normal(size=(64, 384)).astype(np.float32)
+    inst.feedback_batch(X, np.zeros(64, np.int64), np.full(64, 0.9))
     s = SessionState()
     s.blob.set("instant", inst)
-    stored = len(inst.to_bytes())
-    assert s.nbytes() >= inst._arena.nbytes > 10 * stored
+    assert inst.memory_bytes() > 100_000
+    assert inst.memory_bytes() <= s.nbytes() <= inst.memory_bytes() + 1_000
+
+    class Views:  # a part without memory_bytes(): its arrays' buffers, each once
+        def __init__(self) -> None:
+            self.a = np.zeros(1000, np.float32)
+            self.head, self.tail = self.a[:10], self.a[10:].reshape(10, 99)
+            self.b = np.frombuffer(b"x" * 64, np.uint8)
+
+    assert _object_bytes(Views()) == 4000 + 64
 
 
 def test_the_slot_bitmap_is_numpys_packbits_in_hex_and_reads_back() -> None:

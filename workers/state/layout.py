@@ -325,14 +325,22 @@ class SessionState:
 
 
 def _object_bytes(obj: Any) -> int:
-    """The NumPy array bytes a decoded part holds in its own attributes (its ``memory_bytes()`` if it says)."""
+    """The bytes of the NumPy arrays a decoded part holds in its own attributes, each buffer once
+    (views of one array count it once), or its ``memory_bytes()`` if it says."""
     own = getattr(obj, "memory_bytes", None)
     if own is not None:
         return int(own())
     values = list(getattr(obj, "__dict__", {}).values())
     for cls in type(obj).__mro__:
         values.extend(getattr(obj, name) for name in getattr(cls, "__slots__", ()) if hasattr(obj, name))
-    return sum(v.nbytes for v in values if isinstance(v, np.ndarray))
+    owners: dict[int, int] = {}
+    for v in values:
+        if isinstance(v, np.ndarray):
+            root = v
+            while isinstance(root.base, np.ndarray):
+                root = root.base
+            owners[id(root)] = max(owners.get(id(root), 0), root.nbytes)  # a view of bytes: its own size
+    return sum(owners.values())
 
 
 def pieces(blob: StateBlob) -> Iterator[tuple[str, int, bytes]]:
