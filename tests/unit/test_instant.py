@@ -411,3 +411,29 @@ def test_state_survives_reopening_the_database(tmp_path) -> None:
     assert s2.blob("session", "default").get("instant", InstantState) == \
         twin.blob("session", "default").get("instant", InstantState)
     s2.close()
+
+
+def test_a_large_batch_kernel_lets_other_threads_run() -> None:
+    """Batch kernels release the GIL when their work is large (``NoGil`` in cpp/bindings.cpp; a
+    one-event call keeps it: taking it back cost more than the kernel). While a long batch runs in
+    a thread, this thread keeps running Python: its longest pause is far shorter than the kernel."""
+    import threading
+    import time
+
+    X, T, Q, NOW = _events(np.random.default_rng(5), 40_000, dim=384)
+    alone = InstantState(TARGETS, 384)
+    t0 = time.perf_counter()
+    alone.feedback_batch(X, T, Q, NOW)
+    took = time.perf_counter() - t0
+    assert took > 0.03  # long enough that holding the GIL through it would show
+
+    s = InstantState(TARGETS, 384)
+    th = threading.Thread(target=s.feedback_batch, args=(X, T, Q, NOW))
+    ticks = [time.perf_counter()]
+    th.start()
+    while th.is_alive():
+        ticks.append(time.perf_counter())
+    th.join()
+    longest = max(b - a for a, b in zip(ticks, ticks[1:]))
+    assert longest < 0.5 * took, (longest, took)
+    assert s == alone
