@@ -511,11 +511,11 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     Per count, on a fresh broker and worker: ``init_instant`` for every session, a warm-up of one event per session (not timed),
     then ``--events`` b64 events, one per message, round-robin over the sessions, produced while
     the worker is suspended and timed from its resumption until all are applied. Changelog bytes
-    are the keys and values produced to the ``sessions`` changelog during the timed run (read back
-    from the broker), per event applied.
+    are the key and value bytes the worker wrote to its session tables during the timed run (each
+    write is a changelog record: ``learnstream_state_write_bytes_total``) plus what changelog
+    rewrites re-produced (``learnstream_changelog_rewrite_bytes_total``), per event applied. (Read
+    back from the broker, a rewrite's DeleteRecords hid the records it replaced.)
     """
-    from _stream import topic_bytes
-
     counts = [int(x) for x in args.scale.split(",") if x.strip()]
     worker_kw = worker_kwargs(p, args)
     log_dir = Path(tempfile.mkdtemp(prefix="learnstream-bench-scale-"))
@@ -530,7 +530,6 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             provision(broker.bootstrap, args.partitions)
             broker_ps = _BrokerPs(broker.proc)
             app_id = f"bench-{uuid.uuid4().hex[:6]}"
-            changelog = f"{app_id}-sessions-changelog"
             worker = WorkerProcess(broker.bootstrap, partitions=args.partitions, app_id=app_id, log_dir=log_dir,
                                    **worker_kw).start()
             try:
@@ -545,7 +544,7 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                 produce(broker.bootstrap, topic, warm)
                 wait_until(lambda: worker.events(topic) >= before + len(warm), 600, "warm-up applied", 0.2)
                 setup_s = time.monotonic() - t0
-                _, _, start = topic_bytes(broker.bootstrap, changelog)
+                w0 = _written(worker)
                 msgs = make_messages(sessions, args.events, args.dim, "b64", 1, args.seed + 7 * n)
                 event_bytes = statistics.mean(len(v) for _, v in msgs)
                 c = Consumer("worker", worker, topic, lambda t0: wait_worker(worker, topic, target, t0, 900.0))
@@ -555,7 +554,7 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                 except RuntimeError:
                     print("learn.dlq: " + "; ".join(_dlq_reasons(broker.bootstrap)), flush=True)
                     raise
-                recs, nbytes, _ = topic_bytes(broker.bootstrap, changelog, start)
+                recs, nbytes = (b - a for a, b in zip(w0, _written(worker)))
                 rss = worker._ps().memory_info().rss / 1e6
                 rows.append((n, r, nbytes / r.events, recs / r.events, event_bytes, rss, setup_s))
                 print(f"  {n:>6} sessions: {r.rate:,.0f} events/s, changelog {nbytes / r.events:,.0f} B/event "
@@ -576,6 +575,12 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     print(f"targets: every count >= {_TARGET_SCALE:.0%} of the first's events/s, changelog <= "
           f"{_TARGET_CHANGELOG:.0f}x the event -> {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
+
+
+def _written(worker: WorkerProcess) -> tuple[float, float]:
+    """(keys, bytes) the worker wrote to its tables and changelogs so far, rewrites' bytes included."""
+    return (worker.metric("learnstream_state_writes_total"),
+            worker.metric("learnstream_state_write_bytes_total") + worker.metric("learnstream_changelog_rewrite_bytes_total"))
 
 
 def _dlq_reasons(bootstrap: str, limit: int = 5) -> list[str]:
