@@ -53,13 +53,15 @@ def test_piece_bounds_cut_at_every_cut_and_every_piece_size() -> None:
     assert piece_bounds(0) == [0]
     assert piece_bounds(10) == [0, 10]
     assert piece_bounds(2 * PIECE_BYTES + 1) == [0, PIECE_BYTES, 2 * PIECE_BYTES, 2 * PIECE_BYTES + 1]
-    assert piece_bounds(5000, [100, 100, 4000, 0, 6000]) == [0, 100, 100 + PIECE_BYTES, 4000, 5000]
+    P = PIECE_BYTES
+    assert piece_bounds(3 * P, [100, 100, 2 * P, 0, 4 * P]) == [0, 100, 100 + P, 2 * P, 3 * P]
+    assert piece_bounds(3 * P, (100, 2 * P)) == [0, 100, 100 + P, 2 * P, 3 * P]  # cached: any iterable
 
 
 def test_round_trip_keeps_parts_watermark_and_meta_and_every_value_is_small() -> None:
     store = MemoryStore()
     s = SessionState()
-    s.blob.set("big", Bytes(bytes(range(256)) * 40))  # 10 kB: five pieces
+    s.blob.set("big", Bytes(bytes(range(256)) * (PIECE_BYTES * 5 // 256 - 1)))  # five pieces, the last short
     s.blob.set("empty", Bytes(b""))
     s.blob.watermark.advance("t", 3, 17)
     ops = save(s, store)
@@ -234,7 +236,7 @@ def test_a_stored_value_in_the_one_value_format_is_read_and_rewritten_as_keys() 
 def test_a_missing_piece_is_reported_not_guessed() -> None:
     store = MemoryStore()
     s = SessionState()
-    s.blob.set("p", Bytes(b"q" * 3000))
+    s.blob.set("p", Bytes(b"q" * (PIECE_BYTES + 1000)))  # two pieces
     save(s, store)
     store.delete(BASE + b"\x1fp\x1f000001\x1f0")
     with pytest.raises(CorruptStateError, match="piece 1"):

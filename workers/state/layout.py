@@ -53,8 +53,10 @@ from workers.state.blob import StateBlob, Watermark
 __all__ = ("PIECE_BYTES", "INLINE_BYTES", "SEP", "SessionState", "piece_bounds", "pieces", "digest", "StateTooLarge", "is_piece_key")
 
 # Small enough that one feedback event rewrites a few KB (adapter, counters, one replay
-# slot), large enough that a 100 KB session is ~60 keys to restore, not thousands.
-PIECE_BYTES = 2048
+# slot), large enough that a 100 KB session is ~30 keys to restore, not thousands. At 384-d an
+# instant core's header, counters and adapter (3.8 kB) are one piece: a one-event save is 4
+# changelog records (that piece, the scalars, the new replay slot, the head), 5 with 2 kB pieces.
+PIECE_BYTES = 4096
 # Parts up to this size live in the head (see above): rewritten with it on every save anyway
 # when they change, which the small per-event counters do.
 INLINE_BYTES = 256
