@@ -301,6 +301,23 @@ def test_errors_come_in_the_spec_order_and_do_not_count() -> None:
     assert s.feedback_count == 0 and not s.theta.any()
 
 
+@pytest.mark.parametrize("n", [1, 3, 16, 17, 40])  # a few rows are checked in Python, more with NumPy
+def test_feedback_batch_refuses_bad_rows_before_any_change(n: int) -> None:
+    s = InstantState(TARGETS, DIM)
+    X, T, Q, NOW = _events(np.random.default_rng(n), n)
+    for t_bad, q_bad, msg in [(NT, None, "unknown model"), (-1, None, "unknown model"),
+                              (None, float("nan"), "quality"), (None, 1.0001, "quality"), (None, -0.01, "quality")]:
+        t, q = T.copy(), Q.copy()
+        if t_bad is not None:
+            t[n - 1] = t_bad
+        if q_bad is not None:
+            q[n // 2] = q_bad
+        with pytest.raises(VerbError, match=msg):
+            s.feedback_batch(X, t, q, NOW)
+    assert s.feedback_count == 0 and not s.theta.any()
+    assert s.feedback_batch(X, T, Q, NOW)["feedback_count"] == n
+
+
 def test_ewc_pull_in_feedback_matches_reference() -> None:
     rng = np.random.default_rng(12)
     s, r = _pair()
