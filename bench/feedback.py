@@ -515,9 +515,10 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     other workers are idle). Rounds interleave the counts, so a change of load on a shared machine
     hits every count alike; each count's rate is its median over the rounds. Changelog bytes are
     the key and value bytes the worker wrote to its session tables in its timed windows (each write
-    is a changelog record: ``learnstream_state_write_bytes_total``) plus what changelog rewrites
-    re-produced (``learnstream_changelog_rewrite_bytes_total``), per event applied. (Read back from
-    the broker, a rewrite's DeleteRecords hid the records it replaced.)
+    is a changelog record: ``learnstream_state_write_bytes_total``) per event applied; beside them,
+    what its changelog rewrites re-produced meanwhile (``learnstream_changelog_rewrite_bytes_total``;
+    embedded broker only). (Read back from the broker, a rewrite's DeleteRecords hid the records it
+    replaced.)
     """
     counts = [int(x) for x in args.scale.split(",") if x.strip()]
     worker_kw = worker_kwargs(p, args)
@@ -529,7 +530,7 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     print(f"machine: {machine_note()}; logs in {log_dir}", flush=True)
     setups: list[tuple[int, EmbeddedBroker, _BrokerPs, WorkerProcess, list[str], float]] = []
     runs: dict[int, list[Run]] = {n: [] for n in counts}
-    written: dict[int, list[float]] = {n: [0.0, 0.0] for n in counts}
+    written: dict[int, list[float]] = {n: [0.0, 0.0, 0.0] for n in counts}
     event_bytes: list[float] = []
     try:
         for n in counts:  # each on its own broker: a new group would read the other counts' events first
@@ -576,24 +577,29 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     ev = statistics.mean(event_bytes)
     base = _median(runs[counts[0]])
     print(f"\n{'sessions':>8} {'events/s':>10} {'vs first':>9} {'changelog B/event':>18} {'x event':>8} "
-          f"{'records/event':>14} {'RSS MB':>7}   (median of {args.repeats} rounds; event {ev:,.0f} B)")
+          f"{'records/event':>14} {'+ rewrites B/event':>19} {'RSS MB':>7}   (median of {args.repeats} rounds; "
+          f"event {ev:,.0f} B)")
     ok = True
     for n in counts:
         rate, events = _median(runs[n]), sum(r.events for r in runs[n])
-        recs, b = written[n][0] / events, written[n][1] / events
+        recs, b, rw = (w / events for w in written[n])
         ratio, x = rate / base, b / ev
         ok = ok and ratio >= _TARGET_SCALE and x <= _TARGET_CHANGELOG
-        print(f"{n:>8} {rate:>10,.0f} {ratio:>9.0%} {b:>18,.0f} {x:>8.2f} {recs:>14.1f} {rss[n]:>7,.0f}"
-              f"   rounds: {', '.join(f'{r.rate:,.0f}' for r in runs[n])}")
+        print(f"{n:>8} {rate:>10,.0f} {ratio:>9.0%} {b:>18,.0f} {x:>8.2f} {recs:>14.1f} "
+              f"{rw:>10,.0f} ({(b + rw) / ev:.2f}x) {rss[n]:>7,.0f}   rounds: {', '.join(f'{r.rate:,.0f}' for r in runs[n])}")
     print(f"targets: every count >= {_TARGET_SCALE:.0%} of the first's events/s, changelog <= "
           f"{_TARGET_CHANGELOG:.0f}x the event -> {'PASS' if ok else 'FAIL'}")
+    print("changelog B/event: what the batches wrote (every broker receives it); + rewrites: what the worker "
+          "re-produced compacting its transactional changelogs itself (embedded broker only, which never compacts "
+          "them; workers/kafka/changelog_rewrite.py), and the total as a multiple of the event")
     return 0 if ok else 1
 
 
-def _written(worker: WorkerProcess) -> tuple[float, float]:
-    """(keys, bytes) the worker wrote to its tables and changelogs so far, rewrites' bytes included."""
-    return (worker.metric("learnstream_state_writes_total"),
-            worker.metric("learnstream_state_write_bytes_total") + worker.metric("learnstream_changelog_rewrite_bytes_total"))
+def _written(worker: WorkerProcess) -> tuple[float, float, float]:
+    """(keys, bytes) the worker's batches wrote to its tables and changelogs so far, and the bytes its
+    changelog rewrites re-produced (embedded broker only)."""
+    return (worker.metric("learnstream_state_writes_total"), worker.metric("learnstream_state_write_bytes_total"),
+            worker.metric("learnstream_changelog_rewrite_bytes_total"))
 
 
 def _dlq_reasons(bootstrap: str, limit: int = 5) -> list[str]:
