@@ -73,7 +73,7 @@ class InstantState:
     """
 
     __slots__ = ("targets", "dim", "_index", "_arena", "_meta", "theta", "A", "B", "ewc_f", "ewc_snap",
-                 "replay_x", "replay_scale", "replay_idx", "_layout")
+                 "replay_x", "replay_scale", "replay_idx", "_layout", "_prefix", "_cuts")
 
     def __init__(self, targets: Sequence[str], dim: int | None = None, lr_min: float | None = None) -> None:
         self.targets: list[str] = list(targets)
@@ -82,6 +82,8 @@ class InstantState:
             raise ValueError("InstantState needs unique targets and dim > 0")
         self._index = {t: i for i, t in enumerate(self.targets)}
         self._layout = _k.instant_layout(self.dim, len(self.targets))
+        self._prefix: bytes | None = None  # to_bytes' framing and header: targets and dim never change
+        self._cuts: tuple[int, list[int]] | None = None  # (replay_len, piece_cuts()) of the last call
         self._arena = np.zeros(self._layout["replay_x"], np.float32)  # no replay rows yet: see _room
         self._meta = np.zeros(_C["meta_size"], np.int64)
         self._meta[_M["dim"]] = self.dim
@@ -266,20 +268,27 @@ class InstantState:
         The arena is cut after the used replay rows (a half-empty buffer is a prefix).
         """
         used = self._layout["replay_x"] + self.replay_len * self.dim
-        return pack_part(_MAGIC, _VERSION, {"targets": self.targets, "dim": self.dim},
-                         self._meta.astype("<i8", copy=False).tobytes(),
-                         self._arena[:used].astype("<f4", copy=False).tobytes())
+        return b"".join((self._framing(), self._meta.astype("<i8", copy=False).tobytes(),
+                         self._arena[:used].astype("<f4", copy=False).tobytes()))
+
+    def _framing(self) -> bytes:
+        """What :func:`pack_part` puts before the payload (made once: every save needs it)."""
+        if self._prefix is None:
+            self._prefix = pack_part(_MAGIC, _VERSION, {"targets": self.targets, "dim": self.dim})
+        return self._prefix
 
     def piece_cuts(self) -> list[int]:
         """Offsets in :meth:`to_bytes` where a stored piece must start (``workers.state.layout``):
         the EWC state and the scalars apart from the hot adapter, and one piece per replay slot,
         so one feedback event rewrites the adapter, the counters and one slot."""
-        L = self._layout
-        base = PART_HEAD.size + len(orjson.dumps({"targets": self.targets, "dim": self.dim})) + self._meta.size * 8
-        row = 4 * self.dim
-        start = base + 4 * L["replay_x"]
-        return [base + 4 * L["ewc_f"], base + 4 * L["scalars"],
-                *range(start, start + row * self.replay_len, row)]
+        n = self.replay_len
+        if self._cuts is None or self._cuts[0] != n:
+            L = self._layout
+            base = len(self._framing()) + self._meta.size * 8
+            row = 4 * self.dim
+            start = base + 4 * L["replay_x"]
+            self._cuts = (n, [base + 4 * L["ewc_f"], base + 4 * L["scalars"], *range(start, start + row * n, row)])
+        return self._cuts[1]
 
     @classmethod
     def from_bytes(cls, data: bytes) -> InstantState:

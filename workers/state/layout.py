@@ -106,6 +106,12 @@ def _rle(lengths: list[int]) -> list[list[int]]:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
+def _runs(bounds: tuple[int, ...]) -> list[list[int]]:
+    """The piece lengths' runs of ``bounds`` (cached like :func:`_bounds`; never mutated by a caller)."""
+    return _rle([b - a for a, b in zip(bounds, bounds[1:])])
+
+
 def _unrle(runs: list[list[int]]) -> list[int]:
     bounds = [0]
     for n, count in runs:
@@ -136,7 +142,7 @@ class _Stored:
         """Its piece table; ``runs``: the piece lengths' runs when known (the cut did not change)."""
         if self.entry is None:
             if runs is None:
-                runs = _rle([b - a for a, b in zip(self.bounds, self.bounds[1:])])
+                runs = _runs(tuple(self.bounds))
             self.entry = {"n": len(self.data), "p": runs, "s": _slots_hex(self.slots)}
         return self.entry
 
