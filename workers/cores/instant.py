@@ -22,12 +22,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import orjson
 
 from workers import _kernels as _k
 from workers.verbs.fields import MAX_DIM, epoch_ms, int_accepted
 from workers.verbs.codec import embedding_field
-from workers.state.framing import PART_HEAD, pack_part, unpack_part
+from workers.state.framing import pack_part, unpack_part
 from workers.errors import CorruptStateError, VerbError
 from workers.verbs.registry import EMBEDDING, EMBEDDING_B64, VerbContext, health_contributor, params, state_size, verb
 
