@@ -142,13 +142,16 @@ class LossCusum:
         if not math.isfinite(loss):
             return False
         self.n += 1
+        sig = 0.0
         if self.m >= WARM:
             sig = self.sigma
             a = max(K * sig, REL * min(abs(self.mu), LEVEL_CAP))
-            f = self._forecast(sig)
+            f = self.mu      # the forecast (``_forecast``, inlined: this runs per feedback event)
+            if self.trend < -TREND_SHRINK * sig:
+                f += max((self.trend + TREND_SHRINK * sig) * (len(self.ring) + 1 + LAG), -TREND_CAP * sig)
             self.S = max(0.0, self.S + min((loss - f - a) / sig, CLIP))
             self.jump = self.jump + 1 if loss > f + JUMP_Z * sig else 0
-            if self.S > H or self.jump >= self._jump_run():
+            if self.S > H or (self.jump >= JUMP_N and self.jump >= self._jump_run()):
                 self.last = CusumFiring(self.S, self.mu, sig, self.n)
                 self.n = 0
                 self._restart()
@@ -156,7 +159,7 @@ class LossCusum:
         self.ring.append(loss)
         if len(self.ring) > DELAY:
             old = self.ring.pop(0)
-            self._reference(old)
+            self._reference(old, sig)   # the reference has not moved since sig was computed
         return False
 
     def _jump_run(self) -> int:
@@ -180,8 +183,8 @@ class LossCusum:
         """Indices of the losses that completed a boundary."""
         return [i for i, v in enumerate(losses) if self.push(v)]
 
-    def _reference(self, v: float) -> None:
-        """Fold a loss that left the delay line into the reference."""
+    def _reference(self, v: float, sig: float) -> None:
+        """Fold a loss that left the delay line into the reference (``sig``: its sigma, once warm)."""
         m = self.m
         if m == 0:
             self.mu = self.prev = v
@@ -195,7 +198,6 @@ class LossCusum:
                 self.steps = []
         else:
             r = v - self.mu
-            sig = self.sigma
             up2 = 2.0 * min(max(r, 0.0), CV * sig) ** 2
             # a plain mean of the first squares (the seed counts as one), then the EMA
             self.var += max(1.0 / (m - WARM + 2), RATE_VAR) * (up2 - self.var)
