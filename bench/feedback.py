@@ -506,76 +506,100 @@ _TARGET_CHANGELOG = 4.0         # changelog bytes per event / the event's own by
 
 
 def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
-    """The worker alone, one fresh worker per session count, in one run: events/s and what it wrote.
+    """The worker alone, one worker per session count, in one run: events/s and what it wrote.
 
-    Per count, on a fresh broker and worker: ``init_instant`` for every session, a warm-up of one event per session (not timed),
-    then ``--events`` b64 events, one per message, round-robin over the sessions, produced while
-    the worker is suspended and timed from its resumption until all are applied. Changelog bytes
-    are the keys and values produced to the ``sessions`` changelog during the timed run (read back
-    from the broker), per event applied.
+    Set-up, per count, on a fresh broker and worker of its own: ``init_instant`` for every session
+    and a warm-up of one event per session (not timed). Then ``--repeats`` rounds; in each, every
+    count in turn gets ``--events`` new b64 events, one per message, round-robin over its sessions,
+    produced while its worker is suspended and timed from its resumption until all are applied (the
+    other workers are idle). Rounds interleave the counts, so a change of load on a shared machine
+    hits every count alike; each count's rate is its median over the rounds. Changelog bytes are
+    the key and value bytes the worker wrote to its session tables in its timed windows (each write
+    is a changelog record: ``learnstream_state_write_bytes_total``) per event applied; beside them,
+    what its changelog rewrites re-produced meanwhile (``learnstream_changelog_rewrite_bytes_total``;
+    embedded broker only). (Read back from the broker, a rewrite's DeleteRecords hid the records it
+    replaced.)
     """
-    from _stream import topic_bytes
-
     counts = [int(x) for x in args.scale.split(",") if x.strip()]
     worker_kw = worker_kwargs(p, args)
     log_dir = Path(tempfile.mkdtemp(prefix="learnstream-bench-scale-"))
     topic, cmd_topic = topics()["feedback"].name, topics()["commands"].name
     print(f"learnstream bench feedback --scale: {args.dim}-d b64 embeddings, one event per message, "
-          f"{args.events:,} timed events per session count {counts}, {args.partitions} partitions")
+          f"{args.events:,} timed events per session count {counts} and round, {args.repeats} rounds, "
+          f"{args.partitions} partitions")
     print(f"machine: {machine_note()}; logs in {log_dir}", flush=True)
-    rows = []
+    setups: list[tuple[int, EmbeddedBroker, _BrokerPs, WorkerProcess, list[str], float]] = []
+    runs: dict[int, list[Run]] = {n: [] for n in counts}
+    written: dict[int, list[float]] = {n: [0.0, 0.0, 0.0] for n in counts}
+    event_bytes: list[float] = []
     try:
-        for n in counts:  # each on its own broker: a new group would read the last count's events first
+        for n in counts:  # each on its own broker: a new group would read the other counts' events first
             broker = start_broker(Path(tempfile.mkdtemp(prefix=f"broker-{n}-", dir=log_dir)))
             provision(broker.bootstrap, args.partitions)
-            broker_ps = _BrokerPs(broker.proc)
-            app_id = f"bench-{uuid.uuid4().hex[:6]}"
-            changelog = f"{app_id}-sessions-changelog"
-            worker = WorkerProcess(broker.bootstrap, partitions=args.partitions, app_id=app_id, log_dir=log_dir,
-                                   **worker_kw).start()
-            try:
-                worker.wait_ready()
-                sessions = balanced_keys(n, args.partitions, prefix=f"s{n}-")
-                t0 = time.monotonic()
-                base_cmd = worker.events(cmd_topic)
-                asyncio.run(_send_commands_nowait(broker.bootstrap, _init_commands(sessions, args.dim, False)))
-                wait_until(lambda: worker.events(cmd_topic) >= base_cmd + n, 600, "init commands applied", 0.2)
-                warm = make_messages(sessions, n, args.dim, "b64", 1, args.seed + n)
-                before = worker.events(topic)
-                produce(broker.bootstrap, topic, warm)
-                wait_until(lambda: worker.events(topic) >= before + len(warm), 600, "warm-up applied", 0.2)
-                setup_s = time.monotonic() - t0
-                _, _, start = topic_bytes(broker.bootstrap, changelog)
-                msgs = make_messages(sessions, args.events, args.dim, "b64", 1, args.seed + 7 * n)
-                event_bytes = statistics.mean(len(v) for _, v in msgs)
-                c = Consumer("worker", worker, topic, lambda t0: wait_worker(worker, topic, target, t0, 900.0))
+            worker = WorkerProcess(broker.bootstrap, partitions=args.partitions, app_id=f"bench-{uuid.uuid4().hex[:6]}",
+                                   log_dir=log_dir, **worker_kw).start()
+            setups.append((n, broker, _BrokerPs(broker.proc), worker, [], 0.0))
+            worker.wait_ready()
+            sessions = balanced_keys(n, args.partitions, prefix=f"s{n}-")
+            t0 = time.monotonic()
+            base_cmd = worker.events(cmd_topic)
+            asyncio.run(_send_commands_nowait(broker.bootstrap, _init_commands(sessions, args.dim, False)))
+            wait_until(lambda: worker.events(cmd_topic) >= base_cmd + n, 600, "init commands applied", 0.2)
+            warm = make_messages(sessions, n, args.dim, "b64", 1, args.seed + n)
+            before = worker.events(topic)
+            produce(broker.bootstrap, topic, warm)
+            wait_until(lambda: worker.events(topic) >= before + len(warm), 600, "warm-up applied", 0.2)
+            setups[-1] = (n, broker, setups[-1][2], worker, sessions, time.monotonic() - t0)
+            print(f"  {n:>6} sessions set up in {setups[-1][5]:.0f} s", flush=True)
+        for rnd in range(args.repeats):
+            for n, broker, broker_ps, worker, sessions, _ in setups:
+                w0 = _written(worker)
+                msgs = make_messages(sessions, args.events, args.dim, "b64", 1, args.seed + 7 * n + 1009 * rnd)
+                event_bytes.append(statistics.mean(len(v) for _, v in msgs))
                 target = worker.events(topic) + len(msgs)
+                c = Consumer("worker", worker, topic,
+                             lambda t0, w=worker, tg=target: wait_worker(w, topic, tg, t0, 900.0))
                 try:
                     r = c.run(broker, broker_ps, msgs, len(msgs), "b64", f"{n} sessions")
                 except RuntimeError:
                     print("learn.dlq: " + "; ".join(_dlq_reasons(broker.bootstrap)), flush=True)
                     raise
-                recs, nbytes, _ = topic_bytes(broker.bootstrap, changelog, start)
-                rss = worker._ps().memory_info().rss / 1e6
-                rows.append((n, r, nbytes / r.events, recs / r.events, event_bytes, rss, setup_s))
-                print(f"  {n:>6} sessions: {r.rate:,.0f} events/s, changelog {nbytes / r.events:,.0f} B/event "
-                      f"({recs / r.events:.1f} records), event {event_bytes:,.0f} B, worker RSS {rss:,.0f} MB "
-                      f"(set-up {setup_s:.0f} s)", flush=True)
-            finally:
-                teardown([worker], broker, None, True)
+                runs[n].append(r)
+                for k, (a, b) in enumerate(zip(w0, _written(worker))):
+                    written[n][k] += b - a
+                print(f"  round {rnd + 1}: {n:>6} sessions {r.rate:,.0f} events/s", flush=True)
+        rss = {n: worker._ps().memory_info().rss / 1e6 for n, _, _, worker, _, _ in setups}
     finally:
+        teardown([s[3] for s in setups], None, None, True)
+        for s in setups:
+            teardown([], s[1], None, True)
         teardown([], None, log_dir, args.keep_logs)
-    base = rows[0][1].rate
+    ev = statistics.mean(event_bytes)
+    base = _median(runs[counts[0]])
     print(f"\n{'sessions':>8} {'events/s':>10} {'vs first':>9} {'changelog B/event':>18} {'x event':>8} "
-          f"{'records/event':>14} {'RSS MB':>7}")
+          f"{'records/event':>14} {'+ rewrites B/event':>19} {'RSS MB':>7}   (median of {args.repeats} rounds; "
+          f"event {ev:,.0f} B)")
     ok = True
-    for n, r, b, recs, ev, rss, _ in rows:
-        ratio, x = r.rate / base, b / ev
+    for n in counts:
+        rate, events = _median(runs[n]), sum(r.events for r in runs[n])
+        recs, b, rw = (w / events for w in written[n])
+        ratio, x = rate / base, b / ev
         ok = ok and ratio >= _TARGET_SCALE and x <= _TARGET_CHANGELOG
-        print(f"{n:>8} {r.rate:>10,.0f} {ratio:>9.0%} {b:>18,.0f} {x:>8.2f} {recs:>14.1f} {rss:>7,.0f}")
+        print(f"{n:>8} {rate:>10,.0f} {ratio:>9.0%} {b:>18,.0f} {x:>8.2f} {recs:>14.1f} "
+              f"{rw:>10,.0f} ({(b + rw) / ev:.2f}x) {rss[n]:>7,.0f}   rounds: {', '.join(f'{r.rate:,.0f}' for r in runs[n])}")
     print(f"targets: every count >= {_TARGET_SCALE:.0%} of the first's events/s, changelog <= "
           f"{_TARGET_CHANGELOG:.0f}x the event -> {'PASS' if ok else 'FAIL'}")
+    print("changelog B/event: what the batches wrote (every broker receives it); + rewrites: what the worker "
+          "re-produced compacting its transactional changelogs itself (embedded broker only, which never compacts "
+          "them; workers/kafka/changelog_rewrite.py), and the total as a multiple of the event")
     return 0 if ok else 1
+
+
+def _written(worker: WorkerProcess) -> tuple[float, float, float]:
+    """(keys, bytes) the worker's batches wrote to its tables and changelogs so far, and the bytes its
+    changelog rewrites re-produced (embedded broker only)."""
+    return (worker.metric("learnstream_state_writes_total"), worker.metric("learnstream_state_write_bytes_total"),
+            worker.metric("learnstream_changelog_rewrite_bytes_total"))
 
 
 def _dlq_reasons(bootstrap: str, limit: int = 5) -> list[str]:

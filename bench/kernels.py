@@ -29,7 +29,7 @@ import numpy as np
 from workers import _kernels as K
 from workers.verbs.codec import encode_embedding_b64
 from workers.cores.deep import DeepState
-from workers.cores.instant import InstantState
+from workers.cores.instant import REPLAY_CAP, InstantState
 from workers.verbs.session import LearnSession
 
 try:  # the references live with the tests (they are not part of the package)
@@ -72,7 +72,9 @@ def run(dim: int, events: int, repeats: int, seed: int) -> list[tuple[str, float
     rows: list[tuple[str, float, float]] = []
 
     def fresh() -> tuple[InstantState, instant_ref.InstantRef]:
-        return InstantState(_TARGETS, dim), instant_ref.InstantRef(dim, nt)
+        s = InstantState(_TARGETS, dim)
+        s._room(REPLAY_CAP)  # the kernels are called directly: every replay row allocated up front
+        return s, instant_ref.InstantRef(dim, nt)
 
     # -- Hebbian update ------------------------------------------------------------
     def k_heb_single() -> None:

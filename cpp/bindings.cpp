@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -101,8 +102,27 @@ T* inplace_array(py::array& a, const char* name, const char* dtype) {
 
 using i64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
-// The layout an instant core's (arena, meta) must have, or an error.
-learnstream::instant::Layout checked_layout(const py::array& arena, const py::array& meta, const int64_t* mm) {
+// Releases the GIL for the duration of a kernel, but only when it has work enough to gain from it
+// (``work``: about the floats it touches). Taking the GIL back waits for whichever thread took it, up
+// to the interpreter's switch interval (5 ms), and in a worker faust's consumer thread always wants
+// it: a one-event feedback kernel (~2 us of work) cost ~75 us a call in the worker when it let go.
+class NoGil {
+public:
+    static constexpr std::size_t kMinWork = std::size_t{1} << 18;  // ~0.1 ms of float work
+    explicit NoGil(std::size_t work) {
+        if (work >= kMinWork) release_.emplace();
+    }
+
+private:
+    std::optional<py::gil_scoped_release> release_;
+};
+
+
+// The layout an instant core's (arena, meta) must have, or an error. The arena holds the replay
+// rows it has room for (0..REPLAY_CAP, at least the buffer's length): Python grows it as the buffer
+// fills, so a young session's decoded core is ~10 kB, not ~100 kB (``InstantState``).
+learnstream::instant::Layout checked_layout(const py::array& arena, const py::array& meta, const int64_t* mm,
+                                            std::size_t* rows_out = nullptr) {
     namespace ik = learnstream::instant;
     if (meta.ndim() != 1 || static_cast<std::size_t>(meta.shape(0)) != ik::META_SIZE)
         throw std::runtime_error("meta must be int64[" + std::to_string(ik::META_SIZE) + "]");
@@ -110,22 +130,36 @@ learnstream::instant::Layout checked_layout(const py::array& arena, const py::ar
     checked_dim(static_cast<std::size_t>(mm[ik::DIM]), "meta: dim");
     checked_dim(static_cast<std::size_t>(mm[ik::NT]), "meta: nt");
     const ik::Layout L(static_cast<std::size_t>(mm[ik::DIM]), static_cast<std::size_t>(mm[ik::NT]));
-    if (arena.ndim() != 1 || static_cast<std::size_t>(arena.shape(0)) != L.size)
-        throw std::runtime_error("arena must be float32[" + std::to_string(L.size) + "] for dim " +
-                                 std::to_string(L.dim) + ", nt " + std::to_string(L.nt));
+    const auto size = static_cast<std::size_t>(arena.ndim() == 1 ? arena.shape(0) : 0);
+    if (arena.ndim() != 1 || size < L.replay_x || (size - L.replay_x) % L.dim != 0 || size > L.size)
+        throw std::runtime_error("arena must be float32[" + std::to_string(L.replay_x) + " + rows * " +
+                                 std::to_string(L.dim) + "], rows 0.." + std::to_string(ik::REPLAY_CAP) +
+                                 ", for dim " + std::to_string(L.dim) + ", nt " + std::to_string(L.nt));
+    const std::size_t rows = (size - L.replay_x) / L.dim;
+    const int64_t len = mm[ik::REPLAY_LEN];
+    if (len < 0 || static_cast<std::size_t>(len) > rows)
+        throw std::runtime_error("meta: replay length " + std::to_string(len) + " exceeds the arena's " +
+                                 std::to_string(rows) + " replay rows");
+    if (rows_out) *rows_out = rows;
     return L;
 }
 
-// A mutable instant core, its sizes and replay ring checked (a corrupt ring would write out of bounds).
-learnstream::instant::State instant_state(py::array& arena, py::array& meta) {
+// A mutable instant core, its sizes and replay ring checked (a corrupt ring would write out of bounds);
+// ``pushes``: replay pushes the call may make, each needing a row until the ring is full.
+learnstream::instant::State instant_state(py::array& arena, py::array& meta, std::size_t pushes = 0) {
     namespace ik = learnstream::instant;
     float* f = inplace_array<float>(arena, "arena", "float32");
     int64_t* mm = inplace_array<int64_t>(meta, "meta", "int64");
-    checked_layout(arena, meta, mm);
+    std::size_t rows = 0;
+    checked_layout(arena, meta, mm, &rows);
     const int64_t head = mm[ik::REPLAY_HEAD], len = mm[ik::REPLAY_LEN];
     const auto cap = static_cast<int64_t>(ik::REPLAY_CAP);
     if (head < 0 || head >= cap || len < 0 || len > cap || (len < cap && head != 0))
         throw std::runtime_error("meta: replay ring head/len out of range");
+    if (rows < std::min(static_cast<std::size_t>(len) + pushes, ik::REPLAY_CAP))
+        throw std::runtime_error("arena: " + std::to_string(rows) + " replay rows, " +
+                                 std::to_string(std::min(static_cast<std::size_t>(len) + pushes, ik::REPLAY_CAP)) +
+                                 " needed for this call");
     for (int64_t i = 0; i < len; ++i) {
         const int64_t t = mm[ik::REPLAY_IDX + static_cast<std::size_t>(i)];
         if (t < 0 || t >= mm[ik::NT]) throw std::runtime_error("meta: replay target index out of range");
@@ -184,7 +218,7 @@ void bind_instant_deep(py::module_& m) {
             const auto n = static_cast<std::size_t>(gb.shape[0]);
             const auto d = static_cast<float>(decay);
             const auto w = static_cast<float>(1.0 - decay);
-            py::gil_scoped_release nogil;
+            const NoGil nogil(n);
             learnstream::deep::fisher_ema(f, gp, n, d, w);
         },
         py::arg("F"), py::arg("g"), py::arg("decay") = 0.999,
@@ -196,7 +230,7 @@ void bind_instant_deep(py::module_& m) {
             auto n = std::min({fb.shape[0], sb.shape[0], tb.shape[0]});
             const float *fp = static_cast<const float*>(fb.ptr), *sp = static_cast<const float*>(sb.ptr),
                         *tp = static_cast<const float*>(tb.ptr);
-            py::gil_scoped_release nogil;
+            const NoGil nogil(static_cast<std::size_t>(n));
             return learnstream::deep::ewc_penalty(fp, sp, tp, static_cast<std::size_t>(n),
                                                   static_cast<float>(lam));
         },
@@ -220,7 +254,7 @@ void bind_instant_deep(py::module_& m) {
             double* o = out.mutable_data();
             const double* lp = losses.data();
             {
-                py::gil_scoped_release nogil;
+                const NoGil nogil(n * 16);
                 for (std::size_t i = 0; i < n; ++i, o += 9) {
                     const auto w = learnstream::deep::loss_window_push(
                         r, cap, c[0], c[1], static_cast<float>(lp[i]), static_cast<float>(min_std),
@@ -303,7 +337,7 @@ void bind_instant_deep(py::module_& m) {
             const float* xp = X.data();
             double nrm;
             {
-                py::gil_scoped_release nogil;
+                const NoGil nogil(n * s.L.dim * 4);
                 for (std::size_t i = 0; i < n; ++i)
                     ik::hebbian_update(s, xp + i * s.L.dim, static_cast<std::size_t>(tp[i]), sp[i]);
                 nrm = ik::l2norm(s.f + s.L.theta, s.L.n_params);
@@ -315,7 +349,7 @@ void bind_instant_deep(py::module_& m) {
     m.def(
         "instant_feedback",
         [](py::array arena, py::array meta, const f32& x, int64_t target, double quality, int64_t now_ms) {
-            const ik::State s = instant_state(arena, meta);
+            const ik::State s = instant_state(arena, meta, 1);
             const float* xp = row_input(x, s.L.dim);
             const std::size_t t = checked_target(target, s.L.nt);
             const bool learned = ik::feedback(s, xp, t, static_cast<float>(quality), now_ms);
@@ -329,7 +363,7 @@ void bind_instant_deep(py::module_& m) {
         "instant_feedback_batch",
         [](py::array arena, py::array meta, const f32& X, const i64& targets, const f32& qualities,
            const i64& now_ms, std::optional<py::array> trace) {
-            const ik::State s = instant_state(arena, meta);
+            const ik::State s = instant_state(arena, meta, X.ndim() == 2 ? static_cast<std::size_t>(X.shape(0)) : 0);
             const std::size_t n = batch_rows(X, s.L.dim);
             const int64_t* tp = batch_targets(targets, n, s.L.nt);
             const float* qp = batch_column(qualities, n, "qualities");
@@ -347,7 +381,7 @@ void bind_instant_deep(py::module_& m) {
             std::size_t learned = 0;
             double nrm;
             {
-                py::gil_scoped_release nogil;
+                const NoGil nogil(n * s.L.dim * 8);
                 for (std::size_t i = 0; i < n; ++i) {
                     learned += ik::feedback(s, xp + i * s.L.dim, static_cast<std::size_t>(tp[i]), qp[i], np_[i]);
                     if (tr) {
@@ -388,7 +422,7 @@ void bind_instant_deep(py::module_& m) {
             const float* ap = arena.data();
             const auto* xp = static_cast<const float*>(xb.ptr);
             {
-                py::gil_scoped_release nogil;
+                const NoGil nogil(n * L.dim * 2);
                 ik::adapter_forward(ap, L, xp, n, o);
             }
             return out;
@@ -497,7 +531,7 @@ void bind_attention(py::module_& m) {
                             *ep = static_cast<const float*>(eb.ptr), *wp = static_cast<const float*>(wb.ptr);
                 float *op = out.mutable_data(), *w_out = weights.mutable_data();
                 {
-                    py::gil_scoped_release nogil;
+                    const NoGil nogil(n * a.dim * a.heads);
                     a.attend(qp, np_, n, ep, wp, op, w_out);
                 }
                 return py::make_tuple(out, weights);
@@ -624,7 +658,7 @@ void bind_router(py::module_& m) {
             float *mo = model.mutable_data(), *co = ctx.mutable_data(), *to = tpc.mutable_data();
             const float* xp = static_cast<const float*>(xb.ptr);
             {
-                py::gil_scoped_release nogil;
+                const NoGil nogil(n * L.total);
                 rt::forward_batch(p, L, xp, n, normalize, mo, co, to);
             }
             return py::make_tuple(model, ctx, tpc);
@@ -672,7 +706,7 @@ void bind_router(py::module_& m) {
                     static_cast<std::size_t>(bp[i]) >= rt::BUCKETS)
                     throw std::runtime_error("target or bucket out of range at row " + std::to_string(i));
             const float *xp = static_cast<const float*>(xb.ptr), *lp = static_cast<const float*>(lb.ptr);
-            py::gil_scoped_release nogil;
+            const NoGil nogil(n * L.total);
             for (std::size_t i = 0; i < n; ++i)
                 rt::train_step(p, L, xp + i * L.in_dim, normalize, static_cast<std::size_t>(tp[i]),
                                static_cast<std::size_t>(bp[i]), lp[i]);
@@ -842,7 +876,7 @@ void bind_bandit(py::module_& m) {
             const float* xp = static_cast<const float*>(xb.ptr);
             const float* pr = static_cast<const float*>(P.data());
             {
-                py::gil_scoped_release nogil;
+                const NoGil nogil(n * s.in_dim * s.in_dim);
                 double phi[bd::MAX_DIM + 1], u[bd::MAX_DIM + 1];
                 for (std::size_t i = 0; i < n; ++i) {
                     const auto k = static_cast<std::size_t>(ap[i]);
@@ -918,7 +952,7 @@ void bind_online(py::module_& m) {
             float* zp = Z.mutable_data();
             const float *tp = static_cast<const float*>(tb.ptr), *xp = static_cast<const float*>(xb.ptr);
             {
-                py::gil_scoped_release nogil;
+                const NoGil nogil(B * ol::n_params(s));
                 ol::forward(tp, s, xp, B, zp);
             }
             return Z;
@@ -969,7 +1003,7 @@ void bind_online(py::module_& m) {
             std::vector<float> grad(n);
             double obj;
             {
-                py::gil_scoped_release nogil;
+                const NoGil nogil(B * n * 3);
                 obj = ol::step(th, vel, s, xp, yp, B, t, zp, lp, grad.data());
             }
             return py::make_tuple(obj, Z, loss);
@@ -992,7 +1026,7 @@ void bind_online(py::module_& m) {
             float* op = out.mutable_data();
             const float *tp = static_cast<const float*>(tb.ptr), *xp = static_cast<const float*>(xb.ptr);
             {
-                py::gil_scoped_release nogil;
+                const NoGil nogil(B * ol::n_params(s));
                 ol::fisher_diag(tp, s, xp, yp, B, op);
             }
             return out;

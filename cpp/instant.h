@@ -4,10 +4,12 @@
 //
 // A core's whole state is two flat arrays the caller owns and the kernels
 // mutate in place (so Python keeps NumPy views and nothing is copied per event):
-//   arena (float32, Layout::size):  theta = [A (RANK x dim) ; B (RANK x nt)],
+//   arena (float32, Layout::replay_x + rows x dim, rows <= REPLAY_CAP; Layout::size
+//       when full):  theta = [A (RANK x dim) ; B (RANK x nt)],
 //       EWC Fisher F and snapshot (n_params each), scalars (lr, lr_min, ewc_lam),
-//       replay scales (REPLAY_CAP), replay rows (REPLAY_CAP x dim, last so a
-//       half-empty buffer serializes as a prefix);
+//       replay scales (REPLAY_CAP), replay rows (last, so a half-empty buffer
+//       serializes as a prefix and the caller allocates only the rows in use;
+//       the bindings check there is a row for every push);
 //   meta (int64, META_SIZE): dims, counters, the replay ring's head/len and the
 //       replay target indices.
 #pragma once

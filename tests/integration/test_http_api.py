@@ -9,6 +9,7 @@ import pytest
 
 from tests.helpers import http_json
 from workers.cli.processes import metric
+from workers.state.layout import PIECE_BYTES
 
 pytestmark = pytest.mark.integration
 
@@ -101,3 +102,6 @@ def test_http_api(worker_factory) -> None:
     assert status == 200 and "learnstream_events_total" in text
     # init_instant, 2 init_router, 3 record_outcome
     assert metric(text, "learnstream_events_total", outcome="applied", topic="learn.commands") == 6.0
+    # and what they wrote: keys and bytes to the session tables (each also a changelog record)
+    keys, nbytes = metric(text, "learnstream_state_writes_total"), metric(text, "learnstream_state_write_bytes_total")
+    assert 6 <= keys and keys * (PIECE_BYTES + 1024) > nbytes > 20 * keys, (keys, nbytes)  # pieces of <= 2 kB

@@ -193,3 +193,72 @@ def test_an_empty_assignment_makes_the_consumer_rejoin_instead_of_killing_its_co
     with pytest.raises(LookupError):  # a real assignment still goes to aiokafka's handling
         asyncio.run(GroupCoordinator._on_join_complete(member, 8, "m-1", "faust", b"\x00\x00"))
     assert member.rejoins == 1
+
+
+_FETCH_PROBE = r'''
+import asyncio, json, statistics, sys, time
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.consumer import fetcher
+from workers.kafka import broker_compat
+
+bootstrap, patched = sys.argv[1], sys.argv[2] == "1"
+if patched:
+    broker_compat.hold_empty_fetches()
+inner, took = fetcher.Fetcher._proc_fetch_request, []
+
+async def timed(self, assignment, node_id, request):
+    t0 = time.monotonic()
+    got = await inner(self, assignment, node_id, request)
+    took.append((time.monotonic() - t0, got))
+    return got
+
+fetcher.Fetcher._proc_fetch_request = timed
+
+async def main():
+    c = AIOKafkaConsumer("probe", bootstrap_servers=bootstrap, group_id="probe", fetch_max_wait_ms=500,
+                         auto_offset_reset="earliest")
+    await c.start()
+    await asyncio.sleep(1.0)  # joined, positions known
+    took.clear()
+    await asyncio.sleep(1.0)  # idle
+    empty = [t for t, got in took if not got]
+    async with AIOKafkaProducer(bootstrap_servers=bootstrap) as p:
+        await p.send_and_wait("probe", b"hello")
+    got = await asyncio.wait_for(c.getone(), 10)
+    await c.stop()
+    print(json.dumps({"per_s": len(empty), "median_ms": 1e3 * statistics.median(empty), "value": got.value.decode()}))
+
+asyncio.run(main())
+'''
+
+
+def test_an_empty_fetch_is_held_in_the_client_since_the_broker_answers_it_at_once(tmp_path) -> None:
+    """broker_compat defect 6: the embedded broker answers an empty fetch at once, whatever its
+    max_wait_ms (here 500), so an idle consumer busy-loops; hold_empty_fetches holds the answer for
+    EMPTY_FETCH_HOLD_MS, and a message produced afterwards is still consumed."""
+    import json
+    import subprocess
+    import sys
+
+    from workers.kafka.broker_compat import EMPTY_FETCH_HOLD_MS
+
+    with EmbeddedBroker(log_path=tmp_path / "b.log") as b:
+        async def topic() -> None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=b.bootstrap)
+            await admin.start()
+            try:
+                await admin.create_topics([NewTopic("probe", 2, 1)])
+            finally:
+                await admin.close()
+
+        asyncio.run(topic())
+        runs = {}
+        for patched in ("0", "1"):
+            out = subprocess.run([sys.executable, "-c", _FETCH_PROBE, b.bootstrap, patched], capture_output=True,
+                                 text=True, timeout=60)
+            assert out.returncode == 0, out.stderr[-2000:]
+            runs[patched] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert runs["0"]["median_ms"] < 250 and runs["0"]["per_s"] > 0  # the defect: no long poll
+    assert runs["1"]["median_ms"] >= EMPTY_FETCH_HOLD_MS * 0.9
+    assert runs["1"]["per_s"] <= 1.1 * 1000 / EMPTY_FETCH_HOLD_MS
+    assert runs["0"]["value"] == runs["1"]["value"] == "hello"

@@ -166,6 +166,7 @@ def test_weighted_pick_matches_reference() -> None:
 
 def test_kernels_refuse_bad_arrays() -> None:
     s = InstantState(TARGETS, DIM)
+    s._room(1)
     with pytest.raises(RuntimeError, match="float32"):
         K.instant_feedback(s._arena.astype(np.float64), s._meta, np.zeros(DIM, np.float32), 0, 0.9)
     with pytest.raises(RuntimeError, match="length dim"):
@@ -176,6 +177,43 @@ def test_kernels_refuse_bad_arrays() -> None:
         ro = s._arena.copy()
         ro.flags.writeable = False
         K.instant_hebbian(ro, s._meta, np.zeros(DIM, np.float32), 0, 1.0)
+
+
+def test_kernels_refuse_an_arena_without_a_row_for_each_push() -> None:
+    """The arena holds only the replay rows in use (``_room`` grows it): a kernel handed one that is
+    too short for the call's pushes, cut mid-row, or shorter than its replay length refuses it."""
+    s = InstantState(TARGETS, DIM)
+    x = np.zeros(DIM, np.float32)
+    with pytest.raises(RuntimeError, match="0 replay rows, 1 needed"):
+        K.instant_feedback(s._arena, s._meta, x, 0, 0.9)
+    s._room(2)
+    X, T, Q, NOW = _events(np.random.default_rng(3), 5)
+    with pytest.raises(RuntimeError, match="4 replay rows, 5 needed"):
+        K.instant_feedback_batch(s._arena, s._meta, X, T, Q, NOW)
+    with pytest.raises(RuntimeError, match="rows 0..64"):
+        K.instant_feedback(np.zeros(s._arena.size + 1, np.float32), s._meta, x, 0, 0.9)
+    meta = s._meta.copy()
+    meta[K.INSTANT_CONSTANTS["meta"]["replay_len"]] = 9  # a corrupt length past the arena's 4 rows
+    with pytest.raises(RuntimeError, match="exceeds the arena's 4 replay rows"):
+        K.instant_norm(s._arena, meta)
+    assert s.feedback_batch(X, T, Q, NOW)["feedback_count"] == 5  # the method makes room itself
+
+
+def test_the_arena_grows_with_the_replay_buffer_and_equal_states_stay_equal() -> None:
+    rng = np.random.default_rng(4)
+    young = InstantState(TARGETS, 384)
+    full = InstantState(TARGETS, 384)
+    X, T, Q, NOW = _events(rng, 70, dim=384)
+    young.feedback_batch(X[:2], T[:2], Q[:2], NOW[:2])
+    full.feedback_batch(X, T, Q, NOW)
+    assert young.memory_bytes() < 20_000 < 100_000 < full.memory_bytes()  # 4 rows against all 64
+    assert full.replay_x.shape == (REPLAY_CAP, 384)
+    back = InstantState.from_bytes(young.to_bytes())
+    assert back == young and back.replay_x.shape[0] == 2  # decoded with the rows in use only
+    more = InstantState.from_bytes(young.to_bytes())
+    for i in range(2, 70):  # one at a time through every growth, against one batch
+        more.feedback(X[i], int(T[i]), float(Q[i]), int(NOW[i]))
+    assert more == full and more.to_bytes() == full.to_bytes()
 
 
 # -- spec semantics ------------------------------------------------------------------
@@ -261,6 +299,23 @@ def test_errors_come_in_the_spec_order_and_do_not_count() -> None:
     with pytest.raises(VerbError, match="^unknown model name; not in registered targets$"):
         s.feedback(good, "nope", 0.9)
     assert s.feedback_count == 0 and not s.theta.any()
+
+
+@pytest.mark.parametrize("n", [1, 3, 16, 17, 40])  # a few rows are checked in Python, more with NumPy
+def test_feedback_batch_refuses_bad_rows_before_any_change(n: int) -> None:
+    s = InstantState(TARGETS, DIM)
+    X, T, Q, NOW = _events(np.random.default_rng(n), n)
+    for t_bad, q_bad, msg in [(NT, None, "unknown model"), (-1, None, "unknown model"),
+                              (None, float("nan"), "quality"), (None, 1.0001, "quality"), (None, -0.01, "quality")]:
+        t, q = T.copy(), Q.copy()
+        if t_bad is not None:
+            t[n - 1] = t_bad
+        if q_bad is not None:
+            q[n // 2] = q_bad
+        with pytest.raises(VerbError, match=msg):
+            s.feedback_batch(X, t, q, NOW)
+    assert s.feedback_count == 0 and not s.theta.any()
+    assert s.feedback_batch(X, T, Q, NOW)["feedback_count"] == n
 
 
 def test_ewc_pull_in_feedback_matches_reference() -> None:
@@ -373,3 +428,29 @@ def test_state_survives_reopening_the_database(tmp_path) -> None:
     assert s2.blob("session", "default").get("instant", InstantState) == \
         twin.blob("session", "default").get("instant", InstantState)
     s2.close()
+
+
+def test_a_large_batch_kernel_lets_other_threads_run() -> None:
+    """Batch kernels release the GIL when their work is large (``NoGil`` in cpp/bindings.cpp; a
+    one-event call keeps it: taking it back cost more than the kernel). While a long batch runs in
+    a thread, this thread keeps running Python: its longest pause is far shorter than the kernel."""
+    import threading
+    import time
+
+    X, T, Q, NOW = _events(np.random.default_rng(5), 40_000, dim=384)
+    alone = InstantState(TARGETS, 384)
+    t0 = time.perf_counter()
+    alone.feedback_batch(X, T, Q, NOW)
+    took = time.perf_counter() - t0
+    assert took > 0.03  # long enough that holding the GIL through it would show
+
+    s = InstantState(TARGETS, 384)
+    th = threading.Thread(target=s.feedback_batch, args=(X, T, Q, NOW))
+    ticks = [time.perf_counter()]
+    th.start()
+    while th.is_alive():
+        ticks.append(time.perf_counter())
+    th.join()
+    longest = max(b - a for a, b in zip(ticks, ticks[1:]))
+    assert longest < 0.5 * took, (longest, took)
+    assert s == alone

@@ -21,6 +21,7 @@ def _instant() -> tuple[np.ndarray, np.ndarray]:
     from workers.cores.instant import InstantState
 
     s = InstantState(["a", "b"], 4)
+    s._room(8)  # rows for the valid calls' pushes (the arena grows with the replay buffer)
     return s._arena.copy(), s._meta.copy()
 
 

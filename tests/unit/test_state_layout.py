@@ -12,7 +12,7 @@ from workers.errors import CorruptStateError
 from workers.state import MemoryStore
 from workers.state.access import StoreStateAccess, state_key
 from workers.state.blob import StateBlob
-from workers.state.layout import INLINE_BYTES, PIECE_BYTES, SEP, SessionState, StateTooLarge, digest, piece_bounds
+from workers.state.layout import _object_bytes, INLINE_BYTES, PIECE_BYTES, SEP, SessionState, StateTooLarge, digest, piece_bounds
 from workers.state.limits import Limits
 from workers.state.sessions import Sessions
 
@@ -53,13 +53,15 @@ def test_piece_bounds_cut_at_every_cut_and_every_piece_size() -> None:
     assert piece_bounds(0) == [0]
     assert piece_bounds(10) == [0, 10]
     assert piece_bounds(2 * PIECE_BYTES + 1) == [0, PIECE_BYTES, 2 * PIECE_BYTES, 2 * PIECE_BYTES + 1]
-    assert piece_bounds(5000, [100, 100, 4000, 0, 6000]) == [0, 100, 100 + PIECE_BYTES, 4000, 5000]
+    P = PIECE_BYTES
+    assert piece_bounds(3 * P, [100, 100, 2 * P, 0, 4 * P]) == [0, 100, 100 + P, 2 * P, 3 * P]
+    assert piece_bounds(3 * P, (100, 2 * P)) == [0, 100, 100 + P, 2 * P, 3 * P]  # cached: any iterable
 
 
 def test_round_trip_keeps_parts_watermark_and_meta_and_every_value_is_small() -> None:
     store = MemoryStore()
     s = SessionState()
-    s.blob.set("big", Bytes(bytes(range(256)) * 40))  # 10 kB: five pieces
+    s.blob.set("big", Bytes(bytes(range(256)) * (PIECE_BYTES * 5 // 256 - 1)))  # five pieces, the last short
     s.blob.set("empty", Bytes(b""))
     s.blob.watermark.advance("t", 3, 17)
     ops = save(s, store)
@@ -234,7 +236,7 @@ def test_a_stored_value_in_the_one_value_format_is_read_and_rewritten_as_keys() 
 def test_a_missing_piece_is_reported_not_guessed() -> None:
     store = MemoryStore()
     s = SessionState()
-    s.blob.set("p", Bytes(b"q" * 3000))
+    s.blob.set("p", Bytes(b"q" * (PIECE_BYTES + 1000)))  # two pieces
     save(s, store)
     store.delete(BASE + b"\x1fp\x1f000001\x1f0")
     with pytest.raises(CorruptStateError, match="piece 1"):
@@ -315,14 +317,24 @@ def test_a_session_over_its_limit_is_not_written() -> None:
     assert sessions.blob("session", "s1", 0).get("p", Bytes).b == b"x" * 5000  # the stored state, read again
 
 
-def test_a_decoded_session_counts_its_arrays_not_only_its_stored_bytes() -> None:
-    """The cache's budget is real memory: a 384-d instant core stores ~10 kB after init, but its
-    decoded arena is allocated for the whole replay buffer (~220 kB)."""
+def test_a_decoded_session_counts_its_arrays_once() -> None:
+    """The cache's budget is real memory: a decoded part's arrays count, each buffer once (an
+    instant core's attributes are views into its arena: counting them had doubled its weight)."""
     inst = InstantState(["a", "b", "c", "d"], 384)
+    X = np.random.default_rng(0).normal(size=(64, 384)).astype(np.float32)
+    inst.feedback_batch(X, np.zeros(64, np.int64), np.full(64, 0.9))
     s = SessionState()
     s.blob.set("instant", inst)
-    stored = len(inst.to_bytes())
-    assert s.nbytes() >= inst._arena.nbytes > 10 * stored
+    assert inst.memory_bytes() > 100_000
+    assert inst.memory_bytes() <= s.nbytes() <= inst.memory_bytes() + 1_000
+
+    class Views:  # a part without memory_bytes(): its arrays' buffers, each once
+        def __init__(self) -> None:
+            self.a = np.zeros(1000, np.float32)
+            self.head, self.tail = self.a[:10], self.a[10:].reshape(10, 99)
+            self.b = np.frombuffer(b"x" * 64, np.uint8)
+
+    assert _object_bytes(Views()) == 4000 + 64
 
 
 def test_the_slot_bitmap_is_numpys_packbits_in_hex_and_reads_back() -> None:

@@ -82,7 +82,7 @@ class InstantState:
             raise ValueError("InstantState needs unique targets and dim > 0")
         self._index = {t: i for i, t in enumerate(self.targets)}
         self._layout = _k.instant_layout(self.dim, len(self.targets))
-        self._arena = np.zeros(self._layout["size"], np.float32)
+        self._arena = np.zeros(self._layout["replay_x"], np.float32)  # no replay rows yet: see _room
         self._meta = np.zeros(_C["meta_size"], np.int64)
         self._meta[_M["dim"]] = self.dim
         self._meta[_M["nt"]] = len(self.targets)
@@ -100,8 +100,29 @@ class InstantState:
         self.ewc_f = a[L["ewc_f"]:L["ewc_f"] + p]
         self.ewc_snap = a[L["ewc_snap"]:L["ewc_snap"] + p]
         self.replay_scale = a[L["replay_scale"]:L["replay_scale"] + REPLAY_CAP]
-        self.replay_x = a[L["replay_x"]:].reshape(REPLAY_CAP, d)
+        self.replay_x = a[L["replay_x"]:].reshape(-1, d)
         self.replay_idx = self._meta[_M["replay_idx"]:_M["replay_idx"] + REPLAY_CAP]
+
+    def _room(self, pushes: int) -> None:
+        """Make the arena hold the replay rows ``pushes`` more events need.
+
+        The arena is allocated with the rows in use, not all REPLAY_CAP of them (at 384-d those
+        are 98 kB of a 108 kB core): a session that has seen a few events decodes to ~10 kB, so
+        the session cache holds ten times as many of them. It grows by doubling, up to the cap.
+        """
+        rows = self.replay_x.shape[0]
+        need = min(self.replay_len + pushes, REPLAY_CAP)
+        if need <= rows:
+            return
+        grown = min(REPLAY_CAP, max(need, 2 * rows, 4))
+        arena = np.zeros(self._layout["replay_x"] + grown * self.dim, np.float32)
+        arena[:self._arena.size] = self._arena
+        self._arena = arena
+        self._bind_views()
+
+    def memory_bytes(self) -> int:
+        """The bytes its arrays hold (the attributes are views into these two)."""
+        return self._arena.nbytes + self._meta.nbytes
 
     # -- scalars -------------------------------------------------------------
     def _scalar(self, name: str) -> float:
@@ -181,6 +202,7 @@ class InstantState:
         ``"unknown model name; not in registered targets"``) before any change.
         """
         x, t, q = self.check_feedback(x, model, quality)
+        self._room(1)
         _, norm = _k.instant_feedback(self._arena, self._meta, x, t, q, int(now_ms))
         return {"adapter_norm": float(norm), "feedback_count": self.feedback_count, "lr": self.lr}
 
@@ -197,11 +219,19 @@ class InstantState:
         q = np.ascontiguousarray(qualities, dtype=np.float32)
         if t.shape != (n,) or q.shape != (n,):
             raise ValueError("targets and qualities need one entry per row")
-        if n and (t.min() < 0 or t.max() >= self.nt):
+        if n <= 16:  # a few rows (one event of a cold session): NumPy's reductions cost ~3 us each
+            tl, ql = t.tolist(), q.tolist()
+            bad_t = n and (min(tl) < 0 or max(tl) >= self.nt)
+            bad_q = not all(0.0 <= v <= 1.0 for v in ql)  # NaN fails
+        else:
+            bad_t = t.min() < 0 or t.max() >= self.nt
+            bad_q = not (np.all(q >= 0) and np.all(q <= 1))  # NaN fails both
+        if bad_t:
             raise VerbError("unknown model name; not in registered targets")
-        if n and not (np.all(q >= 0) and np.all(q <= 1)):  # NaN fails both
+        if bad_q:
             raise VerbError("quality must be 0..1")
         now = np.zeros(n, np.int64) if now_ms is None else np.ascontiguousarray(now_ms, dtype=np.int64)
+        self._room(n)
         learned, norm = _k.instant_feedback_batch(self._arena, self._meta, X, t, q, now, trace)
         return {"learned": int(learned), "adapter_norm": float(norm),
                 "feedback_count": self.feedback_count, "lr": self.lr}
@@ -269,12 +299,16 @@ class InstantState:
         if (len(data) - pos) % 4 or n_f != used:
             raise CorruptStateError("instant state arena has the wrong length")
         obj._meta[:] = meta
-        obj._arena[:used] = np.frombuffer(data, dtype="<f4", count=n_f, offset=pos)
+        obj._arena = np.frombuffer(data, dtype="<f4", count=n_f, offset=pos).astype(np.float32)  # its own copy
+        obj._bind_views()
         return obj
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, InstantState) and other.targets == self.targets and other.dim == self.dim
-                and np.array_equal(other._meta, self._meta) and np.array_equal(other._arena, self._arena))
+        if not (isinstance(other, InstantState) and other.targets == self.targets and other.dim == self.dim
+                and np.array_equal(other._meta, self._meta)):
+            return False
+        used = self._layout["replay_x"] + self.replay_len * self.dim  # rows past the buffer are room, not state
+        return np.array_equal(other._arena[:used], self._arena[:used])
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 

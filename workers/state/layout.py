@@ -36,6 +36,7 @@ save rewrites it as keys.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Iterable, Iterator
@@ -52,8 +53,10 @@ from workers.state.blob import StateBlob, Watermark
 __all__ = ("PIECE_BYTES", "INLINE_BYTES", "SEP", "SessionState", "piece_bounds", "pieces", "digest", "StateTooLarge", "is_piece_key")
 
 # Small enough that one feedback event rewrites a few KB (adapter, counters, one replay
-# slot), large enough that a 100 KB session is ~60 keys to restore, not thousands.
-PIECE_BYTES = 2048
+# slot), large enough that a 100 KB session is ~30 keys to restore, not thousands. At 384-d an
+# instant core's header, counters and adapter (3.8 kB) are one piece: a one-event save is 4
+# changelog records (that piece, the scalars, the new replay slot, the head), 5 with 2 kB pieces.
+PIECE_BYTES = 4096
 # Parts up to this size live in the head (see above): rewritten with it on every save anyway
 # when they change, which the small per-event counters do.
 INLINE_BYTES = 256
@@ -76,14 +79,21 @@ def is_piece_key(key: bytes) -> bool:
 def piece_bounds(n: int, cuts: Iterable[int] = ()) -> list[int]:
     """Piece start offsets of an ``n``-byte part, then ``n``: a cut at every ``cuts`` offset and
     every :data:`PIECE_BYTES` after each cut."""
+    if n <= PIECE_BYTES and not cuts:
+        return [0, n] if n else [0]  # the small parts, saved with every event: no work
+    return list(_bounds(n, tuple(cuts)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _bounds(n: int, cuts: tuple[int, ...]) -> tuple[int, ...]:
+    # Cached: a part's cuts change only when its shape does (an instant core's: one more replay
+    # slot), and building them was a third of a one-event save.
     out = [0]
     for c in sorted({c for c in cuts if 0 < c < n}) + [n]:
         start = out[-1]
         out.extend(range(start + PIECE_BYTES, c, PIECE_BYTES))
         out.append(c)
-    if n == 0:
-        return [0]
-    return out
+    return tuple(out) if n else (0,)
 
 
 def _rle(lengths: list[int]) -> list[list[int]]:
@@ -325,14 +335,22 @@ class SessionState:
 
 
 def _object_bytes(obj: Any) -> int:
-    """The NumPy array bytes a decoded part holds in its own attributes (its ``memory_bytes()`` if it says)."""
+    """The bytes of the NumPy arrays a decoded part holds in its own attributes, each buffer once
+    (views of one array count it once), or its ``memory_bytes()`` if it says."""
     own = getattr(obj, "memory_bytes", None)
     if own is not None:
         return int(own())
     values = list(getattr(obj, "__dict__", {}).values())
     for cls in type(obj).__mro__:
         values.extend(getattr(obj, name) for name in getattr(cls, "__slots__", ()) if hasattr(obj, name))
-    return sum(v.nbytes for v in values if isinstance(v, np.ndarray))
+    owners: dict[int, int] = {}
+    for v in values:
+        if isinstance(v, np.ndarray):
+            root = v
+            while isinstance(root.base, np.ndarray):
+                root = root.base
+            owners[id(root)] = max(owners.get(id(root), 0), root.nbytes)  # a view of bytes: its own size
+    return sum(owners.values())
 
 
 def pieces(blob: StateBlob) -> Iterator[tuple[str, int, bytes]]:

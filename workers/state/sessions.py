@@ -119,9 +119,9 @@ class Sessions:
             self.discard(table, sk)
             raise
 
-    def save(self, table: str, sk: str, partition: int, prepared: tuple | None = None) -> int:
+    def save(self, table: str, sk: str, partition: int, prepared: tuple | None = None) -> tuple[int, int]:
         """Write the session's changed keys (``prepared`` by :meth:`prepare`, or now) in one batch;
-        returns the bytes written. Raises like :meth:`prepare`."""
+        returns the keys written or deleted and their key + value bytes. Raises like :meth:`prepare`."""
         key = (table, sk)
         s, counted = self._cache[key]
         base = self.access.base_key(table, sk)
@@ -131,7 +131,7 @@ class Sessions:
         size = s.nbytes()
         self._cache[key] = (s, size)
         self._bytes += size - counted
-        return sum(len(k) + (len(v) if v is not None else 0) for k, v in ops.items())
+        return len(ops), sum(len(k) + (len(v) if v is not None else 0) for k, v in ops.items())
 
     def discard(self, table: str, sk: str) -> None:
         """Drop the cached state: the next read decodes what the store holds."""

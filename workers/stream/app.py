@@ -63,6 +63,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         _apply_kafka_security(app, settings)
     if settings.broker_kind == "embedded":
         broker_compat.rejoin_on_empty_assignment()
+        broker_compat.hold_empty_fetches()
         if settings.transactions:
             broker_compat.ignore_finished_aborts()
     tables = {

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 __all__ = ("REGISTRY", "EVENTS", "KERNEL_SECONDS", "BATCH_SECONDS", "ADAPTER_NORM", "DOWNSTREAM", "DLQ",
            "CONSUMER_LAG", "READY", "OFFSET_GAPS", "REROUTED", "MESSAGES", "SCORING_CALLS", "SCORING_CALL_SECONDS",
-           "CHANGELOG_REWRITES", "CHANGELOG_REWRITE_BYTES")
+           "CHANGELOG_REWRITES", "CHANGELOG_REWRITE_BYTES", "STATE_WRITES", "STATE_WRITE_BYTES")
 
 disable_created_metrics()  # *_created series double the output and no dashboard uses them
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -58,6 +58,14 @@ SCORING_CALLS = Counter("learnstream_scoring_calls_total",
                         "in the batch)", ["outcome"], registry=REGISTRY)
 SCORING_CALL_SECONDS = Histogram("learnstream_scoring_call_seconds", "Duration of one call to a scoring endpoint",
                                  registry=REGISTRY, buckets=(0.01, 0.05, 0.2, 1.0, 5.0, 20.0, 120.0))
+# What the verbs wrote to the session tables: every key also goes to its table's changelog, so this is
+# the changelog traffic the learning causes (issue 10: a write costs about what changed).
+STATE_WRITES = Counter("learnstream_state_writes_total",
+                       "Keys written (or deleted) in the session tables by applied batches, each also a changelog record",
+                       registry=REGISTRY)
+STATE_WRITE_BYTES = Counter("learnstream_state_write_bytes_total",
+                            "Key and value bytes written to the session tables by applied batches (and to their changelogs)",
+                            registry=REGISTRY)
 # Worker-side compaction of transactional changelogs (workers/kafka/changelog_rewrite.py)
 CHANGELOG_REWRITES = Counter("learnstream_changelog_rewrites_total",
                              "Changelog partitions rewritten from local state and cut (DeleteRecords) by the worker",

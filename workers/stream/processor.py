@@ -69,6 +69,7 @@ class BatchResult:
     # each dirty session's keys to write, prepared by apply() (sizes checked before anything is delivered)
     writes: dict[tuple[str, str], tuple] = field(default_factory=dict)
     state_bytes: int = 0  # keys and values written to the session tables (and so to their changelogs)
+    state_writes: int = 0  # keys written or deleted
 
 
 def dlq_entry(rec: Record, reason: str, code: str) -> Produce:
@@ -325,7 +326,9 @@ class Processor:
     def save(self, res: BatchResult) -> None:
         """Write each session :meth:`apply` changed, its keys and watermark in one batch."""
         for (table, sk), partition in res.dirty.items():
-            res.state_bytes += self.sessions.save(table, sk, partition, res.writes.get((table, sk)))
+            keys, nbytes = self.sessions.save(table, sk, partition, res.writes.get((table, sk)))
+            res.state_writes += keys
+            res.state_bytes += nbytes
         res.dirty.clear()
         res.writes.clear()
         self.sessions.trim()  # only now: a changed session must not be dropped before it was saved

@@ -294,6 +294,8 @@ class Runtime:
             metrics.EVENTS.labels(topic, outcome).inc(n)
         for name, seconds in res.verb_seconds:
             metrics.KERNEL_SECONDS.labels(name).observe(seconds)
+        metrics.STATE_WRITES.inc(res.state_writes)
+        metrics.STATE_WRITE_BYTES.inc(res.state_bytes)
         for out in reversed(res.replies.values()):  # the gauge shows the latest norm of the batch
             data = out.get("data")
             if isinstance(data, dict) and "adapter_norm" in data:

@@ -55,6 +55,10 @@ def run_worker(settings: Settings) -> int:
     # each a walk over the ~90k objects of the imports and the app (~80 ms on a loaded box). They live
     # as long as the process: out of the collector's generations, those walks cost nothing.
     gc.freeze()
+    # Decoded sessions are thousands of long-lived containers: with the default threshold (700
+    # allocations) the young generation is collected every few events and each older collection walks
+    # them all. 10,000 sessions in process: 403 -> 283 us per event (275 with no collector at all).
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     faust_internals.no_spinner(worker)  # else every debug log call of faust and aiokafka makes a record
     logger.info("worker pid %s, web http://%s:%s", os.getpid(), settings.web_host, settings.web_port)
     try:
@@ -66,6 +70,9 @@ def run_worker(settings: Settings) -> int:
             broker.stop()
     return 0
 
+
+# Allocations between two young-generation collections (CPython's default: 700); see run_worker.
+GC_GEN0_THRESHOLD = 10_000
 
 # How often the start-up task looks whether table recovery finished (one line is printed then).
 _READY_POLL_S = 0.1
