@@ -146,11 +146,17 @@ def loss_table(args: argparse.Namespace) -> dict[str, dict[str, tuple[float, flo
     return res
 
 
-def known_noise_detector(sigma: float, threshold: float, test: int = 6, ref: int = 10) -> Callable[[float], bool]:
+def known_noise_detector(sigma: float, threshold: float, test: int = 6, ref: int = 10,
+                         trend: bool = False) -> Callable[[float], bool]:
     """The honest-world check: a two-window test that is *told* the noise sd. The mean of the last
     k losses (k = 1..test) against the mean of the ``ref`` losses before the last ``test``:
     z = (mean_k - mean_ref) / (sigma sqrt(1/k + 1/ref)) > threshold fires (and restarts).
-    No real detector knows sigma; this bounds what a causal test of this shape can reach."""
+    No real detector knows sigma; this bounds what a causal test of this shape can reach.
+    ``trend``: the reference is a least-squares line through the ``ref`` losses, extrapolated to
+    the last k (a falling loss forecast lower); z divides by the sd of that difference under
+    i.i.d. noise, sigma sqrt(1/k + 1/ref + (xbar_k - xbar_ref)^2 / Sxx), so it stays calibrated."""
+    if trend:
+        return _trend_detector(sigma, threshold, test, ref)
     h: list[float] = []
 
     def push(v: float) -> bool:
@@ -170,8 +176,37 @@ def known_noise_detector(sigma: float, threshold: float, test: int = 6, ref: int
     return push
 
 
-def oracle_table(args: argparse.Namespace, thresholds: tuple[float, ...] = (2.75, 3.5, 4.0, 4.5, 5.0)
-                 ) -> list[tuple[float, int, list[tuple[float, float, float]]]]:
+def _trend_detector(sigma: float, threshold: float, test: int, ref: int) -> Callable[[float], bool]:
+    xs = np.arange(ref, dtype=float)
+    xbar = float(xs.mean())
+    sxx = float(((xs - xbar) ** 2).sum())
+    w = (xs - xbar) / sxx                     # slope = w . (y - mean)
+    # the last k losses sit at positions ref + test - k .. ref + test - 1: their mean position
+    pos = [ref + test - (k + 1) / 2.0 for k in range(1, test + 1)]
+    scale = [sigma * (1.0 / k + 1.0 / ref + (pos[k - 1] - xbar) ** 2 / sxx) ** 0.5 for k in range(1, test + 1)]
+    h: list[float] = []
+
+    def push(v: float) -> bool:
+        h.append(v)
+        if len(h) > test + ref:
+            h.pop(0)
+        if len(h) < test + ref:
+            return False
+        y = np.asarray(h[:ref])
+        m_ref = float(y.mean())
+        slope = float(w @ (y - m_ref))
+        s = 0.0
+        for k in range(1, test + 1):
+            s += h[-k]
+            if (s / k - (m_ref + slope * (pos[k - 1] - xbar))) / scale[k - 1] > threshold:
+                h.clear()
+                return True
+        return False
+    return push
+
+
+def oracle_table(args: argparse.Namespace, thresholds: tuple[float, ...] = (2.75, 3.5, 4.0, 4.5, 5.0),
+                 trend: bool = False) -> list[tuple[float, int, list[tuple[float, float, float]]]]:
     """Per threshold: (threshold, false alarms over ``--feedback-seeds`` x ``--events`` i.i.d. Gaussian
     losses (the test is scale-free: the same for every noise level), (P, R, F1) on the 25-batch-task
     curves of each noise level)."""
@@ -182,13 +217,13 @@ def oracle_table(args: argparse.Namespace, thresholds: tuple[float, ...] = (2.75
     for thr in thresholds:
         fa = 0
         for x in iid:
-            push = known_noise_detector(1.0, thr)
+            push = known_noise_detector(1.0, thr, trend=trend)
             fa += sum(push(v) for v in x.tolist())
         prf = []
         for noise, lst in streams.items():
             t = [0, 0, 0]
             for losses, switches in lst:
-                push = known_noise_detector(noise, thr)
+                push = known_noise_detector(noise, thr, trend=trend)
                 fired = [i for i, v in enumerate(losses.tolist()) if push(v)]
                 for k, v in enumerate(score(fired, switches, args.tolerance)):
                     t[k] += v
@@ -253,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
           f"losses against the 10 before); false alarms over {args.feedback_seeds} x {args.events:,} i.i.d. losses")
     print(f"{'threshold z':>11} {'false alarms':>13}  " + "  ".join(f"{'noise ' + str(n) + ' P / R / F1':>24}" for n in _NOISES))
     for thr, fa, prf in oracle_table(args):
+        print(f"{thr:>11.2f} {fa:>13}  " + "  ".join(f"{p:>12.2f} / {r:.2f} / {f:.2f}" for p, r, f in prf))
+    print("the same test with a trend-aware reference (a least-squares line through the 10 losses, extrapolated)")
+    for thr, fa, prf in oracle_table(args, trend=True):
         print(f"{thr:>11.2f} {fa:>13}  " + "  ".join(f"{p:>12.2f} / {r:.2f} / {f:.2f}" for p, r, f in prf))
     default = modes[0]
     worst = min(res.items(), key=lambda kv: kv[1][default][2])

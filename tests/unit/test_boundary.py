@@ -74,30 +74,102 @@ def test_a_large_jump_fires_within_three_losses() -> None:
 
 
 def test_older_detector_states_read_without_their_later_fields() -> None:
-    """Version 1 (before the jump rule) and 2 (before the task-long spread) still load."""
+    """Version 1 (before the jump rule), 2 (before the task-long spread) and 3 (before the trend and the
+    jump rate) still load; the later fields start empty."""
     det = LossCusum()
-    for v in (0.5, 0.6, 0.55, 0.5, 0.52, 0.49, 0.5, 0.51, 0.5, 0.7, 0.48, 0.5, 0.62, 0.5, 0.49, 0.51):
+    for v in (0.5, 0.6, 0.55, 0.5, 0.52, 0.49, 0.5, 0.51, 0.5, 0.7, 0.48, 0.5, 0.62, 0.5, 0.49, 0.51, 0.45, 0.42):
         det.push(v)
-    v3 = det.to_bytes()
-    assert det.n_slow > 0 and det.var_slow > 0.0
-    v2 = v3[:3] + bytes([2]) + v3[4:-16]
-    v1 = v3[:3] + bytes([1]) + v3[4:-24]
-    for old, version in ((v1, 1), (v2, 2)):
+    v4 = det.to_bytes()
+    assert det.n_slow > 0 and det.var_slow > 0.0 and det.trend != 0.0 and det.exceed > 0.0
+    v3 = v4[:3] + bytes([3]) + v4[4:-16]
+    v2 = v4[:3] + bytes([2]) + v4[4:-32]
+    v1 = v4[:3] + bytes([1]) + v4[4:-40]
+    for old, version in ((v1, 1), (v2, 2), (v3, 3)):
         back = LossCusum.from_bytes(old)
         assert (back.mu, back.var, back.S, back.n) == (det.mu, det.var, det.S, det.n)
-        assert (back.var_slow, back.n_slow) == (0.0, 0)
-        assert back.jump == (det.jump if version == 2 else 0)
+        assert (back.trend, back.exceed) == (0.0, 0.0)
+        assert (back.var_slow, back.n_slow) == ((det.var_slow, det.n_slow) if version == 3 else (0.0, 0))
+        assert back.jump == (det.jump if version >= 2 else 0)
+        assert LossCusum.from_bytes(back.to_bytes()) == back     # re-saved as the current version
     with pytest.raises(CorruptStateError):
-        LossCusum.from_bytes(v3[:3] + bytes([1]) + v3[4:])   # a v3 body labelled v1
+        LossCusum.from_bytes(v4[:3] + bytes([1]) + v4[4:])   # a v4 body labelled v1
     with pytest.raises(CorruptStateError):
-        LossCusum.from_bytes(v3[:3] + bytes([2]) + v3[4:-8])   # neither size
+        LossCusum.from_bytes(v4[:3] + bytes([3]) + v4[4:])   # a v4 body labelled v3
+    with pytest.raises(CorruptStateError):
+        LossCusum.from_bytes(v4[:3] + bytes([2]) + v4[4:-8])   # no version's size
+
+
+def _short_tasks(seed: int, noise: float, tau: float, floor: float, n: int = 25) -> np.ndarray:
+    """Two 25-batch tasks whose loss falls from 2.4 towards ``floor`` (time constant ``tau``): the first has
+    not converged when the second starts."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return np.concatenate([floor + (2.4 - floor) * np.exp(-t / tau) + noise * rng.standard_normal(n)
+                           for _ in range(2)])
+
+
+def test_a_switch_after_a_short_still_falling_task_is_found_with_the_trend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The delayed reference lags above a falling loss; the trend-aware forecast measures the new task's jump
+    from where the loss is. 20 noisy (sd 0.2) short tasks: the switch is found within 10 losses in at least
+    18 and nothing else fires; without the trend (TREND_CAP = 0) at most 15 are found."""
+    import workers.cores.boundary as boundary
+
+    def found() -> tuple[int, int]:
+        hits = other = 0
+        for seed in range(20):
+            det = LossCusum()
+            fired = [i for i, v in enumerate(_short_tasks(seed, 0.2, 30.0, 0.3).tolist()) if det.push(v)]
+            hit = any(25 <= i < 35 for i in fired)
+            hits += hit
+            other += len(fired) - hit
+        return hits, other
+
+    hits, other = found()
+    assert hits >= 18 and other == 0
+    monkeypatch.setattr(boundary, "TREND_CAP", 0.0)
+    assert found()[0] <= 15
+
+
+def test_a_switch_at_a_high_training_loss_is_not_hidden_by_the_quality_scale_floors() -> None:
+    """A cross-entropy level of ~1.6 with noise 0.1 jumping back to 2.4: the relative floor and allowance count
+    the level only up to 1 (the quality scale's max), so the 8-sigma jump is found in every run."""
+    for seed in range(5):
+        det = LossCusum()
+        fired = [i for i, v in enumerate(_short_tasks(seed, 0.1, 25.0, 1.1).tolist()) if det.push(v)]
+        assert len(fired) == 1 and 25 <= fired[0] < 35
+
+
+def _loop_losses(q: np.ndarray) -> list[float]:
+    """The learning loop's losses for qualities q: max(1 - q_eff, 0), q_eff = 0.7 q + 0.3 EMA (rate 0.1)."""
+    out, ema = [], float(q[0])
+    for v in q.tolist():
+        out.append(max(1.0 - float(np.float32(0.7 * v + 0.3 * ema)), 0.0))
+        ema += 0.1 * (v - ema)
+    return out
+
+
+@pytest.mark.parametrize("seed", [1016, 2009])
+def test_rare_bad_answers_in_a_row_on_good_feedback_are_not_a_boundary(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """10,000 stationary Bernoulli 0.95 qualities (seeds where three bad answers in a row did fire): the jump
+    rule asks for a longer run where single jumps are common, so nothing fires; with every run of 3 a
+    boundary (JUMP_P = 1) it fires."""
+    import workers.cores.boundary as boundary
+
+    rng = np.random.default_rng(seed)
+    losses = _loop_losses((rng.random(10_000) < 0.95).astype(float))
+    det = LossCusum()
+    assert not any(det.push(v) for v in losses)
+    assert det.exceed > 0.02 and det._jump_run() >= 4
+    monkeypatch.setattr(boundary, "JUMP_P", 1.0)
+    det = LossCusum()
+    assert any(det.push(v) for v in losses)
 
 
 def test_a_long_run_of_good_answers_does_not_shrink_the_spread_below_the_task_long_floor(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Bad answers 10% of the time (loss 0.7 among 0.0), then 80 good ones in a row: the EMA spread
     has forgotten the bad answers, the task-long spread has not, so three bad answers in a row are
-    not a new task. Without the floor they fire (checked below with SLOW = 0)."""
+    not a new task. Without the floor (SLOW = 0) and with runs of 3 always a jump (JUMP_P = 1) they fire."""
     import workers.cores.boundary as boundary
 
     def run() -> tuple[LossCusum, list[bool]]:
@@ -111,7 +183,9 @@ def test_a_long_run_of_good_answers_does_not_shrink_the_spread_below_the_task_lo
     assert fired == [False, False, False]
     assert math.sqrt(det.var) < 0.75 * det.sigma
     monkeypatch.setattr(boundary, "SLOW", 0.0)
-    assert run()[1][-1]
+    assert not run()[1][-1]        # the jump rule now also asks for a longer run at a 10% jump rate ...
+    monkeypatch.setattr(boundary, "JUMP_P", 1.0)
+    assert run()[1][-1]            # ... without both, three bad answers are a boundary
 
 def _feedback(s: LearnSession, q: np.ndarray, seed: int = 0, **body) -> dict:
     rng = np.random.default_rng(seed)

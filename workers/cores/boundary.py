@@ -1,4 +1,4 @@
-"""The learning loop's default task-boundary detector: a CUSUM of loss rises against a delayed reference.
+"""The learning loop's default task-boundary detector: a CUSUM of loss rises against a delayed, trend-aware reference.
 
 [beyond] The reference detector (``cores.md``, Deep core: ``|loss - mean| / std > 2.5`` over
 the previous 10 losses) catches every switch but fires on 4-7% of ordinary steps, and in
@@ -11,22 +11,40 @@ fires on a *lasting* rise of the loss:
   squared *upward* residuals (rate 0.02): a falling loss (learning) does not widen it,
   and rare high losses (a bad answer among good ones) keep it wide. After a reset the
   first ``WARM`` losses seed ``mu`` (their mean) and ``sigma`` (their median absolute
-  step); ``sigma^2`` is then a plain mean of the squares until the EMA takes over. ``sigma`` is floored at 10% of ``|mu|`` and at 0.05: the loop's losses are
-  ``1 - q_eff`` on the quality scale, where a smaller spread is no spread at all.
+  step); ``sigma^2`` is then a plain mean of the squares until the EMA takes over. A loss
+  far *below* the reference moves ``mu`` by at most ``CLO`` sigmas (one good answer among
+  bad ones is not a new level), and one upward residual counts at most ``CV`` sigmas in
+  ``sigma^2`` (a switch the detector missed must not blind it to the next ones).
+  ``sigma`` is floored at 0.05 and at 10% of ``min(|mu|, LEVEL_CAP)``: the loop's losses
+  are ``1 - q_eff`` on the quality scale (at most 1), where a smaller spread is no spread
+  at all; a training loss above 1 (cross-entropy) has no such floor beyond 0.1.
   It is also floored at ``SLOW`` x the same spread averaged over the whole task (rate
   ``1/n``, at least ``RATE_SLOW``): on feedback where bad answers are rare (Bernoulli 0.9
   / 0.95 qualities) the EMA forgot the spread during a long run of good answers, and then
   three bad ones in a row looked like a new task (bench boundaries: 7 of 160 stationary
   10,000-event runs reset the adapter, 3 with the floor, the F1 of every loss stream unchanged).
-- **Statistic**: ``S = max(0, S + min((loss - mu - a) / sigma, CLIP))`` with the allowance
-  ``a = max(K sigma, REL |mu|)``: a rise has to exceed half a sigma and a quarter of the
-  loss level to count, and one loss adds at most CLIP. A boundary is ``S > H`` (at least
+- **Trend**: a training loss falls within a task, and the delayed EMA lags above it (by
+  ``DELAY + 1 + LAG`` times the slope), which hid short tasks' switches (a new task's jump
+  measured from a level the loss had already left). ``trend`` is an EMA (rate
+  ``RATE_TREND``) of the reference's own per-step moves; the losses are tested against the
+  forecast ``f = mu + max(h T, -TREND_CAP sigma)`` with ``T = min(trend + TREND_SHRINK
+  sigma, 0)`` and ``h = DELAY + 1 + LAG`` steps. Only a falling trend counts (a rise is what
+  is tested), it must exceed ``TREND_SHRINK`` sigmas per step (the trend's noise on
+  stationary feedback) and it lowers the forecast by at most ``TREND_CAP`` sigmas (a
+  flattening curve must not be forecast below its floor).
+- **Statistic**: ``S = max(0, S + min((loss - f - a) / sigma, CLIP))`` with the allowance
+  ``a = max(K sigma, REL min(|mu|, LEVEL_CAP))``: a rise has to exceed half a sigma and a
+  quarter of the loss level (counted up to 1, as the floor) to count, and one loss adds at most CLIP. A boundary is ``S > H`` (at least
   four losses of evidence); the detector then restarts on the new task.
 - **Jump rule** (a Shewhart limit beside the CUSUM, as in combined Shewhart-CUSUM
-  schemes): ``JUMP_N`` losses in a row above ``mu + JUMP_Z sigma`` are a boundary at once.
+  schemes): ``JUMP_N`` losses in a row above ``f + JUMP_Z sigma`` are a boundary at once.
   A new task's loss often starts far above the old level and falls within a few batches,
-  before the CUSUM has its evidence (short tasks); a loss on the quality scale (at most 1)
-  rarely gets 4 sigmas above its level three times running.
+  before the CUSUM has its evidence (short tasks). Where single jumps are common (bad
+  answers among good ones: a Bernoulli 0.95 quality puts one loss in twenty near the
+  limit) three in a row are not rare (1 in 8,000 losses), so the run must be as long as
+  makes it a ``JUMP_P`` event at the task's rate of losses above ``mu + EXCEED_Z sigma``
+  (a frequency with ``EXCEED_PRIOR`` pseudo-losses that never jumped): 3 on Gaussian
+  noise, 5 at p = 0.95.
 
 Measured by ``learnstream bench boundaries`` (precision, recall, F1, adapter resets on
 stationary feedback; both modes).
@@ -58,19 +76,30 @@ CLIP = 3.0         # one loss adds at most this
 # with skewed qualities (mostly 1s, or mostly 0s); 12 on none of 48 (bench boundaries).
 H = 12.0
 FLOOR_REL = 0.1
-JUMP_Z = 4.0       # the jump rule: JUMP_N losses in a row above mu + JUMP_Z sigma
+JUMP_Z = 4.0       # the jump rule: JUMP_N losses in a row above f + JUMP_Z sigma
 JUMP_N = 3
+JUMP_P = 1e-6      # ... or as many as make the run this rare at the task's rate of single jumps,
+EXCEED_Z = 3.0     # counted with a margin: losses above mu + EXCEED_Z sigma (bad answers near the limit)
+EXCEED_PRIOR = 100
+LEVEL_CAP = 1.0    # the relative floor and allowance count the level up to this (the quality scale's max)
 FLOOR_ABS = 0.05
 SLOW = 0.85        # sigma >= SLOW x the task-long upward spread
 RATE_SLOW = 0.002
+CLO = 2.0          # a loss below the reference moves it by at most RATE_MU x CLO sigmas
+CV = 5.0           # an upward residual counts at most CV sigmas in the spread
+RATE_TREND = 0.1   # the trend: an EMA of the reference's per-step moves
+TREND_SHRINK = 0.1  # sigmas per step a falling trend must exceed to count
+TREND_CAP = 1.0    # the trend lowers the forecast by at most this many sigmas
+LAG = (1.0 - RATE_MU) / RATE_MU   # the EMA's lag behind a linear trend, in steps
 _MEDIAN_STEP = 1.0 / 0.9539              # median |x_t - x_{t-1}| = 0.954 sigma for Gaussian noise
 
 # magic, version, ring length, steps length, m, ring, steps, mu var S prev, n
 _FMT_V1 = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dq")
 _FMT_V2 = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dqq")   # 2: + the run of jump losses
-_FMT = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dqqdq")   # 3: + the task-long spread and its count
+_FMT_V3 = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dqqdq")   # 3: + the task-long spread and its count
+_FMT = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dqqdq2d")   # 4: + the trend and the jump rate
 _MAGIC = b"LSC"
-_VERSION = 3
+_VERSION = 4
 
 
 class CusumFiring:
@@ -85,7 +114,8 @@ class CusumFiring:
 class LossCusum:
     """One session's boundary detector over its loss stream (see the module doc)."""
 
-    __slots__ = ("ring", "m", "mu", "var", "S", "steps", "prev", "n", "last", "jump", "var_slow", "n_slow")
+    __slots__ = ("ring", "m", "mu", "var", "S", "steps", "prev", "n", "last", "jump", "var_slow", "n_slow",
+                 "trend", "exceed")
 
     def __init__(self) -> None:
         self.n = 0
@@ -97,25 +127,31 @@ class LossCusum:
         self.m = 0                    # losses in the reference
         self.mu = self.var = self.S = self.prev = 0.0
         self.jump = 0
+        self.trend = 0.0              # EMA of the reference's per-step moves
+        self.exceed = 0.0             # how often a reference loss was a jump (task-long rate)
         self.var_slow = 0.0           # the upward spread over the whole task, and its loss count
         self.n_slow = 0
         self.steps: list[float] = []  # |differences| of the first WARM reference losses
 
     @property
     def sigma(self) -> float:
-        return max(math.sqrt(self.var), SLOW * math.sqrt(self.var_slow), FLOOR_ABS, FLOOR_REL * abs(self.mu))
+        return max(math.sqrt(self.var), SLOW * math.sqrt(self.var_slow), FLOOR_ABS, FLOOR_REL * min(abs(self.mu), LEVEL_CAP))
 
     def push(self, loss: float) -> bool:
         """One loss; True when it completes a boundary (the detector restarts). Non-finite: ignored."""
         if not math.isfinite(loss):
             return False
         self.n += 1
+        sig = 0.0
         if self.m >= WARM:
             sig = self.sigma
-            a = max(K * sig, REL * abs(self.mu))
-            self.S = max(0.0, self.S + min((loss - self.mu - a) / sig, CLIP))
-            self.jump = self.jump + 1 if loss > self.mu + JUMP_Z * sig else 0
-            if self.S > H or self.jump >= JUMP_N:
+            a = max(K * sig, REL * min(abs(self.mu), LEVEL_CAP))
+            f = self.mu      # the forecast (``_forecast``, inlined: this runs per feedback event)
+            if self.trend < -TREND_SHRINK * sig:
+                f += max((self.trend + TREND_SHRINK * sig) * (len(self.ring) + 1 + LAG), -TREND_CAP * sig)
+            self.S = max(0.0, self.S + min((loss - f - a) / sig, CLIP))
+            self.jump = self.jump + 1 if loss > f + JUMP_Z * sig else 0
+            if self.S > H or (self.jump >= JUMP_N and self.jump >= self._jump_run()):
                 self.last = CusumFiring(self.S, self.mu, sig, self.n)
                 self.n = 0
                 self._restart()
@@ -123,15 +159,32 @@ class LossCusum:
         self.ring.append(loss)
         if len(self.ring) > DELAY:
             old = self.ring.pop(0)
-            self._reference(old)
+            self._reference(old, sig)   # the reference has not moved since sig was computed
         return False
+
+    def _jump_run(self) -> int:
+        """Losses in a row above the jump limit that make a boundary: ``JUMP_N``, or more where single
+        jumps are common (rare bad answers on good feedback) so that a run stays a ``JUMP_P`` event."""
+        if self.exceed <= 0.0:
+            return JUMP_N
+        return max(JUMP_N, math.ceil(math.log(JUMP_P) / math.log(min(self.exceed, 0.5))))
+
+    def _forecast(self, sig: float) -> float:
+        """The reference carried forward to the loss being tested by a falling trend (module doc)."""
+        t = min(self.trend + TREND_SHRINK * sig, 0.0)
+        return self.mu + max(t * (len(self.ring) + 1 + LAG), -TREND_CAP * sig)
+
+    @property
+    def forecast(self) -> float:
+        """What the next loss is tested against (``mu`` until a falling trend counts)."""
+        return self._forecast(self.sigma)
 
     def push_many(self, losses: list[float]) -> list[int]:
         """Indices of the losses that completed a boundary."""
         return [i for i, v in enumerate(losses) if self.push(v)]
 
-    def _reference(self, v: float) -> None:
-        """Fold a loss that left the delay line into the reference."""
+    def _reference(self, v: float, sig: float) -> None:
+        """Fold a loss that left the delay line into the reference (``sig``: its sigma, once warm)."""
         m = self.m
         if m == 0:
             self.mu = self.prev = v
@@ -145,12 +198,18 @@ class LossCusum:
                 self.steps = []
         else:
             r = v - self.mu
-            up2 = 2.0 * max(r, 0.0) ** 2
+            up2 = 2.0 * min(max(r, 0.0), CV * sig) ** 2
             # a plain mean of the first squares (the seed counts as one), then the EMA
             self.var += max(1.0 / (m - WARM + 2), RATE_VAR) * (up2 - self.var)
             self.n_slow += 1
             self.var_slow += max(1.0 / self.n_slow, RATE_SLOW) * (up2 - self.var_slow)
-            self.mu += RATE_MU * r
+            # a frequency over the task with EXCEED_PRIOR pseudo-losses that never jumped: one odd loss
+            # among the first few is not a rate
+            jumped = float(r > EXCEED_Z * sig)
+            self.exceed += max(1.0 / (self.n_slow + EXCEED_PRIOR), RATE_SLOW) * (jumped - self.exceed)
+            step = RATE_MU * max(r, -CLO * sig)
+            self.mu += step
+            self.trend += RATE_TREND * (step - self.trend)
         self.m = m + 1
 
     # -- bytes ---------------------------------------------------------------
@@ -158,14 +217,16 @@ class LossCusum:
         ring = self.ring + [0.0] * (DELAY - len(self.ring))
         steps = self.steps + [0.0] * (WARM - len(self.steps))
         return _FMT.pack(_MAGIC, _VERSION, len(self.ring), len(self.steps), self.m, *ring, *steps, self.mu,
-                         self.var, self.S, self.prev, self.n, self.jump, self.var_slow, self.n_slow)
+                         self.var, self.S, self.prev, self.n, self.jump, self.var_slow, self.n_slow, self.trend,
+                         self.exceed)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LossCusum:
         # older versions: 1 before the jump rule (its run starts at 0), 2 before the task-long spread
-        # (it starts empty: the floor takes effect as the reference grows again)
-        version = {_FMT_V1.size: 1, _FMT_V2.size: 2}.get(len(data), _VERSION)
-        fmt = {1: _FMT_V1, 2: _FMT_V2}.get(version, _FMT)
+        # (it starts empty: the floor takes effect as the reference grows again), 3 before the trend
+        # (it starts flat and is learned from the next reference losses)
+        version = {_FMT_V1.size: 1, _FMT_V2.size: 2, _FMT_V3.size: 3}.get(len(data), _VERSION)
+        fmt = {1: _FMT_V1, 2: _FMT_V2, 3: _FMT_V3}.get(version, _FMT)
         try:
             magic, stored, ring_len, steps_len, m, *rest = fmt.unpack(data)
         except struct.error:
@@ -182,7 +243,10 @@ class LossCusum:
         obj.jump = rest[base + 5] if version >= 2 else 0
         if version >= 3:
             obj.var_slow, obj.n_slow = rest[base + 6:base + 8]
-        if obj.jump < 0 or obj.n_slow < 0 or not obj.var_slow >= 0.0:
+        if version >= 4:
+            obj.trend, obj.exceed = rest[base + 8:base + 10]
+        if (obj.jump < 0 or obj.n_slow < 0 or not obj.var_slow >= 0.0 or not math.isfinite(obj.trend)
+                or not 0.0 <= obj.exceed <= 1.0):
             raise CorruptStateError("not a boundary detector state of this version")
         return obj
 
@@ -192,4 +256,5 @@ class LossCusum:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
-        return f"LossCusum(mu={self.mu:.4g}, sigma={self.sigma:.4g}, S={self.S:.3g}, reference={self.m})"
+        return (f"LossCusum(mu={self.mu:.4g}, trend={self.trend:.3g}, sigma={self.sigma:.4g}, S={self.S:.3g}, "
+                f"reference={self.m})")
