@@ -508,88 +508,90 @@ _TARGET_CHANGELOG = 4.0         # changelog bytes per event / the event's own by
 def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     """The worker alone, one worker per session count, in one run: events/s and what it wrote.
 
-    Set-up, per count, on a fresh broker and worker of its own: ``init_instant`` for every session
-    and a warm-up of one event per session (not timed). Then ``--repeats`` rounds; in each, every
-    count in turn gets ``--events`` new b64 events, one per message, round-robin over its sessions,
-    produced while its worker is suspended and timed from its resumption until all are applied (the
-    other workers are idle). Rounds interleave the counts, so a change of load on a shared machine
-    hits every count alike; each count's rate is its median over the rounds. Changelog bytes are
-    the key and value bytes the worker wrote to its session tables in its timed windows (each write
-    is a changelog record: ``learnstream_state_write_bytes_total``) per event applied; beside them,
-    what its changelog rewrites re-produced meanwhile (``learnstream_changelog_rewrite_bytes_total``;
-    embedded broker only). (Read back from the broker, a rewrite's DeleteRecords hid the records it
-    replaced.)
+    Per count, on a fresh broker and worker of its own (the other counts' are stopped: an idle
+    embedded broker holding 10,000 sessions still snapshots its log every second): ``init_instant``
+    for every session and a warm-up of one event per session (not timed), then ``--repeats`` rounds
+    of ``--events`` new b64 events, one per message, round-robin over the sessions, each produced
+    while the worker is suspended and timed from its resumption until all are applied. A count's
+    rate is its median round; its worker's CPU time per event is printed beside it (less sensitive
+    to the load of a shared machine than the rate). Changelog bytes are the key and value bytes the
+    worker wrote to its session tables in the timed rounds (each write is a changelog record:
+    ``learnstream_state_write_bytes_total``) per event applied; beside them, what its changelog
+    rewrites re-produced meanwhile (``learnstream_changelog_rewrite_bytes_total``; embedded broker
+    only). (Read back from the broker, a rewrite's DeleteRecords hid the records it replaced.)
     """
     counts = [int(x) for x in args.scale.split(",") if x.strip()]
     worker_kw = worker_kwargs(p, args)
     log_dir = Path(tempfile.mkdtemp(prefix="learnstream-bench-scale-"))
     topic, cmd_topic = topics()["feedback"].name, topics()["commands"].name
     print(f"learnstream bench feedback --scale: {args.dim}-d b64 embeddings, one event per message, "
-          f"{args.events:,} timed events per session count {counts} and round, {args.repeats} rounds, "
+          f"{args.repeats} rounds of {args.events:,} timed events per session count {counts}, "
           f"{args.partitions} partitions")
     print(f"machine: {machine_note()}; logs in {log_dir}", flush=True)
-    setups: list[tuple[int, EmbeddedBroker, _BrokerPs, WorkerProcess, list[str], float]] = []
     runs: dict[int, list[Run]] = {n: [] for n in counts}
     written: dict[int, list[float]] = {n: [0.0, 0.0, 0.0] for n in counts}
+    rss: dict[int, float] = {}
     event_bytes: list[float] = []
     try:
-        for n in counts:  # each on its own broker: a new group would read the other counts' events first
+        for n in counts:  # each on its own broker: a new group would read the last count's events first
             broker = start_broker(Path(tempfile.mkdtemp(prefix=f"broker-{n}-", dir=log_dir)))
             provision(broker.bootstrap, args.partitions)
+            broker_ps = _BrokerPs(broker.proc)
             worker = WorkerProcess(broker.bootstrap, partitions=args.partitions, app_id=f"bench-{uuid.uuid4().hex[:6]}",
                                    log_dir=log_dir, **worker_kw).start()
-            setups.append((n, broker, _BrokerPs(broker.proc), worker, [], 0.0))
-            worker.wait_ready()
-            sessions = balanced_keys(n, args.partitions, prefix=f"s{n}-")
-            t0 = time.monotonic()
-            base_cmd = worker.events(cmd_topic)
-            asyncio.run(_send_commands_nowait(broker.bootstrap, _init_commands(sessions, args.dim, False)))
-            wait_until(lambda: worker.events(cmd_topic) >= base_cmd + n, 600, "init commands applied", 0.2)
-            warm = make_messages(sessions, n, args.dim, "b64", 1, args.seed + n)
-            before = worker.events(topic)
-            produce(broker.bootstrap, topic, warm)
-            wait_until(lambda: worker.events(topic) >= before + len(warm), 600, "warm-up applied", 0.2)
-            setups[-1] = (n, broker, setups[-1][2], worker, sessions, time.monotonic() - t0)
-            print(f"  {n:>6} sessions set up in {setups[-1][5]:.0f} s", flush=True)
-        for rnd in range(args.repeats):
-            for n, broker, broker_ps, worker, sessions, _ in setups:
-                w0 = _written(worker)
-                msgs = make_messages(sessions, args.events, args.dim, "b64", 1, args.seed + 7 * n + 1009 * rnd)
-                event_bytes.append(statistics.mean(len(v) for _, v in msgs))
-                target = worker.events(topic) + len(msgs)
-                c = Consumer("worker", worker, topic,
-                             lambda t0, w=worker, tg=target: wait_worker(w, topic, tg, t0, 900.0))
-                try:
-                    r = c.run(broker, broker_ps, msgs, len(msgs), "b64", f"{n} sessions")
-                except RuntimeError:
-                    print("learn.dlq: " + "; ".join(_dlq_reasons(broker.bootstrap)), flush=True)
-                    raise
-                runs[n].append(r)
-                for k, (a, b) in enumerate(zip(w0, _written(worker))):
-                    written[n][k] += b - a
-                print(f"  round {rnd + 1}: {n:>6} sessions {r.rate:,.0f} events/s", flush=True)
-        rss = {n: worker._ps().memory_info().rss / 1e6 for n, _, _, worker, _, _ in setups}
+            try:
+                worker.wait_ready()
+                sessions = balanced_keys(n, args.partitions, prefix=f"s{n}-")
+                t0 = time.monotonic()
+                base_cmd = worker.events(cmd_topic)
+                asyncio.run(_send_commands_nowait(broker.bootstrap, _init_commands(sessions, args.dim, False)))
+                wait_until(lambda: worker.events(cmd_topic) >= base_cmd + n, 600, "init commands applied", 0.2)
+                warm = make_messages(sessions, n, args.dim, "b64", 1, args.seed + n)
+                before = worker.events(topic)
+                produce(broker.bootstrap, topic, warm)
+                wait_until(lambda: worker.events(topic) >= before + len(warm), 600, "warm-up applied", 0.2)
+                print(f"  {n:>6} sessions set up in {time.monotonic() - t0:.0f} s", flush=True)
+                for rnd in range(args.repeats):
+                    w0 = _written(worker)
+                    msgs = make_messages(sessions, args.events, args.dim, "b64", 1, args.seed + 7 * n + 1009 * rnd)
+                    event_bytes.append(statistics.mean(len(v) for _, v in msgs))
+                    target = worker.events(topic) + len(msgs)
+                    c = Consumer("worker", worker, topic, lambda t0: wait_worker(worker, topic, target, t0, 900.0))
+                    try:
+                        r = c.run(broker, broker_ps, msgs, len(msgs), "b64", f"{n} sessions")
+                    except RuntimeError:
+                        print("learn.dlq: " + "; ".join(_dlq_reasons(broker.bootstrap)), flush=True)
+                        raise
+                    runs[n].append(r)
+                    for k, (a, b) in enumerate(zip(w0, _written(worker))):
+                        written[n][k] += b - a
+                    print(f"  round {rnd + 1}: {n:>6} sessions {r.rate:,.0f} events/s, worker CPU "
+                          f"{1e6 * r.cpu_consumer / r.events:,.0f} us/event", flush=True)
+                rss[n] = worker._ps().memory_info().rss / 1e6
+            finally:
+                teardown([worker], broker, None, True)
     finally:
-        teardown([s[3] for s in setups], None, None, True)
-        for s in setups:
-            teardown([], s[1], None, True)
         teardown([], None, log_dir, args.keep_logs)
     ev = statistics.mean(event_bytes)
     base = _median(runs[counts[0]])
-    print(f"\n{'sessions':>8} {'events/s':>10} {'vs first':>9} {'changelog B/event':>18} {'x event':>8} "
-          f"{'records/event':>14} {'+ rewrites B/event':>19} {'RSS MB':>7}   (median of {args.repeats} rounds; "
-          f"event {ev:,.0f} B)")
+    base_cpu = statistics.median(r.cpu_consumer / r.events for r in runs[counts[0]])
+    print(f"\n{'sessions':>8} {'events/s':>10} {'vs first':>9} {'CPU us/event':>13} {'vs first':>9} "
+          f"{'changelog B/event':>18} {'x event':>8} {'records/event':>14} {'+ rewrites B/event':>19} {'RSS MB':>7}"
+          f"   (median of {args.repeats} rounds; event {ev:,.0f} B)")
     ok = True
     for n in counts:
         rate, events = _median(runs[n]), sum(r.events for r in runs[n])
+        cpu = statistics.median(r.cpu_consumer / r.events for r in runs[n])
         recs, b, rw = (w / events for w in written[n])
         ratio, x = rate / base, b / ev
         ok = ok and ratio >= _TARGET_SCALE and x <= _TARGET_CHANGELOG
-        print(f"{n:>8} {rate:>10,.0f} {ratio:>9.0%} {b:>18,.0f} {x:>8.2f} {recs:>14.1f} "
-              f"{rw:>10,.0f} ({(b + rw) / ev:.2f}x) {rss[n]:>7,.0f}   rounds: {', '.join(f'{r.rate:,.0f}' for r in runs[n])}")
+        print(f"{n:>8} {rate:>10,.0f} {ratio:>9.0%} {1e6 * cpu:>13,.0f} {base_cpu / cpu:>9.0%} {b:>18,.0f} {x:>8.2f} "
+              f"{recs:>14.1f} {rw:>10,.0f} ({(b + rw) / ev:.2f}x) {rss[n]:>7,.0f}   rounds: "
+              f"{', '.join(f'{r.rate:,.0f}' for r in runs[n])}")
     print(f"targets: every count >= {_TARGET_SCALE:.0%} of the first's events/s, changelog <= "
           f"{_TARGET_CHANGELOG:.0f}x the event -> {'PASS' if ok else 'FAIL'}")
-    print("changelog B/event: what the batches wrote (every broker receives it); + rewrites: what the worker "
+    print("CPU us/event: the worker process's CPU time (all threads) per event, and the first count's over it; "
+          "changelog B/event: what the batches wrote (every broker receives it); + rewrites: what the worker "
           "re-produced compacting its transactional changelogs itself (embedded broker only, which never compacts "
           "them; workers/kafka/changelog_rewrite.py), and the total as a multiple of the event")
     return 0 if ok else 1
