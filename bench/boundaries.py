@@ -157,22 +157,30 @@ def known_noise_detector(sigma: float, threshold: float, test: int = 6, ref: int
     i.i.d. noise, sigma sqrt(1/k + 1/ref + (xbar_k - xbar_ref)^2 / Sxx), so it stays calibrated."""
     if trend:
         return _trend_detector(sigma, threshold, test, ref)
-    h: list[float] = []
 
-    def push(v: float) -> bool:
-        h.append(v)
-        if len(h) > test + ref:
-            h.pop(0)
-        if len(h) < test + ref:
-            return False
+    def fires(h: list[float]) -> bool:
         m_ref = sum(h[:ref]) / ref
         s = 0.0
         for k in range(1, test + 1):
             s += h[-k]
             if (s / k - m_ref) / (sigma * (1.0 / k + 1.0 / ref) ** 0.5) > threshold:
-                h.clear()
                 return True
         return False
+    return _windowed(test + ref, fires)
+
+
+def _windowed(size: int, fires: Callable[[list[float]], bool]) -> Callable[[float], bool]:
+    """A detector over the last ``size`` losses: ``fires(window)`` once it is full; a firing restarts it."""
+    h: list[float] = []
+
+    def push(v: float) -> bool:
+        h.append(v)
+        if len(h) > size:
+            h.pop(0)
+        if len(h) < size or not fires(h):
+            return False
+        h.clear()
+        return True
     return push
 
 
@@ -184,14 +192,8 @@ def _trend_detector(sigma: float, threshold: float, test: int, ref: int) -> Call
     # the last k losses sit at positions ref + test - k .. ref + test - 1: their mean position
     pos = [ref + test - (k + 1) / 2.0 for k in range(1, test + 1)]
     scale = [sigma * (1.0 / k + 1.0 / ref + (pos[k - 1] - xbar) ** 2 / sxx) ** 0.5 for k in range(1, test + 1)]
-    h: list[float] = []
 
-    def push(v: float) -> bool:
-        h.append(v)
-        if len(h) > test + ref:
-            h.pop(0)
-        if len(h) < test + ref:
-            return False
+    def fires(h: list[float]) -> bool:
         y = np.asarray(h[:ref])
         m_ref = float(y.mean())
         slope = float(w @ (y - m_ref))
@@ -199,10 +201,9 @@ def _trend_detector(sigma: float, threshold: float, test: int, ref: int) -> Call
         for k in range(1, test + 1):
             s += h[-k]
             if (s / k - (m_ref + slope * (pos[k - 1] - xbar))) / scale[k - 1] > threshold:
-                h.clear()
                 return True
         return False
-    return push
+    return _windowed(test + ref, fires)
 
 
 def oracle_table(args: argparse.Namespace, thresholds: tuple[float, ...] = (2.75, 3.5, 4.0, 4.5, 5.0),
