@@ -20,6 +20,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.unit.scoring_servers import MSGS, LMServer
+from workers.cli.processes import ChildProcess
 from workers.cli.waiting import wait_until
 from workers.kafka.broker import free_port
 from workers.stream.partitioning import owner_partition
@@ -50,7 +51,7 @@ def _panel_queries() -> list[tuple[str, str]]:
     return out
 
 
-class Prometheus:
+class Prometheus(ChildProcess):
     """A Prometheus server on 127.0.0.1 scraping ``target`` every second, its data in ``data_dir``."""
 
     def __init__(self, target: str, data_dir: Path) -> None:
@@ -85,13 +86,10 @@ class Prometheus:
         except OSError:
             return False
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    def stop(self) -> None:  # type: ignore[override]
+        super().stop(20)
+
+    def _stopped(self) -> None:
         self._log.close()
 
 

@@ -27,6 +27,7 @@ from mcp.client.streamable_http import streamablehttp_client
 
 from tests.helpers import wait_until
 from tests.integration.test_demo import leftovers
+from workers.cli.processes import ChildProcess
 from workers.kafka.broker import free_port
 from workers.mcp.tools import TOOLS
 from workers.kafka.topics import topics
@@ -132,7 +133,7 @@ def test_stdio_with_the_embedded_default(tmp_path: Path) -> None:
     wait_until(lambda: leftovers(marker) == [], 60, 0.5, "the embedded worker and broker to exit")
 
 
-class Sidecar:
+class Sidecar(ChildProcess):
     """``learnstream mcp --http`` as a subprocess."""
 
     def __init__(self, worker_url: str, token: str, log: Path, **env: str) -> None:
@@ -150,14 +151,10 @@ class Sidecar:
 
         wait_until(up, 60, 0.2, "the MCP sidecar", retry_on=(httpx.HTTPError,))
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def stop(self) -> None:  # type: ignore[override]
+        super().stop(20)
+
+    def _stopped(self) -> None:
         self._log.close()
 
 

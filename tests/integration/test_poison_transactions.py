@@ -10,6 +10,7 @@ a worker rebuilt from the changelogs alone must hold the same state.
 from __future__ import annotations
 
 import asyncio
+import functools
 import base64
 import hashlib
 import textwrap
@@ -158,26 +159,34 @@ def test_an_event_too_big_to_re_route_is_dead_lettered_not_retried_forever(broke
     pad = 1_000_000 - len(orjson.dumps({"session_key": elsewhere, "loss": 0.5, "pad": ""}))
     big = orjson.dumps({"session_key": elsewhere, "loss": 0.5, "pad": "x" * pad})  # valid, <= 1 MiB
 
-    async def go() -> None:
-        p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, max_request_size=2 * 1024 * 1024)
-        await p.start()
-        try:
-            await p.send_and_wait("learn.loss", big, key=elsewhere.encode(), partition=0)  # wrong partition
-            await p.send_and_wait("learn.loss", orjson.dumps({"session_key": here, "loss": 0.5}),
-                                  key=here.encode(), partition=0)
-        finally:
-            await p.stop()
-    asyncio.run(go())
-
-    def window(sk: str) -> int:
-        out = w.dispatch("health", {"session_key": sk})
-        return out["data"]["loss_window_size"] if out.get("ok") else -1
+    _send_big(broker.bootstrap, [(big, elsewhere.encode(), 0),  # on the wrong partition
+                                 (orjson.dumps({"session_key": here, "loss": 0.5}), here.encode(), 0)])
+    window = functools.partial(_loss_window, w)
 
     wait_until(lambda: window(here) == 1, 60, what="the event after the big one applied")
     (entry,) = _read_committed(broker.bootstrap, "learn.dlq", 3)
     assert entry["reason_code"] == "oversized" and entry["source"] == {**entry["source"], "partition": 0, "offset": 0}
     assert entry["truncated"] is True and entry["value_sha256"] == hashlib.sha256(big).hexdigest()
     wait_until(lambda: window(elsewhere) == 0, 30, what="the big event not applied (a read answered)")
+
+
+def _send_big(bootstrap: str, messages: list[tuple[bytes, bytes, int | None]]) -> None:
+    """(value, key, partition) to ``learn.loss`` in order, with a producer that takes up to 2 MiB."""
+    async def go() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=2 * 1024 * 1024)
+        await p.start()
+        try:
+            for value, key, partition in messages:
+                await p.send_and_wait("learn.loss", value, key=key, partition=partition)
+        finally:
+            await p.stop()
+    asyncio.run(go())
+
+
+def _loss_window(w, sk: str) -> int:
+    """The session's loss window size (-1 while it has none)."""
+    out = w.dispatch("health", {"session_key": sk})
+    return out["data"]["loss_window_size"] if out.get("ok") else -1
 
 
 def test_a_huge_message_key_is_dead_lettered_under_a_bounded_key(broker, worker_factory) -> None:
@@ -190,19 +199,9 @@ def test_a_huge_message_key_is_dead_lettered_under_a_bounded_key(broker, worker_
     owner = owner_partition(huge, 4)
     good = next(f"s{i}" for i in range(100) if owner_partition(f"s{i}", 4) == owner)
 
-    async def go() -> None:
-        p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, max_request_size=2 * 1024 * 1024)
-        await p.start()
-        try:
-            await p.send_and_wait("learn.loss", b'{"loss": 0.5}', key=huge)  # on its owner: not re-routed
-            await p.send_and_wait("learn.loss", orjson.dumps({"session_key": good, "loss": 0.5}), key=good.encode())
-        finally:
-            await p.stop()
-    asyncio.run(go())
-
-    def window(sk: str) -> int:
-        out = w.dispatch("health", {"session_key": sk})
-        return out["data"]["loss_window_size"] if out.get("ok") else -1
+    _send_big(broker.bootstrap, [(b'{"loss": 0.5}', huge, None),  # on its owner: not re-routed
+                                 (orjson.dumps({"session_key": good, "loss": 0.5}), good.encode(), None)])
+    window = functools.partial(_loss_window, w)
 
     wait_until(lambda: window(good) == 1, 60, what="the event after the huge key applied")
     (entry,) = _read_committed(broker.bootstrap, "learn.dlq", 3)

@@ -57,6 +57,17 @@ def _feed(client, rng: np.random.Generator, sessions: list[str], n: int, t0: int
     client.flush()
 
 
+def _worker_with_sessions(worker_factory, client, rng: np.random.Generator, sessions: list[str], per: int):
+    """Worker "a", ready, with ``sessions`` initialized and ``per`` feedback events each applied."""
+    a = worker_factory("a").start().wait_ready()
+    for sk in sessions:
+        assert a.dispatch("init_instant", {"session_key": sk, "targets": MODELS, "dim": 32})["ok"]
+    _feed(client, rng, sessions, per, 0)
+    wait_until(lambda: applied(a, topics()["feedback"].name) == per * len(sessions), 120,
+               what=f"{per} events per session applied")
+    return a
+
+
 def _restored(w) -> tuple[float, float]:
     return w.metric("learnstream_restored_records_total"), w.metric("learnstream_recovery_probed_records_total")
 
@@ -67,11 +78,7 @@ def test_a_restart_after_sigkill_reads_only_the_changelog_tail(broker, worker_fa
     rng = np.random.default_rng(3)
     sessions = [f"agent-{i:02d}" for i in range(12)]
     fb = topics()["feedback"].name
-    a = worker_factory("a").start().wait_ready()
-    for sk in sessions:
-        assert a.dispatch("init_instant", {"session_key": sk, "targets": MODELS, "dim": 32})["ok"]
-    _feed(client, rng, sessions, 10, 0)
-    wait_until(lambda: applied(a, fb) == 10 * len(sessions), 120, what="first events applied")
+    a = _worker_with_sessions(worker_factory, client, rng, sessions, 10)
     a.kill()
     held = _changelog_records(broker.bootstrap, app_id)
     assert held > 12 * 10  # many keys per session
@@ -117,12 +124,7 @@ def test_without_the_bulk_restore_fausts_recovery_reads_the_changelogs(worker_fa
     fetch the changelog partitions it keeps paused otherwise (faust_internals, patch 12)."""
     rng = np.random.default_rng(5)
     sessions = [f"agent-{i:02d}" for i in range(8)]
-    fb = topics()["feedback"].name
-    a = worker_factory("a").start().wait_ready()
-    for sk in sessions:
-        assert a.dispatch("init_instant", {"session_key": sk, "targets": MODELS, "dim": 32})["ok"]
-    _feed(client, rng, sessions, 5, 0)
-    wait_until(lambda: applied(a, fb) == 5 * len(sessions), 120, what="events applied")
+    a = _worker_with_sessions(worker_factory, client, rng, sessions, 5)
     want = {sk: a.dispatch("session_info", {"session_key": sk})["data"]["digest"] for sk in sessions}
     a.kill()
     script = tmp_path / "no_bulk_restore.py"

@@ -218,9 +218,11 @@ async def main():
     c = AIOKafkaConsumer("probe", bootstrap_servers=bootstrap, group_id="probe", fetch_max_wait_ms=500,
                          auto_offset_reset="earliest")
     await c.start()
-    await asyncio.sleep(1.0)  # joined, positions known
+    deadline = time.monotonic() + 30
+    while len(took) < 3 and time.monotonic() < deadline:  # joined and fetching
+        await asyncio.sleep(0.01)
     took.clear()
-    await asyncio.sleep(1.0)  # idle
+    await asyncio.sleep(1.0)  # the measured window: one idle second
     empty = [t for t, got in took if not got]
     async with AIOKafkaProducer(bootstrap_servers=bootstrap) as p:
         await p.send_and_wait("probe", b"hello")
