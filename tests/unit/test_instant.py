@@ -348,6 +348,65 @@ def test_bytes_round_trip_restores_identical_behaviour(n_events: int) -> None:
     assert c == s
 
 
+def _v1_bytes(s: InstantState) -> bytes:
+    """The version-1 format: the arena as laid out, EWC zeros included (what states stored before hold)."""
+    from workers.state.framing import pack_part
+    used = s._layout["replay_x"] + s.replay_len * s.dim
+    return pack_part(b"LSI", 1, {"targets": s.targets, "dim": s.dim}, s._meta.astype("<i8").tobytes(),
+                     s._arena[:used].astype("<f4").tobytes())
+
+
+@pytest.mark.parametrize("ewc", [False, True])
+def test_version_1_bytes_still_load_and_behave_the_same(ewc: bool) -> None:
+    rng = np.random.default_rng(21)
+    s = InstantState(TARGETS, DIM)
+    X, T, Q, NOW = _events(rng, 40)
+    s.feedback_batch(X[:20], T[:20], Q[:20], NOW[:20])
+    if ewc:
+        s.set_ewc(rng.random(s.n_params).astype(np.float32), rng.random(s.n_params).astype(np.float32), 3.0)
+    old = InstantState.from_bytes(_v1_bytes(s))
+    assert old == s and old.to_bytes() == s.to_bytes()  # read as v1, written as the current version
+    for i in range(20, 40):
+        assert old.feedback(X[i], int(T[i]), float(Q[i]), int(NOW[i])) == s.feedback(X[i], int(T[i]), float(Q[i]), int(NOW[i]))
+    assert old == s
+
+
+def test_ewc_state_is_stored_only_once_it_exists() -> None:
+    rng = np.random.default_rng(22)
+    s = InstantState(TARGETS, 384)
+    s.feedback_batch(*_events(rng, 3, dim=384))
+    before = s.to_bytes()
+    assert len(_v1_bytes(s)) - len(before) == 2 * 4 * s.n_params  # no Fisher, no snapshot: 6 kB less at 384-d
+    assert InstantState.from_bytes(before) == s
+    s.set_ewc(rng.random(s.n_params).astype(np.float32), rng.random(s.n_params).astype(np.float32), 2.0)
+    after = s.to_bytes()
+    assert len(after) == len(before) + 2 * 4 * s.n_params
+    back = InstantState.from_bytes(after)
+    assert back == s and np.array_equal(back.ewc_f, s.ewc_f) and np.array_equal(back.ewc_snap, s.ewc_snap)
+
+
+def test_one_feedback_event_rewrites_one_hot_piece_and_one_replay_slot() -> None:
+    """A 384-d core's θ, counters, lr and replay scales are one piece (3.5 kB), so a one-event save
+    is that piece, the new slot and the session's head: 3 changelog records (4 while the
+    scalars were a piece of their own). With EWC state its pieces stay apart and unchanged."""
+    from workers.state.layout import SessionState
+    rng = np.random.default_rng(23)
+    for ewc in (False, True):
+        st = SessionState()
+        core = InstantState(TARGETS, 384)
+        core.feedback_batch(*_events(rng, 5, dim=384))
+        if ewc:
+            core.set_ewc(rng.random(core.n_params).astype(np.float32), np.zeros(core.n_params, np.float32), 1.0)
+        st.blob.set("instant", core)
+        ops, after = st.changes(b"sess")
+        st.written(after)
+        core.feedback_batch(*_events(rng, 1, dim=384))
+        ops, _ = st.changes(b"sess")
+        puts = {k: v for k, v in ops.items() if v is not None}
+        assert len(puts) == 3, sorted(puts)
+        assert sorted(len(v) for k, v in puts.items() if k != b"sess")[1] < 4096  # the hot piece is one key
+
+
 def test_corrupt_bytes_are_refused() -> None:
     raw = InstantState(TARGETS, DIM).to_bytes()
     for bad in (b"", b"XYZ" + raw[3:], raw[:-4], raw + b"\0\0\0\0", raw[:4] + b"\xff" + raw[5:]):

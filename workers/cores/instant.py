@@ -48,7 +48,9 @@ NOT_INITIALIZED = "instant not initialized; call init_instant"
 _M = _C["meta"]
 _S = _C["scalars"]
 _MAGIC = b"LSI"
-_VERSION = 1
+# 2: the arena in the order it changes (θ, then lr and the replay scales, then the EWC state only
+# once there is one, then the replay rows); 1: the arena as laid out, EWC zeros included (still read)
+_VERSION = 2
 
 
 class InstantState:
@@ -82,7 +84,7 @@ class InstantState:
         self._index = {t: i for i, t in enumerate(self.targets)}
         self._layout = _k.instant_layout(self.dim, len(self.targets))
         self._prefix: bytes | None = None  # to_bytes' framing and header: targets and dim never change
-        self._cuts: tuple[int, list[int]] | None = None  # (replay_len, piece_cuts()) of the last call
+        self._cuts: tuple[tuple[int, bool], list[int]] | None = None  # ((replay_len, has_ewc), piece_cuts())
         self._arena = np.zeros(self._layout["replay_x"], np.float32)  # no replay rows yet: see _room
         self._meta = np.zeros(_C["meta_size"], np.int64)
         self._meta[_M["dim"]] = self.dim
@@ -261,14 +263,24 @@ class InstantState:
         self._meta[_M["has_ewc"]] = 1
 
     # -- bytes ---------------------------------------------------------------
-    def to_bytes(self) -> bytes:
-        """b"LSI" + version + header length + orjson {targets, dim} + meta + arena.
+    def _sections(self) -> list[tuple[int, int]]:
+        """The arena's ranges in the order :meth:`to_bytes` writes them: θ with the scalars and
+        replay scales (all three change with every event: one piece), the EWC Fisher and snapshot
+        only once :meth:`set_ewc` gave them (before, they are 2 x n_params zeros: 6 kB of every
+        384-d session, 49 kB at 3072-d, in every store and changelog), then the used replay rows."""
+        L = self._layout
+        out = [(L["theta"], L["ewc_f"]), (L["scalars"], L["replay_x"])]
+        if self.has_ewc:
+            out.append((L["ewc_f"], L["scalars"]))
+        out.append((L["replay_x"], L["replay_x"] + self.replay_len * self.dim))
+        return out
 
-        The arena is cut after the used replay rows (a half-empty buffer is a prefix).
-        """
-        used = self._layout["replay_x"] + self.replay_len * self.dim
+    def to_bytes(self) -> bytes:
+        """b"LSI" + version + header length + orjson {targets, dim} + meta + the arena's
+        :meth:`_sections` (a half-empty replay buffer is a prefix of its rows)."""
+        a = self._arena.astype("<f4", copy=False)
         return b"".join((self._framing(), self._meta.astype("<i8", copy=False).tobytes(),
-                         self._arena[:used].astype("<f4", copy=False).tobytes()))
+                         *(a[lo:hi].tobytes() for lo, hi in self._sections())))
 
     def _framing(self) -> bytes:
         """What :func:`pack_part` puts before the payload (made once: every save needs it)."""
@@ -278,20 +290,21 @@ class InstantState:
 
     def piece_cuts(self) -> list[int]:
         """Offsets in :meth:`to_bytes` where a stored piece must start (``workers.state.layout``):
-        the EWC state and the scalars apart from the hot adapter, and one piece per replay slot,
-        so one feedback event rewrites the adapter, the counters and one slot."""
-        n = self.replay_len
-        if self._cuts is None or self._cuts[0] != n:
+        the EWC state apart from the hot adapter and scalars, and one piece per replay slot, so
+        one feedback event rewrites the adapter with its counters and scalars, and one slot."""
+        n, ewc = self.replay_len, self.has_ewc
+        if self._cuts is None or self._cuts[0] != (n, ewc):
             L = self._layout
-            base = len(self._framing()) + self._meta.size * 8
+            hot = len(self._framing()) + self._meta.size * 8 + 4 * (L["ewc_f"] - L["theta"] + L["replay_x"] - L["scalars"])
+            start = hot + (4 * (L["scalars"] - L["ewc_f"]) if ewc else 0)
             row = 4 * self.dim
-            start = base + 4 * L["replay_x"]
-            self._cuts = (n, [base + 4 * L["ewc_f"], base + 4 * L["scalars"], *range(start, start + row * n, row)])
+            self._cuts = ((n, ewc), ([hot] if ewc else []) + list(range(start, start + row * n, row)))
         return self._cuts[1]
 
     @classmethod
     def from_bytes(cls, data: bytes) -> InstantState:
-        header, pos = unpack_part(data, _MAGIC, _VERSION, "instant")
+        version = 1 if data[3:4] == b"\x01" else _VERSION
+        header, pos = unpack_part(data, _MAGIC, version, "instant")
         try:
             obj = cls(header["targets"], header["dim"], lr_min=LR0)
         except (KeyError, TypeError, ValueError) as exc:
@@ -299,15 +312,23 @@ class InstantState:
         msize = obj._meta.size * 8
         meta = np.frombuffer(data, dtype="<i8", count=obj._meta.size, offset=pos) \
             if len(data) >= pos + msize else None
-        if meta is None or meta[_M["dim"]] != obj.dim or meta[_M["nt"]] != obj.nt:
+        if (meta is None or meta[_M["dim"]] != obj.dim or meta[_M["nt"]] != obj.nt
+                or meta[_M["has_ewc"]] not in (0, 1) or not 0 <= meta[_M["replay_len"]] <= REPLAY_CAP):
             raise CorruptStateError("instant state meta does not match its header")
         pos += msize
-        n_f = (len(data) - pos) // 4
-        used = obj._layout["replay_x"] + int(meta[_M["replay_len"]]) * obj.dim
-        if (len(data) - pos) % 4 or n_f != used:
-            raise CorruptStateError("instant state arena has the wrong length")
         obj._meta[:] = meta
-        obj._arena = np.frombuffer(data, dtype="<f4", count=n_f, offset=pos).astype(np.float32)  # its own copy
+        used = obj._layout["replay_x"] + obj.replay_len * obj.dim
+        sections = [(0, used)] if version == 1 else obj._sections()
+        n_f = (len(data) - pos) // 4
+        if (len(data) - pos) % 4 or n_f != sum(hi - lo for lo, hi in sections):
+            raise CorruptStateError("instant state arena has the wrong length")
+        flat = np.frombuffer(data, dtype="<f4", count=n_f, offset=pos)
+        arena = np.zeros(used, np.float32)  # its own copy; EWC state not written stays zero
+        at = 0
+        for lo, hi in sections:
+            arena[lo:hi] = flat[at:at + hi - lo]
+            at += hi - lo
+        obj._arena = arena
         obj._bind_views()
         return obj
 

@@ -188,16 +188,26 @@ class _Applied:
 Emit = Callable[[int, str, dict], None]   # (event index, role, payload)
 
 
-def _boundaries(ctx: VerbContext, deep: DeepState, loop: LoopState, losses: np.ndarray) -> tuple[list, str]:
+def _deep(ctx: VerbContext) -> DeepState:
+    """The session's deep core (the loop makes it on its first event: see :func:`_apply`)."""
+    deep = ctx.state.get("deep", DeepState)
+    if deep is None:
+        deep = DeepState(ctx.options.ewc_lambda)
+        ctx.state.set("deep", deep)
+    return deep
+
+
+def _boundaries(ctx: VerbContext, loop: LoopState, losses: np.ndarray) -> tuple[list, str]:
     """The firings among ``losses`` as (index, LossOutcome), by the session's boundary mode, and their cause."""
     if loop.boundary_mode == "zscore":
-        return deep.observe_losses(losses), "loss_zscore"
+        return _deep(ctx).observe_losses(losses), "loss_zscore"
     det = ctx.state.get(_CUSUM_PART, LossCusum) or LossCusum()
     ctx.state.set(_CUSUM_PART, det)
     out = []
     for i, v in enumerate(losses.tolist()):
         if det.push(v):
             f = det.last
+            deep = _deep(ctx)
             deep.counters[1] += 1
             out.append((i, LossOutcome(True, v, f.statistic, f.mean, f.stddev, f.mean, f.stddev,
                                        f.samples, deep.boundaries)))
@@ -209,9 +219,11 @@ def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sou
     """The learning loop over validated events (the module docstring); ``source_of(i)`` goes into
     event i's downstream events, ``indexed`` adds their ``event_index`` (envelopes)."""
     n = len(ev)
-    deep = ctx.state.get("deep", DeepState) or DeepState(ctx.options.ewc_lambda)
+    # The deep core changes only when a boundary fires (or in zscore mode): it is decoded then, not
+    # on every event, so a cold session's save does not re-serialise an unchanged part.
+    if not ctx.state.has("deep"):
+        _deep(ctx)
     loop = ctx.state.get("loop", LoopState) or LoopState()
-    ctx.state.set("deep", deep)
     ctx.state.set("loop", loop)
     if mode is not None:
         loop.boundary_mode = mode
@@ -229,7 +241,7 @@ def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sou
     loop.ema = ema
     q_eff = np.array(mixed, np.float32)
     # losses depend on nothing else: the detector sees them all first and reports the firings
-    outcomes, cause = _boundaries(ctx, deep, loop, np.maximum(1.0 - q_eff.astype(np.float64), 0.0))
+    outcomes, cause = _boundaries(ctx, loop, np.maximum(1.0 - q_eff.astype(np.float64), 0.0))
 
     tr = done.trace
     start = 0
@@ -239,6 +251,7 @@ def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sou
         start = i + 1
         # grads_i = x[i mod dim] * q_eff: np.resize repeats x cyclically
         grads = np.resize(ev.X[i], instant.n_params) * q_eff[i]
+        deep = _deep(ctx)
         deep.consolidate(ADAPTER_PARAM_ID, instant.theta, grads)
         hand_ewc(deep, instant, ADAPTER_PARAM_ID)
         instant.reset()
