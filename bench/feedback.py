@@ -67,6 +67,7 @@ from workers.cores.instant import REPLAY_CAP
 from workers.state import MemoryStore
 from workers.stream.processor import Processor, StoreStateAccess
 from workers.stream.records import Record
+from workers.stream.settings import Settings
 from workers.kafka.topics import topics
 
 __all__ = ("main",)
@@ -316,6 +317,11 @@ class Consumer:
                    broker_ps.cpu_seconds() - b0)
 
 
+# The input topics' retention where a scenario is produced to a suspended worker whole (up to 324 MB
+# of JSON envelopes): the embedded broker's default (4 MiB per partition) would drop most of it unread.
+_KEEP_ALL_BYTES = 1 << 30
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="learnstream bench feedback", description=__doc__.split("\n\n")[0])
     p.add_argument("--events", type=int, default=10_000, help="events per one-event-per-message run (default 10,000)")
@@ -366,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     broker = start_broker(log_dir)
     procs: list[ChildProcess] = []
     try:
-        provision(broker.bootstrap, args.partitions, extra=[_RAW_TOPIC, _FAUST_TOPIC])
+        provision(broker.bootstrap, args.partitions, extra=[_RAW_TOPIC, _FAUST_TOPIC], retention_bytes=_KEEP_ALL_BYTES)
         broker_ps = _BrokerPs(broker.proc)
         worker = WorkerProcess(broker.bootstrap, partitions=args.partitions, app_id=f"bench-{uuid.uuid4().hex[:6]}",
                                log_dir=log_dir, **worker_kw).start()
@@ -424,7 +430,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _TXN_MODES = {"transactions": "true", "at-least-once": "false"}
-_TXN_RETENTION_BYTES = 1 << 30
 
 
 def transactions_cost(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
@@ -450,7 +455,7 @@ def transactions_cost(args: argparse.Namespace, p: argparse.ArgumentParser) -> i
     try:
         # a worker waits suspended while the other consumes: the embedded broker's default input
         # retention (4 MiB per partition) would delete messages it has not consumed yet
-        provision(broker.bootstrap, args.partitions, retention_bytes=_TXN_RETENTION_BYTES)
+        provision(broker.bootstrap, args.partitions, retention_bytes=_KEEP_ALL_BYTES)
         for label, flag in _TXN_MODES.items():
             workers[label] = WorkerProcess(
                 broker.bootstrap, partitions=args.partitions, app_id=f"bench-{label[:3]}-{uuid.uuid4().hex[:6]}",
@@ -505,6 +510,25 @@ _TARGET_SCALE = 0.50            # many sessions / the first (fewest) sessions, e
 _TARGET_CHANGELOG = 4.0         # changelog bytes per event / the event's own bytes
 
 
+def _most_unconsumed(event_bytes: float, partitions: int) -> int:
+    """Events that can wait unconsumed on the embedded broker: its delete-policy retention
+    (``LEARNSTREAM_EMBEDDED_RETENTION_BYTES`` per partition, what ``provision`` gives the input topics)
+    drops older ones unread, as Kafka's does, and the worker would never apply them (it logs a
+    warning). A tenth is left for record overhead and an uneven spread."""
+    return int(0.9 * Settings().embedded_retention_bytes * partitions / event_bytes)
+
+
+def _produce_applied(worker: WorkerProcess, bootstrap: str, topic: str, msgs: list[tuple[bytes, bytes]],
+                     chunk: int) -> None:
+    """Produce ``msgs`` to a running worker in chunks it has applied before the next is sent (so
+    none waits past the broker's retention), and wait until all are applied."""
+    for i in range(0, len(msgs), chunk):
+        before = worker.events(topic)
+        part = msgs[i:i + chunk]
+        produce(bootstrap, topic, part)
+        wait_until(lambda: worker.events(topic) >= before + len(part), 600, "warm-up applied", 0.2)
+
+
 def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     """The worker alone, one worker per session count, in one run: events/s and what it wrote.
 
@@ -522,6 +546,12 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     """
     counts = [int(x) for x in args.scale.split(",") if x.strip()]
     worker_kw = worker_kwargs(p, args)
+    sample = make_messages(["s"], 8, args.dim, "b64", 1, args.seed)
+    most = _most_unconsumed(statistics.mean(len(k) + len(v) for k, v in sample) + 64, args.partitions)
+    if args.events > most:  # produced while the worker is suspended: more would be dropped unread
+        p.error(f"--events {args.events:,} of {args.dim}-d events would not all fit the embedded broker's input "
+                f"retention while the worker is suspended (at most {most:,} over {args.partitions} partitions; "
+                f"LEARNSTREAM_EMBEDDED_RETENTION_BYTES, 4 MiB per partition by default)")
     log_dir = Path(tempfile.mkdtemp(prefix="learnstream-bench-scale-"))
     topic, cmd_topic = topics()["feedback"].name, topics()["commands"].name
     print(f"learnstream bench feedback --scale: {args.dim}-d b64 embeddings, one event per message, "
@@ -546,10 +576,8 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                 base_cmd = worker.events(cmd_topic)
                 asyncio.run(_send_commands_nowait(broker.bootstrap, _init_commands(sessions, args.dim, False)))
                 wait_until(lambda: worker.events(cmd_topic) >= base_cmd + n, 600, "init commands applied", 0.2)
-                warm = make_messages(sessions, n, args.dim, "b64", 1, args.seed + n)
-                before = worker.events(topic)
-                produce(broker.bootstrap, topic, warm)
-                wait_until(lambda: worker.events(topic) >= before + len(warm), 600, "warm-up applied", 0.2)
+                _produce_applied(worker, broker.bootstrap, topic,
+                                 make_messages(sessions, n, args.dim, "b64", 1, args.seed + n), most)
                 print(f"  {n:>6} sessions set up in {time.monotonic() - t0:.0f} s", flush=True)
                 for rnd in range(args.repeats):
                     w0 = _written(worker)

@@ -33,6 +33,12 @@ def test_bench_lists_benchmarks() -> None:
     assert r.returncode == 0 and "kernels" in r.stderr and "graph" in r.stderr
 
 
+def test_bench_feedback_scale_refuses_more_events_than_the_embedded_retention_keeps() -> None:
+    """Produced to a suspended worker, they would be dropped unread and the run would wait for ever."""
+    r = run(["bench", "feedback", "--scale", "8", "--events", "16000"])
+    assert r.returncode == 2 and "retention" in r.stderr and "at most 6,8" in r.stderr, r.stderr
+
+
 def test_commands_needing_a_broker_say_so(monkeypatch) -> None:
     monkeypatch.delenv("LEARNSTREAM_BROKER", raising=False)
     r = run(["produce", "loss"], "{}\n")
