@@ -234,10 +234,17 @@ class InstantState:
         if bad_q:
             raise VerbError("quality must be 0..1")
         now = np.zeros(n, np.int64) if now_ms is None else np.ascontiguousarray(now_ms, dtype=np.int64)
-        self._room(n)
-        learned, norm = _k.instant_feedback_batch(self._arena, self._meta, X, t, q, now, trace)
+        learned, norm = self.learn_checked(X, t, q, now, trace)
         return {"learned": int(learned), "adapter_norm": float(norm),
                 "feedback_count": self.feedback_count, "lr": self.lr}
+
+    def learn_checked(self, X: np.ndarray, targets: np.ndarray, qualities: np.ndarray, now_ms: np.ndarray,
+                      trace: np.ndarray | None = None) -> tuple[int, float]:
+        """:meth:`feedback_batch` for rows the caller has checked (the learning loop validates each
+        event as it arrives): (learned, adapter_norm). The bindings still check shapes and target
+        indices, and convert dtypes."""
+        self._room(len(X))
+        return _k.instant_feedback_batch(self._arena, self._meta, X, targets, qualities, now_ms, trace)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Adapter forward: (dim,) -> (nt,) or (n, dim) -> (n, nt)."""

@@ -246,8 +246,8 @@ def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sou
     tr = done.trace
     start = 0
     for i, o in outcomes:
-        instant.feedback_batch(ev.X[start:i + 1], ev.T[start:i + 1], q_eff[start:i + 1], ev.NOW[start:i + 1],
-                               None if tr is None else tr[start:i + 1])
+        instant.learn_checked(ev.X[start:i + 1], ev.T[start:i + 1], q_eff[start:i + 1], ev.NOW[start:i + 1],
+                              None if tr is None else tr[start:i + 1])
         start = i + 1
         # grads_i = x[i mod dim] * q_eff: np.resize repeats x cyclically
         grads = np.resize(ev.X[i], instant.n_params) * q_eff[i]
@@ -266,8 +266,8 @@ def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sou
         emit(i, "consolidations", consolidation_event(ctx.session_key, deep, ADAPTER_PARAM_ID,
                                                       _CONSOLIDATION_CAUSE, source, **extra))
     if start < n:
-        instant.feedback_batch(ev.X[start:], ev.T[start:], q_eff[start:], ev.NOW[start:],
-                               None if tr is None else tr[start:])
+        instant.learn_checked(ev.X[start:], ev.T[start:], q_eff[start:], ev.NOW[start:],
+                              None if tr is None else tr[start:])
 
     router = ctx.state.get(ROUTER_PART, RouterState)  # None unless the session has a router
     if router is not None:

@@ -319,8 +319,18 @@ class SessionState:
         return ops, after
 
     def written(self, after: dict[str, _Stored]) -> None:
-        """The writes of :meth:`changes` are applied: the keys now hold ``after``."""
-        self.blob.layout = after
+        """The writes of :meth:`changes` are applied: the keys now hold ``after``.
+
+        A decoded part the save found unchanged goes back to its stored bytes: the next save skips it
+        without serialising it again (the learning loop decodes the deep core on a session's first
+        event and then rarely changes it), and a verb that needs it decodes it again."""
+        blob, old = self.blob, self.stored
+        for name, kept in after.items():
+            if old.get(name) is kept and name in blob._live:
+                del blob._live[name]
+                blob._raw[name] = kept.data
+                self._sizes.pop(name, None)
+        blob.layout = after
         self.full = False
 
     # -- inspecting ------------------------------------------------------------
