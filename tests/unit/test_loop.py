@@ -224,3 +224,12 @@ def test_loop_state_round_trip_and_reopen(tmp_path) -> None:
     assert _parts(s)[0] == _parts(twin)[0] and _parts(s)[1] == _parts(twin)[1]
     assert _parts(s)[2].ema == _parts(twin)[2].ema
     s.close()
+
+
+def test_the_deep_core_is_made_on_the_first_event_and_decoded_only_when_a_boundary_needs_it() -> None:
+    s = _session()
+    x = _xs(1)[0]
+    assert s.dispatch({"verb": "learn_feedback", "body": _event(0, 0.9, x)})["ok"]
+    b = s.blob("session", "default")
+    assert b.has("deep") and "deep" not in b._live  # stored as bytes, never decoded by a quiet event
+    assert b.get("deep", DeepState) == DeepState(b.get("deep", DeepState).lam)  # a fresh deep core

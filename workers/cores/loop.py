@@ -222,7 +222,7 @@ def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sou
     # The deep core changes only when a boundary fires (or in zscore mode): it is decoded then, not
     # on every event, so a cold session's save does not re-serialise an unchanged part.
     if not ctx.state.has("deep"):
-        _deep(ctx)
+        ctx.state.set_bytes("deep", DeepState(ctx.options.ewc_lambda).to_bytes())
     loop = ctx.state.get("loop", LoopState) or LoopState()
     ctx.state.set("loop", loop)
     if mode is not None:

@@ -98,6 +98,11 @@ class StateBlob:
         self._raw.pop(name, None)
         self._live[name] = obj
 
+    def set_bytes(self, name: str, data: bytes) -> None:
+        """Set ``name`` to a part's bytes, decoded only when a verb asks for it."""
+        self._live.pop(name, None)
+        self._raw[name] = data
+
     def drop(self, name: str) -> None:
         self._raw.pop(name, None)
         self._live.pop(name, None)
