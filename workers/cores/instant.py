@@ -4,7 +4,7 @@ The state is two flat arrays the C++ kernels (``cpp/instant.h``) mutate in place
 ``arena`` (float32: θ = [A; B], the EWC Fisher and snapshot, lr, replay rows and
 scales) and ``meta`` (int64: dims, counters, replay ring, replay targets). The
 attributes below are NumPy views into them, so a feedback event allocates nothing
-and serializing is two ``tobytes`` calls. **[beyond]** the replay buffer, lr and
+and serializing is a few ``tobytes`` calls (:meth:`InstantState._sections`). **[beyond]** the replay buffer, lr and
 EWC state persist with the adapter.
 
 Examples

@@ -23,8 +23,8 @@ of a piece on disk.
 
 A part of at most :data:`INLINE_BYTES` (the loop's counters, the deep core, the boundary
 detector: tens of bytes, changed by every event) is kept *in the head* instead of in keys of
-its own: a feedback event on a cold session writes 5 records instead of 7, and a cold read
-finds fewer keys. It is written with the head, so it is atomic with the watermark.
+its own: a feedback event on a cold session writes two records fewer, and a cold read finds
+fewer keys. It is written with the head, so it is atomic with the watermark.
 
 Head bytes (little-endian): ``b"LSH" + version (1) + crc32(payload) (4) + payload``, the
 payload ``u32 length + orjson {"wm", "parts": {name: {"n", "p", "s"}}, "in": [[name, n], ...]}``
@@ -54,8 +54,8 @@ __all__ = ("PIECE_BYTES", "INLINE_BYTES", "SEP", "SessionState", "piece_bounds",
 
 # Small enough that one feedback event rewrites a few KB (adapter, counters, one replay
 # slot), large enough that a 100 KB session is ~30 keys to restore, not thousands. At 384-d an
-# instant core's header, counters and adapter (3.8 kB) are one piece: a one-event save is 4
-# changelog records (that piece, the scalars, the new replay slot, the head), 5 with 2 kB pieces.
+# instant core's header, counters, adapter and scalars (~4 kB) are one piece: a one-event save is 3
+# changelog records (that piece, the new replay slot, the head).
 PIECE_BYTES = 4096
 # Parts up to this size live in the head (see above): rewritten with it on every save anyway
 # when they change, which the small per-event counters do.
