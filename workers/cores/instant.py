@@ -4,7 +4,7 @@ The state is two flat arrays the C++ kernels (``cpp/instant.h``) mutate in place
 ``arena`` (float32: θ = [A; B], the EWC Fisher and snapshot, lr, replay rows and
 scales) and ``meta`` (int64: dims, counters, replay ring, replay targets). The
 attributes below are NumPy views into them, so a feedback event allocates nothing
-and serializing is a few ``tobytes`` calls (:meth:`InstantState._sections`). **[beyond]** the replay buffer, lr and
+and serializing is a few ``tobytes`` calls (:meth:`InstantState.to_bytes`). **[beyond]** the replay buffer, lr and
 EWC state persist with the adapter.
 
 Examples
@@ -48,8 +48,8 @@ NOT_INITIALIZED = "instant not initialized; call init_instant"
 _M = _C["meta"]
 _S = _C["scalars"]
 _MAGIC = b"LSI"
-# 2: the arena in the order it changes (θ, then lr and the replay scales, then the EWC state only
-# once there is one, then the replay rows); 1: the arena as laid out, EWC zeros included (still read)
+# 2: what changes together, together (see ``InstantState.to_bytes``); 1: meta and the arena as laid
+# out, EWC zeros included (still read)
 _VERSION = 2
 
 
@@ -270,24 +270,30 @@ class InstantState:
         self._meta[_M["has_ewc"]] = 1
 
     # -- bytes ---------------------------------------------------------------
-    def _sections(self) -> list[tuple[int, int]]:
-        """The arena's ranges in the order :meth:`to_bytes` writes them: θ with the scalars and
-        replay scales (all three change with every event: one piece), the EWC Fisher and snapshot
-        only once :meth:`set_ewc` gave them (before, they are 2 x n_params zeros: 6 kB of every
-        384-d session, 49 kB at 3072-d, in every store and changelog), then the used replay rows."""
+    # Version 2 writes what changes together, together:
+    #   meta's counters (not its replay targets) | θ | lr, lr_min, ewc_lam          one "hot" piece
+    #   EWC Fisher | EWC snapshot            only once set_ewc gave them (before: 2 x n_params zeros)
+    #   per used replay slot: x (dim f4) | its target (i8) | its scale (f4)      one piece per slot
+    # so a feedback event rewrites the hot piece and the slot it pushed (the kernels change a slot's
+    # target and scale only when they push x into it). Version 1 wrote meta and the arena as laid out.
+    def _row_dtype(self) -> np.dtype:
+        return np.dtype([("x", "<f4", (self.dim,)), ("i", "<i8"), ("s", "<f4")])
+
+    def _hot_bytes(self) -> int:
         L = self._layout
-        out = [(L["theta"], L["ewc_f"]), (L["scalars"], L["replay_x"])]
-        if self.has_ewc:
-            out.append((L["ewc_f"], L["scalars"]))
-        out.append((L["replay_x"], L["replay_x"] + self.replay_len * self.dim))
-        return out
+        return len(self._framing()) + 8 * _M["replay_idx"] + 4 * (L["ewc_f"] - L["theta"] + L["replay_scale"] - L["scalars"])
 
     def to_bytes(self) -> bytes:
-        """b"LSI" + version + header length + orjson {targets, dim} + meta + the arena's
-        :meth:`_sections` (a half-empty replay buffer is a prefix of its rows)."""
-        a = self._arena.astype("<f4", copy=False)
-        return b"".join((self._framing(), self._meta.astype("<i8", copy=False).tobytes(),
-                         *(a[lo:hi].tobytes() for lo, hi in self._sections())))
+        """b"LSI" + version + header length + orjson {targets, dim} + the sections above."""
+        L, a, n = self._layout, self._arena.astype("<f4", copy=False), self.replay_len
+        rows = np.empty(n, self._row_dtype())
+        rows["x"] = self.replay_x[:n]
+        rows["i"] = self.replay_idx[:n]
+        rows["s"] = self.replay_scale[:n]
+        ewc = a[L["ewc_f"]:L["scalars"]].tobytes() if self.has_ewc else b""
+        return b"".join((self._framing(), self._meta[:_M["replay_idx"]].astype("<i8", copy=False).tobytes(),
+                         a[L["theta"]:L["ewc_f"]].tobytes(), a[L["scalars"]:L["replay_scale"]].tobytes(), ewc,
+                         rows.tobytes()))
 
     def _framing(self) -> bytes:
         """What :func:`pack_part` puts before the payload (made once: every save needs it)."""
@@ -297,14 +303,13 @@ class InstantState:
 
     def piece_cuts(self) -> list[int]:
         """Offsets in :meth:`to_bytes` where a stored piece must start (``workers.state.layout``):
-        the EWC state apart from the hot adapter and scalars, and one piece per replay slot, so
-        one feedback event rewrites the adapter with its counters and scalars, and one slot."""
+        after the hot piece (counters, adapter, scalars), and at each replay slot, so one feedback
+        event rewrites the hot piece and one slot."""
         n, ewc = self.replay_len, self.has_ewc
         if self._cuts is None or self._cuts[0] != (n, ewc):
-            L = self._layout
-            hot = len(self._framing()) + self._meta.size * 8 + 4 * (L["ewc_f"] - L["theta"] + L["replay_x"] - L["scalars"])
-            start = hot + (4 * (L["scalars"] - L["ewc_f"]) if ewc else 0)
-            row = 4 * self.dim
+            hot = self._hot_bytes()
+            start = hot + (8 * self.n_params if ewc else 0)
+            row = self._row_dtype().itemsize
             self._cuts = ((n, ewc), ([hot] if ewc else []) + list(range(start, start + row * n, row)))
         return self._cuts[1]
 
@@ -316,25 +321,39 @@ class InstantState:
             obj = cls(header["targets"], header["dim"], lr_min=LR0)
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptStateError(f"instant state header is malformed ({exc})") from None
-        msize = obj._meta.size * 8
-        meta = np.frombuffer(data, dtype="<i8", count=obj._meta.size, offset=pos) \
-            if len(data) >= pos + msize else None
+        k = obj._meta.size if version == 1 else _M["replay_idx"]  # v2: the counters only
+        meta = np.frombuffer(data, dtype="<i8", count=k, offset=pos) if len(data) >= pos + 8 * k else None
         if (meta is None or meta[_M["dim"]] != obj.dim or meta[_M["nt"]] != obj.nt
                 or meta[_M["has_ewc"]] not in (0, 1) or not 0 <= meta[_M["replay_len"]] <= REPLAY_CAP):
             raise CorruptStateError("instant state meta does not match its header")
-        pos += msize
-        obj._meta[:] = meta
-        used = obj._layout["replay_x"] + obj.replay_len * obj.dim
-        sections = [(0, used)] if version == 1 else obj._sections()
-        n_f = (len(data) - pos) // 4
-        if (len(data) - pos) % 4 or n_f != sum(hi - lo for lo, hi in sections):
+        pos += 8 * k
+        obj._meta[:k] = meta
+        L, n = obj._layout, obj.replay_len
+        used = L["replay_x"] + n * obj.dim
+        if version == 1:
+            expect = 4 * used
+        else:
+            ewc = 8 * obj.n_params if obj.has_ewc else 0
+            expect = 4 * (L["ewc_f"] - L["theta"] + L["replay_scale"] - L["scalars"]) + ewc + n * obj._row_dtype().itemsize
+        if len(data) - pos != expect:
             raise CorruptStateError("instant state arena has the wrong length")
-        flat = np.frombuffer(data, dtype="<f4", count=n_f, offset=pos)
-        arena = np.zeros(used, np.float32)  # its own copy; EWC state not written stays zero
-        at = 0
-        for lo, hi in sections:
-            arena[lo:hi] = flat[at:at + hi - lo]
-            at += hi - lo
+        arena = np.zeros(used, np.float32)  # its own copy; what v2 leaves out stays zero
+        if version == 1:
+            arena[:] = np.frombuffer(data, "<f4", used, pos)
+        else:
+            def take(count: int) -> np.ndarray:
+                nonlocal pos
+                out = np.frombuffer(data, "<f4", count, pos)
+                pos += 4 * count
+                return out
+            arena[L["theta"]:L["ewc_f"]] = take(L["ewc_f"] - L["theta"])
+            arena[L["scalars"]:L["replay_scale"]] = take(L["replay_scale"] - L["scalars"])
+            if obj.has_ewc:
+                arena[L["ewc_f"]:L["scalars"]] = take(L["scalars"] - L["ewc_f"])
+            rows = np.frombuffer(data, obj._row_dtype(), n, pos)
+            arena[L["replay_x"]:used] = rows["x"].reshape(-1)
+            arena[L["replay_scale"]:L["replay_scale"] + n] = rows["s"]
+            obj._meta[_M["replay_idx"]:_M["replay_idx"] + n] = rows["i"]
         obj._arena = arena
         obj._bind_views()
         return obj
