@@ -366,3 +366,15 @@ def test_a_decoded_part_a_save_found_unchanged_goes_back_to_its_bytes() -> None:
     assert "b" in s.blob._live and not any(k.startswith(BASE + SEP + b"a") for k in ops)
     assert s.blob.get("a", Bytes) is not a and s.blob.get("a", Bytes).b == a.b  # decoded again, equal
     assert snapshot(load(store)) == snapshot(s)
+
+
+def test_a_small_part_with_cuts_has_the_same_digest_decoded_or_stored() -> None:
+    """A part small enough for the head is one piece whatever its cuts say (a tiny instant core)."""
+    store = MemoryStore()
+    s = SessionState()
+    core = InstantState(["a", "b"], 8)
+    core.feedback(np.full(8, 0.5, np.float32), "b", 0.9)
+    assert len(core.to_bytes()) <= INLINE_BYTES and core.piece_cuts()  # inline, yet it has cuts
+    s.blob.set("instant", core)
+    save(s, store)
+    assert digest(load(store).blob) == digest(s.blob)

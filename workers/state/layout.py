@@ -174,10 +174,13 @@ def _slots_hex(slots: bytearray) -> str:
 
 
 def _current(obj: Any) -> tuple[bytes, list[int]]:
-    """A live part's bytes and piece bounds."""
+    """A live part's bytes and piece bounds: one piece when it is small enough for the head (its
+    cuts do not apply there, and a digest must not depend on whether the part is decoded)."""
     data = obj.to_bytes()
     cuts = getattr(obj, "piece_cuts", None)
-    return data, piece_bounds(len(data), cuts() if cuts is not None else ())
+    if cuts is None or len(data) <= INLINE_BYTES:
+        return data, piece_bounds(len(data))
+    return data, piece_bounds(len(data), cuts())
 
 
 def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None) -> list[bool]:
@@ -280,8 +283,8 @@ class SessionState:
             if old is not None and not self.full and data == old.data and bounds == old.bounds:
                 after[name] = old  # decoded but unchanged: same keys, same head entry
                 continue
-            if len(data) <= INLINE_BYTES:  # into the head; keys it had go after the head
-                after[name] = _Stored(data, piece_bounds(len(data)), bytearray(), inline=True)
+            if len(data) <= INLINE_BYTES:  # into the head (one piece: _current); keys it had go after the head
+                after[name] = _Stored(data, bounds, bytearray(), inline=True)
                 if old is not None and not old.inline:
                     _delete_pieces(deletes, base, name, 0, old.count)
                 continue
