@@ -330,8 +330,7 @@ class SessionState:
         blob, old = self.blob, self.stored
         for name, kept in after.items():
             if old.get(name) is kept and name in blob._live:
-                del blob._live[name]
-                blob._raw[name] = kept.data
+                blob.set_bytes(name, kept.data)
                 self._sizes.pop(name, None)
         blob.layout = after
         self.full = False
