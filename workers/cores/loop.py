@@ -189,12 +189,9 @@ Emit = Callable[[int, str, dict], None]   # (event index, role, payload)
 
 
 def _deep(ctx: VerbContext) -> DeepState:
-    """The session's deep core (the loop makes it on its first event: see :func:`_apply`)."""
-    deep = ctx.state.get("deep", DeepState)
-    if deep is None:
-        deep = DeepState(ctx.options.ewc_lambda)
-        ctx.state.set("deep", deep)
-    return deep
+    """The session's deep core, decoded on first use (:func:`_apply` stores it as bytes on a session's
+    first event, so it is there)."""
+    return ctx.state.get("deep", DeepState)
 
 
 def _boundaries(ctx: VerbContext, loop: LoopState, losses: np.ndarray) -> tuple[list, str]:
