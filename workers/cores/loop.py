@@ -188,23 +188,17 @@ class _Applied:
 Emit = Callable[[int, str, dict], None]   # (event index, role, payload)
 
 
-def _deep(ctx: VerbContext) -> DeepState:
-    """The session's deep core, decoded on first use (:func:`_apply` stores it as bytes on a session's
-    first event, so it is there)."""
-    return ctx.state.get("deep", DeepState)
-
-
 def _boundaries(ctx: VerbContext, loop: LoopState, losses: np.ndarray) -> tuple[list, str]:
     """The firings among ``losses`` as (index, LossOutcome), by the session's boundary mode, and their cause."""
     if loop.boundary_mode == "zscore":
-        return _deep(ctx).observe_losses(losses), "loss_zscore"
+        return ctx.state.get("deep", DeepState).observe_losses(losses), "loss_zscore"
     det = ctx.state.get(_CUSUM_PART, LossCusum) or LossCusum()
     ctx.state.set(_CUSUM_PART, det)
     out = []
     for i, v in enumerate(losses.tolist()):
         if det.push(v):
             f = det.last
-            deep = _deep(ctx)
+            deep = ctx.state.get("deep", DeepState)  # decoded only now (made as bytes by _apply)
             deep.counters[1] += 1
             out.append((i, LossOutcome(True, v, f.statistic, f.mean, f.stddev, f.mean, f.stddev,
                                        f.samples, deep.boundaries)))
@@ -248,7 +242,7 @@ def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sou
         start = i + 1
         # grads_i = x[i mod dim] * q_eff: np.resize repeats x cyclically
         grads = np.resize(ev.X[i], instant.n_params) * q_eff[i]
-        deep = _deep(ctx)
+        deep = ctx.state.get("deep", DeepState)
         deep.consolidate(ADAPTER_PARAM_ID, instant.theta, grads)
         hand_ewc(deep, instant, ADAPTER_PARAM_ID)
         instant.reset()
