@@ -223,16 +223,9 @@ class InstantState:
         q = np.ascontiguousarray(qualities, dtype=np.float32)
         if t.shape != (n,) or q.shape != (n,):
             raise ValueError("targets and qualities need one entry per row")
-        if n <= 16:  # a few rows (one event of a cold session): NumPy's reductions cost ~3 us each
-            tl, ql = t.tolist(), q.tolist()
-            bad_t = n and (min(tl) < 0 or max(tl) >= self.nt)
-            bad_q = not all(0.0 <= v <= 1.0 for v in ql)  # NaN fails
-        else:
-            bad_t = t.min() < 0 or t.max() >= self.nt
-            bad_q = not (np.all(q >= 0) and np.all(q <= 1))  # NaN fails both
-        if bad_t:
+        if n and (t.min() < 0 or t.max() >= self.nt):
             raise VerbError("unknown model name; not in registered targets")
-        if bad_q:
+        if n and not (np.all(q >= 0) and np.all(q <= 1)):  # NaN fails both
             raise VerbError("quality must be 0..1")
         now = np.zeros(n, np.int64) if now_ms is None else np.ascontiguousarray(now_ms, dtype=np.int64)
         learned, norm = self.learn_checked(X, t, q, now, trace)
@@ -277,9 +270,6 @@ class InstantState:
     #   per used replay slot: x (dim f4) | its target (i8) | its scale (f4)      one piece per slot
     # so a feedback event rewrites the hot piece and the slot it pushed (the kernels change a slot's
     # target and scale only when they push x into it). Version 1 wrote meta and the arena as laid out.
-    def _row_dtype(self) -> np.dtype:
-        return _row_dtype(self.dim)
-
     def _hot_bytes(self) -> int:
         L = self._layout
         return len(self._framing()) + 8 * _M["replay_idx"] + 4 * (L["ewc_f"] - L["theta"] + L["replay_scale"] - L["scalars"])
@@ -287,7 +277,7 @@ class InstantState:
     def to_bytes(self) -> bytes:
         """b"LSI" + version + header length + orjson {targets, dim} + the sections above."""
         L, a, n = self._layout, self._arena.astype("<f4", copy=False), self.replay_len
-        rows = np.empty(n, self._row_dtype())
+        rows = np.empty(n, _row_dtype(self.dim))
         rows["x"] = self.replay_x[:n]
         rows["i"] = self.replay_idx[:n]
         rows["s"] = self.replay_scale[:n]
@@ -310,7 +300,7 @@ class InstantState:
         if self._cuts is None or self._cuts[0] != (n, ewc):
             hot = self._hot_bytes()
             start = hot + (8 * self.n_params if ewc else 0)
-            row = self._row_dtype().itemsize
+            row = _row_dtype(self.dim).itemsize
             self._cuts = ((n, ewc), ([hot] if ewc else []) + list(range(start, start + row * n, row)))
         return self._cuts[1]
 
@@ -335,7 +325,7 @@ class InstantState:
             expect = 4 * used
         else:
             ewc = 8 * obj.n_params if obj.has_ewc else 0
-            expect = 4 * (L["ewc_f"] - L["theta"] + L["replay_scale"] - L["scalars"]) + ewc + n * obj._row_dtype().itemsize
+            expect = 4 * (L["ewc_f"] - L["theta"] + L["replay_scale"] - L["scalars"]) + ewc + n * _row_dtype(obj.dim).itemsize
         if len(data) - pos != expect:
             raise CorruptStateError("instant state arena has the wrong length")
         arena = np.zeros(used, np.float32)  # its own copy; what v2 leaves out stays zero
@@ -351,7 +341,7 @@ class InstantState:
             arena[L["scalars"]:L["replay_scale"]] = take(L["replay_scale"] - L["scalars"])
             if obj.has_ewc:
                 arena[L["ewc_f"]:L["scalars"]] = take(L["scalars"] - L["ewc_f"])
-            rows = np.frombuffer(data, obj._row_dtype(), n, pos)
+            rows = np.frombuffer(data, _row_dtype(obj.dim), n, pos)
             arena[L["replay_x"]:used] = rows["x"].reshape(-1)
             arena[L["replay_scale"]:L["replay_scale"] + n] = rows["s"]
             obj._meta[_M["replay_idx"]:_M["replay_idx"] + n] = rows["i"]
