@@ -146,9 +146,7 @@ class LossCusum:
         if self.m >= WARM:
             sig = self.sigma
             a = max(K * sig, REL * min(abs(self.mu), LEVEL_CAP))
-            f = self.mu      # the forecast (``_forecast``, inlined: this runs per feedback event)
-            if self.trend < -TREND_SHRINK * sig:
-                f += max((self.trend + TREND_SHRINK * sig) * (len(self.ring) + 1 + LAG), -TREND_CAP * sig)
+            f = self._forecast(sig)
             self.S = max(0.0, self.S + min((loss - f - a) / sig, CLIP))
             self.jump = self.jump + 1 if loss > f + JUMP_Z * sig else 0
             if self.S > H or (self.jump >= JUMP_N and self.jump >= self._jump_run()):
@@ -171,8 +169,9 @@ class LossCusum:
 
     def _forecast(self, sig: float) -> float:
         """The reference carried forward to the loss being tested by a falling trend (module doc)."""
-        t = min(self.trend + TREND_SHRINK * sig, 0.0)
-        return self.mu + max(t * (len(self.ring) + 1 + LAG), -TREND_CAP * sig)
+        if self.trend < -TREND_SHRINK * sig:
+            return self.mu + max((self.trend + TREND_SHRINK * sig) * (len(self.ring) + 1 + LAG), -TREND_CAP * sig)
+        return self.mu
 
     @property
     def forecast(self) -> float:
