@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import pytest
 
 from reference import instant_ref as ref
@@ -514,3 +516,86 @@ def test_a_large_batch_kernel_lets_other_threads_run() -> None:
     longest = max(b - a for a, b in zip(ticks, ticks[1:]))
     assert longest < 0.5 * took, (longest, took)
     assert s == alone
+
+
+# -- what changed since the stored bytes: to_bytes and the save compare only the rows the kernel wrote --
+def _untracked_bytes(core: InstantState) -> bytes:
+    """to_bytes built from the arrays alone (as if nothing were known about the stored bytes)."""
+    synced = core._synced
+    core._synced = None
+    try:
+        return core.to_bytes()
+    finally:
+        core._synced = synced
+
+
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("learn"), st.integers(1, 2 * REPLAY_CAP + 3)),  # a batch: up to twice round the ring
+    st.tuples(st.just("learn_all"), st.integers(REPLAY_CAP - 2, REPLAY_CAP + 2)),  # ... none of it neutral
+    st.tuples(st.just("one"), st.integers(0, 2)),                    # one event (2: a neutral quality)
+    st.tuples(st.just("save"), st.just(0)),
+    st.tuples(st.just("reload"), st.just(0)),
+    st.tuples(st.just("reset"), st.just(0)),
+    st.tuples(st.just("ewc"), st.just(0))), min_size=1, max_size=40)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=_OPS, seed=st.integers(0, 2**16))
+def test_tracked_bytes_and_changed_pieces_equal_a_full_comparison(ops, seed) -> None:
+    """After any sequence of learning, saves, reloads, resets and EWC: to_bytes equals a build from
+    the arrays, and a save writes exactly the pieces a full comparison finds changed."""
+    from workers.state.layout import SessionState, _changed_pieces
+    rng = np.random.default_rng(seed)
+    st_ = SessionState()
+    core = InstantState(TARGETS, 8)
+    st_.blob.set("instant", core)
+    for op, arg in ops:
+        if op in ("learn", "learn_all"):
+            X, T, Q, NOW = _events(rng, arg, dim=8)
+            if op == "learn_all":
+                Q = np.where(np.abs(Q - 0.5) < 0.01, 0.9, Q)
+            core.feedback_batch(X, T, Q, NOW)
+        elif op == "one":
+            q = 0.5 if arg == 2 else float(rng.random())
+            core.feedback(rng.standard_normal(8).astype(np.float32), TARGETS[arg % 2], q)
+        elif op == "save":
+            ops_, after = st_.changes(b"s")
+            old = st_.stored.get("instant")
+            if old is not None and not old.inline:
+                data, bounds = after["instant"].data, after["instant"].bounds
+                assert _changed_pieces(data, bounds, old, core.dirty_ranges(old.data)) == \
+                    _changed_pieces(data, bounds, old)
+            st_.written(after)
+            core = st_.blob.get("instant", InstantState)  # a part found unchanged goes back to bytes
+        elif op == "reload":
+            core = InstantState.from_bytes(core.to_bytes())
+            st_ = SessionState()
+            st_.blob.set("instant", core)
+        elif op == "reset":
+            core.reset()
+        elif op == "ewc" and not core.has_ewc:
+            core.set_ewc(rng.random(core.n_params).astype(np.float32), np.zeros(core.n_params, np.float32), 1.0)
+        assert core.to_bytes() == _untracked_bytes(core)
+
+
+def test_a_one_event_save_of_a_full_buffer_compares_the_hot_piece_and_one_row() -> None:
+    """The save's hint: everything before the replay rows and the row the event was pushed to."""
+    from workers.state.layout import SessionState
+    rng = np.random.default_rng(5)
+    st_ = SessionState()
+    core = InstantState(TARGETS, 384)
+    core.feedback_batch(*_events(rng, REPLAY_CAP + 3, dim=384))   # full, the ring has wrapped
+    st_.blob.set("instant", core)
+    st_.written(st_.changes(b"s")[1])
+    start = core._rows_start()
+    row = core.to_bytes()[start:]
+    assert core.dirty_ranges(st_.stored["instant"].data) == [(0, start)]
+    core.feedback(rng.standard_normal(384).astype(np.float32), TARGETS[0], 0.9)
+    ranges = core.dirty_ranges(st_.stored["instant"].data)
+    assert len(ranges) == 2 and ranges[0] == (0, start)
+    a, b = ranges[1]
+    now = core.to_bytes()
+    assert now[:start] != st_.stored["instant"].data[:start]
+    assert now[a:b] != row[a - start:b - start]                       # the pushed row changed
+    assert now[start:a] == row[:a - start] and now[b:] == row[b - start:]   # and no other
+    assert core.dirty_ranges(b"other bytes") is None                  # only against what it was saved as

@@ -36,6 +36,7 @@ save rewrites it as keys.
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import struct
@@ -183,10 +184,14 @@ def _current(obj: Any) -> tuple[bytes, list[int]]:
     return data, piece_bounds(len(data), cuts())
 
 
-def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None) -> list[bool]:
+def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None,
+                    dirty: list[tuple[int, int]] | None = None) -> list[bool]:
     """Which pieces of ``new`` differ from what their keys hold, piece ``i`` against the old piece
     ``i`` wherever each starts: a part whose beginning grew or shrank (a learner's header, an
     idempotency entry) rewrites only the pieces whose bytes changed, not every piece after it.
+
+    ``dirty``: byte ranges outside which ``new`` is known to equal the old bytes (the part's
+    ``dirty_ranges``); where the old cut is kept, only the pieces they touch are compared.
 
     A plain loop of slice compares: a session has a handful of pieces (a 3 MB learner ~1,500),
     and per part the NumPy version's fixed cost was most of a cold session's save."""
@@ -195,6 +200,14 @@ def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None) -> list[
         return [True] * k
     od, ob = old.data, old.bounds
     n_old = len(ob) - 1
+    if dirty is not None and k >= n_old and bounds[:n_old + 1] == ob:
+        out = [False] * n_old + [True] * (k - n_old)  # pieces past the old end are new
+        for a, b in dirty:
+            i = max(bisect.bisect_right(bounds, a) - 1, 0)
+            while i < n_old and bounds[i] < b:
+                out[i] = new[bounds[i]:bounds[i + 1]] != od[bounds[i]:bounds[i + 1]]
+                i += 1
+        return out
     return [i >= n_old or new[bounds[i]:bounds[i + 1]] != od[ob[i]:ob[i + 1]] for i in range(k)]
 
 
@@ -290,7 +303,8 @@ class SessionState:
                 continue
             if old is not None and old.inline:
                 old = None  # out of the head: every piece is new
-            changed = _changed_pieces(data, bounds, old)
+            dirty = getattr(live, "dirty_ranges", None) if live is not None and old is not None else None
+            changed = _changed_pieces(data, bounds, old, dirty(old.data) if dirty is not None else None)
             k = len(bounds) - 1
             # a new piece goes to slot 0 (as if slot 1 held it); a kept one keeps its slot
             slots = bytearray(old.slots[:k]) if old is not None else bytearray()
@@ -329,9 +343,16 @@ class SessionState:
         event and then rarely changes it), and a verb that needs it decodes it again."""
         blob, old = self.blob, self.stored
         for name, kept in after.items():
-            if old.get(name) is kept and name in blob._live:
+            live = blob._live.get(name)
+            if live is None:
+                continue
+            if old.get(name) is kept:
                 blob.set_bytes(name, kept.data)
                 self._sizes.pop(name, None)
+            else:
+                saved = getattr(live, "saved", None)  # a part that tracks what changed since (dirty_ranges)
+                if saved is not None:
+                    saved(kept.data)
         blob.layout = after
         self.full = False
 
