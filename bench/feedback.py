@@ -594,7 +594,8 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                     for k, (a, b) in enumerate(zip(w0, _written(worker))):
                         written[n][k] += b - a
                     print(f"  round {rnd + 1}: {n:>6} sessions {r.rate:,.0f} events/s, worker CPU "
-                          f"{1e6 * r.cpu_consumer / r.events:,.0f} us/event", flush=True)
+                          f"{1e6 * r.cpu_consumer / r.events:,.0f} us/event, broker CPU "
+                          f"{1e6 * r.cpu_broker / r.events:,.0f} us/event", flush=True)
                 rss[n] = worker._ps().memory_info().rss / 1e6
             finally:
                 teardown([worker], broker, None, True)
