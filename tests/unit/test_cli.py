@@ -39,6 +39,14 @@ def test_bench_feedback_scale_refuses_more_events_than_the_embedded_retention_ke
     assert r.returncode == 2 and "retention" in r.stderr and "at most 6,8" in r.stderr, r.stderr
 
 
+def test_bench_save_runs_both_ways_and_prints_the_ratio() -> None:
+    """The one-event save benchmark switches the instant core's row reuse off by its module constant."""
+    r = run(["bench", "save", "--sessions", "4", "--rows", "9", "--events", "40", "--repeats", "1"])
+    assert r.returncode == 0, r.stderr
+    row = [line.split() for line in r.stdout.splitlines() if line.split()[:1] == ["9"]]
+    assert len(row) == 1 and row[0][-1].endswith("%"), r.stdout
+
+
 def test_commands_needing_a_broker_say_so(monkeypatch) -> None:
     monkeypatch.delenv("LEARNSTREAM_BROKER", raising=False)
     r = run(["produce", "loss"], "{}\n")
