@@ -54,8 +54,8 @@ _MAGIC = b"LSI"
 _VERSION = 2
 
 
-# Below this many replay rows a save rebuilds and compares them all: the bookkeeping of what changed
-# costs more than it saves (in-process: +3.5 us per one-event save with 2 rows, -50 us with 64)
+# Below this many replay rows a save rebuilds and compares them all: there is little to reuse, and
+# the bookkeeping of what changed would cost as much (`learnstream bench save`)
 _REUSE_ROWS = 8
 _RL, _RH, _FC = _M["replay_len"], _M["replay_head"], _M["feedback_count"]
 
@@ -258,9 +258,10 @@ class InstantState:
         ``head + len`` (the head moves only once the ring is full): fewer events than the ring holds
         since then, and the ring's head and length say which rows."""
         _, n0, h0, fc0 = self._synced_at
-        if self.feedback_count - fc0 >= REPLAY_CAP:
+        m = self._meta
+        if int(m[_FC]) - fc0 >= REPLAY_CAP:
             return None  # the ring may have gone all the way round
-        pushes = (self.replay_len - n0) + (int(self._meta[_M["replay_head"]]) - h0) % REPLAY_CAP
+        pushes = (int(m[_RL]) - n0) + (int(m[_RH]) - h0) % REPLAY_CAP
         return sorted((h0 + n0 + j) % REPLAY_CAP for j in range(pushes))
 
     def dirty_ranges(self, stored: bytes) -> list[tuple[int, int]] | None:
@@ -270,10 +271,9 @@ class InstantState:
         replay buffer compare 2 pieces, not 65."""
         if stored is not self._synced or self.replay_len < _REUSE_ROWS:
             return None  # unknown, or a few pieces: comparing them all costs less
-        pushed = self._pushed_rows()
-        if pushed is None:
+        pushed, start = self._pushed_rows(), self._rows_start()
+        if pushed is None or start != self._synced_at[0]:  # (EWC state arrived: every row moved)
             return None
-        start = self._rows_start()
         row = _row_dtype(self.dim).itemsize
         return [(0, start)] + [(start + r * row, start + (r + 1) * row) for r in pushed]
 
