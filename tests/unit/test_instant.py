@@ -540,24 +540,25 @@ _OPS = st.lists(st.one_of(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=_OPS, seed=st.integers(0, 2**16))
-def test_tracked_bytes_and_changed_pieces_equal_a_full_comparison(ops, seed) -> None:
+@given(ops=_OPS, seed=st.integers(0, 2**16), dim=st.sampled_from([8, 8, 8, 1100]))
+def test_tracked_bytes_and_changed_pieces_equal_a_full_comparison(ops, seed, dim) -> None:
     """After any sequence of learning, saves, reloads, resets and EWC: to_bytes equals a build from
-    the arrays, and a save writes exactly the pieces a full comparison finds changed."""
+    the arrays, and a save writes exactly the pieces a full comparison finds changed (at 1100-d a
+    replay row is cut into two pieces)."""
     from workers.state.layout import SessionState, _changed_pieces
     rng = np.random.default_rng(seed)
     st_ = SessionState()
-    core = InstantState(TARGETS, 8)
+    core = InstantState(TARGETS, dim)
     st_.blob.set("instant", core)
     for op, arg in ops:
         if op in ("learn", "learn_all"):
-            X, T, Q, NOW = _events(rng, arg, dim=8)
+            X, T, Q, NOW = _events(rng, arg, dim=dim)
             if op == "learn_all":
                 Q = np.where(np.abs(Q - 0.5) < 0.01, 0.9, Q)
             core.feedback_batch(X, T, Q, NOW)
         elif op == "one":
             q = 0.5 if arg == 2 else float(rng.random())
-            core.feedback(rng.standard_normal(8).astype(np.float32), TARGETS[arg % 2], q)
+            core.feedback(rng.standard_normal(dim).astype(np.float32), TARGETS[arg % 2], q)
         elif op == "save":
             ops_, after = st_.changes(b"s")
             old = st_.stored.get("instant")
