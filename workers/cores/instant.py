@@ -253,14 +253,17 @@ class InstantState:
 
     # -- what changed since the stored bytes (workers.state.layout) --------------
     def _pushed_rows(self) -> list[int] | None:
-        """The replay rows the kernel wrote since the stored bytes (``_synced``), in order; None when
-        unknown. Every event counts once and pushes at most once, to consecutive ring positions from
+        """The replay rows the kernel wrote since the stored bytes (``_synced``), in order, when their
+        other rows can be reused as they are; else None (unknown, a few rows, or the rows moved).
+
+        Every event counts once and pushes at most once, to consecutive ring positions from
         ``head + len`` (the head moves only once the ring is full): fewer events than the ring holds
         since then, and the ring's head and length say which rows."""
-        _, n0, h0, fc0 = self._synced_at
+        start0, n0, h0, fc0 = self._synced_at
         m = self._meta
-        if int(m[_FC]) - fc0 >= REPLAY_CAP:
-            return None  # the ring may have gone all the way round
+        if (self._synced is None or n0 < _REUSE_ROWS or int(m[_FC]) - fc0 >= REPLAY_CAP
+                or self._rows_start() != start0):  # (the ring may have gone round; EWC state moved the rows)
+            return None
         pushes = (int(m[_RL]) - n0) + (int(m[_RH]) - h0) % REPLAY_CAP
         return sorted((h0 + n0 + j) % REPLAY_CAP for j in range(pushes))
 
@@ -269,12 +272,10 @@ class InstantState:
         replay rows and the rows the kernel wrote since this core was decoded from or saved as
         ``stored`` (see :meth:`saved`); None when that is not known. Lets a one-event save of a full
         replay buffer compare 2 pieces, not 65."""
-        if stored is not self._synced or self.replay_len < _REUSE_ROWS:
-            return None  # unknown, or a few pieces: comparing them all costs less
-        pushed, start = self._pushed_rows(), self._rows_start()
-        if pushed is None or start != self._synced_at[0]:  # (EWC state arrived: every row moved)
+        pushed = self._pushed_rows() if stored is self._synced else None
+        if pushed is None:
             return None
-        row = _row_dtype(self.dim).itemsize
+        start, row = self._synced_at[0], _row_dtype(self.dim).itemsize
         return [(0, start)] + [(start + r * row, start + (r + 1) * row) for r in pushed]
 
     def saved(self, data: bytes) -> None:
@@ -330,12 +331,11 @@ class InstantState:
         ewc = a[L["ewc_f"]:L["scalars"]].tobytes() if self.has_ewc else b""
         parts: list = [self._framing(), self._meta[:_M["replay_idx"]].astype("<i8", copy=False).tobytes(),
                        a[L["theta"]:L["ewc_f"]].tobytes(), a[L["scalars"]:L["replay_scale"]].tobytes(), ewc]
-        synced, done = self._synced, 0
-        pushed = self._pushed_rows() if synced is not None and self._synced_at[1] >= _REUSE_ROWS else None
-        if pushed is not None and self._rows_start() == self._synced_at[0]:
+        pushed, done = self._pushed_rows(), 0
+        if pushed is not None:
             start, done = self._synced_at[:2]
             row = _row_dtype(self.dim).itemsize
-            kept, pos = memoryview(synced), 0
+            kept, pos = memoryview(self._synced), 0
             for r in pushed:
                 if r >= done:
                     break  # rows past the stored ones: all new, built below
