@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import queue
 import re
@@ -506,6 +507,10 @@ def transactions_cost(args: argparse.Namespace, p: argparse.ArgumentParser) -> i
         teardown(workers.values(), broker, log_dir, args.keep_logs)
 
 
+# --scale: a worker stays frozen through the other counts' turns (~20 s for two others at 6,000 events;
+# the embedded broker's group join takes half the session timeout, once per worker)
+_SCALE_SESSION_TIMEOUT_S = 60.0
+_SETTLE_S = 3.0
 _TARGET_SCALE = 0.50            # many sessions / the first (fewest) sessions, events/s
 _TARGET_CHANGELOG = 4.0         # changelog bytes per event / the event's own bytes
 
@@ -532,17 +537,24 @@ def _produce_applied(worker: WorkerProcess, bootstrap: str, topic: str, msgs: li
 def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     """The worker alone, one worker per session count, in one run: events/s and what it wrote.
 
-    Per count, on a fresh broker and worker of its own (the other counts' are stopped: an idle
-    embedded broker holding 10,000 sessions still snapshots its log every second): ``init_instant``
-    for every session and a warm-up of one event per session (not timed), then ``--repeats`` rounds
-    of ``--events`` new b64 events, one per message, round-robin over the sessions, each produced
-    while the worker is suspended and timed from its resumption until all are applied. A count's
-    rate is its median round; its worker's CPU time per event is printed beside it (less sensitive
-    to the load of a shared machine than the rate). Changelog bytes are the key and value bytes the
-    worker wrote to its session tables in the timed rounds (each write is a changelog record:
-    ``learnstream_state_write_bytes_total``) per event applied; beside them, what its changelog
-    rewrites re-produced meanwhile (``learnstream_changelog_rewrite_bytes_total``; embedded broker
-    only). (Read back from the broker, a rewrite's DeleteRecords hid the records it replaced.)
+    Per count, a broker and a worker of its own: ``init_instant`` for every session and a warm-up of
+    one event per session (not timed); then both are suspended (SIGSTOP: an idle embedded broker
+    holding 10,000 sessions still snapshots its log every second). Then ``--repeats`` rounds, each
+    giving every count one turn, in an order rotated by one per round: the count's broker and worker
+    are resumed, ``--events`` new b64 events, one per message, round-robin over its sessions, are
+    produced while its worker is suspended, and timed from the worker's resumption until all are
+    applied; then the two are suspended again. Interleaved, the counts' rounds share the machine's
+    drifts in speed (a 2-core VM drifts by a fifth within minutes, and one count after another
+    compared a fast stretch with a slow one); each count's log still grows round by round as it
+    would in one stretch. The embedded broker never expires a silent group member, so a worker
+    frozen together with its broker is still a member when both wake.
+
+    A count's rate is its median round; its worker's CPU time per event is printed beside it (less
+    sensitive to the load of a shared machine than the rate). Changelog bytes are the key and value
+    bytes the worker wrote to its session tables in the timed rounds (each write is a changelog
+    record: ``learnstream_state_write_bytes_total``) per event applied; beside them, what its
+    changelog rewrites re-produced meanwhile (``learnstream_changelog_rewrite_bytes_total``; embedded
+    broker only). (Read back from the broker, a rewrite's DeleteRecords hid the records it replaced.)
     """
     counts = [int(x) for x in args.scale.split(",") if x.strip()]
     worker_kw = worker_kwargs(p, args)
@@ -555,51 +567,72 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="learnstream-bench-scale-"))
     topic, cmd_topic = topics()["feedback"].name, topics()["commands"].name
     print(f"learnstream bench feedback --scale: {args.dim}-d b64 embeddings, one event per message, "
-          f"{args.repeats} rounds of {args.events:,} timed events per session count {counts}, "
-          f"{args.partitions} partitions")
+          f"{args.repeats} rounds of {args.events:,} timed events per session count {counts}, the counts' "
+          f"rounds interleaved, {args.partitions} partitions")
     print(f"machine: {machine_note()}; logs in {log_dir}", flush=True)
     runs: dict[int, list[Run]] = {n: [] for n in counts}
     written: dict[int, list[float]] = {n: [0.0, 0.0, 0.0] for n in counts}
     rss: dict[int, float] = {}
     event_bytes: list[float] = []
+    pairs: dict[int, tuple[EmbeddedBroker, _BrokerPs, WorkerProcess, list[str]]] = {}
+    # frozen through the other counts' turns (and set-ups): a longer session timeout, or the client's own
+    # heartbeat check marks the coordinator dead on waking and the next round pays for the rediscovery
+    env = {"LEARNSTREAM_SESSION_TIMEOUT_S": str(_SCALE_SESSION_TIMEOUT_S), **worker_kw["env"]}
     try:
-        for n in counts:  # each on its own broker: a new group would read the last count's events first
+        for n in counts:  # each on its own broker: a new group would read the other counts' events first
             broker = start_broker(Path(tempfile.mkdtemp(prefix=f"broker-{n}-", dir=log_dir)))
-            provision(broker.bootstrap, args.partitions)
             broker_ps = _BrokerPs(broker.proc)
             worker = WorkerProcess(broker.bootstrap, partitions=args.partitions, app_id=f"bench-{uuid.uuid4().hex[:6]}",
-                                   log_dir=log_dir, **worker_kw).start()
-            try:
-                worker.wait_ready()
-                sessions = balanced_keys(n, args.partitions, prefix=f"s{n}-")
-                t0 = time.monotonic()
-                base_cmd = worker.events(cmd_topic)
-                asyncio.run(_send_commands_nowait(broker.bootstrap, _init_commands(sessions, args.dim, False)))
-                wait_until(lambda: worker.events(cmd_topic) >= base_cmd + n, 600, "init commands applied", 0.2)
-                _produce_applied(worker, broker.bootstrap, topic,
-                                 make_messages(sessions, n, args.dim, "b64", 1, args.seed + n), most)
-                print(f"  {n:>6} sessions set up in {time.monotonic() - t0:.0f} s", flush=True)
-                for rnd in range(args.repeats):
-                    w0 = _written(worker)
-                    msgs = make_messages(sessions, args.events, args.dim, "b64", 1, args.seed + 7 * n + 1009 * rnd)
-                    event_bytes.append(statistics.mean(len(v) for _, v in msgs))
-                    target = worker.events(topic) + len(msgs)
-                    c = Consumer("worker", worker, topic, lambda t0: wait_worker(worker, topic, target, t0, 900.0))
-                    try:
-                        r = c.run(broker, broker_ps, msgs, len(msgs), "b64", f"{n} sessions")
-                    except RuntimeError:
-                        print("learn.dlq: " + "; ".join(_dlq_reasons(broker.bootstrap)), flush=True)
-                        raise
-                    runs[n].append(r)
-                    for k, (a, b) in enumerate(zip(w0, _written(worker))):
-                        written[n][k] += b - a
-                    print(f"  round {rnd + 1}: {n:>6} sessions {r.rate:,.0f} events/s, worker CPU "
-                          f"{1e6 * r.cpu_consumer / r.events:,.0f} us/event, broker CPU "
-                          f"{1e6 * r.cpu_broker / r.events:,.0f} us/event", flush=True)
+                                   log_dir=log_dir, **{**worker_kw, "env": env})
+            pairs[n] = (broker, broker_ps, worker, [])
+            provision(broker.bootstrap, args.partitions)
+            worker.start().wait_ready()
+            sessions = pairs[n][3]
+            sessions.extend(balanced_keys(n, args.partitions, prefix=f"s{n}-"))
+            t0 = time.monotonic()
+            base_cmd = worker.events(cmd_topic)
+            asyncio.run(_send_commands_nowait(broker.bootstrap, _init_commands(sessions, args.dim, False)))
+            wait_until(lambda: worker.events(cmd_topic) >= base_cmd + n, 600, "init commands applied", 0.2)
+            _produce_applied(worker, broker.bootstrap, topic,
+                             make_messages(sessions, n, args.dim, "b64", 1, args.seed + n), most)
+            print(f"  {n:>6} sessions set up in {time.monotonic() - t0:.0f} s", flush=True)
+            worker.pause()
+            broker_ps.pause()
+        for broker, broker_ps, worker, _ in pairs.values():  # untimed: wake each pair once after all set-ups
+            broker_ps.resume()
+            worker.resume()
+            time.sleep(_SETTLE_S)
+            worker.pause()
+            broker_ps.pause()
+        for rnd in range(args.repeats):
+            for n in counts[rnd % len(counts):] + counts[:rnd % len(counts)]:
+                broker, broker_ps, worker, sessions = pairs[n]
+                broker_ps.resume()
+                worker.resume()
+                w0 = _written(worker)
+                msgs = make_messages(sessions, args.events, args.dim, "b64", 1, args.seed + 7 * n + 1009 * rnd)
+                event_bytes.append(statistics.mean(len(v) for _, v in msgs))
+                target = worker.events(topic) + len(msgs)
+                c = Consumer("worker", worker, topic, lambda t0, w=worker, t=target: wait_worker(w, topic, t, t0, 900.0))
+                try:
+                    r = c.run(broker, broker_ps, msgs, len(msgs), "b64", f"{n} sessions")
+                except RuntimeError:
+                    print("learn.dlq: " + "; ".join(_dlq_reasons(broker.bootstrap)), flush=True)
+                    raise
+                runs[n].append(r)
+                for k, (a, b) in enumerate(zip(w0, _written(worker))):
+                    written[n][k] += b - a
                 rss[n] = worker._ps().memory_info().rss / 1e6
-            finally:
-                teardown([worker], broker, None, True)
+                print(f"  round {rnd + 1}: {n:>6} sessions {r.rate:,.0f} events/s, worker CPU "
+                      f"{1e6 * r.cpu_consumer / r.events:,.0f} us/event, broker CPU "
+                      f"{1e6 * r.cpu_broker / r.events:,.0f} us/event", flush=True)
+                worker.pause()
+                broker_ps.pause()
     finally:
+        for broker, broker_ps, worker, _ in pairs.values():
+            with contextlib.suppress(Exception):
+                broker_ps.resume()  # a suspended broker ignores SIGTERM until resumed
+            teardown([worker], broker, None, True)
         teardown([], None, log_dir, args.keep_logs)
     ev = statistics.mean(event_bytes)
     base = _median(runs[counts[0]])

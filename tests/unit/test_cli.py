@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -37,6 +38,19 @@ def test_bench_feedback_scale_refuses_more_events_than_the_embedded_retention_ke
     """Produced to a suspended worker, they would be dropped unread and the run would wait for ever."""
     r = run(["bench", "feedback", "--scale", "8", "--events", "16000"])
     assert r.returncode == 2 and "retention" in r.stderr and "at most 6,8" in r.stderr, r.stderr
+
+
+def test_bench_feedback_scale_interleaves_the_counts_rounds_on_suspended_pairs() -> None:
+    """Each count's broker and worker sleep through the others' turns and wake to apply every event
+    (the benchmark fails a round that does not); the turn order rotates round by round."""
+    r = subprocess.run([sys.executable, "-m", "workers.cli", "bench", "feedback", "--scale", "8,40", "--events", "300",
+                        "--repeats", "2"], capture_output=True, text=True, timeout=280)
+    assert r.returncode in (0, 1), r.stderr[-3000:]  # 1: a ratio under the goal on a loaded machine
+    turns = re.findall(r"round (\d+):\s+(\d+) sessions [\d,]+ events/s", r.stdout)
+    assert turns == [("1", "8"), ("1", "40"), ("2", "40"), ("2", "8")], r.stdout
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.split()[:1] in (["8"], ["40"])}
+    assert set(rows) == {"8", "40"} and rows["8"][2] == "100%", r.stdout
+    assert "workers.cli worker" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
 
 
 def test_bench_save_runs_both_ways_and_prints_the_ratio() -> None:
