@@ -34,7 +34,7 @@ import orjson
 from workers.errors import BrokerError
 from workers.kafka.broker_compat import MALLOC_TUNABLES
 
-__all__ = ("EmbeddedBroker", "free_port", "wait_for_broker", "run_forever")
+__all__ = ("EmbeddedBroker", "free_port", "wait_for_broker", "run_forever", "broker_env")
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +227,11 @@ class EmbeddedBroker:
         self.stop()
 
 
+def broker_env(bootstrap: str) -> str:
+    """The environment a worker on this broker needs, as ``NAME=VALUE`` words for a shell's ``export``."""
+    return f"LEARNSTREAM_BROKER={bootstrap} LEARNSTREAM_BROKER_KIND=embedded"
+
+
 def run_forever(port: int | None = None, data_dir: str | Path | None = None) -> int:
     """``learnstream broker``: run until Ctrl-C / SIGTERM, keeping the log in ``data_dir``."""
     stop = False
@@ -239,8 +244,11 @@ def run_forever(port: int | None = None, data_dir: str | Path | None = None) -> 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     broker = EmbeddedBroker(port=port, data_dir=data_dir).start()
+    # both variables: a worker given only the address takes it for Kafka and leaves the embedded broker's
+    # workarounds off (workers/kafka/broker_compat.py); the first SIGKILLed worker would then keep its
+    # group slot for ever, and no worker after it would become ready
     print(f"learnstream broker ready on {broker.bootstrap}, data in {broker.data_dir}  "
-          f"(export LEARNSTREAM_BROKER={broker.bootstrap})", flush=True)
+          f"(export {broker_env(broker.bootstrap)})", flush=True)
     try:
         while not stop and broker.proc is not None and broker.proc.poll() is None:
             time.sleep(0.2)

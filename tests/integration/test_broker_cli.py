@@ -1,0 +1,56 @@
+"""`learnstream broker` run alone, and workers pointed at it the way it says: a worker SIGKILLed there
+must not keep the group from the next one. The broker never expires a dead member; only a worker told
+it is the embedded broker (``LEARNSTREAM_BROKER_KIND=embedded``) makes that member leave on start-up."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import WorkerProc
+from workers.kafka.broker import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _start_broker(tmp_path: Path) -> tuple[subprocess.Popen, dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
+    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "broker", "--data-dir", str(tmp_path / "broker"),
+                             "--port", str(free_port())], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline() if proc.stdout is not None else ""
+    m = re.search(r"\(export ([^)]*)\)", line)
+    assert m, line
+    return proc, dict(word.split("=", 1) for word in m.group(1).split())
+
+
+def test_a_worker_sigkilled_on_a_standalone_broker_does_not_block_the_next_one(tmp_path: Path) -> None:
+    broker, env = _start_broker(tmp_path)
+    workers: list[WorkerProc] = []
+    try:
+        assert set(env) == {"LEARNSTREAM_BROKER", "LEARNSTREAM_BROKER_KIND"}, env
+        app_id = f"ls-test-{uuid.uuid4().hex[:8]}"
+
+        def worker(name: str) -> WorkerProc:
+            w = WorkerProc(None, tmp_path / "data", app_id=app_id, log_dir=tmp_path, name=name, env=env)
+            workers.append(w)
+            return w.start()
+
+        first = worker("first").wait_ready()
+        ok = first.dispatch("init_instant", {"session_key": "s", "targets": ["a", "b"], "dim": 4})
+        assert ok["ok"], ok
+        before = first.dispatch("session_info", {"session_key": "s"})["data"]["digest"]
+        first.kill()
+        second = worker("second").wait_ready(60)  # never, without the broker kind: the dead leader stays
+        info = second.dispatch("session_info", {"session_key": "s"})
+        assert info["ok"] and info["data"]["digest"] == before, info
+    finally:
+        for w in workers:
+            w.stop()
+        broker.terminate()
+        broker.wait(60)
