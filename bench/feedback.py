@@ -510,7 +510,6 @@ def transactions_cost(args: argparse.Namespace, p: argparse.ArgumentParser) -> i
 # --scale: a worker stays frozen through the other counts' turns (~20 s for two others at 6,000 events;
 # the embedded broker's group join takes half the session timeout, once per worker)
 _SCALE_SESSION_TIMEOUT_S = 60.0
-_SETTLE_S = 3.0
 _TARGET_SCALE = 0.50            # many sessions / the first (fewest) sessions, events/s
 _TARGET_CHANGELOG = 4.0         # changelog bytes per event / the event's own bytes
 
@@ -584,11 +583,10 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             broker_ps = _BrokerPs(broker.proc)
             worker = WorkerProcess(broker.bootstrap, partitions=args.partitions, app_id=f"bench-{uuid.uuid4().hex[:6]}",
                                    log_dir=log_dir, **{**worker_kw, "env": env})
-            pairs[n] = (broker, broker_ps, worker, [])
+            sessions = balanced_keys(n, args.partitions, prefix=f"s{n}-")
+            pairs[n] = (broker, broker_ps, worker, sessions)
             provision(broker.bootstrap, args.partitions)
             worker.start().wait_ready()
-            sessions = pairs[n][3]
-            sessions.extend(balanced_keys(n, args.partitions, prefix=f"s{n}-"))
             t0 = time.monotonic()
             base_cmd = worker.events(cmd_topic)
             asyncio.run(_send_commands_nowait(broker.bootstrap, _init_commands(sessions, args.dim, False)))
@@ -598,10 +596,13 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             print(f"  {n:>6} sessions set up in {time.monotonic() - t0:.0f} s", flush=True)
             worker.pause()
             broker_ps.pause()
-        for broker, broker_ps, worker, _ in pairs.values():  # untimed: wake each pair once after all set-ups
+        for n, (broker, broker_ps, worker, sessions) in pairs.items():
+            # untimed, once after all set-ups (the longest sleeps): a few events applied, their transaction
+            # and offsets committed through the group coordinator
             broker_ps.resume()
             worker.resume()
-            time.sleep(_SETTLE_S)
+            _produce_applied(worker, broker.bootstrap, topic,
+                             make_messages(sessions[:8], 8, args.dim, "b64", 1, args.seed + 3 * n), most)
             worker.pause()
             broker_ps.pause()
         for rnd in range(args.repeats):
