@@ -13,7 +13,7 @@ from workers.cli.http_json import http_json
 from workers.cli.processes import WorkerProcess
 from workers.cli.waiting import wait_until
 from workers.errors import WorkerExitedError
-from workers.kafka.broker import free_port
+from workers.kafka.broker import broker_env, free_port
 
 __all__ = ("wait_until", "WorkerProc", "http_json", "read_topic", "send_raw", "applied")
 
@@ -31,7 +31,7 @@ class WorkerProc(WorkerProcess):
         port = free_port()
         self.data_dir = data_dir
         self.name = name
-        broker = {"LEARNSTREAM_BROKER": bootstrap, "LEARNSTREAM_BROKER_KIND": "embedded"} if bootstrap else {}
+        broker = broker_env(bootstrap) if bootstrap else {}
         full = dict({k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_BROKER")}, **broker,
                     LEARNSTREAM_APP_ID=app_id, LEARNSTREAM_DATA_DIR=str(data_dir),
                     LEARNSTREAM_WEB_PORT=str(port), LEARNSTREAM_PARTITIONS=str(partitions),

@@ -227,9 +227,9 @@ class EmbeddedBroker:
         self.stop()
 
 
-def broker_env(bootstrap: str) -> str:
-    """The environment a worker on this broker needs, as ``NAME=VALUE`` words for a shell's ``export``."""
-    return f"LEARNSTREAM_BROKER={bootstrap} LEARNSTREAM_BROKER_KIND=embedded"
+def broker_env(bootstrap: str) -> dict[str, str]:
+    """The environment a worker on an embedded broker at ``bootstrap`` needs."""
+    return {"LEARNSTREAM_BROKER": bootstrap, "LEARNSTREAM_BROKER_KIND": "embedded"}
 
 
 def run_forever(port: int | None = None, data_dir: str | Path | None = None) -> int:
@@ -248,7 +248,7 @@ def run_forever(port: int | None = None, data_dir: str | Path | None = None) -> 
     # workarounds off (workers/kafka/broker_compat.py); the first SIGKILLed worker would then keep its
     # group slot for ever, and no worker after it would become ready
     print(f"learnstream broker ready on {broker.bootstrap}, data in {broker.data_dir}  "
-          f"(export {broker_env(broker.bootstrap)})", flush=True)
+          f"(export {' '.join(f'{k}={v}' for k, v in broker_env(broker.bootstrap).items())})", flush=True)
     try:
         while not stop and broker.proc is not None and broker.proc.poll() is None:
             time.sleep(0.2)
