@@ -18,6 +18,7 @@ import asyncio
 import os
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
@@ -48,7 +49,9 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_broker(log_dir: Path) -> EmbeddedBroker:
-    return EmbeddedBroker(log_path=log_dir / "broker.log").start()
+    # SIGKILL if the benchmark dies: its brokers spend most of a run suspended, and a suspended
+    # process holds a SIGTERM until someone resumes it (nobody would); their logs are disposable
+    return EmbeddedBroker(log_path=log_dir / "broker.log", death_signal=signal.SIGKILL).start()
 
 
 def teardown(procs: Iterable[Any], broker: EmbeddedBroker | None, log_dir: Path | None, keep_logs: bool) -> None:
@@ -142,7 +145,7 @@ class WorkerProcess(processes.WorkerProcess):
                      web_port=port, partitions=partitions, session_timeout_s=SESSION_TIMEOUT_S,
                      log_level="warning")
         super().__init__({**os.environ, **s.env(), **(env or {})}, port=port, log=log_dir / f"worker-{port}.log",
-                         command=command, cwd=_ROOT)
+                         command=command, cwd=_ROOT, death_signal=signal.SIGKILL)  # as start_broker's
 
     def wait_ready(self, timeout: float = _READY_TIMEOUT_S) -> float:  # type: ignore[override]
         """Block until /ready; returns seconds from process start (start-up + group join + recovery)."""

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
+
+import psutil
+import pytest
 
 
 def run(args: list[str], stdin: str = "") -> subprocess.CompletedProcess:
@@ -51,6 +55,35 @@ def test_bench_feedback_scale_interleaves_the_counts_rounds_on_suspended_pairs()
     rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.split()[:1] in (["8"], ["40"])}
     assert set(rows) == {"8", "40"} and rows["8"][2] == "100%", r.stdout
     assert "workers.cli worker" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_stopped_or_killed_scale_benchmark_leaves_no_broker_or_worker(sig: int) -> None:
+    """Its pairs sleep suspended through the other counts' turns: stopped by SIGTERM (``timeout``)
+    it stops them in order, and SIGKILLed the kernel kills them (a parent-death SIGTERM would wait
+    for a SIGCONT that never comes)."""
+    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "bench", "feedback", "--scale", "8,16",
+                             "--events", "100", "--repeats", "5"], stdout=subprocess.PIPE, text=True)
+    children: list[psutil.Process] = []
+    try:
+        for line in proc.stdout:  # the first turn is over: every pair is suspended or about to be
+            if "round 1:" in line:
+                break
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert sum("noida-db" in " ".join(c.cmdline()) for c in children) == 2, [c.cmdline() for c in children]
+        assert sum("worker" in c.cmdline() for c in children) == 2, [c.cmdline() for c in children]
+        proc.send_signal(sig)
+        assert proc.wait(90) == (128 + sig if sig == signal.SIGTERM else -sig)
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, [c.cmdline() for c in alive]
+    finally:
+        proc.kill()
+        for c in children:
+            try:
+                c.resume()
+                c.kill()
+            except psutil.Error:
+                pass
 
 
 def test_bench_save_runs_both_ways_and_prints_the_ratio() -> None:

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import logging
 import runpy
+import signal
 import sys
 from pathlib import Path
 
@@ -177,6 +178,10 @@ def bench_dir() -> Path:
     return next((d for d in (package.parent / "bench", package / "bench") if d.is_dir()), package.parent / "bench")
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     d = bench_dir()
     names = sorted(p.stem for p in d.glob("*.py") if not p.stem.startswith("_"))
@@ -184,6 +189,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("benchmarks: " + ", ".join(names), file=sys.stderr)
         return 0 if not args.name else 2
     sys.path.insert(0, str(d))
+    # SIGTERM (``timeout``, a cancelled CI job) ends a benchmark as Ctrl-C does: its ``finally``
+    # resumes and stops the brokers and workers it started, instead of leaving them behind
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     mod = runpy.run_path(str(d / f"{args.name}.py"), run_name="learnstream_bench")
     return int(mod["main"](args.rest) or 0)
 

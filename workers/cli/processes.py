@@ -3,6 +3,7 @@ mcp`` (its embedded worker), the benchmarks and the tests use to start, watch, m
 """
 from __future__ import annotations
 
+import functools
 import signal
 import ssl
 import subprocess
@@ -19,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from workers.cli.http_json import http_json
 from workers.cli.waiting import wait_until
 from workers.errors import WorkerExitedError
+from workers.kafka.broker import parent_death_signal
 
 __all__ = ("ChildProcess", "WorkerProcess", "metric", "metric_by", "WORKER_COMMAND")
 
@@ -106,12 +108,15 @@ class WorkerProcess(ChildProcess):
     ``log``: a file path (appended to) or an open stream for its output. ``ssl_context`` (a worker
     serving TLS) makes the URL ``https`` and verifies the worker with it; ``token`` is sent with
     :meth:`dispatch`. Stop it with :meth:`stop` (SIGTERM, then SIGKILL) or :meth:`kill` (SIGKILL).
+    ``death_signal``: what the kernel sends it if this process dies without stopping it.
     """
 
     def __init__(self, env: Mapping[str, str], *, port: int, log: Path | IO[bytes] | IO[str],
                  command: list[str] | tuple[str, ...] | None = None, cwd: Path | None = None,
-                 token: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+                 token: str | None = None, ssl_context: ssl.SSLContext | None = None,
+                 death_signal: int | None = None) -> None:
         self.env = dict(env)
+        self.death_signal = death_signal  # sent by the kernel if this process dies first (None: nothing)
         self.port = port
         self.log_path = log if isinstance(log, Path) else None
         self._log_stream = None if isinstance(log, Path) else log
@@ -134,7 +139,9 @@ class WorkerProcess(ChildProcess):
         out = self._log if self._log is not None else self._log_stream
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL,
+                                     preexec_fn=None if self.death_signal is None else
+                                     functools.partial(parent_death_signal, self.death_signal))
         return self
 
     def log_tail(self, n: int = _LOG_TAIL_BYTES) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import shutil
@@ -34,7 +35,7 @@ import orjson
 from workers.errors import BrokerError
 from workers.kafka.broker_compat import MALLOC_TUNABLES
 
-__all__ = ("EmbeddedBroker", "free_port", "wait_for_broker", "run_forever", "broker_env")
+__all__ = ("EmbeddedBroker", "parent_death_signal", "free_port", "wait_for_broker", "run_forever", "broker_env")
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +65,16 @@ def _port_free(host: str, port: int) -> bool:
         return True
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    os.setsid()  # own process group: Ctrl-C in the terminal reaches us, not it, so we stop it in order
+def parent_death_signal(sig: int) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent (the thread that started it)
+    exits, however it exits. For a ``preexec_fn``: runs in the child between fork and exec."""
     with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def _die_with_parent(sig: int = signal.SIGTERM) -> None:  # runs in the child between fork and exec
+    os.setsid()  # own process group: Ctrl-C in the terminal reaches us, not it, so we stop it in order
+    parent_death_signal(sig)
 
 
 async def metadata_ok(bootstrap: str, timeout_ms: int = 2000, **kafka: object) -> bool:
@@ -151,8 +158,11 @@ class EmbeddedBroker:
     """
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: str | Path | None = None,
-                 data_dir: str | Path | None = None) -> None:
+                 data_dir: str | Path | None = None, death_signal: int = signal.SIGTERM) -> None:
         self.host = host
+        # what it gets when this process dies: SIGTERM saves its log first; a benchmark, which keeps
+        # its brokers suspended, asks for SIGKILL (a suspended process holds a SIGTERM until resumed)
+        self.death_signal = death_signal
         self.port = port
         self.log_path = log_path
         self.data_dir = Path(data_dir) if data_dir is not None else None
@@ -187,7 +197,7 @@ class EmbeddedBroker:
         logger.info("starting embedded broker on %s, data in %s (log %s)", self.bootstrap, self.data_dir, path)
         env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES)
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_die_with_parent, env=env)
+                                     preexec_fn=functools.partial(_die_with_parent, self.death_signal), env=env)
         try:
             wait_for_broker(self.bootstrap, proc=self.proc)
             if self.proc.poll() is not None:  # someone else answered on our port
