@@ -5,8 +5,11 @@ import base64
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from workers.verbs.codec import MAX_EVENT_BYTES, decode_json, embedding_field, encode_embedding_b64, finite_number
+from workers.verbs.codec import (MAX_EVENT_BYTES, decode_json, embedding_field, encode_embedding_b64, finite_number,
+                                 numbers_only)
 from workers.errors import ValidationError
 
 
@@ -56,3 +59,21 @@ def test_finite_number_rules(v: object, words: str) -> None:
     with pytest.raises(ValidationError) as exc:
         finite_number(v, "q", lo=0, hi=1)
     assert exc.value.field == "q" and words in exc.value.rule
+
+
+_ELEMENTS = st.one_of(st.integers(), st.floats(allow_nan=True), st.booleans(), st.text(max_size=3), st.none(),
+                      st.floats(width=32).map(np.float32), st.floats().map(np.float64), st.lists(st.integers(), max_size=2))
+
+
+@given(st.lists(_ELEMENTS, max_size=12))
+def test_numbers_only_answers_as_the_per_element_rule(v: list) -> None:
+    """The fast type-set check and its fallback accept exactly what ``isinstance`` per element does:
+    ints and floats (subclasses such as np.float64 included), never a bool, a string or np.float32."""
+    assert numbers_only(v) == all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in v)
+
+
+def test_an_array_of_float64_scalars_is_still_an_array_of_numbers() -> None:
+    x = embedding_field({"embedding": [np.float64(0.5), 1, 2.5]}, dim=3)
+    assert x.dtype == np.float32 and x.tolist() == [0.5, 1.0, 2.5]
+    with pytest.raises(ValidationError, match="array of numbers"):
+        embedding_field({"embedding": [np.float32(0.5), 1.0, 2.0]}, dim=3)

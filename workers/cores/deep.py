@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from workers import _kernels as _k
-from workers.verbs.codec import embedding_field
+from workers.verbs.codec import embedding_field, numbers_only
 from workers.state.framing import pack_part, unpack_part
 from workers.cores.instant import InstantState
 from workers.errors import CorruptStateError, ValidationError, VerbError
@@ -252,7 +252,7 @@ def read_vector(body: dict, field: str) -> np.ndarray:
             if "finite" in exc.rule:
                 raise VerbError("params/grads have non-finite values") from None
             raise
-    if not isinstance(v, list) or not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in v):
+    if not isinstance(v, list) or not numbers_only(v):
         raise VerbError(f"{field} must be an array of numbers")
     with np.errstate(over="ignore"):  # a finite double beyond float32 becomes inf: refused as non-finite
         return np.asarray(v, dtype=np.float32)
