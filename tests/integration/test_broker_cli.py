@@ -4,7 +4,6 @@ it is the embedded broker (``LEARNSTREAM_BROKER_KIND=embedded``) makes that memb
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import uuid
@@ -23,10 +22,19 @@ def _start_broker(tmp_path: Path) -> tuple[subprocess.Popen, dict[str, str]]:
     proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "broker", "--data-dir", str(tmp_path / "broker"),
                              "--port", str(free_port())], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True)
-    line = proc.stdout.readline() if proc.stdout is not None else ""
-    m = re.search(r"\(export ([^)]*)\)", line)
-    assert m, line
-    return proc, dict(word.split("=", 1) for word in m.group(1).split())
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()
+        assert "ready on" in ready and ready.rstrip().endswith("its workers need:"), ready  # else no 2nd line comes
+        export = proc.stdout.readline().strip()
+        assert export.startswith("export "), export
+        # what it prints is a shell command as it stands: a shell that runs it has exactly the two variables
+        shell = subprocess.run(["bash", "-c", f"{export} && env"], env=env, capture_output=True, text=True, check=True)
+        return proc, dict(line.split("=", 1) for line in shell.stdout.splitlines() if line.startswith("LEARNSTREAM_"))
+    except BaseException:
+        proc.terminate()  # it stops its broker on SIGTERM
+        proc.wait(60)
+        raise
 
 
 def test_a_worker_sigkilled_on_a_standalone_broker_does_not_block_the_next_one(tmp_path: Path) -> None:

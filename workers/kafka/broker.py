@@ -257,8 +257,9 @@ def run_forever(port: int | None = None, data_dir: str | Path | None = None) -> 
     # both variables: a worker given only the address takes it for Kafka and leaves the embedded broker's
     # workarounds off (workers/kafka/broker_compat.py); the first SIGKILLed worker would then keep its
     # group slot for ever, and no worker after it would become ready
-    print(f"learnstream broker ready on {broker.bootstrap}, data in {broker.data_dir}  "
-          f"(export {' '.join(f'{k}={v}' for k, v in broker_env(broker.bootstrap).items())})", flush=True)
+    # the second line is a shell command as it stands (a copied ")" once made a worker refuse its kind)
+    print(f"learnstream broker ready on {broker.bootstrap}, data in {broker.data_dir}; its workers need:\n"
+          f"export {' '.join(f'{k}={v}' for k, v in broker_env(broker.bootstrap).items())}", flush=True)
     try:
         while not stop and broker.proc is not None and broker.proc.poll() is None:
             time.sleep(0.2)
