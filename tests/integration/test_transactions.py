@@ -7,7 +7,10 @@ last committed record of a log that ends in transaction markers (KafkaProbe.last
 """
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -20,6 +23,19 @@ from workers.stream.tables import send_records
 from workers.stream.transactions import NotOwned, PartitionWork, Send, Transactions
 
 pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+
+
+async def _step(what: str, aw: Awaitable[T], seconds: float = 60.0) -> T:
+    """``aw``, or a failure that names the step still waiting after ``seconds``. The first test
+    below hung until pytest-timeout twice in full CI runs on a slow machine and never when run
+    alone; the timeout's dump only shows an event loop waiting, so each step says where it was."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await aw
+    except TimeoutError:
+        pytest.fail(f"{what}: not done after {seconds:g} s", pytrace=False)
 
 
 async def _topics(bootstrap: str, *names: str) -> None:
@@ -62,49 +78,53 @@ def _txns(bootstrap: str, app_id: str) -> Transactions:
 async def test_a_batch_is_all_or_nothing_and_a_dead_owner_is_fenced(broker) -> None:
     app = f"tx-{uuid.uuid4().hex[:8]}"
     inp, out, log = f"{app}-in", f"{app}-out", f"{app}-changelog"
-    await _topics(broker.bootstrap, inp, out, log)
+    await _step("create the topics", _topics(broker.bootstrap, inp, out, log))
     first = _txns(broker.bootstrap, app)
-    await first.assign({0})
+    await _step("first owner's producer (InitProducerId)", first.assign({0}))
     assert first.owns(0) and not first.owns(1)
     with pytest.raises(NotOwned):
         await first.commit(1, PartitionWork())
-    meta = await first.commit(0, PartitionWork([Send(out, b"k", b"event-1", 0), Send(log, b"k", b"state-1", 0)],
-                                               {inp: 5}))
+    meta = await _step("first owner's commit", first.commit(
+        0, PartitionWork([Send(out, b"k", b"event-1", 0), Send(log, b"k", b"state-1", 0)], {inp: 5})))
     assert [m.offset for m in meta] == [0, 0]
-    assert await _committed(broker.bootstrap, app, inp) == 5
+    assert await _step("committed offset", _committed(broker.bootstrap, app, inp)) == 5
 
     # the owner dies mid-batch: its records are in the log, its transaction open (SIGKILL: no abort)
     zombie = first.producers[0]
-    await zombie.begin_transaction()
-    await zombie.send_and_wait(out, b"event-2", key=b"k", partition=0)
-    await zombie.send_and_wait(log, b"state-2", key=b"k", partition=0)
-    assert await _values(broker.bootstrap, out, "read_uncommitted") == [b"event-1", b"event-2"]
+    await _step("zombie begins", zombie.begin_transaction())
+    await _step("zombie sends its event", zombie.send_and_wait(out, b"event-2", key=b"k", partition=0))
+    await _step("zombie sends its state", zombie.send_and_wait(log, b"state-2", key=b"k", partition=0))
+    assert await _step("read_uncommitted events", _values(broker.bootstrap, out, "read_uncommitted")) == [
+        b"event-1", b"event-2"]
 
     # the next owner starts its producer: the open transaction is aborted at once, the old one fenced
     second = _txns(broker.bootstrap, app)
-    await second.assign({0})
+    await _step("next owner's producer (InitProducerId, aborts the open transaction)", second.assign({0}))
     with pytest.raises(ProducerFenced):
-        await zombie.send_offsets_to_transaction({TopicPartition(inp, 0): 9}, app)
-        await zombie.commit_transaction()
-    assert await _committed(broker.bootstrap, app, inp) == 5  # the zombie's offsets never count
+        await _step("zombie's offsets", zombie.send_offsets_to_transaction({TopicPartition(inp, 0): 9}, app))
+        await _step("zombie's commit", zombie.commit_transaction())
+    assert await _step("committed offset", _committed(broker.bootstrap, app, inp)) == 5  # the zombie's never count
     # the batch applied again by the new owner: its event exactly once for read_committed
-    await second.commit(0, PartitionWork([Send(out, b"k", b"event-2", 0), Send(log, b"k", b"state-2", 0)], {inp: 9}))
-    assert await _values(broker.bootstrap, out, "read_committed") == [b"event-1", b"event-2"]
-    assert await _values(broker.bootstrap, log, "read_committed") == [b"state-1", b"state-2"]
-    assert await _committed(broker.bootstrap, app, inp) == 9
+    await _step("next owner's commit", second.commit(
+        0, PartitionWork([Send(out, b"k", b"event-2", 0), Send(log, b"k", b"state-2", 0)], {inp: 9})))
+    assert await _step("read_committed events", _values(broker.bootstrap, out, "read_committed")) == [
+        b"event-1", b"event-2"]
+    assert await _step("read_committed states", _values(broker.bootstrap, log, "read_committed")) == [
+        b"state-1", b"state-2"]
+    assert await _step("committed offset", _committed(broker.bootstrap, app, inp)) == 9
 
     # recovery's end: the last committed record, not the marker after it nor an aborted record
     probe = KafkaProbe(broker.bootstrap)
     try:
         end = (await probe._client()).end_offsets
-        last_state = (await end([TopicPartition(log, 0)]))[TopicPartition(log, 0)]
+        last_state = (await _step("end offsets", end([TopicPartition(log, 0)])))[TopicPartition(log, 0)]
         assert last_state == 6  # state-1, commit, state-2 (aborted), abort, state-2, commit
-        assert await probe.last_record(log, 0, last_state) == 4
-        assert await probe.last_record(log, 1, 0) is None  # an empty partition
+        assert await _step("last record", probe.last_record(log, 0, last_state)) == 4
+        assert await _step("last record of an empty partition", probe.last_record(log, 1, 0)) is None
     finally:
         await probe.close()
     with pytest.raises(Exception):  # noqa: B017 - fenced: whatever aiokafka raises on a dead producer
-        await zombie.abort_transaction()
+        await _step("zombie's abort", zombie.abort_transaction())
     await first.close()
     await second.close()
 
@@ -209,8 +229,6 @@ async def test_a_broker_that_lost_acknowledged_records_gets_a_new_producer_and_n
     transactions.py, README "Broker outages"): the producer's next transaction fails for good, the
     partition's producer is dropped (ProducerLost), what it left open is aborted (a partition it wrote to
     before failing stays readable read_committed), and the next assignment's producer commits again."""
-    import asyncio
-
     from workers.kafka.broker import EmbeddedBroker
     from workers.stream.transactions import ProducerLost
 
