@@ -116,17 +116,17 @@ async def test_a_batch_is_all_or_nothing_and_a_dead_owner_is_fenced(broker) -> N
     # recovery's end: the last committed record, not the marker after it nor an aborted record
     probe = KafkaProbe(broker.bootstrap)
     try:
-        end = (await probe._client()).end_offsets
+        end = (await _step("probe's client", probe._client())).end_offsets
         last_state = (await _step("end offsets", end([TopicPartition(log, 0)])))[TopicPartition(log, 0)]
         assert last_state == 6  # state-1, commit, state-2 (aborted), abort, state-2, commit
         assert await _step("last record", probe.last_record(log, 0, last_state)) == 4
         assert await _step("last record of an empty partition", probe.last_record(log, 1, 0)) is None
     finally:
-        await probe.close()
+        await _step("probe's close", probe.close())
     with pytest.raises(Exception):  # noqa: B017 - fenced: whatever aiokafka raises on a dead producer
         await _step("zombie's abort", zombie.abort_transaction())
-    await first.close()
-    await second.close()
+    await _step("first owner's close (the fenced producer's stop)", first.close())
+    await _step("next owner's close", second.close())
 
 
 async def test_last_record_reads_back_past_a_long_aborted_transaction(broker) -> None:

@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 # Aborting a transaction of a working producer takes one round trip; bounded in case the broker goes again.
 _ABORT_TIMEOUT_S = 10.0
+# aiokafka's stop() waits for whatever its sender still has in flight, a transactional request it
+# retries included; a rebalance or a fencing must not wait on a producer that is being dropped.
+_STOP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +117,7 @@ class Transactions:
     async def _stop(self, partition: int) -> None:
         producer = self.producers.pop(partition, None)
         if producer is not None:
-            with contextlib.suppress(Exception):  # fenced or the broker gone: nothing left to save
-                await producer.stop()
+            await _stop_producer(producer)
 
     async def close(self) -> None:
         async with self._lock:
@@ -193,6 +195,20 @@ class Transactions:
         parts = sorted(work)
         done = await asyncio.gather(*(self.commit(p, work[p], may_commit) for p in parts), return_exceptions=True)
         return dict(zip(parts, done, strict=True))
+
+
+async def _stop_producer(producer: Any) -> None:
+    """Stop a producer that is being dropped, in at most ``_STOP_TIMEOUT_S``: past that its sender is
+    cancelled (the timeout cancels the stop that awaits it) and its connections are closed."""
+    try:
+        async with asyncio.timeout(_STOP_TIMEOUT_S):
+            with contextlib.suppress(Exception):  # fenced or the broker gone: nothing left to save
+                await producer.stop()
+    except TimeoutError:
+        logger.warning("a transactional producer did not stop within %.0f s; its connections are closed",
+                       _STOP_TIMEOUT_S)
+        with contextlib.suppress(Exception):
+            await producer.client.close()
 
 
 async def _end_left_open(producer: Any) -> None:
