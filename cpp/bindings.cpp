@@ -852,7 +852,8 @@ void bind_bandit(py::module_& m) {
     m.def(
         "bandit_update_batch",
         [](const f32& P, py::array Ainv, py::array b, py::array theta, const i64& arms, const f32& X,
-           const py::array_t<double, py::array::c_style | py::array::forcecast>& rewards, double gamma) {
+           const py::array_t<double, py::array::c_style | py::array::forcecast>& rewards, double gamma,
+           bool normalize) {
             const BanditShape s = bandit_shape(P, Ainv, theta, &b);
             double* ai = inplace_array<double>(Ainv, "Ainv", "float64");
             double* bb = inplace_array<double>(b, "b", "float64");
@@ -880,16 +881,20 @@ void bind_bandit(py::module_& m) {
                 double phi[bd::MAX_DIM + 1], u[bd::MAX_DIM + 1];
                 for (std::size_t i = 0; i < n; ++i) {
                     const auto k = static_cast<std::size_t>(ap[i]);
-                    bd::features(pr, s.dim, s.in_dim, xp + i * s.in_dim, phi);
+                    if (normalize)
+                        bd::features(pr, s.dim, s.in_dim, xp + i * s.in_dim, phi);
+                    else
+                        bd::features_as_given(pr, s.dim, s.in_dim, xp + i * s.in_dim, phi);
                     pp[i] = bd::update(ai + k * s.d1 * s.d1, bb + k * s.d1, th + k * s.d1, s.d1, phi, rp[i], gamma, u);
                 }
             }
             return preds;
         },
         py::arg("P"), py::arg("Ainv"), py::arg("b"), py::arg("theta"), py::arg("arms"), py::arg("X"),
-        py::arg("rewards"), py::arg("gamma"),
+        py::arg("rewards"), py::arg("gamma"), py::arg("normalize") = true,
         "In place, rows in order: target arms[i] learns rewards[i] at X[i] (forgetting gamma); returns each "
-        "row's prediction before its update (the GIL is released).");
+        "row's prediction before its update (the GIL is released). normalize=False: phi = [P x; 1] with X "
+        "as given, not rescaled to unit RMS.");
 }
 
 // ---- online learner models (cpp/online.h) ----

@@ -275,6 +275,13 @@ inline void features(const float* P, std::size_t dim, std::size_t in_dim, const 
     phi[dim] = 1.0;
 }
 
+// phi[0..dim) = P x as given (x already in the projection's scale: the bandit's stored
+// pre-projected queries, workers/cores/bandit.py); phi[dim] = 1.
+inline void features_as_given(const float* P, std::size_t dim, std::size_t in_dim, const float* x, double* phi) {
+    for (std::size_t i = 0; i < dim; ++i) phi[i] = static_cast<double>(fdot_wide(P + i * in_dim, x, in_dim));
+    phi[dim] = 1.0;
+}
+
 // mean = theta . phi and width = sqrt(phi^T Ainv phi) of one target (d1 = dim + 1).
 // Four partial sums per row: one dependent add chain per row made the (dim+1)^2 loop
 // latency-bound (about 1.5 us per target at dim 32).

@@ -10,7 +10,7 @@ from reference import bandit_ref as bref
 from reference import router_ref as ref
 
 from workers import _kernels as K
-from workers.cores.bandit import MAX_STATE_BYTES, BanditState, bandit_dim
+from workers.cores.bandit import FIT_AFTER, MAX_STATE_BYTES, BanditState, bandit_dim
 from workers.cores.router import RouterState
 from workers.verbs.session import LearnSession
 from workers.errors import CorruptStateError
@@ -278,7 +278,7 @@ def test_cost_fields_are_validated() -> None:
                       ({"cost_weight": True}, "cost_weight must be a finite number >= 0"),
                       ({"bandit": {"dim": 0}}, "bandit.dim must be an integer 1..256"),
                       ({"bandit": {"gamma": 0.1}}, "bandit.gamma out of range (0.5..1)"),
-                      ({"bandit": {"beta": 1}}, "bandit must be an object with dim, alpha, gamma")]:
+                      ({"bandit": {"beta": 1}}, "bandit must be an object with dim, alpha, gamma, projection")]:
         out = s.dispatch({"verb": "init_router", "body": {"targets": TARGETS, **init}})
         assert out == {"ok": False, "verb": "init_router", "error": err}
     out = s.dispatch({"verb": "record_outcome", "body": {"target": "small", "quality": 0.5, "cost": 0.1,
@@ -315,3 +315,119 @@ def test_bandit_state_stays_bounded_for_many_targets() -> None:
         assert nt * ((d + 1) ** 2 + 2 * (d + 1)) * 8 <= MAX_STATE_BYTES and d >= 1
     st = RouterState([f"m{i}" for i in range(256)], in_dim=DIM)
     assert st.bandit is not None and len(st.bandit.to_bytes()) <= MAX_STATE_BYTES + 4096
+
+
+# ------------------------------------------------------------------ fitted projection
+def test_features_as_given_and_their_updates_match_the_reference() -> None:
+    """normalize=False (the refit's replay of kept, pre-projected queries): phi = [P x; 1], no rescaling."""
+    P = K.bandit_projection(3, 8, DIM)
+    st = BanditState(3, DIM, dim=8, gamma=0.97, projection="random")
+    X = _xs(40, 21) * 3.0  # far from unit RMS: a rescaling would show
+    rng = np.random.default_rng(22)
+    arms, q = rng.integers(0, 3, 40), rng.random(40)
+    Ainv, b, preds = st.Ainv.copy(), st.b.copy(), []
+    for i in range(40):
+        phi = np.append(P.astype(np.float64) @ X[i].astype(np.float64), 1.0)
+        Ainv[arms[i]], b[arms[i]], pred = bref.update(Ainv[arms[i]], b[arms[i]], phi, q[i], 0.97)
+        preds.append(pred)
+    got = K.bandit_update_batch(P, st.Ainv, st.b, st.theta, arms, X, q, 0.97, normalize=False)
+    np.testing.assert_allclose(got, preds, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(st.Ainv, Ainv, rtol=1e-5, atol=1e-6)
+
+
+def _clustered(n: int, seed: int, in_dim: int = 256, regions: int = 6, spread: float = 2.0) -> tuple:
+    """Loose topic clusters (noise larger than the centres' spacing per coordinate) and, per region,
+    which of the three targets is best (quality 0.8 against 0.3)."""
+    rng = np.random.default_rng(seed)
+    centers = np.random.default_rng(99).standard_normal((regions, in_dim))
+    region = rng.integers(0, regions, n)
+    X = (centers[region] + spread * rng.standard_normal((n, in_dim))).astype(np.float32)
+    Q = np.full((n, 3), 0.3)
+    Q[np.arange(n), region % 3] = 0.8
+    return X, Q
+
+
+def test_the_fitted_projection_finds_the_topics_a_random_one_blurs() -> None:
+    """The same outcomes (uniform random targets) learned with either projection; the fitted one's greedy
+    choice is right far more often on fresh queries of loose clusters."""
+    X, Q = _clustered(700, 30)
+    rng = np.random.default_rng(31)
+    arms = rng.integers(0, 3, 600)
+    outcomes = np.clip(Q[np.arange(600), arms] + rng.normal(0, 0.1, 600), 0, 1)
+    right = {}
+    for projection in ("pca", "random"):
+        st = BanditState(3, 256, dim=16, projection=projection)
+        st.learn(arms, X[:600], outcomes)
+        assert (st.W is not None) == (projection == "pca") and st.kept is None
+        picks = [K.bandit_route(st.P, st.Ainv, st.theta, None, x, 0.0, 0.0)[1] for x in X[600:]]
+        right[projection] = float(np.mean(np.array(picks) == Q[600:].argmax(1)))
+    assert right["pca"] > 0.9 and right["pca"] > right["random"] + 0.15, right  # measured 0.96 against 0.75
+
+
+def test_the_fit_whitens_and_happens_at_the_same_row_however_outcomes_arrive() -> None:
+    X, Q = _clustered(FIT_AFTER + 60, 32, in_dim=64)
+    rng = np.random.default_rng(33)
+    arms = rng.integers(0, 3, len(X))
+    q = Q[np.arange(len(X)), arms]
+    one = BanditState(3, 64, dim=16)
+    saved = []
+    for i in range(len(X)):
+        one.learn(arms[i:i + 1], X[i:i + 1], q[i:i + 1])
+        if i in (0, FIT_AFTER - 2, FIT_AFTER - 1, FIT_AFTER + 10):
+            saved.append(one.to_bytes())
+            back = BanditState.from_bytes(saved[-1])
+            assert back.to_bytes() == saved[-1] and np.array_equal(back.P, one.P)
+    assert one.info()["kept"] == 0 and one.info()["fitted"] is True
+    many = BanditState(3, 64, dim=16)
+    many.learn(arms[:150], X[:150], q[:150])
+    many.learn(arms[150:], X[150:], q[150:])  # the fit falls inside this call
+    assert many.to_bytes() == one.to_bytes()
+    # before the fit the state grows by one kept row per outcome, appended (earlier bytes unchanged)
+    before, just = BanditState.from_bytes(saved[1]), saved[1]
+    assert len(before.kept) == FIT_AFTER - 1
+    # the fitted features of the kept queries have unit variance at most (whitened, floored)
+    R = K.bandit_projection(one.seed ^ 0x5CE7, 64, 64)
+    Z = np.stack([K.bandit_features(R, x)[:64] for x in X[:FIT_AFTER]])
+    var = np.linalg.eigvalsh(np.cov((Z @ one.W.astype(np.float64).T).T, bias=True))
+    assert var.max() <= 1.0 + 1e-3 and var.max() > 0.5
+    np.testing.assert_allclose(one.P, one.W @ R, rtol=1e-5, atol=1e-6)
+    assert len(just) > len(saved[0])
+
+
+def test_a_version_1_state_reads_as_a_random_projection() -> None:
+    from workers.state.framing import PART_HEAD, pack_part
+    st = BanditState(3, DIM, dim=8, projection="random")
+    st.learn(np.array([0, 1, 2]), _xs(3, 34), np.array([0.2, 0.5, 0.9]))
+    data = st.to_bytes()
+    _m, _v, hlen = PART_HEAD.unpack_from(data)
+    import orjson
+    header = orjson.loads(data[PART_HEAD.size:PART_HEAD.size + hlen])
+    for key in ("projection", "fitted"):
+        header.pop(key)
+    v1 = pack_part(b"LSB", 1, header, data[PART_HEAD.size + hlen:])
+    back = BanditState.from_bytes(v1)
+    assert back.projection == "random" and back.W is None and back.kept is None
+    assert np.array_equal(back.Ainv, st.Ainv) and np.array_equal(back.P, st.P)
+
+
+def test_small_queries_keep_the_random_projection_and_bad_states_are_refused() -> None:
+    assert BanditState(3, 8, dim=8).projection == "random"  # nothing to fit: the query is no wider
+    with pytest.raises(ValueError, match="projection"):
+        BanditState(3, DIM, projection="lda")
+    st = BanditState(3, DIM, dim=8)
+    st.learn(np.array([0, 1]), _xs(2, 35), np.array([0.2, 0.5]))
+    data = st.to_bytes()
+    with pytest.raises(CorruptStateError):
+        BanditState.from_bytes(data[:-3])  # a torn kept row
+    bad = bytearray(data)
+    row = st.kept.dtype.itemsize
+    bad[-row + st.kept.dtype.fields["arm"][1]:-row + st.kept.dtype.fields["arm"][1] + 8] = (7).to_bytes(8, "little")
+    with pytest.raises(CorruptStateError, match="unknown targets"):
+        BanditState.from_bytes(bytes(bad))
+    s = LearnSession()
+    out = s.dispatch({"verb": "init_router", "body": {"targets": TARGETS, "in_dim": DIM,
+                                                       "bandit": {"projection": "lda"}}})
+    assert out == {"ok": False, "verb": "init_router", "error": "bandit.projection must be one of pca, random"}
+    out = s.dispatch({"verb": "init_router", "body": {"targets": TARGETS, "in_dim": DIM,
+                                                       "bandit": {"projection": "random"}}})
+    assert out["ok"] and out["data"]["bandit"]["projection"] == "random"

@@ -15,6 +15,21 @@ per outcome; ``cpp/router.h``, namespace ``bandit``). A route picks
 request). When every target scores the same (nothing learned yet), the FastGRNN
 route decides, so a fresh router routes exactly as the reference.
 
+**A projection fitted to the queries** (``projection: "pca"``, the default). A random
+projection keeps every direction of the query equally, noise included: with loose
+topic clusters most of each feature is the queries' spread, not where they are (bench
+router, ``--spread 1.5``: 39% below the best fixed model). So until :data:`FIT_AFTER`
+outcomes with an embedding have been learned, each one's query is also kept, pre-projected
+to :data:`SKETCH_DIM` random features ``z = R x_hat`` (a few hundred bytes a row, whatever
+``in_dim``); then ``P = W R`` with ``W`` the top ``dim`` principal directions of those ``z``,
+whitened (unit variance each, the smallest lifted to a floor so noise is not blown up),
+and the kept outcomes are learned again in the new features from a fresh prior. The
+principal directions are where the queries differ (their topics and what moves within
+them), so the same ``dim`` features carry much more of what decides a model's quality.
+After the fit the projection stays fixed (``W`` is stored; ``R`` and ``P`` are rebuilt from
+the seed): a router whose queries move to topics it never saw keeps routing on the
+directions it fitted. ``projection: "random"`` is the projection of state version 1.
+
 **Drift.** Each outcome's residual (quality minus the prediction before learning
 it) feeds two per-target tests: the residuals' recent mean is far from 0 (an EMA
 z-test against the residuals' long-run spread: the target got better or worse
@@ -33,6 +48,7 @@ state stays under :data:`MAX_STATE_BYTES`.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -42,7 +58,7 @@ from workers import _kernels as _k
 from workers.state.framing import pack_part, unpack_part
 from workers.errors import CorruptStateError
 
-__all__ = ("PART", "BanditState", "MAX_STATE_BYTES", "bandit_dim")
+__all__ = ("PART", "BanditState", "MAX_STATE_BYTES", "bandit_dim", "PROJECTIONS", "FIT_AFTER", "SKETCH_DIM")
 
 PART = "router_bandit"
 
@@ -67,8 +83,13 @@ _RHO_ALL = 0.5                # the others keep 50%: every width grows, explorat
 _BOOST = 500                  # outcomes of raised epsilon after a drift
 _BOOST_EPS = 0.1              # extra epsilon right after a drift, decaying linearly to 0
 _COST_RATE = 0.1              # outcome-cost EMA rate (first cost seen sets it)
+PROJECTIONS = ("pca", "random")
+FIT_AFTER = 200               # outcomes (with an embedding) whose queries the projection is fitted to
+SKETCH_DIM = 128              # random features a kept query is stored as until the fit
+_SKETCH_SALT = 0x5CE7         # R's seed is the bandit's seed ^ this (P's is the seed itself)
+_WHITEN_FLOOR = 0.05          # a direction's variance is lifted to at least this share of the kept ones' mean
 _MAGIC = b"LSB"
-_VERSION = 1
+_VERSION = 2                  # 2: projection, its fitted W or the kept queries; 1 (random projection) still reads
 
 
 def bandit_dim(n_targets: int, dim: int = _DEFAULT_DIM) -> int:
@@ -93,21 +114,35 @@ class BanditState:
         Forgetting factor per outcome of a target, (0, 1] (default 0.998).
     seed
         u32 seed of the projection.
+    projection
+        ``"pca"`` (default: fitted to the first :data:`FIT_AFTER` outcomes' queries, see the
+        module doc) or ``"random"``. A query of at most ``dim`` floats, or of no more floats
+        than ``dim`` once pre-projected, has nothing to fit: ``"random"``.
     """
 
-    __slots__ = ("n_targets", "in_dim", "dim", "alpha", "gamma", "seed", "P", "Ainv", "b", "theta", "pulls",
-                 "cost", "cost_seen", "res_mean", "res_var", "res_base", "res_n", "boost_left", "drifts")
+    __slots__ = ("n_targets", "in_dim", "dim", "alpha", "gamma", "seed", "projection", "P", "W", "kept",
+                 "Ainv", "b", "theta", "pulls", "cost", "cost_seen", "res_mean", "res_var", "res_base", "res_n",
+                 "boost_left", "drifts")
 
     def __init__(self, n_targets: int, in_dim: int, dim: int | None = None, alpha: float | None = None,
-                 gamma: float | None = None, seed: int = 0xC0A5) -> None:
+                 gamma: float | None = None, seed: int = 0xC0A5, projection: str | None = None) -> None:
         self.n_targets = int(n_targets)
         self.in_dim = int(in_dim)
         self.dim = bandit_dim(self.n_targets, _DEFAULT_DIM if dim is None else int(dim))
         self.alpha = _DEFAULT_ALPHA if alpha is None else float(alpha)
         self.gamma = _DEFAULT_GAMMA if gamma is None else float(gamma)
         self.seed = int(seed)
+        projection = PROJECTIONS[0] if projection is None else projection
+        if projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}")
+        self.projection = projection if _sketch_dim(self.in_dim) > self.dim else "random"
         d1 = self.dim + 1
         self.P = _k.bandit_projection(self.seed, self.dim, self.in_dim)
+        self.W: np.ndarray | None = None  # pca, fitted: dim x SKETCH_DIM (P = W R)
+        # pca, not fitted yet: the outcomes learned so far, their queries pre-projected (FIT_AFTER rows)
+        self.kept: np.ndarray | None = None
+        if self.projection == "pca":
+            self.kept = np.empty(0, _kept_dtype(_sketch_dim(self.in_dim)))
         self.Ainv = np.tile(np.eye(d1) / _RIDGE, (self.n_targets, 1, 1))
         self.b = np.zeros((self.n_targets, d1))
         self.theta = np.zeros((self.n_targets, d1))
@@ -129,10 +164,58 @@ class BanditState:
     # ----------------------------------------------------------------- learning
     def learn(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray, costs: np.ndarray | None = None) -> int:
         """Outcomes in order (targets ``arms``, queries ``X``, qualities, optional costs; NaN cost =
-        none given). Returns the number of drift alarms they raised."""
+        none given). Returns the number of drift alarms they raised.
+
+        While the projection is not fitted, the rows up to the :data:`FIT_AFTER`-th are kept and the
+        fit happens right after it, whichever call it falls in: one call of many rows and many calls
+        of one row end in the same state."""
         arms = np.ascontiguousarray(arms, np.int64)
         X = np.ascontiguousarray(X, np.float32)
         quality = np.ascontiguousarray(quality, np.float64)
+        if self.kept is None:
+            return self._learn(arms, X, quality, costs)
+        cut = min(FIT_AFTER - len(self.kept), len(arms))
+        alarms = self._learn(arms[:cut], X[:cut], quality[:cut], None if costs is None else costs[:cut])
+        self._keep(arms[:cut], X[:cut], quality[:cut])
+        if len(self.kept) >= FIT_AFTER:
+            self._fit()
+            if cut < len(arms):
+                alarms += self._learn(arms[cut:], X[cut:], quality[cut:], None if costs is None else costs[cut:])
+        return alarms
+
+    def _keep(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray) -> None:
+        """Append the rows to the kept outcomes, each query pre-projected (``z = R x_hat``)."""
+        if not len(arms):
+            return
+        R = _sketch(self.seed, self.in_dim)
+        rows = np.empty(len(arms), self.kept.dtype)
+        rows["arm"], rows["q"] = arms, quality
+        m = R.shape[0]
+        for i, x in enumerate(X):
+            rows["z"][i] = _k.bandit_features(R, x)[:m]  # the kernels' own arithmetic: P = W R gives W z
+        self.kept = np.concatenate([self.kept, rows])
+
+    def _fit(self) -> None:
+        """Fit ``P`` to the kept queries, then learn the kept outcomes again in its features."""
+        kept, self.kept = self.kept, None
+        Z = kept["z"].astype(np.float64)
+        lam, V = np.linalg.eigh(Z.T @ Z / len(Z))                 # ascending
+        lam, V = lam[::-1][:self.dim], V[:, ::-1][:, :self.dim]
+        lam = np.maximum(lam, 0.0) + _WHITEN_FLOOR * max(float(lam.mean()), 1e-12)
+        self.W = np.ascontiguousarray((V / np.sqrt(lam)).T, np.float32)
+        self.P = _fitted_projection(self.W, self.seed, self.in_dim)
+        d1 = self.dim + 1
+        self.Ainv[:] = np.eye(d1) / _RIDGE
+        self.b[:] = 0.0
+        self.theta[:] = 0.0
+        # the residual tests start again: their long-run level was that of the old features
+        self.res_mean[:] = self.res_var[:] = self.res_base[:] = 0.0
+        self.res_n[:] = 0
+        _k.bandit_update_batch(self.W, self.Ainv, self.b, self.theta, np.ascontiguousarray(kept["arm"]),
+                               np.ascontiguousarray(kept["z"]), np.ascontiguousarray(kept["q"]), self.gamma,
+                               normalize=False)
+
+    def _learn(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray, costs: np.ndarray | None) -> int:
         alarms = 0
         start, n = 0, len(arms)
         while start < n:
@@ -215,28 +298,46 @@ class BanditState:
     # -------------------------------------------------------------- persistence
     def to_bytes(self) -> bytes:
         header = {"n_targets": self.n_targets, "in_dim": self.in_dim, "dim": self.dim, "alpha": self.alpha,
-                  "gamma": self.gamma, "seed": self.seed, "boost_left": self.boost_left, "drifts": self.drifts}
+                  "gamma": self.gamma, "seed": self.seed, "boost_left": self.boost_left, "drifts": self.drifts,
+                  "projection": self.projection, "fitted": self.W is not None}
+        # last: the kept outcomes, which only grow (a save appends a row, the pieces before it keep their bytes)
+        tail = (self.W.astype("<f4", copy=False).tobytes() if self.W is not None
+                else self.kept.tobytes() if self.kept is not None else b"")
         return pack_part(_MAGIC, _VERSION, header,
                          *(a.astype("<f8", copy=False).tobytes()
                            for a in (self.Ainv, self.b, self.theta, self.cost, self.res_mean, self.res_var,
                                      self.res_base)),
                          *(a.astype("<i8", copy=False).tobytes() for a in (self.pulls, self.res_n)),
-                         self.cost_seen.astype(np.uint8).tobytes())
+                         self.cost_seen.astype(np.uint8).tobytes(), tail)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> BanditState:
-        h, pos = unpack_part(data, _MAGIC, _VERSION, "router bandit")
+        version = _version_of(data)
+        h, pos = unpack_part(data, _MAGIC, version, "router bandit")
         try:
-            st = cls(h["n_targets"], h["in_dim"], dim=h["dim"], alpha=h["alpha"], gamma=h["gamma"], seed=h["seed"])
+            projection = h.get("projection", "random") if version >= 2 else "random"
+            st = cls(h["n_targets"], h["in_dim"], dim=h["dim"], alpha=h["alpha"], gamma=h["gamma"], seed=h["seed"],
+                     projection=projection)
             boost, drifts = int(h["boost_left"]), int(h["drifts"])
-        except (KeyError, TypeError, ValueError) as exc:
+            fitted = bool(h.get("fitted", False))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CorruptStateError(f"router bandit header is malformed ({exc})") from None
-        if st.dim != h["dim"]:
-            raise CorruptStateError("router bandit header is malformed (dim)")
+        if st.dim != h["dim"] or st.projection != projection or (fitted and projection != "pca"):
+            raise CorruptStateError("router bandit header is malformed (dim or projection)")
         nt, d1 = st.n_targets, st.dim + 1
         need = pos + 8 * (nt * d1 * d1 + 2 * nt * d1 + 4 * nt) + 16 * nt + nt
-        if len(data) != need:
-            raise CorruptStateError(f"router bandit state has {len(data)} bytes, expected {need}")
+        m = _sketch_dim(st.in_dim)
+        if fitted:
+            tail = 4 * st.dim * m
+        elif st.kept is not None:
+            row = st.kept.dtype.itemsize
+            tail = (len(data) - need) if len(data) >= need and (len(data) - need) % row == 0 else -1
+            if tail > row * (FIT_AFTER - 1):
+                tail = -1  # the fit runs at FIT_AFTER rows: never stored with that many
+        else:
+            tail = 0
+        if tail < 0 or len(data) != need + tail:
+            raise CorruptStateError(f"router bandit state has {len(data)} bytes, which does not match its header")
 
         def take(dtype: str, count: int) -> np.ndarray:
             nonlocal pos
@@ -253,6 +354,16 @@ class BanditState:
         st.pulls[:], st.res_n[:] = take("<i8", nt), take("<i8", nt)
         st.cost_seen[:] = take("u1", nt).astype(bool)
         st.boost_left, st.drifts = boost, drifts
+        if fitted:
+            st.W = take("<f4", st.dim * m).reshape(st.dim, m).copy()
+            if not np.isfinite(st.W).all():
+                raise CorruptStateError("router bandit projection is not finite")
+            st.P = _fitted_projection(st.W, st.seed, st.in_dim)
+            st.kept = None
+        elif st.kept is not None:
+            st.kept = np.frombuffer(data, st.kept.dtype, offset=pos).copy()
+            if (st.kept["arm"] < 0).any() or (st.kept["arm"] >= nt).any():
+                raise CorruptStateError("router bandit kept outcomes name unknown targets")
         return st
 
     def __eq__(self, other: object) -> bool:
@@ -266,4 +377,33 @@ class BanditState:
 
     def info(self) -> dict[str, Any]:
         return {"dim": self.dim, "alpha": self.alpha, "gamma": self.gamma, "drifts": self.drifts,
-                "boost_left": self.boost_left}
+                "boost_left": self.boost_left, "projection": self.projection,
+                "fitted": self.W is not None if self.projection == "pca" else None,
+                "kept": len(self.kept) if self.kept is not None else 0}
+
+
+def _sketch_dim(in_dim: int) -> int:
+    return min(SKETCH_DIM, in_dim)
+
+
+def _kept_dtype(m: int) -> np.dtype:
+    """One kept outcome: the query pre-projected (m float32), its target, its quality."""
+    return np.dtype([("z", "<f4", (m,)), ("arm", "<i8"), ("q", "<f8")])
+
+
+@functools.lru_cache(maxsize=8)
+def _sketch(seed: int, in_dim: int) -> np.ndarray:
+    """R (SKETCH_DIM x in_dim): a Gaussian projection like P's, from its own seed (read-only, shared)."""
+    R = _k.bandit_projection((seed ^ _SKETCH_SALT) & 0xFFFFFFFF, _sketch_dim(in_dim), in_dim)
+    R.flags.writeable = False
+    return R
+
+
+def _fitted_projection(W: np.ndarray, seed: int, in_dim: int) -> np.ndarray:
+    """P = W R (float32): what a route projects a query with once the projection is fitted."""
+    return np.ascontiguousarray(W @ _sketch(seed, in_dim), np.float32)
+
+
+def _version_of(data: bytes) -> int:
+    """The part's version byte (framing: magic, version, ...): 1 and 2 are read."""
+    return data[3] if len(data) > 3 and data[3] in (1, _VERSION) else _VERSION

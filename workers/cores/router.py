@@ -62,7 +62,7 @@ from workers import _kernels as _k
 from workers.verbs.fields import MAX_DIM
 from workers.verbs.codec import embedding_field
 from workers.state.framing import pack_part, unpack_part
-from workers.cores.bandit import BanditState
+from workers.cores.bandit import PROJECTIONS, BanditState
 from workers.cores.instant import InstantState
 from workers.errors import CorruptStateError, VerbError
 from workers.verbs.registry import EMBEDDING, EMBEDDING_B64, VerbContext, health_contributor, params, verb
@@ -137,18 +137,22 @@ def _cost(v: Any) -> float | None:
 
 
 def _bandit_options(v: Any) -> dict:
-    """``init_router``'s ``bandit: {dim?, alpha?, gamma?}``, checked."""
+    """``init_router``'s ``bandit: {dim?, alpha?, gamma?, projection?}``, checked."""
     if v is None:
         return {}
-    if not isinstance(v, dict) or set(v) - {"dim", "alpha", "gamma"}:
-        raise ValueError("bandit must be an object with dim, alpha, gamma")
+    if not isinstance(v, dict) or set(v) - {"dim", "alpha", "gamma", "projection"}:
+        raise ValueError("bandit must be an object with dim, alpha, gamma, projection")
+    projection = v.get("projection")
+    if projection is not None and projection not in PROJECTIONS:
+        raise ValueError(f"bandit.projection must be one of {', '.join(PROJECTIONS)}")
     dim, alpha, gamma = v.get("dim"), v.get("alpha"), v.get("gamma")
     if dim is not None and (not _is_int(dim) or not 1 <= dim <= _k.BANDIT_MAX_DIM):
         raise ValueError(f"bandit.dim must be an integer 1..{_k.BANDIT_MAX_DIM}")
     for name, val, ok in (("alpha", alpha, lambda a: 0.0 <= a <= 100.0), ("gamma", gamma, lambda g: 0.5 <= g <= 1.0)):
         if val is not None and (isinstance(val, bool) or not isinstance(val, (int, float)) or not ok(val)):
             raise ValueError(f"bandit.{name} out of range" + (" (0..100)" if name == "alpha" else " (0.5..1)"))
-    return {k: val for k, val in (("dim", dim), ("alpha", alpha), ("gamma", gamma)) if val is not None}
+    return {k: val for k, val in (("dim", dim), ("alpha", alpha), ("gamma", gamma), ("projection", projection))
+            if val is not None}
 
 
 def _tokens(v: Any) -> int:
@@ -540,7 +544,13 @@ def _instant_logits(ctx: VerbContext, st: RouterState, x: np.ndarray) -> np.ndar
     ("targets",), targets={"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
     in_dim={"type": "integer", "minimum": 1}, epsilon={"type": "number", "minimum": 0, "maximum": 1},
     threshold={"type": "number"}, seed={"type": "integer"}, with_adapter={"type": "boolean"},
-    normalize={"type": "boolean"}, baseline={"type": "string"}))
+    normalize={"type": "boolean"}, baseline={"type": "string"}, trained={"type": "boolean"},
+    mode={"enum": list(MODES)}, cost_weight={"type": "number", "minimum": 0},
+    bandit={"type": "object", "properties": {
+        "dim": {"type": "integer", "minimum": 1, "maximum": _k.BANDIT_MAX_DIM},
+        "alpha": {"type": "number", "minimum": 0, "maximum": 100},
+        "gamma": {"type": "number", "minimum": 0.5, "maximum": 1},
+        "projection": {"enum": list(PROJECTIONS)}}}))
 def _init_router(ctx: VerbContext, body: dict) -> dict:
     """``{targets, in_dim?, trained?, epsilon?, threshold?, seed?, with_adapter?, normalize?, baseline?,
     mode?, cost_weight?, bandit?}`` -> the settings."""
