@@ -853,7 +853,7 @@ void bind_bandit(py::module_& m) {
         "bandit_update_batch",
         [](const f32& P, py::array Ainv, py::array b, py::array theta, const i64& arms, const f32& X,
            const py::array_t<double, py::array::c_style | py::array::forcecast>& rewards, double gamma,
-           bool normalize) {
+           bool normalize, double idle_gamma, double idle_cap) {
             const BanditShape s = bandit_shape(P, Ainv, theta, &b);
             double* ai = inplace_array<double>(Ainv, "Ainv", "float64");
             double* bb = inplace_array<double>(b, "b", "float64");
@@ -865,6 +865,8 @@ void bind_bandit(py::module_& m) {
                 static_cast<std::size_t>(rewards.shape(0)) != n)
                 throw std::runtime_error("arms and rewards must be 1-d with one entry per row of X");
             if (!(gamma > 0.0 && gamma <= 1.0)) throw std::runtime_error("gamma must be in (0, 1]");
+            if (!(idle_gamma > 0.0 && idle_gamma <= 1.0)) throw std::runtime_error("idle_gamma must be in (0, 1]");
+            if (!std::isfinite(idle_cap)) throw std::runtime_error("idle_cap must be finite");
             const int64_t* ap = arms.data();
             const double* rp = rewards.data();
             for (std::size_t i = 0; i < n; ++i) {
@@ -886,15 +888,18 @@ void bind_bandit(py::module_& m) {
                     else
                         bd::features_as_given(pr, s.dim, s.in_dim, xp + i * s.in_dim, phi);
                     pp[i] = bd::update(ai + k * s.d1 * s.d1, bb + k * s.d1, th + k * s.d1, s.d1, phi, rp[i], gamma, u);
+                    if (idle_gamma < 1.0) bd::idle(ai, bb, s.nt, s.d1, k, idle_gamma, idle_cap);
                 }
             }
             return preds;
         },
         py::arg("P"), py::arg("Ainv"), py::arg("b"), py::arg("theta"), py::arg("arms"), py::arg("X"),
-        py::arg("rewards"), py::arg("gamma"), py::arg("normalize") = true,
+        py::arg("rewards"), py::arg("gamma"), py::arg("normalize") = true, py::arg("idle_gamma") = 1.0,
+        py::arg("idle_cap") = 0.0,
         "In place, rows in order: target arms[i] learns rewards[i] at X[i] (forgetting gamma); returns each "
         "row's prediction before its update (the GIL is released). normalize=False: phi = [P x; 1] with X "
-        "as given, not rescaled to unit RMS.");
+        "as given, not rescaled to unit RMS. idle_gamma < 1: after each row every other target forgets by "
+        "it too (Ainv / idle_gamma, b * idle_gamma) while trace(Ainv) stays <= idle_cap.");
 }
 
 // ---- online learner models (cpp/online.h) ----

@@ -375,6 +375,24 @@ inline double update(double* Ainv, double* b, double* theta, std::size_t d1, con
     return pred;
 }
 
+// Every target but k forgets too, per outcome of any target (discounted LinUCB): a target that is
+// never chosen keeps its old evidence otherwise, and after a drift that made it the best somewhere it
+// stays unchosen there for good. Its A^-1 grows by 1/idle and b shrinks by idle (theta = A^-1 b is
+// unchanged), until trace(A^-1) reaches `cap` (the prior's: it cannot grow without bound).
+inline void idle(double* Ainv, double* b, std::size_t nt, std::size_t d1, std::size_t k, double idle_gamma,
+                 double cap) {
+    const double ig = 1.0 / idle_gamma;
+    for (std::size_t j = 0; j < nt; ++j) {
+        if (j == k) continue;
+        double* A = Ainv + j * d1 * d1;
+        double tr = 0.0;
+        for (std::size_t i = 0; i < d1; ++i) tr += A[i * d1 + i];
+        if (tr * ig > cap) continue;
+        for (std::size_t i = 0; i < d1 * d1; ++i) A[i] *= ig;
+        for (std::size_t i = 0; i < d1; ++i) b[j * d1 + i] *= idle_gamma;
+    }
+}
+
 }  // namespace bandit
 
 // ---- The learned mode's route (FastGRNN decision + bandit choice), the p99 hot path ----

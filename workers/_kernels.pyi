@@ -59,9 +59,9 @@ def bandit_route(P: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], Ain
     """
     One query -> (best, greedy, tied, mean of best, width of best): best maximises theta.phi - lam cost + alpha sqrt(phi' Ainv phi); greedy drops the alpha term; tied: every target scored the same.
     """
-def bandit_update_batch(P: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], Ainv: numpy.ndarray, b: numpy.ndarray, theta: numpy.ndarray, arms: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], X: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], rewards: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], gamma: typing.SupportsFloat | typing.SupportsIndex, normalize: bool = True) -> numpy.typing.NDArray[numpy.float64]:
+def bandit_update_batch(P: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], Ainv: numpy.ndarray, b: numpy.ndarray, theta: numpy.ndarray, arms: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], X: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], rewards: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], gamma: typing.SupportsFloat | typing.SupportsIndex, normalize: bool = True, idle_gamma: typing.SupportsFloat | typing.SupportsIndex = 1.0, idle_cap: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> numpy.typing.NDArray[numpy.float64]:
     """
-    In place, rows in order: target arms[i] learns rewards[i] at X[i] (forgetting gamma); returns each row's prediction before its update (the GIL is released). normalize=False: phi = [P x; 1] with X as given, not rescaled to unit RMS.
+    In place, rows in order: target arms[i] learns rewards[i] at X[i] (forgetting gamma); returns each row's prediction before its update (the GIL is released). normalize=False: phi = [P x; 1] with X as given, not rescaled to unit RMS. idle_gamma < 1: after each row every other target forgets by it too (Ainv / idle_gamma, b * idle_gamma) while trace(Ainv) stays <= idle_cap.
     """
 def clamp_norm(v: numpy.ndarray, max_norm: typing.SupportsFloat | typing.SupportsIndex = 5.0) -> float:
     """

@@ -431,3 +431,43 @@ def test_small_queries_keep_the_random_projection_and_bad_states_are_refused() -
     out = s.dispatch({"verb": "init_router", "body": {"targets": TARGETS, "in_dim": DIM,
                                                        "bandit": {"projection": "random"}}})
     assert out["ok"] and out["data"]["bandit"]["projection"] == "random"
+
+
+def test_other_targets_forget_too_up_to_the_prior_and_match_the_reference() -> None:
+    """idle_gamma: after each row every other target's Ainv grows by 1/idle and b shrinks by idle (theta
+    unchanged) while trace(Ainv) stays within the cap; the pulled target updates as before."""
+    st = BanditState(3, DIM, dim=8, gamma=0.97, projection="random")
+    X = _xs(30, 40)
+    rng = np.random.default_rng(41)
+    arms, q = rng.integers(0, 3, 30), rng.random(30)
+    Ainv, b, cap = st.Ainv.copy(), st.b.copy(), 9.0
+    for i in range(30):
+        k = arms[i]
+        Ainv[k], b[k], _ = bref.update(Ainv[k], b[k], bref.features(st.P, X[i]), q[i], 0.97)
+        for j in range(3):
+            if j != k and np.trace(Ainv[j]) / 0.9 <= cap:
+                Ainv[j], b[j] = Ainv[j] / 0.9, b[j] * 0.9
+    K.bandit_update_batch(st.P, st.Ainv, st.b, st.theta, arms, X, q, 0.97, idle_gamma=0.9, idle_cap=cap)
+    np.testing.assert_allclose(st.Ainv, Ainv, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(st.b, b, rtol=1e-5, atol=1e-6)
+    assert all(np.trace(a) <= cap + 1e-9 for a in st.Ainv)
+    with pytest.raises(RuntimeError, match="idle_gamma"):
+        K.bandit_update_batch(st.P, st.Ainv, st.b, st.theta, arms[:1], X[:1], q[:1], 0.97, idle_gamma=0.0)
+    with pytest.raises(RuntimeError, match="idle_cap"):
+        K.bandit_update_batch(st.P, st.Ainv, st.b, st.theta, arms[:1], X[:1], q[:1], 0.97, idle_gamma=0.9,
+                              idle_cap=float("nan"))
+
+
+def test_a_target_left_unchosen_regains_its_uncertainty() -> None:
+    """A target learned early and then never chosen: its width grows back toward the prior's as the
+    others learn, so LinUCB tries it again (a world where it became the best would be found)."""
+    st = BanditState(3, DIM, dim=8, projection="random")
+    X = _xs(3000, 42)
+    st.learn(np.zeros(200, np.int64), X[:200], np.full(200, 0.2))
+    width_before = float(bref.features(st.P, X[0]) @ st.Ainv[0] @ bref.features(st.P, X[0]))
+    st.learn(np.ones(2800, np.int64), X[200:], np.full(2800, 0.5))
+    width_after = float(bref.features(st.P, X[0]) @ st.Ainv[0] @ bref.features(st.P, X[0]))
+    # 2,800 outcomes of the others at 0.9998 each: 0.9998^-2800 = 1.75 (still under the prior's trace)
+    assert width_after / width_before == pytest.approx(0.9998 ** -2800, rel=1e-6)
+    assert np.trace(st.Ainv[0]) <= 9.0 + 1e-9 and st.drifts == 0
+    np.testing.assert_allclose(st.theta[0] @ bref.features(st.P, X[0]), 0.2, atol=0.05)  # its estimate stays

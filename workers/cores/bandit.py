@@ -5,9 +5,13 @@ on a frozen, 90%-masked rank-8 random projection of the query: too little of the
 query survives for the heads to learn where each model wins. This part learns the
 representation the heads lack: per target ``k`` a ridge regression of the outcome
 quality on features ``phi(x) = [P x_hat; 1]`` (``x`` rescaled to unit RMS, ``P`` a
-dense ``dim x in_dim`` Gaussian projection regenerated from the seed), kept as the
+dense ``dim x in_dim`` projection: fitted to the queries, below, or Gaussian), kept as the
 inverse design matrix with exponential forgetting (Sherman-Morrison, ``O(dim^2)``
-per outcome; ``cpp/router.h``, namespace ``bandit``). A route picks
+per outcome; ``cpp/router.h``, namespace ``bandit``). The other targets forget too, more
+slowly (``_IDLE_GAMMA`` per outcome of any target, until their uncertainty is back at the
+prior's): otherwise a target the router stopped choosing keeps its old evidence for good,
+and if a drift made it the best somewhere, nothing ever sends it a query there again.
+A route picks
 
     argmax_k  theta_k . phi  -  lambda * cost_k  +  alpha * sqrt(phi' Ainv_k phi)
 
@@ -68,6 +72,9 @@ _DEFAULT_DIM = 32
 _DEFAULT_ALPHA = 0.15         # width of the confidence bonus, in quality units per unit width
 _DEFAULT_GAMMA = 0.998        # forgetting per outcome of a target: a memory of ~500 of its outcomes
 _RIDGE = 1.0                  # prior precision: Ainv starts at I / ridge
+# forgetting of every *other* target per outcome (discounted LinUCB; ~5,000 outcomes of memory), up to
+# the prior's uncertainty: a target that is never chosen does not keep its old evidence for good
+_IDLE_GAMMA = 0.9998
 MAX_STATE_BYTES = 1 << 20     # Ainv + b + theta of all targets (a changelog message is ~1 MiB at most)
 # Drift test on the residuals of one target: EMA rate, minimum outcomes, z threshold.
 _RES_RATE = 0.05
@@ -213,7 +220,7 @@ class BanditState:
         self.res_n[:] = 0
         _k.bandit_update_batch(self.W, self.Ainv, self.b, self.theta, np.ascontiguousarray(kept["arm"]),
                                np.ascontiguousarray(kept["z"]), np.ascontiguousarray(kept["q"]), self.gamma,
-                               normalize=False)
+                               normalize=False, idle_gamma=_IDLE_GAMMA, idle_cap=(self.dim + 1) / _RIDGE)
 
     def _learn(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray, costs: np.ndarray | None) -> int:
         alarms = 0
@@ -250,7 +257,8 @@ class BanditState:
         self.cost_seen[k] = True
 
     def _update(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray) -> np.ndarray:
-        return _k.bandit_update_batch(self.P, self.Ainv, self.b, self.theta, arms, X, quality, self.gamma)
+        return _k.bandit_update_batch(self.P, self.Ainv, self.b, self.theta, arms, X, quality, self.gamma,
+                                      idle_gamma=_IDLE_GAMMA, idle_cap=(self.dim + 1) / _RIDGE)
 
     def _residual_alarm(self, k: int, e: float) -> tuple[bool, float]:
         """Fold target k's residual into its tests: (alarm, the quality shift when the mean moved, else 0)."""
