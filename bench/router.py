@@ -21,8 +21,8 @@ the best single model in hindsight, a 30-line per-model online ridge regression 
 raw 384-d embedding with epsilon-greedy (0.05) and forgetting (0.998) — the baseline
 the issue measured — and learnstream's router through the verbs (``route``, then
 ``record_outcome`` with the request's embedding and its ``cost``), in its default
-``learned`` mode (LinUCB on a 32-d projection with forgetting, drift-raised
-exploration) and in ``mode: reference`` (the seed's FastGRNN head training). Both
+``learned`` mode (LinUCB on a 32-d projection fitted to the first 200 outcomes' queries,
+with forgetting, drift-raised exploration) and in ``mode: reference`` (the seed's FastGRNN head training). Both
 routers are initialised with ``cost_weight`` = the world's lambda and otherwise defaults
 (threshold 200: the first 200 requests use the rule route).
 
