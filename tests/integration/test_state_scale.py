@@ -159,3 +159,49 @@ def test_sigkill_at_random_points_over_many_sessions_never_shows_a_torn_session(
     w.kill()
     fresh = worker_factory("fresh", env=env).start().wait_ready()
     wait_until(lambda: _digests(fresh, plan) == want, 120, 0.5, what=f"fresh data dir as in process (seed {seed})")
+
+
+@pytest.mark.timeout(600)
+def test_a_router_fits_its_projection_across_a_sigkill_as_in_process(broker, worker_factory) -> None:
+    """Routers with 1536-d queries learn through the commands topic past the bandit's fit (its kept
+    outcomes, then the fitted projection and the replay), the worker SIGKILLed at a random point on the
+    way: every router ends as in process, on the same data dir and on a fresh one."""
+    seed = random.randrange(1 << 30)
+    prng = random.Random(seed)
+    rng = np.random.default_rng(seed)
+    from workers.cores.bandit import FIT_AFTER
+    n = FIT_AFTER + 60
+    sessions = ["router-a", "router-b"]
+    init = [{"session_key": sk, "targets": MODELS, "in_dim": 1536, "threshold": 0} for sk in sessions]
+    per = {sk: [{"session_key": sk, "target": MODELS[int(rng.integers(0, 3))], "quality": float(rng.random()),
+                 "cost": float(rng.uniform(0, 0.2)),
+                 "embedding_b64": encode_embedding_b64(rng.standard_normal(1536).astype(np.float32))}
+                for _ in range(n)] for sk in sessions}
+    s = LearnSession()
+    for body in init:
+        assert s.dispatch({"verb": "init_router", "body": body})["ok"]
+    for sk in sessions:
+        for body in per[sk]:
+            assert s.dispatch({"verb": "record_outcome", "body": body})["ok"]
+    plan = dict.fromkeys(sessions, "session_info")
+    want = _digests(s, plan)
+    from workers.cores.router import PART, RouterState
+    for sk in sessions:  # past the fit: the projection was fitted and the kept outcomes dropped
+        bandit = s.blob("session", sk).get(PART, RouterState).bandit
+        assert bandit.info()["fitted"] is True and bandit.kept is None
+
+    cmd = topics()["commands"].name
+    w = worker_factory("r0").start().wait_ready()
+    for body in init:
+        assert w.dispatch("init_router", body)["ok"]
+    for sk in sessions:
+        send_raw(broker.bootstrap, cmd, sk.encode(),
+                 [orjson.dumps({"verb": "record_outcome", "body": body}) for body in per[sk]])
+    at = prng.randrange(50, 2 * n - 50)
+    wait_until(lambda: applied(w, cmd) >= at, 180, 0.01, what=f"kill at {at} (seed {seed})")
+    w.kill()
+    w = worker_factory("r1", data_dir=w.data_dir).start().wait_ready()
+    wait_until(lambda: _digests(w, plan) == want, 180, 0.5, what=f"same data dir as in process (seed {seed})")
+    w.kill()
+    fresh = worker_factory("r2").start().wait_ready()
+    wait_until(lambda: _digests(fresh, plan) == want, 120, 0.5, what=f"fresh data dir as in process (seed {seed})")
