@@ -471,3 +471,17 @@ def test_a_target_left_unchosen_regains_its_uncertainty() -> None:
     assert width_after / width_before == pytest.approx(0.9998 ** -2800, rel=1e-6)
     assert np.trace(st.Ainv[0]) <= 9.0 + 1e-9 and st.drifts == 0
     np.testing.assert_allclose(st.theta[0] @ bref.features(st.P, X[0]), 0.2, atol=0.05)  # its estimate stays
+
+
+def test_degenerate_kept_queries_are_not_fitted_and_the_fit_is_tried_again() -> None:
+    """All-zero queries (an agent without embeddings yet) carry no direction: whitening them would blow
+    up noise, so the projection stays and the next FIT_AFTER outcomes are kept for a new attempt."""
+    st = BanditState(3, 64, dim=16)
+    P0 = st.P.copy()
+    zeros = np.zeros((FIT_AFTER, 64), np.float32)
+    st.learn(np.zeros(FIT_AFTER, np.int64), zeros, np.full(FIT_AFTER, 0.5))
+    assert st.W is None and st.kept is not None and len(st.kept) == 0 and np.array_equal(st.P, P0)
+    X, Q = _clustered(FIT_AFTER, 43, in_dim=64)
+    st.learn(np.ones(FIT_AFTER, np.int64), X, Q[:, 1])
+    assert st.W is not None and np.isfinite(st.P).all() and np.isfinite(st.Ainv).all()
+    assert BanditState.from_bytes(st.to_bytes()).to_bytes() == st.to_bytes()

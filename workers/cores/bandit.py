@@ -206,7 +206,12 @@ class BanditState:
         """Fit ``P`` to the kept queries, then learn the kept outcomes again in its features."""
         kept, self.kept = self.kept, None
         Z = kept["z"].astype(np.float64)
-        lam, V = np.linalg.eigh(Z.T @ Z / len(Z))                 # ascending
+        C = Z.T @ Z / len(Z)
+        if np.trace(C) < 1e-6 * len(C):
+            # nothing to fit (all-zero queries): keep the current features and try again on the next rows
+            self.kept = np.empty(0, kept.dtype)
+            return
+        lam, V = np.linalg.eigh(C)                                # ascending
         lam, V = lam[::-1][:self.dim], V[:, ::-1][:, :self.dim]
         lam = np.maximum(lam, 0.0) + _WHITEN_FLOOR * max(float(lam.mean()), 1e-12)
         self.W = np.ascontiguousarray((V / np.sqrt(lam)).T, np.float32)
