@@ -205,8 +205,9 @@ async def _stop_producer(producer: Any) -> None:
             with contextlib.suppress(Exception):  # fenced or the broker gone: nothing left to save
                 await producer.stop()
     except TimeoutError:
-        logger.warning("a transactional producer did not stop within %.0f s; its connections are closed",
-                       _STOP_TIMEOUT_S)
+        txn = getattr(producer, "_txn_manager", None)  # aiokafka 0.14: TransactionManager.transactional_id
+        logger.warning("transactional producer %s did not stop within %.0f s; its connections are closed",
+                       getattr(txn, "transactional_id", "?"), _STOP_TIMEOUT_S)
         with contextlib.suppress(Exception):
             await producer.client.close()
 
