@@ -424,6 +424,10 @@ def test_small_queries_keep_the_random_projection_and_bad_states_are_refused() -
     bad[-row + st.kept.dtype.fields["arm"][1]:-row + st.kept.dtype.fields["arm"][1] + 8] = (7).to_bytes(8, "little")
     with pytest.raises(CorruptStateError, match="unknown targets"):
         BanditState.from_bytes(bytes(bad))
+    nan = bytearray(data)
+    nan[-row:-row + 4] = np.float32("nan").tobytes()  # the last kept row's first feature
+    with pytest.raises(CorruptStateError, match="not finite"):
+        BanditState.from_bytes(bytes(nan))
     s = LearnSession()
     out = s.dispatch({"verb": "init_router", "body": {"targets": TARGETS, "in_dim": DIM,
                                                        "bandit": {"projection": "lda"}}})

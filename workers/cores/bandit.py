@@ -377,6 +377,8 @@ class BanditState:
             st.kept = np.frombuffer(data, st.kept.dtype, offset=pos).copy()
             if (st.kept["arm"] < 0).any() or (st.kept["arm"] >= nt).any():
                 raise CorruptStateError("router bandit kept outcomes name unknown targets")
+            if not (np.isfinite(st.kept["z"]).all() and np.isfinite(st.kept["q"]).all()):
+                raise CorruptStateError("router bandit kept outcomes are not finite")  # the fit would fail on them
         return st
 
     def __eq__(self, other: object) -> bool:
