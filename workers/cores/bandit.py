@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from workers import _kernels as _k
-from workers.state.framing import pack_part, unpack_part
+from workers.state.framing import pack_part, unpack_part, version_of
 from workers.errors import CorruptStateError
 
 __all__ = ("PART", "BanditState", "MAX_STATE_BYTES", "bandit_dim", "PROJECTIONS", "FIT_AFTER", "SKETCH_DIM")
@@ -325,7 +325,7 @@ class BanditState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> BanditState:
-        version = _version_of(data)
+        version = version_of(data, (1, _VERSION), _VERSION)
         h, pos = unpack_part(data, _MAGIC, version, "router bandit")
         try:
             projection = h.get("projection", "random") if version >= 2 else "random"
@@ -417,8 +417,3 @@ def _sketch(seed: int, in_dim: int) -> np.ndarray:
 def _fitted_projection(W: np.ndarray, seed: int, in_dim: int) -> np.ndarray:
     """P = W R (float32): what a route projects a query with once the projection is fitted."""
     return np.ascontiguousarray(W @ _sketch(seed, in_dim), np.float32)
-
-
-def _version_of(data: bytes) -> int:
-    """The part's version byte (framing: magic, version, ...): 1 and 2 are read."""
-    return data[3] if len(data) > 3 and data[3] in (1, _VERSION) else _VERSION

@@ -16,10 +16,17 @@ import orjson
 
 from workers.errors import CorruptStateError
 
-__all__ = ("pack_part", "unpack_part", "PART_HEAD", "pack_checked", "unpack_checked", "CHECKED_HEAD")
+__all__ = ("pack_part", "unpack_part", "PART_HEAD", "pack_checked", "unpack_checked", "CHECKED_HEAD",
+           "version_of")
 
 PART_HEAD = struct.Struct("<3sBI")  # magic, version, header length
 CHECKED_HEAD = struct.Struct("<3sBI")  # magic, version, crc32 of the payload
+
+
+def version_of(data: bytes, readable: tuple[int, ...], current: int) -> int:
+    """The version byte of a framed value (``PART_HEAD`` or ``CHECKED_HEAD``) when it is one of
+    ``readable``, else ``current``: unpacking then refuses the value with its real version named."""
+    return data[3] if len(data) > 3 and data[3] in readable else current
 
 
 def pack_checked(magic: bytes, version: int, payload: bytes) -> bytes:

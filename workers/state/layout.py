@@ -48,7 +48,7 @@ import numpy as np
 import orjson
 
 from workers.errors import CorruptStateError
-from workers.state.framing import pack_checked, unpack_checked
+from workers.state.framing import pack_checked, unpack_checked, version_of
 from workers.state.blob import StateBlob, Watermark
 
 __all__ = ("PIECE_BYTES", "INLINE_BYTES", "SEP", "SessionState", "piece_bounds", "pieces", "digest", "StateTooLarge", "is_piece_key")
@@ -439,7 +439,7 @@ def _write_head(blob: StateBlob, parts: dict[str, _Stored]) -> bytes:
 
 def _read_head(data: bytes) -> tuple[dict, dict[str, bytes]]:
     """The head's header and its inline parts (a version 1 head has none)."""
-    version = data[3] if len(data) > 3 and data[3] in (1, _VERSION) else _VERSION
+    version = version_of(data, (1, _VERSION), _VERSION)
     payload = unpack_checked(data, _MAGIC, version, "state head")
     inline: dict[str, bytes] = {}
     try:
