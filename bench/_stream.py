@@ -31,7 +31,8 @@ from workers.cli import processes
 from workers.cli.http_json import http_json
 from workers.cli.processes import ChildProcess, metric
 from workers.cli.waiting import wait_until as _wait_until
-from workers.kafka.broker import EmbeddedBroker, free_port
+from workers.kafka.broker import EmbeddedBroker
+from workers.local import free_port
 from workers.stream.provision import ensure_topics
 from workers.stream.settings import Settings
 

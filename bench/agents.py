@@ -32,7 +32,7 @@ import numpy as np
 
 from _stream import WorkerProcess, machine_note, provision, start_broker, wait_until
 from workers.cli.processes import metric
-from workers.kafka.broker import free_port
+from workers.local import free_port
 from workers.client import LearnstreamClient
 from workers.kafka.topics import topics
 

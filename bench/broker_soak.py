@@ -26,7 +26,7 @@ import numpy as np
 import psutil
 
 from workers.cli.processes import metric, metric_by
-from workers.kafka.broker import free_port
+from workers.local import free_port
 from workers.client import LearnstreamClient
 
 __all__ = ("main",)

@@ -13,7 +13,8 @@ from workers.cli.http_json import http_json
 from workers.cli.processes import WorkerProcess
 from workers.cli.waiting import wait_until
 from workers.errors import WorkerExitedError
-from workers.kafka.broker import broker_env, free_port
+from workers.kafka.broker import broker_env
+from workers.local import free_port
 
 __all__ = ("wait_until", "WorkerProc", "http_json", "read_topic", "send_raw", "applied")
 

@@ -12,7 +12,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from workers.kafka.broker import EmbeddedBroker, _die_with_parent, free_port, wait_for_broker
+from workers.kafka.broker import EmbeddedBroker, _die_with_parent, wait_for_broker
+from workers.local import free_port
 from workers.errors import BrokerError
 
 __all__ = ("Candidate", "candidate", "CANDIDATES")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import WorkerProc
-from workers.kafka.broker import free_port
+from workers.local import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from tests.unit.scoring_servers import MSGS, LMServer
 from workers.cli.processes import ChildProcess
 from workers.cli.waiting import wait_until
-from workers.kafka.broker import free_port
+from workers.local import free_port
 from workers.stream.partitioning import owner_partition
 
 PROMETHEUS = shutil.which("prometheus")

@@ -9,7 +9,7 @@ import uuid
 import psutil
 import pytest
 
-from workers.kafka.broker import free_port
+from workers.local import free_port
 
 pytestmark = pytest.mark.integration
 

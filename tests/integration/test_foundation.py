@@ -133,7 +133,7 @@ def test_worker_without_a_broker_starts_the_embedded_one(tmp_path) -> None:
     import psutil
 
     from tests.helpers import http_json
-    from workers.kafka.broker import free_port
+    from workers.local import free_port
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}

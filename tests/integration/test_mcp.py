@@ -28,7 +28,7 @@ from mcp.client.streamable_http import streamablehttp_client
 from tests.helpers import wait_until
 from tests.integration.test_demo import leftovers
 from workers.cli.processes import ChildProcess
-from workers.kafka.broker import free_port
+from workers.local import free_port
 from workers.mcp.tools import TOOLS
 from workers.kafka.topics import topics
 

@@ -23,7 +23,8 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamablehttp_client
 
 from tests.helpers import WorkerProc, http_json, read_topic, wait_until
-from workers.kafka.broker import EmbeddedBroker, free_port
+from workers.kafka.broker import EmbeddedBroker
+from workers.local import free_port
 from workers.kafka.topics import topics
 
 pytestmark = pytest.mark.integration

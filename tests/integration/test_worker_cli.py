@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.kafka.broker import free_port
+from workers.local import free_port
 
 pytestmark = pytest.mark.integration
 

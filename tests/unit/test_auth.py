@@ -8,7 +8,7 @@ import logging
 import aiohttp
 import pytest
 
-from workers.kafka.broker import free_port
+from workers.local import free_port
 from workers.errors import ConfigError
 from workers.stream.auth import Authenticator, Principal, TokenStore, hash_token, new_token, parse_tokens
 from workers.stream.http_guard import Guard, json_depth

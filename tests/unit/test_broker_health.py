@@ -37,7 +37,7 @@ def test_no_probes_is_not_an_outage() -> None:
 
 
 def test_probe_of_a_closed_port_fails_fast() -> None:
-    from workers.kafka.broker import free_port
+    from workers.local import free_port
 
     h = BrokerHealth(f"127.0.0.1:{free_port()}", 10.0)
     assert asyncio.run(h.probe()) is False and h.failing_since is not None

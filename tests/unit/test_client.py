@@ -23,7 +23,7 @@ def test_unstarted_client_says_how_to_start() -> None:
 
 # -- write-and-wait over HTTP (issue 15) --------------------------------------------------------
 def test_apply_gives_up_with_the_key_to_retry_when_no_worker_answers() -> None:
-    from workers.kafka.broker import free_port
+    from workers.local import free_port
     from workers.client import WriteNotConfirmed
 
     async def go() -> None:
@@ -82,7 +82,7 @@ def test_apply_sends_the_token_and_key_and_retries_busy_answers_with_the_same_ke
 
 
 def test_sync_client_can_be_http_only_and_says_what_is_missing() -> None:
-    from workers.kafka.broker import free_port
+    from workers.local import free_port
     from workers.client import SyncClient, WriteNotConfirmed
 
     with SyncClient(worker_url=f"http://127.0.0.1:{free_port()}", apply_deadline_s=0.3) as c:

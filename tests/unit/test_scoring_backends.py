@@ -4,7 +4,6 @@ model, empty ranges never sent, every failure a ScoringError with a clear messag
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 
@@ -21,6 +20,7 @@ from workers.scoring import endpoints
 from workers.scoring.ngram import builtin_model
 from workers.scoring.tokenizer import CharTokenizer, RemoteTokenizer
 from workers.scoring.transport import ScoringError, post_json
+from workers.local import free_port
 
 TOK, LM = builtin_model()
 TEXT = "The user prefers metric units. The park is about two kilometres away."
@@ -35,12 +35,6 @@ def server():
 def prompt_and_ranges() -> tuple[list[int], list[tuple[int, int]]]:
     ids = TOK.header("memory") + TOK.encode(TEXT) + TOK.footer()
     return ids, [(1, 6), (7, len(ids) - 1), (3, 3), (2, 9)]  # overlapping, and one empty
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the contract client ---------------------------------------------------------------------------

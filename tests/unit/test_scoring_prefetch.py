@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 
 import aiohttp
 import orjson
@@ -29,6 +28,7 @@ from workers.state import MemoryStore
 from workers.stream.processor import Processor, StoreStateAccess
 from workers.stream.records import Record
 from workers.kafka.topics import topics
+from workers.local import free_port
 
 TOK, _ = builtin_model()
 CONV = [Message(m["role"], m["content"], m.get("memory_id")) for m in MSGS]
@@ -38,12 +38,6 @@ CONV = [Message(m["role"], m["content"], m.get("memory_id")) for m in MSGS]
 def server():
     with LMServer() as s:
         yield s
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def settle(run, **kw):  # noqa: ANN001, ANN201 - the worker's loop, in a test

@@ -33,7 +33,8 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from workers.kafka.broker import EmbeddedBroker, free_port
+from workers.kafka.broker import EmbeddedBroker
+from workers.local import free_port
 from workers.client import LearnstreamClient
 from workers.stream.provision import ensure_topics_sync
 from workers.stream.settings import Settings

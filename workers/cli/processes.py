@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from workers.cli.http_json import http_json
 from workers.cli.waiting import wait_until
 from workers.errors import WorkerExitedError
-from workers.kafka.broker import parent_death_signal
+from workers.local import parent_death_signal
 
 __all__ = ("ChildProcess", "WorkerProcess", "metric", "metric_by", "WORKER_COMMAND")
 

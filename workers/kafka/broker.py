@@ -16,8 +16,6 @@ compaction and retention keep that bounded. The binary ships in the ``noida-db``
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import functools
 import logging
 import os
@@ -34,8 +32,9 @@ import orjson
 
 from workers.errors import BrokerError
 from workers.kafka.broker_compat import MALLOC_TUNABLES
+from workers.local import free_port, parent_death_signal
 
-__all__ = ("EmbeddedBroker", "parent_death_signal", "free_port", "wait_for_broker", "run_forever", "broker_env")
+__all__ = ("EmbeddedBroker", "wait_for_broker", "run_forever", "broker_env")
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +43,7 @@ logger = logging.getLogger(__name__)
 _START_TIMEOUT_S = 30.0
 # SIGTERM makes it write its snapshot: the time that takes grows with the retained log.
 _STOP_GRACE_S = 30.0
-_PR_SET_PDEATHSIG = 1
 _INSTALL_HINT = "pip install 'learnstream[embedded]' (or set LEARNSTREAM_BROKER to an existing Kafka)"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -63,13 +55,6 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def parent_death_signal(sig: int) -> None:
-    """Ask the kernel to send ``sig`` to this process when its parent (the thread that started it)
-    exits, however it exits. For a ``preexec_fn``: runs in the child between fork and exec."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
 
 
 def _die_with_parent(sig: int = signal.SIGTERM) -> None:  # runs in the child between fork and exec

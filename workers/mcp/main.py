@@ -16,7 +16,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from workers.kafka.broker import free_port
+from workers.local import free_port
 from workers.client import LearnstreamClient
 from workers.errors import ConfigError
 from workers.cli.processes import WorkerProcess
