@@ -132,7 +132,9 @@ class BanditState:
                  "boost_left", "drifts")
 
     def __init__(self, n_targets: int, in_dim: int, dim: int | None = None, alpha: float | None = None,
-                 gamma: float | None = None, seed: int = 0xC0A5, projection: str | None = None) -> None:
+                 gamma: float | None = None, seed: int = 0xC0A5, projection: str | None = None, *,
+                 seeded: bool = True) -> None:
+        """``seeded`` False leaves ``P`` for the caller to set (a decoded fitted state: ``W R``)."""
         self.n_targets = int(n_targets)
         self.in_dim = int(in_dim)
         self.dim = bandit_dim(self.n_targets, _DEFAULT_DIM if dim is None else int(dim))
@@ -144,7 +146,7 @@ class BanditState:
             raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}")
         self.projection = projection if _sketch_dim(self.in_dim) > self.dim else "random"
         d1 = self.dim + 1
-        self.P = _k.bandit_projection(self.seed, self.dim, self.in_dim)
+        self.P = _k.bandit_projection(self.seed, self.dim, self.in_dim) if seeded else None
         self.W: np.ndarray | None = None  # pca, fitted: dim x SKETCH_DIM (P = W R)
         # pca, not fitted yet: the outcomes learned so far, their queries pre-projected (FIT_AFTER rows)
         self.kept: np.ndarray | None = None
@@ -329,10 +331,11 @@ class BanditState:
         h, pos = unpack_part(data, _MAGIC, version, "router bandit")
         try:
             projection = h.get("projection", "random") if version >= 2 else "random"
-            st = cls(h["n_targets"], h["in_dim"], dim=h["dim"], alpha=h["alpha"], gamma=h["gamma"], seed=h["seed"],
-                     projection=projection)
-            boost, drifts = int(h["boost_left"]), int(h["drifts"])
             fitted = bool(h.get("fitted", False))
+            # a fitted state's P is W R, set below: the seeded one would be drawn only to be replaced
+            st = cls(h["n_targets"], h["in_dim"], dim=h["dim"], alpha=h["alpha"], gamma=h["gamma"], seed=h["seed"],
+                     projection=projection, seeded=not fitted)
+            boost, drifts = int(h["boost_left"]), int(h["drifts"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CorruptStateError(f"router bandit header is malformed ({exc})") from None
         if st.dim != h["dim"] or st.projection != projection or (fitted and projection != "pca"):
