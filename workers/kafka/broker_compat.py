@@ -38,11 +38,19 @@ without; ``learnstream bench broker_soak`` measures a 10-minute run (bench/READM
    abort marker (it lies before the fetch offset), skips every later batch of the same producer id:
    a changelog recovered from a persisted offset after one aborted batch transaction (a worker
    SIGKILLed mid-commit) would read nothing of what the same partition's producer committed since.
-   Fix: :func:`ignore_finished_aborts` drops, in the worker process, listed aborted transactions
-   that start before the fetch offset. Right for the changelogs: one producer id writes each
-   partition, transactions in sequence, and recovery fetches from just after a committed record,
-   never from inside an aborted transaction. ``tests/integration/test_transactions.py`` fails
-   without it.
+   Fix: :func:`ignore_finished_aborts` decides, in the worker process, for each listed aborted
+   transaction that starts before the fetch offset, whether it is still open there, from the
+   response itself: one producer's transactions follow each other, so its first control batch at
+   or after the fetch offset ends the transaction its records there belong to. An abort marker:
+   they are aborted, the listing stands. A commit marker, or none: it ended before, and is dropped.
+   A fetch *can* start inside an aborted transaction: on an input topic, re-routed copies (written
+   in the transactions of other partitions) interleave with clients' records, and a group's
+   committed offset may lie between two aborted copies. Dropping every early listing (this fix's
+   first form) delivered the later copy as committed, out of order and before its re-sent
+   duplicate, which was then dropped: one event lost. The embedded broker answers a fetch with
+   everything up to the last stable offset (23 MB in one response, whatever the client's
+   ``max_partition_fetch_bytes``), so the marker of a finished transaction is always in it.
+   ``tests/integration/test_transactions.py`` fails without either half.
 
 5. **It can answer SyncGroup with an empty assignment** (seen once in 21 two-worker rebalance
    start-ups of ``bench chaos``). aiokafka's group coordinator decodes it, fails ("unpack requires a
@@ -61,9 +69,9 @@ without; ``learnstream bench broker_soak`` measures a 10-minute run (bench/READM
 """
 from __future__ import annotations
 
-from typing import Any
-
 import logging
+import threading
+from typing import Any
 
 __all__ = ("topic_configs", "expel_group_members", "ignore_finished_aborts", "rejoin_on_empty_assignment",
            "hold_empty_fetches", "EMPTY_FETCH_HOLD_MS", "SEGMENT_BYTES", "SEGMENT_MS", "MALLOC_TUNABLES",
@@ -125,26 +133,53 @@ async def expel_group_members(bootstrap: str, group: str, **kafka: Any) -> list[
 
 
 _aborts_patched = False
+_fetched = threading.local()  # the bytes of the fetch response the fetcher is about to read (per thread)
 
 
 def ignore_finished_aborts() -> None:
-    """Defect 4 above: make aiokafka ignore listed aborted transactions that start before the fetch
+    """Defect 4 above: make aiokafka ignore listed aborted transactions that ended before the fetch
     offset (idempotent; call it in a process that talks to the embedded broker only)."""
     global _aborts_patched
     if _aborts_patched:
         return
     from aiokafka.consumer import fetcher
 
-    init = fetcher.PartitionRecords.__init__
+    memory_records, init = fetcher.MemoryRecords, fetcher.PartitionRecords.__init__
+
+    def MemoryRecords(data: Any) -> Any:  # noqa: N802 - stands in for the class the fetcher calls
+        _fetched.data = data  # the fetcher wraps it in PartitionRecords next, on the same thread
+        return memory_records(data)
 
     def __init__(self: Any, tp: Any, records: Any, aborted_transactions: Any, fetch_offset: int,
                  *args: Any, **kwargs: Any) -> None:
+        data, _fetched.data = getattr(_fetched, "data", None), None
         if aborted_transactions:  # (producer_id, first_offset) pairs
-            aborted_transactions = [a for a in aborted_transactions if a[1] >= fetch_offset]
+            early = {pid for pid, first in aborted_transactions if first < fetch_offset}
+            open_ = _open_at(memory_records(data), early, fetch_offset) if early and data is not None else set()
+            aborted_transactions = [a for a in aborted_transactions if a[1] >= fetch_offset or a[0] in open_]
         init(self, tp, records, aborted_transactions, fetch_offset, *args, **kwargs)
 
+    fetcher.MemoryRecords = MemoryRecords
     fetcher.PartitionRecords.__init__ = __init__
     _aborts_patched = True
+
+
+def _open_at(records: Any, pids: set[int], fetch_offset: int) -> set[int]:
+    """Those of ``pids`` whose first control batch at or after ``fetch_offset`` in ``records`` (a
+    separate reader of the response) is an abort marker: their records there are aborted."""
+    from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
+
+    seen: set[int] = set()
+    out: set[int] = set()
+    while records.has_next() and len(seen) < len(pids):
+        batch = records.next_batch()
+        pid = batch.producer_id
+        if pid not in pids or pid in seen or not batch.is_control_batch or batch.base_offset < fetch_offset:
+            continue
+        seen.add(pid)
+        if ControlRecord.parse(next(iter(batch)).key) == ABORT_MARKER:
+            out.add(pid)
+    return out
 
 
 _empty_assignment_patched = False
