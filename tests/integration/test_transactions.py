@@ -129,6 +129,38 @@ async def test_a_batch_is_all_or_nothing_and_a_dead_owner_is_fenced(broker) -> N
     await _step("next owner's close", second.close())
 
 
+async def test_a_fenced_producer_is_dropped_without_an_unretrieved_error(broker) -> None:
+    """A worker whose partition moved on mid-batch logs one warning (fenced), not asyncio's ERROR
+    "Future exception was never retrieved" for the transaction aiokafka failed inside the producer."""
+    import gc
+
+    app = f"tx-{uuid.uuid4().hex[:8]}"
+    out = f"{app}-out"
+    await _step("create the topics", _topics(broker.bootstrap, out))
+    first, second = _txns(broker.bootstrap, app), _txns(broker.bootstrap, app)
+    unhandled: list[dict] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    try:
+        await _step("first owner", first.assign({0}))
+        await _step("first commit", first.commit(0, PartitionWork([Send(out, b"k", b"1", 0)])))
+        await _step("next owner (fences the first)", second.assign({0}))
+        with pytest.raises(ProducerFenced):
+            await _step("fenced commit", first.commit(0, PartitionWork([Send(out, b"k", b"2", 0)])))
+        assert not first.owns(0)
+        await _step("next owner's commit", second.commit(0, PartitionWork([Send(out, b"k", b"2", 0)])))
+        for _ in range(3):
+            gc.collect()
+            await asyncio.sleep(0)
+        assert [c.get("message") for c in unhandled] == []
+        # what is not a fenced producer's still reaches the handler that was there
+        loop.call_exception_handler({"message": "something else"})
+        assert [c.get("message") for c in unhandled] == ["something else"]
+    finally:
+        loop.set_exception_handler(None)
+        await _step("closes", asyncio.gather(first.close(), second.close()))
+
+
 async def test_last_record_reads_back_past_a_long_aborted_transaction(broker) -> None:
     app = f"tx-{uuid.uuid4().hex[:8]}"
     log = f"{app}-changelog"

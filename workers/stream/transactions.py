@@ -98,6 +98,7 @@ class Transactions:
 
     async def assign(self, partitions: set[int]) -> None:
         """Own exactly ``partitions``: start (and so fence) producers for new ones, stop the others."""
+        _quiet_fenced_futures(asyncio.get_running_loop())
         async with self._lock:
             for p in sorted(set(self.producers) - partitions):
                 await self._stop(p)
@@ -195,6 +196,33 @@ class Transactions:
         parts = sorted(work)
         done = await asyncio.gather(*(self.commit(p, work[p], may_commit) for p in parts), return_exceptions=True)
         return dict(zip(parts, done, strict=True))
+
+
+def _quiet_fenced_futures(loop: asyncio.AbstractEventLoop) -> None:
+    """Keep asyncio from logging ERROR "Future exception was never retrieved" for a fenced producer.
+
+    When a producer is fenced, aiokafka fails futures of its own that nothing awaits once the
+    producer is dropped: its transaction's waiter (twice: it replaces the failed one with another
+    failed one) and each pending batch's drain waiter. asyncio logged each as an ERROR with a
+    traceback when collected, on every fencing, which :meth:`Transactions.commit` reports as one
+    warning. Only those (a ``ProducerFenced`` never retrieved) are dropped; everything else goes on
+    to the handler that was there (idempotent)."""
+    from aiokafka.errors import ProducerFenced
+
+    previous = loop.get_exception_handler()
+    if getattr(previous, "quiets_fenced_futures", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), ProducerFenced) and "never retrieved" in context.get("message", ""):
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.quiets_fenced_futures = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
 
 
 async def _stop_producer(producer: Any) -> None:
