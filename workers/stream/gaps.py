@@ -132,8 +132,10 @@ class KafkaProbe:
 
     def __init__(self, bootstrap: str, *, tail_from_start: bool = False, **kafka: Any) -> None:
         self.bootstrap, self.kafka = bootstrap, kafka
-        # last_record reads from the log start (embedded broker: see broker_compat.ignore_finished_aborts,
-        # a window starting inside an aborted transaction would count its records)
+        # last_record reads once from the log start or ``after`` (embedded broker: it answers a fetch with
+        # everything up to the end wherever it starts, so windows growing backwards would each read the
+        # tail again; a window starting inside an aborted transaction once counted its records too,
+        # before broker_compat.ignore_finished_aborts looked for the transaction's marker)
         self.tail_from_start = tail_from_start
         self._consumer: Any = None
         self._admin = LazyAdmin(self.bootstrap, **self.kafka)
