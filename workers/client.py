@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaProducer
 
 from workers.verbs.codec import encode_embedding_b64
 from workers.errors import LearnstreamError, VerbError
+from workers.kafka.clients import started
 from workers.kafka.topics import topics
 
 __all__ = ("LearnstreamClient", "SyncClient", "Sent", "Applied", "WriteNotConfirmed", "SETUP_VERBS")
@@ -118,9 +119,8 @@ class LearnstreamClient:
 
     async def start(self) -> LearnstreamClient:
         if self.bootstrap:
-            self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=_LINGER_MS,
-                                              max_request_size=1 << 20, **self.kafka)
-            await self._producer.start()
+            self._producer = await started(AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=_LINGER_MS,
+                                                            max_request_size=1 << 20, **self.kafka))
         if self.worker_url:
             import aiohttp
 

@@ -34,6 +34,7 @@ import orjson
 from tqdm import tqdm
 
 from workers.kafka.broker import EmbeddedBroker
+from workers.kafka.clients import started
 from workers.local import free_port
 from workers.client import LearnstreamClient
 from workers.stream.provision import ensure_topics_sync
@@ -147,9 +148,8 @@ def _loss_stream(rng: np.random.Generator, steps: int = 200, tasks: int = 3) -> 
 async def _consume(bootstrap: str, role: str, stop_after_s: float = 3.0) -> list[dict]:
     from aiokafka import AIOKafkaConsumer
 
-    c = AIOKafkaConsumer(topics()[role].name, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                         enable_auto_commit=False)
-    await c.start()
+    c = await started(AIOKafkaConsumer(topics()[role].name, bootstrap_servers=bootstrap,
+                                       auto_offset_reset="earliest", enable_auto_commit=False))
     out: list[dict] = []
     try:
         idle = 0.0

@@ -19,7 +19,11 @@ class LazyAdmin:
             from aiokafka.admin import AIOKafkaAdminClient
 
             admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka)
-            await admin.start()
+            try:
+                await admin.start()
+            except BaseException:
+                await admin.close()  # its client, connected or not (the admin has no unclosed warning, the client does)
+                raise
             self._admin = admin
         return self._admin
 

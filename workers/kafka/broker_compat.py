@@ -116,8 +116,8 @@ async def expel_group_members(bootstrap: str, group: str, **kafka: Any) -> list[
     from aiokafka.protocol.group import LeaveGroupRequest
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka)
-    await admin.start()
     try:
+        await admin.start()
         node = await admin.find_coordinator(group)
         (resp,) = await admin.describe_consumer_groups([group], group_coordinator_id=node)
         # groups: (error_code, group, state, protocol_type, protocol, members, ...); a member starts with its id

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.kafka.admin import LazyAdmin
+from workers.kafka.clients import started
 from workers.stream import metrics
 
 __all__ = ("GapGuard", "Admitted", "Fetcher")
@@ -153,10 +154,9 @@ class KafkaProbe:
         if self._consumer is None:
             from aiokafka import AIOKafkaConsumer
 
-            c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                 isolation_level="read_committed", **self.kafka)
-            await c.start()
-            self._consumer = c
+            self._consumer = await started(AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap, enable_auto_commit=False, isolation_level="read_committed",
+                **self.kafka))
         return self._consumer
 
     async def committed(self, group: str, topic: str, partition: int) -> int | None:

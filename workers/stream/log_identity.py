@@ -35,6 +35,8 @@ import orjson
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
 from aiokafka.protocol.metadata import MetadataRequest
 
+from workers.kafka.clients import started
+
 __all__ = ("ensure_tables_match_log", "stale_tables", "cluster_id")
 
 logger = logging.getLogger(__name__)
@@ -47,8 +49,8 @@ _DB_NAME = re.compile(r"^(?P<table>.+)-(?P<partition>\d+)\.db$")
 async def cluster_id(bootstrap: str, **kafka: object) -> str | None:
     """The cluster id of a Metadata (v2+) response, or None when the broker sends none."""
     client = AIOKafkaClient(bootstrap_servers=bootstrap, **kafka)
-    await client.bootstrap()
     try:
+        await client.bootstrap()
         node = next(iter(client.cluster.brokers())).nodeId
         resp = await client.send(node, MetadataRequest([]))  # the negotiated version (v2+ has cluster_id)
         return getattr(resp, "cluster_id", None) or None
@@ -68,8 +70,7 @@ def _persisted_offset(db_path: Path) -> int | None:
 
 
 async def _end_offsets(bootstrap: str, tps: list[TopicPartition], **kafka: object) -> dict[TopicPartition, int]:
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **kafka)
-    await c.start()
+    c = await started(AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **kafka))
     try:
         return await c.end_offsets(tps) if tps else {}
     finally:

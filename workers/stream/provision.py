@@ -29,8 +29,8 @@ def _admin(settings: Settings) -> AIOKafkaAdminClient:
 async def describe_topics(settings: Settings) -> dict[str, int]:
     """Existing topics and their partition counts."""
     admin = _admin(settings)
-    await admin.start()
     try:
+        await admin.start()
         names = await admin.list_topics()
         if not names:
             return {}
@@ -52,8 +52,8 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
                 for name in changelog_topics(settings) if name not in existing]
     if new:
         admin = _admin(settings)
-        await admin.start()
         try:
+            await admin.start()
             await admin.create_topics(new)
         except TopicAlreadyExistsError:
             pass  # another worker won the race

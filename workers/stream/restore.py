@@ -28,6 +28,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from rocksdict import WriteBatch, WriteOptions
 
+from workers.kafka.clients import started
+
 __all__ = ("restore", "Span", "Restored")
 
 logger = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ async def restore(spans: Mapping[tuple[str, int], Span], consumer_kwargs: Mappin
     consumer = AIOKafkaConsumer(enable_auto_commit=False, group_id=None, isolation_level="read_committed",
                                 max_partition_fetch_bytes=_FETCH_PARTITION_BYTES, fetch_max_bytes=_FETCH_BYTES,
                                 fetch_max_wait_ms=100, auto_offset_reset="earliest", **consumer_kwargs)
-    await consumer.start()
+    await started(consumer)
     no_wal = WriteOptions()
     no_wal.disable_wal = True
     try:

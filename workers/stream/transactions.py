@@ -38,6 +38,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from workers.kafka.clients import started
+
 __all__ = ("Transactions", "PartitionWork", "Send", "NotOwned", "ProducerLost", "source_partition")
 
 logger = logging.getLogger(__name__)
@@ -112,8 +114,7 @@ class Transactions:
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap,
                                     transactional_id=self.transactional_id(partition), acks="all",
                                     **self.producer_kwargs)
-        await producer.start()  # InitProducerId: aborts what this id left open, fences its old holder
-        return producer
+        return await started(producer)  # InitProducerId: aborts what this id left open, fences its old holder
 
     async def _stop(self, partition: int) -> None:
         producer = self.producers.pop(partition, None)
