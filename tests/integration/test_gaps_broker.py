@@ -110,3 +110,28 @@ async def test_probe_sees_records_deleted_before_they_were_consumed(broker) -> N
         assert await probe.first_record(topic, 0, 1, 4) is None  # and below 4 nothing is left
     finally:
         await probe.close()
+
+
+async def test_callers_at_once_share_one_probe_consumer_and_one_admin(broker) -> None:
+    """A restarted worker asks the probe for log starts from several partitions at once, before any
+    consumer exists: each used to start its own, and the one overwritten was collected unclosed
+    (ERROR "Unclosed AIOKafkaConsumer" in a user trial's log)."""
+    import asyncio
+    import gc
+
+    topic = await _topic(broker.bootstrap)
+    unclosed: list[str] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: unclosed.append(context.get("message", "")))
+    probe = KafkaProbe(broker.bootstrap)
+    try:
+        assert await asyncio.gather(*(probe.log_start(topic, 0) for _ in range(4)), probe.log_end(topic, 0)) == [0] * 5
+        admins = await asyncio.gather(*(probe._admin_client() for _ in range(3)))
+        assert all(a is admins[0] for a in admins)
+        for _ in range(3):
+            gc.collect()
+            await asyncio.sleep(0)
+        assert [m for m in unclosed if "Unclosed" in m] == []
+    finally:
+        loop.set_exception_handler(None)
+        await probe.close()

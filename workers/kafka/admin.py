@@ -1,6 +1,7 @@
 """One aiokafka admin client per worker helper, connected on first use."""
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 __all__ = ("LazyAdmin",)
@@ -13,18 +14,20 @@ class LazyAdmin:
     def __init__(self, bootstrap: str, **kafka: Any) -> None:
         self.bootstrap, self.kafka = bootstrap, kafka
         self._admin: Any = None
+        self._making = asyncio.Lock()  # two first callers at once make one client, not two (one leaked)
 
     async def get(self) -> Any:
-        if self._admin is None:
-            from aiokafka.admin import AIOKafkaAdminClient
+        async with self._making:
+            if self._admin is None:
+                from aiokafka.admin import AIOKafkaAdminClient
 
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka)
-            try:
-                await admin.start()
-            except BaseException:
-                await admin.close()  # its client, connected or not (the admin has no unclosed warning, the client does)
-                raise
-            self._admin = admin
+                admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka)
+                try:
+                    await admin.start()
+                except BaseException:
+                    await admin.close()  # a start that failed or was cancelled leaves no open connection
+                    raise
+                self._admin = admin
         return self._admin
 
     async def close(self) -> None:

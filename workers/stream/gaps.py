@@ -141,6 +141,9 @@ class KafkaProbe:
         self._consumer: Any = None
         self._admin = LazyAdmin(self.bootstrap, **self.kafka)
         self._lock = asyncio.Lock()  # one reader of the probe consumer at a time
+        # one consumer made: log_start/log_end and start() come without _lock, and two callers that both
+        # found none each started one, the first then left unclosed (a restarted worker logged it)
+        self._making = asyncio.Lock()
 
     async def start(self) -> None:
         """Connect now (at worker start), so the first batch after an assignment does not wait for it."""
@@ -151,12 +154,13 @@ class KafkaProbe:
         return await self._admin.get()
 
     async def _client(self) -> Any:
-        if self._consumer is None:
-            from aiokafka import AIOKafkaConsumer
+        async with self._making:
+            if self._consumer is None:
+                from aiokafka import AIOKafkaConsumer
 
-            self._consumer = await started(AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap, enable_auto_commit=False, isolation_level="read_committed",
-                **self.kafka))
+                self._consumer = await started(AIOKafkaConsumer(
+                    bootstrap_servers=self.bootstrap, enable_auto_commit=False, isolation_level="read_committed",
+                    **self.kafka))
         return self._consumer
 
     async def committed(self, group: str, topic: str, partition: int) -> int | None:
