@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 __all__ = ("LazyAdmin",)
@@ -25,7 +26,8 @@ class LazyAdmin:
                 try:
                     await admin.start()
                 except BaseException:
-                    await admin.close()  # a start that failed or was cancelled leaves no open connection
+                    with contextlib.suppress(Exception):  # the start's error is the one to raise
+                        await admin.close()  # a start that failed or was cancelled leaves no open connection
                     raise
                 self._admin = admin
         return self._admin
