@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
+
+from workers.kafka.clients import started
 
 __all__ = ("LazyAdmin",)
 
@@ -22,14 +23,7 @@ class LazyAdmin:
             if self._admin is None:
                 from aiokafka.admin import AIOKafkaAdminClient
 
-                admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka)
-                try:
-                    await admin.start()
-                except BaseException:
-                    with contextlib.suppress(Exception):  # the start's error is the one to raise
-                        await admin.close()  # a start that failed or was cancelled leaves no open connection
-                    raise
-                self._admin = admin
+                self._admin = await started(AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka))
         return self._admin
 
     async def close(self) -> None:

@@ -10,7 +10,7 @@ C = TypeVar("C")
 
 
 async def started(client: C) -> C:
-    """``client`` (an aiokafka consumer or producer) once its ``start()`` returned.
+    """``client`` (an aiokafka consumer, producer or admin client) once its ``start()`` returned.
 
     A start that fails or is cancelled (a rebalance cancels recovery's reads) stops the client
     again before the error goes on: aiokafka's clients count as open from construction, and one
@@ -20,7 +20,7 @@ async def started(client: C) -> C:
     try:
         await c.start()
     except BaseException:
-        with contextlib.suppress(Exception):
-            await c.stop()
+        with contextlib.suppress(Exception):  # the start's error is the one to raise
+            await (c.stop() if hasattr(c, "stop") else c.close())  # the admin client has close()
         raise
     return client

@@ -205,8 +205,8 @@ def _quiet_fenced_futures(loop: asyncio.AbstractEventLoop) -> None:
     When a producer is fenced, aiokafka fails futures of its own that nothing awaits once the
     producer is dropped (its transaction's waiter, a pending batch's waiters). asyncio logged each
     as an ERROR with a traceback when collected (two per fencing in the test), for a fencing that
-    :meth:`Transactions.commit` reports as one warning. Only those (a ``ProducerFenced`` never retrieved) are dropped; everything else goes on
-    to the handler that was there (idempotent)."""
+    :meth:`Transactions.commit` reports as one warning. Only those (a ``ProducerFenced`` never
+    retrieved) are dropped; everything else goes on to the handler that was there (idempotent)."""
     from aiokafka.errors import ProducerFenced
 
     previous = loop.get_exception_handler()
