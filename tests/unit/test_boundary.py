@@ -130,6 +130,49 @@ def test_a_switch_after_a_short_still_falling_task_is_found_with_the_trend(monke
     assert found()[0] <= 15
 
 
+def test_a_rise_in_progress_early_in_a_task_widens_the_spread_little(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Early in a task the spread is a plain mean of few squares. A new task's first high losses enter the
+    reference (after the delay line) while the CUSUM is still gathering evidence; there one 4-sigma residual
+    counts as at most CV_RISE (2.5) sigmas, so sigma grows by under a quarter. Counted up to CV (5) sigmas, as
+    before, it grew by half, which hid that switch and, over a row of short tasks, the next ones."""
+    import workers.cores.boundary as boundary
+
+    def widening() -> tuple[float, float]:
+        rng = np.random.default_rng(3)
+        det = LossCusum()
+        for v in (0.5 + 0.1 * rng.standard_normal(20)).tolist():
+            assert not det.push(v)
+        sig0, mu0 = det.sigma, det.mu
+        for z in (4.0, 2.0, 2.0, 2.0, 2.0):   # the 4-sigma loss leaves the delay line on the last push
+            assert not det.push(mu0 + z * sig0)
+        assert det.S > boundary.S_RISE
+        return det.sigma / sig0, det.S
+
+    ratio, _ = widening()
+    assert ratio < 1.25
+    monkeypatch.setattr(boundary, "CV_RISE", boundary.CV)
+    assert widening()[0] > 1.45
+
+
+def test_a_start_up_is_not_tested_on_a_spread_of_a_few_losses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's losses of a stationary Bernoulli 0.5 feedback stream (bench boundaries, seed 2019) that begin
+    with three perfect answers: the spread is seeded from those equal losses (sigma at the floor), and three bad
+    answers in a row then passed the jump rule at the 11th loss, an adapter reset on noise. No test runs until
+    the reference holds TEST_FROM losses."""
+    import workers.cores.boundary as boundary
+
+    losses = [0.0, 0.0, 0.0, 0.7, 0.03, 0.027, 0.024, 0.722, 0.75, 0.775, 0.797, 0.818, 0.136, 0.822, 0.84,
+              0.856, 0.87, 0.883, 0.195, 0.876, 0.888, 0.899, 0.209, 0.888]
+
+    def fired() -> list[int]:
+        det = LossCusum()
+        return [i for i, v in enumerate(losses) if det.push(v)]
+
+    assert fired() == []
+    monkeypatch.setattr(boundary, "TEST_FROM", boundary.WARM)   # tested as soon as warm, as before
+    assert fired() == [10]
+
+
 def test_a_switch_at_a_high_training_loss_is_not_hidden_by_the_quality_scale_floors() -> None:
     """A cross-entropy level of ~1.6 with noise 0.1 jumping back to 2.4: the relative floor and allowance count
     the level only up to 1 (the quality scale's max), so the 8-sigma jump is found in every run."""

@@ -14,7 +14,12 @@ fires on a *lasting* rise of the loss:
   step); ``sigma^2`` is then a plain mean of the squares until the EMA takes over. A loss
   far *below* the reference moves ``mu`` by at most ``CLO`` sigmas (one good answer among
   bad ones is not a new level), and one upward residual counts at most ``CV`` sigmas in
-  ``sigma^2`` (a switch the detector missed must not blind it to the next ones).
+  ``sigma^2`` (a switch the detector missed must not blind it to the next ones). While
+  ``sigma^2`` is still a plain mean of few squares and the CUSUM already holds evidence of a
+  rise (``S > S_RISE``), the limit is ``CV_RISE``: a new task's first high losses enter the
+  reference a few steps before the CUSUM can fire, and there one 4-sigma residual used to
+  widen sigma by half and blind the detector to that switch and, in a row of 25-batch
+  tasks, to the next ones (bench boundaries, noise 0.4: F1 0.54 -> 0.71).
   ``sigma`` is floored at 0.05 and at 10% of ``min(|mu|, LEVEL_CAP)``: the loop's losses
   are ``1 - q_eff`` on the quality scale (at most 1), where a smaller spread is no spread
   at all; a training loss above 1 (cross-entropy) has no such floor beyond 0.1.
@@ -32,6 +37,11 @@ fires on a *lasting* rise of the loss:
   is tested), it must exceed ``TREND_SHRINK`` sigmas per step (the trend's noise on
   stationary feedback) and it lowers the forecast by at most ``TREND_CAP`` sigmas (a
   flattening curve must not be forecast below its floor).
+- **When**: no loss is tested until the reference holds ``TEST_FROM`` losses (twelve; sixteen
+  losses after a reset). A spread seeded from four losses can be far too small: a feedback
+  stream that began with three perfect answers had sigma at its floor, and three bad answers
+  in a row then passed the jump rule (bench boundaries: 3 of 480 stationary runs on other
+  seeds reset the adapter in their first 15 events that way).
 - **Statistic**: ``S = max(0, S + min((loss - f - a) / sigma, CLIP))`` with the allowance
   ``a = max(K sigma, REL min(|mu|, LEVEL_CAP))``: a rise has to exceed half a sigma and a
   quarter of the loss level (counted up to 1, as the floor) to count, and one loss adds at most CLIP. A boundary is ``S > H`` (at least
@@ -87,6 +97,9 @@ SLOW = 0.85        # sigma >= SLOW x the task-long upward spread
 RATE_SLOW = 0.002
 CLO = 2.0          # a loss below the reference moves it by at most RATE_MU x CLO sigmas
 CV = 5.0           # an upward residual counts at most CV sigmas in the spread
+CV_RISE = 2.5      # ... CV_RISE while the spread is a plain mean and the CUSUM is above S_RISE
+S_RISE = H / 3.0
+TEST_FROM = WARM + 8   # reference losses before the first test after a (re)start (module doc)
 RATE_TREND = 0.1   # the trend: an EMA of the reference's per-step moves
 TREND_SHRINK = 0.1  # sigmas per step a falling trend must exceed to count
 TREND_CAP = 1.0    # the trend lowers the forecast by at most this many sigmas
@@ -145,6 +158,7 @@ class LossCusum:
         sig = 0.0
         if self.m >= WARM:
             sig = self.sigma
+        if self.m >= TEST_FROM:
             a = max(K * sig, REL * min(abs(self.mu), LEVEL_CAP))
             f = self._forecast(sig)
             self.S = max(0.0, self.S + min((loss - f - a) / sig, CLIP))
@@ -197,9 +211,11 @@ class LossCusum:
                 self.steps = []
         else:
             r = v - self.mu
-            up2 = 2.0 * min(max(r, 0.0), CV * sig) ** 2
             # a plain mean of the first squares (the seed counts as one), then the EMA
-            self.var += max(1.0 / (m - WARM + 2), RATE_VAR) * (up2 - self.var)
+            rate = 1.0 / (m - WARM + 2)
+            cv = CV_RISE if rate > RATE_VAR and self.S > S_RISE else CV
+            up2 = 2.0 * min(max(r, 0.0), cv * sig) ** 2
+            self.var += max(rate, RATE_VAR) * (up2 - self.var)
             self.n_slow += 1
             self.var_slow += max(1.0 / self.n_slow, RATE_SLOW) * (up2 - self.var_slow)
             # a frequency over the task with EXCEED_PRIOR pseudo-losses that never jumped: one odd loss
