@@ -8,7 +8,7 @@ state: a 10-minute soak grew its snapshot ~130 MiB/min (bench/README.md, "broker
 So the worker that owns a table partition compacts its changelog itself: once the partition's log
 holds well more offsets than its table has keys (``> ratio x live keys + floor``: the log's offsets
 are known from the batches' commits; the live keys are counted, again only once the log grew past
-the last count's threshold), it
+the last count's threshold and by half the keys that count found: ``count_due``), it
 
 1. notes the log's end ``E`` (nothing of this partition is in flight: it runs between batches);
 2. re-produces every live key of the table partition from its RocksDB, in order, on the partition's
@@ -45,7 +45,7 @@ from workers.stream import metrics
 from workers.stream.faust_internals import changelog_offset_key, partition_db
 from workers.stream.transactions import PartitionWork, ProducerLost, Transactions
 
-__all__ = ("ChangelogRewriter",)
+__all__ = ("ChangelogRewriter", "count_due")
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class ChangelogRewriter:
         self.starts: dict[tuple[str, int], int] = {}  # known log start per changelog partition
         self.ends: dict[tuple[str, int], int] = {}  # last committed offset seen per changelog partition
         self.live: dict[tuple[str, int], int] = {}  # live keys per changelog partition, when last counted
+        self.counted_at: dict[tuple[str, int], int] = {}  # the log's last offset at that count
         self.generation = 0  # bumped by every rebalance: a rewrite spanning one stops
         self._admin = LazyAdmin(self.bootstrap, **self.kafka)
 
@@ -79,6 +80,7 @@ class ChangelogRewriter:
         self.starts.clear()
         self.ends.clear()
         self.live.clear()
+        self.counted_at.clear()
 
     def note(self, partition: int, last_offsets: Mapping[str, int]) -> None:
         """A batch's transaction of ``partition`` committed: its changelogs end at ``last_offsets``."""
@@ -100,9 +102,11 @@ class ChangelogRewriter:
                     start = self.starts[tp] = await self.probe.log_start(topic, partition)
                     if last - start < self.ratio * (live or 0) + self.floor:
                         continue
-                # RocksDB's estimate-num-keys counts overwrites too: count. Amortised: the next count
-                # comes once the log grew by ratio x this count more.
+                if not count_due(last, self.counted_at.get(tp), live or 0):
+                    continue
+                # RocksDB's estimate-num-keys counts overwrites too: count (see count_due for how often)
                 live = self.live[tp] = _count(partition_db(table, partition), changelog_offset_key(table))
+                self.counted_at[tp] = last
                 if last - start < self.ratio * live + self.floor:
                     continue
                 await self.rewrite(topic, partition, last - start)
@@ -152,6 +156,7 @@ class ChangelogRewriter:
         await self._delete_before(TopicPartition(topic, partition), cut)
         self.starts[(topic, partition)] = cut
         self.live[(topic, partition)] = keys
+        self.counted_at[(topic, partition)] = last
         metrics.CHANGELOG_REWRITES.inc()
         metrics.CHANGELOG_REWRITE_BYTES.inc(nbytes)
         logger.info("changelog %s[%d] rewritten: %d live keys (%.1f MB) re-produced at offsets up to %d, records "
@@ -191,6 +196,17 @@ def _live(db: Any, offset_key: bytes) -> Iterator[tuple[bytes, bytes]]:
         if k != offset_key:
             yield k, it.value()
         it.next()
+
+
+def count_due(last: int, counted_at: int | None, live: int) -> bool:
+    """Whether to count a partition's live keys again, its log now ending at ``last``: only once the
+    log grew by half the keys the last count found. A count reads every key, so this bounds counting
+    at two key reads per record produced, and a rewrite comes at most ``live / 2`` records late.
+
+    Without it, a table whose sessions were still growing (replay buffers filling: a new key per event
+    or so) was counted every few thousand records, as each count raised the threshold only a little:
+    44 counts in one 2,000-session benchmark, ~9 us per event of the worker's 340 (bench/README.md)."""
+    return counted_at is None or last - counted_at >= live // 2
 
 
 def _count(db: Any, offset_key: bytes) -> int:
