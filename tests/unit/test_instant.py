@@ -389,9 +389,10 @@ def test_ewc_state_is_stored_only_once_it_exists() -> None:
 
 
 def test_one_feedback_event_rewrites_one_hot_piece_and_one_replay_slot() -> None:
-    """A 384-d core's θ, counters, lr and replay scales are one piece (3.5 kB), so a one-event save
-    is that piece, the new slot and the session's head: 3 changelog records (4 while the
-    scalars were a piece of their own). With EWC state its pieces stay apart and unchanged."""
+    """A 384-d core's θ, counters, lr and replay scales are one piece (3.2 kB), kept in the session's
+    head (``HEAD_PIECE``), so a one-event save is the new slot and the head: 2 changelog records (3
+    while the hot piece was a key, 4 while the scalars were a piece of their own). With EWC state its
+    pieces stay apart and unchanged."""
     from workers.state.layout import SessionState
     rng = np.random.default_rng(23)
     for ewc in (False, True):
@@ -406,8 +407,9 @@ def test_one_feedback_event_rewrites_one_hot_piece_and_one_replay_slot() -> None
         core.feedback_batch(*_events(rng, 1, dim=384))
         ops, _ = st.changes(b"sess")
         puts = {k: v for k, v in ops.items() if v is not None}
-        assert len(puts) == 3, sorted(puts)
-        assert sorted(len(v) for k, v in puts.items() if k != b"sess")[1] < 4096  # the hot piece is one key
+        assert len(puts) == 2, sorted(puts)
+        assert [len(v) for k, v in puts.items() if k != b"sess"] == [4 * 384 + 12]  # the slot
+        assert core.to_bytes()[:core._hot_bytes()] in puts[b"sess"]  # the hot piece, whole, in the head
 
 
 def test_corrupt_bytes_are_refused() -> None:

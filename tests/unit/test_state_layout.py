@@ -3,6 +3,7 @@ changed, every value small, and no crash point between two keys that could ever 
 from __future__ import annotations
 
 import random
+import struct
 
 import numpy as np
 import pytest
@@ -85,6 +86,12 @@ def test_a_save_writes_only_the_changed_pieces_then_the_head() -> None:
     assert list(save(s, store)) == [BASE + b"\x1fp\x1f000003\x1f0", BASE]  # and back
 
 
+class Hot(Bytes):
+    """A part that keeps its first piece in the head (as the instant core does)."""
+
+    HEAD_PIECE = True
+
+
 class Cut(Bytes):
     """A part cut where it says (a header that grows, then fixed-size records)."""
 
@@ -109,7 +116,7 @@ def test_a_piece_that_grows_rewrites_itself_not_the_pieces_after_it() -> None:
     assert load(store).blob.get("p", Bytes).b == p.b
 
 
-def test_one_feedback_event_writes_the_adapter_the_counters_and_one_replay_slot() -> None:
+def test_one_feedback_event_writes_one_replay_slot_and_the_head_with_the_adapter_and_counters() -> None:
     rng = np.random.default_rng(0)
     inst = InstantState(["a", "b", "c"], 384)
     for _ in range(100):
@@ -123,7 +130,9 @@ def test_one_feedback_event_writes_the_adapter_the_counters_and_one_replay_slot(
     written = sum(len(k) + len(v) for k, v in ops.items())
     slots = [k for k in ops if k != BASE and len(ops[k]) == 4 * 384 + 12]  # a slot: its row, target and scale
     assert len(slots) == 1  # exactly one replay slot, as its own key
-    assert len(ops) == 3  # the hot piece (counters, adapter, scalars), that slot, the head
+    assert len(ops) == 2  # that slot, and the head holding the hot piece (counters, adapter, scalars)
+    head = ops[BASE]
+    assert 3_000 < len(head) < 4_000 and inst.to_bytes()[:3_000] in head
     assert full > 100_000 and written < 5_500  # ~5.2 kB
 
 
@@ -222,6 +231,48 @@ def test_a_head_of_the_first_keys_format_is_still_read() -> None:
     assert load(store).blob.get("p", Bytes).b == b"abc"
 
 
+def test_a_first_piece_moves_into_the_head_and_out_of_it_with_its_keys_after_the_head() -> None:
+    store = MemoryStore()
+    s = SessionState()
+    s.blob.set("h", Bytes(b"h" * (PIECE_BYTES + 500)))  # two pieces, both keys (as a version 2 head had them)
+    save(s, store)
+    first = [k for k, _ in store.iter_prefix(BASE + b"\x1fh\x1f000000")]
+    assert len(first) == 1
+    s.blob.set("h", Hot(b"h" * (PIECE_BYTES + 500)))
+    ops = list(save(s, store))  # the head now holds it; its key goes after the head
+    assert ops[0] == BASE and set(ops[1:]) == {BASE + b"\x1fh\x1f000000\x1f0", BASE + b"\x1fh\x1f000000\x1f1"}
+    assert [k for k, _ in store.iter_prefix(BASE + b"\x1fh\x1f000000")] == []
+    r = load(store)
+    assert r.blob.get("h", Bytes).b == b"h" * (PIECE_BYTES + 500) and snapshot(r) == snapshot(s)
+    s.blob.get("h", Hot).b[7] = ord("x")
+    assert list(save(s, store)) == [BASE]  # a change of the first piece writes the head alone
+    r = load(store)
+    assert r.blob.get("h", Bytes).b == s.blob.get("h", Hot).b and snapshot(r) == snapshot(s)
+    # read and saved again without being decoded (only the watermark moved): it stays in the head
+    r = load(store)
+    r.blob.watermark.advance("t", 0, 3)
+    assert list(save(r, store)) == [BASE]
+    assert load(store).blob.get("h", Bytes).b == s.blob.get("h", Hot).b
+    s.blob.set("h", Bytes(bytes(s.blob.get("h", Hot).b)))
+    ops = list(save(s, store))  # out again: its key before the head
+    assert len(ops) == 2 and ops[0].startswith(BASE + b"\x1fh\x1f000000\x1f") and ops[1] == BASE
+    assert load(store).blob.get("h", Bytes).b == s.blob.get("h", Bytes).b
+
+
+def test_a_head_of_the_second_format_is_still_read() -> None:
+    import orjson
+
+    from workers.state.framing import pack_checked
+
+    store = MemoryStore()
+    store.put(BASE + b"\x1fp\x1f000000\x1f1", b"abc")
+    header = orjson.dumps({"wm": {"t:0": 4}, "parts": {"p": {"n": 3, "p": [[3, 1]], "s": "80"}}, "in": [["q", 2]]})
+    store.put(BASE, pack_checked(b"LSH", 2, struct.pack("<I", len(header)) + header + b"qq"))
+    r = load(store)
+    assert r.blob.get("p", Bytes).b == b"abc" and r.blob.get("q", Bytes).b == b"qq"
+    assert r.blob.watermark.offsets == {"t:0": 4}
+
+
 def test_a_stored_value_in_the_one_value_format_is_read_and_rewritten_as_keys() -> None:
     store = MemoryStore()
     old = StateBlob()
@@ -256,13 +307,20 @@ def test_a_crash_between_any_two_keys_reads_as_before_or_after_never_a_mix(seed:
     s = SessionState()
     s.blob.set("a", Bytes(bytes(rng.randrange(256) for _ in range(5 * PIECE_BYTES + 7))))
     s.blob.set("b", Bytes(b"b" * 100))
+    s.blob.set("h", Hot(bytes(rng.randrange(256) for _ in range(2 * PIECE_BYTES + 3))))
     save(s, store)
     for step in range(25):
         before = snapshot(load(store))
         a = s.blob.get("a", Bytes)
         for _ in range(rng.randrange(1, 4)):  # a batch: a few changes, a grown or shrunk part, a new part
             kind = rng.random()
-            if kind < 0.6 and a.b:
+            if kind < 0.25:  # the part with its first piece in the head: a change there, or it moves
+                h = s.blob.get("h", Hot)
+                if rng.random() < 0.7:
+                    h.b[rng.randrange(min(len(h.b), PIECE_BYTES + 10))] = rng.randrange(256)
+                else:  # out of the head into a key, or back
+                    s.blob.set("h", (Bytes if isinstance(h, Hot) else Hot)(bytes(h.b)))
+            elif kind < 0.6 and a.b:
                 a.b[rng.randrange(len(a.b))] = rng.randrange(256)
             elif kind < 0.75:
                 a.b += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 3000)))

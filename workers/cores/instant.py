@@ -80,6 +80,10 @@ class InstantState:
         EWC Fisher and snapshot over θ (meaningful when ``has_ewc``).
     """
 
+    # its first stored piece (counters, adapter, scalars: changed by every feedback event) is kept in
+    # the session's head, not a key of its own (workers.state.layout): a one-event save is two records
+    HEAD_PIECE = True
+
     __slots__ = ("targets", "dim", "_index", "_arena", "_meta", "theta", "A", "B", "ewc_f", "ewc_snap",
                  "replay_x", "replay_scale", "replay_idx", "_layout", "_prefix", "_cuts", "_hot", "_synced", "_synced_at")
 

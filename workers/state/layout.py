@@ -26,11 +26,19 @@ detector: tens of bytes, changed by every event) is kept *in the head* instead o
 its own: a feedback event on a cold session writes two records fewer, and a cold read finds
 fewer keys. It is written with the head, so it is atomic with the watermark.
 
+A part that says so (``HEAD_PIECE = True`` on its class: the instant core, whose first piece holds
+its counters and adapter and changes with every feedback event) keeps its *first piece* in the head
+too, and the rest in keys: a one-event feedback save is two records (the head, the new replay slot),
+not three. Its other pieces, and every part that does not say so, are as above: a save that changes
+only another part rewrites that first piece with the head, which is why only a part that changes on
+nearly every save of its session asks for it.
+
 Head bytes (little-endian): ``b"LSH" + version (1) + crc32(payload) (4) + payload``, the
-payload ``u32 length + orjson {"wm", "parts": {name: {"n", "p", "s"}}, "in": [[name, n], ...]}``
-then the inline parts' bytes in that order; a part in "parts" has its length, its piece lengths
-run-length encoded and its slots as a hex bitmap. Version 1 (no inline parts, the payload only
-the orjson object) is still read. A head in the
+payload ``u32 length + orjson {"wm", "parts": {name: {"n", "p", "s"}}, "in": [[name, n], ...],
+"h": [[name, n], ...]}`` then the inline parts' bytes in that order, then the first pieces named
+in "h" in that order; a part in "parts" has its length, its piece lengths run-length encoded and its
+slots as a hex bitmap (a first piece in the head has a slot there that nothing reads). Versions 1 (no
+inline parts, the payload only the orjson object) and 2 (no "h") are still read. A head in the
 previous one-value format (``b"LSB"``, a whole :class:`StateBlob`) is still read; its next
 save rewrites it as keys.
 """
@@ -55,8 +63,8 @@ __all__ = ("PIECE_BYTES", "INLINE_BYTES", "SEP", "SessionState", "piece_bounds",
 
 # Small enough that one feedback event rewrites a few KB (adapter, counters, one replay
 # slot), large enough that a 100 KB session is ~30 keys to restore, not thousands. At 384-d an
-# instant core's header, counters, adapter and scalars (~4 kB) are one piece: a one-event save is 3
-# changelog records (that piece, the new replay slot, the head).
+# instant core's header, counters, adapter and scalars (~3 kB) are one piece, kept in the head
+# (HEAD_PIECE): a one-event save is 2 changelog records (the new replay slot, the head).
 PIECE_BYTES = 4096
 # Parts up to this size live in the head (see above): rewritten with it on every save anyway
 # when they change, which the small per-event counters do.
@@ -64,7 +72,7 @@ INLINE_BYTES = 256
 SEP = b"\x1f"
 _MAGIC = b"LSH"
 _LEGACY_MAGIC = b"LSB"
-_VERSION = 2
+_VERSION = 3
 _ULEN = struct.Struct("<I")
 
 
@@ -132,8 +140,10 @@ class _Stored:
     data: bytes
     bounds: list[int]
     slots: bytearray
+    # its piece table in the head (made once: most parts do not change in a save)
     entry: dict | None = field(default=None, compare=False, repr=False)
-    inline: bool = False  # kept in the head, no keys of its own  # its piece table in the head (made once: most parts do not change in a save)
+    inline: bool = False  # kept in the head, no keys of its own
+    hot: bool = False  # its first piece is kept in the head, the others in keys (HEAD_PIECE)
 
     @property
     def count(self) -> int:
@@ -241,7 +251,7 @@ class SessionState:
             s = cls(StateBlob.from_bytes(head))
             s.full = True
             return s
-        header, inline = _read_head(head)
+        header, inline, hot = _read_head(head)
         have = dict(pieces)
         blob = StateBlob()
         blob.watermark = Watermark(header["wm"])
@@ -256,14 +266,15 @@ class SessionState:
             slots = _slots_from_hex(p["s"], len(bounds) - 1)
             chunks = []
             prefix = name.encode() + SEP
+            first = hot.get(name)
             for i in range(len(bounds) - 1):
-                c = have.get(b"%s%06d\x1f%d" % (prefix, i, slots[i]))
+                c = first if i == 0 and first is not None else have.get(b"%s%06d\x1f%d" % (prefix, i, slots[i]))
                 if c is None or len(c) != bounds[i + 1] - bounds[i]:
                     raise CorruptStateError(f"state part {name!r}: piece {i} is missing or has the wrong length")
                 chunks.append(c)
             data = b"".join(chunks)
             blob._raw[name] = data
-            blob.layout[name] = _Stored(data, bounds, slots, p)
+            blob.layout[name] = _Stored(data, bounds, slots, p, hot=first is not None)
         return s
 
     # -- writing ---------------------------------------------------------------
@@ -289,11 +300,13 @@ class SessionState:
                 continue
             if live is not None:
                 data, bounds = _current(live)
+                hot = bool(getattr(live, "HEAD_PIECE", False))
             else:
                 data = blob._raw[name]
                 bounds = old.bounds if old is not None and old.bounds[-1] == len(data) else piece_bounds(len(data))
+                hot = old is not None and old.hot
             total += len(data)
-            if old is not None and not self.full and data == old.data and bounds == old.bounds:
+            if old is not None and not self.full and data == old.data and bounds == old.bounds and hot == old.hot:
                 after[name] = old  # decoded but unchanged: same keys, same head entry
                 continue
             if len(data) <= INLINE_BYTES:  # into the head (one piece: _current); keys it had go after the head
@@ -310,14 +323,18 @@ class SessionState:
             slots = bytearray(old.slots[:k]) if old is not None else bytearray()
             slots.extend(b"\x01" * (k - len(slots)))
             prefix = b"%s\x1f%s\x1f" % (base, name.encode())
+            if old is not None and k and old.hot != hot:
+                changed[0] = True  # into the head, or out of it into a key
             for i, ch in enumerate(changed):
                 if ch:
                     slots[i] ^= 1
-                if ch or self.full:
+                if (ch or self.full) and not (hot and i == 0):  # a first piece in the head goes with it
                     puts[b"%s%06d\x1f%d" % (prefix, i, slots[i])] = data[bounds[i]:bounds[i + 1]]
             if old is not None:  # a part that shrank: pieces past its end go
                 _delete_pieces(deletes, base, name, len(bounds) - 1, old.count)
-            after[name] = _Stored(data, bounds, slots)
+                if hot and not old.hot and k:  # its first piece moved into the head: its keys go after it
+                    _delete_pieces(deletes, base, name, 0, 1)
+            after[name] = _Stored(data, bounds, slots, hot=hot and k > 0)
             if old is not None and old.bounds == bounds:  # the same cut: its lengths' runs too
                 after[name].head_entry(old.head_entry()["p"])
         for name, old in self.stored.items():
@@ -433,15 +450,20 @@ def _write_head(blob: StateBlob, parts: dict[str, _Stored]) -> bytes:
     ordered = sorted(parts.items())
     table = {name: s.head_entry() for name, s in ordered if not s.inline}
     inline = [(name, s.data) for name, s in ordered if s.inline]
-    header = orjson.dumps({"wm": blob.watermark.offsets, "parts": table, "in": [[n, len(d)] for n, d in inline]})
-    return pack_checked(_MAGIC, _VERSION, b"".join([_ULEN.pack(len(header)), header, *(d for _, d in inline)]))
+    hot = [(name, s.data[:s.bounds[1]]) for name, s in ordered if s.hot]
+    header = orjson.dumps({"wm": blob.watermark.offsets, "parts": table, "in": [[n, len(d)] for n, d in inline],
+                           "h": [[n, len(d)] for n, d in hot]})
+    return pack_checked(_MAGIC, _VERSION, b"".join([_ULEN.pack(len(header)), header, *(d for _, d in inline),
+                                                    *(d for _, d in hot)]))
 
 
-def _read_head(data: bytes) -> tuple[dict, dict[str, bytes]]:
-    """The head's header and its inline parts (a version 1 head has none)."""
-    version = version_of(data, (1, _VERSION), _VERSION)
+def _read_head(data: bytes) -> tuple[dict, dict[str, bytes], dict[str, bytes]]:
+    """The head's header, its inline parts and the first pieces it holds (version 1 has neither,
+    version 2 no first pieces)."""
+    version = version_of(data, (1, 2, _VERSION), _VERSION)
     payload = unpack_checked(data, _MAGIC, version, "state head")
     inline: dict[str, bytes] = {}
+    hot: dict[str, bytes] = {}
     try:
         if version == 1:
             header = orjson.loads(payload)
@@ -449,13 +471,14 @@ def _read_head(data: bytes) -> tuple[dict, dict[str, bytes]]:
             (hlen,) = _ULEN.unpack_from(payload)
             header = orjson.loads(payload[_ULEN.size:_ULEN.size + hlen])
             pos = _ULEN.size + hlen
-            for name, n in header["in"]:
-                inline[name] = bytes(payload[pos:pos + n])
-                pos += n
+            for into, names in ((inline, header["in"]), (hot, header["h"] if version >= 3 else [])):
+                for name, n in names:
+                    into[name] = bytes(payload[pos:pos + n])
+                    pos += n
             if pos != len(payload):
                 raise CorruptStateError("state head: inline parts do not add up to its length")
     except (orjson.JSONDecodeError, struct.error, KeyError, TypeError, ValueError) as exc:
         raise CorruptStateError(f"state head unreadable ({exc})") from None
     if not isinstance(header, dict) or not isinstance(header.get("parts"), dict):
         raise CorruptStateError("state head malformed")
-    return header, inline
+    return header, inline, hot
