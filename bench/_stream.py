@@ -62,7 +62,9 @@ def teardown(procs: Iterable[Any], broker: EmbeddedBroker | None, log_dir: Path 
         if p is not None:
             p.stop()
     if broker is not None:
-        broker.stop()
+        # SIGKILL: its log is in a temporary directory removed right after, and saving a 1 GB log on
+        # SIGTERM took over 30 s at the end of `bench restore` (then it was killed anyway, with a warning)
+        broker.stop(kill=True)
     if log_dir is not None and not keep_logs:
         shutil.rmtree(log_dir, ignore_errors=True)
 
