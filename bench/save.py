@@ -6,9 +6,10 @@ replay buffer (64 rows, ~100 kB at 384-d). The changelog writes of such an event
 its CPU is too. In process, one ``learn_feedback`` event per call through
 ``LearnSession.dispatch`` (in-memory store, ``embedding_b64`` bodies) over ``--sessions``
 sessions whose replay buffers hold ``--rows`` rows each, and the same with the instant core's
-row reuse switched off (every row rebuilt and every piece compared, as before 2026-12-02:
-``InstantState.to_bytes`` / ``dirty_ranges``), interleaved, ``--repeats`` times each; the median
-of each is printed, µs per event of this process's CPU time.
+tracking of what changed switched off (``InstantState.dirty_ranges`` answering "unknown": the
+save builds the whole core and compares every piece, as before 2026-12-02), interleaved,
+``--repeats`` times each; the median of each is printed, µs per event of this process's CPU time.
+With it on, a save builds and compares only the hot piece and the pushed row (``byte_ranges``).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def _event(rng: np.random.Generator, dim: int) -> dict:
             "model": _TARGETS[int(rng.integers(0, len(_TARGETS)))], "quality": float(0.55 + 0.45 * rng.random())}
 
 
-def one_event_calls(sessions: int, rows: int, events: int, dim: int, seed: int, reuse: bool) -> float:
+def one_event_calls(sessions: int, rows: int, events: int, dim: int, seed: int, tracked: bool) -> float:
     """CPU µs per event of one-event ``learn_feedback`` calls on sessions holding ``rows`` replay rows."""
     rng = np.random.default_rng(seed)
     s = LearnSession()
@@ -49,8 +50,9 @@ def one_event_calls(sessions: int, rows: int, events: int, dim: int, seed: int, 
                                                            "events": [_event(rng, dim) for _ in range(rows)]}})
     calls = [{"verb": "learn_feedback", "body": {"session_key": keys[i % sessions], "events": [_event(rng, dim)]}}
              for i in range(events)]
-    saved = instant._REUSE_ROWS
-    instant._REUSE_ROWS = saved if reuse else instant.REPLAY_CAP + 1
+    saved = instant.InstantState.dirty_ranges
+    if not tracked:
+        instant.InstantState.dirty_ranges = lambda self, stored: None  # type: ignore[method-assign]
     try:
         t0 = time.process_time()
         for c in calls:
@@ -59,7 +61,7 @@ def one_event_calls(sessions: int, rows: int, events: int, dim: int, seed: int, 
                 raise RuntimeError(out)
         return 1e6 * (time.process_time() - t0) / events
     finally:
-        instant._REUSE_ROWS = saved
+        instant.InstantState.dirty_ranges = saved  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,14 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"learnstream bench save: {args.dim}-d, {args.sessions} sessions, {args.events:,} one-event learn_feedback "
           f"calls per measurement, {args.repeats} of each, interleaved")
     print(f"machine: {machine_note()}", flush=True)
-    print(f"{'replay rows':>11} {'row reuse (default)':>20} {'rebuild all':>12} {'reuse / rebuild':>16}   (CPU µs per event, median)")
+    print(f"{'replay rows':>11} {'changed pieces (default)':>24} {'whole core':>11} {'changed / whole':>16}   (CPU µs per event, median)")
     for rows in (int(r) for r in args.rows.split(",")):
         got: dict[bool, list[float]] = {True: [], False: []}
         for r in range(args.repeats):
-            for reuse in ((True, False) if r % 2 == 0 else (False, True)):
-                got[reuse].append(one_event_calls(args.sessions, rows, args.events, args.dim, args.seed + r, reuse))
+            for tracked in ((True, False) if r % 2 == 0 else (False, True)):
+                got[tracked].append(one_event_calls(args.sessions, rows, args.events, args.dim, args.seed + r, tracked))
         on, off = statistics.median(got[True]), statistics.median(got[False])
-        print(f"{rows:>11} {on:>20,.1f} {off:>12,.1f} {on / off:>16.0%}", flush=True)
+        print(f"{rows:>11} {on:>24,.1f} {off:>11,.1f} {on / off:>16.0%}", flush=True)
     return 0
 
 

@@ -87,7 +87,7 @@ def test_a_stopped_or_killed_scale_benchmark_leaves_no_broker_or_worker(sig: int
 
 
 def test_bench_save_runs_both_ways_and_prints_the_ratio() -> None:
-    """The one-event save benchmark switches the instant core's row reuse off by its module constant."""
+    """The one-event save benchmark switches the instant core's tracking of what changed off and on."""
     r = run(["bench", "save", "--sessions", "4", "--rows", "9", "--events", "40", "--repeats", "1"])
     assert r.returncode == 0, r.stderr
     row = [line.split() for line in r.stdout.splitlines() if line.split()[:1] == ["9"]]

@@ -543,15 +543,17 @@ _OPS = st.lists(st.one_of(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=_OPS, seed=st.integers(0, 2**16), dim=st.sampled_from([8, 8, 8, 1100]))
-def test_tracked_bytes_and_changed_pieces_equal_a_full_comparison(ops, seed, dim) -> None:
-    """After any sequence of learning, saves, reloads, resets and EWC: to_bytes equals a build from
-    the arrays, and a save writes exactly the pieces a full comparison finds changed (at 1100-d a
-    replay row is cut into two pieces)."""
-    from workers.state.layout import SessionState, _changed_pieces
+def test_a_save_by_changed_pieces_equals_a_full_comparison(ops, seed, dim) -> None:
+    """After any sequence of learning, saves, reloads, resets and EWC, a save (which builds only the
+    pieces ``dirty_ranges`` names, ``byte_ranges``) writes exactly the pieces a full comparison of
+    ``to_bytes`` finds changed, its pieces join to ``to_bytes``, and the keys read back as the core
+    (at 1100-d a replay row is cut into two pieces)."""
+    from workers.state.layout import SEP, SessionState, _changed_pieces, _current
     rng = np.random.default_rng(seed)
     st_ = SessionState()
     core = InstantState(TARGETS, dim)
     st_.blob.set("instant", core)
+    keys: dict[bytes, bytes] = {}
     for op, arg in ops:
         if op in ("learn", "learn_all"):
             X, T, Q, NOW = _events(rng, arg, dim=dim)
@@ -562,18 +564,28 @@ def test_tracked_bytes_and_changed_pieces_equal_a_full_comparison(ops, seed, dim
             q = 0.5 if arg == 2 else float(rng.random())
             core.feedback(rng.standard_normal(dim).astype(np.float32), TARGETS[arg % 2], q)
         elif op == "save":
-            ops_, after = st_.changes(b"s")
             old = st_.stored.get("instant")
+            ops_, after = st_.changes(b"s")
+            new, whole = after["instant"], core.to_bytes()
+            assert new.data == whole and new.bounds == _current(core)[1]
             if old is not None and not old.inline:
-                data, bounds = after["instant"].data, after["instant"].bounds
-                assert _changed_pieces(data, bounds, old, core.dirty_ranges(old.data)) == \
-                    _changed_pieces(data, bounds, old)
+                expect = _changed_pieces(whole, new.bounds, old)  # every piece compared
+                written = sorted(int(k.split(SEP)[2]) for k, v in ops_.items() if SEP in k and v is not None)
+                assert written == [i for i in expect if i or not new.hot]  # a first piece in the head is not a key
+            for k, v in ops_.items():
+                if v is None:
+                    keys.pop(k, None)
+                else:
+                    keys[k] = v
             st_.written(after)
+            back = SessionState.decode(keys[b"s"], ((k[2:], v) for k, v in keys.items() if k.startswith(b"s" + SEP)))
+            assert back.blob.get("instant", InstantState) == core
             core = st_.blob.get("instant", InstantState)  # a part found unchanged goes back to bytes
         elif op == "reload":
             core = InstantState.from_bytes(core.to_bytes())
             st_ = SessionState()
             st_.blob.set("instant", core)
+            keys = {}
         elif op == "reset":
             core.reset()
         elif op == "ewc" and not core.has_ewc:
@@ -592,9 +604,9 @@ def test_a_one_event_save_of_a_full_buffer_compares_the_hot_piece_and_one_row() 
     st_.written(st_.changes(b"s")[1])
     start = core._rows_start()
     row = core.to_bytes()[start:]
-    assert core.dirty_ranges(st_.stored["instant"].data) == [(0, start)]
+    assert core.dirty_ranges(st_.stored["instant"].token) == [(0, start)]
     core.feedback(rng.standard_normal(384).astype(np.float32), TARGETS[0], 0.9)
-    ranges = core.dirty_ranges(st_.stored["instant"].data)
+    ranges = core.dirty_ranges(st_.stored["instant"].token)
     assert len(ranges) == 2 and ranges[0] == (0, start)
     a, b = ranges[1]
     now = core.to_bytes()
@@ -602,3 +614,31 @@ def test_a_one_event_save_of_a_full_buffer_compares_the_hot_piece_and_one_row() 
     assert now[a:b] != row[a - start:b - start]                       # the pushed row changed
     assert now[start:a] == row[:a - start] and now[b:] == row[b - start:]   # and no other
     assert core.dirty_ranges(b"other bytes") is None                  # only against what it was saved as
+
+
+def test_a_one_event_save_builds_the_hot_piece_and_one_row_not_the_whole_core(monkeypatch) -> None:
+    """The layout asks the core for the pieces its dirty ranges name (``byte_ranges``), and shares the
+    other pieces' bytes with what the store holds: a one-event save of a full buffer never builds the
+    whole core, writes the pushed row, and the state reads back equal."""
+    from workers.state.layout import SEP, SessionState
+    rng = np.random.default_rng(6)
+    st_ = SessionState()
+    core = InstantState(TARGETS, 384)
+    X, T, _, NOW = _events(rng, REPLAY_CAP + 3, dim=384)
+    core.feedback_batch(X, T, np.full(len(X), 0.9, np.float32), NOW)  # away from 0.5: each pushes a row
+    st_.blob.set("instant", core)
+    for _ in range(2):  # the first save has the whole bytes; the second keeps pieces
+        core.feedback(rng.standard_normal(384).astype(np.float32), TARGETS[0], 0.9)
+        st_.written(st_.changes(b"s")[1])
+    before = st_.stored["instant"]
+    core.feedback(rng.standard_normal(384).astype(np.float32), TARGETS[0], 0.9)
+    expected = core.to_bytes()
+    monkeypatch.setattr(InstantState, "to_bytes", lambda self: pytest.fail("the whole core was built"))
+    ops, after = st_.changes(b"s")
+    monkeypatch.undo()
+    now = after["instant"]
+    assert now.data == expected
+    changed = [i for i in range(now.count) if i >= before.count or now.pieces[i] is not before.pieces[i]]
+    assert before.count == now.count == REPLAY_CAP + 1                   # full: the event overwrote a row
+    assert changed[0] == 0 and len(changed) == 2                        # the hot piece and the pushed row
+    assert [int(k.split(SEP)[2]) for k in ops if SEP in k] == changed[1:]  # the hot piece goes in the head

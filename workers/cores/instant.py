@@ -20,6 +20,7 @@ Examples
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -53,11 +54,10 @@ _MAGIC = b"LSI"
 # out, EWC zeros included (still read)
 _VERSION = 2
 
-
-# Below this many replay rows a save rebuilds and compares them all: there is little to reuse, and
-# the bookkeeping of what changed would cost as much (`learnstream bench save`)
-_REUSE_ROWS = 8
 _RL, _RH, _FC = _M["replay_len"], _M["replay_head"], _M["feedback_count"]
+# The stored bytes are little-endian; on such a host (every platform the wheels build for) a replay row
+# is its arrays' own bytes, else it goes through the structured dtype
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 class InstantState:
@@ -95,10 +95,11 @@ class InstantState:
         self._index = {t: i for i, t in enumerate(self.targets)}
         self._layout = _k.instant_layout(self.dim, len(self.targets))
         self._prefix: bytes | None = None  # to_bytes' framing and header: targets and dim never change
-        self._cuts: tuple[tuple[int, bool], list[int]] | None = None  # ((replay_len, has_ewc), piece_cuts())
-        # The bytes this core was decoded from or last saved as (dirty_ranges), and then: where their
-        # replay rows begin, how many they hold, the ring's head and the feedback count
-        self._synced: bytes | None = None
+        self._cuts: tuple[tuple[int, bool], tuple[int, ...]] | None = None  # ((replay_len, has_ewc), piece_cuts())
+        # What the store holds of this core (dirty_ranges): the bytes it was decoded from, or the token
+        # of its last save (``saved``); and then where their replay rows begin, how many they hold,
+        # the ring's head and the feedback count
+        self._synced: object = None
         self._synced_at = (0, 0, 0, 0)
         self._hot: int | None = None
         self._arena = np.zeros(self._layout["replay_x"], np.float32)  # no replay rows yet: see _room
@@ -257,36 +258,62 @@ class InstantState:
 
     # -- what changed since the stored bytes (workers.state.layout) --------------
     def _pushed_rows(self) -> list[int] | None:
-        """The replay rows the kernel wrote since the stored bytes (``_synced``), in order, when their
-        other rows can be reused as they are; else None (unknown, a few rows, or the rows moved).
+        """The replay rows the kernel wrote since the stored state (``_synced``), in order, when the
+        other rows are as stored; else None (unknown, or the rows moved).
 
         Every event counts once and pushes at most once, to consecutive ring positions from
         ``head + len`` (the head moves only once the ring is full): fewer events than the ring holds
         since then, and the ring's head and length say which rows."""
         start0, n0, h0, fc0 = self._synced_at
         m = self._meta
-        if (self._synced is None or n0 < _REUSE_ROWS or int(m[_FC]) - fc0 >= REPLAY_CAP
+        if (self._synced is None or int(m[_FC]) - fc0 >= REPLAY_CAP
                 or self._rows_start() != start0):  # (the ring may have gone round; EWC state moved the rows)
             return None
         pushes = (int(m[_RL]) - n0) + (int(m[_RH]) - h0) % REPLAY_CAP
         return sorted((h0 + n0 + j) % REPLAY_CAP for j in range(pushes))
 
-    def dirty_ranges(self, stored: bytes) -> list[tuple[int, int]] | None:
-        """Byte ranges of :meth:`to_bytes` that may differ from ``stored``: everything before the
-        replay rows and the rows the kernel wrote since this core was decoded from or saved as
-        ``stored`` (see :meth:`saved`); None when that is not known. Lets a one-event save of a full
-        replay buffer compare 2 pieces, not 65."""
+    def dirty_ranges(self, stored: object) -> list[tuple[int, int]] | None:
+        """Byte ranges of :meth:`to_bytes` that may differ from what the store holds (``stored``: the
+        token the layout keeps for it, see :meth:`saved`): everything before the replay rows and the
+        rows the kernel wrote since; None when that is not known. Lets a one-event save of a full
+        replay buffer build and compare 2 pieces, not 65."""
         pushed = self._pushed_rows() if stored is self._synced else None
         if pushed is None:
             return None
         start, row = self._synced_at[0], _row_dtype(self.dim).itemsize
         return [(0, start)] + [(start + r * row, start + (r + 1) * row) for r in pushed]
 
-    def saved(self, data: bytes) -> None:
-        """The store now holds ``data`` (what :meth:`to_bytes` gave): nothing is dirty."""
+    def saved(self, token: object) -> None:
+        """The store now holds what :meth:`to_bytes` gives; ``token`` stands for it (its bytes, or the
+        pieces the layout keeps): nothing is dirty."""
         m = self._meta
-        self._synced = data
+        self._synced = token
         self._synced_at = (self._rows_start(), int(m[_RL]), int(m[_RH]), int(m[_FC]))
+
+    def byte_size(self) -> int:
+        """``len(self.to_bytes())``, without building it."""
+        return self._rows_start() + self.replay_len * _row_dtype(self.dim).itemsize
+
+    def byte_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """``[self.to_bytes()[a:b] for a, b in ranges]``, building only what the ranges cover (the
+        layout asks for the pieces ``dirty_ranges`` named: the hot piece and the pushed rows)."""
+        start, row = self._rows_start(), _row_dtype(self.dim).itemsize
+        before: bytes | None = None
+        out = []
+        for a, b in ranges:
+            if not 0 <= a <= b <= start + self.replay_len * row:
+                raise ValueError(f"byte range {a}:{b} outside the core's {self.byte_size()} bytes")
+            if b <= start:  # the hot piece (and EWC state): built once for all such ranges
+                if before is None:
+                    before = self._before_rows()
+                out.append(before[a:b])
+            elif a >= start:  # within the rows: the rows it spans, sliced
+                r0, r1 = (a - start) // row, (b - start - 1) // row + 1
+                off = start + r0 * row
+                out.append(self._rows(r0, r1)[a - off:b - off])
+            else:
+                out.append(self.to_bytes()[a:b])
+        return out
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Adapter forward: (dim,) -> (nt,) or (n, dim) -> (n, nt)."""
@@ -326,34 +353,20 @@ class InstantState:
         return self._hot
 
     def to_bytes(self) -> bytes:
-        """b"LSI" + version + header length + orjson {targets, dim} + the sections above.
+        """b"LSI" + version + header length + orjson {targets, dim} + the sections above."""
+        return self._before_rows() + self._rows(0, self.replay_len)
 
-        The replay rows the kernel has not written since this core was decoded from or saved as its
-        stored bytes (``saved``) are copied from those bytes, not rebuilt: a one-event save of a full
-        buffer serialises the hot piece and one row."""
-        L, a, n = self._layout, self._arena.astype("<f4", copy=False), self.replay_len
+    def _before_rows(self) -> bytes:
+        """The bytes before the replay rows: framing, counters, adapter, scalars, EWC state."""
+        L, a = self._layout, self._arena.astype("<f4", copy=False)
         ewc = a[L["ewc_f"]:L["scalars"]].tobytes() if self.has_ewc else b""
-        parts: list = [self._framing(), self._meta[:_M["replay_idx"]].astype("<i8", copy=False).tobytes(),
-                       a[L["theta"]:L["ewc_f"]].tobytes(), a[L["scalars"]:L["replay_scale"]].tobytes(), ewc]
-        pushed, done = self._pushed_rows(), 0
-        if pushed is not None:
-            start, done = self._synced_at[:2]
-            row = _row_dtype(self.dim).itemsize
-            kept, pos = memoryview(self._synced), 0
-            for r in pushed:
-                if r >= done:
-                    break  # rows past the stored ones: all new, built below
-                if r > pos:
-                    parts.append(kept[start + pos * row:start + r * row])
-                parts.append(self._rows(r, r + 1))
-                pos = r + 1
-            if pos < done:
-                parts.append(kept[start + pos * row:start + done * row])
-        parts.append(self._rows(done, n))
-        return b"".join(parts)
+        return b"".join([self._framing(), self._meta[:_M["replay_idx"]].astype("<i8", copy=False).tobytes(),
+                         a[L["theta"]:L["ewc_f"]].tobytes(), a[L["scalars"]:L["replay_scale"]].tobytes(), ewc])
 
     def _rows(self, lo: int, hi: int) -> bytes:
         """Replay rows ``lo:hi`` as stored: each its row, target and scale."""
+        if hi - lo == 1 and _LITTLE_ENDIAN:  # a save's usual row: a third of the structured array's cost
+            return self.replay_x[lo].tobytes() + self.replay_idx[lo:hi].tobytes() + self.replay_scale[lo:hi].tobytes()
         rows = np.empty(hi - lo, _row_dtype(self.dim))
         rows["x"] = self.replay_x[lo:hi]
         rows["i"] = self.replay_idx[lo:hi]
@@ -370,7 +383,7 @@ class InstantState:
             self._prefix = pack_part(_MAGIC, _VERSION, {"targets": self.targets, "dim": self.dim})
         return self._prefix
 
-    def piece_cuts(self) -> list[int]:
+    def piece_cuts(self) -> tuple[int, ...]:
         """Offsets in :meth:`to_bytes` where a stored piece must start (``workers.state.layout``):
         after the hot piece (counters, adapter, scalars), and at each replay slot, so one feedback
         event rewrites the hot piece and one slot."""
@@ -379,7 +392,7 @@ class InstantState:
             hot = self._hot_bytes()
             start = hot + (8 * self.n_params if ewc else 0)
             row = _row_dtype(self.dim).itemsize
-            self._cuts = ((n, ewc), ([hot] if ewc else []) + list(range(start, start + row * n, row)))
+            self._cuts = ((n, ewc), ((hot,) if ewc else ()) + tuple(range(start, start + row * n, row)))
         return self._cuts[1]
 
     @classmethod

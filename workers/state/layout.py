@@ -33,6 +33,14 @@ not three. Its other pieces, and every part that does not say so, are as above: 
 only another part rewrites that first piece with the head, which is why only a part that changes on
 nearly every save of its session asks for it.
 
+A part that knows what it changed since its last save says so (``dirty_ranges``: byte ranges that
+may differ, or None when it cannot tell) and builds bytes on request (``byte_size``,
+``byte_ranges``). For it a save builds and compares only the pieces those ranges touch and the pieces
+past the old end, and keeps the others' bytes as they are (``_Stored.pieces``): the instant core's
+one-event save builds its hot piece and the pushed replay row, not its whole ~100 kB, and hands the
+layout no other piece (``learnstream bench save``). Any other part, or one that cannot tell, is built
+whole (``to_bytes``) and compared piece by piece.
+
 Head bytes (little-endian): ``b"LSH" + version (1) + crc32(payload) (4) + payload``, the
 payload ``u32 length + orjson {"wm", "parts": {name: {"n", "p", "s"}}, "in": [[name, n], ...],
 "h": [[name, n], ...]}`` then the inline parts' bytes in that order, then the first pieces named
@@ -49,7 +57,6 @@ import functools
 import hashlib
 import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -133,28 +140,58 @@ def _piece_key(base: bytes, name: str, i: int, slot: int) -> bytes:
     return b"%s\x1f%s\x1f%06d\x1f%d" % (base, name.encode(), i, slot)
 
 
-@dataclass
 class _Stored:
-    """What the keys of one part hold now."""
+    """What the keys of one part hold now: its bytes (``data``), or, for a part saved piece by piece
+    (``byte_ranges``), its pieces' bytes (``pieces``), so that a save replaces only the pieces that
+    changed; ``data`` then joins them when asked."""
 
-    data: bytes
-    bounds: list[int]
-    slots: bytearray
-    # its piece table in the head (made once: most parts do not change in a save)
-    entry: dict | None = field(default=None, compare=False, repr=False)
-    inline: bool = False  # kept in the head, no keys of its own
-    hot: bool = False  # its first piece is kept in the head, the others in keys (HEAD_PIECE)
+    __slots__ = ("_data", "pieces", "bounds", "slots", "entry", "inline", "hot", "token")
+
+    def __init__(self, data: bytes | None, bounds: list[int], slots: bytearray, entry: dict | None = None, *,
+                 inline: bool = False, hot: bool = False, pieces: list[bytes] | None = None) -> None:
+        self._data = data
+        self.pieces = pieces
+        self.bounds = bounds
+        self.slots = slots
+        self.entry = entry  # its piece table in the head (made once: most parts do not change in a save)
+        self.inline = inline  # kept in the head, no keys of its own
+        self.hot = hot  # its first piece is kept in the head, the others in keys (HEAD_PIECE)
+        # What the live part was told the keys hold (``saved``), and what it checks ``dirty_ranges``
+        # against: the bytes it was decoded from, or the pieces of its last save
+        self.token: object = data if data is not None else pieces
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = b"".join(self.pieces or ())
+        return self._data
+
+    @property
+    def size(self) -> int:
+        return self.bounds[-1]
 
     @property
     def count(self) -> int:
         return len(self.bounds) - 1
+
+    def piece(self, i: int) -> bytes:
+        if self.pieces is not None:
+            return self.pieces[i]
+        return self._data[self.bounds[i]:self.bounds[i + 1]]
+
+    def piece_list(self) -> list[bytes]:
+        """Its pieces as a new list (their bytes shared)."""
+        if self.pieces is not None:
+            return list(self.pieces)
+        b, d = self.bounds, self._data
+        return [d[b[i]:b[i + 1]] for i in range(len(b) - 1)]
 
     def head_entry(self, runs: list[list[int]] | None = None) -> dict:
         """Its piece table; ``runs``: the piece lengths' runs when known (the cut did not change)."""
         if self.entry is None:
             if runs is None:
                 runs = _runs(tuple(self.bounds))
-            self.entry = {"n": len(self.data), "p": runs, "s": _slots_hex(self.slots)}
+            self.entry = {"n": self.size, "p": runs, "s": _slots_hex(self.slots)}
         return self.entry
 
 
@@ -194,11 +231,22 @@ def _current(obj: Any) -> tuple[bytes, list[int]]:
     return data, piece_bounds(len(data), cuts())
 
 
+def _dirty_pieces(bounds: list[int], n_old: int, dirty: list[tuple[int, int]]) -> list[int]:
+    """Indices below ``n_old`` of the pieces that the byte ranges ``dirty`` touch, in order."""
+    out: list[int] = []
+    for a, b in dirty:
+        i = max(bisect.bisect_right(bounds, a) - 1, 0)
+        while i < n_old and bounds[i] < b:
+            out.append(i)
+            i += 1
+    return out if all(x < y for x, y in zip(out, out[1:])) else sorted(set(out))
+
+
 def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None,
-                    dirty: list[tuple[int, int]] | None = None) -> list[bool]:
-    """Which pieces of ``new`` differ from what their keys hold, piece ``i`` against the old piece
-    ``i`` wherever each starts: a part whose beginning grew or shrank (a learner's header, an
-    idempotency entry) rewrites only the pieces whose bytes changed, not every piece after it.
+                    dirty: list[tuple[int, int]] | None = None) -> list[int]:
+    """The pieces of ``new`` that differ from what their keys hold, in order: piece ``i`` against the
+    old piece ``i`` wherever each starts (a part whose beginning grew or shrank, a learner's header or
+    an idempotency entry, rewrites only the pieces whose bytes changed, not every piece after it).
 
     ``dirty``: byte ranges outside which ``new`` is known to equal the old bytes (the part's
     ``dirty_ranges``); where the old cut is kept, only the pieces they touch are compared.
@@ -207,18 +255,43 @@ def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None,
     and per part the NumPy version's fixed cost was most of a cold session's save."""
     k = len(bounds) - 1
     if old is None:
-        return [True] * k
-    od, ob = old.data, old.bounds
-    n_old = len(ob) - 1
-    if dirty is not None and k >= n_old and bounds[:n_old + 1] == ob:
-        out = [False] * n_old + [True] * (k - n_old)  # pieces past the old end are new
-        for a, b in dirty:
-            i = max(bisect.bisect_right(bounds, a) - 1, 0)
-            while i < n_old and bounds[i] < b:
-                out[i] = new[bounds[i]:bounds[i + 1]] != od[bounds[i]:bounds[i + 1]]
-                i += 1
-        return out
-    return [i >= n_old or new[bounds[i]:bounds[i + 1]] != od[ob[i]:ob[i + 1]] for i in range(k)]
+        return list(range(k))
+    n_old = old.count
+    if dirty is not None and k >= n_old and bounds[:n_old + 1] == old.bounds:
+        return [i for i in _dirty_pieces(bounds, n_old, dirty) if new[bounds[i]:bounds[i + 1]] != old.piece(i)] \
+            + list(range(n_old, k))  # pieces past the old end are new
+    return [i for i in range(k) if i >= n_old or new[bounds[i]:bounds[i + 1]] != old.piece(i)]
+
+
+def _changed_by_ranges(live: Any, old: _Stored) -> tuple[list[bytes], list[int], list[int]] | None:
+    """A part that hands over byte ranges (``byte_ranges``): its pieces, its bounds and the indices of
+    the pieces that changed since ``old``, building only the pieces its ``dirty_ranges`` may have
+    changed and those past the old end; None when it cannot tell (then the whole part is built).
+    The other pieces' bytes are shared with ``old``: a one-event save of a full replay buffer builds
+    the hot piece and one row, not 100 kB."""
+    dirty = live.dirty_ranges(old.token)
+    if dirty is None:
+        return None
+    n = live.byte_size()
+    if n <= INLINE_BYTES:
+        return None
+    cuts = getattr(live, "piece_cuts", None)
+    bounds = piece_bounds(n, cuts() if cuts is not None else ())
+    k, n_old = len(bounds) - 1, old.count
+    if k < n_old or bounds[:n_old + 1] != old.bounds:
+        return None
+    idx = _dirty_pieces(bounds, n_old, dirty) + list(range(n_old, k))
+    got = live.byte_ranges([(bounds[i], bounds[i + 1]) for i in idx])
+    pieces, changed = old.piece_list(), []
+    for i, b in zip(idx, got):
+        if i >= n_old:
+            pieces.append(b)
+        elif b == pieces[i]:
+            continue
+        else:
+            pieces[i] = b
+        changed.append(i)
+    return pieces, bounds, changed
 
 
 class SessionState:
@@ -286,58 +359,73 @@ class SessionState:
         Raises :class:`StateTooLarge` (nothing is written) when a value would exceed
         ``max_value_bytes`` or the session's bytes ``max_session_bytes``.
         """
-        blob = self.blob
+        blob, stored, full = self.blob, self.blob.layout, self.full
         puts: dict[bytes, bytes | None] = {}
         deletes: dict[bytes, bytes | None] = {}
         after: dict[str, _Stored] = {}
         total = 0
         for name in blob.names():
-            old = self.stored.get(name)
+            old = stored.get(name)
             live = blob._live.get(name)
-            if live is None and old is not None and not self.full:
+            if live is None and old is not None and not full:
                 after[name] = old  # raw: unchanged since it was read
-                total += len(old.data)
+                total += old.size
                 continue
+            data: bytes | None = None
+            pieces: list[bytes] | None = None
             if live is not None:
-                data, bounds = _current(live)
-                hot = bool(getattr(live, "HEAD_PIECE", False))
+                hot = getattr(live, "HEAD_PIECE", False)
+                got = None
+                if old is not None and not full and not old.inline and old.hot == hot and hasattr(live, "byte_ranges"):
+                    got = _changed_by_ranges(live, old)
+                if got is not None:
+                    pieces, bounds, changed = got
+                    total += bounds[-1]
+                    if not changed and bounds == old.bounds:
+                        after[name] = old  # decoded but unchanged: same keys, same head entry
+                        continue
+                else:
+                    data, bounds = _current(live)
             else:
                 data = blob._raw[name]
                 bounds = old.bounds if old is not None and old.bounds[-1] == len(data) else piece_bounds(len(data))
                 hot = old is not None and old.hot
-            total += len(data)
-            if old is not None and not self.full and data == old.data and bounds == old.bounds and hot == old.hot:
-                after[name] = old  # decoded but unchanged: same keys, same head entry
-                continue
-            if len(data) <= INLINE_BYTES:  # into the head (one piece: _current); keys it had go after the head
-                after[name] = _Stored(data, bounds, bytearray(), inline=True)
-                if old is not None and not old.inline:
-                    _delete_pieces(deletes, base, name, 0, old.count)
-                continue
-            if old is not None and old.inline:
-                old = None  # out of the head: every piece is new
-            dirty = getattr(live, "dirty_ranges", None) if live is not None and old is not None else None
-            changed = _changed_pieces(data, bounds, old, dirty(old.data) if dirty is not None else None)
+            if data is not None:
+                total += len(data)
+                if old is not None and not full and bounds == old.bounds and hot == old.hot and data == old.data:
+                    after[name] = old  # decoded but unchanged: same keys, same head entry
+                    continue
+                if len(data) <= INLINE_BYTES:  # into the head (one piece: _current); keys it had go after the head
+                    after[name] = _Stored(data, bounds, bytearray(), inline=True)
+                    if old is not None and not old.inline:
+                        _delete_pieces(deletes, base, name, 0, old.count)
+                    continue
+                if old is not None and old.inline:
+                    old = None  # out of the head: every piece is new
+                dirty = getattr(live, "dirty_ranges", None) if live is not None and old is not None else None
+                changed = _changed_pieces(data, bounds, old, dirty(old.token) if dirty is not None else None)
             k = len(bounds) - 1
+            hot = hot and k > 0
             # a new piece goes to slot 0 (as if slot 1 held it); a kept one keeps its slot
             slots = bytearray(old.slots[:k]) if old is not None else bytearray()
             slots.extend(b"\x01" * (k - len(slots)))
+            if old is not None and k and hot != old.hot and (not changed or changed[0] != 0):
+                changed.insert(0, 0)  # into the head, or out of it into a key
+            for i in changed:
+                slots[i] ^= 1
             prefix = b"%s\x1f%s\x1f" % (base, name.encode())
-            if old is not None and k and old.hot != hot:
-                changed[0] = True  # into the head, or out of it into a key
-            for i, ch in enumerate(changed):
-                if ch:
-                    slots[i] ^= 1
-                if (ch or self.full) and not (hot and i == 0):  # a first piece in the head goes with it
-                    puts[b"%s%06d\x1f%d" % (prefix, i, slots[i])] = data[bounds[i]:bounds[i + 1]]
+            for i in range(k) if full else changed:
+                if i or not hot:  # a first piece in the head goes with it
+                    puts[b"%s%06d\x1f%d" % (prefix, i, slots[i])] = \
+                        pieces[i] if pieces is not None else data[bounds[i]:bounds[i + 1]]
             if old is not None:  # a part that shrank: pieces past its end go
-                _delete_pieces(deletes, base, name, len(bounds) - 1, old.count)
-                if hot and not old.hot and k:  # its first piece moved into the head: its keys go after it
+                _delete_pieces(deletes, base, name, k, old.count)
+                if hot and not old.hot:  # its first piece moved into the head: its keys go after it
                     _delete_pieces(deletes, base, name, 0, 1)
-            after[name] = _Stored(data, bounds, slots, hot=hot and k > 0)
+            kept = after[name] = _Stored(data, bounds, slots, hot=hot, pieces=pieces)
             if old is not None and old.bounds == bounds:  # the same cut: its lengths' runs too
-                after[name].head_entry(old.head_entry()["p"])
-        for name, old in self.stored.items():
+                kept.head_entry(old.head_entry()["p"])
+        for name, old in stored.items():
             if name not in after and not old.inline:  # a dropped part
                 _delete_pieces(deletes, base, name, 0, old.count)
         head = _write_head(blob, after)
@@ -369,7 +457,7 @@ class SessionState:
             else:
                 saved = getattr(live, "saved", None)  # a part that tracks what changed since (dirty_ranges)
                 if saved is not None:
-                    saved(kept.data)
+                    saved(kept.token)
         blob.layout = after
         self.full = False
 
@@ -379,7 +467,7 @@ class SessionState:
         arrays (an instant core's arena is allocated for its full replay buffer, ~100 kB at 384-d,
         even while the stored part is a tenth of that: counting the stored bytes twice let 10,000
         cached sessions weigh 1 GB against a 256 MiB budget)."""
-        stored = sum(len(s.data) for s in self.stored.values())
+        stored = sum(s.size for s in self.stored.values())
         raw = sum(len(b) for n, b in self.blob._raw.items() if n not in self.stored)
         live = 0
         for name, obj in self.blob._live.items():
@@ -450,7 +538,7 @@ def _write_head(blob: StateBlob, parts: dict[str, _Stored]) -> bytes:
     ordered = sorted(parts.items())
     table = {name: s.head_entry() for name, s in ordered if not s.inline}
     inline = [(name, s.data) for name, s in ordered if s.inline]
-    hot = [(name, s.data[:s.bounds[1]]) for name, s in ordered if s.hot]
+    hot = [(name, s.piece(0)) for name, s in ordered if s.hot]
     header = orjson.dumps({"wm": blob.watermark.offsets, "parts": table, "in": [[n, len(d)] for n, d in inline],
                            "h": [[n, len(d)] for n, d in hot]})
     return pack_checked(_MAGIC, _VERSION, b"".join([_ULEN.pack(len(header)), header, *(d for _, d in inline),
