@@ -496,3 +496,12 @@ def test_a_small_part_with_cuts_has_the_same_digest_decoded_or_stored() -> None:
     s.blob.set("instant", core)
     save(s, store)
     assert digest(load(store).blob) == digest(s.blob)
+
+
+def test_a_checked_value_of_chunks_equals_one_of_their_join() -> None:
+    """The head is packed from its chunks without joining them first: the same bytes, the same CRC."""
+    from workers.state.framing import pack_checked, unpack_checked
+    chunks = [b"header", b"", bytes(range(256)) * 20, b"tail"]
+    packed = pack_checked(b"LSH", 3, *chunks)
+    assert packed == pack_checked(b"LSH", 3, b"".join(chunks))
+    assert bytes(unpack_checked(packed, b"LSH", 3, "head")) == b"".join(chunks)

@@ -29,8 +29,13 @@ def version_of(data: bytes, readable: tuple[int, ...], current: int) -> int:
     return data[3] if len(data) > 3 and data[3] in readable else current
 
 
-def pack_checked(magic: bytes, version: int, payload: bytes) -> bytes:
-    return CHECKED_HEAD.pack(magic, version, zlib.crc32(payload)) + payload
+def pack_checked(magic: bytes, version: int, *payload: bytes) -> bytes:
+    """A checked value whose payload is the ``payload`` chunks joined (joined once: the CRC runs
+    over each in turn)."""
+    crc = 0
+    for chunk in payload:
+        crc = zlib.crc32(chunk, crc)
+    return b"".join((CHECKED_HEAD.pack(magic, version, crc), *payload))
 
 
 def unpack_checked(data: bytes, magic: bytes, version: int, what: str, *, min_payload: int = 0) -> memoryview:

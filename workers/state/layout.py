@@ -541,8 +541,8 @@ def _write_head(blob: StateBlob, parts: dict[str, _Stored]) -> bytes:
     hot = [(name, s.piece(0)) for name, s in ordered if s.hot]
     header = orjson.dumps({"wm": blob.watermark.offsets, "parts": table, "in": [[n, len(d)] for n, d in inline],
                            "h": [[n, len(d)] for n, d in hot]})
-    return pack_checked(_MAGIC, _VERSION, b"".join([_ULEN.pack(len(header)), header, *(d for _, d in inline),
-                                                    *(d for _, d in hot)]))
+    return pack_checked(_MAGIC, _VERSION, _ULEN.pack(len(header)), header, *(d for _, d in inline),
+                        *(d for _, d in hot))
 
 
 def _read_head(data: bytes) -> tuple[dict, dict[str, bytes], dict[str, bytes]]:
