@@ -8,7 +8,9 @@ state: a 10-minute soak grew its snapshot ~130 MiB/min (bench/README.md, "broker
 So the worker that owns a table partition compacts its changelog itself: once the partition's log
 holds well more offsets than its table has keys (``> ratio x live keys + floor``: the log's offsets
 are known from the batches' commits; the live keys are counted, again only once the log grew past
-the last count's threshold and by half the keys that count found: ``count_due``), it
+that threshold, on the last count plus the keys the batches since were sure to add
+(``layout.key_growth``: while sessions fill their replay buffers the table grows with its log), and by
+half the keys the last count found: ``count_due``), it
 
 1. notes the log's end ``E`` (nothing of this partition is in flight: it runs between batches);
 2. re-produces every live key of the table partition from its RocksDB, in order, on the partition's
@@ -71,6 +73,9 @@ class ChangelogRewriter:
         self.ends: dict[tuple[str, int], int] = {}  # last committed offset seen per changelog partition
         self.live: dict[tuple[str, int], int] = {}  # live keys per changelog partition, when last counted
         self.counted_at: dict[tuple[str, int], int] = {}  # the log's last offset at that count
+        # keys the batches since that count added at least (layout.key_growth): while sessions are still
+        # filling their replay buffers the table grows with its log, and the cheap check sees it uncounted
+        self.grown: dict[tuple[str, int], int] = {}
         self.generation = 0  # bumped by every rebalance: a rewrite spanning one stops
         self._admin = LazyAdmin(self.bootstrap, **self.kafka)
 
@@ -81,17 +86,24 @@ class ChangelogRewriter:
         self.ends.clear()
         self.live.clear()
         self.counted_at.clear()
+        self.grown.clear()
 
-    def note(self, partition: int, last_offsets: Mapping[str, int]) -> None:
-        """A batch's transaction of ``partition`` committed: its changelogs end at ``last_offsets``."""
+    def note(self, partition: int, last_offsets: Mapping[str, int], grown: Mapping[str, int] | None = None) -> None:
+        """A batch's transaction of ``partition`` committed: its changelogs end at ``last_offsets``, and
+        their tables gained at least ``grown`` keys (changelog topic -> keys; negative: lost)."""
         for topic, last in last_offsets.items():
             self.ends[(topic, partition)] = last
+        for topic, n in (grown or {}).items():
+            tp = (topic, partition)
+            self.grown[tp] = self.grown.get(tp, 0) + n
 
     async def maybe_rewrite(self) -> None:
         """Rewrite every noted changelog partition that has grown past its live state (between batches)."""
         for (topic, partition), last in list(self.ends.items()):
             tp = (topic, partition)
             start, live = self.starts.get(tp), self.live.get(tp)
+            if live is not None:
+                live = max(live + self.grown.get(tp, 0), 0)  # at least what the last count found, plus since
             if start is not None and last - start < self.ratio * (live or 0) + self.floor:
                 continue  # the cheap check, on what is known
             table = self.tables.get(topic)
@@ -107,6 +119,7 @@ class ChangelogRewriter:
                 # RocksDB's estimate-num-keys counts overwrites too: count (see count_due for how often)
                 live = self.live[tp] = _count(partition_db(table, partition), changelog_offset_key(table))
                 self.counted_at[tp] = last
+                self.grown[tp] = 0
                 if last - start < self.ratio * live + self.floor:
                     continue
                 await self.rewrite(topic, partition, last - start)
@@ -157,6 +170,7 @@ class ChangelogRewriter:
         self.starts[(topic, partition)] = cut
         self.live[(topic, partition)] = keys
         self.counted_at[(topic, partition)] = last
+        self.grown[(topic, partition)] = 0
         metrics.CHANGELOG_REWRITES.inc()
         metrics.CHANGELOG_REWRITE_BYTES.inc(nbytes)
         logger.info("changelog %s[%d] rewritten: %d live keys (%.1f MB) re-produced at offsets up to %d, records "

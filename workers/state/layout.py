@@ -66,7 +66,8 @@ from workers.errors import CorruptStateError
 from workers.state.framing import pack_checked, unpack_checked, version_of
 from workers.state.blob import StateBlob, Watermark
 
-__all__ = ("PIECE_BYTES", "INLINE_BYTES", "SEP", "SessionState", "piece_bounds", "pieces", "digest", "StateTooLarge", "is_piece_key")
+__all__ = ("PIECE_BYTES", "INLINE_BYTES", "SEP", "SessionState", "piece_bounds", "pieces", "digest", "StateTooLarge",
+           "is_piece_key", "key_growth")
 
 # Small enough that one feedback event rewrites a few KB (adapter, counters, one replay
 # slot), large enough that a 100 KB session is ~30 keys to restore, not thousands. At 384-d an
@@ -301,11 +302,12 @@ class SessionState:
     looks only at decoded parts (a raw part cannot have changed).
     """
 
-    __slots__ = ("blob", "full", "_sizes")
+    __slots__ = ("blob", "full", "headed", "_sizes")
 
     def __init__(self, blob: StateBlob | None = None) -> None:
         self.blob = blob if blob is not None else StateBlob()
         self.full = False  # the next save rewrites every key (the store may be ahead of its changelog)
+        self.headed = False  # the store holds this session's head (it was read from one, or saved)
         self._sizes: dict[str, tuple[Any, int]] = {}  # part -> (decoded object, its array bytes)
 
     @property
@@ -322,13 +324,14 @@ class SessionState:
             return cls()
         if head[:3] == _LEGACY_MAGIC:
             s = cls(StateBlob.from_bytes(head))
-            s.full = True
+            s.full = s.headed = True
             return s
         header, inline, hot = _read_head(head)
         have = dict(pieces)
         blob = StateBlob()
         blob.watermark = Watermark(header["wm"])
         s = cls(blob)
+        s.headed = True
         for name, data in inline.items():
             blob._raw[name] = data
             blob.layout[name] = _Stored(data, piece_bounds(len(data)), bytearray(), inline=True)
@@ -460,6 +463,7 @@ class SessionState:
                     saved(kept.token)
         blob.layout = after
         self.full = False
+        self.headed = True
 
     # -- inspecting ------------------------------------------------------------
     def nbytes(self) -> int:
@@ -495,6 +499,23 @@ def _object_bytes(obj: Any) -> int:
                 root = root.base
             owners[id(root)] = max(owners.get(id(root), 0), root.nbytes)  # a view of bytes: its own size
     return sum(owners.values())
+
+
+def key_growth(before: dict[str, _Stored], after: dict[str, _Stored], ops: dict[bytes, bytes | None],
+               headed: bool) -> int:
+    """At least how many keys a save that takes the keys from ``before`` to ``after`` with ``ops`` adds
+    to the store (negative: removes). New keys it is sure of: the session's head if the store had none,
+    and each part's pieces past its old end (a part that shrank deleted both slots of those, so they have
+    no key); then every delete counts as a key gone. A piece written to its other slot may add a key too,
+    uncounted. The changelog rewriter adds this up between its key counts (changelog_rewrite.py)."""
+    n = 0 if headed else 1
+    for name, s in after.items():
+        if s.inline:
+            continue
+        old = before.get(name)
+        had = 0 if old is None or old.inline else old.count
+        n += max(0, s.count - max(had, 1 if s.hot else 0))  # a first piece in the head has no key
+    return n - sum(1 for v in ops.values() if v is None)
 
 
 def pieces(blob: StateBlob) -> Iterator[tuple[str, int, bytes]]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from workers.state.access import StateAccess, state_key
 from workers.state.blob import StateBlob
-from workers.state.layout import SEP, SessionState
+from workers.state.layout import SEP, SessionState, key_growth
 from workers.state.limits import Limits
 from workers.verbs.registry import BLOB_TABLES, Verb, VerbContext, VerbOptions
 
@@ -119,19 +119,21 @@ class Sessions:
             self.discard(table, sk)
             raise
 
-    def save(self, table: str, sk: str, partition: int, prepared: tuple | None = None) -> tuple[int, int]:
+    def save(self, table: str, sk: str, partition: int, prepared: tuple | None = None) -> tuple[int, int, int]:
         """Write the session's changed keys (``prepared`` by :meth:`prepare`, or now) in one batch;
-        returns the keys written or deleted and their key + value bytes. Raises like :meth:`prepare`."""
+        returns the keys written or deleted, their key + value bytes, and at least how many keys the
+        store gained (``key_growth``). Raises like :meth:`prepare`."""
         key = (table, sk)
         s, counted = self._cache[key]
         base = self.access.base_key(table, sk)
         ops, after = prepared if prepared is not None else self.prepare(table, sk)
+        grown = key_growth(s.stored, after, ops, s.headed)
         self.access.write(table, partition, base, ops)
         s.written(after)
         size = s.nbytes()
         self._cache[key] = (s, size)
         self._bytes += size - counted
-        return len(ops), sum(len(k) + (len(v) if v is not None else 0) for k, v in ops.items())
+        return len(ops), sum(len(k) + (len(v) if v is not None else 0) for k, v in ops.items()), grown
 
     def discard(self, table: str, sk: str) -> None:
         """Drop the cached state: the next read decodes what the store holds."""

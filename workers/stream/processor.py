@@ -70,6 +70,7 @@ class BatchResult:
     writes: dict[tuple[str, str], tuple] = field(default_factory=dict)
     state_bytes: int = 0  # keys and values written to the session tables (and so to their changelogs)
     state_writes: int = 0  # keys written or deleted
+    key_growth: dict[tuple[str, int], int] = field(default_factory=dict)  # (table, partition) -> keys gained, at least
 
 
 def dlq_entry(rec: Record, reason: str, code: str) -> Produce:
@@ -326,9 +327,10 @@ class Processor:
     def save(self, res: BatchResult) -> None:
         """Write each session :meth:`apply` changed, its keys and watermark in one batch."""
         for (table, sk), partition in res.dirty.items():
-            keys, nbytes = self.sessions.save(table, sk, partition, res.writes.get((table, sk)))
+            keys, nbytes, grown = self.sessions.save(table, sk, partition, res.writes.get((table, sk)))
             res.state_writes += keys
             res.state_bytes += nbytes
+            res.key_growth[(table, partition)] = res.key_growth.get((table, partition), 0) + grown
         res.dirty.clear()
         res.writes.clear()
         self.sessions.trim()  # only now: a changed session must not be dropped before it was saved

@@ -389,9 +389,12 @@ class Runtime:
             else:
                 self.state.store(tp_writes, work[partition].last_offsets[self.state.changelog_topic(table)])
         if self.rewriter is not None:
+            grown: dict[int, dict[str, int]] = defaultdict(dict)  # partition -> changelog topic -> keys gained
+            for (table, partition), n in (res.key_growth.items() if res is not None else ()):
+                grown[partition][self.state.changelog_topic(table)] = n
             for partition, w in work.items():
                 if not isinstance(done[partition], BaseException):
-                    self.rewriter.note(partition, w.last_offsets)
+                    self.rewriter.note(partition, w.last_offsets, grown.get(partition))
         for (topic, partition), nxt in admitted.next.items():
             if not isinstance(done.get(partition), BaseException):
                 faust_internals.note_committed(self.app, topic, partition, nxt)
