@@ -522,16 +522,24 @@ def test_key_growth_never_counts_more_keys_than_the_store_gained(seed: int) -> N
         for _ in range(rng.randrange(1, 4)):
             kind, name = rng.random(), rng.choice("abh")
             part = s.blob.get(name, Bytes)
-            if part is None or kind < 0.15:
-                s.blob.set(name, rng.choice([Bytes, Hot, Ranged, HotRanged])(bytes(rng.randrange(256) for _ in range(rng.randrange(0, 3 * PIECE_BYTES)))))
+            if part is None or kind < 0.15:  # new, or replaced by a part of another kind
+                size = rng.randrange(0, 3 * PIECE_BYTES)
+                kind_of = rng.choice([Bytes, Hot, Ranged, HotRanged])
+                s.blob.set(name, kind_of(bytes(rng.randrange(256) for _ in range(size))))
             elif kind < 0.5 and part.b:
                 _set_byte(part, rng.randrange(len(part.b)), rng.randrange(256))
             elif kind < 0.7:
                 more = bytes(rng.randrange(1, 3 * PIECE_BYTES))
-                part.extend(more) if isinstance(part, Ranged) else part.b.extend(more)
+                if isinstance(part, Ranged):
+                    part.extend(more)
+                else:
+                    part.b.extend(more)
             elif kind < 0.85:
                 n = rng.randrange(len(part.b) + 1)
-                part.truncate(n) if isinstance(part, Ranged) else part.b.__delitem__(slice(n, None))
+                if isinstance(part, Ranged):
+                    part.truncate(n)
+                else:
+                    del part.b[n:]
             else:
                 s.blob.drop(name)
         s.blob.watermark.advance("t", 0, step)
