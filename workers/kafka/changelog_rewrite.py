@@ -104,7 +104,7 @@ class ChangelogRewriter:
             start, live = self.starts.get(tp), self.live.get(tp)
             if live is not None:
                 live = max(live + self.grown.get(tp, 0), 0)  # at least what the last count found, plus since
-            if start is not None and last - start < self.ratio * (live or 0) + self.floor:
+            if start is not None and not self._outgrown(last, start, live or 0):
                 continue  # the cheap check, on what is known
             table = self.tables.get(topic)
             if table is None or not self.txn.owns(partition):
@@ -112,15 +112,14 @@ class ChangelogRewriter:
             try:
                 if start is None:
                     start = self.starts[tp] = await self.probe.log_start(topic, partition)
-                    if last - start < self.ratio * (live or 0) + self.floor:
+                    if not self._outgrown(last, start, live or 0):
                         continue
                 if not count_due(last, self.counted_at.get(tp), live or 0):
                     continue
                 # RocksDB's estimate-num-keys counts overwrites too: count (see count_due for how often)
-                live = self.live[tp] = _count(partition_db(table, partition), changelog_offset_key(table))
-                self.counted_at[tp] = last
-                self.grown[tp] = 0
-                if last - start < self.ratio * live + self.floor:
+                live = _count(partition_db(table, partition), changelog_offset_key(table))
+                self._counted(tp, live, last)
+                if not self._outgrown(last, start, live):
                     continue
                 await self.rewrite(topic, partition, last - start)
             except ProducerLost:
@@ -131,6 +130,14 @@ class ChangelogRewriter:
                 logger.warning("changelog rewrite of %s[%d] failed (%r); the log keeps its records and the next "
                                "batch tries again", topic, partition, exc)
                 self.starts.pop(tp, None)
+
+    def _outgrown(self, last: int, start: int, live: int) -> bool:
+        """Whether a log from ``start`` to ``last`` holds more offsets than ``ratio x live + floor``."""
+        return last - start >= self.ratio * live + self.floor
+
+    def _counted(self, tp: tuple[str, int], live: int, last: int) -> None:
+        """``tp``'s table holds ``live`` keys as of its log's offset ``last``."""
+        self.live[tp], self.counted_at[tp], self.grown[tp] = live, last, 0
 
     async def rewrite(self, topic: str, partition: int, size: int | None = None) -> int:
         """Re-produce every live key of ``topic``'s table partition, then cut the log before them;
@@ -168,9 +175,7 @@ class ChangelogRewriter:
         db.put(offset_key, str(last).encode())  # the database holds what the log holds up to `last`
         await self._delete_before(TopicPartition(topic, partition), cut)
         self.starts[(topic, partition)] = cut
-        self.live[(topic, partition)] = keys
-        self.counted_at[(topic, partition)] = last
-        self.grown[(topic, partition)] = 0
+        self._counted((topic, partition), keys, last)
         metrics.CHANGELOG_REWRITES.inc()
         metrics.CHANGELOG_REWRITE_BYTES.inc(nbytes)
         logger.info("changelog %s[%d] rewritten: %d live keys (%.1f MB) re-produced at offsets up to %d, records "
