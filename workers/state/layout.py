@@ -258,10 +258,19 @@ def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None,
     if old is None:
         return list(range(k))
     n_old = old.count
-    if dirty is not None and k >= n_old and bounds[:n_old + 1] == old.bounds:
-        return [i for i in _dirty_pieces(bounds, n_old, dirty) if new[bounds[i]:bounds[i + 1]] != old.piece(i)] \
-            + list(range(n_old, k))  # pieces past the old end are new
-    return [i for i in range(k) if i >= n_old or new[bounds[i]:bounds[i + 1]] != old.piece(i)]
+    idx = _candidates(bounds, old, dirty) if dirty is not None else None
+    if idx is None:
+        idx = list(range(k))
+    return [i for i in idx if i >= n_old or new[bounds[i]:bounds[i + 1]] != old.piece(i)]
+
+
+def _candidates(bounds: list[int], old: _Stored, dirty: list[tuple[int, int]]) -> list[int] | None:
+    """The pieces that can differ from ``old`` when only the byte ranges ``dirty`` changed: those the
+    ranges touch and those past the old end, in order; None when the old cut is not kept (then any can)."""
+    k, n_old = len(bounds) - 1, old.count
+    if k < n_old or bounds[:n_old + 1] != old.bounds:
+        return None
+    return _dirty_pieces(bounds, n_old, dirty) + list(range(n_old, k))
 
 
 def _changed_by_ranges(live: Any, old: _Stored) -> tuple[list[bytes], list[int], list[int]] | None:
@@ -278,10 +287,10 @@ def _changed_by_ranges(live: Any, old: _Stored) -> tuple[list[bytes], list[int],
         return None
     cuts = getattr(live, "piece_cuts", None)
     bounds = piece_bounds(n, cuts() if cuts is not None else ())
-    k, n_old = len(bounds) - 1, old.count
-    if k < n_old or bounds[:n_old + 1] != old.bounds:
+    idx = _candidates(bounds, old, dirty)
+    if idx is None:
         return None
-    idx = _dirty_pieces(bounds, n_old, dirty) + list(range(n_old, k))
+    n_old = old.count
     got = live.byte_ranges([(bounds[i], bounds[i + 1]) for i in idx])
     pieces, changed = old.piece_list(), []
     for i, b in zip(idx, got):
