@@ -642,3 +642,21 @@ def test_a_one_event_save_builds_the_hot_piece_and_one_row_not_the_whole_core(mo
     assert before.count == now.count == REPLAY_CAP + 1                   # full: the event overwrote a row
     assert changed[0] == 0 and len(changed) == 2                        # the hot piece and the pushed row
     assert [int(k.split(SEP)[2]) for k in ops if SEP in k] == changed[1:]  # the hot piece goes in the head
+
+
+@pytest.mark.parametrize("dim", [8, 3072])
+def test_byte_ranges_equal_slices_of_to_bytes(dim: int) -> None:
+    """Any ranges, in any order: within the hot piece, across a wide row's pieces, across rows, across
+    the start of the rows; and a range past the end is refused."""
+    rng = np.random.default_rng(dim)
+    core = InstantState(TARGETS, dim)
+    X, T, _, NOW = _events(rng, 7, dim=dim)
+    core.feedback_batch(X, T, np.full(len(X), 0.9, np.float32), NOW)
+    whole = core.to_bytes()
+    assert core.byte_size() == len(whole)
+    start = core._rows_start()
+    ranges = [tuple(sorted(int(v) for v in rng.integers(0, len(whole) + 1, 2))) for _ in range(40)]
+    ranges += [(0, start), (start - 3, start + 5), (len(whole), len(whole)), (start, len(whole))]
+    assert core.byte_ranges(ranges) == [whole[a:b] for a, b in ranges]
+    with pytest.raises(ValueError, match="outside"):
+        core.byte_ranges([(0, len(whole) + 1)])

@@ -298,19 +298,23 @@ class InstantState:
         """``[self.to_bytes()[a:b] for a, b in ranges]``, building only what the ranges cover (the
         layout asks for the pieces ``dirty_ranges`` named: the hot piece and the pushed rows)."""
         start, row = self._rows_start(), _row_dtype(self.dim).itemsize
+        size = start + self.replay_len * row
         before: bytes | None = None
+        built: tuple[int, int, bytes] | None = None  # the last rows built: a wide row is several pieces
         out = []
         for a, b in ranges:
-            if not 0 <= a <= b <= start + self.replay_len * row:
-                raise ValueError(f"byte range {a}:{b} outside the core's {self.byte_size()} bytes")
+            if not 0 <= a <= b <= size:
+                raise ValueError(f"byte range {a}:{b} outside the core's {size} bytes")
             if b <= start:  # the hot piece (and EWC state): built once for all such ranges
                 if before is None:
                     before = self._before_rows()
                 out.append(before[a:b])
             elif a >= start:  # within the rows: the rows it spans, sliced
                 r0, r1 = (a - start) // row, (b - start - 1) // row + 1
-                off = start + r0 * row
-                out.append(self._rows(r0, r1)[a - off:b - off])
+                if built is None or not built[0] <= r0 < r1 <= built[1]:
+                    built = (r0, r1, self._rows(r0, r1))
+                off = start + built[0] * row
+                out.append(built[2][a - off:b - off])
             else:
                 out.append(self.to_bytes()[a:b])
         return out
