@@ -13,6 +13,7 @@ The example count is bounded for CI (``_EXAMPLES``); raise it locally with
 from __future__ import annotations
 
 import base64
+import copy
 import os
 
 import numpy as np
@@ -37,7 +38,7 @@ FIELDS = sorted({k for b in BASE.values() for k in b} | {
     "message_index", "max_age_ms", "max_per_run", "finetune_count", "timeout_s", "embedding_b64", "events",
     "examples", "replay", "drift_window", "fisher_every", "consolidation_steps", "train_steps", "ts"})
 
-HUGE_INTS = [2**63, 2**63 - 1, -(2**63) - 1, 2**64 - 1, 2**64, 2**53 + 1, 9007199254740993, 10**30, -1, 0]
+HUGE_INTS = [2**63, 2**63 - 1, -(2**63) - 1, 2**64 - 1, 2**64, 2**53 + 1, 9007199254740993, 10**30, 10**400, -(10**400), -1, 0]
 scalars = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70), st.sampled_from(HUGE_INTS),
     st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([float("nan"), float("inf"), -float("inf"),
@@ -113,3 +114,52 @@ def test_the_reported_crashes_are_validation_errors(name: str, body: dict, words
         s.dispatch({"verb": "init_instant", "body": {"targets": ["a"], "dim": 4}})
     out = s.dispatch({"verb": name, "body": body})
     assert not out["ok"] and words in out["error"], out
+
+
+def _number_paths(obj, path=()):
+    """The path of every number (not bool) in a body, the first two items of each list."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _number_paths(v, path + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj[:2]):
+            yield from _number_paths(v, path + (i,))
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield path
+
+
+def _with(body: dict, path: tuple, value) -> dict:
+    out = copy.deepcopy(body)
+    at = out
+    for p in path[:-1]:
+        at = at[p]
+    at[path[-1]] = value
+    return out
+
+
+# every number of every verb's valid body, each alone: deterministic where the fuzzer above only samples
+_NUMBER_CASES = [(name, path) for name in sorted(BASE) for path in _number_paths(BASE[name])]
+
+
+@pytest.mark.parametrize("big", [10**400, -(10**400)], ids=["+10**400", "-10**400"])
+def test_an_integer_beyond_the_float_range_gets_a_clean_answer_anywhere(fuzz_session, big: int) -> None:
+    """A parser that keeps integers exact (the stdlib's, MCP's, an in-process dict) hands a verb
+    ``10**400``: ``float()``, ``math.isfinite`` and ``np.asarray`` raise OverflowError on it. Every
+    number of every verb's body, replaced by it, gets an answer, as an infinity there would."""
+    assert len(_NUMBER_CASES) > 60
+    before = _snapshot(fuzz_session, "victim")
+    for name, path in _NUMBER_CASES:
+        body = _with({**BASE[name], "session_key": "fuzz"}, path, big)
+        out = fuzz_session.dispatch({"verb": name, "body": body})  # an exception escaping fails the test
+        assert isinstance(out, dict) and out.get("verb") == name and isinstance(out.get("ok"), bool), (name, path, out)
+    assert _snapshot(fuzz_session, "victim") == before
+
+
+def test_a_huge_integer_in_an_embedding_is_refused_as_non_finite() -> None:
+    s = LearnSession()
+    s.dispatch({"verb": "init_instant", "body": {"targets": ["a"], "dim": 4}})
+    for value in (10**400, 1e39):  # beyond a double; a double beyond float32
+        out = s.dispatch({"verb": "feedback", "body": {"embedding": [value, 0, 0, 0], "model": "a", "quality": 0.5}})
+        assert not out["ok"] and "embedding" in out["error"] and "finite" in out["error"], out
+    out = s.dispatch({"verb": "feedback", "body": {"embedding": [1, 0, 0, 0], "model": "a", "quality": 10**400}})
+    assert out == {"ok": False, "verb": "feedback", "error": "quality must be 0..1"}

@@ -91,7 +91,7 @@ def test_an_envelope_is_validated_whole_before_anything_is_learned() -> None:
     for bad, error in [({"label": 7}, "examples[6].label must be an integer in [0, 3)"),
                        ({"label": None}, "examples[6].label required"),
                        ({"features": [1.0] * (D + 1)}, "examples[6].features: wrong dimension: expected 6, got 7"),
-                       ({"features": [float("nan")] * D}, "examples[6].features: must be finite (NaN/Inf refused)"),
+                       ({"features": [float("nan")] * D}, "examples[6].features: must be finite (NaN/Inf, and values beyond float32's range, refused)"),
                        ({"task": True}, "examples[6].task must be a non-empty string or an integer"),
                        ({"now_ms": -5}, "examples[6].now_ms must be a non-negative integer")]:
         body = [dict(e) for e in ex]

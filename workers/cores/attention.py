@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from workers import _kernels
-from workers.verbs.fields import epoch_ms
+from workers.verbs.fields import epoch_ms, to_float
 from workers.verbs.codec import embedding_field
 from workers.errors import CorruptStateError, VerbError
 from workers.verbs.registry import VerbContext, health_contributor, verb
@@ -118,7 +118,7 @@ class AttentionState:
         """
         idx = relation_index(relation)
         try:
-            sq = float(signed_quality)
+            sq = to_float(signed_quality)
         except (TypeError, ValueError):
             return False
         if idx is None or not math.isfinite(sq):
@@ -155,11 +155,11 @@ class AttentionState:
                 feats.append((_NO_EDGE, 0.0, 0.0))
                 continue
             ts = node.get("created_at") or 0
-            if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+            if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(to_float(ts)):
                 raise VerbError(f"subgraph.nodes[{i}].created_at must be a number (epoch ms)")
             w = edge.get("weight")
             w = 1.0 if w is None else w
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(to_float(w)):
                 raise VerbError("subgraph edge weight must be a finite number")
             rel = relation_index(edge.get("relation"))
             # ts - now in exact integer ms first; float32 only after (epoch ms exceed f32's 24 bits)

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from workers import _kernels as _k
-from workers.verbs.codec import embedding_field, numbers_only
+from workers.verbs.codec import embedding_field, float32_array, numbers_only
 from workers.state.framing import pack_part, unpack_part
 from workers.cores.instant import InstantState
 from workers.errors import CorruptStateError, ValidationError, VerbError
+from workers.verbs.fields import to_float
 from workers.verbs.registry import VerbContext, health_contributor, verb
 
 __all__ = (
@@ -254,8 +255,7 @@ def read_vector(body: dict, field: str) -> np.ndarray:
             raise
     if not isinstance(v, list) or not numbers_only(v):
         raise VerbError(f"{field} must be an array of numbers")
-    with np.errstate(over="ignore"):  # a finite double beyond float32 becomes inf: refused as non-finite
-        return np.asarray(v, dtype=np.float32)
+    return float32_array(v)  # a value beyond float32 becomes inf: refused as non-finite
 
 
 def _deep(ctx: VerbContext, create: bool) -> DeepState | None:
@@ -275,7 +275,7 @@ def record_loss(ctx: VerbContext, body: dict) -> dict:
     if isinstance(loss, bool) or not isinstance(loss, (int, float)):
         raise VerbError("loss must be a number")
     d = _deep(ctx, create=True)
-    o = d.observe_loss(float(loss))
+    o = d.observe_loss(to_float(loss))
     ctx.state.set("deep", d)
     if o.boundary_fired:
         ctx.emit("boundaries", boundary_event(ctx.session_key, o, ctx.source))

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from workers import _kernels as _k
-from workers.verbs.fields import MAX_DIM, epoch_ms, int_accepted
+from workers.verbs.fields import MAX_DIM, epoch_ms, int_accepted, to_float
 from workers.verbs.codec import embedding_field
 from workers.state.framing import pack_part, unpack_part
 from workers.errors import CorruptStateError, VerbError
@@ -469,7 +469,7 @@ def _row_dtype(dim: int) -> np.dtype:
 def _quality(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
         raise VerbError("quality must be 0..1")
-    q = float(value)
+    q = to_float(value)
     if not 0.0 <= q <= 1.0:  # NaN fails too
         raise VerbError("quality must be 0..1")
     return q

@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from workers import _kernels as _k
-from workers.verbs.fields import MAX_DIM
+from workers.verbs.fields import MAX_DIM, to_float
 from workers.verbs.codec import embedding_field
 from workers.state.framing import pack_part, unpack_part
 from workers.cores.bandit import PROJECTIONS, BanditState
@@ -122,16 +122,17 @@ def _quality(v: Any) -> float:
     """An outcome's quality: a number, NaN refused, clamped to [0, 1]."""
     if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)):
         raise ValueError("quality must be a number")
+    v = to_float(v)
     if math.isnan(v):
         raise ValueError("quality must not be NaN")
-    return min(max(float(v), 0.0), 1.0)
+    return min(max(v, 0.0), 1.0)
 
 
 def _cost(v: Any) -> float | None:
     """An outcome's cost: None, or a finite number >= 0."""
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not math.isfinite(v) or v < 0:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not math.isfinite(to_float(v)) or v < 0:
         raise ValueError("cost must be a finite number >= 0")
     return float(v)
 
@@ -242,7 +243,7 @@ class RouterState:
             raise ValueError("epsilon must be 0..1")  # NaN fails the range check too
         cost_weight = 0.0 if cost_weight is None else cost_weight
         if isinstance(cost_weight, bool) or not isinstance(cost_weight, (int, float)) \
-                or not math.isfinite(cost_weight) or cost_weight < 0:
+                or not math.isfinite(to_float(cost_weight)) or cost_weight < 0:
             raise ValueError("cost_weight must be a finite number >= 0")
         seed = _DEFAULT_SEED if seed is None else seed
         if not _is_int(seed) or not 0 <= seed <= _U32_MAX:
@@ -583,8 +584,8 @@ def _route(ctx: VerbContext, body: dict) -> dict:
         raise VerbError("task_type must be a string")
     tokens = _body_tokens(body)
     lam = body.get("cost_weight")
-    if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam)
-                            or lam < 0):
+    if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float))
+                            or not math.isfinite(to_float(lam)) or lam < 0):
         raise VerbError("cost_weight must be a finite number >= 0")
     adapter = _instant_logits(ctx, st, x) if st.with_adapter and st.trained else None
     return st.route(x, task_type, tokens, rng=ctx.rng, adapter_logits=adapter, cost_weight=lam)

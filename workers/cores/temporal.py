@@ -43,6 +43,7 @@ from typing import Any
 import orjson
 
 from workers.verbs.codec import embedding_field
+from workers.verbs.fields import to_float
 from workers.errors import VerbError
 from workers.state.base import ModelStore
 from workers.verbs.registry import VerbContext, params, verb
@@ -134,7 +135,7 @@ def validate_edge(raw: Any) -> dict:
         embedding_field({"embedding": emb}, "embedding", prefix="edge.")  # raises on bad input
         edge["embedding"] = [_json_number(v) for v in emb]  # as given: get_edge returns what was inserted
     if (w := raw.get("weight")) is not None:
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(to_float(w)):
             raise VerbError("edge.weight must be a finite number")
         edge["weight"] = _json_number(w)
     if (g := _optional_str(raw, "group_id")) is not None:

@@ -33,13 +33,14 @@ from workers.scoring.ngram import CacheLM, builtin_model
 from workers.scoring.prefetch import Deferred
 from workers.scoring.tokenizer import CharTokenizer, RemoteTokenizer, Tokenizer
 from workers.scoring.transport import ERROR_QUOTE, ScoringError, post_json
+from workers.verbs.fields import to_float
 
 __all__ = ("ScoringError", "ScoreBackend", "BuiltinBackend", "ScoreAPIBackend", "OpenAICompletionsBackend",
            "build_backend", "post_json")
 
 
 def _finite(x: Any, what: str) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(to_float(x)):
         raise ScoringError(f"{what} must be a finite number, got {x!r}")
     return float(x)
 

@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 
 from workers.errors import ValidationError
+from workers.verbs.fields import to_float
 
 __all__ = (
     "MAX_EVENT_BYTES",
@@ -21,6 +22,7 @@ __all__ = (
     "embedding_field",
     "encode_embedding_b64",
     "finite_number",
+    "float32_array",
     "numbers_only",
 )
 
@@ -44,7 +46,7 @@ def finite_number(value: Any, field: str, *, lo: float | None = None, hi: float 
     """A finite int/float (bools refused), optionally within [lo, hi]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValidationError(field, "required, a number")
-    f = float(value)
+    f = to_float(value)
     if not math.isfinite(f):
         raise ValidationError(field, "must be finite (NaN/Inf refused)")
     if (lo is not None and f < lo) or (hi is not None and f > hi):
@@ -62,6 +64,17 @@ def numbers_only(v: list) -> bool:
     ``isinstance`` loop, which stays the answer for anything else (subclasses such as ``np.float64``)."""
     return set(map(type, v)) <= _JSON_NUMBERS or all(
         isinstance(e, (int, float)) and not isinstance(e, bool) for e in v)
+
+
+def float32_array(v: list) -> np.ndarray:
+    """A list of numbers (:func:`numbers_only`) as float32; a value beyond float32's range (a finite
+    double, or an integer beyond even a double's, which NumPy refuses with OverflowError) becomes an
+    infinity, for the caller's finiteness check to refuse."""
+    with np.errstate(over="ignore"):
+        try:
+            return np.asarray(v, dtype=np.float32)
+        except OverflowError:
+            return np.array([to_float(e) for e in v], dtype=np.float32)
 
 
 def encode_embedding_b64(x: np.ndarray) -> str:
@@ -92,11 +105,11 @@ def embedding_field(body: dict, field: str = "embedding", *, dim: int | None = N
             return None
         if not isinstance(v, list) or not numbers_only(v):
             raise ValidationError(name, "must be an array of numbers")
-        x = np.asarray(v, dtype=np.float32)
+        x = float32_array(v)
     if x.size == 0:
         raise ValidationError(name, "must not be empty")
     if not np.isfinite(x).all():
-        raise ValidationError(name, "must be finite (NaN/Inf refused)")
+        raise ValidationError(name, "must be finite (NaN/Inf, and values beyond float32's range, refused)")
     if dim is not None and x.size != dim:
         raise ValidationError(name, f"wrong dimension: expected {dim}, got {x.size}")
     return x

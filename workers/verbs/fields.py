@@ -6,7 +6,7 @@ from typing import Any
 
 from workers.errors import VerbError
 
-__all__ = ("int_in", "int_accepted", "number_in", "epoch_ms", "MAX_DIM", "MAX_MS")
+__all__ = ("int_in", "int_accepted", "number_in", "epoch_ms", "to_float", "MAX_DIM", "MAX_MS")
 
 # Largest embedding / input dimension a core accepts (the attention core's and the online learner's
 # bound too): above every common embedding model, and it keeps one session's arrays small.
@@ -35,16 +35,27 @@ def int_accepted(body: dict, field: str, default: int, most: int) -> int | None:
         return None
 
 
+def to_float(value: Any) -> float:
+    """``float(value)`` for a number, an integer beyond the float range becoming an infinity of its sign.
+
+    A JSON parser that keeps integers exact (the stdlib's, MCP's, an in-process caller's dict) can hand
+    a verb ``10**400``: ``float`` and ``math.isfinite`` raise OverflowError on it, where a verb's checks
+    expect an infinity (refused as non-finite, or clamped, as each field says)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def number_in(body: dict, field: str, lo: float, hi: float, *, open_lo: bool = False) -> float | None:
     """``body[field]`` as a finite float in [lo, hi] (or (lo, hi]), None when absent; else VerbError."""
     v = body.get(field)
     if v is None:
         return None
-    ok = (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-          and (v > lo if open_lo else v >= lo) and v <= hi)
-    if not ok:
+    f = to_float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+    if not (math.isfinite(f) and (f > lo if open_lo else f >= lo) and f <= hi):
         raise VerbError(f"{field} must be a number in {'(' if open_lo else '['}{lo}, {hi}]")
-    return float(v)
+    return f
 
 
 def epoch_ms(body: dict, field: str, default: Any = None, *, prefix: str = "", lo: int = -MAX_MS) -> Any:
