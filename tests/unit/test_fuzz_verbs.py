@@ -116,15 +116,15 @@ def test_the_reported_crashes_are_validation_errors(name: str, body: dict, words
     assert not out["ok"] and words in out["error"], out
 
 
-def _number_paths(obj, path=()):
-    """The path of every number (not bool) in a body, the first two items of each list."""
+def _leaf_paths(obj, kinds: tuple, path=()):
+    """The path of every leaf of ``kinds`` (bools never) in a body, the first two items of each list."""
     if isinstance(obj, dict):
         for k, v in obj.items():
-            yield from _number_paths(v, path + (k,))
+            yield from _leaf_paths(v, kinds, path + (k,))
     elif isinstance(obj, list):
         for i, v in enumerate(obj[:2]):
-            yield from _number_paths(v, path + (i,))
-    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+            yield from _leaf_paths(v, kinds, path + (i,))
+    elif isinstance(obj, kinds) and not isinstance(obj, bool):
         yield path
 
 
@@ -138,7 +138,8 @@ def _with(body: dict, path: tuple, value) -> dict:
 
 
 # every number of every verb's valid body, each alone: deterministic where the fuzzer above only samples
-_NUMBER_CASES = [(name, path) for name in sorted(BASE) for path in _number_paths(BASE[name])]
+_NUMBER_CASES = [(name, path) for name in sorted(BASE) for path in _leaf_paths(BASE[name], (int, float))]
+_STRING_CASES = [(name, path) for name in sorted(BASE) for path in [*_leaf_paths(BASE[name], (str,)), ("session_key",)]]
 
 
 @pytest.mark.parametrize("big", [10**400, -(10**400)], ids=["+10**400", "-10**400"])
@@ -163,3 +164,19 @@ def test_a_huge_integer_in_an_embedding_is_refused_as_non_finite() -> None:
         assert not out["ok"] and "embedding" in out["error"] and "finite" in out["error"], out
     out = s.dispatch({"verb": "feedback", "body": {"embedding": [1, 0, 0, 0], "model": "a", "quality": 10**400}})
     assert out == {"ok": False, "verb": "feedback", "error": "quality must be 0..1"}
+
+
+def test_a_lone_surrogate_anywhere_is_refused_up_front(fuzz_session) -> None:
+    """JSON cannot carry a lone surrogate, a Python string can (``errors="surrogateescape"``): a verb met
+    it only when it encoded a key or stored the string, after the session had changed, and the exception
+    escaped ``dispatch`` with the changed session still cached. Every string of every verb's body (and
+    the session key), replaced by one, is refused before anything runs, and the session still works."""
+    assert len(_STRING_CASES) > 60
+    before = _snapshot(fuzz_session, "fuzz")
+    for name, path in _STRING_CASES:
+        body = _with({**BASE[name], "session_key": "fuzz"}, path, "x\ud800")
+        out = fuzz_session.dispatch({"verb": name, "body": body})
+        assert out["ok"] is False and out["error"].startswith("parse: the body is not JSON"), (name, path, out)
+    assert _snapshot(fuzz_session, "fuzz") == before
+    out = fuzz_session.dispatch({"verb": "add_knowledge", "body": {**BASE["add_knowledge"], "session_key": "fuzz"}})
+    assert out["ok"], out

@@ -2,11 +2,13 @@
 or on disk (rocksdict), with the worker's own session cache and context builder."""
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from workers.errors import VerbError
@@ -19,6 +21,30 @@ from workers.verbs.surface import (BLOB_TABLES, REGISTRY, Verb, VerbContext, Ver
                                    parse_request, run_verb, session_key_of)
 
 __all__ = ("LearnSession",)
+
+
+def _not_json(body: dict) -> str | None:
+    """Why ``body`` is not JSON, or None. What arrives over HTTP or a topic was JSON; a Python dict may
+    hold what JSON cannot, such as a lone surrogate (text decoded with ``errors="surrogateescape"``),
+    which a verb would only meet once it encoded a key or stored the string, after the session changed.
+    orjson (fast) refuses integers beyond 64 bits too, which are JSON (the verbs refuse them by range):
+    only what the standard library cannot write either is refused."""
+    try:
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+        return None
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        json.dumps(body, ensure_ascii=False, default=_numpy_scalar).encode("utf-8")
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+        return str(exc)
+    return None
+
+
+def _numpy_scalar(value: Any) -> Any:
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 class LearnSession:
@@ -70,6 +96,9 @@ class LearnSession:
             return parsed
         name, body = parsed
         v = REGISTRY[name]
+        refused = _not_json(body)
+        if refused is not None:
+            return envelope_error(name, f"parse: the body is not JSON ({refused})")
         try:
             sk = session_key_of(body)
             if v.writes:
