@@ -660,3 +660,28 @@ def test_byte_ranges_equal_slices_of_to_bytes(dim: int) -> None:
     assert core.byte_ranges(ranges) == [whole[a:b] for a, b in ranges]
     with pytest.raises(ValueError, match="outside"):
         core.byte_ranges([(0, len(whole) + 1)])
+
+
+def test_a_core_saved_unchanged_and_decoded_again_still_saves_by_its_pieces(monkeypatch) -> None:
+    """A save that finds the decoded core unchanged puts it back as the stored bytes (the next verb
+    decodes them again); that core must still know what the store holds, or its next one-event save
+    builds the whole ~100 kB core once."""
+    from workers.state.layout import SessionState
+    rng = np.random.default_rng(7)
+    st_ = SessionState()
+    core = InstantState(TARGETS, 384)
+    X, T, _, NOW = _events(rng, REPLAY_CAP + 3, dim=384)
+    core.feedback_batch(X, T, np.full(len(X), 0.9, np.float32), NOW)
+    st_.blob.set("instant", core)
+    for _ in range(2):  # the second save keeps pieces, not the whole bytes
+        core.feedback(rng.standard_normal(384).astype(np.float32), TARGETS[0], 0.9)
+        st_.written(st_.changes(b"s")[1])
+    st_.written(st_.changes(b"s")[1])               # decoded, unchanged: back to bytes
+    assert "instant" not in st_.blob._live
+    core = st_.blob.get("instant", InstantState)     # a verb decodes it again
+    core.feedback(rng.standard_normal(384).astype(np.float32), TARGETS[0], 0.9)
+    expected = core.to_bytes()
+    monkeypatch.setattr(InstantState, "to_bytes", lambda self: pytest.fail("the whole core was built"))
+    ops, after = st_.changes(b"s")
+    monkeypatch.undo()
+    assert after["instant"].data == expected and len(ops) == 2   # the head (with the hot piece) and one row

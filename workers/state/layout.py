@@ -464,7 +464,9 @@ class SessionState:
             if live is None:
                 continue
             if old.get(name) is kept:
-                blob.set_bytes(name, kept.data)
+                # the bytes it will be decoded from stand for what the keys hold (``saved`` in from_bytes)
+                kept.token = kept.data
+                blob.set_bytes(name, kept.token)
                 self._sizes.pop(name, None)
             else:
                 saved = getattr(live, "saved", None)  # a part that tracks what changed since (dirty_ranges)
