@@ -137,7 +137,7 @@ def test_produce_reports_each_bad_line_sends_the_good_ones_and_sums_up(monkeypat
         err = r.stderr.splitlines()
         assert err[0].startswith("line 2: not sent: not JSON")
         assert err[1].startswith("line 4: not sent: schema of learn.loss: loss:") and "number" in err[1]
-        assert err[2] == "line 5: not sent: a value must be a JSON object, got list"
+        assert err[2] == "line 5: not sent: a value must be a JSON object, got an array"
         assert err[-1] == "2 sent to loss, 3 refused"
         got = read_topic(b.bootstrap, topics()["loss"].name, 2, timeout=20)
         assert [v["loss"] for v in got] == [0.5, 0.25]  # only the good lines, in order

@@ -55,7 +55,9 @@ def test_good_event_is_applied_and_watermarked(proc: Processor) -> None:
 @pytest.mark.parametrize("value,code,words", [
     (b"{not json", "bad_json", "not valid JSON"),
     (None, "bad_json", "tombstone"),
-    (b"[1, 2]", "invalid", "JSON object"),
+    (b"[1, 2]", "invalid", "must be a JSON object, got an array"),
+    (b"null", "invalid", "must be a JSON object, got null"),  # JSON's words, not Python's (NoneType)
+    (b'"high"', "invalid", "must be a JSON object, got a string"),
     (b"x" * (MAX_EVENT_BYTES + 1), "oversized", "exceeds"),
     ({"loss": "high"}, "invalid", "loss"),  # a wrong type breaks the schema: invalid, not refused
 ])

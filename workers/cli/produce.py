@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import orjson
 
+from workers.verbs.codec import json_type
 from workers.verbs.surface import DEFAULT_SESSION, check_session_key
 from workers.errors import ValidationError, VerbError
 from workers.kafka.topics import topics
@@ -27,7 +28,7 @@ def check_line(role: str, line: str | bytes, *, key: str | None = None,
     except orjson.JSONDecodeError as exc:
         return f"not JSON: {exc}"
     if not isinstance(value, dict):
-        return f"a value must be a JSON object, got {type(value).__name__}"
+        return f"a value must be a JSON object, got {json_type(value)}"
     body = value.get("body") if role == "commands" else None
     own = value.get("session_key") if role != "commands" else (body.get("session_key") if isinstance(body, dict)
                                                                 else None)

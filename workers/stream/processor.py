@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from workers.verbs.codec import json_type
 from workers.verbs.surface import (BLOB_TABLES, DEFAULT_SESSION, REGISTRY, Verb, VerbContext, VerbOptions,
                                    decode_json, envelope_error, envelope_ok, run_verb, session_key_of)
 from workers.errors import CorruptStateError, ValidationError, VerbError
@@ -248,7 +249,7 @@ class Processor:
             code = "oversized" if "exceeds" in exc.rule else "bad_json"
             raise _Reject(exc.reason, code) from None
         if not isinstance(value, dict):
-            raise _Reject(f"value must be a JSON object, got {type(value).__name__}", "invalid")
+            raise _Reject(f"value must be a JSON object, got {json_type(value)}", "invalid")
         try:
             name, body = self._topic(rec.topic).request(value)
         except ValueError as exc:

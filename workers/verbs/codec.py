@@ -23,6 +23,7 @@ __all__ = (
     "encode_embedding_b64",
     "finite_number",
     "float32_array",
+    "json_type",
     "numbers_only",
 )
 
@@ -40,6 +41,15 @@ def decode_json(raw: bytes | str, *, max_bytes: int = MAX_EVENT_BYTES) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ValidationError("", f"not valid JSON ({exc})") from None
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+def json_type(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words ("an array", "null"), for error messages."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
 def finite_number(value: Any, field: str, *, lo: float | None = None, hi: float | None = None) -> float:
