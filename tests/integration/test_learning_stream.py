@@ -1,6 +1,8 @@
 """The learning parts on the stream: broker + worker == in-process LearnSession, SIGKILL included."""
 from __future__ import annotations
 
+import json
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -119,8 +121,6 @@ def test_alice_history_through_graph_edges_topic(worker_factory, client) -> None
     def dsts(t: int, **kw: int) -> list[str]:
         qs = "&".join([f"src=alice&t={t}"] + [f"{k}={v}" for k, v in kw.items()])
         with urllib.request.urlopen(f"{w.url}/graph/kg/edges?{qs}", timeout=10) as r:
-            import json
-
             return [e["dst"] for e in json.loads(r.read())["data"]["edges"]]
 
     wait_until(lambda: dsts(2500) == ["globex"], 60, what="the contradiction applied")
@@ -128,6 +128,11 @@ def test_alice_history_through_graph_edges_topic(worker_factory, client) -> None
     assert dsts(2500, known_at=2040) == ["acme"]  # before the contradiction was recorded
     e1 = w.dispatch("get_edge", {"session_key": "kg", "edge_id": "e1"})["data"]["edge"]
     assert e1["invalid_at"] == 2000 and e1["expired_at"] == 2050  # acme keeps its history
+    for qs, error in (("src=alice&t=soon", "query parameter t must be an integer, got 'soon'"),
+                      ("t=2000", "query parameter src required")):
+        with pytest.raises(urllib.error.HTTPError) as bad:
+            urllib.request.urlopen(f"{w.url}/graph/kg/edges?{qs}", timeout=10)
+        assert bad.value.code == 400 and json.loads(bad.value.read())["error"] == error
 
 
 def examples_stream(n_msgs: int, seed: int = 5) -> list[dict]:

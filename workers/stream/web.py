@@ -111,11 +111,14 @@ def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
         async def get(self, request: Any, session: str) -> Any:
             q = request.query
             body: dict[str, Any] = {"session_key": session}
-            try:
-                body["src"] = q["src"]
-                for name in ("t", "known_at", "limit"):
-                    if name in q:
+            if "src" not in q:
+                return json_response(self.web, envelope_error("query_at", "query parameter src required"), 400)
+            body["src"] = q["src"]
+            for name in ("t", "known_at", "limit"):
+                if name in q:
+                    try:
                         body[name] = int(q[name])
-            except (KeyError, ValueError) as exc:
-                return json_response(self.web, envelope_error("query_at", f"bad query parameter: {exc}"), 400)
+                    except ValueError:
+                        return json_response(self.web, envelope_error(
+                            "query_at", f"query parameter {name} must be an integer, got {q[name][:40]!r}"), 400)
             return await verb_request(self.web, request, {"verb": "query_at", "body": body})
