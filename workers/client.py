@@ -44,7 +44,7 @@ _APPLY_DEADLINE_S = 60.0
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.2, 2.0
 # statuses after which the write may or may not be in the log: retry with the same key
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})  # 429: the worker's in-flight limit; not applied
-_IDEMPOTENCY = "idempotency_key"  # the body field workers/stream/idempotency.py reads
+_IDEMPOTENCY = "idempotency_key"  # the body field workers/state/idempotency.py reads
 # Writes that set a session up: the data that follows fails ("not initialized") if applied first.
 SETUP_VERBS = frozenset({"init_instant", "init_router", "init_attention", "init_learner", "configure_scoring"})
 

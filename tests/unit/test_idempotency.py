@@ -6,7 +6,7 @@ import pytest
 
 from workers.verbs.session import LearnSession
 from workers.state import MemoryStore
-from workers.stream import idempotency
+from workers.state import idempotency
 from workers.stream.processor import Processor, StoreStateAccess
 from workers.stream.records import Record
 from workers.kafka.topics import topics
@@ -149,3 +149,38 @@ def test_graph_writes_are_idempotent_by_edge_id_so_a_retry_changes_nothing() -> 
     res = p.process([Record(edges, 0, 2 + i, b"s1", orjson.dumps(v), 1000) for i, v in enumerate(writes)])
     assert all(r["ok"] for r in res.replies.values())
     assert list(store.iter_prefix(b"")) == once
+
+
+# -- in process: LearnSession answers keys as the worker does -------------------------------------------
+def test_in_process_a_retried_key_is_answered_with_the_first_reply_and_applied_once(tmp_path) -> None:
+    """``LearnSession.dispatch`` (and ``learnstream dispatch``) once passed the key through to the verb,
+    which ignored it: a retry applied the write again and a malformed key was accepted."""
+    s = LearnSession(path=tmp_path)
+    rid = s.dispatch({"verb": "add_knowledge", "body": {"session_key": "s1", "agent": "a", "domain": "d",
+                                                        "fact": "the sky is blue"}})["data"]["record_id"]
+    body = {"session_key": "s1", "ids": [rid], "idempotency_key": "k1"}
+    first = s.dispatch({"verb": "mark_used", "body": body})
+    assert first == {"ok": True, "verb": "mark_used", "data": {"marked": 1, "unknown": []}}
+    assert s.dispatch({"verb": "mark_used", "body": body}) == {**first, "duplicate": True}
+    s.close()
+    s = LearnSession(path=tmp_path)  # the key is kept with the session's state
+    assert s.dispatch({"verb": "mark_used", "body": body}) == {**first, "duplicate": True}
+    assert accesses(s.store) == 1
+    assert s.dispatch({"verb": "mark_used", "body": {**body, "idempotency_key": "k2"}})["ok"]
+    assert accesses(s.store) == 2
+    # a refused write is refused once, as in the worker; the verb never sees the key
+    bad = {"session_key": "s1", "ids": [], "idempotency_key": "k9"}
+    refused = s.dispatch({"verb": "mark_used", "body": bad})
+    assert refused["error"].startswith("ids must be")
+    assert s.dispatch({"verb": "mark_used", "body": bad}) == {**refused, "duplicate": True}
+    s.close()
+
+
+@pytest.mark.parametrize("key", ["", 7, "x" * 129])
+def test_in_process_a_malformed_key_is_refused_with_the_rule(key) -> None:
+    s = LearnSession()
+    out = s.dispatch({"verb": "add_knowledge", "body": {"session_key": "s1", "agent": "a", "domain": "d",
+                                                        "fact": "f", "idempotency_key": key}})
+    assert out == {"ok": False, "verb": "add_knowledge",
+                   "error": "idempotency_key must be a non-empty string of at most 128 characters"}
+    assert s.dispatch({"verb": "memory_info", "body": {"session_key": "s1"}})["data"]["keys"] == 0  # nothing stored

@@ -37,7 +37,7 @@ from workers.state.blob import StateBlob
 from workers.state.layout import StateTooLarge
 from workers.state.limits import Limits, check_request
 from workers.state.sessions import CACHE_BYTES, Sessions
-from workers.stream import idempotency
+from workers.state import idempotency
 from workers.stream.records import Produce, Record, record_id
 from workers.kafka.topics import Topic, by_name
 

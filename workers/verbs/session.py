@@ -12,7 +12,7 @@ import numpy as np
 import orjson
 
 from workers.errors import VerbError
-from workers.state import MemoryStore, ModelStore, RocksDictStore, StateBlob
+from workers.state import MemoryStore, ModelStore, RocksDictStore, StateBlob, idempotency
 from workers.state.access import StoreStateAccess, state_key
 from workers.state.layout import SEP, SessionState, StateTooLarge
 from workers.state.limits import Limits, check_request
@@ -99,16 +99,27 @@ class LearnSession:
         refused = _not_json(body)
         if refused is not None:
             return envelope_error(name, f"parse: the body is not JSON ({refused})")
+        key = None
         try:
             sk = session_key_of(body)
             if v.writes:
                 check_request(name, body, self.sessions.limits)
+                key, body = idempotency.take_key(body)
         except VerbError as exc:
             return envelope_error(name, str(exc))
+        # As in the worker (Processor._apply_one): a write that carries an idempotency key the session
+        # already applied is answered with the first reply; the key and its reply are kept with the state
+        blob = self.sessions.blob(v.table, sk, 0) if key is not None and v.table in BLOB_TABLES else None
+        if blob is not None:
+            first = idempotency.lookup(blob, key)
+            if first is not None:
+                return {**first, "duplicate": True}
         out = run_verb(v, self.context(v, sk), body)
+        if blob is not None:
+            idempotency.remember(blob, key, out)
         # As in the worker: a refused verb changed nothing (verbs validate before they mutate),
-        # so the cached state is kept as it is, and only an applied one is written.
-        if v.writes and v.table in BLOB_TABLES and out["ok"]:
+        # so the cached state is kept as it is, and only an applied one (or a remembered key) is written.
+        if v.writes and v.table in BLOB_TABLES and (out["ok"] or blob is not None):
             try:
                 self.sessions.save(v.table, sk, 0)
             except StateTooLarge as exc:  # not written; the cache now reads the stored state again
