@@ -180,3 +180,22 @@ def test_a_lone_surrogate_anywhere_is_refused_up_front(fuzz_session) -> None:
     assert _snapshot(fuzz_session, "fuzz") == before
     out = fuzz_session.dispatch({"verb": "add_knowledge", "body": {**BASE["add_knowledge"], "session_key": "fuzz"}})
     assert out["ok"], out
+
+
+def test_numpy_values_in_process_are_taken_as_json_carries_them() -> None:
+    """In Python an embedding is naturally an array and a size a ``np.int64``; a worker only ever sees
+    their JSON. In process they were refused ("must be an array of numbers", "dim must be a positive
+    integer"); now the same request gives the same state as its JSON form, byte for byte."""
+    plain, typed = LearnSession(), LearnSession()
+    x = np.linspace(-1, 1, 8, dtype=np.float32)
+    steps = [("init_instant", {"targets": ["a", "b"], "dim": 8}, {"targets": ["a", "b"], "dim": np.int64(8)}),
+             ("feedback", {"embedding": x.tolist(), "model": "b", "quality": 0.75, "now_ms": 5},
+              {"embedding": x, "model": "b", "quality": np.float32(0.75), "now_ms": np.int64(5)}),
+             ("feedback", {"embedding": x.tolist(), "model": "a", "quality": 0.25},
+              {"embedding": list(x), "model": "a", "quality": np.float64(0.25)})]
+    for verb, as_json, as_numpy in steps:
+        a = plain.dispatch({"verb": verb, "body": {**as_json, "session_key": "s"}})
+        b = typed.dispatch({"verb": verb, "body": {**as_numpy, "session_key": "s"}})
+        assert a["ok"] and a == b, (verb, a, b)
+    info = [s.dispatch({"verb": "session_info", "body": {"session_key": "s"}})["data"]["digest"] for s in (plain, typed)]
+    assert info[0] == info[1]

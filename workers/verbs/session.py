@@ -23,25 +23,34 @@ from workers.verbs.surface import (BLOB_TABLES, REGISTRY, Verb, VerbContext, Ver
 __all__ = ("LearnSession",)
 
 
-def _not_json(body: dict) -> str | None:
-    """Why ``body`` is not JSON, or None. What arrives over HTTP or a topic was JSON; a Python dict may
-    hold what JSON cannot, such as a lone surrogate (text decoded with ``errors="surrogateescape"``),
-    which a verb would only meet once it encoded a key or stored the string, after the session changed.
-    orjson (fast) refuses integers beyond 64 bits too, which are JSON (the verbs refuse them by range):
-    only what the standard library cannot write either is refused."""
+def _as_json(body: dict) -> tuple[dict, str | None]:
+    """``body`` as a worker would receive it, or why it is not JSON.
+
+    What arrives over HTTP or a topic was JSON. A Python dict may hold NumPy values (an embedding as an
+    array, a ``np.int64`` dim): they become what JSON carries for them (lists, floats, ints), so a verb
+    answers them as it answers the same request from a worker. It may also hold what JSON cannot, such
+    as a lone surrogate (text decoded with ``errors="surrogateescape"``), which a verb would only meet
+    once it encoded a key or stored the string, after the session changed: that is refused. orjson
+    (fast; a body of plain JSON values costs one ``dumps``) also refuses integers beyond 64 bits, which
+    are JSON (the verbs refuse them by range): only what the standard library cannot write is refused."""
     try:
-        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-        return None
+        orjson.dumps(body)
+        return body, None
     except orjson.JSONEncodeError:
         pass
     try:
-        json.dumps(body, ensure_ascii=False, default=_numpy_scalar).encode("utf-8")
+        return orjson.loads(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)), None
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        text = json.dumps(body, ensure_ascii=False, default=_numpy_value)
+        text.encode("utf-8")
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
-        return str(exc)
-    return None
+        return body, str(exc)
+    return json.loads(text), None
 
 
-def _numpy_scalar(value: Any) -> Any:
+def _numpy_value(value: Any) -> Any:
     if isinstance(value, (np.generic, np.ndarray)):
         return value.tolist()
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
@@ -96,7 +105,7 @@ class LearnSession:
             return parsed
         name, body = parsed
         v = REGISTRY[name]
-        refused = _not_json(body)
+        body, refused = _as_json(body)
         if refused is not None:
             return envelope_error(name, f"parse: the body is not JSON ({refused})")
         key = None
