@@ -84,3 +84,19 @@ def test_rocksdb_store_survives_reopen(tmp_path) -> None:
     s2 = RocksDictStore(tmp_path / "db")
     assert s2.get(b"k") == b"v"
     s2.close()
+
+
+def test_a_store_already_open_is_refused_with_a_clear_error(tmp_path) -> None:
+    """RocksDB lets one opener hold a database (its LOCK file): the second gets a StateError naming the
+    path (``learnstream dispatch --path`` prints it and exits 2), not rocksdict's bare Exception."""
+    from workers.errors import StateError
+
+    s = RocksDictStore(tmp_path / "db")
+    try:
+        with pytest.raises(StateError, match="open in another process"):
+            RocksDictStore(tmp_path / "db")
+    finally:
+        s.close()
+    (tmp_path / "db" / "CURRENT").write_text("MANIFEST-999999\n")  # names a manifest that is not there
+    with pytest.raises(StateError, match="cannot open the state store"):
+        RocksDictStore(tmp_path / "db")

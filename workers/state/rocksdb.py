@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rocksdict import Options, Rdict, WriteBatch
 
+from workers.errors import StateError
 from workers.state.base import ModelStore
 
 __all__ = ("RocksDictStore", "rocksdb_options", "iter_prefix")
@@ -42,7 +43,13 @@ def iter_prefix(db: Rdict, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
 class RocksDictStore(ModelStore):
     def __init__(self, path: str | Path, *, block_cache_bytes: int = _BLOCK_CACHE_BYTES) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
-        self._db = Rdict(str(path), rocksdb_options(block_cache_bytes))
+        try:
+            self._db = Rdict(str(path), rocksdb_options(block_cache_bytes))
+        except Exception as exc:  # rocksdict raises a bare Exception carrying RocksDB's status
+            if "lock" in str(exc).lower():  # RocksDB's LOCK file: one opener at a time
+                raise StateError(f"{path}: the state store is open in another process (or another "
+                                 f"LearnSession of this one); one at a time ({exc})") from None
+            raise StateError(f"{path}: cannot open the state store ({exc})") from None
 
     def get(self, key: bytes) -> bytes | None:
         return self._db.get(key)
