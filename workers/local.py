@@ -1,12 +1,19 @@
 """Local process plumbing shared by the embedded broker, the worker launcher, the demo, ``learnstream
-mcp``, the benchmarks and the tests: a free loopback port, and a child that dies with its parent."""
+mcp``, the benchmarks and the tests: a free loopback port, a child that dies with its parent, and a
+directory one process at a time may use."""
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
+import os
 import socket
+from pathlib import Path
+from typing import IO
 
-__all__ = ("free_port", "parent_death_signal")
+from workers.errors import ConfigError
+
+__all__ = ("free_port", "parent_death_signal", "hold_dir")
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -23,3 +30,25 @@ def parent_death_signal(sig: int) -> None:
     exits, however it exits. For a ``preexec_fn``: runs in the child between fork and exec."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def hold_dir(directory: Path, what: str) -> IO[str]:
+    """Make this process the only ``what`` using ``directory`` for as long as the returned file stays
+    open: an advisory lock on ``directory/.lock``, which the kernel drops when the process dies however
+    it dies (a SIGKILLed worker's restart finds it free). ConfigError, naming the holder's pid, when
+    another process holds it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    f = open(directory / ".lock", "a+", encoding="ascii")  # noqa: SIM115 - held open by the caller
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise ConfigError(f"{directory} is in use by another {what} (pid {holder}); give each its own "
+                          f"--data-dir (LEARNSTREAM_DATA_DIR)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f

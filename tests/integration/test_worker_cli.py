@@ -29,6 +29,15 @@ def test_worker_prints_one_ready_line_and_keeps_its_flags_with_the_embedded_brok
             while "learnstream worker ready:" not in log.read_text() and time.monotonic() < end:
                 assert proc.poll() is None, log.read_text()[-3000:]
                 time.sleep(0.2)
+            # a second worker on the same data dir (and the same broker) is refused before it joins the
+            # group: it used to take partitions and crash on their RocksDB LOCK files mid-rebalance
+            first_broker = log.read_text().splitlines()[0].removeprefix("embedded broker on ").split(",")[0]
+            second = subprocess.run([sys.executable, "-m", "workers.cli", "worker", "--web-port", str(free_port()),
+                                     "--data-dir", str(tmp_path / "data"), "--broker", first_broker],
+                                    env=env, capture_output=True, text=True, timeout=60)
+            assert second.returncode == 2, second.stderr[-3000:]
+            assert f"is in use by another worker (pid {proc.pid})" in second.stderr, second.stderr[-3000:]
+            assert proc.poll() is None
         finally:
             proc.terminate()
             proc.wait(60)

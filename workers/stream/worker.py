@@ -12,6 +12,7 @@ import faust
 
 from workers.kafka.broker import EmbeddedBroker
 from workers.kafka.broker_compat import expel_group_members
+from workers.local import hold_dir
 from workers.stream import faust_internals
 from workers.stream.app import build_app
 from workers.stream.log_identity import ensure_tables_match_log
@@ -29,6 +30,9 @@ def run_worker(settings: Settings) -> int:
     """Run the faust worker until SIGTERM/SIGINT. Starts the embedded broker if none is configured."""
     # what is logged before faust sets up its own handlers (broker start, topics, tables) is JSON too
     configure_logs(logging.getLogger(), settings.log_format)
+    # Two workers on one data dir would share RocksDB tables: the second used to join the group, take
+    # partitions and crash on their LOCK files mid-rebalance. Held until this function returns.
+    held = hold_dir(settings.data_dir, "worker")  # noqa: F841 - the lock lives as long as the file is open
     broker = None
     if not settings.broker:
         # the log lives next to the tables: stopping and starting the worker keeps both
