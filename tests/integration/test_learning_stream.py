@@ -128,6 +128,11 @@ def test_alice_history_through_graph_edges_topic(worker_factory, client) -> None
     assert dsts(2500, known_at=2040) == ["acme"]  # before the contradiction was recorded
     e1 = w.dispatch("get_edge", {"session_key": "kg", "edge_id": "e1"})["data"]["edge"]
     assert e1["invalid_at"] == 2000 and e1["expired_at"] == 2050  # acme keeps its history
+    # a session key with a slash (tenant-a/agent-7 is a usual shape: scopes end in /*) goes URL-encoded
+    w.dispatch("insert_edge", {"session_key": "team/kg", "edge": {"id": "e9", "src": "alice", "dst": "acme",
+                                                                  "relation": "works_at", "valid_at": 1000, "created_at": 1000}})
+    with urllib.request.urlopen(f"{w.url}/graph/team%2Fkg/edges?src=alice&t=2000", timeout=10) as r:
+        assert [e["id"] for e in json.loads(r.read())["data"]["edges"]] == ["e9"]
     for qs, error in (("src=alice&t=soon", "query parameter t must be an integer, got 'soon'"),
                       ("t=2000", "query parameter src required")):
         with pytest.raises(urllib.error.HTTPError) as bad:
