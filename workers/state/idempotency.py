@@ -4,9 +4,10 @@ A write may carry ``idempotency_key`` in its body (the MCP server and the SDK's
 write-and-wait methods always send one). When the worker applies it, the key and the
 reply (with the id ``topic:partition:offset`` of the message that was applied) are
 kept in the session's value, in the same table write as the state change and the
-watermark; ``LearnSession`` keeps them the same way (its replies have no id). A later message with the same key - the client's retry after a timeout,
-or after the worker was killed before it could answer - is not applied again: it is
-answered with the first reply. Because the key lives in the session value, it survives
+watermark (``LearnSession`` keeps them the same way; its replies have no id). A later
+message with the same key - the client's retry after a timeout, or after the worker
+was killed before it could answer - is not applied again: it is answered with the
+first reply. Because the key lives in the session value, it survives
 a worker restart and moves with the partition to another worker; and because the retry
 travels through the same partition as the original, it is always applied after it.
 
