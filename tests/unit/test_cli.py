@@ -181,6 +181,16 @@ def test_topics_and_produce_without_a_broker_say_exactly_what_to_set(monkeypatch
     assert "unset = embedded" not in h and "required" in h  # the help no longer promises an embedded default
 
 
+def test_topics_and_produce_with_an_unreachable_broker_say_so_without_a_traceback() -> None:
+    from workers.local import free_port
+
+    where = f"127.0.0.1:{free_port()}"  # nothing listens there
+    for args in (["topics", "list", "--broker", where], ["produce", "loss", "--broker", where]):
+        r = run(args, '{"loss": 0.5}\n')
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert "cannot reach the Kafka broker" in r.stderr and "check --broker or LEARNSTREAM_BROKER" in r.stderr
+
+
 def test_every_argument_has_help_and_top_level_help_has_no_rest_markup() -> None:
     from workers.cli.main import parser
 

@@ -303,6 +303,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from aiokafka.errors import KafkaConnectionError  # here: "learnstream --help" imports no Kafka client
+
+        if not isinstance(exc, KafkaConnectionError):
+            raise
+        print(f"learnstream: cannot reach the Kafka broker ({exc}); check --broker or LEARNSTREAM_BROKER",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
