@@ -191,6 +191,17 @@ def test_topics_and_produce_with_an_unreachable_broker_say_so_without_a_tracebac
         assert "cannot reach the Kafka broker" in r.stderr and "check --broker or LEARNSTREAM_BROKER" in r.stderr
 
 
+def test_dispatch_to_a_worker_that_cannot_be_reached_says_so_without_a_traceback(tmp_path) -> None:
+    from workers.local import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    for args, words in ((["dispatch", "--url", url], f"cannot reach the worker at {url}"),
+                        (["dispatch", "--url", "127.0.0.1:6066"], "--url wants a worker's base URL"),
+                        (["dispatch", "--url", url, "--token-file", str(tmp_path / "none")], "--token-file:")):
+        r = run(args, '{"verb": "health"}\n')
+        assert r.returncode == 2 and "Traceback" not in r.stderr and words in r.stderr, r.stderr[-2000:]
+
+
 def test_every_argument_has_help_and_top_level_help_has_no_rest_markup() -> None:
     from workers.cli.main import parser
 

@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from workers.errors import LearnstreamError
+from workers.errors import ConfigError, LearnstreamError
 
 __all__ = ("main",)
 
@@ -119,12 +119,17 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
         import urllib.error
         import urllib.request
 
+        if not args.url.startswith(("http://", "https://")):
+            raise ConfigError(f"--url wants a worker's base URL such as http://127.0.0.1:6066, got {args.url!r}")
         headers = {"Content-Type": "application/json"}
         token = _settings(args).api_token
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if args.token_file:  # an explicit file wins over LEARNSTREAM_API_TOKEN
-            headers["Authorization"] = "Bearer " + Path(args.token_file).read_text().strip()
+            try:
+                headers["Authorization"] = "Bearer " + Path(args.token_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"--token-file: {exc}") from None
         for line in sys.stdin:
             if not line.strip():
                 continue
@@ -134,6 +139,9 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
                     out = r.read()
             except urllib.error.HTTPError as e:
                 out = e.read()
+            except (urllib.error.URLError, OSError) as e:  # refused, no route, a name that does not resolve
+                raise LearnstreamError(f"cannot reach the worker at {args.url} "
+                                       f"({getattr(e, 'reason', e)})") from None
             sys.stdout.write(out.decode() + "\n")
             sys.stdout.flush()
         return 0
