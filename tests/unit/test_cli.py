@@ -36,6 +36,8 @@ def test_dispatch_reads_requests_and_writes_one_response_per_line(tmp_path) -> N
 def test_bench_lists_benchmarks() -> None:
     r = run(["bench"])
     assert r.returncode == 0 and "kernels" in r.stderr and "graph" in r.stderr
+    r = run(["bench", "kernel"])  # a typo
+    assert r.returncode == 2 and "unknown benchmark 'kernel'; benchmarks: " in r.stderr and "kernels" in r.stderr
 
 
 def test_bench_feedback_scale_refuses_more_events_than_the_embedded_retention_keeps() -> None:

@@ -194,7 +194,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     d = bench_dir()
     names = sorted(p.stem for p in d.glob("*.py") if not p.stem.startswith("_"))
     if not args.name or args.name not in names:
-        print("benchmarks: " + ", ".join(names), file=sys.stderr)
+        unknown = f"unknown benchmark {args.name!r}; " if args.name else ""
+        print(f"{unknown}benchmarks: " + ", ".join(names), file=sys.stderr)
         return 0 if not args.name else 2
     sys.path.insert(0, str(d))
     # SIGTERM (``timeout``, a cancelled CI job) ends a benchmark as Ctrl-C does: its ``finally``
