@@ -27,7 +27,15 @@ def test_env_and_overrides(monkeypatch) -> None:
 @pytest.mark.parametrize("var,value,words", [("PARTITIONS", "many", "LEARNSTREAM_PARTITIONS"),
                                              ("SESSION_TIMEOUT_S", "soon", "LEARNSTREAM_SESSION_TIMEOUT_S"),
                                              ("BROKER_KIND", "redpanda", "LEARNSTREAM_BROKER_KIND"),
-                                             ("PARTITIONS", "0", "partitions"),
+                                             ("PARTITIONS", "0", "LEARNSTREAM_PARTITIONS must be at least 1, got 0"),
+                                             ("WEB_PORT", "99999", "LEARNSTREAM_WEB_PORT must be 1..65535"),
+                                             ("BATCH_MAX", "-1", "LEARNSTREAM_BATCH_MAX must be at least 1"),
+                                             ("STANDBY_REPLICAS", "-1", "LEARNSTREAM_STANDBY_REPLICAS must be at least 0"),
+                                             ("BATCH_WITHIN_S", "0", "LEARNSTREAM_BATCH_WITHIN_S must be > 0"),
+                                             ("BATCH_LINGER_S", "nan", "LEARNSTREAM_BATCH_LINGER_S must be at least 0"),
+                                             ("WRITE_TIMEOUT_S", "-3", "LEARNSTREAM_WRITE_TIMEOUT_S must be > 0"),
+                                             ("HTTP_MAX_CONCURRENCY", "0", "LEARNSTREAM_HTTP_MAX_CONCURRENCY"),
+                                             ("LOG_LEVEL", "loud", "LEARNSTREAM_LOG_LEVEL must be one of debug"),
                                              ("CHANGELOG_REWRITE", "sometimes", "LEARNSTREAM_CHANGELOG_REWRITE"),
                                              ("CHANGELOG_REWRITE_FLOOR", "-1", "LEARNSTREAM_CHANGELOG_REWRITE_FLOOR")])
 def test_bad_settings_name_the_variable(monkeypatch, var: str, value: str, words: str) -> None:

@@ -103,6 +103,23 @@ def _export(v: Any) -> str:
     return str(v)
 
 
+# Each integer setting's accepted range, checked once by Settings.from_env (a value out of it used to
+# reach faust as a traceback, or run: a negative batch size, a port past 65535)
+_RANGES: dict[str, tuple[float, float]] = {
+    "web_port": (1, 65535), "partitions": (1, math.inf), "replication": (1, math.inf),
+    "standby_replicas": (0, math.inf), "block_cache_bytes": (1, math.inf), "memtable_bytes": (1, math.inf),
+    "cache_bytes": (0, math.inf), "max_session_bytes": (1, math.inf), "max_value_bytes": (1, math.inf),
+    "batch_max": (1, math.inf), "fetch_max_wait_ms": (0, math.inf), "embedded_retention_bytes": (1, math.inf),
+    "changelog_rewrite_floor": (0, math.inf), "http_max_body_bytes": (1, math.inf),
+    "http_max_json_depth": (1, math.inf), "http_max_concurrency": (1, math.inf),
+    "batch_linger_s": (0, math.inf)}
+# durations that must be > 0 (NaN fails too)
+_POSITIVE_SECONDS = ("session_timeout_s", "commit_interval_s", "batch_within_s", "broker_unreachable_s",
+                     "write_timeout_s", "apply_deadline_s", "http_header_timeout_s", "http_body_timeout_s",
+                     "forward_timeout_s")
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a worker needs to know, each ``LEARNSTREAM_*`` variable declared once (its field).
@@ -208,23 +225,24 @@ class Settings:
         if "data_dir" in overrides:
             overrides["data_dir"] = Path(str(overrides["data_dir"]))
         s = dataclasses.replace(s, **overrides)
-        if s.partitions < 1:
-            raise ConfigError("partitions must be >= 1")
+        for name, (lo, hi) in _RANGES.items():
+            v = getattr(s, name)
+            if not lo <= v <= hi:
+                limit = f"at least {lo}" if hi == math.inf else f"{lo}..{hi}"
+                raise ConfigError(f"LEARNSTREAM_{name.upper()} must be {limit}, got {v}")
+        for name in _POSITIVE_SECONDS:
+            if not getattr(s, name) > 0:
+                raise ConfigError(f"LEARNSTREAM_{name.upper()} must be > 0, got {getattr(s, name)}")
+        if s.log_level.lower() not in _LOG_LEVELS:
+            raise ConfigError(f"LEARNSTREAM_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}, got {s.log_level!r}")
         if s.log_format not in ("text", "json"):
             raise ConfigError(f"LEARNSTREAM_LOG_FORMAT must be 'text' or 'json', got {s.log_format!r}")
-        if s.broker_unreachable_s <= 0 or s.write_timeout_s <= 0:
-            raise ConfigError("LEARNSTREAM_BROKER_UNREACHABLE_S and LEARNSTREAM_WRITE_TIMEOUT_S must be > 0")
         if s.auth not in ("auto", "tokens", "off"):
             raise ConfigError("LEARNSTREAM_AUTH must be 'auto', 'tokens' or 'off'")
         if s.changelog_rewrite not in ("auto", "true", "false"):
             raise ConfigError("LEARNSTREAM_CHANGELOG_REWRITE must be 'auto', 'true' or 'false'")
-        if s.changelog_rewrite_floor < 0:
-            raise ConfigError("LEARNSTREAM_CHANGELOG_REWRITE_FLOOR must be >= 0")
         if (s.tls_certfile is None) != (s.tls_keyfile is None):
             raise ConfigError("LEARNSTREAM_TLS_CERTFILE and LEARNSTREAM_TLS_KEYFILE go together")
-        for name in ("http_max_body_bytes", "http_max_json_depth", "http_max_concurrency"):
-            if getattr(s, name) < 1:
-                raise ConfigError(f"LEARNSTREAM_{name.upper()} must be >= 1")
         return s
 
     def verb_options(self) -> VerbOptions:
