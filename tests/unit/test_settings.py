@@ -36,6 +36,8 @@ def test_env_and_overrides(monkeypatch) -> None:
                                              ("WRITE_TIMEOUT_S", "-3", "LEARNSTREAM_WRITE_TIMEOUT_S must be > 0"),
                                              ("HTTP_MAX_CONCURRENCY", "0", "LEARNSTREAM_HTTP_MAX_CONCURRENCY"),
                                              ("LOG_LEVEL", "loud", "LEARNSTREAM_LOG_LEVEL must be one of debug"),
+                                             ("SCORING_ENDPOINTS", "https://a.example/score,notaurl",
+                                              "LEARNSTREAM_SCORING_ENDPOINTS: 'notaurl' is not an http"),
                                              ("CHANGELOG_REWRITE", "sometimes", "LEARNSTREAM_CHANGELOG_REWRITE"),
                                              ("CHANGELOG_REWRITE_FLOOR", "-1", "LEARNSTREAM_CHANGELOG_REWRITE_FLOOR")])
 def test_bad_settings_name_the_variable(monkeypatch, var: str, value: str, words: str) -> None:
@@ -96,3 +98,16 @@ def test_changelog_rewrite_is_on_for_the_embedded_broker_with_transactions(monke
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert Settings.from_env().rewrites_changelogs is on
+
+
+def test_tls_files_that_cannot_be_read_name_the_variables(tmp_path) -> None:
+    """ssl's own error for a missing certificate names no file; the worker's start says which setting."""
+    from workers.stream.http_guard import server_ssl_context
+
+    s = Settings.from_env(tls_certfile=tmp_path / "cert.pem", tls_keyfile=tmp_path / "key.pem")
+    with pytest.raises(ConfigError, match="LEARNSTREAM_TLS_CERTFILE=.*cert.pem, LEARNSTREAM_TLS_KEYFILE=.*key.pem"):
+        server_ssl_context(s)
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    (tmp_path / "key.pem").write_text("not a key")
+    with pytest.raises(ConfigError, match="not a readable certificate chain"):
+        server_ssl_context(s)

@@ -25,6 +25,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from workers.errors import ConfigError
 from workers.verbs.surface import envelope_error
 from workers.stream.auth import Authenticator, Principal
 
@@ -68,7 +69,11 @@ def server_ssl_context(settings: Any) -> ssl.SSLContext | None:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(settings.tls_certfile), str(settings.tls_keyfile))
+    try:
+        ctx.load_cert_chain(str(settings.tls_certfile), str(settings.tls_keyfile))
+    except (OSError, ssl.SSLError) as exc:  # ssl's FileNotFoundError names neither file
+        raise ConfigError(f"LEARNSTREAM_TLS_CERTFILE={settings.tls_certfile}, LEARNSTREAM_TLS_KEYFILE="
+                          f"{settings.tls_keyfile}: not a readable certificate chain and its key ({exc})") from None
     return ctx
 
 
@@ -76,7 +81,10 @@ def client_ssl_context(settings: Any) -> ssl.SSLContext | None:
     """What forwarding verifies the owner's certificate with (``tls_cafile``, else the system CAs)."""
     if settings.tls_certfile is None:
         return None
-    return ssl.create_default_context(cafile=str(settings.tls_cafile) if settings.tls_cafile else None)
+    try:
+        return ssl.create_default_context(cafile=str(settings.tls_cafile) if settings.tls_cafile else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"LEARNSTREAM_TLS_CAFILE={settings.tls_cafile}: not a readable CA file ({exc})") from None
 
 
 class Guard:
