@@ -245,7 +245,7 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("demo", help="broker + worker + a scripted agent simulation + a report")
     _common(p, worker=True)
-    p.add_argument("--events", type=int, default=3000, help="feedback events in the simulation (default 3000)")
+    p.add_argument("--events", type=_positive_int, default=3000, help="feedback events in the simulation (default 3000)")
     p.add_argument("--keep-data", action="store_true", help="keep the worker's data dir afterwards")
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("worker", help="run one stream worker (prints one line once it is ready)")
@@ -300,6 +300,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     p.set_defaults(fn=cmd_bench)
     return ap
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse reports anything else as a usage error)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:
