@@ -252,7 +252,7 @@ def parser() -> argparse.ArgumentParser:
     _common(p, worker=True)
     p.set_defaults(fn=cmd_worker)
     p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker")
-    p.add_argument("--port", type=int, help="port to listen on (default: a free one; printed at start)")
+    p.add_argument("--port", type=_port, help="port to listen on (default: a free one; printed at start)")
     p.add_argument("--data-dir", help="where the broker keeps its log (default: $LEARNSTREAM_DATA_DIR/broker, "
                                       "the directory a worker without LEARNSTREAM_BROKER uses)")
     p.set_defaults(fn=cmd_broker)
@@ -310,6 +310,14 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 1..65535."""
+    n = _positive_int(text)
+    if n > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port (1..65535), got {n}")
     return n
 
 
