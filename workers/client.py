@@ -31,7 +31,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from workers.verbs.codec import encode_embedding_b64
-from workers.errors import LearnstreamError, VerbError
+from workers.errors import ConfigError, LearnstreamError, VerbError
 from workers.kafka.clients import started
 from workers.kafka.topics import topics
 
@@ -107,6 +107,8 @@ class LearnstreamClient:
 
     def __init__(self, bootstrap: str | None = None, *, validate: bool = True, worker_url: str | None = None,
                  token: str | None = None, apply_deadline_s: float = _APPLY_DEADLINE_S, **kafka: Any) -> None:
+        if worker_url and not worker_url.startswith(("http://", "https://")):
+            raise ConfigError(f"worker_url wants a worker's base URL such as http://127.0.0.1:6066, got {worker_url!r}")
         self.bootstrap = bootstrap
         self.validate = validate
         self.worker_url = worker_url.rstrip("/") if worker_url else None

@@ -16,6 +16,15 @@ def test_client_validates_before_sending() -> None:
         asyncio.run(c.insert_edge("s", {"id": "a,b", "src": "x", "dst": "y", "valid_at": 1, "created_at": 1}))
 
 
+def test_a_worker_url_without_a_scheme_is_refused_when_the_client_is_made() -> None:
+    """``worker_url="127.0.0.1:6066"`` used to fail at the first call (and, behind MCP, at every call)."""
+    from workers.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="worker_url wants a worker's base URL"):
+        LearnstreamClient(worker_url="127.0.0.1:6066")
+    assert LearnstreamClient(worker_url="https://w.example:6066/").worker_url == "https://w.example:6066"
+
+
 def test_unstarted_client_says_how_to_start() -> None:
     with pytest.raises(RuntimeError, match="not started"):
         asyncio.run(LearnstreamClient("127.0.0.1:1").loss("s", 0.5))
