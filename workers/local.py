@@ -37,8 +37,11 @@ def hold_dir(directory: Path, what: str) -> IO[str]:
     open: an advisory lock on ``directory/.lock``, which the kernel drops when the process dies however
     it dies (a SIGKILLed worker's restart finds it free). ConfigError, naming the holder's pid, when
     another process holds it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    f = open(directory / ".lock", "a+", encoding="ascii")  # noqa: SIM115 - held open by the caller
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        f = open(directory / ".lock", "a+", encoding="ascii")  # noqa: SIM115 - held open by the caller
+    except OSError as exc:  # a file in the way, a read-only or missing parent
+        raise ConfigError(f"{directory}: cannot be the {what}'s data dir ({exc.strerror or exc})") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

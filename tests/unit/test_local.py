@@ -28,3 +28,9 @@ def test_the_lock_goes_with_a_killed_holder(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], timeout=60)
     assert done.returncode == -9
     hold_dir(tmp_path, "worker").close()
+
+
+def test_a_path_that_cannot_be_a_directory_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(ConfigError, match="cannot be the worker's data dir"):
+        hold_dir(tmp_path / "file", "worker")

@@ -97,6 +97,9 @@ def test_a_store_already_open_is_refused_with_a_clear_error(tmp_path) -> None:
             RocksDictStore(tmp_path / "db")
     finally:
         s.close()
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(StateError, match="cannot hold the state store"):
+        RocksDictStore(tmp_path / "file")
     (tmp_path / "db" / "CURRENT").write_text("MANIFEST-999999\n")  # names a manifest that is not there
     with pytest.raises(StateError, match="cannot open the state store"):
         RocksDictStore(tmp_path / "db")

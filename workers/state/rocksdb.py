@@ -42,7 +42,10 @@ def iter_prefix(db: Rdict, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
 
 class RocksDictStore(ModelStore):
     def __init__(self, path: str | Path, *, block_cache_bytes: int = _BLOCK_CACHE_BYTES) -> None:
-        Path(path).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, a read-only or missing parent
+            raise StateError(f"{path}: cannot hold the state store ({exc.strerror or exc})") from None
         try:
             self._db = Rdict(str(path), rocksdb_options(block_cache_bytes))
         except Exception as exc:  # rocksdict raises a bare Exception carrying RocksDB's status
