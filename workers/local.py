@@ -13,7 +13,7 @@ from typing import IO
 
 from workers.errors import ConfigError
 
-__all__ = ("free_port", "parent_death_signal", "hold_dir")
+__all__ = ("free_port", "port_free", "parent_death_signal", "hold_dir")
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -23,6 +23,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (as servers bind: a port whose last
+    connections linger in TIME_WAIT counts as free)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def parent_death_signal(sig: int) -> None:

@@ -50,3 +50,19 @@ def test_worker_prints_one_ready_line_and_keeps_its_flags_with_the_embedded_brok
     # --log-level info was kept when the embedded broker was started (it used to fall back to warning)
     assert "[INFO]" in text
     assert (tmp_path / "data").is_dir()  # --data-dir too
+
+
+def test_a_worker_whose_http_port_is_taken_says_so_before_starting_anything(tmp_path: Path) -> None:
+    """faust used to fail on the bind only after the embedded broker and the tables were up, with a traceback."""
+    import socket
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "workers.cli", "worker", "--web-port", str(port),
+                            "--data-dir", str(tmp_path / "data")], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"127.0.0.1:{port} is in use; pick another HTTP port" in r.stderr
+    assert not (tmp_path / "data" / "broker").exists()  # no broker was started

@@ -21,7 +21,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import orjson
 
 from workers.errors import BrokerError
 from workers.kafka.broker_compat import MALLOC_TUNABLES
-from workers.local import free_port, parent_death_signal
+from workers.local import free_port, parent_death_signal, port_free
 
 __all__ = ("EmbeddedBroker", "wait_for_broker", "run_forever", "broker_env")
 
@@ -44,17 +43,6 @@ _START_TIMEOUT_S = 30.0
 # SIGTERM makes it write its snapshot: the time that takes grows with the retained log.
 _STOP_GRACE_S = 30.0
 _INSTALL_HINT = "pip install 'learnstream[embedded]' (or set LEARNSTREAM_BROKER to an existing Kafka)"
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        # as the broker binds: a port whose last connections linger in TIME_WAIT is free to listen on
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 def _die_with_parent(sig: int = signal.SIGTERM) -> None:  # runs in the child between fork and exec
@@ -168,7 +156,7 @@ class EmbeddedBroker:
             return self
         if self.port is None:
             self.port = free_port(self.host)
-        elif not _port_free(self.host, self.port):
+        elif not port_free(self.host, self.port):
             raise BrokerError(f"port {self.host}:{self.port} is in use; pick another or omit it for a free one")
         if self.data_dir is None:
             self._tmp = tempfile.mkdtemp(prefix="learnstream-broker-")

@@ -12,7 +12,8 @@ import faust
 
 from workers.kafka.broker import EmbeddedBroker
 from workers.kafka.broker_compat import expel_group_members
-from workers.local import hold_dir
+from workers.errors import ConfigError
+from workers.local import hold_dir, port_free
 from workers.stream import faust_internals
 from workers.stream.app import build_app
 from workers.stream.log_identity import ensure_tables_match_log
@@ -33,6 +34,10 @@ def run_worker(settings: Settings) -> int:
     # Two workers on one data dir would share RocksDB tables: the second used to join the group, take
     # partitions and crash on their LOCK files mid-rebalance. Held until this function returns.
     held = hold_dir(settings.data_dir, "worker")  # noqa: F841 - the lock lives as long as the file is open
+    web = settings.web_bind or settings.web_host
+    if not port_free(web, settings.web_port):  # before the broker starts: faust would fail after it, with a traceback
+        raise ConfigError(f"{web}:{settings.web_port} is in use; pick another HTTP port (--web-port, "
+                          f"LEARNSTREAM_WEB_PORT)")
     broker = None
     if not settings.broker:
         # the log lives next to the tables: stopping and starting the worker keeps both
