@@ -13,7 +13,7 @@ from typing import IO
 
 from workers.errors import ConfigError
 
-__all__ = ("free_port", "port_free", "parent_death_signal", "hold_dir")
+__all__ = ("free_port", "bind_error", "parent_death_signal", "hold_dir")
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -25,16 +25,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def port_free(host: str, port: int) -> bool:
-    """Whether a server could listen on ``host:port`` now (as servers bind: a port whose last
-    connections linger in TIME_WAIT counts as free)."""
+def bind_error(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host:port`` now ("Address already in use", "Cannot assign
+    requested address", ...), or None when it could (as servers bind: a port whose last connections
+    linger in TIME_WAIT counts as free)."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-        except OSError:
-            return False
-        return True
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return None
 
 
 def parent_death_signal(sig: int) -> None:

@@ -64,5 +64,5 @@ def test_a_worker_whose_http_port_is_taken_says_so_before_starting_anything(tmp_
         r = subprocess.run([sys.executable, "-m", "workers.cli", "worker", "--web-port", str(port),
                             "--data-dir", str(tmp_path / "data")], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert f"127.0.0.1:{port} is in use; pick another HTTP port" in r.stderr
+    assert f"cannot listen on 127.0.0.1:{port} (Address already in use); pick another HTTP port" in r.stderr
     assert not (tmp_path / "data" / "broker").exists()  # no broker was started

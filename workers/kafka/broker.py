@@ -31,7 +31,7 @@ import orjson
 
 from workers.errors import BrokerError
 from workers.kafka.broker_compat import MALLOC_TUNABLES
-from workers.local import free_port, parent_death_signal, port_free
+from workers.local import bind_error, free_port, parent_death_signal
 
 __all__ = ("EmbeddedBroker", "wait_for_broker", "run_forever", "broker_env")
 
@@ -156,8 +156,9 @@ class EmbeddedBroker:
             return self
         if self.port is None:
             self.port = free_port(self.host)
-        elif not port_free(self.host, self.port):
-            raise BrokerError(f"port {self.host}:{self.port} is in use; pick another or omit it for a free one")
+        elif (why := bind_error(self.host, self.port)) is not None:
+            raise BrokerError(f"cannot listen on {self.host}:{self.port} ({why}); pick another port or omit it for a "
+                              f"free one")
         if self.data_dir is None:
             self._tmp = tempfile.mkdtemp(prefix="learnstream-broker-")
             self.data_dir = Path(self._tmp)

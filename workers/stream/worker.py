@@ -13,7 +13,7 @@ import faust
 from workers.kafka.broker import EmbeddedBroker
 from workers.kafka.broker_compat import expel_group_members
 from workers.errors import ConfigError
-from workers.local import hold_dir, port_free
+from workers.local import bind_error, hold_dir
 from workers.stream import faust_internals
 from workers.stream.app import build_app
 from workers.stream.log_identity import ensure_tables_match_log
@@ -35,9 +35,10 @@ def run_worker(settings: Settings) -> int:
     # partitions and crash on their LOCK files mid-rebalance. Held until this function returns.
     held = hold_dir(settings.data_dir, "worker")  # noqa: F841 - the lock lives as long as the file is open
     web = settings.web_bind or settings.web_host
-    if not port_free(web, settings.web_port):  # before the broker starts: faust would fail after it, with a traceback
-        raise ConfigError(f"{web}:{settings.web_port} is in use; pick another HTTP port (--web-port, "
-                          f"LEARNSTREAM_WEB_PORT)")
+    # before the broker starts: faust would fail on the bind after it and the tables, with a traceback
+    if (why := bind_error(web, settings.web_port)) is not None:
+        raise ConfigError(f"cannot listen on {web}:{settings.web_port} ({why}); pick another HTTP port "
+                          f"(--web-port, LEARNSTREAM_WEB_PORT) or address (LEARNSTREAM_WEB_BIND)")
     broker = None
     if not settings.broker:
         # the log lives next to the tables: stopping and starting the worker keeps both
