@@ -212,6 +212,18 @@ def test_demo_and_broker_refuse_numbers_they_cannot_use() -> None:
         assert r.returncode == 2 and "Traceback" not in r.stderr and words in r.stderr, r.stderr
 
 
+def test_token_refuses_an_entry_the_workers_would_refuse() -> None:
+    """The tokens file's rules (workers/stream/auth.py parse_tokens) apply to what `learnstream token` prints:
+    it used to print a token and an entry ("read: ['']", "a*b") that every worker then refused to load."""
+    for args, words in ((["--name", "x", "--read", ""], "read must be a list of session_key patterns"),
+                        (["--name", "x", "--write", "a*b"], "may hold * only at its end"),
+                        (["--name", " "], "--name must name who holds the token")):
+        r = run(["token", *args])
+        assert r.returncode == 2 and words in r.stderr and "lst_" not in r.stderr + r.stdout, r.stderr
+    ok = run(["token", "--name", "agent", "--write", "tenant-a/*"])
+    assert ok.returncode == 0 and "tenant-a/*" in ok.stdout
+
+
 def test_every_argument_has_help_and_top_level_help_has_no_rest_markup() -> None:
     from workers.cli.main import parser
 

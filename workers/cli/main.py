@@ -165,8 +165,10 @@ def cmd_token(args: argparse.Namespace) -> int:
     """A new random token on stderr, its entry for the tokens file (hash and scopes) on stdout."""
     import yaml
 
-    from workers.stream.auth import hash_token, new_token
+    from workers.stream.auth import hash_token, new_token, parse_tokens
 
+    if not args.name.strip():
+        raise ConfigError("--name must name who holds the token (it is shown in logs and 403 reasons)")
     token = new_token()
     entry: dict = {"name": args.name, "sha256": hash_token(token)}
     if args.peer:
@@ -175,6 +177,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         entry["read"] = args.read
     if args.write:
         entry["write"] = args.write
+    parse_tokens(yaml.safe_dump({"tokens": [entry]}), "learnstream token")  # a worker's own rules: never an entry it refuses
     print(f"token (give it to the client; it is shown once and never stored): {token}", file=sys.stderr)
     sys.stdout.write(yaml.safe_dump({"tokens": [entry]}, sort_keys=False))
     return 0
