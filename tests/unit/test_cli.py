@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -11,9 +12,9 @@ import psutil
 import pytest
 
 
-def run(args: list[str], stdin: str = "") -> subprocess.CompletedProcess:
+def run(args: list[str], stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "workers.cli", *args], input=stdin, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, env={**os.environ, **env} if env else None)
 
 
 def test_dispatch_reads_requests_and_writes_one_response_per_line(tmp_path) -> None:
@@ -222,6 +223,23 @@ def test_token_refuses_an_entry_the_workers_would_refuse() -> None:
         assert r.returncode == 2 and words in r.stderr and "lst_" not in r.stderr + r.stdout, r.stderr
     ok = run(["token", "--name", "agent", "--write", "tenant-a/*"])
     assert ok.returncode == 0 and "tenant-a/*" in ok.stdout
+
+
+def test_mcp_http_refuses_an_address_it_cannot_listen_on_before_starting_anything() -> None:
+    """uvicorn used to raise OverflowError for a port past 65535 (a traceback), and for a port in use it
+    printed the ready line first and failed after."""
+    import socket
+
+    env = {"LEARNSTREAM_MCP_TOKEN": "t", "LEARNSTREAM_WORKER_URL": "http://127.0.0.1:1"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for spec, words in (("127.0.0.1:99999", "the port must be 1..65535"),
+                            (f"127.0.0.1:{port}", "cannot listen there (Address already in use)"),
+                            ("127.0.0.1:http", "--http wants HOST:PORT")):
+            r = run(["mcp", "--http", spec], env=env)
+            assert r.returncode == 2 and words in r.stderr and "mcp ready" not in r.stderr, r.stderr[-2000:]
 
 
 def test_every_argument_has_help_and_top_level_help_has_no_rest_markup() -> None:

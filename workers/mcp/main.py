@@ -16,7 +16,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from workers.local import free_port
+from workers.local import bind_error, free_port
 from workers.client import LearnstreamClient
 from workers.errors import ConfigError
 from workers.cli.processes import WorkerProcess
@@ -98,17 +98,28 @@ async def _serve_http(client: LearnstreamClient, host: str, port: int, token: st
         config = uvicorn.Config(http_app(client, token=token, default_session=session), host=host, port=port,
                                 log_level="warning", lifespan="on")
         server = uvicorn.Server(config)
-        print(f"learnstream mcp ready: http://{host}:{port}/mcp (bearer token required)", file=sys.stderr,
-              flush=True)
-        await server.serve()
+        serving = asyncio.create_task(server.serve())
+        while not server.started and not serving.done():  # "ready" only once it listens
+            await asyncio.sleep(0.05)
+        if server.started:
+            print(f"learnstream mcp ready: http://{host}:{port}/mcp (bearer token required)", file=sys.stderr,
+                  flush=True)
+        await serving
 
 
 def _host_port(spec: str) -> tuple[str, int]:
+    """``--http HOST:PORT``, checked: a port in 1..65535 that this host can listen on now."""
     host, _, port = spec.rpartition(":")
+    host = host or "127.0.0.1"
     try:
-        return host or "127.0.0.1", int(port)
+        n = int(port)
     except ValueError:
         raise ConfigError(f"--http wants HOST:PORT, got {spec!r}") from None
+    if not 1 <= n <= 65535:
+        raise ConfigError(f"--http {spec}: the port must be 1..65535")
+    if (why := bind_error(host, n)) is not None:
+        raise ConfigError(f"--http {spec}: cannot listen there ({why})")
+    return host, n
 
 
 def run_mcp(settings: Settings, *, worker_url: str | None = None, http: str | None = None,
@@ -116,14 +127,14 @@ def run_mcp(settings: Settings, *, worker_url: str | None = None, http: str | No
     """Serve MCP until the client disconnects (stdio) or SIGINT/SIGTERM (HTTP)."""
     if http and not settings.mcp_token:
         raise ConfigError("the HTTP transport needs a bearer token for remote agents: set LEARNSTREAM_MCP_TOKEN")
+    address = _host_port(http) if http else None  # before a worker is started for it
     with contextlib.ExitStack() as stack:
         if not worker_url:
             worker_url = stack.enter_context(embedded_worker(settings))
         client = LearnstreamClient(worker_url=worker_url, token=settings.api_token,
                                    apply_deadline_s=settings.apply_deadline_s)
-        if http:
-            host, port = _host_port(http)
-            asyncio.run(_serve_http(client, host, port, settings.mcp_token or "", session))
+        if address is not None:
+            asyncio.run(_serve_http(client, *address, settings.mcp_token or "", session))
         else:
             asyncio.run(_serve_stdio(client, session))
     return 0
