@@ -35,7 +35,7 @@ from workers.errors import ConfigError, LearnstreamError, VerbError
 from workers.kafka.clients import started
 from workers.kafka.topics import topics
 
-__all__ = ("LearnstreamClient", "SyncClient", "Sent", "Applied", "WriteNotConfirmed", "SETUP_VERBS")
+__all__ = ("LearnstreamClient", "SyncClient", "Sent", "Applied", "WriteNotConfirmed", "SETUP_VERBS", "worker_base_url")
 
 _LINGER_MS = 5  # small batching window: many agents send bursts
 # How long apply() keeps retrying (same idempotency key) while no worker answers: a worker
@@ -84,6 +84,13 @@ def _vec(x: Any) -> dict:
     return {"embedding": list(map(float, x))}
 
 
+def worker_base_url(url: str, what: str) -> str:
+    """A worker's base URL without its trailing slash; ConfigError naming ``what`` unless it is http(s)."""
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{what} wants a worker's base URL such as http://127.0.0.1:6066, got {url!r}")
+    return url.rstrip("/")
+
+
 class LearnstreamClient:
     """Async producer for learnstream's input topics (aiokafka underneath), and write-and-wait
     over a worker's HTTP API (aiohttp underneath).
@@ -107,11 +114,9 @@ class LearnstreamClient:
 
     def __init__(self, bootstrap: str | None = None, *, validate: bool = True, worker_url: str | None = None,
                  token: str | None = None, apply_deadline_s: float = _APPLY_DEADLINE_S, **kafka: Any) -> None:
-        if worker_url and not worker_url.startswith(("http://", "https://")):
-            raise ConfigError(f"worker_url wants a worker's base URL such as http://127.0.0.1:6066, got {worker_url!r}")
         self.bootstrap = bootstrap
         self.validate = validate
-        self.worker_url = worker_url.rstrip("/") if worker_url else None
+        self.worker_url = worker_base_url(worker_url, "worker_url") if worker_url else None
         self.token = token
         self.apply_deadline_s = apply_deadline_s
         self.kafka = kafka

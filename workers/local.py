@@ -29,6 +29,8 @@ def bind_error(host: str, port: int) -> str | None:
     """Why a server could not listen on ``host:port`` now ("Address already in use", "Cannot assign
     requested address", ...), or None when it could (as servers bind: a port whose last connections
     linger in TIME_WAIT counts as free)."""
+    if not 0 < port < 65536:  # socket.bind raises OverflowError, not OSError, past 65535
+        return "the port must be 1..65535"
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

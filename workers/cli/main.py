@@ -119,8 +119,9 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
         import urllib.error
         import urllib.request
 
-        if not args.url.startswith(("http://", "https://")):
-            raise ConfigError(f"--url wants a worker's base URL such as http://127.0.0.1:6066, got {args.url!r}")
+        from workers.client import worker_base_url
+
+        url = worker_base_url(args.url, "--url")
         headers = {"Content-Type": "application/json"}
         token = _settings(args).api_token
         if token:
@@ -133,7 +134,7 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
         for line in sys.stdin:
             if not line.strip():
                 continue
-            req = urllib.request.Request(args.url.rstrip("/") + "/dispatch", data=line.encode(), headers=headers)
+            req = urllib.request.Request(url + "/dispatch", data=line.encode(), headers=headers)
             try:
                 with urllib.request.urlopen(req, timeout=60) as r:
                     out = r.read()

@@ -115,8 +115,6 @@ def _host_port(spec: str) -> tuple[str, int]:
         n = int(port)
     except ValueError:
         raise ConfigError(f"--http wants HOST:PORT, got {spec!r}") from None
-    if not 1 <= n <= 65535:
-        raise ConfigError(f"--http {spec}: the port must be 1..65535")
     if (why := bind_error(host, n)) is not None:
         raise ConfigError(f"--http {spec}: cannot listen there ({why})")
     return host, n

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 
 from workers.errors import VerbError
 
-__all__ = ("configure", "allowed", "check_url", "permits", "api_key")
+__all__ = ("configure", "allowed", "check_url", "usable", "permits", "api_key")
 
 # Empty until configured from Settings (``workers.verbs.surface.configure``): nothing is allowed.
 _ENDPOINTS: tuple[str, ...] = ()
@@ -44,6 +44,12 @@ def _parts(url: str) -> tuple[str, str, int | None, list[str]] | None:
     if u.scheme not in ("http", "https") or not u.hostname or u.username or u.password:
         return None
     return u.scheme, u.hostname.lower(), port, [p for p in u.path.split("/") if p]
+
+
+def usable(url: str) -> bool:
+    """Whether ``url`` can be an allowlist entry at all (http or https, a host, no credentials, a valid
+    port): one that cannot never permits a call."""
+    return _parts(url) is not None
 
 
 def permits(url: str) -> bool:

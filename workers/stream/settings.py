@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from workers.errors import ConfigError
 from workers.state.limits import MAX_SESSION_BYTES, MAX_VALUE_BYTES, Limits
@@ -81,10 +80,11 @@ def _str(name: str, raw: str) -> str:
 
 
 def _urls(name: str, raw: str) -> tuple[str, ...]:
+    from workers.scoring.endpoints import usable
+
     urls = tuple(u.strip().rstrip("/") for u in raw.split(",") if u.strip())
     for u in urls:  # an allowlist entry that can never match a call is a typo, not a policy
-        parts = urlsplit(u)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        if not usable(u):
             raise ConfigError(f"LEARNSTREAM_{name}: {u!r} is not an http:// or https:// URL")
     return urls
 
