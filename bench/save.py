@@ -6,10 +6,10 @@ replay buffer (64 rows, ~100 kB at 384-d). The changelog writes of such an event
 its CPU is too. In process, one ``learn_feedback`` event per call through
 ``LearnSession.dispatch`` (in-memory store, ``embedding_b64`` bodies) over ``--sessions``
 sessions whose replay buffers hold ``--rows`` rows each, and the same with the instant core's
-tracking of what changed switched off (``InstantState.dirty_ranges`` answering "unknown": the
+tracking of what changed switched off (``InstantState.changed_since`` answering "unknown": the
 save builds the whole core and compares every piece, as before 2026-12-02), interleaved,
 ``--repeats`` times each; the median of each is printed, µs per event of this process's CPU time.
-With it on, a save builds and compares only the hot piece and the pushed row (``byte_ranges``).
+With it on, a save builds and compares only the hot piece and the pushed row.
 """
 from __future__ import annotations
 
@@ -50,9 +50,9 @@ def one_event_calls(sessions: int, rows: int, events: int, dim: int, seed: int, 
                                                            "events": [_event(rng, dim) for _ in range(rows)]}})
     calls = [{"verb": "learn_feedback", "body": {"session_key": keys[i % sessions], "events": [_event(rng, dim)]}}
              for i in range(events)]
-    saved = instant.InstantState.dirty_ranges
+    saved = instant.InstantState.changed_since
     if not tracked:
-        instant.InstantState.dirty_ranges = lambda self, stored: None  # type: ignore[method-assign]
+        instant.InstantState.changed_since = lambda self, stored: None  # type: ignore[method-assign]
     try:
         t0 = time.process_time()
         for c in calls:
@@ -61,7 +61,7 @@ def one_event_calls(sessions: int, rows: int, events: int, dim: int, seed: int, 
                 raise RuntimeError(out)
         return 1e6 * (time.process_time() - t0) / events
     finally:
-        instant.InstantState.dirty_ranges = saved  # type: ignore[method-assign]
+        instant.InstantState.changed_since = saved  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ import pytest
 from reference import instant_ref as ref
 from workers import _kernels as K
 from workers.verbs.codec import encode_embedding_b64
-from workers.cores.instant import DECAY, LR0, LR_MIN, MAX_NORM, REPLAY_CAP, InstantState
+from workers.cores.instant import DECAY, LR0, LR_MIN, MAX_NORM, REPLAY_CAP, InstantState, _row_dtype
 from workers.verbs.session import LearnSession
 from workers.errors import ConfigError, CorruptStateError, VerbError
 
@@ -604,20 +604,24 @@ def test_a_one_event_save_of_a_full_buffer_compares_the_hot_piece_and_one_row() 
     st_.written(st_.changes(b"s")[1])
     start = core._rows_start()
     row = core.to_bytes()[start:]
-    assert core.dirty_ranges(st_.stored["instant"].token) == [(0, start)]
+    token = st_.stored["instant"].token
+    assert core.changed_since(token) == (len(core.to_bytes()), core.piece_cuts(), [(0, core.to_bytes()[:start])])
     core.feedback(rng.standard_normal(384).astype(np.float32), TARGETS[0], 0.9)
-    ranges = core.dirty_ranges(st_.stored["instant"].token)
-    assert len(ranges) == 2 and ranges[0] == (0, start)
-    a, b = ranges[1]
+    size, cuts, regions = core.changed_since(token)
     now = core.to_bytes()
+    assert size == len(now) and cuts == core.piece_cuts()
+    assert len(regions) == 2 and regions[0] == (0, now[:start])
+    a, data = regions[1]
+    b = a + len(data)
+    assert data == now[a:b] and len(data) == _row_dtype(384).itemsize and (a - start) % len(data) == 0
     assert now[:start] != st_.stored["instant"].data[:start]
     assert now[a:b] != row[a - start:b - start]                       # the pushed row changed
     assert now[start:a] == row[:a - start] and now[b:] == row[b - start:]   # and no other
-    assert core.dirty_ranges(b"other bytes") is None                  # only against what it was saved as
+    assert core.changed_since(b"other bytes") is None                 # only against what it was saved as
 
 
 def test_a_one_event_save_builds_the_hot_piece_and_one_row_not_the_whole_core(monkeypatch) -> None:
-    """The layout asks the core for the pieces its dirty ranges name (``byte_ranges``), and shares the
+    """The layout asks the core for what changed, built (``changed_since``), and shares the
     other pieces' bytes with what the store holds: a one-event save of a full buffer never builds the
     whole core, writes the pushed row, and the state reads back equal."""
     from workers.state.layout import SEP, SessionState
@@ -645,21 +649,36 @@ def test_a_one_event_save_builds_the_hot_piece_and_one_row_not_the_whole_core(mo
 
 
 @pytest.mark.parametrize("dim", [8, 3072])
-def test_byte_ranges_equal_slices_of_to_bytes(dim: int) -> None:
-    """Any ranges, in any order: within the hot piece, across a wide row's pieces, across rows, across
-    the start of the rows; and a range past the end is refused."""
+@pytest.mark.parametrize("ewc", [False, True])
+def test_changed_since_regions_are_slices_of_to_bytes_on_piece_cuts(dim: int, ewc: bool) -> None:
+    """Whatever was pushed since the save (one row, several, the ring gone round by less than its
+    length), the regions are slices of ``to_bytes`` that start on its cuts, cover every byte that
+    changed, and the size and cuts are those of ``to_bytes``; after more events than the ring holds,
+    or a reload that is not the saved bytes, it cannot tell."""
     rng = np.random.default_rng(dim)
     core = InstantState(TARGETS, dim)
-    X, T, _, NOW = _events(rng, 7, dim=dim)
+    if ewc:
+        core.set_ewc(rng.random(core.n_params).astype(np.float32), np.zeros(core.n_params, np.float32), 1.0)
+    for pushes in (1, 3, 7, REPLAY_CAP - 1):
+        X, T, _, NOW = _events(rng, REPLAY_CAP - 5 if pushes == 1 else 2, dim=dim)
+        core.feedback_batch(X, T, np.full(len(X), 0.9, np.float32), NOW)
+        before = core.to_bytes()
+        core.saved(before)
+        X, T, _, NOW = _events(rng, pushes, dim=dim)
+        core.feedback_batch(X, T, np.full(len(X), 0.9, np.float32), NOW)  # away from 0.5: each pushes a row
+        whole = core.to_bytes()
+        size, cuts, regions = core.changed_since(before)
+        assert size == len(whole) and cuts == core.piece_cuts()
+        assert len(regions) == 1 + pushes and [off for off, _ in regions] == sorted(off for off, _ in regions)
+        covered = bytearray(len(whole))
+        for off, data in regions:
+            assert data == whole[off:off + len(data)] and (off == 0 or off in cuts)
+            covered[off:off + len(data)] = b"\x01" * len(data)
+        assert all(covered[i] for i in range(len(whole)) if i >= len(before) or whole[i] != before[i])
+    core.saved(core.to_bytes())
+    X, T, _, NOW = _events(rng, REPLAY_CAP, dim=dim)
     core.feedback_batch(X, T, np.full(len(X), 0.9, np.float32), NOW)
-    whole = core.to_bytes()
-    assert core.byte_size() == len(whole)
-    start = core._rows_start()
-    ranges = [tuple(sorted(int(v) for v in rng.integers(0, len(whole) + 1, 2))) for _ in range(40)]
-    ranges += [(0, start), (start - 3, start + 5), (len(whole), len(whole)), (start, len(whole))]
-    assert core.byte_ranges(ranges) == [whole[a:b] for a, b in ranges]
-    with pytest.raises(ValueError, match="outside"):
-        core.byte_ranges([(0, len(whole) + 1)])
+    assert core.changed_since(core._synced) is None                   # the ring may have gone round
 
 
 def test_a_core_saved_unchanged_and_decoded_again_still_saves_by_its_pieces(monkeypatch) -> None:

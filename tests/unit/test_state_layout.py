@@ -2,6 +2,7 @@
 changed, every value small, and no crash point between two keys that could ever be observed."""
 from __future__ import annotations
 
+import bisect
 import random
 import struct
 
@@ -93,8 +94,8 @@ class Hot(Bytes):
 
 
 class Ranged(Bytes):
-    """A part that tells the layout which bytes changed since its last save and builds only what it
-    is asked for (``dirty_ranges``, ``byte_size``, ``byte_ranges``), as the instant core does."""
+    """A part that tells the layout what changed since its last save, built (``changed_since``: the
+    pieces its changes touch, each a region), as the instant core does."""
 
     def __init__(self, b: bytes) -> None:
         super().__init__(b)
@@ -119,17 +120,16 @@ class Ranged(Bytes):
         del self.b[n:]
         self.token = None  # unknown from here: the layout builds and compares it all
 
-    def dirty_ranges(self, token: object) -> list[tuple[int, int]] | None:
-        return list(self.dirty) if self.token is not None and token is self.token else None
+    def changed_since(self, token: object) -> tuple[int, tuple[int, ...], list[tuple[int, bytes]]] | None:
+        if self.token is None or token is not self.token:
+            return None
+        bounds = piece_bounds(len(self.b))
+        touched = sorted({i for a, b in self.dirty if a < b
+                          for i in range(bisect.bisect_right(bounds, a) - 1, bisect.bisect_left(bounds, b))})
+        return len(self.b), (), [(bounds[i], bytes(self.b[bounds[i]:bounds[i + 1]])) for i in touched]
 
     def saved(self, token: object) -> None:
         self.token, self.dirty = token, []
-
-    def byte_size(self) -> int:
-        return len(self.b)
-
-    def byte_ranges(self, ranges: list[tuple[int, int]]) -> list[bytes]:
-        return [bytes(self.b[a:b]) for a, b in ranges]
 
 
 class HotRanged(Ranged):

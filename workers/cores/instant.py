@@ -96,7 +96,7 @@ class InstantState:
         self._layout = _k.instant_layout(self.dim, len(self.targets))
         self._prefix: bytes | None = None  # to_bytes' framing and header: targets and dim never change
         self._cuts: tuple[tuple[int, bool], tuple[int, ...]] | None = None  # ((replay_len, has_ewc), piece_cuts())
-        # What the store holds of this core (dirty_ranges): the bytes it was decoded from, or the token
+        # What the store holds of this core (changed_since): the bytes it was decoded from, or the token
         # of its last save (``saved``); and then where their replay rows begin, how many they hold,
         # the ring's head and the feedback count
         self._synced: object = None
@@ -257,67 +257,40 @@ class InstantState:
         return _k.instant_feedback_batch(self._arena, self._meta, X, targets, qualities, now_ms, trace)
 
     # -- what changed since the stored bytes (workers.state.layout) --------------
-    def _pushed_rows(self) -> list[int] | None:
-        """The replay rows the kernel wrote since the stored state (``_synced``), in order, when the
-        other rows are as stored; else None (unknown, or the rows moved).
+    def changed_since(self, stored: object) -> tuple[int, tuple[int, ...], list[tuple[int, bytes]]] | None:
+        """What a save must look at, when the store holds ``stored`` (the token the layout keeps for
+        this core, see :meth:`saved`): ``(len(to_bytes()), piece_cuts(), regions)``, ``regions`` the
+        ``(offset, bytes)`` of :meth:`to_bytes` outside which nothing differs from ``stored`` (everything
+        before the replay rows, then each row the kernel wrote since, in order); None when that is not
+        known. A one-event save of a full replay buffer builds 2 pieces, not 65.
 
         Every event counts once and pushes at most once, to consecutive ring positions from
         ``head + len`` (the head moves only once the ring is full): fewer events than the ring holds
         since then, and the ring's head and length say which rows."""
+        if stored is not self._synced or stored is None:
+            return None
         start0, n0, h0, fc0 = self._synced_at
         m = self._meta
-        if (self._synced is None or int(m[_FC]) - fc0 >= REPLAY_CAP
-                or self._rows_start() != start0):  # (the ring may have gone round; EWC state moved the rows)
+        fc, n, head = int(m[_FC]), int(m[_RL]), int(m[_RH])
+        start = self._rows_start()
+        if fc - fc0 >= REPLAY_CAP or start != start0:  # the ring may have gone round; EWC state moved the rows
             return None
-        pushes = (int(m[_RL]) - n0) + (int(m[_RH]) - h0) % REPLAY_CAP
-        return sorted((h0 + n0 + j) % REPLAY_CAP for j in range(pushes))
-
-    def dirty_ranges(self, stored: object) -> list[tuple[int, int]] | None:
-        """Byte ranges of :meth:`to_bytes` that may differ from what the store holds (``stored``: the
-        token the layout keeps for it, see :meth:`saved`): everything before the replay rows and the
-        rows the kernel wrote since; None when that is not known. Lets a one-event save of a full
-        replay buffer build and compare 2 pieces, not 65."""
-        pushed = self._pushed_rows() if stored is self._synced else None
-        if pushed is None:
-            return None
-        start, row = self._synced_at[0], _row_dtype(self.dim).itemsize
-        return [(0, start)] + [(start + r * row, start + (r + 1) * row) for r in pushed]
+        pushes = (n - n0) + (head - h0) % REPLAY_CAP
+        row = _row_dtype(self.dim).itemsize
+        regions = [(0, self._before_rows())]
+        rows = [(h0 + n0 + j) % REPLAY_CAP for j in range(pushes)]
+        if pushes > 1:
+            rows.sort()
+        regions += [(start + r * row, self._rows(r, r + 1)) for r in rows]
+        return start + n * row, self.piece_cuts(), regions
 
     def saved(self, token: object) -> None:
         """The store now holds what :meth:`to_bytes` gives; ``token`` stands for it (its bytes, or the
         pieces the layout keeps): nothing is dirty."""
         m = self._meta
+        fc, n, head = int(m[_FC]), int(m[_RL]), int(m[_RH])
         self._synced = token
-        self._synced_at = (self._rows_start(), int(m[_RL]), int(m[_RH]), int(m[_FC]))
-
-    def byte_size(self) -> int:
-        """``len(self.to_bytes())``, without building it."""
-        return self._rows_start() + self.replay_len * _row_dtype(self.dim).itemsize
-
-    def byte_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """``[self.to_bytes()[a:b] for a, b in ranges]``, building only what the ranges cover (the
-        layout asks for the pieces ``dirty_ranges`` named: the hot piece and the pushed rows)."""
-        start, row = self._rows_start(), _row_dtype(self.dim).itemsize
-        size = start + self.replay_len * row
-        before: bytes | None = None
-        built: tuple[int, int, bytes] | None = None  # the last rows built: a wide row is several pieces
-        out = []
-        for a, b in ranges:
-            if not 0 <= a <= b <= size:
-                raise ValueError(f"byte range {a}:{b} outside the core's {size} bytes")
-            if b <= start:  # the hot piece (and EWC state): built once for all such ranges
-                if before is None:
-                    before = self._before_rows()
-                out.append(before[a:b])
-            elif a >= start:  # within the rows: the rows it spans, sliced
-                r0, r1 = (a - start) // row, (b - start - 1) // row + 1
-                if built is None or not built[0] <= r0 < r1 <= built[1]:
-                    built = (r0, r1, self._rows(r0, r1))
-                off = start + built[0] * row
-                out.append(built[2][a - off:b - off])
-            else:
-                out.append(self.to_bytes()[a:b])
-        return out
+        self._synced_at = (self._rows_start(), n, head, fc)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Adapter forward: (dim,) -> (nt,) or (n, dim) -> (n, nt)."""
@@ -379,7 +352,7 @@ class InstantState:
 
     def _rows_start(self) -> int:
         """Where the replay rows begin in :meth:`to_bytes`."""
-        return self._hot_bytes() + (8 * self.n_params if self.has_ewc else 0)
+        return self._hot_bytes() + (8 * self.n_params if self._meta[_M["has_ewc"]] else 0)
 
     def _framing(self) -> bytes:
         """What :func:`pack_part` puts before the payload (made once: every save needs it)."""

@@ -33,13 +33,13 @@ not three. Its other pieces, and every part that does not say so, are as above: 
 only another part rewrites that first piece with the head, which is why only a part that changes on
 nearly every save of its session asks for it.
 
-A part that knows what it changed since its last save says so (``dirty_ranges``: byte ranges that
-may differ, or None when it cannot tell) and builds bytes on request (``byte_size``,
-``byte_ranges``). For it a save builds and compares only the pieces those ranges touch and the pieces
-past the old end, and keeps the others' bytes as they are (``_Stored.pieces``): the instant core's
-one-event save builds its hot piece and the pushed replay row, not its whole ~100 kB, and hands the
-layout no other piece (``learnstream bench save``). Any other part, or one that cannot tell, is built
-whole (``to_bytes``) and compared piece by piece.
+A part that knows what it changed since its last save says so (``changed_since``: its size, its
+cuts and the regions of its bytes that may differ, built, or None when it cannot tell). For it a save
+compares only the pieces those regions cover (which include every piece past the old end), and keeps
+the others' bytes as they are (``_Stored.pieces``): the instant core's one-event save builds its hot
+piece and the pushed replay row, not its whole ~100 kB, and hands the layout no other piece
+(``learnstream bench save``). Any other part, or one that cannot tell, is built whole (``to_bytes``)
+and compared piece by piece.
 
 Head bytes (little-endian): ``b"LSH" + version (1) + crc32(payload) (4) + payload``, the
 payload ``u32 length + orjson {"wm", "parts": {name: {"n", "p", "s"}}, "in": [[name, n], ...],
@@ -143,7 +143,7 @@ def _piece_key(base: bytes, name: str, i: int, slot: int) -> bytes:
 
 class _Stored:
     """What the keys of one part hold now: its bytes (``data``), or, for a part saved piece by piece
-    (``byte_ranges``), its pieces' bytes (``pieces``), so that a save replaces only the pieces that
+    (``changed_since``), its pieces' bytes (``pieces``), so that a save replaces only the pieces that
     changed; ``data`` then joins them when asked."""
 
     __slots__ = ("_data", "pieces", "bounds", "slots", "entry", "inline", "hot", "token")
@@ -157,7 +157,7 @@ class _Stored:
         self.entry = entry  # its piece table in the head (made once: most parts do not change in a save)
         self.inline = inline  # kept in the head, no keys of its own
         self.hot = hot  # its first piece is kept in the head, the others in keys (HEAD_PIECE)
-        # What the live part was told the keys hold (``saved``), and what it checks ``dirty_ranges``
+        # What the live part was told the keys hold (``saved``), and what it checks ``changed_since``
         # against: the bytes it was decoded from, or the pieces of its last save
         self.token: object = data if data is not None else pieces
 
@@ -232,25 +232,10 @@ def _current(obj: Any) -> tuple[bytes, list[int]]:
     return data, piece_bounds(len(data), cuts())
 
 
-def _dirty_pieces(bounds: list[int], n_old: int, dirty: list[tuple[int, int]]) -> list[int]:
-    """Indices below ``n_old`` of the pieces that the byte ranges ``dirty`` touch, in order."""
-    out: list[int] = []
-    for a, b in dirty:
-        i = max(bisect.bisect_right(bounds, a) - 1, 0)
-        while i < n_old and bounds[i] < b:
-            out.append(i)
-            i += 1
-    return out if all(x < y for x, y in zip(out, out[1:])) else sorted(set(out))
-
-
-def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None,
-                    dirty: list[tuple[int, int]] | None = None) -> list[int]:
+def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None) -> list[int]:
     """The pieces of ``new`` that differ from what their keys hold, in order: piece ``i`` against the
     old piece ``i`` wherever each starts (a part whose beginning grew or shrank, a learner's header or
     an idempotency entry, rewrites only the pieces whose bytes changed, not every piece after it).
-
-    ``dirty``: byte ranges outside which ``new`` is known to equal the old bytes (the part's
-    ``dirty_ranges``); where the old cut is kept, only the pieces they touch are compared.
 
     A plain loop of slice compares: a session has a handful of pieces (a 3 MB learner ~1,500),
     and per part the NumPy version's fixed cost was most of a cold session's save."""
@@ -258,49 +243,44 @@ def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None,
     if old is None:
         return list(range(k))
     n_old = old.count
-    idx = _candidates(bounds, old, dirty) if dirty is not None else None
-    if idx is None:
-        idx = list(range(k))
-    return [i for i in idx if i >= n_old or new[bounds[i]:bounds[i + 1]] != old.piece(i)]
+    return [i for i in range(k) if i >= n_old or new[bounds[i]:bounds[i + 1]] != old.piece(i)]
 
 
-def _candidates(bounds: list[int], old: _Stored, dirty: list[tuple[int, int]]) -> list[int] | None:
-    """The pieces that can differ from ``old`` when only the byte ranges ``dirty`` changed: those the
-    ranges touch and those past the old end, in order; None when the old cut is not kept (then any can)."""
-    k, n_old = len(bounds) - 1, old.count
-    if k < n_old or bounds[:n_old + 1] != old.bounds:
+def _changed_since(live: Any, old: _Stored) -> tuple[list[bytes], list[int], list[int]] | None:
+    """A part that says what it changed since ``old`` (``changed_since``): its pieces, its bounds and
+    the indices of the pieces that changed, from the regions it built (the pieces they cover, and
+    every piece past the old end, which they must cover); None when it cannot tell or its regions do
+    not fall on piece bounds (then the whole part is built). The other pieces' bytes are shared with
+    ``old``: a one-event save of a full replay buffer builds the hot piece and one row, not 100 kB."""
+    got = live.changed_since(old.token)
+    if got is None:
         return None
-    return _dirty_pieces(bounds, n_old, dirty) + list(range(n_old, k))
-
-
-def _changed_by_ranges(live: Any, old: _Stored) -> tuple[list[bytes], list[int], list[int]] | None:
-    """A part that hands over byte ranges (``byte_ranges``): its pieces, its bounds and the indices of
-    the pieces that changed since ``old``, building only the pieces its ``dirty_ranges`` may have
-    changed and those past the old end; None when it cannot tell (then the whole part is built).
-    The other pieces' bytes are shared with ``old``: a one-event save of a full replay buffer builds
-    the hot piece and one row, not 100 kB."""
-    dirty = live.dirty_ranges(old.token)
-    if dirty is None:
-        return None
-    n = live.byte_size()
+    n, cuts, regions = got
     if n <= INLINE_BYTES:
         return None
-    cuts = getattr(live, "piece_cuts", None)
-    bounds = piece_bounds(n, cuts() if cuts is not None else ())
-    idx = _candidates(bounds, old, dirty)
-    if idx is None:
-        return None
-    n_old = old.count
-    got = live.byte_ranges([(bounds[i], bounds[i + 1]) for i in idx])
+    bounds = piece_bounds(n, cuts)
+    k, n_old = len(bounds) - 1, old.count
+    if k < n_old or (bounds is not old.bounds and bounds[:n_old + 1] != old.bounds):
+        return None  # the old cut is not kept: any piece can differ
     pieces, changed = old.piece_list(), []
-    for i, b in zip(idx, got):
-        if i >= n_old:
-            pieces.append(b)
-        elif b == pieces[i]:
-            continue
-        else:
-            pieces[i] = b
-        changed.append(i)
+    if k > n_old:
+        pieces.extend([None] * (k - n_old))  # type: ignore[list-item]  # each filled by a region below
+    for off, data in regions:
+        i, end = bisect.bisect_left(bounds, off), off + len(data)
+        if end > n or i >= k + (not data) or bounds[i] != off:
+            return None
+        while bounds[i] < end:
+            b = bounds[i + 1]
+            if b > end:
+                return None
+            piece = data if b - bounds[i] == len(data) else data[bounds[i] - off:b - off]
+            if i >= n_old or piece != pieces[i]:
+                pieces[i] = piece
+                changed.append(i)
+            i += 1
+    if k > n_old and None in pieces:
+        return None
+    changed.sort()
     return pieces, bounds, changed
 
 
@@ -388,8 +368,8 @@ class SessionState:
             if live is not None:
                 hot = getattr(live, "HEAD_PIECE", False)
                 got = None
-                if old is not None and not full and not old.inline and old.hot == hot and hasattr(live, "byte_ranges"):
-                    got = _changed_by_ranges(live, old)
+                if old is not None and not full and not old.inline and old.hot == hot and hasattr(live, "changed_since"):
+                    got = _changed_since(live, old)
                 if got is not None:
                     pieces, bounds, changed = got
                     total += bounds[-1]
@@ -414,8 +394,7 @@ class SessionState:
                     continue
                 if old is not None and old.inline:
                     old = None  # out of the head: every piece is new
-                dirty = getattr(live, "dirty_ranges", None) if live is not None and old is not None else None
-                changed = _changed_pieces(data, bounds, old, dirty(old.token) if dirty is not None else None)
+                changed = _changed_pieces(data, bounds, old)
             k = len(bounds) - 1
             hot = hot and k > 0
             # a new piece goes to slot 0 (as if slot 1 held it); a kept one keeps its slot
@@ -469,7 +448,7 @@ class SessionState:
                 blob.set_bytes(name, kept.token)
                 self._sizes.pop(name, None)
             else:
-                saved = getattr(live, "saved", None)  # a part that tracks what changed since (dirty_ranges)
+                saved = getattr(live, "saved", None)  # a part that tracks what changed since (changed_since)
                 if saved is not None:
                     saved(kept.token)
         blob.layout = after
