@@ -46,6 +46,7 @@ _CHECKED_SOURCES = {
     "transport.consumer.Consumer._is_changelog_tp": "c50db2141d6df34e",
     "transport.consumer.ThreadDelegateConsumer.__init__": "715814ce37c57592",
     "transport.drivers.aiokafka.AIOKafkaConsumerThread._ensure_consumer": "ab708b087b3476fd",
+    "transport.drivers.aiokafka.AIOKafkaConsumerThread.on_thread_stop": "08913f186d43e6ff",
 }
 
 

@@ -76,6 +76,13 @@ About time again:
    embedded broker took 8 s to answer that fetch for a 1.1 GB changelog, and recovery's offset
    requests waited behind it. faust's pause/resume of changelog partitions now also pause/resume
    them in aiokafka (in the consumer's thread), so they are fetched only while recovery reads them.
+13. **Its consumer thread died on stop while the broker was unreachable**, and the worker then
+   waited 60 s (mode's stop timeout) for it: a SIGTERM took 63 s, past a pod's grace period.
+   aiokafka 0.14's ``Fetcher.close`` cancels its pending fetch tasks and awaits each; one that is
+   in its retry backoff (the broker refused the connection) raises ``CancelledError`` out of
+   ``AIOKafkaConsumer.stop``, and so out of ``AIOKafkaConsumerThread.on_thread_stop``. That error
+   is now taken as the end of the fetch it is (the client is closed as ``stop`` would have), unless
+   the stop itself is being cancelled.
 """
 from __future__ import annotations
 
@@ -136,6 +143,8 @@ TOUCHED = {
     "transport.consumer.ThreadDelegateConsumer.__init__": "keeps the consumer thread in self._thread",
     "transport.drivers.aiokafka.AIOKafkaConsumerThread._ensure_consumer":
         "the aiokafka consumer (rejoin; changelogs paused in aiokafka)",
+    "transport.drivers.aiokafka.AIOKafkaConsumerThread.on_thread_stop":
+        "stops the aiokafka consumer in the consumer's thread (wrapped: a fetch's CancelledError)",
 }
 _ATTR = "_learnstream_guard"
 _TXN_ATTR = "_learnstream_before_recovery"
@@ -558,7 +567,22 @@ def install() -> None:
         resume(self, tps)
         _mirror(self, tps, False)
 
+    thread_stop = AIOKafkaConsumerThread.on_thread_stop
+
+    async def on_thread_stop(self: Any) -> None:
+        try:
+            await thread_stop(self)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this stop was cancelled: not a fetch's error
+            logger.info("consumer stopped while a fetch was retrying (the broker unreachable)")
+            with contextlib.suppress(Exception):
+                # aiokafka 0.14: AIOKafkaConsumer._client, what stop() closes after the fetcher
+                await self._consumer._client.close()
+
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+    AIOKafkaConsumerThread.on_thread_stop = on_thread_stop
     TableManager.on_rebalance = on_rebalance
     Consumer.pause_partitions = pause_partitions
     Consumer.resume_partitions = resume_partitions
