@@ -30,8 +30,8 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from workers.verbs.codec import encode_embedding_b64
-from workers.errors import ConfigError, LearnstreamError, VerbError
+from workers.verbs.codec import encode_embedding_b64, encode_json
+from workers.errors import ConfigError, LearnstreamError, ValidationError, VerbError
 from workers.kafka.clients import started
 from workers.kafka.topics import topics
 
@@ -166,8 +166,11 @@ class LearnstreamClient:
             if self.bootstrap is None:
                 raise RuntimeError("no Kafka bootstrap: pass LearnstreamClient(bootstrap, ...) to produce events")
             raise RuntimeError("client not started: use `async with LearnstreamClient(...)` or await start()")
-        fut = await self._producer.send(t.name, orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY),
-                                        key=session_key.encode())
+        try:
+            raw = encode_json(value)
+        except ValueError as exc:  # checked before the send, as the schema is
+            raise ValidationError("", f"the event is {exc}") from None
+        fut = await self._producer.send(t.name, raw, key=session_key.encode())
         if not wait:
             return fut
         md = await fut
@@ -200,7 +203,10 @@ class LearnstreamClient:
                                "and start the client")
         loop = asyncio.get_running_loop()
         end, pause, why = loop.time() + retry_for, _RETRY_FIRST_S, ""
-        payload = orjson.dumps({"verb": verb, "body": body}, option=orjson.OPT_SERIALIZE_NUMPY)
+        try:
+            payload = encode_json({"verb": verb, "body": body})
+        except ValueError as exc:
+            raise VerbError(f"parse: the body is {exc}") from None
         while True:
             try:
                 async with self._http.post(self.worker_url + "/dispatch", data=payload,

@@ -188,3 +188,30 @@ def test_with_a_worker_url_the_produce_style_setup_cannot_be_overtaken(worker) -
                90, 0.2, "the worker to handle the 200 feedback events")
     assert _metric(w, "rejected", feedback) == rejected0
     assert _metric(w, "applied", feedback) == applied0 + 200
+
+
+def test_mcp_arguments_with_numbers_beyond_64_bits_get_the_verbs_answer(worker) -> None:
+    """JSON carries any integer; the worker reads one beyond 64 bits as a float and the verb judges it.
+    The MCP server's client used to fail to encode it ("Integer exceeds 64-bit range") before sending."""
+    _, w = worker
+    server = json.loads(blocks("json")[0])["mcpServers"]["learnstream"]
+    env = {k: v.replace(README_WORKER, w.url) for k, v in server["env"].items()}
+    params = StdioServerParameters(command=server["command"], args=server["args"], env=_env(**env), cwd=str(ROOT))
+
+    async def go() -> list[str]:
+        async with stdio_client(params) as (r, wr), ClientSession(r, wr) as s:
+            await s.initialize()
+            out = []
+            for args in ({"session_key": "huge", "agent": "coder", "domain": "repo", "fact": "f", "importance": 10**30},
+                         {"session_key": "huge", "targets": ["a", "b"], "dim": 10**30}):
+                res = await s.call_tool("add_knowledge" if "fact" in args else "init_instant", args)
+                assert res.isError, res
+                out.append(res.content[0].text)
+            ok = await s.call_tool("add_knowledge", {"session_key": "huge", "agent": "coder", "domain": "repo",
+                                                     "fact": "f", "importance": 10**30 // 10**30})
+            assert not ok.isError, ok
+            return out
+
+    texts = asyncio.run(asyncio.wait_for(go(), 120))
+    assert not any("64-bit" in t for t in texts), texts
+    assert "importance" in texts[0] and "dim" in texts[1], texts

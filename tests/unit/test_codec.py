@@ -77,3 +77,20 @@ def test_an_array_of_float64_scalars_is_still_an_array_of_numbers() -> None:
     assert x.dtype == np.float32 and x.tolist() == [0.5, 1.0, 2.5]
     with pytest.raises(ValidationError, match="array of numbers"):
         embedding_field({"embedding": [np.float32(0.5), 1.0, 2.0]}, dim=3)
+
+
+def test_encode_json_writes_what_json_carries_and_says_why_not() -> None:
+    """orjson where it can (NumPy values as JSON arrays and numbers); integers beyond 64 bits, which
+    orjson refuses, through the standard library, read back by the worker's parser as floats; a value
+    that is not JSON is refused with the reason."""
+    import orjson
+    from workers.verbs.codec import encode_json
+
+    body = {"dim": np.int64(8), "embedding": np.arange(3, dtype=np.float32), "q": 0.5}
+    assert orjson.loads(encode_json(body)) == {"dim": 8, "embedding": [0.0, 1.0, 2.0], "q": 0.5}
+    huge = {"n": 10**30, "embedding": np.ones(2, np.float32), "s": "é"}
+    assert orjson.loads(encode_json(huge)) == {"n": 1e30, "embedding": [1.0, 1.0], "s": "é"}
+    for bad, why in (({"a": {1, 2}}, "not JSON serializable"), ({"n": 10**30, "x": float("nan")}, "not JSON"),
+                     ({"s": "\udce9"}, "surrogate")):
+        with pytest.raises(ValueError, match=why):
+            encode_json(bad)

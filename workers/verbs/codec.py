@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 from typing import Any
 
@@ -20,6 +21,8 @@ __all__ = (
     "MAX_EVENT_BYTES",
     "decode_json",
     "embedding_field",
+    "encode_json",
+    "json_default",
     "encode_embedding_b64",
     "finite_number",
     "float32_array",
@@ -41,6 +44,28 @@ def decode_json(raw: bytes | str, *, max_bytes: int = MAX_EVENT_BYTES) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ValidationError("", f"not valid JSON ({exc})") from None
+
+
+def json_default(value: Any) -> Any:
+    """What JSON carries for a NumPy value (``default`` of ``json.dumps``)."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def encode_json(value: Any) -> bytes:
+    """``value`` as the JSON bytes a client sends: orjson, NumPy arrays and numbers as JSON arrays and
+    numbers. orjson refuses integers beyond 64 bits, which JSON carries (a worker reads one as a float,
+    and the verb judges it by range): a value holding one goes through the standard library. ValueError,
+    saying why, when the value is not JSON (a set, a lone surrogate, NaN beside such an integer)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, default=json_default).encode("utf-8")
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
+        raise ValueError(f"not JSON ({exc})") from None
 
 
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",

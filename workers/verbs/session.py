@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
 from workers.errors import VerbError
@@ -17,6 +16,7 @@ from workers.state.access import StoreStateAccess, state_key
 from workers.state.layout import SEP, SessionState, StateTooLarge
 from workers.state.limits import Limits, check_request
 from workers.state.sessions import Sessions
+from workers.verbs.codec import json_default
 from workers.verbs.surface import (BLOB_TABLES, REGISTRY, Verb, VerbContext, VerbOptions, envelope_error,
                                    parse_request, run_verb, session_key_of)
 
@@ -43,17 +43,13 @@ def _as_json(body: dict) -> tuple[dict, str | None]:
     except orjson.JSONEncodeError:
         pass
     try:
-        text = json.dumps(body, ensure_ascii=False, default=_numpy_value)
+        text = json.dumps(body, ensure_ascii=False, default=json_default)
         text.encode("utf-8")
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         return body, str(exc)
     return json.loads(text), None
 
 
-def _numpy_value(value: Any) -> Any:
-    if isinstance(value, (np.generic, np.ndarray)):
-        return value.tolist()
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 class LearnSession:
