@@ -18,7 +18,19 @@ def test_unparsable_json_is_a_parse_error() -> None:
 
 def test_missing_verb_field_is_a_parse_error() -> None:
     out = LearnSession().dispatch({"body": {}})
-    assert out["verb"] == "?" and out["error"].startswith("parse: ")
+    assert out == {"ok": False, "verb": "?", "error": "parse: missing field `verb`"}
+
+
+def test_the_envelope_rules_each_name_what_is_wrong() -> None:
+    s = LearnSession()
+    assert s.dispatch([1, 2]) == {"ok": False, "verb": "?", "error": "parse: request must be a JSON object"}
+    for verb, words in ((123, "a number"), (None, "null"), (["health"], "an array"), (True, "a boolean")):
+        assert s.dispatch({"verb": verb, "body": {}}) == {
+            "ok": False, "verb": "?", "error": f"parse: field `verb` must be a string, got {words}"}
+    # a body that is not an object is a missing body (the reference's null): required fields say so
+    for body in (None, [], "x", 3):
+        assert s.dispatch({"verb": "record_loss", "body": body}) == {
+            "ok": False, "verb": "record_loss", "error": "loss required"}
 
 
 def test_empty_session_key_is_refused() -> None:

@@ -32,7 +32,7 @@ from workers.protocols.verbs import set_matcher
 from workers.scoring import endpoints as scoring_endpoints
 from workers.state import StateBlob
 from workers.state.layout import digest
-from workers.verbs.codec import decode_json
+from workers.verbs.codec import decode_json, json_type
 from workers.verbs.registry import BLOB_TABLES, HEALTH, REGISTRY, Verb, VerbContext, VerbOptions, params, verb
 
 __all__ = ("REGISTRY", "BLOB_TABLES", "Verb", "VerbContext", "VerbOptions", "DEFAULT_SESSION", "configure",
@@ -92,9 +92,11 @@ def parse_request(request: Any) -> tuple[str, dict] | dict:
     """(verb, body) or an error envelope."""
     if not isinstance(request, dict):
         return envelope_error("?", "parse: request must be a JSON object")
-    name = request.get("verb")
-    if not isinstance(name, str):
+    if "verb" not in request:
         return envelope_error("?", "parse: missing field `verb`")
+    name = request["verb"]
+    if not isinstance(name, str):
+        return envelope_error("?", f"parse: field `verb` must be a string, got {json_type(name)}")
     body = request.get("body")
     if not isinstance(body, dict):
         body = {}  # a missing body is null: every required field then reports "<field> required"
