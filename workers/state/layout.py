@@ -546,14 +546,25 @@ def _delete_pieces(deletes: dict[bytes, bytes | None], base: bytes, name: str, s
 
 
 def _write_head(blob: StateBlob, parts: dict[str, _Stored]) -> bytes:
-    ordered = sorted(parts.items())
-    table = {name: s.head_entry() for name, s in ordered if not s.inline}
-    inline = [(name, s.data) for name, s in ordered if s.inline]
-    hot = [(name, s.piece(0)) for name, s in ordered if s.hot]
-    header = orjson.dumps({"wm": blob.watermark.offsets, "parts": table, "in": [[n, len(d)] for n, d in inline],
-                           "h": [[n, len(d)] for n, d in hot]})
-    return pack_checked(_MAGIC, _VERSION, _ULEN.pack(len(header)), header, *(d for _, d in inline),
-                        *(d for _, d in hot))
+    """The head over ``parts``, which are in name order (``changes`` fills them from ``blob.names()``)."""
+    table: dict[str, dict] = {}
+    inline: list[bytes] = []
+    hot: list[bytes] = []
+    in_lengths: list[list] = []
+    hot_lengths: list[list] = []
+    for name, s in parts.items():
+        if s.inline:
+            d = s.data
+            inline.append(d)
+            in_lengths.append([name, len(d)])
+        else:
+            table[name] = s.head_entry()
+            if s.hot:
+                d = s.piece(0)
+                hot.append(d)
+                hot_lengths.append([name, len(d)])
+    header = orjson.dumps({"wm": blob.watermark.offsets, "parts": table, "in": in_lengths, "h": hot_lengths})
+    return pack_checked(_MAGIC, _VERSION, _ULEN.pack(len(header)), header, *inline, *hot)
 
 
 def _read_head(data: bytes) -> tuple[dict, dict[str, bytes], dict[str, bytes]]:
