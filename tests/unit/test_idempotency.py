@@ -184,3 +184,15 @@ def test_in_process_a_malformed_key_is_refused_with_the_rule(key) -> None:
     assert out == {"ok": False, "verb": "add_knowledge",
                    "error": "idempotency_key must be a non-empty string of at most 128 characters"}
     assert s.dispatch({"verb": "memory_info", "body": {"session_key": "s1"}})["data"]["keys"] == 0  # nothing stored
+
+
+def test_the_keys_weigh_what_their_entries_hold_as_they_change() -> None:
+    """The session cache asks ``memory_bytes`` on every save: kept as entries are added, replaced and
+    dropped from the ring (not summed over up to 1,024 entries each time), and the same read back."""
+    keys = idempotency.AppliedKeys()
+    for i in range(idempotency._KEEP + 30):
+        keys.add(f"k{i}", {"ok": True, "id": f"t:0:{i}", "data": {"pad": "x" * (i % 17)}})
+        if i % 100 == 0:
+            keys.add(f"k{i}", {"ok": True, "id": f"t:0:{i}"})  # the same key again: its entry replaced
+        assert keys.memory_bytes() == 3 * sum(len(e) for e in keys._slots)
+    assert idempotency.AppliedKeys.from_bytes(keys.to_bytes()).memory_bytes() == keys.memory_bytes()

@@ -456,6 +456,34 @@ def test_a_decoded_session_counts_its_arrays_once() -> None:
     assert _object_bytes(Views()) == 4000 + 64
 
 
+def test_a_cached_session_that_grows_is_counted_at_its_new_size() -> None:
+    """The instant core's arena grows with its replay rows (``_room``: doubling, up to 64 rows); the
+    cache must count a session at what it holds now. The arena's size was cached per decoded object,
+    so a session cached with 4 rows and grown to 64 counted ~110 kB instead of ~210 kB: half of what
+    such sessions hold was outside the byte budget."""
+    from workers.cores.loop import learn_feedback  # noqa: F401 - registers the verbs
+    from workers.verbs.session import LearnSession
+
+    rng = np.random.default_rng(3)
+    s = LearnSession()
+    assert s.dispatch({"verb": "init_instant", "body": {"session_key": "g", "targets": ["a", "b"], "dim": 384}})["ok"]
+
+    def feed(n: int) -> None:
+        events = [{"embedding": rng.standard_normal(384).tolist(), "model": "a", "quality": 0.9} for _ in range(n)]
+        assert s.dispatch({"verb": "learn_feedback", "body": {"session_key": "g", "events": events}})["ok"]
+
+    feed(4)
+    small = s.sessions.cached_bytes
+    inst = s.sessions.state("session", "g", 0).blob.get("instant", InstantState)
+    for _ in range(60):
+        feed(1)
+    grown = s.sessions.state("session", "g", 0)
+    assert grown.blob.get("instant", InstantState) is inst  # the same decoded object, its arena regrown
+    stored = sum(p.size for p in grown.stored.values())
+    assert inst.memory_bytes() > 100_000 and stored > 90_000  # the arena, and the 64 rows its keys hold
+    assert s.sessions.cached_bytes == grown.nbytes() >= stored + inst.memory_bytes() > small + 180_000
+
+
 def test_the_slot_bitmap_is_numpys_packbits_in_hex_and_reads_back() -> None:
     from workers.state.layout import _slots_from_hex, _slots_hex
 

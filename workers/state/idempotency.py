@@ -53,13 +53,14 @@ class AppliedKeys:
     """The recent idempotency keys of one session value, with their replies, in a ring of ``_KEEP``
     slots: slot ``next`` is overwritten next (the oldest once the ring is full)."""
 
-    __slots__ = ("replies", "_slots", "_slot_of", "_next")
+    __slots__ = ("replies", "_slots", "_slot_of", "_next", "_entry_bytes")
 
     def __init__(self) -> None:
         self.replies: dict[str, dict] = {}
         self._slots: list[bytes] = []          # each slot's stored entry: orjson [key, reply]
         self._slot_of: dict[str, int] = {}
         self._next = 0
+        self._entry_bytes = 0                  # sum(len(e) for e in self._slots), kept as they change
 
     def add(self, key: str, reply: dict) -> None:
         entry = orjson.dumps([key, reply], option=orjson.OPT_SERIALIZE_NUMPY)
@@ -73,6 +74,7 @@ class AppliedKeys:
                 gone = orjson.loads(self._slots[slot])[0]
                 del self.replies[gone], self._slot_of[gone]
             self._slot_of[key] = slot
+        self._entry_bytes += len(entry) - len(self._slots[slot])
         self._slots[slot] = entry
         self.replies[key] = orjson.loads(entry)[1]  # as it reads back after a restart
 
@@ -93,7 +95,8 @@ class AppliedKeys:
         return cuts
 
     def memory_bytes(self) -> int:
-        return sum(len(e) for e in self._slots) * 3  # the entries and their decoded replies, roughly
+        """The entries and their decoded replies, roughly (asked on every save of the session)."""
+        return self._entry_bytes * 3
 
     @classmethod
     def from_bytes(cls, data: bytes) -> AppliedKeys:
@@ -113,6 +116,7 @@ class AppliedKeys:
                 pos += _padded(entry)
                 k, v = orjson.loads(entry)
                 keys._slots.append(entry)
+                keys._entry_bytes += len(entry)
                 keys._slot_of[k] = slot
                 keys.replies[k] = v
         except (struct.error, orjson.JSONDecodeError, ValueError) as exc:

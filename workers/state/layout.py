@@ -458,15 +458,19 @@ class SessionState:
     # -- inspecting ------------------------------------------------------------
     def nbytes(self) -> int:
         """About what this state costs in memory: the bytes its keys hold, plus each decoded part's
-        arrays (an instant core's arena is allocated for its full replay buffer, ~100 kB at 384-d,
-        even while the stored part is a tenth of that: counting the stored bytes twice let 10,000
-        cached sessions weigh 1 GB against a 256 MiB budget)."""
-        stored = sum(s.size for s in self.stored.values())
+        arrays as they are now (an instant core's arena grows with its replay rows, to ~100 kB at
+        384-d: a size cached when the part was decoded left half of a grown session outside the
+        cache's budget)."""
+        stored = sum(s.bounds[-1] for s in self.stored.values())
         raw = sum(len(b) for n, b in self.blob._raw.items() if n not in self.stored)
         live = 0
         for name, obj in self.blob._live.items():
+            own = getattr(obj, "memory_bytes", None)
+            if own is not None:  # what it holds now (the instant core's arena grows with its rows)
+                live += own()
+                continue
             hit = self._sizes.get(name)
-            if hit is None or hit[0] is not obj:  # a part's arrays keep their size once it is decoded
+            if hit is None or hit[0] is not obj:  # a part without memory_bytes keeps its arrays' sizes
                 hit = self._sizes[name] = (obj, _object_bytes(obj))
             live += hit[1]
         return stored + raw + live + 256
