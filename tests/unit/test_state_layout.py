@@ -599,3 +599,26 @@ def test_key_growth_is_exact_for_a_young_instant_core() -> None:
         store.write_batch(ops)
         s.written(after)
         assert sum(1 for _ in store.iter_prefix(b"")) - before == grown == (2 if i == 0 else 1)
+
+
+def test_regions_that_overlap_write_each_piece_once_to_its_other_slot() -> None:
+    """A part may name a piece in two regions; the save writes it once, a changed piece to the slot the
+    current head does not read, a new one to slot 0, and the state reads back."""
+    store = MemoryStore()
+    s = SessionState()
+    part = Ranged(b"a" * (2 * PIECE_BYTES))
+    s.blob.set("p", part)
+    save(s, store)
+    part = s.blob.get("p", Ranged)
+    part.extend(b"b" * PIECE_BYTES)
+    part.dirty.append((2 * PIECE_BYTES, 3 * PIECE_BYTES))  # the new piece named again
+    part.set_byte(0, ord("c"))
+    part.dirty.append((0, 1))                              # and a changed one, twice
+    before = dict(store.iter_prefix(BASE))
+    ops, after = s.changes(BASE)
+    assert [int(k.split(SEP)[-1]) for k in ops if k != BASE] == [1, 0]  # piece 0 to its other slot, piece 2 new
+    assert all(k not in before for k in ops if k != BASE)
+    assert bytes(after["p"].slots) == b"\x01\x00\x00"
+    store.write_batch(ops)
+    s.written(after)
+    assert load(store).blob.get("p", Bytes).b == part.b

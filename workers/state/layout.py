@@ -280,8 +280,7 @@ def _changed_since(live: Any, old: _Stored) -> tuple[list[bytes], list[int], lis
             i += 1
     if k > n_old and None in pieces:
         return None
-    changed.sort()
-    return pieces, bounds, changed
+    return pieces, bounds, sorted(set(changed))  # once each: overlapping regions name a new piece twice
 
 
 class SessionState:
