@@ -549,7 +549,8 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     frozen together with its broker is still a member when both wake.
 
     A count's rate is its median round; its worker's CPU time per event is printed beside it (less
-    sensitive to the load of a shared machine than the rate). Changelog bytes are the key and value
+    sensitive to the load of a shared machine than the rate), and how many input messages the round
+    read again, if any (after a rejoin: dropped as applied, or duplicates by their session's watermark). Changelog bytes are the key and value
     bytes the worker wrote to its session tables in the timed rounds (each write is a changelog
     record: ``learnstream_state_write_bytes_total``) per event applied; beside them, what its
     changelog rewrites re-produced meanwhile (``learnstream_changelog_rewrite_bytes_total``; embedded
@@ -610,7 +611,7 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                 broker, broker_ps, worker, sessions = pairs[n]
                 broker_ps.resume()
                 worker.resume()
-                w0 = _written(worker)
+                w0, again0 = _written(worker), _read_again(worker, topic)
                 msgs = make_messages(sessions, args.events, args.dim, "b64", 1, args.seed + 7 * n + 1009 * rnd)
                 event_bytes.append(statistics.mean(len(v) for _, v in msgs))
                 target = worker.events(topic) + len(msgs)
@@ -624,9 +625,11 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                 for k, (a, b) in enumerate(zip(w0, _written(worker))):
                     written[n][k] += b - a
                 rss[n] = worker._ps().memory_info().rss / 1e6
+                again = _read_again(worker, topic) - again0
                 print(f"  round {rnd + 1}: {n:>6} sessions {r.rate:,.0f} events/s, worker CPU "
                       f"{1e6 * r.cpu_consumer / r.events:,.0f} us/event, broker CPU "
-                      f"{1e6 * r.cpu_broker / r.events:,.0f} us/event", flush=True)
+                      f"{1e6 * r.cpu_broker / r.events:,.0f} us/event"
+                      + (f", {again:,.0f} events read again" if again else ""), flush=True)
                 worker.pause()
                 broker_ps.pause()
     finally:
@@ -658,6 +661,12 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
           "re-produced compacting its transactional changelogs itself (embedded broker only, which never compacts "
           "them; workers/kafka/changelog_rewrite.py), and the total as a multiple of the event")
     return 0 if ok else 1
+
+
+def _read_again(worker: WorkerProcess, topic: str) -> float:
+    """Input messages the worker read more than once (dropped as already applied, or duplicates by
+    their session's watermark): a round that re-read its input after a rejoin shows it here."""
+    return sum(worker.metric("learnstream_messages_total", topic=topic, outcome=o) for o in ("redelivered", "duplicate"))
 
 
 def _written(worker: WorkerProcess) -> tuple[float, float, float]:
