@@ -103,3 +103,12 @@ def test_a_store_already_open_is_refused_with_a_clear_error(tmp_path) -> None:
     (tmp_path / "db" / "CURRENT").write_text("MANIFEST-999999\n")  # names a manifest that is not there
     with pytest.raises(StateError, match="cannot open the state store"):
         RocksDictStore(tmp_path / "db")
+
+
+def test_a_learn_session_on_disk_is_a_context_manager_that_releases_its_store(tmp_path) -> None:
+    from workers.verbs.session import LearnSession
+
+    with LearnSession(tmp_path / "db") as s:
+        assert s.dispatch({"verb": "init_instant", "body": {"targets": ["a", "b"], "dim": 4}})["ok"]
+    with LearnSession(tmp_path / "db") as again:  # the first released the LOCK; the state is there
+        assert again.dispatch({"verb": "health"})["data"]["instant_ready"] is True

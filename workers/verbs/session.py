@@ -141,3 +141,9 @@ class LearnSession:
 
     def close(self) -> None:
         self.store.close()
+
+    def __enter__(self) -> LearnSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
