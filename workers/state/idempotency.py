@@ -32,7 +32,7 @@ import orjson
 from workers.errors import CorruptStateError, VerbError
 from workers.state.blob import StateBlob
 
-__all__ = ("FIELD", "PART", "AppliedKeys", "take_key", "lookup", "remember")
+__all__ = ("FIELD", "PART", "AppliedKeys", "take_key", "lookup", "retried", "remember")
 
 FIELD = "idempotency_key"
 PART = "idempotency"
@@ -138,6 +138,13 @@ def lookup(blob: StateBlob, key: str) -> dict | None:
     """The reply of the write that already applied ``key`` in this session value, or None."""
     keys = blob.get(PART, AppliedKeys)
     return None if keys is None else keys.replies.get(key)
+
+
+def retried(blob: StateBlob, key: str) -> dict | None:
+    """The answer to a retry of a write this session value already applied under ``key`` (its first
+    reply, marked ``duplicate``), or None when ``key`` is new: the worker and ``LearnSession`` both."""
+    first = lookup(blob, key)
+    return None if first is None else {**first, "duplicate": True}
 
 
 def remember(blob: StateBlob, key: str, reply: dict) -> None:

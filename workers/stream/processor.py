@@ -501,9 +501,9 @@ class Processor:
         except VerbError as exc:
             return self._settle(rec, v, sk, blob, envelope_error(v.name, str(exc)), [], res, dirty)
         if key is not None and blob is not None:
-            first = idempotency.lookup(blob, key)
-            if first is not None:  # a client's retry of a write this session value already holds
-                res.replies[(rec.topic, rec.partition, rec.offset)] = {**first, "duplicate": True}
+            again = idempotency.retried(blob, key)
+            if again is not None:  # a client's retry of a write this session value already holds
+                res.replies[(rec.topic, rec.partition, rec.offset)] = again
                 blob.watermark.advance(*rec.mark)
                 dirty[(v.table, sk)] = rec.partition
                 res.duplicates += 1

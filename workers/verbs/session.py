@@ -116,9 +116,9 @@ class LearnSession:
         # already applied is answered with the first reply; the key and its reply are kept with the state
         blob = self.sessions.blob(v.table, sk, 0) if key is not None and v.table in BLOB_TABLES else None
         if blob is not None:
-            first = idempotency.lookup(blob, key)
-            if first is not None:
-                return {**first, "duplicate": True}
+            again = idempotency.retried(blob, key)
+            if again is not None:
+                return again
         out = run_verb(v, self.context(v, sk), body)
         if blob is not None:
             idempotency.remember(blob, key, out)
