@@ -54,7 +54,7 @@ _MAGIC = b"LSI"
 # out, EWC zeros included (still read)
 _VERSION = 2
 
-_RL, _RH, _FC = _M["replay_len"], _M["replay_head"], _M["feedback_count"]
+_RL, _RH, _FC, _EWC = _M["replay_len"], _M["replay_head"], _M["feedback_count"], _M["has_ewc"]
 # The stored bytes are little-endian; on such a host (every platform the wheels build for) a replay row
 # is its arrays' own bytes, else it goes through the structured dtype
 _LITTLE_ENDIAN = sys.byteorder == "little"
@@ -85,7 +85,8 @@ class InstantState:
     HEAD_PIECE = True
 
     __slots__ = ("targets", "dim", "_index", "_arena", "_meta", "theta", "A", "B", "ewc_f", "ewc_snap",
-                 "replay_x", "replay_scale", "replay_idx", "_layout", "_prefix", "_cuts", "_hot", "_synced", "_synced_at")
+                 "replay_x", "replay_scale", "replay_idx", "_layout", "_prefix", "_cuts", "_hot", "_synced", "_synced_at",
+                 "_sections")
 
     def __init__(self, targets: Sequence[str], dim: int | None = None, lr_min: float | None = None) -> None:
         self.targets: list[str] = list(targets)
@@ -122,6 +123,8 @@ class InstantState:
         self.replay_scale = a[L["replay_scale"]:L["replay_scale"] + REPLAY_CAP]
         self.replay_x = a[L["replay_x"]:].reshape(-1, d)
         self.replay_idx = self._meta[_M["replay_idx"]:_M["replay_idx"] + REPLAY_CAP]
+        self._sections = (self._meta[:_M["replay_idx"]], a[L["theta"]:L["ewc_f"]], a[L["scalars"]:L["replay_scale"]],
+                          a[L["ewc_f"]:L["scalars"]])
 
     def _room(self, pushes: int) -> None:
         """Make the arena hold the replay rows ``pushes`` more events need.
@@ -131,7 +134,7 @@ class InstantState:
         the session cache holds ten times as many of them. It grows by doubling, up to the cap.
         """
         rows = self.replay_x.shape[0]
-        need = min(self.replay_len + pushes, REPLAY_CAP)
+        need = min(int(self._meta[_RL]) + pushes, REPLAY_CAP)
         if need <= rows:
             return
         grown = min(REPLAY_CAP, max(need, 2 * rows, 4))
@@ -335,6 +338,12 @@ class InstantState:
 
     def _before_rows(self) -> bytes:
         """The bytes before the replay rows: framing, counters, adapter, scalars, EWC state."""
+        if _LITTLE_ENDIAN:  # every save builds these: views bound with the arena (_bind_views)
+            counters, theta, scalars, ewc = self._sections
+            parts = [self._framing(), counters.tobytes(), theta.tobytes(), scalars.tobytes()]
+            if self._meta[_EWC]:
+                parts.append(ewc.tobytes())
+            return b"".join(parts)
         L, a = self._layout, self._arena.astype("<f4", copy=False)
         ewc = a[L["ewc_f"]:L["scalars"]].tobytes() if self.has_ewc else b""
         return b"".join([self._framing(), self._meta[:_M["replay_idx"]].astype("<i8", copy=False).tobytes(),
@@ -364,7 +373,8 @@ class InstantState:
         """Offsets in :meth:`to_bytes` where a stored piece must start (``workers.state.layout``):
         after the hot piece (counters, adapter, scalars), and at each replay slot, so one feedback
         event rewrites the hot piece and one slot."""
-        n, ewc = self.replay_len, self.has_ewc
+        m = self._meta
+        n, ewc = int(m[_RL]), bool(m[_EWC])
         if self._cuts is None or self._cuts[0] != (n, ewc):
             hot = self._hot_bytes()
             start = hot + (8 * self.n_params if ewc else 0)
