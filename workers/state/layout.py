@@ -226,10 +226,10 @@ def _current(obj: Any) -> tuple[bytes, list[int]]:
     """A live part's bytes and piece bounds: one piece when it is small enough for the head (its
     cuts do not apply there, and a digest must not depend on whether the part is decoded)."""
     data = obj.to_bytes()
+    if len(data) <= INLINE_BYTES:  # the small parts, saved with every event
+        return data, [0, len(data)] if data else [0]
     cuts = getattr(obj, "piece_cuts", None)
-    if cuts is None or len(data) <= INLINE_BYTES:
-        return data, piece_bounds(len(data))
-    return data, piece_bounds(len(data), cuts())
+    return data, piece_bounds(len(data), cuts() if cuts is not None else ())
 
 
 def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None) -> list[int]:

@@ -51,9 +51,8 @@ class Sessions:
     def state(self, table: str, sk: str, partition: int) -> SessionState:
         """The session's state (CorruptStateError when its stored keys cannot be read)."""
         key = (table, sk)
-        base = self.access.base_key(table, sk)
         hit = self._cache.get(key)
-        if hit is not None and key in self._forgotten and not self.access.pending(table, base):
+        if hit is not None and key in self._forgotten and not self.access.pending(table, self.access.base_key(*key)):
             self._forgotten.discard(key)  # kept through a rebalance only until its write was readable
             self.discard(table, sk)
             hit = None
