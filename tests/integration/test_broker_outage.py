@@ -180,3 +180,38 @@ def test_a_worker_whose_broker_is_gone_stops_on_sigterm_within_the_grace_period(
     log = w.log_tail(10_000_000)
     assert "Error while stopping child" not in log and "CancelledError" not in log, log[-3000:]
     print(f"stopped {took:.1f} s after SIGTERM, exit code {code}")
+
+
+def test_a_probe_cut_short_by_a_pause_is_not_an_outage_but_a_dead_broker_is_at_once(tmp_path) -> None:
+    """Every failed probe spell counts as an outage (transactions stop until a rejoin). A probe that ran
+    out of time is tried again at once: a broker frozen for 1.3 s (the first attempt's 1 s runs out, the
+    second is answered) is no outage; frozen for 3 s it is; a dead one refuses and counts at once.
+    (A benchmark that froze its worker mid-probe had a round rejoin and read its input again.)"""
+    import os
+    import signal
+
+    from workers.stream.broker_health import BrokerHealth
+
+    broker = EmbeddedBroker(data_dir=tmp_path / "log", log_path=tmp_path / "broker.log").start()
+    try:
+        h = BrokerHealth(broker.bootstrap, 10.0)
+
+        async def frozen_for(seconds: float) -> tuple[bool, float]:
+            os.kill(broker.proc.pid, signal.SIGSTOP)
+            asyncio.get_running_loop().call_later(seconds, os.kill, broker.proc.pid, signal.SIGCONT)
+            t0 = time.monotonic()
+            ok = await h.probe()
+            await asyncio.sleep(max(0.0, seconds - (time.monotonic() - t0)) + 0.2)  # resumed before the next
+            return ok, time.monotonic() - t0
+
+        assert asyncio.run(h.probe()) is True
+        ok, took = asyncio.run(frozen_for(1.3))
+        assert ok is True and h.outages == 0, (ok, took, h.outages)
+        ok, took = asyncio.run(frozen_for(3.0))
+        assert ok is False and h.outages == 1, (ok, took, h.outages)
+        assert asyncio.run(h.probe()) is True
+    finally:
+        broker.stop(kill=True)
+    t0 = time.monotonic()
+    assert asyncio.run(h.probe()) is False and h.outages == 2
+    assert time.monotonic() - t0 < 0.9  # refused: no second attempt

@@ -59,6 +59,16 @@ class BrokerHealth:
             self._down_logged = True
 
     async def probe(self) -> bool:
+        """One probe; one that ran out of time is tried again at once, and counts as failed only if
+        that fails too. A broker that is down refuses at once and counts at once. A timeout alone can
+        be this process's own pause (suspended mid-probe: SIGSTOP, a VM or laptop sleep, while the
+        clock ran on) or one slow answer (the embedded broker serialising a large log), and every
+        failed spell counts as an outage that stops the partitions' transactions until a rejoin
+        (``outages``): a benchmark that froze its worker mid-probe saw its round run at a third of its
+        rate, the input read again."""
+        t0 = time.monotonic()
         ok = await metadata_ok(self.bootstrap, timeout_ms=_PROBE_TIMEOUT_MS, **self.kafka)
+        if not ok and time.monotonic() - t0 >= _PROBE_TIMEOUT_MS / 1000:
+            ok = await metadata_ok(self.bootstrap, timeout_ms=_PROBE_TIMEOUT_MS, **self.kafka)
         self.observe(ok)
         return ok
