@@ -61,7 +61,7 @@ class BrokerHealth:
     async def probe(self) -> bool:
         """One probe; one that ran out of time is tried again at once, and counts as failed only if
         that fails too. A broker that is down refuses at once and counts at once. A timeout alone can
-        be this process's own pause (suspended mid-probe: SIGSTOP, a VM or laptop sleep, while the
+        be this process's own pause (suspended mid-probe by SIGSTOP or a paused VM, while the
         clock ran on) or one slow answer (the embedded broker serialising a large log), and every
         failed spell counts as an outage that stops the partitions' transactions until a rejoin
         (``outages``): a benchmark that froze its worker mid-probe saw its round run at a third of its
