@@ -97,11 +97,21 @@ async def _serve_http(client: LearnstreamClient, host: str, port: int, token: st
     async with client:
         config = uvicorn.Config(http_app(client, token=token, default_session=session), host=host, port=port,
                                 log_level="warning", lifespan="on")
-        server = uvicorn.Server(config)
+        class Listening(uvicorn.Server):
+            """uvicorn's server, saying when it listens (its ``startup`` exits the process on failure)."""
+
+            listening = asyncio.Event()
+
+            async def startup(self, sockets: Any = None) -> None:
+                await super().startup(sockets=sockets)
+                self.listening.set()
+
+        server = Listening(config)
         serving = asyncio.create_task(server.serve())
-        while not server.started and not serving.done():  # "ready" only once it listens
-            await asyncio.sleep(0.05)
-        if server.started:
+        listening = asyncio.create_task(server.listening.wait())
+        await asyncio.wait({serving, listening}, return_when=asyncio.FIRST_COMPLETED)  # "ready" once it listens
+        listening.cancel()
+        if server.listening.is_set():
             print(f"learnstream mcp ready: http://{host}:{port}/mcp (bearer token required)", file=sys.stderr,
                   flush=True)
         await serving
