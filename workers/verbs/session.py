@@ -50,8 +50,6 @@ def _as_json(body: dict) -> tuple[dict, str | None]:
     return json.loads(text), None
 
 
-
-
 class LearnSession:
     """Every verb, in process. ``LearnSession()`` keeps state in memory;
     ``LearnSession(path=...)`` keeps it in a RocksDB database that survives restarts.
