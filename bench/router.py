@@ -26,7 +26,9 @@ with forgetting, drift-raised exploration) and in ``mode: reference`` (the seed'
 routers are initialised with ``cost_weight`` = the world's lambda and otherwise defaults
 (threshold 200: the first 200 requests use the rule route).
 
-**Latency**: in-process ``route`` for in_dim 384 and 5 targets, p99 over single calls.
+**Latency**: in-process ``route`` for in_dim 384 and 5 targets, p99 over single calls; the
+learned route also at the common embedding widths 1536 and 3072 (``--latency-dims``; the
+goal is judged at 384, the world's width).
 
 Goals (issue 14), each printed PASS/FAIL: cumulative regret >= 70% below the rule router
 and >= 40% below the best fixed model (mean over seeds); per-request regret (mean over
@@ -268,6 +270,23 @@ def latency_table(calls: int, seed: int) -> list[tuple[str, tuple[float, float, 
     return [(name, _timed(fn, calls)) for name, fn in rows]
 
 
+def sizes_table(calls: int, seed: int, dims: list[int]) -> list[tuple[int, tuple[float, float, float, float]]]:
+    """``RouterState.route`` (learned, after 2,000 outcomes) at other embedding widths: the
+    projection ``P x`` grows with ``in_dim`` (32 x in_dim multiply-adds), the rest does not."""
+    out = []
+    for dim in dims:
+        rng = np.random.default_rng(seed)
+        X = rng.standard_normal((256, dim)).astype(np.float32)
+        nt = len(_TARGETS)
+        st = RouterState(_TARGETS, in_dim=dim, trained=True)
+        st.record_outcomes([_TARGETS[i % nt] for i in range(2000)], rng.random(2000).tolist(),
+                           rng.standard_normal((2000, dim)).astype(np.float32))
+        r = random.Random(seed)
+        it = iter(range(1 << 62))
+        out.append((dim, _timed(lambda: st.route(X[next(it) & 255], rng=r), calls)))
+    return out
+
+
 def interleaved(calls: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-call wall times (us) of the bare fused kernel and of ``RouterState.route`` (learned), called
     alternately on the same query: both see the same load, so the difference is the route's own cost."""
@@ -301,6 +320,17 @@ def _recovery(regret: np.ndarray, t0: int) -> int | None:
     return int(hit[0]) + _WINDOW if hit.size else None
 
 
+def _widths(text: str) -> list[int]:
+    """``--latency-dims``: comma-separated positive widths, or '' for none."""
+    try:
+        dims = [int(d) for d in text.split(",") if d.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of widths: {text!r}") from None
+    if any(d < 1 or d > 65536 for d in dims):
+        raise argparse.ArgumentTypeError(f"widths must be 1..65536: {text!r}")
+    return dims
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="learnstream bench router", description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=10_000, help="routed requests per policy (default 10,000)")
@@ -311,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-calls", type=int, default=20_000, help="timed calls per latency row")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latency-only", action="store_true", help="only the in-process latency rows and their goal")
+    p.add_argument("--latency-dims", type=_widths, default="1536,3072",
+                   help="other embedding widths whose learned route is timed too, comma-separated ('' for none)")
     args = p.parse_args(argv)
     if args.latency_only:
         goals: list[tuple[str, bool, str]] = []
@@ -373,6 +405,12 @@ def _latency(args: argparse.Namespace, goals: list[tuple[str, bool, str]]) -> in
     print(f"interleaved, {args.latency_calls:,} pairs (the same query, one call after the other; load {load2:.1f}):")
     print(f"{'kernel router_route_learned (bare)':<48} {kern.mean():>7.2f} {kp[0]:>7.2f} {kp[1]:>7.2f}")
     print(f"{'RouterState.route, learned (default)':<48} {route.mean():>7.2f} {rp[0]:>7.2f} {rp[1]:>7.2f}")
+    dims = args.latency_dims
+    if dims:
+        print(f"the learned route at other embedding widths ({args.latency_calls:,} calls each):")
+        for dim, (mean, p50, p99, p99cpu) in sizes_table(args.latency_calls, args.seed, dims):
+            print(f"{f'RouterState.route, learned, in_dim {dim}':<48} {mean:>7.2f} {p50:>7.2f} {p99:>7.2f} "
+                  f"{p99cpu:>8.2f}")
     _mean, p50, p99, p99cpu = dict(lat)["RouterState.route, learned (default)"]
     goals.append((f"RouterState.route (learned) p99 <= {_TARGET_ROUTE_US:.0f} us (wall clock)",
                   p99 <= _TARGET_ROUTE_US,

@@ -97,6 +97,17 @@ def test_bench_save_runs_both_ways_and_prints_the_ratio() -> None:
     assert len(row) == 1 and row[0][-1].endswith("%"), r.stdout
 
 
+def test_bench_router_times_the_learned_route_at_other_embedding_widths() -> None:
+    r = run(["bench", "router", "--latency-only", "--latency-calls", "200", "--latency-dims", "96,1536"])
+    assert r.returncode in (0, 1), r.stderr  # 1: the p99 goal missed on a loaded machine
+    rows = {int(m.group(1)): float(m.group(2)) for m in
+            re.finditer(r"^RouterState\.route, learned, in_dim (\d+) +([\d.]+)", r.stdout, re.M)}
+    assert sorted(rows) == [96, 1536] and all(v > 0 for v in rows.values()), r.stdout
+    for bad in ("x", "0", "384,-1"):
+        r = run(["bench", "router", "--latency-only", "--latency-dims", bad])
+        assert r.returncode == 2 and "--latency-dims" in r.stderr, (bad, r.stderr)
+
+
 def test_commands_needing_a_broker_say_so(monkeypatch) -> None:
     monkeypatch.delenv("LEARNSTREAM_BROKER", raising=False)
     r = run(["produce", "loss"], "{}\n")
