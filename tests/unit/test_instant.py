@@ -704,3 +704,19 @@ def test_a_core_saved_unchanged_and_decoded_again_still_saves_by_its_pieces(monk
     ops, after = st_.changes(b"s")
     monkeypatch.undo()
     assert after["instant"].data == expected and len(ops) == 2   # the head (with the hot piece) and one row
+
+
+def test_the_reference_rule_moves_both_ranks_together_from_a_zero_start() -> None:
+    """The spec's update uses b = 1/sqrt(2) for both ranks while B is 0, so the ranks stay equal and
+    every query's logits are a multiple of one vector: the adapter orders the targets along a single
+    direction (README, "Learning quality"). A change to the rule that breaks this must update the docs."""
+    st = InstantState(TARGETS, DIM)
+    rng = np.random.default_rng(3)
+    X, T, Q, NOW = _events(rng, 300)
+    for x, t, q, now in zip(X, T, Q, NOW):
+        st.feedback(x, int(t), float(q), int(now))
+    assert np.abs(st.A).max() > 0 and np.array_equal(st.A[0], st.A[1]) and np.array_equal(st.B[0], st.B[1])
+    direction = st.B[0] / np.linalg.norm(st.B[0])
+    for x in X[:20]:
+        logits = np.asarray(st.logits(x), np.float64)
+        assert np.allclose(logits - direction * (direction @ logits), 0.0, atol=1e-5 * max(1.0, np.abs(logits).max()))

@@ -366,6 +366,11 @@ def _print_report(rep: dict) -> None:
         lb = rep["adapter_before"][region]["logits"]
         la = rep["adapter_after"][region]["logits"]
         print(f"    {region:9} before {_vec(lb)}  after {_vec(la)}  -> prefers {_MODELS[int(np.argmax(la))]}")
+    # Why "code" can disagree with the router: the spec's update gives both ranks the same b while B
+    # is 0, so they stay equal (tests/unit/test_instant.py) and all logits lie along one vector.
+    print("  (the reference's rule moves both ranks together from the zero start, so every query's logits are a")
+    print("   multiple of one vector: the models keep one order, reversed or not, and the middle one never comes")
+    print("   first; choosing a model per request is the router's job, above)")
     print(f"  boundaries in the feedback loop: {h['boundaries_detected']} (its default CUSUM detector fires on a "
           f"lasting quality drop, not on noise; each boundary consolidates and resets the adapter)")
 
