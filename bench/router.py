@@ -234,16 +234,23 @@ def _timed(fn: Callable[[], object], calls: int) -> tuple[float, float, float, f
     return float(ts.mean()), float(np.percentile(ts, 50)), float(np.percentile(ts, 99)), float(np.percentile(cs, 99))
 
 
-def latency_table(calls: int, seed: int) -> list[tuple[str, tuple[float, float, float, float]]]:
+def _learned_router(seed: int, dim: int = _DIM) -> tuple[RouterState, np.ndarray]:
+    """A learned-mode router whose bandit has learned something (untied scores: 2,000 outcomes), and 256
+    queries of width ``dim`` to time it on."""
     rng = np.random.default_rng(seed)
-    X = rng.standard_normal((256, _DIM)).astype(np.float32)
+    X = rng.standard_normal((256, dim)).astype(np.float32)
     nt = len(_TARGETS)
-    learned_st = RouterState(_TARGETS, in_dim=_DIM, trained=True)
+    st = RouterState(_TARGETS, in_dim=dim, trained=True)
+    st.record_outcomes([_TARGETS[i % nt] for i in range(2000)], rng.random(2000).tolist(),
+                       rng.standard_normal((2000, dim)).astype(np.float32))
+    return st, X
+
+
+def latency_table(calls: int, seed: int) -> list[tuple[str, tuple[float, float, float, float]]]:
+    learned_st, X = _learned_router(seed)
+    nt = len(_TARGETS)
     ref = RouterState(_TARGETS, in_dim=_DIM, trained=True, mode="reference")
     rule = RouterState(_TARGETS, in_dim=_DIM)
-    # a bandit that has learned something (untied scores): 2,000 outcomes
-    learned_st.record_outcomes([_TARGETS[i % nt] for i in range(2000)], rng.random(2000).tolist(),
-                               rng.standard_normal((2000, _DIM)).astype(np.float32))
     r = random.Random(seed)
     it = iter(range(1 << 62))
 
@@ -275,12 +282,7 @@ def sizes_table(calls: int, seed: int, dims: list[int]) -> list[tuple[int, tuple
     projection ``P x`` grows with ``in_dim`` (32 x in_dim multiply-adds), the rest does not."""
     out = []
     for dim in dims:
-        rng = np.random.default_rng(seed)
-        X = rng.standard_normal((256, dim)).astype(np.float32)
-        nt = len(_TARGETS)
-        st = RouterState(_TARGETS, in_dim=dim, trained=True)
-        st.record_outcomes([_TARGETS[i % nt] for i in range(2000)], rng.random(2000).tolist(),
-                           rng.standard_normal((2000, dim)).astype(np.float32))
+        st, X = _learned_router(seed, dim)
         r = random.Random(seed)
         it = iter(range(1 << 62))
         out.append((dim, _timed(lambda: st.route(X[next(it) & 255], rng=r), calls)))
@@ -290,12 +292,8 @@ def sizes_table(calls: int, seed: int, dims: list[int]) -> list[tuple[int, tuple
 def interleaved(calls: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-call wall times (us) of the bare fused kernel and of ``RouterState.route`` (learned), called
     alternately on the same query: both see the same load, so the difference is the route's own cost."""
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((256, _DIM)).astype(np.float32)
+    st, X = _learned_router(seed)
     nt = len(_TARGETS)
-    st = RouterState(_TARGETS, in_dim=_DIM, trained=True)
-    st.record_outcomes([_TARGETS[i % nt] for i in range(2000)], rng.random(2000).tolist(),
-                       rng.standard_normal((2000, _DIM)).astype(np.float32))
     b = st.bandit
     assert b is not None
     r = random.Random(seed)
