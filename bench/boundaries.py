@@ -18,6 +18,11 @@ other firing is a false alarm):
   them) of a naive learner (softmax regression, SGD, no replay) on Permuted-Digits
   (scikit-learn's bundled digits, a new fixed pixel permutation per task), tasks of 25 or
   100 batches.
+- ``feedback``: the same curves as answer qualities, ``q = clip(1 - loss / 2.5, 0, 1)`` (a
+  new task's answers start bad and improve as the agent learns it; the noise is the curve's
+  over 2.5), sent one event per call through ``learn_feedback``, the loop's real input:
+  the detector sees ``max(1 - q_eff, 0)`` with ``q_eff = 0.7 q + 0.3 m``, not the loss itself.
+  A firing is an event whose call reports a boundary.
 
 **Stationary feedback** (adapter resets): 10,000 ``learn_feedback`` events (envelopes of
 100 through ``LearnSession.dispatch``, 16-d embeddings, two models) whose quality never
@@ -105,6 +110,27 @@ def digits_stream(seed: int, n_tasks: int, length: int, batch: int = 10, lr: flo
     return np.array(losses), switches
 
 
+_FEEDBACK_SCALE = 2.5   # a curve's loss at quality 0 (its starts are 2.0-2.5)
+
+
+def feedback_firings(mode: str, losses: np.ndarray, seed: int, dim: int = 16) -> list[int]:
+    """The events of ``q = clip(1 - loss / 2.5, 0, 1)``, one per ``learn_feedback`` call, whose call fired."""
+    rng = np.random.default_rng(seed)
+    s = LearnSession()
+    assert s.dispatch({"verb": "init_instant", "body": {"targets": ["a", "b"], "dim": dim}})["ok"]
+    q = np.clip(1.0 - losses / _FEEDBACK_SCALE, 0.0, 1.0)
+    X = rng.standard_normal((len(q), dim)).astype(np.float32)
+    fired = []
+    for i, v in enumerate(q.tolist()):
+        out = s.dispatch({"verb": "learn_feedback", "body": {"embedding_b64": encode_embedding_b64(X[i]),
+                                                             "model": "ab"[i & 1], "quality": v, "now_ms": i,
+                                                             "boundary": mode}})
+        assert out["ok"], out
+        if out["data"]["boundaries"]:
+            fired.append(i)
+    return fired
+
+
 def score(fired: list[int], switches: list[int], tolerance: int) -> tuple[int, int, int]:
     """(hits, false alarms, misses)."""
     used: set[int] = set()
@@ -124,22 +150,30 @@ def _prf(h: int, fa: int, miss: int) -> tuple[float, float, float]:
 
 
 def loss_table(args: argparse.Namespace) -> dict[str, dict[str, tuple[float, float, float]]]:
-    cells: list[tuple[str, Callable[[int], tuple[np.ndarray, list[int]]]]] = []
+    # (name, stream of a seed, through learn_feedback as qualities rather than straight into the detector)
+    cells: list[tuple[str, Callable[[int], tuple[np.ndarray, list[int]]], bool]] = []
     for noise in _NOISES:
         for length, name in ((25, "short"), (None, "mixed")):
             cells.append((f"curves noise {noise} {name}",
-                          lambda s, n=noise, L=length: curve_stream(np.random.default_rng(s), 20, L, n)))
+                          lambda s, n=noise, L=length: curve_stream(np.random.default_rng(s), 20, L, n), False))
     for length in (25, 100):
         cells.append((f"digits naive learner, {length}-batch tasks",
-                      lambda s, L=length: digits_stream(s, 6 if L == 100 else 12, L)))
+                      lambda s, L=length: digits_stream(s, 6 if L == 100 else 12, L), False))
+    for noise in _NOISES:
+        for length, name in ((25, "short"), (None, "mixed")):
+            cells.append((f"feedback noise {noise / _FEEDBACK_SCALE:.3g} {name}",
+                          lambda s, n=noise, L=length: curve_stream(np.random.default_rng(s), 20, L, n), True))
     res: dict[str, dict[str, tuple[float, float, float]]] = {}
-    for name, make in cells:
+    for name, make, through_verbs in cells:
         totals = {m: [0, 0, 0] for m in MODES}
         for seed in range(args.seeds):
             losses, switches = make(args.seed + seed)
             for m, det in MODES.items():
-                push = det()
-                fired = [i for i, v in enumerate(losses.tolist()) if push(v)]
+                if through_verbs:
+                    fired = feedback_firings(m.split()[0], losses, args.seed + seed)
+                else:
+                    push = det()
+                    fired = [i for i, v in enumerate(losses.tolist()) if push(v)]
                 for k, v in enumerate(score(fired, switches, args.tolerance)):
                     totals[m][k] += v
         res[name] = {m: _prf(*t) for m, t in totals.items()}

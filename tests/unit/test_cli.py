@@ -108,6 +108,16 @@ def test_bench_router_times_the_learned_route_at_other_embedding_widths() -> Non
         assert r.returncode == 2 and "--latency-dims" in r.stderr, (bad, r.stderr)
 
 
+def test_bench_boundaries_scores_switches_sent_through_learn_feedback() -> None:
+    """The feedback rows send each quality through the verb and read where it fired: on the near
+    noise-free stream every switch is found, and the reference z-score's false alarms show."""
+    r = run(["bench", "boundaries", "--seeds", "1", "--events", "300", "--feedback-seeds", "1"])
+    assert r.returncode in (0, 1), r.stderr  # 1: a goal missed (the noisiest short cell)
+    row = next(line for line in r.stdout.splitlines() if line.startswith("feedback noise 0.008 short"))
+    cusum, zscore = re.findall(r"([\d.]+) / ([\d.]+) / ([\d.]+)", row)
+    assert cusum == ("1.00", "1.00", "1.00") and float(zscore[0]) < 0.9, row
+
+
 def test_commands_needing_a_broker_say_so(monkeypatch) -> None:
     monkeypatch.delenv("LEARNSTREAM_BROKER", raising=False)
     r = run(["produce", "loss"], "{}\n")
