@@ -111,13 +111,20 @@ def digits_stream(seed: int, n_tasks: int, length: int, batch: int = 10, lr: flo
 
 
 _FEEDBACK_SCALE = 2.5   # a curve's loss at quality 0 (its starts are 2.0-2.5)
+_FEEDBACK_DIM = 16      # embedding width of the feedback streams
 
 
-def feedback_firings(mode: str, losses: np.ndarray, seed: int, dim: int = 16) -> list[int]:
-    """The events of ``q = clip(1 - loss / 2.5, 0, 1)``, one per ``learn_feedback`` call, whose call fired."""
-    rng = np.random.default_rng(seed)
+def _feedback_session(dim: int = _FEEDBACK_DIM) -> LearnSession:
+    """An in-process session with an instant core over two models, ready for ``learn_feedback``."""
     s = LearnSession()
     assert s.dispatch({"verb": "init_instant", "body": {"targets": ["a", "b"], "dim": dim}})["ok"]
+    return s
+
+
+def feedback_firings(mode: str, losses: np.ndarray, seed: int, dim: int = _FEEDBACK_DIM) -> list[int]:
+    """The events of ``q = clip(1 - loss / 2.5, 0, 1)``, one per ``learn_feedback`` call, whose call fired."""
+    rng = np.random.default_rng(seed)
+    s = _feedback_session(dim)
     q = np.clip(1.0 - losses / _FEEDBACK_SCALE, 0.0, 1.0)
     X = rng.standard_normal((len(q), dim)).astype(np.float32)
     fired = []
@@ -282,10 +289,9 @@ def _quality(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
 def feedback_resets(mode: str, kind: str, seed: int, events: int, envelope: int = 100) -> int:
     """Adapter resets over a stationary feedback stream through the learn_feedback verb."""
     rng = np.random.default_rng(seed)
-    s = LearnSession()
-    assert s.dispatch({"verb": "init_instant", "body": {"targets": ["a", "b"], "dim": 16}})["ok"]
+    s = _feedback_session()
     q = _quality(kind, rng, events)
-    X = rng.standard_normal((events, 16)).astype(np.float32)
+    X = rng.standard_normal((events, _FEEDBACK_DIM)).astype(np.float32)
     models = rng.integers(0, 2, events)
     for i in range(0, events, envelope):
         evs = [{"embedding_b64": encode_embedding_b64(X[j]), "model": "ab"[models[j]], "quality": float(q[j]),

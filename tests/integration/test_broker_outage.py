@@ -5,6 +5,8 @@ one acknowledged more than noida's save interval before the kill, README "Broker
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 
@@ -13,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.helpers import WorkerProc, http_json, wait_until
 from workers.kafka.broker import EmbeddedBroker
+from workers.stream.broker_health import BrokerHealth
 
 pytestmark = pytest.mark.integration
 
@@ -187,11 +190,6 @@ def test_a_probe_cut_short_by_a_pause_is_not_an_outage_but_a_dead_broker_is_at_o
     out of time is tried again at once: a broker frozen for 1.3 s (the first attempt's 1 s runs out, the
     second is answered) is no outage; frozen for 3 s it is; a dead one refuses and counts at once.
     (A benchmark that froze its worker mid-probe had a round rejoin and read its input again.)"""
-    import os
-    import signal
-
-    from workers.stream.broker_health import BrokerHealth
-
     broker = EmbeddedBroker(data_dir=tmp_path / "log", log_path=tmp_path / "broker.log").start()
     try:
         h = BrokerHealth(broker.bootstrap, 10.0)

@@ -97,10 +97,13 @@ async def _serve_http(client: LearnstreamClient, host: str, port: int, token: st
     async with client:
         config = uvicorn.Config(http_app(client, token=token, default_session=session), host=host, port=port,
                                 log_level="warning", lifespan="on")
+
         class Listening(uvicorn.Server):
             """uvicorn's server, saying when it listens (its ``startup`` exits the process on failure)."""
 
-            listening = asyncio.Event()
+            def __init__(self, config: uvicorn.Config) -> None:
+                super().__init__(config)
+                self.listening = asyncio.Event()
 
             async def startup(self, sockets: Any = None) -> None:
                 await super().startup(sockets=sockets)
