@@ -26,6 +26,19 @@ def leftovers(marker: str) -> list[str]:
     return out
 
 
+def kill_marked(proc: subprocess.Popen, marker: str) -> None:
+    """After a failed test: kill ``proc`` and whatever still carries its environment marker."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.environ().get("LEARNSTREAM_TEST_MARKER") == marker:
+                p.kill()
+        except psutil.Error:
+            pass
+
+
 def test_demo_runs_and_reports(tmp_path) -> None:
     marker = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
@@ -42,3 +55,24 @@ def test_demo_runs_and_reports(tmp_path) -> None:
     assert "Where did Alice work at t=2500?" in out and "globex" in out
     assert "bad_json" in out  # the broken event was dead-lettered, and the demo went on
     assert leftovers(marker) == [], "the demo left a broker or worker running"
+
+
+def test_demo_stopped_by_sigterm_stops_its_broker_and_worker(tmp_path) -> None:
+    """SIGTERM mid-run (a cancelled job, `timeout`) ends the demo as Ctrl-C does: nothing is left behind."""
+    from tests.helpers import wait_until
+
+    marker = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
+    env["LEARNSTREAM_TEST_MARKER"] = marker
+    log = tmp_path / "demo.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "demo", "--events", "900"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        wait_until(lambda: proc.poll() is None and "worker ready at" in log.read_text(), 240, 0.2,
+                   "the demo's worker")
+        proc.terminate()
+        assert proc.wait(60) == 143, log.read_text()[-3000:]
+        wait_until(lambda: leftovers(marker) == [], 30, 0.2, "the demo's broker and worker to exit")
+    finally:
+        kill_marked(proc, marker)

@@ -26,7 +26,7 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamablehttp_client
 
 from tests.helpers import wait_until
-from tests.integration.test_demo import leftovers
+from tests.integration.test_demo import kill_marked, leftovers
 from workers.cli.processes import ChildProcess
 from workers.local import free_port
 from workers.mcp.tools import TOOLS
@@ -179,6 +179,28 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
         asyncio.run(asyncio.wait_for(go(), 180))
     finally:
         side.stop()
+
+
+def test_sigterm_stops_the_http_server_and_the_worker_it_started(tmp_path: Path) -> None:
+    """A pod or service stop sends SIGTERM: the embedded worker and its broker must stop with the MCP
+    server (uvicorn re-raises the SIGTERM it caught, which used to end the process before its cleanup)."""
+    marker = uuid.uuid4().hex
+    port = free_port()
+    log = tmp_path / "mcp.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "mcp", "--http", f"127.0.0.1:{port}"],
+                                env=_env(LEARNSTREAM_MCP_TOKEN="s3cret", LEARNSTREAM_DATA_DIR=str(tmp_path / "data"),
+                                         LEARNSTREAM_PARTITIONS="2", LEARNSTREAM_TEST_MARKER=marker),
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: proc.poll() is None and "learnstream mcp ready" in log.read_text(), 240, 0.2,
+                   "the MCP server with its embedded worker")
+        assert len(leftovers(marker)) >= 3, leftovers(marker)  # the server, its worker and the broker
+        proc.terminate()
+        assert proc.wait(60) == 143, log.read_text()[-3000:]
+        wait_until(lambda: leftovers(marker) == [], 30, 0.2, "the embedded worker and broker to exit")
+    finally:
+        kill_marked(proc, marker)
 
 
 def test_http_transport_refuses_to_start_without_a_token() -> None:

@@ -212,6 +212,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from workers.cli.demo import run_demo
 
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # as in cmd_bench: its finally stops its broker and worker
     return run_demo(_settings(args), events=args.events, keep_data=args.keep_data, web_port=args.web_port)
 
 
@@ -219,6 +220,9 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     from workers.mcp.main import run_mcp
 
     s = _settings(args)
+    # SIGTERM (a pod or service stop) unwinds as Ctrl-C does, so the embedded worker it started is
+    # stopped: by default the signal ends the process on the spot (uvicorn re-raises the one it caught)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     return run_mcp(s, worker_url=args.worker_url or s.worker_url, http=args.http,
                    session=args.session or s.mcp_session)
 
