@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import struct
 
 import numpy as np
 import pytest
@@ -74,29 +75,36 @@ def test_a_large_jump_fires_within_three_losses() -> None:
 
 
 def test_older_detector_states_read_without_their_later_fields() -> None:
-    """Version 1 (before the jump rule), 2 (before the task-long spread) and 3 (before the trend and the
-    jump rate) still load; the later fields start empty."""
+    """Version 1 (before the jump rule), 2 (before the task-long spread), 3 (before the trend and the
+    jump rate) and 4 (before the rate of transient drops) still load; the later fields start empty."""
     det = LossCusum()
-    for v in (0.5, 0.6, 0.55, 0.5, 0.52, 0.49, 0.5, 0.51, 0.5, 0.7, 0.48, 0.5, 0.62, 0.5, 0.49, 0.51, 0.45, 0.42):
+    for v in (0.5, 0.6, 0.55, 0.5, 0.52, 0.49, 0.5, 0.51, 0.5, 0.7, 0.48, 0.5, 0.62, 0.5, 0.49, 0.51, 0.45, 0.42,
+              0.5, 0.2, 0.5, 0.52, 0.5, 0.49, 0.51):
         det.push(v)
-    v4 = det.to_bytes()
-    assert det.n_slow > 0 and det.var_slow > 0.0 and det.trend != 0.0 and det.exceed > 0.0
-    v3 = v4[:3] + bytes([3]) + v4[4:-16]
-    v2 = v4[:3] + bytes([2]) + v4[4:-32]
-    v1 = v4[:3] + bytes([1]) + v4[4:-40]
-    for old, version in ((v1, 1), (v2, 2), (v3, 3)):
+    v5 = det.to_bytes()
+    assert det.n_slow > 0 and det.var_slow > 0.0 and det.trend != 0.0 and det.exceed > 0.0 and det.drops > 0.0
+    v4 = v5[:3] + bytes([4]) + v5[4:-8]
+    v3 = v5[:3] + bytes([3]) + v5[4:-24]
+    v2 = v5[:3] + bytes([2]) + v5[4:-40]
+    v1 = v5[:3] + bytes([1]) + v5[4:-48]
+    for old, version in ((v1, 1), (v2, 2), (v3, 3), (v4, 4)):
         back = LossCusum.from_bytes(old)
         assert (back.mu, back.var, back.S, back.n) == (det.mu, det.var, det.S, det.n)
-        assert (back.trend, back.exceed) == (0.0, 0.0)
-        assert (back.var_slow, back.n_slow) == ((det.var_slow, det.n_slow) if version == 3 else (0.0, 0))
+        assert (back.trend, back.exceed) == ((det.trend, det.exceed) if version == 4 else (0.0, 0.0))
+        assert back.drops == 0.0
+        assert (back.var_slow, back.n_slow) == ((det.var_slow, det.n_slow) if version >= 3 else (0.0, 0))
         assert back.jump == (det.jump if version >= 2 else 0)
         assert LossCusum.from_bytes(back.to_bytes()) == back     # re-saved as the current version
     with pytest.raises(CorruptStateError):
-        LossCusum.from_bytes(v4[:3] + bytes([1]) + v4[4:])   # a v4 body labelled v1
+        LossCusum.from_bytes(v5[:3] + bytes([1]) + v5[4:])   # a v5 body labelled v1
     with pytest.raises(CorruptStateError):
-        LossCusum.from_bytes(v4[:3] + bytes([3]) + v4[4:])   # a v4 body labelled v3
+        LossCusum.from_bytes(v5[:3] + bytes([4]) + v5[4:])   # a v5 body labelled v4
     with pytest.raises(CorruptStateError):
-        LossCusum.from_bytes(v4[:3] + bytes([2]) + v4[4:-8])   # no version's size
+        LossCusum.from_bytes(v5[:3] + bytes([2]) + v5[4:-16])   # no version's size
+    bad = bytearray(v5)
+    bad[-8:] = struct.pack("<d", 1.5)   # a rate above 1
+    with pytest.raises(CorruptStateError):
+        LossCusum.from_bytes(bytes(bad))
 
 
 def _short_tasks(seed: int, noise: float, tau: float, floor: float, n: int = 25) -> np.ndarray:
@@ -228,6 +236,33 @@ def test_a_long_run_of_good_answers_does_not_shrink_the_spread_below_the_task_lo
     assert not run()[1][-1]        # the jump rule now also asks for a longer run at a 10% jump rate ...
     monkeypatch.setattr(boundary, "JUMP_P", 1.0)
     assert run()[1][-1]            # ... without both, three bad answers are a boundary
+
+@pytest.mark.parametrize("seed", [1, 26])
+def test_a_run_of_good_answers_among_mostly_bad_ones_is_not_a_boundary(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """10,000 stationary Bernoulli 0.3 qualities (seeds where it fired twice): a run of seven or more good
+    answers dragged the reference and its trend down, and the return to the usual bad answers read as a rise.
+    Good answers here are transient drops common enough to shrink how far one moves the reference, so
+    nothing fires; with the full limit for every drop (DROP_BASE = 1) it fires."""
+    import workers.cores.boundary as boundary
+
+    rng = np.random.default_rng(seed)
+    losses = _loop_losses((rng.random(10_000) < 0.3).astype(float))
+    det = LossCusum()
+    assert not any(det.push(v) for v in losses)
+    assert det.drops > boundary.DROP_BASE
+    monkeypatch.setattr(boundary, "DROP_BASE", 1.0)
+    det = LossCusum()
+    assert sum(det.push(v) for v in losses) == 2
+
+
+def test_a_learning_curve_falls_at_the_full_limit() -> None:
+    """A falling training loss drops far below the delayed reference again and again, but each drop persists
+    (the losses after it stay low), so none is transient and the reference follows at the full limit."""
+    det = LossCusum()
+    for v in _curve(np.random.default_rng(0), 40, 0.02).tolist():
+        assert not det.push(v)
+    assert det.drops == 0.0
+
 
 def _feedback(s: LearnSession, q: np.ndarray, seed: int = 0, **body) -> dict:
     rng = np.random.default_rng(seed)

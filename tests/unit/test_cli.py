@@ -118,6 +118,20 @@ def test_bench_boundaries_scores_switches_sent_through_learn_feedback() -> None:
     assert cusum == ("1.00", "1.00", "1.00") and float(zscore[0]) < 0.9, row
 
 
+def test_bench_boundaries_bernoulli_sweep_counts_resets_per_p() -> None:
+    """The sweep prints one row per p (0.05 ... 0.95) of per-run resets, and the total; it exits 1 when any
+    run reset the adapter. The stationary rows now include Bernoulli 0.3, and the autocorrelated ones print."""
+    r = run(["bench", "boundaries", "--bernoulli-sweep", "1", "--events", "200"])
+    assert r.returncode in (0, 1), r.stderr
+    rows = re.findall(r"^bernoulli (0\.\d\d) +\[(\d+)\]$", r.stdout, re.M)
+    assert [p for p, _ in rows] == [f"{k / 100:.2f}" for k in range(5, 100, 5)], r.stdout
+    total = int(re.search(r"^total: (\d+) resets in 19 runs$", r.stdout, re.M).group(1))
+    assert total == sum(int(n) for _, n in rows) and r.returncode == (1 if total else 0)
+    r = run(["bench", "boundaries", "--seeds", "1", "--events", "200", "--feedback-seeds", "1"])
+    assert re.search(r"^bernoulli 0\.3 +\[\d+\]", r.stdout, re.M), r.stdout
+    assert re.search(r"^AR\(1\) 0\.9 +\[\d+\] +\[\d+\]$", r.stdout, re.M), r.stdout
+
+
 def test_commands_needing_a_broker_say_so(monkeypatch) -> None:
     monkeypatch.delenv("LEARNSTREAM_BROKER", raising=False)
     r = run(["produce", "loss"], "{}\n")
