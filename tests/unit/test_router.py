@@ -376,7 +376,14 @@ def test_first_outcome_of_a_target_is_the_specs_step() -> None:
     ({"targets": ["a", "a"]}, "targets must be unique"),
     ({"targets": ["a"], "in_dim": 0}, "in_dim must be a positive integer"),
     ({"targets": ["a"], "epsilon": 1.5}, "epsilon must be 0..1"),
-    ({"targets": ["a"], "threshold": -1}, "threshold must be a non-negative integer"),
+    ({"targets": ["a"], "threshold": -1}, "threshold must be an integer 0..2147483647"),
+    ({"targets": ["a"], "threshold": 10**12}, "threshold must be an integer 0..2147483647"),
+    ({"targets": ["a"], "threshold": 1.5}, "threshold must be an integer 0..2147483647"),
+    # what the reference mode would ignore is refused, not answered as if it applied
+    ({"targets": ["a"], "mode": "reference", "cost_weight": 1},
+     "cost_weight needs mode learned (the reference mode has no cost term)"),
+    ({"targets": ["a"], "mode": "reference", "bandit": {"dim": 4}},
+     "bandit needs mode learned (the reference mode routes by its FastGRNN heads)"),
     ({"targets": ["a"], "seed": -1}, "seed must be an integer 0..4294967295"),
     ({"targets": ["a"], "with_adapter": "yes"}, "with_adapter must be a boolean"),
     ({"targets": ["a"], "normalize": 1}, "normalize must be a boolean"),
@@ -397,13 +404,48 @@ def test_route_and_outcome_refusals() -> None:
     s = _session()
     before = s.blob("session", "default").to_bytes()
     assert s.dispatch({"verb": "route", "body": {}})["error"] == "embedding required"
-    assert s.dispatch({"verb": "route", "body": {"embedding": [1.0, 2.0]}})["error"] == "embedding wrong dim"
+    assert s.dispatch({"verb": "route", "body": {"embedding": [1.0, 2.0]}})["error"] == \
+        "embedding wrong dim (expected 16, got 2)"
+    assert s.dispatch({"verb": "route", "body": {"embedding": _x(0).tolist(), "cost_weight": 1}})["error"] == \
+        "cost_weight needs mode learned (the reference mode has no cost term)"   # this session's mode
     assert s.dispatch({"verb": "route", "body": {"embedding": _x(0).tolist(), "estimated_tokens": -1}})["error"] \
         == "estimated_tokens must be a non-negative integer"
     for body, error in [({"quality": 1}, "target required"), ({"target": "small"}, "quality required"),
                         ({"target": "small", "quality": "high"}, "quality must be a number")]:
         assert s.dispatch({"verb": "record_outcome", "body": body})["error"] == error
     assert s.blob("session", "default").to_bytes() == before
+
+
+def test_the_verb_schemas_name_the_cost_fields_and_the_threshold_range() -> None:
+    """Tool clients (MCP) read these: route takes a per-request cost_weight, record_outcome a cost, and
+    threshold is an integer with its bound; quality says it is clamped (the reference's rule), so 1.2 is
+    accepted as 1."""
+    from workers.verbs.surface import REGISTRY
+    route, outcome, init = (REGISTRY[n].params["properties"] for n in ("route", "record_outcome", "init_router"))
+    assert route["cost_weight"]["minimum"] == 0 and outcome["cost"]["minimum"] == 0
+    assert init["threshold"] == {**init["threshold"], "type": "integer", "minimum": 0, "maximum": 2**31 - 1}
+    assert "maximum" not in outcome["quality"] and "clamped" in outcome["quality"]["description"]
+    s = _session()
+    assert s.dispatch({"verb": "record_outcome", "body": {"target": "small", "quality": 1.2}})["data"]["quality_milli"] \
+        == 550   # 0.9 * 500 + 0.1 * 1000
+
+
+def test_a_settings_verb_names_the_fields_it_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    """A misspelt option (lambda for cost_weight) is not refused (hosts may add their own fields) but the
+    reply names it and the log warns; other verbs' replies are unchanged by extra fields."""
+    s = LearnSession()
+    with caplog.at_level("WARNING", logger="workers.verbs.surface"):
+        out = s.dispatch({"verb": "init_router", "body": {"targets": ["a", "b"], "in_dim": 4, "lambda": 1,
+                                                            "Threshold": 0, "session_key": "k"}})
+    assert out["ok"] and out["data"]["ignored_fields"] == ["Threshold", "lambda"], out
+    assert out["data"]["cost_weight"] == 0.0 and out["data"]["threshold"] == 200
+    assert "init_router: ignored unknown field(s) Threshold, lambda" in caplog.text
+    out = s.dispatch({"verb": "init_router", "body": {"targets": ["a", "b"], "in_dim": 4, "cost_weight": 1}})
+    assert "ignored_fields" not in out["data"]
+    out = s.dispatch({"verb": "init_instant", "body": {"targets": ["a"], "dims": 8}})
+    assert out["data"] == {"targets": ["a"], "dim": 384, "ignored_fields": ["dims"]}, out   # the default dim
+    out = s.dispatch({"verb": "route", "body": {"embedding": [0.1, 0.2, 0.3, 0.4], "extra": 1}})
+    assert out["ok"] and "ignored_fields" not in out["data"]
 
 
 def test_health_reports_router_ready() -> None:

@@ -233,7 +233,7 @@ class RouterState:
             threshold = 0
         threshold = _DEFAULT_THRESHOLD if threshold is None else threshold
         if not _is_int(threshold) or not 0 <= threshold <= _MAX_THRESHOLD:
-            raise ValueError("threshold must be a non-negative integer")  # ... at most _MAX_THRESHOLD
+            raise ValueError(f"threshold must be an integer 0..{_MAX_THRESHOLD}")
         mode = _LEARNED if mode is None else mode
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
@@ -522,7 +522,7 @@ def _embedding(body: dict, st: RouterState, *, required: bool) -> np.ndarray | N
         return None
     x = embedding_field(body, "embedding")
     if x.size != st.in_dim and required:
-        raise VerbError("embedding wrong dim")
+        raise VerbError(f"embedding wrong dim (expected {st.in_dim}, got {x.size})")
     return x
 
 
@@ -544,9 +544,14 @@ def _instant_logits(ctx: VerbContext, st: RouterState, x: np.ndarray) -> np.ndar
 @verb("init_router", table="session", writes=True, topic="commands", params=params(
     ("targets",), targets={"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
     in_dim={"type": "integer", "minimum": 1}, epsilon={"type": "number", "minimum": 0, "maximum": 1},
-    threshold={"type": "number"}, seed={"type": "integer"}, with_adapter={"type": "boolean"},
+    threshold={"type": "integer", "minimum": 0, "maximum": _MAX_THRESHOLD,
+               "description": "training samples before the learned route; until then the rule route (the first "
+                              "target). trained: true is 0"},
+    seed={"type": "integer"}, with_adapter={"type": "boolean"},
     normalize={"type": "boolean"}, baseline={"type": "string"}, trained={"type": "boolean"},
-    mode={"enum": list(MODES)}, cost_weight={"type": "number", "minimum": 0},
+    mode={"enum": list(MODES)},
+    cost_weight={"type": "number", "minimum": 0,
+                 "description": "lambda: the learned mode maximises quality - lambda * cost (not in mode reference)"},
     bandit={"type": "object", "properties": {
         "dim": {"type": "integer", "minimum": 1, "maximum": _k.BANDIT_MAX_DIM},
         "alpha": {"type": "number", "minimum": 0, "maximum": 100},
@@ -563,6 +568,11 @@ def _init_router(ctx: VerbContext, body: dict) -> dict:
                          trained=body.get("trained"), bandit=body.get("bandit"))
     except ValueError as exc:
         raise VerbError(str(exc)) from None
+    if st.mode == _REFERENCE:  # what it would ignore: say so rather than answer as if it applied
+        if st.cost_weight:
+            raise VerbError("cost_weight needs mode learned (the reference mode has no cost term)")
+        if body.get("bandit") is not None:
+            raise VerbError("bandit needs mode learned (the reference mode routes by its FastGRNN heads)")
     ctx.state.set(PART, st)
     out = {"targets": st.targets, "in_dim": st.in_dim, "epsilon": st.epsilon, "threshold": st.threshold,
            "with_adapter": st.with_adapter, "normalize": st.normalize, "baseline": st.baseline,
@@ -574,7 +584,8 @@ def _init_router(ctx: VerbContext, body: dict) -> dict:
 
 @verb("route", table="session", writes=False, params=params(
     (), embedding=EMBEDDING, embedding_b64=EMBEDDING_B64, task_type={"type": "string"},
-    estimated_tokens={"type": "integer", "minimum": 0}))
+    estimated_tokens={"type": "integer", "minimum": 0},
+    cost_weight={"type": "number", "minimum": 0, "description": "lambda for this request (mode learned)"}))
 def _route(ctx: VerbContext, body: dict) -> dict:
     """``{embedding|embedding_b64, task_type?, estimated_tokens?, cost_weight?}`` -> the route."""
     st = _state(ctx)
@@ -587,13 +598,17 @@ def _route(ctx: VerbContext, body: dict) -> dict:
     if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float))
                             or not math.isfinite(to_float(lam)) or lam < 0):
         raise VerbError("cost_weight must be a finite number >= 0")
+    if lam and st.mode == _REFERENCE:
+        raise VerbError("cost_weight needs mode learned (the reference mode has no cost term)")
     adapter = _instant_logits(ctx, st, x) if st.with_adapter and st.trained else None
     return st.route(x, task_type, tokens, rng=ctx.rng, adapter_logits=adapter, cost_weight=lam)
 
 
 @verb("record_outcome", table="session", writes=True, topic="commands", params=params(
-    ("target", "quality"), target={"type": "string", "minLength": 1}, quality={"type": "number", "minimum": 0, "maximum": 1},
-    embedding=EMBEDDING, embedding_b64=EMBEDDING_B64, estimated_tokens={"type": "integer", "minimum": 0}))
+    ("target", "quality"), target={"type": "string", "minLength": 1},
+    quality={"type": "number", "description": "0..1; outside, clamped to it (the reference's rule); NaN is refused"},
+    embedding=EMBEDDING, embedding_b64=EMBEDDING_B64, estimated_tokens={"type": "integer", "minimum": 0},
+    cost={"type": "number", "minimum": 0, "description": "what this request cost (a per-model EMA; see cost_weight)"}))
 def _record_outcome(ctx: VerbContext, body: dict) -> dict:
     """``{target, quality, embedding?, estimated_tokens?, cost?}`` -> ``{count, quality_milli, samples?, trained?}``."""
     st = _state(ctx)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -78,7 +79,28 @@ def run_verb(v: Verb, ctx: VerbContext, body: dict) -> dict:
         data = v.fn(ctx, body)
     except (VerbError, ValidationError) as exc:
         return envelope_error(v.name, str(exc))
+    if v.name.startswith("init_") and v.params is not None and isinstance(data, dict):
+        ignored = unknown_fields(v, body)
+        if ignored:
+            data = {**data, "ignored_fields": ignored}
     return envelope_ok(v.name, data)
+
+
+_logger = logging.getLogger(__name__)
+
+
+def unknown_fields(v: Verb, body: dict) -> list[str]:
+    """The body's fields that ``v``'s schema does not name (``session_key`` is every verb's).
+
+    Bodies may carry extra fields (a host's own), so they are not refused; but a settings verb
+    that silently dropped a misspelt option (``lambda`` for ``cost_weight``) would answer as if
+    the default were asked for. Its reply names them (``ignored_fields``) and the log warns,
+    as a Kafka client does of a config it does not know."""
+    known = v.params["properties"] if v.params is not None else {}
+    out = sorted(k for k in body if k not in known and k != "session_key")
+    if out:
+        _logger.warning("%s: ignored unknown field(s) %s (known: %s)", v.name, ", ".join(out), ", ".join(sorted(known)))
+    return out
 
 
 def envelope_ok(verb_name: str, data: Any) -> dict:
