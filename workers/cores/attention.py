@@ -20,7 +20,7 @@ from workers import _kernels
 from workers.verbs.fields import epoch_ms, to_float
 from workers.verbs.codec import embedding_field
 from workers.errors import CorruptStateError, VerbError
-from workers.verbs.registry import VerbContext, health_contributor, verb
+from workers.verbs.registry import VerbContext, health_contributor, params, verb
 
 __all__ = ("RELATIONS", "WEEK_MS", "AttentionState", "relation_index")
 
@@ -221,7 +221,11 @@ def _loaded(ctx: VerbContext) -> AttentionState:
     return state
 
 
-@verb("init_attention", table="session", writes=True, topic="commands")
+@verb("init_attention", table="session", writes=True, topic="commands", params=params(
+    ("dim",), dim={"type": "integer", "minimum": 1, "maximum": _MAX_DIM},
+    heads={"type": "integer", "minimum": 1, "description": "default 8"},
+    head_dim={"type": "integer", "minimum": 1, "description": "default dim / heads; heads * head_dim <= 4096"},
+    seed={"type": "integer", "minimum": 0, "maximum": 2**32 - 1, "description": "default 42"}))
 def init_attention(ctx: VerbContext, body: dict) -> dict:
     """``{dim, heads?=8, head_dim?=dim/heads, seed?=42}`` -> ``{dim, heads, head_dim}``.
     Replaces any existing attention state (We starts from the seed again)."""

@@ -33,7 +33,7 @@ from workers.online.learner import ContinualLearner
 from workers.online.models import MLP, SoftmaxRegression
 from workers.online.replay import ReplayBuffer
 from workers.online.scheduler import ConsolidationScheduler
-from workers.verbs.registry import VerbContext, state_size, verb
+from workers.verbs.registry import VerbContext, params, state_size, verb
 
 __all__ = ("PART", "build_learner", "parse_examples")
 
@@ -178,7 +178,30 @@ def _source_ms(ctx: VerbContext) -> int | None:
 
 
 # -- verbs ---------------------------------------------------------------------
-@verb("init_learner", table="learner", writes=True, topic="commands")
+def _num(lo: float, hi: float) -> dict:
+    return {"type": "number", "minimum": lo, "maximum": hi}
+
+
+def _int(lo: int, hi: int) -> dict:
+    return {"type": "integer", "minimum": lo, "maximum": hi}
+
+
+# init_learner's body: what build_learner reads, with the bounds it checks (tool clients read it; a
+# field not named here is answered as ignored_fields)
+_INIT_PARAMS = params(
+    ("n_features", "n_classes"), n_features=_int(1, _MAX_FEATURES), n_classes=_int(2, _MAX_CLASSES),
+    model={"enum": ["mlp", "softmax"]}, hidden=_int(1, _MAX_HIDDEN), lr=_num(1e-6, 10.0), momentum=_num(0.0, 0.999),
+    replay={"enum": ["uniform", "reservoir", "prioritized"]}, capacity=_int(0, _MAX_CAPACITY),
+    seed=_int(0, 2**32 - 1), ewc_lambda=_num(0.0, 1e6), fisher_decay=_num(0.0, 0.9999),
+    der_alpha=_num(0.0, 100.0), der_beta=_num(0.0, 100.0), lwf_lambda=_num(0.0, 100.0), temperature=_num(0.05, 100.0),
+    curriculum_floor=_num(0.01, 1.0), curriculum_steady=_num(0.01, 1.0), curriculum_ramp=_int(0, 1_000_000),
+    examples_threshold=_int(0, 10**9), time_threshold_ms=_int(0, 10**12), fisher_every=_int(1, 10**6),
+    drift_window=_int(8, 100_000), drift_alpha=_num(1e-12, 0.5), boundary_on_drift={"type": "boolean"},
+    batch_size=_int(1, 4096), train_steps=_int(1, 100), consolidation_steps=_int(0, 10_000),
+    asymmetric={"type": "boolean"})
+
+
+@verb("init_learner", table="learner", writes=True, topic="commands", params=_INIT_PARAMS)
 def init_learner(ctx: VerbContext, body: dict) -> dict:
     """{n_features, n_classes, model?, hidden?, replay?, capacity?, lr?, momentum?, ewc_lambda?, ...}
     -> {config, n_params}. Replaces any previous learner of the session."""
