@@ -179,22 +179,28 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
         asyncio.run(asyncio.wait_for(go(), 180))
     finally:
         side.stop()
+    # a client that went away is not an error: the SDK logged one traceback per ordinary disconnect
+    text = (tmp_path / "sidecar.log").read_text()
+    assert "Error in standalone SSE writer" not in text and "ClosedResourceError" not in text, text[-3000:]
 
 
 def test_sigterm_stops_the_http_server_and_the_worker_it_started(tmp_path: Path) -> None:
     """A pod or service stop sends SIGTERM: the embedded worker and its broker must stop with the MCP
     server (uvicorn re-raises the SIGTERM it caught, which used to end the process before its cleanup)."""
     marker = uuid.uuid4().hex
-    port = free_port()
+    port, worker_port = free_port(), free_port()
     log = tmp_path / "mcp.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "mcp", "--http", f"127.0.0.1:{port}"],
                                 env=_env(LEARNSTREAM_MCP_TOKEN="s3cret", LEARNSTREAM_DATA_DIR=str(tmp_path / "data"),
-                                         LEARNSTREAM_PARTITIONS="2", LEARNSTREAM_TEST_MARKER=marker),
+                                         LEARNSTREAM_PARTITIONS="2", LEARNSTREAM_TEST_MARKER=marker,
+                                         LEARNSTREAM_WEB_PORT=str(worker_port)),
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         wait_until(lambda: proc.poll() is None and "learnstream mcp ready" in log.read_text(), 240, 0.2,
                    "the MCP server with its embedded worker")
+        # the embedded worker's API is where LEARNSTREAM_WEB_PORT says
+        assert httpx.get(f"http://127.0.0.1:{worker_port}/ready", timeout=10).status_code == 200
         assert len(leftovers(marker)) >= 3, leftovers(marker)  # the server, its worker and the broker
         proc.terminate()
         assert proc.wait(60) == 143, log.read_text()[-3000:]

@@ -411,7 +411,10 @@ def test_route_and_outcome_refusals() -> None:
     assert s.dispatch({"verb": "route", "body": {"embedding": _x(0).tolist(), "estimated_tokens": -1}})["error"] \
         == "estimated_tokens must be a non-negative integer"
     for body, error in [({"quality": 1}, "target required"), ({"target": "small"}, "quality required"),
-                        ({"target": "small", "quality": "high"}, "quality must be a number")]:
+                        ({"target": "small", "quality": "high"}, "quality must be a number"),
+                        # a wrong width would not train: refused, not folded into the EMA alone
+                        ({"target": "small", "quality": 0.9, "embedding": [1.0] * 5},
+                         "embedding wrong dim (expected 16, got 5)")]:
         assert s.dispatch({"verb": "record_outcome", "body": body})["error"] == error
     assert s.blob("session", "default").to_bytes() == before
 

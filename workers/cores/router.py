@@ -354,7 +354,8 @@ class RouterState:
         An unknown target is a no-op (``{count: 0, quality_milli: 0}``). NaN quality
         is refused (ValueError, nothing changes); quality is clamped to [0, 1]. An
         embedding whose length is not ``in_dim`` is ignored for training (the EMA
-        still updates).
+        still updates): the learning loop feeds the router its instant core's embeddings,
+        whatever the router's width. The ``record_outcome`` verb refuses such an embedding.
 
         Returns
         -------
@@ -521,7 +522,7 @@ def _embedding(body: dict, st: RouterState, *, required: bool) -> np.ndarray | N
             raise VerbError("embedding required")
         return None
     x = embedding_field(body, "embedding")
-    if x.size != st.in_dim and required:
+    if x.size != st.in_dim:  # a caller's wrong width is refused (the learning loop's own calls skip it)
         raise VerbError(f"embedding wrong dim (expected {st.in_dim}, got {x.size})")
     return x
 
@@ -587,7 +588,12 @@ def _init_router(ctx: VerbContext, body: dict) -> dict:
     estimated_tokens={"type": "integer", "minimum": 0},
     cost_weight={"type": "number", "minimum": 0, "description": "lambda for this request (mode learned)"}))
 def _route(ctx: VerbContext, body: dict) -> dict:
-    """``{embedding|embedding_b64, task_type?, estimated_tokens?, cost_weight?}`` -> the route."""
+    """Pick the model for one query. ``{embedding|embedding_b64, task_type?, estimated_tokens?, cost_weight?}``
+    -> ``{model, context_bucket, temperature, top_p, confidence, algo, exploration}``.
+
+    Call ``init_router`` first. The embedding is required and has the router's ``in_dim``. Until the
+    router is trained (``threshold`` outcomes with embeddings) the answer is the rule route: the first
+    target (``algo: "rule"``)."""
     st = _state(ctx)
     x = _embedding(body, st, required=True)
     task_type = body.get("task_type")
@@ -610,7 +616,12 @@ def _route(ctx: VerbContext, body: dict) -> dict:
     embedding=EMBEDDING, embedding_b64=EMBEDDING_B64, estimated_tokens={"type": "integer", "minimum": 0},
     cost={"type": "number", "minimum": 0, "description": "what this request cost (a per-model EMA; see cost_weight)"}))
 def _record_outcome(ctx: VerbContext, body: dict) -> dict:
-    """``{target, quality, embedding?, estimated_tokens?, cost?}`` -> ``{count, quality_milli, samples?, trained?}``."""
+    """How a routed request went. ``{target, quality, embedding?|embedding_b64?, estimated_tokens?, cost?}``
+    -> ``{count, quality_milli, samples?, trained?}``.
+
+    ``quality`` is 0..1 (clamped). Give the request's embedding to learn from it. The answer is the
+    target's outcome count and its quality EMA in thousandths (starts at 500, rate 0.1). An unknown
+    target changes nothing and answers ``{count: 0, quality_milli: 0}`` (the reference's rule)."""
     st = _state(ctx)
     target = body.get("target")
     if not isinstance(target, str) or not target:

@@ -403,8 +403,10 @@ def insert_edge(ctx: VerbContext, body: dict) -> dict:
 
 @verb("query_at", table="graph", writes=False, params=params(
     ("src", "t"), src={"type": "string", "minLength": 1, "description": "source node"},
-    t={"type": "integer", "minimum": 0, "description": "valid time (epoch ms) the edges must hold at"},
-    known_at={"type": "integer", "minimum": 0, "description": "what was believed at this time (default: now)"},
+    t={"type": "integer", "minimum": _I64_MIN, "maximum": _I64_MAX,
+       "description": "valid time (epoch ms, int64 as in the spec) the edges must hold at"},
+    known_at={"type": "integer", "minimum": _I64_MIN, "maximum": _I64_MAX,
+              "description": "what was believed at this time (epoch ms; default: now)"},
     limit={"type": "integer", "minimum": 0, "description": "0 = all"}))
 def query_at(ctx: VerbContext, body: dict) -> dict:
     """``{src, t, limit?, known_at?}`` -> ``{edges, count}``."""

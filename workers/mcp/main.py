@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -72,8 +73,16 @@ def http_app(client: LearnstreamClient, *, token: str, default_session: str = "d
 
 @contextlib.contextmanager
 def embedded_worker(settings: Settings) -> Iterator[str]:
-    """A ``learnstream worker`` child process (embedded broker unless one is set); yields its URL."""
-    port = free_port()
+    """A ``learnstream worker`` child process (embedded broker unless one is set); yields its URL.
+
+    It listens on 127.0.0.1 at ``LEARNSTREAM_WEB_PORT`` when that is set (its dashboard and API at a
+    known address), else on a free port (the default 6066 may be another worker's)."""
+    if os.environ.get("LEARNSTREAM_WEB_PORT"):
+        port = settings.web_port
+        if (why := bind_error("127.0.0.1", port)) is not None:
+            raise ConfigError(f"LEARNSTREAM_WEB_PORT={port}: the worker cannot listen there ({why})")
+    else:
+        port = free_port()
     env = {**os.environ, **settings.env(), "LEARNSTREAM_WEB_PORT": str(port), "LEARNSTREAM_WEB_HOST": "127.0.0.1"}
     w = WorkerProcess(env, port=port, log=sys.stderr).start()  # stdout may be the MCP channel
     try:
@@ -91,8 +100,22 @@ async def _serve_stdio(client: LearnstreamClient, session: str) -> None:
         await server.run(read, write, server.create_initialization_options())
 
 
+class GoneClientFilter(logging.Filter):
+    """Drops the MCP SDK's ERROR (with a traceback) for a stream whose client went away: it logged one
+    ``Error in standalone SSE writer`` (``anyio.ClosedResourceError``) per ordinary disconnect, which
+    buried real errors. Every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import anyio
+
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, (anyio.ClosedResourceError, anyio.BrokenResourceError))
+
+
 async def _serve_http(client: LearnstreamClient, host: str, port: int, token: str, session: str) -> None:
     import uvicorn
+
+    logging.getLogger("mcp.server.streamable_http").addFilter(GoneClientFilter())
 
     async with client:
         config = uvicorn.Config(http_app(client, token=token, default_session=session), host=host, port=port,
