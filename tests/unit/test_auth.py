@@ -178,3 +178,33 @@ def test_learnstream_token_prints_a_token_and_its_entry(capsys) -> None:
     assert (p.name, p.read, p.write, p.peer) == ("tenant-a", ("shared",), ("tenant-a/*",), False)
     assert main(["token", "--name", "workers", "--peer"]) == 0
     assert parse_tokens(capsys.readouterr().out)[0][1].peer
+
+
+def test_learnstream_token_add_to_builds_one_valid_tokens_file(tmp_path, capsys) -> None:
+    """--add-to appends each new entry to one file a worker reads (printing entries and concatenating
+    them made several `tokens:` documents); a name already there, or a file a worker would refuse, is
+    refused and the file is left as it was."""
+    from workers.cli.main import main
+
+    path = tmp_path / "tokens.yaml"
+    tokens = []
+    for args in (["--name", "agents", "--write", "agent-*"], ["--name", "reader", "--read", "agent-1"],
+                 ["--name", "workers", "--peer"]):
+        assert main(["token", *args, "--add-to", str(path)]) == 0
+        out, err = capsys.readouterr()
+        assert out == "" and "sha256" not in err
+        tokens.append(err.strip().rsplit(": ", 1)[1])
+    entries = parse_tokens(path.read_text())
+    assert [p.name for _, p in entries] == ["agents", "reader", "workers"]
+    assert [h for h, _ in entries] == [hash_token(t) for t in tokens] and not any(t in path.read_text() for t in tokens)
+    assert path.stat().st_mode & 0o777 == 0o600
+    before = path.read_text()
+    assert main(["token", "--name", "reader", "--read", "x", "--add-to", str(path)]) == 2
+    assert "a token named 'reader' is already there" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tokens: [{name: x, sha256: not-a-hash}]\n")
+    assert main(["token", "--name", "y", "--read", "x", "--add-to", str(bad)]) == 2
+    assert "sha256 must be 64 hex digits" in capsys.readouterr().err
+    assert path.read_text() == before and bad.read_text() == "tokens: [{name: x, sha256: not-a-hash}]\n"
+    store = TokenStore(path)
+    assert store.lookup(tokens[1]).name == "reader"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import runpy
 import signal
@@ -179,9 +180,46 @@ def cmd_token(args: argparse.Namespace) -> int:
     if args.write:
         entry["write"] = args.write
     parse_tokens(yaml.safe_dump({"tokens": [entry]}), "learnstream token")  # a worker's own rules: never an entry it refuses
+    if args.add_to:
+        _add_token_entry(Path(args.add_to), entry)
     print(f"token (give it to the client; it is shown once and never stored): {token}", file=sys.stderr)
-    sys.stdout.write(yaml.safe_dump({"tokens": [entry]}, sort_keys=False))
+    if not args.add_to:
+        sys.stdout.write(yaml.safe_dump({"tokens": [entry]}, sort_keys=False))
     return 0
+
+
+def _add_token_entry(path: Path, entry: dict) -> None:
+    """Append ``entry`` to the tokens file at ``path`` (created, mode 0600, if missing): the whole file is
+    checked as a worker would read it, names stay unique, and it is replaced in one rename, so a worker
+    re-reading it never sees half a file."""
+    import os
+    import tempfile
+
+    import yaml
+
+    from workers.stream.auth import parse_tokens
+
+    doc: dict = {"tokens": []}
+    if path.exists():
+        text = path.read_text()
+        parse_tokens(text, str(path))  # a file a worker would refuse is not extended
+        doc = yaml.safe_load(text) or {"tokens": []}
+        if any(e.get("name") == entry["name"] for e in doc["tokens"]):
+            raise ConfigError(f"{path}: a token named {entry['name']!r} is already there (names show in logs "
+                              f"and 403 reasons: use another --name, or remove the old entry first)")
+    doc["tokens"].append(entry)
+    text = yaml.safe_dump(doc, sort_keys=False)
+    parse_tokens(text, str(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tokens-", dir=path.parent or Path("."))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def bench_dir() -> Path:
@@ -302,6 +340,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--read", action="append", default=[], help="session_key or prefix* it may read (repeatable)")
     p.add_argument("--write", action="append", default=[], help="session_key or prefix* it may write (and read)")
     p.add_argument("--peer", action="store_true", help="the workers' own credential for forwarding")
+    p.add_argument("--add-to", metavar="FILE", help="append the entry to this tokens file (created if missing) "
+                                                     "instead of printing it")
     p.set_defaults(fn=cmd_token)
     p = sub.add_parser("bench", help="run a benchmark from bench/ (no name: list them)")
     p.add_argument("name", nargs="?", help="benchmark name (a file bench/NAME.py)")
