@@ -316,6 +316,73 @@ def feedback_resets(mode: str, kind: str, seed: int, events: int, envelope: int 
     return int(s.dispatch({"verb": "health"})["data"]["boundaries_detected"])
 
 
+def _session_of(n_models: int) -> LearnSession:
+    s = LearnSession()
+    assert s.dispatch({"verb": "init_instant", "body": {"targets": list("abcde"[:max(n_models, 2)]),
+                                                        "dim": _FEEDBACK_DIM}})["ok"]
+    return s
+
+
+def _feedback_calls(s: LearnSession, q: np.ndarray, models: np.ndarray, seed: int, envelope: int) -> list[int]:
+    """Send qualities q (model index per event) through learn_feedback; the calls that fired, as the
+    index of their last event."""
+    X = np.random.default_rng(10_000 + seed).standard_normal((len(q), _FEEDBACK_DIM)).astype(np.float32)
+    fired = []
+    for i in range(0, len(q), envelope):
+        end = min(i + envelope, len(q))
+        evs = [{"embedding_b64": encode_embedding_b64(X[j]), "model": "abcde"[models[j]], "quality": float(q[j]),
+                "now_ms": j} for j in range(i, end)]
+        out = s.dispatch({"verb": "learn_feedback", "body": {"events": evs}})
+        assert out["ok"], out
+        fired += [end - 1] * out["data"]["boundaries"]
+    return fired
+
+
+def wide(args: argparse.Namespace) -> int:
+    """The default mode on the wider feedback worlds (bench/_feedback_worlds.py): adapter resets on
+    i.i.d. stationary qualities, and how soon lasting quality drops are found. Reported, not judged."""
+    from _feedback_worlds import SHIFTS, STATIONARY
+
+    print(f"learnstream bench boundaries --wide {args.wide}: cusum (default), {len(STATIONARY)} stationary i.i.d. "
+          f"quality kinds x {args.wide} runs of {args.events:,} events (envelopes of 100)", flush=True)
+    total, hit = 0, []
+    for kind, make in STATIONARY.items():
+        r = []
+        for seed in range(args.wide):
+            q, m = make(np.random.default_rng(seed), args.events)
+            r.append(len(_feedback_calls(_session_of(int(m.max()) + 1), q, m, seed, 100)))
+        total += sum(r)
+        if sum(r):
+            hit.append(kind)
+            print(f"  {kind:<36} resets per run {r}", flush=True)
+    runs = len(STATIONARY) * args.wide
+    print(f"stationary: {total} resets in {runs} runs ({len(hit)} of {len(STATIONARY)} kinds reset at least once)")
+    print(f"\nlasting drops (segments of 500-1500 events alternating before/after, 4 drops per stream, "
+          f"{args.shift_seeds} streams each, one event per call): found within 50 events / other firings", flush=True)
+    caught = drops = others = 0
+    for name, (before, after) in SHIFTS.items():
+        c50 = n = extra = 0
+        for seed in range(args.shift_seeds):
+            rng = np.random.default_rng(seed)
+            parts, starts, pos = [], [], 0
+            for j, length in enumerate(rng.integers(500, 1501, 9).tolist()):
+                q, _ = (before if j % 2 == 0 else after)(rng, length)
+                if j % 2:
+                    starts.append(pos)
+                parts.append(q)
+                pos += length
+            q = np.concatenate(parts)
+            fired = _feedback_calls(_session_of(1), q, np.zeros(len(q), np.int64), seed, 1)
+            for c in starts:
+                n += 1
+                c50 += any(c <= f < c + 50 for f in fired)
+            extra += sum(1 for f in fired if not any(c <= f < c + 200 for c in starts))
+        caught, drops, others = caught + c50, drops + n, others + extra
+        print(f"  {name:<44} {c50:>3}/{n}   {extra}", flush=True)
+    print(f"lasting drops found within 50 events: {caught} of {drops}; firings not after a drop: {others}")
+    return 0
+
+
 def bernoulli_sweep(args: argparse.Namespace) -> int:
     """Resets of the default mode on stationary Bernoulli(p) qualities, p = 0.05 ... 0.95; 0 when none fired."""
     mode = list(MODES)[0]
@@ -341,9 +408,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bernoulli-sweep", type=int, default=0, metavar="SEEDS",
                     help="only a sweep: adapter resets of the default mode on Bernoulli p = 0.05 ... 0.95 qualities, "
                          "SEEDS stationary runs of --events each per p (seeds 500, 501, ...)")
+    ap.add_argument("--wide", type=int, default=0, metavar="SEEDS",
+                    help="only the wider feedback worlds (bench/_feedback_worlds.py): SEEDS stationary runs per "
+                         "quality kind, and lasting quality drops (reported, not judged)")
+    ap.add_argument("--shift-seeds", type=int, default=3, help="with --wide: streams per lasting-drop pair")
     args = ap.parse_args(argv)
     if args.bernoulli_sweep:
         return bernoulli_sweep(args)
+    if args.wide:
+        return wide(args)
     t0 = time.perf_counter()
     print(f"learnstream bench boundaries: {args.seeds} seeds per stream, tolerance {args.tolerance} losses\n")
     res = loss_table(args)

@@ -132,6 +132,18 @@ def test_bench_boundaries_bernoulli_sweep_counts_resets_per_p() -> None:
     assert re.search(r"^AR\(1\) 0\.9 +\[\d+\] +\[\d+\]$", r.stdout, re.M), r.stdout
 
 
+def test_bench_boundaries_wide_reports_resets_and_lasting_drops() -> None:
+    """--wide runs every stationary shape of bench/_feedback_worlds.py and every drop pair; near noise-free
+    large drops are found, the totals add up."""
+    r = run(["bench", "boundaries", "--wide", "1", "--events", "300", "--shift-seeds", "1"])
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^stationary: \d+ resets in 45 runs", r.stdout, re.M), r.stdout
+    rows = dict(re.findall(r"^  (N\(0\.9,\.02\) -> N\(0\.[57],\.02\)) +(\d+)/4 ", r.stdout, re.M))
+    assert rows == {"N(0.9,.02) -> N(0.5,.02)": "4", "N(0.9,.02) -> N(0.7,.02)": "4"}, r.stdout
+    found = [int(a) for a in re.findall(r"^  .+? +(\d+)/4 +\d+$", r.stdout, re.M)]
+    assert len(found) == 19 and re.search(rf"found within 50 events: {sum(found)} of 76;", r.stdout), r.stdout
+
+
 def test_commands_needing_a_broker_say_so(monkeypatch) -> None:
     monkeypatch.delenv("LEARNSTREAM_BROKER", raising=False)
     r = run(["produce", "loss"], "{}\n")
