@@ -76,33 +76,40 @@ def test_a_large_jump_fires_within_three_losses() -> None:
 
 def test_older_detector_states_read_without_their_later_fields() -> None:
     """Version 1 (before the jump rule), 2 (before the task-long spread), 3 (before the trend and the
-    jump rate) and 4 (before the rate of transient drops) still load; the later fields start empty."""
+    jump rate), 4 (before the rate of transient drops) and 5 (before the level-shift test) still load; the
+    later fields start empty."""
     det = LossCusum()
     for v in (0.5, 0.6, 0.55, 0.5, 0.52, 0.49, 0.5, 0.51, 0.5, 0.7, 0.48, 0.5, 0.62, 0.5, 0.49, 0.51, 0.45, 0.42,
               0.5, 0.2, 0.5, 0.52, 0.5, 0.49, 0.51):
         det.push(v)
-    v5 = det.to_bytes()
+    v6 = det.to_bytes()
     assert det.n_slow > 0 and det.var_slow > 0.0 and det.trend != 0.0 and det.exceed > 0.0 and det.drops > 0.0
-    v4 = v5[:3] + bytes([4]) + v5[4:-8]
-    v3 = v5[:3] + bytes([3]) + v5[4:-24]
-    v2 = v5[:3] + bytes([2]) + v5[4:-40]
-    v1 = v5[:3] + bytes([1]) + v5[4:-48]
-    for old, version in ((v1, 1), (v2, 2), (v3, 3), (v4, 4)):
+    assert det.seen > 0 and det.slow_var > 0.0
+    v5 = v6[:3] + bytes([5]) + v6[4:-32]
+    v4 = v6[:3] + bytes([4]) + v6[4:-40]
+    v3 = v6[:3] + bytes([3]) + v6[4:-56]
+    v2 = v6[:3] + bytes([2]) + v6[4:-72]
+    v1 = v6[:3] + bytes([1]) + v6[4:-80]
+    for old, version in ((v1, 1), (v2, 2), (v3, 3), (v4, 4), (v5, 5)):
         back = LossCusum.from_bytes(old)
         assert (back.mu, back.var, back.S, back.n) == (det.mu, det.var, det.S, det.n)
-        assert (back.trend, back.exceed) == ((det.trend, det.exceed) if version == 4 else (0.0, 0.0))
-        assert back.drops == 0.0
+        assert (back.trend, back.exceed) == ((det.trend, det.exceed) if version >= 4 else (0.0, 0.0))
+        assert back.drops == (det.drops if version == 5 else 0.0)
+        assert (back.seen, back.fast, back.slow, back.slow_var) == (0, 0.0, 0.0, 0.0)
         assert (back.var_slow, back.n_slow) == ((det.var_slow, det.n_slow) if version >= 3 else (0.0, 0))
         assert back.jump == (det.jump if version >= 2 else 0)
         assert LossCusum.from_bytes(back.to_bytes()) == back     # re-saved as the current version
     with pytest.raises(CorruptStateError):
-        LossCusum.from_bytes(v5[:3] + bytes([1]) + v5[4:])   # a v5 body labelled v1
+        LossCusum.from_bytes(v6[:3] + bytes([1]) + v6[4:])   # a v6 body labelled v1
     with pytest.raises(CorruptStateError):
-        LossCusum.from_bytes(v5[:3] + bytes([4]) + v5[4:])   # a v5 body labelled v4
+        LossCusum.from_bytes(v6[:3] + bytes([5]) + v6[4:])   # a v6 body labelled v5
     with pytest.raises(CorruptStateError):
-        LossCusum.from_bytes(v5[:3] + bytes([2]) + v5[4:-16])   # no version's size
+        LossCusum.from_bytes(v6[:3] + bytes([2]) + v6[4:-16])   # no version's size
+    for tail in (struct.pack("<q", -1), struct.pack("<3dq", math.nan, 0.5, 0.0, 3)):   # a negative count, a NaN EMA
+        with pytest.raises(CorruptStateError):
+            LossCusum.from_bytes(v6[:-len(tail)] + tail)
     bad = bytearray(v5)
-    bad[-8:] = struct.pack("<d", 1.5)   # a rate above 1
+    bad[-8:] = struct.pack("<d", 1.5)   # a drop rate above 1
     with pytest.raises(CorruptStateError):
         LossCusum.from_bytes(bytes(bad))
 
@@ -262,6 +269,39 @@ def test_a_learning_curve_falls_at_the_full_limit() -> None:
     for v in _curve(np.random.default_rng(0), 40, 0.02).tolist():
         assert not det.push(v)
     assert det.drops == 0.0
+
+
+@pytest.mark.parametrize(("before", "after"), [(0.7, 0.5), (0.5, 0.3), (0.4, 0.1)])
+def test_a_lasting_moderate_quality_drop_is_found_by_the_level_shift_test(before: float, after: float,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answer quality drops by 0.2-0.3 from the middle of the scale and stays there (sd 0.02): the CUSUM's
+    reference follows such a rise within a few losses and never sums to its threshold; the slow level-shift
+    test finds it within 50 events. Without it (SHIFT_Z = inf) nothing fires."""
+    import workers.cores.boundary as boundary
+
+    rng = np.random.default_rng(7)
+    q = np.clip(np.concatenate([rng.normal(before, 0.02, 600), rng.normal(after, 0.02, 600)]), 0, 1)
+    losses = _loop_losses(q)
+
+    def fired() -> list[int]:
+        det = LossCusum()
+        return [i for i, v in enumerate(losses) if det.push(v)]
+
+    got = fired()
+    assert len(got) == 1 and 600 <= got[0] < 650, got
+    monkeypatch.setattr(boundary, "SHIFT_Z", math.inf)
+    assert fired() == []
+
+
+def test_the_level_shift_test_waits_for_its_windows_after_a_restart() -> None:
+    """Fewer than SHIFT_FROM losses since a restart: no level-shift test (a 25-batch task is left to the
+    CUSUM); the EMAs are plain means while few."""
+    import workers.cores.boundary as boundary
+
+    det = LossCusum()
+    for i in range(boundary.SHIFT_FROM - 1):
+        assert not det._shifted(0.1 if i < 50 else 0.9)   # a big rise, but too early
+    assert det.seen == boundary.SHIFT_FROM - 1 and abs(det.slow - (50 * 0.1 + 49 * 0.9) / 99) < 1e-9
 
 
 def _feedback(s: LearnSession, q: np.ndarray, seed: int = 0, **body) -> dict:
