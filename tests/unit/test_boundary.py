@@ -248,18 +248,28 @@ def test_a_long_run_of_good_answers_does_not_shrink_the_spread_below_the_task_lo
 def test_a_run_of_good_answers_among_mostly_bad_ones_is_not_a_boundary(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """10,000 stationary Bernoulli 0.3 qualities (seeds where it fired twice): a run of seven or more good
     answers dragged the reference and its trend down, and the return to the usual bad answers read as a rise.
-    Good answers here are transient drops common enough to shrink how far one moves the reference, so
-    nothing fires; with the full limit for every drop (DROP_BASE = 1) it fires."""
+    Two guards, each enough here: good answers are transient drops common enough to shrink how far one
+    moves the reference (DROP_BASE), and after VETO_FROM losses a firing must stand above the slow level,
+    which the usual bad answers do not. Without both it fires twice."""
     import workers.cores.boundary as boundary
 
     rng = np.random.default_rng(seed)
     losses = _loop_losses((rng.random(10_000) < 0.3).astype(float))
+
+    def fired() -> int:
+        det = LossCusum()
+        return sum(det.push(v) for v in losses)
+
     det = LossCusum()
     assert not any(det.push(v) for v in losses)
-    assert det.drops > boundary.DROP_BASE
-    monkeypatch.setattr(boundary, "DROP_BASE", 1.0)
-    det = LossCusum()
-    assert sum(det.push(v) for v in losses) == 2
+    assert det.drops > boundary.DROP_BASE and det.seen == len(losses)
+    with monkeypatch.context() as m:
+        m.setattr(boundary, "DROP_BASE", 1.0)   # the full limit for every drop: the level guard holds
+        assert fired() == 0
+    monkeypatch.setattr(boundary, "VETO_FROM", 10**9)   # no level guard: the drop limit holds
+    assert fired() == 0
+    monkeypatch.setattr(boundary, "DROP_BASE", 1.0)   # neither
+    assert fired() == 2
 
 
 def test_a_learning_curve_falls_at_the_full_limit() -> None:
@@ -291,6 +301,25 @@ def test_a_lasting_moderate_quality_drop_is_found_by_the_level_shift_test(before
     assert len(got) == 1 and 600 <= got[0] < 650, got
     monkeypatch.setattr(boundary, "SHIFT_Z", math.inf)
     assert fired() == []
+
+
+@pytest.mark.parametrize(("seed", "at"), [(35, 2600), (53, 2541)])
+def test_after_a_long_stretch_a_firing_must_stand_above_the_slow_level(seed: int, at: int,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uniform qualities, 10,000 events: a good stretch drags the fast reference down and a cluster of bad
+    answers then sums past the threshold, though it is not above the level of the last few hundred losses.
+    Without the level guard (VETO_FROM = inf) it fired there."""
+    import workers.cores.boundary as boundary
+
+    losses = _loop_losses(np.random.default_rng(seed).random(10_000))
+
+    def fired() -> list[int]:
+        det = LossCusum()
+        return [i for i, v in enumerate(losses) if det.push(v)]
+
+    assert fired() == []
+    monkeypatch.setattr(boundary, "VETO_FROM", 10**9)
+    assert fired() == [at]
 
 
 def test_the_level_shift_test_waits_for_its_windows_after_a_restart() -> None:

@@ -72,6 +72,13 @@ fires on a *lasting* rise of the loss:
   last restart. Its windows are longer than a 25-batch task, so it never acts there; on feedback
   it found 326 of 400 lasting drops that the CUSUM found 159 of, with no reset added over 900
   stationary runs of 45 quality shapes (``learnstream bench boundaries --wide``).
+  The slow level also guards the CUSUM in long stationary stretches: after ``VETO_FROM`` losses
+  since the last restart, a CUSUM or jump firing counts only if the newest losses (the delay line
+  and this one) stand ``VETO_Z`` standard errors (of the spread, over their count) above the slow
+  EMA. On feedback, a run of good answers drags the fast reference down and a cluster of bad ones
+  then reads as a rise although it is not above the level of the last few hundred losses (7 of the
+  14 resets of a direct-loss run of those 900; every judged F1 unchanged, since a 25-batch task never
+  runs that long).
 
 Measured by ``learnstream bench boundaries`` (precision, recall, F1, adapter resets on
 stationary feedback; both modes).
@@ -123,6 +130,8 @@ SHIFT_SLOW = 1.0 / 300   # ... against one over ~300 (and its variance)
 SHIFT_Z = 6.0            # standard errors of their difference
 SHIFT_MIN = 0.08         # and at least this much, on the loss scale
 SHIFT_FROM = 100         # losses since the last restart before it tests
+VETO_FROM = 500          # after this many, a CUSUM or jump firing must stand above the slow level ...
+VETO_Z = 5.0             # ... by this many of its standard errors
 CV = 5.0           # an upward residual counts at most CV sigmas in the spread
 CV_RISE = 2.5      # ... CV_RISE while the spread is a plain mean and the CUSUM is above S_RISE
 S_RISE = H / 3.0
@@ -195,7 +204,7 @@ class LossCusum:
             f = self._forecast(sig)
             self.S = max(0.0, self.S + min((loss - f - a) / sig, CLIP))
             self.jump = self.jump + 1 if loss > f + JUMP_Z * sig else 0
-            if self.S > H or (self.jump >= JUMP_N and self.jump >= self._jump_run()):
+            if (self.S > H or (self.jump >= JUMP_N and self.jump >= self._jump_run())) and self._above_level(loss, sig):
                 self.last = CusumFiring(self.S, self.mu, sig, self.n)
                 self.n = 0
                 self._restart()
@@ -205,6 +214,15 @@ class LossCusum:
             old = self.ring.pop(0)
             self._reference(old, sig)   # the reference has not moved since sig was computed
         return self._shifted(loss)
+
+    def _above_level(self, loss: float, sig: float) -> bool:
+        """After a long stretch (``VETO_FROM`` losses since the last restart), a CUSUM or jump firing must
+        also stand above the slow level: the newest losses (the delay line and this one) average more
+        than ``VETO_Z`` standard errors above it (module doc)."""
+        if self.seen < VETO_FROM:
+            return True
+        k = len(self.ring) + 1
+        return (sum(self.ring) + loss) / k - self.slow > VETO_Z * sig / math.sqrt(k)
 
     def _shifted(self, loss: float) -> bool:
         """The level-shift test (module doc): True when it fires (the detector restarts)."""
