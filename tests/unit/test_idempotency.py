@@ -86,9 +86,15 @@ def test_keys_on_a_topic_verb_and_the_coalesced_path() -> None:
     p = Processor(StoreStateAccess(store))
     o = {"session_key": "s1", "id": "o1", "agent": "a", "task": "t", "success": True, "strategy": "s",
          "idempotency_key": "k"}
-    recs = [Record(OUTCOMES, 0, i, b"s1", orjson.dumps({**o, "id": f"o{i}"}), 1000) for i in range(2)]
-    res = p.process(recs)  # same key, different outcome ids: the second is the retry, not applied
+    # the write, its retry (the same bytes again), then the same key for another outcome
+    recs = [Record(OUTCOMES, 0, i, b"s1", orjson.dumps({**o, "id": oid}), 1000) for i, oid in enumerate(["o0", "o0", "o1"])]
+    res = p.process(recs)
     assert res.replies[(OUTCOMES, 0, 1)]["duplicate"] is True
+    assert res.replies[(OUTCOMES, 0, 2)] == {
+        "ok": False, "verb": "learn_outcome",
+        "error": "idempotency_key 'k' was already used in this session for a different write (another verb or body); "
+                 "use a new key for a new write"}
+    assert res.rejected == 1   # to the DLQ with its reason, as any refused write
     assert LearnSession(store=store).dispatch({"verb": "heuristics", "body": {
         "session_key": "s1", "include": ["outcomes"]}})["data"]["counts"]["outcomes"] == 1
 
@@ -196,3 +202,33 @@ def test_the_keys_weigh_what_their_entries_hold_as_they_change() -> None:
             keys.add(f"k{i}", {"ok": True, "id": f"t:0:{i}"})  # the same key again: its entry replaced
         assert keys.memory_bytes() == 3 * sum(len(e) for e in keys._slots)
     assert idempotency.AppliedKeys.from_bytes(keys.to_bytes()).memory_bytes() == keys.memory_bytes()
+
+
+def test_a_key_reused_for_another_write_is_refused_not_answered_with_the_first_reply() -> None:
+    """A retry repeats the write (same verb and body; key order and session_key do not matter) and gets the
+    first reply; the same key on another body or verb would have told the client its new write was
+    applied: it is refused, and nothing changes. A key remembered before fingerprints were kept (no print)
+    is answered as before."""
+    from workers.state.blob import StateBlob
+
+    from workers.verbs.surface import REGISTRY
+
+    s = LearnSession()
+    body = {"session_key": "s", "agent": "a", "domain": "d", "fact": "the sky is blue", "idempotency_key": "k1"}
+    first = s.dispatch({"verb": "add_knowledge", "body": body})
+    assert first["ok"], first
+    again = s.dispatch({"verb": "add_knowledge", "body": dict(reversed(list(body.items())))})
+    assert again == {**first, "duplicate": True}
+    table = REGISTRY["add_knowledge"].table
+    before = s.blob(table, "s").to_bytes()
+    other = s.dispatch({"verb": "add_knowledge", "body": {**body, "fact": "the sea is green"}})
+    assert other == {"ok": False, "verb": "add_knowledge",
+                     "error": "idempotency_key 'k1' was already used in this session for a different write "
+                              "(another verb or body); use a new key for a new write"}
+    assert s.dispatch({"verb": "add_preference", "body": {"session_key": "s", "user_id": "u", "category": "c",
+                                                          "preference": "short", "idempotency_key": "k1"}})["ok"] is False
+    assert s.blob(table, "s").to_bytes() == before
+    assert s.dispatch({"verb": "add_knowledge", "body": body}) == {**first, "duplicate": True}
+    blob = StateBlob()
+    idempotency.remember(blob, "old", {"ok": True, "id": "t:0:1"})   # no print: as kept before
+    assert idempotency.retried(blob, "old", idempotency.fingerprint("x", {"a": 1}))["duplicate"] is True

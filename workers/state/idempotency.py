@@ -25,6 +25,7 @@ first) is still read.
 """
 from __future__ import annotations
 
+import hashlib
 import struct
 
 import orjson
@@ -32,7 +33,7 @@ import orjson
 from workers.errors import CorruptStateError, VerbError
 from workers.state.blob import StateBlob
 
-__all__ = ("FIELD", "PART", "AppliedKeys", "take_key", "lookup", "retried", "remember")
+__all__ = ("FIELD", "PART", "AppliedKeys", "take_key", "fingerprint", "lookup", "retried", "remember")
 
 FIELD = "idempotency_key"
 PART = "idempotency"
@@ -134,25 +135,54 @@ def take_key(body: dict) -> tuple[str | None, dict]:
     return key, {k: v for k, v in body.items() if k != FIELD}
 
 
+_PRINT = "body_sha256"   # kept beside a reply: which write the key was first used for
+
+
+def fingerprint(verb: str, body: dict) -> str | None:
+    """What a retry must repeat: the verb and its body (without ``session_key``, which routing already
+    matched), as a short hash; None for a body that is not JSON (an in-process caller's own objects)."""
+    try:
+        raw = orjson.dumps([verb, {k: v for k, v in body.items() if k != "session_key"}],
+                           option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError:
+        return None
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
 def lookup(blob: StateBlob, key: str) -> dict | None:
     """The reply of the write that already applied ``key`` in this session value, or None."""
     keys = blob.get(PART, AppliedKeys)
-    return None if keys is None else keys.replies.get(key)
+    first = None if keys is None else keys.replies.get(key)
+    return None if first is None else {k: v for k, v in first.items() if k != _PRINT}
 
 
-def retried(blob: StateBlob, key: str) -> dict | None:
+def retried(blob: StateBlob, key: str, print_: str | None = None) -> dict | None:
     """The answer to a retry of a write this session value already applied under ``key`` (its first
-    reply, marked ``duplicate``), or None when ``key`` is new: the worker and ``LearnSession`` both."""
-    first = lookup(blob, key)
-    return None if first is None else {**first, "duplicate": True}
+    reply, marked ``duplicate``), or None when ``key`` is new: the worker and ``LearnSession`` both.
+
+    A key reused for a *different* write (another verb or body, ``print_`` from :func:`fingerprint`) is
+    refused (VerbError): answering it with the first write's reply would tell the client its new write
+    was applied. Keys remembered before fingerprints were kept are answered as before."""
+    keys = blob.get(PART, AppliedKeys)
+    first = None if keys is None else keys.replies.get(key)
+    if first is None:
+        return None
+    was = first.get(_PRINT)
+    if print_ is not None and was is not None and was != print_:
+        raise VerbError(f"{FIELD} {key!r} was already used in this session for a different write "
+                        f"(another verb or body); use a new key for a new write")
+    return {**{k: v for k, v in first.items() if k != _PRINT}, "duplicate": True}
 
 
-def remember(blob: StateBlob, key: str, reply: dict) -> None:
-    """Keep ``reply`` (carrying its ``id``) under ``key``; the oldest key goes beyond ``_KEEP``."""
+def remember(blob: StateBlob, key: str, reply: dict, print_: str | None = None) -> None:
+    """Keep ``reply`` (carrying its ``id``) under ``key``, with the write's ``print_``; the oldest key goes
+    beyond ``_KEEP``."""
     keys = blob.get(PART, AppliedKeys)
     if keys is None:
         keys = AppliedKeys()
         blob.set(PART, keys)
     if len(orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY)) > _MAX_REPLY:
         reply = {k: v for k, v in reply.items() if k != "data"} | {"data_omitted": True}
+    if print_ is not None:
+        reply = {**reply, _PRINT: print_}
     keys.add(key, reply)

@@ -496,12 +496,17 @@ class Processor:
             if isinstance(got, str):
                 return got
             blob = got
+        print_ = None
         try:
             key, body = idempotency.take_key(body)
-        except VerbError as exc:
+            if key is not None and blob is not None:
+                print_ = idempotency.fingerprint(v.name, body)
+                again = idempotency.retried(blob, key, print_)
+            else:
+                again = None
+        except VerbError as exc:  # a malformed key, or one already used for another write
             return self._settle(rec, v, sk, blob, envelope_error(v.name, str(exc)), [], res, dirty)
         if key is not None and blob is not None:
-            again = idempotency.retried(blob, key)
             if again is not None:  # a client's retry of a write this session value already holds
                 res.replies[(rec.topic, rec.partition, rec.offset)] = again
                 blob.watermark.advance(*rec.mark)
@@ -515,7 +520,7 @@ class Processor:
         res.verb_seconds.append((v.name, time.perf_counter() - t0))
         if key is not None and blob is not None:
             # same value, same table write as the state change and the watermark: all or nothing
-            idempotency.remember(blob, key, {**out, "id": record_id(rec)})
+            idempotency.remember(blob, key, {**out, "id": record_id(rec)}, print_)
         return self._settle(rec, v, sk, blob, out, emitted, res, dirty)
 
     def _apply_run(self, run: _Run, res: BatchResult, dirty: dict[tuple[str, str], int]) -> None:

@@ -113,13 +113,18 @@ class LearnSession:
         # As in the worker (Processor._apply_one): a write that carries an idempotency key the session
         # already applied is answered with the first reply; the key and its reply are kept with the state
         blob = self.sessions.blob(v.table, sk, 0) if key is not None and v.table in BLOB_TABLES else None
+        print_ = None
         if blob is not None:
-            again = idempotency.retried(blob, key)
+            print_ = idempotency.fingerprint(name, body)
+            try:
+                again = idempotency.retried(blob, key, print_)
+            except VerbError as exc:  # the key was used for another write
+                return envelope_error(name, str(exc))
             if again is not None:
                 return again
         out = run_verb(v, self.context(v, sk), body)
         if blob is not None:
-            idempotency.remember(blob, key, out)
+            idempotency.remember(blob, key, out, print_)
         # As in the worker: a refused verb changed nothing (verbs validate before they mutate),
         # so the cached state is kept as it is, and only an applied one (or a remembered key) is written.
         if v.writes and v.table in BLOB_TABLES and (out["ok"] or blob is not None):
