@@ -177,6 +177,12 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
                 await exercise_every_tool(s, "agent-http")
 
         asyncio.run(asyncio.wait_for(go(), 180))
+        # hostile nesting is a JSON-RPC parse error (400), not a RecursionError inside the SDK (500)
+        auth = {**hdr, "Authorization": "Bearer s3cret", "Content-Type": "application/json"}
+        deep = b'{"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
+        r = httpx.post(side.url, content=deep, headers=auth, timeout=10)
+        assert r.status_code == 400 and "nested deeper than 64" in r.json()["error"]["message"], r.text
+        assert httpx.post(side.url, json=init, headers=auth, timeout=10).status_code == 200   # still serving
     finally:
         side.stop()
     # a client that went away is not an error: the SDK logged one traceback per ordinary disconnect

@@ -65,7 +65,7 @@ def http_app(client: LearnstreamClient, *, token: str, default_session: str = "d
     async def mcp_endpoint(scope: Any, receive: Any, send: Any) -> None:  # an ASGI app, not a request handler
         await manager.handle_request(scope, receive, send)
 
-    endpoint = RequireAuthMiddleware(mcp_endpoint, required_scopes=[])
+    endpoint = RequireAuthMiddleware(nesting_guard(mcp_endpoint), required_scopes=[])
     return Starlette(routes=[Route("/mcp", endpoint=endpoint)], lifespan=lifespan,
                      middleware=[Middleware(AuthenticationMiddleware,
                                             backend=BearerAuthBackend(StaticTokenVerifier(token)))])
@@ -98,6 +98,56 @@ async def _serve_stdio(client: LearnstreamClient, session: str) -> None:
     server = build_server(client, default_session=session)
     async with client, stdio_server() as (read, write):
         await server.run(read, write, server.create_initialization_options())
+
+
+MAX_NESTING = 64              # JSON containers in one request (a verb body needs a handful)
+_SDK_BODY_LIMIT = 4 * 1024 * 1024   # the SDK answers a larger body 413 itself, before parsing
+
+
+def nesting_guard(app: Any) -> Any:
+    """An ASGI wrapper refusing a POST whose JSON nests deeper than :data:`MAX_NESTING` with 400 and a
+    JSON-RPC parse error. The SDK parses with the standard library, whose recursion a few thousand
+    nested arrays exhaust (an HTTP 500 from inside it); orjson stops at its own depth limit and the
+    check below walks without recursion. Any other body goes on to the SDK unchanged."""
+    import orjson
+
+    from workers.stream.http_guard import json_depth
+
+    async def guarded(scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http" or scope.get("method") != "POST":
+            await app(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more and size <= _SDK_BODY_LIMIT:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: let the SDK see it
+                chunks.append(message)
+                break
+            chunks.append(message)
+            size += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(m.get("body", b"") for m in chunks if m["type"] == "http.request")
+        deep = False
+        if not more and size <= _SDK_BODY_LIMIT:
+            try:
+                deep = not json_depth(orjson.loads(body), MAX_NESTING)
+            except orjson.JSONDecodeError as exc:
+                deep = "depth" in str(exc)   # orjson's own limit; other parse errors are the SDK's to answer
+        if deep:
+            out = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": {
+                "code": -32700, "message": f"Parse error: JSON nested deeper than {MAX_NESTING}"}})
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]})
+            await send({"type": "http.response.body", "body": out})
+            return
+        replay = iter(chunks)
+
+        async def again() -> Any:
+            return next(replay, None) or await receive()
+
+        await app(scope, again, send)
+
+    return guarded
 
 
 class GoneClientFilter(logging.Filter):
