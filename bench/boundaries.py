@@ -120,28 +120,36 @@ _FEEDBACK_SCALE = 2.5   # a curve's loss at quality 0 (its starts are 2.0-2.5)
 _FEEDBACK_DIM = 16      # embedding width of the feedback streams
 
 
-def _feedback_session(dim: int = _FEEDBACK_DIM) -> LearnSession:
-    """An in-process session with an instant core over two models, ready for ``learn_feedback``."""
+def _feedback_session(dim: int = _FEEDBACK_DIM, n_models: int = 2) -> LearnSession:
+    """An in-process session with an instant core over ``n_models`` models (a, b, ...), ready for ``learn_feedback``."""
     s = LearnSession()
-    assert s.dispatch({"verb": "init_instant", "body": {"targets": ["a", "b"], "dim": dim}})["ok"]
+    assert s.dispatch({"verb": "init_instant", "body": {"targets": list("abcde"[:max(n_models, 2)]), "dim": dim}})["ok"]
     return s
+
+
+def _send_feedback(s: LearnSession, q: np.ndarray, models: np.ndarray, X: np.ndarray, envelope: int,
+                   mode: str | None = None) -> list[int]:
+    """Qualities ``q`` (model index and embedding per event) through ``learn_feedback`` in envelopes of
+    ``envelope`` events; the calls that reported a boundary, as the index of their last event (the event
+    itself with envelopes of 1). ``mode``: the session's boundary mode (None: the default)."""
+    fired = []
+    for i in range(0, len(q), envelope):
+        end = min(i + envelope, len(q))
+        body: dict = {"events": [{"embedding_b64": encode_embedding_b64(X[j]), "model": "abcde"[models[j]],
+                                  "quality": float(q[j]), "now_ms": j} for j in range(i, end)]}
+        if mode is not None:
+            body["boundary"] = mode
+        out = s.dispatch({"verb": "learn_feedback", "body": body})
+        assert out["ok"], out
+        fired += [end - 1] * out["data"]["boundaries"]
+    return fired
 
 
 def feedback_firings(mode: str, losses: np.ndarray, seed: int, dim: int = _FEEDBACK_DIM) -> list[int]:
     """The events of ``q = clip(1 - loss / 2.5, 0, 1)``, one per ``learn_feedback`` call, whose call fired."""
-    rng = np.random.default_rng(seed)
-    s = _feedback_session(dim)
     q = np.clip(1.0 - losses / _FEEDBACK_SCALE, 0.0, 1.0)
-    X = rng.standard_normal((len(q), dim)).astype(np.float32)
-    fired = []
-    for i, v in enumerate(q.tolist()):
-        out = s.dispatch({"verb": "learn_feedback", "body": {"embedding_b64": encode_embedding_b64(X[i]),
-                                                             "model": "ab"[i & 1], "quality": v, "now_ms": i,
-                                                             "boundary": mode}})
-        assert out["ok"], out
-        if out["data"]["boundaries"]:
-            fired.append(i)
-    return fired
+    X = np.random.default_rng(seed).standard_normal((len(q), dim)).astype(np.float32)
+    return _send_feedback(_feedback_session(dim), q, np.arange(len(q)) & 1, X, 1, mode)
 
 
 def score(fired: list[int], switches: list[int], tolerance: int) -> tuple[int, int, int]:
@@ -301,41 +309,17 @@ def _quality(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def feedback_resets(mode: str, kind: str, seed: int, events: int, envelope: int = 100) -> int:
-    """Adapter resets over a stationary feedback stream through the learn_feedback verb."""
+    """Adapter resets over a stationary feedback stream through the learn_feedback verb (every boundary of
+    the loop consolidates and resets the adapter once)."""
     rng = np.random.default_rng(seed)
-    s = _feedback_session()
     q = _quality(kind, rng, events)
     X = rng.standard_normal((events, _FEEDBACK_DIM)).astype(np.float32)
     models = rng.integers(0, 2, events)
-    for i in range(0, events, envelope):
-        evs = [{"embedding_b64": encode_embedding_b64(X[j]), "model": "ab"[models[j]], "quality": float(q[j]),
-                "now_ms": j} for j in range(i, min(i + envelope, events))]
-        out = s.dispatch({"verb": "learn_feedback", "body": {"events": evs, "boundary": mode}})
-        assert out["ok"], out
-    # every boundary of the loop consolidates and resets the adapter once
-    return int(s.dispatch({"verb": "health"})["data"]["boundaries_detected"])
+    return len(_send_feedback(_feedback_session(), q, models, X, envelope, mode))
 
 
-def _session_of(n_models: int) -> LearnSession:
-    s = LearnSession()
-    assert s.dispatch({"verb": "init_instant", "body": {"targets": list("abcde"[:max(n_models, 2)]),
-                                                        "dim": _FEEDBACK_DIM}})["ok"]
-    return s
-
-
-def _feedback_calls(s: LearnSession, q: np.ndarray, models: np.ndarray, seed: int, envelope: int) -> list[int]:
-    """Send qualities q (model index per event) through learn_feedback; the calls that fired, as the
-    index of their last event."""
-    X = np.random.default_rng(10_000 + seed).standard_normal((len(q), _FEEDBACK_DIM)).astype(np.float32)
-    fired = []
-    for i in range(0, len(q), envelope):
-        end = min(i + envelope, len(q))
-        evs = [{"embedding_b64": encode_embedding_b64(X[j]), "model": "abcde"[models[j]], "quality": float(q[j]),
-                "now_ms": j} for j in range(i, end)]
-        out = s.dispatch({"verb": "learn_feedback", "body": {"events": evs}})
-        assert out["ok"], out
-        fired += [end - 1] * out["data"]["boundaries"]
-    return fired
+def _embeddings(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(10_000 + seed).standard_normal((n, _FEEDBACK_DIM)).astype(np.float32)
 
 
 def wide(args: argparse.Namespace) -> int:
@@ -350,7 +334,8 @@ def wide(args: argparse.Namespace) -> int:
         r = []
         for seed in range(args.wide):
             q, m = make(np.random.default_rng(seed), args.events)
-            r.append(len(_feedback_calls(_session_of(int(m.max()) + 1), q, m, seed, 100)))
+            r.append(len(_send_feedback(_feedback_session(n_models=int(m.max()) + 1), q, m,
+                                        _embeddings(seed, len(q)), 100)))
         total += sum(r)
         if sum(r):
             hit.append(kind)
@@ -372,7 +357,7 @@ def wide(args: argparse.Namespace) -> int:
                 parts.append(q)
                 pos += length
             q = np.concatenate(parts)
-            fired = _feedback_calls(_session_of(1), q, np.zeros(len(q), np.int64), seed, 1)
+            fired = _send_feedback(_feedback_session(), q, np.zeros(len(q), np.int64), _embeddings(seed, len(q)), 1)
             for c in starts:
                 n += 1
                 c50 += any(c <= f < c + 50 for f in fired)

@@ -20,8 +20,8 @@ fires on a *lasting* rise of the loss:
   never dropped) exceeds ``DROP_BASE``, the limit shrinks in proportion, to at least ``CLO_MIN``:
   on Bernoulli 0.25-0.35 qualities a run of seven good answers dragged ``mu`` and the trend down,
   and the return to the usual bad answers then read as a new task (10 resets in 190 stationary
-  10,000-event runs over p = 0.05 ... 0.95, 2 with the limit; every loss stream's F1 unchanged), and one upward residual counts at most ``CV`` sigmas in
-  ``sigma^2`` (a switch the detector missed must not blind it to the next ones). While
+  10,000-event runs over p = 0.05 ... 0.95, 2 with the limit; every loss stream's F1 unchanged),
+  and one upward residual counts at most ``CV`` sigmas in ``sigma^2`` (a switch the detector missed must not blind it to the next ones). While
   ``sigma^2`` is still a plain mean of few squares and the CUSUM already holds evidence of a
   rise (``S > S_RISE``), the limit is ``CV_RISE``: a new task's first high losses enter the
   reference a few steps before the CUSUM can fire, and there one 4-sigma residual used to

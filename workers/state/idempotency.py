@@ -149,11 +149,20 @@ def fingerprint(verb: str, body: dict) -> str | None:
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
+def _kept(blob: StateBlob, key: str) -> dict | None:
+    """What ``key`` keeps: the first write's reply, with that write's print when it was kept."""
+    keys = blob.get(PART, AppliedKeys)
+    return None if keys is None else keys.replies.get(key)
+
+
+def _reply(kept: dict) -> dict:
+    return {k: v for k, v in kept.items() if k != _PRINT}
+
+
 def lookup(blob: StateBlob, key: str) -> dict | None:
     """The reply of the write that already applied ``key`` in this session value, or None."""
-    keys = blob.get(PART, AppliedKeys)
-    first = None if keys is None else keys.replies.get(key)
-    return None if first is None else {k: v for k, v in first.items() if k != _PRINT}
+    kept = _kept(blob, key)
+    return None if kept is None else _reply(kept)
 
 
 def retried(blob: StateBlob, key: str, print_: str | None = None) -> dict | None:
@@ -163,15 +172,14 @@ def retried(blob: StateBlob, key: str, print_: str | None = None) -> dict | None
     A key reused for a *different* write (another verb or body, ``print_`` from :func:`fingerprint`) is
     refused (VerbError): answering it with the first write's reply would tell the client its new write
     was applied. Keys remembered before fingerprints were kept are answered as before."""
-    keys = blob.get(PART, AppliedKeys)
-    first = None if keys is None else keys.replies.get(key)
-    if first is None:
+    kept = _kept(blob, key)
+    if kept is None:
         return None
-    was = first.get(_PRINT)
+    was = kept.get(_PRINT)
     if print_ is not None and was is not None and was != print_:
         raise VerbError(f"{FIELD} {key!r} was already used in this session for a different write "
                         f"(another verb or body); use a new key for a new write")
-    return {**{k: v for k, v in first.items() if k != _PRINT}, "duplicate": True}
+    return {**_reply(kept), "duplicate": True}
 
 
 def remember(blob: StateBlob, key: str, reply: dict, print_: str | None = None) -> None:

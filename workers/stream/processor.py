@@ -496,23 +496,20 @@ class Processor:
             if isinstance(got, str):
                 return got
             blob = got
-        print_ = None
+        print_ = again = None
         try:
             key, body = idempotency.take_key(body)
             if key is not None and blob is not None:
                 print_ = idempotency.fingerprint(v.name, body)
                 again = idempotency.retried(blob, key, print_)
-            else:
-                again = None
         except VerbError as exc:  # a malformed key, or one already used for another write
             return self._settle(rec, v, sk, blob, envelope_error(v.name, str(exc)), [], res, dirty)
-        if key is not None and blob is not None:
-            if again is not None:  # a client's retry of a write this session value already holds
-                res.replies[(rec.topic, rec.partition, rec.offset)] = again
-                blob.watermark.advance(*rec.mark)
-                dirty[(v.table, sk)] = rec.partition
-                res.duplicates += 1
-                return "duplicate"
+        if again is not None and blob is not None:  # a client's retry of a write this session value already holds
+            res.replies[(rec.topic, rec.partition, rec.offset)] = again
+            blob.watermark.advance(*rec.mark)
+            dirty[(v.table, sk)] = rec.partition
+            res.duplicates += 1
+            return "duplicate"
         emitted: list[tuple[str, dict]] = []
         ctx = self._context(v, sk, rec.partition, blob, lambda role, p: emitted.append((role, p)), rec.source)
         t0 = time.perf_counter()
