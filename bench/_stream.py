@@ -72,11 +72,12 @@ def teardown(procs: Iterable[Any], broker: EmbeddedBroker | None, log_dir: Path 
 def provision(bootstrap: str, partitions: int, extra: list[str] | None = None,
               retention_bytes: int | None = None) -> dict[str, int]:
     """Create every learnstream topic (what a worker does first), and ``extra`` topics, with ``partitions``
-    (``retention_bytes``: the input topics' retention per partition on the embedded broker, else its default)."""
+    (``retention_bytes``: the input topics' cap per partition on the embedded broker, else its default; give
+    the workers the same, ``keep_input_env``, or they set their own when they start)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     async def go() -> dict[str, int]:
-        kept = {} if retention_bytes is None else {"embedded_retention_bytes": retention_bytes}
+        kept = {} if retention_bytes is None else {"embedded_input_retention_bytes": retention_bytes}
         have = await ensure_topics(Settings(broker=bootstrap, partitions=partitions, **kept))
         if extra:
             admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -88,6 +89,11 @@ def provision(bootstrap: str, partitions: int, extra: list[str] | None = None,
         return have
 
     return asyncio.run(go())
+
+
+def keep_input_env(retention_bytes: int) -> dict[str, str]:
+    """A worker's environment for input topics provisioned with ``retention_bytes``: it keeps that cap."""
+    return {"LEARNSTREAM_EMBEDDED_INPUT_RETENTION_BYTES": str(retention_bytes)}
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

@@ -59,8 +59,9 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from _stream import (SAFE_PAUSE_SHARE, SESSION_TIMEOUT_S, ChildProcess, WorkerProcess, balanced_keys, machine_note,
-                     metric, provision, start_broker, teardown, wait_until, worker_kwargs, worker_options)
+from _stream import (SAFE_PAUSE_SHARE, SESSION_TIMEOUT_S, ChildProcess, WorkerProcess, balanced_keys, keep_input_env,
+                     machine_note, metric, provision, start_broker, teardown, wait_until, worker_kwargs,
+                     worker_options)
 from workers.kafka.broker import EmbeddedBroker
 from workers.client import LearnstreamClient
 from workers.verbs.codec import MAX_EVENT_BYTES, encode_embedding_b64
@@ -318,8 +319,8 @@ class Consumer:
                    broker_ps.cpu_seconds() - b0)
 
 
-# The input topics' retention where a scenario is produced to a suspended worker whole (up to 324 MB
-# of JSON envelopes): the embedded broker's default (4 MiB per partition) would drop most of it unread.
+# The input topics' cap where a scenario is produced to a suspended worker whole (up to 324 MB of JSON
+# envelopes, more than the embedded broker's default of 64 MiB per partition on fewer partitions).
 _KEEP_ALL_BYTES = 1 << 30
 
 
@@ -376,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         provision(broker.bootstrap, args.partitions, extra=[_RAW_TOPIC, _FAUST_TOPIC], retention_bytes=_KEEP_ALL_BYTES)
         broker_ps = _BrokerPs(broker.proc)
         worker = WorkerProcess(broker.bootstrap, partitions=args.partitions, app_id=f"bench-{uuid.uuid4().hex[:6]}",
-                               log_dir=log_dir, **worker_kw).start()
+                               log_dir=log_dir, env={**keep_input_env(_KEEP_ALL_BYTES), **worker_kw["env"]},
+                               command=worker_kw["command"]).start()
         raw = Child("raw", broker.bootstrap, _RAW_TOPIC, args.partitions, log_dir, args.fetch_max_wait_ms).start()
         plain = Child("faust", broker.bootstrap, _FAUST_TOPIC, args.partitions, log_dir,
                       args.fetch_max_wait_ms).start()
@@ -454,13 +456,15 @@ def transactions_cost(args: argparse.Namespace, p: argparse.ArgumentParser) -> i
     broker = start_broker(log_dir)
     workers: dict[str, WorkerProcess] = {}
     try:
-        # a worker waits suspended while the other consumes: the embedded broker's default input
-        # retention (4 MiB per partition) would delete messages it has not consumed yet
+        # a worker waits suspended while the other consumes: the embedded broker's input cap would delete
+        # messages it has not consumed yet, and so would the other's purge of what it applied (a group
+        # that has not committed an offset yet is not known to be behind)
         provision(broker.bootstrap, args.partitions, retention_bytes=_KEEP_ALL_BYTES)
         for label, flag in _TXN_MODES.items():
             workers[label] = WorkerProcess(
                 broker.bootstrap, partitions=args.partitions, app_id=f"bench-{label[:3]}-{uuid.uuid4().hex[:6]}",
-                log_dir=log_dir, env={**worker_kw["env"], "LEARNSTREAM_TRANSACTIONS": flag},
+                log_dir=log_dir, env={**keep_input_env(_KEEP_ALL_BYTES), "LEARNSTREAM_EMBEDDED_INPUT_PURGE_S": "0",
+                                      **worker_kw["env"], "LEARNSTREAM_TRANSACTIONS": flag},
                 command=worker_kw["command"]).start()
         for w in workers.values():
             w.wait_ready()
@@ -515,11 +519,11 @@ _TARGET_CHANGELOG = 4.0         # changelog bytes per event / the event's own by
 
 
 def _most_unconsumed(event_bytes: float, partitions: int) -> int:
-    """Events that can wait unconsumed on the embedded broker: its delete-policy retention
-    (``LEARNSTREAM_EMBEDDED_RETENTION_BYTES`` per partition, what ``provision`` gives the input topics)
-    drops older ones unread, as Kafka's does, and the worker would never apply them (it logs a
-    warning). A tenth is left for record overhead and an uneven spread."""
-    return int(0.9 * Settings().embedded_retention_bytes * partitions / event_bytes)
+    """Events that can wait unconsumed on the embedded broker: past its input topics' cap
+    (``LEARNSTREAM_EMBEDDED_INPUT_RETENTION_BYTES`` per partition) older ones are dropped unread and
+    the worker would never apply them (it logs an error). A tenth is left for record overhead and an
+    uneven spread."""
+    return int(0.9 * Settings().embedded_input_retention_bytes * partitions / event_bytes)
 
 
 def _produce_applied(worker: WorkerProcess, bootstrap: str, topic: str, msgs: list[tuple[bytes, bytes]],
@@ -563,7 +567,7 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     if args.events > most:  # produced while the worker is suspended: more would be dropped unread
         p.error(f"--events {args.events:,} of {args.dim}-d events would not all fit the embedded broker's input "
                 f"retention while the worker is suspended (at most {most:,} over {args.partitions} partitions; "
-                f"LEARNSTREAM_EMBEDDED_RETENTION_BYTES, 4 MiB per partition by default)")
+                f"LEARNSTREAM_EMBEDDED_INPUT_RETENTION_BYTES, 64 MiB per partition by default)")
     log_dir = Path(tempfile.mkdtemp(prefix="learnstream-bench-scale-"))
     topic, cmd_topic = topics()["feedback"].name, topics()["commands"].name
     print(f"learnstream bench feedback --scale: {args.dim}-d b64 embeddings, one event per message, "

@@ -43,8 +43,8 @@ def test_bench_lists_benchmarks() -> None:
 
 def test_bench_feedback_scale_refuses_more_events_than_the_embedded_retention_keeps() -> None:
     """Produced to a suspended worker, they would be dropped unread and the run would wait for ever."""
-    r = run(["bench", "feedback", "--scale", "8", "--events", "16000"])
-    assert r.returncode == 2 and "retention" in r.stderr and "at most 6,8" in r.stderr, r.stderr
+    r = run(["bench", "feedback", "--scale", "8", "--events", "200000"])
+    assert r.returncode == 2 and "INPUT_RETENTION_BYTES" in r.stderr and "at most 109," in r.stderr, r.stderr
 
 
 def test_bench_feedback_scale_interleaves_the_counts_rounds_on_suspended_pairs() -> None:

@@ -17,10 +17,12 @@ segments, 7- to 30-day or infinite retention) would keep everything a local work
 topic the worker creates on it gets:
 
 - small segments (``segment.bytes``, ``segment.ms``), so compaction keeps each changelog near its
-  live state and retention can drop old input;
-- on delete-policy topics (inputs, downstream, DLQ), ``retention.bytes`` per partition
-  (``LEARNSTREAM_EMBEDDED_RETENTION_BYTES``): a bounded local history. State does not depend on it:
-  it lives in the compacted changelogs.
+  live state and retention can drop old records;
+- on delete-policy topics, ``retention.bytes`` per partition: downstream topics and the DLQ
+  ``LEARNSTREAM_EMBEDDED_RETENTION_BYTES`` (a bounded local history; state does not depend on it, it
+  lives in the compacted changelogs), inputs a large cap on unread backlog
+  (``LEARNSTREAM_EMBEDDED_INPUT_RETENTION_BYTES``): the worker deletes the input it applied itself
+  (:mod:`workers.kafka.input_purge`).
 
 and the broker process gets :data:`MALLOC_TUNABLES` (glibc), so each snapshot's buffers go back to
 the OS. ``tests/unit/test_broker.py`` shows the broker's memory dropping with these configs and not

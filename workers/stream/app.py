@@ -120,6 +120,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
                 await rt.dead_peers.close()
             if rt.rewriter is not None:
                 await rt.rewriter.close()
+            if rt.purge is not None:
+                await rt.purge.close()
             if rt.txn is not None:
                 await rt.txn.close()
 

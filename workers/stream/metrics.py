@@ -8,7 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 __all__ = ("REGISTRY", "EVENTS", "KERNEL_SECONDS", "BATCH_SECONDS", "ADAPTER_NORM", "DOWNSTREAM", "DLQ",
            "CONSUMER_LAG", "READY", "OFFSET_GAPS", "REROUTED", "MESSAGES", "SCORING_CALLS", "SCORING_CALL_SECONDS",
-           "CHANGELOG_REWRITES", "CHANGELOG_REWRITE_BYTES", "STATE_WRITES", "STATE_WRITE_BYTES")
+           "CHANGELOG_REWRITES", "CHANGELOG_REWRITE_BYTES", "STATE_WRITES", "STATE_WRITE_BYTES", "INPUT_PURGES",
+           "INPUT_DELETED_UNREAD")
 
 disable_created_metrics()  # *_created series double the output and no dashboard uses them
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -72,3 +73,11 @@ CHANGELOG_REWRITES = Counter("learnstream_changelog_rewrites_total",
                              registry=REGISTRY)
 CHANGELOG_REWRITE_BYTES = Counter("learnstream_changelog_rewrite_bytes_total",
                                   "Key and value bytes re-produced by changelog rewrites", registry=REGISTRY)
+# The embedded broker's input, deleted once applied (workers/kafka/input_purge.py), and input the
+# broker's retention deleted before this worker read it: lost events (an alert, never expected)
+INPUT_PURGES = Counter("learnstream_input_purges_total",
+                       "Input partitions cut (DeleteRecords) below offsets this worker applied and committed",
+                       ["topic"], registry=REGISTRY)
+INPUT_DELETED_UNREAD = Counter("learnstream_input_deleted_unread_total",
+                               "Input offsets the broker deleted (retention) before this worker consumed them",
+                               ["topic"], registry=REGISTRY)

@@ -72,6 +72,10 @@ def install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
         return web.bytes(generate_latest(faust_registry), content_type=CONTENT_TYPE_LATEST)
 
     names = {t.name for t in inputs}
+    for name in names:  # a series from the start: an alert on lost input sees 0, not nothing
+        metrics.INPUT_DELETED_UNREAD.labels(name)
+        if rt.purge is not None:
+            metrics.INPUT_PURGES.labels(name)
 
     # read at each scrape: the gauge and /ready never disagree (a timer lags a probe behind)
     metrics.READY.set_function(lambda: 1 if rt.is_ready() else 0)
@@ -87,6 +91,14 @@ def install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
                 await rt.dead_peers.check()
             except Exception as exc:  # noqa: BLE001 - the broker unreachable, a group not yet formed: next time
                 logger.debug("dead peer check failed: %r", exc)
+
+    if rt.purge is not None:
+        @app.timer(rt.settings.embedded_input_purge_s)
+        async def input_purge() -> None:
+            try:
+                await rt.purge.tick()
+            except Exception as exc:  # noqa: BLE001 - nothing deleted: the log is longer until the next tick
+                logger.warning("input purge failed: %r", exc)
 
     @app.timer(_LAG_INTERVAL_S)
     async def lag() -> None:

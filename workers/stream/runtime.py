@@ -24,6 +24,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faust.exceptions import ProducerSendError
 
 from workers.kafka.changelog_rewrite import ChangelogRewriter
+from workers.kafka.input_purge import InputPurge
 from workers.kafka.topics import Topic, by_name, input_topics, topics
 from workers.scoring import prefetch
 from workers.stream import faust_internals, metrics, partitioning, provision, restore
@@ -114,6 +115,10 @@ class Runtime:
             may_commit=self.log_unchanged, on_lost=lambda: faust_internals.rejoin(app),
             topic_configs=provision.changelog_configs(settings), bootstrap=settings.broker or "",
             **settings.kafka_kwargs()) if self.txn is not None and settings.rewrites_changelogs else None
+        # the embedded broker keeps unread input (a large cap) and deletes applied input (input_purge.py)
+        self.purge = InputPurge(
+            settings.broker or "", settings.app_id, may_purge=self.log_unchanged, **settings.kafka_kwargs()
+        ) if self.txn is not None and settings.broker_kind == "embedded" and settings.embedded_input_purge_s else None
         self._rejoined_at = -float("inf")  # when _owned last made the consumer rejoin its group
         self._outages_at_assign = 0  # broker_health.outages when the partitions were last assigned
         # input partitions whose committed offset may be stale (the broker lost records): where to start instead
@@ -132,6 +137,8 @@ class Runtime:
         self._outages_at_assign = self.broker_health.outages
         if self.rewriter is not None:
             self.rewriter.reset()
+        if self.purge is not None:
+            self.purge.reset()
         await self.txn.assign({tp.partition for tp in assigned if tp.topic in self.input_names})
 
     def log_unchanged(self) -> bool:
@@ -398,6 +405,8 @@ class Runtime:
         for (topic, partition), nxt in admitted.next.items():
             if not isinstance(done.get(partition), BaseException):
                 faust_internals.note_committed(self.app, topic, partition, nxt)
+                if self.purge is not None:
+                    self.purge.note(topic, partition, nxt)
                 self._unapplied_from.pop((topic, partition), None)  # the broker's offset is true again
         failed = {p: e for p, e in done.items() if isinstance(e, BaseException)}
         if failed:

@@ -25,11 +25,15 @@ _MEMTABLE_BYTES = 64 * 1024 * 1024
 # A dead member is noticed after the session timeout (on Kafka); 10 s bounds failover.
 _SESSION_TIMEOUT_S = 10.0
 
-# Per partition of every delete-policy topic on the embedded broker, which keeps its log in memory
-# (workers/kafka/broker_compat.py) and re-serialises it to JSON about once a second: 4 MiB per partition
-# keeps a feedback topic's backlog near 15,000 events (8 partitions) and a steady local run's broker
-# near 300 MiB (bench/README.md, "broker_soak"); older unconsumed input is dropped, as on Kafka.
+# Per partition of every delete-policy topic on the embedded broker but the inputs (downstream events,
+# DLQ), which keeps its log in memory (workers/kafka/broker_compat.py) and re-serialises it to JSON about
+# once a second: a bounded local history, as Kafka's retention gives.
 _EMBEDDED_RETENTION_BYTES = 4 * 1024 * 1024
+# The input topics: what a worker applied is deleted every _EMBEDDED_INPUT_PURGE_S seconds
+# (workers/kafka/input_purge.py), so this caps only a backlog of unread input (a bulk load, a stopped
+# worker) before any is lost: 64 MiB per partition, ~240,000 384-d b64 feedback events over 8 partitions.
+_EMBEDDED_INPUT_RETENTION_BYTES = 64 * 1024 * 1024
+_EMBEDDED_INPUT_PURGE_S = 10.0
 # /ready turns 503 once the broker has been unreachable this long (a rebalance or a slow
 # Metadata answer must not flap it).
 _BROKER_UNREACHABLE_S = 10.0
@@ -116,13 +120,14 @@ _RANGES: dict[str, tuple[float, float]] = {
     "standby_replicas": (0, math.inf), "block_cache_bytes": (1, math.inf), "memtable_bytes": (1, math.inf),
     "cache_bytes": (0, math.inf), "max_session_bytes": (1, math.inf), "max_value_bytes": (1, math.inf),
     "batch_max": (1, math.inf), "fetch_max_wait_ms": (0, math.inf), "embedded_retention_bytes": (1, math.inf),
+    "embedded_input_retention_bytes": (1, math.inf),
     "changelog_rewrite_floor": (0, math.inf), "http_max_body_bytes": (1, math.inf),
     "http_max_json_depth": (1, math.inf), "http_max_concurrency": (1, math.inf),
     "batch_linger_s": (0, math.inf)}
 # durations that must be > 0 (NaN fails too)
 _POSITIVE_SECONDS = ("session_timeout_s", "commit_interval_s", "batch_within_s", "broker_unreachable_s",
-                     "write_timeout_s", "apply_deadline_s", "http_header_timeout_s", "http_body_timeout_s",
-                     "forward_timeout_s")
+                     "write_timeout_s", "apply_deadline_s", "http_header_timeout_s",
+                     "http_body_timeout_s", "forward_timeout_s")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -164,6 +169,9 @@ class Settings:
     log_level: str = _var("warning", "LOG_LEVEL", empty="keep")
     log_format: str = _var("text", "LOG_FORMAT", empty="keep")  # "text" or "json" (one JSON object per line)
     embedded_retention_bytes: int = _var(_EMBEDDED_RETENTION_BYTES, "EMBEDDED_RETENTION_BYTES", _int)
+    embedded_input_retention_bytes: int = _var(_EMBEDDED_INPUT_RETENTION_BYTES, "EMBEDDED_INPUT_RETENTION_BYTES", _int)
+    # how often applied input is deleted from the embedded broker (workers/kafka/input_purge.py); 0 = never
+    embedded_input_purge_s: float = _var(_EMBEDDED_INPUT_PURGE_S, "EMBEDDED_INPUT_PURGE_S", _nonnegative)
     # worker-side changelog compaction (workers/kafka/changelog_rewrite.py): "auto" = on for the embedded
     # broker with transactions (it never compacts transactional batches), "true"/"false" force it
     changelog_rewrite: str = _var("auto", "CHANGELOG_REWRITE", empty="keep")
