@@ -98,7 +98,16 @@ async def exercise_every_tool(s: ClientSession, sk: str) -> None:
     assert [x["dst"] for x in q["edges"]] == ["acme"]
     assert (await _call(s, "memory_scores", session_key=sk))["memories"] == []
     assert await _error(s, "important_memories", session_key=sk, conversation_id="c1") == \
-        "unknown conversation_id: c1 (publish it to memory.context first)"
+        "unknown conversation_id: c1 (send it with score_conversation, or publish it to memory.context, first)"
+    # an agent scores a conversation through the tools alone (the builtin scorer: no endpoint needed)
+    msgs = [{"role": "memory", "memory_id": "m1", "content": "The user's deploy target is Kubernetes 1.29."},
+            {"role": "memory", "memory_id": "m2", "content": "The user likes green tea."},
+            {"role": "user", "content": "Which Kubernetes version do we deploy to?"},
+            {"role": "assistant", "content": "You deploy to Kubernetes 1.29."}]
+    scored = await _call(s, "score_conversation", session_key=sk, conversation_id="c1", messages=msgs)
+    assert scored["id"].startswith(topics()["memory"].name + ":") and scored["data"]["memories"] == 2
+    important = await _call(s, "important_memories", session_key=sk, conversation_id="c1")
+    assert set(important["memory_importance"]) == {"m1", "m2"} and important["responses"][0]["message_index"] == 3
     await _call(s, "forget", session_key=sk, older_than_days=3650)
     h = await _call(s, "health", session_key=sk)
     assert h["instant_ready"] is True and h["knowledge_count"] == 1

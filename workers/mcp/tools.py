@@ -24,6 +24,8 @@ TOOLS: dict[str, str] = {
     "record_outcome": "record_outcome", "feedback": "learn_feedback", "query_at": "query_at",
     "insert_edge": "insert_edge", "contradict": "contradict", "important_memories": "important_memories",
     "memory_scores": "memory_scores", "health": "health", "heuristics": "heuristics",
+    # a conversation with the memories it showed, scored (then important_memories answers for it)
+    "score_conversation": "score_conversation", "configure_scoring": "configure_scoring",
     # set-up a session needs before route / feedback answer
     "init_router": "init_router", "init_instant": "init_instant",
 }

@@ -111,7 +111,7 @@ def _stored(ctx: VerbContext, body: dict) -> tuple[ScoringState, str, list[Messa
     st = _state(ctx)
     msgs = st.messages(cid) if st is not None else None
     if msgs is None:
-        raise VerbError(f"unknown conversation_id: {cid} (publish it to memory.context first)")
+        raise VerbError(f"unknown conversation_id: {cid} (send it with score_conversation, or publish it to memory.context, first)")
     return st, cid, msgs  # type: ignore[return-value]
 
 
