@@ -24,6 +24,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamablehttp_client
+from mcp.shared.exceptions import McpError
 
 from tests.helpers import wait_until
 from tests.integration.test_demo import kill_marked, leftovers
@@ -184,9 +185,21 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
                     ClientSession(r, wr) as s:
                 await s.initialize()
                 await exercise_every_tool(s, "agent-http")
+                # a call over the SDK's 4 MiB body limit, or nested too deep, fails with a JSON-RPC error for
+                # its id, and the session goes on (any HTTP error status ends the official client's session)
+                huge = {"session_key": "agent-http", "model": "small", "quality": 0.5, "embedding": [0.1] * 1_200_000}
+                with pytest.raises(McpError, match="over this server's limit of 4,194,304"):
+                    await s.call_tool("feedback", huge)
+                deep: Any = 1
+                for _ in range(100):
+                    deep = [deep]
+                with pytest.raises(McpError, match="nested deeper than 64"):
+                    await s.call_tool("health", {"session_key": "agent-http", "x": deep})
+                assert (await _call(s, "health", session_key="agent-http"))["instant_ready"] is True
 
         asyncio.run(asyncio.wait_for(go(), 180))
-        # hostile nesting is a JSON-RPC parse error (400), not a RecursionError inside the SDK (500)
+        # hostile nesting past orjson's own limit: no id can be read, a JSON-RPC parse error (400), not a
+        # RecursionError inside the SDK (500)
         auth = {**hdr, "Authorization": "Bearer s3cret", "Content-Type": "application/json"}
         deep = b'{"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
         r = httpx.post(side.url, content=deep, headers=auth, timeout=10)

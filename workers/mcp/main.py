@@ -65,7 +65,7 @@ def http_app(client: LearnstreamClient, *, token: str, default_session: str = "d
     async def mcp_endpoint(scope: Any, receive: Any, send: Any) -> None:  # an ASGI app, not a request handler
         await manager.handle_request(scope, receive, send)
 
-    endpoint = RequireAuthMiddleware(nesting_guard(mcp_endpoint), required_scopes=[])
+    endpoint = RequireAuthMiddleware(request_guard(mcp_endpoint), required_scopes=[])
     return Starlette(routes=[Route("/mcp", endpoint=endpoint)], lifespan=lifespan,
                      middleware=[Middleware(AuthenticationMiddleware,
                                             backend=BearerAuthBackend(StaticTokenVerifier(token)))])
@@ -102,23 +102,39 @@ async def _serve_stdio(client: LearnstreamClient, session: str) -> None:
 
 MAX_NESTING = 64              # JSON containers in one request (a verb body needs a handful)
 _SDK_BODY_LIMIT = 4 * 1024 * 1024   # the SDK answers a larger body 413 itself, before parsing
+# A body up to this size is read whole even past the SDK's limit, to answer its request by id
+_READ_CAP = 4 * _SDK_BODY_LIMIT
 
 
-def nesting_guard(app: Any) -> Any:
-    """An ASGI wrapper refusing a POST whose JSON nests deeper than :data:`MAX_NESTING` with 400 and a
-    JSON-RPC parse error. The SDK parses with the standard library, whose recursion a few thousand
-    nested arrays exhaust (an HTTP 500 from inside it); orjson stops at its own depth limit and the
-    check below walks without recursion. Any other body goes on to the SDK unchanged."""
+def request_guard(app: Any) -> Any:
+    """An ASGI wrapper answering two kinds of POST the SDK cannot answer well, each with a JSON-RPC error:
+
+    - JSON nested deeper than :data:`MAX_NESTING`: the SDK parses with the standard library, whose
+      recursion a few thousand nested arrays exhaust (an HTTP 500 from inside it). orjson stops at its
+      own depth limit and the check below walks without recursion.
+    - a body over the SDK's 4 MiB limit (up to :data:`_READ_CAP`), which the SDK answers 413.
+
+    The official client takes any HTTP error status as the end of its session (``raise_for_status``
+    in its post writer): one oversized tool call lost the agent its connection. So when the request's
+    ``id`` can be read, the answer is HTTP 200 with a JSON-RPC error for that id: the call fails with a
+    clear message and the session goes on. Without one (JSON too deep for orjson, a body past the cap,
+    not a request) it stays 400, or the SDK's 413. Any other body goes on to the SDK unchanged."""
     import orjson
 
     from workers.stream.http_guard import json_depth
+
+    async def answer(status: int, rid: Any, code: int, message: str, send: Any) -> None:
+        out = orjson.dumps({"jsonrpc": "2.0", "id": rid, "error": {"code": code, "message": message}})
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]})
+        await send({"type": "http.response.body", "body": out})
 
     async def guarded(scope: Any, receive: Any, send: Any) -> None:
         if scope.get("type") != "http" or scope.get("method") != "POST":
             await app(scope, receive, send)
             return
         chunks, size, more = [], 0, True
-        while more and size <= _SDK_BODY_LIMIT:
+        while more and size <= _READ_CAP:
             message = await receive()
             if message["type"] != "http.request":  # the client went away: let the SDK see it
                 chunks.append(message)
@@ -126,20 +142,25 @@ def nesting_guard(app: Any) -> Any:
             chunks.append(message)
             size += len(message.get("body", b""))
             more = message.get("more_body", False)
-        body = b"".join(m.get("body", b"") for m in chunks if m["type"] == "http.request")
-        deep = False
-        if not more and size <= _SDK_BODY_LIMIT:
+        if not more and size <= _READ_CAP:
+            body = b"".join(m.get("body", b"") for m in chunks if m["type"] == "http.request")
             try:
-                deep = not json_depth(orjson.loads(body), MAX_NESTING)
+                msg = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
-                deep = "depth" in str(exc)   # orjson's own limit; other parse errors are the SDK's to answer
-        if deep:
-            out = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": {
-                "code": -32700, "message": f"Parse error: JSON nested deeper than {MAX_NESTING}"}})
-            await send({"type": "http.response.start", "status": 400,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]})
-            await send({"type": "http.response.body", "body": out})
-            return
+                if "depth" in str(exc):   # orjson's own limit; other parse errors are the SDK's to answer
+                    await answer(400, None, -32700, f"Parse error: JSON nested deeper than {MAX_NESTING}", send)
+                    return
+                msg = None
+            rid = msg.get("id") if isinstance(msg, dict) and "method" in msg else None
+            status = 200 if isinstance(rid, (str, int)) and not isinstance(rid, bool) else 400
+            if msg is not None and not json_depth(msg, MAX_NESTING):
+                await answer(status, rid if status == 200 else None, -32700,
+                             f"Parse error: JSON nested deeper than {MAX_NESTING}", send)
+                return
+            if size > _SDK_BODY_LIMIT and status == 200:
+                await answer(200, rid, -32600, f"Invalid request: {size:,} bytes, over this server's limit of "
+                             f"{_SDK_BODY_LIMIT:,} (send embeddings as embedding_b64, or split the call)", send)
+                return
         replay = iter(chunks)
 
         async def again() -> Any:
