@@ -120,3 +120,30 @@ def test_input_topics_get_the_backlog_cap_other_topics_the_small_one_and_old_top
     assert asyncio.run(_retention_bytes(broker.bootstrap, names)) == {names[0]: str(4 << 20), names[1]: str(4 << 20)}
     asyncio.run(ensure_topics(Settings(broker=broker.bootstrap, partitions=1)))  # a worker of this one starts
     assert asyncio.run(_retention_bytes(broker.bootstrap, names)) == {names[0]: str(64 << 20), names[1]: str(4 << 20)}
+
+
+@pytest.mark.parametrize("stopped_s", [2, 10])
+def test_input_deleted_before_a_partitions_first_commit_is_counted_and_the_rest_applied(
+        broker, worker_factory, stopped_s: float) -> None:
+    """A partition the group has never committed on: input the cap deletes while the worker is stopped
+    is reported (it was silent: the worker started at the log start it saw), and the rest is applied
+    without waiting for new input. Stopped past the session timeout (6 s here) the worker rejoins its
+    group; it then waited at the log's end until a new record came (the embedded broker answers a
+    fetch below the log start from there)."""
+    feedback = topics()["feedback"].name
+    bs = broker.bootstrap
+    w = worker_factory(partitions=1, env={"LEARNSTREAM_EMBEDDED_INPUT_RETENTION_BYTES": str(4 << 20)})
+    w.start().wait_ready()
+    assert w.dispatch("init_instant", {"session_key": "s", "targets": ["m", "n"], "dim": 384})["ok"]  # commands
+    w.pause()
+    try:
+        send_raw(bs, feedback, b"s", _events(_EVENTS))
+        deleted = _wait(lambda: asyncio.run(_log_start(bs, feedback, 0)), 30, "the cap deleting unread input")
+        time.sleep(stopped_s)
+        deleted = asyncio.run(_log_start(bs, feedback, 0))
+    finally:
+        w.resume()
+    _wait(lambda: w.metric("learnstream_events_total", topic=feedback, outcome="applied") >= _EVENTS - deleted, 60,
+          "the rest applied, with no new input")
+    assert w.metric("learnstream_events_total", topic=feedback, outcome="applied") == _EVENTS - deleted
+    assert w.metric("learnstream_input_deleted_unread_total", topic=feedback) == deleted

@@ -105,6 +105,9 @@ class GapGuard:
                                    topic, partition, offset, exp, first)
                     await self.seek(topic, partition, first)
                     self.seeking[tp] = first
+                    # nothing readable lies below it: when it comes it is next, not a gap to probe (and
+                    # report a deleted range of) again
+                    self.next[tp] = max(self.next.get(tp, first), first)
                     out.dropped.append(e)
                     continue
                 metrics.OFFSET_GAPS.labels("empty").inc()
@@ -170,6 +173,22 @@ class KafkaProbe:
         tp = TopicPartition(topic, partition)
         got = (await (await self._admin_client()).list_consumer_group_offsets(group, partitions=[tp])).get(tp)
         return got.offset if got is not None and got.offset >= 0 else None
+
+    async def committed_many(self, group: str, tps: list[Any]) -> dict[tuple[str, int], int | None]:
+        """:meth:`committed` of several partitions (``TopicPartition``-like) in one request."""
+        from aiokafka.structs import TopicPartition
+
+        want = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+        got = await (await self._admin_client()).list_consumer_group_offsets(group, partitions=want)
+        return {(tp.topic, tp.partition): (o.offset if (o := got.get(tp)) is not None and o.offset >= 0 else None)
+                for tp in want}
+
+    async def log_starts(self, tps: list[Any]) -> dict[tuple[str, int], int]:
+        """:meth:`log_start` of several partitions in one request."""
+        from aiokafka.structs import TopicPartition
+
+        got = await (await self._client()).beginning_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
+        return {(tp.topic, tp.partition): offset for tp, offset in got.items()}
 
     async def log_start(self, topic: str, partition: int) -> int:
         from aiokafka.structs import TopicPartition

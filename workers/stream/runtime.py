@@ -140,6 +140,47 @@ class Runtime:
         if self.purge is not None:
             self.purge.reset()
         await self.txn.assign({tp.partition for tp in assigned if tp.topic in self.input_names})
+        await self._commit_starts(assigned)
+
+    async def _commit_starts(self, assigned: set[Any]) -> None:
+        """Commit a readable start for every assigned input partition: its log start where the group
+        never committed on it, or where the broker deleted input past the group's offset.
+
+        The guard read where a partition without a committed offset starts at its first record: the
+        log start of that moment, so input the broker deleted before it (a backlog past the embedded
+        broker's cap while the worker was stopped) was lost silently. With the start committed at
+        assignment, a later deletion leaves the offset below the log start; a consumer sought there
+        waited for new input (the embedded broker answers such a fetch from the log's end), and the
+        loss was seen only when new input came. So that loss is reported here (an ERROR and
+        ``learnstream_input_deleted_unread_total``) and the offset moved to the log start."""
+        assert self.txn is not None
+        tps = [tp for tp in assigned if tp.topic in self.input_names and self.txn.owns(tp.partition)]
+        if not tps:
+            return
+        try:
+            committed = await self.probe.committed_many(self.settings.app_id, tps)
+            starts = await self.probe.log_starts(tps)
+            work: dict[int, PartitionWork] = defaultdict(PartitionWork)
+            for tp in tps:
+                key = (tp.topic, tp.partition)
+                at, start = committed.get(key), starts[key]
+                if at is not None and at >= start:
+                    continue
+                if at is not None:
+                    metrics.INPUT_DELETED_UNREAD.labels(tp.topic).inc(start - at)
+                    logger.error("%s[%d]: offsets %d..%d were deleted by the broker (retention) before they were "
+                                 "consumed: their events are lost", tp.topic, tp.partition, at, start - 1)
+                work[tp.partition].offsets[tp.topic] = start
+            if not work:
+                return
+            done = await self.txn.commit_all(work, self.log_unchanged)
+        except Exception as exc:  # noqa: BLE001 - the partitions start as before (at the log start when read)
+            logger.warning("could not commit the start of input partitions without a committed offset: %r", exc)
+            return
+        for partition, w in work.items():
+            if not isinstance(done[partition], BaseException):
+                for topic, offset in w.offsets.items():
+                    faust_internals.note_committed(self.app, topic, partition, offset)
 
     def log_unchanged(self) -> bool:
         """No broker outage since the partitions were assigned. After one, the broker may have
