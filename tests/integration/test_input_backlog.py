@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import TopicPartition
 
-from tests.helpers import send_raw
+from tests.helpers import send_raw, wait_until
 from workers.kafka.topics import topics
 from workers.stream.provision import ensure_topics
 from workers.stream.settings import Settings
@@ -55,16 +55,6 @@ async def _commit(bootstrap: str, group: str, topic: str, partition: int, offset
         await c.stop()
 
 
-def _wait(cond, timeout: float, what: str):  # noqa: ANN001, ANN202
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_backlog_past_the_old_cap_is_applied_whole_then_purged_up_to_every_groups_offset(
         broker, worker_factory) -> None:
     feedback = topics()["feedback"].name
@@ -78,22 +68,23 @@ def test_a_backlog_past_the_old_cap_is_applied_whole_then_purged_up_to_every_gro
     w.pause()  # the producer runs ahead of the worker
     try:
         send_raw(bs, feedback, b"s", _events(_EVENTS))
-        time.sleep(3)  # the broker's retention acts within a second
+        time.sleep(3)  # what must not happen: the broker's retention (it acts within a second) deleting any
         assert asyncio.run(_log_start(bs, feedback, 0)) == 0  # the backlog is kept
     finally:
         w.resume()
-    _wait(lambda: w.metric("learnstream_events_total", topic=feedback, outcome="applied") >= _EVENTS, 120,
-          "the backlog applied")
+    wait_until(lambda: w.metric("learnstream_events_total", topic=feedback, outcome="applied") >= _EVENTS, 120, 0.2,
+               "the backlog applied")
     assert w.metric("learnstream_events_total", topic=feedback, outcome="applied") == _EVENTS
     assert w.metric("learnstream_input_deleted_unread_total", topic=feedback) == 0
 
     # applied input is deleted, but never past the other group's offset
-    _wait(lambda: asyncio.run(_log_start(bs, feedback, 0)) > 0, 30, "the applied input purged")
-    time.sleep(3)  # several more purge periods
+    wait_until(lambda: asyncio.run(_log_start(bs, feedback, 0)) > 0, 30, 0.2, "the applied input purged")
+    time.sleep(3)  # what must not happen: several more purge periods cutting past the reader's offset
     assert asyncio.run(_log_start(bs, feedback, 0)) == 100
     # once the reader has read it all, everything applied goes
     asyncio.run(_commit(bs, reader, feedback, 0, _EVENTS))
-    assert _wait(lambda: asyncio.run(_log_start(bs, feedback, 0)) == _EVENTS, 30, "the input purged to the end")
+    assert wait_until(lambda: asyncio.run(_log_start(bs, feedback, 0)) == _EVENTS, 30, 0.2,
+                      "the input purged to the end")
     assert w.metric("learnstream_input_purges_total", topic=feedback) >= 2
     assert w.dispatch("session_info", {"session_key": "s"})["ok"]
 
@@ -138,12 +129,13 @@ def test_input_deleted_before_a_partitions_first_commit_is_counted_and_the_rest_
     w.pause()
     try:
         send_raw(bs, feedback, b"s", _events(_EVENTS))
-        deleted = _wait(lambda: asyncio.run(_log_start(bs, feedback, 0)), 30, "the cap deleting unread input")
-        time.sleep(stopped_s)
+        deleted = wait_until(lambda: asyncio.run(_log_start(bs, feedback, 0)), 30, 0.2,
+                             "the cap deleting unread input")
+        time.sleep(stopped_s)  # the worker stays stopped this long (past the session timeout: a rejoin)
         deleted = asyncio.run(_log_start(bs, feedback, 0))
     finally:
         w.resume()
-    _wait(lambda: w.metric("learnstream_events_total", topic=feedback, outcome="applied") >= _EVENTS - deleted, 60,
-          "the rest applied, with no new input")
+    wait_until(lambda: w.metric("learnstream_events_total", topic=feedback, outcome="applied") >= _EVENTS - deleted,
+               60, 0.2, "the rest applied, with no new input")
     assert w.metric("learnstream_events_total", topic=feedback, outcome="applied") == _EVENTS - deleted
     assert w.metric("learnstream_input_deleted_unread_total", topic=feedback) == deleted

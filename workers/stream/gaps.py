@@ -30,7 +30,7 @@ from workers.kafka.admin import LazyAdmin
 from workers.kafka.clients import started
 from workers.stream import metrics
 
-__all__ = ("GapGuard", "Admitted", "Fetcher")
+__all__ = ("GapGuard", "Admitted", "Fetcher", "KafkaProbe", "report_deleted_unread")
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,14 @@ _PROBE_TIMEOUT_S = 30.0
 _TAIL_STEP = 256
 
 
+def report_deleted_unread(topic: str, partition: int, first: int, end: int) -> None:
+    """Offsets ``first`` .. ``end - 1`` were deleted by the broker before this worker read them: lost
+    events (a retention smaller than the unread backlog; input_purge.py cuts only applied input)."""
+    metrics.INPUT_DELETED_UNREAD.labels(topic).inc(end - first)
+    logger.error("%s[%d]: offsets %d..%d were deleted by the broker (retention) before they were consumed: "
+                 "their events are lost", topic, partition, first, end - 1)
+
+
 class KafkaProbe:
     """Reads a partition outside faust (no group): the guard's confirming fetch and log starts."""
 
@@ -170,9 +178,7 @@ class KafkaProbe:
         """The group's committed offset of a partition, from the broker (None: none)."""
         from aiokafka.structs import TopicPartition
 
-        tp = TopicPartition(topic, partition)
-        got = (await (await self._admin_client()).list_consumer_group_offsets(group, partitions=[tp])).get(tp)
-        return got.offset if got is not None and got.offset >= 0 else None
+        return (await self.committed_many(group, [TopicPartition(topic, partition)]))[(topic, partition)]
 
     async def committed_many(self, group: str, tps: list[Any]) -> dict[tuple[str, int], int | None]:
         """:meth:`committed` of several partitions (``TopicPartition``-like) in one request."""
@@ -193,8 +199,7 @@ class KafkaProbe:
     async def log_start(self, topic: str, partition: int) -> int:
         from aiokafka.structs import TopicPartition
 
-        tp = TopicPartition(topic, partition)
-        return (await (await self._client()).beginning_offsets([tp]))[tp]
+        return (await self.log_starts([TopicPartition(topic, partition)]))[(topic, partition)]
 
     async def log_end(self, topic: str, partition: int) -> int:
         from aiokafka.structs import TopicPartition
@@ -218,10 +223,7 @@ class KafkaProbe:
             tp = TopicPartition(topic, partition)
             start = (await c.beginning_offsets([tp]))[tp]
             if start > from_offset:
-                # events lost: only a retention smaller than the backlog does this (input_purge.py cuts applied ones)
-                metrics.INPUT_DELETED_UNREAD.labels(topic).inc(min(start, below) - from_offset)
-                logger.error("%s[%d]: offsets %d..%d were deleted by the broker (retention) before they were "
-                             "consumed: their events are lost", topic, partition, from_offset, min(start, below) - 1)
+                report_deleted_unread(topic, partition, from_offset, min(start, below))
                 if start >= below:
                     return None
                 from_offset = start

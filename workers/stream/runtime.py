@@ -29,7 +29,7 @@ from workers.kafka.topics import Topic, by_name, input_topics, topics
 from workers.scoring import prefetch
 from workers.stream import faust_internals, metrics, partitioning, provision, restore
 from workers.stream.broker_health import BrokerHealth
-from workers.stream.gaps import Admitted, GapGuard, KafkaProbe
+from workers.stream.gaps import Admitted, GapGuard, KafkaProbe, report_deleted_unread
 from workers.stream.partitioning import ORIGIN_HEADER, origin_of
 from workers.stream.peers import DeadPeers
 from workers.stream.processor import BatchResult, Processor, dlq_entry, encoded
@@ -167,9 +167,7 @@ class Runtime:
                 if at is not None and at >= start:
                     continue
                 if at is not None:
-                    metrics.INPUT_DELETED_UNREAD.labels(tp.topic).inc(start - at)
-                    logger.error("%s[%d]: offsets %d..%d were deleted by the broker (retention) before they were "
-                                 "consumed: their events are lost", tp.topic, tp.partition, at, start - 1)
+                    report_deleted_unread(tp.topic, tp.partition, at, start)
                 work[tp.partition].offsets[tp.topic] = start
             if not work:
                 return
