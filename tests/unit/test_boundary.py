@@ -76,38 +76,45 @@ def test_a_large_jump_fires_within_three_losses() -> None:
 
 def test_older_detector_states_read_without_their_later_fields() -> None:
     """Version 1 (before the jump rule), 2 (before the task-long spread), 3 (before the trend and the
-    jump rate), 4 (before the rate of transient drops) and 5 (before the level-shift test) still load; the
-    later fields start empty."""
+    jump rate), 4 (before the rate of transient drops), 5 (before the level-shift test) and 6 (before the
+    previous task's length) still load; the later fields start empty."""
     det = LossCusum()
     for v in (0.5, 0.6, 0.55, 0.5, 0.52, 0.49, 0.5, 0.51, 0.5, 0.7, 0.48, 0.5, 0.62, 0.5, 0.49, 0.51, 0.45, 0.42,
               0.5, 0.2, 0.5, 0.52, 0.5, 0.49, 0.51):
         det.push(v)
-    v6 = det.to_bytes()
+    det.gap = 31
+    v7 = det.to_bytes()
     assert det.n_slow > 0 and det.var_slow > 0.0 and det.trend != 0.0 and det.exceed > 0.0 and det.drops > 0.0
     assert det.seen > 0 and det.slow_var > 0.0
-    v5 = v6[:3] + bytes([5]) + v6[4:-32]
-    v4 = v6[:3] + bytes([4]) + v6[4:-40]
-    v3 = v6[:3] + bytes([3]) + v6[4:-56]
-    v2 = v6[:3] + bytes([2]) + v6[4:-72]
-    v1 = v6[:3] + bytes([1]) + v6[4:-80]
-    for old, version in ((v1, 1), (v2, 2), (v3, 3), (v4, 4), (v5, 5)):
+    v6 = v7[:3] + bytes([6]) + v7[4:-8]
+    v5 = v7[:3] + bytes([5]) + v7[4:-40]
+    v4 = v7[:3] + bytes([4]) + v7[4:-48]
+    v3 = v7[:3] + bytes([3]) + v7[4:-64]
+    v2 = v7[:3] + bytes([2]) + v7[4:-80]
+    v1 = v7[:3] + bytes([1]) + v7[4:-88]
+    assert LossCusum.from_bytes(v7).gap == 31
+    for old, version in ((v1, 1), (v2, 2), (v3, 3), (v4, 4), (v5, 5), (v6, 6)):
         back = LossCusum.from_bytes(old)
         assert (back.mu, back.var, back.S, back.n) == (det.mu, det.var, det.S, det.n)
         assert (back.trend, back.exceed) == ((det.trend, det.exceed) if version >= 4 else (0.0, 0.0))
-        assert back.drops == (det.drops if version == 5 else 0.0)
-        assert (back.seen, back.fast, back.slow, back.slow_var) == (0, 0.0, 0.0, 0.0)
+        assert back.drops == (det.drops if version >= 5 else 0.0)
+        assert (back.seen, back.fast, back.slow, back.slow_var) == (
+            (det.seen, det.fast, det.slow, det.slow_var) if version == 6 else (0, 0.0, 0.0, 0.0))
         assert (back.var_slow, back.n_slow) == ((det.var_slow, det.n_slow) if version >= 3 else (0.0, 0))
         assert back.jump == (det.jump if version >= 2 else 0)
+        assert back.gap == 0
         assert LossCusum.from_bytes(back.to_bytes()) == back     # re-saved as the current version
     with pytest.raises(CorruptStateError):
-        LossCusum.from_bytes(v6[:3] + bytes([1]) + v6[4:])   # a v6 body labelled v1
+        LossCusum.from_bytes(v7[:3] + bytes([1]) + v7[4:])   # a v7 body labelled v1
     with pytest.raises(CorruptStateError):
-        LossCusum.from_bytes(v6[:3] + bytes([5]) + v6[4:])   # a v6 body labelled v5
+        LossCusum.from_bytes(v7[:3] + bytes([6]) + v7[4:])   # a v7 body labelled v6
     with pytest.raises(CorruptStateError):
-        LossCusum.from_bytes(v6[:3] + bytes([2]) + v6[4:-16])   # no version's size
-    for tail in (struct.pack("<q", -1), struct.pack("<3dq", math.nan, 0.5, 0.0, 3)):   # a negative count, a NaN EMA
+        LossCusum.from_bytes(v7[:3] + bytes([2]) + v7[4:-16])   # no version's size
+    for tail in (struct.pack("<q", -1), struct.pack("<3dqq", math.nan, 0.5, 0.0, 3, 0)):   # negative counts, a NaN EMA
         with pytest.raises(CorruptStateError):
-            LossCusum.from_bytes(v6[:-len(tail)] + tail)
+            LossCusum.from_bytes(v7[:-len(tail)] + tail)
+    with pytest.raises(CorruptStateError):
+        LossCusum.from_bytes(v6[:-8] + struct.pack("<q", -1))   # a negative count in a v6 state
     bad = bytearray(v5)
     bad[-8:] = struct.pack("<d", 1.5)   # a drop rate above 1
     with pytest.raises(CorruptStateError):
@@ -143,6 +150,56 @@ def test_a_switch_after_a_short_still_falling_task_is_found_with_the_trend(monke
     assert hits >= 18 and other == 0
     monkeypatch.setattr(boundary, "TREND_CAP", 0.0)
     assert found()[0] <= 15
+
+
+def _noisy_short_tasks(seed: int, noise: float = 0.4, tasks: int = 20) -> np.ndarray:
+    """``tasks`` 25-batch tasks, each falling from U(2, 2.5) to U(0.05, 0.4) with time constant U(5, 20)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(tasks):
+        start, floor, tau = rng.uniform(2.0, 2.5), rng.uniform(0.05, 0.4), rng.uniform(5, 20)
+        out.append(floor + (start - floor) * np.exp(-np.arange(25) / tau) + noise * rng.standard_normal(25))
+    return np.concatenate(out)
+
+
+def test_a_stream_of_short_tasks_is_tested_at_the_lower_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a task has lasted at most GAP losses, the next one is tested at H_FREQUENT: on 10 streams of 20
+    noisy (sd 0.4) 25-batch tasks at least 160 of the 190 switches are found within 10 losses, with at
+    most 2 other firings; at the one threshold H at most 130 (a missed switch widened the spread and
+    the next ones went unseen)."""
+    import workers.cores.boundary as boundary
+
+    def found() -> tuple[int, int]:
+        hits = other = 0
+        for seed in range(10):
+            det = LossCusum()
+            fired = [i for i, v in enumerate(_noisy_short_tasks(seed).tolist()) if det.push(v)]
+            hit = {s for s in range(25, 500, 25) if any(s <= i < s + 10 for i in fired)}
+            hits += len(hit)
+            other += sum(not any(s <= i < s + 10 for s in hit) for i in fired)
+        return hits, other
+
+    hits, other = found()
+    assert hits >= 160 and other <= 2
+    monkeypatch.setattr(boundary, "H_FREQUENT", boundary.H)
+    assert found()[0] <= 130
+
+
+def test_the_lower_threshold_follows_a_short_task_for_a_window_only() -> None:
+    """The rule itself: H_FREQUENT only after a task of at most GAP losses, and only for the first WINDOW
+    losses of the next; a firing records the length of the task it ended."""
+    from workers.cores.boundary import GAP, H, H_FREQUENT, WINDOW
+
+    det = LossCusum()
+    assert det.gap == 0 and det.threshold == H             # before the first firing
+    for gap, n, want in ((30, 10, H_FREQUENT), (GAP, WINDOW, H_FREQUENT), (30, WINDOW + 1, H),
+                         (GAP + 1, 10, H)):
+        det.gap, det.n = gap, n
+        assert det.threshold == want, (gap, n)
+    det = LossCusum()
+    losses = [0.3 + 0.01 * (i % 3) for i in range(200)] + [2.0] * 6 + [0.3 + 0.01 * (i % 3) for i in range(40)]
+    fired = [i for i, v in enumerate(losses) if det.push(v)]
+    assert len(fired) == 1 and det.gap == fired[0] + 1 > GAP and det.threshold == H
 
 
 def test_a_rise_in_progress_early_in_a_task_widens_the_spread_little(monkeypatch: pytest.MonkeyPatch) -> None:
