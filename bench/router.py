@@ -185,8 +185,10 @@ def ridge_baseline(s: Stream, world: World, seed: int, eps: float = 0.05, gamma:
 def learned(name: str, s: Stream, world: World, seed: int, **init: object) -> Run:
     """learnstream's router through the verbs: route, then record_outcome with embedding and cost."""
     sess = LearnSession(rng=random.Random(seed))
-    out = sess.dispatch({"verb": "init_router", "body": {"targets": _TARGETS, "in_dim": _DIM,
-                                                         "cost_weight": world.cost_weight, **init}})
+    body: dict = {"targets": _TARGETS, "in_dim": _DIM, **init}
+    if init.get("mode") != "reference":   # the reference mode has no cost term (init_router refuses one)
+        body["cost_weight"] = world.cost_weight
+    out = sess.dispatch({"verb": "init_router", "body": body})
     assert out["ok"], out
     regret = np.empty(s.n)
     for i in range(s.n):

@@ -108,6 +108,17 @@ def test_bench_router_times_the_learned_route_at_other_embedding_widths() -> Non
         assert r.returncode == 2 and "--latency-dims" in r.stderr, (bad, r.stderr)
 
 
+def test_bench_router_runs_every_policy_through_the_verbs() -> None:
+    """The regret table's rows, both learnstream modes included (init_router refuses cost_weight in the
+    reference mode, and the benchmark once crashed on that), and the goal lines (a tiny run misses them)."""
+    r = run(["bench", "router", "--seeds", "1", "--requests", "300", "--latency-calls", "100", "--latency-dims", "96"])
+    assert r.returncode in (0, 1), r.stderr
+    for row in ("oracle (per query)", "rule router", "ridge on raw 384-d", "learnstream router, mode reference",
+                "learnstream router (defaults: learned)"):
+        assert re.search(rf"^{re.escape(row)}.* -?\d+%", r.stdout, re.M), (row, r.stdout)
+    assert len(re.findall(r"^  (PASS|FAIL) ", r.stdout, re.M)) == 4, r.stdout
+
+
 def test_bench_boundaries_scores_switches_sent_through_learn_feedback() -> None:
     """The feedback rows send each quality through the verb and read where it fired: on the near
     noise-free stream every switch is found, and the reference z-score's false alarms show."""
