@@ -468,7 +468,12 @@ def test_feedback_apply_reset_through_the_envelope() -> None:
     assert zero["data"]["logits"] == [0.0, 0.0, 0.0]
     # other sessions are untouched
     assert s.dispatch({"verb": "health"})["data"]["instant_ready"] is False
-    assert s.dispatch({"verb": "health", "body": {"session_key": "k"}})["data"]["instant_ready"] is True
+    h = s.dispatch({"verb": "health", "body": {"session_key": "k"}})["data"]
+    assert h["instant_ready"] is True
+    # what the writes answered, readable without one
+    assert (h["feedback_count"], h["adapter_resets"], h["adapter_norm"]) == (1, 1, 0.0)
+    assert h["lr"] == pytest.approx(out["data"]["lr"])
+    assert "feedback_count" not in s.dispatch({"verb": "health"})["data"]
 
 
 def test_state_survives_reopening_the_database(tmp_path) -> None:

@@ -572,7 +572,12 @@ def reset_adapter(ctx: VerbContext, body: dict) -> dict:
 
 @health_contributor
 def _health(ctx: VerbContext) -> dict:
-    return {"instant_ready": ctx.state is not None and ctx.state.has("instant")}
+    """``instant_ready`` (the reference's), and once it is: what a write answers, readable without one."""
+    if ctx.state is None or not ctx.state.has("instant"):
+        return {"instant_ready": False}
+    s = ctx.state.get("instant", InstantState)
+    return {"instant_ready": True, "feedback_count": s.feedback_count, "adapter_norm": s.adapter_norm,
+            "adapter_resets": s.resets, "lr": s.lr}
 
 
 @state_size("init_instant")
