@@ -63,3 +63,20 @@ def test_announce_prints_json_lines_in_json_mode(capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out.splitlines()
     assert json.loads(out[0])["event"] == "learnstream worker ready: http://127.0.0.1:1"
     assert out[1] == "learnstream worker ready: http://127.0.0.1:1"
+
+
+def test_fausts_idle_partition_errors_are_debug_records(root: logging.Logger) -> None:
+    """faust logs "has not sent fetch request" at ERROR for a partition with no input for 5 minutes (an
+    idle worker); it is shown only at DEBUG, as a DEBUG line. Other errors of that logger still show."""
+    configure(root, "json")
+    faust_log = root.getChild("faust.transport.drivers.aiokafka")
+    idle = ("[^---AIOKafkaConsumerThread]: Aiokafka has not sent fetch request for %r since start (started %s)",
+            "[^---AIOKafkaConsumerThread]: Aiokafka stopped fetching from %r (last done %s)")
+    for msg in idle:
+        faust_log.error(msg, "TP(topic='feedback', partition=3)", "5.02 minutes ago")
+    faust_log.error("real trouble")
+    assert [json.loads(line)["event"] for line in _lines(root)] == ["real trouble"]
+    root.setLevel(logging.DEBUG)
+    faust_log.error(idle[0], "TP(topic='feedback', partition=1)", "6 minutes ago")
+    rec = json.loads(_lines(root)[-1])
+    assert rec["level"] == "debug" and "has not sent fetch request" in rec["event"]

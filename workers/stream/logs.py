@@ -4,7 +4,8 @@
 structlog's ``ProcessorFormatter`` as one JSON object per line (``timestamp``, ``level``, ``logger``,
 ``event``, ``exception``). A broker outage makes aiokafka log the same error many times a second;
 warnings and errors from one source line are let through once per period
-(``log-rate-limit``), the next one saying how many were skipped.
+(``log-rate-limit``), the next one saying how many were skipped. faust's ERRORs about input partitions
+that have been idle for 5 minutes are logged at DEBUG (:class:`IdleFetchNotices`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import orjson
 import structlog
 from log_rate_limit import StreamRateLimitFilter
 
-__all__ = ("configure", "announce", "RepeatedWarnings")
+__all__ = ("configure", "announce", "RepeatedWarnings", "IdleFetchNotices")
 
 # One line per call site per 10 s during an outage: ~6 lines a minute per source instead of thousands.
 _REPEAT_PERIOD_S = 10.0
@@ -31,6 +32,27 @@ class RepeatedWarnings(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.WARNING or self._limit.filter(record)
+
+
+# faust's "event path" check (after stream_processing_timeout, 5 min) logs these at ERROR for every input
+# partition that has had no record in a while: an idle worker, not a stuck one (its maintainers call it
+# normal aiokafka behaviour, faust-streaming issues 166, 503, 629). A stuck consumer shows in
+# learnstream_consumer_lag and /ready instead.
+_IDLE_FETCH = ("Aiokafka has not sent fetch request for", "Aiokafka stopped fetching from")
+
+
+class IdleFetchNotices(logging.Filter):
+    """faust's idle-partition ERRORs (``_IDLE_FETCH``) become DEBUG records, shown only when ``root`` logs DEBUG."""
+
+    def __init__(self, root: logging.Logger) -> None:
+        super().__init__()
+        self._root = root
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG or not any(m in str(record.msg) for m in _IDLE_FETCH):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return self._root.isEnabledFor(logging.DEBUG)
 
 
 def json_formatter() -> logging.Formatter:
@@ -49,6 +71,8 @@ def json_formatter() -> logging.Formatter:
 def configure(root: logging.Logger, log_format: str) -> None:
     """Give every handler of ``root`` the rate limit and, for ``json``, the JSON formatter."""
     for handler in root.handlers:
+        if not any(isinstance(f, IdleFetchNotices) for f in handler.filters):
+            handler.addFilter(IdleFetchNotices(root))   # before the rate limit: it would count them
         if not any(isinstance(f, RepeatedWarnings) for f in handler.filters):
             handler.addFilter(RepeatedWarnings())
         if log_format == "json":
