@@ -165,21 +165,24 @@ def lookup(blob: StateBlob, key: str) -> dict | None:
     return None if kept is None else _reply(kept)
 
 
-def retried(blob: StateBlob, key: str, print_: str | None = None) -> dict | None:
-    """The answer to a retry of a write this session value already applied under ``key`` (its first
-    reply, marked ``duplicate``), or None when ``key`` is new: the worker and ``LearnSession`` both.
+def retried(blob: StateBlob, key: str, verb: str, body: dict) -> tuple[str | None, dict | None]:
+    """For a write of ``verb`` with ``body`` carrying ``key``: its print (:func:`fingerprint`, to
+    :func:`remember` with its reply) and the answer to a retry of a write this session value already
+    applied under ``key`` (its first reply, marked ``duplicate``), or None when ``key`` is new. The worker
+    and ``LearnSession`` both.
 
-    A key reused for a *different* write (another verb or body, ``print_`` from :func:`fingerprint`) is
-    refused (VerbError): answering it with the first write's reply would tell the client its new write
-    was applied. Keys remembered before fingerprints were kept are answered as before."""
+    A key reused for a *different* write (another verb or body) is refused (VerbError): answering it
+    with the first write's reply would tell the client its new write was applied. Keys remembered
+    before prints were kept are answered as before."""
+    print_ = fingerprint(verb, body)
     kept = _kept(blob, key)
     if kept is None:
-        return None
+        return print_, None
     was = kept.get(_PRINT)
     if print_ is not None and was is not None and was != print_:
         raise VerbError(f"{FIELD} {key!r} was already used in this session for a different write "
                         f"(another verb or body); use a new key for a new write")
-    return {**_reply(kept), "duplicate": True}
+    return print_, {**_reply(kept), "duplicate": True}
 
 
 def remember(blob: StateBlob, key: str, reply: dict, print_: str | None = None) -> None:

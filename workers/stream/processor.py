@@ -500,8 +500,7 @@ class Processor:
         try:
             key, body = idempotency.take_key(body)
             if key is not None and blob is not None:
-                print_ = idempotency.fingerprint(v.name, body)
-                again = idempotency.retried(blob, key, print_)
+                print_, again = idempotency.retried(blob, key, v.name, body)
         except VerbError as exc:  # a malformed key, or one already used for another write
             return self._settle(rec, v, sk, blob, envelope_error(v.name, str(exc)), [], res, dirty)
         if again is not None and blob is not None:  # a client's retry of a write this session value already holds

@@ -115,9 +115,8 @@ class LearnSession:
         blob = self.sessions.blob(v.table, sk, 0) if key is not None and v.table in BLOB_TABLES else None
         print_ = None
         if blob is not None:
-            print_ = idempotency.fingerprint(name, body)
             try:
-                again = idempotency.retried(blob, key, print_)
+                print_, again = idempotency.retried(blob, key, name, body)
             except VerbError as exc:  # the key was used for another write
                 return envelope_error(name, str(exc))
             if again is not None:
