@@ -371,6 +371,45 @@ def wide(args: argparse.Namespace) -> int:
     return 0
 
 
+def switch_worlds(args: argparse.Namespace) -> int:
+    """The default mode on bench/_switch_worlds.py: F1 on other task-switch worlds (qualities one event per
+    ``learn_feedback`` call, losses straight into the detector) and resets on non-i.i.d. stationary
+    feedback. Reported, not judged (see that module)."""
+    from _switch_worlds import LENGTHS, NON_IID, SHAPES, loss_stream, quality_stream
+
+    n = args.switch_worlds
+    print(f"learnstream bench boundaries --switch-worlds {n}: cusum (default), {n} streams per cell, a hit fires "
+          f"at most {args.tolerance} events after the switch; P / R / F1")
+    for kind, sds, make in (("quality", (0.01, 0.05, 0.1, 0.2), quality_stream),
+                            ("loss", (0.05, 0.1, 0.2, 0.4), loss_stream)):
+        print(f"\n{kind + ' worlds':<24} {'tasks':>7}  " + "  ".join(f"{'sd ' + str(sd):>16}" for sd in sds))
+        for shape in ("mixed", *SHAPES):
+            for length in LENGTHS:
+                cells = []
+                for sd in sds:
+                    t = [0, 0, 0]
+                    for seed in range(n):
+                        x, switches = make(shape, length, sd, seed)
+                        if kind == "quality":
+                            fired = _send_feedback(_feedback_session(), x, np.zeros(len(x), np.int64),
+                                                   _embeddings(seed, len(x)), 1)
+                        else:
+                            push = MODES["cusum (default)"]()
+                            fired = [i for i, v in enumerate(x.tolist()) if push(v)]
+                        t = [a + b for a, b in zip(t, score(fired, switches, args.tolerance))]
+                    cells.append("{:.2f} / {:.2f} / {:.2f}".format(*_prf(*t)))
+                print(f"  {shape:<22} {length:>7}  " + "  ".join(f"{c:>16}" for c in cells), flush=True)
+    print(f"\nnon-i.i.d. stationary feedback: adapter resets per {args.events:,}-event run (envelopes of 100), "
+          f"{n} runs")
+    for name, make in NON_IID.items():
+        r = []
+        for seed in range(n):
+            q, m = make(np.random.default_rng(seed), args.events)
+            r.append(len(_send_feedback(_feedback_session(), q, m, _embeddings(seed, len(q)), 100)))
+        print(f"  {name:<34} total {sum(r):>5}   {r}", flush=True)
+    return 0
+
+
 def bernoulli_sweep(args: argparse.Namespace) -> int:
     """Resets of the default mode on stationary Bernoulli(p) qualities, p = 0.05 ... 0.95; 0 when none fired."""
     mode = list(MODES)[0]
@@ -400,11 +439,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the wider feedback worlds (bench/_feedback_worlds.py): SEEDS stationary runs per "
                          "quality kind, and lasting quality drops (reported, not judged)")
     ap.add_argument("--shift-seeds", type=int, default=3, help="with --wide: streams per lasting-drop pair")
+    ap.add_argument("--switch-worlds", type=int, default=0, metavar="SEEDS",
+                    help="only the other task-switch and non-i.i.d. worlds (bench/_switch_worlds.py), SEEDS streams "
+                         "per cell (reported, not judged)")
     args = ap.parse_args(argv)
     if args.bernoulli_sweep:
         return bernoulli_sweep(args)
     if args.wide:
         return wide(args)
+    if args.switch_worlds:
+        return switch_worlds(args)
     t0 = time.perf_counter()
     print(f"learnstream bench boundaries: {args.seeds} seeds per stream, tolerance {args.tolerance} losses\n")
     res = loss_table(args)

@@ -155,6 +155,20 @@ def test_bench_boundaries_wide_reports_resets_and_lasting_drops() -> None:
     assert len(found) == 19 and re.search(rf"found within 50 events: {sum(found)} of 76;", r.stdout), r.stdout
 
 
+def test_bench_boundaries_switch_worlds_prints_every_cell() -> None:
+    """--switch-worlds scores every shape x task length x noise of bench/_switch_worlds.py, qualities through
+    learn_feedback and losses straight into the detector, and counts resets on the non-i.i.d. streams; a
+    noise-free linear ramp's switches are found."""
+    r = run(["bench", "boundaries", "--switch-worlds", "1", "--events", "300"])
+    assert r.returncode == 0, r.stderr
+    cells = re.findall(r"^  (\w+) +(25|50|25-200)  +((?:\d\.\d\d / \d\.\d\d / \d\.\d\d +){3}\d\.\d\d / \d\.\d\d / "
+                       r"\d\.\d\d)$", r.stdout, re.M)
+    assert len(cells) == 2 * 6 * 3, r.stdout   # quality and loss: mixed + 5 shapes, 3 task lengths
+    linear = [c for c in cells if c[:2] == ("linear", "50")]
+    assert float(linear[0][2].split()[4]) >= 0.9, r.stdout   # quality, sd 0.01: recall
+    assert len(re.findall(r"^  .+ total +\d+   \[\d+\]$", r.stdout, re.M)) == 6, r.stdout
+
+
 def test_commands_needing_a_broker_say_so(monkeypatch) -> None:
     monkeypatch.delenv("LEARNSTREAM_BROKER", raising=False)
     r = run(["produce", "loss"], "{}\n")
