@@ -54,9 +54,10 @@ def test_non_finite_losses_are_ignored_and_state_round_trips() -> None:
         LossCusum.from_bytes(b"XXX" + det.to_bytes()[3:])
 
 
-def test_a_large_jump_fires_within_three_losses() -> None:
+def test_a_large_jump_fires_within_four_losses() -> None:
     """The jump rule: a new task whose loss starts far above the old level and falls back within a few
-    batches (too soon for the CUSUM's evidence) is a boundary on the third high loss."""
+    batches (too soon for the CUSUM's evidence) is a boundary on the loss after the third high one, once
+    that loss is still 2 spreads up (CONFIRM: the rise lasts)."""
     import workers.cores.boundary as bmod
 
     rng = np.random.default_rng(3)
@@ -64,7 +65,7 @@ def test_a_large_jump_fires_within_three_losses() -> None:
     burst = np.array([1.6, 1.2, 0.9, 0.5, 0.35, 0.3, 0.3, 0.3])   # back near the old level after 3
     losses = np.concatenate([calm, burst]).tolist()
     det = LossCusum()
-    assert [i for i, v in enumerate(losses) if det.push(v)] == [42]
+    assert [i for i, v in enumerate(losses) if det.push(v)] == [43]
     old = bmod.JUMP_N
     try:
         bmod.JUMP_N = 10**9    # the CUSUM alone misses it
@@ -241,6 +242,7 @@ def test_a_start_up_is_not_tested_on_a_spread_of_a_few_losses(monkeypatch: pytes
 
     assert fired() == []
     monkeypatch.setattr(boundary, "TEST_FROM", boundary.WARM)   # tested as soon as warm, as before
+    monkeypatch.setattr(boundary, "CONFIRM", 0)                 # and the run not confirmed, as before
     assert fired() == [10]
 
 
@@ -262,6 +264,29 @@ def _loop_losses(q: np.ndarray) -> list[float]:
     return out
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_an_outage_of_three_zero_qualities_is_not_a_boundary(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Good feedback (Beta(8, 2)) with three zero qualities in a row (an upstream outage), then good again: the
+    three losses pass the jump rule, but the next one is back near the level, so the rise did not last and the
+    adapter is kept. Without the confirming loss (CONFIRM = 0) each outage was a reset (bench boundaries
+    --switch-worlds: 78 resets in 80 outages)."""
+    import workers.cores.boundary as boundary
+
+    rng = np.random.default_rng(seed)
+    q = rng.beta(8, 2, 1200)
+    q[600:603] = 0.0
+    q[603] = 0.8   # the next answer a usual one (a poor one, 0.5, would confirm the rise: 7 of 40 in the bench)
+    losses = _loop_losses(q)
+
+    def fired() -> list[int]:
+        det = LossCusum()
+        return [i for i, v in enumerate(losses) if det.push(v)]
+
+    assert fired() == []
+    monkeypatch.setattr(boundary, "CONFIRM", 0)
+    assert fired() == [602]
+
+
 @pytest.mark.parametrize("seed", [1016, 2009])
 def test_rare_bad_answers_in_a_row_on_good_feedback_are_not_a_boundary(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """10,000 stationary Bernoulli 0.95 qualities (seeds where three bad answers in a row did fire): the jump
@@ -275,6 +300,7 @@ def test_rare_bad_answers_in_a_row_on_good_feedback_are_not_a_boundary(seed: int
     assert not any(det.push(v) for v in losses)
     assert det.exceed > 0.02 and det._jump_run() >= 4
     monkeypatch.setattr(boundary, "JUMP_P", 1.0)
+    monkeypatch.setattr(boundary, "CONFIRM", 0)   # nor a confirming loss after the run
     det = LossCusum()
     assert any(det.push(v) for v in losses)
 
@@ -299,7 +325,8 @@ def test_a_long_run_of_good_answers_does_not_shrink_the_spread_below_the_task_lo
     monkeypatch.setattr(boundary, "SLOW", 0.0)
     assert not run()[1][-1]        # the jump rule now also asks for a longer run at a 10% jump rate ...
     monkeypatch.setattr(boundary, "JUMP_P", 1.0)
-    assert run()[1][-1]            # ... without both, three bad answers are a boundary
+    monkeypatch.setattr(boundary, "CONFIRM", 0)
+    assert run()[1][-1]            # ... without both (and no confirming loss), three bad answers are a boundary
 
 @pytest.mark.parametrize("seed", [1, 26])
 def test_a_run_of_good_answers_among_mostly_bad_ones_is_not_a_boundary(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
