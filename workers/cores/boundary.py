@@ -227,10 +227,11 @@ class LossCusum:
             a = max(K * sig, REL * min(abs(self.mu), LEVEL_CAP))
             f = self._forecast(sig)
             self.S = max(0.0, self.S + min((loss - f - a) / sig, CLIP))
-            need = max(JUMP_N, self._jump_run())
-            z = JUMP_Z if self.jump < need else CONFIRM_Z   # the run, then losses that confirm it lasts
-            self.jump = self.jump + 1 if loss > f + z * sig else 0
-            if (self.S > self.threshold or self.jump >= need + CONFIRM) and self._above_level(loss, sig):
+            # the run, then CONFIRM losses that show it lasts (the run's length is asked only once it is long)
+            run = self.jump >= JUMP_N and self.jump >= self._jump_run()
+            self.jump = self.jump + 1 if loss > f + (CONFIRM_Z if run else JUMP_Z) * sig else 0
+            jumped = self.jump >= JUMP_N + CONFIRM and self.jump >= self._jump_run() + CONFIRM
+            if (self.S > self.threshold or jumped) and self._above_level(loss, sig):
                 self.last = CusumFiring(self.S, self.mu, sig, self.n)
                 self.gap, self.n = self.n, 0
                 self._restart()

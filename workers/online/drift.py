@@ -9,10 +9,11 @@ occupied bins is approximately chi-square with K-1 degrees of freedom (the G-tes
 threshold for a per-check false-alarm rate ``alpha`` (Bonferroni over the three
 components, which are correlated). A window whose loss went *down* while its label
 mix stayed put is learning progress, not drift: the detector follows it silently
-(re-baselines) instead of alarming. So is a loss histogram that changed shape alone (the
+(re-baselines) instead of alarming. Nor is a loss histogram that changed shape alone (the
 prediction and label mixes within their thresholds) while its mean did not rise by
-``_LOSS_RISE_Z`` standard errors: an online model keeps changing on the same data. The chi-square quantile is Wilson-Hilferty's, so
-nothing beyond NumPy and the standard library is needed. After a drift the current
+``_LOSS_RISE_Z`` standard errors: an online model keeps changing on the same data. The
+chi-square quantile is Wilson-Hilferty's, so nothing beyond NumPy and the standard library
+is needed. After a drift the current
 window becomes the baseline.
 
 :class:`MeanShift` tests whether the mean of a signal (a 0/1 error, a loss) over the last

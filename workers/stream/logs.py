@@ -49,7 +49,7 @@ class IdleFetchNotices(logging.Filter):
         self._root = root
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno <= logging.DEBUG or not any(m in str(record.msg) for m in _IDLE_FETCH):
+        if record.levelno != logging.ERROR or not any(m in str(record.msg) for m in _IDLE_FETCH):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return self._root.isEnabledFor(logging.DEBUG)
