@@ -329,3 +329,44 @@ def test_every_argument_has_help_and_top_level_help_has_no_rest_markup() -> None
                 continue
             assert a.help, f"learnstream {name}: {a.option_strings or a.dest} has no help"
         assert "`" not in sp.format_help(), name
+
+
+def _bench_module(name: str):
+    import importlib
+    from pathlib import Path
+    bench = str(Path(__file__).resolve().parents[2] / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module(name)
+
+
+@pytest.mark.parametrize(("sessions", "dim"), [(8, 384), (8, 3072), (2000, 384)])
+def test_bench_feedback_warm_up_fills_the_replay_buffers_in_envelopes_and_stays_bounded(sessions: int,
+                                                                                         dim: int) -> None:
+    """One event per message, 2,000 sessions' warm-up was 256,000 messages: the worker applied 177,895
+    in the run's 180 s and `bench feedback --sessions 2000` never got past it (issue 10)."""
+    from collections import Counter
+
+    import orjson
+
+    from workers.cores.instant import REPLAY_CAP
+    from workers.verbs.codec import MAX_EVENT_BYTES
+
+    feedback = _bench_module("feedback")
+    keys = [f"s{i}" for i in range(sessions)]
+    msgs, events = feedback.warm_up_messages(keys, dim, 0)
+    per_session: Counter = Counter()
+    singles = 0
+    for k, v in msgs:
+        assert len(v) <= MAX_EVENT_BYTES // 2
+        body = orjson.loads(v)
+        assert body["session_key"] == k.decode()
+        if "events" in body:
+            per_session[k.decode()] += len(body["events"])
+        else:
+            singles += 1
+    assert sum(per_session.values()) + singles == events
+    assert set(per_session) == set(keys) and singles == feedback._WARM_SINGLE
+    want = min(2 * REPLAY_CAP, feedback._WARM_EVENTS // sessions)  # full buffers where the budget allows
+    assert len(set(per_session.values())) == 1 and want <= min(per_session.values()) < want + 8
+    assert len(msgs) <= (sessions * 8 if sessions <= 8 else 2 * sessions) + feedback._WARM_SINGLE
