@@ -57,13 +57,64 @@ def test_a_corrupted_state_is_refused_with_a_clear_error(where: str) -> None:
 
 def test_truncated_foreign_and_future_states_are_refused() -> None:
     raw = _trained().to_bytes()
-    with pytest.raises(CorruptStateError, match="checksum|too short"):
+    with pytest.raises(CorruptStateError, match="truncated or extended"):
         ContinualLearner.from_bytes(raw[: len(raw) // 3])
+    with pytest.raises(CorruptStateError, match="truncated or extended"):
+        ContinualLearner.from_bytes(raw + b"\0")
+    with pytest.raises(CorruptStateError, match="too short"):
+        ContinualLearner.from_bytes(raw[:8])
     with pytest.raises(CorruptStateError, match="bad magic"):
         ContinualLearner.from_bytes(b"XXXX" + raw[4:])
     future = raw[:4] + (state_mod.STATE_VERSION + 1).to_bytes(2, "little") + raw[6:]
-    with pytest.raises(CorruptStateError, match="version 2 is unknown"):
+    with pytest.raises(CorruptStateError, match=f"version {state_mod.STATE_VERSION + 1} is unknown"):
         ContinualLearner.from_bytes(future)
+
+
+def _as_version_1(raw: bytes) -> bytes:
+    """The same state framed as version 1 wrote it: no total length in the header, the CRC over the
+    whole payload."""
+    import struct
+    import zlib
+
+    import orjson
+
+    (hlen,) = struct.unpack_from("<I", raw, 10)
+    header = orjson.loads(raw[14:14 + hlen])
+    del header["n"]
+    head = orjson.dumps(header)
+    payload = struct.pack("<I", len(head)) + head + raw[14 + hlen:]
+    return struct.pack("<4sHI", b"LSOL", 1, zlib.crc32(payload)) + payload
+
+
+def test_a_version_1_state_still_loads_and_its_corruption_is_still_caught() -> None:
+    a = _trained()
+    old = _as_version_1(a.to_bytes())
+    b = ContinualLearner.from_bytes(old)
+    np.testing.assert_array_equal(a.predict(_probe()), b.predict(_probe()))
+    assert b.to_bytes() == a.to_bytes()  # saved again as version 2
+    torn = bytearray(old)
+    torn[len(torn) // 2] ^= 0x01
+    with pytest.raises(CorruptStateError, match="checksum mismatch"):
+        ContinualLearner.from_bytes(bytes(torn))
+    with pytest.raises(CorruptStateError, match="checksum mismatch"):
+        ContinualLearner.from_bytes(old + b"\0")  # version 1's CRC covers the end too
+
+
+def test_a_save_runs_no_crc_over_the_whole_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Version 2's frame CRC covers the header (which holds each chunk's CRC), not the chunk bytes
+    again: the bytes a save hashes are the chunks once plus the header."""
+    a = _trained()
+    raw = a.to_bytes()
+    hashed = []
+    real = state_mod.zlib.crc32
+
+    def counting(data, value=0):
+        hashed.append(len(data))
+        return real(data, value)
+
+    monkeypatch.setattr(state_mod.zlib, "crc32", counting)
+    assert a.to_bytes() == raw
+    assert sum(hashed) == len(raw) - 10, (sum(hashed), len(raw))  # every byte after the frame, once
 
 
 def test_another_estimators_state_is_refused() -> None:
