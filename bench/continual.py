@@ -201,6 +201,21 @@ def speed(examples: int, seed: int = 0) -> list[tuple[str, float, float]]:
             assert s.dispatch({"verb": "learn_example", "body": body})["ok"]
         out.append((f"learn_example verb, {'one example per call' if per == 1 else f'envelopes of {per}'}",
                     (time.perf_counter() - t) / examples * 1e6, (time.process_time() - c) / examples * 1e6))
+    # a common embedding width, one example per call (what an agent sends): each call saves the ~3 MB
+    # learner, so this row is mostly the save's CPU (workers/online/snapshot.py, workers/state/layout.py)
+    wide, calls = 1536, max(1, examples // 10)
+    s = LearnSession()
+    s.dispatch({"verb": "init_learner", "body": {"n_features": wide, "n_classes": 10, "hidden": _HIDDEN}})
+    Xw = rng.random((200 + calls, wide), dtype=np.float32)
+    yw = rng.integers(0, 10, 200 + calls)
+    wide_bodies = [{"features_b64": encode_embedding_b64(x), "label": int(c)} for x, c in zip(Xw, yw)]
+    for b in wide_bodies[:200]:
+        s.dispatch({"verb": "learn_example", "body": b})
+    t, c = time.perf_counter(), time.process_time()
+    for b in wide_bodies[200:]:
+        assert s.dispatch({"verb": "learn_example", "body": b})["ok"]
+    out.append((f"learn_example verb, one example per call, {wide} features",
+                (time.perf_counter() - t) / calls * 1e6, (time.process_time() - c) / calls * 1e6))
     return out
 
 
