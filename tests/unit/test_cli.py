@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -60,25 +61,41 @@ def test_bench_feedback_scale_interleaves_the_counts_rounds_on_suspended_pairs()
     assert "workers.cli worker" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_a_stopped_or_killed_scale_benchmark_leaves_no_broker_or_worker(sig: int) -> None:
+@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGTERM, signal.SIGTERM], [signal.SIGKILL]],
+                         ids=["SIGTERM", "SIGTERM-twice", "SIGKILL"])
+def test_a_stopped_or_killed_scale_benchmark_leaves_no_broker_or_worker(signals: list[int]) -> None:
     """Its pairs sleep suspended through the other counts' turns: stopped by SIGTERM (``timeout``)
-    it stops them in order, and SIGKILLed the kernel kills them (a parent-death SIGTERM would wait
-    for a SIGCONT that never comes)."""
+    it stops them in order and removes its directories, also when a second SIGTERM comes during that
+    (``timeout`` and a process-group kill), and SIGKILLed the kernel kills them (a parent-death SIGTERM
+    would wait for a SIGCONT that never comes; only then are the directories left, and removed here)."""
+    import shutil
+    from pathlib import Path
+
     proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "bench", "feedback", "--scale", "8,16",
                              "--events", "100", "--repeats", "5"], stdout=subprocess.PIPE, text=True)
     children: list[psutil.Process] = []
+    dirs: list[Path] = []
     try:
         for line in proc.stdout:  # the first turn is over: every pair is suspended or about to be
+            if "logs in " in line:
+                dirs.append(Path(line.rsplit("logs in ", 1)[1].strip()))
             if "round 1:" in line:
                 break
         children = psutil.Process(proc.pid).children(recursive=True)
-        assert sum("noida-db" in " ".join(c.cmdline()) for c in children) == 2, [c.cmdline() for c in children]
+        brokers = [c.cmdline() for c in children if "noida-db" in " ".join(c.cmdline())]
+        assert len(brokers) == 2, [c.cmdline() for c in children]
+        dirs += [Path(cmd[cmd.index("--data-dir") + 1]) for cmd in brokers]
         assert sum("worker" in c.cmdline() for c in children) == 2, [c.cmdline() for c in children]
-        proc.send_signal(sig)
+        assert len(dirs) == 3 and all(d.is_dir() for d in dirs), dirs
+        for sig in signals:
+            proc.send_signal(sig)
+            time.sleep(0.05)
+        sig = signals[0]
         assert proc.wait(90) == (128 + sig if sig == signal.SIGTERM else -sig)
         _, alive = psutil.wait_procs(children, timeout=30)
         assert not alive, [c.cmdline() for c in alive]
+        if sig == signal.SIGTERM:
+            assert not [d for d in dirs if d.exists()]
     finally:
         proc.kill()
         for c in children:
@@ -87,6 +104,8 @@ def test_a_stopped_or_killed_scale_benchmark_leaves_no_broker_or_worker(sig: int
                 c.kill()
             except psutil.Error:
                 pass
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def test_bench_save_runs_both_ways_and_prints_the_ratio() -> None:

@@ -229,6 +229,9 @@ def bench_dir() -> Path:
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # once: a second SIGTERM (``timeout`` and a process-group kill both send one) must not interrupt the
+    # ``finally`` that the first started, or it leaves the run's brokers and temporary directories behind
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(128 + signum)
 
 
