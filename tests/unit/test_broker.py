@@ -102,15 +102,16 @@ def _noida_children(pid: int) -> list[psutil.Process]:
         return []
 
 
-def test_broker_dies_with_its_parent() -> None:
+def test_broker_dies_with_its_parent(tmp_path) -> None:
     import subprocess
     import sys
 
     from tests.helpers import wait_until
 
-    code = ("from workers.kafka.broker import EmbeddedBroker; import sys, time; b = EmbeddedBroker().start(); "
-            "print(b.proc.pid, flush=True); time.sleep(600)")
-    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    # its data in tmp_path: a SIGKILLed parent cannot remove a temporary directory of its own
+    code = ("from workers.kafka.broker import EmbeddedBroker; import sys, time; "
+            "b = EmbeddedBroker(data_dir=sys.argv[1]).start(); print(b.proc.pid, flush=True); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "log")], stdout=subprocess.PIPE, text=True)
     broker_pid = int(parent.stdout.readline())
     assert psutil.pid_exists(broker_pid)
     parent.kill()  # SIGKILL: no cleanup code runs in the parent
