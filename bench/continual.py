@@ -190,32 +190,31 @@ def speed(examples: int, seed: int = 0) -> list[tuple[str, float, float]]:
     out.append((f"ContinualLearner.learn_batch, batches of {_BATCH} (in process)",
                 (time.perf_counter() - t) / examples * 1e6, (time.process_time() - c) / examples * 1e6))
     bodies = [{"features_b64": encode_embedding_b64(x), "label": int(c)} for x, c in zip(Xs, ys)]
-    for per in (1, 10, 50):
+
+    def verb_row(label: str, warm: list[dict], timed: list[dict], n_features: int, per: int) -> None:
+        """``learn_example`` through ``LearnSession``, ``per`` examples a call: ``warm``, then ``timed`` timed."""
         s = LearnSession()
-        s.dispatch({"verb": "init_learner", "body": {"n_features": X.shape[1], "n_classes": 10, "hidden": _HIDDEN}})
-        for i in range(0, 200, per):  # the same warm-up
-            s.dispatch({"verb": "learn_example", "body": {"examples": bodies[i:i + per]}})
+        s.dispatch({"verb": "init_learner", "body": {"n_features": n_features, "n_classes": 10, "hidden": _HIDDEN}})
+        for i in range(0, len(warm), per):
+            s.dispatch({"verb": "learn_example", "body": {"examples": warm[i:i + per]}})
         t, c = time.perf_counter(), time.process_time()
-        for i in range(0, examples, per):
-            body = bodies[i] if per == 1 else {"examples": bodies[i:i + per]}
+        for i in range(0, len(timed), per):
+            body = timed[i] if per == 1 else {"examples": timed[i:i + per]}
             assert s.dispatch({"verb": "learn_example", "body": body})["ok"]
-        out.append((f"learn_example verb, {'one example per call' if per == 1 else f'envelopes of {per}'}",
-                    (time.perf_counter() - t) / examples * 1e6, (time.process_time() - c) / examples * 1e6))
+        n = len(timed)
+        out.append((label, (time.perf_counter() - t) / n * 1e6, (time.process_time() - c) / n * 1e6))
+
+    for per in (1, 10, 50):  # the same warm-up as the in-process row
+        verb_row(f"learn_example verb, {'one example per call' if per == 1 else f'envelopes of {per}'}",
+                 bodies[:200], bodies, X.shape[1], per)
     # a common embedding width, one example per call (what an agent sends): each call saves the ~3 MB
     # learner, so this row is mostly the save's CPU (workers/online/snapshot.py, workers/state/layout.py)
     wide, calls = 1536, max(1, examples // 10)
-    s = LearnSession()
-    s.dispatch({"verb": "init_learner", "body": {"n_features": wide, "n_classes": 10, "hidden": _HIDDEN}})
     Xw = rng.random((200 + calls, wide), dtype=np.float32)
     yw = rng.integers(0, 10, 200 + calls)
     wide_bodies = [{"features_b64": encode_embedding_b64(x), "label": int(c)} for x, c in zip(Xw, yw)]
-    for b in wide_bodies[:200]:
-        s.dispatch({"verb": "learn_example", "body": b})
-    t, c = time.perf_counter(), time.process_time()
-    for b in wide_bodies[200:]:
-        assert s.dispatch({"verb": "learn_example", "body": b})["ok"]
-    out.append((f"learn_example verb, one example per call, {wide} features",
-                (time.perf_counter() - t) / calls * 1e6, (time.process_time() - c) / calls * 1e6))
+    verb_row(f"learn_example verb, one example per call, {wide} features", wide_bodies[:200], wide_bodies[200:],
+             wide, 1)
     return out
 
 

@@ -71,7 +71,7 @@ from workers.state import MemoryStore
 from workers.stream.processor import Processor, StoreStateAccess
 from workers.stream.records import Record
 from workers.stream.settings import Settings
-from workers.stream.worker import GC_GEN0_THRESHOLD
+from workers.stream.worker import tune_collector
 from workers.kafka.topics import topics
 
 __all__ = ("main",)
@@ -215,6 +215,7 @@ def warm_up_messages(sessions: list[str], dim: int, seed: int) -> tuple[list[tup
     """The warm-up's messages and their events: envelopes that fill the sessions' replay buffers, each
     under half the worker's message limit, then :data:`_WARM_SINGLE` one-event messages."""
     per_session = max(1, min(2 * REPLAY_CAP, _WARM_EVENTS // len(sessions)))
+    # an event's bytes in an envelope: its JSON and a margin for the separator and larger numbers
     event_bytes = len(orjson.dumps(_event(np.zeros(dim, np.float32), "b64", np.random.default_rng(0), 0))) + 8
     envelopes = -(-per_session // max(1, MAX_EVENT_BYTES // 2 // event_bytes))  # per session
     per_envelope = -(-per_session // envelopes)
@@ -273,11 +274,9 @@ def learning_only(commands: list[tuple[str, str, dict]], warm: list[tuple[bytes,
 
     proc.process(records(warm, 0))
     recs = records(msgs, len(warm))
-    # the worker's collector settings (workers/stream/worker.py): with CPython's defaults, thousands of
-    # decoded sessions and this process's message lists make collections most of the time measured
-    gc.freeze()
-    threshold = gc.get_threshold()
-    gc.set_threshold(GC_GEN0_THRESHOLD, *threshold[1:])
+    # the worker's collector settings: with CPython's defaults, thousands of decoded sessions and this
+    # process's message lists make collections most of the time measured
+    threshold = tune_collector()
     try:
         t0 = time.perf_counter()
         for i in range(0, len(recs), _INPROC_BATCH):

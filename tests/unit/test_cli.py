@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
@@ -71,6 +70,8 @@ def test_a_stopped_or_killed_scale_benchmark_leaves_no_broker_or_worker(signals:
     import shutil
     from pathlib import Path
 
+    from tests.helpers import wait_until
+
     proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "bench", "feedback", "--scale", "8,16",
                              "--events", "100", "--repeats", "5"], stdout=subprocess.PIPE, text=True)
     children: list[psutil.Process] = []
@@ -87,10 +88,13 @@ def test_a_stopped_or_killed_scale_benchmark_leaves_no_broker_or_worker(signals:
         dirs += [Path(cmd[cmd.index("--data-dir") + 1]) for cmd in brokers]
         assert sum("worker" in c.cmdline() for c in children) == 2, [c.cmdline() for c in children]
         assert len(dirs) == 3 and all(d.is_dir() for d in dirs), dirs
-        for sig in signals:
-            proc.send_signal(sig)
-            time.sleep(0.05)
+        workers = [c for c in children if "worker" in c.cmdline()]
         sig = signals[0]
+        proc.send_signal(sig)
+        if len(signals) > 1:  # the second once the cleanup is under way: its first worker has exited
+            wait_until(lambda: any(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in workers),
+                       60, what="the first worker to stop")
+            proc.send_signal(signals[1])
         assert proc.wait(90) == (128 + sig if sig == signal.SIGTERM else -sig)
         _, alive = psutil.wait_procs(children, timeout=30)
         assert not alive, [c.cmdline() for c in alive]
@@ -389,3 +393,14 @@ def test_bench_feedback_warm_up_fills_the_replay_buffers_in_envelopes_and_stays_
     want = min(2 * REPLAY_CAP, feedback._WARM_EVENTS // sessions)  # full buffers where the budget allows
     assert len(set(per_session.values())) == 1 and want <= min(per_session.values()) < want + 8
     assert len(msgs) <= (sessions * 8 if sessions <= 8 else 2 * sessions) + feedback._WARM_SINGLE
+
+
+def test_bench_continual_speed_times_every_row() -> None:
+    """The learner's speed rows: in process, through the verb one example per call and in envelopes, and a
+    1536-feature learner one example per call (each save encodes the ~3 MB learner)."""
+    r = run(["bench", "continual", "--speed", "60"])
+    assert r.returncode == 0, r.stderr
+    for row in ("ContinualLearner.learn_batch, batches of 10", "learn_example verb, one example per call ",
+                "learn_example verb, envelopes of 10", "learn_example verb, envelopes of 50",
+                "learn_example verb, one example per call, 1536 features"):
+        assert re.search(rf"^  {re.escape(row)}.* +\d+\.\d +\d+\.\d$", r.stdout, re.M), (row, r.stdout)

@@ -190,3 +190,19 @@ def test_consolidation_writes_a_checkpoint_while_learning(tmp_path) -> None:
     assert report.checkpoint in mgr.versions()
     np.testing.assert_array_equal(mgr.load(report.checkpoint).predict(_probe()), learner.predict(_probe()))
     assert len(mgr.list()) <= 3  # 2 kept (+ a base a kept delta needs)
+
+
+def test_a_state_whose_header_is_not_an_object_is_refused() -> None:
+    """Its CRC matches (only a forged state gets here), but a header that is not a JSON object is refused
+    as corrupt, not an AttributeError."""
+    import struct
+    import zlib
+
+    import orjson
+
+    head = orjson.dumps([1, 2])
+    ulen = struct.pack("<I", len(head))
+    for version, crc in ((2, zlib.crc32(head, zlib.crc32(ulen))), (1, zlib.crc32(ulen + head))):
+        raw = struct.pack("<4sHI", b"LSOL", version, crc) + ulen + head
+        with pytest.raises(CorruptStateError, match="header unreadable"):
+            ContinualLearner.from_bytes(raw)

@@ -61,12 +61,11 @@ def set_rng_state(rng: np.random.Generator, state: dict) -> None:
                                "has_uint32": state["has_uint32"], "uinteger": state["uinteger"]}
 
 
-def _chunks(raw: bytes) -> list[bytes] | list[memoryview]:
-    """``raw`` cut into chunks: views, not copies (a 1536-feature learner is 3 MB per save)."""
-    if not raw:
-        return [b""]
+def _chunks(raw: bytes) -> list[memoryview]:
+    """``raw`` cut into chunks (one, empty, for no bytes): views, not copies (a 1536-feature learner is
+    3 MB per save)."""
     view = memoryview(raw)
-    return [view[i:i + CHUNK_BYTES] for i in range(0, len(raw), CHUNK_BYTES)]
+    return [view[i:i + CHUNK_BYTES] for i in range(0, len(raw), CHUNK_BYTES)] or [view]
 
 
 class _Scoped:
@@ -150,7 +149,7 @@ class StateWriter:
             same_layout = old is not None and (old["k"], old.get("dt"), old.get("sh")) == (kind, dtype, shape)
             chunks = []
             for i, c in enumerate(_chunks(raw)):
-                crc = zlib.crc32(c)  # c: a view of raw (no copy)
+                crc = zlib.crc32(c)
                 if same_layout and i < len(old["c"]) and old["c"][i][0] == crc and old["c"][i][2] == len(c):
                     chunks.append([crc, -1, len(c)])  # -1: take it from the base
                 else:
@@ -209,8 +208,10 @@ class StateReader:
             header = orjson.loads(bytes(payload[_ULEN.size:_ULEN.size + hlen]))
         except orjson.JSONDecodeError as exc:  # only a forged CRC gets here
             raise CorruptStateError(f"learner state header unreadable ({exc})") from None
+        if not isinstance(header, dict):  # likewise
+            raise CorruptStateError("learner state header unreadable (not a JSON object)")
         rest = payload[_ULEN.size + hlen:]
-        if version > 1 and (not isinstance(header, dict) or header.get("n") != len(rest)):
+        if version > 1 and header.get("n") != len(rest):
             raise CorruptStateError(
                 f"learner state holds {len(rest)} bytes of chunks, its header says {header.get('n')}: "
                 "the bytes are truncated or extended; resume from another checkpoint")
@@ -253,9 +254,9 @@ class StateReader:
                 c = bytes(self._data[off:off + n])
             if len(c) != n or zlib.crc32(c) != crc:
                 raise CorruptStateError(
-                    f"learner state section {name!r} chunk {i} fails its checksum: "
-                    + ("the delta was saved against another base" if off < 0 else
-                       "checksum mismatch, the bytes are corrupted or truncated; resume from another checkpoint"))
+                    f"learner state section {name!r} chunk {i} fails its checksum: " +
+                    ("the delta was saved against another base" if off < 0 else
+                     "checksum mismatch, the bytes are corrupted; resume from another checkpoint"))
             out.append(c)
         return b"".join(out)
 

@@ -61,14 +61,7 @@ def run_worker(settings: Settings) -> int:
             configure_logs(root, settings.log_format)  # JSON lines and rate-limited repeats
 
     worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
-    # faust's RocksDB store runs gc.collect() for every table on every rebalance (Store.revoke_partitions),
-    # each a walk over the ~90k objects of the imports and the app (~80 ms on a loaded box). They live
-    # as long as the process: out of the collector's generations, those walks cost nothing.
-    gc.freeze()
-    # Decoded sessions are thousands of long-lived containers: with the default threshold (700
-    # allocations) the young generation is collected every few events and each older collection walks
-    # them all. 10,000 sessions in process: 403 -> 283 us per event (275 with no collector at all).
-    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+    tune_collector()
     faust_internals.no_spinner(worker)  # else every debug log call of faust and aiokafka makes a record
     logger.info("worker pid %s, web http://%s:%s", os.getpid(), settings.web_host, settings.web_port)
     try:
@@ -81,8 +74,23 @@ def run_worker(settings: Settings) -> int:
     return 0
 
 
-# Allocations between two young-generation collections (CPython's default: 700); see run_worker.
+# Allocations between two young-generation collections (CPython's default: 700); see tune_collector.
 GC_GEN0_THRESHOLD = 10_000
+
+
+def tune_collector() -> tuple[int, int, int]:
+    """The worker's garbage-collector settings (also what ``bench feedback``'s in-process row runs with);
+    returns the thresholds it replaced (``gc.unfreeze`` and ``gc.set_threshold`` undo it)."""
+    # faust's RocksDB store runs gc.collect() for every table on every rebalance (Store.revoke_partitions),
+    # each a walk over the ~90k objects of the imports and the app (~80 ms on a loaded box). They live
+    # as long as the process: out of the collector's generations, those walks cost nothing.
+    gc.freeze()
+    # Decoded sessions are thousands of long-lived containers: with the default threshold (700
+    # allocations) the young generation is collected every few events and each older collection walks
+    # them all. 10,000 sessions in process: 403 -> 283 us per event (275 with no collector at all).
+    old = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *old[1:])
+    return old
 
 # How often the start-up task looks whether table recovery finished (one line is printed then).
 _READY_POLL_S = 0.1
