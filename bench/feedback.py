@@ -33,8 +33,11 @@ the tables show the median and the ratios use medians. For scale, a row "learnin
 only" runs the worker's own :class:`~workers.stream.processor.Processor` on the same
 messages in process (in-memory store, batches of 500 messages): no Kafka, no faust.
 
-Targets (issues 3 and 5): with envelopes the worker reaches >= 30% of the raw
-consumer's events/s; with one event per message it is within 20% of plain faust.
+Targets (issues 3 and 5, judged at the default 8 sessions): with envelopes the worker
+reaches >= 30% of the raw consumer's events/s; with one event per message it is within
+20% of plain faust. At any other ``--sessions N`` the run ends with ``--scale 8,N``
+(below): the worker alone at 8 and at N sessions, rounds interleaved, and issue 10's
+goal, N sessions at >= 50% of the 8-session events/s.
 """
 from __future__ import annotations
 
@@ -79,6 +82,7 @@ __all__ = ("main",)
 logger = logging.getLogger(__name__)
 
 _TARGETS = ["small", "medium", "large", "code"]
+_DEFAULT_SESSIONS = 8           # the configuration issues 3 and 5 set their targets in
 _TARGET_RAW_ENVELOPE = 0.30     # worker / raw, envelopes
 _TARGET_FAUST_SINGLE = 0.80     # worker / plain faust, one event per message ("within 20%")
 _CHILD_TIMEOUT_S = 180.0  # a consumer that has not finished by then is stuck: fail with its log, do not hang
@@ -360,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=10_000, help="events per one-event-per-message run (default 10,000)")
     p.add_argument("--envelope-events", type=int, default=40_000, help="events per envelope run (default 40,000)")
     p.add_argument("--envelope", type=int, default=100, help="events per envelope (default 100)")
-    p.add_argument("--sessions", type=int, default=8, help="session keys, spread evenly over partitions (default 8)")
+    p.add_argument("--sessions", type=int, default=_DEFAULT_SESSIONS,
+                   help="session keys, spread evenly over partitions (default 8); any other count ends with the "
+                        "8-against-N comparison of --scale 8,N (issue 10)")
     p.add_argument("--partitions", type=int, default=4, help="partitions of the input topics (default 4)")
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--encodings", default="b64,json", help="comma-separated: b64, json (default both)")
@@ -387,7 +393,24 @@ def main(argv: list[str] | None = None) -> int:
     if not encodings or not set(encodings) <= {"b64", "json"}:
         p.error("--encodings: b64 and/or json")
     worker_kw = worker_kwargs(p, args)
+    # issue 10: a run at other than 8 sessions ends with the 8 against N comparison it is judged by
+    against_8 = None
+    if args.sessions != _DEFAULT_SESSIONS:
+        events = min(args.events, _scale_events_cap(args))
+        against_8 = argparse.Namespace(**{**vars(args), "scale": f"{_DEFAULT_SESSIONS},{args.sessions}",
+                                          "events": events})
+    ok = _consumers_run(args, encodings, worker_kw)
+    if against_8 is not None:
+        print(f"\n{args.sessions:,} sessions against {_DEFAULT_SESSIONS} in one run (issue 10's goal: >= "
+              f"{_TARGET_SCALE:.0%} of the {_DEFAULT_SESSIONS}-session events/s), {against_8.events:,} timed events "
+              f"per round; the same as learnstream bench feedback --scale {against_8.scale} --events "
+              f"{against_8.events} --repeats {args.repeats}\n", flush=True)
+        ok = scale(against_8, p) == 0 and ok
+    return 0 if ok else 1
 
+
+def _consumers_run(args: argparse.Namespace, encodings: list[str], worker_kw: dict) -> bool:
+    """The worker and the two baselines on the same messages; True if the targets pass."""
     log_dir = Path(tempfile.mkdtemp(prefix="learnstream-bench-feedback-"))
     topic = topics()["feedback"].name
     sessions = balanced_keys(args.sessions, args.partitions)
@@ -458,10 +481,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
         ok = report(runs, encodings, args)
         print(f"\ntotal wall time {time.monotonic() - t_all:.0f} s")
-        if args.sessions != 8:
-            print(f"{args.sessions:,} sessions against 8 in one run (issue 10's goal, >= 50% of the 8-session "
-                  f"events/s): learnstream bench feedback --scale 8,{args.sessions}")
-        return 0 if ok else 1
+        return ok
     finally:
         teardown(procs, broker, log_dir, args.keep_logs)
 
@@ -559,6 +579,12 @@ def _most_unconsumed(event_bytes: float, partitions: int) -> int:
     return int(0.9 * Settings().embedded_input_retention_bytes * partitions / event_bytes)
 
 
+def _scale_events_cap(args: argparse.Namespace) -> int:
+    """The most ``--events`` a ``--scale`` round can produce to its suspended worker at ``--dim``."""
+    sample = make_messages(["s"], 8, args.dim, "b64", 1, args.seed)
+    return _most_unconsumed(statistics.mean(len(k) + len(v) for k, v in sample) + 64, args.partitions)
+
+
 def _produce_applied(worker: WorkerProcess, bootstrap: str, topic: str, msgs: list[tuple[bytes, bytes]],
                      chunk: int) -> None:
     """Produce ``msgs`` to a running worker in chunks it has applied before the next is sent (so
@@ -595,8 +621,7 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     """
     counts = [int(x) for x in args.scale.split(",") if x.strip()]
     worker_kw = worker_kwargs(p, args)
-    sample = make_messages(["s"], 8, args.dim, "b64", 1, args.seed)
-    most = _most_unconsumed(statistics.mean(len(k) + len(v) for k, v in sample) + 64, args.partitions)
+    most = _scale_events_cap(args)
     if args.events > most:  # produced while the worker is suspended: more would be dropped unread
         p.error(f"--events {args.events:,} of {args.dim}-d events would not all fit the embedded broker's input "
                 f"retention while the worker is suspended (at most {most:,} over {args.partitions} partitions; "
@@ -762,7 +787,10 @@ def report(runs: list[Run], encodings: list[str], args: argparse.Namespace) -> b
                 line += (f" {_median(rs):>15,.0f} {f'{min(rates):,.0f}-{max(rates):,.0f}':>15} {cpu:>5.0f} "
                          f"{brk if c != _LEARNING_ONLY else float('nan'):>5.0f}")
             print(line)
-    print("\nratios of medians (same run, same messages)")
+    judged = args.sessions == _DEFAULT_SESSIONS
+    print("\nratios of medians (same run, same messages)"
+          + ("" if judged else f"; the targets are set at {_DEFAULT_SESSIONS} sessions, at {args.sessions:,} "
+                               "they are shown, not judged"))
     ok = True
     for enc in encodings:
         rate = {(c, m): _median(by[(c, enc, m)]) for c in _CONSUMERS for m in ("single", "envelope")}
@@ -771,12 +799,15 @@ def report(runs: list[Run], encodings: list[str], args: argparse.Namespace) -> b
         r3 = rate[("worker", "single")] / rate[("plain faust", "single")]
         r4 = rate[("worker", "single")] / rate[("raw aiokafka", "single")]
         p1, p3 = r1 >= _TARGET_RAW_ENVELOPE, r3 >= _TARGET_FAUST_SINGLE
-        ok = ok and p1 and p3
+        ok = ok and (p1 and p3 or not judged)
+
+        def verdict(passed: bool) -> str:
+            return ("PASS" if passed else "FAIL") if judged else ("above" if passed else "below") + " (not judged)"
         print(f"  [{enc:>4}] worker envelopes / raw, same envelopes       {r1:>5.0%}   target >= "
-              f"{_TARGET_RAW_ENVELOPE:.0%} -> {'PASS' if p1 else 'FAIL'}")
+              f"{_TARGET_RAW_ENVELOPE:.0%} -> {verdict(p1)}")
         print(f"  [{enc:>4}] worker envelopes / raw, 1 event/message      {r2:>5.0%}")
         print(f"  [{enc:>4}] worker 1 event/message / plain faust         {r3:>5.0%}   target >= "
-              f"{_TARGET_FAUST_SINGLE:.0%} -> {'PASS' if p3 else 'FAIL'}")
+              f"{_TARGET_FAUST_SINGLE:.0%} -> {verdict(p3)}")
         print(f"  [{enc:>4}] worker 1 event/message / raw 1 event/message {r4:>5.0%}")
     return ok
 
