@@ -23,8 +23,8 @@ the issue measured — and learnstream's router through the verbs (``route``, th
 ``record_outcome`` with the request's embedding and its ``cost``), in its default
 ``learned`` mode (LinUCB on a 32-d projection fitted to the first 200 outcomes' queries,
 with forgetting, drift-raised exploration) and in ``mode: reference`` (the seed's FastGRNN head training). Both
-routers are initialised with ``cost_weight`` = the world's lambda and otherwise defaults
-(threshold 200: the first 200 requests use the rule route).
+routers are initialised with defaults (the learned mode's lambda is 1 by default; ``cost_weight``
+is set only for another ``--cost-weight``; threshold 200: the first 200 requests use the rule route).
 
 **Latency**: in-process ``route`` for in_dim 384 and 5 targets, p99 over single calls; the
 learned route also at the common embedding widths 1536 and 3072 (``--latency-dims``; the
@@ -186,7 +186,8 @@ def learned(name: str, s: Stream, world: World, seed: int, **init: object) -> Ru
     """learnstream's router through the verbs: route, then record_outcome with embedding and cost."""
     sess = LearnSession(rng=random.Random(seed))
     body: dict = {"targets": _TARGETS, "in_dim": _DIM, **init}
-    if init.get("mode") != "reference":   # the reference mode has no cost term (init_router refuses one)
+    # the reference mode has no cost term (init_router refuses one); the learned mode's default is lambda 1
+    if init.get("mode") != "reference" and world.cost_weight != 1.0:
         body["cost_weight"] = world.cost_weight
     out = sess.dispatch({"verb": "init_router", "body": body})
     assert out["ok"], out

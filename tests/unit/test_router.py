@@ -441,10 +441,12 @@ def test_a_settings_verb_names_the_fields_it_ignored(caplog: pytest.LogCaptureFi
         out = s.dispatch({"verb": "init_router", "body": {"targets": ["a", "b"], "in_dim": 4, "lambda": 1,
                                                             "Threshold": 0, "session_key": "k"}})
     assert out["ok"] and out["data"]["ignored_fields"] == ["Threshold", "lambda"], out
-    assert out["data"]["cost_weight"] == 0.0 and out["data"]["threshold"] == 200
+    assert out["data"]["cost_weight"] == 1.0 and out["data"]["threshold"] == 200   # the defaults
     assert "init_router: ignored unknown field(s) Threshold, lambda" in caplog.text
     out = s.dispatch({"verb": "init_router", "body": {"targets": ["a", "b"], "in_dim": 4, "cost_weight": 1}})
     assert "ignored_fields" not in out["data"]
+    out = s.dispatch({"verb": "init_router", "body": {"targets": ["a", "b"], "in_dim": 4, "mode": "reference"}})
+    assert out["ok"] and out["data"]["cost_weight"] == 0.0   # the reference mode has no cost term
     out = s.dispatch({"verb": "init_instant", "body": {"targets": ["a"], "dims": 8}})
     assert out["data"] == {"targets": ["a"], "dim": 384, "ignored_fields": ["dims"]}, out   # the default dim
     out = s.dispatch({"verb": "route", "body": {"embedding": [0.1, 0.2, 0.3, 0.4], "extra": 1}})

@@ -132,13 +132,18 @@ def test_a_fresh_learned_router_routes_exactly_as_the_reference_mode() -> None:
         assert a.route(x, rng=ra) == b.route(x, rng=rb)
 
 
-def test_record_outcome_without_embedding_changes_no_route() -> None:
-    a = RouterState(TARGETS, in_dim=DIM, threshold=0, epsilon=0.0)
+def test_record_outcome_without_embedding_changes_no_route_but_its_cost() -> None:
+    a = RouterState(TARGETS, in_dim=DIM, threshold=0, epsilon=0.0, cost_weight=0.0)
     a.record_outcome("large", 1.0)
     a.record_outcome("small", 0.0, cost=0.2)
     b = RouterState(TARGETS, in_dim=DIM, threshold=0, epsilon=0.0, mode="reference")
     for x in _xs(20, 7):
         assert a.route(x)["model"] == b.route(x)["model"]
+    # with lambda 1 (the default) a reported cost alone moves routes off the target that costs
+    assert "medium" in {b.route(x)["model"] for x in _xs(20, 7)}
+    priced = RouterState(TARGETS, in_dim=DIM, threshold=0, epsilon=0.0)
+    priced.record_outcome("medium", 0.5, cost=0.2)
+    assert "medium" not in {priced.route(x)["model"] for x in _xs(20, 7)}
 
 
 # ------------------------------------------------------------------ learning
@@ -178,8 +183,8 @@ def test_cost_weight_trades_quality_for_price() -> None:
     Q = _world(X)
     Q[:, 1] = Q.max(1) - 0.15
     costs = np.array([0.3, 0.0, 0.3])
-    free = RouterState(TARGETS, in_dim=DIM, threshold=0, epsilon=0.0)
-    priced = RouterState(TARGETS, in_dim=DIM, threshold=0, epsilon=0.0, cost_weight=1.0)
+    free = RouterState(TARGETS, in_dim=DIM, threshold=0, epsilon=0.0, cost_weight=0.0)
+    priced = RouterState(TARGETS, in_dim=DIM, threshold=0, epsilon=0.0)   # lambda 1 by default
     p_free = np.array(_play(free, X, Q, 2, costs))
     p_priced = np.array(_play(priced, X, Q, 2, costs))
     assert (p_free[-300:] == 1).mean() < 0.4

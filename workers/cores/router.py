@@ -83,6 +83,9 @@ _MAX_THRESHOLD = 2**31 - 1     # a sample count: bounded so it packs as an int64
 # widths did not.
 _DEFAULT_EPSILON = 0.05
 _DEFAULT_EPSILON_LEARNED = 0.0
+# lambda of the learned mode: quality - lambda * cost. A router that never hears a cost routes as with 0;
+# one that does was told what a request cost, and 1 weighs it in quality's units (0..1) as reported
+_DEFAULT_COST_WEIGHT = 1.0
 _BASELINE_EMA = "ema"          # baseline: the target's outcome EMA (see the module doc)
 # Context buckets: a request goes to the first bucket whose cap holds its tokens;
 # the fifth bucket is unbounded.
@@ -241,7 +244,8 @@ class RouterState:
             epsilon = _DEFAULT_EPSILON_LEARNED if mode == _LEARNED else _DEFAULT_EPSILON
         if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0.0 <= epsilon <= 1.0:
             raise ValueError("epsilon must be 0..1")  # NaN fails the range check too
-        cost_weight = 0.0 if cost_weight is None else cost_weight
+        if cost_weight is None:  # a cost reported is a cost meant: in quality's units unless told otherwise
+            cost_weight = _DEFAULT_COST_WEIGHT if mode == _LEARNED else 0.0
         if isinstance(cost_weight, bool) or not isinstance(cost_weight, (int, float)) \
                 or not math.isfinite(to_float(cost_weight)) or cost_weight < 0:
             raise ValueError("cost_weight must be a finite number >= 0")
@@ -552,7 +556,8 @@ def _instant_logits(ctx: VerbContext, st: RouterState, x: np.ndarray) -> np.ndar
     normalize={"type": "boolean"}, baseline={"type": "string"}, trained={"type": "boolean"},
     mode={"enum": list(MODES)},
     cost_weight={"type": "number", "minimum": 0,
-                 "description": "lambda: the learned mode maximises quality - lambda * cost (not in mode reference)"},
+                 "description": "lambda: the learned mode maximises quality - lambda * cost (default 1; "
+                                "not in mode reference)"},
     bandit={"type": "object", "properties": {
         "dim": {"type": "integer", "minimum": 1, "maximum": _k.BANDIT_MAX_DIM},
         "alpha": {"type": "number", "minimum": 0, "maximum": 100},
