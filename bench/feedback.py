@@ -215,18 +215,19 @@ _WARM_EVENTS = 20_000
 _WARM_SINGLE = 1_000  # then this many one-event messages, round-robin: the one-event path is warm too
 
 
-def warm_up_messages(sessions: list[str], dim: int, seed: int) -> tuple[list[tuple[bytes, bytes]], int]:
-    """The warm-up's messages and their events: envelopes that fill the sessions' replay buffers, each
-    under half the worker's message limit, then :data:`_WARM_SINGLE` one-event messages."""
-    per_session = max(1, min(2 * REPLAY_CAP, _WARM_EVENTS // len(sessions)))
+def warm_up_messages(sessions: list[str], dim: int, seed: int, budget: int = _WARM_EVENTS,
+                     single: int = _WARM_SINGLE) -> tuple[list[tuple[bytes, bytes]], int]:
+    """The warm-up's messages and their events: envelopes that fill the sessions' replay buffers (at
+    most ``budget`` events), each under half the worker's message limit, then ``single`` one-event
+    messages."""
+    per_session = max(1, min(2 * REPLAY_CAP, budget // len(sessions)))
     # an event's bytes in an envelope: its JSON and a margin for the separator and larger numbers
     event_bytes = len(orjson.dumps(_event(np.zeros(dim, np.float32), "b64", np.random.default_rng(0), 0))) + 8
     envelopes = -(-per_session // max(1, MAX_EVENT_BYTES // 2 // event_bytes))  # per session
     per_envelope = -(-per_session // envelopes)
     per_session = per_envelope * envelopes  # round-robin: each session gets ``envelopes`` whole envelopes
     fill = make_messages(sessions, per_session * len(sessions), dim, "b64", per_envelope, seed)
-    single = make_messages(sessions, _WARM_SINGLE, dim, "b64", 1, seed + 1)
-    return fill + single, per_session * len(sessions) + _WARM_SINGLE
+    return fill + make_messages(sessions, single, dim, "b64", 1, seed + 1), per_session * len(sessions) + single
 
 
 async def _produce(bootstrap: str, topic: str, msgs: list[tuple[bytes, bytes]]) -> None:
@@ -381,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", default=None, metavar="N,N,...",
                    help="instead: the worker alone at each session count (e.g. 8,2000,10000), one b64 event per "
                         "message, --events each; events/s, changelog bytes per event, worker RSS (issue 10)")
+    p.add_argument("--fill", choices=("full", "one"), default="full",
+                   help="--scale set-up per session: full (default) fills its replay buffer, as in any long run; "
+                        "one gives it a single event (the young sessions every --scale run used until 2026-12-05)")
     p.add_argument("--transactions-cost", action="store_true",
                    help="instead: two workers, LEARNSTREAM_TRANSACTIONS=true and =false, on the same messages "
                         "(no baselines); events/s of each and their ratio")
@@ -585,6 +589,22 @@ def _scale_events_cap(args: argparse.Namespace) -> int:
     return _most_unconsumed(statistics.mean(len(k) + len(v) for k, v in sample) + 64, args.partitions)
 
 
+def _fill_replay(worker: WorkerProcess, bootstrap: str, topic: str, sessions: list[str], dim: int, seed: int,
+                 most: int) -> None:
+    """Every session at steady state before anything is timed: its replay buffer full (2 x REPLAY_CAP
+    events each, in envelopes; :func:`warm_up_messages`), so a timed event costs what it costs in a
+    long run (a full buffer replays more rows and its save cuts more keys: ~35% more CPU per session
+    touch at 2,000 sessions than an empty one). Produced in parts the worker has applied before the
+    next is sent, each at most ``most`` events."""
+    per_part = max(1, most // (2 * REPLAY_CAP))
+    for i in range(0, len(sessions), per_part):
+        part = sessions[i:i + per_part]
+        msgs, events = warm_up_messages(part, dim, seed + i, budget=2 * REPLAY_CAP * len(part), single=0)
+        before = worker.events(topic)
+        produce(bootstrap, topic, msgs)
+        wait_until(lambda b=before, e=events: worker.events(topic) >= b + e, 900, "replay buffers filled", 0.2)
+
+
 def _produce_applied(worker: WorkerProcess, bootstrap: str, topic: str, msgs: list[tuple[bytes, bytes]],
                      chunk: int) -> None:
     """Produce ``msgs`` to a running worker in chunks it has applied before the next is sent (so
@@ -599,8 +619,9 @@ def _produce_applied(worker: WorkerProcess, bootstrap: str, topic: str, msgs: li
 def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     """The worker alone, one worker per session count, in one run: events/s and what it wrote.
 
-    Per count, a broker and a worker of its own: ``init_instant`` for every session and a warm-up of
-    one event per session (not timed); then both are suspended (SIGSTOP: an idle embedded broker
+    Per count, a broker and a worker of its own: ``init_instant`` for every session and a warm-up that
+    fills every session's replay buffer (not timed; :func:`_fill_replay`; ``--fill one``: one event
+    per session instead); then both are suspended (SIGSTOP: an idle embedded broker
     holding 10,000 sessions still snapshots its log every second). Then ``--repeats`` rounds, each
     giving every count one turn, in an order rotated by one per round: the count's broker and worker
     are resumed, ``--events`` new b64 events, one per message, round-robin over its sessions, are
@@ -654,9 +675,13 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             base_cmd = worker.events(cmd_topic)
             asyncio.run(_send_commands_nowait(broker.bootstrap, _init_commands(sessions, args.dim, False)))
             wait_until(lambda: worker.events(cmd_topic) >= base_cmd + n, 600, "init commands applied", 0.2)
-            _produce_applied(worker, broker.bootstrap, topic,
-                             make_messages(sessions, n, args.dim, "b64", 1, args.seed + n), most)
-            print(f"  {n:>6} sessions set up in {time.monotonic() - t0:.0f} s", flush=True)
+            if args.fill == "full":
+                _fill_replay(worker, broker.bootstrap, topic, sessions, args.dim, args.seed + n, most)
+            else:
+                _produce_applied(worker, broker.bootstrap, topic,
+                                 make_messages(sessions, n, args.dim, "b64", 1, args.seed + n), most)
+            print(f"  {n:>6} sessions set up in {time.monotonic() - t0:.0f} s "
+                  f"({'replay buffers full' if args.fill == 'full' else 'one event each'})", flush=True)
             worker.pause()
             broker_ps.pause()
         for n, (broker, broker_ps, worker, sessions) in pairs.items():
@@ -676,7 +701,8 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                 w0, again0 = _written(worker), _read_again(worker, topic)
                 msgs = make_messages(sessions, args.events, args.dim, "b64", 1, args.seed + 7 * n + 1009 * rnd)
                 event_bytes.append(statistics.mean(len(v) for _, v in msgs))
-                target = worker.events(topic) + len(msgs)
+                # wait_worker counts messages (the set-up's envelopes made events and messages differ)
+                target = worker.metric("learnstream_messages_total", topic=topic, outcome="applied") + len(msgs)
                 c = Consumer("worker", worker, topic, lambda t0, w=worker, t=target: wait_worker(w, topic, t, t0, 900.0))
                 try:
                     r = c.run(broker, broker_ps, msgs, len(msgs), "b64", f"{n} sessions")

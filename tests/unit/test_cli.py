@@ -411,6 +411,37 @@ def test_bench_feedback_warm_up_fills_the_replay_buffers_in_envelopes_and_stays_
     assert len(msgs) <= (sessions * 8 if sessions <= 8 else 2 * sessions) + feedback._WARM_SINGLE
 
 
+def test_bench_feedback_scale_fills_every_replay_buffer_before_timing() -> None:
+    """--scale's set-up (--fill full): 2 x REPLAY_CAP events per session in envelopes, no one-event
+    messages, and parts small enough to wait unconsumed on the embedded broker."""
+    from collections import Counter
+
+    import orjson
+
+    from workers.cores.instant import REPLAY_CAP
+
+    feedback = _bench_module("feedback")
+    keys = [f"s{i}" for i in range(300)]
+    msgs, events = feedback.warm_up_messages(keys, 384, 0, budget=2 * REPLAY_CAP * len(keys), single=0)
+    per_session: Counter = Counter()
+    for k, v in msgs:
+        per_session[k.decode()] += len(orjson.loads(v)["events"])
+    assert events == sum(per_session.values()) and set(per_session.values()) == {2 * REPLAY_CAP}
+    assert len(per_session) == len(keys)
+
+
+def test_a_child_that_exited_while_suspended_is_named_on_resume() -> None:
+    """A benchmark resuming a worker that died in its sleep says so, with the exit code, instead of
+    failing later on a refused connection."""
+    from workers.cli.processes import ChildProcess
+
+    child = ChildProcess()
+    child.proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    child.proc.wait(30)
+    with pytest.raises(RuntimeError, match=r"exited \(3\) while suspended"):
+        child.resume()
+
+
 def test_bench_continual_speed_times_every_row() -> None:
     """The learner's speed rows: in process, through the verb one example per call and in envelopes, and a
     1536-feature learner one example per call (each save encodes the ~3 MB learner)."""

@@ -66,7 +66,13 @@ class ChildProcess:
         self._ps().suspend()
 
     def resume(self) -> float:
-        """SIGCONT; returns the monotonic time just before the signal (the start of a measurement)."""
+        """SIGCONT; returns the monotonic time just before the signal (the start of a measurement).
+        A child that exited meanwhile raises RuntimeError with its exit code (and its log's tail)."""
+        if not self.alive():
+            code = self.proc.returncode if self.proc is not None else None
+            tail = getattr(self, "log_tail", lambda: "")()
+            raise RuntimeError(f"{' '.join(map(str, self.proc.args)) if self.proc else 'the child'} exited ({code}) "
+                               f"while suspended" + (f"; log:\n{tail}" if tail else ""))
         ps = self._ps()
         t = time.monotonic()
         ps.resume()
