@@ -72,6 +72,32 @@ def test_sigterm_and_sigkill_then_restart_keep_state_and_apply_every_new_event(t
     assert "ConsistencyError" not in w.log_tail(100_000)
 
 
+def test_sighup_while_stopped_stops_the_worker_as_sigterm_does(tmp_path) -> None:
+    """A worker stopped (SIGSTOP) in a process group whose shell exits gets SIGHUP and SIGCONT from the
+    kernel: it shuts down with its last commit (exit 0, not killed by the signal) and a restart has it all."""
+    import signal
+
+    data = tmp_path / "data"
+    w = WorkerProc(None, data, app_id="learnstream", partitions=2, log_dir=tmp_path, name="hup").start().wait_ready()
+    try:
+        _write_losses(w, 12)
+        before = _info(w)
+        w.proc.send_signal(signal.SIGSTOP)
+        w.proc.send_signal(signal.SIGHUP)
+        w.proc.send_signal(signal.SIGCONT)
+        assert w.proc.wait(90) == 0, w.log_tail()
+    finally:
+        w.stop()
+    w = WorkerProc(None, data, app_id="learnstream", partitions=2, log_dir=tmp_path, name="after-hup").start()
+    try:
+        w.wait_ready()
+        assert _info(w) == before
+        _write_losses(w, 3, start=12)
+        assert _window(w) == 15
+    finally:
+        w.stop()
+
+
 def test_tables_of_another_log_are_moved_aside_and_new_events_apply(tmp_path) -> None:
     import shutil
 

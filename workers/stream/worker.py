@@ -6,6 +6,7 @@ import dataclasses
 import gc
 import logging
 import os
+import signal
 from pathlib import Path
 
 import faust
@@ -59,6 +60,13 @@ def run_worker(settings: Settings) -> int:
         def on_setup_root_logger(self, root: logging.Logger, level: int) -> None:
             super().on_setup_root_logger(root, level)
             configure_logs(root, settings.log_format)  # JSON lines and rate-limited repeats
+
+        def _install_signal_handlers_unix(self) -> None:
+            super()._install_signal_handlers_unix()
+            # SIGHUP (its terminal closed; or it was stopped in a process group whose shell exited,
+            # which the kernel sends SIGHUP and SIGCONT) stops it as SIGTERM does: with its last
+            # commit, instead of the default action's abrupt exit
+            self.loop.add_signal_handler(signal.SIGHUP, self._on_sigterm)
 
     worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     tune_collector()
