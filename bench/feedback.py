@@ -31,7 +31,9 @@ interval that shrinks near the end (the end time is that poll's answer: a slight
 over-estimate of the worker's time). Each measurement is repeated (``--repeats``);
 the tables show the median and the ratios use medians. For scale, a row "learning
 only" runs the worker's own :class:`~workers.stream.processor.Processor` on the same
-messages in process (in-memory store, batches of 500 messages): no Kafka, no faust.
+messages in process (in-memory store, batches of 500 messages): no Kafka, no faust; its
+events/s is wall clock, its CPU column this process's CPU time (until 2026-12-05 it showed
+the wall clock, which the idle broker's snapshots inflate).
 
 Targets (issues 3 and 5, judged at the default 8 sessions): with envelopes the worker
 reaches >= 30% of the raw consumer's events/s; with one event per message it is within
@@ -265,8 +267,10 @@ async def _send_commands(bootstrap: str, commands: list[tuple[str, str, dict]]) 
 
 
 def learning_only(commands: list[tuple[str, str, dict]], warm: list[tuple[bytes, bytes]],
-                  msgs: list[tuple[bytes, bytes]], topic: str, partitions: int) -> float:
-    """Seconds for the worker's Processor to apply ``msgs`` in process (in-memory store, no Kafka, no faust)."""
+                  msgs: list[tuple[bytes, bytes]], topic: str, partitions: int) -> tuple[float, float]:
+    """Seconds for the worker's Processor to apply ``msgs`` in process (in-memory store, no Kafka, no
+    faust): wall clock, and this process's CPU time (the broker, idle but for its once-a-second
+    snapshots, shares the machine's cores meanwhile)."""
     from aiokafka.partitioner import murmur2
 
     proc = Processor(StoreStateAccess(MemoryStore()))
@@ -283,12 +287,12 @@ def learning_only(commands: list[tuple[str, str, dict]], warm: list[tuple[bytes,
     # process's message lists make collections most of the time measured
     threshold = tune_collector()
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(0, len(recs), _INPROC_BATCH):
             res = proc.process(recs[i:i + _INPROC_BATCH])
             if res.rejected:
                 raise RuntimeError(f"the processor rejected {res.rejected} messages: {res.produce[0].value['reason']}")
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
     finally:
         gc.set_threshold(*threshold)
         gc.unfreeze()
@@ -479,9 +483,9 @@ def _consumers_run(args: argparse.Namespace, encodings: list[str], worker_kw: di
                 runs += rs
                 print(f"    {c.name:<13} " + ", ".join(f"{r.rate:,.0f}" for r in rs) + " events/s "
                       f"(each produced in ≤ {c.max_produce_s:.1f} s while suspended)", flush=True)
-            secs = [learning_only(commands, warm, msgs, topic, args.partitions) for _ in range(args.repeats)]
-            runs += [Run(_LEARNING_ONLY, enc, mode, n_events, len(msgs), t, t, 0.0) for t in secs]
-            print(f"    {_LEARNING_ONLY:<13} " + ", ".join(f"{n_events / t:,.0f}" for t in secs) + " events/s",
+            timed = [learning_only(commands, warm, msgs, topic, args.partitions) for _ in range(args.repeats)]
+            runs += [Run(_LEARNING_ONLY, enc, mode, n_events, len(msgs), t, cpu, 0.0) for t, cpu in timed]
+            print(f"    {_LEARNING_ONLY:<13} " + ", ".join(f"{n_events / t:,.0f}" for t, _ in timed) + " events/s",
                   flush=True)
         ok = report(runs, encodings, args)
         print(f"\ntotal wall time {time.monotonic() - t_all:.0f} s")
