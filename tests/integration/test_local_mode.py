@@ -38,6 +38,21 @@ def _broker_pids(w: WorkerProc) -> list[int]:
     return [c.pid for c in psutil.Process(w.proc.pid).children(recursive=True) if "noida" in " ".join(c.cmdline())]
 
 
+def _restart_keeps_state_and_applies_new_events(data, tmp_path, name: str, before: dict, applied: int,
+                                                new: int) -> WorkerProc:
+    """A new worker on ``data``: the session as ``before``, then ``new`` more events all applied after
+    the ``applied`` ones. Returns the stopped worker (for its log)."""
+    w = WorkerProc(None, data, app_id="learnstream", partitions=2, log_dir=tmp_path, name=name).start()
+    try:
+        w.wait_ready()
+        assert _info(w) == before
+        _write_losses(w, new, start=applied)
+        assert _window(w) == applied + new
+    finally:
+        w.stop()
+    return w
+
+
 def test_sigterm_and_sigkill_then_restart_keep_state_and_apply_every_new_event(tmp_path) -> None:
     data = tmp_path / "data"
     w = WorkerProc(None, data, app_id="learnstream", partitions=2, log_dir=tmp_path, name="first").start().wait_ready()
@@ -61,14 +76,7 @@ def test_sigterm_and_sigkill_then_restart_keep_state_and_apply_every_new_event(t
     finally:
         w.stop()
 
-    w = WorkerProc(None, data, app_id="learnstream", partitions=2, log_dir=tmp_path, name="after-kill").start()
-    try:
-        w.wait_ready()
-        assert _info(w) == before
-        _write_losses(w, 5, start=35)
-        assert _window(w) == 40
-    finally:
-        w.stop()
+    w = _restart_keeps_state_and_applies_new_events(data, tmp_path, "after-kill", before, 35, 5)
     assert "ConsistencyError" not in w.log_tail(100_000)
 
 
@@ -88,14 +96,7 @@ def test_sighup_while_stopped_stops_the_worker_as_sigterm_does(tmp_path) -> None
         assert w.proc.wait(90) == 0, w.log_tail()
     finally:
         w.stop()
-    w = WorkerProc(None, data, app_id="learnstream", partitions=2, log_dir=tmp_path, name="after-hup").start()
-    try:
-        w.wait_ready()
-        assert _info(w) == before
-        _write_losses(w, 3, start=12)
-        assert _window(w) == 15
-    finally:
-        w.stop()
+    _restart_keeps_state_and_applies_new_events(data, tmp_path, "after-hup", before, 12, 3)
 
 
 def test_tables_of_another_log_are_moved_aside_and_new_events_apply(tmp_path) -> None:
