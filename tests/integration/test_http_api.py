@@ -105,3 +105,10 @@ def test_http_api(worker_factory) -> None:
     # and what they wrote: keys and bytes to the session tables (each also a changelog record)
     keys, nbytes = metric(text, "learnstream_state_writes_total"), metric(text, "learnstream_state_write_bytes_total")
     assert 6 <= keys and keys * (PIECE_BYTES + 1024) > nbytes > 20 * keys, (keys, nbytes)  # pieces of <= 2 kB
+    # the session cache: each applied command looked its session up (s1, untrained and trained, each a miss
+    # first; the three outcomes of trained hit it); reads do not count
+    hits = metric(text, "learnstream_session_cache_lookups_total", result="hit")
+    misses = metric(text, "learnstream_session_cache_lookups_total", result="miss")
+    assert (hits, misses) == (3, 3), (hits, misses)
+    assert metric(text, "learnstream_session_cache_evictions_total") == 0
+    assert metric(text, "learnstream_session_cache_sessions") == 3 and metric(text, "learnstream_session_cache_bytes") > 0

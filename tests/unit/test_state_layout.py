@@ -421,7 +421,9 @@ def test_the_session_cache_is_bounded_by_bytes_not_by_count() -> None:
         sessions.trim()
     # three 64-d sessions (~20 kB each) fit; the 3072-d one (~800 kB, x2 decoded) pushes them all out
     assert len(sessions) == 1 and sessions.cached_bytes > 400_000
+    assert (sessions.hits, sessions.misses, sessions.evictions) == (0, 4, 3)  # what /metrics exports
     assert sessions.blob("session", "s0", 0).get("instant", InstantState).dim == 64  # reads back from the store
+    assert sessions.blob("session", "s0", 0) is not None and (sessions.hits, sessions.misses) == (1, 5)
 
 
 def test_a_session_over_its_limit_is_not_written() -> None:

@@ -46,6 +46,11 @@ class Sessions:
         self._cache: OrderedDict[tuple[str, str], tuple[SessionState, int]] = OrderedDict()
         self._bytes = 0
         self._forgotten: set[tuple[str, str]] = set()  # forgotten, but kept while their write is pending
+        # since start: state() answered from the cache / read from the store and decoded; sessions trim()
+        # evicted. Misses with evictions mean the working set does not fit cache_bytes.
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
 
     # -- reading ---------------------------------------------------------------
     def state(self, table: str, sk: str, partition: int) -> SessionState:
@@ -58,7 +63,9 @@ class Sessions:
             hit = None
         if hit is not None:
             self._cache.move_to_end(key)
+            self.hits += 1
             return hit[0]
+        self.misses += 1
         s = self._decode(table, sk, partition)
         size = s.nbytes()
         self._cache[key] = (s, size)
@@ -164,6 +171,7 @@ class Sessions:
             else:
                 self._bytes -= entry[1]
                 self._forgotten.discard(key)
+                self.evictions += 1
         for key, entry in reversed(kept):
             self._cache[key] = entry
             self._cache.move_to_end(key, last=False)

@@ -9,7 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 __all__ = ("REGISTRY", "EVENTS", "KERNEL_SECONDS", "BATCH_SECONDS", "ADAPTER_NORM", "DOWNSTREAM", "DLQ",
            "CONSUMER_LAG", "READY", "OFFSET_GAPS", "REROUTED", "MESSAGES", "SCORING_CALLS", "SCORING_CALL_SECONDS",
            "CHANGELOG_REWRITES", "CHANGELOG_REWRITE_BYTES", "STATE_WRITES", "STATE_WRITE_BYTES", "INPUT_PURGES",
-           "INPUT_DELETED_UNREAD")
+           "INPUT_DELETED_UNREAD", "SESSION_CACHE_LOOKUPS", "SESSION_CACHE_EVICTIONS", "SESSION_CACHE_BYTES",
+           "SESSION_CACHE_SESSIONS")
 
 disable_created_metrics()  # *_created series double the output and no dashboard uses them
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -61,6 +62,18 @@ SCORING_CALL_SECONDS = Histogram("learnstream_scoring_call_seconds", "Duration o
                                  registry=REGISTRY, buckets=(0.01, 0.05, 0.2, 1.0, 5.0, 20.0, 120.0))
 # What the verbs wrote to the session tables: every key also goes to its table's changelog, so this is
 # the changelog traffic the learning causes (issue 10: a write costs about what changed).
+# The decoded-session cache (LEARNSTREAM_CACHE_BYTES, workers/state/sessions.py): misses with evictions
+# mean the sessions in use do not fit it, and every miss reads and decodes a whole session.
+SESSION_CACHE_LOOKUPS = Counter("learnstream_session_cache_lookups_total",
+                                "Session states applied batches looked up, by result: hit (decoded and cached) or "
+                                "miss (read from the table and decoded)", ["result"], registry=REGISTRY)
+SESSION_CACHE_EVICTIONS = Counter("learnstream_session_cache_evictions_total",
+                                  "Decoded sessions evicted to keep the cache within LEARNSTREAM_CACHE_BYTES",
+                                  registry=REGISTRY)
+SESSION_CACHE_BYTES = Gauge("learnstream_session_cache_bytes", "Bytes the decoded-session cache holds",
+                            registry=REGISTRY)
+SESSION_CACHE_SESSIONS = Gauge("learnstream_session_cache_sessions", "Sessions the decoded-session cache holds",
+                               registry=REGISTRY)
 STATE_WRITES = Counter("learnstream_state_writes_total",
                        "Keys written (or deleted) in the session tables by applied batches, each also a changelog record",
                        registry=REGISTRY)
@@ -81,3 +94,5 @@ INPUT_PURGES = Counter("learnstream_input_purges_total",
 INPUT_DELETED_UNREAD = Counter("learnstream_input_deleted_unread_total",
                                "Input offsets the broker deleted (retention) before this worker consumed them",
                                ["topic"], registry=REGISTRY)
+for _result in ("hit", "miss"):  # both series from the start: a rate of misses is never "no data"
+    SESSION_CACHE_LOOKUPS.labels(_result)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import defaultdict, deque
 from typing import Any
@@ -43,6 +44,9 @@ from workers.verbs.surface import REGISTRY, envelope_error
 __all__ = ("Runtime", "Replies")
 
 logger = logging.getLogger(__name__)
+# "session cache too small": a batch with evictions whose misses outnumber its hits and this many
+_THRASH_MIN_MISSES = 50
+_THRASH_WARN_EVERY_S = 300.0
 
 # Batches of results kept for writes whose reply arrives before the waiter registers (a write
 # registers right after its send returns, so its batch is one of the last few).
@@ -93,6 +97,8 @@ class Runtime:
         self.state = FaustStateAccess(tables, self.partition_of)
         self.processor = Processor(self.state, cache_bytes=settings.cache_bytes, limits=settings.limits(),
                                    options=settings.verb_options())
+        self._cache_counted = (0, 0, 0)   # the session cache's (hits, misses, evictions) already exported
+        self._cache_warned = -math.inf    # monotonic time of the last "cache too small" warning
         self.replies = Replies()
         self.topics = topics()
         self.channels: dict[str, Any] = {}
@@ -342,6 +348,7 @@ class Runtime:
             metrics.KERNEL_SECONDS.labels(name).observe(seconds)
         metrics.STATE_WRITES.inc(res.state_writes)
         metrics.STATE_WRITE_BYTES.inc(res.state_bytes)
+        self._count_cache()
         for out in reversed(res.replies.values()):  # the gauge shows the latest norm of the batch
             data = out.get("data")
             if isinstance(data, dict) and "adapter_norm" in data:
@@ -349,6 +356,26 @@ class Runtime:
                 break
         if self.txn is not None:  # without transactions _deliver counted them
             self._count_produced(res.produce)
+
+    def _count_cache(self) -> None:
+        """Export the session cache's counters; warn (at most every few minutes) while most lookups miss
+        and sessions are evicted: the sessions in use do not fit LEARNSTREAM_CACHE_BYTES."""
+        s = self.processor.sessions
+        counts = (s.hits, s.misses, s.evictions)
+        hits, misses, evicted = (now - then for now, then in zip(counts, self._cache_counted))
+        self._cache_counted = counts
+        metrics.SESSION_CACHE_LOOKUPS.labels("hit").inc(hits)
+        metrics.SESSION_CACHE_LOOKUPS.labels("miss").inc(misses)
+        metrics.SESSION_CACHE_EVICTIONS.inc(evicted)
+        metrics.SESSION_CACHE_BYTES.set(s.cached_bytes)
+        metrics.SESSION_CACHE_SESSIONS.set(len(s))
+        now = time.monotonic()
+        if evicted and misses > max(hits, _THRASH_MIN_MISSES) and now - self._cache_warned > _THRASH_WARN_EVERY_S:
+            self._cache_warned = now
+            logger.warning("session cache too small: %d of %d session lookups in this batch missed while %d "
+                           "sessions were evicted (%d cached, %.0f MiB of LEARNSTREAM_CACHE_BYTES=%d); each miss "
+                           "reads and decodes a whole session: raise it or spread the sessions over more workers",
+                           misses, hits + misses, evicted, len(s), s.cached_bytes / 2**20, s.cache_bytes)
 
     @staticmethod
     def _count_produced(produce: list[Any]) -> None:
