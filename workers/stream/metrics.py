@@ -60,8 +60,6 @@ SCORING_CALLS = Counter("learnstream_scoring_calls_total",
                         "in the batch)", ["outcome"], registry=REGISTRY)
 SCORING_CALL_SECONDS = Histogram("learnstream_scoring_call_seconds", "Duration of one call to a scoring endpoint",
                                  registry=REGISTRY, buckets=(0.01, 0.05, 0.2, 1.0, 5.0, 20.0, 120.0))
-# What the verbs wrote to the session tables: every key also goes to its table's changelog, so this is
-# the changelog traffic the learning causes (issue 10: a write costs about what changed).
 # The decoded-session cache (LEARNSTREAM_CACHE_BYTES, workers/state/sessions.py): misses with evictions
 # mean the sessions in use do not fit it, and every miss reads and decodes a whole session.
 SESSION_CACHE_LOOKUPS = Counter("learnstream_session_cache_lookups_total",
@@ -74,6 +72,8 @@ SESSION_CACHE_BYTES = Gauge("learnstream_session_cache_bytes", "Bytes the decode
                             registry=REGISTRY)
 SESSION_CACHE_SESSIONS = Gauge("learnstream_session_cache_sessions", "Sessions the decoded-session cache holds",
                                registry=REGISTRY)
+# What the verbs wrote to the session tables: every key also goes to its table's changelog, so this is
+# the changelog traffic the learning causes (issue 10: a write costs about what changed).
 STATE_WRITES = Counter("learnstream_state_writes_total",
                        "Keys written (or deleted) in the session tables by applied batches, each also a changelog record",
                        registry=REGISTRY)
