@@ -70,13 +70,17 @@ class ChildProcess:
         A child that exited meanwhile raises RuntimeError with its exit code (and its log's tail)."""
         if not self.alive():
             code = self.proc.returncode if self.proc is not None else None
-            tail = getattr(self, "log_tail", lambda: "")()
+            tail = self.log_tail()
             raise RuntimeError(f"{' '.join(map(str, self.proc.args)) if self.proc else 'the child'} exited ({code}) "
                                f"while suspended" + (f"; log:\n{tail}" if tail else ""))
         ps = self._ps()
         t = time.monotonic()
         ps.resume()
         return t
+
+    def log_tail(self) -> str:
+        """The end of its output, where a subclass keeps it."""
+        return ""
 
     def cpu_seconds(self) -> float:
         c = self._ps().cpu_times()

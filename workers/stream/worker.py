@@ -100,6 +100,7 @@ def tune_collector() -> tuple[int, int, int]:
     gc.set_threshold(GC_GEN0_THRESHOLD, *old[1:])
     return old
 
+
 # How often the start-up task looks whether table recovery finished (one line is printed then).
 _READY_POLL_S = 0.1
 
