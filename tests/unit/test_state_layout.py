@@ -462,7 +462,9 @@ def test_a_cached_session_that_grows_is_counted_at_its_new_size() -> None:
     """The instant core's arena grows with its replay rows (``_room``: doubling, up to 64 rows); the
     cache must count a session at what it holds now. The arena's size was cached per decoded object,
     so a session cached with 4 rows and grown to 64 counted ~110 kB instead of ~210 kB: half of what
-    such sessions hold was outside the byte budget."""
+    such sessions hold was outside the byte budget. The stored rows are not kept a second time
+    (``_Stored.release``): a full session is counted at its arena and its hot piece, ~110 kB, not
+    ~210 kB."""
     from workers.cores.loop import learn_feedback  # noqa: F401 - registers the verbs
     from workers.verbs.session import LearnSession
 
@@ -482,8 +484,11 @@ def test_a_cached_session_that_grows_is_counted_at_its_new_size() -> None:
     grown = s.sessions.state("session", "g", 0)
     assert grown.blob.get("instant", InstantState) is inst  # the same decoded object, its arena regrown
     stored = sum(p.size for p in grown.stored.values())
+    held = sum(p.held for p in grown.stored.values())
     assert inst.memory_bytes() > 100_000 and stored > 90_000  # the arena, and the 64 rows its keys hold
-    assert s.sessions.cached_bytes == grown.nbytes() >= stored + inst.memory_bytes() > small + 180_000
+    assert held < 8_000  # of which only the bytes before the rows are kept (the hot piece)
+    assert s.sessions.cached_bytes == grown.nbytes() >= held + inst.memory_bytes() > small + 90_000
+    assert grown.nbytes() < 120_000
 
 
 def test_the_slot_bitmap_is_numpys_packbits_in_hex_and_reads_back() -> None:
@@ -624,3 +629,40 @@ def test_regions_that_overlap_write_each_piece_once_to_its_other_slot() -> None:
     store.write_batch(ops)
     s.written(after)
     assert load(store).blob.get("p", Bytes).b == part.b
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_core_whose_stored_rows_were_dropped_still_saves_exactly_what_it_holds(seed: int) -> None:
+    """A decoded instant core is cached without a second copy of its stored replay rows
+    (``_Stored.release``): after decodes, batches of any size (one event, a ring gone round, none
+    learned), EWC state added, resets and rewrites of every key, the keys always read back as the
+    live core and its digest is that of a core never cached."""
+    from workers.state.layout import _GONE
+
+    rng = np.random.default_rng(seed)
+    store = MemoryStore()
+    s = SessionState()
+    s.blob.set("instant", InstantState(["a", "b", "c"], 384))
+    save(s, store)
+    s = load(store)
+    for step in range(40):
+        core = s.blob.get("instant", InstantState)
+        held = s.stored["instant"]
+        assert held.count <= 1 or held.pieces.count(_GONE) == core.replay_len  # decoded: its rows dropped
+        n = int(rng.choice([0, 1, 1, 2, 5, 70]))
+        X = rng.standard_normal((n, 384)).astype(np.float32)
+        Q = rng.choice([0.1, 0.5, 0.9], n).astype(np.float32)
+        if n:
+            core.feedback_batch(X, rng.integers(0, 3, n), Q, np.arange(n, dtype=np.int64) * 7 + step)
+        if step == 15:
+            core.set_ewc(rng.random(core.n_params).astype(np.float32), np.zeros(core.n_params, np.float32), 2.0)
+        if step == 25:
+            core.reset()
+        if step == 30:
+            s.full = True  # rewrite_all: the store may be ahead of its changelog
+        save(s, store)
+        back = load(store)
+        assert back.blob.get("instant", InstantState) == core
+        assert digest(back.blob) == digest(s.blob)
+        if step % 7 == 3:
+            s = back  # the session evicted and read again

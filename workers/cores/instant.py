@@ -295,6 +295,18 @@ class InstantState:
         self._synced = token
         self._synced_at = (self._rows_start(), n, head, fc)
 
+    def rebind(self, old: object, new: object) -> None:
+        """The store's bytes ``old`` stood for are now called ``new`` (the layout dropped its copy of
+        the replay rows): if this core was in step with ``old``, it is with ``new``."""
+        if self._synced is old and old is not None:
+            self._synced = new
+
+    def rows_offset(self) -> int:
+        """Where the replay rows begin in :meth:`to_bytes`: the layout keeps no copy of the stored bytes
+        from here on (``_Stored.release``). A save compares a row only when the kernel rewrote it; the
+        bytes before (counters, adapter, EWC state) are compared on every save."""
+        return self._rows_start()
+
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Adapter forward: (dim,) -> (nt,) or (n, dim) -> (n, nt)."""
         x = np.asarray(x, dtype=np.float32)

@@ -92,6 +92,9 @@ class StateBlob:
                 return None
             obj = cls.from_bytes(raw)  # type: ignore[attr-defined]
             self._live[name] = obj
+            stored = self.layout.get(name)
+            if stored is not None and hasattr(obj, "rows_offset"):
+                stored.release(obj)  # the decoded part holds these bytes' state: no second copy (layout)
         return obj
 
     def set(self, name: str, obj: Any) -> None:

@@ -137,6 +137,11 @@ def _unrle(runs: list[list[int]]) -> list[int]:
     return bounds
 
 
+# A dropped piece (_Stored.release): equal to no bytes, so a save that compares against it writes
+# the piece again; never joined or written.
+_GONE: Any = object()
+
+
 def _piece_key(base: bytes, name: str, i: int, slot: int) -> bytes:
     return b"%s\x1f%s\x1f%06d\x1f%d" % (base, name.encode(), i, slot)
 
@@ -144,9 +149,16 @@ def _piece_key(base: bytes, name: str, i: int, slot: int) -> bytes:
 class _Stored:
     """What the keys of one part hold now: its bytes (``data``), or, for a part saved piece by piece
     (``changed_since``), its pieces' bytes (``pieces``), so that a save replaces only the pieces that
-    changed; ``data`` then joins them when asked."""
+    changed; ``data`` then joins them when asked.
 
-    __slots__ = ("_data", "pieces", "bounds", "slots", "entry", "inline", "hot", "token")
+    Once such a part is decoded its live object is the state, so the bytes behind it are dropped
+    (:meth:`release`): a full 384-d instant core would otherwise be cached twice, its ~100 kB of
+    replay rows once as bytes and once in its arena. The pieces before its replay rows are kept (a
+    hot part's first piece is written into every head; the EWC state is compared on every save). A
+    dropped piece reads as :data:`_GONE`, which equals no bytes: a save that must compare against it
+    counts it as changed and writes it again, which only a rewritten replay row needs."""
+
+    __slots__ = ("_data", "pieces", "bounds", "slots", "entry", "inline", "hot", "token", "released")
 
     def __init__(self, data: bytes | None, bounds: list[int], slots: bytearray, entry: dict | None = None, *,
                  inline: bool = False, hot: bool = False, pieces: list[bytes] | None = None) -> None:
@@ -160,12 +172,36 @@ class _Stored:
         # What the live part was told the keys hold (``saved``), and what it checks ``changed_since``
         # against: the bytes it was decoded from, or the pieces of its last save
         self.token: object = data if data is not None else pieces
+        # its pieces past the first are dropped (release; or it was saved from a released one's pieces)
+        self.released = pieces is not None and any(p is _GONE for p in pieces)
 
     @property
     def data(self) -> bytes:
         if self._data is None:
+            if self.released:
+                raise RuntimeError("a released part's bytes are in its live object, not here")
             self._data = b"".join(self.pieces or ())
         return self._data
+
+    @property
+    def held(self) -> int:
+        """The bytes it keeps in memory."""
+        if self._data is not None:
+            return len(self._data)
+        return sum(len(p) for p in self.pieces or () if p is not _GONE)
+
+    def release(self, live: Any) -> None:
+        """Drop the bytes of the pieces from ``live.rows_offset()`` on: ``live``, decoded from them or
+        just saved, holds the same state. ``live`` is told the new token (``rebind``), so its next
+        save still builds only what it changed."""
+        keep = bisect.bisect_left(self.bounds, live.rows_offset())
+        if self.inline or keep >= self.count:
+            return
+        pieces = [self.piece(i) for i in range(keep)]
+        pieces += [_GONE] * (self.count - keep)
+        old, self.token = self.token, object()
+        self._data, self.pieces, self.released = None, pieces, True
+        live.rebind(old, self.token)
 
     @property
     def size(self) -> int:
@@ -383,7 +419,8 @@ class SessionState:
                 hot = old is not None and old.hot
             if data is not None:
                 total += len(data)
-                if old is not None and not full and bounds == old.bounds and hot == old.hot and data == old.data:
+                if (old is not None and not full and bounds == old.bounds and hot == old.hot and not old.released
+                        and data == old.data):
                     after[name] = old  # decoded but unchanged: same keys, same head entry
                     continue
                 if len(data) <= INLINE_BYTES:  # into the head (one piece: _current); keys it had go after the head
@@ -441,15 +478,17 @@ class SessionState:
             live = blob._live.get(name)
             if live is None:
                 continue
-            if old.get(name) is kept:
+            if old.get(name) is kept and not kept.released:
                 # the bytes it will be decoded from stand for what the keys hold (``saved`` in from_bytes)
                 kept.token = kept.data
                 blob.set_bytes(name, kept.token)
                 self._sizes.pop(name, None)
-            else:
+            elif old.get(name) is not kept:
                 saved = getattr(live, "saved", None)  # a part that tracks what changed since (changed_since)
                 if saved is not None:
                     saved(kept.token)
+                    if hasattr(live, "rows_offset"):
+                        kept.release(live)  # the live part holds what was written: keep no second copy
         blob.layout = after
         self.full = False
         self.headed = True
@@ -460,7 +499,7 @@ class SessionState:
         arrays as they are now (an instant core's arena grows with its replay rows, to ~100 kB at
         384-d: a size cached when the part was decoded left half of a grown session outside the
         cache's budget)."""
-        stored = sum(s.bounds[-1] for s in self.stored.values())
+        stored = sum(s.held for s in self.stored.values())
         raw = sum(len(b) for n, b in self.blob._raw.items() if n not in self.stored)
         live = 0
         for name, obj in self.blob._live.items():

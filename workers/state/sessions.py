@@ -22,8 +22,9 @@ __all__ = ("Sessions", "CACHE_BYTES")
 
 
 # Decoded sessions kept between batches, counted with their decoded arrays: a 384-d learning-loop
-# session with a full replay buffer weighs ~210 kB (its keys' bytes and its instant core's arena),
-# so ~2,500 of them. Colder ones are read again on demand (a head get and one prefix scan).
+# session with a full replay buffer weighs ~112 kB (its instant core's arena; the bytes of its stored
+# replay rows are not kept beside it, layout._Stored.release), so ~4,700 of them. Colder ones are
+# read again on demand (a head get and one prefix scan).
 CACHE_BYTES = 512 * 1024 * 1024
 
 
