@@ -158,7 +158,7 @@ class _Stored:
     dropped piece reads as :data:`_GONE`, which equals no bytes: a save that must compare against it
     counts it as changed and writes it again, which only a rewritten replay row needs."""
 
-    __slots__ = ("_data", "pieces", "bounds", "slots", "entry", "inline", "hot", "token", "released")
+    __slots__ = ("_data", "pieces", "bounds", "slots", "entry", "inline", "hot", "token", "released", "_held")
 
     def __init__(self, data: bytes | None, bounds: list[int], slots: bytearray, entry: dict | None = None, *,
                  inline: bool = False, hot: bool = False, pieces: list[bytes] | None = None) -> None:
@@ -174,6 +174,7 @@ class _Stored:
         self.token: object = data if data is not None else pieces
         # its pieces past the first are dropped (release; or it was saved from a released one's pieces)
         self.released = pieces is not None and any(p is _GONE for p in pieces)
+        self._held: int | None = None  # held, once counted (a released part's pieces do not change)
 
     @property
     def data(self) -> bytes:
@@ -186,9 +187,11 @@ class _Stored:
     @property
     def held(self) -> int:
         """The bytes it keeps in memory."""
-        if self._data is not None:
-            return len(self._data)
-        return sum(len(p) for p in self.pieces or () if p is not _GONE)
+        if not self.released:
+            return self.bounds[-1]  # all of them, whole or as pieces
+        if self._held is None:
+            self._held = sum(len(p) for p in self.pieces or () if p is not _GONE)
+        return self._held
 
     def release(self, live: Any) -> None:
         """Drop the bytes of the pieces from ``live.rows_offset()`` on: ``live``, decoded from them or
@@ -200,7 +203,7 @@ class _Stored:
         pieces = [self.piece(i) for i in range(keep)]
         pieces += [_GONE] * (self.count - keep)
         old, self.token = self.token, object()
-        self._data, self.pieces, self.released = None, pieces, True
+        self._data, self.pieces, self.released, self._held = None, pieces, True, self.bounds[keep]
         live.rebind(old, self.token)
 
     @property
