@@ -150,9 +150,12 @@ class WorkerProcess(processes.WorkerProcess):
                  log_dir: Path, env: dict[str, str] | None = None, command: list[str] | None = None) -> None:
         port = free_port()
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="learnstream-bench-", dir=log_dir))
-        s = Settings(broker=bootstrap, broker_kind="embedded", app_id=app_id, data_dir=self.data_dir,
-                     web_port=port, partitions=partitions, session_timeout_s=SESSION_TIMEOUT_S,
-                     log_level="warning")
+        # from the environment, as `learnstream worker` reads it: a LEARNSTREAM_* setting exported in the
+        # bench's shell (LEARNSTREAM_CACHE_BYTES, ...) reaches its workers; s.env() names every setting,
+        # so Settings(...) here once put the defaults over them
+        s = Settings.from_env(broker=bootstrap, broker_kind="embedded", app_id=app_id, data_dir=self.data_dir,
+                              web_port=port, partitions=partitions, session_timeout_s=SESSION_TIMEOUT_S,
+                              log_level="warning")
         super().__init__({**os.environ, **s.env(), **(env or {})}, port=port, log=log_dir / f"worker-{port}.log",
                          command=command, cwd=_ROOT, death_signal=signal.SIGKILL)  # as start_broker's
 

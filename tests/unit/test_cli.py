@@ -379,6 +379,18 @@ def _bench_module(name: str):
     return importlib.import_module(name)
 
 
+def test_a_bench_worker_takes_the_settings_exported_in_the_shell(monkeypatch, tmp_path) -> None:
+    """`LEARNSTREAM_CACHE_BYTES=... learnstream bench feedback` ran its workers with the default 512 MiB:
+    the bench built their settings from defaults, and a setting's default went over the environment's."""
+    monkeypatch.setenv("LEARNSTREAM_CACHE_BYTES", "2147483648")
+    monkeypatch.setenv("LEARNSTREAM_LR_MIN", "0.002")
+    w = _bench_module("_stream").WorkerProcess("127.0.0.1:9", partitions=3, app_id="bench-x", log_dir=tmp_path,
+                                               env={"LEARNSTREAM_LR_MIN": "0.003"})
+    assert w.env["LEARNSTREAM_CACHE_BYTES"] == "2147483648"
+    assert w.env["LEARNSTREAM_LR_MIN"] == "0.003"  # --worker-env still wins
+    assert w.env["LEARNSTREAM_BROKER"] == "127.0.0.1:9" and w.env["LEARNSTREAM_PARTITIONS"] == "3"
+
+
 @pytest.mark.parametrize(("sessions", "dim"), [(8, 384), (8, 3072), (2000, 384)])
 def test_bench_feedback_warm_up_fills_the_replay_buffers_in_envelopes_and_stays_bounded(sessions: int,
                                                                                          dim: int) -> None:
