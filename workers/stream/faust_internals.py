@@ -102,6 +102,8 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from aiokafka import TopicPartition
 from faust.types import TP
 
+from workers.state.rocksdb import BLOCK_BYTES  # a session's keys are read together: see there
+
 __all__ = ("FAUST_CHECKED", "TOUCHED", "install", "watch", "transactional", "note_committed", "seek",
            "committed_offset", "set_fetch_max_wait", "partition_db", "changelog_offset_key", "event_context",
            "WalStore", "start_passive", "remove_processor", "kafka_producer", "bulk_recovery", "BulkRestore",
@@ -350,6 +352,7 @@ class WalStore(rocksdb.Store):
         table.set_bloom_filter(o.bloom_filter_size, block_based=True)
         table.set_block_cache(mem.cache)
         table.set_cache_index_and_filter_blocks(True)  # index and filters count against the cache too
+        table.set_block_size(BLOCK_BYTES)
         table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
         opts.set_block_based_table_factory(table)
         # faust 0.15.3: Store.partition_path, where faust keeps a partition's database
