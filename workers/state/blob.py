@@ -93,7 +93,7 @@ class StateBlob:
             obj = cls.from_bytes(raw)  # type: ignore[attr-defined]
             self._live[name] = obj
             stored = self.layout.get(name)
-            if stored is not None and hasattr(obj, "rows_offset"):
+            if stored is not None:
                 stored.release(obj)  # the decoded part holds these bytes' state: no second copy (layout)
         return obj
 

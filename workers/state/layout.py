@@ -187,7 +187,7 @@ class _Stored:
         # against: the bytes it was decoded from, or the pieces of its last save
         self.token: object = data if data is not None else pieces
         # its pieces past the first are dropped (release; or it was saved from a released one's pieces)
-        self.released = pieces is not None and any(p is _GONE for p in pieces)
+        self.released = pieces is not None and _GONE in pieces  # a bare object(): equal only to itself
         self._held: int | None = None  # held, once counted (a released part's pieces do not change)
 
     @property
@@ -210,9 +210,12 @@ class _Stored:
     def release(self, live: Any) -> None:
         """Drop the bytes of the pieces from ``live.rows_offset()`` on: ``live``, decoded from them or
         just saved, holds the same state. ``live`` is told the new token (``rebind``), so its next
-        save still builds only what it changed."""
-        keep = bisect.bisect_left(self.bounds, live.rows_offset())
-        if self.inline or keep >= self.count:
+        save still builds only what it changed. A part without ``rows_offset`` keeps its bytes."""
+        rows_offset = getattr(live, "rows_offset", None)
+        if rows_offset is None or self.inline:
+            return
+        keep = bisect.bisect_left(self.bounds, rows_offset())
+        if keep >= self.count:
             return
         pieces = [self.piece(i) for i in range(keep)]
         pieces += [_GONE] * (self.count - keep)
@@ -504,8 +507,7 @@ class SessionState:
                 saved = getattr(live, "saved", None)  # a part that tracks what changed since (changed_since)
                 if saved is not None:
                     saved(kept.token)
-                    if hasattr(live, "rows_offset"):
-                        kept.release(live)  # the live part holds what was written: keep no second copy
+                    kept.release(live)  # the live part holds what was written: keep no second copy
         blob.layout = after
         self.full = False
         self.headed = True
