@@ -123,7 +123,9 @@ def run_faust(args: argparse.Namespace) -> None:
 
     if args.fetch_max_wait_ms:
         _faust_fetch_wait(args.fetch_max_wait_ms)
-    app = faust.App(args.group, broker=f"kafka://{args.bootstrap}", store="memory://",
+    # its data directory goes with the logs: faust's default, "<app id>-data" in the working
+    # directory, left one in the repository per run
+    app = faust.App(args.group, broker=f"kafka://{args.bootstrap}", store="memory://", datadir=args.datadir,
                     topic_partitions=args.partitions, web_enabled=False,
                     broker_session_timeout=_SESSION_TIMEOUT_S, broker_heartbeat_interval=_HEARTBEAT_S,
                     broker_commit_interval=1.0, consumer_auto_offset_reset="earliest",
@@ -156,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group", required=True)
     p.add_argument("--partitions", type=int, required=True)
     p.add_argument("--fetch-max-wait-ms", type=int, default=None)
+    p.add_argument("--datadir", default=None, help="the faust consumer's data directory")
     args = p.parse_args(argv)
     if args.kind == "raw":
         asyncio.run(run_raw(args))

@@ -124,7 +124,7 @@ class Child(ChildProcess):
         self.kind = kind
         self.cmd = [sys.executable, str(Path(__file__).with_name("_consumers.py")), kind, "--bootstrap", bootstrap,
                     "--topic", topic, "--group", f"bench-{kind}-{uuid.uuid4().hex[:6]}",
-                    "--partitions", str(partitions)]
+                    "--partitions", str(partitions), "--datadir", str(log_dir / f"{kind}-data")]
         if fetch_max_wait_ms:
             self.cmd += ["--fetch-max-wait-ms", str(fetch_max_wait_ms)]
         self.log_path = log_dir / f"{kind}.log"
