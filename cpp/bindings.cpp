@@ -121,8 +121,9 @@ private:
 // The layout an instant core's (arena, meta) must have, or an error. The arena holds the replay
 // rows it has room for (0..REPLAY_CAP, at least the buffer's length): Python grows it as the buffer
 // fills, so a young session's decoded core is ~10 kB, not ~100 kB (``InstantState``).
+// ``rows_in_arena`` false: a call that reads no replay row (the rows may be absent, left in the store).
 learnstream::instant::Layout checked_layout(const py::array& arena, const py::array& meta, const int64_t* mm,
-                                            std::size_t* rows_out = nullptr) {
+                                            std::size_t* rows_out = nullptr, bool rows_in_arena = true) {
     namespace ik = learnstream::instant;
     if (meta.ndim() != 1 || static_cast<std::size_t>(meta.shape(0)) != ik::META_SIZE)
         throw std::runtime_error("meta must be int64[" + std::to_string(ik::META_SIZE) + "]");
@@ -137,9 +138,10 @@ learnstream::instant::Layout checked_layout(const py::array& arena, const py::ar
                                  ", for dim " + std::to_string(L.dim) + ", nt " + std::to_string(L.nt));
     const std::size_t rows = (size - L.replay_x) / L.dim;
     const int64_t len = mm[ik::REPLAY_LEN];
-    if (len < 0 || static_cast<std::size_t>(len) > rows)
-        throw std::runtime_error("meta: replay length " + std::to_string(len) + " exceeds the arena's " +
-                                 std::to_string(rows) + " replay rows");
+    if (len < 0 || static_cast<std::size_t>(len) > (rows_in_arena ? rows : ik::REPLAY_CAP))
+        throw std::runtime_error("meta: replay length " + std::to_string(len) + " exceeds " +
+                                 (rows_in_arena ? "the arena's " + std::to_string(rows) + " replay rows"
+                                                : "the replay capacity " + std::to_string(ik::REPLAY_CAP)));
     if (rows_out) *rows_out = rows;
     return L;
 }
@@ -399,10 +401,35 @@ void bind_instant_deep(py::module_& m) {
         "GIL released; returns (events that learned, ||theta||). With ``trace`` (float64[n, 2]) "
         "it also writes (||theta||, lr) after each row.");
     m.def(
+        "instant_replay_reads",
+        [](const f32& arena, py::array meta, const f32& qualities, const i64& now_ms) {
+            // Only the ring and the scales are read: the arena may hold no replay rows at all.
+            int64_t* mm = inplace_array<int64_t>(meta, "meta", "int64");
+            const ik::Layout L = checked_layout(arena, meta, mm, nullptr, false);
+            const int64_t head = mm[ik::REPLAY_HEAD], len = mm[ik::REPLAY_LEN];
+            const auto cap = static_cast<int64_t>(ik::REPLAY_CAP);
+            if (head < 0 || head >= cap || len < 0 || len > cap || (len < cap && head != 0))
+                throw std::runtime_error("meta: replay ring head/len out of range");
+            py::buffer_info qb = need(qualities, 1, "qualities");
+            const auto n = static_cast<std::size_t>(qb.shape[0]);
+            py::buffer_info nb = now_ms.request();
+            if (nb.ndim != 1 || static_cast<std::size_t>(nb.shape[0]) != n)
+                throw std::runtime_error("now_ms must be 1-d with one entry per quality");
+            py::array_t<int64_t> out(static_cast<py::ssize_t>(n));
+            const std::size_t k = ik::replay_reads(arena.data() + L.replay_scale, head, len,
+                                                   static_cast<const float*>(qb.ptr),
+                                                   static_cast<const int64_t*>(nb.ptr), n, out.mutable_data());
+            out.resize({static_cast<py::ssize_t>(k)});
+            return out;
+        },
+        py::arg("arena"), py::arg("meta"), py::arg("qualities"), py::arg("now_ms"),
+        "The replay slots instant_feedback_batch over these events would read before writing them, "
+        "each once, in first-read order (from the ring and scales only; the rows may be absent).");
+    m.def(
         "instant_norm",
         [](const f32& arena, py::array meta) {
             int64_t* mm = inplace_array<int64_t>(meta, "meta", "int64");
-            const ik::Layout L = checked_layout(arena, meta, mm);
+            const ik::Layout L = checked_layout(arena, meta, mm, nullptr, false);
             return ik::l2norm(arena.data() + L.theta, L.n_params);
         },
         py::arg("arena"), py::arg("meta"), "||theta|| of an instant core, squares summed in double.");
@@ -410,7 +437,7 @@ void bind_instant_deep(py::module_& m) {
         "adapter_forward",
         [](const f32& arena, py::array meta, const f32& X) {
             int64_t* mm = inplace_array<int64_t>(meta, "meta", "int64");
-            const ik::Layout L = checked_layout(arena, meta, mm);
+            const ik::Layout L = checked_layout(arena, meta, mm, nullptr, false);
             py::buffer_info xb = X.request();
             if (xb.ndim != 1 && xb.ndim != 2) throw std::runtime_error("X must be 1-d or 2-d");
             const std::size_t n = xb.ndim == 1 ? 1 : static_cast<std::size_t>(xb.shape[0]);

@@ -150,10 +150,8 @@ inline double hebbian_update(const State& s, const float* x, std::size_t t, floa
     return clamp_norm(s.f + s.L.theta, s.L.n_params, MAX_NORM);
 }
 
-// Push (x, t, scale), dropping the oldest beyond REPLAY_CAP.
-inline void replay_push(const State& s, const float* x, std::size_t t, float scale) {
-    int64_t& head = s.m[REPLAY_HEAD];
-    int64_t& len = s.m[REPLAY_LEN];
+// The ring slot the next push fills, advancing the ring (the oldest entry goes once it is full).
+inline std::size_t ring_push(int64_t& head, int64_t& len) {
     std::size_t phys;
     if (static_cast<std::size_t>(len) < REPLAY_CAP) {
         phys = (static_cast<std::size_t>(head) + static_cast<std::size_t>(len)) % REPLAY_CAP;
@@ -162,6 +160,12 @@ inline void replay_push(const State& s, const float* x, std::size_t t, float sca
         phys = static_cast<std::size_t>(head);
         head = static_cast<int64_t>((phys + 1) % REPLAY_CAP);
     }
+    return phys;
+}
+
+// Push (x, t, scale), dropping the oldest beyond REPLAY_CAP.
+inline void replay_push(const State& s, const float* x, std::size_t t, float scale) {
+    const std::size_t phys = ring_push(s.m[REPLAY_HEAD], s.m[REPLAY_LEN]);
     float* row = s.f + s.L.replay_x + phys * s.L.dim;
     for (std::size_t j = 0; j < s.L.dim; ++j) row[j] = x[j];
     s.f[s.L.replay_scale + phys] = scale;
@@ -191,6 +195,36 @@ inline bool feedback(const State& s, const float* x, std::size_t t, float q, int
         }
     }
     return true;
+}
+
+// The replay rows that feedback() over these n events (qualities q, times now_ms) reads before it
+// overwrites them: their ring slots, each once, in the order first read. Only the ring (head, len) and
+// the REPLAY_CAP scales are needed, not a row: the same pushes and weighted_pick as feedback(), so a
+// caller can keep the rows out of memory and load just these. `out` has room for n; returns the count.
+inline std::size_t replay_reads(const float* scales_in, int64_t head, int64_t len, const float* q,
+                                const int64_t* now_ms, std::size_t n, int64_t* out) {
+    float scales[REPLAY_CAP];
+    bool written[REPLAY_CAP] = {}, listed[REPLAY_CAP] = {};
+    for (std::size_t i = 0; i < REPLAY_CAP; ++i) scales[i] = scales_in[i];
+    std::size_t k = 0;
+    for (std::size_t e = 0; e < n; ++e) {
+        const float c = q[e] - 0.5f;
+        if (std::fabs(c) < NEUTRAL_EPS) continue;
+        const std::size_t pushed = ring_push(head, len);
+        scales[pushed] = 2.0f * c;
+        written[pushed] = true;
+        const auto m = static_cast<std::size_t>(len);
+        if (m < MIN_REPLAY) continue;
+        const int64_t pick = weighted_pick(scales, REPLAY_CAP, static_cast<std::size_t>(head), m,
+                                           static_cast<uint32_t>(now_ms[e]) * GOLDEN, m - 1);
+        if (pick < 0) continue;
+        const std::size_t phys = (static_cast<std::size_t>(head) + static_cast<std::size_t>(pick)) % REPLAY_CAP;
+        if (!written[phys] && !listed[phys]) {
+            listed[phys] = true;
+            out[k++] = static_cast<int64_t>(phys);
+        }
+    }
+    return k;
 }
 
 // Adapter forward for n rows: p_r = A_r . x; logits_k = sum_r B[r,k] p_r.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['ATTENTION_EDGE_FEATURES', 'ATTENTION_NO_EDGE', 'ATTENTION_UNKNOWN_RELATION', 'BANDIT_MAX_DIM', 'GraphAttention', 'INSTANT_CONSTANTS', 'ROUTER_BUCKETS', 'ROUTER_HIDDEN', 'ROUTER_MAX_TARGETS', 'ROUTER_RANK', 'ROUTE_AVX2', 'adapter_forward', 'bandit_features', 'bandit_projection', 'bandit_route', 'bandit_update_batch', 'clamp_norm', 'ewc_penalty', 'ewc_pull', 'fisher_ema', 'instant_feedback', 'instant_feedback_batch', 'instant_hebbian', 'instant_hebbian_batch', 'instant_layout', 'instant_norm', 'loss_window_push_many', 'mulberry32_stream', 'online_fisher', 'online_forward', 'online_n_params', 'online_step', 'router_forward_batch', 'router_init', 'router_layout', 'router_route', 'router_route_learned', 'router_train', 'router_train_batch', 'weighted_pick']
+__all__: list[str] = ['ATTENTION_EDGE_FEATURES', 'ATTENTION_NO_EDGE', 'ATTENTION_UNKNOWN_RELATION', 'BANDIT_MAX_DIM', 'GraphAttention', 'INSTANT_CONSTANTS', 'ROUTER_BUCKETS', 'ROUTER_HIDDEN', 'ROUTER_MAX_TARGETS', 'ROUTER_RANK', 'ROUTE_AVX2', 'adapter_forward', 'bandit_features', 'bandit_projection', 'bandit_route', 'bandit_update_batch', 'clamp_norm', 'ewc_penalty', 'ewc_pull', 'fisher_ema', 'instant_feedback', 'instant_feedback_batch', 'instant_hebbian', 'instant_hebbian_batch', 'instant_layout', 'instant_norm', 'instant_replay_reads', 'loss_window_push_many', 'mulberry32_stream', 'online_fisher', 'online_forward', 'online_n_params', 'online_step', 'router_forward_batch', 'router_init', 'router_layout', 'router_route', 'router_route_learned', 'router_train', 'router_train_batch', 'weighted_pick']
 class GraphAttention:
     """
     Fixed projections Wq, Wk, Wv, Wo (and the initial We) regenerated from the seed.
@@ -98,6 +98,10 @@ def instant_hebbian_batch(arena: numpy.ndarray, meta: numpy.ndarray, X: typing.A
 def instant_layout(dim: typing.SupportsInt | typing.SupportsIndex, nt: typing.SupportsInt | typing.SupportsIndex) -> dict:
     """
     Offsets (in floats) of each field in an instant core's arena.
+    """
+def instant_replay_reads(arena: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], meta: numpy.ndarray, qualities: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], now_ms: typing.Annotated[numpy.typing.ArrayLike, numpy.int64]) -> numpy.typing.NDArray[numpy.int64]:
+    """
+    The replay slots instant_feedback_batch over these events would read before writing them, each once, in first-read order (from the ring and scales only; the rows may be absent).
     """
 def instant_norm(arena: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], meta: numpy.ndarray) -> float:
     """

@@ -9,7 +9,7 @@ import pytest
 from reference import instant_ref as ref
 from workers import _kernels as K
 from workers.verbs.codec import encode_embedding_b64
-from workers.cores.instant import DECAY, LR0, LR_MIN, MAX_NORM, REPLAY_CAP, InstantState, _row_dtype
+from workers.cores.instant import DECAY, LR0, LR_MIN, MAX_NORM, REPLAY_CAP, InstantState
 from workers.verbs.session import LearnSession
 from workers.errors import ConfigError, CorruptStateError, VerbError
 
@@ -197,7 +197,13 @@ def test_kernels_refuse_an_arena_without_a_row_for_each_push() -> None:
     meta = s._meta.copy()
     meta[K.INSTANT_CONSTANTS["meta"]["replay_len"]] = 9  # a corrupt length past the arena's 4 rows
     with pytest.raises(RuntimeError, match="exceeds the arena's 4 replay rows"):
-        K.instant_norm(s._arena, meta)
+        K.instant_feedback(s._arena, meta, x, 0, 0.9)
+    assert K.instant_norm(s._arena, meta) >= 0  # reads no row: the rows may be in the store (thin)
+    meta[K.INSTANT_CONSTANTS["meta"]["replay_len"]] = 65
+    for call in (lambda: K.instant_norm(s._arena, meta), lambda: K.adapter_forward(s._arena, meta, x),
+                 lambda: K.instant_replay_reads(s._arena, meta, Q, NOW)):
+        with pytest.raises(RuntimeError, match="replay length 65 exceeds"):
+            call()
     assert s.feedback_batch(X, T, Q, NOW)["feedback_count"] == 5  # the method makes room itself
 
 
@@ -358,16 +364,31 @@ def _v1_bytes(s: InstantState) -> bytes:
                      s._arena[:used].astype("<f4").tobytes())
 
 
+def _v2_bytes(s: InstantState) -> bytes:
+    """The version-2 format: the counters, θ and scalars, the EWC state once set, then per replay slot its
+    row, target and scale (what states stored before 2026-12-05 hold)."""
+    from workers.state.framing import pack_part
+    L, n = s._layout, s.replay_len
+    rows = np.empty(n, np.dtype([("x", "<f4", (s.dim,)), ("i", "<i8"), ("s", "<f4")]))
+    rows["x"], rows["i"], rows["s"] = s.replay_x[:n], s.replay_idx[:n], s.replay_scale[:n]
+    ewc = s._arena[L["ewc_f"]:L["scalars"]].tobytes() if s.has_ewc else b""
+    return pack_part(b"LSI", 2, {"targets": s.targets, "dim": s.dim}, s._meta[:7].astype("<i8").tobytes(),
+                     s._arena[L["theta"]:L["ewc_f"]].tobytes(), s._arena[L["scalars"]:L["replay_scale"]].tobytes(),
+                     ewc, rows.tobytes())
+
+
 @pytest.mark.parametrize("ewc", [False, True])
-def test_version_1_bytes_still_load_and_behave_the_same(ewc: bool) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_versions_still_load_and_behave_the_same(ewc: bool, version: int) -> None:
     rng = np.random.default_rng(21)
     s = InstantState(TARGETS, DIM)
     X, T, Q, NOW = _events(rng, 40)
     s.feedback_batch(X[:20], T[:20], Q[:20], NOW[:20])
     if ewc:
         s.set_ewc(rng.random(s.n_params).astype(np.float32), rng.random(s.n_params).astype(np.float32), 3.0)
-    old = InstantState.from_bytes(_v1_bytes(s))
-    assert old == s and old.to_bytes() == s.to_bytes()  # read as v1, written as the current version
+    old = InstantState.from_bytes(_v1_bytes(s) if version == 1 else _v2_bytes(s))
+    assert old == s and old.to_bytes() == s.to_bytes()  # read as v1 or v2, written as the current version
+    assert old.to_bytes()[3] == 3 and old.changed_since(b"") is None  # its first save writes every piece
     for i in range(20, 40):
         assert old.feedback(X[i], int(T[i]), float(Q[i]), int(NOW[i])) == s.feedback(X[i], int(T[i]), float(Q[i]), int(NOW[i]))
     assert old == s
@@ -378,8 +399,8 @@ def test_ewc_state_is_stored_only_once_it_exists() -> None:
     s = InstantState(TARGETS, 384)
     s.feedback_batch(*_events(rng, 3, dim=384))
     before = s.to_bytes()
-    # no Fisher and snapshot (6 kB at 384-d), and the unused replay targets and scales are not written
-    assert len(_v1_bytes(s)) - len(before) == 2 * 4 * s.n_params + (8 + 4) * (REPLAY_CAP - s.replay_len)
+    # no Fisher and snapshot (6 kB at 384-d); the ring's scales are written whole, as v1 did, its targets as i4
+    assert len(_v1_bytes(s)) - len(before) == 2 * 4 * s.n_params + 4 * REPLAY_CAP
     assert InstantState.from_bytes(before) == s
     s.set_ewc(rng.random(s.n_params).astype(np.float32), rng.random(s.n_params).astype(np.float32), 2.0)
     after = s.to_bytes()
@@ -408,7 +429,7 @@ def test_one_feedback_event_rewrites_one_hot_piece_and_one_replay_slot() -> None
         ops, _ = st.changes(b"sess")
         puts = {k: v for k, v in ops.items() if v is not None}
         assert len(puts) == 2, sorted(puts)
-        assert [len(v) for k, v in puts.items() if k != b"sess"] == [4 * 384 + 12]  # the slot
+        assert [len(v) for k, v in puts.items() if k != b"sess"] == [4 * 384]  # the slot: its row
         assert core.to_bytes()[:core._hot_bytes()] in puts[b"sess"]  # the hot piece, whole, in the head
 
 
@@ -625,7 +646,7 @@ def test_a_one_event_save_of_a_full_buffer_compares_the_hot_piece_and_one_row() 
     assert len(regions) == 2 and regions[0] == (0, now[:start])
     a, data = regions[1]
     b = a + len(data)
-    assert data == now[a:b] and len(data) == _row_dtype(384).itemsize and (a - start) % len(data) == 0
+    assert data == now[a:b] and len(data) == 4 * 384 and (a - start) % len(data) == 0
     assert now[:start] != saved[:start]
     assert now[a:b] != row[a - start:b - start]                       # the pushed row changed
     assert now[start:a] == row[:a - start] and now[b:] == row[b - start:]   # and no other
@@ -739,3 +760,129 @@ def test_the_reference_rule_moves_both_ranks_together_from_a_zero_start() -> Non
     for x in X[:20]:
         logits = np.asarray(st.logits(x), np.float64)
         assert np.allclose(logits - direction * (direction @ logits), 0.0, atol=1e-5 * max(1.0, np.abs(logits).max()))
+
+
+# -- replay rows left in the store (from_head, thin) ----------------------------------------------
+class _PickingRef(ref.InstantRef):
+    """The reference, noting the push number of each entry it replays (push j lands in ring slot j % 64)."""
+
+    def __init__(self, dim: int, nt: int) -> None:
+        super().__init__(dim, nt)
+        self.pushes = 0
+        self.picked: list[int] = []
+
+    def feedback(self, x: np.ndarray, t: int, q: float, now_ms: int = 0) -> bool:
+        c = np.float32(np.float32(q) - np.float32(0.5))
+        if abs(c) < np.float32(1e-4):
+            return super().feedback(x, t, q, now_ms)
+        self.pushes += 1
+        ids = list(range(self.pushes - len(self.replay) - 1, self.pushes))[-REPLAY_CAP:]  # the deque after the push
+        n_before = len(self.picked)
+        orig = ref.weighted_pick
+
+        def spy(scales, seed, ex):  # noqa: ANN001, ANN202
+            pick = orig(scales, seed, ex)
+            if pick is not None:
+                self.picked.append(ids[pick])
+            return pick
+
+        ref.weighted_pick = spy
+        try:
+            return super().feedback(x, t, q, now_ms)
+        finally:
+            ref.weighted_pick = orig
+            assert len(self.picked) <= n_before + 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_replay_reads_names_exactly_the_stored_rows_a_batch_replays(seed: int) -> None:
+    """``instant_replay_reads`` against the reference: the ring slots of the entries pushed before the
+    batch that the batch replays, each once, in first-read order (rows pushed within it are not read
+    from the store)."""
+    rng = np.random.default_rng(seed)
+    history = int(rng.integers(0, 150))
+    batch = int(rng.integers(1, 90))
+    X, T, Q, NOW = _events(rng, history + batch)
+    if seed % 3 == 0:
+        Q[rng.random(len(Q)) < 0.5] = 0.5  # many neutral events: no push, no pick
+    core, twin = InstantState(TARGETS, DIM), _PickingRef(DIM, NT)
+    for i in range(history):
+        core.feedback(X[i], int(T[i]), float(Q[i]), int(NOW[i]))
+        twin.feedback(X[i], int(T[i]), float(Q[i]), int(NOW[i]))
+    before = twin.pushes
+    plan = K.instant_replay_reads(core._arena, core._meta, Q[history:].astype(np.float32), NOW[history:])
+    twin.picked.clear()
+    for i in range(history, history + batch):
+        twin.feedback(X[i], int(T[i]), float(Q[i]), int(NOW[i]))
+    expect: list[int] = []
+    for p in twin.picked:
+        if p < before and p % REPLAY_CAP not in expect:
+            expect.append(p % REPLAY_CAP)
+    assert plan.tolist() == expect
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_core_read_without_its_rows_learns_exactly_as_the_whole_core(seed: int) -> None:
+    """``from_head`` keeps the rows in the store and reads just the ones a kernel replays: the same
+    replies and state as the core decoded whole, over single events and batches, through ``thin``."""
+    rng = np.random.default_rng(100 + seed)
+    whole = InstantState(TARGETS, 384)
+    whole.feedback_batch(*_events(rng, int(rng.integers(5, 140)), dim=384))
+    data = whole.to_bytes()
+    start = whole.rows_offset()
+    reads: list[tuple[int, int]] = []
+
+    def rows(lo: int, hi: int) -> bytes:
+        reads.append((lo, hi))
+        return stored[start + lo:start + hi]
+
+    stored = data
+    lazy = InstantState.from_head(data[:start], rows)
+    assert lazy.memory_bytes() < 12_000 and lazy.adapter_norm == whole.adapter_norm
+    for step in range(6):
+        X, T, Q, NOW = _events(rng, int(rng.integers(1, 40)), dim=384)
+        reads.clear()
+        plan = K.instant_replay_reads(lazy._arena, lazy._meta, Q.astype(np.float32), NOW) if lazy._absent else []
+        if step % 2:
+            assert lazy.feedback_batch(X, T, Q, NOW) == whole.feedback_batch(X, T, Q, NOW)
+        else:
+            for i in range(len(X)):
+                assert lazy.feedback(X[i], int(T[i]), float(Q[i]), int(NOW[i])) == \
+                    whole.feedback(X[i], int(T[i]), float(Q[i]), int(NOW[i]))
+        if step % 2:  # a batch reads what its plan named, nothing else
+            assert sorted(lo // (4 * 384) for lo, _ in reads) == sorted(plan)
+        lazy.saved(token := object())   # the store now holds what it holds: it may drop its rows again
+        stored = lazy.to_bytes()
+        lazy.saved(token)
+        if step % 3 == 2:
+            assert lazy.thin(rows) > 90_000 and len(lazy._absent) == lazy.replay_len
+    assert lazy == whole and lazy.to_bytes() == whole.to_bytes()
+
+
+def test_a_core_is_not_thinned_while_the_store_lacks_its_rows() -> None:
+    """``thin`` drops rows only when the store holds exactly them: not after an unsaved event, not
+    after EWC state moved them, and never without having been saved or read."""
+    rng = np.random.default_rng(7)
+    core = InstantState(TARGETS, 384)
+    core.feedback_batch(*_events(rng, 70, dim=384))
+    assert core.thin(lambda lo, hi: b"") == 0  # never saved
+    core.saved(object())
+    core.feedback(rng.standard_normal(384).astype(np.float32), TARGETS[0], 0.9)
+    assert core.thin(lambda lo, hi: b"") == 0  # an event since
+    core.saved(object())
+    core.set_ewc(np.ones(core.n_params, np.float32), np.zeros(core.n_params, np.float32), 1.0)
+    assert core.thin(lambda lo, hi: b"") == 0  # the rows moved
+    core.saved(object())
+    assert core.thin(lambda lo, hi: b"") > 90_000
+
+
+def test_a_stored_row_of_the_wrong_length_is_a_corrupt_state_not_a_crash() -> None:
+    rng = np.random.default_rng(8)
+    core = InstantState(TARGETS, 384)
+    core.feedback_batch(*_events(rng, 70, dim=384))
+    data = core.to_bytes()
+    lazy = InstantState.from_head(data[:core.rows_offset()], lambda lo, hi: b"\x00" * 12)
+    with pytest.raises(CorruptStateError, match="replay row"):
+        lazy.to_bytes()
+    with pytest.raises(CorruptStateError, match="cannot be read without its replay rows"):
+        InstantState.from_head(data[:3] + b"\x02" + data[4:core.rows_offset()], lambda lo, hi: b"")

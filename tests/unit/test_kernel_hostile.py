@@ -59,6 +59,8 @@ def valid_calls() -> dict[str, object]:
                                                                       np.array([0, 1], i64), np.ones(2, f32),
                                                                       np.array([1, 2], i64)]),
         "instant_norm": lambda: (k.instant_norm, [*_instant()]),
+        "instant_replay_reads": lambda: (k.instant_replay_reads, [*_instant(), np.array([0.9, 0.1], f32),
+                                                                  np.array([1, 2], i64)]),
         "adapter_forward": lambda: (k.adapter_forward, [*_instant(), np.ones((2, 4), f32)]),
         "clamp_norm": lambda: (k.clamp_norm, [np.ones(4, f32), 1.0]),
         "ewc_penalty": lambda: (k.ewc_penalty, [np.ones(3, f32), np.ones(3, f32), np.ones(3, f32), 0.5]),

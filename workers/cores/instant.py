@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
 from workers import _kernels as _k
 from workers.verbs.fields import MAX_DIM, epoch_ms, int_accepted, to_float
 from workers.verbs.codec import embedding_field
-from workers.state.framing import pack_part, unpack_part
+from workers.state.framing import pack_part, unpack_part, version_of
 from workers.errors import CorruptStateError, VerbError
 from workers.verbs.registry import EMBEDDING, EMBEDDING_B64, VerbContext, health_contributor, params, state_size, verb
 
@@ -50,9 +50,10 @@ NOT_INITIALIZED = "instant not initialized; call init_instant"
 _M = _C["meta"]
 _S = _C["scalars"]
 _MAGIC = b"LSI"
-# 2: what changes together, together (see ``InstantState.to_bytes``); 1: meta and the arena as laid
-# out, EWC zeros included (still read)
-_VERSION = 2
+# 3: the ring's targets and scales in the hot piece, a stored replay slot its row alone (so a session
+# read from the store can leave its rows there: ``from_head``); 2: each slot its row, target and scale;
+# 1: meta and the arena as laid out, EWC zeros included (2 and 1 still read)
+_VERSION = 3
 
 _RL, _RH, _FC, _EWC = _M["replay_len"], _M["replay_head"], _M["feedback_count"], _M["has_ewc"]
 # The stored bytes are little-endian; on such a host (every platform the wheels build for) a replay row
@@ -86,7 +87,7 @@ class InstantState:
 
     __slots__ = ("targets", "dim", "_index", "_arena", "_meta", "theta", "A", "B", "ewc_f", "ewc_snap",
                  "replay_x", "replay_scale", "replay_idx", "_layout", "_prefix", "_cuts", "_hot", "_synced", "_synced_at",
-                 "_sections")
+                 "_sections", "_absent", "_rows_source")
 
     def __init__(self, targets: Sequence[str], dim: int | None = None, lr_min: float | None = None) -> None:
         self.targets: list[str] = list(targets)
@@ -103,6 +104,10 @@ class InstantState:
         self._synced: object = None
         self._synced_at = (0, 0, 0, 0)
         self._hot: int | None = None
+        # Replay slots whose row is not in the arena but in the store, read through ``_rows_source``
+        # ((lo, hi) -> those bytes of the stored rows) when a kernel is about to read them (``from_head``, ``thin``)
+        self._absent: set[int] = set()
+        self._rows_source: Callable[[int, int], bytes] | None = None
         self._arena = np.zeros(self._layout["replay_x"], np.float32)  # no replay rows yet: see _room
         self._meta = np.zeros(_C["meta_size"], np.int64)
         self._meta[_M["dim"]] = self.dim
@@ -123,7 +128,7 @@ class InstantState:
         self.replay_scale = a[L["replay_scale"]:L["replay_scale"] + REPLAY_CAP]
         self.replay_x = a[L["replay_x"]:].reshape(-1, d)
         self.replay_idx = self._meta[_M["replay_idx"]:_M["replay_idx"] + REPLAY_CAP]
-        self._sections = (self._meta[:_M["replay_idx"]], a[L["theta"]:L["ewc_f"]], a[L["scalars"]:L["replay_scale"]],
+        self._sections = (self._meta[:_M["replay_idx"]], a[L["theta"]:L["ewc_f"]], a[L["scalars"]:L["replay_x"]],
                           a[L["ewc_f"]:L["scalars"]])
 
     def _room(self, pushes: int) -> None:
@@ -194,6 +199,7 @@ class InstantState:
     def replay_entries(self) -> list[tuple[np.ndarray, int, float]]:
         """The replay buffer oldest first, as (x, target index, scale) copies."""
         head, n = int(self._meta[_M["replay_head"]]), self.replay_len
+        self._load(range(n))
         rows = [(head + i) % REPLAY_CAP for i in range(n)]
         return [(self.replay_x[r].copy(), int(self.replay_idx[r]), float(self.replay_scale[r])) for r in rows]
 
@@ -225,8 +231,10 @@ class InstantState:
         ``"unknown model name; not in registered targets"``) before any change.
         """
         x, t, q = self.check_feedback(x, model, quality)
+        ring = self._before_kernel(np.array([q], np.float32), np.array([now_ms], np.int64))
         self._room(1)
-        _, norm = _k.instant_feedback(self._arena, self._meta, x, t, q, int(now_ms))
+        learned, norm = _k.instant_feedback(self._arena, self._meta, x, t, q, int(now_ms))
+        self._after_kernel(ring, int(learned))
         return {"adapter_norm": float(norm), "feedback_count": self.feedback_count, "lr": self.lr}
 
     def feedback_batch(self, X: np.ndarray, targets: np.ndarray, qualities: np.ndarray,
@@ -256,8 +264,62 @@ class InstantState:
         """:meth:`feedback_batch` for rows the caller has checked (the learning loop validates each
         event as it arrives): (learned, adapter_norm). The bindings still check shapes and target
         indices, and convert dtypes."""
+        ring = self._before_kernel(qualities, now_ms)
         self._room(len(X))
-        return _k.instant_feedback_batch(self._arena, self._meta, X, targets, qualities, now_ms, trace)
+        learned, norm = _k.instant_feedback_batch(self._arena, self._meta, X, targets, qualities, now_ms, trace)
+        self._after_kernel(ring, learned)
+        return learned, norm
+
+    # -- replay rows left in the store -------------------------------------------
+    def _before_kernel(self, qualities: np.ndarray, now_ms: np.ndarray) -> tuple[int, int] | None:
+        """Read the absent rows these events will replay (``_k.instant_replay_reads`` names them from
+        the ring and scales alone); the ring's (head, len) when rows are absent, to mark the pushed ones."""
+        if not self._absent:
+            return None
+        self._load(_k.instant_replay_reads(self._arena, self._meta, np.ascontiguousarray(qualities, np.float32),
+                                           np.ascontiguousarray(now_ms, np.int64)).tolist())
+        return int(self._meta[_RH]), int(self._meta[_RL])
+
+    def _after_kernel(self, ring: tuple[int, int] | None, learned: int) -> None:
+        """The slots the kernel pushed into hold their rows now."""
+        if ring is None or not self._absent:
+            return
+        h0, n0 = ring
+        self._absent.difference_update((h0 + n0 + j) % REPLAY_CAP for j in range(min(learned, REPLAY_CAP)))
+
+    def _load(self, slots: Iterable[int]) -> None:
+        """Bring the rows of these slots into the arena, those absent from it (read from the store)."""
+        if not self._absent:
+            return
+        need = [r for r in slots if r in self._absent]
+        if not need:
+            return
+        if self._rows_source is None:  # pragma: no cover - absent rows always come with their source
+            raise CorruptStateError("instant state: replay rows are absent and there is no store to read them from")
+        self._room(0)
+        width = 4 * self.dim
+        for r in need:
+            data = self._rows_source(r * width, (r + 1) * width)
+            if len(data) != width:
+                raise CorruptStateError(f"instant state: replay row {r} is missing or has the wrong length")
+            self.replay_x[r] = np.frombuffer(data, "<f4")
+            self._absent.discard(r)
+
+    def thin(self, source: Callable[[int, int], bytes]) -> int:
+        """Drop the replay rows from memory when the store holds exactly them (the last save, or the
+        bytes this core was read from), to be read back through ``source`` when a kernel replays one:
+        a full 384-d core shrinks from ~100 kB to ~10 kB. The bytes freed (0: nothing to drop, or
+        rows the store does not have yet)."""
+        m = self._meta
+        if (self._synced is None or self.replay_x.shape[0] == 0
+                or self._synced_at != (self._rows_start(), int(m[_RL]), int(m[_RH]), int(m[_FC]))):
+            return 0
+        before = self._arena.nbytes
+        self._arena = self._arena[:self._layout["replay_x"]].copy()
+        self._bind_views()
+        self._absent = set(range(int(m[_RL])))
+        self._rows_source = source
+        return before - self._arena.nbytes
 
     # -- what changed since the stored bytes (workers.state.layout) --------------
     def changed_since(self, stored: object) -> tuple[int, tuple[int, ...], list[tuple[int, bytes]]] | None:
@@ -279,7 +341,7 @@ class InstantState:
         if fc - fc0 >= REPLAY_CAP or start != start0:  # the ring may have gone round; EWC state moved the rows
             return None
         pushes = (n - n0) + (head - h0) % REPLAY_CAP
-        row = _row_dtype(self.dim).itemsize
+        row = 4 * self.dim
         regions = [(0, self._before_rows())]
         rows = [(h0 + n0 + j) % REPLAY_CAP for j in range(pushes)]
         if pushes > 1:
@@ -331,17 +393,18 @@ class InstantState:
         self._meta[_M["has_ewc"]] = 1
 
     # -- bytes ---------------------------------------------------------------
-    # Version 2 writes what changes together, together:
-    #   meta's counters (not its replay targets) | θ | lr, lr_min, ewc_lam          one "hot" piece
+    # Version 3 writes what changes together, together:
+    #   counters | the ring's targets (i4) | θ | lr, lr_min, ewc_lam, the ring's scales   one "hot" piece
     #   EWC Fisher | EWC snapshot            only once set_ewc gave them (before: 2 x n_params zeros)
-    #   per used replay slot: x (dim f4) | its target (i8) | its scale (f4)      one piece per slot
-    # so a feedback event rewrites the hot piece and the slot it pushed (the kernels change a slot's
-    # target and scale only when they push x into it). Version 1 wrote meta and the arena as laid out.
+    #   per used replay slot: x (dim f4)                                       one piece per slot
+    # so a feedback event rewrites the hot piece and the slot it pushed, and which rows an event
+    # replays is known from the hot piece alone (``from_head``). Version 2 kept a slot's target and
+    # scale with its row; version 1 wrote meta and the arena as laid out.
     def _hot_bytes(self) -> int:
         if self._hot is None:  # fixed by targets and dim, asked on every save
             L = self._layout
-            self._hot = (len(self._framing()) + 8 * _M["replay_idx"]
-                         + 4 * (L["ewc_f"] - L["theta"] + L["replay_scale"] - L["scalars"]))
+            self._hot = (len(self._framing()) + 8 * _M["replay_idx"] + 4 * REPLAY_CAP
+                         + 4 * (L["ewc_f"] - L["theta"] + L["replay_x"] - L["scalars"]))
         return self._hot
 
     def to_bytes(self) -> bytes:
@@ -352,24 +415,21 @@ class InstantState:
         """The bytes before the replay rows: framing, counters, adapter, scalars, EWC state."""
         if _LITTLE_ENDIAN:  # every save builds these: views bound with the arena (_bind_views)
             counters, theta, scalars, ewc = self._sections
-            parts = [self._framing(), counters.tobytes(), theta.tobytes(), scalars.tobytes()]
+            parts = [self._framing(), counters.tobytes(), self.replay_idx.astype(np.int32).tobytes(), theta.tobytes(),
+                     scalars.tobytes()]
             if self._meta[_EWC]:
                 parts.append(ewc.tobytes())
             return b"".join(parts)
         L, a = self._layout, self._arena.astype("<f4", copy=False)
         ewc = a[L["ewc_f"]:L["scalars"]].tobytes() if self.has_ewc else b""
-        return b"".join([self._framing(), self._meta[:_M["replay_idx"]].astype("<i8", copy=False).tobytes(),
-                         a[L["theta"]:L["ewc_f"]].tobytes(), a[L["scalars"]:L["replay_scale"]].tobytes(), ewc])
+        return b"".join([self._framing(), self._meta[:_M["replay_idx"]].astype("<i8").tobytes(),
+                         self.replay_idx.astype("<i4").tobytes(), a[L["theta"]:L["ewc_f"]].tobytes(), a[L["scalars"]:L["replay_x"]].tobytes(), ewc])
 
     def _rows(self, lo: int, hi: int) -> bytes:
-        """Replay rows ``lo:hi`` as stored: each its row, target and scale."""
-        if hi - lo == 1 and _LITTLE_ENDIAN:  # a save's usual row: a third of the structured array's cost
-            return self.replay_x[lo].tobytes() + self.replay_idx[lo:hi].tobytes() + self.replay_scale[lo:hi].tobytes()
-        rows = np.empty(hi - lo, _row_dtype(self.dim))
-        rows["x"] = self.replay_x[lo:hi]
-        rows["i"] = self.replay_idx[lo:hi]
-        rows["s"] = self.replay_scale[lo:hi]
-        return rows.tobytes()
+        """Replay rows ``lo:hi`` as stored: each its row (its target and scale are in the hot piece)."""
+        self._load(range(lo, hi))
+        rows = self.replay_x[lo:hi]
+        return rows.tobytes() if _LITTLE_ENDIAN else rows.astype("<f4").tobytes()
 
     def _rows_start(self) -> int:
         """Where the replay rows begin in :meth:`to_bytes`."""
@@ -390,35 +450,56 @@ class InstantState:
         if self._cuts is None or self._cuts[0] != (n, ewc):
             hot = self._hot_bytes()
             start = hot + (8 * self.n_params if ewc else 0)
-            row = _row_dtype(self.dim).itemsize
+            row = 4 * self.dim
             self._cuts = ((n, ewc), ((hot,) if ewc else ()) + tuple(range(start, start + row * n, row)))
         return self._cuts[1]
 
     @classmethod
     def from_bytes(cls, data: bytes) -> InstantState:
-        version = 1 if data[3:4] == b"\x01" else _VERSION
+        return cls._decode(data, None)
+
+    @classmethod
+    def from_head(cls, data: bytes, rows: Callable[[int, int], bytes]) -> InstantState:
+        """The core from the bytes :meth:`to_bytes` gives *before its replay rows* (``rows_offset``);
+        a row is read through ``rows`` ((lo, hi) -> those bytes of the stored rows) when a kernel
+        first replays it."""
+        return cls._decode(data, rows)
+
+    @classmethod
+    def _decode(cls, data: bytes, rows: Callable[[int, int], bytes] | None) -> InstantState:
+        version = version_of(data, (1, 2, _VERSION), _VERSION)
+        if rows is not None and version != _VERSION:
+            raise CorruptStateError(f"instant state version {version} cannot be read without its replay rows")
         header, pos = unpack_part(data, _MAGIC, version, "instant")
         try:
             obj = cls(header["targets"], header["dim"], lr_min=LR0)
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptStateError(f"instant state header is malformed ({exc})") from None
-        k = obj._meta.size if version == 1 else _M["replay_idx"]  # v2: the counters only
+        k = obj._meta.size if version == 1 else _M["replay_idx"]  # v2, v3: the counters (v3 then the targets)
         meta = np.frombuffer(data, dtype="<i8", count=k, offset=pos) if len(data) >= pos + 8 * k else None
         if (meta is None or meta[_M["dim"]] != obj.dim or meta[_M["nt"]] != obj.nt
                 or meta[_M["has_ewc"]] not in (0, 1) or not 0 <= meta[_M["replay_len"]] <= REPLAY_CAP):
             raise CorruptStateError("instant state meta does not match its header")
         pos += 8 * k
         obj._meta[:k] = meta
+        if version == _VERSION:
+            if len(data) < pos + 4 * REPLAY_CAP:
+                raise CorruptStateError("instant state arena has the wrong length")
+            obj._meta[k:] = np.frombuffer(data, "<i4", REPLAY_CAP, pos)
+            pos += 4 * REPLAY_CAP
         L, n = obj._layout, obj.replay_len
-        used = L["replay_x"] + n * obj.dim
+        ewc = 8 * obj.n_params if obj.has_ewc else 0
+        held = 0 if rows is not None else n  # the rows the bytes hold
         if version == 1:
-            expect = 4 * used
+            expect = 4 * (L["replay_x"] + n * obj.dim)
+        elif version == 2:
+            expect = 4 * (L["ewc_f"] - L["theta"] + L["replay_scale"] - L["scalars"]) + ewc + n * _v2_row(obj.dim).itemsize
         else:
-            ewc = 8 * obj.n_params if obj.has_ewc else 0
-            expect = 4 * (L["ewc_f"] - L["theta"] + L["replay_scale"] - L["scalars"]) + ewc + n * _row_dtype(obj.dim).itemsize
+            expect = 4 * (L["ewc_f"] - L["theta"] + L["replay_x"] - L["scalars"]) + ewc + 4 * held * obj.dim
         if len(data) - pos != expect:
             raise CorruptStateError("instant state arena has the wrong length")
-        arena = np.zeros(used, np.float32)  # its own copy; what v2 leaves out stays zero
+        used = L["replay_x"] + held * obj.dim
+        arena = np.zeros(used, np.float32)  # its own copy; what v2 and v3 leave out stays zero
         if version == 1:
             arena[:] = np.frombuffer(data, "<f4", used, pos)
         else:
@@ -428,23 +509,34 @@ class InstantState:
                 pos += 4 * count
                 return out
             arena[L["theta"]:L["ewc_f"]] = take(L["ewc_f"] - L["theta"])
-            arena[L["scalars"]:L["replay_scale"]] = take(L["replay_scale"] - L["scalars"])
+            if version == 2:
+                arena[L["scalars"]:L["replay_scale"]] = take(L["replay_scale"] - L["scalars"])
+            else:
+                arena[L["scalars"]:L["replay_x"]] = take(L["replay_x"] - L["scalars"])
             if obj.has_ewc:
                 arena[L["ewc_f"]:L["scalars"]] = take(L["scalars"] - L["ewc_f"])
-            rows = np.frombuffer(data, _row_dtype(obj.dim), n, pos)
-            arena[L["replay_x"]:used] = rows["x"].reshape(-1)
-            arena[L["replay_scale"]:L["replay_scale"] + n] = rows["s"]
-            obj._meta[_M["replay_idx"]:_M["replay_idx"] + n] = rows["i"]
+            if version == 2:
+                v2 = np.frombuffer(data, _v2_row(obj.dim), n, pos)
+                arena[L["replay_x"]:used] = v2["x"].reshape(-1)
+                arena[L["replay_scale"]:L["replay_scale"] + n] = v2["s"]
+                obj._meta[_M["replay_idx"]:_M["replay_idx"] + n] = v2["i"]
+            else:
+                arena[L["replay_x"]:used] = take(held * obj.dim)
         obj._arena = arena
         obj._bind_views()
-        if version == _VERSION:  # v1 bytes are not what to_bytes gives
-            obj.saved(data)
+        if rows is not None:
+            obj._absent = set(range(n))
+            obj._rows_source = rows
+        if version == _VERSION and rows is None:  # older bytes are not what to_bytes gives; a head's
+            obj.saved(data)  # reader says what its bytes stand for (StateBlob.get)
         return obj
 
     def __eq__(self, other: object) -> bool:
         if not (isinstance(other, InstantState) and other.targets == self.targets and other.dim == self.dim
                 and np.array_equal(other._meta, self._meta)):
             return False
+        self._load(range(self.replay_len))  # rows left in the store are state too
+        other._load(range(other.replay_len))
         used = self._layout["replay_x"] + self.replay_len * self.dim  # rows past the buffer are room, not state
         return np.array_equal(other._arena[:used], self._arena[:used])
 
@@ -456,8 +548,9 @@ class InstantState:
 
 
 @functools.lru_cache(maxsize=64)
-def _row_dtype(dim: int) -> np.dtype:
-    """A stored replay slot: its row, target and scale (made once per dim: building a dtype costs ~2 us)."""
+def _v2_row(dim: int) -> np.dtype:
+    """A replay slot as version 2 stored it: its row, target and scale (made once per dim: building a
+    dtype costs ~2 us)."""
     return np.dtype([("x", "<f4", (dim,)), ("i", "<i8"), ("s", "<f4")])
 
 

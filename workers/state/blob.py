@@ -13,6 +13,7 @@ catches torn or foreign values; an unknown version is refused, never guessed.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -74,13 +75,16 @@ class Watermark:
 class StateBlob:
     """Lazily decoded named parts + watermark. Untouched parts stay raw bytes."""
 
-    __slots__ = ("_raw", "_live", "watermark", "layout")
+    __slots__ = ("_raw", "_live", "watermark", "layout", "lazy")
 
     def __init__(self) -> None:
         self._raw: dict[str, bytes] = {}
         self._live: dict[str, Any] = {}
         self.watermark = Watermark()
         self.layout: dict[str, Any] = {}  # what the session's keys hold, per part (workers.state.layout)
+        # parts read without their replay rows: their raw bytes end before the rows, which this reads
+        # from the store ((lo, hi) -> those bytes of the rows; ``SessionState.decode`` with ``rows``)
+        self.lazy: dict[str, Callable[[int, int], bytes]] = {}
 
     # -- parts ---------------------------------------------------------------
     def get(self, name: str, cls: type[P]) -> P | None:
@@ -90,24 +94,42 @@ class StateBlob:
             raw = self._raw.pop(name, None)
             if raw is None:
                 return None
-            obj = cls.from_bytes(raw)  # type: ignore[attr-defined]
-            self._live[name] = obj
+            rows = self.lazy.pop(name, None)
             stored = self.layout.get(name)
+            if rows is not None:
+                obj = cls.from_head(raw, rows)  # type: ignore[attr-defined]
+                obj.saved(stored.token)  # what the keys hold: its rows stay there until replayed
+            else:
+                obj = cls.from_bytes(raw)  # type: ignore[attr-defined]
+            self._live[name] = obj
             if stored is not None:
                 stored.release(obj)  # the decoded part holds these bytes' state: no second copy (layout)
         return obj
 
+    def raw(self, name: str) -> bytes:
+        """The bytes of part ``name``, not decoded (KeyError if it is): a part read without its
+        replay rows reads them now."""
+        data = self._raw[name]
+        rows = self.lazy.pop(name, None)
+        if rows is not None:
+            stored = self.layout[name]
+            data = self._raw[name] = data + rows(0, stored.size - stored.bounds[stored.rows_from])
+        return data
+
     def set(self, name: str, obj: Any) -> None:
         self._raw.pop(name, None)
+        self.lazy.pop(name, None)
         self._live[name] = obj
 
     def set_bytes(self, name: str, data: bytes) -> None:
         """Set ``name`` to a part's bytes, decoded only when a verb asks for it."""
         self._live.pop(name, None)
+        self.lazy.pop(name, None)
         self._raw[name] = data
 
     def drop(self, name: str) -> None:
         self._raw.pop(name, None)
+        self.lazy.pop(name, None)
         self._live.pop(name, None)
 
     def has(self, name: str) -> bool:
@@ -119,7 +141,7 @@ class StateBlob:
     # -- bytes ---------------------------------------------------------------
     def to_bytes(self) -> bytes:
         parts = [(n, self._live[n].to_bytes()) for n in self._live]
-        parts += list(self._raw.items())
+        parts += [(n, self.raw(n)) for n in list(self._raw)]
         parts.sort()
         header = orjson.dumps(
             {"wm": self.watermark.offsets, "parts": [[n, len(b)] for n, b in parts]}

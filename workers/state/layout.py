@@ -56,7 +56,7 @@ import bisect
 import functools
 import hashlib
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -172,10 +172,12 @@ class _Stored:
     dropped piece reads as :data:`_GONE`, which equals no bytes: a save that must compare against it
     counts it as changed and writes it again, which only a rewritten replay row needs."""
 
-    __slots__ = ("_data", "pieces", "bounds", "slots", "entry", "inline", "hot", "token", "released", "_held")
+    __slots__ = ("_data", "pieces", "bounds", "slots", "entry", "inline", "hot", "token", "released", "_held",
+                 "rows_from")
 
     def __init__(self, data: bytes | None, bounds: list[int], slots: bytearray, entry: dict | None = None, *,
-                 inline: bool = False, hot: bool = False, pieces: list[bytes] | None = None) -> None:
+                 inline: bool = False, hot: bool = False, pieces: list[bytes] | None = None,
+                 rows_from: int | None = None) -> None:
         self._data = data
         self.pieces = pieces
         self.bounds = bounds
@@ -189,6 +191,9 @@ class _Stored:
         # its pieces past the first are dropped (release; or it was saved from a released one's pieces)
         self.released = pieces is not None and _GONE in pieces  # a bare object(): equal only to itself
         self._held: int | None = None  # held, once counted (a released part's pieces do not change)
+        # the first piece of its replay rows (a part with ``rows_offset``): the pieces from here on
+        # may be left in the store when the session is read (SessionState.decode with ``rows``)
+        self.rows_from = rows_from
 
     @property
     def data(self) -> bytes:
@@ -249,6 +254,8 @@ class _Stored:
             if runs is None:
                 runs = _runs(tuple(self.bounds))
             self.entry = {"n": self.size, "p": runs, "s": _slots_hex(self.slots)}
+            if self.rows_from is not None:
+                self.entry["l"] = self.rows_from
         return self.entry
 
 
@@ -286,6 +293,18 @@ def _current(obj: Any) -> tuple[bytes, list[int]]:
         return data, [0, len(data)] if data else [0]
     cuts = getattr(obj, "piece_cuts", None)
     return data, piece_bounds(len(data), cuts() if cuts is not None else ())
+
+
+def _rows_from(live: Any, bounds: list[int], old: _Stored | None) -> int | None:
+    """The piece where a part's replay rows begin: from the live part (``rows_offset``, on a piece
+    bound), or, for bytes written unchanged in their old cut, where the old head said."""
+    if live is None:
+        return old.rows_from if old is not None and old.bounds == bounds else None
+    offset = getattr(live, "rows_offset", None)
+    if offset is None:
+        return None
+    i = bisect.bisect_left(bounds, offset())
+    return i if i < len(bounds) and bounds[i] == offset() else None
 
 
 def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None) -> list[int]:
@@ -360,10 +379,39 @@ class SessionState:
         return self.blob.layout
 
     # -- reading ---------------------------------------------------------------
+    @staticmethod
+    def reads(head: bytes) -> tuple[list[bytes], list[str]] | None:
+        """What to read of a session with this head when its replay rows may stay in the store
+        (:meth:`decode` with ``rows``): the keys (relative to the base key) of the pieces before the
+        rows of each part that names where its rows begin, and the parts to read whole (a prefix scan
+        each); None: read every piece (a head from before piece tables named the rows)."""
+        if head[:3] == _LEGACY_MAGIC:
+            return [], []
+        header, _, hot = _read_head(head)
+        keys: list[bytes] = []
+        scans: list[str] = []
+        for name, p in header["parts"].items():
+            first = p.get("l") if isinstance(p, dict) else None
+            if not isinstance(first, int):
+                scans.append(name)
+                continue
+            bounds = _unrle(p["p"])
+            k = min(first, len(bounds) - 1)
+            slots = _slots_from_hex(p["s"], len(bounds) - 1)
+            rel = _relative_keys(name, len(bounds) - 1)
+            keys.extend(rel[i][slots[i]] for i in range(1 if name in hot else 0, k))
+        return keys, scans
+
     @classmethod
-    def decode(cls, head: bytes | None, pieces: Iterable[tuple[bytes, bytes]]) -> SessionState:
+    def decode(cls, head: bytes | None, pieces: Iterable[tuple[bytes, bytes]],
+               rows: Callable[[StateBlob, str], Callable[[int, int], bytes]] | None = None) -> SessionState:
         """The state from its head value and its piece items (keys relative to the base key,
-        i.e. ``part \\x1f index \\x1f slot``; extra or stale pieces are ignored)."""
+        i.e. ``part \\x1f index \\x1f slot``; extra or stale pieces are ignored).
+
+        With ``rows``, a part whose head entry says where its replay rows begin is read without them
+        (its items need not include them, :meth:`reads`): it decodes with ``from_head`` and reads a row
+        through ``rows(blob, part)`` ((lo, hi) -> those bytes of the stored rows) when a kernel first
+        replays it."""
         if head is None:
             return cls()
         if head[:3] == _LEGACY_MAGIC:
@@ -383,19 +431,44 @@ class SessionState:
             bounds = _unrle(p["p"])
             if bounds[-1] != p["n"]:
                 raise CorruptStateError(f"state part {name!r}: piece table does not add up to its length")
-            slots = _slots_from_hex(p["s"], len(bounds) - 1)
+            k = len(bounds) - 1
+            slots = _slots_from_hex(p["s"], k)
+            rows_from = p.get("l")
+            if rows_from is not None and (not isinstance(rows_from, int) or isinstance(rows_from, bool)
+                                          or not 0 <= rows_from <= k):
+                raise CorruptStateError(f"state part {name!r}: its replay rows begin outside its pieces")
+            lazy = rows is not None and rows_from is not None and rows_from < k
             chunks = []
-            keys = _relative_keys(name, len(bounds) - 1)
+            keys = _relative_keys(name, k)
             first = hot.get(name)
-            for i in range(len(bounds) - 1):
+            for i in range(rows_from if lazy else k):
                 c = first if i == 0 and first is not None else have.get(keys[i][slots[i]])
                 if c is None or len(c) != bounds[i + 1] - bounds[i]:
                     raise CorruptStateError(f"state part {name!r}: piece {i} is missing or has the wrong length")
                 chunks.append(c)
             data = b"".join(chunks)
             blob._raw[name] = data
-            blob.layout[name] = _Stored(data, bounds, slots, p, hot=first is not None)
+            if lazy:
+                assert rows is not None
+                blob.lazy[name] = rows(blob, name)
+                blob.layout[name] = _Stored(None, bounds, slots, p, hot=first is not None, rows_from=rows_from,
+                                            pieces=chunks + [_GONE] * (k - rows_from))
+            else:
+                blob.layout[name] = _Stored(data, bounds, slots, p, hot=first is not None, rows_from=rows_from)
         return s
+
+    def thin(self, rows: Callable[[StateBlob, str], Callable[[int, int], bytes]]) -> int:
+        """Drop from memory the replay rows the store holds (each decoded part that can, ``thin``),
+        to be read back through ``rows(blob, part)``; the bytes freed."""
+        freed = 0
+        if self.full:
+            return 0  # the store may not hold what this state holds
+        for name, live in self.blob._live.items():
+            stored = self.blob.layout.get(name)
+            thin = getattr(live, "thin", None)
+            if thin is not None and stored is not None and stored.rows_from is not None:
+                freed += thin(rows(self.blob, name))
+        return freed
 
     # -- writing ---------------------------------------------------------------
     def changes(self, base: bytes, *, max_value_bytes: int | None = None,
@@ -434,7 +507,7 @@ class SessionState:
                 else:
                     data, bounds = _current(live)
             else:
-                data = blob._raw[name]
+                data = blob.raw(name)
                 bounds = old.bounds if old is not None and old.bounds[-1] == len(data) else piece_bounds(len(data))
                 hot = old is not None and old.hot
             if data is not None:
@@ -469,7 +542,7 @@ class SessionState:
                 _delete_pieces(deletes, base, name, k, old.count)
                 if hot and not old.hot:  # its first piece moved into the head: its keys go after it
                     _delete_pieces(deletes, base, name, 0, 1)
-            kept = after[name] = _Stored(data, bounds, slots, hot=hot, pieces=pieces)
+            kept = after[name] = _Stored(data, bounds, slots, hot=hot, pieces=pieces, rows_from=_rows_from(live, bounds, old))
             if old is not None and old.bounds == bounds:  # the same cut: its lengths' runs too
                 kept.head_entry(old.head_entry()["p"])
         for name, old in stored.items():
@@ -577,7 +650,7 @@ def pieces(blob: StateBlob) -> Iterator[tuple[str, int, bytes]]:
         if live is not None:
             data, bounds = _current(live)
         else:
-            data = blob._raw[name]
+            data = blob.raw(name)
             bounds = old.bounds if old is not None and old.bounds[-1] == len(data) else piece_bounds(len(data))
         for i in range(len(bounds) - 1):
             yield name, i, data[bounds[i]:bounds[i + 1]]

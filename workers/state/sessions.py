@@ -8,13 +8,16 @@ same in both: verbs validate before they mutate, so the cached state is kept as 
 """
 from __future__ import annotations
 
+import bisect
+import functools
 import random
 from collections import OrderedDict
 from collections.abc import Callable
 
+from workers.errors import CorruptStateError
 from workers.state.access import StateAccess, state_key
 from workers.state.blob import StateBlob
-from workers.state.layout import SEP, SessionState, key_growth
+from workers.state.layout import SEP, SessionState, _relative_keys, key_growth
 from workers.state.limits import Limits
 from workers.verbs.registry import BLOB_TABLES, Verb, VerbContext, VerbOptions
 
@@ -22,10 +25,45 @@ __all__ = ("Sessions", "CACHE_BYTES")
 
 
 # Decoded sessions kept between batches, counted with their decoded arrays: a 384-d learning-loop
-# session with a full replay buffer weighs ~112 kB (its instant core's arena; the bytes of its stored
-# replay rows are not kept beside it, layout._Stored.release), so ~4,700 of them. Colder ones are
-# read again on demand (a head get and one prefix scan).
+# session with a full replay buffer weighs ~112 kB with its replay rows in memory (its instant core's
+# arena), ~12 kB without them. Over the budget, the least recently used sessions first leave their
+# rows in the store (read back one by one when a feedback event replays them), then go altogether
+# (read again on demand: a head get, and the pieces before the rows).
 CACHE_BYTES = 512 * 1024 * 1024
+
+
+class _Rows:
+    """Reads the replay rows a session was decoded without: ``rows(lo, hi)`` gives bytes ``lo:hi`` of
+    the part's stored rows (those after its ``rows_from`` piece; a row of more than PIECE_BYTES spans
+    pieces), through the piece table the session's keys have *now* (a save moves a rewritten row to
+    its other slot)."""
+
+    __slots__ = ("access", "table", "partition", "base", "blob", "name")
+
+    def __init__(self, access: StateAccess, table: str, partition: int, base: bytes, blob: StateBlob,
+                 name: str) -> None:
+        self.access, self.table, self.partition, self.base, self.blob, self.name = \
+            access, table, partition, base, blob, name
+
+    def __call__(self, lo: int, hi: int) -> bytes:
+        stored = self.blob.layout.get(self.name)
+        if stored is None or stored.rows_from is None:
+            raise CorruptStateError(f"state part {self.name!r}: its keys hold no replay rows to read")
+        bounds = stored.bounds
+        start = bounds[stored.rows_from]
+        lo, hi = start + lo, start + hi
+        if not start <= lo <= hi <= bounds[-1]:
+            raise CorruptStateError(f"state part {self.name!r}: replay bytes {lo - start}:{hi - start} are past its end")
+        keys = _relative_keys(self.name, stored.count)
+        out = []
+        i = bisect.bisect_right(bounds, lo) - 1
+        while i < stored.count and bounds[i] < hi:
+            data = self.access.get(self.table, self.partition, self.base + SEP + keys[i][stored.slots[i]])
+            if data is None or len(data) != bounds[i + 1] - bounds[i]:
+                raise CorruptStateError(f"state part {self.name!r}: piece {i} is missing or has the wrong length")
+            out.append(data[max(lo - bounds[i], 0):hi - bounds[i]])
+            i += 1
+        return b"".join(out)
 
 
 class Sessions:
@@ -47,6 +85,9 @@ class Sessions:
         self._cache: OrderedDict[tuple[str, str], tuple[SessionState, int]] = OrderedDict()
         self._bytes = 0
         self._forgotten: set[tuple[str, str]] = set()  # forgotten, but kept while their write is pending
+        # sessions that may hold replay rows the store has too, least recently used first (trim thins
+        # them), with their partition
+        self._fat: OrderedDict[tuple[str, str], int] = OrderedDict()
         # since start: state() answered from the cache / read from the store and decoded; sessions trim()
         # evicted. Misses with evictions mean the working set does not fit cache_bytes.
         self.hits = 0
@@ -64,6 +105,8 @@ class Sessions:
             hit = None
         if hit is not None:
             self._cache.move_to_end(key)
+            if key in self._fat:
+                self._fat.move_to_end(key)
             self.hits += 1
             return hit[0]
         self.misses += 1
@@ -80,7 +123,19 @@ class Sessions:
             return SessionState()
         prefix = base + SEP
         n = len(prefix)
-        return SessionState.decode(head, ((k[n:], v) for k, v in self.access.scan(table, partition, prefix)))
+        reads = SessionState.reads(head)
+        if reads is None:
+            items = [(k[n:], v) for k, v in self.access.scan(table, partition, prefix)]
+        else:
+            keys, scans = reads
+            items = [(k, v) for k in keys if (v := self.access.get(table, partition, prefix + k)) is not None]
+            for name in scans:
+                items.extend((k[n:], v) for k, v in self.access.scan(table, partition, prefix + name.encode() + SEP))
+
+        def rows(blob: StateBlob, name: str) -> _Rows:
+            return _Rows(self.access, table, partition, base, blob, name)
+
+        return SessionState.decode(head, items, rows=rows)
 
     def blob(self, table: str, sk: str, partition: int) -> StateBlob:
         return self.state(table, sk, partition).blob
@@ -140,6 +195,8 @@ class Sessions:
         size = s.nbytes()
         self._cache[key] = (s, size)
         self._bytes += size - counted
+        self._fat[key] = partition
+        self._fat.move_to_end(key)
         return len(ops), sum(len(k) + (len(v) if v is not None else 0) for k, v in ops.items()), grown
 
     def discard(self, table: str, sk: str) -> None:
@@ -148,6 +205,7 @@ class Sessions:
         if hit is not None:
             self._bytes -= hit[1]
         self._forgotten.discard((table, sk))
+        self._fat.pop((table, sk), None)
 
     def forget(self) -> None:
         """Drop every cached session; one whose write is still pending is dropped once it is readable."""
@@ -158,8 +216,26 @@ class Sessions:
                 self.discard(table, sk)
 
     def trim(self) -> None:
-        """Evict least recently used sessions until the cache fits its byte budget (never the last
-        one, never one whose write is still pending: the store does not have it yet)."""
+        """Fit the cache to its byte budget: least recently used sessions first leave the replay rows
+        the store holds (``SessionState.thin``), then go (never the last one, never one whose write is
+        still pending: the store does not have it yet)."""
+        if self._bytes <= self.cache_bytes:
+            return
+        pending = []
+        while self._bytes > self.cache_bytes and self._fat:
+            key, partition = self._fat.popitem(last=False)
+            base = self.access.base_key(*key)
+            if self.access.pending(key[0], base):
+                pending.append((key, partition))
+                continue
+            s, counted = self._cache[key]
+            if s.thin(functools.partial(_Rows, self.access, key[0], partition, base)):
+                size = s.nbytes()
+                self._cache[key] = (s, size)
+                self._bytes += size - counted
+        for key, partition in reversed(pending):
+            self._fat[key] = partition
+            self._fat.move_to_end(key, last=False)
         if self._bytes <= self.cache_bytes:
             return
         kept = []  # pending writes: never evicted, put back as least recently used
@@ -172,6 +248,7 @@ class Sessions:
             else:
                 self._bytes -= entry[1]
                 self._forgotten.discard(key)
+                self._fat.pop(key, None)
                 self.evictions += 1
         for key, entry in reversed(kept):
             self._cache[key] = entry

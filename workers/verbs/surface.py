@@ -153,7 +153,7 @@ def _session_info(ctx: VerbContext, body: dict) -> dict:
     parts = {}
     for name in blob.names():
         live = blob._live.get(name)
-        b = live.to_bytes() if live is not None else blob._raw[name]  # canonical bytes, decoded or not
+        b = live.to_bytes() if live is not None else blob.raw(name)  # canonical bytes, decoded or not
         parts[name] = {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
     sha, n = digest(blob)
     return {"parts": parts, "digest": sha, "keys": n, "watermark": dict(sorted(blob.watermark.offsets.items()))}
