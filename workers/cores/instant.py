@@ -143,7 +143,9 @@ class InstantState:
         if need <= rows:
             return
         grown = min(REPLAY_CAP, max(need, 2 * rows, 4))
-        arena = np.zeros(self._layout["replay_x"] + grown * self.dim, np.float32)
+        # not zeroed (a thinned core grows back on every touch): a new row is pushed or read from the
+        # store before anything reads it, and nothing reads the rows past the buffer's length
+        arena = np.empty(self._layout["replay_x"] + grown * self.dim, np.float32)
         arena[:self._arena.size] = self._arena
         self._arena = arena
         self._bind_views()
