@@ -758,3 +758,32 @@ def test_a_session_whose_write_is_pending_keeps_its_rows() -> None:
     access.pending_keys = set()
     sessions.trim()
     assert p0._absent and sessions.cached_bytes < 30_000  # readable now: thinned too
+
+
+def test_stored_rows_refuse_what_the_keys_do_not_hold() -> None:
+    """A replay row read back from the store: a missing or torn piece, bytes past the rows and a part
+    without rows are corrupt state, never a crash or a silently short row."""
+    from workers.state.layout import StoredRows
+    store = MemoryStore()
+    s = SessionState()
+    core = InstantState(["a", "b"], 1536)  # a row of 6 kB spans two pieces
+    core.feedback_batch(np.ones((5, 1536), np.float32), np.zeros(5, np.int64), np.full(5, 0.9, np.float32))
+    s.blob.set("instant", core)
+    s.blob.set("small", Bytes(b"x" * 10))
+    save(s, store)
+    rows = StoredRows(store.get, BASE, s.blob, "instant")
+    assert rows(0, 4 * 1536) == core.replay_x[0].tobytes() and rows(4096, 8000) == core.to_bytes()[
+        core.rows_offset() + 4096:core.rows_offset() + 8000]
+    with pytest.raises(CorruptStateError, match="outside its rows"):
+        rows(0, 5 * 4 * 1536 + 1)
+    with pytest.raises(CorruptStateError, match="no replay rows"):
+        StoredRows(store.get, BASE, s.blob, "small")(0, 1)
+    stored = s.stored["instant"]
+    i = stored.rows_from + 1
+    key = BASE + SEP + b"instant" + SEP + b"%06d" % i + SEP + b"%d" % stored.slots[i]
+    store.put(key, store.get(key)[:-1])  # torn
+    with pytest.raises(CorruptStateError, match="wrong length"):
+        rows(0, 4 * 1536)
+    store.delete(key)
+    with pytest.raises(CorruptStateError, match="missing"):
+        rows(0, 4 * 1536)

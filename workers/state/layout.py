@@ -66,8 +66,8 @@ from workers.errors import CorruptStateError
 from workers.state.framing import pack_checked, unpack_checked, version_of
 from workers.state.blob import StateBlob, Watermark
 
-__all__ = ("PIECE_BYTES", "INLINE_BYTES", "SEP", "SessionState", "piece_bounds", "pieces", "digest", "StateTooLarge",
-           "is_piece_key", "key_growth")
+__all__ = ("PIECE_BYTES", "INLINE_BYTES", "SEP", "SessionState", "StoredRows", "piece_bounds", "pieces", "digest",
+           "StateTooLarge", "is_piece_key", "key_growth")
 
 # Small enough that one feedback event rewrites a few KB (adapter, counters, one replay
 # slot), large enough that a 100 KB session is ~30 keys to restore, not thousands. At 384-d an
@@ -257,6 +257,38 @@ class _Stored:
             if self.rows_from is not None:
                 self.entry["l"] = self.rows_from
         return self.entry
+
+
+class StoredRows:
+    """Reads the replay rows a part was decoded without, or dropped (``thin``): ``rows(lo, hi)`` gives
+    bytes ``lo:hi`` of the part's stored rows (those from its ``rows_from`` piece on; a row longer than
+    PIECE_BYTES spans pieces), through the piece table the session's keys have *now*: a save moves a
+    rewritten row to its other slot key. ``get`` reads a key of the session's store."""
+
+    __slots__ = ("get", "base", "blob", "name")
+
+    def __init__(self, get: Callable[[bytes], bytes | None], base: bytes, blob: StateBlob, name: str) -> None:
+        self.get, self.base, self.blob, self.name = get, base, blob, name
+
+    def __call__(self, lo: int, hi: int) -> bytes:
+        stored = self.blob.layout.get(self.name)
+        if stored is None or stored.rows_from is None:
+            raise CorruptStateError(f"state part {self.name!r}: its keys hold no replay rows to read")
+        bounds = stored.bounds
+        start = bounds[stored.rows_from]
+        if not 0 <= lo <= hi <= bounds[-1] - start:
+            raise CorruptStateError(f"state part {self.name!r}: replay bytes {lo}:{hi} are outside its rows")
+        lo, hi = start + lo, start + hi
+        keys = _relative_keys(self.name, stored.count)
+        out = []
+        i = bisect.bisect_right(bounds, lo) - 1
+        while i < stored.count and bounds[i] < hi:
+            data = self.get(self.base + SEP + keys[i][stored.slots[i]])
+            if data is None or len(data) != bounds[i + 1] - bounds[i]:
+                raise CorruptStateError(f"state part {self.name!r}: piece {i} is missing or has the wrong length")
+            out.append(data[max(lo - bounds[i], 0):hi - bounds[i]])
+            i += 1
+        return b"".join(out)
 
 
 _BITS = bytes.maketrans(b"\x00\x01", b"01")

@@ -8,16 +8,14 @@ same in both: verbs validate before they mutate, so the cached state is kept as 
 """
 from __future__ import annotations
 
-import bisect
 import functools
 import random
 from collections import OrderedDict
 from collections.abc import Callable
 
-from workers.errors import CorruptStateError
 from workers.state.access import StateAccess, state_key
 from workers.state.blob import StateBlob
-from workers.state.layout import SEP, SessionState, _relative_keys, key_growth
+from workers.state.layout import SEP, SessionState, StoredRows, key_growth
 from workers.state.limits import Limits
 from workers.verbs.registry import BLOB_TABLES, Verb, VerbContext, VerbOptions
 
@@ -30,40 +28,6 @@ __all__ = ("Sessions", "CACHE_BYTES")
 # rows in the store (read back one by one when a feedback event replays them), then go altogether
 # (read again on demand: a head get, and the pieces before the rows).
 CACHE_BYTES = 512 * 1024 * 1024
-
-
-class _Rows:
-    """Reads the replay rows a session was decoded without: ``rows(lo, hi)`` gives bytes ``lo:hi`` of
-    the part's stored rows (those after its ``rows_from`` piece; a row of more than PIECE_BYTES spans
-    pieces), through the piece table the session's keys have *now* (a save moves a rewritten row to
-    its other slot)."""
-
-    __slots__ = ("access", "table", "partition", "base", "blob", "name")
-
-    def __init__(self, access: StateAccess, table: str, partition: int, base: bytes, blob: StateBlob,
-                 name: str) -> None:
-        self.access, self.table, self.partition, self.base, self.blob, self.name = \
-            access, table, partition, base, blob, name
-
-    def __call__(self, lo: int, hi: int) -> bytes:
-        stored = self.blob.layout.get(self.name)
-        if stored is None or stored.rows_from is None:
-            raise CorruptStateError(f"state part {self.name!r}: its keys hold no replay rows to read")
-        bounds = stored.bounds
-        start = bounds[stored.rows_from]
-        lo, hi = start + lo, start + hi
-        if not start <= lo <= hi <= bounds[-1]:
-            raise CorruptStateError(f"state part {self.name!r}: replay bytes {lo - start}:{hi - start} are past its end")
-        keys = _relative_keys(self.name, stored.count)
-        out = []
-        i = bisect.bisect_right(bounds, lo) - 1
-        while i < stored.count and bounds[i] < hi:
-            data = self.access.get(self.table, self.partition, self.base + SEP + keys[i][stored.slots[i]])
-            if data is None or len(data) != bounds[i + 1] - bounds[i]:
-                raise CorruptStateError(f"state part {self.name!r}: piece {i} is missing or has the wrong length")
-            out.append(data[max(lo - bounds[i], 0):hi - bounds[i]])
-            i += 1
-        return b"".join(out)
 
 
 class Sessions:
@@ -132,10 +96,12 @@ class Sessions:
             for name in scans:
                 items.extend((k[n:], v) for k, v in self.access.scan(table, partition, prefix + name.encode() + SEP))
 
-        def rows(blob: StateBlob, name: str) -> _Rows:
-            return _Rows(self.access, table, partition, base, blob, name)
+        return SessionState.decode(head, items, rows=self._rows(table, partition, base))
 
-        return SessionState.decode(head, items, rows=rows)
+    def _rows(self, table: str, partition: int, base: bytes) -> Callable[[StateBlob, str], StoredRows]:
+        """What reads the replay rows of a session's part that are left in the store (``StoredRows``)."""
+        get = functools.partial(self.access.get, table, partition)
+        return lambda blob, name: StoredRows(get, base, blob, name)
 
     def blob(self, table: str, sk: str, partition: int) -> StateBlob:
         return self.state(table, sk, partition).blob
@@ -229,7 +195,7 @@ class Sessions:
                 pending.append((key, partition))
                 continue
             s, counted = self._cache[key]
-            if s.thin(functools.partial(_Rows, self.access, key[0], partition, base)):
+            if s.thin(self._rows(key[0], partition, base)):
                 size = s.nbytes()
                 self._cache[key] = (s, size)
                 self._bytes += size - counted
