@@ -787,3 +787,26 @@ def test_stored_rows_refuse_what_the_keys_do_not_hold() -> None:
     store.delete(key)
     with pytest.raises(CorruptStateError, match="missing"):
         rows(0, 4 * 1536)
+
+
+@pytest.mark.parametrize("first", [-1, 99, "2", True, 1.5])
+def test_a_head_that_puts_replay_rows_outside_its_part_is_corrupt(first: object) -> None:
+    """``l`` in a part's head entry (where its replay rows begin) must be a piece index of that part."""
+    import orjson
+    from workers.state.framing import pack_checked
+    store = MemoryStore()
+    s = SessionState()
+    core = InstantState(["a", "b"], 64)
+    core.feedback_batch(np.ones((8, 64), np.float32), np.zeros(8, np.int64), np.full(8, 0.9, np.float32))
+    s.blob.set("instant", core)
+    save(s, store)
+    head = bytes(store.get(BASE))
+    from workers.state.layout import _read_head
+    header, inline, hot = _read_head(head)
+    assert header["parts"]["instant"]["l"] == 1  # the hot piece, then the rows
+    header["parts"]["instant"]["l"] = first
+    body = orjson.dumps(header)
+    store.put(BASE, pack_checked(b"LSH", 3, struct.pack("<I", len(body)), body, *inline.values(), *hot.values()))
+    sessions = Sessions(StoreStateAccess(store))
+    with pytest.raises(CorruptStateError):
+        sessions.state("session", "s1", 0).blob.get("instant", InstantState).to_bytes()
