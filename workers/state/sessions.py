@@ -24,7 +24,7 @@ __all__ = ("Sessions", "CACHE_BYTES")
 
 # Decoded sessions kept between batches, counted with their decoded arrays: a 384-d learning-loop
 # session with a full replay buffer weighs ~112 kB with its replay rows in memory (its instant core's
-# arena), ~12 kB without them. Over the budget, the least recently used sessions first leave their
+# arena), ~14 kB without them. Over the budget, the least recently used sessions first leave their
 # rows in the store (read back one by one when a feedback event replays them), then go altogether
 # (read again on demand: a head get, and the pieces before the rows).
 CACHE_BYTES = 512 * 1024 * 1024
