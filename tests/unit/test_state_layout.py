@@ -810,3 +810,30 @@ def test_a_head_that_puts_replay_rows_outside_its_part_is_corrupt(first: object)
     sessions = Sessions(StoreStateAccess(store))
     with pytest.raises(CorruptStateError):
         sessions.state("session", "s1", 0).blob.get("instant", InstantState).to_bytes()
+
+
+def test_a_head_from_before_row_tables_is_read_whole_and_gains_one_on_its_next_save() -> None:
+    """Heads written before parts said where their replay rows begin (no ``l``) are read whole, as
+    then; the next save writes ``l``, and from then on the session is read without its rows."""
+    import orjson
+    from workers.state.framing import pack_checked
+    from workers.state.layout import _read_head
+    store = MemoryStore()
+    s = SessionState()
+    core = InstantState(["a", "b"], 64)
+    core.feedback_batch(np.ones((70, 64), np.float32), np.zeros(70, np.int64), np.full(70, 0.9, np.float32))
+    s.blob.set("instant", core)
+    save(s, store)
+    header, inline, hot = _read_head(bytes(store.get(BASE)))
+    del header["parts"]["instant"]["l"]
+    body = orjson.dumps(header)
+    store.put(BASE, pack_checked(b"LSH", 3, struct.pack("<I", len(body)), body, *inline.values(), *hot.values()))
+    sessions = Sessions(StoreStateAccess(store))
+    old = sessions.state("session", "s1", 0)
+    got = old.blob.get("instant", InstantState)
+    assert not got._absent and got == core  # read whole
+    got.feedback(np.ones(64, np.float32), "b", 0.1)
+    sessions.save("session", "s1", 0)
+    assert _read_head(bytes(store.get(BASE)))[0]["parts"]["instant"]["l"] == 1
+    again = Sessions(StoreStateAccess(store)).state("session", "s1", 0).blob.get("instant", InstantState)
+    assert len(again._absent) == 64 and again == got  # now read without its rows, the same state

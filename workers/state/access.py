@@ -2,8 +2,9 @@
 
 :class:`StateAccess` is partition-aware: a worker's tables hold one RocksDB per partition
 and a changelog partition each. A session's keys (``workers.state.layout``) are read with
-one head ``get`` and one prefix scan, and written with :meth:`StateAccess.write`: one
-atomic batch per session, produced to the changelog in the batch's order.
+one head ``get``, then point gets of the pieces before its replay rows (a row when a kernel
+replays it) and a prefix scan per part read whole, and written with :meth:`StateAccess.write`:
+one atomic batch per session, produced to the changelog in the batch's order.
 """
 from __future__ import annotations
 
