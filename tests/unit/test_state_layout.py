@@ -3,6 +3,7 @@ changed, every value small, and no crash point between two keys that could ever 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 import random
 import struct
 
@@ -789,24 +790,30 @@ def test_stored_rows_refuse_what_the_keys_do_not_hold() -> None:
         rows(0, 4 * 1536)
 
 
-@pytest.mark.parametrize("first", [-1, 99, "2", True, 1.5])
-def test_a_head_that_puts_replay_rows_outside_its_part_is_corrupt(first: object) -> None:
-    """``l`` in a part's head entry (where its replay rows begin) must be a piece index of that part."""
+def _stored_core(n_events: int, edit: Callable[[dict], None]) -> tuple[MemoryStore, InstantState]:
+    """A 64-d instant core of ``n_events`` saved under BASE, its head's entry for it then changed by ``edit``."""
     import orjson
     from workers.state.framing import pack_checked
+    from workers.state.layout import _read_head
     store = MemoryStore()
     s = SessionState()
     core = InstantState(["a", "b"], 64)
-    core.feedback_batch(np.ones((8, 64), np.float32), np.zeros(8, np.int64), np.full(8, 0.9, np.float32))
+    core.feedback_batch(np.ones((n_events, 64), np.float32), np.zeros(n_events, np.int64),
+                        np.full(n_events, 0.9, np.float32))
     s.blob.set("instant", core)
     save(s, store)
-    head = bytes(store.get(BASE))
-    from workers.state.layout import _read_head
-    header, inline, hot = _read_head(head)
+    header, inline, hot = _read_head(bytes(store.get(BASE)))
     assert header["parts"]["instant"]["l"] == 1  # the hot piece, then the rows
-    header["parts"]["instant"]["l"] = first
+    edit(header["parts"]["instant"])
     body = orjson.dumps(header)
     store.put(BASE, pack_checked(b"LSH", 3, struct.pack("<I", len(body)), body, *inline.values(), *hot.values()))
+    return store, core
+
+
+@pytest.mark.parametrize("first", [-1, 99, "2", True, 1.5])
+def test_a_head_that_puts_replay_rows_outside_its_part_is_corrupt(first: object) -> None:
+    """``l`` in a part's head entry (where its replay rows begin) must be a piece index of that part."""
+    store, _ = _stored_core(8, lambda entry: entry.update(l=first))
     sessions = Sessions(StoreStateAccess(store))
     with pytest.raises(CorruptStateError):
         sessions.state("session", "s1", 0).blob.get("instant", InstantState).to_bytes()
@@ -815,19 +822,8 @@ def test_a_head_that_puts_replay_rows_outside_its_part_is_corrupt(first: object)
 def test_a_head_from_before_row_tables_is_read_whole_and_gains_one_on_its_next_save() -> None:
     """Heads written before parts said where their replay rows begin (no ``l``) are read whole, as
     then; the next save writes ``l``, and from then on the session is read without its rows."""
-    import orjson
-    from workers.state.framing import pack_checked
     from workers.state.layout import _read_head
-    store = MemoryStore()
-    s = SessionState()
-    core = InstantState(["a", "b"], 64)
-    core.feedback_batch(np.ones((70, 64), np.float32), np.zeros(70, np.int64), np.full(70, 0.9, np.float32))
-    s.blob.set("instant", core)
-    save(s, store)
-    header, inline, hot = _read_head(bytes(store.get(BASE)))
-    del header["parts"]["instant"]["l"]
-    body = orjson.dumps(header)
-    store.put(BASE, pack_checked(b"LSH", 3, struct.pack("<I", len(body)), body, *inline.values(), *hot.values()))
+    store, core = _stored_core(70, lambda entry: entry.pop("l"))
     sessions = Sessions(StoreStateAccess(store))
     old = sessions.state("session", "s1", 0)
     got = old.blob.get("instant", InstantState)
