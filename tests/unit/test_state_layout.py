@@ -3,9 +3,9 @@ changed, every value small, and no crash point between two keys that could ever 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
 import random
 import struct
+from collections.abc import Callable
 
 import numpy as np
 import pytest
