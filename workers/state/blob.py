@@ -97,12 +97,13 @@ class StateBlob:
             rows = self.lazy.pop(name, None)
             stored = self.layout.get(name)
             if rows is not None:
+                # read without its rows: the layout holds only the pieces before them already
                 obj = cls.from_head(raw, rows)  # type: ignore[attr-defined]
                 obj.saved(stored.token)  # what the keys hold: its rows stay there until replayed
             else:
                 obj = cls.from_bytes(raw)  # type: ignore[attr-defined]
             self._live[name] = obj
-            if stored is not None:
+            if stored is not None and rows is None:
                 stored.release(obj)  # the decoded part holds these bytes' state: no second copy (layout)
         return obj
 

@@ -332,11 +332,12 @@ def _rows_from(live: Any, bounds: list[int], old: _Stored | None) -> int | None:
     bound), or, for bytes written unchanged in their old cut, where the old head said."""
     if live is None:
         return old.rows_from if old is not None and old.bounds == bounds else None
-    offset = getattr(live, "rows_offset", None)
-    if offset is None:
+    rows_offset = getattr(live, "rows_offset", None)
+    if rows_offset is None:
         return None
-    i = bisect.bisect_left(bounds, offset())
-    return i if i < len(bounds) and bounds[i] == offset() else None
+    offset = rows_offset()
+    i = bisect.bisect_left(bounds, offset)
+    return i if i < len(bounds) and bounds[i] == offset else None
 
 
 def _changed_pieces(new: bytes, bounds: list[int], old: _Stored | None) -> list[int]:
@@ -412,14 +413,16 @@ class SessionState:
 
     # -- reading ---------------------------------------------------------------
     @staticmethod
-    def reads(head: bytes) -> tuple[list[bytes], list[str]] | None:
+    def reads(head: bytes) -> tuple[list[bytes], list[str], Any]:
         """What to read of a session with this head when its replay rows may stay in the store
         (:meth:`decode` with ``rows``): the keys (relative to the base key) of the pieces before the
-        rows of each part that names where its rows begin, and the parts to read whole (a prefix scan
-        each); None: read every piece (a head from before piece tables named the rows)."""
+        rows of each part that names where its rows begin, the parts to read whole (a prefix scan each:
+        every part of a head from before parts named their rows), and the head as read, for
+        :meth:`decode` (``parsed``: a session read from the store parses its head once)."""
         if head[:3] == _LEGACY_MAGIC:
-            return [], []
-        header, _, hot = _read_head(head)
+            return [], [], None
+        parsed = _read_head(head)
+        header, _, hot = parsed
         keys: list[bytes] = []
         scans: list[str] = []
         for name, p in header["parts"].items():
@@ -432,25 +435,26 @@ class SessionState:
             slots = _slots_from_hex(p["s"], len(bounds) - 1)
             rel = _relative_keys(name, len(bounds) - 1)
             keys.extend(rel[i][slots[i]] for i in range(1 if name in hot else 0, k))
-        return keys, scans
+        return keys, scans, parsed
 
     @classmethod
     def decode(cls, head: bytes | None, pieces: Iterable[tuple[bytes, bytes]],
-               rows: Callable[[StateBlob, str], Callable[[int, int], bytes]] | None = None) -> SessionState:
+               rows: Callable[[StateBlob, str], Callable[[int, int], bytes]] | None = None,
+               parsed: Any = None) -> SessionState:
         """The state from its head value and its piece items (keys relative to the base key,
         i.e. ``part \\x1f index \\x1f slot``; extra or stale pieces are ignored).
 
         With ``rows``, a part whose head entry says where its replay rows begin is read without them
         (its items need not include them, :meth:`reads`): it decodes with ``from_head`` and reads a row
         through ``rows(blob, part)`` ((lo, hi) -> those bytes of the stored rows) when a kernel first
-        replays it."""
+        replays it. ``parsed``: what :meth:`reads` gave for this head."""
         if head is None:
             return cls()
         if head[:3] == _LEGACY_MAGIC:
             s = cls(StateBlob.from_bytes(head))
             s.full = s.headed = True
             return s
-        header, inline, hot = _read_head(head)
+        header, inline, hot = parsed if parsed is not None else _read_head(head)
         have = dict(pieces)
         blob = StateBlob()
         blob.watermark = Watermark(header["wm"])

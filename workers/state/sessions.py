@@ -87,16 +87,11 @@ class Sessions:
             return SessionState()
         prefix = base + SEP
         n = len(prefix)
-        reads = SessionState.reads(head)
-        if reads is None:
-            items = [(k[n:], v) for k, v in self.access.scan(table, partition, prefix)]
-        else:
-            keys, scans = reads
-            items = [(k, v) for k in keys if (v := self.access.get(table, partition, prefix + k)) is not None]
-            for name in scans:
-                items.extend((k[n:], v) for k, v in self.access.scan(table, partition, prefix + name.encode() + SEP))
-
-        return SessionState.decode(head, items, rows=self._rows(table, partition, base))
+        keys, scans, parsed = SessionState.reads(head)
+        items = [(k, v) for k in keys if (v := self.access.get(table, partition, prefix + k)) is not None]
+        for name in scans:
+            items.extend((k[n:], v) for k, v in self.access.scan(table, partition, prefix + name.encode() + SEP))
+        return SessionState.decode(head, items, rows=self._rows(table, partition, base), parsed=parsed)
 
     def _rows(self, table: str, partition: int, base: bytes) -> Callable[[StateBlob, str], StoredRows]:
         """What reads the replay rows of a session's part that are left in the store (``StoredRows``)."""
