@@ -369,12 +369,14 @@ def test_the_fitted_projection_finds_the_topics_a_random_one_blurs() -> None:
     assert right["pca"] > 0.9 and right["pca"] > right["random"] + 0.15, right  # measured 0.96 against 0.75
 
 
-def test_the_fit_whitens_and_happens_at_the_same_row_however_outcomes_arrive() -> None:
+@pytest.mark.parametrize("sketch", [None, 48])
+def test_the_fit_whitens_and_happens_at_the_same_row_however_outcomes_arrive(sketch: int | None) -> None:
+    """Queries kept as given (the default up to RAW_KEEP_MAX floats) or sketched (wider ones)."""
     X, Q = _clustered(FIT_AFTER + 60, 32, in_dim=64)
     rng = np.random.default_rng(33)
     arms = rng.integers(0, 3, len(X))
     q = Q[np.arange(len(X)), arms]
-    one = BanditState(3, 64, dim=16)
+    one = BanditState(3, 64, dim=16, sketch=sketch)
     saved = []
     for i in range(len(X)):
         one.learn(arms[i:i + 1], X[i:i + 1], q[i:i + 1])
@@ -383,7 +385,7 @@ def test_the_fit_whitens_and_happens_at_the_same_row_however_outcomes_arrive() -
             back = BanditState.from_bytes(saved[-1])
             assert back.to_bytes() == saved[-1] and np.array_equal(back.P, one.P)
     assert one.info()["kept"] == 0 and one.info()["fitted"] is True
-    many = BanditState(3, 64, dim=16)
+    many = BanditState(3, 64, dim=16, sketch=sketch)
     many.learn(arms[:150], X[:150], q[:150])
     many.learn(arms[150:], X[150:], q[150:])  # the fit falls inside this call
     assert many.to_bytes() == one.to_bytes()
@@ -391,8 +393,14 @@ def test_the_fit_whitens_and_happens_at_the_same_row_however_outcomes_arrive() -
     before, just = BanditState.from_bytes(saved[1]), saved[1]
     assert len(before.kept) == FIT_AFTER - 1
     # the fitted features of the kept queries have unit variance at most (whitened, floored)
-    R = K.bandit_projection(one.seed ^ 0x5CE7, 64, 64)
-    Z = np.stack([K.bandit_features(R, x)[:64] for x in X[:FIT_AFTER]])
+    if sketch is None:  # as a route rescales them: unit RMS
+        assert one.sketch == 0 and before.kept["z"].shape[1] == 64
+        R = np.eye(64, dtype=np.float32)
+        Z = X[:FIT_AFTER] * np.sqrt(64) / np.linalg.norm(X[:FIT_AFTER], axis=1, keepdims=True)
+    else:
+        assert one.sketch == sketch and before.kept["z"].shape[1] == sketch
+        R = K.bandit_projection(one.seed ^ 0x5CE7, sketch, 64)
+        Z = np.stack([K.bandit_features(R, x)[:sketch] for x in X[:FIT_AFTER]])
     var = np.linalg.eigvalsh(np.cov((Z @ one.W.astype(np.float64).T).T, bias=True))
     assert var.max() <= 1.0 + 1e-3 and var.max() > 0.5
     np.testing.assert_allclose(one.P, one.W @ R, rtol=1e-5, atol=1e-6)
@@ -494,3 +502,34 @@ def test_degenerate_kept_queries_are_not_fitted_and_the_fit_is_tried_again() -> 
     st.learn(np.ones(FIT_AFTER, np.int64), X, Q[:, 1])
     assert st.W is not None and np.isfinite(st.P).all() and np.isfinite(st.Ainv).all()
     assert BanditState.from_bytes(st.to_bytes()).to_bytes() == st.to_bytes()
+
+
+@pytest.mark.parametrize("learned", [FIT_AFTER - 5, FIT_AFTER + 5])
+def test_a_state_written_before_the_sketch_field_reads_as_a_128_feature_sketch(learned: int) -> None:
+    """Version-2 states without ``"sketch"`` kept their queries as 128 random features (kept rows
+    before the fit, ``W`` of dim x 128 after it): they read so, and route as they did."""
+    from workers.state.framing import pack_part, unpack_part
+
+    X, Q = _clustered(learned, 32, in_dim=384)
+    arms = np.arange(learned) % 3
+    old = BanditState(3, 384, dim=16, sketch=128)
+    old.learn(arms, X, Q[np.arange(learned), arms])
+    data = old.to_bytes()
+    header, pos = unpack_part(data, b"LSB", 2, "router bandit")
+    assert header.pop("sketch") == 128
+    written_before = pack_part(b"LSB", 2, header, data[pos:])
+    back = BanditState.from_bytes(written_before)
+    assert back.sketch == 128 and back.to_bytes() == data and np.array_equal(back.P, old.P)
+    new = BanditState(3, 384, dim=16)
+    assert new.sketch == 0 and new.kept_width == 384
+
+
+@pytest.mark.parametrize("sketch", [-1, 257, 500, 1.5, "raw", None])
+def test_a_bad_sketch_field_is_corrupt(sketch: object) -> None:
+    from workers.state.framing import pack_part, unpack_part
+
+    data = BanditState(3, 384, dim=16).to_bytes()
+    header, pos = unpack_part(data, b"LSB", 2, "router bandit")
+    header["sketch"] = sketch
+    with pytest.raises(CorruptStateError, match="header is malformed"):
+        BanditState.from_bytes(pack_part(b"LSB", 2, header, data[pos:]))

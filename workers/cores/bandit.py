@@ -23,16 +23,17 @@ route decides, so a fresh router routes exactly as the reference.
 projection keeps every direction of the query equally, noise included: with loose
 topic clusters most of each feature is the queries' spread, not where they are (bench
 router, ``--spread 1.5``: 39% below the best fixed model). So until :data:`FIT_AFTER`
-outcomes with an embedding have been learned, each one's query is also kept, pre-projected
-to :data:`SKETCH_DIM` random features ``z = R x_hat`` (a few hundred bytes a row, whatever
-``in_dim``); then ``P = W R`` with ``W`` the top ``dim`` principal directions of those ``z``,
-whitened (unit variance each, the smallest lifted to a floor so noise is not blown up),
-and the kept outcomes are learned again in the new features from a fresh prior. The
-principal directions are where the queries differ (their topics and what moves within
-them), so the same ``dim`` features carry much more of what decides a model's quality.
-After the fit the projection stays fixed (``W`` is stored; ``R`` and ``P`` are rebuilt from
-the seed): a router whose queries move to topics it never saw keeps routing on the
-directions it fitted. ``projection: "random"`` is the projection of state version 1.
+outcomes with an embedding have been learned, each one's query is also kept: as given up to
+:data:`RAW_KEEP_MAX` floats, a wider one pre-projected to :data:`SKETCH_DIM` random features
+``z = R x_hat``. Then ``P = W`` (``W R``) with ``W`` the top ``dim`` principal directions of the
+kept queries, rescaled as a route rescales them (of those ``z``), whitened (unit variance
+each, the smallest lifted to a floor so noise is not blown up), and the kept outcomes are
+learned again in the new features from a fresh prior. The principal directions are where
+the queries differ (their topics and what moves within them), so the same ``dim`` features
+carry much more of what decides a model's quality. After the fit the projection stays fixed
+(``W`` is stored; ``R`` and ``P`` are rebuilt from the seed): a router whose queries move to
+topics it never saw keeps routing on the directions it fitted. States written before the
+``"sketch"`` header field kept 128 random features at every width and read so. ``projection: "random"`` is the projection of state version 1.
 
 **Drift.** Each outcome's residual (quality minus the prediction before learning
 it) feeds two per-target tests: the residuals' recent mean is far from 0 (an EMA
@@ -92,7 +93,14 @@ _BOOST_EPS = 0.1              # extra epsilon right after a drift, decaying line
 _COST_RATE = 0.1              # outcome-cost EMA rate (first cost seen sets it)
 PROJECTIONS = ("pca", "random")
 FIT_AFTER = 200               # outcomes (with an embedding) whose queries the projection is fitted to
-SKETCH_DIM = 128              # random features a kept query is stored as until the fit
+# Until the fit, a query of at most RAW_KEEP_MAX floats is kept as given (the fit sees every direction of
+# it); a wider one as SKETCH_DIM random features (a kilobyte a row). A random sketch keeps only
+# SKETCH_DIM / in_dim of each direction's energy against the same noise: on the loose-cluster world of
+# issue 14 (384-d), fitting to a 128-feature sketch left ~0.01 more regret per request than fitting to the
+# queries themselves (a NumPy model of the router, 5 seeds, K 6 and 12).
+RAW_KEEP_MAX = 1024
+SKETCH_DIM = 256
+_OLD_SKETCH_DIM = 128         # the sketch of states written before the "sketch" header field
 _SKETCH_SALT = 0x5CE7         # R's seed is the bandit's seed ^ this (P's is the seed itself)
 _WHITEN_FLOOR = 0.05          # a direction's variance is lifted to at least this share of the kept ones' mean
 _MAGIC = b"LSB"
@@ -127,14 +135,15 @@ class BanditState:
         than ``dim`` once pre-projected, has nothing to fit: ``"random"``.
     """
 
-    __slots__ = ("n_targets", "in_dim", "dim", "alpha", "gamma", "seed", "projection", "P", "W", "kept",
+    __slots__ = ("n_targets", "in_dim", "dim", "alpha", "gamma", "seed", "projection", "sketch", "P", "W", "kept",
                  "Ainv", "b", "theta", "pulls", "cost", "cost_seen", "res_mean", "res_var", "res_base", "res_n",
                  "boost_left", "drifts")
 
     def __init__(self, n_targets: int, in_dim: int, dim: int | None = None, alpha: float | None = None,
                  gamma: float | None = None, seed: int = 0xC0A5, projection: str | None = None, *,
-                 seeded: bool = True) -> None:
-        """``seeded`` False leaves ``P`` for the caller to set (a decoded fitted state: ``W R``)."""
+                 seeded: bool = True, sketch: int | None = None) -> None:
+        """``seeded`` False leaves ``P`` for the caller to set (a decoded fitted state: ``W R``);
+        ``sketch`` the kept queries' width when sketched, 0 when kept as given (None: by ``in_dim``)."""
         self.n_targets = int(n_targets)
         self.in_dim = int(in_dim)
         self.dim = bandit_dim(self.n_targets, _DEFAULT_DIM if dim is None else int(dim))
@@ -144,14 +153,15 @@ class BanditState:
         projection = PROJECTIONS[0] if projection is None else projection
         if projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}")
-        self.projection = projection if _sketch_dim(self.in_dim) > self.dim else "random"
+        self.sketch = _default_sketch(self.in_dim) if sketch is None else int(sketch)
+        self.projection = projection if self.kept_width > self.dim else "random"
         d1 = self.dim + 1
         self.P = _k.bandit_projection(self.seed, self.dim, self.in_dim) if seeded else None
-        self.W: np.ndarray | None = None  # pca, fitted: dim x SKETCH_DIM (P = W R)
+        self.W: np.ndarray | None = None  # pca, fitted: dim x kept_width (P = W, or W R when sketched)
         # pca, not fitted yet: the outcomes learned so far, their queries pre-projected (FIT_AFTER rows)
         self.kept: np.ndarray | None = None
         if self.projection == "pca":
-            self.kept = np.empty(0, _kept_dtype(_sketch_dim(self.in_dim)))
+            self.kept = np.empty(0, _kept_dtype(self.kept_width))
         self.Ainv = np.tile(np.eye(d1) / _RIDGE, (self.n_targets, 1, 1))
         self.b = np.zeros((self.n_targets, d1))
         self.theta = np.zeros((self.n_targets, d1))
@@ -164,6 +174,11 @@ class BanditState:
         self.res_n = np.zeros(self.n_targets, np.int64)
         self.boost_left = 0
         self.drifts = 0
+
+    @property
+    def kept_width(self) -> int:
+        """Floats per kept query: ``in_dim`` as given, or the sketch's width."""
+        return self.sketch or self.in_dim
 
     # ------------------------------------------------------------------ routing
     def epsilon(self, base: float) -> float:
@@ -193,21 +208,26 @@ class BanditState:
         return alarms
 
     def _keep(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray) -> None:
-        """Append the rows to the kept outcomes, each query pre-projected (``z = R x_hat``)."""
+        """Append the rows to the kept outcomes, each query as given or pre-projected (``z = R x_hat``)."""
         if not len(arms):
             return
-        R = _sketch(self.seed, self.in_dim)
         rows = np.empty(len(arms), self.kept.dtype)
         rows["arm"], rows["q"] = arms, quality
-        m = R.shape[0]
-        for i, x in enumerate(X):
-            rows["z"][i] = _k.bandit_features(R, x)[:m]  # the kernels' own arithmetic: P = W R gives W z
+        if not self.sketch:
+            rows["z"] = X  # the refit rescales them exactly as a route does
+        else:
+            R = _sketch(self.seed, self.in_dim, self.sketch)
+            for i, x in enumerate(X):
+                rows["z"][i] = _k.bandit_features(R, x)[:self.sketch]  # the kernels' own arithmetic: P = W R gives W z
         self.kept = np.concatenate([self.kept, rows])
 
     def _fit(self) -> None:
         """Fit ``P`` to the kept queries, then learn the kept outcomes again in its features."""
         kept, self.kept = self.kept, None
         Z = kept["z"].astype(np.float64)
+        if not self.sketch:  # as a route sees them: rescaled to unit RMS
+            norms = np.linalg.norm(Z, axis=1, keepdims=True)
+            Z = np.divide(Z * math.sqrt(self.in_dim), norms, out=np.zeros_like(Z), where=norms > 0)
         C = Z.T @ Z / len(Z)
         if np.trace(C) < 1e-6 * len(C):
             # nothing to fit (all-zero queries): keep the current features and try again on the next rows
@@ -217,7 +237,7 @@ class BanditState:
         lam, V = lam[::-1][:self.dim], V[:, ::-1][:, :self.dim]
         lam = np.maximum(lam, 0.0) + _WHITEN_FLOOR * max(float(lam.mean()), 1e-12)
         self.W = np.ascontiguousarray((V / np.sqrt(lam)).T, np.float32)
-        self.P = _fitted_projection(self.W, self.seed, self.in_dim)
+        self.P = _fitted_projection(self.W, self.seed, self.in_dim, self.sketch)
         d1 = self.dim + 1
         self.Ainv[:] = np.eye(d1) / _RIDGE
         self.b[:] = 0.0
@@ -227,7 +247,7 @@ class BanditState:
         self.res_n[:] = 0
         _k.bandit_update_batch(self.W, self.Ainv, self.b, self.theta, np.ascontiguousarray(kept["arm"]),
                                np.ascontiguousarray(kept["z"]), np.ascontiguousarray(kept["q"]), self.gamma,
-                               normalize=False, idle_gamma=_IDLE_GAMMA, idle_cap=(self.dim + 1) / _RIDGE)
+                               normalize=not self.sketch, idle_gamma=_IDLE_GAMMA, idle_cap=(self.dim + 1) / _RIDGE)
 
     def _learn(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray, costs: np.ndarray | None) -> int:
         alarms = 0
@@ -314,7 +334,7 @@ class BanditState:
     def to_bytes(self) -> bytes:
         header = {"n_targets": self.n_targets, "in_dim": self.in_dim, "dim": self.dim, "alpha": self.alpha,
                   "gamma": self.gamma, "seed": self.seed, "boost_left": self.boost_left, "drifts": self.drifts,
-                  "projection": self.projection, "fitted": self.W is not None}
+                  "projection": self.projection, "fitted": self.W is not None, "sketch": self.sketch}
         # last: the kept outcomes, which only grow (a save appends a row, the pieces before it keep their bytes)
         tail = (self.W.astype("<f4", copy=False).tobytes() if self.W is not None
                 else self.kept.tobytes() if self.kept is not None else b"")
@@ -332,9 +352,13 @@ class BanditState:
         try:
             projection = h.get("projection", "random") if version >= 2 else "random"
             fitted = bool(h.get("fitted", False))
-            # a fitted state's P is W R, set below: the seeded one would be drawn only to be replaced
+            # written before the field: kept queries sketched to 128 features
+            sketch = h.get("sketch", min(_OLD_SKETCH_DIM, int(h["in_dim"])))
+            if type(sketch) is not int or not (sketch == 0 or 0 < sketch <= min(_k.BANDIT_MAX_DIM, int(h["in_dim"]))):
+                raise ValueError("sketch")
+            # a fitted state's P is W (R), set below: the seeded one would be drawn only to be replaced
             st = cls(h["n_targets"], h["in_dim"], dim=h["dim"], alpha=h["alpha"], gamma=h["gamma"], seed=h["seed"],
-                     projection=projection, seeded=not fitted)
+                     projection=projection, seeded=not fitted, sketch=sketch)
             boost, drifts = int(h["boost_left"]), int(h["drifts"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CorruptStateError(f"router bandit header is malformed ({exc})") from None
@@ -342,7 +366,7 @@ class BanditState:
             raise CorruptStateError("router bandit header is malformed (dim or projection)")
         nt, d1 = st.n_targets, st.dim + 1
         need = pos + 8 * (nt * d1 * d1 + 2 * nt * d1 + 4 * nt) + 16 * nt + nt
-        m = _sketch_dim(st.in_dim)
+        m = st.kept_width
         if fitted:
             tail = 4 * st.dim * m
         elif st.kept is not None:
@@ -374,7 +398,7 @@ class BanditState:
             st.W = take("<f4", st.dim * m).reshape(st.dim, m).copy()
             if not np.isfinite(st.W).all():
                 raise CorruptStateError("router bandit projection is not finite")
-            st.P = _fitted_projection(st.W, st.seed, st.in_dim)
+            st.P = _fitted_projection(st.W, st.seed, st.in_dim, st.sketch)
             st.kept = None
         elif st.kept is not None:
             st.kept = np.frombuffer(data, st.kept.dtype, offset=pos).copy()
@@ -400,8 +424,9 @@ class BanditState:
                 "kept": len(self.kept) if self.kept is not None else 0}
 
 
-def _sketch_dim(in_dim: int) -> int:
-    return min(SKETCH_DIM, in_dim)
+def _default_sketch(in_dim: int) -> int:
+    """0 (kept as given) up to RAW_KEEP_MAX floats, else the sketch's width."""
+    return 0 if in_dim <= RAW_KEEP_MAX else min(SKETCH_DIM, in_dim)
 
 
 def _kept_dtype(m: int) -> np.dtype:
@@ -410,13 +435,16 @@ def _kept_dtype(m: int) -> np.dtype:
 
 
 @functools.lru_cache(maxsize=8)
-def _sketch(seed: int, in_dim: int) -> np.ndarray:
-    """R (SKETCH_DIM x in_dim): a Gaussian projection like P's, from its own seed (read-only, shared)."""
-    R = _k.bandit_projection((seed ^ _SKETCH_SALT) & 0xFFFFFFFF, _sketch_dim(in_dim), in_dim)
+def _sketch(seed: int, in_dim: int, width: int) -> np.ndarray:
+    """R (width x in_dim): a Gaussian projection like P's, from its own seed (read-only, shared)."""
+    R = _k.bandit_projection((seed ^ _SKETCH_SALT) & 0xFFFFFFFF, width, in_dim)
     R.flags.writeable = False
     return R
 
 
-def _fitted_projection(W: np.ndarray, seed: int, in_dim: int) -> np.ndarray:
-    """P = W R (float32): what a route projects a query with once the projection is fitted."""
-    return np.ascontiguousarray(W @ _sketch(seed, in_dim), np.float32)
+def _fitted_projection(W: np.ndarray, seed: int, in_dim: int, sketch: int) -> np.ndarray:
+    """P = W, or W R when the kept queries were sketched (float32): what a route projects a query with
+    once the projection is fitted."""
+    if not sketch:
+        return np.ascontiguousarray(W, np.float32)
+    return np.ascontiguousarray(W @ _sketch(seed, in_dim, sketch), np.float32)
