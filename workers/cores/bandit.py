@@ -80,7 +80,9 @@ MAX_STATE_BYTES = 1 << 20     # Ainv + b + theta of all targets (a changelog mes
 # Drift test on the residuals of one target: EMA rate, minimum outcomes, z threshold.
 _RES_RATE = 0.05
 _RES_MIN = 30
-_RES_Z = 6.0
+_RES_Z = 5.0                  # 6 until 2026-12-05: recovery on issue 14's loose-cluster world 1,089 -> 860 requests, no alarm before its drift
+_RES_FLOOR = 1e-4             # the long-run mean square the mean test assumes at least (residuals of sd 0.01):
+                              # a noise-free stream's 1e-5 residuals are not a drift
 _RES_SLOW = 0.01              # long-run mean square of the residuals: a memory of ~100 outcomes
 _RES_RATIO = 3.0              # recent mean square / long-run one that counts as a drift
 _RES_HOLD = 1.5               # ... and above which the long-run level stops following
@@ -304,7 +306,7 @@ class BanditState:
             return False, 0.0
         # the EMA's sd from the long-run level, not the recent one: a shift inflates the recent
         # squares too, which made the test wait until the EMA had nearly the whole shift
-        sd = math.sqrt(max(self.res_base[k], 1e-12) * _RES_RATE / (2.0 - _RES_RATE))
+        sd = math.sqrt(max(self.res_base[k], _RES_FLOOR) * _RES_RATE / (2.0 - _RES_RATE))
         m = float(self.res_mean[k])
         if abs(m) > _RES_Z * sd:
             return True, m
