@@ -748,26 +748,28 @@ void bind_router(py::module_& m) {
 namespace bd = learnstream::router::bandit;
 
 // The bandit's arrays: P (dim x in_dim float32), Ainv (nt x d1 x d1 float64), theta and b
-// (nt x d1 float64) with d1 = dim + 1; returns (dim, in_dim, nt) after checking them all.
+// (nt x d1 float64) with d1 = dim + nsq + 1, nsq (0..dim) the squared features, which only Ainv's
+// width says; returns (dim, in_dim, nt, d1, nsq) after checking them all.
 struct BanditShape {
-    std::size_t dim, in_dim, nt, d1;
+    std::size_t dim, in_dim, nt, d1, nsq;
 };
 
 BanditShape bandit_shape(std::size_t dim, std::size_t in_dim, const py::array& Ainv, const py::array& theta,
                          const py::array* b) {
-    BanditShape s{dim, in_dim, 0, 0};
+    BanditShape s{dim, in_dim, 0, 0, 0};
     if (s.dim < 1 || s.dim > bd::MAX_DIM || s.in_dim < 1)
         throw std::runtime_error("P must be dim x in_dim with 1 <= dim <= " + std::to_string(bd::MAX_DIM));
-    s.d1 = s.dim + 1;
-    if (Ainv.ndim() != 3 || static_cast<std::size_t>(Ainv.shape(1)) != s.d1 ||
-        static_cast<std::size_t>(Ainv.shape(2)) != s.d1)
-        throw std::runtime_error("Ainv must be n_targets x (dim+1) x (dim+1)");
+    if (Ainv.ndim() != 3 || Ainv.shape(1) != Ainv.shape(2) || static_cast<std::size_t>(Ainv.shape(1)) < s.dim + 1 ||
+        static_cast<std::size_t>(Ainv.shape(1)) > 2 * s.dim + 1)
+        throw std::runtime_error("Ainv must be n_targets x d1 x d1 with d1 = dim + squares + 1, 0 <= squares <= dim");
+    s.d1 = static_cast<std::size_t>(Ainv.shape(1));
+    s.nsq = s.d1 - s.dim - 1;
     s.nt = static_cast<std::size_t>(Ainv.shape(0));
     check_targets(s.nt);
     auto check2 = [&](const py::array& a, const char* name) {
         if (a.ndim() != 2 || static_cast<std::size_t>(a.shape(0)) != s.nt ||
             static_cast<std::size_t>(a.shape(1)) != s.d1)
-            throw std::runtime_error(std::string(name) + " must be n_targets x (dim+1)");
+            throw std::runtime_error(std::string(name) + " must be n_targets x d1 (Ainv's width)");
     };
     check2(theta, "theta");
     if (b != nullptr) check2(*b, "b");
@@ -796,16 +798,18 @@ void bind_bandit(py::module_& m) {
         "The bandit's projection P (dim x in_dim): randn of mulberry32(seed ^ 0xB4D1) / sqrt(in_dim).");
     m.def(
         "bandit_features",
-        [](const f32& P, const f32& x) {
+        [](const f32& P, const f32& x, std::size_t squares) {
             py::buffer_info pb = need(P, 2, "P"), xb = need(x, 1, "x");
             const auto dim = static_cast<std::size_t>(pb.shape[0]), in_dim = static_cast<std::size_t>(pb.shape[1]);
             if (static_cast<std::size_t>(xb.shape[0]) != in_dim) throw std::runtime_error("x must have in_dim floats");
-            py::array_t<double> out(dim + 1);
+            if (squares > dim) throw std::runtime_error("squares must be 0..dim");
+            py::array_t<double> out(dim + squares + 1);
             bd::features(static_cast<const float*>(pb.ptr), dim, in_dim, static_cast<const float*>(xb.ptr),
-                         out.mutable_data());
+                         out.mutable_data(), squares);
             return out;
         },
-        py::arg("P"), py::arg("x"), "phi = [P x_hat; 1] with x_hat = x rescaled to unit RMS.");
+        py::arg("P"), py::arg("x"), py::arg("squares") = 0,
+        "phi = [P x_hat; ((P x_hat)_i^2 - 1) / sqrt(2) for i < squares; 1] with x_hat = x rescaled to unit RMS.");
     m.def(
         "bandit_route",
         [](const f32& P, py::array Ainv, py::array theta, const py::object& cost, const f32& x, double alpha,
@@ -824,8 +828,9 @@ void bind_bandit(py::module_& m) {
                 c = ca.data();
             }
             if (!std::isfinite(alpha) || !std::isfinite(lam)) throw std::runtime_error("alpha and lam must be finite");
-            double phi[bd::MAX_DIM + 1];
-            bd::features(static_cast<const float*>(P.data()), s.dim, s.in_dim, static_cast<const float*>(xb.ptr), phi);
+            double phi[bd::MAX_PHI];
+            bd::features(static_cast<const float*>(P.data()), s.dim, s.in_dim, static_cast<const float*>(xb.ptr), phi,
+                         s.nsq);
             const bd::Choice ch = bd::choose(ai, th, c, s.nt, s.d1, phi, alpha, lam);
             return py::make_tuple(ch.best, ch.greedy, ch.tied, ch.mean, ch.width);
         },
@@ -868,7 +873,8 @@ void bind_bandit(py::module_& m) {
             }
             if (!std::isfinite(alpha) || !std::isfinite(lam)) throw std::runtime_error("alpha and lam must be finite");
             // One query: a few microseconds, cheaper than releasing the GIL.
-            const rt::Routed r = rt::route_learned(p, L, x.ptr, normalize, a, P.ptr, s.dim, ai, th, c, nt, alpha, lam);
+            const rt::Routed r =
+                rt::route_learned(p, L, x.ptr, normalize, a, P.ptr, s.dim, s.nsq, ai, th, c, nt, alpha, lam);
             return py::make_tuple(r.d.model, r.d.bucket, r.d.temperature, r.d.top_p, r.d.confidence, r.ch.best,
                                   r.ch.greedy, r.ch.tied);
         },
@@ -907,13 +913,13 @@ void bind_bandit(py::module_& m) {
             const float* pr = static_cast<const float*>(P.data());
             {
                 const NoGil nogil(n * s.in_dim * s.in_dim);
-                double phi[bd::MAX_DIM + 1], u[bd::MAX_DIM + 1];
+                double phi[bd::MAX_PHI], u[bd::MAX_PHI];
                 for (std::size_t i = 0; i < n; ++i) {
                     const auto k = static_cast<std::size_t>(ap[i]);
                     if (normalize)
-                        bd::features(pr, s.dim, s.in_dim, xp + i * s.in_dim, phi);
+                        bd::features(pr, s.dim, s.in_dim, xp + i * s.in_dim, phi, s.nsq);
                     else
-                        bd::features_as_given(pr, s.dim, s.in_dim, xp + i * s.in_dim, phi);
+                        bd::features_as_given(pr, s.dim, s.in_dim, xp + i * s.in_dim, phi, s.nsq);
                     pp[i] = bd::update(ai + k * s.d1 * s.d1, bb + k * s.d1, th + k * s.d1, s.d1, phi, rp[i], gamma, u);
                     if (idle_gamma < 1.0) bd::idle(ai, bb, s.nt, s.d1, k, idle_gamma, idle_cap);
                 }

@@ -245,6 +245,16 @@ namespace bandit {
 
 constexpr uint32_t PROJ_SALT = 0xB4D1u;
 constexpr std::size_t MAX_DIM = 256;  // stack scratch for the features of one query
+// phi's length at most: dim projected features, at most dim squared ones, the intercept
+constexpr std::size_t MAX_PHI = 2 * MAX_DIM + 1;
+
+// The squared features: phi[dim + i] = (phi[i]^2 - 1) / sqrt(2) for i < nsq (zero mean and unit
+// variance for a whitened feature), then the intercept. A quality that rises and falls along a
+// direction (a model good at middling difficulty only) is linear in these, not in phi[i] alone.
+inline void squares_and_intercept(double* phi, std::size_t dim, std::size_t nsq) {
+    for (std::size_t i = 0; i < nsq; ++i) phi[dim + i] = (phi[i] * phi[i] - 1.0) * 0.70710678118654752440;
+    phi[dim + nsq] = 1.0;
+}
 
 inline void init_projection(float* P, std::size_t dim, std::size_t in_dim, uint32_t seed) {
     Mulberry32 rng(seed ^ PROJ_SALT);
@@ -267,19 +277,22 @@ inline float fdot_wide(const float* a, const float* b, std::size_t n) {
     return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
 }
 
-// phi[0..dim) = P x_hat with x_hat = x sqrt(in_dim) / ||x|| (0 for x = 0); phi[dim] = 1.
-inline void features(const float* P, std::size_t dim, std::size_t in_dim, const float* x, double* phi) {
+// phi[0..dim) = P x_hat with x_hat = x sqrt(in_dim) / ||x|| (0 for x = 0); then nsq squared
+// features and phi[dim + nsq] = 1 (squares_and_intercept).
+inline void features(const float* P, std::size_t dim, std::size_t in_dim, const float* x, double* phi,
+                     std::size_t nsq = 0) {
     const float n2 = fdot(x, x, in_dim);
     const double s = n2 > 0.0f ? std::sqrt(static_cast<double>(in_dim) / static_cast<double>(n2)) : 0.0;
     for (std::size_t i = 0; i < dim; ++i) phi[i] = s * static_cast<double>(fdot_wide(P + i * in_dim, x, in_dim));
-    phi[dim] = 1.0;
+    squares_and_intercept(phi, dim, nsq);
 }
 
 // phi[0..dim) = P x as given (x already in the projection's scale: the bandit's stored
-// pre-projected queries, workers/cores/bandit.py); phi[dim] = 1.
-inline void features_as_given(const float* P, std::size_t dim, std::size_t in_dim, const float* x, double* phi) {
+// pre-projected queries, workers/cores/bandit.py); then as features().
+inline void features_as_given(const float* P, std::size_t dim, std::size_t in_dim, const float* x, double* phi,
+                              std::size_t nsq = 0) {
     for (std::size_t i = 0; i < dim; ++i) phi[i] = static_cast<double>(fdot_wide(P + i * in_dim, x, in_dim));
-    phi[dim] = 1.0;
+    squares_and_intercept(phi, dim, nsq);
 }
 
 // mean = theta . phi and width = sqrt(phi^T Ainv phi) of one target (d1 = dim + 1).
@@ -407,15 +420,15 @@ struct Routed {
     bandit::Choice ch;
 };
 
-// phi: scratch of bandit::MAX_DIM + 1 doubles.
+// phi: scratch of bandit::MAX_PHI doubles; nsq squared features (bandit::features).
 __attribute__((always_inline)) inline Routed route_learned_body(
     const float* p, const Layout& L, const float* x, bool normalize, const float* adapter, const float* P,
-    std::size_t dim, const double* Ainv, const double* theta, const double* cost, std::size_t nt, double alpha,
-    double lam, double* phi) {
+    std::size_t dim, std::size_t nsq, const double* Ainv, const double* theta, const double* cost, std::size_t nt,
+    double alpha, double lam, double* phi) {
     Routed r;
     r.d = decide(p, L, x, normalize, adapter);
-    bandit::features(P, dim, L.in_dim, x, phi);
-    r.ch = bandit::choose(Ainv, theta, cost, nt, dim + 1, phi, alpha, lam);
+    bandit::features(P, dim, L.in_dim, x, phi, nsq);
+    r.ch = bandit::choose(Ainv, theta, cost, nt, dim + nsq + 1, phi, alpha, lam);
     return r;
 }
 
@@ -424,9 +437,9 @@ __attribute__((always_inline)) inline Routed route_learned_body(
 // flatten: decide, features and choose (and what they call) are compiled into this body for AVX2.
 __attribute__((target("avx2,fma"), flatten)) inline Routed route_learned_avx2(
     const float* p, const Layout& L, const float* x, bool normalize, const float* adapter, const float* P,
-    std::size_t dim, const double* Ainv, const double* theta, const double* cost, std::size_t nt, double alpha,
-    double lam, double* phi) {
-    return route_learned_body(p, L, x, normalize, adapter, P, dim, Ainv, theta, cost, nt, alpha, lam, phi);
+    std::size_t dim, std::size_t nsq, const double* Ainv, const double* theta, const double* cost, std::size_t nt,
+    double alpha, double lam, double* phi) {
+    return route_learned_body(p, L, x, normalize, adapter, P, dim, nsq, Ainv, theta, cost, nt, alpha, lam, phi);
 }
 #endif
 
@@ -457,14 +470,14 @@ inline Decision decide_one(const float* p, const Layout& L, const float* x, bool
 }
 
 inline Routed route_learned(const float* p, const Layout& L, const float* x, bool normalize, const float* adapter,
-                            const float* P, std::size_t dim, const double* Ainv, const double* theta,
-                            const double* cost, std::size_t nt, double alpha, double lam) {
-    double phi[bandit::MAX_DIM + 1];
+                            const float* P, std::size_t dim, std::size_t nsq, const double* Ainv,
+                            const double* theta, const double* cost, std::size_t nt, double alpha, double lam) {
+    double phi[bandit::MAX_PHI];
 #ifdef LEARNSTREAM_ROUTE_AVX2
     if (route_has_avx2())
-        return route_learned_avx2(p, L, x, normalize, adapter, P, dim, Ainv, theta, cost, nt, alpha, lam, phi);
+        return route_learned_avx2(p, L, x, normalize, adapter, P, dim, nsq, Ainv, theta, cost, nt, alpha, lam, phi);
 #endif
-    return route_learned_body(p, L, x, normalize, adapter, P, dim, Ainv, theta, cost, nt, alpha, lam, phi);
+    return route_learned_body(p, L, x, normalize, adapter, P, dim, nsq, Ainv, theta, cost, nt, alpha, lam, phi);
 }
 
 }  // namespace router

@@ -47,9 +47,9 @@ def adapter_forward(arena: typing.Annotated[numpy.typing.ArrayLike, numpy.float3
     """
     Adapter logits for one row (dim,) -> (nt,) or a batch (n, dim) -> (n, nt).
     """
-def bandit_features(P: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], x: typing.Annotated[numpy.typing.ArrayLike, numpy.float32]) -> numpy.typing.NDArray[numpy.float64]:
+def bandit_features(P: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], x: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], squares: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.typing.NDArray[numpy.float64]:
     """
-    phi = [P x_hat; 1] with x_hat = x rescaled to unit RMS.
+    phi = [P x_hat; ((P x_hat)_i^2 - 1) / sqrt(2) for i < squares; 1] with x_hat = x rescaled to unit RMS.
     """
 def bandit_projection(seed: typing.SupportsInt | typing.SupportsIndex, dim: typing.SupportsInt | typing.SupportsIndex, in_dim: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float32]:
     """

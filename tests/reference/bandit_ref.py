@@ -1,7 +1,7 @@
 """NumPy reference of the router's contextual bandit (``cpp/router.h``, namespace ``bandit``; tests only).
 
 Written from the formulas in ``workers/cores/bandit.py``: the projection from
-mulberry32 + Box-Muller, the features ``[P x_hat; 1]``, the LinUCB score and the
+mulberry32 + Box-Muller, the features ``[P x_hat; squares; 1]``, the LinUCB score and the
 Sherman-Morrison update with forgetting, in float64 after the float32 projection.
 """
 from __future__ import annotations
@@ -22,10 +22,12 @@ def projection(seed: int, dim: int, in_dim: int) -> np.ndarray:
     return np.array([randn(rng) * s for _ in range(dim * in_dim)], np.float32).reshape(dim, in_dim)
 
 
-def features(P: np.ndarray, x: np.ndarray) -> np.ndarray:
+def features(P: np.ndarray, x: np.ndarray, squares: int = 0) -> np.ndarray:
+    """[z; (z_i^2 - 1) / sqrt(2) for i < squares; 1] with z = P x_hat."""
     n2 = float(np.dot(x.astype(np.float64), x.astype(np.float64)))
     s = math.sqrt(P.shape[1] / n2) if n2 > 0 else 0.0
-    return np.append(s * (P.astype(np.float64) @ x.astype(np.float64)), 1.0)
+    z = s * (P.astype(np.float64) @ x.astype(np.float64))
+    return np.concatenate([z, (z[:squares] ** 2 - 1.0) * math.sqrt(0.5), [1.0]])
 
 
 def choose(Ainv: np.ndarray, theta: np.ndarray, cost: np.ndarray | None, phi: np.ndarray, alpha: float,

@@ -28,12 +28,19 @@ def test_projection_and_features_match_the_reference() -> None:
     P = K.bandit_projection(0xC0A5, 8, DIM)
     np.testing.assert_array_equal(P, bref.projection(0xC0A5, 8, DIM))
     for x in _xs(20):
-        np.testing.assert_allclose(K.bandit_features(P, x), bref.features(P, x), rtol=1e-5, atol=1e-6)
+        for squares in (0, 3, 8):
+            np.testing.assert_allclose(K.bandit_features(P, x, squares), bref.features(P, x, squares), rtol=1e-5,
+                                       atol=1e-6)
     assert K.bandit_features(P, np.zeros(DIM, np.float32)).tolist() == [0.0] * 8 + [1.0]
+    assert K.bandit_features(P, np.zeros(DIM, np.float32), 2).tolist() == [0.0] * 8 + [-0.5 ** 0.5] * 2 + [1.0]
+    with pytest.raises(RuntimeError, match="squares must be 0..dim"):
+        K.bandit_features(P, _xs(1)[0], 9)
 
 
-def test_updates_and_choices_match_the_reference() -> None:
-    st = BanditState(3, DIM, dim=8, gamma=0.97)
+@pytest.mark.parametrize("squares", [0, 5])
+def test_updates_and_choices_match_the_reference(squares: int) -> None:
+    st = BanditState(3, DIM, dim=8, gamma=0.97, squares=squares)
+    assert st.Ainv.shape == (3, 9 + squares, 9 + squares)
     X = _xs(60, 1)
     rng = np.random.default_rng(2)
     arms, q = rng.integers(0, 3, 60), rng.random(60)
@@ -41,7 +48,7 @@ def test_updates_and_choices_match_the_reference() -> None:
     b = st.b.copy()
     preds = []
     for i in range(60):
-        phi = bref.features(st.P, X[i])
+        phi = bref.features(st.P, X[i], st.squares)
         k = arms[i]
         Ainv[k], b[k], pred = bref.update(Ainv[k], b[k], phi, q[i], 0.97)
         preds.append(pred)
@@ -52,15 +59,16 @@ def test_updates_and_choices_match_the_reference() -> None:
     assert np.array_equal(st.Ainv, st.Ainv.transpose(0, 2, 1))  # exactly symmetric
     cost = np.array([0.1, 0.0, 0.3])
     for x in _xs(30, 3):
-        phi = bref.features(st.P, x)
+        phi = bref.features(st.P, x, st.squares)
         for lam in (0.0, 2.0):
             best, greedy, tied, _m, _w = K.bandit_route(st.P, st.Ainv, st.theta, cost, x, 0.5, lam)
             assert (best, greedy, tied) == bref.choose(st.Ainv, st.theta, cost, phi, 0.5, lam)
 
 
-def test_the_fused_route_kernel_matches_both_references() -> None:
+@pytest.mark.parametrize("squares", [0, 8])
+def test_the_fused_route_kernel_matches_both_references(squares: int) -> None:
     """router_route_learned = the FastGRNN decision (NumPy reference) + the bandit's choice (NumPy reference)."""
-    st = BanditState(3, DIM, dim=8, gamma=0.97)
+    st = BanditState(3, DIM, dim=8, gamma=0.97, squares=squares)
     X = _xs(80, 15)
     rng = np.random.default_rng(3)
     K.bandit_update_batch(st.P, st.Ainv, st.b, st.theta, rng.integers(0, 3, 50), X[:50], rng.random(50), 0.97)
@@ -74,7 +82,7 @@ def test_the_fused_route_kernel_matches_both_references() -> None:
             d = ref.decide(w, x, adapter=ad)
             assert got[:2] == (d[0], d[2])
             np.testing.assert_allclose(got[2:5], d[3:6], rtol=1e-5, atol=1e-6)
-            assert got[5:] == bref.choose(st.Ainv, st.theta, c, bref.features(st.P, x), 0.4, lam)
+            assert got[5:] == bref.choose(st.Ainv, st.theta, c, bref.features(st.P, x, st.squares), 0.4, lam)
     with pytest.raises(RuntimeError, match="n_targets rows"):
         K.router_route_learned(params, X[0], 3, False, None, st.P, st.Ainv[:2], st.theta[:2], None, 0.4, 0.0)
     with pytest.raises(RuntimeError, match="in_dim"):
@@ -225,7 +233,7 @@ def test_a_uniform_regression_is_found_fast_and_moves_the_intercept() -> None:
     probe = X[1500:1600][X[1500:1600, 0] > 0]      # where 'large' wins
 
     def predicted() -> float:
-        return float(np.mean([b.theta[2] @ K.bandit_features(b.P, x) for x in probe]))
+        return float(np.mean([b.theta[2] @ K.bandit_features(b.P, x, b.squares) for x in probe]))
 
     before = predicted()
     Q2 = Q.copy()
@@ -283,7 +291,11 @@ def test_cost_fields_are_validated() -> None:
                       ({"cost_weight": True}, "cost_weight must be a finite number >= 0"),
                       ({"bandit": {"dim": 0}}, "bandit.dim must be an integer 1..256"),
                       ({"bandit": {"gamma": 0.1}}, "bandit.gamma out of range (0.5..1)"),
-                      ({"bandit": {"beta": 1}}, "bandit must be an object with dim, alpha, gamma, projection")]:
+                      ({"bandit": {"beta": 1}}, "bandit must be an object with dim, alpha, gamma, projection, squares"),
+                      ({"bandit": {"squares": -1}}, "bandit.squares must be an integer 0..256 (at most dim are used)"),
+                      ({"bandit": {"squares": 1.5}}, "bandit.squares must be an integer 0..256 (at most dim are used)"),
+                      ({"bandit": {"squares": True}}, "bandit.squares must be an integer 0..256 (at most dim are used)"),
+                      ({"bandit": {"squares": 257}}, "bandit.squares must be an integer 0..256 (at most dim are used)")]:
         out = s.dispatch({"verb": "init_router", "body": {"targets": TARGETS, **init}})
         assert out == {"ok": False, "verb": "init_router", "error": err}
     out = s.dispatch({"verb": "record_outcome", "body": {"target": "small", "quality": 0.5, "cost": 0.1,
@@ -323,16 +335,19 @@ def test_bandit_state_stays_bounded_for_many_targets() -> None:
 
 
 # ------------------------------------------------------------------ fitted projection
-def test_features_as_given_and_their_updates_match_the_reference() -> None:
-    """normalize=False (the refit's replay of kept, pre-projected queries): phi = [P x; 1], no rescaling."""
+@pytest.mark.parametrize("squares", [0, 3])
+def test_features_as_given_and_their_updates_match_the_reference(squares: int) -> None:
+    """normalize=False (the refit's replay of kept, pre-projected queries): phi = [P x; squares; 1], no
+    rescaling."""
     P = K.bandit_projection(3, 8, DIM)
-    st = BanditState(3, DIM, dim=8, gamma=0.97, projection="random")
+    st = BanditState(3, DIM, dim=8, gamma=0.97, projection="random", squares=squares)
     X = _xs(40, 21) * 3.0  # far from unit RMS: a rescaling would show
     rng = np.random.default_rng(22)
     arms, q = rng.integers(0, 3, 40), rng.random(40)
     Ainv, b, preds = st.Ainv.copy(), st.b.copy(), []
     for i in range(40):
-        phi = np.append(P.astype(np.float64) @ X[i].astype(np.float64), 1.0)
+        z = P.astype(np.float64) @ X[i].astype(np.float64)
+        phi = np.concatenate([z, (z[:st.squares] ** 2 - 1.0) * np.sqrt(0.5), [1.0]])
         Ainv[arms[i]], b[arms[i]], pred = bref.update(Ainv[arms[i]], b[arms[i]], phi, q[i], 0.97)
         preds.append(pred)
     got = K.bandit_update_batch(P, st.Ainv, st.b, st.theta, arms, X, q, 0.97, normalize=False)
@@ -453,14 +468,14 @@ def test_small_queries_keep_the_random_projection_and_bad_states_are_refused() -
 def test_other_targets_forget_too_up_to_the_prior_and_match_the_reference() -> None:
     """idle_gamma: after each row every other target's Ainv grows by 1/idle and b shrinks by idle (theta
     unchanged) while trace(Ainv) stays within the cap; the pulled target updates as before."""
-    st = BanditState(3, DIM, dim=8, gamma=0.97, projection="random")
+    st = BanditState(3, DIM, dim=8, gamma=0.97, projection="random", squares=4)
     X = _xs(30, 40)
     rng = np.random.default_rng(41)
     arms, q = rng.integers(0, 3, 30), rng.random(30)
-    Ainv, b, cap = st.Ainv.copy(), st.b.copy(), 9.0
+    Ainv, b, cap = st.Ainv.copy(), st.b.copy(), float(st.d1)  # the prior's trace
     for i in range(30):
         k = arms[i]
-        Ainv[k], b[k], _ = bref.update(Ainv[k], b[k], bref.features(st.P, X[i]), q[i], 0.97)
+        Ainv[k], b[k], _ = bref.update(Ainv[k], b[k], bref.features(st.P, X[i], st.squares), q[i], 0.97)
         for j in range(3):
             if j != k and np.trace(Ainv[j]) / 0.9 <= cap:
                 Ainv[j], b[j] = Ainv[j] / 0.9, b[j] * 0.9
@@ -481,13 +496,13 @@ def test_a_target_left_unchosen_regains_its_uncertainty() -> None:
     st = BanditState(3, DIM, dim=8, projection="random")
     X = _xs(3000, 42)
     st.learn(np.zeros(200, np.int64), X[:200], np.full(200, 0.2))
-    width_before = float(bref.features(st.P, X[0]) @ st.Ainv[0] @ bref.features(st.P, X[0]))
+    width_before = float(bref.features(st.P, X[0], st.squares) @ st.Ainv[0] @ bref.features(st.P, X[0], st.squares))
     st.learn(np.ones(2800, np.int64), X[200:], np.full(2800, 0.5))
-    width_after = float(bref.features(st.P, X[0]) @ st.Ainv[0] @ bref.features(st.P, X[0]))
+    width_after = float(bref.features(st.P, X[0], st.squares) @ st.Ainv[0] @ bref.features(st.P, X[0], st.squares))
     # 2,800 outcomes of the others at 0.9998 each: 0.9998^-2800 = 1.75 (still under the prior's trace)
     assert width_after / width_before == pytest.approx(0.9998 ** -2800, rel=1e-6)
-    assert np.trace(st.Ainv[0]) <= 9.0 + 1e-9 and st.drifts == 0
-    np.testing.assert_allclose(st.theta[0] @ bref.features(st.P, X[0]), 0.2, atol=0.05)  # its estimate stays
+    assert np.trace(st.Ainv[0]) <= st.d1 + 1e-9 and st.drifts == 0
+    np.testing.assert_allclose(st.theta[0] @ bref.features(st.P, X[0], st.squares), 0.2, atol=0.05)  # its estimate stays
 
 
 def test_queries_kept_as_given_fit_what_a_sketch_of_them_blurs() -> None:
@@ -524,29 +539,59 @@ def test_degenerate_kept_queries_are_not_fitted_and_the_fit_is_tried_again() -> 
 @pytest.mark.parametrize("learned", [FIT_AFTER - 5, FIT_AFTER + 5])
 def test_a_state_written_before_the_sketch_field_reads_as_a_128_feature_sketch(learned: int) -> None:
     """Version-2 states without ``"sketch"`` kept their queries as 128 random features (kept rows
-    before the fit, ``W`` of dim x 128 after it): they read so, and route as they did."""
+    before the fit, ``W`` of dim x 128 after it), and without ``"squares"`` had no squared features:
+    they read so, and route as they did."""
     from workers.state.framing import pack_part, unpack_part
 
     X, Q = _clustered(learned, 32, in_dim=384)
     arms = np.arange(learned) % 3
-    old = BanditState(3, 384, dim=16, sketch=128)
+    old = BanditState(3, 384, dim=16, sketch=128, squares=0)
     old.learn(arms, X, Q[np.arange(learned), arms])
     data = old.to_bytes()
     header, pos = unpack_part(data, b"LSB", 2, "router bandit")
-    assert header.pop("sketch") == 128
+    assert header.pop("sketch") == 128 and header.pop("squares") == 0
     written_before = pack_part(b"LSB", 2, header, data[pos:])
     back = BanditState.from_bytes(written_before)
-    assert back.sketch == 128 and back.to_bytes() == data and np.array_equal(back.P, old.P)
+    assert back.sketch == 128 and back.squares == 0 and back.to_bytes() == data and np.array_equal(back.P, old.P)
+    x = X[0]
+    assert K.bandit_route(back.P, back.Ainv, back.theta, None, x, 0.15, 0.0) == \
+        K.bandit_route(old.P, old.Ainv, old.theta, None, x, 0.15, 0.0)
     new = BanditState(3, 384, dim=16)
-    assert new.sketch == 0 and new.kept_width == 384
+    assert new.sketch == 0 and new.kept_width == 384 and new.squares == 0 and new.Ainv.shape == (3, 17, 17)
 
 
-@pytest.mark.parametrize("sketch", [-1, 257, 500, 1.5, "raw", None])
-def test_a_bad_sketch_field_is_corrupt(sketch: object) -> None:
+@pytest.mark.parametrize(("field", "value"), [("sketch", -1), ("sketch", 257), ("sketch", 500), ("sketch", 1.5),
+                                              ("sketch", "raw"), ("sketch", None), ("squares", -1), ("squares", 17),
+                                              ("squares", 8), ("squares", 2.0), ("squares", None)])
+def test_a_bad_sketch_or_squares_field_is_corrupt(field: str, value: object) -> None:
+    """Out of range, not an int, or not the state's own (8 squares: Ainv's width says none)."""
     from workers.state.framing import pack_part, unpack_part
 
     data = BanditState(3, 384, dim=16).to_bytes()
     header, pos = unpack_part(data, b"LSB", 2, "router bandit")
-    header["sketch"] = sketch
-    with pytest.raises(CorruptStateError, match="header is malformed"):
+    header[field] = value
+    with pytest.raises(CorruptStateError, match="header is malformed|does not match its header"):
         BanditState.from_bytes(pack_part(b"LSB", 2, header, data[pos:]))
+
+
+def test_squared_features_fit_a_quality_that_peaks_in_the_middle_and_round_trip() -> None:
+    """A target good only at middling values along a direction (quality 0.9 - 0.6 z^2) and one flat at 0.5:
+    with squared features the greedy choice follows the peak; without them the linear model cannot
+    (it can only tilt). ``init_router {bandit: {squares}}`` sets them; they survive a round trip."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((1500, DIM)).astype(np.float32)
+    right = {}
+    for squares in (0, 4):
+        st = BanditState(2, DIM, dim=4, squares=squares, projection="random")
+        Z = np.stack([K.bandit_features(st.P, x)[:4] for x in X])
+        Q = np.stack([0.9 - 0.6 * Z[:, 0] ** 2, np.full(len(X), 0.5)], 1)
+        arms = rng.integers(0, 2, 1200)
+        st.learn(arms, X[:1200], Q[np.arange(1200), arms] + rng.normal(0, 0.05, 1200))
+        picks = [K.bandit_route(st.P, st.Ainv, st.theta, None, x, 0.0, 0.0)[1] for x in X[1200:]]
+        right[squares] = float(np.mean(np.array(picks) == Q[1200:].argmax(1)))
+        back = BanditState.from_bytes(st.to_bytes())
+        assert back.squares == squares and back.to_bytes() == st.to_bytes()
+    assert right[4] > 0.9 and right[4] > right[0] + 0.15, right
+    s = LearnSession()
+    out = s.dispatch({"verb": "init_router", "body": {"targets": TARGETS, "in_dim": DIM, "bandit": {"squares": 6}}})
+    assert out["ok"] and out["data"]["bandit"]["squares"] == 6

@@ -70,6 +70,12 @@ PART = "router_bandit"
 # 32 projected features: the 384-d queries of bench router keep their regions and
 # in-region directions apart, and a route costs ~33^2 per target.
 _DEFAULT_DIM = 32
+# Squared features of the first `squares` projected ones (the top principal directions once fitted;
+# init_router {bandit: {squares}}): a model whose quality rises and falls along a direction is linear
+# in them. Off by default: 16 of them cut bench router's regret (300 -> 264) but re-learn more slowly
+# after a drift, with more to re-estimate (recovery 534 -> 600; 4 regions at spread 1.5, seed 2: 1,132
+# requests against 200), and cost more in 16-region worlds (bench/README, twenty-fifth session).
+_DEFAULT_SQUARES = 0
 _DEFAULT_ALPHA = 0.15         # width of the confidence bonus, in quality units per unit width
 _DEFAULT_GAMMA = 0.998        # forgetting per outcome of a target: a memory of ~500 of its outcomes
 _RIDGE = 1.0                  # prior precision: Ainv starts at I / ridge
@@ -109,11 +115,18 @@ _MAGIC = b"LSB"
 _VERSION = 2                  # 2: projection, its fitted W or the kept queries; 1 (random projection) still reads
 
 
-def bandit_dim(n_targets: int, dim: int = _DEFAULT_DIM) -> int:
-    """The feature width for ``n_targets``: ``dim``, shrunk so the state fits MAX_STATE_BYTES."""
+def bandit_dim(n_targets: int, dim: int = _DEFAULT_DIM, squares: int = 0) -> int:
+    """The projected width for ``n_targets``: ``dim``, shrunk so the state fits MAX_STATE_BYTES
+    (per target ``d1 x d1 + 2 d1`` doubles, ``d1 = dim + min(squares, dim) + 1``)."""
     per_target = MAX_STATE_BYTES // (8 * max(n_targets, 1))
-    fit = int(math.isqrt(max(per_target - 2 * (dim + 1), 1))) - 1
-    return max(1, min(dim, fit))
+    if not squares:  # the sizing of states without squared features, unchanged (a stored dim must read back)
+        return max(1, min(dim, int(math.isqrt(max(per_target - 2 * (dim + 1), 1))) - 1))
+    while dim > 1:
+        d1 = dim + min(squares, dim) + 1
+        if d1 * d1 + 2 * d1 <= per_target:
+            break
+        dim -= 1
+    return max(1, dim)
 
 
 class BanditState:
@@ -137,18 +150,21 @@ class BanditState:
         than ``dim`` once pre-projected, has nothing to fit: ``"random"``.
     """
 
-    __slots__ = ("n_targets", "in_dim", "dim", "alpha", "gamma", "seed", "projection", "sketch", "P", "W", "kept",
+    __slots__ = ("n_targets", "in_dim", "dim", "squares", "alpha", "gamma", "seed", "projection", "sketch", "P", "W",
+                 "kept",
                  "Ainv", "b", "theta", "pulls", "cost", "cost_seen", "res_mean", "res_var", "res_base", "res_n",
                  "boost_left", "drifts")
 
     def __init__(self, n_targets: int, in_dim: int, dim: int | None = None, alpha: float | None = None,
                  gamma: float | None = None, seed: int = 0xC0A5, projection: str | None = None, *,
-                 seeded: bool = True, sketch: int | None = None) -> None:
+                 seeded: bool = True, sketch: int | None = None, squares: int | None = None) -> None:
         """``seeded`` False leaves ``P`` for the caller to set (a decoded fitted state: ``W R``);
         ``sketch`` the kept queries' width when sketched, 0 when kept as given (None: by ``in_dim``)."""
         self.n_targets = int(n_targets)
         self.in_dim = int(in_dim)
-        self.dim = bandit_dim(self.n_targets, _DEFAULT_DIM if dim is None else int(dim))
+        want = _DEFAULT_SQUARES if squares is None else int(squares)
+        self.dim = bandit_dim(self.n_targets, _DEFAULT_DIM if dim is None else int(dim), want)
+        self.squares = min(want, self.dim)
         self.alpha = _DEFAULT_ALPHA if alpha is None else float(alpha)
         self.gamma = _DEFAULT_GAMMA if gamma is None else float(gamma)
         self.seed = int(seed)
@@ -157,7 +173,7 @@ class BanditState:
             raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}")
         self.sketch = _default_sketch(self.in_dim) if sketch is None else int(sketch)
         self.projection = projection if self.kept_width > self.dim else "random"
-        d1 = self.dim + 1
+        d1 = self.d1
         self.P = _k.bandit_projection(self.seed, self.dim, self.in_dim) if seeded else None
         self.W: np.ndarray | None = None  # pca, fitted: dim x kept_width (P = W, or W R when sketched)
         # pca, not fitted yet: the outcomes learned so far, their queries pre-projected (FIT_AFTER rows)
@@ -176,6 +192,11 @@ class BanditState:
         self.res_n = np.zeros(self.n_targets, np.int64)
         self.boost_left = 0
         self.drifts = 0
+
+    @property
+    def d1(self) -> int:
+        """Features per query: the projected ones, their squares, the intercept."""
+        return self.dim + self.squares + 1
 
     @property
     def kept_width(self) -> int:
@@ -240,8 +261,7 @@ class BanditState:
         lam = np.maximum(lam, 0.0) + _WHITEN_FLOOR * max(float(lam.mean()), 1e-12)
         self.W = np.ascontiguousarray((V / np.sqrt(lam)).T, np.float32)
         self.P = _fitted_projection(self.W, self.seed, self.in_dim, self.sketch)
-        d1 = self.dim + 1
-        self.Ainv[:] = np.eye(d1) / _RIDGE
+        self.Ainv[:] = np.eye(self.d1) / _RIDGE
         self.b[:] = 0.0
         self.theta[:] = 0.0
         # the residual tests start again: their long-run level was that of the old features
@@ -249,7 +269,7 @@ class BanditState:
         self.res_n[:] = 0
         _k.bandit_update_batch(self.W, self.Ainv, self.b, self.theta, np.ascontiguousarray(kept["arm"]),
                                np.ascontiguousarray(kept["z"]), np.ascontiguousarray(kept["q"]), self.gamma,
-                               normalize=not self.sketch, idle_gamma=_IDLE_GAMMA, idle_cap=(self.dim + 1) / _RIDGE)
+                               normalize=not self.sketch, idle_gamma=_IDLE_GAMMA, idle_cap=self.d1 / _RIDGE)
 
     def _learn(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray, costs: np.ndarray | None) -> int:
         alarms = 0
@@ -287,7 +307,7 @@ class BanditState:
 
     def _update(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray) -> np.ndarray:
         return _k.bandit_update_batch(self.P, self.Ainv, self.b, self.theta, arms, X, quality, self.gamma,
-                                      idle_gamma=_IDLE_GAMMA, idle_cap=(self.dim + 1) / _RIDGE)
+                                      idle_gamma=_IDLE_GAMMA, idle_cap=self.d1 / _RIDGE)
 
     def _residual_alarm(self, k: int, e: float) -> tuple[bool, float]:
         """Fold target k's residual into its tests: (alarm, the quality shift when the mean moved, else 0)."""
@@ -336,7 +356,8 @@ class BanditState:
     def to_bytes(self) -> bytes:
         header = {"n_targets": self.n_targets, "in_dim": self.in_dim, "dim": self.dim, "alpha": self.alpha,
                   "gamma": self.gamma, "seed": self.seed, "boost_left": self.boost_left, "drifts": self.drifts,
-                  "projection": self.projection, "fitted": self.W is not None, "sketch": self.sketch}
+                  "projection": self.projection, "fitted": self.W is not None, "sketch": self.sketch,
+                  "squares": self.squares}
         # last: the kept outcomes, which only grow (a save appends a row, the pieces before it keep their bytes)
         tail = (self.W.astype("<f4", copy=False).tobytes() if self.W is not None
                 else self.kept.tobytes() if self.kept is not None else b"")
@@ -358,15 +379,19 @@ class BanditState:
             sketch = h.get("sketch", min(_OLD_SKETCH_DIM, int(h["in_dim"])))
             if type(sketch) is not int or not (sketch == 0 or 0 < sketch <= min(_k.BANDIT_MAX_DIM, int(h["in_dim"]))):
                 raise ValueError("sketch")
+            squares = h.get("squares", 0)  # written before the field: none
+            if type(squares) is not int or not 0 <= squares <= int(h["dim"]):
+                raise ValueError("squares")
             # a fitted state's P is W (R), set below: the seeded one would be drawn only to be replaced
             st = cls(h["n_targets"], h["in_dim"], dim=h["dim"], alpha=h["alpha"], gamma=h["gamma"], seed=h["seed"],
-                     projection=projection, seeded=not fitted, sketch=sketch)
+                     projection=projection, seeded=not fitted, sketch=sketch, squares=squares)
             boost, drifts = int(h["boost_left"]), int(h["drifts"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CorruptStateError(f"router bandit header is malformed ({exc})") from None
-        if st.dim != h["dim"] or st.projection != projection or (fitted and projection != "pca"):
+        if (st.dim != h["dim"] or st.squares != squares or st.projection != projection
+                or (fitted and projection != "pca")):
             raise CorruptStateError("router bandit header is malformed (dim or projection)")
-        nt, d1 = st.n_targets, st.dim + 1
+        nt, d1 = st.n_targets, st.d1
         need = pos + 8 * (nt * d1 * d1 + 2 * nt * d1 + 4 * nt) + 16 * nt + nt
         m = st.kept_width
         if fitted:
@@ -420,7 +445,7 @@ class BanditState:
                 f"drifts={self.drifts})")
 
     def info(self) -> dict[str, Any]:
-        return {"dim": self.dim, "alpha": self.alpha, "gamma": self.gamma, "drifts": self.drifts,
+        return {"dim": self.dim, "squares": self.squares, "alpha": self.alpha, "gamma": self.gamma, "drifts": self.drifts,
                 "boost_left": self.boost_left, "projection": self.projection,
                 "fitted": self.W is not None if self.projection == "pca" else None,
                 "kept": len(self.kept) if self.kept is not None else 0}

@@ -141,22 +141,25 @@ def _cost(v: Any) -> float | None:
 
 
 def _bandit_options(v: Any) -> dict:
-    """``init_router``'s ``bandit: {dim?, alpha?, gamma?, projection?}``, checked."""
+    """``init_router``'s ``bandit: {dim?, alpha?, gamma?, projection?, squares?}``, checked."""
     if v is None:
         return {}
-    if not isinstance(v, dict) or set(v) - {"dim", "alpha", "gamma", "projection"}:
-        raise ValueError("bandit must be an object with dim, alpha, gamma, projection")
+    if not isinstance(v, dict) or set(v) - {"dim", "alpha", "gamma", "projection", "squares"}:
+        raise ValueError("bandit must be an object with dim, alpha, gamma, projection, squares")
     projection = v.get("projection")
     if projection is not None and projection not in PROJECTIONS:
         raise ValueError(f"bandit.projection must be one of {', '.join(PROJECTIONS)}")
     dim, alpha, gamma = v.get("dim"), v.get("alpha"), v.get("gamma")
     if dim is not None and (not _is_int(dim) or not 1 <= dim <= _k.BANDIT_MAX_DIM):
         raise ValueError(f"bandit.dim must be an integer 1..{_k.BANDIT_MAX_DIM}")
+    squares = v.get("squares")
+    if squares is not None and (not _is_int(squares) or not 0 <= squares <= _k.BANDIT_MAX_DIM):
+        raise ValueError(f"bandit.squares must be an integer 0..{_k.BANDIT_MAX_DIM} (at most dim are used)")
     for name, val, ok in (("alpha", alpha, lambda a: 0.0 <= a <= 100.0), ("gamma", gamma, lambda g: 0.5 <= g <= 1.0)):
         if val is not None and (isinstance(val, bool) or not isinstance(val, (int, float)) or not ok(val)):
             raise ValueError(f"bandit.{name} out of range" + (" (0..100)" if name == "alpha" else " (0.5..1)"))
-    return {k: val for k, val in (("dim", dim), ("alpha", alpha), ("gamma", gamma), ("projection", projection))
-            if val is not None}
+    return {k: val for k, val in (("dim", dim), ("alpha", alpha), ("gamma", gamma), ("projection", projection),
+                                  ("squares", squares)) if val is not None}
 
 
 def _tokens(v: Any) -> int:
@@ -562,7 +565,9 @@ def _instant_logits(ctx: VerbContext, st: RouterState, x: np.ndarray) -> np.ndar
         "dim": {"type": "integer", "minimum": 1, "maximum": _k.BANDIT_MAX_DIM},
         "alpha": {"type": "number", "minimum": 0, "maximum": 100},
         "gamma": {"type": "number", "minimum": 0.5, "maximum": 1},
-        "projection": {"enum": list(PROJECTIONS)}}}))
+        "projection": {"enum": list(PROJECTIONS)},
+        "squares": {"type": "integer", "minimum": 0, "maximum": _k.BANDIT_MAX_DIM,
+                    "description": "squared features of the first n projected ones (default 0)"}}}))
 def _init_router(ctx: VerbContext, body: dict) -> dict:
     """``{targets, in_dim?, trained?, epsilon?, threshold?, seed?, with_adapter?, normalize?, baseline?,
     mode?, cost_weight?, bandit?}`` -> the settings."""
