@@ -355,15 +355,10 @@ class WalStore(rocksdb.Store):
         # are point gets now, which bloom filters answer in any number of sorted runs)
         opts.set_compaction_style(rocksdict.DBCompactionStyle.universal())
         table = rocksdict.BlockBasedOptions()
-        import os as _os
-        _bits = float(_os.environ.get("LS_EXP_BLOOM", "0") or 0)
-        if _bits:
-            table.set_bloom_filter(_bits, block_based=False)
-        else:
-            table.set_bloom_filter(o.bloom_filter_size, block_based=True)
+        table.set_bloom_filter(o.bloom_filter_size, block_based=True)
         table.set_block_cache(mem.cache)
         table.set_cache_index_and_filter_blocks(True)  # index and filters count against the cache too
-        table.set_block_size(int(_os.environ.get("LS_EXP_BLOCK", "0") or 0) or BLOCK_BYTES)
+        table.set_block_size(BLOCK_BYTES)
         table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
         opts.set_block_based_table_factory(table)
         # faust 0.15.3: Store.partition_path, where faust keeps a partition's database
