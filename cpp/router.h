@@ -236,9 +236,10 @@ inline void train_step(float* p, const Layout& L, const float* x, bool normalize
 // Per target k, a ridge regression of the outcome quality on features phi of the
 // query, with exponential forgetting, kept as the inverse design matrix
 // Ainv_k = (gamma A_k + phi phi^T)^-1 (Sherman-Morrison, O(d^2) per outcome) and
-// theta_k = Ainv_k b_k. phi = [P x_hat; 1]: x rescaled to unit RMS, then a dense
-// Gaussian projection P (dim x in_dim, regenerated from the seed like V and U), so
-// the state per target is (dim+1)^2, independent of in_dim. The covariance is kept
+// theta_k = Ainv_k b_k. phi = [P x_hat; squares; 1]: x rescaled to unit RMS, then a dense
+// projection P (dim x in_dim: Gaussian, regenerated from the seed like V and U, or fitted by
+// workers/cores/bandit.py), optionally the squares of its first nsq features, so the state per
+// target is d1^2 (d1 = dim + nsq + 1), independent of in_dim. The covariance is kept
 // in double: rank-1 downdates in float32 lost positive definiteness after a few
 // thousand forgetting steps.
 namespace bandit {
@@ -295,7 +296,7 @@ inline void features_as_given(const float* P, std::size_t dim, std::size_t in_di
     squares_and_intercept(phi, dim, nsq);
 }
 
-// mean = theta . phi and width = sqrt(phi^T Ainv phi) of one target (d1 = dim + 1).
+// mean = theta . phi and width = sqrt(phi^T Ainv phi) of one target (d1 = dim + squares + 1).
 // Four partial sums per row: one dependent add chain per row made the (dim+1)^2 loop
 // latency-bound (about 1.5 us per target at dim 32).
 inline double ddot(const double* a, const double* b, std::size_t n) {

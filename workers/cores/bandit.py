@@ -33,7 +33,8 @@ the queries differ (their topics and what moves within them), so the same ``dim`
 carry much more of what decides a model's quality. After the fit the projection stays fixed
 (``W`` is stored; ``R`` and ``P`` are rebuilt from the seed): a router whose queries move to
 topics it never saw keeps routing on the directions it fitted. States written before the
-``"sketch"`` header field kept 128 random features at every width and read so. ``projection: "random"`` is the projection of state version 1.
+``"sketch"`` header field kept 128 random features at every width and read so.
+``projection: "random"`` is the projection of state version 1.
 
 **Drift.** Each outcome's residual (quality minus the prediction before learning
 it) feeds two per-target tests: the residuals' recent mean is far from 0 (an EMA
@@ -86,7 +87,9 @@ MAX_STATE_BYTES = 1 << 20     # Ainv + b + theta of all targets (a changelog mes
 # Drift test on the residuals of one target: EMA rate, minimum outcomes, z threshold.
 _RES_RATE = 0.05
 _RES_MIN = 30
-_RES_Z = 5.0                  # 6 until 2026-12-05: recovery on issue 14's loose-cluster world 1,089 -> 860 requests, no alarm before its drift
+# 6 until 2026-12-05; at 5, recovery on issue 14's loose-cluster trial world went 1,089 -> 860 requests,
+# still with no alarm before its drift (10 runs)
+_RES_Z = 5.0
 _RES_FLOOR = 1e-4             # the long-run mean square the mean test assumes at least (residuals of sd 0.01):
                               # a noise-free stream's 1e-5 residuals are not a drift
 _RES_SLOW = 0.01              # long-run mean square of the residuals: a memory of ~100 outcomes
@@ -150,10 +153,9 @@ class BanditState:
         than ``dim`` once pre-projected, has nothing to fit: ``"random"``.
     """
 
-    __slots__ = ("n_targets", "in_dim", "dim", "squares", "alpha", "gamma", "seed", "projection", "sketch", "P", "W",
-                 "kept",
-                 "Ainv", "b", "theta", "pulls", "cost", "cost_seen", "res_mean", "res_var", "res_base", "res_n",
-                 "boost_left", "drifts")
+    __slots__ = ("n_targets", "in_dim", "dim", "squares", "alpha", "gamma", "seed", "projection", "sketch", "P",
+                 "W", "kept", "Ainv", "b", "theta", "pulls", "cost", "cost_seen", "res_mean", "res_var", "res_base",
+                 "res_n", "boost_left", "drifts")
 
     def __init__(self, n_targets: int, in_dim: int, dim: int | None = None, alpha: float | None = None,
                  gamma: float | None = None, seed: int = 0xC0A5, projection: str | None = None, *,
@@ -445,8 +447,8 @@ class BanditState:
                 f"drifts={self.drifts})")
 
     def info(self) -> dict[str, Any]:
-        return {"dim": self.dim, "squares": self.squares, "alpha": self.alpha, "gamma": self.gamma, "drifts": self.drifts,
-                "boost_left": self.boost_left, "projection": self.projection,
+        return {"dim": self.dim, "squares": self.squares, "alpha": self.alpha, "gamma": self.gamma,
+                "drifts": self.drifts, "boost_left": self.boost_left, "projection": self.projection,
                 "fitted": self.W is not None if self.projection == "pca" else None,
                 "kept": len(self.kept) if self.kept is not None else 0}
 
