@@ -595,3 +595,24 @@ def test_squared_features_fit_a_quality_that_peaks_in_the_middle_and_round_trip(
     s = LearnSession()
     out = s.dispatch({"verb": "init_router", "body": {"targets": TARGETS, "in_dim": DIM, "bandit": {"squares": 6}}})
     assert out["ok"] and out["data"]["bandit"]["squares"] == 6
+
+
+@pytest.mark.parametrize("dim", [16, 210])
+def test_the_fit_finds_the_second_moments_top_directions(dim: int) -> None:
+    """W's rows are the top `dim` eigenvectors of the kept queries' second moment (up to sign), whitened
+    with the floor: from Z's SVD when dim fits within the kept rows, from the full eigendecomposition when
+    it does not (210 features from 200 rows)."""
+    X, Q = _clustered(FIT_AFTER, 50, in_dim=300)
+    arms = np.arange(FIT_AFTER) % 3
+    st = BanditState(3, 300, dim=dim)
+    st.learn(arms, X, Q[np.arange(FIT_AFTER), arms])
+    dim = st.dim  # 210 shrinks to 207 (the state's size limit): still more than the kept rows
+    assert st.W is not None and st.W.shape == (dim, 300) and (dim > FIT_AFTER) == (dim > 16)
+    Z = X.astype(np.float64) * np.sqrt(300) / np.linalg.norm(X, axis=1, keepdims=True)
+    lam, V = np.linalg.eigh(Z.T @ Z / len(Z))
+    lam, V = lam[::-1][:dim], V[:, ::-1][:, :dim]
+    lam = np.maximum(lam, 0.0) + 0.05 * lam.mean()
+    want = (V / np.sqrt(lam)).T
+    top = min(dim, 150)  # directions well apart from the next (the null space's order is arbitrary)
+    signs = np.sign(np.sum(want[:top] * st.W[:top], axis=1))
+    np.testing.assert_allclose(st.W[:top], want[:top] * signs[:, None], rtol=1e-3, atol=1e-4)

@@ -253,13 +253,19 @@ class BanditState:
         if not self.sketch:  # as a route sees them: rescaled to unit RMS
             norms = np.linalg.norm(Z, axis=1, keepdims=True)
             Z = np.divide(Z * math.sqrt(self.in_dim), norms, out=np.zeros_like(Z), where=norms > 0)
-        C = Z.T @ Z / len(Z)
-        if np.trace(C) < 1e-6 * len(C):
+        n, width = Z.shape
+        if float(np.einsum("ij,ij->", Z, Z)) / n < 1e-6 * width:  # trace of the second moment
             # nothing to fit (all-zero queries): keep the current features and try again on the next rows
             self.kept = np.empty(0, kept.dtype)
             return
-        lam, V = np.linalg.eigh(C)                                # ascending
-        lam, V = lam[::-1][:self.dim], V[:, ::-1][:, :self.dim]
+        if self.dim <= min(n, width):
+            # the top directions of Z'Z/n from Z's SVD: O(n^2 width), where eigh of the width x width
+            # second moment took 153 ms at 1,024-d (in the batch that brings the 200th outcome)
+            _, sv, Vt = np.linalg.svd(Z, full_matrices=False)
+            lam, V = sv[:self.dim] ** 2 / n, Vt[:self.dim].T
+        else:  # more features than kept rows: the rest of the basis comes from the full eigendecomposition
+            lam, V = np.linalg.eigh(Z.T @ Z / n)                      # ascending
+            lam, V = lam[::-1][:self.dim], V[:, ::-1][:, :self.dim]
         lam = np.maximum(lam, 0.0) + _WHITEN_FLOOR * max(float(lam.mean()), 1e-12)
         self.W = np.ascontiguousarray((V / np.sqrt(lam)).T, np.float32)
         self.P = _fitted_projection(self.W, self.seed, self.in_dim, self.sketch)
