@@ -367,20 +367,30 @@ def _clustered(n: int, seed: int, in_dim: int = 256, regions: int = 6, spread: f
     return X, Q
 
 
+def _greedy_right(st: BanditState, X: np.ndarray, Q: np.ndarray) -> float:
+    """How often the state's greedy choice (no width, no cost) is the best target of each query."""
+    picks = [K.bandit_route(st.P, st.Ainv, st.theta, None, x, 0.0, 0.0)[1] for x in X]
+    return float(np.mean(np.array(picks) == Q.argmax(1)))
+
+
+def _loose_outcomes(n: int, learned: int = 600) -> tuple:
+    """``_clustered`` queries and, for the first ``learned``, uniform random targets and noisy outcomes."""
+    X, Q = _clustered(n, 30)
+    rng = np.random.default_rng(31)
+    arms = rng.integers(0, 3, learned)
+    return X, Q, arms, np.clip(Q[np.arange(learned), arms] + rng.normal(0, 0.1, learned), 0, 1)
+
+
 def test_the_fitted_projection_finds_the_topics_a_random_one_blurs() -> None:
     """The same outcomes (uniform random targets) learned with either projection; the fitted one's greedy
     choice is right far more often on fresh queries of loose clusters."""
-    X, Q = _clustered(700, 30)
-    rng = np.random.default_rng(31)
-    arms = rng.integers(0, 3, 600)
-    outcomes = np.clip(Q[np.arange(600), arms] + rng.normal(0, 0.1, 600), 0, 1)
+    X, Q, arms, outcomes = _loose_outcomes(700)
     right = {}
     for projection in ("pca", "random"):
         st = BanditState(3, 256, dim=16, projection=projection)
         st.learn(arms, X[:600], outcomes)
         assert (st.W is not None) == (projection == "pca") and st.kept is None
-        picks = [K.bandit_route(st.P, st.Ainv, st.theta, None, x, 0.0, 0.0)[1] for x in X[600:]]
-        right[projection] = float(np.mean(np.array(picks) == Q[600:].argmax(1)))
+        right[projection] = _greedy_right(st, X[600:], Q[600:])
     assert right["pca"] > 0.9 and right["pca"] > right["random"] + 0.15, right  # measured 0.96 against 0.75
 
 
@@ -509,16 +519,12 @@ def test_queries_kept_as_given_fit_what_a_sketch_of_them_blurs() -> None:
     """The fit on the queries themselves (the default up to RAW_KEEP_MAX floats) against the fit on a
     32-feature random sketch of the same 256-d queries: a sketch keeps 32/256 of each topic direction
     against the same noise, and the fitted router's greedy choice suffers for it."""
-    X, Q = _clustered(900, 30)
-    rng = np.random.default_rng(31)
-    arms = rng.integers(0, 3, 600)
-    outcomes = np.clip(Q[np.arange(600), arms] + rng.normal(0, 0.1, 600), 0, 1)
+    X, Q, arms, outcomes = _loose_outcomes(900)
     right = {}
     for sketch in (None, 32):
         st = BanditState(3, 256, dim=16, sketch=sketch)
         st.learn(arms, X[:600], outcomes)
-        picks = [K.bandit_route(st.P, st.Ainv, st.theta, None, x, 0.0, 0.0)[1] for x in X[600:]]
-        right[sketch] = float(np.mean(np.array(picks) == Q[600:].argmax(1)))
+        right[sketch] = _greedy_right(st, X[600:], Q[600:])
     assert right[None] > 0.95 and right[None] > right[32] + 0.15, right  # measured 1.0 against 0.71
 
 
@@ -587,8 +593,7 @@ def test_squared_features_fit_a_quality_that_peaks_in_the_middle_and_round_trip(
         Q = np.stack([0.9 - 0.6 * Z[:, 0] ** 2, np.full(len(X), 0.5)], 1)
         arms = rng.integers(0, 2, 1200)
         st.learn(arms, X[:1200], Q[np.arange(1200), arms] + rng.normal(0, 0.05, 1200))
-        picks = [K.bandit_route(st.P, st.Ainv, st.theta, None, x, 0.0, 0.0)[1] for x in X[1200:]]
-        right[squares] = float(np.mean(np.array(picks) == Q[1200:].argmax(1)))
+        right[squares] = _greedy_right(st, X[1200:], Q[1200:])
         back = BanditState.from_bytes(st.to_bytes())
         assert back.squares == squares and back.to_bytes() == st.to_bytes()
     assert right[4] > 0.9 and right[4] > right[0] + 0.15, right
