@@ -24,8 +24,7 @@ the issue measured — and learnstream's router through the verbs (``route``, th
 ``learned`` mode (LinUCB on a 32-d projection fitted to the first 200 outcomes' queries,
 with forgetting, drift-raised exploration) and in ``mode: reference`` (the seed's FastGRNN head training). Both
 routers are initialised with defaults (the learned mode's lambda is 1 by default; ``cost_weight``
-is set only for another ``--cost-weight``; the learned mode's threshold is 1: the first request uses the rule
-route, then the bandit routes; the reference mode's is 200).
+is set only for another ``--cost-weight``; threshold 200: the first 200 requests use the rule route).
 
 **Latency**: in-process ``route`` for in_dim 384 and 5 targets, p99 over single calls; the
 learned route also at the common embedding widths 1536 and 3072 (``--latency-dims``; the

@@ -75,11 +75,7 @@ PART = "router"  # the part's name in the session's StateBlob
 
 _DEFAULT_SEED = 0xC0A5
 _DEFAULT_IN_DIM = 384          # the instant core's default embedding width
-_DEFAULT_THRESHOLD = 200       # training samples before the learned route takes over (mode "reference")
-# The bandit explores by its confidence widths from its first outcome: a rule warm-up there only sends
-# every query to the first target (and the projection's fit then sees one target's outcomes). One
-# sample, not 0: a fresh router still answers the reference's rule route, as the spec says.
-_DEFAULT_THRESHOLD_LEARNED = 1
+_DEFAULT_THRESHOLD = 200       # training samples before the learned route takes over
 _MAX_THRESHOLD = 2**31 - 1     # a sample count: bounded so it packs as an int64 whatever arrives
 # Exploration rate: the reference mode's epsilon-greedy. The learned mode (LinUCB) explores
 # by its confidence widths and after a drift by a decaying boost, so its default is 0: a
@@ -191,8 +187,7 @@ class RouterState:
         0 in the learned mode, which explores by its confidence widths).
     threshold
         Training samples after which the learned route replaces the rule route
-        (default 1 in the learned mode, where the bandit explores by its confidence widths from its
-        first outcome; 200 in ``mode: "reference"``; 0 = learned from the start).
+        (default 200; 0 = learned from the start).
     seed
         u32 seed of the deterministic init (default 0xC0A5).
     with_adapter
@@ -242,8 +237,7 @@ class RouterState:
             raise ValueError("trained must be a boolean")
         if trained:  # the reference's trained router: the learned path from the first request
             threshold = 0
-        if threshold is None:
-            threshold = _DEFAULT_THRESHOLD_LEARNED if (mode or _LEARNED) == _LEARNED else _DEFAULT_THRESHOLD
+        threshold = _DEFAULT_THRESHOLD if threshold is None else threshold
         if not _is_int(threshold) or not 0 <= threshold <= _MAX_THRESHOLD:
             raise ValueError(f"threshold must be an integer 0..{_MAX_THRESHOLD}")
         mode = _LEARNED if mode is None else mode
@@ -559,9 +553,8 @@ def _instant_logits(ctx: VerbContext, st: RouterState, x: np.ndarray) -> np.ndar
     ("targets",), targets={"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
     in_dim={"type": "integer", "minimum": 1}, epsilon={"type": "number", "minimum": 0, "maximum": 1},
     threshold={"type": "integer", "minimum": 0, "maximum": _MAX_THRESHOLD,
-               "description": "training samples (outcomes with an embedding) before the learned route; until "
-                              "then the rule route (the first target). Default 1 (mode reference: 200); "
-                              "trained: true is 0"},
+               "description": "training samples before the learned route; until then the rule route (the first "
+                              "target). trained: true is 0"},
     seed={"type": "integer"}, with_adapter={"type": "boolean"},
     normalize={"type": "boolean"}, baseline={"type": "string"}, trained={"type": "boolean"},
     mode={"enum": list(MODES)},
