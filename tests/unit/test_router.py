@@ -257,6 +257,31 @@ def test_adapter_is_not_used_by_the_rule_route() -> None:
     assert _route(s, x)["model"] == "small" and _route(s, x)["algo"] == "rule"
 
 
+def test_a_learned_router_with_threshold_1_routes_by_its_bandit_from_its_first_training_sample() -> None:
+    """threshold stays 200 by default (the spec's [beyond] router), but a learned router needs no rule
+    warm-up: with threshold 1 it answers the rule route until one outcome with an embedding, then
+    LinUCB, which tries the targets it has no evidence for. Outcomes without an embedding (the
+    reference's record_outcome) train nothing, so such a router keeps the rule route."""
+    s = LearnSession(rng=random.Random(7))
+    out = s.dispatch({"verb": "init_router", "body": {"targets": TARGETS, "in_dim": 16}})
+    assert out["data"]["mode"] == "learned" and out["data"]["threshold"] == 200, out
+    out = s.dispatch({"verb": "init_router", "body": {"targets": TARGETS, "in_dim": 16, "threshold": 1}})
+    assert out["ok"] and out["data"]["threshold"] == 1, out
+    assert _route(s, _x(0))["algo"] == "rule"
+    for _ in range(5):
+        assert s.dispatch({"verb": "record_outcome", "body": {"target": TARGETS[1], "quality": 0.9}})["ok"]
+    assert _route(s, _x(1)) == {**_route(s, _x(1)), "model": TARGETS[0], "algo": "rule"}
+    seen = []
+    for i in range(3 * len(TARGETS)):
+        x = _x(10 + i)
+        r = _route(s, x)
+        seen.append((r["model"], r["algo"]))
+        assert s.dispatch({"verb": "record_outcome", "body": {"target": r["model"], "quality": 0.5,
+                                                              "embedding": x.tolist()}})["ok"]
+    assert seen[0] == (TARGETS[0], "rule") and {a for _, a in seen[1:]} == {"linucb"}, seen
+    assert {m for m, _ in seen} == set(TARGETS), seen
+
+
 # ------------------------------------------------------------------ outcomes
 def test_record_outcome_moves_the_ema_and_counts() -> None:
     s = _session()
