@@ -553,8 +553,9 @@ def _instant_logits(ctx: VerbContext, st: RouterState, x: np.ndarray) -> np.ndar
     ("targets",), targets={"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
     in_dim={"type": "integer", "minimum": 1}, epsilon={"type": "number", "minimum": 0, "maximum": 1},
     threshold={"type": "integer", "minimum": 0, "maximum": _MAX_THRESHOLD,
-               "description": "training samples before the learned route; until then the rule route (the first "
-                              "target). trained: true is 0"},
+               "description": "training samples (outcomes with an embedding) before the learned route; until "
+                              "then the rule route (the first target). Default 200; in the learned mode 1 "
+                              "lets the bandit explore from its first outcome. trained: true is 0"},
     seed={"type": "integer"}, with_adapter={"type": "boolean"},
     normalize={"type": "boolean"}, baseline={"type": "string"}, trained={"type": "boolean"},
     mode={"enum": list(MODES)},
