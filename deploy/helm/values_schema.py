@@ -163,6 +163,8 @@ class Learnstream:
     replication: Positive
     standbyReplicas: Count
     blockCacheBytes: Annotated[int, Minimum(1 << 20)]
+    memtableBytes: Annotated[int, Minimum(1 << 20)]
+    sessionCacheBytes: Annotated[int, Minimum(0)]
     sessionTimeoutSeconds: Annotated[float, Minimum(1)]
     commitIntervalSeconds: Seconds
     batchMax: Positive

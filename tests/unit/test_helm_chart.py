@@ -377,7 +377,8 @@ def test_worker_settings_from_the_chart_env(chart: Any, monkeypatch: pytest.Monk
     assert s.web_port == ls["webPort"] and str(s.data_dir) == ls["dataDir"]
     assert (s.partitions, s.replication, s.standby_replicas) == (ls["partitions"], ls["replication"],
                                                                   ls["standbyReplicas"])
-    assert s.block_cache_bytes == ls["blockCacheBytes"]
+    assert (s.block_cache_bytes, s.memtable_bytes, s.cache_bytes) == (ls["blockCacheBytes"], ls["memtableBytes"],
+                                                                      ls["sessionCacheBytes"])
     assert s.session_timeout_s == ls["sessionTimeoutSeconds"]
     assert s.commit_interval_s == ls["commitIntervalSeconds"]
     assert (s.batch_max, s.batch_within_s, s.batch_linger_s) == (ls["batchMax"], ls["batchWithinSeconds"],
