@@ -75,7 +75,7 @@ def test_a_loss_histogram_that_changes_shape_without_rising_is_no_drift(monkeypa
                    for i in range(0, 4_000, 10))
 
     assert alarms() == 0
-    monkeypatch.setattr(drift, "_LOSS_RISE_Z", -math.inf)
+    monkeypatch.setattr(drift, "_ERROR_RISE_Z", -math.inf)  # predictions and labels hold errors: the error gate
     assert alarms() >= 1
 
 
