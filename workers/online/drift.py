@@ -346,16 +346,9 @@ class KLDriftDetector(DriftDetector):
         se = math.sqrt(ec * (1.0 - ec) / max(n, 1) + eb * (1.0 - eb) / max(m, 1))
         return (ec - eb) / max(se, 1e-12)
 
-    def _loss_rise(self, right_only: bool = False) -> float:
-        """How far the current window's mean loss is above the baseline's, in standard errors (Welch);
-        ``right_only``: of the examples predicted right (0 when a window has fewer than 10 of them)."""
-        n, m = self._cur_n, self._base_n
-        cur, base = self._cur_loss[:n], self._base_loss[:m]
-        if right_only:
-            cur = cur[self._cur_pred[:n] == self._cur_label[:n]]
-            base = base[self._base_pred[:m] == self._base_label[:m]]
-            if len(cur) < 10 or len(base) < 10:
-                return 0.0
+    def _loss_rise(self) -> float:
+        """How far the current window's mean loss is above the baseline's, in standard errors (Welch)."""
+        cur, base = self._cur_loss[:self._cur_n], self._base_loss[:self._base_n]
         se = math.sqrt(float(cur.var()) / max(len(cur), 1) + float(base.var()) / max(len(base), 1))
         return (float(cur.mean()) - float(base.mean())) / max(se, 1e-12)
 
