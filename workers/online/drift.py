@@ -81,6 +81,12 @@ def chi2_quantile(p: float, k: float) -> float:
     return k * max(1.0 - a + z * math.sqrt(a), 0.0) ** 3
 
 
+def _welch_z(cur: np.ndarray, base: np.ndarray) -> float:
+    """How far ``cur``'s mean is above ``base``'s, in standard errors (Welch: each sample's own variance)."""
+    se = math.sqrt(float(cur.var()) / max(len(cur), 1) + float(base.var()) / max(len(base), 1))
+    return (float(cur.mean()) - float(base.mean())) / max(se, 1e-12)
+
+
 @dataclass
 class DriftReport:
     """A detected drift (the payload of a ``drift`` event, beside the session key)."""
@@ -342,15 +348,11 @@ class KLDriftDetector(DriftDetector):
         base = self._base_pred[:m] != self._base_label[:m]
         if not cur.any() and not base.any():
             return None
-        ec, eb = float(cur.mean()), float(base.mean())
-        se = math.sqrt(ec * (1.0 - ec) / max(n, 1) + eb * (1.0 - eb) / max(m, 1))
-        return (ec - eb) / max(se, 1e-12)
+        return _welch_z(cur.astype(np.float64), base.astype(np.float64))
 
     def _loss_rise(self) -> float:
         """How far the current window's mean loss is above the baseline's, in standard errors (Welch)."""
-        cur, base = self._cur_loss[:self._cur_n], self._base_loss[:self._base_n]
-        se = math.sqrt(float(cur.var()) / max(len(cur), 1) + float(base.var()) / max(len(base), 1))
-        return (float(cur.mean()) - float(base.mean())) / max(se, 1e-12)
+        return _welch_z(self._cur_loss[:self._cur_n], self._base_loss[:self._base_n])
 
     def _rebase(self) -> None:
         """The current window becomes the baseline (oldest first)."""
