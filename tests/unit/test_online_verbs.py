@@ -31,10 +31,36 @@ def test_init_learner_answers_its_config() -> None:
     out = _init(LearnSession())
     assert out["ok"] and out["data"]["n_params"] == 16 * D + 16 + C * 16 + C
     cfg = out["data"]["config"]
-    assert cfg["n_features"] == D and cfg["classifier"]["params"]["hidden"] == 16
+    assert cfg["n_features"] == D and cfg["hidden"] == 16 and cfg["batch_size"] == 5
     soft = LearnSession().dispatch({"verb": "init_learner", "body": {"n_features": 4, "n_classes": 2,
                                                                       "model": "softmax"}})
     assert soft["ok"] and soft["data"]["n_params"] == 2 * 4 + 2
+
+
+def test_init_learner_config_names_every_field_with_the_value_in_force() -> None:
+    from workers.online.verbs import _INIT_PARAMS
+    fields = set(_INIT_PARAMS["properties"])
+    cfg = LearnSession().dispatch({"verb": "init_learner", "body": {"session_key": "a", "n_features": 4,
+                                                                     "n_classes": 3}})["data"]["config"]
+    assert set(cfg) == fields and None not in {k: v for k, v in cfg.items() if k != "time_threshold_ms"}.values()
+    assert (cfg["hidden"], cfg["lr"], cfg["capacity"], cfg["replay"], cfg["batch_size"], cfg["drift_window"],
+            cfg["boundary_on_drift"], cfg["time_threshold_ms"]) == (128, 0.02, 200, "prioritized", 10, 200, True, None)
+    soft = LearnSession().dispatch({"verb": "init_learner", "body": {"n_features": 4, "n_classes": 2,
+                                                                      "model": "softmax", "lr": 0.5}})["data"]["config"]
+    assert set(soft) == fields - {"hidden"} and soft["lr"] == 0.5 and soft["model"] == "softmax"
+    # the config sent back as a body builds the same learner: same config, same state
+    a, b = LearnSession(), LearnSession()
+    body = {"session_key": "k", "n_features": 4, "n_classes": 3, "hidden": 8, "capacity": 20, "ewc_lambda": 5.0}
+    cfg = a.dispatch({"verb": "init_learner", "body": body})["data"]["config"]
+    again = b.dispatch({"verb": "init_learner", "body": {"session_key": "k", **cfg}})["data"]
+    assert again["config"] == cfg and "ignored_fields" not in again
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((30, 4)).astype(np.float32), rng.integers(0, 3, 30)
+    for s in (a, b):
+        _learn(s, X, y, key="k")
+    for verb, extra in (("learner_state", {}), ("predict", {"examples": [{"features": X[i].tolist()} for i in range(5)]})):
+        assert a.dispatch({"verb": verb, "body": {"session_key": "k", **extra}})["data"] == \
+            b.dispatch({"verb": verb, "body": {"session_key": "k", **extra}})["data"]
 
 
 @pytest.mark.parametrize("body, error", [

@@ -29,7 +29,7 @@ from workers.online.curriculum import Curriculum
 from workers.online.distill import Distillation
 from workers.online.drift import DriftReport, KLDriftDetector, MeanShift, PageHinkley
 from workers.online.ewc import EWC
-from workers.online.models import MLP, cross_entropy, softmax
+from workers.online.models import MLP, SoftmaxRegression, cross_entropy, softmax
 from workers.online.replay import ReplayBuffer
 from workers.online.scheduler import ConsolidationReport, ConsolidationScheduler
 from workers.online.snapshot import rng_state, set_rng_state
@@ -481,6 +481,29 @@ class ContinualLearner(Learner):
                 "ewc_fisher_refreshes": self._ewc.n_refresh, "n_params": int(self._model.theta.size),
                 "now_ms": self._scheduler.now_ms,
                 "last_consolidation": self.last_consolidation.to_dict() if self.last_consolidation else None}
+
+    def settings(self) -> dict[str, Any]:
+        """The hyperparameters in force, named as ``init_learner``'s fields (defaults filled in):
+        what an agent can read back, where ``params_json`` keeps ``None`` for "the default"."""
+        m, k = self._model, self._kl
+        out: dict[str, Any] = {
+            "n_features": int(self.n_features), "n_classes": int(self.n_classes),
+            "model": "softmax" if isinstance(m, SoftmaxRegression) else "mlp"}
+        if isinstance(m, MLP):
+            out["hidden"] = m._hidden
+        out.update({
+            "lr": m._lr, "momentum": m._momentum, "replay": self._replay._strategy, "capacity": self._replay._cap,
+            "seed": self.seed, "ewc_lambda": self._ewc._lam, "fisher_decay": self._ewc._decay,
+            "der_alpha": self._distill.alpha, "der_beta": self._distill.beta, "lwf_lambda": self._distill.lwf,
+            "temperature": self._distill.tau, "curriculum_floor": self._curriculum._floor,
+            "curriculum_steady": self._curriculum._steady, "curriculum_ramp": self._curriculum._ramp,
+            "examples_threshold": self._scheduler._n,
+            "time_threshold_ms": self._scheduler.time_threshold_ms or None,  # None: no time trigger
+            "fisher_every": self._scheduler._every, "drift_window": k._w, "drift_alpha": k._alpha,
+            "boundary_on_drift": self.boundary_on_drift is not False, "batch_size": self._bs,
+            "train_steps": self._steps, "consolidation_steps": self._consolidation_steps,
+            "asymmetric": bool(self.asymmetric)})
+        return out
 
     # -- state -----------------------------------------------------------------
     _PARTS = ("_model", "_replay", "_ewc", "_distill", "_curriculum", "_scheduler", "_kl", "_ph", "_ms")

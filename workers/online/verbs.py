@@ -204,10 +204,11 @@ _INIT_PARAMS = params(
 @verb("init_learner", table="learner", writes=True, topic="commands", params=_INIT_PARAMS)
 def init_learner(ctx: VerbContext, body: dict) -> dict:
     """{n_features, n_classes, model?, hidden?, replay?, capacity?, lr?, momentum?, ewc_lambda?, ...}
-    -> {config, n_params}. Replaces any previous learner of the session."""
+    -> {config, n_params}: ``config`` names every field above with the value in force (defaults
+    filled in). Replaces any previous learner of the session."""
     learner = build_learner(body, ctx.session_key)
     ctx.state.set(PART, learner)
-    return {"config": learner.params_json(), "n_params": int(learner.model().theta.size)}
+    return {"config": learner.settings(), "n_params": int(learner.model().theta.size)}
 
 
 @verb("learn_example", table="learner", writes=True, topic="examples")
@@ -264,7 +265,7 @@ def consolidate_learner(ctx: VerbContext, body: dict) -> dict:
 def learner_state(ctx: VerbContext, body: dict) -> dict:
     """{} -> counters, prequential accuracy/loss, drift and consolidation state, config."""
     learner = _learner(ctx)
-    return {**learner.summary(), "config": learner.params_json()}
+    return {**learner.summary(), "config": learner.settings()}
 
 
 @state_size("init_learner")
