@@ -21,7 +21,7 @@ is needed. After a drift the current
 window becomes the baseline.
 
 :class:`MeanShift` tests whether the mean of a signal (a 0/1 error, a loss) over the last
-50, 200 or 1,000 values is higher than over the (up to 2,000) values before them since
+50, 200, 1,000 or 2,000 values is higher than over the (up to 2,000) values before them since
 the last drift (a one-sided two-sample z-test with the larger of the two variances,
 checked every 10 values): small, gradual and concept drifts that move the error rate by a
 few points, which neither the KL windows (200 values) nor Page-Hinkley see in time.
@@ -507,7 +507,7 @@ class PageHinkley(DriftDetector):
         self.report = DriftReport(**s["report"]) if s["report"] else None
 
 
-_MS_SCALES = (50, 200, 1000)
+_MS_SCALES = (50, 200, 1000, 2000)
 # one-sided, ~3e-5 per test; the tests of one run are strongly correlated (bench drift:
 # no alarm in the stationary runs of 0/1 and Gaussian signals)
 _MS_Z = 4.0
@@ -525,7 +525,7 @@ class MeanShift(DriftDetector):
     z
         One-sided z threshold. Default 4.
     scales
-        Recent-window lengths tested. Default (50, 200, 1000).
+        Recent-window lengths tested. Default (50, 200, 1000, 2000).
     check_every
         Values between tests. Default 10.
 
@@ -594,16 +594,17 @@ class MeanShift(DriftDetector):
         Returns the report on a drift."""
         self._drift = False
         xs = np.asarray(xs, dtype=np.float64)
-        xs = xs[np.isfinite(xs)][-len(self._ring):]
+        xs = xs[np.isfinite(xs)]
         k = len(xs)
         if k == 0:
             return None
-        idx = (self._pos + np.arange(k)) % len(self._ring)
-        self._ring[idx] = xs
-        self._pos = (self._pos + k) % len(self._ring)
         self.n += k
         self.n_seen += k
         self._since += k
+        xs = xs[-len(self._ring):]  # the ring keeps the newest
+        idx = (self._pos + np.arange(len(xs))) % len(self._ring)
+        self._ring[idx] = xs
+        self._pos = (self._pos + len(xs)) % len(self._ring)
         if self._since >= self._every:
             self._since = 0
             self._check()
@@ -639,10 +640,15 @@ class MeanShift(DriftDetector):
     def load_state(self, reader: Any) -> None:
         s = reader.json("stats")
         ring = reader.array("ring")
-        if ring.shape != self._ring.shape:
-            raise ValueError("saved mean-shift window does not match this detector's scales")
-        self._ring = ring.astype(np.float64)
+        if ring.ndim != 1 or not 0 <= s["pos"] < max(len(ring), 1):
+            raise ValueError("saved mean-shift window is malformed")
         self.n, self._pos = s["n"], s["pos"]
+        if len(ring) == len(self._ring):
+            self._ring = ring.astype(np.float64)
+        else:  # saved with other scales (the default gained 2,000): keep its newest values, oldest first
+            m = min(self.n, len(ring), len(self._ring))
+            self._ring[:m] = ring[(self._pos - m + np.arange(m)) % len(ring)]
+            self._pos, self.n = m % len(self._ring), m  # n: the values the tests may read
         self._since, self.n_seen = s["since"], s["n_seen"]
         self._drift = False
         self.report = DriftReport(**s["report"]) if s["report"] else None
