@@ -3,7 +3,9 @@
 Two suites. ``signals`` (the default; ``bench/_drift_signals.py``): abrupt, small,
 gradual, binary-error and SEA concept-drift streams, 20 seeds each, with stationary
 twins for the false-alarm rate, learnstream's detectors beside River's (ADWIN,
-PageHinkley, KSWIN, and DDM/EDDM/HDDM on 0/1 signals). ``digits`` (``--suite digits``):
+PageHinkley, KSWIN, and DDM/EDDM/HDDM on 0/1 signals). ``learner`` (``--suite learner``;
+``bench/_drift_learner.py``): SEA, STAGGER and hyperplane streams through the learner's verbs,
+ADWIN and DDM on its errors beside. ``digits`` (``--suite digits``):
 
 A :class:`~workers.online.ContinualLearner` (128-unit MLP, its own drift reactions
 off) is warmed up on digits (``load_digits``, no download), then learns
@@ -231,11 +233,14 @@ def _digits_suite(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="learnstream bench drift", description=__doc__.split("\n")[0])
-    ap.add_argument("--suite", choices=("signals", "digits", "all"), default="signals",
+    ap.add_argument("--suite", choices=("signals", "learner", "digits", "all"), default="signals",
                     help="signals (default: abrupt, small, gradual, binary-error, SEA over --seeds seeds), "
+                         "learner (SEA, STAGGER, hyperplane through the learner's verbs, ~4 min), "
                          "digits (a learner on digits, slow), or all")
-    ap.add_argument("--seeds", type=int, default=20, help="signals suite: streams per kind (default 20)")
+    ap.add_argument("--seeds", type=int, default=20, help="signals and learner suites: streams per kind (default 20)")
     ap.add_argument("--kswin", action="store_true", help="signals suite: add River's KSWIN (~6 s per stream)")
+    ap.add_argument("--learner-examples", type=int, default=10_000,
+                    help="learner suite: examples per stream, the drift at half (default 10,000)")
     _digits_args(ap)
     args = ap.parse_args(argv)
     ok = True
@@ -243,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         from _drift_signals import signals_suite
 
         ok &= signals_suite(args.seeds, args.kswin) == 0
+    if args.suite in ("learner", "all"):
+        from _drift_learner import learner_suite
+
+        ok &= learner_suite(args.seeds, args.learner_examples) == 0
     if args.suite in ("digits", "all"):
         ok &= _digits_suite(args) == 0
     return 0 if ok else 1

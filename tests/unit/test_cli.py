@@ -158,6 +158,20 @@ def test_bench_router_runs_every_policy_through_the_verbs() -> None:
     assert len(re.findall(r"^  (PASS|FAIL) ", r.stdout, re.M)) == 4, r.stdout
 
 
+def test_bench_drift_learner_suite_runs_every_stream_through_the_verbs() -> None:
+    """--suite learner: each stream through init_learner / predict / learn_example, River's ADWIN and DDM
+    on the learner's errors beside, and a goal line per judged drift."""
+    r = run(["bench", "drift", "--suite", "learner", "--seeds", "1", "--learner-examples", "1200"])
+    assert r.returncode in (0, 1), r.stderr[-3000:]
+    STREAMS = _bench_module("_drift_learner").STREAMS
+    for name in STREAMS:
+        for det in ("learnstream", "river ADWIN", "river DDM"):
+            assert re.search(rf"^{re.escape(name)}\s+{det}\s", r.stdout, re.M), (name, det, r.stdout)
+    judged = [n for n, (_, _, after, _, j) in STREAMS.items() if after is not None and j]
+    goals = re.findall(r"^  (PASS|FAIL)  learner on (.+?): detected", r.stdout, re.M)
+    assert [g[1] for g in goals] == judged and any(g[0] == "FAIL" for g in goals) == (r.returncode == 1), r.stdout
+
+
 def test_bench_boundaries_scores_switches_sent_through_learn_feedback() -> None:
     """The feedback rows send each quality through the verb and read where it fired: on the near
     noise-free stream every switch is found, and the reference z-score's false alarms show."""
