@@ -61,6 +61,19 @@ _RL, _RH, _FC, _EWC = _M["replay_len"], _M["replay_head"], _M["feedback_count"],
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
 
+@functools.lru_cache(maxsize=256)
+def _layout_of(dim: int, n_targets: int) -> dict[str, int]:
+    """The kernel's arena layout, one dict per shape (read only) rather than one per cached core."""
+    return _k.instant_layout(dim, n_targets)
+
+
+@functools.lru_cache(maxsize=1024)
+def _slot_cuts(hot: int, start: int, row: int, n: int, ewc: bool) -> tuple[int, ...]:
+    """A core's piece cuts, shared by every core of its shape: a tuple of Python ints per cached
+    session cost 27 MB at 10,000 sessions (bench/README.md "state", twenty-seventh session)."""
+    return ((hot,) if ewc else ()) + tuple(range(start, start + row * n, row))
+
+
 class InstantState:
     """One session's adapter, replay buffer, lr and EWC state.
 
@@ -95,7 +108,7 @@ class InstantState:
         if not self.targets or len(set(self.targets)) != len(self.targets) or self.dim <= 0:
             raise ValueError("InstantState needs unique targets and dim > 0")
         self._index = {t: i for i, t in enumerate(self.targets)}
-        self._layout = _k.instant_layout(self.dim, len(self.targets))
+        self._layout = _layout_of(self.dim, len(self.targets))
         self._prefix: bytes | None = None  # to_bytes' framing and header: targets and dim never change
         self._cuts: tuple[tuple[int, bool], tuple[int, ...]] | None = None  # ((replay_len, has_ewc), piece_cuts())
         # What the store holds of this core (changed_since): the bytes it was decoded from, or the token
@@ -451,9 +464,7 @@ class InstantState:
         n, ewc = int(m[_RL]), bool(m[_EWC])
         if self._cuts is None or self._cuts[0] != (n, ewc):
             hot = self._hot_bytes()
-            start = hot + (8 * self.n_params if ewc else 0)
-            row = 4 * self.dim
-            self._cuts = ((n, ewc), ((hot,) if ewc else ()) + tuple(range(start, start + row * n, row)))
+            self._cuts = ((n, ewc), _slot_cuts(hot, hot + (8 * self.n_params if ewc else 0), 4 * self.dim, n, ewc))
         return self._cuts[1]
 
     @classmethod
