@@ -189,7 +189,8 @@ def test_mean_shift_finds_a_small_error_rate_rise_and_not_noise() -> None:
 
 def test_mean_shift_finds_a_five_point_rise_in_most_long_streams() -> None:
     """An error rate 0.15 -> 0.21 (a ramped SEA concept drift through a learner moves it about so far):
-    the 1,000-value window alone found it in 23 of 40 streams, the 2,000-value window in 36."""
+    the 1,000-value window against 2,000 values before it found it in 23 of 40 streams, with the 2,000-value
+    window in 36, and with a reference of up to 3,000 values in 38."""
     from workers.online import MeanShift
 
     found = early = 0
@@ -205,20 +206,24 @@ def test_mean_shift_finds_a_five_point_rise_in_most_long_streams() -> None:
     assert found >= 16 and early == 0
 
 
-def test_mean_shift_state_saved_with_other_scales_loads_its_newest_values() -> None:
-    """A learner saved before the default gained its 2,000-value window (a 3,000-value ring) still loads,
-    and tests only what it holds."""
-    from workers.online import MeanShift
+def test_mean_shift_state_saved_with_other_scales_loads_its_newest_values(monkeypatch) -> None:
+    """A learner saved before the default gained its 2,000-value window and 3,000-value reference (a
+    3,000-value ring) still loads, and tests only what it holds."""
+    from workers.online import MeanShift, drift
     from workers.online.snapshot import StateReader, StateWriter
 
     rng = np.random.default_rng(6)
     for n in (700, 5000):  # ring not yet full; full and wrapped
-        old = MeanShift(scales=(50, 200, 1000))
+        with monkeypatch.context() as m:
+            m.setattr(drift, "_MS_BASE", 2000)
+            old = MeanShift(scales=(50, 200, 1000))
+        assert len(old._ring) == 3000  # noqa: SLF001 - the default ring before
         x = (rng.random(n) < 0.1).astype(float)
         old.update_many(x)
         w = StateWriter()
         old.save_state(w.scope("ms"))
         new = MeanShift()
+        assert len(new._ring) == 5000  # noqa: SLF001
         new.load_state(StateReader.from_bytes(w.to_bytes()).scope("ms"))
         held = min(n, 3000)
         assert new.n == held and new.n_seen == n
