@@ -239,6 +239,23 @@ def test_mean_shift_state_saved_with_other_scales_loads_its_newest_values(monkey
         MeanShift().load_state(StateReader.from_bytes(bad.to_bytes()))
 
 
+def test_mean_shift_waits_out_a_learners_first_thousand_values() -> None:
+    """A learner's error wobbles while it settles (River's Agrawal through the learner: 3 of 30 stationary
+    runs alarmed at examples 351-796): no test before 1,000 values, and a lasting rise in them is found
+    once that is over."""
+    from workers.online import MeanShift
+
+    rng = np.random.default_rng(8)
+    wobble = np.concatenate([rng.random(400) < 0.1, rng.random(200) < 0.3, rng.random(2400) < 0.1]).astype(float)
+    lasting = np.concatenate([rng.random(600) < 0.1, rng.random(2400) < 0.5]).astype(float)
+    for x, want in ((wobble, []), (lasting, [1000])):
+        ms, alarms = MeanShift(), []
+        for i in range(0, len(x), 25):
+            if ms.update_many(x[i:i + 25]) is not None:
+                alarms.append(i + 25)
+        assert alarms == want, alarms
+
+
 def test_mean_shift_ignores_a_falling_signal() -> None:
     """A learner's error falls while it learns: a one-sided test must not call that drift."""
     from workers.online import MeanShift

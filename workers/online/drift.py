@@ -23,8 +23,9 @@ window becomes the baseline.
 :class:`MeanShift` tests whether the mean of a signal (a 0/1 error, a loss) over the last
 50, 200, 1,000 or 2,000 values is higher than over the (up to 3,000) values before them since
 the last drift (a one-sided two-sample z-test with the larger of the two variances,
-checked every 10 values): small, gradual and concept drifts that move the error rate by a
-few points, which neither the KL windows (200 values) nor Page-Hinkley see in time.
+checked every 10 values, not in a stream's first 1,000 values, while a learner's error settles):
+small, gradual and concept drifts that move the error rate by a few points, which neither the KL
+windows (200 values) nor Page-Hinkley see in time.
 
 :class:`PageHinkley` is the classic one-sided CUSUM-like test for an *increase* of
 the mean loss, with its allowance ``delta`` and threshold ``lambda`` in units of the
@@ -513,6 +514,7 @@ _MS_SCALES = (50, 200, 1000, 2000)
 _MS_Z = 4.0
 _MS_EVERY = 10
 _MS_MIN_BASE = 200    # reference values before any test
+_MS_WARM = 1000       # no test in a stream's first values: a learner's error still settles there
 _MS_BASE = 3000       # the reference is at most this many values before the recent window (2,000 until
                       # 2026-12-06: bench drift --suite learner, ramped SEA 90% -> 95%); not unbounded:
                       # a learner's early, still-falling error would make it too lenient
@@ -612,6 +614,8 @@ class MeanShift(DriftDetector):
         return self.report if self._drift else None
 
     def _check(self) -> None:
+        if self.n_seen < _MS_WARM:
+            return
         m = min(self.n, len(self._ring))
         v = self._ring[(self._pos - m + np.arange(m)) % len(self._ring)]   # oldest first
         c1 = np.concatenate(([0.0], np.cumsum(v)))
