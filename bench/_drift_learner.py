@@ -118,18 +118,14 @@ def run(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[list[int], np.ndarray]
 
 
 def _river(errors: np.ndarray) -> dict[str, list[int]]:
+    """River's ADWIN and DDM (defaults) on the learner's 0/1 errors: the alarms' positions."""
     from river import drift
     from river.drift import binary
 
-    out = {}
-    for name, det in (("river ADWIN", drift.ADWIN()), ("river DDM", binary.DDM())):
-        al = []
-        for t, e in enumerate(errors.tolist()):
-            det.update(e if name == "river ADWIN" else bool(e))
-            if det.drift_detected:
-                al.append(t)
-        out[name] = al
-    return out
+    from _drift_signals import _River
+
+    return {name: _River(make).run(errors, errors, errors)
+            for name, make in (("river ADWIN", drift.ADWIN), ("river DDM", binary.DDM))}
 
 
 def learner_suite(seeds: int, n: int = N) -> int:

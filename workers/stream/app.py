@@ -15,6 +15,7 @@ from workers.kafka.topics import input_topics, topics, use_folder
 from workers.stream import faust_internals
 from workers.stream.batching import LearnStream
 from workers.stream.http_guard import Guard, server_ssl_context, web_options
+from workers.stream.memory import install_heap_trim
 from workers.stream.monitoring import install_metrics
 from workers.stream.runtime import PRODUCER_BATCH_BYTES, PRODUCER_LINGER_MS, Runtime
 from workers.stream.settings import Settings
@@ -127,6 +128,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
     install_routes(app, rt, guard)
     install_metrics(app, rt, inputs)
+    install_heap_trim(app)
     return app, rt
 
 

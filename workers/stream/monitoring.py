@@ -1,10 +1,9 @@
 """What a worker exports on ``/metrics``: the domain metrics (``workers.stream.metrics``) and faust's
 Prometheus sensor on its own registry, made lean; plus the timers that keep the readiness and
-consumer-lag gauges current, and the one that trims the heap.
+consumer-lag gauges current.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -15,7 +14,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from workers.kafka.topics import Topic
 from workers.stream import faust_internals, metrics
-from workers.stream.memory import heap_trimmer
 from workers.stream.runtime import Runtime
 
 __all__ = ("LeanPrometheusMonitor", "install_metrics", "SILENCED_FAUST_SERIES")
@@ -25,7 +23,6 @@ logger = logging.getLogger(__name__)
 _LAG_INTERVAL_S = 2.0
 _BROKER_PROBE_S = 1.0
 _PEERS_INTERVAL_S = 2.0  # how often the group's other workers are probed (workers/stream/peers.py)
-_HEAP_TRIM_S = 30.0      # workers/stream/memory.py: ~1 ms a call on a 10,000-session heap
 
 
 class LeanPrometheusMonitor(PrometheusMonitor):
@@ -102,12 +99,6 @@ def install_metrics(app: faust.App, rt: Runtime, inputs: list[Topic]) -> None:
                 await rt.purge.tick()
             except Exception as exc:  # noqa: BLE001 - nothing deleted: the log is longer until the next tick
                 logger.warning("input purge failed: %r", exc)
-
-    trim = heap_trimmer()
-    if trim is not None:
-        @app.timer(_HEAP_TRIM_S)
-        async def heap_trim() -> None:
-            await asyncio.get_running_loop().run_in_executor(None, trim)  # off the loop: it walks the heap
 
     @app.timer(_LAG_INTERVAL_S)
     async def lag() -> None:
