@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -198,6 +200,20 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
                 assert (await _call(s, "health", session_key="agent-http"))["instant_ready"] is True
 
         asyncio.run(asyncio.wait_for(go(), 180))
+
+        # an idle keep-alive connection outlives httpx's 5 s expiry (the official client's): when the server
+        # closed it at 5 s too, a reused connection could be cut under a call (httpx.ReadError in the agent)
+        conn = http.client.HTTPConnection("127.0.0.1", side.port, timeout=10)
+        socks = []
+        for pause in (5.5, 0):
+            conn.request("POST", "/mcp", body=b"{}", headers={"Content-Type": "application/json"})
+            r = conn.getresponse()  # RemoteDisconnected / BrokenPipeError if the server had closed it
+            r.read()
+            assert r.status == 401 and not r.will_close
+            socks.append(conn.sock)
+            time.sleep(pause)
+        assert socks[0] is socks[1]  # the second request went over the first connection
+        conn.close()
         # hostile nesting past orjson's own limit: no id can be read, a JSON-RPC parse error (400), not a
         # RecursionError inside the SDK (500)
         auth = {**hdr, "Authorization": "Bearer s3cret", "Content-Type": "application/json"}

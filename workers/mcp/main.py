@@ -183,6 +183,12 @@ class GoneClientFilter(logging.Filter):
         return not isinstance(exc, (anyio.ClosedResourceError, anyio.BrokenResourceError))
 
 
+# How long an idle keep-alive connection stays open. uvicorn's default (5 s) equals httpx's (the MCP
+# SDK's client) keep-alive expiry, so the server could close a connection just as the client reused it:
+# the agent's call failed with ``httpx.ReadError``. A server must outlast its clients' idle timeouts.
+KEEP_ALIVE_S = 75
+
+
 async def _serve_http(client: LearnstreamClient, host: str, port: int, token: str, session: str) -> None:
     import uvicorn
 
@@ -190,7 +196,7 @@ async def _serve_http(client: LearnstreamClient, host: str, port: int, token: st
 
     async with client:
         config = uvicorn.Config(http_app(client, token=token, default_session=session), host=host, port=port,
-                                log_level="warning", lifespan="on")
+                                log_level="warning", lifespan="on", timeout_keep_alive=KEEP_ALIVE_S)
 
         class Listening(uvicorn.Server):
             """uvicorn's server, saying when it listens (its ``startup`` exits the process on failure)."""
