@@ -47,15 +47,20 @@ _CHECKED_SOURCES = {
     "transport.consumer.ThreadDelegateConsumer.__init__": "715814ce37c57592",
     "transport.drivers.aiokafka.AIOKafkaConsumerThread._ensure_consumer": "ab708b087b3476fd",
     "transport.drivers.aiokafka.AIOKafkaConsumerThread.on_thread_stop": "08913f186d43e6ff",
+    "transport.consumer.Consumer.wait_empty": "f29971a4a89cf07e",
+    "transport.consumer.Consumer._clean_unacked_messages": "bcd8df262d5e2e09",
+    "mode:worker.Worker._sentinel_task": "9b2952d563068187",
 }
 
 
 def _source_hash(dotted: str) -> str:
-    """The hash of one function's source as the faust module file has it (patches do not change it)."""
+    """The hash of one function's source as the faust module file has it (patches do not change it);
+    ``mode:`` names one of mode-streaming (faust's service library)."""
+    package, _, dotted = dotted.rpartition(":")
     parts = dotted.split(".")
     for i in range(len(parts) - 1, 0, -1):  # the longest prefix that is a module
         try:
-            module = importlib.import_module("faust." + ".".join(parts[:i]))
+            module = importlib.import_module((package or "faust") + "." + ".".join(parts[:i]))
         except ModuleNotFoundError:
             continue
         names = parts[i:]
@@ -92,3 +97,74 @@ def test_the_private_names_read_exist() -> None:
     from aiokafka.consumer.group_coordinator import GroupCoordinator
 
     assert callable(GroupCoordinator.request_rejoin)  # faust_internals.rejoin
+
+
+class _Stopping:
+    """Just what ``Consumer.wait_empty`` reads of a consumer that is stopping."""
+
+    should_stop = False
+
+    def __init__(self, messages: list) -> None:
+        from weakref import WeakSet
+
+        self._unacked_messages = WeakSet(messages)
+        self.waited = 0
+        self.diag = type("Diag", (), {"set_flag": lambda *_: None, "unset_flag": lambda *_: None})()
+        self.log = type("Log", (), {"dev": lambda *_: None, "warning": lambda *_: None, "info": lambda *_: None})()
+
+    async def commit(self, *_: object, **__: object) -> None: ...
+
+    async def commit_and_end_transactions(self) -> None: ...
+
+    async def _wait_for_ack(self, timeout: float) -> None:
+        self.waited += 1
+
+    def _clean_unacked_messages(self) -> None:
+        from faust.transport.consumer import Consumer
+
+        Consumer._clean_unacked_messages(self)
+
+
+def test_a_stop_does_not_wait_for_acks_already_made() -> None:
+    """Patch 14: messages acknowledged but left in the unacked set do not hold the stop for a second;
+    one still unacknowledged is waited for, as faust does."""
+    import asyncio
+
+    from faust.transport.consumer import Consumer
+
+    faust_internals.install()
+
+    class Msg:
+        def __init__(self, acked: bool) -> None:
+            self.acked = acked
+
+    done = [Msg(True), Msg(True)]
+    consumer = _Stopping(done)
+    asyncio.run(Consumer.wait_empty(consumer))
+    assert consumer.waited == 0 and not consumer._unacked_messages
+
+    pending = Msg(False)
+    consumer = _Stopping([pending])
+
+    async def _wait_for_ack(timeout: float) -> None:
+        consumer.waited += 1
+        pending.acked = True
+
+    consumer._wait_for_ack = _wait_for_ack
+    asyncio.run(Consumer.wait_empty(consumer))
+    assert consumer.waited == 1
+
+
+def test_a_stopping_worker_closes_its_loop_after_a_tenth_of_a_second_not_a_second() -> None:
+    import asyncio
+
+    app = faust.App(f"t-{id(object())}", broker="kafka://127.0.0.1:9", store="memory://")
+    worker = faust.Worker(app, quiet=True, redirect_stdouts=False, loop=asyncio.new_event_loop())
+    try:
+        with pytest.raises(asyncio.TimeoutError):  # mode's own: a 1 s sleep
+            worker.loop.run_until_complete(asyncio.wait_for(worker._sentinel_task(), 0.5))
+        faust_internals.quick_loop_close(worker)
+        worker.loop.run_until_complete(asyncio.wait_for(worker._sentinel_task(), 0.5))
+    finally:
+        worker.loop.close()
+

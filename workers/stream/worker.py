@@ -71,6 +71,7 @@ def run_worker(settings: Settings) -> int:
     worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     tune_collector()
     faust_internals.no_spinner(worker)  # else every debug log call of faust and aiokafka makes a record
+    faust_internals.quick_loop_close(worker)  # a stop ends 0.9 s sooner
     logger.info("worker pid %s, web http://%s:%s", os.getpid(), settings.web_host, settings.web_port)
     try:
         worker.execute_from_commandline()
