@@ -42,3 +42,15 @@ def test_the_suite_catches_a_part_that_forgets_state() -> None:
             check_state_roundtrip(_Forgetful())
     finally:
         del EXERCISES[_Forgetful]
+
+
+def test_the_suite_catches_a_part_that_leaves_a_default_unresolved() -> None:
+    from workers.online.checks import check_in_force
+    from workers.online.ewc import EWC
+
+    class _Unresolved(EWC):
+        def in_force(self) -> dict:
+            return {"lam": self.lam, "decay": self._decay}  # lam: None, not the default in force
+
+    with pytest.raises(AssertionError, match=r"leaves \['lam'\] as None"):
+        check_in_force(_Unresolved())

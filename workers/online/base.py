@@ -51,6 +51,11 @@ class Estimator(ABC):
         """The ``__init__`` arguments, read back from attributes of the same name."""
         return {name: getattr(self, name) for name in _param_names(type(self))}
 
+    def in_force(self) -> dict[str, Any]:
+        """The hyperparameters with the value each has in force, where ``_get_params`` keeps ``None`` for
+        "the default"; a subclass with defaults overrides it."""
+        return self._get_params()
+
     def clone(self: E, new_params: dict[str, Any] | None = None) -> E:
         """A fresh, unfitted copy with the same hyperparameters (nested estimators cloned too)."""
         params = {k: v.clone() if isinstance(v, Estimator) else v for k, v in self._get_params().items()}

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from workers.errors import CorruptStateError
-from workers.online.base import Learner, Stateful
+from workers.online.base import Estimator, Learner, Stateful
 from workers.online.curriculum import Curriculum
 from workers.online.distill import Distillation
 from workers.online.drift import KLDriftDetector, MeanShift, PageHinkley
@@ -139,6 +139,19 @@ def check_clone(est: Stateful) -> None:
     assert c.to_bytes() == est.clone().to_bytes(), "clone() must give an unfitted copy"
 
 
+def check_in_force(est: Stateful) -> None:
+    """``in_force`` names hyperparameters only, leaves no default unresolved (None), and an estimator
+    built from those values has the same ones in force. (The learner keeps the base one: its values in
+    force, by ``init_learner``'s names, are ``ContinualLearner.settings``.)"""
+    if type(est).in_force is Estimator.in_force:
+        return
+    force = est.in_force()
+    assert set(force) <= set(est._get_params()), f"{type(est).__name__}.in_force names unknown parameters"
+    unresolved = [k for k, v in force.items() if v is None and k not in _NONE_IN_FORCE]
+    assert not unresolved, f"{type(est).__name__}.in_force leaves {unresolved} as None"
+    assert est.clone(force).in_force() == force
+
+
 def check_params_json_roundtrip(est: Stateful) -> None:
     again = type(est).from_params_json(est.params_json())
     assert again.params_json() == est.params_json()
@@ -204,7 +217,10 @@ def check_learner_bad_input(est: Stateful) -> None:
     assert a.to_bytes() == before, "a refused example changed the state"
 
 
-_CHECKS = (check_has_exercise, check_init_default_params_are_not_mutable, check_clone,
+# Parameters whose None is a value in force, not a default: no time trigger
+_NONE_IN_FORCE = {"time_threshold_ms"}
+
+_CHECKS = (check_has_exercise, check_init_default_params_are_not_mutable, check_clone, check_in_force,
            check_params_json_roundtrip, check_state_roundtrip, check_writer_reader, check_corrupt_bytes_refused,
            check_learner_predictions_roundtrip, check_learner_bad_input)
 

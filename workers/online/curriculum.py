@@ -51,6 +51,9 @@ class Curriculum(Stateful):
         self.ramp = ramp
         self.steps = 0
 
+    def in_force(self) -> dict[str, Any]:
+        return {"floor": self._floor, "steady": self._steady, "ramp": self._ramp}
+
     @property
     def _floor(self) -> float:
         return _DEFAULT_FLOOR if self.floor is None else float(self.floor)

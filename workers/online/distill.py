@@ -60,6 +60,9 @@ class Distillation(Stateful):
         self.temperature = temperature
         self.teacher: np.ndarray | None = None
 
+    def in_force(self) -> dict[str, Any]:
+        return {"der_alpha": self.alpha, "der_beta": self.beta, "lwf_lambda": self.lwf, "temperature": self.tau}
+
     @property
     def alpha(self) -> float:
         return _DEFAULT_ALPHA if self.der_alpha is None else float(self.der_alpha)

@@ -166,6 +166,10 @@ class KLDriftDetector(DriftDetector):
         self.reset()
 
     # -- resolved hyperparameters ---------------------------------------------
+    def in_force(self) -> dict[str, Any]:
+        return {"n_classes": self._c, "window": self._w, "loss_bins": self._bins, "alpha": self._alpha,
+                "check_every": self._every, "smoothing": self._s}
+
     @property
     def _c(self) -> int:
         if self.n_classes is None or self.n_classes < 2:
@@ -425,6 +429,9 @@ class PageHinkley(DriftDetector):
         self.clip = clip
         self.reset()
 
+    def in_force(self) -> dict[str, Any]:
+        return {"delta": self._delta, "threshold": self._lambda, "min_instances": self._min, "clip": self._clip}
+
     @property
     def _delta(self) -> float:
         return _PH_DELTA if self.delta is None else float(self.delta)
@@ -554,6 +561,9 @@ class MeanShift(DriftDetector):
     @property
     def _z(self) -> float:
         return _MS_Z if self.z is None else float(self.z)
+
+    def in_force(self) -> dict[str, Any]:
+        return {"z": self._z, "scales": list(self._scales), "check_every": self._every}
 
     @property
     def _scales(self) -> tuple[int, ...]:

@@ -63,6 +63,9 @@ class EWC(Stateful):
         self.anchor: np.ndarray | None = None
         self.n_refresh = 0
 
+    def in_force(self) -> dict[str, Any]:
+        return {"lam": self._lam, "decay": self._decay}
+
     @property
     def _lam(self) -> float:
         return _DEFAULT_LAMBDA if self.lam is None else float(self.lam)

@@ -485,21 +485,20 @@ class ContinualLearner(Learner):
     def settings(self) -> dict[str, Any]:
         """The hyperparameters in force, named as ``init_learner``'s fields (defaults filled in):
         what an agent can read back, where ``params_json`` keeps ``None`` for "the default"."""
-        m, k = self._model, self._kl
+        model, replay, ewc = self._model.in_force(), self._replay.in_force(), self._ewc.in_force()
+        curriculum, scheduler, kl = self._curriculum.in_force(), self._scheduler.in_force(), self._kl.in_force()
         out: dict[str, Any] = {
             "n_features": int(self.n_features), "n_classes": int(self.n_classes),
-            "model": "softmax" if isinstance(m, SoftmaxRegression) else "mlp"}
-        if isinstance(m, MLP):
-            out["hidden"] = m._hidden
+            "model": "softmax" if isinstance(self._model, SoftmaxRegression) else "mlp"}
+        if "hidden" in model:
+            out["hidden"] = model["hidden"]
         out.update({
-            "lr": m._lr, "momentum": m._momentum, "replay": self._replay._strategy, "capacity": self._replay._cap,
-            "seed": self.seed, "ewc_lambda": self._ewc._lam, "fisher_decay": self._ewc._decay,
-            "der_alpha": self._distill.alpha, "der_beta": self._distill.beta, "lwf_lambda": self._distill.lwf,
-            "temperature": self._distill.tau, "curriculum_floor": self._curriculum._floor,
-            "curriculum_steady": self._curriculum._steady, "curriculum_ramp": self._curriculum._ramp,
-            "examples_threshold": self._scheduler._n,
-            "time_threshold_ms": self._scheduler.time_threshold_ms or None,  # None: no time trigger
-            "fisher_every": self._scheduler._every, "drift_window": k._w, "drift_alpha": k._alpha,
+            "lr": model["lr"], "momentum": model["momentum"], "replay": replay["strategy"],
+            "capacity": replay["capacity"], "seed": self.seed, "ewc_lambda": ewc["lam"], "fisher_decay": ewc["decay"],
+            **self._distill.in_force(), "curriculum_floor": curriculum["floor"],
+            "curriculum_steady": curriculum["steady"], "curriculum_ramp": curriculum["ramp"],
+            "examples_threshold": scheduler["examples_threshold"], "time_threshold_ms": scheduler["time_threshold_ms"],
+            "fisher_every": scheduler["fisher_every"], "drift_window": kl["window"], "drift_alpha": kl["alpha"],
             "boundary_on_drift": self.boundary_on_drift is not False, "batch_size": self._bs,
             "train_steps": self._steps, "consolidation_steps": self._consolidation_steps,
             "asymmetric": bool(self.asymmetric)})

@@ -55,6 +55,9 @@ class _KernelModel(Model):
             self._theta = self._init_theta(np.random.default_rng(self.seed), d, c).astype(np.float32)
             self._velocity = np.zeros_like(self._theta) if self._momentum else None
 
+    def in_force(self) -> dict[str, Any]:
+        return {"lr": self._lr, "momentum": self._momentum}
+
     @property
     def _lr(self) -> float:
         return _DEFAULT_LR if self.lr is None else float(self.lr)
@@ -190,6 +193,9 @@ class MLP(_KernelModel):
         self.seed = seed
         self._theta: np.ndarray | None = None
         self._velocity: np.ndarray | None = None
+
+    def in_force(self) -> dict[str, Any]:
+        return {**super().in_force(), "hidden": self._hidden}
 
     @property
     def _hidden(self) -> int:  # type: ignore[override]

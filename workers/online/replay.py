@@ -157,6 +157,9 @@ class ReplayBuffer(Stateful):
         self._reset()
 
     # -- resolved hyperparameters ---------------------------------------------
+    def in_force(self) -> dict[str, Any]:
+        return {"capacity": self._cap, "strategy": self._strategy, "alpha": self._alpha, "eviction": self._eviction}
+
     @property
     def _cap(self) -> int:
         c = 200 if self.capacity is None else int(self.capacity)

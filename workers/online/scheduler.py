@@ -74,6 +74,11 @@ class ConsolidationScheduler(Stateful):
         self.count = 0
         self._boundary = False
 
+    def in_force(self) -> dict[str, Any]:
+        """``time_threshold_ms`` stays None when there is no time trigger."""
+        return {"examples_threshold": self._n, "time_threshold_ms": self.time_threshold_ms or None,
+                "fisher_every": self._every, "on_boundary": self.on_boundary is not False}
+
     @property
     def _n(self) -> int:
         return _DEFAULT_EXAMPLES if self.examples_threshold is None else int(self.examples_threshold)
