@@ -346,3 +346,23 @@ async def test_a_broker_that_lost_acknowledged_records_gets_a_new_producer_and_n
         await txns.close()
     finally:
         broker.stop()
+
+
+async def test_a_partition_kept_through_a_rebalance_gets_a_producer_that_another_owner_did_not_fence(broker) -> None:
+    """A worker the coordinator dropped and readmitted keeps its partition, while a generation without it
+    gave the partition to another worker, whose producer fenced its own (the embedded broker does this when
+    a second worker joins). Its next assignment starts a new producer: the first batch after the rebalance
+    commits. With the old producer kept, that batch failed fenced and its events waited for a later record."""
+    app = f"tx-{uuid.uuid4().hex[:8]}"
+    out = f"{app}-out"
+    await _step("create the topics", _topics(broker.bootstrap, out))
+    kept, other = _txns(broker.bootstrap, app), _txns(broker.bootstrap, app)
+    try:
+        await _step("first owner", kept.assign({0}))
+        await _step("the other worker's generation (fences the first owner's producer)", other.assign({0, 1}))
+        await _step("the other worker's next generation", other.assign({1}))
+        await _step("the first owner's partition again", kept.assign({0}))
+        await _step("the first batch after the rebalance", kept.commit(0, PartitionWork([Send(out, b"k", b"1", 0)])))
+        assert await _step("read_committed events", _values(broker.bootstrap, out, "read_committed")) == [b"1"]
+    finally:
+        await _step("closes", asyncio.gather(kept.close(), other.close()))
