@@ -325,8 +325,8 @@ class KLDriftDetector(DriftDetector):
         errors = self._error_rise()
         if errors is not None:
             # predictions and labels say which examples were wrong: the model got worse on the same
-            # label mix only if it makes more errors. Its prediction mix and its other losses also move as it keeps learning on the same
-            # data (a decision boundary that settles; the loss of noisy labels growing as it grows
+            # label mix only if it makes more errors. Its prediction mix and its other losses also move
+            # as it keeps learning on the same data (a decision boundary that settles; the loss of noisy labels growing as it grows
             # confident): an independent trial's stationary SEA, STAGGER and hyperplane streams
             # through the learner raised 0.1-0.55 KL alarms per 10,000 examples that way, at alpha
             # 1e-4 and still at 1e-6 (bench/README "drift").

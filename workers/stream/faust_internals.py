@@ -87,10 +87,9 @@ About time again:
    for acknowledgements while its set of unacknowledged messages is not empty; ``ack`` takes a
    message out of that set only on some paths (not when faust's committed offset, which learnstream's
    transactions move, is past it), so the wait ran out its full second before removing those already
-   acknowledged.
-   They are now removed first. And mode's worker sleeps 1 s before it closes the event loop
-   (``Worker._sentinel_task``); :func:`quick_loop_close` makes that 0.1 s. Every SIGTERM (a rolling
-   restart's pod, every test's worker) ends 2 s sooner.
+   acknowledged. They are now removed first. And mode's worker sleeps 1 s before it closes the event
+   loop (``Worker._sentinel_task``); :func:`quick_loop_close` makes that 0.1 s. Every SIGTERM (a
+   rolling restart's pod, every test's worker) ends 2 s sooner.
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ The session cache evicts and thins whole sessions, and every batch builds and dr
 arrays and bytes: glibc keeps what Python frees in its heaps for reuse, and returns only
 a free *top* of a heap (``M_TRIM_THRESHOLD``), never the free pages between live blocks.
 ``malloc_trim(0)`` returns those too (``madvise``), so the worker's RSS follows what it
-holds. :func:`install_heap_trim` runs it on a worker's timer. Measured in process on 10,000 full sessions: ~1 ms per call, RSS 627 -> 581 MB
-after 40,000 events (bench/README.md "state").
+holds; :func:`install_heap_trim` runs it on a worker's timer. Measured in process on 10,000 full
+sessions: ~1 ms per call, RSS 627 -> 581 MB after 40,000 events (bench/README.md "state").
 """
 from __future__ import annotations
 
