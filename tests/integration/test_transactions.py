@@ -12,12 +12,15 @@ import uuid
 from collections.abc import Awaitable
 from typing import TypeVar
 
+import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import TopicPartition
 
+from tests.helpers import wait_until
+from workers.kafka.topics import topics
 from workers.stream.gaps import KafkaProbe
 from workers.stream.tables import send_records
 from workers.stream.transactions import NotOwned, PartitionWork, Send, Transactions
@@ -366,3 +369,39 @@ async def test_a_partition_kept_through_a_rebalance_gets_a_producer_that_another
         assert await _step("read_committed events", _values(broker.bootstrap, out, "read_committed")) == [b"1"]
     finally:
         await _step("closes", asyncio.gather(kept.close(), other.close()))
+
+
+def test_a_worker_fenced_twice_in_a_row_applies_every_record_without_a_later_one(worker_factory, broker,
+                                                                                 app_id) -> None:
+    """Another process takes the worker's transactional id (as a new owner's producer does), then records
+    come, and no record after them. The batch fails fenced and the worker rejoins its group:
+    - faust's seek to the committed offsets left a partition committed at 0 past the records its
+      consumer had fetched (aiokafka seeks only above 0), so they waited for a later record;
+    - fenced again within the session timeout, the worker dropped the records and put no rejoin
+      off, so they waited for a later record too."""
+    feedback = topics()["feedback"].name
+    w = worker_factory(partitions=1).start().wait_ready()
+    assert w.dispatch("init_instant", {"session_key": "s", "targets": ["m", "n"], "dim": 4})["ok"]
+    event = orjson.dumps({"verb": "feedback", "session_key": "s", "embedding": [0.1, 0.2, 0.3, 0.4], "model": "m",
+                          "quality": 0.7})
+
+    async def fence_then_send() -> list[int]:
+        other = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, transactional_id=f"{app_id}-p0")
+        await other.start()  # InitProducerId: the worker's producer of partition 0 is fenced
+        await other.stop()
+        plain = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await plain.start()
+        try:
+            return [(await plain.send_and_wait(feedback, event, key=b"s")).offset for _ in range(3)]
+        finally:
+            await plain.stop()
+
+    def applied_through(offset: int) -> bool:
+        watermark = w.dispatch("session_info", {"session_key": "s"})["data"]["watermark"]
+        return watermark.get(f"{feedback}:0", -1) >= offset
+
+    for round_ in range(2):  # the second within the worker's session timeout (6 s) of the first rejoin
+        offsets = asyncio.run(fence_then_send())
+        assert offsets == [3 * round_, 3 * round_ + 1, 3 * round_ + 2]
+        wait_until(lambda: applied_through(offsets[-1]), 30, 0.2, f"round {round_}: offsets {offsets} applied")
+    assert w.dispatch("session_info", {"session_key": "s"})["ok"]

@@ -76,6 +76,24 @@ async def test_a_skip_seeks_back_rereads_and_is_counted() -> None:
     assert g.commit_offset(TOPIC, 0) == 141 and log.seeks == [14]
 
 
+async def test_a_rebalance_learns_each_watched_partitions_start_once_and_in_one_call() -> None:
+    # where the consumer is sought after a rebalance (faust's own seek skips committed offset 0)
+    log = Log(list(range(100)), committed=0)
+    asked: list[list[tuple[str, int]]] = []
+
+    async def start_many(tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        asked.append(tps)
+        return {tp: 7 * tp[1] for tp in tps}
+
+    g = GapGuard({TOPIC}, start=log.start, first_record=log.first_record, seek=log.seek, start_many=start_many)
+    assert await g.starts([(TOPIC, 0), (TOPIC, 1), ("other", 0)]) == {(TOPIC, 0): 0, (TOPIC, 1): 7}
+    assert asked == [[(TOPIC, 0), (TOPIC, 1)]]  # unwatched topics are not the guard's
+    assert await g.starts([(TOPIC, 1), (TOPIC, 2)]) == {(TOPIC, 1): 7, (TOPIC, 2): 14}
+    assert asked[1:] == [[(TOPIC, 2)]]  # a known partition keeps its next
+    assert await admit(g, [0, 1]) == [0, 1] and g.commit_offset(TOPIC, 0) == 2  # the seek's start is next
+    assert await guard(log).starts([(TOPIC, 0)]) == {(TOPIC, 0): 0}  # one by one without start_many
+
+
 async def test_offsets_without_records_do_not_loop() -> None:
     # transaction markers at 11 and 12 (or compacted offsets): a fetch confirms, nothing is re-read
     log = Log([10, 13, 14, 17], committed=10)
@@ -191,3 +209,18 @@ async def test_the_flush_before_a_commit_waits_until_the_buffer_is_empty() -> No
         assert buf.size == 0 and len(sent) >= 2  # the last one may be on its way (taken off the buffer)
     finally:
         await buf.stop()
+
+
+def test_deleted_input_is_counted_once_whoever_meets_it_first() -> None:
+    # the assignment's start check and the guard's fetch both met offsets 0..951 (the count read 1,904)
+    from workers.stream.gaps import DeletedUnread
+
+    counted = metrics.INPUT_DELETED_UNREAD.labels(TOPIC)
+    before = counted._value.get()
+    d = DeletedUnread()
+    d.report(TOPIC, 0, 0, 952)
+    d.report(TOPIC, 0, 0, 952)
+    assert counted._value.get() == before + 952
+    d.report(TOPIC, 0, 900, 1000)  # more deleted since: only the new part
+    d.report(TOPIC, 1, 0, 10)  # another partition
+    assert counted._value.get() == before + 1000 + 10

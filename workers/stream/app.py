@@ -116,6 +116,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
             await rt.probe.start()
 
         async def on_stop(self) -> None:
+            rt.stop_rejoin()
             await rt.probe.close()
             if rt.dead_peers is not None:
                 await rt.dead_peers.close()

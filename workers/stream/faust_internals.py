@@ -31,9 +31,12 @@ What faust does, and why it loses events (README, "Consistency"):
 3. **Its producer flush does not wait.** ``ProducerBuffer.flush`` returns after 0.1 s without a
    message sent, even with messages (changelog writes) still buffered; the offset commit that
    follows can then be durable before the state it covers. Patched: flush until the buffer is empty.
-4. **It lets the stream consume before the seek.** ``Consumer.perform_seek`` now pauses the
-   stream partitions until the seek completed (the guard would catch the jump anyway; this
-   removes its cause).
+4. **It lets the stream consume before the seek, and skips offset 0.** ``Consumer.perform_seek``
+   now pauses the stream partitions until the seek completed (the guard would catch the jump
+   anyway; this removes its cause). aiokafka's ``seek_to_committed`` seeks only to offsets above
+   0, so a partition committed at 0 kept the position it had before the rebalance, past records
+   fetched and never applied: after faust's seek, every stream partition is sought to where the
+   guard starts it (``GapGuard.starts``).
 
 Not about losing events, but about time:
 
@@ -172,6 +175,8 @@ class Watcher(Protocol):
     def watches(self, topic: str) -> bool: ...
 
     def commit_offset(self, topic: str, partition: int) -> int | None: ...
+
+    async def starts(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]: ...
 
 
 def watch(app: Any, guard: Watcher) -> None:
@@ -480,6 +485,15 @@ def install() -> None:
         self.pause_partitions(paused)
         try:
             await perform_seek(self)
+            # and every stream partition to where the guard starts it: faust's seek skips offset 0
+            try:
+                starts = await g.starts(sorted((tp.topic, tp.partition) for tp in streams & self.assignment()))
+            except Exception as exc:  # noqa: BLE001 - the broker unreachable, say: the guard finds gaps as before
+                logger.warning("stream partitions not sought to their starts (%r); a skip is found when a later "
+                               "record comes", exc)
+            else:
+                if starts:
+                    await self.seek_wait({TP(t, p): offset for (t, p), offset in starts.items()})
         finally:
             self.resume_partitions(paused & self.assignment())
 

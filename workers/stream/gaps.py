@@ -30,7 +30,7 @@ from workers.kafka.admin import LazyAdmin
 from workers.kafka.clients import started
 from workers.stream import metrics
 
-__all__ = ("GapGuard", "Admitted", "Fetcher", "KafkaProbe", "report_deleted_unread")
+__all__ = ("GapGuard", "Admitted", "Fetcher", "KafkaProbe", "DeletedUnread")
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +51,17 @@ class GapGuard:
     """Per-partition next offset to apply; see the module docstring.
 
     ``start(topic, partition)`` gives the offset a newly assigned partition starts at (the
-    committed one, or the log start); ``first_record`` fetches; ``seek`` moves the consumer.
+    committed one, or the log start), ``start_many`` the same of several partitions at once;
+    ``first_record`` fetches; ``seek`` moves the consumer.
     """
 
     def __init__(self, topics: set[str], *, start: Callable[[str, int], Awaitable[int]], first_record: Fetcher,
-                 seek: Callable[[str, int, int], Awaitable[None]]) -> None:
+                 seek: Callable[[str, int, int], Awaitable[None]],
+                 start_many: Callable[[list[tuple[str, int]]], Awaitable[dict[tuple[str, int], int]]] | None = None
+                 ) -> None:
         self.topics = set(topics)
         self.start, self.first_record, self.seek = start, first_record, seek
+        self.start_many = start_many
         self.next: dict[tuple[str, int], int] = {}
         self.seeking: dict[tuple[str, int], int] = {}  # sought back: drop until this offset comes
 
@@ -72,6 +76,22 @@ class GapGuard:
         """Forget every partition (a rebalance: faust seeks to the committed offsets again)."""
         self.next.clear()
         self.seeking.clear()
+
+    async def starts(self, tps: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Each watched partition's start, now ``next``: where a rebalance's seek must put the consumer.
+
+        faust's seek to the committed offsets leaves a partition whose committed offset is 0 (or
+        none) where the consumer's position was (aiokafka seeks only to offsets above 0), so records
+        fetched there before the rebalance and never applied (a batch dropped as fenced, a fetch
+        discarded during recovery) were not read again until a later record showed the gap."""
+        mine = [tp for tp in tps if tp[0] in self.topics]
+        if new := [tp for tp in mine if tp not in self.next]:
+            if self.start_many is not None:
+                self.next.update(await self.start_many(new))
+            else:
+                for topic, partition in new:
+                    self.next[(topic, partition)] = await self.start(topic, partition)
+        return {tp: self.next[tp] for tp in mine}
 
     async def admit(self, events: Sequence[Any], where: Callable[[Any], tuple[str, int, int]]) -> Admitted:
         """Split a consumed batch into the events to apply, in order, and the ones to drop."""
@@ -131,12 +151,24 @@ _PROBE_TIMEOUT_S = 30.0
 _TAIL_STEP = 256
 
 
-def report_deleted_unread(topic: str, partition: int, first: int, end: int) -> None:
-    """Offsets ``first`` .. ``end - 1`` were deleted by the broker before this worker read them: lost
-    events (a retention smaller than the unread backlog; input_purge.py cuts only applied input)."""
-    metrics.INPUT_DELETED_UNREAD.labels(topic).inc(end - first)
-    logger.error("%s[%d]: offsets %d..%d were deleted by the broker (retention) before they were consumed: "
-                 "their events are lost", topic, partition, first, end - 1)
+class DeletedUnread:
+    """Reports input the broker deleted before this worker read it: lost events (a retention smaller
+    than the unread backlog; input_purge.py cuts only applied input). Each offset is counted once:
+    the assignment's start check and the guard's fetch can both meet the same deleted range (the
+    former's commit of the log start not yet read back when the latter asked)."""
+
+    def __init__(self) -> None:
+        self.reported: dict[tuple[str, int], int] = {}  # (topic, partition) -> end of what was reported
+
+    def report(self, topic: str, partition: int, first: int, end: int) -> None:
+        """Offsets ``first`` .. ``end - 1`` were deleted before they were consumed."""
+        first = max(first, self.reported.get((topic, partition), first))
+        if end <= first:
+            return
+        self.reported[(topic, partition)] = end
+        metrics.INPUT_DELETED_UNREAD.labels(topic).inc(end - first)
+        logger.error("%s[%d]: offsets %d..%d were deleted by the broker (retention) before they were consumed: "
+                     "their events are lost", topic, partition, first, end - 1)
 
 
 class KafkaProbe:
@@ -151,6 +183,7 @@ class KafkaProbe:
         self.tail_from_start = tail_from_start
         self._consumer: Any = None
         self._admin = LazyAdmin(self.bootstrap, **self.kafka)
+        self.deleted = DeletedUnread()
         self._lock = asyncio.Lock()  # one reader of the probe consumer at a time
         # one consumer made: log_start/log_end and start() come without _lock, and two callers that both
         # found none each started one, the first then left unclosed (a restarted worker logged it)
@@ -204,8 +237,16 @@ class KafkaProbe:
     async def log_end(self, topic: str, partition: int) -> int:
         from aiokafka.structs import TopicPartition
 
-        tp = TopicPartition(topic, partition)
-        return (await (await self._client()).end_offsets([tp]))[tp]
+        return (await self.log_ends([TopicPartition(topic, partition)]))[(topic, partition)]
+
+    async def log_ends(self, tps: list[Any]) -> dict[tuple[str, int], int]:
+        """The last stable offset (read_committed) of several partitions in one request."""
+        from aiokafka.structs import TopicPartition
+
+        if not tps:
+            return {}
+        got = await (await self._client()).end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
+        return {(tp.topic, tp.partition): offset for tp, offset in got.items()}
 
     async def first_record(self, topic: str, partition: int, from_offset: int, below: int) -> int | None:
         """Offset of the first record in ``[from_offset, below)``, None when there is none.
@@ -223,7 +264,7 @@ class KafkaProbe:
             tp = TopicPartition(topic, partition)
             start = (await c.beginning_offsets([tp]))[tp]
             if start > from_offset:
-                report_deleted_unread(topic, partition, from_offset, min(start, below))
+                self.deleted.report(topic, partition, from_offset, min(start, below))
                 if start >= below:
                     return None
                 from_offset = start

@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from typing import Any
 
 import faust
@@ -30,7 +31,7 @@ from workers.kafka.topics import Topic, by_name, input_topics, topics
 from workers.scoring import prefetch
 from workers.stream import faust_internals, metrics, partitioning, provision, restore
 from workers.stream.broker_health import BrokerHealth
-from workers.stream.gaps import Admitted, GapGuard, KafkaProbe, report_deleted_unread
+from workers.stream.gaps import Admitted, GapGuard, KafkaProbe
 from workers.stream.partitioning import ORIGIN_HEADER, origin_of
 from workers.stream.peers import DeadPeers
 from workers.stream.processor import BatchResult, Processor, dlq_entry, encoded
@@ -107,7 +108,7 @@ class Runtime:
         self.probe = KafkaProbe(settings.broker or "", tail_from_start=settings.broker_kind == "embedded",
                                 **settings.kafka_kwargs())
         self.guard = GapGuard({t.name for t in input_topics()}, start=self._start_offset,
-                              first_record=self.probe.first_record, seek=self._seek)
+                              start_many=self._start_offsets, first_record=self.probe.first_record, seek=self._seek)
         self.broker_health = BrokerHealth(settings.broker or "", settings.broker_unreachable_s,
                                           settings.kafka_kwargs())
         self.input_names = {t.name for t in input_topics()}
@@ -126,6 +127,7 @@ class Runtime:
             settings.broker or "", settings.app_id, may_purge=self.log_unchanged, **settings.kafka_kwargs()
         ) if self.txn is not None and settings.broker_kind == "embedded" and settings.embedded_input_purge_s else None
         self._rejoined_at = -float("inf")  # when _owned last made the consumer rejoin its group
+        self._rejoin_later: asyncio.Task | None = None  # a rejoin put off until the session timeout passed
         self._outages_at_assign = 0  # broker_health.outages when the partitions were last assigned
         # input partitions whose committed offset may be stale (the broker lost records): where to start instead
         self._unapplied_from: dict[tuple[str, int], int] = {}
@@ -173,7 +175,7 @@ class Runtime:
                 if at is not None and at >= start:
                     continue
                 if at is not None:
-                    report_deleted_unread(tp.topic, tp.partition, at, start)
+                    self.probe.deleted.report(tp.topic, tp.partition, at, start)
                 work[tp.partition].offsets[tp.topic] = start
             if not work:
                 return
@@ -195,12 +197,31 @@ class Runtime:
 
     async def _start_offset(self, topic: str, partition: int) -> int:
         """Where a newly assigned partition starts: the committed offset, or the log start."""
-        committed = faust_internals.committed_offset(self.app, topic, partition)
-        if committed is None:  # faust keeps none (or 0, which it stores as none): ask the broker
-            committed = await self.probe.committed(self.settings.app_id, topic, partition)
-        if committed is None:
-            return await self.probe.log_start(topic, partition)
-        tp = (topic, partition)
+        return (await self._start_offsets([(topic, partition)]))[(topic, partition)]
+
+    async def _start_offsets(self, tps: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """:meth:`_start_offset` of several partitions, with one request per kind of offset."""
+        from aiokafka.structs import TopicPartition
+
+        # faust keeps none (or 0, which it stores as none): ask the broker
+        committed = {tp: faust_internals.committed_offset(self.app, *tp) for tp in tps}
+        if ask := [TopicPartition(*tp) for tp, at in committed.items() if at is None]:
+            committed.update(await self.probe.committed_many(self.settings.app_id, ask))
+        all_tps = [TopicPartition(*tp) for tp in tps]
+        starts, ends = await self.probe.log_starts(all_tps), await self.probe.log_ends(all_tps)
+        out: dict[tuple[str, int], int] = {}
+        for tp, at in committed.items():
+            if at is not None and at < starts[tp]:
+                # deleted before it was read (_commit_starts moves such an offset; its commit may not be
+                # read back yet): a seek below the log start would wait at the log's end on the embedded broker
+                self.probe.deleted.report(*tp, at, starts[tp])
+                at = starts[tp]
+            out[tp] = starts[tp] if at is None else await self._start_after_outages(tp, at, ends[tp])
+        return out
+
+    async def _start_after_outages(self, tp: tuple[str, int], committed: int, end: int) -> int:
+        """The start of a partition the group committed on, unless the broker may have lost records."""
+        topic, partition = tp
         outages, seen = self.broker_health.outages, self._outages_at_start.get(tp)
         self._outages_at_start[tp] = outages
         if self.settings.broker_kind == "embedded" and seen is not None and outages > seen:
@@ -215,7 +236,6 @@ class Runtime:
         floor = self._unapplied_from.get(tp)
         if floor is not None and committed > floor:
             return floor  # until a transaction of this partition commits, the broker's offset may be stale
-        end = await self.probe.log_end(topic, partition)
         if committed > end:
             # the group's offset survived records below it that the broker lost: start before them
             start = await self.probe.log_start(topic, partition)
@@ -408,13 +428,31 @@ class Runtime:
         return out
 
     async def _rejoin(self, fenced: set[int]) -> None:
-        """Make the consumer rejoin its group, at most once per session timeout (see _owned)."""
+        """Make the consumer rejoin its group, at most once per session timeout (see _owned).
+
+        Within that time the rejoin is put off, not dropped: the events of a partition fenced again
+        soon after a rejoin were dropped here, and until a later record came nothing read them again."""
         now = time.monotonic()
-        if now - self._rejoined_at > self.settings.session_timeout_s:
+        wait = self._rejoined_at + self.settings.session_timeout_s - now
+        if wait < 0:
             self._rejoined_at = now
             logger.warning("partitions %s: consumed here without a transactional producer (fenced); rejoining "
                            "the group", sorted(fenced))
             await faust_internals.rejoin(self.app)
+        elif self._rejoin_later is None or self._rejoin_later.done():
+            self._rejoin_later = asyncio.ensure_future(self._rejoin_after(wait, fenced))
+
+    async def _rejoin_after(self, wait: float, fenced: set[int]) -> None:
+        await asyncio.sleep(wait + 0.01)
+        consumed = {tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.input_names}
+        assert self.txn is not None
+        if still := {p for p in fenced & consumed if not self.txn.owns(p)}:  # no rebalance gave it a producer since
+            await self._rejoin(still)
+
+    def stop_rejoin(self) -> None:
+        """Cancel a rejoin put off (the worker stops)."""
+        if self._rejoin_later is not None:
+            self._rejoin_later.cancel()
 
     async def _commit(self, admitted: Admitted, res: BatchResult | None, reroute: list[tuple[Record, int]],
                       dead: list[tuple[Record, Any]]) -> set[int]:
