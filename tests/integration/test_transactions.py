@@ -378,7 +378,8 @@ def test_a_worker_fenced_twice_in_a_row_applies_every_record_without_a_later_one
     - faust's seek to the committed offsets left a partition committed at 0 past the records its
       consumer had fetched (aiokafka seeks only above 0), so they waited for a later record;
     - fenced again within the session timeout, the worker dropped the records and put no rejoin
-      off, so they waited for a later record too."""
+      off, so they waited for a later record too;
+    and the dropped batches' events were counted as applied."""
     feedback = topics()["feedback"].name
     w = worker_factory(partitions=1).start().wait_ready()
     assert w.dispatch("init_instant", {"session_key": "s", "targets": ["m", "n"], "dim": 4})["ok"]
@@ -404,4 +405,5 @@ def test_a_worker_fenced_twice_in_a_row_applies_every_record_without_a_later_one
         offsets = asyncio.run(fence_then_send())
         assert offsets == [3 * round_, 3 * round_ + 1, 3 * round_ + 2]
         wait_until(lambda: applied_through(offsets[-1]), 30, 0.2, f"round {round_}: offsets {offsets} applied")
-    assert w.dispatch("session_info", {"session_key": "s"})["ok"]
+    # each applied once, and counted once: a batch whose transaction did not commit was counted as applied
+    assert w.metric("learnstream_events_total", topic=feedback, outcome="applied") == 6

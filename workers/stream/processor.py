@@ -61,8 +61,10 @@ class BatchResult:
     applied: int = 0
     duplicates: int = 0
     rejected: int = 0
-    by_topic: dict[tuple[str, str], int] = field(default_factory=dict)   # (topic, outcome) -> messages
-    events_by_topic: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic, outcome) -> events
+    # (topic, partition, outcome) -> messages, and events (an envelope is one message of many events); by
+    # partition, since a partition whose transaction does not commit is applied again, and counted then
+    messages: dict[tuple[str, int, str], int] = field(default_factory=dict)
+    events: dict[tuple[str, int, str], int] = field(default_factory=dict)
     # events in a message other than 1 (an envelope's ``events``), by (topic, partition, offset)
     sizes: dict[tuple[str, int, int], int] = field(default_factory=dict)
     verb_seconds: list[tuple[str, float]] = field(default_factory=list)  # time in each verb (its kernels)
@@ -72,6 +74,23 @@ class BatchResult:
     state_bytes: int = 0  # keys and values written to the session tables (and so to their changelogs)
     state_writes: int = 0  # keys written or deleted
     key_growth: dict[tuple[str, int], int] = field(default_factory=dict)  # (table, partition) -> keys gained, at least
+
+    @property
+    def by_topic(self) -> dict[tuple[str, str], int]:
+        """(topic, outcome) -> messages, over all partitions."""
+        return _over_partitions(self.messages)
+
+    @property
+    def events_by_topic(self) -> dict[tuple[str, str], int]:
+        """(topic, outcome) -> events, over all partitions."""
+        return _over_partitions(self.events)
+
+
+def _over_partitions(counts: dict[tuple[str, int, str], int]) -> dict[tuple[str, str], int]:
+    out: dict[tuple[str, str], int] = {}
+    for (topic, _, outcome), n in counts.items():
+        out[(topic, outcome)] = out.get((topic, outcome), 0) + n
+    return out
 
 
 def dlq_entry(rec: Record, reason: str, code: str) -> Produce:
@@ -352,8 +371,8 @@ class Processor:
             res.applied -= 1
             res.rejected += 1
             n = res.sizes.get(where, 1)
-            res.by_topic[(rec.topic, "applied")] -= 1
-            res.events_by_topic[(rec.topic, "applied")] -= n
+            res.messages[(rec.topic, rec.partition, "applied")] -= 1
+            res.events[(rec.topic, rec.partition, "applied")] -= n
             self._count(res, rec, "too_large")
 
     def _apply(self, records: list[Record], failed: dict[tuple[str, int, int], str],
@@ -458,10 +477,10 @@ class Processor:
 
     @staticmethod
     def _count(res: BatchResult, rec: Record, outcome: str) -> None:
-        k = (rec.topic, outcome)
-        res.by_topic[k] = res.by_topic.get(k, 0) + 1
+        k = (rec.topic, rec.partition, outcome)
+        res.messages[k] = res.messages.get(k, 0) + 1
         n = res.sizes.get((rec.topic, rec.partition, rec.offset), 1) if res.sizes else 1
-        res.events_by_topic[k] = res.events_by_topic.get(k, 0) + n
+        res.events[k] = res.events.get(k, 0) + n
 
     @staticmethod
     def _reject(rec: Record, r: _Reject, res: BatchResult) -> str:

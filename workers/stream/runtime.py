@@ -352,18 +352,21 @@ class Runtime:
         if self.txn is not None:
             failed = await self._commit(admitted, res, reroute, dead)
         if res is not None:
-            self._count(res)
+            self._count(res, failed)
             # a write of a partition whose transaction did not commit is not answered as applied
             self.replies.resolve({k: v for k, v in res.replies.items() if k[1] not in failed} if failed
                                  else res.replies)
         self.guard.applied(_only(admitted, {p for _, p in admitted.next} - failed) if failed else admitted)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
 
-    def _count(self, res: BatchResult) -> None:
-        for (topic, outcome), n in res.by_topic.items():
-            metrics.MESSAGES.labels(topic, outcome).inc(n)
-        for (topic, outcome), n in res.events_by_topic.items():
-            metrics.EVENTS.labels(topic, outcome).inc(n)
+    def _count(self, res: BatchResult, failed: set[int]) -> None:
+        # a partition whose transaction did not commit is applied again (here or by its new owner): not counted
+        for (topic, partition, outcome), n in res.messages.items():
+            if partition not in failed:
+                metrics.MESSAGES.labels(topic, outcome).inc(n)
+        for (topic, partition, outcome), n in res.events.items():
+            if partition not in failed:
+                metrics.EVENTS.labels(topic, outcome).inc(n)
         for name, seconds in res.verb_seconds:
             metrics.KERNEL_SECONDS.labels(name).observe(seconds)
         metrics.STATE_WRITES.inc(res.state_writes)
@@ -375,7 +378,8 @@ class Runtime:
                 metrics.ADAPTER_NORM.set(data["adapter_norm"])
                 break
         if self.txn is not None:  # without transactions _deliver counted them
-            self._count_produced(res.produce)
+            self._count_produced([p for p in res.produce if source_partition(p) not in failed] if failed
+                                 else res.produce)
 
     def _count_cache(self) -> None:
         """Export the session cache's counters; warn (at most every few minutes) while most lookups miss
