@@ -50,6 +50,7 @@ _CHECKED_SOURCES = {
     "transport.consumer.Consumer.wait_empty": "f29971a4a89cf07e",
     "transport.consumer.Consumer._clean_unacked_messages": "bcd8df262d5e2e09",
     "mode:worker.Worker._sentinel_task": "9b2952d563068187",
+    "tables.manager.TableManager.on_start": "5e67c90893df7194",
 }
 
 
@@ -168,3 +169,27 @@ def test_a_stopping_worker_closes_its_loop_after_a_tenth_of_a_second_not_a_secon
     finally:
         worker.loop.close()
 
+
+def test_a_starting_worker_registers_its_tables_changelogs_without_a_second_of_sleep() -> None:
+    """Patch 15: faust's table manager slept 1 s at start before it registered the changelogs."""
+    import asyncio
+
+    from faust.tables.manager import TableManager
+
+    faust_internals.install()
+    steps: list[str] = []
+
+    class Starting:
+        should_stop = False
+        sleep = staticmethod(asyncio.sleep)  # faust's own first line: ``await self.sleep(1.0)``
+
+        async def _update_channels(self) -> None:
+            steps.append("changelogs registered")
+
+        class recovery:  # noqa: N801 - stands for the manager's Recovery service
+            @staticmethod
+            async def start() -> None:
+                steps.append("recovery started")
+
+    asyncio.run(asyncio.wait_for(TableManager.on_start(Starting()), 0.5))
+    assert steps == ["changelogs registered", "recovery started"]
