@@ -448,10 +448,13 @@ class Runtime:
 
     async def _rejoin_after(self, wait: float, fenced: set[int]) -> None:
         await asyncio.sleep(wait + 0.01)
-        consumed = {tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.input_names}
         assert self.txn is not None
-        if still := {p for p in fenced & consumed if not self.txn.owns(p)}:  # no rebalance gave it a producer since
-            await self._rejoin(still)
+        try:
+            consumed = {tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.input_names}
+            if still := {p for p in fenced & consumed if not self.txn.owns(p)}:  # no rebalance gave it one since
+                await self._rejoin(still)
+        except Exception as exc:  # noqa: BLE001 - a task nothing awaits: the next fenced batch asks again
+            logger.warning("the rejoin put off for partitions %s failed: %r", sorted(fenced), exc)
 
     def stop_rejoin(self) -> None:
         """Cancel a rejoin put off (the worker stops)."""
