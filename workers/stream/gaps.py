@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 # (topic, partition, from_offset, below) -> offset of the first record in [from_offset, below), or None
 Fetcher = Callable[[str, int, int, int], Awaitable[int | None]]
+# [(topic, partition), ...] -> the offset each starts at
+Starts = Callable[[list[tuple[str, int]]], Awaitable[dict[tuple[str, int], int]]]
 
 
 @dataclass
@@ -50,18 +52,14 @@ class Admitted:
 class GapGuard:
     """Per-partition next offset to apply; see the module docstring.
 
-    ``start(topic, partition)`` gives the offset a newly assigned partition starts at (the
-    committed one, or the log start), ``start_many`` the same of several partitions at once;
-    ``first_record`` fetches; ``seek`` moves the consumer.
+    ``start(partitions)`` gives the offset each newly assigned ``(topic, partition)`` starts at
+    (the committed one, or the log start); ``first_record`` fetches; ``seek`` moves the consumer.
     """
 
-    def __init__(self, topics: set[str], *, start: Callable[[str, int], Awaitable[int]], first_record: Fetcher,
-                 seek: Callable[[str, int, int], Awaitable[None]],
-                 start_many: Callable[[list[tuple[str, int]]], Awaitable[dict[tuple[str, int], int]]] | None = None
-                 ) -> None:
+    def __init__(self, topics: set[str], *, start: Starts, first_record: Fetcher,
+                 seek: Callable[[str, int, int], Awaitable[None]]) -> None:
         self.topics = set(topics)
         self.start, self.first_record, self.seek = start, first_record, seek
-        self.start_many = start_many
         self.next: dict[tuple[str, int], int] = {}
         self.seeking: dict[tuple[str, int], int] = {}  # sought back: drop until this offset comes
 
@@ -86,11 +84,7 @@ class GapGuard:
         discarded during recovery) were not read again until a later record showed the gap."""
         mine = [tp for tp in tps if tp[0] in self.topics]
         if new := [tp for tp in mine if tp not in self.next]:
-            if self.start_many is not None:
-                self.next.update(await self.start_many(new))
-            else:
-                for topic, partition in new:
-                    self.next[(topic, partition)] = await self.start(topic, partition)
+            self.next.update(await self.start(new))
         return {tp: self.next[tp] for tp in mine}
 
     async def admit(self, events: Sequence[Any], where: Callable[[Any], tuple[str, int, int]]) -> Admitted:
@@ -107,7 +101,7 @@ class GapGuard:
             if exp is None:
                 exp = self.next.get(tp)
                 if exp is None:
-                    exp = self.next[tp] = await self.start(topic, partition)
+                    exp = self.next[tp] = (await self.start([tp]))[tp]
             target = self.seeking.get(tp)
             if target is not None:
                 if offset != target:

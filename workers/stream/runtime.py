@@ -107,8 +107,8 @@ class Runtime:
         self.changelog_topic = tables["session"].changelog_topic.get_topic_name()
         self.probe = KafkaProbe(settings.broker or "", tail_from_start=settings.broker_kind == "embedded",
                                 **settings.kafka_kwargs())
-        self.guard = GapGuard({t.name for t in input_topics()}, start=self._start_offset,
-                              start_many=self._start_offsets, first_record=self.probe.first_record, seek=self._seek)
+        self.guard = GapGuard({t.name for t in input_topics()}, start=self._start_offsets,
+                              first_record=self.probe.first_record, seek=self._seek)
         self.broker_health = BrokerHealth(settings.broker or "", settings.broker_unreachable_s,
                                           settings.kafka_kwargs())
         self.input_names = {t.name for t in input_topics()}
@@ -195,12 +195,9 @@ class Runtime:
         changelogs, the input read again from the committed offsets)."""
         return self.broker_health.outages == self._outages_at_assign
 
-    async def _start_offset(self, topic: str, partition: int) -> int:
-        """Where a newly assigned partition starts: the committed offset, or the log start."""
-        return (await self._start_offsets([(topic, partition)]))[(topic, partition)]
-
     async def _start_offsets(self, tps: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        """:meth:`_start_offset` of several partitions, with one request per kind of offset."""
+        """Where newly assigned partitions start: the committed offset, or the log start (one request
+        per kind of offset for all of them)."""
         from aiokafka.structs import TopicPartition
 
         # faust keeps none (or 0, which it stores as none): ask the broker
