@@ -224,3 +224,54 @@ def test_deleted_input_is_counted_once_whoever_meets_it_first() -> None:
     d.report(TOPIC, 0, 900, 1000)  # more deleted since: only the new part
     d.report(TOPIC, 1, 0, 10)  # another partition
     assert counted._value.get() == before + 1000 + 10
+
+
+class _Msg:
+    def __init__(self, partition: int, offset: int) -> None:
+        self.topic, self.partition, self.offset = TOPIC, partition, offset
+
+
+class _Event:
+    def __init__(self, partition: int, offset: int) -> None:
+        self.message = _Msg(partition, offset)
+
+
+class _Owns:
+    """Transactional producers for these partitions only (one was fenced)."""
+
+    def __init__(self, partitions: set[int]) -> None:
+        self.partitions = partitions
+
+    def owns(self, partition: int) -> bool:
+        return partition in self.partitions
+
+
+def messages(outcome: str) -> float:
+    return metrics.MESSAGES.labels(TOPIC, outcome)._value.get()
+
+
+async def test_events_of_a_fenced_partition_are_counted_as_not_owned_not_as_redelivered() -> None:
+    """``Runtime._owned`` leaves out the events of a partition whose producer was fenced: they are
+    not applied here, and they are not redeliveries either (the guard's drops, counted as such)."""
+    from workers.stream.gaps import Admitted
+    from workers.stream.runtime import Runtime
+
+    rejoined: list[set[int]] = []
+
+    class Rt:
+        txn = _Owns({0})
+
+        async def _rejoin(self, fenced: set[int]) -> None:
+            rejoined.append(fenced)
+
+    redelivered, not_owned = messages("redelivered"), messages("not_owned")
+    guard_drop = _Event(0, 1)
+    admitted = Admitted(events=[_Event(0, 2), _Event(1, 7), _Event(1, 8), _Event(0, 3)], dropped=[guard_drop],
+                        next={(TOPIC, 0): 4, (TOPIC, 1): 9})
+    out = await Runtime._owned(Rt(), admitted)  # type: ignore[arg-type]
+    assert [(e.message.partition, e.message.offset) for e in out.events] == [(0, 2), (0, 3)]
+    assert out.dropped == [guard_drop]  # what the guard dropped stays its own (handle counts it redelivered)
+    assert out.next == {(TOPIC, 0): 4}  # partition 1's offset does not move here
+    assert messages("not_owned") - not_owned == 2
+    assert messages("redelivered") == redelivered
+    assert rejoined == [{1}]

@@ -423,7 +423,10 @@ class Runtime:
             return admitted
         out = Admitted(dropped=admitted.dropped)
         for e in admitted.events:
-            (out.events if self.txn.owns(e.message.partition) else out.dropped).append(e)
+            if self.txn.owns(e.message.partition):
+                out.events.append(e)
+            else:  # not a redelivery: another worker's to apply, or this one's again after the rejoin
+                metrics.MESSAGES.labels(e.message.topic, "not_owned").inc()
         out.next = {tp: n for tp, n in admitted.next.items() if self.txn.owns(tp[1])}
         await self._rejoin({p for _, p in admitted.next} - {p for _, p in out.next})
         return out
