@@ -171,12 +171,9 @@ class Runtime:
             work: dict[int, PartitionWork] = defaultdict(PartitionWork)
             for tp in tps:
                 key = (tp.topic, tp.partition)
-                at, start = committed.get(key), starts[key]
-                if at is not None and at >= start:
-                    continue
-                if at is not None:
-                    self.probe.deleted.report(tp.topic, tp.partition, at, start)
-                work[tp.partition].offsets[tp.topic] = start
+                at = committed.get(key)
+                if at is None or self._readable(key, at, starts[key]) != at:
+                    work[tp.partition].offsets[tp.topic] = starts[key]
             if not work:
                 return
             done = await self.txn.commit_all(work, self.log_unchanged)
@@ -208,13 +205,19 @@ class Runtime:
         starts, ends = await self.probe.log_starts(all_tps), await self.probe.log_ends(all_tps)
         out: dict[tuple[str, int], int] = {}
         for tp, at in committed.items():
-            if at is not None and at < starts[tp]:
-                # deleted before it was read (_commit_starts moves such an offset; its commit may not be
-                # read back yet): a seek below the log start would wait at the log's end on the embedded broker
-                self.probe.deleted.report(*tp, at, starts[tp])
-                at = starts[tp]
-            out[tp] = starts[tp] if at is None else await self._start_after_outages(tp, at, ends[tp])
+            # a committed offset below the log start: _commit_starts moves it, but its commit may not be read back yet
+            out[tp] = starts[tp] if at is None else await self._start_after_outages(
+                tp, self._readable(tp, at, starts[tp]), ends[tp])
         return out
+
+    def _readable(self, tp: tuple[str, int], committed: int, start: int) -> int:
+        """Where a partition the group committed on can be read from: the committed offset, or the log start
+        when the broker deleted input past it before it was read (reported as lost: ``DeletedUnread``). A seek
+        below the log start would wait at the log's end on the embedded broker."""
+        if committed >= start:
+            return committed
+        self.probe.deleted.report(*tp, committed, start)
+        return start
 
     async def _start_after_outages(self, tp: tuple[str, int], committed: int, end: int) -> int:
         """The start of a partition the group committed on, unless the broker may have lost records."""
