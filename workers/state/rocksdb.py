@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import Cache, Options, Rdict, WriteBatch
 
 from workers.errors import StateError
 from workers.state.base import ModelStore
@@ -15,23 +15,35 @@ __all__ = ("RocksDictStore", "rocksdb_options", "iter_prefix", "BLOCK_BYTES")
 # Settings.block_cache_bytes, 16 MiB per table partition, through faust): 64 MiB covers the hot
 # working set of one process; faust's default is 2 GiB *per partition database*.
 _BLOCK_CACHE_BYTES = 64 * 1024 * 1024
-# A session's keys lie together (one head, ~66 pieces of ~1.6 kB at 384-d with a full replay buffer).
-# A part read whole (a learner, ~100 pieces and more) is one prefix scan, which blocks of 16 kB instead
-# of RocksDB's 4 kB serve with a quarter as many block reads: a head get and scan of a random one of
-# 10,000 such sessions took 95-108 instead of 145-149 us of CPU, a head get alone 7.9 instead of 8.3
-# (bench/README.md "state", twenty-third session); 64 kB blocks made a head get 20 us. A replay row is
-# a point get (12.1 us of CPU at 16 kB, 7.2 at 4 kB: twenty-fourth session).
 BLOCK_BYTES = 16 * 1024
+# Bits per key of each table file's (whole-file) bloom filter: ~1% false positives, so a point get
+# reads the data block of the one sorted run that holds its key. ~1.2 MiB per million keys (a
+# 10,000-session worker holds ~1 M). faust's default, 3 bits in per-block filters, was ~20%.
+BLOOM_BITS = 10
 
 
-def rocksdb_options(block_cache_bytes: int = _BLOCK_CACHE_BYTES) -> Options:
-    from rocksdict import BlockBasedOptions, Cache
+def rocksdb_options(cache: Cache | None = None, *, block_cache_bytes: int = _BLOCK_CACHE_BYTES) -> Options:
+    """The options of every learnstream database: the worker's table partitions
+    (``workers.stream.faust_internals.WalStore`` adds its memory budget) and an in-process store.
+
+    Session state is read by point gets (a head, the pieces before the replay rows, a row when a
+    kernel replays it) and written as overwrites of a few keys spread over every session: universal
+    compaction rewrites such data far less than leveled compaction (at 10,000 sessions leveled
+    compaction's threads cost as much as the rest of the worker, bench/README.md "state"), and the
+    bloom filters answer a get in any number of sorted runs. ``cache``: a block cache shared with
+    other databases (else one of ``block_cache_bytes``); index and filter blocks count against it.
+    A database written with other options opens with these (leveled files are sorted runs too)."""
+    from rocksdict import BlockBasedIndexType, BlockBasedOptions, DBCompactionStyle
 
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
+    opts.set_compaction_style(DBCompactionStyle.universal())
     table = BlockBasedOptions()
-    table.set_block_cache(Cache(block_cache_bytes))
+    table.set_bloom_filter(BLOOM_BITS, False)
+    table.set_block_cache(cache if cache is not None else Cache(block_cache_bytes))
+    table.set_cache_index_and_filter_blocks(True)
     table.set_block_size(BLOCK_BYTES)
+    table.set_index_type(BlockBasedIndexType.binary_search())
     opts.set_block_based_table_factory(table)
     return opts
 
@@ -55,7 +67,7 @@ class RocksDictStore(ModelStore):
         except OSError as exc:  # a file in the way, a read-only or missing parent
             raise StateError(f"{path}: cannot hold the state store ({exc.strerror or exc})") from None
         try:
-            self._db = Rdict(str(path), rocksdb_options(block_cache_bytes))
+            self._db = Rdict(str(path), rocksdb_options(block_cache_bytes=block_cache_bytes))
         except Exception as exc:  # rocksdict raises a bare Exception carrying RocksDB's status
             if "lock" in str(exc).lower():  # RocksDB's LOCK file: one opener at a time
                 raise StateError(f"{path}: the state store is open in another process (or another "

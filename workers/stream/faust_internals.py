@@ -118,7 +118,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from aiokafka import TopicPartition
 from faust.types import TP
 
-from workers.state.rocksdb import BLOCK_BYTES  # a session's keys are read together: see there
+from workers.state.rocksdb import rocksdb_options as database_options  # the options of every learnstream database
 
 __all__ = ("FAUST_CHECKED", "TOUCHED", "install", "watch", "transactional", "note_committed", "seek",
            "committed_offset", "set_fetch_max_wait", "partition_db", "changelog_offset_key", "event_context",
@@ -377,26 +377,12 @@ class WalStore(rocksdb.Store):
         extra = o.extra_options
         mem = shared_memory(self.app, int(extra.get("shared_block_cache_bytes", BLOCK_CACHE_BYTES)),
                             int(extra.get("memtable_bytes", MEMTABLE_BYTES)))
-        opts = rocksdict.Options(raw_mode=True)
-        opts.create_if_missing(True)
+        opts = database_options(mem.cache)
         opts.set_max_open_files(o.max_open_files)
         opts.set_target_file_size_base(o.target_file_size_base)
         opts.set_write_buffer_size(min(_WRITE_BUFFER_BYTES, max(mem.memtable_bytes // 4, 1 << 20)))
         opts.set_max_write_buffer_number(2)
         opts.set_write_buffer_manager(mem.write_buffers)
-        # Universal compaction: a session's writes are overwrites of a few keys (its head, a replay row)
-        # spread over every session, which leveled compaction rewrote level after level (at 10,000
-        # sessions its threads cost as much as the rest of the worker between two rounds of
-        # `bench feedback --scale 8,10000`: 1,456-2,134 events/s against 2,083-2,164 with this; reads
-        # are point gets now, which bloom filters answer in any number of sorted runs)
-        opts.set_compaction_style(rocksdict.DBCompactionStyle.universal())
-        table = rocksdict.BlockBasedOptions()
-        table.set_bloom_filter(o.bloom_filter_size, block_based=True)
-        table.set_block_cache(mem.cache)
-        table.set_cache_index_and_filter_blocks(True)  # index and filters count against the cache too
-        table.set_block_size(BLOCK_BYTES)
-        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
-        opts.set_block_based_table_factory(table)
         # faust 0.15.3: Store.partition_path, where faust keeps a partition's database
         db = rocksdict.Rdict(str(self.partition_path(partition)), options=opts,
                              access_type=rocksdict.AccessType.read_write())
