@@ -16,7 +16,7 @@ from workers.errors import WorkerExitedError
 from workers.kafka.broker import broker_env
 from workers.local import free_port
 
-__all__ = ("wait_until", "WorkerProc", "http_json", "read_topic", "send_raw", "applied")
+__all__ = ("wait_until", "WorkerProc", "http_json", "read_topic", "send_raw", "applied", "database_options")
 
 # A group join takes seconds and a rejoin longer on a loaded box; failover waits for the
 # session timeout. Generous limits keep a loaded CI box from flaking.
@@ -94,3 +94,15 @@ def applied(w: WorkerProc, topic: str) -> float:
     """Messages of ``topic`` this worker has applied, from its /metrics (0 when none yet); an envelope
     is one message (``learnstream_events_total`` counts its events)."""
     return w.metric("learnstream_messages_total", outcome="applied", topic=topic)
+
+
+def database_options(db_dir: Path) -> dict[str, str]:
+    """What a RocksDB database was last opened with, from the newest OPTIONS file it wrote: the
+    ``name=value`` lines (sections merged; a name in several sections keeps its last value)."""
+    newest = max(db_dir.glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
+    out = {}
+    for line in newest.read_text().splitlines():
+        name, eq, value = line.strip().partition("=")
+        if eq and not name.startswith("#"):
+            out[name] = value
+    return out

@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.helpers import applied, http_json, read_topic, send_raw, wait_until
+from tests.helpers import applied, database_options, http_json, read_topic, send_raw, wait_until
 from workers.verbs.codec import encode_embedding_b64
 from workers.verbs.session import LearnSession
 from workers.kafka.topics import topics
@@ -91,6 +91,10 @@ def test_real_embedding_sizes_learn_survive_sigkill_and_restart_as_in_process(br
     # Restarted, a worker serves what its store and changelog hold (every batch the broker had
     # acknowledged), then re-applies the redelivered rest: it ends exactly as in process.
     a.kill()
+    # its table partitions have the options of every learnstream database (workers/state/rocksdb.py)
+    tables = [p.parent for p in a.data_dir.rglob("CURRENT")]
+    assert tables and all(database_options(t)["compaction_style"] == "kCompactionStyleUniversal" and
+                          database_options(t)["filter_policy"] == "bloomfilter" for t in tables), tables
     a2 = worker_factory("a2", data_dir=a.data_dir).start().wait_ready()  # same data dir
     wait_until(lambda: _digests(a2, plan) == want, 120, 0.5, what="same data dir: as in process")
     a2.kill()

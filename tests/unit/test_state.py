@@ -77,6 +77,22 @@ def test_stores_agree_on_prefix_order_and_batches(store) -> None:
     assert list(store.iter_prefix(b"zzz")) == []
 
 
+def test_an_in_process_store_has_the_databases_options(tmp_path) -> None:
+    """``rocksdb_options`` is every learnstream database's: universal compaction, whole-file bloom
+    filters, 16 kB blocks (the worker's tables are checked in test_state_scale.py)."""
+    from tests.helpers import database_options
+    from workers.state.rocksdb import BLOCK_BYTES
+
+    s = RocksDictStore(tmp_path / "db")
+    s.put(b"k", b"v")
+    s.close()
+    opts = database_options(tmp_path / "db")
+    assert opts["compaction_style"] == "kCompactionStyleUniversal"
+    assert opts["filter_policy"] == "bloomfilter"
+    assert opts["block_size"] == str(BLOCK_BYTES)
+    assert opts["cache_index_and_filter_blocks"] == "true"
+
+
 def test_rocksdb_store_survives_reopen(tmp_path) -> None:
     s = RocksDictStore(tmp_path / "db")
     s.put(b"k", b"v")
