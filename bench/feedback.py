@@ -658,7 +658,7 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
           f"rounds interleaved, {args.partitions} partitions")
     print(f"machine: {machine_note()}; logs in {log_dir}", flush=True)
     runs: dict[int, list[Run]] = {n: [] for n in counts}
-    written: dict[int, list[float]] = {n: [0.0, 0.0, 0.0] for n in counts}
+    written: dict[int, list[float]] = {n: [0.0, 0.0, 0.0, 0.0] for n in counts}
     rss: dict[int, float] = {}
     event_bytes: list[float] = []
     pairs: dict[int, tuple[EmbeddedBroker, _BrokerPs, WorkerProcess, list[str]]] = {}
@@ -718,7 +718,9 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                     written[n][k] += b - a
                 rss[n] = worker._ps().memory_info().rss / 1e6
                 again = _read_again(worker, topic) - again0
-                print(f"  round {rnd + 1}: {n:>6} sessions {r.rate:,.0f} events/s, worker CPU "
+                in_batches = 1e6 * (_written(worker)[3] - w0[3]) / r.events
+                print(f"  round {rnd + 1}: {n:>6} sessions {r.rate:,.0f} events/s ({1e6 / r.rate:,.0f} us/event: "
+                      f"{in_batches:,.0f} in batches, {1e6 / r.rate - in_batches:,.0f} outside), worker CPU "
                       f"{1e6 * r.cpu_consumer / r.events:,.0f} us/event, broker CPU "
                       f"{1e6 * r.cpu_broker / r.events:,.0f} us/event"
                       + (f", {again:,.0f} events read again" if again else ""), flush=True)
@@ -734,22 +736,26 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     base = _median(runs[counts[0]])
     base_cpu = statistics.median(r.cpu_consumer / r.events for r in runs[counts[0]])
     print(f"\n{'sessions':>8} {'events/s':>10} {'vs first':>9} {'CPU us/event':>13} {'vs first':>9} "
-          f"{'changelog B/event':>18} {'x event':>8} {'records/event':>14} {'+ rewrites B/event':>19} {'RSS MB':>7}"
+          f"{'in batches us/event':>20} {'changelog B/event':>18} {'x event':>8} {'records/event':>14} "
+          f"{'+ rewrites B/event':>19} {'RSS MB':>7}"
           f"   (median of {args.repeats} rounds; event {ev:,.0f} B)")
     ok = True
     for n in counts:
         rate, events = _median(runs[n]), sum(r.events for r in runs[n])
         cpu = statistics.median(r.cpu_consumer / r.events for r in runs[n])
-        recs, b, rw = (w / events for w in written[n])
+        recs, b, rw, busy = (w / events for w in written[n])
         ratio, x = rate / base, b / ev
         ok = ok and ratio >= _TARGET_SCALE and x <= _TARGET_CHANGELOG
-        print(f"{n:>8} {rate:>10,.0f} {ratio:>9.0%} {1e6 * cpu:>13,.0f} {base_cpu / cpu:>9.0%} {b:>18,.0f} {x:>8.2f} "
+        print(f"{n:>8} {rate:>10,.0f} {ratio:>9.0%} {1e6 * cpu:>13,.0f} {base_cpu / cpu:>9.0%} {1e6 * busy:>20,.0f} "
+              f"{b:>18,.0f} {x:>8.2f} "
               f"{recs:>14.1f} {rw:>10,.0f} ({(b + rw) / ev:.2f}x) {rss[n]:>7,.0f}   rounds: "
               f"{', '.join(f'{r.rate:,.0f}' for r in runs[n])}")
     print(f"targets: every count >= {_TARGET_SCALE:.0%} of the first's events/s, changelog <= "
           f"{_TARGET_CHANGELOG:.0f}x the event -> {'PASS' if ok else 'FAIL'}")
     print("CPU us/event: the worker process's CPU time (all threads) per event, and the first count's over it; "
-          "changelog B/event: what the batches wrote (every broker receives it); + rewrites: what the worker "
+          "in batches: the worker's wall time applying and committing batches (learnstream_batch_seconds) per event, "
+          "where the session count shows (the rest of a round, faust's delivery of each message, is about the same "
+          "at every count); changelog B/event: what the batches wrote (every broker receives it); + rewrites: what the worker "
           "re-produced compacting its transactional changelogs itself (embedded broker only, which never compacts "
           "them; workers/kafka/changelog_rewrite.py), and the total as a multiple of the event")
     return 0 if ok else 1
@@ -761,11 +767,11 @@ def _read_again(worker: WorkerProcess, topic: str) -> float:
     return sum(worker.metric("learnstream_messages_total", topic=topic, outcome=o) for o in ("redelivered", "duplicate", "not_owned"))
 
 
-def _written(worker: WorkerProcess) -> tuple[float, float, float]:
-    """(keys, bytes) the worker's batches wrote to its tables and changelogs so far, and the bytes its
-    changelog rewrites re-produced (embedded broker only)."""
+def _written(worker: WorkerProcess) -> tuple[float, float, float, float]:
+    """(keys, bytes) the worker's batches wrote to its tables and changelogs so far, the bytes its
+    changelog rewrites re-produced (embedded broker only), and its seconds in batches (applying and committing)."""
     return (worker.metric("learnstream_state_writes_total"), worker.metric("learnstream_state_write_bytes_total"),
-            worker.metric("learnstream_changelog_rewrite_bytes_total"))
+            worker.metric("learnstream_changelog_rewrite_bytes_total"), worker.metric("learnstream_batch_seconds_sum"))
 
 
 def _dlq_reasons(bootstrap: str, limit: int = 5) -> list[str]:
