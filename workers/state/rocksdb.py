@@ -15,6 +15,12 @@ __all__ = ("RocksDictStore", "rocksdb_options", "iter_prefix", "BLOCK_BYTES")
 # Settings.block_cache_bytes, 16 MiB per table partition, through faust): 64 MiB covers the hot
 # working set of one process; faust's default is 2 GiB *per partition database*.
 _BLOCK_CACHE_BYTES = 64 * 1024 * 1024
+# A session's keys lie together (one head, ~66 pieces of ~1.6 kB at 384-d with a full replay buffer).
+# A part read whole (a learner, ~100 pieces and more) is one prefix scan, which blocks of 16 kB instead
+# of RocksDB's 4 kB serve with a quarter as many block reads: a head get and scan of a random one of
+# 10,000 such sessions took 95-108 instead of 145-149 us of CPU, a head get alone 7.9 instead of 8.3
+# (bench/README.md "state", twenty-third session); 64 kB blocks made a head get 20 us. A replay row is
+# a point get (12.1 us of CPU at 16 kB, 7.2 at 4 kB: twenty-fourth session).
 BLOCK_BYTES = 16 * 1024
 # Bits per key of each table file's (whole-file) bloom filter: ~1% false positives, so a point get
 # reads the data block of the one sorted run that holds its key. ~1.2 MiB per million keys (a
