@@ -714,11 +714,12 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                     print("learn.dlq: " + "; ".join(_dlq_reasons(broker.bootstrap)), flush=True)
                     raise
                 runs[n].append(r)
-                for k, (a, b) in enumerate(zip(w0, _written(worker))):
+                w1 = _written(worker)
+                for k, (a, b) in enumerate(zip(w0, w1)):
                     written[n][k] += b - a
                 rss[n] = worker._ps().memory_info().rss / 1e6
                 again = _read_again(worker, topic) - again0
-                in_batches = 1e6 * (_written(worker)[3] - w0[3]) / r.events
+                in_batches = 1e6 * (w1[3] - w0[3]) / r.events
                 print(f"  round {rnd + 1}: {n:>6} sessions {r.rate:,.0f} events/s ({1e6 / r.rate:,.0f} us/event: "
                       f"{in_batches:,.0f} in batches, {1e6 / r.rate - in_batches:,.0f} outside), worker CPU "
                       f"{1e6 * r.cpu_consumer / r.events:,.0f} us/event, broker CPU "
@@ -770,8 +771,9 @@ def _read_again(worker: WorkerProcess, topic: str) -> float:
 def _written(worker: WorkerProcess) -> tuple[float, float, float, float]:
     """(keys, bytes) the worker's batches wrote to its tables and changelogs so far, the bytes its
     changelog rewrites re-produced (embedded broker only), and its seconds in batches (applying and committing)."""
-    return (worker.metric("learnstream_state_writes_total"), worker.metric("learnstream_state_write_bytes_total"),
-            worker.metric("learnstream_changelog_rewrite_bytes_total"), worker.metric("learnstream_batch_seconds_sum"))
+    text = worker.metrics()  # one scrape for all four
+    return (metric(text, "learnstream_state_writes_total"), metric(text, "learnstream_state_write_bytes_total"),
+            metric(text, "learnstream_changelog_rewrite_bytes_total"), metric(text, "learnstream_batch_seconds_sum"))
 
 
 def _dlq_reasons(bootstrap: str, limit: int = 5) -> list[str]:

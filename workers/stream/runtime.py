@@ -206,8 +206,8 @@ class Runtime:
         out: dict[tuple[str, int], int] = {}
         for tp, at in committed.items():
             # a committed offset below the log start: _commit_starts moves it, but its commit may not be read back yet
-            out[tp] = starts[tp] if at is None else await self._start_after_outages(
-                tp, self._readable(tp, at, starts[tp]), ends[tp])
+            out[tp] = starts[tp] if at is None else self._start_after_outages(
+                tp, self._readable(tp, at, starts[tp]), starts[tp], ends[tp])
         return out
 
     def _readable(self, tp: tuple[str, int], committed: int, start: int) -> int:
@@ -219,8 +219,9 @@ class Runtime:
         self.probe.deleted.report(*tp, committed, start)
         return start
 
-    async def _start_after_outages(self, tp: tuple[str, int], committed: int, end: int) -> int:
-        """The start of a partition the group committed on, unless the broker may have lost records."""
+    def _start_after_outages(self, tp: tuple[str, int], committed: int, start: int, end: int) -> int:
+        """The start of a partition the group committed on, unless the broker may have lost records
+        (``start``, ``end``: its log's, as just read)."""
         topic, partition = tp
         outages, seen = self.broker_health.outages, self._outages_at_start.get(tp)
         self._outages_at_start[tp] = outages
@@ -229,7 +230,7 @@ class Runtime:
             # taken new ones at their offsets since; it was seen keeping the group's offsets past them.
             # No offset tells old from new: read the partition again from its start (at most its
             # retention) and let the sessions' watermarks skip what was applied (README "Broker outages").
-            self._unapplied_from[tp] = await self.probe.log_start(topic, partition)
+            self._unapplied_from[tp] = start
             logger.warning("%s[%d]: the broker was unreachable since this partition was last started; reading it "
                            "again from offset %d (committed: %d), applied records are skipped as duplicates",
                            topic, partition, self._unapplied_from[tp], committed)
@@ -238,7 +239,6 @@ class Runtime:
             return floor  # until a transaction of this partition commits, the broker's offset may be stale
         if committed > end:
             # the group's offset survived records below it that the broker lost: start before them
-            start = await self.probe.log_start(topic, partition)
             logger.error("%s[%d]: committed offset %d is past the log's end %d (the broker lost records it had "
                          "acknowledged); reading again from %d", topic, partition, committed, end, start)
             self._unapplied_from[tp] = start
