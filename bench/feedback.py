@@ -755,8 +755,8 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
           f"{_TARGET_CHANGELOG:.0f}x the event -> {'PASS' if ok else 'FAIL'}")
     print("CPU us/event: the worker process's CPU time (all threads) per event, and the first count's over it; "
           "in batches: the worker's wall time applying and committing batches (learnstream_batch_seconds) per event, "
-          "where the session count shows (the rest of a round, faust's delivery of each message, is about the same "
-          "at every count); changelog B/event: what the batches wrote (every broker receives it); + rewrites: what the worker "
+          "where the session count shows (the rest of a round: faust fetching and delivering each message, and "
+          "waiting for it); changelog B/event: what the batches wrote (every broker receives it); + rewrites: what the worker "
           "re-produced compacting its transactional changelogs itself (embedded broker only, which never compacts "
           "them; workers/kafka/changelog_rewrite.py), and the total as a multiple of the event")
     return 0 if ok else 1
