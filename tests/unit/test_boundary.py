@@ -473,3 +473,87 @@ def test_a_version_1_loop_state_reads_with_the_default_mode() -> None:
     st = LoopState.from_bytes(v1)
     assert (st.ema, st.events, st.boundaries, st.envelopes, st.boundary_mode) == (0.7, 10, 2, 3, "cusum")
     assert LoopState.from_bytes(st.to_bytes()) == st
+
+
+# -- each answer against its own model's usual quality (ModelLevels) ---------------------------------
+
+def _model_runs(seed: int, n: int, mean_run: float, means: tuple[float, ...], drop_at: int | None = None,
+                drop: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Qualities N(means[m], 0.1) of models served in runs of geometric length ``mean_run``; from
+    ``drop_at`` on, every model's answers are ``drop`` lower (a new task)."""
+    rng = np.random.default_rng(seed)
+    models, m = np.empty(n, np.int64), 0
+    for i in range(n):
+        if rng.random() < 1.0 / mean_run:
+            m = int(rng.integers(len(means)))
+        models[i] = m
+    q = np.asarray(means)[models] + 0.1 * rng.standard_normal(n)
+    if drop_at is not None:
+        q[drop_at:] -= drop
+    return np.clip(q, 0.0, 1.0), models
+
+
+def _feedback_models(s: LearnSession, q: np.ndarray, models: np.ndarray) -> list[int]:
+    """One learn_feedback call per 100 events; the events whose envelope fired, by its last index."""
+    rng = np.random.default_rng(0)
+    fired = []
+    for i in range(0, len(q), 100):
+        evs = [{"embedding_b64": encode_embedding_b64(rng.standard_normal(DIM).astype(np.float32)),
+                "model": "abc"[models[j]], "quality": float(q[j])} for j in range(i, min(i + 100, len(q)))]
+        out = s.dispatch({"verb": "learn_feedback", "body": {"events": evs}})
+        assert out["ok"], out
+        fired += [i + len(evs) - 1] * out["data"]["boundaries"]
+    return fired
+
+
+def _three_models() -> LearnSession:
+    s = LearnSession()
+    assert s.dispatch({"verb": "init_instant", "body": {"targets": ["a", "b", "c"], "dim": DIM}})["ok"]
+    return s
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_models_of_different_quality_served_in_turns_do_not_reset_the_adapter(seed: int) -> None:
+    """A router that serves a worse model for a stretch moves the session's quality level without a new
+    task (measured against the session as a whole, these runs reset the adapter 37-48 times in 10,000
+    events). A model's first answers can still fire (its level is not known yet): none after 300 events."""
+    q, models = _model_runs(seed, 6000, 20, (0.8, 0.5, 0.65))
+    assert [i for i in _feedback_models(_three_models(), q, models) if i >= 300] == []
+
+
+def test_a_new_task_lowers_every_model_and_is_still_found() -> None:
+    q, models = _model_runs(3, 3000, 20, (0.8, 0.5, 0.65), drop_at=2000, drop=0.35)
+    fired = _feedback_models(_three_models(), q, models)
+    assert fired and 2000 <= fired[0] < 2100, fired
+
+
+def test_with_one_model_the_detector_sees_the_loops_own_losses() -> None:
+    """One model: q_adj is q, and the losses are those of the loop's own q_eff, bit for bit."""
+    from workers.cores.loop import Q_WEIGHT, QUALITY_EMA_RATE, ModelLevels
+
+    q = np.random.default_rng(4).random(500).tolist()
+    mixed, ema = [], None
+    for v in q:
+        ema = v if ema is None else ema
+        mixed.append(Q_WEIGHT * v + (1.0 - Q_WEIGHT) * ema)
+        ema = ema + QUALITY_EMA_RATE * (v - ema)
+    expect = np.maximum(1.0 - np.array(mixed, np.float32).astype(np.float64), 0.0)
+    levels = ModelLevels()
+    got = np.concatenate([levels.losses([1] * 200, q[:200]), levels.losses([1] * 300, q[200:])])
+    assert got.tobytes() == expect.tobytes()
+
+
+def test_model_levels_persist_in_the_loop_state_and_a_version_2_state_starts_them_afresh() -> None:
+    from workers.cores.loop import ModelLevels
+
+    st = LoopState()
+    st.levels.losses([0, 2, 2, 0, 1], [0.9, 0.4, 0.5, 0.8, 0.1])
+    back = LoopState.from_bytes(st.to_bytes())
+    assert back == st and (back.levels.means, back.levels.counts) == (st.levels.means, [2, 1, 2])
+    assert back.levels.losses([2], [0.3]).tobytes() == st.levels.losses([2], [0.3]).tobytes()
+    v2 = struct.pack("<3sB?dqqqB", b"LSL", 2, True, 0.7, 10, 2, 3, 1)
+    old = LoopState.from_bytes(v2)
+    assert (old.ema, old.events, old.boundary_mode, old.levels.n) == (0.7, 10, "zscore", 0)
+    assert isinstance(old.levels, ModelLevels)
+    with pytest.raises(CorruptStateError, match="model levels"):
+        LoopState.from_bytes(st.to_bytes()[:-3])

@@ -27,6 +27,7 @@ events one by one exactly, because the batch kernel is the per-event kernel in a
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections.abc import Callable, Sequence
 
@@ -43,7 +44,7 @@ from workers.cores.router import RouterState
 from workers.errors import CorruptStateError, VerbError
 from workers.verbs.registry import Each, VerbContext, coalesced, verb
 
-__all__ = ("QUALITY_EMA_RATE", "Q_WEIGHT", "BOUNDARY_MODES", "LoopState", "learn_feedback", "learn_feedback_each",
+__all__ = ("QUALITY_EMA_RATE", "Q_WEIGHT", "BOUNDARY_MODES", "LoopState", "ModelLevels", "learn_feedback", "learn_feedback_each",
            "ADAPTER_PARAM_ID")
 
 logger = logging.getLogger(__name__)
@@ -59,17 +60,88 @@ _MAX_EVENTS = 10_000
 
 _FMT = struct.Struct("<3sB?dqqqB")   # magic, version, has_ema, ema, events, boundaries, envelopes, mode
 _FMT_V1 = struct.Struct("<3sB?dqqq")
+_LEVELS = struct.Struct("<dqdI")     # version 3, after _FMT: ModelLevels (weighted, n, ema, models)
 _MAGIC = b"LSL"
-_VERSION = 2
+_VERSION = 3
+# Each model's usual quality (ModelLevels): a running mean for its first LEVEL_HORIZON answers, then an
+# EMA over about that many; its offset counts in full once it was served well more than LEVEL_PRIOR
+# times (n / (n + LEVEL_PRIOR)).
+LEVEL_HORIZON = 200
+LEVEL_PRIOR = 50
 BOUNDARY_MODES = ("cusum", "zscore")     # index = the stored byte
 _CUSUM_CAUSE = "loss_cusum"
 _CUSUM_PART = "boundary"
 
 
-class LoopState:
-    """The loop's own counters: the session quality EMA, events, boundaries, envelopes, boundary mode."""
+class ModelLevels:
+    """What the CUSUM detector sees: each answer's quality measured against its own model's usual
+    quality. A router that serves a worse model for a stretch (or two models in turns) moves the
+    session's quality level without a new task; measured against each model's own level, those
+    stretches are ordinary answers, while a new task lowers every model's answers at once.
 
-    __slots__ = ("ema", "events", "boundaries", "envelopes", "boundary_mode")
+    Per event, before it counts: ``q_adj = q - w_m (level_m - level)``, where ``level_m`` is the
+    model's usual quality (a running mean, then an EMA over about LEVEL_HORIZON of its answers),
+    ``level`` the mean of the models' levels weighted by how often each was served (so it does not
+    follow whichever model is served now, and moves when every model's does), and ``w_m = n_m / (n_m
+    + LEVEL_PRIOR)`` (a model seen a few times counts little). Then the loop's mix with its own EMA,
+    as for the instant core. With one model ``q_adj`` is ``q`` exactly."""
+
+    __slots__ = ("weighted", "n", "ema", "means", "counts")
+
+    def __init__(self) -> None:
+        self.weighted = 0.0             # sum over models of n_m * level_m (level = weighted / n)
+        self.n = 0
+        self.ema: float | None = None   # EMA of q_adj (the loop's quality EMA, for the detector)
+        self.means: list[float] = []    # level_m by target index
+        self.counts: list[int] = []     # n_m
+
+    def losses(self, targets: list[int], qualities: list[float]) -> np.ndarray:
+        """The detector's losses for these events (targets are indices), counting them in."""
+        means, counts = self.means, self.counts
+        if targets and max(targets) >= len(means):
+            grow = max(targets) + 1 - len(means)
+            means.extend([0.0] * grow)
+            counts.extend([0] * grow)
+        weighted, n, ema = self.weighted, self.n, self.ema
+        out = []
+        for t, q in zip(targets, qualities):
+            c, old = counts[t], means[t]
+            adj = q - (c / (c + LEVEL_PRIOR)) * (old - weighted / n) if 0 < c < n else q
+            if ema is None:
+                ema = adj
+            out.append(Q_WEIGHT * adj + (1.0 - Q_WEIGHT) * ema)
+            ema = ema + QUALITY_EMA_RATE * (adj - ema)
+            means[t] = new = old + (q - old) / min(c + 1, LEVEL_HORIZON)
+            counts[t] = c + 1
+            weighted += (c + 1) * new - c * old
+            n += 1
+        self.weighted, self.n, self.ema = weighted, n, ema
+        # through float32 as the loop's own q_eff, so that with one model the losses are the same bits
+        return np.maximum(1.0 - np.array(out, np.float32).astype(np.float64), 0.0)
+
+    def to_bytes(self) -> bytes:
+        k = len(self.means)
+        return (_LEVELS.pack(self.weighted, self.n, self.ema if self.ema is not None else math.nan, k)
+                + struct.pack(f"<{k}d{k}q", *self.means, *self.counts))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ModelLevels:
+        try:
+            weighted, n, ema, k = _LEVELS.unpack_from(data)
+            values = struct.unpack(f"<{k}d{k}q", data[_LEVELS.size:])
+        except struct.error:
+            raise CorruptStateError(f"loop state: model levels of {len(data)} bytes do not parse") from None
+        obj = cls()
+        obj.weighted, obj.n, obj.ema = weighted, n, None if math.isnan(ema) else ema
+        obj.means, obj.counts = list(values[:k]), list(values[k:])
+        return obj
+
+
+class LoopState:
+    """The loop's own counters: the session quality EMA, events, boundaries, envelopes, boundary mode,
+    and each model's usual quality (:class:`ModelLevels`, for the CUSUM)."""
+
+    __slots__ = ("ema", "events", "boundaries", "envelopes", "boundary_mode", "levels")
 
     def __init__(self) -> None:
         self.ema: float | None = None
@@ -77,25 +149,32 @@ class LoopState:
         self.boundaries = 0
         self.envelopes = 0
         self.boundary_mode = BOUNDARY_MODES[0]
+        self.levels = ModelLevels()
 
     def to_bytes(self) -> bytes:
-        return _FMT.pack(_MAGIC, _VERSION, self.ema is not None, self.ema or 0.0,
-                         self.events, self.boundaries, self.envelopes, BOUNDARY_MODES.index(self.boundary_mode))
+        return _FMT.pack(_MAGIC, _VERSION, self.ema is not None, self.ema or 0.0, self.events, self.boundaries,
+                         self.envelopes, BOUNDARY_MODES.index(self.boundary_mode)) + self.levels.to_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LoopState:
+        levels = None
         try:
             if len(data) == _FMT_V1.size:   # version 1: before the boundary mode (the default applies)
                 magic, version, has_ema, ema, events, boundaries, envelopes = _FMT_V1.unpack(data)
                 mode, expect = 0, 1
             else:
-                magic, version, has_ema, ema, events, boundaries, envelopes, mode = _FMT.unpack(data)
-                expect = _VERSION
+                magic, version, has_ema, ema, events, boundaries, envelopes, mode = _FMT.unpack_from(data)
+                # version 2 (before the model levels): they start from nothing
+                expect = 2 if len(data) == _FMT.size else _VERSION
+                if expect == _VERSION and data[3] == _VERSION:
+                    levels = ModelLevels.from_bytes(data[_FMT.size:])
         except struct.error:
-            raise CorruptStateError(f"loop state has {len(data)} bytes, expected {_FMT.size}") from None
+            raise CorruptStateError(f"loop state has {len(data)} bytes, expected at least {_FMT.size}") from None
         if magic != _MAGIC or version != expect or mode >= len(BOUNDARY_MODES):
             raise CorruptStateError("not a loop state of this version")
         obj = cls()
+        if levels is not None:
+            obj.levels = levels
         obj.ema = ema if has_ema else None
         obj.events, obj.boundaries, obj.envelopes = events, boundaries, envelopes
         obj.boundary_mode = BOUNDARY_MODES[mode]
@@ -188,14 +267,15 @@ class _Applied:
 Emit = Callable[[int, str, dict], None]   # (event index, role, payload)
 
 
-def _boundaries(ctx: VerbContext, loop: LoopState, losses: np.ndarray) -> tuple[list, str]:
-    """The firings among ``losses`` as (index, LossOutcome), by the session's boundary mode, and their cause."""
+def _boundaries(ctx: VerbContext, loop: LoopState, losses: np.ndarray, by_model: np.ndarray) -> tuple[list, str]:
+    """The firings as (index, LossOutcome), by the session's boundary mode, and their cause: the z-score
+    on ``losses``, the CUSUM on ``by_model`` (the same measured against each answer's model)."""
     if loop.boundary_mode == "zscore":
         return ctx.state.get("deep", DeepState).observe_losses(losses), "loss_zscore"
     det = ctx.state.get(_CUSUM_PART, LossCusum) or LossCusum()
     ctx.state.set(_CUSUM_PART, det)
     out = []
-    for i, v in enumerate(losses.tolist()):
+    for i, v in enumerate(by_model.tolist()):
         if det.push(v):
             f = det.last
             deep = ctx.state.get("deep", DeepState)  # decoded only now (made as bytes by _apply)
@@ -231,8 +311,10 @@ def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sou
         done.ema.append(ema)
     loop.ema = ema
     q_eff = np.array(mixed, np.float32)
-    # losses depend on nothing else: the detector sees them all first and reports the firings
-    outcomes, cause = _boundaries(ctx, loop, np.maximum(1.0 - q_eff.astype(np.float64), 0.0))
+    # losses depend on nothing else: the detector sees them all first and reports the firings (the
+    # CUSUM's measured against each answer's model: ModelLevels; the z-score's as the reference has them)
+    by_model = loop.levels.losses(ev.T.tolist(), ev.Q.tolist())
+    outcomes, cause = _boundaries(ctx, loop, np.maximum(1.0 - q_eff.astype(np.float64), 0.0), by_model)
 
     tr = done.trace
     start = 0

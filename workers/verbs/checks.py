@@ -33,7 +33,7 @@ from workers.cores.bandit import BanditState
 from workers.cores.boundary import LossCusum
 from workers.cores.deep import DeepState
 from workers.cores.instant import InstantState
-from workers.cores.loop import LoopState
+from workers.cores.loop import LoopState, ModelLevels
 from workers.cores.router import RouterState
 from workers.errors import CorruptStateError
 from workers.online.learner import ContinualLearner
@@ -134,7 +134,7 @@ PARTS: dict[str, PartCase] = {c.name: c for c in (
              _steps(("record_loss", {"loss": "x"}), ("consolidate", {"grads": [1.0]}))),
     PartCase("loop", LoopState, "session", _steps("init_instant", "learn_feedback"),
              _steps("learn_feedback", ("learn_feedback", {"model": "b", "quality": 0.2})),
-             _steps(("learn_feedback", {"embedding": [1.0]}),)),
+             _steps(("learn_feedback", {"embedding": [1.0]}),), nested=(ModelLevels,)),
     PartCase("boundary", LossCusum, "session", _steps("init_instant", *_STEADY), _RISE,
              _steps(("learn_feedback", {"quality": "high"}), ("learn_feedback", {"boundary": "nope"}))),
     PartCase("router", RouterState, "session", _steps("init_router", "record_outcome"),
