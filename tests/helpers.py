@@ -106,3 +106,12 @@ def database_options(db_dir: Path) -> dict[str, str]:
         if eq and not name.startswith("#"):
             out[name] = value
     return out
+
+
+def by_topic(counts: dict[tuple[str, int, str], int]) -> dict[tuple[str, str], int]:
+    """A batch's counts by (topic, partition, outcome) (``BatchResult.messages`` / ``.events``) summed
+    over partitions: (topic, outcome) -> count."""
+    out: dict[tuple[str, str], int] = {}
+    for (topic, _, outcome), n in counts.items():
+        out[(topic, outcome)] = out.get((topic, outcome), 0) + n
+    return out

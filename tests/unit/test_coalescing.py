@@ -20,6 +20,7 @@ from workers.state import MemoryStore
 from workers.stream.processor import Processor, StoreStateAccess
 from workers.stream.records import Record
 from workers.kafka.topics import topics
+from tests.helpers import by_topic
 
 T = {role: t.name for role, t in topics().items()}
 DIM = 6
@@ -194,7 +195,7 @@ def _normalized(res_list) -> dict:
         for pr in res.produce:
             value = {k: v for k, v in pr.value.items() if k != "ts_ms"}  # DLQ entries carry the wall clock
             produce.setdefault((pr.key, pr.role), []).append(value)  # Kafka orders per topic and key
-        for k, n in res.by_topic.items():
+        for k, n in by_topic(res.messages).items():
             counts[k] = counts.get(k, 0) + n
         totals = [totals[0] + res.applied, totals[1] + res.duplicates, totals[2] + res.rejected]
     return {"replies": replies, "produce": produce, "counts": counts, "totals": totals}
@@ -232,7 +233,7 @@ def test_a_redelivery_inside_a_pending_run_is_a_duplicate() -> None:
     p = Processor(StoreStateAccess(MemoryStore()))
     res = p.process([init, r0, r1, r0])
     assert (res.applied, res.duplicates) == (3, 1)
-    assert res.by_topic[(T["feedback"], "duplicate")] == 1
+    assert by_topic(res.messages)[(T["feedback"], "duplicate")] == 1
     ref = Processor(StoreStateAccess(MemoryStore()))
     for rec in (init, r0, r1):
         ref.process([rec])

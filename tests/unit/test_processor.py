@@ -12,6 +12,7 @@ from workers.state import MemoryStore
 from workers.stream.processor import DLQ_MAX_BYTES, Processor, StoreStateAccess
 from workers.stream.records import Record
 from workers.kafka.topics import topics
+from tests.helpers import by_topic
 
 T = {role: t.name for role, t in topics().items()}
 
@@ -187,5 +188,5 @@ def test_an_envelope_counts_its_events_and_one_message(proc: Processor) -> None:
     res = proc.process([f.rec("feedback", {"session_key": "s1", "events": [ev, ev, ev]}),
                         f.rec("feedback", ev), f.rec("feedback", b"{bad")])
     topic = T["feedback"]
-    assert res.by_topic == {(topic, "applied"): 2, (topic, "rejected"): 1}
-    assert res.events_by_topic == {(topic, "applied"): 4, (topic, "rejected"): 1}
+    assert by_topic(res.messages) == {(topic, "applied"): 2, (topic, "rejected"): 1}
+    assert by_topic(res.events) == {(topic, "applied"): 4, (topic, "rejected"): 1}

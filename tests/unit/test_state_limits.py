@@ -12,6 +12,7 @@ from workers.state.limits import MAX_SESSION_BYTES, Limits, projected_bytes
 from workers.stream.processor import Processor
 from workers.stream.records import Record
 from workers.kafka.topics import topics
+from tests.helpers import by_topic
 
 T = {role: t.name for role, t in topics().items()}
 # the largest learner the verb's own bounds accept: ~300 MB of state once its replay is full
@@ -87,7 +88,7 @@ def test_a_session_grown_past_its_limit_goes_to_the_dlq_as_too_large_and_the_wor
     assert len(dlq) == 70 and {d["reason_code"] for d in dlq} == {"too_large"}
     assert "15000 bytes per session" in dlq[0]["reason"]
     assert not res.replies[(T["commands"], 0, 2)]["ok"] and res.replies[(T["commands"], 0, 72)]["ok"]
-    assert res.by_topic[(T["commands"], "too_large")] == 70 and res.by_topic[(T["commands"], "applied")] == 1
+    assert by_topic(res.messages)[(T["commands"], "too_large")] == 70 and by_topic(res.messages)[(T["commands"], "applied")] == 1
     assert LearnSession(store=store).value("session", "s1") == before  # nothing of it was written
     # and the session still takes what fits
     assert p.process([_cmd(73, "feedback", {"embedding": x, "model": "a", "quality": 0.9})]).applied == 1

@@ -75,23 +75,6 @@ class BatchResult:
     state_writes: int = 0  # keys written or deleted
     key_growth: dict[tuple[str, int], int] = field(default_factory=dict)  # (table, partition) -> keys gained, at least
 
-    @property
-    def by_topic(self) -> dict[tuple[str, str], int]:
-        """(topic, outcome) -> messages, over all partitions."""
-        return _over_partitions(self.messages)
-
-    @property
-    def events_by_topic(self) -> dict[tuple[str, str], int]:
-        """(topic, outcome) -> events, over all partitions."""
-        return _over_partitions(self.events)
-
-
-def _over_partitions(counts: dict[tuple[str, int, str], int]) -> dict[tuple[str, str], int]:
-    out: dict[tuple[str, str], int] = {}
-    for (topic, _, outcome), n in counts.items():
-        out[(topic, outcome)] = out.get((topic, outcome), 0) + n
-    return out
-
 
 def dlq_entry(rec: Record, reason: str, code: str) -> Produce:
     """The DLQ entry of ``rec``: always small enough to be produced (see DLQ_MAX_BYTES)."""

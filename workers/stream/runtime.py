@@ -197,12 +197,16 @@ class Runtime:
         per kind of offset for all of them)."""
         from aiokafka.structs import TopicPartition
 
-        # faust keeps none (or 0, which it stores as none): ask the broker
+        # faust keeps none (or 0, which it stores as none): ask the broker, with the logs' bounds
         committed = {tp: faust_internals.committed_offset(self.app, *tp) for tp in tps}
-        if ask := [TopicPartition(*tp) for tp, at in committed.items() if at is None]:
-            committed.update(await self.probe.committed_many(self.settings.app_id, ask))
+        ask = [TopicPartition(*tp) for tp, at in committed.items() if at is None]
         all_tps = [TopicPartition(*tp) for tp in tps]
-        starts, ends = await self.probe.log_starts(all_tps), await self.probe.log_ends(all_tps)
+        requests = [self.probe.log_starts(all_tps), self.probe.log_ends(all_tps)]
+        if ask:
+            requests.append(self.probe.committed_many(self.settings.app_id, ask))
+        starts, ends, *asked = await asyncio.gather(*requests)
+        for got in asked:
+            committed.update(got)
         out: dict[tuple[str, int], int] = {}
         for tp, at in committed.items():
             # a committed offset below the log start: _commit_starts moves it, but its commit may not be read back yet
