@@ -18,7 +18,7 @@ JSON array), one event or every event of an envelope. Nothing else.
 Protocol with the parent: once the group has assigned partitions the child prints
 ``ready <monotonic>``. The parent writes cumulative event counts, one per line, to
 stdin; each time the decoded count reaches one the child prints
-``done <target> <monotonic of the first event after the previous target> <monotonic now>``.
+``done <target> <monotonic of the first event after the previous target> <monotonic of the last>``.
 ``time.monotonic`` is CLOCK_MONOTONIC, comparable across processes.
 """
 from __future__ import annotations
@@ -55,26 +55,39 @@ def decode(value: bytes) -> int:
 
 
 class Counter:
-    """Cumulative decoded events against the parent's targets (read from stdin in a thread)."""
+    """Cumulative decoded events against the parent's targets (read from stdin in a thread).
+
+    Either side can complete a target: the child is resumed with a target in its stdin and all the
+    events in its topic, and may count them all before the reader thread has read the target (then no
+    further event comes to check it: the child never said "done", once in a CI run)."""
 
     def __init__(self) -> None:
         self.events = 0
         self.first: float | None = None
+        self.last = 0.0   # monotonic time of the last event counted
         self.targets: collections.deque[int] = collections.deque()
+        self._lock = threading.Lock()
         threading.Thread(target=self._read_targets, daemon=True).start()
 
     def _read_targets(self) -> None:
         for line in sys.stdin:
             if line.strip():
-                self.targets.append(int(line))
+                with self._lock:
+                    self.targets.append(int(line))
+                    self._reached()
 
     def add(self, n: int) -> None:
-        if self.first is None:
-            self.first = time.monotonic()
-        self.events += n
+        with self._lock:
+            self.last = time.monotonic()
+            if self.first is None:
+                self.first = self.last
+            self.events += n
+            self._reached()
+
+    def _reached(self) -> None:
         while self.targets and self.events >= self.targets[0]:
             t = self.targets.popleft()
-            print(f"done {t} {self.first} {time.monotonic()}", flush=True)
+            print(f"done {t} {self.first} {self.last}", flush=True)
             self.first = None
 
 

@@ -477,3 +477,25 @@ def test_bench_continual_speed_times_every_row() -> None:
                 "learn_example verb, envelopes of 10", "learn_example verb, envelopes of 50",
                 "learn_example verb, one example per call, 1536 features"):
         assert re.search(rf"^  {re.escape(row)}.* +\d+\.\d +\d+\.\d$", r.stdout, re.M), (row, r.stdout)
+
+
+def test_a_bench_consumer_says_done_when_its_target_comes_after_its_last_event() -> None:
+    """`bench feedback` resumes a baseline consumer with its target in stdin and every event in its topic:
+    the consumer may count them all before its reader thread reads the target, and then no later event
+    checks it (a CI run failed with "raw consumer: no 'done' within 180 s")."""
+    from pathlib import Path
+
+    bench = str(Path(__file__).resolve().parents[2] / "bench")
+    child = ("import sys, time; sys.path.insert(0, sys.argv[1]); from _consumers import Counter\n"
+             "c = Counter(); c.add(5); print('counted', flush=True); time.sleep(30)\n")
+    p = subprocess.Popen([sys.executable, "-c", child, bench], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout.readline().strip() == "counted"
+        p.stdin.write("5\n")
+        p.stdin.flush()
+        done = p.stdout.readline().split()  # the child sleeps 30 s: no "done" line would come only at its exit
+        assert done[:2] == ["done", "5"] and float(done[2]) <= float(done[3]), done
+    finally:
+        p.kill()
+        p.wait()
