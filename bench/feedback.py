@@ -765,7 +765,9 @@ def scale(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
 def _read_again(worker: WorkerProcess, topic: str) -> float:
     """Input messages the worker read more than once (dropped as already applied, or duplicates by
     their session's watermark): a round that re-read its input after a rejoin shows it here."""
-    return sum(worker.metric("learnstream_messages_total", topic=topic, outcome=o) for o in ("redelivered", "duplicate", "not_owned"))
+    text = worker.metrics()  # one scrape for the three outcomes
+    return sum(metric(text, "learnstream_messages_total", topic=topic, outcome=o)
+               for o in ("redelivered", "duplicate", "not_owned"))
 
 
 def _written(worker: WorkerProcess) -> tuple[float, float, float, float]:

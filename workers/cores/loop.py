@@ -166,7 +166,7 @@ class LoopState:
                 magic, version, has_ema, ema, events, boundaries, envelopes, mode = _FMT.unpack_from(data)
                 # version 2 (before the model levels): they start from nothing
                 expect = 2 if len(data) == _FMT.size else _VERSION
-                if expect == _VERSION and data[3] == _VERSION:
+                if version == expect == _VERSION:
                     levels = ModelLevels.from_bytes(data[_FMT.size:])
         except struct.error:
             raise CorruptStateError(f"loop state has {len(data)} bytes, expected at least {_FMT.size}") from None
@@ -267,15 +267,14 @@ class _Applied:
 Emit = Callable[[int, str, dict], None]   # (event index, role, payload)
 
 
-def _boundaries(ctx: VerbContext, loop: LoopState, losses: np.ndarray, by_model: np.ndarray) -> tuple[list, str]:
-    """The firings as (index, LossOutcome), by the session's boundary mode, and their cause: the z-score
-    on ``losses``, the CUSUM on ``by_model`` (the same measured against each answer's model)."""
+def _boundaries(ctx: VerbContext, loop: LoopState, losses: np.ndarray) -> tuple[list, str]:
+    """The firings among ``losses`` as (index, LossOutcome), by the session's boundary mode, and their cause."""
     if loop.boundary_mode == "zscore":
         return ctx.state.get("deep", DeepState).observe_losses(losses), "loss_zscore"
     det = ctx.state.get(_CUSUM_PART, LossCusum) or LossCusum()
     ctx.state.set(_CUSUM_PART, det)
     out = []
-    for i, v in enumerate(by_model.tolist()):
+    for i, v in enumerate(losses.tolist()):
         if det.push(v):
             f = det.last
             deep = ctx.state.get("deep", DeepState)  # decoded only now (made as bytes by _apply)
@@ -311,10 +310,12 @@ def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sou
         done.ema.append(ema)
     loop.ema = ema
     q_eff = np.array(mixed, np.float32)
-    # losses depend on nothing else: the detector sees them all first and reports the firings (the
-    # CUSUM's measured against each answer's model: ModelLevels; the z-score's as the reference has them)
+    # losses depend on nothing else: the detector sees them all first and reports the firings. The
+    # CUSUM's are measured against each answer's model (ModelLevels, kept up to date in either mode);
+    # the z-score's are the loop's own, as the reference has them.
     by_model = loop.levels.losses(ev.T.tolist(), ev.Q.tolist())
-    outcomes, cause = _boundaries(ctx, loop, np.maximum(1.0 - q_eff.astype(np.float64), 0.0), by_model)
+    losses = np.maximum(1.0 - q_eff.astype(np.float64), 0.0) if loop.boundary_mode == "zscore" else by_model
+    outcomes, cause = _boundaries(ctx, loop, losses)
 
     tr = done.trace
     start = 0
