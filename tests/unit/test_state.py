@@ -93,6 +93,31 @@ def test_an_in_process_store_has_the_databases_options(tmp_path) -> None:
     assert opts["cache_index_and_filter_blocks"] == "true"
 
 
+def test_a_reopened_store_keeps_the_databases_options_not_those_it_was_created_with(tmp_path) -> None:
+    """rocksdict given options alone opens an existing database's data with the options of its OPTIONS
+    file and a new 8 MiB block cache: a reopened store lost its cache, and the SST files compacted after
+    that had no working bloom filter (a row get read a block of every sorted run). ``open_database``
+    names the default column family with our options too."""
+    import rocksdict
+
+    from tests.helpers import database_options
+    from workers.state.rocksdb import RocksDictStore
+
+    # created with RocksDB's defaults (leveled compaction, 4 kB blocks), as another tool would
+    db = rocksdict.Rdict(str(tmp_path / "db"), rocksdict.Options(raw_mode=True))
+    db[b"k"] = b"v"
+    db.close()
+    s = RocksDictStore(tmp_path / "db", block_cache_bytes=48 << 20)
+    try:
+        assert s.get(b"k") == b"v"
+        assert s._db.property_int_value("rocksdb.block-cache-capacity") == 48 << 20
+    finally:
+        s.close()
+    opts = database_options(tmp_path / "db")
+    assert opts["compaction_style"] == "kCompactionStyleUniversal"
+    assert opts["block_size"] == "16384"
+
+
 def test_rocksdb_store_survives_reopen(tmp_path) -> None:
     s = RocksDictStore(tmp_path / "db")
     s.put(b"k", b"v")

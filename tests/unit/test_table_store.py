@@ -91,3 +91,19 @@ def test_every_table_partition_shares_one_block_cache_and_one_memtable_budget(tm
                what="memtables flushed down to the shared budget")
     assert list(tmp_path.rglob("*.sst")), "no memtable was flushed"
     assert dbs[3][b"k001999"] == bytes([1999 % 251]) * 8000
+
+
+def test_a_reopened_table_partition_uses_the_shared_cache(tmp_path: Path) -> None:
+    """A worker restarted on its data dir opens each partition's database again: with the shared block
+    cache, not the 8 MiB one rocksdict gives an existing database opened with options alone."""
+    from workers.stream.store import shared_memory
+
+    opts = {"driver": "rocksdict", "shared_block_cache_bytes": 24 << 20, "memtable_bytes": 2 << 20}
+    for _ in range(2):  # created, then reopened by a new app on the same data dir
+        app = faust.App("t-store", broker="kafka://127.0.0.1:1", store="learnstream://", datadir=str(tmp_path))
+        data = app.Table("x", key_type=bytes, value_type=bytes, partitions=1, options=opts).data
+        db = data._db_for_partition(0)
+        db.put(b"k", b"v")
+        mem = shared_memory(app, 0, 0)  # one cache: the blocks and the memtables charged to it
+        assert db.property_int_value("rocksdb.block-cache-capacity") == mem.block_cache_bytes + mem.memtable_bytes
+        db.close()

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from rocksdict import Cache, Options, Rdict, WriteBatch
 
 from workers.errors import StateError
 from workers.state.base import ModelStore
 
-__all__ = ("RocksDictStore", "rocksdb_options", "iter_prefix", "BLOCK_BYTES")
+__all__ = ("RocksDictStore", "rocksdb_options", "open_database", "iter_prefix", "BLOCK_BYTES")
 
 # One database holds every session of an in-process LearnSession(path=...) (the worker's tables use
 # Settings.block_cache_bytes, 16 MiB per table partition, through faust): 64 MiB covers the hot
@@ -54,6 +55,19 @@ def rocksdb_options(cache: Cache | None = None, *, block_cache_bytes: int = _BLO
     return opts
 
 
+def open_database(path: str | Path, options: Options, **kwargs: Any) -> Rdict:
+    """Open (or create) the database at ``path`` with ``options``, for its data too.
+
+    rocksdict (0.3.29, ``Rdict.__new__``) given ``options`` alone opens an *existing* database's
+    column families, the default one included, with the options its OPTIONS file recorded, and a
+    new 8 MiB block cache: a reopened database lost the worker's shared cache and memtable sizes,
+    and every option changed since it was created; the files it compacted then had no working bloom
+    filter, so a point get read a block of each of 3-4 sorted runs. A replay row of a reopened
+    10,000-session store took 24-30 us a get, 8-9 with this (bench/README.md "state", thirty-second
+    session). So the default column family is named with ``options`` too."""
+    return Rdict(str(path), options=options, column_families={"default": options}, **kwargs)
+
+
 def iter_prefix(db: Rdict, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
     """Items of a raw-mode Rdict whose key starts with ``prefix``, in key order (seek, then stop)."""
     it = db.iter()
@@ -73,7 +87,7 @@ class RocksDictStore(ModelStore):
         except OSError as exc:  # a file in the way, a read-only or missing parent
             raise StateError(f"{path}: cannot hold the state store ({exc.strerror or exc})") from None
         try:
-            self._db = Rdict(str(path), rocksdb_options(block_cache_bytes=block_cache_bytes))
+            self._db = open_database(path, rocksdb_options(block_cache_bytes=block_cache_bytes))
         except Exception as exc:  # rocksdict raises a bare Exception carrying RocksDB's status
             if "lock" in str(exc).lower():  # RocksDB's LOCK file: one opener at a time
                 raise StateError(f"{path}: the state store is open in another process (or another "

@@ -118,7 +118,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from aiokafka import TopicPartition
 from faust.types import TP
 
-from workers.state.rocksdb import rocksdb_options as database_options  # the options of every learnstream database
+from workers.state.rocksdb import open_database, rocksdb_options as database_options  # every learnstream database's
 
 __all__ = ("FAUST_CHECKED", "TOUCHED", "install", "watch", "transactional", "note_committed", "seek",
            "committed_offset", "set_fetch_max_wait", "partition_db", "changelog_offset_key", "event_context",
@@ -384,8 +384,7 @@ class WalStore(rocksdb.Store):
         opts.set_max_write_buffer_number(2)
         opts.set_write_buffer_manager(mem.write_buffers)
         # faust 0.15.3: Store.partition_path, where faust keeps a partition's database
-        db = rocksdict.Rdict(str(self.partition_path(partition)), options=opts,
-                             access_type=rocksdict.AccessType.read_write())
+        db = open_database(self.partition_path(partition), opts, access_type=rocksdict.AccessType.read_write())
         db.set_read_options(rocksdict.ReadOptions())
         wo = rocksdict.WriteOptions()
         wo.disable_wal = False
