@@ -77,43 +77,52 @@ def test_a_large_jump_fires_within_four_losses() -> None:
 
 def test_older_detector_states_read_without_their_later_fields() -> None:
     """Version 1 (before the jump rule), 2 (before the task-long spread), 3 (before the trend and the
-    jump rate), 4 (before the rate of transient drops), 5 (before the level-shift test) and 6 (before the
-    previous task's length) still load; the later fields start empty."""
+    jump rate), 4 (before the rate of transient drops), 5 (before the level-shift test), 6 (before the
+    previous task's length) and 7 (before the autocorrelation) still load; the later fields start empty."""
     det = LossCusum()
     for v in (0.5, 0.6, 0.55, 0.5, 0.52, 0.49, 0.5, 0.51, 0.5, 0.7, 0.48, 0.5, 0.62, 0.5, 0.49, 0.51, 0.45, 0.42,
               0.5, 0.2, 0.5, 0.52, 0.5, 0.49, 0.51):
         det.push(v)
     det.gap = 31
-    v7 = det.to_bytes()
+    v8 = det.to_bytes()
     assert det.n_slow > 0 and det.var_slow > 0.0 and det.trend != 0.0 and det.exceed > 0.0 and det.drops > 0.0
-    assert det.seen > 0 and det.slow_var > 0.0
-    v6 = v7[:3] + bytes([6]) + v7[4:-8]
-    v5 = v7[:3] + bytes([5]) + v7[4:-40]
-    v4 = v7[:3] + bytes([4]) + v7[4:-48]
-    v3 = v7[:3] + bytes([3]) + v7[4:-64]
-    v2 = v7[:3] + bytes([2]) + v7[4:-80]
-    v1 = v7[:3] + bytes([1]) + v7[4:-88]
-    assert LossCusum.from_bytes(v7).gap == 31
-    for old, version in ((v1, 1), (v2, 2), (v3, 3), (v4, 4), (v5, 5), (v6, 6)):
+    assert det.seen > 0 and det.slow_var > 0.0 and det.ac_n > 0 and det.ac_den > 0.0 and det.ac_num != 0.0
+    v7 = v8[:3] + bytes([7]) + v8[4:-32]
+    v6 = v8[:3] + bytes([6]) + v8[4:-40]
+    v5 = v8[:3] + bytes([5]) + v8[4:-72]
+    v4 = v8[:3] + bytes([4]) + v8[4:-80]
+    v3 = v8[:3] + bytes([3]) + v8[4:-96]
+    v2 = v8[:3] + bytes([2]) + v8[4:-112]
+    v1 = v8[:3] + bytes([1]) + v8[4:-120]
+    back8 = LossCusum.from_bytes(v8)
+    assert back8.gap == 31 and (back8.ac_num, back8.ac_den, back8.ac_prev, back8.ac_n) == (
+        det.ac_num, det.ac_den, det.ac_prev, det.ac_n)
+    for old, version in ((v1, 1), (v2, 2), (v3, 3), (v4, 4), (v5, 5), (v6, 6), (v7, 7)):
         back = LossCusum.from_bytes(old)
         assert (back.mu, back.var, back.S, back.n) == (det.mu, det.var, det.S, det.n)
         assert (back.trend, back.exceed) == ((det.trend, det.exceed) if version >= 4 else (0.0, 0.0))
         assert back.drops == (det.drops if version >= 5 else 0.0)
         assert (back.seen, back.fast, back.slow, back.slow_var) == (
-            (det.seen, det.fast, det.slow, det.slow_var) if version == 6 else (0, 0.0, 0.0, 0.0))
+            (det.seen, det.fast, det.slow, det.slow_var) if version >= 6 else (0, 0.0, 0.0, 0.0))
         assert (back.var_slow, back.n_slow) == ((det.var_slow, det.n_slow) if version >= 3 else (0.0, 0))
         assert back.jump == (det.jump if version >= 2 else 0)
-        assert back.gap == 0
+        assert back.gap == (31 if version == 7 else 0)
+        assert (back.ac_num, back.ac_den, back.ac_n, back.autocorrelation) == (0.0, 0.0, 0, 0.0)
         assert LossCusum.from_bytes(back.to_bytes()) == back     # re-saved as the current version
     with pytest.raises(CorruptStateError):
-        LossCusum.from_bytes(v7[:3] + bytes([1]) + v7[4:])   # a v7 body labelled v1
+        LossCusum.from_bytes(v8[:3] + bytes([1]) + v8[4:])   # a v8 body labelled v1
     with pytest.raises(CorruptStateError):
-        LossCusum.from_bytes(v7[:3] + bytes([6]) + v7[4:])   # a v7 body labelled v6
+        LossCusum.from_bytes(v8[:3] + bytes([7]) + v8[4:])   # a v8 body labelled v7
     with pytest.raises(CorruptStateError):
-        LossCusum.from_bytes(v7[:3] + bytes([2]) + v7[4:-16])   # no version's size
-    for tail in (struct.pack("<q", -1), struct.pack("<3dqq", math.nan, 0.5, 0.0, 3, 0)):   # negative counts, a NaN EMA
+        LossCusum.from_bytes(v8[:3] + bytes([2]) + v8[4:-16])   # no version's size
+    for tail in (struct.pack("<3dq", 0.1, 0.2, 0.0, -1),          # a negative count
+                 struct.pack("<3dq", 0.1, -0.2, 0.0, 5),          # a negative mean square
+                 struct.pack("<3dq", math.nan, 0.2, 0.0, 5),      # a NaN EMA
+                 struct.pack("<3dq", 0.1, 0.2, math.inf, 5)):     # an infinite residual
         with pytest.raises(CorruptStateError):
-            LossCusum.from_bytes(v7[:-len(tail)] + tail)
+            LossCusum.from_bytes(v8[:-len(tail)] + tail)
+    with pytest.raises(CorruptStateError):   # negative counts, a NaN EMA in a v7 state
+        LossCusum.from_bytes(v7[:-40] + struct.pack("<3dqq", math.nan, 0.5, 0.0, 3, 0))
     with pytest.raises(CorruptStateError):
         LossCusum.from_bytes(v6[:-8] + struct.pack("<q", -1))   # a negative count in a v6 state
     bad = bytearray(v5)
@@ -404,6 +413,89 @@ def test_after_a_long_stretch_a_firing_must_stand_above_the_slow_level(seed: int
     assert fired() == []
     monkeypatch.setattr(boundary, "VETO_FROM", 10**9)
     assert fired() == [at]
+
+
+def _ar1_qualities(seed: int, phi: float, n: int = 10_000) -> np.ndarray:
+    """0.7 + 0.15 z, z a unit-variance AR(1) with lag-1 correlation ``phi`` (as bench boundaries)."""
+    rng = np.random.default_rng(seed)
+    e = rng.standard_normal(n) * math.sqrt(1.0 - phi * phi)
+    z = np.empty(n)
+    z[0] = rng.standard_normal()
+    for i in range(1, n):
+        z[i] = phi * z[i - 1] + e[i]
+    return np.clip(0.7 + 0.15 * z, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_qualities_that_wander_are_not_read_as_level_shifts(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stationary qualities with a lag-1 correlation of 0.5 (10,000 events): the fast EMA's excursions are
+    wider than independent losses would make them. Measured against the stream's own autocorrelation
+    nothing fires; taken as independent (AC_MAX = 0), every seed fired 2-7 times."""
+    import workers.cores.boundary as boundary
+
+    losses = _loop_losses(_ar1_qualities(seed, 0.5))
+
+    def fired() -> tuple[list[int], float]:
+        det = LossCusum()
+        return [i for i, v in enumerate(losses) if det.push(v)], det.autocorrelation
+
+    got, rho = fired()
+    assert got == [] and 0.45 < rho < 0.7, (got, rho)
+    monkeypatch.setattr(boundary, "AC_MAX", 0.0)
+    got, rho = fired()
+    assert len(got) >= 2 and rho == 0.0, got
+
+
+def test_independent_qualities_have_almost_no_autocorrelation_and_a_drop_is_still_found() -> None:
+    """I.i.d. qualities: the loop's losses carry only its own quality EMA's correlation (~0.05), which widens
+    the level-shift test by a few percent; a lasting drop from 0.7 to 0.5 is found within 50 events."""
+    rng = np.random.default_rng(3)
+    det = LossCusum()
+    q = np.concatenate([np.clip(rng.normal(0.7, 0.1, 3000), 0, 1), np.clip(rng.normal(0.5, 0.1, 600), 0, 1)])
+    fired = [i for i, v in enumerate(_loop_losses(q)) if det.push(v)]
+    assert len(fired) == 1 and 3000 <= fired[0] < 3050, fired
+    assert LossCusum.from_bytes(det.to_bytes()) == det
+    det2 = LossCusum()
+    for v in _loop_losses(rng.random(5000)):
+        det2.push(v)
+    assert 0.0 <= det2.autocorrelation < 0.1
+
+
+def _quiet_drops(seed: int, high: float, low: float) -> tuple[np.ndarray, list[int]]:
+    """Quality at ``high`` and ``low`` (sd 0.02) in turns, 8 segments of 500-1,500 events: where each drop starts."""
+    rng = np.random.default_rng(seed)
+    q: list[float] = []
+    drops = []
+    for seg in range(8):
+        if seg % 2:
+            drops.append(len(q))
+        q += rng.normal(low if seg % 2 else high, 0.02, int(rng.integers(500, 1500))).tolist()
+    return np.clip(np.array(q), 0.0, 1.0), drops
+
+
+@pytest.mark.parametrize(("gate", "clip"), [(3.0, math.inf), (math.inf, 3.0)])
+def test_a_lasting_shift_in_a_quiet_stream_is_not_learned_as_autocorrelation(gate: float, clip: float,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quality 0.7 and 0.5 in turns (sd 0.02), 4 drops in each of 3 streams: every drop is found within 50
+    events, as with no autocorrelation at all (AC_MAX = 0). A shift is many of such a stream's spreads, so
+    its residuals' products would read as a strong correlation and hide the next drops: without the gate
+    (the estimate learns only while the level-shift test's EMAs are close) or without the clip (a product
+    counts each residual at most AC_CLIP spreads), at most 9 of the 12."""
+    import workers.cores.boundary as boundary
+
+    def found() -> int:
+        n = 0
+        for seed in range(3):
+            q, drops = _quiet_drops(seed, 0.7, 0.5)
+            det = LossCusum()
+            fired = [i for i, v in enumerate(_loop_losses(q)) if det.push(v)]
+            n += sum(any(d <= f < d + 50 for f in fired) for d in drops)
+        return n
+
+    assert found() == 12
+    monkeypatch.setattr(boundary, "AC_GATE", gate)
+    monkeypatch.setattr(boundary, "AC_CLIP", clip)
+    assert found() <= 9
 
 
 def test_the_level_shift_test_waits_for_its_windows_after_a_restart() -> None:
