@@ -5,6 +5,7 @@ import asyncio
 import os
 import ssl
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -115,3 +116,14 @@ def by_topic(counts: dict[tuple[str, int, str], int]) -> dict[tuple[str, str], i
     for (topic, _, outcome), n in counts.items():
         out[(topic, outcome)] = out.get((topic, outcome), 0) + n
     return out
+
+
+def bench_module(name: str) -> Any:
+    """A module of ``bench/`` (its scripts import each other by bare name, so the folder joins sys.path)."""
+    import importlib
+    import sys
+
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module(name)

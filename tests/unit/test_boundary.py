@@ -416,14 +416,10 @@ def test_after_a_long_stretch_a_firing_must_stand_above_the_slow_level(seed: int
 
 
 def _ar1_qualities(seed: int, phi: float, n: int = 10_000) -> np.ndarray:
-    """0.7 + 0.15 z, z a unit-variance AR(1) with lag-1 correlation ``phi`` (as bench boundaries)."""
-    rng = np.random.default_rng(seed)
-    e = rng.standard_normal(n) * math.sqrt(1.0 - phi * phi)
-    z = np.empty(n)
-    z[0] = rng.standard_normal()
-    for i in range(1, n):
-        z[i] = phi * z[i - 1] + e[i]
-    return np.clip(0.7 + 0.15 * z, 0.0, 1.0)
+    """0.7 + 0.15 z, z a unit-variance AR(1) with lag-1 correlation ``phi``: the AR(1) row of bench boundaries."""
+    from tests.helpers import bench_module
+
+    return bench_module("boundaries")._quality(f"AR(1) {phi}", np.random.default_rng(seed), n)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -11,6 +11,8 @@ import sys
 import psutil
 import pytest
 
+from tests.helpers import bench_module
+
 
 def run(args: list[str], stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "workers.cli", *args], input=stdin, capture_output=True,
@@ -163,7 +165,7 @@ def test_bench_drift_learner_suite_runs_every_stream_through_the_verbs() -> None
     on the learner's errors beside, and a goal line per judged drift."""
     r = run(["bench", "drift", "--suite", "learner", "--seeds", "1", "--learner-examples", "1200"])
     assert r.returncode in (0, 1), r.stderr[-3000:]
-    STREAMS = _bench_module("_drift_learner").STREAMS
+    STREAMS = bench_module("_drift_learner").STREAMS
     for name in STREAMS:
         for det in ("learnstream", "river ADWIN", "river DDM"):
             assert re.search(rf"^{re.escape(name)}\s+{det}\s", r.stdout, re.M), (name, det, r.stdout)
@@ -384,21 +386,12 @@ def test_every_argument_has_help_and_top_level_help_has_no_rest_markup() -> None
         assert "`" not in sp.format_help(), name
 
 
-def _bench_module(name: str):
-    import importlib
-    from pathlib import Path
-    bench = str(Path(__file__).resolve().parents[2] / "bench")
-    if bench not in sys.path:
-        sys.path.insert(0, bench)
-    return importlib.import_module(name)
-
-
 def test_a_bench_worker_takes_the_settings_exported_in_the_shell(monkeypatch, tmp_path) -> None:
     """`LEARNSTREAM_CACHE_BYTES=... learnstream bench feedback` ran its workers with the default 512 MiB:
     the bench built their settings from defaults, and a setting's default went over the environment's."""
     monkeypatch.setenv("LEARNSTREAM_CACHE_BYTES", "2147483648")
     monkeypatch.setenv("LEARNSTREAM_LR_MIN", "0.002")
-    w = _bench_module("_stream").WorkerProcess("127.0.0.1:9", partitions=3, app_id="bench-x", log_dir=tmp_path,
+    w = bench_module("_stream").WorkerProcess("127.0.0.1:9", partitions=3, app_id="bench-x", log_dir=tmp_path,
                                                env={"LEARNSTREAM_LR_MIN": "0.003"})
     assert w.env["LEARNSTREAM_CACHE_BYTES"] == "2147483648"
     assert w.env["LEARNSTREAM_LR_MIN"] == "0.003"  # --worker-env still wins
@@ -417,7 +410,7 @@ def test_bench_feedback_warm_up_fills_the_replay_buffers_in_envelopes_and_stays_
     from workers.cores.instant import REPLAY_CAP
     from workers.verbs.codec import MAX_EVENT_BYTES
 
-    feedback = _bench_module("feedback")
+    feedback = bench_module("feedback")
     keys = [f"s{i}" for i in range(sessions)]
     msgs, events = feedback.warm_up_messages(keys, dim, 0)
     per_session: Counter = Counter()
@@ -446,7 +439,7 @@ def test_bench_feedback_scale_fills_every_replay_buffer_before_timing() -> None:
 
     from workers.cores.instant import REPLAY_CAP
 
-    feedback = _bench_module("feedback")
+    feedback = bench_module("feedback")
     keys = [f"s{i}" for i in range(300)]
     msgs, events = feedback.warm_up_messages(keys, 384, 0, budget=2 * REPLAY_CAP * len(keys), single=0)
     per_session: Counter = Counter()
