@@ -232,8 +232,8 @@ class LossCusum:
     def __init__(self) -> None:
         self.n = 0
         self.gap = 0      # losses in the previous task (from one firing to the next), 0 before the first
-        # the stream's lag-1 autocorrelation around the slow level (kept across restarts: a property of
-        # the stream, not of a task): EMAs of successive residuals' products and of their squares
+        # the losses' lag-1 autocorrelation around the fast EMA (kept across restarts: a property of the
+        # stream, not of a task): EMAs of successive residuals' products and of their squares
         self.ac_num = self.ac_den = self.ac_prev = 0.0
         self.ac_n = 0
         self.last: CusumFiring | None = None
