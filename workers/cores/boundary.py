@@ -86,7 +86,8 @@ fires on a *lasting* rise of the loss:
 - **Autocorrelated losses**: the level-shift test's and the level guard's standard errors assume
   independent losses. Qualities that wander (an AR(1) around 0.7, sd 0.15, lag-1 correlation 0.5) or
   follow a cycle (a daily one of amplitude 0.1 and period 200 events) made the fast EMA's excursions
-  read as shifts: 2-5 resets per 10,000 stationary AR(1) events, 53 in 8 cycle runs. So the detector
+  read as shifts: 2-5 resets per 10,000 stationary AR(1) events, 53 in 8 cycle runs (now 0 and 1; on
+  other seeds 249 -> 69 resets in 40 AR(1) runs, the rest the CUSUM's). So the detector
   keeps the losses' lag-1 autocorrelation around the fast EMA (EMAs over about 1/``RATE_AC`` losses,
   shrunk towards 0 over the first ``AC_PRIOR``, at most ``AC_MAX``, never below 0; kept across
   restarts: it belongs to the stream, not to a task) and widens both standard errors by what an AR(1)
