@@ -645,3 +645,18 @@ def test_model_levels_persist_in_the_loop_state_and_a_version_2_state_starts_the
     assert isinstance(old.levels, ModelLevels)
     with pytest.raises(CorruptStateError, match="model levels"):
         LoopState.from_bytes(st.to_bytes()[:-3])
+
+
+def test_model_levels_out_of_range_are_a_corrupt_state() -> None:
+    """Counts that do not add up to the events, a negative count, a non-finite level: CorruptStateError."""
+    from workers.cores.loop import _LEVELS
+
+    head = LoopState().to_bytes()[:-_LEVELS.size]
+    good = _LEVELS.pack(1.3, 2, 0.6, 2) + struct.pack("<2d2q", 0.8, 0.5, 1, 1)
+    assert LoopState.from_bytes(head + good).levels.counts == [1, 1]
+    for bad in (_LEVELS.pack(1.3, 3, 0.6, 2) + struct.pack("<2d2q", 0.8, 0.5, 1, 1),      # counts != n
+                _LEVELS.pack(1.3, 0, 0.6, 2) + struct.pack("<2d2q", 0.8, 0.5, 1, -1),     # a negative count
+                _LEVELS.pack(1.3, 2, 0.6, 2) + struct.pack("<2d2q", math.nan, 0.5, 1, 1),  # a NaN level
+                _LEVELS.pack(math.inf, 2, 0.6, 2) + struct.pack("<2d2q", 0.8, 0.5, 1, 1)):  # an infinite sum
+        with pytest.raises(CorruptStateError, match="model levels"):
+            LoopState.from_bytes(head + bad)

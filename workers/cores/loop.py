@@ -131,9 +131,15 @@ class ModelLevels:
             values = struct.unpack(f"<{k}d{k}q", data[_LEVELS.size:])
         except struct.error:
             raise CorruptStateError(f"loop state: model levels of {len(data)} bytes do not parse") from None
+        means, counts = list(values[:k]), list(values[k:])
+        # every event counts once, for its model: the counts add up to n (a corrupt state must not
+        # become the detector's input)
+        if (n < 0 or min(counts, default=0) < 0 or sum(counts) != n or math.isinf(ema)
+                or not all(math.isfinite(v) for v in (weighted, *means))):
+            raise CorruptStateError("loop state: model levels out of range")
         obj = cls()
         obj.weighted, obj.n, obj.ema = weighted, n, None if math.isnan(ema) else ema
-        obj.means, obj.counts = list(values[:k]), list(values[k:])
+        obj.means, obj.counts = means, counts
         return obj
 
 
