@@ -76,7 +76,7 @@ from workers.state import MemoryStore
 from workers.stream.processor import Processor, StoreStateAccess
 from workers.stream.records import Record
 from workers.stream.settings import Settings
-from workers.stream.worker import tune_collector
+from workers.stream.collector import tune_collector
 from workers.kafka.topics import topics
 
 __all__ = ("main",)

@@ -111,20 +111,3 @@ def test_tls_files_that_cannot_be_read_name_the_variables(tmp_path) -> None:
     (tmp_path / "key.pem").write_text("not a key")
     with pytest.raises(ConfigError, match="not a readable certificate chain"):
         server_ssl_context(s)
-
-
-def test_the_workers_collector_settings_raise_the_young_threshold_and_freeze_what_exists() -> None:
-    """tune_collector (run_worker, and bench feedback's in-process row): thousands of cached sessions
-    are long-lived containers, so the young generation is collected every GC_GEN0_THRESHOLD allocations,
-    not CPython's 700, and the objects alive at start leave the collector's generations."""
-    import gc
-
-    from workers.stream.worker import GC_GEN0_THRESHOLD, tune_collector
-
-    before = gc.get_threshold()
-    try:
-        assert tune_collector() == before
-        assert gc.get_threshold() == (GC_GEN0_THRESHOLD, *before[1:]) and gc.get_freeze_count() > 0
-    finally:
-        gc.set_threshold(*before)
-        gc.unfreeze()

@@ -38,6 +38,7 @@ from workers.state.layout import StateTooLarge
 from workers.state.limits import Limits, check_request
 from workers.state.sessions import CACHE_BYTES, Sessions
 from workers.state import idempotency
+from workers.stream.collector import collector_paused
 from workers.stream.records import Produce, Record, record_id
 from workers.kafka.topics import Topic, by_name
 
@@ -281,9 +282,12 @@ class Processor:
         return v, body, sk
 
     def process(self, records: list[Record]) -> BatchResult:
-        """Apply a batch and write every session value it changed (:meth:`apply` + :meth:`save`)."""
-        res = self.apply(records)
-        self.save(res)
+        """Apply a batch and write every session value it changed (:meth:`apply` + :meth:`save`), the
+        collector paused meanwhile (``workers.stream.collector``; the worker pauses it around its
+        whole batch, commit included)."""
+        with collector_paused():
+            res = self.apply(records)
+            self.save(res)
         return res
 
     def apply(self, records: list[Record]) -> BatchResult:

@@ -31,6 +31,7 @@ from workers.kafka.topics import Topic, by_name, input_topics, topics
 from workers.scoring import prefetch
 from workers.stream import faust_internals, metrics, partitioning, provision, restore
 from workers.stream.broker_health import BrokerHealth
+from workers.stream.collector import collector_paused
 from workers.stream.gaps import Admitted, GapGuard, KafkaProbe
 from workers.stream.partitioning import ORIGIN_HEADER, origin_of
 from workers.stream.peers import DeadPeers
@@ -313,7 +314,12 @@ class Runtime:
                 await self.rewriter.maybe_rewrite()  # between batches: no transaction of ours is open
 
     async def handle(self, events: list[Any]) -> None:
-        """Apply one batch: guard -> apply -> deliver what it produced -> write the state."""
+        """Apply one batch: guard -> apply -> deliver what it produced -> write the state. The
+        collector is paused until the batch's transient objects are gone (``workers.stream.collector``)."""
+        with collector_paused():
+            await self._handle(events)
+
+    async def _handle(self, events: list[Any]) -> None:
         t0 = time.perf_counter()
         admitted = await self.guard.admit(events, _where)
         if self.txn is not None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import logging
 import os
 import signal
@@ -17,6 +16,7 @@ from workers.errors import ConfigError
 from workers.local import bind_error, hold_dir
 from workers.stream import faust_internals
 from workers.stream.app import build_app
+from workers.stream.collector import tune_collector
 from workers.stream.log_identity import ensure_tables_match_log
 from workers.stream.logs import announce
 from workers.stream.logs import configure as configure_logs
@@ -81,25 +81,6 @@ def run_worker(settings: Settings) -> int:
         if broker is not None:
             broker.stop()
     return 0
-
-
-# Allocations between two young-generation collections (CPython's default: 700); see tune_collector.
-GC_GEN0_THRESHOLD = 10_000
-
-
-def tune_collector() -> tuple[int, int, int]:
-    """The worker's garbage-collector settings (also what ``bench feedback``'s in-process row runs with);
-    returns the thresholds it replaced (``gc.unfreeze`` and ``gc.set_threshold`` undo it)."""
-    # faust's RocksDB store runs gc.collect() for every table on every rebalance (Store.revoke_partitions),
-    # each a walk over the ~90k objects of the imports and the app (~80 ms on a loaded box). They live
-    # as long as the process: out of the collector's generations, those walks cost nothing.
-    gc.freeze()
-    # Decoded sessions are thousands of long-lived containers: with the default threshold (700
-    # allocations) the young generation is collected every few events and each older collection walks
-    # them all. 10,000 sessions in process: 403 -> 283 us per event (275 with no collector at all).
-    old = gc.get_threshold()
-    gc.set_threshold(GC_GEN0_THRESHOLD, *old[1:])
-    return old
 
 
 # How often the start-up task looks whether table recovery finished (one line is printed then).
