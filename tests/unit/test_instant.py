@@ -859,6 +859,128 @@ def test_a_core_read_without_its_rows_learns_exactly_as_the_whole_core(seed: int
     assert lazy == whole and lazy.to_bytes() == whole.to_bytes()
 
 
+def _thin_twin(rng: np.random.Generator, events: int = 100, dim: int = 384):
+    """A core with a full replay buffer, its bytes as a store holds them, and the same core read back
+    without its rows (``from_head``), reading them from those bytes."""
+    whole = InstantState(TARGETS, dim)
+    whole.feedback_batch(*_events(rng, events, dim=dim))
+    store = {"bytes": whole.to_bytes()}
+    start = whole.rows_offset()
+    reads: list[int] = []
+
+    def rows(lo: int, hi: int) -> bytes:
+        reads.append(lo // (4 * dim))
+        return store["bytes"][start + lo:start + hi]
+
+    thin = InstantState.from_head(store["bytes"][:start], rows)
+    thin.saved(object())  # what the layout tells a core it read from the store (StateBlob.get)
+    whole.saved(object())
+    return whole, store, thin, reads
+
+
+def _saved(core: InstantState, store: dict) -> None:
+    """What a session save does (workers.state.layout): the store's bytes get the regions the core says
+    it changed (all of it when it cannot tell), and the core is told they are stored."""
+    got = core.changed_since(core._synced)
+    if got is None:
+        data = core.to_bytes()
+    else:
+        n, _, regions = got
+        buf = bytearray(store["bytes"][:n].ljust(n, b"\0"))
+        for off, region in regions:
+            buf[off:off + len(region)] = region
+        data = bytes(buf)
+    store["bytes"] = data
+    core.saved(object())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_thin_core_learns_a_few_events_without_growing_its_arena(seed: int) -> None:
+    """A thin core (rows in the store) given one event at a time runs the kernel on a scratch arena: it
+    reads only the rows the event replays, holds only the rows it pushes, never allocates its ~100 kB of
+    rows, and its replies, its save and its state equal those of the core held whole. Past _HELD_MAX held
+    rows it grows its arena as before, taking the held rows in."""
+    from workers.cores.instant import _HELD_MAX
+
+    rng = np.random.default_rng(300 + seed)
+    whole, store, thin, reads = _thin_twin(rng)
+    hot = thin.memory_bytes()
+    stored_whole = dict(store)
+    X, T, Q, NOW = _events(rng, 40, dim=384)
+    for i in range(40):
+        reads.clear()
+        plan = K.instant_replay_reads(thin._arena, thin._meta, Q[i:i + 1].astype(np.float32), NOW[i:i + 1]).tolist()
+        held = len(thin._held)
+        assert thin.feedback(X[i], int(T[i]), float(Q[i]), int(NOW[i])) == \
+            whole.feedback(X[i], int(T[i]), float(Q[i]), int(NOW[i]))
+        if held < _HELD_MAX:  # the scratch path: the replayed rows read (unless held), the pushed one held
+            assert set(reads) <= set(plan) and thin.replay_x.shape[0] == 0
+            assert thin.memory_bytes() == hot + len(thin._held) * 4 * 384 <= hot + 4 * 384 * _HELD_MAX
+        # the save builds the same pieces from the held rows as from the whole arena
+        assert thin.changed_since(thin._synced) == whole.changed_since(whole._synced)
+        _saved(thin, store)
+        _saved(whole, stored_whole)
+        if i % 3 == 2:
+            thin.thin(lambda lo, hi: store["bytes"][thin.rows_offset() + lo:thin.rows_offset() + hi])
+            assert not thin._held and thin.replay_x.shape[0] == 0
+    assert thin == whole and thin.to_bytes() == whole.to_bytes() and thin.replay_entries()[3][0].tobytes() == \
+        whole.replay_entries()[3][0].tobytes()
+
+
+def test_a_thin_core_past_its_held_rows_grows_and_keeps_them() -> None:
+    """The event that would hold more than _HELD_MAX rows grows the arena, moving the held rows in."""
+    from workers.cores.instant import _HELD_MAX
+
+    rng = np.random.default_rng(11)
+    whole, _, thin, _ = _thin_twin(rng)
+    X, T, _, NOW = _events(rng, _HELD_MAX + 1, dim=384)
+    for i in range(_HELD_MAX + 1):  # quality 1: every event pushes a row
+        thin.feedback(X[i], int(T[i]), 1.0, int(NOW[i]))
+        whole.feedback(X[i], int(T[i]), 1.0, int(NOW[i]))
+        assert len(thin._held) == (i + 1 if i < _HELD_MAX else 0)
+    assert thin.replay_x.shape[0] == REPLAY_CAP and thin == whole
+
+
+def test_a_kernel_refusal_on_the_scratch_path_leaves_a_thin_core_as_it_was() -> None:
+    """The bindings check the targets after the scratch arena was filled: the core is unchanged."""
+    rng = np.random.default_rng(12)
+    _, store, thin, _ = _thin_twin(rng)
+    before = store["bytes"]
+    X, _, Q, NOW = _events(rng, 2, dim=384)
+    with pytest.raises((ValueError, RuntimeError, IndexError)):
+        thin.learn_checked(X, np.array([0, 99], np.int64), Q.astype(np.float32), NOW.astype(np.int64))
+    assert not thin._held and thin.to_bytes() == before
+
+
+def test_thin_cores_learn_on_two_threads_at_once_as_they_would_alone() -> None:
+    """The kernels drop the GIL, so each thread has its own scratch arenas: two threads feeding thin
+    cores of one shape at the same time end where each core alone ends."""
+    import threading
+
+    rng = np.random.default_rng(13)
+    pairs = [_thin_twin(rng, dim=1536) for _ in range(2)]
+    streams = [_events(rng, 300, dim=1536) for _ in range(2)]
+
+    def feed(core: InstantState, store: dict, stream, thin_every: int | None) -> None:
+        X, T, Q, NOW = stream
+        for i in range(len(X)):
+            core.feedback(X[i], int(T[i]), float(Q[i]), int(NOW[i]))
+            _saved(core, store)
+            if thin_every and i % thin_every == 0:
+                core.thin(lambda lo, hi: store["bytes"][core.rows_offset() + lo:core.rows_offset() + hi])
+
+    threads = [threading.Thread(target=feed, args=(thin, store, streams[k], 2)) for k, (_, store, thin, _) in
+               enumerate(pairs)]
+    for t in threads:
+        t.start()
+    for k, (whole, _, _, _) in enumerate(pairs):
+        feed(whole, {"bytes": whole.to_bytes()}, streams[k], None)
+    for t in threads:
+        t.join()
+    for whole, _, thin, _ in pairs:
+        assert thin == whole
+
+
 def test_a_core_is_not_thinned_while_the_store_lacks_its_rows() -> None:
     """``thin`` drops rows only when the store holds exactly them: not after an unsaved event, not
     after EWC state moved them, and never without having been saved or read."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -74,6 +75,28 @@ def _slot_cuts(hot: int, start: int, row: int, n: int, ewc: bool) -> tuple[int, 
     return ((hot,) if ewc else ()) + tuple(range(start, start + row * n, row))
 
 
+# A thin core (its rows in the store) learns from at most this many events at a time on a scratch
+# arena (_thin_call), holding the rows they push until its next thinning; more grow its own arena.
+_HELD_MAX = 8
+_SCRATCH_SIZES = 4  # scratch arenas kept per thread (one per core shape in use; a 4096-d one is ~1 MB)
+_scratch = threading.local()
+
+
+def _scratch_arena(size: int) -> np.ndarray:
+    """This thread's scratch arena of ``size`` floats (the kernels drop the GIL: one per thread),
+    reused while its contents are dead: ``_thin_call`` fills what the kernel reads before each call."""
+    pool: dict[int, np.ndarray] | None = getattr(_scratch, "arenas", None)
+    if pool is None:
+        pool = _scratch.arenas = {}
+    arena = pool.pop(size, None)
+    if arena is None:
+        arena = np.empty(size, np.float32)
+        while len(pool) >= _SCRATCH_SIZES:
+            pool.pop(next(iter(pool)))
+    pool[size] = arena  # the most recently used last
+    return arena
+
+
 class InstantState:
     """One session's adapter, replay buffer, lr and EWC state.
 
@@ -100,7 +123,7 @@ class InstantState:
 
     __slots__ = ("targets", "dim", "_index", "_arena", "_meta", "theta", "A", "B", "ewc_f", "ewc_snap",
                  "replay_x", "replay_scale", "replay_idx", "_layout", "_prefix", "_cuts", "_hot", "_synced", "_synced_at",
-                 "_sections", "_absent", "_rows_source")
+                 "_sections", "_absent", "_rows_source", "_held")
 
     def __init__(self, targets: Sequence[str], dim: int | None = None, lr_min: float | None = None) -> None:
         self.targets: list[str] = list(targets)
@@ -121,6 +144,9 @@ class InstantState:
         # ((lo, hi) -> those bytes of the stored rows) when a kernel is about to read them (``from_head``, ``thin``)
         self._absent: set[int] = set()
         self._rows_source: Callable[[int, int], bytes] | None = None
+        # Rows a thin core (no rows in its arena) pushed since it was thinned, by slot (_thin_call); each
+        # slot of a thin core's buffer is either here or absent. Growing the arena moves them into it.
+        self._held: dict[int, np.ndarray] = {}
         self._arena = np.zeros(self._layout["replay_x"], np.float32)  # no replay rows yet: see _room
         self._meta = np.zeros(_C["meta_size"], np.int64)
         self._meta[_M["dim"]] = self.dim
@@ -162,10 +188,13 @@ class InstantState:
         arena[:self._arena.size] = self._arena
         self._arena = arena
         self._bind_views()
+        for r, row in self._held.items():  # a thin core's pushed rows (only a thin core holds any)
+            self.replay_x[r] = row
+        self._held.clear()
 
     def memory_bytes(self) -> int:
-        """The bytes its arrays hold (the attributes are views into these two)."""
-        return self._arena.nbytes + self._meta.nbytes
+        """The bytes its arrays hold (the attributes are views into these two, and the held rows)."""
+        return self._arena.nbytes + self._meta.nbytes + 4 * self.dim * len(self._held)
 
     # -- scalars -------------------------------------------------------------
     def _scalar(self, name: str) -> float:
@@ -246,10 +275,16 @@ class InstantState:
         ``"unknown model name; not in registered targets"``) before any change.
         """
         x, t, q = self.check_feedback(x, model, quality)
-        ring = self._before_kernel(np.array([q], np.float32), np.array([now_ms], np.int64))
-        self._room(1)
-        learned, norm = _k.instant_feedback(self._arena, self._meta, x, t, q, int(now_ms))
-        self._after_kernel(ring, int(learned))
+        qualities, now = np.array([q], np.float32), np.array([now_ms], np.int64)
+        thin = self._thin_call(qualities, now, 1)
+        if thin is None:
+            ring = self._before_kernel(qualities, now)
+            self._room(1)
+            learned, norm = _k.instant_feedback(self._arena, self._meta, x, t, q, int(now_ms))
+            self._after_kernel(ring, int(learned))
+        else:
+            learned, norm = _k.instant_feedback(thin[0], self._meta, x, t, q, int(now_ms))
+            self._after_thin_call(thin, int(learned))
         return {"adapter_norm": float(norm), "feedback_count": self.feedback_count, "lr": self.lr}
 
     def feedback_batch(self, X: np.ndarray, targets: np.ndarray, qualities: np.ndarray,
@@ -279,6 +314,11 @@ class InstantState:
         """:meth:`feedback_batch` for rows the caller has checked (the learning loop validates each
         event as it arrives): (learned, adapter_norm). The bindings still check shapes and target
         indices, and convert dtypes."""
+        thin = self._thin_call(qualities, now_ms, len(X))
+        if thin is not None:
+            learned, norm = _k.instant_feedback_batch(thin[0], self._meta, X, targets, qualities, now_ms, trace)
+            self._after_thin_call(thin, learned)
+            return learned, norm
         ring = self._before_kernel(qualities, now_ms)
         self._room(len(X))
         learned, norm = _k.instant_feedback_batch(self._arena, self._meta, X, targets, qualities, now_ms, trace)
@@ -302,16 +342,52 @@ class InstantState:
         h0, n0 = ring
         self._absent.difference_update((h0 + n0 + j) % REPLAY_CAP for j in range(min(learned, REPLAY_CAP)))
 
+    def _thin_call(self, qualities: np.ndarray, now_ms: np.ndarray, n: int) -> tuple[np.ndarray, int, int] | None:
+        """For a thin core and at most a few events (``_HELD_MAX`` held rows after them): a scratch arena
+        of its shape holding its hot part and the rows these events replay, for the kernel to run on,
+        and the ring's (head, len) before them; None: the core's own arena is grown to every row
+        (``_before_kernel``, ``_room``). A thin core touched by one event at a time (many sessions, each
+        rarely) then never allocates its ~100 kB of rows only to drop them again after the save."""
+        if self.replay_x.shape[0] or not self._absent or len(self._held) + n > _HELD_MAX:
+            return None
+        if self._rows_source is None:  # pragma: no cover - absent rows always come with their source
+            raise CorruptStateError("instant state: replay rows are absent and there is no store to read them from")
+        hot, d = self._layout["replay_x"], self.dim
+        arena = _scratch_arena(hot + REPLAY_CAP * d)[:hot + min(int(self._meta[_RL]) + n, REPLAY_CAP) * d]
+        arena[:hot] = self._arena
+        width = 4 * d
+        for r in _k.instant_replay_reads(self._arena, self._meta, np.ascontiguousarray(qualities, np.float32),
+                                         np.ascontiguousarray(now_ms, np.int64)).tolist():
+            row = self._held.get(r)
+            if row is None:
+                data = self._rows_source(r * width, (r + 1) * width)
+                if len(data) != width:
+                    raise CorruptStateError(f"instant state: replay row {r} is missing or has the wrong length")
+                row = np.frombuffer(data, "<f4")
+            arena[hot + r * d:hot + (r + 1) * d] = row
+        return arena, int(self._meta[_RH]), int(self._meta[_RL])
+
+    def _after_thin_call(self, call: tuple[np.ndarray, int, int], learned: int) -> None:
+        """Take back what the kernel changed in the scratch arena: the hot part, and the pushed rows (held)."""
+        arena, h0, n0 = call
+        hot, d = self._layout["replay_x"], self.dim
+        self._arena[:] = arena[:hot]
+        for j in range(min(learned, REPLAY_CAP)):
+            r = (h0 + n0 + j) % REPLAY_CAP
+            self._held[r] = arena[hot + r * d:hot + (r + 1) * d].copy()
+            self._absent.discard(r)
+
     def _load(self, slots: Iterable[int]) -> None:
         """Bring the rows of these slots into the arena, those absent from it (read from the store)."""
-        if not self._absent:
+        if not self._absent and not self._held:
             return
         need = [r for r in slots if r in self._absent]
+        if need or self._held:
+            self._room(0)  # a thin core's arena grows to its rows (and takes its held ones)
         if not need:
             return
         if self._rows_source is None:  # pragma: no cover - absent rows always come with their source
             raise CorruptStateError("instant state: replay rows are absent and there is no store to read them from")
-        self._room(0)
         width = 4 * self.dim
         for r in need:
             data = self._rows_source(r * width, (r + 1) * width)
@@ -323,12 +399,18 @@ class InstantState:
     def thin(self, source: Callable[[int, int], bytes]) -> int:
         """Drop the replay rows from memory when the store holds exactly them (the last save, or the
         bytes this core was read from), to be read back through ``source`` when a kernel replays one:
-        a full 384-d core shrinks from ~100 kB to ~10 kB. The bytes freed (0: nothing to drop, or
-        rows the store does not have yet)."""
+        a full 384-d core shrinks from ~100 kB to ~10 kB (a thin core drops the rows it held since). The
+        bytes freed (0: nothing to drop, or rows the store does not have yet)."""
         m = self._meta
-        if (self._synced is None or self.replay_x.shape[0] == 0
+        if (self._synced is None or (self.replay_x.shape[0] == 0 and not self._held)
                 or self._synced_at != (self._rows_start(), int(m[_RL]), int(m[_RH]), int(m[_FC]))):
             return 0
+        if self._held:  # thin already: its pushed rows are in the store now
+            freed = 4 * self.dim * len(self._held)
+            self._held.clear()
+            self._absent = set(range(int(m[_RL])))
+            self._rows_source = source
+            return freed
         before = self._arena.nbytes
         self._arena = self._arena[:self._layout["replay_x"]].copy()
         self._bind_views()
@@ -442,6 +524,9 @@ class InstantState:
 
     def _rows(self, lo: int, hi: int) -> bytes:
         """Replay rows ``lo:hi`` as stored: each its row (its target and scale are in the hot piece)."""
+        held = self._held
+        if held and all(r in held for r in range(lo, hi)):  # what a thin core pushed (its save asks these)
+            return b"".join(held[r].astype("<f4", copy=False).tobytes() for r in range(lo, hi))
         self._load(range(lo, hi))
         rows = self.replay_x[lo:hi]
         return rows.tobytes() if _LITTLE_ENDIAN else rows.astype("<f4").tobytes()
