@@ -525,8 +525,9 @@ class InstantState:
     def _rows(self, lo: int, hi: int) -> bytes:
         """Replay rows ``lo:hi`` as stored: each its row (its target and scale are in the hot piece)."""
         held = self._held
-        if held and all(r in held for r in range(lo, hi)):  # what a thin core pushed (its save asks these)
-            return b"".join(held[r].astype("<f4", copy=False).tobytes() for r in range(lo, hi))
+        if held and hi == lo + 1 and lo in held:  # a row a thin core pushed: its save asks for these one by one
+            row = held[lo]
+            return row.tobytes() if _LITTLE_ENDIAN else row.astype("<f4").tobytes()
         self._load(range(lo, hi))
         rows = self.replay_x[lo:hi]
         return rows.tobytes() if _LITTLE_ENDIAN else rows.astype("<f4").tobytes()
