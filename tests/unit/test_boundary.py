@@ -648,15 +648,60 @@ def test_model_levels_persist_in_the_loop_state_and_a_version_2_state_starts_the
 
 
 def test_model_levels_out_of_range_are_a_corrupt_state() -> None:
-    """Counts that do not add up to the events, a negative count, a non-finite level: CorruptStateError."""
+    """Counts that do not add up to the events, a negative count, a non-finite level, an arrival that
+    does not match its count: CorruptStateError."""
     from workers.cores.loop import _LEVELS
 
     head = LoopState().to_bytes()[:-_LEVELS.size]
-    good = _LEVELS.pack(1.3, 2, 0.6, 2) + struct.pack("<2d2q", 0.8, 0.5, 1, 1)
-    assert LoopState.from_bytes(head + good).levels.counts == [1, 1]
-    for bad in (_LEVELS.pack(1.3, 3, 0.6, 2) + struct.pack("<2d2q", 0.8, 0.5, 1, 1),      # counts != n
-                _LEVELS.pack(1.3, 0, 0.6, 2) + struct.pack("<2d2q", 0.8, 0.5, 1, -1),     # a negative count
-                _LEVELS.pack(1.3, 2, 0.6, 2) + struct.pack("<2d2q", math.nan, 0.5, 1, 1),  # a NaN level
-                _LEVELS.pack(math.inf, 2, 0.6, 2) + struct.pack("<2d2q", 0.8, 0.5, 1, 1)):  # an infinite sum
+    good = _LEVELS.pack(1.3, 2, 0.6, 2) + struct.pack("<2d2q2q", 0.8, 0.5, 1, 1, 0, 1)
+    assert LoopState.from_bytes(head + good).levels.arrived == [0, 1]
+    for bad in (_LEVELS.pack(1.3, 3, 0.6, 2) + struct.pack("<2d2q2q", 0.8, 0.5, 1, 1, 0, 1),      # counts != n
+                _LEVELS.pack(1.3, 0, 0.6, 2) + struct.pack("<2d2q2q", 0.8, 0.5, 1, -1, 0, 1),     # a negative count
+                _LEVELS.pack(1.3, 2, 0.6, 2) + struct.pack("<2d2q2q", math.nan, 0.5, 1, 1, 0, 1),  # a NaN level
+                _LEVELS.pack(math.inf, 2, 0.6, 2) + struct.pack("<2d2q2q", 0.8, 0.5, 1, 1, 0, 1),  # an infinite sum
+                _LEVELS.pack(1.3, 2, 0.6, 2) + struct.pack("<2d2q2q", 0.8, 0.5, 1, 1, 0, 2),      # arrived at n
+                _LEVELS.pack(1.3, 2, 0.6, 2) + struct.pack("<2d2q2q", 0.8, 0.5, 1, 1, 0, -1),     # served, never arrived
+                _LEVELS.pack(0.8, 1, 0.6, 2) + struct.pack("<2d2q2q", 0.8, 0.5, 1, 0, 0, 0)):     # arrived, never served
         with pytest.raises(CorruptStateError, match="model levels"):
             LoopState.from_bytes(head + bad)
+
+
+def test_a_version_3_loop_state_reads_its_models_as_served_from_the_start() -> None:
+    """Version 3 kept no arrivals: its models are not late (the detector goes on as it did)."""
+    from workers.cores.loop import _LEVELS
+
+    v3 = (struct.pack("<3sB?dqqqB", b"LSL", 3, True, 0.7, 2, 0, 1, 0) + _LEVELS.pack(1.3, 2, 0.6, 3)
+          + struct.pack("<3d3q", 0.8, 0.5, 0.0, 1, 1, 0))
+    st = LoopState.from_bytes(v3)
+    assert (st.levels.counts, st.levels.arrived) == ([1, 1, 0], [0, 0, -1])
+    assert LoopState.from_bytes(st.to_bytes()) == st
+
+
+def test_a_late_model_is_kept_out_of_the_detector_until_its_level_is_known() -> None:
+    """A model first served after LATE_AFTER answers: its first LATE_WARM losses are NaN (the detector
+    skips them), then its offset counts in full; a model served from the start is as before."""
+    from workers.cores.loop import LATE_AFTER, LATE_WARM, LEVEL_PRIOR, ModelLevels
+
+    levels = ModelLevels()
+    levels.losses([0] * LATE_AFTER, [0.8] * LATE_AFTER)
+    got = levels.losses([1] * LATE_WARM + [1, 0], [0.3] * LATE_WARM + [0.3, 0.8])
+    assert np.isnan(got[:LATE_WARM]).all() and np.isfinite(got[LATE_WARM:]).all()
+    # then an answer at its own level reads as one at the session's (w = 1): loss ~0.2, not 1 - 0.3
+    assert levels.arrived == [0, LATE_AFTER] and got[LATE_WARM] < 0.3
+    early = ModelLevels()  # two models from the start: no answer is kept out, shrunk offsets as before
+    out = early.losses([0, 1] * 60, [0.8, 0.3] * 60)
+    assert np.isfinite(out).all() and early.arrived == [0, 1] and LEVEL_PRIOR > LATE_WARM
+
+
+def test_a_worse_model_rolled_out_late_does_not_reset_the_adapter() -> None:
+    """Beta(2, 4) answers taking half the traffic after 2,000 answers of a Beta(8, 2) model reset the
+    adapter once, at the new model's arrival, in each of 8 runs before the late-model rule; a new task
+    lowering both models afterwards is still found."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        models = np.concatenate([np.zeros(2000, np.int64), (rng.random(3000) < 0.5).astype(np.int64)])
+        q = np.where(models == 0, rng.beta(8, 2, 5000), rng.beta(2, 4, 5000))
+        assert _feedback_models(_three_models(), q, models) == [], seed
+    q[4000:] -= 0.4
+    fired = _feedback_models(_three_models(), np.clip(q, 0.0, 1.0), models)
+    assert fired and 4000 <= fired[0] < 4200, fired

@@ -62,12 +62,16 @@ _FMT = struct.Struct("<3sB?dqqqB")   # magic, version, has_ema, ema, events, bou
 _FMT_V1 = struct.Struct("<3sB?dqqq")
 _LEVELS = struct.Struct("<dqdI")     # version 3, after _FMT: ModelLevels (weighted, n, ema, models)
 _MAGIC = b"LSL"
-_VERSION = 3
+_VERSION = 4                         # 4: + each model's arrival (ModelLevels.arrived)
 # Each model's usual quality (ModelLevels): a running mean for its first LEVEL_HORIZON answers, then an
 # EMA over about that many; its offset counts in full once it was served well more than LEVEL_PRIOR
 # times (n / (n + LEVEL_PRIOR)).
 LEVEL_HORIZON = 200
 LEVEL_PRIOR = 50
+# A model first served after LATE_AFTER answers of the session is *late* (a new model rolled out): its
+# first LATE_WARM answers are kept out of the detector, and then its offset counts in full.
+LATE_AFTER = 100
+LATE_WARM = 30
 BOUNDARY_MODES = ("cusum", "zscore")     # index = the stored byte
 _CUSUM_CAUSE = "loss_cusum"
 _CUSUM_PART = "boundary"
@@ -84,9 +88,15 @@ class ModelLevels:
     ``level`` the mean of the models' levels weighted by how often each was served (so it does not
     follow whichever model is served now, and moves when every model's does), and ``w_m = n_m / (n_m
     + LEVEL_PRIOR)`` (a model seen a few times counts little). Then the loop's mix with its own EMA,
-    as for the instant core. With one model ``q_adj`` is ``q`` exactly."""
+    as for the instant core. With one model ``q_adj`` is ``q`` exactly.
 
-    __slots__ = ("weighted", "n", "ema", "means", "counts")
+    A model first served after the session's first LATE_AFTER answers (a new model rolled out) has no
+    level the shrinkage could lean on, and a worse one taking half the traffic read as a new task (one
+    reset at its arrival in each of 8 runs, bench/README.md "boundaries", thirty-third session): its
+    first LATE_WARM answers are kept out of the detector (their losses are NaN, which it skips), and
+    then it counts with ``w_m = 1``: its level is a mean of LATE_WARM answers by then."""
+
+    __slots__ = ("weighted", "n", "ema", "means", "counts", "arrived")
 
     def __init__(self) -> None:
         self.weighted = 0.0             # sum over models of n_m * level_m (level = weighted / n)
@@ -94,52 +104,66 @@ class ModelLevels:
         self.ema: float | None = None   # EMA of q_adj (the loop's quality EMA, for the detector)
         self.means: list[float] = []    # level_m by target index
         self.counts: list[int] = []     # n_m
+        self.arrived: list[int] = []    # the session's answers before the model's first (-1: none yet)
 
     def losses(self, targets: list[int], qualities: list[float]) -> np.ndarray:
         """The detector's losses for these events (targets are indices), counting them in."""
-        means, counts = self.means, self.counts
+        means, counts, arrived = self.means, self.counts, self.arrived
         if targets and max(targets) >= len(means):
             grow = max(targets) + 1 - len(means)
             means.extend([0.0] * grow)
             counts.extend([0] * grow)
+            arrived.extend([-1] * grow)
         weighted, n, ema = self.weighted, self.n, self.ema
         out = []
         for t, q in zip(targets, qualities):
             c, old = counts[t], means[t]
-            adj = q - (c / (c + LEVEL_PRIOR)) * (old - weighted / n) if 0 < c < n else q
-            if ema is None:
-                ema = adj
-            out.append(Q_WEIGHT * adj + (1.0 - Q_WEIGHT) * ema)
-            ema = ema + QUALITY_EMA_RATE * (adj - ema)
+            if c == 0:
+                arrived[t] = n
+            late = arrived[t] >= LATE_AFTER
+            if late and c < LATE_WARM:
+                out.append(math.nan)  # kept out of the detector until its level is known
+            else:
+                w = 1.0 if late else c / (c + LEVEL_PRIOR)
+                adj = q - w * (old - weighted / n) if 0 < c < n else q
+                if ema is None:
+                    ema = adj
+                out.append(Q_WEIGHT * adj + (1.0 - Q_WEIGHT) * ema)
+                ema = ema + QUALITY_EMA_RATE * (adj - ema)
             means[t] = new = old + (q - old) / min(c + 1, LEVEL_HORIZON)
             counts[t] = c + 1
             weighted += (c + 1) * new - c * old
             n += 1
         self.weighted, self.n, self.ema = weighted, n, ema
         # through float32 as the loop's own q_eff, so that with one model the losses are the same bits
+        # (NaN, a late model's first answers, stays NaN)
         return np.maximum(1.0 - np.array(out, np.float32).astype(np.float64), 0.0)
 
     def to_bytes(self) -> bytes:
         k = len(self.means)
         return (_LEVELS.pack(self.weighted, self.n, self.ema if self.ema is not None else math.nan, k)
-                + struct.pack(f"<{k}d{k}q", *self.means, *self.counts))
+                + struct.pack(f"<{k}d{k}q{k}q", *self.means, *self.counts, *self.arrived))
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> ModelLevels:
+    def from_bytes(cls, data: bytes, version: int = _VERSION) -> ModelLevels:
+        """Version 3 has no arrivals: every model it knows counts as served from the start."""
+        per = 3 if version >= 4 else 2
         try:
             weighted, n, ema, k = _LEVELS.unpack_from(data)
-            values = struct.unpack(f"<{k}d{k}q", data[_LEVELS.size:])
+            values = struct.unpack(f"<{k}d{(per - 1) * k}q", data[_LEVELS.size:])
         except struct.error:
             raise CorruptStateError(f"loop state: model levels of {len(data)} bytes do not parse") from None
-        means, counts = list(values[:k]), list(values[k:])
+        means, counts = list(values[:k]), list(values[k:2 * k])
+        arrived = list(values[2 * k:]) if per == 3 else [0 if c else -1 for c in counts]
         # every event counts once, for its model: the counts add up to n (a corrupt state must not
-        # become the detector's input)
+        # become the detector's input); a model arrives once served, before the session's n-th answer
         if (n < 0 or min(counts, default=0) < 0 or sum(counts) != n or math.isinf(ema)
-                or not all(math.isfinite(v) for v in (weighted, *means))):
+                or not all(math.isfinite(v) for v in (weighted, *means))
+                or any((a < 0) != (c == 0) or a >= max(n, 1) for a, c in zip(arrived, counts))):
             raise CorruptStateError("loop state: model levels out of range")
         obj = cls()
         obj.weighted, obj.n, obj.ema = weighted, n, None if math.isnan(ema) else ema
-        obj.means, obj.counts = means, counts
+        obj.means, obj.counts, obj.arrived = means, counts, arrived
         return obj
 
 
@@ -170,10 +194,10 @@ class LoopState:
                 mode, expect = 0, 1
             else:
                 magic, version, has_ema, ema, events, boundaries, envelopes, mode = _FMT.unpack_from(data)
-                # version 2 (before the model levels): they start from nothing
-                expect = 2 if len(data) == _FMT.size else _VERSION
-                if version == expect == _VERSION:
-                    levels = ModelLevels.from_bytes(data[_FMT.size:])
+                # version 2 (before the model levels): they start from nothing; 3: without arrivals
+                expect = 2 if len(data) == _FMT.size else (3 if version == 3 else _VERSION)
+                if version == expect and version >= 3:
+                    levels = ModelLevels.from_bytes(data[_FMT.size:], version)
         except struct.error:
             raise CorruptStateError(f"loop state has {len(data)} bytes, expected at least {_FMT.size}") from None
         if magic != _MAGIC or version != expect or mode >= len(BOUNDARY_MODES):
