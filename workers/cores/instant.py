@@ -350,21 +350,13 @@ class InstantState:
         rarely) then never allocates its ~100 kB of rows only to drop them again after the save."""
         if self.replay_x.shape[0] or not self._absent or len(self._held) + n > _HELD_MAX:
             return None
-        if self._rows_source is None:  # pragma: no cover - absent rows always come with their source
-            raise CorruptStateError("instant state: replay rows are absent and there is no store to read them from")
         hot, d = self._layout["replay_x"], self.dim
         arena = _scratch_arena(hot + REPLAY_CAP * d)[:hot + min(int(self._meta[_RL]) + n, REPLAY_CAP) * d]
         arena[:hot] = self._arena
-        width = 4 * d
         for r in _k.instant_replay_reads(self._arena, self._meta, np.ascontiguousarray(qualities, np.float32),
                                          np.ascontiguousarray(now_ms, np.int64)).tolist():
             row = self._held.get(r)
-            if row is None:
-                data = self._rows_source(r * width, (r + 1) * width)
-                if len(data) != width:
-                    raise CorruptStateError(f"instant state: replay row {r} is missing or has the wrong length")
-                row = np.frombuffer(data, "<f4")
-            arena[hot + r * d:hot + (r + 1) * d] = row
+            arena[hot + r * d:hot + (r + 1) * d] = self._stored_row(r) if row is None else row
         return arena, int(self._meta[_RH]), int(self._meta[_RL])
 
     def _after_thin_call(self, call: tuple[np.ndarray, int, int], learned: int) -> None:
@@ -384,17 +376,19 @@ class InstantState:
         need = [r for r in slots if r in self._absent]
         if need or self._held:
             self._room(0)  # a thin core's arena grows to its rows (and takes its held ones)
-        if not need:
-            return
+        for r in need:
+            self.replay_x[r] = self._stored_row(r)
+            self._absent.discard(r)
+
+    def _stored_row(self, r: int) -> np.ndarray:
+        """Replay slot ``r``'s row as the store holds it (a slot absent from memory)."""
         if self._rows_source is None:  # pragma: no cover - absent rows always come with their source
             raise CorruptStateError("instant state: replay rows are absent and there is no store to read them from")
         width = 4 * self.dim
-        for r in need:
-            data = self._rows_source(r * width, (r + 1) * width)
-            if len(data) != width:
-                raise CorruptStateError(f"instant state: replay row {r} is missing or has the wrong length")
-            self.replay_x[r] = np.frombuffer(data, "<f4")
-            self._absent.discard(r)
+        data = self._rows_source(r * width, (r + 1) * width)
+        if len(data) != width:
+            raise CorruptStateError(f"instant state: replay row {r} is missing or has the wrong length")
+        return np.frombuffer(data, "<f4")
 
     def thin(self, source: Callable[[int, int], bytes]) -> int:
         """Drop the replay rows from memory when the store holds exactly them (the last save, or the

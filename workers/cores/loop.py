@@ -147,14 +147,14 @@ class ModelLevels:
     @classmethod
     def from_bytes(cls, data: bytes, version: int = _VERSION) -> ModelLevels:
         """Version 3 has no arrivals: every model it knows counts as served from the start."""
-        per = 3 if version >= 4 else 2
+        ints = 2 if version >= 4 else 1  # counts, then arrivals
         try:
             weighted, n, ema, k = _LEVELS.unpack_from(data)
-            values = struct.unpack(f"<{k}d{(per - 1) * k}q", data[_LEVELS.size:])
+            values = struct.unpack(f"<{k}d{ints * k}q", data[_LEVELS.size:])
         except struct.error:
             raise CorruptStateError(f"loop state: model levels of {len(data)} bytes do not parse") from None
         means, counts = list(values[:k]), list(values[k:2 * k])
-        arrived = list(values[2 * k:]) if per == 3 else [0 if c else -1 for c in counts]
+        arrived = list(values[2 * k:]) if ints == 2 else [0 if c else -1 for c in counts]
         # every event counts once, for its model: the counts add up to n (a corrupt state must not
         # become the detector's input); a model arrives once served, before the session's n-th answer
         if (n < 0 or min(counts, default=0) < 0 or sum(counts) != n or math.isinf(ema)
