@@ -78,13 +78,17 @@ def test_a_large_jump_fires_within_four_losses() -> None:
 def test_older_detector_states_read_without_their_later_fields() -> None:
     """Version 1 (before the jump rule), 2 (before the task-long spread), 3 (before the trend and the
     jump rate), 4 (before the rate of transient drops), 5 (before the level-shift test), 6 (before the
-    previous task's length) and 7 (before the autocorrelation) still load; the later fields start empty."""
+    previous task's length), 7 (before the autocorrelation) and 8 (before the products waiting to be learned)
+    still load; the later fields start empty."""
     det = LossCusum()
+    wander = np.random.default_rng(0).normal(0.5, 0.03, 140).tolist()   # the autocorrelation learns from AC_FROM on
     for v in (0.5, 0.6, 0.55, 0.5, 0.52, 0.49, 0.5, 0.51, 0.5, 0.7, 0.48, 0.5, 0.62, 0.5, 0.49, 0.51, 0.45, 0.42,
-              0.5, 0.2, 0.5, 0.52, 0.5, 0.49, 0.51):
-        det.push(v)
+              0.5, 0.2, 0.5, 0.52, 0.5, 0.49, 0.51, *wander):
+        assert not det.push(v)
     det.gap = 31
-    v8 = det.to_bytes()
+    v9 = det.to_bytes()
+    assert len(det.ac_wait) == 4
+    v8 = v9[:3] + bytes([8]) + v9[4:-72]
     assert det.n_slow > 0 and det.var_slow > 0.0 and det.trend != 0.0 and det.exceed > 0.0 and det.drops > 0.0
     assert det.seen > 0 and det.slow_var > 0.0 and det.ac_n > 0 and det.ac_den > 0.0 and det.ac_num != 0.0
     v7 = v8[:3] + bytes([7]) + v8[4:-32]
@@ -94,9 +98,12 @@ def test_older_detector_states_read_without_their_later_fields() -> None:
     v3 = v8[:3] + bytes([3]) + v8[4:-96]
     v2 = v8[:3] + bytes([2]) + v8[4:-112]
     v1 = v8[:3] + bytes([1]) + v8[4:-120]
+    back9 = LossCusum.from_bytes(v9)
+    assert back9 == det and back9.ac_wait == det.ac_wait
     back8 = LossCusum.from_bytes(v8)
     assert back8.gap == 31 and (back8.ac_num, back8.ac_den, back8.ac_prev, back8.ac_n) == (
-        det.ac_num, det.ac_den, det.ac_prev, det.ac_n)
+        det.ac_num, det.ac_den, det.ac_prev, det.ac_n) and back8.ac_wait == []
+    assert LossCusum.from_bytes(back8.to_bytes()) == back8
     for old, version in ((v1, 1), (v2, 2), (v3, 3), (v4, 4), (v5, 5), (v6, 6), (v7, 7)):
         back = LossCusum.from_bytes(old)
         assert (back.mu, back.var, back.S, back.n) == (det.mu, det.var, det.S, det.n)
@@ -109,6 +116,14 @@ def test_older_detector_states_read_without_their_later_fields() -> None:
         assert back.gap == (31 if version == 7 else 0)
         assert (back.ac_num, back.ac_den, back.ac_n, back.autocorrelation) == (0.0, 0.0, 0, 0.0)
         assert LossCusum.from_bytes(back.to_bytes()) == back     # re-saved as the current version
+    for tail in (struct.pack("<q8d", -1, *[0.0] * 8),                      # a negative count waiting
+                 struct.pack("<q8d", 5, *[0.0] * 8),                       # more than AC_WAIT waiting
+                 struct.pack("<q8d", 1, math.nan, 0.1, *[0.0] * 6),        # a NaN product
+                 struct.pack("<q8d", 2, 0.0, 0.1, 0.2, -0.1, *[0.0] * 4)):  # a negative square
+        with pytest.raises(CorruptStateError):
+            LossCusum.from_bytes(v9[:-72] + tail)
+    with pytest.raises(CorruptStateError):
+        LossCusum.from_bytes(v9[:3] + bytes([8]) + v9[4:])   # a v9 body labelled v8
     with pytest.raises(CorruptStateError):
         LossCusum.from_bytes(v8[:3] + bytes([1]) + v8[4:])   # a v8 body labelled v1
     with pytest.raises(CorruptStateError):
@@ -469,14 +484,14 @@ def _quiet_drops(seed: int, high: float, low: float) -> tuple[np.ndarray, list[i
     return np.clip(np.array(q), 0.0, 1.0), drops
 
 
-@pytest.mark.parametrize(("gate", "clip"), [(3.0, math.inf), (math.inf, 3.0)])
-def test_a_lasting_shift_in_a_quiet_stream_is_not_learned_as_autocorrelation(gate: float, clip: float,
+@pytest.mark.parametrize(("gate", "clip", "most"), [(3.0, math.inf, 9), (math.inf, 3.0, 11), (math.inf, math.inf, 2)])
+def test_a_lasting_shift_in_a_quiet_stream_is_not_learned_as_autocorrelation(gate: float, clip: float, most: int,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Quality 0.7 and 0.5 in turns (sd 0.02), 4 drops in each of 3 streams: every drop is found within 50
     events, as with no autocorrelation at all (AC_MAX = 0). A shift is many of such a stream's spreads, so
-    its residuals' products would read as a strong correlation and hide the next drops: without the gate
-    (the estimate learns only while the level-shift test's EMAs are close) or without the clip (a product
-    counts each residual at most AC_CLIP spreads), at most 9 of the 12."""
+    its residuals' products would read as a strong correlation and hide the next drops: without the clip (a
+    product counts each residual at most AC_CLIP spreads) 9 of the 12 were found, without the gate (the
+    estimate learns only while the level-shift test's EMAs are close) 11, without both 2."""
     import workers.cores.boundary as boundary
 
     def found() -> int:
@@ -491,7 +506,82 @@ def test_a_lasting_shift_in_a_quiet_stream_is_not_learned_as_autocorrelation(gat
     assert found() == 12
     monkeypatch.setattr(boundary, "AC_GATE", gate)
     monkeypatch.setattr(boundary, "AC_CLIP", clip)
-    assert found() <= 9
+    assert found() <= most
+
+
+def _switching_loss_curves(seed: int, noise: float) -> np.ndarray:
+    """20 tasks of U(25, 200) losses, each falling from U(2, 2.5) (bench boundaries' curve streams)."""
+    from tests.helpers import bench_module
+
+    return bench_module("boundaries").curve_stream(np.random.default_rng(seed), 20, None, noise)[0]
+
+
+@pytest.mark.parametrize("noise", [0.2, 0.4])
+def test_task_switches_and_falling_curves_are_not_learned_as_autocorrelation(noise: float,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loss curves with task switches (3 streams): the estimate stays below AC_DEAD (measured 0.01-0.08), so
+    the CUSUM is not widened where tasks switch. Learned from a restart's first losses on (AC_FROM = 2: a
+    new task's falling curve) or without holding products back (AC_WAIT = 0: the losses just before a
+    firing are already the new task's jump), it rose above AC_DEAD (0.22-0.67)."""
+    import workers.cores.boundary as boundary
+
+    def highest() -> float:
+        top = 0.0
+        for seed in range(3):
+            det = LossCusum()
+            for v in _switching_loss_curves(seed, noise).tolist():
+                det.push(v)
+                top = max(top, det.autocorrelation)
+        return top
+
+    assert highest() < 0.1
+    for name, value in (("AC_FROM", 2), ("AC_WAIT", 0)):
+        with monkeypatch.context() as patched:
+            patched.setattr(boundary, name, value)
+            assert highest() > boundary.AC_DEAD, name
+
+
+def test_a_restart_drops_the_products_still_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A jump from 0.4 to 2.0 (sd 0.05) fires at its second loss; the first jump loss's product was still
+    waiting and is never learned: the mean square stays within 1.5x of its level before the jump, through
+    the new task's next 150 losses. Learned at once (AC_WAIT = 0), it more than doubled."""
+    import workers.cores.boundary as boundary
+
+    rng = np.random.default_rng(5)
+    losses = rng.normal(0.4, 0.05, 400).tolist() + rng.normal(2.0, 0.05, 150).tolist()
+
+    def run() -> tuple[float, float]:
+        det = LossCusum()
+        before = 0.0
+        for i, v in enumerate(losses):
+            if i == 400:
+                before = det.ac_den
+            assert det.push(v) == (i == 401), i
+        return before, det.ac_den
+
+    before, after = run()
+    assert before > 0.0 and after < 1.5 * before, (before, after)
+    monkeypatch.setattr(boundary, "AC_WAIT", 0)
+    before, after = run()
+    assert after > 2.0 * before, (before, after)
+
+
+@pytest.mark.parametrize(("seed", "widened"), [(0, 14), (1, 1)])
+def test_qualities_correlated_at_0_9_widen_the_cusum(seed: int, widened: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AR(1) qualities at 0.9 (excursions tens of events long), 10,000 events: the CUSUM, its increments
+    divided by the long-run factor of the correlation above AC_DEAD, fires 14 and 1 times; not widened
+    (AC_DEAD = 1), 113 and 119."""
+    import workers.cores.boundary as boundary
+
+    losses = _loop_losses(_ar1_qualities(seed, 0.9))
+
+    def fired() -> int:
+        det = LossCusum()
+        return sum(det.push(v) for v in losses)
+
+    assert fired() == widened
+    monkeypatch.setattr(boundary, "AC_DEAD", 1.0)
+    assert fired() > 100
 
 
 def test_the_level_shift_test_waits_for_its_windows_after_a_restart() -> None:

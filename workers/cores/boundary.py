@@ -97,9 +97,18 @@ fires on a *lasting* rise of the loss:
   and a product counts each residual at most ``AC_CLIP`` spreads (in a quiet stream a 0.2 drop is ten
   spreads: without one of the guards, 9 of 12 alternating drops were found within 50 events, all 12 with
   both). The price: slower on some real drops in noisy feedback (``--wide``: 183 of 228 found within
-  50 events, 191 before) and a lower recall in the hardest switch worlds. The CUSUM is not widened:
-  in a short task only it acts, and a learning curve's fall reads as correlation. Qualities correlated
-  at 0.9 (excursions tens of events long) still reset the adapter about once per 100 events.
+  50 events, 191 before) and a lower recall in the hardest switch worlds.
+  A task is not a correlation: the estimate learns only from ``AC_FROM`` losses after a restart on (a
+  new task's falling curve around the lagging fast EMA read as 0.3-0.7), and each product waits
+  ``AC_WAIT`` losses, so those still waiting at a firing (the new task's first losses) are dropped
+  (without the wait a switch's jump read as 0.2-0.45). On loss curves with task switches it stays
+  below 0.08. With an estimate that clean the CUSUM is widened too: its increments are divided by the
+  long-run factor ``sqrt((1 + r) / (1 - r))`` of ``r``, the correlation above ``AC_DEAD`` rescaled to
+  0..1. Qualities correlated at 0.9 (excursions tens of events long) reset the adapter 111 times per
+  10,000 events before, 14 now; at 0.5, 69 -> 36 times in 40 runs (bench/README, thirty-fourth
+  session). The dead zone keeps it off where missed switches leave a small estimate (0-0.18 in the
+  noisiest ``--switch-worlds``, where their mean F1 fell by 0.003-0.008); widening by the earlier
+  estimate, learned from every loss, had cut a judged short-task F1 from 0.93 to 0.59. No judged F1 moved.
 
 - **Frequent switches** (a learned hazard): H is set for streams that may never switch, where it
   must hold over tens of thousands of losses. Where tasks switch often, a switch is likely and the
@@ -159,7 +168,10 @@ RATE_AC = 0.002    # the autocorrelation's EMAs (over ~500 losses)
 AC_PRIOR = 100     # ... shrunk towards 0 over this many
 AC_MAX = 0.95
 AC_GATE = 3.0      # ... and learned only while the level-shift test's EMAs differ by at most this many errors,
-AC_CLIP = 3.0      # ... from products of residuals clipped at this many of their spread
+AC_CLIP = 3.0      # ... from products of residuals clipped at this many of their spread,
+AC_FROM = 100      # ... from this many losses after a restart on,
+AC_WAIT = DELAY    # ... each product this many losses later (a restart drops those still waiting)
+AC_DEAD = 0.2      # the CUSUM is widened by the autocorrelation above this
 LEVEL_CAP = 1.0    # the relative floor and allowance count the level up to this (the quality scale's max)
 FLOOR_ABS = 0.05
 SLOW = 0.85        # sigma >= SLOW x the task-long upward spread
@@ -195,9 +207,10 @@ _FMT_V4 = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dqqdq2d")   # 4: + the trend an
 _FMT_V5 = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dqqdq3d")   # 5: + the rate of transient drops
 _FMT_V6 = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dqqdq3d3dq")   # 6: + the level-shift EMAs and their count
 _FMT_V7 = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dqqdq3d3dqq")   # 7: + the previous task's length
-_FMT = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dqqdq3d3dqq3dq")   # 8: + the stream's autocorrelation EMAs
+_FMT_V8 = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dqqdq3d3dqq3dq")   # 8: + the stream's autocorrelation EMAs
+_FMT = struct.Struct(f"<3sBqqq{DELAY}d{WARM}d4dqqdq3d3dqq3dqq{2 * AC_WAIT}d")   # 9: + the products not yet learned
 _MAGIC = b"LSC"
-_VERSION = 8
+_VERSION = 9
 
 
 def _ema_factor(a: float, rho: float) -> float:
@@ -205,6 +218,15 @@ def _ema_factor(a: float, rho: float) -> float:
     one of independent values."""
     c = (1.0 - a) * rho
     return (1.0 + c) / (1.0 - c)
+
+
+def _cusum_widening(rho: float) -> float:
+    """What the CUSUM divides its increments by: the long-run standard deviation factor of an AR(1) with
+    the correlation above ``AC_DEAD`` (rescaled to 0..1), 1 at or below it."""
+    if rho <= AC_DEAD:
+        return 1.0
+    r = (rho - AC_DEAD) / (1.0 - AC_DEAD)
+    return math.sqrt((1.0 + r) / (1.0 - r))
 
 
 def _mean_factor(k: int, rho: float) -> float:
@@ -228,7 +250,7 @@ class LossCusum:
 
     __slots__ = ("ring", "m", "mu", "var", "S", "steps", "prev", "n", "last", "jump", "var_slow", "n_slow",
                  "trend", "exceed", "drops", "fast", "slow", "slow_var", "seen", "gap", "ac_num", "ac_den",
-                 "ac_prev", "ac_n")
+                 "ac_prev", "ac_n", "ac_wait")
 
     def __init__(self) -> None:
         self.n = 0
@@ -253,6 +275,7 @@ class LossCusum:
         self.var_slow = 0.0           # the upward spread over the whole task, and its loss count
         self.n_slow = 0
         self.steps: list[float] = []  # |differences| of the first WARM reference losses
+        self.ac_wait: list[tuple[float, float]] = []  # residual products not yet learned (a restart drops them)
 
     @property
     def sigma(self) -> float:
@@ -269,7 +292,7 @@ class LossCusum:
         if self.m >= TEST_FROM:
             a = max(K * sig, REL * min(abs(self.mu), LEVEL_CAP))
             f = self._forecast(sig)
-            self.S = max(0.0, self.S + min((loss - f - a) / sig, CLIP))
+            self.S = max(0.0, self.S + min((loss - f - a) / (sig * _cusum_widening(self.autocorrelation)), CLIP))
             # the run, then CONFIRM losses that show it lasts (the run's length is asked only once it is long)
             run = self.jump >= JUMP_N and self.jump >= self._jump_run()
             self.jump = self.jump + 1 if loss > f + (CONFIRM_Z if run else JUMP_Z) * sig else 0
@@ -323,11 +346,14 @@ class LossCusum:
         e = loss - self.fast
         lim = AC_CLIP * math.sqrt(self.ac_den) if self.ac_n >= AC_PRIOR else math.inf
         ec = min(max(e, -lim), lim)
-        if k > 2 and abs(self.fast - self.slow) <= AC_GATE * se:
+        if k > AC_FROM and abs(self.fast - self.slow) <= AC_GATE * se:
+            self.ac_wait.append((ec * self.ac_prev, e * e))
+        if len(self.ac_wait) > AC_WAIT:
+            prod, sq = self.ac_wait.pop(0)
             self.ac_n += 1
             ac_rate = max(RATE_AC, 1.0 / self.ac_n)
-            self.ac_num += ac_rate * (ec * self.ac_prev - self.ac_num)
-            self.ac_den += ac_rate * (e * e - self.ac_den)
+            self.ac_num += ac_rate * (prod - self.ac_num)
+            self.ac_den += ac_rate * (sq - self.ac_den)
         self.ac_prev = ec
         rate = max(SHIFT_SLOW, 1.0 / k)   # a plain mean (and variance) while few
         self.slow += rate * d
@@ -407,7 +433,8 @@ class LossCusum:
         return _FMT.pack(_MAGIC, _VERSION, len(self.ring), len(self.steps), self.m, *ring, *steps, self.mu,
                          self.var, self.S, self.prev, self.n, self.jump, self.var_slow, self.n_slow, self.trend,
                          self.exceed, self.drops, self.fast, self.slow, self.slow_var, self.seen, self.gap,
-                         self.ac_num, self.ac_den, self.ac_prev, self.ac_n)
+                         self.ac_num, self.ac_den, self.ac_prev, self.ac_n, len(self.ac_wait),
+                         *[v for pair in self.ac_wait for v in pair], *[0.0] * (2 * (AC_WAIT - len(self.ac_wait))))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LossCusum:
@@ -418,8 +445,9 @@ class LossCusum:
         # starts again, as after a restart), 6 before the previous task's length (0: none known), 7 before the
         # autocorrelation (it is learned again, from 0)
         version = {_FMT_V1.size: 1, _FMT_V2.size: 2, _FMT_V3.size: 3, _FMT_V4.size: 4,
-                   _FMT_V5.size: 5, _FMT_V6.size: 6, _FMT_V7.size: 7}.get(len(data), _VERSION)
-        fmt = {1: _FMT_V1, 2: _FMT_V2, 3: _FMT_V3, 4: _FMT_V4, 5: _FMT_V5, 6: _FMT_V6, 7: _FMT_V7}.get(version, _FMT)
+                   _FMT_V5.size: 5, _FMT_V6.size: 6, _FMT_V7.size: 7, _FMT_V8.size: 8}.get(len(data), _VERSION)
+        fmt = {1: _FMT_V1, 2: _FMT_V2, 3: _FMT_V3, 4: _FMT_V4, 5: _FMT_V5, 6: _FMT_V6, 7: _FMT_V7,
+               8: _FMT_V8}.get(version, _FMT)
         try:
             magic, stored, ring_len, steps_len, m, *rest = fmt.unpack(data)
         except struct.error:
@@ -446,6 +474,12 @@ class LossCusum:
             obj.gap = rest[base + 15]
         if version >= 8:
             obj.ac_num, obj.ac_den, obj.ac_prev, obj.ac_n = rest[base + 16:base + 20]
+        if version >= 9:
+            waiting = rest[base + 20]
+            w = rest[base + 21:base + 21 + 2 * waiting] if 0 <= waiting <= AC_WAIT else [math.nan]
+            if not all(math.isfinite(v) for v in w) or any(v < 0.0 for v in w[1::2]):
+                raise CorruptStateError("not a boundary detector state of this version")
+            obj.ac_wait = [(w[2 * i], w[2 * i + 1]) for i in range(waiting)]
         if (obj.jump < 0 or obj.gap < 0 or obj.n_slow < 0 or not obj.var_slow >= 0.0 or not math.isfinite(obj.trend)
                 or not 0.0 <= obj.exceed <= 1.0
                 or not 0.0 <= obj.drops <= 1.0 or obj.seen < 0 or not obj.slow_var >= 0.0
