@@ -158,10 +158,10 @@ class Cut(Bytes):
 def test_a_piece_that_grows_rewrites_itself_not_the_pieces_after_it() -> None:
     store = MemoryStore()
     s = SessionState()
-    s.blob.set("p", Cut(b"h" * 10 + b"r" * 300, [10, 110, 210]))  # header, three records
+    s.blob.set("p", Cut(b"h" * 10 + b"r" * 400, [10, 110, 210, 310]))  # header, four records (over INLINE_BYTES)
     save(s, store)
     p = s.blob.get("p", Cut)
-    p.b, p.cuts = bytearray(b"h" * 12 + b"r" * 300), [12, 112, 212]  # the header grew by 2 bytes
+    p.b, p.cuts = bytearray(b"h" * 12 + b"r" * 400), [12, 112, 212, 312]  # the header grew by 2 bytes
     assert list(save(s, store)) == [BASE + b"\x1fp\x1f000000\x1f1", BASE]
     p.b[12 + 150] = ord("x")  # one record changed
     assert list(save(s, store)) == [BASE + b"\x1fp\x1f000002\x1f1", BASE]
@@ -230,9 +230,9 @@ def test_shrinking_and_dropping_parts_delete_their_keys_after_the_head() -> None
     store = MemoryStore()
     s = SessionState()
     s.blob.set("a", Bytes(b"x" * 3 * PIECE_BYTES))
-    s.blob.set("b", Bytes(b"y" * 300))
+    s.blob.set("b", Bytes(b"y" * 500))  # over INLINE_BYTES: in keys
     save(s, store)
-    s.blob.get("a", Bytes).b = bytearray(b"x" * 300)
+    s.blob.get("a", Bytes).b = bytearray(b"x" * 500)
     s.blob.drop("b")
     ops = list(save(s, store))
     head = ops.index(BASE)
@@ -242,7 +242,7 @@ def test_shrinking_and_dropping_parts_delete_their_keys_after_the_head() -> None
     assert [k for k, _ in store.iter_prefix(BASE + SEP)] == [BASE + b"\x1fa\x1f000000\x1f0",
                                                              BASE + b"\x1fa\x1f000000\x1f1"]
     r = load(store)
-    assert r.blob.names() == ["a"] and r.blob.get("a", Bytes).b == b"x" * 300
+    assert r.blob.names() == ["a"] and r.blob.get("a", Bytes).b == b"x" * 500
 
 
 def test_small_parts_live_in_the_head_and_move_out_and_back_with_their_size() -> None:
