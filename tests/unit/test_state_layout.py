@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import random
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pytest
@@ -186,6 +186,47 @@ def test_one_feedback_event_writes_one_replay_slot_and_the_head_with_the_adapter
     head = ops[BASE]
     assert 3_000 < len(head) < 4_200 and inst.to_bytes()[:3_000] in head
     assert full > 100_000 and written < 5_500  # ~5.2 kB
+
+
+class _CountingStore(MemoryStore):
+    """A MemoryStore that keeps the keys of each write batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[bytes]] = []
+
+    def write_batch(self, ops: Mapping[bytes, bytes | None]) -> None:
+        self.batches.append(list(ops))
+        super().write_batch(ops)
+
+
+@pytest.mark.parametrize(("dim", "keys"), [(384, 2), (1536, 6)])
+def test_one_learn_feedback_event_writes_two_keys_with_the_loops_small_parts_in_the_head(
+        dim: int, keys: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The learning loop's one-event save (instant core, loop counters, deep core, boundary detector) at 384-d
+    is the head and the pushed replay slot: the small parts that change with every event ride in the head.
+    (At 1536-d the adapter's other pieces and a row's two pieces make 6.) With the head limit at 256 bytes
+    the detector's state (324 bytes) took a key of its own: one more key (changelog record) per event."""
+    import workers.state.layout as layout
+    from workers.verbs.codec import encode_embedding_b64
+    from workers.verbs.session import LearnSession
+
+    def keys_per_event() -> list[int]:
+        store = _CountingStore()
+        s = LearnSession(store=store)
+        assert s.dispatch({"verb": "init_instant", "body": {"targets": ["a", "b"], "dim": dim}})["ok"]
+        rng = np.random.default_rng(1)
+        for i in range(80):  # past a full replay buffer (64 rows)
+            store.batches.clear()
+            out = s.dispatch({"verb": "learn_feedback", "body": {
+                "embedding_b64": encode_embedding_b64(rng.standard_normal(dim).astype(np.float32)),
+                "model": "ab"[i % 2], "payload": {"quality": float(rng.random())}, "now_ms": i}})
+            assert out["ok"], out
+        return [len(b) for b in store.batches]
+
+    assert keys_per_event() == [keys]
+    monkeypatch.setattr(layout, "INLINE_BYTES", 256)
+    assert keys_per_event() == [keys + 1]
 
 
 def test_a_learner_batch_rewrites_what_learning_changed_not_the_whole_learner() -> None:
