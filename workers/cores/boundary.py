@@ -476,8 +476,9 @@ class LossCusum:
             obj.ac_num, obj.ac_den, obj.ac_prev, obj.ac_n = rest[base + 16:base + 20]
         if version >= 9:
             waiting = rest[base + 20]
-            w = rest[base + 21:base + 21 + 2 * waiting] if 0 <= waiting <= AC_WAIT else [math.nan]
-            if not all(math.isfinite(v) for v in w) or any(v < 0.0 for v in w[1::2]):
+            w = rest[base + 21:base + 21 + 2 * max(waiting, 0)]
+            if (not 0 <= waiting <= AC_WAIT or not all(math.isfinite(v) for v in w)
+                    or any(v < 0.0 for v in w[1::2])):   # (product, square) pairs
                 raise CorruptStateError("not a boundary detector state of this version")
             obj.ac_wait = [(w[2 * i], w[2 * i + 1]) for i in range(waiting)]
         if (obj.jump < 0 or obj.gap < 0 or obj.n_slow < 0 or not obj.var_slow >= 0.0 or not math.isfinite(obj.trend)

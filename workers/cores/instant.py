@@ -275,16 +275,9 @@ class InstantState:
         ``"unknown model name; not in registered targets"``) before any change.
         """
         x, t, q = self.check_feedback(x, model, quality)
-        qualities, now = np.array([q], np.float32), np.array([now_ms], np.int64)
-        thin = self._thin_call(qualities, now, 1)
-        if thin is None:
-            ring = self._before_kernel(qualities, now)
-            self._room(1)
-            learned, norm = _k.instant_feedback(self._arena, self._meta, x, t, q, int(now_ms))
-            self._after_kernel(ring, int(learned))
-        else:
-            learned, norm = _k.instant_feedback(thin[0], self._meta, x, t, q, int(now_ms))
-            self._after_thin_call(thin, int(learned))
+        arena, done = self._kernel_arena(np.array([q], np.float32), np.array([now_ms], np.int64), 1)
+        learned, norm = _k.instant_feedback(arena, self._meta, x, t, q, int(now_ms))
+        done(int(learned))
         return {"adapter_norm": float(norm), "feedback_count": self.feedback_count, "lr": self.lr}
 
     def feedback_batch(self, X: np.ndarray, targets: np.ndarray, qualities: np.ndarray,
@@ -314,18 +307,24 @@ class InstantState:
         """:meth:`feedback_batch` for rows the caller has checked (the learning loop validates each
         event as it arrives): (learned, adapter_norm). The bindings still check shapes and target
         indices, and convert dtypes."""
-        thin = self._thin_call(qualities, now_ms, len(X))
-        if thin is not None:
-            learned, norm = _k.instant_feedback_batch(thin[0], self._meta, X, targets, qualities, now_ms, trace)
-            self._after_thin_call(thin, learned)
-            return learned, norm
-        ring = self._before_kernel(qualities, now_ms)
-        self._room(len(X))
-        learned, norm = _k.instant_feedback_batch(self._arena, self._meta, X, targets, qualities, now_ms, trace)
-        self._after_kernel(ring, learned)
+        arena, done = self._kernel_arena(qualities, now_ms, len(X))
+        learned, norm = _k.instant_feedback_batch(arena, self._meta, X, targets, qualities, now_ms, trace)
+        done(learned)
         return learned, norm
 
     # -- replay rows left in the store -------------------------------------------
+    def _kernel_arena(self, qualities: np.ndarray, now_ms: np.ndarray,
+                      n: int) -> tuple[np.ndarray, Callable[[int], None]]:
+        """The arena a feedback kernel over these ``n`` events runs on, with the rows it will replay in
+        place, and what to call with its count of learned events afterwards: a thin core's scratch arena
+        (``_thin_call``), or its own arena grown for the pushes (``_before_kernel``, ``_room``)."""
+        thin = self._thin_call(qualities, now_ms, n)
+        if thin is not None:
+            return thin[0], functools.partial(self._after_thin_call, thin)
+        ring = self._before_kernel(qualities, now_ms)
+        self._room(n)
+        return self._arena, functools.partial(self._after_kernel, ring)
+
     def _before_kernel(self, qualities: np.ndarray, now_ms: np.ndarray) -> tuple[int, int] | None:
         """Read the absent rows these events will replay (``_k.instant_replay_reads`` names them from
         the ring and scales alone); the ring's (head, len) when rows are absent, to mark the pushed ones."""
