@@ -14,7 +14,10 @@ default 1); regret per request = the best model's expected utility on that query
 the routed one's. **Drift** at the midpoint: two models regress (quality -0.25 on their
 strongest regions' easy side ... everywhere ``hi`` and ``lo`` drop by 0.25), one improves
 (+0.15, ``d0`` +0.2), one gains a new domain (in the region where it was worst it becomes
-the best model there).
+the best model there). **New topics** (``--arrivals K``, off by default): the first half of
+the requests come from only K of the regions, the rest from all of them, so the topics the
+router's projection was first fitted to are not the ones it must route later; the learned
+router then also runs with ``bandit: {refit: false}`` (its first projection kept) beside it.
 
 **Policies**: the oracle (per query), the rule router (untrained: always targets[0]),
 the best single model in hindsight, a 30-line per-model online ridge regression on the
@@ -48,8 +51,10 @@ import numpy as np
 
 from workers import _kernels as K
 from workers.verbs.codec import encode_embedding_b64
+from workers.cores.router import PART as ROUTER_PART
 from workers.cores.router import RouterState
 from workers.verbs.session import LearnSession
+from workers.verbs.surface import DEFAULT_SESSION
 
 __all__ = ("main", "World", "make_world")
 
@@ -137,6 +142,7 @@ def make_world(regions: int, spread: float, cost_weight: float, seed: int) -> Wo
 class Run:
     name: str
     regret: np.ndarray     # per request
+    refits: int | None = None  # the learned router's projection fitted again (module doc of workers.cores.bandit)
 
     @property
     def total(self) -> float:
@@ -146,9 +152,14 @@ class Run:
 class Stream:
     """One seed's queries, their expected utilities and the outcome noise."""
 
-    def __init__(self, world: World, n: int, seed: int) -> None:
+    def __init__(self, world: World, n: int, seed: int, arrivals: int = 0) -> None:
         rng = np.random.default_rng(seed + 100)
         self.X, self.region, self.d = world.queries(n, rng)
+        if arrivals:  # the first half from the first `arrivals` regions only (drawn after, so arrivals=0 is unchanged)
+            half = n // 2
+            early = World(world.centers[:arrivals], world.dirs[:arrivals], world.spread, world.before, world.after,
+                          world.cost_weight)
+            self.X[:half], self.region[:half], self.d[:half] = early.queries(half, rng)
         self.drifted = np.arange(n) >= n // 2
         self.q, self.u = world.utility(self.region, self.d, self.drifted)
         self.best = self.u.max(1)
@@ -200,19 +211,23 @@ def learned(name: str, s: Stream, world: World, seed: int, **init: object) -> Ru
         out = sess.dispatch({"verb": "record_outcome", "body": {"target": r["model"], "quality": s.outcome(i, m),
                                                                  "cost": float(_PRICES[m]), "embedding_b64": b64}})
         assert out["ok"], out
-    return Run(name, regret)
+    bandit = sess.blob("session", DEFAULT_SESSION).get(ROUTER_PART, RouterState).bandit
+    return Run(name, regret, None if bandit is None else bandit.refits)
 
 
 def regret_runs(args: argparse.Namespace, seed: int) -> list[Run]:
     world = make_world(args.regions, args.spread, args.cost_weight, seed)
-    s = Stream(world, args.requests, seed)
+    s = Stream(world, args.requests, seed, args.arrivals)
     single = int(s.u.mean(0).argmax())
+    kept = [learned("learnstream router, first projection kept", s, world, seed, bandit={"refit": False})
+            ] if args.arrivals else []
     return [
         s.fixed("oracle (per query)", s.u.argmax(1)),
         s.fixed(f"rule router (always targets[0] = {_TARGETS[0]})", 0),
         s.fixed(f"best fixed model in hindsight ({_TARGETS[single]})", single),
         ridge_baseline(s, world, seed),
         learned("learnstream router, mode reference", s, world, seed, mode="reference"),
+        *kept,
         learned("learnstream router (defaults: learned)", s, world, seed),
     ]
 
@@ -340,11 +355,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cost-weight", type=float, default=1.0, help="lambda: utility = quality - lambda * price")
     p.add_argument("--seeds", type=int, default=5, help="independent worlds (default 5)")
     p.add_argument("--latency-calls", type=int, default=20_000, help="timed calls per latency row")
+    p.add_argument("--arrivals", type=int, default=0, metavar="K",
+                   help="new topics: the first half of the requests from only K of the regions (default 0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latency-only", action="store_true", help="only the in-process latency rows and their goal")
     p.add_argument("--latency-dims", type=_widths, default="1536,3072",
                    help="other embedding widths whose learned route is timed too, comma-separated ('' for none)")
     args = p.parse_args(argv)
+    if not 0 <= args.arrivals <= args.regions:
+        p.error(f"--arrivals must be 0..{args.regions} (the regions)")
     if args.latency_only:
         goals: list[tuple[str, bool, str]] = []
         return _latency(args, goals)
@@ -352,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"learnstream bench router: {args.requests:,} requests, {len(_TARGETS)} models (prices "
           f"{', '.join(f'{t} {c:g}' for t, c in zip(_TARGETS, _PRICES))}), lambda {args.cost_weight:g}, "
           f"{args.regions} regions in {_DIM}-d (spread {args.spread}), difficulty U(0,1), outcome noise {_NOISE}, "
-          f"drift at {args.requests // 2:,}, {args.seeds} seeds\n")
+          f"drift at {args.requests // 2:,}, {args.seeds} seeds"
+          + (f"; the first half from {args.arrivals} of the regions only (new topics)" if args.arrivals else "")
+          + "\n")
     t = time.perf_counter()
     per_seed = [regret_runs(args, args.seed + k) for k in range(args.seeds)]
     names = [r.name for r in per_seed[0]]
@@ -378,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     rec = _recovery(np.mean([runs[-1].regret for runs in per_seed], axis=0), t0)
     print(f"\nrecovery per seed (requests after the drift until the {_WINDOW}-request mean regret <= "
           f"{_RECOVERY_GAP}): {recov[ours]}   [{time.perf_counter() - t:.0f} s]")
+    print(f"projection fitted again (per seed): {[runs[-1].refits for runs in per_seed]}")
     goals = [
         (f"cumulative regret >= {_TARGET_VS_RULE:.0%} below the rule router", cut_rule >= _TARGET_VS_RULE,
          f"{cut_rule:.0%} (per seed {', '.join(f'{1 - a / b:.0%}' for a, b in zip(tot[ours], rule))})"),

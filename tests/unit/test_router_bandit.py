@@ -291,7 +291,10 @@ def test_cost_fields_are_validated() -> None:
                       ({"cost_weight": True}, "cost_weight must be a finite number >= 0"),
                       ({"bandit": {"dim": 0}}, "bandit.dim must be an integer 1..256"),
                       ({"bandit": {"gamma": 0.1}}, "bandit.gamma out of range (0.5..1)"),
-                      ({"bandit": {"beta": 1}}, "bandit must be an object with dim, alpha, gamma, projection, squares"),
+                      ({"bandit": {"beta": 1}},
+                       "bandit must be an object with dim, alpha, gamma, projection, squares, refit"),
+                      ({"bandit": {"refit": 1}}, "bandit.refit must be true or false"),
+                      ({"bandit": {"refit": "no"}}, "bandit.refit must be true or false"),
                       ({"bandit": {"squares": -1}}, "bandit.squares must be an integer 0..256 (at most dim are used)"),
                       ({"bandit": {"squares": 1.5}}, "bandit.squares must be an integer 0..256 (at most dim are used)"),
                       ({"bandit": {"squares": True}}, "bandit.squares must be an integer 0..256 (at most dim are used)"),
@@ -621,3 +624,154 @@ def test_the_fit_finds_the_second_moments_top_directions(dim: int) -> None:
     top = min(dim, 150)  # directions well apart from the next (the null space's order is arbitrary)
     signs = np.sign(np.sum(want[:top] * st.W[:top], axis=1))
     np.testing.assert_allclose(st.W[:top], want[:top] * signs[:, None], rtol=1e-3, atol=1e-4)
+
+
+# ------------------------------------------------------------------ new topics: the projection is fitted again
+def _topics(n: int, regions: list[int], seed: int, in_dim: int = 64, spread: float = 0.7) -> tuple:
+    """Queries from some of 8 topic regions (centres N(0, I)) and, per region, the best of three targets."""
+    rng = np.random.default_rng(seed)
+    centers = np.random.default_rng(98).standard_normal((8, in_dim))
+    region = rng.choice(regions, n)
+    X = (centers[region] + spread * rng.standard_normal((n, in_dim))).astype(np.float32)
+    Q = np.full((n, 3), 0.3)
+    Q[np.arange(n), region % 3] = 0.8
+    return X, Q
+
+
+def _taught(st: BanditState, X: np.ndarray, Q: np.ndarray, seed: int, one_by_one: bool = False) -> None:
+    """Outcomes of uniform random targets, with noise, in one call (or one call per outcome)."""
+    rng = np.random.default_rng(seed)
+    arms = rng.integers(0, 3, len(X))
+    q = np.clip(Q[np.arange(len(X)), arms] + rng.normal(0, 0.1, len(X)), 0, 1)
+    if one_by_one:
+        for i in range(len(X)):
+            st.learn(arms[i:i + 1], X[i:i + 1], q[i:i + 1])
+    else:
+        st.learn(arms, X, q)
+
+
+def test_queries_from_new_topics_fit_the_projection_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fitted to one topic, then queries from all eight: the share of their energy in the fitted directions
+    falls, the next FIT_AFTER outcomes are kept and the projection is fitted again to them; the greedy choice
+    on fresh queries of every topic is then right far more often than with the first fit kept."""
+    import workers.cores.bandit as bandit
+
+    X1, Q1 = _topics(FIT_AFTER + 300, [0], 1, in_dim=128, spread=1.5)
+    X2, Q2 = _topics(1500, list(range(8)), 2, in_dim=128, spread=1.5)
+    Xt, Qt = _topics(400, list(range(8)), 3, in_dim=128, spread=1.5)
+    right = {}
+    for name, drop in (("refit", bandit.REFIT_DROP), ("kept", 1.0)):  # a drop of 100% never happens
+        monkeypatch.setattr(bandit, "REFIT_DROP", drop)
+        st = BanditState(3, 128, dim=8)
+        _taught(st, X1, Q1, 4)
+        assert st.W is not None and st.refits == 0 and st.nov_n == 300
+        base = st.nov_base
+        assert abs(st.nov_ema - base) < 0.1 * base  # its own topic: the share holds
+        _taught(st, X2, Q2, 5)
+        right[name] = _greedy_right(st, Xt, Qt)
+        if name == "refit":
+            assert st.refits == 1 and st.kept is None and st.info()["refits"] == 1
+            assert abs(st.nov_ema - st.nov_base) < 0.1 * st.nov_base  # the new fit holds every topic
+        else:
+            assert st.refits == 0 and st.nov_ema < 0.5 * base  # the drop, measured
+    assert right["refit"] > right["kept"] + 0.2 and right["refit"] > 0.9, right  # measured 1.0 against 0.71
+
+
+def test_queries_from_the_fitted_topics_never_fit_again() -> None:
+    """Eight topics from the start: 5,000 outcomes after the fit keep the share near its baseline."""
+    X, Q = _topics(FIT_AFTER + 5000, list(range(8)), 6)
+    st = BanditState(3, 64, dim=8)
+    _taught(st, X, Q, 7)
+    assert st.refits == 0 and st.kept is None and st.nov_n == 5000
+    assert abs(st.nov_ema - st.nov_base) < 0.15 * st.nov_base
+
+
+@pytest.mark.parametrize("sketch", [None, 48])
+def test_a_refit_happens_at_the_same_row_however_outcomes_arrive_and_reads_back_mid_way(sketch: int | None) -> None:
+    """One call per outcome and one call for all end in the same bytes; a state saved while it keeps the
+    queries for the fit again (after the projection it routes on) reads back to the same bytes and routes
+    on the same projection; zero queries have no share."""
+    X = np.concatenate([_topics(FIT_AFTER + 200, [0], 8)[0], _topics(FIT_AFTER + 100, list(range(8)), 9)[0]])
+    Q = np.full((len(X), 3), 0.5)
+    one, many = BanditState(3, 64, dim=8, sketch=sketch), BanditState(3, 64, dim=8, sketch=sketch)
+    _taught(many, X, Q, 10)
+    rng = np.random.default_rng(10)
+    arms = rng.integers(0, 3, len(X))
+    q = np.clip(Q[np.arange(len(X)), arms] + rng.normal(0, 0.1, len(X)), 0, 1)
+    mid = None
+    for i in range(len(X)):
+        one.learn(arms[i:i + 1], X[i:i + 1], q[i:i + 1])
+        if mid is None and one.W is not None and one.kept is not None and len(one.kept) == 7:
+            mid = one.to_bytes()
+            back = BanditState.from_bytes(mid)
+            assert back.to_bytes() == mid and np.array_equal(back.P, one.P) and len(back.kept) == 7
+            assert back.info()["fitted"] is True and back.info()["kept"] == 7
+            n = back.nov_n
+            back.learn(np.array([0]), np.zeros((1, 64), np.float32), np.array([0.5]))
+            assert back.nov_n == n  # a zero query: kept for the fit, no share
+    assert mid is not None and one.refits == many.refits == 1
+    assert one.to_bytes() == many.to_bytes()
+
+
+def test_a_fitted_state_written_before_the_novelty_field_starts_its_baseline() -> None:
+    from workers.state.framing import pack_part, unpack_part
+
+    X, Q = _topics(FIT_AFTER + 50, [0, 1], 11)
+    st = BanditState(3, 64, dim=8)
+    _taught(st, X, Q, 12)
+    header, pos = unpack_part(st.to_bytes(), b"LSB", 2, "router bandit")
+    assert header.pop("novelty")[2] == 50
+    back = BanditState.from_bytes(pack_part(b"LSB", 2, header, st.to_bytes()[pos:]))
+    assert (back.nov_n, back.refits, back.kept, back.nov_base) == (0, 0, None, 0.0)
+    assert np.array_equal(back.P, st.P) and np.array_equal(back.Ainv, st.Ainv)
+
+
+@pytest.mark.parametrize("value", [[0.5, 0.5, -1, 0, False], [0.5, 0.5, 3, -1, False], [float("nan"), 0.5, 3, 0, False],
+                                   [0.5, 0.5, 3.0, 0, False], [0.5, 0.5, 3, 0, 1], [0.5, 0.5, 3, 0], "x", None])
+def test_a_bad_novelty_field_is_corrupt(value: object) -> None:
+    """Wrong types, negative counts, a non-finite share, the wrong length."""
+    with pytest.raises(CorruptStateError, match="novelty"):
+        BanditState.from_bytes(_with_novelty(value))
+
+
+def test_a_state_keeping_queries_for_the_fit_again_must_hold_whole_rows() -> None:
+    """``collecting`` true with no rows after the projection reads as keeping none so far; a torn row is corrupt."""
+    back = BanditState.from_bytes(_with_novelty([0.5, 0.5, 3, 0, True]))
+    assert back.W is not None and back.kept is not None and len(back.kept) == 0
+    with pytest.raises(CorruptStateError, match="does not match"):
+        BanditState.from_bytes(_with_novelty([0.5, 0.5, 3, 0, True]) + b"\0" * 5)
+
+
+def _with_novelty(value: object) -> bytes:
+    """A fitted state's bytes with its header's ``novelty`` field set to ``value``."""
+    from workers.state.framing import pack_part, unpack_part
+
+    X, Q = _topics(FIT_AFTER + 20, [0, 1], 13)
+    st = BanditState(3, 64, dim=8)
+    _taught(st, X, Q, 14)
+    header, pos = unpack_part(st.to_bytes(), b"LSB", 2, "router bandit")
+    header["novelty"] = value
+    return pack_part(b"LSB", 2, header, st.to_bytes()[pos:])
+
+
+@pytest.mark.parametrize("refit", [None, False])
+def test_init_router_refit_false_keeps_the_first_fit(refit: bool | None) -> None:
+    """Through the verbs: by default the router fits its projection again once queries come from new topics;
+    ``bandit: {refit: false}`` keeps the first fit, says so, and keeps the setting across a round trip."""
+    from workers.cores.router import PART
+    from workers.verbs.surface import DEFAULT_SESSION
+
+    s = LearnSession()
+    init: dict = {"targets": TARGETS, "in_dim": 128}
+    if refit is not None:
+        init["bandit"] = {"refit": refit}
+    out = s.dispatch({"verb": "init_router", "body": init})
+    assert out["ok"] and out["data"]["bandit"]["refit"] is (refit is not False)
+    X = np.concatenate([_topics(FIT_AFTER + 150, [0], 15, in_dim=128)[0], _topics(600, list(range(8)), 16, in_dim=128)[0]])
+    for i, x in enumerate(X):
+        assert s.dispatch({"verb": "record_outcome", "body": {"target": TARGETS[i % 3], "quality": 0.5,
+                                                              "embedding": x.tolist()}})["ok"]
+    st = s.blob("session", DEFAULT_SESSION).get(PART, RouterState)
+    assert st.bandit.refits == (0 if refit is False else 1)
+    back = RouterState.from_bytes(st.to_bytes())
+    assert back.bandit.refit is (refit is not False) and back.to_bytes() == st.to_bytes()

@@ -30,11 +30,23 @@ kept queries, rescaled as a route rescales them (of those ``z``), whitened (unit
 each, the smallest lifted to a floor so noise is not blown up), and the kept outcomes are
 learned again in the new features from a fresh prior. The principal directions are where
 the queries differ (their topics and what moves within them), so the same ``dim`` features
-carry much more of what decides a model's quality. After the fit the projection stays fixed
-(``W`` is stored; ``R`` and ``P`` are rebuilt from the seed): a router whose queries move to
-topics it never saw keeps routing on the directions it fitted. States written before the
-``"sketch"`` header field kept 128 random features at every width and read so.
-``projection: "random"`` is the projection of state version 1.
+carry much more of what decides a model's quality (``W`` is stored; ``R`` and ``P`` are
+rebuilt from the seed). States written before the ``"sketch"`` header field kept 128 random
+features at every width and read so. ``projection: "random"`` is the projection of state version 1.
+
+**New topics: the projection is fitted again.** A projection fitted to the first queries keeps
+only their directions: once queries come from topics it never saw, most of each new query falls
+outside them and the heads cannot tell those topics, or where each model wins in them, apart
+(bench router ``--arrivals 1``: the first half of the requests from one of 8 regions, the rest
+from all 8). So after a fit the router follows the share of each query's energy that its
+``dim`` directions hold (the fitted second moment's eigenvalues weigh the projected features).
+Their mean over the first :data:`NOVELTY_BASE` outcomes after the fit is the baseline (measured on
+queries the fit did not see); then an EMA (rate :data:`NOVELTY_RATE`) follows it, and when the EMA
+falls :data:`REFIT_DROP` of the baseline below it, the router keeps the next :data:`FIT_AFTER`
+outcomes' queries as before the first fit (still routing on the old projection meanwhile) and fits
+again to them, learning them again in the new features from a fresh prior. Queries from the topics
+the fit saw never come near that drop (the default world of bench router never refits); the price is
+the evidence older than those outcomes, which the forgetting factor discounts anyway.
 
 **Drift.** Each outcome's residual (quality minus the prediction before learning
 it) feeds two per-target tests: the residuals' recent mean is far from 0 (an EMA
@@ -64,7 +76,8 @@ from workers import _kernels as _k
 from workers.state.framing import pack_part, unpack_part, version_of
 from workers.errors import CorruptStateError
 
-__all__ = ("PART", "BanditState", "MAX_STATE_BYTES", "bandit_dim", "PROJECTIONS", "FIT_AFTER", "SKETCH_DIM")
+__all__ = ("PART", "BanditState", "MAX_STATE_BYTES", "bandit_dim", "PROJECTIONS", "FIT_AFTER", "SKETCH_DIM",
+           "NOVELTY_BASE", "NOVELTY_RATE", "REFIT_DROP")
 
 PART = "router_bandit"
 
@@ -114,6 +127,11 @@ SKETCH_DIM = 256
 _OLD_SKETCH_DIM = 128         # the sketch of states written before the "sketch" header field
 _SKETCH_SALT = 0x5CE7         # R's seed is the bandit's seed ^ this (P's is the seed itself)
 _WHITEN_FLOOR = 0.05          # a direction's variance is lifted to at least this share of the kept ones' mean
+# New topics (module doc): the baseline share of a query's energy in the fitted directions is the mean over
+# this many outcomes after a fit; an EMA at this rate follows it; a drop of this share of the baseline refits.
+NOVELTY_BASE = 100
+NOVELTY_RATE = 0.02
+REFIT_DROP = 0.3
 _MAGIC = b"LSB"
 _VERSION = 2                  # 2: projection, its fitted W or the kept queries; 1 (random projection) still reads
 
@@ -151,15 +169,19 @@ class BanditState:
         ``"pca"`` (default: fitted to the first :data:`FIT_AFTER` outcomes' queries, see the
         module doc) or ``"random"``. A query of at most ``dim`` floats, or of no more floats
         than ``dim`` once pre-projected, has nothing to fit: ``"random"``.
+    refit
+        ``"pca"``: fit the projection again when queries come from topics it never saw (default
+        True; module doc, "New topics"); False keeps the first fit.
     """
 
     __slots__ = ("n_targets", "in_dim", "dim", "squares", "alpha", "gamma", "seed", "projection", "sketch", "P",
                  "W", "kept", "Ainv", "b", "theta", "pulls", "cost", "cost_seen", "res_mean", "res_var", "res_base",
-                 "res_n", "boost_left", "drifts")
+                 "res_n", "boost_left", "drifts", "nov_base", "nov_ema", "nov_n", "refits", "refit", "_nov_w")
 
     def __init__(self, n_targets: int, in_dim: int, dim: int | None = None, alpha: float | None = None,
                  gamma: float | None = None, seed: int = 0xC0A5, projection: str | None = None, *,
-                 seeded: bool = True, sketch: int | None = None, squares: int | None = None) -> None:
+                 seeded: bool = True, sketch: int | None = None, squares: int | None = None,
+                 refit: bool = True) -> None:
         """``seeded`` False leaves ``P`` for the caller to set (a decoded fitted state: ``W R``);
         ``sketch`` the kept queries' width when sketched, 0 when kept as given (None: by ``in_dim``)."""
         self.n_targets = int(n_targets)
@@ -194,6 +216,13 @@ class BanditState:
         self.res_n = np.zeros(self.n_targets, np.int64)
         self.boost_left = 0
         self.drifts = 0
+        # fitted pca: the share of a query's energy in the fitted directions (baseline, EMA, outcomes since
+        # the fit) and how often the projection was fitted again (module doc, "New topics")
+        self.nov_base = self.nov_ema = 0.0
+        self.nov_n = 0
+        self.refits = 0
+        self.refit = bool(refit)  # False: the first fit's projection is kept whatever the queries do
+        self._nov_w: np.ndarray | None = None  # the fitted directions' weights in the share (from W)
 
     @property
     def d1(self) -> int:
@@ -222,15 +251,52 @@ class BanditState:
         X = np.ascontiguousarray(X, np.float32)
         quality = np.ascontiguousarray(quality, np.float64)
         if self.kept is None:
-            return self._learn(arms, X, quality, costs)
-        cut = min(FIT_AFTER - len(self.kept), len(arms))
-        alarms = self._learn(arms[:cut], X[:cut], quality[:cut], None if costs is None else costs[:cut])
-        self._keep(arms[:cut], X[:cut], quality[:cut])
-        if len(self.kept) >= FIT_AFTER:
-            self._fit()
-            if cut < len(arms):
-                alarms += self._learn(arms[cut:], X[cut:], quality[cut:], None if costs is None else costs[cut:])
+            cut = self._novelty(X) if self.W is not None and self.refit else None
+            if cut is None:
+                return self._learn(arms, X, quality, costs)
+            # the rows up to the one whose query completed a drop in the share the fit holds are learned as
+            # they are; the next FIT_AFTER rows are kept for the fit again
+            alarms = self._learn(arms[:cut], X[:cut], quality[:cut], None if costs is None else costs[:cut])
+            self.kept = np.empty(0, _kept_dtype(self.kept_width))
+        else:
+            cut = min(FIT_AFTER - len(self.kept), len(arms))
+            alarms = self._learn(arms[:cut], X[:cut], quality[:cut], None if costs is None else costs[:cut])
+            self._keep(arms[:cut], X[:cut], quality[:cut])
+            if len(self.kept) >= FIT_AFTER:
+                self._fit()
+        if cut < len(arms):  # the rest as if it came in a call of its own
+            alarms += self.learn(arms[cut:], X[cut:], quality[cut:], None if costs is None else costs[cut:])
         return alarms
+
+    def _novelty(self, X: np.ndarray) -> int | None:
+        """Fold the queries' shares of energy in the fitted directions into the novelty test, in order;
+        returns how many rows to learn before the fit again starts (None: it does not). A zero query
+        has no share and is skipped. Row by row, with the kernels' features: one call of many rows and
+        many calls of one row end in the same state."""
+        assert self.P is not None
+        if self._nov_w is None:
+            # (V_i . z)^2 = f_i^2 / |W_i|^2 for f = P x_hat = W z, over the energy of a unit-RMS query in the
+            # kept space: in_dim, times the sketch's gain
+            W = self.W
+            assert W is not None
+            self._nov_w = 1.0 / (np.maximum(np.einsum("ij,ij->i", W, W, dtype=np.float64), 1e-30)
+                                 * (self.in_dim * _sketch_gain(self.seed, self.in_dim, self.sketch)))
+        features, P, w, dim = _k.bandit_features, self.P, self._nov_w, self.dim
+        for j, x in enumerate(X):
+            f = features(P, x)[:dim]
+            if not f.any() and not x.any():
+                continue  # a zero query
+            self.nov_n += 1
+            n = self.nov_n
+            v = float((f * f) @ w)
+            if n <= NOVELTY_BASE:
+                self.nov_base += (v - self.nov_base) / n
+                self.nov_ema = self.nov_base
+                continue
+            self.nov_ema += NOVELTY_RATE * (v - self.nov_ema)
+            if n > NOVELTY_BASE + 1.0 / NOVELTY_RATE and self.nov_ema < (1.0 - REFIT_DROP) * self.nov_base:
+                return j + 1
+        return None
 
     def _keep(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray) -> None:
         """Append the rows to the kept outcomes, each query as given or pre-projected (``z = R x_hat``)."""
@@ -267,6 +333,11 @@ class BanditState:
             lam, V = np.linalg.eigh(Z.T @ Z / n)                      # ascending
             lam, V = lam[::-1][:self.dim], V[:, ::-1][:, :self.dim]
         lam = np.maximum(lam, 0.0) + _WHITEN_FLOOR * max(float(lam.mean()), 1e-12)
+        if self.W is not None:
+            self.refits += 1
+        self.nov_base = self.nov_ema = 0.0
+        self.nov_n = 0
+        self._nov_w = None
         self.W = np.ascontiguousarray((V / np.sqrt(lam)).T, np.float32)
         self.P = _fitted_projection(self.W, self.seed, self.in_dim, self.sketch)
         self.Ainv[:] = np.eye(self.d1) / _RIDGE
@@ -366,9 +437,13 @@ class BanditState:
                   "gamma": self.gamma, "seed": self.seed, "boost_left": self.boost_left, "drifts": self.drifts,
                   "projection": self.projection, "fitted": self.W is not None, "sketch": self.sketch,
                   "squares": self.squares}
+        if not self.refit:  # only then: a default state's bytes are those written before the option
+            header["refit"] = False
+        if self.W is not None:
+            header["novelty"] = [self.nov_base, self.nov_ema, self.nov_n, self.refits, self.kept is not None]
         # last: the kept outcomes, which only grow (a save appends a row, the pieces before it keep their bytes)
-        tail = (self.W.astype("<f4", copy=False).tobytes() if self.W is not None
-                else self.kept.tobytes() if self.kept is not None else b"")
+        tail = ((self.W.astype("<f4", copy=False).tobytes() if self.W is not None else b"")
+                + (self.kept.tobytes() if self.kept is not None else b""))
         return pack_part(_MAGIC, _VERSION, header,
                          *(a.astype("<f8", copy=False).tobytes()
                            for a in (self.Ainv, self.b, self.theta, self.cost, self.res_mean, self.res_var,
@@ -387,13 +462,18 @@ class BanditState:
             sketch = h.get("sketch", min(_OLD_SKETCH_DIM, int(h["in_dim"])))
             if type(sketch) is not int or not (sketch == 0 or 0 < sketch <= min(_k.BANDIT_MAX_DIM, int(h["in_dim"]))):
                 raise ValueError("sketch")
+            refit = h.get("refit", True)  # written before the field: fitted again on new topics (as now)
+            if type(refit) is not bool:
+                raise ValueError("refit")
             squares = h.get("squares", 0)  # written before the field: none
             if type(squares) is not int or not 0 <= squares <= int(h["dim"]):
                 raise ValueError("squares")
             # a fitted state's P is W (R), set below: the seeded one would be drawn only to be replaced
             st = cls(h["n_targets"], h["in_dim"], dim=h["dim"], alpha=h["alpha"], gamma=h["gamma"], seed=h["seed"],
-                     projection=projection, seeded=not fitted, sketch=sketch, squares=squares)
+                     projection=projection, seeded=not fitted, sketch=sketch, squares=squares, refit=refit)
             boost, drifts = int(h["boost_left"]), int(h["drifts"])
+            # written before the field (or not fitted): no baseline yet, never fitted again, not keeping
+            base, ema, nov_n, refits, collecting = _novelty_field(h) if fitted else (0.0, 0.0, 0, 0, False)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CorruptStateError(f"router bandit header is malformed ({exc})") from None
         if (st.dim != h["dim"] or st.squares != squares or st.projection != projection
@@ -402,15 +482,17 @@ class BanditState:
         nt, d1 = st.n_targets, st.d1
         need = pos + 8 * (nt * d1 * d1 + 2 * nt * d1 + 4 * nt) + 16 * nt + nt
         m = st.kept_width
-        if fitted:
-            tail = 4 * st.dim * m
-        elif st.kept is not None:
+        w_bytes = 4 * st.dim * m if fitted else 0
+        if fitted and not collecting:
+            st.kept = None
+        if st.kept is not None:
             row = st.kept.dtype.itemsize
-            tail = (len(data) - need) if len(data) >= need and (len(data) - need) % row == 0 else -1
-            if tail > row * (FIT_AFTER - 1):
+            rest = len(data) - need - w_bytes
+            tail = w_bytes + rest if rest >= 0 and rest % row == 0 else -1
+            if rest > row * (FIT_AFTER - 1):
                 tail = -1  # the fit runs at FIT_AFTER rows: never stored with that many
         else:
-            tail = 0
+            tail = w_bytes
         if tail < 0 or len(data) != need + tail:
             raise CorruptStateError(f"router bandit state has {len(data)} bytes, which does not match its header")
 
@@ -429,13 +511,13 @@ class BanditState:
         st.pulls[:], st.res_n[:] = take("<i8", nt), take("<i8", nt)
         st.cost_seen[:] = take("u1", nt).astype(bool)
         st.boost_left, st.drifts = boost, drifts
+        st.nov_base, st.nov_ema, st.nov_n, st.refits = base, ema, nov_n, refits
         if fitted:
             st.W = take("<f4", st.dim * m).reshape(st.dim, m).copy()
             if not np.isfinite(st.W).all():
                 raise CorruptStateError("router bandit projection is not finite")
             st.P = _fitted_projection(st.W, st.seed, st.in_dim, st.sketch)
-            st.kept = None
-        elif st.kept is not None:
+        if st.kept is not None:
             st.kept = np.frombuffer(data, st.kept.dtype, offset=pos).copy()
             if (st.kept["arm"] < 0).any() or (st.kept["arm"] >= nt).any():
                 raise CorruptStateError("router bandit kept outcomes name unknown targets")
@@ -456,7 +538,21 @@ class BanditState:
         return {"dim": self.dim, "squares": self.squares, "alpha": self.alpha, "gamma": self.gamma,
                 "drifts": self.drifts, "boost_left": self.boost_left, "projection": self.projection,
                 "fitted": self.W is not None if self.projection == "pca" else None,
-                "kept": len(self.kept) if self.kept is not None else 0}
+                "kept": len(self.kept) if self.kept is not None else 0, "refit": self.refit, "refits": self.refits,
+                "novelty": {"baseline": self.nov_base, "ema": self.nov_ema} if self.W is not None else None}
+
+
+def _novelty_field(header: dict) -> tuple[float, float, int, int, bool]:
+    """A fitted state's header ``novelty``: [baseline, EMA, outcomes since the fit, refits, keeping queries
+    for the fit again]; absent (written before the field): none of them yet."""
+    if "novelty" not in header:
+        return 0.0, 0.0, 0, 0, False
+    v = header["novelty"]
+    if not (isinstance(v, list) and len(v) == 5 and all(type(x) in (int, float) for x in v[:2])
+            and type(v[2]) is int and type(v[3]) is int and type(v[4]) is bool
+            and math.isfinite(v[0]) and math.isfinite(v[1]) and v[2] >= 0 and v[3] >= 0):
+        raise ValueError(f"novelty {v!r}")
+    return float(v[0]), float(v[1]), v[2], v[3], v[4]
 
 
 def _default_sketch(in_dim: int) -> int:
@@ -475,6 +571,15 @@ def _sketch(seed: int, in_dim: int, width: int) -> np.ndarray:
     R = _k.bandit_projection((seed ^ _SKETCH_SALT) & 0xFFFFFFFF, width, in_dim)
     R.flags.writeable = False
     return R
+
+
+@functools.lru_cache(maxsize=8)
+def _sketch_gain(seed: int, in_dim: int, sketch: int) -> float:
+    """How much a sketch ``z = R x`` scales a query's energy on average (``|R|_F^2 / in_dim``; 1 unsketched)."""
+    if not sketch:
+        return 1.0
+    R = _sketch(seed, in_dim, sketch).astype(np.float64)
+    return float(np.einsum("ij,ij->", R, R)) / in_dim
 
 
 def _fitted_projection(W: np.ndarray, seed: int, in_dim: int, sketch: int) -> np.ndarray:

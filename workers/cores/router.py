@@ -141,11 +141,14 @@ def _cost(v: Any) -> float | None:
 
 
 def _bandit_options(v: Any) -> dict:
-    """``init_router``'s ``bandit: {dim?, alpha?, gamma?, projection?, squares?}``, checked."""
+    """``init_router``'s ``bandit: {dim?, alpha?, gamma?, projection?, squares?, refit?}``, checked."""
     if v is None:
         return {}
-    if not isinstance(v, dict) or set(v) - {"dim", "alpha", "gamma", "projection", "squares"}:
-        raise ValueError("bandit must be an object with dim, alpha, gamma, projection, squares")
+    if not isinstance(v, dict) or set(v) - {"dim", "alpha", "gamma", "projection", "squares", "refit"}:
+        raise ValueError("bandit must be an object with dim, alpha, gamma, projection, squares, refit")
+    refit = v.get("refit")
+    if refit is not None and not isinstance(refit, bool):
+        raise ValueError("bandit.refit must be true or false")
     projection = v.get("projection")
     if projection is not None and projection not in PROJECTIONS:
         raise ValueError(f"bandit.projection must be one of {', '.join(PROJECTIONS)}")
@@ -159,7 +162,7 @@ def _bandit_options(v: Any) -> dict:
         if val is not None and (isinstance(val, bool) or not isinstance(val, (int, float)) or not ok(val)):
             raise ValueError(f"bandit.{name} out of range" + (" (0..100)" if name == "alpha" else " (0.5..1)"))
     return {k: val for k, val in (("dim", dim), ("alpha", alpha), ("gamma", gamma), ("projection", projection),
-                                  ("squares", squares)) if val is not None}
+                                  ("squares", squares), ("refit", refit)) if val is not None}
 
 
 def _tokens(v: Any) -> int:
@@ -568,7 +571,10 @@ def _instant_logits(ctx: VerbContext, st: RouterState, x: np.ndarray) -> np.ndar
         "gamma": {"type": "number", "minimum": 0.5, "maximum": 1},
         "projection": {"enum": list(PROJECTIONS)},
         "squares": {"type": "integer", "minimum": 0, "maximum": _k.BANDIT_MAX_DIM,
-                    "description": "squared features of the first n projected ones (default 0)"}}}))
+                    "description": "squared features of the first n projected ones (default 0)"},
+        "refit": {"type": "boolean",
+                  "description": "fit the projection again when queries come from topics it never saw "
+                                 "(default true; projection pca)"}}}))
 def _init_router(ctx: VerbContext, body: dict) -> dict:
     """``{targets, in_dim?, trained?, epsilon?, threshold?, seed?, with_adapter?, normalize?, baseline?,
     mode?, cost_weight?, bandit?}`` -> the settings."""
