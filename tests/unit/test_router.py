@@ -481,8 +481,36 @@ def test_a_settings_verb_names_the_fields_it_ignored(caplog: pytest.LogCaptureFi
 def test_health_reports_router_ready() -> None:
     s = LearnSession()
     assert s.dispatch({"verb": "health"})["data"]["router_ready"] is False
+    assert "router" not in s.dispatch({"verb": "health"})["data"]
     s.dispatch({"verb": "init_router", "body": {"targets": ["a"]}})
     assert s.dispatch({"verb": "health"})["data"]["router_ready"] is True
+
+
+def test_health_shows_what_the_router_learned() -> None:
+    """Per target its outcome count and quality EMA, the samples, and the bandit's pulls, costs, drifts and
+    refits: what record_outcome answered, readable without a write."""
+    s = LearnSession()
+    s.dispatch({"verb": "init_router", "body": {"targets": ["a", "b", "c"], "in_dim": 64}})
+    rng = np.random.default_rng(3)
+    last = {}
+    for i in range(30):
+        t = "ab"[i % 2]
+        out = s.dispatch({"verb": "record_outcome", "body": {"target": t, "quality": float(rng.random()),
+                                                             "embedding": rng.standard_normal(64).tolist(),
+                                                             "cost": 0.01 * (i % 2 + 1)}})
+        last[t] = out["data"]
+    r = s.dispatch({"verb": "health"})["data"]["router"]
+    assert r["mode"] == "learned" and r["samples"] == 30 and r["trained"] is False
+    assert r["targets"] == {"a": {"count": 15, "quality_milli": last["a"]["quality_milli"]},
+                            "b": {"count": 15, "quality_milli": last["b"]["quality_milli"]},
+                            "c": {"count": 0, "quality_milli": 500}}
+    b = r["bandit"]
+    assert b["pulls"] == {"a": 15, "b": 15, "c": 0} and b["cost"] == {"a": pytest.approx(0.01), "b": pytest.approx(0.02),
+                                                                      "c": None}
+    assert (b["fitted"], b["kept"], b["refits"], b["drifts"], b["refit"]) == (False, 30, 0, 0, True)
+    ref = LearnSession()
+    ref.dispatch({"verb": "init_router", "body": {"targets": ["a"], "mode": "reference"}})
+    assert "bandit" not in ref.dispatch({"verb": "health"})["data"]["router"]
 
 
 def test_route_accepts_b64_embeddings() -> None:

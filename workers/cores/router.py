@@ -656,4 +656,16 @@ def _record_outcome(ctx: VerbContext, body: dict) -> dict:
 
 @health_contributor
 def _router_health(ctx: VerbContext) -> dict:
-    return {"router_ready": ctx.state is not None and ctx.state.has(PART)}
+    """``router_ready`` (the reference's), and once it is, what the router has learned: per target its
+    outcome count and quality EMA (thousandths), the training samples, and the bandit's state (learned mode)."""
+    if ctx.state is None or not ctx.state.has(PART):
+        return {"router_ready": False}
+    st = ctx.state.get(PART, RouterState)
+    router = {"mode": st.mode, "trained": st.trained, "samples": st.samples,
+              "targets": {t: {"count": c, "quality_milli": q} for t, c, q in zip(st.targets, st.count, st.quality_milli)}}
+    if st.bandit is not None:
+        b = st.bandit
+        router["bandit"] = {**b.info(), "pulls": dict(zip(st.targets, b.pulls.tolist())),
+                            "cost": {t: c if seen else None for t, c, seen in zip(st.targets, b.cost.tolist(),
+                                                                                   b.cost_seen.tolist())}}
+    return {"router_ready": True, "router": router}
