@@ -244,9 +244,9 @@ class BanditState:
         """Outcomes in order (targets ``arms``, queries ``X``, qualities, optional costs; NaN cost =
         none given). Returns the number of drift alarms they raised.
 
-        While the projection is not fitted, the rows up to the :data:`FIT_AFTER`-th are kept and the
-        fit happens right after it, whichever call it falls in: one call of many rows and many calls
-        of one row end in the same state."""
+        While the projection is not fitted (or, after new topics, is to be fitted again), the rows up to
+        the :data:`FIT_AFTER`-th are kept and the fit happens right after it, whichever call it falls in:
+        one call of many rows and many calls of one row end in the same state."""
         arms = np.ascontiguousarray(arms, np.int64)
         X = np.ascontiguousarray(X, np.float32)
         quality = np.ascontiguousarray(quality, np.float64)
