@@ -16,8 +16,10 @@ strongest regions' easy side ... everywhere ``hi`` and ``lo`` drop by 0.25), one
 (+0.15, ``d0`` +0.2), one gains a new domain (in the region where it was worst it becomes
 the best model there). **New topics** (``--arrivals K``, off by default): the first half of
 the requests come from only K of the regions, the rest from all of them, so the topics the
-router's projection was first fitted to are not the ones it must route later; the learned
-router then also runs with ``bandit: {refit: false}`` (its first projection kept) beside it.
+router's projection was first fitted to are not the ones it must route later; ``--arrive-every N``:
+the topics arrive one at a time, a new region every N requests; ``--topic-blocks N``: the topics come in
+turns, N requests of one region, then N of the next. With any of them, the learned router also runs with
+``bandit: {refit: false}`` (its first projection kept) beside it.
 
 **Policies**: the oracle (per query), the rule router (untrained: always targets[0]),
 the best single model in hindsight, a 30-line per-model online ridge regression on the
@@ -152,14 +154,28 @@ class Run:
 class Stream:
     """One seed's queries, their expected utilities and the outcome noise."""
 
-    def __init__(self, world: World, n: int, seed: int, arrivals: int = 0) -> None:
+    def __init__(self, world: World, n: int, seed: int, arrivals: int = 0, every: int = 0, blocks: int = 0) -> None:
         rng = np.random.default_rng(seed + 100)
         self.X, self.region, self.d = world.queries(n, rng)
-        if arrivals:  # the first half from the first `arrivals` regions only (drawn after, so arrivals=0 is unchanged)
-            half = n // 2
-            early = World(world.centers[:arrivals], world.dirs[:arrivals], world.spread, world.before, world.after,
-                          world.cost_weight)
-            self.X[:half], self.region[:half], self.d[:half] = early.queries(half, rng)
+        # new topics, drawn after the default queries (so without them those are unchanged): the first half
+        # from the first `arrivals` regions only, or one more region every `every` requests
+        k = len(world.centers)
+        pool = np.full(n, k)
+        if arrivals:
+            pool[:n // 2] = arrivals
+        if every:
+            pool = np.minimum(1 + np.arange(n) // every, k)
+        for m in range(1, k):
+            at = np.flatnonzero(pool == m)
+            if len(at):
+                early = World(world.centers[:m], world.dirs[:m], world.spread, world.before, world.after,
+                              world.cost_weight)
+                self.X[at], self.region[at], self.d[at] = early.queries(len(at), rng)
+        if blocks:  # each query moved to the region of its block (its difficulty and noise kept)
+            region = (np.arange(n) // blocks) % k
+            self.X += (world.centers[region] - world.centers[self.region]
+                       + (2.0 * self.d - 1.0)[:, None] * (world.dirs[region] - world.dirs[self.region])).astype(np.float32)
+            self.region = region
         self.drifted = np.arange(n) >= n // 2
         self.q, self.u = world.utility(self.region, self.d, self.drifted)
         self.best = self.u.max(1)
@@ -217,10 +233,10 @@ def learned(name: str, s: Stream, world: World, seed: int, **init: object) -> Ru
 
 def regret_runs(args: argparse.Namespace, seed: int) -> list[Run]:
     world = make_world(args.regions, args.spread, args.cost_weight, seed)
-    s = Stream(world, args.requests, seed, args.arrivals)
+    s = Stream(world, args.requests, seed, args.arrivals, args.arrive_every, args.topic_blocks)
     single = int(s.u.mean(0).argmax())
     kept = [learned("learnstream router, first projection kept", s, world, seed, bandit={"refit": False})
-            ] if args.arrivals else []
+            ] if args.arrivals or args.arrive_every or args.topic_blocks else []
     return [
         s.fixed("oracle (per query)", s.u.argmax(1)),
         s.fixed(f"rule router (always targets[0] = {_TARGETS[0]})", 0),
@@ -357,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-calls", type=int, default=20_000, help="timed calls per latency row")
     p.add_argument("--arrivals", type=int, default=0, metavar="K",
                    help="new topics: the first half of the requests from only K of the regions (default 0: all)")
+    p.add_argument("--arrive-every", type=int, default=0, metavar="N",
+                   help="new topics one at a time: one region at first, one more every N requests (default 0: off)")
+    p.add_argument("--topic-blocks", type=int, default=0, metavar="N",
+                   help="topics in turns: N requests from one region, then N from the next (default 0: mixed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latency-only", action="store_true", help="only the in-process latency rows and their goal")
     p.add_argument("--latency-dims", type=_widths, default="1536,3072",
@@ -364,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 0 <= args.arrivals <= args.regions:
         p.error(f"--arrivals must be 0..{args.regions} (the regions)")
+    if args.arrive_every < 0 or args.topic_blocks < 0 or sum(map(bool, (args.arrivals, args.arrive_every,
+                                                                        args.topic_blocks))) > 1:
+        p.error("--arrivals, --arrive-every, --topic-blocks: one at a time, each a positive number")
     if args.latency_only:
         goals: list[tuple[str, bool, str]] = []
         return _latency(args, goals)
@@ -373,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.regions} regions in {_DIM}-d (spread {args.spread}), difficulty U(0,1), outcome noise {_NOISE}, "
           f"drift at {args.requests // 2:,}, {args.seeds} seeds"
           + (f"; the first half from {args.arrivals} of the regions only (new topics)" if args.arrivals else "")
+          + (f"; one region at first, one more every {args.arrive_every:,} requests" if args.arrive_every else "")
+          + (f"; the regions in turns, {args.topic_blocks:,} requests each" if args.topic_blocks else "")
           + "\n")
     t = time.perf_counter()
     per_seed = [regret_runs(args, args.seed + k) for k in range(args.seeds)]

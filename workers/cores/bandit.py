@@ -38,15 +38,18 @@ features at every width and read so. ``projection: "random"`` is the projection 
 only their directions: once queries come from topics it never saw, most of each new query falls
 outside them and the heads cannot tell those topics, or where each model wins in them, apart
 (bench router ``--arrivals 1``: the first half of the requests from one of 8 regions, the rest
-from all 8). So after a fit the router follows the share of each query's energy that its
-``dim`` directions hold (the fitted second moment's eigenvalues weigh the projected features).
-Their mean over the first :data:`NOVELTY_BASE` outcomes after the fit is the baseline (measured on
-queries the fit did not see); then an EMA (rate :data:`NOVELTY_RATE`) follows it, and when the EMA
-falls :data:`REFIT_DROP` of the baseline below it, the router keeps the next :data:`FIT_AFTER`
-outcomes' queries as before the first fit (still routing on the old projection meanwhile) and fits
-again to them, learning them again in the new features from a fresh prior. Queries from the topics
-the fit saw never come near that drop (the default world of bench router never refits); the price is
-the evidence older than those outcomes, which the forgetting factor discounts anyway.
+from all 8). So after a fit the router measures the share of each query's energy that its ``dim``
+directions hold (the fitted second moment's eigenvalues weigh the projected features). The mean share
+over the first :data:`NOVELTY_BASE` outcomes after the fit is the baseline (queries the fit did not
+see); a query holding less than :data:`NOVEL_SHARE` of it is *novel*, and the rate of novel queries
+over the next :data:`NOVELTY_BASE` is the baseline rate. Then an EMA of that rate (rate
+:data:`NOVELTY_RATE`) is tested: once it is :data:`REFIT_RISE` above the baseline rate (a new topic
+with a sixth of the traffic is enough; a test of the mean share needed about a third), the router
+keeps the next :data:`FIT_AFTER` outcomes' queries as before the first fit (still routing on the old
+projection meanwhile) and fits again to them, learning them again in the new features from a fresh
+prior. Queries from the topics the fit saw do not raise the rate (the default world of bench router and
+its sensitivity worlds never refit); the price is the evidence older than those outcomes, which the
+forgetting factor discounts anyway.
 
 **Drift.** Each outcome's residual (quality minus the prediction before learning
 it) feeds two per-target tests: the residuals' recent mean is far from 0 (an EMA
@@ -77,7 +80,7 @@ from workers.state.framing import pack_part, unpack_part, version_of
 from workers.errors import CorruptStateError
 
 __all__ = ("PART", "BanditState", "MAX_STATE_BYTES", "bandit_dim", "PROJECTIONS", "FIT_AFTER", "SKETCH_DIM",
-           "NOVELTY_BASE", "NOVELTY_RATE", "REFIT_DROP")
+           "NOVELTY_BASE", "NOVEL_SHARE", "NOVELTY_RATE", "REFIT_RISE")
 
 PART = "router_bandit"
 
@@ -128,10 +131,12 @@ _OLD_SKETCH_DIM = 128         # the sketch of states written before the "sketch"
 _SKETCH_SALT = 0x5CE7         # R's seed is the bandit's seed ^ this (P's is the seed itself)
 _WHITEN_FLOOR = 0.05          # a direction's variance is lifted to at least this share of the kept ones' mean
 # New topics (module doc): the baseline share of a query's energy in the fitted directions is the mean over
-# this many outcomes after a fit; an EMA at this rate follows it; a drop of this share of the baseline refits.
+# this many outcomes after a fit, and the baseline rate of novel queries (a share under NOVEL_SHARE of it)
+# that over the next as many; an EMA of the rate at NOVELTY_RATE that rises REFIT_RISE above it refits.
 NOVELTY_BASE = 100
+NOVEL_SHARE = 0.5
 NOVELTY_RATE = 0.02
-REFIT_DROP = 0.3
+REFIT_RISE = 0.15
 _MAGIC = b"LSB"
 _VERSION = 2                  # 2: projection, its fitted W or the kept queries; 1 (random projection) still reads
 
@@ -176,7 +181,7 @@ class BanditState:
 
     __slots__ = ("n_targets", "in_dim", "dim", "squares", "alpha", "gamma", "seed", "projection", "sketch", "P",
                  "W", "kept", "Ainv", "b", "theta", "pulls", "cost", "cost_seen", "res_mean", "res_var", "res_base",
-                 "res_n", "boost_left", "drifts", "nov_base", "nov_ema", "nov_n", "refits", "refit", "_nov_w")
+                 "res_n", "boost_left", "drifts", "nov_base", "nov_rate0", "nov_ema", "nov_n", "refits", "refit", "_nov_w")
 
     def __init__(self, n_targets: int, in_dim: int, dim: int | None = None, alpha: float | None = None,
                  gamma: float | None = None, seed: int = 0xC0A5, projection: str | None = None, *,
@@ -216,9 +221,10 @@ class BanditState:
         self.res_n = np.zeros(self.n_targets, np.int64)
         self.boost_left = 0
         self.drifts = 0
-        # fitted pca: the share of a query's energy in the fitted directions (baseline, EMA, outcomes since
-        # the fit) and how often the projection was fitted again (module doc, "New topics")
-        self.nov_base = self.nov_ema = 0.0
+        # fitted pca: the baseline share of a query's energy in the fitted directions, the baseline rate and
+        # the EMA of novel queries, the outcomes since the fit, and how often the projection was fitted again
+        # (module doc, "New topics")
+        self.nov_base = self.nov_rate0 = self.nov_ema = 0.0
         self.nov_n = 0
         self.refits = 0
         self.refit = bool(refit)  # False: the first fit's projection is kept whatever the queries do
@@ -291,10 +297,14 @@ class BanditState:
             v = float((f * f) @ w)
             if n <= NOVELTY_BASE:
                 self.nov_base += (v - self.nov_base) / n
-                self.nov_ema = self.nov_base
                 continue
-            self.nov_ema += NOVELTY_RATE * (v - self.nov_ema)
-            if n > NOVELTY_BASE + 1.0 / NOVELTY_RATE and self.nov_ema < (1.0 - REFIT_DROP) * self.nov_base:
+            novel = float(v < NOVEL_SHARE * self.nov_base)
+            if n <= 2 * NOVELTY_BASE:
+                self.nov_rate0 += (novel - self.nov_rate0) / (n - NOVELTY_BASE)
+                self.nov_ema = self.nov_rate0
+                continue
+            self.nov_ema += NOVELTY_RATE * (novel - self.nov_ema)
+            if n > 2 * NOVELTY_BASE + 1.0 / NOVELTY_RATE and self.nov_ema > self.nov_rate0 + REFIT_RISE:
                 return j + 1
         return None
 
@@ -335,7 +345,7 @@ class BanditState:
         lam = np.maximum(lam, 0.0) + _WHITEN_FLOOR * max(float(lam.mean()), 1e-12)
         if self.W is not None:
             self.refits += 1
-        self.nov_base = self.nov_ema = 0.0
+        self.nov_base = self.nov_rate0 = self.nov_ema = 0.0
         self.nov_n = 0
         self._nov_w = None
         self.W = np.ascontiguousarray((V / np.sqrt(lam)).T, np.float32)
@@ -440,7 +450,8 @@ class BanditState:
         if not self.refit:  # only then: a default state's bytes are those written before the option
             header["refit"] = False
         if self.W is not None:
-            header["novelty"] = [self.nov_base, self.nov_ema, self.nov_n, self.refits, self.kept is not None]
+            header["novelty"] = [self.nov_base, self.nov_rate0, self.nov_ema, self.nov_n, self.refits,
+                                 self.kept is not None]
         # last: the kept outcomes, which only grow (a save appends a row, the pieces before it keep their bytes)
         tail = ((self.W.astype("<f4", copy=False).tobytes() if self.W is not None else b"")
                 + (self.kept.tobytes() if self.kept is not None else b""))
@@ -473,7 +484,8 @@ class BanditState:
                      projection=projection, seeded=not fitted, sketch=sketch, squares=squares, refit=refit)
             boost, drifts = int(h["boost_left"]), int(h["drifts"])
             # written before the field (or not fitted): no baseline yet, never fitted again, not keeping
-            base, ema, nov_n, refits, collecting = _novelty_field(h) if fitted else (0.0, 0.0, 0, 0, False)
+            base, rate0, ema, nov_n, refits, collecting = (_novelty_field(h) if fitted
+                                                           else (0.0, 0.0, 0.0, 0, 0, False))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CorruptStateError(f"router bandit header is malformed ({exc})") from None
         if (st.dim != h["dim"] or st.squares != squares or st.projection != projection
@@ -511,7 +523,7 @@ class BanditState:
         st.pulls[:], st.res_n[:] = take("<i8", nt), take("<i8", nt)
         st.cost_seen[:] = take("u1", nt).astype(bool)
         st.boost_left, st.drifts = boost, drifts
-        st.nov_base, st.nov_ema, st.nov_n, st.refits = base, ema, nov_n, refits
+        st.nov_base, st.nov_rate0, st.nov_ema, st.nov_n, st.refits = base, rate0, ema, nov_n, refits
         if fitted:
             st.W = take("<f4", st.dim * m).reshape(st.dim, m).copy()
             if not np.isfinite(st.W).all():
@@ -539,20 +551,21 @@ class BanditState:
                 "drifts": self.drifts, "boost_left": self.boost_left, "projection": self.projection,
                 "fitted": self.W is not None if self.projection == "pca" else None,
                 "kept": len(self.kept) if self.kept is not None else 0, "refit": self.refit, "refits": self.refits,
-                "novelty": {"baseline": self.nov_base, "ema": self.nov_ema} if self.W is not None else None}
+                "novelty": {"share": self.nov_base, "novel_rate": self.nov_ema, "baseline_rate": self.nov_rate0}
+                if self.W is not None else None}
 
 
-def _novelty_field(header: dict) -> tuple[float, float, int, int, bool]:
-    """A fitted state's header ``novelty``: [baseline, EMA, outcomes since the fit, refits, keeping queries
-    for the fit again]; absent (written before the field): none of them yet."""
+def _novelty_field(header: dict) -> tuple[float, float, float, int, int, bool]:
+    """A fitted state's header ``novelty``: [baseline share, baseline rate of novel queries, its EMA, outcomes
+    since the fit, refits, keeping queries for the fit again]; absent (written before the field): none yet."""
     if "novelty" not in header:
-        return 0.0, 0.0, 0, 0, False
+        return 0.0, 0.0, 0.0, 0, 0, False
     v = header["novelty"]
-    if not (isinstance(v, list) and len(v) == 5 and all(type(x) in (int, float) for x in v[:2])
-            and type(v[2]) is int and type(v[3]) is int and type(v[4]) is bool
-            and math.isfinite(v[0]) and math.isfinite(v[1]) and v[2] >= 0 and v[3] >= 0):
+    if not (isinstance(v, list) and len(v) == 6 and all(type(x) in (int, float) and math.isfinite(x) for x in v[:3])
+            and 0.0 <= v[1] <= 1.0 and 0.0 <= v[2] <= 1.0
+            and type(v[3]) is int and type(v[4]) is int and type(v[5]) is bool and v[3] >= 0 and v[4] >= 0):
         raise ValueError(f"novelty {v!r}")
-    return float(v[0]), float(v[1]), v[2], v[3], v[4]
+    return float(v[0]), float(v[1]), float(v[2]), v[3], v[4], v[5]
 
 
 def _default_sketch(in_dim: int) -> int:
