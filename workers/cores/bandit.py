@@ -289,9 +289,9 @@ class BanditState:
                                  * (self.in_dim * _sketch_gain(self.seed, self.in_dim, self.sketch)))
         features, P, w, dim = _k.bandit_features, self.P, self._nov_w, self.dim
         for j, x in enumerate(X):
-            f = features(P, x)[:dim]
-            if not f.any() and not x.any():
+            if not x.any():
                 continue  # a zero query
+            f = features(P, x)[:dim]
             self.nov_n += 1
             n = self.nov_n
             v = float((f * f) @ w)
