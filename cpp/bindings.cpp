@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <limits>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -886,7 +887,8 @@ void bind_bandit(py::module_& m) {
         "bandit_update_batch",
         [](const f32& P, py::array Ainv, py::array b, py::array theta, const i64& arms, const f32& X,
            const py::array_t<double, py::array::c_style | py::array::forcecast>& rewards, double gamma,
-           bool normalize, double idle_gamma, double idle_cap) {
+           bool normalize, double idle_gamma, double idle_cap, const py::object& share_weights,
+           const py::object& shares) {
             const BanditShape s = bandit_shape(P, Ainv, theta, &b);
             double* ai = inplace_array<double>(Ainv, "Ainv", "float64");
             double* bb = inplace_array<double>(b, "b", "float64");
@@ -907,6 +909,28 @@ void bind_bandit(py::module_& m) {
                     throw std::runtime_error("arm out of range at row " + std::to_string(i));
                 if (!std::isfinite(rp[i])) throw std::runtime_error("reward not finite at row " + std::to_string(i));
             }
+            // shares: each row's sum_j share_weights[j] phi_j^2 over the projected features (j < dim), NaN
+            // for an all-zero row; the novelty test's input, from the projection the update makes anyway
+            if (share_weights.is_none() != shares.is_none())
+                throw std::runtime_error("share_weights and shares go together");
+            py::array_t<double, py::array::c_style | py::array::forcecast> wa;
+            py::array sa;
+            const double* sw = nullptr;
+            double* sh = nullptr;
+            if (!shares.is_none()) {
+                wa = share_weights.cast<py::array_t<double, py::array::c_style | py::array::forcecast>>();
+                if (wa.ndim() != 1 || static_cast<std::size_t>(wa.shape(0)) != s.dim)
+                    throw std::runtime_error("share_weights must have one value per projected feature (P's rows)");
+                for (std::size_t j = 0; j < s.dim; ++j)
+                    if (!std::isfinite(wa.data()[j])) throw std::runtime_error("share_weights must be finite");
+                sw = wa.data();
+                if (!py::isinstance<py::array>(shares))
+                    throw std::runtime_error("shares must be a C-contiguous float64 array");
+                sa = shares.cast<py::array>();
+                sh = inplace_array<double>(sa, "shares", "float64");
+                if (sa.ndim() != 1 || static_cast<std::size_t>(sa.shape(0)) != n)
+                    throw std::runtime_error("shares must be 1-d with one entry per row of X");
+            }
             py::array_t<double> preds(n);
             double* pp = preds.mutable_data();
             const float* xp = static_cast<const float*>(xb.ptr);
@@ -920,6 +944,14 @@ void bind_bandit(py::module_& m) {
                         bd::features(pr, s.dim, s.in_dim, xp + i * s.in_dim, phi, s.nsq);
                     else
                         bd::features_as_given(pr, s.dim, s.in_dim, xp + i * s.in_dim, phi, s.nsq);
+                    if (sh != nullptr) {
+                        const float* row = xp + i * s.in_dim;
+                        bool zero = true;
+                        for (std::size_t j = 0; j < s.in_dim && zero; ++j) zero = row[j] == 0.0f;
+                        double v = 0.0;
+                        for (std::size_t j = 0; j < s.dim; ++j) v += sw[j] * (phi[j] * phi[j]);
+                        sh[i] = zero ? std::numeric_limits<double>::quiet_NaN() : v;
+                    }
                     pp[i] = bd::update(ai + k * s.d1 * s.d1, bb + k * s.d1, th + k * s.d1, s.d1, phi, rp[i], gamma, u);
                     if (idle_gamma < 1.0) bd::idle(ai, bb, s.nt, s.d1, k, idle_gamma, idle_cap);
                 }
@@ -928,11 +960,13 @@ void bind_bandit(py::module_& m) {
         },
         py::arg("P"), py::arg("Ainv"), py::arg("b"), py::arg("theta"), py::arg("arms"), py::arg("X"),
         py::arg("rewards"), py::arg("gamma"), py::arg("normalize") = true, py::arg("idle_gamma") = 1.0,
-        py::arg("idle_cap") = 0.0,
+        py::arg("idle_cap") = 0.0, py::arg("share_weights") = py::none(), py::arg("shares") = py::none(),
         "In place, rows in order: target arms[i] learns rewards[i] at X[i] (forgetting gamma); returns each "
         "row's prediction before its update (the GIL is released). normalize=False: phi = [P x; 1] with X "
         "as given, not rescaled to unit RMS. idle_gamma < 1: after each row every other target forgets by "
-        "it too (Ainv / idle_gamma, b * idle_gamma) while trace(Ainv) stays <= idle_cap.");
+        "it too (Ainv / idle_gamma, b * idle_gamma) while trace(Ainv) stays <= idle_cap. shares (float64, one "
+        "per row, written in place) with share_weights (one per row of P): sum_j share_weights[j] phi_j^2 "
+        "over the projected features, NaN for an all-zero row.");
 }
 
 // ---- online learner models (cpp/online.h) ----

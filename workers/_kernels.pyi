@@ -55,13 +55,13 @@ def bandit_projection(seed: typing.SupportsInt | typing.SupportsIndex, dim: typi
     """
     The bandit's projection P (dim x in_dim): randn of mulberry32(seed ^ 0xB4D1) / sqrt(in_dim).
     """
-def bandit_route(P: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], Ainv: numpy.ndarray, theta: numpy.ndarray, cost: typing.Any, x: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], alpha: typing.SupportsFloat | typing.SupportsIndex, lam: typing.SupportsFloat | typing.SupportsIndex) -> tuple:
+def bandit_route(P: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], Ainv: numpy.ndarray, theta: numpy.ndarray, cost: typing.Any, x: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], alpha: typing.SupportsFloat | typing.SupportsIndex, lam: typing.SupportsFloat | typing.SupportsIndex) -> tuple[int, int, bool, float, float]:
     """
     One query -> (best, greedy, tied, mean of best, width of best): best maximises theta.phi - lam cost + alpha sqrt(phi' Ainv phi); greedy drops the alpha term; tied: every target scored the same.
     """
-def bandit_update_batch(P: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], Ainv: numpy.ndarray, b: numpy.ndarray, theta: numpy.ndarray, arms: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], X: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], rewards: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], gamma: typing.SupportsFloat | typing.SupportsIndex, normalize: bool = True, idle_gamma: typing.SupportsFloat | typing.SupportsIndex = 1.0, idle_cap: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> numpy.typing.NDArray[numpy.float64]:
+def bandit_update_batch(P: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], Ainv: numpy.ndarray, b: numpy.ndarray, theta: numpy.ndarray, arms: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], X: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], rewards: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], gamma: typing.SupportsFloat | typing.SupportsIndex, normalize: bool = True, idle_gamma: typing.SupportsFloat | typing.SupportsIndex = 1.0, idle_cap: typing.SupportsFloat | typing.SupportsIndex = 0.0, share_weights: typing.Any = None, shares: typing.Any = None) -> numpy.typing.NDArray[numpy.float64]:
     """
-    In place, rows in order: target arms[i] learns rewards[i] at X[i] (forgetting gamma); returns each row's prediction before its update (the GIL is released). normalize=False: phi = [P x; 1] with X as given, not rescaled to unit RMS. idle_gamma < 1: after each row every other target forgets by it too (Ainv / idle_gamma, b * idle_gamma) while trace(Ainv) stays <= idle_cap.
+    In place, rows in order: target arms[i] learns rewards[i] at X[i] (forgetting gamma); returns each row's prediction before its update (the GIL is released). normalize=False: phi = [P x; 1] with X as given, not rescaled to unit RMS. idle_gamma < 1: after each row every other target forgets by it too (Ainv / idle_gamma, b * idle_gamma) while trace(Ainv) stays <= idle_cap. shares (float64, one per row, written in place) with share_weights (one per row of P): sum_j share_weights[j] phi_j^2 over the projected features, NaN for an all-zero row.
     """
 def clamp_norm(v: numpy.ndarray, max_norm: typing.SupportsFloat | typing.SupportsIndex = 5.0) -> float:
     """
@@ -99,13 +99,13 @@ def instant_layout(dim: typing.SupportsInt | typing.SupportsIndex, nt: typing.Su
     """
     Offsets (in floats) of each field in an instant core's arena.
     """
-def instant_replay_reads(arena: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], meta: numpy.ndarray, qualities: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], now_ms: typing.Annotated[numpy.typing.ArrayLike, numpy.int64]) -> numpy.typing.NDArray[numpy.int64]:
-    """
-    The replay slots instant_feedback_batch over these events would read before writing them, each once, in first-read order (from the ring and scales only; the rows may be absent).
-    """
 def instant_norm(arena: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], meta: numpy.ndarray) -> float:
     """
     ||theta|| of an instant core, squares summed in double.
+    """
+def instant_replay_reads(arena: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], meta: numpy.ndarray, qualities: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], now_ms: typing.Annotated[numpy.typing.ArrayLike, numpy.int64]) -> numpy.typing.NDArray[numpy.int64]:
+    """
+    The replay slots instant_feedback_batch over these events would read before writing them, each once, in first-read order (from the ring and scales only; the rows may be absent).
     """
 def loss_window_push_many(ring: numpy.ndarray, counters: numpy.ndarray, losses: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], min_std: typing.SupportsFloat | typing.SupportsIndex = 0.0001, z_thresh: typing.SupportsFloat | typing.SupportsIndex = 2.5, min_prior: typing.SupportsInt | typing.SupportsIndex = 3) -> numpy.typing.NDArray[numpy.float64]:
     """
@@ -147,7 +147,7 @@ def router_route(params: typing.Annotated[numpy.typing.ArrayLike, numpy.float32]
     """
     One query -> (model index, its softmax prob, context bucket, temperature, top_p, confidence).
     """
-def router_route_learned(params: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], x: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], n_targets: typing.SupportsInt | typing.SupportsIndex, normalize: bool, adapter: typing.Any, P: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], Ainv: numpy.ndarray, theta: numpy.ndarray, cost: typing.Any, alpha: typing.SupportsFloat | typing.SupportsIndex, lam: typing.SupportsFloat | typing.SupportsIndex) -> tuple:
+def router_route_learned(params: typing.Any, x: typing.Any, n_targets: typing.SupportsInt | typing.SupportsIndex, normalize: bool, adapter: typing.Any, P: typing.Any, Ainv: numpy.ndarray, theta: numpy.ndarray, cost: typing.Any, alpha: typing.SupportsFloat | typing.SupportsIndex, lam: typing.SupportsFloat | typing.SupportsIndex) -> tuple[int, int, float, float, float, int, int, bool]:
     """
     router_route and bandit_route in one call -> (FastGRNN model index, context bucket, temperature, top_p, confidence, bandit best, bandit greedy, tied).
     """
@@ -166,11 +166,11 @@ def weighted_pick(scales: typing.Annotated[numpy.typing.ArrayLike, numpy.float32
 ATTENTION_EDGE_FEATURES: int = 7
 ATTENTION_NO_EDGE: float = -2.0
 ATTENTION_UNKNOWN_RELATION: float = -1.0
-INSTANT_CONSTANTS: dict = {'rank': 2, 'decay': 0.9950000047683716, 'max_norm': 5.0, 'clamp_slack': 0.9999990463256836, 'replay_cap': 64, 'min_replay': 4, 'neutral_eps': 9.999999747378752e-05, 'golden': 2654435761, 'meta_size': 71, 'meta': {'dim': 0, 'nt': 1, 'feedback_count': 2, 'resets': 3, 'replay_head': 4, 'replay_len': 5, 'has_ewc': 6, 'replay_idx': 7}, 'scalars': {'lr': 0, 'lr_min': 1, 'ewc_lam': 2}}
 BANDIT_MAX_DIM: int = 256
-ROUTE_AVX2: bool
+INSTANT_CONSTANTS: dict = {'rank': 2, 'decay': 0.9950000047683716, 'max_norm': 5.0, 'clamp_slack': 0.9999990463256836, 'replay_cap': 64, 'min_replay': 4, 'neutral_eps': 9.999999747378752e-05, 'golden': 2654435761, 'meta_size': 71, 'meta': {'dim': 0, 'nt': 1, 'feedback_count': 2, 'resets': 3, 'replay_head': 4, 'replay_len': 5, 'has_ewc': 6, 'replay_idx': 7}, 'scalars': {'lr': 0, 'lr_min': 1, 'ewc_lam': 2}}
 ROUTER_BUCKETS: int = 5
 ROUTER_HIDDEN: int = 128
 ROUTER_MAX_TARGETS: int = 1024
 ROUTER_RANK: int = 8
+ROUTE_AVX2: bool = True
 __version__: str = '0.1.0'

@@ -92,6 +92,11 @@ def valid_calls() -> dict[str, object]:
                                                                 np.zeros((2, 4)), np.zeros((2, 4)),
                                                                 np.array([0, 1], i64), np.ones((2, 4), f32),
                                                                 np.array([0.5, 0.2]), 0.99]),
+        # its optional in-place output of each row's share (the router's novelty test)
+        "bandit_update_batch shares": lambda: (k.bandit_update_batch, [
+            np.ones((3, 4), f32), np.tile(np.eye(4), (2, 1, 1)), np.zeros((2, 4)), np.zeros((2, 4)),
+            np.array([0, 1], i64), np.ones((2, 4), f32), np.array([0.5, 0.2]), 0.99, True, 1.0, 0.0,
+            np.ones(3), np.zeros(2)]),
         "online_n_params": lambda: (k.online_n_params, [3, 4, 2]),
         "online_forward": lambda: (k.online_forward, [_theta(), X, 4, 2]),
         "online_fisher": lambda: (k.online_fisher, [_theta(), X, y, 4, 2]),

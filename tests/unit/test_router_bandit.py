@@ -90,6 +90,34 @@ def test_the_fused_route_kernel_matches_both_references(squares: int) -> None:
                                st.theta, None, 0.4, 0.0)
 
 
+def test_the_update_kernel_gives_each_querys_share_of_the_fitted_directions() -> None:
+    """shares[i] = sum_j w_j phi_j^2 over the projected features (the NumPy reference's), NaN for a zero
+    query; the update itself is the same with or without them."""
+    st, twin = BanditState(3, DIM, dim=8, gamma=0.97), BanditState(3, DIM, dim=8, gamma=0.97)
+    X = _xs(40, 21)
+    X[7] = 0.0
+    rng = np.random.default_rng(4)
+    arms, q = rng.integers(0, 3, 40), rng.random(40)
+    w = rng.random(8) + 0.1
+    shares = np.full(40, -1.0)
+    got = K.bandit_update_batch(st.P, st.Ainv, st.b, st.theta, arms, X, q, 0.97, share_weights=w, shares=shares)
+    want = [float((bref.features(st.P, x, 0)[:8] ** 2) @ w) if x.any() else np.nan for x in X]
+    np.testing.assert_allclose(shares, want, rtol=1e-5)
+    assert np.isnan(shares[7]) and not np.isnan(np.delete(shares, 7)).any()
+    plain = K.bandit_update_batch(twin.P, twin.Ainv, twin.b, twin.theta, arms, X, q, 0.97)
+    assert np.array_equal(got, plain) and np.array_equal(st.Ainv, twin.Ainv)
+    with pytest.raises(RuntimeError, match="go together"):
+        K.bandit_update_batch(st.P, st.Ainv, st.b, st.theta, arms, X, q, 0.97, share_weights=w)
+    with pytest.raises(RuntimeError, match="share_weights must have"):
+        K.bandit_update_batch(st.P, st.Ainv, st.b, st.theta, arms, X, q, 0.97, share_weights=w[:5], shares=shares)
+    with pytest.raises(RuntimeError, match="finite"):
+        K.bandit_update_batch(st.P, st.Ainv, st.b, st.theta, arms, X, q, 0.97, share_weights=w * np.nan,
+                              shares=shares)
+    for bad in (np.zeros(39), np.zeros(40, np.float32), [0.0] * 40, np.zeros((40, 1))):
+        with pytest.raises(RuntimeError, match="shares must"):
+            K.bandit_update_batch(st.P, st.Ainv, st.b, st.theta, arms, X, q, 0.97, share_weights=w, shares=bad)
+
+
 def test_kernels_check_their_arguments() -> None:
     st = BanditState(3, DIM, dim=8)
     x = _xs(1)[0]

@@ -257,13 +257,20 @@ class BanditState:
         X = np.ascontiguousarray(X, np.float32)
         quality = np.ascontiguousarray(quality, np.float64)
         if self.kept is None:
-            cut = self._novelty(X) if self.W is not None and self.refit else None
-            if cut is None:
+            if self.W is None or not self.refit:
                 return self._learn(arms, X, quality, costs)
-            # the rows up to the one whose query completed a drop in the share the fit holds are learned as
-            # they are; the next FIT_AFTER rows are kept for the fit again
-            alarms = self._learn(arms[:cut], X[:cut], quality[:cut], None if costs is None else costs[:cut])
-            self.kept = np.empty(0, _kept_dtype(self.kept_width))
+            # the novelty test reads each query's share from the update kernel, which projects it anyway:
+            # at most FIT_AFTER rows at a time, so that a refit starting in them cannot also end in them
+            # (every row of the chunk is learned on the current projection either way)
+            cut = min(FIT_AFTER, len(arms))
+            shares = np.empty(cut)
+            alarms = self._learn(arms[:cut], X[:cut], quality[:cut], None if costs is None else costs[:cut], shares)
+            start = self._novelty(shares)
+            if start is not None:
+                # the rows after the one whose query completed a drop in the share the fit holds are the first
+                # of the FIT_AFTER kept for the fit again
+                self.kept = np.empty(0, _kept_dtype(self.kept_width))
+                self._keep(arms[start:cut], X[start:cut], quality[start:cut])
         else:
             cut = min(FIT_AFTER - len(self.kept), len(arms))
             alarms = self._learn(arms[:cut], X[:cut], quality[:cut], None if costs is None else costs[:cut])
@@ -274,12 +281,9 @@ class BanditState:
             alarms += self.learn(arms[cut:], X[cut:], quality[cut:], None if costs is None else costs[cut:])
         return alarms
 
-    def _novelty(self, X: np.ndarray) -> int | None:
-        """Fold the queries' shares of energy in the fitted directions into the novelty test, in order;
-        returns how many rows to learn before the fit again starts (None: it does not). A zero query
-        has no share and is skipped. Row by row, with the kernels' features: one call of many rows and
-        many calls of one row end in the same state."""
-        assert self.P is not None
+    def _share_weights(self) -> np.ndarray:
+        """Weights of the projected features' squares that give a query's share of energy in the fitted
+        directions (``share_weights`` of the update kernel)."""
         if self._nov_w is None:
             # (V_i . z)^2 = f_i^2 / |W_i|^2 for f = P x_hat = W z, over the energy of a unit-RMS query in the
             # kept space: in_dim, times the sketch's gain
@@ -287,14 +291,18 @@ class BanditState:
             assert W is not None
             self._nov_w = 1.0 / (np.maximum(np.einsum("ij,ij->i", W, W, dtype=np.float64), 1e-30)
                                  * (self.in_dim * _sketch_gain(self.seed, self.in_dim, self.sketch)))
-        features, P, w, dim = _k.bandit_features, self.P, self._nov_w, self.dim
-        for j, x in enumerate(X):
-            if not x.any():
+        return self._nov_w
+
+    def _novelty(self, shares: np.ndarray) -> int | None:
+        """Fold the queries' shares of energy in the fitted directions (NaN: a zero query, which has
+        none and is skipped) into the novelty test, in order; returns the number of rows up to the one
+        that started the fit again (None: it did not). Row by row: one call of many rows and many calls
+        of one row end in the same state."""
+        for j, v in enumerate(shares.tolist()):
+            if v != v:
                 continue  # a zero query
-            f = features(P, x)[:dim]
             self.nov_n += 1
             n = self.nov_n
-            v = float((f * f) @ w)
             if n <= NOVELTY_BASE:
                 self.nov_base += (v - self.nov_base) / n
                 continue
@@ -360,14 +368,17 @@ class BanditState:
                                np.ascontiguousarray(kept["z"]), np.ascontiguousarray(kept["q"]), self.gamma,
                                normalize=not self.sketch, idle_gamma=_IDLE_GAMMA, idle_cap=self.d1 / _RIDGE)
 
-    def _learn(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray, costs: np.ndarray | None) -> int:
+    def _learn(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray, costs: np.ndarray | None,
+               shares: np.ndarray | None = None) -> int:
+        """Learn the rows; ``shares``: filled with each query's share of energy in the fitted directions."""
         alarms = 0
         start, n = 0, len(arms)
         while start < n:
             # exactly row by row: when a residual raises an alarm, the memory is cut right
             # after that row, so rows after it must be learned again from the restored copy
             snap = (self.Ainv.copy(), self.b.copy(), self.theta.copy()) if n - start > 1 else None
-            preds = self._update(arms[start:], X[start:], quality[start:])
+            preds = self._update(arms[start:], X[start:], quality[start:],
+                                 None if shares is None else shares[start:])
             stop = n
             for j, pred in enumerate(preds.tolist()):
                 i = start + j
@@ -394,9 +405,12 @@ class BanditState:
         self.cost[k] = c if not self.cost_seen[k] else self.cost[k] + _COST_RATE * (c - self.cost[k])
         self.cost_seen[k] = True
 
-    def _update(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    def _update(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray,
+                shares: np.ndarray | None = None) -> np.ndarray:
         return _k.bandit_update_batch(self.P, self.Ainv, self.b, self.theta, arms, X, quality, self.gamma,
-                                      idle_gamma=_IDLE_GAMMA, idle_cap=self.d1 / _RIDGE)
+                                      idle_gamma=_IDLE_GAMMA, idle_cap=self.d1 / _RIDGE,
+                                      share_weights=None if shares is None else self._share_weights(),
+                                      shares=shares)
 
     def _residual_alarm(self, k: int, e: float) -> tuple[bool, float]:
         """Fold target k's residual into its tests: (alarm, the quality shift when the mean moved, else 0)."""
