@@ -398,6 +398,28 @@ def test_a_bench_worker_takes_the_settings_exported_in_the_shell(monkeypatch, tm
     assert w.env["LEARNSTREAM_BROKER"] == "127.0.0.1:9" and w.env["LEARNSTREAM_PARTITIONS"] == "3"
 
 
+def test_a_failed_bench_run_keeps_its_logs(tmp_path, capsys) -> None:
+    """A 10,000-session run whose worker stopped answering left nothing to read: the logs went with the
+    run's other temporary files unless --keep-logs was given. A run that ends in an exception keeps them."""
+    teardown = bench_module("_stream").teardown
+    kept, gone = tmp_path / "failed", tmp_path / "finished"
+    for d in (kept, gone):
+        d.mkdir()
+        (d / "worker-1.log").write_text("the worker's last words\n")
+    with pytest.raises(ConnectionRefusedError):
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        finally:
+            teardown([], None, kept, False)
+    assert (kept / "worker-1.log").exists()
+    assert f"logs are kept in {kept}" in capsys.readouterr().err
+    try:
+        pass
+    finally:
+        teardown([], None, gone, False)
+    assert not gone.exists()
+
+
 @pytest.mark.parametrize(("sessions", "dim"), [(8, 384), (8, 3072), (2000, 384)])
 def test_bench_feedback_warm_up_fills_the_replay_buffers_in_envelopes_and_stays_bounded(sessions: int,
                                                                                          dim: int) -> None:
