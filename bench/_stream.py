@@ -57,11 +57,13 @@ def start_broker(log_dir: Path) -> EmbeddedBroker:
 
 def teardown(procs: Iterable[Any], broker: EmbeddedBroker | None, log_dir: Path | None, keep_logs: bool) -> None:
     """The end of a benchmark run: stop its processes (a paused one is resumed first), then the broker,
-    and remove the logs unless they are kept. Called from a ``finally`` while an exception propagates
-    (the run failed), it keeps them and says where: a failed run's logs are the ones to read."""
-    if sys.exc_info()[0] is not None and log_dir is not None and not keep_logs:
+    and remove the logs unless they are kept. Called from a ``finally`` while an error propagates (the
+    run failed), it keeps them and says where: a failed run's logs are the ones to read. A run stopped on
+    purpose (Ctrl-C, SIGTERM: ``KeyboardInterrupt``, ``SystemExit``) still removes them."""
+    failed = sys.exc_info()[0]
+    if failed is not None and issubclass(failed, Exception) and log_dir is not None and not keep_logs:
         keep_logs = True
-        print(f"the run did not finish ({sys.exc_info()[0].__name__}): its broker and worker logs are kept in "
+        print(f"the run failed ({failed.__name__}): its broker and worker logs are kept in "
               f"{log_dir}", file=sys.stderr, flush=True)
     for p in procs:
         if p is not None:

@@ -418,6 +418,15 @@ def test_a_failed_bench_run_keeps_its_logs(tmp_path, capsys) -> None:
     finally:
         teardown([], None, gone, False)
     assert not gone.exists()
+    stopped = tmp_path / "stopped"  # Ctrl-C or SIGTERM (SystemExit): stopped on purpose, nothing to read
+    for stop in (KeyboardInterrupt(), SystemExit(143)):
+        stopped.mkdir()
+        with pytest.raises(type(stop)):
+            try:
+                raise stop
+            finally:
+                teardown([], None, stopped, False)
+        assert not stopped.exists()
 
 
 @pytest.mark.parametrize(("sessions", "dim"), [(8, 384), (8, 3072), (2000, 384)])
