@@ -699,6 +699,7 @@ def test_queries_from_new_topics_fit_the_projection_again(monkeypatch: pytest.Mo
         right[name] = _greedy_right(st, Xt, Qt)
         if name == "refit":
             assert st.refits == 1 and st.kept is None and st.info()["refits"] == 1
+            assert st.grown == 0 and st.dim == 8  # seven new topics at once: fitted from scratch, not grown
             assert st.nov_ema < st.nov_rate0 + 0.1  # the new fit holds every topic
         else:
             assert st.refits == 0 and st.nov_ema > 0.6  # most queries novel, measured
@@ -713,6 +714,132 @@ def test_queries_from_the_fitted_topics_never_fit_again() -> None:
     _taught(st, X, Q, 7)
     assert st.refits == 0 and st.kept is None and st.nov_n == 5000
     assert st.nov_ema < st.nov_rate0 + 0.1
+
+
+def _in_turns(st: BanditState, seed: int, new: list[int], one_by_one: bool = False) -> None:
+    """Outcomes from four topics (the fit), then from the topics ``new`` only."""
+    X1, Q1 = _topics(FIT_AFTER + 600, [0, 1, 2, 3], 20 + seed)
+    _taught(st, X1, Q1, 30 + seed, one_by_one)
+    X2, Q2 = _topics(1000, new, 40 + seed)
+    _taught(st, X2, Q2, 50 + seed, one_by_one)
+
+
+def test_a_new_topic_grows_the_projection_and_keeps_what_was_learned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Topics in turns: fitted to four topics, then queries from a fifth only. The fit again adds a direction
+    for it and keeps the fitted directions, the features' places and every target's evidence on them, so
+    the old topics are still routed right as well as the new one. Fitted from scratch to the kept queries
+    instead (no room to grow), the router knows only the new topic and routes the old ones by chance."""
+    import workers.cores.bandit as bandit
+
+    grow, seen = bandit.BanditState._grow, []
+
+    def watched(self: BanditState, Z: np.ndarray) -> bool:
+        before = (self.W.copy(), self.P.copy(), self.Ainv.copy(), self.b.copy(), self.theta.copy(), self.dim)
+        grew = grow(self, Z)
+        seen.append((before, grew))
+        return grew
+
+    monkeypatch.setattr(bandit.BanditState, "_grow", watched)
+    Xo, Qo = _topics(400, [0, 1, 2, 3], 60)
+    Xn, Qn = _topics(400, [4], 70)
+    st = BanditState(3, 64, dim=12)
+    _in_turns(st, 0, [4])
+    assert st.refits == 1 and len(seen) == 1 and seen[0][1]
+    (W, P, Ainv, _, _, d), _ = seen[0]
+    assert d == 12 and st.grown == st.dim - 12 == 1 and st.info()["grown"] == 1  # the new topic's centre
+    assert np.array_equal(st.W[:12], W) and np.array_equal(st.P[:12], P)  # the fitted directions stay
+    assert Ainv.shape == (3, 13, 13) and st.Ainv.shape == (3, 14, 14) and st.theta.shape == (3, 14)
+    right_old, right_new = _greedy_right(st, Xo, Qo), _greedy_right(st, Xn, Qn)
+    assert right_old > 0.95 and right_new > 0.95, (right_old, right_new)  # measured 1.0 and 1.0
+
+    monkeypatch.setattr(bandit, "GROW_LIMIT", 1)  # no room: fitted from scratch to the new topic's queries
+    scratch = BanditState(3, 64, dim=12)
+    _in_turns(scratch, 0, [4])
+    assert scratch.refits == 1 and scratch.grown == 0 and scratch.dim == 12
+    assert _greedy_right(scratch, Xo, Qo) < 0.5 and _greedy_right(scratch, Xn, Qn) > 0.95  # measured 0.25, 1.0
+
+
+def test_growing_keeps_the_evidence_on_the_old_features_exactly() -> None:
+    """At the growth: the old features' block of each target's inverse design matrix, its b and theta are
+    unchanged and moved to the old features' places; the new feature starts at the prior, uncorrelated; the
+    route's greedy scores of any query are what they were (theta is 0 on the new feature)."""
+    st = BanditState(3, 64, dim=12)
+    X1, Q1 = _topics(FIT_AFTER + 600, [0, 1, 2, 3], 20)
+    _taught(st, X1, Q1, 30)
+    X2, _ = _topics(FIT_AFTER, [4], 40)
+    Z = X2.astype(np.float64) * np.sqrt(64) / np.linalg.norm(X2, axis=1, keepdims=True)  # as _fit rescales them
+    before = (st.W.copy(), st.Ainv.copy(), st.b.copy(), st.theta.copy())
+    x = np.concatenate([X1[:50], X2[:50]])
+
+    def greedy() -> tuple[list[int], np.ndarray]:  # each query's greedy pick and its predicted quality
+        out = [K.bandit_route(st.P, st.Ainv, st.theta, None, q, 0.0, 0.0) for q in x]
+        return [r[1] for r in out], np.array([r[3] for r in out])
+
+    picks, means = greedy()
+    assert st._grow(Z) and st.grown == 1 and st.dim == 13
+    W, Ainv, b, theta = before
+    at = np.r_[np.arange(12), 13]
+    assert np.array_equal(st.W[:12], W)
+    np.testing.assert_array_equal(st.Ainv[:, at[:, None], at], Ainv)
+    np.testing.assert_array_equal(st.b[:, at], b)
+    np.testing.assert_array_equal(st.theta[:, at], theta)
+    np.testing.assert_array_equal(st.Ainv[:, 12, :], np.eye(14)[12] * np.ones((3, 1)))  # the prior, 1 / ridge
+    assert not st.b[:, 12].any() and not st.theta[:, 12].any()
+    picks_after, means_after = greedy()
+    assert picks_after == picks
+    np.testing.assert_allclose(means_after, means, rtol=1e-5, atol=1e-6)
+
+
+def test_the_same_growth_however_outcomes_arrive_and_a_grown_state_round_trips() -> None:
+    """One call per outcome and one call for all grow at the same row, to the same bytes; a grown state
+    reads back to the same bytes, with ``grown`` in its header (a state that never grew has none)."""
+    from workers.state.framing import unpack_part
+
+    many, one = BanditState(3, 64, dim=12), BanditState(3, 64, dim=12)
+    _in_turns(many, 1, [5])
+    _in_turns(one, 1, [5], one_by_one=True)
+    assert many.grown == one.grown == 1 and many.to_bytes() == one.to_bytes()
+    header, _ = unpack_part(many.to_bytes(), b"LSB", 2, "router bandit")
+    assert header["grown"] == 1 and header["dim"] == 13
+    back = BanditState.from_bytes(many.to_bytes())
+    assert back.to_bytes() == many.to_bytes() and back.grown == 1 and np.array_equal(back.P, many.P)
+    never = BanditState(3, 64, dim=12)
+    X, Q = _topics(FIT_AFTER + 50, [0, 1, 2, 3], 2)
+    _taught(never, X, Q, 3)
+    assert "grown" not in unpack_part(never.to_bytes(), b"LSB", 2, "router bandit")[0]
+
+
+def test_a_projection_grown_to_its_limit_is_fitted_from_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grown once, then no room left: the next new topic fits the projection from scratch at the width it
+    began with."""
+    import workers.cores.bandit as bandit
+
+    st = BanditState(3, 64, dim=12)
+    _in_turns(st, 2, [4])
+    assert st.grown == 1 and st.dim == 13
+    monkeypatch.setattr(bandit, "GROW_LIMIT", 1)
+    X, Q = _topics(1000, [6], 80)
+    _taught(st, X, Q, 81)
+    assert st.refits == 2 and st.grown == 0 and st.dim == 12 and st.W.shape == (12, 64)
+    assert st.Ainv.shape == (3, 13, 13) and BanditState.from_bytes(st.to_bytes()).to_bytes() == st.to_bytes()
+
+
+@pytest.mark.parametrize("grown", [-1, 13, 99, 1.0, "1", True, None])
+def test_a_bad_grown_field_is_corrupt(grown: object) -> None:
+    """Not an integer, negative, or as wide as the projection: corrupt; so is growth on an unfitted state."""
+    from workers.state.framing import pack_part, unpack_part
+
+    st = BanditState(3, 64, dim=12)
+    _in_turns(st, 1, [5])
+    header, pos = unpack_part(st.to_bytes(), b"LSB", 2, "router bandit")
+    header["grown"] = grown
+    with pytest.raises(CorruptStateError, match="grown"):
+        BanditState.from_bytes(pack_part(b"LSB", 2, header, st.to_bytes()[pos:]))
+    fresh = BanditState(3, 64, dim=12)
+    header, pos = unpack_part(fresh.to_bytes(), b"LSB", 2, "router bandit")
+    header["grown"] = 1
+    with pytest.raises(CorruptStateError, match="grown"):
+        BanditState.from_bytes(pack_part(b"LSB", 2, header, fresh.to_bytes()[pos:]))
 
 
 @pytest.mark.parametrize("sketch", [None, 48])

@@ -46,10 +46,21 @@ over the next :data:`NOVELTY_BASE` is the baseline rate. Then an EMA of that rat
 :data:`NOVELTY_RATE`) is tested: once it is :data:`REFIT_RISE` above the baseline rate (a new topic
 with a sixth of the traffic is enough; a test of the mean share needed about a third), the router
 keeps the next :data:`FIT_AFTER` outcomes' queries as before the first fit (still routing on the old
-projection meanwhile) and fits again to them, learning them again in the new features from a fresh
-prior. Queries from the topics the fit saw do not raise the rate (the default world of bench router and
-its sensitivity worlds never refit); the price is the evidence older than those outcomes, which the
-forgetting factor discounts anyway.
+projection meanwhile) and fits again to them. Queries from the topics the fit saw do not raise the rate
+(the default world of bench router and its sensitivity worlds never refit).
+
+*Growing, or from scratch.* A fit again first tries to *grow* the projection (``_grow``): the kept
+queries' part outside the fitted directions gives new directions, each one in which they vary at least
+:data:`GROW_SHARE` of the fitted directions' mean variance, appended after the fitted ones. The fitted
+directions, the features' places and every target's evidence on them stay as they are; the new features
+start at the prior. So with topics in turns (bench router ``--topic-blocks``), a new topic adds its
+directions and the topics before it are still routed on what was learned of them: fitted from scratch
+to the kept queries of one topic, the router forgot every other (cum. regret 528 against 415 with turns
+of 1,000 requests). When the kept queries need more than 1/:data:`GROW_MOST` of the width the projection
+was fitted at in new directions at once (the traffic changed broadly: ``--arrivals``, where the first
+fit saw one topic and the traffic then comes from eight), or the projection has grown to
+:data:`GROW_LIMIT` times that width, it is fitted from scratch to the kept queries and learns them again
+in the new features from a fresh prior, as the first fit does.
 
 **Drift.** Each outcome's residual (quality minus the prediction before learning
 it) feeds two per-target tests: the residuals' recent mean is far from 0 (an EMA
@@ -80,7 +91,8 @@ from workers.state.framing import pack_part, unpack_part, version_of
 from workers.errors import CorruptStateError
 
 __all__ = ("PART", "BanditState", "MAX_STATE_BYTES", "bandit_dim", "PROJECTIONS", "FIT_AFTER", "SKETCH_DIM",
-           "NOVELTY_BASE", "NOVEL_SHARE", "NOVELTY_RATE", "REFIT_RISE")
+           "NOVELTY_BASE", "NOVEL_SHARE", "NOVELTY_RATE", "REFIT_RISE", "GROW_SHARE", "GROW_LIMIT",
+           "GROW_MOST")
 
 PART = "router_bandit"
 
@@ -137,6 +149,14 @@ NOVELTY_BASE = 100
 NOVEL_SHARE = 0.5
 NOVELTY_RATE = 0.02
 REFIT_RISE = 0.15
+# Fitting again grows the projection (module doc, "New topics"): by each direction in which the kept queries
+# vary, outside the fitted ones, at least GROW_SHARE of the fitted directions' mean variance (at least one),
+# up to GROW_LIMIT times the width it was fitted at from scratch. Queries that need more than 1/GROW_MOST of
+# that width in new directions at once (the traffic changed broadly), or a projection at its limit, are
+# fitted from scratch instead.
+GROW_SHARE = 0.5
+GROW_LIMIT = 2
+GROW_MOST = 6
 _MAGIC = b"LSB"
 _VERSION = 2                  # 2: projection, its fitted W or the kept queries; 1 (random projection) still reads
 
@@ -181,7 +201,8 @@ class BanditState:
 
     __slots__ = ("n_targets", "in_dim", "dim", "squares", "alpha", "gamma", "seed", "projection", "sketch", "P",
                  "W", "kept", "Ainv", "b", "theta", "pulls", "cost", "cost_seen", "res_mean", "res_var", "res_base",
-                 "res_n", "boost_left", "drifts", "nov_base", "nov_rate0", "nov_ema", "nov_n", "refits", "refit", "_nov_w")
+                 "res_n", "boost_left", "drifts", "nov_base", "nov_rate0", "nov_ema", "nov_n", "refits", "refit", "grown",
+                 "_nov_w")
 
     def __init__(self, n_targets: int, in_dim: int, dim: int | None = None, alpha: float | None = None,
                  gamma: float | None = None, seed: int = 0xC0A5, projection: str | None = None, *,
@@ -228,6 +249,7 @@ class BanditState:
         self.nov_n = 0
         self.refits = 0
         self.refit = bool(refit)  # False: the first fit's projection is kept whatever the queries do
+        self.grown = 0  # directions added to the projection since it was fitted from scratch (_grow)
         self._nov_w: np.ndarray | None = None  # the fitted directions' weights in the share (from W)
 
     @property
@@ -331,7 +353,8 @@ class BanditState:
         self.kept = np.concatenate([self.kept, rows])
 
     def _fit(self) -> None:
-        """Fit ``P`` to the kept queries, then learn the kept outcomes again in its features."""
+        """Fit ``P`` to the kept queries: the first time (and once grown to its limit) from scratch,
+        learning the kept outcomes again in its features; after that by growing it (:meth:`_grow`)."""
         kept, self.kept = self.kept, None
         Z = kept["z"].astype(np.float64)
         if not self.sketch:  # as a route sees them: rescaled to unit RMS
@@ -342,6 +365,13 @@ class BanditState:
             # nothing to fit (all-zero queries): keep the current features and try again on the next rows
             self.kept = np.empty(0, kept.dtype)
             return
+        if self.W is not None:
+            self.refits += 1
+            self._novelty_reset()
+            if self._grow(Z):
+                return
+            self.dim -= self.grown  # grown to the limit: fitted again from scratch at the width it began with
+            self.grown = 0
         if self.dim <= min(n, width):
             # the top directions of Z'Z/n from Z's SVD: O(n^2 width), where eigh of the width x width
             # second moment took 153 ms at 1,024-d (in the batch that brings the 200th outcome)
@@ -351,22 +381,64 @@ class BanditState:
             lam, V = np.linalg.eigh(Z.T @ Z / n)                      # ascending
             lam, V = lam[::-1][:self.dim], V[:, ::-1][:, :self.dim]
         lam = np.maximum(lam, 0.0) + _WHITEN_FLOOR * max(float(lam.mean()), 1e-12)
-        if self.W is not None:
-            self.refits += 1
-        self.nov_base = self.nov_rate0 = self.nov_ema = 0.0
-        self.nov_n = 0
-        self._nov_w = None
+        self._novelty_reset()
         self.W = np.ascontiguousarray((V / np.sqrt(lam)).T, np.float32)
         self.P = _fitted_projection(self.W, self.seed, self.in_dim, self.sketch)
-        self.Ainv[:] = np.eye(self.d1) / _RIDGE
-        self.b[:] = 0.0
-        self.theta[:] = 0.0
+        self.Ainv = np.tile(np.eye(self.d1) / _RIDGE, (self.n_targets, 1, 1))
+        self.b = np.zeros((self.n_targets, self.d1))
+        self.theta = np.zeros((self.n_targets, self.d1))
         # the residual tests start again: their long-run level was that of the old features
         self.res_mean[:] = self.res_var[:] = self.res_base[:] = 0.0
         self.res_n[:] = 0
         _k.bandit_update_batch(self.W, self.Ainv, self.b, self.theta, np.ascontiguousarray(kept["arm"]),
                                np.ascontiguousarray(kept["z"]), np.ascontiguousarray(kept["q"]), self.gamma,
                                normalize=not self.sketch, idle_gamma=_IDLE_GAMMA, idle_cap=self.d1 / _RIDGE)
+
+    def _novelty_reset(self) -> None:
+        """The novelty test starts again on the new directions (module doc, "New topics")."""
+        self.nov_base = self.nov_rate0 = self.nov_ema = 0.0
+        self.nov_n = 0
+        self._nov_w = None
+
+    def _grow(self, Z: np.ndarray) -> bool:
+        """Add directions for what the kept queries ``Z`` (rescaled as a route sees them) hold outside
+        the fitted ones; the features and evidence the router has stay as they are. False (fit from
+        scratch) when they need more new directions than :data:`GROW_MOST` allows, or than the room left
+        (:data:`GROW_LIMIT`, the kept space)."""
+        assert self.W is not None
+        base = self.dim - self.grown
+        room = min(bandit_dim(self.n_targets, GROW_LIMIT * base, self.squares), self.kept_width) - self.dim
+        if room <= 0:
+            return False
+        W = self.W.astype(np.float64)
+        # each fitted direction's variance as it was whitened (the floor included): W's rows are V_i / sqrt(lam_i)
+        lam_old = 1.0 / np.maximum(np.einsum("ij,ij->i", W, W), 1e-30)
+        Q, _ = np.linalg.qr(W.T)  # an orthonormal basis of the fitted directions, in the kept space
+        R = Z - (Z @ Q) @ Q.T
+        n, width = R.shape
+        # the decision from the eigenvalues alone (its smaller Gram matrix: ~1 ms at 200 x 384, where the SVD
+        # with its vectors took ~8): a fit from scratch follows a refused growth and makes its own SVD
+        k = max(1, int(np.count_nonzero(np.linalg.eigvalsh(R.T @ R if width < n else R @ R.T) / n
+                                        >= GROW_SHARE * lam_old.mean())))
+        if k > min(room, max(1, base // GROW_MOST)):
+            return False
+        _, sv, Vt = np.linalg.svd(R, full_matrices=False)
+        lam = sv ** 2 / n
+        lam = lam[:k] + _WHITEN_FLOOR * float(np.concatenate([lam_old, lam[:k]]).mean())
+        d_old, sq = self.dim, self.squares
+        self.W = np.ascontiguousarray(np.vstack([self.W, (Vt[:k].T / np.sqrt(lam)).T.astype(np.float32)]))
+        self.P = _fitted_projection(self.W, self.seed, self.in_dim, self.sketch)
+        self.dim += k
+        self.grown += k
+        # the old features keep their places (the new ones go after the projected ones, before the squares
+        # of the first `squares` of them and the intercept) and their evidence; the new ones start at the prior
+        at = np.r_[np.arange(d_old), np.arange(self.dim, self.dim + sq + 1)]
+        Ainv = np.tile(np.eye(self.d1) / _RIDGE, (self.n_targets, 1, 1))
+        Ainv[:, at[:, None], at] = self.Ainv
+        b, theta = np.zeros((self.n_targets, self.d1)), np.zeros((self.n_targets, self.d1))
+        b[:, at], theta[:, at] = self.b, self.theta
+        self.Ainv, self.b, self.theta = Ainv, b, theta
+        return True
 
     def _learn(self, arms: np.ndarray, X: np.ndarray, quality: np.ndarray, costs: np.ndarray | None,
                shares: np.ndarray | None = None) -> int:
@@ -463,6 +535,8 @@ class BanditState:
                   "squares": self.squares}
         if not self.refit:  # only then: a default state's bytes are those written before the option
             header["refit"] = False
+        if self.grown:  # only then, likewise
+            header["grown"] = self.grown
         if self.W is not None:
             header["novelty"] = [self.nov_base, self.nov_rate0, self.nov_ema, self.nov_n, self.refits,
                                  self.kept is not None]
@@ -493,6 +567,9 @@ class BanditState:
             squares = h.get("squares", 0)  # written before the field: none
             if type(squares) is not int or not 0 <= squares <= int(h["dim"]):
                 raise ValueError("squares")
+            grown = h.get("grown", 0)  # written before the field: never grown
+            if type(grown) is not int or not 0 <= grown < int(h["dim"]) or (grown and not fitted):
+                raise ValueError("grown")
             # a fitted state's P is W (R), set below: the seeded one would be drawn only to be replaced
             st = cls(h["n_targets"], h["in_dim"], dim=h["dim"], alpha=h["alpha"], gamma=h["gamma"], seed=h["seed"],
                      projection=projection, seeded=not fitted, sketch=sketch, squares=squares, refit=refit)
@@ -538,6 +615,7 @@ class BanditState:
         st.cost_seen[:] = take("u1", nt).astype(bool)
         st.boost_left, st.drifts = boost, drifts
         st.nov_base, st.nov_rate0, st.nov_ema, st.nov_n, st.refits = base, rate0, ema, nov_n, refits
+        st.grown = grown
         if fitted:
             st.W = take("<f4", st.dim * m).reshape(st.dim, m).copy()
             if not np.isfinite(st.W).all():
@@ -565,6 +643,7 @@ class BanditState:
                 "drifts": self.drifts, "boost_left": self.boost_left, "projection": self.projection,
                 "fitted": self.W is not None if self.projection == "pca" else None,
                 "kept": len(self.kept) if self.kept is not None else 0, "refit": self.refit, "refits": self.refits,
+                "grown": self.grown,
                 "novelty": {"share": self.nov_base, "novel_rate": self.nov_ema, "baseline_rate": self.nov_rate0}
                 if self.W is not None else None}
 
