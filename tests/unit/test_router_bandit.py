@@ -824,6 +824,25 @@ def test_a_projection_grown_to_its_limit_is_fitted_from_scratch(monkeypatch: pyt
     assert st.Ainv.shape == (3, 13, 13) and BanditState.from_bytes(st.to_bytes()).to_bytes() == st.to_bytes()
 
 
+def test_growth_stops_at_the_kernels_widest_projection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One target has the state budget for ~360 features, but a kernel projects to at most BANDIT_MAX_DIM:
+    grown one direction at a time (GROW_SHARE so high that only the one a growth always adds passes), the
+    projection stops there (the caller then fits from scratch) and routes all along."""
+    import workers.cores.bandit as bandit
+
+    monkeypatch.setattr(bandit, "GROW_SHARE", 1e12)
+    st = BanditState(1, 512, dim=K.BANDIT_MAX_DIM - 3)
+    X, Q = _topics(FIT_AFTER, [0, 1], 90, in_dim=512)
+    st.learn(np.zeros(len(X), np.int64), X, Q[:, 0])
+    assert st.W is not None and st.dim == K.BANDIT_MAX_DIM - 3
+    Z = _topics(FIT_AFTER, [5], 95, in_dim=512)[0].astype(np.float64)
+    Z *= np.sqrt(512) / np.linalg.norm(Z, axis=1, keepdims=True)
+    grew = [st._grow(Z) for _ in range(5)]
+    assert grew == [True, True, True, False, False] and st.dim == K.BANDIT_MAX_DIM and st.grown == 3
+    assert st.P.shape == (K.BANDIT_MAX_DIM, 512)
+    K.bandit_route(st.P, st.Ainv, st.theta, None, X[0], 0.15, 0.0)
+
+
 @pytest.mark.parametrize("grown", [-1, 13, 99, 1.0, "1", True, None])
 def test_a_bad_grown_field_is_corrupt(grown: object) -> None:
     """Not an integer, negative, or as wide as the projection: corrupt; so is growth on an unfitted state."""

@@ -407,7 +407,8 @@ class BanditState:
         (:data:`GROW_LIMIT`, the kept space)."""
         assert self.W is not None
         base = self.dim - self.grown
-        room = min(bandit_dim(self.n_targets, GROW_LIMIT * base, self.squares), self.kept_width) - self.dim
+        room = min(bandit_dim(self.n_targets, GROW_LIMIT * base, self.squares), self.kept_width,
+                   _k.BANDIT_MAX_DIM) - self.dim
         if room <= 0:
             return False
         W = self.W.astype(np.float64)
