@@ -404,7 +404,7 @@ class BanditState:
         """Add directions for what the kept queries ``Z`` (rescaled as a route sees them) hold outside
         the fitted ones; the features and evidence the router has stay as they are. False (fit from
         scratch) when they need more new directions than :data:`GROW_MOST` allows, or than the room left
-        (:data:`GROW_LIMIT`, the kept space)."""
+        (:data:`GROW_LIMIT`, the state's budget, the kept space, the kernels' widest projection)."""
         assert self.W is not None
         base = self.dim - self.grown
         room = min(bandit_dim(self.n_targets, GROW_LIMIT * base, self.squares), self.kept_width,
