@@ -367,10 +367,11 @@ class BanditState:
             return
         if self.W is not None:
             self.refits += 1
-            self._novelty_reset()
             if self._grow(Z):
+                self._novelty_reset()
                 return
-            self.dim -= self.grown  # grown to the limit: fitted again from scratch at the width it began with
+            # not grown (too many new directions at once, or no room): from scratch, at the width it began with
+            self.dim -= self.grown
             self.grown = 0
         if self.dim <= min(n, width):
             # the top directions of Z'Z/n from Z's SVD: O(n^2 width), where eigh of the width x width
