@@ -172,5 +172,5 @@ ROUTER_BUCKETS: int = 5
 ROUTER_HIDDEN: int = 128
 ROUTER_MAX_TARGETS: int = 1024
 ROUTER_RANK: int = 8
-ROUTE_AVX2: bool = True
+ROUTE_AVX2: bool
 __version__: str = '0.1.0'
