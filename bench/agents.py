@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from _stream import WorkerProcess, machine_note, provision, start_broker, wait_until
+from _stream import WorkerProcess, machine_note, provision, start_broker, teardown, wait_until
 from workers.cli.processes import metric
 from workers.local import free_port
 from workers.client import LearnstreamClient
@@ -158,31 +158,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inflight", type=int, default=32, help="sessions writing at once (default 32)")
     p.add_argument("--calls", type=int, default=200, help="MCP calls of each kind per transport (default 200)")
     p.add_argument("--sessions", type=int, default=200, help="fresh sessions in the race (default 200)")
+    p.add_argument("--keep-logs", action="store_true", help="keep the broker/worker logs (their folder is printed)")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="learnstream-bench-agents-"))
-    broker = start_broker(tmp)
+    broker, w = start_broker(tmp), None
     try:
         provision(broker.bootstrap, 4)
         w = WorkerProcess(broker.bootstrap, partitions=4, app_id=f"bench-agents-{uuid.uuid4().hex[:6]}",
                           log_dir=tmp).start()
-        try:
-            w.wait_ready()
-            print(f"learnstream bench agents: 1 worker, 4 partitions, embedded broker; {machine_note()}")
-            rows = {"SDK apply": asyncio.run(_sdk(w.url, args.writes, args.inflight)),
-                    "MCP stdio": asyncio.run(_mcp_stdio(w.url, args.calls)),
-                    "MCP streamable HTTP": asyncio.run(_mcp_http(w.url, args.calls, tmp))}
-            for name, vals in rows.items():
-                for k, v in vals.items():
-                    print(f"| {name}: {k} | {v} |")
-            for how, label in (("produce", "set-up produced to Kafka (old README)"),
-                               ("apply", "set-up through apply()"),
-                               ("client", "set-up produced, client with worker_url")):
-                n = asyncio.run(_race(broker.bootstrap, w.url, args.sessions, how))
-                print(f"| race, {args.sessions} fresh sessions: {label} | {n} feedback events dead-lettered |")
-        finally:
-            w.stop()
-    finally:
-        broker.stop()
+        w.wait_ready()
+        print(f"learnstream bench agents: 1 worker, 4 partitions, embedded broker; {machine_note()}")
+        rows = {"SDK apply": asyncio.run(_sdk(w.url, args.writes, args.inflight)),
+                "MCP stdio": asyncio.run(_mcp_stdio(w.url, args.calls)),
+                "MCP streamable HTTP": asyncio.run(_mcp_http(w.url, args.calls, tmp))}
+        for name, vals in rows.items():
+            for k, v in vals.items():
+                print(f"| {name}: {k} | {v} |")
+        for how, label in (("produce", "set-up produced to Kafka (old README)"),
+                           ("apply", "set-up through apply()"),
+                           ("client", "set-up produced, client with worker_url")):
+            n = asyncio.run(_race(broker.bootstrap, w.url, args.sessions, how))
+            print(f"| race, {args.sessions} fresh sessions: {label} | {n} feedback events dead-lettered |")
+    finally:  # the worker, the broker, and their folder unless kept (a failed run keeps it and says where)
+        teardown([w], broker, tmp, args.keep_logs)
+        if args.keep_logs:
+            print(f"logs in {tmp}", file=sys.stderr)
     return 0
 
 
