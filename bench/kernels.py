@@ -180,11 +180,13 @@ def run(dim: int, events: int, repeats: int, seed: int) -> list[tuple[str, float
     return rows
 
 
-def run_loop(dim: int, envelope: int, repeats: int, seed: int) -> tuple[float, float]:
-    """Seconds per event of learn_feedback: (one event per message, envelopes of ``envelope``)."""
+def run_loop(dim: int, envelope: int, repeats: int, seed: int, arrays: bool = False) -> tuple[float, float]:
+    """Seconds per event of learn_feedback: (one event per message, envelopes of ``envelope``); the
+    embeddings as ``embedding_b64``, or with ``arrays`` as JSON arrays of numbers (the reference's form)."""
     X, T, Q, NOW = _events(envelope, dim, seed)
-    evs = [{"model": _TARGETS[int(T[i])], "quality": float(Q[i]), "embedding_b64": encode_embedding_b64(X[i]),
-            "now_ms": int(NOW[i])} for i in range(envelope)]
+    evs = [{"model": _TARGETS[int(T[i])], "quality": float(Q[i]), "now_ms": int(NOW[i]),
+            **({"embedding": X[i].tolist()} if arrays else {"embedding_b64": encode_embedding_b64(X[i])})}
+           for i in range(envelope)]
     n_single = min(envelope, 200)
 
     def session() -> LearnSession:
@@ -223,10 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     batch = dict((n, r / k) for n, k, r in rows)
     ok = all(batch[n] >= _TARGET_SPEEDUP for n in ("hebbian_update (batch, per event)",
                                                    "feedback incl. replay (batch, per event)"))
-    single, env = run_loop(args.dim, args.envelope, args.repeats, args.seed)
-    print(f"learn_feedback via LearnSession.dispatch (embedding_b64, in-memory store), per event: "
-          f"one per message {single * 1e6:.1f} us ({1 / single:,.0f}/s); envelopes of {args.envelope} "
-          f"{env * 1e6:.1f} us ({1 / env:,.0f}/s)")
+    for arrays, form in ((False, "embedding_b64"), (True, "JSON-array embedding")):
+        single, env = run_loop(args.dim, args.envelope, args.repeats, args.seed, arrays)
+        print(f"learn_feedback via LearnSession.dispatch ({form}, in-memory store), per event: "
+              f"one per message {single * 1e6:.1f} us ({1 / single:,.0f}/s); envelopes of {args.envelope} "
+              f"{env * 1e6:.1f} us ({1 / env:,.0f}/s)")
     print(f"target: batched Hebbian/feedback >= {_TARGET_SPEEDUP:.0f}x the reference per event: "
           f"{'met' if ok else 'NOT met'}  ({time.perf_counter() - t0:.1f} s)")
     return 0

@@ -294,6 +294,8 @@ def latency_table(calls: int, seed: int) -> list[tuple[str, tuple[float, float, 
     s = LearnSession(rng=random.Random(seed))
     s.dispatch({"verb": "init_router", "body": {"targets": _TARGETS, "in_dim": _DIM, "trained": True}})
     bodies = [{"verb": "route", "body": {"embedding_b64": encode_embedding_b64(v)}} for v in X]
+    # the same queries as JSON arrays of numbers: what a client that does not encode b64 sends
+    arrays = [{"verb": "route", "body": {"embedding": v.tolist()}} for v in X]
     train = RouterState(_TARGETS, in_dim=_DIM)
     b = learned_st.bandit
     assert b is not None
@@ -306,6 +308,7 @@ def latency_table(calls: int, seed: int) -> list[tuple[str, tuple[float, float, 
         ("RouterState.route, mode reference", lambda: ref.route(x(), rng=r)),
         ("RouterState.route, learned (default)", lambda: learned_st.route(x(), rng=r)),
         ("route verb (dispatch, embedding_b64)", lambda: s.dispatch(bodies[next(it) & 255])),
+        ("route verb (dispatch, JSON-array embedding)", lambda: s.dispatch(arrays[next(it) & 255])),
         ("RouterState.record_outcome + learning", lambda: train.record_outcome("small", 0.8, x(), 3000, 0.03)),
     ]
     return [(name, _timed(fn, calls)) for name, fn in rows]

@@ -88,6 +88,56 @@ void bind_common(py::module_& m) {
             return out;
         },
         py::arg("seed"), py::arg("n"), "The first n values of mulberry32(seed).");
+    m.def(
+        "float32_from_numbers",
+        [](py::handle values) -> py::object {
+            // A JSON array of numbers as parsed (a list of exact floats and ints) converted as
+            // np.asarray(values, float32) converts it: each to a double, then rounded to float32; a
+            // finite double beyond float32's range, or an int beyond a double's, is an infinity of
+            // its sign (for the caller's finiteness check). Anything else (a bool, a str, a subclass
+            // such as np.float64, not a list): None, and the caller's general path decides. Reads
+            // Python objects, so it keeps the GIL; ~1 us for 384 values against ~9 for the checks
+            // and conversion in Python.
+            PyObject* list = values.ptr();
+            if (!PyList_CheckExact(list)) return py::none();
+            const Py_ssize_t n = PyList_GET_SIZE(list);
+            checked_floats(static_cast<std::size_t>(n), "the array");
+            py::array_t<float> out(n);
+            float* o = out.mutable_data();
+            constexpr float kMax = std::numeric_limits<float>::max();
+            constexpr float kInf = std::numeric_limits<float>::infinity();
+            // FLT_MAX plus half its ulp (2^128 - 2^103): from here on IEEE rounding gives an infinity
+            constexpr double kMid = 3.4028235677973366e38;
+            for (Py_ssize_t i = 0; i < n; ++i) {
+                PyObject* e = PyList_GET_ITEM(list, i);
+                double v;
+                if (PyFloat_CheckExact(e)) {
+                    v = PyFloat_AS_DOUBLE(e);
+                } else if (PyLong_CheckExact(e)) {  // exact: a bool is a subclass of int, not an int
+                    v = PyLong_AsDouble(e);
+                    if (v == -1.0 && PyErr_Occurred()) {  // beyond a double: an infinity of its sign
+                        PyErr_Clear();
+                        int overflow = 0;
+                        (void)PyLong_AsLongLongAndOverflow(e, &overflow);
+                        if (PyErr_Occurred()) PyErr_Clear();
+                        o[i] = overflow < 0 ? -kInf : kInf;
+                        continue;
+                    }
+                } else {
+                    return py::none();
+                }
+                // rounded as the hardware (and NumPy) rounds; spelled out past float32's range, where
+                // the cast itself would be undefined
+                if (v >= kMid) o[i] = kInf;
+                else if (v <= -kMid) o[i] = -kInf;
+                else if (v > static_cast<double>(kMax)) o[i] = kMax;
+                else if (v < -static_cast<double>(kMax)) o[i] = -kMax;
+                else o[i] = static_cast<float>(v);
+            }
+            return std::move(out);
+        },
+        py::arg("values"),
+        "A list of exact floats and ints as float32 (np.asarray(values, float32)), or None for anything else.");
 }
 
 // ---- instant + deep (cpp/instant.h, cpp/deep.h) ----

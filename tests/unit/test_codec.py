@@ -94,3 +94,50 @@ def test_encode_json_writes_what_json_carries_and_says_why_not() -> None:
                      ({"s": "\udce9"}, "surrogate")):
         with pytest.raises(ValueError, match=why):
             encode_json(bad)
+
+
+def _numpy_float32(v: list) -> np.ndarray:
+    """The reference: NumPy's conversion, with an int beyond a double's an infinity of its sign (NumPy
+    raises OverflowError there, and ``float32_array`` then converts element by element)."""
+    with np.errstate(over="ignore"):
+        try:
+            return np.asarray(v, dtype=np.float32)
+        except OverflowError:
+            return np.array([float("inf") if isinstance(e, int) and e > 0 and abs(e) > 2 ** 1024
+                             else float("-inf") if isinstance(e, int) and abs(e) > 2 ** 1024 else e for e in v],
+                            dtype=np.float32)
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+_F32_MID = 2.0 ** 128 - 2.0 ** 103   # FLT_MAX plus half its ulp: IEEE rounding gives an infinity from here
+_EDGES = [_F32_MAX, -_F32_MAX, float(np.nextafter(_F32_MAX, np.inf)), float(np.nextafter(_F32_MID, 0.0)), _F32_MID,
+          -_F32_MID, float(np.nextafter(-_F32_MID, 0.0)), 1e-46, -1e-46, 1.4e-45, 0.0, -0.0, 2 ** 24 + 1, 2 ** 53 + 1,
+          2 ** 200, -(2 ** 200), 2 ** 1100, -(2 ** 1100), 1e300, -1e300]
+_JSON_NUMBERS = st.one_of(st.floats(allow_nan=False), st.integers(), st.sampled_from(_EDGES),
+                          st.floats(min_value=-4e38, max_value=4e38))
+
+
+@given(st.lists(_JSON_NUMBERS, max_size=40))
+def test_the_kernel_converts_json_numbers_as_numpy_does(v: list) -> None:
+    """``_kernels.float32_from_numbers`` against NumPy, bit for bit (rounding, signed zeros, float32's
+    range and just past it, integers beyond a double's), NaN aside; an empty list is an empty array."""
+    from workers import _kernels
+
+    got = _kernels.float32_from_numbers(v)
+    want = _numpy_float32(v)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert got.tobytes() == want.tobytes()
+
+
+def test_the_kernel_hands_anything_but_exact_floats_and_ints_back() -> None:
+    """A bool, a string, None, a nested list, a NumPy scalar, a tuple or a list subclass: None, and the
+    Python path decides (it refuses the first four and takes np.float64, as before); NaN converts."""
+    from workers import _kernels
+
+    for v in ([1.0, True], [1.0, "2"], [None], [[1.0]], [np.float64(1.0)], [np.float32(1.0)], (1.0, 2.0),
+              type("L", (list,), {})([1.0])):
+        assert _kernels.float32_from_numbers(v) is None
+    assert np.isnan(_kernels.float32_from_numbers([float("nan")])[0])
+    from workers.verbs.codec import numbers_as_float32
+    assert numbers_as_float32([np.float64(0.5), 2]).tolist() == [0.5, 2.0]
+    assert numbers_as_float32([True, 1.0]) is None and numbers_as_float32("1.0") is None

@@ -50,6 +50,11 @@ def valid_calls() -> dict[str, object]:
 
     return {
         "mulberry32_stream": lambda: (k.mulberry32_stream, [1, 5]),
+        # a list whose items are the hostile values too (any object: converted, or None)
+        "float32_from_numbers": lambda: (k.float32_from_numbers, [[1.0, 2, -0.5, 2 ** 1100]]),
+        "float32_from_numbers items": lambda: (k.float32_from_numbers, [hostile_values()]),
+        "float32_from_numbers int items": lambda: (k.float32_from_numbers, [[v for v in hostile_values()
+                                                                              if type(v) in (int, float)]]),
         "instant_layout": lambda: (k.instant_layout, [4, 2]),
         "instant_hebbian": lambda: (k.instant_hebbian, [*_instant(), np.ones(4, f32), 1, 0.5]),
         "instant_hebbian_batch": lambda: (k.instant_hebbian_batch, [*_instant(), np.ones((2, 4), f32),

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from workers import _kernels as _k
-from workers.verbs.codec import embedding_field, float32_array, numbers_only
+from workers.verbs.codec import embedding_field, numbers_as_float32
 from workers.state.framing import pack_part, unpack_part
 from workers.cores.instant import InstantState
 from workers.errors import CorruptStateError, ValidationError, VerbError
@@ -253,9 +253,10 @@ def read_vector(body: dict, field: str) -> np.ndarray:
             if "finite" in exc.rule:
                 raise VerbError("params/grads have non-finite values") from None
             raise
-    if not isinstance(v, list) or not numbers_only(v):
+    x = numbers_as_float32(v)  # a value beyond float32 becomes inf: refused as non-finite
+    if x is None:
         raise VerbError(f"{field} must be an array of numbers")
-    return float32_array(v)  # a value beyond float32 becomes inf: refused as non-finite
+    return x
 
 
 def _deep(ctx: VerbContext, create: bool) -> DeepState | None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from workers import _kernels
 from workers.errors import ValidationError
 from workers.verbs.fields import to_float
 
@@ -28,6 +29,7 @@ __all__ = (
     "float32_array",
     "json_type",
     "numbers_only",
+    "numbers_as_float32",
 )
 
 # Kafka's default max.message.bytes is 1 MiB; refuse anything larger up front.
@@ -112,6 +114,20 @@ def float32_array(v: list) -> np.ndarray:
             return np.array([to_float(e) for e in v], dtype=np.float32)
 
 
+def numbers_as_float32(v: Any) -> np.ndarray | None:
+    """A JSON array of numbers as float32 (:func:`float32_array`), or None when ``v`` is not a list of
+    numbers (:func:`numbers_only`). A list of exact floats and ints, which is what JSON parses to, is
+    checked and converted in one C++ pass (``_kernels.float32_from_numbers``, the same values: ~0.6 µs
+    for 384 against ~9); anything else (a subclass such as ``np.float64``, a bool, a string) takes the
+    Python checks."""
+    if not isinstance(v, list):
+        return None
+    x = _kernels.float32_from_numbers(v)
+    if x is not None:
+        return x
+    return float32_array(v) if numbers_only(v) else None
+
+
 def encode_embedding_b64(x: np.ndarray) -> str:
     """Little-endian float32 bytes, base64: ~3.6x smaller and ~3x faster to parse than a JSON array."""
     return base64.b64encode(np.ascontiguousarray(x, dtype="<f4").tobytes()).decode("ascii")
@@ -138,9 +154,9 @@ def embedding_field(body: dict, field: str = "embedding", *, dim: int | None = N
             if required:
                 raise ValidationError(name, "required (array of numbers or *_b64)")
             return None
-        if not isinstance(v, list) or not numbers_only(v):
+        x = numbers_as_float32(v)
+        if x is None:
             raise ValidationError(name, "must be an array of numbers")
-        x = float32_array(v)
     if x.size == 0:
         raise ValidationError(name, "must not be empty")
     if not np.isfinite(x).all():
