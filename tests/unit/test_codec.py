@@ -5,7 +5,7 @@ import base64
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from workers.verbs.codec import (MAX_EVENT_BYTES, decode_json, embedding_field, encode_embedding_b64, finite_number,
@@ -118,6 +118,7 @@ _JSON_NUMBERS = st.one_of(st.floats(allow_nan=False), st.integers(), st.sampled_
 
 
 @given(st.lists(_JSON_NUMBERS, max_size=40))
+@example(_EDGES)  # every edge, every run
 def test_the_kernel_converts_json_numbers_as_numpy_does(v: list) -> None:
     """``_kernels.float32_from_numbers`` against NumPy, bit for bit (rounding, signed zeros, float32's
     range and just past it, integers beyond a double's), NaN aside; an empty list is an empty array."""
