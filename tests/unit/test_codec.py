@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import math
 
 import numpy as np
 import pytest
@@ -97,15 +98,17 @@ def test_encode_json_writes_what_json_carries_and_says_why_not() -> None:
 
 
 def _numpy_float32(v: list) -> np.ndarray:
-    """The reference: NumPy's conversion, with an int beyond a double's an infinity of its sign (NumPy
-    raises OverflowError there, and ``float32_array`` then converts element by element)."""
-    with np.errstate(over="ignore"):
+    """The reference: NumPy's conversion (each value to a double, then to float32), with an int beyond a
+    double's an infinity of its sign (NumPy raises OverflowError there, and ``float32_array`` then converts
+    element by element)."""
+    def double(e: float | int) -> float:
         try:
-            return np.asarray(v, dtype=np.float32)
+            return float(e)
         except OverflowError:
-            return np.array([float("inf") if isinstance(e, int) and e > 0 and abs(e) > 2 ** 1024
-                             else float("-inf") if isinstance(e, int) and abs(e) > 2 ** 1024 else e for e in v],
-                            dtype=np.float32)
+            return math.inf if e > 0 else -math.inf
+
+    with np.errstate(over="ignore"):
+        return np.asarray([double(e) for e in v], dtype=np.float32)
 
 
 _F32_MAX = float(np.finfo(np.float32).max)
