@@ -138,6 +138,39 @@ void bind_common(py::module_& m) {
         },
         py::arg("values"),
         "A list of exact floats and ints as float32 (np.asarray(values, float32)), or None for anything else.");
+    m.def(
+        "json_number_list",
+        [](py::handle values) -> bool {
+            // True for a list orjson writes without an error and that needs no other look: exact floats
+            // (any: orjson writes a NaN or an infinity as null) and exact ints within its 64-bit range,
+            // -2^63 .. 2^64 - 1. False for anything else, including a bool or a subclass. Lets a caller
+            // skip writing out a long array of numbers only to learn that it can be written.
+            PyObject* list = values.ptr();
+            if (!PyList_CheckExact(list)) return false;
+            const Py_ssize_t n = PyList_GET_SIZE(list);
+            for (Py_ssize_t i = 0; i < n; ++i) {
+                PyObject* e = PyList_GET_ITEM(list, i);
+                if (PyFloat_CheckExact(e)) continue;
+                if (!PyLong_CheckExact(e)) return false;
+                int overflow = 0;
+                (void)PyLong_AsLongLongAndOverflow(e, &overflow);
+                if (PyErr_Occurred()) {  // not expected of an exact int; never left set
+                    PyErr_Clear();
+                    return false;
+                }
+                if (overflow < 0) return false;
+                if (overflow > 0) {
+                    (void)PyLong_AsUnsignedLongLong(e);
+                    if (PyErr_Occurred()) {  // beyond 2^64 - 1
+                        PyErr_Clear();
+                        return false;
+                    }
+                }
+            }
+            return true;
+        },
+        py::arg("values"),
+        "True for a list of exact floats and of ints in -2**63 .. 2**64 - 1 (what orjson writes as numbers).");
 }
 
 // ---- instant + deep (cpp/instant.h, cpp/deep.h) ----

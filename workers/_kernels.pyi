@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['ATTENTION_EDGE_FEATURES', 'ATTENTION_NO_EDGE', 'ATTENTION_UNKNOWN_RELATION', 'BANDIT_MAX_DIM', 'GraphAttention', 'INSTANT_CONSTANTS', 'ROUTER_BUCKETS', 'ROUTER_HIDDEN', 'ROUTER_MAX_TARGETS', 'ROUTER_RANK', 'ROUTE_AVX2', 'adapter_forward', 'bandit_features', 'bandit_projection', 'bandit_route', 'bandit_update_batch', 'clamp_norm', 'ewc_penalty', 'ewc_pull', 'fisher_ema', 'float32_from_numbers', 'instant_feedback', 'instant_feedback_batch', 'instant_hebbian', 'instant_hebbian_batch', 'instant_layout', 'instant_norm', 'instant_replay_reads', 'loss_window_push_many', 'mulberry32_stream', 'online_fisher', 'online_forward', 'online_n_params', 'online_step', 'router_forward_batch', 'router_init', 'router_layout', 'router_route', 'router_route_learned', 'router_train', 'router_train_batch', 'weighted_pick']
+__all__: list[str] = ['ATTENTION_EDGE_FEATURES', 'ATTENTION_NO_EDGE', 'ATTENTION_UNKNOWN_RELATION', 'BANDIT_MAX_DIM', 'GraphAttention', 'INSTANT_CONSTANTS', 'ROUTER_BUCKETS', 'ROUTER_HIDDEN', 'ROUTER_MAX_TARGETS', 'ROUTER_RANK', 'ROUTE_AVX2', 'adapter_forward', 'bandit_features', 'bandit_projection', 'bandit_route', 'bandit_update_batch', 'clamp_norm', 'ewc_penalty', 'ewc_pull', 'fisher_ema', 'float32_from_numbers', 'instant_feedback', 'instant_feedback_batch', 'instant_hebbian', 'instant_hebbian_batch', 'instant_layout', 'instant_norm', 'instant_replay_reads', 'json_number_list', 'loss_window_push_many', 'mulberry32_stream', 'online_fisher', 'online_forward', 'online_n_params', 'online_step', 'router_forward_batch', 'router_init', 'router_layout', 'router_route', 'router_route_learned', 'router_train', 'router_train_batch', 'weighted_pick']
 class GraphAttention:
     """
     Fixed projections Wq, Wk, Wv, Wo (and the initial We) regenerated from the seed.
@@ -110,6 +110,10 @@ def instant_norm(arena: typing.Annotated[numpy.typing.ArrayLike, numpy.float32],
 def instant_replay_reads(arena: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], meta: numpy.ndarray, qualities: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], now_ms: typing.Annotated[numpy.typing.ArrayLike, numpy.int64]) -> numpy.typing.NDArray[numpy.int64]:
     """
     The replay slots instant_feedback_batch over these events would read before writing them, each once, in first-read order (from the ring and scales only; the rows may be absent).
+    """
+def json_number_list(values: typing.Any) -> bool:
+    """
+    True for a list of exact floats and of ints in -2**63 .. 2**64 - 1 (what orjson writes as numbers).
     """
 def loss_window_push_many(ring: numpy.ndarray, counters: numpy.ndarray, losses: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], min_std: typing.SupportsFloat | typing.SupportsIndex = 0.0001, z_thresh: typing.SupportsFloat | typing.SupportsIndex = 2.5, min_prior: typing.SupportsInt | typing.SupportsIndex = 3) -> numpy.typing.NDArray[numpy.float64]:
     """

@@ -145,3 +145,69 @@ def test_the_kernel_hands_anything_but_exact_floats_and_ints_back() -> None:
     from workers.verbs.codec import numbers_as_float32
     assert numbers_as_float32([np.float64(0.5), 2]).tolist() == [0.5, 2.0]
     assert numbers_as_float32([True, 1.0]) is None and numbers_as_float32("1.0") is None
+
+
+_B64_TEXT = st.text(st.sampled_from(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+                                    + [" ", "\n", "-", "_", "é", "\x00", "\udc80"]), max_size=40)
+
+
+@given(st.one_of(_B64_TEXT, st.binary(max_size=48).map(lambda b: base64.b64encode(b).decode())))
+@example("QQ==QQ==")   # padding inside: the standard library takes it, pybase64 does not
+@example("00000000=")  # one padding character too many: the same
+@example("QQ=")
+@example("=")
+@example("QUJD\n")
+@example("é")
+def test_b64_embeddings_accept_what_the_standard_library_accepts(text: str) -> None:
+    """The fast decoder (pybase64) with its fallback accepts exactly the texts ``base64.b64decode(validate=True)``
+    accepts, with the same bytes; what it refuses is 'not valid base64'. Without the fallback the two
+    padding examples are refused."""
+    import binascii
+
+    from workers.verbs.codec import _b64decode
+
+    try:
+        want = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        want = None
+    assert _b64decode(text) == want
+
+
+def test_b64_embeddings_the_standard_library_takes_keep_their_value() -> None:
+    x = np.array([1.5, -2.0, 0.25], np.float32)
+    padded = encode_embedding_b64(x) + "="  # 16 characters, no padding needed; one more "=" is taken
+    assert base64.b64decode(padded, validate=True) == x.tobytes()
+    assert embedding_field({"embedding_b64": padded}).tolist() == [1.5, -2.0, 0.25]
+
+
+_ORJSON_INTS = st.one_of(st.integers(), st.sampled_from([2 ** 63 - 1, -(2 ** 63), 2 ** 63, 2 ** 64 - 1, 2 ** 64,
+                                                         -(2 ** 63) - 1, 2 ** 200, -(2 ** 200)]))
+
+
+@given(st.lists(st.one_of(st.floats(), _ORJSON_INTS), max_size=30))
+@example([2 ** 64 - 1, -(2 ** 63)])   # orjson's edges: written
+@example([1.0, 2 ** 64])              # one past them: refused
+@example([-(2 ** 63) - 1])
+@example([float("nan"), float("inf")])
+def test_json_number_list_is_what_orjson_writes(v: list) -> None:
+    """``_kernels.json_number_list`` is true for a list of exact floats and ints exactly when orjson writes it
+    (``LearnSession``'s JSON check skips writing such arrays out)."""
+    import orjson
+
+    from workers import _kernels
+
+    try:
+        orjson.dumps(v)
+        writes = True
+    except orjson.JSONEncodeError:
+        writes = False
+    assert _kernels.json_number_list(v) is writes
+
+
+def test_json_number_list_is_false_for_anything_but_exact_floats_and_ints() -> None:
+    from workers import _kernels
+
+    for v in ([1.0, True], [1.0, "2"], [None], [[1.0]], [np.float64(1.0)], [np.int64(1)], (1.0, 2.0),
+              type("L", (list,), {})([1.0]), {"a": 1.0}, 1.0, np.zeros(3)):
+        assert _kernels.json_number_list(v) is False, v
+    assert _kernels.json_number_list([]) is True

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from workers.verbs.surface import BLOB_TABLES, REGISTRY
@@ -199,3 +199,67 @@ def test_numpy_values_in_process_are_taken_as_json_carries_them() -> None:
         assert a["ok"] and a == b, (verb, a, b)
     info = [s.dispatch({"verb": "session_info", "body": {"session_key": "s"}})["data"]["digest"] for s in (plain, typed)]
     assert info[0] == info[1]
+
+
+def _as_json_before(body: dict) -> tuple[dict, str | None]:
+    """``_as_json`` as it was, writing the whole body out with orjson first: the reference."""
+    import json
+
+    import orjson
+
+    from workers.verbs.codec import json_default
+
+    try:
+        orjson.dumps(body)
+        return body, None
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        return orjson.loads(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)), None
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        text = json.dumps(body, ensure_ascii=False, default=json_default)
+        text.encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        return body, str(exc)
+    return json.loads(text), None
+
+
+def _typed(v: object) -> object:
+    """``v`` with each value's type beside it (1 and 1.0 and np.float64(1.0) differ)."""
+    if isinstance(v, dict):
+        return ("dict", [(_typed(k), _typed(x)) for k, x in v.items()])
+    if isinstance(v, (list, tuple)):
+        return (type(v).__name__, [_typed(x) for x in v])
+    if isinstance(v, np.ndarray):
+        return ("ndarray", v.dtype.str, v.tolist())
+    return (type(v).__name__, repr(v))
+
+
+_LEAF = st.one_of(st.floats(), st.integers(), st.sampled_from([2 ** 64, -(2 ** 63) - 1, 2 ** 64 - 1]), st.booleans(),
+                  st.none(), st.text(max_size=3), st.just("x\ud800"), st.floats().map(np.float64),
+                  st.integers(-5, 5).map(np.int64))
+_NUMBERS = st.lists(st.one_of(st.floats(), st.integers(), st.sampled_from([2 ** 64, 2 ** 64 - 1, -(2 ** 63) - 1]),
+                              st.floats().map(np.float64)), max_size=6)
+_VALUE = st.recursive(st.one_of(_LEAF, _NUMBERS), lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.one_of(st.text(max_size=2), st.just("k\udc80"), st.integers(0, 2)),
+                                                 inner, max_size=3)), max_leaves=12)
+
+
+@given(st.dictionaries(st.one_of(st.text(max_size=3), st.integers(0, 2)), _VALUE, max_size=4))
+@example({"embedding": [0.5, 2 ** 64]})             # one int past orjson's range: through json, kept as it is
+@example({"embedding": [0.5, np.float64(0.25)]})    # a NumPy scalar: a plain float afterwards
+@example({1: [0.5, 1.0]})                           # a key JSON makes a string
+@example({"k\udc80": [0.5]})                        # a key JSON cannot carry: refused
+@example({"events": [{"embedding": [1.0, np.float64(2.0)]}]})
+def test_the_in_process_json_check_is_unchanged_by_eliding_number_arrays(body: dict) -> None:
+    """``LearnSession`` checks a body by writing it out with orjson, now without the arrays of plain numbers
+    (``_numbers_elided``): the outcome, and the body a verb gets, with every value's type, are those of
+    writing all of it out."""
+    from workers.verbs.session import _as_json
+
+    got, want = _as_json(body), _as_json_before(body)
+    assert (got[1] is None) == (want[1] is None)
+    if want[1] is None:
+        assert _typed(got[0]) == _typed(want[0])

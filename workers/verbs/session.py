@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from workers import _kernels
 from workers.errors import VerbError
 from workers.state import MemoryStore, ModelStore, RocksDictStore, StateBlob, idempotency
 from workers.state.access import StoreStateAccess, state_key
@@ -34,7 +35,7 @@ def _as_json(body: dict) -> tuple[dict, str | None]:
     (fast; a body of plain JSON values costs one ``dumps``) also refuses integers beyond 64 bits, which
     are JSON (the verbs refuse them by range): only what the standard library cannot write is refused."""
     try:
-        orjson.dumps(body)
+        orjson.dumps(_numbers_elided(body))
         return body, None
     except orjson.JSONEncodeError:
         pass
@@ -48,6 +49,19 @@ def _as_json(body: dict) -> tuple[dict, str | None]:
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         return body, str(exc)
     return json.loads(text), None
+
+
+def _numbers_elided(value: Any, depth: int = 3) -> Any:
+    """``value`` with each array of plain numbers (``_kernels.json_number_list``) in its first ``depth``
+    levels replaced by a 0: ``orjson.dumps`` of it fails exactly when it fails for ``value``, without
+    writing out every number of an embedding (~11 µs for 384 floats against ~0.3 µs for the check)."""
+    if depth == 0:
+        return value
+    if type(value) is dict:
+        return {k: _numbers_elided(v, depth - 1) for k, v in value.items()}
+    if type(value) is list:
+        return 0 if _kernels.json_number_list(value) else [_numbers_elided(v, depth - 1) for v in value]
+    return value
 
 
 class LearnSession:
