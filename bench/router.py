@@ -314,15 +314,26 @@ def latency_table(calls: int, seed: int) -> list[tuple[str, tuple[float, float, 
     return [(name, _timed(fn, calls)) for name, fn in rows]
 
 
-def sizes_table(calls: int, seed: int, dims: list[int]) -> list[tuple[int, tuple[float, float, float, float]]]:
+def sizes_table(calls: int, seed: int, dims: list[int]) -> list[tuple[str, tuple[float, float, float, float]]]:
     """``RouterState.route`` (learned, after 2,000 outcomes) at other embedding widths: the
-    projection ``P x`` grows with ``in_dim`` (32 x in_dim multiply-adds), the rest does not."""
+    projection ``P x`` grows with ``in_dim`` (32 x in_dim multiply-adds), the rest does not. Then the
+    ``route`` verb through ``LearnSession.dispatch`` with that router, the embedding as base64 and as a
+    JSON array: reading the embedding grows with the width too."""
     out = []
     for dim in dims:
         st, X = _learned_router(seed, dim)
         r = random.Random(seed)
         it = iter(range(1 << 62))
-        out.append((dim, _timed(lambda: st.route(X[next(it) & 255], rng=r), calls)))
+        out.append((f"RouterState.route, learned, in_dim {dim}", _timed(lambda: st.route(X[next(it) & 255], rng=r),
+                                                                        calls)))
+        s = LearnSession(rng=random.Random(seed))
+        s.blob("session", DEFAULT_SESSION).set(ROUTER_PART, st)
+        for name, field, encode in (("b64", "embedding_b64", encode_embedding_b64),
+                                    ("JSON array", "embedding", lambda v: v.tolist())):
+            bodies = [{"verb": "route", "body": {field: encode(v)}} for v in X]
+            assert s.dispatch(bodies[0])["ok"]
+            out.append((f"route verb (dispatch, {name}), in_dim {dim}", _timed(lambda: s.dispatch(bodies[next(it) & 255]),
+                                                                             calls)))
     return out
 
 
@@ -459,9 +470,8 @@ def _latency(args: argparse.Namespace, goals: list[tuple[str, bool, str]]) -> in
     dims = args.latency_dims
     if dims:
         print(f"the learned route at other embedding widths ({args.latency_calls:,} calls each):")
-        for dim, (mean, p50, p99, p99cpu) in sizes_table(args.latency_calls, args.seed, dims):
-            print(f"{f'RouterState.route, learned, in_dim {dim}':<48} {mean:>7.2f} {p50:>7.2f} {p99:>7.2f} "
-                  f"{p99cpu:>8.2f}")
+        for name, (mean, p50, p99, p99cpu) in sizes_table(args.latency_calls, args.seed, dims):
+            print(f"{name:<48} {mean:>7.2f} {p50:>7.2f} {p99:>7.2f} {p99cpu:>8.2f}")
     _mean, p50, p99, p99cpu = dict(lat)["RouterState.route, learned (default)"]
     goals.append((f"RouterState.route (learned) p99 <= {_TARGET_ROUTE_US:.0f} us (wall clock)",
                   p99 <= _TARGET_ROUTE_US,
