@@ -455,8 +455,13 @@ def test_verbs_need_init_instant_first() -> None:
 def test_init_instant_validates() -> None:
     s = LearnSession()
     assert s.dispatch({"verb": "init_instant"})["error"] == "targets required"
-    assert s.dispatch({"verb": "init_instant", "body": {"targets": []}})["ok"] is False
-    assert s.dispatch({"verb": "init_instant", "body": {"targets": ["a", "a"]}})["ok"] is False
+    # the same words as init_router (the spec's "targets must not be empty"): one vocabulary for both cores
+    assert s.dispatch({"verb": "init_instant", "body": {"targets": []}})["error"] == "targets must not be empty"
+    assert s.dispatch({"verb": "init_instant", "body": {"targets": "ab"}})["error"] == \
+        "targets must be an array of non-empty strings"
+    assert s.dispatch({"verb": "init_instant", "body": {"targets": ["a", ""]}})["error"] == \
+        "targets must be an array of non-empty strings"
+    assert s.dispatch({"verb": "init_instant", "body": {"targets": ["a", "a"]}})["error"] == "targets must be unique"
     assert s.dispatch({"verb": "init_instant", "body": {"targets": ["a"], "dim": 0}})["ok"] is False
     out = s.dispatch({"verb": "init_instant", "body": {"targets": ["a", "b"]}})
     assert out["data"] == {"targets": ["a", "b"], "dim": 384}

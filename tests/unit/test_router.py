@@ -395,9 +395,10 @@ def test_first_outcome_of_a_target_is_the_specs_step() -> None:
 # ------------------------------------------------------------------ verbs, errors
 @pytest.mark.parametrize(("body", "error"), [
     ({}, "targets required"),
-    ({"targets": []}, "targets must be a non-empty array of non-empty strings"),
-    ({"targets": ["a", ""]}, "targets must be a non-empty array of non-empty strings"),
-    ({"targets": "a"}, "targets must be a non-empty array of non-empty strings"),
+    ({"targets": []}, "targets must not be empty"),  # the spec's words (cores.md, init_router)
+    ({"targets": ["a", ""]}, "targets must be an array of non-empty strings"),
+    ({"targets": ["a", 5]}, "targets must be an array of non-empty strings"),
+    ({"targets": "a"}, "targets must be an array of non-empty strings"),
     ({"targets": ["a", "a"]}, "targets must be unique"),
     ({"targets": ["a"], "in_dim": 0}, "in_dim must be a positive integer"),
     ({"targets": ["a"], "epsilon": 1.5}, "epsilon must be 0..1"),

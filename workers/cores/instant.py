@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from workers import _kernels as _k
-from workers.verbs.fields import MAX_DIM, epoch_ms, int_accepted, to_float
+from workers.verbs.fields import MAX_DIM, epoch_ms, int_accepted, targets_list, to_float
 from workers.verbs.codec import embedding_field
 from workers.state.framing import pack_part, unpack_part, version_of
 from workers.errors import CorruptStateError, VerbError
@@ -719,14 +719,7 @@ def _instant(ctx: VerbContext) -> InstantState:
                            "uniqueItems": True}, dim={"type": "integer", "minimum": 1}))
 def init_instant(ctx: VerbContext, body: dict) -> dict:
     """{targets: [str, ...], dim?} -> {targets, dim}. Replaces any previous adapter."""
-    targets = body.get("targets")
-    if targets is None:
-        raise VerbError("targets required")
-    if (not isinstance(targets, list) or not targets
-            or not all(isinstance(t, str) and t for t in targets)):
-        raise VerbError("targets must be a non-empty array of non-empty strings")
-    if len(set(targets)) != len(targets):
-        raise VerbError("targets must be unique")
+    targets = targets_list(body.get("targets"))
     dim = body.get("dim", DEFAULT_DIM)
     if dim is None:
         dim = DEFAULT_DIM

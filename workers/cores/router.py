@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from workers import _kernels as _k
-from workers.verbs.fields import MAX_DIM, to_float
+from workers.verbs.fields import MAX_DIM, targets_list, to_float
 from workers.verbs.codec import embedding_field
 from workers.state.framing import pack_part, unpack_part
 from workers.cores.bandit import PROJECTIONS, BanditState
@@ -222,13 +222,10 @@ class RouterState:
                  cost_weight: float | None = None, trained: bool | None = None,
                  bandit: dict | None = None) -> None:
         # Everything is checked before anything is built: init_router refuses cleanly.
-        # the same messages as init_instant: one vocabulary for both cores
-        if targets is None:
-            raise ValueError("targets required")
-        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
-            raise ValueError("targets must be a non-empty array of non-empty strings")
-        if len(set(targets)) != len(targets):
-            raise ValueError("targets must be unique")
+        try:  # the same messages as init_instant: one vocabulary for both cores
+            targets = targets_list(targets)
+        except VerbError as exc:
+            raise ValueError(str(exc)) from None
         if len(targets) > _k.ROUTER_MAX_TARGETS:
             raise ValueError(f"targets: at most {_k.ROUTER_MAX_TARGETS}")
         in_dim = _DEFAULT_IN_DIM if in_dim is None else in_dim

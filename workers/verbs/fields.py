@@ -6,7 +6,7 @@ from typing import Any
 
 from workers.errors import VerbError
 
-__all__ = ("int_in", "int_accepted", "number_in", "epoch_ms", "to_float", "MAX_DIM", "MAX_MS")
+__all__ = ("int_in", "int_accepted", "number_in", "epoch_ms", "to_float", "targets_list", "MAX_DIM", "MAX_MS")
 
 # Largest embedding / input dimension a core accepts (the attention core's and the online learner's
 # bound too): above every common embedding model, and it keeps one session's arrays small.
@@ -33,6 +33,23 @@ def int_accepted(body: dict, field: str, default: int, most: int) -> int | None:
         return int_in(body, field, 0, most, default)
     except VerbError:
         return None
+
+
+def targets_list(targets: Any) -> list[str]:
+    """A core's ``targets`` (model names, in logit order), with the one wording ``init_instant`` and
+    ``init_router`` share: required, an array, not empty (the spec's "targets must not be empty"),
+    non-empty strings, unique. VerbError otherwise."""
+    if targets is None:
+        raise VerbError("targets required")
+    if not isinstance(targets, list):
+        raise VerbError("targets must be an array of non-empty strings")
+    if not targets:
+        raise VerbError("targets must not be empty")
+    if not all(isinstance(t, str) and t for t in targets):
+        raise VerbError("targets must be an array of non-empty strings")
+    if len(set(targets)) != len(targets):
+        raise VerbError("targets must be unique")
+    return targets
 
 
 def to_float(value: Any) -> float:
