@@ -96,6 +96,11 @@ def test_http_api(worker_factory) -> None:
     assert status == 400 and not out["ok"] and out["error"].startswith("parse: "), out
     status, out = post_raw(w.url + "/route", b"{not json")
     assert status == 400 and not out["ok"] and out["error"].startswith("parse: "), out
+    # a body that is not an object is refused, as on a topic, and nothing is written (the metrics below
+    # count the applied commands): not applied to the default session as a write with no fields
+    status, out = http_json(w.url + "/dispatch", {"verb": "reset_adapter", "body": "junk"})
+    assert (status, out) == (400, {"ok": False, "verb": "reset_adapter",
+                                   "error": "parse: body must be a JSON object, got a string"})
 
     # metrics: the writes above were counted as applied commands
     status, text = get(w.url + "/metrics")

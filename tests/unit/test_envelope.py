@@ -27,10 +27,19 @@ def test_the_envelope_rules_each_name_what_is_wrong() -> None:
     for verb, words in ((123, "a number"), (None, "null"), (["health"], "an array"), (True, "a boolean")):
         assert s.dispatch({"verb": verb, "body": {}}) == {
             "ok": False, "verb": "?", "error": f"parse: field `verb` must be a string, got {words}"}
-    # a body that is not an object is a missing body (the reference's null): required fields say so
-    for body in (None, [], "x", 3):
-        assert s.dispatch({"verb": "record_loss", "body": body}) == {
-            "ok": False, "verb": "record_loss", "error": "loss required"}
+    # a missing or null body is the reference's null: required fields say so
+    assert s.dispatch({"verb": "record_loss"}) == {"ok": False, "verb": "record_loss", "error": "loss required"}
+    assert s.dispatch({"verb": "record_loss", "body": None}) == {
+        "ok": False, "verb": "record_loss", "error": "loss required"}
+    # any other body that is not an object is refused as on a topic: a write that needs no field
+    # (reset_adapter) must not be applied to the default session as if the body were empty
+    s.dispatch({"verb": "init_instant", "body": {"targets": ["a"], "dim": 4}})
+    before = s.dispatch({"verb": "session_info"})["data"]["digest"]
+    for body, words in (([], "an array"), ("x", "a string"), (3, "a number"), (True, "a boolean")):
+        for verb in ("record_loss", "reset_adapter"):
+            assert s.dispatch({"verb": verb, "body": body}) == {
+                "ok": False, "verb": verb, "error": f"parse: body must be a JSON object, got {words}"}
+    assert s.dispatch({"verb": "session_info"})["data"]["digest"] == before
 
 
 def test_empty_session_key_is_refused() -> None:

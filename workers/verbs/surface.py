@@ -120,8 +120,12 @@ def parse_request(request: Any) -> tuple[str, dict] | dict:
     if not isinstance(name, str):
         return envelope_error("?", f"parse: field `verb` must be a string, got {json_type(name)}")
     body = request.get("body")
-    if not isinstance(body, dict):
+    if body is None:
         body = {}  # a missing body is null: every required field then reports "<field> required"
+    elif not isinstance(body, dict):
+        # as on a topic (the DLQ's "body: must be a JSON object"): a string, an array or a number is not
+        # a body with no fields, and a write must not be applied to the default session as if it were
+        return envelope_error(name, f"parse: body must be a JSON object, got {json_type(body)}")
     if name not in REGISTRY:
         return envelope_error(name, f"unknown verb: {name}")
     return name, body
