@@ -117,3 +117,17 @@ def test_http_api(worker_factory) -> None:
     assert (hits, misses) == (3, 3), (hits, misses)
     assert metric(text, "learnstream_session_cache_evictions_total") == 0
     assert metric(text, "learnstream_session_cache_sessions") == 3 and metric(text, "learnstream_session_cache_bytes") > 0
+
+    # a graph write's idempotency key (kept in the session table's value): its retry after a later write is
+    # answered with the first reply, not applied again over that write
+    e1 = {"id": "e1", "src": "alice", "dst": "acme", "valid_at": 1000, "created_at": 1000}
+    insert = {"session_key": "g1", "edge": e1, "idempotency_key": "ins-1"}
+    status, first = dispatch(w, "insert_edge", insert)
+    assert status == 200 and first["ok"], first
+    status, out = dispatch(w, "invalidate_edge", {"session_key": "g1", "edge_id": "e1", "invalid_at": 2000,
+                                                  "expired_at": 2000})
+    assert status == 200 and out["ok"], out
+    status, again = dispatch(w, "insert_edge", insert)
+    assert status == 200 and again == {**first, "duplicate": True}, (first, again)
+    status, out = dispatch(w, "get_edge", {"session_key": "g1", "edge_id": "e1"})
+    assert status == 200 and out["data"]["edge"]["invalid_at"] == 2000, out

@@ -141,8 +141,7 @@ def test_keys_stored_in_the_first_format_are_still_read() -> None:
 
 
 def test_graph_writes_are_idempotent_by_edge_id_so_a_retry_changes_nothing() -> None:
-    """Graph verbs keep no session value to hold keys in; they upsert by edge id, so a retried
-    insert or contradict (its key stripped, never seen by the verb) leaves the graph as it was."""
+    """A retried insert or contradict is answered with its first reply and changes nothing."""
     edges = topics()["edges"].name
     store = MemoryStore()
     p = Processor(StoreStateAccess(store))
@@ -153,8 +152,60 @@ def test_graph_writes_are_idempotent_by_edge_id_so_a_retry_changes_nothing() -> 
     p.process([Record(edges, 0, i, b"s1", orjson.dumps(v), 1000) for i, v in enumerate(writes)])
     once = list(store.iter_prefix(b""))
     res = p.process([Record(edges, 0, 2 + i, b"s1", orjson.dumps(v), 1000) for i, v in enumerate(writes)])
-    assert all(r["ok"] for r in res.replies.values())
+    assert all(r["ok"] and r["duplicate"] for r in res.replies.values())
+    assert [r["id"] for r in res.replies.values()] == [f"{edges}:0:0", f"{edges}:0:1"]
     assert list(store.iter_prefix(b"")) == once
+
+
+def _graph_retry_after_a_later_write(apply) -> list[dict]:
+    """insert e1 (key ins-1), invalidate e1, then the insert's retry, then the key on another edge: the
+    replies, and e1 as it is afterwards (``apply(verb, body)`` -> reply)."""
+    e1 = {"id": "e1", "src": "alice", "dst": "acme", "valid_at": 1000, "created_at": 1000}
+    insert = {"session_key": "s1", "edge": e1, "idempotency_key": "ins-1"}
+    out = [apply("insert_edge", insert),
+           apply("invalidate_edge", {"session_key": "s1", "edge_id": "e1", "invalid_at": 2000, "expired_at": 2000}),
+           apply("insert_edge", insert),
+           apply("insert_edge", {**insert, "edge": {**e1, "dst": "globex"}})]
+    return out + [apply("get_edge", {"session_key": "s1", "edge_id": "e1"})]
+
+
+def _check_graph_retry(out: list[dict]) -> None:
+    first, _, retry, other, edge = out
+    # (the worker's retry also names the id of the message that was applied)
+    assert first["ok"] and retry["duplicate"] is True and {k: v for k, v in retry.items() if k not in (
+        "id", "duplicate")} == first
+    assert other["ok"] is False and "was already used in this session for a different write" in other["error"]
+    # the retry did not undo the invalidation, and the reused key changed nothing
+    assert edge["data"]["edge"]["invalid_at"] == 2000 and edge["data"]["edge"]["dst"] == "acme"
+
+
+def test_a_graph_write_retried_after_a_later_write_is_not_applied_again() -> None:
+    """Graph writes keep no session value of their own: their keys are kept in the session's value in
+    the session table. Without them a retried insert, upserting by id, undid an invalidation made since."""
+    edges = topics()["edges"].name
+    store = MemoryStore()
+    p = Processor(StoreStateAccess(store))
+    ops = {"insert_edge": "insert", "invalidate_edge": "invalidate"}
+    offset = iter(range(100))
+
+    def apply(verb: str, body: dict) -> dict:
+        if verb not in ops:
+            return LearnSession(store=store).dispatch({"verb": verb, "body": body})
+        o = next(offset)
+        value = {"op": ops[verb], **{k: v for k, v in body.items() if k != "session_key"}}
+        return p.process([Record(edges, 0, o, b"s1", orjson.dumps(value), 1000)]).replies[(edges, 0, o)]
+
+    _check_graph_retry(_graph_retry_after_a_later_write(apply))
+    # a new worker over the same store (the keys are stored, not only cached)
+    p = Processor(StoreStateAccess(store))
+    e1 = {"id": "e1", "src": "alice", "dst": "acme", "valid_at": 1000, "created_at": 1000}
+    again = apply("insert_edge", {"session_key": "s1", "edge": e1, "idempotency_key": "ins-1"})
+    assert again["duplicate"] is True and again["id"] == f"{edges}:0:0"
+
+
+def test_in_process_a_graph_write_retried_after_a_later_write_is_not_applied_again() -> None:
+    s = LearnSession()
+    _check_graph_retry(_graph_retry_after_a_later_write(lambda verb, body: s.dispatch({"verb": verb, "body": body})))
 
 
 # -- in process: LearnSession answers keys as the worker does -------------------------------------------

@@ -10,6 +10,9 @@ was killed before it could answer - is not applied again: it is answered with th
 first reply. Because the key lives in the session value, it survives
 a worker restart and moves with the partition to another worker; and because the retry
 travels through the same partition as the original, it is always applied after it.
+A graph write's key is kept in the session's value in the ``session`` table (the graph has no
+session value: ``workers.verbs.registry.keys_table``), which the worker produces in the same
+transaction as the graph's keys.
 
 Keys are kept per session and table value, the most recent ``_KEEP`` of them; a retry
 must come within that many writes of the session (a client retries within seconds).

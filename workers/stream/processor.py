@@ -30,7 +30,7 @@ import orjson
 
 from workers.verbs.codec import json_type
 from workers.verbs.surface import (BLOB_TABLES, DEFAULT_SESSION, REGISTRY, Verb, VerbContext, VerbOptions,
-                                   decode_json, envelope_error, envelope_ok, run_verb, session_key_of)
+                                   decode_json, envelope_error, envelope_ok, keys_table, run_verb, session_key_of)
 from workers.errors import CorruptStateError, ValidationError, VerbError
 from workers.state.access import StateAccess, StoreStateAccess
 from workers.state.blob import StateBlob
@@ -503,16 +503,28 @@ class Processor:
                 return got
             blob = got
         print_ = again = None
+        # where the write's idempotency key is kept: its own session value, or the session table's for a
+        # graph write (keys_table)
+        keys_at = keys_table(v.table)
+        keys = blob
         try:
             key, body = idempotency.take_key(body)
-            if key is not None and blob is not None:
-                print_, again = idempotency.retried(blob, key, v.name, body)
+            if key is not None and keys_at is not None:
+                if keys_at != v.table:
+                    try:
+                        keys = self._blob(keys_at, sk, rec.partition)
+                    except CorruptStateError as exc:
+                        res.produce.append(dlq_entry(rec, f"stored state unusable: {exc}", "corrupt_state"))
+                        res.rejected += 1
+                        return "rejected"
+                print_, again = idempotency.retried(keys, key, v.name, body)
         except VerbError as exc:  # a malformed key, or one already used for another write
             return self._settle(rec, v, sk, blob, envelope_error(v.name, str(exc)), [], res, dirty)
-        if again is not None and blob is not None:  # a client's retry of a write this session value already holds
+        if again is not None:  # a client's retry of a write this session value already holds
             res.replies[(rec.topic, rec.partition, rec.offset)] = again
-            blob.watermark.advance(*rec.mark)
-            dirty[(v.table, sk)] = rec.partition
+            if blob is not None:
+                blob.watermark.advance(*rec.mark)
+                dirty[(v.table, sk)] = rec.partition
             res.duplicates += 1
             return "duplicate"
         emitted: list[tuple[str, dict]] = []
@@ -520,9 +532,12 @@ class Processor:
         t0 = time.perf_counter()
         out = run_verb(v, ctx, body)
         res.verb_seconds.append((v.name, time.perf_counter() - t0))
-        if key is not None and blob is not None:
-            # same value, same table write as the state change and the watermark: all or nothing
-            idempotency.remember(blob, key, {**out, "id": record_id(rec)}, print_)
+        if key is not None and keys is not None:
+            # same value, same table write as the state change and the watermark: all or nothing (a graph
+            # write's key: the session table's value, produced in the same transaction as the graph's keys)
+            idempotency.remember(keys, key, {**out, "id": record_id(rec)}, print_)
+            if keys_at != v.table:
+                dirty[(keys_at, sk)] = rec.partition
         return self._settle(rec, v, sk, blob, out, emitted, res, dirty)
 
     def _apply_run(self, run: _Run, res: BatchResult, dirty: dict[tuple[str, str], int]) -> None:

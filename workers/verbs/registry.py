@@ -34,12 +34,22 @@ from typing import Any
 from workers.state.base import ModelStore
 from workers.state.blob import StateBlob
 
-__all__ = ("Verb", "VerbContext", "VerbOptions", "Each", "REGISTRY", "HEALTH", "STATE_SIZE", "state_size", "BLOB_TABLES", "TABLES", "verb", "coalesced",
+__all__ = ("Verb", "VerbContext", "VerbOptions", "Each", "REGISTRY", "HEALTH", "STATE_SIZE", "state_size", "BLOB_TABLES", "TABLES", "keys_table", "verb", "coalesced",
            "health_contributor", "params", "EMBEDDING", "EMBEDDING_B64")
 
 # Tables holding one state value (a StateBlob with its watermark) per session.
 BLOB_TABLES = ("session", "learner", "agent", "memory")
 TABLES = (*BLOB_TABLES, "graph", "none")
+
+
+def keys_table(table: str) -> str | None:
+    """The table whose session value keeps the idempotency keys of a write to ``table``
+    (``workers.state.idempotency``): its own; for the graph, kept key by key with no session value, the
+    session's value in ``session`` (in the worker both go out in the batch's one transaction); None for
+    a verb without state."""
+    if table in BLOB_TABLES:
+        return table
+    return "session" if table == "graph" else None
 
 
 @dataclass(frozen=True)

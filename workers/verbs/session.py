@@ -19,7 +19,7 @@ from workers.state.limits import Limits, check_request
 from workers.state.sessions import Sessions
 from workers.verbs.codec import json_default
 from workers.verbs.surface import (BLOB_TABLES, REGISTRY, Verb, VerbContext, VerbOptions, envelope_error,
-                                   parse_request, run_verb, session_key_of)
+                                   keys_table, parse_request, run_verb, session_key_of)
 
 __all__ = ("LearnSession",)
 
@@ -127,7 +127,8 @@ class LearnSession:
             return envelope_error(name, str(exc))
         # As in the worker (Processor._apply_one): a write that carries an idempotency key the session
         # already applied is answered with the first reply; the key and its reply are kept with the state
-        blob = self.sessions.blob(v.table, sk, 0) if key is not None and v.table in BLOB_TABLES else None
+        keys_at = keys_table(v.table)  # its own value, or the session table's for a graph write
+        blob = self.sessions.blob(keys_at, sk, 0) if key is not None and keys_at is not None else None
         print_ = None
         if blob is not None:
             try:
@@ -141,11 +142,14 @@ class LearnSession:
             idempotency.remember(blob, key, out, print_)
         # As in the worker: a refused verb changed nothing (verbs validate before they mutate),
         # so the cached state is kept as it is, and only an applied one (or a remembered key) is written.
-        if v.writes and v.table in BLOB_TABLES and (out["ok"] or blob is not None):
-            try:
-                self.sessions.save(v.table, sk, 0)
-            except StateTooLarge as exc:  # not written; the cache now reads the stored state again
-                out = envelope_error(name, str(exc))
+        saves = [v.table] if v.writes and v.table in BLOB_TABLES and (out["ok"] or blob is not None) else []
+        if blob is not None and keys_at != v.table:
+            saves.append(keys_at)
+        try:
+            for table in saves:
+                self.sessions.save(table, sk, 0)
+        except StateTooLarge as exc:  # not written; the cache now reads the stored state again
+            out = envelope_error(name, str(exc))
         self.sessions.trim()
         return out
 

@@ -34,9 +34,9 @@ from workers.scoring import endpoints as scoring_endpoints
 from workers.state import StateBlob
 from workers.state.layout import digest
 from workers.verbs.codec import decode_json, json_type
-from workers.verbs.registry import BLOB_TABLES, HEALTH, REGISTRY, Verb, VerbContext, VerbOptions, params, verb
+from workers.verbs.registry import BLOB_TABLES, HEALTH, REGISTRY, Verb, VerbContext, VerbOptions, keys_table, params, verb
 
-__all__ = ("REGISTRY", "BLOB_TABLES", "Verb", "VerbContext", "VerbOptions", "DEFAULT_SESSION", "configure",
+__all__ = ("REGISTRY", "BLOB_TABLES", "keys_table", "Verb", "VerbContext", "VerbOptions", "DEFAULT_SESSION", "configure",
            "run_verb", "parse_request", "session_key_of", "check_session_key", "envelope_error", "envelope_ok",
            "decode_json")
 
