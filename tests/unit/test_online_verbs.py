@@ -128,6 +128,11 @@ def test_an_envelope_is_validated_whole_before_anything_is_learned() -> None:
     assert after == before and not s.emitted
     assert s.dispatch({"verb": "learn_example", "body": {"session_key": "s1", "examples": []}})["error"] == (
         "examples must be a non-empty array")
+    # the feedback envelope's field name: named as such, not "features: required"
+    for verb in ("learn_example", "predict", "evaluate"):
+        assert s.dispatch({"verb": verb, "body": {"session_key": "s1", "events": ex}})["error"] == (
+            "an envelope of examples is {session_key, examples: [...]} (events is learn_feedback's)")
+    assert s.dispatch({"verb": "learner_state", "body": {"session_key": "s1"}})["data"] == before
 
 
 def test_events_are_emitted_with_the_session_key() -> None:

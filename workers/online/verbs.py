@@ -123,6 +123,8 @@ def _examples(body: dict) -> tuple[list[dict], str]:
         if not all(isinstance(e, dict) for e in ex):
             raise VerbError("examples must hold objects")
         return ex, "examples[{}]."
+    if "events" in body:  # the feedback envelope's name: say so, rather than "features: required"
+        raise VerbError("an envelope of examples is {session_key, examples: [...]} (events is learn_feedback's)")
     return [body], ""
 
 
