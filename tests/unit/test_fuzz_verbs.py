@@ -202,22 +202,33 @@ def test_numpy_values_in_process_are_taken_as_json_carries_them() -> None:
 
 
 def _as_json_before(body: dict) -> tuple[dict, str | None]:
-    """``_as_json`` as it was, writing the whole body out with orjson first: the reference."""
+    """``_as_json`` written plainly, the whole body out with orjson first: the reference. A body holding a
+    NaN or an infinity skips orjson's NumPy path, which would write them as null."""
     import json
 
     import orjson
 
     from workers.verbs.codec import json_default
 
+    def non_finite(v: object) -> bool:
+        if isinstance(v, dict):
+            return any(non_finite(x) for x in v.values())
+        if isinstance(v, (list, tuple)):
+            return any(non_finite(x) for x in v)
+        if isinstance(v, (float, np.floating, np.ndarray)):
+            return not np.isfinite(v).all()
+        return False
+
     try:
         orjson.dumps(body)
         return body, None
     except orjson.JSONEncodeError:
         pass
-    try:
-        return orjson.loads(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)), None
-    except orjson.JSONEncodeError:
-        pass
+    if not non_finite(body):
+        try:
+            return orjson.loads(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)), None
+        except orjson.JSONEncodeError:
+            pass
     try:
         text = json.dumps(body, ensure_ascii=False, default=json_default)
         text.encode("utf-8")
@@ -263,3 +274,39 @@ def test_the_in_process_json_check_is_unchanged_by_eliding_number_arrays(body: d
     assert (got[1] is None) == (want[1] is None)
     if want[1] is None:
         assert _typed(got[0]) == _typed(want[0])
+
+
+def test_in_process_a_nan_beside_numpy_values_is_refused_as_beside_plain_ones() -> None:
+    """A body holding a NumPy value took orjson's NumPy path, which writes NaN and infinities as null: a NaN
+    quality beside a NumPy embedding read as a missing quality ("payload.quality required"), a NaN
+    ``np.float64`` dim as no dim (384). Now each is answered as the same body of plain Python values."""
+    def run(numpy: bool) -> list[dict]:
+        s = LearnSession()
+        x = np.ones(4, np.float32) if numpy else [1.0] * 4
+        f = np.float64 if numpy else float
+        s.dispatch({"verb": "init_instant", "body": {"targets": ["a"], "dim": 4}})
+        s.dispatch({"verb": "init_router", "body": {"targets": ["a", "b"], "in_dim": 4}})
+        return [s.dispatch({"verb": verb, "body": body}) for verb, body in (
+            ("feedback", {"embedding": x, "model": "a", "quality": float("nan")}),
+            ("feedback", {"embedding": x, "model": "a", "quality": 0.9, "now_ms": f("inf")}),
+            ("init_instant", {"targets": ["a"], "dim": f("nan"), "session_key": "z"}),
+            ("record_outcome", {"target": "a", "quality": 0.5, "cost": f("nan"), "embedding": x}),
+            ("record_loss", {"loss": f("nan"), "now_ms": np.int64(5) if numpy else 5}),
+            ("apply_adapter", {"embedding": np.array([1.0, np.nan, 0, 0]) if numpy else [1.0, float("nan"), 0, 0]}))]
+
+    plain, numpy = run(False), run(True)
+    assert plain == numpy
+    assert plain[0]["error"] == "quality must be 0..1" and plain[2]["ok"] is False
+
+
+def test_in_process_a_body_nested_too_deep_or_holding_itself_is_refused_not_raised() -> None:
+    s = LearnSession()
+    v: list = []
+    for _ in range(5000):
+        v = [v]
+    out = s.dispatch({"verb": "record_loss", "body": {"loss": 0.5, "x": v}})
+    assert out["ok"] is False and out["error"].startswith("parse: the body is not JSON (maximum recursion depth")
+    c: dict = {}
+    c["c"] = c
+    out = s.dispatch({"verb": "record_loss", "body": {"loss": 0.5, "x": c}})
+    assert out == {"ok": False, "verb": "record_loss", "error": "parse: the body is not JSON (Circular reference detected)"}

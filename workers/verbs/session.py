@@ -3,11 +3,13 @@ or on disk (rocksdict), with the worker's own session cache and context builder.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from workers import _kernels
@@ -39,16 +41,36 @@ def _as_json(body: dict) -> tuple[dict, str | None]:
         return body, None
     except orjson.JSONEncodeError:
         pass
-    try:
-        return orjson.loads(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)), None
-    except orjson.JSONEncodeError:
-        pass
+    if not _non_finite(body):  # orjson writes NaN and infinities as null: a verb would read them as absent
+        try:
+            return orjson.loads(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)), None
+        except orjson.JSONEncodeError:
+            pass
     try:
         text = json.dumps(body, ensure_ascii=False, default=json_default)
         text.encode("utf-8")
-    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+    except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
         return body, str(exc)
     return json.loads(text), None
+
+
+def _non_finite(value: Any) -> bool:
+    """True when ``value`` holds a NaN or an infinity (a float, a NumPy number or array, in any dict or
+    list): such a body goes through the standard library, which keeps them, so a verb refuses a NaN
+    quality beside a NumPy embedding as it refuses one beside a list ("quality must be 0..1")."""
+    todo, seen = [value], set()
+    while todo:  # not recursive: a body nested deeper than Python's recursion limit is the JSON encoder's to refuse
+        v = todo.pop()
+        if isinstance(v, (dict, list, tuple)):
+            if id(v) not in seen:  # a container holding itself: the encoder refuses it
+                seen.add(id(v))
+                todo.extend(v.values() if isinstance(v, dict) else v)
+        elif isinstance(v, (float, np.floating)):
+            if not math.isfinite(v):
+                return True
+        elif isinstance(v, np.ndarray) and v.dtype.kind in "fc" and not np.isfinite(v).all():
+            return True
+    return False
 
 
 def _numbers_elided(value: Any, depth: int = 4) -> Any:
