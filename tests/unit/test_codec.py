@@ -32,6 +32,7 @@ def test_b64_and_array_embeddings_decode_to_the_same_vector() -> None:
     ({"embedding_b64": "!!notb64"}, "embedding_b64", "not valid base64"),
     ({"embedding_b64": base64.b64encode(b"abc").decode()}, "embedding_b64", "multiple of 4"),
     ({"embedding_b64": 5}, "embedding_b64", "base64 string"),
+    ({"embedding": [1.0], "embedding_b64": "AACAPw=="}, "embedding", "not both"),  # the schemas: one of them
     ({"embedding_b64": encode_embedding_b64(np.array([np.inf, 1, 1], np.float32))}, "embedding", "finite"),
 ])
 def test_embedding_rules(body: dict, field: str, words: str) -> None:

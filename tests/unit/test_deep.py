@@ -272,3 +272,18 @@ def test_deep_state_survives_reopening_the_database(tmp_path) -> None:
     pen = s2.dispatch({"verb": "ewc_penalty", "body": {"param_id": "w", "params": [1.0, 3.0]}})["data"]["penalty"]
     assert pen == pytest.approx(LAMBDA * 0.001)
     s2.close()
+
+
+@pytest.mark.parametrize("now_ms", ["yesterday", -5, 1.5, True, 2 ** 53])
+def test_record_loss_and_consolidate_check_now_ms_as_their_topic_schemas_do(now_ms: object) -> None:
+    """Neither verb uses ``now_ms``; a bad one was applied without a word while the topic schemas (and so
+    the SDK) refused it. Refused now, nothing changed."""
+    s = LearnSession()
+    s.dispatch({"verb": "record_loss", "body": {"loss": 0.5}})
+    before = s.dispatch({"verb": "session_info"})["data"]["digest"]
+    error = "now_ms must be an integer (epoch ms) in [0, 9007199254740991]"
+    assert s.dispatch({"verb": "record_loss", "body": {"loss": 0.3, "now_ms": now_ms}})["error"] == error
+    assert s.dispatch({"verb": "consolidate", "body": {"param_id": "p", "params": [1.0], "grads": [0.5],
+                                                       "now_ms": now_ms}})["error"] == error
+    assert s.dispatch({"verb": "session_info"})["data"]["digest"] == before
+    assert s.dispatch({"verb": "record_loss", "body": {"loss": 0.3, "now_ms": 5}})["ok"]

@@ -164,6 +164,21 @@ def test_a_bad_envelope_changes_nothing() -> None:
     assert errors[:3] == ["events[1]: quality must be 0..1",
                           "events[1]: unknown model name; not in registered targets",
                           "events[1]: embedding wrong dim"]
+    # what the topic schema refuses too: a negative now_ms, both forms of one embedding, an event's own
+    # fields beside the envelope's events (they would be dropped without a word)
+    for body, error in (
+            ({"events": [_event(1, 0.9, X[1]), {**_event(2, 0.9, X[2]), "now_ms": -5}]},
+             "events[1]: now_ms must be an integer (epoch ms) in [0, 9007199254740991]"),
+            ({"events": [{**_event(1, 0.9, X[1]), "embedding": X[1].tolist()}]},
+             "events[0]: embedding: give embedding or embedding_b64, not both"),
+            ({"events": [_event(1, 0.9, X[1])], "now_ms": 5},
+             "an envelope carries its events in events; now_ms beside them would be ignored: move them into each "
+             "event"),
+            ({"events": [_event(1, 0.9, X[1])], **_event(2, 0.9, X[2])},
+             "an envelope carries its events in events; model, quality, embedding_b64, now_ms beside them would be "
+             "ignored: move them into each event"),
+            ({**_event(1, 0.9, X[1]), "now_ms": -1}, "now_ms must be an integer (epoch ms) in [0, 9007199254740991]")):
+        assert s.dispatch({"verb": "learn_feedback", "body": body})["error"] == error
     assert s.store.get(b"session\x1fdefault") == before and s.emitted == emitted
     inst, _, loop = _parts(s)
     assert inst.feedback_count == 1 and loop.events == 1

@@ -23,7 +23,12 @@ BAD = {
     "feedback": [{}, {"model": "m", "quality": 1.5, "embedding": [1.0]}, {"model": "m", "quality": 0.5},
                  {"model": "", "quality": 0.5, "embedding": [1.0]}, {"model": "m", "quality": "x", "embedding": [1]},
                  {"model": "m", "quality": 0.5, "embedding": ["a"]},
-                 {"session_key": "s", "events": []}, {"session_key": "s", "events": [{"model": "m"}]}],
+                 {"session_key": "s", "events": []}, {"session_key": "s", "events": [{"model": "m"}]},
+                 # an event's own field beside an envelope's events (the verb refuses it too)
+                 {"session_key": "s", "now_ms": 5,
+                  "events": [{"model": "m", "quality": 0.5, "embedding": [1.0]}]},
+                 # both forms of one embedding
+                 {"model": "m", "quality": 0.5, "embedding": [1.0], "embedding_b64": "AACAPw=="}],
     "loss": [{}, {"loss": "high"}, {"loss": None}],
     "gradients": [{}, {"param_id": "p", "params": [1.0]}, {"param_id": "p", "params": ["a"], "grads": [1.0]}],
     "edges": [{}, {"op": "upsert"}, {"op": "insert"}, {"op": "insert", "edge": {"id": "a,b", "src": "x", "dst": "y",

@@ -26,7 +26,7 @@ from workers.verbs.codec import embedding_field, numbers_as_float32
 from workers.state.framing import pack_part, unpack_part
 from workers.cores.instant import InstantState
 from workers.errors import CorruptStateError, ValidationError, VerbError
-from workers.verbs.fields import to_float
+from workers.verbs.fields import epoch_ms, to_float
 from workers.verbs.registry import VerbContext, health_contributor, verb
 
 __all__ = (
@@ -275,6 +275,7 @@ def record_loss(ctx: VerbContext, body: dict) -> dict:
         raise VerbError("loss required")
     if isinstance(loss, bool) or not isinstance(loss, (int, float)):
         raise VerbError("loss must be a number")
+    epoch_ms(body, "now_ms", lo=0)  # not used, but checked as its topic schema says (the reference has none)
     d = _deep(ctx, create=True)
     o = d.observe_loss(to_float(loss))
     ctx.state.set("deep", d)
@@ -294,6 +295,7 @@ def consolidate(ctx: VerbContext, body: dict) -> dict:
     params = read_vector(body, "params")
     grads = read_vector(body, "grads")
     DeepState.check_consolidate(params, grads)
+    epoch_ms(body, "now_ms", lo=0)  # not used, but checked as its topic schema says
     d = _deep(ctx, create=True)
     out = d.consolidate(param_id, params, grads)
     ctx.state.set("deep", d)

@@ -691,7 +691,8 @@ def read_embedding(body: dict, dim: int, prefix: str = "") -> np.ndarray:
 
 
 def read_now_ms(body: dict, prefix: str = "") -> int:
-    return epoch_ms(body, "now_ms", 0, prefix=prefix)
+    """The event's ``now_ms`` (0 when absent): epoch milliseconds, not before 1970, as the topic schemas say."""
+    return epoch_ms(body, "now_ms", 0, prefix=prefix, lo=0)
 
 
 def read_model(body: dict, state: InstantState, prefix: str = "") -> int:

@@ -227,10 +227,20 @@ def _boundary_mode(body: dict) -> str | None:
     return mode
 
 
+# an event's own fields: beside an envelope's events they would be dropped without a word (the topic
+# schema's envelope and event forms are one or the other)
+_EVENT_FIELDS = ("model", "quality", "payload", "embedding", "embedding_b64", "relation", "estimated_tokens",
+                 "now_ms")
+
+
 def _events_of(ctx: VerbContext, body: dict) -> tuple[list[dict], bool]:
     events = body.get("events")
     if events is None:
         return [body], False
+    beside = [f for f in _EVENT_FIELDS if body.get(f) is not None]
+    if beside:
+        raise VerbError(f"an envelope carries its events in events; {', '.join(beside)} beside them would "
+                        f"be ignored: move them into each event")
     if not isinstance(events, list) or not events:
         raise VerbError("events must be a non-empty array")
     if len(events) > _MAX_EVENTS:

@@ -156,6 +156,8 @@ def embedding_field(body: dict, field: str = "embedding", *, dim: int | None = N
     """Read ``field`` (JSON array) or ``field_b64`` (LE float32) as a finite float32 vector."""
     name = prefix + field
     b64 = body.get(field + "_b64")
+    if b64 is not None and body.get(field) is not None:  # which one was meant? (the schemas: one of them)
+        raise ValidationError(name, f"give {field} or {field}_b64, not both")
     if b64 is not None:
         if not isinstance(b64, str):
             raise ValidationError(name + "_b64", "must be a base64 string")
