@@ -80,3 +80,22 @@ def test_the_feedback_topic_schema_takes_both_forms() -> None:
                 {"model": "m", "embedding": [0.1], "payload": {"quality": 2}}):
         with pytest.raises(Exception):
             t.validate(bad)
+
+
+def test_the_feedback_verbs_published_schema_takes_both_forms() -> None:
+    """What the ``feedback`` verb publishes (its ``params``: the MCP tools' and the SDK's body schema for
+    it) takes the reference hosts' body as the verb does; before, it required a flat ``quality``."""
+    import jsonschema
+
+    from workers.mcp import body_schema
+    from workers.verbs.surface import REGISTRY
+
+    v = jsonschema.Draft202012Validator(body_schema(REGISTRY["feedback"]))
+    assert v.is_valid({"model": "m", "embedding": [0.1], "payload": {"quality": 0.9, "signal": "ok"}, "now_ms": 5})
+    assert v.is_valid({"model": "m", "embedding_b64": "AACAPw==", "quality": 0.9})
+    for bad in ({"model": "m", "embedding": [0.1]},                                 # no quality in any form
+                {"model": "m", "embedding": [0.1], "payload": {"signal": "x"}},
+                {"model": "m", "quality": 0.9},                                    # no embedding
+                {"model": "m", "quality": 0.9, "embedding": [0.1], "embedding_b64": "AACAPw=="},
+                {"model": "m", "quality": 0.9, "embedding": [0.1], "now_ms": -1}):
+        assert not v.is_valid(bad), bad

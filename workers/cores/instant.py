@@ -732,10 +732,19 @@ def init_instant(ctx: VerbContext, body: dict) -> dict:
     return {"targets": list(targets), "dim": dim}
 
 
-@verb("feedback", table="session", writes=True, topic="commands", params=params(
-    ("model", "quality"), model={"type": "string", "minLength": 1},
-    quality={"type": "number", "minimum": 0, "maximum": 1}, embedding=EMBEDDING, embedding_b64=EMBEDDING_B64,
-    now_ms={"type": "integer"}))
+# the reference hosts' body ({payload: {quality, signal?}}) or a flat quality: one of them at least, as in
+# topics/feedback.yaml
+_FEEDBACK_PARAMS = {**params(
+    ("model",), model={"type": "string", "minLength": 1},
+    quality={"type": "number", "minimum": 0, "maximum": 1},
+    payload={"type": "object", "properties": {"quality": {"type": "number", "minimum": 0, "maximum": 1},
+                                              "signal": {"type": "string"}}, "required": ["quality"]},
+    embedding=EMBEDDING, embedding_b64=EMBEDDING_B64, now_ms={"type": "integer", "minimum": 0}),
+    "allOf": [{"anyOf": [{"required": ["quality"]}, {"required": ["payload"]}]},
+              {"oneOf": [{"required": ["embedding"]}, {"required": ["embedding_b64"]}]}]}
+
+
+@verb("feedback", table="session", writes=True, topic="commands", params=_FEEDBACK_PARAMS)
 def feedback(ctx: VerbContext, body: dict) -> dict:
     """{embedding|embedding_b64, model, payload: {quality, signal?} | quality, now_ms?}
     -> {adapter_norm, feedback_count, lr}."""
