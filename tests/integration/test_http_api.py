@@ -105,6 +105,8 @@ def test_http_api(worker_factory) -> None:
     # metrics: the writes above were counted as applied commands
     status, text = get(w.url + "/metrics")
     assert status == 200 and "learnstream_events_total" in text
+    status, faust_text = get(w.url + "/metrics/faust")  # faust's series alone (was a 500 on every scrape)
+    assert status == 200 and "faust_" in faust_text and "learnstream_" not in faust_text
     # init_instant, 2 init_router, 3 record_outcome
     assert metric(text, "learnstream_events_total", outcome="applied", topic="learn.commands") == 6.0
     # and what they wrote: keys and bytes to the session tables (each also a changelog record)
