@@ -62,3 +62,34 @@ def test_the_topic_example_satisfies_the_tool_schema() -> None:
     example = dict(topics()["edges"].example)
     assert example.pop("op") == "insert"
     Draft202012Validator(specs["insert_edge"].input_schema).validate(example)
+
+
+def test_every_tool_lists_its_verbs_fields() -> None:
+    """A client that builds its call from the tool schema can pass every field the verb reads: each tool's
+    schema names its fields (configure_scoring's did not: only session_key and idempotency_key)."""
+    for name, spec in tool_specs().items():
+        props = set(spec.input_schema["properties"]) - {"session_key", "idempotency_key"}
+        branches = spec.input_schema.get("oneOf") or spec.input_schema.get("allOf")
+        assert props or branches or name == "health", name
+
+
+@pytest.mark.parametrize("body,valid", [
+    ({"backend": "builtin", "window": 5}, True),
+    ({"backend": "score_api", "base_url": "http://x/v1", "model": "m", "tokenizer": "char"}, True),
+    ({"backend": "openai", "base_url": "http://x/v1", "model": "m", "tokenizer": "remote",
+      "tokenizer_url": "http://x/tokenize", "logprobs_mode": "echo", "timeout_s": 5, "max_age_ms": 0,
+      "threshold": 0.5, "max_per_run": 10, "finetune_count": 3}, True),
+    ({"backend": "gpu"}, False), ({"window": 0}, False), ({"timeout_s": 0}, False), ({"timeout_s": 121}, False),
+    ({"tokenizer": "words"}, False), ({"max_per_run": 10_001}, False), ({"finetune_count": -1}, False),
+])
+def test_the_configure_scoring_schema_and_the_verb_agree(body: dict, valid: bool) -> None:
+    from workers.scoring import endpoints
+    from workers.verbs.session import LearnSession
+
+    assert Draft202012Validator(tool_specs()["configure_scoring"].input_schema).is_valid(body) is valid
+    endpoints.configure(["http://x/v1", "http://x/tokenize"])  # the operator's allowlist
+    try:
+        out = LearnSession().dispatch({"verb": "configure_scoring", "body": body})
+    finally:
+        endpoints.configure([])
+    assert out["ok"] is valid, out

@@ -29,7 +29,7 @@ from typing import Any
 from workers.verbs.fields import MAX_MS, int_in
 from workers.errors import VerbError
 from workers.scoring.backends import ScoreBackend, build_backend
-from workers.scoring.config import ScoringConfig
+from workers.scoring.config import BACKENDS, LOGPROBS_MODES, TOKENIZERS, ScoringConfig
 from workers.scoring.conversation import ROLES, Message, content_memory_id
 from workers.scoring.modes import IMPORTANT_MIN, full_matrix, incremental
 from workers.scoring.modes import finetune_candidates as find_candidates
@@ -170,7 +170,20 @@ def score_conversation(ctx: VerbContext, body: dict) -> dict:
     return out
 
 
-@verb("configure_scoring", table="memory", writes=True, topic="commands")
+@verb("configure_scoring", table="memory", writes=True, topic="commands", params=params(
+    (), backend={"enum": list(BACKENDS), "description": "naming it replaces every backend field (default builtin)"},
+    base_url={"type": "string", "description": "score_api / openai: the endpoint, an http(s) URL"},
+    model={"type": "string", "minLength": 1, "description": "score_api / openai: the served model"},
+    tokenizer={"enum": list(TOKENIZERS), "description": "score_api / openai (required): whose token ids"},
+    tokenizer_url={"type": "string", "description": "tokenizer remote: POST /tokenize URL"},
+    logprobs_mode={"enum": list(LOGPROBS_MODES), "description": "openai only (default prompt_logprobs)"},
+    timeout_s={"type": "number", "exclusiveMinimum": 0, "maximum": 120},
+    max_age_ms={"type": "integer", "minimum": 0, "maximum": 10**13,
+                "description": "a memory scored longer ago than this is scored again (default 1 h)"},
+    window={"type": "integer", "minimum": 1, "maximum": 10_000},
+    threshold={"type": "number", "minimum": 0, "maximum": 1e9},
+    max_per_run={"type": "integer", "minimum": 1, "maximum": 10_000},
+    finetune_count={"type": "integer", "minimum": 0, "maximum": 100_000}))
 def configure_scoring(ctx: VerbContext, body: dict) -> dict:
     """{backend?, base_url?, model?, tokenizer?, tokenizer_url?, logprobs_mode?, timeout_s?, max_age_ms?,
     window?, threshold?, max_per_run?, finetune_count?} -> {config}."""
