@@ -171,6 +171,39 @@ void bind_common(py::module_& m) {
         },
         py::arg("values"),
         "True for a list of exact floats and of ints in -2**63 .. 2**64 - 1 (what orjson writes as numbers).");
+    m.def(
+        "float64_from_numbers",
+        [](py::handle values) -> py::object {
+            // A list of exact floats and ints as the doubles they are, when every int is one exactly
+            // (|v| <= 2^53): 1 and 1.0, the same JSON number, give the same double. None for anything
+            // else (a larger int, a bool, a subclass, not a list): the caller compares those itself.
+            PyObject* list = values.ptr();
+            if (!PyList_CheckExact(list)) return py::none();
+            const Py_ssize_t n = PyList_GET_SIZE(list);
+            checked_floats(static_cast<std::size_t>(n), "the array");
+            py::array_t<double> out(n);
+            double* o = out.mutable_data();
+            constexpr long long kExact = 1LL << 53;
+            for (Py_ssize_t i = 0; i < n; ++i) {
+                PyObject* e = PyList_GET_ITEM(list, i);
+                if (PyFloat_CheckExact(e)) {
+                    o[i] = PyFloat_AS_DOUBLE(e);
+                    continue;
+                }
+                if (!PyLong_CheckExact(e)) return py::none();
+                int overflow = 0;
+                const long long v = PyLong_AsLongLongAndOverflow(e, &overflow);
+                if (PyErr_Occurred()) {  // not expected of an exact int; never left set
+                    PyErr_Clear();
+                    return py::none();
+                }
+                if (overflow != 0 || v > kExact || v < -kExact) return py::none();
+                o[i] = static_cast<double>(v);
+            }
+            return std::move(out);
+        },
+        py::arg("values"),
+        "A list of exact floats and of ints within 2**53 as float64, or None for anything else.");
 }
 
 // ---- instant + deep (cpp/instant.h, cpp/deep.h) ----

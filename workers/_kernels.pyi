@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['ATTENTION_EDGE_FEATURES', 'ATTENTION_NO_EDGE', 'ATTENTION_UNKNOWN_RELATION', 'BANDIT_MAX_DIM', 'GraphAttention', 'INSTANT_CONSTANTS', 'ROUTER_BUCKETS', 'ROUTER_HIDDEN', 'ROUTER_MAX_TARGETS', 'ROUTER_RANK', 'ROUTE_AVX2', 'adapter_forward', 'bandit_features', 'bandit_projection', 'bandit_route', 'bandit_update_batch', 'clamp_norm', 'ewc_penalty', 'ewc_pull', 'fisher_ema', 'float32_from_numbers', 'instant_feedback', 'instant_feedback_batch', 'instant_hebbian', 'instant_hebbian_batch', 'instant_layout', 'instant_norm', 'instant_replay_reads', 'json_number_list', 'loss_window_push_many', 'mulberry32_stream', 'online_fisher', 'online_forward', 'online_n_params', 'online_step', 'router_forward_batch', 'router_init', 'router_layout', 'router_route', 'router_route_learned', 'router_train', 'router_train_batch', 'weighted_pick']
+__all__: list[str] = ['ATTENTION_EDGE_FEATURES', 'ATTENTION_NO_EDGE', 'ATTENTION_UNKNOWN_RELATION', 'BANDIT_MAX_DIM', 'GraphAttention', 'INSTANT_CONSTANTS', 'ROUTER_BUCKETS', 'ROUTER_HIDDEN', 'ROUTER_MAX_TARGETS', 'ROUTER_RANK', 'ROUTE_AVX2', 'adapter_forward', 'bandit_features', 'bandit_projection', 'bandit_route', 'bandit_update_batch', 'clamp_norm', 'ewc_penalty', 'ewc_pull', 'fisher_ema', 'float32_from_numbers', 'float64_from_numbers', 'instant_feedback', 'instant_feedback_batch', 'instant_hebbian', 'instant_hebbian_batch', 'instant_layout', 'instant_norm', 'instant_replay_reads', 'json_number_list', 'loss_window_push_many', 'mulberry32_stream', 'online_fisher', 'online_forward', 'online_n_params', 'online_step', 'router_forward_batch', 'router_init', 'router_layout', 'router_route', 'router_route_learned', 'router_train', 'router_train_batch', 'weighted_pick']
 class GraphAttention:
     """
     Fixed projections Wq, Wk, Wv, Wo (and the initial We) regenerated from the seed.
@@ -82,6 +82,10 @@ def fisher_ema(F: numpy.ndarray, g: typing.Annotated[numpy.typing.ArrayLike, num
 def float32_from_numbers(values: typing.Any) -> typing.Any:
     """
     A list of exact floats and ints as float32 (np.asarray(values, float32)), or None for anything else.
+    """
+def float64_from_numbers(values: typing.Any) -> typing.Any:
+    """
+    A list of exact floats and of ints within 2**53 as float64, or None for anything else.
     """
 def instant_feedback(arena: numpy.ndarray, meta: numpy.ndarray, x: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], target: typing.SupportsInt | typing.SupportsIndex, quality: typing.SupportsFloat | typing.SupportsIndex, now_ms: typing.SupportsInt | typing.SupportsIndex = 0) -> tuple[bool, float]:
     """

@@ -1,9 +1,13 @@
 """Client idempotency keys: a retried write is answered, never applied twice, across restarts."""
 from __future__ import annotations
 
+import numpy as np
 import orjson
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
+from workers.errors import VerbError
 from workers.verbs.session import LearnSession
 from workers.state import MemoryStore
 from workers.state import idempotency
@@ -283,3 +287,51 @@ def test_a_key_reused_for_another_write_is_refused_not_answered_with_the_first_r
     blob = StateBlob()
     idempotency.remember(blob, "old", {"ok": True, "id": "t:0:1"})   # no print: as kept before
     assert idempotency.retried(blob, "old", "x", {"a": 1})[1]["duplicate"] is True
+
+
+def test_a_retry_whose_numbers_are_written_another_way_is_the_same_write() -> None:
+    """``1`` and ``1.0`` (and ``-0.0`` and ``0``) are the same JSON number: a retry whose client wrote them
+    another way is answered with the first reply; a different number is another write, refused."""
+    s = LearnSession()
+    s.dispatch({"verb": "init_instant", "body": {"session_key": "s", "targets": ["a"], "dim": 2}})
+    body = {"session_key": "s", "model": "a", "quality": 1, "embedding": [1, 0], "now_ms": 5, "idempotency_key": "k"}
+    first = s.dispatch({"verb": "learn_feedback", "body": body})
+    assert first["ok"], first
+    for same in ({**body, "quality": 1.0, "embedding": [1.0, -0.0]}, {**body, "embedding": [1.0, 0]},
+                 {**body, "now_ms": 5.0}):
+        assert s.dispatch({"verb": "learn_feedback", "body": same}) == {**first, "duplicate": True}, same
+    for other in ({**body, "embedding": [1.0, 0.5]}, {**body, "quality": 0.99}, {**body, "now_ms": 6}):
+        assert "was already used in this session for a different write" in \
+            s.dispatch({"verb": "learn_feedback", "body": other})["error"], other
+    assert s.dispatch({"verb": "health", "body": {"session_key": "s"}})["data"]["feedback_count"] == 1
+
+
+def test_a_reply_kept_with_the_first_print_is_compared_as_it_was() -> None:
+    """A key kept before numbers were compared by value (its print under ``body_sha256``): the same body is
+    answered, another body refused, as then."""
+    from workers.state.blob import StateBlob
+
+    blob = StateBlob()
+    idempotency.remember(blob, "old", {"ok": True, "id": "t:0:1"})
+    keys = blob.get(idempotency.PART, idempotency.AppliedKeys)
+    keys.replies["old"] = {"ok": True, "id": "t:0:1", "body_sha256": idempotency._print_v1("v", {"a": 1})}
+    assert idempotency.retried(blob, "old", "v", {"a": 1})[1] == {"ok": True, "id": "t:0:1", "duplicate": True}
+    with pytest.raises(VerbError):
+        idempotency.retried(blob, "old", "v", {"a": 2})
+
+
+@given(st.lists(st.one_of(st.floats(), st.integers(), st.sampled_from([2 ** 53, -(2 ** 53), 2 ** 53 + 1, 2 ** 64])),
+                max_size=20))
+@example([2 ** 53, -(2 ** 53), 1.5, -0.0])
+@example([2 ** 53 + 1])
+def test_float64_from_numbers_is_numpys_doubles_for_exact_ints(v: list) -> None:
+    from workers import _kernels
+
+    got = _kernels.float64_from_numbers(v)
+    if any(type(x) is int and abs(x) > 2 ** 53 for x in v):
+        assert got is None
+    else:
+        want = np.array([float(x) for x in v], np.float64)
+        assert got.dtype == np.float64 and got.tobytes() == want.tobytes()
+    for bad in ([True], [1.0, "x"], [None], [np.float64(1)], (1.0,), [[1.0]]):
+        assert _kernels.float64_from_numbers(bad) is None

@@ -58,6 +58,10 @@ def valid_calls() -> dict[str, object]:
         "json_number_list": lambda: (k.json_number_list, [[1.0, 2, 2 ** 64 - 1, -(2 ** 63)]]),
         "json_number_list items": lambda: (k.json_number_list, [hostile_values()]),
         "json_number_list int items": lambda: (k.json_number_list, [[v for v in hostile_values() if type(v) is int]]),
+        "float64_from_numbers": lambda: (k.float64_from_numbers, [[1.0, 2, 2 ** 53, -(2 ** 53)]]),
+        "float64_from_numbers items": lambda: (k.float64_from_numbers, [hostile_values()]),
+        "float64_from_numbers int items": lambda: (k.float64_from_numbers, [[v for v in hostile_values()
+                                                                              if type(v) is int]]),
         "instant_layout": lambda: (k.instant_layout, [4, 2]),
         "instant_hebbian": lambda: (k.instant_hebbian, [*_instant(), np.ones(4, f32), 1, 0.5]),
         "instant_hebbian_batch": lambda: (k.instant_hebbian_batch, [*_instant(), np.ones((2, 4), f32),

@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from typing import Any
 
 import orjson
 
+from workers import _kernels
 from workers.errors import CorruptStateError, VerbError
 from workers.state.blob import StateBlob
 
@@ -138,12 +140,50 @@ def take_key(body: dict) -> tuple[str | None, dict]:
     return key, {k: v for k, v in body.items() if k != FIELD}
 
 
-_PRINT = "body_sha256"   # kept beside a reply: which write the key was first used for
+# kept beside a reply: which write the key was first used for (its print, :func:`fingerprint`); a reply
+# kept before numbers were compared by value has its print under the first name (:func:`_print_v1`)
+_PRINT = "body_print"
+_PRINT_V1 = "body_sha256"
 
 
 def fingerprint(verb: str, body: dict) -> str | None:
     """What a retry must repeat: the verb and its body (without ``session_key``, which routing already
-    matched), as a short hash; None for a body that is not JSON (an in-process caller's own objects)."""
+    matched), as a short hash; None for a body that is not JSON (an in-process caller's own objects).
+
+    Numbers count by value, as JSON has them: ``1`` and ``1.0`` (and ``1e0``), or ``0`` and ``-0.0``, are
+    the same number, so a retry whose client wrote its numbers another way is still the same write. An
+    array of plain numbers is hashed as its doubles (``_kernels.float64_from_numbers``, one C++ pass)."""
+    try:
+        raw = orjson.dumps([verb, _by_value({k: v for k, v in body.items() if k != "session_key"})],
+                           option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+    except (TypeError, RecursionError):
+        return None
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def _by_value(value: Any) -> Any:
+    """``value`` with each number as the one form of its value: an int within 2^53 as its double (``0.0``
+    for either zero), a list of such numbers as the hash of its doubles."""
+    t = type(value)
+    if t is float:
+        return value + 0.0  # -0.0 + 0.0 is 0.0
+    if t is int:
+        return float(value) + 0.0 if -_EXACT <= value <= _EXACT else value
+    if t is dict:
+        return {k: _by_value(v) for k, v in value.items()}
+    if t is list or t is tuple:
+        doubles = _kernels.float64_from_numbers(value)  # None for a tuple: item by item
+        if doubles is not None:
+            return "f64:" + hashlib.sha256((doubles + 0.0).tobytes()).hexdigest()
+        return [_by_value(v) for v in value]
+    return value
+
+
+_EXACT = 2**53  # every int up to this is a double exactly
+
+
+def _print_v1(verb: str, body: dict) -> str | None:
+    """The print kept beside replies before numbers were compared by value (``1`` and ``1.0`` differed)."""
     try:
         raw = orjson.dumps([verb, {k: v for k, v in body.items() if k != "session_key"}],
                            option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
@@ -159,7 +199,7 @@ def _kept(blob: StateBlob, key: str) -> dict | None:
 
 
 def _reply(kept: dict) -> dict:
-    return {k: v for k, v in kept.items() if k != _PRINT}
+    return {k: v for k, v in kept.items() if k not in (_PRINT, _PRINT_V1)}
 
 
 def lookup(blob: StateBlob, key: str) -> dict | None:
@@ -181,8 +221,10 @@ def retried(blob: StateBlob, key: str, verb: str, body: dict) -> tuple[str | Non
     kept = _kept(blob, key)
     if kept is None:
         return print_, None
-    was = kept.get(_PRINT)
-    if print_ is not None and was is not None and was != print_:
+    was, now = kept.get(_PRINT), print_
+    if was is None and kept.get(_PRINT_V1) is not None:  # kept before numbers were compared by value
+        was, now = kept[_PRINT_V1], _print_v1(verb, body)
+    if now is not None and was is not None and was != now:
         raise VerbError(f"{FIELD} {key!r} was already used in this session for a different write "
                         f"(another verb or body); use a new key for a new write")
     return print_, {**_reply(kept), "duplicate": True}
