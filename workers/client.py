@@ -20,6 +20,7 @@ session waits for it, so a fresh session's first data event cannot overtake its 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
@@ -77,11 +78,29 @@ class Sent(tuple):
     """(topic, partition, offset) of a sent message."""
 
 
+def _verb_kind(verb: str, *, writes: bool) -> None:
+    """VerbError unless ``verb`` is a write (``apply``) or a read (``read``); an unknown verb is left to the
+    worker, which names it."""
+    from workers.verbs.surface import REGISTRY
+
+    v = REGISTRY.get(verb)
+    if v is not None and v.writes != writes:
+        raise VerbError(f"{verb} is a {'read' if writes else 'write'}: use "
+                        f"{'read()' if writes else 'apply()'} for it (apply() sends writes with an "
+                        f"idempotency key and waits until applied; read() answers reads)")
+
+
 def _vec(x: Any) -> dict:
-    """An embedding as ``embedding_b64`` (fast) when it is an array, else as given."""
+    """An embedding as ``embedding_b64`` (fast) when it is an array, else as given; a NaN or an infinity
+    fails here, naming the rule, not later in the DLQ (base64 is beyond what a JSON Schema can check)."""
     if isinstance(x, np.ndarray):
+        if x.dtype.kind in "fc" and not np.isfinite(x).all():
+            raise ValidationError("embedding", "must be finite (NaN/Inf refused)")
         return {"embedding_b64": encode_embedding_b64(x)}
-    return {"embedding": list(map(float, x))}
+    values = list(map(float, x))
+    if not all(map(math.isfinite, values)):  # JSON would carry a NaN as null
+        raise ValidationError("embedding", "must be finite (NaN/Inf refused)")
+    return {"embedding": values}
 
 
 def worker_base_url(url: str, what: str) -> str:
@@ -185,6 +204,7 @@ class LearnstreamClient:
         ``apply_deadline_s``; then raises :class:`WriteNotConfirmed`. A refused write raises
         :class:`~workers.errors.VerbError` with the verb's message.
         """
+        _verb_kind(verb, writes=True)
         key = idempotency_key or uuid.uuid4().hex
         body = {**(body or {}), "session_key": session_key, _IDEMPOTENCY: key}
         out = await self._post(verb, body, retry_for=self.apply_deadline_s, key=key)
@@ -192,6 +212,7 @@ class LearnstreamClient:
 
     async def read(self, session_key: str, verb: str, body: dict | None = None) -> Any:
         """Answer read ``verb`` from the session's owner (the ``data`` of the envelope)."""
+        _verb_kind(verb, writes=False)  # a write here would be retried without an idempotency key
         out = await self._post(verb, {**(body or {}), "session_key": session_key}, retry_for=self.apply_deadline_s)
         return out.get("data")
 

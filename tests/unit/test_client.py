@@ -16,6 +16,31 @@ def test_client_validates_before_sending() -> None:
         asyncio.run(c.insert_edge("s", {"id": "a,b", "src": "x", "dst": "y", "valid_at": 1, "created_at": 1}))
 
 
+def test_a_non_finite_embedding_fails_in_the_agent_not_in_the_dlq() -> None:
+    """base64 is beyond what the topic schema can check, and JSON would carry a NaN as null: the client
+    checks the embedding itself before anything is sent."""
+    import numpy as np
+
+    c = LearnstreamClient("127.0.0.1:1")  # never started: the check must come first
+    for emb in (np.array([np.nan, 1.0], np.float32), np.array([1.0, np.inf]), [1.0, float("nan")]):
+        with pytest.raises(ValidationError, match="embedding: must be finite"):
+            asyncio.run(c.feedback("s", emb, model="m", quality=0.5))
+        with pytest.raises(ValidationError, match="embedding: must be finite"):
+            asyncio.run(c.feedback_batch("s", [{"embedding": emb, "model": "m", "quality": 0.5}]))
+
+
+def test_apply_takes_writes_and_read_takes_reads() -> None:
+    """``apply`` with a read failed with a bare KeyError ('id'); ``read`` with a write applied it, and retried
+    it without an idempotency key. Both say which to use, before anything is sent."""
+    from workers.errors import VerbError
+
+    c = LearnstreamClient(worker_url="http://127.0.0.1:1")  # never started: the check comes first
+    with pytest.raises(VerbError, match=r"health is a read: use read\(\)"):
+        asyncio.run(c.apply("s", "health", {}))
+    with pytest.raises(VerbError, match=r"reset_adapter is a write: use apply\(\)"):
+        asyncio.run(c.read("s", "reset_adapter", {}))
+
+
 def test_a_worker_url_without_a_scheme_is_refused_when_the_client_is_made() -> None:
     """``worker_url="127.0.0.1:6066"`` used to fail at the first call (and, behind MCP, at every call)."""
     from workers.errors import ConfigError
