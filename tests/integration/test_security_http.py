@@ -115,6 +115,22 @@ def test_authentication_scopes_and_limits(worker_factory, creds) -> None:
     for path in ("/route", "/predict", "/graph/tenant-a/edges?src=alice", "/table/", "/router/", "/"):
         assert call(w, path, {} if path in ("/route", "/predict") else None)[0] == 401, path
 
+    # `learnstream dispatch --url`: a refused token is not a verb's answer, and its exit status says so
+    import subprocess
+    import sys
+    cli = [sys.executable, "-m", "workers.cli", "dispatch", "--url", w.url, "--token-file"]
+    bogus_file = Path(creds["path"]).parent / "bogus-token"
+    bogus_file.write_text(bogus + "\n")
+    a_file = Path(creds["path"]).parent / "a-token"
+    a_file.write_text(a + "\n")
+    req = '{"verb": "health", "body": {"session_key": "tenant-a/x"}}\n'
+    run = subprocess.run([*cli, str(bogus_file)], input=req, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "HTTP 401" in run.stderr and '"ok":false' in run.stdout, run
+    # a verb's own refusal (422) is an answer, as in process: exit 0
+    req += '{"verb": "apply_adapter", "body": {"session_key": "tenant-a/x", "embedding": [1.0]}}\n'
+    run = subprocess.run([*cli, str(a_file)], input=req, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.count("\n") == 2 and '"ok":false' in run.stdout, run
+
     # faust's own views are off: no raw table values or cluster layout, even with a token
     for path in ("/table/", "/table/learnstream-session/x/", "/router/"):
         assert call(w, path, token=a)[0] == 404, path

@@ -114,6 +114,11 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+# HTTP statuses of a verb's own answer (applied, refused, unparsable): printed, and the exit status stays 0 as
+# in process; any other (401, 403, 413, 5xx) makes it 1
+_VERB_ANSWERS = frozenset({400, 422})
+
+
 def cmd_dispatch(args: argparse.Namespace) -> int:
     """One JSON request per stdin line -> one response per stdout line."""
     if args.url:
@@ -132,6 +137,7 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
                 headers["Authorization"] = "Bearer " + Path(args.token_file).read_text().strip()
             except OSError as exc:
                 raise ConfigError(f"--token-file: {exc}") from None
+        failed = []  # answers that are not a verb's (401, 403, 5xx ...): the exit status says so
         for line in sys.stdin:
             if not line.strip():
                 continue
@@ -141,11 +147,17 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
                     out = r.read()
             except urllib.error.HTTPError as e:
                 out = e.read()
+                if e.code not in _VERB_ANSWERS:
+                    failed.append(e.code)
             except (urllib.error.URLError, OSError) as e:  # refused, no route, a name that does not resolve
                 raise LearnstreamError(f"cannot reach the worker at {args.url} "
                                        f"({getattr(e, 'reason', e)})") from None
             sys.stdout.write(out.decode() + "\n")
             sys.stdout.flush()
+        if failed:
+            print(f"learnstream dispatch: {len(failed)} request(s) not answered by a verb (HTTP "
+                  f"{', '.join(map(str, sorted(set(failed))))})", file=sys.stderr)
+            return 1
         return 0
     from workers.verbs.session import LearnSession
     from workers.verbs.surface import configure
