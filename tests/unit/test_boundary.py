@@ -770,17 +770,51 @@ def test_a_version_3_loop_state_reads_its_models_as_served_from_the_start() -> N
 def test_a_late_model_is_kept_out_of_the_detector_until_its_level_is_known() -> None:
     """A model first served after LATE_AFTER answers: its first LATE_WARM losses are NaN (the detector
     skips them), then its offset counts in full; a model served from the start is as before."""
-    from workers.cores.loop import LATE_AFTER, LATE_WARM, LEVEL_PRIOR, ModelLevels
+    from workers.cores.loop import EARLY_WARM, LATE_AFTER, LATE_WARM, ModelLevels
 
     levels = ModelLevels()
     levels.losses([0] * LATE_AFTER, [0.8] * LATE_AFTER)
     got = levels.losses([1] * LATE_WARM + [1, 0], [0.3] * LATE_WARM + [0.3, 0.8])
     assert np.isnan(got[:LATE_WARM]).all() and np.isfinite(got[LATE_WARM:]).all()
-    # then an answer at its own level reads as one at the session's (w = 1): loss ~0.2, not 1 - 0.3
-    assert levels.arrived == [0, LATE_AFTER] and got[LATE_WARM] < 0.3
-    early = ModelLevels()  # two models from the start: no answer is kept out, shrunk offsets as before
+    # then an answer at its own level reads as one at the anchor's (the first model): loss 0.2, not 1 - 0.3
+    assert levels.arrived == [0, LATE_AFTER] and got[LATE_WARM] == pytest.approx(0.2, abs=1e-6)
+    early = ModelLevels()  # a second model from the start: only its first EARLY_WARM answers are kept out
     out = early.losses([0, 1] * 60, [0.8, 0.3] * 60)
-    assert np.isfinite(out).all() and early.arrived == [0, 1] and LEVEL_PRIOR > LATE_WARM
+    assert early.arrived == [0, 1] and EARLY_WARM < LATE_WARM
+    assert np.isnan(out[1:2 * EARLY_WARM:2]).all() and np.isfinite(np.delete(out, range(1, 2 * EARLY_WARM, 2))).all()
+    assert out[2 * EARLY_WARM + 1:] == pytest.approx(0.2, abs=1e-6)
+
+
+def test_the_reference_is_the_first_models_level_not_the_serving_mix() -> None:
+    """Offsets are measured against the session's first model: a long run of a worse model no longer drags
+    the reference down with it (a served-mix mean did, and the run's end read as a new task), and a model
+    first served later does not move it either."""
+    from workers.cores.loop import EARLY_WARM, LATE_WARM, ModelLevels
+
+    levels = ModelLevels()
+    levels.losses([0] * 20, [0.8] * 20)
+    levels.losses([1] * EARLY_WARM, [0.3] * EARLY_WARM)
+    run = levels.losses([1] * 300, [0.3] * 300)       # a long run of the worse model: every loss as the first's
+    assert run == pytest.approx(0.2, abs=1e-6)
+    levels.losses([2] * LATE_WARM, [0.5] * LATE_WARM)  # first served after 100 answers: a late model
+    assert levels.losses([0, 2, 1], [0.8, 0.5, 0.3]) == pytest.approx(0.2, abs=1e-6)
+
+
+def test_three_models_served_in_runs_never_reset_the_adapter() -> None:
+    """An independent trial's world: three models (0.85 / 0.6 / 0.35, sd 0.1) served in runs of mean length
+    10. With the served-mix reference, 17 of 20 runs of 10,000 events reset the adapter, all within the
+    first 222 events; a task lowering every model is still found."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        switch = rng.random(1500) < 0.1
+        models = np.zeros(1500, np.int64)
+        for i in range(1, 1500):
+            models[i] = rng.integers(3) if switch[i] else models[i - 1]
+        q = np.clip(np.array([0.85, 0.6, 0.35])[models] + 0.1 * rng.standard_normal(1500), 0.0, 1.0)
+        assert _feedback_models(_three_models(), q, models) == [], seed
+    q[1000:] = np.clip(q[1000:] - 0.3, 0.0, 1.0)
+    fired = _feedback_models(_three_models(), q, models)
+    assert fired and 1000 <= fired[0] < 1100, fired
 
 
 def test_a_worse_model_rolled_out_late_does_not_reset_the_adapter() -> None:

@@ -64,12 +64,12 @@ _LEVELS = struct.Struct("<dqdI")     # version 3, after _FMT: ModelLevels (weigh
 _MAGIC = b"LSL"
 _VERSION = 4                         # 4: + each model's arrival (ModelLevels.arrived)
 # Each model's usual quality (ModelLevels): a running mean for its first LEVEL_HORIZON answers, then an
-# EMA over about that many; its offset counts in full once it was served well more than LEVEL_PRIOR
-# times (n / (n + LEVEL_PRIOR)).
+# EMA over about that many.
 LEVEL_HORIZON = 200
-LEVEL_PRIOR = 50
-# A model first served after LATE_AFTER answers of the session is *late* (a new model rolled out): its
-# first LATE_WARM answers are kept out of the detector, and then its offset counts in full.
+# A model other than the session's first is kept out of the detector for its first EARLY_WARM answers
+# (its level is a mean of that many by then); one first served after LATE_AFTER answers of the session
+# is *late* (a new model rolled out) and waits LATE_WARM answers.
+EARLY_WARM = 5
 LATE_AFTER = 100
 LATE_WARM = 30
 BOUNDARY_MODES = ("cusum", "zscore")     # index = the stored byte
@@ -83,23 +83,29 @@ class ModelLevels:
     session's quality level without a new task; measured against each model's own level, those
     stretches are ordinary answers, while a new task lowers every model's answers at once.
 
-    Per event, before it counts: ``q_adj = q - w_m (level_m - level)``, where ``level_m`` is the
-    model's usual quality (a running mean, then an EMA over about LEVEL_HORIZON of its answers),
-    ``level`` the mean of the models' levels weighted by how often each was served (so it does not
-    follow whichever model is served now, and moves when every model's does), and ``w_m = n_m / (n_m
-    + LEVEL_PRIOR)`` (a model seen a few times counts little). Then the loop's mix with its own EMA,
-    as for the instant core. With one model ``q_adj`` is ``q`` exactly.
+    Per event, before it counts: ``q_adj = q - (level_m - level_0)``, where ``level_m`` is the model's
+    usual quality (a running mean, then an EMA over about LEVEL_HORIZON of its answers) and ``level_0``
+    that of the session's first model (the anchor). Then the loop's mix with its own EMA, as for the
+    instant core. With one model ``q_adj`` is ``q`` exactly, and the anchor's own answers count as they are.
 
-    A model first served after the session's first LATE_AFTER answers (a new model rolled out) has no
-    level the shrinkage could lean on, and a worse one taking half the traffic read as a new task (one
-    reset at its arrival in each of 8 runs, bench/README.md "boundaries", thirty-third session): its
-    first LATE_WARM answers are kept out of the detector (their losses are NaN, which it skips), and
-    then it counts with ``w_m = 1``: its level is a mean of LATE_WARM answers by then."""
+    The reference is one model's level, not a mix of them: a mean weighted by how often each model was
+    served (the first form) moved with the serving mix, so in a long run of a worse model, early in a
+    session, the reference sank towards it, the offset shrank and the run read as a new task; a plain mean
+    jumps whenever a model is first served. An independent trial's world of three models (0.85 / 0.6 /
+    0.35, sd 0.1) served in runs of mean length 10 reset the adapter in 17 of 20 runs of 10,000 events;
+    none in 20 now (bench/README.md "boundaries", thirty-ninth session).
+
+    A model other than the anchor has no level when it is first served, and a worse one's first answers
+    read as a new task: its first EARLY_WARM answers are kept out of the detector (their losses are NaN,
+    which it skips), and then its offset counts in full. A model first served after the session's first
+    LATE_AFTER answers (a new model rolled out) waits LATE_WARM answers: a worse one taking half the
+    traffic reset the adapter at its arrival in each of 8 runs with a shorter wait (thirty-third session).
+    ``weighted`` (the served-mix level of the first form) is still kept, for the stored format."""
 
     __slots__ = ("weighted", "n", "ema", "means", "counts", "arrived")
 
     def __init__(self) -> None:
-        self.weighted = 0.0             # sum over models of n_m * level_m (level = weighted / n)
+        self.weighted = 0.0             # sum over models of n_m * level_m (the first form's reference, stored)
         self.n = 0
         self.ema: float | None = None   # EMA of q_adj (the loop's quality EMA, for the detector)
         self.means: list[float] = []    # level_m by target index
@@ -116,16 +122,17 @@ class ModelLevels:
             arrived.extend([-1] * grow)
         weighted, n, ema = self.weighted, self.n, self.ema
         out = []
+        anchor = self._anchor()
         for t, q in zip(targets, qualities):
             c, old = counts[t], means[t]
             if c == 0:
                 arrived[t] = n
-            late = arrived[t] >= LATE_AFTER
-            if late and c < LATE_WARM:
+                if anchor is None:
+                    anchor = t  # the session's first answer
+            if t != anchor and c < (LATE_WARM if arrived[t] >= LATE_AFTER else EARLY_WARM):
                 out.append(math.nan)  # kept out of the detector until its level is known
             else:
-                w = 1.0 if late else c / (c + LEVEL_PRIOR)
-                adj = q - w * (old - weighted / n) if 0 < c < n else q
+                adj = q if t == anchor else q - (old - means[anchor])
                 if ema is None:
                     ema = adj
                 out.append(Q_WEIGHT * adj + (1.0 - Q_WEIGHT) * ema)
@@ -138,6 +145,12 @@ class ModelLevels:
         # through float32 as the loop's own q_eff, so that with one model the losses are the same bits
         # (NaN, a late model's first answers, stays NaN)
         return np.maximum(1.0 - np.array(out, np.float32).astype(np.float64), 0.0)
+
+    def _anchor(self) -> int | None:
+        """The session's first model (a version 3 state, which kept no arrivals, has several that arrived
+        first: the one served most), or None before any answer."""
+        first = [i for i, a in enumerate(self.arrived) if a == 0 and self.counts[i]]
+        return max(first, key=self.counts.__getitem__) if first else None
 
     def to_bytes(self) -> bytes:
         k = len(self.means)
