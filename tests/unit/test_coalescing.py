@@ -37,9 +37,11 @@ def _event(rng: np.random.Generator, i: int, q: float, **extra) -> dict:
 
 
 def _qualities(n: int, rng: random.Random) -> list[float]:
-    """Steady good quality with lasting collapses (6 events in 20), so the loop's detector (the
-    default CUSUM, which ignores a single bad event) fires boundaries mid-run."""
-    return [0.0 if i % 20 >= 14 else round(rng.uniform(0.8, 0.95), 3) for i in range(n)]
+    """Steady good quality with lasting collapses (6 events in 20) after the first 40, so the loop's
+    detector (the default CUSUM, which ignores a single bad event) fires boundaries mid-run. Not from the
+    start: the detector tests nothing before it holds a dozen losses, and the second model's first answers
+    are kept out of it (its level is not known yet), so a collapse at event 14 would go into its reference."""
+    return [0.0 if i >= 40 and i % 20 >= 14 else round(rng.uniform(0.8, 0.95), 3) for i in range(n)]
 
 
 BAD_EVENTS = [  # each refused alone, with the single-event error
@@ -64,7 +66,7 @@ def test_coalesced_feedback_equals_one_call_per_event() -> None:
     """Replies, errors, downstream events and state: the coalesced form against single calls."""
     rng, prng = np.random.default_rng(1), random.Random(1)
     bodies = [_event(rng, i, q, relation="entity" if i % 3 == 0 else None, estimated_tokens=i * 10)
-              for i, q in enumerate(_qualities(60, prng))]
+              for i, q in enumerate(_qualities(120, prng))]
     for k, (bad, _) in enumerate(BAD_EVENTS):
         bodies.insert(7 + 11 * k, {**bodies[0], **bad})
     sources = [{"topic": "learn.feedback", "partition": 0, "offset": i, "timestamp_ms": 5} for i in range(len(bodies))]
