@@ -65,14 +65,35 @@ def test_the_key_survives_a_restart_and_a_redelivery(setup) -> None:
     assert accesses(store) == 1
 
 
-def test_verbs_never_see_the_key_and_a_refused_write_is_refused_once(setup) -> None:
-    store, _ = setup
+def test_a_refused_write_keeps_no_key_so_the_corrected_write_is_applied(setup) -> None:
+    """A refusal changed nothing and is not kept under its key: the same request again is refused again
+    (and dead-lettered again), and the client's corrected request under the same key is applied (a kept
+    refusal locked it out as "a different write"). The verbs never see the key."""
+    store, rid = setup
     p = Processor(StoreStateAccess(store))
     bad = {"ids": [], "idempotency_key": "k9"}
+    before = LearnSession(store=store).dispatch({"verb": "agent_info", "body": {"session_key": "s1"}})["data"]
     res = p.process([cmd(1, "mark_used", bad), cmd(2, "mark_used", bad)])
-    assert res.replies[(COMMANDS, 0, 1)]["error"].startswith("ids must be")
-    assert res.replies[(COMMANDS, 0, 2)]["duplicate"] is True
-    assert len([x for x in res.produce if x.role == "dlq"]) == 1  # the retry is not dead-lettered again
+    assert [res.replies[(COMMANDS, 0, o)]["error"][:12] for o in (1, 2)] == ["ids must be "] * 2
+    assert "duplicate" not in res.replies[(COMMANDS, 0, 2)]
+    assert len([x for x in res.produce if x.role == "dlq"]) == 2
+    after = LearnSession(store=store).dispatch({"verb": "agent_info", "body": {"session_key": "s1"}})["data"]
+    assert after["digest"] == before["digest"]  # no key kept: nothing of the session changed
+    res = p.process([cmd(3, "mark_used", {"ids": [rid], "idempotency_key": "k9"})])
+    assert res.replies[(COMMANDS, 0, 3)]["ok"] and accesses(store) == 1
+
+
+def test_in_process_a_refused_write_keeps_no_key_so_the_corrected_write_is_applied() -> None:
+    s = LearnSession()
+    body = {"session_key": "s", "agent": "q", "domain": "x", "idempotency_key": "k3"}
+    before = s.dispatch({"verb": "agent_info", "body": {"session_key": "s"}})["data"]
+    assert s.dispatch({"verb": "add_knowledge", "body": body})["error"] == "fact required"
+    again = s.dispatch({"verb": "add_knowledge", "body": body})
+    assert again["error"] == "fact required" and "duplicate" not in again
+    assert s.dispatch({"verb": "agent_info", "body": {"session_key": "s"}})["data"] == before
+    fixed = s.dispatch({"verb": "add_knowledge", "body": {**body, "fact": "ok"}})
+    assert fixed["ok"], fixed
+    assert s.dispatch({"verb": "add_knowledge", "body": {**body, "fact": "ok"}}) == {**fixed, "duplicate": True}
 
 
 @pytest.mark.parametrize("key", ["", 7, "x" * 129])
@@ -229,11 +250,11 @@ def test_in_process_a_retried_key_is_answered_with_the_first_reply_and_applied_o
     assert accesses(s.store) == 1
     assert s.dispatch({"verb": "mark_used", "body": {**body, "idempotency_key": "k2"}})["ok"]
     assert accesses(s.store) == 2
-    # a refused write is refused once, as in the worker; the verb never sees the key
+    # a refused write keeps no key, as in the worker: refused again; the verb never sees the key
     bad = {"session_key": "s1", "ids": [], "idempotency_key": "k9"}
     refused = s.dispatch({"verb": "mark_used", "body": bad})
     assert refused["error"].startswith("ids must be")
-    assert s.dispatch({"verb": "mark_used", "body": bad}) == {**refused, "duplicate": True}
+    assert s.dispatch({"verb": "mark_used", "body": bad}) == refused
     s.close()
 
 

@@ -87,13 +87,13 @@ def test_memory_messages_without_an_id_are_identified_by_their_text() -> None:
 
 @pytest.mark.parametrize("body,error", [
     ({"messages": MSGS}, "conversation_id required"),
-    ({"conversation_id": "", "messages": MSGS}, "conversation_id required"),
+    ({"conversation_id": "", "messages": MSGS}, "conversation_id must be a non-empty string"),
     ({"conversation_id": "c"}, "messages required, an array"),
     ({"conversation_id": "c", "messages": [1]}, "messages[0] must be an object"),
     ({"conversation_id": "c", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role must be one of"),
     ({"conversation_id": "c", "messages": [{"role": "user"}]}, "messages[0].content required"),
     ({"conversation_id": "c", "messages": [{"role": "memory", "content": "x", "memory_id": ""}]},
-     "messages[0].memory_id required"),
+     "messages[0].memory_id must be a non-empty string"),
     ({"conversation_id": "c", "messages": [{"role": "assistant", "content": "x", "memory_id": "m"}]},
      "an assistant response cannot be a memory"),
     ({"conversation_id": "c", "messages": MSGS, "now_ms": -1}, "now_ms must be a non-negative integer"),
@@ -302,3 +302,11 @@ def test_a_bad_memory_context_event_goes_to_the_dlq() -> None:
     res = p.process([rec(0, {"conversation_id": "c", "messages": [{"role": "robot", "content": "x"}]})])
     (d,) = [x.value for x in res.produce if x.role == "dlq"]
     assert d["reason_code"] == "invalid" and "role must be one of" in d["reason"]  # breaks the schema
+
+
+def test_an_optional_id_given_empty_is_not_called_required() -> None:
+    """``memory_scores {memory_id?}``: an empty one was refused as "memory_id required"."""
+    s = LearnSession()
+    assert s.dispatch({"verb": "memory_scores", "body": {"memory_id": ""}})["error"] == \
+        "memory_id must be a non-empty string of at most 256 characters"
+    assert s.dispatch({"verb": "memory_scores", "body": {}})["ok"]

@@ -52,8 +52,11 @@ _FINETUNE_COUNT = 20
 
 # -- reading bodies --------------------------------------------------------------------------------
 def _id(v: Any, field: str) -> str:
-    if not isinstance(v, str) or not v or len(v) > _MAX_ID:
+    """A required id (``None`` is its absence), or an optional one that was given."""
+    if v is None:
         raise VerbError(f"{field} required, a non-empty string of at most {_MAX_ID} characters")
+    if not isinstance(v, str) or not v or len(v) > _MAX_ID:
+        raise VerbError(f"{field} must be a non-empty string of at most {_MAX_ID} characters")
     return v
 
 

@@ -12,7 +12,9 @@ a worker restart and moves with the partition to another worker; and because the
 travels through the same partition as the original, it is always applied after it.
 A graph write's key is kept in the session's value in the ``session`` table (the graph has no
 session value: ``workers.verbs.registry.keys_table``), which the worker produces in the same
-transaction as the graph's keys.
+transaction as the graph's keys. A refused write is not kept: it changed nothing, so a client
+that fixes its request and sends it again under the same key has it applied (a refusal kept under
+the key locked that out), and the same bad request sent again is refused again.
 
 Keys are kept per session and table value, the most recent ``_KEEP`` of them; a retry
 must come within that many writes of the session (a client retries within seconds).

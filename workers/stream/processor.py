@@ -532,9 +532,10 @@ class Processor:
         t0 = time.perf_counter()
         out = run_verb(v, ctx, body)
         res.verb_seconds.append((v.name, time.perf_counter() - t0))
-        if key is not None and keys is not None:
+        if key is not None and keys is not None and out["ok"]:
             # same value, same table write as the state change and the watermark: all or nothing (a graph
-            # write's key: the session table's value, produced in the same transaction as the graph's keys)
+            # write's key: the session table's value, produced in the same transaction as the graph's keys).
+            # A refusal is not kept: it changed nothing, and the client's corrected write may reuse the key
             idempotency.remember(keys, key, {**out, "id": record_id(rec)}, print_)
             if keys_at != v.table:
                 dirty[(keys_at, sk)] = rec.partition

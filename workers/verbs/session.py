@@ -160,12 +160,12 @@ class LearnSession:
             if again is not None:
                 return again
         out = run_verb(v, self.context(v, sk), body)
-        if blob is not None:
+        if blob is not None and out["ok"]:  # a refusal changed nothing: not kept (as in the worker)
             idempotency.remember(blob, key, out, print_)
         # As in the worker: a refused verb changed nothing (verbs validate before they mutate),
-        # so the cached state is kept as it is, and only an applied one (or a remembered key) is written.
-        saves = [v.table] if v.writes and v.table in BLOB_TABLES and (out["ok"] or blob is not None) else []
-        if blob is not None and keys_at != v.table:
+        # so the cached state is kept as it is, and only an applied one (with its key) is written.
+        saves = [v.table] if v.writes and v.table in BLOB_TABLES and out["ok"] else []
+        if blob is not None and keys_at != v.table and out["ok"]:
             saves.append(keys_at)
         try:
             for table in saves:
