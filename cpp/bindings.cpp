@@ -77,6 +77,36 @@ std::size_t checked_floats(std::size_t n, const char* what) {
     return n;
 }
 
+// A JSON array of numbers as parsed: each item of an exact list, in order, to on_float(i, value) if it is an
+// exact float, to on_int(i, item) if it is an exact int (a bool is a subclass of int, so it is neither);
+// either returns false to stop. False for anything else (a subclass such as np.float64, a str, not a
+// list) or a stop. Reads Python objects, so the caller keeps the GIL.
+template <typename OnFloat, typename OnInt>
+bool each_number(PyObject* list, OnFloat on_float, OnInt on_int) {
+    if (!PyList_CheckExact(list)) return false;
+    const Py_ssize_t n = PyList_GET_SIZE(list);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        PyObject* e = PyList_GET_ITEM(list, i);
+        if (PyFloat_CheckExact(e)) {
+            if (!on_float(i, PyFloat_AS_DOUBLE(e))) return false;
+        } else if (!PyLong_CheckExact(e) || !on_int(i, e)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// An exact int's value as a long long, with overflow -1 / 1 when it lies below / above that range (1 too
+// on an error, not expected of an exact int); never leaves a Python error set.
+long long long_long_of(PyObject* e, int* overflow) {
+    const long long v = PyLong_AsLongLongAndOverflow(e, overflow);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        *overflow = 1;
+    }
+    return v;
+}
+
 void bind_common(py::module_& m) {
     m.def(
         "mulberry32_stream",
@@ -95,12 +125,10 @@ void bind_common(py::module_& m) {
             // np.asarray(values, float32) converts it: each to a double, then rounded to float32; a
             // finite double beyond float32's range, or an int beyond a double's, is an infinity of
             // its sign (for the caller's finiteness check). Anything else (a bool, a str, a subclass
-            // such as np.float64, not a list): None, and the caller's general path decides. Reads
-            // Python objects, so it keeps the GIL; ~0.6 us for 384 values against ~9 for the checks
-            // and conversion in Python.
-            PyObject* list = values.ptr();
-            if (!PyList_CheckExact(list)) return py::none();
-            const Py_ssize_t n = PyList_GET_SIZE(list);
+            // such as np.float64, not a list): None, and the caller's general path decides. ~0.6 us
+            // for 384 values against ~9 for the checks and conversion in Python.
+            if (!PyList_CheckExact(values.ptr())) return py::none();
+            const Py_ssize_t n = PyList_GET_SIZE(values.ptr());
             checked_floats(static_cast<std::size_t>(n), "the array");
             py::array_t<float> out(n);
             float* o = out.mutable_data();
@@ -108,24 +136,7 @@ void bind_common(py::module_& m) {
             constexpr float kInf = std::numeric_limits<float>::infinity();
             // FLT_MAX plus half its ulp (2^128 - 2^103): from here on IEEE rounding gives an infinity
             constexpr double kMid = 3.4028235677973366e38;
-            for (Py_ssize_t i = 0; i < n; ++i) {
-                PyObject* e = PyList_GET_ITEM(list, i);
-                double v;
-                if (PyFloat_CheckExact(e)) {
-                    v = PyFloat_AS_DOUBLE(e);
-                } else if (PyLong_CheckExact(e)) {  // exact: a bool is a subclass of int, not an int
-                    v = PyLong_AsDouble(e);
-                    if (v == -1.0 && PyErr_Occurred()) {  // beyond a double: an infinity of its sign
-                        PyErr_Clear();
-                        int overflow = 0;
-                        (void)PyLong_AsLongLongAndOverflow(e, &overflow);
-                        if (PyErr_Occurred()) PyErr_Clear();
-                        o[i] = overflow < 0 ? -kInf : kInf;
-                        continue;
-                    }
-                } else {
-                    return py::none();
-                }
+            auto store = [&](Py_ssize_t i, double v) {
                 // rounded as the hardware (and NumPy) rounds; spelled out past float32's range, where
                 // the cast itself would be undefined
                 if (v >= kMid) o[i] = kInf;
@@ -133,7 +144,20 @@ void bind_common(py::module_& m) {
                 else if (v > static_cast<double>(kMax)) o[i] = kMax;
                 else if (v < -static_cast<double>(kMax)) o[i] = -kMax;
                 else o[i] = static_cast<float>(v);
-            }
+                return true;
+            };
+            auto store_int = [&](Py_ssize_t i, PyObject* e) {
+                const double v = PyLong_AsDouble(e);
+                if (v == -1.0 && PyErr_Occurred()) {  // beyond a double: an infinity of its sign
+                    PyErr_Clear();
+                    int overflow = 0;
+                    (void)long_long_of(e, &overflow);
+                    o[i] = overflow < 0 ? -kInf : kInf;
+                    return true;
+                }
+                return store(i, v);
+            };
+            if (!each_number(values.ptr(), store, store_int)) return py::none();
             return std::move(out);
         },
         py::arg("values"),
@@ -145,29 +169,18 @@ void bind_common(py::module_& m) {
             // (any: orjson writes a NaN or an infinity as null) and exact ints within its 64-bit range,
             // -2^63 .. 2^64 - 1. False for anything else, including a bool or a subclass. Lets a caller
             // skip writing out a long array of numbers only to learn that it can be written.
-            PyObject* list = values.ptr();
-            if (!PyList_CheckExact(list)) return false;
-            const Py_ssize_t n = PyList_GET_SIZE(list);
-            for (Py_ssize_t i = 0; i < n; ++i) {
-                PyObject* e = PyList_GET_ITEM(list, i);
-                if (PyFloat_CheckExact(e)) continue;
-                if (!PyLong_CheckExact(e)) return false;
-                int overflow = 0;
-                (void)PyLong_AsLongLongAndOverflow(e, &overflow);
-                if (PyErr_Occurred()) {  // not expected of an exact int; never left set
-                    PyErr_Clear();
-                    return false;
-                }
-                if (overflow < 0) return false;
-                if (overflow > 0) {
+            return each_number(
+                values.ptr(), [](Py_ssize_t, double) { return true; },
+                [](Py_ssize_t, PyObject* e) {
+                    int overflow = 0;
+                    (void)long_long_of(e, &overflow);
+                    if (overflow == 0) return true;
+                    if (overflow < 0) return false;
                     (void)PyLong_AsUnsignedLongLong(e);
-                    if (PyErr_Occurred()) {  // beyond 2^64 - 1
-                        PyErr_Clear();
-                        return false;
-                    }
-                }
-            }
-            return true;
+                    if (!PyErr_Occurred()) return true;
+                    PyErr_Clear();  // beyond 2^64 - 1
+                    return false;
+                });
         },
         py::arg("values"),
         "True for a list of exact floats and of ints in -2**63 .. 2**64 - 1 (what orjson writes as numbers).");
@@ -177,29 +190,22 @@ void bind_common(py::module_& m) {
             // A list of exact floats and ints as the doubles they are, when every int is one exactly
             // (|v| <= 2^53): 1 and 1.0, the same JSON number, give the same double. None for anything
             // else (a larger int, a bool, a subclass, not a list): the caller compares those itself.
-            PyObject* list = values.ptr();
-            if (!PyList_CheckExact(list)) return py::none();
-            const Py_ssize_t n = PyList_GET_SIZE(list);
+            if (!PyList_CheckExact(values.ptr())) return py::none();
+            const Py_ssize_t n = PyList_GET_SIZE(values.ptr());
             checked_floats(static_cast<std::size_t>(n), "the array");
             py::array_t<double> out(n);
             double* o = out.mutable_data();
             constexpr long long kExact = 1LL << 53;
-            for (Py_ssize_t i = 0; i < n; ++i) {
-                PyObject* e = PyList_GET_ITEM(list, i);
-                if (PyFloat_CheckExact(e)) {
-                    o[i] = PyFloat_AS_DOUBLE(e);
-                    continue;
-                }
-                if (!PyLong_CheckExact(e)) return py::none();
-                int overflow = 0;
-                const long long v = PyLong_AsLongLongAndOverflow(e, &overflow);
-                if (PyErr_Occurred()) {  // not expected of an exact int; never left set
-                    PyErr_Clear();
-                    return py::none();
-                }
-                if (overflow != 0 || v > kExact || v < -kExact) return py::none();
-                o[i] = static_cast<double>(v);
-            }
+            const bool all = each_number(
+                values.ptr(), [&](Py_ssize_t i, double v) { o[i] = v; return true; },
+                [&](Py_ssize_t i, PyObject* e) {
+                    int overflow = 0;
+                    const long long v = long_long_of(e, &overflow);
+                    if (overflow != 0 || v > kExact || v < -kExact) return false;
+                    o[i] = static_cast<double>(v);
+                    return true;
+                });
+            if (!all) return py::none();
             return std::move(out);
         },
         py::arg("values"),
