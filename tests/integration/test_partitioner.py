@@ -71,7 +71,7 @@ def test_a_rerouted_copy_on_a_wrong_partition_goes_to_the_dlq_as_wrong_partition
         await p.start()
         try:
             await p.send_and_wait("learn.loss", b'{"loss": 0.5}', key=sk.encode(), partition=wrong,
-                                  headers=[(ORIGIN_HEADER, b"0:17")])
+                                  headers=[(ORIGIN_HEADER, b"%d:17" % ((wrong + 1) % PARTITIONS))])
             await p.send_and_wait("learn.loss", b'{"loss": 0.5}', key=sk.encode())  # the owner: applied
         finally:
             await p.stop()
@@ -125,3 +125,38 @@ def test_a_worker_restarted_inside_an_aborted_re_route_applies_none_of_it(broker
     send_raw(broker.bootstrap, "learn.loss", sk.encode(), [b'{"loss": 0.5}'])
     wait_until(lambda: _window(again, sk) >= 3, 60, what="the loss after the restart applied")
     assert _window(again, sk) == 3  # 0.1, 0.3, 0.5: the copy after the committed offset is not applied
+
+
+def test_an_origin_header_on_its_own_partition_goes_to_the_dlq_and_loses_nothing(broker, worker_factory) -> None:
+    """An outside trial: one event with ``learnstream-origin: <its own partition>:99999999`` (a header a worker
+    never writes there) was applied as a copy from that far offset, and every later event of the session on
+    that partition was then a "duplicate": none applied, none in the DLQ. Now it goes to the DLQ as
+    ``invalid``, naming the header, and every other event is applied."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from tests.helpers import read_topic
+    from workers.stream.partitioning import ORIGIN_HEADER
+
+    sk = "forged-origin"
+    owner = owner_partition(sk, PARTITIONS)
+    w = worker_factory("a", partitions=PARTITIONS).start().wait_ready()
+
+    async def send() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await p.start()
+        try:
+            for i in range(9):
+                headers = [(ORIGIN_HEADER, b"%d:99999999" % owner)] if i == 3 else None
+                await p.send_and_wait("learn.loss", b'{"loss": 0.%d}' % (i + 1), key=sk.encode(), partition=owner,
+                                      headers=headers)
+        finally:
+            await p.stop()
+    asyncio.run(send())
+    wait_until(lambda: _window(w, sk) == 8, 60, what="the eight events without the header applied")
+    dlq = [e for e in read_topic(broker.bootstrap, "learn.dlq", 1) if e.get("reason_code") == "invalid"]
+    assert len({e["id"] for e in dlq}) == 1, dlq
+    assert ORIGIN_HEADER in dlq[0]["reason"] and "names the partition the record is on" in dlq[0]["reason"], dlq[0]
+    assert dlq[0]["source"]["partition"] == owner
+    assert w.metric("learnstream_dlq_total", reason="invalid") == 1

@@ -334,8 +334,9 @@ class Runtime:
             by_partition[m.partition] = e
             received.append(Record(m.topic, m.partition, m.offset, m.key, m.value, int((m.timestamp or 0) * 1000),
                                    origin_of(m.headers)))
-        records, reroute, misplaced = partitioning.split(received, self.settings.partitions)
+        records, reroute, misplaced, forged = partitioning.split(received, self.settings.partitions)
         reroute, dead = self._routable(reroute, misplaced)
+        dead += [(rec, dlq_entry(rec, why, "invalid")) for rec, why in forged]
         if self.txn is None and (reroute or dead):
             await self._reroute(reroute, dead)
         res = None
