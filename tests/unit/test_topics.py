@@ -89,3 +89,17 @@ def test_no_topic_name_is_hard_coded_in_the_code() -> None:
         text = path.read_text()
         for n in names:
             assert not re.search(rf"[\"']{re.escape(n)}[\"']", text), f"{n} hard-coded in {path}"
+
+
+def test_the_dlq_schema_names_every_reason_code_the_worker_writes() -> None:
+    """topics/dlq.yaml's reason_code enum is the worker's list (an outside trial found too_large and
+    wrong_partition in the README and the metrics but not in the schema); an entry with another code is a bug."""
+    from workers.stream.processor import DLQ_REASONS, dlq_entry
+    from workers.stream.records import Record
+
+    assert topics()["dlq"].schema["properties"]["reason_code"]["enum"] == list(DLQ_REASONS)
+    rec = Record("learn.loss", 0, 1, b"s", b"{}")
+    for code in DLQ_REASONS:
+        topics()["dlq"].validate(dlq_entry(rec, "why", code).value)
+    with pytest.raises(ValueError, match="not one of"):
+        dlq_entry(rec, "why", "mystery")

@@ -77,8 +77,15 @@ class BatchResult:
     key_growth: dict[tuple[str, int], int] = field(default_factory=dict)  # (table, partition) -> keys gained, at least
 
 
+# Every reason_code a DLQ entry can carry (topics/dlq.yaml's enum: a test keeps them equal)
+DLQ_REASONS = ("bad_json", "invalid", "oversized", "unknown_verb", "refused", "corrupt_state", "bad_key", "internal",
+               "too_large", "wrong_partition")
+
+
 def dlq_entry(rec: Record, reason: str, code: str) -> Produce:
     """The DLQ entry of ``rec``: always small enough to be produced (see DLQ_MAX_BYTES)."""
+    if code not in DLQ_REASONS:
+        raise ValueError(f"DLQ reason_code {code!r} is not one of {DLQ_REASONS}")
     if len(reason) > _DLQ_REASON_CHARS:
         reason = reason[:_DLQ_REASON_CHARS] + "..."
     value = rec.value
