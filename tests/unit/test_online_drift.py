@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from workers.online.drift import KLDriftDetector, PageHinkley, chi2_quantile
+from workers.online.drift import KLDriftDetector, MeanShift, PageHinkley, chi2_quantile
 
 
 def test_chi2_quantile_matches_tables() -> None:
@@ -317,3 +317,38 @@ def test_a_mean_shift_report_is_plain_json() -> None:
     d = rep.to_dict()
     assert all(type(v) in (int, float, str, dict) for v in d.values()), d
     orjson.dumps(d)
+
+
+def _stale_baseline_stream(after: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two classes: a first window of 200 with 26% errors (a lucky one), then 200 with ``after`` errors; each
+    wrong answer's loss 2.0, a right one's 0.1."""
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 400)
+    wrong = np.concatenate([rng.permutation(np.arange(200) < 52), rng.permutation(np.arange(200) < int(200 * after))])
+    return np.where(wrong, 1 - y, y), y, np.where(wrong, 2.0, 0.1)
+
+
+@pytest.mark.parametrize(("usual", "alarm"), [(0.40, False), (0.26, True)])
+def test_a_kl_alarm_needs_more_errors_than_just_before_its_window_too(usual: float, alarm: bool) -> None:
+    """A baseline frozen long ago may be a lucky window: an outside trial's stationary streams with 30-40% label
+    noise had KL alarms at 0.25 per 10,000-example run, each a window at 0.47-0.58 errors against a baseline
+    of 0.26-0.36 while the errors just before it averaged 0.37-0.45. Given those errors (``errors_before``, the
+    learner's MeanShift ring), the rise must show against them too: none against a usual 0.40, an alarm when
+    the errors before the window were as low as the baseline."""
+    pred, y, loss = _stale_baseline_stream(0.465)
+    det = KLDriftDetector(n_classes=2)
+    rng = np.random.default_rng(6)
+    det.errors_before = lambda k: (rng.random(3000) < usual).astype(np.float64)
+    fired = [det.update_many(pred[i:i + 10], y[i:i + 10], loss[i:i + 10]) for i in range(0, 400, 10)]
+    assert any(r is not None for r in fired) == alarm
+    det = KLDriftDetector(n_classes=2)  # without the errors before: the baseline alone, an alarm
+    assert any(det.update_many(pred[i:i + 10], y[i:i + 10], loss[i:i + 10]) is not None for i in range(0, 400, 10))
+
+
+def test_mean_shift_hands_out_the_values_before_the_newest() -> None:
+    ms = MeanShift()
+    ms.update_many(np.arange(5000, dtype=np.float64) % 7)
+    before = ms.before(200)
+    assert len(before) == 3000
+    assert np.array_equal(before, (np.arange(1800, 4800) % 7).astype(np.float64))
+    assert len(MeanShift().before(10)) == 0

@@ -27,7 +27,7 @@ from workers.online.base import Learner, Model
 from workers.online.checkpoint import CheckpointManager
 from workers.online.curriculum import Curriculum
 from workers.online.distill import Distillation
-from workers.online.drift import DriftReport, KLDriftDetector, MeanShift, PageHinkley
+from workers.online.drift import KLDriftDetector, MeanShift, PageHinkley
 from workers.online.ewc import EWC
 from workers.online.models import MLP, SoftmaxRegression, cross_entropy, softmax
 from workers.online.replay import ReplayBuffer
@@ -334,16 +334,10 @@ class ContinualLearner(Learner):
         self.loss_ema = lo if self.loss_ema is None else (1 - w) * self.loss_ema + w * lo
 
     def _detect(self, pred: np.ndarray, y: np.ndarray, loss: np.ndarray) -> None:
-        reports: list[DriftReport] = []
-        r = self._kl.update_many(pred, y, loss)
-        if r is not None:
-            reports.append(r)
-        r = self._ph.update_many(loss)
-        if r is not None:
-            reports.append(r)
-        r = self._ms.update_many((pred != y).astype(np.float64))
-        if r is not None:
-            reports.append(r)
+        # MeanShift first: the KL test reads the errors before its window from MeanShift's ring
+        ms = self._ms.update_many((pred != y).astype(np.float64))
+        self._kl.errors_before = self._ms.before
+        reports = [r for r in (self._kl.update_many(pred, y, loss), self._ph.update_many(loss), ms) if r is not None]
         for r in reports:
             self.drifts += 1
             self._events.append(("drift", r.to_dict()))
