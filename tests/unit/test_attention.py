@@ -295,3 +295,40 @@ def test_kernel_pickles_by_seed() -> None:
     assert repr(k2) == repr(k)
     for name, m in k.matrices().items():
         assert np.array_equal(m, k2.matrices()[name])
+
+
+def test_many_positive_nudges_stay_bounded_and_attend_stays_finite() -> None:
+    """[beyond] The spec's nudge has no bound: an outside trial's 1,832 positive nudges (the learning loop
+    nudges the dominant relation on every feedback event) took the column to inf and every attend after it to
+    NaN, answered as ``ok``. The column now stops at _WE_MAX (direction kept); below it each nudge is the
+    spec's exact scaling."""
+    from workers.cores import attention
+
+    st = AttentionState(dim=4, heads=2)
+    i = relation_index("entity")
+    col0 = st.we[:, i].copy()
+    for _ in range(10):
+        st.nudge_relation("entity", 1.0)
+    assert np.allclose(st.we[:, i], col0 * 1.05 ** 10, rtol=1e-5)
+    for _ in range(3000):
+        st.nudge_relation("entity", 1.0)
+    col = st.we[:, i]
+    assert np.isfinite(col).all() and np.abs(col).max() <= attention._WE_MAX * 1.0001
+    assert np.allclose(col / np.abs(col).max(), col0 / np.abs(col0).max(), atol=1e-5)  # the same direction
+    s = LearnSession()
+    assert s.dispatch({"verb": "init_attention", "body": {"dim": 4, "heads": 2}})["ok"]
+    for _ in range(2000):
+        s.dispatch({"verb": "nudge_relation", "body": {"relation": "entity", "signed_quality": 1}})
+    out = s.dispatch({"verb": "attend", "body": {"query": [1, 2, 3, 4], "subgraph": {
+        "nodes": [{"id": "a", "embedding": [1, 0, 0, 0]}], "edges": [{"src": "z", "dst": "a", "relation": "entity"}]}}})
+    assert out["ok"] and all(np.isfinite(out["data"]["vector"])), out
+
+
+def test_a_state_that_overflowed_before_the_bound_is_refused_not_answered_as_nan() -> None:
+    st = AttentionState(dim=4, heads=2)
+    st.we[:, relation_index("entity")] = np.inf
+    sub = {"nodes": [{"id": "a", "embedding": [1, 0, 0, 0]}], "edges": [{"src": "z", "dst": "a", "relation": "entity"}]}
+    with pytest.raises(Exception, match="not finite"):
+        st.attend(np.array([1, 2, 3, 4], np.float32), sub)
+    st.nudge_relation("entity", 1.0)  # a nudge takes an overflowed column back to zero: finite again
+    assert np.isfinite(st.attend(np.array([1, 2, 3, 4], np.float32), sub)["vector"]).all()

@@ -32,6 +32,11 @@ _DEFAULT_HEADS = 8
 _DEFAULT_SEED = 42
 # each nudge scales a relation's We column by at most 1 +/- 5 %
 _NUDGE_RATE = np.float32(0.05)
+# [beyond] ... and stops growing once an entry reaches this magnitude (the column is scaled back to it,
+# its direction kept): the spec's rule has no bound, and an outside trial's 1,832 positive nudges (the
+# learning loop nudges on every feedback event) took a column to inf and every attend after to NaN.
+# Far past this the softmax is already one-hot; the init's entries are below 1.
+_WE_MAX = np.float32(1e3)
 # dim x (heads*head_dim) floats per projection matrix, four of them held in memory per
 # session: 4096 x 4096 is already 64 MiB each, beyond any embedding model in use
 _MAX_DIM = 4096
@@ -124,7 +129,13 @@ class AttentionState:
         if idx is None or not math.isfinite(sq):
             return False
         scale = np.float32(1.0) + np.float32(min(max(sq, -1.0), 1.0)) * _NUDGE_RATE
-        self.we[:, idx] *= scale
+        col = self.we[:, idx]
+        col *= scale
+        top = float(np.abs(col).max(initial=0.0))
+        if not math.isfinite(top):  # an overflowed column of a state saved before the bound: nothing left to keep
+            col[:] = 0.0
+        elif top > _WE_MAX:
+            col *= np.float32(_WE_MAX / top)
         return True
 
     # -- inference ---------------------------------------------------------------
@@ -174,6 +185,9 @@ class AttentionState:
             raise VerbError(f"attention: query_emb must be len {self.dim}")
         x, e = self.subgraph_arrays(subgraph, now_ms)
         vector, weights = self.kernel.attend(query, x, e, self.we)
+        if not (np.isfinite(vector).all() and np.isfinite(weights).all()):
+            raise VerbError("attention output is not finite: this session's relation weights overflowed "
+                            "(nudged past float32 before they were bounded); init_attention makes them anew")
         nodes = subgraph.get("nodes") or []
         return {"vector": vector.tolist(), "weights": weights.tolist() if len(x) else [], "n_nodes": len(nodes)}
 
