@@ -105,6 +105,12 @@ def test_authentication_scopes_and_limits(worker_factory, creds) -> None:
     assert http_json(w.url + "/health")[0] == 200 and http_json(w.url + "/ready")[0] == 200
     assert call(w, "/metrics")[0] == 200
 
+    # a header aiohttp cannot parse is logged with its line (first here: the log keeps one such ERROR per
+    # 10 s): the token in it must not reach the log (checked at the end, with every token)
+    with socket.create_connection(("127.0.0.1", w.port), timeout=30) as s:
+        s.sendall(f"GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {a}\x01\r\n\r\n".encode())
+        assert b" 400 " in s.recv(4096).split(b"\r\n")[0]
+
     # 401: missing, malformed and unknown tokens, with a challenge; the token is never echoed
     status, headers, out = call(w, "/dispatch", {"verb": "health", "body": {"session_key": "tenant-a/x"}})
     assert status == 401 and headers["WWW-Authenticate"] == 'Bearer realm="learnstream"' and not out["ok"]
@@ -209,6 +215,12 @@ def test_authentication_scopes_and_limits(worker_factory, creds) -> None:
     assert dispatch(w, "health", {"session_key": "tenant-a"}, a)[0] == 200  # slots free again
 
     log = w.log_tail(1_000_000)
+    assert "Invalid header value char" in log and "<redacted>" in log  # the line logged, its token not
+    # refused credentials are counted and logged (for alerts), by reason, never with the token
+    assert w.metric("learnstream_http_denied_total", status="401", reason="missing_token") >= 1
+    assert w.metric("learnstream_http_denied_total", status="401", reason="invalid_token") >= 1
+    assert w.metric("learnstream_http_denied_total", status="403", reason="scope") >= 1
+    assert "HTTP 401 POST /dispatch" in log  # (one such WARNING per 10 s, the next one says how many it skipped)
     for name, (token, _) in creds["tokens"].items():
         assert token not in log, f"token {name} in the log"
 

@@ -80,3 +80,22 @@ def test_fausts_idle_partition_errors_are_debug_records(root: logging.Logger) ->
     faust_log.error(idle[0], "TP(topic='feedback', partition=1)", "6 minutes ago")
     rec = json.loads(_lines(root)[-1])
     assert rec["level"] == "debug" and "has not sent fetch request" in rec["event"]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_credentials_are_redacted_from_records_and_tracebacks(root: logging.Logger, fmt: str) -> None:
+    """aiohttp logs a request it could not parse with the offending header line: an outside trial's
+    ``Authorization: Bearer <token>\\x01`` put the whole token in the worker's ERROR log."""
+    configure(root, fmt)
+    token = "lst_" + "S3cretTokenValue0123456789abcdef"
+    try:
+        raise ValueError(f"Invalid header value char: b'Authorization: Bearer {token}\\x01'")
+    except ValueError:
+        root.getChild("aiohttp.server").exception("Error handling request")
+    root.error("header %s", f"Bearer {token[4:]}")
+    root.error("Authorization=Basic dXNlcjpwYXNz and {'authorization': 'tok123'}")
+    root.error("Authorization failed for session x")  # no credential: left as it is
+    out = "\n".join(_lines(root))
+    assert token[4:] not in out and "dXNlcjpwYXNz" not in out and "tok123" not in out
+    assert out.count("<redacted>") >= 4 and "Authorization failed for session x" in out
+    assert "ValueError: Invalid header value char" in out  # the traceback is kept, redacted

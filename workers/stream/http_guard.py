@@ -27,6 +27,7 @@ from aiohttp import web
 
 from workers.errors import ConfigError
 from workers.verbs.surface import envelope_error
+from workers.stream import metrics
 from workers.stream.auth import Authenticator, Principal
 
 __all__ = ("Guard", "web_options", "server_ssl_context", "client_ssl_context", "json_depth", "FORWARDED")
@@ -87,6 +88,14 @@ def client_ssl_context(settings: Any) -> ssl.SSLContext | None:
         raise ConfigError(f"LEARNSTREAM_TLS_CAFILE={settings.tls_cafile}: not a readable CA file ({exc})") from None
 
 
+def _denied(request: web.Request, status: int, reason: str, detail: str = "") -> None:
+    """Count a refused credential and log it (never the token: its name at most; WARNINGs of one call
+    site are let through once per 10 s, workers/stream/logs.py), for alerting on guessing or misuse."""
+    metrics.HTTP_DENIED.labels(str(status), reason).inc()
+    logger.warning("HTTP %d %s %s from %s: %s%s", status, request.method, request.path, request.remote, reason,
+                   f" ({detail})" if detail else "")
+
+
 class Guard:
     """Per-worker request state: the authenticator and the number of requests in flight."""
 
@@ -109,8 +118,10 @@ class Guard:
         if principal is None:
             challenge = 'Bearer realm="learnstream"' + (', error="invalid_token"' if header else "")
             reason = "invalid token" if header else "missing bearer token (Authorization: Bearer <token>)"
+            _denied(request, 401, "invalid_token" if header else "missing_token")
             return _json(envelope_error("?", f"unauthorized: {reason}"), 401, {"WWW-Authenticate": challenge})
         if principal.peer and not request.headers.get(FORWARDED):
+            _denied(request, 403, "peer_not_forwarding")
             return _json(envelope_error("?", "forbidden: the workers' peer credential only forwards requests"), 403)
         request[_PRINCIPAL] = principal
         if self.in_flight >= self.settings.http_max_concurrency:
@@ -135,6 +146,7 @@ class Guard:
         if p.peer or p.may(session_key, writes=writes):
             return None
         what = "write" if writes else "read"
+        _denied(request, 403, "scope", f"token {p.name!r} may not {what} session {session_key!r}")
         return _json(envelope_error(verb_name, f"forbidden: token {p.name!r} may not {what} session "
                                                f"{session_key!r}"), 403)
 

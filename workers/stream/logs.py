@@ -10,6 +10,7 @@ that have been idle for 5 minutes are logged at DEBUG (:class:`IdleFetchNotices`
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from datetime import datetime, timezone
 
@@ -17,7 +18,7 @@ import orjson
 import structlog
 from log_rate_limit import StreamRateLimitFilter
 
-__all__ = ("configure", "announce", "RepeatedWarnings", "IdleFetchNotices")
+__all__ = ("configure", "announce", "RepeatedWarnings", "IdleFetchNotices", "Secrets")
 
 # One line per call site per 10 s during an outage: ~6 lines a minute per source instead of thousands.
 _REPEAT_PERIOD_S = 10.0
@@ -55,6 +56,27 @@ class IdleFetchNotices(logging.Filter):
         return self._root.isEnabledFor(logging.DEBUG)
 
 
+# a credential in a record: an Authorization header's value (any scheme), a bare bearer token, or one of
+# ``learnstream token``'s
+_SECRET = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?(?:[a-z]+\s+)?|bearer\s+|\blst_)[^\s'\"\\,;]+")
+
+
+class Secrets(logging.Filter):
+    """Redact credentials from a record and its traceback: aiohttp logs a request it could not parse with
+    the offending header line (an outside trial's ``Authorization: Bearer <token>\\x01`` reached the ERROR
+    log whole). Cheap for the usual record: only one whose text names a credential is rewritten."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        exc = logging.Formatter().formatException(record.exc_info) if record.exc_info else record.exc_text or ""
+        if _SECRET.search(text) or _SECRET.search(exc):
+            record.msg, record.args = _SECRET.sub(r"\1<redacted>", text), None
+            if exc:  # the traceback as text, redacted (the formatter would render the exception again)
+                record.msg += "\n" + _SECRET.sub(r"\1<redacted>", exc)
+                record.exc_info, record.exc_text = None, None
+        return True
+
+
 def json_formatter() -> logging.Formatter:
     return structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -71,6 +93,8 @@ def json_formatter() -> logging.Formatter:
 def configure(root: logging.Logger, log_format: str) -> None:
     """Give every handler of ``root`` the rate limit and, for ``json``, the JSON formatter."""
     for handler in root.handlers:
+        if not any(isinstance(f, Secrets) for f in handler.filters):
+            handler.addFilter(Secrets())
         if not any(isinstance(f, IdleFetchNotices) for f in handler.filters):
             handler.addFilter(IdleFetchNotices(root))   # before the rate limit: it would count them
         if not any(isinstance(f, RepeatedWarnings) for f in handler.filters):

@@ -32,6 +32,9 @@ ADAPTER_NORM = Gauge("learnstream_adapter_norm", "Last observed instant-adapter 
 DOWNSTREAM = Counter("learnstream_downstream_events_total",
                      "Events produced downstream by kind (boundaries, consolidations, drift, ...)",
                      ["kind"], registry=REGISTRY)
+HTTP_DENIED = Counter("learnstream_http_denied_total",
+                      "HTTP requests refused for their credential: 401 (missing / invalid token) and 403 (peer credential not forwarding, session out of the token's scopes)",
+                      ["status", "reason"], registry=REGISTRY)
 DLQ = Counter("learnstream_dlq_total", "Events sent to the dead-letter topic, by reason code", ["reason"],
               registry=REGISTRY)
 CONSUMER_LAG = Gauge("learnstream_consumer_lag", "Records behind the high watermark, by input topic",
