@@ -254,6 +254,8 @@ class ServiceMonitor:
     honorLabels: bool
     relabelings: K8sList
     metricRelabelings: K8sList
+    bearerTokenSecret: str
+    bearerTokenKey: Annotated[str, MinLength(1)]
 
 
 @dataclass

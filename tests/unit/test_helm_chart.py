@@ -218,6 +218,9 @@ def test_values_keys_are_exactly_the_schema() -> None:
      "kafka.sasl needs a username"),
     ({"kafka": {"tls": {"caSecret": "ca"}}}, "kafka.tls secrets need kafka.securityProtocol SSL"),
     ({"podDisruptionBudget": {"maxUnavailable": ""}}, "podDisruptionBudget needs minAvailable or maxUnavailable"),
+    ({"tls": {"secret": "web-tls"}, "learnstream": {"advertise": "podIP"}}, "tls.secret needs learnstream.advertise podDNS"),
+    ({"serviceMonitor": {"enabled": True}, "auth": {"metricsPublic": False}},
+     "serviceMonitor with auth.metricsPublic false needs serviceMonitor.bearerTokenSecret"),
 ])
 def test_inconsistent_values_fail_with_a_clear_message(chart: Any, values: dict, message: str) -> None:
     with pytest.raises(helm.HelmError, match=re.escape(message)):
@@ -437,6 +440,26 @@ def test_service_monitor_only_with_the_api_and_enabled(chart: Any) -> None:
     assert sm["spec"]["selector"]["matchLabels"].items() <= headless["metadata"]["labels"].items()
     (endpoint,) = sm["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics" and endpoint["port"] == headless["spec"]["ports"][0]["name"]
+
+
+def test_service_monitor_scrapes_https_with_the_pods_certificate_and_a_token_when_asked(chart: Any) -> None:
+    """An outside review: with `tls.secret` the ServiceMonitor scraped plain HTTP on the HTTPS port, and with
+    `auth.metricsPublic: false` it sent no token (every scrape 401), both rendered without a word. The
+    certificate names the pods as they advertise themselves (`*.<headless>.<ns>.svc.<clusterDomain>`): the
+    scrape verifies it as a name under that wildcard."""
+    values = {"serviceMonitor": {"enabled": True, "bearerTokenSecret": "prom-token"}, "tls": {"secret": "web-tls"},
+              "auth": {"metricsPublic": False}}
+    r = render(chart, values, api_versions=(MONITORING_API,))
+    (endpoint,) = one(r, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"]["ca"] == {"secret": {"name": "web-tls", "key": "ca.crt"}}
+    advertised = {e["name"]: e.get("value") for e in container(r)["env"]}["LEARNSTREAM_WEB_HOST"]
+    wildcard = advertised.split(".", 1)[1]  # the certificate's *.<headless>.<ns>.svc.<clusterDomain>
+    assert endpoint["tlsConfig"]["serverName"].split(".", 1)[1].replace(NAMESPACE, "$(POD_NAMESPACE)") == wildcard
+    assert endpoint["authorization"] == {"type": "Bearer", "credentials": {"name": "prom-token", "key": "token"}}
+    (plain,) = one(render(chart, {"serviceMonitor": {"enabled": True}}, api_versions=(MONITORING_API,)),
+                   "ServiceMonitor")["spec"]["endpoints"]
+    assert "scheme" not in plain and "tlsConfig" not in plain and "authorization" not in plain
 
 
 def test_pdb_only_when_enabled(chart: Any) -> None:

@@ -148,6 +148,12 @@ Checks the schema cannot express (relations between values). Included by the Sta
 {{- else if gt (int .Values.replicas) $p }}
 {{- fail (printf "replicas (%d) must be <= learnstream.partitions (%d): a consumer group member beyond the partition count gets no partition" (int .Values.replicas) $p) }}
 {{- end }}
+{{- if and .Values.tls.secret (eq .Values.learnstream.advertise "podIP") }}
+{{- fail "tls.secret needs learnstream.advertise podDNS: forwarding verifies the owner's certificate by the name it advertises, and a pod IP is in no certificate" }}
+{{- end }}
+{{- if and .Values.serviceMonitor.enabled (not .Values.auth.metricsPublic) (ne .Values.auth.mode "off") (not .Values.serviceMonitor.bearerTokenSecret) }}
+{{- fail "serviceMonitor with auth.metricsPublic false needs serviceMonitor.bearerTokenSecret (a token Prometheus scrapes /metrics with; every scrape would get 401)" }}
+{{- end }}
 {{- $pdb := .Values.podDisruptionBudget }}
 {{- if and $pdb.enabled (eq (toString $pdb.minAvailable) "") (eq (toString $pdb.maxUnavailable) "") }}
 {{- fail "podDisruptionBudget needs minAvailable or maxUnavailable" }}
