@@ -363,3 +363,38 @@ def test_sixty_slow_heads_and_sixty_slow_bodies_are_closed_and_big_facts_refused
         "session_key": "t", "agent": "x", "domain": "d", "fact": "f" * 1_000_000}})
     assert status == 413 and "too large" in out["error"], (status, out)
     assert w.alive()
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(worker_factory, tmp_path) -> None:
+    """cert-manager renews a certificate in place (the kubelet swaps the Secret's files): an outside review
+    saw the worker serve its start-up certificate until it expired. Now the next connections after a change
+    get the new one; a pair that does not load keeps the previous certificate and is logged."""
+    import os
+    import ssl
+
+    import trustme
+
+    env = _tls_env(tmp_path)
+    w = worker_factory("tls", env={**env, "LEARNSTREAM_AUTH": "off"}).start().wait_ready()
+    trusting = ssl.create_default_context(cafile=env["LEARNSTREAM_TLS_CAFILE"])
+
+    any_cert = ssl.create_default_context()
+    any_cert.check_hostname, any_cert.verify_mode = False, ssl.CERT_NONE
+
+    def served() -> str:
+        http_json(w.url + "/health", context=any_cert)  # a request: the worker looks at its files
+        return ssl.get_server_certificate(("127.0.0.1", w.port))
+
+    before = served()
+    (tmp_path / "bad.pem").write_text("not a certificate")
+    os.replace(tmp_path / "bad.pem", tmp_path / "srv.pem")  # a broken renewal: the old certificate stays
+    time.sleep(1.2)  # the files are looked at once a second at most
+    assert served() == before and http_json(w.url + "/health", context=trusting)[0] == 200
+    wait_until(lambda: "do not load" in w.log_tail(), 10, 0.2, "the broken renewal to be logged")
+    ca = trustme.CA()  # a renewal by a new CA, which forwarding trusts once its file has it
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "new.pem"))
+    os.replace(tmp_path / "new.pem", tmp_path / "srv.pem")
+    wait_until(lambda: served() != before, 10, 0.3, "the renewed certificate served")
+    renewed = ssl.create_default_context()
+    ca.configure_trust(renewed)
+    assert http_json(w.url + "/health", context=renewed)[0] == 200

@@ -14,7 +14,7 @@ from workers.kafka import broker_compat
 from workers.kafka.topics import input_topics, topics, use_folder
 from workers.stream import faust_internals
 from workers.stream.batching import LearnStream
-from workers.stream.http_guard import Guard, server_ssl_context, web_options
+from workers.stream.http_guard import Guard, web_options
 from workers.stream.memory import install_heap_trim
 from workers.stream.monitoring import install_metrics
 from workers.stream.runtime import PRODUCER_BATCH_BYTES, PRODUCER_LINGER_MS, Runtime
@@ -41,7 +41,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         datadir=str(settings.data_dir),
         web_host=settings.web_host, web_port=settings.web_port, web_bind=settings.web_bind or settings.web_host,
         canonical_url=f"{settings.scheme}://{settings.web_host}:{settings.web_port}",
-        web_application_options=web_options(guard), web_ssl_context=server_ssl_context(settings),
+        web_application_options=web_options(guard), web_ssl_context=guard.server_ssl,
         # faust's own views serve raw table values and the cluster layout to anyone: off
         web_router_enabled=False, web_tables_enabled=False, web_graph_enabled=False, web_stats_enabled=False,
         web_metrics_enabled=False,

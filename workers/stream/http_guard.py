@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
+import time
 from typing import Any
 
 import aiohttp
@@ -88,6 +90,57 @@ def client_ssl_context(settings: Any) -> ssl.SSLContext | None:
         raise ConfigError(f"LEARNSTREAM_TLS_CAFILE={settings.tls_cafile}: not a readable CA file ({exc})") from None
 
 
+_TLS_CHECK_S = 1.0  # how often the certificate files are stat'ed (at most; only while requests come)
+
+
+class CertFiles:
+    """Loads a renewed certificate, key or CA file into the running contexts (cert-manager renews a
+    Secret's files in place, the kubelet swaps them atomically): checked at most once a second, by
+    each file's inode, mtime and size. A pair that does not load (written half, or key and certificate
+    from two renewals) keeps the previous one and is logged; the next change is tried again. Before,
+    the listener served its start-up certificate until it expired (an outside review)."""
+
+    def __init__(self, settings: Any, server: ssl.SSLContext | None, client: ssl.SSLContext | None) -> None:
+        self.server, self.client = server, client
+        self.files = [p for p in (settings.tls_certfile, settings.tls_keyfile, settings.tls_cafile) if p]
+        self.settings = settings
+        self._checked = 0.0
+        self._sig = self._signature()
+
+    def _signature(self) -> tuple:
+        out = []
+        for p in self.files:
+            try:
+                st = os.stat(p)
+                out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def check(self) -> bool:
+        """Reload what changed; True when the contexts now hold new files."""
+        if self.server is None:
+            return False
+        now = time.monotonic()
+        if now - self._checked < _TLS_CHECK_S:
+            return False
+        self._checked = now
+        sig = self._signature()
+        if sig == self._sig:
+            return False
+        s = self.settings
+        try:
+            self.server.load_cert_chain(str(s.tls_certfile), str(s.tls_keyfile))
+            if self.client is not None and s.tls_cafile:
+                self.client.load_verify_locations(cafile=str(s.tls_cafile))  # adds: both CAs verify while peers renew
+        except (OSError, ssl.SSLError) as exc:
+            logger.error("TLS files changed but do not load (%s); serving the previous certificate", exc)
+            return False
+        self._sig = sig
+        logger.info("TLS certificate reloaded from %s", s.tls_certfile)
+        return True
+
+
 def _denied(request: web.Request, status: int, reason: str, detail: str = "") -> None:
     """Count a refused credential and log it (never the token: its name at most; WARNINGs of one call
     site are let through once per 10 s, workers/stream/logs.py), for alerting on guessing or misuse."""
@@ -103,7 +156,9 @@ class Guard:
         self.settings = settings
         self.auth = auth or Authenticator(settings)
         self.in_flight = 0
+        self.server_ssl = server_ssl_context(settings)
         self.client_ssl = client_ssl_context(settings)
+        self.certs = CertFiles(settings, self.server_ssl, self.client_ssl)
 
     def is_open(self, path: str) -> bool:
         return path in _OPEN or (self.settings.metrics_public and (path == "/metrics" or
@@ -111,6 +166,7 @@ class Guard:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.certs.check()  # a renewed certificate serves the next connections (probes come every few seconds)
         if self.is_open(request.path):
             return await handler(request)
         header = request.headers.get("Authorization")
