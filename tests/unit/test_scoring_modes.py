@@ -323,3 +323,14 @@ def test_finetune_candidates_without_memories_or_responses_make_no_call() -> Non
     assert finetune_candidates([user(), asst("a")], b, conversation_id="c", count=5) == []
     assert finetune_candidates([mem("m"), asst("a"), user()], b, conversation_id="c", count=1) == []
     assert b.calls == []
+
+
+def test_a_memory_that_cannot_be_scored_is_skipped_not_deferred_under_a_cap() -> None:
+    """An outside trial: with ``max_per_run`` 2, memories that the next run would skip (too few responses
+    after them) were reported as ``deferred``, then as ``skipped`` by that run. The cap defers only what
+    a later run would score."""
+    conv = [mem("m1"), mem("m2")] + [x for i in range(60) for x in (user(f"u{i}"), asst(f"r{i}"))]
+    conv += [mem("late1"), user("x"), asst("y"), mem("late2"), user("x2"), asst("y2"), mem("last")]
+    rep = incremental(conv, ToyBackend(), ScoringState(), now_ms=0, max_per_run=1)
+    assert [r["memory_id"] for r in rep.scored] == ["m1"] and rep.deferred == ["m2"]
+    assert sorted(m for m, _ in rep.skipped) == ["last", "late1", "late2"]

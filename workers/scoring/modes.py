@@ -216,15 +216,16 @@ def incremental(messages: Sequence[Message] | EncodedConversation, backend: Scor
     due.sort()
     n, attempts = len(enc), 0
     for _, _, mid in due:
-        if attempts >= (max_per_run or len(due)) or len(report.failed) >= _FAILURES_BEFORE_DEFER:
-            report.deferred.append(mid)
-            continue
+        # what cannot be scored is skipped whatever the cap: only a memory a later run would score is deferred
         first, targets = enc.window(mid, size)  # type: ignore[misc]
         if not targets:
             report.skipped.append((mid, "no response follows"))
             continue
         if len(targets) < size and not 4 * first < n:
             report.skipped.append((mid, f"partial window ({len(targets)} of {size} responses)"))
+            continue
+        if attempts >= (max_per_run or len(due)) or len(report.failed) >= _FAILURES_BEFORE_DEFER:
+            report.deferred.append(mid)
             continue
         attempts += 1
         try:
