@@ -76,7 +76,7 @@ Count = Annotated[int, Minimum(0)]
 Positive = Annotated[int, Minimum(1)]
 Seconds = Annotated[float, ExclusiveMinimum(0)]
 # "" or an integer or a percentage: PodDisruptionBudget's minAvailable / maxUnavailable.
-IntOrPercent = Annotated[int | str, Pattern(r"^$|^[0-9]+%$"), Minimum(0)]
+IntOrPercent = Annotated[int | str, Pattern(r"^$|^(100|[1-9]?[0-9])%$"), Minimum(0)]  # a percentage is at most 100%
 # Prometheus durations (30s, 1m, 1h30m)
 Duration = Annotated[str, Pattern(r"^([0-9]+(ms|s|m|h|d|w|y))+$")]
 # Kubernetes resource quantity for a volume (10Gi, 500M)

@@ -159,6 +159,7 @@ def test_lint_strict_passes() -> None:
     ({"persistence": {"size": "ten gigs"}}, "/persistence/size"),
     ({"podDisruptionBudget": {"maxUnavailable": "half"}}, "/podDisruptionBudget/maxUnavailable"),
     ({"serviceMonitor": {"interval": 30}}, "/serviceMonitor/interval"),
+    ({"podDisruptionBudget": {"maxUnavailable": "150%"}}, "/podDisruptionBudget/maxUnavailable"),
     ({"learnstream": {"partitions": None}}, "partitions"),            # null deletes a default: refused
 ])
 def test_schema_rejects_bad_values(chart: Any, values: dict, where: str) -> None:
