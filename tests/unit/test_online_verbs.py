@@ -198,3 +198,31 @@ def test_the_part_is_a_continual_learner_in_the_blob() -> None:
     blob = s.blob("learner", "s1")
     learner = blob.get("learner", ContinualLearner)
     assert isinstance(learner, ContinualLearner) and learner.n_features == D
+
+
+def test_a_learner_whose_sgd_diverged_is_refused_not_answered_with_nan() -> None:
+    """An outside trial: ten examples with one feature at 10 (finite, so accepted), replayed with their stored
+    logits at the default lr and momentum, took the weights to NaN ~150 examples later; predict answered NaN
+    probabilities and evaluate an accuracy of 1.0 (argmax of NaN), both as ok. Now every verb that would use
+    the model says it diverged and what to do; learner_state still answers, with ``diverged``."""
+    s = LearnSession()
+    d = lambda verb, body: s.dispatch({"verb": verb, "body": body})  # noqa: E731
+    assert d("init_learner", {"n_features": 4, "n_classes": 3, "seed": 0})["ok"]
+    assert d("learn_example", {"examples": [{"features": [10.0, 0, 0, 0], "label": i % 3} for i in range(10)]})["ok"]
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, 4))
+    y = (X[:, 0] > 0).astype(int)
+    refused = None
+    for i in range(0, 2000, 50):
+        out = d("learn_example", {"examples": [{"features": x.tolist(), "label": int(v)} for x, v in zip(X[i:i + 50], y[i:i + 50])]})
+        if not out["ok"]:
+            refused = out["error"]
+            break
+    assert refused is not None and refused.startswith("learner diverged"), refused
+    for verb, body in (("predict", {"features": [0.1, 0, 0, 0]}), ("evaluate", {"features": [0.1, 0, 0, 0], "label": 0}),
+                       ("consolidate_learner", {})):
+        assert d(verb, body)["error"].startswith("learner diverged"), verb
+    state = d("learner_state", {})
+    assert state["ok"] and state["data"]["diverged"] is True
+    assert d("init_learner", {"n_features": 4, "n_classes": 3, "seed": 0})["ok"]  # a new one works
+    assert d("learner_state", {})["data"]["diverged"] is False and d("predict", {"features": [0.1, 0, 0, 0]})["ok"]
