@@ -43,6 +43,7 @@ _LINGER_MS = 5  # small batching window: many agents send bursts
 # restart plus a consumer-group rejoin on the embedded broker takes ~20-30 s.
 _APPLY_DEADLINE_S = 60.0
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.2, 2.0
+_ATTEMPT_MIN_S = 0.5  # the shortest wait for one answer, however near the deadline
 # statuses after which the write may or may not be in the log: retry with the same key
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})  # 429: the worker's in-flight limit; not applied
 _IDEMPOTENCY = "idempotency_key"  # the body field workers/state/idempotency.py reads
@@ -88,6 +89,21 @@ def _verb_kind(verb: str, *, writes: bool) -> None:
         raise VerbError(f"{verb} is a {'read' if writes else 'write'}: use "
                         f"{'read()' if writes else 'apply()'} for it (apply() sends writes with an "
                         f"idempotency key and waits until applied; read() answers reads)")
+
+
+def _num(field: str, x: Any) -> float:
+    """A finite number: JSON would carry a NaN as null, and the worker then said the field was missing."""
+    v = float(x)
+    if not math.isfinite(v):
+        raise ValidationError(field, "must be finite (NaN/Inf refused)")
+    return v
+
+
+def _nums(field: str, xs: Iterable[Any]) -> list[float]:
+    values = list(map(float, xs))
+    if not all(map(math.isfinite, values)):
+        raise ValidationError(field, "must be finite (NaN/Inf refused)")
+    return values
 
 
 def _vec(x: Any) -> dict:
@@ -230,7 +246,10 @@ class LearnstreamClient:
             raise VerbError(f"parse: the body is {exc}") from None
         while True:
             try:
-                async with self._http.post(self.worker_url + "/dispatch", data=payload,
+                # each attempt ends with the deadline: a worker that accepts the connection and never
+                # answers (stopped, wedged) held a caller for aiohttp's default 5 minutes (an outside trial)
+                attempt = aiohttp.ClientTimeout(total=max(end - loop.time(), _ATTEMPT_MIN_S))
+                async with self._http.post(self.worker_url + "/dispatch", data=payload, timeout=attempt,
                                            headers={"Content-Type": "application/json"}) as r:
                     raw = await r.read()
                     status = r.status
@@ -258,7 +277,7 @@ class LearnstreamClient:
                        relation: str | None = None, estimated_tokens: int | None = None,
                        now_ms: int | None = None, wait: bool = True) -> Any:
         return await self.send("feedback", session_key, _drop_none(
-            {**_vec(embedding), "model": model, "quality": float(quality), "relation": relation,
+            {**_vec(embedding), "model": model, "quality": _num("quality", quality), "relation": relation,
              "estimated_tokens": estimated_tokens, "now_ms": now_ms}), wait=wait)
 
     async def feedback_batch(self, session_key: str, events: Sequence[dict], *, wait: bool = True) -> Any:
@@ -274,12 +293,12 @@ class LearnstreamClient:
         return await self.send("feedback", session_key, {"events": evs}, wait=wait)
 
     async def loss(self, session_key: str, loss: float, *, now_ms: int | None = None, wait: bool = True) -> Any:
-        return await self.send("loss", session_key, _drop_none({"loss": float(loss), "now_ms": now_ms}), wait=wait)
+        return await self.send("loss", session_key, _drop_none({"loss": _num("loss", loss), "now_ms": now_ms}), wait=wait)
 
     async def gradients(self, session_key: str, param_id: str, params: Iterable[float], grads: Iterable[float],
                         *, wait: bool = True) -> Any:
-        return await self.send("gradients", session_key, {"param_id": param_id, "params": list(map(float, params)),
-                                                          "grads": list(map(float, grads))}, wait=wait)
+        return await self.send("gradients", session_key, {"param_id": param_id, "params": _nums("params", params),
+                                                          "grads": _nums("grads", grads)}, wait=wait)
 
     async def insert_edge(self, session_key: str, edge: dict, *, wait: bool = True) -> Any:
         return await self.send("edges", session_key, {"op": "insert", "edge": edge}, wait=wait)

@@ -29,6 +29,45 @@ def test_a_non_finite_embedding_fails_in_the_agent_not_in_the_dlq() -> None:
             asyncio.run(c.feedback_batch("s", [{"embedding": emb, "model": "m", "quality": 0.5}]))
 
 
+def test_a_non_finite_quality_loss_or_gradient_fails_in_the_agent() -> None:
+    """An outside trial: ``feedback(quality=nan)`` was sent (orjson writes NaN as null) and dead-lettered as
+    ``payload.quality required``."""
+    c = LearnstreamClient("127.0.0.1:1")
+    with pytest.raises(ValidationError, match="quality: must be finite"):
+        asyncio.run(c.feedback("s", [0.1, 0.2], model="m", quality=float("nan")))
+    with pytest.raises(ValidationError, match="loss: must be finite"):
+        asyncio.run(c.loss("s", float("inf")))
+    with pytest.raises(ValidationError, match="grads: must be finite"):
+        asyncio.run(c.gradients("s", "p", [1.0], [float("nan")]))
+
+
+def test_a_worker_that_never_answers_does_not_hold_apply_past_its_deadline() -> None:
+    """An outside trial stopped a worker (SIGSTOP): the connection is accepted and nothing is answered, and
+    ``apply(..., apply_deadline_s=5)`` was still waiting after 45 s (aiohttp's default: 5 minutes an attempt).
+    A stand-in socket that accepts and never answers: the write gives up with its key near the deadline."""
+    import time
+
+    from workers.client import WriteNotConfirmed
+
+    async def go() -> float:
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(3600)
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        t0 = time.monotonic()
+        try:
+            async with LearnstreamClient(worker_url=f"http://127.0.0.1:{port}", apply_deadline_s=1.5) as c:
+                with pytest.raises(WriteNotConfirmed, match="k-stuck"):
+                    await c.apply("s", "add_knowledge", {"agent": "a", "domain": "d", "fact": "f"},
+                                  idempotency_key="k-stuck")
+        finally:
+            server.close()
+        return time.monotonic() - t0
+
+    assert asyncio.run(go()) < 10  # the deadline and one short last attempt, not minutes
+
+
 def test_apply_takes_writes_and_read_takes_reads() -> None:
     """``apply`` with a read failed with a bare KeyError ('id'); ``read`` with a write applied it, and retried
     it without an idempotency key. Both say which to use, before anything is sent."""
