@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaProducer
 from workers.verbs.codec import encode_embedding_b64, encode_json
 from workers.errors import ConfigError, LearnstreamError, ValidationError, VerbError
 from workers.kafka.clients import started
-from workers.kafka.topics import topics
+from workers.kafka.topics import input_topics, topics
 
 __all__ = ("LearnstreamClient", "SyncClient", "Sent", "Applied", "WriteNotConfirmed", "SETUP_VERBS", "worker_base_url")
 
@@ -190,7 +190,9 @@ class LearnstreamClient:
 
     async def send(self, role: str, session_key: str, value: dict, *, wait: bool = True) -> Sent | asyncio.Future:
         """Validate and send ``value`` to the topic of ``role`` keyed by ``session_key``."""
-        t = topics()[role]
+        t = topics().get(role)
+        if t is None:
+            raise ValidationError("role", f"{role!r} is not an input topic's role (one of {sorted(t.role for t in input_topics())})")
         value = {"session_key": session_key, **value} if role != "commands" else value
         if self.validate:
             t.validate(value)

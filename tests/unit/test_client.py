@@ -41,6 +41,12 @@ def test_a_non_finite_quality_loss_or_gradient_fails_in_the_agent() -> None:
         asyncio.run(c.gradients("s", "p", [1.0], [float("nan")]))
 
 
+def test_an_unknown_role_is_a_validation_error_naming_the_roles() -> None:
+    c = LearnstreamClient("127.0.0.1:1")
+    with pytest.raises(ValidationError, match="'nosuch' is not an input topic's role .*'feedback'"):
+        asyncio.run(c.send("nosuch", "s", {}))
+
+
 def test_a_worker_that_never_answers_does_not_hold_apply_past_its_deadline() -> None:
     """An outside trial stopped a worker (SIGSTOP): the connection is accepted and nothing is answered, and
     ``apply(..., apply_deadline_s=5)`` was still waiting after 45 s (aiohttp's default: 5 minutes an attempt).
