@@ -103,3 +103,18 @@ def test_the_dlq_schema_names_every_reason_code_the_worker_writes() -> None:
         topics()["dlq"].validate(dlq_entry(rec, "why", code).value)
     with pytest.raises(ValueError, match="not one of"):
         dlq_entry(rec, "why", "mystery")
+
+
+@pytest.mark.parametrize(("role", "value", "field", "words"), [
+    ("feedback", {"session_key": "", "embedding": [0.1], "model": "m", "quality": 0.5}, "session_key", "non-empty"),
+    ("feedback", {"session_key": "s", "embedding": [0.1], "quality": 0.5}, "model", "required"),
+    ("outcomes", {"session_key": "s", "agent": "a", "task_type": "t", "success": True}, "id", "required"),
+    ("outcomes", {"session_key": "s", "outcomes": [{"agent": "a"}]}, "outcomes.0.id", "required"),
+])
+def test_a_topic_with_alternative_forms_names_the_field_of_the_closest_form(role: str, value: dict, field: str,
+                                                                           words: str) -> None:
+    """An outside trial: feedback and outcome events (an event or an envelope: ``oneOf``) were refused with
+    "... is not valid under any of the given schemas" and no field; the README says the field is named."""
+    with pytest.raises(ValidationError) as e:
+        topics()[role].validate(value)
+    assert e.value.field == field and words in str(e.value), str(e.value)

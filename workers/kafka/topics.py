@@ -22,6 +22,37 @@ __all__ = ("Topic", "topics", "topics_dir", "use_folder", "input_topics", "by_na
 KINDS = ("input", "downstream", "dlq")
 
 
+def _closest_branch(err: Any, root: dict) -> Any:
+    """For a ``oneOf`` / ``anyOf`` that no branch matched ("... is not valid under any of the given
+    schemas", naming no field), the error of the branch that came closest: the one that requires or
+    declares the most of the event's fields, then the one with the fewest errors (an outcome without ``strategy`` is
+    a single outcome missing a field, not an envelope missing ``outcomes``)."""
+    while err.validator in ("oneOf", "anyOf") and err.context:
+        branches = err.schema.get(err.validator, []) if isinstance(err.schema, dict) else []
+        given = set(err.instance) if isinstance(err.instance, dict) else set()
+        by_branch: dict[Any, list] = {}
+        for e in err.context:
+            by_branch.setdefault(e.relative_schema_path[0] if e.relative_schema_path else None, []).append(e)
+
+        def fit(item: tuple[Any, list]) -> tuple[int, int]:
+            i, errors = item
+            b = branches[i] if isinstance(i, int) and i < len(branches) and isinstance(branches[i], dict) else {}
+            ref = b.get("$ref", "")
+            if ref.startswith("#/"):  # a local definition ("#/$defs/event")
+                node: Any = root
+                for part in ref[2:].split("/"):
+                    node = node.get(part, {}) if isinstance(node, dict) else {}
+                b = node if isinstance(node, dict) else {}
+            return -len(given & set(b.get("required", ())) | given & set(b.get("properties", {}))), len(errors)
+
+        closest = min(by_branch.items(), key=fit)[1]
+        nxt = best_match(closest)
+        if nxt is None:
+            break
+        err = nxt
+    return err
+
+
 @dataclass(frozen=True)
 class Topic:
     role: str
@@ -45,8 +76,11 @@ class Topic:
         """Raise ValidationError naming the field and the broken rule."""
         err = best_match(self.validator.iter_errors(value))
         if err is not None:
-            path = ".".join(str(p) for p in err.absolute_path)
-            raise ValidationError(path, err.message)
+            err = _closest_branch(err, self.schema)
+            parts = [str(p) for p in err.absolute_path]
+            if err.validator == "required" and isinstance(err.instance, dict):  # name the missing field itself
+                parts += [f for f in err.validator_value if f not in err.instance][:1]
+            raise ValidationError(".".join(parts), err.message)
 
     # -- the topic <-> verb mapping (the only place it is written) --------------------------------
     def request(self, value: dict) -> tuple[Any, Any]:
