@@ -386,6 +386,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(worker_factory, tmp_p
         return ssl.get_server_certificate(("127.0.0.1", w.port))
 
     before = served()
+    assert f"learnstream worker ready: https://127.0.0.1:{w.port} " in w.log_tail()  # the line says what it serves
     (tmp_path / "bad.pem").write_text("not a certificate")
     os.replace(tmp_path / "bad.pem", tmp_path / "srv.pem")  # a broken renewal: the old certificate stays
     time.sleep(1.2)  # the files are looked at once a second at most

@@ -89,7 +89,7 @@ _READY_POLL_S = 0.1
 
 def ready_line(settings: Settings) -> str:
     """The one line ``learnstream worker`` prints once it serves: where its HTTP API is, which broker."""
-    return (f"learnstream worker ready: http://{settings.web_host}:{settings.web_port} "
+    return (f"learnstream worker ready: {settings.scheme}://{settings.web_host}:{settings.web_port} "
             f"broker={settings.broker} ({settings.broker_kind}) pid={os.getpid()}")
 
 
