@@ -200,6 +200,7 @@ def test_the_part_is_a_continual_learner_in_the_blob() -> None:
     assert isinstance(learner, ContinualLearner) and learner.n_features == D
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the diverging steps overflow on purpose
 def test_a_learner_whose_sgd_diverged_is_refused_not_answered_with_nan() -> None:
     """An outside trial: ten examples with one feature at 10 (finite, so accepted), replayed with their stored
     logits at the default lr and momentum, took the weights to NaN ~150 examples later; predict answered NaN
