@@ -389,9 +389,9 @@ def test_a_renewed_certificate_is_served_without_a_restart(worker_factory, tmp_p
     assert f"learnstream worker ready: https://127.0.0.1:{w.port} " in w.log_tail()  # the line says what it serves
     (tmp_path / "bad.pem").write_text("not a certificate")
     os.replace(tmp_path / "bad.pem", tmp_path / "srv.pem")  # a broken renewal: the old certificate stays
-    time.sleep(1.2)  # the files are looked at once a second at most
+    # requests make the worker look at its files (at most once a second) until it logs the broken pair
+    wait_until(lambda: served() and "do not load" in w.log_tail(), 10, 0.2, "the broken renewal to be logged")
     assert served() == before and http_json(w.url + "/health", context=trusting)[0] == 200
-    wait_until(lambda: "do not load" in w.log_tail(), 10, 0.2, "the broken renewal to be logged")
     ca = trustme.CA()  # a renewal by a new CA, which forwarding trusts once its file has it
     ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "new.pem"))
     os.replace(tmp_path / "new.pem", tmp_path / "srv.pem")
