@@ -62,3 +62,47 @@ def test_a_worker_sigkilled_on_a_standalone_broker_does_not_block_the_next_one(t
             w.stop()
         broker.terminate()
         broker.wait(60)
+
+
+def _members(bootstrap: str, group: str) -> list[str]:
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def go() -> list[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            (resp,) = await admin.describe_consumer_groups([group], group_coordinator_id=await admin.find_coordinator(group))
+            return sorted(m[0] for g in resp.groups for m in g[5])
+        finally:
+            await admin.close()
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("bad", [{"LEARNSTREAM_WEB_BIND": "0.0.0.0"}, {"LEARNSTREAM_AUTH_TOKENS_FILE": "/nonexistent/tokens"}],
+                         ids=["no-tokens-on-a-public-address", "missing-tokens-file"])
+def test_a_worker_that_refuses_its_configuration_leaves_the_running_group_alone(tmp_path: Path, bad: dict) -> None:
+    """On the embedded broker a starting worker makes every listed member leave (dead ones are never
+    expired); one that then refuses to start made the running members rejoin for nothing."""
+    broker, env = _start_broker(tmp_path)
+    first = None
+    try:
+        app_id = f"ls-test-{uuid.uuid4().hex[:8]}"
+        first = WorkerProc(None, tmp_path / "data", app_id=app_id, log_dir=tmp_path, name="first", env=env).start()
+        first.wait_ready()
+        before = _members(env["LEARNSTREAM_BROKER"], app_id)
+        assert len(before) == 1, before
+        cmd = [sys.executable, "-m", "workers.cli", "worker", "--data-dir", str(tmp_path / "second"),
+               "--web-port", str(free_port())]
+        run_env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
+        env2 = {**run_env, **env, "LEARNSTREAM_APP_ID": app_id, "LEARNSTREAM_PARTITIONS": "4", **bad}
+        r = subprocess.run(cmd, env=env2, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert _members(env["LEARNSTREAM_BROKER"], app_id) == before  # the same member: nobody left or rejoined
+        assert first.ready()
+    finally:
+        if first is not None:
+            first.stop()
+        broker.terminate()
+        broker.wait(60)

@@ -48,12 +48,13 @@ def run_worker(settings: Settings) -> int:
         settings = dataclasses.replace(settings, broker=broker.bootstrap, broker_kind="embedded")
         announce(f"embedded broker on {broker.bootstrap}, data in {broker.data_dir}", settings.log_format)
     ensure_topics_sync(settings)
-    if settings.broker_kind == "embedded":
-        asyncio.run(expel_group_members(settings.broker, settings.app_id, **settings.kafka_kwargs()))
-    app, rt = build_app(settings)
+    app, rt = build_app(settings)  # refuses a bad configuration (tokens, TLS files) before the group is touched
     changelogs = {t.name: t.changelog_topic.get_topic_name() for t in rt.tables.values()}
     asyncio.run(ensure_tables_match_log(settings.data_dir, Path(app.conf.tabledir), changelogs, settings.broker,
                                         **settings.kafka_kwargs()))
+    if settings.broker_kind == "embedded":
+        # last before joining: a worker that refuses to start must not make the running members rejoin
+        asyncio.run(expel_group_members(settings.broker, settings.app_id, **settings.kafka_kwargs()))
     _announce_ready(app, rt, settings)
 
     class Worker(faust.Worker):
