@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import http.client
 import os
+import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -251,6 +253,28 @@ def test_sigterm_stops_the_http_server_and_the_worker_it_started(tmp_path: Path)
         wait_until(lambda: leftovers(marker) == [], 30, 0.2, "the embedded worker and broker to exit")
     finally:
         kill_marked(proc, marker)
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_stdio_server_while_its_client_keeps_stdin_open(worker_factory, tmp_path: Path,
+                                                                          sig: int, status: int) -> None:
+    """The SDK read stdin in a thread nothing interrupts: SIGTERM and Ctrl-C waited for the client to close it."""
+    w = worker_factory("mcp-sig").start().wait_ready()
+    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "mcp", "--worker-url", w.url], env=_env(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(tmp_path / "mcp.log", "wb"))
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                 "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+        proc.stdin.write(json.dumps(hello).encode() + b"\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["id"] == 1  # serving; stdin stays open from here on
+        proc.send_signal(sig)
+        assert proc.wait(20) == status, (tmp_path / "mcp.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_http_transport_refuses_to_start_without_a_token() -> None:

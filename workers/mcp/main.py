@@ -92,11 +92,49 @@ def embedded_worker(settings: Settings) -> Iterator[str]:
         w.stop(30)
 
 
+# The longest line stdin may send (one JSON-RPC message); the HTTP transport reads up to _READ_CAP.
+_STDIN_LINE_MAX = 64 * 1024 * 1024
+
+
+class _StdinLines:
+    """stdin's lines, read on the event loop (a pipe, socket or terminal: ``connect_read_pipe``).
+
+    The SDK's default reads stdin in a worker thread, which nothing interrupts: a SIGTERM or Ctrl-C
+    left the server running until the client closed stdin (asyncio.run waits for that thread)."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+
+    @classmethod
+    async def open(cls) -> _StdinLines | None:
+        """None when stdin cannot be read on the loop (a regular file): the SDK's default reads it then."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=_STDIN_LINE_MAX)
+        try:
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+        except (OSError, ValueError):
+            return None
+        return cls(reader)
+
+    def __aiter__(self) -> _StdinLines:
+        return self
+
+    async def __anext__(self) -> str:
+        try:
+            line = await self._reader.readline()
+        except ValueError:  # longer than _STDIN_LINE_MAX (asyncio dropped it): handed on as a message that is not one
+            return "{}"
+        if not line:
+            raise StopAsyncIteration
+        return line.decode("utf-8", errors="replace")
+
+
 async def _serve_stdio(client: LearnstreamClient, session: str) -> None:
     from mcp.server.stdio import stdio_server
 
     server = build_server(client, default_session=session)
-    async with client, stdio_server() as (read, write):
+    stdin = await _StdinLines.open()
+    async with client, stdio_server(stdin=stdin) as (read, write):  # type: ignore[arg-type]
         await server.run(read, write, server.create_initialization_options())
 
 
