@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import WorkerProc
+from tests.helpers import WorkerProc, wait_until
 from workers.local import free_port
 
 pytestmark = pytest.mark.integration
@@ -104,5 +104,53 @@ def test_a_worker_that_refuses_its_configuration_leaves_the_running_group_alone(
     finally:
         if first is not None:
             first.stop()
+        broker.terminate()
+        broker.wait(60)
+
+
+def _active(w: WorkerProc) -> set[int]:
+    import httpx
+
+    try:
+        return set(httpx.get(w.url + "/health", timeout=5).json().get("active_partitions", []))
+    except (httpx.HTTPError, ValueError):
+        return set()
+
+
+def test_a_joining_worker_leaves_the_live_members_in_the_group(tmp_path: Path) -> None:
+    """Only members whose worker does not answer are made to leave: a live one expelled kept processing
+    its partitions until its next heartbeat while the newcomer, alone in the group, took them all."""
+    import threading
+
+    broker, env = _start_broker(tmp_path)
+    workers: list[WorkerProc] = []
+    try:
+        app_id = f"ls-test-{uuid.uuid4().hex[:8]}"
+        first = WorkerProc(None, tmp_path / "d1", app_id=app_id, log_dir=tmp_path, name="first", env=env)
+        workers.append(first.start().wait_ready())
+        (member,) = _members(env["LEARNSTREAM_BROKER"], app_id)
+        overlaps: list[set[int]] = []
+        done = threading.Event()
+
+        def watch() -> None:  # both workers' active partitions while the second joins
+            while not done.is_set():
+                if len(workers) == 2 and (both := _active(workers[0]) & _active(workers[1])):
+                    overlaps.append(both)
+                done.wait(0.1)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        second = WorkerProc(None, tmp_path / "d2", app_id=app_id, log_dir=tmp_path, name="second", env=env)
+        workers.append(second.start())
+        second.wait_ready()
+        wait_until(lambda: len(_members(env["LEARNSTREAM_BROKER"], app_id)) == 2, 60, 0.2, "both members")
+        done.set()
+        watcher.join()
+        assert member in _members(env["LEARNSTREAM_BROKER"], app_id)  # it rejoined; nobody expelled it
+        assert not overlaps, overlaps[:5]  # never two workers active on one partition
+        assert _active(first) and _active(second) and not _active(first) & _active(second)
+    finally:
+        for w in workers:
+            w.stop()
         broker.terminate()
         broker.wait(60)

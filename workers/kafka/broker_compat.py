@@ -7,9 +7,12 @@ not cover or a property that hurts a long local run:
 1. **A group member that dies without leaving is never expired** (Kafka drops it after
    ``session.timeout.ms``). A SIGKILLed worker stays the group's leader, so the next worker to join
    waits for a SyncGroup that never comes and is never ready. Fix: :func:`expel_group_members` before
-   a worker joins: every member the group still lists leaves (LeaveGroup on its behalf); live
-   workers just rejoin (the rebalance a new member causes anyway). A worker that dies for good while
-   the others keep running is expelled by them (workers/stream/peers.py).
+   a worker joins: every member the group still lists whose worker does not answer HTTP leaves
+   (LeaveGroup on its behalf). Live members stay: expelled, they kept processing their partitions
+   until their next heartbeat while the newcomer, the group's only member, had taken every partition
+   (two workers on one partition: stale reads, and events lost in an outside trial with three
+   workers). They rejoin in the rebalance the newcomer causes, revoking first. A worker that dies for
+   good while the others keep running is expelled by them (workers/stream/peers.py).
    Group membership is not persisted, so a restarted embedded broker starts clean.
 2. **Memory.** It keeps the retained log in memory (and re-serialises all of it to a JSON snapshot
 about once a second), and, like Kafka, it compacts or deletes only closed segments. Kafka's defaults (1 GiB or 7-day
@@ -71,8 +74,10 @@ without; ``learnstream bench broker_soak`` measures a 10-minute run (bench/READM
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 __all__ = ("topic_configs", "expel_group_members", "ignore_finished_aborts", "rejoin_on_empty_assignment",
@@ -112,25 +117,39 @@ def topic_configs(cleanup_policy: str, retention_bytes: int) -> dict[str, str]:
     return out
 
 
-async def expel_group_members(bootstrap: str, group: str, **kafka: Any) -> list[str]:
-    """Make every member ``group`` still lists leave it; return their member ids (defect 1 above)."""
+async def expel_group_members(bootstrap: str, group: str, *,
+                               alive: Callable[[str], Awaitable[bool]] | None = None, **kafka: Any) -> list[str]:
+    """Make every member of ``group`` whose worker does not answer HTTP leave it; return their member
+    ids (defect 1 above). ``alive``: the probe of a member's worker URL (``peers.http_alive``); a
+    member without a URL in its metadata (not a learnstream worker) is expelled."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.protocol.group import LeaveGroupRequest
 
+    from workers.stream.peers import http_alive, member_url
+
+    probe = alive or http_alive
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka)
     try:
         await admin.start()
         node = await admin.find_coordinator(group)
         (resp,) = await admin.describe_consumer_groups([group], group_coordinator_id=node)
-        # groups: (error_code, group, state, protocol_type, protocol, members, ...); a member starts with its id
-        members = [m[0] for g in resp.groups for m in g[5]]
+        # groups: (error_code, group, state, protocol_type, protocol, members, ...); a member:
+        # (member_id, client_id, client_host, member_metadata, member_assignment)
+        listed = [(m[0], member_url(m[3])) for g in resp.groups for m in g[5]]
+
+        async def dead(url: str | None) -> bool:
+            return url is None or not await probe(url)
+
+        verdicts = await asyncio.gather(*(dead(url) for _, url in listed))
+        members = [member_id for (member_id, _), gone in zip(listed, verdicts, strict=True) if gone]
         for member_id in members:
             await admin._send_request_to_node(node, LeaveGroupRequest(group, member_id))
     finally:
         await admin.close()
     if members:
-        logger.info("embedded broker: %d member(s) of group %s left on their behalf (it never expires dead "
-                    "members; live ones rejoin)", len(members), group)
+        logger.info("embedded broker: %d member(s) of group %s whose worker does not answer left on their behalf "
+                    "(it never expires dead members); %d live one(s) kept", len(members), group,
+                    len(listed) - len(members))
     return members
 
 
