@@ -225,6 +225,18 @@ def test_authentication_scopes_and_limits(worker_factory, creds) -> None:
         assert token not in log, f"token {name} in the log"
 
 
+def test_an_undecodable_body_closes_its_connection_without_a_traceback(worker_factory) -> None:
+    """aiohttp drained a body it could not decode for keep-alive after the 400 and logged the error again,
+    as "Unhandled exception" with ~40 lines of traceback at ERROR, for any client's request. (Its own
+    test: the log's per-line rate limit would hide it after another aiohttp ERROR.)"""
+    w = worker_factory().start().wait_ready()
+    status, headers, out = call(w, "/dispatch", headers={"Content-Encoding": "gzip"}, raw=b'{"verb": "health"}')
+    assert status == 400 and "cannot read the body" in out["error"] and headers.get("Connection") == "close", out
+    assert call(w, "/dispatch", {"verb": "health", "body": {}})[0] == 200
+    assert call(w, "/dispatch", {"verb": "health", "body": {}})[0] == 200
+    assert w.log_path is not None and "Unhandled exception" not in w.log_path.read_text(), w.log_tail()
+
+
 def test_a_public_listener_without_tokens_refuses_to_start(worker_factory) -> None:
     w = worker_factory(env={"LEARNSTREAM_WEB_BIND": "0.0.0.0"}).start()
     wait_until(lambda: not w.alive(), 60, 0.2, "the worker to exit")

@@ -219,7 +219,13 @@ class Guard:
         except web.HTTPRequestEntityTooLarge:
             return _json(envelope_error(verb_name, f"body larger than {s.http_max_body_bytes} bytes"), 413)
         except Exception as exc:  # noqa: BLE001 - a body aiohttp cannot decode (e.g. a bad Content-Encoding)
-            return _json(envelope_error(verb_name, f"cannot read the body: {type(exc).__name__}"), 400)
+            # the rest of that body cannot be read either: marked read, and the connection closed once
+            # answered; else aiohttp drains it for keep-alive and logs the error again, as "Unhandled
+            # exception" with a traceback at ERROR
+            request.content.feed_eof()
+            resp = _json(envelope_error(verb_name, f"cannot read the body: {type(exc).__name__}"), 400)
+            resp.force_close()
+            return resp
         try:
             value = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
