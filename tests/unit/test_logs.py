@@ -82,16 +82,22 @@ def test_fausts_idle_partition_errors_are_debug_records(root: logging.Logger) ->
     assert rec["level"] == "debug" and "has not sent fetch request" in rec["event"]
 
 
-@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize("fmt", ["text", "json", "mode"])
 def test_credentials_are_redacted_from_records_and_tracebacks(root: logging.Logger, fmt: str) -> None:
     """aiohttp logs a request it could not parse with the offending header line: an outside trial's
-    ``Authorization: Bearer <token>\\x01`` put the whole token in the worker's ERROR log."""
-    configure(root, fmt)
+    ``Authorization: Bearer <token>\\x01`` put the whole token in the worker's ERROR log. ``mode``: the
+    formatter of faust's worker, which turns a record's args None into (None,), so a redacted record
+    whose args were None failed to format ("--- Logging error ---") and was lost."""
+    if fmt == "mode":
+        from mode.utils.logging import ExtensionFormatter
+
+        root.handlers[0].setFormatter(ExtensionFormatter(stream=root.handlers[0].stream))
+    configure(root, "text" if fmt == "mode" else fmt)
     token = "lst_" + "S3cretTokenValue0123456789abcdef"
     try:
         raise ValueError(f"Invalid header value char: b'Authorization: Bearer {token}\\x01'")
     except ValueError:
-        root.getChild("aiohttp.server").exception("Error handling request")
+        root.getChild("aiohttp.server").exception("Error handling request from %s", None)  # as aiohttp calls it
     root.error("header %s", f"Bearer {token[4:]}")
     root.error("Authorization=Basic dXNlcjpwYXNz and {'authorization': 'tok123'}")
     root.error("Authorization failed for session x")  # no credential: left as it is
@@ -99,3 +105,4 @@ def test_credentials_are_redacted_from_records_and_tracebacks(root: logging.Logg
     assert token[4:] not in out and "dXNlcjpwYXNz" not in out and "tok123" not in out
     assert out.count("<redacted>") >= 4 and "Authorization failed for session x" in out
     assert "ValueError: Invalid header value char" in out  # the traceback is kept, redacted
+    assert "Error handling request from None" in out

@@ -70,7 +70,8 @@ class Secrets(logging.Filter):
         text = record.getMessage()
         exc = logging.Formatter().formatException(record.exc_info) if record.exc_info else record.exc_text or ""
         if _SECRET.search(text) or _SECRET.search(exc):
-            record.msg, record.args = _SECRET.sub(r"\1<redacted>", text), None
+            # args (), not None: faust's formatter (mode's) makes None (None,) and then fails to format
+            record.msg, record.args = _SECRET.sub(r"\1<redacted>", text), ()
             if exc:  # the traceback as text, redacted (the formatter would render the exception again)
                 record.msg += "\n" + _SECRET.sub(r"\1<redacted>", exc)
                 record.exc_info, record.exc_text = None, None
