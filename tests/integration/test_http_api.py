@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import http_json
+from tests.helpers import http_json, wait_until
 from workers.cli.processes import metric
 from workers.state.layout import PIECE_BYTES
 
@@ -133,3 +133,43 @@ def test_http_api(worker_factory) -> None:
     assert status == 200 and again == {**first, "duplicate": True}, (first, again)
     status, out = dispatch(w, "get_edge", {"session_key": "g1", "edge_id": "e1"})
     assert status == 200 and out["data"]["edge"]["invalid_at"] == 2000, out
+
+
+def test_sigterm_with_http_writes_in_flight_answers_them_and_stops_promptly(worker_factory) -> None:
+    """A stopping worker applies nothing more, and its web server's stop waited for every write waiting
+    for its result: ~30 s (the write timeout) with writes in flight, past a pod's grace period. Those
+    writes now answer at the signal: 504 with the write's id (it is in the log and will be applied)."""
+    import threading
+    import time
+
+    w = worker_factory(env={"LEARNSTREAM_WRITE_TIMEOUT_S": "40"}).start().wait_ready()
+    answers: list[tuple[int, float]] = []
+    stop = threading.Event()
+
+    def writer(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            t0 = time.monotonic()
+            body = {"session_key": f"sig-{i}", "agent": "a", "domain": "d", "fact": f"fact {n}"}
+            try:
+                status, out = http_json(w.url + "/dispatch", {"verb": "add_knowledge", "body": body}, timeout=90)
+            except OSError:  # the worker is gone: connection refused or reset
+                return
+            answers.append((status, time.monotonic() - t0))
+            if status == 504:
+                assert "stopping" in out["error"] and re.fullmatch(r"learn\.\w+:\d+:\d+", out["id"]), out
+            n += 1
+
+    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(8)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: sum(s == 200 for s, _ in answers) >= 40, 60, 0.05, "writes applied")
+    t0 = time.monotonic()
+    w.proc.terminate()
+    w.proc.wait(60)
+    stopped = time.monotonic() - t0
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert stopped < 15, f"stopped in {stopped:.1f} s"
+    assert all(s in (200, 503, 504) and took < 15 for s, took in answers), [a for a in answers if a[0] != 200][:10]

@@ -64,6 +64,10 @@ PRODUCER_BATCH_BYTES = 512 * 1024
 PRODUCER_LINGER_MS = 2
 
 
+class WorkerStopping(Exception):
+    """A write's result will not come from this worker: it is stopping (Replies.stop)."""
+
+
 class Replies:
     """Futures of HTTP writes waiting for their (topic, partition, offset) to be applied."""
 
@@ -71,6 +75,16 @@ class Replies:
         self.waiting: dict[tuple[str, int, int], asyncio.Future] = {}
         # the last batches' results, for a write whose batch was applied before it registered
         self.recent: deque[dict[tuple[str, int, int], dict]] = deque(maxlen=_RECENT_BATCHES)
+        self.stopping = False
+
+    def stop(self) -> None:
+        """The worker is stopping: it applies nothing more, so every write waiting for its result, and every
+        later one, is answered now (WorkerStopping) instead of at its timeout: a stop waited for them,
+        ~30 s with writes in flight, past the grace period of a Kubernetes pod."""
+        self.stopping = True
+        for fut in self.waiting.values():
+            if not fut.done():
+                fut.set_exception(WorkerStopping())
 
     def resolve(self, results: dict[tuple[str, int, int], dict]) -> None:
         for k in [k for k in self.waiting if k in results]:  # few waiters, many results: look up the waiters
@@ -83,6 +97,8 @@ class Replies:
         for results in self.recent:
             if key in results:
                 return results[key]
+        if self.stopping:
+            raise WorkerStopping()
         fut = asyncio.get_running_loop().create_future()
         self.waiting[key] = fut
         try:
@@ -657,6 +673,10 @@ class Runtime:
             # the event is in the log and will be applied (by whoever owns the partition by then)
             return {**envelope_error(verb_name, f"timed out after {timeout:.0f} s waiting for "
                                                 f"{topic.name}[{key[1]}]@{key[2]} to be applied"), "id": written}, 504
+        except WorkerStopping:
+            return {**envelope_error(verb_name, f"this worker is stopping: {topic.name}[{key[1]}]@{key[2]} is in the "
+                                                "log and will be applied by the partition's next owner"),
+                    "id": written}, 504
         # a retried idempotency key answers with the id of the write that applied it first
         return {"id": written, **out}, 200 if out["ok"] else 422
 

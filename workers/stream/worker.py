@@ -69,6 +69,15 @@ def run_worker(settings: Settings) -> int:
             # commit, instead of the default action's abrupt exit
             self.loop.add_signal_handler(signal.SIGHUP, self._on_sigterm)
 
+        # HTTP writes waiting to be applied answer at once (504, in the log): the web server's stop waits for them
+        def _on_sigterm(self) -> None:
+            rt.replies.stop()
+            super()._on_sigterm()
+
+        def _on_sigint(self) -> None:
+            rt.replies.stop()
+            super()._on_sigint()
+
     worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     tune_collector()
     faust_internals.no_spinner(worker)  # else every debug log call of faust and aiokafka makes a record
