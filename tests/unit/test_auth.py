@@ -129,6 +129,21 @@ def test_forwarding_to_an_owner_that_is_down_answers_503_with_retry_after() -> N
     assert status == 503 and retry == "1" and b"cannot be reached" in body
 
 
+def test_forwarding_while_the_worker_stops_answers_503_not_500() -> None:
+    """During a graceful stop the worker's client session closes before its web server: aiohttp raised
+    RuntimeError("Session is closed") and the request got a plain-text 500 (an outside trial)."""
+    guard = Guard(settings())
+
+    async def go() -> tuple[int, str | None, bytes]:
+        http = aiohttp.ClientSession()
+        await http.close()
+        r = await guard.forward(http, f"http://127.0.0.1:{free_port()}", {"verb": "route", "body": {}}, "route")
+        return r.status, r.headers.get("Retry-After"), r.body
+
+    status, retry, body = asyncio.run(go())
+    assert status == 503 and retry == "1" and b"stopping" in body
+
+
 def test_forwarding_verifies_the_owners_certificate(tmp_path) -> None:
     """An owner whose certificate the CA file does not vouch for gets no request (503), a trusted one does."""
     import ssl

@@ -241,6 +241,9 @@ class Guard:
             return _json(envelope_error(verb_name, "another worker owns this session and this worker has no "
                                                    "peer credential to forward with"), 503,
                          {"Retry-After": _RETRY_AFTER_S})
+        if http.closed:  # the worker is stopping: its client session closes before its web server does
+            return _json(envelope_error(verb_name, "this worker is stopping; retry"), 503,
+                         {"Retry-After": _RETRY_AFTER_S})
         try:
             async with http.post(owner + "/dispatch", data=orjson.dumps(req), headers=headers,
                                  ssl=self.client_ssl if owner.startswith("https:") else None,
