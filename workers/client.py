@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +38,8 @@ from workers.errors import ConfigError, LearnstreamError, ValidationError, VerbE
 from workers.kafka.clients import started
 from workers.kafka.topics import input_topics, topics
 
-__all__ = ("LearnstreamClient", "SyncClient", "Sent", "Applied", "WriteNotConfirmed", "SETUP_VERBS", "worker_base_url")
+__all__ = ("LearnstreamClient", "SyncClient", "Sent", "Applied", "WriteNotConfirmed", "SETUP_VERBS", "worker_base_url",
+           "worker_ssl_context")
 
 _LINGER_MS = 5  # small batching window: many agents send bursts
 # How long apply() keeps retrying (same idempotency key) while no worker answers: a worker
@@ -73,6 +76,19 @@ class WriteNotConfirmed(LearnstreamError):
         self.verb, self.idempotency_key = verb, key
         super().__init__(f"{verb}: not confirmed ({why}); retry with idempotency_key={key!r} "
                          "(it is applied at most once)")
+
+
+def worker_ssl_context(ca_file: str | Path | None) -> ssl.SSLContext:
+    """What verifies an https worker: the system's CAs, or only ``ca_file``'s (ConfigError if unreadable)."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"ca_file {str(ca_file)!r}: not a readable CA file ({exc})") from None
+
+
+def _tls_reason(exc: BaseException) -> str:
+    cause = getattr(exc, "certificate_error", None) or exc.__cause__ or exc
+    return getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or str(cause)
 
 
 class Sent(tuple):
@@ -148,11 +164,14 @@ class LearnstreamClient:
     """
 
     def __init__(self, bootstrap: str | None = None, *, validate: bool = True, worker_url: str | None = None,
-                 token: str | None = None, apply_deadline_s: float = _APPLY_DEADLINE_S, **kafka: Any) -> None:
+                 token: str | None = None, ca_file: str | Path | None = None,
+                 apply_deadline_s: float = _APPLY_DEADLINE_S, **kafka: Any) -> None:
         self.bootstrap = bootstrap
         self.validate = validate
         self.worker_url = worker_base_url(worker_url, "worker_url") if worker_url else None
         self.token = token
+        # an https worker's certificate is verified against this CA file (a private CA), else the system's
+        self.ssl_context = worker_ssl_context(ca_file)
         self.apply_deadline_s = apply_deadline_s
         self.kafka = kafka
         self._producer: AIOKafkaProducer | None = None
@@ -167,7 +186,7 @@ class LearnstreamClient:
             import aiohttp
 
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-            self._http = aiohttp.ClientSession(headers=headers)
+            self._http = aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(ssl=self.ssl_context))
         return self
 
     async def stop(self) -> None:
@@ -255,6 +274,10 @@ class LearnstreamClient:
                                            headers={"Content-Type": "application/json"}) as r:
                     raw = await r.read()
                     status = r.status
+            except aiohttp.ClientSSLError as exc:  # a retry meets the same certificate: fail now
+                raise LearnstreamError(f"{verb}: TLS with {self.worker_url} failed ({exc.__class__.__name__}: "
+                                       f"{_tls_reason(exc)}); a worker certificate signed by a private CA needs "
+                                       "ca_file= (LEARNSTREAM_TLS_CAFILE for the CLI and the MCP server)") from None
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 status, raw, why = 0, b"", f"worker unreachable: {exc.__class__.__name__}"
             if status and status not in _RETRY_STATUSES:

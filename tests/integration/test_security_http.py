@@ -411,3 +411,41 @@ def test_a_renewed_certificate_is_served_without_a_restart(worker_factory, tmp_p
     renewed = ssl.create_default_context()
     ca.configure_trust(renewed)
     assert http_json(w.url + "/health", context=renewed)[0] == 200
+
+
+def test_clients_trust_a_private_ca_with_ca_file_and_fail_fast_without_it(worker_factory, tmp_path) -> None:
+    """The SDK, ``learnstream dispatch --url`` and the MCP server could not trust a worker certificate of a
+    private CA (only a process-wide SSL_CERT_FILE did), and the SDK retried the certificate error until
+    its apply deadline (60 s)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from workers.client import SyncClient
+    from workers.errors import LearnstreamError
+
+    env = _tls_env(tmp_path)
+    w = worker_factory("tls", env={**env, "LEARNSTREAM_AUTH": "off"}).start().wait_ready()
+    c = SyncClient(worker_url=w.url, ca_file=env["LEARNSTREAM_TLS_CAFILE"])
+    try:
+        assert c.apply("tls-s", "add_knowledge", {"agent": "a", "domain": "d", "fact": "f"}).data["record_id"]
+        assert c.read("tls-s", "health", {})["knowledge_count"] == 1
+    finally:
+        c.close()
+    c = SyncClient(worker_url=w.url, apply_deadline_s=60)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(LearnstreamError, match="ca_file="):
+            c.apply("tls-s", "add_knowledge", {"agent": "a", "domain": "d", "fact": "g"})
+        assert time.monotonic() - t0 < 10
+    finally:
+        c.close()
+    line = '{"verb": "health", "body": {"session_key": "tls-s"}}\n'
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
+    cmd = [sys.executable, "-m", "workers.cli", "dispatch", "--url", w.url]
+    ok = subprocess.run(cmd, input=line, capture_output=True, text=True, timeout=60,
+                        env={**base, "LEARNSTREAM_TLS_CAFILE": env["LEARNSTREAM_TLS_CAFILE"]})
+    assert ok.returncode == 0 and '"knowledge_count":1' in ok.stdout, ok.stderr[-2000:]
+    bad = subprocess.run(cmd, input=line, capture_output=True, text=True, timeout=60, env=base)
+    assert bad.returncode != 0 and "LEARNSTREAM_TLS_CAFILE" in bad.stderr, bad.stderr[-2000:]

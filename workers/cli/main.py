@@ -11,6 +11,7 @@ import contextlib
 import logging
 import runpy
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -125,11 +126,13 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
         import urllib.error
         import urllib.request
 
-        from workers.client import worker_base_url
+        from workers.client import worker_base_url, worker_ssl_context
 
         url = worker_base_url(args.url, "--url")
         headers = {"Content-Type": "application/json"}
-        token = _settings(args).api_token
+        settings = _settings(args)
+        token = settings.api_token
+        context = worker_ssl_context(settings.tls_cafile) if url.startswith("https:") else None
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if args.token_file:  # an explicit file wins over LEARNSTREAM_API_TOKEN
@@ -143,15 +146,17 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
                 continue
             req = urllib.request.Request(url + "/dispatch", data=line.encode(), headers=headers)
             try:
-                with urllib.request.urlopen(req, timeout=60) as r:
+                with urllib.request.urlopen(req, timeout=60, context=context) as r:
                     out = r.read()
             except urllib.error.HTTPError as e:
                 out = e.read()
                 if e.code not in _VERB_ANSWERS:
                     failed.append(e.code)
             except (urllib.error.URLError, OSError) as e:  # refused, no route, a name that does not resolve
-                raise LearnstreamError(f"cannot reach the worker at {args.url} "
-                                       f"({getattr(e, 'reason', e)})") from None
+                reason = getattr(e, "reason", e)
+                hint = ("; a worker certificate signed by a private CA needs LEARNSTREAM_TLS_CAFILE"
+                        if isinstance(reason, ssl.SSLError) else "")
+                raise LearnstreamError(f"cannot reach the worker at {args.url} ({reason}){hint}") from None
             sys.stdout.write(out.decode() + "\n")
             sys.stdout.flush()
         if failed:

@@ -280,7 +280,7 @@ def run_mcp(settings: Settings, *, worker_url: str | None = None, http: str | No
     with contextlib.ExitStack() as stack:
         if not worker_url:
             worker_url = stack.enter_context(embedded_worker(settings))
-        client = LearnstreamClient(worker_url=worker_url, token=settings.api_token,
+        client = LearnstreamClient(worker_url=worker_url, token=settings.api_token, ca_file=settings.tls_cafile,
                                    apply_deadline_s=settings.apply_deadline_s)
         if address is not None:
             asyncio.run(_serve_http(client, *address, settings.mcp_token or "", session))
