@@ -223,6 +223,22 @@ def test_better_alternative_is_the_best_heuristic_of_the_same_task_type() -> Non
                                               if h["strategy"] == "wait for selector then click")
 
 
+def test_better_alternative_prefers_the_anti_patterns_project_then_takes_any_project() -> None:
+    s = LearnSession()
+    task = "test the signup form"
+    for i in range(3):  # no project
+        learn(s, f"g{i}", strategy="wait for selector then click", task=task, ts=T0 + i)
+    fail(s, "f1", "TimeoutError: 5 s", T0 + 30, task=task, strategy="poll with sleeps", project_id="shop")
+    fail(s, "f2", "TimeoutError: 7 s", T0 + 31, task=task, strategy="poll with sleeps", project_id="shop")
+    [a] = listing(s)["anti_patterns"]
+    assert a["better_alternative"] == "wait for selector then click"  # the spec: any heuristic of the task type
+    for i, ok in enumerate([True, True, False]):  # a worse one, but of the anti-pattern's own project
+        learn(s, f"m{i}", ok, strategy="reload page and retry", task=task, ts=T0 + 40 + i, project_id="shop")
+    fail(s, "f3", "TimeoutError: 9 s", T0 + 50, task=task, strategy="poll with sleeps", project_id="shop")
+    [a] = listing(s)["anti_patterns"]
+    assert a["better_alternative"] == "reload page and retry"
+
+
 def test_no_heuristic_means_no_better_alternative_and_the_failing_strategy_is_never_one() -> None:
     s = LearnSession()
     fail(s, "f1", "OSError: disk full", T0, strategy="write everything at once")

@@ -294,12 +294,14 @@ class ProtocolsState:
 
     @staticmethod
     def better_alternative(am: AgentMemory, ap: AntiPattern, matcher: StrategyMatcher) -> Heuristic | None:
-        """The best heuristic (posterior, then evidence) of the anti-pattern's project and task type
-        whose strategy is not the failing one."""
+        """The best heuristic (posterior, then evidence) of the anti-pattern's task type whose strategy is
+        not the failing one: of its own project if it has one, else of any project (the spec: "the best
+        heuristic of the same task type when one exists"; an outside trial's heuristic without a project
+        was never offered to a project's anti-pattern)."""
         cands = [h for h in am.heuristics.values()
-                 if h.project_id == ap.project_id and h.condition == ap.task_type
-                 and not matcher.similar(h.strategy, ap.pattern)]
-        return min(cands, key=lambda h: (-h.posterior, -h.occurrences, h.created_at, h.id), default=None)
+                 if h.condition == ap.task_type and not matcher.similar(h.strategy, ap.pattern)]
+        return min(cands, key=lambda h: (h.project_id != ap.project_id, -h.posterior, -h.occurrences, h.created_at,
+                                         h.id), default=None)
 
     # -- preferences and knowledge -----------------------------------------------
     def add_preference(self, user_id: str, category: str, preference: str, source: str, now_ms: int,
