@@ -118,3 +118,15 @@ def test_a_topic_with_alternative_forms_names_the_field_of_the_closest_form(role
     with pytest.raises(ValidationError) as e:
         topics()[role].validate(value)
     assert e.value.field == field and words in str(e.value), str(e.value)
+
+
+def test_a_refused_large_value_is_described_not_repeated_in_the_error() -> None:
+    """An outside trial: an envelope of 1,001 outcomes made the SDK raise an 80 kB ValidationError repeating
+    the whole value before "is too long"."""
+    ev = {"id": "o1", "agent": "a", "task": "t", "success": True, "strategy": "s"}
+    with pytest.raises(ValidationError) as e:
+        topics()["outcomes"].validate({"session_key": "s", "outcomes": [ev] * 1001})
+    assert e.value.field == "outcomes" and str(e.value) == "outcomes: an array of 1001 items is too long"
+    with pytest.raises(ValidationError) as e:
+        topics()["outcomes"].validate({"session_key": "s", "outcomes": [dict(ev, task="x" * 100_000)]})
+    assert str(e.value) == "outcomes.0.task: a string of 100000 characters is too long"

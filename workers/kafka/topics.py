@@ -80,7 +80,7 @@ class Topic:
             parts = [str(p) for p in err.absolute_path]
             if err.validator == "required" and isinstance(err.instance, dict):  # name the missing field itself
                 parts += [f for f in err.validator_value if f not in err.instance][:1]
-            raise ValidationError(".".join(parts), err.message)
+            raise ValidationError(".".join(parts), _short_message(err.message, err.instance))
 
     # -- the topic <-> verb mapping (the only place it is written) --------------------------------
     def request(self, value: dict) -> tuple[Any, Any]:
@@ -181,3 +181,24 @@ def by_name(name: str) -> Topic:
         if t.name == name:
             return t
     raise KeyError(name)
+
+
+# jsonschema's messages repeat the offending value ("[...] is too long"): an envelope of 1,001 events made an
+# 80 kB error. Past this length the value is described instead.
+_MESSAGE_MAX = 200
+
+
+def _short_message(message: str, instance: Any) -> str:
+    if len(message) <= _MESSAGE_MAX:
+        return message
+    if isinstance(instance, list):
+        what = f"an array of {len(instance)} items"
+    elif isinstance(instance, dict):
+        what = f"an object of {len(instance)} fields"
+    elif isinstance(instance, str):
+        what = f"a string of {len(instance)} characters"
+    else:
+        what = repr(instance)[:60]
+    text = repr(instance)
+    message = message.replace(text, what) if text in message else message
+    return message if len(message) <= _MESSAGE_MAX else message[:_MESSAGE_MAX] + "..."
