@@ -130,3 +130,26 @@ def test_a_refused_large_value_is_described_not_repeated_in_the_error() -> None:
     with pytest.raises(ValidationError) as e:
         topics()["outcomes"].validate({"session_key": "s", "outcomes": [dict(ev, task="x" * 100_000)]})
     assert str(e.value) == "outcomes.0.task: a string of 100000 characters is too long"
+
+
+@pytest.mark.parametrize("role", ["loss", "gradients", "memory", "feedback", "examples", "outcomes"])
+def test_now_ms_past_the_verbs_range_breaks_the_topic_schema(role: str) -> None:
+    """An outside trial: now_ms 2^63 went to the DLQ as ``refused`` (the verb's range check) and -1 as
+    ``invalid`` (the schema's): the schema now carries the verbs' range (fields.MAX_MS), so both are invalid."""
+    from workers.verbs.fields import MAX_MS
+
+    schema = topics()[role].schema
+    found = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("now_ms"), dict):
+                found.append(node["now_ms"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(schema)
+    assert found and all(f["maximum"] == MAX_MS and f["minimum"] == 0 for f in found), found
