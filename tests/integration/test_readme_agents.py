@@ -215,3 +215,18 @@ def test_mcp_arguments_with_numbers_beyond_64_bits_get_the_verbs_answer(worker) 
     texts = asyncio.run(asyncio.wait_for(go(), 120))
     assert not any("64-bit" in t for t in texts), texts
     assert "importance" in texts[0] and "dim" in texts[1], texts
+
+
+def test_topics_publishing_example_runs_as_a_script(worker) -> None:
+    """README "Topics": the publishing snippet used top-level ``await`` and names it never defined (an
+    outside trial could not paste it into a script); it now runs as written."""
+    b, w = worker
+    text = (ROOT / "README.md").read_text()
+    start = text.index("Publishing from an agent")
+    code = re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
+    code = code.replace(README_BROKER, b.bootstrap).replace(README_WORKER, w.url)
+    exec(compile(code, "README.md (Topics: publishing)", "exec"), {"__name__": "__main__"})  # noqa: S102
+    wait_until(lambda: http_json(w.url + "/dispatch", {"verb": "health", "body": {"session_key": "agent-7"}})[1][
+        "data"]["instant_ready"], 60, 0.2, "agent-7 set up")
+    wait_until(lambda: http_json(w.url + "/dispatch", {"verb": "query_at", "body": {
+        "session_key": "kg", "src": "alice", "t": 2000}})[1]["data"]["edges"], 60, 0.2, "the kg edge applied")
