@@ -122,6 +122,8 @@ def test_a_joining_worker_leaves_the_live_members_in_the_group(tmp_path: Path) -
     its partitions until its next heartbeat while the newcomer, alone in the group, took them all."""
     import threading
 
+    import httpx
+
     broker, env = _start_broker(tmp_path)
     workers: list[WorkerProc] = []
     try:
@@ -146,7 +148,10 @@ def test_a_joining_worker_leaves_the_live_members_in_the_group(tmp_path: Path) -
         wait_until(lambda: len(_members(env["LEARNSTREAM_BROKER"], app_id)) == 2, 60, 0.2, "both members")
         done.set()
         watcher.join()
-        assert member in _members(env["LEARNSTREAM_BROKER"], app_id)  # it rejoined; nobody expelled it
+        listed = _members(env["LEARNSTREAM_BROKER"], app_id)
+        assert member in listed  # it rejoined; nobody expelled it
+        # each worker knows its own member id (it expels its own earlier ones: workers/stream/peers.py)
+        assert sorted(httpx.get(w.url + "/health", timeout=5).json()["member_id"] for w in workers) == listed
         assert not overlaps, overlaps[:5]  # never two workers active on one partition
         assert _active(first) and _active(second) and not _active(first) & _active(second)
     finally:

@@ -272,6 +272,13 @@ async def rejoin(app: Any) -> None:
     await thread.call_thread(_request)
 
 
+def member_id(app: Any) -> str | None:
+    """The app consumer's current group member id ("" while it joins; None before its consumer exists)."""
+    consumer = getattr(getattr(app.consumer, "_thread", None), "_consumer", None)  # faust 0.15.3, aiokafka 0.14
+    coordinator = getattr(consumer, "_coordinator", None)
+    return getattr(coordinator, "member_id", None)
+
+
 def committed_offset(app: Any, topic: str, partition: int) -> int | None:
     """The group's committed offset of a partition as faust loaded it (None: none, or 0)."""
     # faust 0.15.3: Consumer._committed_offset, TP -> the next offset to read

@@ -60,9 +60,10 @@ class DeadPeers:
 
     def __init__(self, bootstrap: str, group: str, own_url: str, dead_after_s: float, *,
                  alive: Callable[[str], Awaitable[bool]] = http_alive, clock: Callable[[], float] = time.monotonic,
-                 **kafka: Any) -> None:
+                 own_member: Callable[[], str | None] = lambda: None, **kafka: Any) -> None:
         self.bootstrap, self.group, self.own_url = bootstrap, group, own_url.rstrip("/")
         self.dead_after_s, self.alive, self.clock, self.kafka = dead_after_s, alive, clock, kafka
+        self.own_member = own_member  # this worker's current member id (None or "" while it joins)
         self.failing: dict[str, float] = {}  # member id -> since when its worker has not answered
         self._admin = LazyAdmin(self.bootstrap, **self.kafka)
 
@@ -84,10 +85,15 @@ class DeadPeers:
                     out.append((m[0], url.rstrip("/")))
         return node, out
 
-    async def check(self) -> list[str]:
-        """Probe every other member's worker; expel the ones silent for ``dead_after_s``; return their ids."""
+    async def _leave(self, node: int, member_id: str) -> None:
         from aiokafka.protocol.group import LeaveGroupRequest
 
+        await (await self._admin_client())._send_request_to_node(node, LeaveGroupRequest(self.group, member_id))
+
+    async def check(self) -> list[str]:
+        """Probe every other member's worker; expel the ones silent for ``dead_after_s``, and this worker's
+        own earlier member ids; return the ids expelled."""
+        mine = self.own_member()
         node, members = await self.members()
         listed = {mid for mid, _ in members}
         for mid in set(self.failing) - listed:
@@ -95,6 +101,15 @@ class DeadPeers:
         expelled = []
         for mid, url in members:
             if url == self.own_url:
+                # An earlier member id of this worker's: after "member_id not recognized" it joined again
+                # with a new id, and the broker still lists the old one, whose URL answers, so nothing else
+                # expels it; every rebalance then waited for it (~60 s each; an outside trial's group locked
+                # up). Only while this worker's own id is known and the same before and after the listing.
+                if mine and mid != mine and self.own_member() == mine:
+                    await self._leave(node, mid)
+                    expelled.append(mid)
+                    logger.info("group %s: member %s is an earlier join of this worker (now %s); made it leave",
+                                self.group, mid, mine)
                 continue
             if await self.alive(url):
                 self.failing.pop(mid, None)
@@ -102,7 +117,7 @@ class DeadPeers:
             since = self.failing.setdefault(mid, self.clock())
             if self.clock() - since < self.dead_after_s:
                 continue
-            await (await self._admin_client())._send_request_to_node(node, LeaveGroupRequest(self.group, mid))
+            await self._leave(node, mid)
             del self.failing[mid]
             expelled.append(mid)
             logger.warning("group %s: member %s (worker %s) has not answered for %.0f s; made it leave the group "

@@ -152,7 +152,7 @@ class Runtime:
         self._outages_at_reply = 0  # broker_health.outages when Replies.recent was last trusted
         # the embedded broker never expires a dead member: the workers do it (workers/stream/peers.py)
         self.dead_peers = DeadPeers(settings.broker or "", settings.app_id, str(app.conf.canonical_url),
-                                    settings.session_timeout_s,
+                                    settings.session_timeout_s, own_member=lambda: faust_internals.member_id(app),
                                     **settings.kafka_kwargs()) if settings.broker_kind == "embedded" else None
 
     async def before_recovery(self, assigned: set[Any]) -> None:

@@ -12,6 +12,7 @@ from aiohttp import web as aiohttp_web
 
 from workers.errors import VerbError
 from workers.state.limits import check_request
+from workers.stream import faust_internals
 from workers.stream.http_guard import FORWARDED, Guard
 from workers.stream.runtime import Runtime
 from workers.verbs.surface import REGISTRY, envelope_error, parse_request, session_key_of
@@ -39,7 +40,9 @@ def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
             assigned, standby = [], []
         return json_response(web, {"status": "ok", "worker": rt.settings.worker_id or str(rt.settings.web_port),
                                    "ready": rt.is_ready(), "broker_reachable": rt.broker_health.reachable(),
-                                   "active_partitions": assigned, "standby_partitions": standby})
+                                   "active_partitions": assigned, "standby_partitions": standby,
+                                   # as the group lists it (kafka-consumer-groups --describe); "" while joining
+                                   "member_id": faust_internals.member_id(app)})
 
     @app.page("/ready")
     async def ready(web: Any, request: Any) -> Any:
