@@ -22,6 +22,7 @@ _CHECKED_SOURCES = {
     "tables.recovery.Recovery._build_offsets": "f7626a56c3b2b33a",
     "transport.drivers.aiokafka.AIOKafkaConsumerThread.verify_event_path": "f7025e20d8664e1f",
     "transport.consumer.Consumer.__init__": "98de5b3b169c981e",
+    "transport.drivers.aiokafka.AIOKafkaConsumerThread._verify_aiokafka_event_path": "f47d08227e3ca266",
     "transport.consumer.Consumer._new_offset": "7524555f309a6493",
     "transport.consumer.Consumer.perform_seek": "b2fa31dd2a8784d3",
     "transport.consumer.Consumer._drain_messages": "8308d11bc7a290dc",
@@ -193,3 +194,19 @@ def test_a_starting_worker_registers_its_tables_changelogs_without_a_second_of_s
 
     asyncio.run(asyncio.wait_for(TableManager.on_start(Starting()), 0.5))
     assert steps == ["changelogs registered", "recovery started"]
+
+
+def test_a_transactions_commit_is_noted_where_fausts_event_path_check_reads_it() -> None:
+    """faust's event-path check logged "Has not committed TP(...) at all since worker start" at ERROR for
+    busy partitions (an outside trial): the commits are the transactions', so note_committed records their
+    time in the consumer thread's tp_last_committed_at too."""
+    import time
+
+    from faust.types import TP
+
+    app = faust.App("t-note-committed", broker="kafka://127.0.0.1:1", store="memory://")
+    before = time.monotonic()
+    faust_internals.note_committed(app, "learn.loss", 3, 17)
+    tp = TP("learn.loss", 3)
+    assert app.consumer._committed_offset[tp] == 17
+    assert app.consumer._thread.tp_last_committed_at[tp] >= before

@@ -108,6 +108,7 @@ import logging
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass
+from time import monotonic
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
@@ -135,6 +136,8 @@ TOUCHED = {
     "tables.recovery.Recovery._build_offsets": "fills recovery's start offsets (wrapped: truncated changelog rebuild, bulk restore)",
     "transport.drivers.aiokafka.AIOKafkaConsumerThread.verify_event_path": "asserts a position (wrapped: none while resetting)",
     "transport.consumer.Consumer.__init__": "sets self._read_offset (replaced by _ReadOffsets)",
+    "transport.drivers.aiokafka.AIOKafkaConsumerThread._verify_aiokafka_event_path":
+        "logs 'Has not committed' from tp_last_committed_at, which note_committed sets",
     "transport.consumer.Consumer._new_offset": "the commit offset of a partition (patched)",
     "transport.consumer.Consumer.perform_seek": "seeks to committed offsets after recovery (patched)",
     "transport.consumer.Consumer._drain_messages": "skips records below _read_offset, adds gaps",
@@ -246,9 +249,14 @@ def _transactional(app: Any) -> bool:
 
 
 def note_committed(app: Any, topic: str, partition: int, offset: int) -> None:
-    """Tell faust a transaction committed ``offset`` (its lag metric and the guard's start read it)."""
-
-    app.consumer._committed_offset[TP(topic, partition)] = offset
+    """Tell faust a transaction committed ``offset`` (its lag metric and the guard's start read it), and
+    when: its event-path check logged "Has not committed TP(...) at all since worker start" at ERROR for
+    busy partitions, since the commits are the transactions', never its consumer's (an outside trial)."""
+    tp = TP(topic, partition)
+    app.consumer._committed_offset[tp] = offset
+    thread = getattr(app.consumer, "_thread", None)  # AIOKafkaConsumerThread: its event-path check reads this
+    if thread is not None:
+        thread.tp_last_committed_at[tp] = monotonic()
 
 
 async def seek(app: Any, topic: str, partition: int, offset: int) -> None:
