@@ -173,3 +173,44 @@ def test_sigterm_with_http_writes_in_flight_answers_them_and_stops_promptly(work
         t.join(60)
     assert stopped < 15, f"stopped in {stopped:.1f} s"
     assert all(s in (200, 503, 504) and took < 15 for s, took in answers), [a for a in answers if a[0] != 200][:10]
+
+
+def test_writes_to_a_worker_that_is_joining_never_wait_out_their_timeout(worker_factory) -> None:
+    """A write sent to a worker in its first seconds, before it had an assignment, was produced and waited
+    for a local result; when another worker owned its session that took the whole write timeout (an outside
+    trial's rolling restart: 30 s, then 504). Now it answers 503 at once (retry), and a write whose partition
+    a rebalance gives to the other worker answers 504 when the new assignment comes."""
+    import threading
+    import time
+
+    env = {"LEARNSTREAM_WRITE_TIMEOUT_S": "25"}
+    first = worker_factory("first", env=env).start().wait_ready()
+    second = worker_factory("second", env=env).start()  # hammered from its first second on
+    answers: list[tuple[int, float, str]] = []
+    done = threading.Event()
+
+    def writer(i: int) -> None:
+        n = 0
+        while not done.is_set():
+            t0 = time.monotonic()
+            body = {"session_key": f"join-{i}-{n % 16}", "agent": "a", "domain": "d", "fact": f"f{n}"}
+            try:
+                status, out = http_json(second.url + "/dispatch", {"verb": "add_knowledge", "body": body}, timeout=60)
+            except OSError:  # not listening yet
+                time.sleep(0.05)
+                continue
+            answers.append((status, time.monotonic() - t0, out.get("error", "") if isinstance(out, dict) else ""))
+            n += 1
+
+    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(4)]
+    for t in threads:
+        t.start()
+    second.wait_ready()
+    wait_until(lambda: sum(s == 200 for s, _, _ in answers) >= 40, 60, 0.1, "writes applied through the second")
+    done.set()
+    for t in threads:
+        t.join(90)
+    assert first.ready() and answers
+    slow = [a for a in answers if a[1] > 10]
+    assert not slow, slow[:5]
+    assert {s for s, _, _ in answers} <= {200, 503, 504}, answers

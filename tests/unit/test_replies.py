@@ -36,3 +36,33 @@ async def test_replies_older_than_the_kept_batches_time_out() -> None:
     with pytest.raises(asyncio.TimeoutError):
         await r.wait(K, 0.01)
     assert not r.waiting  # a timed-out waiter is removed
+
+
+async def test_a_stopping_worker_answers_every_waiter_now_and_every_later_one_at_once() -> None:
+    from workers.stream.runtime import WorkerStopping
+
+    r = Replies()
+    task = asyncio.create_task(r.wait(K, 60.0))
+    while K not in r.waiting:
+        await asyncio.sleep(0)
+    r.stop()
+    with pytest.raises(WorkerStopping):
+        await task
+    with pytest.raises(WorkerStopping):
+        await r.wait(("learn.feedback", 1, 3), 60.0)
+
+
+async def test_waiters_on_partitions_the_new_assignment_lacks_answer_now_the_others_wait() -> None:
+    """A write's partition moved to another worker in a rebalance: it waited for its timeout (30 s)."""
+    from workers.stream.runtime import PartitionMoved
+
+    r = Replies()
+    moved, kept = ("learn.feedback", 1, 3), K
+    tasks = {k: asyncio.create_task(r.wait(k, 60.0)) for k in (moved, kept)}
+    while len(r.waiting) < 2:
+        await asyncio.sleep(0)
+    r.release_except({0, 2})
+    with pytest.raises(PartitionMoved):
+        await tasks[moved]
+    r.resolve({kept: {"ok": True}})
+    assert await tasks[kept] == {"ok": True}

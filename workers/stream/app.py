@@ -105,6 +105,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     async def _assigned(app: faust.App, assigned: Any, **_: Any) -> None:
         rt.processor.forget()
         rt.guard.reset()
+        # writes waiting on a partition another worker now owns get their answer now, not at their timeout
+        rt.replies.release_except({tp.partition for tp in assigned if tp.topic in rt.input_names})
 
     @app.on_rebalance_complete.connect
     async def _recovered(app: faust.App, **_: Any) -> None:

@@ -43,7 +43,7 @@ from workers.stream.transactions import (NotOwned, PartitionWork, ProducerLost, 
                                          source_partition)
 from workers.verbs.surface import REGISTRY, envelope_error
 
-__all__ = ("Runtime", "Replies")
+__all__ = ("Runtime", "Replies", "OwnerUnknown")
 
 logger = logging.getLogger(__name__)
 # "session cache too small": a batch with evictions whose misses outnumber its hits and this many
@@ -64,6 +64,14 @@ PRODUCER_BATCH_BYTES = 512 * 1024
 PRODUCER_LINGER_MS = 2
 
 
+class OwnerUnknown(LookupError):
+    """No assignment yet: which worker owns a session is not known (Runtime.owner_url)."""
+
+
+class PartitionMoved(Exception):
+    """A write's partition was revoked from this worker while it waited: its result comes elsewhere."""
+
+
 class WorkerStopping(Exception):
     """A write's result will not come from this worker: it is stopping (Replies.stop)."""
 
@@ -76,6 +84,13 @@ class Replies:
         # the last batches' results, for a write whose batch was applied before it registered
         self.recent: deque[dict[tuple[str, int, int], dict]] = deque(maxlen=_RECENT_BATCHES)
         self.stopping = False
+
+    def release_except(self, partitions: set[int]) -> None:
+        """Writes waiting on any other partition than ``partitions`` (this worker's new assignment: another
+        worker applies them now) answer now, not at their timeout."""
+        for key, fut in self.waiting.items():
+            if key[1] not in partitions and not fut.done():
+                fut.set_exception(PartitionMoved())
 
     def stop(self) -> None:
         """The worker is stopping: it applies nothing more, so every write waiting for its result, and every
@@ -673,19 +688,20 @@ class Runtime:
             # the event is in the log and will be applied (by whoever owns the partition by then)
             return {**envelope_error(verb_name, f"timed out after {timeout:.0f} s waiting for "
                                                 f"{topic.name}[{key[1]}]@{key[2]} to be applied"), "id": written}, 504
-        except WorkerStopping:
-            return {**envelope_error(verb_name, f"this worker is stopping: {topic.name}[{key[1]}]@{key[2]} is in the "
-                                                "log and will be applied by the partition's next owner"),
-                    "id": written}, 504
+        except (WorkerStopping, PartitionMoved) as exc:
+            why = "this worker is stopping" if isinstance(exc, WorkerStopping) else "its partition moved to another worker"
+            return {**envelope_error(verb_name, f"{why}: {topic.name}[{key[1]}]@{key[2]} is in the log and will be "
+                                                "applied by the partition's next owner"), "id": written}, 504
         # a retried idempotency key answers with the id of the write that applied it first
         return {"id": written, **out}, 200 if out["ok"] else 422
 
     def owner_url(self, sk: str) -> str | None:
-        """Base URL of the worker owning ``sk``, or None when it is this one (or unknown)."""
+        """Base URL of the worker owning ``sk``, or None when it is this one; OwnerUnknown before this
+        worker's first assignment (it may never own ``sk``: a write it waited for was applied elsewhere)."""
         try:
             url = self.app.router.key_store(TABLE_NAMES["session"], sk)
         except KeyError:
-            return None
+            raise OwnerUnknown(sk) from None
         mine = self.app.conf.canonical_url
         if (url.host, url.port) == (mine.host, mine.port):
             return None

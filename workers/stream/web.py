@@ -14,7 +14,7 @@ from workers.errors import VerbError
 from workers.state.limits import check_request
 from workers.stream import faust_internals
 from workers.stream.http_guard import FORWARDED, Guard
-from workers.stream.runtime import Runtime
+from workers.stream.runtime import OwnerUnknown, Runtime
 from workers.verbs.surface import REGISTRY, envelope_error, parse_request, session_key_of
 
 __all__ = ("install_routes", "json_response")
@@ -64,7 +64,11 @@ def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
         denied = guard.deny(request, name, sk, REGISTRY[name].writes)
         if denied is not None:
             return denied
-        owner = rt.owner_url(sk)
+        try:
+            owner = rt.owner_url(sk)
+        except OwnerUnknown:  # not yet in the group: a write produced here may be applied by another worker
+            return json_response(web, envelope_error(name, "partition owner unknown (this worker is joining); "
+                                                           "retry"), 503, {"Retry-After": "1"})
         if owner is not None:
             if request.headers.get(FORWARDED):
                 return json_response(web, envelope_error(name, "partition owner unknown (rebalancing); retry"), 503,
