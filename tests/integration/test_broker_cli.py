@@ -152,7 +152,7 @@ def test_a_joining_worker_leaves_the_live_members_in_the_group(tmp_path: Path) -
         assert member in listed  # it rejoined; nobody expelled it
         # each worker knows its own member id (it expels its own earlier ones: workers/stream/peers.py)
         assert sorted(httpx.get(w.url + "/health", timeout=5).json()["member_id"] for w in workers) == listed
-        assert not overlaps, overlaps[:5]  # never two workers active on one partition
+        assert not overlaps, overlaps[:5]  # never two workers listing one partition as active
         assert _active(first) and _active(second) and not _active(first) & _active(second)
     finally:
         for w in workers:

@@ -100,13 +100,16 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     async def _revoked(app: faust.App, revoked: Any, **_: Any) -> None:
         rt.processor.forget()
         rt.guard.reset()
+        rt.active_partitions = []  # until the next assignment (faust's assignor keeps listing the revoked ones)
 
     @app.on_partitions_assigned.connect
     async def _assigned(app: faust.App, assigned: Any, **_: Any) -> None:
         rt.processor.forget()
         rt.guard.reset()
         # writes waiting on a partition another worker now owns get their answer now, not at their timeout
-        rt.replies.release_except({tp.partition for tp in assigned if tp.topic in rt.input_names})
+        mine = {tp.partition for tp in assigned if tp.topic in rt.input_names}
+        rt.active_partitions = sorted(mine)
+        rt.replies.release_except(mine)
 
     @app.on_rebalance_complete.connect
     async def _recovered(app: faust.App, **_: Any) -> None:

@@ -135,7 +135,6 @@ class Runtime:
         self.replies = Replies()
         self.topics = topics()
         self.channels: dict[str, Any] = {}
-        self.probe_topic = self.topics["feedback"].name
         self.changelog_topic = tables["session"].changelog_topic.get_topic_name()
         self.probe = KafkaProbe(settings.broker or "", tail_from_start=settings.broker_kind == "embedded",
                                 **settings.kafka_kwargs())
@@ -144,6 +143,8 @@ class Runtime:
         self.broker_health = BrokerHealth(settings.broker or "", settings.broker_unreachable_s,
                                           settings.kafka_kwargs())
         self.input_names = {t.name for t in input_topics()}
+        # input partitions this worker owns: set on each assignment, emptied when they are revoked (GET /health)
+        self.active_partitions: list[int] = []
         self.txn = Transactions(settings.broker or "", settings.app_id, settings.app_id,
                                 max_batch_size=PRODUCER_BATCH_BYTES, linger_ms=PRODUCER_LINGER_MS,
                                 max_request_size=app.conf.producer_max_request_size,

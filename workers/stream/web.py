@@ -31,13 +31,14 @@ def json_response(web: Any, data: Any, status: int = 200, headers: dict[str, str
 def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
+        # partitions of the input topics (co-partitioned, so one topic's numbers say it all); none between a
+        # revocation and the next assignment (faust's assignor kept listing them: two workers seemed to own one)
+        assigned = rt.active_partitions
         try:
-            # partitions of the input topics (co-partitioned, so one topic's numbers say it all)
-            assigned = sorted({tp.partition for tp in app.assignor.assigned_actives() if tp.topic == rt.probe_topic})
             standby = sorted({tp.partition for tp in app.assignor.assigned_standbys()
-                              if tp.topic == rt.changelog_topic})
+                              if tp.topic == rt.changelog_topic}) if assigned else []
         except Exception:  # noqa: BLE001 - before the first assignment
-            assigned, standby = [], []
+            standby = []
         return json_response(web, {"status": "ok", "worker": rt.settings.worker_id or str(rt.settings.web_port),
                                    "ready": rt.is_ready(), "broker_reachable": rt.broker_health.reachable(),
                                    "active_partitions": assigned, "standby_partitions": standby,
