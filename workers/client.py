@@ -171,7 +171,8 @@ class LearnstreamClient:
         self.worker_url = worker_base_url(worker_url, "worker_url") if worker_url else None
         self.token = token
         # an https worker's certificate is verified against this CA file (a private CA), else the system's
-        self.ssl_context = worker_ssl_context(ca_file)
+        # (aiohttp's default context: none is built here for a client that never calls a worker)
+        self.ssl_context = worker_ssl_context(ca_file) if ca_file else None
         self.apply_deadline_s = apply_deadline_s
         self.kafka = kafka
         self._producer: AIOKafkaProducer | None = None
@@ -186,7 +187,7 @@ class LearnstreamClient:
             import aiohttp
 
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-            self._http = aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(ssl=self.ssl_context))
+            self._http = aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(ssl=self.ssl_context or True))
         return self
 
     async def stop(self) -> None:

@@ -118,10 +118,14 @@ def _learner(ctx: VerbContext) -> ContinualLearner:
     return learner
 
 
+def _diverged(learner: ContinualLearner) -> bool:
+    return learner.loss_ema is not None and not math.isfinite(learner.loss_ema)
+
+
 def _usable(ctx: VerbContext) -> ContinualLearner:
     """The session's learner, refused once it has diverged (``_DIVERGED``)."""
     learner = _learner(ctx)
-    if learner.loss_ema is not None and not math.isfinite(learner.loss_ema):
+    if _diverged(learner):
         raise VerbError(_DIVERGED)
     return learner
 
@@ -291,8 +295,7 @@ def consolidate_learner(ctx: VerbContext, body: dict) -> dict:
 def learner_state(ctx: VerbContext, body: dict) -> dict:
     """{} -> counters, prequential accuracy/loss, drift and consolidation state, config."""
     learner = _learner(ctx)
-    diverged = learner.loss_ema is not None and not math.isfinite(learner.loss_ema)
-    return {**learner.summary(), "diverged": diverged, "config": learner.settings()}
+    return {**learner.summary(), "diverged": _diverged(learner), "config": learner.settings()}
 
 
 @state_size("init_learner")
