@@ -55,7 +55,7 @@ from aiokafka.structs import TopicPartition
 
 from _stream import (WorkerProcess, balanced_keys, http_json, machine_note, provision, start_broker, wait_until,
                      worker_kwargs, worker_options)
-from workers.kafka.broker_compat import expel_group_members
+from workers.stream.peers import expel_group_members
 from workers.verbs.codec import encode_embedding_b64
 from workers.verbs.session import LearnSession
 from workers.kafka.topics import topics
@@ -574,8 +574,8 @@ def _session_timeout(cluster: Cluster) -> None:
     """What Kafka does to a SIGKILLed member once its session times out: drop it from the group, so
     the survivors rebalance and take its partitions over. The embedded broker never does (README,
     "The embedded broker": noida expires no member that died without leaving), so after the session
-    timeout the bench makes every listed member leave, as a worker does before it joins; the live
-    one rejoins and gets every partition: the same rebalance Kafka would run."""
+    timeout the bench makes every member whose worker does not answer leave, as a worker does before
+    it joins; the live one gets every partition in the rebalance that follows, as on Kafka."""
     time.sleep(float(_SESSION_TIMEOUT_S))
     asyncio.run(expel_group_members(cluster.bootstrap, cluster.app_id))
 

@@ -43,7 +43,7 @@ KNOWN_DEFECTS = {
     "noida": {
         "test_a_member_that_dies_without_leaving_is_expired":
             "noida-db 0.2.3 never expires a dead group member; worked around by "
-            "workers.kafka.broker_compat.expel_group_members and workers/stream/peers.py",
+            "workers/stream/peers.py (expel_group_members, DeadPeers)",
         "test_compaction_drops_superseded_transactional_values":
             "noida-db 0.2.3 never compacts records written in transactions; worked around by the "
             "worker's changelog rewrites, workers/kafka/changelog_rewrite.py (README, 'The embedded broker')",

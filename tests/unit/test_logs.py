@@ -106,3 +106,21 @@ def test_credentials_are_redacted_from_records_and_tracebacks(root: logging.Logg
     assert out.count("<redacted>") >= 4 and "Authorization failed for session x" in out
     assert "ValueError: Invalid header value char" in out  # the traceback is kept, redacted
     assert "Error handling request from None" in out
+
+
+def test_a_traceback_without_credentials_is_formatted_once(root: logging.Logger,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The redaction filter searches a record's traceback; the handler's formatter then reuses that text
+    (``exc_text``) instead of rendering the exception a second time."""
+    configure(root, "text")
+    calls = []
+    original = logging.Formatter.formatException
+    monkeypatch.setattr(logging.Formatter, "formatException",
+                        lambda self, ei: calls.append(ei) or original(self, ei))
+    try:
+        raise RuntimeError("plain failure")
+    except RuntimeError:
+        root.exception("it failed")
+    out = "\n".join(_lines(root))
+    assert len(calls) == 1
+    assert out.count("RuntimeError: plain failure") == 1 and "it failed" in out

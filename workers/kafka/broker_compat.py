@@ -6,8 +6,8 @@ not cover or a property that hurts a long local run:
 
 1. **A group member that dies without leaving is never expired** (Kafka drops it after
    ``session.timeout.ms``). A SIGKILLed worker stays the group's leader, so the next worker to join
-   waits for a SyncGroup that never comes and is never ready. Fix: :func:`expel_group_members` before
-   a worker joins: every member the group still lists whose worker does not answer HTTP leaves
+   waits for a SyncGroup that never comes and is never ready. Fix: ``expel_group_members``
+   (workers/stream/peers.py) before a worker joins: every member the group still lists whose worker does not answer HTTP leaves
    (LeaveGroup on its behalf). Live members stay: expelled, they kept processing their partitions
    until their next heartbeat while the newcomer, the group's only member, had taken every partition
    (two workers on one partition: stale reads, and events lost in an outside trial with three
@@ -77,10 +77,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ("topic_configs", "expel_group_members", "ignore_finished_aborts", "rejoin_on_empty_assignment",
+__all__ = ("topic_configs", "ignore_finished_aborts", "rejoin_on_empty_assignment",
            "hold_empty_fetches", "EMPTY_FETCH_HOLD_MS", "SEGMENT_BYTES", "SEGMENT_MS", "MALLOC_TUNABLES",
            "REWRITTEN_CHANGELOG_CONFIGS")
 
@@ -115,42 +114,6 @@ def topic_configs(cleanup_policy: str, retention_bytes: int) -> dict[str, str]:
     if "delete" in cleanup_policy and retention_bytes > 0:
         out["retention.bytes"] = str(retention_bytes)
     return out
-
-
-async def expel_group_members(bootstrap: str, group: str, *,
-                               alive: Callable[[str], Awaitable[bool]] | None = None, **kafka: Any) -> list[str]:
-    """Make every member of ``group`` whose worker does not answer HTTP leave it; return their member
-    ids (defect 1 above). ``alive``: the probe of a member's worker URL (``peers.http_alive``); a
-    member without a URL in its metadata (not a learnstream worker) is expelled."""
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.protocol.group import LeaveGroupRequest
-
-    from workers.stream.peers import http_alive, member_url
-
-    probe = alive or http_alive
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka)
-    try:
-        await admin.start()
-        node = await admin.find_coordinator(group)
-        (resp,) = await admin.describe_consumer_groups([group], group_coordinator_id=node)
-        # groups: (error_code, group, state, protocol_type, protocol, members, ...); a member:
-        # (member_id, client_id, client_host, member_metadata, member_assignment)
-        listed = [(m[0], member_url(m[3])) for g in resp.groups for m in g[5]]
-
-        async def dead(url: str | None) -> bool:
-            return url is None or not await probe(url)
-
-        verdicts = await asyncio.gather(*(dead(url) for _, url in listed))
-        members = [member_id for (member_id, _), gone in zip(listed, verdicts, strict=True) if gone]
-        for member_id in members:
-            await admin._send_request_to_node(node, LeaveGroupRequest(group, member_id))
-    finally:
-        await admin.close()
-    if members:
-        logger.info("embedded broker: %d member(s) of group %s whose worker does not answer left on their behalf "
-                    "(it never expires dead members); %d live one(s) kept", len(members), group,
-                    len(listed) - len(members))
-    return members
 
 
 _aborts_patched = False
@@ -238,7 +201,6 @@ def hold_empty_fetches(hold_ms: int = EMPTY_FETCH_HOLD_MS) -> None:
     global _fetch_hold_patched
     if _fetch_hold_patched:
         return
-    import asyncio
     import time
 
     from aiokafka.consumer import fetcher

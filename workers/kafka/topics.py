@@ -14,6 +14,9 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 from workers.errors import ConfigError, ValidationError
 
@@ -37,12 +40,13 @@ def _closest_branch(err: Any, root: dict) -> Any:
         def fit(item: tuple[Any, list]) -> tuple[int, int]:
             i, errors = item
             b = branches[i] if isinstance(i, int) and i < len(branches) and isinstance(branches[i], dict) else {}
-            ref = b.get("$ref", "")
-            if ref.startswith("#/"):  # a local definition ("#/$defs/event")
-                node: Any = root
-                for part in ref[2:].split("/"):
-                    node = node.get(part, {}) if isinstance(node, dict) else {}
-                b = node if isinstance(node, dict) else {}
+            ref = b.get("$ref")
+            if isinstance(ref, str):  # a definition ("#/$defs/event"), resolved as the validator does
+                try:
+                    node = Registry().with_resource("", DRAFT202012.create_resource(root)).resolver().lookup(ref)
+                    b = node.contents if isinstance(node.contents, dict) else {}
+                except Unresolvable:
+                    b = {}
             return -len(given & set(b.get("required", ())) | given & set(b.get("properties", {}))), len(errors)
 
         closest = min(by_branch.items(), key=fit)[1]

@@ -68,7 +68,10 @@ class Secrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        exc = logging.Formatter().formatException(record.exc_info) if record.exc_info else record.exc_text or ""
+        if record.exc_info and not record.exc_text:
+            # formatted once: logging's formatters reuse exc_text rather than render the exception again
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        exc = record.exc_text or ""
         if _SECRET.search(text) or _SECRET.search(exc):
             # args (), not None: faust's formatter (mode's) makes None (None,) and then fails to format
             record.msg, record.args = _SECRET.sub(r"\1<redacted>", text), ()

@@ -21,7 +21,7 @@ import orjson
 
 from workers.kafka.admin import LazyAdmin
 
-__all__ = ("DeadPeers", "http_alive")
+__all__ = ("DeadPeers", "expel_group_members", "http_alive", "member_url")
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,53 @@ def member_url(metadata: bytes) -> str | None:
     return url if isinstance(url, str) and url else None
 
 
+async def group_members(admin: Any, group: str) -> tuple[int, list[tuple[str, str | None]]]:
+    """(coordinator node, [(member id, its worker URL or None)]) of every member ``group`` lists, through a
+    started aiokafka admin client."""
+    node = await admin.find_coordinator(group)
+    (resp,) = await admin.describe_consumer_groups([group], group_coordinator_id=node)
+    # groups: (error_code, group, state, protocol_type, protocol, members, ...); a member:
+    # (member_id, client_id, client_host, member_metadata, member_assignment)
+    return node, [(m[0], member_url(m[3])) for g in resp.groups for m in g[5]]
+
+
+async def leave_group(admin: Any, node: int, group: str, member_id: str) -> None:
+    """Make ``member_id`` leave ``group`` on its behalf (LeaveGroup to the coordinator ``node``)."""
+    from aiokafka.protocol.group import LeaveGroupRequest
+
+    await admin._send_request_to_node(node, LeaveGroupRequest(group, member_id))
+
+
+async def expel_group_members(bootstrap: str, group: str, *,
+                              alive: Callable[[str], Awaitable[bool]] = http_alive, **kafka: Any) -> list[str]:
+    """Before a worker joins: make every member of ``group`` whose worker does not answer HTTP leave it
+    at once (the broker kept it after a SIGKILL; a newcomer would wait for it forever); return their
+    member ids. Live members stay: expelled, they kept processing their partitions until their next
+    heartbeat while the newcomer, the group's only member, took every partition. A member without a URL
+    in its metadata (not a learnstream worker) is expelled too: nothing can say it is alive."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka)
+    try:
+        await admin.start()
+        node, listed = await group_members(admin, group)
+        verdicts = await asyncio.gather(*(alive(url) if url is not None else _false() for _, url in listed))
+        members = [mid for (mid, _), up in zip(listed, verdicts, strict=True) if not up]
+        for mid in members:
+            await leave_group(admin, node, group, mid)
+    finally:
+        await admin.close()
+    if members:
+        logger.info("embedded broker: %d member(s) of group %s whose worker does not answer left on their behalf "
+                    "(it never expires dead members); %d live one(s) kept", len(members), group,
+                    len(listed) - len(members))
+    return members
+
+
+async def _false() -> bool:
+    return False
+
+
 class DeadPeers:
     """See the module docstring; :meth:`check` runs on a timer."""
 
@@ -72,23 +119,11 @@ class DeadPeers:
 
     async def members(self) -> tuple[int, list[tuple[str, str]]]:
         """(coordinator node, [(member id, worker URL)]) of the group's faust members."""
-        admin = await self._admin_client()
-        node = await admin.find_coordinator(self.group)
-        (resp,) = await admin.describe_consumer_groups([self.group], group_coordinator_id=node)
-        # groups: (error_code, group, state, protocol_type, protocol, members); a member:
-        # (member_id, client_id, client_host, member_metadata, member_assignment)
-        out = []
-        for g in resp.groups:
-            for m in g[5]:
-                url = member_url(m[3])
-                if url is not None:
-                    out.append((m[0], url.rstrip("/")))
-        return node, out
+        node, listed = await group_members(await self._admin_client(), self.group)
+        return node, [(mid, url.rstrip("/")) for mid, url in listed if url is not None]
 
     async def _leave(self, node: int, member_id: str) -> None:
-        from aiokafka.protocol.group import LeaveGroupRequest
-
-        await (await self._admin_client())._send_request_to_node(node, LeaveGroupRequest(self.group, member_id))
+        await leave_group(await self._admin_client(), node, self.group, member_id)
 
     async def check(self) -> list[str]:
         """Probe every other member's worker; expel the ones silent for ``dead_after_s``, and this worker's

@@ -11,7 +11,7 @@ from pathlib import Path
 import faust
 
 from workers.kafka.broker import EmbeddedBroker
-from workers.kafka.broker_compat import expel_group_members
+from workers.stream.peers import expel_group_members
 from workers.errors import ConfigError
 from workers.local import bind_error, hold_dir
 from workers.stream import faust_internals
