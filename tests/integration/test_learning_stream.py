@@ -138,6 +138,10 @@ def test_alice_history_through_graph_edges_topic(worker_factory, client) -> None
         with pytest.raises(urllib.error.HTTPError) as bad:
             urllib.request.urlopen(f"{w.url}/graph/kg/edges?{qs}", timeout=10)
         assert bad.value.code == 400 and json.loads(bad.value.read())["error"] == error
+    # a limit past int64 is refused as in a POSTed query_at (it was taken as "no limit")
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        urllib.request.urlopen(f"{w.url}/graph/kg/edges?src=alice&t=2000&limit={2 ** 70}", timeout=10)
+    assert bad.value.code == 422 and "limit must be a non-negative integer" in json.loads(bad.value.read())["error"]
 
 
 def examples_stream(n_msgs: int, seed: int = 5) -> list[dict]:

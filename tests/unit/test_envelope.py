@@ -10,6 +10,12 @@ def test_unknown_verb_names_it() -> None:
     assert LearnSession().dispatch({"verb": "nope"}) == {"ok": False, "verb": "nope", "error": "unknown verb: nope"}
 
 
+def test_a_long_unknown_verb_is_named_cut_short() -> None:
+    """An outside trial's 100,000-character verb came back whole, twice, in a 200 kB answer."""
+    out = LearnSession().dispatch({"verb": "x" * 100_000})
+    assert out["error"] == f"unknown verb: {'x' * 64}... (100000 characters)" and out["verb"] == out["error"][14:]
+
+
 def test_unparsable_json_is_a_parse_error() -> None:
     out = orjson.loads(LearnSession().dispatch_json("{bad"))
     assert out["ok"] is False and out["verb"] == "?" and out["error"].startswith("parse: ")

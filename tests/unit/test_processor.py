@@ -82,6 +82,7 @@ def test_bad_loss_events_go_to_dlq_with_reason_and_original_bytes(proc: Processo
 
 @pytest.mark.parametrize("value,code,words", [
     ({"verb": "no_such_verb", "body": {}}, "unknown_verb", "unknown verb: no_such_verb"),
+    ({"verb": "y" * 5000, "body": {}}, "unknown_verb", f"unknown verb: {'y' * 64}... (5000 characters)"),
     ({"verb": "health"}, "invalid", "is a read"),
     ({"body": {}}, "invalid", "verb"),
     ({"verb": "init_instant", "body": [1]}, "invalid", "body"),

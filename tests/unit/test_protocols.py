@@ -250,6 +250,62 @@ def test_no_heuristic_means_no_better_alternative_and_the_failing_strategy_is_ne
     assert listing(s)["heuristics"] and listing(s)["anti_patterns"][0]["better_alternative"] is None
 
 
+def test_better_alternative_follows_the_heuristics_as_they_come_and_go() -> None:
+    """An outside trial: an anti-pattern kept offering a heuristic retired since (``retrieve`` said "instead:"
+    a strategy that had just failed), and one learned before any heuristic was never offered the one learned
+    after it. Each change comes with an ``updated`` event (reason ``alternative``)."""
+    s = LearnSession()
+    task = "deploy the service"
+    fail(s, "f1", "OSError: port 8080 busy", T0, task=task, strategy="ssh and restart")
+    fail(s, "f2", "OSError: port 9090 busy", T0 + 1, task=task, strategy="ssh and restart")
+    assert listing(s)["anti_patterns"][0]["better_alternative"] is None
+    for i in range(3):  # a heuristic of the same task type, learned after the anti-pattern
+        learn(s, f"g{i}", strategy="blue green deploy via pipeline", task=task, ts=T0 + 10 + i)
+    [h] = listing(s)["heuristics"]
+    [a] = listing(s)["anti_patterns"]
+    assert (a["better_alternative"], a["better_alternative_id"]) == ("blue green deploy via pipeline", h["record_id"])
+    [ev] = [e for e in events(s, "anti_pattern") if e.get("reason") == "alternative"]
+    assert ev["status"] == "updated" and ev["outcome_id"] == "g2" and ev["better_alternative_id"] == h["record_id"]
+    retrieved = s.dispatch({"verb": "retrieve", "body": {"session_key": SK, "task": task, "agent": "tester"}})
+    assert "instead: blue green deploy via pipeline" in retrieved["data"]["context"]
+    for i in range(3):  # the heuristic fails until it is retired
+        learn(s, f"b{i}", False, strategy="blue green deploy via pipeline", task=task, ts=T0 + 20 + i)
+    assert listing(s)["heuristics"] == []
+    [a] = listing(s)["anti_patterns"]
+    assert (a["better_alternative"], a["better_alternative_id"]) == (None, None)
+    retrieved = s.dispatch({"verb": "retrieve", "body": {"session_key": SK, "task": task, "agent": "tester"}})
+    assert "instead:" not in retrieved["data"]["context"]
+    assert [e["outcome_id"] for e in events(s, "anti_pattern") if e.get("reason") == "alternative"] == ["g2", "b2"]
+
+
+def test_a_forgotten_heuristic_is_no_alternative_and_the_next_best_takes_its_place() -> None:
+    s = LearnSession()
+    task = "deploy the service"
+    for i in range(10):  # 9 of 10: confidence 0.9, posterior 10/12, the best alternative
+        learn(s, f"m{i}", i != 4, strategy="canary rollout with checks", task=task, ts=T0 + i)
+    for i in range(3):  # 3 of 3: confidence 1.0, posterior 0.8
+        learn(s, f"g{i}", strategy="blue green deploy via pipeline", task=task, ts=T0 + 20 + i)
+    fail(s, "f1", "OSError: port 8080 busy", T0 + 30, task=task, strategy="ssh and restart")
+    fail(s, "f2", "OSError: port 9090 busy", T0 + 31, task=task, strategy="ssh and restart")
+    assert listing(s)["anti_patterns"][0]["better_alternative"] == "canary rollout with checks"
+    out = s.dispatch({"verb": "forget", "body": {"session_key": SK, "below_confidence": 0.95,
+                                                 "older_than_days": 3650, "now_ms": T0 + 40}})
+    assert out["ok"] and out["data"]["heuristics"] == 1, out
+    assert listing(s)["anti_patterns"][0]["better_alternative"] == "blue green deploy via pipeline"
+    [ev] = [e for e in events(s, "anti_pattern") if e.get("reason") == "alternative"]
+    assert ev["better_alternative"] == "blue green deploy via pipeline" and "outcome_id" not in ev
+    s2 = LearnSession()
+    for i, ok in enumerate([True, True, True, False]):
+        learn(s2, f"m{i}", ok, strategy="canary rollout with checks", task=task, ts=T0 + i)
+    for i in range(3):
+        learn(s2, f"g{i}", strategy="blue green deploy via pipeline", task=task, ts=T0 + 10 + i)
+    fail(s2, "f1", "OSError: port 8080 busy", T0 + 20, task=task, strategy="ssh and restart")
+    fail(s2, "f2", "OSError: port 9090 busy", T0 + 21, task=task, strategy="ssh and restart")
+    for i in range(2):  # blue green now 3 of 5 (posterior 4/7): canary's 0.75 share beats it
+        learn(s2, f"x{i}", False, strategy="blue green deploy via pipeline", task=task, ts=T0 + 25 + i)
+    assert listing(s2)["anti_patterns"][0]["better_alternative"] == "canary rollout with checks"
+
+
 def test_events_follow_the_heuristics_topic_contract() -> None:
     s = LearnSession()
     for i in range(3):

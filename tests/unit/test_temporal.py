@@ -243,6 +243,8 @@ def test_limit_is_stable_for_equal_created_at(session: LearnSession) -> None:
     ({"src": "a"}, "t required"),
     ({"src": "a", "t": "x"}, "t must be an integer (epoch ms)"),
     ({"src": "a", "t": 1, "limit": -1}, "limit must be a non-negative integer"),
+    ({"src": "a", "t": 1, "limit": 2 ** 70}, "limit must be a non-negative integer"),  # GET /graph's too
+    ({"src": 5, "t": 1}, "src must be a string"),
     ({"src": "a", "t": 1, "known_at": "x"}, "known_at must be an integer (epoch ms)"),
 ])
 def test_query_at_errors(session: LearnSession, body: dict, error: str) -> None:
@@ -367,6 +369,9 @@ def test_contradict_is_atomic(session: LearnSession, store: CountingStore) -> No
         "edge.id must not contain a comma (used as index delimiter)"
     assert err(session, "contradict", {"edge": mk("new", "alice", "globex", 2000), "contradicts": "a"}) == \
         "contradicts must be an array of edge ids"
+    # the new edge's own id among the contradicted ones: the upsert would replace the invalidated fact
+    assert err(session, "contradict", {"edge": mk("a", "alice", "globex", 2000), "contradicts": ["a"]}) == \
+        "contradicts must not name the new edge ('a'): give the new fact an id of its own"
     assert store.snapshot() == before
     batches = store.batches
     ok(session, "contradict", {"edge": mk("new", "alice", "globex", 2000), "contradicts": ["a"], "now_ms": 7})

@@ -407,17 +407,19 @@ def insert_edge(ctx: VerbContext, body: dict) -> dict:
        "description": "valid time (epoch ms, int64 as in the spec) the edges must hold at"},
     known_at={"type": "integer", "minimum": _I64_MIN, "maximum": _I64_MAX,
               "description": "what was believed at this time (epoch ms; default: now)"},
-    limit={"type": "integer", "minimum": 0, "description": "0 = all"}))
+    limit={"type": "integer", "minimum": 0, "maximum": _I64_MAX, "description": "0 = all"}))
 def query_at(ctx: VerbContext, body: dict) -> dict:
     """``{src, t, limit?, known_at?}`` -> ``{edges, count}``."""
     src = body.get("src")
-    if not isinstance(src, str) or not src:
+    if src is not None and not isinstance(src, str):
+        raise VerbError("src must be a string")
+    if not src:
         raise VerbError("src required")
     t = _required_ms(body, "t")
     limit = body.get("limit", 0)
     if limit is None:
         limit = 0
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= _I64_MAX:
         raise VerbError("limit must be a non-negative integer")
     known_at = body.get("known_at")
     if known_at is not None:
@@ -463,6 +465,10 @@ def contradict(ctx: VerbContext, body: dict) -> dict:
         ids = []
     if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
         raise VerbError("contradicts must be an array of edge ids")
+    if new_edge["id"] in ids:
+        # the upsert after the invalidation would replace the very fact it invalidates: its history gone
+        raise VerbError(f"contradicts must not name the new edge ({new_edge['id']!r}): give the new fact an id "
+                        "of its own")
     now_ms = body.get("now_ms")
     now_ms = 0 if now_ms is None else _epoch_ms(now_ms, "now_ms")
     return _edges(ctx).contradict(new_edge, ids, now_ms)

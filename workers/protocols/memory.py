@@ -113,6 +113,12 @@ def _event(rec: Heuristic | AntiPattern, agent: str, status: str, **extra: Any) 
     return {**rec.view(agent), "status": status, **extra}
 
 
+def _alternative_rank(h: Heuristic, ap: AntiPattern) -> tuple:
+    """How good ``h`` is as ``ap``'s better alternative, lower first: of its project, then posterior,
+    evidence, age and id."""
+    return (h.project_id != ap.project_id, -h.posterior, -h.occurrences, h.created_at, h.id)
+
+
 class AgentMemory:
     """One agent's records, each a dict by record id in arrival order."""
 
@@ -216,8 +222,41 @@ class ProtocolsState:
         events += self._evict(agent, am.outcomes, config.max_outcomes, keep=o.id)
         events += self._evict(agent, am.heuristics, config.max_heuristics, keep=h.id if h else None)
         events += self._evict(agent, am.anti_patterns, config.max_anti_patterns, keep=ap.id if ap else None)
-        events += self.enforce_budget(config)
+        events += self.refresh_alternatives(events, matcher, outcome_id=o.id)
+        events += self.enforce_budget(config, matcher)
         return True, events
+
+    def refresh_alternatives(self, events: list[dict[str, Any]], matcher: StrategyMatcher,
+                             **extra: Any) -> list[dict[str, Any]]:
+        """Keep every anti-pattern's ``better_alternative`` the best heuristic there is now, after the
+        heuristics named by ``events`` were created, updated or removed: an ``updated`` event (reason
+        ``alternative``) for each anti-pattern whose alternative changed.
+
+        An outside trial's anti-pattern kept offering a heuristic retired since, and one created before
+        any heuristic was never offered the one learned later. Only an anti-pattern whose alternative
+        is a changed heuristic, or that a changed heuristic now beats, is looked at again."""
+        out: list[dict[str, Any]] = []
+        for e in events:
+            am = self.agents.get(e["agent"]) if e.get("kind") == "heuristic" else None
+            if am is None:
+                continue
+            hid, h = e["record_id"], am.heuristics.get(e["record_id"])
+            for ap in am.anti_patterns.values():
+                if ap.task_type != e["condition"]:
+                    continue
+                if ap.better_alternative_id != hid:
+                    current = am.heuristics.get(ap.better_alternative_id) if ap.better_alternative_id else None
+                    if h is None or (current is not None and _alternative_rank(current, ap) <= _alternative_rank(h, ap)):
+                        continue  # removed, or not better than what it offers now
+                    if matcher.similar(h.strategy, ap.pattern):
+                        continue
+                alt = self.better_alternative(am, ap, matcher)
+                new = (alt.strategy, alt.id) if alt else (None, None)
+                if new != (ap.better_alternative, ap.better_alternative_id):
+                    ap.better_alternative, ap.better_alternative_id = new
+                    self._changed(sum(len(x) for x in new if x) + _ENTRY_SLACK)
+                    out.append(_event(ap, e["agent"], "updated", reason="alternative", **extra))
+        return out
 
     def _heuristic_for(self, agent: str, am: AgentMemory, o: Outcome, matcher: StrategyMatcher) -> Heuristic | None:
         """The heuristic ``o`` counts toward: its own key's, else the closest similar one of its kind."""
@@ -300,13 +339,12 @@ class ProtocolsState:
         was never offered to a project's anti-pattern)."""
         cands = [h for h in am.heuristics.values()
                  if h.condition == ap.task_type and not matcher.similar(h.strategy, ap.pattern)]
-        return min(cands, key=lambda h: (h.project_id != ap.project_id, -h.posterior, -h.occurrences, h.created_at,
-                                         h.id), default=None)
+        return min(cands, key=lambda h: _alternative_rank(h, ap), default=None)
 
     # -- preferences and knowledge -----------------------------------------------
     def add_preference(self, user_id: str, category: str, preference: str, source: str, now_ms: int,
-                       importance: float | None = None, config: ProtocolConfig | None = None
-                       ) -> tuple[Preference, bool, list[dict[str, Any]]]:
+                       importance: float | None = None, config: ProtocolConfig | None = None,
+                       matcher: StrategyMatcher | None = None) -> tuple[Preference, bool, list[dict[str, Any]]]:
         """Upsert a preference; (record, created, events of records the byte budget evicted).
         A repeat reinforces it and keeps the higher confidence."""
         config = config or ProtocolConfig()
@@ -327,11 +365,11 @@ class ProtocolsState:
             p.importance = importance
         self._changed(_row_bytes(p) + _ENTRY_SLACK)
         self._evict(None, self.preferences, config.max_preferences, keep=pid)
-        return p, created, self.enforce_budget(config)
+        return p, created, self.enforce_budget(config, matcher)
 
     def add_knowledge(self, agent: str, project_id: str, domain: str, fact: str, source: str, now_ms: int,
-                      importance: float | None = None, config: ProtocolConfig | None = None
-                      ) -> tuple[Knowledge, bool, list[dict[str, Any]]]:
+                      importance: float | None = None, config: ProtocolConfig | None = None,
+                      matcher: StrategyMatcher | None = None) -> tuple[Knowledge, bool, list[dict[str, Any]]]:
         """Upsert a domain fact; (record, created, events of records the bounds evicted)."""
         config = config or ProtocolConfig()
         self.clock_ms = max(self.clock_ms, now_ms)
@@ -352,7 +390,7 @@ class ProtocolsState:
             k.importance = importance
         self._changed(_row_bytes(k) + len(agent) + _ENTRY_SLACK)
         self._evict(agent, am.knowledge, config.max_knowledge, keep=kid)
-        return k, created, self.enforce_budget(config)
+        return k, created, self.enforce_budget(config, matcher)
 
     def mark_used(self, ids: Iterable[str], now_ms: int, *, agent: str | None = None,
                   importance: float | None = None) -> tuple[int, list[str]]:
@@ -378,14 +416,14 @@ class ProtocolsState:
 
     # -- forgetting ----------------------------------------------------------------
     def forget(self, now_ms: int, *, older_than_days: float = 90.0, below_confidence: float = 0.3,
-               min_strength: float | None = None, agent: str | None = None,
-               project_id: str | None = None) -> tuple[dict[str, int], list[dict[str, Any]]]:
+               min_strength: float | None = None, agent: str | None = None, project_id: str | None = None,
+               matcher: StrategyMatcher | None = None) -> tuple[dict[str, int], list[dict[str, Any]]]:
         """Prune outcomes older than ``older_than_days``, heuristics whose confidence is below
         ``below_confidence`` and, with ``min_strength``, any record weaker than it.
 
         Returns (removed count per kind, events for removed heuristics and anti-patterns).
         """
-        self._changed(_ENTRY_SLACK)  # forgetting only shrinks the state (and moves the clock)
+        self._changed(_ENTRY_SLACK)  # forgetting shrinks the state (a refreshed alternative counts its own growth)
         self.clock_ms = max(self.clock_ms, now_ms)
         cutoff = now_ms - older_than_days * DAY_MS
         removed = {"outcomes": 0, "heuristics": 0, "anti_patterns": 0, "knowledge": 0, "preferences": 0}
@@ -416,7 +454,7 @@ class ProtocolsState:
                 if weak(p):
                     del self.preferences[pid]
                     removed["preferences"] += 1
-        return removed, events
+        return removed, events + self.refresh_alternatives(events, matcher or WordOverlap())
 
     def _evict(self, agent: str | None, table: dict[str, Any], quota: int, keep: str | None) -> list[dict[str, Any]]:
         """Drop the weakest records (strength now, then least recently accessed) until ``quota`` holds."""
@@ -435,10 +473,24 @@ class ProtocolsState:
                 events.append(_event(rec, agent or "", "removed", reason="quota"))
         return events
 
-    def enforce_budget(self, config: ProtocolConfig | None = None) -> list[dict[str, Any]]:
+    def enforce_budget(self, config: ProtocolConfig | None = None,
+                       matcher: StrategyMatcher | None = None) -> list[dict[str, Any]]:
         """Evict the weakest records until the serialized state fits ``max_bytes``:
-        outcomes first (heuristics distill them), then knowledge, anti-patterns, heuristics, preferences."""
-        config = config or ProtocolConfig()
+        outcomes first (heuristics distill them), then knowledge, anti-patterns, heuristics, preferences;
+        anti-patterns whose alternative was evicted are given the next best (``refresh_alternatives``),
+        and the budget checked again."""
+        events: list[dict[str, Any]] = []
+        new = self._fit_budget(config or ProtocolConfig())
+        while new:
+            events += new
+            refreshed = self.refresh_alternatives(new, matcher or WordOverlap())
+            if not refreshed:
+                break
+            events += refreshed
+            new = self._fit_budget(config or ProtocolConfig())
+        return events
+
+    def _fit_budget(self, config: ProtocolConfig) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         if self._size_bound is not None and self._size_bound <= config.max_bytes:
             return events

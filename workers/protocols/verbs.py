@@ -218,7 +218,8 @@ def add_preference(ctx: VerbContext, body: dict) -> dict:
     state = _state(ctx)
     now = _now(ctx, body, state)
     state = _writable(ctx)
-    p, created, events = state.add_preference(user, category, text, source, now, importance, CONFIG)
+    p, created, events = state.add_preference(user, category, text, source, now, importance, CONFIG,
+                                                 matcher())
     _emit(ctx, events)
     return {**p.view(), "created": created}
 
@@ -239,7 +240,8 @@ def add_knowledge(ctx: VerbContext, body: dict) -> dict:
     now = _now(ctx, body, state)
     _check_agents(state, [agent])
     state = _writable(ctx)
-    k, created, events = state.add_knowledge(agent, project, domain, fact, source, now, importance, CONFIG)
+    k, created, events = state.add_knowledge(agent, project, domain, fact, source, now, importance, CONFIG,
+                                                matcher())
     _emit(ctx, events)
     return {**k.view(agent), "created": created}
 
@@ -287,7 +289,7 @@ def forget(ctx: VerbContext, body: dict) -> dict:
         return {"outcomes": 0, "heuristics": 0, "anti_patterns": 0, "knowledge": 0, "preferences": 0}
     removed, events = state.forget(now, older_than_days=90.0 if days is None else days,
                                    below_confidence=0.3 if below is None else below, min_strength=min_strength,
-                                   agent=agent, project_id=project)
+                                   agent=agent, project_id=project, matcher=matcher())
     _emit(ctx, events)
     return removed
 

@@ -30,7 +30,8 @@ import orjson
 
 from workers.verbs.codec import json_type
 from workers.verbs.surface import (BLOB_TABLES, DEFAULT_SESSION, REGISTRY, Verb, VerbContext, VerbOptions,
-                                   decode_json, envelope_error, envelope_ok, keys_table, run_verb, session_key_of)
+                                   decode_json, envelope_error, envelope_ok, keys_table, run_verb, session_key_of,
+                                   shown_verb)
 from workers.errors import CorruptStateError, ValidationError, VerbError
 from workers.state.access import StateAccess, StoreStateAccess
 from workers.state.blob import StateBlob
@@ -266,7 +267,7 @@ class Processor:
             raise _Reject(str(exc), "invalid") from None
         v = REGISTRY.get(name)
         if v is None:
-            raise _Reject(f"unknown verb: {name}", "unknown_verb")
+            raise _Reject(f"unknown verb: {shown_verb(name)}", "unknown_verb")
         if not v.writes:
             raise _Reject(f"verb {name} is a read; send reads to HTTP /dispatch", "invalid")
         try:
