@@ -168,7 +168,7 @@ class Learnstream:
     sessionTimeoutSeconds: Annotated[float, Minimum(1)]
     commitIntervalSeconds: Seconds
     batchMax: Positive
-    batchWithinSeconds: Annotated[float, Minimum(0)]
+    batchWithinSeconds: Seconds
     batchLingerSeconds: Annotated[float, Minimum(0)]
     logLevel: Literal["debug", "info", "warning", "error", "critical"]
     webPort: Port

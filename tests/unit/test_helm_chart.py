@@ -29,9 +29,6 @@ CHART = ROOT / "deploy" / "helm" / "learnstream"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 RELEASE, NAMESPACE = "rel", "ls"
 MONITORING_API = "monitoring.coreos.com/v1"
-# Set by the chart for the worker's HTTP bind address; waits for the Settings field that reads it
-# (today LEARNSTREAM_WEB_HOST is both bind and advertised address).
-PENDING_IN_SETTINGS = {"LEARNSTREAM_WEB_BIND"}
 # Labels Prometheus adds from the scrape target, not from the worker's own exposition.
 TARGET_LABELS = {"namespace", "pod", "job", "instance", "service", "container", "endpoint"}
 
@@ -328,10 +325,43 @@ def test_long_release_names_are_truncated(chart: Any) -> None:
     names = [d["metadata"]["name"] for path, text in raw.items() if not path.endswith("NOTES.txt")
              for d in yaml.safe_load_all(text) if d]
     assert names and all(len(n) <= 63 and not n.endswith("-") for n in names)
+    # 52, not 63: a pod's controller-revision-hash label is <StatefulSet name>-<10 characters>, at most 63
+    # (an outside review's 44-character release name made a 56-character StatefulSet whose pods could not exist)
     r = render(chart, {"fullnameOverride": "x" * 80})
-    assert len(one(r, "StatefulSet")["metadata"]["name"]) == 63
+    assert len(one(r, "StatefulSet")["metadata"]["name"]) == 52
     headless = r["service-headless.yaml"][0]["metadata"]["name"]
     assert len(headless) <= 63 and headless.endswith("-headless")
+    opts = {"name": "payments-agents-continual-learning-prod-euw1", "namespace": NAMESPACE}
+    raw = json.loads(_native.call_string("helm_render", chart._raw(), "{}", json.dumps(opts)))
+    (sts,) = [d for d in yaml.safe_load_all(raw["learnstream/templates/statefulset.yaml"]) if d]
+    assert len(sts["metadata"]["name"]) + len("-") + 10 <= 63
+
+
+@pytest.mark.parametrize("values,words", [
+    ({"podLabels": {"app.kubernetes.io/instance": "other"}}, "label app.kubernetes.io/instance is the chart's own"),
+    ({"commonLabels": {"app.kubernetes.io/name": "x"}}, "label app.kubernetes.io/name is the chart's own"),
+    ({"commonLabels": {"helm.sh/chart": "x"}}, "label helm.sh/chart is the chart's own"),
+    ({"learnstream": {"dataDir": "/tmp"}}, "learnstream.dataDir /tmp"),
+    ({"learnstream": {"dataDir": "/tmp/"}}, "learnstream.dataDir /tmp"),
+    ({"replicas": 2, "podDisruptionBudget": {"minAvailable": 3, "maxUnavailable": ""}}, "never allow an eviction"),
+    ({"replicas": 2, "podDisruptionBudget": {"minAvailable": 2, "maxUnavailable": ""}}, "never allow an eviction"),
+    ({"podDisruptionBudget": {"minAvailable": "100%", "maxUnavailable": ""}}, "never allow an eviction"),
+    ({"podDisruptionBudget": {"minAvailable": "", "maxUnavailable": 0}}, "never allow an eviction"),
+])
+def test_values_that_render_a_manifest_kubernetes_would_refuse_or_that_blocks_drains_fail(
+        chart: Any, values: dict, words: str) -> None:
+    """An outside review: these rendered without a word, then failed on apply (a duplicate label key, a
+    selector the pods do not match, two mounts at /tmp) or made a budget no drain could ever satisfy."""
+    with pytest.raises(Exception, match=re.escape(words)):
+        render(chart, values)
+
+
+def test_a_budget_that_allows_one_pod_down_renders(chart: Any) -> None:
+    pdb = one(render(chart, {"replicas": 3, "podDisruptionBudget": {"minAvailable": 2, "maxUnavailable": ""}}),
+              "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 2
+    assert "team" in one(render(chart, {"podLabels": {"team": "ml"}}), "StatefulSet")["spec"]["template"][
+        "metadata"]["labels"]
 
 
 # -- the settings the worker reads ------------------------------------------------------------------------
@@ -356,7 +386,7 @@ def _names_settings_reads() -> set[str]:
         "ssl_cafile", "ssl_certfile", "ssl_keyfile")},
         kafka_files={k: Path("/f") for k in ("sasl_plain_username", "sasl_plain_password")},
         auth_tokens_file=Path("/t"), peer_token_file=Path("/p"), tls_certfile=Path("/c"), tls_keyfile=Path("/k"),
-        tls_cafile=Path("/ca"), scoring_endpoints=("http://s/v1",), scoring_api_key_file=Path("/s"))
+        tls_cafile=Path("/ca"), scoring_endpoints=("http://s/v1",), scoring_api_key_file=Path("/s"), web_bind="0.0.0.0")
     return set(full.env())
 
 
@@ -364,7 +394,7 @@ def _names_settings_reads() -> set[str]:
 def test_every_chart_setting_is_read_by_the_worker(chart: Any, path: Path) -> None:
     env = _pod_env(render(chart, ci_values(path.name)))
     ours = {k for k in env if k.startswith("LEARNSTREAM_")}
-    assert ours - _names_settings_reads() <= PENDING_IN_SETTINGS
+    assert ours <= _names_settings_reads()
 
 
 def test_worker_settings_from_the_chart_env(chart: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -394,6 +424,24 @@ def test_worker_settings_from_the_chart_env(chart: Any, monkeypatch: pytest.Monk
     assert s.kafka_files == {"sasl_plain_password": Path("/etc/learnstream/kafka-sasl/password")}
     assert s.auth == "tokens" and s.auth_tokens_file == Path("/etc/learnstream/api/tokens.yaml")
     assert s.peer_token_file == Path("/etc/learnstream/api/peer-token") and s.metrics_public
+
+
+def test_large_integer_values_render_as_integers(chart: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An outside review: a million from a values file rendered "1e+06" (Helm reads YAML numbers as floats),
+    which the worker refused (LEARNSTREAM_BATCH_MAX is not an integer) and KEDA cannot parse."""
+    values = ci_values("keda-values.yaml")
+    values["learnstream"]["batchMax"] = 1_000_000
+    values["autoscaling"]["keda"].update(lagThreshold=1_000_000, activationLagThreshold=2_000_000)
+    r = render(chart, values)
+    env = _pod_env(r)
+    assert env["LEARNSTREAM_BATCH_MAX"] == "1000000"
+    meta = one(r, "ScaledObject")["spec"]["triggers"][0]["metadata"]
+    assert (meta["lagThreshold"], meta["activationLagThreshold"]) == ("1000000", "2000000")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert Settings.from_env().batch_max == 1_000_000
+    with pytest.raises(Exception, match="batchWithinSeconds"):  # the worker refuses 0 (must be > 0)
+        render(chart, {"learnstream": {"batchWithinSeconds": 0}})
 
 
 def test_tls_secrets_are_mounted_where_the_settings_point(chart: Any) -> None:
@@ -683,8 +731,14 @@ def test_network_policy(chart: Any) -> None:
     spec = one(render(chart, {"networkPolicy": {"apiFrom": [agents], "kafkaTo": [strimzi], "kafkaPorts": [9094],
                                                 "extraEgress": [extra]}}), "NetworkPolicy")["spec"]
     assert agents in spec["ingress"][0]["from"]
-    assert spec["egress"][1] == {"to": [strimzi], "ports": [{"port": 9094, "protocol": "TCP"}]}
+    # kafkaPorts, then the bootstrap's own port (my-cluster-kafka-bootstrap:9092)
+    assert spec["egress"][1] == {"to": [strimzi], "ports": [{"port": 9094, "protocol": "TCP"},
+                                                            {"port": 9092, "protocol": "TCP"}]}
     assert spec["egress"][-1] == extra
+    # an outside review: a bootstrap on MSK's 9096 was not in kafkaPorts, and the workers lost Kafka silently
+    msk = one(render(chart, {"kafka": {"bootstrap": "b-1.msk.example.com:9096,b-2.msk.example.com:9096"}}),
+              "NetworkPolicy")["spec"]
+    assert [p["port"] for p in msk["egress"][1]["ports"]] == [9092, 9093, 9096]
     assert "NetworkPolicy" not in kinds(render(chart, {"networkPolicy": {"enabled": False}}))
 
 

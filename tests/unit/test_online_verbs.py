@@ -118,7 +118,15 @@ def test_an_envelope_is_validated_whole_before_anything_is_learned() -> None:
                        ({"label": None}, "examples[6].label required"),
                        ({"features": [1.0] * (D + 1)}, "examples[6].features: wrong dimension: expected 6, got 7"),
                        ({"features": [float("nan")] * D}, "examples[6].features: must be finite (NaN/Inf, and values beyond float32's range, refused)"),
-                       ({"task": True}, "examples[6].task must be a non-empty string or an integer"),
+                       ({"task": True}, "examples[6].task must be a non-empty string of at most 256 characters "
+                                        "or a 64-bit integer"),
+                       # an outside trial's 900 kB task names stayed in the state and made 1.8 MB boundary events
+                       ({"task": "t" * 257}, "examples[6].task must be a non-empty string of at most 256 "
+                                             "characters or a 64-bit integer"),
+                       ({"task": 2 ** 64}, "examples[6].task must be a non-empty string of at most 256 "
+                                           "characters or a 64-bit integer"),
+                       # a float label is not an integer, whole or not (the topic schema says so too)
+                       ({"label": 2.0}, "examples[6].label must be an integer in [0, 3)"),
                        ({"now_ms": -5}, "examples[6].now_ms must be a non-negative integer")]:
         body = [dict(e) for e in ex]
         body[6].update(bad)

@@ -153,3 +153,19 @@ def test_now_ms_past_the_verbs_range_breaks_the_topic_schema(role: str) -> None:
 
     walk(schema)
     assert found and all(f["maximum"] == MAX_MS and f["minimum"] == 0 for f in found), found
+
+
+@pytest.mark.parametrize(("value", "field", "words"), [
+    # JSON Schema counts 2.0 as an integer; the verbs do not: `learnstream produce` passed it, the worker refused it
+    ({"session_key": "s", "features": [0.1], "label": 2.0}, "label", "is not of type 'integer'"),
+    ({"session_key": "s", "features": [0.1], "label": 1, "now_ms": 1.0}, "now_ms", "is not of type 'integer'"),
+    ({"session_key": "s", "features": [0.1], "label": 1, "task": "t" * 257}, "task", "is too long"),
+    ({"session_key": "s", "features": [0.1], "label": 1, "task": ""}, "task", "should be non-empty"),
+])
+def test_the_examples_topic_refuses_what_the_learner_refuses(value: dict, field: str, words: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        topics()["examples"].validate(value)
+    assert e.value.field == field and words in str(e.value), str(e.value)
+    ok = {**value, "label": 1, "task": "t" * 256}
+    ok.pop("now_ms", None)
+    topics()["examples"].validate(ok)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import best_match
 from referencing import Registry
 from referencing.exceptions import Unresolvable
@@ -23,6 +23,12 @@ from workers.errors import ConfigError, ValidationError
 __all__ = ("Topic", "topics", "topics_dir", "use_folder", "input_topics", "by_name")
 
 KINDS = ("input", "downstream", "dlq")
+
+# "integer" as the verbs read it: a JSON integer, not a float with no fraction. JSON Schema counts 2.0 as
+# an integer, so `learnstream produce` and the SDK passed `label: 2.0` that the worker then refused (an
+# outside trial); now both refuse it, with the schema's own words.
+_StrictIntegers = validators.extend(Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda _checker, v: isinstance(v, int) and not isinstance(v, bool)))
 
 
 def _closest_branch(err: Any, root: dict) -> Any:
@@ -74,7 +80,7 @@ class Topic:
 
     @functools.cached_property
     def validator(self) -> Draft202012Validator:
-        return Draft202012Validator(self.schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+        return _StrictIntegers(self.schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
     def validate(self, value: Any) -> None:
         """Raise ValidationError naming the field and the broken rule."""

@@ -46,6 +46,7 @@ _MAX_CLASSES = 1000
 _MAX_HIDDEN = 1024
 _MAX_CAPACITY = 10_000
 _MAX_EXAMPLES = 10_000  # per envelope, as topics/examples.yaml says
+_MAX_TASK_CHARS = 256  # as topics/examples.yaml says
 _NOT_READY = "learner not initialized; call init_learner first"
 # An SGD step that overflows leaves NaN in the weights for good, and predict / evaluate answered NaN
 # probabilities as ok (an outside trial: ten examples with one feature at 10, replayed with their
@@ -177,8 +178,12 @@ def parse_examples(body: dict, learner: ContinualLearner,
         y[i] = label
         task = ex.get("task")
         if task is not None and (isinstance(task, bool) or not isinstance(task, (str, int))
-                                 or (isinstance(task, str) and not task)):
-            raise VerbError(f"{p}task must be a non-empty string or an integer")
+                                 or (isinstance(task, str) and not 0 < len(task) <= _MAX_TASK_CHARS)
+                                 or (isinstance(task, int) and not -2**63 <= task < 2**63)):
+            # a name, not a payload: every task seen stays in the learner's state, and a change is echoed
+            # in a boundary event (an outside trial's 900 kB tasks made 1.8 MB boundary events)
+            raise VerbError(f"{p}task must be a non-empty string of at most {_MAX_TASK_CHARS} characters "
+                            "or a 64-bit integer")
         tasks.append(task)
         now = ex.get("now_ms", default_ms)
         if now is not None and (isinstance(now, bool) or not isinstance(now, int) or not 0 <= now <= MAX_MS):

@@ -9,15 +9,17 @@ Chart name, at most 63 characters (a DNS label).
 Full name: release name + chart name unless the release name already contains it; at most
 63 characters because Kubernetes names are DNS labels.
 */}}
+{{- /* At most 52 characters, not 63: the StatefulSet's pods get the label controller-revision-hash =
+<name>-<10-character hash>, a label value of at most 63 (a longer name makes pods that cannot be created). */}}
 {{- define "learnstream.fullname" -}}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -45,15 +47,23 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
-Common labels: the selector labels plus chart, version and manager.
+The chart's own labels: the selector labels plus chart, version and manager (commonLabels and podLabels
+may not set these).
 */}}
-{{- define "learnstream.labels" -}}
+{{- define "learnstream.ownLabels" -}}
 helm.sh/chart: {{ include "learnstream.chart" . }}
 {{ include "learnstream.selectorLabels" . }}
 app.kubernetes.io/version: {{ include "learnstream.imageTag" . | trunc 63 | trimSuffix "-" | quote }}
 app.kubernetes.io/component: worker
 app.kubernetes.io/part-of: learnstream
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Common labels: the chart's own labels plus commonLabels.
+*/}}
+{{- define "learnstream.labels" -}}
+{{ include "learnstream.ownLabels" . }}
 {{- with .Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
@@ -157,6 +167,22 @@ Checks the schema cannot express (relations between values). Included by the Sta
 {{- $pdb := .Values.podDisruptionBudget }}
 {{- if and $pdb.enabled (eq (toString $pdb.minAvailable) "") (eq (toString $pdb.maxUnavailable) "") }}
 {{- fail "podDisruptionBudget needs minAvailable or maxUnavailable" }}
+{{- end }}
+{{- if $pdb.enabled }}
+{{- $least := ternary (int .Values.autoscaling.minReplicas) (int .Values.replicas) .Values.autoscaling.enabled }}
+{{- $min := toString $pdb.minAvailable }}
+{{- if or (eq $min "100%") (and (regexMatch "^[0-9]+$" $min) (ge (int $min) $least)) (has (toString $pdb.maxUnavailable) (list "0" "0%")) }}
+{{- fail (printf "podDisruptionBudget (minAvailable %s, maxUnavailable %s) would never allow an eviction with %d replicas: node drains would block; allow at least one pod down" $min (toString $pdb.maxUnavailable) $least) }}
+{{- end }}
+{{- end }}
+{{- $own := include "learnstream.ownLabels" . | fromYaml }}
+{{- range $key, $_ := merge (dict) (.Values.commonLabels | default dict) (.Values.podLabels | default dict) }}
+{{- if hasKey $own $key }}
+{{- fail (printf "label %s is the chart's own (commonLabels and podLabels may not set it: a selector label or a duplicate key)" $key) }}
+{{- end }}
+{{- end }}
+{{- if eq (clean .Values.learnstream.dataDir) "/tmp" }}
+{{- fail "learnstream.dataDir /tmp is where the pod's scratch emptyDir is mounted; choose another directory (default /data)" }}
 {{- end }}
 {{- $proto := .Values.kafka.securityProtocol }}
 {{- $sasl := .Values.kafka.sasl }}
