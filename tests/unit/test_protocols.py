@@ -354,6 +354,9 @@ GOOD = {"id": "o1", "agent": "tester", "task": "t", "success": True, "strategy":
 @pytest.mark.parametrize("verb, body, error", [
     ("learn_outcome", {**GOOD, "id": None}, "id required"),
     ("learn_outcome", {**GOOD, "id": ""}, "id must be a non-empty string of at most 128 characters"),
+    # blank is empty (an outside trial's " " agent, task and strategy were learned from)
+    ("learn_outcome", {**GOOD, "agent": " \t"}, "agent must be a non-empty string of at most 128 characters"),
+    ("learn_outcome", {**GOOD, "strategy": "  "}, "strategy must be a non-empty string of at most 500 characters"),
     ("learn_outcome", {**GOOD, "agent": 7}, "agent must be a non-empty string of at most 128 characters"),
     ("learn_outcome", {**GOOD, "task": None}, "task required"),
     ("learn_outcome", {**GOOD, "success": "yes"}, "success must be a boolean"),

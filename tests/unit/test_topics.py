@@ -169,3 +169,12 @@ def test_the_examples_topic_refuses_what_the_learner_refuses(value: dict, field:
     ok = {**value, "label": 1, "task": "t" * 256}
     ok.pop("now_ms", None)
     topics()["examples"].validate(ok)
+
+
+def test_a_blank_name_in_an_outcome_is_refused_by_the_schema_as_by_the_verb() -> None:
+    ev = {"session_key": "s", "id": "o1", "agent": "a", "task": "t", "success": True, "strategy": "x"}
+    for field in ("id", "agent", "task", "strategy"):
+        with pytest.raises(ValidationError) as e:
+            topics()["outcomes"].validate({**ev, field: "  "})
+        assert e.value.field == field and "is blank" in str(e.value), str(e.value)
+    topics()["outcomes"].validate({**ev, "strategy": " x "})

@@ -90,7 +90,10 @@ class Topic:
             parts = [str(p) for p in err.absolute_path]
             if err.validator == "required" and isinstance(err.instance, dict):  # name the missing field itself
                 parts += [f for f in err.validator_value if f not in err.instance][:1]
-            raise ValidationError(".".join(parts), _short_message(err.message, err.instance))
+            message = err.message
+            if err.validator == "pattern" and err.validator_value == r"\S":  # the schemas' "not blank"
+                message = f"{err.instance!r} is blank (a name needs a character other than whitespace)"
+            raise ValidationError(".".join(parts), _short_message(message, err.instance))
 
     # -- the topic <-> verb mapping (the only place it is written) --------------------------------
     def request(self, value: dict) -> tuple[Any, Any]:

@@ -80,7 +80,7 @@ def _str(body: dict, field: str, p: str = "", *, required: bool = False, empty: 
             raise VerbError(f"{p}{field} required")
         return default
     n = _LEN[field]
-    if not isinstance(v, str) or len(v) > n or (not empty and not v):
+    if not isinstance(v, str) or len(v) > n or (not empty and not v.strip()):  # blank counts as empty
         kind = "a string" if empty else "a non-empty string"
         raise VerbError(f"{p}{field} must be {kind} of at most {n} characters")
     return v
