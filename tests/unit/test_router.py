@@ -436,6 +436,14 @@ def test_route_and_outcome_refusals() -> None:
         "cost_weight needs mode learned (the reference mode has no cost term)"   # this session's mode
     assert s.dispatch({"verb": "route", "body": {"embedding": _x(0).tolist(), "estimated_tokens": -1}})["error"] \
         == "estimated_tokens must be a non-negative integer"
+    # a float is not an integer, whole or not: as learn_feedback and the topics say (an outside trial found
+    # route and record_outcome taking 2.0 and 1e30 that learn_feedback refused)
+    for tokens in (2.0, 1e30):
+        assert s.dispatch({"verb": "route", "body": {"embedding": _x(0).tolist(), "estimated_tokens": tokens}})[
+            "error"] == "estimated_tokens must be a non-negative integer"
+        assert s.dispatch({"verb": "record_outcome", "body": {"target": "small", "quality": 0.5,
+                                                              "estimated_tokens": tokens}})[
+            "error"] == "estimated_tokens must be a non-negative integer"
     for body, error in [({"quality": 1}, "target required"), ({"target": "small"}, "quality required"),
                         ({"target": "small", "quality": "high"}, "quality must be a number"),
                         # a wrong width would not train: refused, not folded into the EMA alone

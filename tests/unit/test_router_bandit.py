@@ -309,14 +309,16 @@ def test_cost_fields_are_validated() -> None:
     s = LearnSession()
     s.dispatch({"verb": "init_router", "body": {"targets": TARGETS, "in_dim": DIM, "trained": True}})
     x = [0.5] * DIM
-    for body, err in [({"cost": -1}, "cost must be a finite number >= 0"),
-                      ({"cost": "cheap"}, "cost must be a finite number >= 0")]:
+    for body, err in [({"cost": -1}, "cost must be a finite number in [0, 1e9]"),
+                      ({"cost": "cheap"}, "cost must be a finite number in [0, 1e9]"),
+                      ({"cost": 1e308}, "cost must be a finite number in [0, 1e9]")]:  # a unit mistake
         out = s.dispatch({"verb": "record_outcome", "body": {"target": "small", "quality": 0.5, **body}})
         assert out == {"ok": False, "verb": "record_outcome", "error": err}
-    out = s.dispatch({"verb": "route", "body": {"embedding": x, "cost_weight": -0.5}})
-    assert out["error"] == "cost_weight must be a finite number >= 0"
+    for lam in (-0.5, 1e308):
+        out = s.dispatch({"verb": "route", "body": {"embedding": x, "cost_weight": lam}})
+        assert out["error"] == "cost_weight must be a finite number in [0, 1e9]"
     for init, err in [({"mode": "bandit"}, "mode must be one of learned, reference"),
-                      ({"cost_weight": True}, "cost_weight must be a finite number >= 0"),
+                      ({"cost_weight": True}, "cost_weight must be a finite number in [0, 1e9]"),
                       ({"bandit": {"dim": 0}}, "bandit.dim must be an integer 1..256"),
                       ({"bandit": {"gamma": 0.1}}, "bandit.gamma out of range (0.5..1)"),
                       ({"bandit": {"beta": 1}},
@@ -972,3 +974,31 @@ def test_bench_router_brings_new_topics_as_asked() -> None:
     assert (b.region == (np.arange(2000) // 100) % 8).all()
     spread = lambda s: float(np.linalg.norm(s.X - w.centers[s.region], axis=1).mean())  # noqa: E731
     assert abs(spread(b) - spread(base)) < 0.05 * spread(base)  # moved queries lie around their new centres
+
+
+def test_one_misreported_cost_does_not_lock_the_best_model_out() -> None:
+    """An outside trial: after 1,000 requests (the best model m1 picked 994 times, every cost 0.05), one
+    record_outcome {target: m1, cost: 100} (cents for dollars) and m1 was picked once in the next 2,000. One
+    report now moves a cost average as at most 10 times that average, or one quality point at lambda."""
+    rng = np.random.default_rng(4)
+    targets = ["m0", "m1", "m2"]
+    quality = {"m0": 0.5, "m1": 0.9, "m2": 0.55}
+    st = RouterState(targets, in_dim=DIM, threshold=1)
+
+    def run(n: int) -> dict[str, int]:
+        picks = {t: 0 for t in targets}
+        for _ in range(n):
+            x = rng.normal(size=DIM).astype(np.float32)
+            m = st.route(x, rng=random.Random(int(rng.integers(1 << 30))))["model"]
+            picks[m] += 1
+            st.record_outcome(m, float(np.clip(quality[m] + rng.normal(0, 0.1), 0, 1)), x, cost=0.05)
+        return picks
+
+    assert run(600)["m1"] > 500
+    st.record_outcome("m1", 0.9, cost=100.0)
+    assert st.bandit is not None and st.bandit.cost[1] < 0.2  # as if 1.0 (one quality point at lambda 1)
+    assert run(600)["m1"] > 500
+    # a real price rise is still followed, over a few outcomes
+    for _ in range(30):
+        st.record_outcome("m2", 0.55, cost=5.0)
+    assert st.bandit.cost[2] > 4.0

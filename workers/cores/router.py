@@ -86,6 +86,13 @@ _DEFAULT_EPSILON_LEARNED = 0.0
 # lambda of the learned mode: quality - lambda * cost. A router that never hears a cost routes as with 0;
 # one that does was told what a request cost, and 1 weighs it in quality's units (0..1) as reported
 _DEFAULT_COST_WEIGHT = 1.0
+# A cost or a cost weight is a price against quality points: anything beyond this is a unit mistake, and
+# keeps lambda * cost finite (an outside trial's 1e308 was accepted).
+_MAX_COST = 1e9
+# One reported cost moves a target's cost average as if it were at most this many times that average, or one
+# quality point at the router's lambda, whichever is more: a single misreported cost (cents for dollars)
+# made the best model look worthless, and the router never picked it again to learn otherwise.
+_COST_JUMP = 10.0
 _BASELINE_EMA = "ema"          # baseline: the target's outcome EMA (see the module doc)
 # Context buckets: a request goes to the first bucket whose cap holds its tokens;
 # the fifth bucket is unbounded.
@@ -135,8 +142,15 @@ def _cost(v: Any) -> float | None:
     """An outcome's cost: None, or a finite number >= 0."""
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not math.isfinite(to_float(v)) or v < 0:
-        raise ValueError("cost must be a finite number >= 0")
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not 0 <= to_float(v) <= _MAX_COST:
+        raise ValueError("cost must be a finite number in [0, 1e9]")
+    return float(v)
+
+
+def _cost_weight(v: Any) -> float:
+    """A cost weight (lambda): a finite number in [0, _MAX_COST]; ValueError otherwise."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= to_float(v) <= _MAX_COST:
+        raise ValueError("cost_weight must be a finite number in [0, 1e9]")
     return float(v)
 
 
@@ -166,11 +180,10 @@ def _bandit_options(v: Any) -> dict:
 
 
 def _tokens(v: Any) -> int:
-    """``estimated_tokens``: a non-negative integer (integral floats accepted), default 0."""
+    """``estimated_tokens``: a non-negative JSON integer (2.0 is refused, as by ``learn_feedback`` and the
+    topics' schemas), default 0."""
     if v is None:
         return 0
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
     if not _is_int(v) or v < 0:
         raise ValueError("estimated_tokens must be a non-negative integer")
     return v
@@ -249,9 +262,7 @@ class RouterState:
             raise ValueError("epsilon must be 0..1")  # NaN fails the range check too
         if cost_weight is None:  # a cost reported is a cost meant: in quality's units unless told otherwise
             cost_weight = _DEFAULT_COST_WEIGHT if mode == _LEARNED else 0.0
-        if isinstance(cost_weight, bool) or not isinstance(cost_weight, (int, float)) \
-                or not math.isfinite(to_float(cost_weight)) or cost_weight < 0:
-            raise ValueError("cost_weight must be a finite number >= 0")
+        cost_weight = _cost_weight(cost_weight)
         seed = _DEFAULT_SEED if seed is None else seed
         if not _is_int(seed) or not 0 <= seed <= _U32_MAX:
             raise ValueError("seed must be an integer 0..4294967295")
@@ -382,6 +393,7 @@ class RouterState:
         i = self._index.get(target)
         if i is None:
             return {"count": 0, "quality_milli": 0}
+        c = self._bounded_cost(i, c)
         lr = self._fold(i, q)
         if x is not None:
             _k.router_train(self.params, x, len(self.targets), i, context_bucket(tokens), lr, self.normalize)
@@ -436,6 +448,14 @@ class RouterState:
             if self.bandit is not None:
                 self.bandit.learn(np.asarray(idx, np.int64), Xr, np.asarray([qs[r] for r in rows]))
         return {"applied": len(rows), "samples": self.samples, "trained": self.trained}
+
+    def _bounded_cost(self, i: int, c: float | None) -> float | None:
+        """``c`` as target i's cost average takes it: at most ``_COST_JUMP`` times that average or one
+        quality point at the router's lambda (the first cost sets the average as reported)."""
+        b = self.bandit
+        if c is None or b is None or not b.cost_seen[i] or self.cost_weight <= 0:
+            return c
+        return min(c, max(_COST_JUMP * float(b.cost[i]), 1.0 / self.cost_weight))
 
     def _fold(self, i: int, q: float) -> float:
         """EMA and count update of target i; returns the signed training lr of this outcome."""
@@ -615,9 +635,11 @@ def _route(ctx: VerbContext, body: dict) -> dict:
         raise VerbError("task_type must be a string")
     tokens = _body_tokens(body)
     lam = body.get("cost_weight")
-    if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float))
-                            or not math.isfinite(to_float(lam)) or lam < 0):
-        raise VerbError("cost_weight must be a finite number >= 0")
+    if lam is not None:
+        try:
+            lam = _cost_weight(lam)
+        except ValueError as exc:
+            raise VerbError(str(exc)) from None
     if lam and st.mode == _REFERENCE:
         raise VerbError("cost_weight needs mode learned (the reference mode has no cost term)")
     adapter = _instant_logits(ctx, st, x) if st.with_adapter and st.trained else None
