@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import http.client
 import os
 import json
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
@@ -222,12 +224,18 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
         deep = b'{"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
         r = httpx.post(side.url, content=deep, headers=auth, timeout=10)
         assert r.status_code == 400 and "nested deeper than 64" in r.json()["error"]["message"], r.text
+        # a body that is not UTF-8, or compressed: a parse error, not a 500 with a traceback (an outside trial)
+        bad = b'{"jsonrpc": "2.0", "id": 3, "method": "initialize", "params": {"x": "\xff\xfe"}}'
+        for body, extra in ((bad, {}), (gzip.compress(orjson.dumps(init)), {"Content-Encoding": "gzip"})):
+            r = httpx.post(side.url, content=body, headers={**auth, **extra}, timeout=10)
+            assert r.status_code == 400 and r.json()["error"]["code"] == -32700, r.text
         assert httpx.post(side.url, json=init, headers=auth, timeout=10).status_code == 200   # still serving
     finally:
         side.stop()
     # a client that went away is not an error: the SDK logged one traceback per ordinary disconnect
     text = (tmp_path / "sidecar.log").read_text()
     assert "Error in standalone SSE writer" not in text and "ClosedResourceError" not in text, text[-3000:]
+    assert "UnicodeDecodeError" not in text and "Traceback" not in text, text[-3000:]
 
 
 def test_sigterm_stops_the_http_server_and_the_worker_it_started(tmp_path: Path) -> None:

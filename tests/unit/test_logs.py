@@ -101,8 +101,13 @@ def test_credentials_are_redacted_from_records_and_tracebacks(root: logging.Logg
     root.error("header %s", f"Bearer {token[4:]}")
     root.error("Authorization=Basic dXNlcjpwYXNz and {'authorization': 'tok123'}")
     root.error("Authorization failed for session x")  # no credential: left as it is
+    # a second outside trial: a tab after Bearer, a control character inside the token, percent-encoded
+    root.error("Bad header: %r", f"Authorization: Bearer\t{token}\x01".encode())
+    root.error("Bad header: %r", f"Authorization: Bearer {token[:12]}\x01{token[12:]}\r\nHost: w".encode())
+    root.error("Bad request line: %r", f"GET /dispatch?t=lst%5F{token[4:]}\x01 HTTP/1.1".encode())
     out = "\n".join(_lines(root))
     assert token[4:] not in out and "dXNlcjpwYXNz" not in out and "tok123" not in out
+    assert token[12:] not in out and token[4:12] not in out  # no part of it either
     assert out.count("<redacted>") >= 4 and "Authorization failed for session x" in out
     assert "ValueError: Invalid header value char" in out  # the traceback is kept, redacted
     assert "Error handling request from None" in out

@@ -185,10 +185,11 @@ def request_guard(app: Any) -> Any:
             try:
                 msg = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
-                if "depth" in str(exc):   # orjson's own limit; other parse errors are the SDK's to answer
-                    await answer(400, None, -32700, f"Parse error: JSON nested deeper than {MAX_NESTING}", send)
-                    return
-                msg = None
+                # answered here, not by the SDK: a body that is not UTF-8 (or a gzip body: the SDK does not
+                # decompress) made it answer 500 with an ERROR traceback (an outside trial)
+                reason = f"JSON nested deeper than {MAX_NESTING}" if "depth" in str(exc) else str(exc)[:200]
+                await answer(400, None, -32700, f"Parse error: {reason}", send)
+                return
             rid = msg.get("id") if isinstance(msg, dict) and "method" in msg else None
             status = 200 if isinstance(rid, (str, int)) and not isinstance(rid, bool) else 400
             if msg is not None and not json_depth(msg, MAX_NESTING):
@@ -225,6 +226,9 @@ class GoneClientFilter(logging.Filter):
 # SDK's client) keep-alive expiry, so the server could close a connection just as the client reused it:
 # the agent's call failed with ``httpx.ReadError``. A server must outlast its clients' idle timeouts.
 KEEP_ALIVE_S = 75
+# Connections and requests at once; beyond, uvicorn answers 503. uvicorn has no timeout for a request head
+# or body that never finishes: slow clients are the TLS proxy's to cut off (README, "MCP").
+MAX_CONNECTIONS = 256
 
 
 async def _serve_http(client: LearnstreamClient, host: str, port: int, token: str, session: str) -> None:
@@ -234,7 +238,8 @@ async def _serve_http(client: LearnstreamClient, host: str, port: int, token: st
 
     async with client:
         config = uvicorn.Config(http_app(client, token=token, default_session=session), host=host, port=port,
-                                log_level="warning", lifespan="on", timeout_keep_alive=KEEP_ALIVE_S)
+                                log_level="warning", lifespan="on", timeout_keep_alive=KEEP_ALIVE_S,
+                                limit_concurrency=MAX_CONNECTIONS)
 
         class Listening(uvicorn.Server):
             """uvicorn's server, saying when it listens (its ``startup`` exits the process on failure)."""

@@ -8,8 +8,8 @@ owning worker cannot be reached), never a 500.
 Limits, all in :class:`~workers.stream.settings.Settings`:
 
 - body size (``http_max_body_bytes``; 413), JSON nesting depth (``http_max_json_depth``; 400);
-- requests in flight per worker (``http_max_concurrency``; 429 + ``Retry-After``), health and
-  readiness probes exempt so a busy worker is not restarted for being busy;
+- requests in flight per worker (``http_max_concurrency``; 429 + ``Retry-After``), at most half of them
+  per token; health and readiness probes exempt so a busy worker is not restarted for being busy;
 - slow clients: a connection must send a complete request head within ``http_header_timeout_s``
   (aiohttp's keep-alive timer runs from the connection's start and closes it otherwise), and the
   body within ``http_body_timeout_s`` (408, then the connection is closed within about a second).
@@ -32,11 +32,12 @@ from workers.verbs.surface import envelope_error
 from workers.stream import metrics
 from workers.stream.auth import Authenticator, Principal
 
-__all__ = ("Guard", "web_options", "server_ssl_context", "client_ssl_context", "json_depth", "FORWARDED")
+__all__ = ("Guard", "web_options", "server_ssl_context", "client_ssl_context", "json_depth", "FORWARDED", "RAW_BODY")
 
 logger = logging.getLogger(__name__)
 
 FORWARDED = "X-Learnstream-Forwarded"
+RAW_BODY = "learnstream.raw_body"  # the request's body as read (decoded, not parsed again), set by read_json
 _PRINCIPAL = "learnstream.principal"
 # Paths any client may call: probes (the kubelet has no token) and, when public, Prometheus.
 _OPEN = ("/health", "/ready")
@@ -156,6 +157,7 @@ class Guard:
         self.settings = settings
         self.auth = auth or Authenticator(settings)
         self.in_flight = 0
+        self.by_token: dict[str, int] = {}  # requests in flight per token name (tokens mode)
         self.server_ssl = server_ssl_context(settings)
         self.client_ssl = client_ssl_context(settings)
         self.certs = CertFiles(settings, self.server_ssl, self.client_ssl)
@@ -180,15 +182,31 @@ class Guard:
             _denied(request, 403, "peer_not_forwarding")
             return _json(envelope_error("?", "forbidden: the workers' peer credential only forwards requests"), 403)
         request[_PRINCIPAL] = principal
-        if self.in_flight >= self.settings.http_max_concurrency:
-            return _json(envelope_error("?", f"too many requests in flight on this worker "
-                                             f"(limit {self.settings.http_max_concurrency}); retry"),
+        limit = self.settings.http_max_concurrency
+        if self.in_flight >= limit:
+            return _json(envelope_error("?", f"too many requests in flight on this worker (limit {limit}); retry"),
+                         429, {"Retry-After": _RETRY_AFTER_S})
+        # One token holds at most half the slots (the workers' own, which carries every client's forwarded
+        # requests, excepted): an outside trial's read-only token held all 64 with bodies it never sent, and
+        # every other tenant got 429.
+        name = principal.name if self.auth.enabled and not principal.peer else None
+        if name is not None and self.by_token.get(name, 0) >= max(1, limit // 2):
+            return _json(envelope_error("?", f"too many requests in flight for this token on this worker (limit "
+                                             f"{max(1, limit // 2)}, half the worker's); retry"),
                          429, {"Retry-After": _RETRY_AFTER_S})
         self.in_flight += 1
+        if name is not None:
+            self.by_token[name] = self.by_token.get(name, 0) + 1
         try:
             return await handler(request)
         finally:
             self.in_flight -= 1
+            if name is not None:
+                left = self.by_token[name] - 1
+                if left:
+                    self.by_token[name] = left
+                else:
+                    del self.by_token[name]
 
     def deny(self, request: web.Request, verb_name: str, session_key: str, writes: bool) -> web.Response | None:
         """403 when the caller may not touch ``session_key`` this way; None when it may.
@@ -232,10 +250,13 @@ class Guard:
             return _json(envelope_error(verb_name, f"parse: {exc}"), 400)
         if not json_depth(value, s.http_max_json_depth):
             return _json(envelope_error(verb_name, f"parse: JSON nested deeper than {s.http_max_json_depth}"), 400)
+        request[RAW_BODY] = raw  # forwarded as received: JSON written again can outgrow the limit (1e5 -> 100000.0)
         return value
 
-    async def forward(self, http: aiohttp.ClientSession, owner: str, req: dict, verb_name: str) -> web.Response:
-        """Send ``req`` to the owning worker's ``/dispatch``; 503 + Retry-After when it cannot answer."""
+    async def forward(self, http: aiohttp.ClientSession, owner: str, req: dict, verb_name: str,
+                      raw: bytes | None = None) -> web.Response:
+        """Send ``req`` (as ``raw`` when given: its JSON as the client sent it) to the owning worker's
+        ``/dispatch``; 503 + Retry-After when it cannot answer, or refuses this worker's peer credential."""
         headers = {FORWARDED: "1", "Content-Type": "application/json", **self.auth.peer_headers()}
         if self.auth.enabled and "Authorization" not in headers:
             return _json(envelope_error(verb_name, "another worker owns this session and this worker has no "
@@ -245,10 +266,18 @@ class Guard:
             return _json(envelope_error(verb_name, "this worker is stopping; retry"), 503,
                          {"Retry-After": _RETRY_AFTER_S})
         try:
-            async with http.post(owner + "/dispatch", data=orjson.dumps(req), headers=headers,
-                                 ssl=self.client_ssl if owner.startswith("https:") else None,
+            async with http.post(owner + "/dispatch", data=orjson.dumps(req) if raw is None else raw,
+                                 headers=headers, ssl=self.client_ssl if owner.startswith("https:") else None,
                                  timeout=aiohttp.ClientTimeout(total=self.settings.forward_timeout_s)) as r:
                 body = await r.read()
+                if r.status in (401, 403):
+                    # the caller's token passed here; the owner refused this worker's peer token (tokens being
+                    # rotated, or a peer entry missing there): not the caller's fault, so not its 401
+                    logger.error("forwarding %s to %s: the owner refused this worker's peer token (HTTP %d); "
+                                 "check the peer entry of its tokens file", verb_name, owner, r.status)
+                    return _json(envelope_error(verb_name, "the worker owning this session refused this worker's "
+                                                           "peer credential; retry"), 503,
+                                 {"Retry-After": _RETRY_AFTER_S})
                 out_headers = {"Retry-After": r.headers["Retry-After"]} if "Retry-After" in r.headers else None
                 return web.Response(body=body, status=r.status, content_type="application/json",
                                     headers=out_headers)

@@ -56,9 +56,16 @@ class IdleFetchNotices(logging.Filter):
         return self._root.isEnabledFor(logging.DEBUG)
 
 
-# a credential in a record: an Authorization header's value (any scheme), a bare bearer token, or one of
-# ``learnstream token``'s
-_SECRET = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?(?:[a-z]+\s+)?|bearer\s+|\blst_)[^\s'\"\\,;]+")
+# A credential in a record: an Authorization header's value (any scheme) or what follows "Bearer", each to
+# the end of its line or quote (escapes included: an outside trial's "Bearer\t<token>" and a token cut by a
+# control character leaked past a value that stopped at the first backslash), or one of `learnstream
+# token`'s tokens anywhere (percent-encoded too), to the next space or quote.
+_SECRET = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?|bearer(?=\s|\\[tvf])\s*)(?:[^'\"\r\n\\]|\\(?![rn]))+"
+                     r"|(lst(?:_|%5f))[^\s'\"]+")
+
+
+def _redact(text: str) -> str:
+    return _SECRET.sub(lambda m: (m.group(1) or m.group(2)) + "<redacted>", text)
 
 
 class Secrets(logging.Filter):
@@ -74,9 +81,9 @@ class Secrets(logging.Filter):
         exc = record.exc_text or ""
         if _SECRET.search(text) or _SECRET.search(exc):
             # args (), not None: faust's formatter (mode's) makes None (None,) and then fails to format
-            record.msg, record.args = _SECRET.sub(r"\1<redacted>", text), ()
+            record.msg, record.args = _redact(text), ()
             if exc:  # the traceback as text, redacted (the formatter would render the exception again)
-                record.msg += "\n" + _SECRET.sub(r"\1<redacted>", exc)
+                record.msg += "\n" + _redact(exc)
                 record.exc_info, record.exc_text = None, None
         return True
 

@@ -13,7 +13,7 @@ from aiohttp import web as aiohttp_web
 from workers.errors import VerbError
 from workers.state.limits import check_request
 from workers.stream import faust_internals
-from workers.stream.http_guard import FORWARDED, Guard
+from workers.stream.http_guard import FORWARDED, RAW_BODY, Guard
 from workers.stream.runtime import OwnerUnknown, Runtime
 from workers.verbs.surface import REGISTRY, envelope_error, parse_request, session_key_of
 
@@ -53,7 +53,7 @@ def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
             out["reason"] = f"broker unreachable for {rt.broker_health.unreachable_for():.0f} s"
         return json_response(web, out, 200 if ok else 503)
 
-    async def verb_request(web: Any, request: Any, req: Any) -> Any:
+    async def verb_request(web: Any, request: Any, req: Any, raw: bytes | None = None) -> Any:
         parsed = parse_request(req)
         if isinstance(parsed, dict):
             return json_response(web, parsed, 400)
@@ -74,7 +74,7 @@ def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
             if request.headers.get(FORWARDED):
                 return json_response(web, envelope_error(name, "partition owner unknown (rebalancing); retry"), 503,
                                      {"Retry-After": "1"})
-            return await guard.forward(app.http_client, owner, {"verb": name, "body": body}, name)
+            return await guard.forward(app.http_client, owner, {"verb": name, "body": body}, name, raw)
         if REGISTRY[name].writes:
             try:  # a configuration whose state could outgrow the session limit never reaches the log
                 check_request(name, body, rt.processor.sessions.limits)
@@ -97,7 +97,7 @@ def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
             req = await guard.read_json(request, "?")
             if isinstance(req, aiohttp_web.Response):
                 return req
-            return await verb_request(self.web, request, req)
+            return await verb_request(self.web, request, req, request.get(RAW_BODY))
 
     def shortcut(path: str, verb_name: str) -> None:
         class Shortcut(faust.web.View):
@@ -107,7 +107,9 @@ def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
                     return body
                 if not isinstance(body, dict):
                     return json_response(self.web, envelope_error(verb_name, "parse: the body must be a JSON object"), 400)
-                return await verb_request(self.web, request, {"verb": verb_name, "body": body})
+                raw = request.get(RAW_BODY)
+                return await verb_request(self.web, request, {"verb": verb_name, "body": body},
+                                          None if raw is None else b'{"verb":"%s","body":%s}' % (verb_name.encode(), raw))
         Shortcut.__name__ = f"Shortcut_{verb_name}"
         app.page(path)(Shortcut)
 
