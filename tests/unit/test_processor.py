@@ -191,3 +191,11 @@ def test_an_envelope_counts_its_events_and_one_message(proc: Processor) -> None:
     topic = T["feedback"]
     assert by_topic(res.messages) == {(topic, "applied"): 2, (topic, "rejected"): 1}
     assert by_topic(res.events) == {(topic, "applied"): 4, (topic, "rejected"): 1}
+    # every topic's envelope: learn.examples' ``examples`` and agent.outcomes' ``outcomes`` too (an outside
+    # trial saw an envelope of 5 examples counted as one event)
+    proc.process([f.rec("commands", {"verb": "init_learner", "body": {"n_features": 2, "n_classes": 2}})])
+    res = proc.process([f.rec("examples", {"session_key": "s1", "examples": [{"features": [0.1, 0.2], "label": 1}] * 5}),
+                        f.rec("outcomes", {"session_key": "s1", "outcomes": [
+                            {"id": f"o{i}", "agent": "a", "task": "t", "success": True, "strategy": "x"}
+                            for i in range(3)]})])
+    assert by_topic(res.events) == {(T["examples"], "applied"): 5, (T["outcomes"], "applied"): 3}
