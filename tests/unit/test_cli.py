@@ -523,3 +523,21 @@ def test_a_bench_consumer_says_done_when_its_target_comes_after_its_last_event()
     finally:
         p.kill()
         p.wait()
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_a_refused_start_is_a_json_record_when_logs_are_json(log_format: str, tmp_path,
+                                                             monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """An outside trial: with LEARNSTREAM_LOG_FORMAT=json every line was JSON except the one saying why the
+    worker would not start (`learnstream: LEARNSTREAM_PARTITIONS='abc' is not an integer`)."""
+    from workers.cli.main import main
+
+    monkeypatch.setenv("LEARNSTREAM_LOG_FORMAT", log_format)
+    monkeypatch.setenv("LEARNSTREAM_PARTITIONS", "abc")
+    assert main(["worker", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    if log_format == "json":
+        rec = json.loads(err)
+        assert rec["level"] == "error" and rec["event"] == "learnstream: LEARNSTREAM_PARTITIONS='abc' is not an integer"
+    else:
+        assert err == "learnstream: LEARNSTREAM_PARTITIONS='abc' is not an integer"

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import runpy
 import signal
 import ssl
@@ -395,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except LearnstreamError as exc:
-        print(f"learnstream: {exc}", file=sys.stderr)
+        _fatal(f"learnstream: {exc}")
         return 2
     except KeyboardInterrupt:
         return 130
@@ -404,9 +405,17 @@ def main(argv: list[str] | None = None) -> int:
 
         if not isinstance(exc, KafkaConnectionError):
             raise
-        print(f"learnstream: cannot reach the Kafka broker ({exc}); check --broker or LEARNSTREAM_BROKER",
-              file=sys.stderr)
+        _fatal(f"learnstream: cannot reach the Kafka broker ({exc}); check --broker or LEARNSTREAM_BROKER")
         return 2
+
+
+def _fatal(line: str) -> None:
+    """Why a command stops, on stderr: a JSON record when LEARNSTREAM_LOG_FORMAT=json asks for one (a log
+    shipper reading a worker's JSON lines got this one as plain text), else the line as it is."""
+    from workers.stream.logs import announce
+
+    log_format = "json" if os.environ.get("LEARNSTREAM_LOG_FORMAT", "").strip() == "json" else "text"
+    announce(line, log_format, level="error", logger="workers.cli", stream=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -552,6 +552,10 @@ class Runtime:
                     self.state.drop(write)
             else:
                 self.state.store(tp_writes, work[partition].last_offsets[self.state.changelog_topic(table)])
+        # the sessions this batch wrote could not leave the cache before their writes were local (Processor.save
+        # trims before the commit): fit the budget now, not at the next batch (an outside trial's idle worker
+        # held 11 times its LEARNSTREAM_CACHE_BYTES until the next write came)
+        self.processor.sessions.trim()
         if self.rewriter is not None:
             grown: dict[int, dict[str, int]] = defaultdict(dict)  # partition -> changelog topic -> keys gained
             for (table, partition), n in (res.key_growth.items() if res is not None else ()):
