@@ -146,8 +146,16 @@ def _denied(request: web.Request, status: int, reason: str, detail: str = "") ->
     """Count a refused credential and log it (never the token: its name at most; WARNINGs of one call
     site are let through once per 10 s, workers/stream/logs.py), for alerting on guessing or misuse."""
     metrics.HTTP_DENIED.labels(str(status), reason).inc()
-    logger.warning("HTTP %d %s %s from %s: %s%s", status, request.method, request.path, request.remote, reason,
+    logger.warning("HTTP %d %s %s from %s: %s%s", status, request.method, _route(request), request.remote, reason,
                    f" ({detail})" if detail else "")
+
+
+def _route(request: web.Request) -> str:
+    """The path as the route it matched (``/graph/{session}/edges``): a denied request's own path can hold
+    anything, a token a client put there included (an outside trial found one in these WARNINGs)."""
+    resource = getattr(request.match_info.route, "resource", None)
+    canonical = getattr(resource, "canonical", None)
+    return canonical if isinstance(canonical, str) else "(no route)"
 
 
 class Guard:
@@ -220,7 +228,8 @@ class Guard:
         if p.peer or p.may(session_key, writes=writes):
             return None
         what = "write" if writes else "read"
-        _denied(request, 403, "scope", f"token {p.name!r} may not {what} session {session_key!r}")
+        # the session key is the caller's to see (below), not the log's: it can be anything, a token included
+        _denied(request, 403, "scope", f"token {p.name!r} may not {what} the session named in the request")
         return _json(envelope_error(verb_name, f"forbidden: token {p.name!r} may not {what} session "
                                                f"{session_key!r}"), 403)
 

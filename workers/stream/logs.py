@@ -65,14 +65,23 @@ _SECRET = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?|bearer(?=\s|\\[t
                      r"|(lst(?:_|%5f))[^\s'\"]+")
 
 
-def _redact(text: str) -> str:
+# The raw request bytes aiohttp quotes when it cannot parse a request (a header line, a folded continuation,
+# a line over 8190 bytes): whatever a client put there, a token in a folded Authorization header or in
+# another header included (an outside trial), so none of it is logged, only its length.
+_BYTES = re.compile(r"\bb'(?:[^'\\]|\\.)*'" + r'|\bb"(?:[^"\\]|\\.)*"')
+
+
+def _redact(text: str, raw_bytes: bool = False) -> str:
+    if raw_bytes:
+        text = _BYTES.sub(lambda m: f"b'<{len(m.group()) - 3} characters redacted>'", text)
     return _SECRET.sub(lambda m: (m.group(1) or m.group(2)) + "<redacted>", text)
 
 
 class Secrets(logging.Filter):
     """Redact credentials from a record and its traceback: aiohttp logs a request it could not parse with
     the offending header line (an outside trial's ``Authorization: Bearer <token>\\x01`` reached the ERROR
-    log whole). Cheap for the usual record: only one whose text names a credential is rewritten."""
+    log whole), so the bytes it quotes are dropped, and anything that names a credential is redacted. Cheap
+    for the usual record: only one whose text holds either is rewritten."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
@@ -80,11 +89,12 @@ class Secrets(logging.Filter):
             # formatted once: logging's formatters reuse exc_text rather than render the exception again
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         exc = record.exc_text or ""
-        if _SECRET.search(text) or _SECRET.search(exc):
+        raw = record.name.startswith("aiohttp") and bool(_BYTES.search(text) or _BYTES.search(exc))
+        if raw or _SECRET.search(text) or _SECRET.search(exc):
             # args (), not None: faust's formatter (mode's) makes None (None,) and then fails to format
-            record.msg, record.args = _redact(text), ()
+            record.msg, record.args = _redact(text, raw), ()
             if exc:  # the traceback as text, redacted (the formatter would render the exception again)
-                record.msg += "\n" + _redact(exc)
+                record.msg += "\n" + _redact(exc, raw)
                 record.exc_info, record.exc_text = None, None
         return True
 
