@@ -414,8 +414,9 @@ def _fatal(line: str) -> None:
     shipper reading a worker's JSON lines got this one as plain text), else the line as it is."""
     from workers.stream.logs import announce
 
+    # read here, not from Settings: the error being reported may be that Settings could not be built
     log_format = "json" if os.environ.get("LEARNSTREAM_LOG_FORMAT", "").strip() == "json" else "text"
-    announce(line, log_format, level="error", logger="workers.cli", stream=sys.stderr)
+    announce(line, log_format, level="error", logger_name="workers.cli", stream=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def _closest_branch(err: Any, root: dict) -> Any:
     schemas", naming no field), the error of the branch that came closest: the one that requires or
     declares the most of the event's fields, then the one with the fewest errors (an outcome without ``strategy`` is
     a single outcome missing a field, not an envelope missing ``outcomes``)."""
+    resolver = Registry().with_resource("", DRAFT202012.create_resource(root)).resolver()
     while err.validator in ("oneOf", "anyOf") and err.context:
         branches = err.schema.get(err.validator, []) if isinstance(err.schema, dict) else []
         given = set(err.instance) if isinstance(err.instance, dict) else set()
@@ -49,7 +50,7 @@ def _closest_branch(err: Any, root: dict) -> Any:
             ref = b.get("$ref")
             if isinstance(ref, str):  # a definition ("#/$defs/event"), resolved as the validator does
                 try:
-                    node = Registry().with_resource("", DRAFT202012.create_resource(root)).resolver().lookup(ref)
+                    node = resolver.lookup(ref)
                     b = node.contents if isinstance(node.contents, dict) else {}
                 except Unresolvable:
                     b = {}

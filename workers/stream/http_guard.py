@@ -210,11 +210,9 @@ class Guard:
         finally:
             self.in_flight -= 1
             if name is not None:
-                left = self.by_token[name] - 1
-                if left:
-                    self.by_token[name] = left
-                else:
-                    del self.by_token[name]
+                self.by_token[name] -= 1
+                if not self.by_token[name]:
+                    del self.by_token[name]  # only tokens with requests in flight stay listed
 
     def deny(self, request: web.Request, verb_name: str, session_key: str, writes: bool) -> web.Response | None:
         """403 when the caller may not touch ``session_key`` this way; None when it may.

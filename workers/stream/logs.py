@@ -125,11 +125,11 @@ def configure(root: logging.Logger, log_format: str) -> None:
             handler.setFormatter(json_formatter())
 
 
-def announce(line: str, log_format: str, *, level: str = "info", logger: str = "workers.stream.worker",
+def announce(line: str, log_format: str, *, level: str = "info", logger_name: str = "workers.stream.worker",
              stream: TextIO | None = None) -> None:
     """Print one of the lines a worker always prints (its broker, "ready", why it refuses to start), whatever
     the log level: as is, or for ``json`` as a log record like every other line (to stdout by default)."""
     if log_format == "json":
-        line = orjson.dumps({"event": line, "level": level, "logger": logger,
+        line = orjson.dumps({"event": line, "level": level, "logger": logger_name,
                              "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")}).decode()
     print(line, file=stream or sys.stdout, flush=True)
