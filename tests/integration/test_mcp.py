@@ -202,6 +202,11 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
                 with pytest.raises(McpError, match="nested deeper than 64"):
                     await s.call_tool("health", {"session_key": "agent-http", "x": deep})
                 assert (await _call(s, "health", session_key="agent-http"))["instant_ready"] is True
+                # a number beyond a double's range counts as an infinity (README): the verb's own refusal,
+                # not a parse error that ended the call with id null (an outside trial)
+                text = await _error(s, "feedback", session_key="agent-http", model="small", quality=10**400,
+                                    embedding=[0.1] * 8)
+                assert "quality" in text, text
 
         asyncio.run(asyncio.wait_for(go(), 180))
 
@@ -229,6 +234,13 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
         for body, extra in ((bad, {}), (gzip.compress(orjson.dumps(init)), {"Content-Encoding": "gzip"})):
             r = httpx.post(side.url, content=body, headers={**auth, **extra}, timeout=10)
             assert r.status_code == 400 and r.json()["error"]["code"] == -32700, r.text
+        big = b'{"jsonrpc": "2.0", "id": 4, "method": "initialize", "params": {"x": 1' + b"0" * 400 + b"}}"
+        r = httpx.post(side.url, content=big, headers=auth, timeout=10)
+        assert r.status_code != 400 or r.json()["error"]["code"] != -32700, r.text  # the SDK's to answer
+        huge_id = b'{"jsonrpc": "2.0", "id": 1' + b"0" * 400 + b', "method": "tools/list", "params": {"x": ' + \
+            b"[" * 100 + b"]" * 100 + b"}}"
+        r = httpx.post(side.url, content=huge_id, headers=auth, timeout=10)  # an id no answer can carry
+        assert r.status_code == 400 and r.json()["id"] is None, r.text
         assert httpx.post(side.url, json=init, headers=auth, timeout=10).status_code == 200   # still serving
     finally:
         side.stop()

@@ -19,6 +19,7 @@ from aiokafka.partitioner import murmur2
 
 from tests.helpers import http_json, wait_until
 from workers.stream.auth import hash_token, new_token
+from workers.stream.http_guard import FORWARDED
 
 pytestmark = pytest.mark.integration
 
@@ -315,6 +316,23 @@ def test_forwarding_over_tls_uses_the_peer_credential_and_scopes_apply_at_the_ed
         sk.encode(), orjson.dumps(EMB), pad)
     status, _, out = call(w1, "/dispatch", token=a, raw=raw)
     assert status == 200 and out["ok"], (status, out)
+    # a /route body of exactly the limit, sent to a worker that does not own the session: the owner takes
+    # it with the {"verb":…,"body":…} around it (1 MiB minus ~25 bytes was refused 413: an outside trial)
+    head = b'{"session_key":"%s","embedding":%s,"pad":"' % (sk.encode(), orjson.dumps(EMB))
+    at_limit = head + b"x" * (1024 * 1024 - len(head) - 2) + b'"}'
+    status, _, out = call(w1, "/route", token=a, raw=at_limit)
+    assert status == 422 and "larger" not in out["error"], (status, out)  # the session has no router
+    over = at_limit[:-2] + b'x"}'
+    assert call(w1, "/route", token=a, raw=over)[0] == 413  # one byte over: refused at the edge
+    # the slack is the workers' own: a client calling its request forwarded gets none, with or without a length
+    assert call(w2, "/route", token=a, headers={FORWARDED: "1"}, raw=over)[0] == 413
+    import http.client
+
+    c = http.client.HTTPSConnection("127.0.0.1", w2.port, timeout=60, context=w2.ssl_context)
+    c.request("POST", "/route", body=iter([over[:1000], over[1000:]]), encode_chunked=True,
+              headers={"Content-Type": "application/json", "Authorization": f"Bearer {a}", FORWARDED: "1"})
+    assert c.getresponse().status == 413
+    c.close()
     # the owner refusing the peer credential (a tokens file without the workers' entry, as in a rotation)
     # is the forwarding worker's problem: 503 + Retry-After, not the caller's token "invalid"
     write_tokens(creds["path"], {k: v for k, v in creds["tokens"].items() if k != "workers"})

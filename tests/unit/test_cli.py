@@ -541,3 +541,22 @@ def test_a_refused_start_is_a_json_record_when_logs_are_json(log_format: str, tm
         assert rec["level"] == "error" and rec["event"] == "learnstream: LEARNSTREAM_PARTITIONS='abc' is not an integer"
     else:
         assert err == "learnstream: LEARNSTREAM_PARTITIONS='abc' is not an integer"
+
+
+@pytest.mark.parametrize("env", [{"LEARNSTREAM_AUTH_TOKENS_FILE": "/nonexistent/tokens"},
+                                 {"LEARNSTREAM_TLS_CERTFILE": "/nonexistent/cert.pem",
+                                  "LEARNSTREAM_TLS_KEYFILE": "/nonexistent/key.pem"}])
+def test_a_worker_refuses_its_tokens_and_tls_files_before_it_starts_the_embedded_broker(
+        env: dict, tmp_path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """An outside trial: a worker refusing its tokens file had already started the embedded broker (its
+    address printed as on a good start, its log made in the data dir) before saying why it would not run."""
+    from workers.cli.main import main
+
+    monkeypatch.delenv("LEARNSTREAM_BROKER", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert main(["worker", "--data-dir", str(tmp_path)]) == 2
+    out = capsys.readouterr()
+    assert "embedded broker on" not in out.out + out.err
+    assert "/nonexistent/" in out.err.strip().splitlines()[-1]
+    assert not (tmp_path / "broker").exists()

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from workers.verbs.codec import (MAX_EVENT_BYTES, decode_json, embedding_field, encode_embedding_b64, finite_number,
-                                 numbers_only)
+from workers.verbs.codec import (MAX_EVENT_BYTES, decode_json, embedding_field, encode_embedding_b64, encode_json,
+                                 finite_number, loads, numbers_only)
 from workers.errors import ValidationError
 
 
@@ -53,6 +53,21 @@ def test_decode_json_rules() -> None:
         decode_json(b" " * (MAX_EVENT_BYTES + 1))
     with pytest.raises(ValidationError, match="tombstone"):
         decode_json(None)
+
+
+def test_a_number_beyond_a_doubles_range_reads_as_an_infinity_not_a_parse_error() -> None:
+    """An MCP client (and the SDK's encode_json) writes 10**400 out; the worker answered it with a parse
+    error, where the README says it counts as an infinity for the verb to refuse or clamp (an outside trial)."""
+    big = "1" + "0" * 400
+    assert loads(b'{"q": %s, "r": -%s, "s": 1e400, "t": [18446744073709551616, 5]}' % (big.encode(), big.encode())) \
+        == {"q": math.inf, "r": -math.inf, "s": math.inf, "t": [1.8446744073709552e+19, 5]}
+    assert loads(encode_json({"q": 10**400})) == {"q": math.inf}
+    assert decode_json(b'{"q": 1e400}') == {"q": math.inf}
+    for bad in (b'{"q": 1e400, "n": NaN}', b'{"q": 1e400, "n": Infinity}', b'{"q": 1e400,}', b"[1e400" + b"[" * 2000):
+        with pytest.raises(ValueError):
+            loads(bad)
+    with pytest.raises(ValueError, match="depth"):
+        loads(b"[1e400, " + b"[" * 5000 + b"]" * 5000 + b"]")
 
 
 @pytest.mark.parametrize("v,words", [("1", "a number"), (True, "a number"), (float("inf"), "finite"),

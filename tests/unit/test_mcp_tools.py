@@ -93,3 +93,34 @@ def test_the_configure_scoring_schema_and_the_verb_agree(body: dict, valid: bool
     finally:
         endpoints.configure([])
     assert out["ok"] is valid, out
+
+
+def test_the_sidecars_refused_connections_are_logged_at_a_bounded_rate() -> None:
+    """uvicorn logs one WARNING per connection refused past the sidecar's cap: 500 refused connections
+    were 500 lines (an outside trial). Through uvicorn's own logging set-up, one line per period."""
+    import logging
+
+    import uvicorn
+
+    from workers.mcp.main import quiet_server_logs
+
+    uvicorn.Config(lambda scope, receive, send: None, log_level="warning")  # configures uvicorn's loggers
+    quiet_server_logs()
+    quiet_server_logs()  # once: a second call adds nothing
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    log = logging.getLogger("uvicorn.error")
+    keep = Keep()
+    log.addHandler(keep)
+    try:
+        for _ in range(500):
+            log.warning("Exceeded concurrency limit.")
+        log.warning("a token lst_%s in a line", "A" * 40)
+    finally:
+        log.removeHandler(keep)
+    assert [r.getMessage() for r in seen][0] == "Exceeded concurrency limit."
+    assert len(seen) == 2 and "AAAA" not in seen[1].getMessage(), [r.getMessage() for r in seen]

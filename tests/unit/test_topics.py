@@ -178,3 +178,22 @@ def test_a_blank_name_in_an_outcome_is_refused_by_the_schema_as_by_the_verb() ->
             topics()["outcomes"].validate({**ev, field: "  "})
         assert e.value.field == field and "is blank" in str(e.value), str(e.value)
     topics()["outcomes"].validate({**ev, "strategy": " x "})
+
+
+def test_every_envelope_array_of_a_topic_is_its_verbs_declared_envelope() -> None:
+    """The worker counts an envelope's events through ``Verb.envelope``: a topic whose schema carries
+    several events in an array must name that array on its verb (and a declared one must exist)."""
+    seen = set()
+    for t in topics().values():
+        if not t.verb:
+            continue
+        v = REGISTRY[t.verb]
+        # the envelope form: a branch of the topic's oneOf that requires an array of the single form's $defs
+        arrays = {name for branch in t.schema.get("oneOf", [])
+                  for name, p in branch.get("properties", {}).items()
+                  if name in branch.get("required", ()) and isinstance(p, dict) and p.get("type") == "array"
+                  and str(p.get("items", {}).get("$ref", "")).startswith("#/$defs/")}
+        assert len(arrays) <= 1, (t.role, arrays)
+        assert v.envelope == (next(iter(arrays)) if arrays else None), (t.role, arrays)
+        seen.add(v.envelope)
+    assert seen >= {"events", "examples", "outcomes"}

@@ -415,7 +415,7 @@ def _apply(ctx: VerbContext, instant: InstantState, ev: _Events, emit: Emit, sou
     return done
 
 
-@verb("learn_feedback", table="session", writes=True, topic="feedback")
+@verb("learn_feedback", table="session", writes=True, topic="feedback", envelope="events")
 def learn_feedback(ctx: VerbContext, body: dict) -> dict:
     """One feedback event, or ``{session_key, events: [...]}``, through the whole learning loop.
     ``boundary`` ("cusum" | "zscore") sets the session's boundary detector.

@@ -160,6 +160,7 @@ def request_guard(app: Any) -> Any:
     import orjson
 
     from workers.stream.http_guard import json_depth
+    from workers.verbs.codec import loads
 
     async def answer(status: int, rid: Any, code: int, message: str, send: Any) -> None:
         out = orjson.dumps({"jsonrpc": "2.0", "id": rid, "error": {"code": code, "message": message}})
@@ -183,15 +184,17 @@ def request_guard(app: Any) -> Any:
         if not more and size <= _READ_CAP:
             body = b"".join(m.get("body", b"") for m in chunks if m["type"] == "http.request")
             try:
-                msg = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
+                msg = loads(body)  # a number beyond a double's range is an infinity here too (the SDK reads it)
+            except ValueError as exc:
                 # answered here, not by the SDK: a body that is not UTF-8 (or a gzip body: the SDK does not
                 # decompress) made it answer 500 with an ERROR traceback (an outside trial)
                 reason = f"JSON nested deeper than {MAX_NESTING}" if "depth" in str(exc) else str(exc)[:200]
                 await answer(400, None, -32700, f"Parse error: {reason}", send)
                 return
             rid = msg.get("id") if isinstance(msg, dict) and "method" in msg else None
-            status = 200 if isinstance(rid, (str, int)) and not isinstance(rid, bool) else 400
+            # an id this answer can write back (an integer JSON-RPC id beyond 64 bits is the SDK's to refuse)
+            status = 200 if (isinstance(rid, str) or isinstance(rid, int) and not isinstance(rid, bool)
+                             and -2**63 <= rid < 2**64) else 400
             if msg is not None and not json_depth(msg, MAX_NESTING):
                 await answer(status, rid if status == 200 else None, -32700,
                              f"Parse error: JSON nested deeper than {MAX_NESTING}", send)
@@ -231,6 +234,18 @@ KEEP_ALIVE_S = 75
 MAX_CONNECTIONS = 256
 
 
+def quiet_server_logs() -> None:
+    """uvicorn logs a WARNING for every connection it refuses past :data:`MAX_CONNECTIONS` ("Exceeded
+    concurrency limit."): a flood of connections was a flood of lines. Its records are rate-limited per
+    source line and have secrets redacted, as the worker's are (``workers.stream.logs``)."""
+    from workers.stream.logs import RepeatedWarnings, Secrets
+
+    log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, RepeatedWarnings) for f in log.filters):
+        log.addFilter(Secrets())
+        log.addFilter(RepeatedWarnings())
+
+
 async def _serve_http(client: LearnstreamClient, host: str, port: int, token: str, session: str) -> None:
     import uvicorn
 
@@ -240,6 +255,7 @@ async def _serve_http(client: LearnstreamClient, host: str, port: int, token: st
         config = uvicorn.Config(http_app(client, token=token, default_session=session), host=host, port=port,
                                 log_level="warning", lifespan="on", timeout_keep_alive=KEEP_ALIVE_S,
                                 limit_concurrency=MAX_CONNECTIONS)
+        quiet_server_logs()  # after the Config: it sets uvicorn's loggers up
 
         class Listening(uvicorn.Server):
             """uvicorn's server, saying when it listens (its ``startup`` exits the process on failure)."""

@@ -243,7 +243,7 @@ def init_learner(ctx: VerbContext, body: dict) -> dict:
     return {"config": learner.settings(), "n_params": int(learner.model().theta.size)}
 
 
-@verb("learn_example", table="learner", writes=True, topic="examples")
+@verb("learn_example", table="learner", writes=True, topic="examples", envelope="examples")
 def learn_example(ctx: VerbContext, body: dict) -> dict:
     """{features|features_b64, label, task?, now_ms?} or {examples: [...]} -> counters and events emitted."""
     learner = _usable(ctx)

@@ -183,7 +183,7 @@ def parse_outcomes(body: dict, session_key: str, default_ms: int) -> list[tuple[
     return out
 
 
-@verb("learn_outcome", table="agent", writes=True, topic="outcomes")
+@verb("learn_outcome", table="agent", writes=True, topic="outcomes", envelope="outcomes")
 def learn_outcome(ctx: VerbContext, body: dict) -> dict:
     """An ``agent.outcomes`` event ``{id, agent, task, success, strategy, project_id?, task_type?,
     duration_ms?, error?, feedback?, ts?}`` or ``{session_key, outcomes: [...]}``

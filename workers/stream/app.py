@@ -26,12 +26,15 @@ from workers.verbs.surface import configure as configure_verbs
 __all__ = ("build_app",)
 
 
-def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
+def build_app(settings: Settings, guard: Guard | None = None) -> tuple[faust.App, Runtime]:
+    """The faust app and its runtime. ``guard``: the HTTP guard ``run_worker`` built (and so checked the
+    tokens and TLS files with) before it started anything, else one built here."""
     faust_internals.set_fetch_max_wait(settings.fetch_max_wait_ms)
     if not settings.broker:
         raise ValueError("settings.broker must be set (the CLI starts the embedded broker first)")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    guard = Guard(settings)  # refuses to start on a non-loopback address without tokens
+    if guard is None:
+        guard = Guard(settings)  # refuses to start on a non-loopback address without tokens
     use_folder(settings.topics_dir)
     configure_verbs(settings.verb_options(), settings.scoring_api_key_reader())
     app = faust.App(

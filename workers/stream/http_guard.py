@@ -28,6 +28,7 @@ import orjson
 from aiohttp import web
 
 from workers.errors import ConfigError
+from workers.verbs.codec import loads
 from workers.verbs.surface import envelope_error
 from workers.stream import metrics
 from workers.stream.auth import Authenticator, Principal
@@ -37,8 +38,13 @@ __all__ = ("Guard", "web_options", "server_ssl_context", "client_ssl_context", "
 logger = logging.getLogger(__name__)
 
 FORWARDED = "X-Learnstream-Forwarded"
-RAW_BODY = "learnstream.raw_body"  # the request's body as read (decoded, not parsed again), set by read_json
-_PRINCIPAL = "learnstream.principal"
+# What a forwarded /route or /predict body gains: the {"verb":…,"body":…} around the client's bytes. A
+# worker takes this much more from another worker, so a body the owner would take is not refused 413
+# only because it was sent to another worker first (an outside trial: 1 MiB minus 20 bytes).
+FORWARD_SLACK_BYTES = 256
+# the request's body as read (decoded, not parsed again), set by read_json
+RAW_BODY: web.RequestKey[bytes] = web.RequestKey("learnstream.raw_body", bytes)
+_PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("learnstream.principal", Principal)
 # Paths any client may call: probes (the kubelet has no token) and, when public, Prometheus.
 _OPEN = ("/health", "/ready")
 _RETRY_AFTER_S = "1"
@@ -234,15 +240,19 @@ class Guard:
     async def read_json(self, request: web.Request, verb_name: str) -> Any:
         """The request's JSON body, or a 4xx response saying what is wrong with it."""
         s = self.settings
-        if request.content_length is not None and request.content_length > s.http_max_body_bytes:
-            return _json(envelope_error(verb_name, f"body larger than {s.http_max_body_bytes} bytes"), 413)
+        too_large = _json(envelope_error(verb_name, f"body larger than {s.http_max_body_bytes} bytes"), 413)
+        p = request.get(_PRINCIPAL)
+        from_peer = bool(request.headers.get(FORWARDED)) and (not self.auth.enabled or (p is not None and p.peer))
+        limit = s.http_max_body_bytes + (FORWARD_SLACK_BYTES if from_peer else 0)
+        if request.content_length is not None and request.content_length > limit:
+            return too_large
         try:
             raw = await asyncio.wait_for(request.read(), s.http_body_timeout_s)
         except asyncio.TimeoutError:
             return _json(envelope_error(verb_name, f"body not received within {s.http_body_timeout_s:g} s"), 408,
                          {"Connection": "close"})
         except web.HTTPRequestEntityTooLarge:
-            return _json(envelope_error(verb_name, f"body larger than {s.http_max_body_bytes} bytes"), 413)
+            return too_large
         except Exception as exc:  # noqa: BLE001 - a body aiohttp cannot decode (e.g. a bad Content-Encoding)
             # the rest of that body cannot be read either: marked read, and the connection closed once
             # answered; else aiohttp drains it for keep-alive and logs the error again, as "Unhandled
@@ -251,9 +261,11 @@ class Guard:
             resp = _json(envelope_error(verb_name, f"cannot read the body: {type(exc).__name__}"), 400)
             resp.force_close()
             return resp
+        if len(raw) > limit:  # a body without a Content-Length (chunked): the server's limit has the slack
+            return too_large
         try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            value = loads(raw)
+        except ValueError as exc:
             return _json(envelope_error(verb_name, f"parse: {exc}"), 400)
         if not json_depth(value, s.http_max_json_depth):
             return _json(envelope_error(verb_name, f"parse: JSON nested deeper than {s.http_max_json_depth}"), 400)
@@ -300,7 +312,7 @@ def web_options(guard: Guard) -> dict:
     s = guard.settings
     return {
         "middlewares": [guard.middleware],
-        "client_max_size": s.http_max_body_bytes,
+        "client_max_size": s.http_max_body_bytes + FORWARD_SLACK_BYTES,  # the exact limit: read_json
         # aiohttp starts the keep-alive timer when a connection opens, so it also bounds a client
         # that never finishes its request head; idle keep-alive connections close after it too.
         "handler_args": {"keepalive_timeout": s.http_header_timeout_s, "max_field_size": 8190,

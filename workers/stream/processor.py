@@ -52,9 +52,6 @@ logger = logging.getLogger(__name__)
 # bigger original keeps its first _DLQ_PREFIX_BYTES, its length and its sha256.
 DLQ_MAX_BYTES = 512 * 1024
 _DLQ_PREFIX_BYTES = 64 * 1024
-# The list an envelope holds its events in (learn.feedback, learn.examples, agent.outcomes): each counts in
-# learnstream_events_total (an outside trial saw an envelope of 5 examples counted as 1 event)
-_ENVELOPE_FIELDS = ("events", "examples", "outcomes")
 _DLQ_REASON_CHARS = 2000
 _DLQ_KEY_BYTES = 1024
 
@@ -396,8 +393,8 @@ class Processor:
                     self._count(res, rec, self._internal(rec, None, failed[where], res, dirty))
                     continue
                 raise _Failed([where], _last_line(exc)) from exc
-            events = next((body[f] for f in _ENVELOPE_FIELDS if isinstance(body.get(f), list)), None)
-            if events is not None and len(events) != 1:  # an envelope: its events count, not 1
+            events = body.get(v.envelope) if v.envelope is not None else None
+            if isinstance(events, list) and len(events) != 1:  # an envelope: its events count, not 1
                 res.sizes[(rec.topic, rec.partition, rec.offset)] = len(events)
             if where in failed:
                 run = runs.pop(sk, None)

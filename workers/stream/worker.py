@@ -17,6 +17,7 @@ from workers.local import bind_error, hold_dir
 from workers.stream import faust_internals
 from workers.stream.app import build_app
 from workers.stream.collector import tune_collector
+from workers.stream.http_guard import Guard
 from workers.stream.log_identity import ensure_tables_match_log
 from workers.stream.logs import announce
 from workers.stream.logs import configure as configure_logs
@@ -40,6 +41,9 @@ def run_worker(settings: Settings) -> int:
     if (why := bind_error(web, settings.web_port)) is not None:
         raise ConfigError(f"cannot listen on {web}:{settings.web_port} ({why}); pick another HTTP port "
                           f"(--web-port, LEARNSTREAM_WEB_PORT) or address (LEARNSTREAM_WEB_BIND)")
+    # the tokens and TLS files too: a refusal after the embedded broker started left its log behind
+    # and printed its address first, as if the worker were starting
+    guard = Guard(settings)
     broker = None
     if not settings.broker:
         # the log lives next to the tables: stopping and starting the worker keeps both
@@ -48,7 +52,7 @@ def run_worker(settings: Settings) -> int:
         settings = dataclasses.replace(settings, broker=broker.bootstrap, broker_kind="embedded")
         announce(f"embedded broker on {broker.bootstrap}, data in {broker.data_dir}", settings.log_format)
     ensure_topics_sync(settings)
-    app, rt = build_app(settings)  # refuses a bad configuration (tokens, TLS files) before the group is touched
+    app, rt = build_app(settings, guard)
     changelogs = {t.name: t.changelog_topic.get_topic_name() for t in rt.tables.values()}
     asyncio.run(ensure_tables_match_log(settings.data_dir, Path(app.conf.tabledir), changelogs, settings.broker,
                                         **settings.kafka_kwargs()))

@@ -22,6 +22,7 @@ from workers.verbs.fields import to_float
 __all__ = (
     "MAX_EVENT_BYTES",
     "decode_json",
+    "loads",
     "embedding_field",
     "encode_json",
     "json_default",
@@ -44,9 +45,37 @@ def decode_json(raw: bytes | str, *, max_bytes: int = MAX_EVENT_BYTES) -> Any:
     if len(raw) > max_bytes:
         raise ValidationError("", f"payload of {len(raw)} bytes exceeds the {max_bytes}-byte limit")
     try:
+        return loads(raw)
+    except ValueError as exc:
+        raise ValidationError("", f"not valid JSON ({exc})") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _number(text: str) -> float | int:
+    """An integer as orjson reads it: exact within 64 bits, else the nearest double (inf beyond its range)."""
+    v = int(text)
+    return v if -2**63 <= v < 2**64 else float(text)
+
+
+def loads(raw: bytes | str) -> Any:
+    """One JSON value, as orjson reads it (ValueError when it is not JSON), except that a number beyond a
+    double's range (``1e400``, ``10**400`` written out) is an infinity of its sign, as the verbs count it
+    (``fields.to_float``), instead of a parse error: a client that keeps integers exact (an MCP client, the
+    SDK's ``encode_json``) may send one, and the verb's own range check then names the field."""
+    try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ValidationError("", f"not valid JSON ({exc})") from None
+        if "infinity when parsed as double" not in str(exc):
+            raise ValueError(str(exc)) from None
+        try:
+            return json.loads(raw, parse_int=_number, parse_constant=_no_constant)
+        except RecursionError:
+            raise ValueError("JSON nested too deep (depth)") from None
+        except ValueError:  # the standard library refused it too: orjson's words
+            raise ValueError(str(exc)) from None
 
 
 def json_default(value: Any) -> Any:

@@ -105,6 +105,7 @@ class Verb:
     joins: Callable[[dict], bool] | None = None   # may this body be applied by ``many``
     prepare: Prepare | None = None                # checks one body for ``many``, as it arrives
     params: dict | None = None                    # JSON Schema of the body (None: the topic's, or any object)
+    envelope: str | None = None                   # the field of a body that carries several events, if any
 
 
 REGISTRY: dict[str, Verb] = {}
@@ -113,11 +114,13 @@ HEALTH: list[tuple[str, Callable[[VerbContext], dict]]] = []  # (table, contribu
 STATE_SIZE: dict[str, Callable[[dict], tuple[str, int] | None]] = {}
 
 
-def verb(name: str, *, table: str, writes: bool, topic: str | None = None, params: dict | None = None) -> Callable:
+def verb(name: str, *, table: str, writes: bool, topic: str | None = None, params: dict | None = None,
+         envelope: str | None = None) -> Callable:
     """Register ``fn`` as verb ``name``. Write verbs default to the ``commands`` topic.
 
     ``params``: the body's JSON Schema (build it with :func:`params`), for verbs whose body
-    is no topic's value (reads, and writes on ``commands``).
+    is no topic's value (reads, and writes on ``commands``). ``envelope``: the field whose array
+    carries several events in one body (the worker's metrics count those events, not the message).
     """
     if table not in TABLES:
         raise ValueError(f"table must be one of {TABLES}")
@@ -125,7 +128,8 @@ def verb(name: str, *, table: str, writes: bool, topic: str | None = None, param
     def deco(fn: Callable[[VerbContext, dict], Any]) -> Callable[[VerbContext, dict], Any]:
         if name in REGISTRY:
             raise ValueError(f"verb {name!r} registered twice")
-        REGISTRY[name] = Verb(name, fn, table, writes, (topic or "commands") if writes else None, params=params)
+        REGISTRY[name] = Verb(name, fn, table, writes, (topic or "commands") if writes else None, params=params,
+                              envelope=envelope)
         return fn
 
     return deco
