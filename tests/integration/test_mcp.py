@@ -16,6 +16,7 @@ import os
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -176,7 +177,8 @@ class Sidecar(ChildProcess):
 
 def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) -> None:
     w = worker_factory("mcp-http").start().wait_ready()
-    side = Sidecar(w.url, "s3cret", tmp_path / "sidecar.log")
+    side = Sidecar(w.url, "s3cret", tmp_path / "sidecar.log", LEARNSTREAM_HTTP_HEADER_TIMEOUT_S="2",
+                   LEARNSTREAM_HTTP_BODY_TIMEOUT_S="2")
     try:
         init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
                 "params": {"protocolVersion": "2025-06-18", "capabilities": {},
@@ -241,6 +243,34 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
             b"[" * 100 + b"]" * 100 + b"}}"
         r = httpx.post(side.url, content=huge_id, headers=auth, timeout=10)  # an id no answer can carry
         assert r.status_code == 400 and r.json()["id"] is None, r.text
+        assert httpx.post(side.url, json=init, headers=auth, timeout=10).status_code == 200   # still serving
+
+        # slow clients (uvicorn has no timeout for them: ~300 such connections held every slot): a connection
+        # with no head, or a head trickling in, is closed after the header timeout; a body after the body's
+        head = (b"POST /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Type: application/json\r\n"
+                b"Accept: application/json, text/event-stream\r\nContent-Length: 100\r\n\r\n{")
+        silent, trickle, body = (socket.create_connection(("127.0.0.1", side.port), timeout=15) for _ in range(3))
+        t0 = time.monotonic()
+        body.sendall(head)
+        cut = None
+        for b in b"POST /mcp HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 100:  # a byte every 0.2 s
+            try:
+                trickle.sendall(bytes([b]))
+            except (BrokenPipeError, ConnectionResetError):
+                cut = time.monotonic() - t0
+                break
+            time.sleep(0.2)
+        assert cut is not None and 1.5 <= cut <= 8, cut  # the trickle did not push the timeout back
+        with contextlib.suppress(ConnectionResetError):
+            assert silent.recv(100) == b""
+        closed = time.monotonic() - t0
+        answer = body.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408") and b"body not received within 2 s" in answer, answer
+        with contextlib.suppress(ConnectionResetError):
+            assert body.recv(100) == b""
+        assert closed <= 10, closed
+        for c in (silent, trickle, body):
+            c.close()
         assert httpx.post(side.url, json=init, headers=auth, timeout=10).status_code == 200   # still serving
     finally:
         side.stop()

@@ -45,8 +45,10 @@ class StaticTokenVerifier:
         return None
 
 
-def http_app(client: LearnstreamClient, *, token: str, default_session: str = "default") -> Any:
-    """The Starlette app serving MCP's streamable HTTP at ``/mcp``, bearer token required."""
+def http_app(client: LearnstreamClient, *, token: str, default_session: str = "default",
+             body_timeout_s: float = 10.0) -> Any:
+    """The Starlette app serving MCP's streamable HTTP at ``/mcp``, bearer token required; a POST body
+    must arrive within ``body_timeout_s`` (:func:`request_guard`)."""
     from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
     from starlette.applications import Starlette
@@ -65,7 +67,7 @@ def http_app(client: LearnstreamClient, *, token: str, default_session: str = "d
     async def mcp_endpoint(scope: Any, receive: Any, send: Any) -> None:  # an ASGI app, not a request handler
         await manager.handle_request(scope, receive, send)
 
-    endpoint = RequireAuthMiddleware(request_guard(mcp_endpoint), required_scopes=[])
+    endpoint = RequireAuthMiddleware(request_guard(mcp_endpoint, body_timeout_s), required_scopes=[])
     return Starlette(routes=[Route("/mcp", endpoint=endpoint)], lifespan=lifespan,
                      middleware=[Middleware(AuthenticationMiddleware,
                                             backend=BearerAuthBackend(StaticTokenVerifier(token)))])
@@ -144,8 +146,11 @@ _SDK_BODY_LIMIT = 4 * 1024 * 1024   # the SDK answers a larger body 413 itself, 
 _READ_CAP = 4 * _SDK_BODY_LIMIT
 
 
-def request_guard(app: Any) -> Any:
-    """An ASGI wrapper answering two kinds of POST the SDK cannot answer well, each with a JSON-RPC error:
+def request_guard(app: Any, body_timeout_s: float = 10.0) -> Any:
+    """An ASGI wrapper answering the kinds of POST the SDK cannot answer well, each with a JSON-RPC error:
+
+    - a body that does not arrive within ``body_timeout_s`` (408, the connection closed): uvicorn waits
+      for it forever, so slow bodies could hold every connection slot;
 
     - JSON nested deeper than :data:`MAX_NESTING`: the SDK parses with the standard library, whose
       recursion a few thousand nested arrays exhaust (an HTTP 500 from inside it). orjson stops at its
@@ -162,10 +167,12 @@ def request_guard(app: Any) -> Any:
     from workers.stream.http_guard import json_depth
     from workers.verbs.codec import loads
 
-    async def answer(status: int, rid: Any, code: int, message: str, send: Any) -> None:
+    async def answer(status: int, rid: Any, code: int, message: str, send: Any, close: bool = False) -> None:
         out = orjson.dumps({"jsonrpc": "2.0", "id": rid, "error": {"code": code, "message": message}})
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]})
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]
+        if close:  # uvicorn closes a connection whose response says so
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": out})
 
     async def guarded(scope: Any, receive: Any, send: Any) -> None:
@@ -173,8 +180,15 @@ def request_guard(app: Any) -> Any:
             await app(scope, receive, send)
             return
         chunks, size, more = [], 0, True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + body_timeout_s
         while more and size <= _READ_CAP:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+            except asyncio.TimeoutError:
+                await answer(408, None, -32600, f"Invalid request: body not received within {body_timeout_s:g} s",
+                             send, close=True)
+                return
             if message["type"] != "http.request":  # the client went away: let the SDK see it
                 chunks.append(message)
                 break
@@ -229,9 +243,52 @@ class GoneClientFilter(logging.Filter):
 # SDK's client) keep-alive expiry, so the server could close a connection just as the client reused it:
 # the agent's call failed with ``httpx.ReadError``. A server must outlast its clients' idle timeouts.
 KEEP_ALIVE_S = 75
-# Connections and requests at once; beyond, uvicorn answers 503. uvicorn has no timeout for a request head
-# or body that never finishes: slow clients are the TLS proxy's to cut off (README, "MCP").
+# Connections and requests at once; beyond, uvicorn answers 503. A request head or body that never
+# finishes is cut off after LEARNSTREAM_HTTP_HEADER_TIMEOUT_S / _BODY_TIMEOUT_S (timed_heads, request_guard).
 MAX_CONNECTIONS = 256
+
+
+def timed_heads(header_timeout_s: float) -> type:
+    """uvicorn's HTTP/1.1 protocol, closing a connection whose request head has not arrived
+    ``header_timeout_s`` after the connection opened, or after the first byte of a head that follows a
+    response: uvicorn has no such timeout, so connections that never finish a head held the sidecar's
+    every slot (the worker's own HTTP server closes them after ``LEARNSTREAM_HTTP_HEADER_TIMEOUT_S`` too)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedHeads(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:  # part of a head came
+                self._arm()
+            elif self.conn.their_state is not h11.IDLE:  # a head came: uvicorn's keep-alive timer after it
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:  # once per head: bytes trickling in do not push it back
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(header_timeout_s, self._late)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _late(self) -> None:
+            self._head_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return TimedHeads
 
 
 def quiet_server_logs() -> None:
@@ -246,15 +303,17 @@ def quiet_server_logs() -> None:
         log.addFilter(RepeatedWarnings())
 
 
-async def _serve_http(client: LearnstreamClient, host: str, port: int, token: str, session: str) -> None:
+async def _serve_http(client: LearnstreamClient, host: str, port: int, token: str, session: str,
+                      settings: Settings) -> None:
     import uvicorn
 
     logging.getLogger("mcp.server.streamable_http").addFilter(GoneClientFilter())
 
     async with client:
-        config = uvicorn.Config(http_app(client, token=token, default_session=session), host=host, port=port,
-                                log_level="warning", lifespan="on", timeout_keep_alive=KEEP_ALIVE_S,
-                                limit_concurrency=MAX_CONNECTIONS)
+        app = http_app(client, token=token, default_session=session, body_timeout_s=settings.http_body_timeout_s)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
+                                timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=MAX_CONNECTIONS,
+                                http=timed_heads(settings.http_header_timeout_s))
         quiet_server_logs()  # after the Config: it sets uvicorn's loggers up
 
         class Listening(uvicorn.Server):
@@ -304,7 +363,7 @@ def run_mcp(settings: Settings, *, worker_url: str | None = None, http: str | No
         client = LearnstreamClient(worker_url=worker_url, token=settings.api_token, ca_file=settings.tls_cafile,
                                    apply_deadline_s=settings.apply_deadline_s)
         if address is not None:
-            asyncio.run(_serve_http(client, *address, settings.mcp_token or "", session))
+            asyncio.run(_serve_http(client, *address, settings.mcp_token or "", session, settings))
         else:
             asyncio.run(_serve_stdio(client, session))
     return 0
