@@ -107,8 +107,16 @@ def _verb_kind(verb: str, *, writes: bool) -> None:
                         f"idempotency key and waits until applied; read() answers reads)")
 
 
+def _is_number(x: Any) -> bool:
+    """A real number, as the topics' schemas say: not a boolean, nor a string that reads as one."""
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
 def _num(field: str, x: Any) -> float:
-    """A finite number: JSON would carry a NaN as null, and the worker then said the field was missing."""
+    """A finite number: JSON would carry a NaN as null, and the worker then said the field was missing.
+    A boolean or a string is refused as over HTTP and on the topic (``float()`` took True as 1.0)."""
+    if not _is_number(x):
+        raise ValidationError(field, f"must be a number, got {type(x).__name__}")
     v = float(x)
     if not math.isfinite(v):
         raise ValidationError(field, "must be finite (NaN/Inf refused)")
@@ -116,7 +124,17 @@ def _num(field: str, x: Any) -> float:
 
 
 def _nums(field: str, xs: Iterable[Any]) -> list[float]:
-    values = list(map(float, xs))
+    if isinstance(xs, np.ndarray):
+        if xs.dtype.kind not in "iuf":
+            raise ValidationError(field, f"must be an array of numbers, got an array of {xs.dtype}")
+        values = xs.astype(np.float64).ravel().tolist()
+    elif isinstance(xs, (str, bytes, dict)) or not isinstance(xs, Iterable):
+        raise ValidationError(field, f"must be an array of numbers, got {type(xs).__name__}")
+    else:
+        values = list(xs)
+        if not all(map(_is_number, values)):
+            raise ValidationError(field, "must be an array of numbers (no booleans, strings or nulls)")
+        values = list(map(float, values))
     if not all(map(math.isfinite, values)):
         raise ValidationError(field, "must be finite (NaN/Inf refused)")
     return values
@@ -257,15 +275,15 @@ class LearnstreamClient:
     async def _post(self, verb: str, body: dict, *, retry_for: float, key: str | None = None) -> dict:
         import aiohttp
 
+        try:  # checked first, as send() validates before it needs a producer
+            payload = encode_json({"verb": verb, "body": body})
+        except ValueError as exc:
+            raise VerbError(f"parse: the body is {exc}") from None
         if self._http is None:
             raise RuntimeError("no worker_url: pass LearnstreamClient(..., worker_url='http://host:6066') "
                                "and start the client")
         loop = asyncio.get_running_loop()
         end, pause, why = loop.time() + retry_for, _RETRY_FIRST_S, ""
-        try:
-            payload = encode_json({"verb": verb, "body": body})
-        except ValueError as exc:
-            raise VerbError(f"parse: the body is {exc}") from None
         while True:
             try:
                 # each attempt ends with the deadline: a worker that accepts the connection and never
@@ -322,9 +340,10 @@ class LearnstreamClient:
         return await self.send("loss", session_key, _drop_none({"loss": _num("loss", loss), "now_ms": now_ms}), wait=wait)
 
     async def gradients(self, session_key: str, param_id: str, params: Iterable[float], grads: Iterable[float],
-                        *, wait: bool = True) -> Any:
-        return await self.send("gradients", session_key, {"param_id": param_id, "params": _nums("params", params),
-                                                          "grads": _nums("grads", grads)}, wait=wait)
+                        *, now_ms: int | None = None, wait: bool = True) -> Any:
+        return await self.send("gradients", session_key, _drop_none({
+            "param_id": param_id, "params": _nums("params", params), "grads": _nums("grads", grads),
+            "now_ms": now_ms}), wait=wait)
 
     async def insert_edge(self, session_key: str, edge: dict, *, wait: bool = True) -> Any:
         return await self.send("edges", session_key, {"op": "insert", "edge": edge}, wait=wait)

@@ -284,8 +284,9 @@ def test_produce_refuses_a_line_whose_session_key_differs_from_key(monkeypatch, 
     assert check_line("loss", '{"loss": 1}', key="b") == ("b", {"loss": 1, "session_key": "b"})
     assert check_line("commands", '{"verb": "init_instant", "body": {"targets": ["x"]}}') == (
         "default", {"verb": "init_instant", "body": {"targets": ["x"], "session_key": "default"}})
-    assert check_line("loss", '{"session_key": "", "loss": 1}', validate=False) == (
-        "default", {"session_key": "default", "loss": 1})  # empty = unset
+    # refused as over HTTP and on the topic (it was read as unset and sent to "default": an outside trial)
+    assert check_line("loss", '{"session_key": "", "loss": 1}', validate=False) == "session_key must be a non-empty string"
+    assert "blank" in check_line("loss", '{"session_key": "  ", "loss": 1}')
     assert "session_key must be" in check_line("loss", '{"session_key": "a\\u001fb", "loss": 1}')
     assert check_line("loss", '{"session_key": "a", "loss": "x"}', validate=False) == (
         "a", {"session_key": "a", "loss": "x"})  # --no-validate: to exercise the DLQ

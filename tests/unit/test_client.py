@@ -41,6 +41,31 @@ def test_a_non_finite_quality_loss_or_gradient_fails_in_the_agent() -> None:
         asyncio.run(c.gradients("s", "p", [1.0], [float("nan")]))
 
 
+def test_the_sdk_refuses_booleans_strings_and_nulls_where_the_schemas_want_numbers() -> None:
+    """An outside trial: ``loss(sk, True)`` was applied as 1.0 and ``loss(sk, "0.5")`` as 0.5 (``float()``),
+    where HTTP and the topic refuse them; ``loss(sk, None)`` raised a bare TypeError; a NaN in a raw
+    ``apply()`` body was sent as null and came back as "loss required"; ``gradients`` had no ``now_ms``."""
+    import numpy as np
+
+    from workers.errors import VerbError
+
+    c = LearnstreamClient("127.0.0.1:1", worker_url="http://127.0.0.1:1")  # never started: checks come first
+    for bad in (True, "0.5", None, np.bool_(True)):
+        with pytest.raises(ValidationError, match="loss: must be a number"):
+            asyncio.run(c.loss("s", bad))  # type: ignore[arg-type]
+    for params in ([True, False], ["0.1"], [None], np.array([True]), "abc", 5):
+        with pytest.raises(ValidationError, match="params: must be an array of numbers"):
+            asyncio.run(c.gradients("s", "p", params, [0.1]))  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="quality: must be a number"):
+        asyncio.run(c.feedback("s", [0.1, 0.2], model="m", quality="0.9"))  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="not started"):  # numbers of any NumPy kind pass, now_ms too
+        asyncio.run(c.gradients("s", "p", np.array([1, 2], np.int32), [np.float32(0.1), 2], now_ms=5))
+    with pytest.raises(VerbError, match=r"parse: the body is not JSON \(NaN and infinities have no JSON form\)"):
+        asyncio.run(c.apply("s", "record_loss", {"loss": float("nan")}))
+    with pytest.raises(VerbError, match="NaN and infinities"):
+        asyncio.run(c.apply("s", "consolidate", {"param_id": "p", "params": np.array([np.inf]), "grads": [0.0]}))
+
+
 def test_an_unknown_role_is_a_validation_error_naming_the_roles() -> None:
     c = LearnstreamClient("127.0.0.1:1")
     with pytest.raises(ValidationError, match="'nosuch' is not an input topic's role .*'feedback'"):

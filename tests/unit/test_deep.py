@@ -287,3 +287,27 @@ def test_record_loss_and_consolidate_check_now_ms_as_their_topic_schemas_do(now_
                                                        "now_ms": now_ms}})["error"] == error
     assert s.dispatch({"verb": "session_info"})["data"]["digest"] == before
     assert s.dispatch({"verb": "record_loss", "body": {"loss": 0.3, "now_ms": 5}})["ok"]
+
+
+def test_the_verbs_refuse_losses_param_ids_and_values_they_cannot_keep_with_a_reason() -> None:
+    """An outside trial: a finite loss of 3.3e38 was taken, overflowed the window's float32 spread (the detector
+    missed a real jump; its boundary event said z: null), 1e308 was stored as an infinity and dropped under
+    ok: true; a 990,000-character param_id was kept and sent with every
+    consolidation event."""
+    s = LearnSession()
+
+    def call(verb: str, **body: object) -> dict:
+        return s.dispatch({"verb": verb, "body": body})
+
+    for loss in (3.3e38, -1e19, 1e308):
+        out = call("record_loss", loss=loss)
+        assert out["ok"] is False and "loss must be within ±1e+18" in out["error"], out
+    assert call("record_loss", loss=1e18)["data"]["samples"] == 1
+    assert call("record_loss", loss=math.nan)["data"]["samples"] == 1  # non-finite: nothing stored (spec)
+    for verb in ("consolidate", "ewc_penalty"):
+        assert call(verb, param_id="x" * 257, params=[0.1], grads=[0.1])["error"] == \
+            "param_id must be at most 256 characters (got 257)"
+        assert "blank" in call(verb, param_id=" \t", params=[0.1], grads=[0.1])["error"]
+    assert call("consolidate", param_id="x" * 256, params=[0.1], grads=[0.1])["ok"]
+    assert s.dispatch({"verb": "record_loss", "body": {"loss": 0.5, "session_key": "   "}})["error"] == \
+        "session_key is blank (a key needs a character other than whitespace)"

@@ -30,7 +30,9 @@ BAD = {
                  # both forms of one embedding
                  {"model": "m", "quality": 0.5, "embedding": [1.0], "embedding_b64": "AACAPw=="}],
     "loss": [{}, {"loss": "high"}, {"loss": None}],
-    "gradients": [{}, {"param_id": "p", "params": [1.0]}, {"param_id": "p", "params": ["a"], "grads": [1.0]}],
+    "gradients": [{}, {"param_id": "p", "params": [1.0]}, {"param_id": "p", "params": ["a"], "grads": [1.0]},
+                  {"param_id": " ", "params": [1.0], "grads": [1.0]},
+                  {"param_id": "p" * 257, "params": [1.0], "grads": [1.0]}],
     "edges": [{}, {"op": "upsert"}, {"op": "insert"}, {"op": "insert", "edge": {"id": "a,b", "src": "x", "dst": "y",
                                                                               "valid_at": 1, "created_at": 1}},
               {"op": "insert", "edge": {"id": "e", "src": "x", "dst": "y", "created_at": 1}},

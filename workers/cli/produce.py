@@ -34,7 +34,7 @@ def check_line(role: str, line: str | bytes, *, key: str | None = None,
                                                                 else None)
     if key and own is not None and own != key:
         return f"session_key {own!r} differs from --key {key!r}"
-    sk = key or own or DEFAULT_SESSION
+    sk = key or (DEFAULT_SESSION if own is None else own)  # "" is refused below, as over HTTP: not "default"
     try:
         sk = check_session_key(sk)
     except VerbError as exc:

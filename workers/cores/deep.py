@@ -16,6 +16,7 @@ True
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,10 @@ RING_CAP = 10
 BOUNDARY_Z = 2.5
 MIN_STD = 1e-4
 MIN_PRIOR = 3            # fewer prior losses than this never fire (no meaningful std yet)
+# [beyond] limits of the verbs (the reference has none): a loss window of 10 float32 losses keeps
+# its spread finite up to ~1e19; a param_id is kept and sent with every consolidation event whole.
+LOSS_MAX = 1e18
+PARAM_ID_MAX = 256
 BOUNDARY_CAUSE = "loss_zscore"
 
 _MAGIC = b"LSD"
@@ -259,6 +264,20 @@ def read_vector(body: dict, field: str) -> np.ndarray:
     return x
 
 
+def _param_id(body: dict) -> str:
+    """The body's ``param_id``: a name of at most :data:`PARAM_ID_MAX` characters, not blank."""
+    param_id = body.get("param_id")
+    if param_id is None:
+        raise VerbError("param_id required")
+    if not isinstance(param_id, str) or not param_id:
+        raise VerbError("param_id must be a non-empty string")
+    if param_id.isspace():
+        raise VerbError("param_id is blank (a name needs a character other than whitespace)")
+    if len(param_id) > PARAM_ID_MAX:  # each is kept, and sent in every consolidation event, whole
+        raise VerbError(f"param_id must be at most {PARAM_ID_MAX} characters (got {len(param_id)})")
+    return param_id
+
+
 def _deep(ctx: VerbContext, create: bool) -> DeepState | None:
     d = ctx.state.get("deep", DeepState)
     if d is None and create:
@@ -275,9 +294,16 @@ def record_loss(ctx: VerbContext, body: dict) -> dict:
         raise VerbError("loss required")
     if isinstance(loss, bool) or not isinstance(loss, (int, float)):
         raise VerbError("loss must be a number")
+    value = to_float(loss)
+    # Non-finite: nothing stored, as the spec says. A finite loss beyond LOSS_MAX would overflow the window's
+    # float32 mean and spread (an outside trial's 3.3e38 blinded the detector for 10 losses and made its
+    # boundary event's z and window_stddev null), or be stored as an infinity and silently dropped.
+    if math.isfinite(value) and abs(value) > LOSS_MAX:
+        raise VerbError(f"loss must be within ±{LOSS_MAX:g} (the loss window is float32; its spread overflows "
+                        f"beyond), got {value:g}")
     epoch_ms(body, "now_ms", lo=0)  # not used, but checked as its topic schema says (the reference has none)
     d = _deep(ctx, create=True)
-    o = d.observe_loss(to_float(loss))
+    o = d.observe_loss(value)
     ctx.state.set("deep", d)
     if o.boundary_fired:
         ctx.emit("boundaries", boundary_event(ctx.session_key, o, ctx.source))
@@ -287,11 +313,7 @@ def record_loss(ctx: VerbContext, body: dict) -> dict:
 @verb("consolidate", table="session", writes=True, topic="gradients")
 def consolidate(ctx: VerbContext, body: dict) -> dict:
     """{param_id, params, grads} -> {param_id, fisher_len}; hands EWC to a matching instant adapter."""
-    param_id = body.get("param_id")
-    if param_id is None:
-        raise VerbError("param_id required")
-    if not isinstance(param_id, str) or not param_id:
-        raise VerbError("param_id must be a non-empty string")
+    param_id = _param_id(body)
     params = read_vector(body, "params")
     grads = read_vector(body, "grads")
     DeepState.check_consolidate(params, grads)
@@ -307,11 +329,7 @@ def consolidate(ctx: VerbContext, body: dict) -> dict:
 @verb("ewc_penalty", table="session", writes=False)
 def ewc_penalty(ctx: VerbContext, body: dict) -> dict:
     """{param_id, params} -> {param_id, penalty}; 0 for an unknown id."""
-    param_id = body.get("param_id")
-    if param_id is None:
-        raise VerbError("param_id required")
-    if not isinstance(param_id, str):
-        raise VerbError("param_id must be a non-empty string")
+    param_id = _param_id(body)
     theta = read_vector(body, "params")
     if not np.isfinite(theta).all():
         raise VerbError("params/grads have non-finite values")

@@ -91,13 +91,36 @@ def encode_json(value: Any) -> bytes:
     and the verb judges it by range): a value holding one goes through the standard library. ValueError,
     saying why, when the value is not JSON (a set, a lone surrogate, NaN beside such an integer)."""
     try:
-        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+        out = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
     except orjson.JSONEncodeError:
         pass
+    else:
+        # orjson writes NaN and infinities as null: the worker then said the field was missing (an
+        # outside trial's NaN loss came back as "loss required"). Looked for only when a null was written.
+        if b"null" in out and _non_finite(value):
+            raise ValueError("not JSON (NaN and infinities have no JSON form)")
+        return out
     try:
         return json.dumps(value, ensure_ascii=False, allow_nan=False, default=json_default).encode("utf-8")
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
         raise ValueError(f"not JSON ({exc})") from None
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether a NaN or an infinity is anywhere in ``value`` (NumPy arrays and numbers included)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return True
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+        elif isinstance(v, (np.ndarray, np.floating)) and np.asarray(v).dtype.kind in "fc" \
+                and not np.isfinite(v).all():
+            return True
+    return False
 
 
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",

@@ -60,6 +60,8 @@ def check_session_key(sk: object) -> str:
     """A usable session key, or VerbError saying why not."""
     if not isinstance(sk, str) or not sk:
         raise VerbError("session_key must be a non-empty string")
+    if sk.isspace():  # as a blank id, agent or task is refused (an outside trial's "   " was a session)
+        raise VerbError("session_key is blank (a key needs a character other than whitespace)")
     if len(sk) > _SESSION_KEY_MAX or _CONTROL.search(sk):
         raise VerbError(f"session_key must be at most {_SESSION_KEY_MAX} characters without control characters")
     return sk
