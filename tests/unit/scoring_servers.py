@@ -6,7 +6,9 @@
   ``echo`` + ``logprobs``), the edge we do not own;
 - ``POST /tokenize``: vLLM's tokenizer endpoint.
 Knobs make it fail: ``fail_status`` (answer that HTTP status), ``delay_s`` (answer late),
-``garbage`` (answer non-JSON), ``wrong_count`` (one score too few), ``redirect_to`` (answer 307 there).
+``garbage`` (answer non-JSON), ``wrong_count`` (one score too few), ``redirect_to`` (answer 307 there),
+``logprob`` (every log-probability answered is this value), ``pad_bytes`` (a JSON field of that many
+bytes in every answer, sent in two writes a little apart, as a long answer arrives).
 ``hold()`` keeps every request waiting until ``release()`` (``holding`` counts the waiting ones), so a
 test can look at a worker *while* a call hangs, without guessing durations.
 A started server is added to the process's scoring allowlist.
@@ -34,6 +36,8 @@ class LMServer:
         self.garbage = False
         self.wrong_count = False
         self.redirect_to: str | None = None
+        self.logprob: float | None = None
+        self.pad_bytes = 0
         self.holding = 0  # requests waiting for release()
         self._gate = threading.Event()
         self._gate.set()
@@ -70,6 +74,8 @@ class LMServer:
             if not (isinstance(r, list) and len(r) == 2 and 0 <= r[0] < r[1] <= len(prompt)):
                 return 400, {"error": f"bad or empty range {r}"}
         totals = lm.score(prompt, [tuple(r) for r in ranges])
+        if self.logprob is not None:
+            totals = [self.logprob] * len(totals)
         if self.wrong_count:
             totals = totals[:-1]
         return 200, {"scores": [{"total_logprob": t} for t in totals]}
@@ -80,6 +86,8 @@ class LMServer:
         if not isinstance(prompt, list) or not prompt or body.get("max_tokens", 16) < 1:
             return 400, {"error": "prompt must be token ids; max_tokens must be at least 1"}
         lps = lm.token_logprobs(prompt)
+        if self.logprob is not None:
+            lps = [self.logprob] * len(lps)
         per_token = [None] + [lps[i] for i in range(1, len(prompt))]  # no logprob for the first token
         gen = 1  # one generated token, appended by the server
         choice: dict[str, Any] = {"index": 0, "text": " ok", "finish_reason": "length"}
@@ -132,12 +140,19 @@ class LMServer:
                     status, out = 404, {"error": f"no route {self.path}"}
                 else:
                     status, out = routes[self.path](body)
+                if server.pad_bytes and isinstance(out, dict):
+                    out = {**out, "pad": "p" * server.pad_bytes}
                 data = b"<html>oops" if server.garbage else json.dumps(out).encode()
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
+                    if server.pad_bytes:  # the rest a moment later, as a long answer arrives
+                        self.wfile.write(data[:len(data) // 2])
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                        data = data[len(data) // 2:]
                     self.wfile.write(data)
                 except OSError:
                     pass  # the client gave up (timeout tests)

@@ -187,3 +187,48 @@ def test_on_the_processor_a_redelivery_never_calls_again_and_a_reapplied_batch_r
     made = len(server.requests)
     again = settle(lambda: restarted.apply([event]), discard=restarted.forget)  # redelivered after the save
     assert again.duplicates == 1 and not again.produce and len(server.requests) == made
+
+
+def test_a_long_answer_is_read_whole_however_it_arrives(server) -> None:
+    """An outside trial: answers over ~32 kB failed as "not JSON (unexpected end of data)" depending on
+    timing: the body was read with one ``read(n)``, which answers with what has arrived."""
+    backend = OpenAICompletionsBackend(server.url + "/v1", "m", TOK)
+    want = full_matrix(CONV, backend)  # blocking (urllib): read whole
+    server.pad_bytes = 2_000_000
+    got = settle(lambda: full_matrix(CONV, backend))
+    assert got.failed == [] and got.memory_importance() == pytest.approx(want.memory_importance(), abs=1e-9)
+
+
+@pytest.mark.parametrize("value", [1e300, 0.5, -1e13])
+def test_a_log_probability_no_model_can_give_is_a_failed_call(server, value: float) -> None:
+    """An outside trial's endpoint answering 1e300 gave a memory a weight of 2e300 that no later score
+    lowered, 1.7e308 made a null score on memory.scores, and positive values silent zeros."""
+    server.logprob = value
+    for backend in (ScoreAPIBackend(server.url + "/v1", "m", TOK), OpenAICompletionsBackend(server.url + "/v1", "m", TOK)):
+        with pytest.raises(ScoringError, match=r"must be a log-probability, in \[-1e\+12, 0\]"):
+            settle(lambda b=backend: full_matrix(CONV, b))  # the baseline call failed: nothing measured
+
+
+def test_a_slow_endpoint_holds_a_batch_for_about_its_timeout_not_a_timeout_per_round_of_calls(server) -> None:
+    """An outside trial: 33 calls of 4 s each, 8 at a time, with timeout_s 5 held the worker (and an unrelated
+    write on another partition) for 20 s. The calls of a pass now share the longest call's timeout."""
+    import time
+
+    url = server.url + "/v1/score"
+    book = prefetch.CallBook()
+    for i in range(24):
+        book.pending[(url, b"%d" % i)] = prefetch.Call(url, orjson.dumps({
+            "model": "m", "prompt": [1, 2, 3, i], "score_ranges": [[1, 3]], "logprobs": 1}), 1.0)
+    server.delay_s = 0.6  # each call alone is within its 1 s; three rounds of 8 would take 1.8 s
+
+    async def go() -> float:
+        async with aiohttp.ClientSession() as http:
+            t0 = time.monotonic()
+            await book.fetch(http)
+            return time.monotonic() - t0
+
+    took = asyncio.run(go())
+    assert took < 1.5, took
+    answers = list(book.answers.values())
+    assert len(answers) == 24 and 1 <= sum(ok for ok, _ in answers) <= prefetch._PARALLEL  # the first round
+    assert all("timed out" in m or "not called" in m for ok, m in answers if not ok), answers

@@ -39,9 +39,19 @@ __all__ = ("ScoringError", "ScoreBackend", "BuiltinBackend", "ScoreAPIBackend", 
            "build_backend", "post_json")
 
 
-def _finite(x: Any, what: str) -> float:
+# A log-probability is at most 0 (a probability is at most 1; a server's rounding may show a hair above)
+# and, in any model's float arithmetic, far above -1e12. An outside trial's endpoint answering 1e300
+# gave a memory a weight of 2e300 that no later score could lower, and 1.7e308 overflowed the difference
+# into a null score on memory.scores; positive values gave silent zeros.
+_LOGPROB_MAX = 1e-3
+_LOGPROB_MIN = -1e12
+
+
+def _logprob(x: Any, what: str) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(to_float(x)):
         raise ScoringError(f"{what} must be a finite number, got {x!r}")
+    if not _LOGPROB_MIN <= x <= _LOGPROB_MAX:
+        raise ScoringError(f"{what} must be a log-probability, in [{_LOGPROB_MIN:g}, 0], got {x!r}")
     return float(x)
 
 
@@ -91,7 +101,7 @@ class ScoreBackend(abc.ABC):
         if len(got) != len(live):
             raise ScoringError(f"{self.name}: {len(got)} scores for {len(live)} ranges")
         for i, v in zip(live, got, strict=True):
-            out[i] = _finite(v, f"{self.name}: total_logprob")
+            out[i] = _logprob(v, f"{self.name}: total_logprob")
         return out
 
 
@@ -178,7 +188,7 @@ class ScoreAPIBackend(_HTTPBackend):
             raise ScoringError(f"{self.name}: expected {{\"scores\": [...]}}, got {str(out)[:ERROR_QUOTE]}")
         if len(scores) != len(ranges):
             raise ScoringError(f"{self.name}: {len(scores)} scores for {len(ranges)} ranges")
-        return [_finite(s.get("total_logprob") if isinstance(s, dict) else None, f"{self.name}: scores[{i}]."
+        return [_logprob(s.get("total_logprob") if isinstance(s, dict) else None, f"{self.name}: scores[{i}]."
                         "total_logprob") for i, s in enumerate(scores)]
 
 
@@ -248,14 +258,14 @@ class OpenAICompletionsBackend(_HTTPBackend):
                 got = entry.get(str(tokens[i])) if isinstance(entry, dict) else None
                 if isinstance(got, dict):
                     got = got.get("logprob")
-                res.append(_finite(got, f"{self.name}: prompt_logprobs[{i}][{tokens[i]}]"))
+                res.append(_logprob(got, f"{self.name}: prompt_logprobs[{i}][{tokens[i]}]"))
             return res
         tlp = (choice.get("logprobs") or {}).get("token_logprobs") if isinstance(choice, dict) else None
         if isinstance(tlp, list):
             if len(tlp) < n:
                 raise ScoringError(f"{self.name}: {len(tlp)} echoed token_logprobs for a {n}-token prompt; "
                                    "does the server support echo?")
-            return [None if x is None else _finite(x, f"{self.name}: token_logprobs[{i}]")
+            return [None if x is None else _logprob(x, f"{self.name}: token_logprobs[{i}]")
                     for i, x in enumerate(tlp[:n])]
         raise ScoringError(f"{self.name}: the answer has neither choices[0].prompt_logprobs nor "
                            "choices[0].logprobs.token_logprobs; the server must return prompt log-probabilities")
