@@ -160,9 +160,11 @@ def test_remote_tokenizer_uses_the_servers_ids_and_caches_texts(server) -> None:
     assert server.calls("/tokenize")[0] == {"prompt": TEXT, "add_special_tokens": False, "model": "m"}
 
 
-def test_remote_tokenizer_failure_is_a_scoring_error(server) -> None:
-    server.tokenize = lambda body: (200, {"tokens": ["a"]})
-    with pytest.raises(ScoringError, match="expected"):
+@pytest.mark.parametrize("tokens", [["a"], [-5, 3], [2**40], [True]])
+def test_remote_tokenizer_failure_is_a_scoring_error(server, tokens: list) -> None:
+    """A negative id (an outside trial's tokenizer) was sent on to the model as it came."""
+    server.tokenize = lambda body: (200, {"tokens": tokens})
+    with pytest.raises(ScoringError, match=r"expected .* of token ids in \[0, 2\^31\)"):
         RemoteTokenizer(server.url + "/tokenize").encode("x")
 
 

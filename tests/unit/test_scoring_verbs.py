@@ -96,7 +96,16 @@ def test_memory_messages_without_an_id_are_identified_by_their_text() -> None:
      "messages[0].memory_id must be a non-empty string"),
     ({"conversation_id": "c", "messages": [{"role": "assistant", "content": "x", "memory_id": "m"}]},
      "an assistant response cannot be a memory"),
-    ({"conversation_id": "c", "messages": MSGS, "now_ms": -1}, "now_ms must be a non-negative integer"),
+    ({"conversation_id": "c", "messages": MSGS, "now_ms": -1}, "now_ms must be an integer (epoch ms) in [0, "),
+    ({"conversation_id": "c", "messages": MSGS, "now_ms": 2**63}, "in [0, 9007199254740991]"),  # names the limit
+    # an outside trial: a blank id was a memory, and two texts under one id were merged into one memory
+    ({"conversation_id": "c", "messages": [{"role": "memory", "content": "x", "memory_id": "  "}]},
+     "messages[0].memory_id is blank"),
+    ({"conversation_id": " ", "messages": MSGS}, "conversation_id is blank"),
+    ({"conversation_id": "c", "messages": [{"role": "memory", "content": "a", "memory_id": "m"},
+                                           {"role": "user", "content": "a", "memory_id": "m"},
+                                           {"role": "memory", "content": "b", "memory_id": "m"}]},
+     "messages[2].memory_id 'm' names another text than messages[0] (one id, one memory)"),
     ({"conversation_id": "c", "messages": [{"role": "user", "content": "x"}] * 2001}, "at most 2000"),
     ({"conversation_id": "c", "messages": [{"role": "user", "content": "x" * (300 << 10)}]}, "bytes of text"),
 ])

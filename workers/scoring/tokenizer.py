@@ -147,8 +147,10 @@ class RemoteTokenizer(Tokenizer):
             body["model"] = self.model
         out = post_json(self.url, body, timeout_s=self.timeout_s, uses_tokens=False)
         tokens = out.get("tokens") if isinstance(out, dict) else None
-        if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
-            raise ScoringError(f"{self.url}: expected {{\"tokens\": [int, ...]}}, got {str(out)[:200]}")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31
+                                                   for t in tokens):  # token ids: never negative
+            raise ScoringError(f"{self.url}: expected {{\"tokens\": [int, ...]}} of token ids in [0, 2^31), "
+                               f"got {str(out)[:200]}")
         return tuple(tokens)
 
     def encode(self, text: str) -> list[int]:

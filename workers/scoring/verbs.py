@@ -57,6 +57,8 @@ def _id(v: Any, field: str) -> str:
         raise VerbError(f"{field} required, a non-empty string of at most {_MAX_ID} characters")
     if not isinstance(v, str) or not v or len(v) > _MAX_ID:
         raise VerbError(f"{field} must be a non-empty string of at most {_MAX_ID} characters")
+    if v.isspace():
+        raise VerbError(f"{field} is blank (an id needs a character other than whitespace)")
     return v
 
 
@@ -73,6 +75,7 @@ def parse_conversation(body: dict) -> tuple[str, list[Message]]:
     if len(raw) > _MAX_MESSAGES:
         raise VerbError(f"messages holds {len(raw)} items; at most {_MAX_MESSAGES}")
     out, size = [], 0
+    seen: dict[str, tuple[int, str]] = {}  # memory id -> (its first message, its text)
     for i, m in enumerate(raw):
         if not isinstance(m, dict):
             raise VerbError(f"messages[{i}] must be an object")
@@ -87,6 +90,11 @@ def parse_conversation(body: dict) -> tuple[str, list[Message]]:
                 raise VerbError(f"messages[{i}]: an assistant response cannot be a memory")
         elif role == "memory":
             mid = content_memory_id(content)
+        if mid is not None:
+            first = seen.setdefault(mid, (i, content))
+            if first[1] != content:  # the same memory again is fine; another text under its id was merged
+                raise VerbError(f"messages[{i}].memory_id {mid!r} names another text than messages[{first[0]}] "
+                                f"(one id, one memory)")
         size += len(content.encode())
         out.append(Message(role, content, mid))
     if size > _MAX_CONVERSATION_BYTES:
@@ -99,7 +107,7 @@ def event_time(ctx: VerbContext, body: dict) -> int:
     now = body.get("now_ms")
     if now is not None:
         if isinstance(now, bool) or not isinstance(now, int) or not 0 <= now <= MAX_MS:
-            raise VerbError("now_ms must be a non-negative integer")  # ... at most MAX_MS
+            raise VerbError(f"now_ms must be an integer (epoch ms) in [0, {MAX_MS}]")
         return now
     ts = (ctx.source or {}).get("timestamp_ms")
     return ts if isinstance(ts, int) and not isinstance(ts, bool) and ts >= 0 else 0
