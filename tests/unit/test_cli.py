@@ -544,20 +544,36 @@ def test_a_refused_start_is_a_json_record_when_logs_are_json(log_format: str, tm
         assert err == "learnstream: LEARNSTREAM_PARTITIONS='abc' is not an integer"
 
 
-@pytest.mark.parametrize("env", [{"LEARNSTREAM_AUTH_TOKENS_FILE": "/nonexistent/tokens"},
-                                 {"LEARNSTREAM_TLS_CERTFILE": "/nonexistent/cert.pem",
-                                  "LEARNSTREAM_TLS_KEYFILE": "/nonexistent/key.pem"}])
-def test_a_worker_refuses_its_tokens_and_tls_files_before_it_starts_the_embedded_broker(
-        env: dict, tmp_path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    """An outside trial: a worker refusing its tokens file had already started the embedded broker (its
-    address printed as on a good start, its log made in the data dir) before saying why it would not run."""
+@pytest.mark.parametrize("env,words", [
+    ({"LEARNSTREAM_AUTH_TOKENS_FILE": "/nonexistent/tokens"}, "/nonexistent/tokens"),
+    ({"LEARNSTREAM_TLS_CERTFILE": "/nonexistent/cert.pem", "LEARNSTREAM_TLS_KEYFILE": "/nonexistent/key.pem"},
+     "/nonexistent/"),
+    ({"LEARNSTREAM_PROTOCOLS_EMBEDDER": "bogus"}, "LEARNSTREAM_PROTOCOLS_EMBEDDER='bogus' must be"),
+    ({"LEARNSTREAM_SCORING_API_KEY_FILE": "/nonexistent/key"},
+     "LEARNSTREAM_SCORING_API_KEY_FILE=/nonexistent/key: cannot be read (No such file or directory)"),
+    ({"LEARNSTREAM_PEER_TOKEN_FILE": "/nonexistent/peer", "LEARNSTREAM_AUTH_TOKENS_FILE": "TOKENS"},
+     "LEARNSTREAM_PEER_TOKEN_FILE=/nonexistent/peer: cannot be read"),
+    ({"LEARNSTREAM_TOPICS_DIR": "/nonexistent/topics"}, "LEARNSTREAM_TOPICS_DIR=/nonexistent/topics: no topics"),
+])
+def test_a_worker_refuses_its_files_and_options_before_it_starts_the_embedded_broker(
+        env: dict, words: str, tmp_path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Outside trials: a worker refusing its tokens file or its protocols embedder had already started the
+    embedded broker (its address printed as on a good start, its log made in the data dir) before saying
+    why it would not run; a scoring key or peer token file that could not be read, and a topics folder that
+    did not exist, were not refused at all (an ERROR at the first call; the package's topics)."""
+    import yaml
+
     from workers.cli.main import main
+    from workers.stream.auth import hash_token, new_token
 
     monkeypatch.delenv("LEARNSTREAM_BROKER", raising=False)
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(yaml.safe_dump({"tokens": [{"name": "a", "sha256": hash_token(new_token()), "read": ["*"]}]}))
     for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    assert main(["worker", "--data-dir", str(tmp_path)]) == 2
+        monkeypatch.setenv(k, str(tokens) if v == "TOKENS" else v)
+    data = tmp_path / "data"
+    assert main(["worker", "--data-dir", str(data)]) == 2
     out = capsys.readouterr()
     assert "embedded broker on" not in out.out + out.err
-    assert "/nonexistent/" in out.err.strip().splitlines()[-1]
-    assert not (tmp_path / "broker").exists()
+    assert words in out.err.strip().splitlines()[-1], out.err
+    assert not (data / "broker").exists()

@@ -138,8 +138,11 @@ _FOLDER: Path | None = None
 
 
 def use_folder(folder: Path | None) -> None:
-    """Load topics from ``folder`` (None: the ones shipped in the package, or a checkout's topics/)."""
+    """Load topics from ``folder`` (None: the ones shipped in the package, or a checkout's topics/).
+    ConfigError when it holds none: a folder set and not found was silently the package's."""
     global _FOLDER
+    if folder is not None and not (folder.is_dir() and any(folder.glob("*.yaml"))):
+        raise ConfigError(f"LEARNSTREAM_TOPICS_DIR={folder}: no topics/*.yaml there")
     _FOLDER = folder
 
 

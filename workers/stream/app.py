@@ -23,20 +23,29 @@ from workers.stream.tables import TABLE_NAMES
 from workers.stream.web import install_routes
 from workers.verbs.surface import configure as configure_verbs
 
-__all__ = ("build_app",)
+__all__ = ("build_app", "preflight")
+
+
+def preflight(settings: Settings) -> Guard:
+    """What a worker refuses before it starts anything, the embedded broker included (a refusal after it
+    printed the broker's address as on a good start): its tokens, TLS and secret files (the HTTP guard
+    it returns; a non-loopback address without tokens), and its verbs' options (a protocols embedder
+    that does not load). The verbs are configured with them."""
+    guard = Guard(settings)
+    use_folder(settings.topics_dir)
+    configure_verbs(settings.verb_options(), settings.scoring_api_key_reader())
+    return guard
 
 
 def build_app(settings: Settings, guard: Guard | None = None) -> tuple[faust.App, Runtime]:
-    """The faust app and its runtime. ``guard``: the HTTP guard ``run_worker`` built (and so checked the
-    tokens and TLS files with) before it started anything, else one built here."""
+    """The faust app and its runtime. ``guard``: what :func:`preflight` gave ``run_worker`` before it
+    started anything; else preflight runs here."""
     faust_internals.set_fetch_max_wait(settings.fetch_max_wait_ms)
     if not settings.broker:
         raise ValueError("settings.broker must be set (the CLI starts the embedded broker first)")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if guard is None:
-        guard = Guard(settings)  # refuses to start on a non-loopback address without tokens
-    use_folder(settings.topics_dir)
-    configure_verbs(settings.verb_options(), settings.scoring_api_key_reader())
+        guard = preflight(settings)
     app = faust.App(
         settings.app_id,
         broker=",".join(f"kafka://{b}" for b in settings.broker.split(",")),

@@ -144,6 +144,17 @@ class SecretFile:
         self._value: str | None = None
         self._checked = 0.0
 
+    def require(self, variable: str) -> None:
+        """ConfigError naming ``variable`` when the file is set but cannot be read (at start: a typo in its
+        path was an ERROR at the first call that needed it, and every call went without)."""
+        if self.path is None:
+            return
+        try:
+            self.path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not text"
+            raise ConfigError(f"{variable}={self.path}: cannot be read ({why})") from None
+
     def get(self) -> str | None:
         if self.path is None:
             return None
@@ -216,6 +227,7 @@ class Authenticator:
             if settings.auth_tokens_file is None:
                 raise ConfigError("LEARNSTREAM_AUTH=tokens needs LEARNSTREAM_AUTH_TOKENS_FILE")
             self.store = TokenStore(settings.auth_tokens_file)
+            self.peer_token.require("LEARNSTREAM_PEER_TOKEN_FILE")
             if settings.peer_token_file is None:
                 logger.warning("no LEARNSTREAM_PEER_TOKEN_FILE: requests for sessions another worker owns "
                                "cannot be forwarded (they answer 503)")

@@ -267,6 +267,7 @@ class Settings:
     def scoring_api_key_reader(self) -> Callable[[], str | None]:
         """What reads the key sent to scoring endpoints: the file (re-read when it changes), else the value."""
         secret = SecretFile(self.scoring_api_key_file)
+        secret.require("LEARNSTREAM_SCORING_API_KEY_FILE")
         return lambda: secret.get() or self.scoring_api_key
 
     @property

@@ -15,9 +15,8 @@ from workers.stream.peers import expel_group_members
 from workers.errors import ConfigError
 from workers.local import bind_error, hold_dir
 from workers.stream import faust_internals
-from workers.stream.app import build_app
+from workers.stream.app import build_app, preflight
 from workers.stream.collector import tune_collector
-from workers.stream.http_guard import Guard
 from workers.stream.log_identity import ensure_tables_match_log
 from workers.stream.logs import announce
 from workers.stream.logs import configure as configure_logs
@@ -41,9 +40,7 @@ def run_worker(settings: Settings) -> int:
     if (why := bind_error(web, settings.web_port)) is not None:
         raise ConfigError(f"cannot listen on {web}:{settings.web_port} ({why}); pick another HTTP port "
                           f"(--web-port, LEARNSTREAM_WEB_PORT) or address (LEARNSTREAM_WEB_BIND)")
-    # the tokens and TLS files too: a refusal after the embedded broker started left its log behind
-    # and printed its address first, as if the worker were starting
-    guard = Guard(settings)
+    guard = preflight(settings)  # a refusal after the embedded broker started printed its address first
     broker = None
     if not settings.broker:
         # the log lives next to the tables: stopping and starting the worker keeps both
