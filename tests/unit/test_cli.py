@@ -577,3 +577,19 @@ def test_a_worker_refuses_its_files_and_options_before_it_starts_the_embedded_br
     assert "embedded broker on" not in out.out + out.err
     assert words in out.err.strip().splitlines()[-1], out.err
     assert not (data / "broker").exists()
+
+
+def test_produce_commands_checks_the_body_against_its_verbs_schema() -> None:
+    """The commands topic takes any body, so a command with a body its verb refuses was sent and dead-lettered
+    (an outside trial); ``learnstream produce commands`` now checks it against the verb's schema first."""
+    from workers.cli.produce import check_line
+
+    ok = check_line("commands", '{"verb": "init_instant", "body": {"targets": ["a"], "dim": 8}}')
+    assert ok == ("default", {"verb": "init_instant", "body": {"targets": ["a"], "dim": 8, "session_key": "default"}})
+    assert check_line("commands", '{"verb": "init_instant", "body": {"targets": "a"}}').startswith(
+        "schema of init_instant's body: targets: ")
+    assert check_line("commands", '{"verb": "init_instant", "body": {"targets": ["a"], "dim": 8.0}}').startswith(
+        "schema of init_instant's body: dim: ")  # an integer is a JSON integer, as the verb reads it
+    assert check_line("commands", '{"verb": "nosuch", "body": {}}') == "unknown verb: nosuch"
+    assert check_line("commands", '{"verb": "health", "body": {}}').startswith("verb health is a read")
+    assert check_line("commands", '{"verb": "init_instant", "body": {"targets": "a"}}', validate=False)[0] == "default"

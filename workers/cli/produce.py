@@ -8,9 +8,9 @@ from __future__ import annotations
 import orjson
 
 from workers.verbs.codec import json_type
-from workers.verbs.surface import DEFAULT_SESSION, check_session_key
+from workers.verbs.surface import DEFAULT_SESSION, REGISTRY, check_session_key, shown_verb
 from workers.errors import ValidationError, VerbError
-from workers.kafka.topics import topics
+from workers.kafka.topics import body_schema, check, topics
 
 __all__ = ("check_line",)
 
@@ -51,4 +51,14 @@ def check_line(role: str, line: str | bytes, *, key: str | None = None,
             topics()[role].validate(value)
         except ValidationError as exc:
             return f"schema of {topics()[role].name}: {exc}"
+        if role == "commands":  # the topic takes any body: the verb's own schema says what it needs
+            v = REGISTRY.get(value["verb"])
+            if v is None:
+                return f"unknown verb: {shown_verb(value['verb'])}"
+            if not v.writes:
+                return f"verb {v.name} is a read; send reads to HTTP /dispatch (learnstream dispatch)"
+            try:
+                check(body_schema(v), value["body"])
+            except ValidationError as exc:
+                return f"schema of {v.name}'s body: {exc}"
     return sk, value

@@ -20,7 +20,7 @@ from referencing.jsonschema import DRAFT202012
 
 from workers.errors import ConfigError, ValidationError
 
-__all__ = ("Topic", "topics", "topics_dir", "use_folder", "input_topics", "by_name")
+__all__ = ("Topic", "topics", "topics_dir", "use_folder", "input_topics", "by_name", "body_schema", "check")
 
 KINDS = ("input", "downstream", "dlq")
 
@@ -64,6 +64,23 @@ def _closest_branch(err: Any, root: dict) -> Any:
     return err
 
 
+def check(schema: dict, value: Any, validator: Draft202012Validator | None = None) -> None:
+    """Raise ValidationError naming the field and the rule of ``schema`` that ``value`` breaks (integers
+    typed strictly, as the verbs read them); ``validator``: one already built for ``schema``."""
+    if validator is None:
+        validator = _StrictIntegers(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    err = best_match(validator.iter_errors(value))
+    if err is not None:
+        err = _closest_branch(err, schema)
+        parts = [str(p) for p in err.absolute_path]
+        if err.validator == "required" and isinstance(err.instance, dict):  # name the missing field itself
+            parts += [f for f in err.validator_value if f not in err.instance][:1]
+        message = err.message
+        if err.validator == "pattern" and err.validator_value == r"\S":  # the schemas' "not blank"
+            message = f"{err.instance!r} is blank (a name needs a character other than whitespace)"
+        raise ValidationError(".".join(parts), _short_message(message, err.instance))
+
+
 @dataclass(frozen=True)
 class Topic:
     role: str
@@ -85,16 +102,7 @@ class Topic:
 
     def validate(self, value: Any) -> None:
         """Raise ValidationError naming the field and the broken rule."""
-        err = best_match(self.validator.iter_errors(value))
-        if err is not None:
-            err = _closest_branch(err, self.schema)
-            parts = [str(p) for p in err.absolute_path]
-            if err.validator == "required" and isinstance(err.instance, dict):  # name the missing field itself
-                parts += [f for f in err.validator_value if f not in err.instance][:1]
-            message = err.message
-            if err.validator == "pattern" and err.validator_value == r"\S":  # the schemas' "not blank"
-                message = f"{err.instance!r} is blank (a name needs a character other than whitespace)"
-            raise ValidationError(".".join(parts), _short_message(message, err.instance))
+        check(self.schema, value, self.validator)
 
     # -- the topic <-> verb mapping (the only place it is written) --------------------------------
     def request(self, value: dict) -> tuple[Any, Any]:
@@ -198,6 +206,23 @@ def by_name(name: str) -> Topic:
         if t.name == name:
             return t
     raise KeyError(name)
+
+
+def body_schema(v: Any) -> dict:
+    """The JSON Schema of verb ``v``'s body (a ``workers.verbs.registry.Verb``): its topic's schema when the
+    verb is applied from its own topic, the topic's branch for the verb's ``op``, else its ``params``."""
+    t = topics()[v.topic] if v.topic else None
+    if t is not None and t.verb == v.name:
+        return {"type": "object", **{k: val for k, val in t.schema.items() if k != "$schema"}}
+    if t is not None and v.name in t.ops.values():
+        op = next(o for o, name in t.ops.items() if name == v.name)
+        for branch in t.schema.get("allOf", []):
+            if branch.get("if", {}).get("properties", {}).get("op", {}).get("const") == op:
+                return {"type": "object", "$defs": t.schema.get("$defs", {}), **branch["then"]}
+        raise LookupError(f"{t.name}: no schema branch for op {op!r}")
+    if v.params is not None:
+        return v.params
+    return {"type": "object"}
 
 
 # jsonschema's messages repeat the offending value ("[...] is too long"): an envelope of 1,001 events made an

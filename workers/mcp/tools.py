@@ -13,7 +13,7 @@ import inspect
 from dataclasses import dataclass
 
 from workers.verbs.surface import REGISTRY, Verb
-from workers.kafka.topics import Topic, topics
+from workers.kafka.topics import Topic, body_schema, topics
 
 __all__ = ("ToolSpec", "TOOLS", "tool_specs", "body_schema")
 
@@ -48,22 +48,6 @@ class ToolSpec:
 
 def _topic_of(v: Verb) -> Topic | None:
     return topics()[v.topic] if v.topic else None
-
-
-def body_schema(v: Verb) -> dict:
-    """The JSON Schema of verb ``v``'s body, from its topic or its ``params``."""
-    t = _topic_of(v)
-    if t is not None and t.verb == v.name:
-        return {"type": "object", **{k: val for k, val in t.schema.items() if k != "$schema"}}
-    if t is not None and v.name in t.ops.values():
-        op = next(o for o, name in t.ops.items() if name == v.name)
-        for branch in t.schema.get("allOf", []):
-            if branch.get("if", {}).get("properties", {}).get("op", {}).get("const") == op:
-                return {"type": "object", "$defs": t.schema.get("$defs", {}), **branch["then"]}
-        raise LookupError(f"{t.name}: no schema branch for op {op!r}")
-    if v.params is not None:
-        return v.params
-    return {"type": "object"}
 
 
 def _description(name: str, v: Verb) -> str:

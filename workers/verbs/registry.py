@@ -16,7 +16,7 @@ request changes nothing. ``table`` says which state a verb touches:
 
 ``params`` is the JSON Schema of a verb's body for clients (MCP tool schemas, docs)
 when the body is not already a topic's value: a verb applied from its own topic is
-described by that topic's schema in ``topics/`` (see :func:`body_schema`). The verb
+described by that topic's schema in ``topics/`` (see ``workers.kafka.topics.body_schema``). The verb
 itself stays the judge of its input, with its own messages.
 
 A write verb may also have a *coalesced* form (``@coalesced``): many messages of one
