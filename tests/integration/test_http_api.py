@@ -217,3 +217,34 @@ def test_writes_to_a_worker_that_is_joining_never_wait_out_their_timeout(worker_
     slow = [a for a in writers.answers if a[1] > 10]
     assert not slow, slow[:5]
     assert {a[0] for a in writers.answers} <= {200, 503, 504}, writers.answers
+
+
+def test_writes_to_a_worker_resumed_after_a_long_pause_never_wait_out_their_timeout(worker_factory) -> None:
+    """An outside trial stopped a worker (SIGSTOP) past the session timeout and sent writes to it as it resumed:
+    the group had moved its partitions, and gave some back past the writes' offsets, with no assignment hook
+    answering those writes; each waited its whole 30 s for a result another worker had applied long before,
+    then 504. Each now answers within seconds: applied here (200), or 504 with the write's id and Retry-After
+    (its partition moved, or another worker applied it; a retry with the same key answers it), or 503."""
+    import signal
+    import time
+
+    env = {"LEARNSTREAM_WRITE_TIMEOUT_S": "40"}
+    a = worker_factory("a", env=env, partitions=4).start().wait_ready()
+    b = worker_factory("b", env=env, partitions=4).start().wait_ready()
+    wait_until(lambda: a.health()["active_partitions"] and b.health()["active_partitions"] and a.ready() and b.ready(),
+               120, 0.3, "both workers to own partitions")
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(14)  # past the session timeout (6 s): the group moves b's partitions to a
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    writers = _Writers(b.url, "pause", 6, sessions=8)
+    time.sleep(6)
+    writers.stop()
+    assert writers.answers
+    slow = [a for a in writers.answers if a[1] > 12]
+    assert not slow, slow[:5]
+    assert {x[0] for x in writers.answers} <= {200, 503, 504}, writers.answers
+    for status, _, out in writers.answers:
+        if status == 504:
+            assert re.fullmatch(r"agent\.\w+:\d+:\d+|learn\.\w+:\d+:\d+", out["id"]), out

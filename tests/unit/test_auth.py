@@ -129,6 +129,44 @@ def test_forwarding_to_an_owner_that_is_down_answers_503_with_retry_after() -> N
     assert status == 503 and retry == "1" and b"cannot be reached" in body
 
 
+def test_a_forward_to_an_owner_that_stopped_answering_ends_when_the_session_has_another_owner() -> None:
+    """An outside trial: a forward to an owner that was stopped (SIGSTOP) waited out the forward timeout (36 s)
+    though the group had moved its partitions to another worker long before."""
+    import time
+
+    from aiohttp import web
+
+    guard = Guard(settings(forward_timeout_s=30.0))
+    t0 = time.monotonic()
+
+    async def go(moved_after: float) -> tuple[int, str | None, bytes, float]:
+        release = asyncio.Event()
+
+        async def silent(request: web.Request) -> web.Response:  # answers only once the test is done
+            await release.wait()
+            return web.json_response({})
+
+        app = web.Application()
+        app.router.add_post("/dispatch", silent)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                start = time.monotonic()
+                r = await guard.forward(http, f"http://127.0.0.1:{port}", {"verb": "route", "body": {}}, "route",
+                                        moved=lambda: time.monotonic() > start + moved_after)
+                return r.status, r.headers.get("Retry-After"), r.body, time.monotonic() - start
+        finally:
+            release.set()
+            await runner.cleanup()
+
+    status, retry, body, took = asyncio.run(go(1.5))
+    assert status == 503 and retry == "1" and b"owner changed" in body and took < 4, (status, body, took)
+    assert time.monotonic() - t0 < 10
+
+
 def test_forwarding_while_the_worker_stops_answers_503_not_500() -> None:
     """During a graceful stop the worker's client session closes before its web server: aiohttp raised
     RuntimeError("Session is closed") and the request got a plain-text 500 (an outside trial)."""

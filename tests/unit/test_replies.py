@@ -66,3 +66,35 @@ async def test_waiters_on_partitions_the_new_assignment_lacks_answer_now_the_oth
         await tasks[moved]
     r.resolve({kept: {"ok": True}})
     assert await tasks[kept] == {"ok": True}
+
+
+async def test_a_waiter_asks_where_its_result_comes_from_and_gives_up_on_a_second_no() -> None:
+    """After a long pause a worker's writes waited their whole timeout for results other workers had applied
+    (an outside trial): the waiter now asks ``fate`` twice a second, and raises what it says twice in a row."""
+    import time
+
+    from workers.stream.runtime import AppliedElsewhere, Runtime
+
+    r = Replies()
+    t0 = time.monotonic()
+    with pytest.raises(AppliedElsewhere):
+        await r.wait(K, 30.0, lambda key: AppliedElsewhere())
+    assert time.monotonic() - t0 < 2.0 and not r.waiting
+    # one "no" (a batch's result a moment behind its partition's next offset) is not enough
+    said = iter([AppliedElsewhere(), None, None, None])
+    task = asyncio.create_task(r.wait(K, 30.0, lambda key: next(said, None)))
+    await asyncio.sleep(1.2)
+    r.resolve({K: {"ok": True}})
+    assert await task == {"ok": True}
+
+    class Worker:  # what Runtime._fate reads
+        def __init__(self, active: list[int], nxt: dict) -> None:
+            self.active_partitions = active
+            self.guard = type("G", (), {"next": nxt})()
+
+    fate = Runtime._fate
+    assert fate(Worker([], {}), K) is None  # between a revocation and an assignment: not known
+    assert type(fate(Worker([1, 2], {}), K)).__name__ == "PartitionMoved"
+    assert type(fate(Worker([0], {("learn.feedback", 0): 8}), K)) is AppliedElsewhere  # taken up past offset 7
+    assert fate(Worker([0], {("learn.feedback", 0): 7}), K) is None  # still to be applied here
+    assert fate(Worker([0], {}), K) is None

@@ -21,6 +21,7 @@ import logging
 import os
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -38,6 +39,7 @@ __all__ = ("Guard", "web_options", "server_ssl_context", "client_ssl_context", "
 logger = logging.getLogger(__name__)
 
 FORWARDED = "X-Learnstream-Forwarded"
+_MOVED_CHECK_S = 1.0  # how often a forward asks whether its session has another owner now
 # What a forwarded /route or /predict body gains: the {"verb":…,"body":…} around the client's bytes. A
 # worker takes this much more from another worker, so a body the owner would take is not refused 413
 # only because it was sent to another worker first (an outside trial: 1 MiB minus 20 bytes).
@@ -273,9 +275,29 @@ class Guard:
         return value
 
     async def forward(self, http: aiohttp.ClientSession, owner: str, req: dict, verb_name: str,
-                      raw: bytes | None = None) -> web.Response:
+                      raw: bytes | None = None, moved: Callable[[], bool] | None = None) -> web.Response:
         """Send ``req`` (as ``raw`` when given: its JSON as the client sent it) to the owning worker's
-        ``/dispatch``; 503 + Retry-After when it cannot answer, or refuses this worker's peer credential."""
+        ``/dispatch``; 503 + Retry-After when it cannot answer, or refuses this worker's peer credential.
+        ``moved()``, asked every second while the owner has not answered, says the session has another
+        owner now: the request is then answered 503 (retry) at once. A forward to an owner that had
+        stopped (SIGSTOP) waited out the forward timeout, 36 s, after the group had moved its partitions
+        (an outside trial)."""
+        if moved is None:
+            return await self._forward(http, owner, req, verb_name, raw)
+        call = asyncio.ensure_future(self._forward(http, owner, req, verb_name, raw))
+        while True:
+            done, _ = await asyncio.wait({call}, timeout=_MOVED_CHECK_S)
+            if done:
+                return call.result()
+            if moved():
+                call.cancel()
+                logger.warning("forwarding %s to %s: the session has another owner now; answered 503",
+                               verb_name, owner)
+                return _json(envelope_error(verb_name, "the session's owner changed while its answer was awaited "
+                                                       "(rebalancing); retry"), 503, {"Retry-After": _RETRY_AFTER_S})
+
+    async def _forward(self, http: aiohttp.ClientSession, owner: str, req: dict, verb_name: str,
+                       raw: bytes | None) -> web.Response:
         headers = {FORWARDED: "1", "Content-Type": "application/json", **self.auth.peer_headers()}
         if self.auth.enabled and "Authorization" not in headers:
             return _json(envelope_error(verb_name, "another worker owns this session and this worker has no "

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
@@ -76,6 +76,14 @@ class WorkerStopping(Exception):
     """A write's result will not come from this worker: it is stopping (Replies.stop)."""
 
 
+class AppliedElsewhere(Exception):
+    """A write's offset is below where this worker took up its partition: another worker applied it."""
+
+
+# How often a waiting write checks whether its result can still come from this worker (Runtime._fate)
+_FATE_CHECK_S = 0.5
+
+
 class Replies:
     """Futures of HTTP writes waiting for their (topic, partition, offset) to be applied."""
 
@@ -108,16 +116,34 @@ class Replies:
                 fut.set_result(results[k])
         self.recent.append(results)  # kept whole: nothing is done per result
 
-    async def wait(self, key: tuple[str, int, int], timeout: float) -> dict:
+    async def wait(self, key: tuple[str, int, int], timeout: float,
+                   fate: Callable[[tuple[str, int, int]], Exception | None] | None = None) -> dict:
+        """The write's result once this worker applied it; asyncio.TimeoutError after ``timeout``. Every
+        :data:`_FATE_CHECK_S`, ``fate(key)`` says whether the result can still come from here: an exception
+        it gives twice in a row (a batch's result may be a moment behind where its partition stands) is
+        raised. An outside trial's writes to a worker resumed after a long pause waited their whole 30 s:
+        its partitions had moved, or come back past their offsets, in rebalances no assignment hook
+        answered for them."""
         for results in self.recent:
             if key in results:
                 return results[key]
         if self.stopping:
             raise WorkerStopping()
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self.waiting[key] = fut
+        end, strikes = loop.time() + timeout, 0
         try:
-            return await asyncio.wait_for(fut, timeout)
+            while True:
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut), min(end - loop.time(), _FATE_CHECK_S))
+                except asyncio.TimeoutError:
+                    if loop.time() >= end or fate is None:
+                        raise
+                why = fate(key)
+                strikes = strikes + 1 if why is not None else 0
+                if why is not None and strikes >= 2:
+                    raise why
         finally:
             self.waiting.pop(key, None)
 
@@ -688,17 +714,33 @@ class Runtime:
         key = (topic.name, meta.topic_partition.partition, meta.offset)
         written = f"{key[0]}:{key[1]}:{key[2]}"  # the id of the applied write (record_id)
         try:
-            out = await self.replies.wait(key, max(deadline - loop.time(), 0.001))
+            out = await self.replies.wait(key, max(deadline - loop.time(), 0.001), self._fate)
         except asyncio.TimeoutError:
             # the event is in the log and will be applied (by whoever owns the partition by then)
             return {**envelope_error(verb_name, f"timed out after {timeout:.0f} s waiting for "
                                                 f"{topic.name}[{key[1]}]@{key[2]} to be applied"), "id": written}, 504
+        except AppliedElsewhere:
+            return {**envelope_error(verb_name, f"{topic.name}[{key[1]}]@{key[2]} was applied by the partition's "
+                                                "previous owner, before this worker took the partition up: retry "
+                                                "with the same idempotency_key for its result"), "id": written}, 504
         except (WorkerStopping, PartitionMoved) as exc:
             why = "this worker is stopping" if isinstance(exc, WorkerStopping) else "its partition moved to another worker"
             return {**envelope_error(verb_name, f"{why}: {topic.name}[{key[1]}]@{key[2]} is in the log and will be "
                                                 "applied by the partition's next owner"), "id": written}, 504
         # a retried idempotency key answers with the id of the write that applied it first
         return {"id": written, **out}, 200 if out["ok"] else 422
+
+    def _fate(self, key: tuple[str, int, int]) -> Exception | None:
+        """Why a waiting write's result cannot come from this worker (``Replies.wait``), or None: its partition
+        is not among this worker's (once it has an assignment), or it is, and this worker takes it up past the
+        write's offset (the gap guard's next offset: below it, records are not applied here)."""
+        topic, partition, offset = key
+        if not self.active_partitions:  # between a revocation and the next assignment: not known yet
+            return None
+        if partition not in self.active_partitions:
+            return PartitionMoved()
+        nxt = self.guard.next.get((topic, partition))
+        return AppliedElsewhere() if nxt is not None and offset < nxt else None
 
     def owner_url(self, sk: str) -> str | None:
         """Base URL of the worker owning ``sk``, or None when it is this one; OwnerUnknown before this

@@ -21,6 +21,7 @@ __all__ = ("install_routes", "json_response")
 
 # A read while this worker recovers (or rebalances) is answered 503 with this Retry-After.
 _RECOVERING_RETRY_AFTER_S = 1
+_UNKNOWN = object()  # no assignment yet: which worker owns a session is not known (OwnerUnknown)
 
 
 def json_response(web: Any, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Any:
@@ -53,6 +54,13 @@ def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
             out["reason"] = f"broker unreachable for {rt.broker_health.unreachable_for():.0f} s"
         return json_response(web, out, 200 if ok else 503)
 
+    def _owner_now(sk: str) -> str | None | object:
+        """The session's owner as this worker sees it now (None: this one), or _UNKNOWN between assignments."""
+        try:
+            return rt.owner_url(sk)
+        except OwnerUnknown:
+            return _UNKNOWN
+
     async def verb_request(web: Any, request: Any, req: Any, raw: bytes | None = None) -> Any:
         parsed = parse_request(req)
         if isinstance(parsed, dict):
@@ -74,13 +82,16 @@ def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
             if request.headers.get(FORWARDED):
                 return json_response(web, envelope_error(name, "partition owner unknown (rebalancing); retry"), 503,
                                      {"Retry-After": "1"})
-            return await guard.forward(app.http_client, owner, {"verb": name, "body": body}, name, raw)
+            return await guard.forward(app.http_client, owner, {"verb": name, "body": body}, name, raw,
+                                       moved=lambda: _owner_now(sk) not in (owner, _UNKNOWN))
         if REGISTRY[name].writes:
             try:  # a configuration whose state could outgrow the session limit never reaches the log
                 check_request(name, body, rt.processor.sessions.limits)
             except VerbError as exc:
                 return json_response(web, envelope_error(name, str(exc)), 400)
             out, status = await rt.write(name, body, sk)
+            if status == 504:  # in the log, its result not here: a retry with the same key answers it
+                return json_response(web, out, status, {"Retry-After": "1"})
         elif not rt.is_ready():
             # Recovering or rebalancing: the tables may not hold the session's value yet, and an
             # empty answer would be wrong. Never answered from (nor cached from) a partial value.
