@@ -407,3 +407,22 @@ def test_a_worker_fenced_twice_in_a_row_applies_every_record_without_a_later_one
         wait_until(lambda: applied_through(offsets[-1]), 30, 0.2, f"round {round_}: offsets {offsets} applied")
     # each applied once, and counted once: a batch whose transaction did not commit was counted as applied
     assert w.metric("learnstream_events_total", topic=feedback, outcome="applied") == 6
+
+
+async def test_the_start_up_check_takes_a_broker_with_transactions_and_refuses_one_without(broker) -> None:
+    """A worker on a broker without transactions (an earlier embedded broker, Tansu: an outside trial's upgrade)
+    crashed with a traceback at its first assignment, after joining the group. It now checks with one
+    transactional producer of its own id first; a broker that does not answer it is refused in one line
+    (checked by hand against Tansu: "UnknownError"; here, a port where no broker listens)."""
+    from workers.errors import ConfigError
+    from workers.local import free_port
+    from workers.stream import transactions
+
+    await _step("the check on the embedded broker", transactions.check_transactions(broker.bootstrap, "probe-test"))
+    transactions._PROBE_TIMEOUT_S, saved = 3.0, transactions._PROBE_TIMEOUT_S
+    try:
+        with pytest.raises(ConfigError, match=r"did not start a transactional producer \(.*\); it may not support "
+                                              r"transactions: .* LEARNSTREAM_TRANSACTIONS=false"):
+            await transactions.check_transactions(f"127.0.0.1:{free_port()}", "probe-test")
+    finally:
+        transactions._PROBE_TIMEOUT_S = saved

@@ -26,12 +26,13 @@ from workers.verbs.surface import configure as configure_verbs
 __all__ = ("build_app", "preflight")
 
 
-def preflight(settings: Settings) -> Guard:
+def preflight(settings: Settings, *, quiet: bool = False) -> Guard:
     """What a worker refuses before it starts anything, the embedded broker included (a refusal after it
     printed the broker's address as on a good start): its tokens, TLS and secret files (the HTTP guard
     it returns; a non-loopback address without tokens), and its verbs' options (a protocols embedder
-    that does not load). The verbs are configured with them."""
-    guard = Guard(settings)
+    that does not load). The verbs are configured with them. ``quiet``: the authentication mode's
+    warning waits for ``guard.auth.warn()``."""
+    guard = Guard(settings, quiet=quiet)
     use_folder(settings.topics_dir)
     configure_verbs(settings.verb_options(), settings.scoring_api_key_reader())
     return guard

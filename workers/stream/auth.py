@@ -218,10 +218,13 @@ class TokenStore:
 class Authenticator:
     """The worker's authentication mode, decided once at start from the settings."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, *, quiet: bool = False) -> None:
+        """``quiet``: the mode's warning is kept in ``notice`` for :meth:`warn` (a worker checks its settings
+        before it starts the embedded broker, whose address must stay its first line)."""
         bind = settings.web_bind or settings.web_host
         self.store: TokenStore | None = None
         self.peer_token = SecretFile(settings.peer_token_file)
+        self.notice: str | None = None
         mode = settings.auth
         if mode == "tokens" or (mode == "auto" and settings.auth_tokens_file is not None):
             if settings.auth_tokens_file is None:
@@ -229,17 +232,23 @@ class Authenticator:
             self.store = TokenStore(settings.auth_tokens_file)
             self.peer_token.require("LEARNSTREAM_PEER_TOKEN_FILE")
             if settings.peer_token_file is None:
-                logger.warning("no LEARNSTREAM_PEER_TOKEN_FILE: requests for sessions another worker owns "
+                self.notice = ("no LEARNSTREAM_PEER_TOKEN_FILE: requests for sessions another worker owns "
                                "cannot be forwarded (they answer 503)")
         elif mode == "off":
-            logger.warning("authentication is OFF (LEARNSTREAM_AUTH=off): anyone who reaches %s may read and "
-                           "write every session", bind)
+            self.notice = (f"authentication is OFF (LEARNSTREAM_AUTH=off): anyone who reaches {bind} may read and "
+                           "write every session")
         elif is_loopback(bind):
-            logger.warning("authentication is off: no LEARNSTREAM_AUTH_TOKENS_FILE; listening on loopback %s only",
-                           bind)
+            self.notice = f"authentication is off: no LEARNSTREAM_AUTH_TOKENS_FILE; listening on loopback {bind} only"
         else:
             raise ConfigError(f"refusing to listen on {bind} without tokens: set LEARNSTREAM_AUTH_TOKENS_FILE "
                               "(README, Security), or LEARNSTREAM_AUTH=off to run without authentication")
+        if not quiet:
+            self.warn()
+
+    def warn(self) -> None:
+        """Log the mode's warning, if it has one (authentication off, no peer credential)."""
+        if self.notice is not None:
+            logger.warning("%s", self.notice)
 
     @property
     def enabled(self) -> bool:

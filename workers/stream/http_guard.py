@@ -169,9 +169,9 @@ def _route(request: web.Request) -> str:
 class Guard:
     """Per-worker request state: the authenticator and the number of requests in flight."""
 
-    def __init__(self, settings: Any, auth: Authenticator | None = None) -> None:
+    def __init__(self, settings: Any, auth: Authenticator | None = None, *, quiet: bool = False) -> None:
         self.settings = settings
-        self.auth = auth or Authenticator(settings)
+        self.auth = auth or Authenticator(settings, quiet=quiet)
         self.in_flight = 0
         self.by_token: dict[str, int] = {}  # requests in flight per token name (tokens mode)
         self.server_ssl = server_ssl_context(settings)

@@ -92,8 +92,13 @@ async def stale_tables(tabledir: Path, changelogs: Mapping[str, str], bootstrap:
     if not found:
         return []
     ends = await _end_offsets(bootstrap, list(found), **kafka)
-    return [f"{db.name} holds changelog offset {offset} but {tp.topic}[{tp.partition}] ends at {ends.get(tp, 0)}"
-            for tp, (db, offset) in found.items() if offset >= ends.get(tp, 0)]
+    return [f"{db.name} holds changelog records up to offset {offset} but {tp.topic}[{tp.partition}] holds "
+            f"{_last(ends.get(tp, 0))}" for tp, (db, offset) in found.items() if offset >= ends.get(tp, 0)]
+
+
+def _last(end: int) -> str:
+    """A log's last offset, from its end offset (one past it), in words."""
+    return "no record" if end <= 0 else f"records up to offset {end - 1}"
 
 
 async def ensure_tables_match_log(data_dir: Path, tabledir: Path, changelogs: Mapping[str, str], bootstrap: str,

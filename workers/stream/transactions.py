@@ -205,6 +205,32 @@ class Transactions:
         return dict(zip(parts, done, strict=True))
 
 
+_PROBE_TIMEOUT_S = 30.0
+
+
+async def check_transactions(bootstrap: str, app_id: str, **kafka: Any) -> None:
+    """ConfigError unless the broker starts a transactional producer (``InitProducerId``), under an id of its
+    own (``<app_id>-probe``: the partitions' ids would fence a running worker's producers). A
+    broker without transactions (an earlier embedded broker, Tansu; a Kafka-compatible service) crashed
+    the worker at its first assignment, with a traceback, only after it had joined the group."""
+    from aiokafka import AIOKafkaProducer
+
+    from workers.errors import ConfigError
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"{app_id}-probe", acks="all",
+                                **kafka)
+    try:
+        async with asyncio.timeout(_PROBE_TIMEOUT_S):
+            await started(producer)
+    except Exception as exc:  # noqa: BLE001 - whatever the broker answered, said in the refusal
+        why = "no answer" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        raise ConfigError(f"the broker at {bootstrap} did not start a transactional producer ({why}); "
+                          "it may not support transactions: use one that does (Apache Kafka, Redpanda, "
+                          "`learnstream broker`), or set LEARNSTREAM_TRANSACTIONS=false for at-least-once "
+                          "delivery (README, Consistency)") from None
+    await _stop_producer(producer)
+
+
 def _quiet_fenced_futures(loop: asyncio.AbstractEventLoop) -> None:
     """Keep asyncio from logging ERROR "Future exception was never retrieved" for a fenced producer.
 

@@ -22,6 +22,7 @@ from workers.stream.logs import announce
 from workers.stream.logs import configure as configure_logs
 from workers.stream.provision import ensure_topics_sync
 from workers.stream.settings import Settings
+from workers.stream.transactions import check_transactions
 
 __all__ = ("run_worker",)
 
@@ -40,7 +41,9 @@ def run_worker(settings: Settings) -> int:
     if (why := bind_error(web, settings.web_port)) is not None:
         raise ConfigError(f"cannot listen on {web}:{settings.web_port} ({why}); pick another HTTP port "
                           f"(--web-port, LEARNSTREAM_WEB_PORT) or address (LEARNSTREAM_WEB_BIND)")
-    guard = preflight(settings)  # a refusal after the embedded broker started printed its address first
+    # refusals before the embedded broker starts (one printed its address first, as on a good start); the
+    # authentication warning after it: the broker's address is a worker's first line
+    guard = preflight(settings, quiet=True)
     broker = None
     if not settings.broker:
         # the log lives next to the tables: stopping and starting the worker keeps both
@@ -48,7 +51,10 @@ def run_worker(settings: Settings) -> int:
         # the caller's settings (CLI flags included) with the broker filled in, never re-read from the env
         settings = dataclasses.replace(settings, broker=broker.bootstrap, broker_kind="embedded")
         announce(f"embedded broker on {broker.bootstrap}, data in {broker.data_dir}", settings.log_format)
+    guard.auth.warn()
     ensure_topics_sync(settings)
+    if settings.transactions:  # before the group is joined: refused in one line, not crashed at the first assignment
+        asyncio.run(check_transactions(settings.broker, settings.app_id, **settings.kafka_kwargs()))
     app, rt = build_app(settings, guard)
     changelogs = {t.name: t.changelog_topic.get_topic_name() for t in rt.tables.values()}
     asyncio.run(ensure_tables_match_log(settings.data_dir, Path(app.conf.tabledir), changelogs, settings.broker,
