@@ -285,16 +285,19 @@ class Guard:
         if moved is None:
             return await self._forward(http, owner, req, verb_name, raw)
         call = asyncio.ensure_future(self._forward(http, owner, req, verb_name, raw))
-        while True:
-            done, _ = await asyncio.wait({call}, timeout=_MOVED_CHECK_S)
-            if done:
-                return call.result()
-            if moved():
-                call.cancel()
-                logger.warning("forwarding %s to %s: the session has another owner now; answered 503",
-                               verb_name, owner)
-                return _json(envelope_error(verb_name, "the session's owner changed while its answer was awaited "
-                                                       "(rebalancing); retry"), 503, {"Retry-After": _RETRY_AFTER_S})
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=_MOVED_CHECK_S)
+                if done:
+                    return call.result()
+                if moved():
+                    logger.warning("forwarding %s to %s: the session has another owner now; answered 503",
+                                   verb_name, owner)
+                    return _json(envelope_error(verb_name, "the session's owner changed while its answer was "
+                                                           "awaited (rebalancing); retry"), 503,
+                                 {"Retry-After": _RETRY_AFTER_S})
+        finally:
+            call.cancel()  # answered, or the client went away: the forward goes too
 
     async def _forward(self, http: aiohttp.ClientSession, owner: str, req: dict, verb_name: str,
                        raw: bytes | None) -> web.Response:
