@@ -80,6 +80,15 @@ def test_modes(tmp_path, caplog) -> None:
     assert a.enabled and a.authenticate("Bearer x") is not None
     for header in (None, "", "Bearer", "Bearer y", "Basic x", "x"):
         assert a.authenticate(header) is None, header
+    # a peer token file that cannot be read is said at start (it was an ERROR at the first forward), not
+    # refused: a worker alone never forwards; quiet, the warning waits for warn()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        q = Authenticator(settings(auth_tokens_file=path, peer_token_file=tmp_path / "peer"), quiet=True)
+        assert q.enabled and caplog.text == ""
+        q.warn()
+    assert f"LEARNSTREAM_PEER_TOKEN_FILE={tmp_path / 'peer'}: cannot be read (No such file or directory): " \
+           "requests for sessions another worker owns cannot be forwarded" in caplog.text
 
 
 def test_settings_from_env(monkeypatch, tmp_path) -> None:

@@ -551,26 +551,19 @@ def test_a_refused_start_is_a_json_record_when_logs_are_json(log_format: str, tm
     ({"LEARNSTREAM_PROTOCOLS_EMBEDDER": "bogus"}, "LEARNSTREAM_PROTOCOLS_EMBEDDER='bogus' must be"),
     ({"LEARNSTREAM_SCORING_API_KEY_FILE": "/nonexistent/key"},
      "LEARNSTREAM_SCORING_API_KEY_FILE=/nonexistent/key: cannot be read (No such file or directory)"),
-    ({"LEARNSTREAM_PEER_TOKEN_FILE": "/nonexistent/peer", "LEARNSTREAM_AUTH_TOKENS_FILE": "TOKENS"},
-     "LEARNSTREAM_PEER_TOKEN_FILE=/nonexistent/peer: cannot be read"),
     ({"LEARNSTREAM_TOPICS_DIR": "/nonexistent/topics"}, "LEARNSTREAM_TOPICS_DIR=/nonexistent/topics: no topics"),
 ])
 def test_a_worker_refuses_its_files_and_options_before_it_starts_the_embedded_broker(
         env: dict, words: str, tmp_path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """Outside trials: a worker refusing its tokens file or its protocols embedder had already started the
     embedded broker (its address printed as on a good start, its log made in the data dir) before saying
-    why it would not run; a scoring key or peer token file that could not be read, and a topics folder that
-    did not exist, were not refused at all (an ERROR at the first call; the package's topics)."""
-    import yaml
-
+    why it would not run; a scoring key file that could not be read, and a topics folder that did not exist,
+    were not refused at all (an ERROR at the first call; the package's topics)."""
     from workers.cli.main import main
-    from workers.stream.auth import hash_token, new_token
 
     monkeypatch.delenv("LEARNSTREAM_BROKER", raising=False)
-    tokens = tmp_path / "tokens.yaml"
-    tokens.write_text(yaml.safe_dump({"tokens": [{"name": "a", "sha256": hash_token(new_token()), "read": ["*"]}]}))
     for k, v in env.items():
-        monkeypatch.setenv(k, str(tokens) if v == "TOKENS" else v)
+        monkeypatch.setenv(k, v)
     data = tmp_path / "data"
     assert main(["worker", "--data-dir", str(data)]) == 2
     out = capsys.readouterr()

@@ -671,6 +671,7 @@ def test_the_chart_env_makes_a_worker_that_starts(chart: Any, monkeypatch: pytes
         tokens.write_text("tokens: []")
         if s.auth_tokens_file is not None:
             s = __import__("dataclasses").replace(s, auth_tokens_file=tokens)
+            assert str(s.peer_token_file).startswith("/etc/learnstream/")  # mounted in a pod, absent here: a warning
         assert s.web_bind == "0.0.0.0" and Authenticator(s).enabled is enabled
 
 

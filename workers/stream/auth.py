@@ -230,7 +230,11 @@ class Authenticator:
             if settings.auth_tokens_file is None:
                 raise ConfigError("LEARNSTREAM_AUTH=tokens needs LEARNSTREAM_AUTH_TOKENS_FILE")
             self.store = TokenStore(settings.auth_tokens_file)
-            self.peer_token.require("LEARNSTREAM_PEER_TOKEN_FILE")
+            try:  # a warning, not a refusal: one worker alone never forwards (a chart secret without the key)
+                self.peer_token.require("LEARNSTREAM_PEER_TOKEN_FILE")
+            except ConfigError as exc:
+                self.notice = (f"{exc}: requests for sessions another worker owns cannot be forwarded (they "
+                               "answer 503) until it can")
             if settings.peer_token_file is None:
                 self.notice = ("no LEARNSTREAM_PEER_TOKEN_FILE: requests for sessions another worker owns "
                                "cannot be forwarded (they answer 503)")
