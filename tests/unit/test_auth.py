@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -17,6 +20,21 @@ from workers.stream.settings import Settings
 
 def settings(**kw: object) -> Settings:
     return dataclasses.replace(Settings(), **kw)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, ssl_context: Any = None) -> AsyncIterator[int]:
+    """``app`` (an aiohttp Application) served on 127.0.0.1 at a free port, the port yielded."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context).start()
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
 
 
 def test_scopes_exact_prefix_and_write_implies_read() -> None:
@@ -157,19 +175,15 @@ def test_a_forward_to_an_owner_that_stopped_answering_ends_when_the_session_has_
 
         app = web.Application()
         app.router.add_post("/dispatch", silent)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            async with aiohttp.ClientSession() as http:
-                start = time.monotonic()
-                r = await guard.forward(http, f"http://127.0.0.1:{port}", {"verb": "route", "body": {}}, "route",
-                                        moved=lambda: time.monotonic() > start + moved_after)
-                return r.status, r.headers.get("Retry-After"), r.body, time.monotonic() - start
-        finally:
-            release.set()
-            await runner.cleanup()
+        async with serving(app) as port:
+            try:
+                async with aiohttp.ClientSession() as http:
+                    start = time.monotonic()
+                    r = await guard.forward(http, f"http://127.0.0.1:{port}", {"verb": "route", "body": {}}, "route",
+                                            moved=lambda: time.monotonic() > start + moved_after)
+                    return r.status, r.headers.get("Retry-After"), r.body, time.monotonic() - start
+            finally:
+                release.set()
 
     status, retry, body, took = asyncio.run(go(1.5))
     assert status == 503 and retry == "1" and b"owner changed" in body and took < 4, (status, body, took)
@@ -214,16 +228,9 @@ def test_forwarding_verifies_the_owners_certificate(tmp_path) -> None:
         ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
         app = web.Application()
         app.router.add_post("/dispatch", dispatch)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_ctx).start()
-        try:
-            async with aiohttp.ClientSession() as http:
-                r = await guard.forward(http, f"https://127.0.0.1:{port}", {"verb": "route", "body": {}}, "route")
-                return r.status
-        finally:
-            await runner.cleanup()
+        async with serving(app, server_ctx) as port, aiohttp.ClientSession() as http:
+            r = await guard.forward(http, f"https://127.0.0.1:{port}", {"verb": "route", "body": {}}, "route")
+            return r.status
 
     assert asyncio.run(go(theirs)) == 503 and seen == []
     assert asyncio.run(go(ours)) == 200 and len(seen) == 1
@@ -291,20 +298,13 @@ def test_a_denied_request_is_logged_by_its_route_never_its_path_or_session(tmp_p
     async def go() -> list[int]:
         app = web.Application(middlewares=[guard.middleware])
         app.router.add_get("/graph/{session}/edges", edges)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            async with aiohttp.ClientSession() as http:
-                out = []
-                for token in (secret, scoped):  # a 401 (unknown token), then a 403 (out of its scopes)
-                    async with http.get(f"http://127.0.0.1:{port}/graph/{secret}/edges",
-                                        headers={"Authorization": f"Bearer {token}"}) as r:
-                        out.append(r.status)
-                return out
-        finally:
-            await runner.cleanup()
+        async with serving(app) as port, aiohttp.ClientSession() as http:
+            out = []
+            for token in (secret, scoped):  # a 401 (unknown token), then a 403 (out of its scopes)
+                async with http.get(f"http://127.0.0.1:{port}/graph/{secret}/edges",
+                                    headers={"Authorization": f"Bearer {token}"}) as r:
+                    out.append(r.status)
+            return out
 
     with caplog.at_level(logging.WARNING, logger="workers.stream.http_guard"):
         assert asyncio.run(go()) == [401, 403]
