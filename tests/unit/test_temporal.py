@@ -492,3 +492,31 @@ def test_graph_edges_topic_events_apply_and_redeliveries_change_nothing() -> Non
     assert dict(store.iter_prefix(b"")) == done
     s = LearnSession(store=store)
     assert ids(s, "alice", 1400) == ["e1", "e2"] and ids(s, "bob", 2500) == ["e3"]
+
+
+def test_an_edge_whose_names_or_size_no_record_could_hold_is_refused_before_anything_is_written() -> None:
+    """An outside trial's one edge with a 900 kB src made a 1.8 MB changelog record (the src is in its key and
+    its value): the worker crashed on the producer's limit, again on every restart, and a rebuild lost it."""
+    s = LearnSession()
+
+    def insert(**edge: object) -> dict:
+        return s.dispatch({"verb": "insert_edge", "body": {"edge": {
+            "id": "e", "src": "a", "dst": "b", "valid_at": 1, "created_at": 1, **edge}}})
+
+    for field in ("id", "src", "dst", "relation"):
+        out = insert(**{field: "x" * 1025})
+        assert out["error"] == f"edge.{field} must be at most 1024 characters (got 1025)", out
+    for field in ("id", "src", "dst"):
+        assert insert(**{field: " \t"})["error"] == f"edge.{field} is blank (a name needs a character other than whitespace)"
+    out = insert(fact="f" * 600_000)
+    assert out["ok"] is False and out["error"].startswith("edge too large: ") and "at most 524288" in out["error"]
+    assert s.dispatch({"verb": "query_at", "body": {"src": "a", "t": 5}})["data"]["edges"] == []  # nothing written
+    assert insert(src="s" * 1024, id="i" * 1024, fact="f" * 400_000)["ok"]
+    # a contradict without contradicts is a plain insert (spec), and the topic's schema says so too
+    out = s.dispatch({"verb": "contradict", "body": {"edge": {"id": "n", "src": "a", "dst": "c", "valid_at": 2,
+                                                              "created_at": 2}}})
+    assert out["data"] == {"kind": "inserted", "edge_id": "n"}, out
+    from workers.kafka.topics import topics
+
+    topics()["edges"].validate({"op": "contradict", "edge": {"id": "n", "src": "a", "dst": "c", "valid_at": 2,
+                                                             "created_at": 2}})

@@ -63,6 +63,11 @@ EDGE_FIELDS = ("id", "src", "dst", "relation", "fact", "embedding", "weight", "g
 # op field of a graph.edges event -> the verb that applies it (the rest of the event is the body)
 GRAPH_OPS = {"insert": "insert_edge", "invalidate": "invalidate_edge", "contradict": "contradict"}
 
+# [beyond] sizes the reference does not bound: an id, source, destination or relation is a name of at most
+# NAME_MAX characters, and an edge as stored at most EDGE_MAX_BYTES (far under Kafka's 1 MB record limit)
+NAME_MAX = 1024
+EDGE_MAX_BYTES = 512 * 1024
+
 _TAG_PTR = b"e"
 _TAG_SRC = b"s"
 _TAG_SEQ = b"n"
@@ -113,6 +118,8 @@ def validate_edge(raw: Any) -> dict:
     src, dst = raw.get("src"), raw.get("dst")
     if not (isinstance(src, str) and src and isinstance(dst, str) and dst):
         raise VerbError("edge.src and edge.dst required")
+    for name, v in (("id", eid), ("src", src), ("dst", dst)):
+        _name(v, f"edge.{name}")
     if raw.get("valid_at") is None:
         raise VerbError("edge.valid_at required (bi-temporal)")
     valid_at = _epoch_ms(raw["valid_at"], "edge.valid_at")
@@ -130,6 +137,8 @@ def validate_edge(raw: Any) -> dict:
     edge: dict[str, Any] = {"id": eid, "src": src, "dst": dst}
     for name in ("relation", "fact"):
         if (v := _optional_str(raw, name)) is not None:
+            if name == "relation" and len(v) > NAME_MAX:
+                raise VerbError(f"edge.relation must be at most {NAME_MAX} characters (got {len(v)})")
             edge[name] = v
     if (emb := raw.get("embedding")) is not None:
         embedding_field({"embedding": emb}, "embedding", prefix="edge.")  # raises on bad input
@@ -146,7 +155,22 @@ def validate_edge(raw: Any) -> dict:
     edge["valid_at"] = valid_at
     if invalid_at is not None:
         edge["invalid_at"] = invalid_at
+    # its record, keyed by its source, and its pointer: each a changelog record the producer must take
+    # (an outside trial's one edge with a 900 kB src made a 1.8 MB record: the worker crashed, and again
+    # on every restart)
+    size = len(orjson.dumps(edge)) + 2 * len(src.encode()) + len(eid.encode())
+    if size > EDGE_MAX_BYTES:
+        raise VerbError(f"edge too large: {size} bytes as stored, at most {EDGE_MAX_BYTES} (its fact and "
+                        "embedding are kept whole)")
     return edge
+
+
+def _name(v: str, field: str) -> None:
+    """An id, source or destination: at most NAME_MAX characters, not blank."""
+    if len(v) > NAME_MAX:  # every key of its source's edges holds it
+        raise VerbError(f"{field} must be at most {NAME_MAX} characters (got {len(v)})")
+    if v.isspace():
+        raise VerbError(f"{field} is blank (a name needs a character other than whitespace)")
 
 
 def is_active(edge: dict, t: int, known_at: int | None = None) -> bool:
