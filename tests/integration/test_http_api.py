@@ -133,6 +133,14 @@ def test_http_api(worker_factory) -> None:
     assert status == 200 and again == {**first, "duplicate": True}, (first, again)
     status, out = dispatch(w, "get_edge", {"session_key": "g1", "edge_id": "e1"})
     assert status == 200 and out["data"]["edge"]["invalid_at"] == 2000, out
+    # a number beyond a double's range is an infinity for a write too (README): refused as the verb says, not
+    # produced as null and applied as an absent field (an outside trial's importance: 1e400 stored the default)
+    status, out = post_raw(w.url + "/dispatch", b'{"verb": "add_knowledge", "body": {"session_key": "s1", '
+                                                b'"agent": "a", "domain": "d", "fact": "f", "importance": 1e400}}')
+    assert status == 422 and out["error"] == "importance must be a number in [0.0, 1.0]", out
+    status, out = post_raw(w.url + "/dispatch", b'{"verb": "record_outcome", "body": {"session_key": "s1", '
+                                                b'"target": "a", "quality": -1' + b"0" * 400 + b'}}')
+    assert (status, out["error"]) == (422, "router not initialized"), out  # as in process: not a parse error
 
 
 class _Writers:

@@ -236,6 +236,12 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
         for body, extra in ((bad, {}), (gzip.compress(orjson.dumps(init)), {"Content-Encoding": "gzip"})):
             r = httpx.post(side.url, content=body, headers={**auth, **extra}, timeout=10)
             assert r.status_code == 400 and r.json()["error"]["code"] == -32700, r.text
+        # a lone surrogate (JSON, not Unicode text: a JS agent's string cut mid-emoji) is a parse error for its id,
+        # not a 400 with id null, which ends the official client's session
+        cut = b'{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "health", "arguments": ' \
+              b'{"session_key": "agent-http", "x": "\\ud800"}}}'
+        r = httpx.post(side.url, content=cut, headers=auth, timeout=10)
+        assert r.status_code == 200 and r.json()["id"] == 5 and r.json()["error"]["code"] == -32700, r.text
         big = b'{"jsonrpc": "2.0", "id": 4, "method": "initialize", "params": {"x": 1' + b"0" * 400 + b"}}"
         r = httpx.post(side.url, content=big, headers=auth, timeout=10)
         assert r.status_code != 400 or r.json()["error"]["code"] != -32700, r.text  # the SDK's to answer

@@ -146,6 +146,23 @@ _SDK_BODY_LIMIT = 4 * 1024 * 1024   # the SDK answers a larger body 413 itself, 
 _READ_CAP = 4 * _SDK_BODY_LIMIT
 
 
+def _id_of(body: bytes) -> str | int | None:
+    """The JSON-RPC id of a request orjson refused, when the standard library reads it (a lone surrogate
+    in a string, which is JSON but not Unicode text: the answer was a 400 with id null, and any HTTP error
+    ends the official client's session); None when there is none to answer."""
+    import json
+
+    try:
+        msg = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    rid = msg.get("id") if isinstance(msg, dict) and "method" in msg else None
+    if isinstance(rid, str):
+        return rid if rid.isprintable() and not any(0xD800 <= ord(c) <= 0xDFFF for c in rid) else None
+    ok = isinstance(rid, int) and not isinstance(rid, bool) and -2**63 <= rid < 2**64
+    return rid if ok else None
+
+
 def request_guard(app: Any, body_timeout_s: float = 10.0) -> Any:
     """An ASGI wrapper answering the kinds of POST the SDK cannot answer well, each with a JSON-RPC error:
 
@@ -203,7 +220,8 @@ def request_guard(app: Any, body_timeout_s: float = 10.0) -> Any:
                 # answered here, not by the SDK: a body that is not UTF-8 (or a gzip body: the SDK does not
                 # decompress) made it answer 500 with an ERROR traceback (an outside trial)
                 reason = f"JSON nested deeper than {MAX_NESTING}" if "depth" in str(exc) else str(exc)[:200]
-                await answer(400, None, -32700, f"Parse error: {reason}", send)
+                rid = _id_of(body)  # JSON with a lone surrogate (a JS string cut mid-emoji) still has an id
+                await answer(200 if rid is not None else 400, rid, -32700, f"Parse error: {reason}", send)
                 return
             rid = msg.get("id") if isinstance(msg, dict) and "method" in msg else None
             # an id this answer can write back (an integer JSON-RPC id beyond 64 bits is the SDK's to refuse)

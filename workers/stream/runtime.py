@@ -41,6 +41,7 @@ from workers.stream.settings import Settings
 from workers.stream.tables import TABLE_NAMES, FaustStateAccess
 from workers.stream.transactions import (NotOwned, PartitionWork, ProducerLost, Send, Transactions,
                                          source_partition)
+from workers.verbs.codec import dumps_wide
 from workers.verbs.surface import REGISTRY, envelope_error
 
 __all__ = ("Runtime", "Replies", "OwnerUnknown")
@@ -698,7 +699,7 @@ class Runtime:
         topic, value = self.event_for_write(verb_name, {**body, "session_key": sk})
         try:
             async with asyncio.timeout(timeout):
-                meta = await (await self.channel(topic.role).send(key=sk.encode(), value=orjson.dumps(value)))
+                meta = await (await self.channel(topic.role).send(key=sk.encode(), value=dumps_wide(value)))
         except (TimeoutError, KafkaError, ProducerSendError) as exc:
             # faust wraps the producer's errors in ProducerSendError
             cause = exc.__cause__ if isinstance(exc, ProducerSendError) else exc

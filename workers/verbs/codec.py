@@ -9,6 +9,7 @@ import base64
 import binascii
 import json
 import math
+import secrets
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from workers.verbs.fields import to_float
 __all__ = (
     "MAX_EVENT_BYTES",
     "decode_json",
+    "dumps_wide",
     "loads",
     "embedding_field",
     "encode_json",
@@ -104,6 +106,36 @@ def encode_json(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=False, allow_nan=False, default=json_default).encode("utf-8")
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
         raise ValueError(f"not JSON ({exc})") from None
+
+
+def dumps_wide(value: Any) -> bytes:
+    """``value`` as JSON for the log, an infinity written as ``1e999`` (:func:`loads` reads it back as one):
+    orjson writes it as null, so a write over HTTP whose ``1e400`` the worker had read as an infinity was
+    produced as null and applied as an absent field (an outside trial's ``importance: 1e400`` stored the
+    default, where the verb refuses an infinity). ValueError for a NaN, which no JSON parse gives."""
+    out = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+    if b"null" not in out or not _non_finite(value):
+        return out
+    nonce = secrets.token_hex(8)  # marks no string of the value can hold
+    marks = {math.inf: f"\x00+inf{nonce}", -math.inf: f"\x00-inf{nonce}"}
+
+    def mark(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: mark(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [mark(x) for x in v]
+        if isinstance(v, (np.ndarray, np.generic)):
+            return mark(v.tolist())
+        if isinstance(v, float) and not math.isfinite(v):
+            if math.isnan(v):
+                raise ValueError("not JSON (NaN has no JSON form)")
+            return marks[v]
+        return v
+
+    out = orjson.dumps(mark(value))
+    for v, m in marks.items():
+        out = out.replace(orjson.dumps(m), b"1e999" if v > 0 else b"-1e999")
+    return out
 
 
 def _non_finite(value: Any) -> bool:
