@@ -52,6 +52,12 @@ _INCLUDE = ("outcomes", "knowledge", "preferences")  # what ``heuristics`` may l
 
 # building blocks of the verbs' body schemas (``params``)
 _TEXT = {"type": "string", "minLength": 1}
+
+
+def _text(name: str, **extra: object) -> dict:
+    """The schema of a text field as the verbs check it: not blank, at most its ``_LEN`` characters (the MCP
+    tools show it, so an agent learns a limit from the schema instead of from a refusal)."""
+    return {**_TEXT, "maxLength": _LEN[name], "pattern": "\\S", **extra}
 _UNIT = {"type": "number", "minimum": 0, "maximum": 1}
 _MS = {"type": "integer", "minimum": 0, "description": "event time, epoch ms (default: the latest seen)"}
 
@@ -204,8 +210,9 @@ def learn_outcome(ctx: VerbContext, body: dict) -> dict:
 
 # -- preferences, knowledge, use ---------------------------------------------------
 @verb("add_preference", table="agent", writes=True, topic="commands", params=params(
-    ("user_id", "category", "preference"), user_id=_TEXT, category=_TEXT, preference=_TEXT,
-    source={**_TEXT, "description": "explicit_instruction gives confidence 1.0, else 0.7"},
+    ("user_id", "category", "preference"), user_id=_text("user_id"), category=_text("category"),
+    preference=_text("preference"),
+    source=_text("source", description="explicit_instruction gives confidence 1.0, else 0.7"),
     importance=_UNIT, now_ms=_MS))
 def add_preference(ctx: VerbContext, body: dict) -> dict:
     """``{user_id, category, preference, source?, importance?, now_ms?}`` -> the preference and
@@ -225,8 +232,9 @@ def add_preference(ctx: VerbContext, body: dict) -> dict:
 
 
 @verb("add_knowledge", table="agent", writes=True, topic="commands", params=params(
-    ("agent", "domain", "fact"), agent=_TEXT, domain=_TEXT, fact=_TEXT, project_id={"type": "string"},
-    source={**_TEXT, "description": "user_stated gives confidence 1.0, else 0.8"}, importance=_UNIT, now_ms=_MS))
+    ("agent", "domain", "fact"), agent=_text("agent"), domain=_text("domain"), fact=_text("fact"),
+    project_id={"type": "string", "maxLength": _LEN["project_id"]},
+    source=_text("source", description="user_stated gives confidence 1.0, else 0.8"), importance=_UNIT, now_ms=_MS))
 def add_knowledge(ctx: VerbContext, body: dict) -> dict:
     """``{agent, domain, fact, project_id?, source?, importance?, now_ms?}`` -> the fact and
     ``created``. Confidence 1.0 for source ``user_stated``, else 0.8."""
