@@ -520,3 +520,20 @@ def test_an_edge_whose_names_or_size_no_record_could_hold_is_refused_before_anyt
 
     topics()["edges"].validate({"op": "contradict", "edge": {"id": "n", "src": "a", "dst": "c", "valid_at": 2,
                                                              "created_at": 2}})
+
+
+def test_an_edge_moved_under_more_sources_than_its_pointer_can_hold_is_refused_and_nothing_changes() -> None:
+    """The pointer remembers every source an edge lived under (a move back restores its place): 600 moves
+    between 1,000-character sources would make a 600 kB record, past what a changelog record may hold."""
+    s = LearnSession()
+    base = {"id": "e", "dst": "b", "valid_at": 1, "created_at": 1}
+    out = None
+    for i in range(600):
+        out = s.dispatch({"verb": "insert_edge", "body": {"edge": {**base, "src": f"{i:04d}" + "s" * 1000}}})
+        if not out["ok"]:
+            break
+    assert out is not None and not out["ok"] and "has lived under" in out["error"] and "give the fact a new id" in \
+        out["error"], out
+    lived = int(out["error"].split("under ")[1].split(" ")[0])  # the refused move's sources, its own included
+    edge = s.dispatch({"verb": "get_edge", "body": {"edge_id": "e"}})["data"]["edge"]
+    assert edge["src"] == f"{lived - 2:04d}" + "s" * 1000  # still where the last accepted insert put it

@@ -325,7 +325,11 @@ class EdgeStore:
         if loc is not None and loc[0] != src:
             batch.delete(self._rec_key(loc[0], loc[1]))  # moved: drop the old index entry
         others = {s: q for s, q in homes.items() if s != src}
-        batch.put(self._ptr_key(eid), orjson.dumps([src, seq, others] if others else [src, seq]))
+        pointer = orjson.dumps([src, seq, others] if others else [src, seq])
+        if len(pointer) > EDGE_MAX_BYTES:  # every source it lived under is remembered (nothing written yet)
+            raise VerbError(f"edge {eid!r} has lived under {len(homes)} sources, {len(pointer)} bytes of them: at "
+                            f"most {EDGE_MAX_BYTES}; give the fact a new id")
+        batch.put(self._ptr_key(eid), pointer)
         batch.put(self._rec_key(src, seq), orjson.dumps(edge))
 
     def _finish(self, batch: _Batch, seq_state: list[int | None]) -> None:
