@@ -448,7 +448,7 @@ def query_at(ctx: VerbContext, body: dict) -> dict:
     if limit is None:
         limit = 0
     if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= _I64_MAX:
-        raise VerbError("limit must be a non-negative integer")
+        raise VerbError(f"limit must be a non-negative integer, at most {_I64_MAX} (0: every edge)")
     known_at = body.get("known_at")
     if known_at is not None:
         known_at = _epoch_ms(known_at, "known_at")
