@@ -560,3 +560,15 @@ def test_an_embedder_decides_similarity_but_a_normalized_strategy_is_always_its_
         assert (h["strategy"], h["occurrences"]) == ("fill fields, submit", 4)
     finally:
         set_matcher(None)
+
+
+def test_a_resent_outcome_id_that_says_something_else_is_named_in_the_reply() -> None:
+    """An outside trial re-sent an outcome id with another result and strategy: it was counted a duplicate, and
+    nothing said the second version was dropped. The first is kept (an id is learned once); the reply names it."""
+    s = LearnSession()
+    first = learn(s, "o1", success=True)
+    assert first["learned"] == 1 and "conflicting" not in first
+    again = learn(s, "o1", success=True)  # the same outcome again: a plain duplicate
+    assert again["duplicates"] == 1 and "conflicting" not in again
+    other = learn(s, "o1", success=False, strategy="guess the form")
+    assert other["duplicates"] == 1 and other["conflicting"] == ["o1"]

@@ -193,19 +193,28 @@ def parse_outcomes(body: dict, session_key: str, default_ms: int) -> list[tuple[
 def learn_outcome(ctx: VerbContext, body: dict) -> dict:
     """An ``agent.outcomes`` event ``{id, agent, task, success, strategy, project_id?, task_type?,
     duration_ms?, error?, feedback?, ts?}`` or ``{session_key, outcomes: [...]}``
-    -> ``{learned, duplicates, changed: [{kind, status, record_id}], counts}``."""
+    -> ``{learned, duplicates, changed: [{kind, status, record_id}], counts}``, and ``conflicting``: the ids of
+    duplicates that say something else than the outcome first learned under their id (kept; an outside
+    trial's re-sent id with another result was dropped without a word)."""
     state = _state(ctx)
     items = parse_outcomes(body, ctx.session_key, _now(ctx, body, state))
     _check_agents(state, [a for a, _ in items])
     state = _writable(ctx)
     m = matcher()
-    learned, events = 0, []
+    learned, events, conflicting = 0, [], []
     for agent, o in items:
+        am = state.agents.get(agent)
+        first = am.outcomes.get(o.id) if am is not None else None
+        if first is not None and (first.success, first.strategy, first.task) != (o.success, o.strategy, o.task):
+            conflicting.append(o.id)
         applied, evs = state.learn(agent, o, matcher=m, config=CONFIG)
         learned += applied
         events += evs
     changed = _emit(ctx, events)
-    return {"learned": learned, "duplicates": len(items) - learned, "changed": changed, "counts": state.counts()}
+    out = {"learned": learned, "duplicates": len(items) - learned, "changed": changed, "counts": state.counts()}
+    if conflicting:
+        out["conflicting"] = conflicting
+    return out
 
 
 # -- preferences, knowledge, use ---------------------------------------------------
