@@ -132,8 +132,9 @@ def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
         async def get(self, request: Any, session: str) -> Any:
             q = request.query
             body: dict[str, Any] = {"session_key": session}
-            if "src" not in q:
-                return json_response(self.web, envelope_error("query_at", "query parameter src required"), 400)
+            for name in ("src", "t"):  # both required: a missing one is the request's fault (400), as any bad one
+                if name not in q:
+                    return json_response(self.web, envelope_error("query_at", f"query parameter {name} required"), 400)
             body["src"] = q["src"]
             for name in ("t", "known_at", "limit"):
                 if name in q:
