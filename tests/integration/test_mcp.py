@@ -251,6 +251,17 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
         assert r.status_code == 400 and r.json()["id"] is None, r.text
         assert httpx.post(side.url, json=init, headers=auth, timeout=10).status_code == 200   # still serving
 
+        # a tools/call whose arguments are not an object: the SDK's -32602, and its ~90-line validation dump is
+        # logged once per 10 s, not per call (30 calls made 2,731 lines)
+        r = httpx.post(side.url, json=init, headers=auth, timeout=10)
+        sid = {**auth, "mcp-session-id": r.headers["mcp-session-id"]}
+        httpx.post(side.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=sid, timeout=10)
+        for i in range(20):
+            r = httpx.post(side.url, json={"jsonrpc": "2.0", "id": 100 + i, "method": "tools/call",
+                                           "params": {"name": "health", "arguments": [1, 2]}}, headers=sid, timeout=10)
+            assert r.json()["error"]["code"] == -32602, r.text
+        assert (tmp_path / "sidecar.log").read_text().count("validation error") <= 2
+
         # slow clients (uvicorn has no timeout for them: ~300 such connections held every slot): a connection
         # with no head, or a head trickling in, is closed after the header timeout; a body after the body's
         head = (b"POST /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Type: application/json\r\n"

@@ -278,7 +278,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_mcp(args: argparse.Namespace) -> int:
     from workers.mcp.main import run_mcp
 
+    from workers.stream.logs import configure as configure_logs
+
     s = _settings(args)
+    # as a worker's: secrets redacted, repeats rate-limited per source line (a bad tools/call logged the SDK's
+    # ~90-line validation dump every time), JSON when LEARNSTREAM_LOG_FORMAT=json
+    configure_logs(logging.getLogger(), s.log_format)
     # SIGTERM (a pod or service stop) unwinds as Ctrl-C does, so the embedded worker it started is
     # stopped: by default the signal ends the process on the spot (uvicorn re-raises the one it caught)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
