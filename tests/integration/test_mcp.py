@@ -245,6 +245,11 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
         big = b'{"jsonrpc": "2.0", "id": 4, "method": "initialize", "params": {"x": 1' + b"0" * 400 + b"}}"
         r = httpx.post(side.url, content=big, headers=auth, timeout=10)
         assert r.status_code != 400 or r.json()["error"]["code"] != -32700, r.text  # the SDK's to answer
+        # 1e400 would reach the tool as null (the SDK writes no infinity) and be applied as an absent field
+        inf = b'{"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {"name": "add_knowledge", "arguments": ' \
+              b'{"session_key": "agent-http", "agent": "a", "domain": "d", "fact": "f", "importance": 1e400}}}'
+        r = httpx.post(side.url, content=inf, headers=auth, timeout=10)
+        assert r.status_code == 200 and r.json()["id"] == 6 and "as 1e400" in r.json()["error"]["message"], r.text
         huge_id = b'{"jsonrpc": "2.0", "id": 1' + b"0" * 400 + b', "method": "tools/list", "params": {"x": ' + \
             b"[" * 100 + b"]" * 100 + b"}}"
         r = httpx.post(side.url, content=huge_id, headers=auth, timeout=10)  # an id no answer can carry

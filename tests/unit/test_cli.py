@@ -586,3 +586,8 @@ def test_produce_commands_checks_the_body_against_its_verbs_schema() -> None:
     assert check_line("commands", '{"verb": "nosuch", "body": {}}') == "unknown verb: nosuch"
     assert check_line("commands", '{"verb": "health", "body": {}}').startswith("verb health is a read")
     assert check_line("commands", '{"verb": "init_instant", "body": {"targets": "a"}}', validate=False)[0] == "default"
+    # a null is an absent field to the verbs; 1e400 is refused with its reason (the SDK sends no infinity)
+    assert check_line("commands", '{"verb": "record_outcome", "body": {"target": "a", "quality": 0.5, '
+                                  '"cost": null}}')[0] == "default"
+    assert check_line("loss", '{"loss": 1e400}') == \
+        "a number beyond a double's range (as 1e400): write the finite value the field should take"

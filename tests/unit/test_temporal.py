@@ -508,8 +508,18 @@ def test_an_edge_whose_names_or_size_no_record_could_hold_is_refused_before_anyt
     for field in ("id", "src", "dst", "relation"):
         out = insert(**{field: "x" * 1025})
         assert out["error"] == f"edge.{field} must be at most 1024 characters (got 1025)", out
-    for field in ("id", "src", "dst"):
+    for field in ("id", "src", "dst", "relation"):
         assert insert(**{field: " \t"})["error"] == f"edge.{field} is blank (a name needs a character other than whitespace)"
+    # one contradict names at most 1,000 distinct edges; repeats count once (40,000 repeats of one 512 KiB edge
+    # held a worker two minutes: an outside trial)
+    assert insert(src="zz")["ok"]
+    out = s.dispatch({"verb": "contradict", "body": {"edge": {"id": "n0", "src": "zz", "dst": "c", "valid_at": 2,
+                                                              "created_at": 2}, "contradicts": ["e"] * 40_000}})
+    assert out["ok"] and out["data"]["invalidated_edge_id"] == "e", out
+    out = s.dispatch({"verb": "contradict", "body": {"edge": {"id": "n1", "src": "zz", "dst": "c", "valid_at": 2,
+                                                              "created_at": 2},
+                                                     "contradicts": [f"x{i}" for i in range(1001)]}})
+    assert out["error"] == "contradicts names 1001 edges; at most 1000 per contradict", out
     out = insert(fact="f" * 600_000)
     assert out["ok"] is False and out["error"].startswith("edge too large: ") and "at most 524288" in out["error"]
     assert s.dispatch({"verb": "query_at", "body": {"src": "a", "t": 5}})["data"]["edges"] == []  # nothing written

@@ -5,9 +5,8 @@ the caller reports the reason with the line number and sends nothing for it.
 """
 from __future__ import annotations
 
-import orjson
 
-from workers.verbs.codec import json_type
+from workers.verbs.codec import has_non_finite, json_type, loads
 from workers.verbs.surface import DEFAULT_SESSION, REGISTRY, check_session_key, shown_verb
 from workers.errors import ValidationError, VerbError
 from workers.kafka.topics import body_schema, check, topics
@@ -24,9 +23,11 @@ def check_line(role: str, line: str | bytes, *, key: str | None = None,
     but still needs a JSON object, since the message key is read from it.
     """
     try:
-        value = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
+        value = loads(line)  # 1e400 is an infinity, as a worker reads it ...
+    except ValueError as exc:
         return f"not JSON: {exc}"
+    if has_non_finite(value):  # ... but the SDK, which sends the line, writes no infinity (README)
+        return "a number beyond a double's range (as 1e400): write the finite value the field should take"
     if not isinstance(value, dict):
         return f"a value must be a JSON object, got {json_type(value)}"
     body = value.get("body") if role == "commands" else None
@@ -57,8 +58,8 @@ def check_line(role: str, line: str | bytes, *, key: str | None = None,
                 return f"unknown verb: {shown_verb(value['verb'])}"
             if not v.writes:
                 return f"verb {v.name} is a read; send reads to HTTP /dispatch (learnstream dispatch)"
-            try:
-                check(body_schema(v), value["body"])
+            try:  # a null field is an absent one to the verbs (the schemas name no nulls)
+                check(body_schema(v), {k: x for k, x in value["body"].items() if x is not None})
             except ValidationError as exc:
                 return f"schema of {v.name}'s body: {exc}"
     return sk, value

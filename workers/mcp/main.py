@@ -179,10 +179,12 @@ def request_guard(app: Any, body_timeout_s: float = 10.0) -> Any:
     ``id`` can be read, the answer is HTTP 200 with a JSON-RPC error for that id: the call fails with a
     clear message and the session goes on. Without one (JSON too deep for orjson, a body past the cap,
     not a request) it stays 400, or the SDK's 413. Any other body goes on to the SDK unchanged."""
+    import json
+
     import orjson
 
     from workers.stream.http_guard import json_depth
-    from workers.verbs.codec import loads
+    from workers.verbs.codec import has_non_finite, loads
 
     async def answer(status: int, rid: Any, code: int, message: str, send: Any, close: bool = False) -> None:
         out = orjson.dumps({"jsonrpc": "2.0", "id": rid, "error": {"code": code, "message": message}})
@@ -230,6 +232,14 @@ def request_guard(app: Any, body_timeout_s: float = 10.0) -> Any:
             if msg is not None and not json_depth(msg, MAX_NESTING):
                 await answer(status, rid if status == 200 else None, -32700,
                              f"Parse error: JSON nested deeper than {MAX_NESTING}", send)
+                return
+            if has_non_finite(msg) and has_non_finite(json.loads(body)):  # a float literal: a written-out
+                # integer stays an integer in the SDK (the verbs count it as an infinity), and passes
+                # the SDK reads 1e400 as an infinity and hands the tool a null for it (pydantic writes no
+                # infinity): applied as an absent field (an outside trial)
+                await answer(status, rid if status == 200 else None, -32602,
+                             "Invalid params: a number beyond a double's range (as 1e400) would reach the tool as "
+                             "null; send the finite value the field should take", send)
                 return
             if size > _SDK_BODY_LIMIT and status == 200:
                 await answer(200, rid, -32600, f"Invalid request: {size:,} bytes, over this server's limit of "

@@ -294,7 +294,8 @@ class Guard:
                     logger.warning("forwarding %s to %s: the session has another owner now; answered 503",
                                    verb_name, owner)
                     return _json(envelope_error(verb_name, "the session's owner changed while its answer was "
-                                                           "awaited (rebalancing); retry"), 503,
+                                                           "awaited (rebalancing); a write may have been taken: "
+                                                           "retry with the same idempotency_key"), 503,
                                  {"Retry-After": _RETRY_AFTER_S})
         finally:
             call.cancel()  # answered, or the client went away: the forward goes too

@@ -24,6 +24,7 @@ __all__ = (
     "MAX_EVENT_BYTES",
     "decode_json",
     "dumps_wide",
+    "has_non_finite",
     "loads",
     "embedding_field",
     "encode_json",
@@ -99,7 +100,7 @@ def encode_json(value: Any) -> bytes:
     else:
         # orjson writes NaN and infinities as null: the worker then said the field was missing (an
         # outside trial's NaN loss came back as "loss required"). Looked for only when a null was written.
-        if b"null" in out and _non_finite(value):
+        if b"null" in out and has_non_finite(value):
             raise ValueError("not JSON (NaN and infinities have no JSON form)")
         return out
     try:
@@ -114,7 +115,7 @@ def dumps_wide(value: Any) -> bytes:
     produced as null and applied as an absent field (an outside trial's ``importance: 1e400`` stored the
     default, where the verb refuses an infinity). ValueError for a NaN, which no JSON parse gives."""
     out = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
-    if b"null" not in out or not _non_finite(value):
+    if b"null" not in out or not has_non_finite(value):
         return out
     nonce = secrets.token_hex(8)  # marks no string of the value can hold
     marks = {math.inf: f"\x00+inf{nonce}", -math.inf: f"\x00-inf{nonce}"}
@@ -138,19 +139,21 @@ def dumps_wide(value: Any) -> bytes:
     return out
 
 
-def _non_finite(value: Any) -> bool:
-    """Whether a NaN or an infinity is anywhere in ``value`` (NumPy arrays and numbers included)."""
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, float) and not math.isfinite(v):
-            return True
-        if isinstance(v, dict):
-            stack.extend(v.values())
-        elif isinstance(v, (list, tuple)):
-            stack.extend(v)
-        elif isinstance(v, (np.ndarray, np.floating)) and np.asarray(v).dtype.kind in "fc" \
-                and not np.isfinite(v).all():
+def has_non_finite(value: Any) -> bool:
+    """True when ``value`` holds a NaN or an infinity (a float, a NumPy number or array, in any dict, list or
+    tuple). Not recursive, and a container holding itself is looked at once: a body nested deeper than
+    Python's recursion limit, or holding itself, is the JSON encoder's to refuse."""
+    todo, seen = [value], set()
+    while todo:
+        v = todo.pop()
+        if isinstance(v, (dict, list, tuple)):
+            if id(v) not in seen:
+                seen.add(id(v))
+                todo.extend(v.values() if isinstance(v, dict) else v)
+        elif isinstance(v, (float, np.floating)):
+            if not math.isfinite(v):
+                return True
+        elif isinstance(v, np.ndarray) and v.dtype.kind in "fc" and not np.isfinite(v).all():
             return True
     return False
 

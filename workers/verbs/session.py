@@ -3,13 +3,11 @@ or on disk (rocksdict), with the worker's own session cache and context builder.
 from __future__ import annotations
 
 import json
-import math
 import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
 from workers import _kernels
@@ -19,7 +17,7 @@ from workers.state.access import StoreStateAccess, state_key
 from workers.state.layout import SEP, SessionState, StateTooLarge
 from workers.state.limits import Limits, check_request
 from workers.state.sessions import Sessions
-from workers.verbs.codec import json_default
+from workers.verbs.codec import has_non_finite, json_default, loads
 from workers.verbs.surface import (BLOB_TABLES, REGISTRY, Verb, VerbContext, VerbOptions, envelope_error,
                                    keys_table, parse_request, run_verb, session_key_of)
 
@@ -41,7 +39,7 @@ def _as_json(body: dict) -> tuple[dict, str | None]:
         return body, None
     except orjson.JSONEncodeError:
         pass
-    if not _non_finite(body):  # orjson writes NaN and infinities as null: a verb would read them as absent
+    if not has_non_finite(body):  # orjson writes NaN and infinities as null: a verb would read them as absent
         try:
             return orjson.loads(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)), None
         except orjson.JSONEncodeError:
@@ -52,25 +50,6 @@ def _as_json(body: dict) -> tuple[dict, str | None]:
     except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
         return body, str(exc)
     return json.loads(text), None
-
-
-def _non_finite(value: Any) -> bool:
-    """True when ``value`` holds a NaN or an infinity (a float, a NumPy number or array, in any dict or
-    list): such a body goes through the standard library, which keeps them, so a verb refuses a NaN
-    quality beside a NumPy embedding as it refuses one beside a list ("quality must be 0..1")."""
-    todo, seen = [value], set()
-    while todo:  # not recursive: a body nested deeper than Python's recursion limit is the JSON encoder's to refuse
-        v = todo.pop()
-        if isinstance(v, (dict, list, tuple)):
-            if id(v) not in seen:  # a container holding itself: the encoder refuses it
-                seen.add(id(v))
-                todo.extend(v.values() if isinstance(v, dict) else v)
-        elif isinstance(v, (float, np.floating)):
-            if not math.isfinite(v):
-                return True
-        elif isinstance(v, np.ndarray) and v.dtype.kind in "fc" and not np.isfinite(v).all():
-            return True
-    return False
 
 
 def _numbers_elided(value: Any, depth: int = 4) -> Any:
@@ -177,8 +156,8 @@ class LearnSession:
 
     def dispatch_json(self, line: str | bytes) -> str:
         try:
-            request = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
+            request = loads(line)  # 1e400 is an infinity, as a worker reads it
+        except ValueError as exc:
             return orjson.dumps(envelope_error("?", f"parse: {exc}")).decode()
         return orjson.dumps(self.dispatch(request), option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
