@@ -234,7 +234,6 @@ def test_writes_to_a_worker_resumed_after_a_long_pause_never_wait_out_their_time
     then 504. Each now answers within seconds: applied here (200), or 504 with the write's id and Retry-After
     (its partition moved, or another worker applied it; a retry with the same key answers it), or 503."""
     import signal
-    import time
 
     env = {"LEARNSTREAM_WRITE_TIMEOUT_S": "40"}
     a = worker_factory("a", env=env, partitions=4).start().wait_ready()
@@ -242,13 +241,16 @@ def test_writes_to_a_worker_resumed_after_a_long_pause_never_wait_out_their_time
     wait_until(lambda: a.health()["active_partitions"] and b.health()["active_partitions"] and a.ready() and b.ready(),
                120, 0.3, "both workers to own partitions")
     b.proc.send_signal(signal.SIGSTOP)
-    try:
-        time.sleep(14)  # past the session timeout (6 s): the group moves b's partitions to a
+    try:  # past the session timeout (6 s): the group moves b's partitions to a
+        wait_until(lambda: sorted(a.health()["active_partitions"]) == [0, 1, 2, 3], 120, 0.3,
+                   "the running worker to take the stopped one's partitions")
     finally:
         b.proc.send_signal(signal.SIGCONT)
     writers = _Writers(b.url, "pause", 6, sessions=8)
-    time.sleep(6)
-    writers.stop()
+    try:  # writes from the moment it resumes, through its rejoining, until some are applied here
+        wait_until(lambda: writers.applied() >= 6, 90, 0.1, "writes applied through the resumed worker")
+    finally:
+        writers.stop()
     assert writers.answers
     slow = [a for a in writers.answers if a[1] > 12]
     assert not slow, slow[:5]

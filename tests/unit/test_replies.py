@@ -81,9 +81,16 @@ async def test_a_waiter_asks_where_its_result_comes_from_and_gives_up_on_a_secon
         await r.wait(K, 30.0, lambda key: AppliedElsewhere())
     assert time.monotonic() - t0 < 2.0 and not r.waiting
     # one "no" (a batch's result a moment behind its partition's next offset) is not enough
-    said = iter([AppliedElsewhere(), None, None, None])
-    task = asyncio.create_task(r.wait(K, 30.0, lambda key: next(said, None)))
-    await asyncio.sleep(1.2)
+    said = [AppliedElsewhere(), None, None, None]
+    asked = []
+
+    def fate(key: tuple) -> Exception | None:
+        asked.append(key)
+        return said[len(asked) - 1] if len(asked) <= len(said) else None
+
+    task = asyncio.create_task(r.wait(K, 30.0, fate))
+    while len(asked) < 3:  # the "no", then two answers after it
+        await asyncio.sleep(0.05)
     r.resolve({K: {"ok": True}})
     assert await task == {"ok": True}
 
