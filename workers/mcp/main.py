@@ -157,10 +157,15 @@ def _id_of(body: bytes) -> str | int | None:
     except (ValueError, RecursionError):
         return None
     rid = msg.get("id") if isinstance(msg, dict) and "method" in msg else None
-    if isinstance(rid, str):
-        return rid if rid.isprintable() and not any(0xD800 <= ord(c) <= 0xDFFF for c in rid) else None
-    ok = isinstance(rid, int) and not isinstance(rid, bool) and -2**63 <= rid < 2**64
-    return rid if ok else None
+    if isinstance(rid, str) and (not rid.isprintable() or any(0xD800 <= ord(c) <= 0xDFFF for c in rid)):
+        return None  # an answer could not carry it
+    return rid if _answerable(rid) else None
+
+
+def _answerable(rid: Any) -> bool:
+    """Whether a JSON-RPC id can be written back in an answer (an integer id beyond 64 bits is the SDK's
+    to refuse)."""
+    return isinstance(rid, str) or isinstance(rid, int) and not isinstance(rid, bool) and -2**63 <= rid < 2**64
 
 
 def request_guard(app: Any, body_timeout_s: float = 10.0) -> Any:
@@ -226,9 +231,7 @@ def request_guard(app: Any, body_timeout_s: float = 10.0) -> Any:
                 await answer(200 if rid is not None else 400, rid, -32700, f"Parse error: {reason}", send)
                 return
             rid = msg.get("id") if isinstance(msg, dict) and "method" in msg else None
-            # an id this answer can write back (an integer JSON-RPC id beyond 64 bits is the SDK's to refuse)
-            status = 200 if (isinstance(rid, str) or isinstance(rid, int) and not isinstance(rid, bool)
-                             and -2**63 <= rid < 2**64) else 400
+            status = 200 if _answerable(rid) else 400
             if msg is not None and not json_depth(msg, MAX_NESTING):
                 await answer(status, rid if status == 200 else None, -32700,
                              f"Parse error: JSON nested deeper than {MAX_NESTING}", send)
