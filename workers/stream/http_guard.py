@@ -242,19 +242,21 @@ class Guard:
     async def read_json(self, request: web.Request, verb_name: str) -> Any:
         """The request's JSON body, or a 4xx response saying what is wrong with it."""
         s = self.settings
-        too_large = _json(envelope_error(verb_name, f"body larger than {s.http_max_body_bytes} bytes"), 413)
+        def too_large() -> web.Response:  # built only when needed: read_json runs on every POST
+            return _json(envelope_error(verb_name, f"body larger than {s.http_max_body_bytes} bytes"), 413)
+
         p = request.get(_PRINCIPAL)
         from_peer = bool(request.headers.get(FORWARDED)) and (not self.auth.enabled or (p is not None and p.peer))
         limit = s.http_max_body_bytes + (FORWARD_SLACK_BYTES if from_peer else 0)
         if request.content_length is not None and request.content_length > limit:
-            return too_large
+            return too_large()
         try:
             raw = await asyncio.wait_for(request.read(), s.http_body_timeout_s)
         except asyncio.TimeoutError:
             return _json(envelope_error(verb_name, f"body not received within {s.http_body_timeout_s:g} s"), 408,
                          {"Connection": "close"})
         except web.HTTPRequestEntityTooLarge:
-            return too_large
+            return too_large()
         except Exception as exc:  # noqa: BLE001 - a body aiohttp cannot decode (e.g. a bad Content-Encoding)
             # the rest of that body cannot be read either: marked read, and the connection closed once
             # answered; else aiohttp drains it for keep-alive and logs the error again, as "Unhandled
@@ -264,7 +266,7 @@ class Guard:
             resp.force_close()
             return resp
         if len(raw) > limit:  # a body without a Content-Length (chunked): the server's limit has the slack
-            return too_large
+            return too_large()
         try:
             value = loads(raw)
         except ValueError as exc:
