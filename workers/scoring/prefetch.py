@@ -164,7 +164,9 @@ async def _post(http: aiohttp.ClientSession, call: Call, timeout_s: float | None
     """One call, never raising: (True, decoded JSON) or (False, a message naming the URL). ``timeout_s``:
     what is left of the batch's pass, when less than the call's own."""
     where = f"POST {call.url}"
-    limit = call.timeout_s if timeout_s is None else min(timeout_s, call.timeout_s)
+    # the pass's remainder when it cuts the call short; else the call's own timeout, as its error says
+    cut = timeout_s is not None and timeout_s < call.timeout_s - 0.05
+    limit = timeout_s if cut else call.timeout_s
     try:
         async with http.post(call.url, data=call.body, headers=dict(call.headers), allow_redirects=False,
                              timeout=aiohttp.ClientTimeout(total=limit)) as r:
@@ -180,7 +182,8 @@ async def _post(http: aiohttp.ClientSession, call: Call, timeout_s: float | None
                 if len(raw) > MAX_ANSWER_BYTES:
                     return False, f"{where}: answer exceeds {MAX_ANSWER_BYTES} bytes"
     except asyncio.TimeoutError:
-        return False, f"{where}: timed out after {limit:.3g} s"
+        why = f"{limit:.3g} s, what the batch's calls left it" if cut else f"{limit:g} s"
+        return False, f"{where}: timed out after {why}"
     except (aiohttp.ClientError, OSError) as exc:  # refused, reset, bad TLS, ...
         return False, f"{where}: {type(exc).__name__}: {exc}"
     try:
