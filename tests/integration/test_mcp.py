@@ -349,6 +349,44 @@ def test_a_signal_stops_the_stdio_server_while_its_client_keeps_stdin_open(worke
             proc.wait()
 
 
+def test_stdio_answers_by_id_what_the_sdk_would_leave_unanswered(worker_factory, tmp_path: Path) -> None:
+    """A lone surrogate (a JS agent's string cut mid-emoji) or JSON nested too deep: the SDK's stdio reader
+    dropped the line without an answer, so the agent's call waited forever (an outside trial)."""
+    w = worker_factory("mcp-lines").start().wait_ready()
+    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "mcp", "--worker-url", w.url], env=_env(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(tmp_path / "mcp.log", "wb"))
+
+    def send(line: bytes) -> dict:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(line + b"\n")
+        proc.stdin.flush()
+        return json.loads(proc.stdout.readline())
+
+    def call(rid: int, arguments: bytes, tool: bytes = b"health") -> bytes:
+        return b'{"jsonrpc": "2.0", "id": %d, "method": "tools/call", "params": {"name": "%s", "arguments": %s}}' % (
+            rid, tool, arguments)
+
+    try:
+        hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                 "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+        assert send(json.dumps(hello).encode())["id"] == 1
+        assert proc.stdin is not None
+        proc.stdin.write(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}\n')
+        cut = send(call(2, b'{"session_key": "lines", "x": "\\ud800"}'))
+        assert cut["id"] == 2 and cut["error"]["code"] == -32700 and "surrogate" in cut["error"]["message"], cut
+        deep = send(call(3, b'{"session_key": "lines", "x": ' + b"[" * 100 + b"]" * 100 + b"}"))
+        assert deep["id"] == 3 and "nested deeper than 64" in deep["error"]["message"], deep  # orjson read it: an id
+        # 1e400 reached the tool as null over stdio too, and importance took its default
+        inf = send(call(4, b'{"session_key": "lines", "agent": "a", "domain": "d", "fact": "f", "importance": 1e400}',
+                        b"add_knowledge"))
+        assert inf["id"] == 4 and "as 1e400" in inf["error"]["message"], inf
+        ok = send(call(5, b'{"session_key": "lines"}'))
+        assert ok["id"] == 5 and not ok["result"].get("isError"), ok  # still serving
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_http_transport_refuses_to_start_without_a_token() -> None:
     r = subprocess.run([sys.executable, "-m", "workers.cli", "mcp", "--http", "127.0.0.1:1", "--worker-url",
                         "http://127.0.0.1:1"], env=_env(), capture_output=True, text=True, timeout=60)

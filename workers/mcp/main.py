@@ -102,13 +102,15 @@ class _StdinLines:
     """stdin's lines, read on the event loop (a pipe, socket or terminal: ``connect_read_pipe``).
 
     The SDK's default reads stdin in a worker thread, which nothing interrupts: a SIGTERM or Ctrl-C
-    left the server running until the client closed stdin (asyncio.run waits for that thread)."""
+    left the server running until the client closed stdin (asyncio.run waits for that thread).
+    A request the SDK would drop unanswered (:func:`refusal`: a lone surrogate, JSON nested too deep)
+    is answered here with a JSON-RPC error for its id, on ``out``; the SDK never sees it."""
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
-        self._reader = reader
+    def __init__(self, reader: asyncio.StreamReader, out: _Lines) -> None:
+        self._reader, self._out = reader, out
 
     @classmethod
-    async def open(cls) -> _StdinLines | None:
+    async def open(cls, out: _Lines) -> _StdinLines | None:
         """None when stdin cannot be read on the loop (a regular file): the SDK's default reads it then."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=_STDIN_LINE_MAX)
@@ -116,27 +118,56 @@ class _StdinLines:
             await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
         except (OSError, ValueError):
             return None
-        return cls(reader)
+        return cls(reader, out)
 
     def __aiter__(self) -> _StdinLines:
         return self
 
     async def __anext__(self) -> str:
-        try:
-            line = await self._reader.readline()
-        except ValueError:  # longer than _STDIN_LINE_MAX (asyncio dropped it): handed on as a message that is not one
-            return "{}"
-        if not line:
-            raise StopAsyncIteration
-        return line.decode("utf-8", errors="replace")
+        import orjson
+
+        while True:
+            try:
+                line = await self._reader.readline()
+            except ValueError:  # longer than _STDIN_LINE_MAX (asyncio dropped it): handed on as a message that is not one
+                return "{}"
+            if not line:
+                raise StopAsyncIteration
+            rid, error = refusal(line)
+            if error is None or rid is None:
+                return line.decode("utf-8", errors="replace")
+            code, message = error
+            await self._out.write(orjson.dumps({"jsonrpc": "2.0", "id": rid,
+                                                "error": {"code": code, "message": message}}).decode() + "\n")
+
+
+class _Lines:
+    """stdout as the SDK writes it (``anyio.wrap_file``), shared with :class:`_StdinLines`' answers: each
+    line is written and flushed whole under a lock, so two writers never interleave."""
+
+    def __init__(self) -> None:
+        import anyio
+        from io import TextIOWrapper
+
+        self._out = anyio.wrap_file(TextIOWrapper(sys.stdout.buffer, encoding="utf-8"))
+        self._lock = anyio.Lock()
+
+    async def write(self, text: str) -> None:
+        async with self._lock:
+            await self._out.write(text)
+            await self._out.flush()
+
+    async def flush(self) -> None:
+        """Each line was flushed with it."""
 
 
 async def _serve_stdio(client: LearnstreamClient, session: str) -> None:
     from mcp.server.stdio import stdio_server
 
     server = build_server(client, default_session=session)
-    stdin = await _StdinLines.open()
-    async with client, stdio_server(stdin=stdin) as (read, write):  # type: ignore[arg-type]
+    out = _Lines()
+    stdin = await _StdinLines.open(out)
+    async with client, stdio_server(stdin=stdin, stdout=out) as (read, write):  # type: ignore[arg-type]
         await server.run(read, write, server.create_initialization_options())
 
 
@@ -168,15 +199,45 @@ def _answerable(rid: Any) -> bool:
     return isinstance(rid, str) or isinstance(rid, int) and not isinstance(rid, bool) and -2**63 <= rid < 2**64
 
 
+def refusal(body: bytes) -> tuple[str | int | None, tuple[int, str] | None]:
+    """The id an answer to a JSON-RPC message can carry (or None), and the error to answer it with when the SDK cannot take it well (or None): not JSON or not UTF-8 (a lone surrogate is JSON but
+    not Unicode text: a JS agent's string cut mid-emoji, whose id can still be read), or nested deeper
+    than :data:`MAX_NESTING`: the SDK answers neither by id (over HTTP a 400 with id null, which ends the
+    official client's session; over stdio no answer at all, so the agent's call waited forever). Or a float
+    literal beyond a double's range (as 1e400): the SDK reads it as an infinity and hands the tool a null for
+    it (it re-validates the request through JSON, which has no infinity), so the verb applied it as an
+    absent field (outside trials, over both transports)."""
+    import json
+
+    from workers.stream.http_guard import json_depth
+    from workers.verbs.codec import has_non_finite, loads
+
+    try:
+        msg = loads(body)  # a number beyond a double's range is an infinity here too (the SDK reads it)
+    except ValueError as exc:
+        reason = f"JSON nested deeper than {MAX_NESTING}" if "depth" in str(exc) else str(exc)[:200]
+        return _id_of(body), (-32700, f"Parse error: {reason}")
+    rid = msg.get("id") if isinstance(msg, dict) and "method" in msg else None
+    rid = rid if _answerable(rid) else None
+    if msg is not None and not json_depth(msg, MAX_NESTING):
+        return rid, (-32700, f"Parse error: JSON nested deeper than {MAX_NESTING}")
+    if has_non_finite(msg) and has_non_finite(json.loads(body)):  # a float literal: a written-out integer
+        # stays an integer in the SDK (the verbs count it as an infinity), and passes
+        return rid, (-32602, "Invalid params: a number beyond a double's range (as 1e400) would reach the "
+                                  "tool as null; send the finite value the field should take")
+    return rid, None
+
+
 def request_guard(app: Any, body_timeout_s: float = 10.0) -> Any:
     """An ASGI wrapper answering the kinds of POST the SDK cannot answer well, each with a JSON-RPC error:
 
     - a body that does not arrive within ``body_timeout_s`` (408, the connection closed): uvicorn waits
       for it forever, so slow bodies could hold every connection slot;
 
-    - JSON nested deeper than :data:`MAX_NESTING`: the SDK parses with the standard library, whose
-      recursion a few thousand nested arrays exhaust (an HTTP 500 from inside it). orjson stops at its
-      own depth limit and the check below walks without recursion.
+    - what :func:`refusal` names: a body that is not JSON or not UTF-8, and JSON nested deeper than
+      :data:`MAX_NESTING` (the SDK parses with the standard library, whose recursion a few thousand nested
+      arrays exhaust: an HTTP 500 from inside it);
+      and a float literal beyond a double's range (as 1e400), which would reach the tool as null;
     - a body over the SDK's 4 MiB limit (up to :data:`_READ_CAP`), which the SDK answers 413.
 
     The official client takes any HTTP error status as the end of its session (``raise_for_status``
@@ -184,12 +245,7 @@ def request_guard(app: Any, body_timeout_s: float = 10.0) -> Any:
     ``id`` can be read, the answer is HTTP 200 with a JSON-RPC error for that id: the call fails with a
     clear message and the session goes on. Without one (JSON too deep for orjson, a body past the cap,
     not a request) it stays 400, or the SDK's 413. Any other body goes on to the SDK unchanged."""
-    import json
-
     import orjson
-
-    from workers.stream.http_guard import json_depth
-    from workers.verbs.codec import has_non_finite, loads
 
     async def answer(status: int, rid: Any, code: int, message: str, send: Any, close: bool = False) -> None:
         out = orjson.dumps({"jsonrpc": "2.0", "id": rid, "error": {"code": code, "message": message}})
@@ -221,30 +277,11 @@ def request_guard(app: Any, body_timeout_s: float = 10.0) -> Any:
             more = message.get("more_body", False)
         if not more and size <= _READ_CAP:
             body = b"".join(m.get("body", b"") for m in chunks if m["type"] == "http.request")
-            try:
-                msg = loads(body)  # a number beyond a double's range is an infinity here too (the SDK reads it)
-            except ValueError as exc:
-                # answered here, not by the SDK: a body that is not UTF-8 (or a gzip body: the SDK does not
-                # decompress) made it answer 500 with an ERROR traceback (an outside trial)
-                reason = f"JSON nested deeper than {MAX_NESTING}" if "depth" in str(exc) else str(exc)[:200]
-                rid = _id_of(body)  # JSON with a lone surrogate (a JS string cut mid-emoji) still has an id
-                await answer(200 if rid is not None else 400, rid, -32700, f"Parse error: {reason}", send)
+            rid, error = refusal(body)
+            if error is not None:
+                await answer(200 if rid is not None else 400, rid, *error, send)
                 return
-            rid = msg.get("id") if isinstance(msg, dict) and "method" in msg else None
-            status = 200 if _answerable(rid) else 400
-            if msg is not None and not json_depth(msg, MAX_NESTING):
-                await answer(status, rid if status == 200 else None, -32700,
-                             f"Parse error: JSON nested deeper than {MAX_NESTING}", send)
-                return
-            if has_non_finite(msg) and has_non_finite(json.loads(body)):  # a float literal: a written-out
-                # integer stays an integer in the SDK (the verbs count it as an infinity), and passes
-                # the SDK reads 1e400 as an infinity and hands the tool a null for it (pydantic writes no
-                # infinity): applied as an absent field (an outside trial)
-                await answer(status, rid if status == 200 else None, -32602,
-                             "Invalid params: a number beyond a double's range (as 1e400) would reach the tool as "
-                             "null; send the finite value the field should take", send)
-                return
-            if size > _SDK_BODY_LIMIT and status == 200:
+            if size > _SDK_BODY_LIMIT and rid is not None:
                 await answer(200, rid, -32600, f"Invalid request: {size:,} bytes, over this server's limit of "
                              f"{_SDK_BODY_LIMIT:,} (send embeddings as embedding_b64, or split the call)", send)
                 return
