@@ -254,6 +254,12 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
             b"[" * 100 + b"]" * 100 + b"}}"
         r = httpx.post(side.url, content=huge_id, headers=auth, timeout=10)  # an id no answer can carry
         assert r.status_code == 400 and r.json()["id"] is None, r.text
+        # an id that is not a string or an integer: the SDK took it for a notification (an empty 202, and a
+        # validation dump in the log), where JSON-RPC says Invalid Request
+        for rid in (b"1.5", b"null", b'{"a": 1}', b"[1]", b"true", b"1" + b"0" * 30):
+            r = httpx.post(side.url, content=b'{"jsonrpc": "2.0", "id": %s, "method": "tools/list"}' % rid,
+                           headers=auth, timeout=10)
+            assert r.status_code == 400 and r.json()["error"]["code"] == -32600 and r.json()["id"] is None, (rid, r.text)
         assert httpx.post(side.url, json=init, headers=auth, timeout=10).status_code == 200   # still serving
 
         # a tools/call whose arguments are not an object: the SDK's -32602, and its ~90-line validation dump is

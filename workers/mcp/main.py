@@ -206,7 +206,8 @@ def refusal(body: bytes) -> tuple[str | int | None, tuple[int, str] | None]:
     official client's session; over stdio no answer at all, so the agent's call waited forever). Or a float
     literal beyond a double's range (as 1e400): the SDK reads it as an infinity and hands the tool a null for
     it (it re-validates the request through JSON, which has no infinity), so the verb applied it as an
-    absent field (outside trials, over both transports)."""
+    absent field (outside trials, over both transports). Or a request whose id is neither a string nor an
+    integer (null, 1.5, an object, beyond 64 bits): JSON-RPC's Invalid Request, with id null."""
     import json
 
     from workers.stream.http_guard import json_depth
@@ -217,7 +218,12 @@ def refusal(body: bytes) -> tuple[str | int | None, tuple[int, str] | None]:
     except ValueError as exc:
         reason = f"JSON nested deeper than {MAX_NESTING}" if "depth" in str(exc) else str(exc)[:200]
         return _id_of(body), (-32700, f"Parse error: {reason}")
-    rid = msg.get("id") if isinstance(msg, dict) and "method" in msg else None
+    request = isinstance(msg, dict) and "method" in msg
+    rid = msg.get("id") if request else None
+    if request and "id" in msg and not _answerable(rid):
+        # the SDK took it for a notification: an empty 202 (no answer over stdio) and a ~25-line dump in the log
+        return None, (-32600, "Invalid request: an id is a string or an integer of at most 64 bits (MCP); a "
+                              "notification has none")
     rid = rid if _answerable(rid) else None
     if msg is not None and not json_depth(msg, MAX_NESTING):
         return rid, (-32700, f"Parse error: JSON nested deeper than {MAX_NESTING}")
