@@ -1002,3 +1002,35 @@ def test_one_misreported_cost_does_not_lock_the_best_model_out() -> None:
     for _ in range(30):
         st.record_outcome("m2", 0.55, cost=5.0)
     assert st.bandit.cost[2] > 4.0
+
+
+def test_a_misreported_first_cost_does_not_lock_a_model_out() -> None:
+    """An outside trial: the best model's *first* cost report was 100 (every other report 0.05). The first
+    cost set its average as reported, and the model was picked once in 1,000 requests: no later report could
+    lower it. A first cost past the bound (10 times the other targets' mean average, or one quality point at
+    lambda) is one EMA step from that mean instead, as a later report would be."""
+    rng = np.random.default_rng(5)
+    quality = {"a": 0.9, "b": 0.5}
+
+    def picks(first_a: float | None) -> int:
+        st = RouterState(["a", "b"], in_dim=DIM, threshold=1)
+        st.record_outcome("b", 0.5, cost=0.05)
+        if first_a is not None:
+            st.record_outcome("a", 0.9, cost=first_a)
+        n = 0
+        for _ in range(400):
+            x = rng.normal(size=DIM).astype(np.float32)
+            m = st.route(x, rng=random.Random(int(rng.integers(1 << 30))))["model"]
+            n += m == "a"
+            st.record_outcome(m, float(np.clip(quality[m] + rng.normal(0, 0.1), 0, 1)), x, cost=0.05)
+        return n
+
+    assert picks(100.0) > 300 and picks(None) > 300
+    st = RouterState(["a", "b"], in_dim=DIM, threshold=1)
+    st.record_outcome("a", 0.9, cost=0.3)  # no other target has a cost: within one quality point, as reported
+    st.record_outcome("b", 0.5, cost=5.0)  # past max(10 x 0.3, 1): one step from 0.3 toward 3.0
+    assert st.bandit is not None and st.bandit.cost[0] == pytest.approx(0.3)
+    assert st.bandit.cost[1] == pytest.approx(0.3 + 0.1 * (3.0 - 0.3))
+    lone = RouterState(["a", "b"], in_dim=DIM, threshold=1)
+    lone.record_outcome("a", 0.9, cost=100.0)  # the first cost of all: judged against 0 and one quality point
+    assert lone.bandit is not None and lone.bandit.cost[0] == pytest.approx(0.1)

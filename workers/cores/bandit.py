@@ -129,7 +129,7 @@ _RHO_SHIFT = 0.3              # ... 30% when its quality moved by the same amoun
 _RHO_ALL = 0.5                # the others keep 50%: every width grows, exploration resumes
 _BOOST = 500                  # outcomes of raised epsilon after a drift
 _BOOST_EPS = 0.1              # extra epsilon right after a drift, decaying linearly to 0
-_COST_RATE = 0.1              # outcome-cost EMA rate (first cost seen sets it)
+_COST_RATE = 0.1              # outcome-cost EMA rate (a first cost sets it: RouterState._bounded_cost)
 PROJECTIONS = ("pca", "random")
 FIT_AFTER = 200               # outcomes (with an embedding) whose queries the projection is fitted to
 # Until the fit, a query of at most RAW_KEEP_MAX floats is kept as given (the fit sees every direction of

@@ -62,7 +62,7 @@ from workers import _kernels as _k
 from workers.verbs.fields import MAX_DIM, targets_list, to_float
 from workers.verbs.codec import embedding_field
 from workers.state.framing import pack_part, unpack_part
-from workers.cores.bandit import PROJECTIONS, BanditState
+from workers.cores.bandit import _COST_RATE, PROJECTIONS, BanditState
 from workers.cores.instant import InstantState
 from workers.errors import CorruptStateError, VerbError
 from workers.verbs.registry import EMBEDDING, EMBEDDING_B64, VerbContext, health_contributor, params, verb
@@ -451,11 +451,20 @@ class RouterState:
 
     def _bounded_cost(self, i: int, c: float | None) -> float | None:
         """``c`` as target i's cost average takes it: at most ``_COST_JUMP`` times that average or one
-        quality point at the router's lambda (the first cost sets the average as reported)."""
+        quality point at the router's lambda, whichever is more. A target's first cost sets its average, as
+        reported when it is within that bound of the other targets' mean average (0 when none has one);
+        past it, the average takes one EMA step from that mean toward the bound, as any later report would:
+        a misreported *first* cost (100 against others' 0.05) had set the average as reported, and the model
+        was never routed to again for a report that could lower it (an outside trial)."""
         b = self.bandit
-        if c is None or b is None or not b.cost_seen[i] or self.cost_weight <= 0:
+        if c is None or b is None or self.cost_weight <= 0:
             return c
-        return min(c, max(_COST_JUMP * float(b.cost[i]), 1.0 / self.cost_weight))
+        if b.cost_seen[i]:
+            return min(c, max(_COST_JUMP * float(b.cost[i]), 1.0 / self.cost_weight))
+        others = b.cost[b.cost_seen]
+        prior = float(others.mean()) if others.size else 0.0
+        bound = max(_COST_JUMP * prior, 1.0 / self.cost_weight)
+        return c if c <= bound else prior + _COST_RATE * (bound - prior)
 
     def _fold(self, i: int, q: float) -> float:
         """EMA and count update of target i; returns the signed training lr of this outcome."""
