@@ -190,6 +190,34 @@ def test_with_a_worker_url_the_produce_style_setup_cannot_be_overtaken(worker) -
     assert _metric(w, "applied", feedback) == applied0 + 200
 
 
+def test_sdk_examples_at_embedding_width_fit_one_message(worker) -> None:
+    """An outside trial: ``examples(sk, X, y)`` with X of shape (40, 1536) was sent as JSON text (~32 kB per
+    example) and failed inside aiokafka with MessageSizeTooLargeError. An array goes as ``features_b64``."""
+    import numpy as np
+
+    from workers.client import LearnstreamClient
+
+    b, w = worker
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((40, 1536)).astype(np.float32)
+    y = rng.integers(0, 3, 40).astype(np.float64)  # a label column read as floats: each one an integer
+
+    async def go() -> dict:
+        async with LearnstreamClient(b.bootstrap, worker_url=w.url) as c:
+            await c.apply("wide-sdk", "init_learner", {"n_features": 1536, "n_classes": 3})
+            await c.examples("wide-sdk", X, y)
+            await c.example("wide-sdk", X[0], y[0])
+            for _ in range(300):
+                info = await c.read("wide-sdk", "learner_state")
+                if info["examples_seen"] + info.get("pending", 0) >= 41:
+                    return info
+                await asyncio.sleep(0.2)
+            return info
+
+    info = asyncio.run(go())
+    assert info["examples_seen"] + info.get("pending", 0) == 41, info
+
+
 def test_mcp_arguments_with_numbers_beyond_64_bits_get_the_verbs_answer(worker) -> None:
     """JSON carries any integer; the worker reads one beyond 64 bits as a float and the verb judges it.
     The MCP server's client used to fail to encode it ("Integer exceeds 64-bit range") before sending."""

@@ -66,6 +66,25 @@ def test_the_sdk_refuses_booleans_strings_and_nulls_where_the_schemas_want_numbe
         asyncio.run(c.apply("s", "consolidate", {"param_id": "p", "params": np.array([np.inf]), "grads": [0.0]}))
 
 
+def test_examples_features_and_labels_are_checked_in_the_agent() -> None:
+    """``int(label)`` took 1.7 and True as 1; a 2-D array for one example was flattened; float64 features past
+    float32's range became infinities the worker dead-lettered."""
+    import numpy as np
+
+    c = LearnstreamClient("127.0.0.1:1")  # never started: every check comes first
+    for label in (1.7, True, "1", None, np.bool_(False), float("nan")):
+        with pytest.raises(ValidationError, match="label: must be an integer"):
+            asyncio.run(c.example("s", [0.1, 0.2], label))  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="features: must be one vector"):
+        asyncio.run(c.example("s", np.zeros((2, 2), np.float32), 1))
+    with pytest.raises(ValidationError, match="features: must be finite as float32"):
+        asyncio.run(c.examples("s", np.array([[1e39, 0.0]]), [0]))
+    with pytest.raises(ValidationError, match="features: must be an array of numbers"):
+        asyncio.run(c.example("s", [0.1, True], 0))
+    with pytest.raises(RuntimeError, match="not started"):  # good ones pass every check
+        asyncio.run(c.examples("s", np.ones((3, 4), np.float64), np.array([0.0, 1.0, 2.0])))
+
+
 def test_an_unknown_role_is_a_validation_error_naming_the_roles() -> None:
     c = LearnstreamClient("127.0.0.1:1")
     with pytest.raises(ValidationError, match="'nosuch' is not an input topic's role .*'feedback'"):
