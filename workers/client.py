@@ -42,6 +42,7 @@ __all__ = ("LearnstreamClient", "SyncClient", "Sent", "Applied", "WriteNotConfir
            "worker_ssl_context")
 
 _LINGER_MS = 5  # small batching window: many agents send bursts
+_MAX_REQUEST = 1 << 20  # the producer's request limit (1 MiB), as a Kafka broker takes by default
 # How long apply() keeps retrying (same idempotency key) while no worker answers: a worker
 # restart plus a consumer-group rejoin on the embedded broker takes ~20-30 s.
 _APPLY_DEADLINE_S = 60.0
@@ -214,7 +215,7 @@ class LearnstreamClient:
     async def start(self) -> LearnstreamClient:
         if self.bootstrap:
             self._producer = await started(AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=_LINGER_MS,
-                                                            max_request_size=1 << 20, **self.kafka))
+                                                            max_request_size=_MAX_REQUEST, **self.kafka))
         if self.worker_url:
             import aiohttp
 
@@ -259,7 +260,14 @@ class LearnstreamClient:
             raw = encode_json(value)
         except ValueError as exc:  # checked before the send, as the schema is
             raise ValidationError("", f"the event is {exc}") from None
-        fut = await self._producer.send(t.name, raw, key=session_key.encode())
+        from aiokafka.errors import MessageSizeTooLargeError
+
+        try:
+            fut = await self._producer.send(t.name, raw, key=session_key.encode())
+        except MessageSizeTooLargeError:
+            raise ValidationError("", f"the event is {len(raw):,} bytes of JSON, over the producer's limit of "
+                                      f"{_MAX_REQUEST:,}: "
+                                      "pass vectors as NumPy arrays (sent as base64) or split the envelope") from None
         if not wait:
             return fut
         md = await fut

@@ -196,6 +196,7 @@ def test_sdk_examples_at_embedding_width_fit_one_message(worker) -> None:
     import numpy as np
 
     from workers.client import LearnstreamClient
+    from workers.errors import ValidationError
 
     b, w = worker
     rng = np.random.default_rng(2)
@@ -207,6 +208,8 @@ def test_sdk_examples_at_embedding_width_fit_one_message(worker) -> None:
             await c.apply("wide-sdk", "init_learner", {"n_features": 1536, "n_classes": 3})
             await c.examples("wide-sdk", X, y)
             await c.example("wide-sdk", X[0], y[0])
+            with pytest.raises(ValidationError, match="over the producer's limit"):  # not aiokafka's own error
+                await c.examples("wide-sdk", X.tolist(), y)  # lists go as JSON text: 1.2 MB
             for _ in range(300):
                 info = await c.read("wide-sdk", "learner_state")
                 if info["examples_seen"] + info.get("pending", 0) >= 41:
