@@ -265,3 +265,35 @@ def test_an_empty_fetch_is_held_in_the_client_since_the_broker_answers_it_at_onc
     assert runs["1"]["median_ms"] >= EMPTY_FETCH_HOLD_MS * 0.9
     assert runs["1"]["per_s"] <= 1.1 * 1000 / EMPTY_FETCH_HOLD_MS
     assert runs["0"]["value"] == runs["1"]["value"] == "hello"
+
+
+def test_waiting_for_a_broker_that_drops_connections_logs_no_aiokafka_errors(caplog) -> None:
+    """A broker loading its log after a SIGKILL accepts connections and drops them: aiokafka's ERROR for each
+    was a restarted worker's first line, before the one naming the broker (an outside trial)."""
+    import logging
+    import socket
+    import threading
+
+    from workers.errors import BrokerError
+    from workers.kafka.broker import wait_for_broker
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+
+    def drop() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=drop, daemon=True).start()
+    try:
+        with caplog.at_level(logging.INFO), pytest.raises(BrokerError, match="within 1.5 s"):
+            wait_for_broker(f"127.0.0.1:{srv.getsockname()[1]}", timeout=1.5)
+    finally:
+        srv.close()
+    assert not [r for r in caplog.records if r.name == "aiokafka"], caplog.text
+    assert logging.getLogger("aiokafka").filters == []  # left as it was
