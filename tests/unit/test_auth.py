@@ -236,6 +236,49 @@ def test_forwarding_verifies_the_owners_certificate(tmp_path) -> None:
     assert asyncio.run(go(ours)) == 200 and len(seen) == 1
 
 
+def test_a_tls_worker_sends_nothing_to_an_owner_that_advertises_plain_http(tmp_path, monkeypatch) -> None:
+    """An outside trial: a member started without TLS joined a TLS cluster's group, took partitions, and got
+    every forwarded request with the peer token in cleartext, its made-up answer passed back to the client."""
+    import trustme
+    from aiohttp import web
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "me.pem"))
+    peer = tmp_path / "peer.txt"
+    peer.write_text("lst_peer_secret\n")
+    s = settings(tls_certfile=tmp_path / "me.pem", tls_keyfile=tmp_path / "me.pem", tls_cafile=tmp_path / "ca.pem",
+                 peer_token_file=peer)
+    seen: list[str] = []
+
+    async def dispatch(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.json_response({"ok": True, "verb": "health", "data": {"captured": True}})
+
+    async def go(guard: Guard) -> tuple[int, bytes]:
+        app = web.Application()
+        app.router.add_post("/dispatch", dispatch)
+        async with serving(app) as port, aiohttp.ClientSession() as http:
+            r = await guard.forward(http, f"http://127.0.0.1:{port}", {"verb": "health", "body": {}}, "health")
+            return r.status, r.body
+
+    status, body = asyncio.run(go(Guard(s)))
+    assert status == 503 and b"serves no TLS" in body and seen == []
+    # a plain-HTTP worker forwards over plain HTTP, as it serves
+    assert asyncio.run(go(Guard(settings(peer_token_file=peer))))[0] == 200 and len(seen) == 1
+
+
+def test_only_the_forwarded_header_a_worker_sends_counts() -> None:
+    """``X-Learnstream-Forwarded: 0`` (any value) had counted as forwarded."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from workers.stream.http_guard import forwarded
+
+    for value, want in (("1", True), ("0", False), ("true", False), ("", False)):
+        assert forwarded(make_mocked_request("POST", "/dispatch", headers={"X-Learnstream-Forwarded": value})) is want
+    assert not forwarded(make_mocked_request("POST", "/dispatch"))
+
+
 def test_learnstream_token_prints_a_token_and_its_entry(capsys) -> None:
     from workers.cli.main import main
 

@@ -34,11 +34,17 @@ from workers.verbs.surface import envelope_error
 from workers.stream import metrics
 from workers.stream.auth import Authenticator, Principal
 
-__all__ = ("Guard", "web_options", "server_ssl_context", "client_ssl_context", "json_depth", "FORWARDED", "RAW_BODY")
+__all__ = ("Guard", "web_options", "server_ssl_context", "client_ssl_context", "json_depth", "FORWARDED", "RAW_BODY", "forwarded")
 
 logger = logging.getLogger(__name__)
 
 FORWARDED = "X-Learnstream-Forwarded"
+
+
+def forwarded(request: web.Request) -> bool:
+    """Whether another worker forwarded ``request`` (its header is exactly "1", as :meth:`Guard.forward` sends
+    it: any other value, "0" included, had counted as forwarded too)."""
+    return request.headers.get(FORWARDED) == "1"
 _MOVED_CHECK_S = 1.0  # how often a forward asks whether its session has another owner now
 # What a forwarded /route or /predict body gains: the {"verb":…,"body":…} around the client's bytes. A
 # worker takes this much more from another worker, so a body the owner would take is not refused 413
@@ -194,7 +200,7 @@ class Guard:
             reason = "invalid token" if header else "missing bearer token (Authorization: Bearer <token>)"
             _denied(request, 401, "invalid_token" if header else "missing_token")
             return _json(envelope_error("?", f"unauthorized: {reason}"), 401, {"WWW-Authenticate": challenge})
-        if principal.peer and not request.headers.get(FORWARDED):
+        if principal.peer and not forwarded(request):
             _denied(request, 403, "peer_not_forwarding")
             return _json(envelope_error("?", "forbidden: the workers' peer credential only forwards requests"), 403)
         request[_PRINCIPAL] = principal
@@ -246,7 +252,7 @@ class Guard:
             return _json(envelope_error(verb_name, f"body larger than {s.http_max_body_bytes} bytes"), 413)
 
         p = request.get(_PRINCIPAL)
-        from_peer = bool(request.headers.get(FORWARDED)) and (not self.auth.enabled or (p is not None and p.peer))
+        from_peer = forwarded(request) and (not self.auth.enabled or (p is not None and p.peer))
         limit = s.http_max_body_bytes + (FORWARD_SLACK_BYTES if from_peer else 0)
         if request.content_length is not None and request.content_length > limit:
             return too_large()
@@ -304,6 +310,14 @@ class Guard:
 
     async def _forward(self, http: aiohttp.ClientSession, owner: str, req: dict, verb_name: str,
                        raw: bytes | None) -> web.Response:
+        if self.settings.tls_certfile is not None and not owner.startswith("https:"):
+            # its peer credential, a read and write credential for every session, would cross in cleartext,
+            # and the answer come back unverified (an outside trial: a member started without TLS in a TLS
+            # cluster's group captured the token and answered for the session)
+            logger.error("not forwarding %s to %s: this worker serves HTTPS and the session's owner advertises "
+                         "plain HTTP; start every worker of the group with TLS (LEARNSTREAM_TLS_*)", verb_name, owner)
+            return _json(envelope_error(verb_name, "the worker owning this session serves no TLS; not forwarded"),
+                         503, {"Retry-After": _RETRY_AFTER_S})
         headers = {FORWARDED: "1", "Content-Type": "application/json", **self.auth.peer_headers()}
         if self.auth.enabled and "Authorization" not in headers:
             return _json(envelope_error(verb_name, "another worker owns this session and this worker has no "

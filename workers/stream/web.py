@@ -13,7 +13,7 @@ from aiohttp import web as aiohttp_web
 from workers.errors import VerbError
 from workers.state.limits import check_request
 from workers.stream import faust_internals
-from workers.stream.http_guard import FORWARDED, RAW_BODY, Guard
+from workers.stream.http_guard import RAW_BODY, Guard, forwarded
 from workers.stream.runtime import OwnerUnknown, Runtime
 from workers.verbs.surface import REGISTRY, envelope_error, parse_request, session_key_of
 
@@ -79,7 +79,7 @@ def install_routes(app: faust.App, rt: Runtime, guard: Guard) -> None:
             return json_response(web, envelope_error(name, "partition owner unknown (this worker is joining); "
                                                            "retry"), 503, {"Retry-After": "1"})
         if owner is not None:
-            if request.headers.get(FORWARDED):
+            if forwarded(request):
                 return json_response(web, envelope_error(name, "partition owner unknown (rebalancing); retry"), 503,
                                      {"Retry-After": "1"})
             return await guard.forward(app.http_client, owner, {"verb": name, "body": body}, name, raw,
