@@ -217,13 +217,20 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
         conn = http.client.HTTPConnection("127.0.0.1", side.port, timeout=10)
         socks = []
         for pause in (5.5, 0):
-            conn.request("POST", "/mcp", body=b"{}", headers={"Content-Type": "application/json"})
+            conn.request("POST", "/mcp", body=b"{}", headers={**hdr, "Authorization": "Bearer s3cret",
+                                                              "Content-Type": "application/json"})
             r = conn.getresponse()  # RemoteDisconnected / BrokenPipeError if the server had closed it
             r.read()
-            assert r.status == 401 and not r.will_close
+            assert r.status == 400 and not r.will_close, r.status
             socks.append(conn.sock)
             time.sleep(pause)
         assert socks[0] is socks[1]  # the second request went over the first connection
+        # a refused one is closed: kept alive, clients without a token held every connection slot (an outside
+        # trial: 300 such keep-alive connections, and every agent got 503)
+        conn.request("POST", "/mcp", body=b"{}", headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 401 and r.will_close
         conn.close()
         # hostile nesting past orjson's own limit: no id can be read, a JSON-RPC parse error (400), not a
         # RecursionError inside the SDK (500)

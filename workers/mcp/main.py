@@ -68,9 +68,29 @@ def http_app(client: LearnstreamClient, *, token: str, default_session: str = "d
         await manager.handle_request(scope, receive, send)
 
     endpoint = RequireAuthMiddleware(request_guard(mcp_endpoint, body_timeout_s), required_scopes=[])
-    return Starlette(routes=[Route("/mcp", endpoint=endpoint)], lifespan=lifespan,
-                     middleware=[Middleware(AuthenticationMiddleware,
-                                            backend=BearerAuthBackend(StaticTokenVerifier(token)))])
+    return _closing_refusals(Starlette(routes=[Route("/mcp", endpoint=endpoint)], lifespan=lifespan,
+                                       middleware=[Middleware(AuthenticationMiddleware,
+                                                              backend=BearerAuthBackend(StaticTokenVerifier(token)))]))
+
+
+def _closing_refusals(app: Any) -> Any:
+    """An ASGI wrapper closing the connection of every 401 and 403 answer: kept alive, each held one of the
+    sidecar's :data:`MAX_CONNECTIONS` slots, so clients without a token, sending a request every few
+    seconds on 256 connections, kept every agent out (503) for as long as they liked (an outside trial)."""
+
+    async def closing(scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await app(scope, receive, send)
+            return
+
+        async def send_closing(message: Any) -> None:
+            if message["type"] == "http.response.start" and message.get("status") in (401, 403):
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await app(scope, receive, send_closing)
+
+    return closing
 
 
 @contextlib.contextmanager
