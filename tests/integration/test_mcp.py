@@ -232,6 +232,17 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
         r.read()
         assert r.status == 401 and r.will_close
         conn.close()
+        for tokens in (("s3cret", "wrong"), ("wrong", "s3cret")):  # the SDK took the first
+            conn = http.client.HTTPConnection("127.0.0.1", side.port, timeout=10)
+            conn.putrequest("POST", "/mcp")
+            for t in tokens:
+                conn.putheader("Authorization", f"Bearer {t}")
+            conn.putheader("Content-Type", "application/json")
+            conn.putheader("Content-Length", "2")
+            conn.endheaders(b"{}")
+            r = conn.getresponse()
+            assert r.status == 400 and b"more than one Authorization" in r.read() and r.will_close
+            conn.close()
         # hostile nesting past orjson's own limit: no id can be read, a JSON-RPC parse error (400), not a
         # RecursionError inside the SDK (500)
         auth = {**hdr, "Authorization": "Bearer s3cret", "Content-Type": "application/json"}

@@ -192,6 +192,18 @@ def test_authentication_scopes_and_limits(worker_factory, creds) -> None:
     assert status == 413 and not out["ok"], out
     assert call(w, "/dispatch", token=a, raw=b"[1, 2]")[0] == 400
 
+    # two Authorization headers: the first had counted (a bad then a good one: 401; a good then a bad: 200)
+    for first, second in ((a, "wrong"), ("wrong", a)):
+        with socket.create_connection(("127.0.0.1", w.port), timeout=30) as s:
+            body = b'{"verb": "health", "body": {"session_key": "tenant-a"}}'
+            s.sendall(b"POST /dispatch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nAuthorization: Bearer %s\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                      % (first.encode(), second.encode(), len(body), body))
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400") and b"more than one Authorization" in answer, answer[:300]
+
     # slow clients: an unfinished request head is closed; an unfinished body answers 408
     t0 = time.monotonic()
     with socket.create_connection(("127.0.0.1", w.port), timeout=30) as s:
@@ -231,6 +243,7 @@ def test_authentication_scopes_and_limits(worker_factory, creds) -> None:
     assert w.metric("learnstream_http_denied_total", status="401", reason="missing_token") >= 1
     assert w.metric("learnstream_http_denied_total", status="401", reason="invalid_token") >= 1
     assert w.metric("learnstream_http_denied_total", status="403", reason="scope") >= 1
+    assert w.metric("learnstream_http_denied_total", status="400", reason="two_authorizations") == 2
     assert "HTTP 401 POST /dispatch" in log  # (one such WARNING per 10 s, the next one says how many it skipped)
     for name, (token, _) in creds["tokens"].items():
         assert token not in log, f"token {name} in the log"

@@ -52,6 +52,9 @@ def test_scopes_exact_prefix_and_write_implies_read() -> None:
     ("tokens: [{sha256: " + "a" * 64 + ", read: [a*b]}]", "only at its end"),
     ("tokens: [{sha256: " + "a" * 64 + ", write: 5}]", "list of session_key patterns"),
     ("tokens: [{sha256: " + "a" * 64 + ", peer: yes-please}]", "peer must be"),
+    # a typo or a wish passed silently as a token without it (an outside trial's `admin: true`)
+    ("tokens: [{sha256: " + "a" * 64 + ", wirte: ['*']}]", r"tokens\[0\]: unknown key 'wirte' \(an entry has name, "),
+    ("tokens: [{sha256: " + "a" * 64 + ", admin: true}]", "unknown key 'admin'"),
 ])
 def test_a_bad_tokens_file_names_the_entry(text: str, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
@@ -96,6 +99,12 @@ def test_modes(tmp_path, caplog) -> None:
         Authenticator(settings(auth_tokens_file=tmp_path / "missing.yaml"))
     a = Authenticator(settings(web_bind="0.0.0.0", auth_tokens_file=path))
     assert a.enabled and a.authenticate("Bearer x") is not None
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("tokens: []")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # every token-bearing request refused: said at start, not silent
+        assert Authenticator(settings(web_bind="0.0.0.0", auth_tokens_file=empty)).authenticate("Bearer x") is None
+    assert "lists no tokens" in caplog.text
     for header in (None, "", "Bearer", "Bearer y", "Basic x", "x"):
         assert a.authenticate(header) is None, header
     # a peer token file that cannot be read is said at start (it was an ERROR at the first forward), not

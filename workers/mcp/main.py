@@ -76,11 +76,23 @@ def http_app(client: LearnstreamClient, *, token: str, default_session: str = "d
 def _closing_refusals(app: Any) -> Any:
     """An ASGI wrapper closing the connection of every 401 and 403 answer: kept alive, each held one of the
     sidecar's :data:`MAX_CONNECTIONS` slots, so clients without a token, sending a request every few
-    seconds on 256 connections, kept every agent out (503) for as long as they liked (an outside trial)."""
+    seconds on 256 connections, kept every agent out (503) for as long as they liked (an outside trial).
+    A request with more than one Authorization header is refused (400) as on the worker: the SDK took
+    the first."""
+    import orjson
+
+    refused = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": {
+        "code": -32600, "message": "Invalid request: more than one Authorization header"}})
 
     async def closing(scope: Any, receive: Any, send: Any) -> None:
         if scope.get("type") != "http":
             await app(scope, receive, send)
+            return
+        if sum(name.lower() == b"authorization" for name, _ in scope.get("headers", ())) > 1:
+            await send({"type": "http.response.start", "status": 400, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(refused)).encode()),
+                (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": refused})
             return
 
         async def send_closing(message: Any) -> None:

@@ -111,6 +111,9 @@ def _patterns(entry: dict, key: str, where: str) -> tuple[str, ...]:
     return tuple(v)
 
 
+_ENTRY_KEYS = frozenset({"name", "sha256", "read", "write", "peer"})
+
+
 def parse_tokens(text: str, source: str = "tokens file") -> list[tuple[str, Principal]]:
     """(hash, principal) pairs of a tokens file; ConfigError naming the entry that is wrong."""
     doc = yaml.safe_load(text) or {}
@@ -125,6 +128,10 @@ def parse_tokens(text: str, source: str = "tokens file") -> list[tuple[str, Prin
         h = str(e.get("sha256", "")).lower()
         if len(h) != 64 or not set(h) <= _HEX64:
             raise ConfigError(f"{where}: sha256 must be 64 hex digits (the hash, never the token)")
+        unknown = sorted(map(str, set(e) - _ENTRY_KEYS))
+        if unknown:  # a typo (`wirte:`) or a wish (`admin: true`) would otherwise pass as a token without it
+            raise ConfigError(f"{where}: unknown key {', '.join(map(repr, unknown))} (an entry has "
+                              f"{', '.join(sorted(_ENTRY_KEYS))})")
         name = e.get("name") or f"token-{i}"
         if not isinstance(name, str):
             raise ConfigError(f"{where}: name must be a string")
@@ -219,30 +226,34 @@ class Authenticator:
     """The worker's authentication mode, decided once at start from the settings."""
 
     def __init__(self, settings: Any, *, quiet: bool = False) -> None:
-        """``quiet``: the mode's warning is kept in ``notice`` for :meth:`warn` (a worker checks its settings
+        """``quiet``: the mode's warnings are kept in ``notices`` for :meth:`warn` (a worker checks its settings
         before it starts the embedded broker, whose address must stay its first line)."""
         bind = settings.web_bind or settings.web_host
         self.store: TokenStore | None = None
         self.peer_token = SecretFile(settings.peer_token_file)
-        self.notice: str | None = None
+        self.notices: list[str] = []
         mode = settings.auth
         if mode == "tokens" or (mode == "auto" and settings.auth_tokens_file is not None):
             if settings.auth_tokens_file is None:
                 raise ConfigError("LEARNSTREAM_AUTH=tokens needs LEARNSTREAM_AUTH_TOKENS_FILE")
             self.store = TokenStore(settings.auth_tokens_file)
+            if not len(self.store):
+                self.notices.append(f"LEARNSTREAM_AUTH_TOKENS_FILE={settings.auth_tokens_file} lists no tokens: "
+                                    "every request that needs a token is answered 401 until it does")
             try:  # a warning, not a refusal: one worker alone never forwards (a chart secret without the key)
                 self.peer_token.require("LEARNSTREAM_PEER_TOKEN_FILE")
             except ConfigError as exc:
-                self.notice = (f"{exc}: requests for sessions another worker owns cannot be forwarded (they "
-                               "answer 503) until it can")
+                self.notices.append(f"{exc}: requests for sessions another worker owns cannot be forwarded (they "
+                                    "answer 503) until it can")
             if settings.peer_token_file is None:
-                self.notice = ("no LEARNSTREAM_PEER_TOKEN_FILE: requests for sessions another worker owns "
-                               "cannot be forwarded (they answer 503)")
+                self.notices.append("no LEARNSTREAM_PEER_TOKEN_FILE: requests for sessions another worker owns "
+                                    "cannot be forwarded (they answer 503)")
         elif mode == "off":
-            self.notice = (f"authentication is OFF (LEARNSTREAM_AUTH=off): anyone who reaches {bind} may read and "
-                           "write every session")
+            self.notices.append(f"authentication is OFF (LEARNSTREAM_AUTH=off): anyone who reaches {bind} may read "
+                                "and write every session")
         elif is_loopback(bind):
-            self.notice = f"authentication is off: no LEARNSTREAM_AUTH_TOKENS_FILE; listening on loopback {bind} only"
+            self.notices.append(f"authentication is off: no LEARNSTREAM_AUTH_TOKENS_FILE; listening on loopback "
+                                f"{bind} only")
         else:
             raise ConfigError(f"refusing to listen on {bind} without tokens: set LEARNSTREAM_AUTH_TOKENS_FILE "
                               "(README, Security), or LEARNSTREAM_AUTH=off to run without authentication")
@@ -250,9 +261,9 @@ class Authenticator:
             self.warn()
 
     def warn(self) -> None:
-        """Log the mode's warning, if it has one (authentication off, no peer credential)."""
-        if self.notice is not None:
-            logger.warning("%s", self.notice)
+        """Log the mode's warnings (authentication off, no tokens, no peer credential)."""
+        for notice in self.notices:
+            logger.warning("%s", notice)
 
     @property
     def enabled(self) -> bool:

@@ -193,6 +193,10 @@ class Guard:
         self.certs.check()  # a renewed certificate serves the next connections (probes come every few seconds)
         if self.is_open(request.path):
             return await handler(request)
+        if len(request.headers.getall("Authorization", ())) > 1:
+            # which one counts? The first did; a proxy adding its own could be overridden by a client's
+            _denied(request, 400, "two_authorizations")
+            return _json(envelope_error("?", "bad request: more than one Authorization header"), 400)
         header = request.headers.get("Authorization")
         principal = self.auth.authenticate(header)
         if principal is None:
