@@ -34,11 +34,10 @@ class WorkerProc(WorkerProcess):
         self.data_dir = data_dir
         self.name = name
         broker = broker_env(bootstrap) if bootstrap else {}
-        full = dict({k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_BROKER")}, **broker,
-                    LEARNSTREAM_APP_ID=app_id, LEARNSTREAM_DATA_DIR=str(data_dir),
-                    LEARNSTREAM_WEB_PORT=str(port), LEARNSTREAM_PARTITIONS=str(partitions),
-                    LEARNSTREAM_SESSION_TIMEOUT_S="6", LEARNSTREAM_LOG_LEVEL="info",
-                    **(env or {}))
+        full = {**{k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_BROKER")}, **broker,
+                "LEARNSTREAM_APP_ID": app_id, "LEARNSTREAM_DATA_DIR": str(data_dir),
+                "LEARNSTREAM_WEB_PORT": str(port), "LEARNSTREAM_PARTITIONS": str(partitions),
+                "LEARNSTREAM_SESSION_TIMEOUT_S": "6", "LEARNSTREAM_LOG_LEVEL": "info", **(env or {})}
         # HTTPS when the worker serves TLS; its CA file verifies the certificate
         self.tls = "LEARNSTREAM_TLS_CERTFILE" in full
         context = ssl.create_default_context(cafile=full.get("LEARNSTREAM_TLS_CAFILE")) if self.tls else None

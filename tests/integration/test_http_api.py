@@ -258,3 +258,11 @@ def test_writes_to_a_worker_resumed_after_a_long_pause_never_wait_out_their_time
     for status, _, out in writers.answers:
         if status == 504:
             assert re.fullmatch(r"agent\.\w+:\d+:\d+|learn\.\w+:\d+:\d+", out["id"]), out
+
+
+def test_a_critical_log_level_holds_from_the_start(worker_factory) -> None:
+    """An outside trial: LEARNSTREAM_LOG_LEVEL=critical still printed the start-up authentication WARNING (the
+    root logger took the level only once faust set it up)."""
+    w = worker_factory(env={"LEARNSTREAM_LOG_LEVEL": "critical"}).start().wait_ready()
+    log = w.log_tail(1_000_000)
+    assert "authentication is off" not in log and " WARNING " not in log, log[-2000:]

@@ -292,6 +292,8 @@ def cmd_mcp(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser, worker: bool = False) -> None:
+    from workers.stream.settings import LOG_LEVELS
+
     if worker:
         p.add_argument("--broker", metavar="HOST:PORT",
                        help="Kafka bootstrap servers (env LEARNSTREAM_BROKER; unset: start the embedded broker)")
@@ -300,7 +302,7 @@ def _common(p: argparse.ArgumentParser, worker: bool = False) -> None:
         p.add_argument("--web-host", help="HTTP bind/advertised host (env LEARNSTREAM_WEB_HOST)")
         p.add_argument("--partitions", type=int, help="partitions of every input topic (env LEARNSTREAM_PARTITIONS)")
         p.add_argument("--worker-id", help="static group member id, e.g. the pod name (env LEARNSTREAM_WORKER_ID)")
-        p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+        p.add_argument("--log-level", choices=LOG_LEVELS,
                        help="log level (env LEARNSTREAM_LOG_LEVEL, default warning)")
     else:
         p.add_argument("--broker", metavar="HOST:PORT",

@@ -15,7 +15,7 @@ from workers.state.sessions import CACHE_BYTES
 from workers.stream.auth import SecretFile
 from workers.verbs.registry import VerbOptions
 
-__all__ = ("Settings",)
+__all__ = ("Settings", "LOG_LEVELS")
 
 # faust's default block cache is 2 GiB *per partition database*; a worker's databases (every
 # table and partition) share one cache of this size, and memtables of _MEMTABLE_BYTES in all,
@@ -128,7 +128,7 @@ _RANGES: dict[str, tuple[float, float]] = {
 _POSITIVE_SECONDS = ("session_timeout_s", "commit_interval_s", "batch_within_s", "broker_unreachable_s",
                      "write_timeout_s", "apply_deadline_s", "http_header_timeout_s",
                      "http_body_timeout_s", "forward_timeout_s")
-_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 @dataclass(frozen=True)
@@ -247,8 +247,8 @@ class Settings:
         for name in _POSITIVE_SECONDS:
             if not getattr(s, name) > 0:
                 raise ConfigError(f"LEARNSTREAM_{name.upper()} must be > 0, got {getattr(s, name)}")
-        if s.log_level.lower() not in _LOG_LEVELS:
-            raise ConfigError(f"LEARNSTREAM_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}, got {s.log_level!r}")
+        if s.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(f"LEARNSTREAM_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}")
         if s.log_format not in ("text", "json"):
             raise ConfigError(f"LEARNSTREAM_LOG_FORMAT must be 'text' or 'json', got {s.log_format!r}")
         if s.auth not in ("auto", "tokens", "off"):

@@ -33,6 +33,8 @@ def run_worker(settings: Settings) -> int:
     """Run the faust worker until SIGTERM/SIGINT. Starts the embedded broker if none is configured."""
     # what is logged before faust sets up its own handlers (broker start, topics, tables) is JSON too
     configure_logs(logging.getLogger(), settings.log_format)
+    # at the worker's level from the start: the authentication warning came at LEARNSTREAM_LOG_LEVEL=critical
+    logging.getLogger().setLevel(settings.log_level.upper())
     # Two workers on one data dir would share RocksDB tables: the second used to join the group, take
     # partitions and crash on their LOCK files mid-rebalance. Held until this function returns.
     held = hold_dir(settings.data_dir, "worker")  # noqa: F841 - the lock lives as long as the file is open
