@@ -105,6 +105,18 @@ def test_modes(tmp_path, caplog) -> None:
     with caplog.at_level(logging.WARNING):  # every token-bearing request refused: said at start, not silent
         assert Authenticator(settings(web_bind="0.0.0.0", auth_tokens_file=empty)).authenticate("Bearer x") is None
     assert "lists no tokens" in caplog.text
+    # the worker's own peer token must be a peer entry of the tokens file, else every forward is refused
+    peer_file = tmp_path / "peer.txt"
+    for i, (entry, said) in enumerate(((f"{{sha256: {hash_token('q')}}}", "is not in the tokens file"),
+                                       (f"{{sha256: {hash_token('p')}}}", "is not a peer: true entry"),
+                                       (f"{{sha256: {hash_token('p')}, peer: true}}", None))):
+        tokens = tmp_path / f"t{i}.yaml"
+        tokens.write_text(f"tokens: [{{sha256: {hash_token('x')}}}, {entry}]")
+        peer_file.write_text("p\n")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            Authenticator(settings(web_bind="0.0.0.0", auth_tokens_file=tokens, peer_token_file=peer_file))
+        assert (said in caplog.text) if said else "LEARNSTREAM_PEER_TOKEN_FILE" not in caplog.text, caplog.text
     for header in (None, "", "Bearer", "Bearer y", "Basic x", "x"):
         assert a.authenticate(header) is None, header
     # a peer token file that cannot be read is said at start (it was an ERROR at the first forward), not

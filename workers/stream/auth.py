@@ -245,6 +245,16 @@ class Authenticator:
             except ConfigError as exc:
                 self.notices.append(f"{exc}: requests for sessions another worker owns cannot be forwarded (they "
                                     "answer 503) until it can")
+            else:
+                token = self.peer_token.get()
+                found = self.store.lookup(token) if token else None
+                if token and (found is None or not found.peer):
+                    # pods went Ready and ~(N-1)/N of requests answered 503, with an ERROR per forward only
+                    self.notices.append(
+                        f"the token in LEARNSTREAM_PEER_TOKEN_FILE={settings.peer_token_file} is "
+                        f"{'not in' if found is None else 'not a peer: true entry of'} the tokens file: other workers "
+                        "refuse this worker's forwards (they answer 503); add its entry with `learnstream token "
+                        "--name workers --peer --add-to` (README, Security)")
             if settings.peer_token_file is None:
                 self.notices.append("no LEARNSTREAM_PEER_TOKEN_FILE: requests for sessions another worker owns "
                                     "cannot be forwarded (they answer 503)")
