@@ -85,13 +85,16 @@ Quantity = Annotated[str, Pattern(r"^[0-9]+(\.[0-9]+)?([EPTGMk]i?|[mun])?$")]
 Bootstrap = Annotated[str, Pattern(r"^[A-Za-z0-9._-]+:[0-9]{1,5}(,[A-Za-z0-9._-]+:[0-9]{1,5})*$")]
 # a Kubernetes object name (Secret names), or "" for none
 OptionalName = Annotated[str, Pattern(r"^$|^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+# a name the chart's resource names are made of (a DNS-1123 label), or "" for the default
+OptionalLabel = Annotated[str, Pattern(r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
 
 
 # -- the values tree ---------------------------------------------------------------------------------
 @dataclass
 class Image:
     repository: Annotated[str, MinLength(1)]
-    tag: str
+    # an image tag's grammar: "0.1.0@sha256:..." became a label value no API server takes (pin with digest)
+    tag: Annotated[str, Pattern(r"^$|^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")]
     digest: Annotated[str, Pattern(r"^$|^sha256:[a-f0-9]{64}$")]
     pullPolicy: Literal["IfNotPresent", "Always", "Never"]
 
@@ -108,7 +111,7 @@ class ServiceAccount:
 class Persistence:
     enabled: bool
     storageClassName: str
-    accessModes: list[Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"]]
+    accessModes: Annotated[list[Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"]], MinLength(1)]
     size: Quantity
     annotations: StringMap
     selector: K8sObject
@@ -159,13 +162,14 @@ class Kafka:
 @dataclass
 class Learnstream:
     appId: Annotated[str, Pattern(r"^[A-Za-z0-9._-]+$")]
-    partitions: Positive
+    partitions: Annotated[int, Minimum(1), Maximum(10000)]  # 1e12 rendered, and asked Kafka for that many
     replication: Positive
     standbyReplicas: Count
     blockCacheBytes: Annotated[int, Minimum(1 << 20)]
     memtableBytes: Annotated[int, Minimum(1 << 20)]
     sessionCacheBytes: Annotated[int, Minimum(0)]
-    sessionTimeoutSeconds: Annotated[float, Minimum(1)]
+    # at most Kafka's default group.max.session.timeout.ms (30 min): beyond, every join is refused
+    sessionTimeoutSeconds: Annotated[float, Minimum(1), Maximum(1800)]
     commitIntervalSeconds: Seconds
     batchMax: Positive
     batchWithinSeconds: Seconds
@@ -271,8 +275,8 @@ class GrafanaDashboard:
 class Values:
     """The top level of values.yaml."""
 
-    nameOverride: str
-    fullnameOverride: str
+    nameOverride: OptionalLabel
+    fullnameOverride: OptionalLabel
     commonLabels: StringMap
     clusterDomain: Annotated[str, MinLength(1)]
     image: Image
@@ -346,7 +350,7 @@ def _type_schema(tp: Any, path: str) -> dict[str, Any]:
         raise TypeError(f"{path}: no JSON Schema mapping for {tp!r}")
     for c in constraints:
         key = {Minimum: "minimum", Maximum: "maximum", ExclusiveMinimum: "exclusiveMinimum",
-               Pattern: "pattern", MinLength: "minLength"}[type(c)]
+               Pattern: "pattern", MinLength: "minItems" if origin is list else "minLength"}[type(c)]
         out[key] = c.regex if isinstance(c, Pattern) else c.value
     return out
 

@@ -158,6 +158,13 @@ def test_lint_strict_passes() -> None:
     ({"serviceMonitor": {"interval": 30}}, "/serviceMonitor/interval"),
     ({"podDisruptionBudget": {"maxUnavailable": "150%"}}, "/podDisruptionBudget/maxUnavailable"),
     ({"learnstream": {"partitions": None}}, "partitions"),            # null deletes a default: refused
+    # an outside review: each rendered, and only the API server or Kafka refused the result
+    ({"image": {"tag": "0.1.0@sha256:" + "0" * 64}}, "/image/tag"),   # "@" in the version label
+    ({"nameOverride": "LearnStream"}, "/nameOverride"),               # not a DNS-1123 name
+    ({"fullnameOverride": "Learn_Stream"}, "/fullnameOverride"),
+    ({"persistence": {"accessModes": []}}, "/persistence/accessModes"),
+    ({"learnstream": {"partitions": 10**12}}, "/learnstream/partitions"),
+    ({"learnstream": {"sessionTimeoutSeconds": 100000}}, "/learnstream/sessionTimeoutSeconds"),  # > Kafka's max
 ])
 def test_schema_rejects_bad_values(chart: Any, values: dict, where: str) -> None:
     with pytest.raises(helm.HelmValuesError, match=re.escape(where)):
@@ -347,6 +354,11 @@ def test_long_release_names_are_truncated(chart: Any) -> None:
     ({"replicas": 2, "podDisruptionBudget": {"minAvailable": 2, "maxUnavailable": ""}}, "never allow an eviction"),
     ({"podDisruptionBudget": {"minAvailable": "100%", "maxUnavailable": ""}}, "never allow an eviction"),
     ({"podDisruptionBudget": {"minAvailable": "", "maxUnavailable": 0}}, "never allow an eviction"),
+    # Kubernetes rounds a percentage up: 67% of 3 is 3, 1% of 1 is 1 (an outside review)
+    ({"replicas": 3, "podDisruptionBudget": {"minAvailable": "67%", "maxUnavailable": ""}}, "never allow an eviction"),
+    ({"replicas": 1, "podDisruptionBudget": {"minAvailable": "1%", "maxUnavailable": ""}}, "never allow an eviction"),
+    ({"autoscaling": {"enabled": True, "minReplicas": 1},
+      "podDisruptionBudget": {"minAvailable": "50%", "maxUnavailable": ""}}, "never allow an eviction"),
 ])
 def test_values_that_render_a_manifest_kubernetes_would_refuse_or_that_blocks_drains_fail(
         chart: Any, values: dict, words: str) -> None:
@@ -360,6 +372,9 @@ def test_a_budget_that_allows_one_pod_down_renders(chart: Any) -> None:
     pdb = one(render(chart, {"replicas": 3, "podDisruptionBudget": {"minAvailable": 2, "maxUnavailable": ""}}),
               "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 2
+    for pct in ("66%", "1%"):  # 2 of 3, 1 of 3: one pod may go
+        assert one(render(chart, {"replicas": 3, "podDisruptionBudget": {"minAvailable": pct, "maxUnavailable": ""}}),
+                   "PodDisruptionBudget")["spec"]["minAvailable"] == pct
     assert "team" in one(render(chart, {"podLabels": {"team": "ml"}}), "StatefulSet")["spec"]["template"][
         "metadata"]["labels"]
 
@@ -798,3 +813,13 @@ def test_notes_name_the_api_secret_or_warn(chart: Any) -> None:
     assert "Secret rel-learnstream-api exists" in notes(chart)
     off = notes(chart, {"auth": {"mode": "off"}})
     assert "WARNING: auth.mode is off" in off and "rel-learnstream-api" not in off
+
+
+def test_the_notes_call_a_tls_worker_by_a_name_its_certificate_holds(chart: Any) -> None:
+    """An outside review: with TLS on, the notes' `curl https://127.0.0.1` failed hostname verification (the
+    certificate names the pods' DNS names)."""
+    text = notes(chart, {"tls": {"secret": "web-tls"}})
+    host = f"scrape.{RELEASE}-learnstream-headless.ls.svc.cluster.local"
+    assert f"--resolve {host}:6066:127.0.0.1 https://{host}:6066/health" in text, text
+    assert "jsonpath='{.data.ca\\.crt}'" in text and "https://127.0.0.1" not in text
+    assert "curl -s http://127.0.0.1:6066/health" in notes(chart)

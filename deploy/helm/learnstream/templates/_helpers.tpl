@@ -171,7 +171,9 @@ Checks the schema cannot express (relations between values). Included by the Sta
 {{- if $pdb.enabled }}
 {{- $least := ternary (int .Values.autoscaling.minReplicas) (int .Values.replicas) .Values.autoscaling.enabled }}
 {{- $min := toString $pdb.minAvailable }}
-{{- if or (eq $min "100%") (and (regexMatch "^[0-9]+$" $min) (ge (int $min) $least)) (has (toString $pdb.maxUnavailable) (list "0" "0%")) }}
+{{- /* Kubernetes rounds a percentage minAvailable up: 67% of 3 pods is 3, and no pod may go */}}
+{{- $required := ternary (div (add (mul (int (trimSuffix "%" $min)) $least) 99) 100) (int $min) (hasSuffix "%" $min) }}
+{{- if or (and (ne $min "") (ge $required $least)) (has (toString $pdb.maxUnavailable) (list "0" "0%")) }}
 {{- fail (printf "podDisruptionBudget (minAvailable %s, maxUnavailable %s) would never allow an eviction with %d replicas: node drains would block; allow at least one pod down" $min (toString $pdb.maxUnavailable) $least) }}
 {{- end }}
 {{- end }}
