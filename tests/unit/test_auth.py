@@ -394,3 +394,37 @@ def test_raw_request_bytes_aiohttp_quotes_are_not_logged(caplog) -> None:
         log.removeFilter(secrets)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert token not in text and "characters redacted" in text and "kept as is: b'not aiohttp'" in text
+
+
+def test_a_tls_connection_that_never_says_hello_is_closed_in_the_header_timeout(tmp_path) -> None:
+    """An outside trial: a TCP connection to a TLS worker that sent nothing was held for asyncio's 60 s
+    handshake timeout, past LEARNSTREAM_HTTP_HEADER_TIMEOUT_S."""
+    import asyncio.constants
+    import socket
+    import time
+
+    import trustme
+    from aiohttp import web
+
+    from workers.stream.http_guard import web_options
+
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "me.pem"))
+    guard = Guard(settings(tls_certfile=tmp_path / "me.pem", tls_keyfile=tmp_path / "me.pem", http_header_timeout_s=1.0))
+    before = asyncio.constants.SSL_HANDSHAKE_TIMEOUT
+    try:
+        web_options(guard)
+
+        async def go() -> float:
+            async with serving(web.Application(), guard.server_ssl) as port:
+                sock = socket.create_connection(("127.0.0.1", port))
+                sock.setblocking(False)
+                t0 = time.monotonic()
+                loop = asyncio.get_running_loop()
+                assert await asyncio.wait_for(loop.sock_recv(sock, 1), 10) == b""  # closed by the server
+                sock.close()
+                return time.monotonic() - t0
+
+        assert asyncio.run(go()) < 4
+    finally:
+        asyncio.constants.SSL_HANDSHAKE_TIMEOUT = before

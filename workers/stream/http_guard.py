@@ -354,8 +354,11 @@ class Guard:
 
 
 def web_options(guard: Guard) -> dict:
-    """faust's ``web_application_options``: the guard's middleware and the server's limits."""
+    """faust's ``web_application_options``: the guard's middleware and the server's limits (and, with TLS,
+    the process's TLS handshake timeout: :func:`bound_tls_handshakes`)."""
     s = guard.settings
+    if guard.server_ssl is not None:
+        bound_tls_handshakes(s.http_header_timeout_s)
     return {
         "middlewares": [guard.middleware],
         "client_max_size": s.http_max_body_bytes + FORWARD_SLACK_BYTES,  # the exact limit: read_json
@@ -364,3 +367,14 @@ def web_options(guard: Guard) -> dict:
         "handler_args": {"keepalive_timeout": s.http_header_timeout_s, "max_field_size": 8190,
                          "max_line_size": 8190, "lingering_time": _LINGER_S},
     }
+
+
+def bound_tls_handshakes(seconds: float) -> None:
+    """Make every TLS handshake of this process end within ``seconds``: a connection that never sent a
+    ClientHello held the worker's HTTPS listener for asyncio's default of 60 s, past the request-head
+    timeout, which starts only after the handshake (an outside trial). aiohttp's server (through faust)
+    takes no handshake timeout; asyncio reads this default whenever none is given, as for the forwards'
+    and the Kafka clients' handshakes, which a few seconds also bound well."""
+    import asyncio.constants
+
+    asyncio.constants.SSL_HANDSHAKE_TIMEOUT = float(seconds)
