@@ -135,8 +135,9 @@ class _StdinLines:
 
     The SDK's default reads stdin in a worker thread, which nothing interrupts: a SIGTERM or Ctrl-C
     left the server running until the client closed stdin (asyncio.run waits for that thread).
-    A request the SDK would drop unanswered (:func:`refusal`: a lone surrogate, JSON nested too deep)
-    is answered here with a JSON-RPC error for its id, on ``out``; the SDK never sees it."""
+    A request :func:`refusal` refuses (a lone surrogate and JSON nested too deep, which the SDK dropped
+    unanswered; a float beyond a double's range, which it applied as null) is answered here with a
+    JSON-RPC error for its id, on ``out``; the SDK never sees it."""
 
     def __init__(self, reader: asyncio.StreamReader, out: _Lines) -> None:
         self._reader, self._out = reader, out
@@ -232,9 +233,10 @@ def _answerable(rid: Any) -> bool:
 
 
 def refusal(body: bytes) -> tuple[str | int | None, tuple[int, str] | None]:
-    """The id an answer to a JSON-RPC message can carry (or None), and the error to answer it with when the SDK cannot take it well (or None): not JSON or not UTF-8 (a lone surrogate is JSON but
-    not Unicode text: a JS agent's string cut mid-emoji, whose id can still be read), or nested deeper
-    than :data:`MAX_NESTING`: the SDK answers neither by id (over HTTP a 400 with id null, which ends the
+    """The id an answer to a JSON-RPC message can carry (or None), and the error to answer it with when
+    the SDK cannot take it well (or None): not JSON or not UTF-8 (a lone surrogate is JSON but not Unicode
+    text: a JS agent's string cut mid-emoji, whose id can still be read), or nested deeper than
+    :data:`MAX_NESTING`: the SDK answers neither by id (over HTTP a 400 with id null, which ends the
     official client's session; over stdio no answer at all, so the agent's call waited forever). Or a float
     literal beyond a double's range (as 1e400): the SDK reads it as an infinity and hands the tool a null for
     it (it re-validates the request through JSON, which has no infinity), so the verb applied it as an
@@ -262,7 +264,7 @@ def refusal(body: bytes) -> tuple[str | int | None, tuple[int, str] | None]:
     if has_non_finite(msg) and has_non_finite(json.loads(body)):  # a float literal: a written-out integer
         # stays an integer in the SDK (the verbs count it as an infinity), and passes
         return rid, (-32602, "Invalid params: a number beyond a double's range (as 1e400) would reach the "
-                                  "tool as null; send the finite value the field should take")
+                             "tool as null; send the finite value the field should take")
     return rid, None
 
 
@@ -272,10 +274,10 @@ def request_guard(app: Any, body_timeout_s: float = 10.0) -> Any:
     - a body that does not arrive within ``body_timeout_s`` (408, the connection closed): uvicorn waits
       for it forever, so slow bodies could hold every connection slot;
 
-    - what :func:`refusal` names: a body that is not JSON or not UTF-8, and JSON nested deeper than
+    - what :func:`refusal` names: a body that is not JSON or not UTF-8; JSON nested deeper than
       :data:`MAX_NESTING` (the SDK parses with the standard library, whose recursion a few thousand nested
-      arrays exhaust: an HTTP 500 from inside it);
-      and a float literal beyond a double's range (as 1e400), which would reach the tool as null;
+      arrays exhaust: an HTTP 500 from inside it); a float literal beyond a double's range (as 1e400),
+      which would reach the tool as null; an id that is neither a string nor an integer;
     - a body over the SDK's 4 MiB limit (up to :data:`_READ_CAP`), which the SDK answers 413.
 
     The official client takes any HTTP error status as the end of its session (``raise_for_status``
