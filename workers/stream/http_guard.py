@@ -34,17 +34,13 @@ from workers.verbs.surface import envelope_error
 from workers.stream import metrics
 from workers.stream.auth import Authenticator, Principal
 
-__all__ = ("Guard", "web_options", "server_ssl_context", "client_ssl_context", "json_depth", "FORWARDED", "RAW_BODY", "forwarded")
+__all__ = ("Guard", "web_options", "server_ssl_context", "client_ssl_context", "json_depth", "FORWARDED", "RAW_BODY",
+           "forwarded")
 
 logger = logging.getLogger(__name__)
 
 FORWARDED = "X-Learnstream-Forwarded"
 
-
-def forwarded(request: web.Request) -> bool:
-    """Whether another worker forwarded ``request`` (its header is exactly "1", as :meth:`Guard.forward` sends
-    it: any other value, "0" included, had counted as forwarded too)."""
-    return request.headers.get(FORWARDED) == "1"
 _MOVED_CHECK_S = 1.0  # how often a forward asks whether its session has another owner now
 # What a forwarded /route or /predict body gains: the {"verb":…,"body":…} around the client's bytes. A
 # worker takes this much more from another worker, so a body the owner would take is not refused 413
@@ -60,6 +56,12 @@ _RETRY_AFTER_S = "1"
 # before it closes the connection (10 s by default), so a client dribbling its body would keep the
 # connection that much longer than http_body_timeout_s; one second still lets a fast client read the answer.
 _LINGER_S = 1.0
+
+
+def forwarded(request: web.Request) -> bool:
+    """Whether another worker forwarded ``request`` (its header is exactly "1", as :meth:`Guard.forward` sends
+    it: any other value, "0" included, had counted as forwarded too)."""
+    return request.headers.get(FORWARDED) == "1"
 
 
 def _json(data: Any, status: int, headers: dict[str, str] | None = None) -> web.Response:
