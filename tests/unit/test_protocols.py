@@ -337,6 +337,22 @@ def test_preference_confidence_and_upsert() -> None:
     assert len(listing(s, include=["preferences"])["preferences"]) == 1
 
 
+def test_mark_used_with_an_agent_finds_the_sessions_preferences() -> None:
+    """An outside trial: ids from one ``retrieve`` passed back with the same ``agent`` marked the agent's
+    records but reported the preference, which every agent of the session shares, as unknown."""
+    s = LearnSession()
+    p = s.dispatch({"verb": "add_preference", "body": {"session_key": SK, "user_id": "u1", "category": "style",
+                                                       "preference": "short answers", "now_ms": T0}})["data"]
+    k = s.dispatch({"verb": "add_knowledge", "body": {"session_key": SK, "agent": "coder", "domain": "d",
+                                                      "fact": "f", "now_ms": T0}})["data"]
+    out = s.dispatch({"verb": "mark_used", "body": {"session_key": SK, "agent": "coder", "now_ms": T0 + 1,
+                                                    "ids": [p["record_id"], k["record_id"], "nope"]}})["data"]
+    assert out == {"marked": 2, "unknown": ["nope"]}, out
+    other = s.dispatch({"verb": "mark_used", "body": {"session_key": SK, "agent": "other", "now_ms": T0 + 2,
+                                                      "ids": [k["record_id"]]}})["data"]
+    assert other == {"marked": 0, "unknown": [k["record_id"]]}  # another agent's knowledge stays its own
+
+
 def test_knowledge_confidence_and_upsert() -> None:
     s = LearnSession()
     d = lambda **b: s.dispatch({"verb": "add_knowledge", "body": {"session_key": SK, "agent": "tester", **b}})  # noqa: E731

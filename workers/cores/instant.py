@@ -717,7 +717,10 @@ def _instant(ctx: VerbContext) -> InstantState:
 # -- verbs ---------------------------------------------------------------------
 @verb("init_instant", table="session", writes=True, topic="commands", params=params(
     ("targets",), targets={"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
-                           "uniqueItems": True}, dim={"type": "integer", "minimum": 1}))
+                           "uniqueItems": True},
+    dim={"type": "integer", "minimum": 1, "maximum": MAX_DIM, "default": DEFAULT_DIM,
+         "description": "the width of the embeddings feedback will send (every later feedback embedding must "
+                        "have exactly this many floats, or it is refused as 'embedding wrong dim')"}))
 def init_instant(ctx: VerbContext, body: dict) -> dict:
     """{targets: [str, ...], dim?} -> {targets, dim}. Replaces any previous adapter."""
     targets = targets_list(body.get("targets"))

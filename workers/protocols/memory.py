@@ -23,6 +23,7 @@ Time is event time: every method takes ``now_ms`` and the state keeps the latest
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -403,7 +404,10 @@ class ProtocolsState:
         self.clock_ms = max(self.clock_ms, now_ms)
         seen: set[str] = set()
         marked = 0
-        for _, rec in self.records(agent):
+        # the session's preferences are every agent's (retrieve gives them to each): with ``agent`` they
+        # were reported unknown (an outside trial)
+        shared = self.preferences.values() if agent is not None else ()
+        for rec in itertools.chain((r for _, r in self.records(agent)), shared):
             if rec.id in wanted:
                 rec.accesses += 1
                 rec.touch(now_ms)

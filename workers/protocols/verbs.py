@@ -59,7 +59,12 @@ def _text(name: str, **extra: object) -> dict:
     tools show it, so an agent learns a limit from the schema instead of from a refusal)."""
     return {**_TEXT, "maxLength": _LEN[name], "pattern": "\\S", **extra}
 _UNIT = {"type": "number", "minimum": 0, "maximum": 1}
-_MS = {"type": "integer", "minimum": 0, "description": "event time, epoch ms (default: the latest seen)"}
+# the default as an agent meets it: through HTTP, MCP or a topic a write is a Kafka record, whose timestamp
+# is when it was sent; "the latest seen" alone (an in-process call) made an outside trial's replay of
+# history age every record to the wall clock without knowing why
+_MS = {"type": "integer", "minimum": 0,
+       "description": "event time, epoch ms (default: when the write was sent, its Kafka record's timestamp; in "
+                      "process, the latest time seen). Send it when replaying history: a later time ages every record"}
 
 
 def matcher() -> StrategyMatcher:
@@ -288,7 +293,7 @@ def mark_used(ctx: VerbContext, body: dict) -> dict:
 
 # -- forgetting ----------------------------------------------------------------------
 @verb("forget", table="agent", writes=True, topic="commands", params=params(
-    (), older_than_days={"type": "number", "minimum": 0, "default": 90},
+    (), older_than_days={"type": "number", "minimum": 0, "maximum": _MAX_DAYS, "default": 90},
     below_confidence={**_UNIT, "default": 0.3}, min_strength=_UNIT, agent=_TEXT, project_id={"type": "string"},
     now_ms=_MS))
 def forget(ctx: VerbContext, body: dict) -> dict:
