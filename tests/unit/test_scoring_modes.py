@@ -221,7 +221,9 @@ def test_partial_window_is_skipped_unless_in_the_first_quarter() -> None:
     rep = incremental(conv, ToyBackend({("early", "r0"): 1.0, ("late", "r5"): 1.0}), ScoringState(), now_ms=0)
     assert [r["memory_id"] for r in rep.scored] == ["early"]
     assert rep.scored[0]["score"] == pytest.approx(1.0) and rep.scored[0]["responses"] == 9
-    assert rep.skipped == [("late", "partial window (5 of 50 responses)"), ("last", "no response follows")]
+    assert rep.skipped == [("late", "partial window (5 of 50 responses): scored once 50 assistant responses "
+                                    "follow it (configure_scoring window); important_memories scores it now"),
+                           ("last", "no response follows")]
     # with a window of 5, "late" has a full one
     rep = incremental(conv, ToyBackend({("late", "r5"): 1.0}), ScoringState(), now_ms=0, window=5)
     assert [r["memory_id"] for r in rep.scored] == ["early", "late"]

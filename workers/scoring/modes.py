@@ -222,7 +222,9 @@ def incremental(messages: Sequence[Message] | EncodedConversation, backend: Scor
             report.skipped.append((mid, "no response follows"))
             continue
         if len(targets) < size and not 4 * first < n:
-            report.skipped.append((mid, f"partial window ({len(targets)} of {size} responses)"))
+            report.skipped.append((mid, f"partial window ({len(targets)} of {size} responses): scored once "
+                                        f"{size} assistant responses follow it (configure_scoring window); "
+                                        "important_memories scores it now"))
             continue
         if attempts >= (max_per_run or len(due)) or len(report.failed) >= _FAILURES_BEFORE_DEFER:
             report.deferred.append(mid)

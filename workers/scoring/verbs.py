@@ -188,13 +188,21 @@ def score_conversation(ctx: VerbContext, body: dict) -> dict:
     tokenizer={"enum": list(TOKENIZERS), "description": "score_api / openai (required): whose token ids"},
     tokenizer_url={"type": "string", "description": "tokenizer remote: POST /tokenize URL"},
     logprobs_mode={"enum": list(LOGPROBS_MODES), "description": "openai only (default prompt_logprobs)"},
-    timeout_s={"type": "number", "exclusiveMinimum": 0, "maximum": 120},
+    timeout_s={"type": "number", "exclusiveMinimum": 0, "maximum": 120,
+               "description": "bound of one scoring call, seconds (default 10)"},
     max_age_ms={"type": "integer", "minimum": 0, "maximum": 10**13,
                 "description": "a memory scored longer ago than this is scored again (default 1 h)"},
-    window={"type": "integer", "minimum": 1, "maximum": 10_000},
-    threshold={"type": "number", "minimum": 0, "maximum": 1e9},
-    max_per_run={"type": "integer", "minimum": 1, "maximum": 10_000},
-    finetune_count={"type": "integer", "minimum": 0, "maximum": 100_000}))
+    window={"type": "integer", "minimum": 1, "maximum": 10_000,
+            "description": "assistant responses after a memory's first appearance that it is judged on (default "
+                           "50); a memory with fewer after it waits for them (skipped: partial window), unless it "
+                           "is in the conversation's first quarter"},
+    threshold={"type": "number", "minimum": 0, "maximum": 1e9,
+               "description": "divergence a fine-tune candidate must exceed (default 1e-7)"},
+    max_per_run={"type": "integer", "minimum": 1, "maximum": 10_000,
+                 "description": "memories scored per event at most (default 32); the rest wait for the next one"},
+    finetune_count={"type": "integer", "minimum": 0, "maximum": 100_000,
+                    "description": "when > 0, each stored conversation also proposes fine-tune candidates among "
+                                   "its last this-many messages (default 0)"}))
 def configure_scoring(ctx: VerbContext, body: dict) -> dict:
     """{backend?, base_url?, model?, tokenizer?, tokenizer_url?, logprobs_mode?, timeout_s?, max_age_ms?,
     window?, threshold?, max_per_run?, finetune_count?} -> {config}."""
