@@ -55,7 +55,8 @@ def _description(name: str, v: Verb) -> str:
     t = _topic_of(v)
     if t is not None and t.verb == v.name and t.description:
         doc = f"{t.description}\n\n{doc}" if doc else t.description
-    how = ("A write: returns once the session's worker has applied it, with its id (topic:partition:offset)."
+    how = ("A write: returns once the session's worker has applied it, as {id (topic:partition:offset), "
+           "idempotency_key, data: the reply above} (duplicate: true when the key was applied before)."
            if v.writes else "A read, answered by the worker that owns the session.")
     return f"{doc}\n\n{how}".strip() if doc else how
 
