@@ -436,7 +436,9 @@ def insert_edge(ctx: VerbContext, body: dict) -> dict:
        "description": "valid time (epoch ms, int64 as in the spec) the edges must hold at"},
     known_at={"type": "integer", "minimum": _I64_MIN, "maximum": _I64_MAX,
               "description": "what was believed at this time (epoch ms; default: now)"},
-    limit={"type": "integer", "minimum": 0, "maximum": _I64_MAX, "description": "0 = all"}))
+    limit={"type": "integer", "minimum": 0, "maximum": _I64_MAX,
+           "description": "0 = all, in insertion order; with more active edges than the limit, the limit newest "
+                          "by created_at (spec)"}))
 def query_at(ctx: VerbContext, body: dict) -> dict:
     """``{src, t, limit?, known_at?}`` -> ``{edges, count}``."""
     src = body.get("src")
