@@ -217,11 +217,11 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
         conn = http.client.HTTPConnection("127.0.0.1", side.port, timeout=10)
         socks = []
         for pause in (5.5, 0):
-            conn.request("POST", "/mcp", body=b"{}", headers={**hdr, "Authorization": "Bearer s3cret",
-                                                              "Content-Type": "application/json"})
+            conn.request("POST", "/mcp", body=orjson.dumps(init), headers={**hdr, "Authorization": "Bearer s3cret",
+                                                                            "Content-Type": "application/json"})
             r = conn.getresponse()  # RemoteDisconnected / BrokenPipeError if the server had closed it
             r.read()
-            assert r.status == 400 and not r.will_close, r.status
+            assert r.status == 200 and not r.will_close, r.status
             socks.append(conn.sock)
             time.sleep(pause)
         assert socks[0] is socks[1]  # the second request went over the first connection
@@ -231,6 +231,12 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
         r = conn.getresponse()
         r.read()
         assert r.status == 401 and r.will_close
+        conn.close()
+        conn = http.client.HTTPConnection("127.0.0.1", side.port, timeout=10)
+        conn.request("GET", "/elsewhere")  # a 404 held its slot as well (the next trial)
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 404 and r.will_close
         conn.close()
         for tokens in (("s3cret", "wrong"), ("wrong", "s3cret")):  # the SDK took the first
             conn = http.client.HTTPConnection("127.0.0.1", side.port, timeout=10)

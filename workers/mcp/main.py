@@ -74,9 +74,11 @@ def http_app(client: LearnstreamClient, *, token: str, default_session: str = "d
 
 
 def _closing_refusals(app: Any) -> Any:
-    """An ASGI wrapper closing the connection of every 401 and 403 answer: kept alive, each held one of the
-    sidecar's :data:`MAX_CONNECTIONS` slots, so clients without a token, sending a request every few
-    seconds on 256 connections, kept every agent out (503) for as long as they liked (an outside trial).
+    """An ASGI wrapper closing the connection of every 4xx answer (401, 403, a 404 for another path,
+    ...): kept alive, each held one of the sidecar's :data:`MAX_CONNECTIONS` slots, so clients without a
+    token, sending a request every few seconds on 256 connections, kept every agent out (503) for as long
+    as they liked (outside trials: with 401s, then with 404s). An agent's tool call that fails is a JSON-RPC
+    error in an HTTP 200, whose connection stays.
     A request with more than one Authorization header is refused (400) as on the worker: the SDK took
     the first."""
     import orjson
@@ -96,7 +98,7 @@ def _closing_refusals(app: Any) -> Any:
             return
 
         async def send_closing(message: Any) -> None:
-            if message["type"] == "http.response.start" and message.get("status") in (401, 403):
+            if message["type"] == "http.response.start" and 400 <= message.get("status", 200) < 500:
                 message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
