@@ -232,12 +232,13 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
         r.read()
         assert r.status == 401 and r.will_close
         conn.close()
-        conn = http.client.HTTPConnection("127.0.0.1", side.port, timeout=10)
-        conn.request("GET", "/elsewhere")  # a 404 held its slot as well (the next trial)
-        r = conn.getresponse()
-        r.read()
-        assert r.status == 404 and r.will_close
-        conn.close()
+        for method, path in (("GET", "/elsewhere"), ("POST", "/mcp/")):  # a 404, a 307 held their slots too
+            conn = http.client.HTTPConnection("127.0.0.1", side.port, timeout=10)
+            conn.request(method, path)
+            r = conn.getresponse()
+            r.read()
+            assert r.status in (404, 307) and r.will_close, (path, r.status)
+            conn.close()
         for tokens in (("s3cret", "wrong"), ("wrong", "s3cret")):  # the SDK took the first
             conn = http.client.HTTPConnection("127.0.0.1", side.port, timeout=10)
             conn.putrequest("POST", "/mcp")
@@ -257,9 +258,10 @@ def test_streamable_http_needs_the_bearer_token(worker_factory, tmp_path: Path) 
         assert r.status_code == 400 and "nested deeper than 64" in r.json()["error"]["message"], r.text
         # a body that is not UTF-8, or compressed: a parse error, not a 500 with a traceback (an outside trial)
         bad = b'{"jsonrpc": "2.0", "id": 3, "method": "initialize", "params": {"x": "\xff\xfe"}}'
-        for body, extra in ((bad, {}), (gzip.compress(orjson.dumps(init)), {"Content-Encoding": "gzip"})):
+        for body, extra, status, rid in ((bad, {}, 200, 3),  # its id still read: answered by id
+                                         (gzip.compress(orjson.dumps(init)), {"Content-Encoding": "gzip"}, 400, None)):
             r = httpx.post(side.url, content=body, headers={**auth, **extra}, timeout=10)
-            assert r.status_code == 400 and r.json()["error"]["code"] == -32700, r.text
+            assert r.status_code == status and r.json()["id"] == rid and r.json()["error"]["code"] == -32700, r.text
         # a lone surrogate (JSON, not Unicode text: a JS agent's string cut mid-emoji) is a parse error for its id,
         # not a 400 with id null, which ends the official client's session
         cut = b'{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "health", "arguments": ' \
@@ -410,6 +412,18 @@ def test_stdio_answers_by_id_what_the_sdk_would_leave_unanswered(worker_factory,
         inf = send(call(4, b'{"session_key": "lines", "agent": "a", "domain": "d", "fact": "f", "importance": 1e400}',
                         b"add_knowledge"))
         assert inf["id"] == 4 and "as 1e400" in inf["error"]["message"], inf
+        # invalid UTF-8 was applied with replacement characters (another session_key): a parse error for its id
+        bad = send(call(6, b'{"session_key": "lines-\xff", "agent": "a", "domain": "d", "fact": "f"}', b"add_knowledge"))
+        assert bad["id"] == 6 and bad["error"]["code"] == -32700, bad
+        # ids that are not a string or an integer, and batches, went unanswered: Invalid Request, id null
+        for line in (b'{"jsonrpc": "2.0", "id": null, "method": "ping"}', b'{"jsonrpc": "2.0", "id": 1.5, "method": "ping"}',
+                     b'{"jsonrpc": "2.0", "id": ' + b"1" * 30 + b', "method": "ping"}',
+                     b'[{"jsonrpc": "2.0", "id": 7, "method": "ping"}]'):
+            out = send(line)
+            assert out["id"] is None and out["error"]["code"] == -32600, (line, out)
+        # a blank line, and a notification the SDK cannot take, get no answer: the next answer is the next call's
+        assert proc.stdin is not None
+        proc.stdin.write(b"\n" + b'{"jsonrpc": "2.0", "method": "notifications/x", "params": {"v": 1e400}}\n')
         ok = send(call(5, b'{"session_key": "lines"}'))
         assert ok["id"] == 5 and not ok["result"].get("isError"), ok  # still serving
     finally:

@@ -74,8 +74,8 @@ def http_app(client: LearnstreamClient, *, token: str, default_session: str = "d
 
 
 def _closing_refusals(app: Any) -> Any:
-    """An ASGI wrapper closing the connection of every 4xx answer (401, 403, a 404 for another path,
-    ...): kept alive, each held one of the sidecar's :data:`MAX_CONNECTIONS` slots, so clients without a
+    """An ASGI wrapper closing the connection of every answer that is not a 2xx (401, 403, a 404 for another
+    path, a 307 for /mcp/, ...): kept alive, each held one of the sidecar's :data:`MAX_CONNECTIONS` slots, so clients without a
     token, sending a request every few seconds on 256 connections, kept every agent out (503) for as long
     as they liked (outside trials: with 401s, then with 404s). An agent's tool call that fails is a JSON-RPC
     error in an HTTP 200, whose connection stays.
@@ -98,7 +98,7 @@ def _closing_refusals(app: Any) -> Any:
             return
 
         async def send_closing(message: Any) -> None:
-            if message["type"] == "http.response.start" and 400 <= message.get("status", 200) < 500:
+            if message["type"] == "http.response.start" and not 200 <= message.get("status", 200) < 300:
                 message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
@@ -137,9 +137,10 @@ class _StdinLines:
 
     The SDK's default reads stdin in a worker thread, which nothing interrupts: a SIGTERM or Ctrl-C
     left the server running until the client closed stdin (asyncio.run waits for that thread).
-    A request :func:`refusal` refuses (a lone surrogate and JSON nested too deep, which the SDK dropped
-    unanswered; a float beyond a double's range, which it applied as null) is answered here with a
-    JSON-RPC error for its id, on ``out``; the SDK never sees it."""
+    A message :func:`refusal` refuses never reaches the SDK: a request is answered here with a JSON-RPC
+    error for its id (id null when it cannot be told), on ``out``. The SDK dropped a lone surrogate, JSON
+    nested too deep, bad ids and batches unanswered; it applied invalid UTF-8 with replacement characters
+    (another session_key, another fact) and a float beyond a double's range as null."""
 
     def __init__(self, reader: asyncio.StreamReader, out: _Lines) -> None:
         self._reader, self._out = reader, out
@@ -168,12 +169,15 @@ class _StdinLines:
                 return "{}"
             if not line:
                 raise StopAsyncIteration
-            rid, error = refusal(line)
-            if error is None or rid is None:
+            if not line.strip():
+                continue  # a blank line is no message (the SDK answered it with an error notification)
+            rid, error, answer = refusal(line)
+            if error is None:
                 return line.decode("utf-8", errors="replace")
-            code, message = error
-            await self._out.write(orjson.dumps({"jsonrpc": "2.0", "id": rid,
-                                                "error": {"code": code, "message": message}}).decode() + "\n")
+            if answer:  # JSON-RPC: id null when it cannot be told; a notification gets no answer
+                code, message = error
+                await self._out.write(orjson.dumps({"jsonrpc": "2.0", "id": rid,
+                                                    "error": {"code": code, "message": message}}).decode() + "\n")
 
 
 class _Lines:
@@ -219,7 +223,7 @@ def _id_of(body: bytes) -> str | int | None:
     import json
 
     try:
-        msg = json.loads(body)
+        msg = json.loads(body.decode("utf-8", errors="replace"))  # an invalid byte in a string spares the id
     except (ValueError, RecursionError):
         return None
     rid = msg.get("id") if isinstance(msg, dict) and "method" in msg else None
@@ -234,16 +238,18 @@ def _answerable(rid: Any) -> bool:
     return isinstance(rid, str) or isinstance(rid, int) and not isinstance(rid, bool) and -2**63 <= rid < 2**64
 
 
-def refusal(body: bytes) -> tuple[str | int | None, tuple[int, str] | None]:
-    """The id an answer to a JSON-RPC message can carry (or None), and the error to answer it with when
-    the SDK cannot take it well (or None): not JSON or not UTF-8 (a lone surrogate is JSON but not Unicode
+def refusal(body: bytes) -> tuple[str | int | None, tuple[int, str] | None, bool]:
+    """The id an answer to a JSON-RPC message can carry (or None), the error to answer it with when the SDK
+    cannot take it well (or None), and whether JSON-RPC wants an answer to it at all (a request, or a
+    message whose id cannot be told; not a notification): not JSON or not UTF-8 (a lone surrogate is JSON but not Unicode
     text: a JS agent's string cut mid-emoji, whose id can still be read), or nested deeper than
     :data:`MAX_NESTING`: the SDK answers neither by id (over HTTP a 400 with id null, which ends the
     official client's session; over stdio no answer at all, so the agent's call waited forever). Or a float
     literal beyond a double's range (as 1e400): the SDK reads it as an infinity and hands the tool a null for
     it (it re-validates the request through JSON, which has no infinity), so the verb applied it as an
     absent field (outside trials, over both transports). Or a request whose id is neither a string nor an
-    integer (null, 1.5, an object, beyond 64 bits): JSON-RPC's Invalid Request, with id null."""
+    integer (null, 1.5, an object, beyond 64 bits), or a batch (MCP has none since 2025-06-18): JSON-RPC's
+    Invalid Request, with id null."""
     import json
 
     from workers.stream.http_guard import json_depth
@@ -253,21 +259,23 @@ def refusal(body: bytes) -> tuple[str | int | None, tuple[int, str] | None]:
         msg = loads(body)  # a number beyond a double's range is an infinity here too (the SDK reads it)
     except ValueError as exc:
         reason = f"JSON nested deeper than {MAX_NESTING}" if "depth" in str(exc) else str(exc)[:200]
-        return _id_of(body), (-32700, f"Parse error: {reason}")
-    request = isinstance(msg, dict) and "method" in msg
+        return _id_of(body), (-32700, f"Parse error: {reason}"), True
+    if isinstance(msg, list):
+        return None, (-32600, "Invalid request: a batch (MCP has none since 2025-06-18): send each message "
+                              "alone"), True
+    request = isinstance(msg, dict) and "id" in msg
     rid = msg.get("id") if request else None
-    if request and "id" in msg and not _answerable(rid):
+    if request and not _answerable(rid):
         # the SDK took it for a notification: an empty 202 (no answer over stdio) and a ~25-line dump in the log
         return None, (-32600, "Invalid request: an id is a string or an integer of at most 64 bits (MCP); a "
-                              "notification has none")
-    rid = rid if _answerable(rid) else None
+                              "notification has none"), True
     if msg is not None and not json_depth(msg, MAX_NESTING):
-        return rid, (-32700, f"Parse error: JSON nested deeper than {MAX_NESTING}")
+        return rid, (-32700, f"Parse error: JSON nested deeper than {MAX_NESTING}"), request
     if has_non_finite(msg) and has_non_finite(json.loads(body)):  # a float literal: a written-out integer
         # stays an integer in the SDK (the verbs count it as an infinity), and passes
         return rid, (-32602, "Invalid params: a number beyond a double's range (as 1e400) would reach the "
-                             "tool as null; send the finite value the field should take")
-    return rid, None
+                             "tool as null; send the finite value the field should take"), request
+    return rid, None, request
 
 
 def request_guard(app: Any, body_timeout_s: float = 10.0) -> Any:
@@ -319,7 +327,7 @@ def request_guard(app: Any, body_timeout_s: float = 10.0) -> Any:
             more = message.get("more_body", False)
         if not more and size <= _READ_CAP:
             body = b"".join(m.get("body", b"") for m in chunks if m["type"] == "http.request")
-            rid, error = refusal(body)
+            rid, error, _ = refusal(body)
             if error is not None:
                 await answer(200 if rid is not None else 400, rid, *error, send)
                 return
@@ -356,6 +364,8 @@ KEEP_ALIVE_S = 75
 # Connections and requests at once; beyond, uvicorn answers 503. A request head or body that never
 # finishes is cut off after LEARNSTREAM_HTTP_HEADER_TIMEOUT_S / _BODY_TIMEOUT_S (timed_heads, request_guard).
 MAX_CONNECTIONS = 256
+# In-flight requests a SIGTERM waits for before the server stops anyway (uvicorn waits without a bound).
+_STOP_GRACE_S = 10
 
 
 def timed_heads(header_timeout_s: float) -> type:
@@ -423,7 +433,9 @@ async def _serve_http(client: LearnstreamClient, host: str, port: int, token: st
         app = http_app(client, token=token, default_session=session, body_timeout_s=settings.http_body_timeout_s)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
                                 timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=MAX_CONNECTIONS,
-                                http=timed_heads(settings.http_header_timeout_s))
+                                http=timed_heads(settings.http_header_timeout_s),
+                                # a tool call still waiting for a worker held a SIGTERM off for minutes
+                                timeout_graceful_shutdown=_STOP_GRACE_S)
         quiet_server_logs()  # after the Config: it sets uvicorn's loggers up
 
         class Listening(uvicorn.Server):
