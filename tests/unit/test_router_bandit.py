@@ -1032,5 +1032,11 @@ def test_a_misreported_first_cost_does_not_lock_a_model_out() -> None:
     assert st.bandit is not None and st.bandit.cost[0] == pytest.approx(0.3)
     assert st.bandit.cost[1] == pytest.approx(0.3 + 0.1 * (3.0 - 0.3))
     lone = RouterState(["a", "b"], in_dim=DIM, threshold=1)
-    lone.record_outcome("a", 0.9, cost=100.0)  # the first cost of all: judged against 0 and one quality point
-    assert lone.bandit is not None and lone.bandit.cost[0] == pytest.approx(0.1)
+    lone.record_outcome("a", 0.9, cost=100.0)  # the first cost of all: nothing to judge it by, as reported
+    assert lone.bandit is not None and lone.bandit.cost[0] == 100.0
+    # at a large lambda real first costs are not squashed, whoever reports first (the next trial: 0.5 each
+    # became 0.03-0.09 by report order, and every request went to the first model to report)
+    big = RouterState(["a", "b", "c"], in_dim=DIM, threshold=1, cost_weight=1000.0)
+    for t in ("a", "b", "c"):
+        big.record_outcome(t, 0.5, cost=0.5)
+    assert big.bandit is not None and list(big.bandit.cost) == [0.5, 0.5, 0.5]

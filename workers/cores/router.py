@@ -451,18 +451,22 @@ class RouterState:
 
     def _bounded_cost(self, i: int, c: float | None) -> float | None:
         """``c`` as target i's cost average takes it: at most ``_COST_JUMP`` times that average or one
-        quality point at the router's lambda, whichever is more. A target's first cost sets its average, as
-        reported when it is within that bound of the other targets' mean average (0 when none has one);
-        past it, the average takes one EMA step from that mean toward the bound, as any later report would:
-        a misreported *first* cost (100 against others' 0.05) had set the average as reported, and the model
-        was never routed to again for a report that could lower it (an outside trial)."""
+        quality point at the router's lambda, whichever is more. A target's first cost sets its average: as
+        reported when no other target has one (nothing to judge it by) or it is within that bound of their
+        mean average; past it, the average takes one EMA step from that mean toward the bound, as any later
+        report would. A misreported *first* cost (100 against others' 0.05) had set the average as reported,
+        and the model was never routed to again for a report that could lower it (an outside trial); judged
+        against 0 when none had a cost, real first costs at a large lambda were squashed and the first model
+        to report looked cheapest (the next trial)."""
         b = self.bandit
         if c is None or b is None or self.cost_weight <= 0:
             return c
         if b.cost_seen[i]:
             return min(c, max(_COST_JUMP * float(b.cost[i]), 1.0 / self.cost_weight))
         others = b.cost[b.cost_seen]
-        prior = float(others.mean()) if others.size else 0.0
+        if not others.size:
+            return c
+        prior = float(others.mean())
         bound = max(_COST_JUMP * prior, 1.0 / self.cost_weight)
         return c if c <= bound else prior + _COST_RATE * (bound - prior)
 
