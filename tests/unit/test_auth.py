@@ -55,6 +55,7 @@ def test_scopes_exact_prefix_and_write_implies_read() -> None:
     # a typo or a wish passed silently as a token without it (an outside trial's `admin: true`)
     ("tokens: [{sha256: " + "a" * 64 + ", wirte: ['*']}]", r"tokens\[0\]: unknown key 'wirte' \(an entry has name, "),
     ("tokens: [{sha256: " + "a" * 64 + ", admin: true}]", "unknown key 'admin'"),
+    ("tokens: []\npeers: [{sha256: " + "a" * 64 + "}]", "unknown key 'peers' beside `tokens`"),
 ])
 def test_a_bad_tokens_file_names_the_entry(text: str, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
@@ -76,6 +77,12 @@ def test_lookup_by_hash_and_reload_keeps_old_tokens_on_a_bad_file(tmp_path, capl
     path.write_text(f"tokens: [{{name: two, sha256: {hash_token(t2)}}}]")
     store._checked = 0.0
     assert store.lookup(t2).name == "two" and store.lookup(t1) is None
+    path.write_text("tokens: []")  # every client refused from now on: said at WARNING, not INFO
+    store._checked = 0.0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert store.lookup(t2) is None
+    assert "now lists no tokens" in caplog.text
 
 
 def test_modes(tmp_path, caplog) -> None:
@@ -117,6 +124,13 @@ def test_modes(tmp_path, caplog) -> None:
         with caplog.at_level(logging.WARNING):
             Authenticator(settings(web_bind="0.0.0.0", auth_tokens_file=tokens, peer_token_file=peer_file))
         assert (said in caplog.text) if said else "LEARNSTREAM_PEER_TOKEN_FILE" not in caplog.text, caplog.text
+    # an empty peer token file, beside an empty tokens file: both said, in one record (WARNINGs of one call
+    # site are rate-limited: the second was lost)
+    peer_file.write_text("\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        Authenticator(settings(web_bind="0.0.0.0", auth_tokens_file=empty, peer_token_file=peer_file))
+    assert len(caplog.records) == 1 and "lists no tokens" in caplog.text and "is empty" in caplog.text, caplog.text
     for header in (None, "", "Bearer", "Bearer y", "Basic x", "x"):
         assert a.authenticate(header) is None, header
     # a peer token file that cannot be read is said at start (it was an ERROR at the first forward), not

@@ -120,6 +120,9 @@ def parse_tokens(text: str, source: str = "tokens file") -> list[tuple[str, Prin
     entries = doc.get("tokens") if isinstance(doc, dict) else None
     if not isinstance(entries, list):
         raise ConfigError(f"{source}: expected a mapping with a `tokens` list")
+    if set(doc) != {"tokens"}:  # `peers:` beside it, say: entries that would never count
+        raise ConfigError(f"{source}: unknown key {', '.join(repr(str(k)) for k in doc if k != 'tokens')} beside "
+                          "`tokens` (the file holds only the `tokens` list)")
     out: list[tuple[str, Principal]] = []
     for i, e in enumerate(entries):
         where = f"{source}: tokens[{i}]"
@@ -204,7 +207,11 @@ class TokenStore:
             return
         self._entries = [(h.encode(), p) for h, p in entries]
         self._sig = sig
-        logger.info("tokens file %s: %d tokens", self.path, len(entries))
+        if entries or strict:  # at start, an empty file is the Authenticator's warning
+            logger.info("tokens file %s: %d tokens", self.path, len(entries))
+        else:
+            logger.warning("tokens file %s now lists no tokens: every request that needs one is answered 401",
+                           self.path)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -248,7 +255,10 @@ class Authenticator:
             else:
                 token = self.peer_token.get()
                 found = self.store.lookup(token) if token else None
-                if token and (found is None or not found.peer):
+                if settings.peer_token_file is not None and not token:
+                    self.notices.append(f"LEARNSTREAM_PEER_TOKEN_FILE={settings.peer_token_file} is empty: requests "
+                                        "for sessions another worker owns cannot be forwarded (they answer 503)")
+                elif token and (found is None or not found.peer):
                     # pods went Ready and ~(N-1)/N of requests answered 503, with an ERROR per forward only
                     self.notices.append(
                         f"the token in LEARNSTREAM_PEER_TOKEN_FILE={settings.peer_token_file} is "
@@ -271,9 +281,10 @@ class Authenticator:
             self.warn()
 
     def warn(self) -> None:
-        """Log the mode's warnings (authentication off, no tokens, no peer credential)."""
-        for notice in self.notices:
-            logger.warning("%s", notice)
+        """Log the mode's warnings (authentication off, no tokens, no peer credential) as one record: WARNINGs
+        of one call site are rate-limited (workers/stream/logs.py), which dropped a second one."""
+        if self.notices:
+            logger.warning("%s", "; and ".join(self.notices))
 
     @property
     def enabled(self) -> bool:
