@@ -43,6 +43,7 @@ __all__ = ("LearnstreamClient", "SyncClient", "Sent", "Applied", "WriteNotConfir
 
 _LINGER_MS = 5  # small batching window: many agents send bursts
 _MAX_REQUEST = 1 << 20  # the producer's request limit (1 MiB), as a Kafka broker takes by default
+_F32_MAX = float(np.finfo(np.float32).max)
 # How long apply() keeps retrying (same idempotency key) while no worker answers: a worker
 # restart plus a consumer-group rejoin on the embedded broker takes ~20-30 s.
 _APPLY_DEADLINE_S = 60.0
@@ -147,9 +148,14 @@ def _vec(x: Any, field: str = "embedding") -> dict:
     later in the DLQ (base64 is beyond what a JSON Schema can check). A 1536-feature example as JSON text
     was ~32 kB, and an envelope of 40 went over the producer's 1 MB limit (an outside trial)."""
     if not isinstance(x, np.ndarray):
-        return {field: _nums(field, x)}
-    if x.ndim != 1:
-        raise ValidationError(field, f"must be one vector, got an array of shape {x.shape}")
+        values = _nums(field, x)
+        if not values:
+            raise ValidationError(field, "must not be empty")
+        if max(map(abs, values)) > _F32_MAX:  # the worker reads float32: an infinity, dead-lettered
+            raise ValidationError(field, "must be finite as float32 (float32 ends near 3.4e38)")
+        return {field: values}
+    if x.ndim != 1 or not x.size:
+        raise ValidationError(field, f"must be one non-empty vector, got an array of shape {x.shape}")
     if x.dtype.kind not in "iuf":
         raise ValidationError(field, f"must be an array of numbers, got an array of {x.dtype}")
     with np.errstate(over="ignore"):  # beyond float32's range: an infinity, refused below
@@ -160,11 +166,11 @@ def _vec(x: Any, field: str = "embedding") -> dict:
 
 
 def _label(y: Any) -> int:
-    """A class label: an integer, or a float that is one (a label column read as floats); ``int()`` took
-    1.7 as 1 and True as 1."""
+    """A class label: a class index (an integer >= 0), or a float that is one (a label column read as
+    floats); ``int()`` took 1.7 as 1 and True as 1."""
     if isinstance(y, (bool, np.bool_)) or not isinstance(y, (int, float, np.integer, np.floating)) \
-            or (isinstance(y, (float, np.floating)) and not float(y).is_integer()):
-        raise ValidationError("label", f"must be an integer, got {y!r}")
+            or (isinstance(y, (float, np.floating)) and not float(y).is_integer()) or not 0 <= y < 2**31:
+        raise ValidationError("label", f"must be a class index (an integer >= 0), got {y!r}")
     return int(y)
 
 
@@ -266,8 +272,8 @@ class LearnstreamClient:
             fut = await self._producer.send(t.name, raw, key=session_key.encode())
         except MessageSizeTooLargeError:
             raise ValidationError("", f"the event is {len(raw):,} bytes of JSON, over the producer's limit of "
-                                      f"{_MAX_REQUEST:,}: "
-                                      "pass vectors as NumPy arrays (sent as base64) or split the envelope") from None
+                                      f"{_MAX_REQUEST:,}: split it into smaller messages (a vector given as a NumPy "
+                                      "array goes as base64, ~4x smaller than a list)") from None
         if not wait:
             return fut
         md = await fut
@@ -388,8 +394,11 @@ class LearnstreamClient:
     async def examples(self, session_key: str, xs: Any, ys: Any, *, task: str | int | None = None,
                        now_ms: int | None = None, wait: bool = True) -> Any:
         """An envelope of many examples (one message)."""
+        xs, ys = list(xs), list(ys)
+        if len(xs) != len(ys):
+            raise ValidationError("examples", f"{len(xs)} feature vectors but {len(ys)} labels")
         exs = [_drop_none({**_vec(x, "features"), "label": _label(y), "task": task, "now_ms": now_ms})
-               for x, y in zip(xs, ys, strict=True)]
+               for x, y in zip(xs, ys)]
         return await self.send("examples", session_key, {"examples": exs}, wait=wait)
 
     async def outcome(self, session_key: str, outcome: dict, *, wait: bool = True) -> Any:

@@ -72,13 +72,19 @@ def test_examples_features_and_labels_are_checked_in_the_agent() -> None:
     import numpy as np
 
     c = LearnstreamClient("127.0.0.1:1")  # never started: every check comes first
-    for label in (1.7, True, "1", None, np.bool_(False), float("nan")):
-        with pytest.raises(ValidationError, match="label: must be an integer"):
+    for label in (1.7, True, "1", None, np.bool_(False), float("nan"), -1, 2**70, 1e300):
+        with pytest.raises(ValidationError, match="label: must be a class index"):
             asyncio.run(c.example("s", [0.1, 0.2], label))  # type: ignore[arg-type]
-    with pytest.raises(ValidationError, match="features: must be one vector"):
-        asyncio.run(c.example("s", np.zeros((2, 2), np.float32), 1))
-    with pytest.raises(ValidationError, match="features: must be finite as float32"):
-        asyncio.run(c.examples("s", np.array([[1e39, 0.0]]), [0]))
+    for features in (np.zeros((2, 2), np.float32), np.array([], np.float32)):
+        with pytest.raises(ValidationError, match="features: must be one non-empty vector"):
+            asyncio.run(c.example("s", features, 1))
+    with pytest.raises(ValidationError, match="features: must not be empty"):
+        asyncio.run(c.example("s", [], 1))
+    for big in (np.array([[1e39, 0.0]]), [[1e39, 0.0]]):  # beyond float32: the worker's infinity
+        with pytest.raises(ValidationError, match="features: must be finite as float32"):
+            asyncio.run(c.examples("s", big, [0]))
+    with pytest.raises(ValidationError, match="2 feature vectors but 1 labels"):
+        asyncio.run(c.examples("s", np.ones((2, 3)), [0]))
     with pytest.raises(ValidationError, match="features: must be an array of numbers"):
         asyncio.run(c.example("s", [0.1, True], 0))
     with pytest.raises(RuntimeError, match="not started"):  # good ones pass every check
