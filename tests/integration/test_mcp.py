@@ -512,3 +512,37 @@ def test_sigkill_in_a_burst_of_writes(worker_factory, tmp_path: Path, transport:
             print(f"acked {len(acked)}, failed {len(failed)}: {settled}")
 
     asyncio.run(asyncio.wait_for(go(), 240))
+
+
+def test_sigterm_stops_the_sidecar_while_a_call_waits_for_a_stopped_worker(worker_factory, tmp_path: Path) -> None:
+    """An outside trial: a tool call still waiting for a worker held the sidecar's SIGTERM off for over ten
+    minutes (uvicorn waits for in-flight requests without a bound); it now stops within about 10 s."""
+    import threading
+
+    w = worker_factory("mcp-stop").start().wait_ready()
+    side = Sidecar(w.url, "t", tmp_path / "sidecar.log")
+    auth = {"Authorization": "Bearer t", "Accept": "application/json, text/event-stream"}
+    try:
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+        r = httpx.post(side.url, json=init, headers=auth, timeout=10)
+        hdr = {**auth, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+        w.pause()
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "health", "arguments": {"session_key": "stop"}}}
+        def waiting() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(side.url, json=call, headers=hdr, timeout=60)
+
+        caller = threading.Thread(target=waiting, daemon=True)
+        caller.start()
+        time.sleep(1)
+        assert caller.is_alive()  # the call is in flight, waiting for the stopped worker
+        assert side.proc is not None
+        t0 = time.monotonic()
+        side.proc.send_signal(signal.SIGTERM)
+        side.proc.wait(30)
+        assert time.monotonic() - t0 < 15
+    finally:
+        w.resume()
+        side.stop()
