@@ -416,11 +416,19 @@ def test_stdio_answers_by_id_what_the_sdk_would_leave_unanswered(worker_factory,
         bad = send(call(6, b'{"session_key": "lines-\xff", "agent": "a", "domain": "d", "fact": "f"}', b"add_knowledge"))
         assert bad["id"] == 6 and bad["error"]["code"] == -32700, bad
         # ids that are not a string or an integer, and batches, went unanswered: Invalid Request, id null
+        # a request the SDK cannot read had only an "Internal Server Error" notification: Invalid Request by id
+        for rid, line in ((8, b'{"id": 8, "method": "ping"}'), (9, b'{"jsonrpc": "2.0", "id": 9, "method": 5}'),
+                          (10, b'{"jsonrpc": "2.0", "id": 10}'), ("b\ufffd", b'{"jsonrpc": "2.0", "id": "b\xef\xbf\xbd"}')):
+            out = send(line)
+            assert out["id"] == rid and out["error"]["code"] == -32600, (line, out)
+        bom = send(b"\xef\xbb\xbf" + call(11, b'{"session_key": "lines"}'))  # a BOM before the message
+        assert bom["id"] == 11 and "result" in bom, bom
         for line in (b'{"jsonrpc": "2.0", "id": null, "method": "ping"}', b'{"jsonrpc": "2.0", "id": 1.5, "method": "ping"}',
+                     b"5", b"{}", b'{"jsonrpc": "2.0", "id": "b\x80", "method": "ping"}',  # an id with an invalid byte
                      b'{"jsonrpc": "2.0", "id": ' + b"1" * 30 + b', "method": "ping"}',
                      b'[{"jsonrpc": "2.0", "id": 7, "method": "ping"}]'):
             out = send(line)
-            assert out["id"] is None and out["error"]["code"] == -32600, (line, out)
+            assert out["id"] is None and out["error"]["code"] in (-32600, -32700), (line, out)
         # a blank line, and a notification the SDK cannot take, get no answer: the next answer is the next call's
         assert proc.stdin is not None
         proc.stdin.write(b"\n" + b'{"jsonrpc": "2.0", "method": "notifications/x", "params": {"v": 1e400}}\n')

@@ -1040,3 +1040,8 @@ def test_a_misreported_first_cost_does_not_lock_a_model_out() -> None:
     for t in ("a", "b", "c"):
         big.record_outcome(t, 0.5, cost=0.5)
     assert big.bandit is not None and list(big.bandit.cost) == [0.5, 0.5, 0.5]
+    # a router at lambda 0 (costs weighed per request) bounds a report by the jump alone: it had taken it whole
+    zero = RouterState(["a", "b"], in_dim=DIM, threshold=1, cost_weight=0.0)
+    zero.record_outcome("a", 0.9, cost=0.05)
+    zero.record_outcome("a", 0.9, cost=100.0)
+    assert zero.bandit is not None and zero.bandit.cost[0] == pytest.approx(0.05 + 0.1 * (0.5 - 0.05))

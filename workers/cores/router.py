@@ -459,15 +459,18 @@ class RouterState:
         against 0 when none had a cost, real first costs at a large lambda were squashed and the first model
         to report looked cheapest (the next trial)."""
         b = self.bandit
-        if c is None or b is None or self.cost_weight <= 0:
+        if c is None or b is None:
             return c
+        # at lambda 0 (costs weighed only by a request's own cost_weight) the jump alone bounds a report: the
+        # bound was skipped there, and a request at lambda 1 saw a misreport whole (the next trial)
+        point = 1.0 / self.cost_weight if self.cost_weight > 0 else 0.0
         if b.cost_seen[i]:
-            return min(c, max(_COST_JUMP * float(b.cost[i]), 1.0 / self.cost_weight))
+            return min(c, max(_COST_JUMP * float(b.cost[i]), point))
         others = b.cost[b.cost_seen]
         if not others.size:
             return c
         prior = float(others.mean())
-        bound = max(_COST_JUMP * prior, 1.0 / self.cost_weight)
+        bound = max(_COST_JUMP * prior, point)
         return c if c <= bound else prior + _COST_RATE * (bound - prior)
 
     def _fold(self, i: int, q: float) -> float:

@@ -169,6 +169,7 @@ class _StdinLines:
                 return "{}"
             if not line:
                 raise StopAsyncIteration
+            line = line.removeprefix(b"\xef\xbb\xbf")  # a BOM a client wrote before its message
             if not line.strip():
                 continue  # a blank line is no message (the SDK answered it with an error notification)
             rid, error, answer = refusal(line)
@@ -227,8 +228,9 @@ def _id_of(body: bytes) -> str | int | None:
     except (ValueError, RecursionError):
         return None
     rid = msg.get("id") if isinstance(msg, dict) and "method" in msg else None
-    if isinstance(rid, str) and (not rid.isprintable() or any(0xD800 <= ord(c) <= 0xDFFF for c in rid)):
-        return None  # an answer could not carry it
+    if isinstance(rid, str) and (not rid.isprintable() or "\ufffd" in rid
+                                 or any(0xD800 <= ord(c) <= 0xDFFF for c in rid)):
+        return None  # an answer could not carry it, or would carry another id (an invalid byte read as U+FFFD)
     return rid if _answerable(rid) else None
 
 
@@ -252,6 +254,9 @@ def refusal(body: bytes) -> tuple[str | int | None, tuple[int, str] | None, bool
     Invalid Request, with id null."""
     import json
 
+    from mcp.types import JSONRPCMessage
+    from pydantic import ValidationError
+
     from workers.stream.http_guard import json_depth
     from workers.verbs.codec import has_non_finite, loads
 
@@ -263,9 +268,11 @@ def refusal(body: bytes) -> tuple[str | int | None, tuple[int, str] | None, bool
     if isinstance(msg, list):
         return None, (-32600, "Invalid request: a batch (MCP has none since 2025-06-18): send each message "
                               "alone"), True
-    request = isinstance(msg, dict) and "id" in msg
-    rid = msg.get("id") if request else None
-    if request and not _answerable(rid):
+    if not isinstance(msg, dict):
+        return None, (-32600, "Invalid request: a JSON-RPC message is an object"), True
+    request = "id" in msg or "method" not in msg  # anything but a notification wants an answer
+    rid = msg.get("id")
+    if "id" in msg and not _answerable(rid):
         # the SDK took it for a notification: an empty 202 (no answer over stdio) and a ~25-line dump in the log
         return None, (-32600, "Invalid request: an id is a string or an integer of at most 64 bits (MCP); a "
                               "notification has none"), True
@@ -275,6 +282,14 @@ def refusal(body: bytes) -> tuple[str | int | None, tuple[int, str] | None, bool
         # stays an integer in the SDK (the verbs count it as an infinity), and passes
         return rid, (-32602, "Invalid params: a number beyond a double's range (as 1e400) would reach the "
                              "tool as null; send the finite value the field should take"), request
+    try:  # what the SDK reads next: a request it cannot read (no "jsonrpc", a method that is a number) went
+        # unanswered over stdio, with an "Internal Server Error" notification only
+        JSONRPCMessage.model_validate(msg)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first.get("loc", ()))) or "message"
+        return rid, (-32600, f"Invalid request: not a JSON-RPC 2.0 message ({where}: {first.get('msg', '')})"), \
+            request
     return rid, None, request
 
 
