@@ -33,8 +33,6 @@ def run_worker(settings: Settings) -> int:
     """Run the faust worker until SIGTERM/SIGINT. Starts the embedded broker if none is configured."""
     # what is logged before faust sets up its own handlers (broker start, topics, tables) is JSON too
     configure_logs(logging.getLogger(), settings.log_format)
-    # at the worker's level from the start: the authentication warning came at LEARNSTREAM_LOG_LEVEL=critical
-    logging.getLogger().setLevel(settings.log_level.upper())
     # Two workers on one data dir would share RocksDB tables: the second used to join the group, take
     # partitions and crash on their LOCK files mid-rebalance. Held until this function returns.
     held = hold_dir(settings.data_dir, "worker")  # noqa: F841 - the lock lives as long as the file is open
@@ -53,6 +51,9 @@ def run_worker(settings: Settings) -> int:
         # the caller's settings (CLI flags included) with the broker filled in, never re-read from the env
         settings = dataclasses.replace(settings, broker=broker.bootstrap, broker_kind="embedded")
         announce(f"embedded broker on {broker.bootstrap}, data in {broker.data_dir}", settings.log_format)
+    # at the worker's level from here (not before: the broker's address stays the first line at info): the
+    # authentication warning came at LEARNSTREAM_LOG_LEVEL=critical, before faust set the level
+    logging.getLogger().setLevel(settings.log_level.upper())
     guard.auth.warn()
     ensure_topics_sync(settings)
     if settings.transactions:  # before the group is joined: refused in one line, not crashed at the first assignment
