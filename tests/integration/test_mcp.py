@@ -535,6 +535,14 @@ def test_sigterm_stops_the_sidecar_while_a_call_waits_for_a_stopped_worker(worke
                 "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
         r = httpx.post(side.url, json=init, headers=auth, timeout=10)
         hdr = {**auth, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+        import psutil
+
+        def to_worker() -> bool:  # the sidecar's connection to the worker: the call forwarded, unanswered
+            assert side.proc is not None
+            return any(c.raddr and c.raddr.port == w.port and c.status == psutil.CONN_ESTABLISHED
+                       for c in psutil.Process(side.proc.pid).net_connections("tcp"))
+
+        assert not to_worker()  # initialize needs no worker: a connection below is the call's
         w.pause()
         call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
                 "params": {"name": "health", "arguments": {"session_key": "stop"}}}
@@ -544,7 +552,7 @@ def test_sigterm_stops_the_sidecar_while_a_call_waits_for_a_stopped_worker(worke
 
         caller = threading.Thread(target=waiting, daemon=True)
         caller.start()
-        time.sleep(1)
+        wait_until(to_worker, 20, 0.05, "the call to reach the stopped worker")
         assert caller.is_alive()  # the call is in flight, waiting for the stopped worker
         assert side.proc is not None
         t0 = time.monotonic()
