@@ -5,7 +5,6 @@ the caller reports the reason with the line number and sends nothing for it.
 """
 from __future__ import annotations
 
-
 from workers.verbs.codec import has_non_finite, json_type, loads
 from workers.verbs.surface import DEFAULT_SESSION, REGISTRY, check_session_key, shown_verb
 from workers.errors import ValidationError, VerbError

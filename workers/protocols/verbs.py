@@ -52,12 +52,6 @@ _INCLUDE = ("outcomes", "knowledge", "preferences")  # what ``heuristics`` may l
 
 # building blocks of the verbs' body schemas (``params``)
 _TEXT = {"type": "string", "minLength": 1}
-
-
-def _text(name: str, **extra: object) -> dict:
-    """The schema of a text field as the verbs check it: not blank, at most its ``_LEN`` characters (the MCP
-    tools show it, so an agent learns a limit from the schema instead of from a refusal)."""
-    return {**_TEXT, "maxLength": _LEN[name], "pattern": "\\S", **extra}
 _UNIT = {"type": "number", "minimum": 0, "maximum": 1}
 # the default as an agent meets it: through HTTP, MCP or a topic a write is a Kafka record, whose timestamp
 # is when it was sent; "the latest seen" alone (an in-process call) made an outside trial's replay of
@@ -65,6 +59,12 @@ _UNIT = {"type": "number", "minimum": 0, "maximum": 1}
 _MS = {"type": "integer", "minimum": 0,
        "description": "event time, epoch ms (default: when the write was sent, its Kafka record's timestamp; in "
                       "process, the latest time seen). Send it when replaying history: a later time ages every record"}
+
+
+def _text(name: str, **extra: object) -> dict:
+    """The schema of a text field as the verbs check it: not blank, at most its ``_LEN`` characters (the MCP
+    tools show it, so an agent learns a limit from the schema instead of from a refusal)."""
+    return {**_TEXT, "maxLength": _LEN[name], "pattern": "\\S", **extra}
 
 
 def matcher() -> StrategyMatcher:
